@@ -1,0 +1,3 @@
+//! The headless client.
+
+fn main() {}

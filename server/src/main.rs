@@ -1,0 +1,3 @@
+//! The dedicated game server.
+
+fn main() {}
