@@ -1,0 +1,1 @@
+//! The netcode.io 1.02 secure connection layer.

@@ -1,0 +1,1 @@
+//! A seeded, sans-IO link simulator.
