@@ -1,1 +1,19 @@
-//! The reliable-UDP transport.
+//! The reliable-UDP transport: a sans-IO [`Connection`] state machine.
+//!
+//! It never opens a socket and never reads a clock; time is passed in.
+//! See [`Connection`] for how to drive it and [`wire`] for the datagram
+//! format.
+
+mod config;
+mod congestion;
+mod connection;
+mod recv;
+mod rtt;
+mod send;
+mod seq;
+pub mod wire;
+
+pub use config::{
+    ChannelConfig, ChannelId, ChannelKind, ConfigError, MAX_CHANNELS, TransportConfig,
+};
+pub use connection::{Connection, ConnectionStats, DisconnectReason, Event, SendError};

@@ -1,0 +1,283 @@
+//! Transport configuration: channels, sizes, timers and bounds.
+//!
+//! Both peers must use the same channel layout: the channel list is part of
+//! the protocol, like a schema.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::wire;
+
+/// Most channels a connection can have (channel ids are 6 bits on the wire).
+pub const MAX_CHANNELS: usize = 64;
+
+/// Index of a channel in [`TransportConfig::channels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u8);
+
+/// How a channel delivers its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    /// Fire and forget: may be lost, duplicated by nothing, delivered in any order.
+    Unreliable,
+    /// May be lost; a message older than the newest one already delivered on
+    /// the channel is dropped (movement input, snapshots).
+    UnreliableSequenced,
+    /// Delivered exactly once, in send order (chat, inventory).
+    ReliableOrdered,
+    /// Delivered exactly once, in arrival order.
+    ReliableUnordered,
+}
+
+impl ChannelKind {
+    /// Messages on this channel are resent until acknowledged.
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Self::ReliableOrdered | Self::ReliableUnordered)
+    }
+}
+
+/// One channel of a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelConfig {
+    /// Delivery guarantee.
+    pub kind: ChannelKind,
+    /// Lower values are packed first when the send budget is short.
+    pub priority: u8,
+    /// Reliable channels: bytes (queued plus unacknowledged) the channel may
+    /// hold. At the limit [`Connection::send`](super::Connection::send)
+    /// refuses the message with [`SendError::QueueFull`](super::SendError::QueueFull);
+    /// nothing already queued is dropped. Unreliable channels: bytes waiting
+    /// for the next transmit; at the limit the oldest waiting messages are
+    /// dropped and counted.
+    pub max_queued_bytes: usize,
+}
+
+impl ChannelConfig {
+    /// A channel of `kind` with priority 128 and a 1 MiB queue.
+    pub fn new(kind: ChannelKind) -> Self {
+        Self {
+            kind,
+            priority: 128,
+            max_queued_bytes: 1 << 20,
+        }
+    }
+
+    /// Sets the packing priority (lower goes first).
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the queue bound in bytes.
+    pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+}
+
+/// Everything a [`Connection`](super::Connection) needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportConfig {
+    /// The channel layout; at most [`MAX_CHANNELS`].
+    pub channels: Vec<ChannelConfig>,
+    /// Largest datagram the transport writes (header included). The default,
+    /// 1,100 bytes, fits inside the 1,200-byte payload of the connection
+    /// layer's encrypted packets.
+    pub max_payload: usize,
+    /// Payload bytes carried by one fragment of a large message.
+    pub fragment_size: usize,
+    /// Largest message accepted by `send` and by the receiver (default 256 KiB).
+    /// A fragment claiming a larger message is a protocol violation.
+    pub max_message_size: usize,
+    /// Reliable messages in flight per channel; the receiver buffers at most
+    /// this many out-of-order messages per channel. At most 16,384.
+    pub reliable_window: u16,
+    /// Receive-side memory (out-of-order messages plus reassembly) one
+    /// connection may hold. A packet whose reliable content does not fit is
+    /// dropped unacknowledged, so the sender resends it later.
+    pub max_receive_buffer: usize,
+    /// Unreliable messages still waiting for send budget after this long
+    /// are dropped (counted in `unreliable_dropped`): under overload,
+    /// unreliable traffic is shed first and reliable traffic waits.
+    pub unreliable_ttl: Duration,
+    /// Incomplete unreliable fragmented messages are dropped after this long.
+    pub unreliable_fragment_timeout: Duration,
+    /// Concurrent incomplete unreliable fragmented messages per channel; a
+    /// newer one evicts the oldest.
+    pub max_unreliable_reassemblies: usize,
+    /// Retransmission timeout before the first RTT sample.
+    pub initial_rto: Duration,
+    /// Lowest retransmission timeout.
+    pub min_rto: Duration,
+    /// Highest retransmission timeout, exponential backoff included.
+    pub max_rto: Duration,
+    /// A reliable message still unacknowledged this long after its first
+    /// transmission ends the connection with [`DisconnectReason::Timeout`](super::DisconnectReason::Timeout).
+    pub reliable_timeout: Duration,
+    /// With nothing else to send, an ack-eliciting keepalive goes out after
+    /// this much silence (at most 10 Hz).
+    pub keepalive_interval: Duration,
+    /// Nothing received for this long ends the connection with a timeout.
+    pub idle_timeout: Duration,
+    /// Send budget (bytes/second) at the start of a connection.
+    pub initial_send_rate: u32,
+    /// The budget never drops below this.
+    pub min_send_rate: u32,
+    /// The budget never grows past this.
+    pub max_send_rate: u32,
+    /// Disconnect packets sent when closing, for redundancy.
+    pub disconnect_packets: u8,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            channels: vec![
+                ChannelConfig::new(ChannelKind::ReliableOrdered),
+                ChannelConfig::new(ChannelKind::ReliableUnordered),
+                ChannelConfig::new(ChannelKind::UnreliableSequenced),
+                ChannelConfig::new(ChannelKind::Unreliable),
+            ],
+            max_payload: 1_100,
+            fragment_size: 1_024,
+            max_message_size: 256 * 1024,
+            reliable_window: 1_024,
+            max_receive_buffer: 1 << 20,
+            unreliable_ttl: Duration::from_millis(100),
+            unreliable_fragment_timeout: Duration::from_secs(1),
+            max_unreliable_reassemblies: 4,
+            initial_rto: Duration::from_millis(250),
+            min_rto: Duration::from_millis(25),
+            max_rto: Duration::from_secs(2),
+            reliable_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(10),
+            initial_send_rate: 256 * 1024,
+            min_send_rate: 32 * 1024,
+            max_send_rate: 16 * 1024 * 1024,
+            disconnect_packets: 3,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// No channels, or more than [`MAX_CHANNELS`].
+    #[error("a connection needs 1 to {MAX_CHANNELS} channels, got {0}")]
+    ChannelCount(usize),
+    /// `max_payload` outside 64..=65,000.
+    #[error("max_payload must be within 64..=65000, got {0}")]
+    MaxPayload(usize),
+    /// A fragment plus its headers does not fit in `max_payload`.
+    #[error("fragment_size {fragment_size} plus headers does not fit in max_payload {max_payload}")]
+    FragmentSize {
+        /// configured fragment size
+        fragment_size: usize,
+        /// configured payload limit
+        max_payload: usize,
+    },
+    /// More fragments than a `u16` counts, or a zero size.
+    #[error("max_message_size {0} needs between 1 and 65,535 fragments")]
+    MaxMessageSize(usize),
+    /// Window of 0 or over 16,384.
+    #[error("reliable_window must be within 1..=16384, got {0}")]
+    ReliableWindow(u16),
+    /// The receive buffer cannot hold even one maximal message.
+    #[error("max_receive_buffer {0} is smaller than max_message_size")]
+    ReceiveBuffer(usize),
+    /// `min_send_rate <= initial_send_rate <= max_send_rate` does not hold.
+    #[error("send rates must satisfy 0 < min <= initial <= max")]
+    SendRates,
+    /// `min_rto <= initial_rto <= max_rto` does not hold.
+    #[error("retransmission timeouts must satisfy 0 < min <= initial <= max")]
+    Rto,
+}
+
+impl TransportConfig {
+    /// Checks the configuration; [`Connection::new`](super::Connection::new) calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.channels.is_empty() || self.channels.len() > MAX_CHANNELS {
+            return Err(ConfigError::ChannelCount(self.channels.len()));
+        }
+        if !(64..=65_000).contains(&self.max_payload) {
+            return Err(ConfigError::MaxPayload(self.max_payload));
+        }
+        if self.fragment_size == 0
+            || self.fragment_size + wire::PACKET_HEADER_LEN + wire::MAX_MESSAGE_HEADER_LEN
+                > self.max_payload
+        {
+            return Err(ConfigError::FragmentSize {
+                fragment_size: self.fragment_size,
+                max_payload: self.max_payload,
+            });
+        }
+        if self.max_message_size == 0
+            || self.max_message_size.div_ceil(self.fragment_size) > usize::from(u16::MAX)
+        {
+            return Err(ConfigError::MaxMessageSize(self.max_message_size));
+        }
+        if self.reliable_window == 0 || self.reliable_window > 16_384 {
+            return Err(ConfigError::ReliableWindow(self.reliable_window));
+        }
+        if self.max_receive_buffer < self.max_message_size {
+            return Err(ConfigError::ReceiveBuffer(self.max_receive_buffer));
+        }
+        if self.min_send_rate == 0
+            || self.min_send_rate > self.initial_send_rate
+            || self.initial_send_rate > self.max_send_rate
+        {
+            return Err(ConfigError::SendRates);
+        }
+        if self.min_rto.is_zero()
+            || self.min_rto > self.initial_rto
+            || self.initial_rto > self.max_rto
+        {
+            return Err(ConfigError::Rto);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(TransportConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_oversized_fragments_and_bad_windows() {
+        let config = TransportConfig {
+            fragment_size: 1_100,
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::FragmentSize { .. })
+        ));
+        let config = TransportConfig {
+            reliable_window: 20_000,
+            ..TransportConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::ReliableWindow(20_000)));
+        let config = TransportConfig {
+            channels: Vec::new(),
+            ..TransportConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::ChannelCount(0)));
+    }
+
+    #[test]
+    fn four_mebibyte_messages_are_configurable() {
+        let config = TransportConfig {
+            max_message_size: 4 << 20,
+            max_receive_buffer: 8 << 20,
+            ..TransportConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,191 @@
+//! The per-connection send budget: a token bucket whose rate adapts AIMD-style.
+//!
+//! The rate starts at `initial_send_rate` and doubles every round trip
+//! (slow start) until the first congestion signal; after that it grows by
+//! `rate / 16` per round trip without loss and is cut to 3/4
+//! on a loss event or when the smoothed RTT climbs past twice the minimum
+//! plus 50 ms (queues building). At most one cut per round trip. The rate
+//! stays within `[min_send_rate, max_send_rate]`.
+//!
+//! The bucket holds at most 50 ms of budget (and never less than four
+//! full datagrams), so a connection idle for a while cannot burst far past
+//! its rate.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub(crate) struct SendBudget {
+    rate: f64,
+    min_rate: f64,
+    max_rate: f64,
+    tokens: f64,
+    last_refill: Option<Instant>,
+    slow_start: bool,
+    epoch_start: Option<Instant>,
+    last_cut: Option<Instant>,
+    burst_floor: f64,
+}
+
+impl SendBudget {
+    pub(crate) fn new(initial: u32, min: u32, max: u32, max_payload: usize) -> Self {
+        let burst_floor = 4.0 * max_payload as f64;
+        Self {
+            rate: f64::from(initial),
+            min_rate: f64::from(min),
+            max_rate: f64::from(max),
+            tokens: burst_floor.max(f64::from(initial) * 0.05),
+            last_refill: None,
+            slow_start: true,
+            epoch_start: None,
+            last_cut: None,
+            burst_floor,
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        (self.rate * 0.05).max(self.burst_floor)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last_refill {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
+        }
+        self.last_refill = Some(now);
+    }
+
+    /// Whether a datagram may be sent now.
+    pub(crate) fn can_send(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens > 0.0
+    }
+
+    /// Charges a sent datagram (the bucket may go negative by one datagram).
+    pub(crate) fn on_sent(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
+
+    /// When enough budget will have accrued to send again.
+    pub(crate) fn ready_at(&self, now: Instant) -> Instant {
+        if self.tokens > 0.0 {
+            return now;
+        }
+        let wait = (-self.tokens + 1.0) / self.rate;
+        now + Duration::from_secs_f64(wait)
+    }
+
+    /// Acknowledged data: grow once per round trip.
+    pub(crate) fn on_ack(&mut self, now: Instant, srtt: Duration, min_rtt: Option<Duration>) {
+        let round = srtt.max(Duration::from_millis(10));
+        if let Some(min_rtt) = min_rtt
+            && srtt > min_rtt * 2 + Duration::from_millis(50)
+        {
+            self.cut(now, round);
+            return;
+        }
+        let epoch = *self.epoch_start.get_or_insert(now);
+        if now.saturating_duration_since(epoch) < round {
+            return;
+        }
+        self.epoch_start = Some(now);
+        self.rate = if self.slow_start {
+            self.rate * 2.0
+        } else {
+            self.rate + self.rate / 16.0
+        }
+        .min(self.max_rate);
+    }
+
+    /// Packets were declared lost.
+    pub(crate) fn on_loss(&mut self, now: Instant, srtt: Duration) {
+        self.cut(now, srtt.max(Duration::from_millis(10)));
+    }
+
+    fn cut(&mut self, now: Instant, round: Duration) {
+        if let Some(last) = self.last_cut
+            && now.saturating_duration_since(last) < round
+        {
+            return;
+        }
+        self.last_cut = Some(now);
+        self.slow_start = false;
+        self.epoch_start = Some(now);
+        self.rate = (self.rate * 0.75).max(self.min_rate);
+    }
+
+    /// Current rate in bytes per second.
+    pub(crate) fn rate(&self) -> u32 {
+        self.rate as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_cuts_once_per_round_trip_and_respects_the_floor() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(100);
+        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
+        budget.on_loss(t0, rtt);
+        assert_eq!(budget.rate(), 75_000);
+        budget.on_loss(t0 + Duration::from_millis(50), rtt);
+        assert_eq!(
+            budget.rate(),
+            75_000,
+            "a second loss in the same round trip does not cut again"
+        );
+        for i in 1..40 {
+            budget.on_loss(t0 + rtt * i * 2, rtt);
+        }
+        assert_eq!(budget.rate(), 20_000);
+    }
+
+    #[test]
+    fn recovers_after_loss() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
+        budget.on_loss(t0, rtt);
+        let after_cut = budget.rate();
+        for i in 1..=100 {
+            budget.on_ack(t0 + rtt * i, rtt, Some(rtt));
+        }
+        assert!(
+            budget.rate() > after_cut * 2,
+            "rate {} did not recover",
+            budget.rate()
+        );
+        assert!(budget.rate() <= 1_000_000);
+    }
+
+    #[test]
+    fn rising_rtt_is_a_congestion_signal() {
+        let t0 = Instant::now();
+        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
+        budget.on_ack(
+            t0,
+            Duration::from_millis(400),
+            Some(Duration::from_millis(20)),
+        );
+        assert_eq!(budget.rate(), 75_000);
+    }
+
+    #[test]
+    fn bucket_limits_bursts() {
+        let t0 = Instant::now();
+        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_000);
+        let mut sent = 0;
+        while budget.can_send(t0) {
+            budget.on_sent(1_000);
+            sent += 1;
+        }
+        assert_eq!(
+            sent, 5,
+            "capacity is max(50 ms of rate, 4 datagrams) = 5,000 bytes"
+        );
+        assert!(budget.ready_at(t0) > t0);
+        assert!(budget.can_send(budget.ready_at(t0)));
+    }
+}

@@ -1,0 +1,942 @@
+//! One reliable-UDP connection between two peers, as a sans-IO state machine.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::config::{ChannelId, ConfigError, TransportConfig};
+use super::congestion::SendBudget;
+use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
+use super::rtt::RttEstimator;
+use super::send::{PackContext, ReliableTimedOut, SendChannel, UnitRef};
+use super::seq::{seq_distance, seq_newer};
+use super::wire::{
+    self, ACK_DELAY_UNIT_MICROS, AckInfo, MessageIter, PacketHeader, PacketKind, PacketWriter,
+};
+
+/// Sent packets remembered for acknowledgement; an older packet still
+/// unacknowledged when its slot is reused counts as lost.
+const SENT_HISTORY: usize = 1024;
+/// A packet is lost once a packet sent this many sequence numbers later is acked.
+const PACKET_REORDER_THRESHOLD: u16 = 3;
+/// How long a receiver may hold an acknowledgement hoping to piggyback it.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(10);
+
+/// Why a connection ended. The code travels in disconnect packets, so both
+/// sides can read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// Nothing heard from the peer for `idle_timeout`, or a reliable
+    /// message went unacknowledged for `reliable_timeout`.
+    Timeout,
+    /// The peer (or the local application) closed the connection normally.
+    Closed,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// An operator or the game removed this client.
+    Kicked,
+    /// The peer sent something the protocol forbids.
+    ProtocolViolation,
+    /// The peer did not take its reliable data fast enough and the send
+    /// queue hit its bound.
+    SendQueueFull,
+    /// The peer sent more than the server accepts.
+    Flooding,
+    /// An application-defined reason.
+    Custom(u8),
+}
+
+impl DisconnectReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Timeout => 1,
+            Self::Closed => 2,
+            Self::ServerShutdown => 3,
+            Self::Kicked => 4,
+            Self::ProtocolViolation => 5,
+            Self::SendQueueFull => 6,
+            Self::Flooding => 7,
+            Self::Custom(code) => code,
+        }
+    }
+
+    /// Reads a wire code; unknown codes become [`Custom`](Self::Custom).
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Timeout,
+            2 => Self::Closed,
+            3 => Self::ServerShutdown,
+            4 => Self::Kicked,
+            5 => Self::ProtocolViolation,
+            6 => Self::SendQueueFull,
+            7 => Self::Flooding,
+            other => Self::Custom(other),
+        }
+    }
+}
+
+/// What a connection reports to its owner, drained with [`Connection::poll_event`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete message, borrowed until the next call on the connection.
+    Message {
+        /// The channel it arrived on.
+        channel: ChannelId,
+        /// Its bytes.
+        payload: &'a [u8],
+    },
+    /// The connection ended; no more events follow.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+        /// The peer said so (otherwise it was decided locally).
+        by_peer: bool,
+    },
+}
+
+/// Why [`Connection::send`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SendError {
+    /// No such channel.
+    #[error("channel {0} does not exist")]
+    NoSuchChannel(u8),
+    /// Larger than `max_message_size`.
+    #[error("message of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// the message
+        size: usize,
+        /// the limit
+        max: usize,
+    },
+    /// The reliable channel holds `max_queued_bytes` already; try later.
+    #[error("the channel's send queue is full")]
+    QueueFull,
+    /// The connection is closing or closed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// Per-connection counters and estimates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectionStats {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Round-trip time variance.
+    pub rtt_variance: Duration,
+    /// Fraction of packets lost, smoothed over roughly the last 64 packets (0..=1).
+    pub packet_loss: f32,
+    /// Datagrams written.
+    pub packets_sent: u64,
+    /// Datagrams accepted.
+    pub packets_received: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Bytes accepted.
+    pub bytes_received: u64,
+    /// Packets judged lost.
+    pub packets_lost: u64,
+    /// Reliable messages (or fragments) transmitted again.
+    pub resent: u64,
+    /// Received packets that were duplicates.
+    pub duplicate_packets: u64,
+    /// Received packets too old to place in the ack window.
+    pub stale_packets: u64,
+    /// Received datagrams that did not parse.
+    pub malformed_packets: u64,
+    /// Received packets refused (unacknowledged) because the receive buffer was full.
+    pub receive_buffer_drops: u64,
+    /// Unreliable messages dropped before sending (queue bound or budget shed).
+    pub unreliable_dropped: u64,
+    /// Received messages discarded as duplicates or stale.
+    pub discarded_messages: u64,
+    /// Current send budget in bytes per second.
+    pub send_rate: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connected,
+    Closing {
+        remaining: u8,
+        reason: DisconnectReason,
+    },
+    Closed,
+}
+
+/// The timers a connection runs; [`Connection::poll_timeout`] is the earliest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Nothing received for `idle_timeout`.
+    Idle,
+    /// Silence long enough to send a keepalive.
+    Keepalive,
+    /// The oldest in-flight packet's retransmission deadline.
+    Loss,
+    /// A held acknowledgement must go out.
+    Ack,
+    /// The send budget refills enough for waiting data.
+    Pacing,
+    /// An unreliable reassembly expires.
+    Fragments,
+}
+
+const TIMER_COUNT: usize = 6;
+
+#[derive(Default)]
+struct TimerTable([Option<Instant>; TIMER_COUNT]);
+
+impl TimerTable {
+    fn set(&mut self, timer: Timer, at: Option<Instant>) {
+        self.0[timer as usize] = at;
+    }
+
+    fn get(&self, timer: Timer) -> Option<Instant> {
+        self.0[timer as usize]
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+
+    fn expired(&self, timer: Timer, now: Instant) -> bool {
+        self.get(timer).is_some_and(|t| t <= now)
+    }
+}
+
+struct SentPacket {
+    sequence: u16,
+    in_flight: bool,
+    sent_at: Instant,
+    attempt: u8,
+    units: Vec<UnitRef>,
+}
+
+/// Messages delivered and not yet polled, in one reusable byte arena.
+#[derive(Default)]
+struct Inbox {
+    bytes: Vec<u8>,
+    entries: VecDeque<InboxEntry>,
+}
+
+enum InboxEntry {
+    Message {
+        channel: u8,
+        start: usize,
+        len: usize,
+    },
+    Disconnected {
+        reason: DisconnectReason,
+        by_peer: bool,
+    },
+}
+
+impl Deliver for Inbox {
+    fn deliver(&mut self, channel: u8, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.entries.push_back(InboxEntry::Message {
+            channel,
+            start,
+            len: payload.len(),
+        });
+    }
+}
+
+/// A reliable-UDP connection: channels, packing, fragmentation, acks,
+/// RTT-based resends, a congestion-controlled send budget, keepalives and
+/// timeouts. It never touches a socket or a clock: every call takes `now`.
+///
+/// # Driving it
+///
+/// - `handle_datagram(now, bytes)` for each datagram from the peer;
+/// - `handle_timeout(now)` once `now` reaches [`poll_timeout`](Self::poll_timeout);
+/// - then drain, in this order: [`poll_event`](Self::poll_event) until `None`
+///   (messages and the disconnect), and
+///   [`poll_transmit`](Self::poll_transmit) until `None`, sending each
+///   datagram to the peer;
+/// - finally sleep until [`poll_timeout`](Self::poll_timeout) or the next
+///   datagram, whichever comes first.
+///
+/// [`send`](Self::send) may be called at any time; its data leaves on the
+/// next `poll_transmit`.
+///
+/// The connection trusts the datagrams it is handed to come from its peer
+/// (the secure layer below authenticates them); a datagram that does not
+/// parse is counted and dropped, and a well-formed one that breaks the
+/// protocol ends the connection with [`DisconnectReason::ProtocolViolation`].
+pub struct Connection {
+    config: TransportConfig,
+    state: State,
+    send: Vec<SendChannel>,
+    recv: Vec<RecvChannel>,
+    priority_order: Vec<u8>,
+    limits: RecvLimits,
+    memory: RecvMemory,
+    next_sequence: u16,
+    sent: Vec<SentPacket>,
+    in_flight: VecDeque<u16>,
+    largest_acked: Option<u16>,
+    received_latest: Option<u16>,
+    received_bits: u64,
+    received_latest_at: Option<Instant>,
+    ack_eliciting_unacked: u32,
+    last_received: Instant,
+    last_sent: Instant,
+    /// The latest `now` any call brought; stamps messages queued by `send`.
+    last_activity: Instant,
+    rtt: RttEstimator,
+    budget: SendBudget,
+    timers: TimerTable,
+    inbox: Inbox,
+    stats: ConnectionStats,
+}
+
+impl Connection {
+    /// A connection that is established at `now` (the handshake is the
+    /// secure layer's business).
+    pub fn new(config: TransportConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut priority_order: Vec<u8> = (0..config.channels.len() as u8).collect();
+        priority_order.sort_by_key(|&c| config.channels[usize::from(c)].priority);
+        let send = config
+            .channels
+            .iter()
+            .map(|c| SendChannel::new(c, config.reliable_window))
+            .collect();
+        let recv = config
+            .channels
+            .iter()
+            .map(|c| RecvChannel::new(c.kind, config.reliable_window))
+            .collect();
+        let limits = RecvLimits {
+            fragment_size: config.fragment_size,
+            max_fragments: config.max_message_size.div_ceil(config.fragment_size) as u16,
+            max_unreliable_reassemblies: config.max_unreliable_reassemblies,
+        };
+        let memory = RecvMemory {
+            used: 0,
+            cap: config.max_receive_buffer,
+        };
+        let sent = (0..SENT_HISTORY)
+            .map(|_| SentPacket {
+                sequence: 0,
+                in_flight: false,
+                sent_at: now,
+                attempt: 0,
+                units: Vec::new(),
+            })
+            .collect();
+        let mut connection = Self {
+            rtt: RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto),
+            budget: SendBudget::new(
+                config.initial_send_rate,
+                config.min_send_rate,
+                config.max_send_rate,
+                config.max_payload,
+            ),
+            config,
+            state: State::Connected,
+            send,
+            recv,
+            priority_order,
+            limits,
+            memory,
+            next_sequence: 0,
+            sent,
+            in_flight: VecDeque::with_capacity(SENT_HISTORY),
+            largest_acked: None,
+            received_latest: None,
+            received_bits: 0,
+            received_latest_at: None,
+            ack_eliciting_unacked: 0,
+            last_received: now,
+            last_sent: now,
+            last_activity: now,
+            timers: TimerTable::default(),
+            inbox: Inbox::default(),
+            stats: ConnectionStats::default(),
+        };
+        connection.update_timers(now);
+        Ok(connection)
+    }
+
+    /// Queues a message on `channel`, copying it once.
+    pub fn send(&mut self, channel: ChannelId, payload: &[u8]) -> Result<(), SendError> {
+        self.send_bytes(channel, Bytes::copy_from_slice(payload))
+    }
+
+    /// Queues a shared message without copying it: the same `Bytes` can go
+    /// to many connections.
+    pub fn send_bytes(&mut self, channel: ChannelId, payload: Bytes) -> Result<(), SendError> {
+        if self.state != State::Connected {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > self.config.max_message_size {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                max: self.config.max_message_size,
+            });
+        }
+        let fragment_size = self.config.fragment_size;
+        match self.send.get_mut(usize::from(channel.0)) {
+            None => Err(SendError::NoSuchChannel(channel.0)),
+            Some(SendChannel::Unreliable(c)) => {
+                c.push(self.last_activity, payload, fragment_size);
+                Ok(())
+            }
+            Some(SendChannel::Reliable(c)) => {
+                if !c.has_room(payload.len()) {
+                    return Err(SendError::QueueFull);
+                }
+                c.push(payload, fragment_size);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a graceful close: a few redundant disconnect packets carrying
+    /// `reason` leave on the next `poll_transmit` calls, then the
+    /// connection is closed. Queued data is discarded.
+    pub fn disconnect(&mut self, now: Instant, reason: DisconnectReason) {
+        if self.state != State::Connected {
+            return;
+        }
+        self.state = State::Closing {
+            remaining: self.config.disconnect_packets.max(1),
+            reason,
+        };
+        self.inbox.entries.push_back(InboxEntry::Disconnected {
+            reason,
+            by_peer: false,
+        });
+        self.update_timers(now);
+    }
+
+    /// The connection has ended (nothing more will be sent or received).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The connection is established and not closing.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// Counters and estimates.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut stats = self.stats.clone();
+        stats.rtt = self.rtt.smoothed();
+        stats.rtt_variance = self.rtt.variance();
+        stats.send_rate = self.budget.rate();
+        for channel in &self.send {
+            match channel {
+                SendChannel::Unreliable(c) => stats.unreliable_dropped += c.dropped,
+                SendChannel::Reliable(c) => stats.resent += c.resent,
+            }
+        }
+        stats.discarded_messages = self.recv.iter().map(RecvChannel::discarded).sum();
+        stats
+    }
+
+    /// Bytes queued or unacknowledged on `channel` (0 for an unknown channel).
+    pub fn queued_bytes(&self, channel: ChannelId) -> usize {
+        self.send
+            .get(usize::from(channel.0))
+            .map_or(0, SendChannel::queued_bytes)
+    }
+
+    /// Reliable messages queued or in flight on `channel`.
+    pub fn unacked_messages(&self, channel: ChannelId) -> usize {
+        match self.send.get(usize::from(channel.0)) {
+            Some(SendChannel::Reliable(c)) => c.unacked_messages(),
+            _ => 0,
+        }
+    }
+
+    /// Receive-side bytes buffered (out-of-order messages and reassembly).
+    pub fn receive_buffered_bytes(&self) -> usize {
+        self.memory.used
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Takes the next event. The payload of a message borrows the
+    /// connection until the next call.
+    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        let Some(entry) = self.inbox.entries.pop_front() else {
+            self.inbox.bytes.clear();
+            return None;
+        };
+        Some(match entry {
+            InboxEntry::Message {
+                channel,
+                start,
+                len,
+            } => Event::Message {
+                channel: ChannelId(channel),
+                payload: &self.inbox.bytes[start..start + len],
+            },
+            InboxEntry::Disconnected { reason, by_peer } => Event::Disconnected { reason, by_peer },
+        })
+    }
+
+    fn close(&mut self, reason: DisconnectReason, by_peer: bool) {
+        self.inbox
+            .entries
+            .push_back(InboxEntry::Disconnected { reason, by_peer });
+        self.state = State::Closed;
+        self.timers = TimerTable::default();
+    }
+
+    /// Fails the connection locally: tells the peer why (best effort) and ends.
+    fn fail(&mut self, now: Instant, reason: DisconnectReason) {
+        self.disconnect(now, reason);
+    }
+
+    /// Feeds one datagram from the peer.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        self.last_activity = self.last_activity.max(now);
+        if self.state == State::Closed {
+            return;
+        }
+        let Ok((header, body)) = wire::decode_header(datagram) else {
+            self.stats.malformed_packets += 1;
+            return;
+        };
+        if header.kind == PacketKind::Disconnect {
+            if let Some(&code) = body.first()
+                && self.state == State::Connected
+            {
+                self.close(DisconnectReason::from_code(code), true);
+            }
+            return;
+        }
+        if self.state != State::Connected {
+            return;
+        }
+        if let Some(latest) = self.received_latest {
+            if header.sequence == latest {
+                self.on_duplicate(header.ack_eliciting, now);
+                return;
+            }
+            if !seq_newer(header.sequence, latest) {
+                let back = seq_distance(latest, header.sequence);
+                if back > 64 {
+                    self.stats.stale_packets += 1;
+                    return;
+                }
+                if self.received_bits & (1 << (back - 1)) != 0 {
+                    self.on_duplicate(header.ack_eliciting, now);
+                    return;
+                }
+            }
+        }
+        // Pass 1: the whole packet must be legal and fit before any of it applies.
+        let mut needed = 0usize;
+        for message in MessageIter::new(body) {
+            let Ok(view) = message else {
+                self.stats.malformed_packets += 1;
+                return;
+            };
+            let Some(channel) = self.recv.get(usize::from(view.header.channel)) else {
+                self.fail(now, DisconnectReason::ProtocolViolation);
+                return;
+            };
+            match channel.check(&view, &self.limits) {
+                Ok(bytes) => needed += bytes,
+                Err(Violation::BadHeader | Violation::BeyondWindow | Violation::BadFragment) => {
+                    self.fail(now, DisconnectReason::ProtocolViolation);
+                    return;
+                }
+            }
+        }
+        if self.memory.used + needed > self.memory.cap {
+            self.stats.receive_buffer_drops += 1;
+            return;
+        }
+        self.record_received(header.sequence, now);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        self.last_received = now;
+        if let Some(ack) = header.ack
+            && self.on_ack(now, ack).is_err()
+        {
+            self.fail(now, DisconnectReason::Timeout);
+            return;
+        }
+        // Pass 2: apply.
+        for view in MessageIter::new(body).flatten() {
+            let channel = usize::from(view.header.channel);
+            if let Some(recv) = self.recv.get_mut(channel) {
+                recv.receive(
+                    view.header.channel,
+                    &view,
+                    now,
+                    &self.limits,
+                    &mut self.memory,
+                    &mut self.inbox,
+                );
+            }
+        }
+        if header.ack_eliciting {
+            self.ack_eliciting_unacked += 1;
+        }
+        self.update_timers(now);
+    }
+
+    fn on_duplicate(&mut self, ack_eliciting: bool, now: Instant) {
+        self.stats.duplicate_packets += 1;
+        if ack_eliciting {
+            // Our ack may have been lost: acknowledge again.
+            self.ack_eliciting_unacked += 1;
+            self.update_timers(now);
+        }
+    }
+
+    fn record_received(&mut self, sequence: u16, now: Instant) {
+        match self.received_latest {
+            None => {
+                self.received_latest = Some(sequence);
+                self.received_bits = 0;
+                self.received_latest_at = Some(now);
+            }
+            Some(latest) if seq_newer(sequence, latest) => {
+                let shift = u32::from(seq_distance(sequence, latest));
+                self.received_bits = if shift >= 64 {
+                    0
+                } else {
+                    // The old latest becomes bit (shift - 1).
+                    ((self.received_bits << 1) | 1) << (shift - 1)
+                };
+                self.received_latest = Some(sequence);
+                self.received_latest_at = Some(now);
+            }
+            Some(latest) => {
+                let back = seq_distance(latest, sequence);
+                self.received_bits |= 1 << (back - 1);
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, ack: AckInfo) -> Result<(), ReliableTimedOut> {
+        let mut newest_acked: Option<(u16, Instant)> = None;
+        for back in 0..=64u16 {
+            if back > 0 && ack.bits & (1 << (back - 1)) == 0 {
+                continue;
+            }
+            let sequence = ack.latest.wrapping_sub(back);
+            let slot = usize::from(sequence) % SENT_HISTORY;
+            let packet = &mut self.sent[slot];
+            if !packet.in_flight || packet.sequence != sequence {
+                continue;
+            }
+            packet.in_flight = false;
+            if newest_acked.is_none() {
+                newest_acked = Some((sequence, packet.sent_at));
+            }
+            self.stats.packet_loss -= self.stats.packet_loss / 64.0;
+            for unit in packet.units.drain(..) {
+                if let Some(SendChannel::Reliable(c)) = self.send.get_mut(usize::from(unit.channel))
+                {
+                    c.on_acked(unit.id, unit.fragment, self.config.fragment_size);
+                }
+            }
+        }
+        let Some((sequence, sent_at)) = newest_acked else {
+            return Ok(());
+        };
+        if self.largest_acked.is_none_or(|l| seq_newer(sequence, l)) {
+            self.largest_acked = Some(sequence);
+            if sequence == ack.latest {
+                let delay = Duration::from_micros(u64::from(ack.delay) * ACK_DELAY_UNIT_MICROS);
+                let raw = now.saturating_duration_since(sent_at);
+                let min = self.rtt.min().unwrap_or(raw);
+                let sample = if raw.saturating_sub(delay) >= min {
+                    raw - delay
+                } else {
+                    raw.max(min.min(raw))
+                };
+                self.rtt.on_sample(sample);
+            }
+        }
+        self.budget.on_ack(now, self.rtt.smoothed(), self.rtt.min());
+        self.detect_losses(now)
+    }
+
+    fn loss_deadline(&self, packet: &SentPacket) -> Instant {
+        packet.sent_at + self.rtt.backed_off_rto(packet.attempt) + MAX_ACK_DELAY
+    }
+
+    fn detect_losses(&mut self, now: Instant) -> Result<(), ReliableTimedOut> {
+        let mut any_lost = false;
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            let sequence = self.in_flight[i];
+            let slot = usize::from(sequence) % SENT_HISTORY;
+            let packet = &self.sent[slot];
+            if !packet.in_flight || packet.sequence != sequence {
+                self.in_flight.remove(i);
+                continue;
+            }
+            let by_reorder = self.largest_acked.is_some_and(|largest| {
+                seq_newer(largest, sequence)
+                    && seq_distance(largest, sequence) >= PACKET_REORDER_THRESHOLD
+            });
+            if by_reorder || now >= self.loss_deadline(packet) {
+                self.in_flight.remove(i);
+                self.on_packet_lost(slot, now)?;
+                any_lost = true;
+                continue;
+            }
+            i += 1;
+        }
+        if any_lost {
+            self.budget.on_loss(now, self.rtt.smoothed());
+        }
+        Ok(())
+    }
+
+    fn on_packet_lost(&mut self, slot: usize, now: Instant) -> Result<(), ReliableTimedOut> {
+        self.stats.packets_lost += 1;
+        self.stats.packet_loss += (1.0 - self.stats.packet_loss) / 64.0;
+        let packet = &mut self.sent[slot];
+        packet.in_flight = false;
+        let sequence = packet.sequence;
+        let mut result = Ok(());
+        for unit in packet.units.drain(..) {
+            if let Some(SendChannel::Reliable(c)) = self.send.get_mut(usize::from(unit.channel))
+                && let Err(e) = c.on_lost(
+                    unit.id,
+                    unit.fragment,
+                    sequence,
+                    now,
+                    self.config.reliable_timeout,
+                )
+            {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_activity = self.last_activity.max(now);
+        if self.state != State::Connected {
+            if let State::Closing { .. } = self.state {
+                self.update_timers(now);
+            }
+            return;
+        }
+        if self.timers.expired(Timer::Idle, now) {
+            // The peer is probably gone, but tell it in case only one direction failed.
+            self.fail(now, DisconnectReason::Timeout);
+            return;
+        }
+        if self.timers.expired(Timer::Loss, now) && self.detect_losses(now).is_err() {
+            self.fail(now, DisconnectReason::Timeout);
+            return;
+        }
+        if self.timers.expired(Timer::Fragments, now) {
+            let timeout = self.config.unreliable_fragment_timeout;
+            for channel in &mut self.recv {
+                channel.expire(now, timeout, &mut self.memory);
+            }
+        }
+        self.update_timers(now);
+    }
+
+    fn has_pending_data(&self) -> bool {
+        self.send.iter().any(SendChannel::has_pending)
+    }
+
+    fn update_timers(&mut self, now: Instant) {
+        match self.state {
+            State::Closed => {
+                self.timers = TimerTable::default();
+                return;
+            }
+            State::Closing { .. } => {
+                self.timers = TimerTable::default();
+                self.timers.set(Timer::Pacing, Some(now));
+                return;
+            }
+            State::Connected => {}
+        }
+        self.timers.set(
+            Timer::Idle,
+            Some(self.last_received + self.config.idle_timeout),
+        );
+        self.timers.set(
+            Timer::Keepalive,
+            Some(self.last_sent + self.config.keepalive_interval),
+        );
+        let loss = self
+            .in_flight
+            .iter()
+            .map(|&s| &self.sent[usize::from(s) % SENT_HISTORY])
+            .filter(|p| p.in_flight)
+            .map(|p| self.loss_deadline(p))
+            .min();
+        self.timers.set(Timer::Loss, loss);
+        let ack = match self.ack_eliciting_unacked {
+            0 => None,
+            1 => self.received_latest_at.map(|t| t + MAX_ACK_DELAY),
+            _ => Some(now),
+        };
+        self.timers.set(Timer::Ack, ack);
+        let pacing = self.has_pending_data().then(|| self.budget.ready_at(now));
+        self.timers.set(Timer::Pacing, pacing);
+        let timeout = self.config.unreliable_fragment_timeout;
+        let fragments = self
+            .recv
+            .iter()
+            .filter_map(|c| c.next_expiry(timeout))
+            .min();
+        self.timers.set(Timer::Fragments, fragments);
+    }
+
+    fn ack_info(&self, now: Instant) -> Option<AckInfo> {
+        let latest = self.received_latest?;
+        let held = self
+            .received_latest_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let units = held.as_micros() / u128::from(ACK_DELAY_UNIT_MICROS);
+        Some(AckInfo {
+            latest,
+            bits: self.received_bits,
+            delay: u16::try_from(units).unwrap_or(u16::MAX),
+        })
+    }
+
+    /// Writes the next datagram for the peer into `buf` (which should hold
+    /// `max_payload` bytes) and returns its length, or `None` when there is
+    /// nothing to send now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.last_activity = self.last_activity.max(now);
+        let limit = buf.len().min(self.config.max_payload);
+        let buf = &mut buf[..limit];
+        match self.state {
+            State::Closed => None,
+            State::Closing { remaining, reason } => {
+                let header = PacketHeader {
+                    kind: PacketKind::Disconnect,
+                    ack_eliciting: false,
+                    sequence: self.next_sequence,
+                    ack: None,
+                };
+                let mut writer = PacketWriter::new(buf, &header)?;
+                writer.write_u8(reason.code());
+                let len = writer.len();
+                if remaining <= 1 {
+                    self.state = State::Closed;
+                    self.timers = TimerTable::default();
+                } else {
+                    self.state = State::Closing {
+                        remaining: remaining - 1,
+                        reason,
+                    };
+                }
+                self.count_sent(now, len);
+                Some(len)
+            }
+            State::Connected => self.transmit_connected(now, buf),
+        }
+    }
+
+    fn transmit_connected(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let ttl = self.config.unreliable_ttl;
+        for channel in &mut self.send {
+            if let SendChannel::Unreliable(c) = channel {
+                c.shed_stale(now, ttl);
+            }
+        }
+        let has_data = self.has_pending_data();
+        let may_send_data = has_data && self.budget.can_send(now);
+        let ack_due = self.timers.expired(Timer::Ack, now);
+        let keepalive_due = now >= self.last_sent + self.config.keepalive_interval;
+        if !may_send_data && !ack_due && !keepalive_due {
+            self.update_timers(now);
+            return None;
+        }
+        let sequence = self.next_sequence;
+        let slot = usize::from(sequence) % SENT_HISTORY;
+        if self.sent[slot].in_flight {
+            // Sent too long ago to stay in the history: count it lost.
+            let old = self.sent[slot].sequence;
+            self.in_flight.retain(|&s| s != old);
+            if self.on_packet_lost(slot, now).is_err() {
+                self.fail(now, DisconnectReason::Timeout);
+                return self.poll_transmit(now, buf);
+            }
+        }
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting: true,
+            sequence,
+            ack: self.ack_info(now),
+        };
+        let mut units = std::mem::take(&mut self.sent[slot].units);
+        units.clear();
+        let mut writer = PacketWriter::new(buf, &header)?;
+        let mut wrote_messages = false;
+        if may_send_data {
+            let fragment_size = self.config.fragment_size;
+            let mut ctx = PackContext {
+                now,
+                sequence,
+                fragment_size,
+                units: &mut units,
+            };
+            for &channel in &self.priority_order {
+                wrote_messages |= match &mut self.send[usize::from(channel)] {
+                    SendChannel::Unreliable(c) => c.pack(channel, &mut writer, fragment_size),
+                    SendChannel::Reliable(c) => c.pack(channel, &mut writer, &mut ctx),
+                };
+            }
+        }
+        let len = writer.len();
+        let ack_eliciting = wrote_messages || (keepalive_due && !ack_due);
+        if !ack_eliciting {
+            // A bare acknowledgement: not ack-eliciting and not tracked.
+            buf[0] &= !(1 << 2);
+        }
+        let attempt = units
+            .iter()
+            .filter_map(|u| match &self.send[usize::from(u.channel)] {
+                SendChannel::Reliable(c) => Some(c.attempts(u.id, u.fragment)),
+                SendChannel::Unreliable(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let packet = &mut self.sent[slot];
+        packet.units = units;
+        packet.sequence = sequence;
+        packet.sent_at = now;
+        packet.attempt = attempt;
+        packet.in_flight = ack_eliciting;
+        if ack_eliciting {
+            self.in_flight.push_back(sequence);
+        }
+        self.next_sequence = sequence.wrapping_add(1);
+        self.ack_eliciting_unacked = 0;
+        if wrote_messages {
+            self.budget.on_sent(len);
+        }
+        self.count_sent(now, len);
+        self.update_timers(now);
+        Some(len)
+    }
+
+    fn count_sent(&mut self, now: Instant, len: usize) {
+        self.last_sent = now;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+    }
+}

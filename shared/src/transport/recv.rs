@@ -1,0 +1,494 @@
+//! Receive halves of the channels: ordering, de-duplication and reassembly.
+
+use std::time::{Duration, Instant};
+
+use super::config::ChannelKind;
+use super::seq::{seq_distance, seq_newer};
+use super::wire::{FragmentInfo, MessageView};
+
+/// Buffers above this capacity are released after use instead of kept for reuse.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Receive-side memory of one connection: out-of-order messages and
+/// reassembly buffers, charged against `max_receive_buffer`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvMemory {
+    pub(crate) used: usize,
+    pub(crate) cap: usize,
+}
+
+/// A message the peer could not legally have sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// Header fields that do not match the channel kind.
+    BadHeader,
+    /// A reliable id beyond the receive window.
+    BeyondWindow,
+    /// A fragment count claiming more than `max_message_size`, or a
+    /// fragment of the wrong size.
+    BadFragment,
+}
+
+/// Limits every receive channel applies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvLimits {
+    pub(crate) fragment_size: usize,
+    pub(crate) max_fragments: u16,
+    pub(crate) max_unreliable_reassemblies: usize,
+}
+
+impl RecvLimits {
+    fn check_fragment(&self, fragment: FragmentInfo, len: usize) -> Result<(), Violation> {
+        let last = fragment.index + 1 == fragment.count;
+        let size_ok = if last {
+            (1..=self.fragment_size).contains(&len)
+        } else {
+            len == self.fragment_size
+        };
+        if fragment.count > self.max_fragments || !size_ok {
+            return Err(Violation::BadFragment);
+        }
+        Ok(())
+    }
+}
+
+/// Collects the fragments of one message into a buffer sized from the
+/// fragment count (bounded by `max_message_size`).
+#[derive(Default)]
+struct Reassembly {
+    active: bool,
+    id: u16,
+    count: u16,
+    received: u16,
+    have: Vec<u64>,
+    buf: Vec<u8>,
+    len: usize,
+    started: Option<Instant>,
+}
+
+impl Reassembly {
+    fn begin(&mut self, id: u16, count: u16, fragment_size: usize, now: Instant) -> usize {
+        let bytes = usize::from(count) * fragment_size;
+        self.active = true;
+        self.id = id;
+        self.count = count;
+        self.received = 0;
+        self.have.clear();
+        self.have.resize(usize::from(count).div_ceil(64), 0);
+        self.buf.clear();
+        self.buf.resize(bytes, 0);
+        self.len = 0;
+        self.started = Some(now);
+        bytes
+    }
+
+    /// Stores one fragment; returns whether the message is now complete.
+    fn insert(&mut self, fragment: FragmentInfo, payload: &[u8], fragment_size: usize) -> bool {
+        let index = usize::from(fragment.index);
+        let (word, bit) = (index / 64, 1u64 << (index % 64));
+        let Some(w) = self.have.get_mut(word) else {
+            return false;
+        };
+        if *w & bit != 0 {
+            return false;
+        }
+        *w |= bit;
+        let start = index * fragment_size;
+        if let Some(dst) = self.buf.get_mut(start..start + payload.len()) {
+            dst.copy_from_slice(payload);
+        }
+        if fragment.index + 1 == fragment.count {
+            self.len = start + payload.len();
+        }
+        self.received += 1;
+        self.received == self.count
+    }
+
+    /// Releases the buffer; returns the bytes it was charged.
+    fn finish(&mut self) -> usize {
+        let charged = self.buf.len();
+        self.active = false;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+        charged
+    }
+}
+
+/// Where completed messages go.
+pub(crate) trait Deliver {
+    fn deliver(&mut self, channel: u8, payload: &[u8]);
+}
+
+pub(crate) enum RecvChannel {
+    Unreliable(UnreliableRecv),
+    Reliable(ReliableRecv),
+}
+
+impl RecvChannel {
+    pub(crate) fn new(kind: ChannelKind, window: u16) -> Self {
+        match kind {
+            ChannelKind::Unreliable | ChannelKind::UnreliableSequenced => {
+                Self::Unreliable(UnreliableRecv {
+                    sequenced: kind == ChannelKind::UnreliableSequenced,
+                    newest: None,
+                    reassemblies: Vec::new(),
+                    stale: 0,
+                })
+            }
+            ChannelKind::ReliableOrdered | ChannelKind::ReliableUnordered => {
+                Self::Reliable(ReliableRecv {
+                    ordered: kind == ChannelKind::ReliableOrdered,
+                    window,
+                    base: 0,
+                    slots: (0..window).map(|_| RecvSlot::default()).collect(),
+                    duplicates: 0,
+                })
+            }
+        }
+    }
+
+    /// First pass over a packet: legality and the receive memory this
+    /// message would newly need if buffered.
+    pub(crate) fn check(
+        &self,
+        view: &MessageView<'_>,
+        limits: &RecvLimits,
+    ) -> Result<usize, Violation> {
+        if let Some(fragment) = view.header.fragment {
+            limits.check_fragment(fragment, view.payload.len())?;
+        }
+        match self {
+            Self::Unreliable(c) => {
+                let needs_id = c.sequenced || view.header.fragment.is_some();
+                if needs_id != view.header.id.is_some() {
+                    return Err(Violation::BadHeader);
+                }
+                Ok(0)
+            }
+            Self::Reliable(c) => {
+                let id = view.header.id.ok_or(Violation::BadHeader)?;
+                c.memory_needed(
+                    id,
+                    view.header.fragment,
+                    view.payload.len(),
+                    limits.fragment_size,
+                )
+            }
+        }
+    }
+
+    /// Second pass: applies a message that passed [`check`](Self::check).
+    pub(crate) fn receive(
+        &mut self,
+        channel: u8,
+        view: &MessageView<'_>,
+        now: Instant,
+        limits: &RecvLimits,
+        memory: &mut RecvMemory,
+        out: &mut impl Deliver,
+    ) {
+        match self {
+            Self::Unreliable(c) => c.receive(channel, view, now, limits, memory, out),
+            Self::Reliable(c) => c.receive(channel, view, now, limits, memory, out),
+        }
+    }
+
+    /// Drops unreliable reassemblies older than the timeout.
+    pub(crate) fn expire(&mut self, now: Instant, timeout: Duration, memory: &mut RecvMemory) {
+        if let Self::Unreliable(c) = self {
+            for r in c.reassemblies.iter_mut().filter(|r| r.active) {
+                if r.started
+                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+                {
+                    memory.used -= r.finish();
+                }
+            }
+        }
+    }
+
+    /// Earliest unreliable reassembly expiry.
+    pub(crate) fn next_expiry(&self, timeout: Duration) -> Option<Instant> {
+        match self {
+            Self::Unreliable(c) => c
+                .reassemblies
+                .iter()
+                .filter(|r| r.active)
+                .filter_map(|r| r.started)
+                .min()
+                .map(|t| t + timeout),
+            Self::Reliable(_) => None,
+        }
+    }
+
+    /// Messages dropped as stale (sequenced) or duplicate (reliable).
+    pub(crate) fn discarded(&self) -> u64 {
+        match self {
+            Self::Unreliable(c) => c.stale,
+            Self::Reliable(c) => c.duplicates,
+        }
+    }
+}
+
+/// Unreliable and unreliable-sequenced receive state.
+pub(crate) struct UnreliableRecv {
+    sequenced: bool,
+    newest: Option<u16>,
+    reassemblies: Vec<Reassembly>,
+    stale: u64,
+}
+
+impl UnreliableRecv {
+    fn is_stale(&self, id: Option<u16>) -> bool {
+        match (self.sequenced, id, self.newest) {
+            (true, Some(id), Some(newest)) => !seq_newer(id, newest),
+            _ => false,
+        }
+    }
+
+    fn receive(
+        &mut self,
+        channel: u8,
+        view: &MessageView<'_>,
+        now: Instant,
+        limits: &RecvLimits,
+        memory: &mut RecvMemory,
+        out: &mut impl Deliver,
+    ) {
+        if self.is_stale(view.header.id) {
+            self.stale += 1;
+            return;
+        }
+        let Some(fragment) = view.header.fragment else {
+            if self.sequenced {
+                self.newest = view.header.id;
+            }
+            out.deliver(channel, view.payload);
+            return;
+        };
+        let Some(id) = view.header.id else {
+            return;
+        };
+        let slot = match self
+            .reassemblies
+            .iter()
+            .position(|r| r.active && r.id == id)
+        {
+            Some(i) => i,
+            None => {
+                let bytes = usize::from(fragment.count) * limits.fragment_size;
+                if memory.used + bytes > memory.cap {
+                    self.stale += 1;
+                    return;
+                }
+                let i = match self.reassemblies.iter().position(|r| !r.active) {
+                    Some(i) => i,
+                    None if self.reassemblies.len() < limits.max_unreliable_reassemblies => {
+                        self.reassemblies.push(Reassembly::default());
+                        self.reassemblies.len() - 1
+                    }
+                    None => {
+                        let oldest = (0..self.reassemblies.len())
+                            .min_by_key(|&i| self.reassemblies[i].started)
+                            .unwrap_or(0);
+                        memory.used -= self.reassemblies[oldest].finish();
+                        oldest
+                    }
+                };
+                memory.used +=
+                    self.reassemblies[i].begin(id, fragment.count, limits.fragment_size, now);
+                i
+            }
+        };
+        let stale = self.is_stale(Some(id));
+        let r = &mut self.reassemblies[slot];
+        if r.count != fragment.count {
+            return;
+        }
+        if r.insert(fragment, view.payload, limits.fragment_size) {
+            let len = r.len;
+            if !stale {
+                if self.sequenced {
+                    self.newest = Some(id);
+                }
+                out.deliver(channel, &r.buf[..len]);
+            } else {
+                self.stale += 1;
+            }
+            memory.used -= r.finish();
+        }
+    }
+}
+
+#[derive(Default, PartialEq, Eq, Clone, Copy)]
+enum SlotState {
+    #[default]
+    Empty,
+    /// Fragments arriving.
+    Partial,
+    /// Whole, waiting for its turn (ordered channels).
+    Complete,
+    /// Already handed out (unordered channels).
+    Delivered,
+}
+
+#[derive(Default)]
+struct RecvSlot {
+    state: SlotState,
+    id: u16,
+    message: Vec<u8>,
+    reassembly: Reassembly,
+}
+
+/// Reliable receive state: a window of `window` ids starting at `base`,
+/// the oldest id not yet delivered (ordered) or not yet received (unordered).
+pub(crate) struct ReliableRecv {
+    ordered: bool,
+    window: u16,
+    base: u16,
+    slots: Vec<RecvSlot>,
+    duplicates: u64,
+}
+
+impl ReliableRecv {
+    fn slot_index(&self, id: u16) -> usize {
+        usize::from(id % self.window)
+    }
+
+    fn memory_needed(
+        &self,
+        id: u16,
+        fragment: Option<FragmentInfo>,
+        len: usize,
+        fragment_size: usize,
+    ) -> Result<usize, Violation> {
+        let distance = seq_distance(id, self.base);
+        if distance >= 0x8000 {
+            return Ok(0); // already delivered: a duplicate
+        }
+        if distance >= self.window {
+            return Err(Violation::BeyondWindow);
+        }
+        let slot = &self.slots[self.slot_index(id)];
+        if slot.state != SlotState::Empty && slot.id == id {
+            if let (SlotState::Partial, Some(f)) = (slot.state, fragment)
+                && f.count != slot.reassembly.count
+            {
+                return Err(Violation::BadFragment);
+            }
+            return Ok(0);
+        }
+        Ok(match fragment {
+            // The message everything else waits for is never refused for
+            // memory, so a full buffer cannot deadlock the channel.
+            _ if distance == 0 => 0,
+            Some(f) => usize::from(f.count) * fragment_size,
+            None if self.ordered => len,
+            None => 0,
+        })
+    }
+
+    fn receive(
+        &mut self,
+        channel: u8,
+        view: &MessageView<'_>,
+        now: Instant,
+        limits: &RecvLimits,
+        memory: &mut RecvMemory,
+        out: &mut impl Deliver,
+    ) {
+        let Some(id) = view.header.id else {
+            return;
+        };
+        let distance = seq_distance(id, self.base);
+        if distance >= 0x8000 || distance >= self.window {
+            self.duplicates += 1;
+            return;
+        }
+        let index = self.slot_index(id);
+        let slot = &mut self.slots[index];
+        if slot.state != SlotState::Empty && slot.id == id && slot.state != SlotState::Partial {
+            self.duplicates += 1;
+            return;
+        }
+        match view.header.fragment {
+            None => {
+                if self.ordered && distance != 0 {
+                    slot.message.clear();
+                    slot.message.extend_from_slice(view.payload);
+                    memory.used += view.payload.len();
+                    slot.id = id;
+                    slot.state = SlotState::Complete;
+                    return;
+                }
+                out.deliver(channel, view.payload);
+            }
+            Some(fragment) => {
+                if slot.state == SlotState::Empty || slot.id != id {
+                    slot.id = id;
+                    slot.state = SlotState::Partial;
+                    memory.used +=
+                        slot.reassembly
+                            .begin(id, fragment.count, limits.fragment_size, now);
+                }
+                if !slot
+                    .reassembly
+                    .insert(fragment, view.payload, limits.fragment_size)
+                {
+                    return;
+                }
+                if self.ordered && distance != 0 {
+                    slot.state = SlotState::Complete;
+                    return;
+                }
+                out.deliver(channel, &slot.reassembly.buf[..slot.reassembly.len]);
+                memory.used -= slot.reassembly.finish();
+            }
+        }
+        if self.ordered {
+            slot.state = SlotState::Empty;
+            self.base = self.base.wrapping_add(1);
+            self.drain_ordered(channel, memory, out);
+        } else {
+            slot.id = id;
+            slot.state = SlotState::Delivered;
+            self.advance_unordered();
+        }
+    }
+
+    fn drain_ordered(&mut self, channel: u8, memory: &mut RecvMemory, out: &mut impl Deliver) {
+        loop {
+            let index = self.slot_index(self.base);
+            let slot = &mut self.slots[index];
+            if slot.state != SlotState::Complete || slot.id != self.base {
+                return;
+            }
+            if slot.reassembly.active {
+                out.deliver(channel, &slot.reassembly.buf[..slot.reassembly.len]);
+                memory.used -= slot.reassembly.finish();
+            } else {
+                out.deliver(channel, &slot.message);
+                memory.used -= slot.message.len();
+                slot.message.clear();
+                if slot.message.capacity() > KEEP_CAPACITY {
+                    slot.message = Vec::new();
+                }
+            }
+            slot.state = SlotState::Empty;
+            self.base = self.base.wrapping_add(1);
+        }
+    }
+
+    fn advance_unordered(&mut self) {
+        loop {
+            let index = self.slot_index(self.base);
+            let slot = &mut self.slots[index];
+            if slot.state != SlotState::Delivered || slot.id != self.base {
+                return;
+            }
+            slot.state = SlotState::Empty;
+            self.base = self.base.wrapping_add(1);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Round-trip time estimation (RFC 6298).
+
+use std::time::Duration;
+
+/// Smoothed RTT and its variance, and the retransmission timeout derived
+/// from them: `SRTT + 4·RTTVAR`, clamped to `[min_rto, max_rto]`.
+#[derive(Debug, Clone)]
+pub(crate) struct RttEstimator {
+    smoothed: Option<Duration>,
+    variance: Duration,
+    min: Option<Duration>,
+    latest: Duration,
+    initial_rto: Duration,
+    min_rto: Duration,
+    max_rto: Duration,
+}
+
+impl RttEstimator {
+    pub(crate) fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> Self {
+        Self {
+            smoothed: None,
+            variance: Duration::ZERO,
+            min: None,
+            latest: Duration::ZERO,
+            initial_rto,
+            min_rto,
+            max_rto,
+        }
+    }
+
+    /// Feeds one sample (already corrected for the peer's ack delay).
+    pub(crate) fn on_sample(&mut self, sample: Duration) {
+        self.latest = sample;
+        self.min = Some(self.min.map_or(sample, |m| m.min(sample)));
+        match self.smoothed {
+            None => {
+                self.smoothed = Some(sample);
+                self.variance = sample / 2;
+            }
+            Some(srtt) => {
+                let delta = srtt.abs_diff(sample);
+                // RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|; SRTT = 7/8 SRTT + 1/8 R
+                self.variance = (self.variance * 3 + delta) / 4;
+                self.smoothed = Some((srtt * 7 + sample) / 8);
+            }
+        }
+    }
+
+    /// Smoothed RTT (zero before the first sample).
+    pub(crate) fn smoothed(&self) -> Duration {
+        self.smoothed.unwrap_or(Duration::ZERO)
+    }
+
+    pub(crate) fn variance(&self) -> Duration {
+        self.variance
+    }
+
+    pub(crate) fn min(&self) -> Option<Duration> {
+        self.min
+    }
+
+    /// Retransmission timeout before backoff.
+    pub(crate) fn rto(&self) -> Duration {
+        match self.smoothed {
+            None => self.initial_rto,
+            Some(srtt) => (srtt + self.variance * 4).clamp(self.min_rto, self.max_rto),
+        }
+    }
+
+    /// Retransmission timeout after `attempts` unanswered transmissions:
+    /// doubled per attempt, capped at `max_rto`.
+    pub(crate) fn backed_off_rto(&self, attempts: u8) -> Duration {
+        let factor = 1u32 << attempts.min(16);
+        self.rto().saturating_mul(factor).min(self.max_rto)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn follows_rfc_6298() {
+        let mut rtt = RttEstimator::new(ms(250), ms(25), ms(2000));
+        assert_eq!(rtt.rto(), ms(250));
+        rtt.on_sample(ms(100));
+        assert_eq!(rtt.smoothed(), ms(100));
+        assert_eq!(rtt.variance(), ms(50));
+        assert_eq!(rtt.rto(), ms(300));
+        rtt.on_sample(ms(180));
+        // RTTVAR = (3*50 + 80)/4 = 57.5; SRTT = (7*100 + 180)/8 = 110
+        assert_eq!(rtt.variance(), Duration::from_micros(57_500));
+        assert_eq!(rtt.smoothed(), ms(110));
+        assert_eq!(rtt.min(), Some(ms(100)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let mut rtt = RttEstimator::new(ms(250), ms(25), ms(2000));
+        rtt.on_sample(ms(40));
+        rtt.on_sample(ms(40));
+        let base = rtt.rto();
+        assert_eq!(rtt.backed_off_rto(1), base * 2);
+        assert_eq!(rtt.backed_off_rto(2), base * 4);
+        assert_eq!(rtt.backed_off_rto(200), ms(2000));
+    }
+
+    #[test]
+    fn floor_applies_on_fast_links() {
+        let mut rtt = RttEstimator::new(ms(250), ms(25), ms(2000));
+        for _ in 0..50 {
+            rtt.on_sample(Duration::from_micros(10));
+        }
+        assert_eq!(rtt.rto(), ms(25));
+    }
+}

@@ -1,0 +1,415 @@
+//! Send halves of the channels: queues, reliable windows and the ready
+//! queues that packing draws from.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::config::{ChannelConfig, ChannelKind};
+use super::seq::seq_distance;
+use super::wire::{FragmentInfo, MessageHeader, PacketWriter};
+
+/// One transmitted piece of a reliable message: a whole message or one fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnitRef {
+    pub(crate) channel: u8,
+    pub(crate) id: u16,
+    pub(crate) fragment: u16,
+}
+
+/// What packing needs from the connection to write units.
+pub(crate) struct PackContext<'a> {
+    pub(crate) now: Instant,
+    pub(crate) sequence: u16,
+    pub(crate) fragment_size: usize,
+    pub(crate) units: &'a mut Vec<UnitRef>,
+}
+
+/// A reliable message outlived `reliable_timeout` without an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReliableTimedOut;
+
+pub(crate) enum SendChannel {
+    Unreliable(UnreliableSend),
+    Reliable(ReliableSend),
+}
+
+impl SendChannel {
+    pub(crate) fn new(config: &ChannelConfig, window: u16) -> Self {
+        if config.kind.is_reliable() {
+            Self::Reliable(ReliableSend::new(window, config.max_queued_bytes))
+        } else {
+            Self::Unreliable(UnreliableSend::new(
+                config.kind == ChannelKind::UnreliableSequenced,
+                config.max_queued_bytes,
+            ))
+        }
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        match self {
+            Self::Unreliable(c) => !c.queue.is_empty(),
+            Self::Reliable(c) => !c.ready.is_empty(),
+        }
+    }
+
+    pub(crate) fn queued_bytes(&self) -> usize {
+        match self {
+            Self::Unreliable(c) => c.queued_bytes,
+            Self::Reliable(c) => c.queued_bytes,
+        }
+    }
+}
+
+struct PendingUnreliable {
+    queued_at: Instant,
+    payload: Bytes,
+    id: Option<u16>,
+    fragment_count: u16,
+    next_fragment: u16,
+}
+
+/// Unreliable and unreliable-sequenced channels: sent once, never resent.
+pub(crate) struct UnreliableSend {
+    sequenced: bool,
+    queue: VecDeque<PendingUnreliable>,
+    queued_bytes: usize,
+    max_queued_bytes: usize,
+    next_id: u16,
+    /// Messages dropped because the queue overflowed or the budget was short.
+    pub(crate) dropped: u64,
+}
+
+impl UnreliableSend {
+    fn new(sequenced: bool, max_queued_bytes: usize) -> Self {
+        Self {
+            sequenced,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            max_queued_bytes,
+            next_id: 0,
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, now: Instant, payload: Bytes, fragment_size: usize) {
+        let fragment_count = payload.len().div_ceil(fragment_size).max(1) as u16;
+        if self.sequenced {
+            // Only the newest message of a sequenced channel matters: older
+            // ones still waiting (untouched by a partial send) are obsolete.
+            while self.queue.back().is_some_and(|m| m.next_fragment == 0) {
+                if let Some(old) = self.queue.pop_back() {
+                    self.queued_bytes -= old.payload.len();
+                    self.dropped += 1;
+                }
+            }
+        }
+        let id = (self.sequenced || fragment_count > 1).then(|| {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            id
+        });
+        self.queued_bytes += payload.len();
+        self.queue.push_back(PendingUnreliable {
+            queued_at: now,
+            payload,
+            id,
+            fragment_count,
+            next_fragment: 0,
+        });
+        while self.queued_bytes > self.max_queued_bytes {
+            let Some(old) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= old.payload.len();
+            self.dropped += 1;
+        }
+    }
+
+    /// Drops messages that waited longer than `ttl` for send budget.
+    pub(crate) fn shed_stale(&mut self, now: Instant, ttl: Duration) {
+        while let Some(front) = self.queue.front() {
+            if now.saturating_duration_since(front.queued_at) < ttl {
+                return;
+            }
+            self.queued_bytes -= front.payload.len();
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// Writes what fits; returns whether anything was written.
+    pub(crate) fn pack(
+        &mut self,
+        channel: u8,
+        writer: &mut PacketWriter<'_>,
+        fragment_size: usize,
+    ) -> bool {
+        let mut wrote = false;
+        while let Some(front) = self.queue.front_mut() {
+            let (header, payload) = if front.fragment_count > 1 {
+                let start = usize::from(front.next_fragment) * fragment_size;
+                let end = (start + fragment_size).min(front.payload.len());
+                (
+                    MessageHeader {
+                        channel,
+                        id: front.id,
+                        fragment: Some(FragmentInfo {
+                            index: front.next_fragment,
+                            count: front.fragment_count,
+                        }),
+                    },
+                    &front.payload[start..end],
+                )
+            } else {
+                (
+                    MessageHeader {
+                        channel,
+                        id: front.id,
+                        fragment: None,
+                    },
+                    &front.payload[..],
+                )
+            };
+            if !writer.write_message(&header, payload) {
+                break;
+            }
+            wrote = true;
+            front.next_fragment += 1;
+            if front.next_fragment >= front.fragment_count {
+                self.queued_bytes -= front.payload.len();
+                self.queue.pop_front();
+            }
+        }
+        wrote
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct FragmentState {
+    acked: bool,
+    queued: bool,
+    attempts: u8,
+    last_sequence: Option<u16>,
+    first_sent: Option<Instant>,
+}
+
+#[derive(Default)]
+struct SendSlot {
+    in_use: bool,
+    id: u16,
+    payload: Bytes,
+    fragment_count: u16,
+    unacked: u16,
+    fragments: Vec<FragmentState>,
+}
+
+/// Reliable channels: a window of messages in flight, resent until acked.
+pub(crate) struct ReliableSend {
+    window: u16,
+    slots: Vec<SendSlot>,
+    next_id: u16,
+    oldest_unacked: u16,
+    pending: VecDeque<Bytes>,
+    ready: VecDeque<(u16, u16)>,
+    queued_bytes: usize,
+    max_queued_bytes: usize,
+    /// Units transmitted again after being judged lost.
+    pub(crate) resent: u64,
+}
+
+impl ReliableSend {
+    fn new(window: u16, max_queued_bytes: usize) -> Self {
+        Self {
+            window,
+            slots: (0..window).map(|_| SendSlot::default()).collect(),
+            next_id: 0,
+            oldest_unacked: 0,
+            pending: VecDeque::new(),
+            ready: VecDeque::new(),
+            queued_bytes: 0,
+            max_queued_bytes,
+            resent: 0,
+        }
+    }
+
+    fn slot_index(&self, id: u16) -> usize {
+        usize::from(id % self.window)
+    }
+
+    /// Whether `bytes` more would stay within the queue bound.
+    pub(crate) fn has_room(&self, bytes: usize) -> bool {
+        self.queued_bytes + bytes <= self.max_queued_bytes
+    }
+
+    pub(crate) fn push(&mut self, payload: Bytes, fragment_size: usize) {
+        self.queued_bytes += payload.len();
+        self.pending.push_back(payload);
+        self.fill_window(fragment_size);
+    }
+
+    fn fill_window(&mut self, fragment_size: usize) {
+        while seq_distance(self.next_id, self.oldest_unacked) < self.window {
+            let Some(payload) = self.pending.pop_front() else {
+                return;
+            };
+            let id = self.next_id;
+            self.next_id = id.wrapping_add(1);
+            let count = payload.len().div_ceil(fragment_size).max(1) as u16;
+            let index = self.slot_index(id);
+            let slot = &mut self.slots[index];
+            slot.in_use = true;
+            slot.id = id;
+            slot.payload = payload;
+            slot.fragment_count = count;
+            slot.unacked = count;
+            slot.fragments.clear();
+            slot.fragments.resize(
+                usize::from(count),
+                FragmentState {
+                    queued: true,
+                    ..FragmentState::default()
+                },
+            );
+            if slot.fragments.capacity() > 1024 && count <= 1 {
+                slot.fragments.shrink_to(1);
+            }
+            self.ready.extend((0..count).map(|fragment| (id, fragment)));
+        }
+    }
+
+    /// Writes ready units that fit; returns whether anything was written.
+    pub(crate) fn pack(
+        &mut self,
+        channel: u8,
+        writer: &mut PacketWriter<'_>,
+        ctx: &mut PackContext<'_>,
+    ) -> bool {
+        let mut wrote = false;
+        while let Some(&(id, fragment)) = self.ready.front() {
+            let index = self.slot_index(id);
+            let slot = &mut self.slots[index];
+            let live = slot.in_use && slot.id == id;
+            let Some(state) = slot
+                .fragments
+                .get_mut(usize::from(fragment))
+                .filter(|s| live && !s.acked)
+            else {
+                self.ready.pop_front();
+                continue;
+            };
+            let (fragment_info, payload) = if slot.fragment_count > 1 {
+                let start = usize::from(fragment) * ctx.fragment_size;
+                let end = (start + ctx.fragment_size).min(slot.payload.len());
+                (
+                    Some(FragmentInfo {
+                        index: fragment,
+                        count: slot.fragment_count,
+                    }),
+                    &slot.payload[start..end],
+                )
+            } else {
+                (None, &slot.payload[..])
+            };
+            let header = MessageHeader {
+                channel,
+                id: Some(id),
+                fragment: fragment_info,
+            };
+            if !writer.write_message(&header, payload) {
+                break;
+            }
+            wrote = true;
+            if state.last_sequence.is_some() {
+                self.resent += 1;
+            }
+            state.queued = false;
+            state.last_sequence = Some(ctx.sequence);
+            state.first_sent.get_or_insert(ctx.now);
+            ctx.units.push(UnitRef {
+                channel,
+                id,
+                fragment,
+            });
+            self.ready.pop_front();
+        }
+        wrote
+    }
+
+    /// Transmission count so far of a unit (for the packet's backoff).
+    pub(crate) fn attempts(&self, id: u16, fragment: u16) -> u8 {
+        let slot = &self.slots[self.slot_index(id)];
+        slot.fragments
+            .get(usize::from(fragment))
+            .map_or(0, |s| s.attempts)
+    }
+
+    /// A packet carrying this unit was acknowledged.
+    pub(crate) fn on_acked(&mut self, id: u16, fragment: u16, fragment_size: usize) {
+        let index = self.slot_index(id);
+        let slot = &mut self.slots[index];
+        if !slot.in_use || slot.id != id {
+            return;
+        }
+        let Some(state) = slot.fragments.get_mut(usize::from(fragment)) else {
+            return;
+        };
+        if state.acked {
+            return;
+        }
+        state.acked = true;
+        slot.unacked -= 1;
+        if slot.unacked > 0 {
+            return;
+        }
+        slot.in_use = false;
+        self.queued_bytes -= slot.payload.len();
+        slot.payload = Bytes::new();
+        while self.oldest_unacked != self.next_id {
+            let oldest = &self.slots[self.slot_index(self.oldest_unacked)];
+            if oldest.in_use && oldest.id == self.oldest_unacked {
+                break;
+            }
+            self.oldest_unacked = self.oldest_unacked.wrapping_add(1);
+        }
+        self.fill_window(fragment_size);
+    }
+
+    /// The packet last carrying this unit (`sequence`) was judged lost:
+    /// queue the unit for resending, first in line.
+    pub(crate) fn on_lost(
+        &mut self,
+        id: u16,
+        fragment: u16,
+        sequence: u16,
+        now: Instant,
+        reliable_timeout: Duration,
+    ) -> Result<(), ReliableTimedOut> {
+        let index = self.slot_index(id);
+        let slot = &mut self.slots[index];
+        if !slot.in_use || slot.id != id {
+            return Ok(());
+        }
+        let Some(state) = slot.fragments.get_mut(usize::from(fragment)) else {
+            return Ok(());
+        };
+        if state.acked || state.queued || state.last_sequence != Some(sequence) {
+            return Ok(());
+        }
+        if let Some(first) = state.first_sent
+            && now.saturating_duration_since(first) >= reliable_timeout
+        {
+            return Err(ReliableTimedOut);
+        }
+        state.attempts = state.attempts.saturating_add(1);
+        state.queued = true;
+        self.ready.push_front((id, fragment));
+        Ok(())
+    }
+
+    /// Messages sent or queued but not yet fully acknowledged.
+    pub(crate) fn unacked_messages(&self) -> usize {
+        usize::from(seq_distance(self.next_id, self.oldest_unacked)) + self.pending.len()
+    }
+}

@@ -1,0 +1,529 @@
+//! Delivery guarantees of the transport, on seeded simulated links and
+//! virtual time. Every scenario is deterministic: a failure replays from its seed.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use shared::sim::LinkConfig;
+use shared::transport::{
+    ChannelConfig, ChannelId, ChannelKind, DisconnectReason, SendError, TransportConfig,
+};
+use support::{Pair, index_of, numbered};
+
+const ORDERED: ChannelId = ChannelId(0);
+const UNORDERED: ChannelId = ChannelId(1);
+const SEQUENCED: ChannelId = ChannelId(2);
+const UNRELIABLE: ChannelId = ChannelId(3);
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn hostile_link() -> LinkConfig {
+    LinkConfig::lossy(0.20, ms(50), ms(50))
+        .with_duplicate(0.05)
+        .with_reorder(0.10, ms(40))
+}
+
+fn indices(pair_messages: &[(ChannelId, Vec<u8>)], channel: ChannelId) -> Vec<u32> {
+    pair_messages
+        .iter()
+        .filter(|(c, _)| *c == channel)
+        .map(|(_, body)| index_of(body))
+        .collect()
+}
+
+/// Feeds `total` messages per channel into `a`, `per_tick` every 10 ms,
+/// holding back whatever a full queue refuses, until everything is delivered.
+fn pump(pair: &mut Pair, channels: &[ChannelId], total: u32, per_tick: u32, limit: Duration) {
+    let mut next = vec![0u32; channels.len()];
+    let end = pair.now + limit;
+    loop {
+        for (i, &channel) in channels.iter().enumerate() {
+            for _ in 0..per_tick {
+                if next[i] == total {
+                    break;
+                }
+                match pair.a.send(channel, &numbered(next[i], 32)) {
+                    Ok(()) => next[i] += 1,
+                    Err(SendError::QueueFull) => break,
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+        }
+        let tick_end = pair.now + ms(10);
+        while pair.now < tick_end {
+            pair.step_until(tick_end);
+        }
+        let all_sent = next.iter().all(|&n| n == total);
+        let acked = channels.iter().all(|&c| pair.a.unacked_messages(c) == 0);
+        if all_sent && acked {
+            pair.run_for(ms(500));
+            return;
+        }
+        assert!(
+            pair.now < end,
+            "not delivered within {limit:?}: sent {next:?}"
+        );
+        assert!(
+            pair.at_a.disconnected.is_none(),
+            "a disconnected: {:?}",
+            pair.at_a.disconnected
+        );
+    }
+}
+
+#[test]
+fn hostile_link_delivers_reliable_exactly_once_and_sequenced_never_goes_back() {
+    // The sender saturates the link on purpose; movement-like traffic gets
+    // the highest priority, as a game would configure it.
+    let mut config = TransportConfig::default();
+    config.channels[SEQUENCED.0 as usize].priority = 0;
+    let mut pair = Pair::new(config, hostile_link(), 7);
+    let mut sequenced_sent = 0;
+    let mut next = [0u32; 2];
+    let end = pair.now + Duration::from_secs(600);
+    while next.iter().any(|&n| n < 10_000)
+        || pair.a.unacked_messages(ORDERED) > 0
+        || pair.a.unacked_messages(UNORDERED) > 0
+    {
+        for (i, channel) in [ORDERED, UNORDERED].into_iter().enumerate() {
+            while next[i] < 10_000 && pair.a.send(channel, &numbered(next[i], 24)).is_ok() {
+                next[i] += 1;
+                if next[i] % 40 == 0 {
+                    break;
+                }
+            }
+        }
+        pair.a
+            .send(SEQUENCED, &numbered(sequenced_sent, 16))
+            .unwrap();
+        sequenced_sent += 1;
+        let tick_end = pair.now + ms(33);
+        while pair.now < tick_end {
+            pair.step_until(tick_end);
+        }
+        assert!(pair.now < end, "stalled at {next:?}");
+    }
+    pair.run_for(Duration::from_secs(1));
+
+    let ordered = indices(&pair.at_b.messages, ORDERED);
+    assert_eq!(
+        ordered,
+        (0..10_000).collect::<Vec<_>>(),
+        "ordered: exactly once, in order"
+    );
+
+    let mut unordered = indices(&pair.at_b.messages, UNORDERED);
+    assert_eq!(unordered.len(), 10_000, "unordered: no duplicates");
+    unordered.sort_unstable();
+    assert_eq!(
+        unordered,
+        (0..10_000).collect::<Vec<_>>(),
+        "unordered: every message"
+    );
+
+    let sequenced = indices(&pair.at_b.messages, SEQUENCED);
+    assert!(
+        sequenced.windows(2).all(|w| w[0] < w[1]),
+        "sequenced went back"
+    );
+    assert!(
+        sequenced.len() > sequenced_sent as usize / 2,
+        "most sequenced messages arrive: {} of {sequenced_sent}, {:?}",
+        sequenced.len(),
+        pair.a.stats()
+    );
+
+    let stats = pair.a.stats();
+    assert!(stats.resent > 0 && stats.packets_lost > 0);
+    assert!(
+        pair.b.stats().duplicate_packets > 0,
+        "the link duplicated packets"
+    );
+    assert!(pair.at_a.disconnected.is_none() && pair.at_b.disconnected.is_none());
+}
+
+#[test]
+fn sequence_numbers_wrap_many_times() {
+    // A budget floor high enough that every 1 ms tick leaves in its own packet.
+    let config = TransportConfig {
+        channels: vec![ChannelConfig::new(ChannelKind::ReliableOrdered)],
+        initial_send_rate: 512 * 1024,
+        min_send_rate: 512 * 1024,
+        ..TransportConfig::default()
+    };
+    let link = LinkConfig::lossy(0.02, ms(5), ms(2));
+    let mut pair = Pair::new(config, link, 11);
+    // Three messages every 1 ms: ~70k packets (the packet sequence wraps)
+    // and 200k message ids (the message id wraps three times).
+    let total = 200_000u32;
+    let mut sent = 0u32;
+    while sent < total || pair.a.unacked_messages(ORDERED) > 0 {
+        for _ in 0..3 {
+            if sent < total && pair.a.send(ORDERED, &numbered(sent, 8)).is_ok() {
+                sent += 1;
+            }
+        }
+        let tick_end = pair.now + ms(1);
+        while pair.now < tick_end {
+            pair.step_until(tick_end);
+        }
+        assert!(
+            pair.elapsed() < Duration::from_secs(300),
+            "stalled at {sent}"
+        );
+    }
+    pair.run_for(ms(200));
+    let got = indices(&pair.at_b.messages, ORDERED);
+    assert_eq!(got.len(), total as usize);
+    assert!(
+        got.iter().enumerate().all(|(i, &v)| v == i as u32),
+        "out of order or lost"
+    );
+    let stats = pair.a.stats();
+    assert!(
+        stats.packets_sent > 65_536,
+        "the packet sequence wrapped: {stats:?}"
+    );
+}
+
+fn large_message_config(max: usize) -> TransportConfig {
+    TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered).with_max_queued_bytes(2 * max),
+            ChannelConfig::new(ChannelKind::Unreliable),
+        ],
+        max_message_size: max,
+        max_receive_buffer: 2 * max,
+        ..TransportConfig::default()
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 8) as u8)
+        .collect()
+}
+
+#[test]
+fn one_mebibyte_message_survives_ten_percent_loss() {
+    let mut pair = Pair::new(
+        large_message_config(1 << 20),
+        LinkConfig::lossy(0.10, ms(30), ms(10)),
+        3,
+    );
+    let body = pattern(1 << 20, 9);
+    pair.a.send(ORDERED, &body).unwrap();
+    let arrived = pair.run_until(Duration::from_secs(120), |p| !p.at_b.messages.is_empty());
+    assert!(arrived, "1 MiB not delivered");
+    assert_eq!(pair.at_b.messages.len(), 1);
+    assert!(pair.at_b.messages[0].1 == body, "payload differs");
+    pair.run_for(Duration::from_secs(2));
+    assert_eq!(
+        pair.b.receive_buffered_bytes(),
+        0,
+        "reassembly memory released"
+    );
+    assert!(pair.a.stats().resent > 0);
+}
+
+#[test]
+fn four_mebibyte_messages_work_and_keep_order_with_small_ones() {
+    let mut pair = Pair::new(
+        large_message_config(4 << 20),
+        LinkConfig::lossy(0.01, ms(10), ms(0)),
+        5,
+    );
+    let big = pattern(4 << 20, 1);
+    pair.a.send(ORDERED, b"before").unwrap();
+    pair.a.send(ORDERED, &big).unwrap();
+    pair.a.send(ORDERED, b"after").unwrap();
+    assert!(pair.run_until(Duration::from_secs(120), |p| p.at_b.messages.len() == 3));
+    let bodies: Vec<&[u8]> = pair
+        .at_b
+        .messages
+        .iter()
+        .map(|(_, b)| b.as_slice())
+        .collect();
+    assert_eq!(bodies[0], b"before");
+    assert!(bodies[1] == big.as_slice());
+    assert_eq!(bodies[2], b"after");
+}
+
+#[test]
+fn a_message_above_the_maximum_is_refused() {
+    let mut pair = Pair::new(TransportConfig::default(), LinkConfig::default(), 1);
+    let err = pair.a.send(ORDERED, &vec![0; 256 * 1024 + 1]).unwrap_err();
+    assert_eq!(
+        err,
+        SendError::TooLarge {
+            size: 256 * 1024 + 1,
+            max: 256 * 1024
+        }
+    );
+    assert_eq!(
+        pair.a.send(ChannelId(9), b"x"),
+        Err(SendError::NoSuchChannel(9))
+    );
+}
+
+#[test]
+fn large_unreliable_messages_are_all_or_nothing() {
+    // Five fragments at 15% loss: about 44% arrive whole.
+    let mut pair = Pair::new(
+        large_message_config(64 * 1024),
+        LinkConfig::lossy(0.15, ms(10), ms(5)),
+        21,
+    );
+    let body = pattern(5_000, 4);
+    for _ in 0..200 {
+        pair.a.send(ChannelId(1), &body).unwrap();
+        pair.run_for(ms(50));
+    }
+    pair.run_for(Duration::from_secs(2));
+    let got: Vec<_> = pair
+        .at_b
+        .messages
+        .iter()
+        .filter(|(c, _)| *c == ChannelId(1))
+        .collect();
+    assert!(!got.is_empty(), "some arrive whole");
+    assert!(got.len() < 200, "with 15% loss some must be dropped");
+    assert!(
+        got.iter().all(|(_, b)| *b == body),
+        "never a partial message"
+    );
+    assert_eq!(pair.b.receive_buffered_bytes(), 0, "incomplete ones expire");
+}
+
+#[test]
+fn a_lost_reliable_message_does_not_stall_other_channels() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(10)),
+        2,
+    );
+    pair.a.send(ORDERED, &numbered(0, 16)).unwrap();
+    pair.a_to_b.set_down(true);
+    pair.settle();
+    pair.a_to_b.set_down(false);
+    for i in 0..5 {
+        pair.a.send(SEQUENCED, &numbered(i, 16)).unwrap();
+        pair.run_for(ms(20));
+    }
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(indices(&pair.at_b.messages, SEQUENCED), vec![0, 1, 2, 3, 4]);
+    assert_eq!(indices(&pair.at_b.messages, ORDERED), vec![0], "resent");
+    let first_sequenced = pair.at_b.messages.iter().position(|(c, _)| *c == SEQUENCED);
+    let reliable = pair.at_b.messages.iter().position(|(c, _)| *c == ORDERED);
+    assert!(
+        first_sequenced < reliable,
+        "sequenced traffic flowed while the reliable message was missing"
+    );
+}
+
+#[test]
+fn a_five_second_blackout_is_survived() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(20)),
+        4,
+    );
+    pump(&mut pair, &[ORDERED], 100, 10, Duration::from_secs(10));
+    pair.a_to_b.set_down(true);
+    pair.b_to_a.set_down(true);
+    for i in 100..150 {
+        pair.a.send(ORDERED, &numbered(i, 16)).unwrap();
+    }
+    pair.run_for(Duration::from_secs(5));
+    pair.a_to_b.set_down(false);
+    pair.b_to_a.set_down(false);
+    assert!(pair.run_until(
+        Duration::from_secs(4),
+        |p| indices(&p.at_b.messages, ORDERED).len() == 150
+    ));
+    assert_eq!(
+        indices(&pair.at_b.messages, ORDERED),
+        (0..150).collect::<Vec<_>>()
+    );
+    assert!(pair.at_a.disconnected.is_none() && pair.at_b.disconnected.is_none());
+}
+
+#[test]
+fn a_blackout_longer_than_the_timeout_ends_both_sides_with_timeout() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(20)),
+        4,
+    );
+    pair.run_for(Duration::from_secs(1));
+    pair.a_to_b.set_down(true);
+    pair.b_to_a.set_down(true);
+    pair.run_for(Duration::from_secs(9));
+    assert!(
+        pair.at_a.disconnected.is_none(),
+        "still within the 10 s timeout"
+    );
+    pair.run_for(Duration::from_secs(2));
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Timeout, false))
+    );
+    assert_eq!(
+        pair.at_b.disconnected,
+        Some((DisconnectReason::Timeout, false))
+    );
+}
+
+#[test]
+fn a_peer_that_never_acks_hits_the_queue_bound_then_times_out() {
+    let config = TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered).with_max_queued_bytes(64 * 1024),
+        ],
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 8);
+    pair.b_to_a.set_down(true); // b hears a, but nothing of b reaches a
+    let mut refused = false;
+    for i in 0..10_000 {
+        match pair.a.send(ORDERED, &numbered(i, 100)) {
+            Ok(()) => {}
+            Err(SendError::QueueFull) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        if i % 50 == 0 {
+            pair.run_for(ms(10));
+        }
+    }
+    assert!(refused, "the queue bound was never hit");
+    assert!(pair.a.queued_bytes(ORDERED) <= 64 * 1024);
+    pair.run_for(Duration::from_secs(11));
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Timeout, false))
+    );
+    assert_eq!(
+        pair.at_b.disconnected,
+        Some((DisconnectReason::Timeout, true)),
+        "b is told why"
+    );
+}
+
+#[test]
+fn an_unacknowledged_reliable_message_times_out_even_while_the_peer_talks() {
+    let config = TransportConfig {
+        reliable_timeout: Duration::from_secs(5),
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 8);
+    pair.a_to_b.set_down(true); // a hears b's keepalives, b never hears a
+    pair.a.send(ORDERED, b"never acked").unwrap();
+    pair.run_for(ms(4_900));
+    assert!(pair.at_a.disconnected.is_none());
+    pair.run_for(Duration::from_secs(3));
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Timeout, false))
+    );
+}
+
+#[test]
+fn graceful_disconnect_carries_the_reason() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::lossy(0.3, ms(10), ms(0)),
+        12,
+    );
+    pair.run_for(ms(100));
+    pair.a
+        .disconnect(pair.now, DisconnectReason::ServerShutdown);
+    pair.run_for(ms(100));
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::ServerShutdown, false))
+    );
+    assert_eq!(
+        pair.at_b.disconnected,
+        Some((DisconnectReason::ServerShutdown, true))
+    );
+    assert!(pair.a.is_closed() && pair.b.is_closed());
+    assert_eq!(pair.a.send(ORDERED, b"x"), Err(SendError::Closed));
+}
+
+#[test]
+fn idle_connections_keep_alive_at_most_ten_times_a_second() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(25)),
+        6,
+    );
+    pair.run_for(Duration::from_secs(60));
+    assert!(pair.at_a.disconnected.is_none() && pair.at_b.disconnected.is_none());
+    let sent = pair.a.stats().packets_sent;
+    assert!(sent <= 10 * 60 * 2, "{sent} packets in 60 s idle");
+    let rtt = pair.a.stats().rtt;
+    assert!(
+        (ms(45)..=ms(60)).contains(&rtt),
+        "rtt {rtt:?} on a 25 ms one-way link"
+    );
+}
+
+#[test]
+fn overload_sheds_unreliable_and_backs_off_the_budget() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::lossy(0.1, ms(40), ms(5)),
+        13,
+    );
+    let initial = pair.a.stats().send_rate;
+    for i in 0..300 {
+        for _ in 0..60 {
+            pair.a.send(UNRELIABLE, &numbered(i, 1000)).unwrap();
+        }
+        pair.run_for(ms(33));
+    }
+    let stats = pair.a.stats();
+    assert!(stats.unreliable_dropped > 0, "unreliable traffic is shed");
+    assert!(
+        stats.send_rate < initial * 4,
+        "budget adapts: {} from {}",
+        stats.send_rate,
+        initial
+    );
+    assert!(
+        stats.packet_loss > 0.02 && stats.packet_loss < 0.3,
+        "loss estimate {}",
+        stats.packet_loss
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reliable_channels_deliver_exactly_once_for_any_seed(
+        seed in any::<u64>(),
+        loss in 0.0f64..0.35,
+        duplicate in 0.0f64..0.2,
+        latency in 0u64..120,
+    ) {
+        let link = LinkConfig::lossy(loss, ms(latency), ms(latency / 2))
+            .with_duplicate(duplicate)
+            .with_reorder(0.1, ms(30));
+        let mut pair = Pair::new(TransportConfig::default(), link, seed);
+        pump(&mut pair, &[ORDERED, UNORDERED], 400, 20, Duration::from_secs(600));
+        prop_assert_eq!(indices(&pair.at_b.messages, ORDERED), (0..400).collect::<Vec<_>>());
+        let unordered = indices(&pair.at_b.messages, UNORDERED);
+        let unique: HashSet<_> = unordered.iter().collect();
+        prop_assert_eq!(unordered.len(), 400);
+        prop_assert_eq!(unique.len(), 400);
+    }
+}
