@@ -95,7 +95,10 @@ pub struct TransportConfig {
     pub reliable_window: u16,
     /// Receive-side memory (out-of-order messages plus reassembly) one
     /// connection may hold. A packet whose reliable content does not fit is
-    /// dropped unacknowledged, so the sender resends it later.
+    /// dropped unacknowledged, so the sender resends it later. So that a
+    /// full buffer cannot deadlock a channel, the one message each reliable
+    /// channel is waiting for is always accepted: the hard bound is this
+    /// plus `max_message_size` per reliable channel.
     pub max_receive_buffer: usize,
     /// Unreliable messages still waiting for send budget after this long
     /// are dropped (counted in `unreliable_dropped`): under overload,

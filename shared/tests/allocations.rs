@@ -1,0 +1,116 @@
+//! Steady state allocates nothing per packet: encoding, decoding and the ack
+//! cycle reuse their buffers. A counting global allocator proves it.
+
+#![expect(
+    unsafe_code,
+    reason = "a counting GlobalAlloc must implement an unsafe trait"
+)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shared::transport::{ChannelId, Connection, Event, TransportConfig};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// One round: `a` sends eight messages on every channel, `b` receives and
+/// acks, `a` takes the acks. The sequenced channel delivers only the newest
+/// of its eight, so a round delivers 8 + 8 + 1 + 8 = 25 messages.
+fn round(
+    a: &mut Connection,
+    b: &mut Connection,
+    now: Instant,
+    payload: &Bytes,
+    buf: &mut [u8],
+) -> usize {
+    for channel in 0..4 {
+        for _ in 0..8 {
+            a.send_bytes(ChannelId(channel), payload.clone()).unwrap();
+        }
+    }
+    let mut delivered = 0;
+    while let Some(len) = a.poll_transmit(now, buf) {
+        b.handle_datagram(now, &buf[..len]);
+        while let Some(event) = b.poll_event() {
+            assert!(matches!(event, Event::Message { .. }));
+            delivered += 1;
+        }
+    }
+    b.handle_timeout(now + Duration::from_millis(20));
+    while let Some(len) = b.poll_transmit(now + Duration::from_millis(20), buf) {
+        a.handle_datagram(now + Duration::from_millis(20), &buf[..len]);
+    }
+    delivered
+}
+
+#[test]
+fn steady_state_send_receive_and_ack_do_not_allocate() {
+    let start = Instant::now();
+    let config = TransportConfig {
+        max_send_rate: u32::MAX,
+        initial_send_rate: 1 << 30,
+        ..TransportConfig::default()
+    };
+    let mut a = Connection::new(config.clone(), start).unwrap();
+    let mut b = Connection::new(config, start).unwrap();
+    let payload = Bytes::from(vec![7u8; 32]);
+    let mut buf = vec![0u8; 1500];
+    let mut now = start;
+    for _ in 0..2_000 {
+        now += Duration::from_millis(30);
+        assert_eq!(round(&mut a, &mut b, now, &payload, &mut buf), 25);
+    }
+    let probe = allocations();
+    std::hint::black_box(vec![0u8; 16]);
+    assert!(
+        allocations() > probe,
+        "the counting allocator sees this thread"
+    );
+
+    let before = allocations();
+    let mut delivered = 0;
+    for _ in 0..10_000 {
+        now += Duration::from_millis(30);
+        delivered += round(&mut a, &mut b, now, &payload, &mut buf);
+    }
+    let during = allocations() - before;
+    assert_eq!(delivered, 250_000);
+    assert_eq!(
+        during, 0,
+        "{during} allocations in 10,000 steady-state rounds"
+    );
+    assert_eq!(a.unacked_messages(ChannelId(0)), 0);
+}
