@@ -1,7 +1,10 @@
 //! Code both sides of the wire link: the reliable-UDP transport, the secure
-//! connection layer (netcode.io 1.02) and the seeded link simulator used by
-//! tests and by the bot client's link conditioner.
+//! connection layer (netcode.io 1.02), the two joined as endpoints, the UDP
+//! I/O thread, and the seeded link simulator used by tests and by the bot
+//! client's link conditioner.
 
+pub mod endpoint;
+pub mod io;
 pub mod netcode;
 pub mod sim;
 pub mod transport;

@@ -44,8 +44,37 @@ pub enum DisconnectReason {
     SendQueueFull,
     /// The peer sent more than the server accepts.
     Flooding,
-    /// An application-defined reason.
+    /// The server had no free slot (decided by the connection layer).
+    ServerFull,
+    /// The connect token had expired (decided by the connection layer).
+    TokenExpired,
+    /// The connect token was refused at connect (decided by the connection layer).
+    InvalidToken,
+    /// The server never completed the handshake: unreachable, or it
+    /// silently refused the token (wrong key, protocol or address).
+    ConnectTimeout,
+    /// An application-defined reason; use codes from 64 up.
     Custom(u8),
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Self::Timeout => "connection timed out",
+            Self::Closed => "connection closed",
+            Self::ServerShutdown => "the server is shutting down",
+            Self::Kicked => "kicked from the server",
+            Self::ProtocolViolation => "protocol violation",
+            Self::SendQueueFull => "too slow to receive data (send queue full)",
+            Self::Flooding => "sending too much data",
+            Self::ServerFull => "the server is full",
+            Self::TokenExpired => "the connect token has expired",
+            Self::InvalidToken => "the connect token is invalid",
+            Self::ConnectTimeout => "the server did not answer the connection request",
+            Self::Custom(code) => return write!(f, "disconnected by the game (code {code})"),
+        };
+        f.write_str(text)
+    }
 }
 
 impl DisconnectReason {
@@ -59,6 +88,10 @@ impl DisconnectReason {
             Self::ProtocolViolation => 5,
             Self::SendQueueFull => 6,
             Self::Flooding => 7,
+            Self::ServerFull => 8,
+            Self::TokenExpired => 9,
+            Self::InvalidToken => 10,
+            Self::ConnectTimeout => 11,
             Self::Custom(code) => code,
         }
     }
@@ -73,6 +106,10 @@ impl DisconnectReason {
             5 => Self::ProtocolViolation,
             6 => Self::SendQueueFull,
             7 => Self::Flooding,
+            8 => Self::ServerFull,
+            9 => Self::TokenExpired,
+            10 => Self::InvalidToken,
+            11 => Self::ConnectTimeout,
             other => Self::Custom(other),
         }
     }
@@ -464,6 +501,17 @@ impl Connection {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
+    }
+
+    /// Whether [`poll_event`](Self::poll_event) has anything.
+    pub fn has_events(&self) -> bool {
+        !self.inbox.entries.is_empty()
+    }
+
+    /// Whether the next event is a message (so a caller can branch before
+    /// borrowing it).
+    pub fn next_event_is_message(&self) -> bool {
+        matches!(self.inbox.entries.front(), Some(InboxEntry::Message { .. }))
     }
 
     /// Takes the next event. The payload of a message borrows the

@@ -1,0 +1,236 @@
+//! Client side of the stack.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::netcode::{self, ClientEvent, ClientState, ConnectError, ConnectToken, Transmit};
+use crate::transport::{
+    ChannelId, Connection, ConnectionStats, DisconnectReason, Event, SendError, TransportConfig,
+};
+
+/// What the client endpoint reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEndpointEvent<'a> {
+    /// The handshake completed; messages can flow.
+    Connected {
+        /// Our slot on the server.
+        client_index: u32,
+    },
+    /// A complete message from the server, borrowed until the next call.
+    Message {
+        /// Its channel.
+        channel: ChannelId,
+        /// Its bytes.
+        payload: &'a [u8],
+    },
+    /// The session ended (or never started); nothing more follows.
+    Disconnected {
+        /// Why, as a player should be told.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ClientSendError {
+    /// Not connected (yet, or any more).
+    #[error("not connected")]
+    NotConnected,
+    /// The transport refused it.
+    #[error(transparent)]
+    Transport(#[from] SendError),
+}
+
+/// One client: the netcode handshake and encryption, and a reliable
+/// [`Connection`] inside the payload packets once connected.
+///
+/// Drive it like [`ServerEndpoint`](super::ServerEndpoint): `handle_datagram`
+/// and `handle_timeout` in, then [`poll_event`](Self::poll_event) and
+/// [`poll_transmit`](Self::poll_transmit) until both are `None`.
+pub struct ClientEndpoint {
+    netcode: netcode::Client,
+    transport: TransportConfig,
+    conn: Option<Connection>,
+    announced: bool,
+    ended: Option<DisconnectReason>,
+    reported_end: bool,
+    plain: Vec<u8>,
+}
+
+impl ClientEndpoint {
+    /// A client speaking `protocol_id` with this channel layout.
+    pub fn new(protocol_id: u64, transport: TransportConfig) -> Self {
+        Self {
+            netcode: netcode::Client::new(netcode::ClientConfig::new(protocol_id)),
+            transport,
+            conn: None,
+            announced: false,
+            ended: None,
+            reported_end: false,
+            plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
+        }
+    }
+
+    /// Starts connecting with `token`; `unix_secs` is the wall clock (token expiry).
+    pub fn connect(&mut self, token: &ConnectToken, now: Instant, unix_secs: u64) -> Result<(), ConnectError> {
+        self.conn = None;
+        self.announced = false;
+        self.ended = None;
+        self.reported_end = false;
+        let result = self.netcode.connect(token, now, unix_secs);
+        if result.is_err() {
+            self.end_from_state();
+        }
+        result
+    }
+
+    /// The secure layer's state.
+    pub fn state(&self) -> ClientState {
+        self.netcode.state()
+    }
+
+    /// Connected and able to send.
+    pub fn is_connected(&self) -> bool {
+        self.ended.is_none() && self.conn.as_ref().is_some_and(Connection::is_connected)
+    }
+
+    /// The server's address, once connecting.
+    pub fn server_address(&self) -> Option<SocketAddr> {
+        self.netcode.server_address()
+    }
+
+    /// The transport connection's stats, once connected.
+    pub fn connection_stats(&self) -> Option<ConnectionStats> {
+        self.conn.as_ref().map(Connection::stats)
+    }
+
+    /// Queues a message for the server.
+    pub fn send(&mut self, channel: ChannelId, payload: Bytes) -> Result<(), ClientSendError> {
+        match self.conn.as_mut() {
+            Some(conn) if self.ended.is_none() => Ok(conn.send_bytes(channel, payload)?),
+            _ => Err(ClientSendError::NotConnected),
+        }
+    }
+
+    /// Leaves: the reason reaches the server, then disconnect packets follow.
+    pub fn disconnect(&mut self, now: Instant, reason: DisconnectReason) {
+        match self.conn.as_mut() {
+            Some(conn) if conn.is_connected() => conn.disconnect(now, reason),
+            _ => {
+                self.netcode.disconnect();
+                self.ended.get_or_insert(reason);
+            }
+        }
+    }
+
+    fn end_from_state(&mut self) {
+        let reason = match self.netcode.state() {
+            ClientState::ConnectTokenExpired => DisconnectReason::TokenExpired,
+            ClientState::InvalidConnectToken => DisconnectReason::InvalidToken,
+            ClientState::ConnectionTimedOut => DisconnectReason::Timeout,
+            ClientState::ConnectionResponseTimedOut | ClientState::ConnectionRequestTimedOut => {
+                DisconnectReason::ConnectTimeout
+            }
+            ClientState::ConnectionDenied => DisconnectReason::ServerFull,
+            ClientState::Disconnected => DisconnectReason::Closed,
+            _ => return,
+        };
+        self.ended.get_or_insert(reason);
+    }
+
+    /// Feeds one datagram from `from`; `buf` is decrypted in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) {
+        match self.netcode.handle_datagram(now, from, buf) {
+            Some(ClientEvent::Connected { .. }) => {
+                match Connection::new(self.transport.clone(), now) {
+                    Ok(conn) => self.conn = Some(conn),
+                    Err(error) => {
+                        tracing::error!(%error, "invalid transport configuration");
+                        self.netcode.disconnect();
+                        self.ended = Some(DisconnectReason::ProtocolViolation);
+                    }
+                }
+            }
+            Some(ClientEvent::Payload(data)) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.handle_datagram(now, data);
+                }
+            }
+            Some(ClientEvent::Disconnected) => {
+                self.ended.get_or_insert(DisconnectReason::Closed);
+            }
+            None => self.end_from_state(),
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.netcode.handle_timeout(now);
+        self.end_from_state();
+        if let Some(conn) = self.conn.as_mut()
+            && conn.poll_timeout().is_some_and(|t| t <= now)
+        {
+            conn.handle_timeout(now);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conn = self.conn.as_ref().and_then(Connection::poll_timeout);
+        [conn, self.netcode.poll_timeout()].into_iter().flatten().min()
+    }
+
+    /// Takes the next event.
+    pub fn poll_event(&mut self) -> Option<ClientEndpointEvent<'_>> {
+        if let Some(conn) = self.conn.as_mut() {
+            if !self.announced {
+                self.announced = true;
+                return Some(ClientEndpointEvent::Connected {
+                    client_index: self.netcode.client_index().unwrap_or(0),
+                });
+            }
+            if conn.next_event_is_message() {
+                return match conn.poll_event() {
+                    Some(Event::Message { channel, payload }) => {
+                        Some(ClientEndpointEvent::Message { channel, payload })
+                    }
+                    _ => None,
+                };
+            }
+            if let Some(Event::Disconnected { reason, .. }) = conn.poll_event() {
+                // A reason from the server (or our own) beats the secure layer's.
+                self.ended = Some(reason);
+            }
+        }
+        let reason = self.ended?;
+        // While our transport is still sending its goodbye, wait for it.
+        let conn_done = self.conn.as_ref().is_none_or(|c| c.is_connected() || c.is_closed());
+        if self.reported_end || !conn_done {
+            return None;
+        }
+        self.reported_end = true;
+        Some(ClientEndpointEvent::Disconnected { reason })
+    }
+
+    /// Writes the next datagram into `buf` (at least
+    /// [`netcode::MAX_PACKET_BYTES`]).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(conn) = self.conn.as_mut()
+            && self.netcode.state() == ClientState::Connected
+        {
+            if let Some(len) = conn.poll_transmit(now, &mut self.plain) {
+                match self.netcode.send_payload(now, &self.plain[..len], buf) {
+                    Ok(transmit) => return Some(transmit),
+                    Err(error) => tracing::debug!(?error, "payload not sealed"),
+                }
+            } else if conn.is_closed() {
+                // Our transport said goodbye; now the secure layer's packets.
+                self.netcode.disconnect();
+            }
+        }
+        self.netcode.poll_transmit(now, buf)
+    }
+}

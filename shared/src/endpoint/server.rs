@@ -1,0 +1,485 @@
+//! Server side of the stack.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::netcode::{self, ClientIndex, ServerEvent, Transmit};
+use crate::transport::{
+    ChannelId, Connection, ConnectionStats, DisconnectReason, Event, SendError, TransportConfig,
+};
+
+/// Configuration of both layers.
+#[derive(Debug, Clone)]
+pub struct ServerEndpointConfig {
+    /// The secure layer: keys, addresses, client slots, handshake limits.
+    pub netcode: netcode::ServerConfig,
+    /// Channel layout and reliability settings of every connection.
+    pub transport: TransportConfig,
+    /// Receive-side memory (reassembly and out-of-order data) all clients
+    /// together may hold. A datagram that pushes the total past it gets its
+    /// sender disconnected with [`DisconnectReason::Flooding`].
+    pub max_total_receive_buffer: usize,
+}
+
+impl ServerEndpointConfig {
+    /// Both layers' defaults and a 512 MiB total receive bound.
+    pub fn new(netcode: netcode::ServerConfig, transport: TransportConfig) -> Self {
+        Self {
+            netcode,
+            transport,
+            max_total_receive_buffer: 512 << 20,
+        }
+    }
+}
+
+/// What the endpoint reports, drained with [`ServerEndpoint::poll_event`].
+/// A client's events come in order: `Connected`, its messages, `Disconnected`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EndpointEvent<'a> {
+    /// A client completed the handshake.
+    Connected {
+        /// Its slot.
+        client: ClientIndex,
+        /// The id its connect token carries (the player's account id).
+        client_id: u64,
+    },
+    /// A complete message from a client, borrowed until the next call.
+    Message {
+        /// The sender.
+        client: ClientIndex,
+        /// The sender's token id.
+        client_id: u64,
+        /// The channel it came on.
+        channel: ChannelId,
+        /// Its bytes.
+        payload: &'a [u8],
+    },
+    /// A client left; its slot is free.
+    Disconnected {
+        /// Its former slot.
+        client: ClientIndex,
+        /// The id its connect token carried.
+        client_id: u64,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why a send to a client failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EndpointSendError {
+    /// No client in that slot.
+    #[error("no such client")]
+    UnknownClient,
+    /// The transport refused it.
+    #[error(transparent)]
+    Transport(#[from] SendError),
+}
+
+/// Endpoint-wide counters (the secure layer's own are in [`netcode::ServerStats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerEndpointStats {
+    /// Clients disconnected because the total receive bound was hit.
+    pub flooding_disconnects: u64,
+    /// Clients disconnected because their reliable send queue was full.
+    pub queue_full_disconnects: u64,
+}
+
+struct Peer {
+    client: ClientIndex,
+    client_id: u64,
+    conn: Connection,
+    announced: bool,
+    /// Set once the peer is over; the `Disconnected` event follows its messages.
+    ended: Option<DisconnectReason>,
+    queued_for_transmit: bool,
+    queued_for_events: bool,
+    armed: Option<Instant>,
+    buffered: usize,
+}
+
+/// Many clients on one socket: netcode handshakes and encryption, and one
+/// reliable [`Connection`] per client inside the payload packets.
+///
+/// # Driving it
+///
+/// - `handle_datagram(now, unix_secs, from, buf)` for every datagram read;
+/// - `handle_timeout(now)` when `now` reaches [`poll_timeout`](Self::poll_timeout);
+/// - after either, drain [`poll_event`](Self::poll_event) until `None`, then
+///   [`poll_transmit`](Self::poll_transmit) until `None` (sending each
+///   datagram to its destination);
+/// - `send`/`disconnect` at any time; their datagrams leave on the next
+///   `poll_transmit` calls.
+///
+/// Work is proportional to the clients touched, not to the clients
+/// connected: transmits and events are queued per client, and timers sit in
+/// a heap.
+pub struct ServerEndpoint {
+    netcode: netcode::Server,
+    transport: TransportConfig,
+    peers: Vec<Option<Peer>>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    transmit_queue: VecDeque<usize>,
+    event_queue: VecDeque<usize>,
+    plain: Vec<u8>,
+    total_buffered: usize,
+    max_total_buffered: usize,
+    stats: ServerEndpointStats,
+}
+
+impl ServerEndpoint {
+    /// Builds the endpoint; `rng` seeds the secure layer's keys.
+    pub fn new(
+        config: ServerEndpointConfig,
+        rng: &mut impl rand_core::CryptoRng,
+    ) -> Result<Self, netcode::ConfigError> {
+        let max_clients = config.netcode.max_clients;
+        let netcode = netcode::Server::new(config.netcode, rng)?;
+        Ok(Self {
+            netcode,
+            transport: config.transport,
+            peers: (0..max_clients).map(|_| None).collect(),
+            timers: BinaryHeap::new(),
+            transmit_queue: VecDeque::new(),
+            event_queue: VecDeque::new(),
+            plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
+            total_buffered: 0,
+            max_total_buffered: config.max_total_receive_buffer,
+            stats: ServerEndpointStats::default(),
+        })
+    }
+
+    /// The secure layer (its stats, addresses and client ids).
+    pub fn netcode(&self) -> &netcode::Server {
+        &self.netcode
+    }
+
+    /// Endpoint-wide counters.
+    pub fn stats(&self) -> &ServerEndpointStats {
+        &self.stats
+    }
+
+    /// Clients connected now.
+    pub fn connected_clients(&self) -> usize {
+        self.peers.iter().flatten().filter(|p| p.ended.is_none()).count()
+    }
+
+    /// The transport connection of `client`, for its stats.
+    pub fn connection_stats(&self, client: ClientIndex) -> Option<ConnectionStats> {
+        self.peer(client).map(|p| p.conn.stats())
+    }
+
+    /// Receive memory held by all clients together.
+    pub fn total_receive_buffered(&self) -> usize {
+        self.total_buffered
+    }
+
+    /// Bytes queued or unacknowledged for `client` on `channel`.
+    pub fn queued_bytes(&self, client: ClientIndex, channel: ChannelId) -> usize {
+        self.peer(client).map_or(0, |p| p.conn.queued_bytes(channel))
+    }
+
+    fn peer(&self, client: ClientIndex) -> Option<&Peer> {
+        self.peers
+            .get(client.get())
+            .and_then(Option::as_ref)
+            .filter(|p| p.client == client)
+    }
+
+    fn live_peer_mut(&mut self, client: ClientIndex) -> Option<&mut Peer> {
+        self.peers
+            .get_mut(client.get())
+            .and_then(Option::as_mut)
+            .filter(|p| p.client == client && p.ended.is_none())
+    }
+
+    /// Queues a message for one client. When a reliable channel's queue is
+    /// full the client cannot keep up: it is disconnected with
+    /// [`DisconnectReason::SendQueueFull`] and the error returned.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        client: ClientIndex,
+        channel: ChannelId,
+        payload: Bytes,
+    ) -> Result<(), EndpointSendError> {
+        let peer = self
+            .live_peer_mut(client)
+            .ok_or(EndpointSendError::UnknownClient)?;
+        let result = peer.conn.send_bytes(channel, payload);
+        if result == Err(SendError::QueueFull) {
+            peer.conn.disconnect(now, DisconnectReason::SendQueueFull);
+            self.stats.queue_full_disconnects += 1;
+        }
+        self.touch(client.get());
+        result.map_err(EndpointSendError::from)
+    }
+
+    /// Queues one shared message for every connected client; a client whose
+    /// reliable queue is full is disconnected as in [`send`](Self::send).
+    pub fn broadcast(&mut self, now: Instant, channel: ChannelId, payload: &Bytes) {
+        for index in 0..self.peers.len() {
+            let Some(peer) = self.peers[index].as_mut() else {
+                continue;
+            };
+            if peer.ended.is_some() || !peer.conn.is_connected() {
+                continue;
+            }
+            if peer.conn.send_bytes(channel, payload.clone()) == Err(SendError::QueueFull) {
+                peer.conn.disconnect(now, DisconnectReason::SendQueueFull);
+                self.stats.queue_full_disconnects += 1;
+            }
+            self.touch(index);
+        }
+    }
+
+    /// Ends a client's session: the reason reaches the client, then the
+    /// secure layer's disconnect packets follow.
+    pub fn disconnect(&mut self, now: Instant, client: ClientIndex, reason: DisconnectReason) {
+        if let Some(peer) = self.live_peer_mut(client) {
+            peer.conn.disconnect(now, reason);
+            self.touch(client.get());
+        }
+    }
+
+    /// Disconnects every client with `reason` (server shutdown).
+    pub fn disconnect_all(&mut self, now: Instant, reason: DisconnectReason) {
+        for index in 0..self.peers.len() {
+            if let Some(peer) = self.peers[index].as_mut()
+                && peer.ended.is_none()
+            {
+                peer.conn.disconnect(now, reason);
+                self.touch(index);
+            }
+        }
+    }
+
+    /// Feeds one datagram read from the socket; `buf` is decrypted in place.
+    pub fn handle_datagram(&mut self, now: Instant, unix_secs: u64, from: SocketAddr, buf: &mut [u8]) {
+        match self.netcode.handle_datagram(now, unix_secs, from, buf) {
+            Some(ServerEvent::Payload { client, data }) => {
+                let index = client.get();
+                let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
+                    return;
+                };
+                if peer.client != client || peer.ended.is_some() {
+                    return;
+                }
+                peer.conn.handle_datagram(now, data);
+                let buffered = peer.conn.receive_buffered_bytes();
+                self.total_buffered = self.total_buffered + buffered - peer.buffered;
+                peer.buffered = buffered;
+                if self.total_buffered > self.max_total_buffered {
+                    self.stats.flooding_disconnects += 1;
+                    peer.conn.disconnect(now, DisconnectReason::Flooding);
+                }
+                self.touch(index);
+            }
+            Some(event) => self.on_lifecycle(now, event),
+            None => {}
+        }
+    }
+
+    fn on_lifecycle(&mut self, now: Instant, event: ServerEvent<'_>) {
+        match event {
+            ServerEvent::ClientConnected {
+                client, client_id, ..
+            } => {
+                let Ok(conn) = Connection::new(self.transport.clone(), now) else {
+                    tracing::error!("invalid transport configuration; refusing client");
+                    let _ = self.netcode.disconnect(client);
+                    return;
+                };
+                let index = client.get();
+                if let Some(slot) = self.peers.get_mut(index) {
+                    *slot = Some(Peer {
+                        client,
+                        client_id,
+                        conn,
+                        announced: false,
+                        ended: None,
+                        queued_for_transmit: false,
+                        queued_for_events: false,
+                        armed: None,
+                        buffered: 0,
+                    });
+                    self.touch(index);
+                }
+            }
+            ServerEvent::ClientDisconnected { client, reason, .. } => {
+                let index = client.get();
+                if let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut)
+                    && peer.client == client
+                    && peer.ended.is_none()
+                {
+                    peer.ended = Some(match reason {
+                        netcode::DisconnectReason::ClientDisconnected => DisconnectReason::Closed,
+                        netcode::DisconnectReason::TimedOut => DisconnectReason::Timeout,
+                    });
+                    self.touch(index);
+                }
+            }
+            ServerEvent::Payload { .. } => {}
+        }
+    }
+
+    /// Queues the peer for events and transmits and re-arms its timer.
+    fn touch(&mut self, index: usize) {
+        let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        if !peer.queued_for_events {
+            peer.queued_for_events = true;
+            self.event_queue.push_back(index);
+        }
+        if !peer.queued_for_transmit {
+            peer.queued_for_transmit = true;
+            self.transmit_queue.push_back(index);
+        }
+        let next = peer.conn.poll_timeout();
+        if next != peer.armed {
+            peer.armed = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, index)));
+            }
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.netcode.handle_timeout(now);
+        while let Some(event) = self.netcode.poll_event() {
+            self.on_lifecycle(now, event);
+        }
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if peer.armed != Some(at) {
+                continue; // superseded
+            }
+            peer.armed = None;
+            peer.conn.handle_timeout(now);
+            self.touch(index);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let peers = self.timers.peek().map(|Reverse((at, _))| *at);
+        [peers, self.netcode.poll_timeout()].into_iter().flatten().min()
+    }
+
+    /// Takes the next event; a message's payload borrows the endpoint until
+    /// the next call.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent<'_>> {
+        loop {
+            let &index = self.event_queue.front()?;
+            let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
+                self.event_queue.pop_front();
+                continue;
+            };
+            if !peer.announced {
+                peer.announced = true;
+                return Some(EndpointEvent::Connected {
+                    client: peer.client,
+                    client_id: peer.client_id,
+                });
+            }
+            if peer.conn.next_event_is_message() {
+                let (client, client_id) = (peer.client, peer.client_id);
+                return match peer.conn.poll_event() {
+                    Some(Event::Message { channel, payload }) => Some(EndpointEvent::Message {
+                        client,
+                        client_id,
+                        channel,
+                        payload,
+                    }),
+                    _ => None,
+                };
+            }
+            if let Some(Event::Disconnected { reason, .. }) = peer.conn.poll_event() {
+                peer.ended.get_or_insert(reason);
+                continue;
+            }
+            // No transport events left.
+            self.event_queue.pop_front();
+            peer.queued_for_events = false;
+            // Over, and its last datagrams (the transport's disconnect
+            // packets) have left: free the slot.
+            if peer.ended.is_some() && !peer.queued_for_transmit {
+                return self.remove_peer(index);
+            }
+        }
+    }
+
+    /// Frees a finished peer's slot and reports its end.
+    fn remove_peer(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
+        let peer = self.peers.get_mut(index)?.take()?;
+        self.total_buffered -= peer.buffered;
+        // Idempotent if the secure layer already dropped the client.
+        let _ = self.netcode.disconnect(peer.client);
+        Some(EndpointEvent::Disconnected {
+            client: peer.client,
+            client_id: peer.client_id,
+            reason: peer.ended.unwrap_or(DisconnectReason::Closed),
+        })
+    }
+
+    /// Writes the next datagram into `buf` (at least
+    /// [`netcode::MAX_PACKET_BYTES`]); send `buf[..len]` to `destination`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(transmit) = self.netcode.poll_transmit(now, buf) {
+            return Some(transmit);
+        }
+        while let Some(&index) = self.transmit_queue.front() {
+            let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
+                self.transmit_queue.pop_front();
+                continue;
+            };
+            // Ended by the secure layer (the client left or timed out):
+            // nothing can be sealed for it any more.
+            let network_gone = peer.ended.is_some() && peer.conn.is_connected();
+            if !network_gone && let Some(len) = peer.conn.poll_transmit(now, &mut self.plain) {
+                match self.netcode.send_payload(now, peer.client, &self.plain[..len], buf) {
+                    Ok(transmit) => return Some(transmit),
+                    Err(error) => {
+                        tracing::debug!(?error, client = index, "payload not sealed");
+                        peer.ended.get_or_insert(DisconnectReason::Closed);
+                    }
+                }
+                continue;
+            }
+            self.transmit_queue.pop_front();
+            peer.queued_for_transmit = false;
+            if peer.conn.is_closed() && peer.ended.is_none() {
+                peer.ended = Some(DisconnectReason::Closed);
+            }
+            if peer.ended.is_some() {
+                // Its events (and the final Disconnected) are still to be drained.
+                if !peer.queued_for_events {
+                    peer.queued_for_events = true;
+                    self.event_queue.push_back(index);
+                }
+            } else {
+                let next = peer.conn.poll_timeout();
+                if next != peer.armed {
+                    peer.armed = next;
+                    if let Some(at) = next {
+                        self.timers.push(Reverse((at, index)));
+                    }
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,18 @@
+//! The I/O edge: real UDP sockets and the wall clock around the sans-IO
+//! stack. [`ServerIo`] runs a server endpoint on its own `net-io` thread and
+//! talks to the game over bounded crossbeam channels.
+
+mod server;
+
+pub use server::{
+    ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, ServerIo, ServerIoConfig, SpawnError,
+};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Wall-clock seconds since the Unix epoch (connect-token expiry).
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,572 @@
+//! The server's `net-io` thread.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use thiserror::Error;
+
+use crate::endpoint::{EndpointEvent, ServerEndpoint};
+use crate::netcode::{ClientIndex, MAX_PACKET_BYTES};
+use crate::transport::{ChannelId, DisconnectReason};
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// A connected client as the game sees it: the secure layer's slot plus a
+/// generation, so a slot reused by a new client never receives what was
+/// meant for the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId {
+    /// The endpoint slot.
+    pub slot: ClientIndex,
+    /// The account id from the connect token.
+    pub account: u64,
+}
+
+/// What the `net-io` thread reports to the game.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A client completed the handshake.
+    Connected {
+        /// The client.
+        client: ClientId,
+    },
+    /// A message arrived.
+    Message {
+        /// From whom.
+        client: ClientId,
+        /// On which channel.
+        channel: ChannelId,
+        /// The bytes.
+        payload: Bytes,
+    },
+    /// A client left.
+    Disconnected {
+        /// The client.
+        client: ClientId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// What the game asks of the `net-io` thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetCommand {
+    /// One message to one client.
+    Send {
+        /// The recipient.
+        client: ClientId,
+        /// The channel.
+        channel: ChannelId,
+        /// The bytes (shared, not copied, when sent to many).
+        payload: Bytes,
+    },
+    /// One message to every connected client.
+    Broadcast {
+        /// The channel.
+        channel: ChannelId,
+        /// The bytes, serialized once for everyone.
+        payload: Bytes,
+    },
+    /// End one client's session.
+    Disconnect {
+        /// The client.
+        client: ClientId,
+        /// Why (the client is told).
+        reason: DisconnectReason,
+    },
+    /// Say goodbye to everyone, flush, and stop the thread.
+    Shutdown {
+        /// Why (every client is told).
+        reason: DisconnectReason,
+    },
+}
+
+/// Settings of the `net-io` thread.
+#[derive(Debug, Clone)]
+pub struct ServerIoConfig {
+    /// Capacity of the event channel to the game. When it is full, messages
+    /// on unreliable channels are dropped (counted) and a client whose
+    /// reliable message cannot be queued is disconnected with
+    /// [`DisconnectReason::Flooding`]: the game must never lose a reliable
+    /// message silently.
+    pub inbound_capacity: usize,
+    /// Capacity of the command channel, in batches (one per tick).
+    pub outbound_batches: usize,
+    /// A client delivering more messages than this in one second is
+    /// disconnected with [`DisconnectReason::Flooding`].
+    pub max_messages_per_second: u32,
+    /// Channels whose messages may be dropped when the game falls behind.
+    pub droppable_channels: Vec<ChannelId>,
+    /// Longest the thread waits for a shutdown's goodbyes to leave.
+    pub shutdown_linger: Duration,
+}
+
+impl Default for ServerIoConfig {
+    fn default() -> Self {
+        Self {
+            inbound_capacity: 64 * 1024,
+            outbound_batches: 8,
+            max_messages_per_second: 2_000,
+            droppable_channels: Vec::new(),
+            shutdown_linger: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Counters the `net-io` thread keeps, readable from any thread.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    datagrams_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    send_errors: AtomicU64,
+    inbound_dropped: AtomicU64,
+    flooding_disconnects: AtomicU64,
+    connected: AtomicU64,
+    loop_wakeups: AtomicU64,
+}
+
+/// A copy of [`IoStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStatsSnapshot {
+    /// Datagrams read from the socket.
+    pub datagrams_in: u64,
+    /// Datagrams written to the socket.
+    pub datagrams_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Datagrams the socket refused to send.
+    pub send_errors: u64,
+    /// Unreliable messages dropped because the game fell behind.
+    pub inbound_dropped: u64,
+    /// Clients disconnected for flooding (rate or a full inbound channel).
+    pub flooding_disconnects: u64,
+    /// Clients connected now.
+    pub connected: u64,
+    /// Times the I/O loop woke up.
+    pub loop_wakeups: u64,
+}
+
+impl IoStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> IoStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        IoStatsSnapshot {
+            datagrams_in: get(&self.datagrams_in),
+            datagrams_out: get(&self.datagrams_out),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            send_errors: get(&self.send_errors),
+            inbound_dropped: get(&self.inbound_dropped),
+            flooding_disconnects: get(&self.flooding_disconnects),
+            connected: get(&self.connected),
+            loop_wakeups: get(&self.loop_wakeups),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Why the I/O thread could not start.
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    /// Binding or registering the socket failed.
+    #[error("cannot bind UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Creating the poller or the thread failed.
+    #[error("cannot start the net-io thread: {0}")]
+    Thread(#[from] io::Error),
+}
+
+/// The game's handle on the `net-io` thread.
+pub struct ServerIo {
+    events: Receiver<NetEvent>,
+    commands: Sender<Vec<NetCommand>>,
+    waker: Arc<Waker>,
+    stats: Arc<IoStats>,
+    local_addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerIo {
+    /// Binds `bind`, moves `endpoint` onto a new thread named `net-io` and
+    /// starts serving.
+    pub fn spawn(bind: SocketAddr, endpoint: ServerEndpoint, config: ServerIoConfig) -> Result<Self, SpawnError> {
+        let mut socket = UdpSocket::bind(bind).map_err(|source| SpawnError::Bind { addr: bind, source })?;
+        let local_addr = socket.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (event_tx, events) = crossbeam_channel::bounded(config.inbound_capacity);
+        let (commands, command_rx) = crossbeam_channel::bounded(config.outbound_batches);
+        let stats = Arc::new(IoStats::default());
+        let mut io_loop = IoLoop {
+            poll,
+            socket,
+            endpoint,
+            events: event_tx,
+            commands: command_rx,
+            stats: Arc::clone(&stats),
+            config,
+            rates: Vec::new(),
+            backlog: VecDeque::new(),
+            shutting_down: None,
+            buf: vec![0; MAX_PACKET_BYTES],
+        };
+        let thread = std::thread::Builder::new()
+            .name("net-io".into())
+            .spawn(move || io_loop.run())?;
+        Ok(Self {
+            events,
+            commands,
+            waker,
+            stats,
+            local_addr,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The inbound side: drain it with `try_iter()` once per tick.
+    pub fn events(&self) -> &Receiver<NetEvent> {
+        &self.events
+    }
+
+    /// Hands one tick's commands to the thread and wakes it. When the thread
+    /// is `outbound_batches` ticks behind the batch is refused and returned.
+    pub fn submit(&self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.commands.try_send(batch) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => Err(batch),
+        }
+    }
+
+    /// The thread's counters.
+    pub fn stats(&self) -> &Arc<IoStats> {
+        &self.stats
+    }
+
+    /// Whether the thread has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Says goodbye to every client with `reason`, waits for the thread to
+    /// flush and stop (at most `shutdown_linger` plus a little).
+    pub fn shutdown(mut self, reason: DisconnectReason) {
+        let _ = self.commands.send(vec![NetCommand::Shutdown { reason }]);
+        let _ = self.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ServerIo {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.commands.try_send(vec![NetCommand::Shutdown {
+                reason: DisconnectReason::ServerShutdown,
+            }]);
+            let _ = self.waker.wake();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Per-slot inbound message counting for the flood limit.
+#[derive(Clone, Copy, Default)]
+struct Rate {
+    window_start: Option<Instant>,
+    count: u32,
+}
+
+struct IoLoop {
+    poll: Poll,
+    socket: UdpSocket,
+    endpoint: ServerEndpoint,
+    events: Sender<NetEvent>,
+    commands: Receiver<Vec<NetCommand>>,
+    stats: Arc<IoStats>,
+    config: ServerIoConfig,
+    rates: Vec<Rate>,
+    backlog: VecDeque<NetEvent>,
+    shutting_down: Option<Instant>,
+    buf: Vec<u8>,
+}
+
+impl IoLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .endpoint
+                .poll_timeout()
+                .map(|at| at.saturating_duration_since(now));
+            // While shutting down, or while the game is behind (backlog),
+            // look again soon.
+            let timeout = if self.shutting_down.is_some() || !self.backlog.is_empty() {
+                let cap = Duration::from_millis(2);
+                Some(timeout.map_or(cap, |t| t.min(cap)))
+            } else {
+                timeout
+            };
+            if let Err(error) = self.poll.poll(&mut events, timeout)
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(%error, "net-io poll failed; stopping");
+                return;
+            }
+            bump(&self.stats.loop_wakeups, 1);
+            let now = Instant::now();
+            self.flush_backlog();
+            self.read_socket(now);
+            if !self.drain_commands(now) {
+                return;
+            }
+            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                self.endpoint.handle_timeout(now);
+            }
+            self.flush(now);
+            if let Some(deadline) = self.shutting_down
+                && (self.endpoint.connected_clients() == 0 || now >= deadline)
+            {
+                self.flush(now);
+                return;
+            }
+        }
+    }
+
+    fn read_socket(&mut self, now: Instant) {
+        let unix = super::unix_secs();
+        loop {
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((len, from)) => {
+                    bump(&self.stats.datagrams_in, 1);
+                    bump(&self.stats.bytes_in, len as u64);
+                    self.endpoint
+                        .handle_datagram(now, unix, from, &mut self.buf[..len]);
+                    self.forward_events(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors surface here on some platforms; they say nothing
+                // trustworthy about any client.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Applies queued commands; false once the thread should stop now.
+    fn drain_commands(&mut self, now: Instant) -> bool {
+        loop {
+            let batch = match self.commands.try_recv() {
+                Ok(batch) => batch,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => {
+                    if self.shutting_down.is_none() {
+                        self.begin_shutdown(now, DisconnectReason::ServerShutdown);
+                    }
+                    return true;
+                }
+            };
+            for command in batch {
+                match command {
+                    NetCommand::Send {
+                        client,
+                        channel,
+                        payload,
+                    } => {
+                        let _ = self.endpoint.send(now, client.slot, channel, payload);
+                    }
+                    NetCommand::Broadcast { channel, payload } => {
+                        self.endpoint.broadcast(now, channel, &payload);
+                    }
+                    NetCommand::Disconnect { client, reason } => {
+                        self.endpoint.disconnect(now, client.slot, reason);
+                    }
+                    NetCommand::Shutdown { reason } => self.begin_shutdown(now, reason),
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, reason: DisconnectReason) {
+        self.endpoint.disconnect_all(now, reason);
+        self.shutting_down = Some(now + self.config.shutdown_linger);
+    }
+
+    /// Moves endpoint events into the game's channel, applying the overflow
+    /// and flood policies.
+    fn forward_events(&mut self, now: Instant) {
+        let mut flooders: Vec<ClientIndex> = Vec::new();
+        while let Some(event) = self.endpoint.poll_event() {
+            let event = match event {
+                EndpointEvent::Connected { client, client_id } => {
+                    bump(&self.stats.connected, 1);
+                    NetEvent::Connected {
+                        client: ClientId {
+                            slot: client,
+                            account: client_id,
+                        },
+                    }
+                }
+                EndpointEvent::Disconnected {
+                    client,
+                    client_id,
+                    reason,
+                } => {
+                    self.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(rate) = self.rates.get_mut(client.get()) {
+                        *rate = Rate::default();
+                    }
+                    NetEvent::Disconnected {
+                        client: ClientId {
+                            slot: client,
+                            account: client_id,
+                        },
+                        reason,
+                    }
+                }
+                EndpointEvent::Message {
+                    client,
+                    client_id,
+                    channel,
+                    payload,
+                } => {
+                    let index = client.get();
+                    if self.rates.len() <= index {
+                        self.rates.resize(index + 1, Rate::default());
+                    }
+                    let rate = &mut self.rates[index];
+                    let window = rate.window_start.get_or_insert(now);
+                    if now.saturating_duration_since(*window) >= Duration::from_secs(1) {
+                        *window = now;
+                        rate.count = 0;
+                    }
+                    rate.count += 1;
+                    if rate.count > self.config.max_messages_per_second {
+                        if rate.count == self.config.max_messages_per_second + 1 {
+                            flooders.push(client);
+                        }
+                        continue;
+                    }
+                    NetEvent::Message {
+                        client: ClientId {
+                            slot: client,
+                            account: client_id,
+                        },
+                        channel,
+                        payload: Bytes::copy_from_slice(payload),
+                    }
+                }
+            };
+            if let Some(flooder) = self.push_event(event) {
+                flooders.push(flooder);
+            }
+        }
+        for client in flooders {
+            bump(&self.stats.flooding_disconnects, 1);
+            self.endpoint.disconnect(now, client, DisconnectReason::Flooding);
+        }
+    }
+
+    /// Hands one event to the game, keeping order. When the channel is full,
+    /// events wait in a bounded backlog; once that is full too, an
+    /// unreliable message is dropped and the sender of a reliable one is
+    /// returned to be disconnected. Connects and disconnects always wait.
+    fn push_event(&mut self, event: NetEvent) -> Option<ClientIndex> {
+        self.flush_backlog();
+        let event = if self.backlog.is_empty() {
+            match self.events.try_send(event) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return None,
+                Err(TrySendError::Full(event)) => event,
+            }
+        } else {
+            event
+        };
+        if let NetEvent::Message {
+            client, channel, ..
+        } = &event
+            && self.backlog.len() >= self.config.inbound_capacity / 4
+        {
+            bump(&self.stats.inbound_dropped, 1);
+            return (!self.config.droppable_channels.contains(channel)).then_some(client.slot);
+        }
+        self.backlog.push_back(event);
+        None
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(event) = self.backlog.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.backlog.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        for _ in 0..4 {
+            self.forward_events(now);
+            let mut sent_any = false;
+            while let Some(transmit) = self.endpoint.poll_transmit(now, &mut self.buf) {
+                sent_any = true;
+                match self
+                    .socket
+                    .send_to(&self.buf[..transmit.len], transmit.destination)
+                {
+                    Ok(n) => {
+                        bump(&self.stats.datagrams_out, 1);
+                        bump(&self.stats.bytes_out, n as u64);
+                    }
+                    // UDP may drop; the transport resends what matters.
+                    Err(_) => bump(&self.stats.send_errors, 1),
+                }
+            }
+            if !sent_any {
+                break;
+            }
+        }
+        self.forward_events(now);
+    }
+}
