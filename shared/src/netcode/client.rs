@@ -1,0 +1,627 @@
+//! The sans-IO netcode.io client.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::crypto::PacketCipher;
+use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
+use super::replay::ReplayWindow;
+use super::stats::{ClientStats, DropReason, bump};
+use super::token::{ConnectToken, TokenError};
+use super::{
+    CHALLENGE_TOKEN_BYTES, CONNECT_TOKEN_NONCE_BYTES, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES,
+    MAX_SERVER_ADDRESSES, NUM_DISCONNECT_PACKETS, SendError, Transmit,
+};
+
+/// Client configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The protocol id this build speaks; a token for another is refused at
+    /// [`Client::connect`].
+    pub protocol_id: u64,
+    /// How often requests and responses are resent while connecting (the
+    /// standard suggests 10 Hz).
+    pub handshake_interval: Duration,
+    /// A keep-alive is sent after this long without sending anything.
+    pub keepalive_interval: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: 10 Hz handshake resends and keep-alives.
+    pub fn new(protocol_id: u64) -> Self {
+        Self {
+            protocol_id,
+            handshake_interval: Duration::from_millis(100),
+            keepalive_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The standard's client states; [`ClientState::code`] gives its numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientState {
+    /// The token expired before a connection was made (-6).
+    ConnectTokenExpired,
+    /// The token was refused at `connect` (-5).
+    InvalidConnectToken,
+    /// The connected server went silent (-4).
+    ConnectionTimedOut,
+    /// No keep-alive answered the responses (-3).
+    ConnectionResponseTimedOut,
+    /// No challenge or denial answered the requests (-2). This is also what
+    /// a client sees when the server silently ignores its token (wrong key,
+    /// wrong protocol id, address not in token, token used elsewhere).
+    ConnectionRequestTimedOut,
+    /// The server was full (-1).
+    ConnectionDenied,
+    /// Not connected (0).
+    Disconnected,
+    /// Sending connection requests (1).
+    SendingConnectionRequest,
+    /// Sending challenge responses (2).
+    SendingConnectionResponse,
+    /// Connected (3).
+    Connected,
+}
+
+impl ClientState {
+    /// The standard's numeric state.
+    pub fn code(self) -> i8 {
+        match self {
+            Self::ConnectTokenExpired => -6,
+            Self::InvalidConnectToken => -5,
+            Self::ConnectionTimedOut => -4,
+            Self::ConnectionResponseTimedOut => -3,
+            Self::ConnectionRequestTimedOut => -2,
+            Self::ConnectionDenied => -1,
+            Self::Disconnected => 0,
+            Self::SendingConnectionRequest => 1,
+            Self::SendingConnectionResponse => 2,
+            Self::Connected => 3,
+        }
+    }
+
+    /// Whether this is one of the error states.
+    pub fn is_error(self) -> bool {
+        self.code() < 0
+    }
+
+    /// Whether the handshake is under way.
+    pub fn is_connecting(self) -> bool {
+        matches!(
+            self,
+            Self::SendingConnectionRequest | Self::SendingConnectionResponse
+        )
+    }
+}
+
+/// Why [`Client::connect`] refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The token bytes did not parse (includes a wrong version string).
+    #[error("connect token does not parse: {0}")]
+    Token(#[from] TokenError),
+    /// Address count outside 1..=32, or create after expire.
+    #[error("connect token is invalid")]
+    InvalidToken,
+    /// The token is for another game or application.
+    #[error("connect token protocol id {got:#x} does not match {expected:#x}")]
+    WrongProtocolId {
+        /// This client's protocol id.
+        expected: u64,
+        /// The token's.
+        got: u64,
+    },
+    /// The token's expire timestamp is not after the given unix time.
+    #[error("connect token expired")]
+    Expired,
+}
+
+/// What the client tells the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent<'a> {
+    /// The handshake completed.
+    Connected {
+        /// Our slot on the server.
+        client_index: u32,
+        /// The server's slot count.
+        max_clients: u32,
+    },
+    /// A payload from the server, decrypted in place in the caller's buffer.
+    Payload(&'a [u8]),
+    /// The server sent a disconnect packet; the state is now `Disconnected`.
+    Disconnected,
+}
+
+struct Session {
+    token: ConnectToken,
+    server_index: usize,
+    send: PacketCipher,
+    recv: PacketCipher,
+    challenge: Option<(u64, [u8; CHALLENGE_TOKEN_BYTES])>,
+    connect_started: Instant,
+    last_received: Instant,
+    last_sent: Option<Instant>,
+}
+
+struct Farewell {
+    to: SocketAddr,
+    cipher: PacketCipher,
+    remaining: usize,
+}
+
+/// A netcode.io 1.02 client as a sans-IO state machine.
+///
+/// Method families, as on [`Server`](super::Server):
+/// - commands: [`connect`](Self::connect), [`send_payload`](Self::send_payload)
+///   (seals one packet into the caller's buffer), [`disconnect`](Self::disconnect);
+/// - `handle_*`: [`handle_datagram`](Self::handle_datagram) (returns an event
+///   at once, a payload borrowing the caller's buffer),
+///   [`handle_timeout`](Self::handle_timeout);
+/// - `poll_*`: [`poll_transmit`](Self::poll_transmit) (requests, responses,
+///   keep-alives, disconnect packets), [`poll_timeout`](Self::poll_timeout).
+///
+/// Drain order: after any command or `handle_*`, call `poll_transmit` until
+/// `None`, then re-arm the timer from `poll_timeout`. Watch
+/// [`state`](Self::state) after `handle_timeout` for timeouts and expiry.
+pub struct Client {
+    config: ClientConfig,
+    state: ClientState,
+    session: Option<Session>,
+    next_sequence: u64,
+    last_token_nonce: Option<[u8; CONNECT_TOKEN_NONCE_BYTES]>,
+    replay: ReplayWindow,
+    client_index: u32,
+    max_clients: u32,
+    farewell: Option<Farewell>,
+    stats: ClientStats,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state)
+            .field("server", &self.server_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A disconnected client.
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            state: ClientState::Disconnected,
+            session: None,
+            next_sequence: 0,
+            last_token_nonce: None,
+            replay: ReplayWindow::default(),
+            client_index: 0,
+            max_clients: 0,
+            farewell: None,
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    /// Counters, including drops by reason.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Our slot on the server, once connected.
+    pub fn client_index(&self) -> Option<u32> {
+        (self.state == ClientState::Connected).then_some(self.client_index)
+    }
+
+    /// The server's slot count, once connected.
+    pub fn max_clients(&self) -> Option<u32> {
+        (self.state == ClientState::Connected).then_some(self.max_clients)
+    }
+
+    /// The server address being tried or connected to.
+    pub fn server_address(&self) -> Option<SocketAddr> {
+        let s = self.session.as_ref()?;
+        s.token.server_addresses.get(s.server_index).copied()
+    }
+
+    /// Parses `bytes` as a 2048-byte token and connects with it; a token that
+    /// does not parse moves the client to `InvalidConnectToken`.
+    pub fn connect_bytes(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+        unix_secs: u64,
+    ) -> Result<(), ConnectError> {
+        match ConnectToken::from_bytes(bytes) {
+            Ok(token) => self.connect(&token, now, unix_secs),
+            Err(e) => {
+                self.reset(ClientState::InvalidConnectToken);
+                Err(ConnectError::Token(e))
+            }
+        }
+    }
+
+    /// Starts connecting to the token's first server address. `unix_secs` is
+    /// the wall clock, to refuse an already expired token. Any current
+    /// connection is dropped (with disconnect packets if connected).
+    pub fn connect(
+        &mut self,
+        token: &ConnectToken,
+        now: Instant,
+        unix_secs: u64,
+    ) -> Result<(), ConnectError> {
+        self.disconnect();
+        let count = token.server_addresses.len();
+        if count == 0
+            || count > MAX_SERVER_ADDRESSES
+            || token.create_timestamp > token.expire_timestamp
+        {
+            self.state = ClientState::InvalidConnectToken;
+            return Err(ConnectError::InvalidToken);
+        }
+        if token.protocol_id != self.config.protocol_id {
+            self.state = ClientState::InvalidConnectToken;
+            return Err(ConnectError::WrongProtocolId {
+                expected: self.config.protocol_id,
+                got: token.protocol_id,
+            });
+        }
+        if token.expire_timestamp <= unix_secs {
+            self.state = ClientState::ConnectTokenExpired;
+            return Err(ConnectError::Expired);
+        }
+        // Same token again: keep counting so no (key, nonce) pair repeats.
+        if self.last_token_nonce != Some(token.nonce) {
+            self.next_sequence = 0;
+            self.last_token_nonce = Some(token.nonce);
+        }
+        self.session = Some(Session {
+            send: PacketCipher::new(&token.client_to_server_key),
+            recv: PacketCipher::new(&token.server_to_client_key),
+            token: token.clone(),
+            server_index: 0,
+            challenge: None,
+            connect_started: now,
+            last_received: now,
+            last_sent: None,
+        });
+        self.replay = ReplayWindow::default();
+        self.state = ClientState::SendingConnectionRequest;
+        Ok(())
+    }
+
+    /// Leaves the server: if connected, [`NUM_DISCONNECT_PACKETS`] disconnect
+    /// packets are queued for `poll_transmit`. The state becomes
+    /// `Disconnected` at once.
+    pub fn disconnect(&mut self) {
+        if self.state == ClientState::Connected
+            && let (Some(s), Some(to)) = (self.session.as_ref(), self.server_address())
+        {
+            self.farewell = Some(Farewell {
+                to,
+                cipher: s.send.clone(),
+                remaining: NUM_DISCONNECT_PACKETS,
+            });
+        }
+        if !self.state.is_error() {
+            self.reset(ClientState::Disconnected);
+        }
+    }
+
+    fn reset(&mut self, state: ClientState) {
+        self.state = state;
+        self.session = None;
+        self.replay = ReplayWindow::default();
+    }
+
+    /// Seals a payload packet into `out` (at least [`MAX_PACKET_BYTES`]);
+    /// send `out[..len]` to `destination` right away. Only while connected.
+    pub fn send_payload(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<Transmit, SendError> {
+        if payload.is_empty() || payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(SendError::PayloadSize(payload.len()));
+        }
+        if self.state != ClientState::Connected {
+            return Err(SendError::UnknownClient);
+        }
+        let destination = self.server_address().ok_or(SendError::UnknownClient)?;
+        let session = self.session.as_mut().ok_or(SendError::UnknownClient)?;
+        let sequence = self.next_sequence;
+        let next = sequence
+            .checked_add(1)
+            .ok_or(SendError::SequenceExhausted)?;
+        let len = packet::seal(
+            out,
+            PacketKind::Payload,
+            sequence,
+            payload,
+            self.config.protocol_id,
+            &session.send,
+        )
+        .map_err(|_| SendError::BufferTooSmall)?;
+        self.next_sequence = next;
+        session.last_sent = Some(now);
+        bump(&mut self.stats.datagrams_sent);
+        Ok(Transmit { destination, len })
+    }
+
+    /// Processes one datagram from `from`, decrypting `buf` in place.
+    /// Invalid datagrams are counted in [`ClientStats::dropped`].
+    pub fn handle_datagram<'b>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &'b mut [u8],
+    ) -> Option<ClientEvent<'b>> {
+        match self.process(now, from, buf) {
+            Ok(event) => event,
+            Err(reason) => {
+                tracing::trace!(%from, ?reason, "netcode client dropped datagram");
+                self.stats.dropped.add(reason);
+                None
+            }
+        }
+    }
+
+    fn process<'b>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &'b mut [u8],
+    ) -> Result<Option<ClientEvent<'b>>, DropReason> {
+        let Some(&prefix) = buf.first() else {
+            return Err(DropReason::Empty);
+        };
+        if buf.len() > MAX_PACKET_BYTES {
+            return Err(DropReason::Oversized);
+        }
+        if self.server_address() != Some(from) {
+            return Err(DropReason::UnknownAddress);
+        }
+        if prefix == 0 {
+            return Err(DropReason::UnexpectedPacketType);
+        }
+        let header = packet::parse_header(buf, Side::Client)?;
+        use ClientState::*;
+        let expected = match header.kind {
+            PacketKind::Denied => self.state.is_connecting(),
+            PacketKind::Challenge => self.state == SendingConnectionRequest,
+            PacketKind::KeepAlive => matches!(self.state, SendingConnectionResponse | Connected),
+            PacketKind::Payload | PacketKind::Disconnect => self.state == Connected,
+            PacketKind::Response => false,
+        };
+        if !expected {
+            return Err(DropReason::WrongState);
+        }
+        let protocol_id = self.config.protocol_id;
+        let session = self.session.as_mut().ok_or(DropReason::WrongState)?;
+        let protected = header.kind.replay_protected();
+        if protected && self.replay.already_received(header.sequence) {
+            return Err(DropReason::Replayed);
+        }
+        let body = packet::open_body(buf, &header, protocol_id, &session.recv)?;
+        if protected {
+            self.replay.advance(header.sequence);
+        }
+        session.last_received = now;
+        match header.kind {
+            PacketKind::Denied => {
+                self.fail_over(now, ConnectionDenied);
+                Ok(None)
+            }
+            PacketKind::Challenge => {
+                let (seq, token) = body.split_at_checked(8).ok_or(DropReason::Truncated)?;
+                let seq = u64::from_le_bytes(seq.try_into().map_err(|_| DropReason::Truncated)?);
+                let token: [u8; CHALLENGE_TOKEN_BYTES] =
+                    token.try_into().map_err(|_| DropReason::Truncated)?;
+                session.challenge = Some((seq, token));
+                session.last_sent = None;
+                self.state = SendingConnectionResponse;
+                Ok(None)
+            }
+            PacketKind::KeepAlive => {
+                if self.state == SendingConnectionResponse {
+                    let (index, max) = body.split_at_checked(4).ok_or(DropReason::Truncated)?;
+                    self.client_index =
+                        u32::from_le_bytes(index.try_into().map_err(|_| DropReason::Truncated)?);
+                    self.max_clients =
+                        u32::from_le_bytes(max.try_into().map_err(|_| DropReason::Truncated)?);
+                    self.state = Connected;
+                    return Ok(Some(ClientEvent::Connected {
+                        client_index: self.client_index,
+                        max_clients: self.max_clients,
+                    }));
+                }
+                Ok(None)
+            }
+            PacketKind::Payload => {
+                bump(&mut self.stats.payloads_received);
+                Ok(Some(ClientEvent::Payload(body)))
+            }
+            PacketKind::Disconnect => {
+                self.reset(Disconnected);
+                Ok(Some(ClientEvent::Disconnected))
+            }
+            PacketKind::Response => Err(DropReason::UnexpectedPacketType),
+        }
+    }
+
+    /// Moves to the token's next server address, or to `error` if none is left.
+    fn fail_over(&mut self, now: Instant, error: ClientState) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let next = session.server_index.saturating_add(1);
+        if next < session.token.server_addresses.len() {
+            session.server_index = next;
+            session.challenge = None;
+            session.last_received = now;
+            session.last_sent = None;
+            self.replay = ReplayWindow::default();
+            self.state = ClientState::SendingConnectionRequest;
+        } else {
+            self.reset(error);
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let s = self.session.as_ref()?;
+        u64::try_from(s.token.timeout_seconds)
+            .ok()
+            .filter(|t| *t > 0)
+            .map(Duration::from_secs)
+    }
+
+    fn deadlines(&self) -> Option<(Option<Instant>, Option<Instant>)> {
+        let s = self.session.as_ref()?;
+        let timeout = self.timeout().and_then(|t| s.last_received.checked_add(t));
+        let expiry = if self.state.is_connecting() {
+            s.connect_started
+                .checked_add(Duration::from_secs(s.token.lifetime_seconds()))
+        } else {
+            None
+        };
+        Some((timeout, expiry))
+    }
+
+    /// Applies token expiry and timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some((timeout, expiry)) = self.deadlines() else {
+            return;
+        };
+        if expiry.is_some_and(|t| now >= t) {
+            self.reset(ClientState::ConnectTokenExpired);
+            return;
+        }
+        if timeout.is_some_and(|t| now >= t) {
+            match self.state {
+                ClientState::SendingConnectionRequest => {
+                    self.fail_over(now, ClientState::ConnectionRequestTimedOut)
+                }
+                ClientState::SendingConnectionResponse => {
+                    self.fail_over(now, ClientState::ConnectionResponseTimedOut)
+                }
+                ClientState::Connected => self.reset(ClientState::ConnectionTimedOut),
+                _ => {}
+            }
+        }
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let (timeout, expiry) = self.deadlines()?;
+        let s = self.session.as_ref()?;
+        let interval = if self.state == ClientState::Connected {
+            self.config.keepalive_interval
+        } else {
+            self.config.handshake_interval
+        };
+        let send = match s.last_sent {
+            Some(t) => t.checked_add(interval),
+            None => Some(s.last_received),
+        };
+        [timeout, expiry, send].into_iter().flatten().min()
+    }
+
+    /// Writes the next datagram the client owes into `buf` (at least
+    /// [`MAX_PACKET_BYTES`]): a pending disconnect packet, else a request,
+    /// response or keep-alive when its interval has passed.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if buf.len() < MAX_PACKET_BYTES {
+            return None;
+        }
+        let t = self.write_next(now, buf)?;
+        bump(&mut self.stats.datagrams_sent);
+        Some(t)
+    }
+
+    fn write_next(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let protocol_id = self.config.protocol_id;
+        if let Some(farewell) = self.farewell.as_mut() {
+            let sequence = self.next_sequence;
+            let len = packet::seal(
+                buf,
+                PacketKind::Disconnect,
+                sequence,
+                &[],
+                protocol_id,
+                &farewell.cipher,
+            )
+            .ok()?;
+            self.next_sequence = sequence.checked_add(1)?;
+            let destination = farewell.to;
+            farewell.remaining = farewell.remaining.saturating_sub(1);
+            if farewell.remaining == 0 {
+                self.farewell = None;
+            }
+            return Some(Transmit { destination, len });
+        }
+        let destination = self.server_address()?;
+        let session = self.session.as_mut()?;
+        let interval = if self.state == ClientState::Connected {
+            self.config.keepalive_interval
+        } else {
+            self.config.handshake_interval
+        };
+        if session
+            .last_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            return None;
+        }
+        let sequence = self.next_sequence;
+        let len = match self.state {
+            ClientState::SendingConnectionRequest => {
+                packet::write_request(buf, &session.token).ok()?
+            }
+            ClientState::SendingConnectionResponse => {
+                let (challenge_sequence, token) = session.challenge.as_ref()?;
+                let start = packet::body_offset(sequence);
+                let body = buf.get_mut(start..start.checked_add(CHALLENGE_BODY_BYTES)?)?;
+                let (seq_out, token_out) = body.split_at_mut(8);
+                seq_out.copy_from_slice(&challenge_sequence.to_le_bytes());
+                token_out.copy_from_slice(token);
+                let len = packet::seal_in_place(
+                    buf,
+                    PacketKind::Response,
+                    sequence,
+                    CHALLENGE_BODY_BYTES,
+                    protocol_id,
+                    &session.send,
+                )
+                .ok()?;
+                self.next_sequence = sequence.checked_add(1)?;
+                len
+            }
+            ClientState::Connected => {
+                let mut body = [0u8; 8];
+                body[..4].copy_from_slice(&self.client_index.to_le_bytes());
+                body[4..].copy_from_slice(&self.max_clients.to_le_bytes());
+                let len = packet::seal(
+                    buf,
+                    PacketKind::KeepAlive,
+                    sequence,
+                    &body,
+                    protocol_id,
+                    &session.send,
+                )
+                .ok()?;
+                self.next_sequence = sequence.checked_add(1)?;
+                len
+            }
+            _ => return None,
+        };
+        session.last_sent = Some(now);
+        Some(Transmit { destination, len })
+    }
+}

@@ -1,0 +1,157 @@
+//! Per-source-IP token buckets for handshake packets, in a fixed-size,
+//! set-associative table that evicts the least recently used entry.
+//!
+//! Memory is allocated once at construction and never grows, whatever the
+//! number of source addresses: a flood from many (possibly spoofed) IPs only
+//! churns the table. An evicted IP comes back with a full bucket, so the limit
+//! is exact for the IPs that stay in the table and best-effort otherwise.
+
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Entries per set; a lookup touches at most this many.
+const WAYS: usize = 4;
+/// Fixed-point scale: a bucket holds `tokens * SCALE`.
+const SCALE: u64 = 1000;
+
+/// Handshake rate limit per source IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeRateLimit {
+    /// Sustained connection requests plus responses per second from one IP.
+    pub per_second: u32,
+    /// Bucket size: how many may arrive at once. At the limit, packets are
+    /// dropped and counted as [`DropReason::RateLimited`](super::DropReason::RateLimited).
+    pub burst: u32,
+    /// Number of IPs tracked at once (rounded up to a power of two, minimum 4).
+    /// The memory is about 64 bytes per entry, allocated up front.
+    pub table_entries: usize,
+}
+
+impl Default for HandshakeRateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 32,
+            burst: 64,
+            table_entries: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    ip: Option<IpAddr>,
+    milli_tokens: u64,
+    last: Option<Instant>,
+}
+
+const EMPTY: Bucket = Bucket {
+    ip: None,
+    milli_tokens: 0,
+    last: None,
+};
+
+pub(crate) struct RateLimiter {
+    buckets: Box<[Bucket]>,
+    set_mask: usize,
+    limit: HandshakeRateLimit,
+    hash_key: [u64; 2],
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: HandshakeRateLimit, hash_key: [u64; 2]) -> Self {
+        let entries = limit.table_entries.max(WAYS).next_power_of_two();
+        let sets = (entries / WAYS).max(1);
+        Self {
+            buckets: vec![EMPTY; sets.saturating_mul(WAYS)].into_boxed_slice(),
+            set_mask: sets.saturating_sub(1),
+            limit,
+            hash_key,
+        }
+    }
+
+    /// Number of entries the table can hold (fixed).
+    pub(crate) fn capacity(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Number of IPs currently tracked.
+    pub(crate) fn tracked(&self) -> usize {
+        self.buckets.iter().filter(|b| b.ip.is_some()).count()
+    }
+
+    /// Takes one token for `ip`; `false` means over the limit.
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let mut h = DefaultHasher::new();
+        self.hash_key.hash(&mut h);
+        ip.hash(&mut h);
+        let set = usize::try_from(h.finish()).unwrap_or(0) & self.set_mask;
+        let start = set.saturating_mul(WAYS);
+        let full = u64::from(self.limit.burst).saturating_mul(SCALE);
+        let Some(ways) = self.buckets.get_mut(start..start.saturating_add(WAYS)) else {
+            return true;
+        };
+        if let Some(bucket) = ways.iter_mut().find(|b| b.ip == Some(ip)) {
+            let elapsed_ms = bucket
+                .last
+                .map_or(0, |last| now.saturating_duration_since(last).as_millis());
+            let elapsed_ms = u64::try_from(elapsed_ms).unwrap_or(u64::MAX);
+            let refill = elapsed_ms.saturating_mul(u64::from(self.limit.per_second));
+            bucket.milli_tokens = bucket.milli_tokens.saturating_add(refill).min(full);
+            bucket.last = Some(now);
+            return match bucket.milli_tokens.checked_sub(SCALE) {
+                Some(rest) => {
+                    bucket.milli_tokens = rest;
+                    true
+                }
+                None => false,
+            };
+        }
+        // Not tracked: take an empty way, else evict the least recently used.
+        let Some(victim) = ways.iter_mut().min_by_key(|b| (b.ip.is_some(), b.last)) else {
+            return true;
+        };
+        *victim = Bucket {
+            ip: Some(ip),
+            milli_tokens: full.saturating_sub(SCALE),
+            last: Some(now),
+        };
+        full >= SCALE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_limits_then_refills() {
+        let limit = HandshakeRateLimit {
+            per_second: 10,
+            burst: 5,
+            table_entries: 16,
+        };
+        let mut rl = RateLimiter::new(limit, [1, 2]);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!((0..8).filter(|_| rl.allow(ip, t0)).count(), 5);
+        assert!(!rl.allow(ip, t0 + Duration::from_millis(50)));
+        assert!(rl.allow(ip, t0 + Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn table_never_grows() {
+        let mut rl = RateLimiter::new(HandshakeRateLimit::default(), [3, 4]);
+        let cap = rl.capacity();
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            rl.allow(ip, t0);
+        }
+        assert_eq!(rl.capacity(), cap);
+        assert!(rl.tracked() <= cap);
+    }
+}

@@ -1,0 +1,1035 @@
+//! The sans-IO netcode.io server.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, DefaultHasher, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRng;
+
+use super::crypto::{PacketCipher, prf_u64};
+use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
+use super::ratelimit::{HandshakeRateLimit, RateLimiter};
+use super::replay::ReplayWindow;
+use super::stats::{DropReason, ServerStats, bump, bump_by};
+use super::token;
+use super::{
+    CHALLENGE_TOKEN_BYTES, CONNECT_TOKEN_PRIVATE_BYTES, Key, MAC_BYTES, MAX_PACKET_BYTES,
+    MAX_PAYLOAD_BYTES, NUM_DISCONNECT_PACKETS, Transmit, USER_DATA_BYTES, VERSION_INFO,
+};
+
+/// First sequence number of the server-wide counter used for connection
+/// denied packets sent before any per-client state exists. Per-client
+/// counters start at zero, so the two ranges never meet under one key.
+const GLOBAL_SEQUENCE_START: u64 = 1 << 63;
+
+/// Upper bound on how long a half-open handshake lives when the token
+/// disables timeouts.
+const MAX_PENDING_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Server configuration. [`ServerConfig::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Unique to this game or application; requests for another are dropped.
+    pub protocol_id: u64,
+    /// Key shared with the backend that mints connect tokens.
+    pub private_key: Key,
+    /// The addresses clients use to reach this server. A token is accepted
+    /// only if it lists one of them.
+    pub public_addresses: Vec<SocketAddr>,
+    /// Client slots. When all are taken, new clients get a connection denied
+    /// packet. Memory for every slot is allocated up front.
+    pub max_clients: usize,
+    /// Half-open handshakes (valid token, no response yet) held at once. At the
+    /// limit new requests are dropped ([`DropReason::PendingTableFull`]). Each
+    /// entry expires after the token's timeout (at most one minute if the token
+    /// disables timeouts) or at the token's expiry, whichever is first.
+    pub max_pending: usize,
+    /// Used tokens remembered (token MAC -> first address). At the limit,
+    /// entries whose token has expired are purged (at most once a second);
+    /// if none has, new tokens are dropped ([`DropReason::TokenTableFull`]).
+    pub max_token_entries: usize,
+    /// A keep-alive is sent to a client after this long without sending it
+    /// anything.
+    pub keepalive_interval: Duration,
+    /// How often [`Server::handle_timeout`] scans clients for timeouts and
+    /// keep-alives; [`Server::poll_timeout`] returns the next scan.
+    pub service_interval: Duration,
+    /// Per-source-IP limit on connection requests and responses.
+    pub rate_limit: HandshakeRateLimit,
+}
+
+impl ServerConfig {
+    /// A configuration with defaults: 64 clients, 10 Hz keep-alives.
+    pub fn new(protocol_id: u64, private_key: Key, public_addresses: Vec<SocketAddr>) -> Self {
+        Self {
+            protocol_id,
+            private_key,
+            public_addresses,
+            max_clients: 64,
+            max_pending: 1024,
+            max_token_entries: 16 * 1024,
+            keepalive_interval: Duration::from_millis(100),
+            service_interval: Duration::from_millis(20),
+            rate_limit: HandshakeRateLimit::default(),
+        }
+    }
+}
+
+/// A configuration the server cannot run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `public_addresses` is empty.
+    #[error("the server needs at least one public address")]
+    NoPublicAddress,
+    /// `max_clients` is zero or does not fit the keep-alive's u32.
+    #[error("max_clients must be in 1..=u32::MAX, got {0}")]
+    MaxClients(usize),
+    /// `max_pending` or `max_token_entries` is zero.
+    #[error("max_pending and max_token_entries must be at least 1")]
+    ZeroTable,
+}
+
+/// A client slot on the server: the standard's client index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientIndex(u32);
+
+impl ClientIndex {
+    /// The slot number, in `0..max_clients`.
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Why a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent a disconnect packet.
+    ClientDisconnected,
+    /// Nothing arrived from the client within the token's timeout.
+    TimedOut,
+}
+
+/// What the server tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent<'a> {
+    /// A client completed the handshake and owns `client`.
+    ClientConnected {
+        /// Its slot.
+        client: ClientIndex,
+        /// From the connect token.
+        client_id: u64,
+        /// From the connect token, opaque to netcode.
+        user_data: Box<[u8; USER_DATA_BYTES]>,
+    },
+    /// A client left; its slot is free again.
+    ClientDisconnected {
+        /// The slot it occupied.
+        client: ClientIndex,
+        /// From its connect token.
+        client_id: u64,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A payload from a connected client, decrypted in place in the caller's
+    /// datagram buffer.
+    Payload {
+        /// The sender.
+        client: ClientIndex,
+        /// 1 to 1200 bytes.
+        data: &'a [u8],
+    },
+}
+
+/// Why a payload could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No client in that slot.
+    #[error("no client is connected in that slot")]
+    UnknownClient,
+    /// Payloads are 1 to 1200 bytes.
+    #[error("payload must be 1 to {MAX_PAYLOAD_BYTES} bytes, got {0}")]
+    PayloadSize(usize),
+    /// The output buffer cannot hold the packet.
+    #[error("output buffer too small (need {MAX_PACKET_BYTES} bytes)")]
+    BufferTooSmall,
+    /// The 64-bit sequence space is used up; reconnect with a new token.
+    #[error("packet sequence numbers exhausted")]
+    SequenceExhausted,
+}
+
+/// Why a disconnect could not be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectError {
+    /// No client in that slot.
+    #[error("no client is connected in that slot")]
+    UnknownClient,
+}
+
+/// Keyed SipHash for tables indexed by attacker-chosen values.
+#[derive(Clone)]
+struct KeyedHash([u64; 2]);
+
+impl BuildHasher for KeyedHash {
+    type Hasher = DefaultHasher;
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut h = DefaultHasher::new();
+        h.write_u64(self.0[0]);
+        h.write_u64(self.0[1]);
+        h
+    }
+}
+
+struct Connection {
+    address: SocketAddr,
+    client_id: u64,
+    user_data: Box<[u8; USER_DATA_BYTES]>,
+    send: PacketCipher,
+    recv: PacketCipher,
+    next_sequence: u64,
+    replay: ReplayWindow,
+    last_received: Instant,
+    last_sent: Instant,
+    timeout: Option<Duration>,
+    confirmed: bool,
+    keepalive_queued: bool,
+}
+
+struct Slot {
+    generation: u32,
+    connection: Option<Connection>,
+}
+
+struct Pending {
+    client_id: u64,
+    user_data: [u8; USER_DATA_BYTES],
+    token_mac: [u8; MAC_BYTES],
+    send: PacketCipher,
+    recv: PacketCipher,
+    next_sequence: u64,
+    timeout: Option<Duration>,
+    expires: Instant,
+}
+
+struct TokenUse {
+    address: SocketAddr,
+    expire_timestamp: u64,
+    /// Handshakes started with this token so far; each gets its own block
+    /// of server-to-client sequence numbers (see [`SEQUENCE_BLOCK_BITS`]).
+    attempts: u64,
+}
+
+/// A token reused for a new handshake (e.g. reconnect after a disconnect)
+/// starts its server-to-client counter at `attempt << 40`, so the same key
+/// never sees the same nonce twice. 2^40 packets per connection is far beyond
+/// any session; 2^23 attempts stay below the global range at 2^63.
+const SEQUENCE_BLOCK_BITS: u32 = 40;
+const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << (63 - SEQUENCE_BLOCK_BITS);
+
+enum Owed {
+    Challenge {
+        to: SocketAddr,
+    },
+    DeniedPending {
+        to: SocketAddr,
+    },
+    Denied {
+        to: SocketAddr,
+        cipher: PacketCipher,
+    },
+    KeepAlive {
+        slot: u32,
+        generation: u32,
+    },
+    Disconnect {
+        to: SocketAddr,
+        cipher: PacketCipher,
+        next_sequence: u64,
+        remaining: usize,
+    },
+}
+
+/// A netcode.io 1.02 server as a sans-IO state machine.
+///
+/// It never touches a socket, a clock or a random number generator: the
+/// caller passes datagrams in, pulls datagrams out, and supplies time.
+///
+/// Method families:
+/// - `handle_*`: [`handle_datagram`](Self::handle_datagram) for each received
+///   datagram (it may return an event at once, borrowing the decrypted payload
+///   from the caller's buffer); [`handle_timeout`](Self::handle_timeout) when
+///   the deadline from [`poll_timeout`](Self::poll_timeout) passes.
+/// - `poll_*`: [`poll_event`](Self::poll_event) (disconnects found by timers),
+///   [`poll_transmit`](Self::poll_transmit) (handshake replies, keep-alives,
+///   disconnect packets), [`poll_timeout`](Self::poll_timeout).
+/// - commands: [`send_payload`](Self::send_payload) (seals one packet into the
+///   caller's buffer; send it right away), [`disconnect`](Self::disconnect).
+///
+/// Drain order after any `handle_*` or command: `poll_event` until `None`,
+/// then `poll_transmit` until `None`, then re-arm the timer from
+/// `poll_timeout`. Draining `poll_transmit` promptly matters for a freshly
+/// connected client: its first keep-alive (which carries its client index)
+/// must reach it before payloads, or it drops them as the standard requires.
+pub struct Server {
+    config: ServerConfig,
+    challenge_cipher: PacketCipher,
+    challenge_sequence: u64,
+    global_sequence: u64,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_address: HashMap<SocketAddr, u32, KeyedHash>,
+    by_client_id: HashMap<u64, u32, KeyedHash>,
+    pending: HashMap<SocketAddr, Pending, KeyedHash>,
+    token_uses: HashMap<[u8; MAC_BYTES], TokenUse, KeyedHash>,
+    last_token_purge: Option<Instant>,
+    limiter: RateLimiter,
+    owed: VecDeque<Owed>,
+    owed_capacity: usize,
+    events: VecDeque<(ClientIndex, u64, DisconnectReason)>,
+    next_service: Option<Instant>,
+    stats: ServerStats,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("public_addresses", &self.config.public_addresses)
+            .field("max_clients", &self.config.max_clients)
+            .field("connected", &self.num_connected())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Creates a server. `rng` supplies the challenge-token key and the keys of
+    /// the internal hash tables; nothing else is random.
+    pub fn new(config: ServerConfig, rng: &mut impl CryptoRng) -> Result<Self, ConfigError> {
+        if config.public_addresses.is_empty() {
+            return Err(ConfigError::NoPublicAddress);
+        }
+        let max = u32::try_from(config.max_clients)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or(ConfigError::MaxClients(config.max_clients))?;
+        if config.max_pending == 0 || config.max_token_entries == 0 {
+            return Err(ConfigError::ZeroTable);
+        }
+        let secret = Key::generate(rng);
+        let hash = KeyedHash([prf_u64(&secret, 1), prf_u64(&secret, 2)]);
+        let limiter_key = [prf_u64(&secret, 3), prf_u64(&secret, 4)];
+        let n = config.max_clients;
+        let owed_capacity = n
+            .saturating_mul(2)
+            .saturating_add(config.max_pending)
+            .saturating_add(256);
+        Ok(Self {
+            challenge_cipher: PacketCipher::new(&Key::generate(rng)),
+            challenge_sequence: 0,
+            global_sequence: GLOBAL_SEQUENCE_START,
+            slots: (0..n)
+                .map(|_| Slot {
+                    generation: 0,
+                    connection: None,
+                })
+                .collect(),
+            free: (0..max).rev().collect(),
+            by_address: HashMap::with_capacity_and_hasher(n, hash.clone()),
+            by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
+            pending: HashMap::with_capacity_and_hasher(config.max_pending, hash.clone()),
+            token_uses: HashMap::with_capacity_and_hasher(config.max_token_entries, hash),
+            last_token_purge: None,
+            limiter: RateLimiter::new(config.rate_limit, limiter_key),
+            owed: VecDeque::with_capacity(owed_capacity),
+            owed_capacity,
+            events: VecDeque::with_capacity(n),
+            next_service: None,
+            stats: ServerStats::default(),
+            config,
+        })
+    }
+
+    /// The configuration this server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Counters, including drops by reason.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Connected clients.
+    pub fn num_connected(&self) -> usize {
+        self.config.max_clients.saturating_sub(self.free.len())
+    }
+
+    /// Half-open handshakes currently held.
+    pub fn num_pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Used-token entries currently held.
+    pub fn num_token_entries(&self) -> usize {
+        self.token_uses.len()
+    }
+
+    /// Source IPs the rate limiter tracks (bounded by its fixed table).
+    pub fn num_rate_limited_sources(&self) -> usize {
+        self.limiter.tracked()
+    }
+
+    /// Fixed size of the rate-limit table (it never grows).
+    pub fn rate_limit_capacity(&self) -> usize {
+        self.limiter.capacity()
+    }
+
+    /// The slot of the client at `address`, if connected.
+    pub fn client_at(&self, address: SocketAddr) -> Option<ClientIndex> {
+        self.by_address.get(&address).copied().map(ClientIndex)
+    }
+
+    /// The slot of the client with `client_id`, if connected.
+    pub fn client_by_id(&self, client_id: u64) -> Option<ClientIndex> {
+        self.by_client_id.get(&client_id).copied().map(ClientIndex)
+    }
+
+    /// Address of a connected client.
+    pub fn client_address(&self, client: ClientIndex) -> Option<SocketAddr> {
+        self.connection(client).map(|c| c.address)
+    }
+
+    /// Client id of a connected client.
+    pub fn client_id(&self, client: ClientIndex) -> Option<u64> {
+        self.connection(client).map(|c| c.client_id)
+    }
+
+    /// User data of a connected client (from its connect token).
+    pub fn client_user_data(&self, client: ClientIndex) -> Option<&[u8; USER_DATA_BYTES]> {
+        self.connection(client).map(|c| &*c.user_data)
+    }
+
+    fn connection(&self, client: ClientIndex) -> Option<&Connection> {
+        self.slots.get(client.get())?.connection.as_ref()
+    }
+
+    /// Processes one received datagram. `buf` is decrypted in place; a
+    /// [`ServerEvent::Payload`] borrows from it. `unix_secs` is the wall clock,
+    /// used only for connect-token expiry. Invalid datagrams are counted in
+    /// [`ServerStats::dropped`] and change nothing.
+    pub fn handle_datagram<'b>(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        buf: &'b mut [u8],
+    ) -> Option<ServerEvent<'b>> {
+        bump(&mut self.stats.datagrams_received);
+        bump_by(&mut self.stats.bytes_received, buf.len());
+        match self.process(now, unix_secs, from, buf) {
+            Ok(event) => event,
+            Err(reason) => {
+                tracing::trace!(%from, ?reason, "netcode server dropped datagram");
+                self.stats.dropped.add(reason);
+                None
+            }
+        }
+    }
+
+    fn process<'b>(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        buf: &'b mut [u8],
+    ) -> Result<Option<ServerEvent<'b>>, DropReason> {
+        let Some(&prefix) = buf.first() else {
+            return Err(DropReason::Empty);
+        };
+        if buf.len() > MAX_PACKET_BYTES {
+            return Err(DropReason::Oversized);
+        }
+        if prefix == 0 {
+            self.process_request(now, unix_secs, from, buf)?;
+            return Ok(None);
+        }
+        let header = packet::parse_header(buf, Side::Server)?;
+        if let Some(&slot) = self.by_address.get(&from) {
+            return self.process_connected(now, slot, &header, buf);
+        }
+        if !self.pending.contains_key(&from) {
+            return Err(DropReason::UnknownAddress);
+        }
+        if header.kind != PacketKind::Response {
+            return Err(DropReason::WrongState);
+        }
+        self.process_response(now, from, &header, buf)
+    }
+
+    fn process_request(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        buf: &mut [u8],
+    ) -> Result<(), DropReason> {
+        let request = packet::read_request(buf).ok_or(DropReason::RequestWrongSize)?;
+        if request.version != VERSION_INFO {
+            return Err(DropReason::WrongVersion);
+        }
+        if request.protocol_id != self.config.protocol_id {
+            return Err(DropReason::WrongProtocolId);
+        }
+        if request.expire_timestamp <= unix_secs {
+            return Err(DropReason::TokenExpired);
+        }
+        // Cheap checks that the standard makes after decryption; doing them
+        // first saves the expensive work and ignores the same packets.
+        if self.by_address.contains_key(&from) {
+            return Err(DropReason::AlreadyConnected);
+        }
+        if !self.limiter.allow(from.ip(), now) {
+            return Err(DropReason::RateLimited);
+        }
+        let private = request.private_data;
+        token::decrypt_private(
+            private,
+            request.protocol_id,
+            request.expire_timestamp,
+            &request.nonce,
+            &self.config.private_key,
+        )
+        .map_err(|_| DropReason::TokenInvalid)?;
+        let (plain, mac) = private
+            .split_at_checked(CONNECT_TOKEN_PRIVATE_BYTES.saturating_sub(MAC_BYTES))
+            .ok_or(DropReason::TokenMalformed)?;
+        let token_mac: [u8; MAC_BYTES] = mac.try_into().map_err(|_| DropReason::TokenMalformed)?;
+        let publics = &self.config.public_addresses;
+        let view = token::read_private_view(plain, |a| publics.contains(&a))
+            .map_err(|_| DropReason::TokenMalformed)?
+            .ok_or(DropReason::AddressNotInToken)?;
+        if self.by_client_id.contains_key(&view.client_id) {
+            return Err(DropReason::ClientIdInUse);
+        }
+        self.record_token_use(now, unix_secs, from, token_mac, request.expire_timestamp)?;
+
+        if self.free.is_empty() {
+            return self.queue(Owed::Denied {
+                to: from,
+                cipher: PacketCipher::new(&view.server_to_client_key),
+            });
+        }
+
+        let timeout = u64::try_from(view.timeout_seconds)
+            .ok()
+            .map(Duration::from_secs);
+        let token_left = Duration::from_secs(request.expire_timestamp.saturating_sub(unix_secs));
+        let life = timeout.unwrap_or(MAX_PENDING_LIFETIME).min(token_left);
+        let expires = now.checked_add(life).unwrap_or(now);
+        match self.pending.get_mut(&from) {
+            Some(existing) if existing.token_mac == token_mac => {
+                // A repeated request: answer again with the same keys.
+            }
+            existing => {
+                if existing.is_none() && self.pending.len() >= self.config.max_pending {
+                    return Err(DropReason::PendingTableFull);
+                }
+                let used = self
+                    .token_uses
+                    .get_mut(&token_mac)
+                    .ok_or(DropReason::TokenTableFull)?;
+                if used.attempts >= MAX_ATTEMPTS_PER_TOKEN {
+                    return Err(DropReason::WrongState);
+                }
+                let first_sequence = used.attempts << SEQUENCE_BLOCK_BITS;
+                used.attempts = used.attempts.saturating_add(1);
+                self.pending.insert(
+                    from,
+                    Pending {
+                        client_id: view.client_id,
+                        user_data: view.user_data,
+                        token_mac,
+                        send: PacketCipher::new(&view.server_to_client_key),
+                        recv: PacketCipher::new(&view.client_to_server_key),
+                        next_sequence: first_sequence,
+                        timeout,
+                        expires,
+                    },
+                );
+            }
+        }
+        self.arm_service(now);
+        self.queue(Owed::Challenge { to: from })
+    }
+
+    fn record_token_use(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        mac: [u8; MAC_BYTES],
+        expire_timestamp: u64,
+    ) -> Result<(), DropReason> {
+        if let Some(used) = self.token_uses.get(&mac) {
+            return if used.address == from {
+                Ok(())
+            } else {
+                Err(DropReason::TokenUsedFromOtherAddress)
+            };
+        }
+        if self.token_uses.len() >= self.config.max_token_entries {
+            let due = self
+                .last_token_purge
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            if due {
+                self.last_token_purge = Some(now);
+                self.token_uses
+                    .retain(|_, used| used.expire_timestamp > unix_secs);
+            }
+            if self.token_uses.len() >= self.config.max_token_entries {
+                return Err(DropReason::TokenTableFull);
+            }
+        }
+        self.token_uses.insert(
+            mac,
+            TokenUse {
+                address: from,
+                expire_timestamp,
+                attempts: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn process_response<'b>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: &packet::Header,
+        buf: &'b mut [u8],
+    ) -> Result<Option<ServerEvent<'b>>, DropReason> {
+        if !self.limiter.allow(from.ip(), now) {
+            return Err(DropReason::RateLimited);
+        }
+        let pending = self.pending.get(&from).ok_or(DropReason::UnknownAddress)?;
+        let body = packet::open_body(buf, header, self.config.protocol_id, &pending.recv)?;
+        let (sequence, challenge) = body.split_at_mut_checked(8).ok_or(DropReason::Truncated)?;
+        let sequence =
+            u64::from_le_bytes((&*sequence).try_into().map_err(|_| DropReason::Truncated)?);
+        let (client_id, user_data) =
+            token::open_challenge(challenge, sequence, &self.challenge_cipher)
+                .map_err(|_| DropReason::ChallengeInvalid)?;
+        if self.by_client_id.contains_key(&client_id) {
+            return Err(DropReason::ClientIdInUse);
+        }
+        let Some(slot_index) = self.free.pop() else {
+            // Full: answer with a denial (smaller than the response).
+            self.queue(Owed::DeniedPending { to: from })?;
+            return Ok(None);
+        };
+        let pending = self
+            .pending
+            .remove(&from)
+            .ok_or(DropReason::UnknownAddress)?;
+        let slot = self
+            .slots
+            .get_mut(slot_index as usize)
+            .ok_or(DropReason::WrongState)?;
+        let user_data = Box::new(user_data);
+        slot.connection = Some(Connection {
+            address: from,
+            client_id,
+            user_data: user_data.clone(),
+            send: pending.send,
+            recv: pending.recv,
+            next_sequence: pending.next_sequence,
+            replay: ReplayWindow::default(),
+            last_received: now,
+            last_sent: now,
+            timeout: pending.timeout,
+            confirmed: false,
+            keepalive_queued: true,
+        });
+        let generation = slot.generation;
+        self.by_address.insert(from, slot_index);
+        self.by_client_id.insert(client_id, slot_index);
+        bump(&mut self.stats.clients_connected);
+        // Room for this is reserved: at most one keep-alive per slot is queued.
+        self.owed.push_back(Owed::KeepAlive {
+            slot: slot_index,
+            generation,
+        });
+        self.arm_service(now);
+        Ok(Some(ServerEvent::ClientConnected {
+            client: ClientIndex(slot_index),
+            client_id,
+            user_data,
+        }))
+    }
+
+    fn process_connected<'b>(
+        &mut self,
+        now: Instant,
+        slot_index: u32,
+        header: &packet::Header,
+        buf: &'b mut [u8],
+    ) -> Result<Option<ServerEvent<'b>>, DropReason> {
+        if !header.kind.replay_protected() {
+            return Err(DropReason::AlreadyConnected);
+        }
+        let protocol_id = self.config.protocol_id;
+        let conn = self
+            .slots
+            .get_mut(slot_index as usize)
+            .and_then(|s| s.connection.as_mut())
+            .ok_or(DropReason::UnknownAddress)?;
+        if conn.replay.already_received(header.sequence) {
+            return Err(DropReason::Replayed);
+        }
+        let body = packet::open_body(buf, header, protocol_id, &conn.recv)?;
+        conn.replay.advance(header.sequence);
+        conn.last_received = now;
+        let client = ClientIndex(slot_index);
+        match header.kind {
+            PacketKind::Payload => {
+                conn.confirmed = true;
+                bump(&mut self.stats.payloads_received);
+                Ok(Some(ServerEvent::Payload { client, data: body }))
+            }
+            PacketKind::KeepAlive => {
+                conn.confirmed = true;
+                Ok(None)
+            }
+            _ => {
+                let client_id = self.free_slot(slot_index).unwrap_or_default();
+                Ok(Some(ServerEvent::ClientDisconnected {
+                    client,
+                    client_id,
+                    reason: DisconnectReason::ClientDisconnected,
+                }))
+            }
+        }
+    }
+
+    /// Resets a slot; returns the client id it held.
+    fn free_slot(&mut self, slot_index: u32) -> Option<u64> {
+        let slot = self.slots.get_mut(slot_index as usize)?;
+        let conn = slot.connection.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.by_address.remove(&conn.address);
+        self.by_client_id.remove(&conn.client_id);
+        self.free.push(slot_index);
+        Some(conn.client_id)
+    }
+
+    fn queue(&mut self, owed: Owed) -> Result<(), DropReason> {
+        if self.owed.len() >= self.owed_capacity {
+            return Err(DropReason::OutboundQueueFull);
+        }
+        self.owed.push_back(owed);
+        Ok(())
+    }
+
+    fn arm_service(&mut self, now: Instant) {
+        if self.next_service.is_none() {
+            self.next_service = now.checked_add(self.config.service_interval);
+        }
+    }
+
+    /// Seals a payload packet for `client` into `out` (at least
+    /// [`MAX_PACKET_BYTES`]); send `out[..len]` to `destination` right away.
+    pub fn send_payload(
+        &mut self,
+        now: Instant,
+        client: ClientIndex,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<Transmit, SendError> {
+        if payload.is_empty() || payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(SendError::PayloadSize(payload.len()));
+        }
+        let protocol_id = self.config.protocol_id;
+        let slot = self
+            .slots
+            .get_mut(client.get())
+            .ok_or(SendError::UnknownClient)?;
+        let generation = slot.generation;
+        let conn = slot.connection.as_mut().ok_or(SendError::UnknownClient)?;
+        let sequence = conn.next_sequence;
+        let next = sequence
+            .checked_add(1)
+            .ok_or(SendError::SequenceExhausted)?;
+        let len = packet::seal(
+            out,
+            PacketKind::Payload,
+            sequence,
+            payload,
+            protocol_id,
+            &conn.send,
+        )
+        .map_err(|_| SendError::BufferTooSmall)?;
+        conn.next_sequence = next;
+        conn.last_sent = now;
+        let destination = conn.address;
+        if !conn.confirmed && !conn.keepalive_queued {
+            conn.keepalive_queued = true;
+            self.owed.push_front(Owed::KeepAlive {
+                slot: client.0,
+                generation,
+            });
+        }
+        bump(&mut self.stats.datagrams_sent);
+        bump_by(&mut self.stats.bytes_sent, len);
+        Ok(Transmit { destination, len })
+    }
+
+    /// Disconnects a client: its slot is freed now and
+    /// [`NUM_DISCONNECT_PACKETS`] redundant disconnect packets are queued for
+    /// [`poll_transmit`](Self::poll_transmit). No event is emitted.
+    pub fn disconnect(&mut self, client: ClientIndex) -> Result<(), DisconnectError> {
+        let conn = self
+            .slots
+            .get(client.get())
+            .and_then(|s| s.connection.as_ref())
+            .ok_or(DisconnectError::UnknownClient)?;
+        let owed = Owed::Disconnect {
+            to: conn.address,
+            cipher: conn.send.clone(),
+            next_sequence: conn.next_sequence,
+            remaining: NUM_DISCONNECT_PACKETS,
+        };
+        // If the queue is full the packets are skipped; the client times out.
+        let _ = self.queue(owed);
+        self.free_slot(client.0);
+        Ok(())
+    }
+
+    /// Disconnects every client (graceful shutdown).
+    pub fn disconnect_all(&mut self) {
+        for index in 0..self.slots.len() {
+            if let Ok(i) = u32::try_from(index) {
+                let _ = self.disconnect(ClientIndex(i));
+            }
+        }
+    }
+
+    /// A disconnect found by [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_event(&mut self) -> Option<ServerEvent<'static>> {
+        let (client, client_id, reason) = self.events.pop_front()?;
+        Some(ServerEvent::ClientDisconnected {
+            client,
+            client_id,
+            reason,
+        })
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run, if any
+    /// client or handshake is live.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_service
+    }
+
+    /// Times out silent clients and stale handshakes and schedules
+    /// keep-alives. Cost is linear in `max_clients` plus pending handshakes,
+    /// once per `service_interval`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.next_service {
+            Some(t) if t <= now => {}
+            _ => return,
+        }
+        for index in 0..self.slots.len() {
+            let Ok(slot_index) = u32::try_from(index) else {
+                break;
+            };
+            let Some(slot) = self.slots.get_mut(index) else {
+                break;
+            };
+            let generation = slot.generation;
+            let Some(conn) = slot.connection.as_mut() else {
+                continue;
+            };
+            let silent = now.saturating_duration_since(conn.last_received);
+            if conn.timeout.is_some_and(|t| silent >= t) {
+                if let Some(client_id) = self.free_slot(slot_index) {
+                    bump(&mut self.stats.clients_timed_out);
+                    if self.events.len() < self.config.max_clients {
+                        self.events.push_back((
+                            ClientIndex(slot_index),
+                            client_id,
+                            DisconnectReason::TimedOut,
+                        ));
+                    } else {
+                        bump(&mut self.stats.events_dropped);
+                    }
+                }
+                continue;
+            }
+            let idle = now.saturating_duration_since(conn.last_sent);
+            if idle >= self.config.keepalive_interval
+                && !conn.keepalive_queued
+                && self.owed.len() < self.owed_capacity
+            {
+                conn.keepalive_queued = true;
+                self.owed.push_back(Owed::KeepAlive {
+                    slot: slot_index,
+                    generation,
+                });
+            }
+        }
+        self.pending.retain(|_, p| p.expires > now);
+        self.next_service = if self.free.len() < self.slots.len() || !self.pending.is_empty() {
+            now.checked_add(self.config.service_interval)
+        } else {
+            None
+        };
+    }
+
+    /// Writes the next datagram the server owes (handshake replies,
+    /// keep-alives, disconnect packets) into `buf`, which must hold
+    /// [`MAX_PACKET_BYTES`]; `None` when nothing is owed (or `buf` is smaller).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if buf.len() < MAX_PACKET_BYTES {
+            tracing::warn!(len = buf.len(), "poll_transmit buffer too small");
+            return None;
+        }
+        while let Some(owed) = self.owed.pop_front() {
+            if let Some(t) = self.write_owed(now, owed, buf) {
+                bump(&mut self.stats.datagrams_sent);
+                bump_by(&mut self.stats.bytes_sent, t.len);
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    fn write_owed(&mut self, now: Instant, owed: Owed, buf: &mut [u8]) -> Option<Transmit> {
+        let protocol_id = self.config.protocol_id;
+        match owed {
+            Owed::Challenge { to } => {
+                let pending = self.pending.get_mut(&to)?;
+                let sequence = pending.next_sequence;
+                let challenge_sequence = self.challenge_sequence;
+                let start = packet::body_offset(sequence);
+                let body = buf.get_mut(start..start.checked_add(CHALLENGE_BODY_BYTES)?)?;
+                let (seq_out, token_out) = body.split_at_mut(8);
+                seq_out.copy_from_slice(&challenge_sequence.to_le_bytes());
+                token::write_challenge(
+                    token_out,
+                    pending.client_id,
+                    &pending.user_data,
+                    challenge_sequence,
+                    &self.challenge_cipher,
+                )
+                .ok()?;
+                let len = packet::seal_in_place(
+                    buf,
+                    PacketKind::Challenge,
+                    sequence,
+                    CHALLENGE_BODY_BYTES,
+                    protocol_id,
+                    &pending.send,
+                )
+                .ok()?;
+                pending.next_sequence = sequence.checked_add(1)?;
+                self.challenge_sequence = challenge_sequence.wrapping_add(1);
+                bump(&mut self.stats.challenges_sent);
+                Some(Transmit {
+                    destination: to,
+                    len,
+                })
+            }
+            Owed::DeniedPending { to } => {
+                let pending = self.pending.get_mut(&to)?;
+                let sequence = pending.next_sequence;
+                let len = packet::seal(
+                    buf,
+                    PacketKind::Denied,
+                    sequence,
+                    &[],
+                    protocol_id,
+                    &pending.send,
+                )
+                .ok()?;
+                pending.next_sequence = sequence.checked_add(1)?;
+                bump(&mut self.stats.denials_sent);
+                Some(Transmit {
+                    destination: to,
+                    len,
+                })
+            }
+            Owed::Denied { to, cipher } => {
+                let sequence = self.global_sequence;
+                let len =
+                    packet::seal(buf, PacketKind::Denied, sequence, &[], protocol_id, &cipher)
+                        .ok()?;
+                self.global_sequence = sequence.checked_add(1)?;
+                bump(&mut self.stats.denials_sent);
+                Some(Transmit {
+                    destination: to,
+                    len,
+                })
+            }
+            Owed::KeepAlive { slot, generation } => {
+                let max_clients = u32::try_from(self.config.max_clients).ok()?;
+                let s = self.slots.get_mut(slot as usize)?;
+                if s.generation != generation {
+                    return None;
+                }
+                let conn = s.connection.as_mut()?;
+                conn.keepalive_queued = false;
+                let sequence = conn.next_sequence;
+                let mut body = [0u8; 8];
+                body[..4].copy_from_slice(&slot.to_le_bytes());
+                body[4..].copy_from_slice(&max_clients.to_le_bytes());
+                let len = packet::seal(
+                    buf,
+                    PacketKind::KeepAlive,
+                    sequence,
+                    &body,
+                    protocol_id,
+                    &conn.send,
+                )
+                .ok()?;
+                conn.next_sequence = sequence.checked_add(1)?;
+                conn.last_sent = now;
+                Some(Transmit {
+                    destination: conn.address,
+                    len,
+                })
+            }
+            Owed::Disconnect {
+                to,
+                cipher,
+                next_sequence,
+                remaining,
+            } => {
+                let len = packet::seal(
+                    buf,
+                    PacketKind::Disconnect,
+                    next_sequence,
+                    &[],
+                    protocol_id,
+                    &cipher,
+                )
+                .ok()?;
+                if let (Some(rest), Some(next)) =
+                    (remaining.checked_sub(1), next_sequence.checked_add(1))
+                    && rest > 0
+                {
+                    self.owed.push_front(Owed::Disconnect {
+                        to,
+                        cipher,
+                        next_sequence: next,
+                        remaining: rest,
+                    });
+                }
+                Some(Transmit {
+                    destination: to,
+                    len,
+                })
+            }
+        }
+    }
+}
+
+const _: () = assert!(CHALLENGE_TOKEN_BYTES == 300);

@@ -1,0 +1,1018 @@
+//! In-memory protocol tests: handshake, payloads, rejections, nonces,
+//! amplification, scale, and golden vectors against the reference C output.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::crypto::PacketCipher;
+use super::packet::{self, PacketKind, Side};
+use super::token::{self, PrivateConnectToken};
+use super::*;
+
+const PROTOCOL: u64 = 0x1122_3344_5566_7788;
+const UNIX: u64 = 1_700_000_000;
+
+/// Deterministic test randomness (splitmix64); never use outside tests.
+pub(crate) struct TestRng(pub(crate) u64);
+
+impl rand_core::TryRng for TestRng {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Ok(z ^ (z >> 31))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let v = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+impl rand_core::TryCryptoRng for TestRng {}
+
+fn server_addr() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+fn client_addr(i: u32) -> SocketAddr {
+    let b = (i + 1).to_be_bytes();
+    SocketAddr::from(([127, b[1], b[2], b[3]], 50000))
+}
+
+fn params(client_id: u64) -> TokenParams {
+    TokenParams {
+        protocol_id: PROTOCOL,
+        client_id,
+        create_timestamp: UNIX,
+        expire_seconds: 30,
+        timeout_seconds: 5,
+        server_addresses: vec![server_addr()],
+        user_data: [client_id as u8; USER_DATA_BYTES],
+    }
+}
+
+/// A server plus its key, on virtual time.
+struct World {
+    server: Server,
+    key: Key,
+    rng: TestRng,
+    now: Instant,
+    /// Every datagram the server sent, for nonce and size checks.
+    server_sent: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl World {
+    fn new(max_clients: usize) -> Self {
+        let mut rng = TestRng(7);
+        let key = Key::generate(&mut rng);
+        let mut config = ServerConfig::new(PROTOCOL, key, vec![server_addr()]);
+        config.max_clients = max_clients;
+        config.max_pending = max_clients.max(16);
+        config.max_token_entries = max_clients.max(16) * 2;
+        let server = Server::new(config, &mut rng).unwrap();
+        Self {
+            server,
+            key,
+            rng,
+            now: Instant::now(),
+            server_sent: Vec::new(),
+        }
+    }
+
+    fn token(&mut self, client_id: u64) -> ConnectToken {
+        ConnectToken::generate(&params(client_id), &self.key, &mut self.rng).unwrap()
+    }
+
+    fn deliver_to_server(&mut self, from: SocketAddr, bytes: &[u8]) -> Option<String> {
+        let mut buf = bytes.to_vec();
+        self.server
+            .handle_datagram(self.now, UNIX, from, &mut buf)
+            .map(|e| format!("{e:?}"))
+    }
+
+    fn server_transmits(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+            out.push((t.destination, buf[..t.len].to_vec()));
+        }
+        self.server_sent.extend(out.iter().cloned());
+        out
+    }
+
+    /// Shuttles datagrams between the server and `clients` until quiet.
+    fn pump(&mut self, clients: &mut [(SocketAddr, Client)]) -> Vec<String> {
+        let mut events = Vec::new();
+        for _ in 0..16 {
+            let mut moved = false;
+            let mut buf = [0u8; MAX_PACKET_BYTES];
+            for (addr, client) in clients.iter_mut() {
+                while let Some(t) = client.poll_transmit(self.now, &mut buf) {
+                    moved = true;
+                    if let Some(e) =
+                        self.server
+                            .handle_datagram(self.now, UNIX, *addr, &mut buf[..t.len])
+                    {
+                        events.push(format!("{e:?}"));
+                    }
+                }
+            }
+            while let Some(e) = self.server.poll_event() {
+                events.push(format!("{e:?}"));
+            }
+            for (to, bytes) in self.server_transmits() {
+                moved = true;
+                if let Some((_, c)) = clients.iter_mut().find(|(a, _)| *a == to) {
+                    let mut b = bytes.clone();
+                    c.handle_datagram(self.now, server_addr(), &mut b);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        events
+    }
+
+    fn advance(&mut self, d: Duration, clients: &mut [(SocketAddr, Client)]) {
+        self.now += d;
+        self.server.handle_timeout(self.now);
+        for (_, c) in clients.iter_mut() {
+            c.handle_timeout(self.now);
+        }
+    }
+
+    fn connected_pair(&mut self) -> (SocketAddr, Client) {
+        let token = self.token(1);
+        let mut client = Client::new(ClientConfig::new(PROTOCOL));
+        client.connect(&token, self.now, UNIX).unwrap();
+        let mut clients = [(client_addr(0), client)];
+        self.pump(&mut clients);
+        let [pair] = clients;
+        assert_eq!(pair.1.state(), ClientState::Connected);
+        pair
+    }
+
+    /// Counters that must not move when a bad datagram arrives.
+    fn state_summary(&self) -> (usize, usize, usize) {
+        (
+            self.server.num_connected(),
+            self.server.num_pending(),
+            self.server.num_token_entries(),
+        )
+    }
+}
+
+fn request_bytes(token: &ConnectToken) -> Vec<u8> {
+    let mut buf = vec![0u8; CONNECTION_REQUEST_BYTES];
+    packet::write_request(&mut buf, token).unwrap();
+    buf
+}
+
+#[test]
+fn handshake_connects_and_payloads_flow_both_ways() {
+    let mut w = World::new(4);
+    let (addr, mut client) = w.connected_pair();
+    assert_eq!(client.client_index(), Some(0));
+    assert_eq!(client.max_clients(), Some(4));
+    let slot = w.server.client_at(addr).unwrap();
+    assert_eq!(w.server.client_id(slot), Some(1));
+    assert_eq!(
+        w.server.client_user_data(slot),
+        Some(&[1u8; USER_DATA_BYTES])
+    );
+
+    let mut out = [0u8; MAX_PACKET_BYTES];
+    let t = client
+        .send_payload(w.now, b"hello server", &mut out)
+        .unwrap();
+    assert_eq!(t.destination, server_addr());
+    let ev = w
+        .server
+        .handle_datagram(w.now, UNIX, addr, &mut out[..t.len]);
+    assert_eq!(
+        ev,
+        Some(ServerEvent::Payload {
+            client: slot,
+            data: b"hello server"
+        })
+    );
+
+    let t = w
+        .server
+        .send_payload(w.now, slot, b"hello client", &mut out)
+        .unwrap();
+    assert_eq!(t.destination, addr);
+    let ev = client.handle_datagram(w.now, server_addr(), &mut out[..t.len]);
+    assert_eq!(ev, Some(ClientEvent::Payload(b"hello client")));
+
+    let mut big = [0u8; MAX_PAYLOAD_BYTES];
+    big.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    let t = client.send_payload(w.now, &big, &mut out).unwrap();
+    assert_eq!(t.len, MAX_PACKET_BYTES - 7); // small sequence number
+    match w
+        .server
+        .handle_datagram(w.now, UNIX, addr, &mut out[..t.len])
+    {
+        Some(ServerEvent::Payload { data, .. }) => assert_eq!(data, &big[..]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        client.send_payload(w.now, &[0; 1201], &mut out),
+        Err(SendError::PayloadSize(1201))
+    );
+    assert_eq!(
+        client.send_payload(w.now, &[], &mut out),
+        Err(SendError::PayloadSize(0))
+    );
+}
+
+#[test]
+fn keepalives_hold_the_connection_and_silence_times_it_out() {
+    let mut w = World::new(4);
+    let pair = w.connected_pair();
+    let mut clients = [pair];
+    for _ in 0..200 {
+        w.advance(Duration::from_millis(50), &mut clients);
+        w.pump(&mut clients);
+    }
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.num_connected(), 1);
+
+    // Stop delivering: both sides time out after the token's 5 s.
+    for _ in 0..120 {
+        w.advance(Duration::from_millis(50), &mut clients);
+        w.server_transmits();
+    }
+    assert_eq!(clients[0].1.state(), ClientState::ConnectionTimedOut);
+    assert_eq!(w.server.num_connected(), 0);
+    assert_eq!(w.server.stats().clients_timed_out, 1);
+    let ev = format!("{:?}", w.server.poll_event());
+    assert!(ev.contains("TimedOut"), "{ev}");
+}
+
+#[test]
+fn client_disconnect_sends_ten_packets_and_frees_the_slot() {
+    let mut w = World::new(4);
+    let (addr, mut client) = w.connected_pair();
+    client.disconnect();
+    assert_eq!(client.state(), ClientState::Disconnected);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let mut packets = Vec::new();
+    while let Some(t) = client.poll_transmit(w.now, &mut buf) {
+        packets.push(buf[..t.len].to_vec());
+    }
+    assert_eq!(packets.len(), NUM_DISCONNECT_PACKETS);
+    let ev = w.deliver_to_server(addr, &packets[0]).unwrap();
+    assert!(ev.contains("ClientDisconnected"), "{ev}");
+    assert_eq!(w.server.num_connected(), 0);
+    // The redundant copies are dropped quietly.
+    for p in &packets[1..] {
+        assert!(w.deliver_to_server(addr, p).is_none());
+    }
+}
+
+#[test]
+fn server_disconnect_reaches_the_client() {
+    let mut w = World::new(4);
+    let (addr, mut client) = w.connected_pair();
+    let slot = w.server.client_at(addr).unwrap();
+    w.server.disconnect(slot).unwrap();
+    assert_eq!(w.server.num_connected(), 0);
+    assert_eq!(
+        w.server.disconnect(slot),
+        Err(DisconnectError::UnknownClient)
+    );
+    let sent = w.server_transmits();
+    assert_eq!(sent.len(), NUM_DISCONNECT_PACKETS);
+    let mut first = sent[0].1.clone();
+    assert_eq!(
+        client.handle_datagram(w.now, server_addr(), &mut first),
+        Some(ClientEvent::Disconnected)
+    );
+    assert_eq!(client.state(), ClientState::Disconnected);
+}
+
+#[test]
+fn server_full_is_denied_and_the_client_says_so() {
+    let mut w = World::new(1);
+    let _first = w.connected_pair();
+    let token = w.token(2);
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(1), c)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::ConnectionDenied);
+    assert_eq!(w.server.stats().denials_sent, 1);
+    assert_eq!(
+        w.server.num_pending(),
+        0,
+        "no half-open state for a denied client"
+    );
+}
+
+#[test]
+fn client_fails_over_to_the_next_address() {
+    let mut w = World::new(4);
+    let mut p = params(9);
+    let dead: SocketAddr = "127.0.0.9:1".parse().unwrap();
+    p.server_addresses = vec![dead, server_addr()];
+    let token = ConnectToken::generate(&p, &w.key, &mut w.rng).unwrap();
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(0), c)];
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    // Requests to the dead address vanish until the 5 s timeout.
+    for _ in 0..110 {
+        w.advance(Duration::from_millis(50), &mut clients);
+        if clients[0].1.server_address() == Some(server_addr()) {
+            break;
+        }
+        while clients[0].1.poll_transmit(w.now, &mut buf).is_some() {}
+    }
+    assert_eq!(clients[0].1.server_address(), Some(server_addr()));
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+}
+
+#[test]
+fn client_reports_distinct_token_errors() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let mut c = Client::new(ClientConfig::new(PROTOCOL + 1));
+    assert_eq!(
+        c.connect(&token, w.now, UNIX),
+        Err(ConnectError::WrongProtocolId {
+            expected: PROTOCOL + 1,
+            got: PROTOCOL
+        })
+    );
+    assert_eq!(c.state(), ClientState::InvalidConnectToken);
+
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    assert_eq!(
+        c.connect(&token, w.now, UNIX + 30),
+        Err(ConnectError::Expired)
+    );
+    assert_eq!(c.state(), ClientState::ConnectTokenExpired);
+
+    let mut bytes = token.to_bytes();
+    bytes[11] = b'1'; // "NETCODE 1.01"
+    assert_eq!(
+        c.connect_bytes(&bytes, w.now, UNIX),
+        Err(ConnectError::Token(TokenError::WrongVersion))
+    );
+    assert_eq!(c.state(), ClientState::InvalidConnectToken);
+
+    let mut bad = token.clone();
+    bad.server_addresses.clear();
+    assert_eq!(
+        c.connect(&bad, w.now, UNIX),
+        Err(ConnectError::InvalidToken)
+    );
+    assert_eq!(c.state(), ClientState::InvalidConnectToken);
+
+    // Token lifetime runs out while connecting (no server answers).
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    let mut p = params(3);
+    p.expire_seconds = 2;
+    p.timeout_seconds = 10;
+    let t = ConnectToken::generate(&p, &w.key, &mut w.rng).unwrap();
+    c.connect(&t, w.now, UNIX).unwrap();
+    c.handle_timeout(w.now + Duration::from_secs(2));
+    assert_eq!(c.state(), ClientState::ConnectTokenExpired);
+}
+
+/// Runs a client against the server with a token the server ignores and
+/// checks the client times out while the server counts `reason`.
+fn ignored_token_times_out(token: ConnectToken, reason: DropReason) {
+    let mut w = World::new(4);
+    let mut c = Client::new(ClientConfig::new(token.protocol_id));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(0), c)];
+    for _ in 0..110 {
+        w.pump(&mut clients);
+        w.advance(Duration::from_millis(50), &mut clients);
+    }
+    assert_eq!(clients[0].1.state(), ClientState::ConnectionRequestTimedOut);
+    assert!(w.server.stats().dropped.get(reason) > 0, "{reason:?}");
+    assert_eq!(w.state_summary(), (0, 0, 0));
+    assert!(w.server_sent.is_empty());
+}
+
+#[test]
+fn silently_ignored_tokens_time_out_with_a_distinct_server_reason() {
+    let mut rng = TestRng(99);
+    let other_key = Key::generate(&mut rng);
+    let forged = ConnectToken::generate(&params(1), &other_key, &mut rng).unwrap();
+    ignored_token_times_out(forged, DropReason::TokenInvalid);
+
+    let w = World::new(1);
+    let mut p = params(1);
+    p.server_addresses = vec!["127.0.0.1:40001".parse().unwrap()];
+    let mut rng = TestRng(5);
+    let elsewhere = ConnectToken::generate(&p, &w.key, &mut rng).unwrap();
+    // The client must still send to our server, so point its public list here.
+    let mut redirected = elsewhere.clone();
+    redirected.server_addresses = vec![server_addr()];
+    ignored_token_times_out(redirected, DropReason::AddressNotInToken);
+
+    let mut p = params(1);
+    p.protocol_id = PROTOCOL + 1;
+    let other_game = ConnectToken::generate(&p, &w.key, &mut rng).unwrap();
+    ignored_token_times_out(other_game, DropReason::WrongProtocolId);
+}
+
+#[test]
+fn bad_requests_are_counted_and_change_nothing() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let good = request_bytes(&token);
+    let from = client_addr(0);
+    let before = w.state_summary();
+
+    let mut cases: Vec<(Vec<u8>, u64, DropReason)> = Vec::new();
+    cases.push((Vec::new(), UNIX, DropReason::Empty));
+    cases.push((good[..1077].to_vec(), UNIX, DropReason::RequestWrongSize));
+    let mut long = good.clone();
+    long.push(0);
+    cases.push((long, UNIX, DropReason::RequestWrongSize));
+    cases.push((vec![0u8; 1300], UNIX, DropReason::Oversized));
+    let mut v = good.clone();
+    v[12] = b'0';
+    cases.push((v, UNIX, DropReason::WrongVersion));
+    let mut p = good.clone();
+    p[14] ^= 1;
+    cases.push((p, UNIX, DropReason::WrongProtocolId));
+    cases.push((good.clone(), UNIX + 30, DropReason::TokenExpired));
+    let mut e = good.clone();
+    e[22] ^= 1; // expire timestamp changed: AD no longer matches
+    cases.push((e, UNIX, DropReason::TokenInvalid));
+    for i in [46, 500, 1053, 1054, 1077] {
+        let mut t = good.clone();
+        t[i] ^= 0x80;
+        cases.push((t, UNIX, DropReason::TokenInvalid));
+    }
+    for (bytes, unix, reason) in cases {
+        let dropped = w.server.stats().dropped.get(reason);
+        let mut buf = bytes.clone();
+        assert!(
+            w.server
+                .handle_datagram(w.now, unix, from, &mut buf)
+                .is_none()
+        );
+        assert_eq!(
+            w.server.stats().dropped.get(reason),
+            dropped + 1,
+            "{reason:?}"
+        );
+        assert_eq!(w.state_summary(), before, "{reason:?}");
+        assert!(w.server_transmits().is_empty(), "{reason:?}");
+    }
+}
+
+#[test]
+fn token_is_bound_to_the_first_address() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let req = request_bytes(&token);
+    assert!(w.deliver_to_server(client_addr(0), &req).is_none());
+    assert_eq!(w.server_transmits().len(), 1);
+    let before = w.state_summary();
+    assert!(w.deliver_to_server(client_addr(1), &req).is_none());
+    assert_eq!(
+        w.server
+            .stats()
+            .dropped
+            .get(DropReason::TokenUsedFromOtherAddress),
+        1
+    );
+    assert_eq!(w.state_summary(), before);
+    assert!(w.server_transmits().is_empty());
+    // The first address may repeat its request and gets another challenge.
+    assert!(w.deliver_to_server(client_addr(0), &req).is_none());
+    assert_eq!(w.server_transmits().len(), 1);
+}
+
+#[test]
+fn per_ip_rate_limit_applies_to_requests() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let req = request_bytes(&token);
+    let burst = w.server.config().rate_limit.burst as usize;
+    for _ in 0..burst + 10 {
+        w.deliver_to_server(client_addr(0), &req);
+    }
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 10);
+    assert_eq!(w.server_transmits().len(), burst);
+    w.now += Duration::from_secs(1);
+    w.deliver_to_server(client_addr(0), &req);
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 10);
+}
+
+#[test]
+fn tampered_truncated_replayed_and_oversized_packets_are_dropped() {
+    let mut w = World::new(4);
+    let (addr, mut client) = w.connected_pair();
+    let mut out = [0u8; MAX_PACKET_BYTES];
+    let t = client.send_payload(w.now, b"payload!", &mut out).unwrap();
+    let packet = out[..t.len].to_vec();
+    let before = (w.state_summary(), w.server.stats().payloads_received);
+
+    for i in 0..packet.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut p = packet.clone();
+            p[i] ^= bit;
+            assert!(w.deliver_to_server(addr, &p).is_none(), "byte {i}");
+        }
+    }
+    for cut in 0..packet.len() {
+        assert!(w.deliver_to_server(addr, &packet[..cut]).is_none());
+    }
+    let mut long = packet.clone();
+    long.resize(MAX_PACKET_BYTES + 1, 0);
+    assert!(w.deliver_to_server(addr, &long).is_none());
+    assert_eq!(
+        (w.state_summary(), w.server.stats().payloads_received),
+        before
+    );
+    let d = &w.server.stats().dropped;
+    assert!(d.get(DropReason::DecryptFailed) > 0);
+    assert!(d.get(DropReason::Truncated) > 0);
+    assert_eq!(d.get(DropReason::Oversized), 1);
+
+    // The untouched packet is still accepted once, then replays are refused.
+    assert!(w.deliver_to_server(addr, &packet).is_some());
+    assert!(w.deliver_to_server(addr, &packet).is_none());
+    assert_eq!(w.server.stats().dropped.get(DropReason::Replayed), 1);
+    // The same packet from another address is unknown there.
+    assert!(w.deliver_to_server(client_addr(7), &packet).is_none());
+    assert_eq!(w.server.stats().dropped.get(DropReason::UnknownAddress), 1);
+
+    // Client side: tampered and replayed server packets.
+    let slot = w.server.client_at(addr).unwrap();
+    let t = w
+        .server
+        .send_payload(w.now, slot, b"down", &mut out)
+        .unwrap();
+    let down = out[..t.len].to_vec();
+    let mut p = down.clone();
+    *p.last_mut().unwrap() ^= 1;
+    assert!(
+        client
+            .handle_datagram(w.now, server_addr(), &mut p)
+            .is_none()
+    );
+    let mut p = down.clone();
+    assert!(
+        client
+            .handle_datagram(w.now, server_addr(), &mut p)
+            .is_some()
+    );
+    let mut p = down.clone();
+    assert!(
+        client
+            .handle_datagram(w.now, server_addr(), &mut p)
+            .is_none()
+    );
+    let mut p = down.clone();
+    let stranger: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+    assert!(client.handle_datagram(w.now, stranger, &mut p).is_none());
+    let d = &client.stats().dropped;
+    assert_eq!(d.get(DropReason::DecryptFailed), 1);
+    assert_eq!(d.get(DropReason::Replayed), 1);
+    assert_eq!(d.get(DropReason::UnknownAddress), 1);
+    assert_eq!(client.state(), ClientState::Connected);
+}
+
+#[test]
+fn garbage_from_unknown_sources_gets_no_reply() {
+    let mut w = World::new(4);
+    let mut rng = TestRng(3);
+    for len in [1usize, 17, 18, 19, 40, 333, 1078, 1225] {
+        for prefix in 0u8..=0xff {
+            let mut buf = vec![0u8; len];
+            rand_core::Rng::fill_bytes(&mut rng, &mut buf);
+            buf[0] = prefix;
+            w.deliver_to_server(client_addr(3), &buf);
+        }
+    }
+    assert!(w.server_transmits().is_empty());
+    assert_eq!(w.state_summary(), (0, 0, 0));
+}
+
+#[test]
+fn no_reply_is_larger_than_the_packet_that_caused_it() {
+    let mut w = World::new(1);
+    // Request -> challenge, for every sequence width the reply can use.
+    let token = w.token(1);
+    let req = request_bytes(&token);
+    for _ in 0..40 {
+        w.deliver_to_server(client_addr(0), &req);
+        for (_, reply) in w.server_transmits() {
+            assert!(
+                reply.len() <= req.len(),
+                "challenge {} > {}",
+                reply.len(),
+                req.len()
+            );
+        }
+    }
+    // Response -> keep-alive.
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    let t = w.token(2);
+    c.connect(&t, w.now, UNIX).unwrap();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let n = c.poll_transmit(w.now, &mut buf).unwrap().len;
+    w.deliver_to_server(client_addr(1), &buf[..n]);
+    let replies = w.server_transmits();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].1.len() <= n);
+    c.handle_datagram(w.now, server_addr(), &mut replies[0].1.clone());
+    assert_eq!(c.state(), ClientState::SendingConnectionResponse);
+    let n = c.poll_transmit(w.now, &mut buf).unwrap().len;
+    let resp = buf[..n].to_vec();
+    w.deliver_to_server(client_addr(1), &resp);
+    for (_, reply) in w.server_transmits() {
+        assert!(reply.len() <= resp.len());
+    }
+    // Server full: request -> denied, response -> denied.
+    let t = w.token(3);
+    let req = request_bytes(&t);
+    w.deliver_to_server(client_addr(2), &req);
+    let replies = w.server_transmits();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].1.len() <= req.len());
+    assert_eq!(
+        packet::parse_header(&replies[0].1, Side::Client)
+            .unwrap()
+            .kind,
+        PacketKind::Denied
+    );
+}
+
+#[test]
+fn no_nonce_is_used_twice_under_one_key() {
+    let mut w = World::new(2);
+    let token = w.token(1);
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let addr = client_addr(0);
+    let mut client_sent: Vec<Vec<u8>> = Vec::new();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    // Repeated requests and responses, a lost keep-alive, payloads, idle
+    // keep-alives, and a reconnect with the same token.
+    for round in 0..60 {
+        while let Some(t) = c.poll_transmit(w.now, &mut buf) {
+            client_sent.push(buf[..t.len].to_vec());
+            let mut b = buf[..t.len].to_vec();
+            w.server.handle_datagram(w.now, UNIX, addr, &mut b);
+        }
+        for (_, bytes) in w.server_transmits() {
+            if round > 3 {
+                c.handle_datagram(w.now, server_addr(), &mut bytes.clone());
+            }
+        }
+        if c.state() == ClientState::Connected {
+            let t = c.send_payload(w.now, b"x", &mut buf).unwrap();
+            client_sent.push(buf[..t.len].to_vec());
+            w.server
+                .handle_datagram(w.now, UNIX, addr, &mut buf[..t.len]);
+            let slot = w.server.client_at(addr).unwrap();
+            let t = w.server.send_payload(w.now, slot, b"y", &mut buf).unwrap();
+            w.server_sent.push((addr, buf[..t.len].to_vec()));
+        }
+        if round == 40 {
+            c.disconnect();
+            while let Some(t) = c.poll_transmit(w.now, &mut buf) {
+                client_sent.push(buf[..t.len].to_vec());
+                w.server
+                    .handle_datagram(w.now, UNIX, addr, &mut buf[..t.len]);
+            }
+            assert_eq!(w.server.num_connected(), 0);
+            c.connect(&token, w.now, UNIX).unwrap();
+        }
+        w.advance(Duration::from_millis(60), &mut []);
+    }
+    let seqs = |packets: &[Vec<u8>]| -> Vec<u64> {
+        packets
+            .iter()
+            .filter(|p| p[0] != 0)
+            .map(|p| {
+                packet::parse_header(p, Side::Server)
+                    .or_else(|_| packet::parse_header(p, Side::Client))
+                    .unwrap()
+                    .sequence
+            })
+            .collect()
+    };
+    assert_eq!(c.state(), ClientState::Connected);
+    assert_eq!(w.server.stats().clients_connected, 2);
+    let up = seqs(&client_sent);
+    assert!(up.len() > 50);
+    assert_eq!(
+        up.iter().collect::<HashSet<_>>().len(),
+        up.len(),
+        "client reused a nonce"
+    );
+    let down_packets: Vec<Vec<u8>> = w.server_sent.iter().map(|(_, p)| p.clone()).collect();
+    let down = seqs(&down_packets);
+    assert!(down.len() > 50);
+    assert_eq!(
+        down.iter().collect::<HashSet<_>>().len(),
+        down.len(),
+        "server reused a nonce"
+    );
+}
+
+#[test]
+fn ten_thousand_clients_connect() {
+    const N: u32 = 10_000;
+    let mut w = World::new(N as usize);
+    let mut clients: Vec<(SocketAddr, Client)> = (0..N)
+        .map(|i| {
+            let token = w.token(u64::from(i) + 1);
+            let mut c = Client::new(ClientConfig::new(PROTOCOL));
+            c.connect(&token, w.now, UNIX).unwrap();
+            (client_addr(i), c)
+        })
+        .collect();
+    let mut connected = 0;
+    for chunk in clients.chunks_mut(500) {
+        for e in w.pump(chunk) {
+            if e.starts_with("ClientConnected") {
+                connected += 1;
+            }
+        }
+    }
+    assert_eq!(connected, N);
+    assert_eq!(w.server.num_connected(), N as usize);
+    assert!(
+        clients
+            .iter()
+            .all(|(_, c)| c.state() == ClientState::Connected)
+    );
+    // O(1) lookups by address and id agree.
+    for (i, (addr, c)) in clients.iter().enumerate().step_by(997) {
+        let slot = w.server.client_at(*addr).unwrap();
+        assert_eq!(slot.get() as u32, c.client_index().unwrap());
+        assert_eq!(w.server.client_by_id(i as u64 + 1), Some(slot));
+    }
+    // One more is denied.
+    let token = w.token(u64::from(N) + 1);
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let mut extra = [(client_addr(N), c)];
+    w.pump(&mut extra);
+    assert_eq!(extra[0].1.state(), ClientState::ConnectionDenied);
+}
+
+#[test]
+fn tokens_round_trip_through_bytes_and_base64() {
+    let mut w = World::new(1);
+    let mut p = params(77);
+    p.server_addresses = vec![
+        "10.0.0.1:1".parse().unwrap(),
+        "[2001:db8::1]:443".parse().unwrap(),
+    ];
+    let token = ConnectToken::generate(&p, &w.key, &mut w.rng).unwrap();
+    assert_eq!(ConnectToken::from_bytes(&token.to_bytes()).unwrap(), token);
+    let text = token.to_base64();
+    assert_eq!(text.len(), 2732);
+    assert_eq!(
+        ConnectToken::from_base64(&format!(" {text}\n")).unwrap(),
+        token
+    );
+    assert_eq!(ConnectToken::from_base64("AAAA"), Err(TokenError::Encoding));
+    assert_eq!(
+        ConnectToken::from_base64(&text.replace('A', "!")),
+        Err(TokenError::Encoding)
+    );
+    let mut private = *token.private_data;
+    token::decrypt_private(
+        &mut private,
+        PROTOCOL,
+        token.expire_timestamp,
+        &token.nonce,
+        &w.key,
+    )
+    .unwrap();
+    let inner = PrivateConnectToken::read(&private).unwrap();
+    assert_eq!(inner.client_id, 77);
+    assert_eq!(inner.server_addresses, p.server_addresses);
+    assert_eq!(inner.user_data, p.user_data);
+    assert_eq!(inner.client_to_server_key, token.client_to_server_key);
+    assert!(matches!(
+        ConnectToken::generate(
+            &TokenParams {
+                server_addresses: vec![],
+                ..params(1)
+            },
+            &w.key,
+            &mut w.rng
+        ),
+        Err(TokenError::ServerAddressCount(0))
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Golden vectors: the reference C implementation's output for fixed inputs,
+// shipped as files in the `netcode-official` crate (our dev-dependency).
+// They are read from Cargo's registry at test time, not copied here.
+
+const V_PROTOCOL: u64 = 0x1122334455667788;
+const V_CLIENT_ID: u64 = 0x0102030405060708;
+const V_CREATE: u64 = 1720000000;
+const V_EXPIRE: u64 = 1720000100;
+const V_CHALLENGE_SEQUENCE: u64 = 1000;
+const V_PACKET_SEQUENCE: u64 = 0x1122334455;
+const V_PRIVATE_KEY: [u8; 32] = [
+    0x60, 0x6a, 0xbe, 0x6e, 0xc9, 0x19, 0x10, 0xea, 0x9a, 0x65, 0x62, 0xf6, 0x6f, 0x2b, 0x30, 0xe4,
+    0x43, 0x71, 0xd6, 0x2c, 0xd1, 0x99, 0x27, 0x26, 0x6b, 0x3c, 0x60, 0xf4, 0xb7, 0x15, 0xab, 0xa1,
+];
+
+fn bytes_from(f: impl Fn(usize) -> u8) -> [u8; 32] {
+    std::array::from_fn(f)
+}
+
+fn vectors_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NETCODE_REFERENCE_VECTORS") {
+        return dir.into();
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let registry = home.join("registry").join("src");
+    for entry in std::fs::read_dir(&registry).expect("cargo registry sources") {
+        let dir = entry
+            .unwrap()
+            .path()
+            .join("netcode-official-1.0.0/tests/vectors");
+        if dir.is_dir() {
+            return dir;
+        }
+    }
+    panic!(
+        "netcode-official 1.0.0 sources not found under {}; set NETCODE_REFERENCE_VECTORS",
+        registry.display()
+    );
+}
+
+fn vector(name: &str) -> Vec<u8> {
+    std::fs::read(vectors_dir().join(name)).unwrap()
+}
+
+fn vector_token() -> (PrivateConnectToken, ConnectToken) {
+    let servers: Vec<SocketAddr> = vec![
+        "127.0.0.1:40000".parse().unwrap(),
+        "[::1]:50000".parse().unwrap(),
+    ];
+    let private = PrivateConnectToken {
+        client_id: V_CLIENT_ID,
+        timeout_seconds: 15,
+        server_addresses: servers.clone(),
+        client_to_server_key: Key::from_bytes(bytes_from(|i| i as u8)),
+        server_to_client_key: Key::from_bytes(bytes_from(|i| 255 - i as u8)),
+        user_data: std::array::from_fn(|i| i as u8),
+    };
+    let token = ConnectToken::generate_with(
+        &TokenParams {
+            protocol_id: V_PROTOCOL,
+            client_id: V_CLIENT_ID,
+            create_timestamp: V_CREATE,
+            expire_seconds: V_EXPIRE - V_CREATE,
+            timeout_seconds: 15,
+            server_addresses: servers,
+            user_data: private.user_data,
+        },
+        &Key::from_bytes(V_PRIVATE_KEY),
+        std::array::from_fn(|i| (100 + i) as u8),
+        private.client_to_server_key,
+        private.server_to_client_key,
+    )
+    .unwrap();
+    (private, token)
+}
+
+#[test]
+fn golden_private_and_public_connect_token() {
+    let (private, token) = vector_token();
+    let mut plain = [0u8; CONNECT_TOKEN_PRIVATE_BYTES];
+    private.write(&mut plain).unwrap();
+    assert_eq!(
+        &plain[..],
+        &vector("private_connect_token_plaintext.bin")[..]
+    );
+    assert_eq!(
+        &token.private_data[..],
+        &vector("private_connect_token_encrypted.bin")[..]
+    );
+    let reference = vector("connect_token.bin");
+    assert_eq!(&token.to_bytes()[..], &reference[..]);
+    assert_eq!(ConnectToken::from_bytes(&reference).unwrap(), token);
+    let mut decrypted = *token.private_data;
+    token::decrypt_private(
+        &mut decrypted,
+        V_PROTOCOL,
+        V_EXPIRE,
+        &token.nonce,
+        &Key::from_bytes(V_PRIVATE_KEY),
+    )
+    .unwrap();
+    assert_eq!(PrivateConnectToken::read(&decrypted).unwrap(), private);
+}
+
+#[test]
+fn golden_challenge_token() {
+    let cipher = PacketCipher::new(&Key::from_bytes(bytes_from(|i| (i * 2) as u8)));
+    let mut out = [0u8; CHALLENGE_TOKEN_BYTES];
+    let user: [u8; USER_DATA_BYTES] = std::array::from_fn(|i| i as u8);
+    token::write_challenge(&mut out, V_CLIENT_ID, &user, V_CHALLENGE_SEQUENCE, &cipher).unwrap();
+    let reference = vector("challenge_token_encrypted.bin");
+    assert_eq!(&out[..], &reference[..]);
+    let mut back = reference.clone();
+    let (id, data) = token::open_challenge(&mut back, V_CHALLENGE_SEQUENCE, &cipher).unwrap();
+    assert_eq!((id, data), (V_CLIENT_ID, user));
+}
+
+#[test]
+fn golden_packets_match_the_reference_both_ways() {
+    let (_, token) = vector_token();
+    let mut out = [0u8; 1400];
+    let n = packet::write_request(&mut out, &token).unwrap();
+    assert_eq!(&out[..n], &vector("packet_request.bin")[..]);
+
+    let cipher = PacketCipher::new(&Key::from_bytes(bytes_from(|i| (i + 17) as u8)));
+    let challenge = vector("challenge_token_encrypted.bin");
+    let mut challenge_body = V_CHALLENGE_SEQUENCE.to_le_bytes().to_vec();
+    challenge_body.extend_from_slice(&challenge);
+    let mut keep_alive = 7u32.to_le_bytes().to_vec();
+    keep_alive.extend_from_slice(&32u32.to_le_bytes());
+    let payload: Vec<u8> = (0..MAX_PAYLOAD_BYTES).map(|i| i as u8).collect();
+    let cases: [(&str, PacketKind, Vec<u8>, Side); 6] = [
+        (
+            "packet_denied.bin",
+            PacketKind::Denied,
+            vec![],
+            Side::Client,
+        ),
+        (
+            "packet_challenge.bin",
+            PacketKind::Challenge,
+            challenge_body.clone(),
+            Side::Client,
+        ),
+        (
+            "packet_response.bin",
+            PacketKind::Response,
+            challenge_body,
+            Side::Server,
+        ),
+        (
+            "packet_keep_alive.bin",
+            PacketKind::KeepAlive,
+            keep_alive,
+            Side::Client,
+        ),
+        (
+            "packet_payload.bin",
+            PacketKind::Payload,
+            payload,
+            Side::Client,
+        ),
+        (
+            "packet_disconnect.bin",
+            PacketKind::Disconnect,
+            vec![],
+            Side::Client,
+        ),
+    ];
+    for (file, kind, body, side) in cases {
+        let reference = vector(file);
+        let n = packet::seal(
+            &mut out,
+            kind,
+            V_PACKET_SEQUENCE,
+            &body,
+            V_PROTOCOL,
+            &cipher,
+        )
+        .unwrap();
+        assert_eq!(&out[..n], &reference[..], "{file}");
+        let mut read = reference.clone();
+        let header = packet::parse_header(&read, side).unwrap();
+        assert_eq!((header.kind, header.sequence), (kind, V_PACKET_SEQUENCE));
+        let opened = packet::open_body(&mut read, &header, V_PROTOCOL, &cipher).unwrap();
+        assert_eq!(opened, &body[..], "{file}");
+    }
+}
