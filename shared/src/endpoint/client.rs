@@ -75,7 +75,12 @@ impl ClientEndpoint {
     }
 
     /// Starts connecting with `token`; `unix_secs` is the wall clock (token expiry).
-    pub fn connect(&mut self, token: &ConnectToken, now: Instant, unix_secs: u64) -> Result<(), ConnectError> {
+    pub fn connect(
+        &mut self,
+        token: &ConnectToken,
+        now: Instant,
+        unix_secs: u64,
+    ) -> Result<(), ConnectError> {
         self.conn = None;
         self.announced = false;
         self.ended = None;
@@ -180,7 +185,10 @@ impl ClientEndpoint {
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let conn = self.conn.as_ref().and_then(Connection::poll_timeout);
-        [conn, self.netcode.poll_timeout()].into_iter().flatten().min()
+        [conn, self.netcode.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Takes the next event.
@@ -193,12 +201,7 @@ impl ClientEndpoint {
                 });
             }
             if conn.next_event_is_message() {
-                return match conn.poll_event() {
-                    Some(Event::Message { channel, payload }) => {
-                        Some(ClientEndpointEvent::Message { channel, payload })
-                    }
-                    _ => None,
-                };
+                return self.take_message();
             }
             if let Some(Event::Disconnected { reason, .. }) = conn.poll_event() {
                 // A reason from the server (or our own) beats the secure layer's.
@@ -207,12 +210,24 @@ impl ClientEndpoint {
         }
         let reason = self.ended?;
         // While our transport is still sending its goodbye, wait for it.
-        let conn_done = self.conn.as_ref().is_none_or(|c| c.is_connected() || c.is_closed());
+        let conn_done = self
+            .conn
+            .as_ref()
+            .is_none_or(|c| c.is_connected() || c.is_closed());
         if self.reported_end || !conn_done {
             return None;
         }
         self.reported_end = true;
         Some(ClientEndpointEvent::Disconnected { reason })
+    }
+
+    fn take_message(&mut self) -> Option<ClientEndpointEvent<'_>> {
+        match self.conn.as_mut()?.poll_event()? {
+            Event::Message { channel, payload } => {
+                Some(ClientEndpointEvent::Message { channel, payload })
+            }
+            Event::Disconnected { .. } => None,
+        }
     }
 
     /// Writes the next datagram into `buf` (at least

@@ -9,4 +9,6 @@ mod client;
 mod server;
 
 pub use client::{ClientEndpoint, ClientEndpointEvent, ClientSendError};
-pub use server::{EndpointEvent, EndpointSendError, ServerEndpoint, ServerEndpointConfig, ServerEndpointStats};
+pub use server::{
+    EndpointEvent, EndpointSendError, ServerEndpoint, ServerEndpointConfig, ServerEndpointStats,
+};

@@ -124,6 +124,7 @@ pub struct ServerEndpoint {
     transport: TransportConfig,
     peers: Vec<Option<Peer>>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    due_scratch: Vec<(Instant, usize)>,
     transmit_queue: VecDeque<usize>,
     event_queue: VecDeque<usize>,
     plain: Vec<u8>,
@@ -145,6 +146,7 @@ impl ServerEndpoint {
             transport: config.transport,
             peers: (0..max_clients).map(|_| None).collect(),
             timers: BinaryHeap::new(),
+            due_scratch: Vec::new(),
             transmit_queue: VecDeque::new(),
             event_queue: VecDeque::new(),
             plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
@@ -166,7 +168,11 @@ impl ServerEndpoint {
 
     /// Clients connected now.
     pub fn connected_clients(&self) -> usize {
-        self.peers.iter().flatten().filter(|p| p.ended.is_none()).count()
+        self.peers
+            .iter()
+            .flatten()
+            .filter(|p| p.ended.is_none())
+            .count()
     }
 
     /// The transport connection of `client`, for its stats.
@@ -181,7 +187,8 @@ impl ServerEndpoint {
 
     /// Bytes queued or unacknowledged for `client` on `channel`.
     pub fn queued_bytes(&self, client: ClientIndex, channel: ChannelId) -> usize {
-        self.peer(client).map_or(0, |p| p.conn.queued_bytes(channel))
+        self.peer(client)
+            .map_or(0, |p| p.conn.queued_bytes(channel))
     }
 
     fn peer(&self, client: ClientIndex) -> Option<&Peer> {
@@ -260,7 +267,13 @@ impl ServerEndpoint {
     }
 
     /// Feeds one datagram read from the socket; `buf` is decrypted in place.
-    pub fn handle_datagram(&mut self, now: Instant, unix_secs: u64, from: SocketAddr, buf: &mut [u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        buf: &mut [u8],
+    ) {
         match self.netcode.handle_datagram(now, unix_secs, from, buf) {
             Some(ServerEvent::Payload { client, data }) => {
                 let index = client.get();
@@ -356,11 +369,18 @@ impl ServerEndpoint {
         while let Some(event) = self.netcode.poll_event() {
             self.on_lifecycle(now, event);
         }
+        // Take everything due first: a timer re-armed at or before `now`
+        // (data waiting to be transmitted) is for poll_transmit, not for
+        // another round here.
+        let mut due = std::mem::take(&mut self.due_scratch);
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            due.push((at, index));
+        }
+        for &(at, index) in &due {
             let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
@@ -371,54 +391,81 @@ impl ServerEndpoint {
             peer.conn.handle_timeout(now);
             self.touch(index);
         }
+        due.clear();
+        self.due_scratch = due;
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.timers.peek().map(|Reverse((at, _))| *at);
-        [peers, self.netcode.poll_timeout()].into_iter().flatten().min()
+        [peers, self.netcode.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Takes the next event; a message's payload borrows the endpoint until
     /// the next call.
     pub fn poll_event(&mut self) -> Option<EndpointEvent<'_>> {
+        enum Step {
+            Gone,
+            Announce,
+            Message,
+            TransportEvent,
+            Drained,
+        }
         loop {
             let &index = self.event_queue.front()?;
+            let step = match self.peers.get(index).and_then(Option::as_ref) {
+                None => Step::Gone,
+                Some(peer) if !peer.announced => Step::Announce,
+                Some(peer) if peer.conn.next_event_is_message() => Step::Message,
+                Some(peer) if peer.conn.has_events() => Step::TransportEvent,
+                Some(_) => Step::Drained,
+            };
             let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
                 self.event_queue.pop_front();
                 continue;
             };
-            if !peer.announced {
-                peer.announced = true;
-                return Some(EndpointEvent::Connected {
-                    client: peer.client,
-                    client_id: peer.client_id,
-                });
+            match step {
+                Step::Gone => {}
+                Step::Announce => {
+                    peer.announced = true;
+                    return Some(EndpointEvent::Connected {
+                        client: peer.client,
+                        client_id: peer.client_id,
+                    });
+                }
+                Step::Message => return self.take_message(index),
+                Step::TransportEvent => {
+                    if let Some(Event::Disconnected { reason, .. }) = peer.conn.poll_event() {
+                        peer.ended.get_or_insert(reason);
+                    }
+                }
+                Step::Drained => {
+                    self.event_queue.pop_front();
+                    peer.queued_for_events = false;
+                    // Over, and its last datagrams (the transport's disconnect
+                    // packets) have left: free the slot.
+                    if peer.ended.is_some() && !peer.queued_for_transmit {
+                        return self.remove_peer(index);
+                    }
+                }
             }
-            if peer.conn.next_event_is_message() {
-                let (client, client_id) = (peer.client, peer.client_id);
-                return match peer.conn.poll_event() {
-                    Some(Event::Message { channel, payload }) => Some(EndpointEvent::Message {
-                        client,
-                        client_id,
-                        channel,
-                        payload,
-                    }),
-                    _ => None,
-                };
-            }
-            if let Some(Event::Disconnected { reason, .. }) = peer.conn.poll_event() {
-                peer.ended.get_or_insert(reason);
-                continue;
-            }
-            // No transport events left.
-            self.event_queue.pop_front();
-            peer.queued_for_events = false;
-            // Over, and its last datagrams (the transport's disconnect
-            // packets) have left: free the slot.
-            if peer.ended.is_some() && !peer.queued_for_transmit {
-                return self.remove_peer(index);
-            }
+        }
+    }
+
+    fn take_message(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
+        let peer = self.peers.get_mut(index)?.as_mut()?;
+        let (client, client_id) = (peer.client, peer.client_id);
+        match peer.conn.poll_event()? {
+            Event::Message { channel, payload } => Some(EndpointEvent::Message {
+                client,
+                client_id,
+                channel,
+                payload,
+            }),
+            Event::Disconnected { .. } => None,
         }
     }
 
@@ -450,7 +497,10 @@ impl ServerEndpoint {
             // nothing can be sealed for it any more.
             let network_gone = peer.ended.is_some() && peer.conn.is_connected();
             if !network_gone && let Some(len) = peer.conn.poll_transmit(now, &mut self.plain) {
-                match self.netcode.send_payload(now, peer.client, &self.plain[..len], buf) {
+                match self
+                    .netcode
+                    .send_payload(now, peer.client, &self.plain[..len], buf)
+                {
                     Ok(transmit) => return Some(transmit),
                     Err(error) => {
                         tracing::debug!(?error, client = index, "payload not sealed");

@@ -2,8 +2,10 @@
 //! stack. [`ServerIo`] runs a server endpoint on its own `net-io` thread and
 //! talks to the game over bounded crossbeam channels.
 
+mod client;
 mod server;
 
+pub use client::ClientSocket;
 pub use server::{
     ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, ServerIo, ServerIoConfig, SpawnError,
 };
@@ -15,4 +17,9 @@ pub fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The operating system's cryptographic random generator (keys, nonces).
+pub fn system_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
+    rand_core::UnwrapErr(getrandom::SysRng)
 }

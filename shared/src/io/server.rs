@@ -211,8 +211,13 @@ pub struct ServerIo {
 impl ServerIo {
     /// Binds `bind`, moves `endpoint` onto a new thread named `net-io` and
     /// starts serving.
-    pub fn spawn(bind: SocketAddr, endpoint: ServerEndpoint, config: ServerIoConfig) -> Result<Self, SpawnError> {
-        let mut socket = UdpSocket::bind(bind).map_err(|source| SpawnError::Bind { addr: bind, source })?;
+    pub fn spawn(
+        bind: SocketAddr,
+        endpoint: ServerEndpoint,
+        config: ServerIoConfig,
+    ) -> Result<Self, SpawnError> {
+        let mut socket =
+            UdpSocket::bind(bind).map_err(|source| SpawnError::Bind { addr: bind, source })?;
         let local_addr = socket.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -499,7 +504,8 @@ impl IoLoop {
         }
         for client in flooders {
             bump(&self.stats.flooding_disconnects, 1);
-            self.endpoint.disconnect(now, client, DisconnectReason::Flooding);
+            self.endpoint
+                .disconnect(now, client, DisconnectReason::Flooding);
         }
     }
 
