@@ -139,7 +139,9 @@ fn handle(
     let deadline = Instant::now() + options.request_deadline;
     request.clear();
     body.clear();
-    let response = match read_head(&mut stream, request, options.max_request_bytes, deadline)? {
+    let head = read_head(&mut stream, request, options.max_request_bytes, deadline)?;
+    let unread_input = matches!(head, Head::TooLarge);
+    let response = match head {
         Head::Complete => route(request, metrics, options, body),
         Head::TooLarge => {
             body.push_str("request too large\n");
@@ -158,7 +160,36 @@ fn handle(
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())?;
-    stream.flush()
+    stream.flush()?;
+    if unread_input {
+        // Closing with unread input makes the kernel send a reset, which
+        // can destroy the response before the client reads it. Signal the
+        // end of the response, then discard input until the client closes
+        // (bounded by the request deadline and a byte budget).
+        stream.shutdown(std::net::Shutdown::Write)?;
+        drain(
+            &mut stream,
+            request,
+            16 * options.max_request_bytes,
+            deadline,
+        );
+    }
+    Ok(())
+}
+
+fn drain(stream: &mut TcpStream, scratch: &mut Vec<u8>, budget: usize, deadline: Instant) {
+    scratch.resize(scratch.capacity().max(1024), 0);
+    let mut left = budget;
+    while left > 0 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+            return;
+        }
+        match stream.read(scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 enum Head {
