@@ -283,6 +283,7 @@ fn execute_commands(
             }
             AdminCommand::Say { text } => {
                 info!(%text, "admin say");
+                println!("saying: {text}");
                 says.write(AdminSay { text: text.clone() });
             }
             AdminCommand::Shutdown => {
