@@ -9,6 +9,11 @@
 //! The console only turns commands into messages: [`AdminKick`] and
 //! [`AdminSay`] are for the network and chat plugins to act on. Replies are
 //! printed on stdout; logs go to stderr.
+//!
+//! The console starts only when stdin is a terminal. A process put in the
+//! background of an interactive shell (`server &`) still has the terminal
+//! as stdin and would be stopped by SIGTTIN on its first read: start it
+//! with `< /dev/null` instead, which disables the console.
 
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
