@@ -241,3 +241,28 @@ fn runner_gives_up_on_a_shutdown_that_never_finishes() {
     app.insert_resource(switch);
     assert_eq!(app.run(), AppExit::error());
 }
+
+#[derive(Resource, Default)]
+struct FixedRuns(u32);
+
+#[test]
+fn every_update_runs_the_fixed_schedules_exactly_once_at_any_rate() {
+    for hz in [1, 7, 30, 128] {
+        let mut app = App::new();
+        app.add_plugins(TickPlugin {
+            config: TickConfig {
+                rate: TickRate::new(hz).unwrap(),
+                ..TickConfig::default()
+            },
+            clock: ManualClock::new(),
+        })
+        .init_resource::<FixedRuns>()
+        .add_systems(FixedUpdate, |mut runs: ResMut<FixedRuns>| runs.0 += 1);
+        app.finish();
+        app.cleanup();
+        for update in 1..=50 {
+            app.update();
+            assert_eq!(app.world().resource::<FixedRuns>().0, update, "{hz} Hz");
+        }
+    }
+}
