@@ -1,0 +1,505 @@
+//! Configuration: built-in defaults, then a TOML file, then environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! The defaults live in `assets/server.toml`, which is also compiled into
+//! the binary, so the server runs on its defaults from any directory.
+//! `--config FILE` picks another file; without it `assets/server.toml` in
+//! the working directory is used if present. Keys missing from a file keep
+//! their built-in default; unknown keys are an error.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use bevy_ecs::resource::Resource;
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::logging::LogFormat;
+use crate::tick::{MAX_TICK_HZ, MIN_TICK_HZ, TickConfig, TickRate, TickRateError};
+
+/// The config file used when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "assets/server.toml";
+
+/// `assets/server.toml` as compiled into the binary.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../assets/server.toml");
+
+/// Longest accepted graceful-shutdown grace period, in milliseconds; the
+/// whole shutdown must fit in ten seconds.
+pub const MAX_SHUTDOWN_GRACE_MS: u32 = 8_000;
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "server",
+    version,
+    about = "The dedicated game server.",
+    long_about = "The dedicated game server.\n\n\
+        Settings come from built-in defaults, then the config file, then \
+        GAMESERVER_* environment variables, then flags, each overriding the \
+        one before. Without a subcommand, `run` is assumed.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The subcommand to execute, with `run` as the default.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+/// Subcommands. `token` and `audit` will join `run`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Run(RunArgs),
+}
+
+/// Flags of `server run`. Every field is optional so that an absent flag
+/// (and absent environment variable) falls through to the config file.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Config file (TOML) [default: assets/server.toml if it exists, else built-in defaults]
+    #[arg(long, env = "GAMESERVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// UDP address for game traffic [default: 0.0.0.0:7777]
+    #[arg(long, env = "GAMESERVER_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+
+    /// TCP address of the HTTP endpoint serving /metrics and /healthz [default: 127.0.0.1:9100]
+    #[arg(long, env = "GAMESERVER_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// Folder for persistent data [default: ./data]
+    #[arg(long, env = "GAMESERVER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Simulation ticks per second, 1 to 128 [default: 30]
+    #[arg(long, env = "GAMESERVER_TICK_HZ", value_name = "HZ",
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_TICK_HZ)..=i64::from(MAX_TICK_HZ)))]
+    pub tick_hz: Option<u32>,
+
+    /// Most clients connected at once [default: 1024]
+    #[arg(long, env = "GAMESERVER_MAX_CLIENTS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: Option<u32>,
+
+    /// File holding the private key shared with the connect-token backend [default: none]
+    #[arg(long, env = "GAMESERVER_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Log line format [default: text]
+    #[arg(long, env = "GAMESERVER_LOG_FORMAT", value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter in RUST_LOG syntax, e.g. `info,server::tick=debug` [default: info]
+    #[arg(long, env = "RUST_LOG", value_name = "FILTER")]
+    pub log_filter: Option<String>,
+
+    /// Ticks keep running this long after a shutdown starts, so plugins can
+    /// save and say goodbye; 0 to 8000 ms [default: 1000]
+    #[arg(long, env = "GAMESERVER_SHUTDOWN_GRACE_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SHUTDOWN_GRACE_MS)))]
+    pub shutdown_grace_ms: Option<u32>,
+
+    /// Print the effective configuration as TOML and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// A config file's contents: every key optional.
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`ServerConfig::bind`].
+    pub bind: Option<SocketAddr>,
+    /// See [`ServerConfig::metrics_bind`].
+    pub metrics_bind: Option<SocketAddr>,
+    /// See [`ServerConfig::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`ServerConfig::tick_rate`].
+    pub tick_hz: Option<u32>,
+    /// See [`ServerConfig::max_clients`].
+    pub max_clients: Option<u32>,
+    /// See [`ServerConfig::key_file`].
+    pub key_file: Option<PathBuf>,
+    /// See [`ServerConfig::log_format`].
+    pub log_format: Option<LogFormat>,
+    /// See [`ServerConfig::log_filter`].
+    pub log_filter: Option<String>,
+    /// See [`ServerConfig::shutdown_grace_ms`].
+    pub shutdown_grace_ms: Option<u32>,
+}
+
+impl FileConfig {
+    /// Parses TOML; `origin` names the source in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] on bad TOML, unknown keys or wrong types.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: error.to_string(),
+        })
+    }
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// Where the text came from.
+        origin: String,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// `tick_hz` is out of range.
+    #[error("tick_hz in {origin}: {source}")]
+    TickRate {
+        /// Where the value came from.
+        origin: String,
+        /// The range error.
+        source: TickRateError,
+    },
+    /// `max_clients` is zero.
+    #[error("max_clients in {origin} must be at least 1")]
+    MaxClients {
+        /// Where the value came from.
+        origin: String,
+    },
+    /// `shutdown_grace_ms` is too long.
+    #[error(
+        "shutdown_grace_ms = {value} in {origin} is too long: at most {MAX_SHUTDOWN_GRACE_MS} ms"
+    )]
+    ShutdownGrace {
+        /// Where the value came from.
+        origin: String,
+        /// The value given.
+        value: u32,
+    },
+}
+
+/// The effective configuration, available to plugins as a resource.
+#[derive(Resource, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// UDP address for game traffic.
+    pub bind: SocketAddr,
+    /// TCP address of the metrics and health endpoint.
+    pub metrics_bind: SocketAddr,
+    /// Folder for persistent data.
+    pub data_dir: PathBuf,
+    /// Ticks per second.
+    #[serde(rename = "tick_hz", serialize_with = "serialize_tick_rate")]
+    pub tick_rate: TickRate,
+    /// Most clients connected at once.
+    pub max_clients: u32,
+    /// Private key file for connect tokens, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax.
+    pub log_filter: String,
+    /// Grace period between the start of a shutdown and exit.
+    pub shutdown_grace_ms: u32,
+}
+
+fn serialize_tick_rate<S: serde::Serializer>(rate: &TickRate, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(rate.hz())
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7777)),
+            metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)),
+            data_dir: PathBuf::from("./data"),
+            tick_rate: TickRate::default(),
+            max_clients: 1024,
+            key_file: None,
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            shutdown_grace_ms: 1000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Loads the configuration for `args`: reads the config file (see the
+    /// module docs), then applies `args` over it.
+    ///
+    /// # Errors
+    /// See [`ConfigError`].
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let default_path = Path::new(DEFAULT_CONFIG_PATH);
+        let (text, origin) = match &args.config {
+            Some(path) => (read(path)?, path.display().to_string()),
+            None if default_path.is_file() => (read(default_path)?, DEFAULT_CONFIG_PATH.to_owned()),
+            None => (EMBEDDED_CONFIG.to_owned(), "(built-in defaults)".to_owned()),
+        };
+        let file = FileConfig::parse(&text, &origin)?;
+        Self::resolve(args, &file, &origin)
+    }
+
+    /// Applies `file` over the built-in defaults, then `args` (flags and
+    /// environment, already merged by clap) over that, and validates.
+    ///
+    /// # Errors
+    /// See [`ConfigError`].
+    pub fn resolve(args: &RunArgs, file: &FileConfig, origin: &str) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        // Flags and environment are range-checked by clap; the file is not.
+        let tick_hz = match (args.tick_hz, file.tick_hz) {
+            (Some(hz), _) => ("the command line or environment", hz),
+            (None, Some(hz)) => (origin, hz),
+            (None, None) => ("defaults", defaults.tick_rate.hz()),
+        };
+        let tick_rate = TickRate::new(tick_hz.1).map_err(|source| ConfigError::TickRate {
+            origin: tick_hz.0.to_owned(),
+            source,
+        })?;
+        let max_clients = args
+            .max_clients
+            .or(file.max_clients)
+            .unwrap_or(defaults.max_clients);
+        if max_clients == 0 {
+            return Err(ConfigError::MaxClients {
+                origin: origin.to_owned(),
+            });
+        }
+        let shutdown_grace_ms = args
+            .shutdown_grace_ms
+            .or(file.shutdown_grace_ms)
+            .unwrap_or(defaults.shutdown_grace_ms);
+        if shutdown_grace_ms > MAX_SHUTDOWN_GRACE_MS {
+            return Err(ConfigError::ShutdownGrace {
+                origin: origin.to_owned(),
+                value: shutdown_grace_ms,
+            });
+        }
+        Ok(Self {
+            bind: args.bind.or(file.bind).unwrap_or(defaults.bind),
+            metrics_bind: args
+                .metrics_bind
+                .or(file.metrics_bind)
+                .unwrap_or(defaults.metrics_bind),
+            data_dir: pick(&args.data_dir, &file.data_dir, defaults.data_dir),
+            tick_rate,
+            max_clients,
+            key_file: args.key_file.clone().or_else(|| file.key_file.clone()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
+            log_filter: pick(&args.log_filter, &file.log_filter, defaults.log_filter),
+            shutdown_grace_ms,
+        })
+    }
+
+    /// The tick runner's configuration.
+    pub fn tick_config(&self) -> TickConfig {
+        TickConfig {
+            rate: self.tick_rate,
+            ..TickConfig::default()
+        }
+    }
+
+    /// The grace period in whole ticks, at least one.
+    pub fn shutdown_grace_ticks(&self) -> u32 {
+        let ticks =
+            (u64::from(self.shutdown_grace_ms) * u64::from(self.tick_rate.hz())).div_ceil(1000);
+        u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// The configuration as TOML, in the config file's format.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|error| format!("# cannot serialise: {error}\n"))
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
+    arg.clone().or_else(|| file.clone()).unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        match Cli::try_parse_from(argv).unwrap().into_command() {
+            Command::Run(args) => args,
+        }
+    }
+
+    #[test]
+    fn embedded_file_matches_the_built_in_defaults() {
+        let file = FileConfig::parse(EMBEDDED_CONFIG, "embedded").unwrap();
+        let config = ServerConfig::resolve(&RunArgs::default(), &file, "embedded").unwrap();
+        assert_eq!(config, ServerConfig::default());
+        // And every key is spelled out in it, so the file documents them all.
+        assert!(file.bind.is_some() && file.metrics_bind.is_some() && file.data_dir.is_some());
+        assert!(file.tick_hz.is_some() && file.max_clients.is_some());
+        assert!(file.log_format.is_some() && file.log_filter.is_some());
+        assert!(file.shutdown_grace_ms.is_some());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_the_file() {
+        let file = FileConfig::parse(
+            "tick_hz = 60\nmax_clients = 10\ndata_dir = \"/srv/game\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let from_file = ServerConfig::resolve(&RunArgs::default(), &file, "test.toml").unwrap();
+        assert_eq!(from_file.tick_rate.hz(), 60);
+        assert_eq!(from_file.max_clients, 10);
+        assert_eq!(from_file.data_dir, PathBuf::from("/srv/game"));
+        assert_eq!(from_file.bind, ServerConfig::default().bind);
+
+        let args = run_args(&["server", "--tick-hz", "20", "--bind", "127.0.0.1:4000"]);
+        let config = ServerConfig::resolve(&args, &file, "test.toml").unwrap();
+        assert_eq!(config.tick_rate.hz(), 20);
+        assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.max_clients, 10);
+    }
+
+    #[test]
+    fn run_is_the_default_subcommand_and_takes_the_same_flags() {
+        let implicit = run_args(&["server", "--max-clients", "5"]);
+        let explicit = run_args(&["server", "run", "--max-clients", "5"]);
+        assert_eq!(implicit, explicit);
+        assert_eq!(explicit.max_clients, Some(5));
+    }
+
+    #[test]
+    fn out_of_range_values_are_clear_errors() {
+        for bad in ["0", "129"] {
+            let error = Cli::try_parse_from(["server", "--tick-hz", bad]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains("1..=128"), "{error}");
+        }
+        let file = FileConfig::parse("tick_hz = 0", "bad.toml").unwrap();
+        let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+        assert!(matches!(error, ConfigError::TickRate { .. }));
+        assert_eq!(
+            error.to_string(),
+            "tick_hz in bad.toml: tick rate 0 Hz is out of range: it must be between 1 and 128 Hz"
+        );
+        let file = FileConfig::parse("max_clients = 0", "bad.toml").unwrap();
+        assert!(matches!(
+            ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml"),
+            Err(ConfigError::MaxClients { .. })
+        ));
+        let file = FileConfig::parse("shutdown_grace_ms = 9000", "bad.toml").unwrap();
+        assert!(matches!(
+            ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml"),
+            Err(ConfigError::ShutdownGrace { value: 9000, .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_in_the_file_are_errors() {
+        let error = FileConfig::parse("tick_rate = 30", "typo.toml").unwrap_err();
+        assert!(error.to_string().contains("tick_rate"), "{error}");
+        let error = FileConfig::parse("bind = \"nowhere\"", "bad.toml").unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }));
+        let error = FileConfig::parse("log_format = \"xml\"", "bad.toml").unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }));
+    }
+
+    #[test]
+    fn missing_explicit_config_file_is_an_error() {
+        let args = RunArgs {
+            config: Some(PathBuf::from("/nonexistent/server.toml")),
+            ..RunArgs::default()
+        };
+        assert!(matches!(
+            ServerConfig::load(&args),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn grace_period_is_rounded_up_to_whole_ticks() {
+        let mut config = ServerConfig::default();
+        assert_eq!(config.shutdown_grace_ticks(), 30);
+        config.shutdown_grace_ms = 0;
+        assert_eq!(config.shutdown_grace_ticks(), 1);
+        config.shutdown_grace_ms = 40;
+        assert_eq!(config.shutdown_grace_ticks(), 2);
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let config = ServerConfig {
+            key_file: Some(PathBuf::from("keys/server.key")),
+            ..ServerConfig::default()
+        };
+        let file = FileConfig::parse(&config.to_toml(), "printed").unwrap();
+        assert_eq!(
+            ServerConfig::resolve(&RunArgs::default(), &file, "printed").unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn help_documents_every_flag_default_and_variable() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "--bind",
+            "0.0.0.0:7777",
+            "GAMESERVER_BIND",
+            "--metrics-bind",
+            "127.0.0.1:9100",
+            "GAMESERVER_METRICS_BIND",
+            "--data-dir",
+            "./data",
+            "GAMESERVER_DATA_DIR",
+            "--tick-hz",
+            "[default: 30]",
+            "GAMESERVER_TICK_HZ",
+            "--max-clients",
+            "1024",
+            "GAMESERVER_MAX_CLIENTS",
+            "--key-file",
+            "GAMESERVER_KEY_FILE",
+            "--config",
+            "GAMESERVER_CONFIG",
+            "--log-format",
+            "GAMESERVER_LOG_FORMAT",
+            "--log-filter",
+            "RUST_LOG",
+            "--shutdown-grace-ms",
+            "GAMESERVER_SHUTDOWN_GRACE_MS",
+            "--print-config",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+        }
+    }
+}

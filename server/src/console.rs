@@ -1,0 +1,417 @@
+//! The admin console: commands typed on the server's terminal.
+//!
+//! A reader thread (`admin-console`) parses stdin lines and sends the
+//! commands over a bounded channel; [`ConsoleSystems::Receive`] drains it
+//! each tick into [`AdminCommand`] messages, which
+//! [`ConsoleSystems::Execute`] carries out. Any other admin front end (a
+//! future remote console, a test) can write [`AdminCommand`]s too.
+//!
+//! The console only turns commands into messages: [`AdminKick`] and
+//! [`AdminSay`] are for the network and chat plugins to act on. Replies are
+//! printed on stdout; logs go to stderr.
+//!
+//! The console starts only when stdin is a terminal. A process put in the
+//! background of an interactive shell (`server &`) still has the terminal
+//! as stdin and would be stopped by SIGTTIN on its first read: start it
+//! with `< /dev/null` instead, which disables the console.
+
+use std::io::{BufRead, IsTerminal};
+use std::time::Duration;
+
+use bevy_app::{App, Plugin, PreUpdate};
+use bevy_ecs::prelude::*;
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{info, warn};
+
+use crate::players::{ClientId, PlayerRoster};
+use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownSystems};
+use crate::tick::TickStats;
+
+/// Most commands queued between two ticks; the reader thread waits when it
+/// is full (a human typing never gets there).
+pub const CONSOLE_QUEUE: usize = 16;
+
+/// An administrator's command.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Print tick rate, tick duration percentiles, overruns and uptime.
+    Status,
+    /// List connected players.
+    Players,
+    /// Disconnect a player.
+    Kick {
+        /// Who.
+        client: ClientId,
+        /// Shown to the player; `None` for the default.
+        reason: Option<String>,
+    },
+    /// Broadcast a server message to every player.
+    Say {
+        /// The text.
+        text: String,
+    },
+    /// Shut the server down gracefully.
+    Shutdown,
+    /// Print the command list.
+    Help,
+}
+
+/// Asks the network plugin to disconnect a client.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+pub struct AdminKick {
+    /// Who.
+    pub client: ClientId,
+    /// Shown to the player.
+    pub reason: String,
+}
+
+/// Asks the chat plugin to broadcast a server message.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+pub struct AdminSay {
+    /// The text.
+    pub text: String,
+}
+
+/// Reason sent with a kick when the admin gave none.
+pub const DEFAULT_KICK_REASON: &str = "kicked by an administrator";
+
+/// The command list, printed by `help` and after an unknown command.
+pub const HELP: &str = "\
+commands:
+  status               tick rate, tick time p50/p99, overruns, uptime
+  players              list connected players
+  kick <id> [reason]   disconnect a player
+  say <text>           broadcast a server message
+  shutdown             save, say goodbye and exit
+  help                 this list";
+
+/// Why a console line is not a command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseCommandError {
+    /// No such command.
+    #[error("unknown command {0:?}")]
+    Unknown(String),
+    /// The command's arguments are wrong; holds the usage line.
+    #[error("usage: {0}")]
+    Usage(&'static str),
+}
+
+/// Parses one console line; `Ok(None)` for a blank line.
+///
+/// # Errors
+/// [`ParseCommandError`] for an unknown command or bad arguments.
+pub fn parse_command(line: &str) -> Result<Option<AdminCommand>, ParseCommandError> {
+    let line = line.trim();
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim()),
+        None => (line, ""),
+    };
+    let command = match word {
+        "" => return Ok(None),
+        "status" | "players" | "shutdown" | "help" if !rest.is_empty() => {
+            return Err(ParseCommandError::Usage(match word {
+                "status" => "status",
+                "players" => "players",
+                "shutdown" => "shutdown",
+                _ => "help",
+            }));
+        }
+        "status" => AdminCommand::Status,
+        "players" => AdminCommand::Players,
+        "shutdown" => AdminCommand::Shutdown,
+        "help" | "?" => AdminCommand::Help,
+        "kick" => {
+            const USAGE: &str = "kick <id> [reason]";
+            let (id, reason) = match rest.split_once(char::is_whitespace) {
+                Some((id, reason)) => (id, Some(reason.trim().to_owned())),
+                None => (rest, None),
+            };
+            let client = id.parse().map_err(|_| ParseCommandError::Usage(USAGE))?;
+            AdminCommand::Kick { client, reason }
+        }
+        "say" if rest.is_empty() => return Err(ParseCommandError::Usage("say <text>")),
+        "say" => AdminCommand::Say {
+            text: rest.to_owned(),
+        },
+        other => return Err(ParseCommandError::Unknown(other.to_owned())),
+    };
+    Ok(Some(command))
+}
+
+/// Formats the `status` reply.
+pub fn format_status(stats: &TickStats) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let uptime = stats.uptime().as_secs();
+    format!(
+        "tick rate {} Hz | tick {} | tick time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | \
+         overruns {} | skipped {} | uptime {}h{:02}m{:02}s",
+        stats.rate().hz(),
+        stats.tick(),
+        ms(stats.duration_quantile(0.5)),
+        ms(stats.duration_quantile(0.99)),
+        ms(stats.duration_quantile(1.0)),
+        stats.overruns(),
+        stats.skipped_ticks(),
+        uptime / 3600,
+        uptime / 60 % 60,
+        uptime % 60,
+    )
+}
+
+/// Formats the `players` reply.
+pub fn format_players(roster: &PlayerRoster) -> String {
+    if roster.is_empty() {
+        return "no players connected".to_owned();
+    }
+    let mut out = format!("{} player(s):", roster.len());
+    for (id, player) in roster.iter() {
+        out.push_str(&format!("\n  {id:>20}  {}", player.name));
+        if let Some(addr) = player.addr {
+            out.push_str(&format!("  {addr}"));
+        }
+        if let Some(rtt) = player.rtt {
+            out.push_str(&format!("  rtt {:.1} ms", rtt.as_secs_f64() * 1000.0));
+        }
+    }
+    out
+}
+
+/// The console systems, both in `PreUpdate` before
+/// [`ShutdownSystems::Detect`], so that commands take effect in the tick
+/// they arrive in.
+#[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConsoleSystems {
+    /// Drains the reader thread's channel into [`AdminCommand`] messages.
+    Receive,
+    /// Carries out [`AdminCommand`]s.
+    Execute,
+}
+
+/// The receiving end of the reader thread's channel.
+#[derive(Resource, Debug)]
+struct ConsoleInbox(Receiver<AdminCommand>);
+
+/// Installs the console messages and systems, and, when `stdin` is true and
+/// stdin is a terminal, the thread that reads it.
+#[derive(Clone, Debug, Default)]
+pub struct ConsolePlugin {
+    /// Read commands from stdin (only if it is a terminal).
+    pub stdin: bool,
+}
+
+impl Plugin for ConsolePlugin {
+    fn build(&self, app: &mut App) {
+        app.add_message::<AdminCommand>()
+            .add_message::<AdminKick>()
+            .add_message::<AdminSay>()
+            .add_message::<ShutdownRequested>()
+            .init_resource::<PlayerRoster>()
+            .configure_sets(
+                PreUpdate,
+                (ConsoleSystems::Receive, ConsoleSystems::Execute)
+                    .chain()
+                    .before(ShutdownSystems::Detect),
+            )
+            .add_systems(
+                PreUpdate,
+                (
+                    receive_commands
+                        .in_set(ConsoleSystems::Receive)
+                        .run_if(resource_exists::<ConsoleInbox>),
+                    execute_commands.in_set(ConsoleSystems::Execute),
+                ),
+            );
+
+        if self.stdin && std::io::stdin().is_terminal() {
+            let (sender, receiver) = crossbeam_channel::bounded(CONSOLE_QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("admin-console".into())
+                .spawn(move || read_stdin(&sender));
+            match spawned {
+                Ok(_) => {
+                    app.insert_resource(ConsoleInbox(receiver));
+                    println!("admin console ready; type `help` for commands");
+                }
+                Err(error) => warn!(%error, "could not start the admin console"),
+            }
+        }
+    }
+}
+
+fn read_stdin(sender: &Sender<AdminCommand>) {
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        match parse_command(&line) {
+            Ok(Some(command)) => {
+                if sender.send(command).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(ParseCommandError::Unknown(word)) => {
+                println!("unknown command {word:?}\n{HELP}");
+            }
+            Err(error) => println!("{error}"),
+        }
+    }
+}
+
+fn receive_commands(inbox: Res<ConsoleInbox>, mut commands: MessageWriter<AdminCommand>) {
+    commands.write_batch(inbox.0.try_iter());
+}
+
+fn execute_commands(
+    mut commands: MessageReader<AdminCommand>,
+    stats: Option<Res<TickStats>>,
+    roster: Res<PlayerRoster>,
+    mut kicks: MessageWriter<AdminKick>,
+    mut says: MessageWriter<AdminSay>,
+    mut shutdown: MessageWriter<ShutdownRequested>,
+) {
+    for command in commands.read() {
+        match command {
+            AdminCommand::Status => match &stats {
+                Some(stats) => println!("{}", format_status(stats)),
+                None => println!("no tick statistics (the tick runner is not installed)"),
+            },
+            AdminCommand::Players => println!("{}", format_players(&roster)),
+            AdminCommand::Kick { client, reason } => {
+                let reason = reason
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_KICK_REASON.to_owned());
+                info!(%client, %reason, "admin kick");
+                println!("kicking {client}: {reason}");
+                kicks.write(AdminKick {
+                    client: *client,
+                    reason,
+                });
+            }
+            AdminCommand::Say { text } => {
+                info!(%text, "admin say");
+                println!("saying: {text}");
+                says.write(AdminSay { text: text.clone() });
+            }
+            AdminCommand::Shutdown => {
+                info!("shutdown requested from the console");
+                println!("shutting down");
+                shutdown.write(ShutdownRequested {
+                    reason: ShutdownReason::Console,
+                });
+            }
+            AdminCommand::Help => println!("{HELP}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::players::PlayerSummary;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse_command("  status "), Ok(Some(AdminCommand::Status)));
+        assert_eq!(parse_command("players"), Ok(Some(AdminCommand::Players)));
+        assert_eq!(parse_command("shutdown"), Ok(Some(AdminCommand::Shutdown)));
+        assert_eq!(parse_command("help"), Ok(Some(AdminCommand::Help)));
+        assert_eq!(parse_command(""), Ok(None));
+        assert_eq!(
+            parse_command("kick 42"),
+            Ok(Some(AdminCommand::Kick {
+                client: ClientId(42),
+                reason: None
+            }))
+        );
+        assert_eq!(
+            parse_command("kick 42   spamming  chat "),
+            Ok(Some(AdminCommand::Kick {
+                client: ClientId(42),
+                reason: Some("spamming  chat".into())
+            }))
+        );
+        assert_eq!(
+            parse_command("say hello  world"),
+            Ok(Some(AdminCommand::Say {
+                text: "hello  world".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_commands_and_bad_arguments() {
+        assert_eq!(
+            parse_command("dance"),
+            Err(ParseCommandError::Unknown("dance".into()))
+        );
+        assert_eq!(
+            parse_command("kick bob"),
+            Err(ParseCommandError::Usage("kick <id> [reason]"))
+        );
+        assert_eq!(
+            parse_command("kick"),
+            Err(ParseCommandError::Usage("kick <id> [reason]"))
+        );
+        assert_eq!(
+            parse_command("say"),
+            Err(ParseCommandError::Usage("say <text>"))
+        );
+        assert_eq!(
+            parse_command("status now"),
+            Err(ParseCommandError::Usage("status"))
+        );
+    }
+
+    #[test]
+    fn commands_become_messages_for_other_plugins() {
+        let mut app = App::new();
+        app.add_plugins(ConsolePlugin { stdin: false });
+        let world = app.world_mut();
+        world.write_message(AdminCommand::Kick {
+            client: ClientId(7),
+            reason: None,
+        });
+        world.write_message(AdminCommand::Say { text: "hi".into() });
+        world.write_message(AdminCommand::Shutdown);
+        app.update();
+
+        let world = app.world();
+        let kicks: Vec<_> = world
+            .resource::<Messages<AdminKick>>()
+            .iter_current_update_messages()
+            .cloned()
+            .collect();
+        assert_eq!(
+            kicks,
+            vec![AdminKick {
+                client: ClientId(7),
+                reason: DEFAULT_KICK_REASON.into()
+            }]
+        );
+        let says: Vec<_> = world
+            .resource::<Messages<AdminSay>>()
+            .iter_current_update_messages()
+            .cloned()
+            .collect();
+        assert_eq!(says, vec![AdminSay { text: "hi".into() }]);
+        let shutdowns = world.resource::<Messages<ShutdownRequested>>();
+        assert_eq!(shutdowns.iter_current_update_messages().count(), 1);
+    }
+
+    #[test]
+    fn players_lists_the_roster() {
+        let mut roster = PlayerRoster::default();
+        assert_eq!(format_players(&roster), "no players connected");
+        roster.insert(
+            ClientId(3),
+            PlayerSummary {
+                name: "ada".into(),
+                addr: None,
+                rtt: Some(Duration::from_millis(42)),
+            },
+        );
+        let listing = format_players(&roster);
+        assert!(listing.starts_with("1 player(s):"));
+        assert!(listing.contains("ada"));
+        assert!(listing.contains("rtt 42.0 ms"));
+    }
+}

@@ -1,0 +1,305 @@
+//! A deliberately small HTTP/1.1 endpoint for `/metrics` and `/healthz`.
+//!
+//! One thread (`metrics-http`) accepts and serves connections one at a time:
+//! no thread per connection, a bounded request size, and a deadline for the
+//! whole request, so a slow or hostile client can hold the endpoint for at
+//! most [`EndpointOptions::request_deadline`]. Every response closes the
+//! connection. Scrapers poll every few seconds; this is plenty.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bevy_ecs::resource::Resource;
+use tracing::{debug, warn};
+
+use super::Metrics;
+
+/// Limits and thresholds of the [`MetricsEndpoint`].
+#[derive(Clone, Debug)]
+pub struct EndpointOptions {
+    /// Largest request head accepted; larger requests get `431` and are closed.
+    pub max_request_bytes: usize,
+    /// Time allowed to receive the request head and send the response.
+    pub request_deadline: Duration,
+    /// `/healthz` answers `200` while the last tick completed less than this
+    /// long ago, `503` otherwise.
+    pub max_heartbeat_age: Duration,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 8 * 1024,
+            request_deadline: Duration::from_secs(2),
+            max_heartbeat_age: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The running metrics HTTP endpoint. Dropping it stops the thread.
+///
+/// Also a bevy resource, so that the app owns it and it lives as long as the
+/// server does.
+#[derive(Resource, Debug)]
+pub struct MetricsEndpoint {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsEndpoint {
+    /// Binds `bind` and starts serving `metrics` on a new thread.
+    ///
+    /// # Errors
+    /// Binding the socket or spawning the thread failed.
+    pub fn start(bind: SocketAddr, metrics: Metrics, options: EndpointOptions) -> io::Result<Self> {
+        let listener = TcpListener::bind(bind)?;
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("metrics-http".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || serve(&listener, &metrics, &options, &stop)
+            })?;
+        Ok(Self {
+            local_addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() with a connection of our own.
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let woke = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
+        if let Some(thread) = self.thread.take()
+            && woke
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(listener: &TcpListener, metrics: &Metrics, options: &EndpointOptions, stop: &AtomicBool) {
+    let mut request = Vec::with_capacity(options.max_request_bytes);
+    let mut body = String::new();
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match stream {
+            Ok(stream) => {
+                if let Err(error) = handle(stream, metrics, options, &mut request, &mut body) {
+                    debug!(%error, "metrics request failed");
+                }
+            }
+            Err(error) => {
+                warn!(%error, "metrics endpoint accept failed");
+                // Persistent errors (e.g. out of file descriptors) must not spin.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    options: &EndpointOptions,
+    request: &mut Vec<u8>,
+    body: &mut String,
+) -> io::Result<()> {
+    let deadline = Instant::now() + options.request_deadline;
+    request.clear();
+    body.clear();
+    let head = read_head(&mut stream, request, options.max_request_bytes, deadline)?;
+    let unread_input = matches!(head, Head::TooLarge);
+    let response = match head {
+        Head::Complete => route(request, metrics, options, body),
+        Head::TooLarge => {
+            body.push_str("request too large\n");
+            Response {
+                status: "431 Request Header Fields Too Large",
+                content_type: TEXT,
+            }
+        }
+    };
+    set_write_deadline(&stream, deadline)?;
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()?;
+    if unread_input {
+        // Closing with unread input makes the kernel send a reset, which
+        // can destroy the response before the client reads it. Signal the
+        // end of the response, then discard input until the client closes
+        // (bounded by the request deadline and a byte budget).
+        stream.shutdown(std::net::Shutdown::Write)?;
+        drain(
+            &mut stream,
+            request,
+            16 * options.max_request_bytes,
+            deadline,
+        );
+    }
+    Ok(())
+}
+
+fn drain(stream: &mut TcpStream, scratch: &mut Vec<u8>, budget: usize, deadline: Instant) {
+    scratch.resize(scratch.capacity().max(1024), 0);
+    let mut left = budget;
+    while left > 0 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+            return;
+        }
+        match stream.read(scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+enum Head {
+    Complete,
+    TooLarge,
+}
+
+/// Reads until the blank line ending the request head, within `limit`
+/// bytes and before `deadline`. A request body, if any, is ignored.
+fn read_head(
+    stream: &mut TcpStream,
+    request: &mut Vec<u8>,
+    limit: usize,
+    deadline: Instant,
+) -> io::Result<Head> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(remaining))?;
+        let room = (limit + 1 - request.len()).min(chunk.len());
+        let n = stream.read(&mut chunk[..room])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // Only the newly read bytes (plus three before) can complete the head.
+        let scan_from = request.len().saturating_sub(3);
+        request.extend_from_slice(&chunk[..n]);
+        if request[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(Head::Complete);
+        }
+        if request.len() > limit {
+            return Ok(Head::TooLarge);
+        }
+    }
+}
+
+fn set_write_deadline(stream: &TcpStream, deadline: Instant) -> io::Result<()> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    stream.set_write_timeout(Some(remaining.max(Duration::from_millis(1))))
+}
+
+fn route(
+    request: &[u8],
+    metrics: &Metrics,
+    options: &EndpointOptions,
+    body: &mut String,
+) -> Response {
+    let line_end = request
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(request.len());
+    let line = std::str::from_utf8(&request[..line_end]).unwrap_or("");
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        body.push_str("bad request\n");
+        return Response {
+            status: "400 Bad Request",
+            content_type: TEXT,
+        };
+    };
+    if !version.starts_with("HTTP/1.") {
+        body.push_str("bad request\n");
+        return Response {
+            status: "400 Bad Request",
+            content_type: TEXT,
+        };
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if method != "GET" {
+        body.push_str("method not allowed\n");
+        return Response {
+            status: "405 Method Not Allowed",
+            content_type: TEXT,
+        };
+    }
+    match path {
+        "/metrics" => {
+            metrics.registry().render(body);
+            Response {
+                status: "200 OK",
+                content_type: PROMETHEUS,
+            }
+        }
+        "/healthz" => {
+            let now = Instant::now();
+            if metrics.heartbeat().is_fresh(now, options.max_heartbeat_age) {
+                body.push_str("ok\n");
+                Response {
+                    status: "200 OK",
+                    content_type: TEXT,
+                }
+            } else {
+                body.push_str("tick loop stalled or not started\n");
+                Response {
+                    status: "503 Service Unavailable",
+                    content_type: TEXT,
+                }
+            }
+        }
+        _ => {
+            body.push_str("not found\n");
+            Response {
+                status: "404 Not Found",
+                content_type: TEXT,
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Metrics: a registry of counters, gauges and histograms shared between the
+//! ECS (which updates them) and an HTTP thread (which serves them to
+//! Prometheus), plus the liveness heartbeat behind `/healthz`.
+//!
+//! # Adding a metric from a plugin
+//!
+//! Register once in `Plugin::build`, keep the handle in a resource of your
+//! own, update it from systems; updates are relaxed atomics:
+//!
+//! ```
+//! use bevy_app::App;
+//! use bevy_ecs::prelude::*;
+//! use server::metrics::{Counter, Metrics};
+//!
+//! #[derive(Resource)]
+//! struct ChatMetrics {
+//!     messages: Counter,
+//! }
+//!
+//! let mut app = App::new();
+//! app.init_resource::<Metrics>();
+//! let metrics = app.world().resource::<Metrics>().clone();
+//! let messages = metrics
+//!     .registry()
+//!     .counter("chat_messages_total", "Chat messages accepted.")
+//!     .unwrap_or_default();
+//! app.insert_resource(ChatMetrics { messages });
+//! ```
+//!
+//! Families that vary by a dimension (drops by reason, packets by channel)
+//! use the `*_with_labels` variants, one call per label value.
+
+mod http;
+mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bevy_ecs::resource::Resource;
+
+pub use http::{EndpointOptions, MetricsEndpoint};
+pub use registry::{
+    Counter, Gauge, Histogram, HistogramSnapshot, MetricError, MetricKind, Registry,
+    exponential_buckets,
+};
+
+/// The server's metrics: the shared [`Registry`] and the tick [`Heartbeat`].
+///
+/// A bevy resource; cloning it shares the same registry, which is how the
+/// HTTP endpoint thread gets its view.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    heartbeat: Heartbeat,
+}
+
+impl Metrics {
+    /// The registry to register metrics in and render from.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The heartbeat the tick runner beats after every tick.
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+}
+
+/// When the tick loop last completed a tick, in wall-clock time, readable
+/// from any thread. `/healthz` reports healthy while it is recent.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` of the last beat, plus one; zero for never.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// Records a beat now.
+    pub fn beat(&self) {
+        self.beat_at(Instant::now());
+    }
+
+    /// Records a beat at `at`.
+    pub fn beat_at(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.last.store(nanos + 1, Ordering::Relaxed);
+    }
+
+    /// How long before `now` the last beat was, or `None` if there was none.
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            stamp => {
+                let at = self.epoch + Duration::from_nanos(stamp - 1);
+                Some(now.saturating_duration_since(at))
+            }
+        }
+    }
+
+    /// Whether a beat happened less than `max_age` before `now`.
+    pub fn is_fresh(&self, now: Instant, max_age: Duration) -> bool {
+        self.age(now).is_some_and(|age| age < max_age)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_stale_until_the_first_beat_and_after_max_age() {
+        let heartbeat = Heartbeat::default();
+        let t0 = Instant::now();
+        assert_eq!(heartbeat.age(t0), None);
+        assert!(!heartbeat.is_fresh(t0, Duration::from_secs(2)));
+        heartbeat.beat_at(t0);
+        assert!(heartbeat.is_fresh(t0 + Duration::from_millis(1999), Duration::from_secs(2)));
+        assert!(!heartbeat.is_fresh(t0 + Duration::from_secs(2), Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,265 @@
+//! Graceful shutdown on SIGINT, SIGTERM, the console's `shutdown`, or a
+//! plugin's request.
+//!
+//! 1. Anyone asks: a signal handler or another thread flips the
+//!    [`ShutdownSwitch`]; a system writes a [`ShutdownRequested`] message.
+//! 2. At the start of the next tick ([`ShutdownSystems::Detect`] in
+//!    `PreUpdate`) the server enters [`ShutdownState::Draining`] and writes one
+//!    [`ShutdownStarted`] message. Plugins react to it in the same tick (in
+//!    `FixedUpdate` or anywhere after `PreUpdate`): save state, tell clients
+//!    goodbye, stop accepting connections. The [`shutting_down`] run
+//!    condition is true from then on.
+//! 3. The server keeps ticking for `grace_ticks` ticks (counting the first)
+//!    so that goodbyes are flushed, then [`ShutdownSystems::Exit`] (in `Last`)
+//!    writes `AppExit::Success` and the process exits with code 0.
+//!
+//! A second SIGINT or SIGTERM while shutting down exits at once with code
+//! 128 + signal number. If the graceful path hangs, the tick runner gives up
+//! after [`crate::tick::TickConfig::shutdown_timeout`].
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bevy_app::{App, AppExit, Last, Plugin, PreUpdate};
+use bevy_ecs::prelude::*;
+use tracing::info;
+
+/// A thread-safe "please shut down" flag, shared with signal handlers and
+/// other threads (e.g. a network thread that hit a fatal error). The tick
+/// runner reads it too, to bound how long a graceful shutdown may take.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct ShutdownSwitch {
+    requested: Arc<AtomicBool>,
+    signalled: Arc<AtomicBool>,
+}
+
+impl ShutdownSwitch {
+    /// Asks the server to shut down gracefully. Callable from any thread.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a shutdown has been requested.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn was_signalled(&self) -> bool {
+        self.signalled.load(Ordering::SeqCst)
+    }
+}
+
+/// Makes SIGINT and SIGTERM flip `switch`; a second signal exits the process
+/// at once with code 128 + signal number.
+///
+/// # Errors
+/// The operating system refused to install a handler.
+pub fn install_signal_handlers(switch: &ShutdownSwitch) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    for signal in [SIGINT, SIGTERM] {
+        // Order matters: the exit check must see the flag from the previous
+        // signal, before this signal sets it.
+        flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&switch.signalled))?;
+        flag::register(signal, Arc::clone(&switch.signalled))?;
+        flag::register(signal, Arc::clone(&switch.requested))?;
+    }
+    Ok(())
+}
+
+/// Why the server is shutting down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The admin console's `shutdown` command.
+    Console,
+    /// [`ShutdownSwitch::request`] from outside the ECS.
+    External,
+    /// A plugin's own reason.
+    Other(String),
+}
+
+impl std::fmt::Display for ShutdownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Signal => f.write_str("signal"),
+            Self::Console => f.write_str("console"),
+            Self::External => f.write_str("external request"),
+            Self::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Write this to ask for a graceful shutdown. Requests after the first are
+/// ignored.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownRequested {
+    /// Why.
+    pub reason: ShutdownReason,
+}
+
+/// Written exactly once, in the first tick of the shutdown. Plugins save and
+/// say goodbye when they read it.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownStarted {
+    /// Why.
+    pub reason: ShutdownReason,
+    /// Ticks that will run, this one included, before the app exits.
+    pub grace_ticks: u32,
+}
+
+/// Where the server is in its shutdown.
+#[derive(Resource, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShutdownState {
+    /// Serving normally.
+    #[default]
+    Running,
+    /// Shutting down; the app exits at the end of the tick in which
+    /// `ticks_left` reaches zero.
+    Draining {
+        /// Ticks still to run, this one included.
+        ticks_left: u32,
+    },
+}
+
+/// Run condition: true once the shutdown has started.
+pub fn shutting_down(state: Res<ShutdownState>) -> bool {
+    *state != ShutdownState::Running
+}
+
+/// The shutdown systems, for ordering.
+#[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShutdownSystems {
+    /// `PreUpdate`: turns requests into [`ShutdownStarted`].
+    Detect,
+    /// `Last`: counts down the grace ticks and writes `AppExit`.
+    Exit,
+}
+
+/// Installs the shutdown sequence described in the module docs. Signal
+/// handlers are installed separately ([`install_signal_handlers`]) because
+/// they are process-wide.
+#[derive(Clone, Debug)]
+pub struct ShutdownPlugin {
+    /// Ticks to keep running after [`ShutdownStarted`], that tick included;
+    /// zero is treated as one.
+    pub grace_ticks: u32,
+}
+
+impl Default for ShutdownPlugin {
+    fn default() -> Self {
+        Self { grace_ticks: 30 }
+    }
+}
+
+#[derive(Resource, Clone, Copy, Debug)]
+struct GraceTicks(u32);
+
+impl Plugin for ShutdownPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_message::<ShutdownRequested>()
+            .add_message::<ShutdownStarted>()
+            .init_resource::<ShutdownSwitch>()
+            .init_resource::<ShutdownState>()
+            .insert_resource(GraceTicks(self.grace_ticks.max(1)))
+            .add_systems(PreUpdate, detect_shutdown.in_set(ShutdownSystems::Detect))
+            .add_systems(Last, count_down_and_exit.in_set(ShutdownSystems::Exit));
+    }
+}
+
+fn detect_shutdown(
+    mut requests: MessageReader<ShutdownRequested>,
+    switch: Res<ShutdownSwitch>,
+    grace: Res<GraceTicks>,
+    mut state: ResMut<ShutdownState>,
+    mut started: MessageWriter<ShutdownStarted>,
+) {
+    let requested = requests.read().next().map(|r| r.reason.clone());
+    requests.clear();
+    if *state != ShutdownState::Running {
+        return;
+    }
+    let reason = match requested {
+        Some(reason) => reason,
+        None if switch.was_signalled() => ShutdownReason::Signal,
+        None if switch.is_requested() => ShutdownReason::External,
+        None => return,
+    };
+    switch.request();
+    info!(%reason, grace_ticks = grace.0, "shutdown started");
+    *state = ShutdownState::Draining {
+        ticks_left: grace.0,
+    };
+    started.write(ShutdownStarted {
+        reason,
+        grace_ticks: grace.0,
+    });
+}
+
+fn count_down_and_exit(mut state: ResMut<ShutdownState>, mut exit: MessageWriter<AppExit>) {
+    if let ShutdownState::Draining { ticks_left } = *state {
+        let ticks_left = ticks_left.saturating_sub(1);
+        *state = ShutdownState::Draining { ticks_left };
+        if ticks_left == 0 {
+            info!("shutdown complete");
+            exit.write(AppExit::Success);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(grace_ticks: u32) -> App {
+        let mut app = App::new();
+        app.add_plugins(ShutdownPlugin { grace_ticks });
+        app
+    }
+
+    fn started(app: &App) -> Vec<ShutdownStarted> {
+        let messages = app.world().resource::<Messages<ShutdownStarted>>();
+        messages.iter_current_update_messages().cloned().collect()
+    }
+
+    #[test]
+    fn switch_starts_shutdown_once_and_exits_after_the_grace_ticks() {
+        let mut app = app(3);
+        app.update();
+        assert_eq!(app.should_exit(), None);
+        assert_eq!(
+            *app.world().resource::<ShutdownState>(),
+            ShutdownState::Running
+        );
+
+        app.world().resource::<ShutdownSwitch>().request();
+        app.update();
+        assert_eq!(
+            started(&app),
+            vec![ShutdownStarted {
+                reason: ShutdownReason::External,
+                grace_ticks: 3
+            }]
+        );
+        assert_eq!(app.should_exit(), None);
+        app.update();
+        assert!(started(&app).is_empty());
+        assert_eq!(app.should_exit(), None);
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::Success));
+    }
+
+    #[test]
+    fn message_request_carries_its_reason_and_sets_the_switch() {
+        let mut app = app(1);
+        app.world_mut().write_message(ShutdownRequested {
+            reason: ShutdownReason::Console,
+        });
+        app.update();
+        assert_eq!(started(&app)[0].reason, ShutdownReason::Console);
+        assert!(app.world().resource::<ShutdownSwitch>().is_requested());
+        assert_eq!(app.should_exit(), Some(AppExit::Success));
+    }
+}

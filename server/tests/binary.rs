@@ -1,0 +1,268 @@
+//! The built `server` binary: configuration precedence as the process sees
+//! it, health, and graceful shutdown on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+/// A fresh empty directory for one test.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("server-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The server with a clean environment (no inherited GAMESERVER_* or
+/// RUST_LOG), run from `dir`.
+fn server(dir: &PathBuf) -> Command {
+    let mut command = Command::new(SERVER);
+    command.current_dir(dir).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command
+}
+
+fn print_config(command: &mut Command) -> String {
+    let output = command.arg("--print-config").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn flags_beat_environment_beat_file_beat_defaults() {
+    let dir = scratch_dir("precedence");
+    std::fs::write(
+        dir.join("custom.toml"),
+        "tick_hz = 20\nmax_clients = 50\ndata_dir = \"/from/file\"\n",
+    )
+    .unwrap();
+
+    // No file anywhere: the embedded defaults, from any directory.
+    let defaults = print_config(&mut server(&dir));
+    assert!(defaults.contains("tick_hz = 30\n"), "{defaults}");
+    assert!(defaults.contains("bind = \"0.0.0.0:7777\"\n"));
+
+    // The file overrides defaults.
+    let file = print_config(server(&dir).args(["--config", "custom.toml"]));
+    assert!(file.contains("tick_hz = 20\n"), "{file}");
+    assert!(file.contains("max_clients = 50\n"));
+    assert!(file.contains("metrics_bind = \"127.0.0.1:9100\"\n"));
+
+    // The environment overrides the file (GAMESERVER_CONFIG names it).
+    let env = print_config(
+        server(&dir)
+            .env("GAMESERVER_CONFIG", "custom.toml")
+            .env("GAMESERVER_TICK_HZ", "60")
+            .env("GAMESERVER_DATA_DIR", "/from/env"),
+    );
+    assert!(env.contains("tick_hz = 60\n"), "{env}");
+    assert!(env.contains("data_dir = \"/from/env\"\n"));
+    assert!(env.contains("max_clients = 50\n"));
+
+    // Flags override the environment, with or without `run`.
+    for run in [&[][..], &["run"][..]] {
+        let cli = print_config(
+            server(&dir)
+                .args(run)
+                .args(["--config", "custom.toml", "--tick-hz", "10"])
+                .env("GAMESERVER_TICK_HZ", "60")
+                .env("GAMESERVER_DATA_DIR", "/from/env"),
+        );
+        assert!(cli.contains("tick_hz = 10\n"), "{cli}");
+        assert!(cli.contains("data_dir = \"/from/env\"\n"));
+        assert!(cli.contains("max_clients = 50\n"));
+    }
+
+    // assets/server.toml in the working directory is picked up by default.
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("assets/server.toml"), "max_clients = 7\n").unwrap();
+    let local = print_config(&mut server(&dir));
+    assert!(local.contains("max_clients = 7\n"), "{local}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn invalid_settings_exit_with_a_clear_error() {
+    let dir = scratch_dir("invalid");
+    let check = |output: Output, needle: &str| {
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(needle), "{stderr}");
+    };
+    check(
+        server(&dir).args(["--tick-hz", "500"]).output().unwrap(),
+        "500 is not in 1..=128",
+    );
+    check(
+        server(&dir)
+            .env("GAMESERVER_TICK_HZ", "0")
+            .output()
+            .unwrap(),
+        "0 is not in 1..=128",
+    );
+    std::fs::write(dir.join("bad.toml"), "tick_hz = 0\n").unwrap();
+    check(
+        server(&dir)
+            .args(["--config", "bad.toml"])
+            .output()
+            .unwrap(),
+        "tick_hz in bad.toml: tick rate 0 Hz is out of range",
+    );
+    check(
+        server(&dir)
+            .args(["--config", "missing.toml"])
+            .output()
+            .unwrap(),
+        "cannot read config file missing.toml",
+    );
+    check(
+        server(&dir).args(["--log-format", "xml"]).output().unwrap(),
+        "invalid value 'xml'",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Waits for the child in a helper thread so the test can bound the wait
+/// without polling.
+fn wait_with_timeout(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let (sender, receiver) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait());
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(status) => Some(status.unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            None
+        }
+    }
+}
+
+#[test]
+fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
+    let dir = scratch_dir("sigterm");
+    let metrics = free_port();
+    let mut child = server(&dir)
+        .args(["--metrics-bind", &metrics.to_string()])
+        .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    // Readiness: /healthz turns 200 once the tick loop runs. Bounded retry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let healthy = loop {
+        match http_get(metrics, "/healthz") {
+            Some((200, _)) => break true,
+            _ if Instant::now() > deadline => break false,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert!(healthy, "server never became healthy");
+    let (status, body) = http_get(metrics, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# TYPE server_tick_duration_seconds histogram"),
+        "{body}"
+    );
+    assert!(body.contains("server_ticks_total "));
+
+    let signalled_at = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_with_timeout(child, Duration::from_secs(10))
+        .expect("server did not exit within 10 s of SIGTERM");
+    let logs = logs.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(signalled_at.elapsed() < Duration::from_secs(10));
+    assert!(logs.contains("shutdown started"), "{logs}");
+    assert!(
+        logs.contains("reason=signal") || logs.contains("reason: signal"),
+        "{logs}"
+    );
+    assert!(logs.contains("shutdown complete"), "{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = scratch_dir("json");
+    let metrics = free_port();
+    let mut child = server(&dir)
+        .args([
+            "--metrics-bind",
+            &metrics.to_string(),
+            "--log-format",
+            "json",
+        ])
+        .args(["--shutdown-grace-ms", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(http_get(metrics, "/healthz"), Some((200, _))) {
+        assert!(Instant::now() < deadline, "server never became healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = wait_with_timeout(child, Duration::from_secs(10)).expect("exit");
+    assert_eq!(status.code(), Some(0));
+    let logs = logs.join().unwrap();
+    assert!(!logs.is_empty());
+    for line in logs.lines() {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\""),
+            "not a JSON log line: {line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

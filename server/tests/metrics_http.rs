@@ -1,0 +1,215 @@
+//! The metrics endpoint over real loopback TCP.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use server::metrics::{EndpointOptions, Metrics, MetricsEndpoint};
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn request(addr: SocketAddr, raw: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    Reply {
+        status,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+}
+
+fn start(metrics: &Metrics, options: EndpointOptions) -> MetricsEndpoint {
+    MetricsEndpoint::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), options).unwrap()
+}
+
+/// Checks the Prometheus text format rules the scraper relies on and returns
+/// the samples as (name with labels, value).
+fn parse_exposition(text: &str) -> Vec<(String, f64)> {
+    let mut typed: Vec<(String, String)> = Vec::new();
+    let mut helped: Vec<String> = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.push(rest.split(' ').next().unwrap().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "bad type line {line:?}"
+            );
+            assert!(
+                helped.last().is_some_and(|h| h == name),
+                "TYPE without HELP: {line:?}"
+            );
+            typed.push((name.to_owned(), kind.to_owned()));
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            let name = series.split('{').next().unwrap();
+            let (family, kind) = typed.last().expect("sample before any TYPE");
+            let ok = match kind.as_str() {
+                "histogram" => [
+                    format!("{family}_bucket"),
+                    format!("{family}_sum"),
+                    format!("{family}_count"),
+                ]
+                .contains(&name.to_owned()),
+                _ => name == family,
+            };
+            assert!(ok, "sample {name} outside its family {family}");
+            samples.push((series.to_owned(), value));
+        }
+    }
+    samples
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_text_format() {
+    let metrics = Metrics::default();
+    let registry = metrics.registry();
+    registry
+        .counter("test_ticks_total", "Ticks.")
+        .unwrap()
+        .add(5);
+    registry
+        .counter_with_labels("test_drops_total", "Drops.", &[("reason", "full")])
+        .unwrap()
+        .inc();
+    registry.gauge("test_clients", "Clients.").unwrap().set(3.0);
+    let histogram = registry
+        .histogram("test_seconds", "Durations.", &[0.1, 1.0])
+        .unwrap();
+    histogram.observe(0.05);
+    histogram.observe(0.5);
+    histogram.observe(2.0);
+    let endpoint = start(&metrics, EndpointOptions::default());
+
+    let reply = get(endpoint.local_addr(), "/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .headers
+            .contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+        "{}",
+        reply.headers
+    );
+    assert!(
+        reply
+            .headers
+            .contains(&format!("Content-Length: {}", reply.body.len()))
+    );
+    let samples = parse_exposition(&reply.body);
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .unwrap_or_else(|| panic!("no {series} in\n{}", reply.body))
+            .1
+    };
+    assert_eq!(value("test_ticks_total"), 5.0);
+    assert_eq!(value("test_drops_total{reason=\"full\"}"), 1.0);
+    assert_eq!(value("test_clients"), 3.0);
+    assert_eq!(value("test_seconds_bucket{le=\"0.1\"}"), 1.0);
+    assert_eq!(value("test_seconds_bucket{le=\"1\"}"), 2.0);
+    assert_eq!(value("test_seconds_bucket{le=\"+Inf\"}"), 3.0);
+    assert_eq!(value("test_seconds_count"), 3.0);
+    assert_eq!(value("test_seconds_sum"), 2.55);
+
+    // Query strings are ignored.
+    assert_eq!(get(endpoint.local_addr(), "/metrics?x=1").status, 200);
+}
+
+#[test]
+fn healthz_follows_the_tick_heartbeat() {
+    let metrics = Metrics::default();
+    let endpoint = start(&metrics, EndpointOptions::default());
+    let reply = get(endpoint.local_addr(), "/healthz");
+    assert_eq!(reply.status, 503, "no tick yet");
+    metrics.heartbeat().beat();
+    let reply = get(endpoint.local_addr(), "/healthz");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "ok\n");
+
+    // With a zero age limit every beat is already stale.
+    let strict = start(
+        &metrics,
+        EndpointOptions {
+            max_heartbeat_age: Duration::ZERO,
+            ..EndpointOptions::default()
+        },
+    );
+    assert_eq!(get(strict.local_addr(), "/healthz").status, 503);
+}
+
+#[test]
+fn other_requests_get_errors() {
+    let metrics = Metrics::default();
+    let endpoint = start(
+        &metrics,
+        EndpointOptions {
+            max_request_bytes: 256,
+            ..EndpointOptions::default()
+        },
+    );
+    let addr = endpoint.local_addr();
+    assert_eq!(get(addr, "/").status, 404);
+    assert_eq!(get(addr, "/metricsz").status, 404);
+    assert_eq!(request(addr, b"POST /metrics HTTP/1.1\r\n\r\n").status, 405);
+    assert_eq!(request(addr, b"nonsense\r\n\r\n").status, 400);
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1000));
+    assert_eq!(request(addr, huge.as_bytes()).status, 431);
+}
+
+#[test]
+fn a_silent_client_cannot_block_the_endpoint_for_long() {
+    let metrics = Metrics::default();
+    let endpoint = start(
+        &metrics,
+        EndpointOptions {
+            request_deadline: Duration::from_millis(200),
+            ..EndpointOptions::default()
+        },
+    );
+    // Connects and never sends a byte.
+    let _silent = TcpStream::connect(endpoint.local_addr()).unwrap();
+    // The next client is still served once the silent one's deadline passes.
+    assert_eq!(get(endpoint.local_addr(), "/metrics").status, 200);
+}
+
+#[test]
+fn dropping_the_endpoint_stops_it() {
+    let metrics = Metrics::default();
+    let endpoint = start(&metrics, EndpointOptions::default());
+    let addr = endpoint.local_addr();
+    drop(endpoint);
+    assert!(TcpStream::connect(addr).is_err());
+}
