@@ -106,7 +106,7 @@ fn official_client_connects_to_our_server() {
             }
         });
         server.handle_timeout(now);
-        while let Some(e) = server.poll_event() {
+        if let Some(e) = server.poll_event() {
             panic!("unexpected {e:?}");
         }
         while let Some(t) = server.poll_transmit(now, &mut out) {
