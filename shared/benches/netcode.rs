@@ -24,8 +24,11 @@ fn connected_pair(now: Instant) -> (Server, Client, SocketAddr, ClientIndex) {
     let server_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let client_addr: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let key = Key::generate(&mut rng);
-    let mut server = Server::new(ServerConfig::new(PROTOCOL, key, vec![server_addr]), &mut rng)
-        .expect("server config");
+    let mut server = Server::new(
+        ServerConfig::new(PROTOCOL, key, vec![server_addr]),
+        &mut rng,
+    )
+    .expect("server config");
     let token = ConnectToken::generate(
         &TokenParams {
             protocol_id: PROTOCOL,
