@@ -113,13 +113,21 @@
 //! - The IETF nonce is four zero bytes then the little-endian sequence.
 //! - Replay protection is checked before decryption and advanced after, with
 //!   overflow-free arithmetic.
-//! - Differences from `netcode-official` 1.0.0 (the Rust port) found while
-//!   testing interop: it resets the client's packet sequence to zero when it
-//!   moves to the next server address (we keep counting, which the standard
-//!   allows and which avoids nonce reuse); it caps servers at 256 clients (we
-//!   make it configuration); it sends denials and challenges from a global
-//!   counter starting at 2^63 (we use the per-client counter, see above).
-//!   Neither difference affects the wire format.
+//! - Differences from `netcode-official` 1.0.0 (the Rust port of the
+//!   reference), read from its source while testing interop; none affects
+//!   the wire format:
+//!   - its client restarts the connect-token expiry clock at each server
+//!     address it fails over to; the standard (and ours) bounds the whole
+//!     connection process, across addresses, by expire minus create;
+//!   - its client restarts its packet sequence at zero when `connect` is
+//!     called again, so reusing a token repeats (key, nonce) pairs; ours
+//!     keeps counting for the same token;
+//!   - its server sends challenges and denials from one global counter
+//!     starting at 2^63 under each client's key; ours uses the per-client
+//!     counter (see Nonces), keeping the global counter only for denials
+//!     sent before a client has state;
+//!   - it caps servers at 256 clients; ours makes it configuration (10,000
+//!     is tested).
 //! - The standard says sequence numbers start at zero. Ours do for the first
 //!   handshake with a token; reconnects with the same token continue (client)
 //!   or start a fresh 2^40 block (server), as described under Nonces. Peers

@@ -1016,3 +1016,32 @@ fn golden_packets_match_the_reference_both_ways() {
         assert_eq!(opened, &body[..], "{file}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Arbitrary datagrams, shaped like each packet kind or not, from an
+    /// unknown or a connected address: never a panic, never a reply to an
+    /// unknown source, never a state change.
+    #[test]
+    fn arbitrary_datagrams_are_dropped_safely(
+        prefix in proptest::prelude::any::<u8>(),
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1300),
+        from_connected in proptest::prelude::any::<bool>(),
+    ) {
+        let mut w = World::new(2);
+        let (addr, mut client) = w.connected_pair();
+        w.server_transmits();
+        let before = w.state_summary();
+        let mut datagram = body.clone();
+        datagram.insert(0, prefix);
+        let from = if from_connected { addr } else { client_addr(5) };
+        let event = w.deliver_to_server(from, &datagram);
+        proptest::prop_assert!(event.is_none());
+        proptest::prop_assert_eq!(w.state_summary(), before);
+        proptest::prop_assert!(w.server_transmits().is_empty());
+        let mut copy = datagram.clone();
+        proptest::prop_assert!(client.handle_datagram(w.now, server_addr(), &mut copy).is_none());
+        proptest::prop_assert_eq!(client.state(), ClientState::Connected);
+    }
+}
