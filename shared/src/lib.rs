@@ -6,5 +6,6 @@
 pub mod endpoint;
 pub mod io;
 pub mod netcode;
+pub mod protocol;
 pub mod sim;
 pub mod transport;

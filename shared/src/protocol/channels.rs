@@ -1,0 +1,70 @@
+//! The channel layout. Both sides build their transport from
+//! [`transport_config`], so channel ids mean the same thing everywhere.
+
+use std::time::Duration;
+
+use crate::transport::{ChannelConfig, ChannelId, ChannelKind, TransportConfig};
+
+/// Session control: welcome, errors, server notices (reliable, ordered).
+pub const CONTROL: ChannelId = ChannelId(0);
+/// Chat (reliable, ordered).
+pub const CHAT: ChannelId = ChannelId(1);
+/// Inventory requests and replies (reliable, ordered).
+pub const INVENTORY: ChannelId = ChannelId(2);
+/// Movement input, client to server (unreliable, sequenced: newer wins).
+pub const MOVEMENT: ChannelId = ChannelId(3);
+/// World snapshots, server to client (unreliable, sequenced).
+pub const SNAPSHOT: ChannelId = ChannelId(4);
+/// Cosmetic events such as emotes (unreliable).
+pub const EVENTS: ChannelId = ChannelId(5);
+
+/// The transport configuration of the game: the channels above, movement
+/// and snapshots first when the budget is short, then control and chat.
+pub fn transport_config() -> TransportConfig {
+    let reliable = |priority| {
+        ChannelConfig::new(ChannelKind::ReliableOrdered)
+            .with_priority(priority)
+            .with_max_queued_bytes(512 * 1024)
+    };
+    TransportConfig {
+        channels: vec![
+            reliable(10),
+            reliable(40),
+            reliable(30),
+            ChannelConfig::new(ChannelKind::UnreliableSequenced).with_priority(0),
+            ChannelConfig::new(ChannelKind::UnreliableSequenced)
+                .with_priority(5)
+                .with_max_queued_bytes(64 * 1024),
+            ChannelConfig::new(ChannelKind::Unreliable).with_priority(60),
+        ],
+        idle_timeout: Duration::from_secs(10),
+        ..TransportConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_is_valid_and_matches_the_ids() {
+        let config = transport_config();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(
+            config.channels[CHAT.0 as usize].kind,
+            ChannelKind::ReliableOrdered
+        );
+        assert_eq!(
+            config.channels[INVENTORY.0 as usize].kind,
+            ChannelKind::ReliableOrdered
+        );
+        assert_eq!(
+            config.channels[MOVEMENT.0 as usize].kind,
+            ChannelKind::UnreliableSequenced
+        );
+        assert_eq!(
+            config.channels[SNAPSHOT.0 as usize].kind,
+            ChannelKind::UnreliableSequenced
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! The game's wire protocol: the channel layout both sides use, the
+//! message codec, and the message types.
+//!
+//! Every message travels as `id: u16 (little endian)` followed by its
+//! bincode 2 (serde) body. A message type implements [`NetMessage`] with a
+//! unique [`NetMessage::ID`]; the server registers each type on one channel
+//! and rejects it anywhere else.
+
+pub mod channels;
+mod codec;
+pub mod messages;
+
+pub use codec::{
+    DecodeError, EncodeError, MAX_MESSAGE_BYTES, decode, decode_body, encode, message_id,
+};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Identifies this game's protocol in connect tokens and handshakes;
+/// bump [`PROTOCOL_VERSION`] when the messages change incompatibly.
+pub const PROTOCOL_ID: u64 = 0x4741_4d45_0000_0000 | PROTOCOL_VERSION as u64;
+/// The message schema version, folded into [`PROTOCOL_ID`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A message type that can cross the wire.
+pub trait NetMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Unique among all message types of the protocol (both directions).
+    const ID: u16;
+}
