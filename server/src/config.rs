@@ -55,11 +55,33 @@ impl Cli {
     }
 }
 
-/// Subcommands. `token` and `audit` will join `run`.
+/// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
     Run(RunArgs),
+    /// Mint a connect token (base64) for one player, as a login backend would.
+    Token(TokenArgs),
+}
+
+/// Flags of `server token`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct TokenArgs {
+    /// The player's account id, carried in the token.
+    #[arg(long, value_name = "N")]
+    pub client_id: u64,
+    /// A server address the token is valid for (repeat for fallbacks, at most 32).
+    #[arg(long = "server", value_name = "ADDR", required = true)]
+    pub servers: Vec<SocketAddr>,
+    /// Seconds until the token expires.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub expires: u64,
+    /// Seconds of silence after which the connection times out.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout: i32,
+    /// The private key file [default: the public development key]
+    #[arg(long, env = "GAMESERVER_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Flags of `server run`. Every field is optional so that an absent flag
@@ -92,9 +114,13 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: Option<u32>,
 
-    /// File holding the private key shared with the connect-token backend [default: none]
+    /// File holding the private key shared with the connect-token backend; without it the server runs in dev mode on the public dev key [default: none]
     #[arg(long, env = "GAMESERVER_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+
+    /// Address clients reach this server at, as written in connect tokens [default: --bind, with 127.0.0.1 for an unspecified IP]
+    #[arg(long, env = "GAMESERVER_PUBLIC_ADDR", value_name = "ADDR")]
+    pub public_addr: Option<SocketAddr>,
 
     /// Log line format [default: text]
     #[arg(long, env = "GAMESERVER_LOG_FORMAT", value_name = "FORMAT", value_enum)]
@@ -131,6 +157,8 @@ pub struct FileConfig {
     pub max_clients: Option<u32>,
     /// See [`ServerConfig::key_file`].
     pub key_file: Option<PathBuf>,
+    /// See [`ServerConfig::public_addr`].
+    pub public_addr: Option<SocketAddr>,
     /// See [`ServerConfig::log_format`].
     pub log_format: Option<LogFormat>,
     /// See [`ServerConfig::log_filter`].
@@ -214,6 +242,8 @@ pub struct ServerConfig {
     /// Private key file for connect tokens, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// The address connect tokens name for this server.
+    pub public_addr: SocketAddr,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax.
@@ -235,6 +265,7 @@ impl Default for ServerConfig {
             tick_rate: TickRate::default(),
             max_clients: 1024,
             key_file: None,
+            public_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 7777)),
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             shutdown_grace_ms: 1000,
@@ -295,8 +326,18 @@ impl ServerConfig {
                 value: shutdown_grace_ms,
             });
         }
+        let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
+        let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
+            let ip = if bind.ip().is_unspecified() {
+                std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                bind.ip()
+            };
+            SocketAddr::new(ip, bind.port())
+        });
         Ok(Self {
-            bind: args.bind.or(file.bind).unwrap_or(defaults.bind),
+            bind,
+            public_addr,
             metrics_bind: args
                 .metrics_bind
                 .or(file.metrics_bind)

@@ -11,17 +11,15 @@
 //! | [`shutdown`] | graceful shutdown on signals and commands |
 //! | [`players`] | the roster of connected players for admin tools |
 //!
-//! The network plugin (UDP transport on the `net-io` thread) is not here
-//! yet. It will be added in [`build_app`] next to [`ServerPlugin`]; it
-//! reads `bind`, `max_clients` and `key_file` from [`ServerConfig`], keeps
-//! [`players::PlayerRoster`] current, acts on [`console::AdminKick`], says
-//! goodbye on [`shutdown::ShutdownStarted`], and registers its counters in
-//! [`metrics::Metrics`].
+//! | [`net`] | the `net-io` thread bridged into the ECS, typed messages |
+//! | [`emote`] | the example gameplay plugin (see "Make it your game") |
 
 pub mod config;
 pub mod console;
+pub mod emote;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod players;
 pub mod shutdown;
 pub mod tick;
@@ -68,6 +66,16 @@ impl Plugin for ServerPlugin {
     }
 }
 
+/// The network and the gameplay plugins. Needs a [`net::NetServer`]
+/// resource (see [`start_network`]).
+pub struct GamePlugins;
+
+impl Plugin for GamePlugins {
+    fn build(&self, app: &mut App) {
+        app.add_plugins((net::NetPlugin, emote::EmotePlugin));
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -82,6 +90,70 @@ pub enum StartupError {
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The key file could not be used.
+    #[error(transparent)]
+    Key(#[from] shared::keys::KeyError),
+    /// A production key file holds the public development key.
+    #[error("{} holds the public development key; generate a real key for production", .0.display())]
+    DevKeyInProduction(std::path::PathBuf),
+    /// The game socket could not be opened.
+    #[error(transparent)]
+    Net(#[from] shared::io::SpawnError),
+    /// The connection layer rejected its configuration.
+    #[error("invalid network configuration: {0}")]
+    NetConfig(#[from] shared::netcode::ConfigError),
+}
+
+/// The connect-token key the server uses: its key file in production, the
+/// public development key otherwise (with a loud warning).
+///
+/// # Errors
+/// An unreadable key file, or one holding the development key.
+pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupError> {
+    match &config.key_file {
+        Some(path) => {
+            let key = shared::keys::load_key_file(path)?;
+            if shared::keys::is_dev_key(&key) {
+                return Err(StartupError::DevKeyInProduction(path.clone()));
+            }
+            Ok(key)
+        }
+        None => {
+            tracing::warn!(
+                "DEV MODE: no --key-file given, using the public development key from                  assets/dev.key. Anyone can mint connect tokens for this server.                  Never run a dev-mode server where untrusted players can reach it."
+            );
+            Ok(shared::keys::dev_key())
+        }
+    }
+}
+
+/// Binds the game socket and starts the `net-io` thread for `config`.
+///
+/// # Errors
+/// See [`StartupError`].
+pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupError> {
+    use shared::endpoint::{ServerEndpoint, ServerEndpointConfig};
+    let key = load_key(config)?;
+    let mut netcode = shared::netcode::ServerConfig::new(
+        shared::protocol::PROTOCOL_ID,
+        key,
+        vec![config.public_addr],
+    );
+    netcode.max_clients = config.max_clients as usize;
+    let endpoint = ServerEndpoint::new(
+        ServerEndpointConfig::new(netcode, shared::protocol::channels::transport_config()),
+        &mut shared::io::system_rng(),
+    )?;
+    let io_config = shared::io::ServerIoConfig {
+        droppable_channels: vec![
+            shared::protocol::channels::MOVEMENT,
+            shared::protocol::channels::EVENTS,
+        ],
+        ..shared::io::ServerIoConfig::default()
+    };
+    let io = shared::io::ServerIo::spawn(config.bind, endpoint, io_config)?;
+    tracing::info!(bind = %io.local_addr(), public = %config.public_addr, "serving game traffic");
+    Ok(net::NetServer(io))
 }
 
 /// Builds the server as the binary runs it: starts the metrics endpoint,
@@ -105,14 +177,17 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
 
     let switch = ShutdownSwitch::default();
     shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
+    let network = start_network(config)?;
 
     let mut app = App::new();
     app.insert_resource(metrics)
         .insert_resource(endpoint)
         .insert_resource(switch)
+        .insert_resource(network)
         .add_plugins(ServerPlugin {
             config: config.clone(),
             stdin_console: true,
-        });
+        })
+        .add_plugins(GamePlugins);
     Ok(app)
 }

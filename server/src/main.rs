@@ -5,12 +5,48 @@ use std::process::ExitCode;
 
 use bevy_app::AppExit;
 use clap::Parser;
-use server::config::{Cli, Command, RunArgs, ServerConfig};
+use server::config::{Cli, Command, RunArgs, ServerConfig, TokenArgs};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
     match Cli::parse().into_command() {
         Command::Run(args) => run(&args),
+        Command::Token(args) => token(&args),
+    }
+}
+
+fn token(args: &TokenArgs) -> ExitCode {
+    let key = match &args.key_file {
+        Some(path) => match shared::keys::load_key_file(path) {
+            Ok(key) => key,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            eprintln!("warning: no --key-file: minting with the public development key");
+            shared::keys::dev_key()
+        }
+    };
+    let params = shared::netcode::TokenParams {
+        protocol_id: shared::protocol::PROTOCOL_ID,
+        client_id: args.client_id,
+        create_timestamp: shared::io::unix_secs(),
+        expire_seconds: args.expires,
+        timeout_seconds: args.timeout,
+        server_addresses: args.servers.clone(),
+        user_data: [0; shared::netcode::USER_DATA_BYTES],
+    };
+    match shared::netcode::ConnectToken::generate(&params, &key, &mut shared::io::system_rng()) {
+        Ok(token) => {
+            println!("{}", token.to_base64());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: cannot mint token: {error}");
+            ExitCode::from(2)
+        }
     }
 }
 

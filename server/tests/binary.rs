@@ -234,7 +234,7 @@ fn json_logs_are_one_object_per_line() {
             "--log-format",
             "json",
         ])
-        .args(["--shutdown-grace-ms", "0"])
+        .args(["--bind", "127.0.0.1:0", "--shutdown-grace-ms", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -5,6 +5,7 @@
 
 pub mod endpoint;
 pub mod io;
+pub mod keys;
 pub mod netcode;
 pub mod protocol;
 pub mod sim;

@@ -1,0 +1,239 @@
+//! The network plugin: the `net-io` thread bridged into the ECS.
+//!
+//! ```text
+//! net-io thread ──NetEvent (bounded)──► NetSystems::Receive (FixedPreUpdate)
+//!                                         ├─ ClientConnected / ClientDisconnected
+//!                                         └─ FromClient<T> per registered type
+//! gameplay (FixedUpdate) ── ToClient<T> ─► NetSystems::Encode, NetSystems::Send (FixedPostUpdate)
+//!                                         └─ one batch of NetCommands per tick ──► net-io
+//! ```
+//!
+//! Plugins never see bytes: they register message types once with
+//! [`NetAppExt`] and then read [`FromClient<T>`] and write [`ToClient<T>`].
+
+mod session;
+mod typed;
+
+use std::collections::HashMap;
+
+use bevy_app::{App, FixedPostUpdate, FixedPreUpdate, Plugin, Update};
+use bevy_ecs::prelude::*;
+use shared::io::{ClientId, IoStatsSnapshot, NetCommand, ServerIo};
+use shared::transport::DisconnectReason;
+
+pub use session::{ClientConnected, ClientDisconnected, Player};
+pub use typed::{FromClient, NetAppExt, Recipients, ToClient};
+
+use crate::console::AdminKick;
+use crate::metrics::{Counter, Gauge, Metrics};
+use crate::players::PlayerRoster;
+use crate::shutdown::ShutdownStarted;
+
+/// The running `net-io` thread, inserted before [`NetPlugin`] is added.
+#[derive(Resource)]
+pub struct NetServer(pub ServerIo);
+
+/// Commands gathered during a tick, handed to `net-io` in one batch.
+#[derive(Resource, Default)]
+pub struct Outbox {
+    commands: Vec<NetCommand>,
+}
+
+impl Outbox {
+    /// Queues a command for this tick's batch.
+    pub fn push(&mut self, command: NetCommand) {
+        self.commands.push(command);
+    }
+}
+
+/// Connected clients and their player entities.
+#[derive(Resource, Default)]
+pub struct Clients {
+    by_client: HashMap<ClientId, Entity>,
+    by_account: HashMap<u64, ClientId>,
+}
+
+impl Clients {
+    /// The player entity of `client`.
+    pub fn entity(&self, client: ClientId) -> Option<Entity> {
+        self.by_client.get(&client).copied()
+    }
+
+    /// The connected client with this account id.
+    pub fn by_account(&self, account: u64) -> Option<ClientId> {
+        self.by_account.get(&account).copied()
+    }
+
+    /// Every connected client.
+    pub fn iter(&self) -> impl Iterator<Item = (ClientId, Entity)> + '_ {
+        self.by_client.iter().map(|(c, e)| (*c, *e))
+    }
+
+    /// How many are connected.
+    pub fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Whether nobody is connected.
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+}
+
+/// The network systems, in schedule order.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NetSystems {
+    /// Drains `net-io` events into ECS messages (`FixedPreUpdate`).
+    Receive,
+    /// Encodes `ToClient<T>` messages into commands (`FixedPostUpdate`).
+    Encode,
+    /// Hands the tick's batch to `net-io` (`FixedPostUpdate`, after `Encode`).
+    Send,
+}
+
+/// A malformed message or a message on the wrong channel counts as a
+/// strike; this many strikes disconnect the client with
+/// [`DisconnectReason::ProtocolViolation`].
+pub const MAX_STRIKES: u32 = 10;
+
+/// Counters of the network plugin, exported as metrics.
+#[derive(Resource, Clone)]
+struct NetMetrics {
+    connected: Gauge,
+    datagrams_in: Counter,
+    datagrams_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    inbound_dropped: Counter,
+    flooding: Counter,
+    malformed: Counter,
+    outbox_dropped: Counter,
+    last: IoStatsSnapshot,
+}
+
+impl NetMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let r = metrics.registry();
+        let counter = |name: &str, help: &str| r.counter(name, help).unwrap_or_default();
+        Self {
+            connected: r
+                .gauge("connected_clients", "Clients connected now.")
+                .unwrap_or_default(),
+            datagrams_in: counter("net_packets_in_total", "Datagrams received."),
+            datagrams_out: counter("net_packets_out_total", "Datagrams sent."),
+            bytes_in: counter("net_bytes_in_total", "Bytes received."),
+            bytes_out: counter("net_bytes_out_total", "Bytes sent."),
+            inbound_dropped: counter(
+                "net_inbound_dropped_total",
+                "Messages dropped because the game fell behind the network thread.",
+            ),
+            flooding: counter(
+                "net_flooding_disconnects_total",
+                "Clients disconnected for sending too much.",
+            ),
+            malformed: counter(
+                "net_malformed_messages_total",
+                "Messages that did not decode or came on the wrong channel.",
+            ),
+            outbox_dropped: counter(
+                "net_outbox_dropped_total",
+                "Outgoing commands dropped because the network thread fell behind.",
+            ),
+            last: IoStatsSnapshot::default(),
+        }
+    }
+}
+
+/// Starts nothing itself: expects a [`NetServer`] resource (see
+/// `build_app`), then wires it into the fixed tick.
+pub struct NetPlugin;
+
+impl Plugin for NetPlugin {
+    fn build(&self, app: &mut App) {
+        let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
+        app.init_resource::<Outbox>()
+            .init_resource::<Clients>()
+            .init_resource::<PlayerRoster>()
+            .init_resource::<typed::InboundRegistry>()
+            .insert_resource(NetMetrics::register(&metrics))
+            .add_message::<ClientConnected>()
+            .add_message::<ClientDisconnected>()
+            .configure_sets(FixedPostUpdate, NetSystems::Encode.before(NetSystems::Send))
+            .add_systems(FixedPreUpdate, session::receive.in_set(NetSystems::Receive))
+            .add_systems(
+                FixedPostUpdate,
+                (kick_on_admin_request, submit_batch, export_metrics)
+                    .chain()
+                    .in_set(NetSystems::Send),
+            )
+            .add_systems(Update, say_goodbye_on_shutdown);
+    }
+}
+
+fn kick_on_admin_request(
+    mut kicks: MessageReader<AdminKick>,
+    clients: Res<Clients>,
+    mut outbox: ResMut<Outbox>,
+) {
+    for kick in kicks.read() {
+        match clients.by_account(kick.client.0) {
+            Some(client) => {
+                tracing::info!(%client.account, reason = ?kick.reason, "kicking");
+                outbox.push(NetCommand::Disconnect {
+                    client,
+                    reason: DisconnectReason::Kicked,
+                });
+            }
+            None => tracing::warn!(account = kick.client.0, "kick: no such player"),
+        }
+    }
+}
+
+/// Bound on commands carried over when `net-io` refused a batch.
+const MAX_CARRIED_COMMANDS: usize = 1 << 20;
+
+fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<NetMetrics>) {
+    if outbox.commands.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(&mut outbox.commands);
+    if let Err(mut refused) = net.0.submit(batch) {
+        // net-io is several ticks behind: keep the batch for the next tick,
+        // within a bound.
+        if refused.len() > MAX_CARRIED_COMMANDS {
+            metrics.outbox_dropped.add(refused.len() as u64);
+            refused.clear();
+        }
+        outbox.commands = refused;
+    }
+}
+
+fn export_metrics(net: Res<NetServer>, mut metrics: ResMut<NetMetrics>, clients: Res<Clients>) {
+    let now = net.0.stats().snapshot();
+    let last = metrics.last;
+    metrics.connected.set(clients.len() as f64);
+    metrics
+        .datagrams_in
+        .add(now.datagrams_in - last.datagrams_in);
+    metrics
+        .datagrams_out
+        .add(now.datagrams_out - last.datagrams_out);
+    metrics.bytes_in.add(now.bytes_in - last.bytes_in);
+    metrics.bytes_out.add(now.bytes_out - last.bytes_out);
+    metrics
+        .inbound_dropped
+        .add(now.inbound_dropped - last.inbound_dropped);
+    metrics
+        .flooding
+        .add(now.flooding_disconnects - last.flooding_disconnects);
+    metrics.last = now;
+}
+
+fn say_goodbye_on_shutdown(mut started: MessageReader<ShutdownStarted>, net: Res<NetServer>) {
+    if started.read().next().is_some() {
+        tracing::info!("telling every client the server is shutting down");
+        let _ = net.0.submit(vec![NetCommand::Shutdown {
+            reason: DisconnectReason::ServerShutdown,
+        }]);
+    }
+}

@@ -1,0 +1,140 @@
+//! Sessions: player entities follow connections, and the inbox is drained
+//! into typed messages once per tick.
+
+use bevy_ecs::prelude::*;
+use shared::io::{ClientId, NetCommand, NetEvent};
+use shared::protocol::{self, channels, messages::Welcome};
+use shared::transport::DisconnectReason;
+
+use super::typed::InboundRegistry;
+use super::{Clients, MAX_STRIKES, NetMetrics, NetServer, Outbox};
+use crate::config::ServerConfig;
+use crate::players::{self, PlayerRoster, PlayerSummary};
+
+/// The player entity of a connected client.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Player {
+    /// Its connection.
+    pub client: ClientId,
+    /// Protocol strikes so far (see [`MAX_STRIKES`]).
+    pub strikes: u32,
+}
+
+/// A client finished the handshake; its [`Player`] entity exists.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConnected {
+    /// The client.
+    pub client: ClientId,
+    /// Its player entity.
+    pub entity: Entity,
+}
+
+/// A client left; its player entity is despawned at the end of this tick's
+/// receive step, so plugins that need to save it read this message and the
+/// data they keep by account id.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDisconnected {
+    /// The client.
+    pub client: ClientId,
+    /// Why.
+    pub reason: DisconnectReason,
+}
+
+/// `NetSystems::Receive`: drains the `net-io` channel.
+pub(super) fn receive(world: &mut World) {
+    let events: Vec<NetEvent> = world
+        .resource::<NetServer>()
+        .0
+        .events()
+        .try_iter()
+        .collect();
+    for event in events {
+        match event {
+            NetEvent::Connected { client } => on_connected(world, client),
+            NetEvent::Disconnected { client, reason } => on_disconnected(world, client, reason),
+            NetEvent::Message {
+                client,
+                channel,
+                payload,
+            } => {
+                let Some(entity) = world.resource::<Clients>().entity(client) else {
+                    continue;
+                };
+                let ok = world.resource_scope(|world, registry: Mut<InboundRegistry>| {
+                    registry.dispatch(world, client, channel, &payload)
+                });
+                if !ok {
+                    strike(world, client, entity);
+                }
+            }
+        }
+    }
+}
+
+fn on_connected(world: &mut World, client: ClientId) {
+    let entity = world.spawn(Player { client, strikes: 0 }).id();
+    let mut clients = world.resource_mut::<Clients>();
+    clients.by_client.insert(client, entity);
+    clients.by_account.insert(client.account, client);
+    world.resource_mut::<PlayerRoster>().insert(
+        players::ClientId(client.account),
+        PlayerSummary {
+            name: format!("player-{}", client.account),
+            addr: None,
+            rtt: None,
+        },
+    );
+    let tick_hz = world
+        .get_resource::<ServerConfig>()
+        .map_or(30, |c| c.tick_rate.hz() as u16);
+    if let Ok(payload) = protocol::encode(&Welcome {
+        client_id: client.account,
+        tick_hz,
+    }) {
+        world.resource_mut::<Outbox>().push(NetCommand::Send {
+            client,
+            channel: channels::CONTROL,
+            payload,
+        });
+    }
+    tracing::info!(
+        account = client.account,
+        slot = client.slot.get(),
+        "client connected"
+    );
+    world.write_message(ClientConnected { client, entity });
+}
+
+fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason) {
+    let mut clients = world.resource_mut::<Clients>();
+    let entity = clients.by_client.remove(&client);
+    if clients.by_account.get(&client.account) == Some(&client) {
+        clients.by_account.remove(&client.account);
+    }
+    world
+        .resource_mut::<PlayerRoster>()
+        .remove(players::ClientId(client.account));
+    tracing::info!(account = client.account, %reason, "client disconnected");
+    world.write_message(ClientDisconnected { client, reason });
+    if let Some(entity) = entity {
+        world.despawn(entity);
+    }
+}
+
+fn strike(world: &mut World, client: ClientId, entity: Entity) {
+    world.resource::<NetMetrics>().malformed.inc();
+    let Some(mut player) = world.get_mut::<Player>(entity) else {
+        return;
+    };
+    player.strikes += 1;
+    if player.strikes == MAX_STRIKES {
+        tracing::warn!(
+            account = client.account,
+            "too many malformed messages; disconnecting"
+        );
+        world.resource_mut::<Outbox>().push(NetCommand::Disconnect {
+            client,
+            reason: DisconnectReason::ProtocolViolation,
+        });
+    }
+}

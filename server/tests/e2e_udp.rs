@@ -1,0 +1,173 @@
+//! The server binary end to end over loopback UDP: 50 clients connect with
+//! dev-key tokens, exchange typed messages both ways, and a SIGTERM ends
+//! every session with `ServerShutdown` and the process with exit code 0.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
+use shared::io::{ClientSocket, unix_secs};
+use shared::netcode::{ConnectToken, TokenParams};
+use shared::protocol::messages::{Emote, EmoteRequest, Welcome};
+use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
+use shared::transport::DisconnectReason;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+const CLIENTS: u64 = 50;
+
+fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
+    ConnectToken::generate(
+        &TokenParams {
+            protocol_id: PROTOCOL_ID,
+            client_id,
+            create_timestamp: unix_secs(),
+            expire_seconds: 60,
+            timeout_seconds: 10,
+            server_addresses: vec![server],
+            user_data: [0; 256],
+        },
+        &shared::keys::dev_key(),
+        &mut shared::io::system_rng(),
+    )
+    .unwrap()
+}
+
+#[derive(Default)]
+struct Seen {
+    welcome: Option<Welcome>,
+    emotes_from: Vec<u64>,
+    ended: Option<DisconnectReason>,
+}
+
+#[test]
+fn fifty_clients_play_and_see_a_graceful_shutdown() {
+    let game = free_udp_port();
+    let dir = std::env::temp_dir().join(format!("server-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(SERVER)
+        .current_dir(&dir)
+        .args([
+            "--bind",
+            &game.to_string(),
+            "--metrics-bind",
+            &free_tcp_port().to_string(),
+        ])
+        .args(["--data-dir", "data", "--shutdown-grace-ms", "500"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let start = Instant::now();
+    let mut clients: Vec<(u64, ClientSocket, Seen)> = (1..=CLIENTS)
+        .map(|id| {
+            let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
+            endpoint
+                .connect(&dev_token(game, id), start, unix_secs())
+                .unwrap();
+            let socket = ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap();
+            (id, socket, Seen::default())
+        })
+        .collect();
+
+    let mut emoted = false;
+    let mut terminated = false;
+    let deadline = start + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let now = Instant::now();
+        for (_, socket, seen) in &mut clients {
+            let _ = socket.pump(now);
+            while let Some(event) = socket.endpoint.poll_event() {
+                match event {
+                    ClientEndpointEvent::Message { channel, payload } => {
+                        match protocol::message_id(payload) {
+                            Some(Welcome::ID) => {
+                                assert_eq!(channel, channels::CONTROL);
+                                seen.welcome = Some(protocol::decode(payload).unwrap());
+                            }
+                            Some(Emote::ID) => {
+                                let emote: Emote = protocol::decode(payload).unwrap();
+                                seen.emotes_from.push(emote.from);
+                            }
+                            other => panic!("unexpected message {other:?}"),
+                        }
+                    }
+                    ClientEndpointEvent::Disconnected { reason } => seen.ended = Some(reason),
+                    ClientEndpointEvent::Connected { .. } => {}
+                }
+            }
+        }
+        if !emoted && clients.iter().all(|(_, _, s)| s.welcome.is_some()) {
+            emoted = true;
+            for (id, socket, _) in &mut clients {
+                let request = protocol::encode(&EmoteRequest {
+                    emote: (*id % 16) as u8,
+                })
+                .unwrap();
+                socket.endpoint.send(channels::EVENTS, request).unwrap();
+                socket.flush(now);
+            }
+        }
+        let all_emotes = clients
+            .iter()
+            .all(|(_, _, s)| s.emotes_from.len() as u64 == CLIENTS - 1);
+        if emoted && all_emotes && !terminated {
+            terminated = true;
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        if clients.iter().all(|(_, _, s)| s.ended.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    for (id, _, seen) in &clients {
+        let welcome = seen.welcome.as_ref().expect("welcomed");
+        assert_eq!(welcome.client_id, *id);
+        let mut from = seen.emotes_from.clone();
+        from.sort_unstable();
+        let expected: Vec<u64> = (1..=CLIENTS).filter(|other| other != id).collect();
+        assert_eq!(
+            from, expected,
+            "client {id} sees every other client's emote once"
+        );
+        assert_eq!(
+            seen.ended,
+            Some(DisconnectReason::ServerShutdown),
+            "client {id}"
+        );
+    }
+    let exit_deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < exit_deadline,
+            "server did not exit within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
