@@ -394,7 +394,45 @@ mod tests {
     fn run_args(argv: &[&str]) -> RunArgs {
         match Cli::try_parse_from(argv).unwrap().into_command() {
             Command::Run(args) => args,
+            Command::Token(_) => panic!("expected run, got token"),
         }
+    }
+
+    #[test]
+    fn token_takes_client_id_servers_and_expiry() {
+        let cli = Cli::try_parse_from([
+            "server",
+            "token",
+            "--client-id",
+            "7",
+            "--server",
+            "127.0.0.1:7777",
+            "--server",
+            "[::1]:7777",
+            "--expires",
+            "60",
+        ])
+        .unwrap();
+        let Command::Token(args) = cli.into_command() else {
+            panic!("expected token");
+        };
+        assert_eq!(args.client_id, 7);
+        assert_eq!(args.servers.len(), 2);
+        assert_eq!(args.expires, 60);
+        assert!(
+            Cli::try_parse_from(["server", "token", "--client-id", "7"]).is_err(),
+            "--server is required"
+        );
+    }
+
+    #[test]
+    fn public_address_defaults_to_loopback_for_an_unspecified_bind() {
+        let config =
+            ServerConfig::resolve(&RunArgs::default(), &FileConfig::default(), "test").unwrap();
+        assert_eq!(config.public_addr, "127.0.0.1:7777".parse().unwrap());
+        let args = run_args(&["server", "--bind", "10.0.0.5:4000"]);
+        let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
+        assert_eq!(config.public_addr, "10.0.0.5:4000".parse().unwrap());
     }
 
     #[test]
