@@ -1,14 +1,23 @@
 //! The game's wire protocol: the channel layout both sides use, the
 //! message codec, and the message types.
 //!
+//! | module | ids | channel |
+//! |---|---|---|
+//! | [`messages`] | 1xx session, 5xx events | `CONTROL`, `EVENTS` |
+//! | [`chat`] | 2xx | `CHAT` |
+//! | `inventory` | 3xx | `INVENTORY` |
+//! | [`movement`] | 4xx | `MOVEMENT`, `SNAPSHOT` |
+//!
 //! Every message travels as `id: u16 (little endian)` followed by its
 //! bincode 2 (serde) body. A message type implements [`NetMessage`] with a
 //! unique [`NetMessage::ID`]; the server registers each type on one channel
 //! and rejects it anywhere else.
 
 pub mod channels;
+pub mod chat;
 mod codec;
 pub mod messages;
+pub mod movement;
 
 pub use codec::{
     DecodeError, EncodeError, MAX_MESSAGE_BYTES, decode, decode_body, encode, message_id,
