@@ -23,6 +23,7 @@ pub mod net;
 pub mod players;
 pub mod shutdown;
 pub mod tick;
+pub mod world;
 
 use std::net::SocketAddr;
 
