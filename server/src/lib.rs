@@ -121,7 +121,9 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
         }
         None => {
             tracing::warn!(
-                "DEV MODE: no --key-file given, using the public development key from                  assets/dev.key. Anyone can mint connect tokens for this server.                  Never run a dev-mode server where untrusted players can reach it."
+                "DEV MODE: no --key-file given, using the public development key from \
+                 assets/dev.key. Anyone can mint connect tokens for this server. \
+                 Never run a dev-mode server where untrusted players can reach it."
             );
             Ok(shared::keys::dev_key())
         }
@@ -135,11 +137,21 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
 pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupError> {
     use shared::endpoint::{ServerEndpoint, ServerEndpointConfig};
     let key = load_key(config)?;
-    let mut netcode = shared::netcode::ServerConfig::new(
-        shared::protocol::PROTOCOL_ID,
-        key,
-        vec![config.public_addr],
-    );
+    let socket =
+        std::net::UdpSocket::bind(config.bind).map_err(|source| shared::io::SpawnError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let local = socket
+        .local_addr()
+        .map_err(shared::io::SpawnError::Thread)?;
+    // With `--bind ...:0` the OS picks the port; tokens must name that one.
+    let mut public_addr = config.public_addr;
+    if public_addr.port() == 0 {
+        public_addr.set_port(local.port());
+    }
+    let mut netcode =
+        shared::netcode::ServerConfig::new(shared::protocol::PROTOCOL_ID, key, vec![public_addr]);
     netcode.max_clients = config.max_clients as usize;
     let endpoint = ServerEndpoint::new(
         ServerEndpointConfig::new(netcode, shared::protocol::channels::transport_config()),
@@ -152,8 +164,8 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         ],
         ..shared::io::ServerIoConfig::default()
     };
-    let io = shared::io::ServerIo::spawn(config.bind, endpoint, io_config)?;
-    tracing::info!(bind = %io.local_addr(), public = %config.public_addr, "serving game traffic");
+    let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config)?;
+    tracing::info!(bind = %io.local_addr(), public = %public_addr, "serving game traffic");
     Ok(net::NetServer(io))
 }
 

@@ -47,6 +47,36 @@ fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
     .unwrap()
 }
 
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// Kills the server if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[derive(Default)]
 struct Seen {
     welcome: Option<Welcome>,
@@ -57,15 +87,16 @@ struct Seen {
 #[test]
 fn fifty_clients_play_and_see_a_graceful_shutdown() {
     let game = free_udp_port();
+    let metrics = free_tcp_port();
     let dir = std::env::temp_dir().join(format!("server-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(SERVER)
+    let child = Command::new(SERVER)
         .current_dir(&dir)
         .args([
             "--bind",
             &game.to_string(),
             "--metrics-bind",
-            &free_tcp_port().to_string(),
+            &metrics.to_string(),
         ])
         .args(["--data-dir", "data", "--shutdown-grace-ms", "500"])
         .stdin(Stdio::null())
@@ -73,6 +104,7 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
 
     let start = Instant::now();
     let mut clients: Vec<(u64, ClientSocket, Seen)> = (1..=CLIENTS)
@@ -129,8 +161,14 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
             .all(|(_, _, s)| s.emotes_from.len() as u64 == CLIENTS - 1);
         if emoted && all_emotes && !terminated {
             terminated = true;
+            // The summary the metrics export is published once a second.
+            std::thread::sleep(Duration::from_millis(1_200));
+            let text = scrape(metrics);
+            assert!(text.contains("\nconnected_clients 50\n"), "{text}");
+            assert!(metric(&text, "net_packets_in_total") > 0.0);
+            assert!(metric(&text, "net_rtt_seconds_count") >= 50.0, "{text}");
             let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args(["-TERM", &child.0.id().to_string()])
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -159,7 +197,7 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
     }
     let exit_deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(

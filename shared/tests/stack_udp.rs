@@ -150,3 +150,140 @@ fn clients_connect_exchange_messages_and_see_the_shutdown_reason() {
     assert!(stats.datagrams_in > 0 && stats.datagrams_out > 0);
     server.shutdown(DisconnectReason::ServerShutdown);
 }
+
+fn spawn_server(key: Key, io_config: ServerIoConfig) -> (ServerIo, SocketAddr) {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server_addr = probe.local_addr().unwrap();
+    drop(probe);
+    let endpoint = ServerEndpoint::new(
+        ServerEndpointConfig::new(
+            ServerConfig::new(PROTOCOL, key, vec![server_addr]),
+            TransportConfig::default(),
+        ),
+        &mut system_rng(),
+    )
+    .unwrap();
+    (
+        ServerIo::spawn(server_addr, endpoint, io_config).unwrap(),
+        server_addr,
+    )
+}
+
+fn client(key: &Key, server: SocketAddr, id: u64) -> ClientSocket {
+    let mut endpoint = ClientEndpoint::new(PROTOCOL, TransportConfig::default());
+    endpoint
+        .connect(&token(key, server, id), Instant::now(), unix_secs())
+        .unwrap();
+    ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap()
+}
+
+/// Pumps a client and returns its disconnect reason once it has one.
+fn pump(socket: &mut ClientSocket, seen: &mut Seen) {
+    socket.pump(Instant::now()).unwrap();
+    while let Some(event) = socket.endpoint.poll_event() {
+        match event {
+            ClientEndpointEvent::Connected { .. } => seen.connected = true,
+            ClientEndpointEvent::Message { payload, .. } => seen.echoes.push(payload.to_vec()),
+            ClientEndpointEvent::Disconnected { reason } => seen.ended = Some(reason),
+        }
+    }
+}
+
+#[test]
+fn a_flooding_client_is_disconnected_and_others_are_unaffected() {
+    let key = Key::generate(&mut system_rng());
+    let config = ServerIoConfig {
+        max_messages_per_second: 200,
+        ..ServerIoConfig::default()
+    };
+    let (server, addr) = spawn_server(key, config);
+    let mut flooder = client(&key, addr, 1);
+    let mut honest = client(&key, addr, 2);
+    let (mut flood_seen, mut honest_seen) = (Seen::default(), Seen::default());
+    let mut honest_received = 0;
+    let mut flood_disconnect = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut flooded = false;
+    while Instant::now() < deadline {
+        pump(&mut flooder, &mut flood_seen);
+        pump(&mut honest, &mut honest_seen);
+        if flood_seen.connected && honest_seen.connected && !flooded {
+            flooded = true;
+            for i in 0..1_000u32 {
+                let _ = flooder
+                    .endpoint
+                    .send(CHAT, Bytes::from(i.to_le_bytes().to_vec()));
+            }
+            for i in 0..10u8 {
+                honest.endpoint.send(CHAT, Bytes::from(vec![i])).unwrap();
+            }
+            flooder.flush(Instant::now());
+            honest.flush(Instant::now());
+        }
+        for event in server.events().try_iter() {
+            match event {
+                NetEvent::Message { client, .. } if client.account == 2 => honest_received += 1,
+                NetEvent::Disconnected { client, reason } if client.account == 1 => {
+                    flood_disconnect = Some(reason);
+                }
+                _ => {}
+            }
+        }
+        if flood_seen.ended.is_some() && honest_received == 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(flood_disconnect, Some(DisconnectReason::Flooding));
+    assert_eq!(
+        flood_seen.ended,
+        Some(DisconnectReason::Flooding),
+        "the flooder is told why"
+    );
+    assert_eq!(honest_received, 10);
+    assert!(
+        honest_seen.ended.is_none(),
+        "the honest client stays connected"
+    );
+    assert_eq!(server.stats().snapshot().flooding_disconnects, 1);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
+#[test]
+fn a_client_that_cannot_keep_up_is_disconnected_with_send_queue_full() {
+    let key = Key::generate(&mut system_rng());
+    let (server, addr) = spawn_server(key, ServerIoConfig::default());
+    let mut slow = client(&key, addr, 9);
+    let mut seen = Seen::default();
+    let mut slow_client = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut disconnected = None;
+    // The client connects, then stops reading its socket altogether.
+    while Instant::now() < deadline && !seen.connected {
+        pump(&mut slow, &mut seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    while Instant::now() < deadline && disconnected.is_none() {
+        for event in server.events().try_iter() {
+            match event {
+                NetEvent::Connected { client } => slow_client = Some(client),
+                NetEvent::Disconnected { reason, .. } => disconnected = Some(reason),
+                NetEvent::Message { .. } => {}
+            }
+        }
+        if let Some(client) = slow_client {
+            // 64 KiB a tick towards a client that never acknowledges.
+            let batch = (0..64)
+                .map(|_| NetCommand::Send {
+                    client,
+                    channel: CHAT,
+                    payload: Bytes::from(vec![0u8; 1024]),
+                })
+                .collect();
+            let _ = server.submit(batch);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(disconnected, Some(DisconnectReason::SendQueueFull));
+    server.shutdown(DisconnectReason::ServerShutdown);
+}

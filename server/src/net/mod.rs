@@ -18,14 +18,14 @@ use std::collections::HashMap;
 
 use bevy_app::{App, FixedPostUpdate, FixedPreUpdate, Plugin, Update};
 use bevy_ecs::prelude::*;
-use shared::io::{ClientId, IoStatsSnapshot, NetCommand, ServerIo};
+use shared::io::{ClientId, IoStatsSnapshot, NetCommand, NetSummary, ServerIo};
 use shared::transport::DisconnectReason;
 
 pub use session::{ClientConnected, ClientDisconnected, Player};
 pub use typed::{FromClient, NetAppExt, Recipients, ToClient};
 
 use crate::console::AdminKick;
-use crate::metrics::{Counter, Gauge, Metrics};
+use crate::metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
 use crate::players::PlayerRoster;
 use crate::shutdown::ShutdownStarted;
 
@@ -108,7 +108,12 @@ struct NetMetrics {
     flooding: Counter,
     malformed: Counter,
     outbox_dropped: Counter,
+    resent: Counter,
+    packets_lost: Counter,
+    queue_full: Counter,
+    rtt: Option<Histogram>,
     last: IoStatsSnapshot,
+    last_summary: (u64, NetSummary),
 }
 
 impl NetMetrics {
@@ -139,7 +144,24 @@ impl NetMetrics {
                 "net_outbox_dropped_total",
                 "Outgoing commands dropped because the network thread fell behind.",
             ),
+            resent: counter(
+                "net_resent_total",
+                "Reliable messages or fragments sent again.",
+            ),
+            packets_lost: counter("net_packets_lost_total", "Packets judged lost."),
+            queue_full: counter(
+                "net_send_queue_full_disconnects_total",
+                "Clients disconnected because they could not keep up with their reliable data.",
+            ),
+            rtt: r
+                .histogram(
+                    "net_rtt_seconds",
+                    "Smoothed round-trip time of each connected client, sampled once a second.",
+                    &exponential_buckets(0.001, 2.0, 12),
+                )
+                .ok(),
             last: IoStatsSnapshot::default(),
+            last_summary: (0, NetSummary::default()),
         }
     }
 }
@@ -208,7 +230,46 @@ fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<Ne
     }
 }
 
-fn export_metrics(net: Res<NetServer>, mut metrics: ResMut<NetMetrics>, clients: Res<Clients>) {
+fn export_metrics(
+    net: Res<NetServer>,
+    mut metrics: ResMut<NetMetrics>,
+    clients: Res<Clients>,
+    registry: Res<Metrics>,
+) {
+    let (version, summary) = net.0.stats().summary();
+    if version != metrics.last_summary.0 {
+        let last = &metrics.last_summary.1;
+        metrics
+            .resent
+            .add(summary.transport.resent - last.transport.resent);
+        metrics
+            .packets_lost
+            .add(summary.transport.packets_lost - last.transport.packets_lost);
+        metrics
+            .queue_full
+            .add(summary.queue_full_disconnects - last.queue_full_disconnects);
+        if let Some(histogram) = &metrics.rtt {
+            for rtt in &summary.rtts {
+                histogram.observe_duration(*rtt);
+            }
+        }
+        for &(reason, total) in &summary.drops {
+            let before = last
+                .drops
+                .iter()
+                .find(|(r, _)| *r == reason)
+                .map_or(0, |(_, n)| *n);
+            let label = format!("{reason:?}");
+            if let Ok(counter) = registry.registry().counter_with_labels(
+                "net_dropped_datagrams_total",
+                "Datagrams the connection layer ignored, by reason.",
+                &[("reason", &label)],
+            ) {
+                counter.add(total - before);
+            }
+        }
+        metrics.last_summary = (version, summary);
+    }
     let now = net.0.stats().snapshot();
     let last = metrics.last;
     metrics.connected.set(clients.len() as f64);

@@ -11,4 +11,5 @@ mod server;
 pub use client::{ClientEndpoint, ClientEndpointEvent, ClientSendError};
 pub use server::{
     EndpointEvent, EndpointSendError, ServerEndpoint, ServerEndpointConfig, ServerEndpointStats,
+    TransportTotals,
 };

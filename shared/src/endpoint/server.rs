@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -81,6 +81,28 @@ pub enum EndpointSendError {
     Transport(#[from] SendError),
 }
 
+/// Transport counters summed over every connection, past and present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportTotals {
+    /// Reliable messages (or fragments) sent again.
+    pub resent: u64,
+    /// Packets judged lost.
+    pub packets_lost: u64,
+    /// Received packets that did not parse.
+    pub malformed_packets: u64,
+    /// Unreliable messages shed before sending.
+    pub unreliable_dropped: u64,
+}
+
+impl TransportTotals {
+    fn add(&mut self, stats: &ConnectionStats) {
+        self.resent += stats.resent;
+        self.packets_lost += stats.packets_lost;
+        self.malformed_packets += stats.malformed_packets;
+        self.unreliable_dropped += stats.unreliable_dropped;
+    }
+}
+
 /// Endpoint-wide counters (the secure layer's own are in [`netcode::ServerStats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerEndpointStats {
@@ -131,6 +153,7 @@ pub struct ServerEndpoint {
     total_buffered: usize,
     max_total_buffered: usize,
     stats: ServerEndpointStats,
+    retired: TransportTotals,
 }
 
 impl ServerEndpoint {
@@ -153,6 +176,7 @@ impl ServerEndpoint {
             total_buffered: 0,
             max_total_buffered: config.max_total_receive_buffer,
             stats: ServerEndpointStats::default(),
+            retired: TransportTotals::default(),
         })
     }
 
@@ -178,6 +202,20 @@ impl ServerEndpoint {
     /// The transport connection of `client`, for its stats.
     pub fn connection_stats(&self, client: ClientIndex) -> Option<ConnectionStats> {
         self.peer(client).map(|p| p.conn.stats())
+    }
+
+    /// Transport counters over all connections ever served, and the
+    /// smoothed RTT of every connected client appended to `rtts`. O(clients).
+    pub fn transport_totals(&self, rtts: &mut Vec<Duration>) -> TransportTotals {
+        let mut totals = self.retired;
+        for peer in self.peers.iter().flatten() {
+            let stats = peer.conn.stats();
+            totals.add(&stats);
+            if peer.ended.is_none() && stats.rtt > Duration::ZERO {
+                rtts.push(stats.rtt);
+            }
+        }
+        totals
     }
 
     /// Receive memory held by all clients together.
@@ -473,6 +511,7 @@ impl ServerEndpoint {
     fn remove_peer(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
         let peer = self.peers.get_mut(index)?.take()?;
         self.total_buffered -= peer.buffered;
+        self.retired.add(&peer.conn.stats());
         // Idempotent if the secure layer already dropped the client.
         let _ = self.netcode.disconnect(peer.client);
         Some(EndpointEvent::Disconnected {

@@ -7,7 +7,8 @@ mod server;
 
 pub use client::ClientSocket;
 pub use server::{
-    ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, ServerIo, ServerIoConfig, SpawnError,
+    ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo, ServerIoConfig,
+    SpawnError,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

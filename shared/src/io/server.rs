@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,12 +14,13 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
-use crate::endpoint::{EndpointEvent, ServerEndpoint};
-use crate::netcode::{ClientIndex, MAX_PACKET_BYTES};
+use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
+use crate::netcode::{ClientIndex, DropReason, MAX_PACKET_BYTES};
 use crate::transport::{ChannelId, DisconnectReason};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A connected client as the game sees it: the secure layer's slot plus a
 /// generation, so a slot reused by a new client never receives what was
@@ -135,6 +136,21 @@ pub struct IoStats {
     flooding_disconnects: AtomicU64,
     connected: AtomicU64,
     loop_wakeups: AtomicU64,
+    summary: Mutex<NetSummary>,
+    summary_version: AtomicU64,
+}
+
+/// What the `net-io` thread publishes once a second about all connections.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetSummary {
+    /// Transport counters over every connection served.
+    pub transport: TransportTotals,
+    /// Smoothed RTT of each connected client.
+    pub rtts: Vec<Duration>,
+    /// Datagrams the secure layer ignored, by reason (cumulative).
+    pub drops: Vec<(DropReason, u64)>,
+    /// Clients disconnected because their reliable send queue was full.
+    pub queue_full_disconnects: u64,
 }
 
 /// A copy of [`IoStats`] at one moment.
@@ -161,6 +177,13 @@ pub struct IoStatsSnapshot {
 }
 
 impl IoStats {
+    /// The latest once-a-second summary and its version (which increases
+    /// with every publication).
+    pub fn summary(&self) -> (u64, NetSummary) {
+        let summary = self.summary.lock().map(|s| s.clone()).unwrap_or_default();
+        (self.summary_version.load(Ordering::Acquire), summary)
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> IoStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -216,8 +239,20 @@ impl ServerIo {
         endpoint: ServerEndpoint,
         config: ServerIoConfig,
     ) -> Result<Self, SpawnError> {
-        let mut socket =
-            UdpSocket::bind(bind).map_err(|source| SpawnError::Bind { addr: bind, source })?;
+        let socket = std::net::UdpSocket::bind(bind)
+            .map_err(|source| SpawnError::Bind { addr: bind, source })?;
+        Self::spawn_on(socket, endpoint, config)
+    }
+
+    /// Like [`spawn`](Self::spawn) on a socket bound already (e.g. to learn
+    /// the port the OS picked before configuring the endpoint).
+    pub fn spawn_on(
+        socket: std::net::UdpSocket,
+        endpoint: ServerEndpoint,
+        config: ServerIoConfig,
+    ) -> Result<Self, SpawnError> {
+        socket.set_nonblocking(true)?;
+        let mut socket = UdpSocket::from_std(socket);
         let local_addr = socket.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -237,6 +272,7 @@ impl ServerIo {
             rates: Vec::new(),
             backlog: VecDeque::new(),
             shutting_down: None,
+            next_summary: None,
             buf: vec![0; MAX_PACKET_BYTES],
         };
         let thread = std::thread::Builder::new()
@@ -328,6 +364,7 @@ struct IoLoop {
     rates: Vec<Rate>,
     backlog: VecDeque<NetEvent>,
     shutting_down: Option<Instant>,
+    next_summary: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -365,6 +402,7 @@ impl IoLoop {
                 self.endpoint.handle_timeout(now);
             }
             self.flush(now);
+            self.publish_summary(now);
             if let Some(deadline) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
@@ -372,6 +410,26 @@ impl IoLoop {
                 return;
             }
         }
+    }
+
+    /// Once a second: totals, RTTs and drop reasons for the metrics.
+    fn publish_summary(&mut self, now: Instant) {
+        if self.next_summary.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_summary = Some(now + SUMMARY_INTERVAL);
+        let mut rtts = Vec::new();
+        let transport = self.endpoint.transport_totals(&mut rtts);
+        let summary = NetSummary {
+            transport,
+            rtts,
+            drops: self.endpoint.netcode().stats().dropped.iter().collect(),
+            queue_full_disconnects: self.endpoint.stats().queue_full_disconnects,
+        };
+        if let Ok(mut slot) = self.stats.summary.lock() {
+            *slot = summary;
+        }
+        self.stats.summary_version.fetch_add(1, Ordering::Release);
     }
 
     fn read_socket(&mut self, now: Instant) {
