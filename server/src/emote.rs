@@ -40,3 +40,46 @@ fn relay_emotes(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bevy_ecs::message::Messages;
+    use shared::io::ClientId;
+    use shared::netcode::ClientIndex;
+
+    use super::*;
+    use crate::net::{Clients, Outbox};
+
+    fn client(account: u64) -> ClientId {
+        ClientId {
+            slot: ClientIndex::from_slot(0),
+            account,
+        }
+    }
+
+    #[test]
+    fn emotes_reach_everyone_else_and_unknown_ones_are_ignored() {
+        let mut app = App::new();
+        app.init_resource::<Clients>()
+            .init_resource::<Outbox>()
+            .add_plugins(EmotePlugin);
+        app.world_mut().write_message(FromClient {
+            client: client(7),
+            message: EmoteRequest { emote: 3 },
+        });
+        app.world_mut().write_message(FromClient {
+            client: client(8),
+            message: EmoteRequest { emote: EMOTE_COUNT },
+        });
+        app.world_mut().run_schedule(FixedUpdate);
+        let sent = app.world().resource::<Messages<ToClient<Emote>>>();
+        let sent: Vec<_> = sent.iter_current_update_messages().cloned().collect();
+        assert_eq!(
+            sent,
+            vec![ToClient {
+                to: Recipients::AllExcept(client(7)),
+                message: Emote { from: 7, emote: 3 },
+            }]
+        );
+    }
+}

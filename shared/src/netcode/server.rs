@@ -95,6 +95,12 @@ pub enum ConfigError {
 pub struct ClientIndex(u32);
 
 impl ClientIndex {
+    /// The index of slot `slot` (lookups with a slot that holds no client
+    /// simply find nothing).
+    pub const fn from_slot(slot: u32) -> Self {
+        Self(slot)
+    }
+
     /// The slot number, in `0..max_clients`.
     pub fn get(self) -> usize {
         self.0 as usize
