@@ -266,3 +266,42 @@ fn json_logs_are_one_object_per_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn token_prints_a_base64_connect_token_for_the_given_server() {
+    let dir = scratch_dir("token");
+    let output = server(&dir)
+        .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
+        .args(["--server", "[::1]:7778", "--expires", "120"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token = shared::netcode::ConnectToken::from_base64(text.trim()).unwrap();
+    assert_eq!(token.protocol_id, shared::protocol::PROTOCOL_ID);
+    assert_eq!(
+        token.server_addresses,
+        vec![
+            "127.0.0.1:7777".parse().unwrap(),
+            "[::1]:7778".parse().unwrap()
+        ]
+    );
+    assert_eq!(token.expire_timestamp - token.create_timestamp, 120);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("development key"), "{stderr}");
+}
+
+#[test]
+fn a_production_key_file_holding_the_dev_key_is_refused() {
+    let dir = scratch_dir("devkey");
+    std::fs::write(dir.join("server.key"), include_str!("../../assets/dev.key")).unwrap();
+    let output = server(&dir)
+        .args(["--key-file", "server.key", "--bind", "127.0.0.1:0"])
+        .args(["--metrics-bind", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("public development key"), "{stderr}");
+}
