@@ -209,3 +209,56 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
     assert!(status.success(), "exit status {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_sending_malformed_messages_is_disconnected_for_protocol_violation() {
+    let game = free_udp_port();
+    let dir = std::env::temp_dir().join(format!("server-e2e-strikes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new(SERVER)
+        .current_dir(&dir)
+        .args(["--bind", &game.to_string(), "--metrics-bind", "127.0.0.1:0"])
+        .args(["--shutdown-grace-ms", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let start = Instant::now();
+    let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
+    endpoint
+        .connect(&dev_token(game, 77), start, unix_secs())
+        .unwrap();
+    let mut socket = ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap();
+    let mut sent_garbage = false;
+    let mut ended = None;
+    while Instant::now() < start + Duration::from_secs(15) && ended.is_none() {
+        let now = Instant::now();
+        let _ = socket.pump(now);
+        while let Some(event) = socket.endpoint.poll_event() {
+            match event {
+                ClientEndpointEvent::Message { payload, .. }
+                    if protocol::message_id(payload) == Some(Welcome::ID) && !sent_garbage =>
+                {
+                    sent_garbage = true;
+                }
+                ClientEndpointEvent::Disconnected { reason } => ended = Some(reason),
+                _ => {}
+            }
+        }
+        if sent_garbage {
+            // An emote request on the chat channel, then bytes that are no message at all.
+            let misplaced = protocol::encode(&EmoteRequest { emote: 1 }).unwrap();
+            let _ = socket.endpoint.send(channels::CHAT, misplaced);
+            let _ = socket.endpoint.send(
+                channels::CHAT,
+                bytes::Bytes::from_static(&[0xFF, 0xFF, 1, 2, 3]),
+            );
+            socket.flush(now);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ended, Some(DisconnectReason::ProtocolViolation));
+    let _ = std::fs::remove_dir_all(&dir);
+}
