@@ -3,6 +3,11 @@
 //! ChaCha20-Poly1305 verify + decrypt in place) through the server's public
 //! `handle_datagram`. Results and the command are in BENCHMARKS.md.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -3,6 +3,11 @@
 //!
 //! Run: `cargo bench -p shared --bench transport`
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

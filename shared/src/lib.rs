@@ -3,6 +3,14 @@
 //! I/O thread, and the seeded link simulator used by tests and by the bot
 //! client's link conditioner.
 
+#![cfg_attr(
+    test,
+    expect(
+        clippy::disallowed_methods,
+        reason = "unit tests anchor their virtual clocks at a real Instant"
+    )
+)]
+
 pub mod endpoint;
 pub mod io;
 pub mod keys;

@@ -2,6 +2,10 @@
 //! cycle reuse their buffers. A counting global allocator proves it.
 
 #![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+#![expect(
     unsafe_code,
     reason = "a counting GlobalAlloc must implement an unsafe trait"
 )]

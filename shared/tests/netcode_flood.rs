@@ -5,6 +5,11 @@
 //! for the flood beyond its fixed-size rate-limit table. Bounded: the flood
 //! stops after 50,000 datagrams and every loop has a hard deadline.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;

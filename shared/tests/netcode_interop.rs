@@ -5,6 +5,11 @@
 //! so keep-alives are exercised too. Each test stops by itself within a few
 //! seconds.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -4,6 +4,11 @@
 //! push its receive memory past its bound (`max_receive_buffer` plus one
 //! waited-for message per reliable channel).
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 use std::time::{Duration, Instant};
 
 use shared::sim::{LinkConfig, LinkSimulator};

@@ -1,6 +1,11 @@
 //! The whole stack over real loopback UDP: the server's net-io thread and
 //! clients on their own sockets, with tokens, encryption and reliability.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

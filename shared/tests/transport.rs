@@ -1,6 +1,11 @@
 //! Delivery guarantees of the transport, on seeded simulated links and
 //! virtual time. Every scenario is deterministic: a failure replays from its seed.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests anchor virtual time at a real Instant and use real sockets"
+)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -2,6 +2,11 @@
 //! stack. [`ServerIo`] runs a server endpoint on its own `net-io` thread and
 //! talks to the game over bounded crossbeam channels.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the I/O edge is where sockets are opened and clocks are read"
+)]
+
 mod client;
 mod server;
 
