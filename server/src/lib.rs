@@ -13,13 +13,19 @@
 //!
 //! | [`net`] | the `net-io` thread bridged into the ECS, typed messages |
 //! | [`emote`] | the example gameplay plugin (see "Make it your game") |
+//! | [`chat`] | chat scopes, validation, rate limits, sequence numbers |
+//! | [`inventory`] | items, trades, the world spawner; atomic and persisted |
+//! | [`persistence`] | the storage trait, SQLite, the writer thread, the audit |
 
+pub mod chat;
 pub mod config;
 pub mod console;
 pub mod emote;
+pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod persistence;
 pub mod players;
 pub mod shutdown;
 pub mod tick;
@@ -73,7 +79,12 @@ pub struct GamePlugins;
 
 impl Plugin for GamePlugins {
     fn build(&self, app: &mut App) {
-        app.add_plugins((net::NetPlugin, emote::EmotePlugin));
+        app.add_plugins((
+            net::NetPlugin,
+            emote::EmotePlugin,
+            chat::ChatPlugin::default(),
+            inventory::InventoryPlugin,
+        ));
     }
 }
 
