@@ -62,6 +62,22 @@ pub enum Command {
     Run(RunArgs),
     /// Mint a connect token (base64) for one player, as a login backend would.
     Token(TokenArgs),
+    /// Check the stored data: SQLite integrity and the item ledger. Prints
+    /// JSON; exits non-zero when either check fails.
+    Audit(AuditArgs),
+}
+
+/// Flags of `server audit`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct AuditArgs {
+    /// The data directory to check (the server's `--data-dir`).
+    #[arg(
+        long,
+        env = "GAMESERVER_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
+    pub data_dir: PathBuf,
 }
 
 /// Flags of `server token`.

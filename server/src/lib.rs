@@ -111,6 +111,9 @@ pub enum StartupError {
     /// The game socket could not be opened.
     #[error(transparent)]
     Net(#[from] shared::io::SpawnError),
+    /// The inventory (catalogue, storage, writer thread) could not start.
+    #[error("inventory: {0}")]
+    Inventory(#[from] inventory::InventoryStartError),
     /// The connection layer rejected its configuration.
     #[error("invalid network configuration: {0}")]
     NetConfig(#[from] shared::netcode::ConfigError),
@@ -189,6 +192,14 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
 
     let switch = ShutdownSwitch::default();
     shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
+    let inventory = inventory::InventoryService::open(
+        &config.data_dir,
+        std::sync::Arc::new(
+            inventory::Catalogue::embedded().map_err(inventory::InventoryStartError::from)?,
+        ),
+        inventory::CoreConfig::default(),
+    )?;
+    tracing::info!(data_dir = %config.data_dir.display(), "inventory storage open");
     let network = start_network(config)?;
 
     let mut app = App::new();
@@ -196,6 +207,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         .insert_resource(endpoint)
         .insert_resource(switch)
         .insert_resource(network)
+        .insert_resource(inventory)
         .add_plugins(ServerPlugin {
             config: config.clone(),
             stdin_console: true,

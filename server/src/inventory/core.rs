@@ -417,10 +417,26 @@ impl InventoryCore {
                         applied.remove(request_id);
                     }
                 }
+                let fresh: HashSet<(u64, u64)> = building
+                    .applied
+                    .iter()
+                    .map(|&(account, request_id, _)| (account, request_id))
+                    .collect();
                 building
                     .outputs
                     .into_iter()
                     .filter_map(|o| match o {
+                        // A repeated id answered from memory keeps its
+                        // original (committed) answer.
+                        Output::Reply {
+                            account,
+                            reply,
+                            tag,
+                        } if !fresh.contains(&(account, reply.request_id)) => Some(Output::Reply {
+                            account,
+                            reply,
+                            tag,
+                        }),
                         Output::Reply {
                             account,
                             reply,
