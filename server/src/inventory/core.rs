@@ -41,7 +41,7 @@ pub struct CoreConfig {
     /// Most items lying in the world (default 256): the spawner stops
     /// there and drops are refused with [`InventoryError::WorldFull`].
     pub max_world_items: usize,
-    /// The spawner mints one stack every this many ticks (default 30).
+    /// The spawner mints one stack every this many ticks (default 10).
     pub spawn_every_ticks: u64,
     /// The spawner fills the world up to this many items (default 64).
     pub spawner_target: usize,
@@ -60,7 +60,7 @@ impl Default for CoreConfig {
         Self {
             slots: 24,
             max_world_items: 256,
-            spawn_every_ticks: 30,
+            spawn_every_ticks: 10,
             spawner_target: 64,
             world_extent: 100.0,
             pickup_radius: 5.0,
