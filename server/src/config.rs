@@ -411,6 +411,16 @@ mod tests {
         match Cli::try_parse_from(argv).unwrap().into_command() {
             Command::Run(args) => args,
             Command::Token(_) => panic!("expected run, got token"),
+            Command::Audit(_) => panic!("expected run, got audit"),
+        }
+    }
+
+    #[test]
+    fn audit_takes_a_data_dir() {
+        let cli = Cli::try_parse_from(["server", "audit", "--data-dir", "/srv/game"]).unwrap();
+        match cli.into_command() {
+            Command::Audit(args) => assert_eq!(args.data_dir, PathBuf::from("/srv/game")),
+            other => panic!("expected audit, got {other:?}"),
         }
     }
 

@@ -250,8 +250,7 @@ fn killing_the_server_never_loses_acknowledged_items_or_unbalances_the_ledger() 
             {
                 break;
             }
-            for i in 0..players.len() {
-                let p = &mut players[i];
+            for p in &mut players {
                 let socket = p.socket.as_mut().unwrap();
                 let _ = socket.pump(now);
                 let mut events = Vec::new();

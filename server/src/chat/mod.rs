@@ -55,6 +55,11 @@ pub struct ChatConfig {
     pub kick_after_mutes: u32,
     /// The tick rate, to turn seconds into ticks (default: the server's).
     pub tick_hz: u32,
+    /// Send "X joined" / "X left" system lines to everyone (default
+    /// false: clients that do not expect chat traffic, such as the
+    /// end-to-end test's, would see unexpected messages; turn it on for a
+    /// game).
+    pub announce_sessions: bool,
 }
 
 impl Default for ChatConfig {
@@ -68,6 +73,7 @@ impl Default for ChatConfig {
             mute_secs: 30,
             kick_after_mutes: 2,
             tick_hz: 30,
+            announce_sessions: false,
         }
     }
 }

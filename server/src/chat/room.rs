@@ -139,8 +139,9 @@ impl ChatRoom {
         }
     }
 
-    /// A member joins (its session is established); everyone, the newcomer
-    /// included, gets a system line.
+    /// A member joins (its session is established); with
+    /// [`ChatConfig::announce_sessions`], everyone, the newcomer included,
+    /// gets a system line.
     pub fn join(&mut self, account: u64, name: String, out: &mut Vec<ChatOutput>) {
         let text = format!("{name} joined");
         self.members.insert(
@@ -155,12 +156,17 @@ impl ChatRoom {
                 kicked: false,
             },
         );
-        self.system(&text, out);
+        if self.config.announce_sessions {
+            self.system(&text, out);
+        }
     }
 
-    /// A member leaves; the others get a system line.
+    /// A member leaves; with [`ChatConfig::announce_sessions`], the others
+    /// get a system line.
     pub fn leave(&mut self, account: u64, out: &mut Vec<ChatOutput>) {
-        if let Some(member) = self.members.remove(&account) {
+        if let Some(member) = self.members.remove(&account)
+            && self.config.announce_sessions
+        {
             self.system(&format!("{} left", member.name), out);
         }
     }

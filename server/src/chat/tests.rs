@@ -102,9 +102,16 @@ fn global_reaches_everyone_and_nearby_only_those_within_the_radius() {
     assert!(lines_for(&out, 4).is_empty());
 }
 
+fn announcing() -> ChatConfig {
+    ChatConfig {
+        announce_sessions: true,
+        ..ChatConfig::default()
+    }
+}
+
 #[test]
 fn sequence_numbers_count_every_line_per_recipient_without_gaps() {
-    let mut room = room_with(&[1], ChatConfig::default());
+    let mut room = room_with(&[1], announcing());
     let mut out = Vec::new();
     room.join(2, "player-2".into(), &mut out);
     room.say(1, &ChatScope::Global, "a", nowhere, &mut out);
@@ -196,7 +203,7 @@ fn nothing_is_accepted_outside_a_session() {
 
 #[test]
 fn joins_leaves_and_admin_lines_are_system_lines() {
-    let mut room = room_with(&[1], ChatConfig::default());
+    let mut room = room_with(&[1], announcing());
     let mut out = Vec::new();
     room.join(2, "player-2".into(), &mut out);
     room.system("restart at noon", &mut out);
@@ -213,6 +220,15 @@ fn joins_leaves_and_admin_lines_are_system_lines() {
             (ChatKind::System, SYSTEM_NAME, "player-2 left"),
         ]
     );
+}
+
+#[test]
+fn sessions_are_not_announced_by_default() {
+    let mut room = room_with(&[1], ChatConfig::default());
+    let mut out = Vec::new();
+    room.join(2, "player-2".into(), &mut out);
+    room.leave(2, &mut out);
+    assert!(out.is_empty());
 }
 
 #[test]

@@ -266,6 +266,10 @@ fn send(
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one system feeds every input of the core, in order"
+)]
 fn run(
     mut service: ResMut<InventoryService>,
     mut connected: MessageReader<ClientConnected>,

@@ -79,13 +79,15 @@ impl StoreWriter {
     ///
     /// # Errors
     /// Gives the batch back when the queue is full or the thread is gone.
-    pub fn submit(&self, tag: u64, batch: BatchWrites) -> Result<(), BatchWrites> {
+    pub fn submit(&self, tag: u64, batch: BatchWrites) -> Result<(), Box<BatchWrites>> {
         let Some(jobs) = &self.jobs else {
-            return Err(batch);
+            return Err(Box::new(batch));
         };
         match jobs.try_send((tag, Instant::now(), batch)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full((_, _, b)) | TrySendError::Disconnected((_, _, b))) => Err(b),
+            Err(TrySendError::Full((_, _, b)) | TrySendError::Disconnected((_, _, b))) => {
+                Err(Box::new(b))
+            }
         }
     }
 
