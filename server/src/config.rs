@@ -62,6 +62,22 @@ pub enum Command {
     Run(RunArgs),
     /// Mint a connect token (base64) for one player, as a login backend would.
     Token(TokenArgs),
+    /// Check the stored data: SQLite integrity and the item ledger. Prints
+    /// JSON; exits non-zero when either check fails.
+    Audit(AuditArgs),
+}
+
+/// Flags of `server audit`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct AuditArgs {
+    /// The data directory to check (the server's `--data-dir`).
+    #[arg(
+        long,
+        env = "GAMESERVER_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
+    pub data_dir: PathBuf,
 }
 
 /// Flags of `server token`.
@@ -395,6 +411,16 @@ mod tests {
         match Cli::try_parse_from(argv).unwrap().into_command() {
             Command::Run(args) => args,
             Command::Token(_) => panic!("expected run, got token"),
+            Command::Audit(_) => panic!("expected run, got audit"),
+        }
+    }
+
+    #[test]
+    fn audit_takes_a_data_dir() {
+        let cli = Cli::try_parse_from(["server", "audit", "--data-dir", "/srv/game"]).unwrap();
+        match cli.into_command() {
+            Command::Audit(args) => assert_eq!(args.data_dir, PathBuf::from("/srv/game")),
+            other => panic!("expected audit, got {other:?}"),
         }
     }
 

@@ -13,13 +13,19 @@
 //!
 //! | [`net`] | the `net-io` thread bridged into the ECS, typed messages |
 //! | [`emote`] | the example gameplay plugin (see "Make it your game") |
+//! | [`chat`] | chat scopes, validation, rate limits, sequence numbers |
+//! | [`inventory`] | items, trades, the world spawner; atomic and persisted |
+//! | [`persistence`] | the storage trait, SQLite, the writer thread, the audit |
 
+pub mod chat;
 pub mod config;
 pub mod console;
 pub mod emote;
+pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod persistence;
 pub mod players;
 pub mod shutdown;
 pub mod tick;
@@ -73,7 +79,12 @@ pub struct GamePlugins;
 
 impl Plugin for GamePlugins {
     fn build(&self, app: &mut App) {
-        app.add_plugins((net::NetPlugin, emote::EmotePlugin));
+        app.add_plugins((
+            net::NetPlugin,
+            emote::EmotePlugin,
+            chat::ChatPlugin::default(),
+            inventory::InventoryPlugin,
+        ));
     }
 }
 
@@ -100,6 +111,9 @@ pub enum StartupError {
     /// The game socket could not be opened.
     #[error(transparent)]
     Net(#[from] shared::io::SpawnError),
+    /// The inventory (catalogue, storage, writer thread) could not start.
+    #[error("inventory: {0}")]
+    Inventory(#[from] inventory::InventoryStartError),
     /// The connection layer rejected its configuration.
     #[error("invalid network configuration: {0}")]
     NetConfig(#[from] shared::netcode::ConfigError),
@@ -190,6 +204,14 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
 
     let switch = ShutdownSwitch::default();
     shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
+    let inventory = inventory::InventoryService::open(
+        &config.data_dir,
+        std::sync::Arc::new(
+            inventory::Catalogue::embedded().map_err(inventory::InventoryStartError::from)?,
+        ),
+        inventory::CoreConfig::default(),
+    )?;
+    tracing::info!(data_dir = %config.data_dir.display(), "inventory storage open");
     let network = start_network(config)?;
 
     let mut app = App::new();
@@ -197,6 +219,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         .insert_resource(endpoint)
         .insert_resource(switch)
         .insert_resource(network)
+        .insert_resource(inventory)
         .add_plugins(ServerPlugin {
             config: config.clone(),
             stdin_console: true,

@@ -5,13 +5,47 @@ use std::process::ExitCode;
 
 use bevy_app::AppExit;
 use clap::Parser;
-use server::config::{Cli, Command, RunArgs, ServerConfig, TokenArgs};
+use server::config::{AuditArgs, Cli, Command, RunArgs, ServerConfig, TokenArgs};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
     match Cli::parse().into_command() {
         Command::Run(args) => run(&args),
         Command::Token(args) => token(&args),
+        Command::Audit(args) => audit(&args),
+    }
+}
+
+/// `server audit`: JSON on stdout; exit 0 when the store is intact and
+/// balanced, 1 when a check fails, 2 when the store cannot be read.
+fn audit(args: &AuditArgs) -> ExitCode {
+    if !args.data_dir.join(server::persistence::DB_FILE).is_file() {
+        eprintln!(
+            "error: no {} in {}",
+            server::persistence::DB_FILE,
+            args.data_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    match server::persistence::audit(&args.data_dir) {
+        Ok(report) => {
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => println!("{json}"),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            }
+            if report.integrity_ok && report.balanced {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`messages`] | 1xx session, 5xx events | `CONTROL`, `EVENTS` |
 //! | [`chat`] | 2xx | `CHAT` |
-//! | `inventory` | 3xx | `INVENTORY` |
+//! | [`inventory`] | 3xx | `INVENTORY` |
 //! | [`movement`] | 4xx | `MOVEMENT`, `SNAPSHOT` |
 //!
 //! Every message travels as `id: u16 (little endian)` followed by its
@@ -16,6 +16,7 @@
 pub mod channels;
 pub mod chat;
 mod codec;
+pub mod inventory;
 pub mod messages;
 pub mod movement;
 

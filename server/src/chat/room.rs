@@ -1,0 +1,343 @@
+//! The chat room: validation, rate limits, offences and routing, as plain
+//! Rust keyed by account id. The ECS systems in the parent module only
+//! translate between it and the network.
+
+use std::collections::HashMap;
+
+use glam::Vec2;
+use shared::protocol::chat::{ChatKind, ChatLine, ChatRejectReason, ChatRejected, ChatScope};
+
+use super::ChatConfig;
+
+/// The display name of system lines.
+pub const SYSTEM_NAME: &str = "server";
+
+/// What the room wants sent or done after an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatOutput {
+    /// Deliver a line to one member (its `seq` is already assigned).
+    Line {
+        /// The recipient's account.
+        to: u64,
+        /// The line.
+        line: ChatLine,
+    },
+    /// Tell a member their message was refused.
+    Rejected {
+        /// The sender's account.
+        to: u64,
+        /// Why.
+        rejected: ChatRejected,
+    },
+    /// Disconnect a member for repeated offences.
+    Kick {
+        /// The offender's account.
+        account: u64,
+    },
+}
+
+/// Strips control characters, trims, and checks emptiness and the length
+/// limit (in characters, after cleaning).
+///
+/// # Errors
+/// [`ChatRejectReason::Empty`] or [`ChatRejectReason::TooLong`].
+pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReason> {
+    let cleaned: String = text.chars().filter(|c| !c.is_control()).collect();
+    let trimmed = cleaned.trim();
+    if trimmed.is_empty() {
+        return Err(ChatRejectReason::Empty);
+    }
+    if trimmed.chars().count() > max_chars {
+        return Err(ChatRejectReason::TooLong);
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Millionths of a token: the bucket counts in integers so that refills
+/// add up exactly (ten refills of 0.1 make one token).
+const MICRO: u64 = 1_000_000;
+
+/// A token bucket: `burst` tokens, refilled a fixed amount each tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TokenBucket {
+    micro_tokens: u64,
+}
+
+impl TokenBucket {
+    fn full(burst: u32) -> Self {
+        Self {
+            micro_tokens: u64::from(burst) * MICRO,
+        }
+    }
+
+    fn refill(&mut self, micro_per_tick: u64, burst: u32) {
+        self.micro_tokens = (self.micro_tokens + micro_per_tick).min(u64::from(burst) * MICRO);
+    }
+
+    fn try_take(&mut self) -> bool {
+        if self.micro_tokens >= MICRO {
+            self.micro_tokens -= MICRO;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    bucket: TokenBucket,
+    /// Offences since the last mute (or since joining).
+    offences: u32,
+    /// Muted until this tick (exclusive).
+    muted_until: u64,
+    /// Mutes so far on this connection.
+    mutes: u32,
+    /// The last sequence number sent to this member.
+    last_seq: u64,
+    kicked: bool,
+}
+
+/// The chat state of every member in session.
+#[derive(Debug, Clone)]
+pub struct ChatRoom {
+    config: ChatConfig,
+    tick: u64,
+    members: HashMap<u64, Member>,
+}
+
+impl ChatRoom {
+    /// An empty room.
+    pub fn new(config: ChatConfig) -> Self {
+        Self {
+            config,
+            tick: 0,
+            members: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Whether `account` is in session (joined and not left).
+    pub fn is_member(&self, account: u64) -> bool {
+        self.members.contains_key(&account)
+    }
+
+    /// Advances time by one tick: refills every bucket.
+    pub fn tick(&mut self) {
+        self.tick += 1;
+        let per_tick = (self.config.rate_per_sec.max(0.0) * MICRO as f64
+            / f64::from(self.config.tick_hz.max(1)))
+        .round() as u64;
+        let burst = self.config.burst;
+        for member in self.members.values_mut() {
+            member.bucket.refill(per_tick, burst);
+        }
+    }
+
+    /// A member joins (its session is established); with
+    /// [`ChatConfig::announce_sessions`], everyone, the newcomer included,
+    /// gets a system line.
+    pub fn join(&mut self, account: u64, name: String, out: &mut Vec<ChatOutput>) {
+        let text = format!("{name} joined");
+        self.members.insert(
+            account,
+            Member {
+                name,
+                bucket: TokenBucket::full(self.config.burst),
+                offences: 0,
+                muted_until: 0,
+                mutes: 0,
+                last_seq: 0,
+                kicked: false,
+            },
+        );
+        if self.config.announce_sessions {
+            self.system(&text, out);
+        }
+    }
+
+    /// A member leaves; with [`ChatConfig::announce_sessions`], the others
+    /// get a system line.
+    pub fn leave(&mut self, account: u64, out: &mut Vec<ChatOutput>) {
+        if let Some(member) = self.members.remove(&account)
+            && self.config.announce_sessions
+        {
+            self.system(&format!("{} left", member.name), out);
+        }
+    }
+
+    /// A system line to every member.
+    pub fn system(&mut self, text: &str, out: &mut Vec<ChatOutput>) {
+        let mut recipients: Vec<u64> = self.members.keys().copied().collect();
+        recipients.sort_unstable();
+        for to in recipients {
+            self.deliver(to, None, SYSTEM_NAME, ChatKind::System, text, out);
+        }
+    }
+
+    /// A member says something. `position` gives a member's position, if
+    /// it has one, for the nearby scope. A message from a non-member (no
+    /// session yet, or already left) is ignored: returns false.
+    pub fn say(
+        &mut self,
+        from: u64,
+        scope: &ChatScope,
+        text: &str,
+        position: impl Fn(u64) -> Option<Vec2>,
+        out: &mut Vec<ChatOutput>,
+    ) -> bool {
+        let tick = self.tick;
+        let config = self.config.clone();
+        let Some(member) = self.members.get_mut(&from) else {
+            return false;
+        };
+        if member.kicked {
+            return true;
+        }
+        if tick < member.muted_until {
+            Self::offence(member, from, tick, &config, ChatRejectReason::Muted, out);
+            return true;
+        }
+        let text = match clean_text(text, config.max_chars) {
+            Ok(text) => text,
+            Err(reason) => {
+                out.push(reject(from, reason, &config));
+                return true;
+            }
+        };
+        if !member.bucket.try_take() {
+            Self::offence(
+                member,
+                from,
+                tick,
+                &config,
+                ChatRejectReason::RateLimited,
+                out,
+            );
+            return true;
+        }
+        let name = member.name.clone();
+        let (kind, mut recipients) = match scope {
+            ChatScope::Global => (ChatKind::Global, self.members.keys().copied().collect()),
+            ChatScope::Nearby => {
+                let radius2 = config.nearby_radius * config.nearby_radius;
+                let recipients = match position(from) {
+                    Some(origin) => self
+                        .members
+                        .keys()
+                        .copied()
+                        .filter(|&m| {
+                            m == from
+                                || position(m)
+                                    .is_some_and(|p| p.distance_squared(origin) <= radius2)
+                        })
+                        .collect(),
+                    None => vec![from],
+                };
+                (ChatKind::Nearby, recipients)
+            }
+            ChatScope::WhisperId(to) => match self.members.contains_key(to) {
+                true => (ChatKind::Whisper, vec![from, *to]),
+                false => {
+                    out.push(reject(from, ChatRejectReason::UnknownRecipient, &config));
+                    return true;
+                }
+            },
+            ChatScope::WhisperName(to) => match self.members.iter().find(|(_, m)| m.name == *to) {
+                Some((&to, _)) => (ChatKind::Whisper, vec![from, to]),
+                None => {
+                    out.push(reject(from, ChatRejectReason::UnknownRecipient, &config));
+                    return true;
+                }
+            },
+        };
+        recipients.sort_unstable();
+        recipients.dedup();
+        for to in recipients {
+            self.deliver(to, Some(from), &name, kind, &text, out);
+        }
+        true
+    }
+
+    fn offence(
+        member: &mut Member,
+        account: u64,
+        tick: u64,
+        config: &ChatConfig,
+        reason: ChatRejectReason,
+        out: &mut Vec<ChatOutput>,
+    ) {
+        member.offences += 1;
+        if member.offences < config.mute_after_offences {
+            out.push(reject(account, reason, config));
+            return;
+        }
+        member.offences = 0;
+        if member.mutes >= config.kick_after_mutes {
+            member.kicked = true;
+            out.push(ChatOutput::Kick { account });
+            return;
+        }
+        member.mutes += 1;
+        member.muted_until = tick + u64::from(config.mute_secs) * u64::from(config.tick_hz);
+        out.push(ChatOutput::Rejected {
+            to: account,
+            rejected: ChatRejected {
+                reason: ChatRejectReason::Muted,
+                message: format!(
+                    "you are muted for {} s for flooding the chat; keep going and you will be kicked",
+                    config.mute_secs
+                ),
+            },
+        });
+    }
+
+    fn deliver(
+        &mut self,
+        to: u64,
+        from: Option<u64>,
+        from_name: &str,
+        kind: ChatKind,
+        text: &str,
+        out: &mut Vec<ChatOutput>,
+    ) {
+        let Some(member) = self.members.get_mut(&to) else {
+            return;
+        };
+        member.last_seq += 1;
+        out.push(ChatOutput::Line {
+            to,
+            line: ChatLine {
+                seq: member.last_seq,
+                from,
+                from_name: from_name.to_owned(),
+                kind,
+                text: text.to_owned(),
+            },
+        });
+    }
+}
+
+fn reject(to: u64, reason: ChatRejectReason, config: &ChatConfig) -> ChatOutput {
+    let message = match reason {
+        ChatRejectReason::RateLimited => format!(
+            "slow down: at most {} messages in a burst, then {} per second",
+            config.burst, config.rate_per_sec
+        ),
+        ChatRejectReason::TooLong => {
+            format!("message too long: at most {} characters", config.max_chars)
+        }
+        ChatRejectReason::Empty => "message is empty".to_owned(),
+        ChatRejectReason::Muted => "you are muted".to_owned(),
+        ChatRejectReason::UnknownRecipient => "no such player is online".to_owned(),
+    };
+    ChatOutput::Rejected {
+        to,
+        rejected: ChatRejected { reason, message },
+    }
+}

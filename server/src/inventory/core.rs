@@ -1,0 +1,1177 @@
+//! The inventory rules as plain Rust: no bevy, no threads, no clock.
+//!
+//! [`InventoryCore`] turns ordered [`Input`]s into batches of storage
+//! writes and, once a batch's commit result is known, into [`Output`]s:
+//!
+//! ```text
+//! push(Input)* ─► prepare(store) ─► Batch { writes } ─► store.commit ─► complete(result) ─► Output*
+//! ```
+//!
+//! At most one batch is in flight. Inputs pushed meanwhile wait in a
+//! bounded queue, so every batch is computed from committed state: when a
+//! commit fails, the pre-images recorded while building the batch restore
+//! memory exactly, every request of the batch is answered
+//! [`InventoryError::Storage`] and is not remembered as applied.
+//!
+//! Conservation: items enter only through the spawner (minted), leave only
+//! through use (consumed), and every other operation moves whole counts
+//! between inventories and the world, all or nothing. So per item id,
+//! held + in world = minted − consumed after every batch.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use glam::Vec2;
+use shared::protocol::inventory::{
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot,
+    InventoryUpdate, ItemId, ItemStack, MAX_LISTED_WORLD_ITEMS, MAX_SLOTS, MAX_TRADE_SLOTS,
+    REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate, WorldItem, WorldItems,
+};
+
+use super::catalogue::Catalogue;
+use crate::persistence::{
+    BatchWrites, Counters, InventoryStore, LedgerRow, StoreError, WorldState,
+};
+
+/// Tunables of the inventory rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreConfig {
+    /// Slots per inventory (default 24, at most [`MAX_SLOTS`]).
+    pub slots: usize,
+    /// Most items lying in the world (default 256): the spawner stops
+    /// there and drops are refused with [`InventoryError::WorldFull`].
+    pub max_world_items: usize,
+    /// The spawner mints one stack every this many ticks (default 10).
+    pub spawn_every_ticks: u64,
+    /// The spawner fills the world up to this many items (default 64).
+    pub spawner_target: usize,
+    /// Spawned items land in `[-extent, extent]²` metres (default 100).
+    pub world_extent: f32,
+    /// How far a player reaches to pick up, in metres (default 5); only
+    /// checked when both the player and the item have a position.
+    pub pickup_radius: f32,
+    /// Inputs waiting while a batch is in flight (default 4096); requests
+    /// beyond it are answered [`InventoryError::Busy`].
+    pub max_queued: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            slots: 24,
+            max_world_items: 256,
+            spawn_every_ticks: 10,
+            spawner_target: 64,
+            world_extent: 100.0,
+            pickup_radius: 5.0,
+            max_queued: 4096,
+        }
+    }
+}
+
+/// Ticks remembered while a batch is in flight, at most; the spawner
+/// skips the rest (about 30 s at 30 Hz).
+pub const MAX_PENDING_TICKS: u64 = 1024;
+
+/// Something that happened, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A player's session started (load its inventory).
+    Connected {
+        /// Its account.
+        account: u64,
+    },
+    /// A player's session ended (cancel its trades, unload it).
+    Disconnected {
+        /// Its account.
+        account: u64,
+    },
+    /// A request.
+    Request {
+        /// From whom.
+        account: u64,
+        /// What.
+        request: InventoryRequest,
+        /// The player's position, if it has one.
+        position: Option<Vec2>,
+        /// Opaque to the core; handed back with the reply (the caller
+        /// measures latency with it).
+        tag: u64,
+    },
+    /// One tick passed (the spawner's clock).
+    Tick,
+}
+
+/// What to send once a batch is resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The answer to a request.
+    Reply {
+        /// To whom.
+        account: u64,
+        /// The answer.
+        reply: InventoryReply,
+        /// The request's tag.
+        tag: u64,
+    },
+    /// An inventory changed without the owner asking.
+    Update {
+        /// Whose.
+        account: u64,
+        /// The new state.
+        update: InventoryUpdate,
+    },
+    /// A trade changed; for both sides.
+    Trade {
+        /// To whom.
+        account: u64,
+        /// The trade.
+        update: TradeUpdate,
+    },
+    /// World items, for a `ListWorld`.
+    World {
+        /// To whom.
+        account: u64,
+        /// The items.
+        items: WorldItems,
+    },
+}
+
+/// A batch to commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The writes, all in one transaction.
+    pub writes: BatchWrites,
+}
+
+/// Why the core could not start or load.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored state refers to an item the catalogue does not know.
+    #[error("stored data holds item id {0}, which the catalogue does not define")]
+    UnknownItem(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Side {
+    account: u64,
+    /// (slot, item at offer time, count)
+    items: Vec<(u16, ItemId, u32)>,
+    accepted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Trade {
+    initiator: Side,
+    partner: Side,
+}
+
+impl Trade {
+    fn side_mut(&mut self, account: u64) -> Option<&mut Side> {
+        if self.initiator.account == account {
+            Some(&mut self.initiator)
+        } else if self.partner.account == account {
+            Some(&mut self.partner)
+        } else {
+            None
+        }
+    }
+
+    fn involves(&self, account: u64) -> bool {
+        self.initiator.account == account || self.partner.account == account
+    }
+
+    fn update(&self, id: u64, state: TradeState) -> TradeUpdate {
+        let offer = |s: &Side| TradeOffer {
+            items: s.items.iter().map(|&(slot, _, n)| (slot, n)).collect(),
+        };
+        TradeUpdate {
+            trade: id,
+            initiator: self.initiator.account,
+            partner: self.partner.account,
+            initiator_offer: offer(&self.initiator),
+            partner_offer: offer(&self.partner),
+            state,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Applied {
+    order: VecDeque<u64>,
+    replies: HashMap<u64, InventoryReply>,
+}
+
+impl Applied {
+    fn insert(&mut self, reply: InventoryReply) {
+        if self
+            .replies
+            .insert(reply.request_id, reply.clone())
+            .is_none()
+        {
+            self.order.push_back(reply.request_id);
+        }
+        while self.order.len() > REMEMBERED_REQUESTS {
+            if let Some(old) = self.order.pop_front() {
+                self.replies.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, request_id: u64) {
+        if self.replies.remove(&request_id).is_some() {
+            self.order.retain(|&r| r != request_id);
+        }
+    }
+}
+
+/// Pre-images and effects of the batch being built.
+#[derive(Debug, Default)]
+struct Building {
+    inventories: HashMap<u64, Option<InventorySnapshot>>,
+    world: HashMap<u64, Option<WorldItem>>,
+    ledger: HashMap<ItemId, LedgerRow>,
+    counters: Option<Counters>,
+    trades: Option<(BTreeMap<u64, Trade>, u64)>,
+    /// Requests applied in this batch: (account, request id, persisted?).
+    applied: Vec<(u64, u64, bool)>,
+    outputs: Vec<Output>,
+    evict: Vec<u64>,
+}
+
+/// The inventory rules and state (see the module docs).
+#[derive(Debug)]
+pub struct InventoryCore {
+    catalogue: Arc<Catalogue>,
+    config: CoreConfig,
+    inventories: HashMap<u64, InventorySnapshot>,
+    applied: HashMap<u64, Applied>,
+    online: HashSet<u64>,
+    world: BTreeMap<u64, WorldItem>,
+    ledger: BTreeMap<ItemId, LedgerRow>,
+    counters: Counters,
+    trades: BTreeMap<u64, Trade>,
+    next_trade: u64,
+    ticks: u64,
+    pending_ticks: u64,
+    queue: VecDeque<Input>,
+    building: Option<Building>,
+    in_flight: Option<Building>,
+}
+
+fn encode_reply(reply: &InventoryReply) -> Vec<u8> {
+    shared::protocol::encode(reply)
+        .map(|b| b.to_vec())
+        .unwrap_or_default()
+}
+
+impl InventoryCore {
+    /// Loads the shared state from `store`.
+    ///
+    /// # Errors
+    /// [`CoreError`].
+    pub fn load(
+        catalogue: Arc<Catalogue>,
+        mut config: CoreConfig,
+        store: &mut dyn InventoryStore,
+    ) -> Result<Self, CoreError> {
+        config.slots = config.slots.clamp(1, MAX_SLOTS);
+        let WorldState {
+            world,
+            ledger,
+            counters,
+        } = store.load_world()?;
+        for w in &world {
+            if catalogue.get(w.stack.item).is_none() {
+                return Err(CoreError::UnknownItem(w.stack.item.0));
+            }
+        }
+        Ok(Self {
+            catalogue,
+            config,
+            inventories: HashMap::new(),
+            applied: HashMap::new(),
+            online: HashSet::new(),
+            world: world.into_iter().map(|w| (w.id, w)).collect(),
+            ledger,
+            counters,
+            trades: BTreeMap::new(),
+            next_trade: 1,
+            ticks: 0,
+            pending_ticks: 0,
+            queue: VecDeque::new(),
+            building: None,
+            in_flight: None,
+        })
+    }
+
+    /// The catalogue.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Queues an input. A request beyond [`CoreConfig::max_queued`] is
+    /// answered at once with [`InventoryError::Busy`] (returned here);
+    /// other inputs are always queued (connections are bounded by the
+    /// server's client limit, ticks by the caller).
+    pub fn push(&mut self, input: Input) -> Option<Output> {
+        if let Input::Request {
+            account,
+            request,
+            tag,
+            ..
+        } = &input
+            && self.queue.len() >= self.config.max_queued
+        {
+            return Some(Output::Reply {
+                account: *account,
+                reply: InventoryReply {
+                    request_id: request.request_id,
+                    result: Err(InventoryError::Busy),
+                    trade: None,
+                },
+                tag: *tag,
+            });
+        }
+        if input == Input::Tick {
+            // Ticks are counted, not queued: a stalled store cannot make
+            // the queue grow by one entry per tick.
+            self.pending_ticks = (self.pending_ticks + 1).min(MAX_PENDING_TICKS);
+            return None;
+        }
+        self.queue.push_back(input);
+        None
+    }
+
+    /// Whether a batch is waiting for its commit result.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Processes every queued input into one batch, unless a batch is in
+    /// flight (then `Ok(None)`). Reads accounts that connect from `store`.
+    /// When the batch has no writes, resolve it with `complete(Ok(()))`
+    /// right away, without the store.
+    pub fn prepare(&mut self, store: &mut dyn InventoryStore) -> Option<Batch> {
+        if self.in_flight.is_some() || (self.queue.is_empty() && self.pending_ticks == 0) {
+            return None;
+        }
+        self.building = Some(Building::default());
+        while let Some(input) = self.queue.pop_front() {
+            self.apply(input, store);
+        }
+        for _ in 0..std::mem::take(&mut self.pending_ticks) {
+            self.tick();
+        }
+        let building = self.building.take()?;
+        let writes = self.writes(&building);
+        self.in_flight = Some(building);
+        Some(Batch { writes })
+    }
+
+    /// Resolves the in-flight batch: on `Ok` its outputs are released; on
+    /// `Err` memory is restored to its state before the batch and every
+    /// request in it is answered [`InventoryError::Storage`].
+    pub fn complete(&mut self, result: Result<(), StoreError>) -> Vec<Output> {
+        let Some(building) = self.in_flight.take() else {
+            return Vec::new();
+        };
+        let outputs = match result {
+            Ok(()) => building.outputs,
+            Err(_) => {
+                for (account, before) in building.inventories {
+                    match before {
+                        Some(inv) => {
+                            self.inventories.insert(account, inv);
+                        }
+                        None => {
+                            self.inventories.remove(&account);
+                        }
+                    }
+                }
+                for (id, before) in building.world {
+                    match before {
+                        Some(w) => {
+                            self.world.insert(id, w);
+                        }
+                        None => {
+                            self.world.remove(&id);
+                        }
+                    }
+                }
+                for (item, before) in building.ledger {
+                    self.ledger.insert(item, before);
+                }
+                if let Some(counters) = building.counters {
+                    self.counters = counters;
+                }
+                if let Some((trades, next)) = building.trades {
+                    self.trades = trades;
+                    self.next_trade = next;
+                }
+                for &(account, request_id, _) in &building.applied {
+                    if let Some(applied) = self.applied.get_mut(&account) {
+                        applied.remove(request_id);
+                    }
+                }
+                let fresh: HashSet<(u64, u64)> = building
+                    .applied
+                    .iter()
+                    .map(|&(account, request_id, _)| (account, request_id))
+                    .collect();
+                building
+                    .outputs
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        // A repeated id answered from memory keeps its
+                        // original (committed) answer.
+                        Output::Reply {
+                            account,
+                            reply,
+                            tag,
+                        } if !fresh.contains(&(account, reply.request_id)) => Some(Output::Reply {
+                            account,
+                            reply,
+                            tag,
+                        }),
+                        Output::Reply {
+                            account,
+                            reply,
+                            tag,
+                        } => Some(Output::Reply {
+                            account,
+                            reply: InventoryReply {
+                                request_id: reply.request_id,
+                                result: Err(InventoryError::Storage),
+                                trade: None,
+                            },
+                            tag,
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        };
+        for account in building.evict {
+            if !self.online.contains(&account) {
+                self.inventories.remove(&account);
+                self.applied.remove(&account);
+            }
+        }
+        outputs
+    }
+
+    /// A loaded inventory.
+    pub fn inventory(&self, account: u64) -> Option<&InventorySnapshot> {
+        self.inventories.get(&account)
+    }
+
+    /// Items lying in the world.
+    pub fn world_items(&self) -> impl Iterator<Item = &WorldItem> {
+        self.world.values()
+    }
+
+    /// How many inputs wait.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn writes(&self, b: &Building) -> BatchWrites {
+        let mut writes = BatchWrites::default();
+        let mut accounts: Vec<_> = b.inventories.keys().copied().collect();
+        accounts.sort_unstable();
+        for account in accounts {
+            if let Some(inv) = self.inventories.get(&account) {
+                writes.inventories.push((account, inv.clone()));
+            }
+        }
+        let mut ids: Vec<_> = b.world.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            match self.world.get(&id) {
+                Some(w) => writes.world_upserts.push(*w),
+                None => writes.world_deletes.push(id),
+            }
+        }
+        let mut items: Vec<_> = b.ledger.keys().copied().collect();
+        items.sort_unstable();
+        for item in items {
+            writes
+                .ledger
+                .push((item, self.ledger.get(&item).copied().unwrap_or_default()));
+        }
+        for &(account, request_id, persisted) in &b.applied {
+            if !persisted {
+                continue;
+            }
+            if let Some(reply) = self
+                .applied
+                .get(&account)
+                .and_then(|a| a.replies.get(&request_id))
+            {
+                writes
+                    .applied
+                    .push((account, request_id, encode_reply(reply)));
+            }
+        }
+        if b.counters.is_some() {
+            writes.counters = Some(self.counters);
+        }
+        writes
+    }
+
+    fn b(&mut self) -> &mut Building {
+        self.building.get_or_insert_with(Building::default)
+    }
+
+    fn touch_inventory(&mut self, account: u64) {
+        let before = self.inventories.get(&account).cloned();
+        self.b().inventories.entry(account).or_insert(before);
+    }
+
+    fn touch_world(&mut self, id: u64) {
+        let before = self.world.get(&id).copied();
+        self.b().world.entry(id).or_insert(before);
+    }
+
+    fn touch_ledger(&mut self, item: ItemId) -> &mut LedgerRow {
+        let before = self.ledger.get(&item).copied().unwrap_or_default();
+        self.b().ledger.entry(item).or_insert(before);
+        self.ledger.entry(item).or_default()
+    }
+
+    fn touch_counters(&mut self) {
+        let before = self.counters;
+        self.b().counters.get_or_insert(before);
+    }
+
+    fn touch_trades(&mut self) {
+        if self.b().trades.is_none() {
+            let saved = (self.trades.clone(), self.next_trade);
+            self.b().trades = Some(saved);
+        }
+    }
+
+    fn emit(&mut self, output: Output) {
+        self.b().outputs.push(output);
+    }
+
+    fn apply(&mut self, input: Input, store: &mut dyn InventoryStore) {
+        match input {
+            Input::Connected { account } => self.connect(account, store),
+            Input::Disconnected { account } => {
+                self.online.remove(&account);
+                self.cancel_trades_of(account);
+                self.b().evict.push(account);
+            }
+            Input::Tick => self.tick(),
+            Input::Request {
+                account,
+                request,
+                position,
+                tag,
+            } => self.request(account, request, position, tag),
+        }
+    }
+
+    fn connect(&mut self, account: u64, store: &mut dyn InventoryStore) {
+        self.online.insert(account);
+        if self.inventories.contains_key(&account) {
+            return;
+        }
+        let state = match store.load_account(account) {
+            Ok(state) => state,
+            Err(error) => {
+                // No inventory this session: its requests are answered
+                // `Storage` (see `request`).
+                tracing::error!(account, %error, "cannot load inventory");
+                return;
+            }
+        };
+        let mut applied = Applied::default();
+        for (_, bytes) in state.applied {
+            if let Ok(reply) = shared::protocol::decode::<InventoryReply>(&bytes) {
+                applied.insert(reply);
+            }
+        }
+        self.applied.insert(account, applied);
+        let mut inventory = state.inventory.unwrap_or_default();
+        if inventory.slots.len() < self.config.slots {
+            inventory.slots.resize(self.config.slots, None);
+        }
+        self.inventories.insert(account, inventory);
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let every = self.config.spawn_every_ticks.max(1);
+        if !self.ticks.is_multiple_of(every) {
+            return;
+        }
+        let catalogue = Arc::clone(&self.catalogue);
+        let spawnable = catalogue.spawnable();
+        let target = self.config.spawner_target.min(self.config.max_world_items);
+        if spawnable.is_empty() || self.world.len() >= target {
+            return;
+        }
+        self.touch_counters();
+        let n = self.counters.spawned;
+        let item = spawnable[(n % spawnable.len() as u64) as usize];
+        let max = self.catalogue.get(item).map_or(1, |d| d.max_stack);
+        let count = 1 + (splitmix(n) % u64::from(max.min(5))) as u32;
+        let extent = self.config.world_extent;
+        let unit = |v: u64| (v % 10_000) as f32 / 10_000.0 * 2.0 - 1.0;
+        let h = splitmix(n ^ 0x5eed);
+        let position = Vec2::new(unit(h) * extent, unit(h >> 32) * extent);
+        let id = self.counters.next_world_item;
+        self.counters.next_world_item += 1;
+        self.counters.spawned += 1;
+        self.touch_world(id);
+        self.world.insert(
+            id,
+            WorldItem {
+                id,
+                stack: ItemStack { item, count },
+                position,
+            },
+        );
+        self.touch_ledger(item).minted += u64::from(count);
+    }
+
+    fn request(
+        &mut self,
+        account: u64,
+        request: InventoryRequest,
+        position: Option<Vec2>,
+        tag: u64,
+    ) {
+        let request_id = request.request_id;
+        if let Some(reply) = self
+            .applied
+            .get(&account)
+            .and_then(|a| a.replies.get(&request_id))
+            .cloned()
+        {
+            self.emit(Output::Reply {
+                account,
+                reply,
+                tag,
+            });
+            return;
+        }
+        if !self.inventories.contains_key(&account) {
+            self.emit(Output::Reply {
+                account,
+                reply: InventoryReply {
+                    request_id,
+                    result: Err(if self.online.contains(&account) {
+                        InventoryError::Storage
+                    } else {
+                        InventoryError::UnknownPlayer
+                    }),
+                    trade: None,
+                },
+                tag,
+            });
+            return;
+        }
+        let (result, trade) = match self.op(account, &request.op, position) {
+            Ok(trade) => (Ok(()), trade),
+            Err(e) => (Err(e), None),
+        };
+        let snapshot = self.inventories.get(&account).cloned().unwrap_or_default();
+        let reply = InventoryReply {
+            request_id,
+            result: result.map(|()| snapshot),
+            trade,
+        };
+        // Persist the request id when it changed stored state; remember
+        // every answer in memory.
+        let persisted = reply.result.is_ok()
+            && !matches!(request.op, InventoryOp::List | InventoryOp::ListWorld);
+        self.applied
+            .entry(account)
+            .or_default()
+            .insert(reply.clone());
+        self.b().applied.push((account, request_id, persisted));
+        self.emit(Output::Reply {
+            account,
+            reply,
+            tag,
+        });
+    }
+
+    fn def_max(&self, item: ItemId) -> u32 {
+        self.catalogue.get(item).map_or(1, |d| d.max_stack)
+    }
+
+    fn bump(&mut self, account: u64) {
+        if let Some(inv) = self.inventories.get_mut(&account) {
+            inv.version += 1;
+        }
+    }
+
+    /// Performs one operation; on error nothing changed.
+    fn op(
+        &mut self,
+        account: u64,
+        op: &InventoryOp,
+        position: Option<Vec2>,
+    ) -> Result<Option<u64>, InventoryError> {
+        match op {
+            InventoryOp::List => Ok(None),
+            InventoryOp::ListWorld => {
+                let mut items: Vec<WorldItem> = self.world.values().copied().collect();
+                if let Some(p) = position {
+                    items.sort_by(|a, b| {
+                        a.position
+                            .distance_squared(p)
+                            .total_cmp(&b.position.distance_squared(p))
+                    });
+                }
+                items.truncate(MAX_LISTED_WORLD_ITEMS);
+                self.emit(Output::World {
+                    account,
+                    items: WorldItems { items },
+                });
+                Ok(None)
+            }
+            InventoryOp::PickUp { world_item } => {
+                let item = *self
+                    .world
+                    .get(world_item)
+                    .ok_or(InventoryError::NoSuchWorldItem)?;
+                if let Some(p) = position
+                    && p.distance(item.position) > self.config.pickup_radius
+                {
+                    return Err(InventoryError::TooFar);
+                }
+                let mut inv = self.inventories[&account].clone();
+                add_stack(&mut inv.slots, item.stack, self.def_max(item.stack.item))?;
+                self.commit_inventory(account, inv);
+                self.touch_world(*world_item);
+                self.world.remove(world_item);
+                Ok(None)
+            }
+            InventoryOp::Drop { slot, count } => {
+                if self.world.len() >= self.config.max_world_items {
+                    return Err(InventoryError::WorldFull);
+                }
+                let mut inv = self.inventories[&account].clone();
+                let stack = take(&mut inv.slots, *slot, *count)?;
+                self.commit_inventory(account, inv);
+                self.touch_counters();
+                let id = self.counters.next_world_item;
+                self.counters.next_world_item += 1;
+                self.touch_world(id);
+                self.world.insert(
+                    id,
+                    WorldItem {
+                        id,
+                        stack,
+                        position: position.unwrap_or(Vec2::ZERO),
+                    },
+                );
+                Ok(None)
+            }
+            InventoryOp::Move { from, to, count } => {
+                let mut inv = self.inventories[&account].clone();
+                move_stack(&mut inv.slots, *from, *to, *count, |i| self.def_max(i))?;
+                self.commit_inventory(account, inv);
+                Ok(None)
+            }
+            InventoryOp::Use { slot } => {
+                let mut inv = self.inventories[&account].clone();
+                let stack = peek(&inv.slots, *slot)?;
+                if !self.catalogue.get(stack.item).is_some_and(|d| d.consumable) {
+                    return Err(InventoryError::NotUsable);
+                }
+                let used = take(&mut inv.slots, *slot, 1)?;
+                self.commit_inventory(account, inv);
+                self.touch_ledger(used.item).consumed += 1;
+                Ok(None)
+            }
+            InventoryOp::Give { to, slot, count } => {
+                if *to == account || !self.online.contains(to) || !self.inventories.contains_key(to)
+                {
+                    return Err(InventoryError::UnknownPlayer);
+                }
+                let mut mine = self.inventories[&account].clone();
+                let mut theirs = self.inventories[to].clone();
+                let stack = take(&mut mine.slots, *slot, *count)?;
+                add_stack(&mut theirs.slots, stack, self.def_max(stack.item))?;
+                self.commit_inventory(account, mine);
+                self.commit_inventory(*to, theirs);
+                self.push_update(*to);
+                Ok(None)
+            }
+            InventoryOp::Offer { with, offer } => self.offer(account, *with, offer).map(Some),
+            InventoryOp::Accept { trade } => self.accept(account, *trade).map(|()| Some(*trade)),
+            InventoryOp::Cancel { trade } => {
+                if !self.trades.get(trade).is_some_and(|t| t.involves(account)) {
+                    return Err(InventoryError::NoSuchTrade);
+                }
+                self.end_trade(*trade, TradeState::Cancelled);
+                Ok(Some(*trade))
+            }
+        }
+    }
+
+    fn commit_inventory(&mut self, account: u64, inv: InventorySnapshot) {
+        self.touch_inventory(account);
+        self.inventories.insert(account, inv);
+        self.bump(account);
+    }
+
+    fn push_update(&mut self, account: u64) {
+        if let Some(inv) = self.inventories.get(&account).cloned() {
+            self.emit(Output::Update {
+                account,
+                update: InventoryUpdate { inventory: inv },
+            });
+        }
+    }
+
+    fn validate_offer(
+        &self,
+        account: u64,
+        offer: &TradeOffer,
+    ) -> Result<Vec<(u16, ItemId, u32)>, InventoryError> {
+        if offer.items.len() > MAX_TRADE_SLOTS {
+            return Err(InventoryError::BadOffer);
+        }
+        let inv = &self.inventories[&account];
+        let mut seen = HashSet::new();
+        let mut items = Vec::with_capacity(offer.items.len());
+        for &(slot, count) in &offer.items {
+            if !seen.insert(slot) {
+                return Err(InventoryError::BadOffer);
+            }
+            let stack = peek(&inv.slots, slot)?;
+            if count == 0 || count > stack.count {
+                return Err(InventoryError::BadCount);
+            }
+            items.push((slot, stack.item, count));
+        }
+        Ok(items)
+    }
+
+    fn offer(
+        &mut self,
+        account: u64,
+        with: u64,
+        offer: &TradeOffer,
+    ) -> Result<u64, InventoryError> {
+        if with == account || !self.online.contains(&with) || !self.inventories.contains_key(&with)
+        {
+            return Err(InventoryError::UnknownPlayer);
+        }
+        let items = self.validate_offer(account, offer)?;
+        self.touch_trades();
+        let existing = self
+            .trades
+            .iter()
+            .find(|(_, t)| t.involves(account) && t.involves(with))
+            .map(|(&id, _)| id);
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                // One open trade per player: opening a new one cancels the
+                // old ones of both sides.
+                self.cancel_trades_of(account);
+                self.cancel_trades_of(with);
+                let id = self.next_trade;
+                self.next_trade += 1;
+                self.trades.insert(
+                    id,
+                    Trade {
+                        initiator: Side {
+                            account,
+                            items: Vec::new(),
+                            accepted: false,
+                        },
+                        partner: Side {
+                            account: with,
+                            items: Vec::new(),
+                            accepted: false,
+                        },
+                    },
+                );
+                id
+            }
+        };
+        if let Some(trade) = self.trades.get_mut(&id) {
+            trade.initiator.accepted = false;
+            trade.partner.accepted = false;
+            if let Some(side) = trade.side_mut(account) {
+                side.items = items;
+            }
+        }
+        self.announce(id);
+        Ok(id)
+    }
+
+    fn announce(&mut self, id: u64) {
+        if let Some(trade) = self.trades.get(&id) {
+            let update = trade.update(
+                id,
+                TradeState::Open {
+                    initiator_accepted: trade.initiator.accepted,
+                    partner_accepted: trade.partner.accepted,
+                },
+            );
+            let (a, b) = (trade.initiator.account, trade.partner.account);
+            self.emit(Output::Trade {
+                account: a,
+                update: update.clone(),
+            });
+            self.emit(Output::Trade { account: b, update });
+        }
+    }
+
+    fn end_trade(&mut self, id: u64, state: TradeState) {
+        self.touch_trades();
+        if let Some(trade) = self.trades.remove(&id) {
+            let update = trade.update(id, state);
+            self.emit(Output::Trade {
+                account: trade.initiator.account,
+                update: update.clone(),
+            });
+            self.emit(Output::Trade {
+                account: trade.partner.account,
+                update,
+            });
+        }
+    }
+
+    fn cancel_trades_of(&mut self, account: u64) {
+        let ids: Vec<u64> = self
+            .trades
+            .iter()
+            .filter(|(_, t)| t.involves(account))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.end_trade(id, TradeState::Cancelled);
+        }
+    }
+
+    fn accept(&mut self, account: u64, id: u64) -> Result<(), InventoryError> {
+        if !self.trades.get(&id).is_some_and(|t| t.involves(account)) {
+            return Err(InventoryError::NoSuchTrade);
+        }
+        self.touch_trades();
+        let Some(trade) = self.trades.get_mut(&id) else {
+            return Err(InventoryError::NoSuchTrade);
+        };
+        if let Some(side) = trade.side_mut(account) {
+            side.accepted = true;
+        }
+        if !(trade.initiator.accepted && trade.partner.accepted) {
+            self.announce(id);
+            return Ok(());
+        }
+        let trade = trade.clone();
+        match self.swap(&trade) {
+            Ok((a, b)) => {
+                let (ia, pa) = (trade.initiator.account, trade.partner.account);
+                self.commit_inventory(ia, a);
+                self.commit_inventory(pa, b);
+                self.end_trade(id, TradeState::Completed);
+                let other = if ia == account { pa } else { ia };
+                self.push_update(other);
+                Ok(())
+            }
+            Err(e) => {
+                self.end_trade(id, TradeState::Cancelled);
+                Err(e)
+            }
+        }
+    }
+
+    /// Both inventories after the swap, or why it cannot happen.
+    fn swap(
+        &self,
+        trade: &Trade,
+    ) -> Result<(InventorySnapshot, InventorySnapshot), InventoryError> {
+        let (Some(a), Some(b)) = (
+            self.inventories.get(&trade.initiator.account),
+            self.inventories.get(&trade.partner.account),
+        ) else {
+            return Err(InventoryError::TradeFailed);
+        };
+        let (mut a, mut b) = (a.clone(), b.clone());
+        let take_side = |inv: &mut InventorySnapshot, side: &Side| {
+            let mut taken = Vec::new();
+            for &(slot, item, count) in &side.items {
+                match peek(&inv.slots, slot) {
+                    Ok(s) if s.item == item && s.count >= count => {}
+                    _ => return Err(InventoryError::TradeFailed),
+                }
+                taken.push(
+                    take(&mut inv.slots, slot, count).map_err(|_| InventoryError::TradeFailed)?,
+                );
+            }
+            Ok(taken)
+        };
+        let from_a = take_side(&mut a, &trade.initiator)?;
+        let from_b = take_side(&mut b, &trade.partner)?;
+        for s in from_b {
+            add_stack(&mut a.slots, s, self.def_max(s.item))
+                .map_err(|_| InventoryError::TradeFailed)?;
+        }
+        for s in from_a {
+            add_stack(&mut b.slots, s, self.def_max(s.item))
+                .map_err(|_| InventoryError::TradeFailed)?;
+        }
+        Ok((a, b))
+    }
+
+    /// Checks the invariants of memory: every stack 1..=max of a known
+    /// item, inventories of the configured size. For tests and debugging.
+    ///
+    /// # Errors
+    /// A description of the first violation.
+    pub fn check_stacks(&self) -> Result<(), String> {
+        let check = |s: &ItemStack, whose: &str| match self.catalogue.get(s.item) {
+            Some(d) if s.count >= 1 && s.count <= d.max_stack => Ok(()),
+            _ => Err(format!("bad stack {s:?} in {whose}")),
+        };
+        for (account, inv) in &self.inventories {
+            if inv.slots.len() != self.config.slots {
+                return Err(format!(
+                    "inventory of {account} has {} slots",
+                    inv.slots.len()
+                ));
+            }
+            for s in inv.slots.iter().flatten() {
+                check(s, &format!("account {account}"))?;
+            }
+        }
+        for w in self.world.values() {
+            if w.stack.count == 0 {
+                return Err(format!("empty world item {}", w.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn splitmix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn peek(slots: &[Option<ItemStack>], slot: u16) -> Result<ItemStack, InventoryError> {
+    slots
+        .get(usize::from(slot))
+        .ok_or(InventoryError::BadSlot)?
+        .ok_or(InventoryError::EmptySlot)
+}
+
+/// Removes `count` from a slot.
+fn take(
+    slots: &mut [Option<ItemStack>],
+    slot: u16,
+    count: u32,
+) -> Result<ItemStack, InventoryError> {
+    let stack = peek(slots, slot)?;
+    if count == 0 || count > stack.count {
+        return Err(InventoryError::BadCount);
+    }
+    let cell = &mut slots[usize::from(slot)];
+    *cell = (count < stack.count).then_some(ItemStack {
+        item: stack.item,
+        count: stack.count - count,
+    });
+    Ok(ItemStack {
+        item: stack.item,
+        count,
+    })
+}
+
+/// Adds a whole stack: tops up stacks of the same item, then fills empty
+/// slots; all or nothing.
+fn add_stack(
+    slots: &mut [Option<ItemStack>],
+    stack: ItemStack,
+    max: u32,
+) -> Result<(), InventoryError> {
+    let room: u64 = slots
+        .iter()
+        .map(|s| match s {
+            Some(s) if s.item == stack.item => u64::from(max.saturating_sub(s.count)),
+            Some(_) => 0,
+            None => u64::from(max),
+        })
+        .sum();
+    if room < u64::from(stack.count) {
+        return Err(InventoryError::NoRoom);
+    }
+    let mut left = stack.count;
+    for s in slots.iter_mut().flatten() {
+        if s.item == stack.item && left > 0 {
+            let n = left.min(max.saturating_sub(s.count));
+            s.count += n;
+            left -= n;
+        }
+    }
+    for s in slots.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if s.is_none() {
+            let n = left.min(max);
+            *s = Some(ItemStack {
+                item: stack.item,
+                count: n,
+            });
+            left -= n;
+        }
+    }
+    Ok(())
+}
+
+fn move_stack(
+    slots: &mut [Option<ItemStack>],
+    from: u16,
+    to: u16,
+    count: u32,
+    max_of: impl Fn(ItemId) -> u32,
+) -> Result<(), InventoryError> {
+    let src = peek(slots, from)?;
+    let (f, t) = (usize::from(from), usize::from(to));
+    if t >= slots.len() || f == t {
+        return Err(InventoryError::BadSlot);
+    }
+    if count == 0 || count > src.count {
+        return Err(InventoryError::BadCount);
+    }
+    match slots[t] {
+        None => {
+            take(slots, from, count)?;
+            slots[t] = Some(ItemStack {
+                item: src.item,
+                count,
+            });
+        }
+        Some(dst) if dst.item == src.item => {
+            if dst.count + count > max_of(src.item) {
+                return Err(InventoryError::NoRoom);
+            }
+            take(slots, from, count)?;
+            slots[t] = Some(ItemStack {
+                item: dst.item,
+                count: dst.count + count,
+            });
+        }
+        Some(_) if count == src.count => slots.swap(f, t),
+        Some(_) => return Err(InventoryError::NoRoom),
+    }
+    Ok(())
+}

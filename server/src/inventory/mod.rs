@@ -1,0 +1,353 @@
+//! Inventory: server-authoritative, atomic, persisted item operations.
+//!
+//! ```text
+//! FromClient<InventoryRequest> ─┐
+//! ClientConnected/Disconnected ─┼─► InventoryCore ─► Batch ─► db-writer thread (SQLite, one transaction)
+//! tick (spawner) ───────────────┘        ▲                          │
+//!                                        └── complete(result) ◄─────┘  (polled next tick)
+//!                                              └─► InventoryReply / InventoryUpdate / TradeUpdate / WorldItems
+//! ```
+//!
+//! The rules are in [`core`] (plain Rust, tested without bevy). This
+//! module feeds it from the network each tick and sends what it releases.
+//! Replies leave only after their batch is durably committed; the tick
+//! never waits for the database: it submits a batch and picks the result
+//! up on a later tick. The only database access on the tick thread is the
+//! read of one account's rows (primary-key lookups) when a player connects.
+
+pub mod catalogue;
+pub mod core;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bevy_app::{App, FixedUpdate, Plugin};
+use bevy_ecs::prelude::*;
+use shared::io::ClientId;
+use shared::protocol::channels;
+use shared::protocol::inventory::{
+    InventoryReply, InventoryRequest, InventoryUpdate, TradeUpdate, WorldItems,
+};
+
+pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
+pub use self::core::{Batch, CoreConfig, CoreError, Input, InventoryCore, Output};
+use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
+use crate::net::{ClientConnected, ClientDisconnected, FromClient, NetAppExt, ToClient};
+use crate::persistence::{InventoryStore, SqliteStore, StoreError, StoreWriter};
+use crate::world::Position;
+
+/// The running inventory: the rules, a read connection for account loads
+/// and the writer thread. Build it with [`InventoryService::open`] (what
+/// `build_app` does) or let [`InventoryPlugin`] make an in-memory one.
+#[derive(Resource)]
+pub struct InventoryService {
+    core: InventoryCore,
+    reader: Mutex<Box<dyn InventoryStore>>,
+    writer: StoreWriter,
+    received: HashMap<u64, Instant>,
+    next_tag: u64,
+    members: HashMap<u64, ClientId>,
+}
+
+/// Why the inventory could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryStartError {
+    /// The catalogue is invalid.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    /// Storage could not be opened or loaded.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// Storage could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer thread could not start.
+    #[error("cannot start the database writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl InventoryService {
+    /// Opens the SQLite store in `data_dir` (two connections: the writer
+    /// thread's and the tick's reader), loads the world and starts the
+    /// writer.
+    ///
+    /// # Errors
+    /// [`InventoryStartError`].
+    pub fn open(
+        data_dir: &std::path::Path,
+        catalogue: Arc<Catalogue>,
+        config: CoreConfig,
+    ) -> Result<Self, InventoryStartError> {
+        let writer = SqliteStore::open(data_dir)?;
+        let reader = SqliteStore::open(data_dir)?;
+        Self::start(Box::new(reader), Box::new(writer), catalogue, config)
+    }
+
+    /// An in-memory store shared by the reader and the writer; nothing
+    /// survives the process.
+    ///
+    /// # Errors
+    /// [`InventoryStartError`].
+    pub fn in_memory(
+        catalogue: Arc<Catalogue>,
+        config: CoreConfig,
+    ) -> Result<Self, InventoryStartError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = format!(
+            "inventory-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let writer = SqliteStore::open_shared_memory(&name)?;
+        let reader = SqliteStore::open_shared_memory(&name)?;
+        Self::start(Box::new(reader), Box::new(writer), catalogue, config)
+    }
+
+    /// Starts on any pair of stores over the same data.
+    ///
+    /// # Errors
+    /// [`InventoryStartError`].
+    pub fn start(
+        mut reader: Box<dyn InventoryStore>,
+        writer: Box<dyn InventoryStore>,
+        catalogue: Arc<Catalogue>,
+        config: CoreConfig,
+    ) -> Result<Self, InventoryStartError> {
+        let core = InventoryCore::load(catalogue, config, reader.as_mut())?;
+        let writer = StoreWriter::spawn(writer).map_err(InventoryStartError::Thread)?;
+        Ok(Self {
+            core,
+            reader: Mutex::new(reader),
+            writer,
+            received: HashMap::new(),
+            next_tag: 0,
+            members: HashMap::new(),
+        })
+    }
+
+    /// The rules and state.
+    pub fn core(&self) -> &InventoryCore {
+        &self.core
+    }
+}
+
+/// The inventory systems (`FixedUpdate`).
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InventorySystems {
+    /// Collect the commit result, feed the tick's inputs, submit a batch.
+    Run,
+}
+
+/// Installs the inventory. Uses the [`InventoryService`] resource when
+/// present; otherwise starts an in-memory one with the built-in catalogue
+/// and [`CoreConfig::default`] (and warns: nothing is persisted).
+#[derive(Debug, Clone, Default)]
+pub struct InventoryPlugin;
+
+#[derive(Resource, Clone)]
+struct InventoryMetrics {
+    requests: Counter,
+    commit_failures: Counter,
+    op_latency: Histogram,
+    commit_time: Histogram,
+    system_time: Histogram,
+}
+
+impl Plugin for InventoryPlugin {
+    fn build(&self, app: &mut App) {
+        if !app.world().contains_resource::<InventoryService>() {
+            tracing::warn!("inventory: no data directory configured; using an in-memory store");
+            let service = Catalogue::embedded()
+                .map_err(InventoryStartError::from)
+                .and_then(|c| InventoryService::in_memory(Arc::new(c), CoreConfig::default()));
+            match service {
+                Ok(service) => {
+                    app.insert_resource(service);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "inventory disabled");
+                    return;
+                }
+            }
+        }
+        let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
+        let r = metrics.registry();
+        let seconds = exponential_buckets(0.000_25, 2.0, 14);
+        let histogram = |name: &str, help: &str| {
+            r.histogram(name, help, &seconds).unwrap_or_else(|_| {
+                Histogram::detached(&seconds).unwrap_or_else(|_| unreachable_histogram())
+            })
+        };
+        let metrics = InventoryMetrics {
+            requests: r
+                .counter("inventory_requests_total", "Inventory requests received.")
+                .unwrap_or_default(),
+            commit_failures: r
+                .counter(
+                    "inventory_commit_failures_total",
+                    "Inventory batches whose commit failed (rolled back).",
+                )
+                .unwrap_or_default(),
+            op_latency: histogram(
+                "inventory_op_seconds",
+                "Inventory request received to reply sent (includes the durable commit).",
+            ),
+            commit_time: histogram(
+                "inventory_commit_seconds",
+                "Time to commit one batch on the db-writer thread.",
+            ),
+            system_time: histogram(
+                "inventory_tick_seconds",
+                "Time the inventory system takes per tick (its cost to the tick).",
+            ),
+        };
+        app.add_message::<ClientConnected>()
+            .add_message::<ClientDisconnected>()
+            .add_client_message::<InventoryRequest>(channels::INVENTORY)
+            .add_server_message::<InventoryReply>(channels::INVENTORY)
+            .add_server_message::<InventoryUpdate>(channels::INVENTORY)
+            .add_server_message::<TradeUpdate>(channels::INVENTORY)
+            .add_server_message::<WorldItems>(channels::INVENTORY)
+            .insert_resource(metrics)
+            .add_systems(FixedUpdate, run.in_set(InventorySystems::Run));
+    }
+}
+
+fn unreachable_histogram() -> Histogram {
+    // `detached` only fails on unsorted bounds; ours are sorted.
+    Histogram::detached(&[1.0]).unwrap_or_else(|_| unreachable_histogram())
+}
+
+#[derive(bevy_ecs::system::SystemParam)]
+struct Outgoing<'w> {
+    replies: MessageWriter<'w, ToClient<InventoryReply>>,
+    updates: MessageWriter<'w, ToClient<InventoryUpdate>>,
+    trades: MessageWriter<'w, ToClient<TradeUpdate>>,
+    world: MessageWriter<'w, ToClient<WorldItems>>,
+}
+
+fn send(
+    service: &mut InventoryService,
+    outputs: Vec<Output>,
+    out: &mut Outgoing,
+    metrics: &InventoryMetrics,
+) {
+    for output in outputs {
+        match output {
+            Output::Reply {
+                account,
+                reply,
+                tag,
+            } => {
+                if let Some(at) = service.received.remove(&tag) {
+                    metrics.op_latency.observe_duration(at.elapsed());
+                }
+                if let Some(&client) = service.members.get(&account) {
+                    out.replies.write(ToClient::one(client, reply));
+                }
+            }
+            Output::Update { account, update } => {
+                if let Some(&client) = service.members.get(&account) {
+                    out.updates.write(ToClient::one(client, update));
+                }
+            }
+            Output::Trade { account, update } => {
+                if let Some(&client) = service.members.get(&account) {
+                    out.trades.write(ToClient::one(client, update));
+                }
+            }
+            Output::World { account, items } => {
+                if let Some(&client) = service.members.get(&account) {
+                    out.world.write(ToClient::one(client, items));
+                }
+            }
+        }
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one system feeds every input of the core, in order"
+)]
+fn run(
+    mut service: ResMut<InventoryService>,
+    mut connected: MessageReader<ClientConnected>,
+    mut disconnected: MessageReader<ClientDisconnected>,
+    mut requests: MessageReader<FromClient<InventoryRequest>>,
+    positions: Query<&Position>,
+    entities: Local<HashMap<u64, Entity>>,
+    mut out: Outgoing,
+    metrics: Res<InventoryMetrics>,
+) {
+    let started = Instant::now();
+    let service = &mut *service;
+    let mut entities = entities;
+    if let Some(done) = service.writer.try_done() {
+        metrics.commit_time.observe_duration(done.commit_time);
+        if done.result.is_err() {
+            metrics.commit_failures.inc();
+        }
+        let outputs = service.core.complete(done.result);
+        send(service, outputs, &mut out, &metrics);
+    }
+    for c in connected.read() {
+        service.members.insert(c.client.account, c.client);
+        entities.insert(c.client.account, c.entity);
+        service.core.push(Input::Connected {
+            account: c.client.account,
+        });
+    }
+    for d in disconnected.read() {
+        if service.members.get(&d.client.account) == Some(&d.client) {
+            service.members.remove(&d.client.account);
+            entities.remove(&d.client.account);
+            service.core.push(Input::Disconnected {
+                account: d.client.account,
+            });
+        }
+    }
+    for FromClient { client, message } in requests.read() {
+        if service.members.get(&client.account) != Some(client) {
+            continue; // no session: ignored
+        }
+        metrics.requests.inc();
+        let tag = service.next_tag;
+        service.next_tag = service.next_tag.wrapping_add(1);
+        service.received.insert(tag, Instant::now());
+        let position = entities
+            .get(&client.account)
+            .and_then(|e| positions.get(*e).ok())
+            .map(|p| p.0);
+        if let Some(busy) = service.core.push(Input::Request {
+            account: client.account,
+            request: message.clone(),
+            position,
+            tag,
+        }) {
+            send(service, vec![busy], &mut out, &metrics);
+        }
+    }
+    service.core.push(Input::Tick);
+    if !service.core.in_flight() {
+        let batch = {
+            let mut reader = service
+                .reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            service.core.prepare(reader.as_mut())
+        };
+        if let Some(batch) = batch {
+            let outputs = if batch.writes.is_empty() {
+                service.core.complete(Ok(()))
+            } else {
+                match service.writer.submit(0, batch.writes) {
+                    Ok(()) => Vec::new(),
+                    Err(_) => service.core.complete(Err(StoreError::WriterGone)),
+                }
+            };
+            send(service, outputs, &mut out, &metrics);
+        }
+    }
+    metrics.system_time.observe_duration(started.elapsed());
+}

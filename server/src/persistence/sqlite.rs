@@ -1,0 +1,504 @@
+//! The SQLite store.
+//!
+//! Schema (version 1):
+//!
+//! ```sql
+//! meta(key TEXT PRIMARY KEY, value INTEGER)            -- schema_version, next_world_item, spawned
+//! inventories(account INTEGER PRIMARY KEY, version INTEGER, slots INTEGER)
+//! inventory_slots(account, slot, item, count CHECK(count > 0), PRIMARY KEY(account, slot))
+//! world_items(id INTEGER PRIMARY KEY, item, count CHECK(count > 0), x REAL, y REAL)
+//! ledger(item INTEGER PRIMARY KEY, minted, consumed)
+//! applied_requests(seq INTEGER PRIMARY KEY AUTOINCREMENT, account, request_id, reply BLOB,
+//!                  UNIQUE(account, request_id))
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use shared::protocol::inventory::{InventorySnapshot, ItemId, REMEMBERED_REQUESTS};
+
+use super::{
+    AccountState, AuditReport, BatchWrites, Counters, InventoryStore, ItemTotals, LedgerRow,
+    StoreError, WorldState, stack, world_item,
+};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "inventory.sqlite3";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inventories(
+    account INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    slots INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inventory_slots(
+    account INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    item INTEGER NOT NULL,
+    count INTEGER NOT NULL CHECK(count > 0),
+    PRIMARY KEY(account, slot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS world_items(
+    id INTEGER PRIMARY KEY,
+    item INTEGER NOT NULL,
+    count INTEGER NOT NULL CHECK(count > 0),
+    x REAL NOT NULL,
+    y REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger(
+    item INTEGER PRIMARY KEY,
+    minted INTEGER NOT NULL CHECK(minted >= 0),
+    consumed INTEGER NOT NULL CHECK(consumed >= 0));
+CREATE TABLE IF NOT EXISTS applied_requests(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    account INTEGER NOT NULL,
+    request_id INTEGER NOT NULL,
+    reply BLOB NOT NULL,
+    UNIQUE(account, request_id));
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 1);
+";
+
+/// A SQLite database: WAL journal, `synchronous=FULL` (see the module docs
+/// of [`crate::persistence`] for why), foreign keys not needed.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+// u64 values are stored as i64 bit patterns where they may exceed
+// i64::MAX (account and request ids chosen by others).
+fn to_sql(v: u64) -> i64 {
+    v as i64
+}
+
+fn from_sql(v: i64) -> u64 {
+    v as u64
+}
+
+fn count_from_sql(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative total {v}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating) `DIR/inventory.sqlite3`, creating `DIR` too.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        Self::setup(Connection::open(data_dir.join(DB_FILE))?)
+    }
+
+    /// A private in-memory database (for tests and for running without a
+    /// data directory); nothing survives the process.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    /// A named in-memory database shared by every connection of this
+    /// process that opens the same name.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn open_shared_memory(name: &str) -> Result<Self, StoreError> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
+        Self::setup(Connection::open_with_flags(
+            format!("file:{name}?mode=memory&cache=shared"),
+            flags,
+        )?)
+    }
+
+    fn setup(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL: readers (the tick's account loads) never block the writer.
+        // The pragma returns the resulting mode; in-memory databases say
+        // "memory", which is fine.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    fn meta(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map_or(0, from_sql))
+    }
+}
+
+impl InventoryStore for SqliteStore {
+    fn load_world(&mut self) -> Result<WorldState, StoreError> {
+        let mut world = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, item, count, x, y FROM world_items ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            world.push(world_item(
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            )?);
+        }
+        drop(rows);
+        drop(stmt);
+        let mut ledger = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT item, minted, consumed FROM ledger")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let item: i64 = r.get(0)?;
+            let item = u32::try_from(item)
+                .map_err(|_| StoreError::Corrupt(format!("ledger item {item}")))?;
+            ledger.insert(
+                ItemId(item),
+                LedgerRow {
+                    minted: count_from_sql(r.get(1)?)?,
+                    consumed: count_from_sql(r.get(2)?)?,
+                },
+            );
+        }
+        drop(rows);
+        drop(stmt);
+        Ok(WorldState {
+            world,
+            ledger,
+            counters: Counters {
+                next_world_item: self.meta("next_world_item")?,
+                spawned: self.meta("spawned")?,
+            },
+        })
+    }
+
+    fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+        let header: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT version, slots FROM inventories WHERE account = ?1",
+                [to_sql(account)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let inventory = match header {
+            None => None,
+            Some((version, slots)) => {
+                let size = usize::try_from(slots)
+                    .ok()
+                    .filter(|&s| s <= shared::protocol::inventory::MAX_SLOTS)
+                    .ok_or_else(|| StoreError::Corrupt(format!("{slots} slots")))?;
+                let mut snapshot = InventorySnapshot {
+                    version: count_from_sql(version)?,
+                    slots: vec![None; size],
+                };
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT slot, item, count FROM inventory_slots WHERE account = ?1",
+                )?;
+                let mut rows = stmt.query([to_sql(account)])?;
+                while let Some(r) = rows.next()? {
+                    let slot: i64 = r.get(0)?;
+                    let cell = usize::try_from(slot)
+                        .ok()
+                        .and_then(|s| snapshot.slots.get_mut(s))
+                        .ok_or_else(|| StoreError::Corrupt(format!("slot {slot}")))?;
+                    *cell = Some(stack(r.get(1)?, r.get(2)?)?);
+                }
+                Some(snapshot)
+            }
+        };
+        let mut applied = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT request_id, reply FROM applied_requests WHERE account = ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([to_sql(account)])?;
+        while let Some(r) = rows.next()? {
+            applied.push((from_sql(r.get(0)?), r.get(1)?));
+        }
+        Ok(AccountState { inventory, applied })
+    }
+
+    fn commit(&mut self, batch: &BatchWrites) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut header = tx.prepare_cached(
+                "INSERT OR REPLACE INTO inventories(account, version, slots) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut clear = tx.prepare_cached("DELETE FROM inventory_slots WHERE account = ?1")?;
+            let mut slot = tx.prepare_cached(
+                "INSERT INTO inventory_slots(account, slot, item, count) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (account, inventory) in &batch.inventories {
+                let account = to_sql(*account);
+                header.execute(params![
+                    account,
+                    to_sql(inventory.version),
+                    inventory.slots.len() as i64
+                ])?;
+                clear.execute([account])?;
+                for (i, s) in inventory.slots.iter().enumerate() {
+                    if let Some(s) = s {
+                        slot.execute(params![account, i as i64, s.item.0, s.count])?;
+                    }
+                }
+            }
+            let mut upsert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO world_items(id, item, count, x, y) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for w in &batch.world_upserts {
+                upsert.execute(params![
+                    to_sql(w.id),
+                    w.stack.item.0,
+                    w.stack.count,
+                    f64::from(w.position.x),
+                    f64::from(w.position.y)
+                ])?;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM world_items WHERE id = ?1")?;
+            for id in &batch.world_deletes {
+                delete.execute([to_sql(*id)])?;
+            }
+            let mut ledger = tx.prepare_cached(
+                "INSERT OR REPLACE INTO ledger(item, minted, consumed) VALUES (?1, ?2, ?3)",
+            )?;
+            for (item, row) in &batch.ledger {
+                ledger.execute(params![item.0, to_sql(row.minted), to_sql(row.consumed)])?;
+            }
+            let mut applied = tx.prepare_cached(
+                "INSERT OR REPLACE INTO applied_requests(account, request_id, reply) VALUES (?1, ?2, ?3)",
+            )?;
+            // Keep the newest REMEMBERED_REQUESTS per account.
+            let mut prune = tx.prepare_cached(
+                "DELETE FROM applied_requests WHERE account = ?1 AND seq <= \
+                 (SELECT seq FROM applied_requests WHERE account = ?1 ORDER BY seq DESC \
+                  LIMIT 1 OFFSET ?2)",
+            )?;
+            let mut pruned = std::collections::BTreeSet::new();
+            for (account, request_id, reply) in &batch.applied {
+                applied.execute(params![to_sql(*account), to_sql(*request_id), reply])?;
+                pruned.insert(*account);
+            }
+            for account in pruned {
+                prune.execute(params![to_sql(account), REMEMBERED_REQUESTS as i64])?;
+            }
+            if let Some(c) = batch.counters {
+                let mut meta =
+                    tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?;
+                meta.execute(params!["next_world_item", to_sql(c.next_world_item)])?;
+                meta.execute(params!["spawned", to_sql(c.spawned)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit(&mut self) -> Result<AuditReport, StoreError> {
+        let integrity: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        let mut items: BTreeMap<u32, ItemTotals> = BTreeMap::new();
+        let mut totals =
+            |sql: &str, set: fn(&mut ItemTotals, u64, u64)| -> Result<(), StoreError> {
+                let mut stmt = self.conn.prepare(sql)?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let item: i64 = r.get(0)?;
+                    let item = u32::try_from(item)
+                        .map_err(|_| StoreError::Corrupt(format!("item id {item}")))?;
+                    let a = count_from_sql(r.get(1)?)?;
+                    let b = count_from_sql(r.get(2)?)?;
+                    set(items.entry(item).or_default(), a, b);
+                }
+                Ok(())
+            };
+        totals(
+            "SELECT item, SUM(count), 0 FROM inventory_slots GROUP BY item",
+            |t, a, _| t.held = a,
+        )?;
+        totals(
+            "SELECT item, SUM(count), 0 FROM world_items GROUP BY item",
+            |t, a, _| t.in_world = a,
+        )?;
+        totals("SELECT item, minted, consumed FROM ledger", |t, a, b| {
+            t.minted = a;
+            t.consumed = b;
+        })?;
+        let accounts: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM inventories", [], |r| r.get(0))?;
+        Ok(AuditReport {
+            integrity_ok: integrity == "ok",
+            balanced: items.values().all(ItemTotals::balanced),
+            items: items.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            accounts: count_from_sql(accounts)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use glam::Vec2;
+    use shared::protocol::inventory::{ItemStack, WorldItem};
+
+    use super::*;
+
+    fn snapshot(version: u64, slots: Vec<Option<(u32, u32)>>) -> InventorySnapshot {
+        InventorySnapshot {
+            version,
+            slots: slots
+                .into_iter()
+                .map(|s| {
+                    s.map(|(item, count)| ItemStack {
+                        item: ItemId(item),
+                        count,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_the_audit_checks_the_ledger() {
+        let dir = std::env::temp_dir().join(format!("sqlite-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = SqliteStore::open(&dir).unwrap();
+        let inventory = snapshot(3, vec![Some((1, 4)), None, Some((2, 1))]);
+        let batch = BatchWrites {
+            inventories: vec![(u64::MAX, inventory.clone())],
+            world_upserts: vec![WorldItem {
+                id: 9,
+                stack: ItemStack {
+                    item: ItemId(1),
+                    count: 2,
+                },
+                position: Vec2::new(1.5, -2.0),
+            }],
+            world_deletes: vec![],
+            ledger: vec![
+                (
+                    ItemId(1),
+                    LedgerRow {
+                        minted: 7,
+                        consumed: 1,
+                    },
+                ),
+                (
+                    ItemId(2),
+                    LedgerRow {
+                        minted: 1,
+                        consumed: 0,
+                    },
+                ),
+            ],
+            applied: vec![(u64::MAX, 5, vec![1, 2, 3])],
+            counters: Some(Counters {
+                next_world_item: 10,
+                spawned: 4,
+            }),
+        };
+        store.commit(&batch).unwrap();
+        drop(store);
+
+        let mut store = SqliteStore::open(&dir).unwrap();
+        let account = store.load_account(u64::MAX).unwrap();
+        assert_eq!(account.inventory, Some(inventory));
+        assert_eq!(account.applied, vec![(5, vec![1, 2, 3])]);
+        let world = store.load_world().unwrap();
+        assert_eq!(world.world, batch.world_upserts);
+        assert_eq!(
+            world.counters,
+            Counters {
+                next_world_item: 10,
+                spawned: 4
+            }
+        );
+        let report = store.audit().unwrap();
+        assert!(report.integrity_ok);
+        assert!(report.balanced, "{report:?}");
+        assert_eq!(
+            report.items["1"],
+            ItemTotals {
+                held: 4,
+                in_world: 2,
+                minted: 7,
+                consumed: 1
+            }
+        );
+
+        // An unbalanced ledger is reported.
+        store
+            .commit(&BatchWrites {
+                ledger: vec![(
+                    ItemId(2),
+                    LedgerRow {
+                        minted: 2,
+                        consumed: 0,
+                    },
+                )],
+                ..BatchWrites::default()
+            })
+            .unwrap();
+        assert!(!store.audit().unwrap().balanced);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failing_batch_stores_nothing() {
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        let bad = BatchWrites {
+            ledger: vec![(
+                ItemId(1),
+                LedgerRow {
+                    minted: 1,
+                    consumed: 0,
+                },
+            )],
+            world_upserts: vec![WorldItem {
+                id: 1,
+                stack: ItemStack {
+                    item: ItemId(1),
+                    count: 0,
+                }, // violates CHECK
+                position: Vec2::ZERO,
+            }],
+            ..BatchWrites::default()
+        };
+        assert!(store.commit(&bad).is_err());
+        assert!(store.load_world().unwrap().ledger.is_empty());
+    }
+
+    #[test]
+    fn only_the_newest_applied_requests_are_kept() {
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        for id in 0..(REMEMBERED_REQUESTS as u64 + 10) {
+            store
+                .commit(&BatchWrites {
+                    applied: vec![(1, id, vec![])],
+                    ..BatchWrites::default()
+                })
+                .unwrap();
+        }
+        let applied = store.load_account(1).unwrap().applied;
+        assert_eq!(applied.len(), REMEMBERED_REQUESTS);
+        assert_eq!(applied[0].0, 10);
+    }
+}

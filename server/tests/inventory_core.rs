@@ -1,0 +1,653 @@
+//! The inventory rules over a real SQLite store, without bevy: examples of
+//! each operation, then a property test over random operation sequences
+//! (several players, trades racing disconnects, repeated request ids,
+//! failing commits) that checks the ledger and the stacks after every
+//! batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, Output};
+use server::persistence::{
+    AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
+};
+use shared::protocol::inventory::{
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
+    ItemStack, TradeOffer, TradeState,
+};
+
+/// A SQLite store whose next commit can be made to fail.
+struct FlakyStore {
+    inner: SqliteStore,
+    fail_next: bool,
+}
+
+impl InventoryStore for FlakyStore {
+    fn load_world(&mut self) -> Result<WorldState, StoreError> {
+        self.inner.load_world()
+    }
+    fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+        self.inner.load_account(account)
+    }
+    fn commit(&mut self, batch: &BatchWrites) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.fail_next) {
+            return Err(StoreError::Injected);
+        }
+        self.inner.commit(batch)
+    }
+    fn audit(&mut self) -> Result<AuditReport, StoreError> {
+        self.inner.audit()
+    }
+}
+
+const SLOTS: usize = 6;
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        slots: SLOTS,
+        max_world_items: 12,
+        spawn_every_ticks: 1,
+        spawner_target: 8,
+        ..CoreConfig::default()
+    }
+}
+
+struct Harness {
+    core: InventoryCore,
+    store: FlakyStore,
+    outputs: Vec<Output>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut store = FlakyStore {
+            inner: SqliteStore::open_in_memory().unwrap(),
+            fail_next: false,
+        };
+        let catalogue = Arc::new(Catalogue::embedded().unwrap());
+        let core = InventoryCore::load(catalogue, config(), &mut store).unwrap();
+        Self {
+            core,
+            store,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, input: Input) {
+        if let Some(out) = self.core.push(input) {
+            self.outputs.push(out);
+        }
+    }
+
+    /// Prepares, commits (failing when `fail`) and completes one batch.
+    fn flush(&mut self, fail: bool) -> Vec<Output> {
+        let Some(batch) = self.core.prepare(&mut self.store) else {
+            return std::mem::take(&mut self.outputs);
+        };
+        self.store.fail_next = fail;
+        let result = if batch.writes.is_empty() {
+            Ok(())
+        } else {
+            self.store.commit(&batch.writes)
+        };
+        self.store.fail_next = false;
+        let mut out = std::mem::take(&mut self.outputs);
+        out.extend(self.core.complete(result));
+        out
+    }
+
+    fn request(&mut self, account: u64, request_id: u64, op: InventoryOp) -> InventoryReply {
+        self.push(Input::Request {
+            account,
+            request: InventoryRequest { request_id, op },
+            position: None,
+            tag: request_id,
+        });
+        let out = self.flush(false);
+        reply_of(&out, account, request_id).expect("a reply")
+    }
+
+    fn ticks(&mut self, n: usize) {
+        for _ in 0..n {
+            self.push(Input::Tick);
+        }
+        self.flush(false);
+    }
+
+    fn audit(&mut self) -> AuditReport {
+        self.store.audit().unwrap()
+    }
+}
+
+fn reply_of(out: &[Output], account: u64, request_id: u64) -> Option<InventoryReply> {
+    out.iter().find_map(|o| match o {
+        Output::Reply {
+            account: a, reply, ..
+        } if *a == account && reply.request_id == request_id => Some(reply.clone()),
+        _ => None,
+    })
+}
+
+fn stacks(inv: &InventorySnapshot) -> Vec<(u32, u32)> {
+    inv.slots
+        .iter()
+        .flatten()
+        .map(|s| (s.item.0, s.count))
+        .collect()
+}
+
+/// Spawns world items and has `account` pick up everything.
+fn gather(h: &mut Harness, account: u64, first_request: u64) -> InventorySnapshot {
+    h.ticks(8);
+    let ids: Vec<u64> = h.core.world_items().map(|w| w.id).collect();
+    let mut last = None;
+    for (i, id) in ids.into_iter().enumerate() {
+        let reply = h.request(
+            account,
+            first_request + i as u64,
+            InventoryOp::PickUp { world_item: id },
+        );
+        if let Ok(inv) = reply.result {
+            last = Some(inv);
+        }
+    }
+    last.expect("picked something up")
+}
+
+#[test]
+fn pickups_move_items_from_the_world_and_keep_the_ledger_balanced() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.ticks(8);
+    assert_eq!(
+        h.core.world_items().count(),
+        8,
+        "the spawner fills up to its target"
+    );
+    let before = h.audit();
+    assert!(before.balanced && before.integrity_ok, "{before:?}");
+    let minted: u64 = before.items.values().map(|t| t.minted).sum();
+    assert!(minted >= 8);
+
+    let inv = gather(&mut h, 1, 100);
+    assert!(inv.version >= 1);
+    let after = h.audit();
+    assert!(after.balanced, "{after:?}");
+    let held: u64 = after.items.values().map(|t| t.held).sum();
+    let in_world: u64 = after.items.values().map(|t| t.in_world).sum();
+    assert_eq!(
+        held + in_world,
+        after.items.values().map(|t| t.minted).sum::<u64>()
+    );
+    assert!(held > 0);
+    h.core.check_stacks().unwrap();
+}
+
+#[test]
+fn a_repeated_request_id_is_applied_once_and_answered_with_the_original_reply() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let first = h.request(1, 7, InventoryOp::Drop { slot, count: 1 });
+    assert!(first.result.is_ok());
+    let again = h.request(1, 7, InventoryOp::Drop { slot, count: 1 });
+    assert_eq!(again, first);
+    let listed = h.request(1, 8, InventoryOp::List).result.unwrap();
+    assert_eq!(listed, first.result.clone().unwrap(), "dropped once");
+
+    // Remembered across a reconnect (it is stored with the change).
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+    h.push(Input::Connected { account: 1 });
+    assert_eq!(h.request(1, 7, InventoryOp::List), first);
+}
+
+#[test]
+fn a_reconnecting_player_gets_its_inventory_back() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 5 });
+    let inv = gather(&mut h, 5, 1);
+    h.push(Input::Disconnected { account: 5 });
+    h.flush(false);
+    assert!(h.core.inventory(5).is_none(), "unloaded after leaving");
+    h.push(Input::Connected { account: 5 });
+    let listed = h.request(5, 1000, InventoryOp::List).result.unwrap();
+    assert_eq!(listed, inv);
+}
+
+#[test]
+fn a_failed_commit_changes_nothing_and_answers_storage() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    h.push(Input::Request {
+        account: 1,
+        request: InventoryRequest {
+            request_id: 9,
+            op: InventoryOp::Drop { slot, count: 1 },
+        },
+        position: None,
+        tag: 0,
+    });
+    let out = h.flush(true);
+    assert_eq!(
+        reply_of(&out, 1, 9).unwrap().result,
+        Err(InventoryError::Storage)
+    );
+    assert_eq!(h.core.inventory(1), Some(&inv));
+    assert!(h.audit().balanced);
+    // Retrying the same id now applies it.
+    assert!(
+        h.request(1, 9, InventoryOp::Drop { slot, count: 1 })
+            .result
+            .is_ok()
+    );
+}
+
+#[test]
+fn moves_split_merge_and_swap_within_the_stack_limits() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    gather(&mut h, 1, 100);
+    let inv = h.request(1, 1, InventoryOp::List).result.unwrap();
+    let (from, stack) = inv
+        .slots
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| s.filter(|s| s.count >= 2).map(|s| (i as u16, s)))
+        .expect("a stack of 2+");
+    let empty = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    // Split.
+    let split = h
+        .request(
+            1,
+            2,
+            InventoryOp::Move {
+                from,
+                to: empty,
+                count: 1,
+            },
+        )
+        .result
+        .unwrap();
+    assert_eq!(
+        split.slots[usize::from(empty)],
+        Some(ItemStack {
+            item: stack.item,
+            count: 1
+        })
+    );
+    assert_eq!(
+        split.slots[usize::from(from)].unwrap().count,
+        stack.count - 1
+    );
+    // Merge back.
+    let merged = h
+        .request(
+            1,
+            3,
+            InventoryOp::Move {
+                from: empty,
+                to: from,
+                count: 1,
+            },
+        )
+        .result
+        .unwrap();
+    assert_eq!(merged.slots[usize::from(from)], Some(stack));
+    // Errors.
+    assert_eq!(
+        h.request(
+            1,
+            4,
+            InventoryOp::Move {
+                from,
+                to: from,
+                count: 1
+            }
+        )
+        .result,
+        Err(InventoryError::BadSlot)
+    );
+    assert_eq!(
+        h.request(
+            1,
+            5,
+            InventoryOp::Move {
+                from,
+                to: empty,
+                count: stack.count + 1
+            }
+        )
+        .result,
+        Err(InventoryError::BadCount)
+    );
+    assert_eq!(
+        h.request(
+            1,
+            6,
+            InventoryOp::Move {
+                from: 99,
+                to: empty,
+                count: 1
+            }
+        )
+        .result,
+        Err(InventoryError::BadSlot)
+    );
+    h.core.check_stacks().unwrap();
+}
+
+#[test]
+fn using_consumes_one_and_the_ledger_records_it() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let catalogue = Catalogue::embedded().unwrap();
+    let (slot, stack) = inv
+        .slots
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| {
+            s.filter(|s| catalogue.get(s.item).unwrap().consumable)
+                .map(|s| (i as u16, s))
+        })
+        .expect("something edible");
+    h.request(1, 1, InventoryOp::Use { slot }).result.unwrap();
+    let report = h.audit();
+    assert_eq!(report.items[&stack.item.0.to_string()].consumed, 1);
+    assert!(report.balanced);
+}
+
+#[test]
+fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    let a = gather(&mut h, 1, 100);
+    let b = gather(&mut h, 2, 200);
+    let a_slot = a.slots.iter().position(Option::is_some).unwrap() as u16;
+    let b_slot = b.slots.iter().position(Option::is_some).unwrap() as u16;
+    let a_stack = a.slots[usize::from(a_slot)].unwrap();
+    let b_stack = b.slots[usize::from(b_slot)].unwrap();
+
+    let opened = h.request(
+        1,
+        1,
+        InventoryOp::Offer {
+            with: 2,
+            offer: TradeOffer {
+                items: vec![(a_slot, 1)],
+            },
+        },
+    );
+    let trade = opened.trade.unwrap();
+    h.request(
+        2,
+        1,
+        InventoryOp::Offer {
+            with: 1,
+            offer: TradeOffer {
+                items: vec![(b_slot, 1)],
+            },
+        },
+    );
+    h.request(1, 2, InventoryOp::Accept { trade })
+        .result
+        .unwrap();
+    assert!(h.core.inventory(1) == Some(&a) || h.core.inventory(1).unwrap().version == a.version);
+    h.push(Input::Request {
+        account: 2,
+        request: InventoryRequest {
+            request_id: 2,
+            op: InventoryOp::Accept { trade },
+        },
+        position: None,
+        tag: 0,
+    });
+    let out = h.flush(false);
+    let completed = out
+        .iter()
+        .filter(
+            |o| matches!(o, Output::Trade { update, .. } if update.state == TradeState::Completed),
+        )
+        .count();
+    assert_eq!(completed, 2, "both sides hear it");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Update { account: 1, .. })),
+        "the initiator's inventory is pushed"
+    );
+    let count_of = |inv: &InventorySnapshot, item: ItemId| -> u32 {
+        inv.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.item == item)
+            .map(|s| s.count)
+            .sum()
+    };
+    let a_after = h.core.inventory(1).unwrap().clone();
+    let b_after = h.core.inventory(2).unwrap().clone();
+    if a_stack.item != b_stack.item {
+        assert_eq!(
+            count_of(&a_after, a_stack.item) + 1,
+            count_of(&a, a_stack.item)
+        );
+        assert_eq!(
+            count_of(&a_after, b_stack.item),
+            count_of(&a, b_stack.item) + 1
+        );
+    }
+    assert!(h.audit().balanced);
+
+    // A new trade, cancelled by a disconnect before the second accept.
+    let opened = h.request(
+        1,
+        3,
+        InventoryOp::Offer {
+            with: 2,
+            offer: TradeOffer::default(),
+        },
+    );
+    let trade = opened.trade.unwrap();
+    h.request(1, 4, InventoryOp::Accept { trade })
+        .result
+        .unwrap();
+    h.push(Input::Disconnected { account: 1 });
+    h.push(Input::Request {
+        account: 2,
+        request: InventoryRequest {
+            request_id: 3,
+            op: InventoryOp::Accept { trade },
+        },
+        position: None,
+        tag: 0,
+    });
+    let out = h.flush(false);
+    assert_eq!(
+        reply_of(&out, 2, 3).unwrap().result,
+        Err(InventoryError::NoSuchTrade)
+    );
+    assert_eq!(stacks(h.core.inventory(2).unwrap()), stacks(&b_after));
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Connect(u64),
+    Disconnect(u64),
+    Tick(u8),
+    Request { player: u64, id: u64, op: OpSpec },
+    Flush { fail: bool },
+}
+
+#[derive(Debug, Clone)]
+enum OpSpec {
+    List,
+    PickUp(usize),
+    Drop(u16, u32),
+    Move(u16, u16, u32),
+    Use(u16),
+    Give(u64, u16, u32),
+    Offer(u64, Vec<(u16, u32)>),
+    Accept(u64),
+    Cancel(u64),
+}
+
+const PLAYERS: u64 = 4;
+
+fn op_spec() -> impl Strategy<Value = OpSpec> {
+    let slot = || 0..(SLOTS as u16 + 1);
+    let count = || 0u32..6;
+    prop_oneof![
+        1 => Just(OpSpec::List),
+        3 => (0usize..16).prop_map(OpSpec::PickUp),
+        1 => (slot(), count()).prop_map(|(s, c)| OpSpec::Drop(s, c)),
+        2 => (slot(), slot(), count()).prop_map(|(a, b, c)| OpSpec::Move(a, b, c)),
+        1 => slot().prop_map(OpSpec::Use),
+        1 => (1..=PLAYERS, slot(), count()).prop_map(|(p, s, c)| OpSpec::Give(p, s, c)),
+        2 => (1..=PLAYERS, prop::collection::vec((slot(), count()), 0..3))
+            .prop_map(|(p, items)| OpSpec::Offer(p, items)),
+        2 => (1u64..6).prop_map(OpSpec::Accept),
+        1 => (1u64..6).prop_map(OpSpec::Cancel),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => (1..=PLAYERS).prop_map(Step::Connect),
+        1 => (1..=PLAYERS).prop_map(Step::Disconnect),
+        1 => (1u8..4).prop_map(Step::Tick),
+        8 => (1..=PLAYERS, 0u64..12, op_spec()).prop_map(|(player, id, op)| Step::Request { player, id, op }),
+        3 => (0u8..6).prop_map(|n| Step::Flush { fail: n == 0 }),
+    ]
+}
+
+fn resolve(spec: &OpSpec, core: &InventoryCore) -> InventoryOp {
+    match spec.clone() {
+        OpSpec::List => InventoryOp::List,
+        OpSpec::PickUp(i) => {
+            let ids: Vec<u64> = core.world_items().map(|w| w.id).collect();
+            InventoryOp::PickUp {
+                world_item: if ids.is_empty() {
+                    999
+                } else {
+                    ids[i % ids.len()]
+                },
+            }
+        }
+        OpSpec::Drop(slot, count) => InventoryOp::Drop { slot, count },
+        OpSpec::Move(from, to, count) => InventoryOp::Move { from, to, count },
+        OpSpec::Use(slot) => InventoryOp::Use { slot },
+        OpSpec::Give(to, slot, count) => InventoryOp::Give { to, slot, count },
+        OpSpec::Offer(with, items) => InventoryOp::Offer {
+            with,
+            offer: TradeOffer { items },
+        },
+        OpSpec::Accept(trade) => InventoryOp::Accept { trade },
+        OpSpec::Cancel(trade) => InventoryOp::Cancel { trade },
+    }
+}
+
+fn check_after_batch(h: &mut Harness, online: &[bool]) -> Result<(), TestCaseError> {
+    let report = h.audit();
+    prop_assert!(report.integrity_ok);
+    prop_assert!(report.balanced, "ledger unbalanced: {:?}", report.items);
+    if let Err(e) = h.core.check_stacks() {
+        return Err(TestCaseError::fail(e));
+    }
+    // Memory equals storage for every loaded inventory.
+    for account in 1..=PLAYERS {
+        if let Some(mem) = h.core.inventory(account).cloned() {
+            let stored = h.store.inner.load_account(account).unwrap().inventory;
+            let stored = stored.unwrap_or(InventorySnapshot {
+                version: 0,
+                slots: vec![None; SLOTS],
+            });
+            prop_assert_eq!(&mem, &stored, "account {} diverged from storage", account);
+        } else {
+            prop_assert!(
+                !online[account as usize],
+                "online account {} not loaded",
+                account
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_operations_keep_items_conserved_and_stacks_valid(
+        steps in prop::collection::vec(step(), 1..120)
+    ) {
+        let mut h = Harness::new();
+        let mut online = vec![false; PLAYERS as usize + 1];
+        // (account, request id) → the first successful reply this session.
+        let mut answered: HashMap<(u64, u64), InventoryReply> = HashMap::new();
+        let check_replies = |out: &[Output], answered: &mut HashMap<(u64, u64), InventoryReply>| -> Result<(), TestCaseError> {
+            for o in out {
+                if let Output::Reply { account, reply, .. } = o {
+                    if let Some(first) = answered.get(&(*account, reply.request_id)) {
+                        prop_assert_eq!(first, reply, "repeated id answered differently");
+                    } else if reply.result.is_ok() && reply.trade.is_none() {
+                        answered.insert((*account, reply.request_id), reply.clone());
+                    }
+                }
+            }
+            Ok(())
+        };
+        for step in steps {
+            match step {
+                Step::Connect(p) => {
+                    if !online[p as usize] {
+                        online[p as usize] = true;
+                        h.push(Input::Connected { account: p });
+                    }
+                }
+                Step::Disconnect(p) => {
+                    if online[p as usize] {
+                        online[p as usize] = false;
+                        h.push(Input::Disconnected { account: p });
+                        // Across sessions only changes' answers are
+                        // remembered (see the reconnect example above);
+                        // within a session every answer is.
+                        answered.retain(|(account, _), _| *account != p);
+                    }
+                }
+                Step::Tick(n) => {
+                    for _ in 0..n {
+                        h.push(Input::Tick);
+                    }
+                }
+                Step::Request { player, id, op } => {
+                    if online[player as usize] {
+                        let op = resolve(&op, &h.core);
+                        h.push(Input::Request {
+                            account: player,
+                            request: InventoryRequest { request_id: id, op },
+                            position: None,
+                            tag: 0,
+                        });
+                    }
+                }
+                Step::Flush { fail } => {
+                    let out = h.flush(fail);
+                    check_replies(&out, &mut answered)?;
+                    check_after_batch(&mut h, &online)?;
+                }
+            }
+        }
+        let out = h.flush(false);
+        check_replies(&out, &mut answered)?;
+        check_after_batch(&mut h, &online)?;
+    }
+}

@@ -1,0 +1,447 @@
+//! Inventory messages ([`INVENTORY`](super::channels::INVENTORY), reliable
+//! and ordered). Ids 3xx.
+//!
+//! Every [`InventoryRequest`] carries a client-chosen `request_id`; the
+//! server answers each with one [`InventoryReply`] holding the same id and
+//! either the new state or an error. A request id the server has already
+//! applied is not applied again: the original reply is sent again (ids are
+//! remembered per account, the most recent [`REMEMBERED_REQUESTS`], across
+//! restarts). A reply is sent only once its change is durably stored.
+//!
+//! Changes a player did not ask for (a gift, the other side of a trade)
+//! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
+//! [`InventoryTracker`] keeps a client's view consistent.
+
+use serde::{Deserialize, Serialize};
+
+use super::NetMessage;
+
+/// Most slots an inventory may have; the server's own size is at most this.
+pub const MAX_SLOTS: usize = 64;
+/// Most slots one side may put into a trade offer.
+pub const MAX_TRADE_SLOTS: usize = 16;
+/// Most world items listed in one [`WorldItems`] reply.
+pub const MAX_LISTED_WORLD_ITEMS: usize = 256;
+/// How many applied request ids the server remembers per account.
+pub const REMEMBERED_REQUESTS: usize = 256;
+
+/// An item type, from the catalogue (`assets/items.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ItemId(pub u32);
+
+/// Some items of one type in one slot; `count` is at least 1 and at most
+/// the item's max stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemStack {
+    /// What.
+    pub item: ItemId,
+    /// How many.
+    pub count: u32,
+}
+
+/// A player's inventory as the server has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InventorySnapshot {
+    /// Increases by one with every committed change; never goes back.
+    pub version: u64,
+    /// One entry per slot.
+    pub slots: Vec<Option<ItemStack>>,
+}
+
+/// One side of a trade: slots and how many of each to give.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TradeOffer {
+    /// `(slot, count)` pairs, at most [`MAX_TRADE_SLOTS`], slots distinct.
+    pub items: Vec<(u16, u32)>,
+}
+
+/// What a client asks the server to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryOp {
+    /// Send me my inventory.
+    List,
+    /// List the items lying in the world (answered with [`WorldItems`] and
+    /// then the reply).
+    ListWorld,
+    /// Pick up a world item (whole, or as much as fits is refused: all or
+    /// nothing).
+    PickUp {
+        /// The world item's id.
+        world_item: u64,
+    },
+    /// Drop `count` from a slot into the world at the player's position.
+    Drop {
+        /// The slot.
+        slot: u16,
+        /// How many.
+        count: u32,
+    },
+    /// Move `count` from one slot to another: a move to an empty slot, a
+    /// split (less than the whole stack), a merge onto the same item, or a
+    /// swap of two whole stacks of different items.
+    Move {
+        /// From.
+        from: u16,
+        /// To.
+        to: u16,
+        /// How many (the whole stack for a swap).
+        count: u32,
+    },
+    /// Use (consume) one item from a slot; only consumable items.
+    Use {
+        /// The slot.
+        slot: u16,
+    },
+    /// Give `count` from a slot to another online player.
+    Give {
+        /// The recipient's account id.
+        to: u64,
+        /// The slot.
+        slot: u16,
+        /// How many.
+        count: u32,
+    },
+    /// Open a trade with another online player, or replace my side of our
+    /// open trade; resets both acceptances.
+    Offer {
+        /// The other player's account id.
+        with: u64,
+        /// What I give.
+        offer: TradeOffer,
+    },
+    /// Accept the trade as it stands; when both sides have accepted, the
+    /// swap happens atomically.
+    Accept {
+        /// The trade.
+        trade: u64,
+    },
+    /// Cancel the trade.
+    Cancel {
+        /// The trade.
+        trade: u64,
+    },
+}
+
+/// Client → server: an inventory operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRequest {
+    /// Chosen by the client; a repeated id is answered, not re-applied.
+    pub request_id: u64,
+    /// What to do.
+    pub op: InventoryOp,
+}
+
+impl NetMessage for InventoryRequest {
+    const ID: u16 = 300;
+}
+
+/// Why an operation failed. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum InventoryError {
+    /// No such slot.
+    #[error("no such slot")]
+    BadSlot,
+    /// The slot is empty.
+    #[error("the slot is empty")]
+    EmptySlot,
+    /// A count of zero, or more than the slot holds.
+    #[error("bad count")]
+    BadCount,
+    /// Not enough room.
+    #[error("not enough room in the inventory")]
+    NoRoom,
+    /// No such world item (already picked up?).
+    #[error("no such item in the world")]
+    NoSuchWorldItem,
+    /// The world item is out of reach.
+    #[error("too far away")]
+    TooFar,
+    /// The world is full; nothing can be dropped now.
+    #[error("the world is full")]
+    WorldFull,
+    /// The item cannot be used.
+    #[error("this item cannot be used")]
+    NotUsable,
+    /// The other player is not online (or is yourself).
+    #[error("no such player online")]
+    UnknownPlayer,
+    /// No such open trade, or not yours.
+    #[error("no such trade")]
+    NoSuchTrade,
+    /// A malformed trade offer (too many slots, repeated slots).
+    #[error("bad trade offer")]
+    BadOffer,
+    /// The trade cannot complete: a side no longer has what it offered, or
+    /// does not have the room for what it receives. The trade is cancelled.
+    #[error("the trade cannot be completed")]
+    TradeFailed,
+    /// Too many requests waiting; retry with the same id later.
+    #[error("busy, retry later")]
+    Busy,
+    /// The change could not be stored; nothing changed. Retry with the
+    /// same id.
+    #[error("storage failure")]
+    Storage,
+}
+
+/// Server → client: the answer to one [`InventoryRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReply {
+    /// The request's id.
+    pub request_id: u64,
+    /// The inventory after the operation, or why it failed.
+    pub result: Result<InventorySnapshot, InventoryError>,
+    /// For `Offer`: the trade's id.
+    pub trade: Option<u64>,
+}
+
+impl NetMessage for InventoryReply {
+    const ID: u16 = 301;
+}
+
+/// Server → client: the inventory changed without a request of the
+/// recipient (a gift, a completed trade, a rollback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryUpdate {
+    /// The new state.
+    pub inventory: InventorySnapshot,
+}
+
+impl NetMessage for InventoryUpdate {
+    const ID: u16 = 302;
+}
+
+/// Where a trade stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TradeState {
+    /// Open; offers and acceptances so far.
+    Open {
+        /// Whether the initiator has accepted.
+        initiator_accepted: bool,
+        /// Whether the other side has accepted.
+        partner_accepted: bool,
+    },
+    /// Swapped.
+    Completed,
+    /// Cancelled by a side or by a disconnect, or failed.
+    Cancelled,
+}
+
+/// Server → both sides: a trade changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeUpdate {
+    /// The trade.
+    pub trade: u64,
+    /// Who opened it.
+    pub initiator: u64,
+    /// The other side.
+    pub partner: u64,
+    /// The initiator's offer.
+    pub initiator_offer: TradeOffer,
+    /// The partner's offer.
+    pub partner_offer: TradeOffer,
+    /// Its state.
+    pub state: TradeState,
+}
+
+impl NetMessage for TradeUpdate {
+    const ID: u16 = 303;
+}
+
+/// An item lying in the world.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WorldItem {
+    /// Its id, for [`InventoryOp::PickUp`].
+    pub id: u64,
+    /// What and how many.
+    pub stack: ItemStack,
+    /// Where, in metres.
+    pub position: glam::Vec2,
+}
+
+/// Server → client: world items (at most [`MAX_LISTED_WORLD_ITEMS`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorldItems {
+    /// The items.
+    pub items: Vec<WorldItem>,
+}
+
+impl NetMessage for WorldItems {
+    const ID: u16 = 304;
+}
+
+/// What a client's view of its inventory noticed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackerError {
+    /// A reply to a request id that is not pending.
+    #[error("reply to request {0}, which is not pending")]
+    UnexpectedReply(u64),
+    /// A state older than one already seen.
+    #[error("inventory version went back from {seen} to {got}")]
+    VersionWentBack {
+        /// The newest version seen.
+        seen: u64,
+        /// The one that arrived.
+        got: u64,
+    },
+    /// Two states with the same version but different contents.
+    #[error("two different inventories with version {0}")]
+    Diverged(u64),
+}
+
+/// Client side: pending requests and the newest inventory seen, checked
+/// for consistency (versions never go back; one version, one content).
+#[derive(Debug, Clone, Default)]
+pub struct InventoryTracker {
+    next_request: u64,
+    pending: std::collections::BTreeMap<u64, InventoryOp>,
+    inventory: Option<InventorySnapshot>,
+}
+
+impl InventoryTracker {
+    /// A tracker whose request ids start after `first - 1`; use a fresh
+    /// range per session if request ids must not repeat across sessions.
+    pub fn starting_at(first: u64) -> Self {
+        Self {
+            next_request: first,
+            ..Self::default()
+        }
+    }
+
+    /// Builds a request with the next id and records it as pending.
+    pub fn request(&mut self, op: InventoryOp) -> InventoryRequest {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(request_id, op.clone());
+        InventoryRequest { request_id, op }
+    }
+
+    /// Requests sent and not answered yet, oldest first (to resend with
+    /// the same ids after a reconnect).
+    pub fn pending(&self) -> impl Iterator<Item = InventoryRequest> + '_ {
+        self.pending
+            .iter()
+            .map(|(&request_id, op)| InventoryRequest {
+                request_id,
+                op: op.clone(),
+            })
+    }
+
+    /// The newest inventory seen.
+    pub fn inventory(&self) -> Option<&InventorySnapshot> {
+        self.inventory.as_ref()
+    }
+
+    /// Applies a reply; returns the op it answers.
+    ///
+    /// # Errors
+    /// [`TrackerError`] when the reply is unexpected or inconsistent.
+    pub fn on_reply(&mut self, reply: &InventoryReply) -> Result<InventoryOp, TrackerError> {
+        let op = self
+            .pending
+            .remove(&reply.request_id)
+            .ok_or(TrackerError::UnexpectedReply(reply.request_id))?;
+        if let Ok(snapshot) = &reply.result {
+            self.observe(snapshot)?;
+        }
+        Ok(op)
+    }
+
+    /// Applies a pushed update.
+    ///
+    /// # Errors
+    /// [`TrackerError`] when it is inconsistent with what was seen.
+    pub fn on_update(&mut self, update: &InventoryUpdate) -> Result<(), TrackerError> {
+        self.observe(&update.inventory)
+    }
+
+    fn observe(&mut self, snapshot: &InventorySnapshot) -> Result<(), TrackerError> {
+        match &self.inventory {
+            Some(seen) if snapshot.version < seen.version => {
+                // An old reply re-sent for a repeated request id: fine as
+                // long as it does not replace the newer state.
+                Ok(())
+            }
+            Some(seen) if snapshot.version == seen.version && snapshot != seen => {
+                Err(TrackerError::Diverged(snapshot.version))
+            }
+            _ => {
+                self.inventory = Some(snapshot.clone());
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(version: u64, count: u32) -> InventorySnapshot {
+        InventorySnapshot {
+            version,
+            slots: vec![Some(ItemStack {
+                item: ItemId(1),
+                count,
+            })],
+        }
+    }
+
+    #[test]
+    fn the_tracker_matches_replies_and_keeps_the_newest_state() {
+        let mut tracker = InventoryTracker::starting_at(10);
+        let request = tracker.request(InventoryOp::List);
+        assert_eq!(request.request_id, 10);
+        assert_eq!(tracker.pending().count(), 1);
+        let reply = InventoryReply {
+            request_id: 10,
+            result: Ok(snapshot(3, 2)),
+            trade: None,
+        };
+        assert_eq!(tracker.on_reply(&reply), Ok(InventoryOp::List));
+        assert_eq!(
+            tracker.on_reply(&reply),
+            Err(TrackerError::UnexpectedReply(10))
+        );
+        tracker
+            .on_update(&InventoryUpdate {
+                inventory: snapshot(2, 9),
+            })
+            .unwrap();
+        assert_eq!(tracker.inventory(), Some(&snapshot(3, 2)), "older kept out");
+        assert_eq!(
+            tracker.on_update(&InventoryUpdate {
+                inventory: snapshot(3, 5)
+            }),
+            Err(TrackerError::Diverged(3))
+        );
+    }
+
+    #[test]
+    fn inventory_messages_round_trip_through_the_codec() {
+        let reply = InventoryReply {
+            request_id: u64::MAX,
+            result: Err(InventoryError::NoRoom),
+            trade: Some(4),
+        };
+        let bytes = crate::protocol::encode(&reply).unwrap();
+        assert_eq!(
+            crate::protocol::decode::<InventoryReply>(&bytes).unwrap(),
+            reply
+        );
+        let request = InventoryRequest {
+            request_id: 1,
+            op: InventoryOp::Offer {
+                with: 2,
+                offer: TradeOffer {
+                    items: vec![(0, 1), (3, 7)],
+                },
+            },
+        };
+        let bytes = crate::protocol::encode(&request).unwrap();
+        assert_eq!(
+            crate::protocol::decode::<InventoryRequest>(&bytes).unwrap(),
+            request
+        );
+    }
+}
