@@ -287,8 +287,12 @@ impl Bot {
         match self.phase {
             Phase::Idle { .. } | Phase::Paused { .. } => self.finish(now, stats),
             Phase::Connecting => {
-                // A handshake in progress at the end is neither a success nor
-                // a failure of the server: leave quietly.
+                // Still no answer when the run ends: the server did not take
+                // this bot in time; say so rather than hide it.
+                bump(
+                    &mut stats.connect_failures,
+                    "still_connecting_at_stop".to_owned(),
+                );
                 self.endpoint.disconnect(now, DisconnectReason::Closed);
                 self.finish(now, stats);
             }

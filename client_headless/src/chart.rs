@@ -123,10 +123,9 @@ fn panel(svg: &mut String, top: f64, name: &str, series: &[Series<'_>], t_max: f
             bottom + 16.0
         );
     }
-    if y_max <= 0.0
-        && series
-            .iter()
-            .all(|s| s.points.iter().all(|p| p.1.is_none()))
+    if series
+        .iter()
+        .all(|s| s.points.iter().all(|p| p.1.is_none()))
     {
         let _ = writeln!(
             svg,
