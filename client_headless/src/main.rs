@@ -1,3 +1,281 @@
-//! The headless client.
+//! The headless client: `play` is one interactive player in the terminal;
+//! `load` is a bot swarm that load-tests a server and reports what it saw.
+//!
+//! Exit codes: 0 success, 1 error (bad flags, cannot run, a player
+//! disconnected by the server), 2 a load-test SLO failed.
 
-fn main() {}
+mod bot;
+mod chart;
+mod load;
+mod play;
+mod prom;
+mod report;
+mod scenario;
+mod swarm;
+mod token;
+mod verify;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shared::sim::LinkConfig;
+
+use crate::report::Slos;
+use crate::scenario::Scenario;
+use crate::swarm::SourceIps;
+use crate::token::TokenMinter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Headless game client: play by hand, or load-test a server with a bot swarm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One interactive player in the terminal.
+    Play(PlayArgs),
+    /// Load-test a server with many bots and report.
+    Load(Box<LoadArgs>),
+}
+
+#[derive(Args)]
+struct PlayArgs {
+    /// The server's UDP address.
+    #[arg(long, value_name = "ADDR")]
+    server: SocketAddr,
+    /// A base64 connect token, as printed by `server token`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        conflicts_with = "dev",
+        required_unless_present = "dev"
+    )]
+    token: Option<String>,
+    /// Mint a token with the public dev key (servers in dev mode only).
+    #[arg(long)]
+    dev: bool,
+    /// Account id for --dev [default: random].
+    #[arg(long, value_name = "ID", requires = "dev")]
+    client_id: Option<u64>,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The server's UDP address.
+    #[arg(long, value_name = "ADDR")]
+    server: SocketAddr,
+    /// Bots to run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    bots: u64,
+    /// Seconds from the first bot's start until the bots stop (includes the ramp).
+    #[arg(long, value_name = "SECS")]
+    duration: f64,
+    /// Start the bots evenly over this many seconds [default: 0].
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    ramp: f64,
+    /// Scenario file [default: the built-in copy of assets/scenarios/default.toml].
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write an SVG chart here.
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
+    /// Link conditioner: probability a datagram is lost, each direction.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    loss: f64,
+    /// Link conditioner: probability a datagram is duplicated.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    duplicate: f64,
+    /// Link conditioner: probability a datagram is held back (reordered) by
+    /// twice the latency plus jitter (at least 20 ms).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    reorder: f64,
+    /// Link conditioner: one-way latency added in each direction.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency_ms: u64,
+    /// Link conditioner: uniform jitter (±) around the latency.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    jitter_ms: u64,
+    /// The server's Prometheus metrics page.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:9100/metrics"
+    )]
+    metrics_url: String,
+    /// Mint tokens with this private key file (a production server you own)
+    /// [default: the public dev key].
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// SLO: fail (exit 2) if the RTT p99 exceeds this.
+    #[arg(long, value_name = "MS")]
+    max_rtt_p99_ms: Option<f64>,
+    /// SLO: fail (exit 2) if fewer than this fraction of the bots connected.
+    #[arg(long, value_name = "RATIO")]
+    min_connected_ratio: Option<f64>,
+    /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line.
+    #[arg(long)]
+    require_exactly_once: bool,
+    /// Worker threads multiplexing the bots' sockets [default: min(cores, 4)].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Distinct source addresses (127.1.x.y) for a loopback server, so its
+    /// per-IP handshake rate limit is not the bottleneck; 1 binds 0.0.0.0
+    /// [default: min(bots, 1024) for loopback servers, else 1].
+    #[arg(long, value_name = "N")]
+    source_ips: Option<u32>,
+    /// Account id of the first bot; bots use consecutive ids [default: from the clock].
+    #[arg(long, value_name = "ID")]
+    first_client_id: Option<u64>,
+    /// Longest wait at the end for chat lines still in flight.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Seed of the conditioners and behaviours.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+}
+
+fn secs(name: &str, value: f64) -> Result<Duration, String> {
+    if value.is_finite() && (0.0..=86_400.0 * 7.0).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("--{name} must be between 0 and 604800 seconds"))
+    }
+}
+
+fn probability(name: &str, value: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("--{name} must be between 0 and 1"))
+    }
+}
+
+fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
+    let duration = secs("duration", args.duration)?;
+    let ramp = secs("ramp", args.ramp)?;
+    if duration.is_zero() {
+        return Err("--duration must be positive".into());
+    }
+    if ramp > duration {
+        return Err("--ramp must not be longer than --duration".into());
+    }
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::load(path),
+        None => Scenario::parse(scenario::DEFAULT_TOML, "built-in default.toml"),
+    }
+    .map_err(|e| e.to_string())?;
+    let minter = match &args.key_file {
+        Some(path) => TokenMinter::from_key_file(args.server, path)?,
+        None => TokenMinter::dev(args.server),
+    };
+    if args.key_file.is_some() && minter.is_dev() {
+        eprintln!("warning: --key-file holds the public dev key");
+    }
+    let loss = probability("loss", args.loss)?;
+    let duplicate = probability("duplicate", args.duplicate)?;
+    let reorder = probability("reorder", args.reorder)?;
+    let latency = Duration::from_millis(args.latency_ms);
+    let jitter = Duration::from_millis(args.jitter_ms);
+    let conditioned =
+        loss > 0.0 || duplicate > 0.0 || reorder > 0.0 || !latency.is_zero() || !jitter.is_zero();
+    let link = conditioned.then(|| {
+        let hold = (latency * 2 + jitter).max(Duration::from_millis(20));
+        LinkConfig::lossy(loss, latency, jitter)
+            .with_duplicate(duplicate)
+            .with_reorder(reorder, hold)
+    });
+    let loopback = args.server.ip().is_loopback() && args.server.is_ipv4();
+    let sources = match args.source_ips {
+        Some(0 | 1) => SourceIps::Any,
+        Some(count) if loopback => SourceIps::Loopback { count },
+        Some(_) => return Err("--source-ips above 1 needs a loopback IPv4 server".into()),
+        None if loopback => SourceIps::Loopback {
+            count: u32::try_from(args.bots.min(1024)).unwrap_or(1024),
+        },
+        None => SourceIps::Any,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+    let first_account = args
+        .first_client_id
+        .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 1);
+    Ok(load::LoadPlan {
+        server: args.server,
+        bots: args.bots,
+        duration,
+        ramp,
+        scenario,
+        minter,
+        link,
+        metrics_url: args.metrics_url,
+        threads,
+        sources,
+        first_account,
+        drain_timeout: secs("drain-timeout", args.drain_timeout)?,
+        report: args.report,
+        chart: args.chart,
+        slos: Slos {
+            max_rtt_p99_ms: args.max_rtt_p99_ms,
+            min_connected_ratio: args.min_connected_ratio,
+            require_exactly_once: args.require_exactly_once,
+        },
+        seed: args.seed,
+    })
+}
+
+fn play(args: PlayArgs) -> Result<i32, String> {
+    let token = match (&args.token, args.dev) {
+        (Some(text), _) => token::parse_token(text)?,
+        (None, _) => {
+            let id = args.client_id.unwrap_or_else(|| {
+                let mut bytes = [0u8; 4];
+                rand_id(&mut bytes);
+                u64::from(u32::from_le_bytes(bytes)) + 1
+            });
+            TokenMinter::dev(args.server).mint(id)?
+        }
+    };
+    if !token.server_addresses.contains(&args.server) {
+        eprintln!(
+            "warning: the token names {:?}, not {}; the client connects to the token's addresses",
+            token.server_addresses, args.server
+        );
+    }
+    play::run(args.server, &token)
+}
+
+fn rand_id(bytes: &mut [u8; 4]) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    *bytes = (nanos ^ std::process::id().rotate_left(16)).to_le_bytes();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Play(args) => play(args),
+        Command::Load(args) => load_plan(*args)
+            .and_then(load::run)
+            .map(|ok| if ok { 0 } else { 2 }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! One bot: a plain state machine around a [`ClientEndpoint`], driven by
+//! the worker that owns its socket (see `swarm`).
+//!
+//! ```text
+//! Idle ──start──► Connecting ──Connected──► Connected ──stop / churn──► Draining
+//!                     │                        │                           │ nothing awaited
+//!                     ▼ failure                ▼ dropped                   ▼ (or deadline)
+//!                   Done ◄──────────────────── Done ◄──── Paused ◄── churn ─ Leaving
+//! ```
+//!
+//! The worker calls [`Bot::on_datagram`] for what the socket read and
+//! [`Bot::service`] when the bot's wake-up time has come; `service` returns
+//! the next one.
+//!
+//! Behaviours only use what the server speaks:
+//! - **wander** sends `MoveInput` only once the server has sent a snapshot
+//!   (a server without a movement plugin would count every input as a
+//!   protocol strike and disconnect the bot);
+//! - **chat** first says one line and waits [`PROBE_TIMEOUT`] for the
+//!   answer (its own copy or a `ChatRejected`); without one, the server has
+//!   no chat and the bot stops chatting (one strike, far from the limit);
+//! - **inventory** is a counted no-op until the inventory protocol exists.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glam::Vec2;
+use hdrhistogram::Histogram;
+use mio::net::UdpSocket;
+use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
+use shared::io::unix_secs;
+use shared::protocol::chat::{ChatLine, ChatRejected, ChatScope, ChatSend};
+use shared::protocol::movement::MoveInput;
+use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
+use shared::sim::{LinkConfig, LinkSimulator};
+use shared::transport::DisconnectReason;
+
+use crate::scenario::{ChatScopeKind, Scenario};
+use crate::token::TokenMinter;
+use crate::verify::ChatVerifier;
+
+/// How long a bot waits for the answer to its first chat line before
+/// deciding the server has no chat.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a leaving bot waits for its goodbye to complete.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// RTT is sampled once per second per connected bot, from the first second.
+const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// What all bots of a run share.
+pub(crate) struct BotContext {
+    /// The server.
+    pub(crate) server: SocketAddr,
+    /// Mints a fresh token per connection.
+    pub(crate) minter: TokenMinter,
+    /// Behaviours and rates.
+    pub(crate) scenario: Scenario,
+    /// The link conditioner of each direction, if any.
+    pub(crate) link: Option<LinkConfig>,
+    /// The accounts of the swarm (`first..first + count`), for whispers.
+    pub(crate) first_account: u64,
+    /// Bots in the swarm.
+    pub(crate) bots: u64,
+    /// Longest wait for in-flight chat lines when stopping.
+    pub(crate) drain_timeout: Duration,
+}
+
+/// What a worker's bots count together.
+pub(crate) struct WorkerStats {
+    /// Bots connected right now.
+    pub(crate) connected_now: u64,
+    /// Bots that completed at least one handshake.
+    pub(crate) ever_connected: u64,
+    /// Handshakes that failed, by reason.
+    pub(crate) connect_failures: BTreeMap<String, u64>,
+    /// Established connections that ended without the bot asking, by reason.
+    pub(crate) disconnects: BTreeMap<String, u64>,
+    /// RTT samples in microseconds.
+    pub(crate) rtt_us: Histogram<u64>,
+    /// UDP payload bytes written to / read from the sockets.
+    pub(crate) bytes_up: u64,
+    /// See `bytes_up`.
+    pub(crate) bytes_down: u64,
+    /// Sum over bots of the time spent connected.
+    pub(crate) connected_time: Duration,
+    /// Inventory operations acknowledged by the server.
+    pub(crate) inventory_ok: u64,
+    /// Inventory operations that failed, by reason.
+    pub(crate) inventory_failed: BTreeMap<String, u64>,
+    /// Chat refusals by reason.
+    pub(crate) chat_rejected: BTreeMap<String, u64>,
+    /// Bots whose chat probe got no answer (server without chat).
+    pub(crate) chat_unsupported: u64,
+    /// Movement inputs sent.
+    pub(crate) moves_sent: u64,
+    /// Bots that never saw a snapshot while connected (no movement plugin).
+    pub(crate) no_snapshots: u64,
+    /// Messages the transport refused to queue.
+    pub(crate) send_errors: u64,
+}
+
+impl WorkerStats {
+    /// Empty counters.
+    pub(crate) fn new() -> Self {
+        Self {
+            connected_now: 0,
+            ever_connected: 0,
+            connect_failures: BTreeMap::new(),
+            disconnects: BTreeMap::new(),
+            rtt_us: new_rtt_histogram(),
+            bytes_up: 0,
+            bytes_down: 0,
+            connected_time: Duration::ZERO,
+            inventory_ok: 0,
+            inventory_failed: BTreeMap::new(),
+            chat_rejected: BTreeMap::new(),
+            chat_unsupported: 0,
+            moves_sent: 0,
+            no_snapshots: 0,
+            send_errors: 0,
+        }
+    }
+}
+
+/// A histogram for RTTs from 1 µs to 10 minutes, 3 significant digits.
+pub(crate) fn new_rtt_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
+    })
+}
+
+/// The report key of a disconnect reason: `ConnectTimeout` → `connect_timeout`.
+pub(crate) fn reason_key(reason: DisconnectReason) -> String {
+    let debug = format!("{reason:?}");
+    let mut key = String::with_capacity(debug.len() + 4);
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                key.push('_');
+            }
+            key.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            key.push(c);
+        }
+    }
+    key
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: String) {
+    *map.entry(key).or_default() += 1;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle { start_at: Instant },
+    Connecting,
+    Connected,
+    Draining { deadline: Instant },
+    Leaving { deadline: Instant },
+    Paused { until: Instant },
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChatSupport {
+    Unknown,
+    Probing { deadline: Instant },
+    Yes,
+    No,
+}
+
+/// The two directions of the link conditioner.
+struct Conditioner {
+    up: LinkSimulator,
+    down: LinkSimulator,
+}
+
+/// A small xorshift64* generator: behaviour timing needs no crypto.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0.0..1.0`.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn secs(&mut self, max: f64) -> Duration {
+        Duration::from_secs_f64(self.unit() * max)
+    }
+}
+
+/// One simulated player.
+pub(crate) struct Bot {
+    account: u64,
+    ctx: Arc<BotContext>,
+    endpoint: ClientEndpoint,
+    link: Option<Box<Conditioner>>,
+    phase: Phase,
+    rng: Rng,
+    ever_connected: bool,
+    connected_since: Option<Instant>,
+    chat: ChatSupport,
+    saw_snapshot: bool,
+    move_seq: u32,
+    velocity: Vec2,
+    next_move: Option<Instant>,
+    next_turn: Instant,
+    next_chat: Option<Instant>,
+    next_inventory: Option<Instant>,
+    session_end: Option<Instant>,
+    next_rtt_sample: Option<Instant>,
+    verifier: ChatVerifier,
+    stopping: bool,
+}
+
+impl Bot {
+    /// A bot for `account` that starts connecting at `start_at`.
+    pub(crate) fn new(ctx: Arc<BotContext>, account: u64, start_at: Instant, seed: u64) -> Self {
+        let link = ctx.link.clone().map(|config| {
+            Box::new(Conditioner {
+                up: LinkSimulator::new(config.clone(), seed ^ account.rotate_left(17)),
+                down: LinkSimulator::new(config, !seed ^ account.rotate_left(41)),
+            })
+        });
+        Self {
+            account,
+            endpoint: ClientEndpoint::new(PROTOCOL_ID, channels::transport_config()),
+            link,
+            phase: Phase::Idle { start_at },
+            rng: Rng::new(seed ^ account),
+            ever_connected: false,
+            connected_since: None,
+            chat: ChatSupport::Unknown,
+            saw_snapshot: false,
+            move_seq: 0,
+            velocity: Vec2::ZERO,
+            next_move: None,
+            next_turn: start_at,
+            next_chat: None,
+            next_inventory: None,
+            session_end: None,
+            next_rtt_sample: None,
+            verifier: ChatVerifier::new(account),
+            stopping: false,
+            ctx,
+        }
+    }
+
+    /// When the bot first wants to run.
+    pub(crate) fn start_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle { start_at } => Some(start_at),
+            _ => None,
+        }
+    }
+
+    /// Finished for good.
+    pub(crate) fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The chat verifier (read at the end of the run).
+    pub(crate) fn verifier(&self) -> &ChatVerifier {
+        &self.verifier
+    }
+
+    /// The run is over: stop talking, wait for in-flight chat (bounded),
+    /// then leave.
+    pub(crate) fn stop(&mut self, now: Instant, stats: &mut WorkerStats) {
+        self.stopping = true;
+        match self.phase {
+            Phase::Idle { .. } | Phase::Paused { .. } => self.finish(now, stats),
+            Phase::Connecting => {
+                // Still no answer when the run ends: the server did not take
+                // this bot in time; say so rather than hide it.
+                bump(
+                    &mut stats.connect_failures,
+                    "still_connecting_at_stop".to_owned(),
+                );
+                self.endpoint.disconnect(now, DisconnectReason::Closed);
+                self.finish(now, stats);
+            }
+            Phase::Connected => self.begin_drain(now),
+            Phase::Draining { .. } | Phase::Leaving { .. } | Phase::Done => {}
+        }
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        self.phase = Phase::Draining {
+            deadline: now + self.ctx.drain_timeout,
+        };
+    }
+
+    fn finish(&mut self, now: Instant, stats: &mut WorkerStats) {
+        self.end_session(now, stats);
+        self.phase = Phase::Done;
+    }
+
+    /// Ends the current connection's bookkeeping (idempotent).
+    fn end_session(&mut self, now: Instant, stats: &mut WorkerStats) {
+        if let Some(since) = self.connected_since.take() {
+            stats.connected_time += now.saturating_duration_since(since);
+            stats.connected_now = stats.connected_now.saturating_sub(1);
+            if !self.saw_snapshot && self.ctx.scenario.wander.is_some() {
+                stats.no_snapshots += 1;
+            }
+            self.verifier.end_connection();
+        }
+    }
+
+    /// One datagram read from the socket.
+    pub(crate) fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &mut [u8],
+        stats: &mut WorkerStats,
+    ) {
+        if from != self.ctx.server {
+            return;
+        }
+        stats.bytes_down += data.len() as u64;
+        match self.link.as_mut() {
+            Some(link) => link.down.send(now, data),
+            None => self.endpoint.handle_datagram(now, from, data),
+        }
+    }
+
+    /// Runs everything due at `now` and sends what is ready. Returns when
+    /// to call again (`None`: done).
+    pub(crate) fn service(
+        &mut self,
+        now: Instant,
+        socket: &UdpSocket,
+        tx: &mut [u8],
+        scratch: &mut Vec<u8>,
+        stats: &mut WorkerStats,
+    ) -> Option<Instant> {
+        let server = self.ctx.server;
+        if let Some(link) = self.link.as_mut() {
+            while link.down.poll_deliver(now, scratch) {
+                self.endpoint.handle_datagram(now, server, scratch);
+            }
+        }
+        match self.phase {
+            Phase::Idle { start_at } | Phase::Paused { until: start_at } => {
+                if now < start_at {
+                    return Some(start_at);
+                }
+                self.connect(now, stats);
+            }
+            Phase::Done => return None,
+            _ => {}
+        }
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        self.handle_events(now, stats);
+        self.run_behaviours(now, stats);
+        self.advance_phase(now, stats);
+        self.flush(now, socket, tx, scratch, stats);
+        self.next_wake()
+    }
+
+    fn connect(&mut self, now: Instant, stats: &mut WorkerStats) {
+        let token = match self.ctx.minter.mint(self.account) {
+            Ok(token) => token,
+            Err(error) => {
+                bump(&mut stats.connect_failures, error);
+                self.phase = Phase::Done;
+                return;
+            }
+        };
+        match self.endpoint.connect(&token, now, unix_secs()) {
+            Ok(()) => self.phase = Phase::Connecting,
+            Err(error) => {
+                bump(&mut stats.connect_failures, format!("{error:?}"));
+                self.phase = Phase::Done;
+            }
+        }
+    }
+
+    fn handle_events(&mut self, now: Instant, stats: &mut WorkerStats) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                ClientEndpointEvent::Connected { .. } => {
+                    if !self.ever_connected {
+                        self.ever_connected = true;
+                        stats.ever_connected += 1;
+                    }
+                    stats.connected_now += 1;
+                    self.connected_since = Some(now);
+                    self.phase = Phase::Connected;
+                    self.saw_snapshot = false;
+                    let scenario = &self.ctx.scenario;
+                    self.next_move = scenario.wander.as_ref().map(|_| now);
+                    self.next_chat = scenario
+                        .chat
+                        .as_ref()
+                        .map(|c| now + self.rng.secs(c.every_s));
+                    self.next_inventory = scenario
+                        .inventory
+                        .as_ref()
+                        .map(|i| now + self.rng.secs(i.every_s));
+                    self.session_end = scenario.churn.as_ref().map(|c| {
+                        now + Duration::from_secs_f64(c.session_s * (0.5 + self.rng.unit()))
+                    });
+                    self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
+                }
+                ClientEndpointEvent::Message { channel, payload } => {
+                    if channel == channels::SNAPSHOT {
+                        self.saw_snapshot = true;
+                        continue;
+                    }
+                    match protocol::message_id(payload) {
+                        Some(ChatLine::ID) => {
+                            if let Ok(line) = protocol::decode::<ChatLine>(payload) {
+                                self.verifier.on_line(&line);
+                                if matches!(self.chat, ChatSupport::Probing { .. })
+                                    && line.from == Some(self.account)
+                                {
+                                    self.chat = ChatSupport::Yes;
+                                }
+                            }
+                        }
+                        Some(ChatRejected::ID) => {
+                            if let Ok(rejected) = protocol::decode::<ChatRejected>(payload) {
+                                self.verifier.on_rejected();
+                                bump(&mut stats.chat_rejected, format!("{:?}", rejected.reason));
+                                if matches!(self.chat, ChatSupport::Probing { .. }) {
+                                    self.chat = ChatSupport::Yes;
+                                }
+                            }
+                        }
+                        // Welcome, emotes, notices: nothing to verify yet.
+                        _ => {}
+                    }
+                }
+                ClientEndpointEvent::Disconnected { reason } => {
+                    self.on_disconnected(now, reason, stats);
+                }
+            }
+        }
+    }
+
+    fn on_disconnected(&mut self, now: Instant, reason: DisconnectReason, stats: &mut WorkerStats) {
+        match self.phase {
+            Phase::Connecting => {
+                bump(&mut stats.connect_failures, reason_key(reason));
+                self.phase = Phase::Done;
+            }
+            Phase::Connected | Phase::Draining { .. } => {
+                bump(&mut stats.disconnects, reason_key(reason));
+                self.finish(now, stats);
+            }
+            Phase::Leaving { .. } => {
+                self.end_session(now, stats);
+                self.phase = match &self.ctx.scenario.churn {
+                    Some(churn) if !self.stopping => {
+                        // A new connection: a new endpoint, fresh state.
+                        self.endpoint =
+                            ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
+                        Phase::Paused {
+                            until: now + Duration::from_secs_f64(churn.pause_s),
+                        }
+                    }
+                    _ => Phase::Done,
+                };
+            }
+            Phase::Idle { .. } | Phase::Paused { .. } | Phase::Done => {}
+        }
+    }
+
+    fn send(
+        &mut self,
+        channel: shared::transport::ChannelId,
+        payload: Bytes,
+        stats: &mut WorkerStats,
+    ) -> bool {
+        match self.endpoint.send(channel, payload) {
+            Ok(()) => true,
+            Err(_) => {
+                stats.send_errors += 1;
+                false
+            }
+        }
+    }
+
+    fn run_behaviours(&mut self, now: Instant, stats: &mut WorkerStats) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        if let (Some(at), Some(wander)) = (self.next_move, self.ctx.scenario.wander.clone())
+            && at <= now
+        {
+            if now >= self.next_turn {
+                let angle = self.rng.unit() as f32 * std::f32::consts::TAU;
+                self.velocity = Vec2::from_angle(angle) * wander.speed;
+                self.next_turn = now + Duration::from_secs_f64(wander.turn_every_s);
+            }
+            if self.saw_snapshot {
+                self.move_seq = self.move_seq.wrapping_add(1);
+                let input = MoveInput {
+                    seq: self.move_seq,
+                    velocity: self.velocity,
+                };
+                if let Ok(payload) = protocol::encode(&input)
+                    && self.send(channels::MOVEMENT, payload, stats)
+                {
+                    stats.moves_sent += 1;
+                }
+            }
+            // Keep the cadence without drifting, but never queue a backlog.
+            let period = Duration::from_secs_f64(1.0 / wander.hz);
+            let next = at + period;
+            self.next_move = Some(if next <= now { now + period } else { next });
+        }
+        if let ChatSupport::Probing { deadline } = self.chat
+            && now >= deadline
+        {
+            self.chat = ChatSupport::No;
+            self.verifier.unsend_last();
+            stats.chat_unsupported += 1;
+        }
+        if let (Some(at), Some(chat)) = (self.next_chat, self.ctx.scenario.chat.clone())
+            && at <= now
+        {
+            self.next_chat = Some(now + Duration::from_secs_f64(chat.every_s));
+            let may_talk = matches!(self.chat, ChatSupport::Unknown | ChatSupport::Yes);
+            if may_talk && self.verifier.can_send() {
+                let scope = match chat.pick(self.rng.unit()) {
+                    ChatScopeKind::Global => ChatScope::Global,
+                    ChatScopeKind::Nearby => ChatScope::Nearby,
+                    ChatScopeKind::Whisper => ChatScope::WhisperId(self.whisper_target()),
+                };
+                let text = self.verifier.next_line("hello from a load-test bot");
+                let sent = protocol::encode(&ChatSend { scope, text })
+                    .is_ok_and(|payload| self.send(channels::CHAT, payload, stats));
+                if !sent {
+                    self.verifier.unsend_last();
+                } else if self.chat == ChatSupport::Unknown {
+                    self.chat = ChatSupport::Probing {
+                        deadline: now + PROBE_TIMEOUT,
+                    };
+                }
+            }
+        }
+        if let (Some(at), Some(inventory)) =
+            (self.next_inventory, self.ctx.scenario.inventory.clone())
+            && at <= now
+        {
+            self.next_inventory = Some(now + Duration::from_secs_f64(inventory.every_s));
+            // No inventory protocol yet: nothing to send (an unknown message
+            // is a protocol strike). Count the operation as not performed.
+            let _op = inventory.pick_op(self.rng.unit());
+            bump(
+                &mut stats.inventory_failed,
+                "protocol_not_available".to_owned(),
+            );
+        }
+        if let Some(at) = self.next_rtt_sample
+            && at <= now
+        {
+            self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
+            if let Some(conn) = self.endpoint.connection_stats() {
+                let us = u64::try_from(conn.rtt.as_micros()).unwrap_or(u64::MAX);
+                let _ = stats.rtt_us.record(us.max(1));
+            }
+        }
+        if let Some(end) = self.session_end
+            && end <= now
+        {
+            self.begin_drain(now);
+        }
+    }
+
+    /// Another bot of the swarm (or itself in a swarm of one).
+    fn whisper_target(&mut self) -> u64 {
+        let bots = self.ctx.bots.max(1);
+        if bots == 1 {
+            return self.account;
+        }
+        let me = self.account - self.ctx.first_account;
+        let other = (me + 1 + self.rng.next_u64() % (bots - 1)) % bots;
+        self.ctx.first_account + other
+    }
+
+    fn advance_phase(&mut self, now: Instant, stats: &mut WorkerStats) {
+        match self.phase {
+            Phase::Draining { deadline } => {
+                let waiting = self.verifier.awaited() > 0
+                    && !matches!(self.chat, ChatSupport::Probing { .. });
+                if !waiting || now >= deadline || !self.endpoint.is_connected() {
+                    self.endpoint.disconnect(now, DisconnectReason::Closed);
+                    self.phase = Phase::Leaving {
+                        deadline: now + LEAVE_TIMEOUT,
+                    };
+                    // A probe still unanswered at the end says nothing.
+                    if matches!(self.chat, ChatSupport::Probing { .. }) {
+                        self.verifier.unsend_last();
+                        self.chat = ChatSupport::Unknown;
+                    }
+                    self.end_session(now, stats);
+                }
+            }
+            Phase::Leaving { deadline } if now >= deadline => {
+                self.on_disconnected(now, DisconnectReason::Closed, stats);
+            }
+            _ => {}
+        }
+    }
+
+    fn flush(
+        &mut self,
+        now: Instant,
+        socket: &UdpSocket,
+        tx: &mut [u8],
+        scratch: &mut Vec<u8>,
+        stats: &mut WorkerStats,
+    ) {
+        while let Some(transmit) = self.endpoint.poll_transmit(now, tx) {
+            let data = &tx[..transmit.len];
+            match self.link.as_mut() {
+                Some(link) => link.up.send(now, data),
+                None => {
+                    if socket.send_to(data, transmit.destination).is_ok() {
+                        stats.bytes_up += data.len() as u64;
+                    }
+                }
+            }
+        }
+        if let Some(link) = self.link.as_mut() {
+            while link.up.poll_deliver(now, scratch) {
+                if socket.send_to(scratch, self.ctx.server).is_ok() {
+                    stats.bytes_up += scratch.len() as u64;
+                }
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let phase = match self.phase {
+            Phase::Done => return None,
+            Phase::Idle { start_at } => Some(start_at),
+            Phase::Paused { until } => Some(until),
+            Phase::Draining { deadline } | Phase::Leaving { deadline } => Some(deadline),
+            Phase::Connecting => None,
+            Phase::Connected => [
+                self.next_move,
+                self.next_chat,
+                self.next_inventory,
+                self.session_end,
+                self.next_rtt_sample,
+                match self.chat {
+                    ChatSupport::Probing { deadline } => Some(deadline),
+                    _ => None,
+                },
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+        };
+        let link = self.link.as_ref().and_then(|l| {
+            [l.up.next_delivery(), l.down.next_delivery()]
+                .into_iter()
+                .flatten()
+                .min()
+        });
+        [phase, self.endpoint.poll_timeout(), link]
+            .into_iter()
+            .flatten()
+            .min()
+            // Always come back eventually, whatever the timers say.
+            .or(Some(Instant::now() + Duration::from_millis(500)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_become_snake_case_keys() {
+        assert_eq!(
+            reason_key(DisconnectReason::ConnectTimeout),
+            "connect_timeout"
+        );
+        assert_eq!(reason_key(DisconnectReason::ServerFull), "server_full");
+        assert_eq!(reason_key(DisconnectReason::Custom(70)), "custom70");
+    }
+
+    #[test]
+    fn the_rng_is_uniform_enough_and_seeded() {
+        let mut a = Rng::new(1);
+        let mut b = Rng::new(1);
+        let draws: Vec<f64> = (0..1000).map(|_| a.unit()).collect();
+        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = draws.iter().sum::<f64>() / 1000.0;
+        assert!((0.45..0.55).contains(&mean), "{mean}");
+        assert_eq!(b.unit(), draws[0]);
+    }
+}

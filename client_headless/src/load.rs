@@ -1,0 +1,415 @@
+//! `client_headless load`: run the swarm, watch it once per second, stop,
+//! drain, report.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use shared::sim::LinkConfig;
+
+use crate::bot::{BotContext, WorkerStats, new_rtt_histogram};
+use crate::chart::{self, Sample};
+use crate::prom::{self, ServerSample};
+use crate::report::{
+    Bandwidth, InventoryReport, Percentiles, Report, ServerReport, Slos, TickPercentiles,
+};
+use crate::scenario::Scenario;
+use crate::swarm::{self, SourceIps, WorkerHandle};
+use crate::token::TokenMinter;
+use crate::verify::ReliableStats;
+
+/// Timeout of each metrics scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Everything `load` needs, resolved from the command line.
+pub(crate) struct LoadPlan {
+    /// The server.
+    pub(crate) server: SocketAddr,
+    /// Bots.
+    pub(crate) bots: u64,
+    /// Seconds from the first start to the stop signal.
+    pub(crate) duration: Duration,
+    /// Bots start evenly spread over this.
+    pub(crate) ramp: Duration,
+    /// The scenario.
+    pub(crate) scenario: Scenario,
+    /// Tokens.
+    pub(crate) minter: TokenMinter,
+    /// The conditioner, if any flag asked for one.
+    pub(crate) link: Option<LinkConfig>,
+    /// The server's metrics page.
+    pub(crate) metrics_url: String,
+    /// Worker threads.
+    pub(crate) threads: usize,
+    /// Source addresses.
+    pub(crate) sources: SourceIps,
+    /// Account id of the first bot.
+    pub(crate) first_account: u64,
+    /// Longest wait for in-flight chat at the end.
+    pub(crate) drain_timeout: Duration,
+    /// JSON report file.
+    pub(crate) report: Option<PathBuf>,
+    /// SVG chart file.
+    pub(crate) chart: Option<PathBuf>,
+    /// SLOs.
+    pub(crate) slos: Slos,
+    /// Seed of the conditioners and behaviours.
+    pub(crate) seed: u64,
+}
+
+/// Runs the test; `Ok(true)` when every SLO held.
+pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
+    let ctx = Arc::new(BotContext {
+        server: plan.server,
+        minter: plan.minter.clone(),
+        scenario: plan.scenario.clone(),
+        link: plan.link.clone(),
+        first_account: plan.first_account,
+        bots: plan.bots,
+        drain_timeout: plan.drain_timeout,
+    });
+    let baseline = scrape(&plan.metrics_url);
+    let mut notes = Vec::new();
+    if let Err(error) = &baseline {
+        let note = format!("server metrics unavailable ({error}); server figures are null");
+        eprintln!("warning: {note}");
+        notes.push(note);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let threads = plan.threads.clamp(1, 64);
+    let mut shares: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); threads];
+    for i in 0..plan.bots {
+        let offset = if plan.bots > 1 {
+            plan.ramp.mul_f64(i as f64 / plan.bots as f64)
+        } else {
+            Duration::ZERO
+        };
+        shares[(i as usize) % threads].push((plan.first_account + i, start + offset));
+    }
+    let mut workers = Vec::with_capacity(threads);
+    for (index, share) in shares.into_iter().enumerate() {
+        let worker = swarm::spawn_worker(
+            index,
+            Arc::clone(&ctx),
+            share,
+            plan.sources,
+            Arc::clone(&stop),
+            plan.seed,
+        )
+        .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        workers.push(worker);
+    }
+
+    let progress = Progress::new(plan.bots, plan.duration);
+    let mut samples = Vec::new();
+    let mut previous_scrape = baseline.as_ref().ok().cloned();
+    let mut last_scrape = previous_scrape.clone();
+    let mut window = new_rtt_histogram();
+    let end = start + plan.duration;
+    let mut next_sample = start + Duration::from_secs(1);
+    while Instant::now() < end {
+        std::thread::sleep(
+            next_sample
+                .saturating_duration_since(Instant::now())
+                .min(end.saturating_duration_since(Instant::now())),
+        );
+        let now = Instant::now();
+        if now < next_sample {
+            continue;
+        }
+        next_sample += Duration::from_secs(1);
+        let (connected, errors) = collect_live(&workers, &mut window);
+        let mut sample = Sample {
+            t: now.duration_since(start).as_secs_f64(),
+            connected: connected as f64,
+            rtt: [0.5, 0.95, 0.99].map(|q| quantile_ms(&window, q)),
+            tick: [None, None],
+        };
+        window.reset();
+        if baseline.is_ok()
+            && let Ok(current) = scrape(&plan.metrics_url)
+        {
+            if let (Some(now_tick), Some(before)) = (
+                current.tick.as_ref(),
+                previous_scrape.as_ref().and_then(|p| p.tick.as_ref()),
+            ) {
+                let delta = now_tick.since(before);
+                sample.tick = [0.5, 0.99].map(|q| delta.quantile(q).map(|s| s * 1000.0));
+            }
+            previous_scrape = Some(current.clone());
+            last_scrape = Some(current);
+        }
+        progress.update(&sample, errors);
+        samples.push(sample);
+    }
+    let duration_s = start.elapsed().as_secs_f64();
+    progress.message("stopping: waiting for in-flight chat, then leaving");
+    stop.store(true, Ordering::Relaxed);
+    let final_scrape = if baseline.is_ok() {
+        scrape(&plan.metrics_url).ok().or(last_scrape)
+    } else {
+        None
+    };
+    let mut stats = WorkerStats::new();
+    let mut reliable = ReliableStats::default();
+    for worker in workers {
+        let result = worker
+            .thread
+            .join()
+            .map_err(|_| "a worker thread panicked".to_owned())?;
+        merge(&mut stats, result.stats);
+        reliable.add(&result.reliable);
+    }
+    progress.finish();
+
+    let connected_secs = stats.connected_time.as_secs_f64().max(f64::EPSILON);
+    let rtt_ms = Percentiles {
+        p50: quantile_ms(&stats.rtt_us, 0.5),
+        p95: quantile_ms(&stats.rtt_us, 0.95),
+        p99: quantile_ms(&stats.rtt_us, 0.99),
+        max: (!stats.rtt_us.is_empty()).then(|| stats.rtt_us.max() as f64 / 1000.0),
+    };
+    let server = server_report(
+        &plan.metrics_url,
+        baseline.ok().as_ref(),
+        final_scrape.as_ref(),
+    );
+    if stats.chat_unsupported > 0 {
+        notes.push(format!(
+            "{} bots got no answer to their first chat line within {} s: the server has no chat \
+             plugin (or it is overloaded); chat was not verified for them",
+            stats.chat_unsupported,
+            crate::bot::PROBE_TIMEOUT.as_secs()
+        ));
+    }
+    if plan.scenario.chat.is_some() && reliable.lines_received == 0 {
+        notes.push(
+            "the server sent no chat line: exactly-once delivery could not be verified".into(),
+        );
+    }
+    if stats.no_snapshots > 0 {
+        notes.push(format!(
+            "{} sessions never received a snapshot: the server has no movement plugin, so no \
+             movement input was sent on them",
+            stats.no_snapshots
+        ));
+    }
+    if stats
+        .inventory_failed
+        .contains_key("protocol_not_available")
+    {
+        notes.push("inventory operations are counted but not sent: the inventory protocol does not exist yet".into());
+    }
+    if stats.send_errors > 0 {
+        notes.push(format!(
+            "{} messages refused by the transport (queue full)",
+            stats.send_errors
+        ));
+    }
+    let mut report = Report {
+        scenario: plan.scenario.name.clone(),
+        server_address: plan.server.to_string(),
+        requested: plan.bots,
+        connected: stats.ever_connected,
+        connect_failures: stats.connect_failures.clone(),
+        disconnects: stats.disconnects.clone(),
+        duration_s,
+        rtt_ms,
+        reliable,
+        chat_unsupported_bots: stats.chat_unsupported,
+        chat_rejected: stats.chat_rejected.clone(),
+        moves_sent: stats.moves_sent,
+        sessions_without_snapshots: stats.no_snapshots,
+        bytes_per_bot_per_s: Bandwidth {
+            up: stats.bytes_up as f64 / connected_secs,
+            down: stats.bytes_down as f64 / connected_secs,
+        },
+        inventory: InventoryReport {
+            ok: stats.inventory_ok,
+            failed: stats.inventory_failed.clone(),
+        },
+        server,
+        bot_cpu_s: process_cpu_seconds(),
+        slo: Vec::new(),
+        notes,
+    };
+    report.slo = plan.slos.check(&report);
+    print!("{}", report.summary());
+    if let Some(path) = &plan.report {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(path) = &plan.chart {
+        let title = format!(
+            "{} bots, scenario '{}', {}",
+            plan.bots, plan.scenario.name, plan.server
+        );
+        std::fs::write(path, chart::render(&title, &samples))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("chart written to {}", path.display());
+    }
+    Ok(report.slo.iter().all(|s| s.passed))
+}
+
+fn scrape(url: &str) -> Result<ServerSample, String> {
+    prom::fetch(url, SCRAPE_TIMEOUT).map(|page| prom::parse_sample(&page))
+}
+
+fn server_report(
+    url: &str,
+    baseline: Option<&ServerSample>,
+    last: Option<&ServerSample>,
+) -> ServerReport {
+    let mut out = ServerReport {
+        metrics_url: url.to_owned(),
+        ..ServerReport::default()
+    };
+    let (Some(first), Some(last)) = (baseline, last) else {
+        return out;
+    };
+    if let Some(tick) = &last.tick {
+        let run = first
+            .tick
+            .as_ref()
+            .map_or_else(|| tick.clone(), |f| tick.since(f));
+        let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
+        out.tick_ms = TickPercentiles {
+            p50: ms(run.quantile(0.5)),
+            p99: ms(run.quantile(0.99)),
+            max: ms(run.max()),
+        };
+    }
+    out.overruns = last
+        .overruns
+        .map(|o| (o - first.overruns.unwrap_or(0.0)).max(0.0));
+    out
+}
+
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+fn collect_live(workers: &[WorkerHandle], window: &mut Histogram<u64>) -> (u64, u64) {
+    let mut connected = 0;
+    let mut errors = 0;
+    for worker in workers {
+        let mut live = worker.live.lock().unwrap_or_else(PoisonError::into_inner);
+        connected += live.connected_now;
+        errors += live.errors;
+        let _ = window.add(&live.rtt_window_us);
+        live.rtt_window_us.reset();
+    }
+    (connected, errors)
+}
+
+fn merge_map(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+fn merge(into: &mut WorkerStats, from: WorkerStats) {
+    into.connected_now += from.connected_now;
+    into.ever_connected += from.ever_connected;
+    merge_map(&mut into.connect_failures, from.connect_failures);
+    merge_map(&mut into.disconnects, from.disconnects);
+    let _ = into.rtt_us.add(&from.rtt_us);
+    into.bytes_up += from.bytes_up;
+    into.bytes_down += from.bytes_down;
+    into.connected_time += from.connected_time;
+    into.inventory_ok += from.inventory_ok;
+    merge_map(&mut into.inventory_failed, from.inventory_failed);
+    merge_map(&mut into.chat_rejected, from.chat_rejected);
+    into.chat_unsupported += from.chat_unsupported;
+    into.moves_sent += from.moves_sent;
+    into.no_snapshots += from.no_snapshots;
+    into.send_errors += from.send_errors;
+}
+
+/// CPU seconds (user + system) this process used, from `/proc/self/stat`
+/// (Linux; `None` elsewhere).
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may
+    // contain spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every mainstream Linux configuration.
+    Some((utime + stime) / 100.0)
+}
+
+/// The progress display: a bar on a terminal, one plain line per second
+/// otherwise (CI logs, pipes).
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(bots: u64, duration: Duration) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::new(duration.as_secs().max(1));
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} s  {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("0/{bots} connected"));
+            bar
+        });
+        Self { bar }
+    }
+
+    fn update(&self, sample: &Sample, errors: u64) {
+        let rtt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        let line = format!(
+            "{:.0} connected  rtt p50 {} p99 {} ms  errors {}",
+            sample.connected,
+            rtt(sample.rtt[0]),
+            rtt(sample.rtt[2]),
+            errors
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(sample.t as u64);
+                bar.set_message(line);
+            }
+            None => println!("[{:>5.0} s] {line}", sample.t),
+        }
+    }
+
+    fn message(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(text.to_owned()),
+            None => println!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let busy = (0..200_000u64).fold(0u64, |a, b| a.wrapping_add(b * b));
+        assert!(busy > 0);
+        let cpu = process_cpu_seconds().unwrap();
+        assert!((0.0..3600.0).contains(&cpu), "{cpu}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The server's Prometheus metrics: a bounded HTTP/1.0 GET, the few series
+//! the report needs, and percentiles from histogram buckets.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// The tick duration histogram (seconds) of the server.
+pub(crate) const TICK_DURATION: &str = "server_tick_duration_seconds";
+/// Ticks that took longer than the tick period.
+pub(crate) const TICK_OVERRUNS: &str = "server_tick_overruns_total";
+/// Largest metrics page read; the rest is cut off.
+const MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// One scrape of the series the report uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ServerSample {
+    /// `server_tick_duration_seconds`, if present.
+    pub(crate) tick: Option<PromHistogram>,
+    /// `server_tick_overruns_total`, if present.
+    pub(crate) overruns: Option<f64>,
+}
+
+/// A Prometheus histogram: cumulative counts per upper bound, ascending,
+/// the last bound being `+Inf`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PromHistogram {
+    /// `(le, cumulative count)`.
+    pub(crate) buckets: Vec<(f64, f64)>,
+}
+
+impl PromHistogram {
+    /// Observations in total.
+    pub(crate) fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |b| b.1)
+    }
+
+    /// The observations made between `earlier` and `self` (bucket-wise
+    /// difference; a counter reset, i.e. a restarted server, yields `self`).
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
+        let same_shape = earlier.buckets.len() == self.buckets.len()
+            && earlier
+                .buckets
+                .iter()
+                .zip(&self.buckets)
+                .all(|(a, b)| a.0 == b.0 && a.1 <= b.1);
+        if !same_shape {
+            return self.clone();
+        }
+        Self {
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .map(|(now, then)| (now.0, now.1 - then.1))
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile (0..=1) the way Prometheus' `histogram_quantile`
+    /// computes it: linear interpolation inside the bucket holding the rank,
+    /// the first bucket starting at 0. A rank in the `+Inf` bucket returns
+    /// the largest finite bound. `None` without observations.
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total <= 0.0 || !q.is_finite() {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total;
+        let mut lower = 0.0;
+        let mut below = 0.0;
+        for &(le, cumulative) in &self.buckets {
+            if cumulative >= rank && cumulative > below {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                return Some(lower + (le - lower) * (rank - below) / (cumulative - below));
+            }
+            if le.is_finite() {
+                lower = le;
+            }
+            below = cumulative;
+        }
+        Some(lower)
+    }
+
+    /// An upper estimate of the largest observation: the bound of the
+    /// highest non-empty bucket (the largest finite bound for `+Inf`).
+    pub(crate) fn max(&self) -> Option<f64> {
+        let mut previous = 0.0;
+        let mut last_finite = 0.0;
+        let mut max = None;
+        for &(le, cumulative) in &self.buckets {
+            if cumulative > previous {
+                max = Some(if le.is_finite() { le } else { last_finite });
+            }
+            if le.is_finite() {
+                last_finite = le;
+            }
+            previous = cumulative;
+        }
+        max
+    }
+}
+
+/// Parses the series of [`ServerSample`] out of a metrics page.
+pub(crate) fn parse_sample(text: &str) -> ServerSample {
+    ServerSample {
+        tick: parse_histogram(text, TICK_DURATION),
+        overruns: parse_value(text, TICK_OVERRUNS),
+    }
+}
+
+/// The unlabelled sample `name value`.
+pub(crate) fn parse_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        parse_number(rest.split_whitespace().next()?)
+    })
+}
+
+/// The histogram `name` (its `name_bucket{le="..."}` lines), sorted by bound.
+pub(crate) fn parse_histogram(text: &str, name: &str) -> Option<PromHistogram> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(prefix.as_str())?;
+            let (labels, value) = rest.split_once('}')?;
+            let le = labels
+                .split(',')
+                .find_map(|l| l.trim().strip_prefix("le=\""))?
+                .strip_suffix('"')?;
+            Some((
+                parse_number(le)?,
+                parse_number(value.split_whitespace().next()?)?,
+            ))
+        })
+        .collect();
+    if buckets.is_empty() {
+        return None;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(PromHistogram { buckets })
+}
+
+fn parse_number(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => text.parse().ok(),
+    }
+}
+
+/// Fetches `url` (plain `http://host:port/path`) with a timeout on every
+/// step; the body of a `200` answer, or a sentence saying what failed.
+pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address for {host}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("{url}: {e}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n"
+    )
+    .map_err(|e| format!("{url}: {e}"))?;
+    let mut body = Vec::new();
+    stream
+        .take(MAX_PAGE_BYTES)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let text = String::from_utf8_lossy(&body);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{url}: not an HTTP response"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("{url}: {status}"));
+    }
+    Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "\
+# HELP server_tick_duration_seconds Wall-clock time spent in one tick (one app update).
+# TYPE server_tick_duration_seconds histogram
+server_tick_duration_seconds_bucket{le=\"0.001\"} 50
+server_tick_duration_seconds_bucket{le=\"0.002\"} 90
+server_tick_duration_seconds_bucket{le=\"0.004\"} 100
+server_tick_duration_seconds_bucket{le=\"+Inf\"} 100
+server_tick_duration_seconds_sum 0.1
+server_tick_duration_seconds_count 100
+# TYPE server_tick_overruns_total counter
+server_tick_overruns_total 3
+server_ticks_total 100
+";
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn percentiles_interpolate_inside_the_bucket_like_prometheus() {
+        let sample = parse_sample(PAGE);
+        let tick = sample.tick.unwrap();
+        assert_eq!(tick.count(), 100.0);
+        // rank 50 is the top of the first bucket [0, 1 ms].
+        assert!(close(tick.quantile(0.5), 0.001));
+        // rank 25 is half way into the first bucket.
+        assert!(close(tick.quantile(0.25), 0.0005));
+        // rank 70: 20 of the 40 in (1, 2] ms.
+        assert!(close(tick.quantile(0.7), 0.0015));
+        // rank 99: 9 of the 10 in (2, 4] ms.
+        assert!(close(tick.quantile(0.99), 0.0038));
+        assert!(close(tick.max(), 0.004));
+        assert_eq!(sample.overruns, Some(3.0));
+    }
+
+    #[test]
+    fn ranks_in_the_infinite_bucket_report_the_largest_finite_bound() {
+        let h = PromHistogram {
+            buckets: vec![(0.01, 1.0), (0.1, 1.0), (f64::INFINITY, 10.0)],
+        };
+        assert!(close(h.quantile(0.99), 0.1));
+        assert!(close(h.max(), 0.1));
+    }
+
+    #[test]
+    fn empty_histograms_have_no_percentiles() {
+        let h = PromHistogram {
+            buckets: vec![(0.01, 0.0), (f64::INFINITY, 0.0)],
+        };
+        assert_eq!(h.quantile(0.5), None);
+        assert_eq!(h.max(), None);
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_scrapes() {
+        let before = PromHistogram {
+            buckets: vec![(0.001, 10.0), (0.002, 10.0), (f64::INFINITY, 10.0)],
+        };
+        let after = PromHistogram {
+            buckets: vec![(0.001, 10.0), (0.002, 20.0), (f64::INFINITY, 20.0)],
+        };
+        let window = after.since(&before);
+        assert_eq!(window.count(), 10.0);
+        // All ten new ticks were in (1, 2] ms.
+        assert!(close(window.quantile(0.5), 0.0015));
+        // A restarted server (counts went down) gives the new page as is.
+        assert_eq!(before.since(&after), before);
+    }
+
+    #[test]
+    fn missing_series_are_none_and_similar_names_do_not_match() {
+        let sample = parse_sample("server_tick_overruns_total_other 5\n");
+        assert_eq!(sample, ServerSample::default());
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_an_error_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        assert!(fetch(&url, Duration::from_millis(500)).is_err());
+        assert!(fetch("https://example.invalid/", Duration::from_millis(10)).is_err());
+    }
+}

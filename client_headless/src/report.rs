@@ -1,0 +1,349 @@
+//! The load-test report: JSON for machines, a summary for people, and the
+//! SLO verdict that sets the exit code.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::verify::ReliableStats;
+
+/// The whole report (`--report FILE.json`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// The scenario's name.
+    pub(crate) scenario: String,
+    /// The server address.
+    pub(crate) server_address: String,
+    /// Bots asked for.
+    pub(crate) requested: u64,
+    /// Bots that completed a handshake at least once.
+    pub(crate) connected: u64,
+    /// Handshakes that failed, by reason.
+    pub(crate) connect_failures: BTreeMap<String, u64>,
+    /// Established connections that ended without the bot asking, by reason.
+    pub(crate) disconnects: BTreeMap<String, u64>,
+    /// Seconds from the first bot's start to the stop signal.
+    pub(crate) duration_s: f64,
+    /// Smoothed transport RTT, sampled once per second per connected bot.
+    pub(crate) rtt_ms: Percentiles,
+    /// Chat verification (see `verify`).
+    pub(crate) reliable: ReliableStats,
+    /// Bots whose first chat line got no answer: the server has no chat.
+    pub(crate) chat_unsupported_bots: u64,
+    /// Chat refusals by reason.
+    pub(crate) chat_rejected: BTreeMap<String, u64>,
+    /// Movement inputs sent.
+    pub(crate) moves_sent: u64,
+    /// Connections that never received a snapshot (no movement sent on them).
+    pub(crate) sessions_without_snapshots: u64,
+    /// UDP payload bytes per connected bot per second.
+    pub(crate) bytes_per_bot_per_s: Bandwidth,
+    /// Inventory operations.
+    pub(crate) inventory: InventoryReport,
+    /// Scraped from the server's metrics; nulls when unreachable.
+    pub(crate) server: ServerReport,
+    /// CPU seconds used by this process (user + system).
+    pub(crate) bot_cpu_s: Option<f64>,
+    /// SLOs checked and their outcome.
+    pub(crate) slo: Vec<SloResult>,
+    /// Things the reader must know (e.g. no chat on the server).
+    pub(crate) notes: Vec<String>,
+}
+
+/// p50/p95/p99/max in milliseconds (null without samples).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Percentiles {
+    /// Median.
+    pub(crate) p50: Option<f64>,
+    /// 95th percentile.
+    pub(crate) p95: Option<f64>,
+    /// 99th percentile.
+    pub(crate) p99: Option<f64>,
+    /// Largest sample.
+    pub(crate) max: Option<f64>,
+}
+
+/// Bytes per connected bot per second.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Bandwidth {
+    /// Bot to server.
+    pub(crate) up: f64,
+    /// Server to bot.
+    pub(crate) down: f64,
+}
+
+/// Inventory outcomes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct InventoryReport {
+    /// Operations the server confirmed.
+    pub(crate) ok: u64,
+    /// Operations that failed, by reason.
+    pub(crate) failed: BTreeMap<String, u64>,
+}
+
+/// The server's own view, from its metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ServerReport {
+    /// The URL scraped.
+    pub(crate) metrics_url: String,
+    /// Tick duration over the run, from the histogram buckets (ms).
+    pub(crate) tick_ms: TickPercentiles,
+    /// Ticks longer than the tick period during the run.
+    pub(crate) overruns: Option<f64>,
+}
+
+/// Tick duration percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct TickPercentiles {
+    /// Median.
+    pub(crate) p50: Option<f64>,
+    /// 99th percentile.
+    pub(crate) p99: Option<f64>,
+    /// Upper bound of the highest non-empty bucket.
+    pub(crate) max: Option<f64>,
+}
+
+/// One SLO and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SloResult {
+    /// What was required.
+    pub(crate) name: String,
+    /// Whether it held.
+    pub(crate) passed: bool,
+    /// The measured value, as a sentence.
+    pub(crate) detail: String,
+}
+
+/// The SLO flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Slos {
+    /// `--max-rtt-p99-ms`.
+    pub(crate) max_rtt_p99_ms: Option<f64>,
+    /// `--min-connected-ratio`.
+    pub(crate) min_connected_ratio: Option<f64>,
+    /// `--require-exactly-once`.
+    pub(crate) require_exactly_once: bool,
+}
+
+impl Slos {
+    /// Checks the SLOs against `report`.
+    pub(crate) fn check(&self, report: &Report) -> Vec<SloResult> {
+        let mut out = Vec::new();
+        if let Some(limit) = self.max_rtt_p99_ms {
+            let (passed, detail) = match report.rtt_ms.p99 {
+                Some(p99) => (p99 <= limit, format!("p99 {p99:.1} ms, limit {limit} ms")),
+                None => (false, "no RTT sample".to_owned()),
+            };
+            out.push(SloResult {
+                name: "max_rtt_p99_ms".into(),
+                passed,
+                detail,
+            });
+        }
+        if let Some(min) = self.min_connected_ratio {
+            let ratio = if report.requested == 0 {
+                1.0
+            } else {
+                report.connected as f64 / report.requested as f64
+            };
+            out.push(SloResult {
+                name: "min_connected_ratio".into(),
+                passed: ratio >= min,
+                detail: format!("{ratio:.3} connected, minimum {min}"),
+            });
+        }
+        if self.require_exactly_once {
+            let r = &report.reliable;
+            let detail = if r.lines_received == 0 && r.sent == 0 {
+                "no chat exchanged: nothing to verify (vacuously true)".to_owned()
+            } else {
+                format!(
+                    "{} duplicates, {} out of order, {} lost",
+                    r.duplicates, r.out_of_order, r.lost
+                )
+            };
+            out.push(SloResult {
+                name: "exactly_once".into(),
+                passed: r.exactly_once(),
+                detail,
+            });
+        }
+        out
+    }
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} ms"))
+}
+
+fn map(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".to_owned();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Report {
+    /// The summary printed at the end of a run.
+    pub(crate) fn summary(&self) -> String {
+        let mut s = String::new();
+        let r = &self.reliable;
+        let _ = writeln!(
+            s,
+            "load test '{}' against {} for {:.1} s",
+            self.scenario, self.server_address, self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "  bots        {} / {} connected; connect failures: {}; dropped: {}",
+            self.connected,
+            self.requested,
+            map(&self.connect_failures),
+            map(&self.disconnects)
+        );
+        let _ = writeln!(
+            s,
+            "  rtt         p50 {}  p95 {}  p99 {}  max {}",
+            ms(self.rtt_ms.p50),
+            ms(self.rtt_ms.p95),
+            ms(self.rtt_ms.p99),
+            ms(self.rtt_ms.max)
+        );
+        let _ = writeln!(
+            s,
+            "  chat        sent {} delivered {} duplicates {} out-of-order {} lost {} rejected {} (lines received {})",
+            r.sent, r.delivered, r.duplicates, r.out_of_order, r.lost, r.rejected, r.lines_received
+        );
+        let _ = writeln!(
+            s,
+            "  movement    {} inputs sent; {} sessions without snapshots",
+            self.moves_sent, self.sessions_without_snapshots
+        );
+        let _ = writeln!(
+            s,
+            "  inventory   ok {}; failed: {}",
+            self.inventory.ok,
+            map(&self.inventory.failed)
+        );
+        let _ = writeln!(
+            s,
+            "  bandwidth   {:.0} B/s up, {:.0} B/s down per bot",
+            self.bytes_per_bot_per_s.up, self.bytes_per_bot_per_s.down
+        );
+        let t = &self.server.tick_ms;
+        let _ = writeln!(
+            s,
+            "  server tick p50 {}  p99 {}  max {}  overruns {}",
+            ms(t.p50),
+            ms(t.p99),
+            ms(t.max),
+            self.server
+                .overruns
+                .map_or_else(|| "n/a".to_owned(), |o| format!("{o:.0}"))
+        );
+        if let Some(cpu) = self.bot_cpu_s {
+            let _ = writeln!(
+                s,
+                "  bot cpu     {cpu:.2} s ({:.0}% of one core)",
+                100.0 * cpu / self.duration_s.max(0.001)
+            );
+        }
+        for note in &self.notes {
+            let _ = writeln!(s, "  note: {note}");
+        }
+        for slo in &self.slo {
+            let _ = writeln!(
+                s,
+                "  SLO {} {}: {}",
+                slo.name,
+                if slo.passed { "PASS" } else { "FAIL" },
+                slo.detail
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            scenario: "default".into(),
+            server_address: "127.0.0.1:7777".into(),
+            requested: 10,
+            connected: 9,
+            connect_failures: BTreeMap::from([("connect_timeout".into(), 1)]),
+            disconnects: BTreeMap::new(),
+            duration_s: 10.0,
+            rtt_ms: Percentiles {
+                p50: Some(1.0),
+                p95: Some(2.0),
+                p99: Some(30.0),
+                max: Some(40.0),
+            },
+            reliable: ReliableStats::default(),
+            chat_unsupported_bots: 0,
+            chat_rejected: BTreeMap::new(),
+            moves_sent: 0,
+            sessions_without_snapshots: 0,
+            bytes_per_bot_per_s: Bandwidth::default(),
+            inventory: InventoryReport::default(),
+            server: ServerReport::default(),
+            bot_cpu_s: None,
+            slo: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn slos_pass_and_fail_on_the_measured_values() {
+        let mut r = report();
+        let slos = Slos {
+            max_rtt_p99_ms: Some(25.0),
+            min_connected_ratio: Some(0.9),
+            require_exactly_once: true,
+        };
+        let results = slos.check(&r);
+        let passed: Vec<bool> = results.iter().map(|s| s.passed).collect();
+        assert_eq!(passed, [false, true, true]);
+        r.reliable.lost = 1;
+        r.rtt_ms.p99 = Some(20.0);
+        let passed: Vec<bool> = slos.check(&r).iter().map(|s| s.passed).collect();
+        assert_eq!(passed, [true, true, false]);
+    }
+
+    #[test]
+    fn the_json_has_the_documented_shape() {
+        let json = serde_json::to_value(report()).unwrap();
+        for key in [
+            "requested",
+            "connected",
+            "connect_failures",
+            "duration_s",
+            "rtt_ms",
+            "reliable",
+            "bytes_per_bot_per_s",
+            "inventory",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(json["connect_failures"]["connect_timeout"], 1);
+        assert_eq!(json["rtt_ms"]["p99"], 30.0);
+        assert!(json["reliable"]["lost"].is_u64());
+        assert!(json["server"]["tick_ms"]["p50"].is_null());
+    }
+
+    #[test]
+    fn the_summary_names_every_section() {
+        let text = report().summary();
+        for word in ["bots", "rtt", "chat", "inventory", "server tick"] {
+            assert!(text.contains(word), "{text}");
+        }
+    }
+}

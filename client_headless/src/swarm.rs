@@ -1,0 +1,340 @@
+//! The bot swarm: a few worker threads, each multiplexing the UDP sockets
+//! of its share of the bots with one `mio::Poll` and waking bots from a
+//! timer heap. No thread per bot.
+//!
+//! Each worker loops:
+//! 1. wait on its `Poll` until the earliest bot wake-up (at most
+//!    [`MAX_WAIT`], to notice a stop request);
+//! 2. for every readable socket, read all waiting datagrams into the bot;
+//! 3. pop every due wake-up from the heap;
+//! 4. `service` each touched bot once, which sends what it has and returns
+//!    its next wake-up, pushed on the heap.
+//!
+//! The heap holds `(time, bot)`; a bot's current wake-up is also stored per
+//! bot, so an entry that no longer matches is stale and skipped. A bot pushes
+//! a new entry only when its wake-up moves earlier or the old one fired, so
+//! the heap stays within a small multiple of the number of bots.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use shared::netcode::MAX_PACKET_BYTES;
+
+use crate::bot::{Bot, BotContext, WorkerStats, new_rtt_histogram};
+use crate::verify::ReliableStats;
+
+/// Longest a worker sleeps before checking for a stop request.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+/// How often a worker publishes its live counters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+/// Readiness events taken per poll.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// Counters a worker publishes while it runs.
+pub(crate) struct Live {
+    /// Bots connected now.
+    pub(crate) connected_now: u64,
+    /// Bots that ever connected.
+    pub(crate) ever_connected: u64,
+    /// Connect failures plus unexpected disconnects so far.
+    pub(crate) errors: u64,
+    /// RTT samples since the sampler last took them.
+    pub(crate) rtt_window_us: Histogram<u64>,
+}
+
+/// What a worker hands back when it ends.
+pub(crate) struct WorkerResult {
+    /// Its counters.
+    pub(crate) stats: WorkerStats,
+    /// Chat verification summed over its bots.
+    pub(crate) reliable: ReliableStats,
+}
+
+/// Where each bot's socket binds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SourceIps {
+    /// Every socket on the unspecified address of the server's family.
+    Any,
+    /// Loopback servers: spread bots over `count` addresses 127.1.x.y, so
+    /// the server's per-IP handshake rate limit sees many sources.
+    Loopback {
+        /// Distinct addresses.
+        count: u32,
+    },
+}
+
+impl SourceIps {
+    fn bind_addr(self, server: SocketAddr, index: u64) -> SocketAddr {
+        match self {
+            Self::Loopback { count } => {
+                let base = u32::from(Ipv4Addr::new(127, 1, 0, 1));
+                let offset = u32::try_from(index % u64::from(count.max(1))).unwrap_or(0);
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::from(base + offset)), 0)
+            }
+            Self::Any if server.is_ipv6() => "[::]:0".parse().unwrap_or(server),
+            Self::Any => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        }
+    }
+}
+
+/// A running worker.
+pub(crate) struct WorkerHandle {
+    /// Its live counters.
+    pub(crate) live: Arc<Mutex<Live>>,
+    /// Its thread.
+    pub(crate) thread: JoinHandle<WorkerResult>,
+}
+
+/// Starts a worker for `bots` (account and start time of each).
+pub(crate) fn spawn_worker(
+    index: usize,
+    ctx: Arc<BotContext>,
+    bots: Vec<(u64, Instant)>,
+    sources: SourceIps,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> io::Result<WorkerHandle> {
+    let live = Arc::new(Mutex::new(Live {
+        connected_now: 0,
+        ever_connected: 0,
+        errors: 0,
+        rtt_window_us: new_rtt_histogram(),
+    }));
+    let poll = Poll::new()?;
+    let shared_live = Arc::clone(&live);
+    let thread = std::thread::Builder::new()
+        .name(format!("bots-{index}"))
+        .spawn(move || {
+            let mut worker = Worker::new(poll, ctx, bots, sources, seed, shared_live);
+            worker.run(&stop)
+        })?;
+    Ok(WorkerHandle { live, thread })
+}
+
+struct Worker {
+    poll: Poll,
+    ctx: Arc<BotContext>,
+    bots: Vec<Bot>,
+    sockets: Vec<Option<UdpSocket>>,
+    indices: Vec<u64>,
+    scheduled: Vec<Option<Instant>>,
+    heap: BinaryHeap<Reverse<(Instant, usize)>>,
+    touched: Vec<usize>,
+    touched_mark: Vec<bool>,
+    sources: SourceIps,
+    stats: WorkerStats,
+    live: Arc<Mutex<Live>>,
+    published_rtt: Histogram<u64>,
+}
+
+impl Worker {
+    fn new(
+        poll: Poll,
+        ctx: Arc<BotContext>,
+        plan: Vec<(u64, Instant)>,
+        sources: SourceIps,
+        seed: u64,
+        live: Arc<Mutex<Live>>,
+    ) -> Self {
+        let count = plan.len();
+        let mut heap = BinaryHeap::with_capacity(count * 2);
+        let mut scheduled = Vec::with_capacity(count);
+        let mut bots = Vec::with_capacity(count);
+        let mut indices = Vec::with_capacity(count);
+        for (i, (account, start_at)) in plan.into_iter().enumerate() {
+            heap.push(Reverse((start_at, i)));
+            scheduled.push(Some(start_at));
+            indices.push(account - ctx.first_account);
+            bots.push(Bot::new(Arc::clone(&ctx), account, start_at, seed));
+        }
+        Self {
+            poll,
+            ctx,
+            bots,
+            sockets: (0..count).map(|_| None).collect(),
+            indices,
+            scheduled,
+            heap,
+            touched: Vec::with_capacity(count),
+            touched_mark: vec![false; count],
+            sources,
+            stats: WorkerStats::new(),
+            live,
+            published_rtt: new_rtt_histogram(),
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> WorkerResult {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        let mut rx = vec![0u8; MAX_PACKET_BYTES];
+        let mut tx = vec![0u8; MAX_PACKET_BYTES];
+        let mut scratch = Vec::with_capacity(MAX_PACKET_BYTES);
+        let mut stopping = false;
+        let mut next_publish = Instant::now();
+        loop {
+            let now = Instant::now();
+            if !stopping && stop.load(Ordering::Relaxed) {
+                stopping = true;
+                for (i, bot) in self.bots.iter_mut().enumerate() {
+                    bot.stop(now, &mut self.stats);
+                    mark(&mut self.touched, &mut self.touched_mark, i);
+                }
+            }
+            let wait = self
+                .heap
+                .peek()
+                .map_or(MAX_WAIT, |Reverse((t, _))| t.saturating_duration_since(now))
+                .min(MAX_WAIT);
+            let wait = if self.touched.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            if let Err(error) = self.poll.poll(&mut events, Some(wait))
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(%error, "poll failed; stopping this worker");
+                break;
+            }
+            let now = Instant::now();
+            for event in &events {
+                let i = event.token().0;
+                self.read_socket(i, now, &mut rx);
+                mark(&mut self.touched, &mut self.touched_mark, i);
+            }
+            while let Some(&Reverse((at, i))) = self.heap.peek() {
+                if at > now {
+                    break;
+                }
+                self.heap.pop();
+                if self.scheduled[i] == Some(at) {
+                    self.scheduled[i] = None;
+                    mark(&mut self.touched, &mut self.touched_mark, i);
+                }
+            }
+            let touched = std::mem::take(&mut self.touched);
+            for &i in &touched {
+                self.touched_mark[i] = false;
+                self.service(i, now, &mut tx, &mut scratch);
+            }
+            self.touched = touched;
+            self.touched.clear();
+            if now >= next_publish {
+                next_publish = now + PUBLISH_EVERY;
+                self.publish();
+            }
+            if stopping && self.bots.iter().all(Bot::is_done) {
+                break;
+            }
+        }
+        self.publish();
+        let mut reliable = ReliableStats::default();
+        for bot in &self.bots {
+            reliable.add(&bot.verifier().stats());
+        }
+        WorkerResult {
+            stats: std::mem::replace(&mut self.stats, WorkerStats::new()),
+            reliable,
+        }
+    }
+
+    fn read_socket(&mut self, i: usize, now: Instant, rx: &mut [u8]) {
+        let Some(socket) = self.sockets[i].as_ref() else {
+            return;
+        };
+        loop {
+            match socket.recv_from(rx) {
+                Ok((len, from)) => {
+                    self.bots[i].on_datagram(now, from, &mut rx[..len], &mut self.stats);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: drained. ConnectionRefused and the like: the
+                // server is not there; the handshake timeout reports it.
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn service(&mut self, i: usize, now: Instant, tx: &mut [u8], scratch: &mut Vec<u8>) {
+        if self.sockets[i].is_none() && !self.bots[i].is_done() {
+            if self.bots[i].start_at().is_some_and(|t| t > now) {
+                self.schedule(i, self.bots[i].start_at());
+                return;
+            }
+            match self.open_socket(i) {
+                Ok(socket) => self.sockets[i] = Some(socket),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open a bot socket");
+                    *self
+                        .stats
+                        .connect_failures
+                        .entry(format!("socket: {}", error.kind()))
+                        .or_default() += 1;
+                    self.bots[i].stop(now, &mut self.stats);
+                    return;
+                }
+            }
+        }
+        let Some(socket) = self.sockets[i].as_ref() else {
+            return;
+        };
+        let wake = self.bots[i].service(now, socket, tx, scratch, &mut self.stats);
+        if wake.is_none()
+            && let Some(mut socket) = self.sockets[i].take()
+        {
+            let _ = self.poll.registry().deregister(&mut socket);
+        }
+        self.schedule(i, wake);
+    }
+
+    fn schedule(&mut self, i: usize, wake: Option<Instant>) {
+        let Some(wake) = wake else {
+            return;
+        };
+        if self.scheduled[i].is_none_or(|current| wake < current) {
+            self.scheduled[i] = Some(wake);
+            self.heap.push(Reverse((wake, i)));
+        }
+    }
+
+    fn open_socket(&mut self, i: usize) -> io::Result<UdpSocket> {
+        let bind = self.sources.bind_addr(self.ctx.server, self.indices[i]);
+        let mut socket = UdpSocket::bind(bind)?;
+        self.poll
+            .registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        Ok(socket)
+    }
+
+    fn publish(&mut self) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.connected_now = self.stats.connected_now;
+        live.ever_connected = self.stats.ever_connected;
+        live.errors = self.stats.connect_failures.values().sum::<u64>()
+            + self.stats.disconnects.values().sum::<u64>();
+        // Hand over the samples recorded since the last publish; the worker
+        // keeps the whole run's histogram for the report.
+        if self.stats.rtt_us.len() > self.published_rtt.len() {
+            let mut window = self.stats.rtt_us.clone();
+            let _ = window.subtract(&self.published_rtt);
+            let _ = live.rtt_window_us.add(&window);
+            self.published_rtt.clone_from(&self.stats.rtt_us);
+        }
+    }
+}
+
+fn mark(touched: &mut Vec<usize>, marks: &mut [bool], i: usize) {
+    if !marks[i] {
+        marks[i] = true;
+        touched.push(i);
+    }
+}

@@ -1,0 +1,198 @@
+//! `client_headless load` against the real server binary over loopback UDP:
+//! 200 bots through a 10 % loss conditioner all connect, and the JSON
+//! report has the documented shape.
+//!
+//! Finding the server binary: Cargo only exposes `CARGO_BIN_EXE_*` for the
+//! package's own binaries, so the test looks for `server` next to its own
+//! executable's profile directory (`target/<profile>/deps/load_e2e-*` →
+//! `target/<profile>/server`). If it is missing, the test runs
+//! `cargo build -p server` with the same `CARGO_TARGET_DIR` (inherited from
+//! the environment) first.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BOTS: u64 = 200;
+
+fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `target/<profile>/server`, built on demand.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/load_e2e-HASH → target/<profile>
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let server = profile_dir.join(format!("server{}", std::env::consts::EXE_SUFFIX));
+    if !server.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "server"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build -p server");
+        assert!(status.success(), "cargo build -p server failed");
+    }
+    assert!(server.exists(), "no server binary at {}", server.display());
+    server
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_metrics(metrics: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
+    let game = free_udp_port();
+    let metrics = free_tcp_port();
+    let dir = std::env::temp_dir().join(format!("bots-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _server = Server(
+        Command::new(server_binary())
+            .current_dir(&dir)
+            .args(["--bind", &game.to_string()])
+            .args(["--metrics-bind", &metrics.to_string()])
+            .args(["--data-dir", "data", "--log-filter", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_metrics(metrics);
+
+    let report = dir.join("report.json");
+    let chart = dir.join("chart.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_client_headless"))
+        .args(["load", "--server", &game.to_string()])
+        .args([
+            "--bots",
+            &BOTS.to_string(),
+            "--duration",
+            "8",
+            "--ramp",
+            "2",
+        ])
+        .args(["--loss", "0.1", "--drain-timeout", "5"])
+        .args(["--metrics-url", &format!("http://{metrics}/metrics")])
+        .arg("--report")
+        .arg(&report)
+        .arg("--chart")
+        .arg(&chart)
+        .args(["--min-connected-ratio", "1.0", "--require-exactly-once"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "load failed: {:?}", output.status);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["requested"], BOTS);
+    assert_eq!(
+        json["connected"], BOTS,
+        "every bot connects through 10 % loss"
+    );
+    assert!(json["connect_failures"].as_object().unwrap().is_empty());
+    assert!(json["duration_s"].as_f64().unwrap() >= 8.0);
+    for q in ["p50", "p95", "p99", "max"] {
+        let rtt = json["rtt_ms"][q].as_f64().unwrap();
+        assert!(rtt > 0.0 && rtt < 5000.0, "rtt {q} = {rtt}");
+    }
+    for key in ["sent", "delivered", "duplicates", "out_of_order", "lost"] {
+        assert!(json["reliable"][key].is_u64(), "reliable.{key}");
+    }
+    assert!(json["bytes_per_bot_per_s"]["up"].as_f64().unwrap() > 0.0);
+    assert!(json["bytes_per_bot_per_s"]["down"].as_f64().unwrap() > 0.0);
+    assert!(json["inventory"]["ok"].is_u64());
+    assert!(json["inventory"]["failed"].is_object());
+    // The server's metrics were reachable: its tick figures are real.
+    assert!(json["server"]["tick_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(json["server"]["tick_ms"]["p99"].as_f64().is_some());
+    assert!(json["server"]["overruns"].as_f64().is_some());
+
+    let reliable = &json["reliable"];
+    let lines = json["reliable"]["lines_received"].as_u64().unwrap();
+    if lines == 0 {
+        println!(
+            "NOTE: the server sent no chat line (no chat plugin on this server yet): \
+             exactly-once delivery was not exercised"
+        );
+    } else {
+        assert_eq!(reliable["duplicates"], 0);
+        assert_eq!(reliable["out_of_order"], 0);
+        assert_eq!(reliable["lost"], 0);
+        assert_eq!(
+            reliable["delivered"].as_u64().unwrap() + reliable["rejected"].as_u64().unwrap(),
+            reliable["sent"].as_u64().unwrap(),
+            "every chat line said is answered exactly once"
+        );
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("connected bots"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
+    let nobody = free_udp_port();
+    let dir = std::env::temp_dir().join(format!("bots-e2e-none-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_client_headless"))
+        .args(["load", "--server", &nobody.to_string()])
+        .args(["--bots", "3", "--duration", "3", "--threads", "1"])
+        .args([
+            "--metrics-url",
+            &format!("http://{}/metrics", free_tcp_port()),
+        ])
+        .arg("--report")
+        .arg(&report)
+        .args(["--min-connected-ratio", "0.5"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "an SLO failure exits with 2");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("metrics unavailable"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["connected"], 0);
+    let failures: u64 = json["connect_failures"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(failures, 3, "{}", json["connect_failures"]);
+    assert!(json["server"]["tick_ms"]["p50"].is_null());
+    let _ = std::fs::remove_dir_all(&dir);
+}
