@@ -13,12 +13,16 @@
 //!
 //! | [`net`] | the `net-io` thread bridged into the ECS, typed messages |
 //! | [`emote`] | the example gameplay plugin (see "Make it your game") |
+//! | [`movement`] | validated, server-authoritative movement input |
+//! | [`interest`] | area of interest: budgeted, delta-encoded snapshots |
 
 pub mod config;
 pub mod console;
 pub mod emote;
+pub mod interest;
 pub mod logging;
 pub mod metrics;
+pub mod movement;
 pub mod net;
 pub mod players;
 pub mod shutdown;
@@ -73,7 +77,12 @@ pub struct GamePlugins;
 
 impl Plugin for GamePlugins {
     fn build(&self, app: &mut App) {
-        app.add_plugins((net::NetPlugin, emote::EmotePlugin));
+        app.add_plugins((
+            net::NetPlugin,
+            emote::EmotePlugin,
+            movement::MovementPlugin,
+            interest::InterestPlugin,
+        ));
     }
 }
 
