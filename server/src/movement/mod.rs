@@ -307,12 +307,12 @@ fn apply_inputs(
         if input.seq <= mover.last_seq {
             continue;
         }
-        let violation = if mover.inputs_this_tick >= config.max_inputs_per_tick {
+        mover.inputs_this_tick = mover.inputs_this_tick.saturating_add(1);
+        let violation = if mover.inputs_this_tick > config.max_inputs_per_tick {
             Some(Violation::Flood)
         } else if mover.credit == 0 {
             Some(Violation::Rate)
         } else {
-            mover.inputs_this_tick += 1;
             mover.credit -= 1;
             mover.last_seq = input.seq;
             metrics.inputs.inc();
