@@ -343,11 +343,18 @@ fn replicate(
                 });
             }
         });
-        candidates.sort_unstable_by(|a, b| {
+        let nearest = |a: &Candidate, b: &Candidate| {
             a.distance_sq
                 .total_cmp(&b.distance_sq)
                 .then(a.id.cmp(&b.id))
-        });
+        };
+        // Only the `max_entities` nearest form the view: partition, then
+        // sort just those.
+        if candidates.len() > limits.max_entities {
+            candidates.select_nth_unstable_by(limits.max_entities - 1, nearest);
+            candidates.truncate(limits.max_entities);
+        }
+        candidates.sort_unstable_by(nearest);
         let last_input = mover.map_or(0, |m| m.last_seq);
         let (snapshot, stats) =
             viewer
