@@ -20,9 +20,7 @@ use bevy_app::App;
 use bevy_ecs::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
 use glam::Vec2;
-use server::interest::{
-    Candidate, ClientView, InterestConfig, InterestPlugin, LocalSnapshot,
-};
+use server::interest::{Candidate, ClientView, InterestConfig, InterestPlugin, LocalSnapshot};
 use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
 use server::net::{Clients, Outbox};
 use server::tick::{ManualClock, TickConfig, TickPlugin};

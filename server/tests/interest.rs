@@ -121,7 +121,9 @@ impl Sim {
         for (bot, s) in self.bots.iter_mut().zip(&snapshots) {
             assert_eq!(bot.entity, s.entity);
             if self.rng.unit() >= snapshot_loss {
-                bot.rx.apply(&s.snapshot).expect("a delivered snapshot applies");
+                bot.rx
+                    .apply(&s.snapshot)
+                    .expect("a delivered snapshot applies");
                 // Exactly the server's record of what this client holds.
                 let view = self.app.world().get::<Viewer>(bot.entity).unwrap();
                 assert_eq!(bot.rx.entities(), view.view().last_sent());
@@ -182,7 +184,10 @@ fn clients_see_exactly_the_entities_in_their_area_of_interest() {
         }
     }
     // The wandering crowd did enter and leave views.
-    assert!(entered_and_left.0 > 300 && entered_and_left.1 > 100, "{entered_and_left:?}");
+    assert!(
+        entered_and_left.0 > 300 && entered_and_left.1 > 100,
+        "{entered_and_left:?}"
+    );
 }
 
 #[test]
@@ -190,7 +195,9 @@ fn two_thousand_spread_players_stay_within_the_byte_budget() {
     let interest = InterestConfig::default();
     let budget = interest.snapshot_budget_bytes;
     let mut rng = Rng(3);
-    let spawns: Vec<Vec2> = (0..2000).map(|_| rng.in_square(Vec2::ZERO, 990.0)).collect();
+    let spawns: Vec<Vec2> = (0..2000)
+        .map(|_| rng.in_square(Vec2::ZERO, 990.0))
+        .collect();
     let mut sim = Sim::new(interest, spawns, 5);
     let mut total = 0usize;
     let mut count = 0usize;
@@ -230,7 +237,11 @@ fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
             let mut order: Vec<(f32, u32, Vec2)> = truth
                 .iter()
                 .map(|&(id, p)| {
-                    let d = if id == own_id { -1.0 } else { p.distance_squared(own) };
+                    let d = if id == own_id {
+                        -1.0
+                    } else {
+                        p.distance_squared(own)
+                    };
                     (d, id, p)
                 })
                 .collect();

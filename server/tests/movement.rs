@@ -70,7 +70,10 @@ fn dt(app: &App) -> f32 {
 
 fn metric(app: &App, kind: &str) -> u64 {
     let mut text = String::new();
-    app.world().resource::<Metrics>().registry().render(&mut text);
+    app.world()
+        .resource::<Metrics>()
+        .registry()
+        .render(&mut text);
     let needle = format!("movement_violations_total{{kind=\"{kind}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&needle))
@@ -193,7 +196,12 @@ fn the_world_bounds_hold() {
     let config = app.world().resource::<MovementConfig>().clone();
     let player = spawn(&mut app, config.world_max - Vec2::splat(0.1));
     for seq in 1..=30 {
-        send(&mut app, player, seq, Vec2::ONE.normalize() * config.max_speed);
+        send(
+            &mut app,
+            player,
+            seq,
+            Vec2::ONE.normalize() * config.max_speed,
+        );
         app.update();
     }
     assert_eq!(position(&app, player), config.world_max);
@@ -233,7 +241,10 @@ fn an_honest_wanderer_is_never_flagged_for_sixty_seconds() {
         track.push(server);
         let last = app.world().get::<Mover>(player).unwrap().last_seq;
         let correction = client.reconcile(server, last);
-        assert!(correction < 1e-3, "tick {tick}: prediction off by {correction}");
+        assert!(
+            correction < 1e-3,
+            "tick {tick}: prediction off by {correction}"
+        );
     }
     assert_eq!(violations(&app, player), MovementViolations::default());
     for kind in ["speed", "flood", "rate", "non_finite"] {

@@ -36,8 +36,7 @@ use shared::protocol::movement::{Snapshot, quantize};
 
 pub use grid::{MAX_GRID_CELLS, SpatialGrid};
 pub use view::{
-    Candidate, ClientView, ENTRY_MAX, EncodeStats, SNAPSHOT_HEADER_MAX, SnapshotLimits,
-    encoded_len,
+    Candidate, ClientView, ENTRY_MAX, EncodeStats, SNAPSHOT_HEADER_MAX, SnapshotLimits, encoded_len,
 };
 
 use crate::metrics::{Counter, Metrics};
@@ -94,7 +93,10 @@ impl InterestConfig {
             }
             bad
         };
-        if fix("cell_size", !(self.cell_size.is_finite() && self.cell_size >= 1.0)) {
+        if fix(
+            "cell_size",
+            !(self.cell_size.is_finite() && self.cell_size >= 1.0),
+        ) {
             self.cell_size = defaults.cell_size;
         }
         if fix("radius", !(self.radius.is_finite() && self.radius > 0.0)) {
@@ -137,12 +139,41 @@ impl InterestConfig {
 pub struct NetId(pub u32);
 
 /// An entity that receives snapshots: its view state.
-#[derive(Component, Debug, Default)]
+///
+/// A connected player's viewer starts [`Viewer::awaiting_input`]: its
+/// snapshot stream starts with its first movement input (whose
+/// `ack_snapshot` of 0 asks for a full snapshot), so clients that never
+/// move (chat-only tools, spectator probes) cost no snapshot bandwidth.
+/// [`Viewer::default`] streams from the first tick (in-process viewers).
+#[derive(Component, Debug)]
 pub struct Viewer {
     view: ClientView,
+    streaming: bool,
+}
+
+impl Default for Viewer {
+    fn default() -> Self {
+        Self {
+            view: ClientView::new(),
+            streaming: true,
+        }
+    }
 }
 
 impl Viewer {
+    /// A viewer that receives nothing until its first movement input.
+    pub fn awaiting_input() -> Self {
+        Self {
+            streaming: false,
+            ..Self::default()
+        }
+    }
+
+    /// Whether snapshots are being sent.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+    }
+
     /// The view state (what was sent, what was acknowledged).
     pub fn view(&self) -> &ClientView {
         &self.view
@@ -271,10 +302,20 @@ fn assign_net_ids(
 fn add_viewers(mut connected: MessageReader<ClientConnected>, mut commands: Commands) {
     for ClientConnected { entity, .. } in connected.read() {
         if let Ok(mut e) = commands.get_entity(*entity) {
-            e.insert(Viewer::default());
+            e.insert(Viewer::awaiting_input());
         }
     }
 }
+
+/// What [`replicate`] needs of each viewer.
+type ViewerItem = (
+    Entity,
+    &'static NetId,
+    &'static Position,
+    &'static mut Viewer,
+    Option<&'static Mover>,
+    Option<&'static Player>,
+);
 
 #[expect(
     clippy::too_many_arguments,
@@ -287,20 +328,14 @@ fn replicate(
     metrics: Res<InterestMetrics>,
     mut acks: MessageReader<MoveCommand>,
     entities: Query<(&NetId, &Position)>,
-    mut viewers: Query<(
-        Entity,
-        &NetId,
-        &Position,
-        &mut Viewer,
-        Option<&Mover>,
-        Option<&Player>,
-    )>,
+    mut viewers: Query<ViewerItem>,
     mut remote: MessageWriter<ToClient<Snapshot>>,
     mut local: MessageWriter<LocalSnapshot>,
 ) {
     tick.0 = tick.0.wrapping_add(1).max(1);
     for MoveCommand { entity, input } in acks.read() {
         if let Ok((.., mut viewer, _, _)) = viewers.get_mut(*entity) {
+            viewer.streaming = true;
             viewer.view.acknowledge(input.ack_snapshot);
         }
     }
@@ -324,6 +359,9 @@ fn replicate(
     let reach = config.radius + config.hysteresis;
     let leave_sq = reach * reach;
     for (entity, own, position, mut viewer, mover, player) in &mut viewers {
+        if !viewer.streaming {
+            continue;
+        }
         candidates.clear();
         candidates.push(Candidate {
             id: own.0,
@@ -333,8 +371,8 @@ fn replicate(
         grid.query(position.0, reach, |i| {
             let (id, p) = (ids[i as usize], positions[i as usize]);
             let distance_sq = p.distance_squared(position.0);
-            let inside = distance_sq <= enter_sq
-                || (distance_sq <= leave_sq && viewer.view.was_visible(id));
+            let inside =
+                distance_sq <= enter_sq || (distance_sq <= leave_sq && viewer.view.was_visible(id));
             if inside && id != own.0 {
                 candidates.push(Candidate {
                     id,
@@ -356,10 +394,9 @@ fn replicate(
         }
         candidates.sort_unstable_by(nearest);
         let last_input = mover.map_or(0, |m| m.last_seq);
-        let (snapshot, stats) =
-            viewer
-                .view
-                .encode(tick.0, own.0, last_input, candidates, limits);
+        let (snapshot, stats) = viewer
+            .view
+            .encode(tick.0, own.0, last_input, candidates, limits);
         metrics.snapshots.inc();
         metrics.bytes.add(stats.bytes as u64);
         if stats.full {

@@ -407,7 +407,11 @@ mod tests {
             },
         ];
         for snapshot in &bad {
-            assert_eq!(rx.apply(snapshot), Err(ApplyError::Malformed), "{snapshot:?}");
+            assert_eq!(
+                rx.apply(snapshot),
+                Err(ApplyError::Malformed),
+                "{snapshot:?}"
+            );
             assert_eq!(rx.ack(), 1);
             assert_eq!(rx.entities(), &[(3, IVec2::ZERO)]);
         }
@@ -442,6 +446,9 @@ mod tests {
             baseline_age: CLIENT_SNAPSHOT_HISTORY as u32 + 1,
             ..Snapshot::default()
         };
-        assert!(matches!(rx.apply(&old), Err(ApplyError::MissingBaseline(_))));
+        assert!(matches!(
+            rx.apply(&old),
+            Err(ApplyError::MissingBaseline(_))
+        ));
     }
 }
