@@ -519,6 +519,7 @@ impl Bot {
                 let input = MoveInput {
                     seq: self.move_seq,
                     velocity: self.velocity,
+                    ack_snapshot: 0,
                 };
                 if let Ok(payload) = protocol::encode(&input)
                     && self.send(channels::MOVEMENT, payload, stats)

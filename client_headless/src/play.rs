@@ -340,6 +340,7 @@ impl Player {
         if let Ok(payload) = protocol::encode(&MoveInput {
             seq: self.move_seq,
             velocity: self.velocity,
+            ack_snapshot: 0,
         }) {
             let _ = endpoint.send(channels::MOVEMENT, payload);
         }

@@ -16,14 +16,18 @@
 //! | [`chat`] | chat scopes, validation, rate limits, sequence numbers |
 //! | [`inventory`] | items, trades, the world spawner; atomic and persisted |
 //! | [`persistence`] | the storage trait, SQLite, the writer thread, the audit |
+//! | [`movement`] | validated, server-authoritative movement input |
+//! | [`interest`] | area of interest: budgeted, delta-encoded snapshots |
 
 pub mod chat;
 pub mod config;
 pub mod console;
 pub mod emote;
+pub mod interest;
 pub mod inventory;
 pub mod logging;
 pub mod metrics;
+pub mod movement;
 pub mod net;
 pub mod persistence;
 pub mod players;
@@ -84,6 +88,8 @@ impl Plugin for GamePlugins {
             emote::EmotePlugin,
             chat::ChatPlugin::default(),
             inventory::InventoryPlugin,
+            movement::MovementPlugin,
+            interest::InterestPlugin,
         ));
     }
 }

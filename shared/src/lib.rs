@@ -14,6 +14,7 @@
 pub mod endpoint;
 pub mod io;
 pub mod keys;
+pub mod movement;
 pub mod netcode;
 pub mod protocol;
 pub mod sim;

@@ -1,14 +1,70 @@
 //! Movement input ([`MOVEMENT`](super::channels::MOVEMENT), unreliable
-//! sequenced: a stale input is dropped by the channel). Ids 4xx.
+//! sequenced: a stale input is dropped by the channel) and world snapshots
+//! ([`SNAPSHOT`](super::channels::SNAPSHOT), unreliable sequenced). Ids 4xx.
 //!
-//! The world is a 2D plane (`x`, `y` in metres). Snapshots (server →
-//! client, [`SNAPSHOT`](super::channels::SNAPSHOT)) are defined with the
-//! movement plugin.
+//! The world is a 2D plane (`x`, `y` in metres). The client side of these
+//! messages (applying snapshots, prediction and reconciliation) lives in
+//! [`crate::movement`].
+//!
+//! # Snapshot wire format
+//!
+//! Every message is `id: u16 LE` + a bincode 2 body with variable-length
+//! integers: an unsigned value below 251 takes 1 byte, below 2^16 3 bytes,
+//! below 2^32 5 bytes; signed values are zigzag-encoded first (so
+//! `-125..=125` takes 1 byte). A [`Snapshot`] body is, in order:
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `tick` | u32 | the server's snapshot tick (from 1) |
+//! | `baseline_age` | u32 | `tick - baseline`; 0 = full snapshot, no baseline |
+//! | `last_input` | u32 | the last [`MoveInput::seq`] the server applied for you |
+//! | `you` | u32 | your own entity's net id |
+//! | `id_base` | u32 | base of the id gap coding below |
+//! | `removed` | len + gaps | entities of the baseline that are gone |
+//! | `added` | len + (gap, x, y) | entities not in the baseline, absolute position |
+//! | `moved` | len + (gap, dx, dy) | baseline entities whose position changed |
+//!
+//! **Ids** in each list are sorted ascending and gap-coded: the first entry
+//! stores `id - id_base`, every next one `id - previous id`.
+//!
+//! **Positions** are quantized to [`POSITION_UNITS_PER_METRE`] (1/32 m): a
+//! coordinate travels as `round(metres * 32)` in an `i32`, so the error is
+//! at most 1/64 m (≈ 1.6 cm) per axis, and a coordinate within ±1023 m
+//! takes 3 bytes. `moved` entries carry the quantized difference to the
+//! baseline's quantized position (1 byte per axis up to ±3.9 m).
+//!
+//! The state a snapshot describes is: the baseline's entities, minus
+//! `removed`, plus `added`, with `moved` applied; baseline entities that
+//! are in none of the lists are unchanged. A full snapshot
+//! (`baseline_age == 0`) has only `added`.
 
-use glam::Vec2;
+use glam::{IVec2, Vec2};
 use serde::{Deserialize, Serialize};
 
 use super::NetMessage;
+
+/// Quantization of positions on the wire: units per metre (1/32 m steps).
+pub const POSITION_UNITS_PER_METRE: f32 = 32.0;
+
+/// A world position in metres as it travels: rounded to 1/32 m. Non-finite
+/// coordinates become 0 and values beyond the `i32` range saturate.
+pub fn quantize(position: Vec2) -> IVec2 {
+    let q = |v: f32| {
+        let scaled = (v * POSITION_UNITS_PER_METRE).round();
+        if scaled.is_finite() {
+            // `as` saturates at the i32 range.
+            scaled as i32
+        } else {
+            0
+        }
+    };
+    IVec2::new(q(position.x), q(position.y))
+}
+
+/// The position in metres of a quantized position.
+pub fn dequantize(position: IVec2) -> Vec2 {
+    position.as_vec2() / POSITION_UNITS_PER_METRE
+}
 
 /// Client → server, every tick: the intended velocity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -19,8 +75,117 @@ pub struct MoveInput {
     /// Intended velocity in metres per second; the server clamps its
     /// length to the maximum speed and rejects non-finite values.
     pub velocity: Vec2,
+    /// The newest [`Snapshot::tick`] this client has received and applied
+    /// (0 for none): the server encodes later snapshots as deltas against
+    /// it. This is the application-level ack of the unreliable snapshots.
+    pub ack_snapshot: u32,
 }
 
 impl NetMessage for MoveInput {
     const ID: u16 = 400;
+}
+
+/// An entity that is new relative to the baseline: its absolute quantized
+/// position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityAdded {
+    /// Id gap (see the module docs).
+    pub id_gap: u32,
+    /// Quantized x (1/32 m).
+    pub x: i32,
+    /// Quantized y (1/32 m).
+    pub y: i32,
+}
+
+/// A baseline entity that moved: its quantized displacement since the
+/// baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityMoved {
+    /// Id gap (see the module docs).
+    pub id_gap: u32,
+    /// Quantized x difference to the baseline (1/32 m).
+    pub dx: i32,
+    /// Quantized y difference to the baseline (1/32 m).
+    pub dy: i32,
+}
+
+/// Server → client, every tick: the entities in the client's area of
+/// interest, possibly as a delta against an acknowledged snapshot. See the
+/// module docs for the exact format.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The snapshot tick, from 1; echo it in [`MoveInput::ack_snapshot`].
+    pub tick: u32,
+    /// `tick - baseline tick`; 0 means a full snapshot.
+    pub baseline_age: u32,
+    /// The last [`MoveInput::seq`] the server applied for this client.
+    pub last_input: u32,
+    /// The receiving client's own entity id.
+    pub you: u32,
+    /// Base of the id gap coding.
+    pub id_base: u32,
+    /// Baseline entities that left the area of interest (id gaps).
+    pub removed: Vec<u32>,
+    /// Entities not in the baseline.
+    pub added: Vec<EntityAdded>,
+    /// Baseline entities that moved.
+    pub moved: Vec<EntityMoved>,
+}
+
+impl NetMessage for Snapshot {
+    const ID: u16 = 401;
+}
+
+/// Encoded size of an unsigned integer in the codec's varint encoding.
+pub const fn varint_len(value: u64) -> usize {
+    if value < 251 {
+        1
+    } else if value <= u16::MAX as u64 {
+        3
+    } else if value <= u32::MAX as u64 {
+        5
+    } else {
+        9
+    }
+}
+
+/// Encoded size of a signed integer (zigzag, then varint).
+pub const fn signed_varint_len(value: i32) -> usize {
+    let zigzag = ((value << 1) ^ (value >> 31)) as u32;
+    varint_len(zigzag as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::{decode, encode};
+
+    #[test]
+    fn quantization_error_is_at_most_half_a_unit() {
+        for &v in &[0.0f32, 0.01, -0.01, 1.0 / 64.0, 123.456, -999.99] {
+            let back = dequantize(quantize(Vec2::splat(v)));
+            assert!((back.x - v).abs() <= 0.5 / POSITION_UNITS_PER_METRE + 1e-4);
+        }
+        assert_eq!(quantize(Vec2::new(f32::NAN, f32::INFINITY)), IVec2::ZERO);
+        assert_eq!(quantize(Vec2::splat(1e30)), IVec2::splat(i32::MAX));
+    }
+
+    proptest! {
+        #[test]
+        fn size_functions_match_the_codec(a in any::<u32>(), b in any::<i32>(), c in any::<i32>()) {
+            let snapshot = Snapshot {
+                tick: a,
+                moved: vec![EntityMoved { id_gap: a, dx: b, dy: c }],
+                ..Snapshot::default()
+            };
+            let bytes = encode(&snapshot).unwrap();
+            // id + 4 one-byte zeros (age, last_input, you, id_base) + 3 list lengths.
+            let expected = 2 + varint_len(a.into()) + 4 + 3
+                + varint_len(a.into()) + signed_varint_len(b) + signed_varint_len(c);
+            prop_assert_eq!(bytes.len(), expected);
+            prop_assert_eq!(decode::<Snapshot>(&bytes).unwrap(), snapshot);
+        }
+    }
 }

@@ -1,0 +1,167 @@
+//! A uniform spatial grid, rebuilt every tick with a counting sort: O(N +
+//! cells), no allocation once warm.
+
+use glam::Vec2;
+
+/// Most cells a grid uses; when the entities spread wider than this many
+/// cells of the configured size, the cells grow (queries stay correct,
+/// they just visit more entities).
+pub const MAX_GRID_CELLS: usize = 1 << 20;
+
+/// Entities bucketed by cell. Items are indices into the position slice
+/// given to [`SpatialGrid::rebuild`].
+#[derive(Debug, Clone, Default)]
+pub struct SpatialGrid {
+    cell_size: f32,
+    origin: Vec2,
+    cols: usize,
+    rows: usize,
+    /// `starts[c]..starts[c + 1]` are the items of cell `c`.
+    starts: Vec<u32>,
+    items: Vec<u32>,
+    cell_of: Vec<u32>,
+}
+
+impl SpatialGrid {
+    /// An empty grid with cells of `cell_size` metres (at least 1 m).
+    pub fn new(cell_size: f32) -> Self {
+        Self {
+            cell_size: if cell_size.is_finite() {
+                cell_size.max(1.0)
+            } else {
+                1.0
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The cell size in use after the last rebuild.
+    pub fn cell_size(&self) -> f32 {
+        self.cell_size
+    }
+
+    fn cell(&self, p: Vec2) -> (usize, usize) {
+        let rel = ((p - self.origin) / self.cell_size).max(Vec2::ZERO);
+        // Non-finite → 0 through the saturating casts.
+        let x = (rel.x as usize).min(self.cols.saturating_sub(1));
+        let y = (rel.y as usize).min(self.rows.saturating_sub(1));
+        (x, y)
+    }
+
+    /// Buckets `positions` (index `i` is item `i`).
+    pub fn rebuild(&mut self, positions: &[Vec2], cell_size: f32) {
+        let mut min = Vec2::splat(f32::MAX);
+        let mut max = Vec2::splat(f32::MIN);
+        for p in positions.iter().filter(|p| p.is_finite()) {
+            min = min.min(*p);
+            max = max.max(*p);
+        }
+        if min.x > max.x {
+            min = Vec2::ZERO;
+            max = Vec2::ZERO;
+        }
+        let mut size = if cell_size.is_finite() {
+            cell_size.max(1.0)
+        } else {
+            1.0
+        };
+        let extent = max - min;
+        let dims = |size: f32| {
+            let c = (extent.x / size) as usize + 1;
+            let r = (extent.y / size) as usize + 1;
+            (c, r)
+        };
+        while dims(size).0.saturating_mul(dims(size).1) > MAX_GRID_CELLS {
+            size *= 2.0;
+        }
+        self.cell_size = size;
+        self.origin = min;
+        (self.cols, self.rows) = dims(size);
+        let cells = self.cols * self.rows;
+
+        self.starts.clear();
+        self.starts.resize(cells + 1, 0);
+        self.cell_of.clear();
+        for p in positions {
+            let (x, y) = self.cell(*p);
+            let c = y * self.cols + x;
+            self.cell_of.push(c as u32);
+            self.starts[c + 1] += 1;
+        }
+        for c in 0..cells {
+            self.starts[c + 1] += self.starts[c];
+        }
+        self.items.clear();
+        self.items.resize(positions.len(), 0);
+        // Fill using `starts[c]` as a cursor, then restore it.
+        for (i, &c) in self.cell_of.iter().enumerate() {
+            let slot = &mut self.starts[c as usize];
+            self.items[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+        for c in (1..=cells).rev() {
+            self.starts[c] = self.starts[c - 1];
+        }
+        self.starts[0] = 0;
+    }
+
+    /// Calls `visit` with every item in the cells that overlap the square
+    /// of half-side `radius` around `center` (a superset of the circle:
+    /// the caller checks distances).
+    pub fn query(&self, center: Vec2, radius: f32, mut visit: impl FnMut(u32)) {
+        if self.cols == 0 {
+            return;
+        }
+        let (x0, y0) = self.cell(center - Vec2::splat(radius));
+        let (x1, y1) = self.cell(center + Vec2::splat(radius));
+        for y in y0..=y1 {
+            let row = y * self.cols;
+            let from = self.starts[row + x0] as usize;
+            let to = self.starts[row + x1 + 1] as usize;
+            for &item in &self.items[from..to] {
+                visit(item);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_find_everything_in_range() {
+        let positions: Vec<Vec2> = (0..500)
+            .map(|i| {
+                let i = i as f32;
+                Vec2::new((i * 37.0) % 400.0 - 200.0, (i * 91.0) % 300.0 - 150.0)
+            })
+            .collect();
+        let mut grid = SpatialGrid::new(16.0);
+        grid.rebuild(&positions, 16.0);
+        for center in [Vec2::ZERO, Vec2::new(-200.0, 150.0), Vec2::new(500.0, 0.0)] {
+            let mut found = Vec::new();
+            grid.query(center, 40.0, |i| found.push(i));
+            for (i, p) in positions.iter().enumerate() {
+                if p.distance(center) <= 40.0 {
+                    assert!(found.contains(&(i as u32)), "{i} missing near {center}");
+                }
+            }
+            let mut dedup = found.clone();
+            dedup.sort_unstable();
+            dedup.dedup();
+            assert_eq!(dedup.len(), found.len());
+        }
+    }
+
+    #[test]
+    fn huge_spreads_grow_the_cells_instead_of_the_memory() {
+        let positions = [Vec2::splat(-1e7), Vec2::splat(1e7), Vec2::NAN];
+        let mut grid = SpatialGrid::new(1.0);
+        grid.rebuild(&positions, 1.0);
+        assert!(grid.cols * grid.rows <= MAX_GRID_CELLS);
+        let mut found = Vec::new();
+        grid.query(Vec2::splat(1e7), 1.0, |i| found.push(i));
+        assert!(found.contains(&1));
+    }
+}

@@ -1,0 +1,421 @@
+//! Area of interest and replication: every tick each viewer (a connected
+//! player) receives a [`Snapshot`] of the entities near it, so a client's
+//! bandwidth grows with its neighbours, not with the number of players.
+//!
+//! - **Who is replicated**: every entity with a [`Position`]; each gets a
+//!   [`NetId`] (never reused, so a client never mistakes a newcomer for
+//!   someone who left).
+//! - **Who sees what**: a [`SpatialGrid`] of [`InterestConfig::cell_size`]
+//!   cells, rebuilt each tick. An entity enters a viewer's view within
+//!   [`InterestConfig::radius`] and leaves beyond `radius + hysteresis`.
+//!   The viewer's own entity is always first. At most
+//!   [`InterestConfig::max_entities`], nearest first.
+//! - **What is sent**: a delta against the last snapshot the client
+//!   acknowledged (`MoveInput::ack_snapshot`), or a full snapshot when that
+//!   is unknown or older than [`InterestConfig::baseline_history`] ticks.
+//!   At most [`InterestConfig::snapshot_budget_bytes`] per snapshot;
+//!   updates go nearest first and stop when the budget is spent (farther
+//!   entities keep their last sent position until a later tick). Entering
+//!   and leaving entities are announced (`added`, `removed`).
+//!
+//! The wire format and quantization are documented in
+//! [`shared::protocol::movement`]; the client side is
+//! [`shared::movement::SnapshotReceiver`]. The core ([`SpatialGrid`],
+//! [`ClientView`]) is plain data that tests and benchmarks drive without
+//! bevy.
+
+mod grid;
+mod view;
+
+use bevy_app::{App, FixedUpdate, Plugin};
+use bevy_ecs::prelude::*;
+use glam::Vec2;
+use shared::movement::CLIENT_SNAPSHOT_HISTORY;
+use shared::protocol::channels;
+use shared::protocol::movement::{Snapshot, quantize};
+
+pub use grid::{MAX_GRID_CELLS, SpatialGrid};
+pub use view::{
+    Candidate, ClientView, ENTRY_MAX, EncodeStats, SNAPSHOT_HEADER_MAX, SnapshotLimits, encoded_len,
+};
+
+use crate::metrics::{Counter, Metrics};
+use crate::movement::{MoveCommand, MovementSystems, Mover};
+use crate::net::{ClientConnected, NetAppExt, Player, ToClient};
+use crate::world::Position;
+
+/// Area-of-interest and snapshot limits. [`InterestPlugin`] inserts the
+/// defaults when the resource is absent, and corrects invalid values (with
+/// a warning) at startup.
+#[derive(Resource, Debug, Clone, PartialEq)]
+pub struct InterestConfig {
+    /// Grid cell size, metres (at least 1). Default 32.
+    pub cell_size: f32,
+    /// Entities within this distance enter the view, metres. Default 60.
+    pub radius: f32,
+    /// A visible entity leaves the view only beyond `radius + hysteresis`,
+    /// so that one walking along the edge does not flicker. Default 8.
+    pub hysteresis: f32,
+    /// Most bytes per snapshot (message id included; the transport adds
+    /// its own headers). At 30 Hz the default 1000 caps a client at
+    /// 30 kB/s of snapshots. At least [`SnapshotLimits::min_budget`] of
+    /// `max_entities`.
+    pub snapshot_budget_bytes: usize,
+    /// Most entities in one view, nearest first. Default 128.
+    pub max_entities: usize,
+    /// Sent snapshots kept per client as delta baselines, in ticks
+    /// (1..=[`CLIENT_SNAPSHOT_HISTORY`]). An acknowledgement older than this
+    /// gets a full snapshot. Default 16 (533 ms at 30 Hz).
+    pub baseline_history: usize,
+}
+
+impl Default for InterestConfig {
+    fn default() -> Self {
+        Self {
+            cell_size: 32.0,
+            radius: 60.0,
+            hysteresis: 8.0,
+            snapshot_budget_bytes: 1000,
+            max_entities: 128,
+            baseline_history: 16,
+        }
+    }
+}
+
+impl InterestConfig {
+    /// This configuration with every value brought into its valid range;
+    /// each correction is logged.
+    pub fn validated(mut self) -> Self {
+        let defaults = Self::default();
+        let fix = |name: &str, bad: bool| {
+            if bad {
+                tracing::warn!(field = name, "invalid interest setting; corrected");
+            }
+            bad
+        };
+        if fix(
+            "cell_size",
+            !(self.cell_size.is_finite() && self.cell_size >= 1.0),
+        ) {
+            self.cell_size = defaults.cell_size;
+        }
+        if fix("radius", !(self.radius.is_finite() && self.radius > 0.0)) {
+            self.radius = defaults.radius;
+        }
+        if fix(
+            "hysteresis",
+            !(self.hysteresis.is_finite() && self.hysteresis >= 0.0),
+        ) {
+            self.hysteresis = 0.0;
+        }
+        if fix("max_entities", self.max_entities == 0) {
+            self.max_entities = 1;
+        }
+        let min = SnapshotLimits::min_budget(self.max_entities);
+        if fix("snapshot_budget_bytes", self.snapshot_budget_bytes < min) {
+            self.snapshot_budget_bytes = min;
+        }
+        if fix(
+            "baseline_history",
+            !(1..=CLIENT_SNAPSHOT_HISTORY).contains(&self.baseline_history),
+        ) {
+            self.baseline_history = self.baseline_history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
+        }
+        self
+    }
+
+    /// The per-snapshot limits.
+    pub fn limits(&self) -> SnapshotLimits {
+        SnapshotLimits {
+            budget_bytes: self.snapshot_budget_bytes,
+            max_entities: self.max_entities,
+            history: self.baseline_history,
+        }
+    }
+}
+
+/// The id an entity has on the wire; never reused while the server runs.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetId(pub u32);
+
+/// An entity that receives snapshots: its view state.
+///
+/// A connected player's viewer starts [`Viewer::awaiting_input`]: its
+/// snapshot stream starts with its first movement input (whose
+/// `ack_snapshot` of 0 asks for a full snapshot), so clients that never
+/// move (chat-only tools, spectator probes) cost no snapshot bandwidth.
+/// [`Viewer::default`] streams from the first tick (in-process viewers).
+#[derive(Component, Debug)]
+pub struct Viewer {
+    view: ClientView,
+    streaming: bool,
+}
+
+impl Default for Viewer {
+    fn default() -> Self {
+        Self {
+            view: ClientView::new(),
+            streaming: true,
+        }
+    }
+}
+
+impl Viewer {
+    /// A viewer that receives nothing until its first movement input.
+    pub fn awaiting_input() -> Self {
+        Self {
+            streaming: false,
+            ..Self::default()
+        }
+    }
+
+    /// Whether snapshots are being sent.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// The view state (what was sent, what was acknowledged).
+    pub fn view(&self) -> &ClientView {
+        &self.view
+    }
+}
+
+/// A snapshot for a viewer that has no network connection ([`Player`]):
+/// in-process bots, tests. Connected players get theirs as
+/// [`ToClient<Snapshot>`] on the `SNAPSHOT` channel.
+#[derive(Message, Debug, Clone, PartialEq)]
+pub struct LocalSnapshot {
+    /// The viewer.
+    pub entity: Entity,
+    /// Its snapshot.
+    pub snapshot: Snapshot,
+    /// How it was encoded.
+    pub stats: EncodeStats,
+}
+
+/// The snapshot tick: 1 for the first tick's snapshots, then one more per
+/// tick.
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTick(pub u32);
+
+/// The interest systems, in `FixedUpdate` after [`MovementSystems`].
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InterestSystems {
+    /// Gives new entities a [`NetId`] and new players a [`Viewer`].
+    Register,
+    /// Builds and sends every viewer's snapshot.
+    Replicate,
+}
+
+#[derive(Resource, Default)]
+struct NextNetId(u32);
+
+/// Per-tick buffers, reused.
+#[derive(Resource, Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    positions: Vec<Vec2>,
+    grid: SpatialGrid,
+    candidates: Vec<Candidate>,
+}
+
+#[derive(Resource, Clone)]
+struct InterestMetrics {
+    snapshots: Counter,
+    bytes: Counter,
+    full: Counter,
+    limited: Counter,
+}
+
+impl InterestMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let r = metrics.registry();
+        let c = |name: &str, help: &str| r.counter(name, help).unwrap_or_default();
+        Self {
+            snapshots: c("snapshots_total", "Snapshots sent."),
+            bytes: c(
+                "snapshot_bytes_total",
+                "Encoded snapshot bytes sent (before transport headers).",
+            ),
+            full: c(
+                "snapshots_full_total",
+                "Snapshots sent without a delta baseline.",
+            ),
+            limited: c(
+                "snapshots_budget_limited_total",
+                "Snapshots where the byte budget left farther entities stale.",
+            ),
+        }
+    }
+}
+
+/// Replicates nearby entities to every viewer, each tick. Needs
+/// [`MovementPlugin`](crate::movement::MovementPlugin) (acks and the last
+/// applied input come with movement input).
+pub struct InterestPlugin;
+
+impl Plugin for InterestPlugin {
+    fn build(&self, app: &mut App) {
+        let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
+        let config = app
+            .world_mut()
+            .remove_resource::<InterestConfig>()
+            .unwrap_or_default()
+            .validated();
+        app.insert_resource(config)
+            .init_resource::<NextNetId>()
+            .init_resource::<Scratch>()
+            .init_resource::<SnapshotTick>()
+            .insert_resource(InterestMetrics::register(&metrics))
+            .add_server_message::<Snapshot>(channels::SNAPSHOT)
+            .add_message::<LocalSnapshot>()
+            .add_message::<MoveCommand>()
+            .add_message::<ClientConnected>()
+            .configure_sets(
+                FixedUpdate,
+                (
+                    MovementSystems::Integrate,
+                    InterestSystems::Register,
+                    InterestSystems::Replicate,
+                )
+                    .chain(),
+            )
+            .add_systems(
+                FixedUpdate,
+                (assign_net_ids, add_viewers).in_set(InterestSystems::Register),
+            )
+            .add_systems(FixedUpdate, replicate.in_set(InterestSystems::Replicate));
+    }
+}
+
+fn assign_net_ids(
+    new: Query<Entity, (With<Position>, Without<NetId>)>,
+    mut next: ResMut<NextNetId>,
+    mut commands: Commands,
+) {
+    for entity in &new {
+        next.0 = next.0.saturating_add(1);
+        commands.entity(entity).insert(NetId(next.0));
+    }
+}
+
+fn add_viewers(mut connected: MessageReader<ClientConnected>, mut commands: Commands) {
+    for ClientConnected { entity, .. } in connected.read() {
+        if let Ok(mut e) = commands.get_entity(*entity) {
+            e.insert(Viewer::awaiting_input());
+        }
+    }
+}
+
+/// What [`replicate`] needs of each viewer.
+type ViewerItem = (
+    Entity,
+    &'static NetId,
+    &'static Position,
+    &'static mut Viewer,
+    Option<&'static Mover>,
+    Option<&'static Player>,
+);
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system: each parameter is one resource or query it needs"
+)]
+fn replicate(
+    config: Res<InterestConfig>,
+    mut tick: ResMut<SnapshotTick>,
+    mut scratch: ResMut<Scratch>,
+    metrics: Res<InterestMetrics>,
+    mut acks: MessageReader<MoveCommand>,
+    entities: Query<(&NetId, &Position)>,
+    mut viewers: Query<ViewerItem>,
+    mut remote: MessageWriter<ToClient<Snapshot>>,
+    mut local: MessageWriter<LocalSnapshot>,
+) {
+    tick.0 = tick.0.wrapping_add(1).max(1);
+    for MoveCommand { entity, input } in acks.read() {
+        if let Ok((.., mut viewer, _, _)) = viewers.get_mut(*entity) {
+            viewer.streaming = true;
+            viewer.view.acknowledge(input.ack_snapshot);
+        }
+    }
+
+    let Scratch {
+        ids,
+        positions,
+        grid,
+        candidates,
+    } = &mut *scratch;
+    ids.clear();
+    positions.clear();
+    for (id, position) in &entities {
+        ids.push(id.0);
+        positions.push(position.0);
+    }
+    grid.rebuild(positions, config.cell_size);
+
+    let limits = config.limits();
+    let enter_sq = config.radius * config.radius;
+    let reach = config.radius + config.hysteresis;
+    let leave_sq = reach * reach;
+    for (entity, own, position, mut viewer, mover, player) in &mut viewers {
+        if !viewer.streaming {
+            continue;
+        }
+        candidates.clear();
+        candidates.push(Candidate {
+            id: own.0,
+            position: quantize(position.0),
+            distance_sq: -1.0,
+        });
+        grid.query(position.0, reach, |i| {
+            let (id, p) = (ids[i as usize], positions[i as usize]);
+            let distance_sq = p.distance_squared(position.0);
+            let inside =
+                distance_sq <= enter_sq || (distance_sq <= leave_sq && viewer.view.was_visible(id));
+            if inside && id != own.0 {
+                candidates.push(Candidate {
+                    id,
+                    position: quantize(p),
+                    distance_sq,
+                });
+            }
+        });
+        let nearest = |a: &Candidate, b: &Candidate| {
+            a.distance_sq
+                .total_cmp(&b.distance_sq)
+                .then(a.id.cmp(&b.id))
+        };
+        // Only the `max_entities` nearest form the view: partition, then
+        // sort just those.
+        if candidates.len() > limits.max_entities {
+            candidates.select_nth_unstable_by(limits.max_entities - 1, nearest);
+            candidates.truncate(limits.max_entities);
+        }
+        candidates.sort_unstable_by(nearest);
+        let last_input = mover.map_or(0, |m| m.last_seq);
+        let (snapshot, stats) = viewer
+            .view
+            .encode(tick.0, own.0, last_input, candidates, limits);
+        metrics.snapshots.inc();
+        metrics.bytes.add(stats.bytes as u64);
+        if stats.full {
+            metrics.full.inc();
+        }
+        if stats.budget_limited {
+            metrics.limited.inc();
+        }
+        match player {
+            Some(player) => {
+                remote.write(ToClient::one(player.client, snapshot));
+            }
+            None => {
+                local.write(LocalSnapshot {
+                    entity,
+                    snapshot,
+                    stats,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Server-authoritative movement: clients send [`MoveInput`]s on the
+//! unreliable sequenced `MOVEMENT` channel; every tick the server validates
+//! them and integrates positions with the same [`MovementRules::step`] the
+//! clients predict with (see [`shared::movement`]).
+//!
+//! # The input model
+//!
+//! Each accepted input moves its player for exactly one tick; a tick
+//! without input does not move the player. Validation, per input:
+//!
+//! | check | action | violation |
+//! |---|---|---|
+//! | `seq` not newer than the last applied | dropped silently (a replay gains nothing) | — |
+//! | more than [`MovementConfig::max_inputs_per_tick`] this tick | dropped | `flood` |
+//! | no movement credit left (see below) | dropped | `rate` |
+//! | non-finite velocity | applied as standing still | `non_finite` |
+//! | speed above `max_speed × (1 + speed_tolerance)` | clamped to `max_speed` | `speed` |
+//! | speed up to that | clamped to `max_speed`, not flagged | — |
+//! | position outside the world | clamped to the bounds, not flagged | — |
+//!
+//! **Movement credit**: each player earns one input's worth of credit per
+//! tick and holds at most [`MovementConfig::burst_ticks`], so that a
+//! jittery client whose inputs arrive bunched is not punished, while over
+//! any window of `W` ticks at most `W + burst_ticks - 1` inputs move the
+//! player. With the defaults (30 Hz, 3) displacement over any second is at
+//! most `32/30 ≈ 1.07 ×` the maximum speed; a teleport is impossible.
+//!
+//! Violations are counted per player in [`MovementViolations`], in the
+//! `movement_violations_total{kind}` metric, and logged (a player's first,
+//! then every hundredth). An honest client (one input per tick, speed at
+//! most `max_speed`) is never flagged.
+
+use bevy_app::{App, FixedUpdate, Plugin};
+use bevy_ecs::prelude::*;
+use bevy_time::{Fixed, Time};
+use glam::Vec2;
+use shared::movement::MovementRules;
+use shared::protocol::channels;
+use shared::protocol::movement::MoveInput;
+
+use crate::metrics::{Counter, Metrics};
+use crate::net::{ClientConnected, Clients, FromClient, NetAppExt, Player};
+use crate::world::Position;
+
+/// Movement rules and anti-cheat limits. [`MovementPlugin`] inserts the
+/// defaults when the resource is absent.
+#[derive(Resource, Debug, Clone, PartialEq)]
+pub struct MovementConfig {
+    /// Fastest allowed speed, m/s. Default 8.
+    pub max_speed: f32,
+    /// Lowest world corner, metres. Default (-1000, -1000).
+    pub world_min: Vec2,
+    /// Highest world corner, metres. Default (1000, 1000).
+    pub world_max: Vec2,
+    /// Inputs applied per player per tick; more are dropped and counted as
+    /// `flood`. Default 4.
+    pub max_inputs_per_tick: u32,
+    /// Movement credit a player can bank, in ticks (at least 1). Default 3;
+    /// keep it at most `tick_hz / 10 + 1` for the 1.1 × max-speed bound
+    /// over one second.
+    pub burst_ticks: u32,
+    /// Relative speed excess tolerated without a `speed` flag (clients'
+    /// float normalisation is not exact). The speed is clamped anyway.
+    /// Default 0.01.
+    pub speed_tolerance: f32,
+    /// Distance between successive spawn points on the spawn spiral,
+    /// metres. Default 2.
+    pub spawn_spacing: f32,
+}
+
+impl Default for MovementConfig {
+    fn default() -> Self {
+        let rules = MovementRules::default();
+        Self {
+            max_speed: rules.max_speed,
+            world_min: rules.world_min,
+            world_max: rules.world_max,
+            max_inputs_per_tick: 4,
+            burst_ticks: 3,
+            speed_tolerance: 0.01,
+            spawn_spacing: 2.0,
+        }
+    }
+}
+
+impl MovementConfig {
+    /// The rules clients need to predict (send them the same values).
+    pub fn rules(&self) -> MovementRules {
+        MovementRules {
+            max_speed: self.max_speed,
+            world_min: self.world_min,
+            world_max: self.world_max,
+        }
+    }
+
+    /// Spawn point number `index`: a golden-angle spiral around the world
+    /// centre, `spawn_spacing` apart, inside the world.
+    pub fn spawn_point(&self, index: u32) -> Vec2 {
+        const GOLDEN_ANGLE: f32 = 2.399_963;
+        let centre = (self.world_min + self.world_max) / 2.0;
+        let i = index as f32;
+        let r = self.spawn_spacing * i.sqrt();
+        let (sin, cos) = (i * GOLDEN_ANGLE).sin_cos();
+        (centre + Vec2::new(cos, sin) * r).clamp(self.world_min, self.world_max)
+    }
+}
+
+/// A player's movement state on the server.
+#[derive(Component, Debug, Clone, PartialEq)]
+pub struct Mover {
+    /// The last input sequence applied (echoed in snapshots).
+    pub last_seq: u32,
+    /// The velocity of the last applied input, after clamping.
+    pub velocity: Vec2,
+    credit: u32,
+    inputs_this_tick: u32,
+}
+
+impl Mover {
+    /// A mover with full credit and no input yet.
+    pub fn new(config: &MovementConfig) -> Self {
+        Self {
+            last_seq: 0,
+            velocity: Vec2::ZERO,
+            credit: config.burst_ticks.max(1),
+            inputs_this_tick: 0,
+        }
+    }
+}
+
+/// Movement violations of one player, by kind.
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MovementViolations {
+    /// Non-finite velocities.
+    pub non_finite: u32,
+    /// Speeds above the maximum (plus tolerance).
+    pub speed: u32,
+    /// Inputs over the per-tick cap.
+    pub flood: u32,
+    /// Inputs beyond the movement credit (faster than the tick rate).
+    pub rate: u32,
+}
+
+impl MovementViolations {
+    /// All violations.
+    pub fn total(&self) -> u32 {
+        self.non_finite + self.speed + self.flood + self.rate
+    }
+}
+
+/// An input for a player entity: what [`FromClient<MoveInput>`] becomes
+/// once its client is resolved to its entity. Tests and in-process bots
+/// write it directly.
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+pub struct MoveCommand {
+    /// The player entity.
+    pub entity: Entity,
+    /// The input.
+    pub input: MoveInput,
+}
+
+/// The movement systems, in `FixedUpdate`, in this order.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MovementSystems {
+    /// Spawns new players and resolves inputs to [`MoveCommand`]s.
+    Receive,
+    /// Validates inputs and moves players.
+    Integrate,
+}
+
+#[derive(Resource, Default)]
+struct SpawnCounter(u32);
+
+#[derive(Resource, Clone)]
+struct MovementMetrics {
+    inputs: Counter,
+    non_finite: Counter,
+    speed: Counter,
+    flood: Counter,
+    rate: Counter,
+}
+
+impl MovementMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let r = metrics.registry();
+        let help = "Movement inputs that broke a rule, by kind.";
+        let kind = |k: &str| {
+            r.counter_with_labels("movement_violations_total", help, &[("kind", k)])
+                .unwrap_or_default()
+        };
+        Self {
+            inputs: r
+                .counter("movement_inputs_total", "Movement inputs applied.")
+                .unwrap_or_default(),
+            non_finite: kind("non_finite"),
+            speed: kind("speed"),
+            flood: kind("flood"),
+            rate: kind("rate"),
+        }
+    }
+}
+
+/// Validates and applies movement input; spawns players at
+/// [`MovementConfig::spawn_point`]s when they connect.
+pub struct MovementPlugin;
+
+impl Plugin for MovementPlugin {
+    fn build(&self, app: &mut App) {
+        let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
+        app.init_resource::<MovementConfig>()
+            .init_resource::<SpawnCounter>()
+            .insert_resource(MovementMetrics::register(&metrics))
+            .add_client_message::<MoveInput>(channels::MOVEMENT)
+            .add_message::<MoveCommand>()
+            .add_message::<ClientConnected>()
+            .configure_sets(
+                FixedUpdate,
+                MovementSystems::Receive.before(MovementSystems::Integrate),
+            )
+            .add_systems(
+                FixedUpdate,
+                (spawn_players, resolve_inputs).in_set(MovementSystems::Receive),
+            )
+            .add_systems(
+                FixedUpdate,
+                (refill_credit, apply_inputs)
+                    .chain()
+                    .in_set(MovementSystems::Integrate),
+            );
+    }
+}
+
+fn spawn_players(
+    mut connected: MessageReader<ClientConnected>,
+    config: Res<MovementConfig>,
+    mut counter: ResMut<SpawnCounter>,
+    mut commands: Commands,
+) {
+    for ClientConnected { entity, .. } in connected.read() {
+        let at = config.spawn_point(counter.0);
+        counter.0 = counter.0.wrapping_add(1);
+        if let Ok(mut e) = commands.get_entity(*entity) {
+            e.insert((
+                Position(at),
+                Mover::new(&config),
+                MovementViolations::default(),
+            ));
+        }
+    }
+}
+
+fn resolve_inputs(
+    mut inputs: MessageReader<FromClient<MoveInput>>,
+    clients: Option<Res<Clients>>,
+    mut commands: MessageWriter<MoveCommand>,
+) {
+    let Some(clients) = clients else {
+        inputs.clear();
+        return;
+    };
+    for FromClient { client, message } in inputs.read() {
+        if let Some(entity) = clients.entity(*client) {
+            commands.write(MoveCommand {
+                entity,
+                input: *message,
+            });
+        }
+    }
+}
+
+fn refill_credit(config: Res<MovementConfig>, mut movers: Query<&mut Mover>) {
+    let cap = config.burst_ticks.max(1);
+    for mut mover in &mut movers {
+        mover.credit = (mover.credit + 1).min(cap);
+        mover.inputs_this_tick = 0;
+    }
+}
+
+/// What went wrong with one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Violation {
+    NonFinite,
+    Speed,
+    Flood,
+    Rate,
+}
+
+fn apply_inputs(
+    mut inputs: MessageReader<MoveCommand>,
+    config: Res<MovementConfig>,
+    time: Res<Time<Fixed>>,
+    metrics: Res<MovementMetrics>,
+    mut players: Query<(
+        &mut Position,
+        &mut Mover,
+        &mut MovementViolations,
+        Option<&Player>,
+    )>,
+) {
+    let rules = config.rules();
+    let dt = time.timestep().as_secs_f32();
+    let flag_above = config.max_speed * (1.0 + config.speed_tolerance.max(0.0));
+    for MoveCommand { entity, input } in inputs.read() {
+        let Ok((mut position, mut mover, mut violations, player)) = players.get_mut(*entity) else {
+            continue;
+        };
+        if input.seq <= mover.last_seq {
+            continue;
+        }
+        mover.inputs_this_tick = mover.inputs_this_tick.saturating_add(1);
+        let violation = if mover.inputs_this_tick > config.max_inputs_per_tick {
+            Some(Violation::Flood)
+        } else if mover.credit == 0 {
+            Some(Violation::Rate)
+        } else {
+            mover.credit -= 1;
+            mover.last_seq = input.seq;
+            metrics.inputs.inc();
+            let velocity = match rules.clamp_velocity(input.velocity) {
+                Some(v) => v,
+                None => Vec2::ZERO,
+            };
+            mover.velocity = velocity;
+            position.0 = rules.step(position.0, velocity, dt);
+            if !input.velocity.is_finite() {
+                Some(Violation::NonFinite)
+            } else if input.velocity.length() > flag_above {
+                Some(Violation::Speed)
+            } else {
+                None
+            }
+        };
+        if let Some(violation) = violation {
+            let (count, counter) = match violation {
+                Violation::NonFinite => (&mut violations.non_finite, &metrics.non_finite),
+                Violation::Speed => (&mut violations.speed, &metrics.speed),
+                Violation::Flood => (&mut violations.flood, &metrics.flood),
+                Violation::Rate => (&mut violations.rate, &metrics.rate),
+            };
+            *count += 1;
+            counter.inc();
+            let total = violations.total();
+            if total == 1 || total % 100 == 0 {
+                let account = player.map(|p| p.client.account);
+                tracing::warn!(?entity, ?account, ?violation, total, "movement violation");
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Area of interest and snapshots through the real plugins, one
+//! `app.update()` per tick, each viewer decoding its snapshots with the
+//! client code in `shared`: AOI correctness with hysteresis, the byte
+//! budget with 2,000 players, nearest-first priority in a crowd, and delta
+//! round trips with lost snapshots and lost acks.
+
+use bevy_app::{App, Last};
+use bevy_ecs::prelude::*;
+use glam::Vec2;
+use server::interest::{InterestConfig, InterestPlugin, LocalSnapshot, NetId, Viewer};
+use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
+use server::net::{Clients, Outbox};
+use server::tick::{ManualClock, TickConfig, TickPlugin};
+use server::world::Position;
+use shared::movement::{ApplyError, SnapshotReceiver};
+use shared::protocol::movement::{MoveInput, quantize};
+
+#[derive(Resource, Default)]
+struct Inbox(Vec<LocalSnapshot>);
+
+fn collect(mut snapshots: MessageReader<LocalSnapshot>, mut inbox: ResMut<Inbox>) {
+    inbox.0.extend(snapshots.read().cloned());
+}
+
+/// A deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn in_square(&mut self, centre: Vec2, half: f32) -> Vec2 {
+        centre + Vec2::new(self.unit() * 2.0 - 1.0, self.unit() * 2.0 - 1.0) * half
+    }
+}
+
+struct Bot {
+    entity: Entity,
+    rx: SnapshotReceiver,
+    seq: u32,
+    heading: Vec2,
+}
+
+struct Sim {
+    app: App,
+    bots: Vec<Bot>,
+    rng: Rng,
+}
+
+impl Sim {
+    fn new(interest: InterestConfig, spawns: impl IntoIterator<Item = Vec2>, seed: u64) -> Self {
+        let mut app = App::new();
+        app.add_plugins(TickPlugin {
+            config: TickConfig::default(),
+            clock: ManualClock::new(),
+        })
+        .insert_resource(interest)
+        .init_resource::<Clients>()
+        .init_resource::<Outbox>()
+        .init_resource::<Inbox>()
+        .add_plugins((MovementPlugin, InterestPlugin))
+        .add_systems(Last, collect);
+        app.finish();
+        app.cleanup();
+        let config = app.world().resource::<MovementConfig>().clone();
+        let bots = spawns
+            .into_iter()
+            .map(|at| Bot {
+                entity: app
+                    .world_mut()
+                    .spawn((
+                        Position(at),
+                        Mover::new(&config),
+                        MovementViolations::default(),
+                        Viewer::default(),
+                    ))
+                    .id(),
+                rx: SnapshotReceiver::new(),
+                seq: 0,
+                heading: Vec2::ZERO,
+            })
+            .collect();
+        Self {
+            app,
+            bots,
+            rng: Rng(seed),
+        }
+    }
+
+    /// One tick: every bot wanders (an input that may be lost with
+    /// `input_loss`), the server ticks, and each snapshot reaches its bot
+    /// unless lost with `snapshot_loss`. Returns the snapshots the server
+    /// produced this tick.
+    fn tick(&mut self, input_loss: f32, snapshot_loss: f32) -> Vec<LocalSnapshot> {
+        let max = self.app.world().resource::<MovementConfig>().max_speed;
+        for bot in &mut self.bots {
+            if self.rng.unit() < 0.1 {
+                let angle = self.rng.unit() * std::f32::consts::TAU;
+                bot.heading = Vec2::from_angle(angle) * max * self.rng.unit();
+            }
+            bot.seq += 1;
+            if self.rng.unit() >= input_loss {
+                self.app.world_mut().write_message(MoveCommand {
+                    entity: bot.entity,
+                    input: MoveInput {
+                        seq: bot.seq,
+                        velocity: bot.heading,
+                        ack_snapshot: bot.rx.ack(),
+                    },
+                });
+            }
+        }
+        self.app.update();
+        let snapshots = std::mem::take(&mut self.app.world_mut().resource_mut::<Inbox>().0);
+        assert_eq!(snapshots.len(), self.bots.len(), "one snapshot per viewer");
+        for (bot, s) in self.bots.iter_mut().zip(&snapshots) {
+            assert_eq!(bot.entity, s.entity);
+            if self.rng.unit() >= snapshot_loss {
+                bot.rx
+                    .apply(&s.snapshot)
+                    .expect("a delivered snapshot applies");
+                // Exactly the server's record of what this client holds.
+                let view = self.app.world().get::<Viewer>(bot.entity).unwrap();
+                assert_eq!(bot.rx.entities(), view.view().last_sent());
+            }
+        }
+        snapshots
+    }
+
+    fn truth(&mut self) -> Vec<(u32, Vec2)> {
+        let mut q = self.app.world_mut().query::<(&NetId, &Position)>();
+        let mut all: Vec<(u32, Vec2)> = q.iter(self.app.world()).map(|(i, p)| (i.0, p.0)).collect();
+        all.sort_unstable_by_key(|e| e.0);
+        all
+    }
+
+    fn own(&self, bot: &Bot) -> (u32, Vec2) {
+        let world = self.app.world();
+        (
+            world.get::<NetId>(bot.entity).unwrap().0,
+            world.get::<Position>(bot.entity).unwrap().0,
+        )
+    }
+}
+
+#[test]
+fn clients_see_exactly_the_entities_in_their_area_of_interest() {
+    let interest = InterestConfig {
+        max_entities: 1024,
+        snapshot_budget_bytes: 60_000,
+        ..InterestConfig::default()
+    };
+    let (radius, reach) = (interest.radius, interest.radius + interest.hysteresis);
+    let mut rng = Rng(7);
+    let spawns: Vec<Vec2> = (0..300).map(|_| rng.in_square(Vec2::ZERO, 150.0)).collect();
+    let mut sim = Sim::new(interest, spawns, 11);
+    let mut entered_and_left = (0, 0);
+    for _ in 0..200 {
+        let snapshots = sim.tick(0.0, 0.0);
+        assert!(snapshots.iter().all(|s| !s.stats.budget_limited));
+        let truth = sim.truth();
+        for bot in &sim.bots {
+            let (own_id, own) = sim.own(bot);
+            assert_eq!(bot.rx.you(), Some(own_id));
+            let seen = bot.rx.entities();
+            for &(id, position) in &truth {
+                let distance = position.distance(own);
+                let visible = seen.binary_search_by_key(&id, |e| e.0);
+                if distance <= radius {
+                    let i = visible.unwrap_or_else(|_| panic!("{id} at {distance} m unseen"));
+                    assert_eq!(seen[i].1, quantize(position), "stale position");
+                }
+                if distance > reach * 1.0001 {
+                    assert!(visible.is_err(), "{id} seen at {distance} m");
+                }
+            }
+            entered_and_left.0 += bot.rx.changes().entered().len();
+            entered_and_left.1 += bot.rx.changes().left().len();
+        }
+    }
+    // The wandering crowd did enter and leave views.
+    assert!(
+        entered_and_left.0 > 300 && entered_and_left.1 > 100,
+        "{entered_and_left:?}"
+    );
+}
+
+#[test]
+fn two_thousand_spread_players_stay_within_the_byte_budget() {
+    let interest = InterestConfig::default();
+    let budget = interest.snapshot_budget_bytes;
+    let mut rng = Rng(3);
+    let spawns: Vec<Vec2> = (0..2000)
+        .map(|_| rng.in_square(Vec2::ZERO, 990.0))
+        .collect();
+    let mut sim = Sim::new(interest, spawns, 5);
+    let mut total = 0usize;
+    let mut count = 0usize;
+    for _ in 0..30 {
+        for s in sim.tick(0.05, 0.05) {
+            let bytes = shared::protocol::encode(&s.snapshot).unwrap().len();
+            assert_eq!(bytes, s.stats.bytes);
+            assert!(bytes <= budget, "{bytes} > {budget}");
+            total += bytes;
+            count += 1;
+        }
+    }
+    // ~2.8 neighbours each: far below what 2,000 players would cost.
+    let mean = total / count;
+    assert!(mean < 100, "mean snapshot {mean} bytes");
+}
+
+#[test]
+fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
+    let interest = InterestConfig::default();
+    let budget = interest.snapshot_budget_bytes;
+    let max_entities = interest.max_entities;
+    let mut rng = Rng(99);
+    let spawns: Vec<Vec2> = (0..2000).map(|_| rng.in_square(Vec2::ZERO, 20.0)).collect();
+    let mut sim = Sim::new(interest, spawns, 17);
+    let mut limited = 0;
+    for tick in 0..20 {
+        let snapshots = sim.tick(0.0, 0.0);
+        let truth = sim.truth();
+        for (bot, s) in sim.bots.iter().zip(&snapshots).step_by(37) {
+            let bytes = shared::protocol::encode(&s.snapshot).unwrap().len();
+            assert!(bytes <= budget);
+            limited += usize::from(s.stats.budget_limited);
+            let (own_id, own) = sim.own(bot);
+            // Everyone is within the radius: the view is the nearest
+            // `max_entities`, own entity first.
+            let mut order: Vec<(f32, u32, Vec2)> = truth
+                .iter()
+                .map(|&(id, p)| {
+                    let d = if id == own_id {
+                        -1.0
+                    } else {
+                        p.distance_squared(own)
+                    };
+                    (d, id, p)
+                })
+                .collect();
+            order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            order.truncate(max_entities);
+            let seen = bot.rx.entities();
+            let fresh = |&(_, id, p): &(f32, u32, Vec2)| {
+                seen.binary_search_by_key(&id, |e| e.0)
+                    .is_ok_and(|i| seen[i].1 == quantize(p))
+            };
+            // The fresh entities form a prefix of the nearest-first order
+            // (apart from entities that did not move, which cost nothing).
+            let first_stale = order.iter().position(|e| !fresh(e)).unwrap_or(order.len());
+            assert!(first_stale >= 1, "own entity always fresh");
+            let updated: Vec<u32> = updated_ids(&s.snapshot);
+            for (rank, e) in order.iter().enumerate() {
+                if updated.contains(&e.1) {
+                    assert!(
+                        rank < first_stale,
+                        "tick {tick}: entity at rank {rank} updated while rank {first_stale} is stale"
+                    );
+                }
+            }
+            if tick >= 10 {
+                assert!(first_stale >= 40, "only {first_stale} fresh");
+            }
+            assert!(seen.len() <= max_entities);
+        }
+    }
+    assert!(limited > 0, "the budget never bit");
+}
+
+/// Ids in `added` or `moved`.
+fn updated_ids(s: &shared::protocol::movement::Snapshot) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut id = s.id_base;
+    for a in &s.added {
+        id += a.id_gap;
+        ids.push(id);
+    }
+    id = s.id_base;
+    for m in &s.moved {
+        id += m.id_gap;
+        ids.push(id);
+    }
+    ids
+}
+
+#[test]
+fn deltas_round_trip_through_lost_snapshots_and_lost_acks() {
+    let interest = InterestConfig {
+        baseline_history: 4,
+        max_entities: 1024,
+        snapshot_budget_bytes: 60_000,
+        ..InterestConfig::default()
+    };
+    let mut rng = Rng(1);
+    let spawns: Vec<Vec2> = (0..100).map(|_| rng.in_square(Vec2::ZERO, 60.0)).collect();
+    let mut sim = Sim::new(interest, spawns, 23);
+    let (mut full, mut delta) = (0, 0);
+    // `tick` asserts that every delivered snapshot applies and matches the
+    // server's record exactly.
+    for _ in 0..300 {
+        for s in sim.tick(0.3, 0.3) {
+            if s.stats.full {
+                full += 1;
+            } else {
+                delta += 1;
+            }
+        }
+    }
+    assert!(delta > full * 5, "{delta} deltas, {full} full");
+    assert!(full > 100, "with 4 baselines some acks aged out: {full}");
+
+    // A long outage: the server falls back to full snapshots, and the
+    // client recovers on the first one it receives.
+    for outage_tick in 0..10 {
+        let snapshots = sim.tick(1.0, 1.0);
+        if outage_tick >= 4 {
+            assert!(snapshots.iter().all(|s| s.stats.full));
+        }
+    }
+    let snapshots = sim.tick(1.0, 0.0);
+    assert!(snapshots.iter().all(|s| s.stats.full));
+
+    // A client that lost its state (a reconnecting game client) cannot
+    // apply deltas against its old ack; once that ack ages out of the
+    // server's history it gets a full snapshot again.
+    sim.tick(0.0, 0.0);
+    let entity = sim.bots[0].entity;
+    sim.bots[0].rx = SnapshotReceiver::new();
+    let mut recovered = None;
+    for t in 0..10 {
+        sim.bots[0].seq += 1;
+        sim.app.world_mut().write_message(MoveCommand {
+            entity,
+            input: MoveInput {
+                seq: sim.bots[0].seq,
+                velocity: Vec2::ZERO,
+                ack_snapshot: 0,
+            },
+        });
+        sim.app.update();
+        let snapshots = std::mem::take(&mut sim.app.world_mut().resource_mut::<Inbox>().0);
+        let mine = snapshots.iter().find(|s| s.entity == entity).unwrap();
+        match sim.bots[0].rx.apply(&mine.snapshot) {
+            Ok(_) => {
+                recovered = Some(t);
+                break;
+            }
+            Err(e) => assert!(matches!(e, ApplyError::MissingBaseline(_)), "{e}"),
+        }
+    }
+    assert!(recovered.is_some_and(|t| t <= 4), "{recovered:?}");
+}

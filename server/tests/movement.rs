@@ -1,0 +1,269 @@
+//! Movement validation through the real plugins, one `app.update()` per
+//! tick: speed hacks, teleports (input floods) and NaN are clamped or
+//! rejected and counted; an honest wanderer is never flagged and the
+//! shared predictor agrees with the server.
+
+use bevy_app::App;
+use bevy_ecs::prelude::*;
+use bevy_time::{Fixed, Time};
+use glam::Vec2;
+use server::interest::{InterestPlugin, Viewer};
+use server::metrics::Metrics;
+use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
+use server::net::{Clients, Outbox};
+use server::tick::{ManualClock, TickConfig, TickPlugin};
+use server::world::Position;
+use shared::movement::Predictor;
+use shared::protocol::movement::MoveInput;
+
+fn app() -> App {
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig::default(),
+        clock: ManualClock::new(),
+    })
+    .init_resource::<Clients>()
+    .init_resource::<Outbox>()
+    .add_plugins((MovementPlugin, InterestPlugin));
+    app.finish();
+    app.cleanup();
+    app
+}
+
+fn spawn(app: &mut App, at: Vec2) -> Entity {
+    let config = app.world().resource::<MovementConfig>().clone();
+    app.world_mut()
+        .spawn((
+            Position(at),
+            Mover::new(&config),
+            MovementViolations::default(),
+            Viewer::default(),
+        ))
+        .id()
+}
+
+fn send(app: &mut App, entity: Entity, seq: u32, velocity: Vec2) {
+    app.world_mut().write_message(MoveCommand {
+        entity,
+        input: MoveInput {
+            seq,
+            velocity,
+            ack_snapshot: 0,
+        },
+    });
+}
+
+fn position(app: &App, entity: Entity) -> Vec2 {
+    app.world().get::<Position>(entity).unwrap().0
+}
+
+fn violations(app: &App, entity: Entity) -> MovementViolations {
+    *app.world().get::<MovementViolations>(entity).unwrap()
+}
+
+fn dt(app: &App) -> f32 {
+    app.world()
+        .resource::<Time<Fixed>>()
+        .timestep()
+        .as_secs_f32()
+}
+
+fn metric(app: &App, kind: &str) -> u64 {
+    let mut text = String::new();
+    app.world()
+        .resource::<Metrics>()
+        .registry()
+        .render(&mut text);
+    let needle = format!("movement_violations_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Largest displacement over any window of `window` ticks.
+fn max_window_displacement(track: &[Vec2], window: usize) -> f32 {
+    track
+        .windows(window + 1)
+        .map(|w| w[0].distance(w[window]))
+        .fold(0.0, f32::max)
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+#[test]
+fn a_speed_hack_is_clamped_and_counted() {
+    let mut app = app();
+    let max = app.world().resource::<MovementConfig>().max_speed;
+    let player = spawn(&mut app, Vec2::ZERO);
+    for seq in 1..=30 {
+        send(&mut app, player, seq, Vec2::new(100.0 * max, 0.0));
+        app.update();
+    }
+    let travelled = position(&app, player).x;
+    assert!(
+        travelled <= max * 1.0001 && travelled > max * 0.99,
+        "{travelled}"
+    );
+    assert_eq!(violations(&app, player).speed, 30);
+    assert_eq!(metric(&app, "speed"), 30);
+}
+
+#[test]
+fn a_teleport_by_input_flood_is_capped_and_counted() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let dt = dt(&app);
+    let player = spawn(&mut app, Vec2::ZERO);
+    // 50 inputs in one tick: the per-tick cap and the credit stop it.
+    for seq in 1..=50 {
+        send(&mut app, player, seq, Vec2::new(config.max_speed, 0.0));
+    }
+    app.update();
+    let moved = position(&app, player).length();
+    assert!(
+        moved <= config.burst_ticks as f32 * config.max_speed * dt + 1e-4,
+        "{moved}"
+    );
+    let v = violations(&app, player);
+    assert_eq!(v.flood, 50 - config.max_inputs_per_tick);
+    assert_eq!(v.rate, config.max_inputs_per_tick - config.burst_ticks);
+    assert_eq!(metric(&app, "flood"), u64::from(v.flood));
+
+    // Sustained: four inputs per tick for three seconds.
+    let mut track = vec![position(&app, player)];
+    let mut seq = 50;
+    for _ in 0..90 {
+        for _ in 0..4 {
+            seq += 1;
+            send(&mut app, player, seq, Vec2::new(0.0, config.max_speed));
+        }
+        app.update();
+        track.push(position(&app, player));
+    }
+    let window = max_window_displacement(&track, 30);
+    assert!(window <= 1.1 * config.max_speed, "{window} m in one second");
+    assert!(violations(&app, player).rate >= 90 * 2);
+}
+
+#[test]
+fn nan_and_infinite_velocities_do_not_move_and_are_counted() {
+    let mut app = app();
+    let player = spawn(&mut app, Vec2::new(5.0, 5.0));
+    let bad = [
+        Vec2::new(f32::NAN, 0.0),
+        Vec2::new(0.0, f32::INFINITY),
+        Vec2::new(f32::NEG_INFINITY, f32::NAN),
+    ];
+    for (seq, velocity) in (1..).zip(bad) {
+        send(&mut app, player, seq, velocity);
+        app.update();
+    }
+    assert_eq!(position(&app, player), Vec2::new(5.0, 5.0));
+    assert_eq!(violations(&app, player).non_finite, 3);
+    assert_eq!(metric(&app, "non_finite"), 3);
+}
+
+#[test]
+fn stale_and_replayed_inputs_are_ignored() {
+    let mut app = app();
+    let player = spawn(&mut app, Vec2::ZERO);
+    send(&mut app, player, 10, Vec2::X);
+    app.update();
+    let after = position(&app, player);
+    send(&mut app, player, 10, Vec2::X);
+    send(&mut app, player, 3, Vec2::X);
+    app.update();
+    assert_eq!(position(&app, player), after);
+    assert_eq!(app.world().get::<Mover>(player).unwrap().last_seq, 10);
+    assert_eq!(violations(&app, player).total(), 0);
+}
+
+#[test]
+fn the_world_bounds_hold() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let player = spawn(&mut app, config.world_max - Vec2::splat(0.1));
+    for seq in 1..=30 {
+        send(
+            &mut app,
+            player,
+            seq,
+            Vec2::ONE.normalize() * config.max_speed,
+        );
+        app.update();
+    }
+    assert_eq!(position(&app, player), config.world_max);
+    assert_eq!(violations(&app, player).total(), 0);
+}
+
+#[test]
+fn an_honest_wanderer_is_never_flagged_for_sixty_seconds() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let dt = dt(&app);
+    // Start near a corner so the walk also meets the world's edge.
+    let start = config.world_min + Vec2::splat(3.0);
+    let player = spawn(&mut app, start);
+    let mut client = Predictor::new(config.rules(), dt, start);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut track = vec![start];
+    let mut heading = Vec2::X;
+    for tick in 0..60 * 30 {
+        if tick % 15 == 0 {
+            let angle = rng.next_f32() * std::f32::consts::TAU;
+            // Full speed half of the time: exactly at the limit.
+            let speed = if rng.next_f32() < 0.5 {
+                config.max_speed
+            } else {
+                rng.next_f32() * config.max_speed
+            };
+            heading = Vec2::from_angle(angle) * speed;
+        }
+        let input = client.input(heading, 0);
+        app.world_mut().write_message(MoveCommand {
+            entity: player,
+            input,
+        });
+        app.update();
+        let server = position(&app, player);
+        track.push(server);
+        let last = app.world().get::<Mover>(player).unwrap().last_seq;
+        let correction = client.reconcile(server, last);
+        assert!(
+            correction < 1e-3,
+            "tick {tick}: prediction off by {correction}"
+        );
+    }
+    assert_eq!(violations(&app, player), MovementViolations::default());
+    for kind in ["speed", "flood", "rate", "non_finite"] {
+        assert_eq!(metric(&app, kind), 0, "{kind}");
+    }
+    let window = max_window_displacement(&track, 30);
+    assert!(window <= 1.1 * config.max_speed, "{window}");
+    assert!(window > 0.5 * config.max_speed, "the wanderer did wander");
+}
+
+#[test]
+fn spawn_points_are_distinct_and_inside_the_world() {
+    let config = MovementConfig::default();
+    let points: Vec<Vec2> = (0..1000).map(|i| config.spawn_point(i)).collect();
+    for (i, p) in points.iter().enumerate() {
+        assert!(p.cmpge(config.world_min).all() && p.cmple(config.world_max).all());
+        for q in &points[..i] {
+            assert!(p.distance(*q) > 0.5, "spawn {i} too close to another");
+        }
+    }
+    assert_eq!(points[0], (config.world_min + config.world_max) / 2.0);
+}

@@ -1,0 +1,78 @@
+//! Movement as both sides compute it: the integration step the server runs
+//! and clients predict with ([`step`]), snapshot decoding with delta
+//! application ([`SnapshotReceiver`]), and client-side prediction with
+//! reconciliation ([`Predictor`]). No bevy, no clock: the caller passes the
+//! tick period.
+//!
+//! A game client's loop, once per tick:
+//!
+//! 1. for each received [`Snapshot`](crate::protocol::movement::Snapshot):
+//!    [`SnapshotReceiver::apply`]; on success, [`Predictor::reconcile`] with
+//!    your own entity's position and `last_input`;
+//! 2. [`Predictor::input`] with the intended velocity and
+//!    [`SnapshotReceiver::ack`]; send the returned
+//!    [`MoveInput`](crate::protocol::movement::MoveInput) on `MOVEMENT`.
+
+mod predict;
+mod receiver;
+
+use glam::Vec2;
+
+pub use predict::{MAX_PENDING_INPUTS, Predictor};
+pub use receiver::{
+    ApplyError, CLIENT_SNAPSHOT_HISTORY, MAX_SNAPSHOT_ENTITIES, SnapshotReceiver, ViewChanges,
+};
+
+/// The rules of motion both sides agree on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MovementRules {
+    /// Fastest allowed speed, metres per second.
+    pub max_speed: f32,
+    /// Lowest corner of the world, metres.
+    pub world_min: Vec2,
+    /// Highest corner of the world, metres.
+    pub world_max: Vec2,
+}
+
+impl Default for MovementRules {
+    /// 8 m/s in a 2 km × 2 km world centred on the origin.
+    fn default() -> Self {
+        Self {
+            max_speed: 8.0,
+            world_min: Vec2::splat(-1000.0),
+            world_max: Vec2::splat(1000.0),
+        }
+    }
+}
+
+impl MovementRules {
+    /// `velocity` with its length limited to [`Self::max_speed`]; `None`
+    /// when it is not finite.
+    pub fn clamp_velocity(&self, velocity: Vec2) -> Option<Vec2> {
+        velocity
+            .is_finite()
+            .then(|| velocity.clamp_length_max(self.max_speed))
+    }
+
+    /// One tick of motion: `position + clamped velocity * dt`, kept inside
+    /// the world. A non-finite velocity does not move.
+    pub fn step(&self, position: Vec2, velocity: Vec2, dt: f32) -> Vec2 {
+        let velocity = self.clamp_velocity(velocity).unwrap_or(Vec2::ZERO);
+        (position + velocity * dt).clamp(self.world_min, self.world_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_clamps_speed_and_bounds() {
+        let rules = MovementRules::default();
+        let p = rules.step(Vec2::ZERO, Vec2::new(100.0, 0.0), 0.5);
+        assert_eq!(p, Vec2::new(4.0, 0.0));
+        let p = rules.step(Vec2::splat(999.0), Vec2::splat(8.0), 1.0);
+        assert_eq!(p, Vec2::splat(1000.0));
+        assert_eq!(rules.step(Vec2::ONE, Vec2::NAN, 1.0), Vec2::ONE);
+    }
+}

@@ -1,0 +1,454 @@
+//! The client half of snapshot delta encoding.
+
+use std::collections::VecDeque;
+
+use glam::{IVec2, Vec2};
+use thiserror::Error;
+
+use crate::protocol::movement::{Snapshot, dequantize};
+
+/// Decoded snapshots a receiver keeps as possible baselines. The server
+/// keeps at most this many too (its baseline history must not be longer,
+/// or it could delta against a snapshot the client has forgotten).
+pub const CLIENT_SNAPSHOT_HISTORY: usize = 32;
+
+/// Longest list a snapshot may carry (each of `removed`, `added`, `moved`);
+/// longer ones are refused as malformed before any work.
+pub const MAX_SNAPSHOT_ENTITIES: usize = 4096;
+
+/// Why a snapshot was not applied. In every case the receiver's state is
+/// unchanged and [`SnapshotReceiver::ack`] still names the last applied
+/// snapshot, so the server keeps (or falls back to) a baseline the client
+/// has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    /// Not newer than the last applied snapshot.
+    #[error("snapshot {0} is not newer than the last one applied")]
+    Stale(u32),
+    /// The baseline is not in the history (lost, or too old).
+    #[error("baseline snapshot {0} is unknown")]
+    MissingBaseline(u32),
+    /// Inconsistent with its baseline, or out of bounds.
+    #[error("malformed snapshot")]
+    Malformed,
+}
+
+/// Entities that entered and left the view with the last applied snapshot,
+/// relative to the state before it, sorted by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewChanges {
+    entered: Vec<u32>,
+    left: Vec<u32>,
+}
+
+impl ViewChanges {
+    /// Ids that are visible now and were not before.
+    pub fn entered(&self) -> &[u32] {
+        &self.entered
+    }
+
+    /// Ids that were visible before and are not now.
+    pub fn left(&self) -> &[u32] {
+        &self.left
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Frame {
+    tick: u32,
+    /// Sorted by id.
+    entities: Vec<(u32, IVec2)>,
+}
+
+/// Reconstructs the server's view from full and delta snapshots, keeping a
+/// bounded history of baselines ([`CLIENT_SNAPSHOT_HISTORY`]). In steady
+/// state it allocates nothing: frames are recycled.
+#[derive(Debug, Default)]
+pub struct SnapshotReceiver {
+    history: VecDeque<Frame>,
+    scratch: Vec<(u32, IVec2)>,
+    kept: Vec<(u32, IVec2)>,
+    removed: Vec<u32>,
+    moved: Vec<(u32, IVec2)>,
+    added: Vec<(u32, IVec2)>,
+    changes: ViewChanges,
+    you: Option<u32>,
+    last_input: u32,
+}
+
+/// Turns gap-coded ids into ids; false on overflow or a non-increasing id.
+fn ungap<T>(
+    base: u32,
+    items: impl Iterator<Item = T>,
+    gap: impl Fn(&T) -> u32,
+    mut out: impl FnMut(u32, T),
+) -> bool {
+    let mut previous: Option<u32> = None;
+    for item in items {
+        let g = gap(&item);
+        let id = match previous {
+            None => base.checked_add(g),
+            Some(_) if g == 0 => None,
+            Some(p) => p.checked_add(g),
+        };
+        let Some(id) = id else { return false };
+        previous = Some(id);
+        out(id, item);
+    }
+    true
+}
+
+impl SnapshotReceiver {
+    /// An empty receiver: nothing applied yet, acks 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `snapshot` and returns what entered and left the view.
+    ///
+    /// # Errors
+    /// See [`ApplyError`]; the receiver is unchanged then.
+    pub fn apply(&mut self, snapshot: &Snapshot) -> Result<&ViewChanges, ApplyError> {
+        if snapshot.tick == 0 {
+            return Err(ApplyError::Malformed);
+        }
+        if let Some(latest) = self.history.back()
+            && snapshot.tick <= latest.tick
+        {
+            return Err(ApplyError::Stale(snapshot.tick));
+        }
+        if snapshot.removed.len() > MAX_SNAPSHOT_ENTITIES
+            || snapshot.added.len() > MAX_SNAPSHOT_ENTITIES
+            || snapshot.moved.len() > MAX_SNAPSHOT_ENTITIES
+        {
+            return Err(ApplyError::Malformed);
+        }
+        let baseline = if snapshot.baseline_age == 0 {
+            None
+        } else {
+            let tick = snapshot
+                .tick
+                .checked_sub(snapshot.baseline_age)
+                .filter(|&t| t > 0)
+                .ok_or(ApplyError::Malformed)?;
+            let index = self
+                .history
+                .iter()
+                .position(|f| f.tick == tick)
+                .ok_or(ApplyError::MissingBaseline(tick))?;
+            Some(index)
+        };
+
+        self.decode_lists(snapshot)?;
+        let mut next = std::mem::take(&mut self.scratch);
+        next.clear();
+        let base: &[(u32, IVec2)] = baseline.map_or(&[], |i| &self.history[i].entities);
+        let built = build(
+            base,
+            &self.removed,
+            &self.moved,
+            &self.added,
+            &mut self.kept,
+            &mut next,
+        );
+        if !built {
+            self.scratch = next;
+            return Err(ApplyError::Malformed);
+        }
+
+        // View changes against the latest state.
+        self.changes.entered.clear();
+        self.changes.left.clear();
+        let previous: &[(u32, IVec2)] = self.history.back().map_or(&[], |f| &f.entities);
+        diff(previous, &next, &mut self.changes);
+
+        let mut frame = if self.history.len() >= CLIENT_SNAPSHOT_HISTORY {
+            self.history.pop_front().unwrap_or_default()
+        } else {
+            Frame::default()
+        };
+        self.scratch = std::mem::replace(&mut frame.entities, next);
+        frame.tick = snapshot.tick;
+        self.history.push_back(frame);
+        self.you = Some(snapshot.you);
+        self.last_input = snapshot.last_input;
+        Ok(&self.changes)
+    }
+
+    fn decode_lists(&mut self, snapshot: &Snapshot) -> Result<(), ApplyError> {
+        self.removed.clear();
+        self.moved.clear();
+        self.added.clear();
+        let removed = &mut self.removed;
+        let moved = &mut self.moved;
+        let added = &mut self.added;
+        let ok = ungap(
+            snapshot.id_base,
+            snapshot.removed.iter(),
+            |g| **g,
+            |id, _| removed.push(id),
+        ) && ungap(
+            snapshot.id_base,
+            snapshot.moved.iter(),
+            |m| m.id_gap,
+            |id, m| moved.push((id, IVec2::new(m.dx, m.dy))),
+        ) && ungap(
+            snapshot.id_base,
+            snapshot.added.iter(),
+            |a| a.id_gap,
+            |id, a| added.push((id, IVec2::new(a.x, a.y))),
+        );
+        if ok && (snapshot.baseline_age != 0 || (removed.is_empty() && moved.is_empty())) {
+            Ok(())
+        } else {
+            Err(ApplyError::Malformed)
+        }
+    }
+
+    /// The tick of the last applied snapshot (0 for none): send it as
+    /// [`MoveInput::ack_snapshot`](crate::protocol::movement::MoveInput::ack_snapshot).
+    pub fn ack(&self) -> u32 {
+        self.history.back().map_or(0, |f| f.tick)
+    }
+
+    /// The visible entities, `(id, quantized position)` sorted by id.
+    pub fn entities(&self) -> &[(u32, IVec2)] {
+        self.history.back().map_or(&[], |f| &f.entities)
+    }
+
+    /// Position in metres of a visible entity.
+    pub fn position(&self, id: u32) -> Option<Vec2> {
+        let entities = self.entities();
+        entities
+            .binary_search_by_key(&id, |e| e.0)
+            .ok()
+            .map(|i| dequantize(entities[i].1))
+    }
+
+    /// The client's own entity id, once a snapshot was applied.
+    pub fn you(&self) -> Option<u32> {
+        self.you
+    }
+
+    /// The client's own position as the server last sent it.
+    pub fn own_position(&self) -> Option<Vec2> {
+        self.you.and_then(|id| self.position(id))
+    }
+
+    /// The last input sequence the server had applied, as of the last
+    /// applied snapshot.
+    pub fn last_input(&self) -> u32 {
+        self.last_input
+    }
+
+    /// What the last applied snapshot changed.
+    pub fn changes(&self) -> &ViewChanges {
+        &self.changes
+    }
+}
+
+/// `base` − `removed`, `moved` applied, + `added`, into `next`; false when
+/// the lists do not fit the baseline.
+fn build(
+    base: &[(u32, IVec2)],
+    removed: &[u32],
+    moved: &[(u32, IVec2)],
+    added: &[(u32, IVec2)],
+    kept: &mut Vec<(u32, IVec2)>,
+    next: &mut Vec<(u32, IVec2)>,
+) -> bool {
+    kept.clear();
+    let (mut r, mut m) = (0, 0);
+    for &(id, position) in base {
+        if removed.get(r) == Some(&id) {
+            r += 1;
+            continue;
+        }
+        let mut position = position;
+        if let Some(&(moved_id, delta)) = moved.get(m)
+            && moved_id == id
+        {
+            position = position.wrapping_add(delta);
+            m += 1;
+        }
+        kept.push((id, position));
+    }
+    if r != removed.len() || m != moved.len() {
+        return false;
+    }
+    // Merge the added entities (sorted) into the kept ones (sorted).
+    let (mut k, mut a) = (0, 0);
+    loop {
+        match (kept.get(k), added.get(a)) {
+            (Some(x), Some(y)) if x.0 == y.0 => return false,
+            (Some(x), Some(y)) if y.0 < x.0 => {
+                next.push(*y);
+                a += 1;
+            }
+            (Some(x), _) => {
+                next.push(*x);
+                k += 1;
+            }
+            (None, Some(y)) => {
+                next.push(*y);
+                a += 1;
+            }
+            (None, None) => return true,
+        }
+    }
+}
+
+fn diff(old: &[(u32, IVec2)], new: &[(u32, IVec2)], changes: &mut ViewChanges) {
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if o.0 == n.0 => {
+                i += 1;
+                j += 1;
+            }
+            (Some(o), Some(n)) if o.0 < n.0 => {
+                changes.left.push(o.0);
+                i += 1;
+            }
+            (Some(o), None) => {
+                changes.left.push(o.0);
+                i += 1;
+            }
+            (_, Some(n)) => {
+                changes.entered.push(n.0);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::movement::{EntityAdded, EntityMoved};
+
+    fn full(tick: u32, entities: &[(u32, i32, i32)]) -> Snapshot {
+        let mut previous = 0;
+        Snapshot {
+            tick,
+            you: entities[0].0,
+            added: entities
+                .iter()
+                .map(|&(id, x, y)| {
+                    let gap = id - previous;
+                    previous = id;
+                    EntityAdded { id_gap: gap, x, y }
+                })
+                .collect(),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn full_then_delta_then_view_changes() {
+        let mut rx = SnapshotReceiver::new();
+        let changes = rx.apply(&full(1, &[(3, 0, 0), (5, 10, 10)])).unwrap();
+        assert_eq!(changes.entered(), &[3, 5]);
+        assert_eq!(rx.ack(), 1);
+        let delta = Snapshot {
+            tick: 2,
+            baseline_age: 1,
+            you: 3,
+            removed: vec![5],
+            added: vec![EntityAdded {
+                id_gap: 9,
+                x: 1,
+                y: 2,
+            }],
+            moved: vec![EntityMoved {
+                id_gap: 3,
+                dx: 4,
+                dy: -4,
+            }],
+            ..Snapshot::default()
+        };
+        let changes = rx.apply(&delta).unwrap();
+        assert_eq!(changes.entered(), &[9]);
+        assert_eq!(changes.left(), &[5]);
+        assert_eq!(
+            rx.entities(),
+            &[(3, IVec2::new(4, -4)), (9, IVec2::new(1, 2))]
+        );
+        assert_eq!(rx.apply(&delta), Err(ApplyError::Stale(2)));
+    }
+
+    #[test]
+    fn inconsistent_deltas_are_refused_without_change() {
+        let mut rx = SnapshotReceiver::new();
+        rx.apply(&full(1, &[(3, 0, 0)])).unwrap();
+        let bad = [
+            // Removes an id the baseline lacks.
+            Snapshot {
+                tick: 2,
+                baseline_age: 1,
+                removed: vec![4],
+                ..Snapshot::default()
+            },
+            // Adds an id the baseline has.
+            full(2, &[(3, 0, 0)]).clone_with_age(1),
+            // Baseline before tick 1.
+            Snapshot {
+                tick: 2,
+                baseline_age: 5,
+                ..Snapshot::default()
+            },
+            // Repeated id.
+            Snapshot {
+                tick: 2,
+                removed: vec![3, 0],
+                baseline_age: 1,
+                ..Snapshot::default()
+            },
+        ];
+        for snapshot in &bad {
+            assert_eq!(
+                rx.apply(snapshot),
+                Err(ApplyError::Malformed),
+                "{snapshot:?}"
+            );
+            assert_eq!(rx.ack(), 1);
+            assert_eq!(rx.entities(), &[(3, IVec2::ZERO)]);
+        }
+        let missing = Snapshot {
+            tick: 9,
+            baseline_age: 2,
+            ..Snapshot::default()
+        };
+        assert_eq!(rx.apply(&missing), Err(ApplyError::MissingBaseline(7)));
+    }
+
+    trait WithAge {
+        fn clone_with_age(self, age: u32) -> Snapshot;
+    }
+
+    impl WithAge for Snapshot {
+        fn clone_with_age(mut self, age: u32) -> Snapshot {
+            self.baseline_age = age;
+            self
+        }
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut rx = SnapshotReceiver::new();
+        for tick in 1..=100 {
+            rx.apply(&full(tick, &[(1, 0, 0)])).unwrap();
+        }
+        assert_eq!(rx.history.len(), CLIENT_SNAPSHOT_HISTORY);
+        let old = Snapshot {
+            tick: 101,
+            baseline_age: CLIENT_SNAPSHOT_HISTORY as u32 + 1,
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            rx.apply(&old),
+            Err(ApplyError::MissingBaseline(_))
+        ));
+    }
+}
