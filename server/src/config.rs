@@ -14,7 +14,11 @@ use bevy_ecs::resource::Resource;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use crate::chat::ChatConfig;
+use crate::interest::InterestConfig;
+use crate::inventory::CoreConfig;
 use crate::logging::LogFormat;
+use crate::movement::MovementConfig;
 use crate::tick::{MAX_TICK_HZ, MIN_TICK_HZ, TickConfig, TickRate, TickRateError};
 
 /// The config file used when `--config` is not given, if it exists.
@@ -158,7 +162,7 @@ pub struct RunArgs {
 }
 
 /// A config file's contents: every key optional.
-#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// See [`ServerConfig::bind`].
@@ -181,6 +185,14 @@ pub struct FileConfig {
     pub log_filter: Option<String>,
     /// See [`ServerConfig::shutdown_grace_ms`].
     pub shutdown_grace_ms: Option<u32>,
+    /// The `[movement]` table; missing keys keep their defaults.
+    pub movement: Option<MovementConfig>,
+    /// The `[interest]` table.
+    pub interest: Option<InterestConfig>,
+    /// The `[chat]` table.
+    pub chat: Option<ChatConfig>,
+    /// The `[inventory]` table.
+    pub inventory: Option<CoreConfig>,
 }
 
 impl FileConfig {
@@ -242,7 +254,7 @@ pub enum ConfigError {
 }
 
 /// The effective configuration, available to plugins as a resource.
-#[derive(Resource, Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Resource, Serialize, Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// UDP address for game traffic.
     pub bind: SocketAddr,
@@ -266,6 +278,14 @@ pub struct ServerConfig {
     pub log_filter: String,
     /// Grace period between the start of a shutdown and exit.
     pub shutdown_grace_ms: u32,
+    /// Movement rules and anti-cheat limits (`[movement]`).
+    pub movement: MovementConfig,
+    /// Area of interest and snapshot budget (`[interest]`).
+    pub interest: InterestConfig,
+    /// Chat rules (`[chat]`); its nearby scope uses the interest radius.
+    pub chat: ChatConfig,
+    /// Inventory rules and the world spawner (`[inventory]`).
+    pub inventory: CoreConfig,
 }
 
 fn serialize_tick_rate<S: serde::Serializer>(rate: &TickRate, s: S) -> Result<S::Ok, S::Error> {
@@ -285,6 +305,10 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             shutdown_grace_ms: 1000,
+            movement: MovementConfig::default(),
+            interest: InterestConfig::default(),
+            chat: ChatConfig::default(),
+            inventory: CoreConfig::default(),
         }
     }
 }
@@ -368,6 +392,10 @@ impl ServerConfig {
                 .unwrap_or(defaults.log_format),
             log_filter: pick(&args.log_filter, &file.log_filter, defaults.log_filter),
             shutdown_grace_ms,
+            movement: file.movement.clone().unwrap_or_default(),
+            interest: file.interest.clone().unwrap_or_default(),
+            chat: file.chat.clone().unwrap_or_default(),
+            inventory: file.inventory.clone().unwrap_or_default(),
         })
     }
 
@@ -422,6 +450,25 @@ mod tests {
             Command::Audit(args) => assert_eq!(args.data_dir, PathBuf::from("/srv/game")),
             other => panic!("expected audit, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn gameplay_tables_override_single_keys_and_reject_unknown_ones() {
+        let file = FileConfig::parse(
+            "[movement]\nmax_speed = 5.0\n[interest]\nradius = 90.0\n[chat]\nburst = 3\n",
+            "test",
+        )
+        .unwrap();
+        let config = ServerConfig::resolve(&RunArgs::default(), &file, "test").unwrap();
+        assert_eq!(config.movement.max_speed, 5.0);
+        assert_eq!(
+            config.movement.max_inputs_per_tick,
+            MovementConfig::default().max_inputs_per_tick
+        );
+        assert_eq!(config.interest.radius, 90.0);
+        assert_eq!(config.chat.burst, 3);
+        let error = FileConfig::parse("[movement]\nmax_sped = 5.0\n", "test.toml").unwrap_err();
+        assert!(error.to_string().contains("max_sped"), "{error}");
     }
 
     #[test]

@@ -83,10 +83,22 @@ pub struct GamePlugins;
 
 impl Plugin for GamePlugins {
     fn build(&self, app: &mut App) {
+        // Gameplay settings from the configuration file, when there is one;
+        // each plugin falls back to its defaults otherwise.
+        let mut chat = None;
+        if let Some(config) = app.world().get_resource::<ServerConfig>().cloned() {
+            chat = Some(chat::ChatConfig {
+                nearby_radius: config.interest.radius,
+                tick_hz: config.tick_rate.hz(),
+                ..config.chat.clone()
+            });
+            app.insert_resource(config.movement)
+                .insert_resource(config.interest);
+        }
         app.add_plugins((
             net::NetPlugin,
             emote::EmotePlugin,
-            chat::ChatPlugin::default(),
+            chat::ChatPlugin { config: chat },
             inventory::InventoryPlugin,
             movement::MovementPlugin,
             interest::InterestPlugin,
@@ -215,7 +227,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         std::sync::Arc::new(
             inventory::Catalogue::embedded().map_err(inventory::InventoryStartError::from)?,
         ),
-        inventory::CoreConfig::default(),
+        config.inventory.clone(),
     )?;
     tracing::info!(data_dir = %config.data_dir.display(), "inventory storage open");
     let network = start_network(config)?;

@@ -58,8 +58,19 @@ fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
     .unwrap()
 }
 
+/// This test is about crash safety, not reach: players stand near the world
+/// centre while items spawn up to 100 m away, so every item is in reach.
+const CONFIG: &str = "[inventory]\npickup_radius = 1000.0\n";
+
 fn start_server(dir: &Path, game: SocketAddr, metrics: SocketAddr) -> Child {
+    let config = dir.join("crash-test.toml");
+    if !config.exists() {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&config, CONFIG).unwrap();
+    }
     Command::new(SERVER)
+        .arg("--config")
+        .arg(&config)
         .args([
             "--bind",
             &game.to_string(),

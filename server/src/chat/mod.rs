@@ -32,7 +32,8 @@ use crate::net::{ClientConnected, ClientDisconnected, FromClient, NetAppExt, Out
 use crate::world::Position;
 
 /// Chat rules; a resource, set through [`ChatPlugin::config`].
-#[derive(Resource, Debug, Clone, PartialEq)]
+#[derive(Resource, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
     /// Longest message, in characters after cleaning (default 256); longer
     /// ones are refused with `TooLong`, not truncated.
@@ -42,8 +43,10 @@ pub struct ChatConfig {
     /// Sustained messages per second once the burst is spent (default 1).
     pub rate_per_sec: f64,
     /// The area-of-interest radius: how far the nearby scope reaches, in
-    /// metres (default 50). Players without a [`Position`] are nowhere:
-    /// their nearby lines reach only themselves.
+    /// metres (default 50; the server sets it to the interest radius).
+    /// Players without a [`Position`] are nowhere: their nearby lines reach
+    /// only themselves.
+    #[serde(skip)]
     pub nearby_radius: f32,
     /// Offences (rate-limited sends, sends while muted) that earn a mute
     /// (default 5).
@@ -54,6 +57,7 @@ pub struct ChatConfig {
     /// 2): the offender is disconnected with [`DisconnectReason::Kicked`].
     pub kick_after_mutes: u32,
     /// The tick rate, to turn seconds into ticks (default: the server's).
+    #[serde(skip)]
     pub tick_hz: u32,
     /// Send "X joined" / "X left" system lines to everyone (default
     /// false: clients that do not expect chat traffic, such as the

@@ -47,7 +47,8 @@ use crate::world::Position;
 /// Area-of-interest and snapshot limits. [`InterestPlugin`] inserts the
 /// defaults when the resource is absent, and corrects invalid values (with
 /// a warning) at startup.
-#[derive(Resource, Debug, Clone, PartialEq)]
+#[derive(Resource, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InterestConfig {
     /// Grid cell size, metres (at least 1). Default 32.
     pub cell_size: f32,

@@ -33,8 +33,9 @@ use crate::persistence::{
     BatchWrites, Counters, InventoryStore, LedgerRow, StoreError, WorldState,
 };
 
-/// Tunables of the inventory rules.
-#[derive(Debug, Clone, PartialEq)]
+/// Tunables of the inventory rules (`[inventory]` in the config file).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CoreConfig {
     /// Slots per inventory (default 24, at most [`MAX_SLOTS`]).
     pub slots: usize,

@@ -44,7 +44,8 @@ use crate::world::Position;
 
 /// Movement rules and anti-cheat limits. [`MovementPlugin`] inserts the
 /// defaults when the resource is absent.
-#[derive(Resource, Debug, Clone, PartialEq)]
+#[derive(Resource, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MovementConfig {
     /// Fastest allowed speed, m/s. Default 8.
     pub max_speed: f32,
