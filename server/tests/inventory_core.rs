@@ -248,6 +248,139 @@ fn a_failed_commit_changes_nothing_and_answers_storage() {
 }
 
 #[test]
+fn a_failed_commit_answers_read_only_requests_storage_and_forgets_them() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    // A List sharing its batch with writes (the spawner's) whose commit fails.
+    h.push(Input::Request {
+        account: 1,
+        request: InventoryRequest {
+            request_id: 4,
+            op: InventoryOp::List,
+        },
+        position: None,
+        tag: 0,
+    });
+    h.push(Input::Tick);
+    let out = h.flush(true);
+    assert_eq!(
+        reply_of(&out, 1, 4).unwrap().result,
+        Err(InventoryError::Storage)
+    );
+    assert_eq!(h.core.world_items().count(), 0, "the spawn rolled back");
+    // Nothing was acknowledged, so id 4 is new: applied, not "Storage" again.
+    assert_eq!(
+        h.request(1, 4, InventoryOp::PickUp { world_item: 999 })
+            .result,
+        Err(InventoryError::NoSuchWorldItem)
+    );
+}
+
+#[test]
+fn a_session_that_ends_before_its_batch_resolves_receives_nothing() {
+    // The property test's counterexample: a List, then the disconnect, in
+    // one batch. Its answer must not reach the next session as if that
+    // session had asked.
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 2 });
+    h.push(Input::Request {
+        account: 2,
+        request: InventoryRequest {
+            request_id: 7,
+            op: InventoryOp::List,
+        },
+        position: None,
+        tag: 0,
+    });
+    h.push(Input::Disconnected { account: 2 });
+    let out = h.flush(false);
+    assert!(
+        out.iter().all(|o| o.account() != 2),
+        "nothing for an ended session: {out:?}"
+    );
+    h.push(Input::Connected { account: 2 });
+    assert_eq!(
+        h.request(2, 7, InventoryOp::PickUp { world_item: 999 })
+            .result,
+        Err(InventoryError::NoSuchWorldItem),
+        "a read-only id of an ended session is new"
+    );
+    // Within a session an unstored answer is repeated as it was.
+    assert_eq!(
+        h.request(2, 7, InventoryOp::List).result,
+        Err(InventoryError::NoSuchWorldItem)
+    );
+}
+
+#[test]
+fn a_change_whose_session_ended_in_flight_is_committed_and_answered_on_retry() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    h.push(Input::Request {
+        account: 1,
+        request: InventoryRequest {
+            request_id: 9,
+            op: InventoryOp::Drop { slot, count: 1 },
+        },
+        position: None,
+        tag: 0,
+    });
+    let batch = h.core.prepare(&mut h.store).expect("a batch");
+    // The player leaves while the batch is being committed.
+    h.push(Input::Disconnected { account: 1 });
+    let result = h.store.commit(&batch.writes);
+    let out = h.core.complete(result);
+    assert!(
+        out.iter().all(|o| o.account() != 1),
+        "nothing for an ended session: {out:?}"
+    );
+    h.flush(false);
+    assert!(h.audit().balanced);
+    // The next session's retry of id 9 gets the stored answer, not a
+    // second drop.
+    h.push(Input::Connected { account: 1 });
+    let retry = h.request(1, 9, InventoryOp::Drop { slot, count: 1 });
+    let dropped = retry.result.expect("the original success");
+    assert_eq!(dropped.version, inv.version + 1);
+    assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
+}
+
+#[test]
+fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    h.flush(false);
+    let trade = h
+        .request(
+            1,
+            1,
+            InventoryOp::Offer {
+                with: 2,
+                offer: TradeOffer::default(),
+            },
+        )
+        .trade
+        .unwrap();
+    h.push(Input::Disconnected { account: 1 });
+    h.push(Input::Tick); // a write, so the commit is attempted and fails
+    let out = h.flush(true);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Trade { account: 2, update }
+            if update.trade == trade && update.state == TradeState::Cancelled)),
+        "the partner hears the cancel: {out:?}"
+    );
+    assert_eq!(
+        h.request(2, 1, InventoryOp::Accept { trade }).result,
+        Err(InventoryError::NoSuchTrade)
+    );
+}
+
+#[test]
 fn moves_split_merge_and_swap_within_the_stack_limits() {
     let mut h = Harness::new();
     h.push(Input::Connected { account: 1 });

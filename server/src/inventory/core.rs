@@ -13,6 +13,34 @@
 //! memory exactly, every request of the batch is answered
 //! [`InventoryError::Storage`] and is not remembered as applied.
 //!
+//! # When a request counts as answered
+//!
+//! - Every reply, read-only (`List`, `ListWorld`) or not, is released only
+//!   by [`InventoryCore::complete`], i.e. after its whole batch committed
+//!   (a batch without writes has nothing to commit and is resolved with
+//!   `Ok` without the store). The only exception is
+//!   [`InventoryError::Busy`] from [`InventoryCore::push`], which applied
+//!   nothing and is not remembered.
+//! - When the commit fails, every request applied in the batch, read-only
+//!   ones included, is answered `Storage` and nothing about it is
+//!   remembered, so the same id sent again is a new request. A repeated
+//!   id answered from memory in that batch keeps its original answer.
+//! - A request id is answered once and then again with the same reply:
+//!   changes (successful non-read-only operations) are stored with their
+//!   reply in the same transaction and remembered across sessions and
+//!   restarts (the most recent [`REMEMBERED_REQUESTS`] per account);
+//!   read-only answers and refusals change nothing, are not stored and are
+//!   remembered until the session ends.
+//! - Outputs go to the session that caused them. A session ends at its
+//!   account's [`Input::Disconnected`]; outputs for the account not yet
+//!   released then are dropped: those computed earlier in the same batch,
+//!   and those of the in-flight batch when the `Disconnected` is queued
+//!   behind it. Nobody received them, so nothing acknowledged is lost; a
+//!   change among them is still committed, and its id sent again in a
+//!   later session gets the stored answer.
+//! - A disconnect is not rolled back by a failed commit: trades the
+//!   rollback would restore with a side that has left stay cancelled.
+//!
 //! Conservation: items enter only through the spawner (minted), leave only
 //! through use (consumed), and every other operation moves whole counts
 //! between inventories and the world, all or nothing. So per item id,
@@ -138,6 +166,18 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// To whom it goes.
+    pub fn account(&self) -> u64 {
+        match self {
+            Self::Reply { account, .. }
+            | Self::Update { account, .. }
+            | Self::Trade { account, .. }
+            | Self::World { account, .. } => *account,
+        }
+    }
+}
+
 /// A batch to commit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -200,17 +240,19 @@ impl Trade {
     }
 }
 
+/// The answers an account's repeated request ids get again.
 #[derive(Debug, Default)]
 struct Applied {
     order: VecDeque<u64>,
-    replies: HashMap<u64, InventoryReply>,
+    /// request id → (original reply, stored with its change?)
+    replies: HashMap<u64, (InventoryReply, bool)>,
 }
 
 impl Applied {
-    fn insert(&mut self, reply: InventoryReply) {
+    fn insert(&mut self, reply: InventoryReply, stored: bool) {
         if self
             .replies
-            .insert(reply.request_id, reply.clone())
+            .insert(reply.request_id, (reply.clone(), stored))
             .is_none()
         {
             self.order.push_back(reply.request_id);
@@ -220,6 +262,18 @@ impl Applied {
                 self.replies.remove(&old);
             }
         }
+    }
+
+    fn get(&self, request_id: u64) -> Option<&InventoryReply> {
+        self.replies.get(&request_id).map(|(reply, _)| reply)
+    }
+
+    /// Forgets the answers that were not stored (read-only operations and
+    /// refusals): they belong to the session that ends.
+    fn forget_unstored(&mut self) {
+        self.replies.retain(|_, (_, stored)| *stored);
+        let replies = &self.replies;
+        self.order.retain(|id| replies.contains_key(id));
     }
 
     fn remove(&mut self, request_id: u64) {
@@ -380,7 +434,7 @@ impl InventoryCore {
         let Some(building) = self.in_flight.take() else {
             return Vec::new();
         };
-        let outputs = match result {
+        let mut outputs = match result {
             Ok(()) => building.outputs,
             Err(_) => {
                 for (account, before) in building.inventories {
@@ -453,6 +507,7 @@ impl InventoryCore {
                         }),
                         _ => None,
                     })
+                    .chain(self.cancel_trades_of_offline())
                     .collect()
             }
         };
@@ -462,6 +517,17 @@ impl InventoryCore {
                 self.applied.remove(&account);
             }
         }
+        // Sessions that ended while the batch was in flight (their
+        // `Disconnected` waits in the queue) receive nothing either.
+        let ended: HashSet<u64> = self
+            .queue
+            .iter()
+            .filter_map(|input| match input {
+                Input::Disconnected { account } => Some(*account),
+                _ => None,
+            })
+            .collect();
+        outputs.retain(|o| !ended.contains(&o.account()));
         outputs
     }
 
@@ -508,11 +574,7 @@ impl InventoryCore {
             if !persisted {
                 continue;
             }
-            if let Some(reply) = self
-                .applied
-                .get(&account)
-                .and_then(|a| a.replies.get(&request_id))
-            {
+            if let Some(reply) = self.applied.get(&account).and_then(|a| a.get(request_id)) {
                 writes
                     .applied
                     .push((account, request_id, encode_reply(reply)));
@@ -566,6 +628,13 @@ impl InventoryCore {
             Input::Disconnected { account } => {
                 self.online.remove(&account);
                 self.cancel_trades_of(account);
+                // The session is over: nothing of this batch is sent to it
+                // (a later session of the account must not receive it),
+                // and its unstored answers are forgotten.
+                self.b().outputs.retain(|o| o.account() != account);
+                if let Some(applied) = self.applied.get_mut(&account) {
+                    applied.forget_unstored();
+                }
                 self.b().evict.push(account);
             }
             Input::Tick => self.tick(),
@@ -595,7 +664,7 @@ impl InventoryCore {
         let mut applied = Applied::default();
         for (_, bytes) in state.applied {
             if let Ok(reply) = shared::protocol::decode::<InventoryReply>(&bytes) {
-                applied.insert(reply);
+                applied.insert(reply, true);
             }
         }
         self.applied.insert(account, applied);
@@ -653,7 +722,7 @@ impl InventoryCore {
         if let Some(reply) = self
             .applied
             .get(&account)
-            .and_then(|a| a.replies.get(&request_id))
+            .and_then(|a| a.get(request_id))
             .cloned()
         {
             self.emit(Output::Reply {
@@ -696,7 +765,7 @@ impl InventoryCore {
         self.applied
             .entry(account)
             .or_default()
-            .insert(reply.clone());
+            .insert(reply.clone(), persisted);
         self.b().applied.push((account, request_id, persisted));
         self.emit(Output::Reply {
             account,
@@ -958,6 +1027,35 @@ impl InventoryCore {
         for id in ids {
             self.end_trade(id, TradeState::Cancelled);
         }
+    }
+
+    /// Ends the trades a rollback restored although one side has left
+    /// since (a disconnect is not rolled back), telling the side online.
+    fn cancel_trades_of_offline(&mut self) -> Vec<Output> {
+        let online = &self.online;
+        let gone: Vec<u64> = self
+            .trades
+            .iter()
+            .filter(|(_, t)| {
+                !online.contains(&t.initiator.account) || !online.contains(&t.partner.account)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let mut outputs = Vec::new();
+        for id in gone {
+            if let Some(trade) = self.trades.remove(&id) {
+                let update = trade.update(id, TradeState::Cancelled);
+                for account in [trade.initiator.account, trade.partner.account] {
+                    if self.online.contains(&account) {
+                        outputs.push(Output::Trade {
+                            account,
+                            update: update.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        outputs
     }
 
     fn accept(&mut self, account: u64, id: u64) -> Result<(), InventoryError> {

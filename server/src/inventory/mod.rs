@@ -45,7 +45,10 @@ pub struct InventoryService {
     core: InventoryCore,
     reader: Mutex<Box<dyn InventoryStore>>,
     writer: StoreWriter,
-    received: HashMap<u64, Instant>,
+    /// Request tag → when and from which client it arrived (for the
+    /// latency metric). Entries of a client leave with it: its session's
+    /// replies are not released (see [`core`]).
+    received: HashMap<u64, (Instant, ClientId)>,
     next_tag: u64,
     members: HashMap<u64, ClientId>,
 }
@@ -240,7 +243,7 @@ fn send(
                 reply,
                 tag,
             } => {
-                if let Some(at) = service.received.remove(&tag) {
+                if let Some((at, _)) = service.received.remove(&tag) {
                     metrics.op_latency.observe_duration(at.elapsed());
                 }
                 if let Some(&client) = service.members.get(&account) {
@@ -301,6 +304,7 @@ fn run(
     for d in disconnected.read() {
         if service.members.get(&d.client.account) == Some(&d.client) {
             service.members.remove(&d.client.account);
+            service.received.retain(|_, (_, from)| *from != d.client);
             entities.remove(&d.client.account);
             service.core.push(Input::Disconnected {
                 account: d.client.account,
@@ -314,7 +318,7 @@ fn run(
         metrics.requests.inc();
         let tag = service.next_tag;
         service.next_tag = service.next_tag.wrapping_add(1);
-        service.received.insert(tag, Instant::now());
+        service.received.insert(tag, (Instant::now(), *client));
         let position = entities
             .get(&client.account)
             .and_then(|e| positions.get(*e).ok())

@@ -4,9 +4,14 @@
 //! Every [`InventoryRequest`] carries a client-chosen `request_id`; the
 //! server answers each with one [`InventoryReply`] holding the same id and
 //! either the new state or an error. A request id the server has already
-//! applied is not applied again: the original reply is sent again (ids are
-//! remembered per account, the most recent [`REMEMBERED_REQUESTS`], across
-//! restarts). A reply is sent only once its change is durably stored.
+//! applied is not applied again: the original reply is sent again (ids of
+//! changes are remembered per account, the most recent
+//! [`REMEMBERED_REQUESTS`], across restarts; ids of read-only requests and
+//! refusals for the rest of the session). Every reply, read-only ones
+//! included, is sent only once the server's batch holding it is durably
+//! stored; if that fails the reply is [`InventoryError::Storage`] and the id
+//! is not remembered (sending it again is a new request). A session that
+//! ends before its replies are sent receives none of them.
 //!
 //! Changes a player did not ask for (a gift, the other side of a trade)
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
