@@ -237,6 +237,7 @@ pub(crate) struct Bot {
     tick_hz: u16,
     receiver: SnapshotReceiver,
     predictor: Option<Predictor>,
+    reconciled: bool,
     velocity: Vec2,
     inventory: Option<InventoryBehaviour>,
     next_move: Option<Instant>,
@@ -271,6 +272,7 @@ impl Bot {
             tick_hz: DEFAULT_TICK_HZ,
             receiver: SnapshotReceiver::new(),
             predictor: None,
+            reconciled: false,
             velocity: Vec2::ZERO,
             inventory: None,
             next_move: None,
@@ -437,6 +439,7 @@ impl Bot {
                     self.sent_input = false;
                     self.receiver = SnapshotReceiver::new();
                     self.predictor = None;
+                    self.reconciled = false;
                     let scenario = &self.ctx.scenario;
                     self.inventory = scenario
                         .inventory
@@ -459,7 +462,13 @@ impl Bot {
                 ClientEndpointEvent::Message { channel, payload } => {
                     if channel == channels::SNAPSHOT {
                         self.saw_snapshot = true;
-                        apply_snapshot(&mut self.receiver, self.predictor.as_mut(), payload, stats);
+                        apply_snapshot(
+                            &mut self.receiver,
+                            self.predictor.as_mut(),
+                            &mut self.reconciled,
+                            payload,
+                            stats,
+                        );
                         continue;
                     }
                     let respond = self.phase == Phase::Connected;
@@ -607,6 +616,10 @@ impl Bot {
                 (None, _) => self.velocity,
             };
             let input = predictor.input(velocity, self.receiver.ack());
+            let me = self.receiver.own_position();
+            if let Some(request) = self.inventory.as_mut().and_then(|i| i.poll_arrival(me)) {
+                self.send_inventory(&request, stats);
+            }
             if let Ok(payload) = protocol::encode(&input)
                 && self.send(channels::MOVEMENT, payload, stats)
             {
@@ -768,6 +781,7 @@ impl Bot {
 fn apply_snapshot(
     receiver: &mut SnapshotReceiver,
     predictor: Option<&mut Predictor>,
+    reconciled: &mut bool,
     payload: &[u8],
     stats: &mut WorkerStats,
 ) {
@@ -783,7 +797,12 @@ fn apply_snapshot(
             stats.snapshots_applied += 1;
             if let (Some(predictor), Some(own)) = (predictor, receiver.own_position()) {
                 let correction = predictor.reconcile(own, receiver.last_input());
-                stats.max_correction_m = stats.max_correction_m.max(correction);
+                // The first one only moves the guess (the origin) to the
+                // spawn point: not a misprediction.
+                if *reconciled {
+                    stats.max_correction_m = stats.max_correction_m.max(correction);
+                }
+                *reconciled = true;
             }
         }
         Err(error) => {

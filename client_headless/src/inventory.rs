@@ -226,6 +226,18 @@ impl InventoryBehaviour {
         Some(self.send(op))
     }
 
+    /// A `PickUp` as soon as the walk to the target item has brought the
+    /// bot (`me`, as the server last placed it) within reach.
+    pub(crate) fn poll_arrival(&mut self, me: Option<Vec2>) -> Option<InventoryRequest> {
+        let (t, me) = (self.target?, me?);
+        if me.distance(t.position) > PICKUP_REACH || self.pending() >= MAX_PENDING {
+            return None;
+        }
+        self.target = None;
+        self.world.retain(|w| w.id != t.id);
+        Some(self.send(InventoryOp::PickUp { world_item: t.id }))
+    }
+
     fn pick(&mut self, now: Instant, me: Option<Vec2>, draw: f64) -> Option<InventoryOp> {
         if let Some(t) = self.target
             && now.saturating_duration_since(t.since) > TARGET_TIMEOUT
@@ -449,6 +461,7 @@ mod tests {
             None
         );
         assert_eq!(b.seek(), Some(Vec2::new(20.0, 0.0)));
+        assert_eq!(b.poll_arrival(Some(Vec2::new(10.0, 0.0))), None);
         let near = Some(Vec2::new(17.0, 0.0));
         let r = b.next(now, OpKind::Pick, near, 8, [0.0, 0.0]).unwrap();
         assert_eq!(r.op, InventoryOp::PickUp { world_item: 5 });
@@ -456,6 +469,16 @@ mod tests {
         b.on_reply(&reply(r.request_id, vec![stack(1, 1)], 2));
         let s = b.stats().clone();
         assert_eq!((s.sent, s.ok, s.picked_up), (2, 2, 1));
+        // Walking to the next one, the bot picks it up on arrival.
+        b.on_world(
+            now,
+            &WorldItems {
+                items: vec![item(6, 30.0)],
+            },
+        );
+        assert_eq!(b.next(now, OpKind::Pick, near, 8, [0.0, 0.0]), None);
+        let r = b.poll_arrival(Some(Vec2::new(27.0, 0.0))).unwrap();
+        assert_eq!(r.op, InventoryOp::PickUp { world_item: 6 });
     }
 
     #[test]
