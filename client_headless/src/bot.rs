@@ -12,14 +12,20 @@
 //! [`Bot::service`] when the bot's wake-up time has come; `service` returns
 //! the next one.
 //!
-//! Behaviours only use what the server speaks:
-//! - **wander** sends `MoveInput` only once the server has sent a snapshot
-//!   (a server without a movement plugin would count every input as a
-//!   protocol strike and disconnect the bot);
-//! - **chat** first says one line and waits [`PROBE_TIMEOUT`] for the
-//!   answer (its own copy or a `ChatRejected`); without one, the server has
-//!   no chat and the bot stops chatting (one strike, far from the limit);
-//! - **inventory** is a counted no-op until the inventory protocol exists.
+//! Behaviours, as a game client would play them:
+//! - **wander** sends a `MoveInput` at the scenario's rate from the first
+//!   moment of the session (the server starts a client's snapshot stream
+//!   with its first input), built by a [`Predictor`] and acknowledging the
+//!   newest snapshot the bot's [`SnapshotReceiver`] applied, so the server
+//!   can delta-encode. Every received snapshot is applied; failures are
+//!   counted by reason. While the inventory behaviour walks to a world
+//!   item, the heading points at it.
+//! - **chat** says a verified line (see `verify`) when the previous one has
+//!   been answered: a `ChatRejected` carries no reference to the line it
+//!   refuses, so one line in flight keeps every answer unambiguous. The
+//!   scenarios' rates stay far below the server's rate limit (burst 10,
+//!   1 line/s).
+//! - **inventory**: see `inventory`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,19 +38,26 @@ use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::unix_secs;
+use shared::movement::{ApplyError, MovementRules, Predictor, SnapshotReceiver};
 use shared::protocol::chat::{ChatLine, ChatRejected, ChatScope, ChatSend};
-use shared::protocol::movement::MoveInput;
+use shared::protocol::inventory::{
+    InventoryReply, InventoryRequest, InventoryUpdate, TradeUpdate, WorldItems,
+};
+use shared::protocol::messages::Welcome;
+use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::sim::{LinkConfig, LinkSimulator};
 use shared::transport::DisconnectReason;
 
+use crate::inventory::{InventoryBehaviour, InventoryStats};
 use crate::scenario::{ChatScopeKind, Scenario};
 use crate::token::TokenMinter;
 use crate::verify::ChatVerifier;
 
-/// How long a bot waits for the answer to its first chat line before
-/// deciding the server has no chat.
-pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server's tick rate until its `Welcome` says otherwise.
+const DEFAULT_TICK_HZ: u16 = 30;
+/// Closer than this to its target item, the bot stops walking.
+const ARRIVED: f32 = 1.0;
 /// How long a leaving bot waits for its goodbye to complete.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// RTT is sampled once per second per connected bot, from the first second.
@@ -64,7 +77,8 @@ pub(crate) struct BotContext {
     pub(crate) first_account: u64,
     /// Bots in the swarm.
     pub(crate) bots: u64,
-    /// Longest wait for in-flight chat lines when stopping.
+    /// Longest wait for in-flight chat lines and inventory replies when
+    /// stopping.
     pub(crate) drain_timeout: Duration,
 }
 
@@ -86,17 +100,21 @@ pub(crate) struct WorkerStats {
     pub(crate) bytes_down: u64,
     /// Sum over bots of the time spent connected.
     pub(crate) connected_time: Duration,
-    /// Inventory operations acknowledged by the server.
-    pub(crate) inventory_ok: u64,
-    /// Inventory operations that failed, by reason.
-    pub(crate) inventory_failed: BTreeMap<String, u64>,
+    /// Inventory requests and replies of finished connections.
+    pub(crate) inventory: InventoryStats,
     /// Chat refusals by reason.
     pub(crate) chat_rejected: BTreeMap<String, u64>,
-    /// Bots whose chat probe got no answer (server without chat).
-    pub(crate) chat_unsupported: u64,
+    /// Chat slots skipped because the previous line was still unanswered.
+    pub(crate) chat_skipped: u64,
     /// Movement inputs sent.
     pub(crate) moves_sent: u64,
-    /// Bots that never saw a snapshot while connected (no movement plugin).
+    /// Snapshots received and applied.
+    pub(crate) snapshots_applied: u64,
+    /// Snapshots that could not be decoded or applied, by reason.
+    pub(crate) snapshot_errors: BTreeMap<String, u64>,
+    /// Largest prediction correction on a snapshot, metres.
+    pub(crate) max_correction_m: f32,
+    /// Connections that sent input but never received a snapshot.
     pub(crate) no_snapshots: u64,
     /// Messages the transport refused to queue.
     pub(crate) send_errors: u64,
@@ -114,11 +132,13 @@ impl WorkerStats {
             bytes_up: 0,
             bytes_down: 0,
             connected_time: Duration::ZERO,
-            inventory_ok: 0,
-            inventory_failed: BTreeMap::new(),
+            inventory: InventoryStats::default(),
             chat_rejected: BTreeMap::new(),
-            chat_unsupported: 0,
+            chat_skipped: 0,
             moves_sent: 0,
+            snapshots_applied: 0,
+            snapshot_errors: BTreeMap::new(),
+            max_correction_m: 0.0,
             no_snapshots: 0,
             send_errors: 0,
         }
@@ -134,7 +154,12 @@ pub(crate) fn new_rtt_histogram() -> Histogram<u64> {
 
 /// The report key of a disconnect reason: `ConnectTimeout` → `connect_timeout`.
 pub(crate) fn reason_key(reason: DisconnectReason) -> String {
-    let debug = format!("{reason:?}");
+    snake_case(&format!("{reason:?}"))
+}
+
+/// A `Debug` name as a report key: `ConnectTimeout` → `connect_timeout`,
+/// `Custom(70)` → `custom70`.
+pub(crate) fn snake_case(debug: &str) -> String {
     let mut key = String::with_capacity(debug.len() + 4);
     for (i, c) in debug.chars().enumerate() {
         if c.is_ascii_uppercase() {
@@ -162,14 +187,6 @@ enum Phase {
     Leaving { deadline: Instant },
     Paused { until: Instant },
     Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChatSupport {
-    Unknown,
-    Probing { deadline: Instant },
-    Yes,
-    No,
 }
 
 /// The two directions of the link conditioner.
@@ -215,10 +232,14 @@ pub(crate) struct Bot {
     rng: Rng,
     ever_connected: bool,
     connected_since: Option<Instant>,
-    chat: ChatSupport,
     saw_snapshot: bool,
-    move_seq: u32,
+    sent_input: bool,
+    tick_hz: u16,
+    receiver: SnapshotReceiver,
+    predictor: Option<Predictor>,
+    reconciled: bool,
     velocity: Vec2,
+    inventory: Option<InventoryBehaviour>,
     next_move: Option<Instant>,
     next_turn: Instant,
     next_chat: Option<Instant>,
@@ -246,10 +267,14 @@ impl Bot {
             rng: Rng::new(seed ^ account),
             ever_connected: false,
             connected_since: None,
-            chat: ChatSupport::Unknown,
             saw_snapshot: false,
-            move_seq: 0,
+            sent_input: false,
+            tick_hz: DEFAULT_TICK_HZ,
+            receiver: SnapshotReceiver::new(),
+            predictor: None,
+            reconciled: false,
             velocity: Vec2::ZERO,
+            inventory: None,
             next_move: None,
             next_turn: start_at,
             next_chat: None,
@@ -280,8 +305,8 @@ impl Bot {
         &self.verifier
     }
 
-    /// The run is over: stop talking, wait for in-flight chat (bounded),
-    /// then leave.
+    /// The run is over: stop talking, wait for in-flight chat and
+    /// inventory replies (bounded), then leave.
     pub(crate) fn stop(&mut self, now: Instant, stats: &mut WorkerStats) {
         self.stopping = true;
         match self.phase {
@@ -317,10 +342,13 @@ impl Bot {
         if let Some(since) = self.connected_since.take() {
             stats.connected_time += now.saturating_duration_since(since);
             stats.connected_now = stats.connected_now.saturating_sub(1);
-            if !self.saw_snapshot && self.ctx.scenario.wander.is_some() {
+            if !self.saw_snapshot && self.sent_input {
                 stats.no_snapshots += 1;
             }
             self.verifier.end_connection();
+            if let Some(inventory) = self.inventory.take() {
+                stats.inventory.add(&inventory.end_connection());
+            }
         }
     }
 
@@ -408,7 +436,15 @@ impl Bot {
                     self.connected_since = Some(now);
                     self.phase = Phase::Connected;
                     self.saw_snapshot = false;
+                    self.sent_input = false;
+                    self.receiver = SnapshotReceiver::new();
+                    self.predictor = None;
+                    self.reconciled = false;
                     let scenario = &self.ctx.scenario;
+                    self.inventory = scenario
+                        .inventory
+                        .as_ref()
+                        .map(|_| InventoryBehaviour::new(self.account, first_request_id()));
                     self.next_move = scenario.wander.as_ref().map(|_| now);
                     self.next_chat = scenario
                         .chat
@@ -426,30 +462,74 @@ impl Bot {
                 ClientEndpointEvent::Message { channel, payload } => {
                     if channel == channels::SNAPSHOT {
                         self.saw_snapshot = true;
+                        apply_snapshot(
+                            &mut self.receiver,
+                            self.predictor.as_mut(),
+                            &mut self.reconciled,
+                            payload,
+                            stats,
+                        );
                         continue;
                     }
+                    let respond = self.phase == Phase::Connected;
+                    let mut reactions = Vec::new();
                     match protocol::message_id(payload) {
                         Some(ChatLine::ID) => {
                             if let Ok(line) = protocol::decode::<ChatLine>(payload) {
                                 self.verifier.on_line(&line);
-                                if matches!(self.chat, ChatSupport::Probing { .. })
-                                    && line.from == Some(self.account)
-                                {
-                                    self.chat = ChatSupport::Yes;
-                                }
                             }
                         }
                         Some(ChatRejected::ID) => {
                             if let Ok(rejected) = protocol::decode::<ChatRejected>(payload) {
                                 self.verifier.on_rejected();
-                                bump(&mut stats.chat_rejected, format!("{:?}", rejected.reason));
-                                if matches!(self.chat, ChatSupport::Probing { .. }) {
-                                    self.chat = ChatSupport::Yes;
-                                }
+                                bump(
+                                    &mut stats.chat_rejected,
+                                    snake_case(&format!("{:?}", rejected.reason)),
+                                );
                             }
                         }
-                        // Welcome, emotes, notices: nothing to verify yet.
+                        Some(Welcome::ID) => {
+                            if let Ok(welcome) = protocol::decode::<Welcome>(payload) {
+                                self.tick_hz = welcome.tick_hz.max(1);
+                            }
+                        }
+                        Some(InventoryReply::ID) => {
+                            if let (Ok(reply), Some(inv)) = (
+                                protocol::decode::<InventoryReply>(payload),
+                                self.inventory.as_mut(),
+                            ) {
+                                inv.on_reply(&reply);
+                            }
+                        }
+                        Some(InventoryUpdate::ID) => {
+                            if let (Ok(update), Some(inv)) = (
+                                protocol::decode::<InventoryUpdate>(payload),
+                                self.inventory.as_mut(),
+                            ) {
+                                inv.on_update(&update);
+                            }
+                        }
+                        Some(TradeUpdate::ID) => {
+                            if let (Ok(update), Some(inv)) = (
+                                protocol::decode::<TradeUpdate>(payload),
+                                self.inventory.as_mut(),
+                            ) {
+                                reactions = inv.on_trade(&update, respond);
+                            }
+                        }
+                        Some(WorldItems::ID) => {
+                            if let (Ok(items), Some(inv)) = (
+                                protocol::decode::<WorldItems>(payload),
+                                self.inventory.as_mut(),
+                            ) {
+                                inv.on_world(now, &items);
+                            }
+                        }
+                        // Emotes, notices: nothing to verify.
                         _ => {}
+                    }
+                    for request in reactions {
+                        self.send_inventory(&request, stats);
                     }
                 }
                 ClientEndpointEvent::Disconnected { reason } => {
@@ -487,6 +567,14 @@ impl Bot {
         }
     }
 
+    /// Sends an inventory request. One the transport refuses stays pending:
+    /// it is counted lost when the connection ends (and in `send_errors`).
+    fn send_inventory(&mut self, request: &InventoryRequest, stats: &mut WorkerStats) {
+        if let Ok(payload) = protocol::encode(request) {
+            self.send(channels::INVENTORY, payload, stats);
+        }
+    }
+
     fn send(
         &mut self,
         channel: shared::transport::ChannelId,
@@ -514,51 +602,52 @@ impl Bot {
                 self.velocity = Vec2::from_angle(angle) * wander.speed;
                 self.next_turn = now + Duration::from_secs_f64(wander.turn_every_s);
             }
-            if self.saw_snapshot {
-                self.move_seq = self.move_seq.wrapping_add(1);
-                let input = MoveInput {
-                    seq: self.move_seq,
-                    velocity: self.velocity,
-                    ack_snapshot: 0,
-                };
-                if let Ok(payload) = protocol::encode(&input)
-                    && self.send(channels::MOVEMENT, payload, stats)
-                {
-                    stats.moves_sent += 1;
+            let dt = 1.0 / f32::from(self.tick_hz);
+            let predictor = self
+                .predictor
+                .get_or_insert_with(|| Predictor::new(MovementRules::default(), dt, Vec2::ZERO));
+            let here = predictor.position();
+            let seek = self.inventory.as_ref().and_then(InventoryBehaviour::seek);
+            let velocity = match (seek, &self.ctx.scenario.inventory) {
+                (Some(target), Some(inv)) if here.distance(target) > ARRIVED => {
+                    (target - here).normalize_or_zero() * inv.seek_speed
                 }
+                (Some(_), _) => Vec2::ZERO,
+                (None, _) => self.velocity,
+            };
+            let input = predictor.input(velocity, self.receiver.ack());
+            let me = self.receiver.own_position();
+            if let Some(request) = self.inventory.as_mut().and_then(|i| i.poll_arrival(me)) {
+                self.send_inventory(&request, stats);
+            }
+            if let Ok(payload) = protocol::encode(&input)
+                && self.send(channels::MOVEMENT, payload, stats)
+            {
+                stats.moves_sent += 1;
+                self.sent_input = true;
             }
             // Keep the cadence without drifting, but never queue a backlog.
             let period = Duration::from_secs_f64(1.0 / wander.hz);
             let next = at + period;
             self.next_move = Some(if next <= now { now + period } else { next });
         }
-        if let ChatSupport::Probing { deadline } = self.chat
-            && now >= deadline
-        {
-            self.chat = ChatSupport::No;
-            self.verifier.unsend_last();
-            stats.chat_unsupported += 1;
-        }
         if let (Some(at), Some(chat)) = (self.next_chat, self.ctx.scenario.chat.clone())
             && at <= now
         {
             self.next_chat = Some(now + Duration::from_secs_f64(chat.every_s));
-            let may_talk = matches!(self.chat, ChatSupport::Unknown | ChatSupport::Yes);
-            if may_talk && self.verifier.can_send() {
+            if self.verifier.awaited() > 0 {
+                stats.chat_skipped += 1;
+            } else {
                 let scope = match chat.pick(self.rng.unit()) {
                     ChatScopeKind::Global => ChatScope::Global,
                     ChatScopeKind::Nearby => ChatScope::Nearby,
-                    ChatScopeKind::Whisper => ChatScope::WhisperId(self.whisper_target()),
+                    ChatScopeKind::Whisper => ChatScope::WhisperId(self.other_bot()),
                 };
                 let text = self.verifier.next_line("hello from a load-test bot");
                 let sent = protocol::encode(&ChatSend { scope, text })
                     .is_ok_and(|payload| self.send(channels::CHAT, payload, stats));
                 if !sent {
                     self.verifier.unsend_last();
-                } else if self.chat == ChatSupport::Unknown {
-                    self.chat = ChatSupport::Probing {
-                        deadline: now + PROBE_TIMEOUT,
-                    };
                 }
             }
         }
@@ -567,13 +656,17 @@ impl Bot {
             && at <= now
         {
             self.next_inventory = Some(now + Duration::from_secs_f64(inventory.every_s));
-            // No inventory protocol yet: nothing to send (an unknown message
-            // is a protocol strike). Count the operation as not performed.
-            let _op = inventory.pick_op(self.rng.unit());
-            bump(
-                &mut stats.inventory_failed,
-                "protocol_not_available".to_owned(),
-            );
+            let kind = inventory.pick_op(self.rng.unit());
+            let partner = self.other_bot();
+            let draws = [self.rng.unit(), self.rng.unit()];
+            let me = self.receiver.own_position();
+            let request = self
+                .inventory
+                .as_mut()
+                .and_then(|inv| inv.next(now, kind, me, partner, draws));
+            if let Some(request) = request {
+                self.send_inventory(&request, stats);
+            }
         }
         if let Some(at) = self.next_rtt_sample
             && at <= now
@@ -592,7 +685,7 @@ impl Bot {
     }
 
     /// Another bot of the swarm (or itself in a swarm of one).
-    fn whisper_target(&mut self) -> u64 {
+    fn other_bot(&mut self) -> u64 {
         let bots = self.ctx.bots.max(1);
         if bots == 1 {
             return self.account;
@@ -606,17 +699,12 @@ impl Bot {
         match self.phase {
             Phase::Draining { deadline } => {
                 let waiting = self.verifier.awaited() > 0
-                    && !matches!(self.chat, ChatSupport::Probing { .. });
+                    || self.inventory.as_ref().is_some_and(|i| i.pending() > 0);
                 if !waiting || now >= deadline || !self.endpoint.is_connected() {
                     self.endpoint.disconnect(now, DisconnectReason::Closed);
                     self.phase = Phase::Leaving {
                         deadline: now + LEAVE_TIMEOUT,
                     };
-                    // A probe still unanswered at the end says nothing.
-                    if matches!(self.chat, ChatSupport::Probing { .. }) {
-                        self.verifier.unsend_last();
-                        self.chat = ChatSupport::Unknown;
-                    }
                     self.end_session(now, stats);
                 }
             }
@@ -668,10 +756,6 @@ impl Bot {
                 self.next_inventory,
                 self.session_end,
                 self.next_rtt_sample,
-                match self.chat {
-                    ChatSupport::Probing { deadline } => Some(deadline),
-                    _ => None,
-                },
             ]
             .into_iter()
             .flatten()
@@ -690,6 +774,59 @@ impl Bot {
             // Always come back eventually, whatever the timers say.
             .or(Some(Instant::now() + Duration::from_millis(500)))
     }
+}
+
+/// Applies one snapshot to `receiver` and reconciles the prediction with
+/// it; failures are counted by reason.
+fn apply_snapshot(
+    receiver: &mut SnapshotReceiver,
+    predictor: Option<&mut Predictor>,
+    reconciled: &mut bool,
+    payload: &[u8],
+    stats: &mut WorkerStats,
+) {
+    let snapshot = match protocol::decode::<Snapshot>(payload) {
+        Ok(snapshot) => snapshot,
+        Err(_) => {
+            bump(&mut stats.snapshot_errors, "decode".to_owned());
+            return;
+        }
+    };
+    match receiver.apply(&snapshot) {
+        Ok(_) => {
+            stats.snapshots_applied += 1;
+            if let (Some(predictor), Some(own)) = (predictor, receiver.own_position()) {
+                let correction = predictor.reconcile(own, receiver.last_input());
+                // The first one only moves the guess (the origin) to the
+                // spawn point: not a misprediction.
+                if *reconciled {
+                    stats.max_correction_m = stats.max_correction_m.max(correction);
+                }
+                *reconciled = true;
+            }
+        }
+        Err(error) => {
+            let key = match error {
+                ApplyError::Stale(_) => "stale",
+                ApplyError::MissingBaseline(_) => "missing_baseline",
+                ApplyError::Malformed => "malformed",
+            };
+            bump(&mut stats.snapshot_errors, key.to_owned());
+        }
+    }
+}
+
+/// The first inventory request id of a new session: milliseconds since
+/// the Unix epoch × 2^16, so a session's ids never repeat an earlier
+/// session's (of this run or an earlier one) unless that session sent more
+/// than 65,536 requests per millisecond between the two starts. The server
+/// remembers applied ids per account across restarts, and answers a
+/// repeated id with the old reply instead of applying it.
+fn first_request_id() -> u64 {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    u64::try_from(millis).unwrap_or(u64::MAX >> 16) << 16
 }
 
 #[cfg(test)]

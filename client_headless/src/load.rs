@@ -17,7 +17,7 @@ use crate::bot::{BotContext, WorkerStats, new_rtt_histogram};
 use crate::chart::{self, Sample};
 use crate::prom::{self, ServerSample};
 use crate::report::{
-    Bandwidth, InventoryReport, Percentiles, Report, ServerReport, Slos, TickPercentiles,
+    Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, TickPercentiles,
 };
 use crate::scenario::Scenario;
 use crate::swarm::{self, SourceIps, WorkerHandle};
@@ -181,14 +181,6 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         baseline.ok().as_ref(),
         final_scrape.as_ref(),
     );
-    if stats.chat_unsupported > 0 {
-        notes.push(format!(
-            "{} bots got no answer to their first chat line within {} s: the server has no chat \
-             plugin (or it is overloaded); chat was not verified for them",
-            stats.chat_unsupported,
-            crate::bot::PROBE_TIMEOUT.as_secs()
-        ));
-    }
     if plan.scenario.chat.is_some() && reliable.lines_received == 0 {
         notes.push(
             "the server sent no chat line: exactly-once delivery could not be verified".into(),
@@ -196,16 +188,16 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     }
     if stats.no_snapshots > 0 {
         notes.push(format!(
-            "{} sessions never received a snapshot: the server has no movement plugin, so no \
-             movement input was sent on them",
+            "{} sessions sent movement input but never received a snapshot",
             stats.no_snapshots
         ));
     }
-    if stats
-        .inventory_failed
-        .contains_key("protocol_not_available")
-    {
-        notes.push("inventory operations are counted but not sent: the inventory protocol does not exist yet".into());
+    if stats.chat_skipped > 0 {
+        notes.push(format!(
+            "{} chat slots skipped: the bot's previous line was still unanswered (one line in \
+             flight per bot)",
+            stats.chat_skipped
+        ));
     }
     if stats.send_errors > 0 {
         notes.push(format!(
@@ -223,18 +215,20 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         duration_s,
         rtt_ms,
         reliable,
-        chat_unsupported_bots: stats.chat_unsupported,
         chat_rejected: stats.chat_rejected.clone(),
-        moves_sent: stats.moves_sent,
-        sessions_without_snapshots: stats.no_snapshots,
+        chat_skipped: stats.chat_skipped,
+        movement: MovementReport {
+            inputs_sent: stats.moves_sent,
+            snapshots_applied: stats.snapshots_applied,
+            snapshot_errors: stats.snapshot_errors.clone(),
+            sessions_without_snapshots: stats.no_snapshots,
+            max_correction_m: f64::from(stats.max_correction_m),
+        },
         bytes_per_bot_per_s: Bandwidth {
             up: stats.bytes_up as f64 / connected_secs,
             down: stats.bytes_down as f64 / connected_secs,
         },
-        inventory: InventoryReport {
-            ok: stats.inventory_ok,
-            failed: stats.inventory_failed.clone(),
-        },
+        inventory: stats.inventory.clone(),
         server,
         bot_cpu_s: process_cpu_seconds(),
         slo: Vec::new(),
@@ -326,11 +320,13 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     into.bytes_up += from.bytes_up;
     into.bytes_down += from.bytes_down;
     into.connected_time += from.connected_time;
-    into.inventory_ok += from.inventory_ok;
-    merge_map(&mut into.inventory_failed, from.inventory_failed);
+    into.inventory.add(&from.inventory);
     merge_map(&mut into.chat_rejected, from.chat_rejected);
-    into.chat_unsupported += from.chat_unsupported;
+    into.chat_skipped += from.chat_skipped;
     into.moves_sent += from.moves_sent;
+    into.snapshots_applied += from.snapshots_applied;
+    merge_map(&mut into.snapshot_errors, from.snapshot_errors);
+    into.max_correction_m = into.max_correction_m.max(from.max_correction_m);
     into.no_snapshots += from.no_snapshots;
     into.send_errors += from.send_errors;
 }

@@ -6,6 +6,7 @@
 
 mod bot;
 mod chart;
+mod inventory;
 mod load;
 mod play;
 mod prom;

@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use glam::Vec2;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
+use shared::movement::{MovementRules, Predictor, SnapshotReceiver};
 use shared::netcode::ConnectToken;
 use shared::protocol::chat::{ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend};
+use shared::protocol::inventory::{
+    InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker, InventoryUpdate, TradeOffer,
+    TradeState, TradeUpdate, WorldItems,
+};
 use shared::protocol::messages::{Emote, EmoteRequest, ServerNotice, Welcome};
-use shared::protocol::movement::MoveInput;
+use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::transport::{ChannelId, DisconnectReason};
 
@@ -23,18 +28,25 @@ use shared::transport::{ChannelId, DisconnectReason};
 const INPUT_QUEUE: usize = 64;
 /// Longest the loop sleeps between socket pumps.
 const IDLE: Duration = Duration::from_millis(5);
-/// How long to wait for an answer to a chat line before saying the server
-/// may not speak chat.
-const CHAT_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most players `/near` lists.
+const NEAR_LIST: usize = 20;
+/// World items `/pick` lists.
+const PICK_LIST: usize = 10;
 
 const HELP: &str = "\
 commands:
   /say TEXT        chat to everyone (plain text without a slash does the same)
-  /near TEXT       chat to players nearby
+  /near TEXT       chat to players nearby; /near alone lists who is nearby
   /w NAME TEXT     whisper (NAME, or #ID for an account id)
   /move X Y        walk with velocity (X, Y) m/s; /stop to stand still
   /emote N         play emote N (0-255)
-  /inv /pick /drop /give /trade   inventory (not supported by this server yet)
+  /inv             your inventory
+  /pick [ID]       list the nearest world items, or pick item ID up (within 5 m)
+  /drop SLOT [N]   drop N (default 1) from a slot
+  /use SLOT        use one item of a slot
+  /give ACCOUNT SLOT [N]    give N (default 1) to another player
+  /trade ACCOUNT SLOT [N]   offer N of a slot in a trade (again to change it)
+  /trade accept ID | /trade cancel ID
   /stats           connection statistics
   /quit            leave";
 
@@ -43,12 +55,14 @@ commands:
 pub(crate) enum Command {
     /// Chat.
     Say(ChatScope, String),
+    /// List the players nearby.
+    Near,
     /// Set the walking velocity.
     Move(Vec2),
     /// Emote.
     Emote(u8),
-    /// An inventory command (not in the protocol yet).
-    Inventory(String),
+    /// An inventory request.
+    Inventory(InventoryOp),
     /// Connection statistics.
     Stats,
     /// Print the help.
@@ -77,7 +91,8 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, String> {
     };
     let command = match verb {
         "say" => Command::Say(ChatScope::Global, text("TEXT")?),
-        "near" => Command::Say(ChatScope::Nearby, text("TEXT")?),
+        "near" if args.is_empty() => Command::Near,
+        "near" => Command::Say(ChatScope::Nearby, args.to_owned()),
         "w" | "whisper" => {
             let (to, words) = args
                 .split_once(' ')
@@ -103,13 +118,77 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, String> {
             args.parse()
                 .map_err(|_| "usage: /emote N (0-255)".to_owned())?,
         ),
-        "inv" | "pick" | "drop" | "give" | "trade" => Command::Inventory(verb.to_owned()),
+        "inv" | "pick" | "drop" | "use" | "give" | "trade" => {
+            Command::Inventory(parse_inventory(verb, args)?)
+        }
         "stats" => Command::Stats,
         "help" | "?" => Command::Help,
         "quit" | "exit" => Command::Quit,
         _ => return Err(format!("unknown command /{verb}; /help lists them")),
     };
     Ok(Some(command))
+}
+
+/// Parses the arguments of an inventory command.
+fn parse_inventory(verb: &str, args: &str) -> Result<InventoryOp, String> {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let usage = |u: &str| format!("usage: /{verb} {u}");
+    let num = |i: usize, u: &str| -> Result<u64, String> {
+        words
+            .get(i)
+            .and_then(|w| w.trim_start_matches('#').parse().ok())
+            .ok_or_else(|| usage(u))
+    };
+    let slot = |i: usize, u: &str| -> Result<u16, String> {
+        u16::try_from(num(i, u)?).map_err(|_| usage(u))
+    };
+    let count = |i: usize, u: &str| -> Result<u32, String> {
+        match words.get(i) {
+            None => Ok(1),
+            Some(w) => w.parse().map_err(|_| usage(u)),
+        }
+    };
+    let op = match (verb, words.len()) {
+        ("inv", 0) => InventoryOp::List,
+        ("pick", 0) => InventoryOp::ListWorld,
+        ("pick", 1) => InventoryOp::PickUp {
+            world_item: num(0, "[ID]")?,
+        },
+        ("drop", 1 | 2) => InventoryOp::Drop {
+            slot: slot(0, "SLOT [N]")?,
+            count: count(1, "SLOT [N]")?,
+        },
+        ("use", 1) => InventoryOp::Use {
+            slot: slot(0, "SLOT")?,
+        },
+        ("give", 2 | 3) => InventoryOp::Give {
+            to: num(0, "ACCOUNT SLOT [N]")?,
+            slot: slot(1, "ACCOUNT SLOT [N]")?,
+            count: count(2, "ACCOUNT SLOT [N]")?,
+        },
+        ("trade", 2) if words[0] == "accept" => InventoryOp::Accept {
+            trade: num(1, "accept ID")?,
+        },
+        ("trade", 2) if words[0] == "cancel" => InventoryOp::Cancel {
+            trade: num(1, "cancel ID")?,
+        },
+        ("trade", 2 | 3) => {
+            let u = "ACCOUNT SLOT [N] | accept ID | cancel ID";
+            InventoryOp::Offer {
+                with: num(0, u)?,
+                offer: TradeOffer {
+                    items: vec![(slot(1, u)?, count(2, u)?)],
+                },
+            }
+        }
+        ("inv", _) => return Err(usage("")),
+        ("pick", _) => return Err(usage("[ID]")),
+        ("drop", _) => return Err(usage("SLOT [N]")),
+        ("use", _) => return Err(usage("SLOT")),
+        ("give", _) => return Err(usage("ACCOUNT SLOT [N]")),
+        _ => return Err(usage("ACCOUNT SLOT [N] | accept ID | cancel ID")),
+    };
+    Ok(op)
 }
 
 /// Runs the interactive player until `/quit`, end of input or disconnect.
@@ -128,7 +207,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         ClientSocket::bind(bind, endpoint).map_err(|e| format!("cannot open a socket: {e}"))?;
     println!("connecting to {server} ... (/help for commands)");
     let input = spawn_stdin();
-    let mut player = Player::default();
+    let mut player = Player::new();
     let mut stdin_open = true;
     loop {
         let now = Instant::now();
@@ -189,24 +268,51 @@ fn spawn_stdin() -> Receiver<String> {
     rx
 }
 
-#[derive(Default)]
+/// The player's state: movement (a [`Predictor`] and a
+/// [`SnapshotReceiver`], as every client must), and inventory requests in
+/// an [`InventoryTracker`].
 struct Player {
     account: Option<u64>,
     tick_hz: u16,
-    saw_snapshot: bool,
+    receiver: SnapshotReceiver,
+    predictor: Option<Predictor>,
+    snapshot_errors: u64,
     velocity: Vec2,
-    move_seq: u32,
     next_move: Option<Instant>,
-    chat_unanswered_since: Option<Instant>,
-    chat_answered: bool,
+    inventory: InventoryTracker,
 }
 
 impl Player {
+    fn new() -> Self {
+        // Request ids from the clock: the server remembers applied ids per
+        // account (across restarts) and answers a repeat without applying it.
+        let first = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(0)
+            << 16;
+        Self {
+            account: None,
+            tick_hz: 30,
+            receiver: SnapshotReceiver::new(),
+            predictor: None,
+            snapshot_errors: 0,
+            velocity: Vec2::ZERO,
+            next_move: None,
+            inventory: InventoryTracker::starting_at(first),
+        }
+    }
+
     /// Prints an event; `Some(reason)` when the session ended.
     fn on_event(&mut self, event: ClientEndpointEvent<'_>) -> Option<DisconnectReason> {
         match event {
             ClientEndpointEvent::Connected { client_index } => {
                 println!("connected (slot {client_index})");
+                // Input every tick from now on (standing still until /move):
+                // the server starts the snapshot stream with the first one.
+                self.next_move = Some(Instant::now());
             }
             ClientEndpointEvent::Disconnected { reason } => return Some(reason),
             ClientEndpointEvent::Message { channel, payload } => {
@@ -218,10 +324,7 @@ impl Player {
 
     fn on_message(&mut self, channel: ChannelId, payload: &[u8]) {
         if channel == channels::SNAPSHOT {
-            if !self.saw_snapshot {
-                println!("the server sends world snapshots: /move is available");
-            }
-            self.saw_snapshot = true;
+            self.on_snapshot(payload);
             return;
         }
         match protocol::message_id(payload) {
@@ -247,8 +350,6 @@ impl Player {
             }
             Some(ChatLine::ID) => {
                 if let Ok(line) = protocol::decode::<ChatLine>(payload) {
-                    self.chat_answered = true;
-                    self.chat_unanswered_since = None;
                     let kind = match line.kind {
                         ChatKind::Global => "",
                         ChatKind::Nearby => "(nearby) ",
@@ -260,9 +361,49 @@ impl Player {
             }
             Some(ChatRejected::ID) => {
                 if let Ok(r) = protocol::decode::<ChatRejected>(payload) {
-                    self.chat_answered = true;
-                    self.chat_unanswered_since = None;
                     println!("chat refused: {}", r.message);
+                }
+            }
+            Some(InventoryReply::ID) => {
+                if let Ok(reply) = protocol::decode::<InventoryReply>(payload) {
+                    self.on_inventory_reply(&reply);
+                }
+            }
+            Some(InventoryUpdate::ID) => {
+                if let Ok(update) = protocol::decode::<InventoryUpdate>(payload) {
+                    if let Err(e) = self.inventory.on_update(&update) {
+                        println!("(inventory: {e})");
+                    }
+                    println!("your inventory changed:");
+                    print_inventory(&update.inventory);
+                }
+            }
+            Some(TradeUpdate::ID) => {
+                if let Ok(t) = protocol::decode::<TradeUpdate>(payload) {
+                    self.print_trade(&t);
+                }
+            }
+            Some(WorldItems::ID) => {
+                if let Ok(w) = protocol::decode::<WorldItems>(payload) {
+                    let me = self.receiver.own_position().unwrap_or(Vec2::ZERO);
+                    let mut items = w.items;
+                    items.sort_by(|a, b| {
+                        a.position
+                            .distance_squared(me)
+                            .total_cmp(&b.position.distance_squared(me))
+                    });
+                    println!("{} items in the world; nearest:", items.len());
+                    for i in items.iter().take(PICK_LIST) {
+                        println!(
+                            "  #{}: {} x item {} at ({:.1}, {:.1}), {:.1} m away",
+                            i.id,
+                            i.stack.count,
+                            i.stack.item.0,
+                            i.position.x,
+                            i.position.y,
+                            i.position.distance(me)
+                        );
+                    }
                 }
             }
             other => println!(
@@ -270,6 +411,86 @@ impl Player {
                 channel.0
             ),
         }
+    }
+
+    /// Applies a snapshot and reconciles the prediction.
+    fn on_snapshot(&mut self, payload: &[u8]) {
+        let applied = protocol::decode::<Snapshot>(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                self.receiver
+                    .apply(&s)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        match applied {
+            Ok(()) => {
+                if let (Some(p), Some(own)) =
+                    (self.predictor.as_mut(), self.receiver.own_position())
+                {
+                    p.reconcile(own, self.receiver.last_input());
+                }
+            }
+            Err(error) => {
+                self.snapshot_errors += 1;
+                if self.snapshot_errors.is_power_of_two() {
+                    println!(
+                        "(snapshot not applied: {error}; {} so far)",
+                        self.snapshot_errors
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_inventory_reply(&mut self, reply: &InventoryReply) {
+        let op = match self.inventory.on_reply(reply) {
+            Ok(op) => op,
+            Err(e) => {
+                println!("(inventory: {e})");
+                return;
+            }
+        };
+        match &reply.result {
+            Ok(inventory) => {
+                if let Some(trade) = reply.trade {
+                    println!("trade {trade}: done ({op:?})");
+                }
+                if !matches!(op, InventoryOp::ListWorld) {
+                    print_inventory(inventory);
+                }
+            }
+            Err(error) => println!("{op:?} failed: {error}"),
+        }
+    }
+
+    fn print_trade(&self, t: &TradeUpdate) {
+        let me = self.account;
+        let other = if me == Some(t.initiator) {
+            t.partner
+        } else {
+            t.initiator
+        };
+        let (mine, theirs) = if me == Some(t.initiator) {
+            (&t.initiator_offer, &t.partner_offer)
+        } else {
+            (&t.partner_offer, &t.initiator_offer)
+        };
+        let state = match t.state {
+            TradeState::Open {
+                initiator_accepted,
+                partner_accepted,
+            } => format!(
+                "open (accepted: {} {}, {} {}); /trade accept {} to accept",
+                t.initiator, initiator_accepted, t.partner, partner_accepted, t.trade
+            ),
+            TradeState::Completed => "completed".to_owned(),
+            TradeState::Cancelled => "cancelled".to_owned(),
+        };
+        println!(
+            "trade {} with account {other}: you give {:?}, you get {:?} (slot, count); {state}",
+            t.trade, mine.items, theirs.items
+        );
     }
 
     fn run(&mut self, now: Instant, command: Command, endpoint: &mut ClientEndpoint) {
@@ -283,19 +504,12 @@ impl Player {
                     && let Err(e) = endpoint.send(channels::CHAT, payload)
                 {
                     println!("chat not sent: {e}");
-                } else if !self.chat_answered {
-                    self.chat_unanswered_since.get_or_insert(now);
                 }
             }
+            Command::Near => self.print_near(),
             Command::Move(velocity) => {
-                if !self.saw_snapshot {
-                    println!(
-                        "movement is not supported by this server yet (it sends no snapshots)"
-                    );
-                    return;
-                }
                 self.velocity = velocity;
-                self.next_move = Some(now);
+                self.next_move.get_or_insert(now);
                 println!("moving at ({}, {}) m/s", velocity.x, velocity.y);
             }
             Command::Emote(emote) => {
@@ -303,8 +517,13 @@ impl Player {
                     let _ = endpoint.send(channels::EVENTS, payload);
                 }
             }
-            Command::Inventory(verb) => {
-                println!("/{verb}: inventory is not supported by this server yet");
+            Command::Inventory(op) => {
+                let request = self.inventory.request(op);
+                if let Ok(payload) = protocol::encode(&request)
+                    && let Err(e) = endpoint.send(channels::INVENTORY, payload)
+                {
+                    println!("inventory request not sent: {e}");
+                }
             }
             Command::Stats => match endpoint.connection_stats() {
                 Some(s) => println!(
@@ -324,29 +543,79 @@ impl Player {
         }
     }
 
-    /// Sends movement input at the server's tick rate while walking.
-    fn tick(&mut self, now: Instant, endpoint: &mut ClientEndpoint) {
-        if let Some(since) = self.chat_unanswered_since
-            && now.duration_since(since) > CHAT_ANSWER_TIMEOUT
-        {
-            println!("no answer to your chat line: this server may not support chat yet");
-            self.chat_unanswered_since = None;
+    /// Lists the players in the last applied snapshot, nearest first.
+    fn print_near(&self) {
+        let Some(me) = self.receiver.own_position() else {
+            println!("no snapshot yet");
+            return;
+        };
+        let you = self.receiver.you();
+        let mut others: Vec<(u32, Vec2)> = self
+            .receiver
+            .entities()
+            .iter()
+            .filter(|(id, _)| Some(*id) != you)
+            .filter_map(|(id, _)| Some((*id, self.receiver.position(*id)?)))
+            .collect();
+        others.sort_by(|a, b| {
+            a.1.distance_squared(me)
+                .total_cmp(&b.1.distance_squared(me))
+        });
+        let predicted = self.predictor.as_ref().map_or(me, Predictor::position);
+        println!(
+            "you are at ({:.1}, {:.1}) (server), ({:.1}, {:.1}) (predicted); {} others in view",
+            me.x,
+            me.y,
+            predicted.x,
+            predicted.y,
+            others.len()
+        );
+        for (id, p) in others.iter().take(NEAR_LIST) {
+            println!(
+                "  entity {id} at ({:.1}, {:.1}), {:.1} m",
+                p.x,
+                p.y,
+                p.distance(me)
+            );
         }
+    }
+
+    /// Sends one movement input per server tick, walking or not: the
+    /// server starts the snapshot stream with the first input, and each
+    /// input acknowledges the newest applied snapshot (delta baseline).
+    fn tick(&mut self, now: Instant, endpoint: &mut ClientEndpoint) {
         let Some(at) = self.next_move else { return };
         if at > now || !endpoint.is_connected() {
             return;
         }
-        self.move_seq = self.move_seq.wrapping_add(1);
-        if let Ok(payload) = protocol::encode(&MoveInput {
-            seq: self.move_seq,
-            velocity: self.velocity,
-            ack_snapshot: 0,
-        }) {
+        let dt = 1.0 / f32::from(self.tick_hz.max(1));
+        let start = self.receiver.own_position().unwrap_or(Vec2::ZERO);
+        let predictor = self
+            .predictor
+            .get_or_insert_with(|| Predictor::new(MovementRules::default(), dt, start));
+        let input = predictor.input(self.velocity, self.receiver.ack());
+        if let Ok(payload) = protocol::encode(&input) {
             let _ = endpoint.send(channels::MOVEMENT, payload);
         }
         let period = Duration::from_secs_f64(1.0 / f64::from(self.tick_hz.max(1)));
-        // Keep sending while walking; one last zero input after /stop.
-        self.next_move = (self.velocity != Vec2::ZERO).then_some(now + period);
+        // An absolute cadence; after a stall, resume from now.
+        let next = at + period;
+        self.next_move = Some(if next <= now { now + period } else { next });
+    }
+}
+
+/// Prints an inventory, one occupied slot a line.
+fn print_inventory(inventory: &InventorySnapshot) {
+    let used = inventory.slots.iter().flatten().count();
+    println!(
+        "inventory v{}: {used} of {} slots used",
+        inventory.version,
+        inventory.slots.len()
+    );
+    for (slot, stack) in inventory.slots.iter().enumerate() {
+        if let Some(stack) = stack {
+            println!("  slot {slot}: {} x item {}", stack.count, stack.item.0);
+        }
     }
 }
 
@@ -375,9 +644,51 @@ mod tests {
             parse_command("/move 1 -2.5").unwrap(),
             Some(Command::Move(Vec2::new(1.0, -2.5)))
         );
+        assert_eq!(parse_command("/near").unwrap(), Some(Command::Near));
         assert_eq!(
-            parse_command("/trade bob").unwrap(),
-            Some(Command::Inventory("trade".into()))
+            parse_command("/near hi all").unwrap(),
+            Some(Command::Say(ChatScope::Nearby, "hi all".into()))
+        );
+        assert_eq!(
+            parse_command("/inv").unwrap(),
+            Some(Command::Inventory(InventoryOp::List))
+        );
+        assert_eq!(
+            parse_command("/pick").unwrap(),
+            Some(Command::Inventory(InventoryOp::ListWorld))
+        );
+        assert_eq!(
+            parse_command("/pick #12").unwrap(),
+            Some(Command::Inventory(InventoryOp::PickUp { world_item: 12 }))
+        );
+        assert_eq!(
+            parse_command("/drop 3").unwrap(),
+            Some(Command::Inventory(InventoryOp::Drop { slot: 3, count: 1 }))
+        );
+        assert_eq!(
+            parse_command("/give 42 0 5").unwrap(),
+            Some(Command::Inventory(InventoryOp::Give {
+                to: 42,
+                slot: 0,
+                count: 5
+            }))
+        );
+        assert_eq!(
+            parse_command("/trade 42 1").unwrap(),
+            Some(Command::Inventory(InventoryOp::Offer {
+                with: 42,
+                offer: TradeOffer {
+                    items: vec![(1, 1)]
+                }
+            }))
+        );
+        assert_eq!(
+            parse_command("/trade accept 7").unwrap(),
+            Some(Command::Inventory(InventoryOp::Accept { trade: 7 }))
+        );
+        assert_eq!(
+            parse_command("/trade cancel 7").unwrap(),
+            Some(Command::Inventory(InventoryOp::Cancel { trade: 7 }))
         );
         assert_eq!(parse_command("  ").unwrap(), None);
         assert_eq!(parse_command("/quit").unwrap(), Some(Command::Quit));
@@ -391,5 +702,13 @@ mod tests {
         assert!(parse_command("/say").unwrap_err().contains("usage"));
         assert!(parse_command("/fly").unwrap_err().contains("unknown"));
         assert!(parse_command("/emote 300").is_err());
+        assert!(
+            parse_command("/drop")
+                .unwrap_err()
+                .contains("usage: /drop SLOT")
+        );
+        assert!(parse_command("/give bob 1").unwrap_err().contains("usage"));
+        assert!(parse_command("/trade 42").unwrap_err().contains("usage"));
+        assert!(parse_command("/drop 70000").is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::inventory::InventoryStats;
 use crate::verify::ReliableStats;
 
 /// The whole report (`--report FILE.json`).
@@ -29,18 +30,16 @@ pub(crate) struct Report {
     pub(crate) rtt_ms: Percentiles,
     /// Chat verification (see `verify`).
     pub(crate) reliable: ReliableStats,
-    /// Bots whose first chat line got no answer: the server has no chat.
-    pub(crate) chat_unsupported_bots: u64,
     /// Chat refusals by reason.
     pub(crate) chat_rejected: BTreeMap<String, u64>,
-    /// Movement inputs sent.
-    pub(crate) moves_sent: u64,
-    /// Connections that never received a snapshot (no movement sent on them).
-    pub(crate) sessions_without_snapshots: u64,
+    /// Chat slots skipped because the bot's previous line was unanswered.
+    pub(crate) chat_skipped: u64,
+    /// Movement input and snapshots.
+    pub(crate) movement: MovementReport,
     /// UDP payload bytes per connected bot per second.
     pub(crate) bytes_per_bot_per_s: Bandwidth,
-    /// Inventory operations.
-    pub(crate) inventory: InventoryReport,
+    /// Inventory requests and replies (see `inventory`).
+    pub(crate) inventory: InventoryStats,
     /// Scraped from the server's metrics; nulls when unreachable.
     pub(crate) server: ServerReport,
     /// CPU seconds used by this process (user + system).
@@ -73,13 +72,20 @@ pub(crate) struct Bandwidth {
     pub(crate) down: f64,
 }
 
-/// Inventory outcomes.
+/// Movement input and snapshots.
 #[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct InventoryReport {
-    /// Operations the server confirmed.
-    pub(crate) ok: u64,
-    /// Operations that failed, by reason.
-    pub(crate) failed: BTreeMap<String, u64>,
+pub(crate) struct MovementReport {
+    /// `MoveInput`s sent.
+    pub(crate) inputs_sent: u64,
+    /// Snapshots received and applied.
+    pub(crate) snapshots_applied: u64,
+    /// Snapshots that could not be decoded or applied, by reason
+    /// (`decode`, `stale`, `missing_baseline`, `malformed`).
+    pub(crate) snapshot_errors: BTreeMap<String, u64>,
+    /// Connections that sent input but never received a snapshot.
+    pub(crate) sessions_without_snapshots: u64,
+    /// Largest prediction correction on a snapshot, metres.
+    pub(crate) max_correction_m: f64,
 }
 
 /// The server's own view, from its metrics.
@@ -168,6 +174,15 @@ impl Slos {
                 passed: r.exactly_once(),
                 detail,
             });
+            let i = &report.inventory;
+            out.push(SloResult {
+                name: "inventory_exactly_one_reply".into(),
+                passed: i.exactly_one_reply(),
+                detail: format!(
+                    "{} requests, {} lost, {} unexpected replies",
+                    i.sent, i.lost, i.unexpected
+                ),
+            });
         }
         out
     }
@@ -218,16 +233,27 @@ impl Report {
             "  chat        sent {} delivered {} duplicates {} out-of-order {} lost {} rejected {} (lines received {})",
             r.sent, r.delivered, r.duplicates, r.out_of_order, r.lost, r.rejected, r.lines_received
         );
+        let m = &self.movement;
         let _ = writeln!(
             s,
-            "  movement    {} inputs sent; {} sessions without snapshots",
-            self.moves_sent, self.sessions_without_snapshots
+            "  movement    {} inputs sent, {} snapshots applied, snapshot errors: {}; max correction {:.2} m; {} sessions without snapshots",
+            m.inputs_sent,
+            m.snapshots_applied,
+            map(&m.snapshot_errors),
+            m.max_correction_m,
+            m.sessions_without_snapshots
         );
+        let i = &self.inventory;
         let _ = writeln!(
             s,
-            "  inventory   ok {}; failed: {}",
-            self.inventory.ok,
-            map(&self.inventory.failed)
+            "  inventory   sent {} ok {} lost {} unexpected {}; failed: {}; trades completed {}, items picked up {}",
+            i.sent,
+            i.ok,
+            i.lost,
+            i.unexpected,
+            map(&i.failed),
+            i.trades_completed,
+            i.picked_up
         );
         let _ = writeln!(
             s,
@@ -288,12 +314,11 @@ mod tests {
                 max: Some(40.0),
             },
             reliable: ReliableStats::default(),
-            chat_unsupported_bots: 0,
             chat_rejected: BTreeMap::new(),
-            moves_sent: 0,
-            sessions_without_snapshots: 0,
+            chat_skipped: 0,
+            movement: MovementReport::default(),
             bytes_per_bot_per_s: Bandwidth::default(),
-            inventory: InventoryReport::default(),
+            inventory: InventoryStats::default(),
             server: ServerReport::default(),
             bot_cpu_s: None,
             slo: Vec::new(),
@@ -311,11 +336,15 @@ mod tests {
         };
         let results = slos.check(&r);
         let passed: Vec<bool> = results.iter().map(|s| s.passed).collect();
-        assert_eq!(passed, [false, true, true]);
+        assert_eq!(passed, [false, true, true, true]);
         r.reliable.lost = 1;
         r.rtt_ms.p99 = Some(20.0);
         let passed: Vec<bool> = slos.check(&r).iter().map(|s| s.passed).collect();
-        assert_eq!(passed, [true, true, false]);
+        assert_eq!(passed, [true, true, false, true]);
+        r.reliable.lost = 0;
+        r.inventory.lost = 2;
+        let passed: Vec<bool> = slos.check(&r).iter().map(|s| s.passed).collect();
+        assert_eq!(passed, [true, true, true, false]);
     }
 
     #[test]
@@ -342,7 +371,14 @@ mod tests {
     #[test]
     fn the_summary_names_every_section() {
         let text = report().summary();
-        for word in ["bots", "rtt", "chat", "inventory", "server tick"] {
+        for word in [
+            "bots",
+            "rtt",
+            "chat",
+            "movement",
+            "inventory",
+            "server tick",
+        ] {
             assert!(text.contains(word), "{text}");
         }
     }

@@ -17,9 +17,13 @@
 //! whisper = 2
 //! [inventory]         # one operation every `every_s`, kind drawn from the weights
 //! every_s = 1.0
-//! pick = 1
+//! pick = 1            # walk to a world item seen in `ListWorld`, pick it up
 //! drop = 1
-//! trade = 2
+//! move = 1            # move or split a stack to an empty slot
+//! use = 1             # use an item (bots learn which items are not usable)
+//! give = 1            # give one item to another bot
+//! trade = 2           # offer one item to another bot; it counter-offers and both accept
+//! seek_speed = 6.0    # m/s while walking to an item (default 6)
 //! [churn]             # leave after `session_s`, come back after `pause_s`
 //! session_s = 30.0
 //! pause_s = 2.0
@@ -78,9 +82,8 @@ pub(crate) struct Chat {
     pub(crate) whisper: u32,
 }
 
-/// Inventory operations. The inventory protocol does not exist yet: each
-/// operation is counted as failed with reason `protocol_not_available` and
-/// nothing is sent (sending unknown messages would get bots disconnected).
+/// Inventory operations, each an `InventoryRequest` with its own request
+/// id (see `crate::inventory`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Inventory {
@@ -92,9 +95,26 @@ pub(crate) struct Inventory {
     /// Weight of dropping an item.
     #[serde(default)]
     pub(crate) drop: u32,
+    /// Weight of moving (or splitting) a stack to an empty slot.
+    #[serde(default, rename = "move")]
+    pub(crate) move_stack: u32,
+    /// Weight of using an item.
+    #[serde(default, rename = "use")]
+    pub(crate) use_item: u32,
+    /// Weight of giving an item to another bot.
+    #[serde(default)]
+    pub(crate) give: u32,
     /// Weight of a trade with another bot.
     #[serde(default)]
     pub(crate) trade: u32,
+    /// Speed while walking to a world item to pick it up, m/s (needs a
+    /// `[wander]` section to move at all).
+    #[serde(default = "default_seek_speed")]
+    pub(crate) seek_speed: f32,
+}
+
+fn default_seek_speed() -> f32 {
+    6.0
 }
 
 /// Bots leave after `session_s` (± 50 %, so they do not leave together)
@@ -126,6 +146,12 @@ pub(crate) enum InventoryOp {
     Pick,
     /// Drop one.
     Drop,
+    /// Move or split a stack.
+    Move,
+    /// Use an item.
+    Use,
+    /// Give an item to another bot.
+    Give,
     /// Trade with another bot.
     Trade,
 }
@@ -213,8 +239,14 @@ impl Scenario {
         }
         if let Some(i) = &self.inventory {
             period("inventory.every_s", i.every_s, 0.05)?;
-            if i.pick + i.drop + i.trade == 0 {
-                return Err("inventory needs a non-zero weight in pick, drop or trade".into());
+            if i.total() == 0 {
+                return Err(
+                    "inventory needs a non-zero weight in pick, drop, move, use, give or trade"
+                        .into(),
+                );
+            }
+            if !(i.seek_speed.is_finite() && (0.0..=1000.0).contains(&i.seek_speed)) {
+                return Err("inventory.seek_speed must be in [0, 1000] m/s".into());
             }
         }
         if let Some(c) = &self.churn {
@@ -243,15 +275,27 @@ impl Chat {
 impl Inventory {
     /// The operation for a uniform draw `r` in `0.0..1.0`.
     pub(crate) fn pick_op(&self, r: f64) -> InventoryOp {
-        let total = f64::from(self.pick + self.drop + self.trade);
-        let x = r * total;
-        if x < f64::from(self.pick) {
-            InventoryOp::Pick
-        } else if x < f64::from(self.pick + self.drop) {
-            InventoryOp::Drop
-        } else {
-            InventoryOp::Trade
+        let weights = [
+            (self.pick, InventoryOp::Pick),
+            (self.drop, InventoryOp::Drop),
+            (self.move_stack, InventoryOp::Move),
+            (self.use_item, InventoryOp::Use),
+            (self.give, InventoryOp::Give),
+            (self.trade, InventoryOp::Trade),
+        ];
+        let x = r * f64::from(self.total());
+        let mut upto = 0.0;
+        for (weight, op) in weights {
+            upto += f64::from(weight);
+            if x < upto {
+                return op;
+            }
         }
+        InventoryOp::Trade
+    }
+
+    fn total(&self) -> u32 {
+        self.pick + self.drop + self.move_stack + self.use_item + self.give + self.trade
     }
 }
 
@@ -337,8 +381,14 @@ mod tests {
             every_s: 1.0,
             pick: 0,
             drop: 0,
+            move_stack: 0,
+            use_item: 1,
+            give: 0,
             trade: 3,
+            seek_speed: 6.0,
         };
-        assert_eq!(inv.pick_op(0.0), InventoryOp::Trade);
+        assert_eq!(inv.pick_op(0.0), InventoryOp::Use);
+        assert_eq!(inv.pick_op(0.3), InventoryOp::Trade);
+        assert_eq!(inv.pick_op(0.999), InventoryOp::Trade);
     }
 }

@@ -8,13 +8,27 @@
 //!    gap; a line that later fills a gap arrived *out of order*; a gap still
 //!    open when the connection ends is *lost*.
 //! 2. **Own-line check**: each line the bot says carries a nonce
-//!    (`b<account>#<n>`) and, whatever its scope (global, nearby, whisper),
-//!    the server must send the speaker its own copy. Those lines are
-//!    `sent`; an own copy coming back is `delivered` (once), again
-//!    `duplicate`, or ahead of an older line still awaited `out_of_order`. A
-//!    [`ChatRejected`](shared::protocol::chat::ChatRejected) answers the
-//!    oldest awaited line (the chat channel is ordered): it is `rejected`,
-//!    not lost. Lines still awaited when the connection ends are `lost`.
+//!    (`b<account>#<n>`). The server answers every `ChatSend` of a member in
+//!    session with exactly one of: its own copy (`ChatLine` with `from` =
+//!    the speaker) or a
+//!    [`ChatRejected`](shared::protocol::chat::ChatRejected). Its own copy
+//!    comes back in every scope (`server/src/chat/room.rs`, `ChatRoom::say`:
+//!    global lines go to every member, the speaker included; nearby lines to
+//!    the members within the radius *and always the speaker*, or only the
+//!    speaker when it has no position; a whisper to `[speaker, recipient]`).
+//!    Refusals: `RateLimited`, `Muted`, `TooLong`, `Empty`,
+//!    `UnknownRecipient` (a whisper to someone offline). The one send with
+//!    no answer at all is a kicked flooder's, which is disconnected anyway.
+//!    So every line said is `sent`; an own copy coming back is `delivered`
+//!    (once), again `duplicate`, or ahead of an older line still awaited
+//!    `out_of_order`. A `ChatRejected` answers the oldest awaited line: it
+//!    is `rejected`, not lost. Lines still awaited when the connection ends
+//!    are `lost`.
+//!
+//! The bot keeps at most one line awaited: the server encodes `ChatLine`s
+//! and `ChatRejected`s in two independent systems, so a refusal and a copy
+//! produced in the same tick may leave in either order, and a
+//! `ChatRejected` does not say which line it refuses.
 //!
 //! Before a connection ends on purpose the bot stops talking and waits
 //! (bounded) until nothing is awaited, so `lost` means lost, not "still in
@@ -28,14 +42,11 @@ use shared::protocol::chat::ChatLine;
 /// Most sequence gaps tracked at once; gaps beyond it are counted lost at
 /// once (a connection that far behind has failed anyway).
 const MAX_TRACKED_GAPS: usize = 4096;
-/// Most own lines awaited at once; the bot does not say more while this many
-/// are unanswered (see [`ChatVerifier::can_send`]).
-pub(crate) const MAX_AWAITED: usize = 256;
 
 /// Counters of reliable delivery, summed over bots and connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct ReliableStats {
-    /// Own lines said whose copy the server must send back.
+    /// Own lines said (the server answers each with its copy or a refusal).
     pub(crate) sent: u64,
     /// Own lines whose copy came back (counted once each).
     pub(crate) delivered: u64,
@@ -95,12 +106,6 @@ impl ChatVerifier {
             highest_answered: 0,
             stats: ReliableStats::default(),
         }
-    }
-
-    /// Whether another line may be said now (fewer than [`MAX_AWAITED`]
-    /// awaited).
-    pub(crate) fn can_send(&self) -> bool {
-        self.awaited.len() < MAX_AWAITED
     }
 
     /// Own lines awaiting their copy.

@@ -1,6 +1,8 @@
 //! `client_headless load` against the real server binary over loopback UDP:
-//! 200 bots through a 10 % loss conditioner all connect, and the JSON
-//! report has the documented shape.
+//! 200 bots of `default.toml` (movement and chat) through a 10 % loss
+//! conditioner all connect, move, and get every chat line exactly once; 50
+//! bots of `trade.toml` get exactly one reply to every inventory request;
+//! and the JSON report has the documented shape.
 //!
 //! Finding the server binary: Cargo only exposes `CARGO_BIN_EXE_*` for the
 //! package's own binaries, so the test looks for `server` next to its own
@@ -67,15 +69,14 @@ fn wait_for_metrics(metrics: SocketAddr) {
     }
 }
 
-#[test]
-fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
+/// Starts the real server in `dir` (its data directory lives there).
+fn start_server(dir: &std::path::Path) -> (Server, SocketAddr, SocketAddr) {
     let game = free_udp_port();
     let metrics = free_tcp_port();
-    let dir = std::env::temp_dir().join(format!("bots-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _server = Server(
+    std::fs::create_dir_all(dir).unwrap();
+    let server = Server(
         Command::new(server_binary())
-            .current_dir(&dir)
+            .current_dir(dir)
             .args(["--bind", &game.to_string()])
             .args(["--metrics-bind", &metrics.to_string()])
             .args(["--data-dir", "data", "--log-filter", "warn"])
@@ -86,6 +87,13 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
             .unwrap(),
     );
     wait_for_metrics(metrics);
+    (server, game, metrics)
+}
+
+#[test]
+fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
+    let dir = std::env::temp_dir().join(format!("bots-e2e-{}", std::process::id()));
+    let (_server, game, metrics) = start_server(&dir);
 
     let report = dir.join("report.json");
     let chart = dir.join("chart.svg");
@@ -134,30 +142,104 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
     assert!(json["bytes_per_bot_per_s"]["down"].as_f64().unwrap() > 0.0);
     assert!(json["inventory"]["ok"].is_u64());
     assert!(json["inventory"]["failed"].is_object());
+    // The bots really move: inputs from the start, snapshots back, every
+    // one applied.
+    let movement = &json["movement"];
+    assert!(
+        movement["inputs_sent"].as_u64().unwrap() > BOTS * 30,
+        "{movement}"
+    );
+    assert!(
+        movement["snapshots_applied"].as_u64().unwrap() > BOTS * 30,
+        "{movement}"
+    );
+    assert_eq!(movement["sessions_without_snapshots"], 0, "{movement}");
+    assert!(
+        movement["snapshot_errors"].as_object().unwrap().is_empty(),
+        "{movement}"
+    );
     // The server's metrics were reachable: its tick figures are real.
     assert!(json["server"]["tick_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(json["server"]["tick_ms"]["p99"].as_f64().is_some());
     assert!(json["server"]["overruns"].as_f64().is_some());
 
+    // The server has chat: every line said comes back exactly once.
     let reliable = &json["reliable"];
-    let lines = json["reliable"]["lines_received"].as_u64().unwrap();
-    if lines == 0 {
-        println!(
-            "NOTE: the server sent no chat line (no chat plugin on this server yet): \
-             exactly-once delivery was not exercised"
-        );
-    } else {
-        assert_eq!(reliable["duplicates"], 0);
-        assert_eq!(reliable["out_of_order"], 0);
-        assert_eq!(reliable["lost"], 0);
-        assert_eq!(
-            reliable["delivered"].as_u64().unwrap() + reliable["rejected"].as_u64().unwrap(),
-            reliable["sent"].as_u64().unwrap(),
-            "every chat line said is answered exactly once"
-        );
+    let sent = reliable["sent"].as_u64().unwrap();
+    assert!(sent >= BOTS / 2, "bots chat every 5 s: {reliable}");
+    assert!(reliable["lines_received"].as_u64().unwrap() >= sent);
+    assert_eq!(reliable["duplicates"], 0, "{reliable}");
+    assert_eq!(reliable["out_of_order"], 0, "{reliable}");
+    assert_eq!(reliable["lost"], 0, "{reliable}");
+    assert_eq!(
+        reliable["delivered"].as_u64().unwrap() + reliable["rejected"].as_u64().unwrap(),
+        sent,
+        "every chat line said is answered exactly once: {reliable}"
+    );
+    // Honest bots stay within the rate limit; only whispers to bots not
+    // (yet) online may be refused.
+    for reason in json["chat_rejected"].as_object().unwrap().keys() {
+        assert_eq!(reason, "unknown_recipient", "{}", json["chat_rejected"]);
     }
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("connected bots"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fifty_trading_bots_get_exactly_one_reply_to_every_inventory_request() {
+    const TRADERS: u64 = 50;
+    let dir = std::env::temp_dir().join(format!("bots-e2e-trade-{}", std::process::id()));
+    let (_server, game, metrics) = start_server(&dir);
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/scenarios/trade.toml");
+    let report = dir.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_client_headless"))
+        .args(["load", "--server", &game.to_string()])
+        .args([
+            "--bots",
+            &TRADERS.to_string(),
+            "--duration",
+            "6",
+            "--ramp",
+            "1",
+        ])
+        .arg("--scenario")
+        .arg(&scenario)
+        .args(["--drain-timeout", "5", "--threads", "1"])
+        .args(["--metrics-url", &format!("http://{metrics}/metrics")])
+        .arg("--report")
+        .arg(&report)
+        .args(["--min-connected-ratio", "1.0", "--require-exactly-once"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "load failed: {:?}", output.status);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["connected"], TRADERS);
+    let inv = &json["inventory"];
+    let sent = inv["sent"].as_u64().unwrap();
+    let ok = inv["ok"].as_u64().unwrap();
+    let failed: u64 = inv["failed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    // Two operations per bot per second, plus trade reactions.
+    assert!(sent >= TRADERS * 5, "{inv}");
+    assert!(ok > 0, "{inv}");
+    assert_eq!(inv["lost"], 0, "every request is answered: {inv}");
+    assert_eq!(inv["unexpected"], 0, "no request is answered twice: {inv}");
+    assert_eq!(inv["inconsistent"], 0, "{inv}");
+    assert_eq!(ok + failed, sent, "one reply per request: {inv}");
+    // The server is never too busy or failing to store at this load.
+    assert!(inv["failed"].get("busy").is_none(), "{inv}");
+    assert!(inv["failed"].get("storage").is_none(), "{inv}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,0 +1,589 @@
+//! The inventory behaviour of one bot: which request to send next, how to
+//! react to trades, and the exactly-one-reply check.
+//!
+//! Plain data, no socket and no clock reads: the bot passes `now`, its
+//! position and random draws, and sends what this returns.
+//!
+//! - **pick**: `ListWorld` when the bot's list of world items is missing or
+//!   older than [`WORLD_LIST_MAX_AGE`]; otherwise choose one of the nearest
+//!   items as a target, walk to it ([`InventoryBehaviour::seek`] steers the
+//!   wander behaviour) and send `PickUp` once within [`PICKUP_REACH`].
+//! - **drop**, **move**, **use**, **give**: on a random occupied slot of
+//!   the last inventory the server sent (a `List` first when there is none
+//!   yet). Items the server answered `NotUsable` for are not used again.
+//! - **trade**: `Offer` one item to another bot. The partner, on the
+//!   `TradeUpdate`, counter-offers one of its items and accepts; the
+//!   initiator accepts once it sees the partner's acceptance; the server
+//!   swaps both sides atomically.
+//!
+//! Every request goes through a [`InventoryTracker`] (request ids from a
+//! per-session range, see [`InventoryBehaviour::new`]): each reply must
+//! answer a pending request, once. Replies to nothing pending are
+//! `unexpected`; requests still pending when the connection ends (after the
+//! bot's bounded drain) are `lost`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use glam::Vec2;
+use serde::Serialize;
+use shared::protocol::inventory::{
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventoryTracker,
+    InventoryUpdate, ItemId, ItemStack, TradeOffer, TradeState, TradeUpdate, WorldItem, WorldItems,
+};
+
+use crate::scenario::InventoryOp as OpKind;
+
+/// A world item list older than this is refreshed before picking.
+pub(crate) const WORLD_LIST_MAX_AGE: Duration = Duration::from_secs(3);
+/// How close the bot walks to an item before `PickUp` (the server's reach
+/// is 5 m by default; the margin covers quantization and one tick of lag).
+pub(crate) const PICKUP_REACH: f32 = 4.0;
+/// A target not reached in this long is given up.
+const TARGET_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most requests awaiting a reply; no new operation is started beyond it.
+pub(crate) const MAX_PENDING: usize = 64;
+/// Targets are drawn from this many nearest items, so that bots spawned
+/// together do not all walk to the same one.
+const NEAREST_CHOICES: usize = 4;
+/// World items remembered from the last list.
+const MAX_KNOWN_ITEMS: usize = 64;
+
+/// Counters of inventory traffic, summed over bots and sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct InventoryStats {
+    /// Requests sent.
+    pub(crate) sent: u64,
+    /// Replies with a new state.
+    pub(crate) ok: u64,
+    /// Replies with an error, by `InventoryError` in snake case.
+    pub(crate) failed: BTreeMap<String, u64>,
+    /// Requests never answered by the end of their connection.
+    pub(crate) lost: u64,
+    /// Replies to no pending request (a second reply, or a stranger's id).
+    pub(crate) unexpected: u64,
+    /// States that contradict one seen before (same version, other content).
+    pub(crate) inconsistent: u64,
+    /// Trades that completed, counted by their initiator.
+    pub(crate) trades_completed: u64,
+    /// Items picked up from the world.
+    pub(crate) picked_up: u64,
+}
+
+impl InventoryStats {
+    /// Adds `other` into `self`.
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        for (k, v) in &other.failed {
+            *self.failed.entry(k.clone()).or_default() += v;
+        }
+        self.lost += other.lost;
+        self.unexpected += other.unexpected;
+        self.inconsistent += other.inconsistent;
+        self.trades_completed += other.trades_completed;
+        self.picked_up += other.picked_up;
+    }
+
+    /// Every request answered exactly once.
+    pub(crate) fn exactly_one_reply(&self) -> bool {
+        self.lost == 0 && self.unexpected == 0
+    }
+}
+
+/// `NoSuchWorldItem` → `no_such_world_item`.
+pub(crate) fn error_key(error: InventoryError) -> String {
+    crate::bot::snake_case(&format!("{error:?}"))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    id: u64,
+    position: Vec2,
+    since: Instant,
+}
+
+/// The inventory behaviour of one bot for one connection.
+#[derive(Debug)]
+pub(crate) struct InventoryBehaviour {
+    account: u64,
+    tracker: InventoryTracker,
+    world: Vec<WorldItem>,
+    world_at: Option<Instant>,
+    target: Option<Target>,
+    unusable: BTreeSet<ItemId>,
+    /// The trade this bot answered as a partner.
+    answered: Option<u64>,
+    /// The trade this bot accepted as an initiator.
+    accepted: Option<u64>,
+    stats: InventoryStats,
+}
+
+impl InventoryBehaviour {
+    /// A behaviour whose request ids start at `first_request`: use a range
+    /// no earlier session of this account used (the server remembers
+    /// applied ids per account, across restarts, and would answer a
+    /// repeated id with the old reply instead of applying it).
+    pub(crate) fn new(account: u64, first_request: u64) -> Self {
+        Self {
+            account,
+            tracker: InventoryTracker::starting_at(first_request),
+            world: Vec::new(),
+            world_at: None,
+            target: None,
+            unusable: BTreeSet::new(),
+            answered: None,
+            accepted: None,
+            stats: InventoryStats::default(),
+        }
+    }
+
+    /// Requests awaiting their reply.
+    pub(crate) fn pending(&self) -> usize {
+        self.tracker.pending().count()
+    }
+
+    /// Where the bot wants to walk (a world item to pick up), if anywhere.
+    pub(crate) fn seek(&self) -> Option<Vec2> {
+        self.target.map(|t| t.position)
+    }
+
+    /// The counters so far (this connection).
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> &InventoryStats {
+        &self.stats
+    }
+
+    /// The connection ended: what is still pending is lost. Returns the
+    /// counters of the connection.
+    pub(crate) fn end_connection(mut self) -> InventoryStats {
+        self.stats.lost += self.pending() as u64;
+        self.stats
+    }
+
+    fn send(&mut self, op: InventoryOp) -> InventoryRequest {
+        self.stats.sent += 1;
+        self.tracker.request(op)
+    }
+
+    /// The request for one scheduled operation of kind `kind`, or `None`
+    /// when there is nothing sensible to do now (walking to an item, or
+    /// too many requests pending). `me`: the bot's position; `partner`:
+    /// another bot's account; `draws`: uniform numbers in `0.0..1.0`.
+    pub(crate) fn next(
+        &mut self,
+        now: Instant,
+        kind: OpKind,
+        me: Option<Vec2>,
+        partner: u64,
+        draws: [f64; 2],
+    ) -> Option<InventoryRequest> {
+        if self.pending() >= MAX_PENDING {
+            return None;
+        }
+        if kind == OpKind::Pick {
+            return self.pick(now, me, draws[0]).map(|op| self.send(op));
+        }
+        let Some(inventory) = self.tracker.inventory() else {
+            return Some(self.send(InventoryOp::List));
+        };
+        let occupied: Vec<(u16, ItemStack)> = slots(&inventory.slots)
+            .filter(|(_, s)| kind != OpKind::Use || !self.unusable.contains(&s.item))
+            .collect();
+        let empty = inventory.slots.iter().position(Option::is_none);
+        let chosen = (!occupied.is_empty()).then(|| occupied[index(draws[0], occupied.len())]);
+        let op = match (kind, chosen) {
+            // Nothing to drop, move, use, give or offer: go and find something.
+            (OpKind::Drop | OpKind::Move | OpKind::Use | OpKind::Give, None) => {
+                return self.pick(now, me, draws[1]).map(|op| self.send(op));
+            }
+            (OpKind::Drop, Some((slot, _))) => InventoryOp::Drop { slot, count: 1 },
+            (OpKind::Move, Some((from, stack))) => match empty {
+                Some(to) => InventoryOp::Move {
+                    from,
+                    to: to as u16,
+                    // A split when the stack allows it, else a move.
+                    count: (stack.count / 2).max(1),
+                },
+                None => InventoryOp::Drop {
+                    slot: from,
+                    count: 1,
+                },
+            },
+            (OpKind::Use, Some((slot, _))) => InventoryOp::Use { slot },
+            (OpKind::Give, Some((slot, _))) => InventoryOp::Give {
+                to: partner,
+                slot,
+                count: 1,
+            },
+            (OpKind::Trade | OpKind::Pick, chosen) => InventoryOp::Offer {
+                with: partner,
+                offer: TradeOffer {
+                    items: chosen.map(|(slot, _)| vec![(slot, 1)]).unwrap_or_default(),
+                },
+            },
+        };
+        Some(self.send(op))
+    }
+
+    /// A `PickUp` as soon as the walk to the target item has brought the
+    /// bot (`me`, as the server last placed it) within reach.
+    pub(crate) fn poll_arrival(&mut self, me: Option<Vec2>) -> Option<InventoryRequest> {
+        let (t, me) = (self.target?, me?);
+        if me.distance(t.position) > PICKUP_REACH || self.pending() >= MAX_PENDING {
+            return None;
+        }
+        self.target = None;
+        self.world.retain(|w| w.id != t.id);
+        Some(self.send(InventoryOp::PickUp { world_item: t.id }))
+    }
+
+    fn pick(&mut self, now: Instant, me: Option<Vec2>, draw: f64) -> Option<InventoryOp> {
+        if let Some(t) = self.target
+            && now.saturating_duration_since(t.since) > TARGET_TIMEOUT
+        {
+            self.target = None;
+        }
+        let fresh = self
+            .world_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= WORLD_LIST_MAX_AGE);
+        if let Some(t) = self.target {
+            if me.is_some_and(|p| p.distance(t.position) <= PICKUP_REACH) {
+                self.target = None;
+                self.world.retain(|w| w.id != t.id);
+                return Some(InventoryOp::PickUp { world_item: t.id });
+            }
+            // Still walking; look again now and then (someone may have
+            // taken it).
+            return (!fresh).then_some(InventoryOp::ListWorld);
+        }
+        if !fresh || self.world.is_empty() {
+            return Some(InventoryOp::ListWorld);
+        }
+        let origin = me.unwrap_or(Vec2::ZERO);
+        self.world.sort_by(|a, b| {
+            a.position
+                .distance_squared(origin)
+                .total_cmp(&b.position.distance_squared(origin))
+        });
+        let choice = self.world[index(draw, self.world.len().min(NEAREST_CHOICES))];
+        self.target = Some(Target {
+            id: choice.id,
+            position: choice.position,
+            since: now,
+        });
+        if origin.distance(choice.position) <= PICKUP_REACH && me.is_some() {
+            self.target = None;
+            self.world.retain(|w| w.id != choice.id);
+            return Some(InventoryOp::PickUp {
+                world_item: choice.id,
+            });
+        }
+        None
+    }
+
+    /// The world items of a `ListWorld`.
+    pub(crate) fn on_world(&mut self, now: Instant, items: &WorldItems) {
+        self.world.clear();
+        self.world
+            .extend(items.items.iter().take(MAX_KNOWN_ITEMS).copied());
+        self.world_at = Some(now);
+        if let Some(t) = self.target
+            && !self.world.iter().any(|w| w.id == t.id)
+        {
+            self.target = None;
+        }
+    }
+
+    /// A reply: counts it as ok or failed, or unexpected.
+    pub(crate) fn on_reply(&mut self, reply: &InventoryReply) {
+        let op = match self.tracker.on_reply(reply) {
+            Ok(op) => op,
+            Err(shared::protocol::inventory::TrackerError::UnexpectedReply(_)) => {
+                self.stats.unexpected += 1;
+                return;
+            }
+            Err(_) => {
+                // Matched a pending request, but the state contradicts one
+                // seen before.
+                self.stats.inconsistent += 1;
+                self.stats.ok += 1;
+                return;
+            }
+        };
+        match &reply.result {
+            Ok(_) => {
+                self.stats.ok += 1;
+                if matches!(op, InventoryOp::PickUp { .. }) {
+                    self.stats.picked_up += 1;
+                }
+            }
+            Err(error) => {
+                *self.stats.failed.entry(error_key(*error)).or_default() += 1;
+                if let (InventoryError::NotUsable, InventoryOp::Use { slot }) = (error, &op)
+                    && let Some(Some(stack)) = self
+                        .tracker
+                        .inventory()
+                        .and_then(|i| i.slots.get(usize::from(*slot)))
+                {
+                    self.unusable.insert(stack.item);
+                }
+            }
+        }
+    }
+
+    /// A change the bot did not ask for (a gift, a completed trade).
+    pub(crate) fn on_update(&mut self, update: &InventoryUpdate) {
+        if self.tracker.on_update(update).is_err() {
+            self.stats.inconsistent += 1;
+        }
+    }
+
+    /// A trade changed: returns the requests to send in reaction (the
+    /// partner's counter-offer and acceptance, the initiator's acceptance).
+    /// `respond`: false while the bot is leaving (it only counts then).
+    pub(crate) fn on_trade(
+        &mut self,
+        update: &TradeUpdate,
+        respond: bool,
+    ) -> Vec<InventoryRequest> {
+        let mut out = Vec::new();
+        match update.state {
+            TradeState::Completed => {
+                if update.initiator == self.account {
+                    self.stats.trades_completed += 1;
+                }
+            }
+            TradeState::Cancelled => {}
+            TradeState::Open {
+                initiator_accepted,
+                partner_accepted,
+            } => {
+                if !respond || self.pending() + 2 > MAX_PENDING {
+                    return out;
+                }
+                if update.partner == self.account && self.answered != Some(update.trade) {
+                    self.answered = Some(update.trade);
+                    // Counter-offer one item, if any, then accept.
+                    let item = self
+                        .tracker
+                        .inventory()
+                        .and_then(|inv| slots(&inv.slots).next())
+                        .map(|(slot, _)| (slot, 1));
+                    if let Some(item) = item {
+                        out.push(self.send(InventoryOp::Offer {
+                            with: update.initiator,
+                            offer: TradeOffer { items: vec![item] },
+                        }));
+                    }
+                    out.push(self.send(InventoryOp::Accept {
+                        trade: update.trade,
+                    }));
+                } else if update.initiator == self.account
+                    && partner_accepted
+                    && !initiator_accepted
+                    && self.accepted != Some(update.trade)
+                {
+                    self.accepted = Some(update.trade);
+                    out.push(self.send(InventoryOp::Accept {
+                        trade: update.trade,
+                    }));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn slots(slots: &[Option<ItemStack>]) -> impl Iterator<Item = (u16, ItemStack)> + '_ {
+    slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.map(|s| (i as u16, s)))
+}
+
+/// `draw` in `0.0..1.0` → an index below `len` (which is not 0).
+fn index(draw: f64, len: usize) -> usize {
+    ((draw * len as f64) as usize).min(len.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::protocol::inventory::InventorySnapshot;
+
+    use super::*;
+
+    fn stack(item: u32, count: u32) -> Option<ItemStack> {
+        Some(ItemStack {
+            item: ItemId(item),
+            count,
+        })
+    }
+
+    fn reply(request_id: u64, slots: Vec<Option<ItemStack>>, version: u64) -> InventoryReply {
+        InventoryReply {
+            request_id,
+            result: Ok(InventorySnapshot { version, slots }),
+            trade: None,
+        }
+    }
+
+    fn item(id: u64, x: f32) -> WorldItem {
+        WorldItem {
+            id,
+            stack: ItemStack {
+                item: ItemId(1),
+                count: 1,
+            },
+            position: Vec2::new(x, 0.0),
+        }
+    }
+
+    #[test]
+    fn picking_lists_the_world_walks_to_an_item_and_picks_it_up() {
+        let now = Instant::now();
+        let mut b = InventoryBehaviour::new(7, 100);
+        let r = b.next(now, OpKind::Pick, Some(Vec2::ZERO), 8, [0.0, 0.0]);
+        assert_eq!(
+            r.map(|r| (r.request_id, r.op)),
+            Some((100, InventoryOp::ListWorld))
+        );
+        b.on_world(
+            now,
+            &WorldItems {
+                items: vec![item(5, 20.0), item(6, 30.0)],
+            },
+        );
+        b.on_reply(&reply(100, vec![None], 1));
+        // The nearest item becomes the target; nothing to send while walking.
+        assert_eq!(
+            b.next(now, OpKind::Pick, Some(Vec2::ZERO), 8, [0.0, 0.0]),
+            None
+        );
+        assert_eq!(b.seek(), Some(Vec2::new(20.0, 0.0)));
+        assert_eq!(b.poll_arrival(Some(Vec2::new(10.0, 0.0))), None);
+        let near = Some(Vec2::new(17.0, 0.0));
+        let r = b.next(now, OpKind::Pick, near, 8, [0.0, 0.0]).unwrap();
+        assert_eq!(r.op, InventoryOp::PickUp { world_item: 5 });
+        assert_eq!(b.seek(), None);
+        b.on_reply(&reply(r.request_id, vec![stack(1, 1)], 2));
+        let s = b.stats().clone();
+        assert_eq!((s.sent, s.ok, s.picked_up), (2, 2, 1));
+        // Walking to the next one, the bot picks it up on arrival.
+        b.on_world(
+            now,
+            &WorldItems {
+                items: vec![item(6, 30.0)],
+            },
+        );
+        assert_eq!(b.next(now, OpKind::Pick, near, 8, [0.0, 0.0]), None);
+        let r = b.poll_arrival(Some(Vec2::new(27.0, 0.0))).unwrap();
+        assert_eq!(r.op, InventoryOp::PickUp { world_item: 6 });
+    }
+
+    #[test]
+    fn slot_operations_need_the_inventory_first_and_use_occupied_slots() {
+        let now = Instant::now();
+        let mut b = InventoryBehaviour::new(7, 1);
+        let r = b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]).unwrap();
+        assert_eq!(r.op, InventoryOp::List);
+        b.on_reply(&reply(1, vec![None, stack(3, 4), None], 1));
+        let r = b.next(now, OpKind::Move, None, 8, [0.0, 0.0]).unwrap();
+        assert_eq!(
+            r.op,
+            InventoryOp::Move {
+                from: 1,
+                to: 0,
+                count: 2
+            }
+        );
+        let r = b.next(now, OpKind::Give, None, 8, [0.0, 0.0]).unwrap();
+        assert_eq!(
+            r.op,
+            InventoryOp::Give {
+                to: 8,
+                slot: 1,
+                count: 1
+            }
+        );
+        let r = b.next(now, OpKind::Use, None, 8, [0.0, 0.0]).unwrap();
+        assert_eq!(r.op, InventoryOp::Use { slot: 1 });
+        b.on_reply(&InventoryReply {
+            request_id: r.request_id,
+            result: Err(InventoryError::NotUsable),
+            trade: None,
+        });
+        // Item 3 is known not to be usable: the bot looks for items instead.
+        let r = b.next(now, OpKind::Use, None, 8, [0.0, 0.0]).unwrap();
+        assert_eq!(r.op, InventoryOp::ListWorld);
+        assert_eq!(b.stats().failed.get("not_usable"), Some(&1));
+    }
+
+    #[test]
+    fn every_request_is_answered_once_or_counted() {
+        let now = Instant::now();
+        let mut b = InventoryBehaviour::new(7, 1);
+        b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]);
+        b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]);
+        b.on_reply(&reply(1, vec![None], 1));
+        b.on_reply(&reply(1, vec![None], 1));
+        let s = b.end_connection();
+        assert_eq!((s.sent, s.ok, s.unexpected, s.lost), (2, 1, 1, 1));
+        assert!(!s.exactly_one_reply());
+    }
+
+    #[test]
+    fn a_trade_is_counter_offered_and_accepted_by_both_sides() {
+        let mut a = InventoryBehaviour::new(1, 1);
+        let mut b = InventoryBehaviour::new(2, 1);
+        let first = b
+            .next(Instant::now(), OpKind::Trade, None, 1, [0.0; 2])
+            .unwrap();
+        b.on_reply(&reply(first.request_id, vec![stack(4, 9)], 1));
+        let open = |ia, pa| TradeUpdate {
+            trade: 3,
+            initiator: 1,
+            partner: 2,
+            initiator_offer: TradeOffer::default(),
+            partner_offer: TradeOffer::default(),
+            state: TradeState::Open {
+                initiator_accepted: ia,
+                partner_accepted: pa,
+            },
+        };
+        let ops: Vec<InventoryOp> = b
+            .on_trade(&open(false, false), true)
+            .into_iter()
+            .map(|r| r.op)
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                InventoryOp::Offer {
+                    with: 1,
+                    offer: TradeOffer {
+                        items: vec![(0, 1)]
+                    }
+                },
+                InventoryOp::Accept { trade: 3 },
+            ]
+        );
+        // Its own counter-offer's announcement changes nothing.
+        assert!(b.on_trade(&open(false, false), true).is_empty());
+        assert!(a.on_trade(&open(false, false), true).is_empty());
+        let ops: Vec<InventoryOp> = a
+            .on_trade(&open(false, true), true)
+            .into_iter()
+            .map(|r| r.op)
+            .collect();
+        assert_eq!(ops, [InventoryOp::Accept { trade: 3 }]);
+        let mut done = open(true, true);
+        done.state = TradeState::Completed;
+        a.on_trade(&done, true);
+        b.on_trade(&done, true);
+        assert_eq!(a.stats().trades_completed + b.stats().trades_completed, 1);
+        // A leaving bot does not react.
+        let mut c = InventoryBehaviour::new(2, 1);
+        assert!(c.on_trade(&open(false, false), false).is_empty());
+    }
+}
