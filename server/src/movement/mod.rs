@@ -64,8 +64,9 @@ pub struct MovementConfig {
     /// float normalisation is not exact). The speed is clamped anyway.
     /// Default 0.01.
     pub speed_tolerance: f32,
-    /// Distance between successive spawn points on the spawn spiral,
-    /// metres. Default 2.
+    /// Spacing of the spawn spiral, metres: players spawn at a uniform
+    /// density of one per `π·spacing²` m² (about 25 within a 60 m view at
+    /// the default 12), so neighbours do not grow with the player count.
     pub spawn_spacing: f32,
 }
 
@@ -79,7 +80,7 @@ impl Default for MovementConfig {
             max_inputs_per_tick: 4,
             burst_ticks: 3,
             speed_tolerance: 0.01,
-            spawn_spacing: 2.0,
+            spawn_spacing: 12.0,
         }
     }
 }
