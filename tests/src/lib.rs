@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
-use shared::netcode::{self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES, TokenParams};
+use shared::netcode::{
+    self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES, TokenParams,
+};
 use shared::protocol::chat::{ChatLine, ChatScope, ChatSend};
 use shared::protocol::messages::Welcome;
 use shared::protocol::movement::{MoveInput, Snapshot};
@@ -284,7 +286,13 @@ impl ServerProcess {
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kib| kib * 1024)
             .expect("VmRSS in /proc/<pid>/status")
     }
@@ -297,7 +305,8 @@ impl ServerProcess {
         // fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
         // USER_HZ is 100 on every Linux the tests run on.
         Duration::from_millis(ticks * 10)
     }
@@ -501,7 +510,10 @@ pub fn connect_honest(
         for client in &mut clients {
             client.play(now);
             if let Some(reason) = client.seen.ended {
-                panic!("honest client {} ended while connecting: {reason:?}", client.id);
+                panic!(
+                    "honest client {} ended while connecting: {reason:?}",
+                    client.id
+                );
             }
         }
         if clients.iter().all(|c| c.seen.welcomed) {
@@ -572,7 +584,11 @@ impl RawClient {
         socket.set_nonblocking(true).expect("non-blocking");
         let mut netcode = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
         netcode
-            .connect(&dev_token(server, id, timeout_seconds), Instant::now(), unix_secs())
+            .connect(
+                &dev_token(server, id, timeout_seconds),
+                Instant::now(),
+                unix_secs(),
+            )
             .expect("connect with a fresh token");
         let mut client = Self {
             socket,
@@ -648,7 +664,8 @@ impl RawClient {
                 Err(_) => return,
             };
             let Some(ClientEvent::Payload(payload)) =
-                self.netcode.handle_datagram(now, from, &mut self.buf[..len])
+                self.netcode
+                    .handle_datagram(now, from, &mut self.buf[..len])
             else {
                 continue;
             };
@@ -661,10 +678,11 @@ impl RawClient {
                 continue;
             };
             let has_ack = header.ack.is_some();
-            if header.kind == PacketKind::Disconnect {
-                if let Some(&code) = body.first() {
-                    self.server_reason.get_or_insert(DisconnectReason::from_code(code));
-                }
+            if header.kind == PacketKind::Disconnect
+                && let Some(&code) = body.first()
+            {
+                self.server_reason
+                    .get_or_insert(DisconnectReason::from_code(code));
             }
             let Some(conn) = self.conn.as_mut() else {
                 continue;
@@ -698,7 +716,10 @@ impl RawClient {
                 let wire_seq = seq.wrapping_add(self.offset);
                 self.plain[1..3].copy_from_slice(&wire_seq.to_le_bytes());
                 self.next_seq = wire_seq.wrapping_add(1);
-                if let Ok(t) = self.netcode.send_payload(now, &self.plain[..len], &mut self.buf) {
+                if let Ok(t) = self
+                    .netcode
+                    .send_payload(now, &self.plain[..len], &mut self.buf)
+                {
                     let _ = self.socket.send_to(&self.buf[..t.len], t.destination);
                 }
             }
@@ -768,7 +789,11 @@ impl RawClient {
 }
 
 /// Sends a message through a [`RawClient`]'s real connection.
-pub fn raw_send<M: NetMessage>(client: &mut RawClient, channel: shared::transport::ChannelId, message: &M) {
+pub fn raw_send<M: NetMessage>(
+    client: &mut RawClient,
+    channel: shared::transport::ChannelId,
+    message: &M,
+) {
     let bytes: Bytes = protocol::encode(message).expect("encode");
     client
         .connection()

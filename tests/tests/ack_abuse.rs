@@ -8,7 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, play_all, play_for, raw_send, scale};
+use e2e::{
+    RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, play_all, play_for,
+    raw_send, scale,
+};
 use shared::protocol::chat::{ChatLine, ChatScope, ChatSend};
 use shared::protocol::{self, NetMessage, channels};
 use shared::transport::wire::AckInfo;
@@ -137,7 +140,7 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
         // Read (no sending) so the socket does not overflow; pace.
         abuser.read(Instant::now());
         std::thread::sleep(Duration::from_micros(400));
-        if sent % 10_000 == 0 {
+        if sent.is_multiple_of(10_000) {
             play_all(&mut honest);
             received = server.metric("net_packets_in_total") - in_before;
         }
@@ -151,7 +154,10 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
         "sent {sent} abusive packets in {elapsed:?}; server read {received} datagrams using \
          {cpu:?} CPU ({per_packet:.1} us per datagram, all threads)"
     );
-    assert!(received >= packets as f64, "only {received} reached the server");
+    assert!(
+        received >= packets as f64,
+        "only {received} reached the server"
+    );
     // Bounded work: generous for a debug build on a shared machine (the
     // measured figure is a few microseconds).
     assert!(
@@ -171,7 +177,9 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     assert_eq!(
         texts,
-        ["before 0", "before 1", "before 2", "after 0", "after 1", "after 2"]
+        [
+            "before 0", "before 1", "before 2", "after 0", "after 1", "after 2"
+        ]
     );
     assert_eq!(abuser.server_reason, None);
 
@@ -183,5 +191,4 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
         assert!(!client.seen.chat_sequence_broken);
         assert!(client.seen.snapshots > 0);
     }
-    let _ = ChatSend::ID;
 }

@@ -12,7 +12,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::{RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for, scale};
+use e2e::{
+    RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for,
+    scale,
+};
 use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
 use shared::io::unix_secs;
 use shared::netcode::{self, MAX_PACKET_BYTES};
@@ -155,7 +158,11 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
     play_for(&mut honest, Duration::from_millis(500));
     assert_eq!(ended(&honest), vec![], "honest players were disconnected");
     for (client, before) in honest.iter().zip(snapshots_before) {
-        assert!(client.seen.snapshots > before, "client {} starved", client.id);
+        assert!(
+            client.seen.snapshots > before,
+            "client {} starved",
+            client.id
+        );
     }
 }
 
@@ -186,7 +193,10 @@ fn connect_in_memory(
             return client;
         }
     }
-    panic!("in-memory client {id} did not connect: {:?}", client.state());
+    panic!(
+        "in-memory client {id} did not connect: {:?}",
+        client.state()
+    );
 }
 
 #[test]
@@ -220,7 +230,11 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
     for n in 0..3_000u16 {
         for (i, (from, client)) in clients.iter_mut().enumerate() {
             let channel = (n % 6) as u8;
-            let id = if channel < 3 { n / 6 } else { rng.below(65_535) as u16 };
+            let id = if channel < 3 {
+                n / 6
+            } else {
+                rng.below(65_535) as u16
+            };
             let (header, payload) = incomplete_fragment(&mut rng, channel, id);
             let len = RawClient::craft(&mut plain, n, None, false, &[(header, &payload)]);
             let Ok(t) = client.send_payload(now, &plain[..len], &mut sealed) else {
@@ -284,7 +298,9 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
             }),
         };
         let len = RawClient::craft(&mut plain, 5_000, None, true, &[(claim, &[1; FRAGMENT])]);
-        let t = client.send_payload(now, &plain[..len], &mut sealed).expect("seal");
+        let t = client
+            .send_payload(now, &plain[..len], &mut sealed)
+            .expect("seal");
         server.handle_datagram(now, unix_secs(), *from, &mut sealed[..t.len]);
         assert!(server.total_receive_buffered() <= before);
         let mut violation = false;

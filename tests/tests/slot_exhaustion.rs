@@ -46,7 +46,10 @@ fn silent_clients_lose_their_slots(token_timeout: i32, expected: Duration) {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !silent.iter().all(HonestClient::is_connected) {
-        assert!(Instant::now() < deadline, "the slot holders did not connect");
+        assert!(
+            Instant::now() < deadline,
+            "the slot holders did not connect"
+        );
         for client in &mut silent {
             client.pump(Instant::now());
         }

@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{RawClient, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for};
+use e2e::{
+    RawClient, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for,
+};
 use shared::transport::DisconnectReason;
 
 #[test]
@@ -66,7 +68,11 @@ fn a_client_that_never_acknowledges_is_disconnected_for_a_full_send_queue() {
         "server RSS grew {:.1} MiB",
         mib(rss_after.saturating_sub(rss_before))
     );
-    assert_eq!(ended(&chatters), vec![], "chatting players were disconnected");
+    assert_eq!(
+        ended(&chatters),
+        vec![],
+        "chatting players were disconnected"
+    );
     for client in &chatters {
         assert!(!client.seen.chat_sequence_broken, "client {}", client.id);
         assert!(client.seen.chat_lines > 0);
