@@ -1,1 +1,833 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end and adversarial tests.
+//!
+//! # How the server runs
+//!
+//! Every test starts the **real server binary** (`target/<profile>/server`)
+//! as a child process ([`ServerProcess`]), on loopback ports picked for it,
+//! in a temporary data folder, and kills it when the handle drops. A
+//! separate process gives the tests what they measure: the server's own
+//! resident memory and CPU time from `/proc/<pid>/`, and "no panic" as
+//! "the process is still running and serving". The binary is located next
+//! to the test executable and built once per test executable with
+//! `cargo build -p server` (a no-op when up to date; `CARGO_TARGET_DIR` is
+//! inherited). Set `E2E_SERVER_BIN=/path/to/server` to use another binary.
+//!
+//! # Clients
+//!
+//! - [`HonestClient`]: the real stack ([`ClientEndpoint`] on a
+//!   [`ClientSocket`]) playing like a player: movement input every tick,
+//!   a chat line now and then; it counts what it receives and records how
+//!   its session ended.
+//! - [`RawClient`]: a real netcode.io client whose transport packets are
+//!   written by the test, for fragment bombs, ack abuse and a reader that
+//!   never acknowledges. It can also run a real transport [`Connection`]
+//!   (see [`RawClient::attach_connection`]) whose packet sequence numbers
+//!   it shifts, so crafted packets can be slipped in between real ones.
+//!
+//! Everything is loopback only, and every wait has a deadline.
+
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test helpers panic on setup failures by design: a failed setup is a failed test"
+)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
+use shared::io::{ClientSocket, unix_secs};
+use shared::netcode::{
+    self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES, TokenParams,
+};
+use shared::protocol::chat::{ChatLine, ChatScope, ChatSend};
+use shared::protocol::messages::Welcome;
+use shared::protocol::movement::{MoveInput, Snapshot};
+use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
+use shared::transport::wire::{self, PacketHeader, PacketKind};
+use shared::transport::{Connection, DisconnectReason, Event};
+
+/// Whether the long variants run (`E2E_LONG=1`).
+pub fn long_variant() -> bool {
+    std::env::var("E2E_LONG").is_ok_and(|v| v == "1")
+}
+
+/// Picks `fast` normally and `long` under `E2E_LONG=1`.
+pub fn scale<T>(fast: T, long: T) -> T {
+    if long_variant() { long } else { fast }
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral UDP port")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral TCP port")
+}
+
+/// A connect token signed with the public development key, for `server`.
+pub fn dev_token(server: SocketAddr, client_id: u64, timeout_seconds: i32) -> ConnectToken {
+    ConnectToken::generate(
+        &TokenParams {
+            protocol_id: PROTOCOL_ID,
+            client_id,
+            create_timestamp: unix_secs(),
+            expire_seconds: 120,
+            timeout_seconds,
+            server_addresses: vec![server],
+            user_data: [0; netcode::USER_DATA_BYTES],
+        },
+        &shared::keys::dev_key(),
+        &mut shared::io::system_rng(),
+    )
+    .expect("mint a dev token")
+}
+
+/// A small deterministic generator (xorshift64*): the tests' randomness is
+/// replayable from the seed they print.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// Seed for a test: `E2E_SEED` when set, else the clock (printed by the test).
+pub fn seed() -> u64 {
+    std::env::var("E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// The server binary: `E2E_SERVER_BIN`, else `target/<profile>/server`
+/// built (or confirmed up to date) with `cargo build -p server` once per
+/// test executable.
+pub fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(path) = std::env::var("E2E_SERVER_BIN") {
+            return PathBuf::from(path);
+        }
+        // target/<profile>/deps/<test-exe>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable in target/<profile>/deps");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "server", "--bin", "server"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                command.arg("--release");
+            }
+            other => {
+                command.args(["--profile", other]);
+            }
+        }
+        // The target folder is the one this executable was built into.
+        if std::env::var_os("CARGO_TARGET_DIR").is_none()
+            && let Some(target) = profile_dir.parent()
+        {
+            command.env("CARGO_TARGET_DIR", target);
+        }
+        let status = command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .status()
+            .expect("run cargo build -p server");
+        assert!(status.success(), "cargo build -p server failed: {status}");
+        let path = profile_dir.join("server");
+        assert!(path.is_file(), "no server binary at {}", path.display());
+        path
+    })
+}
+
+/// How to start a [`ServerProcess`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `--max-clients`.
+    pub max_clients: u32,
+    /// Extra TOML appended to a config file passed with `--config`.
+    pub config_toml: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_clients: 256,
+            config_toml: String::new(),
+        }
+    }
+}
+
+/// The server binary running as a child process; killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// The game's UDP address.
+    pub game: SocketAddr,
+    /// The metrics endpoint.
+    pub metrics: SocketAddr,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server on fresh loopback ports with a fresh data folder.
+    pub fn start(options: &ServerOptions) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let binary = server_binary();
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("e2e-adv-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the server's folder");
+        let config = dir.join("server.toml");
+        std::fs::write(&config, &options.config_toml).expect("write the config file");
+        let game = free_udp_addr();
+        let metrics = free_tcp_addr();
+        let child = Command::new(binary)
+            .current_dir(&dir)
+            .arg("--config")
+            .arg(&config)
+            .args(["--bind", &game.to_string()])
+            .args(["--metrics-bind", &metrics.to_string()])
+            .args(["--max-clients", &options.max_clients.to_string()])
+            .args(["--data-dir", "data", "--shutdown-grace-ms", "0"])
+            .args(["--log-filter", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server binary");
+        let server = Self {
+            child,
+            game,
+            metrics,
+            dir,
+        };
+        server.wait_ready(Duration::from_secs(20));
+        server
+    }
+
+    /// Waits until the metrics endpoint answers (the game socket is bound
+    /// before it starts).
+    fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&self.metrics, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the server did not start within {limit:?}");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (a panic in the server's main
+    /// thread or a fatal error ends it).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory of the server process, in bytes (`VmRSS`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// CPU time (user plus system) the server process has used.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        // USER_HZ is 100 on every Linux the tests run on.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// The whole `/metrics` text.
+    pub fn scrape(&self) -> String {
+        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2))
+            .expect("connect to /metrics");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send the request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read /metrics");
+        text
+    }
+
+    /// One unlabelled metric's value (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.scrape(), name)
+    }
+}
+
+/// One unlabelled metric's value in a `/metrics` text (0 when absent).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What an [`HonestClient`] has seen.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// The server's welcome arrived.
+    pub welcomed: bool,
+    /// Snapshots received.
+    pub snapshots: u64,
+    /// Chat lines received (sequence numbers checked: 1, 2, 3, ...).
+    pub chat_lines: u64,
+    /// A chat line arrived out of order or twice.
+    pub chat_sequence_broken: bool,
+    /// How the session ended, if it did.
+    pub ended: Option<DisconnectReason>,
+}
+
+/// A player on the real client stack.
+pub struct HonestClient {
+    /// Its account id.
+    pub id: u64,
+    socket: ClientSocket,
+    /// What it has seen.
+    pub seen: Seen,
+    input_seq: u32,
+    last_snapshot_tick: u32,
+    next_input: Instant,
+    next_chat: Instant,
+    chat_interval: Duration,
+    rng: Rng,
+}
+
+impl HonestClient {
+    /// Starts connecting to `server` with a dev token (`timeout_seconds`).
+    pub fn connect(server: SocketAddr, id: u64, timeout_seconds: i32) -> Self {
+        let now = Instant::now();
+        let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
+        endpoint
+            .connect(&dev_token(server, id, timeout_seconds), now, unix_secs())
+            .expect("connect with a fresh token");
+        let socket = ClientSocket::bind("127.0.0.1:0".parse().expect("an address"), endpoint)
+            .expect("bind a client socket");
+        Self {
+            id,
+            socket,
+            seen: Seen::default(),
+            input_seq: 0,
+            last_snapshot_tick: 0,
+            next_input: now,
+            // Stay well inside the default chat rate limit (burst 10, 1/s).
+            next_chat: now + Duration::from_millis(500 + id % 1000),
+            chat_interval: Duration::from_secs(2),
+            rng: Rng::new(id),
+        }
+    }
+
+    /// Chat every `interval` instead of every 2 s (`None`: never).
+    pub fn set_chat_interval(&mut self, interval: Option<Duration>) {
+        match interval {
+            Some(i) => {
+                self.chat_interval = i;
+                self.next_chat = Instant::now();
+            }
+            None => self.next_chat = Instant::now() + Duration::from_secs(1 << 20),
+        }
+    }
+
+    /// The client's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.socket().local_addr().expect("a bound socket")
+    }
+
+    /// Connected and not ended.
+    pub fn is_connected(&self) -> bool {
+        self.socket.endpoint.is_connected() && self.seen.ended.is_none()
+    }
+
+    /// Reads, handles timers, and plays: movement input at 30 Hz, a global
+    /// chat line every chat interval.
+    pub fn play(&mut self, now: Instant) {
+        self.pump(now);
+        if !self.is_connected() || !self.seen.welcomed {
+            return;
+        }
+        if now >= self.next_input {
+            self.next_input = now + Duration::from_millis(33);
+            self.input_seq += 1;
+            let angle = (self.rng.below(628) as f32) / 100.0;
+            let input = MoveInput {
+                seq: self.input_seq,
+                velocity: glam::Vec2::new(angle.cos(), angle.sin()) * 2.0,
+                ack_snapshot: self.last_snapshot_tick,
+            };
+            if let Ok(bytes) = protocol::encode(&input) {
+                let _ = self.socket.endpoint.send(channels::MOVEMENT, bytes);
+            }
+        }
+        if now >= self.next_chat {
+            self.next_chat = now + self.chat_interval;
+            self.say(&format!("hello from {} #{}", self.id, self.input_seq));
+        }
+        self.socket.flush(now);
+    }
+
+    /// Sends one global chat line (call `play` or `pump` to flush it).
+    pub fn say(&mut self, text: &str) {
+        let chat = ChatSend {
+            scope: ChatScope::Global,
+            text: text.to_owned(),
+        };
+        if let Ok(bytes) = protocol::encode(&chat) {
+            let _ = self.socket.endpoint.send(channels::CHAT, bytes);
+        }
+    }
+
+    /// Reads and handles everything waiting; sends nothing new.
+    pub fn pump(&mut self, now: Instant) {
+        let _ = self.socket.pump(now);
+        while let Some(event) = self.socket.endpoint.poll_event() {
+            match event {
+                ClientEndpointEvent::Connected { .. } => {}
+                ClientEndpointEvent::Message { payload, .. } => match protocol::message_id(payload)
+                {
+                    Some(Welcome::ID) => self.seen.welcomed = true,
+                    Some(Snapshot::ID) => {
+                        self.seen.snapshots += 1;
+                        if let Ok(snapshot) = protocol::decode::<Snapshot>(payload) {
+                            self.last_snapshot_tick = self.last_snapshot_tick.max(snapshot.tick);
+                        }
+                    }
+                    Some(ChatLine::ID) => {
+                        self.seen.chat_lines += 1;
+                        if let Ok(line) = protocol::decode::<ChatLine>(payload)
+                            && line.seq != self.seen.chat_lines
+                        {
+                            self.seen.chat_sequence_broken = true;
+                        }
+                    }
+                    _ => {}
+                },
+                ClientEndpointEvent::Disconnected { reason } => {
+                    self.seen.ended.get_or_insert(reason);
+                }
+            }
+        }
+    }
+}
+
+/// Connects `count` honest clients (ids from `first_id`) and waits until
+/// every one is welcomed. Panics after `limit`.
+pub fn connect_honest(
+    server: SocketAddr,
+    first_id: u64,
+    count: u64,
+    limit: Duration,
+) -> Vec<HonestClient> {
+    let mut clients: Vec<HonestClient> = (first_id..first_id + count)
+        .map(|id| HonestClient::connect(server, id, 10))
+        .collect();
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = Instant::now();
+        for client in &mut clients {
+            client.play(now);
+            if let Some(reason) = client.seen.ended {
+                panic!(
+                    "honest client {} ended while connecting: {reason:?}",
+                    client.id
+                );
+            }
+        }
+        if clients.iter().all(|c| c.seen.welcomed) {
+            return clients;
+        }
+        assert!(
+            now < deadline,
+            "only {} of {count} honest clients connected within {limit:?}",
+            clients.iter().filter(|c| c.seen.welcomed).count()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Lets every client play once.
+pub fn play_all(clients: &mut [HonestClient]) {
+    let now = Instant::now();
+    for client in clients {
+        client.play(now);
+    }
+}
+
+/// Lets every client play for `duration`.
+pub fn play_for(clients: &mut [HonestClient], duration: Duration) {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        play_all(clients);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+/// Honest clients whose session ended, with the reasons.
+pub fn ended(clients: &[HonestClient]) -> Vec<(u64, DisconnectReason)> {
+    clients
+        .iter()
+        .filter_map(|c| c.seen.ended.map(|r| (c.id, r)))
+        .collect()
+}
+
+/// A real netcode.io client on its own socket whose transport packets the
+/// test writes, optionally around a real transport [`Connection`].
+pub struct RawClient {
+    socket: UdpSocket,
+    netcode: netcode::Client,
+    server: SocketAddr,
+    buf: Vec<u8>,
+    plain: Vec<u8>,
+    /// The next sequence number crafted packets use.
+    next_seq: u16,
+    /// Added to the real connection's outgoing packet sequences (and taken
+    /// off the acks coming back).
+    offset: u16,
+    conn: Option<Connection>,
+    /// The transport disconnect reason the server sent, if any.
+    pub server_reason: Option<DisconnectReason>,
+    /// Transport packets received (decrypted payloads).
+    pub packets_received: u64,
+    /// Bytes of transport packets received.
+    pub bytes_received: u64,
+    /// Messages the real connection delivered, `(channel, payload)`.
+    pub messages: Vec<(u8, Vec<u8>)>,
+}
+
+impl RawClient {
+    /// Binds a socket and completes the handshake. Panics after `limit`.
+    pub fn connect(server: SocketAddr, id: u64, timeout_seconds: i32, limit: Duration) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a raw client socket");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let mut netcode = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
+        netcode
+            .connect(
+                &dev_token(server, id, timeout_seconds),
+                Instant::now(),
+                unix_secs(),
+            )
+            .expect("connect with a fresh token");
+        let mut client = Self {
+            socket,
+            netcode,
+            server,
+            buf: vec![0; MAX_PACKET_BYTES],
+            plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
+            next_seq: 0,
+            offset: 0,
+            conn: None,
+            server_reason: None,
+            packets_received: 0,
+            bytes_received: 0,
+            messages: Vec::new(),
+        };
+        let deadline = Instant::now() + limit;
+        while client.netcode.state() != ClientState::Connected {
+            assert!(
+                !client.netcode.state().is_error(),
+                "raw client {id}: {:?}",
+                client.netcode.state()
+            );
+            assert!(Instant::now() < deadline, "raw client {id} did not connect");
+            client.pump(Instant::now());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        client
+    }
+
+    /// The secure layer's state.
+    pub fn state(&self) -> ClientState {
+        self.netcode.state()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("a bound socket")
+    }
+
+    /// Runs a real transport connection inside this client from now on; its
+    /// packet sequence numbers continue after the crafted ones.
+    pub fn attach_connection(&mut self, now: Instant) {
+        self.offset = self.next_seq;
+        self.conn = Some(
+            Connection::new(channels::transport_config(), now).expect("a valid transport config"),
+        );
+    }
+
+    /// The real connection, if attached.
+    pub fn connection(&mut self) -> Option<&mut Connection> {
+        self.conn.as_mut()
+    }
+
+    /// Reads every waiting datagram, runs timers, sends what the real
+    /// connection (if any) and the secure layer have to send.
+    pub fn pump(&mut self, now: Instant) {
+        self.read(now);
+        self.netcode.handle_timeout(now);
+        if let Some(conn) = self.conn.as_mut()
+            && conn.poll_timeout().is_some_and(|t| t <= now)
+        {
+            conn.handle_timeout(now);
+        }
+        self.flush(now);
+    }
+
+    /// Reads every waiting datagram without sending anything.
+    pub fn read(&mut self, now: Instant) {
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let Some(ClientEvent::Payload(payload)) =
+                self.netcode
+                    .handle_datagram(now, from, &mut self.buf[..len])
+            else {
+                continue;
+            };
+            let mut packet = [0u8; netcode::MAX_PAYLOAD_BYTES];
+            let data = &mut packet[..payload.len()];
+            data.copy_from_slice(payload);
+            self.packets_received += 1;
+            self.bytes_received += data.len() as u64;
+            let Ok((header, body)) = wire::decode_header(data) else {
+                continue;
+            };
+            let has_ack = header.ack.is_some();
+            if header.kind == PacketKind::Disconnect
+                && let Some(&code) = body.first()
+            {
+                self.server_reason
+                    .get_or_insert(DisconnectReason::from_code(code));
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                continue;
+            };
+            // The server acks wire sequence numbers; the connection knows its own.
+            if has_ack {
+                let latest = u16::from_le_bytes([data[3], data[4]]).wrapping_sub(self.offset);
+                data[3..5].copy_from_slice(&latest.to_le_bytes());
+            }
+            conn.handle_datagram(now, data);
+            while let Some(event) = conn.poll_event() {
+                match event {
+                    Event::Message { channel, payload } => {
+                        self.messages.push((channel.0, payload.to_vec()));
+                    }
+                    Event::Disconnected { reason, .. } => {
+                        self.server_reason.get_or_insert(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what the real connection and the secure layer have to send.
+    pub fn flush(&mut self, now: Instant) {
+        if self.netcode.state() == ClientState::Connected
+            && let Some(conn) = self.conn.as_mut()
+        {
+            while let Some(len) = conn.poll_transmit(now, &mut self.plain) {
+                let seq = u16::from_le_bytes([self.plain[1], self.plain[2]]);
+                let wire_seq = seq.wrapping_add(self.offset);
+                self.plain[1..3].copy_from_slice(&wire_seq.to_le_bytes());
+                self.next_seq = wire_seq.wrapping_add(1);
+                if let Ok(t) = self
+                    .netcode
+                    .send_payload(now, &self.plain[..len], &mut self.buf)
+                {
+                    let _ = self.socket.send_to(&self.buf[..t.len], t.destination);
+                }
+            }
+        }
+        while let Some(t) = self.netcode.poll_transmit(now, &mut self.buf) {
+            let _ = self.socket.send_to(&self.buf[..t.len], t.destination);
+        }
+    }
+
+    /// Seals `transport_packet` (1 to 1,200 bytes) and sends it.
+    pub fn send_raw(&mut self, transport_packet: &[u8]) {
+        if let Ok(t) = self
+            .netcode
+            .send_payload(Instant::now(), transport_packet, &mut self.buf)
+        {
+            let _ = self.socket.send_to(&self.buf[..t.len], t.destination);
+        }
+    }
+
+    /// Seals `transport_packet` and returns the datagram without sending it.
+    pub fn seal_copy(&mut self, transport_packet: &[u8]) -> Vec<u8> {
+        let t = self
+            .netcode
+            .send_payload(Instant::now(), transport_packet, &mut self.buf)
+            .expect("seal a payload");
+        self.buf[..t.len].to_vec()
+    }
+
+    /// Takes the next crafted-packet sequence number. With a real
+    /// connection attached, the connection's later packets are shifted
+    /// past it.
+    pub fn take_seq(&mut self) -> u16 {
+        let seq = self.next_seq;
+        self.next_seq = seq.wrapping_add(1);
+        if self.conn.is_some() {
+            self.offset = self.offset.wrapping_add(1);
+        }
+        seq
+    }
+
+    /// Writes a data packet with `messages` (header, payload) and the given
+    /// ack into `out`; returns its length.
+    pub fn craft(
+        out: &mut [u8],
+        sequence: u16,
+        ack: Option<wire::AckInfo>,
+        ack_eliciting: bool,
+        messages: &[(wire::MessageHeader, &[u8])],
+    ) -> usize {
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting,
+            sequence,
+            ack,
+        };
+        let mut writer = wire::PacketWriter::new(out, &header).expect("room for a header");
+        for (h, payload) in messages {
+            assert!(writer.write_message(h, payload), "message does not fit");
+        }
+        writer.len()
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+}
+
+/// Sends a message through a [`RawClient`]'s real connection.
+pub fn raw_send<M: NetMessage>(
+    client: &mut RawClient,
+    channel: shared::transport::ChannelId,
+    message: &M,
+) {
+    let bytes: Bytes = protocol::encode(message).expect("encode");
+    client
+        .connection()
+        .expect("a real connection")
+        .send_bytes(channel, bytes)
+        .expect("queue the message");
+}
+
+/// A socket bound on `127.0.<a>.<b>` (any 127/8 address is loopback on Linux).
+pub fn bind_loopback(a: u8, b: u8) -> UdpSocket {
+    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, a, b), 0))
+        .unwrap_or_else(|e| panic!("bind 127.0.{a}.{b}: {e}"));
+    socket.set_nonblocking(true).expect("non-blocking");
+    socket
+}
+
+/// Reads and counts (datagrams, bytes) waiting on a non-blocking socket.
+pub fn drain_count(socket: &UdpSocket) -> (u64, u64) {
+    let mut buf = [0u8; 2048];
+    let (mut n, mut bytes) = (0, 0);
+    for _ in 0..100_000 {
+        match socket.recv_from(&mut buf) {
+            Ok((len, _)) => {
+                n += 1;
+                bytes += len as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    (n, bytes)
+}
+
+/// Mebibytes, for messages.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

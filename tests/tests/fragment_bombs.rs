@@ -1,0 +1,320 @@
+//! Fragment bombs: connected clients send fragments of messages that never
+//! complete, or that claim more than the largest message allowed.
+//!
+//! - Against the server binary: resident memory grows by no more than the
+//!   per-connection receive bound allows, the over-claiming client is
+//!   disconnected with `ProtocolViolation`, honest players never notice.
+//! - Against an in-process [`ServerEndpoint`]: the exact reassembly total
+//!   ([`ServerEndpoint::total_receive_buffered`]) never passes its cap by
+//!   more than one message, and the client that pushes it over is
+//!   disconnected with `Flooding`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use e2e::{
+    RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for,
+    scale,
+};
+use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
+use shared::io::unix_secs;
+use shared::netcode::{self, MAX_PACKET_BYTES};
+use shared::protocol::{PROTOCOL_ID, channels};
+use shared::transport::DisconnectReason;
+use shared::transport::wire::{FragmentInfo, MessageHeader};
+
+/// `transport_config()`: 1 KiB fragments, 256 KiB messages, 1 MiB receive
+/// buffer per connection, three reliable channels.
+const FRAGMENT: usize = 1_024;
+const MAX_FRAGMENTS: u16 = 256;
+const MAX_MESSAGE: u64 = 256 * 1024;
+const RECEIVE_BUFFER: u64 = 1 << 20;
+const RELIABLE_CHANNELS: u64 = 3;
+/// The documented hard bound of one connection's receive memory.
+const PER_CONNECTION: u64 = RECEIVE_BUFFER + RELIABLE_CHANNELS * MAX_MESSAGE;
+
+/// One fragment of a message that will never complete: reliable channels
+/// get ids across the window, unreliable ones random ids.
+fn incomplete_fragment(rng: &mut Rng, channel: u8, id: u16) -> (MessageHeader, Vec<u8>) {
+    let index = 1 + rng.below(u64::from(MAX_FRAGMENTS) - 2) as u16;
+    (
+        MessageHeader {
+            channel,
+            id: Some(id),
+            fragment: Some(FragmentInfo {
+                index,
+                count: MAX_FRAGMENTS,
+            }),
+        },
+        vec![0xAB; FRAGMENT],
+    )
+}
+
+fn send_bomb(client: &mut RawClient, rng: &mut Rng, packets: usize) {
+    let mut buf = [0u8; 1_200];
+    for n in 0..packets {
+        let channel = (n % 6) as u8;
+        let id = if channel < 3 {
+            (n / 6) as u16 % 1_024
+        } else {
+            rng.below(u64::from(u16::MAX)) as u16
+        };
+        let (header, payload) = incomplete_fragment(rng, channel, id);
+        let seq = client.take_seq();
+        let len = RawClient::craft(&mut buf, seq, None, false, &[(header, &payload)]);
+        client.send_raw(&buf[..len]);
+        if n % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(1));
+            client.read(Instant::now());
+        }
+    }
+}
+
+#[test]
+fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations() {
+    let seed = e2e::seed();
+    eprintln!("seed {seed}");
+    let mut rng = Rng::new(seed);
+    let attackers = scale(8u64, 32);
+    let mut server = ServerProcess::start(&ServerOptions::default());
+    let mut honest = connect_honest(server.game, 1, 5, Duration::from_secs(10));
+    let mut bombers: Vec<RawClient> = (0..attackers)
+        .map(|i| RawClient::connect(server.game, 1_000 + i, 10, Duration::from_secs(5)))
+        .collect();
+    play_for(&mut honest, Duration::from_millis(300));
+    let rss_before = server.rss_bytes();
+    let snapshots_before: Vec<u64> = honest.iter().map(|c| c.seen.snapshots).collect();
+
+    // Each bomber: 3,000 fragments of never-completing messages on all six
+    // channels (about 3 MiB claimed each, more than its bound).
+    for bomber in &mut bombers {
+        send_bomb(bomber, &mut rng, 3_000);
+        play_all(&mut honest);
+    }
+    play_for(&mut honest, Duration::from_millis(500));
+    let rss_after = server.rss_bytes();
+    let growth = rss_after.saturating_sub(rss_before);
+    let bound = attackers * PER_CONNECTION + (8 << 20);
+    eprintln!(
+        "{attackers} bombers: RSS {:.1} -> {:.1} MiB (+{:.1} MiB; bound {:.1} MiB)",
+        mib(rss_before),
+        mib(rss_after),
+        mib(growth),
+        mib(bound)
+    );
+    assert!(server.is_running(), "the server died");
+    assert!(
+        growth <= bound,
+        "server RSS grew {:.1} MiB for {attackers} bombers",
+        mib(growth)
+    );
+
+    // Over-claiming: a fragment of a message of 65,535 fragments (64 MiB).
+    let mut buf = [0u8; 1_200];
+    let claim = MessageHeader {
+        channel: channels::CHAT.0,
+        id: Some(2_000),
+        fragment: Some(FragmentInfo {
+            index: 0,
+            count: u16::MAX,
+        }),
+    };
+    let offender = &mut bombers[0];
+    let seq = offender.take_seq();
+    let len = RawClient::craft(&mut buf, seq, None, true, &[(claim, &[0; FRAGMENT])]);
+    offender.send_raw(&buf[..len]);
+    // A fragment of the wrong size is a violation as well.
+    let short = MessageHeader {
+        channel: channels::INVENTORY.0,
+        id: Some(3),
+        fragment: Some(FragmentInfo { index: 0, count: 4 }),
+    };
+    let other = &mut bombers[1];
+    let seq = other.take_seq();
+    let len = RawClient::craft(&mut buf, seq, None, true, &[(short, &[0; 100])]);
+    other.send_raw(&buf[..len]);
+
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(2)
+        && (bombers[0].server_reason.is_none() || bombers[1].server_reason.is_none())
+    {
+        bombers[0].read(Instant::now());
+        bombers[1].read(Instant::now());
+        play_all(&mut honest);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let violation_after = began.elapsed();
+    eprintln!("over-claim and short fragment answered with a disconnect in {violation_after:?}");
+    assert_eq!(
+        bombers[0].server_reason,
+        Some(DisconnectReason::ProtocolViolation)
+    );
+    assert_eq!(
+        bombers[1].server_reason,
+        Some(DisconnectReason::ProtocolViolation)
+    );
+    assert!(violation_after < Duration::from_secs(1));
+
+    play_for(&mut honest, Duration::from_millis(500));
+    assert_eq!(ended(&honest), vec![], "honest players were disconnected");
+    for (client, before) in honest.iter().zip(snapshots_before) {
+        assert!(
+            client.seen.snapshots > before,
+            "client {} starved",
+            client.id
+        );
+    }
+}
+
+/// A netcode client connected to `server` in memory.
+fn connect_in_memory(
+    server: &mut ServerEndpoint,
+    server_addr: SocketAddr,
+    from: SocketAddr,
+    id: u64,
+    now: Instant,
+) -> netcode::Client {
+    let mut client = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
+    client
+        .connect(&e2e::dev_token(server_addr, id, 10), now, unix_secs())
+        .expect("connect");
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    for _ in 0..10 {
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            server.handle_datagram(now, unix_secs(), from, &mut buf[..t.len]);
+        }
+        while server.poll_event().is_some() {}
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            if t.destination == from {
+                client.handle_datagram(now, server_addr, &mut buf[..t.len]);
+            }
+        }
+        if client.state() == netcode::ClientState::Connected {
+            return client;
+        }
+    }
+    panic!(
+        "in-memory client {id} did not connect: {:?}",
+        client.state()
+    );
+}
+
+#[test]
+fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding() {
+    let server_addr: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
+    let cap: usize = 4 << 20;
+    let mut config = ServerEndpointConfig::new(
+        netcode::ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr]),
+        channels::transport_config(),
+    );
+    config.max_total_receive_buffer = cap;
+    let mut server =
+        ServerEndpoint::new(config, &mut shared::io::system_rng()).expect("an endpoint");
+    let now = Instant::now();
+    let attackers = 6u16;
+    let mut clients: Vec<(SocketAddr, netcode::Client)> = (0..attackers)
+        .map(|i| {
+            let from: SocketAddr = format!("127.0.0.1:{}", 50_000 + i).parse().expect("addr");
+            let client = connect_in_memory(&mut server, server_addr, from, u64::from(i) + 1, now);
+            (from, client)
+        })
+        .collect();
+    while server.poll_event().is_some() {}
+
+    let mut rng = Rng::new(7);
+    let mut plain = [0u8; 1_200];
+    let mut sealed = vec![0u8; MAX_PACKET_BYTES];
+    let mut out = vec![0u8; MAX_PACKET_BYTES];
+    let mut peak = 0usize;
+    let mut reasons: Vec<DisconnectReason> = Vec::new();
+    for n in 0..3_000u16 {
+        for (i, (from, client)) in clients.iter_mut().enumerate() {
+            let channel = (n % 6) as u8;
+            let id = if channel < 3 {
+                n / 6
+            } else {
+                rng.below(65_535) as u16
+            };
+            let (header, payload) = incomplete_fragment(&mut rng, channel, id);
+            let len = RawClient::craft(&mut plain, n, None, false, &[(header, &payload)]);
+            let Ok(t) = client.send_payload(now, &plain[..len], &mut sealed) else {
+                continue;
+            };
+            server.handle_datagram(now, unix_secs(), *from, &mut sealed[..t.len]);
+            peak = peak.max(server.total_receive_buffered());
+            // Drained after every datagram, as the net-io loop does: only
+            // the client whose datagram crossed the cap can be over it, by
+            // at most what one datagram may claim. Drain order as
+            // documented: events, transmits, then events again (the
+            // removal of a peer whose goodbye has left).
+            for _ in 0..2 {
+                while let Some(event) = server.poll_event() {
+                    if let EndpointEvent::Disconnected { reason, .. } = event {
+                        reasons.push(reason);
+                    }
+                }
+                while server.poll_transmit(now, &mut out).is_some() {}
+            }
+            assert!(
+                server.total_receive_buffered() as u64 <= cap as u64 + PER_CONNECTION,
+                "client {i}, packet {n}: {} bytes buffered, cap {cap}",
+                server.total_receive_buffered()
+            );
+        }
+    }
+    eprintln!(
+        "in-process: {attackers} bombers, cap {:.1} MiB, peak {:.2} MiB buffered, disconnects {reasons:?}",
+        mib(cap as u64),
+        mib(peak as u64)
+    );
+    assert!(
+        reasons.contains(&DisconnectReason::Flooding),
+        "{attackers} x {PER_CONNECTION} bytes exceed the cap, yet nobody was disconnected"
+    );
+    assert!(
+        reasons.iter().all(|r| *r == DisconnectReason::Flooding),
+        "{reasons:?}"
+    );
+    // Memory of the disconnected clients is released.
+    let connected = server.connected_clients() as u64;
+    assert!(
+        server.total_receive_buffered() as u64 <= connected * PER_CONNECTION,
+        "{} bytes still buffered for {connected} clients",
+        server.total_receive_buffered()
+    );
+
+    // An over-claim in process: a ProtocolViolation, no memory charged.
+    let survivor = clients
+        .iter_mut()
+        .find(|(from, _)| server.netcode().client_at(*from).is_some());
+    if let Some((from, client)) = survivor {
+        let before = server.total_receive_buffered();
+        let claim = MessageHeader {
+            channel: 1,
+            id: Some(999),
+            fragment: Some(FragmentInfo {
+                index: 0,
+                count: u16::MAX,
+            }),
+        };
+        let len = RawClient::craft(&mut plain, 5_000, None, true, &[(claim, &[1; FRAGMENT])]);
+        let t = client
+            .send_payload(now, &plain[..len], &mut sealed)
+            .expect("seal");
+        server.handle_datagram(now, unix_secs(), *from, &mut sealed[..t.len]);
+        assert!(server.total_receive_buffered() <= before);
+        let mut violation = false;
+        for _ in 0..3 {
+            while let Some(event) = server.poll_event() {
+                if let EndpointEvent::Disconnected { reason, .. } = event {
+                    violation |= reason == DisconnectReason::ProtocolViolation;
+                }
+            }
+            while server.poll_transmit(now, &mut out).is_some() {}
+            if violation {
+                break;
+            }
+        }
+        assert!(violation, "over-claiming was not a protocol violation");
+    }
+}

@@ -1,0 +1,174 @@
+//! Garbage datagrams: random bytes of every size, edge sizes around the
+//! protocol's thresholds and bit-flipped copies of valid packets, from
+//! several source sockets, while honest clients play. The server keeps
+//! serving, its memory stays flat, it never answers a garbage source, and
+//! no honest client is disconnected.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use e2e::{
+    RawClient, Rng, ServerOptions, ServerProcess, bind_loopback, connect_honest, drain_count,
+    ended, mib, play_all, play_for, scale,
+};
+use shared::io::unix_secs;
+use shared::netcode::{self, MAX_PACKET_BYTES};
+use shared::protocol::PROTOCOL_ID;
+
+/// Sizes the parsers treat specially: empty, one byte, around the 18-byte
+/// smallest sealed packet, around the 1,078-byte connection request and the
+/// 1,200-byte payload limit, and a full Ethernet MTU.
+const EDGE_SIZES: [usize; 11] = [
+    0, 1, 17, 18, 1_077, 1_078, 1_079, 1_199, 1_200, 1_201, 1_500,
+];
+
+const RSS_GROWTH_LIMIT: u64 = 32 << 20;
+
+/// Valid packets to mutate: connection requests (for a token that never
+/// connects) and sealed payload packets of a connected client.
+fn capture_valid_packets(server: std::net::SocketAddr) -> Vec<Vec<u8>> {
+    let mut packets = Vec::new();
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let now = Instant::now();
+    let mut requester = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
+    requester
+        .connect(&e2e::dev_token(server, 9_000_001, 10), now, unix_secs())
+        .expect("connect");
+    if let Some(t) = requester.poll_transmit(now, &mut buf) {
+        packets.push(buf[..t.len].to_vec());
+    }
+    // Payload packets of a real session: the flips land in the sequence,
+    // the ciphertext and the tag.
+    let mut raw = RawClient::connect(server, 9_000_002, 10, Duration::from_secs(5));
+    for len in [1usize, 15, 100, 1_100, 1_200] {
+        packets.push(raw.seal_copy(&vec![0x5A; len]));
+    }
+    packets
+}
+
+fn flip_bits(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
+    let mut copy = packet.to_vec();
+    let bits = copy.len() * 8;
+    // 1 to 8 distinct bits, so the copy always differs from the original.
+    let flips = 1 + rng.below(8) as usize;
+    let mut chosen: Vec<usize> = Vec::with_capacity(flips);
+    while chosen.len() < flips.min(bits) {
+        let bit = rng.below(bits as u64) as usize;
+        if !chosen.contains(&bit) {
+            chosen.push(bit);
+        }
+    }
+    for bit in chosen {
+        copy[bit / 8] ^= 1 << (bit % 8);
+    }
+    copy
+}
+
+#[test]
+fn garbage_from_many_sources_changes_nothing_for_honest_players() {
+    let seed = e2e::seed();
+    eprintln!("seed {seed} (E2E_SEED={seed} replays it)");
+    let mut rng = Rng::new(seed);
+    let honest_count = scale(20, 100);
+    let datagrams = scale(100_000u64, 1_000_000);
+
+    let mut server = ServerProcess::start(&ServerOptions::default());
+    let mut honest = connect_honest(server.game, 1, honest_count, Duration::from_secs(20));
+    play_for(&mut honest, Duration::from_millis(500));
+    let valid = capture_valid_packets(server.game);
+    assert!(valid.len() >= 4, "captured {} valid packets", valid.len());
+
+    let sources: Vec<UdpSocket> = (0..8u8)
+        .map(|i| bind_loopback(2 + i / 4, 1 + i % 4))
+        .collect();
+    let rss_before = server.rss_bytes();
+    let in_before = server.metric("net_packets_in_total");
+    let snapshots_before: Vec<u64> = honest.iter().map(|c| c.seen.snapshots).collect();
+
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1_500];
+    let mut replies = (0u64, 0u64);
+    let mut sent = 0u64;
+    let mut last_play = Instant::now();
+    // Send until the server has read at least `datagrams` (the kernel drops
+    // what its socket buffer cannot hold), at most three times that many.
+    let mut received = 0.0;
+    while (sent < datagrams || received < datagrams as f64) && sent < 3 * datagrams {
+        if sent.is_multiple_of(10_000) && sent > 0 {
+            received = server.metric("net_packets_in_total") - in_before;
+        }
+        for _ in 0..100 {
+            let source = &sources[rng.below(sources.len() as u64) as usize];
+            let datagram: Vec<u8> = match rng.below(10) {
+                0 => {
+                    let len = EDGE_SIZES[rng.below(EDGE_SIZES.len() as u64) as usize];
+                    rng.fill(&mut buf[..len]);
+                    buf[..len].to_vec()
+                }
+                1 | 2 => {
+                    let original = &valid[rng.below(valid.len() as u64) as usize];
+                    flip_bits(&mut rng, original)
+                }
+                _ => {
+                    let len = rng.below(1_501) as usize;
+                    rng.fill(&mut buf[..len]);
+                    buf[..len].to_vec()
+                }
+            };
+            let _ = source.send_to(&datagram, server.game);
+            sent += 1;
+        }
+        // Pace: give the server and the players their turn.
+        if last_play.elapsed() >= Duration::from_millis(5) {
+            play_all(&mut honest);
+            last_play = Instant::now();
+        }
+        std::thread::sleep(Duration::from_micros(500));
+        for source in &sources {
+            let (n, b) = drain_count(source);
+            replies.0 += n;
+            replies.1 += b;
+        }
+    }
+    let flood_time = started.elapsed();
+    // Let the backlog clear and the players settle.
+    play_for(&mut honest, Duration::from_millis(1_500));
+    for source in &sources {
+        let (n, b) = drain_count(source);
+        replies.0 += n;
+        replies.1 += b;
+    }
+    let rss_after = server.rss_bytes();
+    let received = server.metric("net_packets_in_total") - in_before;
+    let received_garbage = received.min(sent as f64);
+
+    eprintln!(
+        "sent {sent} garbage datagrams in {flood_time:?}; server read {received} datagrams \
+         (garbage + honest); RSS {:.1} -> {:.1} MiB; replies to garbage sources: {replies:?}",
+        mib(rss_before),
+        mib(rss_after)
+    );
+    assert!(server.is_running(), "the server process died");
+    assert!(
+        received_garbage >= datagrams as f64,
+        "only {received} of {datagrams} garbage datagrams reached the server: the test did not test"
+    );
+    assert_eq!(replies, (0, 0), "the server answered garbage sources");
+    assert!(
+        rss_after <= rss_before + RSS_GROWTH_LIMIT,
+        "server RSS grew by {:.1} MiB",
+        mib(rss_after.saturating_sub(rss_before))
+    );
+    assert_eq!(ended(&honest), vec![], "honest clients were disconnected");
+    for (client, before) in honest.iter().zip(snapshots_before) {
+        assert!(
+            client.seen.snapshots > before,
+            "client {} received no snapshot during or after the flood",
+            client.id
+        );
+        assert!(!client.seen.chat_sequence_broken, "client {}", client.id);
+    }
+    // Still serving: a newcomer connects and is welcomed (or this panics).
+    let newcomer = connect_honest(server.game, 10_000, 1, Duration::from_secs(5));
+    assert!(newcomer.iter().all(|c| c.seen.welcomed));
+}
