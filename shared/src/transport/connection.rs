@@ -21,6 +21,8 @@ use super::wire::{
 const SENT_HISTORY: usize = 1024;
 /// A packet is lost once a packet sent this many sequence numbers later is acked.
 const PACKET_REORDER_THRESHOLD: u16 = 3;
+/// Delivered-message arena capacity kept between drains.
+const INBOX_KEEP_CAPACITY: usize = 64 * 1024;
 /// How long a receiver may hold an acknowledgement hoping to piggyback it.
 const MAX_ACK_DELAY: Duration = Duration::from_millis(10);
 
@@ -519,6 +521,10 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
         let Some(entry) = self.inbox.entries.pop_front() else {
             self.inbox.bytes.clear();
+            // One large message must not pin its size on the connection.
+            if self.inbox.bytes.capacity() > INBOX_KEEP_CAPACITY {
+                self.inbox.bytes = Vec::new();
+            }
             return None;
         };
         Some(match entry {

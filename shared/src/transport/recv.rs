@@ -6,7 +6,10 @@ use super::config::ChannelKind;
 use super::seq::{seq_distance, seq_newer};
 use super::wire::{FragmentInfo, MessageView};
 
-/// Buffers above this capacity are released after use instead of kept for reuse.
+/// Unreliable reassembly buffers (at most `max_unreliable_reassemblies`
+/// per channel) above this capacity are released after use instead of kept
+/// for reuse. Reliable slots never keep buffers: a window has up to 16,384
+/// of them, and memory that is not charged must not pile up there.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Receive-side memory of one connection: out-of-order messages and
@@ -104,13 +107,15 @@ impl Reassembly {
         self.received == self.count
     }
 
-    /// Releases the buffer; returns the bytes it was charged.
-    fn finish(&mut self) -> usize {
+    /// Ends the reassembly, keeping at most `keep` bytes of capacity for
+    /// reuse; returns the bytes it was charged.
+    fn finish(&mut self, keep: usize) -> usize {
         let charged = self.buf.len();
         self.active = false;
         self.buf.clear();
-        if self.buf.capacity() > KEEP_CAPACITY {
+        if self.buf.capacity() > keep {
             self.buf = Vec::new();
+            self.have = Vec::new();
         }
         charged
     }
@@ -202,7 +207,7 @@ impl RecvChannel {
                 if r.started
                     .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
                 {
-                    memory.used -= r.finish();
+                    memory.used -= r.finish(KEEP_CAPACITY);
                 }
             }
         }
@@ -292,7 +297,7 @@ impl UnreliableRecv {
                         let oldest = (0..self.reassemblies.len())
                             .min_by_key(|&i| self.reassemblies[i].started)
                             .unwrap_or(0);
-                        memory.used -= self.reassemblies[oldest].finish();
+                        memory.used -= self.reassemblies[oldest].finish(KEEP_CAPACITY);
                         oldest
                     }
                 };
@@ -316,7 +321,7 @@ impl UnreliableRecv {
             } else {
                 self.stale += 1;
             }
-            memory.used -= r.finish();
+            memory.used -= r.finish(KEEP_CAPACITY);
         }
     }
 }
@@ -443,7 +448,7 @@ impl ReliableRecv {
                     return;
                 }
                 out.deliver(channel, &slot.reassembly.buf[..slot.reassembly.len]);
-                memory.used -= slot.reassembly.finish();
+                memory.used -= slot.reassembly.finish(0);
             }
         }
         if self.ordered {
@@ -466,14 +471,11 @@ impl ReliableRecv {
             }
             if slot.reassembly.active {
                 out.deliver(channel, &slot.reassembly.buf[..slot.reassembly.len]);
-                memory.used -= slot.reassembly.finish();
+                memory.used -= slot.reassembly.finish(0);
             } else {
                 out.deliver(channel, &slot.message);
                 memory.used -= slot.message.len();
-                slot.message.clear();
-                if slot.message.capacity() > KEEP_CAPACITY {
-                    slot.message = Vec::new();
-                }
+                slot.message = Vec::new();
             }
             slot.state = SlotState::Empty;
             self.base = self.base.wrapping_add(1);
@@ -490,5 +492,63 @@ impl ReliableRecv {
             slot.state = SlotState::Empty;
             self.base = self.base.wrapping_add(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::wire::MessageHeader;
+
+    struct Sink(Vec<Vec<u8>>);
+
+    impl Deliver for Sink {
+        fn deliver(&mut self, _channel: u8, payload: &[u8]) {
+            self.0.push(payload.to_vec());
+        }
+    }
+
+    #[test]
+    fn reliable_slots_keep_no_buffers_after_delivery() {
+        let limits = RecvLimits {
+            fragment_size: 1024,
+            max_fragments: 256,
+            max_unreliable_reassemblies: 4,
+        };
+        let mut channel = RecvChannel::new(ChannelKind::ReliableOrdered, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: usize::MAX,
+        };
+        let mut sink = Sink(Vec::new());
+        let now = Instant::now();
+        let fragment = vec![7u8; 1024];
+        // Messages 1..64 arrive whole (64 fragments each) before message 0,
+        // so each is buffered out of order, then all are delivered.
+        for id in (1..64u16).chain(0..1) {
+            for index in 0..64u16 {
+                let view = MessageView {
+                    header: MessageHeader {
+                        channel: 0,
+                        id: Some(id),
+                        fragment: Some(FragmentInfo { index, count: 64 }),
+                    },
+                    payload: &fragment,
+                };
+                assert_eq!(channel.check(&view, &limits).map(|_| ()), Ok(()));
+                channel.receive(0, &view, now, &limits, &mut memory, &mut sink);
+            }
+        }
+        assert_eq!(sink.0.len(), 64);
+        assert_eq!(memory.used, 0);
+        let RecvChannel::Reliable(reliable) = &channel else {
+            panic!("reliable channel expected");
+        };
+        let retained: usize = reliable
+            .slots
+            .iter()
+            .map(|s| s.message.capacity() + s.reassembly.buf.capacity())
+            .sum();
+        assert_eq!(retained, 0, "delivered messages leave no buffers behind");
     }
 }
