@@ -550,10 +550,9 @@ impl ServerEndpoint {
             }
             self.transmit_queue.pop_front();
             peer.queued_for_transmit = false;
-            if peer.conn.is_closed() && peer.ended.is_none() {
-                peer.ended = Some(DisconnectReason::Closed);
-            }
-            if peer.ended.is_some() {
+            // A closed transport's reason is in its event queue (read by
+            // poll_event, whichever of the two the caller drains first).
+            if peer.ended.is_some() || peer.conn.is_closed() {
                 // Its events (and the final Disconnected) are still to be drained.
                 if !peer.queued_for_events {
                     peer.queued_for_events = true;
