@@ -20,11 +20,11 @@
 //!   can delta-encode. Every received snapshot is applied; failures are
 //!   counted by reason. While the inventory behaviour walks to a world
 //!   item, the heading points at it.
-//! - **chat** says a verified line (see `verify`) when the previous one has
-//!   been answered: a `ChatRejected` carries no reference to the line it
-//!   refuses, so one line in flight keeps every answer unambiguous. The
-//!   scenarios' rates stay far below the server's rate limit (burst 10,
-//!   1 line/s).
+//! - **chat** says a verified line (see `verify`) at the scenario's rate,
+//!   whether or not earlier ones have been answered: every answer names the
+//!   line it answers (`client_ref`). A slot is skipped only when
+//!   `verify::MAX_IN_FLIGHT` lines are unanswered. The scenarios' rates stay
+//!   far below the server's rate limit (burst 10, 1 line/s).
 //! - **inventory**: see `inventory`.
 
 use std::collections::BTreeMap;
@@ -104,7 +104,8 @@ pub(crate) struct WorkerStats {
     pub(crate) inventory: InventoryStats,
     /// Chat refusals by reason.
     pub(crate) chat_rejected: BTreeMap<String, u64>,
-    /// Chat slots skipped because the previous line was still unanswered.
+    /// Chat slots skipped because `verify::MAX_IN_FLIGHT` lines were still
+    /// unanswered.
     pub(crate) chat_skipped: u64,
     /// Movement inputs sent.
     pub(crate) moves_sent: u64,
@@ -481,7 +482,7 @@ impl Bot {
                         }
                         Some(ChatRejected::ID) => {
                             if let Ok(rejected) = protocol::decode::<ChatRejected>(payload) {
-                                self.verifier.on_rejected();
+                                self.verifier.on_rejected(rejected.client_ref);
                                 bump(
                                     &mut stats.chat_rejected,
                                     snake_case(&format!("{:?}", rejected.reason)),
@@ -635,19 +636,24 @@ impl Bot {
             && at <= now
         {
             self.next_chat = Some(now + Duration::from_secs_f64(chat.every_s));
-            if self.verifier.awaited() > 0 {
-                stats.chat_skipped += 1;
-            } else {
-                let scope = match chat.pick(self.rng.unit()) {
-                    ChatScopeKind::Global => ChatScope::Global,
-                    ChatScopeKind::Nearby => ChatScope::Nearby,
-                    ChatScopeKind::Whisper => ChatScope::WhisperId(self.other_bot()),
-                };
-                let text = self.verifier.next_line("hello from a load-test bot");
-                let sent = protocol::encode(&ChatSend { scope, text })
-                    .is_ok_and(|payload| self.send(channels::CHAT, payload, stats));
-                if !sent {
-                    self.verifier.unsend_last();
+            let scope = match chat.pick(self.rng.unit()) {
+                ChatScopeKind::Global => ChatScope::Global,
+                ChatScopeKind::Nearby => ChatScope::Nearby,
+                ChatScopeKind::Whisper => ChatScope::WhisperId(self.other_bot()),
+            };
+            match self.verifier.next_line("hello from a load-test bot") {
+                None => stats.chat_skipped += 1,
+                Some((client_ref, text)) => {
+                    let send = ChatSend {
+                        client_ref,
+                        scope,
+                        text,
+                    };
+                    let sent = protocol::encode(&send)
+                        .is_ok_and(|payload| self.send(channels::CHAT, payload, stats));
+                    if !sent {
+                        self.verifier.unsend_last();
+                    }
                 }
             }
         }

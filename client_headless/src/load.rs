@@ -194,9 +194,9 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     }
     if stats.chat_skipped > 0 {
         notes.push(format!(
-            "{} chat slots skipped: the bot's previous line was still unanswered (one line in \
-             flight per bot)",
-            stats.chat_skipped
+            "{} chat slots skipped: {} lines of the bot were still unanswered",
+            stats.chat_skipped,
+            crate::verify::MAX_IN_FLIGHT
         ));
     }
     if stats.send_errors > 0 {

@@ -4,6 +4,7 @@
 //! pumps the socket, prints what the server says and sends what the player
 //! asks. Commands are listed by `/help`.
 
+use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -280,7 +281,16 @@ struct Player {
     velocity: Vec2,
     next_move: Option<Instant>,
     inventory: InventoryTracker,
+    /// The `client_ref` of the next chat send.
+    next_chat_ref: u32,
+    /// Chat sends not answered yet, by `client_ref`: the text, to say which
+    /// one a refusal is about. At most [`MAX_UNANSWERED_CHAT`]; the oldest
+    /// is forgotten first (its refusal is then printed without the text).
+    unanswered_chat: BTreeMap<u32, String>,
 }
+
+/// See [`Player::unanswered_chat`].
+const MAX_UNANSWERED_CHAT: usize = 64;
 
 impl Player {
     fn new() -> Self {
@@ -302,6 +312,8 @@ impl Player {
             velocity: Vec2::ZERO,
             next_move: None,
             inventory: InventoryTracker::starting_at(first),
+            next_chat_ref: 1,
+            unanswered_chat: BTreeMap::new(),
         }
     }
 
@@ -356,12 +368,18 @@ impl Player {
                         ChatKind::Whisper => "(whisper) ",
                         ChatKind::System => "(system) ",
                     };
+                    if let Some(client_ref) = line.reply_to {
+                        self.unanswered_chat.remove(&client_ref);
+                    }
                     println!("{kind}<{}> {}", line.from_name, line.text);
                 }
             }
             Some(ChatRejected::ID) => {
                 if let Ok(r) = protocol::decode::<ChatRejected>(payload) {
-                    println!("chat refused: {}", r.message);
+                    match self.unanswered_chat.remove(&r.client_ref) {
+                        Some(text) => println!("chat refused ({text:?}): {}", r.message),
+                        None => println!("chat refused: {}", r.message),
+                    }
                 }
             }
             Some(InventoryReply::ID) => {
@@ -500,10 +518,24 @@ impl Player {
         }
         match command {
             Command::Say(scope, text) => {
-                if let Ok(payload) = protocol::encode(&ChatSend { scope, text })
-                    && let Err(e) = endpoint.send(channels::CHAT, payload)
-                {
-                    println!("chat not sent: {e}");
+                let client_ref = self.next_chat_ref;
+                self.next_chat_ref = self.next_chat_ref.wrapping_add(1);
+                let send = ChatSend {
+                    client_ref,
+                    scope,
+                    text,
+                };
+                let Ok(payload) = protocol::encode(&send) else {
+                    return;
+                };
+                match endpoint.send(channels::CHAT, payload) {
+                    Ok(()) => {
+                        if self.unanswered_chat.len() >= MAX_UNANSWERED_CHAT {
+                            self.unanswered_chat.pop_first();
+                        }
+                        self.unanswered_chat.insert(client_ref, send.text);
+                    }
+                    Err(e) => println!("chat not sent: {e}"),
                 }
             }
             Command::Near => self.print_near(),

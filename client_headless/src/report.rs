@@ -32,7 +32,8 @@ pub(crate) struct Report {
     pub(crate) reliable: ReliableStats,
     /// Chat refusals by reason.
     pub(crate) chat_rejected: BTreeMap<String, u64>,
-    /// Chat slots skipped because the bot's previous line was unanswered.
+    /// Chat slots skipped because `verify::MAX_IN_FLIGHT` lines of the bot
+    /// were unanswered.
     pub(crate) chat_skipped: u64,
     /// Movement input and snapshots.
     pub(crate) movement: MovementReport,

@@ -7,34 +7,37 @@
 //!    repeat is a *duplicate*; a number above the next expected one opens a
 //!    gap; a line that later fills a gap arrived *out of order*; a gap still
 //!    open when the connection ends is *lost*.
-//! 2. **Own-line check**: each line the bot says carries a nonce
-//!    (`b<account>#<n>`). The server answers every `ChatSend` of a member in
-//!    session with exactly one of: its own copy (`ChatLine` with `from` =
-//!    the speaker) or a
-//!    [`ChatRejected`](shared::protocol::chat::ChatRejected). Its own copy
-//!    comes back in every scope (`server/src/chat/room.rs`, `ChatRoom::say`:
-//!    global lines go to every member, the speaker included; nearby lines to
-//!    the members within the radius *and always the speaker*, or only the
-//!    speaker when it has no position; a whisper to `[speaker, recipient]`).
-//!    Refusals: `RateLimited`, `Muted`, `TooLong`, `Empty`,
-//!    `UnknownRecipient` (a whisper to someone offline). The one send with
-//!    no answer at all is a kicked flooder's, which is disconnected anyway.
-//!    So every line said is `sent`; an own copy coming back is `delivered`
-//!    (once), again `duplicate`, or ahead of an older line still awaited
-//!    `out_of_order`. A `ChatRejected` answers the oldest awaited line: it
-//!    is `rejected`, not lost. Lines still awaited when the connection ends
-//!    are `lost`.
+//! 2. **Own-line check**: each line the bot says carries a `client_ref`
+//!    (1, 2, 3, ... per bot, across its connections). The server answers
+//!    every `ChatSend` of a member in session with exactly one of: its own
+//!    copy (a `ChatLine` with `reply_to == Some(client_ref)`) or a
+//!    [`ChatRejected`](shared::protocol::chat::ChatRejected) with the same
+//!    `client_ref`. Its own copy comes back in every scope
+//!    (`server/src/chat/room.rs`, `ChatRoom::say`: global lines go to every
+//!    member, the speaker included; nearby lines to the members within the
+//!    radius *and always the speaker*, or only the speaker when it has no
+//!    position; a whisper to `[speaker, recipient]`). Refusals:
+//!    `RateLimited`, `Muted`, `TooLong`, `Empty`, `UnknownRecipient` (a
+//!    whisper to someone offline). The one send with no answer at all is a
+//!    kicked flooder's, which is disconnected anyway. So every line said is
+//!    `sent`; an answer to an awaited line is `delivered` (own copy) or
+//!    `rejected` (refusal), and an answer to a line already answered is a
+//!    `duplicate`. Lines still awaited when the connection ends are `lost`.
 //!
-//! The bot keeps at most one line awaited: the server encodes `ChatLine`s
-//! and `ChatRejected`s in two independent systems, so a refusal and a copy
-//! produced in the same tick may leave in either order, and a
-//! `ChatRejected` does not say which line it refuses.
+//! Several lines may be in flight (at most [`MAX_IN_FLIGHT`]). The server
+//! handles one client's sends in order and writes their answers in order,
+//! but encodes all `ChatLine`s of a tick before all `ChatRejected`s of that
+//! tick (server message types go out in registration order). So own copies
+//! arrive in `client_ref` order, and so do refusals, but a refusal may
+//! arrive after the copy of a later line: an own copy older than one
+//! already received, or a refusal older than one already received, is
+//! `out_of_order`; a refusal behind a newer copy is not.
 //!
 //! Before a connection ends on purpose the bot stops talking and waits
 //! (bounded) until nothing is awaited, so `lost` means lost, not "still in
 //! flight".
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 use shared::protocol::chat::ChatLine;
@@ -42,6 +45,12 @@ use shared::protocol::chat::ChatLine;
 /// Most sequence gaps tracked at once; gaps beyond it are counted lost at
 /// once (a connection that far behind has failed anyway).
 const MAX_TRACKED_GAPS: usize = 4096;
+
+/// Most own lines awaiting an answer at once, per bot. At the limit
+/// [`ChatVerifier::next_line`] refuses and the bot skips that chat slot
+/// (counted in `chat_skipped`): 64 unanswered lines mean the server has
+/// not answered for about a minute at the scenarios' rates.
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 /// Counters of reliable delivery, summed over bots and connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -52,13 +61,14 @@ pub(crate) struct ReliableStats {
     pub(crate) delivered: u64,
     /// Lines received again: a repeated sequence number or own copy.
     pub(crate) duplicates: u64,
-    /// Lines that arrived after a later one: a filled sequence gap or an own
-    /// copy overtaking an older awaited one.
+    /// Lines that arrived after a later one: a filled sequence gap, an own
+    /// copy behind a newer own copy, or a refusal behind a newer refusal.
     pub(crate) out_of_order: u64,
     /// Own lines never answered plus sequence numbers never received, by the
     /// end of their connection.
     pub(crate) lost: u64,
-    /// Own lines the server refused with a `ChatRejected`.
+    /// Own lines the server refused with a `ChatRejected` (counted once
+    /// each).
     pub(crate) rejected: u64,
     /// Every `ChatLine` received (own copies, other players', system).
     pub(crate) lines_received: u64,
@@ -88,9 +98,13 @@ pub(crate) struct ChatVerifier {
     account: u64,
     last_seq: u64,
     gaps: BTreeSet<u64>,
-    awaited: VecDeque<u64>,
-    next_nonce: u64,
-    highest_answered: u64,
+    /// `client_ref`s said on this connection and not answered yet.
+    awaited: BTreeSet<u32>,
+    next_ref: u32,
+    /// The newest `client_ref` answered by an own copy on this connection.
+    newest_copy: Option<u32>,
+    /// The newest `client_ref` answered by a refusal on this connection.
+    newest_refusal: Option<u32>,
     stats: ReliableStats,
 }
 
@@ -101,9 +115,10 @@ impl ChatVerifier {
             account,
             last_seq: 0,
             gaps: BTreeSet::new(),
-            awaited: VecDeque::new(),
-            next_nonce: 1,
-            highest_answered: 0,
+            awaited: BTreeSet::new(),
+            next_ref: 1,
+            newest_copy: None,
+            newest_refusal: None,
             stats: ReliableStats::default(),
         }
     }
@@ -113,21 +128,27 @@ impl ChatVerifier {
         self.awaited.len()
     }
 
-    /// Registers a line about to be said and returns its text.
-    pub(crate) fn next_line(&mut self, body: &str) -> String {
-        let nonce = self.next_nonce;
-        self.next_nonce += 1;
-        self.awaited.push_back(nonce);
+    /// Registers a line about to be said: its `client_ref` and text, or
+    /// `None` when [`MAX_IN_FLIGHT`] lines are awaited already.
+    pub(crate) fn next_line(&mut self, body: &str) -> Option<(u32, String)> {
+        if self.awaited.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let client_ref = self.next_ref;
+        // 2^32 lines per bot: far beyond any run.
+        self.next_ref = self.next_ref.wrapping_add(1);
+        self.awaited.insert(client_ref);
         self.stats.sent += 1;
-        format!("b{}#{nonce} {body}", self.account)
+        Some((client_ref, format!("b{}#{client_ref} {body}", self.account)))
     }
 
     /// Forgets the last line registered by [`next_line`](Self::next_line)
     /// (it could not be sent after all).
     pub(crate) fn unsend_last(&mut self) {
-        if self.awaited.pop_back().is_some() {
+        let last = self.next_ref.wrapping_sub(1);
+        if self.awaited.remove(&last) {
             self.stats.sent -= 1;
-            self.next_nonce -= 1;
+            self.next_ref = last;
         }
     }
 
@@ -135,18 +156,14 @@ impl ChatVerifier {
     pub(crate) fn on_line(&mut self, line: &ChatLine) {
         self.stats.lines_received += 1;
         self.check_seq(line.seq);
-        if line.from == Some(self.account)
-            && let Some(nonce) = own_nonce(&line.text, self.account)
-        {
-            self.check_own(nonce);
+        if let Some(client_ref) = line.reply_to {
+            self.check_answer(client_ref, Answer::Copy);
         }
     }
 
-    /// The server refused the oldest awaited line.
-    pub(crate) fn on_rejected(&mut self) {
-        if self.awaited.pop_front().is_some() {
-            self.stats.rejected += 1;
-        }
+    /// The server refused the line with this `client_ref`.
+    pub(crate) fn on_rejected(&mut self, client_ref: u32) {
+        self.check_answer(client_ref, Answer::Refusal);
     }
 
     fn check_seq(&mut self, seq: u64) {
@@ -170,22 +187,25 @@ impl ChatVerifier {
         }
     }
 
-    fn check_own(&mut self, nonce: u64) {
-        match self.awaited.iter().position(|&n| n == nonce) {
-            Some(0) => {
-                self.awaited.pop_front();
-                self.stats.delivered += 1;
+    fn check_answer(&mut self, client_ref: u32, answer: Answer) {
+        let newest = match answer {
+            Answer::Copy => &mut self.newest_copy,
+            Answer::Refusal => &mut self.newest_refusal,
+        };
+        if self.awaited.remove(&client_ref) {
+            match answer {
+                Answer::Copy => self.stats.delivered += 1,
+                Answer::Refusal => self.stats.rejected += 1,
             }
-            Some(index) => {
-                self.awaited.remove(index);
-                self.stats.delivered += 1;
+            if newest.is_some_and(|n| client_ref < n) {
                 self.stats.out_of_order += 1;
             }
-            None if nonce < self.next_nonce => self.stats.duplicates += 1,
-            // A nonce never said: another process with the same account.
-            None => {}
+            *newest = Some(newest.map_or(client_ref, |n| n.max(client_ref)));
+        } else if client_ref < self.next_ref {
+            // Answered already (by a copy or a refusal).
+            self.stats.duplicates += 1;
         }
-        self.highest_answered = self.highest_answered.max(nonce);
+        // Otherwise a reference never said: not an answer to this bot.
     }
 
     /// Ends the connection: open gaps and awaited lines become lost, and the
@@ -194,6 +214,8 @@ impl ChatVerifier {
         self.stats.lost += self.gaps.len() as u64 + self.awaited.len() as u64;
         self.gaps.clear();
         self.awaited.clear();
+        self.newest_copy = None;
+        self.newest_refusal = None;
         self.last_seq = 0;
     }
 
@@ -203,15 +225,13 @@ impl ChatVerifier {
     }
 }
 
-/// The nonce in an own line's text `b<account>#<nonce> ...`.
-fn own_nonce(text: &str, account: u64) -> Option<u64> {
-    let rest = text.strip_prefix('b')?;
-    let (who, rest) = rest.split_once('#')?;
-    if who.parse::<u64>().ok()? != account {
-        return None;
-    }
-    let digits = rest.split(' ').next()?;
-    digits.parse().ok()
+/// The two answers to a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The speaker's own copy of the line.
+    Copy,
+    /// A `ChatRejected`.
+    Refusal,
 }
 
 #[cfg(test)]
@@ -220,71 +240,110 @@ mod tests {
 
     use super::*;
 
-    fn line(seq: u64, from: Option<u64>, text: &str) -> ChatLine {
+    fn line(seq: u64, from: Option<u64>, reply_to: Option<u32>) -> ChatLine {
         ChatLine {
             seq,
+            reply_to,
             from,
             from_name: "x".into(),
             kind: ChatKind::Global,
-            text: text.into(),
+            text: "some text".into(),
         }
     }
 
+    fn say(v: &mut ChatVerifier) -> u32 {
+        v.next_line("hello").expect("room in flight").0
+    }
+
     #[test]
-    fn an_in_order_stream_with_own_copies_is_exactly_once() {
+    fn several_lines_in_flight_answered_in_order_are_exactly_once() {
         let mut v = ChatVerifier::new(7);
-        let a = v.next_line("hello");
-        let b = v.next_line("again");
-        assert_eq!(a, "b7#1 hello");
-        v.on_line(&line(1, Some(9), "b9#1 someone else"));
-        v.on_line(&line(2, Some(7), &a));
-        v.on_line(&line(3, None, "server says hi"));
-        v.on_line(&line(4, Some(7), &b));
+        assert_eq!(v.next_line("hello"), Some((1, "b7#1 hello".to_owned())));
+        let b = say(&mut v);
+        let c = say(&mut v);
+        assert_eq!(v.awaited(), 3);
+        v.on_line(&line(1, Some(9), None));
+        v.on_line(&line(2, Some(7), Some(1)));
+        v.on_line(&line(3, None, None));
+        v.on_line(&line(4, Some(7), Some(b)));
+        v.on_rejected(c);
         v.end_connection();
         let s = v.stats();
-        assert_eq!((s.sent, s.delivered, s.lines_received), (2, 2, 4));
+        assert_eq!(
+            (s.sent, s.delivered, s.rejected, s.lines_received),
+            (3, 2, 1, 4)
+        );
         assert!(s.exactly_once(), "{s:?}");
     }
 
     #[test]
-    fn repeated_sequence_numbers_and_own_copies_are_duplicates() {
+    fn a_refusal_behind_a_newer_copy_is_in_order() {
+        // The server encodes a tick's ChatLines before its ChatRejecteds.
         let mut v = ChatVerifier::new(7);
-        let a = v.next_line("x");
-        v.on_line(&line(1, Some(7), &a));
-        v.on_line(&line(1, Some(7), &a));
+        let a = say(&mut v);
+        let b = say(&mut v);
+        let c = say(&mut v);
+        v.on_line(&line(1, Some(7), Some(b)));
+        v.on_rejected(a);
+        v.on_rejected(c);
+        v.end_connection();
         let s = v.stats();
-        // The repeat is caught twice: by its seq and by its nonce.
-        assert_eq!((s.delivered, s.duplicates), (1, 2));
+        assert_eq!((s.delivered, s.rejected), (1, 2));
+        assert!(s.exactly_once(), "{s:?}");
+    }
+
+    #[test]
+    fn repeated_sequence_numbers_copies_and_refusals_are_duplicates() {
+        let mut v = ChatVerifier::new(7);
+        let a = say(&mut v);
+        let b = say(&mut v);
+        v.on_line(&line(1, Some(7), Some(a)));
+        v.on_line(&line(1, Some(7), Some(a)));
+        // The repeat is caught twice: by its seq and by its client_ref.
+        assert_eq!((v.stats().delivered, v.stats().duplicates), (1, 2));
+        v.on_rejected(b);
+        v.on_rejected(b);
+        // A refusal of a line whose copy came back is a duplicate too.
+        v.on_rejected(a);
+        let s = v.stats();
+        assert_eq!((s.rejected, s.duplicates, s.out_of_order), (1, 4, 0));
     }
 
     #[test]
     fn a_filled_gap_is_out_of_order_and_an_open_gap_is_lost() {
         let mut v = ChatVerifier::new(7);
-        v.on_line(&line(1, None, "a"));
-        v.on_line(&line(4, None, "d"));
-        v.on_line(&line(2, None, "b"));
+        v.on_line(&line(1, None, None));
+        v.on_line(&line(4, None, None));
+        v.on_line(&line(2, None, None));
         v.end_connection();
         let s = v.stats();
         assert_eq!((s.out_of_order, s.lost, s.duplicates), (1, 1, 0));
     }
 
     #[test]
-    fn an_own_copy_overtaking_an_older_one_is_out_of_order() {
+    fn an_answer_overtaking_an_older_one_of_its_kind_is_out_of_order() {
         let mut v = ChatVerifier::new(7);
-        let a = v.next_line("a");
-        let b = v.next_line("b");
-        v.on_line(&line(1, Some(7), &b));
-        v.on_line(&line(2, Some(7), &a));
+        let a = say(&mut v);
+        let b = say(&mut v);
+        v.on_line(&line(1, Some(7), Some(b)));
+        v.on_line(&line(2, Some(7), Some(a)));
         let s = v.stats();
         assert_eq!((s.delivered, s.out_of_order, s.duplicates), (2, 1, 0));
+
+        let c = say(&mut v);
+        let d = say(&mut v);
+        v.on_rejected(d);
+        v.on_rejected(c);
+        let s = v.stats();
+        assert_eq!((s.rejected, s.out_of_order, s.duplicates), (2, 2, 0));
     }
 
     #[test]
     fn unanswered_lines_are_lost_and_rejections_are_not() {
         let mut v = ChatVerifier::new(7);
-        v.next_line("refused");
-        v.next_line("never answered");
-        v.on_rejected();
+        let refused = say(&mut v);
+        say(&mut v);
+        v.on_rejected(refused);
         assert_eq!(v.awaited(), 1);
         v.end_connection();
         let s = v.stats();
@@ -292,31 +351,55 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_restart_with_each_connection() {
+    fn sequence_numbers_restart_with_each_connection_and_references_do_not() {
         let mut v = ChatVerifier::new(7);
-        v.on_line(&line(1, None, "a"));
-        v.on_line(&line(2, None, "b"));
+        let a = say(&mut v);
+        v.on_line(&line(1, None, None));
+        v.on_line(&line(2, Some(7), Some(a)));
         v.end_connection();
-        v.on_line(&line(1, None, "a"));
-        assert!(v.stats().exactly_once());
+        let b = say(&mut v);
+        assert_eq!(b, a + 1);
+        v.on_line(&line(1, Some(7), Some(b)));
+        assert!(v.stats().exactly_once(), "{:?}", v.stats());
     }
 
     #[test]
-    fn other_accounts_nonces_are_not_taken_for_ours() {
-        assert_eq!(own_nonce("b7#12 hi", 7), Some(12));
-        assert_eq!(own_nonce("b77#12 hi", 7), None);
-        assert_eq!(own_nonce("hello", 7), None);
+    fn other_players_lines_and_references_never_said_are_not_answers() {
         let mut v = ChatVerifier::new(7);
-        v.next_line("mine");
-        v.on_line(&line(1, Some(7), "b7#99 not said by this process"));
-        assert_eq!(v.stats().duplicates, 0);
+        let a = say(&mut v);
+        v.on_line(&line(1, Some(9), None));
+        v.on_line(&line(2, Some(7), Some(a + 40)));
+        v.on_rejected(a + 41);
+        let s = v.stats();
+        assert_eq!((s.delivered, s.rejected, s.duplicates), (0, 0, 0));
         assert_eq!(v.awaited(), 1);
+    }
+
+    #[test]
+    fn an_unsent_line_is_forgotten_and_its_reference_reused() {
+        let mut v = ChatVerifier::new(7);
+        let a = say(&mut v);
+        v.unsend_last();
+        assert_eq!((v.awaited(), v.stats().sent), (0, 0));
+        assert_eq!(say(&mut v), a);
+    }
+
+    #[test]
+    fn lines_in_flight_are_bounded() {
+        let mut v = ChatVerifier::new(7);
+        for _ in 0..MAX_IN_FLIGHT {
+            say(&mut v);
+        }
+        assert_eq!(v.next_line("one too many"), None);
+        assert_eq!(v.stats().sent, MAX_IN_FLIGHT as u64);
+        v.on_rejected(1);
+        assert!(v.next_line("room again").is_some());
     }
 
     #[test]
     fn a_huge_gap_is_bounded() {
         let mut v = ChatVerifier::new(7);
-        v.on_line(&line(1_000_000, None, "far ahead"));
+        v.on_line(&line(1_000_000, None, None));
         assert!(v.gaps.len() <= MAX_TRACKED_GAPS);
         v.end_connection();
         assert_eq!(v.stats().lost, 999_999);

@@ -8,6 +8,15 @@
 //! feeds it connections, messages and admin `say`s and sends what it
 //! returns.
 //!
+//! Every send of a member in session is answered exactly once, and the
+//! answer carries the send's [`ChatSend::client_ref`]: the speaker's own
+//! copy (`ChatLine::reply_to`) or a `ChatRejected` (only a send that gets
+//! its sender kicked goes unanswered). Within a tick a client receives all
+//! its `ChatLine`s (in `seq` order) before its `ChatRejected`s: server
+//! message types are encoded in registration order (see
+//! [`NetAppExt`]), so clients must match answers by `client_ref`, not by
+//! arrival order.
+//!
 //! Session rule: a player is a chat member from its [`ClientConnected`]
 //! (the handshake is done and its entity exists) to its
 //! [`ClientDisconnected`]; anything else is ignored and counted.
@@ -198,6 +207,7 @@ fn route(
         };
         if !room.say(
             client.account,
+            message.client_ref,
             &message.scope,
             &message.text,
             position,

@@ -176,16 +176,20 @@ impl ChatRoom {
         let mut recipients: Vec<u64> = self.members.keys().copied().collect();
         recipients.sort_unstable();
         for to in recipients {
-            self.deliver(to, None, SYSTEM_NAME, ChatKind::System, text, out);
+            self.deliver(to, None, None, SYSTEM_NAME, ChatKind::System, text, out);
         }
     }
 
-    /// A member says something. `position` gives a member's position, if
+    /// A member says something. `client_ref` is the sender's
+    /// [`ChatSend::client_ref`](shared::protocol::chat::ChatSend::client_ref):
+    /// the answer echoes it, either the speaker's own copy (`reply_to`, in
+    /// every scope) or the refusal. `position` gives a member's position, if
     /// it has one, for the nearby scope. A message from a non-member (no
     /// session yet, or already left) is ignored: returns false.
     pub fn say(
         &mut self,
         from: u64,
+        client_ref: u32,
         scope: &ChatScope,
         text: &str,
         position: impl Fn(u64) -> Option<Vec2>,
@@ -200,13 +204,21 @@ impl ChatRoom {
             return true;
         }
         if tick < member.muted_until {
-            Self::offence(member, from, tick, &config, ChatRejectReason::Muted, out);
+            Self::offence(
+                member,
+                from,
+                client_ref,
+                tick,
+                &config,
+                ChatRejectReason::Muted,
+                out,
+            );
             return true;
         }
         let text = match clean_text(text, config.max_chars) {
             Ok(text) => text,
             Err(reason) => {
-                out.push(reject(from, reason, &config));
+                out.push(reject(from, client_ref, reason, &config));
                 return true;
             }
         };
@@ -214,6 +226,7 @@ impl ChatRoom {
             Self::offence(
                 member,
                 from,
+                client_ref,
                 tick,
                 &config,
                 ChatRejectReason::RateLimited,
@@ -244,14 +257,24 @@ impl ChatRoom {
             ChatScope::WhisperId(to) => match self.members.contains_key(to) {
                 true => (ChatKind::Whisper, vec![from, *to]),
                 false => {
-                    out.push(reject(from, ChatRejectReason::UnknownRecipient, &config));
+                    out.push(reject(
+                        from,
+                        client_ref,
+                        ChatRejectReason::UnknownRecipient,
+                        &config,
+                    ));
                     return true;
                 }
             },
             ChatScope::WhisperName(to) => match self.members.iter().find(|(_, m)| m.name == *to) {
                 Some((&to, _)) => (ChatKind::Whisper, vec![from, to]),
                 None => {
-                    out.push(reject(from, ChatRejectReason::UnknownRecipient, &config));
+                    out.push(reject(
+                        from,
+                        client_ref,
+                        ChatRejectReason::UnknownRecipient,
+                        &config,
+                    ));
                     return true;
                 }
             },
@@ -259,7 +282,8 @@ impl ChatRoom {
         recipients.sort_unstable();
         recipients.dedup();
         for to in recipients {
-            self.deliver(to, Some(from), &name, kind, &text, out);
+            let reply_to = (to == from).then_some(client_ref);
+            self.deliver(to, Some(from), reply_to, &name, kind, &text, out);
         }
         true
     }
@@ -267,6 +291,7 @@ impl ChatRoom {
     fn offence(
         member: &mut Member,
         account: u64,
+        client_ref: u32,
         tick: u64,
         config: &ChatConfig,
         reason: ChatRejectReason,
@@ -274,7 +299,7 @@ impl ChatRoom {
     ) {
         member.offences += 1;
         if member.offences < config.mute_after_offences {
-            out.push(reject(account, reason, config));
+            out.push(reject(account, client_ref, reason, config));
             return;
         }
         member.offences = 0;
@@ -288,6 +313,7 @@ impl ChatRoom {
         out.push(ChatOutput::Rejected {
             to: account,
             rejected: ChatRejected {
+                client_ref,
                 reason: ChatRejectReason::Muted,
                 message: format!(
                     "you are muted for {} s for flooding the chat; keep going and you will be kicked",
@@ -297,10 +323,15 @@ impl ChatRoom {
         });
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one line plus its recipient; a struct would only rename them"
+    )]
     fn deliver(
         &mut self,
         to: u64,
         from: Option<u64>,
+        reply_to: Option<u32>,
         from_name: &str,
         kind: ChatKind,
         text: &str,
@@ -314,6 +345,7 @@ impl ChatRoom {
             to,
             line: ChatLine {
                 seq: member.last_seq,
+                reply_to,
                 from,
                 from_name: from_name.to_owned(),
                 kind,
@@ -323,7 +355,7 @@ impl ChatRoom {
     }
 }
 
-fn reject(to: u64, reason: ChatRejectReason, config: &ChatConfig) -> ChatOutput {
+fn reject(to: u64, client_ref: u32, reason: ChatRejectReason, config: &ChatConfig) -> ChatOutput {
     let message = match reason {
         ChatRejectReason::RateLimited => format!(
             "slow down: at most {} messages in a burst, then {} per second",
@@ -338,6 +370,10 @@ fn reject(to: u64, reason: ChatRejectReason, config: &ChatConfig) -> ChatOutput 
     };
     ChatOutput::Rejected {
         to,
-        rejected: ChatRejected { reason, message },
+        rejected: ChatRejected {
+            client_ref,
+            reason,
+            message,
+        },
     }
 }

@@ -36,6 +36,46 @@ fn nowhere(_: u64) -> Option<Vec2> {
     None
 }
 
+/// The one answer `account` got to its send `client_ref`: its own copy of
+/// the line or the refusal. Panics unless there is exactly one.
+fn the_answer(
+    out: &[ChatOutput],
+    account: u64,
+    client_ref: u32,
+) -> Result<&ChatLine, ChatRejectReason> {
+    let mut answers: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            ChatOutput::Line { to, line }
+                if *to == account && line.reply_to == Some(client_ref) =>
+            {
+                Some(Ok(line))
+            }
+            ChatOutput::Rejected { to, rejected }
+                if *to == account && rejected.client_ref == client_ref =>
+            {
+                Some(Err(rejected.reason))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "answers to send {client_ref}: {out:?}");
+    answers.remove(0)
+}
+
+/// Only the speaker's own copies carry `reply_to`.
+fn assert_reply_to_only_on_own_copies(out: &[ChatOutput]) {
+    for o in out {
+        if let ChatOutput::Line { to, line } = o {
+            assert_eq!(
+                line.reply_to.is_some(),
+                line.from == Some(*to),
+                "line to {to}: {line:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn text_is_stripped_of_control_characters_trimmed_and_length_checked() {
     assert_eq!(
@@ -59,6 +99,7 @@ fn a_whisper_reaches_only_its_target_and_the_senders_copy() {
     let mut out = Vec::new();
     assert!(room.say(
         1,
+        1,
         &ChatScope::WhisperName("player-2".into()),
         "psst",
         nowhere,
@@ -71,12 +112,19 @@ fn a_whisper_reaches_only_its_target_and_the_senders_copy() {
     assert!(lines_for(&out, 3).is_empty(), "a bystander hears nothing");
 
     let mut out = Vec::new();
-    room.say(2, &ChatScope::WhisperId(3), "hey", nowhere, &mut out);
+    room.say(2, 2, &ChatScope::WhisperId(3), "hey", nowhere, &mut out);
     assert!(lines_for(&out, 1).is_empty());
     assert_eq!(lines_for(&out, 3)[0].text, "hey");
 
     let mut out = Vec::new();
-    room.say(2, &ChatScope::WhisperId(99), "anyone?", nowhere, &mut out);
+    room.say(
+        2,
+        3,
+        &ChatScope::WhisperId(99),
+        "anyone?",
+        nowhere,
+        &mut out,
+    );
     assert_eq!(rejections(&out), vec![ChatRejectReason::UnknownRecipient]);
 }
 
@@ -84,7 +132,7 @@ fn a_whisper_reaches_only_its_target_and_the_senders_copy() {
 fn global_reaches_everyone_and_nearby_only_those_within_the_radius() {
     let mut room = room_with(&[1, 2, 3, 4], ChatConfig::default());
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "hello all", nowhere, &mut out);
+    room.say(1, 4, &ChatScope::Global, "hello all", nowhere, &mut out);
     for a in 1..=4 {
         assert_eq!(lines_for(&out, a).len(), 1);
     }
@@ -95,7 +143,7 @@ fn global_reaches_everyone_and_nearby_only_those_within_the_radius() {
         _ => None,
     };
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Nearby, "near?", position, &mut out);
+    room.say(1, 5, &ChatScope::Nearby, "near?", position, &mut out);
     assert_eq!(lines_for(&out, 1).len(), 1);
     assert_eq!(lines_for(&out, 2).len(), 1);
     assert!(lines_for(&out, 3).is_empty());
@@ -114,9 +162,9 @@ fn sequence_numbers_count_every_line_per_recipient_without_gaps() {
     let mut room = room_with(&[1], announcing());
     let mut out = Vec::new();
     room.join(2, "player-2".into(), &mut out);
-    room.say(1, &ChatScope::Global, "a", nowhere, &mut out);
-    room.say(2, &ChatScope::WhisperId(1), "b", nowhere, &mut out);
-    room.say(1, &ChatScope::Global, "", nowhere, &mut out); // refused: no line
+    room.say(1, 6, &ChatScope::Global, "a", nowhere, &mut out);
+    room.say(2, 7, &ChatScope::WhisperId(1), "b", nowhere, &mut out);
+    room.say(1, 8, &ChatScope::Global, "", nowhere, &mut out); // refused: no line
     room.system("maintenance soon", &mut out);
     let seqs = |a| lines_for(&out, a).iter().map(|l| l.seq).collect::<Vec<_>>();
     // Player 1 saw its own join before this batch: seq 1 went there.
@@ -136,17 +184,17 @@ fn a_burst_passes_then_the_rate_limit_refuses_then_tokens_come_back() {
     let mut room = room_with(&[1], config);
     let mut out = Vec::new();
     for _ in 0..3 {
-        room.say(1, &ChatScope::Global, "spam", nowhere, &mut out);
+        room.say(1, 9, &ChatScope::Global, "spam", nowhere, &mut out);
     }
     assert!(rejections(&out).is_empty());
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "spam", nowhere, &mut out);
+    room.say(1, 10, &ChatScope::Global, "spam", nowhere, &mut out);
     assert_eq!(rejections(&out), vec![ChatRejectReason::RateLimited]);
     for _ in 0..9 {
         room.tick();
     }
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "spam", nowhere, &mut out);
+    room.say(1, 11, &ChatScope::Global, "spam", nowhere, &mut out);
     assert_eq!(
         rejections(&out),
         vec![ChatRejectReason::RateLimited],
@@ -154,7 +202,7 @@ fn a_burst_passes_then_the_rate_limit_refuses_then_tokens_come_back() {
     );
     room.tick();
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "ok now", nowhere, &mut out);
+    room.say(1, 12, &ChatScope::Global, "ok now", nowhere, &mut out);
     assert!(rejections(&out).is_empty());
     assert_eq!(lines_for(&out, 1).len(), 1);
 }
@@ -172,22 +220,22 @@ fn repeated_offenders_are_muted_then_kicked() {
     };
     let mut room = room_with(&[1, 2], config);
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "one", nowhere, &mut out);
+    room.say(1, 13, &ChatScope::Global, "one", nowhere, &mut out);
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "two", nowhere, &mut out);
-    room.say(1, &ChatScope::Global, "three", nowhere, &mut out);
+    room.say(1, 14, &ChatScope::Global, "two", nowhere, &mut out);
+    room.say(1, 15, &ChatScope::Global, "three", nowhere, &mut out);
     assert_eq!(
         rejections(&out),
         vec![ChatRejectReason::RateLimited, ChatRejectReason::Muted]
     );
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "muted", nowhere, &mut out);
+    room.say(1, 16, &ChatScope::Global, "muted", nowhere, &mut out);
     assert_eq!(rejections(&out), vec![ChatRejectReason::Muted]);
     assert!(lines_for(&out, 2).is_empty());
-    room.say(1, &ChatScope::Global, "again", nowhere, &mut out);
+    room.say(1, 17, &ChatScope::Global, "again", nowhere, &mut out);
     assert!(out.contains(&ChatOutput::Kick { account: 1 }));
     let mut out = Vec::new();
-    room.say(1, &ChatScope::Global, "after kick", nowhere, &mut out);
+    room.say(1, 18, &ChatScope::Global, "after kick", nowhere, &mut out);
     assert!(out.is_empty(), "a kicked member is silent until it leaves");
 }
 
@@ -195,10 +243,10 @@ fn repeated_offenders_are_muted_then_kicked() {
 fn nothing_is_accepted_outside_a_session() {
     let mut room = room_with(&[1], ChatConfig::default());
     let mut out = Vec::new();
-    assert!(!room.say(7, &ChatScope::Global, "hi", nowhere, &mut out));
+    assert!(!room.say(7, 19, &ChatScope::Global, "hi", nowhere, &mut out));
     assert!(out.is_empty());
     room.leave(1, &mut out);
-    assert!(!room.say(1, &ChatScope::Global, "hi", nowhere, &mut out));
+    assert!(!room.say(1, 20, &ChatScope::Global, "hi", nowhere, &mut out));
 }
 
 #[test]
@@ -240,4 +288,136 @@ fn the_plugin_builds_and_routes_admin_lines_without_members() {
     app.world_mut().run_schedule(FixedUpdate);
     let lines = app.world().resource::<Messages<ToClient<ChatLine>>>();
     assert_eq!(lines.iter_current_update_messages().count(), 0);
+}
+
+#[test]
+fn every_answer_echoes_the_client_ref_of_its_send_in_every_scope() {
+    let mut room = room_with(&[1, 2, 3], ChatConfig::default());
+    let position = |a: u64| match a {
+        1 => Some(Vec2::ZERO),
+        2 => Some(Vec2::new(10.0, 0.0)),
+        3 => Some(Vec2::new(500.0, 0.0)),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let sends: [(u32, ChatScope); 6] = [
+        (101, ChatScope::Global),
+        (102, ChatScope::Nearby),
+        (103, ChatScope::WhisperId(2)),
+        (104, ChatScope::WhisperName("player-3".into())),
+        (105, ChatScope::WhisperId(1)),
+        (106, ChatScope::Global),
+    ];
+    for (client_ref, scope) in &sends {
+        let text = format!("line {client_ref}");
+        assert!(room.say(1, *client_ref, scope, &text, position, &mut out));
+    }
+    for (client_ref, _) in &sends {
+        let own = the_answer(&out, 1, *client_ref).expect("accepted");
+        assert_eq!(own.text, format!("line {client_ref}"));
+        assert_eq!(own.from, Some(1));
+    }
+    // Nearby from a player without a position reaches only the speaker,
+    // still with the echo.
+    let mut alone = Vec::new();
+    room.say(1, 107, &ChatScope::Nearby, "alone", nowhere, &mut alone);
+    assert_eq!(
+        the_answer(&alone, 1, 107).map(|l| l.kind),
+        Ok(ChatKind::Nearby)
+    );
+    assert_eq!(alone.len(), 1);
+    // Everyone else's copies and system lines carry no reference.
+    room.say(2, 201, &ChatScope::Global, "from 2", nowhere, &mut out);
+    room.system("maintenance", &mut out);
+    assert_reply_to_only_on_own_copies(&out);
+    assert_eq!(
+        the_answer(&out, 2, 201).map(|l| l.text.as_str()),
+        Ok("from 2")
+    );
+    // Player 3 heard globals 101, 106 and 201, whisper 104 and the system
+    // line: none of them its own.
+    assert_eq!(
+        lines_for(&out, 3)
+            .iter()
+            .map(|l| l.reply_to)
+            .collect::<Vec<_>>(),
+        vec![None; 5]
+    );
+
+    // Refusals echo the reference too.
+    let mut out = Vec::new();
+    room.say(1, 301, &ChatScope::Global, " \t ", nowhere, &mut out);
+    room.say(
+        1,
+        302,
+        &ChatScope::Nearby,
+        &"x".repeat(257),
+        position,
+        &mut out,
+    );
+    room.say(
+        1,
+        303,
+        &ChatScope::WhisperId(99),
+        "anyone?",
+        nowhere,
+        &mut out,
+    );
+    room.say(
+        1,
+        304,
+        &ChatScope::WhisperName("nobody".into()),
+        "hi",
+        nowhere,
+        &mut out,
+    );
+    assert_eq!(the_answer(&out, 1, 301), Err(ChatRejectReason::Empty));
+    assert_eq!(the_answer(&out, 1, 302), Err(ChatRejectReason::TooLong));
+    assert_eq!(
+        the_answer(&out, 1, 303),
+        Err(ChatRejectReason::UnknownRecipient)
+    );
+    assert_eq!(
+        the_answer(&out, 1, 304),
+        Err(ChatRejectReason::UnknownRecipient)
+    );
+    assert_eq!(out.len(), 4, "a refusal delivers nothing: {out:?}");
+}
+
+#[test]
+fn rate_limit_and_mute_refusals_echo_the_client_ref_and_a_kick_answers_nothing() {
+    let config = ChatConfig {
+        burst: 1,
+        rate_per_sec: 0.0,
+        mute_after_offences: 2,
+        mute_secs: 1,
+        kick_after_mutes: 1,
+        tick_hz: 10,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1, 2], config);
+    let mut out = Vec::new();
+    for client_ref in 1..=5 {
+        room.say(
+            1,
+            client_ref,
+            &ChatScope::WhisperId(2),
+            "spam",
+            nowhere,
+            &mut out,
+        );
+    }
+    assert_eq!(the_answer(&out, 1, 1).map(|l| l.seq), Ok(1));
+    assert_eq!(the_answer(&out, 1, 2), Err(ChatRejectReason::RateLimited));
+    // The second offence mutes.
+    assert_eq!(the_answer(&out, 1, 3), Err(ChatRejectReason::Muted));
+    // Sending while muted is refused as muted.
+    assert_eq!(the_answer(&out, 1, 4), Err(ChatRejectReason::Muted));
+    // The offence that would be a second mute is a kick: no answer.
+    assert!(out.contains(&ChatOutput::Kick { account: 1 }));
+    assert!(!out.iter().any(|o| matches!(
+        o,
+        ChatOutput::Rejected { rejected, .. } if rejected.client_ref == 5
+    )));
+    assert_reply_to_only_on_own_copies(&out);
 }

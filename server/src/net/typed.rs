@@ -1,5 +1,13 @@
 //! The typed message API: register a type on a channel once, then read
 //! [`FromClient<T>`] and write [`ToClient<T>`].
+//!
+//! Outbound order within a tick: messages of one type go out in the order
+//! they were written; different types go out in the order the types were
+//! registered with [`NetAppExt::add_server_message`] (all of the first
+//! type's messages of the tick, then all of the second's, ...). On one
+//! ordered channel a client therefore receives, say, every `ChatLine` of a
+//! tick before any `ChatRejected` of that tick, whatever order the
+//! gameplay systems wrote them in.
 
 use std::collections::HashMap;
 
@@ -131,6 +139,15 @@ fn encode_outbound<T: NetMessage>(
     }
 }
 
+/// The encoder of the `n`-th registered server message type; each runs
+/// after the previous one, so types are encoded in registration order.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct EncodeOrder(usize);
+
+/// How many server message types have been registered.
+#[derive(Resource, Default)]
+struct ServerMessageTypes(usize);
+
 #[derive(Resource)]
 struct OutboundChannel<T> {
     channel: ChannelId,
@@ -142,7 +159,10 @@ pub trait NetAppExt {
     /// Clients may send `T` on `channel`; systems read it as [`FromClient<T>`].
     /// The same type on another channel counts as a protocol strike.
     fn add_client_message<T: NetMessage>(&mut self, channel: ChannelId) -> &mut Self;
-    /// Systems write [`ToClient<T>`]; it goes out on `channel`.
+    /// Systems write [`ToClient<T>`]; it goes out on `channel`. Within a
+    /// tick, `T`'s messages are encoded in write order, after those of every
+    /// type registered before `T` and before those of every type registered
+    /// after it.
     fn add_server_message<T: NetMessage>(&mut self, channel: ChannelId) -> &mut Self;
 }
 
@@ -162,6 +182,19 @@ impl NetAppExt for App {
     }
 
     fn add_server_message<T: NetMessage>(&mut self, channel: ChannelId) -> &mut Self {
+        let slot = {
+            let mut types = self
+                .world_mut()
+                .get_resource_or_init::<ServerMessageTypes>();
+            types.0 += 1;
+            types.0 - 1
+        };
+        if let Some(previous) = slot.checked_sub(1) {
+            self.configure_sets(
+                FixedPostUpdate,
+                EncodeOrder(slot).after(EncodeOrder(previous)),
+            );
+        }
         self.add_message::<ToClient<T>>()
             .insert_resource(OutboundChannel::<T> {
                 channel,
@@ -169,7 +202,89 @@ impl NetAppExt for App {
             })
             .add_systems(
                 FixedPostUpdate,
-                encode_outbound::<T>.in_set(NetSystems::Encode),
+                encode_outbound::<T>
+                    .in_set(NetSystems::Encode)
+                    .in_set(EncodeOrder(slot)),
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bevy_app::App;
+    use shared::protocol::chat::{ChatKind, ChatLine, ChatRejectReason, ChatRejected};
+    use shared::protocol::messages::Welcome;
+    use shared::protocol::{self, NetMessage, channels};
+
+    use super::*;
+
+    fn line(seq: u64) -> ChatLine {
+        ChatLine {
+            seq,
+            reply_to: None,
+            from: None,
+            from_name: "server".into(),
+            kind: ChatKind::System,
+            text: format!("line {seq}"),
+        }
+    }
+
+    #[test]
+    fn types_are_encoded_in_registration_order_and_messages_in_write_order() {
+        let mut app = App::new();
+        app.init_resource::<Outbox>()
+            .init_resource::<Clients>()
+            .add_server_message::<ChatLine>(channels::CHAT)
+            .add_server_message::<ChatRejected>(channels::CHAT)
+            .add_server_message::<Welcome>(channels::CONTROL);
+        let world = app.world_mut();
+        // Written in the opposite order to registration, and interleaved.
+        world.write_message(ToClient {
+            to: Recipients::All,
+            message: Welcome {
+                client_id: 1,
+                tick_hz: 30,
+            },
+        });
+        world.write_message(ToClient {
+            to: Recipients::All,
+            message: ChatRejected {
+                client_ref: 9,
+                reason: ChatRejectReason::Empty,
+                message: "message is empty".into(),
+            },
+        });
+        world.write_message(ToClient {
+            to: Recipients::All,
+            message: line(1),
+        });
+        world.write_message(ToClient {
+            to: Recipients::All,
+            message: line(2),
+        });
+        world.run_schedule(FixedPostUpdate);
+
+        let sent: Vec<(u16, Option<u64>)> = world
+            .resource::<Outbox>()
+            .commands
+            .iter()
+            .map(|command| match command {
+                NetCommand::Broadcast { payload, .. } => {
+                    let id = protocol::message_id(payload).unwrap_or(u16::MAX);
+                    let seq = protocol::decode::<ChatLine>(payload).ok().map(|l| l.seq);
+                    (id, seq)
+                }
+                other => panic!("unexpected command {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                (ChatLine::ID, Some(1)),
+                (ChatLine::ID, Some(2)),
+                (ChatRejected::ID, None),
+                (Welcome::ID, None),
+            ]
+        );
     }
 }

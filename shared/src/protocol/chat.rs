@@ -19,8 +19,18 @@ pub enum ChatScope {
 }
 
 /// Client → server: say something.
+///
+/// The server answers every send of a member in session with exactly one
+/// of: the speaker's own copy ([`ChatLine`] with `reply_to ==
+/// Some(client_ref)`) or a [`ChatRejected`] with the same `client_ref`.
+/// The one send without an answer is the one that gets its sender kicked
+/// for flooding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatSend {
+    /// Chosen by the client and echoed in the answer, so the client can
+    /// tell which send an answer is for, with several sends in flight. The
+    /// server does not interpret it (it need not be unique or increasing).
+    pub client_ref: u32,
     /// To whom.
     pub scope: ChatScope,
     /// What (UTF-8 by construction; the server strips control characters,
@@ -49,11 +59,14 @@ pub enum ChatKind {
 ///
 /// `seq` counts the lines this client has been sent on this connection:
 /// 1, 2, 3, ... with no gaps, so a client can verify exactly-once,
-/// in-order delivery.
+/// in-order delivery. [`ChatRejected`]s are not numbered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatLine {
     /// Per-recipient sequence number, from 1.
     pub seq: u64,
+    /// On the speaker's own copy, the [`ChatSend::client_ref`] of the send
+    /// it answers; `None` on everyone else's copy and on system lines.
+    pub reply_to: Option<u32>,
     /// The speaker's account id (`None` for system lines).
     pub from: Option<u64>,
     /// The speaker's display name ("server" for system lines).
@@ -86,6 +99,8 @@ pub enum ChatRejectReason {
 /// Server → client: your chat message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatRejected {
+    /// The [`ChatSend::client_ref`] of the refused send.
+    pub client_ref: u32,
     /// Why.
     pub reason: ChatRejectReason,
     /// A sentence a player can read.
@@ -190,6 +205,7 @@ mod tests {
     fn chat_messages_round_trip_through_the_codec() {
         let line = ChatLine {
             seq: 7,
+            reply_to: Some(u32::MAX),
             from: Some(3),
             from_name: "ada".into(),
             kind: ChatKind::Whisper,
@@ -197,5 +213,24 @@ mod tests {
         };
         let bytes = crate::protocol::encode(&line).unwrap();
         assert_eq!(crate::protocol::decode::<ChatLine>(&bytes).unwrap(), line);
+
+        let send = ChatSend {
+            client_ref: 41,
+            scope: ChatScope::WhisperName("bob".into()),
+            text: "hi".into(),
+        };
+        let bytes = crate::protocol::encode(&send).unwrap();
+        assert_eq!(crate::protocol::decode::<ChatSend>(&bytes).unwrap(), send);
+
+        let rejected = ChatRejected {
+            client_ref: 41,
+            reason: ChatRejectReason::UnknownRecipient,
+            message: "no such player is online".into(),
+        };
+        let bytes = crate::protocol::encode(&rejected).unwrap();
+        assert_eq!(
+            crate::protocol::decode::<ChatRejected>(&bytes).unwrap(),
+            rejected
+        );
     }
 }
