@@ -373,6 +373,8 @@ pub struct HonestClient {
     last_snapshot_tick: u32,
     next_input: Instant,
     next_chat: Instant,
+    /// The `client_ref` of the last chat line sent.
+    chat_refs: u32,
     chat_interval: Duration,
     rng: Rng,
 }
@@ -396,6 +398,7 @@ impl HonestClient {
             next_input: now,
             // Stay well inside the default chat rate limit (burst 10, 1/s).
             next_chat: now + Duration::from_millis(500 + id % 1000),
+            chat_refs: 0,
             chat_interval: Duration::from_secs(2),
             rng: Rng::new(id),
         }
@@ -451,9 +454,11 @@ impl HonestClient {
 
     /// Sends one global chat line (call `play` or `pump` to flush it).
     pub fn say(&mut self, text: &str) {
+        self.chat_refs = self.chat_refs.wrapping_add(1);
         let chat = ChatSend {
             scope: ChatScope::Global,
             text: text.to_owned(),
+            client_ref: self.chat_refs,
         };
         if let Ok(bytes) = protocol::encode(&chat) {
             let _ = self.socket.endpoint.send(channels::CHAT, bytes);

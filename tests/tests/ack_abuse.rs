@@ -35,6 +35,7 @@ fn say(client: &mut RawClient, text: &str) {
         &ChatSend {
             scope: ChatScope::Global,
             text: text.to_owned(),
+            client_ref: text.len() as u32,
         },
     );
 }
