@@ -4,8 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use shared::io::{system_rng, unix_secs};
-use shared::netcode::{ConnectToken, Key, TokenParams, USER_DATA_BYTES};
+use shared::netcode::{ConnectToken, Key};
 use shared::protocol::PROTOCOL_ID;
 
 /// Seconds a minted token stays valid (long enough for a slow ramp-up).
@@ -42,18 +41,12 @@ impl TokenMinter {
 
     /// A fresh token for `client_id`.
     pub(crate) fn mint(&self, client_id: u64) -> Result<ConnectToken, String> {
-        ConnectToken::generate(
-            &TokenParams {
-                protocol_id: PROTOCOL_ID,
-                client_id,
-                create_timestamp: unix_secs(),
-                expire_seconds: EXPIRE_SECONDS,
-                timeout_seconds: TIMEOUT_SECONDS,
-                server_addresses: vec![self.server],
-                user_data: [0; USER_DATA_BYTES],
-            },
+        shared::keys::mint_token(
             &self.key,
-            &mut system_rng(),
+            vec![self.server],
+            client_id,
+            EXPIRE_SECONDS,
+            TIMEOUT_SECONDS,
         )
         .map_err(|e| format!("cannot mint a connect token: {e}"))
     }

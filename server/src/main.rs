@@ -63,16 +63,8 @@ fn token(args: &TokenArgs) -> ExitCode {
             shared::keys::dev_key()
         }
     };
-    let params = shared::netcode::TokenParams {
-        protocol_id: shared::protocol::PROTOCOL_ID,
-        client_id: args.client_id,
-        create_timestamp: shared::io::unix_secs(),
-        expire_seconds: args.expires,
-        timeout_seconds: args.timeout,
-        server_addresses: args.servers.clone(),
-        user_data: [0; shared::netcode::USER_DATA_BYTES],
-    };
-    match shared::netcode::ConnectToken::generate(&params, &key, &mut shared::io::system_rng()) {
+    let servers = args.servers.clone();
+    match shared::keys::mint_token(&key, servers, args.client_id, args.expires, args.timeout) {
         Ok(token) => {
             println!("{}", token.to_base64());
             ExitCode::SUCCESS

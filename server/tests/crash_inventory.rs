@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
-use shared::netcode::{ConnectToken, TokenParams};
+use shared::netcode::ConnectToken;
 use shared::protocol::inventory::{
     InventoryOp, InventoryReply, InventoryTracker, InventoryUpdate, TradeOffer, TradeState,
     TradeUpdate, WorldItems,
@@ -42,20 +42,7 @@ fn free_tcp_port() -> SocketAddr {
 }
 
 fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
-    ConnectToken::generate(
-        &TokenParams {
-            protocol_id: PROTOCOL_ID,
-            client_id,
-            create_timestamp: unix_secs(),
-            expire_seconds: 60,
-            timeout_seconds: 5,
-            server_addresses: vec![server],
-            user_data: [0; 256],
-        },
-        &shared::keys::dev_key(),
-        &mut shared::io::system_rng(),
-    )
-    .unwrap()
+    shared::keys::mint_token(&shared::keys::dev_key(), vec![server], client_id, 60, 5).unwrap()
 }
 
 /// This test is about crash safety, not reach: players stand near the world

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
-use shared::netcode::{ConnectToken, TokenParams};
+use shared::netcode::ConnectToken;
 use shared::protocol::messages::{Emote, EmoteRequest, Welcome};
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::transport::DisconnectReason;
@@ -31,20 +31,7 @@ fn free_tcp_port() -> SocketAddr {
 }
 
 fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
-    ConnectToken::generate(
-        &TokenParams {
-            protocol_id: PROTOCOL_ID,
-            client_id,
-            create_timestamp: unix_secs(),
-            expire_seconds: 60,
-            timeout_seconds: 10,
-            server_addresses: vec![server],
-            user_data: [0; 256],
-        },
-        &shared::keys::dev_key(),
-        &mut shared::io::system_rng(),
-    )
-    .unwrap()
+    shared::keys::dev_token(server, client_id).unwrap()
 }
 
 fn scrape(addr: SocketAddr) -> String {

@@ -12,7 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use thiserror::Error;
 
-use crate::netcode::{KEY_BYTES, Key};
+use std::net::SocketAddr;
+
+use crate::netcode::{ConnectToken, KEY_BYTES, Key, TokenError, TokenParams, USER_DATA_BYTES};
 
 const DEV_KEY_BASE64: &str = include_str!("../../assets/dev.key");
 
@@ -63,6 +65,37 @@ pub fn load_key_file(path: &Path) -> Result<Key, KeyError> {
     })
 }
 
+/// Mints a connect token for this game (its [`PROTOCOL_ID`](crate::protocol::PROTOCOL_ID)),
+/// valid from now for `expire_seconds` at `servers`; the connection times
+/// out after `timeout_seconds` of silence. What a login backend, `server
+/// token`, the bots and the tests all call.
+pub fn mint_token(
+    key: &Key,
+    servers: Vec<SocketAddr>,
+    client_id: u64,
+    expire_seconds: u64,
+    timeout_seconds: i32,
+) -> Result<ConnectToken, TokenError> {
+    ConnectToken::generate(
+        &TokenParams {
+            protocol_id: crate::protocol::PROTOCOL_ID,
+            client_id,
+            create_timestamp: crate::io::unix_secs(),
+            expire_seconds,
+            timeout_seconds,
+            server_addresses: servers,
+            user_data: [0; USER_DATA_BYTES],
+        },
+        key,
+        &mut crate::io::system_rng(),
+    )
+}
+
+/// A token for a dev-mode server at `server`: a minute to connect, a 10 s timeout.
+pub fn dev_token(server: SocketAddr, client_id: u64) -> Result<ConnectToken, TokenError> {
+    mint_token(&dev_key(), vec![server], client_id, 60, 10)
+}
+
 /// The base64 text of a key, as written to key files.
 pub fn key_to_base64(key: &Key) -> String {
     STANDARD.encode(key.as_bytes())
@@ -79,6 +112,16 @@ mod tests {
         assert!(is_dev_key(&key));
         assert!(!is_dev_key(&Key::from_bytes([7; KEY_BYTES])));
         assert_eq!(parse_key(&key_to_base64(&key)), Some(key));
+    }
+
+    #[test]
+    fn minted_tokens_name_this_game_and_the_servers() {
+        let server = "127.0.0.1:7777".parse().unwrap();
+        let token = mint_token(&dev_key(), vec![server], 9, 120, 5).unwrap();
+        assert_eq!(token.protocol_id, crate::protocol::PROTOCOL_ID);
+        assert_eq!(token.server_addresses, vec![server]);
+        assert_eq!(token.expire_timestamp - token.create_timestamp, 120);
+        assert_eq!(token.timeout_seconds, 5);
     }
 
     #[test]

@@ -41,9 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
-use shared::netcode::{
-    self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES, TokenParams,
-};
+use shared::netcode::{self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES};
 use shared::protocol::chat::{ChatLine, ChatScope, ChatSend};
 use shared::protocol::messages::Welcome;
 use shared::protocol::movement::{MoveInput, Snapshot};
@@ -77,18 +75,12 @@ pub fn free_tcp_addr() -> SocketAddr {
 
 /// A connect token signed with the public development key, for `server`.
 pub fn dev_token(server: SocketAddr, client_id: u64, timeout_seconds: i32) -> ConnectToken {
-    ConnectToken::generate(
-        &TokenParams {
-            protocol_id: PROTOCOL_ID,
-            client_id,
-            create_timestamp: unix_secs(),
-            expire_seconds: 120,
-            timeout_seconds,
-            server_addresses: vec![server],
-            user_data: [0; netcode::USER_DATA_BYTES],
-        },
+    shared::keys::mint_token(
         &shared::keys::dev_key(),
-        &mut shared::io::system_rng(),
+        vec![server],
+        client_id,
+        120,
+        timeout_seconds,
     )
     .expect("mint a dev token")
 }
