@@ -1,10 +1,13 @@
 //! The headless client: `play` is one interactive player in the terminal;
-//! `load` is a bot swarm that load-tests a server and reports what it saw.
+//! `load` is a bot swarm that load-tests a server and reports what it saw;
+//! `chaos` sends adversarial traffic at a server you own.
 //!
 //! Exit codes: 0 success, 1 error (bad flags, cannot run, a player
-//! disconnected by the server), 2 a load-test SLO failed.
+//! disconnected by the server, a refused chaos target), 2 a load-test SLO
+//! failed.
 
 mod bot;
+mod chaos;
 mod chart;
 mod inventory;
 mod load;
@@ -45,6 +48,51 @@ enum Command {
     Play(PlayArgs),
     /// Load-test a server with many bots and report.
     Load(Box<LoadArgs>),
+    /// Send adversarial traffic (as the adversarial tests do) at a server you own.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// The server's UDP address (loopback unless --i-own-this-server).
+    #[arg(long, value_name = "ADDR")]
+    server: SocketAddr,
+    /// What to send.
+    #[arg(long, value_enum)]
+    attack: chaos::Attack,
+    /// Datagrams per second (slot-hold: connection attempts per second).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+    /// Seconds to send for (at most 3600).
+    #[arg(long, value_name = "SECS")]
+    duration: f64,
+    /// Allow a non-loopback target: you state that you own this server.
+    #[arg(long)]
+    i_own_this_server: bool,
+    /// Seed of the random choices.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Account id of the attack's first token; consecutive ids follow
+    /// [default: from the clock].
+    #[arg(long, value_name = "ID")]
+    first_client_id: Option<u64>,
+}
+
+fn chaos_plan(args: &ChaosArgs) -> Result<chaos::ChaosPlan, String> {
+    chaos::check_target(args.server, args.i_own_this_server)?;
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 3_600.0) {
+        return Err("--duration must be above 0 and at most 3600 seconds".into());
+    }
+    Ok(chaos::ChaosPlan {
+        server: args.server,
+        attack: args.attack,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+        seed: args.seed,
+        first_account: args
+            .first_client_id
+            .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 50_001),
+    })
 }
 
 #[derive(Args)]
@@ -271,6 +319,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load_plan(*args)
             .and_then(load::run)
             .map(|ok| if ok { 0 } else { 2 }),
+        Command::Chaos(args) => chaos_plan(&args).and_then(|plan| chaos::run(&plan)),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -1,0 +1,94 @@
+//! Fragment bombs: one connected session sends fragments of 256-fragment
+//! messages that never complete, on all six channels (reliable ids across
+//! the window, random unreliable ids), then a fragment claiming 65,535
+//! fragments; it reports the disconnect reason the server gave.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shared::protocol::channels;
+use shared::transport::wire::{FragmentInfo, MessageHeader};
+
+use super::session::{Session, token};
+use super::{ChaosPlan, GRACE, Pacer, Rng, Summary};
+
+/// `channels::transport_config()`: 1 KiB fragments, at most 256 per message.
+const FRAGMENT: usize = 1_024;
+const MAX_FRAGMENTS: u16 = 256;
+
+pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
+    let mut summary = Summary::default();
+    let mut rng = Rng::new(plan.seed);
+    let bind = match plan.server {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() => SocketAddr::from(([127, 0, 50, 1], 0)),
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => "[::]:0".parse().map_err(|e| format!("{e}"))?,
+    };
+    let mut bomber = Session::connect(
+        bind,
+        &token(plan.server, plan.first_account, 10)?,
+        Duration::from_secs(5),
+        &mut summary,
+    )?;
+    let payload = [0xAB; FRAGMENT];
+    let mut pacer = Pacer::new(plan.rate, plan.duration);
+    let mut n: u64 = 0;
+    while !pacer.finished() && bomber.server_reason.is_none() {
+        for _ in 0..pacer.due() {
+            let channel = (n % 6) as u8;
+            let id = if channel < 3 {
+                (n / 6) as u16 % 1_024
+            } else {
+                rng.below(u64::from(u16::MAX)) as u16
+            };
+            let header = MessageHeader {
+                channel,
+                id: Some(id),
+                fragment: Some(FragmentInfo {
+                    index: 1 + rng.below(u64::from(MAX_FRAGMENTS) - 2) as u16,
+                    count: MAX_FRAGMENTS,
+                }),
+            };
+            bomber.send_messages(&[(header, &payload)], &mut summary)?;
+            n += 1;
+        }
+        bomber.read(Instant::now(), &mut summary);
+        pacer.pause();
+    }
+    summary.add("fragments_sent", n);
+    let bombing_reason = bomber.server_reason;
+    // The over-claim: a fragment of a 64 MiB message.
+    let claim = MessageHeader {
+        channel: channels::CHAT.0,
+        id: Some(2_000),
+        fragment: Some(FragmentInfo {
+            index: 0,
+            count: u16::MAX,
+        }),
+    };
+    let began = Instant::now();
+    if bombing_reason.is_none() {
+        bomber.send_messages(&[(claim, &payload)], &mut summary)?;
+        while bomber.server_reason.is_none() && began.elapsed() < GRACE {
+            bomber.read(Instant::now(), &mut summary);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    summary.add(
+        "disconnected_while_bombing",
+        bombing_reason.map_or("no".to_owned(), |r| format!("{r:?}")),
+    );
+    match bomber.server_reason {
+        Some(reason) => {
+            summary.add("disconnect_reason", format!("{reason:?}"));
+            if bombing_reason.is_none() {
+                summary.add(
+                    "over_claim_answered_ms",
+                    format!("{:.1}", began.elapsed().as_secs_f64() * 1e3),
+                );
+            }
+        }
+        None => summary.add("disconnect_reason", "none"),
+    }
+    Ok(summary)
+}

@@ -1,0 +1,314 @@
+//! `chaos`: adversarial traffic against a server you own, the same kinds
+//! the adversarial end-to-end tests (`tests/`) send: garbage datagrams, a
+//! spoofed connection-request flood, slot holding, fragment bombs and a
+//! reader that never acknowledges.
+//!
+//! Every attack is bounded twice: it sends at most `rate` datagrams (or
+//! connections, for `slot-hold`) per second, paced against the start time
+//! so the schedule does not drift, and it stops after `duration` (plus at
+//! most [`GRACE`] to collect the answers). It refuses a non-loopback target
+//! unless the operator states that they own it.
+//!
+//! The generators are self-contained (they mirror `tests/tests/*.rs`): the
+//! `e2e` crate depends on the server and keeps its own `RawClient`, and this
+//! binary must not depend on the server. See the README's "Chaos" section.
+
+mod fragment_bomb;
+mod garbage;
+mod session;
+mod slot_hold;
+mod slow_reader;
+mod spoof_connect;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// How long an attack keeps reading after its sending window, for answers
+/// still in flight (a disconnect, a denial).
+pub(crate) const GRACE: Duration = Duration::from_millis(1_500);
+
+/// The attacks, named as on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Attack {
+    /// Random datagrams, edge sizes and bit-flipped valid packets.
+    Garbage,
+    /// Replayed, forged and corrupted connection requests from many source
+    /// addresses, while a legitimate probe client connects.
+    SpoofConnect,
+    /// Connect and go silent, holding server slots until the timeouts.
+    SlotHold,
+    /// Fragments of messages that never complete, then an over-claim.
+    FragmentBomb,
+    /// Read everything, acknowledge nothing, keep the session alive.
+    SlowReader,
+}
+
+/// One chaos run.
+#[derive(Debug, Clone)]
+pub(crate) struct ChaosPlan {
+    /// The server's UDP address.
+    pub(crate) server: SocketAddr,
+    /// What to send.
+    pub(crate) attack: Attack,
+    /// Datagrams (slot-hold: connections) per second.
+    pub(crate) rate: u32,
+    /// How long to send.
+    pub(crate) duration: Duration,
+    /// Seed of the random choices.
+    pub(crate) seed: u64,
+    /// First account id the attack's tokens use.
+    pub(crate) first_account: u64,
+}
+
+/// Why a target is refused.
+pub(crate) fn check_target(server: SocketAddr, i_own_this_server: bool) -> Result<(), String> {
+    if server.ip().is_loopback() || i_own_this_server {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to attack {server}: it is not a loopback address. \
+             Chaos traffic is for servers you own; pass --i-own-this-server if you do"
+        ))
+    }
+}
+
+/// What an attack sent and received, printed as `key: value` lines.
+#[derive(Debug, Default)]
+pub(crate) struct Summary {
+    pub(crate) sent_datagrams: u64,
+    pub(crate) sent_bytes: u64,
+    pub(crate) received_datagrams: u64,
+    pub(crate) received_bytes: u64,
+    /// Attack-specific results, in order.
+    pub(crate) extra: Vec<(&'static str, String)>,
+}
+
+impl Summary {
+    pub(crate) fn sent(&mut self, bytes: usize) {
+        self.sent_datagrams += 1;
+        self.sent_bytes += bytes as u64;
+    }
+
+    pub(crate) fn received(&mut self, bytes: usize) {
+        self.received_datagrams += 1;
+        self.received_bytes += bytes as u64;
+    }
+
+    pub(crate) fn add(&mut self, key: &'static str, value: impl ToString) {
+        self.extra.push((key, value.to_string()));
+    }
+
+    fn render(&self, plan: &ChaosPlan, elapsed: Duration) -> String {
+        let mut out = String::new();
+        let attack = match plan.attack {
+            Attack::Garbage => "garbage",
+            Attack::SpoofConnect => "spoof-connect",
+            Attack::SlotHold => "slot-hold",
+            Attack::FragmentBomb => "fragment-bomb",
+            Attack::SlowReader => "slow-reader",
+        };
+        let _ = writeln!(out, "attack: {attack}");
+        let _ = writeln!(out, "target: {}", plan.server);
+        let _ = writeln!(out, "rate: {}", plan.rate);
+        let _ = writeln!(out, "seed: {}", plan.seed);
+        let _ = writeln!(out, "elapsed_s: {:.2}", elapsed.as_secs_f64());
+        let _ = writeln!(out, "sent_datagrams: {}", self.sent_datagrams);
+        let _ = writeln!(out, "sent_bytes: {}", self.sent_bytes);
+        let _ = writeln!(out, "received_datagrams: {}", self.received_datagrams);
+        let _ = writeln!(out, "received_bytes: {}", self.received_bytes);
+        for (key, value) in &self.extra {
+            let _ = writeln!(out, "{key}: {value}");
+        }
+        out
+    }
+}
+
+/// Runs the attack and prints its summary to stdout.
+pub(crate) fn run(plan: &ChaosPlan) -> Result<i32, String> {
+    let started = Instant::now();
+    let summary = match plan.attack {
+        Attack::Garbage => garbage::run(plan)?,
+        Attack::SpoofConnect => spoof_connect::run(plan)?,
+        Attack::SlotHold => slot_hold::run(plan)?,
+        Attack::FragmentBomb => fragment_bomb::run(plan)?,
+        Attack::SlowReader => slow_reader::run(plan)?,
+    };
+    print!("{}", summary.render(plan, started.elapsed()));
+    Ok(0)
+}
+
+/// Paces sends at `rate` per second from a fixed start, so a slow batch is
+/// made up later instead of drifting; `due` never exceeds the total the
+/// duration allows.
+pub(crate) struct Pacer {
+    start: Instant,
+    rate: u32,
+    duration: Duration,
+    done: u64,
+}
+
+impl Pacer {
+    pub(crate) fn new(rate: u32, duration: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            rate,
+            duration,
+            done: 0,
+        }
+    }
+
+    /// Whether the sending window is over.
+    pub(crate) fn finished(&self) -> bool {
+        self.start.elapsed() >= self.duration
+    }
+
+    /// How many sends are due now (at most 1,000 per call); counts them as done.
+    pub(crate) fn due(&mut self) -> u64 {
+        let elapsed = self.start.elapsed().min(self.duration);
+        let allowed = (elapsed.as_secs_f64() * f64::from(self.rate)) as u64;
+        let n = allowed.saturating_sub(self.done).min(1_000);
+        self.done += n;
+        n
+    }
+
+    /// Sleeps a little between batches.
+    pub(crate) fn pause(&self) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A small deterministic generator (xorshift64*), like the tests'.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+
+    /// Flips 1 to 8 distinct bits of `packet` (non-empty).
+    pub(crate) fn flip_bits(&mut self, packet: &mut [u8]) {
+        let bits = packet.len() as u64 * 8;
+        if bits == 0 {
+            return;
+        }
+        let flips = (1 + self.below(8)).min(bits);
+        let mut chosen: Vec<u64> = Vec::with_capacity(8);
+        // Bounded: at most 64 draws for at most 8 distinct bits.
+        for _ in 0..64 {
+            if chosen.len() as u64 >= flips {
+                break;
+            }
+            let bit = self.below(bits);
+            if !chosen.contains(&bit) {
+                chosen.push(bit);
+            }
+        }
+        for bit in chosen {
+            packet[(bit / 8) as usize] ^= 1 << (bit % 8);
+        }
+    }
+}
+
+/// Source sockets: `count` distinct 127.0.<a>.x addresses for a loopback
+/// IPv4 server (so per-address limits see many sources), else one socket on
+/// the unspecified address.
+pub(crate) fn source_sockets(
+    server: SocketAddr,
+    a: u8,
+    count: u8,
+) -> Result<Vec<UdpSocket>, String> {
+    let loopback_v4 = matches!(server.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    let addrs: Vec<SocketAddr> = if loopback_v4 {
+        (1..=count.max(1))
+            .map(|b| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, a, b), 0)))
+            .collect()
+    } else if server.is_ipv4() {
+        vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+    } else {
+        vec!["[::]:0".parse().map_err(|e| format!("{e}"))?]
+    };
+    addrs
+        .into_iter()
+        .map(|addr| {
+            let socket = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| format!("cannot make {addr} non-blocking: {e}"))?;
+            Ok(socket)
+        })
+        .collect()
+}
+
+/// Reads everything waiting on a non-blocking socket into the summary.
+pub(crate) fn drain(socket: &UdpSocket, summary: &mut Summary) {
+    let mut buf = [0u8; 2_048];
+    for _ in 0..10_000 {
+        match socket.recv_from(&mut buf) {
+            Ok((len, _)) => summary.received(len),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_targets_need_the_ownership_flag() {
+        let remote: SocketAddr = "192.0.2.1:7777".parse().unwrap();
+        let err = check_target(remote, false).unwrap_err();
+        assert!(err.contains("--i-own-this-server"), "{err}");
+        assert!(check_target(remote, true).is_ok());
+        assert!(check_target("127.0.0.1:7777".parse().unwrap(), false).is_ok());
+        assert!(check_target("[::1]:7777".parse().unwrap(), false).is_ok());
+    }
+
+    #[test]
+    fn the_pacer_never_allows_more_than_rate_times_duration() {
+        let mut pacer = Pacer::new(1_000_000, Duration::from_millis(20));
+        let mut total = 0;
+        for _ in 0..10_000 {
+            total += pacer.due();
+            if pacer.finished() && pacer.due() == 0 {
+                break;
+            }
+        }
+        assert!(total <= 20_000, "{total}");
+    }
+
+    #[test]
+    fn flipped_copies_always_differ() {
+        let mut rng = Rng::new(5);
+        for len in [1usize, 2, 100] {
+            let original = vec![0u8; len];
+            let mut copy = original.clone();
+            rng.flip_bits(&mut copy);
+            assert_ne!(copy, original);
+        }
+    }
+}

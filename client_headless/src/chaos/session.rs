@@ -1,0 +1,181 @@
+//! A real netcode.io session whose transport packets the attack writes
+//! (the chaos twin of the e2e tests' `RawClient`).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use shared::io::unix_secs;
+use shared::netcode::{self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES};
+use shared::protocol::PROTOCOL_ID;
+use shared::transport::DisconnectReason;
+use shared::transport::wire::{self, MessageHeader, PacketHeader, PacketKind};
+
+use super::Summary;
+
+/// Tokens the attacks mint: a minute to connect, `timeout_seconds` of silence.
+pub(crate) fn token(
+    server: SocketAddr,
+    id: u64,
+    timeout_seconds: i32,
+) -> Result<ConnectToken, String> {
+    shared::keys::mint_token(
+        &shared::keys::dev_key(),
+        vec![server],
+        id,
+        60,
+        timeout_seconds,
+    )
+    .map_err(|e| format!("cannot mint a token: {e}"))
+}
+
+/// One netcode.io client on its own socket.
+pub(crate) struct Session {
+    socket: UdpSocket,
+    netcode: netcode::Client,
+    buf: Vec<u8>,
+    next_seq: u16,
+    /// The transport disconnect reason the server sent, if any.
+    pub(crate) server_reason: Option<DisconnectReason>,
+}
+
+impl Session {
+    /// Starts a handshake from `socket` (non-blocking) with `token`.
+    pub(crate) fn start(socket: UdpSocket, token: &ConnectToken) -> Result<Self, String> {
+        let mut netcode = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
+        netcode
+            .connect(token, Instant::now(), unix_secs())
+            .map_err(|e| format!("cannot start a handshake: {e:?}"))?;
+        Ok(Self {
+            socket,
+            netcode,
+            buf: vec![0; MAX_PACKET_BYTES],
+            next_seq: 0,
+            server_reason: None,
+        })
+    }
+
+    /// Binds `bind`, starts a handshake and waits up to `limit` for it.
+    pub(crate) fn connect(
+        bind: SocketAddr,
+        token: &ConnectToken,
+        limit: Duration,
+        summary: &mut Summary,
+    ) -> Result<Self, String> {
+        let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut session = Self::start(socket, token)?;
+        let deadline = Instant::now() + limit;
+        while session.state() != ClientState::Connected {
+            if session.state().is_error() {
+                return Err(format!("the handshake failed: {:?}", session.state()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no connection within {limit:?}"));
+            }
+            session.pump(Instant::now(), summary);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(session)
+    }
+
+    pub(crate) fn state(&self) -> ClientState {
+        self.netcode.state()
+    }
+
+    /// Reads, runs the handshake's timers and sends what it has to.
+    pub(crate) fn pump(&mut self, now: Instant, summary: &mut Summary) {
+        self.read(now, summary);
+        self.netcode.handle_timeout(now);
+        // Bounded: the handshake has at most a couple of packets due.
+        for _ in 0..16 {
+            let Some(t) = self.netcode.poll_transmit(now, &mut self.buf) else {
+                break;
+            };
+            if self
+                .socket
+                .send_to(&self.buf[..t.len], t.destination)
+                .is_ok()
+            {
+                summary.sent(t.len);
+            }
+        }
+    }
+
+    /// Reads every waiting datagram; notes a transport disconnect.
+    pub(crate) fn read(&mut self, now: Instant, summary: &mut Summary) {
+        for _ in 0..10_000 {
+            let (len, from) = match self.socket.recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            summary.received(len);
+            let Some(ClientEvent::Payload(payload)) =
+                self.netcode
+                    .handle_datagram(now, from, &mut self.buf[..len])
+            else {
+                continue;
+            };
+            if let Ok((header, body)) = wire::decode_header(payload)
+                && header.kind == PacketKind::Disconnect
+                && let Some(&code) = body.first()
+            {
+                self.server_reason
+                    .get_or_insert(DisconnectReason::from_code(code));
+            }
+        }
+    }
+
+    /// Writes a data packet (no ack) with `messages` and sends it sealed.
+    pub(crate) fn send_messages(
+        &mut self,
+        messages: &[(MessageHeader, &[u8])],
+        summary: &mut Summary,
+    ) -> Result<(), String> {
+        let mut plain = [0u8; 1_200];
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting: !messages.is_empty(),
+            sequence: self.next_seq,
+            ack: None,
+        };
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let mut writer = wire::PacketWriter::new(&mut plain, &header)
+            .ok_or_else(|| "no room for a packet header".to_owned())?;
+        for (h, payload) in messages {
+            if !writer.write_message(h, payload) {
+                return Err("a crafted message does not fit a packet".into());
+            }
+        }
+        let len = writer.len();
+        let t = self
+            .netcode
+            .send_payload(Instant::now(), &plain[..len], &mut self.buf)
+            .map_err(|e| format!("cannot seal a packet: {e:?}"))?;
+        if self
+            .socket
+            .send_to(&self.buf[..t.len], t.destination)
+            .is_ok()
+        {
+            summary.sent(t.len);
+        }
+        Ok(())
+    }
+
+    /// Seals `payload` and returns the datagram without sending it.
+    pub(crate) fn seal_copy(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        let t = self
+            .netcode
+            .send_payload(Instant::now(), payload, &mut self.buf)
+            .ok()?;
+        Some(self.buf[..t.len].to_vec())
+    }
+}
+
+impl Session {
+    /// The first connection request this session would send (not sent).
+    pub(crate) fn first_request(&mut self, buf: &mut [u8]) -> Option<Vec<u8>> {
+        let t = self.netcode.poll_transmit(Instant::now(), buf)?;
+        Some(buf[..t.len].to_vec())
+    }
+}

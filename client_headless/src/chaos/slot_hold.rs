@@ -1,0 +1,82 @@
+//! Slot holding: open up to `rate` sessions per second for `duration`, each
+//! completing the handshake and then going silent (no keep-alives), and
+//! report how many slots were held at once and how many attempts the
+//! server refused as full.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shared::netcode::ClientState;
+
+use super::session::{Session, token};
+use super::{ChaosPlan, GRACE, Pacer, Summary};
+
+/// At most this many sessions per run, whatever the rate.
+const MAX_SESSIONS: u64 = 4_096;
+
+pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
+    let mut summary = Summary::default();
+    let mut pending: Vec<(Session, Instant)> = Vec::new();
+    let mut held: Vec<Session> = Vec::new();
+    let (mut denied, mut failed, mut attempts) = (0u64, 0u64, 0u64);
+    let mut pacer = Pacer::new(plan.rate, plan.duration);
+    let end = Instant::now() + plan.duration + GRACE;
+    while Instant::now() < end {
+        for _ in 0..pacer.due() {
+            if attempts >= MAX_SESSIONS {
+                break;
+            }
+            // Spread the sources over 127.0.40-43.x so per-address handshake
+            // limits do not decide the result (a remote server: one address).
+            let a = 40 + (attempts / 250) as u8 % 4;
+            let b = (attempts % 250) as u8 + 1;
+            let bind = source_address(plan.server, a, b)?;
+            let socket =
+                std::net::UdpSocket::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
+            socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+            // Slots are held until the token's timeout frees them.
+            let token = token(plan.server, plan.first_account + attempts, 30)?;
+            pending.push((Session::start(socket, &token)?, Instant::now()));
+            attempts += 1;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < pending.len() {
+            let (session, began) = &mut pending[i];
+            session.pump(now, &mut summary);
+            let state = session.state();
+            if state == ClientState::Connected {
+                held.push(pending.swap_remove(i).0);
+            } else if state == ClientState::ConnectionDenied {
+                denied += 1;
+                pending.swap_remove(i);
+            } else if state.is_error() || now.duration_since(*began) > Duration::from_secs(5) {
+                failed += 1;
+                pending.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        // Held sessions stay silent: read (and count) only.
+        for session in &mut held {
+            session.read(now, &mut summary);
+        }
+        if pacer.finished() && pending.is_empty() {
+            break;
+        }
+        pacer.pause();
+    }
+    summary.add("connect_attempts", attempts);
+    summary.add("slots_held", held.len());
+    summary.add("server_full_denials", denied);
+    summary.add("other_failures", failed + pending.len() as u64);
+    Ok(summary)
+}
+
+fn source_address(server: SocketAddr, a: u8, b: u8) -> Result<SocketAddr, String> {
+    Ok(match server {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() => SocketAddr::from(([127, 0, a, b], 0)),
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => "[::]:0".parse().map_err(|e| format!("{e}"))?,
+    })
+}

@@ -1,0 +1,108 @@
+//! A spoofed connect flood: replays of sniffed connection requests, requests
+//! whose private token is random, and bit-flipped requests, from 250 source
+//! addresses (one for a remote server); halfway through, a legitimate probe
+//! client connects and the time it takes is reported.
+
+use std::time::{Duration, Instant};
+
+use shared::netcode::{CONNECT_TOKEN_PRIVATE_BYTES, ClientState, MAX_PACKET_BYTES};
+
+use super::session::{Session, token};
+use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, source_sockets};
+
+pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
+    let mut summary = Summary::default();
+    let mut rng = Rng::new(plan.seed);
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let mut templates = Vec::new();
+    for i in 0..4 {
+        let socket = source_sockets(plan.server, 31, 1)?
+            .pop()
+            .ok_or("no socket")?;
+        let mut sniffed = Session::start(socket, &token(plan.server, plan.first_account + i, 10)?)?;
+        templates.extend(sniffed.first_request(&mut buf));
+    }
+    if templates.is_empty() {
+        return Err("could not build a connection request".into());
+    }
+    let sockets = source_sockets(plan.server, 30, 250)?;
+    let probe_socket = source_sockets(plan.server, 32, 1)?
+        .pop()
+        .ok_or("no socket")?;
+    let probe_token = token(plan.server, plan.first_account + 100, 10)?;
+    let mut probe: Option<(Session, Instant)> = None;
+    let mut probe_result: Option<Result<Duration, String>> = None;
+    let mut probe_summary = Summary::default();
+    let mut probe_socket = Some(probe_socket);
+
+    let mut pacer = Pacer::new(plan.rate, plan.duration);
+    let started = Instant::now();
+    let hard_end = started + plan.duration + GRACE + Duration::from_secs(3);
+    while Instant::now() < hard_end {
+        let sending = !pacer.finished();
+        if sending {
+            for _ in 0..pacer.due() {
+                let mut packet = templates[rng.below(templates.len() as u64) as usize].clone();
+                match rng.below(3) {
+                    0 => {}
+                    1 => {
+                        let start = packet.len() - CONNECT_TOKEN_PRIVATE_BYTES;
+                        rng.fill(&mut packet[start..]);
+                    }
+                    _ => rng.flip_bits(&mut packet),
+                }
+                let socket = &sockets[rng.below(sockets.len() as u64) as usize];
+                if socket.send_to(&packet, plan.server).is_ok() {
+                    summary.sent(packet.len());
+                }
+            }
+        }
+        for socket in &sockets {
+            drain(socket, &mut summary);
+        }
+        // The probe starts halfway through the flood.
+        if probe.is_none()
+            && probe_result.is_none()
+            && started.elapsed() >= plan.duration / 2
+            && let Some(socket) = probe_socket.take()
+        {
+            probe = Some((Session::start(socket, &probe_token)?, Instant::now()));
+        }
+        if let Some((session, began)) = probe.as_mut() {
+            session.pump(Instant::now(), &mut probe_summary);
+            if session.state() == ClientState::Connected {
+                probe_result = Some(Ok(began.elapsed()));
+            } else if session.state().is_error() {
+                probe_result = Some(Err(format!("{:?}", session.state())));
+            } else if began.elapsed() > Duration::from_secs(5) {
+                probe_result = Some(Err("no connection within 5 s".into()));
+            }
+            if probe_result.is_some() {
+                probe = None;
+            }
+        }
+        if !sending && probe.is_none() && probe_result.is_some() {
+            break;
+        }
+        pacer.pause();
+    }
+    for socket in &sockets {
+        drain(socket, &mut summary);
+    }
+    summary.add("flood_sources", sockets.len());
+    match probe_result {
+        Some(Ok(after)) => {
+            summary.add("probe_connected", "yes");
+            summary.add(
+                "probe_connect_ms",
+                format!("{:.1}", after.as_secs_f64() * 1e3),
+            );
+        }
+        Some(Err(why)) => {
+            summary.add("probe_connected", "no");
+            summary.add("probe_error", why);
+        }
+        None => summary.add("probe_connected", "not started"),
+    }
+    Ok(summary)
+}
