@@ -1,0 +1,238 @@
+//! `client_headless chaos` against the real server binary over loopback
+//! UDP: garbage at 2,000 datagrams/s for 2 s gets no answer to any garbage
+//! source and leaves the server serving; slot-hold against a 4-slot server
+//! holds every slot and is then refused as full; a non-loopback target is
+//! refused without `--i-own-this-server`.
+//!
+//! The server binary is found (and built if missing) as in `load_e2e.rs`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `target/<profile>/server`, built on demand.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let server = profile_dir.join(format!("server{}", std::env::consts::EXE_SUFFIX));
+    if !server.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "server"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build -p server");
+        assert!(status.success(), "cargo build -p server failed");
+    }
+    assert!(server.exists(), "no server binary at {}", server.display());
+    server
+}
+
+struct Server {
+    child: Child,
+    game: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    fn start(name: &str, max_clients: u32) -> Self {
+        let dir = std::env::temp_dir().join(format!("chaos-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let game = free_udp_port();
+        let metrics = free_tcp_port();
+        let child = Command::new(server_binary())
+            .current_dir(&dir)
+            .args(["--bind", &game.to_string()])
+            .args(["--metrics-bind", &metrics.to_string()])
+            .args(["--max-clients", &max_clients.to_string()])
+            .args(["--data-dir", "data", "--log-filter", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self { child, game, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+fn chaos(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_client_headless"))
+        .arg("chaos")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The `key: value` lines of a summary.
+fn summary(output: &Output) -> HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn number(summary: &HashMap<String, String>, key: &str) -> f64 {
+    summary
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in the summary: {summary:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number: {summary:?}"))
+}
+
+#[test]
+fn garbage_then_slot_hold_are_bounded_and_reported() {
+    let mut server = Server::start("garbage", 4);
+    let game = server.game.to_string();
+
+    let began = Instant::now();
+    let output = chaos(&[
+        "--server",
+        &game,
+        "--attack",
+        "garbage",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+    ]);
+    let took = began.elapsed();
+    assert!(
+        output.status.success(),
+        "garbage failed: {:?}",
+        output.status
+    );
+    let s = summary(&output);
+    assert_eq!(s["attack"], "garbage");
+    assert_eq!(s["target"], game);
+    // Bounded by rate × duration, and the pacing kept up with the rate.
+    let garbage = number(&s, "garbage_sent_datagrams");
+    assert!(
+        (3_600.0..=4_000.0).contains(&garbage),
+        "{garbage} garbage datagrams"
+    );
+    assert!(number(&s, "sent_datagrams") >= garbage);
+    assert!(number(&s, "sent_bytes") > 0.0);
+    // The server answers no garbage source.
+    assert_eq!(number(&s, "garbage_answers_datagrams"), 0.0);
+    assert_eq!(number(&s, "garbage_answers_bytes"), 0.0);
+    assert!(took < Duration::from_secs(10), "garbage ran {took:?}");
+    assert!(server.is_running(), "the server died under garbage");
+    // Its template session (sealed packets to mutate) holds one slot until
+    // its 10 s token timeout, unless it could not connect.
+    let template_slots = if s.contains_key("template_session") {
+        0.0
+    } else {
+        1.0
+    };
+
+    // Slot-hold takes every free slot of the 4 and is refused after.
+    let output = chaos(&[
+        "--server",
+        &game,
+        "--attack",
+        "slot-hold",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+    ]);
+    assert!(
+        output.status.success(),
+        "slot-hold failed: {:?}",
+        output.status
+    );
+    let s = summary(&output);
+    assert_eq!(s["attack"], "slot-hold");
+    assert_eq!(number(&s, "connect_attempts"), 20.0);
+    assert_eq!(number(&s, "slots_held"), 4.0 - template_slots, "{s:?}");
+    assert_eq!(
+        number(&s, "server_full_denials"),
+        16.0 + template_slots,
+        "{s:?}"
+    );
+    assert_eq!(number(&s, "other_failures"), 0.0);
+    assert!(number(&s, "received_datagrams") > 0.0);
+    assert!(server.is_running(), "the server died under slot-hold");
+}
+
+#[test]
+fn a_non_loopback_target_is_refused_without_the_ownership_flag() {
+    let output = chaos(&[
+        "--server",
+        "192.0.2.1:7777",
+        "--attack",
+        "garbage",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "nothing was sent or reported");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to attack 192.0.2.1:7777")
+            && stderr.contains("--i-own-this-server"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn out_of_range_rates_and_durations_are_refused() {
+    for args in [
+        ["--rate", "0", "--duration", "1"],
+        ["--rate", "10", "--duration", "0"],
+        ["--rate", "10", "--duration", "7200"],
+    ] {
+        let output = chaos(
+            &[
+                &["--server", "127.0.0.1:9", "--attack", "garbage"][..],
+                &args[..],
+            ]
+            .concat(),
+        );
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(output.stdout.is_empty(), "{args:?} sent something");
+    }
+}
