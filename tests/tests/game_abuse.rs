@@ -7,8 +7,9 @@
 //! `chat_rejected_total` and `chat_kicks_total`. An honest player stays
 //! connected throughout.
 //!
-//! Not covered here: trade races (offer/accept/cancel interleavings); the
-//! inventory core's own tests cover them in process.
+//! Not covered here: trade races (offer/accept/cancel interleavings over
+//! the network); `server/tests/inventory_core.rs` covers the atomic swap
+//! and cancellation by disconnect in process.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
