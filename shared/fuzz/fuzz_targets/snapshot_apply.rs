@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use shared::movement::{MAX_SNAPSHOT_ENTITIES, SnapshotReceiver};
-use shared::protocol::{self, NetMessage};
 use shared::protocol::movement::Snapshot;
+use shared::protocol::{self, NetMessage};
 
 fuzz_target!(|data: &[u8]| {
     let mut receiver = SnapshotReceiver::new();
