@@ -218,7 +218,8 @@ fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<Ne
     if outbox.commands.is_empty() {
         return;
     }
-    let batch = std::mem::take(&mut outbox.commands);
+    let mut batch = std::mem::take(&mut outbox.commands);
+    disconnects_last(&mut batch);
     if let Err(mut refused) = net.0.submit(batch) {
         // net-io is several ticks behind: keep the batch for the next tick,
         // within a bound.
@@ -228,6 +229,13 @@ fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<Ne
         }
         outbox.commands = refused;
     }
+}
+
+/// Moves the tick's disconnects after everything else, keeping order
+/// within each group: whatever the game said to a client this tick reaches
+/// it before its disconnect (a kicked flooder still gets its refusals).
+fn disconnects_last(batch: &mut [NetCommand]) {
+    batch.sort_by_key(|command| matches!(command, NetCommand::Disconnect { .. }));
 }
 
 fn export_metrics(
@@ -296,5 +304,34 @@ fn say_goodbye_on_shutdown(mut started: MessageReader<ShutdownStarted>, net: Res
         let _ = net.0.submit(vec![NetCommand::Shutdown {
             reason: DisconnectReason::ServerShutdown,
         }]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use shared::netcode::ClientIndex;
+    use shared::protocol::channels;
+
+    use super::*;
+
+    #[test]
+    fn a_ticks_messages_go_before_its_disconnects_in_order() {
+        let client = ClientId {
+            slot: ClientIndex::from_slot(0),
+            account: 1,
+        };
+        let send = |n: u8| NetCommand::Send {
+            client,
+            channel: channels::CHAT,
+            payload: Bytes::from(vec![n]),
+        };
+        let kick = NetCommand::Disconnect {
+            client,
+            reason: DisconnectReason::Kicked,
+        };
+        let mut batch = vec![send(1), kick.clone(), send(2), send(3)];
+        disconnects_last(&mut batch);
+        assert_eq!(batch, vec![send(1), send(2), send(3), kick]);
     }
 }

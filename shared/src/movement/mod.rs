@@ -49,9 +49,16 @@ impl MovementRules {
     /// `velocity` with its length limited to [`Self::max_speed`]; `None`
     /// when it is not finite.
     pub fn clamp_velocity(&self, velocity: Vec2) -> Option<Vec2> {
-        velocity
-            .is_finite()
-            .then(|| velocity.clamp_length_max(self.max_speed))
+        if !velocity.is_finite() {
+            return None;
+        }
+        if velocity.length_squared().is_finite() {
+            return Some(velocity.clamp_length_max(self.max_speed));
+        }
+        // A finite velocity whose squared length overflows f32 (1e30 m/s) is
+        // far over the limit: full speed along its heading.
+        let heading = (velocity / velocity.abs().max_element()).normalize_or_zero();
+        Some(heading * self.max_speed)
     }
 
     /// One tick of motion: `position + clamped velocity * dt`, kept inside
@@ -65,6 +72,15 @@ impl MovementRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overflowing_velocities_clamp_to_max_speed_with_their_heading() {
+        let rules = MovementRules::default();
+        let v = rules.clamp_velocity(Vec2::new(1e30, -1e30)).unwrap();
+        assert!((v.length() - rules.max_speed).abs() < 1e-4, "{v}");
+        assert!(v.x > 0.0 && v.y < 0.0);
+        assert_eq!(rules.clamp_velocity(Vec2::new(f32::NAN, 0.0)), None);
+    }
 
     #[test]
     fn step_clamps_speed_and_bounds() {
