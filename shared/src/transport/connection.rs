@@ -317,6 +317,15 @@ pub struct Connection {
     next_sequence: u16,
     sent: Vec<SentPacket>,
     in_flight: VecDeque<u16>,
+    /// The earliest loss deadline of the packets in `in_flight`, kept so
+    /// that re-arming the timers after each transmit is O(1) rather than a
+    /// scan of every packet in flight. Exact after
+    /// [`detect_losses`](Self::detect_losses); lowered by each new packet;
+    /// `None` with `loss_at_stale` when only a rescan can tell. Too early is
+    /// harmless (the loss timer fires, finds nothing, re-arms).
+    loss_at: Option<Instant>,
+    /// `loss_at` must be recomputed from `in_flight`.
+    loss_at_stale: bool,
     largest_acked: Option<u16>,
     received_latest: Option<u16>,
     received_bits: u64,
@@ -386,6 +395,8 @@ impl Connection {
             next_sequence: 0,
             sent,
             in_flight: VecDeque::with_capacity(SENT_HISTORY),
+            loss_at: None,
+            loss_at_stale: false,
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
@@ -729,6 +740,9 @@ impl Connection {
 
     fn detect_losses(&mut self, now: Instant) -> Result<(), ReliableTimedOut> {
         let mut any_lost = false;
+        let mut earliest: Option<Instant> = None;
+        // An early return leaves `loss_at` to be recomputed.
+        self.loss_at_stale = true;
         let mut i = 0;
         while i < self.in_flight.len() {
             let sequence = self.in_flight[i];
@@ -742,14 +756,18 @@ impl Connection {
                 seq_newer(largest, sequence)
                     && seq_distance(largest, sequence) >= PACKET_REORDER_THRESHOLD
             });
-            if by_reorder || now >= self.loss_deadline(packet) {
+            let deadline = self.loss_deadline(packet);
+            if by_reorder || now >= deadline {
                 self.in_flight.remove(i);
                 self.on_packet_lost(slot, now)?;
                 any_lost = true;
                 continue;
             }
+            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
             i += 1;
         }
+        self.loss_at = earliest;
+        self.loss_at_stale = false;
         if any_lost {
             self.budget.on_loss(now, self.rtt.smoothed());
         }
@@ -831,14 +849,17 @@ impl Connection {
             Timer::Keepalive,
             Some(self.last_sent + self.config.keepalive_interval),
         );
-        let loss = self
-            .in_flight
-            .iter()
-            .map(|&s| &self.sent[usize::from(s) % SENT_HISTORY])
-            .filter(|p| p.in_flight)
-            .map(|p| self.loss_deadline(p))
-            .min();
-        self.timers.set(Timer::Loss, loss);
+        if self.loss_at_stale {
+            self.loss_at = self
+                .in_flight
+                .iter()
+                .map(|&s| &self.sent[usize::from(s) % SENT_HISTORY])
+                .filter(|p| p.in_flight)
+                .map(|p| self.loss_deadline(p))
+                .min();
+            self.loss_at_stale = false;
+        }
+        self.timers.set(Timer::Loss, self.loss_at);
         let ack = match self.ack_eliciting_unacked {
             0 => None,
             1 => self.received_latest_at.map(|t| t + MAX_ACK_DELAY),
@@ -977,6 +998,8 @@ impl Connection {
         packet.in_flight = ack_eliciting;
         if ack_eliciting {
             self.in_flight.push_back(sequence);
+            let deadline = self.loss_deadline(&self.sent[slot]);
+            self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));
         }
         self.next_sequence = sequence.wrapping_add(1);
         self.ack_eliciting_unacked = 0;
