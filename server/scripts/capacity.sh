@@ -13,6 +13,8 @@
 #   BASE_PORT          first UDP port; point i uses BASE_PORT+i [17900]
 #   OUT_DIR            where reports and logs go [a fresh mktemp -d]
 #   SKIP_BUILD=1       do not run cargo build
+#   SERVER_BIN         server binary [$CARGO_TARGET_DIR/release/server]
+#                      (e.g. a copy of an older build, for an A/B run)
 #
 # Per point: the server starts pinned to SERVER_CORE on loopback with a fresh
 # data dir; the bots (`client_headless load`) start pinned to BOT_CORE with a
@@ -44,7 +46,7 @@ done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release -p server -p client_headless >&2
 fi
-SERVER_BIN=$TARGET/release/server
+SERVER_BIN=${SERVER_BIN:-$TARGET/release/server}
 BOTS_BIN=$TARGET/release/client_headless
 
 SERVER_PID=""
