@@ -48,6 +48,9 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 SERVER_BIN=${SERVER_BIN:-$TARGET/release/server}
 BOTS_BIN=$TARGET/release/client_headless
+for bin in "$SERVER_BIN" "$BOTS_BIN"; do
+    [ -x "$bin" ] || { echo "capacity.sh: no $bin (set CARGO_TARGET_DIR?)" >&2; exit 2; }
+done
 
 SERVER_PID=""
 BOTS_PID=""
