@@ -326,6 +326,8 @@ pub struct Connection {
     loss_at: Option<Instant>,
     /// `loss_at` must be recomputed from `in_flight`.
     loss_at_stale: bool,
+    /// Reused by `on_ack`: the sequences one acknowledgement acks.
+    acked_scratch: Vec<u16>,
     largest_acked: Option<u16>,
     received_latest: Option<u16>,
     received_bits: u64,
@@ -397,6 +399,7 @@ impl Connection {
             in_flight: VecDeque::with_capacity(SENT_HISTORY),
             loss_at: None,
             loss_at_stale: false,
+            acked_scratch: Vec::with_capacity(65),
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
@@ -691,11 +694,25 @@ impl Connection {
 
     fn on_ack(&mut self, now: Instant, ack: AckInfo) -> Result<(), ReliableTimedOut> {
         let mut newest_acked: Option<(u16, Instant)> = None;
-        for back in 0..=64u16 {
-            if back > 0 && ack.bits & (1 << (back - 1)) == 0 {
-                continue;
-            }
-            let sequence = ack.latest.wrapping_sub(back);
+        // The ack covers `latest` and the 64 before it. With fewer packets
+        // in flight than that, visit those (newest first, as the ack
+        // order) instead of every sequence the ack names.
+        let mut acked = std::mem::take(&mut self.acked_scratch);
+        acked.clear();
+        let covers = |sequence: u16| {
+            let back = ack.latest.wrapping_sub(sequence);
+            back == 0 || (back <= 64 && ack.bits & (1 << (back - 1)) != 0)
+        };
+        if self.in_flight.len() <= 64 {
+            acked.extend(self.in_flight.iter().rev().copied().filter(|&s| covers(s)));
+        } else {
+            acked.extend(
+                (0..=64u16)
+                    .map(|back| ack.latest.wrapping_sub(back))
+                    .filter(|&s| covers(s)),
+            );
+        }
+        for &sequence in &acked {
             let slot = usize::from(sequence) % SENT_HISTORY;
             let packet = &mut self.sent[slot];
             if !packet.in_flight || packet.sequence != sequence {
@@ -713,6 +730,7 @@ impl Connection {
                 }
             }
         }
+        self.acked_scratch = acked;
         let Some((sequence, sent_at)) = newest_acked else {
             return Ok(());
         };
@@ -868,12 +886,18 @@ impl Connection {
         self.timers.set(Timer::Ack, ack);
         let pacing = self.has_pending_data().then(|| self.budget.ready_at(now));
         self.timers.set(Timer::Pacing, pacing);
-        let timeout = self.config.unreliable_fragment_timeout;
-        let fragments = self
-            .recv
-            .iter()
-            .filter_map(|c| c.next_expiry(timeout))
-            .min();
+        // Every active reassembly holds receive memory (a fragmented
+        // message has at least two fragments), so with none held there is
+        // nothing to expire and the channels need not be visited.
+        let fragments = if self.memory.used == 0 {
+            None
+        } else {
+            let timeout = self.config.unreliable_fragment_timeout;
+            self.recv
+                .iter()
+                .filter_map(|c| c.next_expiry(timeout))
+                .min()
+        };
         self.timers.set(Timer::Fragments, fragments);
     }
 
