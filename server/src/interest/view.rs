@@ -226,44 +226,48 @@ impl ClientView {
         self.moved.sort_unstable_by_key(|e| e.0);
         self.next.sort_unstable_by_key(|e| e.0);
 
-        let gaps = |ids: &mut dyn Iterator<Item = u32>| -> Vec<u32> {
-            let mut previous = id_base;
-            ids.map(|id| {
-                let gap = id - previous;
-                previous = id;
-                gap
-            })
-            .collect()
+        // Ids go out as gaps from the previous id (from `id_base` for the
+        // first), computed while collecting: one allocation per list.
+        let gap_from = |previous: &mut u32, id: u32| {
+            let gap = id - *previous;
+            *previous = id;
+            gap
         };
-        let added_gaps = gaps(&mut self.added.iter().map(|e| e.0));
-        let moved_gaps = gaps(&mut self.moved.iter().map(|e| e.0));
+        let mut previous = id_base;
+        let removed = self
+            .removed
+            .iter()
+            .map(|&id| gap_from(&mut previous, id))
+            .collect();
+        let mut previous = id_base;
+        let added = self
+            .added
+            .iter()
+            .map(|&(id, p)| EntityAdded {
+                id_gap: gap_from(&mut previous, id),
+                x: p.x,
+                y: p.y,
+            })
+            .collect();
+        let mut previous = id_base;
+        let moved = self
+            .moved
+            .iter()
+            .map(|&(id, d)| EntityMoved {
+                id_gap: gap_from(&mut previous, id),
+                dx: d.x,
+                dy: d.y,
+            })
+            .collect();
         let snapshot = Snapshot {
             tick,
             baseline_age,
             last_input,
             you,
             id_base,
-            removed: gaps(&mut self.removed.iter().copied()),
-            added: self
-                .added
-                .iter()
-                .zip(added_gaps)
-                .map(|(&(_, p), id_gap)| EntityAdded {
-                    id_gap,
-                    x: p.x,
-                    y: p.y,
-                })
-                .collect(),
-            moved: self
-                .moved
-                .iter()
-                .zip(moved_gaps)
-                .map(|(&(_, d), id_gap)| EntityMoved {
-                    id_gap,
-                    dx: d.x,
-                    dy: d.y,
-                })
-                .collect(),
+            removed,
+            added,
+            moved,
         };
 
         // Record the frame, recycling the oldest.

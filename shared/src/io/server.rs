@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -21,6 +21,11 @@ use crate::transport::{ChannelId, DisconnectReason};
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+/// Inbound message payloads are copied into chunks of this size and handed
+/// to the game as slices of them: one allocation per chunk, not per
+/// message. A chunk is freed once the game has dropped every message in it
+/// (within a tick or two: messages are decoded as they are drained).
+const INBOUND_CHUNK: usize = 64 * 1024;
 
 /// A connected client as the game sees it: the secure layer's slot plus a
 /// generation, so a slot reused by a new client never receives what was
@@ -274,6 +279,7 @@ impl ServerIo {
             shutting_down: None,
             next_summary: None,
             buf: vec![0; MAX_PACKET_BYTES],
+            inbound: BytesMut::new(),
         };
         let thread = std::thread::Builder::new()
             .name("net-io".into())
@@ -366,6 +372,18 @@ struct IoLoop {
     shutting_down: Option<Instant>,
     next_summary: Option<Instant>,
     buf: Vec<u8>,
+    /// The current chunk inbound payloads are copied into.
+    inbound: BytesMut,
+}
+
+/// Copies `payload` into the free space of `chunk` (starting a new chunk
+/// when it does not fit) and returns it as a shared slice of the chunk.
+fn copy_into_chunk(chunk: &mut BytesMut, payload: &[u8]) -> Bytes {
+    if chunk.capacity() - chunk.len() < payload.len() {
+        *chunk = BytesMut::with_capacity(INBOUND_CHUNK.max(payload.len()));
+    }
+    chunk.extend_from_slice(payload);
+    chunk.split().freeze()
 }
 
 impl IoLoop {
@@ -552,7 +570,7 @@ impl IoLoop {
                             account: client_id,
                         },
                         channel,
-                        payload: Bytes::copy_from_slice(payload),
+                        payload: copy_into_chunk(&mut self.inbound, payload),
                     }
                 }
             };
@@ -632,5 +650,27 @@ impl IoLoop {
             }
         }
         self.forward_events(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_payloads_are_slices_of_one_chunk_until_it_is_full() {
+        let mut chunk = BytesMut::new();
+        let a = copy_into_chunk(&mut chunk, b"hello");
+        let b = copy_into_chunk(&mut chunk, b"world!");
+        assert_eq!((&a[..], &b[..]), (&b"hello"[..], &b"world!"[..]));
+        // Adjacent in one allocation.
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+        let big = vec![7u8; INBOUND_CHUNK + 1];
+        let c = copy_into_chunk(&mut chunk, &big);
+        assert_eq!(&c[..], &big[..]);
+        let d = copy_into_chunk(&mut chunk, b"");
+        assert!(d.is_empty());
+        // The earlier slices are unaffected by later chunks.
+        assert_eq!((&a[..], &b[..]), (&b"hello"[..], &b"world!"[..]));
     }
 }

@@ -317,6 +317,17 @@ pub struct Connection {
     next_sequence: u16,
     sent: Vec<SentPacket>,
     in_flight: VecDeque<u16>,
+    /// The earliest loss deadline of the packets in `in_flight`, kept so
+    /// that re-arming the timers after each transmit is O(1) rather than a
+    /// scan of every packet in flight. Exact after
+    /// [`detect_losses`](Self::detect_losses); lowered by each new packet;
+    /// `None` with `loss_at_stale` when only a rescan can tell. Too early is
+    /// harmless (the loss timer fires, finds nothing, re-arms).
+    loss_at: Option<Instant>,
+    /// `loss_at` must be recomputed from `in_flight`.
+    loss_at_stale: bool,
+    /// Reused by `on_ack`: the sequences one acknowledgement acks.
+    acked_scratch: Vec<u16>,
     largest_acked: Option<u16>,
     received_latest: Option<u16>,
     received_bits: u64,
@@ -386,6 +397,9 @@ impl Connection {
             next_sequence: 0,
             sent,
             in_flight: VecDeque::with_capacity(SENT_HISTORY),
+            loss_at: None,
+            loss_at_stale: false,
+            acked_scratch: Vec::with_capacity(65),
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
@@ -680,11 +694,25 @@ impl Connection {
 
     fn on_ack(&mut self, now: Instant, ack: AckInfo) -> Result<(), ReliableTimedOut> {
         let mut newest_acked: Option<(u16, Instant)> = None;
-        for back in 0..=64u16 {
-            if back > 0 && ack.bits & (1 << (back - 1)) == 0 {
-                continue;
-            }
-            let sequence = ack.latest.wrapping_sub(back);
+        // The ack covers `latest` and the 64 before it. With fewer packets
+        // in flight than that, visit those (newest first, as the ack
+        // order) instead of every sequence the ack names.
+        let mut acked = std::mem::take(&mut self.acked_scratch);
+        acked.clear();
+        let covers = |sequence: u16| {
+            let back = ack.latest.wrapping_sub(sequence);
+            back == 0 || (back <= 64 && ack.bits & (1 << (back - 1)) != 0)
+        };
+        if self.in_flight.len() <= 64 {
+            acked.extend(self.in_flight.iter().rev().copied().filter(|&s| covers(s)));
+        } else {
+            acked.extend(
+                (0..=64u16)
+                    .map(|back| ack.latest.wrapping_sub(back))
+                    .filter(|&s| covers(s)),
+            );
+        }
+        for &sequence in &acked {
             let slot = usize::from(sequence) % SENT_HISTORY;
             let packet = &mut self.sent[slot];
             if !packet.in_flight || packet.sequence != sequence {
@@ -702,6 +730,7 @@ impl Connection {
                 }
             }
         }
+        self.acked_scratch = acked;
         let Some((sequence, sent_at)) = newest_acked else {
             return Ok(());
         };
@@ -729,6 +758,9 @@ impl Connection {
 
     fn detect_losses(&mut self, now: Instant) -> Result<(), ReliableTimedOut> {
         let mut any_lost = false;
+        let mut earliest: Option<Instant> = None;
+        // An early return leaves `loss_at` to be recomputed.
+        self.loss_at_stale = true;
         let mut i = 0;
         while i < self.in_flight.len() {
             let sequence = self.in_flight[i];
@@ -742,14 +774,18 @@ impl Connection {
                 seq_newer(largest, sequence)
                     && seq_distance(largest, sequence) >= PACKET_REORDER_THRESHOLD
             });
-            if by_reorder || now >= self.loss_deadline(packet) {
+            let deadline = self.loss_deadline(packet);
+            if by_reorder || now >= deadline {
                 self.in_flight.remove(i);
                 self.on_packet_lost(slot, now)?;
                 any_lost = true;
                 continue;
             }
+            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
             i += 1;
         }
+        self.loss_at = earliest;
+        self.loss_at_stale = false;
         if any_lost {
             self.budget.on_loss(now, self.rtt.smoothed());
         }
@@ -831,14 +867,17 @@ impl Connection {
             Timer::Keepalive,
             Some(self.last_sent + self.config.keepalive_interval),
         );
-        let loss = self
-            .in_flight
-            .iter()
-            .map(|&s| &self.sent[usize::from(s) % SENT_HISTORY])
-            .filter(|p| p.in_flight)
-            .map(|p| self.loss_deadline(p))
-            .min();
-        self.timers.set(Timer::Loss, loss);
+        if self.loss_at_stale {
+            self.loss_at = self
+                .in_flight
+                .iter()
+                .map(|&s| &self.sent[usize::from(s) % SENT_HISTORY])
+                .filter(|p| p.in_flight)
+                .map(|p| self.loss_deadline(p))
+                .min();
+            self.loss_at_stale = false;
+        }
+        self.timers.set(Timer::Loss, self.loss_at);
         let ack = match self.ack_eliciting_unacked {
             0 => None,
             1 => self.received_latest_at.map(|t| t + MAX_ACK_DELAY),
@@ -847,12 +886,18 @@ impl Connection {
         self.timers.set(Timer::Ack, ack);
         let pacing = self.has_pending_data().then(|| self.budget.ready_at(now));
         self.timers.set(Timer::Pacing, pacing);
-        let timeout = self.config.unreliable_fragment_timeout;
-        let fragments = self
-            .recv
-            .iter()
-            .filter_map(|c| c.next_expiry(timeout))
-            .min();
+        // Every active reassembly holds receive memory (a fragmented
+        // message has at least two fragments), so with none held there is
+        // nothing to expire and the channels need not be visited.
+        let fragments = if self.memory.used == 0 {
+            None
+        } else {
+            let timeout = self.config.unreliable_fragment_timeout;
+            self.recv
+                .iter()
+                .filter_map(|c| c.next_expiry(timeout))
+                .min()
+        };
         self.timers.set(Timer::Fragments, fragments);
     }
 
@@ -977,6 +1022,8 @@ impl Connection {
         packet.in_flight = ack_eliciting;
         if ack_eliciting {
             self.in_flight.push_back(sequence);
+            let deadline = self.loss_deadline(&self.sent[slot]);
+            self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));
         }
         self.next_sequence = sequence.wrapping_add(1);
         self.ack_eliciting_unacked = 0;

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Capacity benchmark: one fresh server per point, N bots of a scenario, a
+# markdown table on stdout.
+#
+#   server/scripts/capacity.sh [N ...]          (default: 500 1000 2000 5000)
+#
+# Environment (all optional):
+#   CARGO_TARGET_DIR   where the release binaries are built [target]
+#   SCENARIO           scenario file [assets/scenarios/default.toml]
+#   RUN_SECS           measured seconds after the ramp [20]
+#   SERVER_CORE        core the server is pinned to [0]
+#   BOT_CORE           core the bots are pinned to [1]
+#   BASE_PORT          first UDP port; point i uses BASE_PORT+i [17900]
+#   OUT_DIR            where reports and logs go [a fresh mktemp -d]
+#   SKIP_BUILD=1       do not run cargo build
+#   SERVER_BIN         server binary [$CARGO_TARGET_DIR/release/server]
+#                      (e.g. a copy of an older build, for an A/B run)
+#
+# Per point: the server starts pinned to SERVER_CORE on loopback with a fresh
+# data dir; the bots (`client_headless load`) start pinned to BOT_CORE with a
+# ramp of max(5, N/500) s and a duration of ramp + RUN_SECS. Server CPU is
+# utime+stime from /proc/PID/stat (and per thread from /proc/PID/task/*/stat)
+# sampled when the bots start and when they exit; cores = cpu seconds / wall
+# seconds of that window (ramp, run and drain). Tick p50/p99, RTT p99,
+# bytes/bot/s and connected/requested come from the bots' JSON report.
+# Every process the script starts is stopped by PID, with a bounded wait.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+SCENARIO=${SCENARIO:-assets/scenarios/default.toml}
+RUN_SECS=${RUN_SECS:-20}
+SERVER_CORE=${SERVER_CORE:-0}
+BOT_CORE=${BOT_CORE:-1}
+BASE_PORT=${BASE_PORT:-17900}
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/capacity.XXXXXX)}
+POINTS=("$@")
+[ ${#POINTS[@]} -eq 0 ] && POINTS=(500 1000 2000 5000)
+CLK_TCK=$(getconf CLK_TCK)
+
+for tool in jq taskset timeout awk; do
+    command -v "$tool" >/dev/null || { echo "capacity.sh: needs $tool" >&2; exit 2; }
+done
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release -p server -p client_headless >&2
+fi
+SERVER_BIN=${SERVER_BIN:-$TARGET/release/server}
+BOTS_BIN=$TARGET/release/client_headless
+for bin in "$SERVER_BIN" "$BOTS_BIN"; do
+    [ -x "$bin" ] || { echo "capacity.sh: no $bin (set CARGO_TARGET_DIR?)" >&2; exit 2; }
+done
+
+SERVER_PID=""
+BOTS_PID=""
+
+# Stop one process by PID: SIGINT, then SIGKILL after `grace` seconds.
+stop_pid() {
+    local pid=$1 grace=$2
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((grace * 10))); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    stop_pid "$BOTS_PID" 5
+    stop_pid "$SERVER_PID" 10
+    BOTS_PID=""
+    SERVER_PID=""
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# utime+stime in clock ticks of a /proc stat file (the comm field may hold spaces).
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$1" 2>/dev/null || echo 0
+}
+
+# "comm ticks" for each thread of a process.
+thread_ticks() {
+    local pid=$1 f
+    for f in /proc/"$pid"/task/*/stat; do
+        awk '{ c = $0; sub(/^[^(]*\(/, "", c); sub(/\).*$/, "", c);
+               sub(/^.*\) /, ""); print c, $12 + $13 }' "$f" 2>/dev/null || true
+    done
+}
+
+now_s() { date +%s.%N; }
+
+echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+echo "capacity: output in $OUT_DIR" >&2
+
+ROWS=()
+i=0
+for n in "${POINTS[@]}"; do
+    port=$((BASE_PORT + i))
+    mport=$((BASE_PORT + 1000 + i))
+    i=$((i + 1))
+    ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
+    duration=$((ramp + RUN_SECS))
+    data="$OUT_DIR/data-$n"
+    mkdir -p "$data"
+
+    taskset -c "$SERVER_CORE" "$SERVER_BIN" --bind "127.0.0.1:$port" \
+        --metrics-bind "127.0.0.1:$mport" --data-dir "$data" \
+        --max-clients $((n + 100)) --log-filter warn \
+        </dev/null >"$OUT_DIR/server-$n.log" 2>&1 &
+    SERVER_PID=$!
+    # Wait (bounded) for the metrics page: the server is up.
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null; then break; fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited, see $OUT_DIR/server-$n.log" >&2; exit 1; }
+        sleep 0.1
+    done
+
+    cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
+    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$n"
+    t0=$(now_s)
+    timeout -s INT --kill-after=10 $((duration + 40)) \
+        taskset -c "$BOT_CORE" "$BOTS_BIN" load --server "127.0.0.1:$port" \
+        --bots "$n" --duration "$duration" --ramp "$ramp" \
+        --scenario "$SCENARIO" --metrics-url "http://127.0.0.1:$mport/metrics" \
+        --report "$OUT_DIR/report-$n.json" \
+        >"$OUT_DIR/bots-$n.txt" 2>"$OUT_DIR/bots-$n.log" &
+    BOTS_PID=$!
+    wait "$BOTS_PID" || true
+    BOTS_PID=""
+    t1=$(now_s)
+    cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
+    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$n"
+    stop_pid "$SERVER_PID" 10
+    SERVER_PID=""
+
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz }')
+    cores=$(awk -v c="$cpu" -v w="$wall" 'BEGIN { printf "%.2f", c / w }')
+    # Cores of the net-io thread alone over the same window.
+    netio=$(awk -v hz="$CLK_TCK" -v w="$wall" '
+        NR == FNR { before[$1] += $2; next }
+        { after[$1] += $2 }
+        END { printf "%.2f", (after["net-io"] - before["net-io"]) / hz / w }' \
+        "$OUT_DIR/threads0-$n" "$OUT_DIR/threads1-$n")
+
+    r="$OUT_DIR/report-$n.json"
+    if [ -s "$r" ]; then
+        row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" '
+            def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
+            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) |"' "$r")
+    else
+        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | – | – | – | – |"
+    fi
+    ROWS+=("$row")
+    echo "$row" >&2
+done
+
+echo "| bots | connected / requested | server cores (cpu / wall) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
