@@ -4,46 +4,17 @@
 //! holds every slot and is then refused as full; a non-loopback target is
 //! refused without `--i-own-this-server`.
 //!
-//! The server binary is found (and built if missing) as in `load_e2e.rs`.
+//! The server binary is found (and built if missing) by `support::server_binary`.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod support;
 
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `target/<profile>/server`, built on demand.
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let server = profile_dir.join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    if !server.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "server"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build -p server");
-        assert!(status.success(), "cargo build -p server failed");
-    }
-    assert!(server.exists(), "no server binary at {}", server.display());
-    server
-}
+use support::{free_tcp_port, free_udp_port, server_binary};
 
 struct Server {
     child: Child,

@@ -4,53 +4,17 @@
 //! bots of `trade.toml` get exactly one reply to every inventory request;
 //! and the JSON report has the documented shape.
 //!
-//! Finding the server binary: Cargo only exposes `CARGO_BIN_EXE_*` for the
-//! package's own binaries, so the test looks for `server` next to its own
-//! executable's profile directory (`target/<profile>/deps/load_e2e-*` →
-//! `target/<profile>/server`). If it is missing, the test runs
-//! `cargo build -p server` with the same `CARGO_TARGET_DIR` (inherited from
-//! the environment) first.
+//! The server binary is found (and built if missing) by `support::server_binary`.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::{free_tcp_port, free_udp_port, server_binary};
+
 const BOTS: u64 = 200;
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `target/<profile>/server`, built on demand.
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/load_e2e-HASH → target/<profile>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let server = profile_dir.join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    if !server.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "server"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build -p server");
-        assert!(status.success(), "cargo build -p server failed");
-    }
-    assert!(server.exists(), "no server binary at {}", server.display());
-    server
-}
 
 struct Server(Child);
 
