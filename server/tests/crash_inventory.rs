@@ -8,7 +8,7 @@
 //! left unanswered by the crash are retried with their ids.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,23 +23,13 @@ use shared::protocol::inventory::{
 use shared::protocol::messages::Welcome;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 
+mod support;
+
+use support::{free_tcp_port, free_udp_port};
+
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const KILLS: u32 = 24;
 const IN_FLIGHT: usize = 3;
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
     shared::keys::mint_token(&shared::keys::dev_key(), vec![server], client_id, 60, 5).unwrap()

@@ -2,7 +2,7 @@
 //! dev-key tokens, exchange typed messages both ways, and a SIGTERM ends
 //! every session with `ServerShutdown` and the process with exit code 0.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,22 +13,12 @@ use shared::protocol::messages::{Emote, EmoteRequest, Welcome};
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::transport::DisconnectReason;
 
+mod support;
+
+use support::{free_tcp_port, free_udp_port};
+
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const CLIENTS: u64 = 50;
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
     shared::keys::dev_token(server, client_id).unwrap()

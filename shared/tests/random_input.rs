@@ -17,22 +17,9 @@ use shared::transport::wire::{
 };
 use shared::transport::{Connection, Event, TransportConfig};
 
-/// splitmix64: a tiny seeded generator for reproducible inputs.
-struct Rng(u64);
+mod support;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use support::Rng;
 
 fn memory_bound(config: &TransportConfig) -> usize {
     let reliable = config

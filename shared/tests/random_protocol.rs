@@ -25,60 +25,9 @@ use shared::protocol::messages::{Emote, EmoteRequest, ServerNotice, Welcome};
 use shared::protocol::movement::{EntityAdded, EntityMoved, MoveInput, Snapshot};
 use shared::protocol::{self, NetMessage, PROTOCOL_ID};
 
-/// splitmix64: a tiny seeded generator for reproducible inputs.
-struct Rng(u64);
+mod support;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-
-    /// A random byte string of 0..`max` bytes.
-    fn bytes(&mut self, max: u64) -> Vec<u8> {
-        let mut out = vec![0; self.below(max) as usize];
-        self.fill(&mut out);
-        out
-    }
-
-    /// Mutates `data`: bit flips, byte overwrites, truncation or extension.
-    fn mutate(&mut self, data: &mut Vec<u8>) {
-        for _ in 0..1 + self.below(4) {
-            match self.below(5) {
-                0 | 1 if !data.is_empty() => {
-                    let bit = self.below(data.len() as u64 * 8) as usize;
-                    data[bit / 8] ^= 1 << (bit % 8);
-                }
-                2 if !data.is_empty() => {
-                    let i = self.below(data.len() as u64) as usize;
-                    data[i] = self.next() as u8;
-                }
-                3 => {
-                    let len = self.below(data.len() as u64 + 1) as usize;
-                    data.truncate(len);
-                }
-                _ => {
-                    let extra = self.bytes(16);
-                    data.extend_from_slice(&extra);
-                }
-            }
-        }
-    }
-}
+use support::Rng;
 
 fn server_addr() -> SocketAddr {
     "127.0.0.1:40000".parse().expect("an address")
