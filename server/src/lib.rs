@@ -198,7 +198,7 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
     };
     let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config)?;
     tracing::info!(bind = %io.local_addr(), public = %public_addr, "serving game traffic");
-    Ok(net::NetServer(io))
+    Ok(net::NetServer::io(io))
 }
 
 /// Builds the server as the binary runs it: starts the metrics endpoint,

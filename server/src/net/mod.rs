@@ -15,10 +15,14 @@ mod session;
 mod typed;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bevy_app::{App, FixedPostUpdate, FixedPreUpdate, Plugin, Update};
 use bevy_ecs::prelude::*;
-use shared::io::{ClientId, IoStatsSnapshot, NetCommand, NetSummary, ServerIo};
+use crossbeam_channel::{Receiver, Sender};
+use shared::io::{
+    ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo,
+};
 use shared::transport::DisconnectReason;
 
 pub use session::{ClientConnected, ClientDisconnected, Player};
@@ -29,9 +33,76 @@ use crate::metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
 use crate::players::PlayerRoster;
 use crate::shutdown::ShutdownStarted;
 
-/// The running `net-io` thread, inserted before [`NetPlugin`] is added.
+/// The game's side of the network, inserted before [`NetPlugin`] is added:
+/// the running `net-io` thread, or an in-process [`Loopback`] that tests and
+/// benchmarks drive without sockets.
 #[derive(Resource)]
-pub struct NetServer(pub ServerIo);
+pub struct NetServer(Backend);
+
+enum Backend {
+    Io(ServerIo),
+    Loopback {
+        events: Receiver<NetEvent>,
+        commands: Sender<Vec<NetCommand>>,
+        stats: Arc<IoStats>,
+    },
+}
+
+impl NetServer {
+    /// The running `net-io` thread.
+    pub fn io(io: ServerIo) -> Self {
+        Self(Backend::Io(io))
+    }
+
+    /// An in-process network: the returned [`Loopback`] plays the `net-io`
+    /// thread (it injects events and takes the batches of commands).
+    pub fn loopback() -> (Self, Loopback) {
+        let (event_tx, events) = crossbeam_channel::unbounded();
+        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let server = Self(Backend::Loopback {
+            events,
+            commands,
+            stats: Arc::new(IoStats::default()),
+        });
+        let loopback = Loopback {
+            events: event_tx,
+            commands: command_rx,
+        };
+        (server, loopback)
+    }
+
+    fn events(&self) -> &Receiver<NetEvent> {
+        match &self.0 {
+            Backend::Io(io) => io.events(),
+            Backend::Loopback { events, .. } => events,
+        }
+    }
+
+    fn submit(&self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
+        match &self.0 {
+            Backend::Io(io) => io.submit(batch),
+            Backend::Loopback { commands, .. } => {
+                commands.send(batch).map_err(|refused| refused.into_inner())
+            }
+        }
+    }
+
+    fn stats(&self) -> &Arc<IoStats> {
+        match &self.0 {
+            Backend::Io(io) => io.stats(),
+            Backend::Loopback { stats, .. } => stats,
+        }
+    }
+}
+
+/// The `net-io` side of [`NetServer::loopback`]: what a test or benchmark
+/// uses to play connected clients in-process.
+pub struct Loopback {
+    /// Events for the game, drained at the start of each tick.
+    pub events: Sender<NetEvent>,
+    /// One batch of commands per tick that produced any.
+    pub commands: Receiver<Vec<NetCommand>>,
+}
 
 /// Commands gathered during a tick, handed to `net-io` in one batch.
 #[derive(Resource, Default)]
@@ -220,7 +291,7 @@ fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<Ne
     }
     let mut batch = std::mem::take(&mut outbox.commands);
     disconnects_last(&mut batch);
-    if let Err(mut refused) = net.0.submit(batch) {
+    if let Err(mut refused) = net.submit(batch) {
         // net-io is several ticks behind: keep the batch for the next tick,
         // within a bound.
         if refused.len() > MAX_CARRIED_COMMANDS {
@@ -244,7 +315,7 @@ fn export_metrics(
     clients: Res<Clients>,
     registry: Res<Metrics>,
 ) {
-    let (version, summary) = net.0.stats().summary();
+    let (version, summary) = net.stats().summary();
     if version != metrics.last_summary.0 {
         let last = &metrics.last_summary.1;
         metrics
@@ -278,7 +349,7 @@ fn export_metrics(
         }
         metrics.last_summary = (version, summary);
     }
-    let now = net.0.stats().snapshot();
+    let now = net.stats().snapshot();
     let last = metrics.last;
     metrics.connected.set(clients.len() as f64);
     metrics
@@ -301,7 +372,7 @@ fn export_metrics(
 fn say_goodbye_on_shutdown(mut started: MessageReader<ShutdownStarted>, net: Res<NetServer>) {
     if started.read().next().is_some() {
         tracing::info!("telling every client the server is shutting down");
-        let _ = net.0.submit(vec![NetCommand::Shutdown {
+        let _ = net.submit(vec![NetCommand::Shutdown {
             reason: DisconnectReason::ServerShutdown,
         }]);
     }

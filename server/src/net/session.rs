@@ -44,7 +44,6 @@ pub struct ClientDisconnected {
 pub(super) fn receive(world: &mut World) {
     let events: Vec<NetEvent> = world
         .resource::<NetServer>()
-        .0
         .events()
         .try_iter()
         .collect();
