@@ -26,7 +26,7 @@ use server::net::{Clients, Outbox};
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use server::world::Position;
 use shared::movement::{MovementRules, SnapshotReceiver};
-use shared::protocol::movement::{MoveInput, quantize};
+use shared::protocol::movement::{MoveInput, Snapshot, quantize};
 
 const HZ: f32 = 30.0;
 const NEIGHBOURS: usize = 50;
@@ -99,7 +99,6 @@ impl Neighbourhood {
                 p.distance_squared(own)
             },
         }));
-        out.sort_unstable_by(|a, b| a.distance_sq.total_cmp(&b.distance_sq));
     }
 }
 
@@ -116,6 +115,7 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
     let mut client = SnapshotReceiver::new();
     let mut acks: VecDeque<u32> = VecDeque::new();
     let mut candidates = Vec::new();
+    let mut snapshot = Snapshot::default();
     let mut total = 0usize;
     for tick in 1..=ticks {
         world.step();
@@ -126,7 +126,7 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
             view.acknowledge(ack);
         }
         world.candidates(&mut candidates);
-        let (snapshot, stats) = view.encode(tick, 1, tick, &candidates, limits);
+        let stats = view.encode(tick, 1, tick, &candidates, limits, &mut snapshot);
         assert!(!stats.budget_limited);
         total += shared::protocol::encode(&snapshot).unwrap().len();
         client.apply(&snapshot).unwrap();
@@ -150,6 +150,7 @@ fn bandwidth(c: &mut Criterion) {
     let mut world = Neighbourhood::new();
     let mut candidates = Vec::new();
     let mut view = ClientView::new();
+    let mut snapshot = Snapshot::default();
     let mut tick = 0;
     c.bench_function("encode_snapshot_50_neighbours_delta", |b| {
         b.iter(|| {
@@ -157,7 +158,7 @@ fn bandwidth(c: &mut Criterion) {
             world.step();
             world.candidates(&mut candidates);
             view.acknowledge(tick - 1);
-            black_box(view.encode(tick, 1, tick, &candidates, limits))
+            black_box(view.encode(tick, 1, tick, &candidates, limits, &mut snapshot))
         });
     });
 }

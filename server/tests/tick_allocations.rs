@@ -39,7 +39,10 @@ fn a_steady_tick_with_500_moving_clients_allocates_less_than_once_per_ten_client
     // The work was done: every client got a snapshot with its neighbours
     // every tick.
     assert_eq!(snapshots, CLIENTS * TICKS as usize);
-    assert!(bytes / snapshots > 40, "{bytes} bytes in {snapshots} snapshots");
+    assert!(
+        bytes / snapshots > 40,
+        "{bytes} bytes in {snapshots} snapshots"
+    );
     let per_tick = during / TICKS;
     assert!(
         per_tick < (CLIENTS / 10) as u64,

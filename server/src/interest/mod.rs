@@ -29,7 +29,7 @@ mod view;
 
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
-use glam::Vec2;
+use glam::{IVec2, Vec2};
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
 use shared::protocol::channels;
 use shared::protocol::movement::{Snapshot, quantize};
@@ -41,7 +41,7 @@ pub use view::{
 
 use crate::metrics::{Counter, Metrics};
 use crate::movement::{MoveCommand, MovementSystems, Mover};
-use crate::net::{ClientConnected, NetAppExt, Player, ToClient};
+use crate::net::{ClientConnected, NetAppExt, NetSender, Player};
 use crate::world::Position;
 
 /// Area-of-interest and snapshot limits. [`InterestPlugin`] inserts the
@@ -182,8 +182,9 @@ impl Viewer {
 }
 
 /// A snapshot for a viewer that has no network connection ([`Player`]):
-/// in-process bots, tests. Connected players get theirs as
-/// [`ToClient<Snapshot>`] on the `SNAPSHOT` channel.
+/// in-process bots, tests. Connected players get theirs encoded straight
+/// into the tick's batch (a [`NetSender<Snapshot>`]) on the `SNAPSHOT`
+/// channel.
 #[derive(Message, Debug, Clone, PartialEq)]
 pub struct LocalSnapshot {
     /// The viewer.
@@ -216,8 +217,10 @@ struct NextNetId(u32);
 struct Scratch {
     ids: Vec<u32>,
     positions: Vec<Vec2>,
+    quantized: Vec<IVec2>,
     grid: SpatialGrid,
     candidates: Vec<Candidate>,
+    snapshot: Snapshot,
 }
 
 #[derive(Resource, Clone)]
@@ -330,7 +333,7 @@ fn replicate(
     mut acks: MessageReader<MoveCommand>,
     entities: Query<(&NetId, &Position)>,
     mut viewers: Query<ViewerItem>,
-    mut remote: MessageWriter<ToClient<Snapshot>>,
+    mut remote: NetSender<Snapshot>,
     mut local: MessageWriter<LocalSnapshot>,
 ) {
     tick.0 = tick.0.wrapping_add(1).max(1);
@@ -344,14 +347,18 @@ fn replicate(
     let Scratch {
         ids,
         positions,
+        quantized,
         grid,
         candidates,
+        snapshot,
     } = &mut *scratch;
     ids.clear();
     positions.clear();
+    quantized.clear();
     for (id, position) in &entities {
         ids.push(id.0);
         positions.push(position.0);
+        quantized.push(quantize(position.0));
     }
     grid.rebuild(positions, config.cell_size);
 
@@ -370,34 +377,24 @@ fn replicate(
             distance_sq: -1.0,
         });
         grid.query(position.0, reach, |i| {
-            let (id, p) = (ids[i as usize], positions[i as usize]);
-            let distance_sq = p.distance_squared(position.0);
-            let inside =
-                distance_sq <= enter_sq || (distance_sq <= leave_sq && viewer.view.was_visible(id));
-            if inside && id != own.0 {
+            let i = i as usize;
+            let distance_sq = positions[i].distance_squared(position.0);
+            if distance_sq > leave_sq {
+                return;
+            }
+            let id = ids[i];
+            if id != own.0 && (distance_sq <= enter_sq || viewer.view.was_visible(id)) {
                 candidates.push(Candidate {
                     id,
-                    position: quantize(p),
+                    position: quantized[i],
                     distance_sq,
                 });
             }
         });
-        let nearest = |a: &Candidate, b: &Candidate| {
-            a.distance_sq
-                .total_cmp(&b.distance_sq)
-                .then(a.id.cmp(&b.id))
-        };
-        // Only the `max_entities` nearest form the view: partition, then
-        // sort just those.
-        if candidates.len() > limits.max_entities {
-            candidates.select_nth_unstable_by(limits.max_entities - 1, nearest);
-            candidates.truncate(limits.max_entities);
-        }
-        candidates.sort_unstable_by(nearest);
         let last_input = mover.map_or(0, |m| m.last_seq);
-        let (snapshot, stats) = viewer
+        let stats = viewer
             .view
-            .encode(tick.0, own.0, last_input, candidates, limits);
+            .encode(tick.0, own.0, last_input, candidates, limits, snapshot);
         metrics.snapshots.inc();
         metrics.bytes.add(stats.bytes as u64);
         if stats.full {
@@ -407,13 +404,11 @@ fn replicate(
             metrics.limited.inc();
         }
         match player {
-            Some(player) => {
-                remote.write(ToClient::one(player.client, snapshot));
-            }
+            Some(player) => remote.send(player.client, snapshot),
             None => {
                 local.write(LocalSnapshot {
                     entity,
-                    snapshot,
+                    snapshot: snapshot.clone(),
                     stats,
                 });
             }

@@ -68,6 +68,17 @@ struct Frame {
     entities: Vec<(u32, IVec2)>,
 }
 
+/// How one entity of the view would be sent against the baseline.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// The client has it at this position already.
+    Same,
+    /// The client has it at `old`; the update costs `cost` bytes.
+    Moved { old: IVec2, cost: usize },
+    /// The client does not have it; adding it costs `cost` bytes.
+    Added { cost: usize },
+}
+
 /// The server's record of one client's view.
 #[derive(Debug, Default)]
 pub struct ClientView {
@@ -75,10 +86,14 @@ pub struct ClientView {
     history: VecDeque<Frame>,
     acked: u32,
     // Scratch, reused every tick.
-    chosen: Vec<u32>,
-    removed: Vec<u32>,
-    added: Vec<(u32, IVec2)>,
-    moved: Vec<(u32, IVec2)>,
+    /// The view, sorted by id.
+    view: Vec<Candidate>,
+    /// `changes[i]` is how `view[i]` would be sent.
+    changes: Vec<Change>,
+    /// Whether `view[i]` is sent this tick (budget-limited snapshots only).
+    sent: Vec<bool>,
+    /// Indices into `view`, nearest first (budget-limited snapshots only).
+    nearest: Vec<u32>,
     next: Vec<(u32, IVec2)>,
 }
 
@@ -91,6 +106,13 @@ fn find(entities: &[(u32, IVec2)], id: u32) -> Option<IVec2> {
 
 fn gap_len(id: u32, base: u32) -> usize {
     varint_len(u64::from(id - base))
+}
+
+/// Nearest first; ties by id, so the choice is deterministic.
+fn nearest(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    a.distance_sq
+        .total_cmp(&b.distance_sq)
+        .then(a.id.cmp(&b.id))
 }
 
 impl ClientView {
@@ -134,17 +156,23 @@ impl ClientView {
         self.history.iter().position(|f| f.tick == self.acked)
     }
 
-    /// Builds the snapshot of `tick` for this view.
+    /// Builds the snapshot of `tick` for this view into `out` (whose
+    /// buffers are reused).
     ///
-    /// `candidates` must be sorted nearest first, the viewer's own entity
-    /// first, and hold only entities the client may see (the caller
-    /// applies radius and hysteresis). The first `max_entities` form the
-    /// view. The snapshot is a delta against the acknowledged snapshot when
-    /// it is still in the history, else full. Entities are updated nearest
-    /// first while the budget lasts; once an update does not fit, every
-    /// farther entity keeps the value the client already has (or, if the
-    /// client does not have it, is left out until a later tick). Leaving
-    /// entities are always announced (see [`SnapshotLimits::min_budget`]).
+    /// `candidates` (in any order, distinct ids) must hold only entities the
+    /// client may see (the caller applies radius and hysteresis), the
+    /// viewer's own entity nearer than any other (e.g. a negative
+    /// `distance_sq`). The `max_entities` nearest form the view. The
+    /// snapshot is a delta against the acknowledged snapshot when it is
+    /// still in the history, else full. Entities are updated nearest first
+    /// while the budget lasts; once an update does not fit, every farther
+    /// entity keeps the value the client already has (or, if the client
+    /// does not have it, is left out until a later tick). Leaving entities
+    /// are always announced (see [`SnapshotLimits::min_budget`]).
+    ///
+    /// Cost: one sort of the view by id and a merge with the baseline; the
+    /// view is sorted by distance only when the budget does not fit every
+    /// update.
     pub fn encode(
         &mut self,
         tick: u32,
@@ -152,123 +180,151 @@ impl ClientView {
         last_input: u32,
         candidates: &[Candidate],
         limits: SnapshotLimits,
-    ) -> (Snapshot, EncodeStats) {
-        let view = &candidates[..candidates.len().min(limits.max_entities)];
+        out: &mut Snapshot,
+    ) -> EncodeStats {
+        self.view.clear();
+        self.view.extend_from_slice(candidates);
+        if self.view.len() > limits.max_entities {
+            self.view
+                .select_nth_unstable_by(limits.max_entities.saturating_sub(1), nearest);
+            self.view.truncate(limits.max_entities);
+        }
+        self.view.sort_unstable_by_key(|c| c.id);
+
         let baseline = self.baseline();
         let base: &[(u32, IVec2)] = baseline.map_or(&[], |i| &self.history[i].entities);
         let baseline_age = baseline.map_or(0, |i| tick.wrapping_sub(self.history[i].tick));
-
-        self.chosen.clear();
-        self.chosen.extend(view.iter().map(|c| c.id));
-        self.chosen.sort_unstable();
         let id_base = self
-            .chosen
+            .view
             .first()
-            .copied()
+            .map(|c| c.id)
             .into_iter()
             .chain(base.first().map(|e| e.0))
             .min()
             .unwrap_or(0);
 
-        self.removed.clear();
-        self.removed.extend(
-            base.iter()
-                .map(|e| e.0)
-                .filter(|id| self.chosen.binary_search(id).is_err()),
-        );
-        let mut used = 2
-            + [tick, baseline_age, last_input, you, id_base]
-                .iter()
-                .map(|&v| varint_len(u64::from(v)))
-                .sum::<usize>()
-            + varint_len(self.removed.len() as u64)
-            + 2 * varint_len(limits.max_entities as u64);
-        let mut previous = id_base;
-        for &id in &self.removed {
-            used += gap_len(id, previous);
-            previous = id;
-        }
-
-        self.added.clear();
-        self.moved.clear();
-        self.next.clear();
-        let mut budget_limited = false;
-        for c in view {
+        // One merge of the view and the baseline (both sorted by id): what
+        // left, and how each entity of the view would be sent.
+        out.removed.clear();
+        out.added.clear();
+        out.moved.clear();
+        self.changes.clear();
+        let header = 2 + [tick, baseline_age, last_input, you, id_base]
+            .iter()
+            .map(|&v| varint_len(u64::from(v)))
+            .sum::<usize>();
+        let mut removals = 0;
+        let mut updates = 0;
+        let mut previous_removed = id_base;
+        let mut b = 0;
+        for c in &self.view {
+            while let Some(&(id, _)) = base.get(b).filter(|e| e.0 < c.id) {
+                removals += gap_len(id, previous_removed);
+                out.removed.push(id - previous_removed);
+                previous_removed = id;
+                b += 1;
+            }
             let id_cost = gap_len(c.id, id_base);
-            match find(base, c.id) {
-                Some(old) if old == c.position => self.next.push((c.id, old)),
-                Some(old) => {
-                    let d = c.position.wrapping_sub(old);
-                    let cost = id_cost + signed_varint_len(d.x) + signed_varint_len(d.y);
-                    if !budget_limited && used + cost <= limits.budget_bytes {
-                        used += cost;
-                        self.moved.push((c.id, d));
-                        self.next.push((c.id, c.position));
+            let change = match base.get(b) {
+                Some(&(id, old)) if id == c.id => {
+                    b += 1;
+                    if old == c.position {
+                        Change::Same
                     } else {
-                        budget_limited = true;
-                        self.next.push((c.id, old));
+                        let d = c.position.wrapping_sub(old);
+                        let cost = id_cost + signed_varint_len(d.x) + signed_varint_len(d.y);
+                        Change::Moved { old, cost }
                     }
                 }
-                None => {
+                _ => {
                     let p = c.position;
                     let cost = id_cost + signed_varint_len(p.x) + signed_varint_len(p.y);
-                    if !budget_limited && used + cost <= limits.budget_bytes {
+                    Change::Added { cost }
+                }
+            };
+            if let Change::Moved { cost, .. } | Change::Added { cost } = change {
+                updates += cost;
+            }
+            self.changes.push(change);
+        }
+        for &(id, _) in &base[b..] {
+            removals += gap_len(id, previous_removed);
+            out.removed.push(id - previous_removed);
+            previous_removed = id;
+        }
+        let removals = removals + varint_len(out.removed.len() as u64);
+        // Entries are costed with their gap from `id_base` and the list
+        // lengths at their largest: an upper bound.
+        let mut used = header + removals + 2 * varint_len(limits.max_entities as u64);
+
+        // Which updates fit: all of them, or the nearest while the budget
+        // lasts.
+        let budget_limited = used + updates > limits.budget_bytes;
+        self.sent.clear();
+        self.sent.resize(self.view.len(), true);
+        if budget_limited {
+            self.nearest.clear();
+            self.nearest.extend(0..self.view.len() as u32);
+            let view = &self.view;
+            self.nearest
+                .sort_unstable_by(|&a, &b| nearest(&view[a as usize], &view[b as usize]));
+            let mut stopped = false;
+            for &i in &self.nearest {
+                let i = i as usize;
+                if let Change::Moved { cost, .. } | Change::Added { cost } = self.changes[i] {
+                    if !stopped && used + cost <= limits.budget_bytes {
                         used += cost;
-                        self.added.push((c.id, p));
-                        self.next.push((c.id, p));
                     } else {
-                        budget_limited = true;
+                        stopped = true;
+                        self.sent[i] = false;
                     }
                 }
             }
         }
-        self.added.sort_unstable_by_key(|e| e.0);
-        self.moved.sort_unstable_by_key(|e| e.0);
-        self.next.sort_unstable_by_key(|e| e.0);
 
-        // Ids go out as gaps from the previous id (from `id_base` for the
-        // first), computed while collecting: one allocation per list.
-        let gap_from = |previous: &mut u32, id: u32| {
-            let gap = id - *previous;
-            *previous = id;
-            gap
-        };
-        let mut previous = id_base;
-        let removed = self
-            .removed
-            .iter()
-            .map(|&id| gap_from(&mut previous, id))
-            .collect();
-        let mut previous = id_base;
-        let added = self
-            .added
-            .iter()
-            .map(|&(id, p)| EntityAdded {
-                id_gap: gap_from(&mut previous, id),
-                x: p.x,
-                y: p.y,
-            })
-            .collect();
-        let mut previous = id_base;
-        let moved = self
-            .moved
-            .iter()
-            .map(|&(id, d)| EntityMoved {
-                id_gap: gap_from(&mut previous, id),
-                dx: d.x,
-                dy: d.y,
-            })
-            .collect();
-        let snapshot = Snapshot {
-            tick,
-            baseline_age,
-            last_input,
-            you,
-            id_base,
-            removed,
-            added,
-            moved,
-        };
+        // The lists, in id order, ids as gaps from the previous one (from
+        // `id_base` for the first); and what the client will hold. `entries`
+        // is their exact encoded size.
+        self.next.clear();
+        let (mut previous_added, mut previous_moved) = (id_base, id_base);
+        let mut entries = 0;
+        for ((c, change), &sent) in self.view.iter().zip(&self.changes).zip(&self.sent) {
+            match *change {
+                Change::Same => self.next.push((c.id, c.position)),
+                Change::Moved { old, .. } if !sent => self.next.push((c.id, old)),
+                Change::Moved { old, .. } => {
+                    let d = c.position.wrapping_sub(old);
+                    entries += gap_len(c.id, previous_moved)
+                        + signed_varint_len(d.x)
+                        + signed_varint_len(d.y);
+                    out.moved.push(EntityMoved {
+                        id_gap: c.id - previous_moved,
+                        dx: d.x,
+                        dy: d.y,
+                    });
+                    previous_moved = c.id;
+                    self.next.push((c.id, c.position));
+                }
+                Change::Added { .. } if !sent => {}
+                Change::Added { .. } => {
+                    entries += gap_len(c.id, previous_added)
+                        + signed_varint_len(c.position.x)
+                        + signed_varint_len(c.position.y);
+                    out.added.push(EntityAdded {
+                        id_gap: c.id - previous_added,
+                        x: c.position.x,
+                        y: c.position.y,
+                    });
+                    previous_added = c.id;
+                    self.next.push((c.id, c.position));
+                }
+            }
+        }
+        out.tick = tick;
+        out.baseline_age = baseline_age;
+        out.last_input = last_input;
+        out.you = you;
+        out.id_base = id_base;
 
         // Record the frame, recycling the oldest.
         let keep = limits.history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
@@ -284,12 +340,15 @@ impl ClientView {
         std::mem::swap(&mut frame.entities, &mut self.next);
         self.history.push_back(frame);
 
-        let stats = EncodeStats {
-            bytes: encoded_len(&snapshot),
+        EncodeStats {
+            bytes: header
+                + removals
+                + varint_len(out.added.len() as u64)
+                + varint_len(out.moved.len() as u64)
+                + entries,
             full: baseline.is_none(),
             budget_limited,
-        };
-        (snapshot, stats)
+        }
     }
 }
 

@@ -20,13 +20,11 @@ use std::sync::Arc;
 use bevy_app::{App, FixedPostUpdate, FixedPreUpdate, Plugin, Update};
 use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
-use shared::io::{
-    ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo,
-};
+use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
 use shared::transport::DisconnectReason;
 
 pub use session::{ClientConnected, ClientDisconnected, Player};
-pub use typed::{FromClient, NetAppExt, Recipients, ToClient};
+pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
 
 use crate::console::AdminKick;
 use crate::metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
@@ -114,6 +112,16 @@ impl Outbox {
     /// Queues a command for this tick's batch.
     pub fn push(&mut self, command: NetCommand) {
         self.commands.push(command);
+    }
+
+    /// Commands queued this tick.
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Whether nothing is queued this tick.
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
     }
 }
 
@@ -289,7 +297,10 @@ fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<Ne
     if outbox.commands.is_empty() {
         return;
     }
-    let mut batch = std::mem::take(&mut outbox.commands);
+    // The batch leaves with net-io; the next one starts at this one's size,
+    // so that it does not grow by doubling every tick.
+    let capacity = outbox.commands.len();
+    let mut batch = std::mem::replace(&mut outbox.commands, Vec::with_capacity(capacity));
     disconnects_last(&mut batch);
     if let Err(mut refused) = net.submit(batch) {
         // net-io is several ticks behind: keep the batch for the next tick,

@@ -42,32 +42,33 @@ pub struct ClientDisconnected {
 
 /// `NetSystems::Receive`: drains the `net-io` channel.
 pub(super) fn receive(world: &mut World) {
-    let events: Vec<NetEvent> = world
-        .resource::<NetServer>()
-        .events()
-        .try_iter()
-        .collect();
-    for event in events {
-        match event {
-            NetEvent::Connected { client } => on_connected(world, client),
-            NetEvent::Disconnected { client, reason } => on_disconnected(world, client, reason),
-            NetEvent::Message {
-                client,
-                channel,
-                payload,
-            } => {
-                let Some(entity) = world.resource::<Clients>().entity(client) else {
-                    continue;
-                };
-                let ok = world.resource_scope(|world, registry: Mut<InboundRegistry>| {
-                    registry.dispatch(world, client, channel, &payload)
-                });
-                if !ok {
-                    strike(world, client, entity);
+    // The registry is taken out of the world once for the whole batch (not
+    // per message), and lends its buffer for the drained events.
+    world.resource_scope(|world, mut registry: Mut<InboundRegistry>| {
+        let mut events = std::mem::take(&mut registry.pending);
+        events.extend(world.resource::<NetServer>().events().try_iter());
+        for event in events.drain(..) {
+            match event {
+                NetEvent::Connected { client } => on_connected(world, client),
+                NetEvent::Disconnected { client, reason } => {
+                    on_disconnected(world, client, reason);
+                }
+                NetEvent::Message {
+                    client,
+                    channel,
+                    payload,
+                } => {
+                    let Some(entity) = world.resource::<Clients>().entity(client) else {
+                        continue;
+                    };
+                    if !registry.dispatch(world, client, channel, &payload) {
+                        strike(world, client, entity);
+                    }
                 }
             }
         }
-    }
+        registry.pending = events;
+    });
 }
 
 fn on_connected(world: &mut World, client: ClientId) {

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 use bevy_app::{App, FixedPostUpdate};
 use bevy_ecs::prelude::*;
-use shared::io::{ClientId, NetCommand};
-use shared::protocol::{self, NetMessage};
+use bevy_ecs::system::SystemParam;
+use shared::io::{ClientId, NetCommand, NetEvent};
+use shared::protocol::{self, EncodeAs, EncodeBuffer, NetMessage};
 use shared::transport::ChannelId;
 
 use super::{Clients, NetSystems, Outbox};
@@ -66,6 +67,8 @@ type Decoder = fn(&mut World, ClientId, &[u8]) -> bool;
 #[derive(Resource, Default)]
 pub(super) struct InboundRegistry {
     decoders: HashMap<u16, (ChannelId, Decoder)>,
+    /// The receive system's buffer of drained events, reused every tick.
+    pub(super) pending: Vec<NetEvent>,
 }
 
 impl InboundRegistry {
@@ -105,10 +108,10 @@ fn encode_outbound<T: NetMessage>(
     mut messages: MessageReader<ToClient<T>>,
     clients: Res<Clients>,
     mut outbox: ResMut<Outbox>,
-    channel: Res<OutboundChannel<T>>,
+    mut channel: ResMut<OutboundChannel<T>>,
 ) {
     for ToClient { to, message } in messages.read() {
-        let payload = match protocol::encode(message) {
+        let payload = match channel.buffer.encode::<T>(message) {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(%error, id = T::ID, "cannot encode message");
@@ -151,7 +154,43 @@ struct ServerMessageTypes(usize);
 #[derive(Resource)]
 struct OutboundChannel<T> {
     channel: ChannelId,
+    buffer: EncodeBuffer,
     _type: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Sends `T` to one client at once: encoded into this tick's batch when
+/// [`send`](Self::send) is called (before the tick's [`ToClient`]
+/// messages), without taking the message. For bulk per-client messages
+/// such as snapshots; `T` must be registered with
+/// [`NetAppExt::add_server_message`].
+#[derive(SystemParam)]
+pub struct NetSender<'w, T: NetMessage> {
+    outbox: ResMut<'w, Outbox>,
+    channel: ResMut<'w, OutboundChannel<T>>,
+}
+
+impl<T: NetMessage> NetSender<'_, T> {
+    /// Queues `message` (a `T`, or anything that encodes as one, such as
+    /// one recipient's copy of a message serialized once) for `client`.
+    pub fn send(&mut self, client: ClientId, message: &impl EncodeAs<T>) {
+        match self.channel.buffer.encode_as::<T>(message) {
+            Ok(payload) => {
+                let channel = self.channel.channel;
+                self.outbox.push(NetCommand::Send {
+                    client,
+                    channel,
+                    payload,
+                });
+            }
+            Err(error) => tracing::error!(%error, id = T::ID, "cannot encode message"),
+        }
+    }
+
+    /// This tick's batch, for other commands (a disconnect) from the same
+    /// system.
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
 }
 
 /// Registers message types with the network plugin.
@@ -198,6 +237,7 @@ impl NetAppExt for App {
         self.add_message::<ToClient<T>>()
             .insert_resource(OutboundChannel::<T> {
                 channel,
+                buffer: EncodeBuffer::default(),
                 _type: std::marker::PhantomData,
             })
             .add_systems(

@@ -207,7 +207,10 @@ impl Sim {
             channel,
             payload: payload.expect("client messages encode"),
         };
-        self.net.events.send(event).expect("the app holds the receiver");
+        self.net
+            .events
+            .send(event)
+            .expect("the app holds the receiver");
     }
 
     /// Takes what the server sent since the last call.

@@ -21,7 +21,8 @@ pub mod messages;
 pub mod movement;
 
 pub use codec::{
-    DecodeError, EncodeError, MAX_MESSAGE_BYTES, decode, decode_body, encode, message_id,
+    DecodeError, EncodeBuffer, EncodeError, MAX_MESSAGE_BYTES, decode, decode_body, encode,
+    message_id,
 };
 
 use serde::Serialize;
@@ -37,4 +38,32 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub trait NetMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Unique among all message types of the protocol (both directions).
     const ID: u16;
+
+    /// Appends the encoded body (without the id) to `out`: bincode by
+    /// default. A type sent in bulk may write the same bytes by hand,
+    /// faster; its tests must show the output equals bincode's.
+    ///
+    /// # Errors
+    /// The serializer failed (bincode only fails on unsupported types).
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        codec::bincode_body(self, out)
+    }
+}
+
+/// A value that encodes exactly as a message `M` without being one: for
+/// example one recipient's copy of a message whose shared part was
+/// serialized once for everyone ([`chat::ChatLineCopy`]). Every message
+/// encodes as itself.
+pub trait EncodeAs<M: NetMessage> {
+    /// Appends the body `M` would encode to (without the id) to `out`.
+    ///
+    /// # Errors
+    /// The serializer failed.
+    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError>;
+}
+
+impl<M: NetMessage> EncodeAs<M> for M {
+    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.encode_body(out)
+    }
 }
