@@ -12,10 +12,12 @@
 //! answer carries the send's [`ChatSend::client_ref`]: the speaker's own
 //! copy (`ChatLine::reply_to`) or a `ChatRejected` (only a send that gets
 //! its sender kicked goes unanswered). Within a tick a client receives all
-//! its `ChatLine`s (in `seq` order) before its `ChatRejected`s: server
-//! message types are encoded in registration order (see
-//! [`NetAppExt`]), so clients must match answers by `client_ref`, not by
-//! arrival order.
+//! its `ChatLine`s (in `seq` order) before its `ChatRejected`s: the lines
+//! are sent by the routing system itself (a [`NetSender`]: each message is
+//! serialized once, each recipient's copy only adds its `seq` and
+//! `reply_to`), the refusals as [`ToClient`] messages after the tick's
+//! gameplay; so clients must match answers by `client_ref`, not by arrival
+//! order.
 //!
 //! Session rule: a player is a chat member from its [`ClientConnected`]
 //! (the handshake is done and its entity exists) to its
@@ -24,20 +26,27 @@
 mod room;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
+use glam::Vec2;
 use shared::io::{ClientId, NetCommand};
 use shared::protocol::channels;
-use shared::protocol::chat::{ChatLine, ChatRejected, ChatSend};
+use shared::protocol::chat::{
+    ChatLine, ChatLineBody, ChatRejected, ChatScope, ChatSend, EncodedChatLine,
+};
 use shared::transport::DisconnectReason;
 
-pub use room::{ChatOutput, ChatRoom, SYSTEM_NAME, clean_text};
+pub use room::{ChatOutput, ChatRoom, SYSTEM_NAME, Whereabouts, clean_text};
 
 use crate::config::ServerConfig;
 use crate::console::AdminSay;
+use crate::interest::SpatialGrid;
 use crate::metrics::{Counter, Metrics};
-use crate::net::{ClientConnected, ClientDisconnected, FromClient, NetAppExt, Outbox, ToClient};
+use crate::net::{
+    ClientConnected, ClientDisconnected, FromClient, NetAppExt, NetSender, Outbox, ToClient,
+};
 use crate::world::Position;
 
 /// Chat rules; a resource, set through [`ChatPlugin::config`].
@@ -161,6 +170,63 @@ impl Plugin for ChatPlugin {
     }
 }
 
+/// Members' positions for one tick's nearby messages: a grid over every
+/// member with a [`Position`], built only on ticks with a nearby message,
+/// so that a message costs its neighbourhood, not a look-up per member.
+#[derive(Default)]
+struct NearbyIndex {
+    accounts: Vec<u64>,
+    positions: Vec<Vec2>,
+    grid: SpatialGrid,
+}
+
+impl NearbyIndex {
+    fn rebuild(&mut self, located: impl Iterator<Item = (u64, Vec2)>, cell: f32) {
+        self.accounts.clear();
+        self.positions.clear();
+        for (account, position) in located {
+            self.accounts.push(account);
+            self.positions.push(position);
+        }
+        self.grid.rebuild(&self.positions, cell);
+    }
+}
+
+/// Where members are, for [`ChatRoom::say`]: `position` looks one up,
+/// the index (on ticks with nearby messages) answers area searches.
+struct Located<'a, P> {
+    position: P,
+    index: Option<&'a NearbyIndex>,
+}
+
+impl<P: Fn(u64) -> Option<Vec2>> Whereabouts for Located<'_, P> {
+    fn position(&self, account: u64) -> Option<Vec2> {
+        (self.position)(account)
+    }
+
+    fn within(&self, origin: Vec2, radius: f32, out: &mut Vec<u64>) -> bool {
+        let Some(index) = self.index else {
+            return false;
+        };
+        index.grid.query(origin, radius, |i| {
+            let i = i as usize;
+            if index.positions[i].distance_squared(origin) <= radius * radius {
+                out.push(index.accounts[i]);
+            }
+        });
+        true
+    }
+}
+
+/// Buffers [`route`] reuses from tick to tick.
+#[derive(Default)]
+struct RouteScratch {
+    out: Vec<ChatOutput>,
+    nearby: NearbyIndex,
+    /// The body of the line being sent, serialized once for its recipients.
+    encoded: EncodedChatLine,
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one system routing every input of the room keeps the order explicit"
@@ -173,71 +239,107 @@ fn route(
     mut sends: MessageReader<FromClient<ChatSend>>,
     mut says: MessageReader<AdminSay>,
     positions: Query<&Position>,
-    mut lines: MessageWriter<ToClient<ChatLine>>,
+    mut lines: NetSender<ChatLine>,
     mut rejections: MessageWriter<ToClient<ChatRejected>>,
-    mut outbox: ResMut<Outbox>,
     metrics: Res<ChatMetrics>,
+    mut scratch: Local<RouteScratch>,
 ) {
+    let RouteScratch {
+        out,
+        nearby,
+        encoded,
+    } = &mut *scratch;
     let room = &mut room.0;
     room.tick();
-    let mut out = Vec::new();
+    out.clear();
     for joined in connected.read() {
         let account = joined.client.account;
         members
             .clients
             .insert(account, (joined.client, joined.entity));
-        room.join(account, format!("player-{account}"), &mut out);
+        room.join(account, format!("player-{account}"), out);
     }
     for left in disconnected.read() {
         let account = left.client.account;
         if members.clients.get(&account).map(|(c, _)| *c) == Some(left.client) {
             members.clients.remove(&account);
-            room.leave(account, &mut out);
+            room.leave(account, out);
         }
     }
-    for FromClient { client, message } in sends.read() {
+    let sends: Vec<&FromClient<ChatSend>> = sends.read().collect();
+    let any_nearby = sends
+        .iter()
+        .any(|send| send.message.scope == ChatScope::Nearby);
+    if any_nearby {
+        let located = members
+            .clients
+            .iter()
+            .filter_map(|(&account, (_, entity))| {
+                positions.get(*entity).ok().map(|p| (account, p.0))
+            });
+        nearby.rebuild(located, room.config().nearby_radius);
+    }
+    for FromClient { client, message } in sends {
         let current = members.clients.get(&client.account).map(|(c, _)| *c);
         if current != Some(*client) {
             metrics.outside_session.inc();
             continue;
         }
-        let position = |account: u64| {
-            let (_, entity) = members.clients.get(&account)?;
-            positions.get(*entity).ok().map(|p| p.0)
+        let located = Located {
+            position: |account: u64| {
+                let (_, entity) = members.clients.get(&account)?;
+                positions.get(*entity).ok().map(|p| p.0)
+            },
+            index: any_nearby.then_some(&*nearby),
         };
         if !room.say(
             client.account,
             message.client_ref,
             &message.scope,
             &message.text,
-            position,
-            &mut out,
+            located,
+            out,
         ) {
             metrics.outside_session.inc();
         }
     }
     for say in says.read() {
-        room.system(&say.text, &mut out);
+        room.system(&say.text, out);
     }
-    for output in out {
+    // Consecutive lines of one message share its body: serialize it once.
+    let mut encoded_body: Option<&Arc<ChatLineBody>> = None;
+    for output in out.iter() {
         match output {
-            ChatOutput::Line { to, line } => {
-                if let Some((client, _)) = members.clients.get(&to) {
-                    metrics.lines.inc();
-                    lines.write(ToClient::one(*client, line));
+            ChatOutput::Line {
+                to,
+                seq,
+                reply_to,
+                line,
+            } => {
+                let Some((client, _)) = members.clients.get(to) else {
+                    continue;
+                };
+                if !encoded_body.is_some_and(|body| Arc::ptr_eq(body, line)) {
+                    if let Err(error) = encoded.set(line) {
+                        tracing::error!(%error, "cannot encode a chat line");
+                        continue;
+                    }
+                    encoded_body = Some(line);
                 }
+                metrics.lines.inc();
+                lines.send(*client, &encoded.copy_for(*seq, *reply_to));
             }
             ChatOutput::Rejected { to, rejected } => {
-                if let Some((client, _)) = members.clients.get(&to) {
+                if let Some((client, _)) = members.clients.get(to) {
                     metrics.rejected.inc();
-                    rejections.write(ToClient::one(*client, rejected));
+                    rejections.write(ToClient::one(*client, rejected.clone()));
                 }
             }
             ChatOutput::Kick { account } => {
-                if let Some((client, _)) = members.clients.get(&account) {
+                if let Some((client, _)) = members.clients.get(account) {
                     metrics.kicked.inc();
                     tracing::info!(account, "kicking a chat flooder");
-                    outbox.push(NetCommand::Disconnect {
+                    lines.outbox().push(NetCommand::Disconnect {
                         client: *client,
                         reason: DisconnectReason::Kicked,
                     });

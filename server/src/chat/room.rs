@@ -3,9 +3,12 @@
 //! translate between it and the network.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use glam::Vec2;
-use shared::protocol::chat::{ChatKind, ChatLine, ChatRejectReason, ChatRejected, ChatScope};
+use shared::protocol::chat::{
+    ChatKind, ChatLine, ChatLineBody, ChatRejectReason, ChatRejected, ChatScope,
+};
 
 use super::ChatConfig;
 
@@ -15,12 +18,18 @@ pub const SYSTEM_NAME: &str = "server";
 /// What the room wants sent or done after an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatOutput {
-    /// Deliver a line to one member (its `seq` is already assigned).
+    /// Deliver a line to one member. The recipients of one message share
+    /// its body (one allocation per message, not per recipient, and the
+    /// network encodes it once).
     Line {
         /// The recipient's account.
         to: u64,
-        /// The line.
-        line: ChatLine,
+        /// Its sequence number for this line.
+        seq: u64,
+        /// The send this answers, on the speaker's own copy.
+        reply_to: Option<u32>,
+        /// What every recipient of the message gets.
+        line: Arc<ChatLineBody>,
     },
     /// Tell a member their message was refused.
     Rejected {
@@ -34,6 +43,44 @@ pub enum ChatOutput {
         /// The offender's account.
         account: u64,
     },
+}
+
+impl ChatOutput {
+    /// The line this output delivers, and to whom.
+    pub fn line(&self) -> Option<(u64, ChatLine)> {
+        match self {
+            Self::Line {
+                to,
+                seq,
+                reply_to,
+                line,
+            } => Some((*to, line.line(*seq, *reply_to))),
+            _ => None,
+        }
+    }
+}
+
+/// Where members are, for the nearby scope. Any `Fn(account) ->
+/// Option<position>` is one (the room then checks every member's position
+/// for each nearby message); a spatial index answers
+/// [`within`](Self::within) directly.
+pub trait Whereabouts {
+    /// The member's position, if it has one.
+    fn position(&self, account: u64) -> Option<Vec2>;
+
+    /// Appends every member with a position within `radius` of `origin`
+    /// to `out` and returns true; or returns false (the default) when this
+    /// source cannot search by area.
+    fn within(&self, origin: Vec2, radius: f32, out: &mut Vec<u64>) -> bool {
+        let _ = (origin, radius, out);
+        false
+    }
+}
+
+impl<F: Fn(u64) -> Option<Vec2>> Whereabouts for F {
+    fn position(&self, account: u64) -> Option<Vec2> {
+        self(account)
+    }
 }
 
 /// Strips control characters, trims, and checks emptiness and the length
@@ -175,24 +222,30 @@ impl ChatRoom {
     pub fn system(&mut self, text: &str, out: &mut Vec<ChatOutput>) {
         let mut recipients: Vec<u64> = self.members.keys().copied().collect();
         recipients.sort_unstable();
+        let line = Arc::new(ChatLineBody {
+            from: None,
+            from_name: SYSTEM_NAME.to_owned(),
+            kind: ChatKind::System,
+            text: text.to_owned(),
+        });
         for to in recipients {
-            self.deliver(to, None, None, SYSTEM_NAME, ChatKind::System, text, out);
+            self.deliver(to, None, &line, out);
         }
     }
 
     /// A member says something. `client_ref` is the sender's
     /// [`ChatSend::client_ref`](shared::protocol::chat::ChatSend::client_ref):
     /// the answer echoes it, either the speaker's own copy (`reply_to`, in
-    /// every scope) or the refusal. `position` gives a member's position, if
-    /// it has one, for the nearby scope. A message from a non-member (no
-    /// session yet, or already left) is ignored: returns false.
+    /// every scope) or the refusal. `whereabouts` gives members' positions
+    /// for the nearby scope. A message from a non-member (no session yet,
+    /// or already left) is ignored: returns false.
     pub fn say(
         &mut self,
         from: u64,
         client_ref: u32,
         scope: &ChatScope,
         text: &str,
-        position: impl Fn(u64) -> Option<Vec2>,
+        whereabouts: impl Whereabouts,
         out: &mut Vec<ChatOutput>,
     ) -> bool {
         let tick = self.tick;
@@ -238,20 +291,17 @@ impl ChatRoom {
         let (kind, mut recipients) = match scope {
             ChatScope::Global => (ChatKind::Global, self.members.keys().copied().collect()),
             ChatScope::Nearby => {
-                let radius2 = config.nearby_radius * config.nearby_radius;
-                let recipients = match position(from) {
-                    Some(origin) => self
-                        .members
-                        .keys()
-                        .copied()
-                        .filter(|&m| {
-                            m == from
-                                || position(m)
-                                    .is_some_and(|p| p.distance_squared(origin) <= radius2)
-                        })
-                        .collect(),
-                    None => vec![from],
-                };
+                let radius = config.nearby_radius;
+                let mut recipients = vec![from];
+                if let Some(origin) = whereabouts.position(from)
+                    && !whereabouts.within(origin, radius, &mut recipients)
+                {
+                    recipients.extend(self.members.keys().copied().filter(|&m| {
+                        whereabouts
+                            .position(m)
+                            .is_some_and(|p| p.distance_squared(origin) <= radius * radius)
+                    }));
+                }
                 (ChatKind::Nearby, recipients)
             }
             ChatScope::WhisperId(to) => match self.members.contains_key(to) {
@@ -281,9 +331,15 @@ impl ChatRoom {
         };
         recipients.sort_unstable();
         recipients.dedup();
+        let line = Arc::new(ChatLineBody {
+            from: Some(from),
+            from_name: name,
+            kind,
+            text,
+        });
         for to in recipients {
             let reply_to = (to == from).then_some(client_ref);
-            self.deliver(to, Some(from), reply_to, &name, kind, &text, out);
+            self.deliver(to, reply_to, &line, out);
         }
         true
     }
@@ -323,18 +379,11 @@ impl ChatRoom {
         });
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of one line plus its recipient; a struct would only rename them"
-    )]
     fn deliver(
         &mut self,
         to: u64,
-        from: Option<u64>,
         reply_to: Option<u32>,
-        from_name: &str,
-        kind: ChatKind,
-        text: &str,
+        line: &Arc<ChatLineBody>,
         out: &mut Vec<ChatOutput>,
     ) {
         let Some(member) = self.members.get_mut(&to) else {
@@ -343,14 +392,9 @@ impl ChatRoom {
         member.last_seq += 1;
         out.push(ChatOutput::Line {
             to,
-            line: ChatLine {
-                seq: member.last_seq,
-                reply_to,
-                from,
-                from_name: from_name.to_owned(),
-                kind,
-                text: text.to_owned(),
-            },
+            seq: member.last_seq,
+            reply_to,
+            line: Arc::clone(line),
         });
     }
 }

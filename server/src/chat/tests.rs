@@ -14,12 +14,11 @@ fn room_with(accounts: &[u64], config: ChatConfig) -> ChatRoom {
     room
 }
 
-fn lines_for(out: &[ChatOutput], account: u64) -> Vec<&ChatLine> {
+fn lines_for(out: &[ChatOutput], account: u64) -> Vec<ChatLine> {
     out.iter()
-        .filter_map(|o| match o {
-            ChatOutput::Line { to, line } if *to == account => Some(line),
-            _ => None,
-        })
+        .filter_map(ChatOutput::line)
+        .filter(|(to, _)| *to == account)
+        .map(|(_, line)| line)
         .collect()
 }
 
@@ -42,16 +41,14 @@ fn the_answer(
     out: &[ChatOutput],
     account: u64,
     client_ref: u32,
-) -> Result<&ChatLine, ChatRejectReason> {
+) -> Result<ChatLine, ChatRejectReason> {
     let mut answers: Vec<_> = out
         .iter()
-        .filter_map(|o| match o {
-            ChatOutput::Line { to, line }
-                if *to == account && line.reply_to == Some(client_ref) =>
-            {
+        .filter_map(|o| match (o, o.line()) {
+            (_, Some((to, line))) if to == account && line.reply_to == Some(client_ref) => {
                 Some(Ok(line))
             }
-            ChatOutput::Rejected { to, rejected }
+            (ChatOutput::Rejected { to, rejected }, _)
                 if *to == account && rejected.client_ref == client_ref =>
             {
                 Some(Err(rejected.reason))
@@ -65,14 +62,12 @@ fn the_answer(
 
 /// Only the speaker's own copies carry `reply_to`.
 fn assert_reply_to_only_on_own_copies(out: &[ChatOutput]) {
-    for o in out {
-        if let ChatOutput::Line { to, line } = o {
-            assert_eq!(
-                line.reply_to.is_some(),
-                line.from == Some(*to),
-                "line to {to}: {line:?}"
-            );
-        }
+    for (to, line) in out.iter().filter_map(ChatOutput::line) {
+        assert_eq!(
+            line.reply_to.is_some(),
+            line.from == Some(to),
+            "line to {to}: {line:?}"
+        );
     }
 }
 
@@ -256,7 +251,8 @@ fn joins_leaves_and_admin_lines_are_system_lines() {
     room.join(2, "player-2".into(), &mut out);
     room.system("restart at noon", &mut out);
     room.leave(2, &mut out);
-    let texts: Vec<_> = lines_for(&out, 1)
+    let lines = lines_for(&out, 1);
+    let texts: Vec<_> = lines
         .iter()
         .map(|l| (l.kind, l.from_name.as_str(), l.text.as_str()))
         .collect();
@@ -286,8 +282,7 @@ fn the_plugin_builds_and_routes_admin_lines_without_members() {
     app.world_mut()
         .write_message(AdminSay { text: "hi".into() });
     app.world_mut().run_schedule(FixedUpdate);
-    let lines = app.world().resource::<Messages<ToClient<ChatLine>>>();
-    assert_eq!(lines.iter_current_update_messages().count(), 0);
+    assert!(app.world().resource::<Outbox>().is_empty());
 }
 
 #[test]
@@ -331,8 +326,8 @@ fn every_answer_echoes_the_client_ref_of_its_send_in_every_scope() {
     room.system("maintenance", &mut out);
     assert_reply_to_only_on_own_copies(&out);
     assert_eq!(
-        the_answer(&out, 2, 201).map(|l| l.text.as_str()),
-        Ok("from 2")
+        the_answer(&out, 2, 201).map(|l| l.text),
+        Ok("from 2".to_owned())
     );
     // Player 3 heard globals 101, 106 and 201, whisper 104 and the system
     // line: none of them its own.
@@ -420,4 +415,51 @@ fn rate_limit_and_mute_refusals_echo_the_client_ref_and_a_kick_answers_nothing()
         ChatOutput::Rejected { rejected, .. } if rejected.client_ref == 5
     )));
     assert_reply_to_only_on_own_copies(&out);
+}
+
+#[test]
+fn nearby_lines_reach_the_same_members_through_the_spatial_index() {
+    // 400 members scattered over 600 m (every fifth nowhere), nearby
+    // radius 50 m: the routing system's grid must pick exactly the members
+    // the plain per-member check picks.
+    let accounts: Vec<u64> = (1..=400).collect();
+    let mut room = room_with(&accounts, ChatConfig::default());
+    let mut seed = 7u64;
+    let mut unit = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let positions: HashMap<u64, Vec2> = accounts
+        .iter()
+        .filter(|&&a| a % 5 != 0)
+        .map(|&a| (a, Vec2::new(unit(), unit()) * 600.0 - 300.0))
+        .collect();
+    let position = |a: u64| positions.get(&a).copied();
+    let mut index = NearbyIndex::default();
+    index.rebuild(positions.iter().map(|(&a, &p)| (a, p)), 50.0);
+
+    let recipients = |out: &[ChatOutput]| -> Vec<u64> {
+        out.iter()
+            .filter_map(ChatOutput::line)
+            .map(|(to, _)| to)
+            .collect()
+    };
+    let mut reached = 0;
+    for speaker in 1..=40 {
+        let (mut scanned, mut indexed) = (Vec::new(), Vec::new());
+        // Twin rooms, so that sequence numbers match.
+        let mut twin = room.clone();
+        room.say(speaker, 1, &ChatScope::Nearby, "hi", position, &mut scanned);
+        let located = Located {
+            position,
+            index: Some(&index),
+        };
+        twin.say(speaker, 1, &ChatScope::Nearby, "hi", located, &mut indexed);
+        assert_eq!(indexed, scanned, "speaker {speaker}");
+        assert!(recipients(&scanned).contains(&speaker));
+        reached += recipients(&scanned).len() - 1;
+    }
+    assert!(reached > 40, "the scatter is too sparse to test: {reached}");
 }

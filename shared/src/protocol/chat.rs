@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::NetMessage;
+use super::codec::put_varint;
+use super::{EncodeAs, EncodeError, NetMessage};
 
 /// Who a chat message is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +80,88 @@ pub struct ChatLine {
 
 impl NetMessage for ChatLine {
     const ID: u16 = 201;
+}
+
+/// What every recipient's copy of one [`ChatLine`] shares: all but `seq`
+/// and `reply_to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatLineBody {
+    /// The speaker's account id (`None` for system lines).
+    pub from: Option<u64>,
+    /// The speaker's display name.
+    pub from_name: String,
+    /// How it was addressed.
+    pub kind: ChatKind,
+    /// The text.
+    pub text: String,
+}
+
+impl ChatLineBody {
+    /// One recipient's line.
+    pub fn line(&self, seq: u64, reply_to: Option<u32>) -> ChatLine {
+        ChatLine {
+            seq,
+            reply_to,
+            from: self.from,
+            from_name: self.from_name.clone(),
+            kind: self.kind,
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// A [`ChatLineBody`] serialized once for all its recipients: each
+/// recipient's [`ChatLineCopy`] only adds its `seq` and `reply_to` (the
+/// fields that lead a `ChatLine` on the wire) in front of the shared bytes.
+/// The buffer is reused by [`set`](Self::set).
+#[derive(Debug, Clone, Default)]
+pub struct EncodedChatLine {
+    /// `from`, `from_name`, `kind`, `text` as bincode writes them.
+    tail: Vec<u8>,
+}
+
+impl EncodedChatLine {
+    /// Serializes `body`, replacing what was there.
+    ///
+    /// # Errors
+    /// The serializer failed.
+    pub fn set(&mut self, body: &ChatLineBody) -> Result<(), EncodeError> {
+        self.tail.clear();
+        // A struct's fields in order, like ChatLine's last four.
+        super::codec::bincode_body_of(body, &mut self.tail)
+    }
+
+    /// One recipient's copy.
+    pub fn copy_for(&self, seq: u64, reply_to: Option<u32>) -> ChatLineCopy<'_> {
+        ChatLineCopy {
+            seq,
+            reply_to,
+            tail: &self.tail,
+        }
+    }
+}
+
+/// One recipient's [`ChatLine`], encoded from an [`EncodedChatLine`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChatLineCopy<'a> {
+    seq: u64,
+    reply_to: Option<u32>,
+    tail: &'a [u8],
+}
+
+impl EncodeAs<ChatLine> for ChatLineCopy<'_> {
+    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        put_varint(out, self.seq);
+        match self.reply_to {
+            None => out.push(0),
+            Some(r) => {
+                out.push(1);
+                put_varint(out, u64::from(r));
+            }
+        }
+        out.extend_from_slice(self.tail);
+        Ok(())
+    }
 }
 
 /// Why the server refused a chat message.
@@ -176,7 +259,38 @@ impl ChatSequenceChecker {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::protocol::{EncodeBuffer, encode};
+
+    fn kind() -> impl Strategy<Value = ChatKind> {
+        prop_oneof![
+            Just(ChatKind::Global),
+            Just(ChatKind::Nearby),
+            Just(ChatKind::Whisper),
+            Just(ChatKind::System),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_copy_of_a_line_encoded_once_is_the_line_encoded_alone(
+            seq in prop_oneof![0u64..300, any::<u64>()],
+            reply_to in proptest::option::of(any::<u32>()),
+            from in proptest::option::of(any::<u64>()),
+            from_name in ".{0,20}",
+            kind in kind(),
+            text in ".{0,300}",
+        ) {
+            let body = ChatLineBody { from, from_name, kind, text };
+            let mut once = EncodedChatLine::default();
+            once.set(&body).unwrap();
+            let mut buffer = EncodeBuffer::default();
+            let copy = buffer.encode_as::<ChatLine>(&once.copy_for(seq, reply_to)).unwrap();
+            prop_assert_eq!(copy, encode(&body.line(seq, reply_to)).unwrap());
+        }
+    }
 
     #[test]
     fn in_order_lines_pass_and_gaps_and_duplicates_are_reported() {
