@@ -80,15 +80,15 @@ impl EncodeBuffer {
     /// Chunk size of [`EncodeBuffer::default`]: 16 KiB.
     pub const DEFAULT_CHUNK: usize = 16 * 1024;
 
-    /// Smallest chunk.
-    const MIN_FREE: usize = 1024;
+    /// Smallest chunk size.
+    const MIN_CHUNK: usize = 1024;
 
     /// A buffer that allocates chunks of `chunk` bytes (a larger message
     /// gets a chunk of its own size).
     pub fn new(chunk: usize) -> Self {
         Self {
             buf: BytesMut::new(),
-            chunk: chunk.max(Self::MIN_FREE),
+            chunk: chunk.max(Self::MIN_CHUNK),
             scratch: Vec::new(),
         }
     }
@@ -107,7 +107,9 @@ impl EncodeBuffer {
         self.scratch.clear();
         self.scratch.extend_from_slice(&M::ID.to_le_bytes());
         message.write_body(&mut self.scratch)?;
-        if self.buf.capacity() - self.buf.len() < self.scratch.len().max(Self::MIN_FREE) {
+        // A message that does not fit what is left of the chunk starts a new
+        // one (the old chunk lives on in the messages taken from it).
+        if self.buf.capacity() - self.buf.len() < self.scratch.len() {
             self.buf = BytesMut::with_capacity(self.chunk.max(self.scratch.len()));
         }
         self.buf.put_slice(&self.scratch);
