@@ -46,9 +46,21 @@ struct Seen {
 
 #[test]
 fn clients_connect_exchange_messages_and_see_the_shutdown_reason() {
+    connect_echo_and_shut_down("127.0.0.1:0");
+}
+
+#[test]
+fn the_same_over_ipv6() {
+    connect_echo_and_shut_down("[::1]:0");
+}
+
+/// 20 clients connect to a server on `loopback`, send 10 messages each,
+/// get every echo back in order, and see the server's shutdown reason.
+fn connect_echo_and_shut_down(loopback: &str) {
+    let loopback: SocketAddr = loopback.parse().unwrap();
     let key = Key::generate(&mut system_rng());
     // Bind first to learn the port, then put the real address in the config.
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let probe = std::net::UdpSocket::bind(loopback).unwrap();
     let server_addr = probe.local_addr().unwrap();
     drop(probe);
     let mut netcode = ServerConfig::new(PROTOCOL, key, vec![server_addr]);
@@ -68,7 +80,7 @@ fn clients_connect_exchange_messages_and_see_the_shutdown_reason() {
                 .connect(&token(&key, server_addr, 1000 + i), start, unix_secs())
                 .unwrap();
             (
-                ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap(),
+                ClientSocket::bind(loopback, endpoint).unwrap(),
                 Seen::default(),
             )
         })

@@ -1,12 +1,14 @@
 //! The I/O edge: real UDP sockets and the wall clock around the sans-IO
 //! stack. [`ServerIo`] runs a server endpoint on its own `net-io` thread and
-//! talks to the game over bounded crossbeam channels.
+//! talks to the game over bounded crossbeam channels, reading and writing
+//! its socket in batches ([`batch`]).
 
 #![expect(
     clippy::disallowed_methods,
     reason = "the I/O edge is where sockets are opened and clocks are read"
 )]
 
+pub mod batch;
 mod client;
 mod server;
 

@@ -14,6 +14,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
+use super::batch::{RecvBatch, SendBatch};
 use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
 use crate::netcode::{ClientIndex, DropReason, MAX_PACKET_BYTES};
 use crate::transport::{ChannelId, DisconnectReason};
@@ -26,6 +27,14 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 /// message. A chunk is freed once the game has dropped every message in it
 /// (within a tick or two: messages are decoded as they are drained).
 const INBOUND_CHUNK: usize = 64 * 1024;
+/// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES`, reused).
+const RECV_BATCH: usize = 64;
+/// Outgoing datagrams queued per loop iteration before they are sent with
+/// `sendmmsg` (64 per call); also the bound of what waits while the socket
+/// is not writable. When it is full and the socket blocks, the endpoint
+/// keeps what it has not handed over yet (its queues are bounded) and the
+/// loop waits for the socket to become writable.
+const SEND_QUEUE: usize = 256;
 
 /// A connected client as the game sees it: the secure layer's slot plus a
 /// generation, so a slot reused by a new client never receives what was
@@ -163,13 +172,14 @@ pub struct NetSummary {
 pub struct IoStatsSnapshot {
     /// Datagrams read from the socket.
     pub datagrams_in: u64,
-    /// Datagrams written to the socket.
+    /// Datagrams written to the socket (accepted by it).
     pub datagrams_out: u64,
     /// Bytes read.
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
-    /// Datagrams the socket refused to send.
+    /// Datagrams the socket refused to send (and that were dropped; a
+    /// socket that would block is waited for, not counted).
     pub send_errors: u64,
     /// Unreliable messages dropped because the game fell behind.
     pub inbound_dropped: u64,
@@ -278,7 +288,9 @@ impl ServerIo {
             backlog: VecDeque::new(),
             shutting_down: None,
             next_summary: None,
-            buf: vec![0; MAX_PACKET_BYTES],
+            inbox: RecvBatch::new(RECV_BATCH, MAX_PACKET_BYTES),
+            outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
+            wants_writable: false,
             inbound: BytesMut::new(),
         };
         let thread = std::thread::Builder::new()
@@ -371,7 +383,14 @@ struct IoLoop {
     backlog: VecDeque<NetEvent>,
     shutting_down: Option<Instant>,
     next_summary: Option<Instant>,
-    buf: Vec<u8>,
+    /// Reused buffers for reading datagrams.
+    inbox: RecvBatch,
+    /// Datagrams produced this iteration, sent together; what the socket
+    /// would not take yet waits here (bounded).
+    outbox: SendBatch,
+    /// Whether the socket is registered for writability (only while the
+    /// outbox waits on it).
+    wants_writable: bool,
     /// The current chunk inbound payloads are copied into.
     inbound: BytesMut,
 }
@@ -453,13 +472,22 @@ impl IoLoop {
     fn read_socket(&mut self, now: Instant) {
         let unix = super::unix_secs();
         loop {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    bump(&self.stats.datagrams_in, 1);
-                    bump(&self.stats.bytes_in, len as u64);
-                    self.endpoint
-                        .handle_datagram(now, unix, from, &mut self.buf[..len]);
-                    self.forward_events(now);
+            match self.inbox.recv(&self.socket) {
+                Ok(count) => {
+                    for index in 0..count {
+                        let Some((from, datagram)) = self.inbox.get_mut(index) else {
+                            break;
+                        };
+                        bump(&self.stats.datagrams_in, 1);
+                        bump(&self.stats.bytes_in, datagram.len() as u64);
+                        self.endpoint.handle_datagram(now, unix, from, datagram);
+                        self.forward_events(now);
+                    }
+                    // A short batch: the socket is drained (a datagram
+                    // arriving from now on wakes the poller again).
+                    if count < self.inbox.capacity() {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -627,29 +655,61 @@ impl IoLoop {
         }
     }
 
+    /// Pulls every datagram the endpoint has into the outbox and sends
+    /// them, `sendmmsg` by `sendmmsg`.
     fn flush(&mut self, now: Instant) {
         for _ in 0..4 {
             self.forward_events(now);
-            let mut sent_any = false;
-            while let Some(transmit) = self.endpoint.poll_transmit(now, &mut self.buf) {
-                sent_any = true;
-                match self
-                    .socket
-                    .send_to(&self.buf[..transmit.len], transmit.destination)
-                {
-                    Ok(n) => {
-                        bump(&self.stats.datagrams_out, 1);
-                        bump(&self.stats.bytes_out, n as u64);
-                    }
-                    // UDP may drop; the transport resends what matters.
-                    Err(_) => bump(&self.stats.send_errors, 1),
+            let mut produced_any = false;
+            loop {
+                if self.outbox.is_full() && !self.send_queued() {
+                    // The socket blocks: the endpoint keeps the rest.
+                    break;
                 }
+                let endpoint = &mut self.endpoint;
+                let queued = self.outbox.push_with(|buf| {
+                    endpoint
+                        .poll_transmit(now, buf)
+                        .map(|transmit| (transmit.len, transmit.destination))
+                });
+                if !queued {
+                    break;
+                }
+                produced_any = true;
             }
-            if !sent_any {
+            self.send_queued();
+            if !produced_any {
                 break;
             }
         }
         self.forward_events(now);
+    }
+
+    /// Sends the outbox; true once it is empty. While the socket would
+    /// block, the loop also waits for it to become writable.
+    fn send_queued(&mut self) -> bool {
+        let flushed = self.outbox.flush(&self.socket);
+        bump(&self.stats.datagrams_out, flushed.datagrams);
+        bump(&self.stats.bytes_out, flushed.bytes);
+        // UDP may drop; the transport resends what matters.
+        bump(&self.stats.send_errors, flushed.errors);
+        let blocked = !self.outbox.is_empty();
+        if blocked != self.wants_writable {
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut self.socket, SOCKET, interest)
+            {
+                Ok(()) => self.wants_writable = blocked,
+                Err(error) => tracing::warn!(%error, "net-io cannot change socket interest"),
+            }
+        }
+        !blocked
     }
 }
 
