@@ -33,7 +33,9 @@
 //!   25 ms apart: a leaked descriptor stays in all three.
 //! - **Exactly-once** from the report: `reliable.duplicates`,
 //!   `out_of_order` and `lost` are 0, lines were sent and delivered.
-//! - **Sessions**: every bot connected, no connect failure, no disconnect
+//! - **Sessions**: the server's `connected_clients` equals the bot count at
+//!   every sample after the ramp (so the two verdicts above are about a
+//!   full server), every bot connected, no connect failure, no disconnect
 //!   while playing (the bots' own leaving at the end is not one), and the
 //!   load tester exits 0 (its exactly-once SLO passed).
 
@@ -59,6 +61,8 @@ struct Sample {
     t: f64,
     rss: u64,
     fds: usize,
+    /// The server's `connected_clients` gauge.
+    clients: f64,
 }
 
 /// Open descriptors, as the smallest of three reads 25 ms apart.
@@ -131,6 +135,8 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
         ])
         .arg("--report")
         .arg(&report_path)
+        .arg("--chart")
+        .arg(dir.join("chart.svg"))
         .arg("--require-exactly-once")
         .args(["--first-client-id", "1", "--seed", &seed.to_string()])
         .stdin(Stdio::null())
@@ -158,6 +164,7 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
                 t,
                 rss: server.rss_bytes(),
                 fds: steady_fds(&server),
+                clients: server.metric("connected_clients"),
             });
         }
         std::thread::sleep(every);
@@ -167,7 +174,6 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
         .unwrap_or_else(|e| panic!("no load report ({e}); load log:\n{log_text}"));
     let report: serde_json::Value =
         serde_json::from_str(&report_text).expect("the load report is JSON");
-    let _ = std::fs::remove_dir_all(&dir);
 
     // Memory.
     let before = max_rss(&samples, steady_from - window, steady_from).expect("samples before S");
@@ -184,14 +190,18 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
     let fd_min = steady.iter().map(|s| s.fds).min().unwrap_or(0);
     let fd_max = steady.iter().map(|s| s.fds).max().unwrap_or(0);
     let reliable = &report["reliable"];
-    // The series, about 30 points: t s, RSS MiB, fds.
+    // The series, about 30 points: t s, RSS MiB, fds, players connected.
     let step = (samples.len() / 30).max(1);
     let series: Vec<String> = samples
         .iter()
         .step_by(step)
-        .map(|s| format!("{:.0}:{:.2}/{}", s.t, mib(s.rss), s.fds))
+        .map(|s| format!("{:.0}:{:.2}/{}/{}", s.t, mib(s.rss), s.fds, s.clients))
         .collect();
-    eprintln!("soak series (s:MiB/fds): {}", series.join(" "));
+    eprintln!("soak series (s:MiB/fds/players): {}", series.join(" "));
+    eprintln!(
+        "soak: the load report, log and chart are in {} (removed when the test passes)",
+        dir.display()
+    );
     eprintln!(
         "soak: {} samples; RSS first {:.1} MiB, max of the window before {steady_from:.0} s \
          {:.1} MiB, max of the last window {:.1} MiB (growth {:+.2} MiB), peak {:.1} MiB; \
@@ -209,6 +219,17 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
         report["disconnects"],
     );
 
+    // The memory and descriptor verdicts hold for a full server.
+    let short: Vec<(f64, f64)> = steady
+        .iter()
+        .filter(|s| s.clients < bots as f64)
+        .map(|s| (s.t, s.clients))
+        .take(20)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "players connected below {bots} after the ramp (t s, players): {short:?}"
+    );
     assert!(
         mib(growth) <= rss_limit_mib,
         "server RSS grew {:.2} MiB over the steady part of the run (limit {rss_limit_mib} MiB)",
@@ -255,4 +276,5 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
         server.scrape().contains("net_packets_in_total"),
         "the server stopped serving /metrics"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
