@@ -7,7 +7,6 @@
 //! failed.
 
 mod bot;
-mod chaos;
 mod chart;
 mod inventory;
 mod load;
@@ -25,6 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use client_headless::chaos;
 use shared::sim::LinkConfig;
 
 use crate::report::Slos;

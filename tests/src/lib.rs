@@ -85,40 +85,9 @@ pub fn dev_token(server: SocketAddr, client_id: u64, timeout_seconds: i32) -> Co
     .expect("mint a dev token")
 }
 
-/// A small deterministic generator (xorshift64*): the tests' randomness is
-/// replayable from the seed they print.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Fills `buf` with random bytes.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
+/// The tests' random choices and the attack traffic come from the same
+/// generators as `client_headless chaos`.
+pub use client_headless::chaos::generators::{self, Rng};
 
 /// Seed for a test: `E2E_SEED` when set, else the clock (printed by the test).
 pub fn seed() -> u64 {
@@ -137,49 +106,64 @@ pub fn seed() -> u64 {
 /// test executable.
 pub fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Ok(path) = std::env::var("E2E_SERVER_BIN") {
-            return PathBuf::from(path);
+    BINARY.get_or_init(|| workspace_binary("server", "E2E_SERVER_BIN"))
+}
+
+/// The headless client binary (`client_headless load`, `chaos`):
+/// `E2E_CLIENT_BIN`, else `target/<profile>/client_headless` built (or
+/// confirmed up to date) with `cargo build -p client_headless` once per test
+/// executable.
+pub fn client_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| workspace_binary("client_headless", "E2E_CLIENT_BIN"))
+}
+
+/// The binary `name` of the workspace package `name`: the path in
+/// `override_var` when set, else `target/<profile>/<name>` after
+/// `cargo build -p <name> --bin <name>` in the profile and target folder
+/// this test executable was built with.
+fn workspace_binary(name: &str, override_var: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(override_var) {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-exe>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--quiet", "-p", name, "--bin", name]);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
         }
-        // target/<profile>/deps/<test-exe>
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable in target/<profile>/deps");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "-p", "server", "--bin", "server"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                command.arg("--release");
-            }
-            other => {
-                command.args(["--profile", other]);
-            }
+        other => {
+            command.args(["--profile", other]);
         }
-        // The target folder is the one this executable was built into.
-        if std::env::var_os("CARGO_TARGET_DIR").is_none()
-            && let Some(target) = profile_dir.parent()
-        {
-            command.env("CARGO_TARGET_DIR", target);
-        }
-        let status = command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdin(Stdio::null())
-            .status()
-            .expect("run cargo build -p server");
-        assert!(status.success(), "cargo build -p server failed: {status}");
-        let path = profile_dir.join("server");
-        assert!(path.is_file(), "no server binary at {}", path.display());
-        path
-    })
+    }
+    // The target folder is the one this executable was built into.
+    if std::env::var_os("CARGO_TARGET_DIR").is_none()
+        && let Some(target) = profile_dir.parent()
+    {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    let status = command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build -p {name}: {e}"));
+    assert!(status.success(), "cargo build -p {name} failed: {status}");
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "no {name} binary at {}", path.display());
+    path
 }
 
 /// How to start a [`ServerProcess`].
@@ -287,6 +271,14 @@ impl ServerProcess {
             })
             .map(|kib| kib * 1024)
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Open file descriptors of the server process (entries of
+    /// `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/<pid>/fd")
+            .count()
     }
 
     /// CPU time (user plus system) the server process has used.
@@ -724,6 +716,13 @@ impl RawClient {
         while let Some(t) = self.netcode.poll_transmit(now, &mut self.buf) {
             let _ = self.socket.send_to(&self.buf[..t.len], t.destination);
         }
+    }
+
+    /// Leaves as a client does: the secure layer's disconnect packets, sent
+    /// at once.
+    pub fn disconnect(&mut self) {
+        self.netcode.disconnect();
+        self.flush(Instant::now());
     }
 
     /// Seals `transport_packet` (1 to 1,200 bytes) and sends it.

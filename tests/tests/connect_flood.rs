@@ -1,17 +1,28 @@
-//! A connection-request flood from hundreds of (spoofed) loopback source
-//! addresses: replayed requests of sniffed tokens, requests whose private
-//! token is random, and bit-flipped requests. A legitimate client still
-//! connects within a second, and no flood source receives more bytes than
-//! it sent (the handshake's anti-amplification rule).
+//! Connection-request floods from many loopback source addresses.
+//!
+//! - Spoofed: replayed requests of sniffed tokens, requests whose private
+//!   token is random, and bit-flipped requests. A legitimate client still
+//!   connects within a second, and no flood source receives more bytes than
+//!   it sent (the handshake's anti-amplification rule).
+//! - Valid tokens: thousands of distinct tokens signed with the right key
+//!   (an attacker with access to the token backend), each sent once from
+//!   one of many addresses, whose challenges are never answered. The
+//!   half-open table holds at most `max_pending` (1,024) of them: no more
+//!   challenges than that go out, memory stays flat, no source receives
+//!   more than it sent, and a legitimate client connects at the latest when
+//!   the half-open entries expire (see that test for why not sooner).
 
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{HonestClient, Rng, ServerOptions, ServerProcess, bind_loopback, drain_count, scale};
+use e2e::{
+    HonestClient, Rng, ServerOptions, ServerProcess, bind_loopback, drain_count, generators, mib,
+    scale,
+};
 use shared::io::unix_secs;
-use shared::netcode::{self, CONNECT_TOKEN_PRIVATE_BYTES, MAX_PACKET_BYTES};
+use shared::netcode::{self, MAX_PACKET_BYTES};
 use shared::protocol::PROTOCOL_ID;
 
 /// A connection request for a fresh dev token (what a sniffer would capture).
@@ -25,6 +36,35 @@ fn sniffed_request(server: std::net::SocketAddr, id: u64) -> Vec<u8> {
     let t = client.poll_transmit(now, &mut buf).expect("a request");
     assert_eq!(t.len, netcode::CONNECTION_REQUEST_BYTES);
     buf[..t.len].to_vec()
+}
+
+/// Starts a legitimate client and waits until it is connected, calling
+/// `between` every millisecond or so; panics after `limit`. Returns the
+/// client and how long its handshake took.
+fn connect_timed(
+    game: std::net::SocketAddr,
+    limit: Duration,
+    mut between: impl FnMut(),
+) -> (HonestClient, Duration) {
+    let began = Instant::now();
+    let mut client = HonestClient::connect(game, 1, 10);
+    loop {
+        client.pump(Instant::now());
+        between();
+        if client.is_connected() {
+            return (client, began.elapsed());
+        }
+        assert!(
+            client.seen.ended.is_none(),
+            "the legitimate client failed: {:?}",
+            client.seen.ended
+        );
+        assert!(
+            began.elapsed() < limit,
+            "the legitimate client did not connect within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 struct FloodSource {
@@ -69,20 +109,8 @@ fn a_legitimate_client_connects_within_a_second_during_a_spoofed_connect_flood()
                 for _ in 0..50 {
                     let i = rng.below(sources.len() as u64) as usize;
                     let mut packet = templates[rng.below(templates.len() as u64) as usize].clone();
-                    match rng.below(3) {
-                        // A replay of a sniffed request, as is.
-                        0 => {}
-                        // A forged private token.
-                        1 => {
-                            let start = packet.len() - CONNECT_TOKEN_PRIVATE_BYTES;
-                            rng.fill(&mut packet[start..]);
-                        }
-                        // A corrupted request.
-                        _ => {
-                            let bit = rng.below(packet.len() as u64 * 8) as usize;
-                            packet[bit / 8] ^= 1 << (bit % 8);
-                        }
-                    }
+                    // A replay, a forged private token or a corrupted request.
+                    generators::spoof_request(&mut rng, &mut packet);
                     if sources[i].socket.send_to(&packet, game).is_ok() {
                         sources[i].sent_bytes += packet.len() as u64;
                         sent += 1;
@@ -107,24 +135,7 @@ fn a_legitimate_client_connects_within_a_second_during_a_spoofed_connect_flood()
 
     // Let the flood build up, then connect for real.
     std::thread::sleep(Duration::from_millis(500));
-    let began = Instant::now();
-    let mut client = HonestClient::connect(game, 1, 10);
-    let connected_after = loop {
-        client.pump(Instant::now());
-        if client.is_connected() {
-            break began.elapsed();
-        }
-        assert!(
-            client.seen.ended.is_none(),
-            "the legitimate client failed: {:?}",
-            client.seen.ended
-        );
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "the legitimate client did not connect within 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let (mut client, connected_after) = connect_timed(game, Duration::from_secs(5), || {});
     stop.store(true, Ordering::Relaxed);
     let (sent, flood_time, sources) = flooder.join().expect("the flooder");
     let received = server.metric("net_packets_in_total") - in_before;
@@ -163,4 +174,129 @@ fn a_legitimate_client_connects_within_a_second_during_a_spoofed_connect_flood()
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(client.seen.welcomed, "no welcome after the flood");
+}
+
+/// `netcode::ServerConfig::new`'s `max_pending`, which the server binary
+/// keeps: half-open handshakes held at once.
+const MAX_PENDING: u64 = 1_024;
+
+#[test]
+fn a_valid_token_flood_fills_only_the_bounded_half_open_table() {
+    // Half-open entries are keyed by source address and port (a second
+    // token from the same address and port replaces the first), so the
+    // flood comes from one and a half tables' worth of sockets, 8 per
+    // address (well within the per-address handshake burst of 64), each
+    // sending one request with its own valid token.
+    let sockets = scale(MAX_PENDING * 3 / 2, MAX_PENDING * 3);
+    // The attacker's tokens let a half-open entry live 3 s.
+    const ATTACK_TIMEOUT_S: i32 = 3;
+    let mut server = ServerProcess::start(&ServerOptions::default());
+    let game = server.game;
+    let sources: Vec<UdpSocket> = (0..sockets).map(|i| bind_loopback_3(i / 8)).collect();
+    let mut sent_bytes = vec![0u64; sources.len()];
+    let mut received = vec![(0u64, 0u64); sources.len()];
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    // Requests prepared up front, so the flood itself is quick.
+    let requests: Vec<Vec<u8>> = (0..sockets)
+        .map(|i| {
+            let token = shared::keys::mint_token(
+                &shared::keys::dev_key(),
+                vec![game],
+                3_000_000 + i,
+                120,
+                ATTACK_TIMEOUT_S,
+            )
+            .expect("mint a token");
+            let mut client = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
+            let now = Instant::now();
+            client.connect(&token, now, unix_secs()).expect("connect");
+            let t = client.poll_transmit(now, &mut buf).expect("a request");
+            buf[..t.len].to_vec()
+        })
+        .collect();
+    // A player first, so the baseline includes a session's memory.
+    let mut player = e2e::connect_honest(game, 2, 1, Duration::from_secs(5));
+    e2e::play_for(&mut player, Duration::from_millis(300));
+    let rss_before = server.rss_bytes();
+
+    let began = Instant::now();
+    for (i, (source, request)) in sources.iter().zip(&requests).enumerate() {
+        if source.send_to(request, game).is_ok() {
+            sent_bytes[i] += request.len() as u64;
+        }
+        // Paced so that the server's socket buffer never overflows.
+        if i % 16 == 15 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let flood_time = began.elapsed();
+    // A newcomer right after the flood.
+    let drain = |received: &mut [(u64, u64)]| {
+        for (source, got) in sources.iter().zip(received.iter_mut()) {
+            let (n, b) = drain_count(source);
+            got.0 += n;
+            got.1 += b;
+        }
+    };
+    let (mut client, connected_after) = connect_timed(
+        game,
+        Duration::from_secs(ATTACK_TIMEOUT_S as u64 + 2),
+        || drain(&mut received),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    drain(&mut received);
+    let rss_after = server.rss_bytes();
+    let challenges: u64 = received.iter().map(|r| r.0).sum();
+    let got_bytes: u64 = received.iter().map(|r| r.1).sum();
+    let total_sent: u64 = sent_bytes.iter().sum();
+    eprintln!(
+        "valid-token flood: {sockets} tokens ({total_sent} bytes) from {sockets} sockets on {} \
+         addresses in {flood_time:?}; {challenges} challenges ({got_bytes} bytes) came back; legitimate client \
+         connected after {connected_after:?}; RSS {:.1} -> {:.1} MiB",
+        sockets.div_ceil(8),
+        mib(rss_before),
+        mib(rss_after)
+    );
+    assert!(
+        flood_time < Duration::from_secs(ATTACK_TIMEOUT_S as u64),
+        "the flood took {flood_time:?}: entries expired while it ran, the cap was not tested"
+    );
+    assert!(
+        challenges <= MAX_PENDING,
+        "{challenges} challenges: more half-open handshakes than the table holds"
+    );
+    assert!(
+        challenges >= MAX_PENDING * 9 / 10,
+        "only {challenges} challenges: the flood did not fill the table"
+    );
+    for (i, (sent, got)) in sent_bytes.iter().zip(&received).enumerate() {
+        assert!(
+            got.1 <= *sent,
+            "source {i} received {} bytes for {sent}",
+            got.1
+        );
+    }
+    assert!(
+        rss_after <= rss_before + (8 << 20),
+        "server RSS grew {:.1} MiB",
+        mib(rss_after.saturating_sub(rss_before))
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client.seen.welcomed && Instant::now() < deadline {
+        client.play(Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(client.seen.welcomed, "no welcome after the flood");
+    assert!(server.is_running());
+}
+
+/// A socket on 127.3.<i / 250>.<1 + i % 250>.
+fn bind_loopback_3(i: u64) -> UdpSocket {
+    let address = std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(127, 3, (i / 250) as u8, 1 + (i % 250) as u8),
+        0,
+    );
+    let socket = UdpSocket::bind(address).unwrap_or_else(|e| panic!("bind {address}: {e}"));
+    socket.set_nonblocking(true).expect("non-blocking");
+    socket
 }

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for,
-    scale,
+    RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, generators, mib, play_all,
+    play_for, scale,
 };
 use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
 use shared::io::unix_secs;
@@ -25,41 +25,18 @@ use shared::transport::wire::{FragmentInfo, MessageHeader};
 
 /// `transport_config()`: 1 KiB fragments, 256 KiB messages, 1 MiB receive
 /// buffer per connection, three reliable channels.
-const FRAGMENT: usize = 1_024;
-const MAX_FRAGMENTS: u16 = 256;
+const FRAGMENT: usize = generators::FRAGMENT_BYTES;
 const MAX_MESSAGE: u64 = 256 * 1024;
 const RECEIVE_BUFFER: u64 = 1 << 20;
 const RELIABLE_CHANNELS: u64 = 3;
 /// The documented hard bound of one connection's receive memory.
 const PER_CONNECTION: u64 = RECEIVE_BUFFER + RELIABLE_CHANNELS * MAX_MESSAGE;
 
-/// One fragment of a message that will never complete: reliable channels
-/// get ids across the window, unreliable ones random ids.
-fn incomplete_fragment(rng: &mut Rng, channel: u8, id: u16) -> (MessageHeader, Vec<u8>) {
-    let index = 1 + rng.below(u64::from(MAX_FRAGMENTS) - 2) as u16;
-    (
-        MessageHeader {
-            channel,
-            id: Some(id),
-            fragment: Some(FragmentInfo {
-                index,
-                count: MAX_FRAGMENTS,
-            }),
-        },
-        vec![0xAB; FRAGMENT],
-    )
-}
-
 fn send_bomb(client: &mut RawClient, rng: &mut Rng, packets: usize) {
     let mut buf = [0u8; 1_200];
+    let payload = [0xAB; FRAGMENT];
     for n in 0..packets {
-        let channel = (n % 6) as u8;
-        let id = if channel < 3 {
-            (n / 6) as u16 % 1_024
-        } else {
-            rng.below(u64::from(u16::MAX)) as u16
-        };
-        let (header, payload) = incomplete_fragment(rng, channel, id);
+        let header = generators::bomb_fragment(rng, n as u64);
         let seq = client.take_seq();
         let len = RawClient::craft(&mut buf, seq, None, false, &[(header, &payload)]);
         client.send_raw(&buf[..len]);
@@ -111,14 +88,7 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
 
     // Over-claiming: a fragment of a message of 65,535 fragments (64 MiB).
     let mut buf = [0u8; 1_200];
-    let claim = MessageHeader {
-        channel: channels::CHAT.0,
-        id: Some(2_000),
-        fragment: Some(FragmentInfo {
-            index: 0,
-            count: u16::MAX,
-        }),
-    };
+    let claim = generators::over_claim(channels::CHAT.0, 2_000);
     let offender = &mut bombers[0];
     let seq = offender.take_seq();
     let len = RawClient::craft(&mut buf, seq, None, true, &[(claim, &[0; FRAGMENT])]);
@@ -227,15 +197,10 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
     let mut out = vec![0u8; MAX_PACKET_BYTES];
     let mut peak = 0usize;
     let mut reasons: Vec<DisconnectReason> = Vec::new();
+    let payload = [0xAB; FRAGMENT];
     for n in 0..3_000u16 {
         for (i, (from, client)) in clients.iter_mut().enumerate() {
-            let channel = (n % 6) as u8;
-            let id = if channel < 3 {
-                n / 6
-            } else {
-                rng.below(65_535) as u16
-            };
-            let (header, payload) = incomplete_fragment(&mut rng, channel, id);
+            let header = generators::bomb_fragment(&mut rng, u64::from(n));
             let len = RawClient::craft(&mut plain, n, None, false, &[(header, &payload)]);
             let Ok(t) = client.send_payload(now, &plain[..len], &mut sealed) else {
                 continue;
@@ -289,14 +254,7 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
         .find(|(from, _)| server.netcode().client_at(*from).is_some());
     if let Some((from, client)) = survivor {
         let before = server.total_receive_buffered();
-        let claim = MessageHeader {
-            channel: 1,
-            id: Some(999),
-            fragment: Some(FragmentInfo {
-                index: 0,
-                count: u16::MAX,
-            }),
-        };
+        let claim = generators::over_claim(1, 999);
         let len = RawClient::craft(&mut plain, 5_000, None, true, &[(claim, &[1; FRAGMENT])]);
         let t = client
             .send_payload(now, &plain[..len], &mut sealed)

@@ -4,14 +4,13 @@
 //! inventory-request flood is answered (every request exactly once) with
 //! `Busy` beyond the queue bound, never queued without limit; a chat flood
 //! is rate-limited, then muted, then kicked, and counted in
-//! `chat_rejected_total` and `chat_kicks_total`. An honest player stays
-//! connected throughout.
-//!
-//! Not covered here: trade races (offer/accept/cancel interleavings over
-//! the network); `server/tests/inventory_core.rs` covers the atomic swap
-//! and cancellation by disconnect in process.
+//! `chat_rejected_total` and `chat_kicks_total`; trade races between three
+//! players (one item offered to two partners at once, accept against
+//! cancel, a gift of an offered item, a partner leaving mid-trade) neither
+//! duplicate nor lose an item. An honest player stays connected throughout.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::{
@@ -21,7 +20,10 @@ use e2e::{
 use glam::Vec2;
 use shared::movement::SnapshotReceiver;
 use shared::protocol::chat::{ChatLine, ChatRejectReason, ChatRejected, ChatScope, ChatSend};
-use shared::protocol::inventory::{InventoryError, InventoryOp, InventoryReply, InventoryRequest};
+use shared::protocol::inventory::{
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
+    TradeOffer, TradeState, TradeUpdate, WorldItems,
+};
 use shared::protocol::messages::Welcome;
 use shared::protocol::movement::{MoveInput, Snapshot};
 use shared::protocol::{self, NetMessage, channels};
@@ -414,4 +416,371 @@ fn a_chat_flood_is_rate_limited_then_muted_then_kicked_and_counted() {
         assert_eq!(client.seen.chat_lines, 10);
         assert!(!client.seen.chat_sequence_broken);
     }
+}
+
+/// Request ids, unique over the whole test executable: changes are
+/// remembered per account across sessions, so a reconnected player must
+/// not reuse one.
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A player with an inventory on an [`Abuser`]'s real connection.
+struct Trader {
+    abuser: Abuser,
+}
+
+impl Trader {
+    fn connect(server: &ServerProcess, account: u64) -> Self {
+        Self {
+            abuser: Abuser::connect(server, account),
+        }
+    }
+
+    /// Queues a request (sent at the next pump) and returns its id.
+    fn send(&mut self, op: InventoryOp) -> u64 {
+        let request_id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+        raw_send(
+            &mut self.abuser.raw,
+            channels::INVENTORY,
+            &InventoryRequest { request_id, op },
+        );
+        request_id
+    }
+
+    fn reply(&self, request_id: u64) -> Option<InventoryReply> {
+        self.abuser
+            .received::<InventoryReply>()
+            .into_iter()
+            .find(|r| r.request_id == request_id)
+    }
+
+    /// The last state each trade reached, as this player was told.
+    fn trade_states(&self) -> BTreeMap<u64, TradeState> {
+        self.abuser
+            .received::<TradeUpdate>()
+            .into_iter()
+            .map(|u| (u.trade, u.state))
+            .collect()
+    }
+}
+
+/// Flushes every trader at once (the requests reach the server in the same
+/// tick or the next), then waits until each `(trader, request)` is
+/// answered; returns the replies in order.
+fn race(traders: &mut [Trader], requests: &[(usize, u64)]) -> Vec<InventoryReply> {
+    for trader in traders.iter_mut() {
+        trader.abuser.pump();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let replies: Vec<Option<InventoryReply>> = requests
+            .iter()
+            .map(|&(i, id)| traders[i].reply(id))
+            .collect();
+        if replies.iter().all(Option::is_some) {
+            return replies.into_iter().flatten().collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unanswered inventory requests: {requests:?} -> {replies:?}"
+        );
+        for trader in traders.iter_mut() {
+            trader.abuser.wait(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Every trader's inventory, from a `List` each (answered after every
+/// earlier change of the same player has committed).
+fn inventories(traders: &mut [Trader]) -> Vec<InventorySnapshot> {
+    let requests: Vec<(usize, u64)> = (0..traders.len())
+        .map(|i| (i, traders[i].send(InventoryOp::List)))
+        .collect();
+    race(traders, &requests)
+        .into_iter()
+        .map(|r| r.result.expect("List succeeds"))
+        .collect()
+}
+
+/// Items held, per item, over all the inventories.
+fn totals(inventories: &[InventorySnapshot]) -> BTreeMap<ItemId, u64> {
+    let mut totals = BTreeMap::new();
+    for stack in inventories.iter().flat_map(|i| i.slots.iter().flatten()) {
+        *totals.entry(stack.item).or_insert(0) += u64::from(stack.count);
+    }
+    totals
+}
+
+/// The occupied slots of an inventory, with their counts.
+fn stacks(inventory: &InventorySnapshot) -> Vec<(u16, u32)> {
+    inventory
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, s)| s.map(|s| (slot as u16, s.count)))
+        .collect()
+}
+
+/// Picks up world items until every trader holds at least `slots` stacks.
+fn stock_up(traders: &mut [Trader], slots: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = inventories(traders);
+        if held.iter().all(|i| stacks(i).len() >= slots) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "could not stock up: {held:?}");
+        let lists: Vec<(usize, u64)> = (0..traders.len())
+            .map(|i| (i, traders[i].send(InventoryOp::ListWorld)))
+            .collect();
+        race(traders, &lists);
+        // Each trader takes a different share of the world, 3 items a round.
+        let n = traders.len() as u64;
+        let mut pickups = Vec::new();
+        for (i, trader) in traders.iter_mut().enumerate() {
+            let world = trader
+                .abuser
+                .received::<WorldItems>()
+                .pop()
+                .map(|w| w.items)
+                .unwrap_or_default();
+            for item in world.iter().filter(|w| w.id % n == i as u64).take(3) {
+                pickups.push((
+                    i,
+                    trader.send(InventoryOp::PickUp {
+                        world_item: item.id,
+                    }),
+                ));
+            }
+        }
+        race(traders, &pickups);
+        for trader in traders.iter_mut() {
+            trader.abuser.wait(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Before each race: every trader holds two stacks or more (picked up from
+/// the world); returns the inventories and the per-item totals the race
+/// must keep.
+fn prepare(traders: &mut [Trader]) -> (Vec<InventorySnapshot>, BTreeMap<ItemId, u64>) {
+    stock_up(traders, 2);
+    let held = inventories(traders);
+    let expected = totals(&held);
+    (held, expected)
+}
+
+/// `from` offers `stack` (slot, count) to `with`; returns the trade's id.
+fn open_trade(traders: &mut [Trader], from: usize, with: u64, stack: (u16, u32)) -> u64 {
+    let open = traders[from].send(InventoryOp::Offer {
+        with,
+        offer: TradeOffer { items: vec![stack] },
+    });
+    race(traders, &[(from, open)])[0].trade.expect("a trade id")
+}
+
+fn is_err(reply: &InventoryReply) -> bool {
+    reply.result.is_err()
+}
+
+#[test]
+fn trade_races_neither_duplicate_nor_lose_items() {
+    // Every item within reach, and a world that fills quickly.
+    let server = ServerProcess::start(&ServerOptions {
+        config_toml: "[inventory]\npickup_radius = 1000000.0\nspawn_every_ticks = 1\n".into(),
+        ..ServerOptions::default()
+    });
+    let mut honest = connect_honest(server.game, 1, 1, Duration::from_secs(5));
+    let (a, b, c) = (0usize, 1usize, 2usize);
+    let accounts = [500u64, 501, 502];
+    let mut traders: Vec<Trader> = accounts
+        .iter()
+        .map(|&account| Trader::connect(&server, account))
+        .collect();
+    let requests_before = server.metric("inventory_requests_total");
+    let mut sent = 0u64;
+    let mut rejected = 0usize;
+    let (start, expected) = prepare(&mut traders);
+    eprintln!("trade races: holding {expected:?}");
+
+    // 1. One stack offered to two partners in the same flush, and every
+    //    side accepting both trades at once: at most one trade completes.
+    let (slot, count) = stacks(&start[a])[0];
+    let offer = TradeOffer {
+        items: vec![(slot, count)],
+    };
+    let to_b = traders[a].send(InventoryOp::Offer {
+        with: accounts[b],
+        offer: offer.clone(),
+    });
+    let to_c = traders[a].send(InventoryOp::Offer {
+        with: accounts[c],
+        offer,
+    });
+    let offers = race(&mut traders, &[(a, to_b), (a, to_c)]);
+    sent += 2;
+    let trades: Vec<u64> = offers.iter().filter_map(|r| r.trade).collect();
+    assert_eq!(trades.len(), 2, "{offers:?}");
+    let accepts = [
+        (b, traders[b].send(InventoryOp::Accept { trade: trades[0] })),
+        (c, traders[c].send(InventoryOp::Accept { trade: trades[1] })),
+        (a, traders[a].send(InventoryOp::Accept { trade: trades[0] })),
+        (a, traders[a].send(InventoryOp::Accept { trade: trades[1] })),
+    ];
+    let replies = race(&mut traders, &accepts);
+    sent += 4;
+    rejected += replies.iter().filter(|r| is_err(r)).count();
+    let after = inventories(&mut traders);
+    assert_eq!(
+        totals(&after),
+        expected,
+        "race 1 (double offer): {replies:?}"
+    );
+    let completed = traders[a]
+        .trade_states()
+        .into_iter()
+        .filter(|(id, state)| trades.contains(id) && *state == TradeState::Completed)
+        .count();
+    assert!(completed <= 1, "one stack completed {completed} trades");
+    assert_eq!(
+        replies[0].result.as_ref().err(),
+        Some(&InventoryError::NoSuchTrade),
+        "the first trade was cancelled by the second: {replies:?}"
+    );
+
+    // 2. Accept against cancel, both orders, six rounds: the trade either
+    //    swaps or not, never half.
+    for round in 0..6 {
+        let (held, expected) = prepare(&mut traders);
+        let (a_slot, a_count) = stacks(&held[a])[0];
+        let (b_slot, b_count) = stacks(&held[b])[0];
+        let trade = open_trade(&mut traders, a, accounts[b], (a_slot, a_count));
+        let counter = traders[b].send(InventoryOp::Offer {
+            with: accounts[a],
+            offer: TradeOffer {
+                items: vec![(b_slot, b_count)],
+            },
+        });
+        race(&mut traders, &[(b, counter)]);
+        let accept_a = traders[a].send(InventoryOp::Accept { trade });
+        race(&mut traders, &[(a, accept_a)]);
+        // B accepts (completing the swap) while one side cancels.
+        let canceller = if round % 2 == 0 { a } else { b };
+        let moves = if round % 4 < 2 {
+            [
+                (b, traders[b].send(InventoryOp::Accept { trade })),
+                (
+                    canceller,
+                    traders[canceller].send(InventoryOp::Cancel { trade }),
+                ),
+            ]
+        } else {
+            [
+                (
+                    canceller,
+                    traders[canceller].send(InventoryOp::Cancel { trade }),
+                ),
+                (b, traders[b].send(InventoryOp::Accept { trade })),
+            ]
+        };
+        let replies = race(&mut traders, &moves);
+        sent += 5;
+        rejected += replies.iter().filter(|r| is_err(r)).count();
+        assert_eq!(
+            totals(&inventories(&mut traders)),
+            expected,
+            "race 2 round {round}: {replies:?}"
+        );
+        let state = traders[a].trade_states().get(&trade).copied();
+        assert!(
+            matches!(state, Some(TradeState::Completed | TradeState::Cancelled)),
+            "round {round}: the trade ended {state:?}"
+        );
+    }
+
+    // 3. A gift of the offered stack in the flush that completes the trade:
+    //    the stack goes to one of them, never both.
+    for gift_first in [true, false] {
+        let (held, expected) = prepare(&mut traders);
+        let (slot, count) = stacks(&held[a])[0];
+        let trade = open_trade(&mut traders, a, accounts[b], (slot, count));
+        let accept_b = traders[b].send(InventoryOp::Accept { trade });
+        race(&mut traders, &[(b, accept_b)]);
+        let give = InventoryOp::Give {
+            to: accounts[c],
+            slot,
+            count,
+        };
+        let moves = if gift_first {
+            [
+                (a, traders[a].send(give)),
+                (a, traders[a].send(InventoryOp::Accept { trade })),
+            ]
+        } else {
+            [
+                (a, traders[a].send(InventoryOp::Accept { trade })),
+                (a, traders[a].send(give)),
+            ]
+        };
+        let replies = race(&mut traders, &moves);
+        sent += 4;
+        rejected += replies.iter().filter(|r| is_err(r)).count();
+        assert_eq!(
+            replies.iter().filter(|r| is_err(r)).count(),
+            1,
+            "exactly one of gift and trade takes the stack: {replies:?}"
+        );
+        assert_eq!(
+            totals(&inventories(&mut traders)),
+            expected,
+            "race 3 (gift first: {gift_first}): {replies:?}"
+        );
+    }
+
+    // 4. The partner leaves mid-trade, right after accepting, while the
+    //    initiator accepts: nothing moves, and the leaver's inventory is
+    //    intact when it comes back.
+    let (held, expected) = prepare(&mut traders);
+    let online = server.metric("connected_clients");
+    let (slot, count) = stacks(&held[a])[0];
+    let trade = open_trade(&mut traders, a, accounts[c], (slot, count));
+    traders[c].send(InventoryOp::Accept { trade });
+    traders[c].abuser.pump();
+    traders[c].abuser.raw.disconnect();
+    let accept_a = traders[a].send(InventoryOp::Accept { trade });
+    let replies = race(&mut traders[..2], &[(a, accept_a)]);
+    sent += 3;
+    rejected += replies.iter().filter(|r| is_err(r)).count();
+    drop(traders.pop());
+    // The account is free again once the server has processed the leave.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric("connected_clients") >= online {
+        assert!(Instant::now() < deadline, "the leaver is still connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    traders.push(Trader::connect(&server, accounts[c]));
+    let after = inventories(&mut traders);
+    sent += 3;
+    assert_eq!(
+        totals(&after),
+        expected,
+        "race 4 (partner left): {replies:?}"
+    );
+    let state = traders[a].trade_states().get(&trade).copied();
+    assert!(
+        matches!(state, Some(TradeState::Completed | TradeState::Cancelled)),
+        "the trade with the leaver ended {state:?}"
+    );
+
+    let counted = server.metric("inventory_requests_total") - requests_before;
+    eprintln!(
+        "trade races: {sent}+ requests, {rejected} refused, {counted} counted; holding {:?}",
+        totals(&after)
+    );
+    assert!(rejected >= 4, "the races refused only {rejected} requests");
+    assert!(
+        counted >= sent as f64,
+        "inventory_requests_total counted {counted} of {sent} requests"
+    );
+    play_for(&mut honest, Duration::from_millis(200));
+    assert!(ended(&honest).is_empty(), "{:?}", ended(&honest));
 }

@@ -9,18 +9,11 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     RawClient, Rng, ServerOptions, ServerProcess, bind_loopback, connect_honest, drain_count,
-    ended, mib, play_all, play_for, scale,
+    ended, generators, mib, play_all, play_for, scale,
 };
 use shared::io::unix_secs;
 use shared::netcode::{self, MAX_PACKET_BYTES};
 use shared::protocol::PROTOCOL_ID;
-
-/// Sizes the parsers treat specially: empty, one byte, around the 18-byte
-/// smallest sealed packet, around the 1,078-byte connection request and the
-/// 1,200-byte payload limit, and a full Ethernet MTU.
-const EDGE_SIZES: [usize; 11] = [
-    0, 1, 17, 18, 1_077, 1_078, 1_079, 1_199, 1_200, 1_201, 1_500,
-];
 
 const RSS_GROWTH_LIMIT: u64 = 32 << 20;
 
@@ -46,24 +39,6 @@ fn capture_valid_packets(server: std::net::SocketAddr) -> Vec<Vec<u8>> {
     packets
 }
 
-fn flip_bits(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
-    let mut copy = packet.to_vec();
-    let bits = copy.len() * 8;
-    // 1 to 8 distinct bits, so the copy always differs from the original.
-    let flips = 1 + rng.below(8) as usize;
-    let mut chosen: Vec<usize> = Vec::with_capacity(flips);
-    while chosen.len() < flips.min(bits) {
-        let bit = rng.below(bits as u64) as usize;
-        if !chosen.contains(&bit) {
-            chosen.push(bit);
-        }
-    }
-    for bit in chosen {
-        copy[bit / 8] ^= 1 << (bit % 8);
-    }
-    copy
-}
-
 #[test]
 fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     let seed = e2e::seed();
@@ -86,7 +61,7 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     let snapshots_before: Vec<u64> = honest.iter().map(|c| c.seen.snapshots).collect();
 
     let started = Instant::now();
-    let mut buf = vec![0u8; 1_500];
+    let mut buf = [0u8; generators::MAX_GARBAGE_BYTES];
     let mut replies = (0u64, 0u64);
     let mut sent = 0u64;
     let mut last_play = Instant::now();
@@ -99,23 +74,8 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
         }
         for _ in 0..100 {
             let source = &sources[rng.below(sources.len() as u64) as usize];
-            let datagram: Vec<u8> = match rng.below(10) {
-                0 => {
-                    let len = EDGE_SIZES[rng.below(EDGE_SIZES.len() as u64) as usize];
-                    rng.fill(&mut buf[..len]);
-                    buf[..len].to_vec()
-                }
-                1 | 2 => {
-                    let original = &valid[rng.below(valid.len() as u64) as usize];
-                    flip_bits(&mut rng, original)
-                }
-                _ => {
-                    let len = rng.below(1_501) as usize;
-                    rng.fill(&mut buf[..len]);
-                    buf[..len].to_vec()
-                }
-            };
-            let _ = source.send_to(&datagram, server.game);
+            let len = generators::garbage_datagram(&mut rng, &valid, &mut buf);
+            let _ = source.send_to(&buf[..len], server.game);
             sent += 1;
         }
         // Pace: give the server and the players their turn.

@@ -7,14 +7,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shared::protocol::channels;
-use shared::transport::wire::{FragmentInfo, MessageHeader};
 
+use super::generators::{FRAGMENT_BYTES, bomb_fragment, over_claim};
 use super::session::{Session, token};
 use super::{ChaosPlan, GRACE, Pacer, Rng, Summary};
-
-/// `channels::transport_config()`: 1 KiB fragments, at most 256 per message.
-const FRAGMENT: usize = 1_024;
-const MAX_FRAGMENTS: u16 = 256;
 
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
@@ -30,25 +26,12 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         Duration::from_secs(5),
         &mut summary,
     )?;
-    let payload = [0xAB; FRAGMENT];
+    let payload = [0xAB; FRAGMENT_BYTES];
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let mut n: u64 = 0;
     while !pacer.finished() && bomber.server_reason.is_none() {
         for _ in 0..pacer.due() {
-            let channel = (n % 6) as u8;
-            let id = if channel < 3 {
-                (n / 6) as u16 % 1_024
-            } else {
-                rng.below(u64::from(u16::MAX)) as u16
-            };
-            let header = MessageHeader {
-                channel,
-                id: Some(id),
-                fragment: Some(FragmentInfo {
-                    index: 1 + rng.below(u64::from(MAX_FRAGMENTS) - 2) as u16,
-                    count: MAX_FRAGMENTS,
-                }),
-            };
+            let header = bomb_fragment(&mut rng, n);
             bomber.send_messages(&[(header, &payload)], &mut summary)?;
             n += 1;
         }
@@ -58,14 +41,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.add("fragments_sent", n);
     let bombing_reason = bomber.server_reason;
     // The over-claim: a fragment of a 64 MiB message.
-    let claim = MessageHeader {
-        channel: channels::CHAT.0,
-        id: Some(2_000),
-        fragment: Some(FragmentInfo {
-            index: 0,
-            count: u16::MAX,
-        }),
-    };
+    let claim = over_claim(channels::CHAT.0, 2_000);
     let began = Instant::now();
     if bombing_reason.is_none() {
         bomber.send_messages(&[(claim, &payload)], &mut summary)?;

@@ -6,13 +6,9 @@ use std::time::{Duration, Instant};
 
 use shared::netcode::{ClientState, MAX_PACKET_BYTES};
 
+use super::generators::{MAX_GARBAGE_BYTES, garbage_datagram};
 use super::session::{Session, token};
 use super::{ChaosPlan, Pacer, Rng, Summary, drain, source_sockets};
-
-/// Sizes the parsers treat specially (as in `tests/tests/garbage.rs`).
-const EDGE_SIZES: [usize; 11] = [
-    0, 1, 17, 18, 1_077, 1_078, 1_079, 1_199, 1_200, 1_201, 1_500,
-];
 
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
@@ -22,26 +18,10 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     // What the garbage sockets get back is what counts.
     let mut garbage = Summary::default();
     let mut pacer = Pacer::new(plan.rate, plan.duration);
-    let mut packet = vec![0u8; 1_500];
+    let mut packet = [0u8; MAX_GARBAGE_BYTES];
     while !pacer.finished() {
         for _ in 0..pacer.due() {
-            let len = match rng.below(4) {
-                1 if !templates.is_empty() => {
-                    let template = &templates[rng.below(templates.len() as u64) as usize];
-                    packet[..template.len()].copy_from_slice(template);
-                    rng.flip_bits(&mut packet[..template.len()]);
-                    template.len()
-                }
-                choice => {
-                    let len = if choice == 0 {
-                        EDGE_SIZES[rng.below(EDGE_SIZES.len() as u64) as usize]
-                    } else {
-                        rng.below(1_501) as usize
-                    };
-                    rng.fill(&mut packet[..len]);
-                    len
-                }
-            };
+            let len = garbage_datagram(&mut rng, &templates, &mut packet);
             let socket = &sockets[rng.below(sockets.len() as u64) as usize];
             if socket.send_to(&packet[..len], plan.server).is_ok() {
                 garbage.sent(len);

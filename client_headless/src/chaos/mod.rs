@@ -9,12 +9,14 @@
 //! most [`GRACE`] to collect the answers). It refuses a non-loopback target
 //! unless the operator states that they own it.
 //!
-//! The generators are self-contained (they mirror `tests/tests/*.rs`): the
-//! `e2e` crate depends on the server and keeps its own `RawClient`, and this
-//! binary must not depend on the server. See the README's "Chaos" section.
+//! The traffic itself comes from [`generators`], which the adversarial
+//! end-to-end tests (`tests/`, crate `e2e`) use as well: one implementation
+//! of garbage datagrams, spoofed requests and fragment bombs. See the
+//! README's "Chaos" section.
 
 mod fragment_bomb;
 mod garbage;
+pub mod generators;
 mod session;
 mod slot_hold;
 mod slow_reader;
@@ -24,13 +26,15 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+use generators::Rng;
+
 /// How long an attack keeps reading after its sending window, for answers
 /// still in flight (a disconnect, a denial).
 pub(crate) const GRACE: Duration = Duration::from_millis(1_500);
 
 /// The attacks, named as on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Attack {
+pub enum Attack {
     /// Random datagrams, edge sizes and bit-flipped valid packets.
     Garbage,
     /// Replayed, forged and corrupted connection requests from many source
@@ -46,23 +50,23 @@ pub(crate) enum Attack {
 
 /// One chaos run.
 #[derive(Debug, Clone)]
-pub(crate) struct ChaosPlan {
+pub struct ChaosPlan {
     /// The server's UDP address.
-    pub(crate) server: SocketAddr,
+    pub server: SocketAddr,
     /// What to send.
-    pub(crate) attack: Attack,
+    pub attack: Attack,
     /// Datagrams (slot-hold: connections) per second.
-    pub(crate) rate: u32,
+    pub rate: u32,
     /// How long to send.
-    pub(crate) duration: Duration,
+    pub duration: Duration,
     /// Seed of the random choices.
-    pub(crate) seed: u64,
+    pub seed: u64,
     /// First account id the attack's tokens use.
-    pub(crate) first_account: u64,
+    pub first_account: u64,
 }
 
 /// Why a target is refused.
-pub(crate) fn check_target(server: SocketAddr, i_own_this_server: bool) -> Result<(), String> {
+pub fn check_target(server: SocketAddr, i_own_this_server: bool) -> Result<(), String> {
     if server.ip().is_loopback() || i_own_this_server {
         Ok(())
     } else {
@@ -125,7 +129,7 @@ impl Summary {
 }
 
 /// Runs the attack and prints its summary to stdout.
-pub(crate) fn run(plan: &ChaosPlan) -> Result<i32, String> {
+pub fn run(plan: &ChaosPlan) -> Result<i32, String> {
     let started = Instant::now();
     let summary = match plan.attack {
         Attack::Garbage => garbage::run(plan)?,
@@ -175,60 +179,6 @@ impl Pacer {
     /// Sleeps a little between batches.
     pub(crate) fn pause(&self) {
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A small deterministic generator (xorshift64*), like the tests'.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-
-    /// Flips 1 to 8 distinct bits of `packet` (non-empty).
-    pub(crate) fn flip_bits(&mut self, packet: &mut [u8]) {
-        let bits = packet.len() as u64 * 8;
-        if bits == 0 {
-            return;
-        }
-        let flips = (1 + self.below(8)).min(bits);
-        let mut chosen: Vec<u64> = Vec::with_capacity(8);
-        // Bounded: at most 64 draws for at most 8 distinct bits.
-        for _ in 0..64 {
-            if chosen.len() as u64 >= flips {
-                break;
-            }
-            let bit = self.below(bits);
-            if !chosen.contains(&bit) {
-                chosen.push(bit);
-            }
-        }
-        for bit in chosen {
-            packet[(bit / 8) as usize] ^= 1 << (bit % 8);
-        }
     }
 }
 
@@ -299,16 +249,5 @@ mod tests {
             }
         }
         assert!(total <= 20_000, "{total}");
-    }
-
-    #[test]
-    fn flipped_copies_always_differ() {
-        let mut rng = Rng::new(5);
-        for len in [1usize, 2, 100] {
-            let original = vec![0u8; len];
-            let mut copy = original.clone();
-            rng.flip_bits(&mut copy);
-            assert_ne!(copy, original);
-        }
     }
 }

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use shared::netcode::{CONNECT_TOKEN_PRIVATE_BYTES, ClientState, MAX_PACKET_BYTES};
+use shared::netcode::{ClientState, MAX_PACKET_BYTES};
 
+use super::generators::spoof_request;
 use super::session::{Session, token};
 use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, source_sockets};
 
@@ -43,14 +44,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         if sending {
             for _ in 0..pacer.due() {
                 let mut packet = templates[rng.below(templates.len() as u64) as usize].clone();
-                match rng.below(3) {
-                    0 => {}
-                    1 => {
-                        let start = packet.len() - CONNECT_TOKEN_PRIVATE_BYTES;
-                        rng.fill(&mut packet[start..]);
-                    }
-                    _ => rng.flip_bits(&mut packet),
-                }
+                spoof_request(&mut rng, &mut packet);
                 let socket = &sockets[rng.below(sockets.len() as u64) as usize];
                 if socket.send_to(&packet, plan.server).is_ok() {
                     summary.sent(packet.len());

@@ -274,6 +274,15 @@ enum InboxEntry {
 
 impl Deliver for Inbox {
     fn deliver(&mut self, channel: u8, payload: &[u8]) {
+        // Everything delivered before has been taken: start the arena over.
+        // `poll_event` does so too, but only when called on an empty inbox,
+        // which a caller that checks `has_events` first never does.
+        if self.entries.is_empty() {
+            self.bytes.clear();
+            if self.bytes.capacity() > INBOX_KEEP_CAPACITY {
+                self.bytes = Vec::new();
+            }
+        }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
         self.entries.push_back(InboxEntry::Message {

@@ -1,0 +1,6 @@
+//! The headless client's library part: the `chaos` attacks, so that the
+//! adversarial end-to-end tests (`tests/`, crate `e2e`) send the same
+//! traffic from the same code ([`chaos::generators`]). The player and the
+//! load tester live in the binary (`src/main.rs`).
+
+pub mod chaos;
