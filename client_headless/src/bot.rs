@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glam::Vec2;
 use hdrhistogram::Histogram;
-use mio::net::UdpSocket;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::unix_secs;
 use shared::movement::{ApplyError, MovementRules, Predictor, SnapshotReceiver};
@@ -62,6 +61,13 @@ const ARRIVED: f32 = 1.0;
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// RTT is sampled once per second per connected bot, from the first second.
 const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a bot's datagrams to the server go: its own socket, or a batch
+/// on a socket it shares with other bots.
+pub(crate) trait Outbox {
+    /// Sends (or queues) one datagram to the server; whether it was taken.
+    fn send(&mut self, data: &[u8]) -> bool;
+}
 
 /// What all bots of a run share.
 pub(crate) struct BotContext {
@@ -376,7 +382,7 @@ impl Bot {
     pub(crate) fn service(
         &mut self,
         now: Instant,
-        socket: &UdpSocket,
+        out: &mut impl Outbox,
         tx: &mut [u8],
         scratch: &mut Vec<u8>,
         stats: &mut WorkerStats,
@@ -403,7 +409,7 @@ impl Bot {
         self.handle_events(now, stats);
         self.run_behaviours(now, stats);
         self.advance_phase(now, stats);
-        self.flush(now, socket, tx, scratch, stats);
+        self.flush(now, out, tx, scratch, stats);
         self.next_wake()
     }
 
@@ -724,7 +730,7 @@ impl Bot {
     fn flush(
         &mut self,
         now: Instant,
-        socket: &UdpSocket,
+        out: &mut impl Outbox,
         tx: &mut [u8],
         scratch: &mut Vec<u8>,
         stats: &mut WorkerStats,
@@ -734,7 +740,7 @@ impl Bot {
             match self.link.as_mut() {
                 Some(link) => link.up.send(now, data),
                 None => {
-                    if socket.send_to(data, transmit.destination).is_ok() {
+                    if out.send(data) {
                         stats.bytes_up += data.len() as u64;
                     }
                 }
@@ -742,7 +748,7 @@ impl Bot {
         }
         if let Some(link) = self.link.as_mut() {
             while link.up.poll_deliver(now, scratch) {
-                if socket.send_to(scratch, self.ctx.server).is_ok() {
+                if out.send(scratch) {
                     stats.bytes_up += scratch.len() as u64;
                 }
             }

@@ -10,15 +10,20 @@
 //! 4. `service` each touched bot once, which sends what it has and returns
 //!    its next wake-up, pushed on the heap.
 //!
+//! Against a loopback IPv4 server on Linux, bots do not get a socket each:
+//! they share a few sockets, each bot with its own source address, and
+//! datagrams move in batches (see `pktinfo`). Elsewhere every bot has its
+//! own socket.
+//!
 //! The heap holds `(time, bot)`; a bot's current wake-up is also stored per
 //! bot, so an entry that no longer matches is stale and skipped. A bot pushes
 //! a new entry only when its wake-up moves earlier or the old one fired, so
 //! the heap stays within a small multiple of the number of bots.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -29,7 +34,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use shared::netcode::MAX_PACKET_BYTES;
 
-use crate::bot::{Bot, BotContext, WorkerStats, new_rtt_histogram};
+use crate::bot::{Bot, BotContext, Outbox, WorkerStats, new_rtt_histogram};
 use crate::verify::ReliableStats;
 
 /// Longest a worker sleeps before checking for a stop request.
@@ -38,6 +43,14 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Readiness events taken per poll.
 const EVENTS_PER_POLL: usize = 1024;
+/// Shortest time between two passes of a worker. Waking for every single
+/// datagram would cost a wake-up and a system call or two per datagram;
+/// letting datagrams gather for up to this long lets a pass read and send
+/// them in batches, at the price of at most this much added latency.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(1);
+
+#[cfg(target_os = "linux")]
+mod pktinfo;
 
 /// Counters a worker publishes while it runs.
 pub(crate) struct Live {
@@ -120,11 +133,75 @@ pub(crate) fn spawn_worker(
     Ok(WorkerHandle { live, thread })
 }
 
+/// Bots that share one socket (see `pktinfo`).
+#[cfg(target_os = "linux")]
+struct SharedSocket {
+    socket: UdpSocket,
+    /// The bot each local address belongs to.
+    bots: HashMap<Ipv4Addr, usize>,
+    outbox: pktinfo::SendBatch,
+}
+
+/// How a worker's bots reach the network.
+enum Sockets {
+    /// One socket per bot (registered with the bot's index as token).
+    PerBot(Vec<Option<UdpSocket>>),
+    /// A few shared sockets (token: number of bots + socket index).
+    #[cfg(target_os = "linux")]
+    Shared {
+        /// The sockets, each bot on the one for its `index / count`.
+        sockets: Vec<SharedSocket>,
+        /// Socket of each `index / count`.
+        by_group: HashMap<u64, usize>,
+        /// Each bot's socket and source address once it started.
+        attached: Vec<Option<(usize, Ipv4Addr)>>,
+        /// Datagrams read per call.
+        inbox: Box<pktinfo::RecvBatch>,
+        /// Sockets with datagrams left after a bounded read.
+        unread: Vec<usize>,
+    },
+}
+
+/// Batches a shared socket reads before letting the bots run.
+#[cfg(target_os = "linux")]
+const MAX_READS_PER_WAKE: usize = 16;
+
+/// A bot's own socket as its outbox.
+struct SocketOutbox<'a> {
+    socket: &'a UdpSocket,
+    server: SocketAddr,
+}
+
+impl Outbox for SocketOutbox<'_> {
+    fn send(&mut self, data: &[u8]) -> bool {
+        self.socket.send_to(data, self.server).is_ok()
+    }
+}
+
+/// A shared socket's batch as a bot's outbox, sent when full and at the
+/// end of every worker pass.
+#[cfg(target_os = "linux")]
+struct BatchOutbox<'a> {
+    shared: &'a mut SharedSocket,
+    source: Ipv4Addr,
+    server: SocketAddrV4,
+}
+
+#[cfg(target_os = "linux")]
+impl Outbox for BatchOutbox<'_> {
+    fn send(&mut self, data: &[u8]) -> bool {
+        if self.shared.outbox.is_full() {
+            self.shared.outbox.flush(&self.shared.socket);
+        }
+        self.shared.outbox.push(self.source, self.server, data)
+    }
+}
+
 struct Worker {
     poll: Poll,
     ctx: Arc<BotContext>,
     bots: Vec<Bot>,
-    sockets: Vec<Option<UdpSocket>>,
+    sockets: Sockets,
     indices: Vec<u64>,
     scheduled: Vec<Option<Instant>>,
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -156,11 +233,22 @@ impl Worker {
             indices.push(account - ctx.first_account);
             bots.push(Bot::new(Arc::clone(&ctx), account, start_at, seed));
         }
+        let sockets = match sources {
+            #[cfg(target_os = "linux")]
+            SourceIps::Loopback { .. } if ctx.server.is_ipv4() => Sockets::Shared {
+                sockets: Vec::new(),
+                by_group: HashMap::new(),
+                attached: vec![None; count],
+                inbox: Box::new(pktinfo::RecvBatch::new()),
+                unread: Vec::new(),
+            },
+            _ => Sockets::PerBot((0..count).map(|_| None).collect()),
+        };
         Self {
             poll,
             ctx,
             bots,
-            sockets: (0..count).map(|_| None).collect(),
+            sockets,
             indices,
             scheduled,
             heap,
@@ -180,8 +268,14 @@ impl Worker {
         let mut scratch = Vec::with_capacity(MAX_PACKET_BYTES);
         let mut stopping = false;
         let mut next_publish = Instant::now();
+        let mut last_pass = Instant::now();
         loop {
-            let now = Instant::now();
+            let mut now = Instant::now();
+            let since = now.saturating_duration_since(last_pass);
+            if self.is_idle() && since < MIN_PASS_INTERVAL {
+                std::thread::sleep(MIN_PASS_INTERVAL - since);
+                now = Instant::now();
+            }
             if !stopping && stop.load(Ordering::Relaxed) {
                 stopping = true;
                 for (i, bot) in self.bots.iter_mut().enumerate() {
@@ -194,11 +288,7 @@ impl Worker {
                 .peek()
                 .map_or(MAX_WAIT, |Reverse((t, _))| t.saturating_duration_since(now))
                 .min(MAX_WAIT);
-            let wait = if self.touched.is_empty() {
-                wait
-            } else {
-                Duration::ZERO
-            };
+            let wait = if self.is_idle() { wait } else { Duration::ZERO };
             if let Err(error) = self.poll.poll(&mut events, Some(wait))
                 && error.kind() != io::ErrorKind::Interrupted
             {
@@ -206,10 +296,16 @@ impl Worker {
                 break;
             }
             let now = Instant::now();
+            last_pass = now;
+            self.read_unread(now);
             for event in &events {
-                let i = event.token().0;
-                self.read_socket(i, now, &mut rx);
-                mark(&mut self.touched, &mut self.touched_mark, i);
+                let token = event.token().0;
+                if token < self.bots.len() {
+                    self.read_socket(token, now, &mut rx);
+                    mark(&mut self.touched, &mut self.touched_mark, token);
+                } else {
+                    self.read_shared(token - self.bots.len(), now);
+                }
             }
             while let Some(&Reverse((at, i))) = self.heap.peek() {
                 if at > now {
@@ -228,6 +324,7 @@ impl Worker {
             }
             self.touched = touched;
             self.touched.clear();
+            self.flush_shared();
             if now >= next_publish {
                 next_publish = now + PUBLISH_EVERY;
                 self.publish();
@@ -248,7 +345,10 @@ impl Worker {
     }
 
     fn read_socket(&mut self, i: usize, now: Instant, rx: &mut [u8]) {
-        let Some(socket) = self.sockets[i].as_ref() else {
+        let Sockets::PerBot(sockets) = &self.sockets else {
+            return;
+        };
+        let Some(socket) = sockets[i].as_ref() else {
             return;
         };
         loop {
@@ -264,36 +364,211 @@ impl Worker {
         }
     }
 
+    /// Nothing to do before the next readiness event or timer.
+    fn is_idle(&self) -> bool {
+        self.touched.is_empty() && !self.has_unread()
+    }
+
+    fn has_unread(&self) -> bool {
+        match &self.sockets {
+            #[cfg(target_os = "linux")]
+            Sockets::Shared { unread, .. } => !unread.is_empty(),
+            Sockets::PerBot(_) => false,
+        }
+    }
+
+    /// Reads on from the shared sockets a bounded read left unfinished.
+    fn read_unread(&mut self, now: Instant) {
+        #[cfg(target_os = "linux")]
+        if let Sockets::Shared { unread, .. } = &mut self.sockets {
+            for s in std::mem::take(unread) {
+                self.read_shared(s, now);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = now;
+    }
+
+    /// Reads a shared socket in batches, handing each datagram to the bot
+    /// it was addressed to, until it is drained (a short batch) or
+    /// [`MAX_READS_PER_WAKE`] batches were read (then it is read again on
+    /// the next pass: edge-triggered readiness will not tell again).
+    #[cfg(target_os = "linux")]
+    fn read_shared(&mut self, s: usize, now: Instant) {
+        let Sockets::Shared {
+            sockets,
+            inbox,
+            unread,
+            ..
+        } = &mut self.sockets
+        else {
+            return;
+        };
+        let Some(shared) = sockets.get(s) else {
+            return;
+        };
+        for _ in 0..MAX_READS_PER_WAKE {
+            let n = match inbox.recv(&shared.socket) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Interrupted, or a reported error: the data may still be there.
+                Err(_) => continue,
+            };
+            for k in 0..inbox.len() {
+                let Some((from, to, data)) = inbox.get_mut(k) else {
+                    continue;
+                };
+                let Some(&i) = shared.bots.get(&to) else {
+                    continue;
+                };
+                self.bots[i].on_datagram(now, SocketAddr::V4(from), data, &mut self.stats);
+                mark(&mut self.touched, &mut self.touched_mark, i);
+            }
+            if n < pktinfo::BATCH {
+                return;
+            }
+        }
+        unread.push(s);
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read_shared(&mut self, _: usize, _: Instant) {}
+
+    /// Sends what the bots queued on shared sockets this pass.
+    fn flush_shared(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Sockets::Shared { sockets, .. } = &mut self.sockets {
+            for shared in sockets {
+                shared.outbox.flush(&shared.socket);
+            }
+        }
+    }
+
     fn service(&mut self, i: usize, now: Instant, tx: &mut [u8], scratch: &mut Vec<u8>) {
-        if self.sockets[i].is_none() && !self.bots[i].is_done() {
+        if !self.is_attached(i) && !self.bots[i].is_done() {
             if self.bots[i].start_at().is_some_and(|t| t > now) {
                 self.schedule(i, self.bots[i].start_at());
                 return;
             }
-            match self.open_socket(i) {
-                Ok(socket) => self.sockets[i] = Some(socket),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot open a bot socket");
-                    *self
-                        .stats
-                        .connect_failures
-                        .entry(format!("socket: {}", error.kind()))
-                        .or_default() += 1;
-                    self.bots[i].stop(now, &mut self.stats);
+            if let Err(error) = self.attach(i) {
+                tracing::warn!(%error, "cannot open a bot socket");
+                *self
+                    .stats
+                    .connect_failures
+                    .entry(format!("socket: {}", error.kind()))
+                    .or_default() += 1;
+                self.bots[i].stop(now, &mut self.stats);
+                return;
+            }
+        }
+        let server = self.ctx.server;
+        let wake = match &mut self.sockets {
+            Sockets::PerBot(sockets) => {
+                let Some(socket) = sockets[i].as_ref() else {
                     return;
+                };
+                let mut out = SocketOutbox { socket, server };
+                self.bots[i].service(now, &mut out, tx, scratch, &mut self.stats)
+            }
+            #[cfg(target_os = "linux")]
+            Sockets::Shared {
+                sockets, attached, ..
+            } => {
+                let (Some((s, source)), SocketAddr::V4(server)) = (attached[i], server) else {
+                    return;
+                };
+                let mut out = BatchOutbox {
+                    shared: &mut sockets[s],
+                    source,
+                    server,
+                };
+                self.bots[i].service(now, &mut out, tx, scratch, &mut self.stats)
+            }
+        };
+        if wake.is_none() {
+            self.detach(i);
+        }
+        self.schedule(i, wake);
+    }
+
+    fn is_attached(&self, i: usize) -> bool {
+        match &self.sockets {
+            Sockets::PerBot(sockets) => sockets[i].is_some(),
+            #[cfg(target_os = "linux")]
+            Sockets::Shared { attached, .. } => attached[i].is_some(),
+        }
+    }
+
+    /// Gives bot `i` its way to the network.
+    fn attach(&mut self, i: usize) -> io::Result<()> {
+        let bind = self.sources.bind_addr(self.ctx.server, self.indices[i]);
+        let shared_tokens = self.bots.len();
+        match &mut self.sockets {
+            Sockets::PerBot(sockets) => {
+                let mut socket = UdpSocket::bind(bind)?;
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(i), Interest::READABLE)?;
+                sockets[i] = Some(socket);
+            }
+            #[cfg(target_os = "linux")]
+            Sockets::Shared {
+                sockets,
+                by_group,
+                attached,
+                ..
+            } => {
+                let IpAddr::V4(source) = bind.ip() else {
+                    return Err(io::Error::other("shared sockets need IPv4"));
+                };
+                // Bots `count` apart share a source address, so they get
+                // different sockets (ports).
+                let group = match self.sources {
+                    SourceIps::Loopback { count } => self.indices[i] / u64::from(count.max(1)),
+                    SourceIps::Any => 0,
+                };
+                let s = match by_group.get(&group) {
+                    Some(&s) => s,
+                    None => {
+                        let mut socket = pktinfo::open()?;
+                        self.poll.registry().register(
+                            &mut socket,
+                            Token(shared_tokens + sockets.len()),
+                            Interest::READABLE,
+                        )?;
+                        sockets.push(SharedSocket {
+                            socket,
+                            bots: HashMap::new(),
+                            outbox: pktinfo::SendBatch::new(),
+                        });
+                        by_group.insert(group, sockets.len() - 1);
+                        sockets.len() - 1
+                    }
+                };
+                sockets[s].bots.insert(source, i);
+                attached[i] = Some((s, source));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bot `i` is done: close its socket, or stop routing to it.
+    fn detach(&mut self, i: usize) {
+        match &mut self.sockets {
+            Sockets::PerBot(sockets) => {
+                if let Some(mut socket) = sockets[i].take() {
+                    let _ = self.poll.registry().deregister(&mut socket);
+                }
+            }
+            #[cfg(target_os = "linux")]
+            Sockets::Shared {
+                sockets, attached, ..
+            } => {
+                if let Some((s, source)) = attached[i] {
+                    sockets[s].bots.remove(&source);
                 }
             }
         }
-        let Some(socket) = self.sockets[i].as_ref() else {
-            return;
-        };
-        let wake = self.bots[i].service(now, socket, tx, scratch, &mut self.stats);
-        if wake.is_none()
-            && let Some(mut socket) = self.sockets[i].take()
-        {
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
-        self.schedule(i, wake);
     }
 
     fn schedule(&mut self, i: usize, wake: Option<Instant>) {
@@ -304,15 +579,6 @@ impl Worker {
             self.scheduled[i] = Some(wake);
             self.heap.push(Reverse((wake, i)));
         }
-    }
-
-    fn open_socket(&mut self, i: usize) -> io::Result<UdpSocket> {
-        let bind = self.sources.bind_addr(self.ctx.server, self.indices[i]);
-        let mut socket = UdpSocket::bind(bind)?;
-        self.poll
-            .registry()
-            .register(&mut socket, Token(i), Interest::READABLE)?;
-        Ok(socket)
     }
 
     fn publish(&mut self) {

@@ -171,6 +171,9 @@ fn fifty_trading_bots_get_exactly_one_reply_to_every_inventory_request() {
         .arg("--scenario")
         .arg(&scenario)
         .args(["--drain-timeout", "5", "--threads", "1"])
+        // One socket per bot (the path for remote servers), where the
+        // 200-bot test covers the shared loopback sockets.
+        .args(["--source-ips", "1"])
         .args(["--metrics-url", &format!("http://{metrics}/metrics")])
         .arg("--report")
         .arg(&report)
