@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use client_headless::chaos::generators::Rng;
 use glam::Vec2;
 use hdrhistogram::Histogram;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
@@ -202,31 +203,9 @@ struct Conditioner {
     down: LinkSimulator,
 }
 
-/// A small xorshift64* generator: behaviour timing needs no crypto.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0.0..1.0`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn secs(&mut self, max: f64) -> Duration {
-        Duration::from_secs_f64(self.unit() * max)
-    }
+/// A random delay in `0..max_secs`: behaviour timing needs no crypto.
+fn random_secs(rng: &mut Rng, max_secs: f64) -> Duration {
+    Duration::from_secs_f64(rng.unit() * max_secs)
 }
 
 /// One simulated player.
@@ -456,11 +435,11 @@ impl Bot {
                     self.next_chat = scenario
                         .chat
                         .as_ref()
-                        .map(|c| now + self.rng.secs(c.every_s));
+                        .map(|c| now + random_secs(&mut self.rng, c.every_s));
                     self.next_inventory = scenario
                         .inventory
                         .as_ref()
-                        .map(|i| now + self.rng.secs(i.every_s));
+                        .map(|i| now + random_secs(&mut self.rng, i.every_s));
                     self.session_end = scenario.churn.as_ref().map(|c| {
                         now + Duration::from_secs_f64(c.session_s * (0.5 + self.rng.unit()))
                     });
