@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::config::{ChannelConfig, ChannelKind};
 use super::seq::seq_distance;
@@ -202,7 +203,9 @@ struct SendSlot {
     payload: Bytes,
     fragment_count: u16,
     unacked: u16,
-    fragments: Vec<FragmentState>,
+    /// Inline for the common one-fragment message, so a slot's first use
+    /// allocates nothing and the window's memory is fixed at connect time.
+    fragments: SmallVec<[FragmentState; 1]>,
 }
 
 /// Reliable channels: a window of messages in flight, resent until acked.
@@ -272,8 +275,8 @@ impl ReliableSend {
                     ..FragmentState::default()
                 },
             );
-            if slot.fragments.capacity() > 1024 && count <= 1 {
-                slot.fragments.shrink_to(1);
+            if slot.fragments.spilled() && count <= 1 {
+                slot.fragments.shrink_to_fit();
             }
             self.ready.extend((0..count).map(|fragment| (id, fragment)));
         }
