@@ -314,6 +314,26 @@ impl ServerProcess {
     pub fn metric(&self, name: &str) -> f64 {
         metric_value(&self.scrape(), name)
     }
+
+    /// The sum over every series of a labelled metric family (0 when absent).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        metric_family_sum(&self.scrape(), name)
+    }
+}
+
+/// The sum of every series of a metric family (`name{...} value` and
+/// `name value`) in a `/metrics` text (0 when absent).
+pub fn metric_family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.parse::<f64>().ok()
+        })
+        .sum()
 }
 
 /// One unlabelled metric's value in a `/metrics` text (0 when absent).

@@ -597,6 +597,7 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         .map(|&account| Trader::connect(&server, account))
         .collect();
     let requests_before = server.metric("inventory_requests_total");
+    let refused_before = server.metric_sum("inventory_refused_total");
     let mut sent = 0u64;
     let mut rejected = 0usize;
     let (start, expected) = prepare(&mut traders);
@@ -780,6 +781,11 @@ fn trade_races_neither_duplicate_nor_lose_items() {
     assert!(
         counted >= sent as f64,
         "inventory_requests_total counted {counted} of {sent} requests"
+    );
+    let refused = server.metric_sum("inventory_refused_total") - refused_before;
+    assert!(
+        refused >= rejected as f64,
+        "inventory_refused_total counted {refused} of the {rejected} refusals the traders saw"
     );
     play_for(&mut honest, Duration::from_millis(200));
     assert!(ended(&honest).is_empty(), "{:?}", ended(&honest));

@@ -27,7 +27,7 @@ use bevy_ecs::prelude::*;
 use shared::io::ClientId;
 use shared::protocol::channels;
 use shared::protocol::inventory::{
-    InventoryReply, InventoryRequest, InventoryUpdate, TradeUpdate, WorldItems,
+    InventoryError, InventoryReply, InventoryRequest, InventoryUpdate, TradeUpdate, WorldItems,
 };
 
 pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
@@ -151,6 +151,8 @@ pub struct InventoryPlugin;
 #[derive(Resource, Clone)]
 struct InventoryMetrics {
     requests: Counter,
+    /// `inventory_refused_total{reason}`, one series per [`InventoryError`].
+    refused: Vec<(InventoryError, Counter)>,
     commit_failures: Counter,
     op_latency: Histogram,
     commit_time: Histogram,
@@ -186,6 +188,19 @@ impl Plugin for InventoryPlugin {
             requests: r
                 .counter("inventory_requests_total", "Inventory requests received.")
                 .unwrap_or_default(),
+            refused: REFUSALS
+                .iter()
+                .map(|&(error, reason)| {
+                    let counter = r
+                        .counter_with_labels(
+                            "inventory_refused_total",
+                            "Inventory requests refused, by reason (nothing changed).",
+                            &[("reason", reason)],
+                        )
+                        .unwrap_or_default();
+                    (error, counter)
+                })
+                .collect(),
             commit_failures: r
                 .counter(
                     "inventory_commit_failures_total",
@@ -217,6 +232,24 @@ impl Plugin for InventoryPlugin {
     }
 }
 
+/// Every refusal reason and its `reason` label.
+const REFUSALS: [(InventoryError, &str); 14] = [
+    (InventoryError::BadSlot, "bad_slot"),
+    (InventoryError::EmptySlot, "empty_slot"),
+    (InventoryError::BadCount, "bad_count"),
+    (InventoryError::NoRoom, "no_room"),
+    (InventoryError::NoSuchWorldItem, "no_such_world_item"),
+    (InventoryError::TooFar, "too_far"),
+    (InventoryError::WorldFull, "world_full"),
+    (InventoryError::NotUsable, "not_usable"),
+    (InventoryError::UnknownPlayer, "unknown_player"),
+    (InventoryError::NoSuchTrade, "no_such_trade"),
+    (InventoryError::BadOffer, "bad_offer"),
+    (InventoryError::TradeFailed, "trade_failed"),
+    (InventoryError::Busy, "busy"),
+    (InventoryError::Storage, "storage"),
+];
+
 fn unreachable_histogram() -> Histogram {
     // `detached` only fails on unsorted bounds; ours are sorted.
     Histogram::detached(&[1.0]).unwrap_or_else(|_| unreachable_histogram())
@@ -245,6 +278,11 @@ fn send(
             } => {
                 if let Some((at, _)) = service.received.remove(&tag) {
                     metrics.op_latency.observe_duration(at.elapsed());
+                }
+                if let Err(error) = reply.result
+                    && let Some((_, refused)) = metrics.refused.iter().find(|(e, _)| *e == error)
+                {
+                    refused.inc();
                 }
                 if let Some(&client) = service.members.get(&account) {
                     out.replies.write(ToClient::one(client, reply));
