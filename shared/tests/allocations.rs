@@ -60,20 +60,7 @@ fn round(
     payload: &Bytes,
     buf: &mut [u8],
 ) -> usize {
-    round_on(0..4, a, b, now, payload, buf)
-}
-
-/// A round on `channels` only (of the default four: reliable ordered,
-/// reliable unordered, unreliable sequenced, unreliable).
-fn round_on(
-    channels: std::ops::Range<u8>,
-    a: &mut Connection,
-    b: &mut Connection,
-    now: Instant,
-    payload: &Bytes,
-    buf: &mut [u8],
-) -> usize {
-    for channel in channels {
+    for channel in 0..4 {
         for _ in 0..8 {
             a.send_bytes(ChannelId(channel), payload.clone()).unwrap();
         }
@@ -93,23 +80,55 @@ fn round_on(
     delivered
 }
 
+/// Two connected transports exchanging [`round`]s in virtual time.
+struct Pair {
+    a: Connection,
+    b: Connection,
+    now: Instant,
+    payload: Bytes,
+    buf: Vec<u8>,
+}
+
+impl Pair {
+    /// A pair with an unthrottled send rate and `reliable_window` slots.
+    fn new(reliable_window: u16) -> Self {
+        let now = Instant::now();
+        let config = TransportConfig {
+            max_send_rate: u32::MAX,
+            initial_send_rate: 1 << 30,
+            reliable_window,
+            ..TransportConfig::default()
+        };
+        Self {
+            a: Connection::new(config.clone(), now).unwrap(),
+            b: Connection::new(config, now).unwrap(),
+            now,
+            payload: Bytes::from(vec![7u8; 32]),
+            buf: vec![0u8; 1500],
+        }
+    }
+
+    /// Runs `rounds` rounds 30 ms apart; returns the messages delivered.
+    fn run(&mut self, rounds: usize) -> usize {
+        let mut delivered = 0;
+        for _ in 0..rounds {
+            self.now += Duration::from_millis(30);
+            delivered += round(
+                &mut self.a,
+                &mut self.b,
+                self.now,
+                &self.payload,
+                &mut self.buf,
+            );
+        }
+        delivered
+    }
+}
+
 #[test]
 fn steady_state_send_receive_and_ack_do_not_allocate() {
-    let start = Instant::now();
-    let config = TransportConfig {
-        max_send_rate: u32::MAX,
-        initial_send_rate: 1 << 30,
-        ..TransportConfig::default()
-    };
-    let mut a = Connection::new(config.clone(), start).unwrap();
-    let mut b = Connection::new(config, start).unwrap();
-    let payload = Bytes::from(vec![7u8; 32]);
-    let mut buf = vec![0u8; 1500];
-    let mut now = start;
-    for _ in 0..2_000 {
-        now += Duration::from_millis(30);
-        assert_eq!(round(&mut a, &mut b, now, &payload, &mut buf), 25);
-    }
+    let mut pair = Pair::new(TransportConfig::default().reliable_window);
+    assert_eq!(pair.run(2_000), 2_000 * 25);
     let probe = allocations();
     std::hint::black_box(vec![0u8; 16]);
     assert!(
@@ -118,18 +137,14 @@ fn steady_state_send_receive_and_ack_do_not_allocate() {
     );
 
     let before = allocations();
-    let mut delivered = 0;
-    for _ in 0..10_000 {
-        now += Duration::from_millis(30);
-        delivered += round(&mut a, &mut b, now, &payload, &mut buf);
-    }
+    let delivered = pair.run(10_000);
     let during = allocations() - before;
     assert_eq!(delivered, 250_000);
     assert_eq!(
         during, 0,
         "{during} allocations in 10,000 steady-state rounds"
     );
-    assert_eq!(a.unacked_messages(ChannelId(0)), 0);
+    assert_eq!(pair.a.unacked_messages(ChannelId(0)), 0);
 }
 
 /// The reliable send window's memory is fixed when the connection is made:
@@ -141,31 +156,13 @@ fn steady_state_send_receive_and_ack_do_not_allocate() {
 /// window's slots are still unused.
 #[test]
 fn first_use_of_a_reliable_window_slot_does_not_allocate() {
-    let start = Instant::now();
-    let config = TransportConfig {
-        max_send_rate: u32::MAX,
-        initial_send_rate: 1 << 30,
-        reliable_window: 16_384,
-        ..TransportConfig::default()
-    };
-    let mut a = Connection::new(config.clone(), start).unwrap();
-    let mut b = Connection::new(config, start).unwrap();
-    let payload = Bytes::from(vec![7u8; 32]);
-    let mut buf = vec![0u8; 1500];
-    let mut now = start;
-    for _ in 0..1_100 {
-        now += Duration::from_millis(30);
-        assert_eq!(round(&mut a, &mut b, now, &payload, &mut buf), 25);
-    }
+    let mut pair = Pair::new(16_384);
+    assert_eq!(pair.run(1_100), 1_100 * 25);
 
     // The warm-up used 8,800 of each reliable channel's 16,384 slots; these
     // rounds use 6,400 more, each for the first time.
     let before = allocations();
-    let mut delivered = 0;
-    for _ in 0..800 {
-        now += Duration::from_millis(30);
-        delivered += round(&mut a, &mut b, now, &payload, &mut buf);
-    }
+    let delivered = pair.run(800);
     let during = allocations() - before;
     assert_eq!(delivered, 20_000);
     assert_eq!(
