@@ -36,7 +36,7 @@ use shared::protocol::movement::{Snapshot, quantize};
 
 pub use grid::{MAX_GRID_CELLS, SpatialGrid};
 pub use view::{
-    Candidate, ClientView, ENTRY_MAX, EncodeStats, SNAPSHOT_HEADER_MAX, SnapshotLimits, encoded_len,
+    Candidate, ClientView, ENTRY_MAX, EncodeStats, SNAPSHOT_HEADER_MAX, SnapshotLimits,
 };
 
 use crate::metrics::{Counter, Metrics};

@@ -351,25 +351,3 @@ impl ClientView {
         }
     }
 }
-
-/// The exact encoded size of a snapshot, message id included.
-pub fn encoded_len(s: &Snapshot) -> usize {
-    let v = |x: u32| varint_len(u64::from(x));
-    2 + v(s.tick)
-        + v(s.baseline_age)
-        + v(s.last_input)
-        + v(s.you)
-        + v(s.id_base)
-        + varint_len(s.removed.len() as u64)
-        + s.removed.iter().map(|&g| v(g)).sum::<usize>()
-        + varint_len(s.added.len() as u64)
-        + s.added
-            .iter()
-            .map(|a| v(a.id_gap) + signed_varint_len(a.x) + signed_varint_len(a.y))
-            .sum::<usize>()
-        + varint_len(s.moved.len() as u64)
-        + s.moved
-            .iter()
-            .map(|m| v(m.id_gap) + signed_varint_len(m.dx) + signed_varint_len(m.dy))
-            .sum::<usize>()
-}
