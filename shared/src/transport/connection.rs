@@ -10,7 +10,7 @@ use super::config::{ChannelId, ConfigError, TransportConfig};
 use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
 use super::rtt::RttEstimator;
-use super::send::{PackContext, ReliableTimedOut, SendChannel, UnitRef};
+use super::send::{PackContext, ReliableTimedOut, SendChannel, UnitLog, UnitSpan};
 use super::seq::{seq_distance, seq_newer};
 use super::wire::{
     self, ACK_DELAY_UNIT_MICROS, AckInfo, MessageIter, PacketHeader, PacketKind, PacketWriter,
@@ -19,6 +19,10 @@ use super::wire::{
 /// Sent packets remembered for acknowledgement; an older packet still
 /// unacknowledged when its slot is reused counts as lost.
 const SENT_HISTORY: usize = 1024;
+/// Reliable units in flight at most (see [`UnitLog`]): four per packet of
+/// the history, more than the three reliable windows of the game's
+/// channels hold single-fragment messages.
+const UNITS_IN_FLIGHT: usize = 4 * SENT_HISTORY;
 /// A packet is lost once a packet sent this many sequence numbers later is acked.
 const PACKET_REORDER_THRESHOLD: u16 = 3;
 /// Delivered-message arena capacity kept between drains.
@@ -250,7 +254,7 @@ struct SentPacket {
     in_flight: bool,
     sent_at: Instant,
     attempt: u8,
-    units: Vec<UnitRef>,
+    units: UnitSpan,
 }
 
 /// Messages delivered and not yet polled, in one reusable byte arena.
@@ -325,6 +329,7 @@ pub struct Connection {
     memory: RecvMemory,
     next_sequence: u16,
     sent: Vec<SentPacket>,
+    units: UnitLog,
     in_flight: VecDeque<u16>,
     /// The earliest loss deadline of the packets in `in_flight`, kept so
     /// that re-arming the timers after each transmit is O(1) rather than a
@@ -385,7 +390,7 @@ impl Connection {
                 in_flight: false,
                 sent_at: now,
                 attempt: 0,
-                units: Vec::new(),
+                units: UnitSpan::default(),
             })
             .collect();
         let mut connection = Self {
@@ -405,6 +410,7 @@ impl Connection {
             memory,
             next_sequence: 0,
             sent,
+            units: UnitLog::new(UNITS_IN_FLIGHT),
             in_flight: VecDeque::with_capacity(SENT_HISTORY),
             loss_at: None,
             loss_at_stale: false,
@@ -732,7 +738,9 @@ impl Connection {
                 newest_acked = Some((sequence, packet.sent_at));
             }
             self.stats.packet_loss -= self.stats.packet_loss / 64.0;
-            for unit in packet.units.drain(..) {
+            let span = std::mem::take(&mut packet.units);
+            for i in 0..span.len() {
+                let unit = self.units.get(span, i);
                 if let Some(SendChannel::Reliable(c)) = self.send.get_mut(usize::from(unit.channel))
                 {
                     c.on_acked(unit.id, unit.fragment, self.config.fragment_size);
@@ -759,6 +767,21 @@ impl Connection {
         }
         self.budget.on_ack(now, self.rtt.smoothed(), self.rtt.min());
         self.detect_losses(now)
+    }
+
+    /// Releases the units of every packet older than the oldest one still
+    /// in flight (dropping the acked or lost packets at the front of
+    /// `in_flight` on the way).
+    fn release_units(&mut self) {
+        while let Some(&sequence) = self.in_flight.front() {
+            let packet = &self.sent[usize::from(sequence) % SENT_HISTORY];
+            if packet.in_flight && packet.sequence == sequence {
+                self.units.release_before(packet.units);
+                return;
+            }
+            self.in_flight.pop_front();
+        }
+        self.units.release_all();
     }
 
     fn loss_deadline(&self, packet: &SentPacket) -> Instant {
@@ -807,8 +830,10 @@ impl Connection {
         let packet = &mut self.sent[slot];
         packet.in_flight = false;
         let sequence = packet.sequence;
+        let span = std::mem::take(&mut packet.units);
         let mut result = Ok(());
-        for unit in packet.units.drain(..) {
+        for i in 0..span.len() {
+            let unit = self.units.get(span, i);
             if let Some(SendChannel::Reliable(c)) = self.send.get_mut(usize::from(unit.channel))
                 && let Err(e) = c.on_lost(
                     unit.id,
@@ -990,8 +1015,8 @@ impl Connection {
             sequence,
             ack: self.ack_info(now),
         };
-        let mut units = std::mem::take(&mut self.sent[slot].units);
-        units.clear();
+        self.release_units();
+        let units_start = self.units.tail();
         let mut writer = PacketWriter::new(buf, &header)?;
         let mut wrote_messages = false;
         if may_send_data {
@@ -1000,7 +1025,7 @@ impl Connection {
                 now,
                 sequence,
                 fragment_size,
-                units: &mut units,
+                units: &mut self.units,
             };
             for &channel in &self.priority_order {
                 wrote_messages |= match &mut self.send[usize::from(channel)] {
@@ -1015,8 +1040,9 @@ impl Connection {
             // A bare acknowledgement: not ack-eliciting and not tracked.
             buf[0] &= !(1 << 2);
         }
-        let attempt = units
-            .iter()
+        let units = self.units.span_since(units_start);
+        let attempt = (0..units.len())
+            .map(|i| self.units.get(units, i))
             .filter_map(|u| match &self.send[usize::from(u.channel)] {
                 SendChannel::Reliable(c) => Some(c.attempts(u.id, u.fragment)),
                 SendChannel::Unreliable(_) => None,

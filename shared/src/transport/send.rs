@@ -19,12 +19,97 @@ pub(crate) struct UnitRef {
     pub(crate) fragment: u16,
 }
 
+/// Where a sent packet's units sit in the [`UnitLog`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UnitSpan {
+    start: u32,
+    len: u16,
+}
+
+impl UnitSpan {
+    pub(crate) fn len(self) -> u16 {
+        self.len
+    }
+}
+
+/// The reliable units of the packets in flight, in send order, in one ring
+/// whose capacity is fixed when the connection is made. Each sent packet
+/// records the [`UnitSpan`] of its units; everything before the oldest
+/// packet still in flight is released. A full ring holds back further
+/// reliable units until acks or losses release some, so a long lossy
+/// session (where resends put more units in a packet now and then) never
+/// grows this memory.
+pub(crate) struct UnitLog {
+    ring: Box<[UnitRef]>,
+    /// Absolute index (wrapping) of the oldest unit kept.
+    head: u32,
+    /// Absolute index (wrapping) one past the newest unit.
+    tail: u32,
+}
+
+impl UnitLog {
+    /// A ring of `capacity` units, a power of two that fits a [`UnitSpan`].
+    pub(crate) fn new(capacity: usize) -> Self {
+        assert!(capacity.is_power_of_two() && capacity <= usize::from(u16::MAX));
+        let empty = UnitRef {
+            channel: 0,
+            id: 0,
+            fragment: 0,
+        };
+        Self {
+            ring: vec![empty; capacity].into_boxed_slice(),
+            head: 0,
+            tail: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.tail.wrapping_sub(self.head) as usize == self.ring.len()
+    }
+
+    fn push(&mut self, unit: UnitRef) {
+        debug_assert!(!self.is_full());
+        let mask = self.ring.len() - 1;
+        self.ring[self.tail as usize & mask] = unit;
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Where the next packet's units will start.
+    pub(crate) fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// The units pushed since `start` (a [`tail`](Self::tail) taken before).
+    pub(crate) fn span_since(&self, start: u32) -> UnitSpan {
+        UnitSpan {
+            start,
+            len: self.tail.wrapping_sub(start) as u16,
+        }
+    }
+
+    /// Unit `i` of `span`, which must not have been released.
+    pub(crate) fn get(&self, span: UnitSpan, i: u16) -> UnitRef {
+        let mask = self.ring.len() - 1;
+        self.ring[span.start.wrapping_add(u32::from(i)) as usize & mask]
+    }
+
+    /// Releases every unit before `span` (the oldest packet in flight).
+    pub(crate) fn release_before(&mut self, span: UnitSpan) {
+        self.head = span.start;
+    }
+
+    /// Releases every unit (no packet in flight).
+    pub(crate) fn release_all(&mut self) {
+        self.head = self.tail;
+    }
+}
+
 /// What packing needs from the connection to write units.
 pub(crate) struct PackContext<'a> {
     pub(crate) now: Instant,
     pub(crate) sequence: u16,
     pub(crate) fragment_size: usize,
-    pub(crate) units: &'a mut Vec<UnitRef>,
+    pub(crate) units: &'a mut UnitLog,
 }
 
 /// A reliable message outlived `reliable_timeout` without an ack.
@@ -291,6 +376,9 @@ impl ReliableSend {
     ) -> bool {
         let mut wrote = false;
         while let Some(&(id, fragment)) = self.ready.front() {
+            if ctx.units.is_full() {
+                break;
+            }
             let index = self.slot_index(id);
             let slot = &mut self.slots[index];
             let live = slot.in_use && slot.id == id;
