@@ -235,15 +235,18 @@ fn lossy_round(pair: &mut Pair, link: &mut Lossy) -> usize {
     delivered
 }
 
-/// A long session on a lossy link reaches its memory plateau early. The
-/// server soak allows 2 MiB of growth over 20 minutes for 1,000 players,
-/// about 2 KiB per connection; this pair of connections gets a quarter of
-/// that (1 KiB for two) over ten simulated minutes after a two-minute
-/// warm-up. Resends put a varying number of units in a packet: when each
-/// of the 1,024 sent-packet slots kept its own growable list of them, the
-/// slots grew to the most they ever carried, slowly, for as long as the
-/// session lasted (38 KB here).
+/// Heap growth allowed to the lossy pair after its warm-up. The server soak
+/// allows 2 MiB over 20 minutes for 1,000 players, about 2 KiB per
+/// connection; the pair gets a quarter of that (1 KiB for two) over ten
+/// simulated minutes.
 const LOSSY_PAIR_GROWTH_BUDGET: i64 = 1024;
+
+/// A long session on a lossy link reaches its memory plateau early: after a
+/// two-minute warm-up, ten more minutes stay within
+/// [`LOSSY_PAIR_GROWTH_BUDGET`]. Resends put a varying number of units in a
+/// packet: when each of the 1,024 sent-packet slots kept its own growable
+/// list of them, the slots grew to the most they ever carried, slowly, for
+/// as long as the session lasted (38 KB here).
 
 #[test]
 fn a_lossy_session_does_not_grow_its_memory_after_warming_up() {
