@@ -126,7 +126,7 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
             view.acknowledge(ack);
         }
         world.candidates(&mut candidates);
-        let stats = view.encode(tick, 1, tick, &candidates, limits, &mut snapshot);
+        let stats = view.encode(tick, 1, tick, &mut candidates, limits, &mut snapshot);
         assert!(!stats.budget_limited);
         total += shared::protocol::encode(&snapshot).unwrap().len();
         client.apply(&snapshot).unwrap();
@@ -158,7 +158,7 @@ fn bandwidth(c: &mut Criterion) {
             world.step();
             world.candidates(&mut candidates);
             view.acknowledge(tick - 1);
-            black_box(view.encode(tick, 1, tick, &candidates, limits, &mut snapshot))
+            black_box(view.encode(tick, 1, tick, &mut candidates, limits, &mut snapshot))
         });
     });
 }

@@ -148,6 +148,25 @@ impl ClientView {
         self.history.back().map_or(&[], |f| &f.entities)
     }
 
+    /// Sizes the scratch buffers for `max` entities and the history for
+    /// `keep` frames; a no-op once done.
+    fn reserve(&mut self, max: usize, keep: usize) {
+        fn at_least<T>(v: &mut Vec<T>, max: usize) {
+            if v.capacity() < max {
+                v.reserve_exact(max - v.len());
+            }
+        }
+        at_least(&mut self.view, max);
+        at_least(&mut self.changes, max);
+        at_least(&mut self.sent, max);
+        at_least(&mut self.nearest, max);
+        // `next` is swapped with the recycled frame's buffer every tick.
+        at_least(&mut self.next, max);
+        if self.history.capacity() < keep {
+            self.history.reserve_exact(keep - self.history.len());
+        }
+    }
+
     /// The baseline: the acknowledged frame, if still in the history.
     fn baseline(&self) -> Option<usize> {
         if self.acked == 0 {
@@ -172,23 +191,32 @@ impl ClientView {
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
     /// view is sorted by distance only when the budget does not fit every
-    /// update.
+    /// update. `candidates` is reordered when it holds more than
+    /// `max_entities`.
+    ///
+    /// Memory: the first call sizes every buffer of the view for
+    /// `max_entities` and the history for `history` frames, so a client's
+    /// view never grows afterwards, whatever crowds it meets.
     pub fn encode(
         &mut self,
         tick: u32,
         you: u32,
         last_input: u32,
-        candidates: &[Candidate],
+        candidates: &mut [Candidate],
         limits: SnapshotLimits,
         out: &mut Snapshot,
     ) -> EncodeStats {
+        let max = limits.max_entities;
+        let keep = limits.history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
+        self.reserve(max, keep);
+        let in_view = if candidates.len() > max {
+            candidates.select_nth_unstable_by(max.saturating_sub(1), nearest);
+            &candidates[..max]
+        } else {
+            &candidates[..]
+        };
         self.view.clear();
-        self.view.extend_from_slice(candidates);
-        if self.view.len() > limits.max_entities {
-            self.view
-                .select_nth_unstable_by(limits.max_entities.saturating_sub(1), nearest);
-            self.view.truncate(limits.max_entities);
-        }
+        self.view.extend_from_slice(in_view);
         self.view.sort_unstable_by_key(|c| c.id);
 
         let baseline = self.baseline();
@@ -327,7 +355,6 @@ impl ClientView {
         out.id_base = id_base;
 
         // Record the frame, recycling the oldest.
-        let keep = limits.history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
         let mut frame = if self.history.len() >= keep {
             self.history.pop_front().unwrap_or_default()
         } else {
@@ -349,5 +376,69 @@ impl ClientView {
             full: baseline.is_none(),
             budget_limited,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl ClientView {
+        /// Bytes this view holds on the heap.
+        fn heap_bytes(&self) -> usize {
+            use std::mem::size_of;
+            self.view.capacity() * size_of::<Candidate>()
+                + self.changes.capacity() * size_of::<Change>()
+                + self.sent.capacity()
+                + self.nearest.capacity() * size_of::<u32>()
+                + self.next.capacity() * size_of::<(u32, IVec2)>()
+                + self.history.capacity() * size_of::<Frame>()
+                + self
+                    .history
+                    .iter()
+                    .map(|f| f.entities.capacity() * size_of::<(u32, IVec2)>())
+                    .sum::<usize>()
+        }
+    }
+
+    fn crowd(size: u32, tick: u32) -> Vec<Candidate> {
+        (1..=size)
+            .map(|id| Candidate {
+                id,
+                position: IVec2::new((id * 7 + tick) as i32, id as i32),
+                distance_sq: if id == 1 { -1.0 } else { id as f32 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_view_keeps_its_memory_whatever_crowds_it_meets() {
+        let limits = SnapshotLimits {
+            budget_bytes: 1000,
+            max_entities: 128,
+            history: 16,
+        };
+        let mut view = ClientView::new();
+        let mut out = Snapshot::default();
+        // Warm up alone, acknowledging every snapshot, until the history
+        // has cycled.
+        let mut tick = 0;
+        for _ in 0..=limits.history {
+            tick += 1;
+            view.encode(tick, 1, tick, &mut crowd(1, tick), limits, &mut out);
+            view.acknowledge(tick);
+        }
+        let warm = view.heap_bytes();
+        // Crowds grow to four times the view's cap and back.
+        for size in (2..=512).chain((2..512).rev()) {
+            tick += 1;
+            let mut candidates = crowd(size, tick);
+            let stats = view.encode(tick, 1, tick, &mut candidates, limits, &mut out);
+            view.acknowledge(tick);
+            assert!(out.added.len() + out.moved.len() <= limits.max_entities);
+            assert!(stats.bytes <= limits.budget_bytes);
+            assert_eq!(view.heap_bytes(), warm, "grew with a crowd of {size}");
+        }
+        assert!(view.last_sent().len() <= limits.max_entities);
     }
 }
