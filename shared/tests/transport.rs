@@ -481,6 +481,46 @@ fn idle_connections_keep_alive_at_most_ten_times_a_second() {
     );
 }
 
+/// Both peers send one sequenced message per 30 Hz tick, half a tick
+/// apart (a client's input, a server's snapshot); returns the datagrams
+/// each sent over `ticks` ticks.
+fn datagrams_at_30_hz(max_ack_delay: Duration, ticks: u32) -> (u64, u64) {
+    let config = TransportConfig {
+        max_ack_delay,
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(2)), 21);
+    let half_tick = Duration::from_secs(1) / 60;
+    for i in 0..ticks {
+        pair.a.send(SEQUENCED, &numbered(i, 24)).unwrap();
+        pair.run_for(half_tick);
+        pair.b.send(SEQUENCED, &numbered(i, 128)).unwrap();
+        pair.run_for(half_tick);
+    }
+    assert!(pair.at_a.disconnected.is_none() && pair.at_b.disconnected.is_none());
+    assert!(pair.at_b.messages.len() as u32 >= ticks - 1);
+    (pair.a.stats().packets_sent, pair.b.stats().packets_sent)
+}
+
+#[test]
+fn acknowledgements_ride_on_the_next_tick_when_the_ack_delay_covers_it() {
+    const TICKS: u32 = 300;
+    // A 10 ms delay expires before the next tick's packet: most packets
+    // cost the peer a bare acknowledgement.
+    let (a, b) = datagrams_at_30_hz(ms(10), TICKS);
+    assert!(
+        a > u64::from(TICKS) * 3 / 2 && b > u64::from(TICKS) * 3 / 2,
+        "{a} and {b} datagrams for {TICKS} ticks with a 10 ms ack delay"
+    );
+    // A delay longer than a tick: every acknowledgement rides on data.
+    let (a, b) = datagrams_at_30_hz(ms(40), TICKS);
+    let limit = u64::from(TICKS) + 5;
+    assert!(
+        a <= limit && b <= limit,
+        "{a} and {b} datagrams for {TICKS} ticks with a 40 ms ack delay"
+    );
+}
+
 #[test]
 fn overload_sheds_unreliable_and_backs_off_the_budget() {
     let mut pair = Pair::new(

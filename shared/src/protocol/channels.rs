@@ -19,7 +19,8 @@ pub const SNAPSHOT: ChannelId = ChannelId(4);
 pub const EVENTS: ChannelId = ChannelId(5);
 
 /// The transport configuration of the game: the channels above, movement
-/// and snapshots first when the budget is short, then control and chat.
+/// and snapshots first when the budget is short, then control and chat;
+/// acknowledgements held for up to 40 ms to ride on the next tick's packet.
 pub fn transport_config() -> TransportConfig {
     let reliable = |priority| {
         ChannelConfig::new(ChannelKind::ReliableOrdered)
@@ -38,6 +39,10 @@ pub fn transport_config() -> TransportConfig {
             ChannelConfig::new(ChannelKind::Unreliable).with_priority(60),
         ],
         idle_timeout: Duration::from_secs(10),
+        // Clients send input and the server sends snapshots every tick
+        // (33 ms at the default 30 Hz): an acknowledgement waits for the
+        // next tick's packet instead of costing a datagram of its own.
+        max_ack_delay: Duration::from_millis(40),
         ..TransportConfig::default()
     }
 }

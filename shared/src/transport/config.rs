@@ -118,6 +118,14 @@ pub struct TransportConfig {
     /// A reliable message still unacknowledged this long after its first
     /// transmission ends the connection with [`DisconnectReason::Timeout`](super::DisconnectReason::Timeout).
     pub reliable_timeout: Duration,
+    /// How long a receiver may hold an acknowledgement, hoping to carry it
+    /// in its next data packet instead of a datagram of its own; the sender
+    /// allows for it before declaring a packet lost, so both peers must use
+    /// the same value. A second unacknowledged packet is acknowledged at
+    /// once. For peers that both send at a steady rate (a game tick), a
+    /// little more than the send interval makes bare acknowledgements rare.
+    /// Default 10 ms; at most 1 s.
+    pub max_ack_delay: Duration,
     /// With nothing else to send, an ack-eliciting keepalive goes out after
     /// this much silence (at most 10 Hz).
     pub keepalive_interval: Duration,
@@ -154,6 +162,7 @@ impl Default for TransportConfig {
             min_rto: Duration::from_millis(25),
             max_rto: Duration::from_secs(2),
             reliable_timeout: Duration::from_secs(10),
+            max_ack_delay: Duration::from_millis(10),
             keepalive_interval: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(10),
             initial_send_rate: 256 * 1024,
@@ -193,6 +202,9 @@ pub enum ConfigError {
     /// `min_send_rate <= initial_send_rate <= max_send_rate` does not hold.
     #[error("send rates must satisfy 0 < min <= initial <= max")]
     SendRates,
+    /// `max_ack_delay` over one second.
+    #[error("max_ack_delay must be at most 1 s, got {0:?}")]
+    MaxAckDelay(Duration),
     /// `min_rto <= initial_rto <= max_rto` does not hold.
     #[error("retransmission timeouts must satisfy 0 < min <= initial <= max")]
     Rto,
@@ -239,6 +251,9 @@ impl TransportConfig {
         {
             return Err(ConfigError::Rto);
         }
+        if self.max_ack_delay > Duration::from_secs(1) {
+            return Err(ConfigError::MaxAckDelay(self.max_ack_delay));
+        }
         Ok(())
     }
 }
@@ -272,6 +287,14 @@ mod tests {
             ..TransportConfig::default()
         };
         assert_eq!(config.validate(), Err(ConfigError::ChannelCount(0)));
+        let config = TransportConfig {
+            max_ack_delay: Duration::from_secs(2),
+            ..TransportConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::MaxAckDelay(Duration::from_secs(2)))
+        );
     }
 
     #[test]

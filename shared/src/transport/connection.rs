@@ -27,8 +27,6 @@ const UNITS_IN_FLIGHT: usize = 4 * SENT_HISTORY;
 const PACKET_REORDER_THRESHOLD: u16 = 3;
 /// Delivered-message arena capacity kept between drains.
 const INBOX_KEEP_CAPACITY: usize = 64 * 1024;
-/// How long a receiver may hold an acknowledgement hoping to piggyback it.
-const MAX_ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// Why a connection ended. The code travels in disconnect packets, so both
 /// sides can read it.
@@ -785,7 +783,7 @@ impl Connection {
     }
 
     fn loss_deadline(&self, packet: &SentPacket) -> Instant {
-        packet.sent_at + self.rtt.backed_off_rto(packet.attempt) + MAX_ACK_DELAY
+        packet.sent_at + self.rtt.backed_off_rto(packet.attempt) + self.config.max_ack_delay
     }
 
     fn detect_losses(&mut self, now: Instant) -> Result<(), ReliableTimedOut> {
@@ -914,7 +912,9 @@ impl Connection {
         self.timers.set(Timer::Loss, self.loss_at);
         let ack = match self.ack_eliciting_unacked {
             0 => None,
-            1 => self.received_latest_at.map(|t| t + MAX_ACK_DELAY),
+            1 => self
+                .received_latest_at
+                .map(|t| t + self.config.max_ack_delay),
             _ => Some(now),
         };
         self.timers.set(Timer::Ack, ack);
