@@ -149,19 +149,29 @@ impl ClientView {
     }
 
     /// Sizes the scratch buffers for `max` entities and the history for
-    /// `keep` frames; a no-op once done.
+    /// `keep` frames; a no-op once done. Buffers are written through once,
+    /// so that their pages are resident from now on instead of joining
+    /// the resident set as crowds grow (a slow creep a soak reads as a
+    /// leak).
     fn reserve(&mut self, max: usize, keep: usize) {
-        fn at_least<T>(v: &mut Vec<T>, max: usize) {
+        fn at_least<T: Copy>(v: &mut Vec<T>, max: usize, fill: T) {
             if v.capacity() < max {
-                v.reserve_exact(max - v.len());
+                let len = v.len();
+                v.resize(max, fill);
+                v.truncate(len);
             }
         }
-        at_least(&mut self.view, max);
-        at_least(&mut self.changes, max);
-        at_least(&mut self.sent, max);
-        at_least(&mut self.nearest, max);
+        let nobody = Candidate {
+            id: u32::MAX,
+            position: IVec2::MAX,
+            distance_sq: f32::MAX,
+        };
+        at_least(&mut self.view, max, nobody);
+        at_least(&mut self.changes, max, Change::Same);
+        at_least(&mut self.sent, max, true);
+        at_least(&mut self.nearest, max, u32::MAX);
         // `next` is swapped with the recycled frame's buffer every tick.
-        at_least(&mut self.next, max);
+        at_least(&mut self.next, max, (u32::MAX, IVec2::MAX));
         if self.history.capacity() < keep {
             self.history.reserve_exact(keep - self.history.len());
         }
