@@ -169,12 +169,27 @@ fn connect_echo_and_shut_down(loopback: &str) {
 }
 
 fn spawn_server(key: Key, io_config: ServerIoConfig) -> (ServerIo, SocketAddr) {
+    spawn_server_with_slots(
+        key,
+        io_config,
+        ServerConfig::new(PROTOCOL, key, vec![]).max_clients,
+    )
+}
+
+fn spawn_server_with_slots(
+    key: Key,
+    io_config: ServerIoConfig,
+    max_clients: usize,
+) -> (ServerIo, SocketAddr) {
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let server_addr = probe.local_addr().unwrap();
     drop(probe);
     let endpoint = ServerEndpoint::new(
         ServerEndpointConfig::new(
-            ServerConfig::new(PROTOCOL, key, vec![server_addr]),
+            ServerConfig {
+                max_clients,
+                ..ServerConfig::new(PROTOCOL, key, vec![server_addr])
+            },
             TransportConfig::default(),
         ),
         &mut system_rng(),
@@ -302,5 +317,91 @@ fn a_client_that_cannot_keep_up_is_disconnected_with_send_queue_full() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(disconnected, Some(DisconnectReason::SendQueueFull));
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
+/// Pumps `socket` until `done` holds (or 10 s pass), handing the server's
+/// events to `on_event`.
+fn pump_until(
+    server: &ServerIo,
+    socket: &mut ClientSocket,
+    seen: &mut Seen,
+    mut on_event: impl FnMut(NetEvent),
+    done: impl Fn(&Seen) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !done(seen) {
+        pump(socket, seen);
+        server.events().try_iter().for_each(&mut on_event);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(done(seen), "timed out");
+}
+
+#[test]
+fn commands_for_a_client_that_left_never_reach_the_next_client_in_its_slot() {
+    let key = Key::generate(&mut system_rng());
+    // One slot: the second client takes the first one's.
+    let (server, addr) = spawn_server_with_slots(key, ServerIoConfig::default(), 1);
+    let mut first = client(&key, addr, 1);
+    let mut first_seen = Seen::default();
+    let mut clients = Vec::new();
+    let mut connects = |event| {
+        if let NetEvent::Connected { client } = event {
+            clients.push(client);
+        }
+    };
+    pump_until(&server, &mut first, &mut first_seen, &mut connects, |s| {
+        s.connected
+    });
+    first
+        .endpoint
+        .disconnect(Instant::now(), DisconnectReason::Closed);
+    first.flush(Instant::now());
+    let mut second = client(&key, addr, 2);
+    let mut second_seen = Seen::default();
+    pump_until(&server, &mut second, &mut second_seen, &mut connects, |s| {
+        s.connected
+    });
+    let [gone, current] = clients[..] else {
+        panic!("expected two connects, got {clients:?}");
+    };
+    assert_eq!(gone.slot, current.slot, "the slot was reused");
+    assert_ne!(gone.account, current.account);
+
+    // What the game wrote for the first client before it saw it leave.
+    let stale = vec![
+        NetCommand::Send {
+            client: gone,
+            channel: CHAT,
+            payload: Bytes::from_static(b"for the first client"),
+        },
+        NetCommand::Disconnect {
+            client: gone,
+            reason: DisconnectReason::Kicked,
+        },
+        NetCommand::Send {
+            client: current,
+            channel: CHAT,
+            payload: Bytes::from_static(b"for the second client"),
+        },
+    ];
+    server.submit(stale).unwrap();
+    pump_until(
+        &server,
+        &mut second,
+        &mut second_seen,
+        |_| {},
+        |s| !s.echoes.is_empty(),
+    );
+    // Anything else would have arrived with (or before) its own message.
+    let settle = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settle {
+        pump(&mut second, &mut second_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(second_seen.echoes, vec![b"for the second client".to_vec()]);
+    assert_eq!(second_seen.ended, None, "the kick was not for this client");
+    assert_eq!(server.stats().snapshot().stale_commands, 2);
     server.shutdown(DisconnectReason::ServerShutdown);
 }

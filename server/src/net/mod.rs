@@ -184,6 +184,7 @@ struct NetMetrics {
     bytes_in: Counter,
     bytes_out: Counter,
     inbound_dropped: Counter,
+    stale_commands: Counter,
     flooding: Counter,
     malformed: Counter,
     outbox_dropped: Counter,
@@ -210,6 +211,10 @@ impl NetMetrics {
             inbound_dropped: counter(
                 "net_inbound_dropped_total",
                 "Messages dropped because the game fell behind the network thread.",
+            ),
+            stale_commands: counter(
+                "net_stale_commands_total",
+                "Sends and disconnects dropped because their client had already left.",
             ),
             flooding: counter(
                 "net_flooding_disconnects_total",
@@ -374,6 +379,9 @@ fn export_metrics(
     metrics
         .inbound_dropped
         .add(now.inbound_dropped - last.inbound_dropped);
+    metrics
+        .stale_commands
+        .add(now.stale_commands - last.stale_commands);
     metrics
         .flooding
         .add(now.flooding_disconnects - last.flooding_disconnects);

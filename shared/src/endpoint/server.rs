@@ -236,6 +236,16 @@ impl ServerEndpoint {
             .filter(|p| p.client == client)
     }
 
+    /// The client id (from its connect token) of the client in this slot,
+    /// while its session lasts.
+    pub fn client_id(&self, client: ClientIndex) -> Option<u64> {
+        self.peers
+            .get(client.get())
+            .and_then(Option::as_ref)
+            .filter(|p| p.client == client && p.ended.is_none())
+            .map(|p| p.client_id)
+    }
+
     fn live_peer_mut(&mut self, client: ClientIndex) -> Option<&mut Peer> {
         self.peers
             .get_mut(client.get())

@@ -147,6 +147,7 @@ pub struct IoStats {
     bytes_out: AtomicU64,
     send_errors: AtomicU64,
     inbound_dropped: AtomicU64,
+    stale_commands: AtomicU64,
     flooding_disconnects: AtomicU64,
     connected: AtomicU64,
     loop_wakeups: AtomicU64,
@@ -183,6 +184,10 @@ pub struct IoStatsSnapshot {
     pub send_errors: u64,
     /// Unreliable messages dropped because the game fell behind.
     pub inbound_dropped: u64,
+    /// Sends and disconnects dropped because their client had left and,
+    /// perhaps, a new client had taken its slot (the game had not yet seen
+    /// the departure when it wrote them).
+    pub stale_commands: u64,
     /// Clients disconnected for flooding (rate or a full inbound channel).
     pub flooding_disconnects: u64,
     /// Clients connected now.
@@ -209,6 +214,7 @@ impl IoStats {
             bytes_out: get(&self.bytes_out),
             send_errors: get(&self.send_errors),
             inbound_dropped: get(&self.inbound_dropped),
+            stale_commands: get(&self.stale_commands),
             flooding_disconnects: get(&self.flooding_disconnects),
             connected: get(&self.connected),
             loop_wakeups: get(&self.loop_wakeups),
@@ -518,18 +524,34 @@ impl IoLoop {
                         channel,
                         payload,
                     } => {
-                        let _ = self.endpoint.send(now, client.slot, channel, payload);
+                        if self.is_current(client) {
+                            let _ = self.endpoint.send(now, client.slot, channel, payload);
+                        }
                     }
                     NetCommand::Broadcast { channel, payload } => {
                         self.endpoint.broadcast(now, channel, &payload);
                     }
                     NetCommand::Disconnect { client, reason } => {
-                        self.endpoint.disconnect(now, client.slot, reason);
+                        if self.is_current(client) {
+                            self.endpoint.disconnect(now, client.slot, reason);
+                        }
                     }
                     NetCommand::Shutdown { reason } => self.begin_shutdown(now, reason),
                 }
             }
         }
+    }
+
+    /// Whether `client` still holds its slot. A command the game wrote
+    /// before it saw the client leave must not reach whoever took the slot
+    /// since (another player's chat lines, or a kick meant for someone
+    /// else); it is dropped and counted.
+    fn is_current(&mut self, client: ClientId) -> bool {
+        let current = self.endpoint.client_id(client.slot) == Some(client.account);
+        if !current {
+            bump(&self.stats.stale_commands, 1);
+        }
+        current
     }
 
     fn begin_shutdown(&mut self, now: Instant, reason: DisconnectReason) {
