@@ -54,6 +54,7 @@ mod tests {
         ClientId {
             slot: ClientIndex::from_slot(0),
             account,
+            session: account,
         }
     }
 

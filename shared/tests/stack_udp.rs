@@ -340,10 +340,22 @@ fn pump_until(
 
 #[test]
 fn commands_for_a_client_that_left_never_reach_the_next_client_in_its_slot() {
+    stale_commands_are_dropped(1, 2);
+}
+
+#[test]
+fn commands_for_a_previous_connection_never_reach_the_same_player_reconnected() {
+    stale_commands_are_dropped(7, 7);
+}
+
+/// Account `first` connects to a one-slot server and leaves; account
+/// `second` takes the slot. A send and a kick written for the first
+/// connection reach nobody; the second connection gets only its own.
+fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
     let key = Key::generate(&mut system_rng());
     // One slot: the second client takes the first one's.
     let (server, addr) = spawn_server_with_slots(key, ServerIoConfig::default(), 1);
-    let mut first = client(&key, addr, 1);
+    let mut first = client(&key, addr, first_account);
     let mut first_seen = Seen::default();
     let mut clients = Vec::new();
     let mut connects = |event| {
@@ -358,7 +370,7 @@ fn commands_for_a_client_that_left_never_reach_the_next_client_in_its_slot() {
         .endpoint
         .disconnect(Instant::now(), DisconnectReason::Closed);
     first.flush(Instant::now());
-    let mut second = client(&key, addr, 2);
+    let mut second = client(&key, addr, second_account);
     let mut second_seen = Seen::default();
     pump_until(&server, &mut second, &mut second_seen, &mut connects, |s| {
         s.connected
@@ -367,7 +379,11 @@ fn commands_for_a_client_that_left_never_reach_the_next_client_in_its_slot() {
         panic!("expected two connects, got {clients:?}");
     };
     assert_eq!(gone.slot, current.slot, "the slot was reused");
-    assert_ne!(gone.account, current.account);
+    assert_eq!(
+        (gone.account, current.account),
+        (first_account, second_account)
+    );
+    assert_ne!(gone.session, current.session);
 
     // What the game wrote for the first client before it saw it leave.
     let stale = vec![

@@ -410,6 +410,7 @@ mod tests {
         let client = ClientId {
             slot: ClientIndex::from_slot(0),
             account: 1,
+            session: 1,
         };
         let send = |n: u8| NetCommand::Send {
             client,

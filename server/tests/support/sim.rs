@@ -127,6 +127,7 @@ impl Sim {
                 let id = ClientId {
                     slot: ClientIndex::from_slot(i as u32),
                     account: i as u64 + 1,
+                    session: i as u64 + 1,
                 };
                 net.events
                     .send(NetEvent::Connected { client: id })

@@ -47,6 +47,8 @@ pub enum EndpointEvent<'a> {
         client: ClientIndex,
         /// The id its connect token carries (the player's account id).
         client_id: u64,
+        /// This connection's number, unique for the endpoint's lifetime.
+        session: u64,
     },
     /// A complete message from a client, borrowed until the next call.
     Message {
@@ -54,6 +56,8 @@ pub enum EndpointEvent<'a> {
         client: ClientIndex,
         /// The sender's token id.
         client_id: u64,
+        /// The sender's connection number.
+        session: u64,
         /// The channel it came on.
         channel: ChannelId,
         /// Its bytes.
@@ -65,6 +69,8 @@ pub enum EndpointEvent<'a> {
         client: ClientIndex,
         /// The id its connect token carried.
         client_id: u64,
+        /// The connection's number.
+        session: u64,
         /// Why.
         reason: DisconnectReason,
     },
@@ -115,6 +121,7 @@ pub struct ServerEndpointStats {
 struct Peer {
     client: ClientIndex,
     client_id: u64,
+    session: u64,
     conn: Connection,
     announced: bool,
     /// Set once the peer is over; the `Disconnected` event follows its messages.
@@ -154,6 +161,8 @@ pub struct ServerEndpoint {
     max_total_buffered: usize,
     stats: ServerEndpointStats,
     retired: TransportTotals,
+    /// The number the next connection gets.
+    next_session: u64,
 }
 
 impl ServerEndpoint {
@@ -177,6 +186,7 @@ impl ServerEndpoint {
             max_total_buffered: config.max_total_receive_buffer,
             stats: ServerEndpointStats::default(),
             retired: TransportTotals::default(),
+            next_session: 1,
         })
     }
 
@@ -236,14 +246,14 @@ impl ServerEndpoint {
             .filter(|p| p.client == client)
     }
 
-    /// The client id (from its connect token) of the client in this slot,
-    /// while its session lasts.
-    pub fn client_id(&self, client: ClientIndex) -> Option<u64> {
+    /// The connection number (see [`EndpointEvent::Connected`]) of the
+    /// client in this slot, while its session lasts.
+    pub fn session(&self, client: ClientIndex) -> Option<u64> {
         self.peers
             .get(client.get())
             .and_then(Option::as_ref)
             .filter(|p| p.client == client && p.ended.is_none())
-            .map(|p| p.client_id)
+            .map(|p| p.session)
     }
 
     fn live_peer_mut(&mut self, client: ClientIndex) -> Option<&mut Peer> {
@@ -358,9 +368,12 @@ impl ServerEndpoint {
                 };
                 let index = client.get();
                 if let Some(slot) = self.peers.get_mut(index) {
+                    let session = self.next_session;
+                    self.next_session += 1;
                     *slot = Some(Peer {
                         client,
                         client_id,
+                        session,
                         conn,
                         announced: false,
                         ended: None,
@@ -482,6 +495,7 @@ impl ServerEndpoint {
                     return Some(EndpointEvent::Connected {
                         client: peer.client,
                         client_id: peer.client_id,
+                        session: peer.session,
                     });
                 }
                 Step::Message => return self.take_message(index),
@@ -505,11 +519,12 @@ impl ServerEndpoint {
 
     fn take_message(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
         let peer = self.peers.get_mut(index)?.as_mut()?;
-        let (client, client_id) = (peer.client, peer.client_id);
+        let (client, client_id, session) = (peer.client, peer.client_id, peer.session);
         match peer.conn.poll_event()? {
             Event::Message { channel, payload } => Some(EndpointEvent::Message {
                 client,
                 client_id,
+                session,
                 channel,
                 payload,
             }),
@@ -527,6 +542,7 @@ impl ServerEndpoint {
         Some(EndpointEvent::Disconnected {
             client: peer.client,
             client_id: peer.client_id,
+            session: peer.session,
             reason: peer.ended.unwrap_or(DisconnectReason::Closed),
         })
     }

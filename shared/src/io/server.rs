@@ -36,15 +36,18 @@ const RECV_BATCH: usize = 64;
 /// loop waits for the socket to become writable.
 const SEND_QUEUE: usize = 256;
 
-/// A connected client as the game sees it: the secure layer's slot plus a
-/// generation, so a slot reused by a new client never receives what was
-/// meant for the old one.
+/// A connected client as the game sees it: the secure layer's slot, the
+/// account, and the connection's number, so that whoever connects next in
+/// that slot (another player, or the same one again) never receives what
+/// was meant for this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
     /// The endpoint slot.
     pub slot: ClientIndex,
     /// The account id from the connect token.
     pub account: u64,
+    /// The connection's number, unique for the server's lifetime.
+    pub session: u64,
 }
 
 /// What the `net-io` thread reports to the game.
@@ -542,12 +545,13 @@ impl IoLoop {
         }
     }
 
-    /// Whether `client` still holds its slot. A command the game wrote
-    /// before it saw the client leave must not reach whoever took the slot
-    /// since (another player's chat lines, or a kick meant for someone
-    /// else); it is dropped and counted.
+    /// Whether `client`'s connection still holds its slot. A command the
+    /// game wrote before it saw the client leave must not reach whoever
+    /// took the slot since (another player's chat lines, a kick meant for
+    /// someone else, or for the same player's previous connection); it is
+    /// dropped and counted.
     fn is_current(&mut self, client: ClientId) -> bool {
-        let current = self.endpoint.client_id(client.slot) == Some(client.account);
+        let current = self.endpoint.session(client.slot) == Some(client.session);
         if !current {
             bump(&self.stats.stale_commands, 1);
         }
@@ -565,18 +569,24 @@ impl IoLoop {
         let mut flooders: Vec<ClientIndex> = Vec::new();
         while let Some(event) = self.endpoint.poll_event() {
             let event = match event {
-                EndpointEvent::Connected { client, client_id } => {
+                EndpointEvent::Connected {
+                    client,
+                    client_id,
+                    session,
+                } => {
                     bump(&self.stats.connected, 1);
                     NetEvent::Connected {
                         client: ClientId {
                             slot: client,
                             account: client_id,
+                            session,
                         },
                     }
                 }
                 EndpointEvent::Disconnected {
                     client,
                     client_id,
+                    session,
                     reason,
                 } => {
                     self.stats.connected.fetch_sub(1, Ordering::Relaxed);
@@ -587,6 +597,7 @@ impl IoLoop {
                         client: ClientId {
                             slot: client,
                             account: client_id,
+                            session,
                         },
                         reason,
                     }
@@ -594,6 +605,7 @@ impl IoLoop {
                 EndpointEvent::Message {
                     client,
                     client_id,
+                    session,
                     channel,
                     payload,
                 } => {
@@ -618,6 +630,7 @@ impl IoLoop {
                         client: ClientId {
                             slot: client,
                             account: client_id,
+                            session,
                         },
                         channel,
                         payload: copy_into_chunk(&mut self.inbound, payload),
