@@ -132,6 +132,13 @@ struct Peer {
     buffered: usize,
 }
 
+impl Peer {
+    /// Still `client`'s, and not over.
+    fn is_live(&self, client: ClientIndex) -> bool {
+        self.client == client && self.ended.is_none()
+    }
+}
+
 /// Many clients on one socket: netcode handshakes and encryption, and one
 /// reliable [`Connection`] per client inside the payload packets.
 ///
@@ -252,7 +259,7 @@ impl ServerEndpoint {
         self.peers
             .get(client.get())
             .and_then(Option::as_ref)
-            .filter(|p| p.client == client && p.ended.is_none())
+            .filter(|p| p.is_live(client))
             .map(|p| p.session)
     }
 
@@ -260,7 +267,7 @@ impl ServerEndpoint {
         self.peers
             .get_mut(client.get())
             .and_then(Option::as_mut)
-            .filter(|p| p.client == client && p.ended.is_none())
+            .filter(|p| p.is_live(client))
     }
 
     /// Queues a message for one client. When a reliable channel's queue is
