@@ -421,3 +421,42 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
     assert_eq!(server.stats().snapshot().stale_commands, 2);
     server.shutdown(DisconnectReason::ServerShutdown);
 }
+
+/// Datagrams the kernel drops because the game socket's receive buffer is
+/// full are game traffic lost before the server saw it: net-io reports
+/// them (here a burst that arrived before the thread started reading).
+#[cfg(target_os = "linux")]
+#[test]
+fn datagrams_dropped_by_a_full_socket_buffer_are_counted() {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server_addr = socket.local_addr().unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3_000 {
+        sender.send_to(&[0u8; 100], server_addr).unwrap();
+    }
+    let dropped = shared::io::socket::receive_drops(&socket).unwrap();
+    assert!(
+        dropped > 1_000,
+        "the default buffer kept {dropped} of 3,000?"
+    );
+    let key = Key::generate(&mut system_rng());
+    let endpoint = ServerEndpoint::new(
+        ServerEndpointConfig::new(
+            ServerConfig::new(PROTOCOL, key, vec![server_addr]),
+            TransportConfig::default(),
+        ),
+        &mut system_rng(),
+    )
+    .unwrap();
+    let server = ServerIo::spawn_on(socket, endpoint, ServerIoConfig::default()).unwrap();
+    // The counter is read once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().snapshot().socket_drops == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = server.stats().snapshot();
+    assert_eq!(stats.socket_drops, u64::from(dropped));
+    // (The loopback device itself may drop a few under load, uncounted.)
+    assert!(stats.datagrams_in > 0 && stats.datagrams_in + stats.socket_drops <= 3_000);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}

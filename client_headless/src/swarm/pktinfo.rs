@@ -15,8 +15,10 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
+use shared::io::socket::linux::set_int_option;
+use shared::io::socket::{DEFAULT_SOCKET_BUFFER_BYTES, tune_udp_socket};
 use shared::netcode::MAX_PACKET_BYTES;
 
 /// Datagrams per system call.
@@ -24,11 +26,6 @@ pub(super) const BATCH: usize = 64;
 /// Each slot holds one byte more than the largest valid packet, so an
 /// oversized datagram is seen whole-or-truncated rather than cut to size.
 const SLOT_BYTES: usize = MAX_PACKET_BYTES + 1;
-/// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max`
-/// / `wmem_max`): thousands of bots share a socket, so the default
-/// ~200 KiB would fill within a couple of milliseconds of a late worker.
-const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
-
 /// The control message carrying one `in_pktinfo`: the header followed by
 /// the data at `CMSG_DATA` (the header's size is already aligned to
 /// `size_t`, so `repr(C)` puts `info` exactly there), and its size is
@@ -46,52 +43,15 @@ const _: () = assert!(
 );
 
 /// Opens a non-blocking UDP socket on `0.0.0.0` (an ephemeral port) that
-/// reports each datagram's destination address.
+/// reports each datagram's destination address, with large buffers
+/// (thousands of bots share a socket: the default ~200 KiB would fill within
+/// a couple of milliseconds of a late worker) and the don't-fragment bit.
 pub(super) fn open() -> io::Result<mio::net::UdpSocket> {
     let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
     socket.set_nonblocking(true)?;
-    let fd = socket.as_raw_fd();
-    set_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
-    // Don't-fragment: the kernel then numbers datagrams with a per-socket
-    // counter instead of hashing into its global IP-id table (a measurable
-    // share of the send path with thousands of bots). Bot datagrams are far
-    // below the loopback MTU.
-    let _ = set_option(
-        fd,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DO,
-    );
-    // Best effort: a smaller buffer only means more drops under a stall.
-    let _ = set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_BUFFER_BYTES);
-    let _ = set_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER_BYTES);
+    set_int_option(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    tune_udp_socket(&socket, DEFAULT_SOCKET_BUFFER_BYTES);
     Ok(mio::net::UdpSocket::from_std(socket))
-}
-
-fn set_option(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    #[expect(
-        unsafe_code,
-        reason = "setsockopt on a descriptor we own, with an int option"
-    )]
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn zeroed_cmsg() -> PktinfoCmsg {

@@ -185,6 +185,7 @@ struct NetMetrics {
     bytes_out: Counter,
     inbound_dropped: Counter,
     stale_commands: Counter,
+    socket_drops: Counter,
     flooding: Counter,
     malformed: Counter,
     outbox_dropped: Counter,
@@ -215,6 +216,10 @@ impl NetMetrics {
             stale_commands: counter(
                 "net_stale_commands_total",
                 "Sends and disconnects dropped because their client had already left.",
+            ),
+            socket_drops: counter(
+                "net_socket_receive_drops_total",
+                "Datagrams the operating system dropped because the game socket's receive buffer was full.",
             ),
             flooding: counter(
                 "net_flooding_disconnects_total",
@@ -382,6 +387,9 @@ fn export_metrics(
     metrics
         .stale_commands
         .add(now.stale_commands - last.stale_commands);
+    metrics
+        .socket_drops
+        .add(now.socket_drops - last.socket_drops);
     metrics
         .flooding
         .add(now.flooding_disconnects - last.flooding_disconnects);

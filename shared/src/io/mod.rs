@@ -11,6 +11,7 @@
 pub mod batch;
 mod client;
 mod server;
+pub mod socket;
 
 pub use client::ClientSocket;
 pub use server::{

@@ -127,6 +127,10 @@ pub struct ServerIoConfig {
     pub droppable_channels: Vec<ChannelId>,
     /// Longest the thread waits for a shutdown's goodbyes to leave.
     pub shutdown_linger: Duration,
+    /// Receive and send buffer size asked of the socket (see
+    /// [`tune_udp_socket`](super::socket::tune_udp_socket)); the thread logs
+    /// what it got and warns when the system grants less.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for ServerIoConfig {
@@ -137,6 +141,7 @@ impl Default for ServerIoConfig {
             max_messages_per_second: 2_000,
             droppable_channels: Vec::new(),
             shutdown_linger: Duration::from_millis(500),
+            socket_buffer_bytes: super::socket::DEFAULT_SOCKET_BUFFER_BYTES,
         }
     }
 }
@@ -151,6 +156,7 @@ pub struct IoStats {
     send_errors: AtomicU64,
     inbound_dropped: AtomicU64,
     stale_commands: AtomicU64,
+    socket_drops: AtomicU64,
     flooding_disconnects: AtomicU64,
     connected: AtomicU64,
     loop_wakeups: AtomicU64,
@@ -191,6 +197,10 @@ pub struct IoStatsSnapshot {
     /// perhaps, a new client had taken its slot (the game had not yet seen
     /// the departure when it wrote them).
     pub stale_commands: u64,
+    /// Datagrams the operating system dropped on arrival because the
+    /// socket's receive buffer was full (the thread fell behind a burst);
+    /// updated once a second, Linux only.
+    pub socket_drops: u64,
     /// Clients disconnected for flooding (rate or a full inbound channel).
     pub flooding_disconnects: u64,
     /// Clients connected now.
@@ -218,6 +228,7 @@ impl IoStats {
             send_errors: get(&self.send_errors),
             inbound_dropped: get(&self.inbound_dropped),
             stale_commands: get(&self.stale_commands),
+            socket_drops: get(&self.socket_drops),
             flooding_disconnects: get(&self.flooding_disconnects),
             connected: get(&self.connected),
             loop_wakeups: get(&self.loop_wakeups),
@@ -276,8 +287,24 @@ impl ServerIo {
         config: ServerIoConfig,
     ) -> Result<Self, SpawnError> {
         socket.set_nonblocking(true)?;
-        let mut socket = UdpSocket::from_std(socket);
         let local_addr = socket.local_addr()?;
+        let wanted = config.socket_buffer_bytes;
+        let buffers = super::socket::tune_udp_socket(&socket, wanted);
+        if buffers.holds(wanted) {
+            tracing::debug!(?buffers, "game socket buffers");
+        } else {
+            tracing::warn!(
+                wanted,
+                receive = ?buffers.receive,
+                send = ?buffers.send,
+                "the game socket got smaller buffers than asked for; bursts of datagrams \
+                 may be dropped (on Linux raise net.core.rmem_max and net.core.wmem_max)"
+            );
+        }
+        // Count from the socket's opening: whatever it dropped before the
+        // thread started (a burst during startup) was game traffic too.
+        let socket_drops_seen = super::socket::receive_drops(&socket).map(|_| 0);
+        let mut socket = UdpSocket::from_std(socket);
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
@@ -301,6 +328,7 @@ impl ServerIo {
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
             wants_writable: false,
             inbound: BytesMut::new(),
+            socket_drops_seen,
         };
         let thread = std::thread::Builder::new()
             .name("net-io".into())
@@ -402,6 +430,8 @@ struct IoLoop {
     wants_writable: bool,
     /// The current chunk inbound payloads are copied into.
     inbound: BytesMut,
+    /// The kernel's (wrapping) drop counter of the socket when last read.
+    socket_drops_seen: Option<u32>,
 }
 
 /// Copies `payload` into the free space of `chunk` (starting a new chunk
@@ -464,6 +494,16 @@ impl IoLoop {
             return;
         }
         self.next_summary = Some(now + SUMMARY_INTERVAL);
+        if let (Some(seen), Some(drops)) = (
+            self.socket_drops_seen,
+            super::socket::receive_drops(&self.socket),
+        ) {
+            bump(
+                &self.stats.socket_drops,
+                u64::from(drops.wrapping_sub(seen)),
+            );
+            self.socket_drops_seen = Some(drops);
+        }
         let mut rtts = Vec::new();
         let transport = self.endpoint.transport_totals(&mut rtts);
         let summary = NetSummary {
