@@ -280,3 +280,22 @@ fn a_lossy_session_does_not_grow_its_memory_after_warming_up() {
         peak - warm
     );
 }
+
+/// What one connection of the game's channel layout holds from the start
+/// (windows, sent-packet history, queues). The server allocates and
+/// touches it at connect: at 650 KiB a connection (before the reassembly
+/// buffers left the window slots and the game's window shrank to 256), a
+/// ramp of a few hundred connects a second spent a third of the network
+/// thread clearing fresh pages, long enough for the socket's receive buffer
+/// to overflow; and every byte of it is a cache line the per-packet path
+/// may miss.
+#[test]
+fn a_game_connection_holds_a_small_fixed_footprint() {
+    let config = shared::protocol::channels::transport_config();
+    let before = live_bytes();
+    let connection = Connection::new(config, Instant::now()).unwrap();
+    let held = live_bytes() - before;
+    drop(connection);
+    eprintln!("a game connection holds {held} bytes");
+    assert!(held <= 160 * 1024, "a game connection holds {held} bytes");
+}

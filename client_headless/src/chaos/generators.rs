@@ -6,6 +6,7 @@
 //! to send, so the tests keep their own pacing and accounting.
 
 use shared::netcode::CONNECT_TOKEN_PRIVATE_BYTES;
+use shared::protocol::channels;
 use shared::transport::wire::{FragmentInfo, MessageHeader};
 
 /// Datagram sizes the parsers treat specially: empty, one byte, around the
@@ -138,12 +139,12 @@ pub fn spoof_request(rng: &mut Rng, request: &mut [u8]) {
 /// The header of the `n`-th fragment of a fragment bomb: a middle fragment
 /// of a [`MAX_FRAGMENTS`]-fragment message that never completes, cycling
 /// over the six channels; the three reliable channels (0–2) get message
-/// ids across the whole 1,024-id window, the others random ids. Send it
+/// ids across the game's whole reliable window, the others random ids. Send it
 /// with [`FRAGMENT_BYTES`] bytes of payload.
 pub fn bomb_fragment(rng: &mut Rng, n: u64) -> MessageHeader {
     let channel = (n % 6) as u8;
     let id = if channel < 3 {
-        ((n / 6) % 1_024) as u16
+        ((n / 6) % u64::from(channels::RELIABLE_WINDOW)) as u16
     } else {
         rng.below(u64::from(u16::MAX)) as u16
     };

@@ -18,6 +18,14 @@ pub const SNAPSHOT: ChannelId = ChannelId(4);
 /// Cosmetic events such as emotes (unreliable).
 pub const EVENTS: ChannelId = ChannelId(5);
 
+/// Reliable messages in flight per channel. Chat, inventory and control
+/// carry a few messages a second per client; 256 unacked (thousands a
+/// second at game RTTs) never limits them, and what waits beyond the window
+/// stays queued. Each slot is allocated when the client connects, so the
+/// window is most of a connection's memory: 256 keeps it near 150 KiB
+/// instead of 430.
+pub const RELIABLE_WINDOW: u16 = 256;
+
 /// The transport configuration of the game: the channels above, movement
 /// and snapshots first when the budget is short, then control and chat;
 /// acknowledgements held for up to 40 ms to ride on the next tick's packet.
@@ -43,6 +51,7 @@ pub fn transport_config() -> TransportConfig {
         // (33 ms at the default 30 Hz): an acknowledgement waits for the
         // next tick's packet instead of costing a datagram of its own.
         max_ack_delay: Duration::from_millis(40),
+        reliable_window: RELIABLE_WINDOW,
         ..TransportConfig::default()
     }
 }

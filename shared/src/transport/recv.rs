@@ -343,7 +343,9 @@ struct RecvSlot {
     state: SlotState,
     id: u16,
     message: Vec<u8>,
-    reassembly: Reassembly,
+    /// Only while a fragmented message arrives: a window's slots stay small
+    /// (they are all allocated, and touched, when the connection is made).
+    reassembly: Option<Box<Reassembly>>,
 }
 
 /// Reliable receive state: a window of `window` ids starting at `base`,
@@ -378,7 +380,7 @@ impl ReliableRecv {
         let slot = &self.slots[self.slot_index(id)];
         if slot.state != SlotState::Empty && slot.id == id {
             if let (SlotState::Partial, Some(f)) = (slot.state, fragment)
-                && f.count != slot.reassembly.count
+                && slot.reassembly.as_ref().is_none_or(|r| f.count != r.count)
             {
                 return Err(Violation::BadFragment);
             }
@@ -430,25 +432,22 @@ impl ReliableRecv {
                 out.deliver(channel, view.payload);
             }
             Some(fragment) => {
+                let reassembly = slot.reassembly.get_or_insert_with(Box::default);
                 if slot.state == SlotState::Empty || slot.id != id {
                     slot.id = id;
                     slot.state = SlotState::Partial;
-                    memory.used +=
-                        slot.reassembly
-                            .begin(id, fragment.count, limits.fragment_size, now);
+                    memory.used += reassembly.begin(id, fragment.count, limits.fragment_size, now);
                 }
-                if !slot
-                    .reassembly
-                    .insert(fragment, view.payload, limits.fragment_size)
-                {
+                if !reassembly.insert(fragment, view.payload, limits.fragment_size) {
                     return;
                 }
                 if self.ordered && distance != 0 {
                     slot.state = SlotState::Complete;
                     return;
                 }
-                out.deliver(channel, &slot.reassembly.buf[..slot.reassembly.len]);
-                memory.used -= slot.reassembly.finish(0);
+                out.deliver(channel, &reassembly.buf[..reassembly.len]);
+                memory.used -= reassembly.finish(0);
+                slot.reassembly = None;
             }
         }
         if self.ordered {
@@ -469,9 +468,9 @@ impl ReliableRecv {
             if slot.state != SlotState::Complete || slot.id != self.base {
                 return;
             }
-            if slot.reassembly.active {
-                out.deliver(channel, &slot.reassembly.buf[..slot.reassembly.len]);
-                memory.used -= slot.reassembly.finish(0);
+            if let Some(mut reassembly) = slot.reassembly.take() {
+                out.deliver(channel, &reassembly.buf[..reassembly.len]);
+                memory.used -= reassembly.finish(0);
             } else {
                 out.deliver(channel, &slot.message);
                 memory.used -= slot.message.len();
@@ -547,7 +546,7 @@ mod tests {
         let retained: usize = reliable
             .slots
             .iter()
-            .map(|s| s.message.capacity() + s.reassembly.buf.capacity())
+            .map(|s| s.message.capacity() + s.reassembly.as_ref().map_or(0, |r| r.buf.capacity()))
             .sum();
         assert_eq!(retained, 0, "delivered messages leave no buffers behind");
     }
