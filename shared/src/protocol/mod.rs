@@ -31,8 +31,12 @@ use serde::de::DeserializeOwned;
 /// Identifies this game's protocol in connect tokens and handshakes;
 /// bump [`PROTOCOL_VERSION`] when the messages change incompatibly.
 pub const PROTOCOL_ID: u64 = 0x4741_4d45_0000_0000 | PROTOCOL_VERSION as u64;
-/// The message schema version, folded into [`PROTOCOL_ID`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The message schema version, folded into [`PROTOCOL_ID`]. It also
+/// covers the channel layout of [`channels::transport_config`]: both sides
+/// must agree on it (version 2: reliable windows of 256 messages, where a
+/// peer of version 1 could send ids up to 1,024 ahead, a protocol violation
+/// now).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A message type that can cross the wire.
 pub trait NetMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
