@@ -21,7 +21,10 @@
 # ramp of max(5, N/500) s and a duration of ramp + RUN_SECS. Server CPU is
 # utime+stime from /proc/PID/stat (and per thread from /proc/PID/task/*/stat)
 # sampled when the bots start and when they exit; cores = cpu seconds / wall
-# seconds of that window (ramp, run and drain). Tick p50/p99, RTT p99,
+# seconds of that window (ramp, run and drain). Datagrams per bot per second
+# (as the server counted them, over the same window) and the datagrams the
+# kernel dropped at the server's full socket buffer come from its /metrics.
+# Tick p50/p99, RTT p99,
 # bytes/bot/s and connected/requested come from the bots' JSON report.
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
@@ -39,7 +42,7 @@ POINTS=("$@")
 [ ${#POINTS[@]} -eq 0 ] && POINTS=(500 1000 2000 5000)
 CLK_TCK=$(getconf CLK_TCK)
 
-for tool in jq taskset timeout awk; do
+for tool in jq taskset timeout awk curl; do
     command -v "$tool" >/dev/null || { echo "capacity.sh: needs $tool" >&2; exit 2; }
 done
 
@@ -94,6 +97,16 @@ thread_ticks() {
 
 now_s() { date +%s.%N; }
 
+# "in out drops" from the server's metrics page (0 0 - when unreadable; drops
+# "-" also for a server too old to count them).
+net_counters() {
+    curl -s --max-time 2 "$1" | awk '
+        $1 == "net_packets_in_total" { i = $2 }
+        $1 == "net_packets_out_total" { o = $2 }
+        $1 == "net_socket_receive_drops_total" { d = $2 }
+        END { printf "%d %d %s\n", i, o, (d == "" ? "-" : d) }'
+}
+
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 echo "capacity: output in $OUT_DIR" >&2
 
@@ -120,6 +133,7 @@ for n in "${POINTS[@]}"; do
         sleep 0.1
     done
 
+    read -r in0 out0 drops0 < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$n"
     t0=$(now_s)
@@ -135,6 +149,7 @@ for n in "${POINTS[@]}"; do
     t1=$(now_s)
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$n"
+    read -r in1 out1 drops1 < <(net_counters "http://127.0.0.1:$mport/metrics")
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
 
@@ -148,18 +163,23 @@ for n in "${POINTS[@]}"; do
         END { printf "%.2f", (after["net-io"] - before["net-io"]) / hz / w }' \
         "$OUT_DIR/threads0-$n" "$OUT_DIR/threads1-$n")
 
+    datagrams=$(awk -v a="$in0" -v b="$in1" -v c="$out0" -v d="$out1" -v w="$wall" -v n="$n" \
+        'BEGIN { printf "%.1f / %.1f", (b - a) / w / n, (d - c) / w / n }')
+    if [ "$drops0" = - ] || [ "$drops1" = - ]; then drops="–"; else drops=$((drops1 - drops0)); fi
+
     r="$OUT_DIR/report-$n.json"
     if [ -s "$r" ]; then
-        row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" '
+        row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" \
+            --arg datagrams "$datagrams" --arg drops "$drops" '
             def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
-            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) |"' "$r")
+            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) |"' "$r")
     else
-        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | – | – | – | – |"
+        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | – | – | – | – | $datagrams | $drops |"
     fi
     ROWS+=("$row")
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down |"
-echo "|---|---|---|---|---|---|---|"
+echo "| bots | connected / requested | server cores (cpu / wall) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops |"
+echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
