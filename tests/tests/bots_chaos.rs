@@ -4,66 +4,17 @@
 //! holds every slot and is then refused as full; a non-loopback target is
 //! refused without `--i-own-this-server`.
 //!
-//! The server binary is found (and built if missing) by `support::server_binary`.
+//! The server and `client_headless` binaries come from `e2e::server_binary`
+//! and `e2e::client_binary` (built, or confirmed up to date, first).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod support;
-
-use support::{free_tcp_port, free_udp_port, server_binary};
-
-struct Server {
-    child: Child,
-    game: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Server {
-    fn start(name: &str, max_clients: u32) -> Self {
-        let dir = std::env::temp_dir().join(format!("chaos-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let game = free_udp_port();
-        let metrics = free_tcp_port();
-        let child = Command::new(server_binary())
-            .current_dir(&dir)
-            .args(["--bind", &game.to_string()])
-            .args(["--metrics-bind", &metrics.to_string()])
-            .args(["--max-clients", &max_clients.to_string()])
-            .args(["--data-dir", "data", "--log-filter", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Self { child, game, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
+use e2e::{ServerOptions, ServerProcess, client_binary};
 
 fn chaos(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_client_headless"))
+    Command::new(client_binary())
         .arg("chaos")
         .args(args)
         .stdin(Stdio::null())
@@ -93,7 +44,10 @@ fn number(summary: &HashMap<String, String>, key: &str) -> f64 {
 
 #[test]
 fn garbage_then_slot_hold_are_bounded_and_reported() {
-    let mut server = Server::start("garbage", 4);
+    let mut server = ServerProcess::start(&ServerOptions {
+        max_clients: 4,
+        ..ServerOptions::default()
+    });
     let game = server.game.to_string();
 
     let began = Instant::now();

@@ -4,64 +4,25 @@
 //! bots of `trade.toml` get exactly one reply to every inventory request;
 //! and the JSON report has the documented shape.
 //!
-//! The server binary is found (and built if missing) by `support::server_binary`.
+//! The server and `client_headless` binaries come from `e2e::server_binary`
+//! and `e2e::client_binary` (built, or confirmed up to date, first).
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-mod support;
-
-use support::{free_tcp_port, free_udp_port, server_binary};
+use e2e::{ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr};
 
 const BOTS: u64 = 200;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_metrics(metrics: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts the real server in `dir` (its data directory lives there).
-fn start_server(dir: &std::path::Path) -> (Server, SocketAddr, SocketAddr) {
-    let game = free_udp_port();
-    let metrics = free_tcp_port();
-    std::fs::create_dir_all(dir).unwrap();
-    let server = Server(
-        Command::new(server_binary())
-            .current_dir(dir)
-            .args(["--bind", &game.to_string()])
-            .args(["--metrics-bind", &metrics.to_string()])
-            .args(["--data-dir", "data", "--log-filter", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_metrics(metrics);
-    (server, game, metrics)
-}
-
 #[test]
 fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let (game, metrics) = (server.game, server.metrics);
     let dir = std::env::temp_dir().join(format!("bots-e2e-{}", std::process::id()));
-    let (_server, game, metrics) = start_server(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
 
     let report = dir.join("report.json");
     let chart = dir.join("chart.svg");
-    let output = Command::new(env!("CARGO_BIN_EXE_client_headless"))
+    let output = Command::new(client_binary())
         .args(["load", "--server", &game.to_string()])
         .args([
             "--bots",
@@ -153,12 +114,14 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
 #[test]
 fn fifty_trading_bots_get_exactly_one_reply_to_every_inventory_request() {
     const TRADERS: u64 = 50;
+    let server = ServerProcess::start(&ServerOptions::default());
+    let (game, metrics) = (server.game, server.metrics);
     let dir = std::env::temp_dir().join(format!("bots-e2e-trade-{}", std::process::id()));
-    let (_server, game, metrics) = start_server(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let scenario =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/scenarios/trade.toml");
     let report = dir.join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_client_headless"))
+    let output = Command::new(client_binary())
         .args(["load", "--server", &game.to_string()])
         .args([
             "--bots",
@@ -212,16 +175,16 @@ fn fifty_trading_bots_get_exactly_one_reply_to_every_inventory_request() {
 
 #[test]
 fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
-    let nobody = free_udp_port();
+    let nobody = free_udp_addr();
     let dir = std::env::temp_dir().join(format!("bots-e2e-none-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_client_headless"))
+    let output = Command::new(client_binary())
         .args(["load", "--server", &nobody.to_string()])
         .args(["--bots", "3", "--duration", "3", "--threads", "1"])
         .args([
             "--metrics-url",
-            &format!("http://{}/metrics", free_tcp_port()),
+            &format!("http://{}/metrics", free_tcp_addr()),
         ])
         .arg("--report")
         .arg(&report)
