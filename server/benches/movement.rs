@@ -20,7 +20,9 @@ use bevy_app::App;
 use bevy_ecs::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
 use glam::Vec2;
-use server::interest::{Candidate, ClientView, InterestConfig, InterestPlugin, LocalSnapshot};
+use server::interest::{
+    Candidate, ClientView, EncodeScratch, InterestConfig, InterestPlugin, LocalSnapshot,
+};
 use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
 use server::net::{Clients, Outbox};
 use server::tick::{ManualClock, TickConfig, TickPlugin};
@@ -114,7 +116,7 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
     let mut view = ClientView::new();
     let mut client = SnapshotReceiver::new();
     let mut acks: VecDeque<u32> = VecDeque::new();
-    let mut candidates = Vec::new();
+    let mut scratch = EncodeScratch::default();
     let mut snapshot = Snapshot::default();
     let mut total = 0usize;
     for tick in 1..=ticks {
@@ -125,8 +127,8 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
         {
             view.acknowledge(ack);
         }
-        world.candidates(&mut candidates);
-        let stats = view.encode(tick, 1, tick, &mut candidates, limits, &mut snapshot);
+        world.candidates(&mut scratch.candidates);
+        let stats = view.encode(tick, 1, tick, &mut scratch, limits, &mut snapshot);
         assert!(!stats.budget_limited);
         total += shared::protocol::encode(&snapshot).unwrap().len();
         client.apply(&snapshot).unwrap();
@@ -148,7 +150,7 @@ fn bandwidth(c: &mut Criterion) {
 
     let limits = InterestConfig::default().limits();
     let mut world = Neighbourhood::new();
-    let mut candidates = Vec::new();
+    let mut scratch = EncodeScratch::default();
     let mut view = ClientView::new();
     let mut snapshot = Snapshot::default();
     let mut tick = 0;
@@ -156,9 +158,9 @@ fn bandwidth(c: &mut Criterion) {
         b.iter(|| {
             tick += 1;
             world.step();
-            world.candidates(&mut candidates);
+            world.candidates(&mut scratch.candidates);
             view.acknowledge(tick - 1);
-            black_box(view.encode(tick, 1, tick, &mut candidates, limits, &mut snapshot))
+            black_box(view.encode(tick, 1, tick, &mut scratch, limits, &mut snapshot))
         });
     });
 }

@@ -208,10 +208,9 @@ impl<P: Fn(u64) -> Option<Vec2>> Whereabouts for Located<'_, P> {
         let Some(index) = self.index else {
             return false;
         };
-        index.grid.query(origin, radius, |i| {
-            let i = i as usize;
-            if index.positions[i].distance_squared(origin) <= radius * radius {
-                out.push(index.accounts[i]);
+        index.grid.query(origin, radius, |i, position| {
+            if position.distance_squared(origin) <= radius * radius {
+                out.push(index.accounts[i as usize]);
             }
         });
         true

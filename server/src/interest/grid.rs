@@ -9,7 +9,8 @@ use glam::Vec2;
 pub const MAX_GRID_CELLS: usize = 1 << 20;
 
 /// Entities bucketed by cell. Items are indices into the position slice
-/// given to [`SpatialGrid::rebuild`].
+/// given to [`SpatialGrid::rebuild`]; the grid keeps a copy of the
+/// positions in cell order, so a query reads them front to back.
 #[derive(Debug, Clone, Default)]
 pub struct SpatialGrid {
     cell_size: f32,
@@ -19,6 +20,8 @@ pub struct SpatialGrid {
     /// `starts[c]..starts[c + 1]` are the items of cell `c`.
     starts: Vec<u32>,
     items: Vec<u32>,
+    /// `positions[items[k]]`: the positions in cell order.
+    item_positions: Vec<Vec2>,
     cell_of: Vec<u32>,
 }
 
@@ -103,12 +106,15 @@ impl SpatialGrid {
             self.starts[c] = self.starts[c - 1];
         }
         self.starts[0] = 0;
+        self.item_positions.clear();
+        self.item_positions
+            .extend(self.items.iter().map(|&i| positions[i as usize]));
     }
 
-    /// Calls `visit` with every item in the cells that overlap the square
-    /// of half-side `radius` around `center` (a superset of the circle:
-    /// the caller checks distances).
-    pub fn query(&self, center: Vec2, radius: f32, mut visit: impl FnMut(u32)) {
+    /// Calls `visit` with every item, and its position, in the cells that
+    /// overlap the square of half-side `radius` around `center` (a
+    /// superset of the circle: the caller checks distances).
+    pub fn query(&self, center: Vec2, radius: f32, mut visit: impl FnMut(u32, Vec2)) {
         if self.cols == 0 {
             return;
         }
@@ -118,8 +124,11 @@ impl SpatialGrid {
             let row = y * self.cols;
             let from = self.starts[row + x0] as usize;
             let to = self.starts[row + x1 + 1] as usize;
-            for &item in &self.items[from..to] {
-                visit(item);
+            for (&item, &position) in self.items[from..to]
+                .iter()
+                .zip(&self.item_positions[from..to])
+            {
+                visit(item, position);
             }
         }
     }
@@ -141,7 +150,10 @@ mod tests {
         grid.rebuild(&positions, 16.0);
         for center in [Vec2::ZERO, Vec2::new(-200.0, 150.0), Vec2::new(500.0, 0.0)] {
             let mut found = Vec::new();
-            grid.query(center, 40.0, |i| found.push(i));
+            grid.query(center, 40.0, |i, p| {
+                assert_eq!(p, positions[i as usize]);
+                found.push(i);
+            });
             for (i, p) in positions.iter().enumerate() {
                 if p.distance(center) <= 40.0 {
                     assert!(found.contains(&(i as u32)), "{i} missing near {center}");
@@ -161,7 +173,7 @@ mod tests {
         grid.rebuild(&positions, 1.0);
         assert!(grid.cols * grid.rows <= MAX_GRID_CELLS);
         let mut found = Vec::new();
-        grid.query(Vec2::splat(1e7), 1.0, |i| found.push(i));
+        grid.query(Vec2::splat(1e7), 1.0, |i, _| found.push(i));
         assert!(found.contains(&1));
     }
 }

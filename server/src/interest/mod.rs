@@ -36,7 +36,8 @@ use shared::protocol::movement::{Snapshot, quantize};
 
 pub use grid::{MAX_GRID_CELLS, SpatialGrid};
 pub use view::{
-    Candidate, ClientView, ENTRY_MAX, EncodeStats, SNAPSHOT_HEADER_MAX, SnapshotLimits,
+    Candidate, ClientView, ENTRY_MAX, EncodeScratch, EncodeStats, SNAPSHOT_HEADER_MAX,
+    SnapshotLimits,
 };
 
 use crate::metrics::{Counter, Metrics};
@@ -219,7 +220,7 @@ struct Scratch {
     positions: Vec<Vec2>,
     quantized: Vec<IVec2>,
     grid: SpatialGrid,
-    candidates: Vec<Candidate>,
+    encode: EncodeScratch,
     snapshot: Snapshot,
 }
 
@@ -349,7 +350,7 @@ fn replicate(
         positions,
         quantized,
         grid,
-        candidates,
+        encode,
         snapshot,
     } = &mut *scratch;
     ids.clear();
@@ -370,15 +371,16 @@ fn replicate(
         if !viewer.streaming {
             continue;
         }
+        let candidates = &mut encode.candidates;
         candidates.clear();
         candidates.push(Candidate {
             id: own.0,
             position: quantize(position.0),
             distance_sq: -1.0,
         });
-        grid.query(position.0, reach, |i| {
+        grid.query(position.0, reach, |i, at| {
             let i = i as usize;
-            let distance_sq = positions[i].distance_squared(position.0);
+            let distance_sq = at.distance_squared(position.0);
             if distance_sq > leave_sq {
                 return;
             }
@@ -394,7 +396,7 @@ fn replicate(
         let last_input = mover.map_or(0, |m| m.last_seq);
         let stats = viewer
             .view
-            .encode(tick.0, own.0, last_input, candidates, limits, snapshot);
+            .encode(tick.0, own.0, last_input, encode, limits, snapshot);
         metrics.snapshots.inc();
         metrics.bytes.add(stats.bytes as u64);
         if stats.full {

@@ -85,7 +85,18 @@ pub struct ClientView {
     /// Sent frames, oldest first, at most `SnapshotLimits::history`.
     history: VecDeque<Frame>,
     acked: u32,
-    // Scratch, reused every tick.
+    /// The next frame's entities: the buffer of the frame last recycled.
+    next: Vec<(u32, IVec2)>,
+}
+
+/// The working buffers of [`ClientView::encode`]: one set serves every
+/// view of a server, one view after the other, so they stay in the cache
+/// instead of each view touching buffers of its own every tick.
+#[derive(Debug, Default)]
+pub struct EncodeScratch {
+    /// The entities the next view may see (the caller fills it; see
+    /// [`ClientView::encode`]).
+    pub candidates: Vec<Candidate>,
     /// The view, sorted by id.
     view: Vec<Candidate>,
     /// `changes[i]` is how `view[i]` would be sent.
@@ -94,7 +105,32 @@ pub struct ClientView {
     sent: Vec<bool>,
     /// Indices into `view`, nearest first (budget-limited snapshots only).
     nearest: Vec<u32>,
-    next: Vec<(u32, IVec2)>,
+}
+
+/// Grows `v`'s capacity to at least `max` by writing it through once, so
+/// that its pages are resident from now on instead of joining the resident
+/// set as crowds grow (a slow creep a soak reads as a leak).
+fn reserve_written<T: Copy>(v: &mut Vec<T>, max: usize, fill: T) {
+    if v.capacity() < max {
+        let len = v.len();
+        v.resize(max, fill);
+        v.truncate(len);
+    }
+}
+
+impl EncodeScratch {
+    /// Sizes the buffers for views of `max` entities; a no-op once done.
+    fn reserve(&mut self, max: usize) {
+        let nobody = Candidate {
+            id: u32::MAX,
+            position: IVec2::MAX,
+            distance_sq: f32::MAX,
+        };
+        reserve_written(&mut self.view, max, nobody);
+        reserve_written(&mut self.changes, max, Change::Same);
+        reserve_written(&mut self.sent, max, true);
+        reserve_written(&mut self.nearest, max, u32::MAX);
+    }
 }
 
 fn find(entities: &[(u32, IVec2)], id: u32) -> Option<IVec2> {
@@ -148,30 +184,11 @@ impl ClientView {
         self.history.back().map_or(&[], |f| &f.entities)
     }
 
-    /// Sizes the scratch buffers for `max` entities and the history for
-    /// `keep` frames; a no-op once done. Buffers are written through once,
-    /// so that their pages are resident from now on instead of joining
-    /// the resident set as crowds grow (a slow creep a soak reads as a
-    /// leak).
+    /// Sizes the next frame for `max` entities and the history for `keep`
+    /// frames; a no-op once done.
     fn reserve(&mut self, max: usize, keep: usize) {
-        fn at_least<T: Copy>(v: &mut Vec<T>, max: usize, fill: T) {
-            if v.capacity() < max {
-                let len = v.len();
-                v.resize(max, fill);
-                v.truncate(len);
-            }
-        }
-        let nobody = Candidate {
-            id: u32::MAX,
-            position: IVec2::MAX,
-            distance_sq: f32::MAX,
-        };
-        at_least(&mut self.view, max, nobody);
-        at_least(&mut self.changes, max, Change::Same);
-        at_least(&mut self.sent, max, true);
-        at_least(&mut self.nearest, max, u32::MAX);
         // `next` is swapped with the recycled frame's buffer every tick.
-        at_least(&mut self.next, max, (u32::MAX, IVec2::MAX));
+        reserve_written(&mut self.next, max, (u32::MAX, IVec2::MAX));
         if self.history.capacity() < keep {
             self.history.reserve_exact(keep - self.history.len());
         }
@@ -188,7 +205,7 @@ impl ClientView {
     /// Builds the snapshot of `tick` for this view into `out` (whose
     /// buffers are reused).
     ///
-    /// `candidates` (in any order, distinct ids) must hold only entities the
+    /// `scratch.candidates` (in any order, distinct ids) must hold only entities the
     /// client may see (the caller applies radius and hysteresis), the
     /// viewer's own entity nearer than any other (e.g. a negative
     /// `distance_sq`). The `max_entities` nearest form the view. The
@@ -201,7 +218,7 @@ impl ClientView {
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
     /// view is sorted by distance only when the budget does not fit every
-    /// update. `candidates` is reordered when it holds more than
+    /// update. The candidates are reordered when they are more than
     /// `max_entities`.
     ///
     /// Memory: the first call sizes every buffer of the view for
@@ -212,28 +229,35 @@ impl ClientView {
         tick: u32,
         you: u32,
         last_input: u32,
-        candidates: &mut [Candidate],
+        scratch: &mut EncodeScratch,
         limits: SnapshotLimits,
         out: &mut Snapshot,
     ) -> EncodeStats {
         let max = limits.max_entities;
         let keep = limits.history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
         self.reserve(max, keep);
+        scratch.reserve(max);
+        let EncodeScratch {
+            candidates,
+            view,
+            changes,
+            sent,
+            nearest: by_distance,
+        } = scratch;
         let in_view = if candidates.len() > max {
             candidates.select_nth_unstable_by(max.saturating_sub(1), nearest);
             &candidates[..max]
         } else {
             &candidates[..]
         };
-        self.view.clear();
-        self.view.extend_from_slice(in_view);
-        self.view.sort_unstable_by_key(|c| c.id);
+        view.clear();
+        view.extend_from_slice(in_view);
+        view.sort_unstable_by_key(|c| c.id);
 
         let baseline = self.baseline();
         let base: &[(u32, IVec2)] = baseline.map_or(&[], |i| &self.history[i].entities);
         let baseline_age = baseline.map_or(0, |i| tick.wrapping_sub(self.history[i].tick));
-        let id_base = self
-            .view
+        let id_base = view
             .first()
             .map(|c| c.id)
             .into_iter()
@@ -246,7 +270,7 @@ impl ClientView {
         out.removed.clear();
         out.added.clear();
         out.moved.clear();
-        self.changes.clear();
+        changes.clear();
         let header = 2 + [tick, baseline_age, last_input, you, id_base]
             .iter()
             .map(|&v| varint_len(u64::from(v)))
@@ -255,7 +279,7 @@ impl ClientView {
         let mut updates = 0;
         let mut previous_removed = id_base;
         let mut b = 0;
-        for c in &self.view {
+        for c in view.iter() {
             while let Some(&(id, _)) = base.get(b).filter(|e| e.0 < c.id) {
                 removals += gap_len(id, previous_removed);
                 out.removed.push(id - previous_removed);
@@ -283,7 +307,7 @@ impl ClientView {
             if let Change::Moved { cost, .. } | Change::Added { cost } = change {
                 updates += cost;
             }
-            self.changes.push(change);
+            changes.push(change);
         }
         for &(id, _) in &base[b..] {
             removals += gap_len(id, previous_removed);
@@ -298,23 +322,21 @@ impl ClientView {
         // Which updates fit: all of them, or the nearest while the budget
         // lasts.
         let budget_limited = used + updates > limits.budget_bytes;
-        self.sent.clear();
-        self.sent.resize(self.view.len(), true);
+        sent.clear();
+        sent.resize(view.len(), true);
         if budget_limited {
-            self.nearest.clear();
-            self.nearest.extend(0..self.view.len() as u32);
-            let view = &self.view;
-            self.nearest
-                .sort_unstable_by(|&a, &b| nearest(&view[a as usize], &view[b as usize]));
+            by_distance.clear();
+            by_distance.extend(0..view.len() as u32);
+            by_distance.sort_unstable_by(|&a, &b| nearest(&view[a as usize], &view[b as usize]));
             let mut stopped = false;
-            for &i in &self.nearest {
+            for &i in by_distance.iter() {
                 let i = i as usize;
-                if let Change::Moved { cost, .. } | Change::Added { cost } = self.changes[i] {
+                if let Change::Moved { cost, .. } | Change::Added { cost } = changes[i] {
                     if !stopped && used + cost <= limits.budget_bytes {
                         used += cost;
                     } else {
                         stopped = true;
-                        self.sent[i] = false;
+                        sent[i] = false;
                     }
                 }
             }
@@ -326,7 +348,7 @@ impl ClientView {
         self.next.clear();
         let (mut previous_added, mut previous_moved) = (id_base, id_base);
         let mut entries = 0;
-        for ((c, change), &sent) in self.view.iter().zip(&self.changes).zip(&self.sent) {
+        for ((c, change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
             match *change {
                 Change::Same => self.next.push((c.id, c.position)),
                 Change::Moved { old, .. } if !sent => self.next.push((c.id, old)),
@@ -397,11 +419,7 @@ mod tests {
         /// Bytes this view holds on the heap.
         fn heap_bytes(&self) -> usize {
             use std::mem::size_of;
-            self.view.capacity() * size_of::<Candidate>()
-                + self.changes.capacity() * size_of::<Change>()
-                + self.sent.capacity()
-                + self.nearest.capacity() * size_of::<u32>()
-                + self.next.capacity() * size_of::<(u32, IVec2)>()
+            self.next.capacity() * size_of::<(u32, IVec2)>()
                 + self.history.capacity() * size_of::<Frame>()
                 + self
                     .history
@@ -411,14 +429,26 @@ mod tests {
         }
     }
 
-    fn crowd(size: u32, tick: u32) -> Vec<Candidate> {
-        (1..=size)
-            .map(|id| Candidate {
-                id,
-                position: IVec2::new((id * 7 + tick) as i32, id as i32),
-                distance_sq: if id == 1 { -1.0 } else { id as f32 },
-            })
-            .collect()
+    impl EncodeScratch {
+        /// Bytes the working buffers (not the candidates) hold.
+        fn heap_bytes(&self) -> usize {
+            use std::mem::size_of;
+            self.view.capacity() * size_of::<Candidate>()
+                + self.changes.capacity() * size_of::<Change>()
+                + self.sent.capacity()
+                + self.nearest.capacity() * size_of::<u32>()
+        }
+    }
+
+    /// Fills `scratch.candidates` with a crowd of `size` (the viewer is 1).
+    fn crowd(scratch: &mut EncodeScratch, size: u32, tick: u32) -> &mut EncodeScratch {
+        scratch.candidates.clear();
+        scratch.candidates.extend((1..=size).map(|id| Candidate {
+            id,
+            position: IVec2::new((id * 7 + tick) as i32, id as i32),
+            distance_sq: if id == 1 { -1.0 } else { id as f32 },
+        }));
+        scratch
     }
 
     #[test]
@@ -429,25 +459,39 @@ mod tests {
             history: 16,
         };
         let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
         let mut out = Snapshot::default();
         // Warm up alone, acknowledging every snapshot, until the history
         // has cycled.
         let mut tick = 0;
         for _ in 0..=limits.history {
             tick += 1;
-            view.encode(tick, 1, tick, &mut crowd(1, tick), limits, &mut out);
+            view.encode(
+                tick,
+                1,
+                tick,
+                crowd(&mut scratch, 1, tick),
+                limits,
+                &mut out,
+            );
             view.acknowledge(tick);
         }
         let warm = view.heap_bytes();
+        let warm_scratch = scratch.heap_bytes();
         // Crowds grow to four times the view's cap and back.
         for size in (2..=512).chain((2..512).rev()) {
             tick += 1;
-            let mut candidates = crowd(size, tick);
-            let stats = view.encode(tick, 1, tick, &mut candidates, limits, &mut out);
+            let candidates = crowd(&mut scratch, size, tick);
+            let stats = view.encode(tick, 1, tick, candidates, limits, &mut out);
             view.acknowledge(tick);
             assert!(out.added.len() + out.moved.len() <= limits.max_entities);
             assert!(stats.bytes <= limits.budget_bytes);
             assert_eq!(view.heap_bytes(), warm, "grew with a crowd of {size}");
+            assert_eq!(
+                scratch.heap_bytes(),
+                warm_scratch,
+                "the scratch grew with a crowd of {size}"
+            );
         }
         assert!(view.last_sent().len() <= limits.max_entities);
     }
