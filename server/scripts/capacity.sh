@@ -22,10 +22,10 @@
 # utime+stime from /proc/PID/stat (and per thread from /proc/PID/task/*/stat)
 # sampled when the bots start and when they exit; cores = cpu seconds / wall
 # seconds of that window (ramp, run and drain). Datagrams per bot per second
-# (as the server counted them, over the same window) and the datagrams the
-# kernel dropped at the server's full socket buffer come from its /metrics.
-# Tick p50/p99, RTT p99,
-# bytes/bot/s and connected/requested come from the bots' JSON report.
+# (as the server counted them, over the same window), the datagrams the
+# kernel dropped at the server's full socket buffer and net-io's wakeups per
+# second come from its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
+# connected/requested come from the bots' JSON report.
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
 
@@ -97,14 +97,15 @@ thread_ticks() {
 
 now_s() { date +%s.%N; }
 
-# "in out drops" from the server's metrics page (0 0 - when unreadable; drops
-# "-" also for a server too old to count them).
+# "in out drops wakeups" from the server's metrics page (0 0 - - when
+# unreadable; drops and wakeups "-" also for a server too old to count them).
 net_counters() {
     curl -s --max-time 2 "$1" | awk '
         $1 == "net_packets_in_total" { i = $2 }
         $1 == "net_packets_out_total" { o = $2 }
         $1 == "net_socket_receive_drops_total" { d = $2 }
-        END { printf "%d %d %s\n", i, o, (d == "" ? "-" : d) }'
+        $1 == "net_io_wakeups_total" { k = $2 }
+        END { printf "%d %d %s %s\n", i, o, (d == "" ? "-" : d), (k == "" ? "-" : k) }'
 }
 
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
@@ -133,7 +134,7 @@ for n in "${POINTS[@]}"; do
         sleep 0.1
     done
 
-    read -r in0 out0 drops0 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r in0 out0 drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$n"
     t0=$(now_s)
@@ -149,7 +150,7 @@ for n in "${POINTS[@]}"; do
     t1=$(now_s)
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$n"
-    read -r in1 out1 drops1 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r in1 out1 drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
 
@@ -166,6 +167,9 @@ for n in "${POINTS[@]}"; do
     datagrams=$(awk -v a="$in0" -v b="$in1" -v c="$out0" -v d="$out1" -v w="$wall" -v n="$n" \
         'BEGIN { printf "%.1f / %.1f", (b - a) / w / n, (d - c) / w / n }')
     if [ "$drops0" = - ] || [ "$drops1" = - ]; then drops="–"; else drops=$((drops1 - drops0)); fi
+    if [ "$wake0" != - ] && [ "$wake1" != - ]; then
+        netio="$netio, $(awk -v a="$wake0" -v b="$wake1" -v w="$wall" 'BEGIN { printf "%d", (b - a) / w }') wakeups/s"
+    fi
 
     r="$OUT_DIR/report-$n.json"
     if [ -s "$r" ]; then

@@ -143,6 +143,7 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
             let text = scrape(metrics);
             assert!(text.contains("\nconnected_clients 50\n"), "{text}");
             assert!(metric(&text, "net_packets_in_total") > 0.0);
+            assert!(metric(&text, "net_io_wakeups_total") > 0.0, "{text}");
             assert!(metric(&text, "net_rtt_seconds_count") >= 50.0, "{text}");
             let status = Command::new("kill")
                 .args(["-TERM", &child.0.id().to_string()])

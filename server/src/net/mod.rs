@@ -187,6 +187,7 @@ struct NetMetrics {
     stale_commands: Counter,
     socket_drops: Counter,
     flooding: Counter,
+    wakeups: Counter,
     malformed: Counter,
     outbox_dropped: Counter,
     resent: Counter,
@@ -224,6 +225,10 @@ impl NetMetrics {
             flooding: counter(
                 "net_flooding_disconnects_total",
                 "Clients disconnected for sending too much.",
+            ),
+            wakeups: counter(
+                "net_io_wakeups_total",
+                "Times the network thread woke up to read, send or run timers.",
             ),
             malformed: counter(
                 "net_malformed_messages_total",
@@ -393,6 +398,7 @@ fn export_metrics(
     metrics
         .flooding
         .add(now.flooding_disconnects - last.flooding_disconnects);
+    metrics.wakeups.add(now.loop_wakeups - last.loop_wakeups);
     metrics.last = now;
 }
 
