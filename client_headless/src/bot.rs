@@ -47,7 +47,7 @@ use shared::protocol::messages::Welcome;
 use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::sim::{LinkConfig, LinkSimulator};
-use shared::transport::DisconnectReason;
+use shared::transport::{DisconnectReason, TransportConfig};
 
 use crate::inventory::{InventoryBehaviour, InventoryStats};
 use crate::scenario::{ChatScopeKind, Scenario};
@@ -87,6 +87,8 @@ pub(crate) struct BotContext {
     /// Longest wait for in-flight chat lines and inventory replies when
     /// stopping.
     pub(crate) drain_timeout: Duration,
+    /// The game's channel layout, one copy for every bot's connection.
+    pub(crate) transport: Arc<TransportConfig>,
 }
 
 /// What a worker's bots count together.
@@ -247,7 +249,7 @@ impl Bot {
         });
         Self {
             account,
-            endpoint: ClientEndpoint::new(PROTOCOL_ID, channels::transport_config()),
+            endpoint: ClientEndpoint::new(PROTOCOL_ID, Arc::clone(&ctx.transport)),
             link,
             phase: Phase::Idle { start_at },
             rng: Rng::new(seed ^ account),
@@ -541,7 +543,7 @@ impl Bot {
                     Some(churn) if !self.stopping => {
                         // A new connection: a new endpoint, fresh state.
                         self.endpoint =
-                            ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
+                            ClientEndpoint::new(PROTOCOL_ID, Arc::clone(&self.ctx.transport));
                         Phase::Paused {
                             until: now + Duration::from_secs_f64(churn.pause_s),
                         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use shared::protocol::channels;
 use shared::sim::LinkConfig;
 
 use crate::bot::{BotContext, WorkerStats, new_rtt_histogram};
@@ -73,6 +74,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         first_account: plan.first_account,
         bots: plan.bots,
         drain_timeout: plan.drain_timeout,
+        transport: Arc::new(channels::transport_config()),
     });
     let baseline = scrape(&plan.metrics_url);
     let mut notes = Vec::new();

@@ -291,9 +291,10 @@ fn a_lossy_session_does_not_grow_its_memory_after_warming_up() {
 /// may miss.
 #[test]
 fn a_game_connection_holds_a_small_fixed_footprint() {
-    let config = shared::protocol::channels::transport_config();
+    // An endpoint's connections share one copy of the configuration.
+    let config = std::sync::Arc::new(shared::protocol::channels::transport_config());
     let before = live_bytes();
-    let connection = Connection::new(config, Instant::now()).unwrap();
+    let connection = Connection::new(std::sync::Arc::clone(&config), Instant::now()).unwrap();
     let held = live_bytes() - before;
     drop(connection);
     eprintln!("a game connection holds {held} bytes");

@@ -1,6 +1,7 @@
 //! Client side of the stack.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -52,7 +53,8 @@ pub enum ClientSendError {
 /// [`poll_transmit`](Self::poll_transmit) until both are `None`.
 pub struct ClientEndpoint {
     netcode: netcode::Client,
-    transport: TransportConfig,
+    /// One copy, shared by every connection.
+    transport: Arc<TransportConfig>,
     conn: Option<Connection>,
     announced: bool,
     ended: Option<DisconnectReason>,
@@ -61,11 +63,12 @@ pub struct ClientEndpoint {
 }
 
 impl ClientEndpoint {
-    /// A client speaking `protocol_id` with this channel layout.
-    pub fn new(protocol_id: u64, transport: TransportConfig) -> Self {
+    /// A client speaking `protocol_id` with this channel layout (clients
+    /// in one process, such as a bot swarm, can share one `Arc`).
+    pub fn new(protocol_id: u64, transport: impl Into<Arc<TransportConfig>>) -> Self {
         Self {
             netcode: netcode::Client::new(netcode::ClientConfig::new(protocol_id)),
-            transport,
+            transport: transport.into(),
             conn: None,
             announced: false,
             ended: None,
@@ -150,7 +153,7 @@ impl ClientEndpoint {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) {
         match self.netcode.handle_datagram(now, from, buf) {
             Some(ClientEvent::Connected { .. }) => {
-                match Connection::new(self.transport.clone(), now) {
+                match Connection::new(Arc::clone(&self.transport), now) {
                     Ok(conn) => self.conn = Some(conn),
                     Err(error) => {
                         tracing::error!(%error, "invalid transport configuration");

@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -157,7 +158,8 @@ impl Peer {
 /// a heap.
 pub struct ServerEndpoint {
     netcode: netcode::Server,
-    transport: TransportConfig,
+    /// One copy, shared by every connection.
+    transport: Arc<TransportConfig>,
     peers: Vec<Option<Peer>>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     due_scratch: Vec<(Instant, usize)>,
@@ -182,7 +184,7 @@ impl ServerEndpoint {
         let netcode = netcode::Server::new(config.netcode, rng)?;
         Ok(Self {
             netcode,
-            transport: config.transport,
+            transport: Arc::new(config.transport),
             peers: (0..max_clients).map(|_| None).collect(),
             timers: BinaryHeap::new(),
             due_scratch: Vec::new(),
@@ -368,7 +370,7 @@ impl ServerEndpoint {
             ServerEvent::ClientConnected {
                 client, client_id, ..
             } => {
-                let Ok(conn) = Connection::new(self.transport.clone(), now) else {
+                let Ok(conn) = Connection::new(Arc::clone(&self.transport), now) else {
                     tracing::error!("invalid transport configuration; refusing client");
                     let _ = self.netcode.disconnect(client);
                     return;

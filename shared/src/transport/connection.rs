@@ -1,12 +1,13 @@
 //! One reliable-UDP connection between two peers, as a sans-IO state machine.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::config::{ChannelId, ConfigError, TransportConfig};
+use super::config::{ChannelId, ConfigError, MAX_CHANNELS, TransportConfig};
 use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
 use super::rtt::RttEstimator;
@@ -318,11 +319,13 @@ impl Deliver for Inbox {
 /// parse is counted and dropped, and a well-formed one that breaks the
 /// protocol ends the connection with [`DisconnectReason::ProtocolViolation`].
 pub struct Connection {
-    config: TransportConfig,
+    /// Shared by every connection of an endpoint: one copy in the cache.
+    config: Arc<TransportConfig>,
     state: State,
     send: Vec<SendChannel>,
     recv: Vec<RecvChannel>,
-    priority_order: Vec<u8>,
+    /// The channels by priority; the first `send.len()` entries are used.
+    priority_order: [u8; MAX_CHANNELS],
     limits: RecvLimits,
     memory: RecvMemory,
     next_sequence: u16,
@@ -338,8 +341,6 @@ pub struct Connection {
     loss_at: Option<Instant>,
     /// `loss_at` must be recomputed from `in_flight`.
     loss_at_stale: bool,
-    /// Reused by `on_ack`: the sequences one acknowledgement acks.
-    acked_scratch: Vec<u16>,
     largest_acked: Option<u16>,
     received_latest: Option<u16>,
     received_bits: u64,
@@ -358,11 +359,17 @@ pub struct Connection {
 
 impl Connection {
     /// A connection that is established at `now` (the handshake is the
-    /// secure layer's business).
-    pub fn new(config: TransportConfig, now: Instant) -> Result<Self, ConfigError> {
+    /// secure layer's business). An endpoint passes every connection the
+    /// same `Arc`, so they share one copy of the configuration.
+    pub fn new(config: impl Into<Arc<TransportConfig>>, now: Instant) -> Result<Self, ConfigError> {
+        let config: Arc<TransportConfig> = config.into();
         config.validate()?;
-        let mut priority_order: Vec<u8> = (0..config.channels.len() as u8).collect();
-        priority_order.sort_by_key(|&c| config.channels[usize::from(c)].priority);
+        let mut priority_order = [0u8; MAX_CHANNELS];
+        let channels = &mut priority_order[..config.channels.len()];
+        for (i, c) in channels.iter_mut().enumerate() {
+            *c = i as u8;
+        }
+        channels.sort_by_key(|&c| config.channels[usize::from(c)].priority);
         let send = config
             .channels
             .iter()
@@ -412,7 +419,6 @@ impl Connection {
             in_flight: VecDeque::with_capacity(SENT_HISTORY),
             loss_at: None,
             loss_at_stale: false,
-            acked_scratch: Vec::with_capacity(65),
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
@@ -710,22 +716,30 @@ impl Connection {
         // The ack covers `latest` and the 64 before it. With fewer packets
         // in flight than that, visit those (newest first, as the ack
         // order) instead of every sequence the ack names.
-        let mut acked = std::mem::take(&mut self.acked_scratch);
-        acked.clear();
+        let mut acked = [0u16; 65];
+        let mut count = 0;
+        let mut push = |sequence: u16| {
+            acked[count] = sequence;
+            count += 1;
+        };
         let covers = |sequence: u16| {
             let back = ack.latest.wrapping_sub(sequence);
             back == 0 || (back <= 64 && ack.bits & (1 << (back - 1)) != 0)
         };
         if self.in_flight.len() <= 64 {
-            acked.extend(self.in_flight.iter().rev().copied().filter(|&s| covers(s)));
+            self.in_flight
+                .iter()
+                .rev()
+                .copied()
+                .filter(|&s| covers(s))
+                .for_each(&mut push);
         } else {
-            acked.extend(
-                (0..=64u16)
-                    .map(|back| ack.latest.wrapping_sub(back))
-                    .filter(|&s| covers(s)),
-            );
+            (0..=64u16)
+                .map(|back| ack.latest.wrapping_sub(back))
+                .filter(|&s| covers(s))
+                .for_each(&mut push);
         }
-        for &sequence in &acked {
+        for &sequence in &acked[..count] {
             let slot = usize::from(sequence) % SENT_HISTORY;
             let packet = &mut self.sent[slot];
             if !packet.in_flight || packet.sequence != sequence {
@@ -745,7 +759,6 @@ impl Connection {
                 }
             }
         }
-        self.acked_scratch = acked;
         let Some((sequence, sent_at)) = newest_acked else {
             return Ok(());
         };
@@ -1027,7 +1040,7 @@ impl Connection {
                 fragment_size,
                 units: &mut self.units,
             };
-            for &channel in &self.priority_order {
+            for &channel in &self.priority_order[..self.send.len()] {
                 wrote_messages |= match &mut self.send[usize::from(channel)] {
                     SendChannel::Unreliable(c) => c.pack(channel, &mut writer, fragment_size),
                     SendChannel::Reliable(c) => c.pack(channel, &mut writer, &mut ctx),
