@@ -58,6 +58,37 @@ fn client_of(addr: SocketAddr) -> usize {
     }
 }
 
+/// Datagrams in flight, back to back in one reused buffer (as in a
+/// `sendmmsg` batch: no allocation per datagram in the timed part).
+struct Datagrams<A> {
+    bytes: Vec<u8>,
+    /// (peer, start, len) of each datagram in `bytes`.
+    spans: Vec<(A, usize, usize)>,
+}
+
+impl<A: Copy> Datagrams<A> {
+    fn new() -> Self {
+        Self {
+            bytes: Vec::with_capacity(4 << 20),
+            spans: Vec::with_capacity(8_192),
+        }
+    }
+
+    fn push(&mut self, peer: A, datagram: &[u8]) {
+        self.spans.push((peer, self.bytes.len(), datagram.len()));
+        self.bytes.extend_from_slice(datagram);
+    }
+
+    /// Calls `f` with each datagram (mutable: opened in place).
+    fn drain(&mut self, mut f: impl FnMut(A, &mut [u8])) {
+        for &(peer, start, len) in &self.spans {
+            f(peer, &mut self.bytes[start..start + len]);
+        }
+        self.spans.clear();
+        self.bytes.clear();
+    }
+}
+
 /// One server and its clients, exchanging datagrams in memory.
 struct World {
     server: ServerEndpoint,
@@ -68,10 +99,10 @@ struct World {
     now: Instant,
     unix: u64,
     buf: Vec<u8>,
-    /// Datagrams from the clients, for the server: (sender, bytes).
-    to_server: Vec<(SocketAddr, Vec<u8>)>,
-    /// Datagrams from the server, for the clients: (client, bytes).
-    to_clients: Vec<(usize, Vec<u8>)>,
+    /// Datagrams from the clients, for the server.
+    to_server: Datagrams<SocketAddr>,
+    /// Datagrams from the server, for the clients (by index).
+    to_clients: Datagrams<usize>,
     input: Bytes,
     snapshot: Bytes,
 }
@@ -103,8 +134,8 @@ impl World {
             now,
             unix,
             buf: vec![0; netcode::MAX_PACKET_BYTES],
-            to_server: Vec::new(),
-            to_clients: Vec::new(),
+            to_server: Datagrams::new(),
+            to_clients: Datagrams::new(),
             input: Bytes::from(vec![7u8; 24]),
             snapshot: Bytes::from(vec![9u8; 130]),
         };
@@ -138,7 +169,7 @@ impl World {
             }
             while let Some(transmit) = client.poll_transmit(self.now, &mut self.buf) {
                 self.to_server
-                    .push((client_addr(i), self.buf[..transmit.len].to_vec()));
+                    .push(client_addr(i), &self.buf[..transmit.len]);
             }
         }
     }
@@ -147,20 +178,19 @@ impl World {
     /// snapshot per connected client (when `snapshots`), every datagram out.
     fn server_turn(&mut self, snapshots: bool) {
         let now = self.now;
-        for (from, datagram) in &mut self.to_server {
-            self.server
-                .handle_datagram(now, self.unix, *from, datagram.as_mut_slice());
-            while let Some(event) = self.server.poll_event() {
+        let (server, slots, unix) = (&mut self.server, &mut self.slots, self.unix);
+        self.to_server.drain(|from, datagram| {
+            server.handle_datagram(now, unix, from, datagram);
+            while let Some(event) = server.poll_event() {
                 if let EndpointEvent::Connected {
                     client, client_id, ..
                 } = event
                 {
-                    self.slots[client_id as usize] = Some(client);
+                    slots[client_id as usize] = Some(client);
                 }
                 black_box(&event);
             }
-        }
-        self.to_server.clear();
+        });
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now);
         }
@@ -172,10 +202,8 @@ impl World {
             }
         }
         while let Some(transmit) = self.server.poll_transmit(now, &mut self.buf) {
-            self.to_clients.push((
-                client_of(transmit.destination),
-                self.buf[..transmit.len].to_vec(),
-            ));
+            self.to_clients
+                .push(client_of(transmit.destination), &self.buf[..transmit.len]);
         }
         while let Some(event) = self.server.poll_event() {
             black_box(&event);
@@ -183,16 +211,16 @@ impl World {
     }
 
     fn clients_receive(&mut self) {
-        for (i, datagram) in &mut self.to_clients {
-            let client = &mut self.clients[*i];
-            client.handle_datagram(self.now, self.server_addr, datagram.as_mut_slice());
+        let (clients, now, server) = (&mut self.clients, self.now, self.server_addr);
+        self.to_clients.drain(|i, datagram| {
+            let client = &mut clients[i];
+            client.handle_datagram(now, server, datagram);
             while let Some(event) = client.poll_event() {
                 if let ClientEndpointEvent::Disconnected { reason } = event {
                     panic!("client {i} disconnected: {reason:?}");
                 }
             }
-        }
-        self.to_clients.clear();
+        });
     }
 
     /// One tick for callgrind, which collects inside
