@@ -166,8 +166,12 @@ for n in "${POINTS[@]}"; do
 
     datagrams=$(awk -v a="$in0" -v b="$in1" -v c="$out0" -v d="$out1" -v w="$wall" -v n="$n" \
         'BEGIN { printf "%.1f / %.1f", (b - a) / w / n, (d - c) / w / n }')
-    if [ "$drops0" = - ] || [ "$drops1" = - ]; then drops="–"; else drops=$((drops1 - drops0)); fi
-    if [ "$wake0" != - ] && [ "$wake1" != - ]; then
+    # A counter missing from the first read was not registered yet (the
+    # metrics page answers while the game is still starting): it was 0.
+    [ "$drops0" = - ] && drops0=0
+    [ "$wake0" = - ] && wake0=0
+    if [ "$drops1" = - ]; then drops="–"; else drops=$((drops1 - drops0)); fi
+    if [ "$wake1" != - ]; then
         netio="$netio, $(awk -v a="$wake0" -v b="$wake1" -v w="$wall" 'BEGIN { printf "%d", (b - a) / w }') wakeups/s"
     fi
 
