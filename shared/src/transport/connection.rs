@@ -362,6 +362,17 @@ pub struct Connection {
     stats: ConnectionStats,
 }
 
+/// The indices of the bits set in `mask`, lowest first.
+fn channel_bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let index = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            index
+        })
+    })
+}
+
 impl Connection {
     /// A connection that is established at `now` (the handshake is the
     /// secure layer's business). An endpoint passes every connection the
@@ -474,7 +485,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Brings channel `index`'s bit of `pending_channels` in step with it.
+    /// Brings channel `index`'s bit of `pending_channels` in step with it
+    /// (after anything that may have changed what it has ready).
     fn note_pending(&mut self, index: usize) {
         let bit = 1u64 << index;
         if self.send[index].has_pending() {
@@ -1024,10 +1036,7 @@ impl Connection {
 
     fn transmit_connected(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let ttl = self.config.unreliable_ttl;
-        let mut waiting = self.pending_channels;
-        while waiting != 0 {
-            let index = waiting.trailing_zeros() as usize;
-            waiting &= waiting - 1;
+        for index in channel_bits(self.pending_channels) {
             if let SendChannel::Unreliable(c) = &mut self.send[index] {
                 c.shed_stale(now, ttl);
                 self.note_pending(index);
@@ -1071,18 +1080,16 @@ impl Connection {
                 units: &mut self.units,
             };
             for &channel in &self.priority_order[..self.send.len()] {
-                let index = usize::from(channel);
-                if self.pending_channels & (1 << index) == 0 {
+                if self.pending_channels & (1 << channel) == 0 {
                     continue;
                 }
-                let send = &mut self.send[index];
-                wrote_messages |= match send {
+                wrote_messages |= match &mut self.send[usize::from(channel)] {
                     SendChannel::Unreliable(c) => c.pack(channel, &mut writer, fragment_size),
                     SendChannel::Reliable(c) => c.pack(channel, &mut writer, &mut ctx),
                 };
-                if !send.has_pending() {
-                    self.pending_channels &= !(1 << index);
-                }
+            }
+            for index in channel_bits(self.pending_channels) {
+                self.note_pending(index);
             }
         }
         let len = writer.len();
