@@ -63,6 +63,15 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// RTT is sampled once per second per connected bot, from the first second.
 const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// What a worker does with a bot after handing it a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterReceive {
+    /// Run [`Bot::service`] in this pass.
+    Service,
+    /// Nothing to send yet: wake the bot no later than this.
+    WakeBy(Instant),
+}
+
 /// Where a bot's datagrams to the server go: its own socket, or a batch
 /// on a socket it shares with other bots.
 pub(crate) trait Outbox {
@@ -236,6 +245,8 @@ pub(crate) struct Bot {
     next_rtt_sample: Option<Instant>,
     verifier: ChatVerifier,
     stopping: bool,
+    /// Messages were queued since the last [`flush`](Self::flush).
+    unsent: bool,
 }
 
 impl Bot {
@@ -271,6 +282,7 @@ impl Bot {
             next_rtt_sample: None,
             verifier: ChatVerifier::new(account),
             stopping: false,
+            unsent: false,
             ctx,
         }
     }
@@ -355,6 +367,27 @@ impl Bot {
         match self.link.as_mut() {
             Some(link) => link.down.send(now, data),
             None => self.endpoint.handle_datagram(now, from, data),
+        }
+    }
+
+    /// Handles the messages the datagrams read so far brought, as a game
+    /// client does between its frames, and says whether that calls for a
+    /// [`service`](Self::service) now. A connected bot that only received
+    /// snapshots and chat lines has nothing to send until its next input
+    /// (or the transport's next timer, e.g. a held acknowledgement): it
+    /// waits for that instead of running a full pass for every datagram.
+    pub(crate) fn after_receive(&mut self, now: Instant, stats: &mut WorkerStats) -> AfterReceive {
+        // Handshakes, goodbyes and the conditioner's delays keep the plain path.
+        if self.phase != Phase::Connected || self.link.is_some() {
+            return AfterReceive::Service;
+        }
+        self.handle_events(now, stats);
+        if self.phase != Phase::Connected || self.unsent {
+            return AfterReceive::Service;
+        }
+        match self.endpoint.poll_timeout() {
+            Some(at) if at > now => AfterReceive::WakeBy(at),
+            _ => AfterReceive::Service,
         }
     }
 
@@ -570,7 +603,10 @@ impl Bot {
         stats: &mut WorkerStats,
     ) -> bool {
         match self.endpoint.send(channel, payload) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.unsent = true;
+                true
+            }
             Err(_) => {
                 stats.send_errors += 1;
                 false
@@ -716,6 +752,7 @@ impl Bot {
         scratch: &mut Vec<u8>,
         stats: &mut WorkerStats,
     ) {
+        self.unsent = false;
         while let Some(transmit) = self.endpoint.poll_transmit(now, tx) {
             let data = &tx[..transmit.len];
             match self.link.as_mut() {
@@ -824,7 +861,199 @@ fn first_request_id() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
+    use shared::io::system_rng;
+    use shared::netcode::{ClientIndex, MAX_PACKET_BYTES, ServerConfig};
+    use shared::protocol::movement::EntityAdded;
+
     use super::*;
+    use crate::token::TokenMinter;
+
+    /// Datagrams a bot queued.
+    #[derive(Default)]
+    struct Sent(Vec<Vec<u8>>);
+
+    impl Outbox for Sent {
+        fn send(&mut self, data: &[u8]) -> bool {
+            self.0.push(data.to_vec());
+            true
+        }
+    }
+
+    /// One bot of `default.toml` and a server endpoint, in memory.
+    struct Pair {
+        bot: Bot,
+        server: ServerEndpoint,
+        server_addr: SocketAddr,
+        bot_addr: SocketAddr,
+        slot: Option<ClientIndex>,
+        stats: WorkerStats,
+        now: Instant,
+        buf: Vec<u8>,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
+            let key = shared::keys::dev_key();
+            let netcode = ServerConfig::new(PROTOCOL_ID, key, vec![server_addr]);
+            let config =
+                ServerEndpointConfig::new(netcode, shared::protocol::channels::transport_config());
+            let server = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+            let scenario = Scenario::parse(
+                include_str!("../../assets/scenarios/default.toml"),
+                "default.toml",
+            )
+            .unwrap();
+            let ctx = Arc::new(BotContext {
+                server: server_addr,
+                minter: TokenMinter::dev(server_addr),
+                scenario,
+                link: None,
+                first_account: 1,
+                bots: 1,
+                drain_timeout: Duration::from_secs(2),
+                transport: Arc::new(shared::protocol::channels::transport_config()),
+            });
+            let now = Instant::now();
+            Self {
+                bot: Bot::new(ctx, 1, now, 7),
+                server,
+                server_addr,
+                bot_addr: SocketAddr::from((Ipv4Addr::new(127, 1, 0, 1), 40_000)),
+                slot: None,
+                stats: WorkerStats::new(),
+                now,
+                buf: vec![0; MAX_PACKET_BYTES],
+            }
+        }
+
+        /// The bot's service; its datagrams reach the server.
+        fn service(&mut self) -> Option<Instant> {
+            let mut sent = Sent::default();
+            let wake = self.bot.service(
+                self.now,
+                &mut sent,
+                &mut self.buf.clone(),
+                &mut Vec::new(),
+                &mut self.stats,
+            );
+            for mut datagram in sent.0 {
+                self.server
+                    .handle_datagram(self.now, unix_secs(), self.bot_addr, &mut datagram);
+                while let Some(event) = self.server.poll_event() {
+                    if let EndpointEvent::Connected { client, .. } = event {
+                        self.slot = Some(client);
+                    }
+                }
+            }
+            wake
+        }
+
+        /// Hands the server's datagrams to the bot.
+        fn receive(&mut self) {
+            while let Some(transmit) = self.server.poll_transmit(self.now, &mut self.buf) {
+                let mut datagram = self.buf[..transmit.len].to_vec();
+                self.bot
+                    .on_datagram(self.now, self.server_addr, &mut datagram, &mut self.stats);
+            }
+        }
+
+        /// Hands the server's datagrams to the bot; what it then asks for.
+        fn deliver(&mut self) -> AfterReceive {
+            self.receive();
+            self.bot.after_receive(self.now, &mut self.stats)
+        }
+
+        fn connect(&mut self) {
+            for _ in 0..20 {
+                self.service();
+                self.deliver();
+                self.now += Duration::from_millis(5);
+                if self.bot.phase == Phase::Connected {
+                    self.service();
+                    return;
+                }
+            }
+            panic!("the bot did not connect: {:?}", self.bot.phase);
+        }
+    }
+
+    #[test]
+    fn a_bot_that_only_received_a_snapshot_waits_for_its_next_input() {
+        let mut pair = Pair::new();
+        pair.connect();
+        let slot = pair.slot.expect("the server saw the bot connect");
+        let snapshot = Snapshot {
+            tick: 1,
+            baseline_age: 0,
+            last_input: 0,
+            you: 5,
+            id_base: 0,
+            removed: Vec::new(),
+            added: vec![EntityAdded {
+                id_gap: 5,
+                x: 64,
+                y: 32,
+            }],
+            moved: Vec::new(),
+        };
+        pair.now += Duration::from_millis(1);
+        let payload = protocol::encode(&snapshot).unwrap();
+        pair.server
+            .send(pair.now, slot, channels::SNAPSHOT, payload)
+            .unwrap();
+        let after = pair.deliver();
+        // Applied at once, and the bot's frame waits for its schedule.
+        assert_eq!(pair.stats.snapshots_applied, 1);
+        assert_eq!(pair.bot.receiver.own_position(), Some(Vec2::new(2.0, 1.0)));
+        match after {
+            AfterReceive::WakeBy(at) => {
+                assert!(at > pair.now, "{at:?} is not after {:?}", pair.now)
+            }
+            AfterReceive::Service => panic!("a snapshot alone asked for a service"),
+        }
+    }
+
+    #[test]
+    fn a_bot_with_something_to_send_or_a_lost_connection_is_serviced_now() {
+        let mut pair = Pair::new();
+        pair.connect();
+        let slot = pair.slot.expect("the server saw the bot connect");
+        // A message queued after the datagram was handled (as a reaction
+        // to it would be) must go out in this pass.
+        pair.now += Duration::from_millis(1);
+        pair.server
+            .send(pair.now, slot, channels::SNAPSHOT, Bytes::from_static(b"x"))
+            .unwrap();
+        pair.receive();
+        assert!(
+            pair.bot
+                .send(channels::CHAT, Bytes::from_static(b"hi"), &mut pair.stats)
+        );
+        assert_eq!(
+            pair.bot.after_receive(pair.now, &mut pair.stats),
+            AfterReceive::Service
+        );
+        pair.service();
+        // The server closes the connection: the bot must notice now.
+        pair.now += Duration::from_millis(1);
+        pair.server
+            .disconnect(pair.now, slot, DisconnectReason::Closed);
+        assert_eq!(pair.deliver(), AfterReceive::Service);
+        assert_eq!(
+            pair.bot.service(
+                pair.now,
+                &mut Sent::default(),
+                &mut pair.buf,
+                &mut Vec::new(),
+                &mut pair.stats
+            ),
+            None
+        );
+    }
 
     #[test]
     fn reasons_become_snake_case_keys() {

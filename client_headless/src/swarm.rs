@@ -6,6 +6,10 @@
 //! 1. wait on its `Poll` until the earliest bot wake-up (at most
 //!    [`MAX_WAIT`], to notice a stop request);
 //! 2. for every readable socket, read all waiting datagrams into the bot;
+//!    each bot that received some handles their messages, and joins this
+//!    pass's services only when that left it something to send now
+//!    (otherwise its wake-up moves no later than its transport's next
+//!    timer): a bot's frame runs at its input rate, not once per datagram;
 //! 3. pop every due wake-up from the heap;
 //! 4. `service` each touched bot once, which sends what it has and returns
 //!    its next wake-up, pushed on the heap.
@@ -34,7 +38,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use shared::netcode::MAX_PACKET_BYTES;
 
-use crate::bot::{Bot, BotContext, Outbox, WorkerStats, new_rtt_histogram};
+use crate::bot::{AfterReceive, Bot, BotContext, Outbox, WorkerStats, new_rtt_histogram};
 use crate::verify::ReliableStats;
 
 /// Longest a worker sleeps before checking for a stop request.
@@ -207,6 +211,8 @@ struct Worker {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
     touched: Vec<usize>,
     touched_mark: Vec<bool>,
+    /// Bots handed datagrams in this pass (repeats allowed).
+    received: Vec<usize>,
     sources: SourceIps,
     stats: WorkerStats,
     live: Arc<Mutex<Live>>,
@@ -254,6 +260,7 @@ impl Worker {
             heap,
             touched: Vec::with_capacity(count),
             touched_mark: vec![false; count],
+            received: Vec::with_capacity(count),
             sources,
             stats: WorkerStats::new(),
             live,
@@ -302,11 +309,11 @@ impl Worker {
                 let token = event.token().0;
                 if token < self.bots.len() {
                     self.read_socket(token, now, &mut rx);
-                    mark(&mut self.touched, &mut self.touched_mark, token);
                 } else {
                     self.read_shared(token - self.bots.len(), now);
                 }
             }
+            self.absorb_received(now);
             while let Some(&Reverse((at, i))) = self.heap.peek() {
                 if at > now {
                     break;
@@ -355,6 +362,7 @@ impl Worker {
             match socket.recv_from(rx) {
                 Ok((len, from)) => {
                     self.bots[i].on_datagram(now, from, &mut rx[..len], &mut self.stats);
+                    self.received.push(i);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // WouldBlock: drained. ConnectionRefused and the like: the
@@ -422,7 +430,7 @@ impl Worker {
                     continue;
                 };
                 self.bots[i].on_datagram(now, SocketAddr::V4(from), data, &mut self.stats);
-                mark(&mut self.touched, &mut self.touched_mark, i);
+                self.received.push(i);
             }
             if n < pktinfo::BATCH {
                 return;
@@ -433,6 +441,24 @@ impl Worker {
 
     #[cfg(not(target_os = "linux"))]
     fn read_shared(&mut self, _: usize, _: Instant) {}
+
+    /// Lets each bot that received datagrams this pass handle them, and
+    /// services the ones with something to send now; the others wake when
+    /// their next input or transport timer is due.
+    fn absorb_received(&mut self, now: Instant) {
+        let mut received = std::mem::take(&mut self.received);
+        for &i in &received {
+            if self.touched_mark[i] {
+                continue;
+            }
+            match self.bots[i].after_receive(now, &mut self.stats) {
+                AfterReceive::Service => mark(&mut self.touched, &mut self.touched_mark, i),
+                AfterReceive::WakeBy(at) => self.schedule(i, Some(at)),
+            }
+        }
+        received.clear();
+        self.received = received;
+    }
 
     /// Sends what the bots queued on shared sockets this pass.
     fn flush_shared(&mut self) {
