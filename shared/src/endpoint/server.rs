@@ -129,6 +129,8 @@ struct Peer {
     ended: Option<DisconnectReason>,
     queued_for_transmit: bool,
     queued_for_events: bool,
+    /// The time of the peer's live entry in the timer heap: never later than
+    /// its connection's next timeout (see `arm`).
     armed: Option<Instant>,
     buffered: usize,
 }
@@ -172,6 +174,21 @@ pub struct ServerEndpoint {
     retired: TransportTotals,
     /// The number the next connection gets.
     next_session: u64,
+}
+
+/// Makes sure `peer` has a heap entry no later than its connection's
+/// next timeout. A timeout that moved later keeps the earlier entry (every
+/// packet in or out moves a connection's timers, mostly later): that entry
+/// fires early, finds nothing due and re-arms, so the heap gets one entry
+/// per timer that really comes due instead of one per packet.
+fn arm(timers: &mut BinaryHeap<Reverse<(Instant, usize)>>, peer: &mut Peer, index: usize) {
+    let Some(next) = peer.conn.poll_timeout() else {
+        return;
+    };
+    if peer.armed.is_none_or(|armed| next < armed) {
+        peer.armed = Some(next);
+        timers.push(Reverse((next, index)));
+    }
 }
 
 impl ServerEndpoint {
@@ -424,13 +441,7 @@ impl ServerEndpoint {
             peer.queued_for_transmit = true;
             self.transmit_queue.push_back(index);
         }
-        let next = peer.conn.poll_timeout();
-        if next != peer.armed {
-            peer.armed = next;
-            if let Some(at) = next {
-                self.timers.push(Reverse((at, index)));
-            }
-        }
+        arm(&mut self.timers, peer, index);
     }
 
     /// Runs the timers due at `now`.
@@ -458,8 +469,13 @@ impl ServerEndpoint {
                 continue; // superseded
             }
             peer.armed = None;
-            peer.conn.handle_timeout(now);
-            self.touch(index);
+            if peer.conn.poll_timeout().is_some_and(|t| t <= now) {
+                peer.conn.handle_timeout(now);
+                self.touch(index);
+            } else {
+                // Armed early (see `arm`): only the timer moves.
+                arm(&mut self.timers, peer, index);
+            }
         }
         due.clear();
         self.due_scratch = due;
@@ -594,13 +610,7 @@ impl ServerEndpoint {
                     self.event_queue.push_back(index);
                 }
             } else {
-                let next = peer.conn.poll_timeout();
-                if next != peer.armed {
-                    peer.armed = next;
-                    if let Some(at) = next {
-                        self.timers.push(Reverse((at, index)));
-                    }
-                }
+                arm(&mut self.timers, peer, index);
             }
         }
         None
