@@ -1,0 +1,168 @@
+//! The server endpoint's timers on virtual time, in memory: a connection's
+//! keepalives and idle timeout run from `handle_timeout` alone, whatever
+//! the packets before did to the connection's timers.
+
+#![expect(
+    clippy::disallowed_methods,
+    reason = "virtual time starts at a real Instant"
+)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shared::endpoint::{
+    ClientEndpoint, ClientEndpointEvent, EndpointEvent, ServerEndpoint, ServerEndpointConfig,
+};
+use shared::io::{system_rng, unix_secs};
+use shared::netcode::{ClientIndex, MAX_PACKET_BYTES, ServerConfig};
+use shared::protocol::{PROTOCOL_ID, channels};
+use shared::transport::DisconnectReason;
+
+/// The connect token's timeout: well above the transport's idle timeout,
+/// so that only the transport's timer can end the connection in time.
+const TOKEN_TIMEOUT_S: i32 = 60;
+
+struct Pair {
+    server: ServerEndpoint,
+    client: ClientEndpoint,
+    server_addr: SocketAddr,
+    client_addr: SocketAddr,
+    slot: Option<ClientIndex>,
+    ended: Option<DisconnectReason>,
+    now: Instant,
+    unix: u64,
+    buf: Vec<u8>,
+}
+
+impl Pair {
+    fn connected() -> Self {
+        let key = shared::keys::dev_key();
+        let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
+        let netcode = ServerConfig::new(PROTOCOL_ID, key, vec![server_addr]);
+        let config = ServerEndpointConfig::new(netcode, channels::transport_config());
+        let server = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+        let now = Instant::now();
+        let unix = unix_secs();
+        let token =
+            shared::keys::mint_token(&key, vec![server_addr], 1, 600, TOKEN_TIMEOUT_S).unwrap();
+        let mut client = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
+        client.connect(&token, now, unix).unwrap();
+        let mut pair = Self {
+            server,
+            client,
+            server_addr,
+            client_addr: SocketAddr::from((Ipv4Addr::new(127, 1, 0, 1), 40_000)),
+            slot: None,
+            ended: None,
+            now,
+            unix,
+            buf: vec![0; MAX_PACKET_BYTES],
+        };
+        for _ in 0..50 {
+            pair.client_turn();
+            pair.server_turn(true);
+            if pair.slot.is_some() && pair.client.is_connected() {
+                return pair;
+            }
+            pair.now += Duration::from_millis(5);
+        }
+        panic!("the client did not connect");
+    }
+
+    /// The client's timers and datagrams, to the server.
+    fn client_turn(&mut self) {
+        if self.client.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.client.handle_timeout(self.now);
+        }
+        while let Some(transmit) = self.client.poll_transmit(self.now, &mut self.buf) {
+            let mut datagram = self.buf[..transmit.len].to_vec();
+            self.server
+                .handle_datagram(self.now, self.unix, self.client_addr, &mut datagram);
+            self.drain_server_events();
+        }
+    }
+
+    /// The server's timers, then its datagrams: delivered to the client,
+    /// or lost (`deliver` false). Returns how many it sent.
+    fn server_turn(&mut self, deliver: bool) -> usize {
+        if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.server.handle_timeout(self.now);
+        }
+        self.drain_server_events();
+        let mut sent = 0;
+        while let Some(transmit) = self.server.poll_transmit(self.now, &mut self.buf) {
+            sent += 1;
+            if deliver {
+                let mut datagram = self.buf[..transmit.len].to_vec();
+                self.client
+                    .handle_datagram(self.now, self.server_addr, &mut datagram);
+                while let Some(event) = self.client.poll_event() {
+                    if let ClientEndpointEvent::Disconnected { reason } = event {
+                        panic!("the client was disconnected: {reason:?}");
+                    }
+                }
+            }
+        }
+        self.drain_server_events();
+        sent
+    }
+
+    fn drain_server_events(&mut self) {
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                EndpointEvent::Connected { client, .. } => self.slot = Some(client),
+                EndpointEvent::Disconnected { reason, .. } => self.ended = Some(reason),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn a_silent_client_gets_keepalives_then_times_out_on_the_servers_timers_alone() {
+    let mut pair = Pair::connected();
+    let slot = pair.slot.unwrap();
+    // Traffic both ways moves the connection's timers (acks, losses, idle).
+    for _ in 0..30 {
+        pair.now += Duration::from_millis(33);
+        pair.client
+            .send(channels::MOVEMENT, Bytes::from_static(&[1; 24]))
+            .unwrap();
+        pair.client_turn();
+        pair.server
+            .send(pair.now, slot, channels::CHAT, Bytes::from_static(&[2; 64]))
+            .unwrap();
+        pair.server_turn(true);
+    }
+    // The client goes silent; its packets from now on are lost. Time jumps
+    // straight to each timer the server asks for.
+    let silent_since = pair.now;
+    let idle = channels::transport_config().idle_timeout;
+    let mut sent_while_silent = 0;
+    while pair.ended.is_none() {
+        let Some(at) = pair.server.poll_timeout() else {
+            panic!(
+                "the server has no timer left {:?} after the client went silent",
+                pair.now - silent_since
+            );
+        };
+        pair.now = pair.now.max(at);
+        assert!(
+            pair.now - silent_since <= idle + Duration::from_secs(1),
+            "still connected {:?} after the client went silent",
+            pair.now - silent_since
+        );
+        sent_while_silent += pair.server_turn(false);
+    }
+    assert_eq!(pair.ended, Some(DisconnectReason::Timeout));
+    assert!(
+        pair.now - silent_since >= idle,
+        "timed out after {:?}, before the idle timeout",
+        pair.now - silent_since
+    );
+    assert!(
+        sent_while_silent >= 5,
+        "{sent_while_silent} keepalives or resends while the client was silent"
+    );
+}
