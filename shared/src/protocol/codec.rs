@@ -200,6 +200,103 @@ impl<'a> VarintWriter<'a> {
     }
 }
 
+/// Reads a body as bincode's standard configuration writes it, for the
+/// types that decode by hand: the same values from the same bytes, and an
+/// error for every byte string bincode refuses, its size limit included
+/// (bincode counts 4 bytes per 32-bit integer and 8 per list length read,
+/// whatever their encoded size, against [`MAX_MESSAGE_BYTES`]). Lists are
+/// bounded by the body itself: a length the remaining bytes cannot hold is
+/// refused before anything is allocated.
+pub(super) struct VarintReader<'a> {
+    buf: &'a [u8],
+    at: usize,
+    /// What bincode's limit would have counted so far.
+    claimed: usize,
+}
+
+impl<'a> VarintReader<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            at: 0,
+            claimed: 0,
+        }
+    }
+
+    /// `n` bytes, or the error bincode gives for a short body.
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let bytes = self
+            .buf
+            .get(self.at..)
+            .and_then(|rest| rest.first_chunk::<N>())
+            .ok_or(bincode::error::DecodeError::UnexpectedEnd {
+                additional: N - (self.buf.len() - self.at).min(N),
+            })?;
+        self.at += N;
+        Ok(*bytes)
+    }
+
+    /// A varint of at most 64 bits; `widest` is the type being read, for
+    /// the error on a wider tag.
+    fn varint(&mut self, widest: bincode::error::IntegerType) -> Result<u64, DecodeError> {
+        use bincode::error::{DecodeError as Bincode, IntegerType};
+        let [tag] = self.take::<1>()?;
+        let found = match tag {
+            0..=250 => return Ok(u64::from(tag)),
+            251 => return Ok(u64::from(u16::from_le_bytes(self.take()?))),
+            252 => return Ok(u64::from(u32::from_le_bytes(self.take()?))),
+            253 if widest == IntegerType::U64 => return Ok(u64::from_le_bytes(self.take()?)),
+            253 => IntegerType::U64,
+            254 => IntegerType::U128,
+            _ => IntegerType::Reserved,
+        };
+        Err(Bincode::InvalidIntegerType {
+            expected: widest,
+            found,
+        }
+        .into())
+    }
+
+    /// A `u32`.
+    pub(super) fn unsigned(&mut self) -> Result<u32, DecodeError> {
+        self.claimed += 4;
+        let value = self.varint(bincode::error::IntegerType::U32)?;
+        // Tags up to 252 carry at most 32 bits.
+        Ok(u32::try_from(value).unwrap_or(u32::MAX))
+    }
+
+    /// An `i32` (zigzag).
+    pub(super) fn signed(&mut self) -> Result<i32, DecodeError> {
+        let zigzag = self.unsigned()?;
+        Ok(((zigzag >> 1) as i32) ^ -((zigzag & 1) as i32))
+    }
+
+    /// A list length, for entries of at least `min_entry_bytes` each.
+    pub(super) fn len(&mut self, min_entry_bytes: usize) -> Result<usize, DecodeError> {
+        self.claimed += 8;
+        let len = self.varint(bincode::error::IntegerType::U64)?;
+        let room = (self.buf.len() - self.at) / min_entry_bytes.max(1);
+        match usize::try_from(len) {
+            Ok(len) if len <= room => Ok(len),
+            _ => Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: min_entry_bytes,
+            }
+            .into()),
+        }
+    }
+
+    /// The body was read to its end, within the limit.
+    pub(super) fn finish(self) -> Result<(), DecodeError> {
+        if self.claimed > MAX_MESSAGE_BYTES {
+            return Err(bincode::error::DecodeError::LimitExceeded.into());
+        }
+        match self.buf.len() - self.at {
+            0 => Ok(()),
+            left => Err(DecodeError::TrailingBytes(left)),
+        }
+    }
+}
+
 /// The id at the front of a payload.
 pub fn message_id(payload: &[u8]) -> Option<u16> {
     payload.first_chunk::<2>().map(|b| u16::from_le_bytes(*b))
@@ -219,6 +316,12 @@ pub fn decode<M: NetMessage>(payload: &[u8]) -> Result<M, DecodeError> {
 
 /// Decodes a body whose id was already checked.
 pub fn decode_body<M: NetMessage>(body: &[u8]) -> Result<M, DecodeError> {
+    M::decode_body(body)
+}
+
+/// Decodes a body with bincode (what [`NetMessage::decode_body`] does
+/// unless a type reads its bytes by hand).
+pub(super) fn bincode_decode_body<M: NetMessage>(body: &[u8]) -> Result<M, DecodeError> {
     let (message, read) = bincode::serde::decode_from_slice(body, config())?;
     if read != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - read));

@@ -52,6 +52,17 @@ pub trait NetMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         codec::bincode_body(self, out)
     }
+
+    /// Decodes a body (without the id), all of it: bincode by default. A
+    /// type received in bulk may read the bytes by hand, faster; its tests
+    /// must show it accepts exactly what bincode accepts, with the same
+    /// values.
+    ///
+    /// # Errors
+    /// The body is malformed, too long, or followed by other bytes.
+    fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
+        codec::bincode_decode_body(body)
+    }
 }
 
 /// A value that encodes exactly as a message `M` without being one: for

@@ -41,8 +41,8 @@
 use glam::{IVec2, Vec2};
 use serde::{Deserialize, Serialize};
 
-use super::codec::VarintWriter;
-use super::{EncodeError, NetMessage};
+use super::codec::{VarintReader, VarintWriter};
+use super::{DecodeError, EncodeError, NetMessage};
 
 /// Quantization of positions on the wire: units per metre (1/32 m steps).
 pub const POSITION_UNITS_PER_METRE: f32 = 32.0;
@@ -173,6 +173,51 @@ impl NetMessage for Snapshot {
         out.truncate(start + written);
         Ok(())
     }
+
+    /// Hand-written too (every client decodes one every tick): accepts
+    /// exactly what bincode accepts, with the same values.
+    fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = VarintReader::new(body);
+        let mut head = [0u32; 5];
+        for v in &mut head {
+            *v = r.unsigned()?;
+        }
+        let [tick, baseline_age, last_input, you, id_base] = head;
+        let len = r.len(1)?;
+        let mut removed = Vec::with_capacity(len);
+        for _ in 0..len {
+            removed.push(r.unsigned()?);
+        }
+        let len = r.len(3)?;
+        let mut added = Vec::with_capacity(len);
+        for _ in 0..len {
+            added.push(EntityAdded {
+                id_gap: r.unsigned()?,
+                x: r.signed()?,
+                y: r.signed()?,
+            });
+        }
+        let len = r.len(3)?;
+        let mut moved = Vec::with_capacity(len);
+        for _ in 0..len {
+            moved.push(EntityMoved {
+                id_gap: r.unsigned()?,
+                dx: r.signed()?,
+                dy: r.signed()?,
+            });
+        }
+        r.finish()?;
+        Ok(Self {
+            tick,
+            baseline_age,
+            last_input,
+            you,
+            id_base,
+            removed,
+            added,
+            moved,
+        })
+    }
 }
 
 /// At least the encoded body size of `s` (every varint at its largest).
@@ -249,6 +294,44 @@ mod tests {
             )
     }
 
+    /// A body of `moved` entries of one byte per value, to reach bincode's
+    /// size limit (which counts 4 bytes per value read).
+    fn long_body(moved: usize) -> Vec<u8> {
+        let snapshot = Snapshot {
+            tick: 1,
+            moved: vec![
+                EntityMoved {
+                    id_gap: 1,
+                    dx: 0,
+                    dy: 0
+                };
+                moved
+            ],
+            ..Snapshot::default()
+        };
+        let mut body = Vec::new();
+        snapshot.encode_body(&mut body).unwrap();
+        body
+    }
+
+    #[test]
+    fn the_hand_written_decoder_stops_at_bincodes_limit() {
+        use crate::protocol::MAX_MESSAGE_BYTES;
+        use crate::protocol::codec::bincode_decode_body;
+        // Counted: 5 head values and 3 entry values each at 4 bytes, three
+        // list lengths at 8.
+        let largest = (MAX_MESSAGE_BYTES - 5 * 4 - 3 * 8) / 12;
+        for (moved, fits) in [(largest, true), (largest + 1, false)] {
+            let body = long_body(moved);
+            assert_eq!(
+                bincode_decode_body::<Snapshot>(&body).is_ok(),
+                fits,
+                "{moved}"
+            );
+            assert_eq!(Snapshot::decode_body(&body).is_ok(), fits, "{moved}");
+        }
+    }
+
     proptest! {
         #[test]
         fn the_hand_written_encoder_writes_what_bincode_writes(snapshot in snapshots()) {
@@ -260,6 +343,34 @@ mod tests {
             prop_assert!(by_hand.len() <= encoded_body_len_bound(&snapshot));
             let bytes = encode(&snapshot).unwrap();
             prop_assert_eq!(decode::<Snapshot>(&bytes).unwrap(), snapshot);
+        }
+
+        #[test]
+        fn the_hand_written_decoder_reads_what_bincode_reads(
+            snapshot in snapshots(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 0..4),
+        ) {
+            let mut body = Vec::new();
+            snapshot.encode_body(&mut body).unwrap();
+            prop_assert_eq!(&Snapshot::decode_body(&body).unwrap(), &snapshot);
+            // Damaged bodies: both decoders agree on every one.
+            for (at, byte, how) in edits {
+                let len = body.len();
+                match how {
+                    0 if len > 0 => body[at.index(len)] = byte,
+                    1 => body.insert(at.index(len + 1), byte),
+                    2 if len > 0 => body.truncate(at.index(len)),
+                    _ => body.push(byte),
+                }
+                let by_bincode = crate::protocol::codec::bincode_decode_body::<Snapshot>(&body);
+                prop_assert_eq!(Snapshot::decode_body(&body).ok(), by_bincode.ok());
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_alike(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let by_bincode = crate::protocol::codec::bincode_decode_body::<Snapshot>(&body);
+            prop_assert_eq!(Snapshot::decode_body(&body).ok(), by_bincode.ok());
         }
 
         #[test]
