@@ -336,15 +336,19 @@ pub struct Connection {
     next_sequence: u16,
     sent: Vec<SentPacket>,
     units: UnitLog,
-    in_flight: VecDeque<u16>,
-    /// The earliest loss deadline of the packets in `in_flight`, kept so
+    /// No packet older than this sequence is in flight: the packets in
+    /// flight are among `oldest_in_flight..next_sequence` (at most
+    /// [`SENT_HISTORY`] of them), read from `sent`, whose slots for recent
+    /// sequences sit side by side (no separate list to touch per ack).
+    oldest_in_flight: u16,
+    /// The earliest loss deadline of the packets in flight, kept so
     /// that re-arming the timers after each transmit is O(1) rather than a
     /// scan of every packet in flight. Exact after
     /// [`detect_losses`](Self::detect_losses); lowered by each new packet;
     /// `None` with `loss_at_stale` when only a rescan can tell. Too early is
     /// harmless (the loss timer fires, finds nothing, re-arms).
     loss_at: Option<Instant>,
-    /// `loss_at` must be recomputed from `in_flight`.
+    /// `loss_at` must be recomputed from the packets in flight.
     loss_at_stale: bool,
     largest_acked: Option<u16>,
     received_latest: Option<u16>,
@@ -433,7 +437,7 @@ impl Connection {
             next_sequence: 0,
             sent,
             units: UnitLog::new(UNITS_IN_FLIGHT),
-            in_flight: VecDeque::with_capacity(SENT_HISTORY),
+            oldest_in_flight: 0,
             loss_at: None,
             loss_at_stale: false,
             largest_acked: None,
@@ -741,8 +745,8 @@ impl Connection {
     fn on_ack(&mut self, now: Instant, ack: AckInfo) -> Result<(), ReliableTimedOut> {
         let mut newest_acked: Option<(u16, Instant)> = None;
         // The ack covers `latest` and the 64 before it. With fewer packets
-        // in flight than that, visit those (newest first, as the ack
-        // order) instead of every sequence the ack names.
+        // sent since the oldest one in flight, visit those (newest first,
+        // as the ack order) instead of every sequence the ack names.
         let mut acked = [0u16; 65];
         let mut count = 0;
         let mut push = |sequence: u16| {
@@ -753,11 +757,10 @@ impl Connection {
             let back = ack.latest.wrapping_sub(sequence);
             back == 0 || (back <= 64 && ack.bits & (1 << (back - 1)) != 0)
         };
-        if self.in_flight.len() <= 64 {
-            self.in_flight
-                .iter()
-                .rev()
-                .copied()
+        let span = self.in_flight_span();
+        if span <= 64 {
+            (1..=span)
+                .map(|back| self.next_sequence.wrapping_sub(back))
                 .filter(|&s| covers(s))
                 .for_each(&mut push);
         } else {
@@ -809,19 +812,38 @@ impl Connection {
         self.detect_losses(now)
     }
 
-    /// Releases the units of every packet older than the oldest one still
-    /// in flight (dropping the acked or lost packets at the front of
-    /// `in_flight` on the way).
-    fn release_units(&mut self) {
-        while let Some(&sequence) = self.in_flight.front() {
-            let packet = &self.sent[usize::from(sequence) % SENT_HISTORY];
-            if packet.in_flight && packet.sequence == sequence {
-                self.units.release_before(packet.units);
-                return;
-            }
-            self.in_flight.pop_front();
+    /// Sequences from the oldest that may be in flight to the newest sent.
+    fn in_flight_span(&self) -> u16 {
+        self.next_sequence.wrapping_sub(self.oldest_in_flight)
+    }
+
+    /// The `sent` slot of packet `sequence`, if it is still in flight.
+    fn in_flight_slot(&self, sequence: u16) -> Option<usize> {
+        let slot = usize::from(sequence) % SENT_HISTORY;
+        let packet = &self.sent[slot];
+        (packet.in_flight && packet.sequence == sequence).then_some(slot)
+    }
+
+    /// Moves `oldest_in_flight` past the acked or lost packets at the front.
+    fn skip_settled(&mut self) {
+        while self.oldest_in_flight != self.next_sequence
+            && self.in_flight_slot(self.oldest_in_flight).is_none()
+        {
+            self.oldest_in_flight = self.oldest_in_flight.wrapping_add(1);
         }
-        self.units.release_all();
+    }
+
+    /// Releases the units of every packet older than the oldest one still
+    /// in flight.
+    fn release_units(&mut self) {
+        self.skip_settled();
+        match self.in_flight_span() {
+            0 => self.units.release_all(),
+            _ => {
+                let slot = usize::from(self.oldest_in_flight) % SENT_HISTORY;
+                self.units.release_before(self.sent[slot].units);
+            }
+        }
     }
 
     fn loss_deadline(&self, packet: &SentPacket) -> Instant {
@@ -833,28 +855,24 @@ impl Connection {
         let mut earliest: Option<Instant> = None;
         // An early return leaves `loss_at` to be recomputed.
         self.loss_at_stale = true;
-        let mut i = 0;
-        while i < self.in_flight.len() {
-            let sequence = self.in_flight[i];
-            let slot = usize::from(sequence) % SENT_HISTORY;
-            let packet = &self.sent[slot];
-            if !packet.in_flight || packet.sequence != sequence {
-                self.in_flight.remove(i);
+        self.skip_settled();
+        for k in 0..self.in_flight_span() {
+            let sequence = self.oldest_in_flight.wrapping_add(k);
+            let Some(slot) = self.in_flight_slot(sequence) else {
                 continue;
-            }
+            };
+            let packet = &self.sent[slot];
             let by_reorder = self.largest_acked.is_some_and(|largest| {
                 seq_newer(largest, sequence)
                     && seq_distance(largest, sequence) >= PACKET_REORDER_THRESHOLD
             });
             let deadline = self.loss_deadline(packet);
             if by_reorder || now >= deadline {
-                self.in_flight.remove(i);
                 self.on_packet_lost(slot, now)?;
                 any_lost = true;
                 continue;
             }
             earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-            i += 1;
         }
         self.loss_at = earliest;
         self.loss_at_stale = false;
@@ -951,12 +969,9 @@ impl Connection {
             Some(self.last_sent + self.config.keepalive_interval),
         );
         if self.loss_at_stale {
-            self.loss_at = self
-                .in_flight
-                .iter()
-                .map(|&s| &self.sent[usize::from(s) % SENT_HISTORY])
-                .filter(|p| p.in_flight)
-                .map(|p| self.loss_deadline(p))
+            self.loss_at = (0..self.in_flight_span())
+                .filter_map(|k| self.in_flight_slot(self.oldest_in_flight.wrapping_add(k)))
+                .map(|slot| self.loss_deadline(&self.sent[slot]))
                 .min();
             self.loss_at_stale = false;
         }
@@ -1054,8 +1069,6 @@ impl Connection {
         let slot = usize::from(sequence) % SENT_HISTORY;
         if self.sent[slot].in_flight {
             // Sent too long ago to stay in the history: count it lost.
-            let old = self.sent[slot].sequence;
-            self.in_flight.retain(|&s| s != old);
             if self.on_packet_lost(slot, now).is_err() {
                 self.fail(now, DisconnectReason::Timeout);
                 return self.poll_transmit(now, buf);
@@ -1114,11 +1127,12 @@ impl Connection {
         packet.attempt = attempt;
         packet.in_flight = ack_eliciting;
         if ack_eliciting {
-            self.in_flight.push_back(sequence);
             let deadline = self.loss_deadline(&self.sent[slot]);
             self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));
         }
         self.next_sequence = sequence.wrapping_add(1);
+        // `release_units` above moved past the packet this slot held.
+        debug_assert!(usize::from(self.in_flight_span()) <= SENT_HISTORY);
         self.ack_eliciting_unacked = 0;
         if wrote_messages {
             self.budget.on_sent(len);
