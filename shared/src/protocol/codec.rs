@@ -271,8 +271,23 @@ impl<'a> VarintReader<'a> {
         Ok(((zigzag >> 1) as i32) ^ -((zigzag & 1) as i32))
     }
 
+    /// A list (its length, then the entries `entry` reads), of entries of
+    /// at least `min_entry_bytes` each.
+    pub(super) fn list<T>(
+        &mut self,
+        min_entry_bytes: usize,
+        mut entry: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let len = self.len(min_entry_bytes)?;
+        let mut list = Vec::with_capacity(len);
+        for _ in 0..len {
+            list.push(entry(self)?);
+        }
+        Ok(list)
+    }
+
     /// A list length, for entries of at least `min_entry_bytes` each.
-    pub(super) fn len(&mut self, min_entry_bytes: usize) -> Result<usize, DecodeError> {
+    fn len(&mut self, min_entry_bytes: usize) -> Result<usize, DecodeError> {
         self.claimed += 8;
         let len = self.varint(bincode::error::IntegerType::U64)?;
         let room = (self.buf.len() - self.at) / min_entry_bytes.max(1);

@@ -183,29 +183,15 @@ impl NetMessage for Snapshot {
             *v = r.unsigned()?;
         }
         let [tick, baseline_age, last_input, you, id_base] = head;
-        let len = r.len(1)?;
-        let mut removed = Vec::with_capacity(len);
-        for _ in 0..len {
-            removed.push(r.unsigned()?);
-        }
-        let len = r.len(3)?;
-        let mut added = Vec::with_capacity(len);
-        for _ in 0..len {
-            added.push(EntityAdded {
-                id_gap: r.unsigned()?,
-                x: r.signed()?,
-                y: r.signed()?,
-            });
-        }
-        let len = r.len(3)?;
-        let mut moved = Vec::with_capacity(len);
-        for _ in 0..len {
-            moved.push(EntityMoved {
-                id_gap: r.unsigned()?,
-                dx: r.signed()?,
-                dy: r.signed()?,
-            });
-        }
+        let removed = r.list(1, VarintReader::unsigned)?;
+        // An added or moved entity: id gap, then two signed values.
+        let entity = |r: &mut VarintReader<'_>| Ok((r.unsigned()?, r.signed()?, r.signed()?));
+        let added = r.list(3, |r| {
+            entity(r).map(|(id_gap, x, y)| EntityAdded { id_gap, x, y })
+        })?;
+        let moved = r.list(3, |r| {
+            entity(r).map(|(id_gap, dx, dy)| EntityMoved { id_gap, dx, dy })
+        })?;
         r.finish()?;
         Ok(Self {
             tick,
