@@ -9,12 +9,12 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use shared::sim::LinkConfig;
 use shared::transport::{
-    ChannelConfig, ChannelId, ChannelKind, DisconnectReason, SendError, TransportConfig,
+    ChannelConfig, ChannelId, ChannelKind, Connection, DisconnectReason, SendError, TransportConfig,
 };
 use support::{Pair, index_of, numbered};
 
@@ -461,6 +461,33 @@ fn graceful_disconnect_carries_the_reason() {
     );
     assert!(pair.a.is_closed() && pair.b.is_closed());
     assert_eq!(pair.a.send(ORDERED, b"x"), Err(SendError::Closed));
+    assert_eq!(
+        pair.a.poll_timeout(),
+        None,
+        "a closed connection needs no wake-up"
+    );
+    assert_eq!(
+        pair.b.poll_timeout(),
+        None,
+        "a closed connection needs no wake-up"
+    );
+}
+
+#[test]
+fn timeouts_are_reported_in_the_callers_time() {
+    // The connection keeps its own compact time; what it reports must be the
+    // caller's `Instant`s, to the nanosecond, however far from the start.
+    let config = TransportConfig::default();
+    let keepalive = config.keepalive_interval;
+    let start = Instant::now() + Duration::from_secs(3_600);
+    let mut idle = Connection::new(config, start).expect("valid config");
+    assert_eq!(idle.poll_timeout(), Some(start + keepalive));
+    // A day of silence: the idle timeout has passed, the connection fails
+    // and owes its peer the reason at once.
+    let later = start + Duration::new(86_400, 123_456_789);
+    idle.handle_timeout(later);
+    assert_eq!(idle.poll_timeout(), Some(later));
+    assert!(idle.poll_transmit(later, &mut [0; 1500]).is_some());
 }
 
 #[test]

@@ -11,7 +11,9 @@
 //! full datagrams), so a connection idle for a while cannot burst far past
 //! its rate.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Stamp;
 
 #[derive(Debug, Clone)]
 pub(crate) struct SendBudget {
@@ -19,10 +21,10 @@ pub(crate) struct SendBudget {
     min_rate: f64,
     max_rate: f64,
     tokens: f64,
-    last_refill: Option<Instant>,
+    last_refill: Option<Stamp>,
     slow_start: bool,
-    epoch_start: Option<Instant>,
-    last_cut: Option<Instant>,
+    epoch_start: Option<Stamp>,
+    last_cut: Option<Stamp>,
     burst_floor: f64,
 }
 
@@ -46,7 +48,7 @@ impl SendBudget {
         (self.rate * 0.05).max(self.burst_floor)
     }
 
-    fn refill(&mut self, now: Instant) {
+    fn refill(&mut self, now: Stamp) {
         if let Some(last) = self.last_refill {
             let dt = now.saturating_duration_since(last).as_secs_f64();
             self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
@@ -55,7 +57,7 @@ impl SendBudget {
     }
 
     /// Whether a datagram may be sent now.
-    pub(crate) fn can_send(&mut self, now: Instant) -> bool {
+    pub(crate) fn can_send(&mut self, now: Stamp) -> bool {
         self.refill(now);
         self.tokens > 0.0
     }
@@ -66,7 +68,7 @@ impl SendBudget {
     }
 
     /// When enough budget will have accrued to send again.
-    pub(crate) fn ready_at(&self, now: Instant) -> Instant {
+    pub(crate) fn ready_at(&self, now: Stamp) -> Stamp {
         if self.tokens > 0.0 {
             return now;
         }
@@ -75,7 +77,7 @@ impl SendBudget {
     }
 
     /// Acknowledged data: grow once per round trip.
-    pub(crate) fn on_ack(&mut self, now: Instant, srtt: Duration, min_rtt: Option<Duration>) {
+    pub(crate) fn on_ack(&mut self, now: Stamp, srtt: Duration, min_rtt: Option<Duration>) {
         let round = srtt.max(Duration::from_millis(10));
         if let Some(min_rtt) = min_rtt
             && srtt > min_rtt * 2 + Duration::from_millis(50)
@@ -97,11 +99,11 @@ impl SendBudget {
     }
 
     /// Packets were declared lost.
-    pub(crate) fn on_loss(&mut self, now: Instant, srtt: Duration) {
+    pub(crate) fn on_loss(&mut self, now: Stamp, srtt: Duration) {
         self.cut(now, srtt.max(Duration::from_millis(10)));
     }
 
-    fn cut(&mut self, now: Instant, round: Duration) {
+    fn cut(&mut self, now: Stamp, round: Duration) {
         if let Some(last) = self.last_cut
             && now.saturating_duration_since(last) < round
         {
@@ -125,7 +127,7 @@ mod tests {
 
     #[test]
     fn loss_cuts_once_per_round_trip_and_respects_the_floor() {
-        let t0 = Instant::now();
+        let t0 = Stamp::ZERO;
         let rtt = Duration::from_millis(100);
         let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
         budget.on_loss(t0, rtt);
@@ -144,7 +146,7 @@ mod tests {
 
     #[test]
     fn recovers_after_loss() {
-        let t0 = Instant::now();
+        let t0 = Stamp::ZERO;
         let rtt = Duration::from_millis(50);
         let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
         budget.on_loss(t0, rtt);
@@ -162,7 +164,7 @@ mod tests {
 
     #[test]
     fn rising_rtt_is_a_congestion_signal() {
-        let t0 = Instant::now();
+        let t0 = Stamp::ZERO;
         let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
         budget.on_ack(
             t0,
@@ -174,7 +176,7 @@ mod tests {
 
     #[test]
     fn bucket_limits_bursts() {
-        let t0 = Instant::now();
+        let t0 = Stamp::ZERO;
         let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_000);
         let mut sent = 0;
         while budget.can_send(t0) {

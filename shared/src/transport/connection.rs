@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::clock::{Clock, Stamp};
 use super::config::{ChannelId, ConfigError, MAX_CHANNELS, TransportConfig};
 use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
@@ -227,31 +228,37 @@ enum Timer {
 
 const TIMER_COUNT: usize = 6;
 
-#[derive(Default)]
-struct TimerTable([Option<Instant>; TIMER_COUNT]);
+/// Each timer's deadline, [`Stamp::NEVER`] when it is not running.
+struct TimerTable([Stamp; TIMER_COUNT]);
+
+impl Default for TimerTable {
+    fn default() -> Self {
+        Self([Stamp::NEVER; TIMER_COUNT])
+    }
+}
 
 impl TimerTable {
-    fn set(&mut self, timer: Timer, at: Option<Instant>) {
-        self.0[timer as usize] = at;
+    fn set(&mut self, timer: Timer, at: Option<Stamp>) {
+        self.0[timer as usize] = at.unwrap_or(Stamp::NEVER);
     }
 
-    fn get(&self, timer: Timer) -> Option<Instant> {
-        self.0[timer as usize]
+    fn next(&self) -> Option<Stamp> {
+        self.0
+            .iter()
+            .min()
+            .copied()
+            .filter(|&at| at != Stamp::NEVER)
     }
 
-    fn next(&self) -> Option<Instant> {
-        self.0.iter().flatten().min().copied()
-    }
-
-    fn expired(&self, timer: Timer, now: Instant) -> bool {
-        self.get(timer).is_some_and(|t| t <= now)
+    fn expired(&self, timer: Timer, now: Stamp) -> bool {
+        self.0[timer as usize] <= now
     }
 }
 
 struct SentPacket {
     sequence: u16,
     in_flight: bool,
-    sent_at: Instant,
+    sent_at: Stamp,
     attempt: u8,
     units: UnitSpan,
 }
@@ -321,6 +328,8 @@ impl Deliver for Inbox {
 pub struct Connection {
     /// Shared by every connection of an endpoint: one copy in the cache.
     config: Arc<TransportConfig>,
+    /// Turns the callers' `Instant`s into the stamps kept inside.
+    clock: Clock,
     state: State,
     send: Vec<SendChannel>,
     recv: Vec<RecvChannel>,
@@ -347,18 +356,18 @@ pub struct Connection {
     /// [`detect_losses`](Self::detect_losses); lowered by each new packet;
     /// `None` with `loss_at_stale` when only a rescan can tell. Too early is
     /// harmless (the loss timer fires, finds nothing, re-arms).
-    loss_at: Option<Instant>,
+    loss_at: Option<Stamp>,
     /// `loss_at` must be recomputed from the packets in flight.
     loss_at_stale: bool,
     largest_acked: Option<u16>,
     received_latest: Option<u16>,
     received_bits: u64,
-    received_latest_at: Option<Instant>,
+    received_latest_at: Option<Stamp>,
     ack_eliciting_unacked: u32,
-    last_received: Instant,
-    last_sent: Instant,
+    last_received: Stamp,
+    last_sent: Stamp,
     /// The latest `now` any call brought; stamps messages queued by `send`.
-    last_activity: Instant,
+    last_activity: Stamp,
     rtt: RttEstimator,
     budget: SendBudget,
     timers: TimerTable,
@@ -382,6 +391,8 @@ impl Connection {
     /// secure layer's business). An endpoint passes every connection the
     /// same `Arc`, so they share one copy of the configuration.
     pub fn new(config: impl Into<Arc<TransportConfig>>, now: Instant) -> Result<Self, ConfigError> {
+        let clock = Clock::new(now);
+        let now = clock.stamp(now);
         let config: Arc<TransportConfig> = config.into();
         config.validate()?;
         let mut priority_order = [0u8; MAX_CHANNELS];
@@ -427,6 +438,7 @@ impl Connection {
                 config.max_payload,
             ),
             config,
+            clock,
             state: State::Connected,
             send,
             recv,
@@ -504,6 +516,10 @@ impl Connection {
     /// `reason` leave on the next `poll_transmit` calls, then the
     /// connection is closed. Queued data is discarded.
     pub fn disconnect(&mut self, now: Instant, reason: DisconnectReason) {
+        self.close_gracefully(self.clock.stamp(now), reason);
+    }
+
+    fn close_gracefully(&mut self, now: Stamp, reason: DisconnectReason) {
         if self.state != State::Connected {
             return;
         }
@@ -566,7 +582,7 @@ impl Connection {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        self.timers.next().map(|at| self.clock.instant(at))
     }
 
     /// Whether [`poll_event`](Self::poll_event) has anything.
@@ -613,12 +629,16 @@ impl Connection {
     }
 
     /// Fails the connection locally: tells the peer why (best effort) and ends.
-    fn fail(&mut self, now: Instant, reason: DisconnectReason) {
-        self.disconnect(now, reason);
+    fn fail(&mut self, now: Stamp, reason: DisconnectReason) {
+        self.close_gracefully(now, reason);
     }
 
     /// Feeds one datagram from the peer.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        self.datagram_at(self.clock.stamp(now), datagram);
+    }
+
+    fn datagram_at(&mut self, now: Stamp, datagram: &[u8]) {
         self.last_activity = self.last_activity.max(now);
         if self.state == State::Closed {
             return;
@@ -708,7 +728,7 @@ impl Connection {
         self.update_timers(now);
     }
 
-    fn on_duplicate(&mut self, ack_eliciting: bool, now: Instant) {
+    fn on_duplicate(&mut self, ack_eliciting: bool, now: Stamp) {
         self.stats.duplicate_packets += 1;
         if ack_eliciting {
             // Our ack may have been lost: acknowledge again.
@@ -717,7 +737,7 @@ impl Connection {
         }
     }
 
-    fn record_received(&mut self, sequence: u16, now: Instant) {
+    fn record_received(&mut self, sequence: u16, now: Stamp) {
         match self.received_latest {
             None => {
                 self.received_latest = Some(sequence);
@@ -742,8 +762,8 @@ impl Connection {
         }
     }
 
-    fn on_ack(&mut self, now: Instant, ack: AckInfo) -> Result<(), ReliableTimedOut> {
-        let mut newest_acked: Option<(u16, Instant)> = None;
+    fn on_ack(&mut self, now: Stamp, ack: AckInfo) -> Result<(), ReliableTimedOut> {
+        let mut newest_acked: Option<(u16, Stamp)> = None;
         // The ack covers `latest` and the 64 before it. With fewer packets
         // sent since the oldest one in flight, visit those (newest first,
         // as the ack order) instead of every sequence the ack names.
@@ -846,13 +866,13 @@ impl Connection {
         }
     }
 
-    fn loss_deadline(&self, packet: &SentPacket) -> Instant {
+    fn loss_deadline(&self, packet: &SentPacket) -> Stamp {
         packet.sent_at + self.rtt.backed_off_rto(packet.attempt) + self.config.max_ack_delay
     }
 
-    fn detect_losses(&mut self, now: Instant) -> Result<(), ReliableTimedOut> {
+    fn detect_losses(&mut self, now: Stamp) -> Result<(), ReliableTimedOut> {
         let mut any_lost = false;
-        let mut earliest: Option<Instant> = None;
+        let mut earliest: Option<Stamp> = None;
         // An early return leaves `loss_at` to be recomputed.
         self.loss_at_stale = true;
         self.skip_settled();
@@ -882,7 +902,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_packet_lost(&mut self, slot: usize, now: Instant) -> Result<(), ReliableTimedOut> {
+    fn on_packet_lost(&mut self, slot: usize, now: Stamp) -> Result<(), ReliableTimedOut> {
         self.stats.packets_lost += 1;
         self.stats.packet_loss += (1.0 - self.stats.packet_loss) / 64.0;
         let packet = &mut self.sent[slot];
@@ -911,6 +931,10 @@ impl Connection {
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.timeout_at(self.clock.stamp(now));
+    }
+
+    fn timeout_at(&mut self, now: Stamp) {
         self.last_activity = self.last_activity.max(now);
         if self.state != State::Connected {
             if let State::Closing { .. } = self.state {
@@ -947,7 +971,7 @@ impl Connection {
         self.pending_channels != 0
     }
 
-    fn update_timers(&mut self, now: Instant) {
+    fn update_timers(&mut self, now: Stamp) {
         match self.state {
             State::Closed => {
                 self.timers = TimerTable::default();
@@ -1001,7 +1025,7 @@ impl Connection {
         self.timers.set(Timer::Fragments, fragments);
     }
 
-    fn ack_info(&self, now: Instant) -> Option<AckInfo> {
+    fn ack_info(&self, now: Stamp) -> Option<AckInfo> {
         let latest = self.received_latest?;
         let held = self
             .received_latest_at
@@ -1018,6 +1042,10 @@ impl Connection {
     /// `max_payload` bytes) and returns its length, or `None` when there is
     /// nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.transmit_at(self.clock.stamp(now), buf)
+    }
+
+    fn transmit_at(&mut self, now: Stamp, buf: &mut [u8]) -> Option<usize> {
         self.last_activity = self.last_activity.max(now);
         let limit = buf.len().min(self.config.max_payload);
         let buf = &mut buf[..limit];
@@ -1049,7 +1077,7 @@ impl Connection {
         }
     }
 
-    fn transmit_connected(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+    fn transmit_connected(&mut self, now: Stamp, buf: &mut [u8]) -> Option<usize> {
         let ttl = self.config.unreliable_ttl;
         for index in channel_bits(self.pending_channels) {
             if let SendChannel::Unreliable(c) = &mut self.send[index] {
@@ -1071,7 +1099,7 @@ impl Connection {
             // Sent too long ago to stay in the history: count it lost.
             if self.on_packet_lost(slot, now).is_err() {
                 self.fail(now, DisconnectReason::Timeout);
-                return self.poll_transmit(now, buf);
+                return self.transmit_at(now, buf);
             }
         }
         let header = PacketHeader {
@@ -1142,7 +1170,7 @@ impl Connection {
         Some(len)
     }
 
-    fn count_sent(&mut self, now: Instant, len: usize) {
+    fn count_sent(&mut self, now: Stamp, len: usize) {
         self.last_sent = now;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += len as u64;

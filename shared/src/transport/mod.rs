@@ -4,6 +4,7 @@
 //! See [`Connection`] for how to drive it and [`wire`] for the datagram
 //! format.
 
+mod clock;
 mod config;
 mod congestion;
 mod connection;

@@ -1,7 +1,8 @@
 //! Receive halves of the channels: ordering, de-duplication and reassembly.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::clock::Stamp;
 use super::config::ChannelKind;
 use super::seq::{seq_distance, seq_newer};
 use super::wire::{FragmentInfo, MessageView};
@@ -66,11 +67,11 @@ struct Reassembly {
     have: Vec<u64>,
     buf: Vec<u8>,
     len: usize,
-    started: Option<Instant>,
+    started: Option<Stamp>,
 }
 
 impl Reassembly {
-    fn begin(&mut self, id: u16, count: u16, fragment_size: usize, now: Instant) -> usize {
+    fn begin(&mut self, id: u16, count: u16, fragment_size: usize, now: Stamp) -> usize {
         let bytes = usize::from(count) * fragment_size;
         self.active = true;
         self.id = id;
@@ -189,7 +190,7 @@ impl RecvChannel {
         &mut self,
         channel: u8,
         view: &MessageView<'_>,
-        now: Instant,
+        now: Stamp,
         limits: &RecvLimits,
         memory: &mut RecvMemory,
         out: &mut impl Deliver,
@@ -201,7 +202,7 @@ impl RecvChannel {
     }
 
     /// Drops unreliable reassemblies older than the timeout.
-    pub(crate) fn expire(&mut self, now: Instant, timeout: Duration, memory: &mut RecvMemory) {
+    pub(crate) fn expire(&mut self, now: Stamp, timeout: Duration, memory: &mut RecvMemory) {
         if let Self::Unreliable(c) = self {
             for r in c.reassemblies.iter_mut().filter(|r| r.active) {
                 if r.started
@@ -214,7 +215,7 @@ impl RecvChannel {
     }
 
     /// Earliest unreliable reassembly expiry.
-    pub(crate) fn next_expiry(&self, timeout: Duration) -> Option<Instant> {
+    pub(crate) fn next_expiry(&self, timeout: Duration) -> Option<Stamp> {
         match self {
             Self::Unreliable(c) => c
                 .reassemblies
@@ -256,7 +257,7 @@ impl UnreliableRecv {
         &mut self,
         channel: u8,
         view: &MessageView<'_>,
-        now: Instant,
+        now: Stamp,
         limits: &RecvLimits,
         memory: &mut RecvMemory,
         out: &mut impl Deliver,
@@ -400,7 +401,7 @@ impl ReliableRecv {
         &mut self,
         channel: u8,
         view: &MessageView<'_>,
-        now: Instant,
+        now: Stamp,
         limits: &RecvLimits,
         memory: &mut RecvMemory,
         out: &mut impl Deliver,
@@ -520,7 +521,7 @@ mod tests {
             cap: usize::MAX,
         };
         let mut sink = Sink(Vec::new());
-        let now = Instant::now();
+        let now = Stamp::ZERO;
         let fragment = vec![7u8; 1024];
         // Messages 1..64 arrive whole (64 fragments each) before message 0,
         // so each is buffered out of order, then all are delivered.

@@ -2,11 +2,12 @@
 //! queues that packing draws from.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 
+use super::clock::Stamp;
 use super::config::{ChannelConfig, ChannelKind};
 use super::seq::seq_distance;
 use super::wire::{FragmentInfo, MessageHeader, PacketWriter};
@@ -111,7 +112,7 @@ impl UnitLog {
 
 /// What packing needs from the connection to write units.
 pub(crate) struct PackContext<'a> {
-    pub(crate) now: Instant,
+    pub(crate) now: Stamp,
     pub(crate) sequence: u16,
     pub(crate) fragment_size: usize,
     pub(crate) units: &'a mut UnitLog,
@@ -154,7 +155,7 @@ impl SendChannel {
 }
 
 struct PendingUnreliable {
-    queued_at: Instant,
+    queued_at: Stamp,
     payload: Bytes,
     id: Option<u16>,
     fragment_count: u16,
@@ -184,7 +185,7 @@ impl UnreliableSend {
         }
     }
 
-    pub(crate) fn push(&mut self, now: Instant, payload: Bytes, fragment_size: usize) {
+    pub(crate) fn push(&mut self, now: Stamp, payload: Bytes, fragment_size: usize) {
         let fragment_count = payload.len().div_ceil(fragment_size).max(1) as u16;
         if self.sequenced {
             // Only the newest message of a sequenced channel matters: older
@@ -219,7 +220,7 @@ impl UnreliableSend {
     }
 
     /// Drops messages that waited longer than `ttl` for send budget.
-    pub(crate) fn shed_stale(&mut self, now: Instant, ttl: Duration) {
+    pub(crate) fn shed_stale(&mut self, now: Stamp, ttl: Duration) {
         while let Some(front) = self.queue.front() {
             if now.saturating_duration_since(front.queued_at) < ttl {
                 return;
@@ -283,7 +284,7 @@ struct FragmentState {
     queued: bool,
     attempts: u8,
     last_sequence: Option<u16>,
-    first_sent: Option<Instant>,
+    first_sent: Option<Stamp>,
 }
 
 #[derive(Default)]
@@ -479,7 +480,7 @@ impl ReliableSend {
         id: u16,
         fragment: u16,
         sequence: u16,
-        now: Instant,
+        now: Stamp,
         reliable_timeout: Duration,
     ) -> Result<(), ReliableTimedOut> {
         let index = self.slot_index(id);
