@@ -1095,7 +1095,10 @@ impl Connection {
         }
         let sequence = self.next_sequence;
         let slot = usize::from(sequence) % SENT_HISTORY;
-        if self.sent[slot].in_flight {
+        // The slot's packet (`SENT_HISTORY` sequences back) can be in flight
+        // only when that many are outstanding; asked in that order, the
+        // common case does not wait on the slot's cold cache line.
+        if usize::from(self.in_flight_span()) >= SENT_HISTORY && self.sent[slot].in_flight {
             // Sent too long ago to stay in the history: count it lost.
             if self.on_packet_lost(slot, now).is_err() {
                 self.fail(now, DisconnectReason::Timeout);
