@@ -21,7 +21,8 @@
 # ramp of max(5, N/500) s and a duration of ramp + RUN_SECS. Server CPU is
 # utime+stime from /proc/PID/stat (and per thread from /proc/PID/task/*/stat)
 # sampled when the bots start and when they exit; cores = cpu seconds / wall
-# seconds of that window (ramp, run and drain). Datagrams per bot per second
+# seconds of that window (ramp, run and drain); steady cores = the same over
+# the run alone (end of the ramp to a second before the end). Datagrams per bot per second
 # (as the server counted them, over the same window), the datagrams the
 # kernel dropped at the server's full socket buffer and net-io's wakeups per
 # second come from its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
@@ -145,6 +146,15 @@ for n in "${POINTS[@]}"; do
         --report "$OUT_DIR/report-$n.json" \
         >"$OUT_DIR/bots-$n.txt" 2>"$OUT_DIR/bots-$n.log" &
     BOTS_PID=$!
+    # The steady state: from the end of the ramp to a second before the
+    # bots stop sending (the window C ENet's reference is measured over,
+    # see enet-reference.sh).
+    sleep "$ramp"
+    steady0=$(cpu_ticks "/proc/$SERVER_PID/stat")
+    ts0=$(now_s)
+    sleep $((RUN_SECS - 1))
+    steady1=$(cpu_ticks "/proc/$SERVER_PID/stat")
+    ts1=$(now_s)
     wait "$BOTS_PID" || true
     BOTS_PID=""
     t1=$(now_s)
@@ -157,6 +167,8 @@ for n in "${POINTS[@]}"; do
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz }')
     cores=$(awk -v c="$cpu" -v w="$wall" 'BEGIN { printf "%.2f", c / w }')
+    steady=$(awk -v a="$steady0" -v b="$steady1" -v s="$ts0" -v e="$ts1" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }')
     # Cores of the net-io thread alone over the same window.
     netio=$(awk -v hz="$CLK_TCK" -v w="$wall" '
         NR == FNR { before[$1] += $2; next }
@@ -177,17 +189,17 @@ for n in "${POINTS[@]}"; do
 
     r="$OUT_DIR/report-$n.json"
     if [ -s "$r" ]; then
-        row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" \
+        row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" --arg steady "$steady" \
             --arg datagrams "$datagrams" --arg drops "$drops" '
             def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
-            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) |"' "$r")
+            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) |"' "$r")
     else
-        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | – | – | – | – | $datagrams | $drops |"
+        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | $datagrams | $drops |"
     fi
     ROWS+=("$row")
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
