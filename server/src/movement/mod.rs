@@ -10,9 +10,9 @@
 //!
 //! | check | action | violation |
 //! |---|---|---|
-//! | `seq` not newer than the last applied | dropped silently (a replay gains nothing) | — |
+//! | `seq` not newer than the last accepted | dropped silently (a replay gains nothing) | — |
 //! | more than [`MovementConfig::max_inputs_per_tick`] this tick | dropped | `flood` |
-//! | no movement credit left (see below) | dropped | `rate` |
+//! | no movement credit left and the input buffer full (see below) | dropped | `rate` |
 //! | non-finite velocity | applied as standing still | `non_finite` |
 //! | speed above `max_speed × (1 + speed_tolerance)` | clamped to `max_speed` | `speed` |
 //! | speed up to that | clamped to `max_speed`, not flagged | — |
@@ -25,10 +25,22 @@
 //! player. With the defaults (30 Hz, 3) displacement over any second is at
 //! most `32/30 ≈ 1.07 ×` the maximum speed; a teleport is impossible.
 //!
+//! **Input buffer**: an input the credit does not cover yet waits, at most
+//! [`MovementConfig::input_buffer`] of them per player, and moves the
+//! player on a later tick, as credit comes. A client sending one input per
+//! tick spends its bank on the first burst after a stall and earns it back
+//! only by falling silent; without the buffer every later bunching of its
+//! inputs (two in one tick, none in the next) would cost it an input. With
+//! it, bunched inputs are late, never lost, and the credit bound above is
+//! unchanged (waiting does not move the player); only a client that keeps
+//! sending faster than the tick rate fills the buffer and loses inputs.
+//!
 //! Violations are counted per player in [`MovementViolations`], in the
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
 //! then every hundredth). An honest client (one input per tick, speed at
 //! most `max_speed`) is never flagged.
+
+use std::collections::VecDeque;
 
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
@@ -60,6 +72,11 @@ pub struct MovementConfig {
     /// keep it at most `tick_hz / 10 + 1` for the 1.1 × max-speed bound
     /// over one second.
     pub burst_ticks: u32,
+    /// Inputs a player may have waiting for credit (arrived bunched);
+    /// more are dropped and counted as `rate`. Default 4; at most
+    /// [`MAX_INPUT_BUFFER`]. Each waiting input adds a tick of latency to
+    /// that player's movement until the client's inputs thin out.
+    pub input_buffer: u32,
     /// Relative speed excess tolerated without a `speed` flag (clients'
     /// float normalisation is not exact). The speed is clamped anyway.
     /// Default 0.01.
@@ -79,6 +96,7 @@ impl Default for MovementConfig {
             world_max: rules.world_max,
             max_inputs_per_tick: 4,
             burst_ticks: 3,
+            input_buffer: 4,
             speed_tolerance: 0.01,
             spawn_spacing: 12.0,
         }
@@ -107,6 +125,9 @@ impl MovementConfig {
     }
 }
 
+/// The largest [`MovementConfig::input_buffer`] honoured.
+pub const MAX_INPUT_BUFFER: u32 = 64;
+
 /// A player's movement state on the server.
 #[derive(Component, Debug, Clone, PartialEq)]
 pub struct Mover {
@@ -116,17 +137,29 @@ pub struct Mover {
     pub velocity: Vec2,
     credit: u32,
     inputs_this_tick: u32,
+    /// The newest input sequence accepted (applied or waiting).
+    newest_seq: u32,
+    /// Accepted inputs waiting for credit, oldest first.
+    waiting: VecDeque<MoveInput>,
 }
 
 impl Mover {
     /// A mover with full credit and no input yet.
     pub fn new(config: &MovementConfig) -> Self {
+        let room = config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER);
         Self {
             last_seq: 0,
             velocity: Vec2::ZERO,
             credit: config.burst_ticks.max(1),
             inputs_this_tick: 0,
+            newest_seq: 0,
+            waiting: VecDeque::with_capacity(room as usize),
         }
+    }
+
+    /// Inputs accepted and not applied yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 }
 
@@ -139,7 +172,8 @@ pub struct MovementViolations {
     pub speed: u32,
     /// Inputs over the per-tick cap.
     pub flood: u32,
-    /// Inputs beyond the movement credit (faster than the tick rate).
+    /// Inputs beyond the movement credit and the input buffer (sent
+    /// faster than the tick rate for longer than the buffer absorbs).
     pub rate: u32,
 }
 
@@ -293,59 +327,84 @@ fn apply_inputs(
     time: Res<Time<Fixed>>,
     metrics: Res<MovementMetrics>,
     mut players: Query<(
+        Entity,
         &mut Position,
         &mut Mover,
         &mut MovementViolations,
         Option<&Player>,
     )>,
 ) {
-    let rules = config.rules();
-    let dt = time.timestep().as_secs_f32();
-    let flag_above = config.max_speed * (1.0 + config.speed_tolerance.max(0.0));
+    let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
     for MoveCommand { entity, input } in inputs.read() {
-        let Ok((mut position, mut mover, mut violations, player)) = players.get_mut(*entity) else {
+        let Ok((_, _, mut mover, mut violations, player)) = players.get_mut(*entity) else {
             continue;
         };
-        if input.seq <= mover.last_seq {
+        if input.seq <= mover.newest_seq {
             continue;
         }
         mover.inputs_this_tick = mover.inputs_this_tick.saturating_add(1);
-        let violation = if mover.inputs_this_tick > config.max_inputs_per_tick {
-            Some(Violation::Flood)
-        } else if mover.credit == 0 {
-            Some(Violation::Rate)
+        if mover.inputs_this_tick > config.max_inputs_per_tick {
+            record(Violation::Flood, *entity, &mut violations, player, &metrics);
+        } else if mover.waiting.len() >= mover.credit as usize + buffer {
+            record(Violation::Rate, *entity, &mut violations, player, &metrics);
         } else {
+            mover.newest_seq = input.seq;
+            mover.waiting.push_back(*input);
+        }
+    }
+
+    let rules = config.rules();
+    let dt = time.timestep().as_secs_f32();
+    let flag_above = config.max_speed * (1.0 + config.speed_tolerance.max(0.0));
+    for (entity, mut position, mut mover, mut violations, player) in &mut players {
+        // Read through `Deref` first: a player with nothing to apply is not
+        // marked changed.
+        if mover.waiting.is_empty() || mover.credit == 0 {
+            continue;
+        }
+        while mover.credit > 0
+            && let Some(input) = mover.waiting.pop_front()
+        {
             mover.credit -= 1;
             mover.last_seq = input.seq;
             metrics.inputs.inc();
-            let velocity = match rules.clamp_velocity(input.velocity) {
-                Some(v) => v,
-                None => Vec2::ZERO,
-            };
+            let velocity = rules.clamp_velocity(input.velocity).unwrap_or(Vec2::ZERO);
             mover.velocity = velocity;
             position.0 = rules.step(position.0, velocity, dt);
-            if !input.velocity.is_finite() {
+            let violation = if !input.velocity.is_finite() {
                 Some(Violation::NonFinite)
             } else if input.velocity.length() > flag_above {
                 Some(Violation::Speed)
             } else {
                 None
-            }
-        };
-        if let Some(violation) = violation {
-            let (count, counter) = match violation {
-                Violation::NonFinite => (&mut violations.non_finite, &metrics.non_finite),
-                Violation::Speed => (&mut violations.speed, &metrics.speed),
-                Violation::Flood => (&mut violations.flood, &metrics.flood),
-                Violation::Rate => (&mut violations.rate, &metrics.rate),
             };
-            *count += 1;
-            counter.inc();
-            let total = violations.total();
-            if total == 1 || total % 100 == 0 {
-                let account = player.map(|p| p.client.account);
-                tracing::warn!(?entity, ?account, ?violation, total, "movement violation");
+            if let Some(violation) = violation {
+                record(violation, entity, &mut violations, player, &metrics);
             }
         }
+    }
+}
+
+/// Counts a violation for its player and in the metrics, and logs a
+/// player's first and every hundredth.
+fn record(
+    violation: Violation,
+    entity: Entity,
+    violations: &mut MovementViolations,
+    player: Option<&Player>,
+    metrics: &MovementMetrics,
+) {
+    let (count, counter) = match violation {
+        Violation::NonFinite => (&mut violations.non_finite, &metrics.non_finite),
+        Violation::Speed => (&mut violations.speed, &metrics.speed),
+        Violation::Flood => (&mut violations.flood, &metrics.flood),
+        Violation::Rate => (&mut violations.rate, &metrics.rate),
+    };
+    *count += 1;
+    counter.inc();
+    let total = violations.total();
+    if total == 1 || total.is_multiple_of(100) {
+        let account = player.map(|p| p.client.account);
+        tracing::warn!(?entity, ?account, ?violation, total, "movement violation");
     }
 }
