@@ -128,14 +128,20 @@ impl Outbox {
 /// Connected clients and their player entities.
 #[derive(Resource, Default)]
 pub struct Clients {
-    by_client: HashMap<ClientId, Entity>,
+    /// By endpoint slot (dense, at most `max_clients`): every message
+    /// received is resolved here, so a lookup is an index, not a hash.
+    by_slot: Vec<Option<(ClientId, Entity)>>,
+    connected: usize,
     by_account: HashMap<u64, ClientId>,
 }
 
 impl Clients {
     /// The player entity of `client`.
     pub fn entity(&self, client: ClientId) -> Option<Entity> {
-        self.by_client.get(&client).copied()
+        match self.by_slot.get(client.slot.get()) {
+            Some(&Some((held, entity))) if held == client => Some(entity),
+            _ => None,
+        }
     }
 
     /// The connected client with this account id.
@@ -143,19 +149,52 @@ impl Clients {
         self.by_account.get(&account).copied()
     }
 
-    /// Every connected client.
+    /// Every connected client, by slot.
     pub fn iter(&self) -> impl Iterator<Item = (ClientId, Entity)> + '_ {
-        self.by_client.iter().map(|(c, e)| (*c, *e))
+        self.by_slot.iter().flatten().copied()
     }
 
     /// How many are connected.
     pub fn len(&self) -> usize {
-        self.by_client.len()
+        self.connected
     }
 
     /// Whether nobody is connected.
     pub fn is_empty(&self) -> bool {
-        self.by_client.is_empty()
+        self.connected == 0
+    }
+
+    /// The client recorded in `client`'s slot, if any.
+    fn occupant(&self, client: ClientId) -> Option<ClientId> {
+        self.by_slot.get(client.slot.get())?.map(|(held, _)| held)
+    }
+
+    /// Records `client`'s player entity in its slot, which must be free.
+    fn insert(&mut self, client: ClientId, entity: Entity) {
+        let slot = client.slot.get();
+        if self.by_slot.len() <= slot {
+            self.by_slot.resize(slot + 1, None);
+        }
+        debug_assert!(self.by_slot[slot].is_none(), "slot {slot} still held");
+        if self.by_slot[slot].replace((client, entity)).is_none() {
+            self.connected += 1;
+        }
+        self.by_account.insert(client.account, client);
+    }
+
+    /// Forgets `client`; its player entity, if it was still recorded.
+    fn remove(&mut self, client: ClientId) -> Option<Entity> {
+        let held = self.by_slot.get_mut(client.slot.get())?;
+        let (_, entity) = held.take_if(|(c, _)| *c == client)?;
+        self.connected -= 1;
+        self.forget_account(client);
+        Some(entity)
+    }
+
+    fn forget_account(&mut self, client: ClientId) {
+        if self.by_account.get(&client.account) == Some(&client) {
+            self.by_account.remove(&client.account);
+        }
     }
 }
 
@@ -438,5 +477,51 @@ mod tests {
         let mut batch = vec![send(1), kick.clone(), send(2), send(3)];
         disconnects_last(&mut batch);
         assert_eq!(batch, vec![send(1), send(2), send(3), kick]);
+    }
+
+    #[test]
+    fn clients_are_found_by_slot_only_while_the_same_session_holds_it() {
+        let client = |slot, session| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: 100 + u64::from(slot),
+            session,
+        };
+        let mut world = World::new();
+        let (e1, e2, e3) = (
+            world.spawn_empty().id(),
+            world.spawn_empty().id(),
+            world.spawn_empty().id(),
+        );
+        let mut clients = Clients::default();
+        clients.insert(client(7, 1), e1);
+        clients.insert(client(2, 2), e2);
+        assert_eq!(clients.len(), 2);
+        assert_eq!(clients.entity(client(7, 1)), Some(e1));
+        assert_eq!(
+            clients.entity(client(7, 9)),
+            None,
+            "an older or newer session"
+        );
+        assert_eq!(clients.entity(client(3, 1)), None, "an empty slot");
+        assert_eq!(clients.entity(client(4_000, 1)), None, "a slot never seen");
+        assert_eq!(clients.by_account(107), Some(client(7, 1)));
+        assert_eq!(
+            clients.iter().collect::<Vec<_>>(),
+            vec![(client(2, 2), e2), (client(7, 1), e1)]
+        );
+
+        assert_eq!(
+            clients.remove(client(7, 9)),
+            None,
+            "not the session in the slot"
+        );
+        assert_eq!(clients.remove(client(7, 1)), Some(e1));
+        assert_eq!(clients.remove(client(7, 1)), None);
+        assert_eq!((clients.len(), clients.by_account(107)), (1, None));
+
+        clients.insert(client(7, 3), e3);
+        assert_eq!(clients.occupant(client(7, 4)), Some(client(7, 3)));
+        assert_eq!(clients.entity(client(7, 3)), Some(e3));
+        assert_eq!(clients.len(), 2);
     }
 }

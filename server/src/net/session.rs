@@ -72,10 +72,18 @@ pub(super) fn receive(world: &mut World) {
 }
 
 fn on_connected(world: &mut World, client: ClientId) {
+    // `net-io` reports a slot's `Disconnected` before the next `Connected`
+    // in it; should that ever break, the old player ends properly here.
+    if let Some(old) = world.resource::<Clients>().occupant(client) {
+        tracing::warn!(
+            account = old.account,
+            slot = old.slot.get(),
+            "a new client took a slot whose disconnect never came"
+        );
+        on_disconnected(world, old, DisconnectReason::Closed);
+    }
     let entity = world.spawn(Player { client, strikes: 0 }).id();
-    let mut clients = world.resource_mut::<Clients>();
-    clients.by_client.insert(client, entity);
-    clients.by_account.insert(client.account, client);
+    world.resource_mut::<Clients>().insert(client, entity);
     world.resource_mut::<PlayerRoster>().insert(
         players::ClientId(client.account),
         PlayerSummary {
@@ -106,11 +114,7 @@ fn on_connected(world: &mut World, client: ClientId) {
 }
 
 fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason) {
-    let mut clients = world.resource_mut::<Clients>();
-    let entity = clients.by_client.remove(&client);
-    if clients.by_account.get(&client.account) == Some(&client) {
-        clients.by_account.remove(&client.account);
-    }
+    let entity = world.resource_mut::<Clients>().remove(client);
     world
         .resource_mut::<PlayerRoster>()
         .remove(players::ClientId(client.account));

@@ -9,8 +9,6 @@
 //! tick before any `ChatRejected` of that tick, whatever order the
 //! gameplay systems wrote them in.
 
-use std::collections::HashMap;
-
 use bevy_app::{App, FixedPostUpdate};
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
@@ -66,7 +64,9 @@ type Decoder = fn(&mut World, ClientId, &[u8]) -> bool;
 /// Message id → (channel, decoder) for client-to-server types.
 #[derive(Resource, Default)]
 pub(super) struct InboundRegistry {
-    decoders: HashMap<u16, (ChannelId, Decoder)>,
+    /// Sorted by id: a game registers a handful of types, and every
+    /// message received looks its id up here.
+    decoders: Vec<(u16, ChannelId, Decoder)>,
     /// The receive system's buffer of drained events, reused every tick.
     pub(super) pending: Vec<NetEvent>,
 }
@@ -84,9 +84,12 @@ impl InboundRegistry {
         let Some(id) = protocol::message_id(payload) else {
             return false;
         };
-        match self.decoders.get(&id) {
-            Some(&(expected, decode)) if expected == channel => decode(world, client, payload),
-            _ => false,
+        match self.decoders.binary_search_by_key(&id, |&(id, ..)| id) {
+            Ok(at) => match self.decoders[at] {
+                (_, expected, decode) if expected == channel => decode(world, client, payload),
+                _ => false,
+            },
+            Err(_) => false,
         }
     }
 }
@@ -209,13 +212,16 @@ impl NetAppExt for App {
     fn add_client_message<T: NetMessage>(&mut self, channel: ChannelId) -> &mut Self {
         self.add_message::<FromClient<T>>();
         let mut registry = self.world_mut().get_resource_or_init::<InboundRegistry>();
-        match registry.decoders.entry(T::ID) {
-            std::collections::hash_map::Entry::Occupied(_) => {
+        match registry
+            .decoders
+            .binary_search_by_key(&T::ID, |&(id, ..)| id)
+        {
+            Ok(_) => {
                 tracing::error!(id = T::ID, "message id registered twice; keeping the first");
             }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert((channel, decode_into::<T>));
-            }
+            Err(at) => registry
+                .decoders
+                .insert(at, (T::ID, channel, decode_into::<T>)),
         }
         self
     }
