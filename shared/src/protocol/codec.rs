@@ -170,14 +170,23 @@ impl<'a> VarintWriter<'a> {
         self.at
     }
 
-    /// `value` as [`put_varint`] writes it.
-    #[inline]
+    /// `value` as [`put_varint`] writes it. The one-byte case (id gaps,
+    /// small deltas: nearly every value of a snapshot) is inlined at each
+    /// call site; the rest is a call.
+    #[inline(always)]
     pub(super) fn unsigned(&mut self, value: u64) {
-        let at = self.at;
         if value < 251 {
-            self.buf[at] = value as u8;
+            self.buf[self.at] = value as u8;
             self.at += 1;
-        } else if let Ok(v) = u16::try_from(value) {
+        } else {
+            self.unsigned_wide(value);
+        }
+    }
+
+    #[inline(never)]
+    fn unsigned_wide(&mut self, value: u64) {
+        let at = self.at;
+        if let Ok(v) = u16::try_from(value) {
             self.buf[at] = 251;
             self.buf[at + 1..at + 3].copy_from_slice(&v.to_le_bytes());
             self.at += 3;
