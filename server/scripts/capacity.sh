@@ -60,19 +60,8 @@ done
 SERVER_PID=""
 BOTS_PID=""
 
-# Stop one process by PID: SIGINT, then SIGKILL after `grace` seconds.
-stop_pid() {
-    local pid=$1 grace=$2
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -INT "$pid" 2>/dev/null || true
-    for _ in $(seq 1 $((grace * 10))); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=server/scripts/stop_pid.sh
+. "$ROOT/server/scripts/stop_pid.sh"
 
 cleanup() {
     stop_pid "$BOTS_PID" 5

@@ -45,20 +45,11 @@ gcc -O2 -Wall -Wextra -o "$BIN" enet_reference.c -lenet
 
 SERVER_PID=""
 CLIENTS_PID=""
-stop_pid() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -INT "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=server/scripts/stop_pid.sh
+. ./stop_pid.sh
 cleanup() {
-    stop_pid "$CLIENTS_PID"
-    stop_pid "$SERVER_PID"
+    stop_pid "$CLIENTS_PID" 5
+    stop_pid "$SERVER_PID" 5
 }
 trap cleanup EXIT
 
@@ -87,7 +78,7 @@ for i in "${!POINTS[@]}"; do
     t1=$(cpu_ticks "$SERVER_PID"); c1=$(cpu_ticks "$CLIENTS_PID"); w1=$(date +%s.%N)
     wait "$CLIENTS_PID" || { echo "enet-reference.sh: clients failed at $n (see $OUT_DIR)" >&2; exit 1; }
     CLIENTS_PID=""
-    stop_pid "$SERVER_PID"
+    stop_pid "$SERVER_PID" 5
     SERVER_PID=""
     cores() {
         awk -v a="$1" -v b="$2" -v s="$w0" -v e="$w1" -v hz="$CLK_TCK" \
