@@ -187,14 +187,10 @@ impl Clients {
         let held = self.by_slot.get_mut(client.slot.get())?;
         let (_, entity) = held.take_if(|(c, _)| *c == client)?;
         self.connected -= 1;
-        self.forget_account(client);
-        Some(entity)
-    }
-
-    fn forget_account(&mut self, client: ClientId) {
         if self.by_account.get(&client.account) == Some(&client) {
             self.by_account.remove(&client.account);
         }
+        Some(entity)
     }
 }
 
