@@ -10,6 +10,7 @@
 //! | [`console`] | admin commands on the terminal |
 //! | [`shutdown`] | graceful shutdown on signals and commands |
 //! | [`players`] | the roster of connected players for admin tools |
+//! | [`readiness`] | the addresses a started server announces, for supervisors and tests |
 //!
 //! | [`net`] | the `net-io` thread bridged into the ECS, typed messages |
 //! | [`emote`] | the example gameplay plugin (see "Make it your game") |
@@ -31,6 +32,7 @@ pub mod movement;
 pub mod net;
 pub mod persistence;
 pub mod players;
+pub mod readiness;
 pub mod shutdown;
 pub mod tick;
 pub mod world;
@@ -197,7 +199,12 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         ..shared::io::ServerIoConfig::default()
     };
     let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config)?;
-    tracing::info!(bind = %io.local_addr(), public = %public_addr, "serving game traffic");
+    tracing::info!(
+        bind = %io.local_addr(),
+        public = %public_addr,
+        "{}",
+        readiness::GAME_ANNOUNCEMENT
+    );
     Ok(net::NetServer::io(io))
 }
 
@@ -218,7 +225,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         addr: config.metrics_bind,
         source,
     })?;
-    tracing::info!(addr = %endpoint.local_addr(), "serving /metrics and /healthz");
+    tracing::info!(addr = %endpoint.local_addr(), "{}", readiness::METRICS_ANNOUNCEMENT);
 
     let switch = ShutdownSwitch::default();
     shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;

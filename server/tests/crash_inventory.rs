@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use server::readiness::Listening;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
 use shared::netcode::ConnectToken;
@@ -25,7 +26,7 @@ use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 
 mod support;
 
-use support::{free_tcp_port, free_udp_port};
+use support::start_listening;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const KILLS: u32 = 24;
@@ -39,29 +40,22 @@ fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
 /// centre while items spawn up to 100 m away, so every item is in reach.
 const CONFIG: &str = "[inventory]\npickup_radius = 1000.0\n";
 
-fn start_server(dir: &Path, game: SocketAddr, metrics: SocketAddr) -> Child {
+fn start_server(dir: &Path) -> (Child, Listening) {
     let config = dir.join("crash-test.toml");
     if !config.exists() {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(&config, CONFIG).unwrap();
     }
-    Command::new(SERVER)
+    let mut command = Command::new(SERVER);
+    command
         .arg("--config")
         .arg(&config)
-        .args([
-            "--bind",
-            &game.to_string(),
-            "--metrics-bind",
-            &metrics.to_string(),
-        ])
         .arg("--data-dir")
         .arg(dir)
-        .args(["--log-filter", "warn"])
+        .args(["--log-filter", "warn,server=info"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::null());
+    start_listening(command)
 }
 
 fn audit(dir: &Path) -> serde_json::Value {
@@ -212,9 +206,8 @@ fn killing_the_server_never_loses_acknowledged_items_or_unbalances_the_ledger() 
     let mut last_metrics = String::new();
     while kills < KILLS {
         assert!(Instant::now() < test_deadline, "only {kills} kills in time");
-        let game = free_udp_port();
-        let metrics = free_tcp_port();
-        let mut child = start_server(&dir, game, metrics);
+        let (mut child, listening) = start_server(&dir);
+        let (game, metrics) = (listening.public, listening.metrics);
         let start = Instant::now();
         for p in &mut players {
             let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());

@@ -15,7 +15,7 @@ use shared::transport::DisconnectReason;
 
 mod support;
 
-use support::{free_tcp_port, free_udp_port};
+use support::start_listening;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const CLIENTS: u64 = 50;
@@ -63,25 +63,17 @@ struct Seen {
 
 #[test]
 fn fifty_clients_play_and_see_a_graceful_shutdown() {
-    let game = free_udp_port();
-    let metrics = free_tcp_port();
     let dir = std::env::temp_dir().join(format!("server-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new(SERVER)
+    let mut command = Command::new(SERVER);
+    command
         .current_dir(&dir)
-        .args([
-            "--bind",
-            &game.to_string(),
-            "--metrics-bind",
-            &metrics.to_string(),
-        ])
         .args(["--data-dir", "data", "--shutdown-grace-ms", "500"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    let (child, listening) = start_listening(command);
     let mut child = KillOnDrop(child);
+    let (game, metrics) = (listening.public, listening.metrics);
 
     let start = Instant::now();
     let mut clients: Vec<(u64, ClientSocket, Seen)> = (1..=CLIENTS)
@@ -190,19 +182,17 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
 
 #[test]
 fn a_client_sending_malformed_messages_is_disconnected_for_protocol_violation() {
-    let game = free_udp_port();
     let dir = std::env::temp_dir().join(format!("server-e2e-strikes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new(SERVER)
+    let mut command = Command::new(SERVER);
+    command
         .current_dir(&dir)
-        .args(["--bind", &game.to_string(), "--metrics-bind", "127.0.0.1:0"])
         .args(["--shutdown-grace-ms", "0"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    let (child, listening) = start_listening(command);
     let _child = KillOnDrop(child);
+    let game = listening.public;
     let start = Instant::now();
     let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
     endpoint

@@ -3,7 +3,8 @@
 //! # How the server runs
 //!
 //! Every test starts the **real server binary** (`target/<profile>/server`)
-//! as a child process ([`ServerProcess`]), on loopback ports picked for it,
+//! as a child process ([`ServerProcess`]), on loopback ports the OS picks
+//! (the server announces them in its log, see [`server::readiness`]),
 //! in a temporary data folder, and kills it when the handle drops. A
 //! separate process gives the tests what they measure: the server's own
 //! resident memory and CPU time from `/proc/<pid>/`, and "no panic" as
@@ -39,6 +40,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use server::readiness::wait_until_listening;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
 use shared::netcode::{self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES};
@@ -205,43 +207,34 @@ impl ServerProcess {
         std::fs::create_dir_all(&dir).expect("create the server's folder");
         let config = dir.join("server.toml");
         std::fs::write(&config, &options.config_toml).expect("write the config file");
-        let game = free_udp_addr();
-        let metrics = free_tcp_addr();
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .current_dir(&dir)
             .arg("--config")
             .arg(&config)
-            .args(["--bind", &game.to_string()])
-            .args(["--metrics-bind", &metrics.to_string()])
+            .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
             .args(["--max-clients", &options.max_clients.to_string()])
             .args(["--data-dir", "data", "--shutdown-grace-ms", "0"])
-            .args(["--log-filter", "warn"])
+            .args(["--log-filter", "warn,server=info", "--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start the server binary");
-        let server = Self {
-            child,
-            game,
-            metrics,
-            dir,
-        };
-        server.wait_ready(Duration::from_secs(20));
-        server
-    }
-
-    /// Waits until the metrics endpoint answers (the game socket is bound
-    /// before it starts).
-    fn wait_ready(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&self.metrics, Duration::from_millis(200)).is_ok() {
-                return;
+        // The OS picks both ports; the server announces them once serving.
+        let listening = match wait_until_listening(&mut child, Duration::from_secs(20)) {
+            Ok(listening) => listening,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{error}");
             }
-            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            game: listening.public,
+            metrics: listening.metrics,
+            dir,
         }
-        panic!("the server did not start within {limit:?}");
     }
 
     /// The process id.

@@ -1,19 +1,26 @@
 //! Helpers shared by the tests that run the server binary.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-/// A UDP address on 127.0.0.1 that was free a moment ago.
-pub(crate) fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use server::readiness::{Listening, wait_until_listening};
 
-/// A TCP address on 127.0.0.1 that was free a moment ago.
-pub(crate) fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Starts `command` (the server binary and its other arguments) on ports the
+/// OS picks on 127.0.0.1 and returns once the server announced them: no
+/// race for a port another test just took, no client racing the bind.
+/// Keep `server=info` in any `--log-filter` given.
+pub(crate) fn start_listening(mut command: Command) -> (Child, Listening) {
+    command
+        .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start the server binary");
+    match wait_until_listening(&mut child, Duration::from_secs(30)) {
+        Ok(listening) => (child, listening),
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{error}");
+        }
+    }
 }
