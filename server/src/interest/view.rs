@@ -103,8 +103,11 @@ pub struct EncodeScratch {
     changes: Vec<Change>,
     /// Whether `view[i]` is sent this tick (budget-limited snapshots only).
     sent: Vec<bool>,
-    /// Indices into `view`, nearest first (budget-limited snapshots only).
-    nearest: Vec<u32>,
+    /// Sort keys: `id << 32 | index` to order the view by id, then
+    /// `distance << 32 | index` to order it nearest first (budget-limited
+    /// snapshots only). Sorting plain integers is cheaper than sorting
+    /// candidates with a key function.
+    keys: Vec<u64>,
 }
 
 /// Grows `v`'s capacity to at least `max` by writing it through once, so
@@ -129,7 +132,7 @@ impl EncodeScratch {
         reserve_written(&mut self.view, max, nobody);
         reserve_written(&mut self.changes, max, Change::Same);
         reserve_written(&mut self.sent, max, true);
-        reserve_written(&mut self.nearest, max, u32::MAX);
+        reserve_written(&mut self.keys, max, u64::MAX);
     }
 }
 
@@ -149,6 +152,27 @@ fn nearest(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     a.distance_sq
         .total_cmp(&b.distance_sq)
         .then(a.id.cmp(&b.id))
+}
+
+/// `d` as an unsigned integer in the order of [`f32::total_cmp`]: negatives
+/// (all bits flipped) below positives (sign bit set).
+fn distance_key(d: f32) -> u32 {
+    let bits = d.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    }
+}
+
+/// `high << 32 | index`: sorting these sorts by `high`, then by index.
+fn sort_key(high: u32, index: usize) -> u64 {
+    u64::from(high) << 32 | index as u64
+}
+
+/// The index packed into a [`sort_key`].
+fn key_index(key: u64) -> usize {
+    (key & u64::from(u32::MAX)) as usize
 }
 
 impl ClientView {
@@ -242,7 +266,7 @@ impl ClientView {
             view,
             changes,
             sent,
-            nearest: by_distance,
+            keys,
         } = scratch;
         let in_view = if candidates.len() > max {
             candidates.select_nth_unstable_by(max.saturating_sub(1), nearest);
@@ -250,9 +274,11 @@ impl ClientView {
         } else {
             &candidates[..]
         };
+        keys.clear();
+        keys.extend(in_view.iter().enumerate().map(|(i, c)| sort_key(c.id, i)));
+        keys.sort_unstable();
         view.clear();
-        view.extend_from_slice(in_view);
-        view.sort_unstable_by_key(|c| c.id);
+        view.extend(keys.iter().map(|&k| in_view[key_index(k)]));
 
         let baseline = self.baseline();
         let base: &[(u32, IVec2)] = baseline.map_or(&[], |i| &self.history[i].entities);
@@ -325,12 +351,18 @@ impl ClientView {
         sent.clear();
         sent.resize(view.len(), true);
         if budget_limited {
-            by_distance.clear();
-            by_distance.extend(0..view.len() as u32);
-            by_distance.sort_unstable_by(|&a, &b| nearest(&view[a as usize], &view[b as usize]));
+            // The view is sorted by id, so index order breaks distance
+            // ties by id, as `nearest` does.
+            keys.clear();
+            keys.extend(
+                view.iter()
+                    .enumerate()
+                    .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
+            );
+            keys.sort_unstable();
             let mut stopped = false;
-            for &i in by_distance.iter() {
-                let i = i as usize;
+            for &key in keys.iter() {
+                let i = key_index(key);
                 if let Change::Moved { cost, .. } | Change::Added { cost } = changes[i] {
                     if !stopped && used + cost <= limits.budget_bytes {
                         used += cost;
@@ -413,7 +445,39 @@ impl ClientView {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn distance_keys_order_like_total_cmp(
+            a in proptest::num::f32::ANY,
+            b in proptest::num::f32::ANY,
+        ) {
+            prop_assert_eq!(distance_key(a).cmp(&distance_key(b)), a.total_cmp(&b));
+        }
+    }
+
+    #[test]
+    fn the_viewer_and_every_distance_sort_in_total_order() {
+        let ordered = [
+            f32::NEG_INFINITY,
+            -1.0,
+            -f32::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE,
+            1.0,
+            1e30,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let keys: Vec<u32> = ordered.iter().map(|&d| distance_key(d)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:x?}");
+        assert_eq!(key_index(sort_key(7, 3)), 3);
+        assert!(sort_key(7, 0) > sort_key(6, usize::from(u16::MAX)));
+    }
 
     impl ClientView {
         /// Bytes this view holds on the heap.
@@ -436,7 +500,7 @@ mod tests {
             self.view.capacity() * size_of::<Candidate>()
                 + self.changes.capacity() * size_of::<Change>()
                 + self.sent.capacity()
-                + self.nearest.capacity() * size_of::<u32>()
+                + self.keys.capacity() * size_of::<u64>()
         }
     }
 
