@@ -22,7 +22,9 @@
 # utime+stime from /proc/PID/stat (and per thread from /proc/PID/task/*/stat)
 # sampled when the bots start and when they exit; cores = cpu seconds / wall
 # seconds of that window (ramp, run and drain); steady cores = the same over
-# the run alone (end of the ramp to a second before the end). Datagrams per bot per second
+# the run alone (end of the ramp to a second before the end), split into
+# user and kernel time (utime, stime: the kernel's share is the UDP path,
+# which on loopback also delivers to the receiving socket). Datagrams per bot per second
 # (as the server counted them, over the same window), the datagrams the
 # kernel dropped at the server's full socket buffer and net-io's wakeups per
 # second come from its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
@@ -60,8 +62,8 @@ done
 SERVER_PID=""
 BOTS_PID=""
 
-# shellcheck source=server/scripts/stop_pid.sh
-. "$ROOT/server/scripts/stop_pid.sh"
+# shellcheck source=server/scripts/lib.sh
+. "$ROOT/server/scripts/lib.sh"
 
 cleanup() {
     stop_pid "$BOTS_PID" 5
@@ -71,11 +73,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# utime+stime in clock ticks of a /proc stat file (the comm field may hold spaces).
-cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$1" 2>/dev/null || echo 0
-}
 
 # "comm ticks" for each thread of a process.
 thread_ticks() {
@@ -140,10 +137,10 @@ for n in "${POINTS[@]}"; do
     # bots stop sending (the window C ENet's reference is measured over,
     # see enet-reference.sh).
     sleep "$ramp"
-    steady0=$(cpu_ticks "/proc/$SERVER_PID/stat")
+    read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts0=$(now_s)
     sleep $((RUN_SECS - 1))
-    steady1=$(cpu_ticks "/proc/$SERVER_PID/stat")
+    read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts1=$(now_s)
     wait "$BOTS_PID" || true
     BOTS_PID=""
@@ -157,8 +154,7 @@ for n in "${POINTS[@]}"; do
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz }')
     cores=$(awk -v c="$cpu" -v w="$wall" 'BEGIN { printf "%.2f", c / w }')
-    steady=$(awk -v a="$steady0" -v b="$steady1" -v s="$ts0" -v e="$ts1" -v hz="$CLK_TCK" \
-        'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }')
+    steady=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$(awk -v s="$ts0" -v e="$ts1" 'BEGIN { print e - s }')")
     # Cores of the net-io thread alone over the same window.
     netio=$(awk -v hz="$CLK_TCK" -v w="$wall" '
         NR == FNR { before[$1] += $2; next }
@@ -190,6 +186,6 @@ for n in "${POINTS[@]}"; do
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops | bot cores |"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops | bot cores |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

@@ -18,7 +18,8 @@
 # pinned to BOT_CORE, connecting over max(5, N/500) s. Server cores =
 # utime+stime from /proc/PID/stat over the RUN_SECS after the ramp / wall
 # time (steady state only: capacity.sh's window also holds the ramp and the
-# drain); the clients' process likewise. Chat RTT and states per client per second come from the clients.
+# drain), split into user and kernel time as capacity.sh does; the
+# clients' process likewise (total only). Chat RTT and states per client per second come from the clients.
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
 
@@ -45,19 +46,17 @@ gcc -O2 -Wall -Wextra -o "$BIN" enet_reference.c -lenet
 
 SERVER_PID=""
 CLIENTS_PID=""
-# shellcheck source=server/scripts/stop_pid.sh
-. ./stop_pid.sh
+# shellcheck source=server/scripts/lib.sh
+. ./lib.sh
 cleanup() {
     stop_pid "$CLIENTS_PID" 5
     stop_pid "$SERVER_PID" 5
 }
 trap cleanup EXIT
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 echo "ENet 1.3.17 ($(dpkg-query -W -f='${Version}' libenet-dev 2>/dev/null || echo '?')) on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "| clients | connected / requested (never connected, dropped) | server cores (steady) | client process cores | chat echo RTT p50 / p99 ms | states/client/s | chat echoed / sent |"
+echo "| clients | connected / requested (never connected, dropped) | server cores, steady (user, kernel) | client process cores | chat echo RTT p50 / p99 ms | states/client/s | chat echoed / sent |"
 echo "|---|---|---|---|---|---|---|"
 for i in "${!POINTS[@]}"; do
     n=${POINTS[$i]}
@@ -73,9 +72,11 @@ for i in "${!POINTS[@]}"; do
         >"$OUT_DIR/clients-$n.json" 2>"$OUT_DIR/clients-$n.log" &
     CLIENTS_PID=$!
     sleep "$ramp"
-    t0=$(cpu_ticks "$SERVER_PID"); c0=$(cpu_ticks "$CLIENTS_PID"); w0=$(date +%s.%N)
+    read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
+    c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)
     sleep "$RUN_SECS"
-    t1=$(cpu_ticks "$SERVER_PID"); c1=$(cpu_ticks "$CLIENTS_PID"); w1=$(date +%s.%N)
+    read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
+    c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
     wait "$CLIENTS_PID" || { echo "enet-reference.sh: clients failed at $n (see $OUT_DIR)" >&2; exit 1; }
     CLIENTS_PID=""
     stop_pid "$SERVER_PID" 5
@@ -84,7 +85,8 @@ for i in "${!POINTS[@]}"; do
         awk -v a="$1" -v b="$2" -v s="$w0" -v e="$w1" -v hz="$CLK_TCK" \
             'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }'
     }
-    jq -r --arg server "$(cores "$t0" "$t1")" --arg clients "$(cores "$c0" "$c1")" \
+    server=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$(awk -v s="$w0" -v e="$w1" 'BEGIN { print e - s }')")
+    jq -r --arg server "$server" --arg clients "$(cores "$c0" "$c1")" \
         '"| \(.requested) | \(.connected) / \(.requested) (\(.never_connected), \(.disconnected)) | \($server) | \($clients) | \(.chat_rtt_ms.p50) / \(.chat_rtt_ms.p99) | \(.states_per_client_per_s) | \(.chat_echoed) / \(.chat_sent) |"' \
         "$OUT_DIR/clients-$n.json"
 done
