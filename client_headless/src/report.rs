@@ -45,6 +45,8 @@ pub(crate) struct Report {
     pub(crate) server: ServerReport,
     /// CPU seconds used by this process (user + system).
     pub(crate) bot_cpu_s: Option<f64>,
+    /// The system (kernel) part of `bot_cpu_s`.
+    pub(crate) bot_cpu_kernel_s: Option<f64>,
     /// SLOs checked and their outcome.
     pub(crate) slo: Vec<SloResult>,
     /// Things the reader must know (e.g. no chat on the server).
@@ -273,11 +275,12 @@ impl Report {
                 .map_or_else(|| "n/a".to_owned(), |o| format!("{o:.0}"))
         );
         if let Some(cpu) = self.bot_cpu_s {
-            let _ = writeln!(
-                s,
-                "  bot cpu     {cpu:.2} s ({:.0}% of one core)",
-                100.0 * cpu / self.duration_s.max(0.001)
-            );
+            let core = |seconds: f64| 100.0 * seconds / self.duration_s.max(0.001);
+            let _ = write!(s, "  bot cpu     {cpu:.2} s ({:.0}% of one core", core(cpu));
+            if let Some(kernel) = self.bot_cpu_kernel_s {
+                let _ = write!(s, "; kernel {:.0}%", core(kernel));
+            }
+            let _ = writeln!(s, ")");
         }
         for note in &self.notes {
             let _ = writeln!(s, "  note: {note}");
@@ -322,6 +325,7 @@ mod tests {
             inventory: InventoryStats::default(),
             server: ServerReport::default(),
             bot_cpu_s: None,
+            bot_cpu_kernel_s: None,
             slo: Vec::new(),
             notes: Vec::new(),
         }
@@ -382,5 +386,19 @@ mod tests {
         ] {
             assert!(text.contains(word), "{text}");
         }
+    }
+
+    #[test]
+    fn the_bots_cpu_is_reported_with_its_kernel_share() {
+        let mut r = report();
+        r.bot_cpu_s = Some(5.0);
+        r.bot_cpu_kernel_s = Some(2.0);
+        let text = r.summary();
+        assert!(
+            text.contains("bot cpu     5.00 s (50% of one core; kernel 20%)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["bot_cpu_kernel_s"], 2.0);
     }
 }

@@ -29,7 +29,8 @@
 # kernel dropped at the server's full socket buffer and net-io's wakeups per
 # second come from its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
 # connected/requested come from the bots' JSON report; bot cores = the bot
-# process's CPU seconds (from the report) / the same wall time.
+# process's CPU seconds (from the report) / the same wall time, with its
+# kernel part.
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
 
@@ -178,7 +179,8 @@ for n in "${POINTS[@]}"; do
         row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" --arg steady "$steady" \
             --arg datagrams "$datagrams" --arg drops "$drops" '
             def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
-            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else (.bot_cpu_s / ($wall | tonumber) * 100 | round / 100 | tostring) end) |"' "$r")
+            def c(x): x / ($wall | tonumber) * 100 | round / 100 | tostring;
+            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else c(.bot_cpu_s) + (if .bot_cpu_kernel_s == null then "" else " (kernel \(c(.bot_cpu_kernel_s)))" end) end) |"' "$r")
     else
         row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | $datagrams | $drops | – |"
     fi
@@ -186,6 +188,6 @@ for n in "${POINTS[@]}"; do
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops | bot cores |"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops | bot cores (kernel) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
