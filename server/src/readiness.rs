@@ -1,9 +1,10 @@
 //! Finding a server you started: the addresses it announces in its JSON log.
 //!
-//! A supervisor (a test, a fleet agent) that starts the binary with
-//! `--log-format json` and port 0 (`--bind 127.0.0.1:0 --metrics-bind
-//! 127.0.0.1:0`) lets the OS pick free ports, so two servers never race for
-//! one, and learns them from two `info` lines of the `server` target:
+//! A supervisor (a test, a fleet agent) that starts the binary with port 0
+//! (`--bind 127.0.0.1:0 --metrics-bind 127.0.0.1:0`) lets the OS pick free
+//! ports, so two servers never race for one, and learns them from two
+//! `info` lines of the `server` target, in either log format (JSON is the
+//! one to parse in production):
 //! `serving /metrics and /healthz` (field `addr`) and `serving game traffic`
 //! (fields `bind` and `public`). The game line comes last, once the socket is
 //! bound and the `net-io` thread runs: clients may connect from then on.
@@ -41,16 +42,42 @@ pub struct Announcements {
 }
 
 impl Announcements {
-    /// Reads one log line; returns the addresses once both were announced.
-    /// Lines that are not JSON, or not one of the two announcements, are
-    /// skipped.
+    /// Reads one log line, JSON or text; returns the addresses once both
+    /// were announced. Other lines are skipped.
     pub fn read_line(&mut self, line: &str) -> Option<Listening> {
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
-            return None;
-        };
-        let fields = &entry["fields"];
-        let address = |name: &str| fields[name].as_str()?.parse::<SocketAddr>().ok();
-        match fields["message"].as_str() {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(entry) => {
+                let fields = &entry["fields"];
+                self.note(fields["message"].as_str(), |name| {
+                    fields[name].as_str()?.parse().ok()
+                });
+            }
+            // Text: `... server: MESSAGE key=value key=value`.
+            Err(_) => {
+                for message in [GAME_ANNOUNCEMENT, METRICS_ANNOUNCEMENT] {
+                    if let Some((_, fields)) = line.split_once(message) {
+                        self.note(Some(message), |name| {
+                            fields
+                                .split_whitespace()
+                                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?
+                                .parse()
+                                .ok()
+                        });
+                    }
+                }
+            }
+        }
+        let (game, public) = self.game?;
+        Some(Listening {
+            game,
+            public,
+            metrics: self.metrics?,
+        })
+    }
+
+    /// Records an announcement: `message`, and its fields by name.
+    fn note(&mut self, message: Option<&str>, address: impl Fn(&str) -> Option<SocketAddr>) {
+        match message {
             Some(GAME_ANNOUNCEMENT) => {
                 if let (Some(bind), Some(public)) = (address("bind"), address("public")) {
                     self.game = Some((bind, public));
@@ -59,12 +86,6 @@ impl Announcements {
             Some(METRICS_ANNOUNCEMENT) => self.metrics = address("addr").or(self.metrics),
             _ => {}
         }
-        let (game, public) = self.game?;
-        Some(Listening {
-            game,
-            public,
-            metrics: self.metrics?,
-        })
     }
 }
 
@@ -165,6 +186,24 @@ mod tests {
             );
             assert_eq!(announcements.read_line(order[1]), Some(expected));
         }
+    }
+
+    #[test]
+    fn text_lines_announce_the_same_addresses() {
+        let mut announcements = Announcements::default();
+        let metrics = "2026-12-03T14:00:00.000001Z  INFO main server: \
+            serving /metrics and /healthz addr=127.0.0.1:40002";
+        let game = "2026-12-03T14:00:00.000002Z  INFO main server: \
+            serving game traffic bind=0.0.0.0:40001 public=127.0.0.1:40001";
+        assert_eq!(announcements.read_line(metrics), None);
+        assert_eq!(
+            announcements.read_line(game),
+            Some(Listening {
+                game: "0.0.0.0:40001".parse().unwrap(),
+                public: "127.0.0.1:40001".parse().unwrap(),
+                metrics: "127.0.0.1:40002".parse().unwrap(),
+            })
+        );
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The built `server` binary: configuration precedence as the process sees
 //! it, health, and graceful shutdown on SIGTERM.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use server::readiness::{Announcements, Listening};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
@@ -129,11 +132,28 @@ fn invalid_settings_exit_with_a_clear_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Reads the server's stderr on a thread: the addresses it announces
+/// (it binds port 0, so no other test can take them first), then, once
+/// the server exits, the whole log.
+fn read_log(child: &mut Child) -> (Listening, JoinHandle<String>) {
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    let (announced, listening) = mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut announcements = Announcements::default();
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addresses) = announcements.read_line(&line) {
+                let _ = announced.send(addresses);
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let listening = listening
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server announces its addresses");
+    (listening, log)
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -169,21 +189,16 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Option<std::process
 #[test]
 fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
     let dir = scratch_dir("sigterm");
-    let metrics = free_port();
     let mut child = server(&dir)
-        .args(["--metrics-bind", &metrics.to_string()])
+        .args(["--metrics-bind", "127.0.0.1:0"])
         .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let (listening, logs) = read_log(&mut child);
+    let metrics = listening.metrics;
 
     // Readiness: /healthz turns 200 once the tick loop runs. Bounded retry.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -226,26 +241,16 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = scratch_dir("json");
-    let metrics = free_port();
     let mut child = server(&dir)
-        .args([
-            "--metrics-bind",
-            &metrics.to_string(),
-            "--log-format",
-            "json",
-        ])
+        .args(["--metrics-bind", "127.0.0.1:0", "--log-format", "json"])
         .args(["--bind", "127.0.0.1:0", "--shutdown-grace-ms", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let (listening, logs) = read_log(&mut child);
+    let metrics = listening.metrics;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !matches!(http_get(metrics, "/healthz"), Some((200, _))) {
         assert!(Instant::now() < deadline, "server never became healthy");
