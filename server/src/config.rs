@@ -31,6 +31,10 @@ pub const EMBEDDED_CONFIG: &str = include_str!("../../assets/server.toml");
 /// whole shutdown must fit in ten seconds.
 pub const MAX_SHUTDOWN_GRACE_MS: u32 = 8_000;
 
+/// Most nice steps `net_io_nice` may lower the `net-io` thread by (the
+/// range of nice values is 40 steps; 19 takes a thread at 0 to the lowest).
+pub const MAX_NET_IO_NICE: u8 = 19;
+
 /// The command line.
 #[derive(Parser, Debug)]
 #[command(
@@ -156,6 +160,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SHUTDOWN_GRACE_MS)))]
     pub shutdown_grace_ms: Option<u32>,
 
+    /// Nice steps the network I/O thread runs below the tick, so it yields a
+    /// shared core to the tick; 0 to 19 [default: 5]
+    #[arg(long, env = "GAMESERVER_NET_IO_NICE", value_name = "STEPS",
+          value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_NET_IO_NICE)))]
+    pub net_io_nice: Option<u8>,
+
     /// Print the effective configuration as TOML and exit
     #[arg(long)]
     pub print_config: bool,
@@ -185,6 +195,8 @@ pub struct FileConfig {
     pub log_filter: Option<String>,
     /// See [`ServerConfig::shutdown_grace_ms`].
     pub shutdown_grace_ms: Option<u32>,
+    /// See [`ServerConfig::net_io_nice`].
+    pub net_io_nice: Option<u8>,
     /// The `[movement]` table; missing keys keep their defaults.
     pub movement: Option<MovementConfig>,
     /// The `[interest]` table.
@@ -251,6 +263,14 @@ pub enum ConfigError {
         /// The value given.
         value: u32,
     },
+    /// `net_io_nice` is out of range.
+    #[error("net_io_nice = {value} in {origin} is out of range: 0 to {MAX_NET_IO_NICE}")]
+    NetIoNice {
+        /// Where the value came from.
+        origin: String,
+        /// The value given.
+        value: u8,
+    },
 }
 
 /// The effective configuration, available to plugins as a resource.
@@ -278,6 +298,12 @@ pub struct ServerConfig {
     pub log_filter: String,
     /// Grace period between the start of a shutdown and exit.
     pub shutdown_grace_ms: u32,
+    /// Nice steps the `net-io` thread lowers its priority by (see
+    /// [`shared::io::priority`]): when it shares a core with the tick, the
+    /// tick runs through instead of being preempted by every datagram that
+    /// arrives, and `net-io` catches up from the socket buffers while the
+    /// tick sleeps. 0 keeps both at one priority.
+    pub net_io_nice: u8,
     /// Movement rules and anti-cheat limits (`[movement]`).
     pub movement: MovementConfig,
     /// Area of interest and snapshot budget (`[interest]`).
@@ -305,6 +331,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             shutdown_grace_ms: 1000,
+            net_io_nice: 5,
             movement: MovementConfig::default(),
             interest: InterestConfig::default(),
             chat: ChatConfig::default(),
@@ -366,6 +393,16 @@ impl ServerConfig {
                 value: shutdown_grace_ms,
             });
         }
+        let net_io_nice = args
+            .net_io_nice
+            .or(file.net_io_nice)
+            .unwrap_or(defaults.net_io_nice);
+        if net_io_nice > MAX_NET_IO_NICE {
+            return Err(ConfigError::NetIoNice {
+                origin: origin.to_owned(),
+                value: net_io_nice,
+            });
+        }
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
             let ip = if bind.ip().is_unspecified() {
@@ -392,6 +429,7 @@ impl ServerConfig {
                 .unwrap_or(defaults.log_format),
             log_filter: pick(&args.log_filter, &file.log_filter, defaults.log_filter),
             shutdown_grace_ms,
+            net_io_nice,
             movement: file.movement.clone().unwrap_or_default(),
             interest: file.interest.clone().unwrap_or_default(),
             chat: file.chat.clone().unwrap_or_default(),
@@ -572,6 +610,26 @@ mod tests {
             ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml"),
             Err(ConfigError::ShutdownGrace { value: 9000, .. })
         ));
+        let file = FileConfig::parse("net_io_nice = 20", "bad.toml").unwrap();
+        let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "net_io_nice = 20 in bad.toml is out of range: 0 to 19"
+        );
+        assert!(FileConfig::parse("net_io_nice = -1", "bad.toml").is_err());
+    }
+
+    #[test]
+    fn the_net_io_thread_yields_five_steps_unless_told_otherwise() {
+        let defaults = ServerConfig::resolve(&RunArgs::default(), &FileConfig::default(), "none");
+        assert_eq!(defaults.unwrap().net_io_nice, 5);
+        let file = FileConfig::parse("net_io_nice = 0", "test.toml").unwrap();
+        let config = ServerConfig::resolve(&RunArgs::default(), &file, "test.toml").unwrap();
+        assert_eq!(config.net_io_nice, 0);
+        let args = run_args(&["server", "--net-io-nice", "12"]);
+        let config = ServerConfig::resolve(&args, &file, "test.toml").unwrap();
+        assert_eq!(config.net_io_nice, 12);
+        assert!(Cli::try_parse_from(["server", "--net-io-nice", "20"]).is_err());
     }
 
     #[test]
@@ -649,6 +707,8 @@ mod tests {
             "RUST_LOG",
             "--shutdown-grace-ms",
             "GAMESERVER_SHUTDOWN_GRACE_MS",
+            "--net-io-nice",
+            "GAMESERVER_NET_IO_NICE",
             "--print-config",
         ] {
             assert!(help.contains(needle), "--help lacks {needle}:\n{help}");

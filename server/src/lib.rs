@@ -196,6 +196,7 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
             shared::protocol::channels::MOVEMENT,
             shared::protocol::channels::EVENTS,
         ],
+        nice_steps: config.net_io_nice,
         ..shared::io::ServerIoConfig::default()
     };
     let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config)?;

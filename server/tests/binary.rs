@@ -156,6 +156,28 @@ fn read_log(child: &mut Child) -> (Listening, JoinHandle<String>) {
     (listening, log)
 }
 
+/// The nice value of `pid`'s thread named `name`, from `/proc`.
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32, name: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // After the parenthesised name: state is field 3, nice field 19.
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -217,6 +239,13 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         "{body}"
     );
     assert!(body.contains("server_ticks_total "));
+    #[cfg(target_os = "linux")]
+    {
+        // The default net_io_nice: net-io five steps below the tick (main).
+        let main = thread_nice(child.id(), "server").expect("the main thread");
+        let net_io = thread_nice(child.id(), "net-io").expect("the net-io thread");
+        assert_eq!(net_io, (main + 5).min(19));
+    }
 
     let signalled_at = Instant::now();
     let kill = Command::new("kill")

@@ -10,6 +10,7 @@
 
 pub mod batch;
 mod client;
+pub mod priority;
 mod server;
 pub mod socket;
 

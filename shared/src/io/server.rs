@@ -131,6 +131,10 @@ pub struct ServerIoConfig {
     /// [`tune_udp_socket`](super::socket::tune_udp_socket)); the thread logs
     /// what it got and warns when the system grants less.
     pub socket_buffer_bytes: usize,
+    /// How many nice steps the thread lowers its own priority by when it
+    /// starts (0: not at all), so that it yields a shared core to the
+    /// game's tick (see [`priority`](super::priority)).
+    pub nice_steps: u8,
 }
 
 impl Default for ServerIoConfig {
@@ -142,6 +146,7 @@ impl Default for ServerIoConfig {
             droppable_channels: Vec::new(),
             shutdown_linger: Duration::from_millis(500),
             socket_buffer_bytes: super::socket::DEFAULT_SOCKET_BUFFER_BYTES,
+            nice_steps: 0,
         }
     }
 }
@@ -312,6 +317,7 @@ impl ServerIo {
         let (event_tx, events) = crossbeam_channel::bounded(config.inbound_capacity);
         let (commands, command_rx) = crossbeam_channel::bounded(config.outbound_batches);
         let stats = Arc::new(IoStats::default());
+        let nice_steps = config.nice_steps;
         let mut io_loop = IoLoop {
             poll,
             socket,
@@ -332,7 +338,17 @@ impl ServerIo {
         };
         let thread = std::thread::Builder::new()
             .name("net-io".into())
-            .spawn(move || io_loop.run())?;
+            .spawn(move || {
+                if nice_steps > 0 {
+                    match super::priority::lower_current_thread_priority(nice_steps) {
+                        Ok(nice) => tracing::debug!(?nice, "net-io thread priority lowered"),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot lower the net-io thread's priority");
+                        }
+                    }
+                }
+                io_loop.run();
+            })?;
         Ok(Self {
             events,
             commands,
