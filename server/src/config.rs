@@ -161,7 +161,7 @@ pub struct RunArgs {
     pub shutdown_grace_ms: Option<u32>,
 
     /// Nice steps the network I/O thread runs below the tick, so it yields a
-    /// shared core to the tick; 0 to 19 [default: 5]
+    /// shared core to the tick; 0 to 19 [default: 10]
     #[arg(long, env = "GAMESERVER_NET_IO_NICE", value_name = "STEPS",
           value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_NET_IO_NICE)))]
     pub net_io_nice: Option<u8>,
@@ -331,7 +331,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             shutdown_grace_ms: 1000,
-            net_io_nice: 5,
+            net_io_nice: 10,
             movement: MovementConfig::default(),
             interest: InterestConfig::default(),
             chat: ChatConfig::default(),
@@ -620,9 +620,9 @@ mod tests {
     }
 
     #[test]
-    fn the_net_io_thread_yields_five_steps_unless_told_otherwise() {
+    fn the_net_io_thread_yields_ten_steps_unless_told_otherwise() {
         let defaults = ServerConfig::resolve(&RunArgs::default(), &FileConfig::default(), "none");
-        assert_eq!(defaults.unwrap().net_io_nice, 5);
+        assert_eq!(defaults.unwrap().net_io_nice, 10);
         let file = FileConfig::parse("net_io_nice = 0", "test.toml").unwrap();
         let config = ServerConfig::resolve(&RunArgs::default(), &file, "test.toml").unwrap();
         assert_eq!(config.net_io_nice, 0);

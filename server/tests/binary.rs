@@ -241,10 +241,10 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
     assert!(body.contains("server_ticks_total "));
     #[cfg(target_os = "linux")]
     {
-        // The default net_io_nice: net-io five steps below the tick (main).
+        // The default net_io_nice: net-io ten steps below the tick (main).
         let main = thread_nice(child.id(), "server").expect("the main thread");
         let net_io = thread_nice(child.id(), "net-io").expect("the net-io thread");
-        assert_eq!(net_io, (main + 5).min(19));
+        assert_eq!(net_io, (main + 10).min(19));
     }
 
     let signalled_at = Instant::now();
