@@ -383,26 +383,26 @@ impl ServerConfig {
                 origin: origin.to_owned(),
             });
         }
-        let shutdown_grace_ms = args
-            .shutdown_grace_ms
-            .or(file.shutdown_grace_ms)
-            .unwrap_or(defaults.shutdown_grace_ms);
-        if shutdown_grace_ms > MAX_SHUTDOWN_GRACE_MS {
-            return Err(ConfigError::ShutdownGrace {
+        let shutdown_grace_ms = at_most(
+            pick(
+                &args.shutdown_grace_ms,
+                &file.shutdown_grace_ms,
+                defaults.shutdown_grace_ms,
+            ),
+            MAX_SHUTDOWN_GRACE_MS,
+            |value| ConfigError::ShutdownGrace {
                 origin: origin.to_owned(),
-                value: shutdown_grace_ms,
-            });
-        }
-        let net_io_nice = args
-            .net_io_nice
-            .or(file.net_io_nice)
-            .unwrap_or(defaults.net_io_nice);
-        if net_io_nice > MAX_NET_IO_NICE {
-            return Err(ConfigError::NetIoNice {
+                value,
+            },
+        )?;
+        let net_io_nice = at_most(
+            pick(&args.net_io_nice, &file.net_io_nice, defaults.net_io_nice),
+            MAX_NET_IO_NICE,
+            |value| ConfigError::NetIoNice {
                 origin: origin.to_owned(),
-                value: net_io_nice,
-            });
-        }
+                value,
+            },
+        )?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
             let ip = if bind.ip().is_unspecified() {
@@ -467,6 +467,19 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
     arg.clone().or_else(|| file.clone()).unwrap_or(default)
+}
+
+/// `value`, or the error `too_big` makes of it when it exceeds `max`.
+fn at_most<T: PartialOrd + Copy>(
+    value: T,
+    max: T,
+    too_big: impl FnOnce(T) -> ConfigError,
+) -> Result<T, ConfigError> {
+    if value > max {
+        Err(too_big(value))
+    } else {
+        Ok(value)
+    }
 }
 
 #[cfg(test)]
