@@ -1,4 +1,4 @@
-//! Finding a server you started: the addresses it announces in its JSON log.
+//! Finding a server you started: the addresses it announces in its log.
 //!
 //! A supervisor (a test, a fleet agent) that starts the binary with port 0
 //! (`--bind 127.0.0.1:0 --metrics-bind 127.0.0.1:0`) lets the OS pick free
@@ -34,7 +34,7 @@ pub struct Listening {
     pub metrics: SocketAddr,
 }
 
-/// Collects the announcements from JSON log lines, one line at a time.
+/// Collects the announcements from log lines, one line at a time.
 #[derive(Debug, Default)]
 pub struct Announcements {
     game: Option<(SocketAddr, SocketAddr)>,
@@ -112,10 +112,11 @@ pub enum NotListening {
     Timeout(Duration),
 }
 
-/// Reads `child`'s JSON log from its piped stderr until the server announced
-/// where it listens, or `limit` passed. A thread named `server-log` goes on
-/// passing every later line to this process's stderr, so the pipe never
-/// fills and the log stays readable (test harnesses capture it).
+/// Reads `child`'s log from its piped stderr until the server announced
+/// where it listens, or `limit` passed. A thread named `server-log` passes
+/// every line on to this process's stderr, before the announcement and
+/// after, so the pipe never fills and the log stays readable (test
+/// harnesses capture it).
 ///
 /// # Errors
 /// See [`NotListening`].
@@ -127,20 +128,24 @@ pub fn wait_until_listening(child: &mut Child, limit: Duration) -> Result<Listen
         .spawn(move || {
             let mut announcements = Announcements::default();
             let mut tail = std::collections::VecDeque::with_capacity(LOG_TAIL);
-            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-            for line in lines.by_ref() {
+            let mut announced = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if announced {
+                    continue;
+                }
                 if let Some(listening) = announcements.read_line(&line) {
+                    announced = true;
                     let _ = ready.send(Ok(listening));
-                    break;
+                    continue;
                 }
                 if tail.len() == LOG_TAIL {
                     tail.pop_front();
                 }
                 tail.push_back(line);
             }
-            let _ = ready.send(Err(Vec::from(tail).join("\n")));
-            for line in lines {
-                eprintln!("{line}");
+            if !announced {
+                let _ = ready.send(Err(Vec::from(tail).join("\n")));
             }
         })
         .map_err(NotListening::Thread)?;

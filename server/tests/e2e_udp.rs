@@ -230,3 +230,29 @@ fn a_client_sending_malformed_messages_is_disconnected_for_protocol_violation() 
     assert_eq!(ended, Some(DisconnectReason::ProtocolViolation));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_server_that_cannot_start_is_reported_with_its_last_log_lines() {
+    use server::readiness::{NotListening, wait_until_listening};
+    let dir = std::env::temp_dir().join(format!("server-e2e-nostart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A data folder that is a file: the inventory storage cannot open.
+    std::fs::write(dir.join("data"), b"not a folder").unwrap();
+    let mut child = Command::new(SERVER)
+        .current_dir(&dir)
+        .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
+        .args(["--data-dir", "data", "--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    match wait_until_listening(&mut child, Duration::from_secs(20)) {
+        Err(NotListening::Exited { log, .. }) => {
+            assert!(log.contains("startup failed"), "{log}");
+        }
+        other => panic!("expected an early exit, got {other:?}"),
+    }
+    assert!(!child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
