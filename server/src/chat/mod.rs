@@ -175,20 +175,16 @@ impl Plugin for ChatPlugin {
 /// so that a message costs its neighbourhood, not a look-up per member.
 #[derive(Default)]
 struct NearbyIndex {
-    accounts: Vec<u64>,
-    positions: Vec<Vec2>,
-    grid: SpatialGrid,
+    members: Vec<(Vec2, u64)>,
+    grid: SpatialGrid<u64>,
 }
 
 impl NearbyIndex {
     fn rebuild(&mut self, located: impl Iterator<Item = (u64, Vec2)>, cell: f32) {
-        self.accounts.clear();
-        self.positions.clear();
-        for (account, position) in located {
-            self.accounts.push(account);
-            self.positions.push(position);
-        }
-        self.grid.rebuild(&self.positions, cell);
+        self.members.clear();
+        self.members
+            .extend(located.map(|(account, position)| (position, account)));
+        self.grid.rebuild(&self.members, cell);
     }
 }
 
@@ -208,9 +204,9 @@ impl<P: Fn(u64) -> Option<Vec2>> Whereabouts for Located<'_, P> {
         let Some(index) = self.index else {
             return false;
         };
-        index.grid.query(origin, radius, |i, position| {
+        index.grid.query(origin, radius, |position, &account| {
             if position.distance_squared(origin) <= radius * radius {
-                out.push(index.accounts[i as usize]);
+                out.push(account);
             }
         });
         true

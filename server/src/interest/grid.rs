@@ -8,24 +8,26 @@ use glam::Vec2;
 /// they just visit more entities).
 pub const MAX_GRID_CELLS: usize = 1 << 20;
 
-/// Entities bucketed by cell. Items are indices into the position slice
-/// given to [`SpatialGrid::rebuild`]; the grid keeps a copy of the
-/// positions in cell order, so a query reads them front to back.
+/// Items (a position and what the caller keeps with it, `T`) bucketed by
+/// cell. The grid keeps a copy of the items in cell order, so that a query
+/// reads everything it visits front to back instead of looking each item
+/// up elsewhere.
 #[derive(Debug, Clone, Default)]
-pub struct SpatialGrid {
+pub struct SpatialGrid<T> {
     cell_size: f32,
     origin: Vec2,
     cols: usize,
     rows: usize,
-    /// `starts[c]..starts[c + 1]` are the items of cell `c`.
+    /// `starts[c]..starts[c + 1]` are the slots of cell `c` in `by_cell`.
     starts: Vec<u32>,
-    items: Vec<u32>,
-    /// `positions[items[k]]`: the positions in cell order.
-    item_positions: Vec<Vec2>,
+    /// Item indices in cell order (rebuild only).
+    order: Vec<u32>,
+    /// The items in cell order.
+    by_cell: Vec<(Vec2, T)>,
     cell_of: Vec<u32>,
 }
 
-impl SpatialGrid {
+impl<T: Copy> SpatialGrid<T> {
     /// An empty grid with cells of `cell_size` metres (at least 1 m).
     pub fn new(cell_size: f32) -> Self {
         Self {
@@ -34,7 +36,13 @@ impl SpatialGrid {
             } else {
                 1.0
             },
-            ..Self::default()
+            origin: Vec2::ZERO,
+            cols: 0,
+            rows: 0,
+            starts: Vec::new(),
+            order: Vec::new(),
+            by_cell: Vec::new(),
+            cell_of: Vec::new(),
         }
     }
 
@@ -51,11 +59,11 @@ impl SpatialGrid {
         (x, y)
     }
 
-    /// Buckets `positions` (index `i` is item `i`).
-    pub fn rebuild(&mut self, positions: &[Vec2], cell_size: f32) {
+    /// Buckets `items` by their positions.
+    pub fn rebuild(&mut self, items: &[(Vec2, T)], cell_size: f32) {
         let mut min = Vec2::splat(f32::MAX);
         let mut max = Vec2::splat(f32::MIN);
-        for p in positions.iter().filter(|p| p.is_finite()) {
+        for (p, _) in items.iter().filter(|(p, _)| p.is_finite()) {
             min = min.min(*p);
             max = max.max(*p);
         }
@@ -85,7 +93,7 @@ impl SpatialGrid {
         self.starts.clear();
         self.starts.resize(cells + 1, 0);
         self.cell_of.clear();
-        for p in positions {
+        for (p, _) in items {
             let (x, y) = self.cell(*p);
             let c = y * self.cols + x;
             self.cell_of.push(c as u32);
@@ -94,27 +102,27 @@ impl SpatialGrid {
         for c in 0..cells {
             self.starts[c + 1] += self.starts[c];
         }
-        self.items.clear();
-        self.items.resize(positions.len(), 0);
+        self.order.clear();
+        self.order.resize(items.len(), 0);
         // Fill using `starts[c]` as a cursor, then restore it.
         for (i, &c) in self.cell_of.iter().enumerate() {
             let slot = &mut self.starts[c as usize];
-            self.items[*slot as usize] = i as u32;
+            self.order[*slot as usize] = i as u32;
             *slot += 1;
         }
         for c in (1..=cells).rev() {
             self.starts[c] = self.starts[c - 1];
         }
         self.starts[0] = 0;
-        self.item_positions.clear();
-        self.item_positions
-            .extend(self.items.iter().map(|&i| positions[i as usize]));
+        self.by_cell.clear();
+        self.by_cell
+            .extend(self.order.iter().map(|&i| items[i as usize]));
     }
 
-    /// Calls `visit` with every item, and its position, in the cells that
-    /// overlap the square of half-side `radius` around `center` (a
-    /// superset of the circle: the caller checks distances).
-    pub fn query(&self, center: Vec2, radius: f32, mut visit: impl FnMut(u32, Vec2)) {
+    /// Calls `visit` with every item in the cells that overlap the square
+    /// of half-side `radius` around `center` (a superset of the circle:
+    /// the caller checks distances).
+    pub fn query(&self, center: Vec2, radius: f32, mut visit: impl FnMut(Vec2, &T)) {
         if self.cols == 0 {
             return;
         }
@@ -124,11 +132,8 @@ impl SpatialGrid {
             let row = y * self.cols;
             let from = self.starts[row + x0] as usize;
             let to = self.starts[row + x1 + 1] as usize;
-            for (&item, &position) in self.items[from..to]
-                .iter()
-                .zip(&self.item_positions[from..to])
-            {
-                visit(item, position);
+            for (position, item) in &self.by_cell[from..to] {
+                visit(*position, item);
             }
         }
     }
@@ -140,17 +145,19 @@ mod tests {
 
     #[test]
     fn queries_find_everything_in_range() {
-        let positions: Vec<Vec2> = (0..500)
+        let items: Vec<(Vec2, u32)> = (0..500)
             .map(|i| {
-                let i = i as f32;
-                Vec2::new((i * 37.0) % 400.0 - 200.0, (i * 91.0) % 300.0 - 150.0)
+                let f = i as f32;
+                let p = Vec2::new((f * 37.0) % 400.0 - 200.0, (f * 91.0) % 300.0 - 150.0);
+                (p, i)
             })
             .collect();
+        let positions: Vec<Vec2> = items.iter().map(|&(p, _)| p).collect();
         let mut grid = SpatialGrid::new(16.0);
-        grid.rebuild(&positions, 16.0);
+        grid.rebuild(&items, 16.0);
         for center in [Vec2::ZERO, Vec2::new(-200.0, 150.0), Vec2::new(500.0, 0.0)] {
             let mut found = Vec::new();
-            grid.query(center, 40.0, |i, p| {
+            grid.query(center, 40.0, |p, &i| {
                 assert_eq!(p, positions[i as usize]);
                 found.push(i);
             });
@@ -168,12 +175,16 @@ mod tests {
 
     #[test]
     fn huge_spreads_grow_the_cells_instead_of_the_memory() {
-        let positions = [Vec2::splat(-1e7), Vec2::splat(1e7), Vec2::NAN];
+        let items = [
+            (Vec2::splat(-1e7), 0),
+            (Vec2::splat(1e7), 1),
+            (Vec2::NAN, 2),
+        ];
         let mut grid = SpatialGrid::new(1.0);
-        grid.rebuild(&positions, 1.0);
+        grid.rebuild(&items, 1.0);
         assert!(grid.cols * grid.rows <= MAX_GRID_CELLS);
         let mut found = Vec::new();
-        grid.query(Vec2::splat(1e7), 1.0, |i, _| found.push(i));
+        grid.query(Vec2::splat(1e7), 1.0, |_, &i| found.push(i));
         assert!(found.contains(&1));
     }
 }

@@ -31,8 +31,9 @@ use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
 use glam::{IVec2, Vec2};
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
+use shared::protocol::NetMessage;
 use shared::protocol::channels;
-use shared::protocol::movement::{Snapshot, quantize};
+use shared::protocol::movement::{Snapshot, SnapshotBody, quantize};
 
 pub use grid::{MAX_GRID_CELLS, SpatialGrid};
 pub use view::{
@@ -213,15 +214,20 @@ pub enum InterestSystems {
 #[derive(Resource, Default)]
 struct NextNetId(u32);
 
+/// What a viewer's query needs of each entity besides its position.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    id: u32,
+    quantized: IVec2,
+}
+
 /// Per-tick buffers, reused.
 #[derive(Resource, Default)]
 struct Scratch {
-    ids: Vec<u32>,
-    positions: Vec<Vec2>,
-    quantized: Vec<IVec2>,
-    grid: SpatialGrid,
+    entities: Vec<(Vec2, Seen)>,
+    grid: SpatialGrid<Seen>,
     encode: EncodeScratch,
-    snapshot: Snapshot,
+    body: Vec<u8>,
 }
 
 #[derive(Resource, Clone)]
@@ -346,22 +352,23 @@ fn replicate(
     }
 
     let Scratch {
-        ids,
-        positions,
-        quantized,
+        entities: seen,
         grid,
         encode,
-        snapshot,
+        body,
     } = &mut *scratch;
-    ids.clear();
-    positions.clear();
-    quantized.clear();
-    for (id, position) in &entities {
-        ids.push(id.0);
-        positions.push(position.0);
-        quantized.push(quantize(position.0));
-    }
-    grid.rebuild(positions, config.cell_size);
+    seen.clear();
+    seen.extend(entities.iter().map(|(id, position)| {
+        let quantized = quantize(position.0);
+        (
+            position.0,
+            Seen {
+                id: id.0,
+                quantized,
+            },
+        )
+    }));
+    grid.rebuild(seen, config.cell_size);
 
     let limits = config.limits();
     let enter_sq = config.radius * config.radius;
@@ -378,17 +385,16 @@ fn replicate(
             position: quantize(position.0),
             distance_sq: -1.0,
         });
-        grid.query(position.0, reach, |i, at| {
-            let i = i as usize;
+        grid.query(position.0, reach, |at, seen| {
             let distance_sq = at.distance_squared(position.0);
             if distance_sq > leave_sq {
                 return;
             }
-            let id = ids[i];
+            let id = seen.id;
             if id != own.0 && (distance_sq <= enter_sq || viewer.view.was_visible(id)) {
                 candidates.push(Candidate {
                     id,
-                    position: quantized[i],
+                    position: seen.quantized,
                     distance_sq,
                 });
             }
@@ -396,7 +402,7 @@ fn replicate(
         let last_input = mover.map_or(0, |m| m.last_seq);
         let stats = viewer
             .view
-            .encode(tick.0, own.0, last_input, encode, limits, snapshot);
+            .encode(tick.0, own.0, last_input, encode, limits, body);
         metrics.snapshots.inc();
         metrics.bytes.add(stats.bytes as u64);
         if stats.full {
@@ -406,14 +412,17 @@ fn replicate(
             metrics.limited.inc();
         }
         match player {
-            Some(player) => remote.send(player.client, snapshot),
-            None => {
-                local.write(LocalSnapshot {
-                    entity,
-                    snapshot: snapshot.clone(),
-                    stats,
-                });
-            }
+            Some(player) => remote.send(player.client, &SnapshotBody(body)),
+            None => match Snapshot::decode_body(body) {
+                Ok(snapshot) => {
+                    local.write(LocalSnapshot {
+                        entity,
+                        snapshot,
+                        stats,
+                    });
+                }
+                Err(error) => tracing::error!(%error, "cannot read back a local snapshot"),
+            },
         }
     }
 }

@@ -6,9 +6,7 @@ use std::collections::VecDeque;
 
 use glam::IVec2;
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
-use shared::protocol::movement::{
-    EntityAdded, EntityMoved, Snapshot, signed_varint_len, varint_len,
-};
+use shared::protocol::movement::{SnapshotHeader, SnapshotWriter, signed_varint_len, varint_len};
 
 /// Upper bound of a snapshot's fixed part: message id (2), five u32
 /// varints (5 each) and three list lengths (3 each).
@@ -73,10 +71,21 @@ struct Frame {
 enum Change {
     /// The client has it at this position already.
     Same,
-    /// The client has it at `old`; the update costs `cost` bytes.
-    Moved { old: IVec2, cost: usize },
-    /// The client does not have it; adding it costs `cost` bytes.
-    Added { cost: usize },
+    /// The client has it at `old`.
+    Moved { old: IVec2 },
+    /// The client does not have it.
+    Added,
+}
+
+/// At least the bytes that sending `change` of `c` takes (its id gap
+/// counted from `id_base`, the largest it can be).
+fn update_cost(c: &Candidate, change: Change, id_base: u32) -> usize {
+    let values = match change {
+        Change::Same => return 0,
+        Change::Moved { old } => c.position.wrapping_sub(old),
+        Change::Added => c.position,
+    };
+    gap_len(c.id, id_base) + signed_varint_len(values.x) + signed_varint_len(values.y)
 }
 
 /// The server's record of one client's view.
@@ -103,6 +112,8 @@ pub struct EncodeScratch {
     changes: Vec<Change>,
     /// Whether `view[i]` is sent this tick (budget-limited snapshots only).
     sent: Vec<bool>,
+    /// Id gaps of the baseline's entities that left the view.
+    removed: Vec<u32>,
     /// Sort keys: `id << 32 | index` to order the view by id, then
     /// `distance << 32 | index` to order it nearest first (budget-limited
     /// snapshots only). Sorting plain integers is cheaper than sorting
@@ -132,6 +143,7 @@ impl EncodeScratch {
         reserve_written(&mut self.view, max, nobody);
         reserve_written(&mut self.changes, max, Change::Same);
         reserve_written(&mut self.sent, max, true);
+        reserve_written(&mut self.removed, max, 0);
         reserve_written(&mut self.keys, max, u64::MAX);
     }
 }
@@ -226,8 +238,9 @@ impl ClientView {
         self.history.iter().position(|f| f.tick == self.acked)
     }
 
-    /// Builds the snapshot of `tick` for this view into `out` (whose
-    /// buffers are reused).
+    /// Writes the body of the snapshot of `tick` for this view (a
+    /// [`Snapshot`](shared::protocol::movement::Snapshot) without its
+    /// message id) into `out`, replacing what `out` held.
     ///
     /// `scratch.candidates` (in any order, distinct ids) must hold only entities the
     /// client may see (the caller applies radius and hysteresis), the
@@ -242,8 +255,8 @@ impl ClientView {
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
     /// view is sorted by distance only when the budget does not fit every
-    /// update. The candidates are reordered when they are more than
-    /// `max_entities`.
+    /// update. The entries are written straight into `out`. The candidates
+    /// are reordered when they are more than `max_entities`.
     ///
     /// Memory: the first call sizes every buffer of the view for
     /// `max_entities` and the history for `history` frames, so a client's
@@ -255,7 +268,7 @@ impl ClientView {
         last_input: u32,
         scratch: &mut EncodeScratch,
         limits: SnapshotLimits,
-        out: &mut Snapshot,
+        out: &mut Vec<u8>,
     ) -> EncodeStats {
         let max = limits.max_entities;
         let keep = limits.history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
@@ -266,6 +279,7 @@ impl ClientView {
             view,
             changes,
             sent,
+            removed,
             keys,
         } = scratch;
         let in_view = if candidates.len() > max {
@@ -290,64 +304,71 @@ impl ClientView {
             .chain(base.first().map(|e| e.0))
             .min()
             .unwrap_or(0);
+        let header = SnapshotHeader {
+            tick,
+            baseline_age,
+            last_input,
+            you,
+            id_base,
+        };
 
         // One merge of the view and the baseline (both sorted by id): what
         // left, and how each entity of the view would be sent.
-        out.removed.clear();
-        out.added.clear();
-        out.moved.clear();
+        removed.clear();
         changes.clear();
-        let header = 2 + [tick, baseline_age, last_input, you, id_base]
+        let header_len = 2 + [tick, baseline_age, last_input, you, id_base]
             .iter()
             .map(|&v| varint_len(u64::from(v)))
             .sum::<usize>();
         let mut removals = 0;
-        let mut updates = 0;
+        let (mut added, mut moved) = (0, 0);
         let mut previous_removed = id_base;
         let mut b = 0;
         for c in view.iter() {
             while let Some(&(id, _)) = base.get(b).filter(|e| e.0 < c.id) {
                 removals += gap_len(id, previous_removed);
-                out.removed.push(id - previous_removed);
+                removed.push(id - previous_removed);
                 previous_removed = id;
                 b += 1;
             }
-            let id_cost = gap_len(c.id, id_base);
             let change = match base.get(b) {
                 Some(&(id, old)) if id == c.id => {
                     b += 1;
                     if old == c.position {
                         Change::Same
                     } else {
-                        let d = c.position.wrapping_sub(old);
-                        let cost = id_cost + signed_varint_len(d.x) + signed_varint_len(d.y);
-                        Change::Moved { old, cost }
+                        moved += 1;
+                        Change::Moved { old }
                     }
                 }
                 _ => {
-                    let p = c.position;
-                    let cost = id_cost + signed_varint_len(p.x) + signed_varint_len(p.y);
-                    Change::Added { cost }
+                    added += 1;
+                    Change::Added
                 }
             };
-            if let Change::Moved { cost, .. } | Change::Added { cost } = change {
-                updates += cost;
-            }
             changes.push(change);
         }
         for &(id, _) in &base[b..] {
             removals += gap_len(id, previous_removed);
-            out.removed.push(id - previous_removed);
+            removed.push(id - previous_removed);
             previous_removed = id;
         }
-        let removals = removals + varint_len(out.removed.len() as u64);
+        let removals = removals + varint_len(removed.len() as u64);
         // Entries are costed with their gap from `id_base` and the list
         // lengths at their largest: an upper bound.
-        let mut used = header + removals + 2 * varint_len(limits.max_entities as u64);
+        let mut used = header_len + removals + 2 * varint_len(limits.max_entities as u64);
 
-        // Which updates fit: all of them, or the nearest while the budget
-        // lasts.
-        let budget_limited = used + updates > limits.budget_bytes;
+        // Which updates fit: all of them (certainly so when they would at
+        // their largest, the common case, which spares costing each), or
+        // the nearest while the budget lasts.
+        let fits = |updates: usize| used + updates <= limits.budget_bytes;
+        let budget_limited = !fits((added + moved) * ENTRY_MAX)
+            && !fits(
+                view.iter()
+                    .zip(changes.iter())
+                    .map(|(c, &change)| update_cost(c, change, id_base))
+                    .sum(),
+            );
         sent.clear();
         sent.resize(view.len(), true);
         if budget_limited {
@@ -363,60 +384,53 @@ impl ClientView {
             let mut stopped = false;
             for &key in keys.iter() {
                 let i = key_index(key);
-                if let Change::Moved { cost, .. } | Change::Added { cost } = changes[i] {
-                    if !stopped && used + cost <= limits.budget_bytes {
-                        used += cost;
-                    } else {
-                        stopped = true;
-                        sent[i] = false;
-                    }
+                let count = match changes[i] {
+                    Change::Same => continue,
+                    Change::Moved { .. } => &mut moved,
+                    Change::Added => &mut added,
+                };
+                let cost = update_cost(&view[i], changes[i], id_base);
+                if !stopped && used + cost <= limits.budget_bytes {
+                    used += cost;
+                } else {
+                    stopped = true;
+                    sent[i] = false;
+                    *count -= 1;
                 }
             }
         }
 
         // The lists, in id order, ids as gaps from the previous one (from
-        // `id_base` for the first); and what the client will hold. `entries`
-        // is their exact encoded size.
+        // `id_base` for the first); and what the client will hold.
+        out.clear();
+        let mut w = SnapshotWriter::new(out, &header, removed.len(), added, moved);
+        for &gap in removed.iter() {
+            w.removed(gap);
+        }
+        let mut previous = id_base;
+        for ((c, change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
+            if sent && matches!(change, Change::Added) {
+                w.added(c.id - previous, c.position.x, c.position.y);
+                previous = c.id;
+            }
+        }
         self.next.clear();
-        let (mut previous_added, mut previous_moved) = (id_base, id_base);
-        let mut entries = 0;
+        let mut previous = id_base;
         for ((c, change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
             match *change {
                 Change::Same => self.next.push((c.id, c.position)),
                 Change::Moved { old, .. } if !sent => self.next.push((c.id, old)),
                 Change::Moved { old, .. } => {
                     let d = c.position.wrapping_sub(old);
-                    entries += gap_len(c.id, previous_moved)
-                        + signed_varint_len(d.x)
-                        + signed_varint_len(d.y);
-                    out.moved.push(EntityMoved {
-                        id_gap: c.id - previous_moved,
-                        dx: d.x,
-                        dy: d.y,
-                    });
-                    previous_moved = c.id;
+                    w.moved(c.id - previous, d.x, d.y);
+                    previous = c.id;
                     self.next.push((c.id, c.position));
                 }
-                Change::Added { .. } if !sent => {}
-                Change::Added { .. } => {
-                    entries += gap_len(c.id, previous_added)
-                        + signed_varint_len(c.position.x)
-                        + signed_varint_len(c.position.y);
-                    out.added.push(EntityAdded {
-                        id_gap: c.id - previous_added,
-                        x: c.position.x,
-                        y: c.position.y,
-                    });
-                    previous_added = c.id;
-                    self.next.push((c.id, c.position));
-                }
+                Change::Added if !sent => {}
+                Change::Added => self.next.push((c.id, c.position)),
             }
         }
-        out.tick = tick;
-        out.baseline_age = baseline_age;
-        out.last_input = last_input;
-        out.you = you;
-        out.id_base = id_base;
+        let body = w.finish();
 
         // Record the frame, recycling the oldest.
         let mut frame = if self.history.len() >= keep {
@@ -432,11 +446,7 @@ impl ClientView {
         self.history.push_back(frame);
 
         EncodeStats {
-            bytes: header
-                + removals
-                + varint_len(out.added.len() as u64)
-                + varint_len(out.moved.len() as u64)
-                + entries,
+            bytes: 2 + body,
             full: baseline.is_none(),
             budget_limited,
         }
@@ -446,6 +456,8 @@ impl ClientView {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use shared::protocol::NetMessage;
+    use shared::protocol::movement::Snapshot;
 
     use super::*;
 
@@ -524,7 +536,7 @@ mod tests {
         };
         let mut view = ClientView::new();
         let mut scratch = EncodeScratch::default();
-        let mut out = Snapshot::default();
+        let mut out = Vec::new();
         // Warm up alone, acknowledging every snapshot, until the history
         // has cycled.
         let mut tick = 0;
@@ -548,8 +560,10 @@ mod tests {
             let candidates = crowd(&mut scratch, size, tick);
             let stats = view.encode(tick, 1, tick, candidates, limits, &mut out);
             view.acknowledge(tick);
-            assert!(out.added.len() + out.moved.len() <= limits.max_entities);
+            let snapshot = Snapshot::decode_body(&out).unwrap();
+            assert!(snapshot.added.len() + snapshot.moved.len() <= limits.max_entities);
             assert!(stats.bytes <= limits.budget_bytes);
+            assert_eq!(stats.bytes, 2 + out.len());
             assert_eq!(view.heap_bytes(), warm, "grew with a crowd of {size}");
             assert_eq!(
                 scratch.heap_bytes(),

@@ -153,20 +153,24 @@ pub(super) fn put_varint(out: &mut Vec<u8>, value: u64) {
     }
 }
 
-/// Writes varints into a slice the caller sized for the worst case (9
-/// bytes per value); panics if it is too short.
+/// Appends varints to a buffer with room reserved up front for the worst
+/// case (9 bytes per value), so that a write is a store, not a capacity
+/// check. Dropping it trims the buffer to what was written.
 pub(super) struct VarintWriter<'a> {
-    buf: &'a mut [u8],
+    out: &'a mut Vec<u8>,
     at: usize,
 }
 
 impl<'a> VarintWriter<'a> {
-    pub(super) fn new(buf: &'a mut [u8]) -> Self {
-        Self { buf, at: 0 }
+    /// Appends to `out` at most `values` varints; writing more panics.
+    pub(super) fn new(out: &'a mut Vec<u8>, values: usize) -> Self {
+        let at = out.len();
+        out.resize(at + 9 * values, 0);
+        Self { out, at }
     }
 
-    /// Bytes written so far.
-    pub(super) fn written(&self) -> usize {
+    /// The length `out` will have: bytes before plus bytes written.
+    pub(super) fn len(&self) -> usize {
         self.at
     }
 
@@ -176,7 +180,7 @@ impl<'a> VarintWriter<'a> {
     #[inline(always)]
     pub(super) fn unsigned(&mut self, value: u64) {
         if value < 251 {
-            self.buf[self.at] = value as u8;
+            self.out[self.at] = value as u8;
             self.at += 1;
         } else {
             self.unsigned_wide(value);
@@ -187,16 +191,16 @@ impl<'a> VarintWriter<'a> {
     fn unsigned_wide(&mut self, value: u64) {
         let at = self.at;
         if let Ok(v) = u16::try_from(value) {
-            self.buf[at] = 251;
-            self.buf[at + 1..at + 3].copy_from_slice(&v.to_le_bytes());
+            self.out[at] = 251;
+            self.out[at + 1..at + 3].copy_from_slice(&v.to_le_bytes());
             self.at += 3;
         } else if let Ok(v) = u32::try_from(value) {
-            self.buf[at] = 252;
-            self.buf[at + 1..at + 5].copy_from_slice(&v.to_le_bytes());
+            self.out[at] = 252;
+            self.out[at + 1..at + 5].copy_from_slice(&v.to_le_bytes());
             self.at += 5;
         } else {
-            self.buf[at] = 253;
-            self.buf[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
+            self.out[at] = 253;
+            self.out[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
             self.at += 9;
         }
     }
@@ -206,6 +210,12 @@ impl<'a> VarintWriter<'a> {
     pub(super) fn signed(&mut self, value: i32) {
         let zigzag = ((value << 1) ^ (value >> 31)) as u32;
         self.unsigned(u64::from(zigzag));
+    }
+}
+
+impl Drop for VarintWriter<'_> {
+    fn drop(&mut self) {
+        self.out.truncate(self.at);
     }
 }
 
