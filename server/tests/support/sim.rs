@@ -22,7 +22,7 @@ use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::netcode::ClientIndex;
 use shared::protocol::chat::{ChatScope, ChatSend};
 use shared::protocol::movement::MoveInput;
-use shared::protocol::{self, channels};
+use shared::protocol::{self, EncodeBuffer, channels};
 
 /// The system allocator, counting the calls that hand out memory
 /// (`alloc`, `alloc_zeroed`, `realloc`) per thread.
@@ -93,6 +93,9 @@ pub(crate) struct Sim {
     /// The server.
     pub(crate) app: App,
     net: Loopback,
+    /// Client messages share chunks, as `net-io` delivers them (one
+    /// allocation per many messages, not one each).
+    encoder: EncodeBuffer,
     clients: Vec<Client>,
     chat: bool,
     tick: u64,
@@ -142,6 +145,7 @@ impl Sim {
         let mut sim = Self {
             app,
             net,
+            encoder: EncodeBuffer::default(),
             clients,
             chat,
             tick: 0,
@@ -185,14 +189,16 @@ impl Sim {
                 velocity: client.heading,
                 ack_snapshot: ack,
             };
-            self.message(i, channels::MOVEMENT, protocol::encode(&input));
+            let payload = self.encoder.encode(&input);
+            self.message(i, channels::MOVEMENT, payload);
             if self.chat && (self.tick + i as u64).is_multiple_of(150) {
                 let send = ChatSend {
                     client_ref: self.tick as u32,
                     scope: ChatScope::Nearby,
                     text: format!("hello from {i} at tick {}", self.tick),
                 };
-                self.message(i, channels::CHAT, protocol::encode(&send));
+                let payload = self.encoder.encode(&send);
+                self.message(i, channels::CHAT, payload);
             }
         }
     }
