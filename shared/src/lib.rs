@@ -11,6 +11,7 @@
     )
 )]
 
+pub mod chunks;
 pub mod endpoint;
 pub mod io;
 pub mod keys;

@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
 use super::batch::{RecvBatch, SendBatch};
+use crate::chunks::Chunks;
 use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
 use crate::netcode::{ClientIndex, DropReason, MAX_PACKET_BYTES};
 use crate::transport::{ChannelId, DisconnectReason};
@@ -333,7 +334,7 @@ impl ServerIo {
             inbox: RecvBatch::new(RECV_BATCH, MAX_PACKET_BYTES),
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
             wants_writable: false,
-            inbound: BytesMut::new(),
+            inbound: Chunks::new(INBOUND_CHUNK),
             socket_drops_seen,
         };
         let thread = std::thread::Builder::new()
@@ -444,20 +445,10 @@ struct IoLoop {
     /// Whether the socket is registered for writability (only while the
     /// outbox waits on it).
     wants_writable: bool,
-    /// The current chunk inbound payloads are copied into.
-    inbound: BytesMut,
+    /// The chunks inbound payloads are copied into.
+    inbound: Chunks,
     /// The kernel's (wrapping) drop counter of the socket when last read.
     socket_drops_seen: Option<u32>,
-}
-
-/// Copies `payload` into the free space of `chunk` (starting a new chunk
-/// when it does not fit) and returns it as a shared slice of the chunk.
-fn copy_into_chunk(chunk: &mut BytesMut, payload: &[u8]) -> Bytes {
-    if chunk.capacity() - chunk.len() < payload.len() {
-        *chunk = BytesMut::with_capacity(INBOUND_CHUNK.max(payload.len()));
-    }
-    chunk.extend_from_slice(payload);
-    chunk.split().freeze()
 }
 
 impl IoLoop {
@@ -689,7 +680,7 @@ impl IoLoop {
                             session,
                         },
                         channel,
-                        payload: copy_into_chunk(&mut self.inbound, payload),
+                        payload: self.inbound.copy(payload),
                     }
                 }
             };
@@ -801,27 +792,5 @@ impl IoLoop {
             }
         }
         !blocked
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inbound_payloads_are_slices_of_one_chunk_until_it_is_full() {
-        let mut chunk = BytesMut::new();
-        let a = copy_into_chunk(&mut chunk, b"hello");
-        let b = copy_into_chunk(&mut chunk, b"world!");
-        assert_eq!((&a[..], &b[..]), (&b"hello"[..], &b"world!"[..]));
-        // Adjacent in one allocation.
-        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
-        let big = vec![7u8; INBOUND_CHUNK + 1];
-        let c = copy_into_chunk(&mut chunk, &big);
-        assert_eq!(&c[..], &big[..]);
-        let d = copy_into_chunk(&mut chunk, b"");
-        assert!(d.is_empty());
-        // The earlier slices are unaffected by later chunks.
-        assert_eq!((&a[..], &b[..]), (&b"hello"[..], &b"world!"[..]));
     }
 }

@@ -1,9 +1,10 @@
 //! `id + bincode` framing with a size limit on decode.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use thiserror::Error;
 
 use super::{EncodeAs, NetMessage};
+use crate::chunks::Chunks;
 
 /// Largest encoded message body accepted on decode (bincode's limit stops
 /// a hostile length prefix from allocating more).
@@ -55,7 +56,8 @@ pub fn encode<M: NetMessage>(message: &M) -> Result<Bytes, EncodeError> {
 /// Encodes messages back to back into shared chunks of memory, so that
 /// encoding many messages costs one allocation per chunk instead of one
 /// per message. Each message comes out as its own [`Bytes`] (a slice of
-/// the chunk); a chunk is freed when every message in it has been dropped.
+/// the chunk); a chunk is used again once every message in it has been
+/// dropped (see [`Chunks`]).
 ///
 /// A message pins its whole chunk while it lives, so keep one buffer per
 /// kind of message (messages that live as long as each other share
@@ -63,8 +65,7 @@ pub fn encode<M: NetMessage>(message: &M) -> Result<Bytes, EncodeError> {
 /// short-lived unreliable ones.
 #[derive(Debug)]
 pub struct EncodeBuffer {
-    buf: BytesMut,
-    chunk: usize,
+    chunks: Chunks,
     /// Where a message is serialized before its one copy into the chunk
     /// (serializers write many tiny pieces; a `Vec` takes them fastest).
     scratch: Vec<u8>,
@@ -87,8 +88,7 @@ impl EncodeBuffer {
     /// gets a chunk of its own size).
     pub fn new(chunk: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
-            chunk: chunk.max(Self::MIN_CHUNK),
+            chunks: Chunks::new(chunk.max(Self::MIN_CHUNK)),
             scratch: Vec::new(),
         }
     }
@@ -107,13 +107,7 @@ impl EncodeBuffer {
         self.scratch.clear();
         self.scratch.extend_from_slice(&M::ID.to_le_bytes());
         message.write_body(&mut self.scratch)?;
-        // A message that does not fit what is left of the chunk starts a new
-        // one (the old chunk lives on in the messages taken from it).
-        if self.buf.capacity() - self.buf.len() < self.scratch.len() {
-            self.buf = BytesMut::with_capacity(self.chunk.max(self.scratch.len()));
-        }
-        self.buf.put_slice(&self.scratch);
-        Ok(self.buf.split().freeze())
+        Ok(self.chunks.copy(&self.scratch))
     }
 }
 
