@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use glam::IVec2;
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
-use shared::protocol::movement::{SnapshotHeader, SnapshotWriter, signed_varint_len, varint_len};
+use shared::protocol::movement::{SnapshotEncoder, SnapshotHeader, signed_varint_len, varint_len};
 
 /// Upper bound of a snapshot's fixed part: message id (2), five u32
 /// varints (5 each) and three list lengths (3 each).
@@ -108,12 +108,13 @@ pub struct EncodeScratch {
     pub candidates: Vec<Candidate>,
     /// The view, sorted by id.
     view: Vec<Candidate>,
-    /// `changes[i]` is how `view[i]` would be sent.
+    /// `changes[i]` is how `view[i]` would be sent (snapshots that may
+    /// not fit the budget only).
     changes: Vec<Change>,
-    /// Whether `view[i]` is sent this tick (budget-limited snapshots only).
+    /// Whether `view[i]` is sent this tick (idem).
     sent: Vec<bool>,
-    /// Id gaps of the baseline's entities that left the view.
-    removed: Vec<u32>,
+    /// The snapshot's lists.
+    encoder: SnapshotEncoder,
     /// Sort keys: `id << 32 | index` to order the view by id, then
     /// `distance << 32 | index` to order it nearest first (budget-limited
     /// snapshots only). Sorting plain integers is cheaper than sorting
@@ -143,7 +144,7 @@ impl EncodeScratch {
         reserve_written(&mut self.view, max, nobody);
         reserve_written(&mut self.changes, max, Change::Same);
         reserve_written(&mut self.sent, max, true);
-        reserve_written(&mut self.removed, max, 0);
+        self.encoder.reserve(max);
         reserve_written(&mut self.keys, max, u64::MAX);
     }
 }
@@ -185,6 +186,85 @@ fn sort_key(high: u32, index: usize) -> u64 {
 /// The index packed into a [`sort_key`].
 fn key_index(key: u64) -> usize {
     (key & u64::from(u32::MAX)) as usize
+}
+
+/// One step of [`merge`].
+enum Step<'a> {
+    /// A baseline entity that is not in the view.
+    Left(u32),
+    /// An entity of the view, and how it would be sent.
+    Entity(&'a Candidate, Change),
+}
+
+/// Walks the view and the baseline (both sorted by id) side by side,
+/// calling `step` in id order.
+fn merge<'a>(view: &'a [Candidate], base: &[(u32, IVec2)], mut step: impl FnMut(Step<'a>)) {
+    let mut b = 0;
+    for c in view {
+        while let Some(&(id, _)) = base.get(b).filter(|e| e.0 < c.id) {
+            step(Step::Left(id));
+            b += 1;
+        }
+        let change = match base.get(b) {
+            Some(&(id, old)) if id == c.id => {
+                b += 1;
+                if old == c.position {
+                    Change::Same
+                } else {
+                    Change::Moved { old }
+                }
+            }
+            _ => Change::Added,
+        };
+        step(Step::Entity(c, change));
+    }
+    for &(id, _) in &base[b..] {
+        step(Step::Left(id));
+    }
+}
+
+/// Writes a view's entities into the snapshot lists, in id order, and
+/// records what the client will hold.
+struct Emit<'a> {
+    encoder: &'a mut SnapshotEncoder,
+    next: &'a mut Vec<(u32, IVec2)>,
+    previous_removed: u32,
+    previous_added: u32,
+    previous_moved: u32,
+}
+
+impl Emit<'_> {
+    /// A baseline entity that left the view; returns its gap's size.
+    #[inline]
+    fn removed(&mut self, id: u32) -> usize {
+        let gap = id - self.previous_removed;
+        self.encoder.removed(gap);
+        self.previous_removed = id;
+        varint_len(u64::from(gap))
+    }
+
+    /// `c`, to be sent as `change` if `sent` (else the client keeps what it
+    /// has, or does not get it yet).
+    #[inline]
+    fn entity(&mut self, c: &Candidate, change: Change, sent: bool) {
+        match change {
+            Change::Same => self.next.push((c.id, c.position)),
+            Change::Moved { old } if !sent => self.next.push((c.id, old)),
+            Change::Moved { old } => {
+                let d = c.position.wrapping_sub(old);
+                self.encoder.moved(c.id - self.previous_moved, d.x, d.y);
+                self.previous_moved = c.id;
+                self.next.push((c.id, c.position));
+            }
+            Change::Added if !sent => {}
+            Change::Added => {
+                let p = c.position;
+                self.encoder.added(c.id - self.previous_added, p.x, p.y);
+                self.previous_added = c.id;
+                self.next.push((c.id, c.position));
+            }
+        }
+    }
 }
 
 impl ClientView {
@@ -279,7 +359,7 @@ impl ClientView {
             view,
             changes,
             sent,
-            removed,
+            encoder,
             keys,
         } = scratch;
         let in_view = if candidates.len() > max {
@@ -311,126 +391,86 @@ impl ClientView {
             you,
             id_base,
         };
-
-        // One merge of the view and the baseline (both sorted by id): what
-        // left, and how each entity of the view would be sent.
-        removed.clear();
-        changes.clear();
         let header_len = 2 + [tick, baseline_age, last_input, you, id_base]
             .iter()
             .map(|&v| varint_len(u64::from(v)))
             .sum::<usize>();
-        let mut removals = 0;
-        let (mut added, mut moved) = (0, 0);
-        let mut previous_removed = id_base;
-        let mut b = 0;
-        for c in view.iter() {
-            while let Some(&(id, _)) = base.get(b).filter(|e| e.0 < c.id) {
-                removals += gap_len(id, previous_removed);
-                removed.push(id - previous_removed);
-                previous_removed = id;
-                b += 1;
-            }
-            let change = match base.get(b) {
-                Some(&(id, old)) if id == c.id => {
-                    b += 1;
-                    if old == c.position {
-                        Change::Same
+        // The list lengths at their largest.
+        let lengths = varint_len(base.len() as u64) + 2 * varint_len(max as u64);
+
+        encoder.clear();
+        self.next.clear();
+        let mut emit = Emit {
+            encoder,
+            next: &mut self.next,
+            previous_removed: id_base,
+            previous_added: id_base,
+            previous_moved: id_base,
+        };
+        // Certainly within the budget when every removal and every update
+        // would be at its largest (the common case): then one pass writes
+        // the snapshot.
+        let budget_limited = if header_len + lengths + 5 * base.len() + ENTRY_MAX * view.len()
+            <= limits.budget_bytes
+        {
+            merge(view, base, |step| match step {
+                Step::Left(id) => {
+                    emit.removed(id);
+                }
+                Step::Entity(c, change) => emit.entity(c, change, true),
+            });
+            false
+        } else {
+            // Cost it: the removals exactly, the updates with their id gap
+            // from `id_base` (an upper bound), then send all of them or the
+            // nearest while the budget lasts.
+            let mut removals = 0;
+            changes.clear();
+            merge(view, base, |step| match step {
+                Step::Left(id) => removals += emit.removed(id),
+                Step::Entity(_, change) => changes.push(change),
+            });
+            let mut used = header_len + lengths + removals;
+            let updates: usize = view
+                .iter()
+                .zip(changes.iter())
+                .map(|(c, &change)| update_cost(c, change, id_base))
+                .sum();
+            let budget_limited = used + updates > limits.budget_bytes;
+            sent.clear();
+            sent.resize(view.len(), true);
+            if budget_limited {
+                // The view is sorted by id, so index order breaks distance
+                // ties by id, as `nearest` does.
+                keys.clear();
+                keys.extend(
+                    view.iter()
+                        .enumerate()
+                        .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
+                );
+                keys.sort_unstable();
+                let mut stopped = false;
+                for &key in keys.iter() {
+                    let i = key_index(key);
+                    if let Change::Same = changes[i] {
+                        continue;
+                    }
+                    let cost = update_cost(&view[i], changes[i], id_base);
+                    if !stopped && used + cost <= limits.budget_bytes {
+                        used += cost;
                     } else {
-                        moved += 1;
-                        Change::Moved { old }
+                        stopped = true;
+                        sent[i] = false;
                     }
                 }
-                _ => {
-                    added += 1;
-                    Change::Added
-                }
-            };
-            changes.push(change);
-        }
-        for &(id, _) in &base[b..] {
-            removals += gap_len(id, previous_removed);
-            removed.push(id - previous_removed);
-            previous_removed = id;
-        }
-        let removals = removals + varint_len(removed.len() as u64);
-        // Entries are costed with their gap from `id_base` and the list
-        // lengths at their largest: an upper bound.
-        let mut used = header_len + removals + 2 * varint_len(limits.max_entities as u64);
-
-        // Which updates fit: all of them (certainly so when they would at
-        // their largest, the common case, which spares costing each), or
-        // the nearest while the budget lasts.
-        let fits = |updates: usize| used + updates <= limits.budget_bytes;
-        let budget_limited = !fits((added + moved) * ENTRY_MAX)
-            && !fits(
-                view.iter()
-                    .zip(changes.iter())
-                    .map(|(c, &change)| update_cost(c, change, id_base))
-                    .sum(),
-            );
-        sent.clear();
-        sent.resize(view.len(), true);
-        if budget_limited {
-            // The view is sorted by id, so index order breaks distance
-            // ties by id, as `nearest` does.
-            keys.clear();
-            keys.extend(
-                view.iter()
-                    .enumerate()
-                    .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
-            );
-            keys.sort_unstable();
-            let mut stopped = false;
-            for &key in keys.iter() {
-                let i = key_index(key);
-                let count = match changes[i] {
-                    Change::Same => continue,
-                    Change::Moved { .. } => &mut moved,
-                    Change::Added => &mut added,
-                };
-                let cost = update_cost(&view[i], changes[i], id_base);
-                if !stopped && used + cost <= limits.budget_bytes {
-                    used += cost;
-                } else {
-                    stopped = true;
-                    sent[i] = false;
-                    *count -= 1;
-                }
             }
-        }
-
-        // The lists, in id order, ids as gaps from the previous one (from
-        // `id_base` for the first); and what the client will hold.
+            for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
+                emit.entity(c, change, sent);
+            }
+            budget_limited
+        };
         out.clear();
-        let mut w = SnapshotWriter::new(out, &header, removed.len(), added, moved);
-        for &gap in removed.iter() {
-            w.removed(gap);
-        }
-        let mut previous = id_base;
-        for ((c, change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
-            if sent && matches!(change, Change::Added) {
-                w.added(c.id - previous, c.position.x, c.position.y);
-                previous = c.id;
-            }
-        }
-        self.next.clear();
-        let mut previous = id_base;
-        for ((c, change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
-            match *change {
-                Change::Same => self.next.push((c.id, c.position)),
-                Change::Moved { old, .. } if !sent => self.next.push((c.id, old)),
-                Change::Moved { old, .. } => {
-                    let d = c.position.wrapping_sub(old);
-                    w.moved(c.id - previous, d.x, d.y);
-                    previous = c.id;
-                    self.next.push((c.id, c.position));
-                }
-                Change::Added if !sent => {}
-                Change::Added => self.next.push((c.id, c.position)),
-            }
-        }
-        let body = w.finish();
+        let body = emit.encoder.write(&header, out);
 
         // Record the frame, recycling the oldest.
         let mut frame = if self.history.len() >= keep {
@@ -513,6 +553,7 @@ mod tests {
                 + self.changes.capacity() * size_of::<Change>()
                 + self.sent.capacity()
                 + self.keys.capacity() * size_of::<u64>()
+                + self.encoder.heap_bytes()
         }
     }
 

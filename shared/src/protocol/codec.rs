@@ -147,70 +147,17 @@ pub(super) fn put_varint(out: &mut Vec<u8>, value: u64) {
     }
 }
 
-/// Appends varints to a buffer with room reserved up front for the worst
-/// case (9 bytes per value), so that a write is a store, not a capacity
-/// check. Dropping it trims the buffer to what was written.
-pub(super) struct VarintWriter<'a> {
-    out: &'a mut Vec<u8>,
-    at: usize,
+/// `value` zigzag-encoded (small magnitudes to small numbers), as the
+/// codec writes an `i32` before its varint.
+#[inline]
+pub(super) const fn zigzag(value: i32) -> u32 {
+    ((value << 1) ^ (value >> 31)) as u32
 }
 
-impl<'a> VarintWriter<'a> {
-    /// Appends to `out` at most `values` varints; writing more panics.
-    pub(super) fn new(out: &'a mut Vec<u8>, values: usize) -> Self {
-        let at = out.len();
-        out.resize(at + 9 * values, 0);
-        Self { out, at }
-    }
-
-    /// The length `out` will have: bytes before plus bytes written.
-    pub(super) fn len(&self) -> usize {
-        self.at
-    }
-
-    /// `value` as [`put_varint`] writes it. The one-byte case (id gaps,
-    /// small deltas: nearly every value of a snapshot) is inlined at each
-    /// call site; the rest is a call.
-    #[inline(always)]
-    pub(super) fn unsigned(&mut self, value: u64) {
-        if value < 251 {
-            self.out[self.at] = value as u8;
-            self.at += 1;
-        } else {
-            self.unsigned_wide(value);
-        }
-    }
-
-    #[inline(never)]
-    fn unsigned_wide(&mut self, value: u64) {
-        let at = self.at;
-        if let Ok(v) = u16::try_from(value) {
-            self.out[at] = 251;
-            self.out[at + 1..at + 3].copy_from_slice(&v.to_le_bytes());
-            self.at += 3;
-        } else if let Ok(v) = u32::try_from(value) {
-            self.out[at] = 252;
-            self.out[at + 1..at + 5].copy_from_slice(&v.to_le_bytes());
-            self.at += 5;
-        } else {
-            self.out[at] = 253;
-            self.out[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
-            self.at += 9;
-        }
-    }
-
-    /// `value` zigzag-encoded, then as a varint (the codec's `i32`).
-    #[inline]
-    pub(super) fn signed(&mut self, value: i32) {
-        let zigzag = ((value << 1) ^ (value >> 31)) as u32;
-        self.unsigned(u64::from(zigzag));
-    }
-}
-
-impl Drop for VarintWriter<'_> {
-    fn drop(&mut self) {
-        self.out.truncate(self.at);
-    }
+/// Appends `value` zigzag-encoded, then as a varint (the codec's `i32`).
+#[inline]
+pub(super) fn put_signed(out: &mut Vec<u8>, value: i32) {
+    put_varint(out, u64::from(zigzag(value)));
 }
 
 /// Reads a body as bincode's standard configuration writes it, for the
