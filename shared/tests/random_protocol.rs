@@ -307,6 +307,8 @@ fn the_snapshot_receiver_survives_random_and_mutated_snapshots() {
     let mut rng = Rng(0x5A4B);
     let mut receiver = SnapshotReceiver::new();
     let mut applied = 0;
+    // The tick of the last snapshot this receiver applied.
+    let mut latest = 0;
     let mut tick = 0u32;
     for round in 0..20_000u32 {
         tick = match rng.below(10) {
@@ -329,13 +331,22 @@ fn the_snapshot_receiver_survives_random_and_mutated_snapshots() {
         };
         if receiver.apply(&snapshot).is_ok() {
             applied += 1;
+            latest = snapshot.tick;
         }
         assert!(receiver.entities().len() <= MAX_SNAPSHOT_ENTITIES);
         if let Some(position) = receiver.own_position() {
             assert!(position.is_finite());
         }
+        // What the receiver keeps at hand agrees with its latest frame,
+        // after a refused snapshot too.
+        assert_eq!(
+            receiver.own_position(),
+            receiver.you().and_then(|id| receiver.position(id))
+        );
+        assert_eq!(receiver.ack(), latest);
         if round % 1_000 == 999 {
             receiver = SnapshotReceiver::new();
+            latest = 0;
         }
     }
     assert!(applied > 0, "some random snapshots are valid");

@@ -74,6 +74,12 @@ pub struct SnapshotReceiver {
     changes: ViewChanges,
     you: Option<u32>,
     last_input: u32,
+    /// The tick of the latest frame (0 for none) and the viewer's own
+    /// quantized position in it: kept beside the rest, so that the reads
+    /// of every input (the ack, the own position) do not walk to the
+    /// latest frame, cold in the cache by then.
+    latest_tick: u32,
+    own: Option<IVec2>,
 }
 
 /// Turns gap-coded ids into ids; false on overflow or a non-increasing id.
@@ -169,9 +175,11 @@ impl SnapshotReceiver {
         };
         self.scratch = std::mem::replace(&mut frame.entities, next);
         frame.tick = snapshot.tick;
+        self.own = find(&frame.entities, snapshot.you);
         self.history.push_back(frame);
         self.you = Some(snapshot.you);
         self.last_input = snapshot.last_input;
+        self.latest_tick = snapshot.tick;
         Ok(&self.changes)
     }
 
@@ -208,7 +216,7 @@ impl SnapshotReceiver {
     /// The tick of the last applied snapshot (0 for none): send it as
     /// [`MoveInput::ack_snapshot`](crate::protocol::movement::MoveInput::ack_snapshot).
     pub fn ack(&self) -> u32 {
-        self.history.back().map_or(0, |f| f.tick)
+        self.latest_tick
     }
 
     /// The visible entities, `(id, quantized position)` sorted by id.
@@ -218,11 +226,7 @@ impl SnapshotReceiver {
 
     /// Position in metres of a visible entity.
     pub fn position(&self, id: u32) -> Option<Vec2> {
-        let entities = self.entities();
-        entities
-            .binary_search_by_key(&id, |e| e.0)
-            .ok()
-            .map(|i| dequantize(entities[i].1))
+        find(self.entities(), id).map(dequantize)
     }
 
     /// The client's own entity id, once a snapshot was applied.
@@ -232,7 +236,7 @@ impl SnapshotReceiver {
 
     /// The client's own position as the server last sent it.
     pub fn own_position(&self) -> Option<Vec2> {
-        self.you.and_then(|id| self.position(id))
+        self.own.map(dequantize)
     }
 
     /// The last input sequence the server had applied, as of the last
@@ -245,6 +249,14 @@ impl SnapshotReceiver {
     pub fn changes(&self) -> &ViewChanges {
         &self.changes
     }
+}
+
+/// The quantized position of entity `id` in `entities` (sorted by id).
+fn find(entities: &[(u32, IVec2)], id: u32) -> Option<IVec2> {
+    entities
+        .binary_search_by_key(&id, |e| e.0)
+        .ok()
+        .map(|i| entities[i].1)
 }
 
 /// `base` − `removed`, `moved` applied, + `added`, into `next`; false when
