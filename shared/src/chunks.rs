@@ -12,8 +12,9 @@ use bytes::{Bytes, BytesMut};
 /// and frees nothing once warm.
 ///
 /// Memory: the current chunk plus at most [`Chunks::MAX_SPENT`] filled
-/// ones; a filled chunk beyond that is let go, and freed when its last
-/// message is.
+/// ones, all of the chunk size; a filled chunk beyond that is let go, and
+/// freed when its last message is, as is a message larger than a chunk,
+/// which gets an allocation of its own.
 #[derive(Debug)]
 pub struct Chunks {
     /// The chunk being filled (none before the first message).
@@ -27,8 +28,7 @@ impl Chunks {
     /// Most filled chunks kept for reuse.
     pub const MAX_SPENT: usize = 32;
 
-    /// Chunks of `size` bytes (a larger message gets a chunk of its own
-    /// size).
+    /// Chunks of `size` bytes.
     pub fn new(size: usize) -> Self {
         Self {
             current: None,
@@ -40,19 +40,23 @@ impl Chunks {
     /// Copies `data` into the current chunk (starting another when it does
     /// not fit) and returns it as a slice of the chunk.
     pub fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > self.size {
+            // An allocation of its own, freed with the message: chunks kept
+            // for reuse are all `size` bytes, whatever a peer sends.
+            return Bytes::copy_from_slice(data);
+        }
         let current = match self.current.take() {
             Some(chunk) if chunk.capacity() >= data.len() => chunk,
-            filled => self.start_chunk(filled, data.len()),
+            filled => self.start_chunk(filled),
         };
         let current = self.current.insert(current);
         current.extend_from_slice(data);
         current.split().freeze()
     }
 
-    /// A chunk with room for `len` bytes, after `filled`: the oldest
-    /// filled chunk whose messages are all gone, or a new one.
-    fn start_chunk(&mut self, filled: Option<BytesMut>, len: usize) -> BytesMut {
-        let need = self.size.max(len);
+    /// The chunk after `filled`: the oldest filled chunk whose messages
+    /// are all gone, or a new one.
+    fn start_chunk(&mut self, filled: Option<BytesMut>) -> BytesMut {
         if let Some(filled) = filled {
             if self.spent.len() >= Self::MAX_SPENT {
                 self.spent.pop_front();
@@ -63,12 +67,12 @@ impl Chunks {
         // message in it still lives) goes to the back, so that it does not
         // stop the others from being reused.
         if let Some(mut oldest) = self.spent.pop_front() {
-            if oldest.try_reclaim(need) {
+            if oldest.try_reclaim(self.size) {
                 return oldest;
             }
             self.spent.push_back(oldest);
         }
-        BytesMut::with_capacity(need)
+        BytesMut::with_capacity(self.size)
     }
 }
 
@@ -91,6 +95,9 @@ mod tests {
         let big = vec![7u8; 65];
         let c = chunks.copy(&big);
         assert_eq!(&c[..], &big[..]);
+        // The larger message did not take the chunk's place.
+        let d = chunks.copy(b"!");
+        assert_eq!(b.as_ptr().wrapping_add(b.len()), d.as_ptr());
         assert!(chunks.copy(b"").is_empty());
         assert_eq!((&a[..], &b[..]), (&b"hello"[..], &b"world!"[..]));
     }

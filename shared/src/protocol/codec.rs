@@ -85,7 +85,7 @@ impl EncodeBuffer {
     const MIN_CHUNK: usize = 1024;
 
     /// A buffer that allocates chunks of `chunk` bytes (a larger message
-    /// gets a chunk of its own size).
+    /// gets an allocation of its own).
     pub fn new(chunk: usize) -> Self {
         Self {
             chunks: Chunks::new(chunk.max(Self::MIN_CHUNK)),
