@@ -391,10 +391,7 @@ impl ClientView {
             you,
             id_base,
         };
-        let header_len = 2 + [tick, baseline_age, last_input, you, id_base]
-            .iter()
-            .map(|&v| varint_len(u64::from(v)))
-            .sum::<usize>();
+        let header_len = 2 + header.encoded_len();
         // The list lengths at their largest.
         let lengths = varint_len(base.len() as u64) + 2 * varint_len(max as u64);
 

@@ -213,6 +213,27 @@ pub struct SnapshotHeader {
     pub id_base: u32,
 }
 
+impl SnapshotHeader {
+    /// The fields in wire order.
+    fn fields(&self) -> [u32; 5] {
+        [
+            self.tick,
+            self.baseline_age,
+            self.last_input,
+            self.you,
+            self.id_base,
+        ]
+    }
+
+    /// Its encoded size in bytes (the message id not included).
+    pub fn encoded_len(&self) -> usize {
+        self.fields()
+            .iter()
+            .map(|&v| varint_len(u64::from(v)))
+            .sum()
+    }
+}
+
 /// Builds a [`Snapshot`]'s body straight from the caller's data, without
 /// building [`Snapshot`]'s lists: each list's entries are appended in id
 /// order (appends to different lists may interleave), then
@@ -286,13 +307,7 @@ impl SnapshotEncoder {
     /// so far to `out`; returns its length in bytes.
     pub fn write(&self, header: &SnapshotHeader, out: &mut Vec<u8>) -> usize {
         let start = out.len();
-        for v in [
-            header.tick,
-            header.baseline_age,
-            header.last_input,
-            header.you,
-            header.id_base,
-        ] {
+        for v in header.fields() {
             put_varint(out, u64::from(v));
         }
         for (len, bytes) in &self.lists {
@@ -530,6 +545,17 @@ mod tests {
         fn any_bytes_decode_alike(body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let by_bincode = crate::protocol::codec::bincode_decode_body::<Snapshot>(&body);
             prop_assert_eq!(Snapshot::decode_body(&body).ok(), by_bincode.ok());
+        }
+
+        #[test]
+        fn a_header_takes_its_encoded_len(fields in any::<[u32; 5]>()) {
+            let [tick, baseline_age, last_input, you, id_base] = fields;
+            let header = SnapshotHeader { tick, baseline_age, last_input, you, id_base };
+            let mut body = Vec::new();
+            // Three empty lists: one byte each.
+            let len = SnapshotEncoder::default().write(&header, &mut body);
+            prop_assert_eq!(len, header.encoded_len() + 3);
+            prop_assert_eq!(Snapshot::decode_body(&body).unwrap().header(), header);
         }
 
         #[test]
