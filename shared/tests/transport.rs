@@ -277,6 +277,32 @@ fn a_message_above_the_maximum_is_refused() {
 }
 
 #[test]
+fn a_packet_carries_its_channels_by_priority_then_by_index() {
+    let config = TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::Unreliable).with_priority(128),
+            ChannelConfig::new(ChannelKind::ReliableOrdered).with_priority(5),
+            ChannelConfig::new(ChannelKind::Unreliable).with_priority(5),
+            ChannelConfig::new(ChannelKind::UnreliableSequenced).with_priority(200),
+            ChannelConfig::new(ChannelKind::ReliableUnordered).with_priority(0),
+        ],
+        ..TransportConfig::default()
+    };
+    let now = Instant::now();
+    let mut connection = Connection::new(config, now).unwrap();
+    for channel in [3, 0, 2, 1, 4] {
+        connection.send(ChannelId(channel), &[channel; 8]).unwrap();
+    }
+    let mut buf = vec![0; 1200];
+    let len = connection.poll_transmit(now, &mut buf).unwrap();
+    let (_, body) = shared::transport::wire::decode_header(&buf[..len]).unwrap();
+    let order: Vec<u8> = shared::transport::wire::MessageIter::new(body)
+        .map(|m| m.unwrap().header.channel)
+        .collect();
+    assert_eq!(order, [4, 1, 2, 0, 3]);
+}
+
+#[test]
 fn large_unreliable_messages_are_all_or_nothing() {
     // Five fragments at 15% loss: about 44% arrive whole.
     let mut pair = Pair::new(

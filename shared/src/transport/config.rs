@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::congestion::RateBounds;
+use super::rtt::RtoBounds;
 use super::wire;
 
 /// Most channels a connection can have (channel ids are 6 bits on the wire).
@@ -211,6 +213,18 @@ pub enum ConfigError {
 }
 
 impl TransportConfig {
+    pub(crate) fn rto_bounds(&self) -> RtoBounds {
+        RtoBounds {
+            initial: self.initial_rto,
+            min: self.min_rto,
+            max: self.max_rto,
+        }
+    }
+
+    pub(crate) fn rate_bounds(&self) -> RateBounds {
+        RateBounds::new(self.min_send_rate, self.max_send_rate, self.max_payload)
+    }
+
     /// Checks the configuration; [`Connection::new`](super::Connection::new) calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.channels.is_empty() || self.channels.len() > MAX_CHANNELS {

@@ -15,50 +15,66 @@ use std::time::Duration;
 
 use super::clock::Stamp;
 
+/// The budget's configuration (the transport's `min_send_rate`,
+/// `max_send_rate` and `max_payload`), shared by every connection rather
+/// than copied into each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateBounds {
+    min: f64,
+    max: f64,
+    /// The bucket never holds less than four full datagrams.
+    burst_floor: f64,
+}
+
+impl RateBounds {
+    pub(crate) fn new(min: u32, max: u32, max_payload: usize) -> Self {
+        Self {
+            min: f64::from(min),
+            max: f64::from(max),
+            burst_floor: 4.0 * max_payload as f64,
+        }
+    }
+}
+
+/// The bucket and its rate (the bounds live in [`RateBounds`]).
 #[derive(Debug, Clone)]
 pub(crate) struct SendBudget {
     rate: f64,
-    min_rate: f64,
-    max_rate: f64,
     tokens: f64,
     last_refill: Option<Stamp>,
     slow_start: bool,
     epoch_start: Option<Stamp>,
     last_cut: Option<Stamp>,
-    burst_floor: f64,
 }
 
 impl SendBudget {
-    pub(crate) fn new(initial: u32, min: u32, max: u32, max_payload: usize) -> Self {
-        let burst_floor = 4.0 * max_payload as f64;
+    pub(crate) fn new(initial: u32, bounds: &RateBounds) -> Self {
+        let rate = f64::from(initial);
         Self {
-            rate: f64::from(initial),
-            min_rate: f64::from(min),
-            max_rate: f64::from(max),
-            tokens: burst_floor.max(f64::from(initial) * 0.05),
+            rate,
+            tokens: bounds.burst_floor.max(rate * 0.05),
             last_refill: None,
             slow_start: true,
             epoch_start: None,
             last_cut: None,
-            burst_floor,
         }
     }
 
-    fn capacity(&self) -> f64 {
-        (self.rate * 0.05).max(self.burst_floor)
+    fn capacity(&self, bounds: &RateBounds) -> f64 {
+        (self.rate * 0.05).max(bounds.burst_floor)
     }
 
-    fn refill(&mut self, now: Stamp) {
+    fn refill(&mut self, now: Stamp, bounds: &RateBounds) {
         if let Some(last) = self.last_refill {
             let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
+            self.tokens = (self.tokens + dt * self.rate).min(self.capacity(bounds));
         }
         self.last_refill = Some(now);
     }
 
     /// Whether a datagram may be sent now.
-    pub(crate) fn can_send(&mut self, now: Stamp) -> bool {
-        self.refill(now);
+    pub(crate) fn can_send(&mut self, now: Stamp, bounds: &RateBounds) -> bool {
+        self.refill(now, bounds);
         self.tokens > 0.0
     }
 
@@ -77,12 +93,18 @@ impl SendBudget {
     }
 
     /// Acknowledged data: grow once per round trip.
-    pub(crate) fn on_ack(&mut self, now: Stamp, srtt: Duration, min_rtt: Option<Duration>) {
+    pub(crate) fn on_ack(
+        &mut self,
+        now: Stamp,
+        srtt: Duration,
+        min_rtt: Option<Duration>,
+        bounds: &RateBounds,
+    ) {
         let round = srtt.max(Duration::from_millis(10));
         if let Some(min_rtt) = min_rtt
             && srtt > min_rtt * 2 + Duration::from_millis(50)
         {
-            self.cut(now, round);
+            self.cut(now, round, bounds);
             return;
         }
         let epoch = *self.epoch_start.get_or_insert(now);
@@ -95,15 +117,15 @@ impl SendBudget {
         } else {
             self.rate + self.rate / 16.0
         }
-        .min(self.max_rate);
+        .min(bounds.max);
     }
 
     /// Packets were declared lost.
-    pub(crate) fn on_loss(&mut self, now: Stamp, srtt: Duration) {
-        self.cut(now, srtt.max(Duration::from_millis(10)));
+    pub(crate) fn on_loss(&mut self, now: Stamp, srtt: Duration, bounds: &RateBounds) {
+        self.cut(now, srtt.max(Duration::from_millis(10)), bounds);
     }
 
-    fn cut(&mut self, now: Stamp, round: Duration) {
+    fn cut(&mut self, now: Stamp, round: Duration, bounds: &RateBounds) {
         if let Some(last) = self.last_cut
             && now.saturating_duration_since(last) < round
         {
@@ -112,7 +134,7 @@ impl SendBudget {
         self.last_cut = Some(now);
         self.slow_start = false;
         self.epoch_start = Some(now);
-        self.rate = (self.rate * 0.75).max(self.min_rate);
+        self.rate = (self.rate * 0.75).max(bounds.min);
     }
 
     /// Current rate in bytes per second.
@@ -125,21 +147,27 @@ impl SendBudget {
 mod tests {
     use super::*;
 
+    const B: RateBounds = RateBounds {
+        min: 20_000.0,
+        max: 1_000_000.0,
+        burst_floor: 4_400.0,
+    };
+
     #[test]
     fn loss_cuts_once_per_round_trip_and_respects_the_floor() {
         let t0 = Stamp::ZERO;
         let rtt = Duration::from_millis(100);
-        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
-        budget.on_loss(t0, rtt);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
         assert_eq!(budget.rate(), 75_000);
-        budget.on_loss(t0 + Duration::from_millis(50), rtt);
+        budget.on_loss(t0 + Duration::from_millis(50), rtt, &B);
         assert_eq!(
             budget.rate(),
             75_000,
             "a second loss in the same round trip does not cut again"
         );
         for i in 1..40 {
-            budget.on_loss(t0 + rtt * i * 2, rtt);
+            budget.on_loss(t0 + rtt * i * 2, rtt, &B);
         }
         assert_eq!(budget.rate(), 20_000);
     }
@@ -148,11 +176,11 @@ mod tests {
     fn recovers_after_loss() {
         let t0 = Stamp::ZERO;
         let rtt = Duration::from_millis(50);
-        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
-        budget.on_loss(t0, rtt);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
         let after_cut = budget.rate();
         for i in 1..=100 {
-            budget.on_ack(t0 + rtt * i, rtt, Some(rtt));
+            budget.on_ack(t0 + rtt * i, rtt, Some(rtt), &B);
         }
         assert!(
             budget.rate() > after_cut * 2,
@@ -165,11 +193,12 @@ mod tests {
     #[test]
     fn rising_rtt_is_a_congestion_signal() {
         let t0 = Stamp::ZERO;
-        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_100);
+        let mut budget = SendBudget::new(100_000, &B);
         budget.on_ack(
             t0,
             Duration::from_millis(400),
             Some(Duration::from_millis(20)),
+            &B,
         );
         assert_eq!(budget.rate(), 75_000);
     }
@@ -177,9 +206,10 @@ mod tests {
     #[test]
     fn bucket_limits_bursts() {
         let t0 = Stamp::ZERO;
-        let mut budget = SendBudget::new(100_000, 20_000, 1_000_000, 1_000);
+        let bounds = RateBounds::new(20_000, 1_000_000, 1_000);
+        let mut budget = SendBudget::new(100_000, &bounds);
         let mut sent = 0;
-        while budget.can_send(t0) {
+        while budget.can_send(t0, &bounds) {
             budget.on_sent(1_000);
             sent += 1;
         }
@@ -188,6 +218,6 @@ mod tests {
             "capacity is max(50 ms of rate, 4 datagrams) = 5,000 bytes"
         );
         assert!(budget.ready_at(t0) > t0);
-        assert!(budget.can_send(budget.ready_at(t0)));
+        assert!(budget.can_send(budget.ready_at(t0), &bounds));
     }
 }

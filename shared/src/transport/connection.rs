@@ -8,7 +8,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::clock::{Clock, Stamp};
-use super::config::{ChannelId, ConfigError, MAX_CHANNELS, TransportConfig};
+use super::config::{ChannelId, ConfigError, TransportConfig};
 use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
 use super::rtt::RttEstimator;
@@ -325,31 +325,43 @@ impl Deliver for Inbox {
 /// (the secure layer below authenticates them); a datagram that does not
 /// parse is counted and dropped, and a well-formed one that breaks the
 /// protocol ends the connection with [`DisconnectReason::ProtocolViolation`].
+#[repr(C, align(64))]
 pub struct Connection {
+    // Laid out as written (`repr(C)`), most used first: a server touches
+    // each connection's state a few times per tick, every time after the
+    // other clients' state pushed it out of the cache, so the cost is the
+    // cache lines a call touches. `send_bytes` reads the first line only;
+    // a datagram in or out, the first eight (everything up to `stats`).
     /// Shared by every connection of an endpoint: one copy in the cache.
     config: Arc<TransportConfig>,
     /// Turns the callers' `Instant`s into the stamps kept inside.
     clock: Clock,
+    /// The latest `now` any call brought; stamps messages queued by `send`.
+    last_activity: Stamp,
     state: State,
-    send: Vec<SendChannel>,
-    recv: Vec<RecvChannel>,
-    /// The channels by priority; the first `send.len()` entries are used.
-    priority_order: [u8; MAX_CHANNELS],
-    /// Bit `c`: send channel `c` has data waiting to be packed. Kept in
-    /// step with the channels (checked against them in debug builds), so
-    /// that timers and transmits touch only the channels with data, not
-    /// every channel's state, which is cold in the cache between packets.
-    pending_channels: u64,
-    limits: RecvLimits,
-    memory: RecvMemory,
     next_sequence: u16,
-    sent: Vec<SentPacket>,
-    units: UnitLog,
     /// No packet older than this sequence is in flight: the packets in
     /// flight are among `oldest_in_flight..next_sequence` (at most
     /// [`SENT_HISTORY`] of them), read from `sent`, whose slots for recent
     /// sequences sit side by side (no separate list to touch per ack).
     oldest_in_flight: u16,
+    /// Bit `c`: send channel `c` has data waiting to be packed. Kept in
+    /// step with the channels (checked against them in debug builds), so
+    /// that timers and transmits touch only the channels with data, not
+    /// every channel's state, which is cold in the cache between packets.
+    pending_channels: u64,
+    send: Box<[SendChannel]>,
+    recv: Box<[RecvChannel]>,
+    sent: Box<[SentPacket]>,
+    received_bits: u64,
+    received_latest: Option<u16>,
+    largest_acked: Option<u16>,
+    ack_eliciting_unacked: u32,
+    /// `loss_at` must be recomputed from the packets in flight.
+    loss_at_stale: bool,
+    last_received: Stamp,
+    last_sent: Stamp,
+    received_latest_at: Option<Stamp>,
     /// The earliest loss deadline of the packets in flight, kept so
     /// that re-arming the timers after each transmit is O(1) rather than a
     /// scan of every packet in flight. Exact after
@@ -357,22 +369,28 @@ pub struct Connection {
     /// `None` with `loss_at_stale` when only a rescan can tell. Too early is
     /// harmless (the loss timer fires, finds nothing, re-arms).
     loss_at: Option<Stamp>,
-    /// `loss_at` must be recomputed from the packets in flight.
-    loss_at_stale: bool,
-    largest_acked: Option<u16>,
-    received_latest: Option<u16>,
-    received_bits: u64,
-    received_latest_at: Option<Stamp>,
-    ack_eliciting_unacked: u32,
-    last_received: Stamp,
-    last_sent: Stamp,
-    /// The latest `now` any call brought; stamps messages queued by `send`.
-    last_activity: Stamp,
+    memory: RecvMemory,
+    limits: RecvLimits,
+    timers: TimerTable,
+    units: UnitLog,
     rtt: RttEstimator,
     budget: SendBudget,
-    timers: TimerTable,
+    traffic: Traffic,
     inbox: Inbox,
+    /// The counters that change rarely ([`Traffic`] has the others).
     stats: ConnectionStats,
+}
+
+/// The counters every packet changes, kept with the rest of the hot state
+/// (they go into [`ConnectionStats`]).
+#[derive(Default)]
+struct Traffic {
+    packets_sent: u64,
+    packets_received: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// See [`ConnectionStats::packet_loss`].
+    packet_loss: f32,
 }
 
 /// The indices of the bits set in `mask`, lowest first.
@@ -395,12 +413,6 @@ impl Connection {
         let now = clock.stamp(now);
         let config: Arc<TransportConfig> = config.into();
         config.validate()?;
-        let mut priority_order = [0u8; MAX_CHANNELS];
-        let channels = &mut priority_order[..config.channels.len()];
-        for (i, c) in channels.iter_mut().enumerate() {
-            *c = i as u8;
-        }
-        channels.sort_by_key(|&c| config.channels[usize::from(c)].priority);
         let send = config
             .channels
             .iter()
@@ -430,19 +442,13 @@ impl Connection {
             })
             .collect();
         let mut connection = Self {
-            rtt: RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto),
-            budget: SendBudget::new(
-                config.initial_send_rate,
-                config.min_send_rate,
-                config.max_send_rate,
-                config.max_payload,
-            ),
+            rtt: RttEstimator::new(),
+            budget: SendBudget::new(config.initial_send_rate, &config.rate_bounds()),
             config,
             clock,
             state: State::Connected,
             send,
             recv,
-            priority_order,
             pending_channels: 0,
             limits,
             memory,
@@ -461,6 +467,7 @@ impl Connection {
             last_sent: now,
             last_activity: now,
             timers: TimerTable::default(),
+            traffic: Traffic::default(),
             inbox: Inbox::default(),
             stats: ConnectionStats::default(),
         };
@@ -547,6 +554,11 @@ impl Connection {
     /// Counters and estimates.
     pub fn stats(&self) -> ConnectionStats {
         let mut stats = self.stats.clone();
+        stats.packets_sent = self.traffic.packets_sent;
+        stats.packets_received = self.traffic.packets_received;
+        stats.bytes_sent = self.traffic.bytes_sent;
+        stats.bytes_received = self.traffic.bytes_received;
+        stats.packet_loss = self.traffic.packet_loss;
         stats.rtt = self.rtt.smoothed();
         stats.rtt_variance = self.rtt.variance();
         stats.send_rate = self.budget.rate();
@@ -699,8 +711,8 @@ impl Connection {
             return;
         }
         self.record_received(header.sequence, now);
-        self.stats.packets_received += 1;
-        self.stats.bytes_received += datagram.len() as u64;
+        self.traffic.packets_received += 1;
+        self.traffic.bytes_received += datagram.len() as u64;
         self.last_received = now;
         if let Some(ack) = header.ack
             && self.on_ack(now, ack).is_err()
@@ -799,7 +811,7 @@ impl Connection {
             if newest_acked.is_none() {
                 newest_acked = Some((sequence, packet.sent_at));
             }
-            self.stats.packet_loss -= self.stats.packet_loss / 64.0;
+            self.traffic.packet_loss -= self.traffic.packet_loss / 64.0;
             let span = std::mem::take(&mut packet.units);
             for i in 0..span.len() {
                 let unit = self.units.get(span, i);
@@ -828,7 +840,12 @@ impl Connection {
                 self.rtt.on_sample(sample);
             }
         }
-        self.budget.on_ack(now, self.rtt.smoothed(), self.rtt.min());
+        self.budget.on_ack(
+            now,
+            self.rtt.smoothed(),
+            self.rtt.min(),
+            &self.config.rate_bounds(),
+        );
         self.detect_losses(now)
     }
 
@@ -867,7 +884,11 @@ impl Connection {
     }
 
     fn loss_deadline(&self, packet: &SentPacket) -> Stamp {
-        packet.sent_at + self.rtt.backed_off_rto(packet.attempt) + self.config.max_ack_delay
+        packet.sent_at
+            + self
+                .rtt
+                .backed_off_rto(packet.attempt, &self.config.rto_bounds())
+            + self.config.max_ack_delay
     }
 
     fn detect_losses(&mut self, now: Stamp) -> Result<(), ReliableTimedOut> {
@@ -897,14 +918,15 @@ impl Connection {
         self.loss_at = earliest;
         self.loss_at_stale = false;
         if any_lost {
-            self.budget.on_loss(now, self.rtt.smoothed());
+            self.budget
+                .on_loss(now, self.rtt.smoothed(), &self.config.rate_bounds());
         }
         Ok(())
     }
 
     fn on_packet_lost(&mut self, slot: usize, now: Stamp) -> Result<(), ReliableTimedOut> {
         self.stats.packets_lost += 1;
-        self.stats.packet_loss += (1.0 - self.stats.packet_loss) / 64.0;
+        self.traffic.packet_loss += (1.0 - self.traffic.packet_loss) / 64.0;
         let packet = &mut self.sent[slot];
         packet.in_flight = false;
         let sequence = packet.sequence;
@@ -1086,7 +1108,7 @@ impl Connection {
             }
         }
         let has_data = self.has_pending_data();
-        let may_send_data = has_data && self.budget.can_send(now);
+        let may_send_data = has_data && self.budget.can_send(now, &self.config.rate_bounds());
         let ack_due = self.timers.expired(Timer::Ack, now);
         let keepalive_due = now >= self.last_sent + self.config.keepalive_interval;
         if !may_send_data && !ack_due && !keepalive_due {
@@ -1123,11 +1145,15 @@ impl Connection {
                 fragment_size,
                 units: &mut self.units,
             };
-            for &channel in &self.priority_order[..self.send.len()] {
-                if self.pending_channels & (1 << channel) == 0 {
-                    continue;
-                }
-                wrote_messages |= match &mut self.send[usize::from(channel)] {
+            let channels = &self.config.channels;
+            let mut waiting = self.pending_channels;
+            // Lower priority first, ties by index (as the channels are few
+            // and one or two have data, a scan beats keeping an order).
+            while let Some(index) = channel_bits(waiting).min_by_key(|&c| (channels[c].priority, c))
+            {
+                waiting &= !(1 << index);
+                let channel = index as u8;
+                wrote_messages |= match &mut self.send[index] {
                     SendChannel::Unreliable(c) => c.pack(channel, &mut writer, fragment_size),
                     SendChannel::Reliable(c) => c.pack(channel, &mut writer, &mut ctx),
                 };
@@ -1175,7 +1201,22 @@ impl Connection {
 
     fn count_sent(&mut self, now: Stamp, len: usize) {
         self.last_sent = now;
-        self.stats.packets_sent += 1;
-        self.stats.bytes_sent += len as u64;
+        self.traffic.packets_sent += 1;
+        self.traffic.bytes_sent += len as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn the_hot_state_keeps_to_its_cache_lines() {
+        let send_end = offset_of!(Connection, send) + size_of::<Box<[SendChannel]>>();
+        assert!(send_end <= 64, "send_bytes' fields end at {send_end}");
+        let hot_end = offset_of!(Connection, stats);
+        assert!(hot_end <= 8 * 64, "the per-packet fields end at {hot_end}");
     }
 }

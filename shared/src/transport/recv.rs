@@ -127,6 +127,10 @@ pub(crate) trait Deliver {
     fn deliver(&mut self, channel: u8, payload: &[u8]);
 }
 
+/// Each channel starts a cache line (the connection keeps them in one
+/// array), so an unreliable channel's receive state is one line, not two or
+/// three that it happens to straddle.
+#[repr(align(64))]
 pub(crate) enum RecvChannel {
     Unreliable(UnreliableRecv),
     Reliable(ReliableRecv),

@@ -2,30 +2,31 @@
 
 use std::time::Duration;
 
+/// The retransmission timeout's configuration (the transport's
+/// `initial_rto`, `min_rto` and `max_rto`), shared by every connection
+/// rather than copied into each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RtoBounds {
+    /// Before the first sample.
+    pub(crate) initial: Duration,
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+}
+
 /// Smoothed RTT and its variance, and the retransmission timeout derived
-/// from them: `SRTT + 4·RTTVAR`, clamped to `[min_rto, max_rto]`.
-#[derive(Debug, Clone)]
+/// from them: `SRTT + 4·RTTVAR`, clamped to `[min_rto, max_rto]`. Holds
+/// the samples only (one cache line), not the bounds.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct RttEstimator {
     smoothed: Option<Duration>,
     variance: Duration,
     min: Option<Duration>,
     latest: Duration,
-    initial_rto: Duration,
-    min_rto: Duration,
-    max_rto: Duration,
 }
 
 impl RttEstimator {
-    pub(crate) fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> Self {
-        Self {
-            smoothed: None,
-            variance: Duration::ZERO,
-            min: None,
-            latest: Duration::ZERO,
-            initial_rto,
-            min_rto,
-            max_rto,
-        }
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
 
     /// Feeds one sample (already corrected for the peer's ack delay).
@@ -60,18 +61,18 @@ impl RttEstimator {
     }
 
     /// Retransmission timeout before backoff.
-    pub(crate) fn rto(&self) -> Duration {
+    pub(crate) fn rto(&self, bounds: &RtoBounds) -> Duration {
         match self.smoothed {
-            None => self.initial_rto,
-            Some(srtt) => (srtt + self.variance * 4).clamp(self.min_rto, self.max_rto),
+            None => bounds.initial,
+            Some(srtt) => (srtt + self.variance * 4).clamp(bounds.min, bounds.max),
         }
     }
 
     /// Retransmission timeout after `attempts` unanswered transmissions:
     /// doubled per attempt, capped at `max_rto`.
-    pub(crate) fn backed_off_rto(&self, attempts: u8) -> Duration {
+    pub(crate) fn backed_off_rto(&self, attempts: u8, bounds: &RtoBounds) -> Duration {
         let factor = 1u32 << attempts.min(16);
-        self.rto().saturating_mul(factor).min(self.max_rto)
+        self.rto(bounds).saturating_mul(factor).min(bounds.max)
     }
 }
 
@@ -83,14 +84,20 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    const BOUNDS: RtoBounds = RtoBounds {
+        initial: Duration::from_millis(250),
+        min: Duration::from_millis(25),
+        max: Duration::from_millis(2000),
+    };
+
     #[test]
     fn follows_rfc_6298() {
-        let mut rtt = RttEstimator::new(ms(250), ms(25), ms(2000));
-        assert_eq!(rtt.rto(), ms(250));
+        let mut rtt = RttEstimator::new();
+        assert_eq!(rtt.rto(&BOUNDS), ms(250));
         rtt.on_sample(ms(100));
         assert_eq!(rtt.smoothed(), ms(100));
         assert_eq!(rtt.variance(), ms(50));
-        assert_eq!(rtt.rto(), ms(300));
+        assert_eq!(rtt.rto(&BOUNDS), ms(300));
         rtt.on_sample(ms(180));
         // RTTVAR = (3*50 + 80)/4 = 57.5; SRTT = (7*100 + 180)/8 = 110
         assert_eq!(rtt.variance(), Duration::from_micros(57_500));
@@ -100,21 +107,21 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let mut rtt = RttEstimator::new(ms(250), ms(25), ms(2000));
+        let mut rtt = RttEstimator::new();
         rtt.on_sample(ms(40));
         rtt.on_sample(ms(40));
-        let base = rtt.rto();
-        assert_eq!(rtt.backed_off_rto(1), base * 2);
-        assert_eq!(rtt.backed_off_rto(2), base * 4);
-        assert_eq!(rtt.backed_off_rto(200), ms(2000));
+        let base = rtt.rto(&BOUNDS);
+        assert_eq!(rtt.backed_off_rto(1, &BOUNDS), base * 2);
+        assert_eq!(rtt.backed_off_rto(2, &BOUNDS), base * 4);
+        assert_eq!(rtt.backed_off_rto(200, &BOUNDS), ms(2000));
     }
 
     #[test]
     fn floor_applies_on_fast_links() {
-        let mut rtt = RttEstimator::new(ms(250), ms(25), ms(2000));
+        let mut rtt = RttEstimator::new();
         for _ in 0..50 {
             rtt.on_sample(Duration::from_micros(10));
         }
-        assert_eq!(rtt.rto(), ms(25));
+        assert_eq!(rtt.rto(&BOUNDS), ms(25));
     }
 }

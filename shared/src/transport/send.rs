@@ -122,6 +122,10 @@ pub(crate) struct PackContext<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReliableTimedOut;
 
+/// Each channel starts a cache line (the connection keeps them in one
+/// array), so an unreliable channel's send state is one line, not two or
+/// three that it happens to straddle.
+#[repr(align(64))]
 pub(crate) enum SendChannel {
     Unreliable(UnreliableSend),
     Reliable(ReliableSend),
