@@ -15,6 +15,8 @@
 #   SKIP_BUILD=1       do not run cargo build
 #   SERVER_BIN         server binary [$CARGO_TARGET_DIR/release/server]
 #                      (e.g. a copy of an older build, for an A/B run)
+#   BOTS_BIN           bot binary [$CARGO_TARGET_DIR/release/client_headless]
+#                      (idem, to compare the bots' own CPU)
 #
 # Per point: the server starts pinned to SERVER_CORE on loopback with a fresh
 # data dir; the bots (`client_headless load`) start pinned to BOT_CORE with a
@@ -55,7 +57,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release -p server -p client_headless >&2
 fi
 SERVER_BIN=${SERVER_BIN:-$TARGET/release/server}
-BOTS_BIN=$TARGET/release/client_headless
+BOTS_BIN=${BOTS_BIN:-$TARGET/release/client_headless}
 for bin in "$SERVER_BIN" "$BOTS_BIN"; do
     [ -x "$bin" ] || { echo "capacity.sh: no $bin (set CARGO_TARGET_DIR?)" >&2; exit 2; }
 done
