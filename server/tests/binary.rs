@@ -13,12 +13,28 @@ use server::readiness::{Announcements, Listening};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
-/// A fresh empty directory for one test.
-fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh empty directory for one test, removed when the test ends,
+/// whether it passed or failed.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = PathBuf;
+
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+fn scratch_dir(name: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("server-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    ScratchDir(dir)
 }
 
 /// The server with a clean environment (no inherited GAMESERVER_* or
@@ -88,7 +104,6 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     std::fs::write(dir.join("assets/server.toml"), "max_clients = 7\n").unwrap();
     let local = print_config(&mut server(&dir));
     assert!(local.contains("max_clients = 7\n"), "{local}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -129,7 +144,6 @@ fn invalid_settings_exit_with_a_clear_error() {
         server(&dir).args(["--log-format", "xml"]).output().unwrap(),
         "invalid value 'xml'",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Reads the server's stderr on a thread: the addresses it announces
@@ -264,7 +278,6 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         "{logs}"
     );
     assert!(logs.contains("shutdown complete"), "{logs}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -298,7 +311,6 @@ fn json_logs_are_one_object_per_line() {
             "not a JSON log line: {line}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
