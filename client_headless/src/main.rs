@@ -127,7 +127,7 @@ struct LoadArgs {
     /// Seconds from the first bot's start until the bots stop (includes the ramp).
     #[arg(long, value_name = "SECS")]
     duration: f64,
-    /// Start the bots evenly over this many seconds [default: 0].
+    /// Start the bots evenly over this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     ramp: f64,
     /// Scenario file [default: the built-in copy of assets/scenarios/default.toml].

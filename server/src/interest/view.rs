@@ -311,11 +311,16 @@ impl ClientView {
     }
 
     /// The baseline: the acknowledged frame, if still in the history.
+    ///
+    /// Searched from the newest frame back: the client acknowledges a frame
+    /// about a round trip old, a few frames from the back of a history of
+    /// up to [`CLIENT_SNAPSHOT_HISTORY`], and each frame visited is a cache
+    /// line that has gone cold since the last tick.
     fn baseline(&self) -> Option<usize> {
         if self.acked == 0 {
             return None;
         }
-        self.history.iter().position(|f| f.tick == self.acked)
+        self.history.iter().rposition(|f| f.tick == self.acked)
     }
 
     /// Writes the body of the snapshot of `tick` for this view (a
