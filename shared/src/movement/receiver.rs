@@ -137,10 +137,13 @@ impl SnapshotReceiver {
                 .checked_sub(snapshot.baseline_age)
                 .filter(|&t| t > 0)
                 .ok_or(ApplyError::Malformed)?;
+            // From the newest back: the baseline is about a round trip
+            // old, near the back of a full history, and every frame
+            // visited is a cache line (a bot swarm's receivers are cold).
             let index = self
                 .history
                 .iter()
-                .position(|f| f.tick == tick)
+                .rposition(|f| f.tick == tick)
                 .ok_or(ApplyError::MissingBaseline(tick))?;
             Some(index)
         };
