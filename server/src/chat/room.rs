@@ -152,6 +152,11 @@ pub struct ChatRoom {
     config: ChatConfig,
     tick: u64,
     members: HashMap<u64, Member>,
+    /// Each member's account by display name, for whispers by name (a
+    /// scan of the members per whisper would let each player's whispers
+    /// cost the tick O(members)). Names are unique (the game derives them
+    /// from the account); should two members share one, the later holds it.
+    by_name: HashMap<String, u64>,
 }
 
 impl ChatRoom {
@@ -161,6 +166,7 @@ impl ChatRoom {
             config,
             tick: 0,
             members: HashMap::new(),
+            by_name: HashMap::new(),
         }
     }
 
@@ -191,6 +197,11 @@ impl ChatRoom {
     /// gets a system line.
     pub fn join(&mut self, account: u64, name: String, out: &mut Vec<ChatOutput>) {
         let text = format!("{name} joined");
+        if let Some(old) = self.members.get(&account) {
+            let old = old.name.clone();
+            self.forget_name(&old, account);
+        }
+        self.by_name.insert(name.clone(), account);
         self.members.insert(
             account,
             Member {
@@ -211,10 +222,18 @@ impl ChatRoom {
     /// A member leaves; with [`ChatConfig::announce_sessions`], the others
     /// get a system line.
     pub fn leave(&mut self, account: u64, out: &mut Vec<ChatOutput>) {
-        if let Some(member) = self.members.remove(&account)
-            && self.config.announce_sessions
-        {
+        let Some(member) = self.members.remove(&account) else {
+            return;
+        };
+        self.forget_name(&member.name, account);
+        if self.config.announce_sessions {
             self.system(&format!("{} left", member.name), out);
+        }
+    }
+
+    fn forget_name(&mut self, name: &str, account: u64) {
+        if self.by_name.get(name) == Some(&account) {
+            self.by_name.remove(name);
         }
     }
 
@@ -316,8 +335,8 @@ impl ChatRoom {
                     return true;
                 }
             },
-            ChatScope::WhisperName(to) => match self.members.iter().find(|(_, m)| m.name == *to) {
-                Some((&to, _)) => (ChatKind::Whisper, vec![from, to]),
+            ChatScope::WhisperName(to) => match self.by_name.get(to) {
+                Some(&to) => (ChatKind::Whisper, vec![from, to]),
                 None => {
                     out.push(reject(
                         from,

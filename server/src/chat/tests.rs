@@ -235,6 +235,50 @@ fn repeated_offenders_are_muted_then_kicked() {
 }
 
 #[test]
+fn a_whisper_by_name_follows_joins_leaves_and_renames() {
+    let mut room = room_with(&[1, 2, 3], ChatConfig::default());
+    let mut out = Vec::new();
+    room.leave(2, &mut out);
+    room.join(3, "renamed".into(), &mut out);
+    for (client_ref, name) in [(1, "player-2"), (2, "player-3"), (3, "renamed")] {
+        room.say(
+            1,
+            client_ref,
+            &ChatScope::WhisperName(name.into()),
+            "psst",
+            nowhere,
+            &mut out,
+        );
+    }
+    assert_eq!(
+        the_answer(&out, 1, 1),
+        Err(ChatRejectReason::UnknownRecipient)
+    );
+    assert_eq!(
+        the_answer(&out, 1, 2),
+        Err(ChatRejectReason::UnknownRecipient)
+    );
+    assert!(the_answer(&out, 1, 3).is_ok());
+    assert_eq!(lines_for(&out, 3).len(), 1, "the renamed member hears it");
+
+    room.join(2, "player-2".into(), &mut out);
+    let mut out = Vec::new();
+    room.say(
+        1,
+        4,
+        &ChatScope::WhisperName("player-2".into()),
+        "back?",
+        nowhere,
+        &mut out,
+    );
+    assert_eq!(
+        lines_for(&out, 2).len(),
+        1,
+        "a member who came back hears it"
+    );
+}
+
+#[test]
 fn nothing_is_accepted_outside_a_session() {
     let mut room = room_with(&[1], ChatConfig::default());
     let mut out = Vec::new();
