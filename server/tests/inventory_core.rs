@@ -688,7 +688,7 @@ fn check_after_batch(h: &mut Harness, online: &[bool]) -> Result<(), TestCaseErr
     let report = h.audit();
     prop_assert!(report.integrity_ok);
     prop_assert!(report.balanced, "ledger unbalanced: {:?}", report.items);
-    if let Err(e) = h.core.check_stacks() {
+    if let Err(e) = h.core.check_stacks().and_then(|()| h.core.check_trades()) {
         return Err(TestCaseError::fail(e));
     }
     // Memory equals storage for every loaded inventory.

@@ -240,6 +240,68 @@ impl Trade {
     }
 }
 
+/// The open trades, by id and by player: a player is in at most one (an
+/// offer that opens a trade cancels both sides' others), so finding a
+/// player's trade does not scan them all.
+#[derive(Debug, Default)]
+struct OpenTrades {
+    by_id: BTreeMap<u64, Trade>,
+    by_account: HashMap<u64, u64>,
+}
+
+impl OpenTrades {
+    fn get(&self, id: u64) -> Option<&Trade> {
+        self.by_id.get(&id)
+    }
+
+    /// The trade, to change its offers or acceptances (not its sides).
+    fn get_mut(&mut self, id: u64) -> Option<&mut Trade> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// The open trade `account` is in.
+    fn of(&self, account: u64) -> Option<u64> {
+        self.by_account.get(&account).copied()
+    }
+
+    /// Opens a trade between two players who are in none.
+    fn insert(&mut self, id: u64, trade: Trade) {
+        for account in [trade.initiator.account, trade.partner.account] {
+            let previous = self.by_account.insert(account, id);
+            debug_assert_eq!(previous, None, "player {account} is in two trades");
+        }
+        self.by_id.insert(id, trade);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Trade> {
+        let trade = self.by_id.remove(&id)?;
+        for account in [trade.initiator.account, trade.partner.account] {
+            if self.by_account.get(&account) == Some(&id) {
+                self.by_account.remove(&account);
+            }
+        }
+        Some(trade)
+    }
+
+    /// Puts back the trades a batch changed, from their pre-images.
+    fn restore(&mut self, before: HashMap<u64, Option<Trade>>) {
+        // All out first: a restored trade may hold a player whom the
+        // batch moved into another of the changed trades.
+        for &id in before.keys() {
+            self.remove(id);
+        }
+        for (id, trade) in before {
+            if let Some(trade) = trade {
+                self.insert(id, trade);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Trade)> {
+        self.by_id.iter().map(|(&id, t)| (id, t))
+    }
+}
+
 /// The answers an account's repeated request ids get again.
 #[derive(Debug, Default)]
 struct Applied {
@@ -290,7 +352,8 @@ struct Building {
     world: HashMap<u64, Option<WorldItem>>,
     ledger: HashMap<ItemId, LedgerRow>,
     counters: Option<Counters>,
-    trades: Option<(BTreeMap<u64, Trade>, u64)>,
+    trades: HashMap<u64, Option<Trade>>,
+    next_trade: Option<u64>,
     /// Requests applied in this batch: (account, request id, persisted?).
     applied: Vec<(u64, u64, bool)>,
     outputs: Vec<Output>,
@@ -308,7 +371,7 @@ pub struct InventoryCore {
     world: BTreeMap<u64, WorldItem>,
     ledger: BTreeMap<ItemId, LedgerRow>,
     counters: Counters,
-    trades: BTreeMap<u64, Trade>,
+    trades: OpenTrades,
     next_trade: u64,
     ticks: u64,
     pending_ticks: u64,
@@ -353,7 +416,7 @@ impl InventoryCore {
             world: world.into_iter().map(|w| (w.id, w)).collect(),
             ledger,
             counters,
-            trades: BTreeMap::new(),
+            trades: OpenTrades::default(),
             next_trade: 1,
             ticks: 0,
             pending_ticks: 0,
@@ -463,8 +526,8 @@ impl InventoryCore {
                 if let Some(counters) = building.counters {
                     self.counters = counters;
                 }
-                if let Some((trades, next)) = building.trades {
-                    self.trades = trades;
+                self.trades.restore(building.trades);
+                if let Some(next) = building.next_trade {
                     self.next_trade = next;
                 }
                 for &(account, request_id, _) in &building.applied {
@@ -611,11 +674,19 @@ impl InventoryCore {
         self.b().counters.get_or_insert(before);
     }
 
-    fn touch_trades(&mut self) {
-        if self.b().trades.is_none() {
-            let saved = (self.trades.clone(), self.next_trade);
-            self.b().trades = Some(saved);
+    fn touch_trade(&mut self, id: u64) {
+        if !self.b().trades.contains_key(&id) {
+            let before = self.trades.get(id).cloned();
+            self.b().trades.insert(id, before);
         }
+    }
+
+    /// A new trade's id.
+    fn next_trade_id(&mut self) -> u64 {
+        let id = self.next_trade;
+        self.b().next_trade.get_or_insert(id);
+        self.next_trade += 1;
+        id
     }
 
     fn emit(&mut self, output: Output) {
@@ -881,7 +952,7 @@ impl InventoryCore {
             InventoryOp::Offer { with, offer } => self.offer(account, *with, offer).map(Some),
             InventoryOp::Accept { trade } => self.accept(account, *trade).map(|()| Some(*trade)),
             InventoryOp::Cancel { trade } => {
-                if !self.trades.get(trade).is_some_and(|t| t.involves(account)) {
+                if !self.trades.get(*trade).is_some_and(|t| t.involves(account)) {
                     return Err(InventoryError::NoSuchTrade);
                 }
                 self.end_trade(*trade, TradeState::Cancelled);
@@ -940,12 +1011,10 @@ impl InventoryCore {
             return Err(InventoryError::UnknownPlayer);
         }
         let items = self.validate_offer(account, offer)?;
-        self.touch_trades();
         let existing = self
             .trades
-            .iter()
-            .find(|(_, t)| t.involves(account) && t.involves(with))
-            .map(|(&id, _)| id);
+            .of(account)
+            .filter(|&id| self.trades.get(id).is_some_and(|t| t.involves(with)));
         let id = match existing {
             Some(id) => id,
             None => {
@@ -953,8 +1022,8 @@ impl InventoryCore {
                 // old ones of both sides.
                 self.cancel_trades_of(account);
                 self.cancel_trades_of(with);
-                let id = self.next_trade;
-                self.next_trade += 1;
+                let id = self.next_trade_id();
+                self.touch_trade(id);
                 self.trades.insert(
                     id,
                     Trade {
@@ -973,7 +1042,8 @@ impl InventoryCore {
                 id
             }
         };
-        if let Some(trade) = self.trades.get_mut(&id) {
+        self.touch_trade(id);
+        if let Some(trade) = self.trades.get_mut(id) {
             trade.initiator.accepted = false;
             trade.partner.accepted = false;
             if let Some(side) = trade.side_mut(account) {
@@ -985,7 +1055,7 @@ impl InventoryCore {
     }
 
     fn announce(&mut self, id: u64) {
-        if let Some(trade) = self.trades.get(&id) {
+        if let Some(trade) = self.trades.get(id) {
             let update = trade.update(
                 id,
                 TradeState::Open {
@@ -1003,8 +1073,8 @@ impl InventoryCore {
     }
 
     fn end_trade(&mut self, id: u64, state: TradeState) {
-        self.touch_trades();
-        if let Some(trade) = self.trades.remove(&id) {
+        self.touch_trade(id);
+        if let Some(trade) = self.trades.remove(id) {
             let update = trade.update(id, state);
             self.emit(Output::Trade {
                 account: trade.initiator.account,
@@ -1018,13 +1088,7 @@ impl InventoryCore {
     }
 
     fn cancel_trades_of(&mut self, account: u64) {
-        let ids: Vec<u64> = self
-            .trades
-            .iter()
-            .filter(|(_, t)| t.involves(account))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ids {
+        if let Some(id) = self.trades.of(account) {
             self.end_trade(id, TradeState::Cancelled);
         }
     }
@@ -1039,11 +1103,11 @@ impl InventoryCore {
             .filter(|(_, t)| {
                 !online.contains(&t.initiator.account) || !online.contains(&t.partner.account)
             })
-            .map(|(&id, _)| id)
+            .map(|(id, _)| id)
             .collect();
         let mut outputs = Vec::new();
         for id in gone {
-            if let Some(trade) = self.trades.remove(&id) {
+            if let Some(trade) = self.trades.remove(id) {
                 let update = trade.update(id, TradeState::Cancelled);
                 for account in [trade.initiator.account, trade.partner.account] {
                     if self.online.contains(&account) {
@@ -1059,11 +1123,11 @@ impl InventoryCore {
     }
 
     fn accept(&mut self, account: u64, id: u64) -> Result<(), InventoryError> {
-        if !self.trades.get(&id).is_some_and(|t| t.involves(account)) {
+        if !self.trades.get(id).is_some_and(|t| t.involves(account)) {
             return Err(InventoryError::NoSuchTrade);
         }
-        self.touch_trades();
-        let Some(trade) = self.trades.get_mut(&id) else {
+        self.touch_trade(id);
+        let Some(trade) = self.trades.get_mut(id) else {
             return Err(InventoryError::NoSuchTrade);
         };
         if let Some(side) = trade.side_mut(account) {
@@ -1154,6 +1218,41 @@ impl InventoryCore {
             if w.stack.count == 0 {
                 return Err(format!("empty world item {}", w.id));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the open trades: two players online each, a player in one
+    /// trade at most, and the index by player agreeing with them. For
+    /// tests and debugging.
+    ///
+    /// # Errors
+    /// A description of the first violation.
+    pub fn check_trades(&self) -> Result<(), String> {
+        let mut players = 0;
+        for (id, t) in self.trades.iter() {
+            let (a, b) = (t.initiator.account, t.partner.account);
+            if a == b {
+                return Err(format!("trade {id} is {a} with itself"));
+            }
+            for account in [a, b] {
+                if !self.online.contains(&account) {
+                    return Err(format!("trade {id} holds {account}, who is offline"));
+                }
+                if self.trades.of(account) != Some(id) {
+                    return Err(format!(
+                        "player {account} of trade {id} is indexed to {:?}",
+                        self.trades.of(account)
+                    ));
+                }
+            }
+            players += 2;
+        }
+        if self.trades.by_account.len() != players {
+            return Err(format!(
+                "{} players indexed, {players} in trades",
+                self.trades.by_account.len()
+            ));
         }
         Ok(())
     }

@@ -1,0 +1,142 @@
+//! The inventory core under the trade scenario's load: 2,000 players
+//! online, each sending a trade operation every 0.5 s at 30 Hz (≈ 133
+//! requests per batch): offers to a random partner (which cancel both
+//! sides' other trades), counter-offers, accepts and cancels, so about a
+//! thousand trades are open at any time. One measured iteration is one
+//! batch: `prepare` and `complete(Ok)`; the commit itself runs on the
+//! writer thread in the server and is not part of it.
+//!
+//! Run: `cargo bench -p server --bench inventory`. Instruction counts of
+//! 30 batches only (no criterion):
+//!
+//! ```sh
+//! INVENTORY_BENCH_CALLGRIND=1 valgrind --tool=callgrind \
+//!     --toggle-collect='*measured_batch*' target/release/deps/inventory-HASH --bench
+//! ```
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, Output};
+use server::persistence::SqliteStore;
+use shared::protocol::inventory::{InventoryOp, InventoryRequest, TradeOffer};
+
+const PLAYERS: u64 = 2000;
+/// One operation per player per 0.5 s at 30 Hz.
+const REQUESTS_PER_BATCH: u64 = PLAYERS / 15;
+
+struct Load {
+    core: InventoryCore,
+    store: SqliteStore,
+    rng: u64,
+    request_id: u64,
+    /// The newest trade each player heard of (from the outputs).
+    trade_of: Vec<u64>,
+}
+
+impl Load {
+    fn new() -> Self {
+        let mut store = SqliteStore::open_in_memory().expect("in-memory store");
+        let catalogue = Arc::new(Catalogue::embedded().expect("embedded catalogue"));
+        let core = InventoryCore::load(catalogue, CoreConfig::default(), &mut store)
+            .expect("inventory core");
+        let mut load = Self {
+            core,
+            store,
+            rng: 0x5eed,
+            request_id: 0,
+            trade_of: vec![0; PLAYERS as usize + 1],
+        };
+        for account in 1..=PLAYERS {
+            load.core.push(Input::Connected { account });
+        }
+        load.batch(resolve);
+        // Warm up until about half the players are in a trade.
+        for _ in 0..60 {
+            load.queue_requests();
+            load.batch(resolve);
+        }
+        load
+    }
+
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn queue_requests(&mut self) {
+        for _ in 0..REQUESTS_PER_BATCH {
+            let account = 1 + self.next() % PLAYERS;
+            let known = self.trade_of[account as usize];
+            let op = match self.next() % 8 {
+                0..=3 => InventoryOp::Offer {
+                    with: 1 + self.next() % PLAYERS,
+                    offer: TradeOffer { items: Vec::new() },
+                },
+                4..=6 => InventoryOp::Accept { trade: known },
+                _ => InventoryOp::Cancel { trade: known },
+            };
+            self.request_id += 1;
+            self.core.push(Input::Request {
+                account,
+                request: InventoryRequest {
+                    request_id: self.request_id,
+                    op,
+                },
+                position: None,
+                tag: self.request_id,
+            });
+        }
+        self.core.push(Input::Tick);
+    }
+
+    fn batch(&mut self, run: fn(&mut InventoryCore, &mut SqliteStore) -> Vec<Output>) -> usize {
+        let outputs = run(&mut self.core, &mut self.store);
+        for output in &outputs {
+            if let Output::Trade { account, update } = output {
+                self.trade_of[*account as usize] = update.trade;
+            }
+        }
+        outputs.len()
+    }
+}
+
+/// One batch, prepared and resolved.
+fn resolve(core: &mut InventoryCore, store: &mut SqliteStore) -> Vec<Output> {
+    match core.prepare(store) {
+        Some(_) => core.complete(Ok(())),
+        None => Vec::new(),
+    }
+}
+
+/// [`resolve`] for the measured batches only (not the warm-up). Not
+/// inlined, so that callgrind can collect inside it alone.
+#[inline(never)]
+fn measured_batch(core: &mut InventoryCore, store: &mut SqliteStore) -> Vec<Output> {
+    resolve(core, store)
+}
+
+fn inventory(c: &mut Criterion) {
+    let mut load = Load::new();
+    if std::env::var_os("INVENTORY_BENCH_CALLGRIND").is_some() {
+        let mut outputs = 0;
+        for _ in 0..30 {
+            load.queue_requests();
+            outputs += load.batch(measured_batch);
+        }
+        println!("30 batches of {REQUESTS_PER_BATCH} trade requests: {outputs} outputs");
+        return;
+    }
+    c.bench_function("inventory batch, 2000 players trading", |b| {
+        b.iter(|| {
+            load.queue_requests();
+            black_box(load.batch(measured_batch))
+        });
+    });
+}
+
+criterion_group!(benches, inventory);
+criterion_main!(benches);
