@@ -654,8 +654,10 @@ impl InventoryCore {
     }
 
     fn touch_inventory(&mut self, account: u64) {
-        let before = self.inventories.get(&account).cloned();
-        self.b().inventories.entry(account).or_insert(before);
+        if !self.b().inventories.contains_key(&account) {
+            let before = self.inventories.get(&account).cloned();
+            self.b().inventories.insert(account, before);
+        }
     }
 
     fn touch_world(&mut self, id: u64) {
