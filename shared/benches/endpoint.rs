@@ -19,6 +19,9 @@
 //! ENDPOINT_BENCH_CALLGRIND=1 valgrind --tool=callgrind --cache-sim=yes \
 //!     --toggle-collect='*measured_server_turn*' target/release/deps/endpoint-HASH --bench
 //! ```
+//!
+//! The clients' side of the same ticks (what each bot of a swarm pays to
+//! send its input and take its snapshot): `--toggle-collect='*measured_clients*'`.
 
 #![expect(
     clippy::disallowed_methods,
@@ -224,12 +227,12 @@ impl World {
     }
 
     /// One tick for callgrind, which collects inside
-    /// [`measured_server_turn`] only.
+    /// [`measured_server_turn`] or the `measured_clients_*` functions.
     fn tick_for_callgrind(&mut self) {
         self.now += TICK;
-        self.clients_send(true);
+        measured_clients_send(self);
         measured_server_turn(self);
-        self.clients_receive();
+        measured_clients_receive(self);
     }
 
     /// One tick; returns the time the server's part took.
@@ -249,6 +252,18 @@ impl World {
 #[inline(never)]
 fn measured_server_turn(world: &mut World) {
     world.server_turn(true);
+}
+
+/// The clients' inputs of one tick, for callgrind likewise.
+#[inline(never)]
+fn measured_clients_send(world: &mut World) {
+    world.clients_send(true);
+}
+
+/// The clients taking the server's datagrams of one tick, likewise.
+#[inline(never)]
+fn measured_clients_receive(world: &mut World) {
+    world.clients_receive();
 }
 
 fn endpoint(c: &mut Criterion) {

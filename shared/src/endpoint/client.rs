@@ -59,7 +59,6 @@ pub struct ClientEndpoint {
     announced: bool,
     ended: Option<DisconnectReason>,
     reported_end: bool,
-    plain: Vec<u8>,
 }
 
 impl ClientEndpoint {
@@ -73,7 +72,6 @@ impl ClientEndpoint {
             announced: false,
             ended: None,
             reported_end: false,
-            plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
         }
     }
 
@@ -239,8 +237,18 @@ impl ClientEndpoint {
         if let Some(conn) = self.conn.as_mut()
             && self.netcode.state() == ClientState::Connected
         {
-            if let Some(len) = conn.poll_transmit(now, &mut self.plain) {
-                match self.netcode.send_payload(now, &self.plain[..len], buf) {
+            // The transport writes its packet where the secure layer
+            // seals it, in `buf`, which the caller keeps warm.
+            let start = self.netcode.payload_offset();
+            let end = buf
+                .len()
+                .saturating_sub(netcode::MAC_BYTES)
+                .min(start + netcode::MAX_PAYLOAD_BYTES);
+            if let Some(len) = buf
+                .get_mut(start..end)
+                .and_then(|body| conn.poll_transmit(now, body))
+            {
+                match self.netcode.send_payload_in_place(now, len, buf) {
                     Ok(transmit) => return Some(transmit),
                     Err(error) => tracing::debug!(?error, "payload not sealed"),
                 }

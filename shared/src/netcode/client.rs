@@ -330,6 +330,32 @@ impl Client {
         if payload.is_empty() || payload.len() > MAX_PAYLOAD_BYTES {
             return Err(SendError::PayloadSize(payload.len()));
         }
+        let start = self.payload_offset();
+        out.get_mut(start..start + payload.len())
+            .ok_or(SendError::BufferTooSmall)?
+            .copy_from_slice(payload);
+        self.send_payload_in_place(now, payload.len(), out)
+    }
+
+    /// Where the next payload packet's plaintext starts in its datagram:
+    /// write the payload at `out[payload_offset()..]`, then seal it with
+    /// [`send_payload_in_place`](Self::send_payload_in_place), without a
+    /// copy.
+    pub fn payload_offset(&self) -> usize {
+        packet::body_offset(self.next_sequence)
+    }
+
+    /// [`send_payload`](Self::send_payload) for a payload of `len` bytes
+    /// already written at `out[self.payload_offset()..]`.
+    pub fn send_payload_in_place(
+        &mut self,
+        now: Instant,
+        len: usize,
+        out: &mut [u8],
+    ) -> Result<Transmit, SendError> {
+        if len == 0 || len > MAX_PAYLOAD_BYTES {
+            return Err(SendError::PayloadSize(len));
+        }
         if self.state != ClientState::Connected {
             return Err(SendError::UnknownClient);
         }
@@ -339,11 +365,11 @@ impl Client {
         let next = sequence
             .checked_add(1)
             .ok_or(SendError::SequenceExhausted)?;
-        let len = packet::seal(
+        let len = packet::seal_in_place(
             out,
             PacketKind::Payload,
             sequence,
-            payload,
+            len,
             self.config.protocol_id,
             &session.send,
         )
