@@ -133,15 +133,24 @@ pub enum ClientEvent<'a> {
     Disconnected,
 }
 
+/// A connection attempt and then the connection. In the order of use
+/// (`repr(C)`): the keys, the times and the server's address, read by
+/// every datagram, come first and fill three cache lines; the token and
+/// the challenge, read while connecting only, are boxed.
+#[repr(C)]
 struct Session {
-    token: ConnectToken,
-    server_index: usize,
     send: PacketCipher,
     recv: PacketCipher,
-    challenge: Option<(u64, [u8; CHALLENGE_TOKEN_BYTES])>,
-    connect_started: Instant,
     last_received: Instant,
     last_sent: Option<Instant>,
+    /// `token.server_addresses[server_index]`.
+    server: SocketAddr,
+    /// The token's timeout; `None` when it disables timeouts.
+    timeout: Option<Duration>,
+    connect_started: Instant,
+    server_index: usize,
+    token: Box<ConnectToken>,
+    challenge: Option<Box<(u64, [u8; CHALLENGE_TOKEN_BYTES])>>,
 }
 
 struct Farewell {
@@ -164,17 +173,22 @@ struct Farewell {
 /// Drain order: after any command or `handle_*`, call `poll_transmit` until
 /// `None`, then re-arm the timer from `poll_timeout`. Watch
 /// [`state`](Self::state) after `handle_timeout` for timeouts and expiry.
+///
+/// In memory (`repr(C)`), what every datagram in or out reads comes first:
+/// a swarm of bots keeps thousands of clients, each cold in the cache
+/// when its next datagram comes.
+#[repr(C)]
 pub struct Client {
-    config: ClientConfig,
-    state: ClientState,
     session: Option<Session>,
     next_sequence: u64,
-    last_token_nonce: Option<[u8; CONNECT_TOKEN_NONCE_BYTES]>,
+    config: ClientConfig,
+    state: ClientState,
     replay: ReplayWindow,
+    stats: ClientStats,
+    farewell: Option<Farewell>,
+    last_token_nonce: Option<[u8; CONNECT_TOKEN_NONCE_BYTES]>,
     client_index: u32,
     max_clients: u32,
-    farewell: Option<Farewell>,
-    stats: ClientStats,
 }
 
 impl std::fmt::Debug for Client {
@@ -225,8 +239,7 @@ impl Client {
 
     /// The server address being tried or connected to.
     pub fn server_address(&self) -> Option<SocketAddr> {
-        let s = self.session.as_ref()?;
-        s.token.server_addresses.get(s.server_index).copied()
+        self.session.as_ref().map(|s| s.server)
     }
 
     /// Parses `bytes` as a 2048-byte token and connects with it; a token that
@@ -280,15 +293,24 @@ impl Client {
             self.next_sequence = 0;
             self.last_token_nonce = Some(token.nonce);
         }
+        let Some(&server) = token.server_addresses.first() else {
+            self.state = ClientState::InvalidConnectToken;
+            return Err(ConnectError::InvalidToken);
+        };
         self.session = Some(Session {
             send: PacketCipher::new(&token.client_to_server_key),
             recv: PacketCipher::new(&token.server_to_client_key),
-            token: token.clone(),
-            server_index: 0,
-            challenge: None,
-            connect_started: now,
             last_received: now,
             last_sent: None,
+            server,
+            timeout: u64::try_from(token.timeout_seconds)
+                .ok()
+                .filter(|t| *t > 0)
+                .map(Duration::from_secs),
+            connect_started: now,
+            server_index: 0,
+            token: Box::new(token.clone()),
+            challenge: None,
         });
         self.replay = ReplayWindow::default();
         self.state = ClientState::SendingConnectionRequest;
@@ -449,7 +471,7 @@ impl Client {
                 let seq = u64::from_le_bytes(seq.try_into().map_err(|_| DropReason::Truncated)?);
                 let token: [u8; CHALLENGE_TOKEN_BYTES] =
                     token.try_into().map_err(|_| DropReason::Truncated)?;
-                session.challenge = Some((seq, token));
+                session.challenge = Some(Box::new((seq, token)));
                 session.last_sent = None;
                 self.state = SendingConnectionResponse;
                 Ok(None)
@@ -487,8 +509,9 @@ impl Client {
             return;
         };
         let next = session.server_index.saturating_add(1);
-        if next < session.token.server_addresses.len() {
+        if let Some(&server) = session.token.server_addresses.get(next) {
             session.server_index = next;
+            session.server = server;
             session.challenge = None;
             session.last_received = now;
             session.last_sent = None;
@@ -499,17 +522,9 @@ impl Client {
         }
     }
 
-    fn timeout(&self) -> Option<Duration> {
-        let s = self.session.as_ref()?;
-        u64::try_from(s.token.timeout_seconds)
-            .ok()
-            .filter(|t| *t > 0)
-            .map(Duration::from_secs)
-    }
-
     fn deadlines(&self) -> Option<(Option<Instant>, Option<Instant>)> {
         let s = self.session.as_ref()?;
-        let timeout = self.timeout().and_then(|t| s.last_received.checked_add(t));
+        let timeout = s.timeout.and_then(|t| s.last_received.checked_add(t));
         let expiry = if self.state.is_connecting() {
             s.connect_started
                 .checked_add(Duration::from_secs(s.token.lifetime_seconds()))
@@ -611,7 +626,7 @@ impl Client {
                 packet::write_request(buf, &session.token).ok()?
             }
             ClientState::SendingConnectionResponse => {
-                let (challenge_sequence, token) = session.challenge.as_ref()?;
+                let (challenge_sequence, token) = &**session.challenge.as_ref()?;
                 let start = packet::body_offset(sequence);
                 let body = buf.get_mut(start..start.checked_add(CHALLENGE_BODY_BYTES)?)?;
                 let (seq_out, token_out) = body.split_at_mut(8);
@@ -649,5 +664,28 @@ impl Client {
         };
         session.last_sent = Some(now);
         Some(Transmit { destination, len })
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn what_every_datagram_reads_keeps_to_the_first_cache_lines() {
+        let session_hot = offset_of!(Session, timeout) + size_of::<Option<Duration>>();
+        assert!(
+            session_hot <= 3 * 64,
+            "the session's hot part ends at {session_hot}"
+        );
+        let stats = offset_of!(Client, stats);
+        let counters = stats + offset_of!(ClientStats, payloads_received) + size_of::<u64>();
+        assert!(
+            offset_of!(Client, state) < 5 * 64 && counters <= 5 * 64,
+            "state at {}, counters end at {counters}",
+            offset_of!(Client, state)
+        );
     }
 }

@@ -153,15 +153,18 @@ pub struct ServerStats {
     pub events_dropped: u64,
 }
 
-/// Client counters, from [`Client::stats`](super::Client::stats).
+/// Client counters, from [`Client::stats`](super::Client::stats). The
+/// two counted on every datagram first (`repr(C)`), next to the client's
+/// other hot fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct ClientStats {
-    /// Ignored datagrams by reason.
-    pub dropped: DropCounts,
     /// Datagrams sent.
     pub datagrams_sent: u64,
     /// Payload packets delivered to the application.
     pub payloads_received: u64,
+    /// Ignored datagrams by reason.
+    pub dropped: DropCounts,
 }
 
 pub(crate) fn bump(counter: &mut u64) {
