@@ -40,6 +40,7 @@ use shared::endpoint::{
 use shared::io::{system_rng, unix_secs};
 use shared::netcode::{self, ClientIndex, ServerConfig};
 use shared::protocol::{PROTOCOL_ID, channels};
+use shared::transport::{ChannelId, Deliver};
 
 const CLIENTS: usize = 2_000;
 const TICK: Duration = Duration::from_millis(33);
@@ -92,6 +93,26 @@ impl<A: Copy> Datagrams<A> {
     }
 }
 
+/// The messages the clients received, in one buffer for all of them.
+#[derive(Default)]
+struct Messages {
+    bytes: Vec<u8>,
+}
+
+impl Deliver for Messages {
+    fn deliver(&mut self, _channel: ChannelId, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+    }
+}
+
+impl Messages {
+    /// Hands the messages on, as a bot does with its snapshot.
+    fn take(&mut self) {
+        black_box(&self.bytes);
+        self.bytes.clear();
+    }
+}
+
 /// One server and its clients, exchanging datagrams in memory.
 struct World {
     server: ServerEndpoint,
@@ -106,6 +127,7 @@ struct World {
     to_server: Datagrams<SocketAddr>,
     /// Datagrams from the server, for the clients (by index).
     to_clients: Datagrams<usize>,
+    client_messages: Messages,
     input: Bytes,
     snapshot: Bytes,
 }
@@ -139,6 +161,7 @@ impl World {
             buf: vec![0; netcode::MAX_PACKET_BYTES],
             to_server: Datagrams::new(),
             to_clients: Datagrams::new(),
+            client_messages: Messages::default(),
             input: Bytes::from(vec![7u8; 24]),
             snapshot: Bytes::from(vec![9u8; 130]),
         };
@@ -213,11 +236,15 @@ impl World {
         }
     }
 
+    /// As a bot swarm does: every client's messages into one buffer, taken
+    /// right away.
     fn clients_receive(&mut self) {
         let (clients, now, server) = (&mut self.clients, self.now, self.server_addr);
+        let messages = &mut self.client_messages;
         self.to_clients.drain(|i, datagram| {
             let client = &mut clients[i];
-            client.handle_datagram(now, server, datagram);
+            client.handle_datagram_into(now, server, datagram, messages);
+            messages.take();
             while let Some(event) = client.poll_event() {
                 if let ClientEndpointEvent::Disconnected { reason } = event {
                     panic!("client {i} disconnected: {reason:?}");

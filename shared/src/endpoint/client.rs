@@ -9,7 +9,8 @@ use thiserror::Error;
 
 use crate::netcode::{self, ClientEvent, ClientState, ConnectError, ConnectToken, Transmit};
 use crate::transport::{
-    ChannelId, Connection, ConnectionStats, DisconnectReason, Event, SendError, TransportConfig,
+    ChannelId, Connection, ConnectionStats, Deliver, DisconnectReason, Event, SendError,
+    TransportConfig,
 };
 
 /// What the client endpoint reports.
@@ -149,6 +150,36 @@ impl ClientEndpoint {
 
     /// Feeds one datagram from `from`; `buf` is decrypted in place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) {
+        self.datagram(now, from, buf, |conn, data| conn.handle_datagram(now, data));
+    }
+
+    /// Like [`handle_datagram`](Self::handle_datagram), but the messages the
+    /// datagram completes go straight to `out`, in delivery order (see
+    /// [`Connection::handle_datagram_into`]); [`poll_event`](Self::poll_event)
+    /// still reports the connection's start and end. A process running many
+    /// clients (a bot swarm) passes one buffer for all of them: each
+    /// client's own inbox would be cold in the cache by its next datagram.
+    /// Use one or the other on a connection, or messages may be seen out of
+    /// order.
+    pub fn handle_datagram_into(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        out: &mut impl Deliver,
+    ) {
+        self.datagram(now, from, buf, |conn, data| {
+            conn.handle_datagram_into(now, data, out);
+        });
+    }
+
+    fn datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        payload: impl FnOnce(&mut Connection, &[u8]),
+    ) {
         match self.netcode.handle_datagram(now, from, buf) {
             Some(ClientEvent::Connected { .. }) => {
                 match Connection::new(Arc::clone(&self.transport), now) {
@@ -162,7 +193,7 @@ impl ClientEndpoint {
             }
             Some(ClientEvent::Payload(data)) => {
                 if let Some(conn) = self.conn.as_mut() {
-                    conn.handle_datagram(now, data);
+                    payload(conn, data);
                 }
             }
             Some(ClientEvent::Disconnected) => {

@@ -11,7 +11,8 @@ use thiserror::Error;
 
 use crate::netcode::{self, ClientIndex, ServerEvent, Transmit};
 use crate::transport::{
-    ChannelId, Connection, ConnectionStats, DisconnectReason, Event, SendError, TransportConfig,
+    ChannelId, Connection, ConnectionStats, Deliver, DisconnectReason, Event, SendError,
+    TransportConfig,
 };
 
 /// Configuration of both layers.
@@ -139,6 +140,56 @@ struct Peer {
     buffered: usize,
 }
 
+/// The messages every connection delivered that the caller has not
+/// polled yet, in one arena for all peers. Each connection's own inbox
+/// would be cold in the cache when its next datagram comes (the other
+/// clients' datagrams came in between); this one is written and read for
+/// every datagram and stays warm.
+#[derive(Default)]
+struct Arrivals {
+    bytes: Vec<u8>,
+    entries: VecDeque<Arrival>,
+}
+
+/// The arena keeps at most this much room once drained, so that one large
+/// message does not pin its size on the endpoint.
+const ARRIVALS_KEEP_CAPACITY: usize = 256 * 1024;
+
+struct Arrival {
+    index: usize,
+    /// The connection it came from: its peer's slot may have been taken by
+    /// a new client meanwhile.
+    session: u64,
+    channel: ChannelId,
+    start: usize,
+    len: usize,
+}
+
+/// One peer's [`Deliver`] into the arrivals.
+struct PeerArrivals<'a> {
+    arrivals: &'a mut Arrivals,
+    index: usize,
+    session: u64,
+}
+
+impl Deliver for PeerArrivals<'_> {
+    fn deliver(&mut self, channel: ChannelId, payload: &[u8]) {
+        let arrivals = &mut *self.arrivals;
+        if arrivals.entries.is_empty() {
+            arrivals.bytes.clear();
+        }
+        let start = arrivals.bytes.len();
+        arrivals.bytes.extend_from_slice(payload);
+        arrivals.entries.push_back(Arrival {
+            index: self.index,
+            session: self.session,
+            channel,
+            start,
+            len: payload.len(),
+        });
+    }
+}
+
 impl Peer {
     /// Still `client`'s, and not over.
     fn is_live(&self, client: ClientIndex) -> bool {
@@ -171,6 +222,7 @@ pub struct ServerEndpoint {
     due_scratch: Vec<(Instant, usize)>,
     transmit_queue: VecDeque<usize>,
     event_queue: VecDeque<usize>,
+    arrivals: Arrivals,
     plain: Vec<u8>,
     total_buffered: usize,
     max_total_buffered: usize,
@@ -211,6 +263,7 @@ impl ServerEndpoint {
             due_scratch: Vec::new(),
             transmit_queue: VecDeque::new(),
             event_queue: VecDeque::new(),
+            arrivals: Arrivals::default(),
             plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
             total_buffered: 0,
             max_total_buffered: config.max_total_receive_buffer,
@@ -371,7 +424,12 @@ impl ServerEndpoint {
                 if peer.client != client || peer.ended.is_some() {
                     return;
                 }
-                peer.conn.handle_datagram(now, data);
+                let mut arrivals = PeerArrivals {
+                    arrivals: &mut self.arrivals,
+                    index,
+                    session: peer.session,
+                };
+                peer.conn.handle_datagram_into(now, data, &mut arrivals);
                 let buffered = peer.conn.receive_buffered_bytes();
                 self.total_buffered = self.total_buffered + buffered - peer.buffered;
                 peer.buffered = buffered;
@@ -496,68 +554,78 @@ impl ServerEndpoint {
 
     /// Takes the next event; a message's payload borrows the endpoint until
     /// the next call.
+    ///
+    /// Messages come first, each peer announced before its first one; the
+    /// peers' other events (announcements, ends) after them, so a peer's end
+    /// always follows all its messages.
     pub fn poll_event(&mut self) -> Option<EndpointEvent<'_>> {
-        enum Step {
-            Gone,
-            Announce,
-            Message,
-            TransportEvent,
-            Drained,
+        while let Some(&Arrival { index, session, .. }) = self.arrivals.entries.front() {
+            let Some(peer) = self
+                .peers
+                .get_mut(index)
+                .and_then(Option::as_mut)
+                .filter(|peer| peer.session == session)
+            else {
+                self.arrivals.entries.pop_front();
+                continue;
+            };
+            if !peer.announced {
+                peer.announced = true;
+                return Some(EndpointEvent::Connected {
+                    client: peer.client,
+                    client_id: peer.client_id,
+                    session,
+                });
+            }
+            let (client, client_id) = (peer.client, peer.client_id);
+            let arrival = self.arrivals.entries.pop_front()?;
+            return Some(EndpointEvent::Message {
+                client,
+                client_id,
+                session,
+                channel: arrival.channel,
+                payload: self
+                    .arrivals
+                    .bytes
+                    .get(arrival.start..arrival.start + arrival.len)?,
+            });
+        }
+        self.arrivals.bytes.clear();
+        if self.arrivals.bytes.capacity() > ARRIVALS_KEEP_CAPACITY {
+            self.arrivals.bytes = Vec::new();
         }
         loop {
             let &index = self.event_queue.front()?;
-            let step = match self.peers.get(index).and_then(Option::as_ref) {
-                None => Step::Gone,
-                Some(peer) if !peer.announced => Step::Announce,
-                Some(peer) if peer.conn.next_event_is_message() => Step::Message,
-                Some(peer) if peer.conn.has_events() => Step::TransportEvent,
-                Some(_) => Step::Drained,
-            };
             let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
                 self.event_queue.pop_front();
                 continue;
             };
-            match step {
-                Step::Gone => {}
-                Step::Announce => {
-                    peer.announced = true;
-                    return Some(EndpointEvent::Connected {
-                        client: peer.client,
-                        client_id: peer.client_id,
-                        session: peer.session,
-                    });
-                }
-                Step::Message => return self.take_message(index),
-                Step::TransportEvent => {
-                    if let Some(Event::Disconnected { reason, .. }) = peer.conn.poll_event() {
-                        peer.ended.get_or_insert(reason);
-                    }
-                }
-                Step::Drained => {
-                    self.event_queue.pop_front();
-                    peer.queued_for_events = false;
-                    // Over, and its last datagrams (the transport's disconnect
-                    // packets) have left: free the slot.
-                    if peer.ended.is_some() && !peer.queued_for_transmit {
-                        return self.remove_peer(index);
-                    }
-                }
+            if !peer.announced {
+                peer.announced = true;
+                return Some(EndpointEvent::Connected {
+                    client: peer.client,
+                    client_id: peer.client_id,
+                    session: peer.session,
+                });
             }
-        }
-    }
-
-    fn take_message(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
-        let peer = self.peers.get_mut(index)?.as_mut()?;
-        let (client, client_id, session) = (peer.client, peer.client_id, peer.session);
-        match peer.conn.poll_event()? {
-            Event::Message { channel, payload } => Some(EndpointEvent::Message {
-                client,
-                client_id,
-                session,
-                channel,
-                payload,
-            }),
-            Event::Disconnected { .. } => None,
+            // Its messages came through the arrivals; what the connection
+            // keeps is its end, which only a connection no longer connected
+            // has (the check reads a hot line, the inbox a cold one).
+            if !peer.conn.is_connected()
+                && let Some(event) = peer.conn.poll_event()
+            {
+                if let Event::Disconnected { reason, .. } = event {
+                    peer.ended.get_or_insert(reason);
+                }
+                continue;
+            }
+            self.event_queue.pop_front();
+            peer.queued_for_events = false;
+            // Over, and its last datagrams (the transport's disconnect
+            // packets) have left: free the slot.
+            if peer.ended.is_some() && !peer.queued_for_transmit {
+                return self.remove_peer(index);
+            }
         }
     }
 

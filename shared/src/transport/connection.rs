@@ -283,7 +283,7 @@ enum InboxEntry {
 }
 
 impl Deliver for Inbox {
-    fn deliver(&mut self, channel: u8, payload: &[u8]) {
+    fn deliver(&mut self, ChannelId(channel): ChannelId, payload: &[u8]) {
         // Everything delivered before has been taken: start the arena over.
         // `poll_event` does so too, but only when called on an empty inbox,
         // which a caller that checks `has_events` first never does.
@@ -645,12 +645,29 @@ impl Connection {
         self.close_gracefully(now, reason);
     }
 
-    /// Feeds one datagram from the peer.
+    /// Feeds one datagram from the peer; the messages it completes wait
+    /// for [`poll_event`](Self::poll_event).
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
-        self.datagram_at(self.clock.stamp(now), datagram);
+        let mut inbox = std::mem::take(&mut self.inbox);
+        self.datagram_at(self.clock.stamp(now), datagram, &mut inbox);
+        // `close` may have queued a `Disconnected` meanwhile: after the messages.
+        inbox.entries.append(&mut self.inbox.entries);
+        self.inbox = inbox;
     }
 
-    fn datagram_at(&mut self, now: Stamp, datagram: &[u8]) {
+    /// Feeds one datagram from the peer and hands the messages it completes
+    /// straight to `out`, in delivery order, instead of keeping them for
+    /// [`poll_event`](Self::poll_event) (which still reports the
+    /// connection's end). An endpoint with many connections passes one
+    /// buffer for all of them: a connection's own inbox is cold in the
+    /// cache by the time its next datagram comes, a shared one is not.
+    /// Use either this or [`handle_datagram`](Self::handle_datagram) on a
+    /// connection, not both, or messages may be seen out of order.
+    pub fn handle_datagram_into(&mut self, now: Instant, datagram: &[u8], out: &mut impl Deliver) {
+        self.datagram_at(self.clock.stamp(now), datagram, out);
+    }
+
+    fn datagram_at(&mut self, now: Stamp, datagram: &[u8], out: &mut impl Deliver) {
         self.last_activity = self.last_activity.max(now);
         if self.state == State::Closed {
             return;
@@ -730,7 +747,7 @@ impl Connection {
                     now,
                     &self.limits,
                     &mut self.memory,
-                    &mut self.inbox,
+                    out,
                 );
             }
         }

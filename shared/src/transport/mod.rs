@@ -18,3 +18,4 @@ pub use config::{
     ChannelConfig, ChannelId, ChannelKind, ConfigError, MAX_CHANNELS, TransportConfig,
 };
 pub use connection::{Connection, ConnectionStats, DisconnectReason, Event, SendError};
+pub use recv::Deliver;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::clock::Stamp;
-use super::config::ChannelKind;
+use super::config::{ChannelId, ChannelKind};
 use super::seq::{seq_distance, seq_newer};
 use super::wire::{FragmentInfo, MessageView};
 
@@ -122,9 +122,11 @@ impl Reassembly {
     }
 }
 
-/// Where completed messages go.
-pub(crate) trait Deliver {
-    fn deliver(&mut self, channel: u8, payload: &[u8]);
+/// Where a connection puts the messages a datagram completes, in delivery
+/// order (see [`Connection::handle_datagram_into`](super::Connection::handle_datagram_into)).
+pub trait Deliver {
+    /// One whole message on `channel`; the slice lives only for the call.
+    fn deliver(&mut self, channel: ChannelId, payload: &[u8]);
 }
 
 /// Each channel starts a cache line (the connection keeps them in one
@@ -274,7 +276,7 @@ impl UnreliableRecv {
             if self.sequenced {
                 self.newest = view.header.id;
             }
-            out.deliver(channel, view.payload);
+            out.deliver(ChannelId(channel), view.payload);
             return;
         };
         let Some(id) = view.header.id else {
@@ -322,7 +324,7 @@ impl UnreliableRecv {
                 if self.sequenced {
                     self.newest = Some(id);
                 }
-                out.deliver(channel, &r.buf[..len]);
+                out.deliver(ChannelId(channel), &r.buf[..len]);
             } else {
                 self.stale += 1;
             }
@@ -434,7 +436,7 @@ impl ReliableRecv {
                     slot.state = SlotState::Complete;
                     return;
                 }
-                out.deliver(channel, view.payload);
+                out.deliver(ChannelId(channel), view.payload);
             }
             Some(fragment) => {
                 let reassembly = slot.reassembly.get_or_insert_with(Box::default);
@@ -450,7 +452,7 @@ impl ReliableRecv {
                     slot.state = SlotState::Complete;
                     return;
                 }
-                out.deliver(channel, &reassembly.buf[..reassembly.len]);
+                out.deliver(ChannelId(channel), &reassembly.buf[..reassembly.len]);
                 memory.used -= reassembly.finish(0);
                 slot.reassembly = None;
             }
@@ -474,10 +476,10 @@ impl ReliableRecv {
                 return;
             }
             if let Some(mut reassembly) = slot.reassembly.take() {
-                out.deliver(channel, &reassembly.buf[..reassembly.len]);
+                out.deliver(ChannelId(channel), &reassembly.buf[..reassembly.len]);
                 memory.used -= reassembly.finish(0);
             } else {
-                out.deliver(channel, &slot.message);
+                out.deliver(ChannelId(channel), &slot.message);
                 memory.used -= slot.message.len();
                 slot.message = Vec::new();
             }
@@ -507,7 +509,7 @@ mod tests {
     struct Sink(Vec<Vec<u8>>);
 
     impl Deliver for Sink {
-        fn deliver(&mut self, _channel: u8, payload: &[u8]) {
+        fn deliver(&mut self, _channel: ChannelId, payload: &[u8]) {
             self.0.push(payload.to_vec());
         }
     }
