@@ -47,7 +47,7 @@ use shared::protocol::messages::Welcome;
 use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::sim::{LinkConfig, LinkSimulator};
-use shared::transport::{DisconnectReason, TransportConfig};
+use shared::transport::{ChannelId, Deliver, DisconnectReason, TransportConfig};
 
 use crate::inventory::{InventoryBehaviour, InventoryStats};
 use crate::scenario::{ChatScopeKind, Scenario};
@@ -70,6 +70,39 @@ pub(crate) enum AfterReceive {
     Service,
     /// Nothing to send yet: wake the bot no later than this.
     WakeBy(Instant),
+}
+
+/// The messages a bot's connection delivered and the bot has not handled
+/// yet: one buffer for all the bots of a worker, which stays warm in the
+/// cache (each bot's own inbox would be cold by its next datagram).
+#[derive(Default)]
+pub(crate) struct Messages {
+    bytes: Vec<u8>,
+    /// Each message's channel and end in `bytes`.
+    ends: Vec<(ChannelId, usize)>,
+}
+
+impl Deliver for Messages {
+    fn deliver(&mut self, channel: ChannelId, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+        self.ends.push((channel, self.bytes.len()));
+    }
+}
+
+impl Messages {
+    fn iter(&self) -> impl Iterator<Item = (ChannelId, &[u8])> {
+        let mut start = 0;
+        self.ends.iter().filter_map(move |&(channel, end)| {
+            let payload = self.bytes.get(start..end)?;
+            start = end;
+            Some((channel, payload))
+        })
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
 }
 
 /// Where a bot's datagrams to the server go: its own socket, or a batch
@@ -358,6 +391,7 @@ impl Bot {
         now: Instant,
         from: SocketAddr,
         data: &mut [u8],
+        messages: &mut Messages,
         stats: &mut WorkerStats,
     ) {
         if from != self.ctx.server {
@@ -366,6 +400,15 @@ impl Bot {
         stats.bytes_down += data.len() as u64;
         match self.link.as_mut() {
             Some(link) => link.down.send(now, data),
+            // Connected (its `Connected` event handled, so nothing waits in
+            // its endpoint's inbox): the messages are handled now, while
+            // this bot's state is warm. The connection's end still comes
+            // as an event.
+            None if self.phase == Phase::Connected => {
+                self.endpoint
+                    .handle_datagram_into(now, from, data, messages);
+                self.take_messages(now, messages, stats);
+            }
             None => self.endpoint.handle_datagram(now, from, data),
         }
     }
@@ -376,12 +419,17 @@ impl Bot {
     /// snapshots and chat lines has nothing to send until its next input
     /// (or the transport's next timer, e.g. a held acknowledgement): it
     /// waits for that instead of running a full pass for every datagram.
-    pub(crate) fn after_receive(&mut self, now: Instant, stats: &mut WorkerStats) -> AfterReceive {
+    pub(crate) fn after_receive(
+        &mut self,
+        now: Instant,
+        messages: &mut Messages,
+        stats: &mut WorkerStats,
+    ) -> AfterReceive {
         // Handshakes, goodbyes and the conditioner's delays keep the plain path.
         if self.phase != Phase::Connected || self.link.is_some() {
             return AfterReceive::Service;
         }
-        self.handle_events(now, stats);
+        self.handle_events(now, messages, stats);
         if self.phase != Phase::Connected || self.unsent {
             return AfterReceive::Service;
         }
@@ -399,6 +447,7 @@ impl Bot {
         out: &mut impl Outbox,
         tx: &mut [u8],
         scratch: &mut Vec<u8>,
+        messages: &mut Messages,
         stats: &mut WorkerStats,
     ) -> Option<Instant> {
         let server = self.ctx.server;
@@ -420,7 +469,7 @@ impl Bot {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
         }
-        self.handle_events(now, stats);
+        self.handle_events(now, messages, stats);
         self.run_behaviours(now, stats);
         self.advance_phase(now, stats);
         self.flush(now, out, tx, scratch, stats);
@@ -445,7 +494,7 @@ impl Bot {
         }
     }
 
-    fn handle_events(&mut self, now: Instant, stats: &mut WorkerStats) {
+    fn handle_events(&mut self, now: Instant, messages: &mut Messages, stats: &mut WorkerStats) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 ClientEndpointEvent::Connected { .. } => {
@@ -481,82 +530,101 @@ impl Bot {
                     self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
                 }
                 ClientEndpointEvent::Message { channel, payload } => {
-                    if channel == channels::SNAPSHOT {
-                        self.saw_snapshot = true;
-                        apply_snapshot(
-                            &mut self.receiver,
-                            self.predictor.as_mut(),
-                            &mut self.reconciled,
-                            payload,
-                            stats,
-                        );
-                        continue;
-                    }
-                    let respond = self.phase == Phase::Connected;
-                    let mut reactions = Vec::new();
-                    match protocol::message_id(payload) {
-                        Some(ChatLine::ID) => {
-                            if let Ok(line) = protocol::decode::<ChatLine>(payload) {
-                                self.verifier.on_line(&line);
-                            }
-                        }
-                        Some(ChatRejected::ID) => {
-                            if let Ok(rejected) = protocol::decode::<ChatRejected>(payload) {
-                                self.verifier.on_rejected(rejected.client_ref);
-                                bump(
-                                    &mut stats.chat_rejected,
-                                    snake_case(&format!("{:?}", rejected.reason)),
-                                );
-                            }
-                        }
-                        Some(Welcome::ID) => {
-                            if let Ok(welcome) = protocol::decode::<Welcome>(payload) {
-                                self.tick_hz = welcome.tick_hz.max(1);
-                            }
-                        }
-                        Some(InventoryReply::ID) => {
-                            if let (Ok(reply), Some(inv)) = (
-                                protocol::decode::<InventoryReply>(payload),
-                                self.inventory.as_mut(),
-                            ) {
-                                inv.on_reply(&reply);
-                            }
-                        }
-                        Some(InventoryUpdate::ID) => {
-                            if let (Ok(update), Some(inv)) = (
-                                protocol::decode::<InventoryUpdate>(payload),
-                                self.inventory.as_mut(),
-                            ) {
-                                inv.on_update(&update);
-                            }
-                        }
-                        Some(TradeUpdate::ID) => {
-                            if let (Ok(update), Some(inv)) = (
-                                protocol::decode::<TradeUpdate>(payload),
-                                self.inventory.as_mut(),
-                            ) {
-                                reactions = inv.on_trade(&update, respond);
-                            }
-                        }
-                        Some(WorldItems::ID) => {
-                            if let (Ok(items), Some(inv)) = (
-                                protocol::decode::<WorldItems>(payload),
-                                self.inventory.as_mut(),
-                            ) {
-                                inv.on_world(now, &items);
-                            }
-                        }
-                        // Emotes, notices: nothing to verify.
-                        _ => {}
-                    }
-                    for request in reactions {
-                        self.send_inventory(&request, stats);
-                    }
+                    messages.deliver(channel, payload);
+                    self.take_messages(now, messages, stats);
                 }
                 ClientEndpointEvent::Disconnected { reason } => {
                     self.on_disconnected(now, reason, stats);
                 }
             }
+        }
+    }
+
+    /// Handles the messages in `messages` (this bot's), then empties it.
+    fn take_messages(&mut self, now: Instant, messages: &mut Messages, stats: &mut WorkerStats) {
+        for (channel, payload) in messages.iter() {
+            self.on_message(now, channel, payload, stats);
+        }
+        messages.clear();
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        payload: &[u8],
+        stats: &mut WorkerStats,
+    ) {
+        if channel == channels::SNAPSHOT {
+            self.saw_snapshot = true;
+            apply_snapshot(
+                &mut self.receiver,
+                self.predictor.as_mut(),
+                &mut self.reconciled,
+                payload,
+                stats,
+            );
+            return;
+        }
+        let respond = self.phase == Phase::Connected;
+        let mut reactions = Vec::new();
+        match protocol::message_id(payload) {
+            Some(ChatLine::ID) => {
+                if let Ok(line) = protocol::decode::<ChatLine>(payload) {
+                    self.verifier.on_line(&line);
+                }
+            }
+            Some(ChatRejected::ID) => {
+                if let Ok(rejected) = protocol::decode::<ChatRejected>(payload) {
+                    self.verifier.on_rejected(rejected.client_ref);
+                    bump(
+                        &mut stats.chat_rejected,
+                        snake_case(&format!("{:?}", rejected.reason)),
+                    );
+                }
+            }
+            Some(Welcome::ID) => {
+                if let Ok(welcome) = protocol::decode::<Welcome>(payload) {
+                    self.tick_hz = welcome.tick_hz.max(1);
+                }
+            }
+            Some(InventoryReply::ID) => {
+                if let (Ok(reply), Some(inv)) = (
+                    protocol::decode::<InventoryReply>(payload),
+                    self.inventory.as_mut(),
+                ) {
+                    inv.on_reply(&reply);
+                }
+            }
+            Some(InventoryUpdate::ID) => {
+                if let (Ok(update), Some(inv)) = (
+                    protocol::decode::<InventoryUpdate>(payload),
+                    self.inventory.as_mut(),
+                ) {
+                    inv.on_update(&update);
+                }
+            }
+            Some(TradeUpdate::ID) => {
+                if let (Ok(update), Some(inv)) = (
+                    protocol::decode::<TradeUpdate>(payload),
+                    self.inventory.as_mut(),
+                ) {
+                    reactions = inv.on_trade(&update, respond);
+                }
+            }
+            Some(WorldItems::ID) => {
+                if let (Ok(items), Some(inv)) = (
+                    protocol::decode::<WorldItems>(payload),
+                    self.inventory.as_mut(),
+                ) {
+                    inv.on_world(now, &items);
+                }
+            }
+            // Emotes, notices: nothing to verify.
+            _ => {}
+        }
+        for request in reactions {
+            self.send_inventory(&request, stats);
         }
     }
 
@@ -890,6 +958,7 @@ mod tests {
         bot_addr: SocketAddr,
         slot: Option<ClientIndex>,
         stats: WorkerStats,
+        messages: Messages,
         now: Instant,
         buf: Vec<u8>,
     }
@@ -925,6 +994,7 @@ mod tests {
                 bot_addr: SocketAddr::from((Ipv4Addr::new(127, 1, 0, 1), 40_000)),
                 slot: None,
                 stats: WorkerStats::new(),
+                messages: Messages::default(),
                 now,
                 buf: vec![0; MAX_PACKET_BYTES],
             }
@@ -938,6 +1008,7 @@ mod tests {
                 &mut sent,
                 &mut self.buf.clone(),
                 &mut Vec::new(),
+                &mut self.messages,
                 &mut self.stats,
             );
             for mut datagram in sent.0 {
@@ -956,15 +1027,21 @@ mod tests {
         fn receive(&mut self) {
             while let Some(transmit) = self.server.poll_transmit(self.now, &mut self.buf) {
                 let mut datagram = self.buf[..transmit.len].to_vec();
-                self.bot
-                    .on_datagram(self.now, self.server_addr, &mut datagram, &mut self.stats);
+                self.bot.on_datagram(
+                    self.now,
+                    self.server_addr,
+                    &mut datagram,
+                    &mut self.messages,
+                    &mut self.stats,
+                );
             }
         }
 
         /// Hands the server's datagrams to the bot; what it then asks for.
         fn deliver(&mut self) -> AfterReceive {
             self.receive();
-            self.bot.after_receive(self.now, &mut self.stats)
+            self.bot
+                .after_receive(self.now, &mut self.messages, &mut self.stats)
         }
 
         fn connect(&mut self) {
@@ -1034,7 +1111,8 @@ mod tests {
                 .send(channels::CHAT, Bytes::from_static(b"hi"), &mut pair.stats)
         );
         assert_eq!(
-            pair.bot.after_receive(pair.now, &mut pair.stats),
+            pair.bot
+                .after_receive(pair.now, &mut pair.messages, &mut pair.stats),
             AfterReceive::Service
         );
         pair.service();
@@ -1049,6 +1127,7 @@ mod tests {
                 &mut Sent::default(),
                 &mut pair.buf,
                 &mut Vec::new(),
+                &mut pair.messages,
                 &mut pair.stats
             ),
             None

@@ -38,7 +38,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use shared::netcode::MAX_PACKET_BYTES;
 
-use crate::bot::{AfterReceive, Bot, BotContext, Outbox, WorkerStats, new_rtt_histogram};
+use crate::bot::{AfterReceive, Bot, BotContext, Messages, Outbox, WorkerStats, new_rtt_histogram};
 use crate::verify::ReliableStats;
 
 /// Longest a worker sleeps before checking for a stop request.
@@ -213,6 +213,8 @@ struct Worker {
     touched_mark: Vec<bool>,
     /// Bots handed datagrams in this pass (repeats allowed).
     received: Vec<usize>,
+    /// What the bots' connections deliver, handled by each bot at once.
+    messages: Messages,
     sources: SourceIps,
     stats: WorkerStats,
     live: Arc<Mutex<Live>>,
@@ -263,6 +265,7 @@ impl Worker {
             received: Vec::with_capacity(count),
             sources,
             stats: WorkerStats::new(),
+            messages: Messages::default(),
             live,
             published_rtt: new_rtt_histogram(),
         }
@@ -361,7 +364,13 @@ impl Worker {
         loop {
             match socket.recv_from(rx) {
                 Ok((len, from)) => {
-                    self.bots[i].on_datagram(now, from, &mut rx[..len], &mut self.stats);
+                    self.bots[i].on_datagram(
+                        now,
+                        from,
+                        &mut rx[..len],
+                        &mut self.messages,
+                        &mut self.stats,
+                    );
                     self.received.push(i);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -429,7 +438,13 @@ impl Worker {
                 let Some(&i) = shared.bots.get(&to) else {
                     continue;
                 };
-                self.bots[i].on_datagram(now, SocketAddr::V4(from), data, &mut self.stats);
+                self.bots[i].on_datagram(
+                    now,
+                    SocketAddr::V4(from),
+                    data,
+                    &mut self.messages,
+                    &mut self.stats,
+                );
                 self.received.push(i);
             }
             if n < pktinfo::BATCH {
@@ -451,7 +466,7 @@ impl Worker {
             if self.touched_mark[i] {
                 continue;
             }
-            match self.bots[i].after_receive(now, &mut self.stats) {
+            match self.bots[i].after_receive(now, &mut self.messages, &mut self.stats) {
                 AfterReceive::Service => mark(&mut self.touched, &mut self.touched_mark, i),
                 AfterReceive::WakeBy(at) => self.schedule(i, Some(at)),
             }
@@ -494,7 +509,14 @@ impl Worker {
                     return;
                 };
                 let mut out = SocketOutbox { socket, server };
-                self.bots[i].service(now, &mut out, tx, scratch, &mut self.stats)
+                self.bots[i].service(
+                    now,
+                    &mut out,
+                    tx,
+                    scratch,
+                    &mut self.messages,
+                    &mut self.stats,
+                )
             }
             #[cfg(target_os = "linux")]
             Sockets::Shared {
@@ -508,7 +530,14 @@ impl Worker {
                     source,
                     server,
                 };
-                self.bots[i].service(now, &mut out, tx, scratch, &mut self.stats)
+                self.bots[i].service(
+                    now,
+                    &mut out,
+                    tx,
+                    scratch,
+                    &mut self.messages,
+                    &mut self.stats,
+                )
             }
         };
         if wake.is_none() {
