@@ -282,6 +282,13 @@ pub struct Server {
     challenge_sequence: u64,
     global_sequence: u64,
     slots: Vec<Slot>,
+    /// Per slot, no later than the connection's next deadline (its timeout
+    /// or its next keep-alive); `None` for a free slot. The deadlines only
+    /// move later (every datagram in or out moves them), so this needs no
+    /// update per packet: the periodic service reads this dense array and
+    /// touches a slot itself, cold in the cache, only when its bound comes
+    /// due (about once per keep-alive interval, not once per service).
+    check_at: Vec<Option<Instant>>,
     free: Vec<u32>,
     by_address: HashMap<SocketAddr, u32, KeyedHash>,
     by_client_id: HashMap<u64, u32, KeyedHash>,
@@ -339,6 +346,7 @@ impl Server {
                     connection: None,
                 })
                 .collect(),
+            check_at: vec![None; n],
             free: (0..max).rev().collect(),
             by_address: HashMap::with_capacity_and_hasher(n, hash.clone()),
             by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
@@ -657,6 +665,9 @@ impl Server {
             keepalive_queued: true,
         });
         let generation = slot.generation;
+        if let Some(check) = self.check_at.get_mut(slot_index as usize) {
+            *check = Some(now);
+        }
         self.by_address.insert(from, slot_index);
         self.by_client_id.insert(client_id, slot_index);
         bump(&mut self.stats.clients_connected);
@@ -722,6 +733,9 @@ impl Server {
         let slot = self.slots.get_mut(slot_index as usize)?;
         let conn = slot.connection.take()?;
         slot.generation = slot.generation.wrapping_add(1);
+        if let Some(check) = self.check_at.get_mut(slot_index as usize) {
+            *check = None;
+        }
         self.by_address.remove(&conn.address);
         self.by_client_id.remove(&conn.client_id);
         self.free.push(slot_index);
@@ -836,14 +850,19 @@ impl Server {
     }
 
     /// Times out silent clients and stale handshakes and schedules
-    /// keep-alives. Cost is linear in `max_clients` plus pending handshakes,
-    /// once per `service_interval`.
+    /// keep-alives. Cost is linear in `max_clients` (a dense array of
+    /// deadlines; a client's own state only when its deadline may be due)
+    /// plus pending handshakes, once per `service_interval`.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.next_service {
             Some(t) if t <= now => {}
             _ => return,
         }
         for index in 0..self.slots.len() {
+            let due = self.check_at.get(index).copied().flatten();
+            if due.is_none_or(|at| at > now) {
+                continue;
+            }
             let Ok(slot_index) = u32::try_from(index) else {
                 break;
             };
@@ -879,6 +898,18 @@ impl Server {
                 self.owed.push_back(Owed::KeepAlive {
                     slot: slot_index,
                     generation,
+                });
+            }
+            // Exact now; a bound from here on. A queued keep-alive not yet
+            // sent leaves `last_sent` behind: checked again next service.
+            let keepalive = conn.last_sent.checked_add(self.config.keepalive_interval);
+            let timeout = conn.timeout.and_then(|t| conn.last_received.checked_add(t));
+            if let Some(check) = self.check_at.get_mut(index) {
+                *check = Some(match (keepalive, timeout) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(at), None) | (None, Some(at)) => at,
+                    // Beyond what `Instant` holds: never, in practice.
+                    (None, None) => now,
                 });
             }
         }
