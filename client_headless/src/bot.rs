@@ -39,13 +39,14 @@ use hdrhistogram::Histogram;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::unix_secs;
 use shared::movement::{ApplyError, MovementRules, Predictor, SnapshotReceiver};
+use shared::netcode::MAX_PACKET_BYTES;
 use shared::protocol::chat::{ChatLine, ChatRejected, ChatScope, ChatSend};
 use shared::protocol::inventory::{
     InventoryReply, InventoryRequest, InventoryUpdate, TradeUpdate, WorldItems,
 };
 use shared::protocol::messages::Welcome;
 use shared::protocol::movement::Snapshot;
-use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
+use shared::protocol::{self, EncodeBuffer, NetMessage, PROTOCOL_ID, channels};
 use shared::sim::{LinkConfig, LinkSimulator};
 use shared::transport::{ChannelId, Deliver, DisconnectReason, TransportConfig};
 
@@ -76,7 +77,7 @@ pub(crate) enum AfterReceive {
 /// yet: one buffer for all the bots of a worker, which stays warm in the
 /// cache (each bot's own inbox would be cold by its next datagram).
 #[derive(Default)]
-pub(crate) struct Messages {
+struct Messages {
     bytes: Vec<u8>,
     /// Each message's channel and end in `bytes`.
     ends: Vec<(ChannelId, usize)>,
@@ -102,6 +103,27 @@ impl Messages {
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
+    }
+}
+
+/// What a worker lends each bot it runs: one of each for all its bots,
+/// which stays warm in the cache.
+pub(crate) struct Scratch {
+    /// A datagram on its way through the link conditioner.
+    datagram: Vec<u8>,
+    /// The messages a connected bot's datagram delivered.
+    messages: Messages,
+    /// Movement inputs, encoded into shared chunks: no allocation per input.
+    inputs: EncodeBuffer,
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Self {
+        Self {
+            datagram: Vec::with_capacity(MAX_PACKET_BYTES),
+            messages: Messages::default(),
+            inputs: EncodeBuffer::default(),
+        }
     }
 }
 
@@ -391,7 +413,7 @@ impl Bot {
         now: Instant,
         from: SocketAddr,
         data: &mut [u8],
-        messages: &mut Messages,
+        scratch: &mut Scratch,
         stats: &mut WorkerStats,
     ) {
         if from != self.ctx.server {
@@ -405,6 +427,7 @@ impl Bot {
             // this bot's state is warm. The connection's end still comes
             // as an event.
             None if self.phase == Phase::Connected => {
+                let messages = &mut scratch.messages;
                 self.endpoint
                     .handle_datagram_into(now, from, data, messages);
                 self.take_messages(now, messages, stats);
@@ -422,14 +445,14 @@ impl Bot {
     pub(crate) fn after_receive(
         &mut self,
         now: Instant,
-        messages: &mut Messages,
+        scratch: &mut Scratch,
         stats: &mut WorkerStats,
     ) -> AfterReceive {
         // Handshakes, goodbyes and the conditioner's delays keep the plain path.
         if self.phase != Phase::Connected || self.link.is_some() {
             return AfterReceive::Service;
         }
-        self.handle_events(now, messages, stats);
+        self.handle_events(now, &mut scratch.messages, stats);
         if self.phase != Phase::Connected || self.unsent {
             return AfterReceive::Service;
         }
@@ -446,14 +469,14 @@ impl Bot {
         now: Instant,
         out: &mut impl Outbox,
         tx: &mut [u8],
-        scratch: &mut Vec<u8>,
-        messages: &mut Messages,
+        scratch: &mut Scratch,
         stats: &mut WorkerStats,
     ) -> Option<Instant> {
         let server = self.ctx.server;
         if let Some(link) = self.link.as_mut() {
-            while link.down.poll_deliver(now, scratch) {
-                self.endpoint.handle_datagram(now, server, scratch);
+            let datagram = &mut scratch.datagram;
+            while link.down.poll_deliver(now, datagram) {
+                self.endpoint.handle_datagram(now, server, datagram);
             }
         }
         match self.phase {
@@ -469,10 +492,10 @@ impl Bot {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
         }
-        self.handle_events(now, messages, stats);
-        self.run_behaviours(now, stats);
+        self.handle_events(now, &mut scratch.messages, stats);
+        self.run_behaviours(now, &mut scratch.inputs, stats);
         self.advance_phase(now, stats);
-        self.flush(now, out, tx, scratch, stats);
+        self.flush(now, out, tx, &mut scratch.datagram, stats);
         self.next_wake()
     }
 
@@ -682,7 +705,7 @@ impl Bot {
         }
     }
 
-    fn run_behaviours(&mut self, now: Instant, stats: &mut WorkerStats) {
+    fn run_behaviours(&mut self, now: Instant, inputs: &mut EncodeBuffer, stats: &mut WorkerStats) {
         if self.phase != Phase::Connected {
             return;
         }
@@ -712,7 +735,7 @@ impl Bot {
             if let Some(request) = self.inventory.as_mut().and_then(|i| i.poll_arrival(me)) {
                 self.send_inventory(&request, stats);
             }
-            if let Ok(payload) = protocol::encode(&input)
+            if let Ok(payload) = inputs.encode(&input)
                 && self.send(channels::MOVEMENT, payload, stats)
             {
                 stats.moves_sent += 1;
@@ -933,7 +956,7 @@ mod tests {
 
     use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
     use shared::io::system_rng;
-    use shared::netcode::{ClientIndex, MAX_PACKET_BYTES, ServerConfig};
+    use shared::netcode::{ClientIndex, ServerConfig};
     use shared::protocol::movement::EntityAdded;
 
     use super::*;
@@ -958,7 +981,7 @@ mod tests {
         bot_addr: SocketAddr,
         slot: Option<ClientIndex>,
         stats: WorkerStats,
-        messages: Messages,
+        scratch: Scratch,
         now: Instant,
         buf: Vec<u8>,
     }
@@ -994,7 +1017,7 @@ mod tests {
                 bot_addr: SocketAddr::from((Ipv4Addr::new(127, 1, 0, 1), 40_000)),
                 slot: None,
                 stats: WorkerStats::new(),
-                messages: Messages::default(),
+                scratch: Scratch::new(),
                 now,
                 buf: vec![0; MAX_PACKET_BYTES],
             }
@@ -1007,8 +1030,7 @@ mod tests {
                 self.now,
                 &mut sent,
                 &mut self.buf.clone(),
-                &mut Vec::new(),
-                &mut self.messages,
+                &mut self.scratch,
                 &mut self.stats,
             );
             for mut datagram in sent.0 {
@@ -1031,7 +1053,7 @@ mod tests {
                     self.now,
                     self.server_addr,
                     &mut datagram,
-                    &mut self.messages,
+                    &mut self.scratch,
                     &mut self.stats,
                 );
             }
@@ -1041,7 +1063,7 @@ mod tests {
         fn deliver(&mut self) -> AfterReceive {
             self.receive();
             self.bot
-                .after_receive(self.now, &mut self.messages, &mut self.stats)
+                .after_receive(self.now, &mut self.scratch, &mut self.stats)
         }
 
         fn connect(&mut self) {
@@ -1112,7 +1134,7 @@ mod tests {
         );
         assert_eq!(
             pair.bot
-                .after_receive(pair.now, &mut pair.messages, &mut pair.stats),
+                .after_receive(pair.now, &mut pair.scratch, &mut pair.stats),
             AfterReceive::Service
         );
         pair.service();
@@ -1126,8 +1148,7 @@ mod tests {
                 pair.now,
                 &mut Sent::default(),
                 &mut pair.buf,
-                &mut Vec::new(),
-                &mut pair.messages,
+                &mut pair.scratch,
                 &mut pair.stats
             ),
             None

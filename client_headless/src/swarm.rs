@@ -38,7 +38,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use shared::netcode::MAX_PACKET_BYTES;
 
-use crate::bot::{AfterReceive, Bot, BotContext, Messages, Outbox, WorkerStats, new_rtt_histogram};
+use crate::bot::{AfterReceive, Bot, BotContext, Outbox, Scratch, WorkerStats, new_rtt_histogram};
 use crate::verify::ReliableStats;
 
 /// Longest a worker sleeps before checking for a stop request.
@@ -213,8 +213,8 @@ struct Worker {
     touched_mark: Vec<bool>,
     /// Bots handed datagrams in this pass (repeats allowed).
     received: Vec<usize>,
-    /// What the bots' connections deliver, handled by each bot at once.
-    messages: Messages,
+    /// Lent to each bot while it runs.
+    scratch: Scratch,
     sources: SourceIps,
     stats: WorkerStats,
     live: Arc<Mutex<Live>>,
@@ -265,7 +265,7 @@ impl Worker {
             received: Vec::with_capacity(count),
             sources,
             stats: WorkerStats::new(),
-            messages: Messages::default(),
+            scratch: Scratch::new(),
             live,
             published_rtt: new_rtt_histogram(),
         }
@@ -275,7 +275,6 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut rx = vec![0u8; MAX_PACKET_BYTES];
         let mut tx = vec![0u8; MAX_PACKET_BYTES];
-        let mut scratch = Vec::with_capacity(MAX_PACKET_BYTES);
         let mut stopping = false;
         let mut next_publish = Instant::now();
         let mut last_pass = Instant::now();
@@ -330,7 +329,7 @@ impl Worker {
             let touched = std::mem::take(&mut self.touched);
             for &i in &touched {
                 self.touched_mark[i] = false;
-                self.service(i, now, &mut tx, &mut scratch);
+                self.service(i, now, &mut tx);
             }
             self.touched = touched;
             self.touched.clear();
@@ -368,7 +367,7 @@ impl Worker {
                         now,
                         from,
                         &mut rx[..len],
-                        &mut self.messages,
+                        &mut self.scratch,
                         &mut self.stats,
                     );
                     self.received.push(i);
@@ -442,7 +441,7 @@ impl Worker {
                     now,
                     SocketAddr::V4(from),
                     data,
-                    &mut self.messages,
+                    &mut self.scratch,
                     &mut self.stats,
                 );
                 self.received.push(i);
@@ -466,7 +465,7 @@ impl Worker {
             if self.touched_mark[i] {
                 continue;
             }
-            match self.bots[i].after_receive(now, &mut self.messages, &mut self.stats) {
+            match self.bots[i].after_receive(now, &mut self.scratch, &mut self.stats) {
                 AfterReceive::Service => mark(&mut self.touched, &mut self.touched_mark, i),
                 AfterReceive::WakeBy(at) => self.schedule(i, Some(at)),
             }
@@ -485,7 +484,7 @@ impl Worker {
         }
     }
 
-    fn service(&mut self, i: usize, now: Instant, tx: &mut [u8], scratch: &mut Vec<u8>) {
+    fn service(&mut self, i: usize, now: Instant, tx: &mut [u8]) {
         if !self.is_attached(i) && !self.bots[i].is_done() {
             if self.bots[i].start_at().is_some_and(|t| t > now) {
                 self.schedule(i, self.bots[i].start_at());
@@ -509,14 +508,7 @@ impl Worker {
                     return;
                 };
                 let mut out = SocketOutbox { socket, server };
-                self.bots[i].service(
-                    now,
-                    &mut out,
-                    tx,
-                    scratch,
-                    &mut self.messages,
-                    &mut self.stats,
-                )
+                self.bots[i].service(now, &mut out, tx, &mut self.scratch, &mut self.stats)
             }
             #[cfg(target_os = "linux")]
             Sockets::Shared {
@@ -530,14 +522,7 @@ impl Worker {
                     source,
                     server,
                 };
-                self.bots[i].service(
-                    now,
-                    &mut out,
-                    tx,
-                    scratch,
-                    &mut self.messages,
-                    &mut self.stats,
-                )
+                self.bots[i].service(now, &mut out, tx, &mut self.scratch, &mut self.stats)
             }
         };
         if wake.is_none() {
