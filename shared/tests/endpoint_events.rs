@@ -12,11 +12,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shared::endpoint::{ClientEndpoint, EndpointEvent, ServerEndpoint, ServerEndpointConfig};
-use shared::io::{system_rng, unix_secs};
-use shared::netcode::{MAX_PACKET_BYTES, ServerConfig};
-use shared::protocol::{PROTOCOL_ID, channels};
+use shared::endpoint::{ClientEndpoint, EndpointEvent, ServerEndpoint};
+use shared::io::unix_secs;
+use shared::netcode::MAX_PACKET_BYTES;
+use shared::protocol::channels;
 use shared::transport::DisconnectReason;
+use support::endpoints::{game_client, game_server};
+
+mod support;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
@@ -36,21 +39,15 @@ struct World {
 
 impl World {
     fn new(clients: u64) -> Self {
-        let key = shared::keys::dev_key();
         let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
-        let netcode = ServerConfig::new(PROTOCOL_ID, key, vec![server_addr]);
-        let config = ServerEndpointConfig::new(netcode, channels::transport_config());
-        let server = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+        let server = game_server(server_addr);
         let now = Instant::now();
         let unix = unix_secs();
         let clients = (1..=clients)
             .map(|id| {
-                let token = shared::keys::mint_token(&key, vec![server_addr], id, 600, 60).unwrap();
-                let mut client = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
-                client.connect(&token, now, unix).unwrap();
                 let octet = u8::try_from(id).unwrap();
                 (
-                    client,
+                    game_client(server_addr, id, 60, now, unix),
                     SocketAddr::from((Ipv4Addr::new(127, 1, 0, octet), 40_000)),
                 )
             })

@@ -11,13 +11,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shared::endpoint::{
-    ClientEndpoint, ClientEndpointEvent, EndpointEvent, ServerEndpoint, ServerEndpointConfig,
-};
-use shared::io::{system_rng, unix_secs};
-use shared::netcode::{ClientIndex, MAX_PACKET_BYTES, ServerConfig};
-use shared::protocol::{PROTOCOL_ID, channels};
+use shared::endpoint::{ClientEndpoint, ClientEndpointEvent, EndpointEvent, ServerEndpoint};
+use shared::io::unix_secs;
+use shared::netcode::{ClientIndex, MAX_PACKET_BYTES};
+use shared::protocol::channels;
 use shared::transport::DisconnectReason;
+use support::endpoints::{game_client, game_server};
+
+mod support;
 
 /// The connect token's timeout: well above the transport's idle timeout,
 /// so that only the transport's timer can end the connection in time.
@@ -37,17 +38,11 @@ struct Pair {
 
 impl Pair {
     fn connected() -> Self {
-        let key = shared::keys::dev_key();
         let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
-        let netcode = ServerConfig::new(PROTOCOL_ID, key, vec![server_addr]);
-        let config = ServerEndpointConfig::new(netcode, channels::transport_config());
-        let server = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+        let server = game_server(server_addr);
         let now = Instant::now();
         let unix = unix_secs();
-        let token =
-            shared::keys::mint_token(&key, vec![server_addr], 1, 600, TOKEN_TIMEOUT_S).unwrap();
-        let mut client = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
-        client.connect(&token, now, unix).unwrap();
+        let client = game_client(server_addr, 1, TOKEN_TIMEOUT_S, now, unix);
         let mut pair = Self {
             server,
             client,

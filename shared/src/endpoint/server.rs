@@ -191,6 +191,18 @@ impl Deliver for PeerArrivals<'_> {
 }
 
 impl Peer {
+    /// Its `Connected` event, the first time only.
+    fn announce(&mut self) -> Option<EndpointEvent<'static>> {
+        (!self.announced).then(|| {
+            self.announced = true;
+            EndpointEvent::Connected {
+                client: self.client,
+                client_id: self.client_id,
+                session: self.session,
+            }
+        })
+    }
+
     /// Still `client`'s, and not over.
     fn is_live(&self, client: ClientIndex) -> bool {
         self.client == client && self.ended.is_none()
@@ -569,13 +581,8 @@ impl ServerEndpoint {
                 self.arrivals.entries.pop_front();
                 continue;
             };
-            if !peer.announced {
-                peer.announced = true;
-                return Some(EndpointEvent::Connected {
-                    client: peer.client,
-                    client_id: peer.client_id,
-                    session,
-                });
+            if let Some(connected) = peer.announce() {
+                return Some(connected);
             }
             let (client, client_id) = (peer.client, peer.client_id);
             let arrival = self.arrivals.entries.pop_front()?;
@@ -600,13 +607,8 @@ impl ServerEndpoint {
                 self.event_queue.pop_front();
                 continue;
             };
-            if !peer.announced {
-                peer.announced = true;
-                return Some(EndpointEvent::Connected {
-                    client: peer.client,
-                    client_id: peer.client_id,
-                    session: peer.session,
-                });
+            if let Some(connected) = peer.announce() {
+                return Some(connected);
             }
             // Its messages came through the arrivals; what the connection
             // keeps is its end, which only a connection no longer connected

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod endpoints;
+
 use shared::sim::{LinkConfig, LinkSimulator};
 use shared::transport::{ChannelId, Connection, DisconnectReason, Event, TransportConfig};
 
