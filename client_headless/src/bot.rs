@@ -436,6 +436,21 @@ impl Bot {
         }
     }
 
+    /// One datagram read from the socket, handled at once
+    /// ([`on_datagram`](Self::on_datagram), then
+    /// [`after_receive`](Self::after_receive)): what the bot then asks for.
+    pub(crate) fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &mut [u8],
+        scratch: &mut Scratch,
+        stats: &mut WorkerStats,
+    ) -> AfterReceive {
+        self.on_datagram(now, from, data, scratch, stats);
+        self.after_receive(now, scratch, stats)
+    }
+
     /// Handles the messages the datagrams read so far brought, as a game
     /// client does between its frames, and says whether that calls for a
     /// [`service`](Self::service) now. A connected bot that only received

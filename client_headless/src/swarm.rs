@@ -5,11 +5,12 @@
 //! Each worker loops:
 //! 1. wait on its `Poll` until the earliest bot wake-up (at most
 //!    [`MAX_WAIT`], to notice a stop request);
-//! 2. for every readable socket, read all waiting datagrams into the bot;
-//!    each bot that received some handles their messages, and joins this
-//!    pass's services only when that left it something to send now
-//!    (otherwise its wake-up moves no later than its transport's next
-//!    timer): a bot's frame runs at its input rate, not once per datagram;
+//! 2. for every readable socket, read all waiting datagrams, each handed
+//!    to its bot at once: the bot handles the messages while its state is
+//!    warm, and joins this pass's services only when that left it
+//!    something to send now (otherwise its wake-up moves no later than its
+//!    transport's next timer): a bot's frame runs at its input rate, not
+//!    once per datagram;
 //! 3. pop every due wake-up from the heap;
 //! 4. `service` each touched bot once, which sends what it has and returns
 //!    its next wake-up, pushed on the heap.
@@ -211,8 +212,9 @@ struct Worker {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
     touched: Vec<usize>,
     touched_mark: Vec<bool>,
-    /// Bots handed datagrams in this pass (repeats allowed).
-    received: Vec<usize>,
+    /// Bots handed datagrams in this pass, and what each asked for then
+    /// (repeats allowed).
+    received: Vec<(usize, AfterReceive)>,
     /// Lent to each bot while it runs.
     scratch: Scratch,
     sources: SourceIps,
@@ -315,7 +317,7 @@ impl Worker {
                     self.read_shared(token - self.bots.len(), now);
                 }
             }
-            self.absorb_received(now);
+            self.absorb_received();
             while let Some(&Reverse((at, i))) = self.heap.peek() {
                 if at > now {
                     break;
@@ -363,14 +365,14 @@ impl Worker {
         loop {
             match socket.recv_from(rx) {
                 Ok((len, from)) => {
-                    self.bots[i].on_datagram(
+                    let after = self.bots[i].receive(
                         now,
                         from,
                         &mut rx[..len],
                         &mut self.scratch,
                         &mut self.stats,
                     );
-                    self.received.push(i);
+                    self.received.push((i, after));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // WouldBlock: drained. ConnectionRefused and the like: the
@@ -437,14 +439,14 @@ impl Worker {
                 let Some(&i) = shared.bots.get(&to) else {
                     continue;
                 };
-                self.bots[i].on_datagram(
+                let after = self.bots[i].receive(
                     now,
                     SocketAddr::V4(from),
                     data,
                     &mut self.scratch,
                     &mut self.stats,
                 );
-                self.received.push(i);
+                self.received.push((i, after));
             }
             if n < pktinfo::BATCH {
                 return;
@@ -456,16 +458,15 @@ impl Worker {
     #[cfg(not(target_os = "linux"))]
     fn read_shared(&mut self, _: usize, _: Instant) {}
 
-    /// Lets each bot that received datagrams this pass handle them, and
-    /// services the ones with something to send now; the others wake when
-    /// their next input or transport timer is due.
-    fn absorb_received(&mut self, now: Instant) {
+    /// Services in this pass the bots whose datagrams left them something
+    /// to send now; the others wake when their next input or transport
+    /// timer is due. (Each bot said which when it took its datagram, while
+    /// its state was warm: up to a thousand other bots' datagrams may have
+    /// been read since.)
+    fn absorb_received(&mut self) {
         let mut received = std::mem::take(&mut self.received);
-        for &i in &received {
-            if self.touched_mark[i] {
-                continue;
-            }
-            match self.bots[i].after_receive(now, &mut self.scratch, &mut self.stats) {
+        for &(i, after) in &received {
+            match after {
                 AfterReceive::Service => mark(&mut self.touched, &mut self.touched_mark, i),
                 AfterReceive::WakeBy(at) => self.schedule(i, Some(at)),
             }
