@@ -38,7 +38,7 @@ use glam::Vec2;
 use hdrhistogram::Histogram;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::unix_secs;
-use shared::movement::{ApplyError, MovementRules, Predictor, SnapshotReceiver};
+use shared::movement::{ApplyError, ApplyScratch, MovementRules, Predictor, SnapshotReceiver};
 use shared::netcode::MAX_PACKET_BYTES;
 use shared::protocol::chat::{ChatLine, ChatRejected, ChatScope, ChatSend};
 use shared::protocol::inventory::{
@@ -115,6 +115,8 @@ pub(crate) struct Scratch {
     messages: Messages,
     /// Movement inputs, encoded into shared chunks: no allocation per input.
     inputs: EncodeBuffer,
+    /// A snapshot's decoding buffers.
+    snapshots: SnapshotScratch,
 }
 
 impl Scratch {
@@ -123,8 +125,19 @@ impl Scratch {
             datagram: Vec::with_capacity(MAX_PACKET_BYTES),
             messages: Messages::default(),
             inputs: EncodeBuffer::default(),
+            snapshots: SnapshotScratch::default(),
         }
     }
+}
+
+/// Where a bot decodes and applies its snapshots: one per worker, warm in
+/// the cache, rather than one per bot, cold by its next snapshot.
+#[derive(Default)]
+pub(crate) struct SnapshotScratch {
+    /// The snapshot, its lists reused from one to the next.
+    snapshot: Snapshot,
+    /// The receiver's working lists.
+    lists: ApplyScratch,
 }
 
 /// Where a bot's datagrams to the server go: its own socket, or a batch
@@ -427,10 +440,9 @@ impl Bot {
             // this bot's state is warm. The connection's end still comes
             // as an event.
             None if self.phase == Phase::Connected => {
-                let messages = &mut scratch.messages;
                 self.endpoint
-                    .handle_datagram_into(now, from, data, messages);
-                self.take_messages(now, messages, stats);
+                    .handle_datagram_into(now, from, data, &mut scratch.messages);
+                self.take_messages(now, scratch, stats);
             }
             None => self.endpoint.handle_datagram(now, from, data),
         }
@@ -467,7 +479,7 @@ impl Bot {
         if self.phase != Phase::Connected || self.link.is_some() {
             return AfterReceive::Service;
         }
-        self.handle_events(now, &mut scratch.messages, stats);
+        self.handle_events(now, scratch, stats);
         if self.phase != Phase::Connected || self.unsent {
             return AfterReceive::Service;
         }
@@ -507,7 +519,7 @@ impl Bot {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
         }
-        self.handle_events(now, &mut scratch.messages, stats);
+        self.handle_events(now, scratch, stats);
         self.run_behaviours(now, &mut scratch.inputs, stats);
         self.advance_phase(now, stats);
         self.flush(now, out, tx, &mut scratch.datagram, stats);
@@ -532,7 +544,7 @@ impl Bot {
         }
     }
 
-    fn handle_events(&mut self, now: Instant, messages: &mut Messages, stats: &mut WorkerStats) {
+    fn handle_events(&mut self, now: Instant, scratch: &mut Scratch, stats: &mut WorkerStats) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 ClientEndpointEvent::Connected { .. } => {
@@ -568,8 +580,8 @@ impl Bot {
                     self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
                 }
                 ClientEndpointEvent::Message { channel, payload } => {
-                    messages.deliver(channel, payload);
-                    self.take_messages(now, messages, stats);
+                    scratch.messages.deliver(channel, payload);
+                    self.take_messages(now, scratch, stats);
                 }
                 ClientEndpointEvent::Disconnected { reason } => {
                     self.on_disconnected(now, reason, stats);
@@ -579,9 +591,14 @@ impl Bot {
     }
 
     /// Handles the messages in `messages` (this bot's), then empties it.
-    fn take_messages(&mut self, now: Instant, messages: &mut Messages, stats: &mut WorkerStats) {
+    fn take_messages(&mut self, now: Instant, scratch: &mut Scratch, stats: &mut WorkerStats) {
+        let Scratch {
+            messages,
+            snapshots,
+            ..
+        } = scratch;
         for (channel, payload) in messages.iter() {
-            self.on_message(now, channel, payload, stats);
+            self.on_message(now, channel, payload, snapshots, stats);
         }
         messages.clear();
     }
@@ -591,6 +608,7 @@ impl Bot {
         now: Instant,
         channel: ChannelId,
         payload: &[u8],
+        snapshots: &mut SnapshotScratch,
         stats: &mut WorkerStats,
     ) {
         if channel == channels::SNAPSHOT {
@@ -600,6 +618,7 @@ impl Bot {
                 self.predictor.as_mut(),
                 &mut self.reconciled,
                 payload,
+                snapshots,
                 stats,
             );
             return;
@@ -919,16 +938,14 @@ fn apply_snapshot(
     predictor: Option<&mut Predictor>,
     reconciled: &mut bool,
     payload: &[u8],
+    scratch: &mut SnapshotScratch,
     stats: &mut WorkerStats,
 ) {
-    let snapshot = match protocol::decode::<Snapshot>(payload) {
-        Ok(snapshot) => snapshot,
-        Err(_) => {
-            bump(&mut stats.snapshot_errors, "decode".to_owned());
-            return;
-        }
-    };
-    match receiver.apply(&snapshot) {
+    if scratch.snapshot.decode_from(payload).is_err() {
+        bump(&mut stats.snapshot_errors, "decode".to_owned());
+        return;
+    }
+    match receiver.apply(&scratch.snapshot, &mut scratch.lists) {
         Ok(_) => {
             stats.snapshots_applied += 1;
             if let (Some(predictor), Some(own)) = (predictor, receiver.own_position()) {

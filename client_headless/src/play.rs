@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use glam::Vec2;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
-use shared::movement::{MovementRules, Predictor, SnapshotReceiver};
+use shared::movement::{ApplyScratch, MovementRules, Predictor, SnapshotReceiver};
 use shared::netcode::ConnectToken;
 use shared::protocol::chat::{ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend};
 use shared::protocol::inventory::{
@@ -276,6 +276,8 @@ struct Player {
     account: Option<u64>,
     tick_hz: u16,
     receiver: SnapshotReceiver,
+    /// The receiver's working lists.
+    apply_scratch: ApplyScratch,
     predictor: Option<Predictor>,
     snapshot_errors: u64,
     velocity: Vec2,
@@ -307,6 +309,7 @@ impl Player {
             account: None,
             tick_hz: 30,
             receiver: SnapshotReceiver::new(),
+            apply_scratch: ApplyScratch::default(),
             predictor: None,
             snapshot_errors: 0,
             velocity: Vec2::ZERO,
@@ -437,8 +440,7 @@ impl Player {
             .map_err(|e| e.to_string())
             .and_then(|s| {
                 self.receiver
-                    .apply(&s)
-                    .map(|_| ())
+                    .apply(&s, &mut self.apply_scratch)
                     .map_err(|e| e.to_string())
             });
         match applied {

@@ -27,7 +27,7 @@ use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViol
 use server::net::{Clients, Outbox};
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use server::world::Position;
-use shared::movement::{MovementRules, SnapshotReceiver};
+use shared::movement::{ApplyScratch, MovementRules, SnapshotReceiver};
 use shared::protocol::NetMessage;
 use shared::protocol::movement::{MoveInput, Snapshot, quantize};
 
@@ -116,6 +116,7 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
     let mut world = Neighbourhood::new();
     let mut view = ClientView::new();
     let mut client = SnapshotReceiver::new();
+    let mut lists = ApplyScratch::default();
     let mut acks: VecDeque<u32> = VecDeque::new();
     let mut scratch = EncodeScratch::default();
     let mut body = Vec::new();
@@ -133,7 +134,7 @@ fn mean_snapshot_bytes(ticks: u32, ack_delay: Option<usize>) -> f64 {
         assert!(!stats.budget_limited);
         let snapshot = Snapshot::decode_body(&body).unwrap();
         total += shared::protocol::encode(&snapshot).unwrap().len();
-        client.apply(&snapshot).unwrap();
+        client.apply(&snapshot, &mut lists).unwrap();
         acks.push_back(client.ack());
     }
     total as f64 / f64::from(ticks)

@@ -12,7 +12,7 @@ use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViol
 use server::net::{Clients, Outbox};
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use server::world::Position;
-use shared::movement::{ApplyError, SnapshotReceiver};
+use shared::movement::{ApplyError, ApplyScratch, SnapshotReceiver};
 use shared::protocol::movement::{MoveInput, quantize};
 
 #[derive(Resource, Default)]
@@ -49,6 +49,8 @@ struct Bot {
 struct Sim {
     app: App,
     bots: Vec<Bot>,
+    /// The bots' receivers' working lists.
+    apply_scratch: ApplyScratch,
     rng: Rng,
 }
 
@@ -88,6 +90,7 @@ impl Sim {
         Self {
             app,
             bots,
+            apply_scratch: ApplyScratch::default(),
             rng: Rng(seed),
         }
     }
@@ -122,7 +125,7 @@ impl Sim {
             assert_eq!(bot.entity, s.entity);
             if self.rng.unit() >= snapshot_loss {
                 bot.rx
-                    .apply(&s.snapshot)
+                    .apply(&s.snapshot, &mut self.apply_scratch)
                     .expect("a delivered snapshot applies");
                 // Exactly the server's record of what this client holds.
                 let view = self.app.world().get::<Viewer>(bot.entity).unwrap();
@@ -347,7 +350,7 @@ fn deltas_round_trip_through_lost_snapshots_and_lost_acks() {
         sim.app.update();
         let snapshots = std::mem::take(&mut sim.app.world_mut().resource_mut::<Inbox>().0);
         let mine = snapshots.iter().find(|s| s.entity == entity).unwrap();
-        match sim.bots[0].rx.apply(&mine.snapshot) {
+        match sim.bots[0].rx.apply(&mine.snapshot, &mut sim.apply_scratch) {
             Ok(_) => {
                 recovered = Some(t);
                 break;

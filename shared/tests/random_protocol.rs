@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use shared::movement::{MAX_SNAPSHOT_ENTITIES, SnapshotReceiver};
+use shared::movement::{ApplyScratch, MAX_SNAPSHOT_ENTITIES, SnapshotReceiver};
 use shared::netcode::{
     self, CONNECT_TOKEN_BYTES, ConnectToken, MAX_PACKET_BYTES, ServerConfig, ServerEvent,
 };
@@ -306,6 +306,7 @@ fn random_snapshot(rng: &mut Rng, tick: u32) -> Snapshot {
 fn the_snapshot_receiver_survives_random_and_mutated_snapshots() {
     let mut rng = Rng(0x5A4B);
     let mut receiver = SnapshotReceiver::new();
+    let mut lists = ApplyScratch::default();
     let mut applied = 0;
     // The tick of the last snapshot this receiver applied.
     let mut latest = 0;
@@ -329,7 +330,7 @@ fn the_snapshot_receiver_survives_random_and_mutated_snapshots() {
         } else {
             random_snapshot(&mut rng, tick)
         };
-        if receiver.apply(&snapshot).is_ok() {
+        if receiver.apply(&snapshot, &mut lists).is_ok() {
             applied += 1;
             latest = snapshot.tick;
         }

@@ -18,7 +18,7 @@ use e2e::{
     raw_send,
 };
 use glam::Vec2;
-use shared::movement::SnapshotReceiver;
+use shared::movement::{ApplyScratch, SnapshotReceiver};
 use shared::protocol::chat::{ChatLine, ChatRejectReason, ChatRejected, ChatScope, ChatSend};
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
@@ -39,6 +39,7 @@ const TICK_HZ: f32 = 30.0;
 struct Abuser {
     raw: RawClient,
     snapshots: SnapshotReceiver,
+    apply_scratch: ApplyScratch,
     read: usize,
     seq: u32,
     welcomed: bool,
@@ -51,6 +52,7 @@ impl Abuser {
         let mut abuser = Self {
             raw,
             snapshots: SnapshotReceiver::new(),
+            apply_scratch: ApplyScratch::default(),
             read: 0,
             seq: 0,
             welcomed: false,
@@ -83,7 +85,7 @@ impl Abuser {
                 Some(Snapshot::ID) if *channel == channels::SNAPSHOT.0 => {
                     if let Ok(snapshot) = protocol::decode::<Snapshot>(payload) {
                         // Late or undecodable snapshots are skipped, as a client would.
-                        let _ = self.snapshots.apply(&snapshot);
+                        let _ = self.snapshots.apply(&snapshot, &mut self.apply_scratch);
                     }
                 }
                 _ => {}

@@ -20,7 +20,8 @@ use glam::Vec2;
 
 pub use predict::{MAX_PENDING_INPUTS, Predictor};
 pub use receiver::{
-    ApplyError, CLIENT_SNAPSHOT_HISTORY, MAX_SNAPSHOT_ENTITIES, SnapshotReceiver, ViewChanges,
+    ApplyError, ApplyScratch, CLIENT_SNAPSHOT_HISTORY, MAX_SNAPSHOT_ENTITIES, SnapshotReceiver,
+    ViewChanges,
 };
 
 /// The rules of motion both sides agree on.

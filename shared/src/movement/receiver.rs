@@ -60,24 +60,32 @@ struct Frame {
     entities: Vec<(u32, IVec2)>,
 }
 
+/// The working lists of [`SnapshotReceiver::apply`]: a snapshot's entries
+/// with their ids ungapped. The caller owns them, so that a process with
+/// thousands of receivers (a bot swarm) has one set, warm in the cache,
+/// where each receiver's own would be cold by its next snapshot. Reusing
+/// one allocates nothing in steady state.
+#[derive(Debug, Default)]
+pub struct ApplyScratch {
+    removed: Vec<u32>,
+    moved: Vec<(u32, IVec2)>,
+    added: Vec<(u32, IVec2)>,
+}
+
 /// Reconstructs the server's view from full and delta snapshots, keeping a
 /// bounded history of baselines ([`CLIENT_SNAPSHOT_HISTORY`]). In steady
 /// state it allocates nothing: frames are recycled.
 #[derive(Debug, Default)]
 pub struct SnapshotReceiver {
     history: VecDeque<Frame>,
-    scratch: Vec<(u32, IVec2)>,
-    kept: Vec<(u32, IVec2)>,
-    removed: Vec<u32>,
-    moved: Vec<(u32, IVec2)>,
-    added: Vec<(u32, IVec2)>,
-    changes: ViewChanges,
+    /// The entities of the last frame recycled, for the next one.
+    spare: Vec<(u32, IVec2)>,
     you: Option<u32>,
     last_input: u32,
     /// The tick of the latest frame (0 for none) and the viewer's own
     /// quantized position in it: kept beside the rest, so that the reads
-    /// of every input (the ack, the own position) do not walk to the
-    /// latest frame, cold in the cache by then.
+    /// of every input (the ack, the own position) and the staleness check
+    /// do not walk to the latest frame, cold in the cache by then.
     latest_tick: u32,
     own: Option<IVec2>,
 }
@@ -110,17 +118,20 @@ impl SnapshotReceiver {
         Self::default()
     }
 
-    /// Applies `snapshot` and returns what entered and left the view.
+    /// Applies `snapshot`, using `scratch` for its working lists; see
+    /// [`changes`](Self::changes) for what entered and left the view.
     ///
     /// # Errors
     /// See [`ApplyError`]; the receiver is unchanged then.
-    pub fn apply(&mut self, snapshot: &Snapshot) -> Result<&ViewChanges, ApplyError> {
+    pub fn apply(
+        &mut self,
+        snapshot: &Snapshot,
+        scratch: &mut ApplyScratch,
+    ) -> Result<(), ApplyError> {
         if snapshot.tick == 0 {
             return Err(ApplyError::Malformed);
         }
-        if let Some(latest) = self.history.back()
-            && snapshot.tick <= latest.tick
-        {
+        if self.latest_tick != 0 && snapshot.tick <= self.latest_tick {
             return Err(ApplyError::Stale(snapshot.tick));
         }
         if snapshot.removed.len() > MAX_SNAPSHOT_ENTITIES
@@ -148,72 +159,28 @@ impl SnapshotReceiver {
             Some(index)
         };
 
-        self.decode_lists(snapshot)?;
-        let mut next = std::mem::take(&mut self.scratch);
+        scratch.decode(snapshot)?;
+        let mut next = std::mem::take(&mut self.spare);
         next.clear();
         let base: &[(u32, IVec2)] = baseline.map_or(&[], |i| &self.history[i].entities);
-        let built = build(
-            base,
-            &self.removed,
-            &self.moved,
-            &self.added,
-            &mut self.kept,
-            &mut next,
-        );
-        if !built {
-            self.scratch = next;
+        if !build(base, scratch, &mut next) {
+            self.spare = next;
             return Err(ApplyError::Malformed);
         }
-
-        // View changes against the latest state.
-        self.changes.entered.clear();
-        self.changes.left.clear();
-        let previous: &[(u32, IVec2)] = self.history.back().map_or(&[], |f| &f.entities);
-        diff(previous, &next, &mut self.changes);
 
         let mut frame = if self.history.len() >= CLIENT_SNAPSHOT_HISTORY {
             self.history.pop_front().unwrap_or_default()
         } else {
             Frame::default()
         };
-        self.scratch = std::mem::replace(&mut frame.entities, next);
+        self.spare = std::mem::replace(&mut frame.entities, next);
         frame.tick = snapshot.tick;
         self.own = find(&frame.entities, snapshot.you);
         self.history.push_back(frame);
         self.you = Some(snapshot.you);
         self.last_input = snapshot.last_input;
         self.latest_tick = snapshot.tick;
-        Ok(&self.changes)
-    }
-
-    fn decode_lists(&mut self, snapshot: &Snapshot) -> Result<(), ApplyError> {
-        self.removed.clear();
-        self.moved.clear();
-        self.added.clear();
-        let removed = &mut self.removed;
-        let moved = &mut self.moved;
-        let added = &mut self.added;
-        let ok = ungap(
-            snapshot.id_base,
-            snapshot.removed.iter(),
-            |g| **g,
-            |id, _| removed.push(id),
-        ) && ungap(
-            snapshot.id_base,
-            snapshot.moved.iter(),
-            |m| m.id_gap,
-            |id, m| moved.push((id, IVec2::new(m.dx, m.dy))),
-        ) && ungap(
-            snapshot.id_base,
-            snapshot.added.iter(),
-            |a| a.id_gap,
-            |id, a| added.push((id, IVec2::new(a.x, a.y))),
-        );
-        if ok && (snapshot.baseline_age != 0 || (removed.is_empty() && moved.is_empty())) {
-            Ok(())
-        } else {
-            Err(ApplyError::Malformed)
-        }
+        Ok(())
     }
 
     /// The tick of the last applied snapshot (0 for none): send it as
@@ -248,9 +215,50 @@ impl SnapshotReceiver {
         self.last_input
     }
 
-    /// What the last applied snapshot changed.
-    pub fn changes(&self) -> &ViewChanges {
-        &self.changes
+    /// What the last applied snapshot changed: its view against the one
+    /// before it (both still in the history), compared when asked, so that
+    /// clients that do not ask pay nothing.
+    pub fn changes(&self) -> ViewChanges {
+        let mut changes = ViewChanges::default();
+        let mut frames = self.history.iter().rev();
+        if let Some(latest) = frames.next() {
+            let previous: &[(u32, IVec2)] = frames.next().map_or(&[], |f| &f.entities);
+            diff(previous, &latest.entities, &mut changes);
+        }
+        changes
+    }
+}
+
+impl ApplyScratch {
+    /// Fills the lists from `snapshot`, ids ungapped.
+    fn decode(&mut self, snapshot: &Snapshot) -> Result<(), ApplyError> {
+        self.removed.clear();
+        self.moved.clear();
+        self.added.clear();
+        let removed = &mut self.removed;
+        let moved = &mut self.moved;
+        let added = &mut self.added;
+        let ok = ungap(
+            snapshot.id_base,
+            snapshot.removed.iter(),
+            |g| **g,
+            |id, _| removed.push(id),
+        ) && ungap(
+            snapshot.id_base,
+            snapshot.moved.iter(),
+            |m| m.id_gap,
+            |id, m| moved.push((id, IVec2::new(m.dx, m.dy))),
+        ) && ungap(
+            snapshot.id_base,
+            snapshot.added.iter(),
+            |a| a.id_gap,
+            |id, a| added.push((id, IVec2::new(a.x, a.y))),
+        );
+        if ok && (snapshot.baseline_age != 0 || (removed.is_empty() && moved.is_empty())) {
+            Ok(())
+        } else {
+            Err(ApplyError::Malformed)
+        }
     }
 }
 
@@ -262,22 +270,26 @@ fn find(entities: &[(u32, IVec2)], id: u32) -> Option<IVec2> {
         .map(|i| entities[i].1)
 }
 
-/// `base` − `removed`, `moved` applied, + `added`, into `next`; false when
-/// the lists do not fit the baseline.
-fn build(
-    base: &[(u32, IVec2)],
-    removed: &[u32],
-    moved: &[(u32, IVec2)],
-    added: &[(u32, IVec2)],
-    kept: &mut Vec<(u32, IVec2)>,
-    next: &mut Vec<(u32, IVec2)>,
-) -> bool {
-    kept.clear();
-    let (mut r, mut m) = (0, 0);
+/// `base` − removed, moved applied, + added (the lists of `lists`), into
+/// `next` in one pass; false when the lists do not fit the baseline.
+fn build(base: &[(u32, IVec2)], lists: &ApplyScratch, next: &mut Vec<(u32, IVec2)>) -> bool {
+    let (removed, moved, added) = (&lists.removed[..], &lists.moved[..], &lists.added[..]);
+    next.reserve(base.len() + added.len());
+    let (mut r, mut m, mut a) = (0, 0, 0);
     for &(id, position) in base {
+        // The added entities before this one.
+        while let Some(&entry) = added.get(a)
+            && entry.0 < id
+        {
+            next.push(entry);
+            a += 1;
+        }
         if removed.get(r) == Some(&id) {
             r += 1;
             continue;
+        }
+        if added.get(a).is_some_and(|entry| entry.0 == id) {
+            return false;
         }
         let mut position = position;
         if let Some(&(moved_id, delta)) = moved.get(m)
@@ -286,31 +298,10 @@ fn build(
             position = position.wrapping_add(delta);
             m += 1;
         }
-        kept.push((id, position));
+        next.push((id, position));
     }
-    if r != removed.len() || m != moved.len() {
-        return false;
-    }
-    // Merge the added entities (sorted) into the kept ones (sorted).
-    let (mut k, mut a) = (0, 0);
-    loop {
-        match (kept.get(k), added.get(a)) {
-            (Some(x), Some(y)) if x.0 == y.0 => return false,
-            (Some(x), Some(y)) if y.0 < x.0 => {
-                next.push(*y);
-                a += 1;
-            }
-            (Some(x), _) => {
-                next.push(*x);
-                k += 1;
-            }
-            (None, Some(y)) => {
-                next.push(*y);
-                a += 1;
-            }
-            (None, None) => return true,
-        }
-    }
+    next.extend_from_slice(&added[a..]);
+    r == removed.len() && m == moved.len()
 }
 
 fn diff(old: &[(u32, IVec2)], new: &[(u32, IVec2)], changes: &mut ViewChanges) {
@@ -340,6 +331,10 @@ fn diff(old: &[(u32, IVec2)], new: &[(u32, IVec2)], changes: &mut ViewChanges) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
     use crate::protocol::movement::{EntityAdded, EntityMoved};
 
@@ -363,8 +358,10 @@ mod tests {
     #[test]
     fn full_then_delta_then_view_changes() {
         let mut rx = SnapshotReceiver::new();
-        let changes = rx.apply(&full(1, &[(3, 0, 0), (5, 10, 10)])).unwrap();
-        assert_eq!(changes.entered(), &[3, 5]);
+        let mut scratch = ApplyScratch::default();
+        rx.apply(&full(1, &[(3, 0, 0), (5, 10, 10)]), &mut scratch)
+            .unwrap();
+        assert_eq!(rx.changes().entered(), &[3, 5]);
         assert_eq!(rx.ack(), 1);
         let delta = Snapshot {
             tick: 2,
@@ -383,20 +380,23 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        let changes = rx.apply(&delta).unwrap();
-        assert_eq!(changes.entered(), &[9]);
-        assert_eq!(changes.left(), &[5]);
+        rx.apply(&delta, &mut scratch).unwrap();
+        assert_eq!(rx.changes().entered(), &[9]);
+        assert_eq!(rx.changes().left(), &[5]);
         assert_eq!(
             rx.entities(),
             &[(3, IVec2::new(4, -4)), (9, IVec2::new(1, 2))]
         );
-        assert_eq!(rx.apply(&delta), Err(ApplyError::Stale(2)));
+        assert_eq!(rx.apply(&delta, &mut scratch), Err(ApplyError::Stale(2)));
+        // A refused snapshot leaves the last changes as they were.
+        assert_eq!(rx.changes().entered(), &[9]);
     }
 
     #[test]
     fn inconsistent_deltas_are_refused_without_change() {
         let mut rx = SnapshotReceiver::new();
-        rx.apply(&full(1, &[(3, 0, 0)])).unwrap();
+        let mut scratch = ApplyScratch::default();
+        rx.apply(&full(1, &[(3, 0, 0)]), &mut scratch).unwrap();
         let bad = [
             // Removes an id the baseline lacks.
             Snapshot {
@@ -423,7 +423,7 @@ mod tests {
         ];
         for snapshot in &bad {
             assert_eq!(
-                rx.apply(snapshot),
+                rx.apply(snapshot, &mut scratch),
                 Err(ApplyError::Malformed),
                 "{snapshot:?}"
             );
@@ -435,7 +435,10 @@ mod tests {
             baseline_age: 2,
             ..Snapshot::default()
         };
-        assert_eq!(rx.apply(&missing), Err(ApplyError::MissingBaseline(7)));
+        assert_eq!(
+            rx.apply(&missing, &mut scratch),
+            Err(ApplyError::MissingBaseline(7))
+        );
     }
 
     trait WithAge {
@@ -452,8 +455,9 @@ mod tests {
     #[test]
     fn history_is_bounded() {
         let mut rx = SnapshotReceiver::new();
+        let mut scratch = ApplyScratch::default();
         for tick in 1..=100 {
-            rx.apply(&full(tick, &[(1, 0, 0)])).unwrap();
+            rx.apply(&full(tick, &[(1, 0, 0)]), &mut scratch).unwrap();
         }
         assert_eq!(rx.history.len(), CLIENT_SNAPSHOT_HISTORY);
         let old = Snapshot {
@@ -462,8 +466,149 @@ mod tests {
             ..Snapshot::default()
         };
         assert!(matches!(
-            rx.apply(&old),
+            rx.apply(&old, &mut scratch),
             Err(ApplyError::MissingBaseline(_))
         ));
+    }
+
+    /// Gap-codes sorted ids against base 0.
+    fn gaps(ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let mut previous = 0;
+        ids.into_iter()
+            .map(|id| {
+                let gap = id - previous;
+                previous = id;
+                gap
+            })
+            .collect()
+    }
+
+    /// What a delta should give, computed the plain way: `None` when the
+    /// lists do not fit the baseline.
+    fn model(
+        base: &BTreeMap<u32, IVec2>,
+        removed: &[u32],
+        moved: &BTreeMap<u32, IVec2>,
+        added: &BTreeMap<u32, IVec2>,
+    ) -> Option<Vec<(u32, IVec2)>> {
+        let mut view = base.clone();
+        for id in removed {
+            view.remove(id)?;
+        }
+        for (id, delta) in moved {
+            let position = view.get_mut(id)?;
+            *position = position.wrapping_add(*delta);
+        }
+        for (&id, &position) in added {
+            if view.insert(id, position).is_some() {
+                return None;
+            }
+        }
+        Some(view.into_iter().collect())
+    }
+
+    fn entities() -> impl Strategy<Value = BTreeMap<u32, IVec2>> {
+        prop::collection::btree_map(1u32..60, (-50i32..50, -50i32..50), 0..30).prop_map(|m| {
+            m.into_iter()
+                .map(|(id, (x, y))| (id, IVec2::new(x, y)))
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Any delta on any baseline: the receiver's one-pass merge gives
+        /// the model's view, or refuses exactly the deltas the model
+        /// refuses, and the changes are the two views' difference.
+        #[test]
+        fn deltas_apply_like_the_plain_model(
+            base in entities(),
+            actions in prop::collection::vec(0u8..4, 60),
+            deltas in prop::collection::vec((-5i32..5, -5i32..5), 60),
+            new in entities(),
+            flaw in 0u8..6,
+        ) {
+            // Per baseline entity: kept, removed, moved, or removed and
+            // added again; new ids are added.
+            let mut removed = Vec::new();
+            let mut moved = BTreeMap::new();
+            let mut added: BTreeMap<u32, IVec2> =
+                new.into_iter().filter(|(id, _)| !base.contains_key(id)).collect();
+            for (i, (&id, &position)) in base.iter().enumerate() {
+                match actions[i] {
+                    1 => removed.push(id),
+                    2 => {
+                        moved.insert(id, IVec2::new(deltas[i].0, deltas[i].1));
+                    }
+                    3 => {
+                        removed.push(id);
+                        added.insert(id, position);
+                    }
+                    _ => {}
+                }
+            }
+            let kept = base.keys().copied().find(|id| !removed.contains(id));
+            match (flaw, kept, removed.first()) {
+                // Adds an entity the view still has.
+                (0, Some(id), _) => {
+                    added.insert(id, IVec2::ZERO);
+                }
+                // Removes one the baseline lacks.
+                (1, _, _) => {
+                    removed.push(60);
+                }
+                // Moves one it removes.
+                (2, _, Some(&id)) => {
+                    moved.insert(id, IVec2::ONE);
+                }
+                _ => {}
+            }
+            let mut rx = SnapshotReceiver::new();
+            let mut scratch = ApplyScratch::default();
+            let full = Snapshot {
+                tick: 1,
+                added: gaps(base.keys().copied())
+                    .into_iter()
+                    .zip(base.values())
+                    .map(|(id_gap, p)| EntityAdded { id_gap, x: p.x, y: p.y })
+                    .collect(),
+                ..Snapshot::default()
+            };
+            rx.apply(&full, &mut scratch).unwrap();
+            let delta = Snapshot {
+                tick: 2,
+                baseline_age: 1,
+                removed: gaps(removed.iter().copied()),
+                moved: gaps(moved.keys().copied())
+                    .into_iter()
+                    .zip(moved.values())
+                    .map(|(id_gap, d)| EntityMoved { id_gap, dx: d.x, dy: d.y })
+                    .collect(),
+                added: gaps(added.keys().copied())
+                    .into_iter()
+                    .zip(added.values())
+                    .map(|(id_gap, p)| EntityAdded { id_gap, x: p.x, y: p.y })
+                    .collect(),
+                ..Snapshot::default()
+            };
+            let before: Vec<(u32, IVec2)> = base.clone().into_iter().collect();
+            match model(&base, &removed, &moved, &added) {
+                Some(expected) => {
+                    prop_assert_eq!(rx.apply(&delta, &mut scratch), Ok(()));
+                    prop_assert_eq!(rx.entities(), &expected[..]);
+                    let changes = rx.changes();
+                    let had = |id: &u32| base.contains_key(id);
+                    let has = |id: &u32| expected.iter().any(|e| e.0 == *id);
+                    let entered: Vec<u32> = expected.iter().map(|e| e.0).filter(|id| !had(id)).collect();
+                    let left: Vec<u32> = base.keys().copied().filter(|id| !has(id)).collect();
+                    prop_assert_eq!(changes.entered(), &entered[..]);
+                    prop_assert_eq!(changes.left(), &left[..]);
+                }
+                None => {
+                    prop_assert_eq!(rx.apply(&delta, &mut scratch), Err(ApplyError::Malformed));
+                    prop_assert_eq!(rx.entities(), &before[..]);
+                    prop_assert_eq!(rx.ack(), 1);
+                }
+            }
+        }
     }
 }

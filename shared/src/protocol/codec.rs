@@ -232,18 +232,21 @@ impl<'a> VarintReader<'a> {
     }
 
     /// A list (its length, then the entries `entry` reads), of entries of
-    /// at least `min_entry_bytes` each.
+    /// at least `min_entry_bytes` each, into `list` (cleared first,
+    /// reusing its capacity).
     pub(super) fn list<T>(
         &mut self,
+        list: &mut Vec<T>,
         min_entry_bytes: usize,
         mut entry: impl FnMut(&mut Self) -> Result<T, DecodeError>,
-    ) -> Result<Vec<T>, DecodeError> {
+    ) -> Result<(), DecodeError> {
+        list.clear();
         let len = self.len(min_entry_bytes)?;
-        let mut list = Vec::with_capacity(len);
+        list.reserve(len);
         for _ in 0..len {
             list.push(entry(self)?);
         }
-        Ok(list)
+        Ok(())
     }
 
     /// A list length, for entries of at least `min_entry_bytes` each.
@@ -279,6 +282,11 @@ pub fn message_id(payload: &[u8]) -> Option<u16> {
 
 /// Decodes a whole payload (id and body) as `M`.
 pub fn decode<M: NetMessage>(payload: &[u8]) -> Result<M, DecodeError> {
+    decode_body(body_of::<M>(payload)?)
+}
+
+/// The body of a payload whose id is `M`'s.
+pub(super) fn body_of<M: NetMessage>(payload: &[u8]) -> Result<&[u8], DecodeError> {
     let id = message_id(payload).ok_or(DecodeError::Truncated)?;
     if id != M::ID {
         return Err(DecodeError::WrongId {
@@ -286,7 +294,7 @@ pub fn decode<M: NetMessage>(payload: &[u8]) -> Result<M, DecodeError> {
             got: id,
         });
     }
-    decode_body(&payload[2..])
+    Ok(&payload[2..])
 }
 
 /// Decodes a body whose id was already checked.

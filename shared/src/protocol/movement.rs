@@ -41,7 +41,7 @@
 use glam::{IVec2, Vec2};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{VarintReader, put_signed, put_varint, zigzag};
+use super::codec::{VarintReader, body_of, put_signed, put_varint, zigzag};
 use super::{DecodeError, EncodeAs, EncodeError, NetMessage};
 
 /// Quantization of positions on the wire: units per metre (1/32 m steps).
@@ -156,32 +156,47 @@ impl NetMessage for Snapshot {
     /// Hand-written too (every client decodes one every tick): accepts
     /// exactly what bincode accepts, with the same values.
     fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut snapshot = Self::default();
+        snapshot.read_body(body)?;
+        Ok(snapshot)
+    }
+}
+
+impl Snapshot {
+    /// Decodes a whole payload (id and body) into `self`, reusing its
+    /// lists' capacity: what [`decode`](super::decode) gives, without an
+    /// allocation per snapshot once the lists have grown. On an error
+    /// `self` holds no meaningful snapshot.
+    ///
+    /// # Errors
+    /// As [`decode`](super::decode).
+    pub fn decode_from(&mut self, payload: &[u8]) -> Result<(), DecodeError> {
+        self.read_body(body_of::<Self>(payload)?)
+    }
+
+    fn read_body(&mut self, body: &[u8]) -> Result<(), DecodeError> {
         let mut r = VarintReader::new(body);
         let mut head = [0u32; 5];
         for v in &mut head {
             *v = r.unsigned()?;
         }
-        let [tick, baseline_age, last_input, you, id_base] = head;
-        let removed = r.list(1, VarintReader::unsigned)?;
+        [
+            self.tick,
+            self.baseline_age,
+            self.last_input,
+            self.you,
+            self.id_base,
+        ] = head;
+        r.list(&mut self.removed, 1, VarintReader::unsigned)?;
         // An added or moved entity: id gap, then two signed values.
         let entity = |r: &mut VarintReader<'_>| Ok((r.unsigned()?, r.signed()?, r.signed()?));
-        let added = r.list(3, |r| {
+        r.list(&mut self.added, 3, |r| {
             entity(r).map(|(id_gap, x, y)| EntityAdded { id_gap, x, y })
         })?;
-        let moved = r.list(3, |r| {
+        r.list(&mut self.moved, 3, |r| {
             entity(r).map(|(id_gap, dx, dy)| EntityMoved { id_gap, dx, dy })
         })?;
-        r.finish()?;
-        Ok(Self {
-            tick,
-            baseline_age,
-            last_input,
-            you,
-            id_base,
-            removed,
-            added,
-            moved,
-        })
+        r.finish()
     }
 }
 
@@ -539,6 +554,22 @@ mod tests {
                 let by_bincode = crate::protocol::codec::bincode_decode_body::<Snapshot>(&body);
                 prop_assert_eq!(Snapshot::decode_body(&body).ok(), by_bincode.ok());
             }
+        }
+
+        /// A snapshot decoded into one that held another is the one
+        /// decoded afresh: nothing of the old lists survives.
+        #[test]
+        fn decoding_into_a_used_snapshot_leaves_nothing_of_it(
+            old in snapshots(),
+            snapshot in snapshots(),
+        ) {
+            let payload = encode(&snapshot).unwrap();
+            let mut reused = old;
+            reused.decode_from(&payload).unwrap();
+            prop_assert_eq!(&reused, &snapshot);
+            let mut wrong = payload.to_vec();
+            wrong[0] ^= 1;
+            prop_assert!(reused.decode_from(&wrong).is_err());
         }
 
         #[test]
