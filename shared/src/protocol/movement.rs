@@ -189,12 +189,13 @@ impl Snapshot {
         ] = head;
         r.list(&mut self.removed, 1, VarintReader::unsigned)?;
         // An added or moved entity: id gap, then two signed values.
-        let entity = |r: &mut VarintReader<'_>| Ok((r.unsigned()?, r.signed()?, r.signed()?));
         r.list(&mut self.added, 3, |r| {
-            entity(r).map(|(id_gap, x, y)| EntityAdded { id_gap, x, y })
+            r.entity()
+                .map(|(id_gap, x, y)| EntityAdded { id_gap, x, y })
         })?;
         r.list(&mut self.moved, 3, |r| {
-            entity(r).map(|(id_gap, dx, dy)| EntityMoved { id_gap, dx, dy })
+            r.entity()
+                .map(|(id_gap, dx, dy)| EntityMoved { id_gap, dx, dy })
         })?;
         r.finish()
     }
