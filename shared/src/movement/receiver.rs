@@ -453,6 +453,37 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_is_found_across_missed_snapshots() {
+        let mut rx = SnapshotReceiver::new();
+        let mut scratch = ApplyScratch::default();
+        // Tick 3 never arrived: the history holds 1, 2, 4 and 5.
+        for (tick, x) in [(1, 0), (2, 10), (4, 20), (5, 30)] {
+            rx.apply(&full(tick, &[(7, x, 0)]), &mut scratch).unwrap();
+        }
+        let moved = |tick, age| Snapshot {
+            tick,
+            baseline_age: age,
+            you: 7,
+            moved: vec![EntityMoved {
+                id_gap: 7,
+                dx: 1,
+                dy: 0,
+            }],
+            ..Snapshot::default()
+        };
+        // Against 2, three frames back but four ticks old.
+        rx.apply(&moved(6, 4), &mut scratch).unwrap();
+        assert_eq!(rx.entities(), &[(7, IVec2::new(11, 0))]);
+        // Against 5, the newest frame.
+        rx.apply(&moved(7, 2), &mut scratch).unwrap();
+        assert_eq!(rx.entities(), &[(7, IVec2::new(31, 0))]);
+        assert_eq!(
+            rx.apply(&moved(8, 5), &mut scratch),
+            Err(ApplyError::MissingBaseline(3))
+        );
+    }
+
+    #[test]
     fn history_is_bounded() {
         let mut rx = SnapshotReceiver::new();
         let mut scratch = ApplyScratch::default();
