@@ -593,15 +593,18 @@ mod tests {
                 }
                 _ => {}
             }
+            let added_list = |entities: &BTreeMap<u32, IVec2>| -> Vec<EntityAdded> {
+                gaps(entities.keys().copied())
+                    .into_iter()
+                    .zip(entities.values())
+                    .map(|(id_gap, p)| EntityAdded { id_gap, x: p.x, y: p.y })
+                    .collect()
+            };
             let mut rx = SnapshotReceiver::new();
             let mut scratch = ApplyScratch::default();
             let full = Snapshot {
                 tick: 1,
-                added: gaps(base.keys().copied())
-                    .into_iter()
-                    .zip(base.values())
-                    .map(|(id_gap, p)| EntityAdded { id_gap, x: p.x, y: p.y })
-                    .collect(),
+                added: added_list(&base),
                 ..Snapshot::default()
             };
             rx.apply(&full, &mut scratch).unwrap();
@@ -614,11 +617,7 @@ mod tests {
                     .zip(moved.values())
                     .map(|(id_gap, d)| EntityMoved { id_gap, dx: d.x, dy: d.y })
                     .collect(),
-                added: gaps(added.keys().copied())
-                    .into_iter()
-                    .zip(added.values())
-                    .map(|(id_gap, p)| EntityAdded { id_gap, x: p.x, y: p.y })
-                    .collect(),
+                added: added_list(&added),
                 ..Snapshot::default()
             };
             let before: Vec<(u32, IVec2)> = base.clone().into_iter().collect();
