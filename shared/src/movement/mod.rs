@@ -7,8 +7,10 @@
 //! A game client's loop, once per tick:
 //!
 //! 1. for each received [`Snapshot`](crate::protocol::movement::Snapshot):
-//!    [`SnapshotReceiver::apply`]; on success, [`Predictor::reconcile`] with
-//!    your own entity's position and `last_input`;
+//!    [`SnapshotReceiver::apply`] (its working lists in an [`ApplyScratch`]
+//!    you keep; one serves any number of receivers); on success,
+//!    [`Predictor::reconcile`] with your own entity's position and
+//!    `last_input`;
 //! 2. [`Predictor::input`] with the intended velocity and
 //!    [`SnapshotReceiver::ack`]; send the returned
 //!    [`MoveInput`](crate::protocol::movement::MoveInput) on `MOVEMENT`.
