@@ -172,17 +172,26 @@ pub enum DisconnectError {
     UnknownClient,
 }
 
-/// Keyed SipHash for tables indexed by attacker-chosen values.
+/// Keyed SipHash for tables indexed by attacker-chosen values: SipHash
+/// that has absorbed the two key words first. The state after them is kept
+/// and cloned for every hash (absorbing the key again cost two SipHash
+/// rounds on every lookup, one per datagram).
 #[derive(Clone)]
-struct KeyedHash([u64; 2]);
+struct KeyedHash(DefaultHasher);
+
+impl KeyedHash {
+    fn new(key: [u64; 2]) -> Self {
+        let mut h = DefaultHasher::new();
+        h.write_u64(key[0]);
+        h.write_u64(key[1]);
+        Self(h)
+    }
+}
 
 impl BuildHasher for KeyedHash {
     type Hasher = DefaultHasher;
     fn build_hasher(&self) -> DefaultHasher {
-        let mut h = DefaultHasher::new();
-        h.write_u64(self.0[0]);
-        h.write_u64(self.0[1]);
-        h
+        self.0.clone()
     }
 }
 
@@ -329,7 +338,7 @@ impl Server {
             return Err(ConfigError::ZeroTable);
         }
         let secret = Key::generate(rng);
-        let hash = KeyedHash([prf_u64(&secret, 1), prf_u64(&secret, 2)]);
+        let hash = KeyedHash::new([prf_u64(&secret, 1), prf_u64(&secret, 2)]);
         let limiter_key = [prf_u64(&secret, 3), prf_u64(&secret, 4)];
         let n = config.max_clients;
         let owed_capacity = n
@@ -1070,3 +1079,27 @@ impl Server {
 }
 
 const _: () = assert!(CHALLENGE_TOKEN_BYTES == 300);
+
+#[cfg(test)]
+mod keyed_hash_tests {
+    use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
+    use std::net::SocketAddr;
+
+    use super::KeyedHash;
+
+    #[test]
+    fn every_hash_starts_from_the_key() {
+        let key = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+        let address = SocketAddr::from(([127, 0, 0, 1], 40_000));
+        let keyed = KeyedHash::new(key);
+        let mut by_hand = DefaultHasher::new();
+        by_hand.write_u64(key[0]);
+        by_hand.write_u64(key[1]);
+        address.hash(&mut by_hand);
+        assert_eq!(keyed.hash_one(address), by_hand.finish());
+        // Nothing of one hash carries into the next, and the key matters.
+        assert_eq!(keyed.hash_one(address), keyed.hash_one(address));
+        let other = KeyedHash::new([key[0], key[1] ^ 1]);
+        assert_ne!(keyed.hash_one(address), other.hash_one(address));
+    }
+}
