@@ -7,7 +7,9 @@
 use bevy_app::{App, Last};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
-use server::interest::{InterestConfig, InterestPlugin, LocalSnapshot, NetId, Viewer};
+use server::interest::{
+    InterestConfig, InterestPlugin, LocalSnapshot, NetId, SnapshotLimits, Viewer,
+};
 use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
 use server::net::{Clients, Outbox};
 use server::tick::{ManualClock, TickConfig, TickPlugin};
@@ -218,22 +220,32 @@ fn two_thousand_spread_players_stay_within_the_byte_budget() {
     assert!(mean < 100, "mean snapshot {mean} bytes");
 }
 
-#[test]
-fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
-    let interest = InterestConfig::default();
+/// 2,000 players within 20 m of `centre`; `check` sees, for every 37th
+/// player each tick that its snapshot arrived, that snapshot, the rank (in the nearest-first order of
+/// its `max_entities` nearest) of the first entity it does not hold as it
+/// is, and that order's length.
+fn crowd(
+    interest: InterestConfig,
+    centre: Vec2,
+    snapshot_loss: f32,
+    mut check: impl FnMut(u32, &LocalSnapshot, usize, usize),
+) {
     let budget = interest.snapshot_budget_bytes;
     let max_entities = interest.max_entities;
     let mut rng = Rng(99);
-    let spawns: Vec<Vec2> = (0..2000).map(|_| rng.in_square(Vec2::ZERO, 20.0)).collect();
+    let spawns: Vec<Vec2> = (0..2000).map(|_| rng.in_square(centre, 20.0)).collect();
     let mut sim = Sim::new(interest, spawns, 17);
-    let mut limited = 0;
     for tick in 0..20 {
-        let snapshots = sim.tick(0.0, 0.0);
+        let snapshots = sim.tick(0.0, snapshot_loss);
         let truth = sim.truth();
         for (bot, s) in sim.bots.iter().zip(&snapshots).step_by(37) {
             let bytes = shared::protocol::encode(&s.snapshot).unwrap().len();
             assert!(bytes <= budget);
-            limited += usize::from(s.stats.budget_limited);
+            assert_eq!(bytes, s.stats.bytes);
+            if bot.rx.ack() != s.snapshot.tick {
+                // Lost: the client holds an older snapshot.
+                continue;
+            }
             let (own_id, own) = sim.own(bot);
             // Everyone is within the radius: the view is the nearest
             // `max_entities`, own entity first.
@@ -268,13 +280,59 @@ fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
                     );
                 }
             }
+            assert!(seen.len() <= max_entities);
+            check(tick, s, first_stale, order.len());
+        }
+    }
+}
+
+#[test]
+fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
+    // Far from the origin a full snapshot's absolute positions take 3
+    // bytes a coordinate, so a full view of the nearest 128 needs more than
+    // the smallest budget; with one baseline kept, every lost snapshot
+    // makes the next one full.
+    let max_entities = InterestConfig::default().max_entities;
+    let interest = InterestConfig {
+        snapshot_budget_bytes: SnapshotLimits::min_budget(max_entities),
+        baseline_history: 1,
+        ..InterestConfig::default()
+    };
+    let mut limited = 0;
+    let mut full_limited = 0;
+    crowd(
+        interest,
+        Vec2::new(3000.0, -3000.0),
+        0.2,
+        |tick, s, first_stale, _| {
+            limited += usize::from(s.stats.budget_limited);
+            full_limited += usize::from(s.stats.budget_limited && s.stats.full);
             if tick >= 10 {
                 assert!(first_stale >= 40, "only {first_stale} fresh");
             }
-            assert!(seen.len() <= max_entities);
-        }
-    }
-    assert!(limited > 0, "the budget never bit");
+        },
+    );
+    assert!(
+        full_limited > 100,
+        "the budget bit {full_limited} full snapshots"
+    );
+    assert!(limited >= full_limited);
+}
+
+#[test]
+fn a_crowd_whose_snapshots_fit_gets_every_update() {
+    // With the default budget a view of 128 entities fits, although at
+    // their largest its entries (15 bytes each) would not: nothing is
+    // held back, from the first, full, snapshot on.
+    crowd(
+        InterestConfig::default(),
+        Vec2::ZERO,
+        0.0,
+        |tick, s, first_stale, in_view| {
+            assert!(!s.stats.budget_limited, "tick {tick}: the budget bit");
+            assert_eq!(first_stale, in_view, "tick {tick}: stale entities");
+        },
+    );
 }
 
 /// Ids in `added` or `moved`.

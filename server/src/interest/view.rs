@@ -234,6 +234,15 @@ struct Emit<'a> {
 }
 
 impl Emit<'_> {
+    /// Forgets everything written: the snapshot starts (again) empty.
+    fn restart(&mut self, id_base: u32) {
+        self.encoder.clear();
+        self.next.clear();
+        self.previous_removed = id_base;
+        self.previous_added = id_base;
+        self.previous_moved = id_base;
+    }
+
     /// A baseline entity that left the view; returns its gap's size.
     #[inline]
     fn removed(&mut self, id: u32) -> usize {
@@ -400,8 +409,6 @@ impl ClientView {
         // The list lengths at their largest.
         let lengths = varint_len(base.len() as u64) + 2 * varint_len(max as u64);
 
-        encoder.clear();
-        self.next.clear();
         let mut emit = Emit {
             encoder,
             next: &mut self.next,
@@ -409,68 +416,72 @@ impl ClientView {
             previous_added: id_base,
             previous_moved: id_base,
         };
-        // Certainly within the budget when every removal and every update
-        // would be at its largest (the common case): then one pass writes
-        // the snapshot.
-        let budget_limited = if header_len + lengths + 5 * base.len() + ENTRY_MAX * view.len()
-            <= limits.budget_bytes
-        {
-            merge(view, base, |step| match step {
-                Step::Left(id) => {
-                    emit.removed(id);
-                }
-                Step::Entity(c, change) => emit.entity(c, change, true),
-            });
-            false
-        } else {
-            // Cost it: the removals exactly, the updates with their id gap
-            // from `id_base` (an upper bound), then send all of them or the
-            // nearest while the budget lasts.
-            let mut removals = 0;
-            changes.clear();
-            merge(view, base, |step| match step {
-                Step::Left(id) => removals += emit.removed(id),
-                Step::Entity(_, change) => changes.push(change),
-            });
-            let mut used = header_len + lengths + removals;
-            let updates: usize = view
-                .iter()
-                .zip(changes.iter())
-                .map(|(c, &change)| update_cost(c, change, id_base))
-                .sum();
-            let budget_limited = used + updates > limits.budget_bytes;
-            sent.clear();
-            sent.resize(view.len(), true);
-            if budget_limited {
-                // The view is sorted by id, so index order breaks distance
-                // ties by id, as `nearest` does.
-                keys.clear();
-                keys.extend(
-                    view.iter()
-                        .enumerate()
-                        .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
-                );
-                keys.sort_unstable();
-                let mut stopped = false;
-                for &key in keys.iter() {
-                    let i = key_index(key);
-                    if let Change::Same = changes[i] {
-                        continue;
-                    }
-                    let cost = update_cost(&view[i], changes[i], id_base);
-                    if !stopped && used + cost <= limits.budget_bytes {
-                        used += cost;
-                    } else {
-                        stopped = true;
-                        sent[i] = false;
-                    }
-                }
+        emit.restart(id_base);
+        // Most snapshots fit with room to spare (a moved entity is usually
+        // 3 bytes, not ENTRY_MAX): write every update in one pass, and cost
+        // them nearest first only when that overran the budget. When even
+        // the largest entries would fit, the one pass is certain.
+        merge(view, base, |step| match step {
+            Step::Left(id) => {
+                emit.removed(id);
             }
-            for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
-                emit.entity(c, change, sent);
-            }
-            budget_limited
-        };
+            Step::Entity(c, change) => emit.entity(c, change, true),
+        });
+        let surely_fits =
+            header_len + lengths + 5 * base.len() + ENTRY_MAX * view.len() <= limits.budget_bytes;
+        let budget_limited =
+            if surely_fits || header_len + emit.encoder.lists_len() <= limits.budget_bytes {
+                false
+            } else {
+                emit.restart(id_base);
+                // Cost it: the removals exactly, the updates with their id gap
+                // from `id_base` (an upper bound), then send all of them or the
+                // nearest while the budget lasts.
+                let mut removals = 0;
+                changes.clear();
+                merge(view, base, |step| match step {
+                    Step::Left(id) => removals += emit.removed(id),
+                    Step::Entity(_, change) => changes.push(change),
+                });
+                let mut used = header_len + lengths + removals;
+                let updates: usize = view
+                    .iter()
+                    .zip(changes.iter())
+                    .map(|(c, &change)| update_cost(c, change, id_base))
+                    .sum();
+                let budget_limited = used + updates > limits.budget_bytes;
+                sent.clear();
+                sent.resize(view.len(), true);
+                if budget_limited {
+                    // The view is sorted by id, so index order breaks distance
+                    // ties by id, as `nearest` does.
+                    keys.clear();
+                    keys.extend(
+                        view.iter()
+                            .enumerate()
+                            .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
+                    );
+                    keys.sort_unstable();
+                    let mut stopped = false;
+                    for &key in keys.iter() {
+                        let i = key_index(key);
+                        if let Change::Same = changes[i] {
+                            continue;
+                        }
+                        let cost = update_cost(&view[i], changes[i], id_base);
+                        if !stopped && used + cost <= limits.budget_bytes {
+                            used += cost;
+                        } else {
+                            stopped = true;
+                            sent[i] = false;
+                        }
+                    }
+                }
+                for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
+                    emit.entity(c, change, sent);
+                }
+                budget_limited
+            };
         out.clear();
         let body = emit.encoder.write(&header, out);
 

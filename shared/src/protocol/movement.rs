@@ -281,6 +281,15 @@ impl SnapshotEncoder {
         }
     }
 
+    /// The encoded size of the lists (their lengths and entries): what
+    /// [`write`](Self::write) adds after the header.
+    pub fn lists_len(&self) -> usize {
+        self.lists
+            .iter()
+            .map(|(len, bytes)| varint_len(*len as u64) + bytes.len())
+            .sum()
+    }
+
     /// Bytes its lists hold on the heap.
     pub fn heap_bytes(&self) -> usize {
         self.lists.iter().map(|(_, bytes)| bytes.capacity()).sum()
@@ -439,6 +448,7 @@ mod tests {
         let mut out = vec![7];
         let len = e.write(&header, &mut out);
         assert_eq!(out.len(), 1 + len);
+        assert_eq!(len, header.encoded_len() + e.lists_len());
         let snapshot = Snapshot::decode_body(&out[1..]).unwrap();
         assert_eq!(snapshot.header(), header);
         assert_eq!(snapshot.removed, [1]);
