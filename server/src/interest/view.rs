@@ -188,7 +188,7 @@ fn key_index(key: u64) -> usize {
     (key & u64::from(u32::MAX)) as usize
 }
 
-/// One step of [`merge`].
+/// One step of [`Merge`].
 enum Step<'a> {
     /// A baseline entity that is not in the view.
     Left(u32),
@@ -196,18 +196,44 @@ enum Step<'a> {
     Entity(&'a Candidate, Change),
 }
 
-/// Walks the view and the baseline (both sorted by id) side by side,
-/// calling `step` in id order.
-fn merge<'a>(view: &'a [Candidate], base: &[(u32, IVec2)], mut step: impl FnMut(Step<'a>)) {
-    let mut b = 0;
-    for c in view {
-        while let Some(&(id, _)) = base.get(b).filter(|e| e.0 < c.id) {
-            step(Step::Left(id));
-            b += 1;
+/// Walks the view and the baseline (both sorted by id) side by side, in
+/// id order. An iterator rather than a function taking a closure, so that
+/// the work done at each step is compiled into the caller's loop.
+struct Merge<'a, 'b> {
+    view: std::slice::Iter<'a, Candidate>,
+    base: &'b [(u32, IVec2)],
+    /// The baseline's next entity.
+    b: usize,
+}
+
+impl<'a, 'b> Merge<'a, 'b> {
+    fn new(view: &'a [Candidate], base: &'b [(u32, IVec2)]) -> Self {
+        Self {
+            view: view.iter(),
+            base,
+            b: 0,
         }
-        let change = match base.get(b) {
-            Some(&(id, old)) if id == c.id => {
-                b += 1;
+    }
+}
+
+impl<'a> Iterator for Merge<'a, '_> {
+    type Item = Step<'a>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Step<'a>> {
+        let next_base = self.base.get(self.b).copied();
+        let Some(c) = self.view.as_slice().first() else {
+            let (id, _) = next_base?;
+            self.b += 1;
+            return Some(Step::Left(id));
+        };
+        let change = match next_base {
+            Some((id, _)) if id < c.id => {
+                self.b += 1;
+                return Some(Step::Left(id));
+            }
+            Some((id, old)) if id == c.id => {
+                self.b += 1;
                 if old == c.position {
                     Change::Same
                 } else {
@@ -216,10 +242,8 @@ fn merge<'a>(view: &'a [Candidate], base: &[(u32, IVec2)], mut step: impl FnMut(
             }
             _ => Change::Added,
         };
-        step(Step::Entity(c, change));
-    }
-    for &(id, _) in &base[b..] {
-        step(Step::Left(id));
+        self.view.next();
+        Some(Step::Entity(c, change))
     }
 }
 
@@ -244,7 +268,7 @@ impl Emit<'_> {
     }
 
     /// A baseline entity that left the view; returns its gap's size.
-    #[inline]
+    #[inline(always)]
     fn removed(&mut self, id: u32) -> usize {
         let gap = id - self.previous_removed;
         self.encoder.removed(gap);
@@ -254,7 +278,7 @@ impl Emit<'_> {
 
     /// `c`, to be sent as `change` if `sent` (else the client keeps what it
     /// has, or does not get it yet).
-    #[inline]
+    #[inline(always)]
     fn entity(&mut self, c: &Candidate, change: Change, sent: bool) {
         match change {
             Change::Same => self.next.push((c.id, c.position)),
@@ -421,12 +445,14 @@ impl ClientView {
         // 3 bytes, not ENTRY_MAX): write every update in one pass, and cost
         // them nearest first only when that overran the budget. When even
         // the largest entries would fit, the one pass is certain.
-        merge(view, base, |step| match step {
-            Step::Left(id) => {
-                emit.removed(id);
+        for step in Merge::new(view, base) {
+            match step {
+                Step::Left(id) => {
+                    emit.removed(id);
+                }
+                Step::Entity(c, change) => emit.entity(c, change, true),
             }
-            Step::Entity(c, change) => emit.entity(c, change, true),
-        });
+        }
         let surely_fits =
             header_len + lengths + 5 * base.len() + ENTRY_MAX * view.len() <= limits.budget_bytes;
         let budget_limited =
@@ -439,10 +465,12 @@ impl ClientView {
                 // nearest while the budget lasts.
                 let mut removals = 0;
                 changes.clear();
-                merge(view, base, |step| match step {
-                    Step::Left(id) => removals += emit.removed(id),
-                    Step::Entity(_, change) => changes.push(change),
-                });
+                for step in Merge::new(view, base) {
+                    match step {
+                        Step::Left(id) => removals += emit.removed(id),
+                        Step::Entity(_, change) => changes.push(change),
+                    }
+                }
                 let mut used = header_len + lengths + removals;
                 let updates: usize = view
                     .iter()
