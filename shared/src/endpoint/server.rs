@@ -10,6 +10,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::netcode::{self, ClientIndex, ServerEvent, Transmit};
+use crate::transport::clock::{SharedClock, Stamp};
 use crate::transport::{
     ChannelId, Connection, ConnectionStats, Deliver, DisconnectReason, Event, SendError,
     TransportConfig,
@@ -136,7 +137,7 @@ struct Peer {
     queued_for_events: bool,
     /// The time of the peer's live entry in the timer heap: never later than
     /// its connection's next timeout (see `arm`).
-    armed: Option<Instant>,
+    armed: Option<Stamp>,
     buffered: usize,
 }
 
@@ -230,8 +231,10 @@ pub struct ServerEndpoint {
     /// One copy, shared by every connection.
     transport: Arc<TransportConfig>,
     peers: Vec<Option<Peer>>,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    due_scratch: Vec<(Instant, usize)>,
+    /// Every connection's time: `now` becomes a stamp once per call.
+    clock: SharedClock,
+    timers: BinaryHeap<Reverse<(Stamp, usize)>>,
+    due_scratch: Vec<(Stamp, usize)>,
     transmit_queue: VecDeque<usize>,
     event_queue: VecDeque<usize>,
     arrivals: Arrivals,
@@ -249,8 +252,8 @@ pub struct ServerEndpoint {
 /// packet in or out moves a connection's timers, mostly later): that entry
 /// fires early, finds nothing due and re-arms, so the heap gets one entry
 /// per timer that really comes due instead of one per packet.
-fn arm(timers: &mut BinaryHeap<Reverse<(Instant, usize)>>, peer: &mut Peer, index: usize) {
-    let Some(next) = peer.conn.poll_timeout() else {
+fn arm(timers: &mut BinaryHeap<Reverse<(Stamp, usize)>>, peer: &mut Peer, index: usize) {
+    let Some(next) = peer.conn.next_timeout() else {
         return;
     };
     if peer.armed.is_none_or(|armed| next < armed) {
@@ -271,6 +274,7 @@ impl ServerEndpoint {
             netcode,
             transport: Arc::new(config.transport),
             peers: (0..max_clients).map(|_| None).collect(),
+            clock: SharedClock::default(),
             timers: BinaryHeap::new(),
             due_scratch: Vec::new(),
             transmit_queue: VecDeque::new(),
@@ -368,12 +372,14 @@ impl ServerEndpoint {
         channel: ChannelId,
         payload: Bytes,
     ) -> Result<(), EndpointSendError> {
+        let now = self.clock.stamp(now);
         let peer = self
             .live_peer_mut(client)
             .ok_or(EndpointSendError::UnknownClient)?;
         let result = peer.conn.send_bytes(channel, payload);
         if result == Err(SendError::QueueFull) {
-            peer.conn.disconnect(now, DisconnectReason::SendQueueFull);
+            peer.conn
+                .close_gracefully(now, DisconnectReason::SendQueueFull);
             self.stats.queue_full_disconnects += 1;
         }
         self.touch(client.get());
@@ -383,6 +389,7 @@ impl ServerEndpoint {
     /// Queues one shared message for every connected client; a client whose
     /// reliable queue is full is disconnected as in [`send`](Self::send).
     pub fn broadcast(&mut self, now: Instant, channel: ChannelId, payload: &Bytes) {
+        let now = self.clock.stamp(now);
         for index in 0..self.peers.len() {
             let Some(peer) = self.peers[index].as_mut() else {
                 continue;
@@ -391,7 +398,8 @@ impl ServerEndpoint {
                 continue;
             }
             if peer.conn.send_bytes(channel, payload.clone()) == Err(SendError::QueueFull) {
-                peer.conn.disconnect(now, DisconnectReason::SendQueueFull);
+                peer.conn
+                    .close_gracefully(now, DisconnectReason::SendQueueFull);
                 self.stats.queue_full_disconnects += 1;
             }
             self.touch(index);
@@ -401,19 +409,21 @@ impl ServerEndpoint {
     /// Ends a client's session: the reason reaches the client, then the
     /// secure layer's disconnect packets follow.
     pub fn disconnect(&mut self, now: Instant, client: ClientIndex, reason: DisconnectReason) {
+        let now = self.clock.stamp(now);
         if let Some(peer) = self.live_peer_mut(client) {
-            peer.conn.disconnect(now, reason);
+            peer.conn.close_gracefully(now, reason);
             self.touch(client.get());
         }
     }
 
     /// Disconnects every client with `reason` (server shutdown).
     pub fn disconnect_all(&mut self, now: Instant, reason: DisconnectReason) {
+        let now = self.clock.stamp(now);
         for index in 0..self.peers.len() {
             if let Some(peer) = self.peers[index].as_mut()
                 && peer.ended.is_none()
             {
-                peer.conn.disconnect(now, reason);
+                peer.conn.close_gracefully(now, reason);
                 self.touch(index);
             }
         }
@@ -441,13 +451,14 @@ impl ServerEndpoint {
                     index,
                     session: peer.session,
                 };
-                peer.conn.handle_datagram_into(now, data, &mut arrivals);
+                let now = self.clock.stamp(now);
+                peer.conn.datagram_at(now, data, &mut arrivals);
                 let buffered = peer.conn.receive_buffered_bytes();
                 self.total_buffered = self.total_buffered + buffered - peer.buffered;
                 peer.buffered = buffered;
                 if self.total_buffered > self.max_total_buffered {
                     self.stats.flooding_disconnects += 1;
-                    peer.conn.disconnect(now, DisconnectReason::Flooding);
+                    peer.conn.close_gracefully(now, DisconnectReason::Flooding);
                 }
                 self.touch(index);
             }
@@ -461,7 +472,9 @@ impl ServerEndpoint {
             ServerEvent::ClientConnected {
                 client, client_id, ..
             } => {
-                let Ok(conn) = Connection::new(Arc::clone(&self.transport), now) else {
+                let (clock, now) = self.clock.at(now);
+                let Ok(conn) = Connection::with_clock(Arc::clone(&self.transport), clock, now)
+                else {
                     tracing::error!("invalid transport configuration; refusing client");
                     let _ = self.netcode.disconnect(client);
                     return;
@@ -524,6 +537,7 @@ impl ServerEndpoint {
         while let Some(event) = self.netcode.poll_event() {
             self.on_lifecycle(now, event);
         }
+        let now = self.clock.stamp(now);
         // Take everything due first: a timer re-armed at or before `now`
         // (data waiting to be transmitted) is for poll_transmit, not for
         // another round here.
@@ -543,8 +557,8 @@ impl ServerEndpoint {
                 continue; // superseded
             }
             peer.armed = None;
-            if peer.conn.poll_timeout().is_some_and(|t| t <= now) {
-                peer.conn.handle_timeout(now);
+            if peer.conn.next_timeout().is_some_and(|t| t <= now) {
+                peer.conn.timeout_at(now);
                 self.touch(index);
             } else {
                 // Armed early (see `arm`): only the timer moves.
@@ -557,7 +571,10 @@ impl ServerEndpoint {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let peers = self.timers.peek().map(|Reverse((at, _))| *at);
+        let peers = self
+            .timers
+            .peek()
+            .and_then(|Reverse((at, _))| self.clock.instant(*at));
         [peers, self.netcode.poll_timeout()]
             .into_iter()
             .flatten()
@@ -652,6 +669,7 @@ impl ServerEndpoint {
         if let Some(transmit) = self.netcode.poll_transmit(now, buf) {
             return Some(transmit);
         }
+        let stamp = self.clock.stamp(now);
         while let Some(&index) = self.transmit_queue.front() {
             let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
                 self.transmit_queue.pop_front();
@@ -660,7 +678,7 @@ impl ServerEndpoint {
             // Ended by the secure layer (the client left or timed out):
             // nothing can be sealed for it any more.
             let network_gone = peer.ended.is_some() && peer.conn.is_connected();
-            if !network_gone && let Some(len) = peer.conn.poll_transmit(now, &mut self.plain) {
+            if !network_gone && let Some(len) = peer.conn.transmit_at(stamp, &mut self.plain) {
                 match self
                     .netcode
                     .send_payload(now, peer.client, &self.plain[..len], buf)

@@ -47,7 +47,7 @@ fn nanos(duration: Duration) -> u64 {
 }
 
 /// Turns a caller's `Instant`s into [`Stamp`]s and back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Clock {
     epoch: Instant,
 }
@@ -69,6 +69,44 @@ impl Clock {
     }
 }
 
+/// The time of an endpoint and of all its connections: one epoch (the
+/// first `now` it is given), so that `now` becomes a stamp once per call
+/// of the endpoint rather than once per connection it touches, and the
+/// stamp of the latest `now` kept, since an I/O loop calls its endpoint
+/// many times in a row with the same `now`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SharedClock {
+    clock: Option<Clock>,
+    last: Option<(Instant, Stamp)>,
+}
+
+impl SharedClock {
+    /// The clock (whose epoch is the first `now` ever given) and `now` as
+    /// a stamp on it.
+    pub(crate) fn at(&mut self, now: Instant) -> (Clock, Stamp) {
+        let clock = *self.clock.get_or_insert(Clock::new(now));
+        if let Some((at, stamp)) = self.last
+            && at == now
+        {
+            return (clock, stamp);
+        }
+        let stamp = clock.stamp(now);
+        self.last = Some((now, stamp));
+        (clock, stamp)
+    }
+
+    /// `now` as a stamp.
+    pub(crate) fn stamp(&mut self, now: Instant) -> Stamp {
+        self.at(now).1
+    }
+
+    /// The `Instant` of `at` (`None` before the clock has seen a `now`, when
+    /// there can be no stamps).
+    pub(crate) fn instant(&self, at: Stamp) -> Option<Instant> {
+        self.clock.map(|clock| clock.instant(at))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +123,22 @@ mod tests {
             Duration::new(3_700, 123_456_789)
         );
         assert_eq!(clock.stamp(epoch), Stamp::ZERO);
+    }
+
+    #[test]
+    fn a_shared_clock_counts_from_the_first_now_it_sees() {
+        let mut shared = SharedClock::default();
+        assert_eq!(shared.instant(Stamp(5)), None);
+        let first = Instant::now();
+        let (clock, stamp) = shared.at(first);
+        assert_eq!(stamp, Stamp::ZERO);
+        let later = first + Duration::from_millis(40);
+        assert_eq!(shared.stamp(later), Stamp(40_000_000));
+        // The same `now` again, then an earlier one: the epoch stays.
+        assert_eq!(shared.stamp(later), Stamp(40_000_000));
+        assert_eq!(shared.at(first), (clock, Stamp::ZERO));
+        assert_eq!(shared.instant(Stamp(40_000_000)), Some(later));
+        assert_eq!(clock.instant(Stamp::ZERO), first);
     }
 
     #[test]

@@ -410,7 +410,16 @@ impl Connection {
     /// same `Arc`, so they share one copy of the configuration.
     pub fn new(config: impl Into<Arc<TransportConfig>>, now: Instant) -> Result<Self, ConfigError> {
         let clock = Clock::new(now);
-        let now = clock.stamp(now);
+        Self::with_clock(config, clock, clock.stamp(now))
+    }
+
+    /// [`new`](Self::new) on a clock shared with other connections (an
+    /// endpoint's), which then drives it with the `*_at` methods.
+    pub(crate) fn with_clock(
+        config: impl Into<Arc<TransportConfig>>,
+        clock: Clock,
+        now: Stamp,
+    ) -> Result<Self, ConfigError> {
         let config: Arc<TransportConfig> = config.into();
         config.validate()?;
         let send = config
@@ -526,7 +535,8 @@ impl Connection {
         self.close_gracefully(self.clock.stamp(now), reason);
     }
 
-    fn close_gracefully(&mut self, now: Stamp, reason: DisconnectReason) {
+    /// [`disconnect`](Self::disconnect) at a stamp of its clock.
+    pub(crate) fn close_gracefully(&mut self, now: Stamp, reason: DisconnectReason) {
         if self.state != State::Connected {
             return;
         }
@@ -595,6 +605,11 @@ impl Connection {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next().map(|at| self.clock.instant(at))
+    }
+
+    /// [`poll_timeout`](Self::poll_timeout) as a stamp of its clock.
+    pub(crate) fn next_timeout(&self) -> Option<Stamp> {
+        self.timers.next()
     }
 
     /// Whether [`poll_event`](Self::poll_event) has anything.
@@ -667,7 +682,9 @@ impl Connection {
         self.datagram_at(self.clock.stamp(now), datagram, out);
     }
 
-    fn datagram_at(&mut self, now: Stamp, datagram: &[u8], out: &mut impl Deliver) {
+    /// [`handle_datagram_into`](Self::handle_datagram_into) at a stamp of
+    /// its clock.
+    pub(crate) fn datagram_at(&mut self, now: Stamp, datagram: &[u8], out: &mut impl Deliver) {
         self.last_activity = self.last_activity.max(now);
         if self.state == State::Closed {
             return;
@@ -973,7 +990,8 @@ impl Connection {
         self.timeout_at(self.clock.stamp(now));
     }
 
-    fn timeout_at(&mut self, now: Stamp) {
+    /// [`handle_timeout`](Self::handle_timeout) at a stamp of its clock.
+    pub(crate) fn timeout_at(&mut self, now: Stamp) {
         self.last_activity = self.last_activity.max(now);
         if self.state != State::Connected {
             if let State::Closing { .. } = self.state {
@@ -1084,7 +1102,8 @@ impl Connection {
         self.transmit_at(self.clock.stamp(now), buf)
     }
 
-    fn transmit_at(&mut self, now: Stamp, buf: &mut [u8]) -> Option<usize> {
+    /// [`poll_transmit`](Self::poll_transmit) at a stamp of its clock.
+    pub(crate) fn transmit_at(&mut self, now: Stamp, buf: &mut [u8]) -> Option<usize> {
         self.last_activity = self.last_activity.max(now);
         let limit = buf.len().min(self.config.max_payload);
         let buf = &mut buf[..limit];

@@ -4,7 +4,7 @@
 //! See [`Connection`] for how to drive it and [`wire`] for the datagram
 //! format.
 
-mod clock;
+pub(crate) mod clock;
 mod config;
 mod congestion;
 mod connection;
