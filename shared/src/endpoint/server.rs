@@ -355,8 +355,10 @@ impl ServerEndpoint {
             .map(|p| p.session)
     }
 
-    fn live_peer_mut(&mut self, client: ClientIndex) -> Option<&mut Peer> {
-        self.peers
+    /// `client`'s peer while its session lasts (a function of the peers
+    /// alone, so that the endpoint's other fields stay free to borrow).
+    fn live_peer_mut(peers: &mut [Option<Peer>], client: ClientIndex) -> Option<&mut Peer> {
+        peers
             .get_mut(client.get())
             .and_then(Option::as_mut)
             .filter(|p| p.is_live(client))
@@ -372,14 +374,12 @@ impl ServerEndpoint {
         channel: ChannelId,
         payload: Bytes,
     ) -> Result<(), EndpointSendError> {
-        let now = self.clock.stamp(now);
-        let peer = self
-            .live_peer_mut(client)
-            .ok_or(EndpointSendError::UnknownClient)?;
+        let peer =
+            Self::live_peer_mut(&mut self.peers, client).ok_or(EndpointSendError::UnknownClient)?;
         let result = peer.conn.send_bytes(channel, payload);
         if result == Err(SendError::QueueFull) {
             peer.conn
-                .close_gracefully(now, DisconnectReason::SendQueueFull);
+                .close_gracefully(self.clock.stamp(now), DisconnectReason::SendQueueFull);
             self.stats.queue_full_disconnects += 1;
         }
         self.touch(client.get());
@@ -409,9 +409,8 @@ impl ServerEndpoint {
     /// Ends a client's session: the reason reaches the client, then the
     /// secure layer's disconnect packets follow.
     pub fn disconnect(&mut self, now: Instant, client: ClientIndex, reason: DisconnectReason) {
-        let now = self.clock.stamp(now);
-        if let Some(peer) = self.live_peer_mut(client) {
-            peer.conn.close_gracefully(now, reason);
+        if let Some(peer) = Self::live_peer_mut(&mut self.peers, client) {
+            peer.conn.close_gracefully(self.clock.stamp(now), reason);
             self.touch(client.get());
         }
     }
