@@ -257,8 +257,25 @@ struct Emit<'a> {
     previous_moved: u32,
 }
 
-impl Emit<'_> {
-    /// Forgets everything written: the snapshot starts (again) empty.
+impl<'a> Emit<'a> {
+    /// An empty snapshot, its id gaps counted from `id_base`.
+    fn start(
+        encoder: &'a mut SnapshotEncoder,
+        next: &'a mut Vec<(u32, IVec2)>,
+        id_base: u32,
+    ) -> Self {
+        let mut emit = Self {
+            encoder,
+            next,
+            previous_removed: 0,
+            previous_added: 0,
+            previous_moved: 0,
+        };
+        emit.restart(id_base);
+        emit
+    }
+
+    /// Forgets everything written: the snapshot starts again empty.
     fn restart(&mut self, id_base: u32) {
         self.encoder.clear();
         self.next.clear();
@@ -433,18 +450,10 @@ impl ClientView {
         // The list lengths at their largest.
         let lengths = varint_len(base.len() as u64) + 2 * varint_len(max as u64);
 
-        let mut emit = Emit {
-            encoder,
-            next: &mut self.next,
-            previous_removed: id_base,
-            previous_added: id_base,
-            previous_moved: id_base,
-        };
-        emit.restart(id_base);
+        let mut emit = Emit::start(encoder, &mut self.next, id_base);
         // Most snapshots fit with room to spare (a moved entity is usually
         // 3 bytes, not ENTRY_MAX): write every update in one pass, and cost
-        // them nearest first only when that overran the budget. When even
-        // the largest entries would fit, the one pass is certain.
+        // them nearest first only when that overran the budget.
         for step in Merge::new(view, base) {
             match step {
                 Step::Left(id) => {
@@ -453,63 +462,60 @@ impl ClientView {
                 Step::Entity(c, change) => emit.entity(c, change, true),
             }
         }
-        let surely_fits =
-            header_len + lengths + 5 * base.len() + ENTRY_MAX * view.len() <= limits.budget_bytes;
-        let budget_limited =
-            if surely_fits || header_len + emit.encoder.lists_len() <= limits.budget_bytes {
-                false
-            } else {
-                emit.restart(id_base);
-                // Cost it: the removals exactly, the updates with their id gap
-                // from `id_base` (an upper bound), then send all of them or the
-                // nearest while the budget lasts.
-                let mut removals = 0;
-                changes.clear();
-                for step in Merge::new(view, base) {
-                    match step {
-                        Step::Left(id) => removals += emit.removed(id),
-                        Step::Entity(_, change) => changes.push(change),
+        let budget_limited = if header_len + emit.encoder.lists_len() <= limits.budget_bytes {
+            false
+        } else {
+            emit.restart(id_base);
+            // Cost it: the removals exactly, the updates with their id gap
+            // from `id_base` (an upper bound), then send all of them or the
+            // nearest while the budget lasts.
+            let mut removals = 0;
+            changes.clear();
+            for step in Merge::new(view, base) {
+                match step {
+                    Step::Left(id) => removals += emit.removed(id),
+                    Step::Entity(_, change) => changes.push(change),
+                }
+            }
+            let mut used = header_len + lengths + removals;
+            let updates: usize = view
+                .iter()
+                .zip(changes.iter())
+                .map(|(c, &change)| update_cost(c, change, id_base))
+                .sum();
+            let budget_limited = used + updates > limits.budget_bytes;
+            sent.clear();
+            sent.resize(view.len(), true);
+            if budget_limited {
+                // The view is sorted by id, so index order breaks distance
+                // ties by id, as `nearest` does.
+                keys.clear();
+                keys.extend(
+                    view.iter()
+                        .enumerate()
+                        .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
+                );
+                keys.sort_unstable();
+                let mut stopped = false;
+                for &key in keys.iter() {
+                    let i = key_index(key);
+                    if let Change::Same = changes[i] {
+                        continue;
+                    }
+                    let cost = update_cost(&view[i], changes[i], id_base);
+                    if !stopped && used + cost <= limits.budget_bytes {
+                        used += cost;
+                    } else {
+                        stopped = true;
+                        sent[i] = false;
                     }
                 }
-                let mut used = header_len + lengths + removals;
-                let updates: usize = view
-                    .iter()
-                    .zip(changes.iter())
-                    .map(|(c, &change)| update_cost(c, change, id_base))
-                    .sum();
-                let budget_limited = used + updates > limits.budget_bytes;
-                sent.clear();
-                sent.resize(view.len(), true);
-                if budget_limited {
-                    // The view is sorted by id, so index order breaks distance
-                    // ties by id, as `nearest` does.
-                    keys.clear();
-                    keys.extend(
-                        view.iter()
-                            .enumerate()
-                            .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
-                    );
-                    keys.sort_unstable();
-                    let mut stopped = false;
-                    for &key in keys.iter() {
-                        let i = key_index(key);
-                        if let Change::Same = changes[i] {
-                            continue;
-                        }
-                        let cost = update_cost(&view[i], changes[i], id_base);
-                        if !stopped && used + cost <= limits.budget_bytes {
-                            used += cost;
-                        } else {
-                            stopped = true;
-                            sent[i] = false;
-                        }
-                    }
-                }
-                for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
-                    emit.entity(c, change, sent);
-                }
-                budget_limited
-            };
+            }
+            for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
+                emit.entity(c, change, sent);
+            }
+            budget_limited
+        };
         out.clear();
         let body = emit.encoder.write(&header, out);
 
