@@ -165,6 +165,8 @@ fn clients_see_exactly_the_entities_in_their_area_of_interest() {
     let spawns: Vec<Vec2> = (0..300).map(|_| rng.in_square(Vec2::ZERO, 150.0)).collect();
     let mut sim = Sim::new(interest, spawns, 11);
     let mut entered_and_left = (0, 0);
+    // Sightings between radius and radius + hysteresis: (kept, not let in).
+    let mut band = (0, 0);
     for _ in 0..200 {
         let snapshots = sim.tick(0.0, 0.0);
         assert!(snapshots.iter().all(|s| !s.stats.budget_limited));
@@ -183,16 +185,41 @@ fn clients_see_exactly_the_entities_in_their_area_of_interest() {
                 if distance > reach * 1.0001 {
                     assert!(visible.is_err(), "{id} seen at {distance} m");
                 }
+                if distance > radius * 1.0001 && distance <= reach / 1.0001 {
+                    if visible.is_ok() {
+                        band.0 += 1;
+                    } else {
+                        band.1 += 1;
+                    }
+                }
             }
-            entered_and_left.0 += bot.rx.changes().entered().len();
-            entered_and_left.1 += bot.rx.changes().left().len();
+            // Hysteresis: an entity enters within the radius and leaves
+            // only beyond radius + hysteresis; between the two, it stays
+            // as it was.
+            let changes = bot.rx.changes();
+            let distance_of = |id: u32| {
+                let i = truth.binary_search_by_key(&id, |e| e.0).unwrap();
+                truth[i].1.distance(own)
+            };
+            for &id in changes.entered() {
+                let distance = distance_of(id);
+                assert!(distance <= radius * 1.0001, "{id} entered at {distance} m");
+            }
+            for &id in changes.left() {
+                let distance = distance_of(id);
+                assert!(distance > reach / 1.0001, "{id} left at {distance} m");
+            }
+            entered_and_left.0 += changes.entered().len();
+            entered_and_left.1 += changes.left().len();
         }
     }
-    // The wandering crowd did enter and leave views.
+    // The wandering crowd did enter and leave views, and sat in the band
+    // both ways.
     assert!(
         entered_and_left.0 > 300 && entered_and_left.1 > 100,
         "{entered_and_left:?}"
     );
+    assert!(band.0 > 100 && band.1 > 100, "{band:?}");
 }
 
 #[test]
