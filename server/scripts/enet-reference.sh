@@ -31,7 +31,6 @@ BASE_PORT=${BASE_PORT:-18900}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/enet-reference.XXXXXX)}
 POINTS=("$@")
 [ ${#POINTS[@]} -eq 0 ] && POINTS=(500 1000 2000 3000 4000)
-CLK_TCK=$(getconf CLK_TCK)
 
 for tool in gcc jq taskset awk; do
     command -v "$tool" >/dev/null || { echo "enet-reference.sh: needs $tool" >&2; exit 2; }
@@ -44,15 +43,9 @@ mkdir -p "$OUT_DIR"
 BIN=$OUT_DIR/enet_reference
 gcc -O2 -Wall -Wextra -o "$BIN" enet_reference.c -lenet
 
-SERVER_PID=""
-CLIENTS_PID=""
 # shellcheck source=server/scripts/lib.sh
 . ./lib.sh
-cleanup() {
-    stop_pid "$CLIENTS_PID" 5
-    stop_pid "$SERVER_PID" 5
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 echo "ENet 1.3.17 ($(dpkg-query -W -f='${Version}' libenet-dev 2>/dev/null || echo '?')) on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
@@ -62,31 +55,12 @@ for i in "${!POINTS[@]}"; do
     n=${POINTS[$i]}
     port=$((BASE_PORT + i))
     ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
-    taskset -c "$SERVER_CORE" "$BIN" server "$port" "$((n + 16))" "$((ramp + RUN_SECS + 10))" \
-        2>"$OUT_DIR/server-$n.log" &
-    SERVER_PID=$!
-    sleep 0.5
+    SERVER_CMD=("$BIN" server "$port" "$((n + 16))" "$((ramp + RUN_SECS + 10))")
     # The clients run 2 s past the measured window, so they are still there
     # when it closes.
-    taskset -c "$BOT_CORE" "$BIN" clients "$port" "$n" "$ramp" "$((RUN_SECS + 2))" \
-        >"$OUT_DIR/clients-$n.json" 2>"$OUT_DIR/clients-$n.log" &
-    CLIENTS_PID=$!
-    sleep "$ramp"
-    read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
-    c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)
-    sleep "$RUN_SECS"
-    read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
-    c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
-    wait "$CLIENTS_PID" || { echo "enet-reference.sh: clients failed at $n (see $OUT_DIR)" >&2; exit 1; }
-    CLIENTS_PID=""
-    stop_pid "$SERVER_PID" 5
-    SERVER_PID=""
-    cores() {
-        awk -v a="$1" -v b="$2" -v s="$w0" -v e="$w1" -v hz="$CLK_TCK" \
-            'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }'
-    }
-    server=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$(awk -v s="$w0" -v e="$w1" 'BEGIN { print e - s }')")
-    jq -r --arg server "$server" --arg clients "$(cores "$c0" "$c1")" \
+    CLIENTS_CMD=("$BIN" clients "$port" "$n" "$ramp" "$((RUN_SECS + 2))")
+    measure_steady enet-reference.sh "$n" "$ramp" || exit 1
+    jq -r --arg server "$SERVER_CORES" --arg clients "$CLIENT_CORES" \
         '"| \(.requested) | \(.connected) / \(.requested) (\(.never_connected), \(.disconnected)) | \($server) | \($clients) | \(.chat_rtt_ms.p50) / \(.chat_rtt_ms.p99) | \(.states_per_client_per_s) | \(.chat_echoed) / \(.chat_sent) |"' \
         "$OUT_DIR/clients-$n.json"
 done

@@ -34,3 +34,51 @@ split_cores() {
         u = (u1 - u0) / hz / s; k = (k1 - k0) / hz / s
         printf "%.2f (user %.2f, kernel %.2f)", u + k, u, k }'
 }
+
+# The server and clients measure_steady runs, while they run.
+SERVER_PID=""
+CLIENTS_PID=""
+
+# stop_started: stops them (the EXIT trap of the scripts that measure with
+# measure_steady).
+stop_started() {
+    stop_pid "$CLIENTS_PID" 5
+    stop_pid "$SERVER_PID" 5
+}
+
+# measure_steady NAME N RAMP: one point of a reference benchmark. Runs
+# "${SERVER_CMD[@]}" pinned to SERVER_CORE (stderr to OUT_DIR/server-N.log)
+# and, half a second later, "${CLIENTS_CMD[@]}" pinned to BOT_CORE (stdout
+# to OUT_DIR/clients-N.json, stderr to clients-N.log); samples both
+# processes' CPU once RAMP seconds have passed and again RUN_SECS later,
+# waits for the clients (they must outlive that window) and stops the
+# server. Sets STEADY_SECS (the window), SERVER_CORES ("total (user U,
+# kernel K)"), SERVER_CPU_SECS and CLIENT_CORES. SERVER_PID and CLIENTS_PID
+# name the processes while they run, for the caller's cleanup trap. Fails
+# (naming NAME) when the clients do.
+measure_steady() {
+    local name=$1 n=$2 ramp=$3 su0 sk0 su1 sk1 c0 c1 w0 w1 hz
+    hz=$(getconf CLK_TCK)
+    taskset -c "$SERVER_CORE" "${SERVER_CMD[@]}" 2>"$OUT_DIR/server-$n.log" &
+    SERVER_PID=$!
+    sleep 0.5
+    taskset -c "$BOT_CORE" "${CLIENTS_CMD[@]}" \
+        >"$OUT_DIR/clients-$n.json" 2>"$OUT_DIR/clients-$n.log" &
+    CLIENTS_PID=$!
+    sleep "$ramp"
+    read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
+    c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)
+    sleep "$RUN_SECS"
+    read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
+    c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
+    wait "$CLIENTS_PID" || { echo "$name: clients failed at $n (see $OUT_DIR)" >&2; return 1; }
+    CLIENTS_PID=""
+    stop_pid "$SERVER_PID" 5
+    SERVER_PID=""
+    STEADY_SECS=$(awk -v s="$w0" -v e="$w1" 'BEGIN { print e - s }')
+    SERVER_CORES=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$STEADY_SECS")
+    SERVER_CPU_SECS=$(awk -v u0="$su0" -v k0="$sk0" -v u1="$su1" -v k1="$sk1" -v hz="$hz" \
+        'BEGIN { print (u1 - u0 + k1 - k0) / hz }')
+    CLIENT_CORES=$(awk -v a="$c0" -v b="$c1" -v s="$STEADY_SECS" -v hz="$hz" \
+        'BEGIN { printf "%.2f", (b - a) / hz / s }')
+}

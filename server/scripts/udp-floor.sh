@@ -42,7 +42,6 @@ SOCKETS=${SOCKETS:-shared}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/udp-floor.XXXXXX)}
 POINTS=("$@")
 [ ${#POINTS[@]} -eq 0 ] && POINTS=(500 1000 2000 5000)
-CLK_TCK=$(getconf CLK_TCK)
 
 for tool in cc jq taskset awk; do
     command -v "$tool" >/dev/null || { echo "udp-floor.sh: needs $tool" >&2; exit 2; }
@@ -51,15 +50,9 @@ mkdir -p "$OUT_DIR"
 BIN=$OUT_DIR/udp_floor
 cc -O2 -Wall -Wextra -o "$BIN" udp_floor.c
 
-SERVER_PID=""
-CLIENTS_PID=""
 # shellcheck source=server/scripts/lib.sh
 . ./lib.sh
-cleanup() {
-    stop_pid "$CLIENTS_PID" 5
-    stop_pid "$SERVER_PID" 5
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 echo "UDP floor ($UP_BYTES B up, $DOWN_BYTES B down, 30 Hz, client sockets: $SOCKETS) on $(uname -m) $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
@@ -69,34 +62,15 @@ for i in "${!POINTS[@]}"; do
     n=${POINTS[$i]}
     port=$((BASE_PORT + i))
     ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
-    taskset -c "$SERVER_CORE" "$BIN" server "$port" "$n" "$((ramp + RUN_SECS + 10))" "$DOWN_BYTES" \
-        2>"$OUT_DIR/server-$n.log" &
-    SERVER_PID=$!
-    sleep 0.5
+    SERVER_CMD=("$BIN" server "$port" "$n" "$((ramp + RUN_SECS + 10))" "$DOWN_BYTES")
     # The clients run 2 s past the measured window, so they are still there
     # when it closes.
-    taskset -c "$BOT_CORE" "$BIN" clients "$port" "$n" "$ramp" "$((RUN_SECS + 2))" "$UP_BYTES" "$SOCKETS" \
-        >"$OUT_DIR/clients-$n.json" 2>"$OUT_DIR/clients-$n.log" &
-    CLIENTS_PID=$!
-    sleep "$ramp"
-    read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
-    c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)
-    sleep "$RUN_SECS"
-    read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
-    c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
-    wait "$CLIENTS_PID" || { echo "udp-floor.sh: clients failed at $n (see $OUT_DIR)" >&2; exit 1; }
-    CLIENTS_PID=""
-    stop_pid "$SERVER_PID" 5
-    SERVER_PID=""
-    secs=$(awk -v s="$w0" -v e="$w1" 'BEGIN { print e - s }')
-    server=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$secs")
-    clients=$(awk -v a="$c0" -v b="$c1" -v s="$secs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz / s }')
-    per=$(jq -r --arg u0 "$su0" --arg k0 "$sk0" --arg u1 "$su1" --arg k1 "$sk1" \
-        --arg s "$secs" --arg hz "$CLK_TCK" \
-        '((($u1|tonumber) - ($u0|tonumber) + ($k1|tonumber) - ($k0|tonumber)) / ($hz|tonumber))
-         / (($s|tonumber) * .clients * (.up_per_client_per_s + .down_per_client_per_s)) * 1e6
-         | . * 100 | round / 100' "$OUT_DIR/clients-$n.json")
-    jq -r --arg server "$server" --arg clients "$clients" --arg per "$per" \
+    CLIENTS_CMD=("$BIN" clients "$port" "$n" "$ramp" "$((RUN_SECS + 2))" "$UP_BYTES" "$SOCKETS")
+    measure_steady udp-floor.sh "$n" "$ramp" || exit 1
+    per=$(jq -r --arg cpu "$SERVER_CPU_SECS" --arg s "$STEADY_SECS" \
+        '($cpu|tonumber) / (($s|tonumber) * .clients * (.up_per_client_per_s + .down_per_client_per_s))
+         * 1e6 | . * 100 | round / 100' "$OUT_DIR/clients-$n.json")
+    jq -r --arg server "$SERVER_CORES" --arg clients "$CLIENT_CORES" --arg per "$per" \
         '"| \(.clients) (\(.sockets)) | \($server) | \($per) | \($clients) | \(.up_per_client_per_s) / \(.down_per_client_per_s) |"' \
         "$OUT_DIR/clients-$n.json"
 done
