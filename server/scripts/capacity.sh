@@ -26,10 +26,11 @@
 # seconds of that window (ramp, run and drain); steady cores = the same over
 # the run alone (end of the ramp to a second before the end), split into
 # user and kernel time (utime, stime: the kernel's share is the UDP path,
-# which on loopback also delivers to the receiving socket). Datagrams per bot per second
-# (as the server counted them, over the same window), the datagrams the
-# kernel dropped at the server's full socket buffer and net-io's wakeups per
-# second come from its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
+# which on loopback also delivers to the receiving socket). Datagrams per bot
+# per second in and out (as the server counted them, over the steady
+# window), the datagrams the kernel dropped at the server's full socket
+# buffer and net-io's wakeups per second (over the whole window) come from
+# its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
 # connected/requested come from the bots' JSON report; bot cores = the bot
 # process's CPU seconds (from the report) / the same wall time, with its
 # kernel part.
@@ -125,7 +126,7 @@ for n in "${POINTS[@]}"; do
         sleep 0.1
     done
 
-    read -r in0 out0 drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r _ _ drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$n"
     t0=$(now_s)
@@ -142,22 +143,25 @@ for n in "${POINTS[@]}"; do
     sleep "$ramp"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts0=$(now_s)
+    read -r sin0 sout0 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
     sleep $((RUN_SECS - 1))
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts1=$(now_s)
+    read -r sin1 sout1 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
     wait "$BOTS_PID" || true
     BOTS_PID=""
     t1=$(now_s)
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$n"
-    read -r in1 out1 drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r _ _ drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
 
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz }')
     cores=$(awk -v c="$cpu" -v w="$wall" 'BEGIN { printf "%.2f", c / w }')
-    steady=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$(awk -v s="$ts0" -v e="$ts1" 'BEGIN { print e - s }')")
+    steady_secs=$(awk -v s="$ts0" -v e="$ts1" 'BEGIN { print e - s }')
+    steady=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$steady_secs")
     # Cores of the net-io thread alone over the same window.
     netio=$(awk -v hz="$CLK_TCK" -v w="$wall" '
         NR == FNR { before[$1] += $2; next }
@@ -165,7 +169,8 @@ for n in "${POINTS[@]}"; do
         END { printf "%.2f", (after["net-io"] - before["net-io"]) / hz / w }' \
         "$OUT_DIR/threads0-$n" "$OUT_DIR/threads1-$n")
 
-    datagrams=$(awk -v a="$in0" -v b="$in1" -v c="$out0" -v d="$out1" -v w="$wall" -v n="$n" \
+    # Over the steady window, like the steady cores.
+    datagrams=$(awk -v a="$sin0" -v b="$sin1" -v c="$sout0" -v d="$sout1" -v w="$steady_secs" -v n="$n" \
         'BEGIN { printf "%.1f / %.1f", (b - a) / w / n, (d - c) / w / n }')
     # A counter missing from the first read was not registered yet (the
     # metrics page answers while the game is still starting): it was 0.
@@ -190,6 +195,6 @@ for n in "${POINTS[@]}"; do
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | datagrams/bot/s in / out | socket drops | bot cores (kernel) |"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
