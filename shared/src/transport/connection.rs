@@ -12,19 +12,13 @@ use super::config::{ChannelId, ConfigError, TransportConfig};
 use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
 use super::rtt::RttEstimator;
-use super::send::{PackContext, ReliableTimedOut, SendChannel, UnitLog, UnitSpan};
+use super::send::{PackContext, ReliableTimedOut, SendChannel, UnitLog};
+use super::sent::{SentPacket, SentRing};
 use super::seq::{seq_distance, seq_newer};
 use super::wire::{
     self, ACK_DELAY_UNIT_MICROS, AckInfo, MessageIter, PacketHeader, PacketKind, PacketWriter,
 };
 
-/// Sent packets remembered for acknowledgement; an older packet still
-/// unacknowledged when its slot is reused counts as lost.
-const SENT_HISTORY: usize = 1024;
-/// Reliable units in flight at most (see [`UnitLog`]): four per packet of
-/// the history, more than the three reliable windows of the game's
-/// channels hold single-fragment messages.
-const UNITS_IN_FLIGHT: usize = 4 * SENT_HISTORY;
 /// A packet is lost once a packet sent this many sequence numbers later is acked.
 const PACKET_REORDER_THRESHOLD: u16 = 3;
 /// Delivered-message arena capacity kept between drains.
@@ -255,14 +249,6 @@ impl TimerTable {
     }
 }
 
-struct SentPacket {
-    sequence: u16,
-    in_flight: bool,
-    sent_at: Stamp,
-    attempt: u8,
-    units: UnitSpan,
-}
-
 /// Messages delivered and not yet polled, in one reusable byte arena.
 #[derive(Default)]
 struct Inbox {
@@ -341,9 +327,9 @@ pub struct Connection {
     state: State,
     next_sequence: u16,
     /// No packet older than this sequence is in flight: the packets in
-    /// flight are among `oldest_in_flight..next_sequence` (at most
-    /// [`SENT_HISTORY`] of them), read from `sent`, whose slots for recent
-    /// sequences sit side by side (no separate list to touch per ack).
+    /// flight are among `oldest_in_flight..next_sequence` (at most as many
+    /// as `sent` holds), read from `sent`, whose slots for recent sequences
+    /// sit side by side (no separate list to touch per ack).
     oldest_in_flight: u16,
     /// Bit `c`: send channel `c` has data waiting to be packed. Kept in
     /// step with the channels (checked against them in debug builds), so
@@ -352,7 +338,7 @@ pub struct Connection {
     pending_channels: u64,
     send: Box<[SendChannel]>,
     recv: Box<[RecvChannel]>,
-    sent: Box<[SentPacket]>,
+    sent: SentRing,
     received_bits: u64,
     received_latest: Option<u16>,
     largest_acked: Option<u16>,
@@ -441,15 +427,7 @@ impl Connection {
             used: 0,
             cap: config.max_receive_buffer,
         };
-        let sent = (0..SENT_HISTORY)
-            .map(|_| SentPacket {
-                sequence: 0,
-                in_flight: false,
-                sent_at: now,
-                attempt: 0,
-                units: UnitSpan::default(),
-            })
-            .collect();
+        let sent = SentRing::new(now);
         let mut connection = Self {
             rtt: RttEstimator::new(),
             budget: SendBudget::new(config.initial_send_rate, &config.rate_bounds()),
@@ -463,7 +441,7 @@ impl Connection {
             memory,
             next_sequence: 0,
             sent,
-            units: UnitLog::new(UNITS_IN_FLIGHT),
+            units: UnitLog::new(),
             oldest_in_flight: 0,
             loss_at: None,
             loss_at_stale: false,
@@ -836,8 +814,8 @@ impl Connection {
                 .for_each(&mut push);
         }
         for &sequence in &acked[..count] {
-            let slot = usize::from(sequence) % SENT_HISTORY;
-            let packet = &mut self.sent[slot];
+            let slot = self.sent.slot(sequence);
+            let packet = self.sent.get_mut(slot);
             if !packet.in_flight || packet.sequence != sequence {
                 continue;
             }
@@ -890,8 +868,8 @@ impl Connection {
 
     /// The `sent` slot of packet `sequence`, if it is still in flight.
     fn in_flight_slot(&self, sequence: u16) -> Option<usize> {
-        let slot = usize::from(sequence) % SENT_HISTORY;
-        let packet = &self.sent[slot];
+        let slot = self.sent.slot(sequence);
+        let packet = self.sent.get(slot);
         (packet.in_flight && packet.sequence == sequence).then_some(slot)
     }
 
@@ -911,8 +889,8 @@ impl Connection {
         match self.in_flight_span() {
             0 => self.units.release_all(),
             _ => {
-                let slot = usize::from(self.oldest_in_flight) % SENT_HISTORY;
-                self.units.release_before(self.sent[slot].units);
+                let slot = self.sent.slot(self.oldest_in_flight);
+                self.units.release_before(self.sent.get(slot).units);
             }
         }
     }
@@ -936,7 +914,7 @@ impl Connection {
             let Some(slot) = self.in_flight_slot(sequence) else {
                 continue;
             };
-            let packet = &self.sent[slot];
+            let packet = self.sent.get(slot);
             let by_reorder = self.largest_acked.is_some_and(|largest| {
                 seq_newer(largest, sequence)
                     && seq_distance(largest, sequence) >= PACKET_REORDER_THRESHOLD
@@ -961,7 +939,7 @@ impl Connection {
     fn on_packet_lost(&mut self, slot: usize, now: Stamp) -> Result<(), ReliableTimedOut> {
         self.stats.packets_lost += 1;
         self.traffic.packet_loss += (1.0 - self.traffic.packet_loss) / 64.0;
-        let packet = &mut self.sent[slot];
+        let packet = self.sent.get_mut(slot);
         packet.in_flight = false;
         let sequence = packet.sequence;
         let span = std::mem::take(&mut packet.units);
@@ -1052,7 +1030,7 @@ impl Connection {
         if self.loss_at_stale {
             self.loss_at = (0..self.in_flight_span())
                 .filter_map(|k| self.in_flight_slot(self.oldest_in_flight.wrapping_add(k)))
-                .map(|slot| self.loss_deadline(&self.sent[slot]))
+                .map(|slot| self.loss_deadline(self.sent.get(slot)))
                 .min();
             self.loss_at_stale = false;
         }
@@ -1152,15 +1130,21 @@ impl Connection {
             return None;
         }
         let sequence = self.next_sequence;
-        let slot = usize::from(sequence) % SENT_HISTORY;
-        // The slot's packet (`SENT_HISTORY` sequences back) can be in flight
-        // only when that many are outstanding; asked in that order, the
-        // common case does not wait on the slot's cold cache line.
-        if usize::from(self.in_flight_span()) >= SENT_HISTORY && self.sent[slot].in_flight {
-            // Sent too long ago to stay in the history: count it lost.
-            if self.on_packet_lost(slot, now).is_err() {
-                self.fail(now, DisconnectReason::Timeout);
-                return self.transmit_at(now, buf);
+        let mut slot = self.sent.slot(sequence);
+        // The slot's packet (a ring's length of sequences back) can be in
+        // flight only when that many are outstanding; asked in that order,
+        // the common case does not wait on the slot's cache line.
+        let span = self.in_flight_span();
+        if usize::from(span) >= self.sent.capacity() && self.sent.get(slot).in_flight {
+            if self.sent.is_full_size() {
+                // Sent too long ago to stay in the history: count it lost.
+                if self.on_packet_lost(slot, now).is_err() {
+                    self.fail(now, DisconnectReason::Timeout);
+                    return self.transmit_at(now, buf);
+                }
+            } else {
+                self.sent.grow(sequence, span);
+                slot = self.sent.slot(sequence);
             }
         }
         let header = PacketHeader {
@@ -1213,19 +1197,19 @@ impl Connection {
             })
             .max()
             .unwrap_or(0);
-        let packet = &mut self.sent[slot];
+        let packet = self.sent.get_mut(slot);
         packet.units = units;
         packet.sequence = sequence;
         packet.sent_at = now;
         packet.attempt = attempt;
         packet.in_flight = ack_eliciting;
         if ack_eliciting {
-            let deadline = self.loss_deadline(&self.sent[slot]);
+            let deadline = self.loss_deadline(self.sent.get(slot));
             self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));
         }
         self.next_sequence = sequence.wrapping_add(1);
         // `release_units` above moved past the packet this slot held.
-        debug_assert!(usize::from(self.in_flight_span()) <= SENT_HISTORY);
+        debug_assert!(usize::from(self.in_flight_span()) <= self.sent.capacity());
         self.ack_eliciting_unacked = 0;
         if wrote_messages {
             self.budget.on_sent(len);

@@ -11,6 +11,7 @@ mod connection;
 mod recv;
 mod rtt;
 mod send;
+mod sent;
 mod seq;
 pub mod wire;
 

@@ -9,6 +9,7 @@ use smallvec::SmallVec;
 
 use super::clock::Stamp;
 use super::config::{ChannelConfig, ChannelKind};
+use super::sent::SENT_HISTORY;
 use super::seq::seq_distance;
 use super::wire::{FragmentInfo, MessageHeader, PacketWriter};
 
@@ -33,13 +34,23 @@ impl UnitSpan {
     }
 }
 
+/// Reliable units in flight at most (see [`UnitLog`]): four per packet of
+/// the sent history, more than the three reliable windows of the game's
+/// channels hold single-fragment messages.
+pub(crate) const UNITS_IN_FLIGHT: usize = 4 * SENT_HISTORY;
+
+/// Units a new connection's log starts with; it doubles as needed (the
+/// game's connections rarely have more than a few reliable units in flight,
+/// and a small ring keeps the lines it writes warm in the cache).
+const INITIAL_UNITS: usize = 64;
+
 /// The reliable units of the packets in flight, in send order, in one ring
-/// whose capacity is fixed when the connection is made. Each sent packet
+/// that grows to at most [`UNITS_IN_FLIGHT`] units. Each sent packet
 /// records the [`UnitSpan`] of its units; everything before the oldest
-/// packet still in flight is released. A full ring holds back further
-/// reliable units until acks or losses release some, so a long lossy
-/// session (where resends put more units in a packet now and then) never
-/// grows this memory.
+/// packet still in flight is released. A full ring at that size holds back
+/// further reliable units until acks or losses release some, so a long
+/// lossy session (where resends put more units in a packet now and then)
+/// never grows this memory past it.
 pub(crate) struct UnitLog {
     ring: Box<[UnitRef]>,
     /// Absolute index (wrapping) of the oldest unit kept.
@@ -49,24 +60,51 @@ pub(crate) struct UnitLog {
 }
 
 impl UnitLog {
-    /// A ring of `capacity` units, a power of two that fits a [`UnitSpan`].
-    ///
-    /// Every slot is written now, with a filler that is not all zeros: a
-    /// zero filler lets the compiler ask the allocator for zeroed memory
-    /// instead, whose pages join the resident set only as the ring first
-    /// wraps, minutes into a session, which reads as a leak in a soak.
-    pub(crate) fn new(capacity: usize) -> Self {
-        assert!(capacity.is_power_of_two() && capacity <= usize::from(u16::MAX));
+    pub(crate) fn new() -> Self {
+        const {
+            assert!(UNITS_IN_FLIGHT.is_power_of_two() && UNITS_IN_FLIGHT <= u16::MAX as usize);
+            assert!(INITIAL_UNITS.is_power_of_two() && INITIAL_UNITS <= UNITS_IN_FLIGHT);
+        }
+        Self {
+            ring: Self::filled(INITIAL_UNITS),
+            head: 0,
+            tail: 0,
+        }
+    }
+
+    /// A ring of `len` slots, every one written now, with a filler that is
+    /// not all zeros: a zero filler lets the compiler ask the allocator for
+    /// zeroed memory instead, whose pages join the resident set only as the
+    /// ring first wraps, minutes into a session, which reads as a leak in a
+    /// soak.
+    fn filled(len: usize) -> Box<[UnitRef]> {
         let empty = UnitRef {
             channel: u8::MAX,
             id: 0,
             fragment: 0,
         };
-        Self {
-            ring: vec![empty; capacity].into_boxed_slice(),
-            head: 0,
-            tail: 0,
+        vec![empty; len].into_boxed_slice()
+    }
+
+    /// Whether another unit can be pushed, doubling a full ring that may
+    /// still grow.
+    fn make_room(&mut self) -> bool {
+        let len = self.ring.len();
+        if (self.tail.wrapping_sub(self.head) as usize) < len {
+            return true;
         }
+        if len >= UNITS_IN_FLIGHT {
+            return false;
+        }
+        // Absolute indices stay as they are; only their slots move.
+        let mut larger = Self::filled(2 * len);
+        let mut index = self.head;
+        while index != self.tail {
+            larger[index as usize & (2 * len - 1)] = self.ring[index as usize & (len - 1)];
+            index = index.wrapping_add(1);
+        }
+        self.ring = larger;
+        true
     }
 
     fn is_full(&self) -> bool {
@@ -386,7 +424,7 @@ impl ReliableSend {
     ) -> bool {
         let mut wrote = false;
         while let Some(&(id, fragment)) = self.ready.front() {
-            if ctx.units.is_full() {
+            if !ctx.units.make_room() {
                 break;
             }
             let index = self.slot_index(id);
@@ -515,6 +553,48 @@ impl ReliableSend {
     }
 }
 
+#[cfg(test)]
+mod unit_log_tests {
+    use super::*;
+
+    fn unit(n: u32) -> UnitRef {
+        UnitRef {
+            channel: (n % 7) as u8,
+            id: n as u16,
+            fragment: (n / 7) as u16,
+        }
+    }
+
+    #[test]
+    fn a_unit_log_grows_keeping_its_units_and_stops_at_its_bound() {
+        let mut log = UnitLog::new();
+        // Start near the wrap of the absolute indices, with one unit
+        // released, so that the live units straddle both wraps.
+        log.head = u32::MAX - 2;
+        log.tail = log.head;
+        assert!(log.make_room());
+        log.push(unit(0));
+        log.release_before(log.span_since(log.tail));
+        let start = log.tail();
+        let mut pushed = 0;
+        while log.make_room() {
+            log.push(unit(pushed));
+            pushed += 1;
+        }
+        assert_eq!(pushed as usize, UNITS_IN_FLIGHT);
+        assert_eq!(log.ring.len(), UNITS_IN_FLIGHT);
+        let span = log.span_since(start);
+        for i in 0..pushed {
+            let i = i as u16;
+            assert_eq!(log.get(span, i), unit(u32::from(i)));
+        }
+        // Releasing makes room again without growing.
+        log.release_all();
+        assert!(log.make_room());
+        assert_eq!(log.ring.len(), UNITS_IN_FLIGHT);
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 #[expect(
     unsafe_code,
@@ -542,8 +622,8 @@ mod tests {
     fn a_unit_log_commits_its_memory_when_made() {
         // Large enough for a mapping of its own, whose pages are resident
         // only once written.
-        let log = UnitLog::new(1 << 15);
-        let (resident, pages) = resident_pages(log.ring.as_ptr() as usize, size_of_val(&*log.ring));
+        let ring = UnitLog::filled(1 << 15);
+        let (resident, pages) = resident_pages(ring.as_ptr() as usize, size_of_val(&*ring));
         assert!(pages >= 32, "{pages} pages");
         assert_eq!(resident, pages, "{resident} of {pages} pages resident");
     }
