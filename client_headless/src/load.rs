@@ -235,6 +235,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         server,
         bot_cpu_s: cpu.map(|c| c.user_s + c.kernel_s),
         bot_cpu_kernel_s: cpu.map(|c| c.kernel_s),
+        bot_peak_rss_mib: peak_rss_mib(),
         slo: Vec::new(),
         notes,
     };
@@ -361,6 +362,25 @@ pub(crate) fn process_cpu() -> Option<ProcessCpu> {
     })
 }
 
+/// This process's peak resident set, MiB, from `VmHWM` in
+/// `/proc/self/status` (Linux; `None` elsewhere).
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm_mib(&status)
+}
+
+fn parse_vm_hwm_mib(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 /// The progress display: a bar on a terminal, one plain line per second
 /// otherwise (CI logs, pipes).
 struct Progress {
@@ -424,5 +444,18 @@ mod tests {
         let cpu = process_cpu().unwrap();
         assert!((0.0..3600.0).contains(&cpu.user_s), "{cpu:?}");
         assert!((0.0..3600.0).contains(&cpu.kernel_s), "{cpu:?}");
+    }
+
+    #[test]
+    fn the_peak_resident_set_is_read_from_vm_hwm() {
+        let status =
+            "Name:\tclient_headless\nVmPeak:\t 9000 kB\nVmHWM:\t  51200 kB\nVmRSS:\t 40000 kB\n";
+        assert_eq!(parse_vm_hwm_mib(status), Some(50.0));
+        assert_eq!(parse_vm_hwm_mib("VmRSS:\t 40000 kB\n"), None);
+        assert_eq!(parse_vm_hwm_mib("VmHWM:\t lots\n"), None);
+        // This process: at least the 8 MiB just touched.
+        let touched = std::hint::black_box(vec![1u8; 8 << 20]);
+        assert!(peak_rss_mib().unwrap() >= 8.0);
+        drop(touched);
     }
 }

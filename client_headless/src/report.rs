@@ -47,6 +47,8 @@ pub(crate) struct Report {
     pub(crate) bot_cpu_s: Option<f64>,
     /// The system (kernel) part of `bot_cpu_s`.
     pub(crate) bot_cpu_kernel_s: Option<f64>,
+    /// This process's peak resident memory, MiB (`VmHWM`; Linux only).
+    pub(crate) bot_peak_rss_mib: Option<f64>,
     /// SLOs checked and their outcome.
     pub(crate) slo: Vec<SloResult>,
     /// Things the reader must know (e.g. no chat on the server).
@@ -282,6 +284,9 @@ impl Report {
             }
             let _ = writeln!(s, ")");
         }
+        if let Some(mib) = self.bot_peak_rss_mib {
+            let _ = writeln!(s, "  bot memory  {mib:.0} MiB peak resident");
+        }
         for note in &self.notes {
             let _ = writeln!(s, "  note: {note}");
         }
@@ -326,6 +331,7 @@ mod tests {
             server: ServerReport::default(),
             bot_cpu_s: None,
             bot_cpu_kernel_s: None,
+            bot_peak_rss_mib: None,
             slo: Vec::new(),
             notes: Vec::new(),
         }
@@ -400,5 +406,16 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["bot_cpu_kernel_s"], 2.0);
+    }
+
+    #[test]
+    fn the_bots_peak_memory_is_reported() {
+        let mut r = report();
+        assert!(!r.summary().contains("bot memory"));
+        r.bot_peak_rss_mib = Some(812.4);
+        let text = r.summary();
+        assert!(text.contains("bot memory  812 MiB peak resident"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["bot_peak_rss_mib"], 812.4);
     }
 }

@@ -33,7 +33,8 @@
 # its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
 # connected/requested come from the bots' JSON report; bot cores = the bot
 # process's CPU seconds (from the report) / the same wall time, with its
-# kernel part.
+# kernel part. Peak RSS: the server's VmHWM when the bots are done, and
+# the bot process's (`bot_peak_rss_mib` of the report).
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
 
@@ -154,6 +155,7 @@ for n in "${POINTS[@]}"; do
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$n"
     read -r _ _ drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    server_rss=$(awk '$1 == "VmHWM:" { printf "%d", $2 / 1024 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
 
@@ -184,17 +186,17 @@ for n in "${POINTS[@]}"; do
     r="$OUT_DIR/report-$n.json"
     if [ -s "$r" ]; then
         row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" --arg steady "$steady" \
-            --arg datagrams "$datagrams" --arg drops "$drops" '
+            --arg datagrams "$datagrams" --arg drops "$drops" --arg srss "${server_rss:-–}" '
             def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
             def c(x): x / ($wall | tonumber) * 100 | round / 100 | tostring;
-            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else c(.bot_cpu_s) + (if .bot_cpu_kernel_s == null then "" else " (kernel \(c(.bot_cpu_kernel_s)))" end) end) |"' "$r")
+            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else c(.bot_cpu_s) + (if .bot_cpu_kernel_s == null then "" else " (kernel \(c(.bot_cpu_kernel_s)))" end) end) | \($srss) / \(if .bot_peak_rss_mib == null then "–" else (.bot_peak_rss_mib | round | tostring) end) |"' "$r")
     else
-        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | $datagrams | $drops | – |"
+        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | $datagrams | $drops | – | ${server_rss:-–} / – |"
     fi
     ROWS+=("$row")
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
