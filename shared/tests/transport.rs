@@ -625,3 +625,49 @@ proptest! {
         prop_assert_eq!(unique.len(), 400);
     }
 }
+
+/// A window that does not divide the 65,536 message ids: the ids either
+/// side of the wrap must not share a slot (with slots by `id % 100`, ids
+/// 65,535 and 35 did, and the channel stalled at the wrap).
+#[test]
+fn a_reliable_window_that_does_not_divide_the_id_space_survives_the_wrap() {
+    for kind in [ChannelKind::ReliableOrdered, ChannelKind::ReliableUnordered] {
+        let config = TransportConfig {
+            channels: vec![ChannelConfig::new(kind)],
+            initial_send_rate: 512 * 1024,
+            min_send_rate: 512 * 1024,
+            reliable_window: 100,
+            ..TransportConfig::default()
+        };
+        let link = LinkConfig::lossy(0.02, ms(5), ms(2));
+        let mut pair = Pair::new(config, link, 12);
+        // 70,000 ids: the message id wraps once.
+        let total = 70_000u32;
+        let mut sent = 0u32;
+        while sent < total || pair.a.unacked_messages(ORDERED) > 0 {
+            for _ in 0..3 {
+                if sent < total && pair.a.send(ORDERED, &numbered(sent, 8)).is_ok() {
+                    sent += 1;
+                }
+            }
+            let tick_end = pair.now + ms(1);
+            while pair.now < tick_end {
+                pair.step_until(tick_end);
+            }
+            assert!(
+                pair.elapsed() < Duration::from_secs(300),
+                "{kind:?}: stalled at {sent}"
+            );
+        }
+        pair.run_for(ms(200));
+        let mut got = indices(&pair.at_b.messages, ORDERED);
+        if kind == ChannelKind::ReliableUnordered {
+            got.sort_unstable();
+        }
+        assert_eq!(got.len(), total as usize, "{kind:?}");
+        assert!(
+            got.iter().enumerate().all(|(i, &v)| v == i as u32),
+            "{kind:?}: out of order, lost or duplicated"
+        );
+    }
+}

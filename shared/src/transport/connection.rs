@@ -13,7 +13,7 @@ use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
 use super::rtt::RttEstimator;
 use super::send::{PackContext, ReliableTimedOut, SendChannel, UnitLog};
-use super::sent::{SentPacket, SentRing};
+use super::sent::{INITIAL_SENT_SLOTS, SENT_HISTORY, SentPacket, SentRing};
 use super::seq::{seq_distance, seq_newer};
 use super::wire::{
     self, ACK_DELAY_UNIT_MICROS, AckInfo, MessageIter, PacketHeader, PacketKind, PacketWriter,
@@ -427,7 +427,7 @@ impl Connection {
             used: 0,
             cap: config.max_receive_buffer,
         };
-        let sent = SentRing::new(now);
+        let sent = SentRing::new(INITIAL_SENT_SLOTS);
         let mut connection = Self {
             rtt: RttEstimator::new(),
             budget: SendBudget::new(config.initial_send_rate, &config.rate_bounds()),
@@ -814,8 +814,7 @@ impl Connection {
                 .for_each(&mut push);
         }
         for &sequence in &acked[..count] {
-            let slot = self.sent.slot(sequence);
-            let packet = self.sent.get_mut(slot);
+            let packet = self.sent.get_mut(sequence);
             if !packet.in_flight || packet.sequence != sequence {
                 continue;
             }
@@ -866,17 +865,16 @@ impl Connection {
         self.next_sequence.wrapping_sub(self.oldest_in_flight)
     }
 
-    /// The `sent` slot of packet `sequence`, if it is still in flight.
-    fn in_flight_slot(&self, sequence: u16) -> Option<usize> {
-        let slot = self.sent.slot(sequence);
-        let packet = self.sent.get(slot);
-        (packet.in_flight && packet.sequence == sequence).then_some(slot)
+    /// Whether packet `sequence` is still in flight.
+    fn is_in_flight(&self, sequence: u16) -> bool {
+        let packet = self.sent.get(sequence);
+        packet.in_flight && packet.sequence == sequence
     }
 
     /// Moves `oldest_in_flight` past the acked or lost packets at the front.
     fn skip_settled(&mut self) {
         while self.oldest_in_flight != self.next_sequence
-            && self.in_flight_slot(self.oldest_in_flight).is_none()
+            && !self.is_in_flight(self.oldest_in_flight)
         {
             self.oldest_in_flight = self.oldest_in_flight.wrapping_add(1);
         }
@@ -889,8 +887,8 @@ impl Connection {
         match self.in_flight_span() {
             0 => self.units.release_all(),
             _ => {
-                let slot = self.sent.slot(self.oldest_in_flight);
-                self.units.release_before(self.sent.get(slot).units);
+                self.units
+                    .release_before(self.sent.get(self.oldest_in_flight).units);
             }
         }
     }
@@ -911,17 +909,17 @@ impl Connection {
         self.skip_settled();
         for k in 0..self.in_flight_span() {
             let sequence = self.oldest_in_flight.wrapping_add(k);
-            let Some(slot) = self.in_flight_slot(sequence) else {
+            if !self.is_in_flight(sequence) {
                 continue;
-            };
-            let packet = self.sent.get(slot);
+            }
+            let packet = self.sent.get(sequence);
             let by_reorder = self.largest_acked.is_some_and(|largest| {
                 seq_newer(largest, sequence)
                     && seq_distance(largest, sequence) >= PACKET_REORDER_THRESHOLD
             });
             let deadline = self.loss_deadline(packet);
             if by_reorder || now >= deadline {
-                self.on_packet_lost(slot, now)?;
+                self.on_packet_lost(sequence, now)?;
                 any_lost = true;
                 continue;
             }
@@ -936,12 +934,11 @@ impl Connection {
         Ok(())
     }
 
-    fn on_packet_lost(&mut self, slot: usize, now: Stamp) -> Result<(), ReliableTimedOut> {
+    fn on_packet_lost(&mut self, sequence: u16, now: Stamp) -> Result<(), ReliableTimedOut> {
         self.stats.packets_lost += 1;
         self.traffic.packet_loss += (1.0 - self.traffic.packet_loss) / 64.0;
-        let packet = self.sent.get_mut(slot);
+        let packet = self.sent.get_mut(sequence);
         packet.in_flight = false;
-        let sequence = packet.sequence;
         let span = std::mem::take(&mut packet.units);
         let mut result = Ok(());
         for i in 0..span.len() {
@@ -1029,8 +1026,9 @@ impl Connection {
         );
         if self.loss_at_stale {
             self.loss_at = (0..self.in_flight_span())
-                .filter_map(|k| self.in_flight_slot(self.oldest_in_flight.wrapping_add(k)))
-                .map(|slot| self.loss_deadline(self.sent.get(slot)))
+                .map(|k| self.oldest_in_flight.wrapping_add(k))
+                .filter(|&sequence| self.is_in_flight(sequence))
+                .map(|sequence| self.loss_deadline(self.sent.get(sequence)))
                 .min();
             self.loss_at_stale = false;
         }
@@ -1130,21 +1128,20 @@ impl Connection {
             return None;
         }
         let sequence = self.next_sequence;
-        let mut slot = self.sent.slot(sequence);
         // The slot's packet (a ring's length of sequences back) can be in
         // flight only when that many are outstanding; asked in that order,
         // the common case does not wait on the slot's cache line.
         let span = self.in_flight_span();
-        if usize::from(span) >= self.sent.capacity() && self.sent.get(slot).in_flight {
-            if self.sent.is_full_size() {
+        if usize::from(span) >= self.sent.len() && self.sent.get(sequence).in_flight {
+            if self.sent.len() >= SENT_HISTORY {
                 // Sent too long ago to stay in the history: count it lost.
-                if self.on_packet_lost(slot, now).is_err() {
+                let old = self.sent.get(sequence).sequence;
+                if self.on_packet_lost(old, now).is_err() {
                     self.fail(now, DisconnectReason::Timeout);
                     return self.transmit_at(now, buf);
                 }
             } else {
-                self.sent.grow(sequence, span);
-                slot = self.sent.slot(sequence);
+                self.sent.cover(self.oldest_in_flight, span);
             }
         }
         let header = PacketHeader {
@@ -1197,19 +1194,19 @@ impl Connection {
             })
             .max()
             .unwrap_or(0);
-        let packet = self.sent.get_mut(slot);
+        let packet = self.sent.get_mut(sequence);
         packet.units = units;
         packet.sequence = sequence;
         packet.sent_at = now;
         packet.attempt = attempt;
         packet.in_flight = ack_eliciting;
         if ack_eliciting {
-            let deadline = self.loss_deadline(self.sent.get(slot));
+            let deadline = self.loss_deadline(self.sent.get(sequence));
             self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));
         }
         self.next_sequence = sequence.wrapping_add(1);
         // `release_units` above moved past the packet this slot held.
-        debug_assert!(usize::from(self.in_flight_span()) <= self.sent.capacity());
+        debug_assert!(usize::from(self.in_flight_span()) <= self.sent.len());
         self.ack_eliciting_unacked = 0;
         if wrote_messages {
             self.budget.on_sent(len);

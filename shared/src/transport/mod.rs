@@ -13,6 +13,7 @@ mod rtt;
 mod send;
 mod sent;
 mod seq;
+mod slots;
 pub mod wire;
 
 pub use config::{

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use super::clock::Stamp;
 use super::config::{ChannelId, ChannelKind};
+use super::send::INITIAL_WINDOW_SLOTS;
 use super::seq::{seq_distance, seq_newer};
+use super::slots::IdSlots;
 use super::wire::{FragmentInfo, MessageView};
 
 /// Unreliable reassembly buffers (at most `max_unreliable_reassemblies`
@@ -154,7 +156,7 @@ impl RecvChannel {
                     ordered: kind == ChannelKind::ReliableOrdered,
                     window,
                     base: 0,
-                    slots: (0..window).map(|_| RecvSlot::default()).collect(),
+                    slots: IdSlots::new(INITIAL_WINDOW_SLOTS.min(usize::from(window))),
                     duplicates: 0,
                 })
             }
@@ -351,7 +353,7 @@ struct RecvSlot {
     id: u16,
     message: Vec<u8>,
     /// Only while a fragmented message arrives: a window's slots stay small
-    /// (they are all allocated, and touched, when the connection is made).
+    /// (a window may grow to 16,384 of them).
     reassembly: Option<Box<Reassembly>>,
 }
 
@@ -361,15 +363,13 @@ pub(crate) struct ReliableRecv {
     ordered: bool,
     window: u16,
     base: u16,
-    slots: Vec<RecvSlot>,
+    /// The messages of the window by id: as many slots as ids from `base`
+    /// have arrived (rounded up to a power of two), not the whole window.
+    slots: IdSlots<RecvSlot>,
     duplicates: u64,
 }
 
 impl ReliableRecv {
-    fn slot_index(&self, id: u16) -> usize {
-        usize::from(id % self.window)
-    }
-
     fn memory_needed(
         &self,
         id: u16,
@@ -384,7 +384,7 @@ impl ReliableRecv {
         if distance >= self.window {
             return Err(Violation::BeyondWindow);
         }
-        let slot = &self.slots[self.slot_index(id)];
+        let slot = self.slots.get(id);
         if slot.state != SlotState::Empty && slot.id == id {
             if let (SlotState::Partial, Some(f)) = (slot.state, fragment)
                 && slot.reassembly.as_ref().is_none_or(|r| f.count != r.count)
@@ -420,8 +420,8 @@ impl ReliableRecv {
             self.duplicates += 1;
             return;
         }
-        let index = self.slot_index(id);
-        let slot = &mut self.slots[index];
+        self.slots.cover(self.base, distance);
+        let slot = self.slots.get_mut(id);
         if slot.state != SlotState::Empty && slot.id == id && slot.state != SlotState::Partial {
             self.duplicates += 1;
             return;
@@ -470,8 +470,7 @@ impl ReliableRecv {
 
     fn drain_ordered(&mut self, channel: u8, memory: &mut RecvMemory, out: &mut impl Deliver) {
         loop {
-            let index = self.slot_index(self.base);
-            let slot = &mut self.slots[index];
+            let slot = self.slots.get_mut(self.base);
             if slot.state != SlotState::Complete || slot.id != self.base {
                 return;
             }
@@ -490,8 +489,7 @@ impl ReliableRecv {
 
     fn advance_unordered(&mut self) {
         loop {
-            let index = self.slot_index(self.base);
-            let slot = &mut self.slots[index];
+            let slot = self.slots.get_mut(self.base);
             if slot.state != SlotState::Delivered || slot.id != self.base {
                 return;
             }

@@ -11,6 +11,7 @@ use super::clock::Stamp;
 use super::config::{ChannelConfig, ChannelKind};
 use super::sent::SENT_HISTORY;
 use super::seq::seq_distance;
+use super::slots::IdSlots;
 use super::wire::{FragmentInfo, MessageHeader, PacketWriter};
 
 /// One transmitted piece of a reliable message: a whole message or one fragment.
@@ -38,6 +39,10 @@ impl UnitSpan {
 /// the sent history, more than the three reliable windows of the game's
 /// channels hold single-fragment messages.
 pub(crate) const UNITS_IN_FLIGHT: usize = 4 * SENT_HISTORY;
+
+/// Slots a reliable channel's window starts with, on both sides; they
+/// double while more messages are in flight, up to the window.
+pub(crate) const INITIAL_WINDOW_SLOTS: usize = 8;
 
 /// Units a new connection's log starts with; it doubles as needed (the
 /// game's connections rarely have more than a few reliable units in flight,
@@ -344,7 +349,9 @@ struct SendSlot {
 /// Reliable channels: a window of messages in flight, resent until acked.
 pub(crate) struct ReliableSend {
     window: u16,
-    slots: Vec<SendSlot>,
+    /// The messages of the window by id: as many slots as have been in
+    /// flight at once (rounded up to a power of two), not the whole window.
+    slots: IdSlots<SendSlot>,
     next_id: u16,
     oldest_unacked: u16,
     pending: VecDeque<Bytes>,
@@ -359,7 +366,7 @@ impl ReliableSend {
     fn new(window: u16, max_queued_bytes: usize) -> Self {
         Self {
             window,
-            slots: (0..window).map(|_| SendSlot::default()).collect(),
+            slots: IdSlots::new(INITIAL_WINDOW_SLOTS.min(usize::from(window))),
             next_id: 0,
             oldest_unacked: 0,
             pending: VecDeque::new(),
@@ -368,10 +375,6 @@ impl ReliableSend {
             max_queued_bytes,
             resent: 0,
         }
-    }
-
-    fn slot_index(&self, id: u16) -> usize {
-        usize::from(id % self.window)
     }
 
     /// Whether `bytes` more would stay within the queue bound.
@@ -393,8 +396,9 @@ impl ReliableSend {
             let id = self.next_id;
             self.next_id = id.wrapping_add(1);
             let count = payload.len().div_ceil(fragment_size).max(1) as u16;
-            let index = self.slot_index(id);
-            let slot = &mut self.slots[index];
+            self.slots
+                .cover(self.oldest_unacked, seq_distance(id, self.oldest_unacked));
+            let slot = self.slots.get_mut(id);
             slot.in_use = true;
             slot.id = id;
             slot.payload = payload;
@@ -427,8 +431,7 @@ impl ReliableSend {
             if !ctx.units.make_room() {
                 break;
             }
-            let index = self.slot_index(id);
-            let slot = &mut self.slots[index];
+            let slot = self.slots.get_mut(id);
             let live = slot.in_use && slot.id == id;
             let Some(state) = slot
                 .fragments
@@ -478,7 +481,7 @@ impl ReliableSend {
 
     /// Transmission count so far of a unit (for the packet's backoff).
     pub(crate) fn attempts(&self, id: u16, fragment: u16) -> u8 {
-        let slot = &self.slots[self.slot_index(id)];
+        let slot = self.slots.get(id);
         slot.fragments
             .get(usize::from(fragment))
             .map_or(0, |s| s.attempts)
@@ -486,8 +489,7 @@ impl ReliableSend {
 
     /// A packet carrying this unit was acknowledged.
     pub(crate) fn on_acked(&mut self, id: u16, fragment: u16, fragment_size: usize) {
-        let index = self.slot_index(id);
-        let slot = &mut self.slots[index];
+        let slot = self.slots.get_mut(id);
         if !slot.in_use || slot.id != id {
             return;
         }
@@ -506,7 +508,7 @@ impl ReliableSend {
         self.queued_bytes -= slot.payload.len();
         slot.payload = Bytes::new();
         while self.oldest_unacked != self.next_id {
-            let oldest = &self.slots[self.slot_index(self.oldest_unacked)];
+            let oldest = self.slots.get(self.oldest_unacked);
             if oldest.in_use && oldest.id == self.oldest_unacked {
                 break;
             }
@@ -525,8 +527,7 @@ impl ReliableSend {
         now: Stamp,
         reliable_timeout: Duration,
     ) -> Result<(), ReliableTimedOut> {
-        let index = self.slot_index(id);
-        let slot = &mut self.slots[index];
+        let slot = self.slots.get_mut(id);
         if !slot.in_use || slot.id != id {
             return Ok(());
         }
