@@ -152,20 +152,10 @@ fn hostile_link_delivers_reliable_exactly_once_and_sequenced_never_goes_back() {
     assert!(pair.at_a.disconnected.is_none() && pair.at_b.disconnected.is_none());
 }
 
-#[test]
-fn sequence_numbers_wrap_many_times() {
-    // A budget floor high enough that every 1 ms tick leaves in its own packet.
-    let config = TransportConfig {
-        channels: vec![ChannelConfig::new(ChannelKind::ReliableOrdered)],
-        initial_send_rate: 512 * 1024,
-        min_send_rate: 512 * 1024,
-        ..TransportConfig::default()
-    };
-    let link = LinkConfig::lossy(0.02, ms(5), ms(2));
-    let mut pair = Pair::new(config, link, 11);
-    // Three messages every 1 ms: ~70k packets (the packet sequence wraps)
-    // and 200k message ids (the message id wraps three times).
-    let total = 200_000u32;
+/// Sends `total` numbered messages on channel 0, three every 1 ms, until
+/// all are acked (failing past 300 simulated seconds); returns the numbers
+/// `b` got, in delivery order.
+fn send_three_a_millisecond(pair: &mut Pair, total: u32) -> Vec<u32> {
     let mut sent = 0u32;
     while sent < total || pair.a.unacked_messages(ORDERED) > 0 {
         for _ in 0..3 {
@@ -183,7 +173,24 @@ fn sequence_numbers_wrap_many_times() {
         );
     }
     pair.run_for(ms(200));
-    let got = indices(&pair.at_b.messages, ORDERED);
+    indices(&pair.at_b.messages, ORDERED)
+}
+
+#[test]
+fn sequence_numbers_wrap_many_times() {
+    // A budget floor high enough that every 1 ms tick leaves in its own packet.
+    let config = TransportConfig {
+        channels: vec![ChannelConfig::new(ChannelKind::ReliableOrdered)],
+        initial_send_rate: 512 * 1024,
+        min_send_rate: 512 * 1024,
+        ..TransportConfig::default()
+    };
+    let link = LinkConfig::lossy(0.02, ms(5), ms(2));
+    let mut pair = Pair::new(config, link, 11);
+    // ~70k packets (the packet sequence wraps) and 200k message ids (the
+    // message id wraps three times).
+    let total = 200_000u32;
+    let got = send_three_a_millisecond(&mut pair, total);
     assert_eq!(got.len(), total as usize);
     assert!(
         got.iter().enumerate().all(|(i, &v)| v == i as u32),
@@ -643,24 +650,7 @@ fn a_reliable_window_that_does_not_divide_the_id_space_survives_the_wrap() {
         let mut pair = Pair::new(config, link, 12);
         // 70,000 ids: the message id wraps once.
         let total = 70_000u32;
-        let mut sent = 0u32;
-        while sent < total || pair.a.unacked_messages(ORDERED) > 0 {
-            for _ in 0..3 {
-                if sent < total && pair.a.send(ORDERED, &numbered(sent, 8)).is_ok() {
-                    sent += 1;
-                }
-            }
-            let tick_end = pair.now + ms(1);
-            while pair.now < tick_end {
-                pair.step_until(tick_end);
-            }
-            assert!(
-                pair.elapsed() < Duration::from_secs(300),
-                "{kind:?}: stalled at {sent}"
-            );
-        }
-        pair.run_for(ms(200));
-        let mut got = indices(&pair.at_b.messages, ORDERED);
+        let mut got = send_three_a_millisecond(&mut pair, total);
         if kind == ChannelKind::ReliableUnordered {
             got.sort_unstable();
         }
