@@ -91,7 +91,14 @@ fn update_cost(c: &Candidate, change: Change, id_base: u32) -> usize {
 /// The server's record of one client's view.
 #[derive(Debug, Default)]
 pub struct ClientView {
-    /// Sent frames, oldest first, at most `SnapshotLimits::history`.
+    /// Sent frames, oldest first, `SnapshotLimits::history` of them once
+    /// the first snapshot sized the view. Those before the acknowledged
+    /// one are spent (acknowledgements only move forward, so they will
+    /// never be a baseline again), and so are the placeholders (tick 0)
+    /// the history starts with: each new frame takes the buffer of the
+    /// newest spent frame, freed a few ticks before and still warm in the
+    /// cache, where the oldest frame's was last written half a second
+    /// before.
     history: VecDeque<Frame>,
     acked: u32,
     /// The next frame's entities: the buffer of the frame last recycled.
@@ -354,6 +361,11 @@ impl ClientView {
         if self.history.capacity() < keep {
             self.history.reserve_exact(keep - self.history.len());
         }
+        while self.history.len() < keep {
+            let mut entities = Vec::new();
+            reserve_written(&mut entities, max, (u32::MAX, IVec2::MAX));
+            self.history.push_front(Frame { tick: 0, entities });
+        }
     }
 
     /// The baseline: the acknowledged frame, if still in the history.
@@ -515,12 +527,19 @@ impl ClientView {
         out.clear();
         let body = emit.encoder.write(&header, out);
 
-        // Record the frame, recycling the oldest.
-        let mut frame = if self.history.len() >= keep {
-            self.history.pop_front().unwrap_or_default()
-        } else {
-            Frame::default()
-        };
+        // Record the frame in the newest spent frame, or the oldest if
+        // none is spent.
+        let spent = baseline.unwrap_or_else(|| {
+            let acked = self.acked;
+            self.history
+                .iter()
+                .take_while(|f| f.tick == 0 || f.tick < acked)
+                .count()
+        });
+        let mut frame = self
+            .history
+            .remove(spent.saturating_sub(1))
+            .unwrap_or_default();
         while self.history.len() >= keep {
             self.history.pop_front();
         }
@@ -612,6 +631,43 @@ mod tests {
             distance_sq: if id == 1 { -1.0 } else { id as f32 },
         }));
         scratch
+    }
+
+    #[test]
+    fn frames_before_the_acknowledged_one_are_recycled_first() {
+        let limits = SnapshotLimits {
+            budget_bytes: 1000,
+            max_entities: 128,
+            history: 16,
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut out = Vec::new();
+        let sent = |view: &ClientView| {
+            view.history
+                .iter()
+                .map(|f| f.tick)
+                .filter(|&t| t != 0)
+                .collect::<Vec<_>>()
+        };
+        for tick in 1..=5 {
+            view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), limits, &mut out);
+        }
+        assert_eq!(sent(&view), [1, 2, 3, 4, 5]);
+        assert_eq!(view.history.len(), limits.history);
+        view.acknowledge(3);
+        let stats = view.encode(6, 1, 0, crowd(&mut scratch, 3, 6), limits, &mut out);
+        assert!(!stats.full, "a delta against 3");
+        // Frame 6 took the buffer of frame 2, the newest spent one.
+        assert_eq!(sent(&view), [1, 3, 4, 5, 6]);
+        view.acknowledge(5);
+        view.encode(7, 1, 0, crowd(&mut scratch, 3, 7), limits, &mut out);
+        assert_eq!(sent(&view), [1, 3, 5, 6, 7]);
+        // Unacknowledged, the history keeps its bound, the oldest going first.
+        for tick in 8..40 {
+            view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), limits, &mut out);
+        }
+        assert_eq!(sent(&view), (24..40).collect::<Vec<_>>());
     }
 
     #[test]

@@ -75,6 +75,14 @@ pub struct ApplyScratch {
 /// Reconstructs the server's view from full and delta snapshots, keeping a
 /// bounded history of baselines ([`CLIENT_SNAPSHOT_HISTORY`]). In steady
 /// state it allocates nothing: frames are recycled.
+///
+/// The server's baseline never moves back (it is the newest snapshot the
+/// client acknowledged), so once a snapshot came as a delta against frame
+/// B, the frames before B are spent, and a new frame takes the buffer of
+/// the newest spent one: the history spans about a round trip, not
+/// [`CLIENT_SNAPSHOT_HISTORY`] frames, and the buffer a snapshot is built
+/// in was last written a few ticks before (a bot swarm's receivers stay
+/// warm in the cache), not half a second before.
 #[derive(Debug, Default)]
 pub struct SnapshotReceiver {
     history: VecDeque<Frame>,
@@ -168,10 +176,12 @@ impl SnapshotReceiver {
             return Err(ApplyError::Malformed);
         }
 
-        let mut frame = if self.history.len() >= CLIENT_SNAPSHOT_HISTORY {
-            self.history.pop_front().unwrap_or_default()
-        } else {
-            Frame::default()
+        let mut frame = match baseline {
+            Some(spent @ 1..) => self.history.remove(spent - 1).unwrap_or_default(),
+            _ if self.history.len() >= CLIENT_SNAPSHOT_HISTORY => {
+                self.history.pop_front().unwrap_or_default()
+            }
+            _ => Frame::default(),
         };
         self.spare = std::mem::replace(&mut frame.entities, next);
         frame.tick = snapshot.tick;
@@ -481,6 +491,46 @@ mod tests {
             rx.apply(&moved(8, 5), &mut scratch),
             Err(ApplyError::MissingBaseline(3))
         );
+    }
+
+    #[test]
+    fn a_new_frame_takes_the_newest_spent_ones_buffer() {
+        let mut rx = SnapshotReceiver::new();
+        let mut scratch = ApplyScratch::default();
+        for tick in 1..=3 {
+            rx.apply(&full(tick, &[(7, 0, 0)]), &mut scratch).unwrap();
+        }
+        let moved = |tick, age| Snapshot {
+            tick,
+            baseline_age: age,
+            you: 7,
+            moved: vec![EntityMoved {
+                id_gap: 7,
+                dx: 1,
+                dy: 0,
+            }],
+            ..Snapshot::default()
+        };
+        let ticks = |rx: &SnapshotReceiver| rx.history.iter().map(|f| f.tick).collect::<Vec<_>>();
+        // Against 2: frame 1 will never be a baseline again, and frame 4
+        // is built in its buffer.
+        rx.apply(&moved(4, 2), &mut scratch).unwrap();
+        assert_eq!(ticks(&rx), [2, 3, 4]);
+        assert_eq!(
+            rx.apply(&moved(5, 4), &mut scratch),
+            Err(ApplyError::MissingBaseline(1))
+        );
+        // The same baseline again is fine (the server's ack did not move).
+        rx.apply(&moved(5, 3), &mut scratch).unwrap();
+        assert_eq!(rx.entities(), &[(7, IVec2::new(1, 0))]);
+        // A long run of deltas two ticks behind keeps the three frames it
+        // needs (and frame 2, spent, not recycled since newer ones were
+        // spent after it), and the last two still give the view's changes.
+        for tick in 6..200 {
+            rx.apply(&moved(tick, 2), &mut scratch).unwrap();
+            assert_eq!(ticks(&rx), [2, tick - 2, tick - 1, tick]);
+        }
+        assert_eq!(rx.changes(), ViewChanges::default());
     }
 
     #[test]
