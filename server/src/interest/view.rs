@@ -633,13 +633,16 @@ mod tests {
         scratch
     }
 
+    /// The default interest settings' limits.
+    const LIMITS: SnapshotLimits = SnapshotLimits {
+        budget_bytes: 1000,
+        max_entities: 128,
+        history: 16,
+    };
+
     #[test]
     fn frames_before_the_acknowledged_one_are_recycled_first() {
-        let limits = SnapshotLimits {
-            budget_bytes: 1000,
-            max_entities: 128,
-            history: 16,
-        };
+        let limits = LIMITS;
         let mut view = ClientView::new();
         let mut scratch = EncodeScratch::default();
         let mut out = Vec::new();
@@ -672,11 +675,7 @@ mod tests {
 
     #[test]
     fn a_view_keeps_its_memory_whatever_crowds_it_meets() {
-        let limits = SnapshotLimits {
-            budget_bytes: 1000,
-            max_entities: 128,
-            history: 16,
-        };
+        let limits = LIMITS;
         let mut view = ClientView::new();
         let mut scratch = EncodeScratch::default();
         let mut out = Vec::new();

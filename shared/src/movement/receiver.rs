@@ -462,15 +462,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_baseline_is_found_across_missed_snapshots() {
-        let mut rx = SnapshotReceiver::new();
-        let mut scratch = ApplyScratch::default();
-        // Tick 3 never arrived: the history holds 1, 2, 4 and 5.
-        for (tick, x) in [(1, 0), (2, 10), (4, 20), (5, 30)] {
-            rx.apply(&full(tick, &[(7, x, 0)]), &mut scratch).unwrap();
-        }
-        let moved = |tick, age| Snapshot {
+    /// A delta against the frame `age` ticks before `tick` that moves
+    /// entity 7 (the viewer) by +1 in x.
+    fn moved(tick: u32, age: u32) -> Snapshot {
+        Snapshot {
             tick,
             baseline_age: age,
             you: 7,
@@ -480,7 +475,17 @@ mod tests {
                 dy: 0,
             }],
             ..Snapshot::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_baseline_is_found_across_missed_snapshots() {
+        let mut rx = SnapshotReceiver::new();
+        let mut scratch = ApplyScratch::default();
+        // Tick 3 never arrived: the history holds 1, 2, 4 and 5.
+        for (tick, x) in [(1, 0), (2, 10), (4, 20), (5, 30)] {
+            rx.apply(&full(tick, &[(7, x, 0)]), &mut scratch).unwrap();
+        }
         // Against 2, three frames back but four ticks old.
         rx.apply(&moved(6, 4), &mut scratch).unwrap();
         assert_eq!(rx.entities(), &[(7, IVec2::new(11, 0))]);
@@ -500,17 +505,6 @@ mod tests {
         for tick in 1..=3 {
             rx.apply(&full(tick, &[(7, 0, 0)]), &mut scratch).unwrap();
         }
-        let moved = |tick, age| Snapshot {
-            tick,
-            baseline_age: age,
-            you: 7,
-            moved: vec![EntityMoved {
-                id_gap: 7,
-                dx: 1,
-                dy: 0,
-            }],
-            ..Snapshot::default()
-        };
         let ticks = |rx: &SnapshotReceiver| rx.history.iter().map(|f| f.tick).collect::<Vec<_>>();
         // Against 2: frame 1 will never be a baseline again, and frame 4
         // is built in its buffer.
