@@ -94,10 +94,10 @@ impl UnitLog {
     /// Whether another unit can be pushed, doubling a full ring that may
     /// still grow.
     fn make_room(&mut self) -> bool {
-        let len = self.ring.len();
-        if (self.tail.wrapping_sub(self.head) as usize) < len {
+        if !self.is_full() {
             return true;
         }
+        let len = self.ring.len();
         if len >= UNITS_IN_FLIGHT {
             return false;
         }
