@@ -17,6 +17,7 @@ pub mod io;
 pub mod keys;
 pub mod movement;
 pub mod netcode;
+pub mod prefetch;
 pub mod protocol;
 pub mod sim;
 pub mod transport;

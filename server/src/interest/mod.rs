@@ -374,7 +374,20 @@ fn replicate(
     let enter_sq = config.radius * config.radius;
     let reach = config.radius + config.hysteresis;
     let leave_sq = reach * reach;
-    for (entity, own, position, mut viewer, mover, player) in &mut viewers {
+    // Each view's state is cold: ask for the next two views' lines, one
+    // step of their chain each (see `ClientView::prefetch`).
+    let mut items = viewers.iter_mut();
+    let mut next = items.next();
+    let mut after = items.next();
+    while let Some((entity, own, position, mut viewer, mover, player)) = next {
+        next = after;
+        after = items.next();
+        if let Some((_, _, _, upcoming, _, _)) = &after {
+            upcoming.view.prefetch();
+        }
+        if let Some((_, _, _, upcoming, _, _)) = &next {
+            upcoming.view.prefetch_frames();
+        }
         if !viewer.streaming {
             continue;
         }

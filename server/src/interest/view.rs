@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use glam::IVec2;
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
+use shared::prefetch::{prefetch, prefetch_buffer};
 use shared::protocol::movement::{SnapshotEncoder, SnapshotHeader, signed_varint_len, varint_len};
 
 /// Upper bound of a snapshot's fixed part: message id (2), five u32
@@ -14,6 +15,11 @@ pub const SNAPSHOT_HEADER_MAX: usize = 2 + 5 * 5 + 3 * 3;
 
 /// Upper bound of one removal, one added entity or one moved entity.
 pub const ENTRY_MAX: usize = 15;
+
+/// The newest frames [`ClientView::prefetch`] asks for: the client
+/// acknowledges a frame about a round trip old, a few frames from the
+/// newest.
+const PREFETCH_FRAMES: usize = 4;
 
 /// An entity in a client's area of interest.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,6 +106,11 @@ pub struct ClientView {
     /// cache, where the oldest frame's was last written half a second
     /// before.
     history: VecDeque<Frame>,
+    /// The tick of the newest frame sent (0 before the first): what an
+    /// acknowledgement is checked against, kept here so that the check
+    /// does not read the history, cold in the cache (acknowledgements
+    /// come with the input, before the history is needed).
+    newest: u32,
     acked: u32,
     /// The next frame's entities: the buffer of the frame last recycled.
     next: Vec<(u32, IVec2)>,
@@ -330,8 +341,7 @@ impl ClientView {
     /// The client says it applied snapshot `tick`. Acks of snapshots never
     /// sent, or older than the current ack, are ignored.
     pub fn acknowledge(&mut self, tick: u32) {
-        let newest = self.history.back().map_or(0, |f| f.tick);
-        if tick > self.acked && tick <= newest {
+        if tick > self.acked && tick <= self.newest {
             self.acked = tick;
         }
     }
@@ -366,6 +376,30 @@ impl ClientView {
             reserve_written(&mut entities, max, (u32::MAX, IVec2::MAX));
             self.history.push_front(Frame { tick: 0, entities });
         }
+    }
+
+    /// Asks the CPU for the lines encoding this view reads first: the
+    /// records of the newest frames (where the baseline is looked for) and
+    /// the ids last sent. Each view's state has gone cold since its last
+    /// turn; asked for a few views ahead, the lines are on their way while
+    /// the views before are encoded (see [`shared::prefetch`]).
+    /// [`prefetch_frames`](Self::prefetch_frames) is the step after.
+    pub fn prefetch(&self) {
+        for frame in self.history.iter().rev().take(PREFETCH_FRAMES) {
+            prefetch(frame);
+        }
+        prefetch(&self.visible[..]);
+    }
+
+    /// The second step, once [`prefetch`](Self::prefetch)'s lines are in:
+    /// the baseline frame's entities, and as much of the buffer the next
+    /// frame is written into as the last frame filled.
+    pub fn prefetch_frames(&self) {
+        if let Some(i) = self.baseline() {
+            prefetch(&self.history[i].entities[..]);
+        }
+        let last = self.history.back().map_or(0, |f| f.entities.len());
+        prefetch_buffer(&self.next, last);
     }
 
     /// The baseline: the acknowledged frame, if still in the history.
@@ -548,6 +582,7 @@ impl ClientView {
         self.visible.clear();
         self.visible.extend(frame.entities.iter().map(|e| e.0));
         self.history.push_back(frame);
+        self.newest = tick;
 
         EncodeStats {
             bytes: 2 + body,
@@ -639,6 +674,27 @@ mod tests {
         max_entities: 128,
         history: 16,
     };
+
+    #[test]
+    fn only_acknowledgements_of_snapshots_sent_and_newer_count() {
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut out = Vec::new();
+        view.acknowledge(1);
+        assert_eq!(view.acked(), 0, "nothing was sent yet");
+        for tick in 1..=3 {
+            view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), LIMITS, &mut out);
+        }
+        view.acknowledge(4);
+        assert_eq!(view.acked(), 0, "4 was never sent");
+        view.acknowledge(3);
+        assert_eq!(view.acked(), 3);
+        view.acknowledge(2);
+        assert_eq!(view.acked(), 3, "acknowledgements only move forward");
+        view.encode(4, 1, 0, crowd(&mut scratch, 3, 4), LIMITS, &mut out);
+        view.acknowledge(4);
+        assert_eq!(view.acked(), 4, "sent since");
+    }
 
     #[test]
     fn frames_before_the_acknowledged_one_are_recycled_first() {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::netcode::{self, ClientIndex, ServerEvent, Transmit};
+use crate::prefetch::prefetch;
 use crate::transport::clock::{SharedClock, Stamp};
 use crate::transport::{
     ChannelId, Connection, ConnectionStats, Deliver, DisconnectReason, Event, SendError,
@@ -703,7 +704,37 @@ impl ServerEndpoint {
             } else {
                 arm(&mut self.timers, peer, index);
             }
+            self.prefetch_transmits();
         }
         None
+    }
+
+    /// Asks the CPU for the state of the peers the transmit queue reaches
+    /// next, called as each peer's turn ends: a peer's state is a chain of
+    /// cold lines (its slot, its connection, the channels the connection
+    /// points to, their messages), each read to find the next, so each turn
+    /// takes the chain one step further for the peers a step closer (see
+    /// [`crate::prefetch`]). When a peer's turn comes, its lines have been
+    /// on their way for four turns instead of being read one stall after
+    /// the other.
+    fn prefetch_transmits(&self) {
+        let ahead = |turns: usize| {
+            self.transmit_queue
+                .get(turns)
+                .and_then(|&index| self.peers.get(index))
+        };
+        if let Some(slot) = ahead(4) {
+            prefetch(slot);
+        }
+        if let Some(Some(peer)) = ahead(3) {
+            peer.conn.prefetch();
+            self.netcode.prefetch_client(peer.client);
+        }
+        if let Some(Some(peer)) = ahead(2) {
+            peer.conn.prefetch_transmit();
+        }
+        if let Some(Some(peer)) = ahead(1) {
+            peer.conn.prefetch_transmit_messages();
+        }
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use rand_core::CryptoRng;
 
+use crate::prefetch::prefetch;
+
 use super::crypto::{PacketCipher, prf_u64};
 use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
 use super::ratelimit::{HandshakeRateLimit, RateLimiter};
@@ -762,6 +764,15 @@ impl Server {
     fn arm_service(&mut self, now: Instant) {
         if self.next_service.is_none() {
             self.next_service = now.checked_add(self.config.service_interval);
+        }
+    }
+
+    /// Asks the CPU for `client`'s state (its address, keys, sequence and
+    /// replay window), which sealing or opening its next packet reads (see
+    /// [`crate::prefetch`]).
+    pub fn prefetch_client(&self, client: ClientIndex) {
+        if let Some(slot) = self.slots.get(client.get()) {
+            prefetch(slot);
         }
     }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
+use crate::prefetch::{prefetch, prefetch_bytes};
+
 use super::clock::{Clock, Stamp};
 use super::config::{ChannelId, ConfigError, TransportConfig};
 use super::congestion::SendBudget;
@@ -493,6 +495,35 @@ impl Connection {
         }
         self.note_pending(index);
         Ok(())
+    }
+
+    /// Asks the CPU for this connection's per-packet lines (everything
+    /// before `stats`): the first step of serving it after the other
+    /// clients' turns pushed it out of the cache (see [`crate::prefetch`]).
+    pub(crate) fn prefetch(&self) {
+        prefetch_bytes(self, std::mem::offset_of!(Connection, stats));
+    }
+
+    /// The second step, once [`prefetch`](Self::prefetch)'s lines are in:
+    /// the channels a transmit packs from and the history slot it records
+    /// its packet in.
+    pub(crate) fn prefetch_transmit(&self) {
+        for index in channel_bits(self.pending_channels) {
+            if let Some(channel) = self.send.get(index) {
+                prefetch(channel);
+            }
+        }
+        prefetch(self.sent.get(self.next_sequence));
+    }
+
+    /// The third step, once the channels are in: the messages a transmit
+    /// packs first.
+    pub(crate) fn prefetch_transmit_messages(&self) {
+        for index in channel_bits(self.pending_channels) {
+            if let Some(channel) = self.send.get(index) {
+                channel.prefetch_next();
+            }
+        }
     }
 
     /// Brings channel `index`'s bit of `pending_channels` in step with it

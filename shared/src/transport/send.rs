@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
+use crate::prefetch::prefetch;
+
 use super::clock::Stamp;
 use super::config::{ChannelConfig, ChannelKind};
 use super::sent::SENT_HISTORY;
@@ -190,6 +192,23 @@ impl SendChannel {
         match self {
             Self::Unreliable(c) => !c.queue.is_empty(),
             Self::Reliable(c) => !c.ready.is_empty(),
+        }
+    }
+
+    /// Asks the CPU for the queue entry the next packing reads first (see
+    /// [`crate::prefetch`]).
+    pub(crate) fn prefetch_next(&self) {
+        match self {
+            Self::Unreliable(c) => {
+                if let Some(next) = c.queue.front() {
+                    prefetch(next);
+                }
+            }
+            Self::Reliable(c) => {
+                if let Some(next) = c.ready.front() {
+                    prefetch(next);
+                }
+            }
         }
     }
 
