@@ -31,6 +31,7 @@ use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
 use glam::{IVec2, Vec2};
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
+use shared::prefetch::prefetch;
 use shared::protocol::NetMessage;
 use shared::protocol::channels;
 use shared::protocol::movement::{Snapshot, SnapshotBody, quantize};
@@ -374,18 +375,20 @@ fn replicate(
     let enter_sq = config.radius * config.radius;
     let reach = config.radius + config.hysteresis;
     let leave_sq = reach * reach;
-    // Each view's state is cold: ask for the next two views' lines, one
-    // step of their chain each (see `ClientView::prefetch`).
+    // Each view's state is cold: ask for the next three views' lines, one
+    // step of their chain each (the view, then see `ClientView::prefetch`).
     let mut items = viewers.iter_mut();
-    let mut next = items.next();
-    let mut after = items.next();
-    while let Some((entity, own, position, mut viewer, mover, player)) = next {
-        next = after;
-        after = items.next();
-        if let Some((_, _, _, upcoming, _, _)) = &after {
+    let mut ahead = [items.next(), items.next(), items.next()];
+    while let Some((entity, own, position, mut viewer, mover, player)) = ahead[0].take() {
+        ahead.rotate_left(1);
+        ahead[2] = items.next();
+        if let Some((_, _, _, upcoming, _, _)) = &ahead[2] {
+            prefetch(&**upcoming);
+        }
+        if let Some((_, _, _, upcoming, _, _)) = &ahead[1] {
             upcoming.view.prefetch();
         }
-        if let Some((_, _, _, upcoming, _, _)) = &next {
+        if let Some((_, _, _, upcoming, _, _)) = &ahead[0] {
             upcoming.view.prefetch_frames();
         }
         if !viewer.streaming {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::netcode::{self, ClientIndex, ServerEvent, Transmit};
+use crate::netcode::{self, ClientIndex, Located, ServerEvent, Transmit};
 use crate::prefetch::prefetch;
 use crate::transport::clock::{SharedClock, Stamp};
 use crate::transport::{
@@ -387,6 +387,29 @@ impl ServerEndpoint {
         result.map_err(EndpointSendError::from)
     }
 
+    /// Asks the CPU for what [`send`](Self::send) reads of the clients the
+    /// caller sends to in its next few calls: `ahead(n)` is the client and
+    /// channel of the send `n` calls from now (`None` if none). Called
+    /// before each of a batch of sends, this takes each client's chain of
+    /// cold lines (its slot, its connection, its channel) one step further
+    /// a call, so the lines have been on their way for a few sends when the
+    /// client's turn comes (see [`crate::prefetch`]).
+    pub fn prefetch_sends(&self, ahead: impl Fn(usize) -> Option<(ClientIndex, ChannelId)>) {
+        let peer = |n: usize| {
+            let (client, channel) = ahead(n)?;
+            Some((self.peers.get(client.get())?, channel))
+        };
+        if let Some((slot, _)) = peer(3) {
+            prefetch(slot);
+        }
+        if let Some((Some(peer), _)) = peer(2) {
+            peer.conn.prefetch_send();
+        }
+        if let Some((Some(peer), channel)) = peer(1) {
+            peer.conn.prefetch_send_channel(channel);
+        }
+    }
+
     /// Queues one shared message for every connected client; a client whose
     /// reliable queue is full is disconnected as in [`send`](Self::send).
     pub fn broadcast(&mut self, now: Instant, channel: ChannelId, payload: &Bytes) {
@@ -437,7 +460,50 @@ impl ServerEndpoint {
         from: SocketAddr,
         buf: &mut [u8],
     ) {
-        match self.netcode.handle_datagram(now, unix_secs, from, buf) {
+        self.handle_located(now, unix_secs, self.netcode.locate(from), buf);
+    }
+
+    /// Looks up the client a datagram from `from` comes from, for
+    /// [`handle_located`](Self::handle_located), and asks the CPU for the
+    /// first lines of its state (see [`crate::prefetch`]). A caller with a
+    /// batch of datagrams locates them all first, then hands each to
+    /// `handle_located` after [`prefetch_datagrams`](Self::prefetch_datagrams),
+    /// so that each client's cold state is on its way before its turn.
+    pub fn locate(&self, from: SocketAddr) -> Located {
+        let located = self.netcode.locate(from);
+        if let Some(client) = located.client() {
+            self.netcode.prefetch_client(client);
+            if let Some(slot) = self.peers.get(client.get()) {
+                prefetch(slot);
+            }
+        }
+        located
+    }
+
+    /// The next steps of [`locate`](Self::locate)'s prefetch, before each
+    /// datagram of a batch is handled: `ahead(n)` is the datagram handled
+    /// `n` calls from now. Two datagrams ahead its connection's lines, one
+    /// ahead what they point to that a datagram in reads.
+    pub fn prefetch_datagrams(&self, ahead: impl Fn(usize) -> Option<Located>) {
+        let peer = |n: usize| self.peer(ahead(n)?.client()?);
+        if let Some(peer) = peer(2) {
+            peer.conn.prefetch();
+        }
+        if let Some(peer) = peer(1) {
+            peer.conn.prefetch_receive();
+        }
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) for a datagram from
+    /// `located`'s address.
+    pub fn handle_located(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        located: Located,
+        buf: &mut [u8],
+    ) {
+        match self.netcode.handle_located(now, unix_secs, located, buf) {
             Some(ServerEvent::Payload { client, data }) => {
                 let index = client.get();
                 let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {

@@ -17,7 +17,7 @@ use thiserror::Error;
 use super::batch::{RecvBatch, SendBatch};
 use crate::chunks::Chunks;
 use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
-use crate::netcode::{ClientIndex, DropReason, MAX_PACKET_BYTES};
+use crate::netcode::{ClientIndex, DropReason, Located, MAX_PACKET_BYTES};
 use crate::transport::{ChannelId, DisconnectReason};
 
 const SOCKET: Token = Token(0);
@@ -332,6 +332,7 @@ impl ServerIo {
             shutting_down: None,
             next_summary: None,
             inbox: RecvBatch::new(RECV_BATCH, MAX_PACKET_BYTES),
+            located: Vec::with_capacity(RECV_BATCH),
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
             wants_writable: false,
             inbound: Chunks::new(INBOUND_CHUNK),
@@ -439,6 +440,8 @@ struct IoLoop {
     next_summary: Option<Instant>,
     /// Reused buffers for reading datagrams.
     inbox: RecvBatch,
+    /// The senders of the datagrams in `inbox`, looked up ahead.
+    located: Vec<Located>,
     /// Datagrams produced this iteration, sent together; what the socket
     /// would not take yet waits here (bounded).
     outbox: SendBatch,
@@ -530,13 +533,25 @@ impl IoLoop {
         loop {
             match self.inbox.recv(&self.socket) {
                 Ok(count) => {
-                    for index in 0..count {
-                        let Some((from, datagram)) = self.inbox.get_mut(index) else {
+                    // Every sender first, so that each one's state is on
+                    // its way before its datagram's turn.
+                    self.located.clear();
+                    self.located.extend(
+                        self.inbox
+                            .iter()
+                            .map(|(from, _)| self.endpoint.locate(from)),
+                    );
+                    for index in 0..self.located.len() {
+                        let located = self.located[index];
+                        let upcoming = &self.located[index + 1..];
+                        self.endpoint
+                            .prefetch_datagrams(|n| upcoming.get(n - 1).copied());
+                        let Some((_, datagram)) = self.inbox.get_mut(index) else {
                             break;
                         };
                         bump(&self.stats.datagrams_in, 1);
                         bump(&self.stats.bytes_in, datagram.len() as u64);
-                        self.endpoint.handle_datagram(now, unix, from, datagram);
+                        self.endpoint.handle_located(now, unix, located, datagram);
                         self.forward_events(now);
                     }
                     // A short batch: the socket is drained (a datagram
@@ -567,7 +582,15 @@ impl IoLoop {
                     return true;
                 }
             };
-            for command in batch {
+            let mut commands = batch.into_iter();
+            while let Some(command) = commands.next() {
+                let upcoming = commands.as_slice();
+                self.endpoint.prefetch_sends(|n| match upcoming.get(n - 1) {
+                    Some(NetCommand::Send {
+                        client, channel, ..
+                    }) => Some((client.slot, *channel)),
+                    _ => None,
+                });
                 match command {
                     NetCommand::Send {
                         client,

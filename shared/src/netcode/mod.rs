@@ -155,8 +155,8 @@ mod tests;
 pub use client::{Client, ClientConfig, ClientEvent, ClientState, ConnectError};
 pub use ratelimit::HandshakeRateLimit;
 pub use server::{
-    ClientIndex, ConfigError, DisconnectError, DisconnectReason, SendError, Server, ServerConfig,
-    ServerEvent,
+    ClientIndex, ConfigError, DisconnectError, DisconnectReason, Located, SendError, Server,
+    ServerConfig, ServerEvent,
 };
 pub use stats::{ClientStats, DropCounts, DropReason, ServerStats};
 pub use token::{ConnectToken, TokenError, TokenParams};

@@ -109,6 +109,24 @@ impl ClientIndex {
     }
 }
 
+/// A datagram's sender looked up ahead of handling the datagram (see
+/// [`Server::locate`]): the lookup stands while no client has joined or left
+/// since, and is done again otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    from: SocketAddr,
+    slot: Option<u32>,
+    /// [`Server`]'s `addresses_version` at the lookup.
+    version: u64,
+}
+
+impl Located {
+    /// The connected client the datagram came from, if any (at the lookup).
+    pub fn client(&self) -> Option<ClientIndex> {
+        self.slot.map(ClientIndex)
+    }
+}
+
 /// Why a client left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -302,6 +320,9 @@ pub struct Server {
     check_at: Vec<Option<Instant>>,
     free: Vec<u32>,
     by_address: HashMap<SocketAddr, u32, KeyedHash>,
+    /// Changes with every change of `by_address`, so that a [`Located`]
+    /// can tell whether its lookup still stands.
+    addresses_version: u64,
     by_client_id: HashMap<u64, u32, KeyedHash>,
     pending: HashMap<SocketAddr, Pending, KeyedHash>,
     token_uses: HashMap<[u8; MAC_BYTES], TokenUse, KeyedHash>,
@@ -360,6 +381,7 @@ impl Server {
             check_at: vec![None; n],
             free: (0..max).rev().collect(),
             by_address: HashMap::with_capacity_and_hasher(n, hash.clone()),
+            addresses_version: 0,
             by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
             pending: HashMap::with_capacity_and_hasher(config.max_pending, hash.clone()),
             token_uses: HashMap::with_capacity_and_hasher(config.max_token_entries, hash),
@@ -449,9 +471,40 @@ impl Server {
         from: SocketAddr,
         buf: &'b mut [u8],
     ) -> Option<ServerEvent<'b>> {
+        self.handle_located(now, unix_secs, self.locate(from), buf)
+    }
+
+    /// Looks up which client a datagram from `from` comes from, so that a
+    /// caller with a batch of datagrams can look them all up first and
+    /// [`prefetch_client`](Self::prefetch_client) their state before
+    /// handling each with [`handle_located`](Self::handle_located).
+    pub fn locate(&self, from: SocketAddr) -> Located {
+        Located {
+            from,
+            slot: self.by_address.get(&from).copied(),
+            version: self.addresses_version,
+        }
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) for a datagram from
+    /// `located`'s address; its lookup is done again if clients joined or
+    /// left since.
+    pub fn handle_located<'b>(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        located: Located,
+        buf: &'b mut [u8],
+    ) -> Option<ServerEvent<'b>> {
+        let located = if located.version == self.addresses_version {
+            located
+        } else {
+            self.locate(located.from)
+        };
+        let from = located.from;
         bump(&mut self.stats.datagrams_received);
         bump_by(&mut self.stats.bytes_received, buf.len());
-        match self.process(now, unix_secs, from, buf) {
+        match self.process(now, unix_secs, located, buf) {
             Ok(event) => event,
             Err(reason) => {
                 tracing::trace!(%from, ?reason, "netcode server dropped datagram");
@@ -465,9 +518,10 @@ impl Server {
         &mut self,
         now: Instant,
         unix_secs: u64,
-        from: SocketAddr,
+        located: Located,
         buf: &'b mut [u8],
     ) -> Result<Option<ServerEvent<'b>>, DropReason> {
+        let from = located.from;
         let Some(&prefix) = buf.first() else {
             return Err(DropReason::Empty);
         };
@@ -479,7 +533,7 @@ impl Server {
             return Ok(None);
         }
         let header = packet::parse_header(buf, Side::Server)?;
-        if let Some(&slot) = self.by_address.get(&from) {
+        if let Some(slot) = located.slot {
             return self.process_connected(now, slot, &header, buf);
         }
         if !self.pending.contains_key(&from) {
@@ -680,6 +734,7 @@ impl Server {
             *check = Some(now);
         }
         self.by_address.insert(from, slot_index);
+        self.addresses_version += 1;
         self.by_client_id.insert(client_id, slot_index);
         bump(&mut self.stats.clients_connected);
         // Room for this is reserved: at most one keep-alive per slot is queued.
@@ -748,6 +803,7 @@ impl Server {
             *check = None;
         }
         self.by_address.remove(&conn.address);
+        self.addresses_version += 1;
         self.by_client_id.remove(&conn.client_id);
         self.free.push(slot_index);
         Some(conn.client_id)

@@ -237,6 +237,47 @@ fn handshake_connects_and_payloads_flow_both_ways() {
 }
 
 #[test]
+fn a_sender_looked_up_before_clients_joined_or_left_is_looked_up_again() {
+    let mut w = World::new(4);
+    let early = w.server.locate(client_addr(0));
+    assert_eq!(early.client(), None, "not connected yet");
+    let (addr, mut client) = w.connected_pair();
+    let slot = w.server.client_at(addr).unwrap();
+    let mut out = [0u8; MAX_PACKET_BYTES];
+    let t = client.send_payload(w.now, b"after", &mut out).unwrap();
+    let ev = w
+        .server
+        .handle_located(w.now, UNIX, early, &mut out[..t.len]);
+    assert_eq!(
+        ev,
+        Some(ServerEvent::Payload {
+            client: slot,
+            data: b"after"
+        })
+    );
+
+    // A lookup that still stands is used as it is.
+    let now = w.server.locate(addr);
+    assert_eq!(now.client(), Some(slot));
+    let t = client.send_payload(w.now, b"again", &mut out).unwrap();
+    let ev = w.server.handle_located(w.now, UNIX, now, &mut out[..t.len]);
+    assert!(matches!(ev, Some(ServerEvent::Payload { .. })), "{ev:?}");
+
+    // Left since: the slot it found is nobody's now.
+    client.disconnect();
+    while let Some(t) = client.poll_transmit(w.now, &mut out) {
+        w.deliver_to_server(addr, &out[..t.len]);
+    }
+    assert_eq!(w.server.num_connected(), 0);
+    let mut late = out;
+    assert!(
+        w.server
+            .handle_located(w.now, UNIX, now, &mut late)
+            .is_none()
+    );
+}
+
+#[test]
 fn keepalives_hold_the_connection_and_silence_times_it_out() {
     let mut w = World::new(4);
     let pair = w.connected_pair();

@@ -381,6 +381,11 @@ struct Traffic {
     packet_loss: f32,
 }
 
+/// At most this much of the receive channels' state is prefetched for a
+/// datagram in: the game's six channels fit; a layout with many channels
+/// gets its first ones.
+const RECEIVE_PREFETCH_BYTES: usize = 8 * 64;
+
 /// The indices of the bits set in `mask`, lowest first.
 fn channel_bits(mut mask: u64) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
@@ -502,6 +507,31 @@ impl Connection {
     /// clients' turns pushed it out of the cache (see [`crate::prefetch`]).
     pub(crate) fn prefetch(&self) {
         prefetch_bytes(self, std::mem::offset_of!(Connection, stats));
+    }
+
+    /// The second step of a datagram in, once [`prefetch`](Self::prefetch)'s
+    /// lines are in: the receive channels (their messages' checks and
+    /// delivery) and the history slot of the newest packet sent (what its
+    /// acknowledgement most likely acknowledges).
+    pub(crate) fn prefetch_receive(&self) {
+        prefetch_bytes(&*self.recv, RECEIVE_PREFETCH_BYTES);
+        prefetch(self.sent.get(self.next_sequence.wrapping_sub(1)));
+    }
+
+    /// Asks for the line [`send_bytes`](Self::send_bytes) reads of the
+    /// connection itself (see [`crate::prefetch`]);
+    /// [`prefetch_send_channel`](Self::prefetch_send_channel) is the step
+    /// after.
+    pub(crate) fn prefetch_send(&self) {
+        prefetch_bytes(self, 1);
+    }
+
+    /// The second step, once [`prefetch_send`](Self::prefetch_send)'s line
+    /// is in: the state of the channel `send_bytes` queues on.
+    pub(crate) fn prefetch_send_channel(&self, channel: ChannelId) {
+        if let Some(state) = self.send.get(usize::from(channel.0)) {
+            prefetch(state);
+        }
     }
 
     /// The second step, once [`prefetch`](Self::prefetch)'s lines are in:
