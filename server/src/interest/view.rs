@@ -385,9 +385,11 @@ impl ClientView {
     /// the views before are encoded (see [`shared::prefetch`]).
     /// [`prefetch_frames`](Self::prefetch_frames) is the step after.
     pub fn prefetch(&self) {
-        for frame in self.history.iter().rev().take(PREFETCH_FRAMES) {
-            prefetch(frame);
-        }
+        // The newest frames sit at the end of the ring's newer run (if the
+        // ring wraps just before them, the few older ones are not asked for).
+        let (older, newer) = self.history.as_slices();
+        let newest = if newer.is_empty() { older } else { newer };
+        prefetch(&newest[newest.len().saturating_sub(PREFETCH_FRAMES)..]);
         prefetch(&self.visible[..]);
     }
 

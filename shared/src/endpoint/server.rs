@@ -392,20 +392,22 @@ impl ServerEndpoint {
     /// channel of the send `n` calls from now (`None` if none). Called
     /// before each of a batch of sends, this takes each client's chain of
     /// cold lines (its slot, its connection, its channel) one step further
-    /// a call, so the lines have been on their way for a few sends when the
-    /// client's turn comes (see [`crate::prefetch`]).
+    /// every other call, so the lines have been on their way for a few
+    /// sends when the client's turn comes (see [`crate::prefetch`]).
     pub fn prefetch_sends(&self, ahead: impl Fn(usize) -> Option<(ClientIndex, ChannelId)>) {
         let peer = |n: usize| {
             let (client, channel) = ahead(n)?;
             Some((self.peers.get(client.get())?, channel))
         };
-        if let Some((slot, _)) = peer(3) {
+        // A send whose lines are in takes about a memory round trip, so
+        // each step is two sends ahead of the next.
+        if let Some((slot, _)) = peer(6) {
             prefetch(slot);
         }
-        if let Some((Some(peer), _)) = peer(2) {
+        if let Some((Some(peer), _)) = peer(4) {
             peer.conn.prefetch_send();
         }
-        if let Some((Some(peer), channel)) = peer(1) {
+        if let Some((Some(peer), channel)) = peer(2) {
             peer.conn.prefetch_send_channel(channel);
         }
     }
