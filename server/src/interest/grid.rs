@@ -2,6 +2,7 @@
 //! cells), no allocation once warm.
 
 use glam::Vec2;
+use shared::prefetch::prefetch;
 
 /// Most cells a grid uses; when the entities spread wider than this many
 /// cells of the configured size, the cells grow (queries stay correct,
@@ -123,19 +124,37 @@ impl<T: Copy> SpatialGrid<T> {
     /// of half-side `radius` around `center` (a superset of the circle:
     /// the caller checks distances).
     pub fn query(&self, center: Vec2, radius: f32, mut visit: impl FnMut(Vec2, &T)) {
-        if self.cols == 0 {
-            return;
-        }
-        let (x0, y0) = self.cell(center - Vec2::splat(radius));
-        let (x1, y1) = self.cell(center + Vec2::splat(radius));
-        for y in y0..=y1 {
-            let row = y * self.cols;
-            let from = self.starts[row + x0] as usize;
-            let to = self.starts[row + x1 + 1] as usize;
-            for (position, item) in &self.by_cell[from..to] {
+        for run in self.runs(center, radius) {
+            for (position, item) in run {
                 visit(*position, item);
             }
         }
+    }
+
+    /// Asks the CPU for the items a [`query`](Self::query) with the same
+    /// arguments visits (see [`shared::prefetch`]): a few queries ahead,
+    /// so that they are in the cache when it runs. Consecutive queries
+    /// (viewers in the order the game keeps them) are far apart, and
+    /// between two visits of the same cells every viewer's own state has
+    /// gone through the cache.
+    pub fn prefetch_query(&self, center: Vec2, radius: f32) {
+        for run in self.runs(center, radius) {
+            prefetch(run);
+        }
+    }
+
+    /// The items of each row of cells that overlap the square of
+    /// half-side `radius` around `center`: one run of `by_cell` a row.
+    fn runs(&self, center: Vec2, radius: f32) -> impl Iterator<Item = &[(Vec2, T)]> {
+        let (x0, y0) = self.cell(center - Vec2::splat(radius));
+        let (x1, y1) = self.cell(center + Vec2::splat(radius));
+        let rows = if self.cols == 0 { 0..0 } else { y0..y1 + 1 };
+        rows.map(move |y| {
+            let row = y * self.cols;
+            let from = self.starts[row + x0] as usize;
+            let to = self.starts[row + x1 + 1] as usize;
+            &self.by_cell[from..to]
+        })
     }
 }
 

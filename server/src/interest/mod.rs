@@ -376,7 +376,8 @@ fn replicate(
     let reach = config.radius + config.hysteresis;
     let leave_sq = reach * reach;
     // Each view's state is cold: ask for the next three views' lines, one
-    // step of their chain each (the view, then see `ClientView::prefetch`).
+    // step of their chain each (the view, then see `ClientView::prefetch`),
+    // and for the grid cells around the viewer after next.
     let mut items = viewers.iter_mut();
     let mut ahead = [items.next(), items.next(), items.next()];
     while let Some((entity, own, position, mut viewer, mover, player)) = ahead[0].take() {
@@ -385,8 +386,9 @@ fn replicate(
         if let Some((_, _, _, upcoming, _, _)) = &ahead[2] {
             prefetch(&**upcoming);
         }
-        if let Some((_, _, _, upcoming, _, _)) = &ahead[1] {
+        if let Some((_, _, at, upcoming, _, _)) = &ahead[1] {
             upcoming.view.prefetch();
+            grid.prefetch_query(at.0, reach);
         }
         if let Some((_, _, _, upcoming, _, _)) = &ahead[0] {
             upcoming.view.prefetch_frames();
