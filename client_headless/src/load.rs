@@ -18,7 +18,8 @@ use crate::bot::{BotContext, WorkerStats, new_rtt_histogram};
 use crate::chart::{self, Sample};
 use crate::prom::{self, ServerSample};
 use crate::report::{
-    Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, TickPercentiles,
+    Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, SteadyWindow,
+    TickPercentiles, TickWindow,
 };
 use crate::scenario::Scenario;
 use crate::swarm::{self, SourceIps, WorkerHandle};
@@ -113,6 +114,8 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let mut samples = Vec::new();
     let mut previous_scrape = baseline.as_ref().ok().cloned();
     let mut last_scrape = previous_scrape.clone();
+    // The first scrape after the ramp, and how far into the run it came.
+    let mut after_ramp: Option<(f64, ServerSample)> = None;
     let mut window = new_rtt_histogram();
     let end = start + plan.duration;
     let mut next_sample = start + Duration::from_secs(1);
@@ -144,6 +147,9 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             ) {
                 let delta = now_tick.since(before);
                 sample.tick = [0.5, 0.99].map(|q| delta.quantile(q).map(|s| s * 1000.0));
+            }
+            if after_ramp.is_none() && now >= start + plan.ramp {
+                after_ramp = Some((sample.t, current.clone()));
             }
             previous_scrape = Some(current.clone());
             last_scrape = Some(current);
@@ -181,6 +187,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let server = server_report(
         &plan.metrics_url,
         baseline.ok().as_ref(),
+        after_ramp.as_ref().map(|(t, sample)| (*t, sample)),
         final_scrape.as_ref(),
     );
     if plan.scenario.chat.is_some() && reliable.lines_received == 0 {
@@ -263,9 +270,12 @@ fn scrape(url: &str) -> Result<ServerSample, String> {
     prom::fetch(url, SCRAPE_TIMEOUT).map(|page| prom::parse_sample(&page))
 }
 
+/// The server's figures over the run (`baseline` to `last`) and over its
+/// steady state (`after_ramp`, taken `from_s` seconds in, to `last`).
 fn server_report(
     url: &str,
     baseline: Option<&ServerSample>,
+    after_ramp: Option<(f64, &ServerSample)>,
     last: Option<&ServerSample>,
 ) -> ServerReport {
     let mut out = ServerReport {
@@ -275,6 +285,17 @@ fn server_report(
     let (Some(first), Some(last)) = (baseline, last) else {
         return out;
     };
+    out.run = tick_window(first, last);
+    out.steady = after_ramp.map(|(from_s, first)| SteadyWindow {
+        from_s,
+        tick: tick_window(first, last),
+    });
+    out
+}
+
+/// The tick between two scrapes of the server's metrics.
+fn tick_window(first: &ServerSample, last: &ServerSample) -> TickWindow {
+    let mut out = TickWindow::default();
     if let Some(tick) = &last.tick {
         let run = first
             .tick
@@ -436,6 +457,46 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metrics page whose tick histogram holds `fast` ticks under 1 ms
+    /// and `slow` over 32 ms, `overruns` of them counted.
+    fn page(fast: u32, slow: u32, overruns: u32) -> ServerSample {
+        let all = fast + slow;
+        prom::parse_sample(&format!(
+            "server_tick_duration_seconds_bucket{{le=\"0.001\"}} {fast}\n\
+             server_tick_duration_seconds_bucket{{le=\"0.032\"}} {fast}\n\
+             server_tick_duration_seconds_bucket{{le=\"0.064\"}} {all}\n\
+             server_tick_duration_seconds_bucket{{le=\"+Inf\"}} {all}\n\
+             server_tick_duration_seconds_count {all}\n\
+             server_tick_overruns_total {overruns}\n"
+        ))
+    }
+
+    #[test]
+    fn the_steady_window_leaves_out_what_the_ramp_did() {
+        let baseline = page(0, 0, 0);
+        // The ramp: 100 ticks, 5 of them overran.
+        let after_ramp = page(95, 5, 5);
+        // Then 1,000 fast ticks.
+        let last = page(1095, 5, 5);
+        let report = server_report(
+            "url",
+            Some(&baseline),
+            Some((10.0, &after_ramp)),
+            Some(&last),
+        );
+        assert_eq!(report.run.overruns, Some(5.0));
+        assert!(report.run.tick_ms.max.is_some_and(|m| m > 32.0));
+        let steady = report.steady.expect("a steady window");
+        assert_eq!(steady.from_s, 10.0);
+        assert_eq!(steady.tick.overruns, Some(0.0));
+        assert!(
+            steady.tick.tick_ms.max.is_some_and(|m| m <= 1.0),
+            "{steady:?}"
+        );
+        let none = server_report("url", Some(&baseline), None, Some(&last));
+        assert_eq!(none.steady, None);
+    }
 
     #[test]
     fn this_process_has_used_some_cpu() {

@@ -98,14 +98,50 @@ pub(crate) struct MovementReport {
 pub(crate) struct ServerReport {
     /// The URL scraped.
     pub(crate) metrics_url: String,
-    /// Tick duration over the run, from the histogram buckets (ms).
+    /// The tick over the whole run, ramp included.
+    #[serde(flatten)]
+    pub(crate) run: TickWindow,
+    /// The tick from the first scrape after the ramp to the end: the
+    /// steady state, without the connect storm. `None` when no scrape came
+    /// after the ramp.
+    pub(crate) steady: Option<SteadyWindow>,
+}
+
+/// The server's tick over part of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct TickWindow {
+    /// Tick duration, from the histogram buckets (ms).
     pub(crate) tick_ms: TickPercentiles,
-    /// Ticks longer than the tick period during the run.
+    /// Ticks longer than the tick period.
     pub(crate) overruns: Option<f64>,
 }
 
+/// [`ServerReport::steady`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct SteadyWindow {
+    /// Seconds into the run the window starts.
+    pub(crate) from_s: f64,
+    /// The tick over the window.
+    #[serde(flatten)]
+    pub(crate) tick: TickWindow,
+}
+
+impl TickWindow {
+    fn summary(&self) -> String {
+        let t = &self.tick_ms;
+        format!(
+            "p50 {}  p99 {}  max {}  overruns {}",
+            ms(t.p50),
+            ms(t.p99),
+            ms(t.max),
+            self.overruns
+                .map_or_else(|| "n/a".to_owned(), |o| format!("{o:.0}"))
+        )
+    }
+}
+
 /// Tick duration percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub(crate) struct TickPercentiles {
     /// Median.
     pub(crate) p50: Option<f64>,
@@ -265,17 +301,15 @@ impl Report {
             "  bandwidth   {:.0} B/s up, {:.0} B/s down per bot",
             self.bytes_per_bot_per_s.up, self.bytes_per_bot_per_s.down
         );
-        let t = &self.server.tick_ms;
-        let _ = writeln!(
-            s,
-            "  server tick p50 {}  p99 {}  max {}  overruns {}",
-            ms(t.p50),
-            ms(t.p99),
-            ms(t.max),
-            self.server
-                .overruns
-                .map_or_else(|| "n/a".to_owned(), |o| format!("{o:.0}"))
-        );
+        let _ = writeln!(s, "  server tick {}", self.server.run.summary());
+        if let Some(steady) = &self.server.steady {
+            let _ = writeln!(
+                s,
+                "  after ramp  {} (from {:.0} s)",
+                steady.tick.summary(),
+                steady.from_s
+            );
+        }
         if let Some(cpu) = self.bot_cpu_s {
             let core = |seconds: f64| 100.0 * seconds / self.duration_s.max(0.001);
             let _ = write!(s, "  bot cpu     {cpu:.2} s ({:.0}% of one core", core(cpu));
@@ -406,6 +440,37 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["bot_cpu_kernel_s"], 2.0);
+    }
+
+    #[test]
+    fn the_steady_window_has_its_own_line_and_keys() {
+        let mut r = report();
+        assert!(!r.summary().contains("after ramp"));
+        r.server.run.overruns = Some(3.0);
+        r.server.steady = Some(SteadyWindow {
+            from_s: 12.0,
+            tick: TickWindow {
+                tick_ms: TickPercentiles {
+                    p50: Some(7.0),
+                    p99: Some(15.5),
+                    max: Some(22.6),
+                },
+                overruns: Some(0.0),
+            },
+        });
+        let text = r.summary();
+        assert!(text.contains("overruns 3"), "{text}");
+        assert!(
+            text.contains(
+                "after ramp  p50 7.0 ms  p99 15.5 ms  max 22.6 ms  overruns 0 (from 12 s)"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["server"]["overruns"], 3.0);
+        assert_eq!(json["server"]["steady"]["from_s"], 12.0);
+        assert_eq!(json["server"]["steady"]["tick_ms"]["p99"], 15.5);
+        assert_eq!(json["server"]["steady"]["overruns"], 0.0);
     }
 
     #[test]

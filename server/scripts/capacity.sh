@@ -30,8 +30,10 @@
 # per second in and out (as the server counted them, over the steady
 # window), the datagrams the kernel dropped at the server's full socket
 # buffer and net-io's wakeups per second (over the whole window) come from
-# its /metrics. Tick p50/p99, RTT p99, bytes/bot/s and
-# connected/requested come from the bots' JSON report; bot cores = the bot
+# its /metrics. Tick p50/p99 and overruns (over the bots' whole run, and
+# after the ramp: from the bots' first scrape of the server's metrics after
+# it), RTT p99, bytes/bot/s and connected/requested come from the bots' JSON
+# report; bot cores = the bot
 # process's CPU seconds (from the report) / the same wall time, with its
 # kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
@@ -189,14 +191,14 @@ for n in "${POINTS[@]}"; do
             --arg datagrams "$datagrams" --arg drops "$drops" --arg srss "${server_rss:-–}" '
             def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
             def c(x): x / ($wall | tonumber) * 100 | round / 100 | tostring;
-            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else c(.bot_cpu_s) + (if .bot_cpu_kernel_s == null then "" else " (kernel \(c(.bot_cpu_kernel_s)))" end) end) | \($srss) / \(if .bot_peak_rss_mib == null then "–" else (.bot_peak_rss_mib | round | tostring) end) |"' "$r")
+            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(if .server.steady == null then "–" else "\(f(.server.steady.tick_ms.p50)) / \(f(.server.steady.tick_ms.p99)), \(.server.steady.overruns // "–")" end) | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else c(.bot_cpu_s) + (if .bot_cpu_kernel_s == null then "" else " (kernel \(c(.bot_cpu_kernel_s)))" end) end) | \($srss) / \(if .bot_peak_rss_mib == null then "–" else (.bot_peak_rss_mib | round | tostring) end) |"' "$r")
     else
-        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | $datagrams | $drops | – | ${server_rss:-–} / – |"
+        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | – | $datagrams | $drops | – | ${server_rss:-–} / – |"
     fi
     ROWS+=("$row")
     echo "$row" >&2
 done
 
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
