@@ -408,6 +408,21 @@ struct Progress {
     bar: Option<ProgressBar>,
 }
 
+/// A second of the run, as the progress line shows it: bots connected,
+/// their RTT, the server's tick (when its metrics are read) and errors.
+fn progress_line(sample: &Sample, errors: u64) -> String {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    format!(
+        "{:.0} connected  rtt p50 {} p99 {} ms  server tick p50 {} p99 {} ms  errors {}",
+        sample.connected,
+        ms(sample.rtt[0]),
+        ms(sample.rtt[2]),
+        ms(sample.tick[0]),
+        ms(sample.tick[1]),
+        errors
+    )
+}
+
 impl Progress {
     fn new(bots: u64, duration: Duration) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
@@ -423,14 +438,7 @@ impl Progress {
     }
 
     fn update(&self, sample: &Sample, errors: u64) {
-        let rtt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
-        let line = format!(
-            "{:.0} connected  rtt p50 {} p99 {} ms  errors {}",
-            sample.connected,
-            rtt(sample.rtt[0]),
-            rtt(sample.rtt[2]),
-            errors
-        );
+        let line = progress_line(sample, errors);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(sample.t as u64);
@@ -470,6 +478,26 @@ mod tests {
              server_tick_duration_seconds_count {all}\n\
              server_tick_overruns_total {overruns}\n"
         ))
+    }
+
+    #[test]
+    fn each_second_shows_the_servers_tick() {
+        let mut sample = Sample {
+            t: 3.0,
+            connected: 120.0,
+            rtt: [Some(12.34), None, Some(30.0)],
+            tick: [None, None],
+        };
+        assert_eq!(
+            progress_line(&sample, 2),
+            "120 connected  rtt p50 12.3 p99 30.0 ms  server tick p50 - p99 - ms  errors 2"
+        );
+        sample.tick = [Some(6.9), Some(15.55)];
+        assert!(
+            progress_line(&sample, 0).contains("server tick p50 6.9 p99 15.6 ms"),
+            "{}",
+            progress_line(&sample, 0)
+        );
     }
 
     #[test]
