@@ -538,22 +538,19 @@ impl Connection {
     /// the channels a transmit packs from and the history slot it records
     /// its packet in.
     pub(crate) fn prefetch_transmit(&self) {
-        for index in channel_bits(self.pending_channels) {
-            if let Some(channel) = self.send.get(index) {
-                prefetch(channel);
-            }
-        }
+        self.waiting_channels().for_each(prefetch);
         prefetch(self.sent.get(self.next_sequence));
     }
 
     /// The third step, once the channels are in: the messages a transmit
     /// packs first.
     pub(crate) fn prefetch_transmit_messages(&self) {
-        for index in channel_bits(self.pending_channels) {
-            if let Some(channel) = self.send.get(index) {
-                channel.prefetch_next();
-            }
-        }
+        self.waiting_channels().for_each(SendChannel::prefetch_next);
+    }
+
+    /// The send channels with data waiting.
+    fn waiting_channels(&self) -> impl Iterator<Item = &SendChannel> {
+        channel_bits(self.pending_channels).filter_map(|index| self.send.get(index))
     }
 
     /// Brings channel `index`'s bit of `pending_channels` in step with it
