@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::netcode::{self, ClientIndex, Located, ServerEvent, Transmit};
+use crate::netcode::{self, AddressLookup, ClientIndex, Located, ServerEvent, Transmit};
 use crate::prefetch::prefetch;
 use crate::transport::clock::{SharedClock, Stamp};
 use crate::transport::{
@@ -462,17 +462,25 @@ impl ServerEndpoint {
         from: SocketAddr,
         buf: &mut [u8],
     ) {
-        self.handle_located(now, unix_secs, self.netcode.locate(from), buf);
+        let located = self.netcode.locate(self.netcode.lookup(from));
+        self.handle_located(now, unix_secs, located, buf);
     }
 
-    /// Looks up the client a datagram from `from` comes from, for
+    /// The first step of looking up a datagram's sender (see
+    /// [`netcode::Server::lookup`]): a caller with a batch of datagrams
+    /// takes every sender's, then [`locate`](Self::locate)s each.
+    pub fn lookup(&self, from: SocketAddr) -> AddressLookup {
+        self.netcode.lookup(from)
+    }
+
+    /// Looks up the client a datagram from `sender` comes from, for
     /// [`handle_located`](Self::handle_located), and asks the CPU for the
     /// first lines of its state (see [`crate::prefetch`]). A caller with a
     /// batch of datagrams locates them all first, then hands each to
     /// `handle_located` after [`prefetch_datagrams`](Self::prefetch_datagrams),
     /// so that each client's cold state is on its way before its turn.
-    pub fn locate(&self, from: SocketAddr) -> Located {
-        let located = self.netcode.locate(from);
+    pub fn locate(&self, sender: AddressLookup) -> Located {
+        let located = self.netcode.locate(sender);
         if let Some(client) = located.client() {
             self.netcode.prefetch_client(client);
             if let Some(slot) = self.peers.get(client.get()) {

@@ -17,7 +17,7 @@ use thiserror::Error;
 use super::batch::{RecvBatch, SendBatch};
 use crate::chunks::Chunks;
 use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
-use crate::netcode::{ClientIndex, DropReason, Located, MAX_PACKET_BYTES};
+use crate::netcode::{AddressLookup, ClientIndex, DropReason, Located, MAX_PACKET_BYTES};
 use crate::transport::{ChannelId, DisconnectReason};
 
 const SOCKET: Token = Token(0);
@@ -332,6 +332,7 @@ impl ServerIo {
             shutting_down: None,
             next_summary: None,
             inbox: RecvBatch::new(RECV_BATCH, MAX_PACKET_BYTES),
+            lookups: Vec::with_capacity(RECV_BATCH),
             located: Vec::with_capacity(RECV_BATCH),
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
             wants_writable: false,
@@ -440,7 +441,9 @@ struct IoLoop {
     next_summary: Option<Instant>,
     /// Reused buffers for reading datagrams.
     inbox: RecvBatch,
-    /// The senders of the datagrams in `inbox`, looked up ahead.
+    /// The senders of the datagrams in `inbox`, hashed ahead.
+    lookups: Vec<AddressLookup>,
+    /// The same, looked up ahead.
     located: Vec<Located>,
     /// Datagrams produced this iteration, sent together; what the socket
     /// would not take yet waits here (bounded).
@@ -534,12 +537,20 @@ impl IoLoop {
             match self.inbox.recv(&self.socket) {
                 Ok(count) => {
                     // Every sender first, so that each one's state is on
-                    // its way before its datagram's turn.
-                    self.located.clear();
-                    self.located.extend(
+                    // its way before its datagram's turn: their lines of
+                    // the address table, then the lookups (by then the
+                    // lines are in), which ask for each client's state.
+                    self.lookups.clear();
+                    self.lookups.extend(
                         self.inbox
                             .iter()
-                            .map(|(from, _)| self.endpoint.locate(from)),
+                            .map(|(from, _)| self.endpoint.lookup(from)),
+                    );
+                    self.located.clear();
+                    self.located.extend(
+                        self.lookups
+                            .iter()
+                            .map(|&lookup| self.endpoint.locate(lookup)),
                     );
                     for index in 0..self.located.len() {
                         let located = self.located[index];

@@ -139,6 +139,7 @@
 //! - The cheap "address already connected" check runs before decryption
 //!   (the standard lists it after); the same packets are ignored.
 
+mod addresses;
 mod client;
 mod crypto;
 mod packet;
@@ -155,8 +156,8 @@ mod tests;
 pub use client::{Client, ClientConfig, ClientEvent, ClientState, ConnectError};
 pub use ratelimit::HandshakeRateLimit;
 pub use server::{
-    ClientIndex, ConfigError, DisconnectError, DisconnectReason, Located, SendError, Server,
-    ServerConfig, ServerEvent,
+    AddressLookup, ClientIndex, ConfigError, DisconnectError, DisconnectReason, Located, SendError,
+    Server, ServerConfig, ServerEvent,
 };
 pub use stats::{ClientStats, DropCounts, DropReason, ServerStats};
 pub use token::{ConnectToken, TokenError, TokenParams};

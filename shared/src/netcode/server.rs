@@ -9,6 +9,7 @@ use rand_core::CryptoRng;
 
 use crate::prefetch::prefetch;
 
+use super::addresses::{AddressHash, AddressTable};
 use super::crypto::{PacketCipher, prf_u64};
 use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
 use super::ratelimit::{HandshakeRateLimit, RateLimiter};
@@ -109,12 +110,21 @@ impl ClientIndex {
     }
 }
 
+/// A datagram's sender, hashed, its line of the address table on its way:
+/// the first half of a lookup ([`Server::lookup`], then
+/// [`Server::locate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressLookup {
+    from: SocketAddr,
+    hash: AddressHash,
+}
+
 /// A datagram's sender looked up ahead of handling the datagram (see
 /// [`Server::locate`]): the lookup stands while no client has joined or left
 /// since, and is done again otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Located {
-    from: SocketAddr,
+    sender: AddressLookup,
     slot: Option<u32>,
     /// [`Server`]'s `addresses_version` at the lookup.
     version: u64,
@@ -197,10 +207,10 @@ pub enum DisconnectError {
 /// and cloned for every hash (absorbing the key again cost two SipHash
 /// rounds on every lookup, one per datagram).
 #[derive(Clone)]
-struct KeyedHash(DefaultHasher);
+pub(super) struct KeyedHash(DefaultHasher);
 
 impl KeyedHash {
-    fn new(key: [u64; 2]) -> Self {
+    pub(super) fn new(key: [u64; 2]) -> Self {
         let mut h = DefaultHasher::new();
         h.write_u64(key[0]);
         h.write_u64(key[1]);
@@ -319,7 +329,7 @@ pub struct Server {
     /// due (about once per keep-alive interval, not once per service).
     check_at: Vec<Option<Instant>>,
     free: Vec<u32>,
-    by_address: HashMap<SocketAddr, u32, KeyedHash>,
+    by_address: AddressTable,
     /// Changes with every change of `by_address`, so that a [`Located`]
     /// can tell whether its lookup still stands.
     addresses_version: u64,
@@ -380,7 +390,7 @@ impl Server {
                 .collect(),
             check_at: vec![None; n],
             free: (0..max).rev().collect(),
-            by_address: HashMap::with_capacity_and_hasher(n, hash.clone()),
+            by_address: AddressTable::new(n, hash.clone()),
             addresses_version: 0,
             by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
             pending: HashMap::with_capacity_and_hasher(config.max_pending, hash.clone()),
@@ -433,7 +443,9 @@ impl Server {
 
     /// The slot of the client at `address`, if connected.
     pub fn client_at(&self, address: SocketAddr) -> Option<ClientIndex> {
-        self.by_address.get(&address).copied().map(ClientIndex)
+        self.by_address
+            .get(&address, self.by_address.hash(&address))
+            .map(ClientIndex)
     }
 
     /// The slot of the client with `client_id`, if connected.
@@ -471,17 +483,28 @@ impl Server {
         from: SocketAddr,
         buf: &'b mut [u8],
     ) -> Option<ServerEvent<'b>> {
-        self.handle_located(now, unix_secs, self.locate(from), buf)
+        self.handle_located(now, unix_secs, self.locate(self.lookup(from)), buf)
     }
 
-    /// Looks up which client a datagram from `from` comes from, so that a
+    /// The first half of looking up a datagram's sender: its hash, and its
+    /// line of the address table asked for. A caller with a batch of
+    /// datagrams takes every sender's first, so that the lines are in by
+    /// the time it [`locate`](Self::locate)s them.
+    pub fn lookup(&self, from: SocketAddr) -> AddressLookup {
+        AddressLookup {
+            from,
+            hash: self.by_address.hash(&from),
+        }
+    }
+
+    /// Looks up which client a datagram from `sender` comes from, so that a
     /// caller with a batch of datagrams can look them all up first and
     /// [`prefetch_client`](Self::prefetch_client) their state before
     /// handling each with [`handle_located`](Self::handle_located).
-    pub fn locate(&self, from: SocketAddr) -> Located {
+    pub fn locate(&self, sender: AddressLookup) -> Located {
         Located {
-            from,
-            slot: self.by_address.get(&from).copied(),
+            sender,
+            slot: self.by_address.get(&sender.from, sender.hash),
             version: self.addresses_version,
         }
     }
@@ -499,9 +522,9 @@ impl Server {
         let located = if located.version == self.addresses_version {
             located
         } else {
-            self.locate(located.from)
+            self.locate(located.sender)
         };
-        let from = located.from;
+        let from = located.sender.from;
         bump(&mut self.stats.datagrams_received);
         bump_by(&mut self.stats.bytes_received, buf.len());
         match self.process(now, unix_secs, located, buf) {
@@ -521,7 +544,7 @@ impl Server {
         located: Located,
         buf: &'b mut [u8],
     ) -> Result<Option<ServerEvent<'b>>, DropReason> {
-        let from = located.from;
+        let from = located.sender.from;
         let Some(&prefix) = buf.first() else {
             return Err(DropReason::Empty);
         };
@@ -564,7 +587,7 @@ impl Server {
         }
         // Cheap checks that the standard makes after decryption; doing them
         // first saves the expensive work and ignores the same packets.
-        if self.by_address.contains_key(&from) {
+        if self.by_address.contains(&from) {
             return Err(DropReason::AlreadyConnected);
         }
         if !self.limiter.allow(from.ip(), now) {
@@ -714,6 +737,11 @@ impl Server {
             .slots
             .get_mut(slot_index as usize)
             .ok_or(DropReason::WrongState)?;
+        if !self.by_address.insert(from, slot_index) {
+            // Never: the table holds as many addresses as there are slots.
+            self.free.push(slot_index);
+            return Err(DropReason::WrongState);
+        }
         let user_data = Box::new(user_data);
         slot.connection = Some(Connection {
             address: from,
@@ -733,7 +761,6 @@ impl Server {
         if let Some(check) = self.check_at.get_mut(slot_index as usize) {
             *check = Some(now);
         }
-        self.by_address.insert(from, slot_index);
         self.addresses_version += 1;
         self.by_client_id.insert(client_id, slot_index);
         bump(&mut self.stats.clients_connected);
