@@ -8,17 +8,23 @@
 #   CARGO_TARGET_DIR   where the release binaries are built [target]
 #   SCENARIO           scenario file [assets/scenarios/default.toml]
 #   RUN_SECS           measured seconds after the ramp [20]
+#   RUNS               runs per point, each with a fresh server [1]; the
+#                      table gives each figure's median over them (the
+#                      fewest connected, the most overruns); every run's
+#                      own row goes to stderr as it ends
 #   SERVER_CORE        core the server is pinned to [0]
 #   BOT_CORE           core the bots are pinned to [1]
-#   BASE_PORT          first UDP port; point i uses BASE_PORT+i [17900]
-#   OUT_DIR            where reports and logs go [a fresh mktemp -d]
+#   BASE_PORT          first UDP port; run i uses BASE_PORT+i [17900]
+#   OUT_DIR            where reports and logs go [a fresh mktemp -d]; each
+#                      run's figures are in run-N.json (run-N.K.json when
+#                      RUNS > 1), beside its report, logs and data dir
 #   SKIP_BUILD=1       do not run cargo build
 #   SERVER_BIN         server binary [$CARGO_TARGET_DIR/release/server]
 #                      (e.g. a copy of an older build, for an A/B run)
 #   BOTS_BIN           bot binary [$CARGO_TARGET_DIR/release/client_headless]
 #                      (idem, to compare the bots' own CPU)
 #
-# Per point: the server starts pinned to SERVER_CORE on loopback with a fresh
+# Per run: the server starts pinned to SERVER_CORE on loopback with a fresh
 # data dir; the bots (`client_headless load`) start pinned to BOT_CORE with a
 # ramp of max(5, N/500) s and a duration of ramp + RUN_SECS. Server CPU is
 # utime+stime from /proc/PID/stat (and per thread from /proc/PID/task/*/stat)
@@ -33,9 +39,8 @@
 # its /metrics. Tick p50/p99 and overruns (over the bots' whole run, and
 # after the ramp: from the bots' first scrape of the server's metrics after
 # it), RTT p99, bytes/bot/s and connected/requested come from the bots' JSON
-# report; bot cores = the bot
-# process's CPU seconds (from the report) / the same wall time, with its
-# kernel part. Peak RSS: the server's VmHWM when the bots are done, and
+# report; bot cores = the bot process's CPU seconds (from the report) / the
+# same wall time, with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
@@ -45,6 +50,7 @@ ROOT=$(pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SCENARIO=${SCENARIO:-assets/scenarios/default.toml}
 RUN_SECS=${RUN_SECS:-20}
+RUNS=${RUNS:-1}
 SERVER_CORE=${SERVER_CORE:-0}
 BOT_CORE=${BOT_CORE:-1}
 BASE_PORT=${BASE_PORT:-17900}
@@ -53,6 +59,7 @@ POINTS=("$@")
 [ ${#POINTS[@]} -eq 0 ] && POINTS=(500 1000 2000 5000)
 CLK_TCK=$(getconf CLK_TCK)
 
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "capacity.sh: RUNS must be a positive integer, not '$RUNS'" >&2; exit 2; }
 for tool in jq taskset timeout awk curl; do
     command -v "$tool" >/dev/null || { echo "capacity.sh: needs $tool" >&2; exit 2; }
 done
@@ -106,39 +113,43 @@ net_counters() {
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 echo "capacity: output in $OUT_DIR" >&2
 
-ROWS=()
-i=0
-for n in "${POINTS[@]}"; do
-    port=$((BASE_PORT + i))
-    mport=$((BASE_PORT + 1000 + i))
-    i=$((i + 1))
-    ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
-    duration=$((ramp + RUN_SECS))
-    data="$OUT_DIR/data-$n"
+# run_point N TAG PORT: one run of N bots against a fresh server on PORT
+# (metrics on PORT+1000). Files are named by TAG. Writes the run's figures
+# to OUT_DIR/run-TAG.json (see the render filter below) and prints its row
+# to stderr.
+run_point() {
+    local n=$1 tag=$2 port=$3 mport=$(($3 + 1000))
+    local ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
+    local duration=$((ramp + RUN_SECS))
+    local data="$OUT_DIR/data-$tag"
+    local drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1
+    local sin0 sout0 sin1 sout1 server_rss r
+    rm -rf "$data"
     mkdir -p "$data"
 
     taskset -c "$SERVER_CORE" "$SERVER_BIN" --bind "127.0.0.1:$port" \
         --metrics-bind "127.0.0.1:$mport" --data-dir "$data" \
         --max-clients $((n + 100)) --log-filter warn \
-        </dev/null >"$OUT_DIR/server-$n.log" 2>&1 &
+        </dev/null >"$OUT_DIR/server-$tag.log" 2>&1 &
     SERVER_PID=$!
     # Wait (bounded) for the metrics page: the server is up.
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null; then break; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited, see $OUT_DIR/server-$n.log" >&2; exit 1; }
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited, see $OUT_DIR/server-$tag.log" >&2; exit 1; }
         sleep 0.1
     done
 
     read -r _ _ drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
-    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$n"
+    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$tag"
     t0=$(now_s)
+    r="$OUT_DIR/report-$tag.json"
     timeout -s INT --kill-after=10 $((duration + 40)) \
         taskset -c "$BOT_CORE" "$BOTS_BIN" load --server "127.0.0.1:$port" \
         --bots "$n" --duration "$duration" --ramp "$ramp" \
         --scenario "$SCENARIO" --metrics-url "http://127.0.0.1:$mport/metrics" \
-        --report "$OUT_DIR/report-$n.json" \
-        >"$OUT_DIR/bots-$n.txt" 2>"$OUT_DIR/bots-$n.log" &
+        --report "$r" \
+        >"$OUT_DIR/bots-$tag.txt" 2>"$OUT_DIR/bots-$tag.log" &
     BOTS_PID=$!
     # The steady state: from the end of the ramp to a second before the
     # bots stop sending (the window C ENet's reference is measured over,
@@ -155,50 +166,114 @@ for n in "${POINTS[@]}"; do
     BOTS_PID=""
     t1=$(now_s)
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
-    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$n"
+    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
     read -r _ _ drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
     server_rss=$(awk '$1 == "VmHWM:" { printf "%d", $2 / 1024 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
 
-    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
-    cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz }')
-    cores=$(awk -v c="$cpu" -v w="$wall" 'BEGIN { printf "%.2f", c / w }')
-    steady_secs=$(awk -v s="$ts0" -v e="$ts1" 'BEGIN { print e - s }')
-    steady=$(split_cores "$su0" "$sk0" "$su1" "$sk1" "$steady_secs")
-    # Cores of the net-io thread alone over the same window.
-    netio=$(awk -v hz="$CLK_TCK" -v w="$wall" '
-        NR == FNR { before[$1] += $2; next }
-        { after[$1] += $2 }
-        END { printf "%.2f", (after["net-io"] - before["net-io"]) / hz / w }' \
-        "$OUT_DIR/threads0-$n" "$OUT_DIR/threads1-$n")
-
-    # Over the steady window, like the steady cores.
-    datagrams=$(awk -v a="$sin0" -v b="$sin1" -v c="$sout0" -v d="$sout1" -v w="$steady_secs" -v n="$n" \
-        'BEGIN { printf "%.1f / %.1f", (b - a) / w / n, (d - c) / w / n }')
     # A counter missing from the first read was not registered yet (the
-    # metrics page answers while the game is still starting): it was 0.
+    # metrics page answers while the game is still starting): it was 0; one
+    # missing from the last read is not counted by this server (null).
     [ "$drops0" = - ] && drops0=0
     [ "$wake0" = - ] && wake0=0
-    if [ "$drops1" = - ]; then drops="–"; else drops=$((drops1 - drops0)); fi
-    if [ "$wake1" != - ]; then
-        netio="$netio, $(awk -v a="$wake0" -v b="$wake1" -v w="$wall" 'BEGIN { printf "%d", (b - a) / w }') wakeups/s"
-    fi
+    [ "$drops1" = - ] && drops1=null
+    [ "$wake1" = - ] && wake1=null
+    # Rates over the steady window are per second of it; net-io's cores,
+    # its wake-ups and the totals are over the whole bot run.
+    local figures
+    figures=$(awk -v n="$n" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v ts0="$ts0" -v ts1="$ts1" \
+        -v cpu0="$cpu0" -v cpu1="$cpu1" -v su0="$su0" -v sk0="$sk0" -v su1="$su1" -v sk1="$sk1" \
+        -v sin0="$sin0" -v sin1="$sin1" -v sout0="$sout0" -v sout1="$sout1" \
+        -v drops0="$drops0" -v drops1="$drops1" -v wake0="$wake0" -v wake1="$wake1" \
+        -v rss="${server_rss:-null}" '
+        NR == FNR { before[$1] += $2; next }
+        { after[$1] += $2 }
+        END {
+            wall = t1 - t0; steady = ts1 - ts0
+            printf "{\"requested\": %d, \"wall_s\": %.1f, \"cpu_s\": %.1f, \"cores\": %.4f, ", n, wall, (cpu1 - cpu0) / hz, (cpu1 - cpu0) / hz / wall
+            printf "\"net_io_cores\": %.4f, ", (after["net-io"] - before["net-io"]) / hz / wall
+            printf "\"wakeups_per_s\": %s, ", wake1 == "null" ? "null" : sprintf("%.1f", (wake1 - wake0) / wall)
+            u = (su1 - su0) / hz / steady; k = (sk1 - sk0) / hz / steady
+            printf "\"steady_cores\": %.4f, \"steady_user\": %.4f, \"steady_kernel\": %.4f, ", u + k, u, k
+            printf "\"datagrams_in\": %.3f, \"datagrams_out\": %.3f, ", (sin1 - sin0) / steady / n, (sout1 - sout0) / steady / n
+            printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops1 == "null" ? "null" : drops1 - drops0, rss
+        }' "$OUT_DIR/threads0-$tag" "$OUT_DIR/threads1-$tag")
+    # The bots' figures from their report (null when there is none).
+    jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" '
+        (try input catch null) as $b
+        | $run + {
+            report: (if $b == null then null else $report end),
+            bots_log: $log,
+            connected: $b.connected,
+            tick_p50: $b.server.tick_ms.p50, tick_p99: $b.server.tick_ms.p99,
+            overruns: $b.server.overruns,
+            after_ramp_p50: $b.server.steady.tick_ms.p50,
+            after_ramp_p99: $b.server.steady.tick_ms.p99,
+            after_ramp_overruns: $b.server.steady.overruns,
+            rtt_p99: $b.rtt_ms.p99,
+            bytes_up: $b.bytes_per_bot_per_s.up, bytes_down: $b.bytes_per_bot_per_s.down,
+            bot_cores: (if $b.bot_cpu_s == null then null else $b.bot_cpu_s / $run.wall_s end),
+            bot_kernel: (if $b.bot_cpu_kernel_s == null then null else $b.bot_cpu_kernel_s / $run.wall_s end),
+            bot_rss_mib: $b.bot_peak_rss_mib
+        }' "$([ -s "$r" ] && echo "$r" || echo /dev/null)" >"$OUT_DIR/run-$tag.json"
+    render <"$OUT_DIR/run-$tag.json" >&2
+}
 
-    r="$OUT_DIR/report-$n.json"
-    if [ -s "$r" ]; then
-        row=$(jq -r --arg cpu "$cpu" --arg wall "$wall" --arg cores "$cores" --arg netio "$netio" --arg steady "$steady" \
-            --arg datagrams "$datagrams" --arg drops "$drops" --arg srss "${server_rss:-–}" '
-            def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
-            def c(x): x / ($wall | tonumber) * 100 | round / 100 | tostring;
-            "| \(.requested) | \(.connected) / \(.requested) | \($cores) (\($cpu) s / \($wall) s; net-io \($netio)) | \($steady) | \(f(.server.tick_ms.p50)) / \(f(.server.tick_ms.p99)) | \(.server.overruns // "–") | \(if .server.steady == null then "–" else "\(f(.server.steady.tick_ms.p50)) / \(f(.server.steady.tick_ms.p99)), \(.server.steady.overruns // "–")" end) | \(f(.rtt_ms.p99)) | \(.bytes_per_bot_per_s.up | round) / \(.bytes_per_bot_per_s.down | round) | \($datagrams) | \($drops) | \(if .bot_cpu_s == null then "–" else c(.bot_cpu_s) + (if .bot_cpu_kernel_s == null then "" else " (kernel \(c(.bot_cpu_kernel_s)))" end) end) | \($srss) / \(if .bot_peak_rss_mib == null then "–" else (.bot_peak_rss_mib | round | tostring) end) |"' "$r")
-    else
-        row="| $n | no report (see $OUT_DIR/bots-$n.log) | $cores ($cpu s / $wall s; net-io $netio) | $steady | – | – | – | – | – | $datagrams | $drops | – | ${server_rss:-–} / – |"
-    fi
-    ROWS+=("$row")
-    echo "$row" >&2
+# One table row from run figures on stdin. Several runs (one JSON object
+# each): every figure is the median of the runs that have it, except
+# connected (the fewest) and the overruns (the most).
+render() {
+    jq -rs '
+        def median: map(select(. != null)) | sort
+            | if length == 0 then null
+              elif length % 2 == 1 then .[length / 2 | floor]
+              else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        def m(k): map(.[k]) | median;
+        def fixed(x; d): if x == null then "–" else
+            (pow(10; d)) as $p | (x * $p | round) as $v
+            | ($v / $p | floor | tostring) as $i
+            | if d == 0 then $i else
+                ($v % $p | tostring) as $f
+                | "\($i).\(("0" * (d - ($f | length))) + $f)" end end;
+        def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
+        def n(x): if x == null then "–" else (x | round | tostring) end;
+        . as $runs
+        | (map(.connected) | if any(. == null) then null else min end) as $connected
+        | (map(.overruns) | map(select(. != null)) | if length == 0 then null else max end) as $overruns
+        | (map(.after_ramp_overruns) | map(select(. != null)) | if length == 0 then null else max end) as $after_overruns
+        | (m("steady_user")) as $user | (m("steady_kernel")) as $kernel
+        | (m("wakeups_per_s")) as $wakeups
+        | "| \(.[0].requested) | \(if $connected == null then "no report (see \(map(select(.report == null) | .bots_log) | join(", ")))" else "\($connected) / \(.[0].requested)" end)"
+          + " | \(fixed(m("cores"); 2)) (\(fixed(m("cpu_s"); 1)) s / \(fixed(m("wall_s"); 1)) s; net-io \(fixed(m("net_io_cores"); 2))\(if $wakeups == null then "" else ", \(n($wakeups)) wakeups/s" end))"
+          + " | \(fixed(m("steady_cores"); 2)) (user \(fixed($user; 2)), kernel \(fixed($kernel; 2)))"
+          + " | \(f(m("tick_p50"))) / \(f(m("tick_p99"))) | \($overruns // "–")"
+          + " | \(if m("after_ramp_p99") == null then "–" else "\(f(m("after_ramp_p50"))) / \(f(m("after_ramp_p99"))), \($after_overruns // "–")" end)"
+          + " | \(f(m("rtt_p99"))) | \(n(m("bytes_up"))) / \(n(m("bytes_down")))"
+          + " | \(fixed(m("datagrams_in"); 1)) / \(fixed(m("datagrams_out"); 1)) | \(n(m("socket_drops")))"
+          + " | \(if m("bot_cores") == null then "–" else fixed(m("bot_cores"); 2) + (if m("bot_kernel") == null then "" else " (kernel \(fixed(m("bot_kernel"); 2)))" end) end)"
+          + " | \(n(m("server_rss_mib"))) / \(n(m("bot_rss_mib"))) |"'
+}
+
+echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+echo "capacity: output in $OUT_DIR" >&2
+
+ROWS=()
+i=0
+for n in "${POINTS[@]}"; do
+    runs=()
+    for k in $(seq 1 "$RUNS"); do
+        if [ "$RUNS" -gt 1 ]; then tag="$n.$k"; else tag=$n; fi
+        run_point "$n" "$tag" $((BASE_PORT + i))
+        runs+=("$OUT_DIR/run-$tag.json")
+        i=$((i + 1))
+    done
+    ROWS+=("$(cat "${runs[@]}" | render)")
 done
 
+if [ "$RUNS" -gt 1 ]; then
+    echo "Medians of $RUNS runs per point (connected: the fewest; overruns: the most)."
+fi
 echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
