@@ -171,11 +171,12 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
 pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupError> {
     use shared::endpoint::{ServerEndpoint, ServerEndpointConfig};
     let key = load_key(config)?;
-    let socket =
-        std::net::UdpSocket::bind(config.bind).map_err(|source| shared::io::SpawnError::Bind {
+    let socket = shared::io::socket::bind_game_socket(config.bind).map_err(|source| {
+        shared::io::SpawnError::Bind {
             addr: config.bind,
             source,
-        })?;
+        }
+    })?;
     let local = socket
         .local_addr()
         .map_err(shared::io::SpawnError::Thread)?;

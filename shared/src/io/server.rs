@@ -22,6 +22,8 @@ use crate::transport::{ChannelId, DisconnectReason};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
+/// The send-only socket, registered only while it would block.
+const SENDER: Token = Token(2);
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 /// Inbound message payloads are copied into chunks of this size and handed
 /// to the game as slices of them: one allocation per chunk, not per
@@ -280,13 +282,15 @@ impl ServerIo {
         endpoint: ServerEndpoint,
         config: ServerIoConfig,
     ) -> Result<Self, SpawnError> {
-        let socket = std::net::UdpSocket::bind(bind)
+        let socket = super::socket::bind_game_socket(bind)
             .map_err(|source| SpawnError::Bind { addr: bind, source })?;
         Self::spawn_on(socket, endpoint, config)
     }
 
     /// Like [`spawn`](Self::spawn) on a socket bound already (e.g. to learn
-    /// the port the OS picked before configuring the endpoint).
+    /// the port the OS picked before configuring the endpoint). Bound with
+    /// [`bind_game_socket`](super::socket::bind_game_socket), it sends from
+    /// a second socket on its address where the platform allows.
     pub fn spawn_on(
         socket: std::net::UdpSocket,
         endpoint: ServerEndpoint,
@@ -310,6 +314,11 @@ impl ServerIo {
         // Count from the socket's opening: whatever it dropped before the
         // thread started (a burst during startup) was game traffic too.
         let socket_drops_seen = super::socket::receive_drops(&socket).map(|_| 0);
+        let sender = super::socket::send_twin(&socket).map(|twin| {
+            super::socket::tune_udp_socket(&twin, wanted);
+            UdpSocket::from_std(twin)
+        });
+        tracing::debug!(send_only_socket = sender.is_some(), "game socket");
         let mut socket = UdpSocket::from_std(socket);
         let poll = Poll::new()?;
         poll.registry()
@@ -322,6 +331,7 @@ impl ServerIo {
         let mut io_loop = IoLoop {
             poll,
             socket,
+            sender,
             endpoint,
             events: event_tx,
             commands: command_rx,
@@ -430,6 +440,10 @@ struct Rate {
 struct IoLoop {
     poll: Poll,
     socket: UdpSocket,
+    /// Where datagrams go out when the platform allows a second socket on
+    /// the address (see [`socket::send_twin`](super::socket::send_twin));
+    /// else `socket` sends too.
+    sender: Option<UdpSocket>,
     endpoint: ServerEndpoint,
     events: Sender<NetEvent>,
     commands: Receiver<Vec<NetCommand>>,
@@ -804,23 +818,28 @@ impl IoLoop {
     /// Sends the outbox; true once it is empty. While the socket would
     /// block, the loop also waits for it to become writable.
     fn send_queued(&mut self) -> bool {
-        let flushed = self.outbox.flush(&self.socket);
+        let flushed = match &self.sender {
+            Some(sender) => self.outbox.flush(sender),
+            None => self.outbox.flush(&self.socket),
+        };
         bump(&self.stats.datagrams_out, flushed.datagrams);
         bump(&self.stats.bytes_out, flushed.bytes);
         // UDP may drop; the transport resends what matters.
         bump(&self.stats.send_errors, flushed.errors);
         let blocked = !self.outbox.is_empty();
         if blocked != self.wants_writable {
-            let interest = if blocked {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
+            let registry = self.poll.registry();
+            let changed = match (&mut self.sender, blocked) {
+                (Some(sender), true) => registry.register(sender, SENDER, Interest::WRITABLE),
+                (Some(sender), false) => registry.deregister(sender),
+                (None, true) => registry.reregister(
+                    &mut self.socket,
+                    SOCKET,
+                    Interest::READABLE | Interest::WRITABLE,
+                ),
+                (None, false) => registry.reregister(&mut self.socket, SOCKET, Interest::READABLE),
             };
-            match self
-                .poll
-                .registry()
-                .reregister(&mut self.socket, SOCKET, interest)
-            {
+            match changed {
                 Ok(()) => self.wants_writable = blocked,
                 Err(error) => tracing::warn!(%error, "net-io cannot change socket interest"),
             }
