@@ -301,16 +301,20 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn every_datagram_reaches_the_game_socket_and_the_twin_sends_from_its_address() {
+        every_datagram_reaches_the_game_socket("127.0.0.1:0");
+        every_datagram_reaches_the_game_socket("[::1]:0");
+    }
+
+    #[cfg(target_os = "linux")]
+    fn every_datagram_reaches_the_game_socket(local: &str) {
         use std::time::Duration;
-        let game = bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let game = bind_game_socket(local.parse().unwrap()).unwrap();
         let twin = send_twin(&game).expect("a twin on Linux");
         let address = game.local_addr().unwrap();
         assert_eq!(twin.local_addr().unwrap(), address);
         // Many senders: without the steering program the kernel would hash
         // about half of them to the twin.
-        let clients: Vec<UdpSocket> = (0..16)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
+        let clients: Vec<UdpSocket> = (0..16).map(|_| UdpSocket::bind(local).unwrap()).collect();
         for (i, client) in clients.iter().enumerate() {
             for j in 0..8u8 {
                 client.send_to(&[i as u8, j], address).unwrap();
