@@ -98,7 +98,7 @@ pub fn bind_game_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// socket's waiters to say it may send again, and a game socket always has
 /// one: its poller registration for reading. At thousands of datagrams a
 /// second that wake-up, which finds nobody interested in writing, was
-/// ≈ 2.7 % of a saturated server's core. A socket nobody polls has no
+/// 1.8–2.7 % of a saturated server's samples. A socket nobody polls has no
 /// waiters. The two share the address through `SO_REUSEPORT`, and a
 /// one-instruction classic BPF program on the group (`ret #0`) hands every
 /// arriving datagram to `socket`, the group's first member: without it
