@@ -70,7 +70,7 @@ fn connect_echo_and_shut_down(loopback: &str) {
         &mut system_rng(),
     )
     .unwrap();
-    let server = ServerIo::spawn(server_addr, endpoint, ServerIoConfig::default()).unwrap();
+    let mut server = ServerIo::spawn(server_addr, endpoint, ServerIoConfig::default()).unwrap();
 
     let start = Instant::now();
     let mut clients: Vec<(ClientSocket, Seen)> = (0..20)
@@ -228,7 +228,7 @@ fn a_flooding_client_is_disconnected_and_others_are_unaffected() {
         max_messages_per_second: 200,
         ..ServerIoConfig::default()
     };
-    let (server, addr) = spawn_server(key, config);
+    let (mut server, addr) = spawn_server(key, config);
     let mut flooder = client(&key, addr, 1);
     let mut honest = client(&key, addr, 2);
     let (mut flood_seen, mut honest_seen) = (Seen::default(), Seen::default());
@@ -284,7 +284,7 @@ fn a_flooding_client_is_disconnected_and_others_are_unaffected() {
 #[test]
 fn a_client_that_cannot_keep_up_is_disconnected_with_send_queue_full() {
     let key = Key::generate(&mut system_rng());
-    let (server, addr) = spawn_server(key, ServerIoConfig::default());
+    let (mut server, addr) = spawn_server(key, ServerIoConfig::default());
     let mut slow = client(&key, addr, 9);
     let mut seen = Seen::default();
     let mut slow_client = None;
@@ -323,7 +323,7 @@ fn a_client_that_cannot_keep_up_is_disconnected_with_send_queue_full() {
 /// Pumps `socket` until `done` holds (or 10 s pass), handing the server's
 /// events to `on_event`.
 fn pump_until(
-    server: &ServerIo,
+    server: &mut ServerIo,
     socket: &mut ClientSocket,
     seen: &mut Seen,
     mut on_event: impl FnMut(NetEvent),
@@ -354,7 +354,7 @@ fn commands_for_a_previous_connection_never_reach_the_same_player_reconnected() 
 fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
     let key = Key::generate(&mut system_rng());
     // One slot: the second client takes the first one's.
-    let (server, addr) = spawn_server_with_slots(key, ServerIoConfig::default(), 1);
+    let (mut server, addr) = spawn_server_with_slots(key, ServerIoConfig::default(), 1);
     let mut first = client(&key, addr, first_account);
     let mut first_seen = Seen::default();
     let mut clients = Vec::new();
@@ -363,18 +363,26 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
             clients.push(client);
         }
     };
-    pump_until(&server, &mut first, &mut first_seen, &mut connects, |s| {
-        s.connected
-    });
+    pump_until(
+        &mut server,
+        &mut first,
+        &mut first_seen,
+        &mut connects,
+        |s| s.connected,
+    );
     first
         .endpoint
         .disconnect(Instant::now(), DisconnectReason::Closed);
     first.flush(Instant::now());
     let mut second = client(&key, addr, second_account);
     let mut second_seen = Seen::default();
-    pump_until(&server, &mut second, &mut second_seen, &mut connects, |s| {
-        s.connected
-    });
+    pump_until(
+        &mut server,
+        &mut second,
+        &mut second_seen,
+        &mut connects,
+        |s| s.connected,
+    );
     let [gone, current] = clients[..] else {
         panic!("expected two connects, got {clients:?}");
     };
@@ -404,7 +412,7 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
     ];
     server.submit(stale).unwrap();
     pump_until(
-        &server,
+        &mut server,
         &mut second,
         &mut second_seen,
         |_| {},

@@ -69,10 +69,11 @@ impl NetServer {
         (server, loopback)
     }
 
-    fn events(&self) -> &Receiver<NetEvent> {
-        match &self.0 {
-            Backend::Io(io) => io.events(),
-            Backend::Loopback { events, .. } => events,
+    /// Moves every event that has arrived into `out`.
+    fn drain_events(&mut self, out: &mut Vec<NetEvent>) {
+        match &mut self.0 {
+            Backend::Io(io) => out.extend(io.events().try_iter()),
+            Backend::Loopback { events, .. } => out.extend(events.try_iter()),
         }
     }
 

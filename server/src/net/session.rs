@@ -46,7 +46,7 @@ pub(super) fn receive(world: &mut World) {
     // per message), and lends its buffer for the drained events.
     world.resource_scope(|world, mut registry: Mut<InboundRegistry>| {
         let mut events = std::mem::take(&mut registry.pending);
-        events.extend(world.resource::<NetServer>().events().try_iter());
+        world.resource_mut::<NetServer>().drain_events(&mut events);
         for event in events.drain(..) {
             match event {
                 NetEvent::Connected { client } => on_connected(world, client),

@@ -1,7 +1,8 @@
 //! The I/O edge: real UDP sockets and the wall clock around the sans-IO
 //! stack. [`ServerIo`] runs a server endpoint on its own `net-io` thread and
-//! talks to the game over bounded crossbeam channels, reading and writing
-//! its socket in batches ([`batch`]).
+//! talks to the game over bounded crossbeam channels (events through a
+//! [`pipe`], which never makes the game wait on a send in progress),
+//! reading and writing its socket in batches ([`batch`]).
 
 #![expect(
     clippy::disallowed_methods,
@@ -10,6 +11,7 @@
 
 pub mod batch;
 mod client;
+pub mod pipe;
 pub mod priority;
 mod server;
 pub mod socket;

@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
 use super::batch::{RecvBatch, SendBatch};
+use super::pipe::{PipeReceiver, PipeSender, pipe};
 use crate::chunks::Chunks;
 use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
 use crate::netcode::{AddressLookup, ClientIndex, DropReason, Located, MAX_PACKET_BYTES};
@@ -266,7 +267,7 @@ pub enum SpawnError {
 
 /// The game's handle on the `net-io` thread.
 pub struct ServerIo {
-    events: Receiver<NetEvent>,
+    events: PipeReceiver<NetEvent>,
     commands: Sender<Vec<NetCommand>>,
     waker: Arc<Waker>,
     stats: Arc<IoStats>,
@@ -324,7 +325,7 @@ impl ServerIo {
         poll.registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (event_tx, events) = crossbeam_channel::bounded(config.inbound_capacity);
+        let (event_tx, events) = pipe(config.inbound_capacity);
         let (commands, command_rx) = crossbeam_channel::bounded(config.outbound_batches);
         let stats = Arc::new(IoStats::default());
         let nice_steps = config.nice_steps;
@@ -378,8 +379,8 @@ impl ServerIo {
     }
 
     /// The inbound side: drain it with `try_iter()` once per tick.
-    pub fn events(&self) -> &Receiver<NetEvent> {
-        &self.events
+    pub fn events(&mut self) -> &mut PipeReceiver<NetEvent> {
+        &mut self.events
     }
 
     /// Hands one tick's commands to the thread and wakes it. When the thread
@@ -445,7 +446,7 @@ struct IoLoop {
     /// else `socket` sends too.
     sender: Option<UdpSocket>,
     endpoint: ServerEndpoint,
-    events: Sender<NetEvent>,
+    events: PipeSender<NetEvent>,
     commands: Receiver<Vec<NetCommand>>,
     stats: Arc<IoStats>,
     config: ServerIoConfig,
