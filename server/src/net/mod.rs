@@ -17,9 +17,10 @@ mod typed;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bevy_app::{App, FixedPostUpdate, FixedPreUpdate, Plugin, Update};
+use bevy_app::{App, First, FixedPostUpdate, FixedPreUpdate, Last, Plugin, Update};
 use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
+use shared::io::priority::TickSignal;
 use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
 use shared::transport::DisconnectReason;
 
@@ -83,6 +84,14 @@ impl NetServer {
             Backend::Loopback { commands, .. } => {
                 commands.send(batch).map_err(|refused| refused.into_inner())
             }
+        }
+    }
+
+    /// Where the game loop marks its ticks for `net-io` (none in-process).
+    fn tick_signal(&self) -> Option<&TickSignal> {
+        match &self.0 {
+            Backend::Io(io) => Some(io.tick_signal()),
+            Backend::Loopback { .. } => None,
         }
     }
 
@@ -224,6 +233,7 @@ struct NetMetrics {
     socket_drops: Counter,
     flooding: Counter,
     wakeups: Counter,
+    tick_yields: Counter,
     malformed: Counter,
     outbox_dropped: Counter,
     resent: Counter,
@@ -265,6 +275,10 @@ impl NetMetrics {
             wakeups: counter(
                 "net_io_wakeups_total",
                 "Times the network thread woke up to read, send or run timers.",
+            ),
+            tick_yields: counter(
+                "net_io_tick_yields_total",
+                "Times the network thread handed its core back to a tick running on it.",
             ),
             malformed: counter(
                 "net_malformed_messages_total",
@@ -319,7 +333,30 @@ impl Plugin for NetPlugin {
                     .in_set(NetSystems::Send),
             )
             .add_systems(Update, say_goodbye_on_shutdown);
+        let signal = app
+            .world()
+            .get_resource::<NetServer>()
+            .and_then(NetServer::tick_signal)
+            .cloned();
+        if let Some(signal) = signal {
+            app.insert_resource(TickRunning(signal))
+                .add_systems(First, mark_tick_started)
+                .add_systems(Last, mark_tick_finished);
+        }
     }
+}
+
+/// `net-io`'s view of whether a tick is running (see [`TickSignal`]): set
+/// from the first schedule of each update to the last.
+#[derive(Resource)]
+struct TickRunning(TickSignal);
+
+fn mark_tick_started(running: Res<TickRunning>) {
+    running.0.tick_started();
+}
+
+fn mark_tick_finished(running: Res<TickRunning>) {
+    running.0.tick_finished();
 }
 
 fn kick_on_admin_request(
@@ -435,6 +472,7 @@ fn export_metrics(
         .flooding
         .add(now.flooding_disconnects - last.flooding_disconnects);
     metrics.wakeups.add(now.loop_wakeups - last.loop_wakeups);
+    metrics.tick_yields.add(now.tick_yields - last.tick_yields);
     metrics.last = now;
 }
 
@@ -454,6 +492,29 @@ mod tests {
     use shared::protocol::channels;
 
     use super::*;
+
+    #[test]
+    fn net_io_is_told_while_each_update_runs() {
+        let config = crate::config::ServerConfig {
+            bind: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            ..Default::default()
+        };
+        let network = crate::start_network(&config).unwrap();
+        let signal = network.tick_signal().unwrap().clone();
+        let during = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut app = App::new();
+        app.add_message::<ShutdownStarted>()
+            .insert_resource(network)
+            .add_plugins(NetPlugin);
+        let (seen, running) = (Arc::clone(&during), signal.clone());
+        app.add_systems(Update, move || {
+            seen.store(running.is_running(), std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(!signal.is_running());
+        app.update();
+        assert!(during.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(!signal.is_running());
+    }
 
     #[test]
     fn a_ticks_messages_go_before_its_disconnects_in_order() {

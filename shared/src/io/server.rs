@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use super::batch::{RecvBatch, SendBatch};
 use super::pipe::{PipeReceiver, PipeSender, pipe};
+use super::priority::TickSignal;
 use crate::chunks::Chunks;
 use crate::endpoint::{EndpointEvent, ServerEndpoint, TransportTotals};
 use crate::netcode::{AddressLookup, ClientIndex, DropReason, Located, MAX_PACKET_BYTES};
@@ -39,6 +40,10 @@ const RECV_BATCH: usize = 64;
 /// keeps what it has not handed over yet (its queues are bounded) and the
 /// loop waits for the socket to become writable.
 const SEND_QUEUE: usize = 256;
+/// Commands applied between two offers of the core to a running tick (see
+/// [`TickSignal::give_way`]); datagrams are read and sent a batch at a time
+/// between offers.
+const COMMANDS_BETWEEN_OFFERS: usize = 64;
 
 /// A connected client as the game sees it: the secure layer's slot, the
 /// account, and the connection's number, so that whoever connects next in
@@ -169,6 +174,7 @@ pub struct IoStats {
     flooding_disconnects: AtomicU64,
     connected: AtomicU64,
     loop_wakeups: AtomicU64,
+    tick_yields: AtomicU64,
     summary: Mutex<NetSummary>,
     summary_version: AtomicU64,
 }
@@ -216,6 +222,9 @@ pub struct IoStatsSnapshot {
     pub connected: u64,
     /// Times the I/O loop woke up.
     pub loop_wakeups: u64,
+    /// Times the thread offered its core to a tick running on it (see
+    /// [`TickSignal`]).
+    pub tick_yields: u64,
 }
 
 impl IoStats {
@@ -241,6 +250,7 @@ impl IoStats {
             flooding_disconnects: get(&self.flooding_disconnects),
             connected: get(&self.connected),
             loop_wakeups: get(&self.loop_wakeups),
+            tick_yields: get(&self.tick_yields),
         }
     }
 }
@@ -271,6 +281,7 @@ pub struct ServerIo {
     commands: Sender<Vec<NetCommand>>,
     waker: Arc<Waker>,
     stats: Arc<IoStats>,
+    tick: TickSignal,
     local_addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
@@ -328,6 +339,7 @@ impl ServerIo {
         let (event_tx, events) = pipe(config.inbound_capacity);
         let (commands, command_rx) = crossbeam_channel::bounded(config.outbound_batches);
         let stats = Arc::new(IoStats::default());
+        let tick = TickSignal::new();
         let nice_steps = config.nice_steps;
         let mut io_loop = IoLoop {
             poll,
@@ -337,6 +349,7 @@ impl ServerIo {
             events: event_tx,
             commands: command_rx,
             stats: Arc::clone(&stats),
+            tick: tick.clone(),
             config,
             rates: Vec::new(),
             backlog: VecDeque::new(),
@@ -368,6 +381,7 @@ impl ServerIo {
             commands,
             waker,
             stats,
+            tick,
             local_addr,
             thread: Some(thread),
         })
@@ -401,6 +415,12 @@ impl ServerIo {
     /// The thread's counters.
     pub fn stats(&self) -> &Arc<IoStats> {
         &self.stats
+    }
+
+    /// What the game loop marks each tick's start and end in, so that the
+    /// thread hands back the core while a tick runs on it.
+    pub fn tick_signal(&self) -> &TickSignal {
+        &self.tick
     }
 
     /// Whether the thread has stopped.
@@ -449,6 +469,8 @@ struct IoLoop {
     events: PipeSender<NetEvent>,
     commands: Receiver<Vec<NetCommand>>,
     stats: Arc<IoStats>,
+    /// Whether the game's tick is running, and where.
+    tick: TickSignal,
     config: ServerIoConfig,
     rates: Vec<Rate>,
     backlog: VecDeque<NetEvent>,
@@ -585,6 +607,7 @@ impl IoLoop {
                     if count < self.inbox.capacity() {
                         return;
                     }
+                    self.give_way();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -609,7 +632,12 @@ impl IoLoop {
                 }
             };
             let mut commands = batch.into_iter();
+            let mut applied = 0;
             while let Some(command) = commands.next() {
+                applied += 1;
+                if applied % COMMANDS_BETWEEN_OFFERS == 0 {
+                    self.give_way();
+                }
                 let upcoming = commands.as_slice();
                 self.endpoint.prefetch_sends(|n| match upcoming.get(n - 1) {
                     Some(NetCommand::Send {
@@ -816,9 +844,18 @@ impl IoLoop {
         self.forward_events(now);
     }
 
+    /// Offers the core to the game's tick if it runs on this one (see
+    /// [`TickSignal`]); called between batches of work.
+    fn give_way(&self) {
+        if self.tick.give_way() {
+            bump(&self.stats.tick_yields, 1);
+        }
+    }
+
     /// Sends the outbox; true once it is empty. While the socket would
     /// block, the loop also waits for it to become writable.
     fn send_queued(&mut self) -> bool {
+        self.give_way();
         let flushed = match &self.sender {
             Some(sender) => self.outbox.flush(sender),
             None => self.outbox.flush(&self.socket),
