@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent, ServerEndpoint, ServerEndpointConfig};
 use shared::io::{
-    ClientSocket, NetCommand, NetEvent, ServerIo, ServerIoConfig, system_rng, unix_secs,
+    ClientId, ClientSocket, NetCommand, NetEvent, ServerIo, ServerIoConfig, system_rng, unix_secs,
 };
-use shared::netcode::{ConnectToken, Key, ServerConfig, TokenParams};
+use shared::netcode::{ClientIndex, ConnectToken, Key, ServerConfig, TokenParams};
 use shared::transport::{ChannelId, DisconnectReason, TransportConfig};
 
 const PROTOCOL: u64 = 0x5EED;
@@ -467,4 +467,58 @@ fn datagrams_dropped_by_a_full_socket_buffer_are_counted() {
     // (The loopback device itself may drop a few under load, uncounted.)
     assert!(stats.datagrams_in > 0 && stats.datagrams_in + stats.socket_drops <= 3_000);
     server.shutdown(DisconnectReason::ServerShutdown);
+}
+
+/// A game that lets go of its handle while `net-io` is a whole queue of
+/// batches behind still stops the thread, after every batch it handed
+/// over: the shutdown waits for room instead of being dropped (which left
+/// the thread running and the drop waiting on it forever).
+#[test]
+fn dropping_the_handle_behind_a_full_command_queue_applies_everything_and_stops() {
+    const PER_BATCH: usize = 200_000;
+    let (mut server, _) = spawn_server(
+        Key::generate(&mut system_rng()),
+        ServerIoConfig {
+            outbound_batches: 1,
+            ..ServerIoConfig::default()
+        },
+    );
+    // No client holds the slot, so each command is a stale one: counted,
+    // a little work for the thread, nothing sent.
+    let nobody = ClientId {
+        slot: ClientIndex::from_slot(0),
+        account: 1,
+        session: 1,
+    };
+    let batch = move || {
+        vec![
+            NetCommand::Disconnect {
+                client: nobody,
+                reason: DisconnectReason::Kicked,
+            };
+            PER_BATCH
+        ]
+    };
+    let stats = std::sync::Arc::clone(server.stats());
+    let (dropped, done) = std::sync::mpsc::channel();
+    // The game, on a thread of its own so that a drop that never returns
+    // fails the test instead of hanging it.
+    std::thread::spawn(move || {
+        let mut accepted = 0;
+        while server.submit(batch()).is_ok() {
+            accepted += 1;
+        }
+        // Right away, while net-io still works on an earlier batch.
+        drop(server);
+        let _ = dropped.send(accepted);
+    });
+    let accepted = done
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the drop is still waiting for net-io");
+    assert!(accepted > 0);
+    assert_eq!(
+        stats.snapshot().stale_commands,
+        (accepted * PER_BATCH) as u64,
+        "every accepted batch was applied before the thread stopped"
+    );
 }

@@ -78,8 +78,8 @@ impl NetServer {
         }
     }
 
-    fn submit(&self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
-        match &self.0 {
+    fn submit(&mut self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
+        match &mut self.0 {
             Backend::Io(io) => io.submit(batch),
             Backend::Loopback { commands, .. } => {
                 commands.send(batch).map_err(|refused| refused.into_inner())
@@ -381,7 +381,7 @@ fn kick_on_admin_request(
 /// Bound on commands carried over when `net-io` refused a batch.
 const MAX_CARRIED_COMMANDS: usize = 1 << 20;
 
-fn submit_batch(net: Res<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<NetMetrics>) {
+fn submit_batch(mut net: ResMut<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<NetMetrics>) {
     if outbox.commands.is_empty() {
         return;
     }
@@ -476,7 +476,10 @@ fn export_metrics(
     metrics.last = now;
 }
 
-fn say_goodbye_on_shutdown(mut started: MessageReader<ShutdownStarted>, net: Res<NetServer>) {
+fn say_goodbye_on_shutdown(
+    mut started: MessageReader<ShutdownStarted>,
+    mut net: ResMut<NetServer>,
+) {
     if started.read().next().is_some() {
         tracing::info!("telling every client the server is shutting down");
         let _ = net.submit(vec![NetCommand::Shutdown {

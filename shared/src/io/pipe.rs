@@ -16,11 +16,15 @@
 //! publishes the count after each one. The receiver takes at most that
 //! many, so it never reaches a slot still being written: a message in
 //! flight is taken at the next drain instead of being waited for.
+//!
+//! The same holds the other way round: the game's commands go to `net-io`
+//! through a pipe too, so `net-io` never spins on a tick preempted in the
+//! middle of its send.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 
 /// A bounded pipe of `capacity` messages: its one sender and one receiver.
 pub fn pipe<T>(capacity: usize) -> (PipeSender<T>, PipeReceiver<T>) {
@@ -57,10 +61,25 @@ impl<T> PipeSender<T> {
     /// [`TrySendError::Full`] or [`TrySendError::Disconnected`].
     pub fn try_send(&mut self, message: T) -> Result<(), TrySendError<T>> {
         self.inner.try_send(message)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Sends `message`, waiting while the pipe is full; fails (returning
+    /// it) only once the receiver is gone.
+    ///
+    /// # Errors
+    /// [`SendError`] when the receiver is gone.
+    pub fn send(&mut self, message: T) -> Result<(), SendError<T>> {
+        self.inner.send(message)?;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
         self.sent += 1;
         // Release: whoever reads the count also sees the message written.
         self.published.store(self.sent, Ordering::Release);
-        Ok(())
     }
 }
 
@@ -76,14 +95,27 @@ impl<T> PipeReceiver<T> {
     /// Takes every message whose sending had finished when the call began,
     /// oldest first; never waits for the sender.
     pub fn try_iter(&mut self) -> impl Iterator<Item = T> + '_ {
-        let ready = self.published.load(Ordering::Acquire) - self.taken;
-        (0..ready).map_while(|_| match self.inner.try_recv() {
-            Ok(message) => {
-                self.taken += 1;
-                Some(message)
-            }
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        })
+        let ready = self.ready();
+        (0..ready).map_while(|_| self.take())
+    }
+
+    /// Takes the oldest message if its sending has finished; never waits
+    /// for the sender.
+    pub fn try_recv(&mut self) -> Option<T> {
+        if self.ready() == 0 {
+            return None;
+        }
+        self.take()
+    }
+
+    fn ready(&self) -> u64 {
+        self.published.load(Ordering::Acquire) - self.taken
+    }
+
+    fn take(&mut self) -> Option<T> {
+        let message = self.inner.try_recv().ok()?;
+        self.taken += 1;
+        Some(message)
     }
 
     /// How many messages wait in the pipe, those being sent included.
@@ -124,10 +156,37 @@ mod tests {
         // tell, a send that has claimed its slot and not finished.
         tx.inner.try_send(2).unwrap();
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1]);
+        assert_eq!(rx.try_recv(), None);
         assert_eq!(rx.len(), 1);
-        tx.sent += 1;
-        tx.published.store(tx.sent, Ordering::Release);
-        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [2]);
+        tx.publish();
+        assert_eq!(rx.try_recv(), Some(2));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[test]
+    fn a_blocking_send_waits_for_room() {
+        const COUNT: u64 = 10_000;
+        let (mut tx, mut rx) = pipe(1);
+        let sender = std::thread::spawn(move || {
+            for message in 0..COUNT {
+                tx.send(message).unwrap();
+            }
+            tx
+        });
+        let mut next = 0;
+        while next < COUNT {
+            match rx.try_recv() {
+                Some(message) => {
+                    assert_eq!(message, next);
+                    next += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        let mut tx = sender.join().unwrap();
+        assert_eq!(rx.try_recv(), None);
+        drop(rx);
+        assert_eq!(tx.send(COUNT).unwrap_err().into_inner(), COUNT);
     }
 
     #[test]

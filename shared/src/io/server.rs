@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::TrySendError;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
@@ -278,7 +278,7 @@ pub enum SpawnError {
 /// The game's handle on the `net-io` thread.
 pub struct ServerIo {
     events: PipeReceiver<NetEvent>,
-    commands: Sender<Vec<NetCommand>>,
+    commands: PipeSender<Vec<NetCommand>>,
     waker: Arc<Waker>,
     stats: Arc<IoStats>,
     tick: TickSignal,
@@ -337,7 +337,7 @@ impl ServerIo {
             .register(&mut socket, SOCKET, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (event_tx, events) = pipe(config.inbound_capacity);
-        let (commands, command_rx) = crossbeam_channel::bounded(config.outbound_batches);
+        let (commands, command_rx) = pipe(config.outbound_batches);
         let stats = Arc::new(IoStats::default());
         let tick = TickSignal::new();
         let nice_steps = config.nice_steps;
@@ -399,7 +399,7 @@ impl ServerIo {
 
     /// Hands one tick's commands to the thread and wakes it. When the thread
     /// is `outbound_batches` ticks behind the batch is refused and returned.
-    pub fn submit(&self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
+    pub fn submit(&mut self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -431,23 +431,28 @@ impl ServerIo {
     /// Says goodbye to every client with `reason`, waits for the thread to
     /// flush and stop (at most `shutdown_linger` plus a little).
     pub fn shutdown(mut self, reason: DisconnectReason) {
+        self.stop(reason);
+    }
+
+    /// Queues the shutdown behind whatever the thread has still to apply
+    /// (waiting for room when the game is `outbound_batches` ahead: a
+    /// shutdown that did not fit would leave the thread running and this
+    /// waiting on it forever), then waits for the thread.
+    fn stop(&mut self, reason: DisconnectReason) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let _ = self.waker.wake();
+        // Fails only if the thread has stopped already.
         let _ = self.commands.send(vec![NetCommand::Shutdown { reason }]);
         let _ = self.waker.wake();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let _ = thread.join();
     }
 }
 
 impl Drop for ServerIo {
     fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = self.commands.try_send(vec![NetCommand::Shutdown {
-                reason: DisconnectReason::ServerShutdown,
-            }]);
-            let _ = self.waker.wake();
-            let _ = thread.join();
-        }
+        self.stop(DisconnectReason::ServerShutdown);
     }
 }
 
@@ -467,7 +472,7 @@ struct IoLoop {
     sender: Option<UdpSocket>,
     endpoint: ServerEndpoint,
     events: PipeSender<NetEvent>,
-    commands: Receiver<Vec<NetCommand>>,
+    commands: PipeReceiver<Vec<NetCommand>>,
     stats: Arc<IoStats>,
     /// Whether the game's tick is running, and where.
     tick: TickSignal,
@@ -521,9 +526,7 @@ impl IoLoop {
             let now = Instant::now();
             self.flush_backlog();
             self.read_socket(now);
-            if !self.drain_commands(now) {
-                return;
-            }
+            self.drain_commands(now);
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
             }
@@ -618,19 +621,11 @@ impl IoLoop {
         }
     }
 
-    /// Applies queued commands; false once the thread should stop now.
-    fn drain_commands(&mut self, now: Instant) -> bool {
-        loop {
-            let batch = match self.commands.try_recv() {
-                Ok(batch) => batch,
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => {
-                    if self.shutting_down.is_none() {
-                        self.begin_shutdown(now, DisconnectReason::ServerShutdown);
-                    }
-                    return true;
-                }
-            };
+    /// Applies the commands the game has finished queueing.
+    fn drain_commands(&mut self, now: Instant) {
+        // The game's handle sends a shutdown before it goes, so a pipe
+        // with no sender left needs no case of its own.
+        while let Some(batch) = self.commands.try_recv() {
             let mut commands = batch.into_iter();
             let mut applied = 0;
             while let Some(command) = commands.next() {
