@@ -386,8 +386,11 @@ impl ReliableRecv {
         }
         let slot = self.slots.get(id);
         if slot.state != SlotState::Empty && slot.id == id {
-            if let (SlotState::Partial, Some(f)) = (slot.state, fragment)
-                && slot.reassembly.as_ref().is_none_or(|r| f.count != r.count)
+            // Fragments of one message all give the same count, and a
+            // message arriving in fragments never arrives whole as well.
+            if slot.state == SlotState::Partial
+                && fragment
+                    .is_none_or(|f| slot.reassembly.as_ref().is_none_or(|r| f.count != r.count))
             {
                 return Err(Violation::BadFragment);
             }
@@ -422,7 +425,13 @@ impl ReliableRecv {
         }
         self.slots.cover(self.base, distance);
         let slot = self.slots.get_mut(id);
-        if slot.state != SlotState::Empty && slot.id == id && slot.state != SlotState::Partial {
+        if slot.state != SlotState::Empty
+            && slot.id == id
+            // A message whose fragments are arriving may take more of them,
+            // nothing else: a whole copy in the same packet (which `check`
+            // saw before this message's fragments had begun) is ignored.
+            && (slot.state != SlotState::Partial || view.header.fragment.is_none())
+        {
             self.duplicates += 1;
             return;
         }
@@ -445,7 +454,11 @@ impl ReliableRecv {
                     slot.state = SlotState::Partial;
                     memory.used += reassembly.begin(id, fragment.count, limits.fragment_size, now);
                 }
-                if !reassembly.insert(fragment, view.payload, limits.fragment_size) {
+                // (A count that disagrees came in the same packet as the
+                // first fragment, before `check` could compare them.)
+                if reassembly.count != fragment.count
+                    || !reassembly.insert(fragment, view.payload, limits.fragment_size)
+                {
                     return;
                 }
                 if self.ordered && distance != 0 {
@@ -554,5 +567,80 @@ mod tests {
             .map(|s| s.message.capacity() + s.reassembly.as_ref().map_or(0, |r| r.buf.capacity()))
             .sum();
         assert_eq!(retained, 0, "delivered messages leave no buffers behind");
+    }
+
+    fn message(id: u16, fragment: Option<(u16, u16)>, payload: &[u8]) -> MessageView<'_> {
+        MessageView {
+            header: MessageHeader {
+                channel: 0,
+                id: Some(id),
+                fragment: fragment.map(|(index, count)| FragmentInfo { index, count }),
+            },
+            payload,
+        }
+    }
+
+    const LIMITS: RecvLimits = RecvLimits {
+        fragment_size: 1024,
+        max_fragments: 256,
+        max_unreliable_reassemblies: 4,
+    };
+
+    #[test]
+    fn a_message_in_fragments_arriving_whole_as_well_is_a_violation() {
+        let mut channel = RecvChannel::new(ChannelKind::ReliableOrdered, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: usize::MAX,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [1u8; 1024];
+        // Message 0 is the one the channel waits for, message 1 is buffered.
+        for id in [0, 1] {
+            let first = message(id, Some((0, 256)), &part);
+            assert_eq!(channel.check(&first, &LIMITS).map(|_| ()), Ok(()));
+            channel.receive(0, &first, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+            assert_eq!(
+                channel.check(&message(id, None, b"whole"), &LIMITS),
+                Err(Violation::BadFragment)
+            );
+            assert_eq!(
+                channel.check(&message(id, Some((1, 2)), &part), &LIMITS),
+                Err(Violation::BadFragment)
+            );
+        }
+        assert!(sink.0.is_empty());
+    }
+
+    /// Within one packet `check` sees every message before any is applied,
+    /// so a whole copy of a message whose first fragment is in the same
+    /// packet passes it: applying it must neither deliver it nor leave
+    /// the reassembly charged (before, the whole copy was delivered and
+    /// the reassembly's charge, up to 256 KiB for one small datagram,
+    /// was never released).
+    #[test]
+    fn a_whole_copy_beside_a_first_fragment_is_ignored() {
+        for kind in [ChannelKind::ReliableOrdered, ChannelKind::ReliableUnordered] {
+            let mut channel = RecvChannel::new(kind, 64);
+            let mut memory = RecvMemory {
+                used: 0,
+                cap: usize::MAX,
+            };
+            let mut sink = Sink(Vec::new());
+            let (head, tail) = ([1u8; 1024], [2u8; 10]);
+            let mut apply = |view: MessageView<'_>| {
+                channel.receive(0, &view, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+            };
+            // Message 1 first (buffered on the ordered channel), then 0.
+            for id in [1, 0] {
+                apply(message(id, Some((0, 2)), &head));
+                apply(message(id, None, b"whole"));
+                apply(message(id, Some((1, 3)), &tail));
+                apply(message(id, Some((1, 2)), &tail));
+            }
+            let whole: Vec<u8> = head.iter().chain(&tail).copied().collect();
+            assert_eq!(sink.0, [whole.clone(), whole], "{kind:?}");
+            assert_eq!(memory.used, 0, "{kind:?}");
+        }
     }
 }
