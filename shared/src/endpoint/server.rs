@@ -571,6 +571,8 @@ impl ServerEndpoint {
                         armed: None,
                         buffered: 0,
                     });
+                    // The slot stays this peer's until `remove_peer`.
+                    self.netcode.hold(client);
                     self.touch(index);
                 }
             }
@@ -731,6 +733,7 @@ impl ServerEndpoint {
         self.retired.add(&peer.conn.stats());
         // Idempotent if the secure layer already dropped the client.
         let _ = self.netcode.disconnect(peer.client);
+        self.netcode.release(peer.client);
         Some(EndpointEvent::Disconnected {
             client: peer.client,
             client_id: peer.client_id,

@@ -243,6 +243,9 @@ struct Connection {
 struct Slot {
     generation: u32,
     connection: Option<Connection>,
+    /// Its owner keeps state for the slot past its connection (see
+    /// [`Server::hold`]): not free until released.
+    held: bool,
 }
 
 struct Pending {
@@ -329,6 +332,8 @@ pub struct Server {
     /// due (about once per keep-alive interval, not once per service).
     check_at: Vec<Option<Instant>>,
     free: Vec<u32>,
+    /// Slots whose connection ended while held: neither connected nor free.
+    held_ended: usize,
     by_address: AddressTable,
     /// Changes with every change of `by_address`, so that a [`Located`]
     /// can tell whether its lookup still stands.
@@ -386,10 +391,12 @@ impl Server {
                 .map(|_| Slot {
                     generation: 0,
                     connection: None,
+                    held: false,
                 })
                 .collect(),
             check_at: vec![None; n],
             free: (0..max).rev().collect(),
+            held_ended: 0,
             by_address: AddressTable::new(n, hash.clone()),
             addresses_version: 0,
             by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
@@ -418,7 +425,9 @@ impl Server {
 
     /// Connected clients.
     pub fn num_connected(&self) -> usize {
-        self.config.max_clients.saturating_sub(self.free.len())
+        self.config
+            .max_clients
+            .saturating_sub(self.free.len() + self.held_ended)
     }
 
     /// Half-open handshakes currently held.
@@ -832,7 +841,11 @@ impl Server {
         self.by_address.remove(&conn.address);
         self.addresses_version += 1;
         self.by_client_id.remove(&conn.client_id);
-        self.free.push(slot_index);
+        if slot.held {
+            self.held_ended += 1;
+        } else {
+            self.free.push(slot_index);
+        }
         Some(conn.client_id)
     }
 
@@ -925,6 +938,34 @@ impl Server {
         let _ = self.queue(owed);
         self.free_slot(client.0);
         Ok(())
+    }
+
+    /// Keeps `client`'s slot from going to another client when its
+    /// connection ends (the client leaves, times out or is disconnected),
+    /// until [`release`](Self::release). For an owner that keeps its own
+    /// state per slot and reports a client's end after the fact: without
+    /// it, the next handshake could take the slot before the owner is
+    /// done with the client that had it. Does nothing for a slot with no
+    /// connection.
+    pub fn hold(&mut self, client: ClientIndex) {
+        if let Some(slot) = self.slots.get_mut(client.get())
+            && slot.connection.is_some()
+        {
+            slot.held = true;
+        }
+    }
+
+    /// Ends a [`hold`](Self::hold): the slot is free once its connection
+    /// has ended too.
+    pub fn release(&mut self, client: ClientIndex) {
+        let Some(slot) = self.slots.get_mut(client.get()) else {
+            return;
+        };
+        if !std::mem::take(&mut slot.held) || slot.connection.is_some() {
+            return;
+        }
+        self.held_ended -= 1;
+        self.free.push(client.0);
     }
 
     /// Disconnects every client (graceful shutdown).

@@ -344,6 +344,43 @@ fn server_disconnect_reaches_the_client() {
 }
 
 #[test]
+fn a_held_slot_goes_to_no_one_until_released() {
+    let mut w = World::new(1);
+    let (addr, _first) = w.connected_pair();
+    let slot = w.server.client_at(addr).unwrap();
+    w.server.hold(slot);
+    // The client is gone (its end reported), its slot is not free yet.
+    w.server.disconnect(slot).unwrap();
+    assert_eq!(w.server.num_connected(), 0);
+    let second = |w: &mut World| {
+        let token = w.token(2);
+        let mut c = Client::new(ClientConfig::new(PROTOCOL));
+        c.connect(&token, w.now, UNIX).unwrap();
+        let mut clients = [(client_addr(1), c)];
+        w.pump(&mut clients);
+        let [(_, c)] = clients;
+        c
+    };
+    assert_eq!(second(&mut w).state(), ClientState::ConnectionDenied);
+    w.server.release(slot);
+    let c = second(&mut w);
+    assert_eq!(c.state(), ClientState::Connected);
+    assert_eq!(w.server.client_at(client_addr(1)), Some(slot));
+    assert_eq!(w.server.num_connected(), 1);
+    // Released while still connected, the slot frees when its client goes.
+    w.server.hold(slot);
+    w.server.release(slot);
+    w.server.disconnect(slot).unwrap();
+    assert_eq!(w.server.num_connected(), 0);
+    let token = w.token(3);
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(2), c)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+}
+
+#[test]
 fn server_full_is_denied_and_the_client_says_so() {
     let mut w = World::new(1);
     let _first = w.connected_pair();
