@@ -469,6 +469,50 @@ fn datagrams_dropped_by_a_full_socket_buffer_are_counted() {
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
+/// `net-io` reads a bounded number of datagrams per turn of its loop, so
+/// that a flood cannot keep it from the game's commands, its timers and
+/// its sends; what a turn leaves in the socket is read by the next ones,
+/// without waiting for another datagram to arrive.
+#[cfg(target_os = "linux")]
+#[test]
+fn more_datagrams_than_a_turn_reads_are_all_read_at_once() {
+    const SENT: u32 = 3_000;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    shared::io::socket::tune_udp_socket(&socket, 8 << 20);
+    let server_addr = socket.local_addr().unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..SENT {
+        sender.send_to(&[0u8; 100], server_addr).unwrap();
+    }
+    let dropped = shared::io::socket::receive_drops(&socket).unwrap();
+    let waiting = u64::from(SENT - dropped);
+    // A turn reads 16 batches of 64.
+    assert!(
+        waiting > 2 * 1024,
+        "the socket kept only {waiting} datagrams (net.core.rmem_max too small?)"
+    );
+    let endpoint = ServerEndpoint::new(
+        ServerEndpointConfig::new(
+            ServerConfig::new(
+                PROTOCOL,
+                Key::generate(&mut system_rng()),
+                vec![server_addr],
+            ),
+            TransportConfig::default(),
+        ),
+        &mut system_rng(),
+    )
+    .unwrap();
+    let server = ServerIo::spawn_on(socket, endpoint, ServerIoConfig::default()).unwrap();
+    // Nothing else arrives: only looking again reads the rest.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().snapshot().datagrams_in < waiting && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.stats().snapshot().datagrams_in, waiting);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
 /// A game that lets go of its handle while `net-io` is a whole queue of
 /// batches behind still stops the thread, after every batch it handed
 /// over: the shutdown waits for room instead of being dropped (which left

@@ -34,6 +34,18 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 const INBOUND_CHUNK: usize = 64 * 1024;
 /// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES`, reused).
 const RECV_BATCH: usize = 64;
+/// `recvmmsg` batches read per turn of the loop before it applies the
+/// game's commands, runs the timers and sends, then reads on: datagrams
+/// arriving as fast as they are handled (a flood) slow those, never stop
+/// them.
+const RECV_BATCHES_PER_TURN: usize = 16;
+/// How soon the loop looks again while shutting down or while events wait
+/// for room in the game's pipe.
+const LOOK_AGAIN: Duration = Duration::from_millis(2);
+/// The shortest wait while the socket takes no more datagrams: timers due
+/// now (data ready to send) cannot send anything before it does, and
+/// waking for them would spin the loop; the socket's writability wakes it.
+const BLOCKED_WAIT: Duration = Duration::from_millis(1);
 /// Outgoing datagrams queued per loop iteration before they are sent with
 /// `sendmmsg` (64 per call); also the bound of what waits while the socket
 /// is not writable. When it is full and the socket blocks, the endpoint
@@ -456,6 +468,35 @@ impl Drop for ServerIo {
     }
 }
 
+/// What shortens or lengthens the loop's wait beyond the endpoint's timer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Waits {
+    /// The last turn stopped reading with datagrams possibly left.
+    unread: bool,
+    /// Shutting down, or events wait for room in the game's pipe.
+    busy: bool,
+    /// The socket takes no more datagrams until it becomes writable.
+    blocked: bool,
+}
+
+/// How long the loop may wait for the socket or the waker, given the
+/// endpoint's next timer (`timer`, from now; `None` for no wait limit).
+fn wait_for(timer: Option<Duration>, waits: Waits) -> Option<Duration> {
+    if waits.unread {
+        return Some(Duration::ZERO);
+    }
+    let timer = if waits.blocked {
+        timer.map(|t| t.max(BLOCKED_WAIT))
+    } else {
+        timer
+    };
+    if waits.busy {
+        Some(timer.map_or(LOOK_AGAIN, |t| t.min(LOOK_AGAIN)))
+    } else {
+        timer
+    }
+}
+
 /// Per-slot inbound message counting for the flood limit.
 #[derive(Clone, Copy, Default)]
 struct Rate {
@@ -502,20 +543,21 @@ struct IoLoop {
 impl IoLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(64);
+        let mut unread = false;
         loop {
             let now = Instant::now();
-            let timeout = self
+            let timer = self
                 .endpoint
                 .poll_timeout()
                 .map(|at| at.saturating_duration_since(now));
-            // While shutting down, or while the game is behind (backlog),
-            // look again soon.
-            let timeout = if self.shutting_down.is_some() || !self.backlog.is_empty() {
-                let cap = Duration::from_millis(2);
-                Some(timeout.map_or(cap, |t| t.min(cap)))
-            } else {
-                timeout
-            };
+            let timeout = wait_for(
+                timer,
+                Waits {
+                    unread,
+                    busy: self.shutting_down.is_some() || !self.backlog.is_empty(),
+                    blocked: self.wants_writable,
+                },
+            );
             if let Err(error) = self.poll.poll(&mut events, timeout)
                 && error.kind() != io::ErrorKind::Interrupted
             {
@@ -525,7 +567,7 @@ impl IoLoop {
             bump(&self.stats.loop_wakeups, 1);
             let now = Instant::now();
             self.flush_backlog();
-            self.read_socket(now);
+            unread = self.read_socket(now);
             self.drain_commands(now);
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
@@ -571,9 +613,12 @@ impl IoLoop {
         self.stats.summary_version.fetch_add(1, Ordering::Release);
     }
 
-    fn read_socket(&mut self, now: Instant) {
+    /// Reads and handles up to [`RECV_BATCHES_PER_TURN`] batches; true if
+    /// the socket may hold more (the poller reports no new readiness for
+    /// those: the loop must look again without waiting).
+    fn read_socket(&mut self, now: Instant) -> bool {
         let unix = super::unix_secs();
-        loop {
+        for _ in 0..RECV_BATCHES_PER_TURN {
             match self.inbox.recv(&self.socket) {
                 Ok(count) => {
                     // Every sender first, so that each one's state is on
@@ -608,17 +653,18 @@ impl IoLoop {
                     // A short batch: the socket is drained (a datagram
                     // arriving from now on wakes the poller again).
                     if count < self.inbox.capacity() {
-                        return;
+                        return false;
                     }
                     self.give_way();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP errors surface here on some platforms; they say nothing
                 // trustworthy about any client.
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+        true
     }
 
     /// Applies the commands the game has finished queueing.
@@ -878,5 +924,54 @@ impl IoLoop {
             }
         }
         !blocked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_follows_the_timer_unless_something_else_is_due() {
+        let ms = Duration::from_millis;
+        let idle = Waits::default();
+        assert_eq!(wait_for(None, idle), None);
+        assert_eq!(wait_for(Some(ms(7)), idle), Some(ms(7)));
+        assert_eq!(wait_for(Some(Duration::ZERO), idle), Some(Duration::ZERO));
+
+        // Datagrams left unread: look again at once, whatever else.
+        for (busy, blocked) in [(false, false), (true, false), (false, true), (true, true)] {
+            let waits = Waits {
+                unread: true,
+                busy,
+                blocked,
+            };
+            assert_eq!(wait_for(None, waits), Some(Duration::ZERO));
+            assert_eq!(wait_for(Some(ms(7)), waits), Some(Duration::ZERO));
+        }
+
+        let busy = Waits {
+            busy: true,
+            ..Waits::default()
+        };
+        assert_eq!(wait_for(None, busy), Some(LOOK_AGAIN));
+        assert_eq!(wait_for(Some(ms(50)), busy), Some(LOOK_AGAIN));
+        assert_eq!(wait_for(Some(ms(1)), busy), Some(ms(1)));
+
+        // A socket that takes nothing: a transmit due now waits for it.
+        let blocked = Waits {
+            blocked: true,
+            ..Waits::default()
+        };
+        assert_eq!(wait_for(Some(Duration::ZERO), blocked), Some(BLOCKED_WAIT));
+        assert_eq!(wait_for(Some(ms(50)), blocked), Some(ms(50)));
+        assert_eq!(wait_for(None, blocked), None);
+        let both = Waits {
+            busy: true,
+            blocked: true,
+            ..Waits::default()
+        };
+        assert_eq!(wait_for(Some(Duration::ZERO), both), Some(BLOCKED_WAIT));
+        assert_eq!(wait_for(None, both), Some(LOOK_AGAIN));
     }
 }
