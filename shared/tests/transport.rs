@@ -661,3 +661,51 @@ fn a_reliable_window_that_does_not_divide_the_id_space_survives_the_wrap() {
         );
     }
 }
+
+/// Many small reliable messages fill the log of units in flight (4,096)
+/// before anything else runs out. With nothing acknowledged yet, the
+/// connection then has nothing it may send: it must say so, not send a
+/// burst of packets that carry no message.
+#[test]
+fn a_full_log_of_units_in_flight_sends_no_empty_packets() {
+    let config = || TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered).with_max_queued_bytes(1 << 20),
+        ],
+        reliable_window: 16_384,
+        initial_send_rate: 100 << 20,
+        max_send_rate: 100 << 20,
+        ..TransportConfig::default()
+    };
+    let now = Instant::now();
+    let mut a = Connection::new(config(), now).unwrap();
+    for i in 0..8_000 {
+        a.send(ORDERED, &numbered(i, 16)).unwrap();
+    }
+    let mut buf = vec![0u8; 1_500];
+    let (mut packets, mut short) = (0, 0);
+    while let Some(len) = a.poll_transmit(now, &mut buf) {
+        packets += 1;
+        if len < 64 {
+            short += 1;
+        }
+        assert!(packets < 100_000, "poll_transmit never stops");
+    }
+    assert!(packets > 50, "{packets} packets");
+    assert_eq!(short, 0, "{short} of {packets} packets carried no message");
+    assert!(
+        a.poll_timeout().is_none_or(|t| t > now),
+        "nothing to do before an ack, a loss or a keep-alive"
+    );
+
+    // And the units come back as acks arrive: everything is delivered.
+    let mut pair = Pair::new(config(), LinkConfig::default().with_latency(ms(20)), 11);
+    for i in 0..8_000 {
+        pair.a.send(ORDERED, &numbered(i, 16)).unwrap();
+    }
+    assert!(pair.run_until(Duration::from_secs(10), |p| p.at_b.messages.len() == 8_000));
+    assert_eq!(
+        indices(&pair.at_b.messages, ORDERED),
+        (0..8_000).collect::<Vec<_>>()
+    );
+}

@@ -1050,6 +1050,23 @@ impl Connection {
         self.update_timers(now);
     }
 
+    /// Whether a packet sent now could carry a message: one waits, and
+    /// not only on reliable channels while the log of units in flight is
+    /// exhausted (those wait for acks or losses to release units; a packet
+    /// sent meanwhile would carry nothing, and pacing would not wait).
+    fn has_sendable_data(&mut self) -> bool {
+        if !self.has_pending_data() {
+            return false;
+        }
+        if !self.units.is_exhausted() {
+            return true;
+        }
+        self.release_units();
+        !self.units.is_exhausted()
+            || channel_bits(self.pending_channels)
+                .any(|index| matches!(self.send[index], SendChannel::Unreliable(_)))
+    }
+
     fn has_pending_data(&self) -> bool {
         debug_assert!(
             self.send
@@ -1099,7 +1116,7 @@ impl Connection {
             _ => Some(now),
         };
         self.timers.set(Timer::Ack, ack);
-        let pacing = self.has_pending_data().then(|| self.budget.ready_at(now));
+        let pacing = self.has_sendable_data().then(|| self.budget.ready_at(now));
         self.timers.set(Timer::Pacing, pacing);
         // Every active reassembly holds receive memory (a fragmented
         // message has at least two fragments), so with none held there is
@@ -1177,7 +1194,7 @@ impl Connection {
                 self.note_pending(index);
             }
         }
-        let has_data = self.has_pending_data();
+        let has_data = self.has_sendable_data();
         let may_send_data = has_data && self.budget.can_send(now, &self.config.rate_bounds());
         let ack_due = self.timers.expired(Timer::Ack, now);
         let keepalive_due = now >= self.last_sent + self.config.keepalive_interval;

@@ -118,6 +118,12 @@ impl UnitLog {
         self.tail.wrapping_sub(self.head) as usize == self.ring.len()
     }
 
+    /// Full at its largest: no reliable unit goes out until acks or
+    /// losses release some.
+    pub(crate) fn is_exhausted(&self) -> bool {
+        self.is_full() && self.ring.len() >= UNITS_IN_FLIGHT
+    }
+
     fn push(&mut self, unit: UnitRef) {
         debug_assert!(!self.is_full());
         let mask = self.ring.len() - 1;
