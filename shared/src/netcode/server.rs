@@ -625,6 +625,9 @@ impl Server {
         self.record_token_use(now, unix_secs, from, token_mac, request.expire_timestamp)?;
 
         if self.free.is_empty() {
+            if self.held_ended > 0 {
+                return Err(DropReason::SlotReleasing);
+            }
             return self.queue(Owed::Denied {
                 to: from,
                 cipher: PacketCipher::new(&view.server_to_client_key),
@@ -734,6 +737,9 @@ impl Server {
             return Err(DropReason::ClientIdInUse);
         }
         let Some(slot_index) = self.free.pop() else {
+            if self.held_ended > 0 {
+                return Err(DropReason::SlotReleasing);
+            }
             // Full: answer with a denial (smaller than the response).
             self.queue(Owed::DeniedPending { to: from })?;
             return Ok(None);

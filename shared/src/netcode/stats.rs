@@ -60,11 +60,18 @@ pub enum DropReason {
     WrongState,
     /// A reply could not be queued because the outbound queue was full.
     OutboundQueueFull,
+    /// No slot is free, but one is about to be: its client has left and
+    /// its owner has not released it yet (see [`Server::hold`]). Unlike a
+    /// full server this is not denied; the client's handshake packets are
+    /// resent and a later one finds the slot.
+    ///
+    /// [`Server::hold`]: super::Server::hold
+    SlotReleasing,
 }
 
 impl DropReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 27] = [
         Self::Empty,
         Self::Oversized,
         Self::RequestWrongSize,
@@ -91,6 +98,7 @@ impl DropReason {
         Self::ChallengeInvalid,
         Self::WrongState,
         Self::OutboundQueueFull,
+        Self::SlotReleasing,
     ];
 }
 

@@ -352,19 +352,19 @@ fn a_held_slot_goes_to_no_one_until_released() {
     // The client is gone (its end reported), its slot is not free yet.
     w.server.disconnect(slot).unwrap();
     assert_eq!(w.server.num_connected(), 0);
-    let second = |w: &mut World| {
-        let token = w.token(2);
-        let mut c = Client::new(ClientConfig::new(PROTOCOL));
-        c.connect(&token, w.now, UNIX).unwrap();
-        let mut clients = [(client_addr(1), c)];
-        w.pump(&mut clients);
-        let [(_, c)] = clients;
-        c
-    };
-    assert_eq!(second(&mut w).state(), ClientState::ConnectionDenied);
+    // Not denied: ignored, while the client keeps asking.
+    let token = w.token(2);
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(1), c)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::SendingConnectionRequest);
+    assert!(w.server.stats().dropped.get(DropReason::SlotReleasing) > 0);
+    assert_eq!(w.server.stats().denials_sent, 0);
     w.server.release(slot);
-    let c = second(&mut w);
-    assert_eq!(c.state(), ClientState::Connected);
+    w.advance(Duration::from_millis(200), &mut clients);
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
     assert_eq!(w.server.client_at(client_addr(1)), Some(slot));
     assert_eq!(w.server.num_connected(), 1);
     // Released while still connected, the slot frees when its client goes.
