@@ -162,6 +162,17 @@ impl World {
         pair
     }
 
+    /// A client of account `client_id` at `client_addr(i)`, after the
+    /// first exchange of its connection attempt.
+    fn join(&mut self, client_id: u64, i: u32) -> [(SocketAddr, Client); 1] {
+        let token = self.token(client_id);
+        let mut client = Client::new(ClientConfig::new(PROTOCOL));
+        client.connect(&token, self.now, UNIX).unwrap();
+        let mut clients = [(client_addr(i), client)];
+        self.pump(&mut clients);
+        clients
+    }
+
     /// Counters that must not move when a bad datagram arrives.
     fn state_summary(&self) -> (usize, usize, usize) {
         (
@@ -353,11 +364,7 @@ fn a_held_slot_goes_to_no_one_until_released() {
     w.server.disconnect(slot).unwrap();
     assert_eq!(w.server.num_connected(), 0);
     // Not denied: ignored, while the client keeps asking.
-    let token = w.token(2);
-    let mut c = Client::new(ClientConfig::new(PROTOCOL));
-    c.connect(&token, w.now, UNIX).unwrap();
-    let mut clients = [(client_addr(1), c)];
-    w.pump(&mut clients);
+    let mut clients = w.join(2, 1);
     assert_eq!(clients[0].1.state(), ClientState::SendingConnectionRequest);
     assert!(w.server.stats().dropped.get(DropReason::SlotReleasing) > 0);
     assert_eq!(w.server.stats().denials_sent, 0);
@@ -372,23 +379,14 @@ fn a_held_slot_goes_to_no_one_until_released() {
     w.server.release(slot);
     w.server.disconnect(slot).unwrap();
     assert_eq!(w.server.num_connected(), 0);
-    let token = w.token(3);
-    let mut c = Client::new(ClientConfig::new(PROTOCOL));
-    c.connect(&token, w.now, UNIX).unwrap();
-    let mut clients = [(client_addr(2), c)];
-    w.pump(&mut clients);
-    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.join(3, 2)[0].1.state(), ClientState::Connected);
 }
 
 #[test]
 fn server_full_is_denied_and_the_client_says_so() {
     let mut w = World::new(1);
     let _first = w.connected_pair();
-    let token = w.token(2);
-    let mut c = Client::new(ClientConfig::new(PROTOCOL));
-    c.connect(&token, w.now, UNIX).unwrap();
-    let mut clients = [(client_addr(1), c)];
-    w.pump(&mut clients);
+    let clients = w.join(2, 1);
     assert_eq!(clients[0].1.state(), ClientState::ConnectionDenied);
     assert_eq!(w.server.stats().denials_sent, 1);
     assert_eq!(
