@@ -1,5 +1,6 @@
 //! Fragment bombs: connected clients send fragments of messages that never
-//! complete, or that claim more than the largest message allowed.
+//! complete, that claim more than the largest message allowed, or that
+//! also arrive whole.
 //!
 //! - Against the server binary: resident memory grows by no more than the
 //!   per-connection receive bound allows, the over-claiming client is
@@ -134,6 +135,51 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
             client.id
         );
     }
+}
+
+/// A message whose first fragment has arrived, sent again whole under the
+/// same id: the whole copy must not be taken while the fragments' buffer
+/// stays charged (each such pair held up to 256 KiB for a small datagram,
+/// pushing the server's total past its cap); it is a protocol violation.
+#[test]
+fn a_message_sent_in_fragments_and_whole_is_a_violation() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let mut honest = connect_honest(server.game, 1, 2, Duration::from_secs(10));
+    let mut offender = RawClient::connect(server.game, 2_000, 10, Duration::from_secs(5));
+    let mut buf = [0u8; 1_200];
+    // Chat's first message: the one its channel waits for.
+    let first = MessageHeader {
+        channel: channels::CHAT.0,
+        id: Some(0),
+        fragment: Some(FragmentInfo {
+            index: 0,
+            count: 256,
+        }),
+    };
+    let seq = offender.take_seq();
+    let len = RawClient::craft(&mut buf, seq, None, true, &[(first, &[0; FRAGMENT])]);
+    offender.send_raw(&buf[..len]);
+    let whole = MessageHeader {
+        fragment: None,
+        ..first
+    };
+    let seq = offender.take_seq();
+    let len = RawClient::craft(&mut buf, seq, None, true, &[(whole, b"whole")]);
+    offender.send_raw(&buf[..len]);
+
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(2) && offender.server_reason.is_none() {
+        offender.read(Instant::now());
+        play_all(&mut honest);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        offender.server_reason,
+        Some(DisconnectReason::ProtocolViolation)
+    );
+    assert!(began.elapsed() < Duration::from_secs(1));
+    play_for(&mut honest, Duration::from_millis(300));
+    assert_eq!(ended(&honest), vec![], "honest players were disconnected");
 }
 
 /// A netcode client connected to `server` in memory.
