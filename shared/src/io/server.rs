@@ -34,11 +34,6 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 const INBOUND_CHUNK: usize = 64 * 1024;
 /// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES`, reused).
 const RECV_BATCH: usize = 64;
-/// `recvmmsg` batches read per turn of the loop before it applies the
-/// game's commands, runs the timers and sends, then reads on: datagrams
-/// arriving as fast as they are handled (a flood) slow those, never stop
-/// them.
-const RECV_BATCHES_PER_TURN: usize = 16;
 /// How soon the loop looks again while shutting down or while events wait
 /// for room in the game's pipe.
 const LOOK_AGAIN: Duration = Duration::from_millis(2);
@@ -156,6 +151,13 @@ pub struct ServerIoConfig {
     /// starts (0: not at all), so that it yields a shared core to the
     /// game's tick (see [`priority`](super::priority)).
     pub nice_steps: u8,
+    /// `recvmmsg` batches (of 64 datagrams) the thread reads per turn of its
+    /// loop before it applies the game's commands, runs the timers and
+    /// sends, then reads on: datagrams arriving as fast as they are handled
+    /// (a flood) slow those, never stop them. Default 256 (16,384
+    /// datagrams, tens of milliseconds of work); 16 cost datagrams at 5,000
+    /// clients on one core (see `BENCHMARKS.md`).
+    pub recv_batches_per_turn: usize,
 }
 
 impl Default for ServerIoConfig {
@@ -168,6 +170,7 @@ impl Default for ServerIoConfig {
             shutdown_linger: Duration::from_millis(500),
             socket_buffer_bytes: super::socket::DEFAULT_SOCKET_BUFFER_BYTES,
             nice_steps: 0,
+            recv_batches_per_turn: 256,
         }
     }
 }
@@ -613,12 +616,12 @@ impl IoLoop {
         self.stats.summary_version.fetch_add(1, Ordering::Release);
     }
 
-    /// Reads and handles up to [`RECV_BATCHES_PER_TURN`] batches; true if
+    /// Reads and handles up to `recv_batches_per_turn` batches; true if
     /// the socket may hold more (the poller reports no new readiness for
     /// those: the loop must look again without waiting).
     fn read_socket(&mut self, now: Instant) -> bool {
         let unix = super::unix_secs();
-        for _ in 0..RECV_BATCHES_PER_TURN {
+        for _ in 0..self.config.recv_batches_per_turn.max(1) {
             match self.inbox.recv(&self.socket) {
                 Ok(count) => {
                     // Every sender first, so that each one's state is on
