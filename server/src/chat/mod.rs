@@ -45,7 +45,8 @@ use crate::console::AdminSay;
 use crate::interest::SpatialGrid;
 use crate::metrics::{Counter, Metrics};
 use crate::net::{
-    ClientConnected, ClientDisconnected, FromClient, NetAppExt, NetSender, Outbox, ToClient,
+    ClientConnected, ClientDisconnected, FromClient, NetAppExt, NetSender, Outbox, SessionChange,
+    ToClient, session_changes,
 };
 use crate::world::Position;
 
@@ -247,18 +248,22 @@ fn route(
     let room = &mut room.0;
     room.tick();
     out.clear();
-    for joined in connected.read() {
-        let account = joined.client.account;
-        members
-            .clients
-            .insert(account, (joined.client, joined.entity));
-        room.join(account, format!("player-{account}"), out);
-    }
-    for left in disconnected.read() {
-        let account = left.client.account;
-        if members.clients.get(&account).map(|(c, _)| *c) == Some(left.client) {
-            members.clients.remove(&account);
-            room.leave(account, out);
+    for change in session_changes(&mut connected, &mut disconnected) {
+        match change {
+            SessionChange::Joined(joined) => {
+                let account = joined.client.account;
+                members
+                    .clients
+                    .insert(account, (joined.client, joined.entity));
+                room.join(account, format!("player-{account}"), out);
+            }
+            SessionChange::Left(left) => {
+                let account = left.client.account;
+                if members.clients.get(&account).map(|(c, _)| *c) == Some(left.client) {
+                    members.clients.remove(&account);
+                    room.leave(account, out);
+                }
+            }
         }
     }
     let sends: Vec<&FromClient<ChatSend>> = sends.read().collect();

@@ -33,7 +33,10 @@ use shared::protocol::inventory::{
 pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
 pub use self::core::{Batch, CoreConfig, CoreError, Input, InventoryCore, Output};
 use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
-use crate::net::{ClientConnected, ClientDisconnected, FromClient, NetAppExt, ToClient};
+use crate::net::{
+    ClientConnected, ClientDisconnected, FromClient, NetAppExt, SessionChange, ToClient,
+    session_changes,
+};
 use crate::persistence::{InventoryStore, SqliteStore, StoreError, StoreWriter};
 use crate::world::Position;
 
@@ -332,21 +335,25 @@ fn run(
         let outputs = service.core.complete(done.result);
         send(service, outputs, &mut out, &metrics);
     }
-    for c in connected.read() {
-        service.members.insert(c.client.account, c.client);
-        entities.insert(c.client.account, c.entity);
-        service.core.push(Input::Connected {
-            account: c.client.account,
-        });
-    }
-    for d in disconnected.read() {
-        if service.members.get(&d.client.account) == Some(&d.client) {
-            service.members.remove(&d.client.account);
-            service.received.retain(|_, (_, from)| *from != d.client);
-            entities.remove(&d.client.account);
-            service.core.push(Input::Disconnected {
-                account: d.client.account,
-            });
+    for change in session_changes(&mut connected, &mut disconnected) {
+        match change {
+            SessionChange::Joined(c) => {
+                service.members.insert(c.client.account, c.client);
+                entities.insert(c.client.account, c.entity);
+                service.core.push(Input::Connected {
+                    account: c.client.account,
+                });
+            }
+            SessionChange::Left(d) => {
+                if service.members.get(&d.client.account) == Some(&d.client) {
+                    service.members.remove(&d.client.account);
+                    service.received.retain(|_, (_, from)| *from != d.client);
+                    entities.remove(&d.client.account);
+                    service.core.push(Input::Disconnected {
+                        account: d.client.account,
+                    });
+                }
+            }
         }
     }
     for FromClient { client, message } in requests.read() {

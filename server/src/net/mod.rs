@@ -24,7 +24,7 @@ use shared::io::priority::TickSignal;
 use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
 use shared::transport::DisconnectReason;
 
-pub use session::{ClientConnected, ClientDisconnected, Player};
+pub use session::{ClientConnected, ClientDisconnected, Player, SessionChange, session_changes};
 pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
 
 use crate::console::AdminKick;

@@ -40,6 +40,42 @@ pub struct ClientDisconnected {
     pub reason: DisconnectReason,
 }
 
+/// One client's arrival or departure (see [`session_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A [`ClientConnected`].
+    Joined(ClientConnected),
+    /// A [`ClientDisconnected`].
+    Left(ClientDisconnected),
+}
+
+/// This tick's connects and disconnects, in the order they happened to
+/// each account.
+///
+/// The two come in separate message queues. A plugin that keys its state
+/// by account and reads every connect before every disconnect gets an
+/// account that left and came back within one tick backwards: the new
+/// session first, then the old one's end, which then no longer matches
+/// and is dropped (the old session's trades stay open, say). Sessions are
+/// numbered in connect order and an account holds one at a time, so
+/// ordering by session, a join before its own leave, restores the order.
+pub fn session_changes(
+    connected: &mut MessageReader<ClientConnected>,
+    disconnected: &mut MessageReader<ClientDisconnected>,
+) -> Vec<SessionChange> {
+    let mut changes: Vec<SessionChange> = connected
+        .read()
+        .copied()
+        .map(SessionChange::Joined)
+        .chain(disconnected.read().copied().map(SessionChange::Left))
+        .collect();
+    changes.sort_by_key(|change| match change {
+        SessionChange::Joined(joined) => (joined.client.session, false),
+        SessionChange::Left(left) => (left.client.session, true),
+    });
+    changes
+}
+
 /// `NetSystems::Receive`: drains the `net-io` channel.
 pub(super) fn receive(world: &mut World) {
     // The registry is taken out of the world once for the whole batch (not
@@ -115,9 +151,16 @@ fn on_connected(world: &mut World, client: ClientId) {
 
 fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason) {
     let entity = world.resource_mut::<Clients>().remove(client);
-    world
-        .resource_mut::<PlayerRoster>()
-        .remove(players::ClientId(client.account));
+    // Unless the account is back already, on a newer connection.
+    if world
+        .resource::<Clients>()
+        .by_account(client.account)
+        .is_none()
+    {
+        world
+            .resource_mut::<PlayerRoster>()
+            .remove(players::ClientId(client.account));
+    }
     tracing::info!(account = client.account, %reason, "client disconnected");
     world.write_message(ClientDisconnected { client, reason });
     if let Some(entity) = entity {

@@ -1,0 +1,136 @@
+//! An account that leaves and comes back within one tick, through the real
+//! network and inventory plugins on the in-process loopback: the game sees
+//! the old session end before the new one begins.
+
+use std::time::{Duration, Instant};
+
+use bevy_app::App;
+use server::console::AdminKick;
+use server::inventory::InventoryPlugin;
+use server::net::{Loopback, NetPlugin, NetServer};
+use server::players::{self, PlayerRoster};
+use server::shutdown::ShutdownStarted;
+use server::tick::{ManualClock, TickConfig, TickPlugin};
+use shared::io::{ClientId, NetCommand, NetEvent};
+use shared::netcode::ClientIndex;
+use shared::protocol::inventory::{
+    InventoryOp, InventoryReply, InventoryRequest, TradeOffer, TradeState, TradeUpdate,
+};
+use shared::protocol::{self, channels};
+
+fn client(slot: u32, account: u64, session: u64) -> ClientId {
+    ClientId {
+        slot: ClientIndex::from_slot(slot),
+        account,
+        session,
+    }
+}
+
+fn app() -> (App, Loopback) {
+    let (server, net) = NetServer::loopback();
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig::default(),
+        clock: ManualClock::new(),
+    })
+    .insert_resource(server)
+    .add_message::<AdminKick>()
+    .add_message::<ShutdownStarted>()
+    .add_plugins((NetPlugin, InventoryPlugin));
+    app.finish();
+    app.cleanup();
+    (app, net)
+}
+
+/// Runs ticks until `found` picks something out of what the server sent
+/// (the inventory commits on a thread of its own).
+fn tick_until<T>(
+    app: &mut App,
+    net: &Loopback,
+    mut found: impl FnMut(ClientId, &[u8]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        app.update();
+        for command in net.commands.try_iter().flatten() {
+            if let NetCommand::Send {
+                client,
+                channel,
+                payload,
+            } = command
+                && channel == channels::INVENTORY
+                && let Some(value) = found(client, &payload)
+            {
+                return value;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("nothing expected came within 10 s");
+}
+
+#[test]
+fn an_account_back_within_a_tick_ends_its_old_session_first() {
+    back_within_a_tick(false);
+}
+
+/// `net-io` may report the new connection first (the old one's end waits
+/// for its last datagrams while the account's token is free again).
+#[test]
+fn the_same_when_the_new_connection_is_reported_first() {
+    back_within_a_tick(true);
+}
+
+fn back_within_a_tick(new_first: bool) {
+    let (mut app, net) = app();
+    let (first, partner) = (client(0, 7, 1), client(1, 8, 2));
+    for c in [first, partner] {
+        net.events.send(NetEvent::Connected { client: c }).unwrap();
+    }
+    let offer = InventoryRequest {
+        request_id: 1,
+        op: InventoryOp::Offer {
+            with: partner.account,
+            offer: TradeOffer::default(),
+        },
+    };
+    net.events
+        .send(NetEvent::Message {
+            client: first,
+            channel: channels::INVENTORY,
+            payload: protocol::encode(&offer).unwrap(),
+        })
+        .unwrap();
+    let trade = tick_until(&mut app, &net, |to, payload| {
+        let reply = protocol::decode::<InventoryReply>(payload).ok()?;
+        assert_eq!(to, first);
+        assert!(reply.result.is_ok(), "{reply:?}");
+        reply.trade
+    });
+
+    // The account's connection ends and a new one begins, in one tick.
+    let back = client(2, first.account, 3);
+    let mut events = [
+        NetEvent::Disconnected {
+            client: first,
+            reason: shared::transport::DisconnectReason::Timeout,
+        },
+        NetEvent::Connected { client: back },
+    ];
+    if new_first {
+        events.reverse();
+    }
+    for event in events {
+        net.events.send(event).unwrap();
+    }
+    let state = tick_until(&mut app, &net, |to, payload| {
+        let update = protocol::decode::<TradeUpdate>(payload).ok()?;
+        (to == partner && update.trade == trade).then_some(update.state)
+    });
+    assert_eq!(state, TradeState::Cancelled);
+    let roster = app.world().resource::<PlayerRoster>();
+    assert!(
+        roster.get(players::ClientId(first.account)).is_some(),
+        "the account is listed again"
+    );
+}
