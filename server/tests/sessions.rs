@@ -1,12 +1,14 @@
-//! An account that leaves and comes back within one tick, through the real
-//! network and inventory plugins on the in-process loopback: the game sees
-//! the old session end before the new one begins.
+//! Sessions through the real network, movement and inventory plugins on
+//! the in-process loopback: an account that leaves and comes back within
+//! one tick (the old session ends before the new one begins), and a
+//! player's first tick.
 
 use std::time::{Duration, Instant};
 
 use bevy_app::App;
 use server::console::AdminKick;
 use server::inventory::InventoryPlugin;
+use server::movement::{MovementConfig, MovementPlugin};
 use server::net::{Loopback, NetPlugin, NetServer};
 use server::players::{self, PlayerRoster};
 use server::shutdown::ShutdownStarted;
@@ -14,7 +16,8 @@ use server::tick::{ManualClock, TickConfig, TickPlugin};
 use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::netcode::ClientIndex;
 use shared::protocol::inventory::{
-    InventoryOp, InventoryReply, InventoryRequest, TradeOffer, TradeState, TradeUpdate,
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, TradeOffer, TradeState,
+    TradeUpdate, WorldItems,
 };
 use shared::protocol::{self, channels};
 
@@ -133,4 +136,79 @@ fn back_within_a_tick(new_first: bool) {
         roster.get(players::ClientId(first.account)).is_some(),
         "the account is listed again"
     );
+}
+
+/// A request in a player's very first tick is judged where the player
+/// stands: its position is in place before the inventory runs (a pickup
+/// checked with no position would reach an item anywhere in the world).
+#[test]
+fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
+    let (server, net) = NetServer::loopback();
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig::default(),
+        clock: ManualClock::new(),
+    })
+    .insert_resource(server)
+    .add_message::<AdminKick>()
+    .add_message::<ShutdownStarted>()
+    .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
+    app.finish();
+    app.cleanup();
+
+    // A first player lists the world's items once some have spawned.
+    let lister = client(0, 8, 1);
+    net.events
+        .send(NetEvent::Connected { client: lister })
+        .unwrap();
+    let mut request_id = 0;
+    let items = loop {
+        request_id += 1;
+        let list = InventoryRequest {
+            request_id,
+            op: InventoryOp::ListWorld,
+        };
+        net.events
+            .send(NetEvent::Message {
+                client: lister,
+                channel: channels::INVENTORY,
+                payload: protocol::encode(&list).unwrap(),
+            })
+            .unwrap();
+        let listed = tick_until(&mut app, &net, |_, payload| {
+            protocol::decode::<WorldItems>(payload).ok()
+        });
+        if !listed.items.is_empty() {
+            break listed.items;
+        }
+        assert!(request_id < 100, "no item ever spawned");
+    };
+    // The next player spawns at the second spawn point.
+    let spawn = app.world().resource::<MovementConfig>().spawn_point(1);
+    let far = items
+        .iter()
+        .find(|item| item.position.distance(spawn) > 20.0)
+        .expect("an item away from the spawn point");
+
+    let newcomer = client(1, 7, 2);
+    let pickup = InventoryRequest {
+        request_id: 1,
+        op: InventoryOp::PickUp { world_item: far.id },
+    };
+    net.events
+        .send(NetEvent::Connected { client: newcomer })
+        .unwrap();
+    net.events
+        .send(NetEvent::Message {
+            client: newcomer,
+            channel: channels::INVENTORY,
+            payload: protocol::encode(&pickup).unwrap(),
+        })
+        .unwrap();
+    let reply = tick_until(&mut app, &net, |to, payload| {
+        (to == newcomer)
+            .then(|| protocol::decode::<InventoryReply>(payload).ok())
+            .flatten()
+    });
+    assert_eq!(reply.result, Err(InventoryError::TooFar));
 }

@@ -33,6 +33,7 @@ use shared::protocol::inventory::{
 pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
 pub use self::core::{Batch, CoreConfig, CoreError, Input, InventoryCore, Output};
 use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
+use crate::movement::MovementSystems;
 use crate::net::{
     ClientConnected, ClientDisconnected, FromClient, NetAppExt, SessionChange, ToClient,
     session_changes,
@@ -231,6 +232,12 @@ impl Plugin for InventoryPlugin {
             .add_server_message::<TradeUpdate>(channels::INVENTORY)
             .add_server_message::<WorldItems>(channels::INVENTORY)
             .insert_resource(metrics)
+            // Requests are judged where players stand after this tick's
+            // movement; a new player's position is in place by then.
+            .configure_sets(
+                FixedUpdate,
+                MovementSystems::Integrate.before(InventorySystems::Run),
+            )
             .add_systems(FixedUpdate, run.in_set(InventorySystems::Run));
     }
 }
