@@ -1,9 +1,14 @@
 //! The example gameplay plugin: a client sends an emote, every other player
 //! sees it. It shows the whole pattern of a gameplay concern: register the
 //! message types once, read [`FromClient`], validate, write [`ToClient`].
+//! A message that goes to every player is also rate-limited per sender:
+//! otherwise each one a client sends costs the server a send per player.
+
+use std::collections::HashMap;
 
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
+use shared::io::ClientId;
 use shared::protocol::channels;
 use shared::protocol::messages::{Emote, EmoteRequest};
 
@@ -11,6 +16,17 @@ use crate::net::{FromClient, NetAppExt, Recipients, ToClient};
 
 /// Emotes known to the game; anything else is ignored.
 pub const EMOTE_COUNT: u8 = 16;
+
+/// Ticks a player waits between two emotes (about a quarter of a second at
+/// 30 Hz); emotes sent meanwhile are dropped.
+pub const EMOTE_COOLDOWN_TICKS: u64 = 8;
+
+/// When each player last emoted, for those still cooling down.
+#[derive(Default)]
+struct Cooldowns {
+    tick: u64,
+    last: HashMap<ClientId, u64>,
+}
 
 /// Relays emotes.
 pub struct EmotePlugin;
@@ -26,11 +42,17 @@ impl Plugin for EmotePlugin {
 fn relay_emotes(
     mut requests: MessageReader<FromClient<EmoteRequest>>,
     mut out: MessageWriter<ToClient<Emote>>,
+    mut cooldowns: Local<Cooldowns>,
 ) {
+    let Cooldowns { tick, last } = &mut *cooldowns;
+    *tick += 1;
+    let now = *tick;
+    last.retain(|_, at| now - *at < EMOTE_COOLDOWN_TICKS);
     for FromClient { client, message } in requests.read() {
-        if message.emote >= EMOTE_COUNT {
+        if message.emote >= EMOTE_COUNT || last.contains_key(client) {
             continue;
         }
+        last.insert(*client, now);
         out.write(ToClient {
             to: Recipients::AllExcept(*client),
             message: Emote {
@@ -81,6 +103,45 @@ mod tests {
                 to: Recipients::AllExcept(client(7)),
                 message: Emote { from: 7, emote: 3 },
             }]
+        );
+    }
+
+    #[test]
+    fn a_player_emotes_at_most_once_per_cooldown() {
+        let mut app = App::new();
+        app.init_resource::<Clients>()
+            .init_resource::<Outbox>()
+            .add_plugins(EmotePlugin);
+        let mut relayed = Vec::new();
+        for tick in 0..=EMOTE_COOLDOWN_TICKS {
+            // Client 7 floods: three emotes every tick. Client 8 emotes
+            // once, in the first tick.
+            for emote in 0..3 {
+                app.world_mut().write_message(FromClient {
+                    client: client(7),
+                    message: EmoteRequest { emote },
+                });
+            }
+            if tick == 0 {
+                app.world_mut().write_message(FromClient {
+                    client: client(8),
+                    message: EmoteRequest { emote: 5 },
+                });
+            }
+            app.world_mut().run_schedule(FixedUpdate);
+            let sent = app.world().resource::<Messages<ToClient<Emote>>>();
+            relayed.extend(
+                sent.iter_current_update_messages()
+                    .map(|m| (tick, m.message.from, m.message.emote)),
+            );
+            app.world_mut()
+                .resource_mut::<Messages<ToClient<Emote>>>()
+                .update();
+        }
+        assert_eq!(
+            relayed,
+            [(0, 7, 0), (0, 8, 5), (EMOTE_COOLDOWN_TICKS, 7, 0)],
+            "the first of each cooldown, the rest dropped"
         );
     }
 }
