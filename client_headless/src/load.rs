@@ -215,6 +215,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         ));
     }
     let cpu = process_cpu();
+    let cpu_wall_s = start.elapsed().as_secs_f64();
     let mut report = Report {
         scenario: plan.scenario.name.clone(),
         server_address: plan.server.to_string(),
@@ -242,6 +243,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         server,
         bot_cpu_s: cpu.map(|c| c.user_s + c.kernel_s),
         bot_cpu_kernel_s: cpu.map(|c| c.kernel_s),
+        bot_cpu_wall_s: cpu.map(|_| cpu_wall_s),
         bot_peak_rss_mib: peak_rss_mib(),
         slo: Vec::new(),
         notes,

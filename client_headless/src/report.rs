@@ -47,6 +47,10 @@ pub(crate) struct Report {
     pub(crate) bot_cpu_s: Option<f64>,
     /// The system (kernel) part of `bot_cpu_s`.
     pub(crate) bot_cpu_kernel_s: Option<f64>,
+    /// Wall seconds from the load's start to the reading of `bot_cpu_s`:
+    /// `duration_s` and the stop after it (draining, leaving), the time
+    /// the CPU seconds were spent in.
+    pub(crate) bot_cpu_wall_s: Option<f64>,
     /// This process's peak resident memory, MiB (`VmHWM`; Linux only).
     pub(crate) bot_peak_rss_mib: Option<f64>,
     /// SLOs checked and their outcome.
@@ -311,7 +315,8 @@ impl Report {
             );
         }
         if let Some(cpu) = self.bot_cpu_s {
-            let core = |seconds: f64| 100.0 * seconds / self.duration_s.max(0.001);
+            let wall = self.bot_cpu_wall_s.unwrap_or(self.duration_s);
+            let core = |seconds: f64| 100.0 * seconds / wall.max(0.001);
             let _ = write!(s, "  bot cpu     {cpu:.2} s ({:.0}% of one core", core(cpu));
             if let Some(kernel) = self.bot_cpu_kernel_s {
                 let _ = write!(s, "; kernel {:.0}%", core(kernel));
@@ -365,6 +370,7 @@ mod tests {
             server: ServerReport::default(),
             bot_cpu_s: None,
             bot_cpu_kernel_s: None,
+            bot_cpu_wall_s: None,
             bot_peak_rss_mib: None,
             slo: Vec::new(),
             notes: Vec::new(),
@@ -440,6 +446,15 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["bot_cpu_kernel_s"], 2.0);
+
+        // Spent over the run (10 s) and an 8 s drain after it.
+        r.bot_cpu_wall_s = Some(18.0);
+        let text = r.summary();
+        assert!(
+            text.contains("bot cpu     5.00 s (28% of one core; kernel 11%)"),
+            "{text}"
+        );
+        assert_eq!(serde_json::to_value(&r).unwrap()["bot_cpu_wall_s"], 18.0);
     }
 
     #[test]
