@@ -14,7 +14,7 @@ use server::persistence::{
 };
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
-    ItemStack, TradeOffer, TradeState,
+    ItemStack, REMEMBERED_REQUESTS, TradeOffer, TradeState,
 };
 
 /// A SQLite store whose next commit can be made to fail.
@@ -202,6 +202,53 @@ fn a_repeated_request_id_is_applied_once_and_answered_with_the_original_reply() 
     h.flush(false);
     h.push(Input::Connected { account: 1 });
     assert_eq!(h.request(1, 7, InventoryOp::List), first);
+}
+
+/// Read-only answers are remembered apart from changes: however many
+/// lists follow a change, within one batch or later, its id stays
+/// answered, in the session and after a reconnect (it is stored).
+#[test]
+fn many_read_only_requests_do_not_push_a_change_out() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 10_000);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let lists = REMEMBERED_REQUESTS as u64 + 10;
+    let drop = InventoryOp::Drop { slot, count: 1 };
+    h.push(Input::Request {
+        account: 1,
+        request: InventoryRequest {
+            request_id: 1,
+            op: drop.clone(),
+        },
+        position: None,
+        tag: 1,
+    });
+    for request_id in 2..2 + lists {
+        h.push(Input::Request {
+            account: 1,
+            request: InventoryRequest {
+                request_id,
+                op: InventoryOp::List,
+            },
+            position: None,
+            tag: request_id,
+        });
+    }
+    let out = h.flush(false);
+    let first = reply_of(&out, 1, 1).expect("the drop's reply");
+    let dropped = first.result.clone().expect("dropped");
+    assert_eq!(dropped.version, inv.version + 1);
+    // More lists in later batches.
+    for request_id in 2 + lists..2 + 2 * lists {
+        h.request(1, request_id, InventoryOp::List);
+    }
+    assert_eq!(h.request(1, 1, drop.clone()), first, "in the session");
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+    h.push(Input::Connected { account: 1 });
+    assert_eq!(h.request(1, 1, drop), first, "after a reconnect");
+    assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
 #[test]

@@ -30,7 +30,8 @@
 //!   reply in the same transaction and remembered across sessions and
 //!   restarts (the most recent [`REMEMBERED_REQUESTS`] per account);
 //!   read-only answers and refusals change nothing, are not stored and are
-//!   remembered until the session ends.
+//!   remembered until the session ends (the most recent
+//!   [`REMEMBERED_REQUESTS`], counted apart from the changes).
 //! - Outputs go to the session that caused them. A session ends at its
 //!   account's [`Input::Disconnected`]; outputs for the account not yet
 //!   released then are dropped: those computed earlier in the same batch,
@@ -302,25 +303,27 @@ impl OpenTrades {
     }
 }
 
-/// The answers an account's repeated request ids get again.
+/// The answers an account's repeated request ids get again: the newest
+/// [`REMEMBERED_REQUESTS`] changes (stored with them, as the store keeps
+/// them) and, apart, the newest as many other answers. One bound for both
+/// would let read-only requests push a change's id out while the store
+/// still holds it, and the change would be applied again.
 #[derive(Debug, Default)]
 struct Applied {
-    order: VecDeque<u64>,
+    /// Request ids in arrival order: the stored ones, the others.
+    order: [VecDeque<u64>; 2],
     /// request id → (original reply, stored with its change?)
     replies: HashMap<u64, (InventoryReply, bool)>,
 }
 
 impl Applied {
     fn insert(&mut self, reply: InventoryReply, stored: bool) {
-        if self
-            .replies
-            .insert(reply.request_id, (reply.clone(), stored))
-            .is_none()
-        {
-            self.order.push_back(reply.request_id);
-        }
-        while self.order.len() > REMEMBERED_REQUESTS {
-            if let Some(old) = self.order.pop_front() {
+        self.remove(reply.request_id);
+        let order = &mut self.order[usize::from(!stored)];
+        order.push_back(reply.request_id);
+        self.replies.insert(reply.request_id, (reply, stored));
+        while order.len() > REMEMBERED_REQUESTS {
+            if let Some(old) = order.pop_front() {
                 self.replies.remove(&old);
             }
         }
@@ -334,13 +337,12 @@ impl Applied {
     /// refusals): they belong to the session that ends.
     fn forget_unstored(&mut self) {
         self.replies.retain(|_, (_, stored)| *stored);
-        let replies = &self.replies;
-        self.order.retain(|id| replies.contains_key(id));
+        self.order[1].clear();
     }
 
     fn remove(&mut self, request_id: u64) {
-        if self.replies.remove(&request_id).is_some() {
-            self.order.retain(|&r| r != request_id);
+        if let Some((_, stored)) = self.replies.remove(&request_id) {
+            self.order[usize::from(!stored)].retain(|&r| r != request_id);
         }
     }
 }

@@ -7,7 +7,8 @@
 //! applied is not applied again: the original reply is sent again (ids of
 //! changes are remembered per account, the most recent
 //! [`REMEMBERED_REQUESTS`], across restarts; ids of read-only requests and
-//! refusals for the rest of the session). Every reply, read-only ones
+//! refusals, apart from those, the most recent as many, for the rest of the
+//! session). Every reply, read-only ones
 //! included, is sent only once the server's batch holding it is durably
 //! stored; if that fails the reply is [`InventoryError::Storage`] and the id
 //! is not remembered (sending it again is a new request). A session that
