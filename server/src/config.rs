@@ -271,6 +271,14 @@ pub enum ConfigError {
         /// The value given.
         value: u8,
     },
+    /// A `[movement]` value cannot run a game.
+    #[error("[movement] in {origin}: {message}")]
+    Movement {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong (see [`MovementConfig::check`]).
+        message: String,
+    },
 }
 
 /// The effective configuration, available to plugins as a resource.
@@ -403,6 +411,11 @@ impl ServerConfig {
                 value,
             },
         )?;
+        let movement = file.movement.clone().unwrap_or_default();
+        movement.check().map_err(|message| ConfigError::Movement {
+            origin: origin.to_owned(),
+            message,
+        })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
             let ip = if bind.ip().is_unspecified() {
@@ -430,7 +443,7 @@ impl ServerConfig {
             log_filter: pick(&args.log_filter, &file.log_filter, defaults.log_filter),
             shutdown_grace_ms,
             net_io_nice,
-            movement: file.movement.clone().unwrap_or_default(),
+            movement,
             interest: file.interest.clone().unwrap_or_default(),
             chat: file.chat.clone().unwrap_or_default(),
             inventory: file.inventory.clone().unwrap_or_default(),
@@ -623,6 +636,30 @@ mod tests {
             ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml"),
             Err(ConfigError::ShutdownGrace { value: 9000, .. })
         ));
+        for (movement, message) in [
+            (
+                "max_speed = nan",
+                "max_speed must be a positive number of m/s, got NaN",
+            ),
+            ("max_speed = 0.0", "max_speed must be a positive number"),
+            (
+                "world_min = [0.0, 0.0]\nworld_max = [10.0, -5.0]",
+                "world_min [0, 0] must be below",
+            ),
+            ("world_max = [inf, 10.0]", "must be below world_max"),
+            (
+                "max_inputs_per_tick = 0",
+                "max_inputs_per_tick must be at least 1",
+            ),
+            ("spawn_spacing = -1.0", "spawn_spacing must be zero or more"),
+        ] {
+            let file = FileConfig::parse(&format!("[movement]\n{movement}\n"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            assert!(matches!(error, ConfigError::Movement { .. }), "{movement}");
+            let text = error.to_string();
+            assert!(text.starts_with("[movement] in bad.toml: "), "{text}");
+            assert!(text.contains(message), "{movement}: {text}");
+        }
         let file = FileConfig::parse("net_io_nice = 20", "bad.toml").unwrap();
         let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
         assert_eq!(

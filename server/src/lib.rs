@@ -89,13 +89,15 @@ impl Plugin for GamePlugins {
         // each plugin falls back to its defaults otherwise.
         let mut chat = None;
         if let Some(config) = app.world().get_resource::<ServerConfig>().cloned() {
+            // Chat's nearby radius is the view's, once corrected.
+            let interest = config.interest.validated();
             chat = Some(chat::ChatConfig {
-                nearby_radius: config.interest.radius,
+                nearby_radius: interest.radius,
                 tick_hz: config.tick_rate.hz(),
                 ..config.chat.clone()
             });
             app.insert_resource(config.movement)
-                .insert_resource(config.interest);
+                .insert_resource(interest);
         }
         app.add_plugins((
             net::NetPlugin,
@@ -253,4 +255,30 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         })
         .add_plugins(GamePlugins);
     Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view radius the interest plugin corrects is corrected for chat's
+    /// nearby scope too, which uses it.
+    #[test]
+    fn chat_hears_as_far_as_the_corrected_view() {
+        let mut config = ServerConfig::default();
+        config.interest.radius = f32::NAN;
+        let (server, _net) = net::NetServer::loopback();
+        let mut app = App::new();
+        app.add_message::<console::AdminKick>()
+            .add_message::<shutdown::ShutdownStarted>()
+            .insert_resource(server)
+            .insert_resource(config)
+            .add_plugins(GamePlugins);
+        let radius = app.world().resource::<chat::ChatConfig>().nearby_radius;
+        assert_eq!(radius, interest::InterestConfig::default().radius);
+        assert_eq!(
+            app.world().resource::<interest::InterestConfig>().radius,
+            radius
+        );
+    }
 }

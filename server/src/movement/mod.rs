@@ -104,6 +104,42 @@ impl Default for MovementConfig {
 }
 
 impl MovementConfig {
+    /// Why these values cannot run a game, if they cannot: a speed cap
+    /// that is not a positive number (a NaN would lift it), a world whose
+    /// corners are not finite or not in order, or no input applied at all.
+    ///
+    /// # Errors
+    /// What is wrong, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        let finite = |v: Vec2| v.is_finite();
+        if !(self.max_speed.is_finite() && self.max_speed > 0.0) {
+            return Err(format!(
+                "max_speed must be a positive number of m/s, got {}",
+                self.max_speed
+            ));
+        }
+        if !(finite(self.world_min) && finite(self.world_max))
+            || self.world_min.cmpge(self.world_max).any()
+        {
+            return Err(format!(
+                "world_min {} must be below world_max {} on both axes",
+                self.world_min, self.world_max
+            ));
+        }
+        if self.max_inputs_per_tick == 0 {
+            return Err("max_inputs_per_tick must be at least 1".to_owned());
+        }
+        for (name, value) in [
+            ("speed_tolerance", self.speed_tolerance),
+            ("spawn_spacing", self.spawn_spacing),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{name} must be zero or more, got {value}"));
+            }
+        }
+        Ok(())
+    }
+
     /// The rules clients need to predict (send them the same values).
     pub fn rules(&self) -> MovementRules {
         MovementRules {
