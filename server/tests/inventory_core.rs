@@ -251,6 +251,46 @@ fn many_read_only_requests_do_not_push_a_change_out() {
     assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
+/// While a commit is in flight, one player's flood of requests fills
+/// only its own share of the queue: the others are still served.
+#[test]
+fn a_flooding_player_is_busy_alone() {
+    let mut h = Harness::new();
+    for account in [1, 2] {
+        h.push(Input::Connected { account });
+    }
+    h.ticks(1);
+    let per_account = config().max_queued_per_account;
+    assert!(per_account < config().max_queued);
+    let list = |account, request_id| Input::Request {
+        account,
+        request: InventoryRequest {
+            request_id,
+            op: InventoryOp::List,
+        },
+        position: None,
+        tag: request_id,
+    };
+    // A batch in flight, so that requests wait in the queue.
+    h.push(Input::Tick);
+    let in_flight = h.core.prepare(&mut h.store).expect("a batch");
+    let mut busy = 0;
+    for request_id in 0..config().max_queued as u64 {
+        if let Some(Output::Reply { reply, .. }) = h.core.push(list(1, request_id)) {
+            assert_eq!(reply.result, Err(InventoryError::Busy));
+            busy += 1;
+        }
+    }
+    assert_eq!(busy, config().max_queued - per_account);
+    assert_eq!(h.core.push(list(2, 1)), None, "queued, not busy");
+    let result = h.store.commit(&in_flight.writes);
+    h.core.complete(result);
+    let out = h.flush(false);
+    assert!(reply_of(&out, 2, 1).is_some_and(|r| r.result.is_ok()));
+    // The next batch takes a full share again.
+    assert_eq!(h.core.push(list(1, 1_000_000)), None);
+}
+
 #[test]
 fn a_reconnecting_player_gets_its_inventory_back() {
     let mut h = Harness::new();

@@ -83,6 +83,10 @@ pub struct CoreConfig {
     /// Inputs waiting while a batch is in flight (default 4096); requests
     /// beyond it are answered [`InventoryError::Busy`].
     pub max_queued: usize,
+    /// Of those, requests of one account (default 64); its requests beyond
+    /// are answered [`InventoryError::Busy`], so that a few flooding
+    /// players cannot fill the queue and leave everyone else busy.
+    pub max_queued_per_account: usize,
 }
 
 impl Default for CoreConfig {
@@ -95,6 +99,7 @@ impl Default for CoreConfig {
             world_extent: 100.0,
             pickup_radius: 5.0,
             max_queued: 4096,
+            max_queued_per_account: 64,
         }
     }
 }
@@ -378,6 +383,8 @@ pub struct InventoryCore {
     ticks: u64,
     pending_ticks: u64,
     queue: VecDeque<Input>,
+    /// Requests in `queue`, by account.
+    queued_by_account: HashMap<u64, usize>,
     building: Option<Building>,
     in_flight: Option<Building>,
 }
@@ -423,6 +430,7 @@ impl InventoryCore {
             ticks: 0,
             pending_ticks: 0,
             queue: VecDeque::new(),
+            queued_by_account: HashMap::new(),
             building: None,
             in_flight: None,
         })
@@ -433,7 +441,8 @@ impl InventoryCore {
         &self.catalogue
     }
 
-    /// Queues an input. A request beyond [`CoreConfig::max_queued`] is
+    /// Queues an input. A request beyond [`CoreConfig::max_queued`], or
+    /// beyond [`CoreConfig::max_queued_per_account`] of its account, is
     /// answered at once with [`InventoryError::Busy`] (returned here);
     /// other inputs are always queued (connections are bounded by the
     /// server's client limit, ticks by the caller).
@@ -444,17 +453,23 @@ impl InventoryCore {
             tag,
             ..
         } = &input
-            && self.queue.len() >= self.config.max_queued
         {
-            return Some(Output::Reply {
-                account: *account,
-                reply: InventoryReply {
-                    request_id: request.request_id,
-                    result: Err(InventoryError::Busy),
-                    trade: None,
-                },
-                tag: *tag,
-            });
+            let (account, request_id, tag) = (*account, request.request_id, *tag);
+            let queued = self.queued_by_account.entry(account).or_default();
+            if self.queue.len() >= self.config.max_queued
+                || *queued >= self.config.max_queued_per_account
+            {
+                return Some(Output::Reply {
+                    account,
+                    reply: InventoryReply {
+                        request_id,
+                        result: Err(InventoryError::Busy),
+                        trade: None,
+                    },
+                    tag,
+                });
+            }
+            *queued += 1;
         }
         if input == Input::Tick {
             // Ticks are counted, not queued: a stalled store cannot make
@@ -480,6 +495,7 @@ impl InventoryCore {
             return None;
         }
         self.building = Some(Building::default());
+        self.queued_by_account.clear();
         while let Some(input) = self.queue.pop_front() {
             self.apply(input, store);
         }
