@@ -80,12 +80,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn emotes_reach_everyone_else_and_unknown_ones_are_ignored() {
+    fn app() -> App {
         let mut app = App::new();
         app.init_resource::<Clients>()
             .init_resource::<Outbox>()
             .add_plugins(EmotePlugin);
+        app
+    }
+
+    #[test]
+    fn emotes_reach_everyone_else_and_unknown_ones_are_ignored() {
+        let mut app = app();
         app.world_mut().write_message(FromClient {
             client: client(7),
             message: EmoteRequest { emote: 3 },
@@ -108,10 +113,7 @@ mod tests {
 
     #[test]
     fn a_player_emotes_at_most_once_per_cooldown() {
-        let mut app = App::new();
-        app.init_resource::<Clients>()
-            .init_resource::<Outbox>()
-            .add_plugins(EmotePlugin);
+        let mut app = app();
         let mut relayed = Vec::new();
         for tick in 0..=EMOTE_COOLDOWN_TICKS {
             // Client 7 floods: three emotes every tick. Client 8 emotes

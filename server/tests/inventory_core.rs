@@ -98,12 +98,7 @@ impl Harness {
     }
 
     fn request(&mut self, account: u64, request_id: u64, op: InventoryOp) -> InventoryReply {
-        self.push(Input::Request {
-            account,
-            request: InventoryRequest { request_id, op },
-            position: None,
-            tag: request_id,
-        });
+        self.push(request_input(account, request_id, op));
         let out = self.flush(false);
         reply_of(&out, account, request_id).expect("a reply")
     }
@@ -117,6 +112,17 @@ impl Harness {
 
     fn audit(&mut self) -> AuditReport {
         self.store.audit().unwrap()
+    }
+}
+
+/// `account`'s request `request_id` (tagged with its id), as the game
+/// pushes it.
+fn request_input(account: u64, request_id: u64, op: InventoryOp) -> Input {
+    Input::Request {
+        account,
+        request: InventoryRequest { request_id, op },
+        position: None,
+        tag: request_id,
     }
 }
 
@@ -215,25 +221,9 @@ fn many_read_only_requests_do_not_push_a_change_out() {
     let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
     let lists = REMEMBERED_REQUESTS as u64 + 10;
     let drop = InventoryOp::Drop { slot, count: 1 };
-    h.push(Input::Request {
-        account: 1,
-        request: InventoryRequest {
-            request_id: 1,
-            op: drop.clone(),
-        },
-        position: None,
-        tag: 1,
-    });
+    h.push(request_input(1, 1, drop.clone()));
     for request_id in 2..2 + lists {
-        h.push(Input::Request {
-            account: 1,
-            request: InventoryRequest {
-                request_id,
-                op: InventoryOp::List,
-            },
-            position: None,
-            tag: request_id,
-        });
+        h.push(request_input(1, request_id, InventoryOp::List));
     }
     let out = h.flush(false);
     let first = reply_of(&out, 1, 1).expect("the drop's reply");
@@ -262,15 +252,7 @@ fn a_flooding_player_is_busy_alone() {
     h.ticks(1);
     let per_account = config().max_queued_per_account;
     assert!(per_account < config().max_queued);
-    let list = |account, request_id| Input::Request {
-        account,
-        request: InventoryRequest {
-            request_id,
-            op: InventoryOp::List,
-        },
-        position: None,
-        tag: request_id,
-    };
+    let list = |account, request_id| request_input(account, request_id, InventoryOp::List);
     // A batch in flight, so that requests wait in the queue.
     h.push(Input::Tick);
     let in_flight = h.core.prepare(&mut h.store).expect("a batch");

@@ -39,10 +39,21 @@ fn app() -> (App, Loopback) {
     .insert_resource(server)
     .add_message::<AdminKick>()
     .add_message::<ShutdownStarted>()
-    .add_plugins((NetPlugin, InventoryPlugin));
+    .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
     app.finish();
     app.cleanup();
     (app, net)
+}
+
+/// `client`'s inventory request, as `net-io` delivers it.
+fn ask(net: &Loopback, client: ClientId, request: &InventoryRequest) {
+    net.events
+        .send(NetEvent::Message {
+            client,
+            channel: channels::INVENTORY,
+            payload: protocol::encode(request).unwrap(),
+        })
+        .unwrap();
 }
 
 /// Runs ticks until `found` picks something out of what the server sent
@@ -97,13 +108,7 @@ fn back_within_a_tick(new_first: bool) {
             offer: TradeOffer::default(),
         },
     };
-    net.events
-        .send(NetEvent::Message {
-            client: first,
-            channel: channels::INVENTORY,
-            payload: protocol::encode(&offer).unwrap(),
-        })
-        .unwrap();
+    ask(&net, first, &offer);
     let trade = tick_until(&mut app, &net, |to, payload| {
         let reply = protocol::decode::<InventoryReply>(payload).ok()?;
         assert_eq!(to, first);
@@ -143,18 +148,7 @@ fn back_within_a_tick(new_first: bool) {
 /// checked with no position would reach an item anywhere in the world).
 #[test]
 fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
-    let (server, net) = NetServer::loopback();
-    let mut app = App::new();
-    app.add_plugins(TickPlugin {
-        config: TickConfig::default(),
-        clock: ManualClock::new(),
-    })
-    .insert_resource(server)
-    .add_message::<AdminKick>()
-    .add_message::<ShutdownStarted>()
-    .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
-    app.finish();
-    app.cleanup();
+    let (mut app, net) = app();
 
     // A first player lists the world's items once some have spawned.
     let lister = client(0, 8, 1);
@@ -168,13 +162,7 @@ fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
             request_id,
             op: InventoryOp::ListWorld,
         };
-        net.events
-            .send(NetEvent::Message {
-                client: lister,
-                channel: channels::INVENTORY,
-                payload: protocol::encode(&list).unwrap(),
-            })
-            .unwrap();
+        ask(&net, lister, &list);
         let listed = tick_until(&mut app, &net, |_, payload| {
             protocol::decode::<WorldItems>(payload).ok()
         });
@@ -198,13 +186,7 @@ fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
     net.events
         .send(NetEvent::Connected { client: newcomer })
         .unwrap();
-    net.events
-        .send(NetEvent::Message {
-            client: newcomer,
-            channel: channels::INVENTORY,
-            payload: protocol::encode(&pickup).unwrap(),
-        })
-        .unwrap();
+    ask(&net, newcomer, &pickup);
     let reply = tick_until(&mut app, &net, |to, payload| {
         (to == newcomer)
             .then(|| protocol::decode::<InventoryReply>(payload).ok())
