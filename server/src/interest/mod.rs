@@ -27,6 +27,8 @@
 mod grid;
 mod view;
 
+use std::collections::HashSet;
+
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
 use glam::{IVec2, Vec2};
@@ -138,7 +140,9 @@ impl InterestConfig {
     }
 }
 
-/// The id an entity has on the wire; never reused while the server runs.
+/// The id an entity has on the wire. Ids count up from 1; after
+/// `u32::MAX` they go round again, skipping those still held, so an id is
+/// never reused while its entity lives, nor before 4 billion others.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetId(pub u32);
 
@@ -213,7 +217,13 @@ pub enum InterestSystems {
 }
 
 #[derive(Resource, Default)]
-struct NextNetId(u32);
+struct NextNetId {
+    /// The last id given.
+    last: u32,
+    /// Whether the ids went round: from then on an id still held is
+    /// skipped.
+    wrapped: bool,
+}
 
 /// What a viewer's query needs of each entity besides its position.
 #[derive(Debug, Clone, Copy, Default)]
@@ -302,12 +312,36 @@ impl Plugin for InterestPlugin {
 
 fn assign_net_ids(
     new: Query<Entity, (With<Position>, Without<NetId>)>,
+    held: Query<&NetId>,
     mut next: ResMut<NextNetId>,
+    mut live: Local<HashSet<u32>>,
     mut commands: Commands,
 ) {
+    if new.is_empty() {
+        return;
+    }
+    let collect = |live: &mut HashSet<u32>| {
+        live.clear();
+        live.extend(held.iter().map(|id| id.0));
+    };
+    if next.wrapped {
+        collect(&mut live);
+    }
     for entity in &new {
-        next.0 = next.0.saturating_add(1);
-        commands.entity(entity).insert(NetId(next.0));
+        loop {
+            next.last = match next.last.checked_add(1) {
+                Some(id) => id,
+                None => {
+                    next.wrapped = true;
+                    collect(&mut live);
+                    1
+                }
+            };
+            if !next.wrapped || live.insert(next.last) {
+                break;
+            }
+        }
+        commands.entity(entity).insert(NetId(next.last));
     }
 }
 
@@ -442,5 +476,38 @@ fn replicate(
                 Err(error) => tracing::error!(%error, "cannot read back a local snapshot"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_ids_go_round_without_repeating_one_still_held() {
+        let mut app = App::new();
+        app.insert_resource(NextNetId {
+            last: u32::MAX - 1,
+            wrapped: false,
+        })
+        .add_systems(bevy_app::Update, assign_net_ids);
+        // Players that have held ids 1 and 4 since the server started.
+        for id in [1, 4] {
+            app.world_mut().spawn((Position(Vec2::ZERO), NetId(id)));
+        }
+        let mut spawn = |n: usize| -> Vec<u32> {
+            let new: Vec<Entity> = (0..n)
+                .map(|_| app.world_mut().spawn(Position(Vec2::ZERO)).id())
+                .collect();
+            app.update();
+            let mut ids: Vec<u32> = new
+                .iter()
+                .map(|&e| app.world().get::<NetId>(e).unwrap().0)
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(spawn(3), [2, 3, u32::MAX]);
+        assert_eq!(spawn(2), [5, 6], "4 is still held");
     }
 }
