@@ -10,7 +10,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Entries per set; a lookup touches at most this many.
 const WAYS: usize = 4;
@@ -94,13 +94,7 @@ impl RateLimiter {
             return true;
         };
         if let Some(bucket) = ways.iter_mut().find(|b| b.ip == Some(ip)) {
-            let elapsed_ms = bucket
-                .last
-                .map_or(0, |last| now.saturating_duration_since(last).as_millis());
-            let elapsed_ms = u64::try_from(elapsed_ms).unwrap_or(u64::MAX);
-            let refill = elapsed_ms.saturating_mul(u64::from(self.limit.per_second));
-            bucket.milli_tokens = bucket.milli_tokens.saturating_add(refill).min(full);
-            bucket.last = Some(now);
+            refill(bucket, now, u64::from(self.limit.per_second), full);
             return match bucket.milli_tokens.checked_sub(SCALE) {
                 Some(rest) => {
                     bucket.milli_tokens = rest;
@@ -122,10 +116,38 @@ impl RateLimiter {
     }
 }
 
+/// Credits `bucket` with the tokens earned since it was last topped up.
+/// Time not yet worth a milli-token carries over to the next packet, so
+/// packets closer together than that still earn their share.
+fn refill(bucket: &mut Bucket, now: Instant, per_second: u64, full: u64) {
+    let Some(last) = bucket.last else {
+        bucket.last = Some(now);
+        return;
+    };
+    let elapsed_us =
+        u64::try_from(now.saturating_duration_since(last).as_micros()).unwrap_or(u64::MAX);
+    // `per_second` tokens a second are `per_second` milli-tokens a millisecond.
+    let earned = elapsed_us.saturating_mul(per_second) / 1000;
+    let topped = bucket.milli_tokens.saturating_add(earned);
+    if topped >= full || per_second == 0 {
+        bucket.milli_tokens = topped.min(full);
+        bucket.last = Some(now);
+        return;
+    }
+    bucket.milli_tokens = topped;
+    let credited_us = earned
+        .saturating_mul(1000)
+        .checked_div(per_second)
+        .unwrap_or(0);
+    bucket.last = Some(
+        last.checked_add(Duration::from_micros(credited_us))
+            .unwrap_or(now),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bucket_limits_then_refills() {
@@ -140,6 +162,23 @@ mod tests {
         assert_eq!((0..8).filter(|_| rl.allow(ip, t0)).count(), 5);
         assert!(!rl.allow(ip, t0 + Duration::from_millis(50)));
         assert!(rl.allow(ip, t0 + Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn packets_closer_than_a_millisecond_still_earn_tokens() {
+        let limit = HandshakeRateLimit {
+            per_second: 1000,
+            burst: 1,
+            table_entries: 16,
+        };
+        let mut rl = RateLimiter::new(limit, [1, 2]);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        // One second of packets every 500 µs: a thousand tokens earned.
+        let allowed = (0..2000u64)
+            .filter(|i| rl.allow(ip, t0 + Duration::from_micros(i * 500)))
+            .count();
+        assert!((999..=1001).contains(&allowed), "{allowed}");
     }
 
     #[test]
