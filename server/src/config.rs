@@ -100,8 +100,14 @@ pub struct TokenArgs {
     /// Seconds until the token expires.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub expires: u64,
-    /// Seconds of silence after which the connection times out.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Seconds of silence after which the connection times out (0 or
+    /// less: never, for debugging).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
     pub timeout: i32,
     /// The private key file [default: the public development key]
     #[arg(long, env = "GAMESERVER_KEY_FILE", value_name = "FILE")]

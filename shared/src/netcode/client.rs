@@ -156,6 +156,10 @@ struct Session {
 struct Farewell {
     to: SocketAddr,
     cipher: PacketCipher,
+    /// The ended connection's own counter: a connect with another token
+    /// restarts the client's, and these packets still go out under the old
+    /// key.
+    next_sequence: u64,
     remaining: usize,
 }
 
@@ -327,8 +331,13 @@ impl Client {
             self.farewell = Some(Farewell {
                 to,
                 cipher: s.send.clone(),
+                next_sequence: self.next_sequence,
                 remaining: NUM_DISCONNECT_PACKETS,
             });
+            // A reconnect with the same token counts on past them.
+            self.next_sequence = self
+                .next_sequence
+                .saturating_add(NUM_DISCONNECT_PACKETS as u64);
         }
         if !self.state.is_error() {
             self.reset(ClientState::Disconnected);
@@ -589,7 +598,7 @@ impl Client {
     fn write_next(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let protocol_id = self.config.protocol_id;
         if let Some(farewell) = self.farewell.as_mut() {
-            let sequence = self.next_sequence;
+            let sequence = farewell.next_sequence;
             let len = packet::seal(
                 buf,
                 PacketKind::Disconnect,
@@ -599,7 +608,7 @@ impl Client {
                 &farewell.cipher,
             )
             .ok()?;
-            self.next_sequence = sequence.checked_add(1)?;
+            farewell.next_sequence = sequence.checked_add(1)?;
             let destination = farewell.to;
             farewell.remaining = farewell.remaining.saturating_sub(1);
             if farewell.remaining == 0 {

@@ -23,6 +23,17 @@ pub(crate) struct ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// A window that counts every sequence up to and including `sequence`
+    /// as received: for a peer whose earlier packets under the same key
+    /// (from an earlier connection with the same token) must not be
+    /// accepted now.
+    pub(crate) fn after(sequence: u64) -> Self {
+        Self {
+            most_recent: Some(sequence),
+            bits: [u64::MAX; WORDS],
+        }
+    }
+
     /// Whether a packet with this sequence must be dropped: already seen, or
     /// too old to tell.
     pub(crate) fn already_received(&self, sequence: u64) -> bool {
@@ -36,6 +47,11 @@ impl ReplayWindow {
             return true;
         }
         self.bit(age)
+    }
+
+    /// The newest sequence received, if any.
+    pub(crate) fn newest(&self) -> Option<u64> {
+        self.most_recent
     }
 
     /// Records `sequence` as received. Call only after the packet decrypted.
@@ -140,6 +156,20 @@ mod tests {
                 max = Some(max.map_or(s, |m| m.max(s)));
             }
         }
+    }
+
+    #[test]
+    fn a_window_after_a_sequence_takes_only_newer_ones() {
+        let mut window = ReplayWindow::after(1000);
+        for old in [0, 700, 744, 745, 999, 1000] {
+            assert!(window.already_received(old), "{old}");
+        }
+        assert!(!window.already_received(1001));
+        window.advance(1003);
+        assert!(!window.already_received(1001));
+        assert!(!window.already_received(1002));
+        assert!(window.already_received(1000));
+        assert!(window.already_received(1003));
     }
 
     #[test]

@@ -21,9 +21,10 @@ use super::{
     MAX_PAYLOAD_BYTES, NUM_DISCONNECT_PACKETS, Transmit, USER_DATA_BYTES, VERSION_INFO,
 };
 
-/// First sequence number of the server-wide counter used for connection
-/// denied packets sent before any per-client state exists. Per-client
-/// counters start at zero, so the two ranges never meet under one key.
+/// Lowest first sequence number of the server-wide counter used for
+/// connection denied packets sent before any per-client state exists (each
+/// server starts at a random point above it). Per-client counters stay
+/// below it, so the two ranges never meet under one key.
 const GLOBAL_SEQUENCE_START: u64 = 1 << 63;
 
 /// Upper bound on how long a half-open handshake lives when the token
@@ -238,6 +239,9 @@ struct Connection {
     timeout: Option<Duration>,
     confirmed: bool,
     keepalive_queued: bool,
+    /// The token's entry in `token_uses`, told the newest sequence this
+    /// connection accepted when it ends.
+    token_mac: [u8; MAC_BYTES],
 }
 
 struct Slot {
@@ -265,14 +269,22 @@ struct TokenUse {
     /// Handshakes started with this token so far; each gets its own block
     /// of server-to-client sequence numbers (see [`SEQUENCE_BLOCK_BITS`]).
     attempts: u64,
+    /// The newest client-to-server sequence an ended connection with this
+    /// token accepted. The client keeps counting when it reconnects with
+    /// the same token, so anything up to here is a replay of an earlier
+    /// connection's packets.
+    client_floor: Option<u64>,
 }
 
 /// A token reused for a new handshake (e.g. reconnect after a disconnect)
-/// starts its server-to-client counter at `attempt << 40`, so the same key
-/// never sees the same nonce twice. 2^40 packets per connection is far beyond
-/// any session; 2^23 attempts stay below the global range at 2^63.
+/// starts its server-to-client counter in a block of its own,
+/// `(block_base + attempt) << 40`, so the same key never sees the same
+/// nonce twice. 2^40 packets per connection is far beyond any session.
+/// `block_base` is random per server (below 2^22), so that a restarted
+/// server seeing a token again does not start where the last one did; 2^22
+/// attempts on top of it stay below the global range at 2^63.
 const SEQUENCE_BLOCK_BITS: u32 = 40;
-const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << (63 - SEQUENCE_BLOCK_BITS);
+const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 22;
 
 enum Owed {
     Challenge {
@@ -323,6 +335,9 @@ pub struct Server {
     challenge_cipher: PacketCipher,
     challenge_sequence: u64,
     global_sequence: u64,
+    /// Where every token's blocks of sequence numbers start (see
+    /// [`SEQUENCE_BLOCK_BITS`]).
+    block_base: u64,
     slots: Vec<Slot>,
     /// Per slot, no later than the connection's next deadline (its timeout
     /// or its next keep-alive); `None` for a free slot. The deadlines only
@@ -362,8 +377,9 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Creates a server. `rng` supplies the challenge-token key and the keys of
-    /// the internal hash tables; nothing else is random.
+    /// Creates a server. `rng` supplies the challenge-token key, the keys of
+    /// the internal hash tables and where its sequence numbers start;
+    /// nothing else is random.
     pub fn new(config: ServerConfig, rng: &mut impl CryptoRng) -> Result<Self, ConfigError> {
         if config.public_addresses.is_empty() {
             return Err(ConfigError::NoPublicAddress);
@@ -378,6 +394,7 @@ impl Server {
         let secret = Key::generate(rng);
         let hash = KeyedHash::new([prf_u64(&secret, 1), prf_u64(&secret, 2)]);
         let limiter_key = [prf_u64(&secret, 3), prf_u64(&secret, 4)];
+        let starts = prf_u64(&secret, 5);
         let n = config.max_clients;
         let owed_capacity = n
             .saturating_mul(2)
@@ -386,7 +403,8 @@ impl Server {
         Ok(Self {
             challenge_cipher: PacketCipher::new(&Key::generate(rng)),
             challenge_sequence: 0,
-            global_sequence: GLOBAL_SEQUENCE_START,
+            global_sequence: GLOBAL_SEQUENCE_START | (starts >> 2),
+            block_base: starts % MAX_ATTEMPTS_PER_TOKEN,
             slots: (0..n)
                 .map(|_| Slot {
                     generation: 0,
@@ -634,8 +652,10 @@ impl Server {
             });
         }
 
+        // Zero or negative: no timeout, as on the client.
         let timeout = u64::try_from(view.timeout_seconds)
             .ok()
+            .filter(|t| *t > 0)
             .map(Duration::from_secs);
         let token_left = Duration::from_secs(request.expire_timestamp.saturating_sub(unix_secs));
         let life = timeout.unwrap_or(MAX_PENDING_LIFETIME).min(token_left);
@@ -655,7 +675,7 @@ impl Server {
                 if used.attempts >= MAX_ATTEMPTS_PER_TOKEN {
                     return Err(DropReason::WrongState);
                 }
-                let first_sequence = used.attempts << SEQUENCE_BLOCK_BITS;
+                let first_sequence = (self.block_base + used.attempts) << SEQUENCE_BLOCK_BITS;
                 used.attempts = used.attempts.saturating_add(1);
                 self.pending.insert(
                     from,
@@ -710,6 +730,7 @@ impl Server {
                 address: from,
                 expire_timestamp,
                 attempts: 0,
+                client_floor: None,
             },
         );
         Ok(())
@@ -733,6 +754,18 @@ impl Server {
         let (client_id, user_data) =
             token::open_challenge(challenge, sequence, &self.challenge_cipher)
                 .map_err(|_| DropReason::ChallengeInvalid)?;
+        // A challenge minted for another token (its bearer kept it) must not
+        // lend its identity to this handshake.
+        if client_id != pending.client_id || user_data != pending.user_data {
+            return Err(DropReason::ChallengeInvalid);
+        }
+        let floor = self
+            .token_uses
+            .get(&pending.token_mac)
+            .and_then(|used| used.client_floor);
+        if floor.is_some_and(|floor| header.sequence <= floor) {
+            return Err(DropReason::Replayed);
+        }
         if self.by_client_id.contains_key(&client_id) {
             return Err(DropReason::ClientIdInUse);
         }
@@ -765,12 +798,15 @@ impl Server {
             send: pending.send,
             recv: pending.recv,
             next_sequence: pending.next_sequence,
-            replay: ReplayWindow::default(),
+            // The client counts on from here: nothing older is of this
+            // connection.
+            replay: ReplayWindow::after(header.sequence),
             last_received: now,
             last_sent: now,
             timeout: pending.timeout,
             confirmed: false,
             keepalive_queued: true,
+            token_mac: pending.token_mac,
         });
         let generation = slot.generation;
         if let Some(check) = self.check_at.get_mut(slot_index as usize) {
@@ -847,6 +883,9 @@ impl Server {
         self.by_address.remove(&conn.address);
         self.addresses_version += 1;
         self.by_client_id.remove(&conn.client_id);
+        if let Some(used) = self.token_uses.get_mut(&conn.token_mac) {
+            used.client_floor = used.client_floor.max(conn.replay.newest());
+        }
         if slot.held {
             self.held_ended += 1;
         } else {

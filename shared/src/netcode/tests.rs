@@ -333,6 +333,163 @@ fn client_disconnect_sends_ten_packets_and_frees_the_slot() {
     }
 }
 
+/// Everything `client` has queued for the server, in order.
+fn drain(client: &mut Client, now: Instant) -> Vec<Vec<u8>> {
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let mut packets = Vec::new();
+    while let Some(t) = client.poll_transmit(now, &mut buf) {
+        packets.push(buf[..t.len].to_vec());
+    }
+    packets
+}
+
+#[test]
+fn a_packet_from_an_earlier_connection_with_the_same_token_is_dropped() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let addr = client_addr(0);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(addr, client)];
+    w.pump(&mut clients);
+    let client = &mut clients[0].1;
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let t = client.send_payload(w.now, b"old", &mut buf).unwrap();
+    let old_payload = buf[..t.len].to_vec();
+    client.disconnect();
+    let farewells = drain(client, w.now);
+    let ev = w.deliver_to_server(addr, &farewells[0]).unwrap();
+    assert!(ev.contains("ClientDisconnected"), "{ev}");
+
+    client.connect(&token, w.now, UNIX).unwrap();
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.num_connected(), 1);
+    let replayed = w.server.stats().dropped.get(DropReason::Replayed);
+    // A late (or replayed) farewell and payload of the first connection.
+    assert_eq!(w.deliver_to_server(addr, &farewells[5]), None);
+    assert_eq!(w.deliver_to_server(addr, &old_payload), None);
+    assert_eq!(w.server.num_connected(), 1);
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::Replayed),
+        replayed + 2
+    );
+    // The new connection's own packets still arrive.
+    let t = clients[0].1.send_payload(w.now, b"new", &mut buf).unwrap();
+    let ev = w.deliver_to_server(addr, &buf[..t.len]).unwrap();
+    assert!(ev.contains("Payload"), "{ev}");
+}
+
+#[test]
+fn a_challenge_minted_for_another_token_does_not_lend_its_identity() {
+    let mut w = World::new(4);
+    let (mine, theirs) = (w.token(1), w.token(2));
+    // The bearer of token 2 keeps a challenge sent for it.
+    w.deliver_to_server(client_addr(1), &request_bytes(&theirs));
+    let (to, mut challenge) = w.server_transmits().pop().unwrap();
+    assert_eq!(to, client_addr(1));
+    let header = packet::parse_header(&challenge, Side::Client).unwrap();
+    assert_eq!(header.kind, PacketKind::Challenge);
+    let keys = PacketCipher::new(&theirs.server_to_client_key);
+    let body = packet::open_body(&mut challenge, &header, PROTOCOL, &keys)
+        .unwrap()
+        .to_vec();
+    // Then starts a handshake with token 1 and answers it with token 2's
+    // challenge.
+    w.deliver_to_server(client_addr(0), &request_bytes(&mine));
+    let mut response = [0u8; MAX_PACKET_BYTES];
+    let len = packet::seal(
+        &mut response,
+        PacketKind::Response,
+        0,
+        &body,
+        PROTOCOL,
+        &PacketCipher::new(&mine.client_to_server_key),
+    )
+    .unwrap();
+    assert_eq!(w.deliver_to_server(client_addr(0), &response[..len]), None);
+    assert_eq!(w.server.client_by_id(2), None);
+    assert_eq!(w.server.num_connected(), 0);
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::ChallengeInvalid),
+        1
+    );
+}
+
+#[test]
+fn switching_tokens_while_connected_still_says_goodbye_under_the_old_key() {
+    let mut w = World::new(4);
+    let (addr, mut client) = w.connected_pair();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let mut sent = Vec::new();
+    for _ in 0..300 {
+        let t = client.send_payload(w.now, b"x", &mut buf).unwrap();
+        sent.push(buf[..t.len].to_vec());
+        w.deliver_to_server(addr, &buf[..t.len]).unwrap();
+    }
+    let other = w.token(2);
+    client.connect(&other, w.now, UNIX).unwrap();
+    let farewells: Vec<_> = drain(&mut client, w.now)
+        .into_iter()
+        .filter(|p| p[0] != 0)
+        .collect();
+    assert_eq!(farewells.len(), NUM_DISCONNECT_PACKETS);
+    let ev = w.deliver_to_server(addr, &farewells[0]).unwrap();
+    assert!(ev.contains("ClientDisconnected"), "{ev}");
+    assert_eq!(w.server.num_connected(), 0);
+    // No sequence (nonce) under the old key was used twice.
+    sent.extend(farewells);
+    let seqs: HashSet<u64> = sent
+        .iter()
+        .map(|p| packet::parse_header(p, Side::Server).unwrap().sequence)
+        .collect();
+    assert_eq!(seqs.len(), sent.len());
+}
+
+#[test]
+fn a_zero_timeout_means_no_timeout_on_both_sides() {
+    let mut w = World::new(4);
+    let mut p = params(1);
+    p.timeout_seconds = 0;
+    let token = ConnectToken::generate(&p, &w.key, &mut w.rng).unwrap();
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(0), client)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    // A minute of silence: neither side gives up.
+    for _ in 0..60 {
+        w.advance(Duration::from_secs(1), &mut clients);
+        w.server_transmits();
+    }
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.num_connected(), 1);
+}
+
+#[test]
+fn servers_start_a_token_where_another_server_did_not() {
+    let mut a = World::new(4);
+    let mut config = ServerConfig::new(PROTOCOL, a.key, vec![server_addr()]);
+    config.max_clients = 4;
+    // Another run of the server: the same key, another random start.
+    let mut b = Server::new(config, &mut TestRng(8)).unwrap();
+    let token = a.token(1);
+    let challenge_sequence = |server: &mut Server, now| {
+        let mut request = request_bytes(&token);
+        server.handle_datagram(now, UNIX, client_addr(0), &mut request);
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        let t = server.poll_transmit(now, &mut buf).unwrap();
+        packet::parse_header(&buf[..t.len], Side::Client)
+            .unwrap()
+            .sequence
+    };
+    let now = a.now;
+    let first = challenge_sequence(&mut a.server, now);
+    let second = challenge_sequence(&mut b, now);
+    // Each attempt has a block of 2^40 sequence numbers to itself.
+    assert!(first.abs_diff(second) >= 1 << 40, "{first} {second}");
+}
+
 #[test]
 fn server_disconnect_reaches_the_client() {
     let mut w = World::new(4);
@@ -627,9 +784,15 @@ fn tampered_truncated_replayed_and_oversized_packets_are_dropped() {
     assert_eq!(d.get(DropReason::Oversized), 1);
 
     // The untouched packet is still accepted once, then replays are refused.
+    // (A flipped bit in the sequence may already have counted as a replay:
+    // it named a sequence from before the connection.)
+    let replayed = w.server.stats().dropped.get(DropReason::Replayed);
     assert!(w.deliver_to_server(addr, &packet).is_some());
     assert!(w.deliver_to_server(addr, &packet).is_none());
-    assert_eq!(w.server.stats().dropped.get(DropReason::Replayed), 1);
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::Replayed),
+        replayed + 1
+    );
     // The same packet from another address is unknown there.
     assert!(w.deliver_to_server(client_addr(7), &packet).is_none());
     assert_eq!(w.server.stats().dropped.get(DropReason::UnknownAddress), 1);
