@@ -709,3 +709,40 @@ fn a_full_log_of_units_in_flight_sends_no_empty_packets() {
         (0..8_000).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_full_receive_buffer_still_takes_the_message_it_waits_for() {
+    // Room for ten 400-byte messages out of order at the receiver; the
+    // first two are lost, and the sender packs two messages a packet.
+    let config = TransportConfig {
+        channels: vec![ChannelConfig::new(ChannelKind::ReliableOrdered)],
+        max_message_size: 4096,
+        max_receive_buffer: 4096,
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(50)), 5);
+    pair.a_to_b.set_down(true);
+    pair.a.send(ORDERED, &numbered(0, 400)).unwrap();
+    pair.a.send(ORDERED, &numbered(1, 400)).unwrap();
+    pair.settle();
+    pair.a_to_b.set_down(false);
+    let mut next = 2;
+    let end = pair.now + Duration::from_secs(30);
+    while pair.at_b.messages.len() < 200 && pair.now < end {
+        while next < 200 && pair.a.send(ORDERED, &numbered(next, 400)).is_ok() {
+            next += 1;
+        }
+        let tick_end = pair.now + ms(10);
+        while pair.now < tick_end {
+            pair.step_until(tick_end);
+        }
+    }
+    assert_eq!(
+        indices(&pair.at_b.messages, ORDERED),
+        (0..200).collect::<Vec<_>>(),
+        "a: {:?}, b: {:?}",
+        pair.at_a.disconnected,
+        pair.at_b.disconnected
+    );
+    assert!(pair.b.stats().receive_buffer_drops > 0, "the buffer filled");
+}

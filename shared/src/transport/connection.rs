@@ -776,13 +776,20 @@ impl Connection {
                 }
             }
         }
-        if self.memory.used + needed > self.memory.cap {
+        // Over budget, the packet is not acknowledged (the peer sends its
+        // messages again), but its acks count, and so do the messages that
+        // need no memory: the one an ordered channel waits for is among
+        // them, and delivering it frees the buffer. Without them a resend
+        // packed with messages that do need memory would be refused for
+        // ever.
+        let over_budget = self.memory.used + needed > self.memory.cap;
+        if over_budget {
             self.stats.receive_buffer_drops += 1;
-            return;
+        } else {
+            self.record_received(header.sequence, now);
+            self.traffic.packets_received += 1;
+            self.traffic.bytes_received += datagram.len() as u64;
         }
-        self.record_received(header.sequence, now);
-        self.traffic.packets_received += 1;
-        self.traffic.bytes_received += datagram.len() as u64;
         self.last_received = now;
         if let Some(ack) = header.ack
             && self.on_ack(now, ack).is_err()
@@ -794,6 +801,9 @@ impl Connection {
         for view in MessageIter::new(body).flatten() {
             let channel = usize::from(view.header.channel);
             if let Some(recv) = self.recv.get_mut(channel) {
+                if over_budget && recv.check(&view, &self.limits) != Ok(0) {
+                    continue;
+                }
                 recv.receive(
                     view.header.channel,
                     &view,
@@ -804,7 +814,7 @@ impl Connection {
                 );
             }
         }
-        if header.ack_eliciting {
+        if header.ack_eliciting && !over_budget {
             self.ack_eliciting_unacked += 1;
         }
         self.update_timers(now);

@@ -380,6 +380,8 @@ pub(crate) struct ReliableSend {
     next_id: u16,
     oldest_unacked: u16,
     pending: VecDeque<Bytes>,
+    /// Units to send, `(id, fragment)`, oldest id first: those judged lost
+    /// go back in their place, ahead of the newer ones never sent.
     ready: VecDeque<(u16, u16)>,
     queued_bytes: usize,
     max_queued_bytes: usize,
@@ -569,7 +571,14 @@ impl ReliableSend {
         }
         state.attempts = state.attempts.saturating_add(1);
         state.queued = true;
-        self.ready.push_front((id, fragment));
+        // Oldest first: the receiver of an ordered channel waits for the
+        // oldest, and a unit put in front of those lost before it would
+        // starve them while newer losses keep coming.
+        let oldest = self.oldest_unacked;
+        let age = |&(id, fragment): &(u16, u16)| (seq_distance(id, oldest), fragment);
+        let key = age(&(id, fragment));
+        let at = self.ready.partition_point(|unit| age(unit) < key);
+        self.ready.insert(at, (id, fragment));
         Ok(())
     }
 
