@@ -746,3 +746,58 @@ fn a_full_receive_buffer_still_takes_the_message_it_waits_for() {
     );
     assert!(pair.b.stats().receive_buffer_drops > 0, "the buffer filled");
 }
+
+#[test]
+fn an_ack_that_claims_more_delay_than_the_round_trip_is_no_panic() {
+    use shared::transport::wire::{AckInfo, PacketHeader, PacketKind, PacketWriter, decode_header};
+    let mut pair = Pair::new(TransportConfig::default(), LinkConfig::default(), 1);
+    let now = pair.now;
+    pair.a.send(ORDERED, b"x").unwrap();
+    let mut buf = [0u8; 1500];
+    let len = pair.a.poll_transmit(now, &mut buf).unwrap();
+    let (sent, _) = decode_header(&buf[..len]).unwrap();
+    // The peer's answer in the same instant (a round trip of zero), saying
+    // its ack waited: the peer controls that number.
+    let mut reply = [0u8; 64];
+    let header = PacketHeader {
+        kind: PacketKind::Data,
+        ack_eliciting: false,
+        sequence: 0,
+        ack: Some(AckInfo {
+            latest: sent.sequence,
+            bits: 0,
+            delay: u16::MAX,
+        }),
+    };
+    let writer = PacketWriter::new(&mut reply, &header).unwrap();
+    let len = writer.len();
+    pair.a.handle_datagram(now, &reply[..len]);
+    assert_eq!(pair.a.unacked_messages(ORDERED), 0);
+    assert!(pair.a.stats().rtt < Duration::from_millis(1));
+}
+
+#[test]
+fn a_long_spell_of_only_receiving_does_not_make_later_sends_look_lost() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(20)),
+        4,
+    );
+    pair.b.send(ORDERED, &numbered(1000, 16)).unwrap();
+    pair.run_for(Duration::from_secs(1));
+    // b sends nothing but acknowledgements for over 32,768 packets: half
+    // the space of packet numbers.
+    let before = pair.b.stats().packets_sent;
+    while pair.b.stats().packets_sent - before < 40_000 {
+        pair.a.send(UNRELIABLE, &numbered(0, 16)).unwrap();
+        pair.run_for(ms(1));
+    }
+    for i in 0..200 {
+        pair.b.send(ORDERED, &numbered(i, 16)).unwrap();
+        pair.run_for(ms(5));
+    }
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(indices(&pair.at_a.messages, ORDERED).len(), 201);
+    let stats = pair.b.stats();
+    assert_eq!((stats.packets_lost, stats.resent), (0, 0));
+}

@@ -911,11 +911,12 @@ impl Connection {
                 let delay = Duration::from_micros(u64::from(ack.delay) * ACK_DELAY_UNIT_MICROS);
                 let raw = now.saturating_duration_since(sent_at);
                 let min = self.rtt.min().unwrap_or(raw);
-                let sample = if raw.saturating_sub(delay) >= min {
-                    raw - delay
-                } else {
-                    raw.max(min.min(raw))
-                };
+                // The peer's delay counts only while what is left of the
+                // round trip stays at least the fastest one seen.
+                let sample = raw
+                    .checked_sub(delay)
+                    .filter(|rest| *rest >= min)
+                    .unwrap_or(raw);
                 self.rtt.on_sample(sample);
             }
         }
@@ -945,6 +946,15 @@ impl Connection {
             && !self.is_in_flight(self.oldest_in_flight)
         {
             self.oldest_in_flight = self.oldest_in_flight.wrapping_add(1);
+        }
+        // Only a packet still in flight can be older than the largest
+        // acked; one from before them all tells nothing, and packets not
+        // tracked (bare acks) could carry the numbers round past it, after
+        // which it would look newer than everything sent.
+        if self.largest_acked.is_some_and(|largest| {
+            largest.wrapping_sub(self.oldest_in_flight) >= self.in_flight_span()
+        }) {
+            self.largest_acked = None;
         }
     }
 
