@@ -31,6 +31,11 @@ pub const EMBEDDED_CONFIG: &str = include_str!("../../assets/server.toml");
 /// whole shutdown must fit in ten seconds.
 pub const MAX_SHUTDOWN_GRACE_MS: u32 = 8_000;
 
+/// Most clients one server takes: its per-client tables are allocated up
+/// front, so a mistyped huge value would fail at start for want of memory
+/// instead of with a message.
+pub const MAX_CLIENTS: u32 = 65_536;
+
 /// Most nice steps `net_io_nice` may lower the `net-io` thread by (the
 /// range of nice values is 40 steps; 19 takes a thread at 0 to the lowest).
 pub const MAX_NET_IO_NICE: u8 = 19;
@@ -139,9 +144,9 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(i64::from(MIN_TICK_HZ)..=i64::from(MAX_TICK_HZ)))]
     pub tick_hz: Option<u32>,
 
-    /// Most clients connected at once [default: 1024]
+    /// Most clients connected at once, 1 to 65536 [default: 1024]
     #[arg(long, env = "GAMESERVER_MAX_CLIENTS", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CLIENTS)))]
     pub max_clients: Option<u32>,
 
     /// File holding the private key shared with the connect-token backend; without it the server runs in dev mode on the public dev key [default: none]
@@ -253,11 +258,13 @@ pub enum ConfigError {
         /// The range error.
         source: TickRateError,
     },
-    /// `max_clients` is zero.
-    #[error("max_clients in {origin} must be at least 1")]
+    /// `max_clients` is zero or above [`MAX_CLIENTS`].
+    #[error("max_clients = {value} in {origin} must be within 1..={MAX_CLIENTS}")]
     MaxClients {
         /// Where the value came from.
         origin: String,
+        /// The value given.
+        value: u32,
     },
     /// `shutdown_grace_ms` is too long.
     #[error(
@@ -283,6 +290,14 @@ pub enum ConfigError {
         /// Where the value came from.
         origin: String,
         /// What is wrong (see [`MovementConfig::check`]).
+        message: String,
+    },
+    /// An `[inventory]` value cannot run a game.
+    #[error("[inventory] in {origin}: {message}")]
+    Inventory {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong (see [`CoreConfig::check`]).
         message: String,
     },
 }
@@ -392,9 +407,10 @@ impl ServerConfig {
             .max_clients
             .or(file.max_clients)
             .unwrap_or(defaults.max_clients);
-        if max_clients == 0 {
+        if !(1..=MAX_CLIENTS).contains(&max_clients) {
             return Err(ConfigError::MaxClients {
                 origin: origin.to_owned(),
+                value: max_clients,
             });
         }
         let shutdown_grace_ms = at_most(
@@ -422,6 +438,13 @@ impl ServerConfig {
             origin: origin.to_owned(),
             message,
         })?;
+        let inventory = file.inventory.clone().unwrap_or_default();
+        inventory
+            .check()
+            .map_err(|message| ConfigError::Inventory {
+                origin: origin.to_owned(),
+                message,
+            })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
             let ip = if bind.ip().is_unspecified() {
@@ -452,7 +475,7 @@ impl ServerConfig {
             movement,
             interest: file.interest.clone().unwrap_or_default(),
             chat: file.chat.clone().unwrap_or_default(),
-            inventory: file.inventory.clone().unwrap_or_default(),
+            inventory,
         })
     }
 
@@ -632,11 +655,36 @@ mod tests {
             error.to_string(),
             "tick_hz in bad.toml: tick rate 0 Hz is out of range: it must be between 1 and 128 Hz"
         );
-        let file = FileConfig::parse("max_clients = 0", "bad.toml").unwrap();
-        assert!(matches!(
-            ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml"),
-            Err(ConfigError::MaxClients { .. })
-        ));
+        for bad in ["0", "4000000000"] {
+            let file = FileConfig::parse(&format!("max_clients = {bad}"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            assert!(matches!(error, ConfigError::MaxClients { .. }), "{bad}");
+            assert!(error.to_string().contains("1..=65536"), "{error}");
+        }
+        let error = Cli::try_parse_from(["server", "--max-clients", "65537"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        for (inventory, message) in [
+            (
+                "world_extent = nan",
+                "world_extent must be a positive number of metres, got NaN",
+            ),
+            ("world_extent = inf", "world_extent must be a positive"),
+            ("world_extent = 0.0", "world_extent must be a positive"),
+            ("pickup_radius = nan", "pickup_radius must be zero or more"),
+            ("pickup_radius = -1.0", "pickup_radius must be zero or more"),
+            ("max_queued = 0", "max_queued must be at least 1"),
+            (
+                "max_queued_per_account = 0",
+                "max_queued_per_account must be at least 1",
+            ),
+        ] {
+            let file =
+                FileConfig::parse(&format!("[inventory]\n{inventory}\n"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with("[inventory] in bad.toml: "), "{text}");
+            assert!(text.contains(message), "{inventory}: {text}");
+        }
         let file = FileConfig::parse("shutdown_grace_ms = 9000", "bad.toml").unwrap();
         assert!(matches!(
             ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml"),

@@ -104,6 +104,39 @@ impl Default for CoreConfig {
     }
 }
 
+impl CoreConfig {
+    /// Whether these values can run a game: a clear message for the first
+    /// that cannot (a NaN extent would fail every spawn's write, a NaN
+    /// radius would let anyone pick up anything, a zero queue would answer
+    /// every request busy).
+    ///
+    /// # Errors
+    /// What is wrong, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.world_extent.is_finite() && self.world_extent > 0.0) {
+            return Err(format!(
+                "world_extent must be a positive number of metres, got {}",
+                self.world_extent
+            ));
+        }
+        if !(self.pickup_radius.is_finite() && self.pickup_radius >= 0.0) {
+            return Err(format!(
+                "pickup_radius must be zero or more metres, got {}",
+                self.pickup_radius
+            ));
+        }
+        for (name, value) in [
+            ("max_queued", self.max_queued),
+            ("max_queued_per_account", self.max_queued_per_account),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Ticks remembered while a batch is in flight, at most; the spawner
 /// skips the rest (about 30 s at 30 Hz).
 pub const MAX_PENDING_TICKS: u64 = 1024;
