@@ -15,7 +15,7 @@
 //! as stdin and would be stopped by SIGTTIN on its first read: start it
 //! with `< /dev/null` instead, which disables the console.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use bevy_app::{App, Plugin, PreUpdate};
@@ -230,12 +230,21 @@ impl Plugin for ConsolePlugin {
             match spawned {
                 Ok(_) => {
                     app.insert_resource(ConsoleInbox(receiver));
-                    println!("admin console ready; type `help` for commands");
+                    answer(format_args!(
+                        "admin console ready; type `help` for commands"
+                    ));
                 }
                 Err(error) => warn!(%error, "could not start the admin console"),
             }
         }
     }
+}
+
+/// Prints a console answer on stdout. With stdout closed (its reader
+/// gone) the answer is lost, not the server: `println!` would panic the
+/// tick.
+fn answer(text: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn read_stdin(sender: &Sender<AdminCommand>) {
@@ -249,9 +258,9 @@ fn read_stdin(sender: &Sender<AdminCommand>) {
             }
             Ok(None) => {}
             Err(ParseCommandError::Unknown(word)) => {
-                println!("unknown command {word:?}\n{HELP}");
+                answer(format_args!("unknown command {word:?}\n{HELP}"));
             }
-            Err(error) => println!("{error}"),
+            Err(error) => answer(format_args!("{error}")),
         }
     }
 }
@@ -271,16 +280,18 @@ fn execute_commands(
     for command in commands.read() {
         match command {
             AdminCommand::Status => match &stats {
-                Some(stats) => println!("{}", format_status(stats)),
-                None => println!("no tick statistics (the tick runner is not installed)"),
+                Some(stats) => answer(format_args!("{}", format_status(stats))),
+                None => answer(format_args!(
+                    "no tick statistics (the tick runner is not installed)"
+                )),
             },
-            AdminCommand::Players => println!("{}", format_players(&roster)),
+            AdminCommand::Players => answer(format_args!("{}", format_players(&roster))),
             AdminCommand::Kick { client, reason } => {
                 let reason = reason
                     .clone()
                     .unwrap_or_else(|| DEFAULT_KICK_REASON.to_owned());
                 info!(%client, %reason, "admin kick");
-                println!("kicking {client}: {reason}");
+                answer(format_args!("kicking {client}: {reason}"));
                 kicks.write(AdminKick {
                     client: *client,
                     reason,
@@ -288,17 +299,17 @@ fn execute_commands(
             }
             AdminCommand::Say { text } => {
                 info!(%text, "admin say");
-                println!("saying: {text}");
+                answer(format_args!("saying: {text}"));
                 says.write(AdminSay { text: text.clone() });
             }
             AdminCommand::Shutdown => {
                 info!("shutdown requested from the console");
-                println!("shutting down");
+                answer(format_args!("shutting down"));
                 shutdown.write(ShutdownRequested {
                     reason: ShutdownReason::Console,
                 });
             }
-            AdminCommand::Help => println!("{HELP}"),
+            AdminCommand::Help => answer(format_args!("{HELP}")),
         }
     }
 }

@@ -351,3 +351,61 @@ fn a_production_key_file_holding_the_dev_key_is_refused() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("public development key"), "{stderr}");
 }
+
+/// A pseudo-terminal: (the side a user types into, the side the process
+/// reads as its terminal).
+#[cfg(target_os = "linux")]
+#[expect(unsafe_code, reason = "openpty has no safe wrapper in std")]
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut user, mut terminal) = (0, 0);
+    // SAFETY: openpty writes two new descriptors into the out-pointers; the
+    // name, termios and window-size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut user,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(user),
+            std::fs::File::from_raw_fd(terminal),
+        )
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
+    let dir = scratch_dir("console-stdout");
+    let (mut keyboard, terminal) = pty();
+    let mut child = server(&dir)
+        .args(["--metrics-bind", "127.0.0.1:0"])
+        .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+        .stdin(Stdio::from(terminal))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whoever read the server's stdout is gone (`server | head -1`, say).
+    drop(child.stdout.take());
+    let (_, logs) = read_log(&mut child);
+    keyboard.write_all(b"status\nplayers\nhelp\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server stopped on a console answer"
+    );
+    keyboard.write_all(b"shutdown\n").unwrap();
+    let status = wait_with_timeout(child, Duration::from_secs(10))
+        .expect("server did not exit within 10 s of the shutdown command");
+    let logs = logs.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(logs.contains("shutdown complete"), "{logs}");
+}
