@@ -1,15 +1,20 @@
 //! Sessions through the real network, movement and inventory plugins on
 //! the in-process loopback: an account that leaves and comes back within
 //! one tick (the old session ends before the new one begins), and a
-//! player's first tick.
+//! player's first tick; a writer thread that dies.
 
 use std::time::{Duration, Instant};
 
 use bevy_app::App;
 use server::console::AdminKick;
-use server::inventory::InventoryPlugin;
+use std::sync::Arc;
+
+use server::inventory::{Catalogue, CoreConfig, InventoryPlugin, InventoryService};
 use server::movement::{MovementConfig, MovementPlugin};
 use server::net::{Loopback, NetPlugin, NetServer};
+use server::persistence::{
+    AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
+};
 use server::players::{self, PlayerRoster};
 use server::shutdown::ShutdownStarted;
 use server::tick::{ManualClock, TickConfig, TickPlugin};
@@ -30,8 +35,16 @@ fn client(slot: u32, account: u64, session: u64) -> ClientId {
 }
 
 fn app() -> (App, Loopback) {
+    app_with(None)
+}
+
+/// The app, on `inventory` when given (else the plugin's in-memory one).
+fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
     let (server, net) = NetServer::loopback();
     let mut app = App::new();
+    if let Some(service) = inventory {
+        app.insert_resource(service);
+    }
     app.add_plugins(TickPlugin {
         config: TickConfig::default(),
         clock: ManualClock::new(),
@@ -193,4 +206,67 @@ fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
             .flatten()
     });
     assert_eq!(reply.result, Err(InventoryError::TooFar));
+}
+
+/// A store whose commits panic, as a broken store plugged into a fork
+/// might: the writer thread dies with a batch in flight.
+struct PanickingStore(SqliteStore);
+
+impl InventoryStore for PanickingStore {
+    fn load_world(&mut self) -> Result<WorldState, StoreError> {
+        self.0.load_world()
+    }
+    fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+        self.0.load_account(account)
+    }
+    fn commit(&mut self, _: &BatchWrites) -> Result<(), StoreError> {
+        panic!("the store broke");
+    }
+    fn audit(&mut self) -> Result<AuditReport, StoreError> {
+        self.0.audit()
+    }
+}
+
+#[test]
+fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
+    let name = format!("writer-dies-{}", std::process::id());
+    let service = InventoryService::start(
+        Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
+        Box::new(PanickingStore(
+            SqliteStore::open_shared_memory(&name).unwrap(),
+        )),
+        Arc::new(Catalogue::embedded().unwrap()),
+        CoreConfig {
+            spawn_every_ticks: 1,
+            ..CoreConfig::default()
+        },
+    )
+    .unwrap();
+    let (mut app, net) = app_with(Some(service));
+    let player = client(0, 7, 1);
+    net.events
+        .send(NetEvent::Connected { client: player })
+        .unwrap();
+    // The spawner's first batch goes to the writer, which dies on it.
+    for _ in 0..5 {
+        app.update();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let list = InventoryRequest {
+        request_id: 1,
+        op: InventoryOp::List,
+    };
+    ask(&net, player, &list);
+    let reply = tick_until(&mut app, &net, |to, payload| {
+        assert_eq!(to, player);
+        protocol::decode::<InventoryReply>(payload).ok()
+    });
+    assert_eq!(reply.request_id, 1);
+    assert!(
+        !app.world()
+            .resource::<InventoryService>()
+            .core()
+            .in_flight(),
+        "nothing stays in flight"
+    );
 }

@@ -334,13 +334,23 @@ fn run(
     let started = Instant::now();
     let service = &mut *service;
     let mut entities = entities;
-    if let Some(done) = service.writer.try_done() {
-        metrics.commit_time.observe_duration(done.commit_time);
-        if done.result.is_err() {
-            metrics.commit_failures.inc();
+    match service.writer.try_done() {
+        Ok(Some(done)) => {
+            metrics.commit_time.observe_duration(done.commit_time);
+            if done.result.is_err() {
+                metrics.commit_failures.inc();
+            }
+            let outputs = service.core.complete(done.result);
+            send(service, outputs, &mut out, &metrics);
         }
-        let outputs = service.core.complete(done.result);
-        send(service, outputs, &mut out, &metrics);
+        Ok(None) => {}
+        Err(error) if service.core.in_flight() => {
+            tracing::error!(%error, "inventory batch in flight lost with the writer; refused");
+            metrics.commit_failures.inc();
+            let outputs = service.core.complete(Err(error));
+            send(service, outputs, &mut out, &metrics);
+        }
+        Err(_) => {}
     }
     for change in session_changes(&mut connected, &mut disconnected) {
         match change {
@@ -399,7 +409,11 @@ fn run(
             } else {
                 match service.writer.submit(0, batch.writes) {
                     Ok(()) => Vec::new(),
-                    Err(_) => service.core.complete(Err(StoreError::WriterGone)),
+                    Err(_) => {
+                        tracing::error!("inventory writer gone or stuck; batch refused");
+                        metrics.commit_failures.inc();
+                        service.core.complete(Err(StoreError::WriterGone))
+                    }
                 }
             };
             send(service, outputs, &mut out, &metrics);

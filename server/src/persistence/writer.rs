@@ -3,7 +3,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use super::{BatchWrites, InventoryStore, StoreError};
 
@@ -92,8 +92,17 @@ impl StoreWriter {
     }
 
     /// A finished commit, if any, without blocking.
-    pub fn try_done(&self) -> Option<CommitDone> {
-        self.done.try_recv().ok()
+    ///
+    /// # Errors
+    /// [`StoreError::WriterGone`] once the thread has ended (a store that
+    /// panicked) with nothing left to report: a batch in flight then never
+    /// finishes.
+    pub fn try_done(&self) -> Result<Option<CommitDone>, StoreError> {
+        match self.done.try_recv() {
+            Ok(done) => Ok(Some(done)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(StoreError::WriterGone),
+        }
     }
 
     /// Waits up to `timeout` for a finished commit (for shutdown and tests,
