@@ -180,7 +180,9 @@ pub(crate) struct WorkerStats {
     pub(crate) disconnects: BTreeMap<String, u64>,
     /// RTT samples in microseconds.
     pub(crate) rtt_us: Histogram<u64>,
-    /// UDP payload bytes written to / read from the sockets.
+    /// UDP payload bytes written to / read from the sockets while
+    /// connected (the span `connected_time` adds up; a handshake's bytes,
+    /// above all those of bots that never connect, are not in it).
     pub(crate) bytes_up: u64,
     /// See `bytes_up`.
     pub(crate) bytes_down: u64,
@@ -432,7 +434,9 @@ impl Bot {
         if from != self.ctx.server {
             return;
         }
-        stats.bytes_down += data.len() as u64;
+        if self.connected_since.is_some() {
+            stats.bytes_down += data.len() as u64;
+        }
         match self.link.as_mut() {
             Some(link) => link.down.send(now, data),
             // Connected (its `Connected` event handled, so nothing waits in
@@ -826,7 +830,12 @@ impl Bot {
             && at <= now
         {
             self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
-            if let Some(conn) = self.endpoint.connection_stats() {
+            // Zero: the transport has no measurement yet (a stalled server,
+            // a round trip over a second); recording it would pull the
+            // percentiles down.
+            if let Some(conn) = self.endpoint.connection_stats()
+                && conn.rtt > Duration::ZERO
+            {
                 let us = u64::try_from(conn.rtt.as_micros()).unwrap_or(u64::MAX);
                 let _ = stats.rtt_us.record(us.max(1));
             }
@@ -878,13 +887,15 @@ impl Bot {
         stats: &mut WorkerStats,
     ) {
         self.unsent = false;
+        let counted = self.connected_since.is_some();
+        let mut sent = 0;
         while let Some(transmit) = self.endpoint.poll_transmit(now, tx) {
             let data = &tx[..transmit.len];
             match self.link.as_mut() {
                 Some(link) => link.up.send(now, data),
                 None => {
                     if out.send(data) {
-                        stats.bytes_up += data.len() as u64;
+                        sent += data.len() as u64;
                     }
                 }
             }
@@ -892,9 +903,12 @@ impl Bot {
         if let Some(link) = self.link.as_mut() {
             while link.up.poll_deliver(now, scratch) {
                 if out.send(scratch) {
-                    stats.bytes_up += scratch.len() as u64;
+                    sent += scratch.len() as u64;
                 }
             }
+        }
+        if counted {
+            stats.bytes_up += sent;
         }
     }
 
@@ -1185,6 +1199,25 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn only_connected_traffic_and_measured_round_trips_are_counted() {
+        let mut pair = Pair::new();
+        pair.connect();
+        // The handshake (a 1,078-byte request at least) is not in the
+        // bandwidth: its denominator is connected time.
+        assert!(pair.stats.bytes_up > 0);
+        assert!(pair.stats.bytes_up < 1_000, "{}", pair.stats.bytes_up);
+        // No packet of the connection acknowledged yet: the transport has
+        // no round trip, and a sample of it would read as 1 µs.
+        assert_eq!(
+            pair.bot.endpoint.connection_stats().unwrap().rtt,
+            Duration::ZERO
+        );
+        pair.now += Duration::from_millis(1_100);
+        pair.service();
+        assert!(pair.stats.rtt_us.is_empty(), "{}", pair.stats.rtt_us.len());
     }
 
     #[test]

@@ -177,7 +177,8 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     }
     progress.finish();
 
-    let connected_secs = stats.connected_time.as_secs_f64().max(f64::EPSILON);
+    // None when no bot connected: no rate to report.
+    let connected_secs = Some(stats.connected_time.as_secs_f64()).filter(|s| *s > 0.0);
     let rtt_ms = Percentiles {
         p50: quantile_ms(&stats.rtt_us, 0.5),
         p95: quantile_ms(&stats.rtt_us, 0.95),
@@ -236,8 +237,8 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             max_correction_m: f64::from(stats.max_correction_m),
         },
         bytes_per_bot_per_s: Bandwidth {
-            up: stats.bytes_up as f64 / connected_secs,
-            down: stats.bytes_down as f64 / connected_secs,
+            up: connected_secs.map(|s| stats.bytes_up as f64 / s),
+            down: connected_secs.map(|s| stats.bytes_down as f64 / s),
         },
         inventory: stats.inventory.clone(),
         server,

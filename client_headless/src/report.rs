@@ -75,10 +75,10 @@ pub(crate) struct Percentiles {
 /// Bytes per connected bot per second.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub(crate) struct Bandwidth {
-    /// Bot to server.
-    pub(crate) up: f64,
+    /// Bot to server; `None` (null) when no bot connected.
+    pub(crate) up: Option<f64>,
     /// Server to bot.
-    pub(crate) down: f64,
+    pub(crate) down: Option<f64>,
 }
 
 /// Movement input and snapshots.
@@ -300,11 +300,17 @@ impl Report {
             i.trades_completed,
             i.picked_up
         );
-        let _ = writeln!(
-            s,
-            "  bandwidth   {:.0} B/s up, {:.0} B/s down per bot",
-            self.bytes_per_bot_per_s.up, self.bytes_per_bot_per_s.down
-        );
+        match (self.bytes_per_bot_per_s.up, self.bytes_per_bot_per_s.down) {
+            (Some(up), Some(down)) => {
+                let _ = writeln!(
+                    s,
+                    "  bandwidth   {up:.0} B/s up, {down:.0} B/s down per bot"
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "  bandwidth   n/a (no bot connected)");
+            }
+        }
         let _ = writeln!(s, "  server tick {}", self.server.run.summary());
         if let Some(steady) = &self.server.steady {
             let _ = writeln!(

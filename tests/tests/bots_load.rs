@@ -206,5 +206,9 @@ fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
         .sum();
     assert_eq!(failures, 3, "{}", json["connect_failures"]);
     assert!(json["server"]["tick_ms"]["p50"].is_null());
+    // No bot connected: no bandwidth per connected bot (not the handshake
+    // retries over zero seconds).
+    assert!(json["bytes_per_bot_per_s"]["up"].is_null(), "{json}");
+    assert!(json["bytes_per_bot_per_s"]["down"].is_null(), "{json}");
     let _ = std::fs::remove_dir_all(&dir);
 }
