@@ -233,12 +233,17 @@ impl Scenario {
         }
         if let Some(c) = &self.chat {
             period("chat.every_s", c.every_s, 0.05)?;
+            weights("chat", &[c.global, c.nearby, c.whisper])?;
             if c.global + c.nearby + c.whisper == 0 {
                 return Err("chat needs a non-zero weight in global, nearby or whisper".into());
             }
         }
         if let Some(i) = &self.inventory {
             period("inventory.every_s", i.every_s, 0.05)?;
+            weights(
+                "inventory",
+                &[i.pick, i.drop, i.move_stack, i.use_item, i.give, i.trade],
+            )?;
             if i.total() == 0 {
                 return Err(
                     "inventory needs a non-zero weight in pick, drop, move, use, give or trade"
@@ -255,6 +260,19 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// Most a single weight may be: weights are relative, and their sum must
+/// not overflow.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+fn weights(table: &str, values: &[u32]) -> Result<(), String> {
+    if values.iter().any(|w| *w > MAX_WEIGHT) {
+        return Err(format!(
+            "{table} weights are relative: at most {MAX_WEIGHT} each"
+        ));
+    }
+    Ok(())
 }
 
 impl Chat {
@@ -363,6 +381,17 @@ mod tests {
         assert!(matches!(fast, Err(ScenarioError::Invalid { .. })));
         let nan = Scenario::parse("name = \"x\"\n[churn]\nsession_s = nan\npause_s = 1.0", "t");
         assert!(matches!(nan, Err(ScenarioError::Invalid { .. })));
+        // Sums that would wrap (to 1, in a release build) are refused.
+        for table in [
+            "[chat]\nevery_s = 5.0\nglobal = 2147483648\nnearby = 2147483648\nwhisper = 1",
+            "[inventory]\nevery_s = 5.0\npick = 4294967295\ndrop = 1",
+        ] {
+            let huge = Scenario::parse(&format!("name = \"x\"\n{table}"), "t");
+            assert!(
+                matches!(huge, Err(ScenarioError::Invalid { .. })),
+                "{huge:?}"
+            );
+        }
     }
 
     #[test]
