@@ -99,15 +99,17 @@ thread_ticks() {
 
 now_s() { date +%s.%N; }
 
-# "in out drops wakeups" from the server's metrics page (0 0 - - when
-# unreadable; drops and wakeups "-" also for a server too old to count them).
+# "in out drops wakeups" from the server's metrics page ("-" for each it
+# did not give: all four when unreadable; drops and wakeups also for a
+# server too old to count them).
 net_counters() {
     curl -s --max-time 2 "$1" | awk '
+        function or_dash(v) { return v == "" ? "-" : v }
         $1 == "net_packets_in_total" { i = $2 }
         $1 == "net_packets_out_total" { o = $2 }
         $1 == "net_socket_receive_drops_total" { d = $2 }
         $1 == "net_io_wakeups_total" { k = $2 }
-        END { printf "%d %d %s %s\n", i, o, (d == "" ? "-" : d), (k == "" ? "-" : k) }'
+        END { printf "%s %s %s %s\n", or_dash(i), or_dash(o), or_dash(d), or_dash(k) }'
 }
 
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
@@ -144,6 +146,8 @@ run_point() {
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$tag"
     t0=$(now_s)
     r="$OUT_DIR/report-$tag.json"
+    # A report left by an earlier run in this OUT_DIR is not this run's.
+    rm -f "$r"
     timeout -s INT --kill-after=10 $((duration + 40)) \
         taskset -c "$BOT_CORE" "$BOTS_BIN" load --server "127.0.0.1:$port" \
         --bots "$n" --duration "$duration" --ramp "$ramp" \
@@ -196,13 +200,21 @@ run_point() {
             printf "\"wakeups_per_s\": %s, ", wake1 == "null" ? "null" : sprintf("%.1f", (wake1 - wake0) / wall)
             u = (su1 - su0) / hz / steady; k = (sk1 - sk0) / hz / steady
             printf "\"steady_cores\": %.4f, \"steady_user\": %.4f, \"steady_kernel\": %.4f, ", u + k, u, k
-            printf "\"datagrams_in\": %.3f, \"datagrams_out\": %.3f, ", (sin1 - sin0) / steady / n, (sout1 - sout0) / steady / n
+            # Per requested bot here; per connected bot once the bots report.
+            unread = sin0 == "-" || sin1 == "-" || sout0 == "-" || sout1 == "-"
+            printf "\"datagrams_in\": %s, \"datagrams_out\": %s, ", \
+                unread ? "null" : sprintf("%.3f", (sin1 - sin0) / steady / n), \
+                unread ? "null" : sprintf("%.3f", (sout1 - sout0) / steady / n)
             printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops1 == "null" ? "null" : drops1 - drops0, rss
         }' "$OUT_DIR/threads0-$tag" "$OUT_DIR/threads1-$tag")
     # The bots' figures from their report (null when there is none).
     jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" '
         (try input catch null) as $b
-        | $run + {
+        | def per_connected: if . == null or ($b.connected // 0) == 0 then .
+              else . * $run.requested / $b.connected end;
+        $run + {
+            datagrams_in: ($run.datagrams_in | per_connected),
+            datagrams_out: ($run.datagrams_out | per_connected),
             report: (if $b == null then null else $report end),
             bots_log: $log,
             connected: $b.connected,
