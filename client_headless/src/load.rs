@@ -114,6 +114,8 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let mut samples = Vec::new();
     let mut previous_scrape = baseline.as_ref().ok().cloned();
     let mut last_scrape = previous_scrape.clone();
+    // Seconds into the run of `last_scrape` (0: the baseline).
+    let mut last_scrape_t = 0.0;
     // The first scrape after the ramp, and how far into the run it came.
     let mut after_ramp: Option<(f64, ServerSample)> = None;
     let mut window = new_rtt_histogram();
@@ -153,6 +155,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             }
             previous_scrape = Some(current.clone());
             last_scrape = Some(current);
+            last_scrape_t = sample.t;
         }
         progress.update(&sample, errors);
         samples.push(sample);
@@ -161,7 +164,18 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     progress.message("stopping: waiting for in-flight chat, then leaving");
     stop.store(true, Ordering::Relaxed);
     let final_scrape = if baseline.is_ok() {
-        scrape(&plan.metrics_url).ok().or(last_scrape)
+        match scrape(&plan.metrics_url) {
+            Ok(last) => Some(last),
+            Err(error) => {
+                let note = format!(
+                    "the server's metrics did not answer at the end ({error}); its figures \
+                     cover the first {last_scrape_t:.0} s of {duration_s:.0} s"
+                );
+                eprintln!("warning: {note}");
+                notes.push(note);
+                last_scrape
+            }
+        }
     } else {
         None
     };

@@ -212,3 +212,47 @@ fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
     assert!(json["bytes_per_bot_per_s"]["down"].is_null(), "{json}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
+    use std::io::{Read, Write};
+    // A metrics page that answers twice (the baseline and the first
+    // second), then is gone, as an overloaded or crashed server's is.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    let page = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let body = "server_tick_overruns_total 0\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("bots-e2e-scrape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let output = Command::new(client_binary())
+        .args(["load", "--server", &free_udp_addr().to_string()])
+        .args(["--bots", "1", "--duration", "3", "--threads", "1"])
+        .args(["--metrics-url", &format!("http://{metrics}/metrics")])
+        .arg("--report")
+        .arg(&report)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    page.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let notes = json["notes"].to_string();
+    assert!(
+        notes.contains("did not answer at the end"),
+        "{notes}\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
