@@ -380,6 +380,16 @@ impl Bot {
     pub(crate) fn stop(&mut self, now: Instant, stats: &mut WorkerStats) {
         self.stopping = true;
         match self.phase {
+            Phase::Idle { .. } if !self.ever_connected => {
+                // Its start came too late in the run (or its worker too
+                // late to it): requested but never tried; counted so that
+                // the failures still add up to requested minus connected.
+                bump(
+                    &mut stats.connect_failures,
+                    "not_started_at_stop".to_owned(),
+                );
+                self.finish(now, stats);
+            }
             Phase::Idle { .. } | Phase::Paused { .. } => self.finish(now, stats),
             Phase::Connecting => {
                 // Still no answer when the run ends: the server did not take
@@ -1218,6 +1228,24 @@ mod tests {
         pair.now += Duration::from_millis(1_100);
         pair.service();
         assert!(pair.stats.rtt_us.is_empty(), "{}", pair.stats.rtt_us.len());
+    }
+
+    #[test]
+    fn a_bot_the_run_ends_before_it_starts_is_counted() {
+        let mut pair = Pair::new();
+        let now = pair.now;
+        pair.bot = Bot::new(
+            Arc::clone(&pair.bot.ctx),
+            1,
+            now + Duration::from_secs(1),
+            7,
+        );
+        pair.bot.stop(now, &mut pair.stats);
+        assert_eq!(
+            pair.stats.connect_failures.get("not_started_at_stop"),
+            Some(&1)
+        );
+        assert!(pair.bot.is_done());
     }
 
     #[test]
