@@ -324,6 +324,7 @@ fn tick_window(first: &ServerSample, last: &ServerSample) -> TickWindow {
             p99: ms(run.quantile(0.99)),
             max: ms(run.max()),
         };
+        out.beyond_buckets = Some(run.beyond_finite());
     }
     out.overruns = last
         .overruns

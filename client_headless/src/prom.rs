@@ -35,6 +35,19 @@ impl PromHistogram {
         self.buckets.last().map_or(0.0, |b| b.1)
     }
 
+    /// Observations above the largest finite bound (only `+Inf` holds
+    /// them): [`quantile`](Self::quantile) and [`max`](Self::max) read that
+    /// bound for them, however long they were.
+    pub(crate) fn beyond_finite(&self) -> f64 {
+        let finite = self
+            .buckets
+            .iter()
+            .rev()
+            .find(|(le, _)| le.is_finite())
+            .map_or(0.0, |b| b.1);
+        (self.count() - finite).max(0.0)
+    }
+
     /// The observations made between `earlier` and `self` (bucket-wise
     /// difference; a counter reset, i.e. a restarted server, yields `self`).
     pub(crate) fn since(&self, earlier: &Self) -> Self {
@@ -240,6 +253,11 @@ server_ticks_total 100
         };
         assert!(close(h.quantile(0.99), 0.1));
         assert!(close(h.max(), 0.1));
+        assert_eq!(h.beyond_finite(), 9.0);
+        let within = PromHistogram {
+            buckets: vec![(0.01, 1.0), (0.1, 4.0), (f64::INFINITY, 4.0)],
+        };
+        assert_eq!(within.beyond_finite(), 0.0);
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub(crate) struct TickWindow {
     pub(crate) tick_ms: TickPercentiles,
     /// Ticks longer than the tick period.
     pub(crate) overruns: Option<f64>,
+    /// Ticks longer than the histogram's largest finite bucket: `p99` and
+    /// `max` read that bound for them.
+    pub(crate) beyond_buckets: Option<f64>,
 }
 
 /// [`ServerReport::steady`].
@@ -140,7 +143,10 @@ impl TickWindow {
             ms(t.max),
             self.overruns
                 .map_or_else(|| "n/a".to_owned(), |o| format!("{o:.0}"))
-        )
+        ) + &match self.beyond_buckets {
+            Some(n) if n > 0.0 => format!(" ({n:.0} above the largest bucket: max is more)"),
+            _ => String::new(),
+        }
     }
 }
 
@@ -477,8 +483,16 @@ mod tests {
                     max: Some(22.6),
                 },
                 overruns: Some(0.0),
+                beyond_buckets: Some(0.0),
             },
         });
+        r.server.run.beyond_buckets = Some(2.0);
+        assert!(
+            r.summary()
+                .contains("(2 above the largest bucket: max is more)"),
+            "{}",
+            r.summary()
+        );
         let text = r.summary();
         assert!(text.contains("overruns 3"), "{text}");
         assert!(
