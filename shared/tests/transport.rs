@@ -284,6 +284,15 @@ fn a_message_above_the_maximum_is_refused() {
 }
 
 #[test]
+fn empty_messages_are_refused_so_the_queue_bounds_hold() {
+    let mut pair = Pair::new(TransportConfig::default(), LinkConfig::default(), 1);
+    for channel in [ORDERED, UNRELIABLE] {
+        assert_eq!(pair.a.send(channel, b""), Err(SendError::Empty));
+    }
+    assert_eq!(pair.a.unacked_messages(ORDERED), 0);
+}
+
+#[test]
 fn a_packet_carries_its_channels_by_priority_then_by_index() {
     let config = TransportConfig {
         channels: vec![

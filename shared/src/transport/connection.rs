@@ -153,6 +153,10 @@ pub enum SendError {
     /// The reliable channel holds `max_queued_bytes` already; try later.
     #[error("the channel's send queue is full")]
     QueueFull,
+    /// An empty message: it carries nothing, and the queue bounds, which
+    /// count payload bytes, would never stop them.
+    #[error("an empty message carries nothing")]
+    Empty,
     /// The connection is closing or closed.
     #[error("the connection is closed")]
     Closed,
@@ -479,6 +483,9 @@ impl Connection {
     pub fn send_bytes(&mut self, channel: ChannelId, payload: Bytes) -> Result<(), SendError> {
         if self.state != State::Connected {
             return Err(SendError::Closed);
+        }
+        if payload.is_empty() {
+            return Err(SendError::Empty);
         }
         if payload.len() > self.config.max_message_size {
             return Err(SendError::TooLarge {
