@@ -810,3 +810,24 @@ fn a_long_spell_of_only_receiving_does_not_make_later_sends_look_lost() {
     let stats = pair.b.stats();
     assert_eq!((stats.packets_lost, stats.resent), (0, 0));
 }
+
+#[test]
+fn a_buffer_too_small_for_the_next_unit_gets_no_endless_bare_acks() {
+    // A payload size the caller's buffers do not have (a config a fork
+    // got wrong): the fragment cannot fit.
+    let config = TransportConfig {
+        max_payload: 1_400,
+        fragment_size: 1_300,
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default(), 3);
+    pair.a.send(ORDERED, &numbered(0, 1_300)).unwrap();
+    let mut small = [0u8; 1_200];
+    let sent = (0..1_000)
+        .filter(|_| pair.a.poll_transmit(pair.now, &mut small).is_some())
+        .count();
+    assert!(
+        sent <= 1,
+        "{sent} packets from one call site in one instant"
+    );
+}

@@ -1281,6 +1281,13 @@ impl Connection {
                 self.note_pending(index);
             }
         }
+        if !wrote_messages && !ack_due && !keepalive_due {
+            // Data was due but none fit the caller's buffer (smaller than
+            // the configured payload): a bare ack now would be sent again
+            // on every call, for ever.
+            self.update_timers(now);
+            return None;
+        }
         let len = writer.len();
         let ack_eliciting = wrote_messages || (keepalive_due && !ack_due);
         if !ack_eliciting {
