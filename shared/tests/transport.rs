@@ -831,3 +831,32 @@ fn a_buffer_too_small_for_the_next_unit_gets_no_endless_bare_acks() {
         "{sent} packets from one call site in one instant"
     );
 }
+
+#[test]
+fn a_path_that_gets_longer_is_the_new_base_not_endless_queueing() {
+    let config = TransportConfig::default();
+    let floor = config.min_send_rate;
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 6);
+    let stream = |pair: &mut Pair, seconds: u64| {
+        for _ in 0..seconds * 100 {
+            for _ in 0..2 {
+                match pair.a.send(UNORDERED, &numbered(0, 1_000)) {
+                    Ok(()) | Err(SendError::QueueFull) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            pair.run_for(ms(10));
+        }
+    };
+    stream(&mut pair, 5);
+    // The route changes: 120 ms round trips from now on.
+    for link in [&mut pair.a_to_b, &mut pair.b_to_a] {
+        link.set_config(LinkConfig::default().with_latency(ms(60)));
+    }
+    stream(&mut pair, 30);
+    let rate = pair.a.stats().send_rate;
+    assert!(
+        rate > floor,
+        "the send rate stayed at the floor, {rate} B/s"
+    );
+}

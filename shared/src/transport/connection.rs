@@ -924,7 +924,7 @@ impl Connection {
                     .checked_sub(delay)
                     .filter(|rest| *rest >= min)
                     .unwrap_or(raw);
-                self.rtt.on_sample(sample);
+                self.rtt.on_sample(sample, now);
             }
         }
         self.budget.on_ack(

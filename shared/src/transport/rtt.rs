@@ -2,6 +2,17 @@
 
 use std::time::Duration;
 
+use super::clock::Stamp;
+
+/// How long a minimum RTT sample counts: the minimum is over the current
+/// window and the one before it, so a path that got longer (a new route,
+/// Wi-Fi to mobile) is the new base within two windows instead of reading
+/// as queueing delay for ever.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+
+/// No sample in a window (microseconds).
+const NO_MIN: u32 = u32::MAX;
+
 /// The retransmission timeout's configuration (the transport's
 /// `initial_rto`, `min_rto` and `max_rto`), shared by every connection
 /// rather than copied into each.
@@ -16,12 +27,30 @@ pub(crate) struct RtoBounds {
 /// Smoothed RTT and its variance, and the retransmission timeout derived
 /// from them: `SRTT + 4·RTTVAR`, clamped to `[min_rto, max_rto]`. Holds
 /// the samples only (one cache line), not the bounds.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct RttEstimator {
     smoothed: Option<Duration>,
     variance: Duration,
-    min: Option<Duration>,
+    /// Smallest sample of the current window and of the one before, in
+    /// microseconds ([`NO_MIN`]: none); with `window_start`, the size of
+    /// one `Option<Duration>`.
+    min_current_us: u32,
+    min_previous_us: u32,
+    window_start: Stamp,
     latest: Duration,
+}
+
+impl Default for RttEstimator {
+    fn default() -> Self {
+        Self {
+            smoothed: None,
+            variance: Duration::ZERO,
+            min_current_us: NO_MIN,
+            min_previous_us: NO_MIN,
+            window_start: Stamp::default(),
+            latest: Duration::ZERO,
+        }
+    }
 }
 
 impl RttEstimator {
@@ -29,10 +58,17 @@ impl RttEstimator {
         Self::default()
     }
 
-    /// Feeds one sample (already corrected for the peer's ack delay).
-    pub(crate) fn on_sample(&mut self, sample: Duration) {
+    /// Feeds one sample (already corrected for the peer's ack delay) taken
+    /// at `now`.
+    pub(crate) fn on_sample(&mut self, sample: Duration, now: Stamp) {
         self.latest = sample;
-        self.min = Some(self.min.map_or(sample, |m| m.min(sample)));
+        if now.saturating_duration_since(self.window_start) >= MIN_RTT_WINDOW {
+            self.min_previous_us = self.min_current_us;
+            self.min_current_us = NO_MIN;
+            self.window_start = now;
+        }
+        let us = u32::try_from(sample.as_micros()).map_or(NO_MIN - 1, |us| us.min(NO_MIN - 1));
+        self.min_current_us = self.min_current_us.min(us);
         match self.smoothed {
             None => {
                 self.smoothed = Some(sample);
@@ -56,8 +92,10 @@ impl RttEstimator {
         self.variance
     }
 
+    /// The smallest sample of the last one to two [`MIN_RTT_WINDOW`]s.
     pub(crate) fn min(&self) -> Option<Duration> {
-        self.min
+        let us = self.min_current_us.min(self.min_previous_us);
+        (us != NO_MIN).then(|| Duration::from_micros(u64::from(us)))
     }
 
     /// Retransmission timeout before backoff.
@@ -94,11 +132,11 @@ mod tests {
     fn follows_rfc_6298() {
         let mut rtt = RttEstimator::new();
         assert_eq!(rtt.rto(&BOUNDS), ms(250));
-        rtt.on_sample(ms(100));
+        rtt.on_sample(ms(100), Stamp::ZERO);
         assert_eq!(rtt.smoothed(), ms(100));
         assert_eq!(rtt.variance(), ms(50));
         assert_eq!(rtt.rto(&BOUNDS), ms(300));
-        rtt.on_sample(ms(180));
+        rtt.on_sample(ms(180), Stamp::ZERO);
         // RTTVAR = (3*50 + 80)/4 = 57.5; SRTT = (7*100 + 180)/8 = 110
         assert_eq!(rtt.variance(), Duration::from_micros(57_500));
         assert_eq!(rtt.smoothed(), ms(110));
@@ -106,10 +144,23 @@ mod tests {
     }
 
     #[test]
+    fn the_minimum_forgets_samples_two_windows_old() {
+        let mut rtt = RttEstimator::new();
+        let at = |s: u64| Stamp::ZERO + Duration::from_secs(s);
+        rtt.on_sample(ms(10), at(0));
+        rtt.on_sample(ms(120), at(5));
+        assert_eq!(rtt.min(), Some(ms(10)));
+        rtt.on_sample(ms(120), at(12));
+        assert_eq!(rtt.min(), Some(ms(10)), "the window before still counts");
+        rtt.on_sample(ms(125), at(23));
+        assert_eq!(rtt.min(), Some(ms(120)), "the longer path is the base now");
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let mut rtt = RttEstimator::new();
-        rtt.on_sample(ms(40));
-        rtt.on_sample(ms(40));
+        rtt.on_sample(ms(40), Stamp::ZERO);
+        rtt.on_sample(ms(40), Stamp::ZERO);
         let base = rtt.rto(&BOUNDS);
         assert_eq!(rtt.backed_off_rto(1, &BOUNDS), base * 2);
         assert_eq!(rtt.backed_off_rto(2, &BOUNDS), base * 4);
@@ -120,7 +171,7 @@ mod tests {
     fn floor_applies_on_fast_links() {
         let mut rtt = RttEstimator::new();
         for _ in 0..50 {
-            rtt.on_sample(Duration::from_micros(10));
+            rtt.on_sample(Duration::from_micros(10), Stamp::ZERO);
         }
         assert_eq!(rtt.rto(&BOUNDS), ms(25));
     }
