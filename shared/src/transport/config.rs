@@ -115,7 +115,12 @@ pub struct TransportConfig {
     pub initial_rto: Duration,
     /// Lowest retransmission timeout.
     pub min_rto: Duration,
-    /// Highest retransmission timeout, exponential backoff included.
+    /// Highest retransmission timeout, exponential backoff included. Keep
+    /// it above the longest round trip the game must survive: an ack that
+    /// comes after its packet was judged lost is not taken (a resend
+    /// carries the units again), so on a path slower than `max_rto +
+    /// max_ack_delay` reliable messages never count as delivered and time
+    /// out after `reliable_timeout`.
     pub max_rto: Duration,
     /// A reliable message still unacknowledged this long after its first
     /// transmission ends the connection with [`DisconnectReason::Timeout`](super::DisconnectReason::Timeout).
