@@ -220,18 +220,35 @@ fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
     // second), then is gone, as an overloaded or crashed server's is.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
     let page = std::thread::spawn(move || {
-        for _ in 0..2 {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut served = 0;
+        while served < 2 && std::time::Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            // The whole request first: closing with some of it unread
+            // would reset the connection instead of ending the answer.
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
             let body = "server_tick_overruns_total 0\n";
-            let _ = write!(
-                stream,
+            let answer = format!(
                 "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
+            let _ = stream.write_all(answer.as_bytes());
+            served += 1;
         }
+        served
     });
     let dir = std::env::temp_dir().join(format!("bots-e2e-scrape-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -245,7 +262,7 @@ fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    page.join().unwrap();
+    assert_eq!(page.join().unwrap(), 2, "the bots scraped the page twice");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
