@@ -278,13 +278,14 @@ struct TokenUse {
 
 /// A token reused for a new handshake (e.g. reconnect after a disconnect)
 /// starts its server-to-client counter in a block of its own,
-/// `(block_base + attempt) << 40`, so the same key never sees the same
-/// nonce twice. 2^40 packets per connection is far beyond any session.
-/// `block_base` is random per server (below 2^22), so that a restarted
-/// server seeing a token again does not start where the last one did; 2^22
-/// attempts on top of it stay below the global range at 2^63.
-const SEQUENCE_BLOCK_BITS: u32 = 40;
-const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 22;
+/// `(block_base + attempt) << 32`, so the same key never sees the same
+/// nonce twice; 2^32 packets is years of a connection at game rates.
+/// `block_base` is random per server (below 2^16), so that a restarted
+/// server seeing a token again does not start where the last one did: the
+/// chance that two runs' blocks meet is about 2^-16 a restart. The price
+/// is the sequence's width on the wire: six bytes instead of one to three.
+const SEQUENCE_BLOCK_BITS: u32 = 32;
+const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 16;
 
 enum Owed {
     Challenge {
