@@ -88,20 +88,30 @@
 //! Each (key, direction) has exactly one sequence counter that only goes up:
 //! the server's challenge, denied (after a challenge), keep-alive, payload and
 //! disconnect packets to a client share the per-client counter, which carries
-//! over from the handshake to the connection. That counter starts at zero
-//! for the first handshake with a token; a later handshake with the same
-//! token (a reconnect) starts at `attempt * 2^40`, because the key is the
-//! token's and would otherwise repeat. Denials sent before any
-//! per-client state exists (server full at request time) use a server-wide
-//! counter starting at 2^63. The client's counter starts at zero for a token
+//! over from the handshake to the connection. Each handshake with a token
+//! gets a block of 2^32 of that counter, `(base + attempt) * 2^32`, because
+//! the key is the token's and would otherwise repeat on a reconnect; `base`
+//! is random per server process (below 2^16), so that a restarted server
+//! seeing the token again most likely (1 - 2^-16) does not start where the
+//! last one did. The sequences then take six bytes on the wire. Denials sent
+//! before any per-client state exists (server full at request time) use a
+//! server-wide counter starting at a random point above 2^63. The server
+//! also remembers, per token, the newest client sequence its ended
+//! connections accepted, and drops anything up to it in a new connection
+//! with that token (a late or replayed packet of an earlier one). The
+//! client's counter starts at zero for a token
 //! and keeps counting across server addresses and across repeated `connect`
 //! calls with the same token. Challenge tokens use their own server key and
 //! counter. A counter that would pass `u64::MAX` stops sending
 //! ([`SendError::SequenceExhausted`]) instead of wrapping.
 //!
 //! Inherent in the protocol: a token handed to several servers (failover)
-//! makes each of them start the server-to-client counter at zero under the
-//! same key. Mint one token per connection attempt where that matters.
+//! makes each of them number server-to-client packets in blocks of their
+//! own choosing under the same key; and the client cannot tell a
+//! keep-alive of an earlier attempt with its token from one of this
+//! attempt (a reference server numbers keep-alives from zero, below its
+//! challenge), so a late one can end a handshake early. Mint one token
+//! per connection attempt where that matters.
 //!
 //! # Where this follows the standard, not older text or other code
 //!
@@ -128,10 +138,11 @@
 //!     sent before a client has state;
 //!   - it caps servers at 256 clients; ours makes it configuration (10,000
 //!     is tested).
-//! - The standard says sequence numbers start at zero. Ours do for the first
-//!   handshake with a token; reconnects with the same token continue (client)
-//!   or start a fresh 2^40 block (server), as described under Nonces. Peers
-//!   accept this: replay protection only rejects old sequence numbers.
+//! - The standard says sequence numbers start at zero. The client's do for
+//!   the first handshake with a token and continue on reconnects with it;
+//!   the server's start each handshake in a block of their own, as described
+//!   under Nonces. Peers accept this: replay protection only rejects old
+//!   sequence numbers.
 //!
 //! # Additions to the standard
 //!
