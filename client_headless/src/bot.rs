@@ -207,6 +207,9 @@ pub(crate) struct WorkerStats {
     pub(crate) no_snapshots: u64,
     /// Messages the transport refused to queue.
     pub(crate) send_errors: u64,
+    /// Datagrams the bots' sockets refused (a full send buffer, a send
+    /// error): the server never saw them.
+    pub(crate) send_drops: u64,
 }
 
 impl WorkerStats {
@@ -230,6 +233,7 @@ impl WorkerStats {
             max_correction_m: 0.0,
             no_snapshots: 0,
             send_errors: 0,
+            send_drops: 0,
         }
     }
 }
@@ -906,6 +910,8 @@ impl Bot {
                 None => {
                     if out.send(data) {
                         sent += data.len() as u64;
+                    } else {
+                        stats.send_drops += 1;
                     }
                 }
             }
@@ -914,6 +920,8 @@ impl Bot {
             while link.up.poll_deliver(now, scratch) {
                 if out.send(scratch) {
                     sent += scratch.len() as u64;
+                } else {
+                    stats.send_drops += 1;
                 }
             }
         }
@@ -1246,6 +1254,35 @@ mod tests {
             Some(&1)
         );
         assert!(pair.bot.is_done());
+    }
+
+    /// An outbox whose socket refuses everything (its send buffer full).
+    struct Refused;
+
+    impl Outbox for Refused {
+        fn send(&mut self, _: &[u8]) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn datagrams_the_socket_refuses_are_counted() {
+        let mut pair = Pair::new();
+        pair.connect();
+        pair.now += Duration::from_millis(100);
+        let up = pair.stats.bytes_up;
+        pair.bot.service(
+            pair.now,
+            &mut Refused,
+            &mut pair.buf.clone(),
+            &mut pair.scratch,
+            &mut pair.stats,
+        );
+        assert!(pair.stats.send_drops > 0);
+        assert_eq!(
+            pair.stats.bytes_up, up,
+            "refused bytes are not counted sent"
+        );
     }
 
     #[test]

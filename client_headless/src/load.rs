@@ -223,6 +223,13 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             crate::verify::MAX_IN_FLIGHT
         ));
     }
+    if stats.send_drops > 0 {
+        notes.push(format!(
+            "{} datagrams refused by the bots' sockets (send buffer full): the server never \
+             saw them; on shared sockets their bytes are in bytes up",
+            stats.send_drops
+        ));
+    }
     if stats.send_errors > 0 {
         notes.push(format!(
             "{} messages refused by the transport (queue full)",
@@ -373,6 +380,7 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     into.max_correction_m = into.max_correction_m.max(from.max_correction_m);
     into.no_snapshots += from.no_snapshots;
     into.send_errors += from.send_errors;
+    into.send_drops += from.send_drops;
 }
 
 /// CPU seconds this process used.

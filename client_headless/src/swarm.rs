@@ -145,6 +145,8 @@ struct SharedSocket {
     /// The bot each local address belongs to.
     bots: HashMap<Ipv4Addr, usize>,
     outbox: pktinfo::SendBatch,
+    /// Datagrams of the outbox the kernel refused (a full send buffer).
+    send_drops: u64,
 }
 
 /// How a worker's bots reach the network.
@@ -196,7 +198,8 @@ struct BatchOutbox<'a> {
 impl Outbox for BatchOutbox<'_> {
     fn send(&mut self, data: &[u8]) -> bool {
         if self.shared.outbox.is_full() {
-            self.shared.outbox.flush(&self.shared.socket);
+            let (_, dropped) = self.shared.outbox.flush(&self.shared.socket);
+            self.shared.send_drops += dropped as u64;
         }
         self.shared.outbox.push(self.source, self.server, data)
     }
@@ -349,6 +352,10 @@ impl Worker {
         for bot in &self.bots {
             reliable.add(&bot.verifier().stats());
         }
+        #[cfg(target_os = "linux")]
+        if let Sockets::Shared { sockets, .. } = &self.sockets {
+            self.stats.send_drops += sockets.iter().map(|s| s.send_drops).sum::<u64>();
+        }
         WorkerResult {
             stats: std::mem::replace(&mut self.stats, WorkerStats::new()),
             reliable,
@@ -480,7 +487,8 @@ impl Worker {
         #[cfg(target_os = "linux")]
         if let Sockets::Shared { sockets, .. } = &mut self.sockets {
             for shared in sockets {
-                shared.outbox.flush(&shared.socket);
+                let (_, dropped) = shared.outbox.flush(&shared.socket);
+                shared.send_drops += dropped as u64;
             }
         }
     }
@@ -581,6 +589,7 @@ impl Worker {
                             socket,
                             bots: HashMap::new(),
                             outbox: pktinfo::SendBatch::new(),
+                            send_drops: 0,
                         });
                         by_group.insert(group, sockets.len() - 1);
                         sockets.len() - 1
