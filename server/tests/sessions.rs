@@ -270,3 +270,33 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
         "nothing stays in flight"
     );
 }
+
+#[test]
+fn strikes_past_the_limit_disconnect_again() {
+    let (mut app, net) = app();
+    let player = client(0, 9, 1);
+    net.events
+        .send(NetEvent::Connected { client: player })
+        .unwrap();
+    let disconnects = |app: &mut App, net: &Loopback, bad: usize| {
+        for _ in 0..bad {
+            net.events
+                .send(NetEvent::Message {
+                    client: player,
+                    channel: channels::CHAT,
+                    payload: vec![0xFF, 0xFF].into(),
+                })
+                .unwrap();
+        }
+        app.update();
+        net.commands
+            .try_iter()
+            .flatten()
+            .filter(|c| matches!(c, NetCommand::Disconnect { client, .. } if *client == player))
+            .count()
+    };
+    assert_eq!(disconnects(&mut app, &net, 9), 0);
+    // The tenth strike's disconnect is lost on its way (drained here).
+    assert_eq!(disconnects(&mut app, &net, 1), 1);
+    assert_eq!(disconnects(&mut app, &net, 1), 1, "the eleventh asks again");
+}

@@ -173,12 +173,16 @@ fn strike(world: &mut World, client: ClientId, entity: Entity) {
     let Some(mut player) = world.get_mut::<Player>(entity) else {
         return;
     };
-    player.strikes += 1;
-    if player.strikes == MAX_STRIKES {
-        tracing::warn!(
-            account = client.account,
-            "too many malformed messages; disconnecting"
-        );
+    player.strikes = player.strikes.saturating_add(1);
+    // Again at every strike past the limit: a disconnect dropped on the
+    // way to net-io (its queue full) must not leave the client in.
+    if player.strikes >= MAX_STRIKES {
+        if player.strikes == MAX_STRIKES {
+            tracing::warn!(
+                account = client.account,
+                "too many malformed messages; disconnecting"
+            );
+        }
         world.resource_mut::<Outbox>().push(NetCommand::Disconnect {
             client,
             reason: DisconnectReason::ProtocolViolation,
