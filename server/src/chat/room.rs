@@ -139,11 +139,27 @@ struct Member {
     offences: u32,
     /// Muted until this tick (exclusive).
     muted_until: u64,
-    /// Mutes so far on this connection.
+    /// Mutes so far (kept across a quick reconnect, see [`Standing`]).
     mutes: u32,
     /// The last sequence number sent to this member.
     last_seq: u64,
     kicked: bool,
+}
+
+/// How long the room remembers a member who left with a mute, offences or
+/// a spent bucket (or until the mute ends, if later): reconnecting must not
+/// wipe them.
+const STANDING_SECS: u64 = 60;
+
+/// A member's standing after it left, until [`Standing::until`].
+#[derive(Debug, Clone)]
+struct Standing {
+    bucket: TokenBucket,
+    offences: u32,
+    muted_until: u64,
+    mutes: u32,
+    left_at: u64,
+    until: u64,
 }
 
 /// The chat state of every member in session.
@@ -152,6 +168,8 @@ pub struct ChatRoom {
     config: ChatConfig,
     tick: u64,
     members: HashMap<u64, Member>,
+    /// Accounts that left with something to answer for (see [`Standing`]).
+    standing: HashMap<u64, Standing>,
     /// Each member's account by display name, for whispers by name (a
     /// scan of the members per whisper would let each player's whispers
     /// cost the tick O(members)). Names are unique (the game derives them
@@ -166,6 +184,7 @@ impl ChatRoom {
             config,
             tick: 0,
             members: HashMap::new(),
+            standing: HashMap::new(),
             by_name: HashMap::new(),
         }
     }
@@ -183,13 +202,20 @@ impl ChatRoom {
     /// Advances time by one tick: refills every bucket.
     pub fn tick(&mut self) {
         self.tick += 1;
-        let per_tick = (self.config.rate_per_sec.max(0.0) * MICRO as f64
-            / f64::from(self.config.tick_hz.max(1)))
-        .round() as u64;
+        let per_tick = self.refill_per_tick();
         let burst = self.config.burst;
         for member in self.members.values_mut() {
             member.bucket.refill(per_tick, burst);
         }
+        let tick = self.tick;
+        if !self.standing.is_empty() {
+            self.standing.retain(|_, s| s.until > tick);
+        }
+    }
+
+    fn refill_per_tick(&self) -> u64 {
+        (self.config.rate_per_sec.max(0.0) * MICRO as f64 / f64::from(self.config.tick_hz.max(1)))
+            .round() as u64
     }
 
     /// A member joins (its session is established); with
@@ -202,18 +228,29 @@ impl ChatRoom {
             self.forget_name(&old, account);
         }
         self.by_name.insert(name.clone(), account);
-        self.members.insert(
-            account,
-            Member {
-                name,
-                bucket: TokenBucket::full(self.config.burst),
-                offences: 0,
-                muted_until: 0,
-                mutes: 0,
-                last_seq: 0,
-                kicked: false,
-            },
-        );
+        let mut member = Member {
+            name,
+            bucket: TokenBucket::full(self.config.burst),
+            offences: 0,
+            muted_until: 0,
+            mutes: 0,
+            last_seq: 0,
+            kicked: false,
+        };
+        // Back soon after leaving: the mute, the offences and the bucket
+        // (refilled for the time away) carry on.
+        if let Some(was) = self.standing.remove(&account) {
+            let away = self.tick.saturating_sub(was.left_at);
+            member.bucket = was.bucket;
+            member.bucket.refill(
+                self.refill_per_tick().saturating_mul(away),
+                self.config.burst,
+            );
+            member.offences = was.offences;
+            member.muted_until = was.muted_until;
+            member.mutes = was.mutes;
+        }
+        self.members.insert(account, member);
         if self.config.announce_sessions {
             self.system(&text, out);
         }
@@ -226,6 +263,24 @@ impl ChatRoom {
             return;
         };
         self.forget_name(&member.name, account);
+        let clean = member.offences == 0
+            && member.mutes == 0
+            && member.muted_until <= self.tick
+            && member.bucket == TokenBucket::full(self.config.burst);
+        if !clean {
+            let memory = STANDING_SECS * u64::from(self.config.tick_hz.max(1));
+            self.standing.insert(
+                account,
+                Standing {
+                    bucket: member.bucket,
+                    offences: member.offences,
+                    muted_until: member.muted_until,
+                    mutes: member.mutes,
+                    left_at: self.tick,
+                    until: member.muted_until.max(self.tick + memory),
+                },
+            );
+        }
         if self.config.announce_sessions {
             self.system(&format!("{} left", member.name), out);
         }
@@ -287,13 +342,8 @@ impl ChatRoom {
             );
             return true;
         }
-        let text = match clean_text(text, config.max_chars) {
-            Ok(text) => text,
-            Err(reason) => {
-                out.push(reject(from, client_ref, reason, &config));
-                return true;
-            }
-        };
+        // Every send costs a token, a refused one too: answering empty or
+        // overlong lines must not be a way around the limit.
         if !member.bucket.try_take() {
             Self::offence(
                 member,
@@ -306,6 +356,13 @@ impl ChatRoom {
             );
             return true;
         }
+        let text = match clean_text(text, config.max_chars) {
+            Ok(text) => text,
+            Err(reason) => {
+                out.push(reject(from, client_ref, reason, &config));
+                return true;
+            }
+        };
         let name = member.name.clone();
         let (kind, mut recipients) = match scope {
             ChatScope::Global => (ChatKind::Global, self.members.keys().copied().collect()),

@@ -331,7 +331,12 @@ fn the_plugin_builds_and_routes_admin_lines_without_members() {
 
 #[test]
 fn every_answer_echoes_the_client_ref_of_its_send_in_every_scope() {
-    let mut room = room_with(&[1, 2, 3], ChatConfig::default());
+    // Room in the bucket for every send below, the refused ones included.
+    let config = ChatConfig {
+        burst: 20,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1, 2, 3], config);
     let position = |a: u64| match a {
         1 => Some(Vec2::ZERO),
         2 => Some(Vec2::new(10.0, 0.0)),
@@ -506,4 +511,89 @@ fn nearby_lines_reach_the_same_members_through_the_spatial_index() {
         reached += recipients(&scanned).len() - 1;
     }
     assert!(reached > 40, "the scatter is too sparse to test: {reached}");
+}
+
+#[test]
+fn a_mute_and_a_spent_bucket_survive_a_reconnect() {
+    let config = ChatConfig {
+        burst: 1,
+        rate_per_sec: 0.0,
+        mute_after_offences: 2,
+        mute_secs: 30,
+        tick_hz: 10,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1, 2], config);
+    let mut out = Vec::new();
+    for client_ref in 0..3 {
+        room.say(1, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+    }
+    assert_eq!(
+        rejections(&out),
+        vec![ChatRejectReason::RateLimited, ChatRejectReason::Muted]
+    );
+    // Leave and come straight back: still muted.
+    let mut out = Vec::new();
+    room.leave(1, &mut out);
+    room.tick();
+    room.join(1, "player-1".into(), &mut out);
+    let mut out = Vec::new();
+    room.say(1, 9, &ChatScope::Global, "clean slate?", nowhere, &mut out);
+    assert_eq!(rejections(&out), vec![ChatRejectReason::Muted]);
+    assert!(lines_for(&out, 2).is_empty());
+
+    // A spent bucket is not refilled by leaving either.
+    let mut room = room_with(
+        &[3],
+        ChatConfig {
+            mute_secs: 1,
+            ..room.config().clone()
+        },
+    );
+    let mut out = Vec::new();
+    room.say(3, 1, &ChatScope::Global, "my one line", nowhere, &mut out);
+    room.leave(3, &mut out);
+    room.join(3, "player-3".into(), &mut out);
+    let mut out = Vec::new();
+    room.say(
+        3,
+        2,
+        &ChatScope::Global,
+        "a fresh burst?",
+        nowhere,
+        &mut out,
+    );
+    assert_eq!(rejections(&out), vec![ChatRejectReason::RateLimited]);
+
+    // A minute later the room has forgotten.
+    room.leave(3, &mut out);
+    for _ in 0..=60 * 10 {
+        room.tick();
+    }
+    room.join(3, "player-3".into(), &mut out);
+    let mut out = Vec::new();
+    room.say(3, 3, &ChatScope::Global, "hello again", nowhere, &mut out);
+    assert!(rejections(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn empty_and_overlong_sends_spend_tokens_too() {
+    let config = ChatConfig {
+        burst: 2,
+        rate_per_sec: 0.0,
+        mute_after_offences: 3,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1], config);
+    let mut out = Vec::new();
+    for client_ref in 0..10 {
+        room.say(1, client_ref, &ChatScope::Global, "", nowhere, &mut out);
+    }
+    let refused = rejections(&out);
+    assert_eq!(&refused[..2], &[ChatRejectReason::Empty; 2]);
+    assert!(
+        refused.contains(&ChatRejectReason::RateLimited),
+        "{refused:?}"
+    );
+    assert!(refused.contains(&ChatRejectReason::Muted), "{refused:?}");
 }
