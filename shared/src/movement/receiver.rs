@@ -282,8 +282,13 @@ fn find(entities: &[(u32, IVec2)], id: u32) -> Option<IVec2> {
 
 /// `base` − removed, moved applied, + added (the lists of `lists`), into
 /// `next` in one pass; false when the lists do not fit the baseline.
+/// A view larger than [`MAX_SNAPSHOT_ENTITIES`] is refused too: each list
+/// is bounded, and without this so would not be the views deltas build up.
 fn build(base: &[(u32, IVec2)], lists: &ApplyScratch, next: &mut Vec<(u32, IVec2)>) -> bool {
     let (removed, moved, added) = (&lists.removed[..], &lists.moved[..], &lists.added[..]);
+    if (base.len() + added.len()).saturating_sub(removed.len()) > MAX_SNAPSHOT_ENTITIES {
+        return false;
+    }
     next.reserve(base.len() + added.len());
     let (mut r, mut m, mut a) = (0, 0, 0);
     for &(id, position) in base {
@@ -363,6 +368,31 @@ mod tests {
                 .collect(),
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn deltas_cannot_grow_a_view_past_the_entity_cap() {
+        let mut rx = SnapshotReceiver::new();
+        let mut scratch = ApplyScratch::default();
+        let crowd: Vec<(u32, i32, i32)> = (1..=MAX_SNAPSHOT_ENTITIES as u32)
+            .map(|id| (id, 0, 0))
+            .collect();
+        rx.apply(&full(1, &crowd), &mut scratch).unwrap();
+        // Each list is within its bound; the view they make is not.
+        let more = Snapshot {
+            tick: 2,
+            baseline_age: 1,
+            you: 1,
+            id_base: MAX_SNAPSHOT_ENTITIES as u32,
+            added: vec![EntityAdded {
+                id_gap: 1,
+                x: 0,
+                y: 0,
+            }],
+            ..Snapshot::default()
+        };
+        assert_eq!(rx.apply(&more, &mut scratch), Err(ApplyError::Malformed));
+        assert_eq!(rx.entities().len(), MAX_SNAPSHOT_ENTITIES);
     }
 
     #[test]
