@@ -210,6 +210,8 @@ pub(crate) struct WorkerStats {
     /// Datagrams the bots' sockets refused (a full send buffer, a send
     /// error): the server never saw them.
     pub(crate) send_drops: u64,
+    /// Messages from the server this bot could not decode.
+    pub(crate) decode_errors: u64,
 }
 
 impl WorkerStats {
@@ -234,6 +236,7 @@ impl WorkerStats {
             no_snapshots: 0,
             send_errors: 0,
             send_drops: 0,
+            decode_errors: 0,
         }
     }
 }
@@ -645,12 +648,12 @@ impl Bot {
         let mut reactions = Vec::new();
         match protocol::message_id(payload) {
             Some(ChatLine::ID) => {
-                if let Ok(line) = protocol::decode::<ChatLine>(payload) {
+                if let Some(line) = decode_counted::<ChatLine>(payload, stats) {
                     self.verifier.on_line(&line);
                 }
             }
             Some(ChatRejected::ID) => {
-                if let Ok(rejected) = protocol::decode::<ChatRejected>(payload) {
+                if let Some(rejected) = decode_counted::<ChatRejected>(payload, stats) {
                     self.verifier.on_rejected(rejected.client_ref);
                     bump(
                         &mut stats.chat_rejected,
@@ -659,37 +662,37 @@ impl Bot {
                 }
             }
             Some(Welcome::ID) => {
-                if let Ok(welcome) = protocol::decode::<Welcome>(payload) {
+                if let Some(welcome) = decode_counted::<Welcome>(payload, stats) {
                     self.tick_hz = welcome.tick_hz.max(1);
                 }
             }
             Some(InventoryReply::ID) => {
-                if let (Ok(reply), Some(inv)) = (
-                    protocol::decode::<InventoryReply>(payload),
+                if let (Some(reply), Some(inv)) = (
+                    decode_counted::<InventoryReply>(payload, stats),
                     self.inventory.as_mut(),
                 ) {
                     inv.on_reply(&reply);
                 }
             }
             Some(InventoryUpdate::ID) => {
-                if let (Ok(update), Some(inv)) = (
-                    protocol::decode::<InventoryUpdate>(payload),
+                if let (Some(update), Some(inv)) = (
+                    decode_counted::<InventoryUpdate>(payload, stats),
                     self.inventory.as_mut(),
                 ) {
                     inv.on_update(&update);
                 }
             }
             Some(TradeUpdate::ID) => {
-                if let (Ok(update), Some(inv)) = (
-                    protocol::decode::<TradeUpdate>(payload),
+                if let (Some(update), Some(inv)) = (
+                    decode_counted::<TradeUpdate>(payload, stats),
                     self.inventory.as_mut(),
                 ) {
                     reactions = inv.on_trade(&update, respond);
                 }
             }
             Some(WorldItems::ID) => {
-                if let (Ok(items), Some(inv)) = (
-                    protocol::decode::<WorldItems>(payload),
+                if let (Some(items), Some(inv)) = (
+                    decode_counted::<WorldItems>(payload, stats),
                     self.inventory.as_mut(),
                 ) {
                     inv.on_world(now, &items);
@@ -1014,6 +1017,18 @@ fn first_request_id() -> u64 {
     u64::try_from(millis).unwrap_or(u64::MAX >> 16) << 16
 }
 
+/// `payload` as a `M`; one this bot cannot decode is counted, not dropped
+/// without a trace (snapshots count theirs in `snapshot_errors`).
+fn decode_counted<M: protocol::NetMessage>(payload: &[u8], stats: &mut WorkerStats) -> Option<M> {
+    match protocol::decode::<M>(payload) {
+        Ok(message) => Some(message),
+        Err(_) => {
+            stats.decode_errors += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -1283,6 +1298,22 @@ mod tests {
             pair.stats.bytes_up, up,
             "refused bytes are not counted sent"
         );
+    }
+
+    #[test]
+    fn messages_the_bot_cannot_decode_are_counted() {
+        let mut pair = Pair::new();
+        pair.connect();
+        let slot = pair.slot.expect("the server saw the bot connect");
+        pair.now += Duration::from_millis(1);
+        // A chat line's id with a cut body.
+        let mut truncated = ChatLine::ID.to_le_bytes().to_vec();
+        truncated.push(0xFF);
+        pair.server
+            .send(pair.now, slot, channels::CHAT, Bytes::from(truncated))
+            .unwrap();
+        pair.deliver();
+        assert_eq!(pair.stats.decode_errors, 1);
     }
 
     #[test]

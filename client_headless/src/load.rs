@@ -223,6 +223,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             crate::verify::MAX_IN_FLIGHT
         ));
     }
+    if stats.decode_errors > 0 {
+        notes.push(format!(
+            "{} messages from the server could not be decoded",
+            stats.decode_errors
+        ));
+    }
     if stats.send_drops > 0 {
         notes.push(format!(
             "{} datagrams refused by the bots' sockets (send buffer full): the server never \
@@ -381,6 +387,7 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     into.no_snapshots += from.no_snapshots;
     into.send_errors += from.send_errors;
     into.send_drops += from.send_drops;
+    into.decode_errors += from.decode_errors;
 }
 
 /// CPU seconds this process used.
