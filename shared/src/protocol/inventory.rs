@@ -18,9 +18,56 @@
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
 //! [`InventoryTracker`] keeps a client's view consistent.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::NetMessage;
+
+/// Reads a list without reserving room for more than `reserve` entries up
+/// front: serde would reserve for whatever length the wire claims (up to
+/// 1 MiB a list) before finding the bytes missing. Longer lists still
+/// decode, growing with the entries really there, so that the receiver
+/// can refuse them with a clear error of its own.
+fn capped_list<'de, D, T>(deserializer: D, reserve: usize) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct List<T> {
+        reserve: usize,
+        entries: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for List<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.reserve));
+            while let Some(entry) = seq.next_element()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_seq(List {
+        reserve,
+        entries: std::marker::PhantomData,
+    })
+}
+
+fn slot_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<ItemStack>>, D::Error> {
+    capped_list(d, MAX_SLOTS)
+}
+
+fn trade_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u16, u32)>, D::Error> {
+    capped_list(d, MAX_TRADE_SLOTS)
+}
+
+fn world_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WorldItem>, D::Error> {
+    capped_list(d, MAX_LISTED_WORLD_ITEMS)
+}
 
 /// Most slots an inventory may have; the server's own size is at most this.
 pub const MAX_SLOTS: usize = 64;
@@ -51,6 +98,7 @@ pub struct InventorySnapshot {
     /// Increases by one with every committed change; never goes back.
     pub version: u64,
     /// One entry per slot.
+    #[serde(deserialize_with = "slot_list")]
     pub slots: Vec<Option<ItemStack>>,
 }
 
@@ -58,6 +106,7 @@ pub struct InventorySnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TradeOffer {
     /// `(slot, count)` pairs, at most [`MAX_TRADE_SLOTS`], slots distinct.
+    #[serde(deserialize_with = "trade_list")]
     pub items: Vec<(u16, u32)>,
 }
 
@@ -269,6 +318,7 @@ pub struct WorldItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorldItems {
     /// The items.
+    #[serde(deserialize_with = "world_list")]
     pub items: Vec<WorldItem>,
 }
 

@@ -1,0 +1,60 @@
+//! Decoding a client's message reserves no more memory than its bytes can
+//! fill, whatever lengths it claims.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use shared::protocol::inventory::{InventoryOp, InventoryRequest};
+use shared::protocol::{self, NetMessage};
+
+/// The system allocator, remembering the largest block asked for.
+struct Largest;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+#[expect(unsafe_code, reason = "a global allocator forwarding to System")]
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Largest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Largest = Largest;
+
+#[test]
+fn a_forged_list_length_reserves_nothing_for_it() {
+    // A trade offer whose item list claims 4,294,967,295 entries and
+    // holds none: id, request 0, Offer, with 0, then the length.
+    let mut payload = InventoryRequest::ID.to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0x00, 0x07, 0x00, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF]);
+    LARGEST.store(0, Ordering::Relaxed);
+    let decoded = protocol::decode::<InventoryRequest>(&payload);
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(decoded.is_err(), "{decoded:?}");
+    assert!(
+        largest < 64 * 1024,
+        "{largest} bytes reserved for a forged length"
+    );
+    // A real list longer than a trade takes still decodes (the server
+    // answers it with a clear error of its own).
+    let offer = InventoryRequest {
+        request_id: 1,
+        op: InventoryOp::Offer {
+            with: 2,
+            offer: shared::protocol::inventory::TradeOffer {
+                items: (0..40).map(|i| (i, 1)).collect(),
+            },
+        },
+    };
+    let bytes = protocol::encode(&offer).unwrap();
+    assert_eq!(protocol::decode::<InventoryRequest>(&bytes).unwrap(), offer);
+}
