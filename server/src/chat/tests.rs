@@ -597,3 +597,29 @@ fn empty_and_overlong_sends_spend_tokens_too() {
     );
     assert!(refused.contains(&ChatRejectReason::Muted), "{refused:?}");
 }
+
+#[test]
+fn a_client_at_exactly_the_advertised_rate_is_never_refused() {
+    let config = ChatConfig {
+        burst: 1,
+        rate_per_sec: 1.0,
+        tick_hz: 30,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1], config);
+    let mut out = Vec::new();
+    for second in 0..100 {
+        room.say(
+            1,
+            second,
+            &ChatScope::Global,
+            "once a second",
+            nowhere,
+            &mut out,
+        );
+        for _ in 0..30 {
+            room.tick();
+        }
+    }
+    assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
+}
