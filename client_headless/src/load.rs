@@ -210,37 +210,34 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             "the server sent no chat line: exactly-once delivery could not be verified".into(),
         );
     }
-    if stats.no_snapshots > 0 {
-        notes.push(format!(
-            "{} sessions sent movement input but never received a snapshot",
-            stats.no_snapshots
-        ));
-    }
-    if stats.chat_skipped > 0 {
-        notes.push(format!(
-            "{} chat slots skipped: {} lines of the bot were still unanswered",
-            stats.chat_skipped,
-            crate::verify::MAX_IN_FLIGHT
-        ));
-    }
-    if stats.decode_errors > 0 {
-        notes.push(format!(
-            "{} messages from the server could not be decoded",
-            stats.decode_errors
-        ));
-    }
-    if stats.send_drops > 0 {
-        notes.push(format!(
-            "{} datagrams refused by the bots' sockets (send buffer full): the server never \
+    let chat_skipped = format!(
+        "chat slots skipped: {} lines of the bot were still unanswered",
+        crate::verify::MAX_IN_FLIGHT
+    );
+    let counted: [(u64, &str); 5] = [
+        (
+            stats.no_snapshots,
+            "sessions sent movement input but never received a snapshot",
+        ),
+        (stats.chat_skipped, &chat_skipped),
+        (
+            stats.decode_errors,
+            "messages from the server could not be decoded",
+        ),
+        (
+            stats.send_drops,
+            "datagrams refused by the bots' sockets (send buffer full): the server never \
              saw them; on shared sockets their bytes are in bytes up",
-            stats.send_drops
-        ));
-    }
-    if stats.send_errors > 0 {
-        notes.push(format!(
-            "{} messages refused by the transport (queue full)",
-            stats.send_errors
-        ));
+        ),
+        (
+            stats.send_errors,
+            "messages refused by the transport (queue full)",
+        ),
+    ];
+    for (count, what) in counted {
+        if count > 0 {
+            notes.push(format!("{count} {what}"));
+        }
     }
     let cpu = process_cpu();
     let cpu_wall_s = start.elapsed().as_secs_f64();
