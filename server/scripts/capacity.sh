@@ -124,7 +124,7 @@ run_point() {
     local ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
     local duration=$((ramp + RUN_SECS))
     local data="$OUT_DIR/data-$tag"
-    local drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1
+    local in0 drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1
     local sin0 sout0 sin1 sout1 server_rss r
     rm -rf "$data"
     mkdir -p "$data"
@@ -141,7 +141,7 @@ run_point() {
         sleep 0.1
     done
 
-    read -r _ _ drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r in0 _ drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$tag"
     t0=$(now_s)
@@ -176,9 +176,15 @@ run_point() {
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
 
-    # A counter missing from the first read was not registered yet (the
-    # metrics page answers while the game is still starting): it was 0; one
-    # missing from the last read is not counted by this server (null).
+    # A counter missing from a first read that did answer was not
+    # registered yet (the metrics page answers while the game is still
+    # starting): it was 0. A first read that did not answer leaves no
+    # baseline (null), as does a counter missing from the last read (this
+    # server does not count it).
+    if [ "$in0" = - ]; then
+        drops0=null
+        wake0=null
+    fi
     [ "$drops0" = - ] && drops0=0
     [ "$wake0" = - ] && wake0=0
     [ "$drops1" = - ] && drops1=null
@@ -197,7 +203,7 @@ run_point() {
             wall = t1 - t0; steady = ts1 - ts0
             printf "{\"requested\": %d, \"wall_s\": %.1f, \"cpu_s\": %.1f, \"cores\": %.4f, ", n, wall, (cpu1 - cpu0) / hz, (cpu1 - cpu0) / hz / wall
             printf "\"net_io_cores\": %.4f, ", (after["net-io"] - before["net-io"]) / hz / wall
-            printf "\"wakeups_per_s\": %s, ", wake1 == "null" ? "null" : sprintf("%.1f", (wake1 - wake0) / wall)
+            printf "\"wakeups_per_s\": %s, ", wake0 == "null" || wake1 == "null" ? "null" : sprintf("%.1f", (wake1 - wake0) / wall)
             u = (su1 - su0) / hz / steady; k = (sk1 - sk0) / hz / steady
             printf "\"steady_cores\": %.4f, \"steady_user\": %.4f, \"steady_kernel\": %.4f, ", u + k, u, k
             # Per requested bot here; per connected bot once the bots report.
@@ -205,7 +211,7 @@ run_point() {
             printf "\"datagrams_in\": %s, \"datagrams_out\": %s, ", \
                 unread ? "null" : sprintf("%.3f", (sin1 - sin0) / steady / n), \
                 unread ? "null" : sprintf("%.3f", (sout1 - sout0) / steady / n)
-            printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops1 == "null" ? "null" : drops1 - drops0, rss
+            printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops0 == "null" || drops1 == "null" ? "null" : drops1 - drops0, rss
         }' "$OUT_DIR/threads0-$tag" "$OUT_DIR/threads1-$tag")
     # The bots' figures from their report (null when there is none).
     jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" '
