@@ -143,9 +143,10 @@ impl<T: Copy> SpatialGrid<T> {
         }
     }
 
-    /// The items of each row of cells that overlap the square of
-    /// half-side `radius` around `center`: one run of `by_cell` a row.
-    fn runs(&self, center: Vec2, radius: f32) -> impl Iterator<Item = &[(Vec2, T)]> {
+    /// The items a [`query`](Self::query) visits, as one slice per row of
+    /// cells that overlap the square of half-side `radius` around
+    /// `center`, for callers that filter a whole run at a time.
+    pub fn runs(&self, center: Vec2, radius: f32) -> impl Iterator<Item = &[(Vec2, T)]> {
         let (x0, y0) = self.cell(center - Vec2::splat(radius));
         let (x1, y1) = self.cell(center + Vec2::splat(radius));
         let rows = if self.cols == 0 { 0..0 } else { y0..y1 + 1 };

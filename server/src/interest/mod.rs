@@ -238,6 +238,9 @@ struct Scratch {
     entities: Vec<(Vec2, Seen)>,
     grid: SpatialGrid<Seen>,
     encode: EncodeScratch,
+    /// A viewer's candidates in the hysteresis band (between `radius` and
+    /// `radius + hysteresis`): kept only if they were visible.
+    band: Vec<Candidate>,
     body: Vec<u8>,
 }
 
@@ -390,6 +393,7 @@ fn replicate(
         entities: seen,
         grid,
         encode,
+        band,
         body,
     } = &mut *scratch;
     seen.clear();
@@ -437,20 +441,33 @@ fn replicate(
             position: quantize(position.0),
             distance_sq: -1.0,
         });
-        grid.query(position.0, reach, |at, seen| {
-            let distance_sq = at.distance_squared(position.0);
-            if distance_sq > leave_sq {
-                return;
-            }
-            let id = seen.id;
-            if id != own.0 && (distance_sq <= enter_sq || viewer.view.was_visible(id)) {
-                candidates.push(Candidate {
-                    id,
+        // Every item is written at the ends of both lists, and kept by
+        // moving an end past it: whether an item is in range is close to
+        // random in the cells the circle's edge crosses, so a branch on it
+        // would often be mispredicted.
+        band.clear();
+        for run in grid.runs(position.0, reach) {
+            let mut near = candidates.len();
+            let mut edge = band.len();
+            candidates.resize(near + run.len(), Candidate::default());
+            band.resize(edge + run.len(), Candidate::default());
+            for (at, seen) in run {
+                let candidate = Candidate {
+                    id: seen.id,
                     position: seen.quantized,
-                    distance_sq,
-                });
+                    distance_sq: at.distance_squared(position.0),
+                };
+                let inside = candidate.distance_sq <= enter_sq;
+                let within_reach = candidate.distance_sq <= leave_sq;
+                candidates[near] = candidate;
+                band[edge] = candidate;
+                near += usize::from(inside & (seen.id != own.0));
+                edge += usize::from(!inside & within_reach);
             }
-        });
+            candidates.truncate(near);
+            band.truncate(edge);
+        }
+        candidates.extend(band.iter().filter(|c| viewer.view.was_visible(c.id)));
         let last_input = mover.map_or(0, |m| m.last_seq);
         let stats = viewer
             .view

@@ -22,7 +22,7 @@ pub const ENTRY_MAX: usize = 15;
 const PREFETCH_FRAMES: usize = 4;
 
 /// An entity in a client's area of interest.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Candidate {
     /// Its net id.
     pub id: u32,
