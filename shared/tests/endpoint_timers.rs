@@ -1,4 +1,4 @@
-//! The server endpoint's timers on virtual time, in memory: a connection's
+//! The endpoints' timers on virtual time, in memory: a connection's
 //! keepalives and idle timeout run from `handle_timeout` alone, whatever
 //! the packets before did to the connection's timers.
 
@@ -37,12 +37,12 @@ struct Pair {
 }
 
 impl Pair {
-    fn connected() -> Self {
+    fn connected(token_timeout_s: i32) -> Self {
         let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
         let server = game_server(server_addr);
         let now = Instant::now();
         let unix = unix_secs();
-        let client = game_client(server_addr, 1, TOKEN_TIMEOUT_S, now, unix);
+        let client = game_client(server_addr, 1, token_timeout_s, now, unix);
         let mut pair = Self {
             server,
             client,
@@ -116,7 +116,7 @@ impl Pair {
 
 #[test]
 fn a_silent_client_gets_keepalives_then_times_out_on_the_servers_timers_alone() {
-    let mut pair = Pair::connected();
+    let mut pair = Pair::connected(TOKEN_TIMEOUT_S);
     let slot = pair.slot.unwrap();
     // Traffic both ways moves the connection's timers (acks, losses, idle).
     for _ in 0..30 {
@@ -160,4 +160,53 @@ fn a_silent_client_gets_keepalives_then_times_out_on_the_servers_timers_alone() 
         sent_while_silent >= 5,
         "{sent_while_silent} keepalives or resends while the client was silent"
     );
+}
+
+#[test]
+fn a_client_whose_server_goes_silent_reports_the_timeout_once_and_then_rests() {
+    // The token's timeout equals the transport's idle timeout (the game's
+    // defaults): both layers time out at the same instant.
+    let idle = channels::transport_config().idle_timeout;
+    let mut pair = Pair::connected(i32::try_from(idle.as_secs()).unwrap());
+    let slot = pair.slot.unwrap();
+    for _ in 0..30 {
+        pair.now += Duration::from_millis(33);
+        pair.server
+            .send(
+                pair.now,
+                slot,
+                channels::SNAPSHOT,
+                Bytes::from_static(&[3; 100]),
+            )
+            .unwrap();
+        pair.server_turn(true);
+        pair.client_turn();
+    }
+    // The server is gone: the client's packets go nowhere, nothing comes.
+    let silent_since = pair.now;
+    let mut reasons = Vec::new();
+    for _ in 0..10_000 {
+        let Some(at) = pair.client.poll_timeout() else {
+            break;
+        };
+        if !reasons.is_empty() && at <= pair.now {
+            panic!(
+                "a timer due at once {:?} after the session ended",
+                pair.now - silent_since
+            );
+        }
+        pair.now = pair.now.max(at);
+        pair.client.handle_timeout(pair.now);
+        while pair.client.poll_transmit(pair.now, &mut pair.buf).is_some() {}
+        while let Some(event) = pair.client.poll_event() {
+            if let ClientEndpointEvent::Disconnected { reason } = event {
+                reasons.push(reason);
+            }
+        }
+        if pair.now - silent_since > idle + Duration::from_secs(5) {
+            break;
+        }
+    }
+    assert_eq!(reasons, [DisconnectReason::Timeout]);
+    assert!(!pair.client.is_connected());
 }

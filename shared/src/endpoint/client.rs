@@ -203,12 +203,25 @@ impl ClientEndpoint {
         }
     }
 
+    /// The transport connection while the secure layer can still carry
+    /// its packets. Once the secure layer's session is over (timed out,
+    /// closed by either side), the connection can send nothing more: its
+    /// timers no longer run and its goodbye is not waited for.
+    fn live_conn(&self) -> Option<&Connection> {
+        self.conn
+            .as_ref()
+            .filter(|_| self.netcode.state() == ClientState::Connected)
+    }
+
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.netcode.handle_timeout(now);
         self.end_from_state();
-        if let Some(conn) = self.conn.as_mut()
-            && conn.poll_timeout().is_some_and(|t| t <= now)
+        if self
+            .live_conn()
+            .and_then(Connection::poll_timeout)
+            .is_some_and(|t| t <= now)
+            && let Some(conn) = self.conn.as_mut()
         {
             conn.handle_timeout(now);
         }
@@ -216,7 +229,7 @@ impl ClientEndpoint {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conn = self.conn.as_ref().and_then(Connection::poll_timeout);
+        let conn = self.live_conn().and_then(Connection::poll_timeout);
         [conn, self.netcode.poll_timeout()]
             .into_iter()
             .flatten()
@@ -243,8 +256,7 @@ impl ClientEndpoint {
         let reason = self.ended?;
         // While our transport is still sending its goodbye, wait for it.
         let conn_done = self
-            .conn
-            .as_ref()
+            .live_conn()
             .is_none_or(|c| c.is_connected() || c.is_closed());
         if self.reported_end || !conn_done {
             return None;
