@@ -253,11 +253,11 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
             };
             server.handle_datagram(now, unix_secs(), *from, &mut sealed[..t.len]);
             peak = peak.max(server.total_receive_buffered());
-            // Drained after every datagram, as the net-io loop does: only
-            // the client whose datagram crossed the cap can be over it, by
-            // at most what one datagram may claim. Drain order as
-            // documented: events, transmits, then events again (the
-            // removal of a peer whose goodbye has left).
+            // Drained after every datagram: only the client whose datagram
+            // crossed the cap can be over it, by at most what one datagram
+            // may claim. Drain order as documented: events, transmits, then
+            // events again (the removal of a peer whose goodbye has left).
+            // (net-io sends only after a read turn: see the next test.)
             for _ in 0..2 {
                 while let Some(event) = server.poll_event() {
                     if let EndpointEvent::Disconnected { reason, .. } = event {
@@ -321,4 +321,78 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
         }
         assert!(violation, "over-claiming was not a protocol violation");
     }
+}
+
+#[test]
+fn only_the_client_crossing_the_total_bound_is_flooding_not_those_after_it() {
+    let server_addr: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
+    let cap: usize = 512 << 10;
+    let mut config = ServerEndpointConfig::new(
+        netcode::ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr]),
+        channels::transport_config(),
+    );
+    config.max_total_receive_buffer = cap;
+    let mut server =
+        ServerEndpoint::new(config, &mut shared::io::system_rng()).expect("an endpoint");
+    let now = Instant::now();
+    let bomber_addr: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+    let honest_addr: SocketAddr = "127.0.0.1:50001".parse().expect("addr");
+    let mut bomber = connect_in_memory(&mut server, server_addr, bomber_addr, 1, now);
+    let mut honest = connect_in_memory(&mut server, server_addr, honest_addr, 2, now);
+    while server.poll_event().is_some() {}
+
+    let mut rng = Rng::new(11);
+    let mut plain = [0u8; 1_200];
+    let mut sealed = vec![0u8; MAX_PACKET_BYTES];
+    let payload = [0xAB; FRAGMENT];
+    // The bomber crosses the bound; within the same read turn (net-io
+    // drains events between datagrams, transmits only after the turn) an
+    // honest client sends a two-fragment message.
+    let mut n = 0u16;
+    while server.stats().flooding_disconnects == 0 {
+        let header = generators::bomb_fragment(&mut rng, u64::from(n));
+        let len = RawClient::craft(&mut plain, n, None, false, &[(header, &payload)]);
+        let t = bomber
+            .send_payload(now, &plain[..len], &mut sealed)
+            .expect("seal");
+        server.handle_datagram(now, unix_secs(), bomber_addr, &mut sealed[..t.len]);
+        while server.poll_event().is_some() {}
+        n += 1;
+        assert!(n < 5_000, "the bomber never crossed the bound");
+    }
+    let mut delivered = Vec::new();
+    for index in 0..2u16 {
+        let header = MessageHeader {
+            channel: channels::CHAT.0,
+            id: Some(0),
+            fragment: Some(FragmentInfo { index, count: 2 }),
+        };
+        let len = RawClient::craft(&mut plain, index, None, true, &[(header, &payload)]);
+        let t = honest
+            .send_payload(now, &plain[..len], &mut sealed)
+            .expect("seal");
+        server.handle_datagram(now, unix_secs(), honest_addr, &mut sealed[..t.len]);
+        while let Some(event) = server.poll_event() {
+            if let EndpointEvent::Message { payload, .. } = event {
+                delivered.push(payload.len());
+            }
+        }
+    }
+    // The turn ends: transmits, then events.
+    let mut reasons = Vec::new();
+    let mut out = vec![0u8; MAX_PACKET_BYTES];
+    for _ in 0..3 {
+        while server.poll_transmit(now, &mut out).is_some() {}
+        while let Some(event) = server.poll_event() {
+            if let EndpointEvent::Disconnected {
+                client_id, reason, ..
+            } = event
+            {
+                reasons.push((client_id, reason));
+            }
+        }
+    }
+    assert_eq!(reasons, [(1, DisconnectReason::Flooding)]);
+    assert_eq!(delivered, [2 * FRAGMENT], "the honest message");
+    assert!(server.netcode().client_at(honest_addr).is_some());
 }

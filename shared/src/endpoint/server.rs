@@ -263,6 +263,14 @@ fn arm(timers: &mut BinaryHeap<Reverse<(Stamp, usize)>>, peer: &mut Peer, index:
     }
 }
 
+/// Brings `peer`'s share of the endpoint's receive memory, and `total`, up
+/// to what its connection holds now.
+fn recount(total: &mut usize, peer: &mut Peer) {
+    let buffered = peer.conn.receive_buffered_bytes();
+    *total = *total + buffered - peer.buffered;
+    peer.buffered = buffered;
+}
+
 impl ServerEndpoint {
     /// Builds the endpoint; `rng` seeds the secure layer's keys.
     pub fn new(
@@ -529,12 +537,15 @@ impl ServerEndpoint {
                 };
                 let now = self.clock.stamp(now);
                 peer.conn.datagram_at(now, data, &mut arrivals);
-                let buffered = peer.conn.receive_buffered_bytes();
-                self.total_buffered = self.total_buffered + buffered - peer.buffered;
-                peer.buffered = buffered;
-                if self.total_buffered > self.max_total_buffered {
+                let before = peer.buffered;
+                recount(&mut self.total_buffered, peer);
+                // Only a datagram that grew its sender's share can have
+                // pushed the total over; closing frees that share at once,
+                // so the clients after it in this read turn are not blamed.
+                if self.total_buffered > self.max_total_buffered && peer.buffered > before {
                     self.stats.flooding_disconnects += 1;
                     peer.conn.close_gracefully(now, DisconnectReason::Flooding);
+                    recount(&mut self.total_buffered, peer);
                 }
                 self.touch(index);
             }
@@ -637,6 +648,9 @@ impl ServerEndpoint {
             peer.armed = None;
             if peer.conn.next_timeout().is_some_and(|t| t <= now) {
                 peer.conn.timeout_at(now);
+                // Expired reassemblies, or a connection that ended, free
+                // receive memory.
+                recount(&mut self.total_buffered, peer);
                 self.touch(index);
             } else {
                 // Armed early (see `arm`): only the timer moves.

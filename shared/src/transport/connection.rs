@@ -587,6 +587,7 @@ impl Connection {
             remaining: self.config.disconnect_packets.max(1),
             reason,
         };
+        self.discard_received();
         self.inbox.entries.push_back(InboxEntry::Disconnected {
             reason,
             by_peer: false,
@@ -696,6 +697,24 @@ impl Connection {
             .push_back(InboxEntry::Disconnected { reason, by_peer });
         self.state = State::Closed;
         self.timers = TimerTable::default();
+        self.discard_received();
+    }
+
+    /// Frees what a connection that receives nothing more still held for
+    /// later delivery (reassemblies, out-of-order messages): it would
+    /// never be delivered, and an endpoint's total bound counts it.
+    fn discard_received(&mut self) {
+        if self.memory.used == 0 {
+            return;
+        }
+        let window = self.config.reliable_window;
+        self.recv = self
+            .config
+            .channels
+            .iter()
+            .map(|c| RecvChannel::new(c.kind, window))
+            .collect();
+        self.memory.used = 0;
     }
 
     /// Fails the connection locally: tells the peer why (best effort) and ends.
