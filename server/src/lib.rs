@@ -138,7 +138,7 @@ pub enum StartupError {
     Inventory(#[from] inventory::InventoryStartError),
     /// The connection layer rejected its configuration.
     #[error("invalid network configuration: {0}")]
-    NetConfig(#[from] shared::netcode::ConfigError),
+    NetConfig(#[from] shared::endpoint::EndpointConfigError),
 }
 
 /// The connect-token key the server uses: its key file in production, the

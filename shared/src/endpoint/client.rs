@@ -182,7 +182,9 @@ impl ClientEndpoint {
     ) {
         match self.netcode.handle_datagram(now, from, buf) {
             Some(ClientEvent::Connected { .. }) => {
-                match Connection::new(Arc::clone(&self.transport), now) {
+                let conn = super::check_transport(&self.transport)
+                    .and_then(|()| Ok(Connection::new(Arc::clone(&self.transport), now)?));
+                match conn {
                     Ok(conn) => self.conn = Some(conn),
                     Err(error) => {
                         tracing::error!(%error, "invalid transport configuration");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::EndpointConfigError;
 use crate::netcode::{self, AddressLookup, ClientIndex, Located, ServerEvent, Transmit};
 use crate::prefetch::prefetch;
 use crate::transport::clock::{SharedClock, Stamp};
@@ -273,10 +274,15 @@ fn recount(total: &mut usize, peer: &mut Peer) {
 
 impl ServerEndpoint {
     /// Builds the endpoint; `rng` seeds the secure layer's keys.
+    ///
+    /// # Errors
+    /// A configuration of either layer that cannot work (see
+    /// [`check_transport`](super::check_transport)).
     pub fn new(
         config: ServerEndpointConfig,
         rng: &mut impl rand_core::CryptoRng,
-    ) -> Result<Self, netcode::ConfigError> {
+    ) -> Result<Self, EndpointConfigError> {
+        super::check_transport(&config.transport)?;
         let max_clients = config.netcode.max_clients;
         let netcode = netcode::Server::new(config.netcode, rng)?;
         Ok(Self {

@@ -14,6 +14,10 @@ use super::wire;
 /// Most channels a connection can have (channel ids are 6 bits on the wire).
 pub const MAX_CHANNELS: usize = 64;
 
+/// Most concurrent incomplete unreliable messages a channel may keep
+/// ([`TransportConfig::max_unreliable_reassemblies`]).
+pub const MAX_UNRELIABLE_REASSEMBLIES: usize = 64;
+
 /// Index of a channel in [`TransportConfig::channels`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(pub u8);
@@ -108,8 +112,8 @@ pub struct TransportConfig {
     pub unreliable_ttl: Duration,
     /// Incomplete unreliable fragmented messages are dropped after this long.
     pub unreliable_fragment_timeout: Duration,
-    /// Concurrent incomplete unreliable fragmented messages per channel; a
-    /// newer one evicts the oldest.
+    /// Concurrent incomplete unreliable fragmented messages per channel
+    /// (1..=[`MAX_UNRELIABLE_REASSEMBLIES`]); a newer one evicts the oldest.
     pub max_unreliable_reassemblies: usize,
     /// Retransmission timeout before the first RTT sample.
     pub initial_rto: Duration,
@@ -209,6 +213,11 @@ pub enum ConfigError {
     /// `min_send_rate <= initial_send_rate <= max_send_rate` does not hold.
     #[error("send rates must satisfy 0 < min <= initial <= max")]
     SendRates,
+    /// `max_unreliable_reassemblies` outside 1..=[`MAX_UNRELIABLE_REASSEMBLIES`].
+    #[error(
+        "max_unreliable_reassemblies must be within 1..={MAX_UNRELIABLE_REASSEMBLIES}, got {0}"
+    )]
+    UnreliableReassemblies(usize),
     /// `max_ack_delay` over one second.
     #[error("max_ack_delay must be at most 1 s, got {0:?}")]
     MaxAckDelay(Duration),
@@ -270,6 +279,11 @@ impl TransportConfig {
         {
             return Err(ConfigError::Rto);
         }
+        if !(1..=MAX_UNRELIABLE_REASSEMBLIES).contains(&self.max_unreliable_reassemblies) {
+            return Err(ConfigError::UnreliableReassemblies(
+                self.max_unreliable_reassemblies,
+            ));
+        }
         if self.max_ack_delay > Duration::from_secs(1) {
             return Err(ConfigError::MaxAckDelay(self.max_ack_delay));
         }
@@ -314,6 +328,20 @@ mod tests {
             config.validate(),
             Err(ConfigError::MaxAckDelay(Duration::from_secs(2)))
         );
+    }
+
+    #[test]
+    fn unreliable_reassemblies_need_at_least_one_slot() {
+        for n in [0, MAX_UNRELIABLE_REASSEMBLIES + 1] {
+            let config = TransportConfig {
+                max_unreliable_reassemblies: n,
+                ..TransportConfig::default()
+            };
+            assert_eq!(
+                config.validate(),
+                Err(ConfigError::UnreliableReassemblies(n))
+            );
+        }
     }
 
     #[test]

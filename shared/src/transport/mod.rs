@@ -17,7 +17,8 @@ mod slots;
 pub mod wire;
 
 pub use config::{
-    ChannelConfig, ChannelId, ChannelKind, ConfigError, MAX_CHANNELS, TransportConfig,
+    ChannelConfig, ChannelId, ChannelKind, ConfigError, MAX_CHANNELS, MAX_UNRELIABLE_REASSEMBLIES,
+    TransportConfig,
 };
 pub use connection::{Connection, ConnectionStats, DisconnectReason, Event, SendError};
 pub use recv::Deliver;
