@@ -11,9 +11,10 @@ use super::wire::{FragmentInfo, MessageView};
 
 /// Unreliable reassembly buffers (at most `max_unreliable_reassemblies`
 /// per channel) above this capacity are released after use instead of kept
-/// for reuse. Reliable slots never keep buffers: a window has up to 16,384
-/// of them, and memory that is not charged must not pile up there.
-const KEEP_CAPACITY: usize = 64 * 1024;
+/// for reuse: kept buffers are not charged to the receive memory, so a
+/// connection keeps at most this much per reassembly slot outside it.
+/// Reliable slots never keep buffers: a window has up to 16,384 of them.
+const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// Receive-side memory of one connection: out-of-order messages and
 /// reassembly buffers, charged against `max_receive_buffer`.
@@ -275,10 +276,12 @@ impl UnreliableRecv {
             return;
         }
         let Some(fragment) = view.header.fragment else {
-            if self.sequenced {
-                self.newest = view.header.id;
-            }
             out.deliver(ChannelId(channel), view.payload);
+            if self.sequenced
+                && let Some(id) = view.header.id
+            {
+                self.advance(id, memory);
+            }
             return;
         };
         let Some(id) = view.header.id else {
@@ -291,27 +294,29 @@ impl UnreliableRecv {
         {
             Some(i) => i,
             None => {
-                let bytes = usize::from(fragment.count) * limits.fragment_size;
-                if memory.used + bytes > memory.cap {
-                    self.stale += 1;
-                    return;
-                }
+                // A free slot, a new one, or else the oldest's, whose
+                // memory the new message may then use.
                 let i = match self.reassemblies.iter().position(|r| !r.active) {
                     Some(i) => i,
                     None if self.reassemblies.len() < limits.max_unreliable_reassemblies => {
                         self.reassemblies.push(Reassembly::default());
                         self.reassemblies.len() - 1
                     }
-                    None => {
-                        let oldest = (0..self.reassemblies.len())
-                            .min_by_key(|&i| self.reassemblies[i].started)
-                            .unwrap_or(0);
-                        memory.used -= self.reassemblies[oldest].finish(KEEP_CAPACITY);
-                        oldest
-                    }
+                    None => (0..self.reassemblies.len())
+                        .min_by_key(|&i| self.reassemblies[i].started)
+                        .unwrap_or(0),
                 };
-                memory.used +=
-                    self.reassemblies[i].begin(id, fragment.count, limits.fragment_size, now);
+                let Some(evicted) = self.reassemblies.get_mut(i) else {
+                    return;
+                };
+                let freed = if evicted.active { evicted.buf.len() } else { 0 };
+                let bytes = usize::from(fragment.count) * limits.fragment_size;
+                if memory.used - freed + bytes > memory.cap {
+                    self.stale += 1;
+                    return;
+                }
+                memory.used -= evicted.finish(KEEP_CAPACITY);
+                memory.used += evicted.begin(id, fragment.count, limits.fragment_size, now);
                 i
             }
         };
@@ -323,14 +328,26 @@ impl UnreliableRecv {
         if r.insert(fragment, view.payload, limits.fragment_size) {
             let len = r.len;
             if !stale {
-                if self.sequenced {
-                    self.newest = Some(id);
-                }
                 out.deliver(ChannelId(channel), &r.buf[..len]);
             } else {
                 self.stale += 1;
             }
             memory.used -= r.finish(KEEP_CAPACITY);
+            if !stale && self.sequenced {
+                self.advance(id, memory);
+            }
+        }
+    }
+
+    /// A sequenced channel delivered `id`: the reassemblies of older
+    /// messages can never be delivered, and free their memory.
+    fn advance(&mut self, id: u16, memory: &mut RecvMemory) {
+        self.newest = Some(id);
+        for r in &mut self.reassemblies {
+            if r.active && !seq_newer(r.id, id) {
+                memory.used -= r.finish(KEEP_CAPACITY);
+                self.stale += 1;
+            }
         }
     }
 }
@@ -642,5 +659,95 @@ mod tests {
             assert_eq!(sink.0, [whole.clone(), whole], "{kind:?}");
             assert_eq!(memory.used, 0, "{kind:?}");
         }
+    }
+
+    fn reassemblies(channel: &RecvChannel) -> &[Reassembly] {
+        match channel {
+            RecvChannel::Unreliable(c) => &c.reassemblies,
+            RecvChannel::Reliable(_) => panic!("an unreliable channel expected"),
+        }
+    }
+
+    /// The memory cap is full of the oldest reassemblies: a new message
+    /// evicts the oldest (as `max_unreliable_reassemblies` says) instead
+    /// of being refused until they time out.
+    #[test]
+    fn a_new_unreliable_message_evicts_the_oldest_even_when_memory_is_full() {
+        let mut channel = RecvChannel::new(ChannelKind::Unreliable, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: 1 << 20,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [5u8; 1024];
+        for id in 0..4u16 {
+            let first = message(id, Some((0, 256)), &part);
+            channel.receive(0, &first, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+        }
+        assert_eq!(memory.used, 1 << 20);
+        for index in 0..256u16 {
+            let view = message(4, Some((index, 256)), &part);
+            channel.receive(0, &view, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+        }
+        assert_eq!(sink.0.len(), 1, "the newest message was refused");
+        assert_eq!(sink.0[0].len(), 256 * 1024);
+        assert_eq!(memory.used, 3 << 18, "three old reassemblies left");
+    }
+
+    /// On a sequenced channel a reassembly older than the newest message
+    /// delivered can never be delivered: it frees its memory at once.
+    #[test]
+    fn sequenced_reassemblies_behind_the_newest_message_are_dropped() {
+        let mut channel = RecvChannel::new(ChannelKind::UnreliableSequenced, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: usize::MAX,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [6u8; 1024];
+        for id in [1, 2] {
+            let first = message(id, Some((0, 4)), &part);
+            channel.receive(0, &first, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+        }
+        channel.receive(
+            0,
+            &message(3, None, b"newer"),
+            Stamp::ZERO,
+            &LIMITS,
+            &mut memory,
+            &mut sink,
+        );
+        assert_eq!(sink.0, [b"newer".to_vec()]);
+        assert_eq!(memory.used, 0);
+        assert!(reassemblies(&channel).iter().all(|r| !r.active));
+    }
+
+    /// Buffers kept for reuse are not charged to the connection's memory,
+    /// so they stay small: an attacker's many-fragment first fragments
+    /// must not leave large buffers behind.
+    #[test]
+    fn unreliable_buffers_kept_for_reuse_stay_small() {
+        let mut channel = RecvChannel::new(ChannelKind::Unreliable, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: usize::MAX,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [7u8; 1024];
+        for id in 0..4u16 {
+            let first = message(id, Some((0, 64)), &part);
+            channel.receive(0, &first, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+        }
+        channel.expire(
+            Stamp::ZERO + Duration::from_secs(10),
+            Duration::from_secs(1),
+            &mut memory,
+        );
+        assert_eq!(memory.used, 0);
+        let kept: usize = reassemblies(&channel)
+            .iter()
+            .map(|r| r.buf.capacity() + 8 * r.have.capacity())
+            .sum();
+        assert!(kept <= 4 * (4 * 1024 + 64), "{kept} bytes kept, uncharged");
     }
 }
