@@ -860,3 +860,83 @@ fn a_path_that_gets_longer_is_the_new_base_not_endless_queueing() {
         "the send rate stayed at the floor, {rate} B/s"
     );
 }
+
+#[test]
+fn a_packet_refused_for_memory_delivers_no_unreliable_message_a_duplicate_could_repeat() {
+    use shared::transport::wire::{
+        FragmentInfo, MessageHeader, PacketHeader, PacketKind, PacketWriter,
+    };
+    let config = TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered),
+            ChannelConfig::new(ChannelKind::Unreliable),
+        ],
+        max_message_size: 4096,
+        max_receive_buffer: 4096,
+        ..TransportConfig::default()
+    };
+    let now = Instant::now();
+    let mut conn = Connection::new(config, now).unwrap();
+    let packet = |sequence: u16, messages: &[(MessageHeader, &[u8])]| {
+        let mut buf = vec![0u8; 1200];
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting: true,
+            sequence,
+            ack: None,
+        };
+        let mut writer = PacketWriter::new(&mut buf, &header).unwrap();
+        for (h, payload) in messages {
+            assert!(writer.write_message(h, payload));
+        }
+        let len = writer.len();
+        buf.truncate(len);
+        buf
+    };
+    let reliable = |id: u16, fragment: Option<FragmentInfo>| MessageHeader {
+        channel: 0,
+        id: Some(id),
+        fragment,
+    };
+    // Message 1 (four fragments, 4 KiB) waits for message 0 and fills the
+    // buffer: its first fragment charges all of it.
+    let first = packet(
+        0,
+        &[(
+            reliable(1, Some(FragmentInfo { index: 0, count: 4 })),
+            &[1; 1024][..],
+        )],
+    );
+    conn.handle_datagram(now, &first);
+    // Over budget: message 2 needs memory; the unreliable "x" does not.
+    let over = packet(
+        1,
+        &[
+            (reliable(2, None), &[2; 200][..]),
+            (
+                MessageHeader {
+                    channel: 1,
+                    id: None,
+                    fragment: None,
+                },
+                b"x",
+            ),
+        ],
+    );
+    conn.handle_datagram(now, &over);
+    conn.handle_datagram(now, &over);
+    let mut unreliable = 0;
+    while let Some(event) = conn.poll_event() {
+        if let shared::transport::Event::Message { channel, .. } = event {
+            unreliable += usize::from(channel == ChannelId(1));
+        }
+    }
+    assert!(
+        conn.stats().receive_buffer_drops >= 1,
+        "the buffer was full"
+    );
+    assert!(
+        unreliable <= 1,
+        "one unreliable message delivered {unreliable} times"
+    );
+}

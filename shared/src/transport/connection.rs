@@ -803,11 +803,13 @@ impl Connection {
             }
         }
         // Over budget, the packet is not acknowledged (the peer sends its
-        // messages again), but its acks count, and so do the messages that
-        // need no memory: the one an ordered channel waits for is among
-        // them, and delivering it frees the buffer. Without them a resend
-        // packed with messages that do need memory would be refused for
-        // ever.
+        // messages again), but its acks count, and so do the reliable
+        // messages that need no memory: the one an ordered channel waits
+        // for is among them, and delivering it frees the buffer. Without
+        // them a resend packed with messages that do need memory would be
+        // refused for ever. Its unreliable messages are dropped: the
+        // packet is not recorded, so a duplicate of it would deliver them
+        // again, and reliable ids are what filter duplicates.
         let over_budget = self.memory.used + needed > self.memory.cap;
         if over_budget {
             self.stats.receive_buffer_drops += 1;
@@ -827,7 +829,8 @@ impl Connection {
         for view in MessageIter::new(body).flatten() {
             let channel = usize::from(view.header.channel);
             if let Some(recv) = self.recv.get_mut(channel) {
-                if over_budget && recv.check(&view, &self.limits) != Ok(0) {
+                if over_budget && (!recv.is_reliable() || recv.check(&view, &self.limits) != Ok(0))
+                {
                     continue;
                 }
                 recv.receive(

@@ -210,6 +210,12 @@ impl RecvChannel {
         }
     }
 
+    /// Whether the channel delivers every message (and so recognises
+    /// duplicates by id).
+    pub(crate) fn is_reliable(&self) -> bool {
+        matches!(self, Self::Reliable(_))
+    }
+
     /// Drops unreliable reassemblies older than the timeout.
     pub(crate) fn expire(&mut self, now: Stamp, timeout: Duration, memory: &mut RecvMemory) {
         if let Self::Unreliable(c) = self {
