@@ -292,6 +292,14 @@ pub enum ConfigError {
         /// What is wrong (see [`MovementConfig::check`]).
         message: String,
     },
+    /// A `[chat]` value cannot run a chat.
+    #[error("[chat] in {origin}: {message}")]
+    Chat {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong (see [`ChatConfig::check`]).
+        message: String,
+    },
     /// An `[inventory]` value cannot run a game.
     #[error("[inventory] in {origin}: {message}")]
     Inventory {
@@ -445,6 +453,11 @@ impl ServerConfig {
                 origin: origin.to_owned(),
                 message,
             })?;
+        let chat = file.chat.clone().unwrap_or_default();
+        chat.check().map_err(|message| ConfigError::Chat {
+            origin: origin.to_owned(),
+            message,
+        })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
             let ip = if bind.ip().is_unspecified() {
@@ -474,7 +487,7 @@ impl ServerConfig {
             net_io_nice,
             movement,
             interest: file.interest.clone().unwrap_or_default(),
-            chat: file.chat.clone().unwrap_or_default(),
+            chat,
             inventory,
         })
     }
@@ -721,6 +734,30 @@ mod tests {
             "net_io_nice = 20 in bad.toml is out of range: 0 to 19"
         );
         assert!(FileConfig::parse("net_io_nice = -1", "bad.toml").is_err());
+    }
+
+    #[test]
+    fn chat_values_that_cannot_run_a_chat_are_errors() {
+        for (chat, message) in [
+            ("burst = 0", "burst must be 1 to 10000, got 0"),
+            ("rate_per_sec = inf", "rate_per_sec must be above 0"),
+            ("rate_per_sec = nan", "rate_per_sec must be above 0"),
+            ("rate_per_sec = -1.0", "rate_per_sec must be above 0"),
+            ("rate_per_sec = 0.0", "rate_per_sec must be above 0"),
+            ("max_chars = 0", "max_chars must be 1 to 4096"),
+            (
+                "mute_after_offences = 0",
+                "mute_after_offences must be at least 1",
+            ),
+        ] {
+            let file = FileConfig::parse(&format!("[chat]\n{chat}\n"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with("[chat] in bad.toml: "), "{text}");
+            assert!(text.contains(message), "{chat}: {text}");
+        }
+        let file = FileConfig::parse("[chat]\nburst = 3\nrate_per_sec = 0.5\n", "ok.toml").unwrap();
+        assert!(ServerConfig::resolve(&RunArgs::default(), &file, "ok.toml").is_ok());
     }
 
     #[test]

@@ -101,6 +101,50 @@ impl Default for ChatConfig {
     }
 }
 
+impl ChatConfig {
+    /// Longest `max_chars` accepted: a line is fanned out to everyone in
+    /// range.
+    pub const MAX_CHARS: usize = 4_096;
+    /// Largest `burst` accepted.
+    pub const MAX_BURST: u32 = 10_000;
+    /// Highest `rate_per_sec` accepted.
+    pub const MAX_RATE_PER_SEC: f64 = 1_000.0;
+
+    /// Checks values the file may set; the message says what is wrong.
+    ///
+    /// # Errors
+    /// A value that cannot run a chat (a zero burst refuses every line
+    /// and then mutes and kicks the sender; an infinite rate overflows the
+    /// token bucket).
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=Self::MAX_CHARS).contains(&self.max_chars) {
+            return Err(format!(
+                "max_chars must be 1 to {}, got {}",
+                Self::MAX_CHARS,
+                self.max_chars
+            ));
+        }
+        if !(1..=Self::MAX_BURST).contains(&self.burst) {
+            return Err(format!(
+                "burst must be 1 to {}, got {}",
+                Self::MAX_BURST,
+                self.burst
+            ));
+        }
+        if !(self.rate_per_sec > 0.0 && self.rate_per_sec <= Self::MAX_RATE_PER_SEC) {
+            return Err(format!(
+                "rate_per_sec must be above 0 and at most {}, got {}",
+                Self::MAX_RATE_PER_SEC,
+                self.rate_per_sec
+            ));
+        }
+        if self.mute_after_offences == 0 {
+            return Err("mute_after_offences must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// The chat systems (`FixedUpdate`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChatSystems {

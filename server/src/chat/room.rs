@@ -118,7 +118,10 @@ impl TokenBucket {
     }
 
     fn refill(&mut self, micro_per_tick: u64, burst: u32) {
-        self.micro_tokens = (self.micro_tokens + micro_per_tick).min(u64::from(burst) * MICRO);
+        self.micro_tokens = self
+            .micro_tokens
+            .saturating_add(micro_per_tick)
+            .min(u64::from(burst) * MICRO);
     }
 
     fn try_take(&mut self) -> bool {
