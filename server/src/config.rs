@@ -716,8 +716,14 @@ mod tests {
             ("world_max = [inf, 10.0]", "must be below world_max"),
             (
                 "max_inputs_per_tick = 0",
-                "max_inputs_per_tick must be at least 1",
+                "max_inputs_per_tick must be at least burst_ticks + input_buffer (7)",
             ),
+            (
+                "max_inputs_per_tick = 6",
+                "max_inputs_per_tick must be at least burst_ticks + input_buffer (7), got 6",
+            ),
+            ("burst_ticks = 0", "burst_ticks must be 1 to 64, got 0"),
+            ("burst_ticks = 4294967295", "burst_ticks must be 1 to 64"),
             ("spawn_spacing = -1.0", "spawn_spacing must be zero or more"),
         ] {
             let file = FileConfig::parse(&format!("[movement]\n{movement}\n"), "bad.toml").unwrap();

@@ -222,6 +222,36 @@ fn bunched_inputs_of_an_honest_client_are_late_but_never_lost() {
 }
 
 #[test]
+fn a_stall_answered_by_a_burst_the_credit_and_buffer_can_take_is_no_flood() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let player = spawn(&mut app, Vec2::ZERO);
+    let east = Vec2::new(config.max_speed, 0.0);
+    let mut seq = 0;
+    for _ in 0..10 {
+        seq += 1;
+        send(&mut app, player, seq, east);
+        app.update();
+    }
+    // 200 ms without input, then all of it in one tick: six inputs, which
+    // the banked credit (3) and the buffer (4) take.
+    for _ in 0..5 {
+        app.update();
+    }
+    let burst = 6;
+    assert!(burst <= config.burst_ticks + config.input_buffer);
+    for _ in 0..burst {
+        seq += 1;
+        send(&mut app, player, seq, east);
+    }
+    for _ in 0..8 {
+        app.update();
+    }
+    assert_eq!(violations(&app, player), MovementViolations::default());
+    assert_eq!(app.world().get::<Mover>(player).unwrap().last_seq, seq);
+}
+
+#[test]
 fn nan_and_infinite_velocities_do_not_move_and_are_counted() {
     let mut app = app();
     let player = spawn(&mut app, Vec2::new(5.0, 5.0));

@@ -65,12 +65,14 @@ pub struct MovementConfig {
     pub world_min: Vec2,
     /// Highest world corner, metres. Default (1000, 1000).
     pub world_max: Vec2,
-    /// Inputs applied per player per tick; more are dropped and counted as
-    /// `flood`. Default 4.
+    /// Inputs accepted per player per tick; more are dropped and counted
+    /// as `flood`. Default 8; at least `burst_ticks + input_buffer`, what
+    /// credit and buffer can take in one tick, so that an honest client's
+    /// inputs bunched after a stall are late, not a flood.
     pub max_inputs_per_tick: u32,
-    /// Movement credit a player can bank, in ticks (at least 1). Default 3;
-    /// keep it at most `tick_hz / 10 + 1` for the 1.1 × max-speed bound
-    /// over one second.
+    /// Movement credit a player can bank, in ticks (1 to
+    /// [`MAX_BURST_TICKS`]). Default 3; keep it at most `tick_hz / 10 + 1`
+    /// for the 1.1 × max-speed bound over one second.
     pub burst_ticks: u32,
     /// Inputs a player may have waiting for credit (arrived bunched);
     /// more are dropped and counted as `rate`. Default 4; at most
@@ -94,7 +96,7 @@ impl Default for MovementConfig {
             max_speed: rules.max_speed,
             world_min: rules.world_min,
             world_max: rules.world_max,
-            max_inputs_per_tick: 4,
+            max_inputs_per_tick: 8,
             burst_ticks: 3,
             input_buffer: 4,
             speed_tolerance: 0.01,
@@ -126,8 +128,19 @@ impl MovementConfig {
                 self.world_min, self.world_max
             ));
         }
-        if self.max_inputs_per_tick == 0 {
-            return Err("max_inputs_per_tick must be at least 1".to_owned());
+        if !(1..=MAX_BURST_TICKS).contains(&self.burst_ticks) {
+            return Err(format!(
+                "burst_ticks must be 1 to {MAX_BURST_TICKS}, got {}",
+                self.burst_ticks
+            ));
+        }
+        let can_take = self.burst_ticks + self.input_buffer.min(MAX_INPUT_BUFFER);
+        if self.max_inputs_per_tick < can_take {
+            return Err(format!(
+                "max_inputs_per_tick must be at least burst_ticks + input_buffer ({can_take}), \
+                 got {}: an honest client's inputs bunched after a stall would be a flood",
+                self.max_inputs_per_tick
+            ));
         }
         for (name, value) in [
             ("speed_tolerance", self.speed_tolerance),
@@ -163,6 +176,9 @@ impl MovementConfig {
 
 /// The largest [`MovementConfig::input_buffer`] honoured.
 pub const MAX_INPUT_BUFFER: u32 = 64;
+
+/// The largest [`MovementConfig::burst_ticks`] accepted.
+pub const MAX_BURST_TICKS: u32 = 64;
 
 /// A player's movement state on the server.
 #[derive(Component, Debug, Clone, PartialEq)]
