@@ -11,7 +11,9 @@
 //!    condition is true from then on.
 //! 3. The server keeps ticking for `grace_ticks` ticks (counting the first)
 //!    so that goodbyes are flushed, then [`ShutdownSystems::Exit`] (in `Last`)
-//!    writes `AppExit::Success` and the process exits with code 0.
+//!    writes `AppExit::Success` and the process exits with code 0; after a
+//!    [`ShutdownReason::Failure`], `AppExit::error()` (code 1), so that a
+//!    supervisor sees the fault.
 //!
 //! A second SIGINT or SIGTERM while shutting down exits at once with code
 //! 128 + signal number. If the graceful path hangs, the tick runner gives up
@@ -79,6 +81,9 @@ pub enum ShutdownReason {
     External,
     /// A plugin's own reason.
     Other(String),
+    /// A fault the server cannot serve on (its network thread stopped):
+    /// the process exits with code 1.
+    Failure(String),
 }
 
 impl std::fmt::Display for ShutdownReason {
@@ -88,6 +93,7 @@ impl std::fmt::Display for ShutdownReason {
             Self::Console => f.write_str("console"),
             Self::External => f.write_str("external request"),
             Self::Other(reason) => f.write_str(reason),
+            Self::Failure(fault) => write!(f, "failure: {fault}"),
         }
     }
 }
@@ -121,6 +127,8 @@ pub enum ShutdownState {
     Draining {
         /// Ticks still to run, this one included.
         ticks_left: u32,
+        /// Started by a [`ShutdownReason::Failure`]: the exit is an error.
+        failed: bool,
     },
 }
 
@@ -191,6 +199,7 @@ fn detect_shutdown(
     info!(%reason, grace_ticks = grace.0, "shutdown started");
     *state = ShutdownState::Draining {
         ticks_left: grace.0,
+        failed: matches!(reason, ShutdownReason::Failure(_)),
     };
     started.write(ShutdownStarted {
         reason,
@@ -199,12 +208,16 @@ fn detect_shutdown(
 }
 
 fn count_down_and_exit(mut state: ResMut<ShutdownState>, mut exit: MessageWriter<AppExit>) {
-    if let ShutdownState::Draining { ticks_left } = *state {
+    if let ShutdownState::Draining { ticks_left, failed } = *state {
         let ticks_left = ticks_left.saturating_sub(1);
-        *state = ShutdownState::Draining { ticks_left };
+        *state = ShutdownState::Draining { ticks_left, failed };
         if ticks_left == 0 {
             info!("shutdown complete");
-            exit.write(AppExit::Success);
+            exit.write(if failed {
+                AppExit::error()
+            } else {
+                AppExit::Success
+            });
         }
     }
 }

@@ -30,7 +30,7 @@ pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
 use crate::console::AdminKick;
 use crate::metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
 use crate::players::PlayerRoster;
-use crate::shutdown::ShutdownStarted;
+use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownStarted, ShutdownState};
 
 /// The game's side of the network, inserted before [`NetPlugin`] is added:
 /// the running `net-io` thread, or an in-process [`Loopback`] that tests and
@@ -92,6 +92,14 @@ impl NetServer {
         match &self.0 {
             Backend::Io(io) => Some(io.tick_signal()),
             Backend::Loopback { .. } => None,
+        }
+    }
+
+    /// Whether the `net-io` thread has stopped (in-process: never).
+    fn io_stopped(&self) -> bool {
+        match &self.0 {
+            Backend::Io(io) => io.is_finished(),
+            Backend::Loopback { .. } => false,
         }
     }
 
@@ -332,7 +340,7 @@ impl Plugin for NetPlugin {
                     .chain()
                     .in_set(NetSystems::Send),
             )
-            .add_systems(Update, say_goodbye_on_shutdown);
+            .add_systems(Update, (say_goodbye_on_shutdown, watch_net_io));
         let signal = app
             .world()
             .get_resource::<NetServer>()
@@ -476,6 +484,29 @@ fn export_metrics(
     metrics.last = now;
 }
 
+/// A `net-io` thread that stops while the server runs (a poll error, a
+/// panic) leaves a game nobody can reach: no events, no sends, players
+/// never leave. The server shuts down with an error instead, so that a
+/// supervisor restarts it.
+fn watch_net_io(
+    net: Res<NetServer>,
+    state: Option<Res<ShutdownState>>,
+    requests: Option<ResMut<Messages<ShutdownRequested>>>,
+    mut reported: Local<bool>,
+) {
+    let running = state.is_none_or(|s| *s == ShutdownState::Running);
+    if *reported || !running || !net.io_stopped() {
+        return;
+    }
+    *reported = true;
+    tracing::error!("the network thread stopped; shutting down");
+    if let Some(mut requests) = requests {
+        requests.write(ShutdownRequested {
+            reason: ShutdownReason::Failure("the network thread stopped".to_owned()),
+        });
+    }
+}
+
 fn say_goodbye_on_shutdown(
     mut started: MessageReader<ShutdownStarted>,
     mut net: ResMut<NetServer>,
@@ -517,6 +548,41 @@ mod tests {
         app.update();
         assert!(during.load(std::sync::atomic::Ordering::Relaxed));
         assert!(!signal.is_running());
+    }
+
+    #[test]
+    fn a_network_thread_that_stops_shuts_the_server_down_with_an_error() {
+        let config = crate::config::ServerConfig {
+            bind: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            ..Default::default()
+        };
+        let network = crate::start_network(&config).unwrap();
+        let mut app = App::new();
+        app.add_plugins(crate::shutdown::ShutdownPlugin { grace_ticks: 2 })
+            .insert_resource(network)
+            .add_plugins(NetPlugin);
+        app.update();
+        assert_eq!(app.should_exit(), None);
+        // net-io stops without the game having asked (as on a fault).
+        let mut net = app.world_mut().resource_mut::<NetServer>();
+        assert!(
+            net.submit(vec![NetCommand::Shutdown {
+                reason: DisconnectReason::ServerShutdown,
+            }])
+            .is_ok()
+        );
+        let began = std::time::Instant::now();
+        while !app.world().resource::<NetServer>().io_stopped() {
+            assert!(began.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for _ in 0..5 {
+            app.update();
+            if app.should_exit().is_some() {
+                break;
+            }
+        }
+        assert_eq!(app.should_exit(), Some(bevy_app::AppExit::error()));
     }
 
     #[test]
