@@ -226,7 +226,7 @@ impl Plugin for ConsolePlugin {
             let (sender, receiver) = crossbeam_channel::bounded(CONSOLE_QUEUE);
             let spawned = std::thread::Builder::new()
                 .name("admin-console".into())
-                .spawn(move || read_stdin(&sender));
+                .spawn(move || read_commands(std::io::stdin().lock(), &sender));
             match spawned {
                 Ok(_) => {
                     app.insert_resource(ConsoleInbox(receiver));
@@ -247,10 +247,18 @@ fn answer(text: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-fn read_stdin(sender: &Sender<AdminCommand>) {
-    for line in std::io::stdin().lock().lines() {
+/// Reads commands, one a line, until the input ends (or fails) or the
+/// game is gone. A line that is not UTF-8 (a Latin-1 terminal, a stray
+/// paste) is answered and skipped, not the end of the console.
+fn read_commands(input: impl BufRead, sender: &Sender<AdminCommand>) {
+    for line in input.split(b'\n') {
         let Ok(line) = line else { return };
-        match parse_command(&line) {
+        let Ok(line) = std::str::from_utf8(&line) else {
+            answer(format_args!("ignored a line that is not UTF-8 text"));
+            continue;
+        };
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        match parse_command(line) {
             Ok(Some(command)) => {
                 if sender.send(command).is_err() {
                     return;
@@ -286,6 +294,9 @@ fn execute_commands(
                 )),
             },
             AdminCommand::Players => answer(format_args!("{}", format_players(&roster))),
+            AdminCommand::Kick { client, .. } if roster.get(*client).is_none() => {
+                answer(format_args!("no such player {client} (see `players`)"));
+            }
             AdminCommand::Kick { client, reason } => {
                 let reason = reason
                     .clone()
@@ -318,6 +329,42 @@ fn execute_commands(
 mod tests {
     use super::*;
     use crate::players::PlayerSummary;
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_skipped_not_the_end_of_the_console() {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        read_commands(&b"\xe9t\xe9\nstatus\r\nplayers\n"[..], &sender);
+        let commands: Vec<_> = receiver.try_iter().collect();
+        assert_eq!(commands, [AdminCommand::Status, AdminCommand::Players]);
+    }
+
+    #[test]
+    fn only_players_online_are_kicked() {
+        let mut app = App::new();
+        app.add_plugins(ConsolePlugin { stdin: false });
+        let kick = |app: &mut App, id: u64| {
+            app.world_mut().write_message(AdminCommand::Kick {
+                client: ClientId(id),
+                reason: None,
+            });
+            app.update();
+            let kicks = app.world().resource::<Messages<AdminKick>>();
+            kicks
+                .iter_current_update_messages()
+                .map(|k| k.client.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kick(&mut app, 42), Vec::<u64>::new());
+        app.world_mut().resource_mut::<PlayerRoster>().insert(
+            ClientId(42),
+            PlayerSummary {
+                name: "ada".into(),
+                addr: None,
+                rtt: None,
+            },
+        );
+        assert_eq!(kick(&mut app, 42), [42]);
+    }
 
     #[test]
     fn parses_every_command() {
@@ -377,6 +424,14 @@ mod tests {
         let mut app = App::new();
         app.add_plugins(ConsolePlugin { stdin: false });
         let world = app.world_mut();
+        world.resource_mut::<PlayerRoster>().insert(
+            ClientId(7),
+            PlayerSummary {
+                name: "ada".into(),
+                addr: None,
+                rtt: None,
+            },
+        );
         world.write_message(AdminCommand::Kick {
             client: ClientId(7),
             reason: None,

@@ -1,6 +1,6 @@
 //! Who is connected, as far as the admin tools are concerned.
 //!
-//! The network plugin (not written yet) owns connections; it keeps the
+//! The network plugin owns connections; it keeps the
 //! [`PlayerRoster`] up to date so the console's `players` command and other
 //! admin tools can list players without knowing about the transport.
 
