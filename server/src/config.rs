@@ -745,7 +745,7 @@ mod tests {
     #[test]
     fn chat_values_that_cannot_run_a_chat_are_errors() {
         for (chat, message) in [
-            ("burst = 0", "burst must be 1 to 10000, got 0"),
+            ("burst = 0", "burst must be 1 to 1000000, got 0"),
             ("rate_per_sec = inf", "rate_per_sec must be above 0"),
             ("rate_per_sec = nan", "rate_per_sec must be above 0"),
             ("rate_per_sec = -1.0", "rate_per_sec must be above 0"),
