@@ -148,12 +148,12 @@ fn each_clients_messages_come_between_its_connect_and_its_end() {
         world.clients_send();
         world.now += Duration::from_millis(10);
     }
-    // (A close discards what is still queued: the last line leaves first.)
+    // The last line is still queued when client 2 leaves: it is sent
+    // first (and acknowledged), then the goodbye.
     world.clients[1]
         .0
         .send(channels::CHAT, Bytes::from(vec![2, 3]))
         .unwrap();
-    world.clients_send();
     world.clients[1]
         .0
         .disconnect(world.now, DisconnectReason::Closed);
@@ -161,10 +161,11 @@ fn each_clients_messages_come_between_its_connect_and_its_end() {
 
     let mut seen = Vec::new();
     world.poll(&mut seen);
-    // The server's goodbye packets leave, then the slot is freed.
+    // The acks and the goodbye packets go to and fro, then the slot is freed.
     for _ in 0..10 {
         world.now += Duration::from_millis(10);
         world.server_sends();
+        world.clients_send();
         world.poll(&mut seen);
     }
 

@@ -940,3 +940,63 @@ fn a_packet_refused_for_memory_delivers_no_unreliable_message_a_duplicate_could_
         "one unreliable message delivered {unreliable} times"
     );
 }
+
+#[test]
+fn a_disconnect_still_delivers_what_was_sent_before_it() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::lossy(0.3, ms(10), ms(0)),
+        21,
+    );
+    pair.run_for(ms(100));
+    for i in 0..20 {
+        pair.a.send(ORDERED, &numbered(i, 300)).unwrap();
+    }
+    pair.a.disconnect(pair.now, DisconnectReason::Kicked);
+    assert_eq!(pair.a.send(ORDERED, b"late"), Err(SendError::Closed));
+    // What the peer says from now on is not delivered.
+    pair.b.send(ORDERED, &numbered(99, 10)).unwrap();
+    pair.run_for(Duration::from_secs(2));
+    assert_eq!(
+        indices(&pair.at_b.messages, ORDERED),
+        (0..20).collect::<Vec<_>>(),
+        "30 % loss: sent before the disconnect, resent until acknowledged"
+    );
+    assert_eq!(
+        pair.at_b.disconnected,
+        Some((DisconnectReason::Kicked, true))
+    );
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Kicked, false))
+    );
+    assert!(pair.at_a.messages.is_empty(), "{:?}", pair.at_a.messages);
+    assert!(pair.a.is_closed() && pair.b.is_closed());
+}
+
+#[test]
+fn a_disconnect_waits_no_longer_than_the_linger() {
+    let config = TransportConfig::default();
+    let linger = config.close_linger;
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(10)), 22);
+    pair.run_for(ms(100));
+    pair.a_to_b.set_down(true);
+    pair.a.send(ORDERED, &numbered(0, 300)).unwrap();
+    let began = pair.now;
+    pair.a.disconnect(pair.now, DisconnectReason::Kicked);
+    let ended = pair.run_until(Duration::from_secs(5), |p| p.at_a.disconnected.is_some());
+    assert!(
+        ended,
+        "still finishing {:?} after the disconnect",
+        pair.now - began
+    );
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Kicked, false))
+    );
+    let waited = pair.now - began;
+    assert!(
+        waited >= linger && waited <= linger + ms(50),
+        "closed {waited:?} after the disconnect, linger {linger:?}"
+    );
+}

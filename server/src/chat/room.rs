@@ -443,6 +443,12 @@ impl ChatRoom {
         member.offences = 0;
         if member.mutes >= config.kick_after_mutes {
             member.kicked = true;
+            out.push(reject(
+                account,
+                client_ref,
+                ChatRejectReason::Kicked,
+                config,
+            ));
             out.push(ChatOutput::Kick { account });
             return;
         }
@@ -493,6 +499,9 @@ fn reject(to: u64, client_ref: u32, reason: ChatRejectReason, config: &ChatConfi
         ChatRejectReason::Empty => "message is empty".to_owned(),
         ChatRejectReason::Muted => "you are muted".to_owned(),
         ChatRejectReason::UnknownRecipient => "no such player is online".to_owned(),
+        ChatRejectReason::Kicked => {
+            "you are disconnected for flooding the chat after being muted".to_owned()
+        }
     };
     ChatOutput::Rejected {
         to,

@@ -429,7 +429,7 @@ fn every_answer_echoes_the_client_ref_of_its_send_in_every_scope() {
 }
 
 #[test]
-fn rate_limit_and_mute_refusals_echo_the_client_ref_and_a_kick_answers_nothing() {
+fn rate_limit_and_mute_refusals_echo_the_client_ref_and_a_kick_is_explained_first() {
     let config = ChatConfig {
         burst: 1,
         rate_per_sec: 0.0,
@@ -457,12 +457,16 @@ fn rate_limit_and_mute_refusals_echo_the_client_ref_and_a_kick_answers_nothing()
     assert_eq!(the_answer(&out, 1, 3), Err(ChatRejectReason::Muted));
     // Sending while muted is refused as muted.
     assert_eq!(the_answer(&out, 1, 4), Err(ChatRejectReason::Muted));
-    // The offence that would be a second mute is a kick: no answer.
-    assert!(out.contains(&ChatOutput::Kick { account: 1 }));
-    assert!(!out.iter().any(|o| matches!(
-        o,
-        ChatOutput::Rejected { rejected, .. } if rejected.client_ref == 5
-    )));
+    // The offence that would be a second mute is a kick, explained first
+    // (the transport delivers what was sent before a disconnect).
+    assert_eq!(the_answer(&out, 1, 5), Err(ChatRejectReason::Kicked));
+    let answered = out.iter().position(
+        |o| matches!(o, ChatOutput::Rejected { rejected, .. } if rejected.client_ref == 5),
+    );
+    let kicked = out
+        .iter()
+        .position(|o| *o == ChatOutput::Kick { account: 1 });
+    assert!(answered.is_some() && answered < kicked, "{out:?}");
     assert_reply_to_only_on_own_copies(&out);
 }
 

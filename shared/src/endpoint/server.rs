@@ -446,23 +446,27 @@ impl ServerEndpoint {
         }
     }
 
-    /// Ends a client's session: the reason reaches the client, then the
-    /// secure layer's disconnect packets follow.
+    /// Ends a client's session: what was sent to it before still reaches
+    /// it (within the transport's
+    /// [`close_linger`](TransportConfig::close_linger)), then the reason,
+    /// then the secure layer's disconnect packets. Nothing more from the
+    /// client is delivered.
     pub fn disconnect(&mut self, now: Instant, client: ClientIndex, reason: DisconnectReason) {
         if let Some(peer) = Self::live_peer_mut(&mut self.peers, client) {
-            peer.conn.close_gracefully(self.clock.stamp(now), reason);
+            peer.conn.finish(self.clock.stamp(now), reason);
             self.touch(client.get());
         }
     }
 
-    /// Disconnects every client with `reason` (server shutdown).
+    /// Disconnects every client with `reason` (server shutdown), as
+    /// [`disconnect`](Self::disconnect) does.
     pub fn disconnect_all(&mut self, now: Instant, reason: DisconnectReason) {
         let now = self.clock.stamp(now);
         for index in 0..self.peers.len() {
             if let Some(peer) = self.peers[index].as_mut()
                 && peer.ended.is_none()
             {
-                peer.conn.close_gracefully(now, reason);
+                peer.conn.finish(now, reason);
                 self.touch(index);
             }
         }
@@ -776,7 +780,7 @@ impl ServerEndpoint {
             };
             // Ended by the secure layer (the client left or timed out):
             // nothing can be sealed for it any more.
-            let network_gone = peer.ended.is_some() && peer.conn.is_connected();
+            let network_gone = peer.ended.is_some() && peer.conn.is_open();
             if !network_gone && let Some(len) = peer.conn.transmit_at(stamp, &mut self.plain) {
                 match self
                     .netcode

@@ -177,6 +177,9 @@ pub enum ChatRejectReason {
     Muted,
     /// No such player to whisper to.
     UnknownRecipient,
+    /// Flooding on after being muted: the server disconnects the sender
+    /// right after this answer.
+    Kicked,
 }
 
 /// Server → client: your chat message was refused.

@@ -150,6 +150,13 @@ pub struct TransportConfig {
     pub max_send_rate: u32,
     /// Disconnect packets sent when closing, for redundancy.
     pub disconnect_packets: u8,
+    /// How long a local [`disconnect`](super::Connection::disconnect)
+    /// keeps sending what was queued before it (and resending what is not
+    /// acknowledged yet) before the disconnect packets: a kicked player
+    /// still gets the refusal that got it kicked. Meanwhile nothing more is
+    /// delivered from the peer and nothing new may be sent. Zero closes at
+    /// once and discards what was queued. Default 1 s.
+    pub close_linger: Duration,
 }
 
 impl Default for TransportConfig {
@@ -180,6 +187,7 @@ impl Default for TransportConfig {
             min_send_rate: 32 * 1024,
             max_send_rate: 16 * 1024 * 1024,
             disconnect_packets: 3,
+            close_linger: Duration::from_secs(1),
         }
     }
 }

@@ -202,6 +202,12 @@ pub struct ConnectionStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Connected,
+    /// A local disconnect: what was queued before it is still sent (and
+    /// resent) until acknowledged or `Connection::finish_by`, then
+    /// `Closing`.
+    Finishing {
+        reason: DisconnectReason,
+    },
     Closing {
         remaining: u8,
         reason: DisconnectReason,
@@ -371,6 +377,9 @@ pub struct Connection {
     inbox: Inbox,
     /// The counters that change rarely ([`Traffic`] has the others).
     stats: ConnectionStats,
+    /// While finishing a disconnect: when it closes whatever is still
+    /// unacknowledged.
+    finish_by: Stamp,
 }
 
 /// The counters every packet changes, kept with the rest of the hot state
@@ -468,6 +477,7 @@ impl Connection {
             traffic: Traffic::default(),
             inbox: Inbox::default(),
             stats: ConnectionStats::default(),
+            finish_by: now,
         };
         connection.update_timers(now);
         Ok(connection)
@@ -571,16 +581,58 @@ impl Connection {
         }
     }
 
-    /// Starts a graceful close: a few redundant disconnect packets carrying
-    /// `reason` leave on the next `poll_transmit` calls, then the
-    /// connection is closed. Queued data is discarded.
+    /// Starts a graceful close: the messages queued before it are still
+    /// sent, and resent until acknowledged, for at most
+    /// [`close_linger`](TransportConfig::close_linger); then a few
+    /// redundant disconnect packets carrying `reason` leave on the next
+    /// `poll_transmit` calls, and the connection is closed. From the call
+    /// on, nothing is delivered from the peer and nothing new can be sent.
     pub fn disconnect(&mut self, now: Instant, reason: DisconnectReason) {
-        self.close_gracefully(self.clock.stamp(now), reason);
+        self.finish(self.clock.stamp(now), reason);
     }
 
     /// [`disconnect`](Self::disconnect) at a stamp of its clock.
-    pub(crate) fn close_gracefully(&mut self, now: Stamp, reason: DisconnectReason) {
+    pub(crate) fn finish(&mut self, now: Stamp, reason: DisconnectReason) {
         if self.state != State::Connected {
+            return;
+        }
+        self.state = State::Finishing { reason };
+        self.finish_by = now + self.config.close_linger;
+        self.discard_received();
+        if !self.settle_finish(now) {
+            self.update_timers(now);
+        }
+    }
+
+    /// A finishing connection whose queued messages are all acknowledged
+    /// (or whose linger is over) starts closing; returns whether it did.
+    fn settle_finish(&mut self, now: Stamp) -> bool {
+        let State::Finishing { reason } = self.state else {
+            return false;
+        };
+        let settled = self.pending_channels == 0
+            && self.send.iter().all(|c| match c {
+                SendChannel::Reliable(c) => c.unacked_messages() == 0,
+                SendChannel::Unreliable(_) => true,
+            });
+        if settled || now >= self.finish_by {
+            self.close_gracefully(now, reason);
+            return true;
+        }
+        false
+    }
+
+    /// Connected or finishing a [`disconnect`](Self::disconnect): packets
+    /// still flow both ways.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.state, State::Connected | State::Finishing { .. })
+    }
+
+    /// Starts closing at once: a few redundant disconnect packets carrying
+    /// `reason` leave on the next `poll_transmit` calls, then the
+    /// connection is closed. Queued data is discarded.
+    pub(crate) fn close_gracefully(&mut self, now: Stamp, reason: DisconnectReason) {
+        if !self.is_open() {
             return;
         }
         self.state = State::Closing {
@@ -701,7 +753,7 @@ impl Connection {
     }
 
     /// Frees what a connection that receives nothing more still held for
-    /// later delivery (reassemblies, out-of-order messages): it would
+    /// Frees what a connection that delivers nothing more still held for
     /// never be delivered, and an endpoint's total bound counts it.
     fn discard_received(&mut self) {
         if self.memory.used == 0 {
@@ -757,13 +809,13 @@ impl Connection {
         };
         if header.kind == PacketKind::Disconnect {
             if let Some(&code) = body.first()
-                && self.state == State::Connected
+                && self.is_open()
             {
                 self.close(DisconnectReason::from_code(code), true);
             }
             return;
         }
-        if self.state != State::Connected {
+        if !self.is_open() {
             return;
         }
         if let Some(latest) = self.received_latest {
@@ -782,6 +834,22 @@ impl Connection {
                     return;
                 }
             }
+        }
+        if self.state != State::Connected {
+            // Finishing: its acks are all that still matters; its messages
+            // are not delivered (and not checked: the receive state is
+            // gone).
+            self.last_received = now;
+            if let Some(ack) = header.ack
+                && self.on_ack(now, ack).is_err()
+            {
+                self.fail(now, DisconnectReason::Timeout);
+                return;
+            }
+            if !self.settle_finish(now) {
+                self.update_timers(now);
+            }
+            return;
         }
         // Pass 1: the whole packet must be legal and fit before any of it applies.
         let mut needed = 0usize;
@@ -1075,10 +1143,13 @@ impl Connection {
     /// [`handle_timeout`](Self::handle_timeout) at a stamp of its clock.
     pub(crate) fn timeout_at(&mut self, now: Stamp) {
         self.last_activity = self.last_activity.max(now);
-        if self.state != State::Connected {
+        if !self.is_open() {
             if let State::Closing { .. } = self.state {
                 self.update_timers(now);
             }
+            return;
+        }
+        if self.settle_finish(now) {
             return;
         }
         if self.timers.expired(Timer::Idle, now) {
@@ -1138,12 +1209,14 @@ impl Connection {
                 self.timers.set(Timer::Pacing, Some(now));
                 return;
             }
-            State::Connected => {}
+            State::Connected | State::Finishing { .. } => {}
         }
-        self.timers.set(
-            Timer::Idle,
-            Some(self.last_received + self.config.idle_timeout),
-        );
+        let idle = self.last_received + self.config.idle_timeout;
+        let idle = match self.state {
+            State::Finishing { .. } => idle.min(self.finish_by),
+            _ => idle,
+        };
+        self.timers.set(Timer::Idle, Some(idle));
         self.timers.set(
             Timer::Keepalive,
             Some(self.last_sent + self.config.keepalive_interval),
@@ -1232,6 +1305,13 @@ impl Connection {
                 Some(len)
             }
             State::Connected => self.transmit_connected(now, buf),
+            State::Finishing { .. } => {
+                let sent = self.transmit_connected(now, buf);
+                if sent.is_none() && self.settle_finish(now) {
+                    return self.transmit_at(now, buf);
+                }
+                sent
+            }
         }
     }
 
