@@ -12,8 +12,11 @@
 //!   the last inventory the server sent (a `List` first when there is none
 //!   yet). Items the server answered `NotUsable` for are not used again.
 //! - **trade**: `Offer` one item to another bot. The partner, on the
-//!   `TradeUpdate`, counter-offers one of its items and accepts; the
-//!   initiator accepts once it sees the partner's acceptance; the server
+//!   `TradeUpdate`, counter-offers one of its items and accepts the trade
+//!   once the update showing its counter-offer arrives; the initiator
+//!   accepts once it sees the partner's acceptance. Every accept names the
+//!   revision of the update it reacts to (the server refuses it with
+//!   `TradeChanged` when an offer changed the trade since); the server
 //!   swaps both sides atomically.
 //!
 //! Every request goes through a [`InventoryTracker`] (request ids from a
@@ -114,6 +117,8 @@ pub(crate) struct InventoryBehaviour {
     unusable: BTreeSet<ItemId>,
     /// The trade this bot answered as a partner.
     answered: Option<u64>,
+    /// The trade whose update showing this bot's counter-offer it accepts.
+    counter_offered: Option<u64>,
     /// The trade this bot accepted as an initiator.
     accepted: Option<u64>,
     stats: InventoryStats,
@@ -133,6 +138,7 @@ impl InventoryBehaviour {
             target: None,
             unusable: BTreeSet::new(),
             answered: None,
+            counter_offered: None,
             accepted: None,
             stats: InventoryStats::default(),
         }
@@ -362,32 +368,43 @@ impl InventoryBehaviour {
                 if !respond || self.pending() + 2 > MAX_PENDING {
                     return out;
                 }
+                let accept = InventoryOp::Accept {
+                    trade: update.trade,
+                    revision: update.revision,
+                };
                 if update.partner == self.account && self.answered != Some(update.trade) {
                     self.answered = Some(update.trade);
-                    // Counter-offer one item, if any, then accept.
+                    // Counter-offer one item, if any, and accept once the
+                    // trade shows it; with nothing to offer, accept now.
                     let item = self
                         .tracker
                         .inventory()
                         .and_then(|inv| slots(&inv.slots).next())
                         .map(|(slot, _)| (slot, 1));
-                    if let Some(item) = item {
-                        out.push(self.send(InventoryOp::Offer {
-                            with: update.initiator,
-                            offer: TradeOffer { items: vec![item] },
-                        }));
+                    match item {
+                        Some(item) => {
+                            self.counter_offered = Some(update.trade);
+                            out.push(self.send(InventoryOp::Offer {
+                                with: update.initiator,
+                                offer: TradeOffer { items: vec![item] },
+                            }));
+                        }
+                        None => out.push(self.send(accept)),
                     }
-                    out.push(self.send(InventoryOp::Accept {
-                        trade: update.trade,
-                    }));
+                } else if update.partner == self.account
+                    && self.counter_offered == Some(update.trade)
+                    && !update.partner_offer.items.is_empty()
+                    && !partner_accepted
+                {
+                    self.counter_offered = None;
+                    out.push(self.send(accept));
                 } else if update.initiator == self.account
                     && partner_accepted
                     && !initiator_accepted
                     && self.accepted != Some(update.trade)
                 {
                     self.accepted = Some(update.trade);
-                    out.push(self.send(InventoryOp::Accept {
-                        trade: update.trade,
-                    }));
+                    out.push(self.send(accept));
                 }
             }
         }
@@ -540,50 +557,72 @@ mod tests {
             .next(Instant::now(), OpKind::Trade, None, 1, [0.0; 2])
             .unwrap();
         b.on_reply(&reply(first.request_id, vec![stack(4, 9)], 1));
-        let open = |ia, pa| TradeUpdate {
+        let open = |revision, countered: bool, ia, pa| TradeUpdate {
             trade: 3,
+            revision,
             initiator: 1,
             partner: 2,
-            initiator_offer: TradeOffer::default(),
-            partner_offer: TradeOffer::default(),
+            initiator_offer: TradeOffer {
+                items: vec![(5, 1)],
+            },
+            partner_offer: TradeOffer {
+                items: if countered { vec![(0, 1)] } else { Vec::new() },
+            },
             state: TradeState::Open {
                 initiator_accepted: ia,
                 partner_accepted: pa,
             },
         };
-        let ops: Vec<InventoryOp> = b
-            .on_trade(&open(false, false), true)
-            .into_iter()
-            .map(|r| r.op)
-            .collect();
+        let ops = |bot: &mut InventoryBehaviour, update: &TradeUpdate| -> Vec<InventoryOp> {
+            bot.on_trade(update, true)
+                .into_iter()
+                .map(|r| r.op)
+                .collect()
+        };
         assert_eq!(
-            ops,
-            [
-                InventoryOp::Offer {
-                    with: 1,
-                    offer: TradeOffer {
-                        items: vec![(0, 1)]
-                    }
-                },
-                InventoryOp::Accept { trade: 3 },
-            ]
+            ops(&mut b, &open(1, false, false, false)),
+            [InventoryOp::Offer {
+                with: 1,
+                offer: TradeOffer {
+                    items: vec![(0, 1)]
+                }
+            }]
         );
-        // Its own counter-offer's announcement changes nothing.
-        assert!(b.on_trade(&open(false, false), true).is_empty());
-        assert!(a.on_trade(&open(false, false), true).is_empty());
-        let ops: Vec<InventoryOp> = a
-            .on_trade(&open(false, true), true)
-            .into_iter()
-            .map(|r| r.op)
-            .collect();
-        assert_eq!(ops, [InventoryOp::Accept { trade: 3 }]);
-        let mut done = open(true, true);
+        // The partner accepts the update that shows its counter-offer, with
+        // that update's revision; the initiator waits for that acceptance.
+        assert!(a.on_trade(&open(1, false, false, false), true).is_empty());
+        assert!(a.on_trade(&open(2, true, false, false), true).is_empty());
+        assert_eq!(
+            ops(&mut b, &open(2, true, false, false)),
+            [InventoryOp::Accept {
+                trade: 3,
+                revision: 2
+            }]
+        );
+        assert!(b.on_trade(&open(2, true, false, true), true).is_empty());
+        assert_eq!(
+            ops(&mut a, &open(2, true, false, true)),
+            [InventoryOp::Accept {
+                trade: 3,
+                revision: 2
+            }]
+        );
+        let mut done = open(2, true, true, true);
         done.state = TradeState::Completed;
         a.on_trade(&done, true);
         b.on_trade(&done, true);
         assert_eq!(a.stats().trades_completed + b.stats().trades_completed, 1);
         // A leaving bot does not react.
         let mut c = InventoryBehaviour::new(2, 1);
-        assert!(c.on_trade(&open(false, false), false).is_empty());
+        assert!(c.on_trade(&open(1, false, false, false), false).is_empty());
+        // With nothing to counter-offer, the partner accepts what it sees.
+        let mut empty = InventoryBehaviour::new(2, 1);
+        assert_eq!(
+            ops(&mut empty, &open(4, false, false, false)),
+            [InventoryOp::Accept {
+                trade: 3,
+                revision: 4
+            }]
+        );
     }
 }

@@ -47,7 +47,7 @@ commands:
   /use SLOT        use one item of a slot
   /give ACCOUNT SLOT [N]    give N (default 1) to another player
   /trade ACCOUNT SLOT [N]   offer N of a slot in a trade (again to change it)
-  /trade accept ID | /trade cancel ID
+  /trade accept ID REV | /trade cancel ID   (REV: the revision printed)
   /stats           connection statistics
   /quit            leave";
 
@@ -167,14 +167,20 @@ fn parse_inventory(verb: &str, args: &str) -> Result<InventoryOp, String> {
             slot: slot(1, "ACCOUNT SLOT [N]")?,
             count: count(2, "ACCOUNT SLOT [N]")?,
         },
-        ("trade", 2) if words[0] == "accept" => InventoryOp::Accept {
-            trade: num(1, "accept ID")?,
-        },
+        ("trade", _) if words.first() == Some(&"accept") => {
+            if words.len() != 3 {
+                return Err(usage("accept ID REV"));
+            }
+            InventoryOp::Accept {
+                trade: num(1, "accept ID REV")?,
+                revision: num(2, "accept ID REV")?,
+            }
+        }
         ("trade", 2) if words[0] == "cancel" => InventoryOp::Cancel {
             trade: num(1, "cancel ID")?,
         },
         ("trade", 2 | 3) => {
-            let u = "ACCOUNT SLOT [N] | accept ID | cancel ID";
+            let u = "ACCOUNT SLOT [N] | accept ID REV | cancel ID";
             InventoryOp::Offer {
                 with: num(0, u)?,
                 offer: TradeOffer {
@@ -187,7 +193,7 @@ fn parse_inventory(verb: &str, args: &str) -> Result<InventoryOp, String> {
         ("drop", _) => return Err(usage("SLOT [N]")),
         ("use", _) => return Err(usage("SLOT")),
         ("give", _) => return Err(usage("ACCOUNT SLOT [N]")),
-        _ => return Err(usage("ACCOUNT SLOT [N] | accept ID | cancel ID")),
+        _ => return Err(usage("ACCOUNT SLOT [N] | accept ID REV | cancel ID")),
     };
     Ok(op)
 }
@@ -501,15 +507,15 @@ impl Player {
                 initiator_accepted,
                 partner_accepted,
             } => format!(
-                "open (accepted: {} {}, {} {}); /trade accept {} to accept",
-                t.initiator, initiator_accepted, t.partner, partner_accepted, t.trade
+                "open (accepted: {} {}, {} {}); /trade accept {} {} to accept it as shown",
+                t.initiator, initiator_accepted, t.partner, partner_accepted, t.trade, t.revision
             ),
             TradeState::Completed => "completed".to_owned(),
             TradeState::Cancelled => "cancelled".to_owned(),
         };
         println!(
-            "trade {} with account {other}: you give {:?}, you get {:?} (slot, count); {state}",
-            t.trade, mine.items, theirs.items
+            "trade {} (revision {}) with account {other}: you give {:?}, you get {:?} (slot, count); {state}",
+            t.trade, t.revision, mine.items, theirs.items
         );
     }
 
@@ -717,8 +723,15 @@ mod tests {
             }))
         );
         assert_eq!(
-            parse_command("/trade accept 7").unwrap(),
-            Some(Command::Inventory(InventoryOp::Accept { trade: 7 }))
+            parse_command("/trade accept 7 2").unwrap(),
+            Some(Command::Inventory(InventoryOp::Accept {
+                trade: 7,
+                revision: 2
+            }))
+        );
+        assert!(
+            parse_command("/trade accept 7").is_err(),
+            "the revision is needed"
         );
         assert_eq!(
             parse_command("/trade cancel 7").unwrap(),

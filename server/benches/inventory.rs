@@ -31,8 +31,9 @@ struct Load {
     store: SqliteStore,
     rng: u64,
     request_id: u64,
-    /// The newest trade each player heard of (from the outputs).
-    trade_of: Vec<u64>,
+    /// The newest trade each player heard of, and its revision (from the
+    /// outputs).
+    trade_of: Vec<(u64, u64)>,
 }
 
 impl Load {
@@ -46,7 +47,7 @@ impl Load {
             store,
             rng: 0x5eed,
             request_id: 0,
-            trade_of: vec![0; PLAYERS as usize + 1],
+            trade_of: vec![(0, 0); PLAYERS as usize + 1],
         };
         for account in 1..=PLAYERS {
             load.core.push(Input::Connected { account });
@@ -70,13 +71,16 @@ impl Load {
     fn queue_requests(&mut self) {
         for _ in 0..REQUESTS_PER_BATCH {
             let account = 1 + self.next() % PLAYERS;
-            let known = self.trade_of[account as usize];
+            let (known, revision) = self.trade_of[account as usize];
             let op = match self.next() % 8 {
                 0..=3 => InventoryOp::Offer {
                     with: 1 + self.next() % PLAYERS,
                     offer: TradeOffer { items: Vec::new() },
                 },
-                4..=6 => InventoryOp::Accept { trade: known },
+                4..=6 => InventoryOp::Accept {
+                    trade: known,
+                    revision,
+                },
                 _ => InventoryOp::Cancel { trade: known },
             };
             self.request_id += 1;
@@ -97,7 +101,7 @@ impl Load {
         let outputs = run(&mut self.core, &mut self.store);
         for output in &outputs {
             if let Output::Trade { account, update } = output {
-                self.trade_of[*account as usize] = update.trade;
+                self.trade_of[*account as usize] = (update.trade, update.revision);
             }
         }
         outputs.len()

@@ -300,6 +300,7 @@ fn killing_the_server_never_loses_acknowledged_items_or_unbalances_the_ledger() 
                                         p.send(
                                             InventoryOp::Accept {
                                                 trade: update.trade,
+                                                revision: update.revision,
                                             },
                                             now,
                                         );

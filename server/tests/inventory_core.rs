@@ -14,7 +14,7 @@ use server::persistence::{
 };
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
-    ItemStack, REMEMBERED_REQUESTS, TradeOffer, TradeState,
+    ItemStack, REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate,
 };
 
 /// A SQLite store whose next commit can be made to fail.
@@ -98,9 +98,20 @@ impl Harness {
     }
 
     fn request(&mut self, account: u64, request_id: u64, op: InventoryOp) -> InventoryReply {
+        self.exchange(account, request_id, op).0
+    }
+
+    /// One request in a batch of its own: its reply and every output.
+    fn exchange(
+        &mut self,
+        account: u64,
+        request_id: u64,
+        op: InventoryOp,
+    ) -> (InventoryReply, Vec<Output>) {
         self.push(request_input(account, request_id, op));
         let out = self.flush(false);
-        reply_of(&out, account, request_id).expect("a reply")
+        let reply = reply_of(&out, account, request_id).expect("a reply");
+        (reply, out)
     }
 
     fn ticks(&mut self, n: usize) {
@@ -131,6 +142,16 @@ fn reply_of(out: &[Output], account: u64, request_id: u64) -> Option<InventoryRe
         Output::Reply {
             account: a, reply, ..
         } if *a == account && reply.request_id == request_id => Some(reply.clone()),
+        _ => None,
+    })
+}
+
+/// The last state of `trade` that `account` was told of in `out`.
+fn trade_seen(out: &[Output], account: u64, trade: u64) -> Option<TradeUpdate> {
+    out.iter().rev().find_map(|o| match o {
+        Output::Trade {
+            account: a, update, ..
+        } if *a == account && update.trade == trade => Some(update.clone()),
         _ => None,
     })
 }
@@ -444,7 +465,8 @@ fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
         "the partner hears the cancel: {out:?}"
     );
     assert_eq!(
-        h.request(2, 1, InventoryOp::Accept { trade }).result,
+        h.request(2, 1, InventoryOp::Accept { trade, revision: 1 })
+            .result,
         Err(InventoryError::NoSuchTrade)
     );
 }
@@ -587,7 +609,7 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
         },
     );
     let trade = opened.trade.unwrap();
-    h.request(
+    let (_, out) = h.exchange(
         2,
         1,
         InventoryOp::Offer {
@@ -597,7 +619,8 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
             },
         },
     );
-    h.request(1, 2, InventoryOp::Accept { trade })
+    let revision = trade_seen(&out, 1, trade).unwrap().revision;
+    h.request(1, 2, InventoryOp::Accept { trade, revision })
         .result
         .unwrap();
     assert!(h.core.inventory(1) == Some(&a) || h.core.inventory(1).unwrap().version == a.version);
@@ -605,7 +628,7 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
         account: 2,
         request: InventoryRequest {
             request_id: 2,
-            op: InventoryOp::Accept { trade },
+            op: InventoryOp::Accept { trade, revision },
         },
         position: None,
         tag: 0,
@@ -646,7 +669,7 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
     assert!(h.audit().balanced);
 
     // A new trade, cancelled by a disconnect before the second accept.
-    let opened = h.request(
+    let (opened, out) = h.exchange(
         1,
         3,
         InventoryOp::Offer {
@@ -655,7 +678,8 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
         },
     );
     let trade = opened.trade.unwrap();
-    h.request(1, 4, InventoryOp::Accept { trade })
+    let revision = trade_seen(&out, 2, trade).unwrap().revision;
+    h.request(1, 4, InventoryOp::Accept { trade, revision })
         .result
         .unwrap();
     h.push(Input::Disconnected { account: 1 });
@@ -663,7 +687,7 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
         account: 2,
         request: InventoryRequest {
             request_id: 3,
-            op: InventoryOp::Accept { trade },
+            op: InventoryOp::Accept { trade, revision },
         },
         position: None,
         tag: 0,
@@ -674,6 +698,79 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
         Err(InventoryError::NoSuchTrade)
     );
     assert_eq!(stacks(h.core.inventory(2).unwrap()), stacks(&b_after));
+}
+
+/// An accept is of the offers the player saw. V offers `a`; P offers `b`
+/// and accepts; V sees that and accepts, but before V's accept arrives P
+/// takes `b` back and accepts the empty side. V's accept is refused: it
+/// does not give `a` away for nothing.
+#[test]
+fn an_accept_sent_before_the_offers_changed_is_refused() {
+    let (v, p) = (1, 2);
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: v });
+    h.push(Input::Connected { account: p });
+    let v_before = gather(&mut h, v, 100);
+    let p_before = gather(&mut h, p, 200);
+    let a_slot = v_before.slots.iter().position(Option::is_some).unwrap() as u16;
+    let b_slot = p_before.slots.iter().position(Option::is_some).unwrap() as u16;
+
+    let offer = |with, items| InventoryOp::Offer {
+        with,
+        offer: TradeOffer { items },
+    };
+    let trade = h.request(v, 1, offer(p, vec![(a_slot, 1)])).trade.unwrap();
+    let (_, out) = h.exchange(p, 1, offer(v, vec![(b_slot, 1)]));
+    let revision = trade_seen(&out, p, trade).unwrap().revision;
+    let (_, out) = h.exchange(p, 2, InventoryOp::Accept { trade, revision });
+    let seen_by_v = trade_seen(&out, v, trade).unwrap();
+    assert_eq!(seen_by_v.partner_offer.items, [(b_slot, 1)]);
+    assert_eq!(
+        seen_by_v.state,
+        TradeState::Open {
+            initiator_accepted: false,
+            partner_accepted: true
+        }
+    );
+
+    // V's accept of what it saw is on its way; meanwhile P switches.
+    let (_, out) = h.exchange(p, 3, offer(v, Vec::new()));
+    let switched = trade_seen(&out, p, trade).unwrap();
+    assert!(switched.revision > seen_by_v.revision);
+    h.request(
+        p,
+        4,
+        InventoryOp::Accept {
+            trade,
+            revision: switched.revision,
+        },
+    )
+    .result
+    .unwrap();
+    let (late, out) = h.exchange(
+        v,
+        2,
+        InventoryOp::Accept {
+            trade,
+            revision: seen_by_v.revision,
+        },
+    );
+    assert_eq!(late.result, Err(InventoryError::TradeChanged));
+    assert!(
+        !out.iter().any(
+            |o| matches!(o, Output::Trade { update, .. } if update.state == TradeState::Completed)
+        ),
+        "{out:?}"
+    );
+    assert_eq!(stacks(h.core.inventory(v).unwrap()), stacks(&v_before));
+    assert_eq!(stacks(h.core.inventory(p).unwrap()), stacks(&p_before));
+    // The trade is still open: V may look again and decide.
+    assert_eq!(
+        h.request(v, 3, InventoryOp::Cancel { trade })
+            .result
+            .map(|_| ()),
+        Ok(())
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -694,7 +791,8 @@ enum OpSpec {
     Use(u16),
     Give(u64, u16, u32),
     Offer(u64, Vec<(u16, u32)>),
-    Accept(u64),
+    /// A trade, and how many revisions before the newest seen to accept.
+    Accept(u64, u64),
     Cancel(u64),
 }
 
@@ -712,7 +810,8 @@ fn op_spec() -> impl Strategy<Value = OpSpec> {
         1 => (1..=PLAYERS, slot(), count()).prop_map(|(p, s, c)| OpSpec::Give(p, s, c)),
         2 => (1..=PLAYERS, prop::collection::vec((slot(), count()), 0..3))
             .prop_map(|(p, items)| OpSpec::Offer(p, items)),
-        2 => (1u64..6).prop_map(OpSpec::Accept),
+        2 => (1u64..6, prop_oneof![3 => Just(0u64), 1 => 1u64..3])
+            .prop_map(|(trade, back)| OpSpec::Accept(trade, back)),
         1 => (1u64..6).prop_map(OpSpec::Cancel),
     ]
 }
@@ -727,7 +826,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn resolve(spec: &OpSpec, core: &InventoryCore) -> InventoryOp {
+/// `revisions`: the newest revision of each trade in the outputs so far.
+fn resolve(spec: &OpSpec, core: &InventoryCore, revisions: &HashMap<u64, u64>) -> InventoryOp {
     match spec.clone() {
         OpSpec::List => InventoryOp::List,
         OpSpec::PickUp(i) => {
@@ -748,7 +848,10 @@ fn resolve(spec: &OpSpec, core: &InventoryCore) -> InventoryOp {
             with,
             offer: TradeOffer { items },
         },
-        OpSpec::Accept(trade) => InventoryOp::Accept { trade },
+        OpSpec::Accept(trade, back) => InventoryOp::Accept {
+            trade,
+            revision: revisions.get(&trade).map_or(1, |r| r.saturating_sub(back)),
+        },
         OpSpec::Cancel(trade) => InventoryOp::Cancel { trade },
     }
 }
@@ -795,6 +898,15 @@ proptest! {
         let mut online = vec![false; PLAYERS as usize + 1];
         // (account, request id) → the first successful reply this session.
         let mut answered: HashMap<(u64, u64), InventoryReply> = HashMap::new();
+        // trade → the newest revision announced, for accepts.
+        let mut revisions: HashMap<u64, u64> = HashMap::new();
+        let note_revisions = |out: &[Output], revisions: &mut HashMap<u64, u64>| {
+            for o in out {
+                if let Output::Trade { update, .. } = o {
+                    revisions.insert(update.trade, update.revision);
+                }
+            }
+        };
         let check_replies = |out: &[Output], answered: &mut HashMap<(u64, u64), InventoryReply>| -> Result<(), TestCaseError> {
             for o in out {
                 if let Output::Reply { account, reply, .. } = o {
@@ -832,7 +944,7 @@ proptest! {
                 }
                 Step::Request { player, id, op } => {
                     if online[player as usize] {
-                        let op = resolve(&op, &h.core);
+                        let op = resolve(&op, &h.core, &revisions);
                         h.push(Input::Request {
                             account: player,
                             request: InventoryRequest { request_id: id, op },
@@ -843,6 +955,7 @@ proptest! {
                 }
                 Step::Flush { fail } => {
                     let out = h.flush(fail);
+                    note_revisions(&out, &mut revisions);
                     check_replies(&out, &mut answered)?;
                     check_after_batch(&mut h, &online)?;
                 }

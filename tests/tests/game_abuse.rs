@@ -497,6 +497,41 @@ fn race(traders: &mut [Trader], requests: &[(usize, u64)]) -> Vec<InventoryReply
     }
 }
 
+/// The revision of `trade` that trader `i` accepts: of the newest update
+/// of it the trader was told of, once one satisfies `shows` (waiting for
+/// it up to 5 s).
+fn revision_seen(
+    traders: &mut [Trader],
+    i: usize,
+    trade: u64,
+    shows: impl Fn(&TradeUpdate) -> bool,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let newest = traders[i]
+            .abuser
+            .received::<TradeUpdate>()
+            .into_iter()
+            .rfind(|u| u.trade == trade);
+        if let Some(update) = newest.filter(|u| shows(u)) {
+            return update.revision;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trader {i} was not shown trade {trade}"
+        );
+        for trader in traders.iter_mut() {
+            trader.abuser.wait(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Trader `i`'s acceptance of `trade` as the newest update of it shows it.
+fn accept(traders: &mut [Trader], i: usize, trade: u64) -> InventoryOp {
+    let revision = revision_seen(traders, i, trade, |_| true);
+    InventoryOp::Accept { trade, revision }
+}
+
 /// Every trader's inventory, from a `List` each (answered after every
 /// earlier change of the same player has committed).
 fn inventories(traders: &mut [Trader]) -> Vec<InventorySnapshot> {
@@ -629,12 +664,15 @@ fn trade_races_neither_duplicate_nor_lose_items() {
     sent += 2;
     let trades: Vec<u64> = offers.iter().filter_map(|r| r.trade).collect();
     assert_eq!(trades.len(), 2, "{offers:?}");
+    // What each side saw first, then all the accepts in one flush.
     let accepts = [
-        (b, traders[b].send(InventoryOp::Accept { trade: trades[0] })),
-        (c, traders[c].send(InventoryOp::Accept { trade: trades[1] })),
-        (a, traders[a].send(InventoryOp::Accept { trade: trades[0] })),
-        (a, traders[a].send(InventoryOp::Accept { trade: trades[1] })),
-    ];
+        (b, trades[0]),
+        (c, trades[1]),
+        (a, trades[0]),
+        (a, trades[1]),
+    ]
+    .map(|(i, trade)| (i, accept(&mut traders, i, trade)));
+    let accepts = accepts.map(|(i, op)| (i, traders[i].send(op)));
     let replies = race(&mut traders, &accepts);
     sent += 4;
     rejected += replies.iter().filter(|r| is_err(r)).count();
@@ -670,13 +708,20 @@ fn trade_races_neither_duplicate_nor_lose_items() {
             },
         });
         race(&mut traders, &[(b, counter)]);
-        let accept_a = traders[a].send(InventoryOp::Accept { trade });
+        // Both accept the trade with B's counter-offer in it.
+        let countered = |u: &TradeUpdate| !u.partner_offer.items.is_empty();
+        let revision = revision_seen(&mut traders, a, trade, countered);
+        let accept_a = traders[a].send(InventoryOp::Accept { trade, revision });
         race(&mut traders, &[(a, accept_a)]);
+        let accept_b = InventoryOp::Accept {
+            trade,
+            revision: revision_seen(&mut traders, b, trade, countered),
+        };
         // B accepts (completing the swap) while one side cancels.
         let canceller = if round % 2 == 0 { a } else { b };
         let moves = if round % 4 < 2 {
             [
-                (b, traders[b].send(InventoryOp::Accept { trade })),
+                (b, traders[b].send(accept_b)),
                 (
                     canceller,
                     traders[canceller].send(InventoryOp::Cancel { trade }),
@@ -688,7 +733,7 @@ fn trade_races_neither_duplicate_nor_lose_items() {
                     canceller,
                     traders[canceller].send(InventoryOp::Cancel { trade }),
                 ),
-                (b, traders[b].send(InventoryOp::Accept { trade })),
+                (b, traders[b].send(accept_b)),
             ]
         };
         let replies = race(&mut traders, &moves);
@@ -712,23 +757,20 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         let (held, expected) = prepare(&mut traders);
         let (slot, count) = stacks(&held[a])[0];
         let trade = open_trade(&mut traders, a, accounts[b], (slot, count));
-        let accept_b = traders[b].send(InventoryOp::Accept { trade });
+        let accept_b = accept(&mut traders, b, trade);
+        let accept_b = traders[b].send(accept_b);
         race(&mut traders, &[(b, accept_b)]);
+        let revision = revision_seen(&mut traders, a, trade, |_| true);
         let give = InventoryOp::Give {
             to: accounts[c],
             slot,
             count,
         };
+        let accept_a = InventoryOp::Accept { trade, revision };
         let moves = if gift_first {
-            [
-                (a, traders[a].send(give)),
-                (a, traders[a].send(InventoryOp::Accept { trade })),
-            ]
+            [(a, traders[a].send(give)), (a, traders[a].send(accept_a))]
         } else {
-            [
-                (a, traders[a].send(InventoryOp::Accept { trade })),
-                (a, traders[a].send(give)),
-            ]
+            [(a, traders[a].send(accept_a)), (a, traders[a].send(give))]
         };
         let replies = race(&mut traders, &moves);
         sent += 4;
@@ -752,10 +794,14 @@ fn trade_races_neither_duplicate_nor_lose_items() {
     let online = server.metric("connected_clients");
     let (slot, count) = stacks(&held[a])[0];
     let trade = open_trade(&mut traders, a, accounts[c], (slot, count));
-    traders[c].send(InventoryOp::Accept { trade });
+    let (accept_c, accept_a) = (
+        accept(&mut traders, c, trade),
+        accept(&mut traders, a, trade),
+    );
+    traders[c].send(accept_c);
     traders[c].abuser.pump();
     traders[c].abuser.raw.disconnect();
-    let accept_a = traders[a].send(InventoryOp::Accept { trade });
+    let accept_a = traders[a].send(accept_a);
     let replies = race(&mut traders[..2], &[(a, accept_a)]);
     sent += 3;
     rejected += replies.iter().filter(|r| is_err(r)).count();

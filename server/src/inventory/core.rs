@@ -247,6 +247,9 @@ struct Side {
 struct Trade {
     initiator: Side,
     partner: Side,
+    /// One more with every offer (see [`TradeUpdate::revision`]); an
+    /// accept of another revision is refused.
+    revision: u64,
 }
 
 impl Trade {
@@ -270,6 +273,7 @@ impl Trade {
         };
         TradeUpdate {
             trade: id,
+            revision: self.revision,
             initiator: self.initiator.account,
             partner: self.partner.account,
             initiator_offer: offer(&self.initiator),
@@ -1003,7 +1007,9 @@ impl InventoryCore {
                 Ok(None)
             }
             InventoryOp::Offer { with, offer } => self.offer(account, *with, offer).map(Some),
-            InventoryOp::Accept { trade } => self.accept(account, *trade).map(|()| Some(*trade)),
+            InventoryOp::Accept { trade, revision } => self
+                .accept(account, *trade, *revision)
+                .map(|()| Some(*trade)),
             InventoryOp::Cancel { trade } => {
                 if !self.trades.get(*trade).is_some_and(|t| t.involves(account)) {
                     return Err(InventoryError::NoSuchTrade);
@@ -1090,6 +1096,7 @@ impl InventoryCore {
                             items: Vec::new(),
                             accepted: false,
                         },
+                        revision: 0,
                     },
                 );
                 id
@@ -1097,6 +1104,7 @@ impl InventoryCore {
         };
         self.touch_trade(id);
         if let Some(trade) = self.trades.get_mut(id) {
+            trade.revision += 1;
             trade.initiator.accepted = false;
             trade.partner.accepted = false;
             if let Some(side) = trade.side_mut(account) {
@@ -1175,9 +1183,14 @@ impl InventoryCore {
         outputs
     }
 
-    fn accept(&mut self, account: u64, id: u64) -> Result<(), InventoryError> {
-        if !self.trades.get(id).is_some_and(|t| t.involves(account)) {
+    fn accept(&mut self, account: u64, id: u64, revision: u64) -> Result<(), InventoryError> {
+        let Some(trade) = self.trades.get(id).filter(|t| t.involves(account)) else {
             return Err(InventoryError::NoSuchTrade);
+        };
+        // An accept sent before an offer changed the trade is of offers
+        // that are gone: counting it would swap what the player never saw.
+        if trade.revision != revision {
+            return Err(InventoryError::TradeChanged);
         }
         self.touch_trade(id);
         let Some(trade) = self.trades.get_mut(id) else {

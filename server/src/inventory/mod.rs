@@ -243,7 +243,7 @@ impl Plugin for InventoryPlugin {
 }
 
 /// Every refusal reason and its `reason` label.
-const REFUSALS: [(InventoryError, &str); 14] = [
+const REFUSALS: [(InventoryError, &str); 15] = [
     (InventoryError::BadSlot, "bad_slot"),
     (InventoryError::EmptySlot, "empty_slot"),
     (InventoryError::BadCount, "bad_count"),
@@ -258,6 +258,7 @@ const REFUSALS: [(InventoryError, &str); 14] = [
     (InventoryError::TradeFailed, "trade_failed"),
     (InventoryError::Busy, "busy"),
     (InventoryError::Storage, "storage"),
+    (InventoryError::TradeChanged, "trade_changed"),
 ];
 
 fn unreachable_histogram() -> Histogram {

@@ -164,11 +164,15 @@ pub enum InventoryOp {
         /// What I give.
         offer: TradeOffer,
     },
-    /// Accept the trade as it stands; when both sides have accepted, the
-    /// swap happens atomically.
+    /// Accept the trade as it stood at `revision`; when both sides have
+    /// accepted, the swap happens atomically. Refused with
+    /// [`InventoryError::TradeChanged`] when an offer changed the trade
+    /// since: an acceptance is only ever of offers the player saw.
     Accept {
         /// The trade.
         trade: u64,
+        /// The [`TradeUpdate::revision`] accepted.
+        revision: u64,
     },
     /// Cancel the trade.
     Cancel {
@@ -237,6 +241,10 @@ pub enum InventoryError {
     /// same id.
     #[error("storage failure")]
     Storage,
+    /// An `Accept` of a revision the trade has left: an offer changed it
+    /// since the player looked. Nothing is accepted.
+    #[error("the trade changed; look again and accept again")]
+    TradeChanged,
 }
 
 /// Server → client: the answer to one [`InventoryRequest`].
@@ -287,6 +295,11 @@ pub enum TradeState {
 pub struct TradeUpdate {
     /// The trade.
     pub trade: u64,
+    /// Which version of the offers this is: 1 when the trade opens, one
+    /// more with every `Offer` of either side (which also resets both
+    /// acceptances). An [`InventoryOp::Accept`] names the revision it
+    /// accepts.
+    pub revision: u64,
     /// Who opened it.
     pub initiator: u64,
     /// The other side.
