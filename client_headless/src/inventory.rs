@@ -393,7 +393,7 @@ impl InventoryBehaviour {
                     }
                 } else if update.partner == self.account
                     && self.counter_offered == Some(update.trade)
-                    && !update.partner_offer.items.is_empty()
+                    && !update.partner_offer.is_empty()
                     && !partner_accepted
                 {
                     self.counter_offered = None;
@@ -426,7 +426,7 @@ fn index(draw: f64, len: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use shared::protocol::inventory::InventorySnapshot;
+    use shared::protocol::inventory::{InventorySnapshot, OfferedStack};
 
     use super::*;
 
@@ -442,6 +442,16 @@ mod tests {
             request_id,
             result: Ok(InventorySnapshot { version, slots }),
             trade: None,
+        }
+    }
+
+    fn offered(slot: u16, item: u32, count: u32) -> OfferedStack {
+        OfferedStack {
+            slot,
+            stack: ItemStack {
+                item: ItemId(item),
+                count,
+            },
         }
     }
 
@@ -562,11 +572,11 @@ mod tests {
             revision,
             initiator: 1,
             partner: 2,
-            initiator_offer: TradeOffer {
-                items: vec![(5, 1)],
-            },
-            partner_offer: TradeOffer {
-                items: if countered { vec![(0, 1)] } else { Vec::new() },
+            initiator_offer: vec![offered(5, 1, 1)],
+            partner_offer: if countered {
+                vec![offered(0, 4, 1)]
+            } else {
+                Vec::new()
             },
             state: TradeState::Open {
                 initiator_accepted: ia,

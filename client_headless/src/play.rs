@@ -17,8 +17,8 @@ use shared::movement::{ApplyScratch, MovementRules, Predictor, SnapshotReceiver}
 use shared::netcode::ConnectToken;
 use shared::protocol::chat::{ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend};
 use shared::protocol::inventory::{
-    InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker, InventoryUpdate, TradeOffer,
-    TradeState, TradeUpdate, WorldItems,
+    InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker, InventoryUpdate,
+    OfferedStack, TradeOffer, TradeState, TradeUpdate, WorldItems,
 };
 use shared::protocol::messages::{Emote, EmoteRequest, ServerNotice, Welcome};
 use shared::protocol::movement::Snapshot;
@@ -514,8 +514,11 @@ impl Player {
             TradeState::Cancelled => "cancelled".to_owned(),
         };
         println!(
-            "trade {} (revision {}) with account {other}: you give {:?}, you get {:?} (slot, count); {state}",
-            t.trade, t.revision, mine.items, theirs.items
+            "trade {} (revision {}) with account {other}: you give {}; you get {}; {state}",
+            t.trade,
+            t.revision,
+            describe_offer(mine),
+            describe_offer(theirs)
         );
     }
 
@@ -645,6 +648,23 @@ impl Player {
 }
 
 /// Prints an inventory, one occupied slot a line.
+/// `2 x item 5 (slot 3), 1 x item 7 (slot 0)`, or `nothing`.
+fn describe_offer(offer: &[OfferedStack]) -> String {
+    if offer.is_empty() {
+        return "nothing".to_owned();
+    }
+    offer
+        .iter()
+        .map(|o| {
+            format!(
+                "{} x item {} (slot {})",
+                o.stack.count, o.stack.item.0, o.slot
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_inventory(inventory: &InventorySnapshot) {
     let used = inventory.slots.iter().flatten().count();
     println!(

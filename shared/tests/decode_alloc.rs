@@ -1,10 +1,10 @@
-//! Decoding a client's message reserves no more memory than its bytes can
-//! fill, whatever lengths it claims.
+//! Decoding a message from the other side reserves no more memory than its
+//! bytes can fill, whatever lengths it claims.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use shared::protocol::inventory::{InventoryOp, InventoryRequest};
+use shared::protocol::inventory::{InventoryOp, InventoryRequest, TradeUpdate};
 use shared::protocol::{self, NetMessage};
 
 /// The system allocator, remembering the largest block asked for.
@@ -57,4 +57,21 @@ fn a_forged_list_length_reserves_nothing_for_it() {
     };
     let bytes = protocol::encode(&offer).unwrap();
     assert_eq!(protocol::decode::<InventoryRequest>(&bytes).unwrap(), offer);
+}
+
+#[test]
+fn a_forged_offer_length_in_a_trade_update_reserves_nothing_for_it() {
+    // What a client decodes: trade 0, revision 0, initiator 0, partner 0,
+    // then an initiator offer claiming 4,294,967,295 entries and holding
+    // none.
+    let mut payload = TradeUpdate::ID.to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF]);
+    LARGEST.store(0, Ordering::Relaxed);
+    let decoded = protocol::decode::<TradeUpdate>(&payload);
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(decoded.is_err(), "{decoded:?}");
+    assert!(
+        largest < 64 * 1024,
+        "{largest} bytes reserved for a forged length"
+    );
 }

@@ -709,7 +709,7 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         });
         race(&mut traders, &[(b, counter)]);
         // Both accept the trade with B's counter-offer in it.
-        let countered = |u: &TradeUpdate| !u.partner_offer.items.is_empty();
+        let countered = |u: &TradeUpdate| !u.partner_offer.is_empty();
         let revision = revision_seen(&mut traders, a, trade, countered);
         let accept_a = traders[a].send(InventoryOp::Accept { trade, revision });
         race(&mut traders, &[(a, accept_a)]);

@@ -54,7 +54,7 @@ use glam::Vec2;
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot,
     InventoryUpdate, ItemId, ItemStack, MAX_LISTED_WORLD_ITEMS, MAX_SLOTS, MAX_TRADE_SLOTS,
-    REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate, WorldItem, WorldItems,
+    OfferedStack, REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate, WorldItem, WorldItems,
 };
 
 use super::catalogue::Catalogue;
@@ -268,8 +268,14 @@ impl Trade {
     }
 
     fn update(&self, id: u64, state: TradeState) -> TradeUpdate {
-        let offer = |s: &Side| TradeOffer {
-            items: s.items.iter().map(|&(slot, _, n)| (slot, n)).collect(),
+        let offer = |s: &Side| {
+            s.items
+                .iter()
+                .map(|&(slot, item, count)| OfferedStack {
+                    slot,
+                    stack: ItemStack { item, count },
+                })
+                .collect()
         };
         TradeUpdate {
             trade: id,

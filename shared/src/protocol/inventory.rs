@@ -65,6 +65,10 @@ fn trade_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u16, u32)>, D::Err
     capped_list(d, MAX_TRADE_SLOTS)
 }
 
+fn offered_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OfferedStack>, D::Error> {
+    capped_list(d, MAX_TRADE_SLOTS)
+}
+
 fn world_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WorldItem>, D::Error> {
     capped_list(d, MAX_LISTED_WORLD_ITEMS)
 }
@@ -108,6 +112,18 @@ pub struct TradeOffer {
     /// `(slot, count)` pairs, at most [`MAX_TRADE_SLOTS`], slots distinct.
     #[serde(deserialize_with = "trade_list")]
     pub items: Vec<(u16, u32)>,
+}
+
+/// One entry of an offer as the server holds it: the slot it comes from
+/// and what it gives from there. The item is the one the slot held when
+/// offered; if the slot no longer holds that many of it at the swap, the
+/// trade fails rather than give anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedStack {
+    /// The giving side's slot.
+    pub slot: u16,
+    /// The item and how many of it.
+    pub stack: ItemStack,
 }
 
 /// What a client asks the server to do.
@@ -304,10 +320,12 @@ pub struct TradeUpdate {
     pub initiator: u64,
     /// The other side.
     pub partner: u64,
-    /// The initiator's offer.
-    pub initiator_offer: TradeOffer,
-    /// The partner's offer.
-    pub partner_offer: TradeOffer,
+    /// What the initiator gives (at most [`MAX_TRADE_SLOTS`] entries).
+    #[serde(deserialize_with = "offered_list")]
+    pub initiator_offer: Vec<OfferedStack>,
+    /// What the partner gives (at most [`MAX_TRADE_SLOTS`] entries).
+    #[serde(deserialize_with = "offered_list")]
+    pub partner_offer: Vec<OfferedStack>,
     /// Its state.
     pub state: TradeState,
 }
