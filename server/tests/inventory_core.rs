@@ -700,6 +700,52 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
     assert_eq!(stacks(h.core.inventory(2).unwrap()), stacks(&b_after));
 }
 
+/// A third player cannot end someone else's trade: its offer to either
+/// side is refused while they trade, and their trade completes.
+#[test]
+fn an_offer_to_a_player_already_trading_is_refused_and_ends_nothing() {
+    let mut h = Harness::new();
+    for account in [1, 2, 3] {
+        h.push(Input::Connected { account });
+    }
+    let a = gather(&mut h, 1, 100);
+    let a_slot = a.slots.iter().position(Option::is_some).unwrap() as u16;
+    let offer = |with, items| InventoryOp::Offer {
+        with,
+        offer: TradeOffer { items },
+    };
+    let (opened, out) = h.exchange(1, 1, offer(2, vec![(a_slot, 1)]));
+    let trade = opened.trade.unwrap();
+    let revision = trade_seen(&out, 2, trade).unwrap().revision;
+    h.request(1, 2, InventoryOp::Accept { trade, revision })
+        .result
+        .unwrap();
+
+    let (busy, out) = h.exchange(3, 1, offer(1, Vec::new()));
+    assert_eq!(busy.result, Err(InventoryError::PartnerBusy));
+    assert_eq!(busy.trade, None);
+    assert!(
+        out.iter().all(|o| !matches!(o, Output::Trade { .. })),
+        "nobody hears of a trade: {out:?}"
+    );
+    // Again, to the other side, in the batch of the accept that completes it.
+    h.push(request_input(3, 2, offer(2, Vec::new())));
+    h.push(request_input(2, 1, InventoryOp::Accept { trade, revision }));
+    let out = h.flush(false);
+    assert_eq!(
+        reply_of(&out, 3, 2).unwrap().result,
+        Err(InventoryError::PartnerBusy)
+    );
+    assert!(reply_of(&out, 2, 1).unwrap().result.is_ok());
+    assert_eq!(
+        trade_seen(&out, 1, trade).map(|u| u.state),
+        Some(TradeState::Completed)
+    );
+    h.core.check_trades().unwrap();
+    // Once they are done, the third player may trade with them.
+    assert!(h.request(3, 3, offer(1, Vec::new())).result.is_ok());
+}
+
 /// Each side is told what both give: the slot, the item and how many,
 /// so that accepting "the trade as it stands" is an informed choice.
 #[test]

@@ -290,8 +290,9 @@ impl Trade {
 }
 
 /// The open trades, by id and by player: a player is in at most one (an
-/// offer that opens a trade cancels both sides' others), so finding a
-/// player's trade does not scan them all.
+/// offer that opens a trade cancels the opener's other one and is refused
+/// when the partner is in one), so finding a player's trade does not scan
+/// them all.
 #[derive(Debug, Default)]
 struct OpenTrades {
     by_id: BTreeMap<u64, Trade>,
@@ -1083,10 +1084,14 @@ impl InventoryCore {
         let id = match existing {
             Some(id) => id,
             None => {
-                // One open trade per player: opening a new one cancels the
-                // old ones of both sides.
+                // One open trade per player. The partner's is not the
+                // sender's to end: an offer to a player in a trade with
+                // someone else is refused. The sender's own other trade
+                // ends.
+                if self.trades.of(with).is_some() {
+                    return Err(InventoryError::PartnerBusy);
+                }
                 self.cancel_trades_of(account);
-                self.cancel_trades_of(with);
                 let id = self.next_trade_id();
                 self.touch_trade(id);
                 self.trades.insert(

@@ -243,7 +243,7 @@ impl Plugin for InventoryPlugin {
 }
 
 /// Every refusal reason and its `reason` label.
-const REFUSALS: [(InventoryError, &str); 15] = [
+const REFUSALS: [(InventoryError, &str); 16] = [
     (InventoryError::BadSlot, "bad_slot"),
     (InventoryError::EmptySlot, "empty_slot"),
     (InventoryError::BadCount, "bad_count"),
@@ -259,6 +259,7 @@ const REFUSALS: [(InventoryError, &str); 15] = [
     (InventoryError::Busy, "busy"),
     (InventoryError::Storage, "storage"),
     (InventoryError::TradeChanged, "trade_changed"),
+    (InventoryError::PartnerBusy, "partner_busy"),
 ];
 
 fn unreachable_histogram() -> Histogram {

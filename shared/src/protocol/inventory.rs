@@ -173,7 +173,9 @@ pub enum InventoryOp {
         count: u32,
     },
     /// Open a trade with another online player, or replace my side of our
-    /// open trade; resets both acceptances.
+    /// open trade; resets both acceptances. Opening one cancels my other
+    /// open trade, if any; a player already trading with someone else is
+    /// refused ([`InventoryError::PartnerBusy`]), their trade untouched.
     Offer {
         /// The other player's account id.
         with: u64,
@@ -261,6 +263,9 @@ pub enum InventoryError {
     /// since the player looked. Nothing is accepted.
     #[error("the trade changed; look again and accept again")]
     TradeChanged,
+    /// An `Offer` to a player who is trading with someone else.
+    #[error("that player is already trading")]
+    PartnerBusy,
 }
 
 /// Server → client: the answer to one [`InventoryRequest`].
