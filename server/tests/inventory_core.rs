@@ -262,6 +262,48 @@ fn many_read_only_requests_do_not_push_a_change_out() {
     assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
+/// A failed commit forgets only the answers its own batch added. With
+/// [`REMEMBERED_REQUESTS`] changes remembered, a batch of one more pushes
+/// the oldest past the bound; the store keeps it when that commit fails,
+/// and so must memory: the oldest id sent again gets its original answer
+/// and is not applied a second time.
+#[test]
+fn a_failed_commit_does_not_forget_older_request_ids() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 10_000);
+    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    let count = inv.slots[usize::from(from)].unwrap().count;
+    // Whole-stack moves, there and back: each one a stored change.
+    let move_op = |i: u64| {
+        let (from, to) = if i.is_multiple_of(2) {
+            (from, to)
+        } else {
+            (to, from)
+        };
+        InventoryOp::Move { from, to, count }
+    };
+    let first = h.request(1, 1, move_op(0));
+    assert!(first.result.is_ok(), "{first:?}");
+    for i in 1..REMEMBERED_REQUESTS as u64 {
+        let reply = h.request(1, 1 + i, move_op(i));
+        assert!(reply.result.is_ok(), "{reply:?}");
+    }
+    let before = h.core.inventory(1).unwrap().clone();
+
+    h.push(request_input(1, 1_000, move_op(0)));
+    let out = h.flush(true);
+    assert_eq!(
+        reply_of(&out, 1, 1_000).unwrap().result,
+        Err(InventoryError::Storage)
+    );
+    assert_eq!(h.core.inventory(1), Some(&before));
+
+    assert_eq!(h.request(1, 1, move_op(0)), first, "the original answer");
+    assert_eq!(h.core.inventory(1), Some(&before), "not moved again");
+}
+
 /// While a commit is in flight, one player's flood of requests fills
 /// only its own share of the queue: the others are still served.
 #[test]

@@ -357,6 +357,12 @@ impl OpenTrades {
 /// them) and, apart, the newest as many other answers. One bound for both
 /// would let read-only requests push a change's id out while the store
 /// still holds it, and the change would be applied again.
+///
+/// The bound is applied by [`Applied::trim`] once the batch that added
+/// answers has committed, as the store prunes in the same commit: while a
+/// batch is built, the answers it adds come on top (at most the queued
+/// requests of the account), so that a failed commit, which removes them,
+/// leaves exactly the answers the store still holds.
 #[derive(Debug, Default)]
 struct Applied {
     /// Request ids in arrival order: the stored ones, the others.
@@ -368,12 +374,18 @@ struct Applied {
 impl Applied {
     fn insert(&mut self, reply: InventoryReply, stored: bool) {
         self.remove(reply.request_id);
-        let order = &mut self.order[usize::from(!stored)];
-        order.push_back(reply.request_id);
+        self.order[usize::from(!stored)].push_back(reply.request_id);
         self.replies.insert(reply.request_id, (reply, stored));
-        while order.len() > REMEMBERED_REQUESTS {
-            if let Some(old) = order.pop_front() {
-                self.replies.remove(&old);
+    }
+
+    /// Forgets the oldest answers beyond [`REMEMBERED_REQUESTS`] of each
+    /// kind.
+    fn trim(&mut self) {
+        for order in &mut self.order {
+            while order.len() > REMEMBERED_REQUESTS {
+                if let Some(old) = order.pop_front() {
+                    self.replies.remove(&old);
+                }
             }
         }
     }
@@ -560,7 +572,16 @@ impl InventoryCore {
             return Vec::new();
         };
         let mut outputs = match result {
-            Ok(()) => building.outputs,
+            Ok(()) => {
+                // The store pruned its answers in this commit; memory
+                // follows (see `Applied`).
+                for &(account, _, _) in &building.applied {
+                    if let Some(applied) = self.applied.get_mut(&account) {
+                        applied.trim();
+                    }
+                }
+                building.outputs
+            }
             Err(_) => {
                 for (account, before) in building.inventories {
                     match before {
@@ -802,6 +823,7 @@ impl InventoryCore {
                 applied.insert(reply, true);
             }
         }
+        applied.trim();
         self.applied.insert(account, applied);
         let mut inventory = state.inventory.unwrap_or_default();
         if inventory.slots.len() < self.config.slots {
