@@ -576,7 +576,27 @@ fn moves_split_merge_and_swap_within_the_stack_limits() {
             }
         )
         .result,
-        Err(InventoryError::BadSlot)
+        Err(InventoryError::SameSlot)
+    );
+    // Part of a stack onto another item: the slot is taken, although the
+    // inventory has room.
+    let other = inv
+        .slots
+        .iter()
+        .position(|s| s.is_some_and(|s| s.item != stack.item))
+        .expect("another item") as u16;
+    assert_eq!(
+        h.request(
+            1,
+            7,
+            InventoryOp::Move {
+                from,
+                to: other,
+                count: 1
+            }
+        )
+        .result,
+        Err(InventoryError::SlotTaken)
     );
     assert_eq!(
         h.request(

@@ -1443,8 +1443,11 @@ fn move_stack(
 ) -> Result<(), InventoryError> {
     let src = peek(slots, from)?;
     let (f, t) = (usize::from(from), usize::from(to));
-    if t >= slots.len() || f == t {
+    if t >= slots.len() {
         return Err(InventoryError::BadSlot);
+    }
+    if f == t {
+        return Err(InventoryError::SameSlot);
     }
     if count == 0 || count > src.count {
         return Err(InventoryError::BadCount);
@@ -1468,7 +1471,7 @@ fn move_stack(
             });
         }
         Some(_) if count == src.count => slots.swap(f, t),
-        Some(_) => return Err(InventoryError::NoRoom),
+        Some(_) => return Err(InventoryError::SlotTaken),
     }
     Ok(())
 }

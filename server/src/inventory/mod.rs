@@ -243,7 +243,7 @@ impl Plugin for InventoryPlugin {
 }
 
 /// Every refusal reason and its `reason` label.
-const REFUSALS: [(InventoryError, &str); 16] = [
+const REFUSALS: [(InventoryError, &str); 18] = [
     (InventoryError::BadSlot, "bad_slot"),
     (InventoryError::EmptySlot, "empty_slot"),
     (InventoryError::BadCount, "bad_count"),
@@ -260,6 +260,8 @@ const REFUSALS: [(InventoryError, &str); 16] = [
     (InventoryError::Storage, "storage"),
     (InventoryError::TradeChanged, "trade_changed"),
     (InventoryError::PartnerBusy, "partner_busy"),
+    (InventoryError::SameSlot, "same_slot"),
+    (InventoryError::SlotTaken, "slot_taken"),
 ];
 
 fn unreachable_histogram() -> Histogram {

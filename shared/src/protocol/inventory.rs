@@ -149,7 +149,9 @@ pub enum InventoryOp {
     },
     /// Move `count` from one slot to another: a move to an empty slot, a
     /// split (less than the whole stack), a merge onto the same item, or a
-    /// swap of two whole stacks of different items.
+    /// swap of two whole stacks of different items. Part of a stack onto
+    /// another item is refused ([`InventoryError::SlotTaken`]), as is a
+    /// move onto its own slot ([`InventoryError::SameSlot`]).
     Move {
         /// From.
         from: u16,
@@ -266,6 +268,13 @@ pub enum InventoryError {
     /// An `Offer` to a player who is trading with someone else.
     #[error("that player is already trading")]
     PartnerBusy,
+    /// A `Move` onto the slot it starts from.
+    #[error("that is the same slot")]
+    SameSlot,
+    /// A `Move` of part of a stack onto a slot holding another item (only
+    /// whole stacks swap).
+    #[error("that slot holds another item; move the whole stack to swap")]
+    SlotTaken,
 }
 
 /// Server → client: the answer to one [`InventoryRequest`].
@@ -275,7 +284,8 @@ pub struct InventoryReply {
     pub request_id: u64,
     /// The inventory after the operation, or why it failed.
     pub result: Result<InventorySnapshot, InventoryError>,
-    /// For `Offer`: the trade's id.
+    /// The trade's id when an `Offer`, `Accept` or `Cancel` succeeded;
+    /// `None` for every other reply.
     pub trade: Option<u64>,
 }
 
@@ -284,7 +294,8 @@ impl NetMessage for InventoryReply {
 }
 
 /// Server → client: the inventory changed without a request of the
-/// recipient (a gift, a completed trade, a rollback).
+/// recipient (a gift, a trade the other side completed). A failed commit
+/// sends none: it restores the state the recipient already has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryUpdate {
     /// The new state.
