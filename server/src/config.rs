@@ -83,7 +83,8 @@ pub enum Command {
 /// Flags of `server audit`.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct AuditArgs {
-    /// The data directory to check (the server's `--data-dir`).
+    /// The data directory to check: the server's `--data-dir` (the config
+    /// file is not read).
     #[arg(
         long,
         env = "GAMESERVER_DATA_DIR",
@@ -114,7 +115,7 @@ pub struct TokenArgs {
         allow_negative_numbers = true
     )]
     pub timeout: i32,
-    /// The private key file [default: the public development key]
+    /// The private key file: the server's `--key-file` (the config file is not read) [default: the public development key]
     #[arg(long, env = "GAMESERVER_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 }
