@@ -570,3 +570,77 @@ fn dropping_the_handle_behind_a_full_command_queue_applies_everything_and_stops(
         "every accepted batch was applied before the thread stopped"
     );
 }
+
+/// A game that falls behind fills the event channel and its backlog with
+/// droppable traffic (movement); a reliable message that arrives then
+/// takes the place of the oldest droppable one waiting, instead of getting
+/// its sender disconnected for a flood it did not cause.
+#[test]
+fn a_game_behind_drops_unreliable_traffic_before_a_reliable_message() {
+    const UNRELIABLE: ChannelId = ChannelId(3);
+    let key = Key::generate(&mut system_rng());
+    let config = ServerIoConfig {
+        inbound_capacity: 8,
+        droppable_channels: vec![UNRELIABLE],
+        ..ServerIoConfig::default()
+    };
+    let (mut server, addr) = spawn_server(key, config);
+    let mut mover = client(&key, addr, 1);
+    let mut talker = client(&key, addr, 2);
+    let (mut mover_seen, mut talker_seen) = (Seen::default(), Seen::default());
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(mover_seen.connected && talker_seen.connected) {
+        assert!(Instant::now() < deadline, "the clients did not connect");
+        pump(&mut mover, &mut mover_seen);
+        pump(&mut talker, &mut talker_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The game stops draining; the mover fills everything up.
+    for i in 0..50u32 {
+        mover
+            .endpoint
+            .send(UNRELIABLE, Bytes::from(i.to_le_bytes().to_vec()))
+            .unwrap();
+        mover.flush(Instant::now());
+    }
+    while server.stats().snapshot().inbound_dropped == 0 {
+        assert!(Instant::now() < deadline, "the backlog never filled");
+        pump(&mut mover, &mut mover_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    talker
+        .endpoint
+        .send(CHAT, Bytes::from_static(b"hello"))
+        .unwrap();
+    talker.flush(Instant::now());
+    let mut said = false;
+    while !said && Instant::now() < deadline {
+        pump(&mut talker, &mut talker_seen);
+        pump(&mut mover, &mut mover_seen);
+        for event in server.events().try_iter() {
+            if let NetEvent::Message {
+                client, payload, ..
+            } = &event
+            {
+                said |= client.account == 2 && payload.as_ref() == b"hello";
+            }
+            events.push(event);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let disconnected: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            NetEvent::Disconnected { client, reason } => Some((client.account, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        said,
+        "the reliable message was lost; disconnects {disconnected:?}"
+    );
+    assert_eq!(disconnected, []);
+    assert_eq!(server.stats().snapshot().flooding_disconnects, 0);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}

@@ -128,11 +128,13 @@ pub enum NetCommand {
 /// Settings of the `net-io` thread.
 #[derive(Debug, Clone)]
 pub struct ServerIoConfig {
-    /// Capacity of the event channel to the game. When it is full, messages
-    /// on unreliable channels are dropped (counted) and a client whose
-    /// reliable message cannot be queued is disconnected with
-    /// [`DisconnectReason::Flooding`]: the game must never lose a reliable
-    /// message silently.
+    /// Capacity of the event channel to the game. When it is full, events
+    /// wait in a backlog of a quarter of this; when that is full too,
+    /// messages on [`droppable_channels`](Self::droppable_channels) are
+    /// dropped (counted in `inbound_dropped`), and a reliable message takes
+    /// the place of the oldest droppable one waiting; only when none waits
+    /// is its sender disconnected with [`DisconnectReason::Flooding`]: the
+    /// game must never lose a reliable message silently.
     pub inbound_capacity: usize,
     /// Capacity of the command channel, in batches (one per tick).
     pub outbound_batches: usize,
@@ -221,7 +223,8 @@ pub struct IoStatsSnapshot {
     /// Datagrams the socket refused to send (and that were dropped; a
     /// socket that would block is waited for, not counted).
     pub send_errors: u64,
-    /// Unreliable messages dropped because the game fell behind.
+    /// Messages dropped because the game fell behind: droppable ones, and
+    /// reliable ones whose sender was then disconnected as flooding.
     pub inbound_dropped: u64,
     /// Sends and disconnects dropped because their client had left and,
     /// perhaps, a new client had taken its slot (the game had not yet seen
@@ -777,6 +780,11 @@ impl IoLoop {
                     channel,
                     payload,
                 } => {
+                    // A client being disconnected delivers nothing more:
+                    // its ordered stream must not go on past a gap.
+                    if flooders.contains(&client) {
+                        continue;
+                    }
                     let index = client.get();
                     if self.rates.len() <= index {
                         self.rates.resize(index + 1, Rate::default());
@@ -805,7 +813,9 @@ impl IoLoop {
                     }
                 }
             };
-            if let Some(flooder) = self.push_event(event) {
+            if let Some(flooder) = self.push_event(event)
+                && !flooders.contains(&flooder)
+            {
                 flooders.push(flooder);
             }
         }
@@ -817,9 +827,10 @@ impl IoLoop {
     }
 
     /// Hands one event to the game, keeping order. When the channel is full,
-    /// events wait in a bounded backlog; once that is full too, an
-    /// unreliable message is dropped and the sender of a reliable one is
-    /// returned to be disconnected. Connects and disconnects always wait.
+    /// events wait in a bounded backlog; once that is full too, a droppable
+    /// message is dropped, and a reliable one takes the place of the oldest
+    /// droppable message waiting (or, if none waits, its sender is returned
+    /// to be disconnected). Connects and disconnects always wait.
     fn push_event(&mut self, event: NetEvent) -> Option<ClientIndex> {
         self.flush_backlog();
         let event = if self.backlog.is_empty() {
@@ -836,7 +847,17 @@ impl IoLoop {
             && self.backlog.len() >= self.config.inbound_capacity / 4
         {
             bump(&self.stats.inbound_dropped, 1);
-            return (!self.config.droppable_channels.contains(channel)).then_some(client.slot);
+            let droppable = &self.config.droppable_channels;
+            if droppable.contains(channel) {
+                return None;
+            }
+            let oldest_droppable = self.backlog.iter().position(
+                |waiting| matches!(waiting, NetEvent::Message { channel, .. } if droppable.contains(channel)),
+            );
+            let Some(oldest) = oldest_droppable else {
+                return Some(client.slot);
+            };
+            self.backlog.remove(oldest);
         }
         self.backlog.push_back(event);
         None
