@@ -309,6 +309,9 @@ pub(crate) struct Bot {
     saw_snapshot: bool,
     sent_input: bool,
     tick_hz: u16,
+    /// The server's movement rules, from its welcome (the defaults until
+    /// then).
+    rules: MovementRules,
     receiver: SnapshotReceiver,
     predictor: Option<Predictor>,
     reconciled: bool,
@@ -346,6 +349,7 @@ impl Bot {
             saw_snapshot: false,
             sent_input: false,
             tick_hz: DEFAULT_TICK_HZ,
+            rules: MovementRules::default(),
             receiver: SnapshotReceiver::new(),
             predictor: None,
             reconciled: false,
@@ -664,6 +668,9 @@ impl Bot {
             Some(Welcome::ID) => {
                 if let Some(welcome) = decode_counted::<Welcome>(payload, stats) {
                     self.tick_hz = welcome.tick_hz.max(1);
+                    if welcome.rules.is_valid() {
+                        self.rules = welcome.rules;
+                    }
                 }
             }
             Some(InventoryReply::ID) => {
@@ -775,7 +782,7 @@ impl Bot {
             let dt = 1.0 / f32::from(self.tick_hz);
             let predictor = self
                 .predictor
-                .get_or_insert_with(|| Predictor::new(MovementRules::default(), dt, Vec2::ZERO));
+                .get_or_insert_with(|| Predictor::new(self.rules, dt, Vec2::ZERO));
             let here = predictor.position();
             let seek = self.inventory.as_ref().and_then(InventoryBehaviour::seek);
             let velocity = match (seek, &self.ctx.scenario.inventory) {

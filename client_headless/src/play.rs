@@ -281,6 +281,8 @@ fn spawn_stdin() -> Receiver<String> {
 struct Player {
     account: Option<u64>,
     tick_hz: u16,
+    /// The server's movement rules, from its welcome.
+    rules: MovementRules,
     receiver: SnapshotReceiver,
     /// The receiver's working lists.
     apply_scratch: ApplyScratch,
@@ -314,6 +316,7 @@ impl Player {
         Self {
             account: None,
             tick_hz: 30,
+            rules: MovementRules::default(),
             receiver: SnapshotReceiver::new(),
             apply_scratch: ApplyScratch::default(),
             predictor: None,
@@ -357,6 +360,13 @@ impl Player {
                     );
                     self.account = Some(w.client_id);
                     self.tick_hz = w.tick_hz;
+                    if w.rules.is_valid() {
+                        self.rules = w.rules;
+                    } else {
+                        println!(
+                            "the server's movement rules are unusable; predicting with the defaults"
+                        );
+                    }
                 }
             }
             Some(ServerNotice::ID) => {
@@ -635,7 +645,7 @@ impl Player {
         let start = self.receiver.own_position().unwrap_or(Vec2::ZERO);
         let predictor = self
             .predictor
-            .get_or_insert_with(|| Predictor::new(MovementRules::default(), dt, start));
+            .get_or_insert_with(|| Predictor::new(self.rules, dt, start));
         let input = predictor.input(self.velocity, self.receiver.ack());
         if let Ok(payload) = protocol::encode(&input) {
             let _ = endpoint.send(channels::MOVEMENT, payload);

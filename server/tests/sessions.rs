@@ -300,3 +300,48 @@ fn strikes_past_the_limit_disconnect_again() {
     assert_eq!(disconnects(&mut app, &net, 1), 1);
     assert_eq!(disconnects(&mut app, &net, 1), 1, "the eleventh asks again");
 }
+
+/// Clients predict their own movement with the server's rules: an operator
+/// who changes `[movement]` must not leave every client predicting with
+/// the defaults (corrected on every snapshot).
+#[test]
+fn the_welcome_carries_the_servers_movement_rules() {
+    use shared::protocol::NetMessage;
+    use shared::protocol::messages::Welcome;
+    let (mut app, net) = app();
+    let config = MovementConfig {
+        max_speed: 6.0,
+        world_min: glam::Vec2::splat(-250.0),
+        world_max: glam::Vec2::new(500.0, 250.0),
+        ..MovementConfig::default()
+    };
+    app.insert_resource(config.clone());
+    let player = client(0, 7, 1);
+    net.events
+        .send(NetEvent::Connected { client: player })
+        .unwrap();
+    let mut welcome = None;
+    for _ in 0..10 {
+        app.update();
+        for command in net.commands.try_iter().flatten() {
+            if let NetCommand::Send {
+                client,
+                channel,
+                payload,
+            } = command
+                && client == player
+                && channel == channels::CONTROL
+                && protocol::message_id(&payload) == Some(Welcome::ID)
+            {
+                welcome = Some(protocol::decode::<Welcome>(&payload).unwrap());
+            }
+        }
+        if welcome.is_some() {
+            break;
+        }
+    }
+    let welcome = welcome.expect("a welcome");
+    assert_eq!(welcome.client_id, 7);
+    assert_eq!(welcome.rules, config.rules());
+    assert!(welcome.rules.is_valid());
+}

@@ -182,6 +182,7 @@ fn every_message_type_decodes_random_bytes_without_panic() {
         &Welcome {
             client_id: 5,
             tick_hz: 30,
+            rules: shared::movement::MovementRules::default(),
         },
         rounds,
     );

@@ -153,7 +153,7 @@ impl MovementConfig {
         Ok(())
     }
 
-    /// The rules clients need to predict (send them the same values).
+    /// The rules clients need to predict (sent in every `Welcome`).
     pub fn rules(&self) -> MovementRules {
         MovementRules {
             max_speed: self.max_speed,

@@ -3,12 +3,14 @@
 
 use bevy_ecs::prelude::*;
 use shared::io::{ClientId, NetCommand, NetEvent};
+use shared::movement::MovementRules;
 use shared::protocol::{self, channels, messages::Welcome};
 use shared::transport::DisconnectReason;
 
 use super::typed::InboundRegistry;
 use super::{Clients, MAX_STRIKES, NetMetrics, NetServer, Outbox};
 use crate::config::ServerConfig;
+use crate::movement::MovementConfig;
 use crate::players::{self, PlayerRoster, PlayerSummary};
 
 /// The player entity of a connected client.
@@ -131,9 +133,13 @@ fn on_connected(world: &mut World, client: ClientId) {
     let tick_hz = world
         .get_resource::<ServerConfig>()
         .map_or(30, |c| c.tick_rate.hz() as u16);
+    let rules = world
+        .get_resource::<MovementConfig>()
+        .map_or_else(MovementRules::default, MovementConfig::rules);
     if let Ok(payload) = protocol::encode(&Welcome {
         client_id: client.account,
         tick_hz,
+        rules,
     }) {
         world.resource_mut::<Outbox>().push(NetCommand::Send {
             client,

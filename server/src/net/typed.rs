@@ -290,6 +290,7 @@ mod tests {
             message: Welcome {
                 client_id: 1,
                 tick_hz: 30,
+                rules: shared::movement::MovementRules::default(),
             },
         });
         world.write_message(ToClient {

@@ -26,8 +26,9 @@ pub use receiver::{
     ViewChanges,
 };
 
-/// The rules of motion both sides agree on.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The rules of motion both sides agree on (the server sends its own in
+/// [`Welcome`](crate::protocol::messages::Welcome)).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MovementRules {
     /// Fastest allowed speed, metres per second.
     pub max_speed: f32,
@@ -49,6 +50,17 @@ impl Default for MovementRules {
 }
 
 impl MovementRules {
+    /// Whether these rules can be followed: a positive finite speed and a
+    /// world whose corners are finite and in order (a client checks what
+    /// a server sends before it predicts with it).
+    pub fn is_valid(&self) -> bool {
+        self.max_speed.is_finite()
+            && self.max_speed > 0.0
+            && self.world_min.is_finite()
+            && self.world_max.is_finite()
+            && self.world_min.cmplt(self.world_max).all()
+    }
+
     /// `velocity` with its length limited to [`Self::max_speed`]; `None`
     /// when it is not finite.
     pub fn clamp_velocity(&self, velocity: Vec2) -> Option<Vec2> {

@@ -4,14 +4,19 @@
 use serde::{Deserialize, Serialize};
 
 use super::NetMessage;
+use crate::movement::MovementRules;
 
 /// Server → client, once, right after connecting ([`CONTROL`](super::channels::CONTROL)).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The player's account id (from the connect token).
     pub client_id: u64,
     /// The server's tick rate.
     pub tick_hz: u16,
+    /// The server's movement rules, for the client's prediction (see
+    /// [`Predictor`](crate::movement::Predictor)): predicting with other
+    /// rules than the server's is corrected on every snapshot.
+    pub rules: MovementRules,
 }
 
 impl NetMessage for Welcome {

@@ -36,7 +36,7 @@ pub const PROTOCOL_ID: u64 = 0x4741_4d45_0000_0000 | PROTOCOL_VERSION as u64;
 /// must agree on it (version 2: reliable windows of 256 messages, where a
 /// peer of version 1 could send ids up to 1,024 ahead, a protocol violation
 /// now; version 3: trade updates carry a revision, which an accept names,
-/// and the items each side offers).
+/// and the items each side offers; the welcome carries the movement rules).
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A message type that can cross the wire.
