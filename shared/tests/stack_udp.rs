@@ -644,3 +644,30 @@ fn a_game_behind_drops_unreliable_traffic_before_a_reliable_message() {
     assert_eq!(server.stats().snapshot().flooding_disconnects, 0);
     server.shutdown(DisconnectReason::ServerShutdown);
 }
+
+/// A datagram longer than any packet is counted as oversized, not cut to
+/// size and counted as whatever the cut bytes fail as.
+#[test]
+fn datagrams_longer_than_a_packet_are_counted_as_oversized() {
+    let key = Key::generate(&mut system_rng());
+    let (server, addr) = spawn_server(key, ServerIoConfig::default());
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        sender.send_to(&[1u8; 1_300], addr).unwrap();
+    }
+    let oversized = || {
+        let (_, summary) = server.stats().summary();
+        summary
+            .drops
+            .iter()
+            .find(|(reason, _)| *reason == shared::netcode::DropReason::Oversized)
+            .map_or(0, |(_, n)| *n)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while oversized() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, summary) = server.stats().summary();
+    assert_eq!(oversized(), 3, "drops: {:?}", summary.drops);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}

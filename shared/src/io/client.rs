@@ -26,7 +26,9 @@ impl ClientSocket {
         Ok(Self {
             socket,
             endpoint,
-            buf: vec![0; MAX_PACKET_BYTES],
+            // One byte more than a packet: a longer datagram is counted
+            // as `Oversized`.
+            buf: vec![0; MAX_PACKET_BYTES + 1],
         })
     }
 

@@ -373,7 +373,11 @@ impl ServerIo {
             backlog: VecDeque::new(),
             shutting_down: None,
             next_summary: None,
-            inbox: RecvBatch::new(RECV_BATCH, MAX_PACKET_BYTES),
+            // One byte more than a packet may have: a longer datagram
+            // arrives cut to this, which the secure layer counts as
+            // `Oversized` (cut to the limit, it would pass as a packet of
+            // the largest size and fail as something else).
+            inbox: RecvBatch::new(RECV_BATCH, MAX_PACKET_BYTES + 1),
             lookups: Vec::with_capacity(RECV_BATCH),
             located: Vec::with_capacity(RECV_BATCH),
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
