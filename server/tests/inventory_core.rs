@@ -21,6 +21,7 @@ use shared::protocol::inventory::{
 struct FlakyStore {
     inner: SqliteStore,
     fail_next: bool,
+    fail_next_load: bool,
 }
 
 impl InventoryStore for FlakyStore {
@@ -28,6 +29,9 @@ impl InventoryStore for FlakyStore {
         self.inner.load_world()
     }
     fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+        if std::mem::take(&mut self.fail_next_load) {
+            return Err(StoreError::Injected);
+        }
         self.inner.load_account(account)
     }
     fn commit(&mut self, batch: &BatchWrites) -> Result<(), StoreError> {
@@ -64,6 +68,7 @@ impl Harness {
         let mut store = FlakyStore {
             inner: SqliteStore::open_in_memory().unwrap(),
             fail_next: false,
+            fail_next_load: false,
         };
         let catalogue = Arc::new(Catalogue::embedded().unwrap());
         let core = InventoryCore::load(catalogue, config(), &mut store).unwrap();
@@ -1137,4 +1142,16 @@ proptest! {
         check_replies(&out, &mut answered)?;
         check_after_batch(&mut h, &online)?;
     }
+}
+
+/// A load that fails (a busy or briefly unreadable store) is tried again
+/// by the player's next request, not left failing for the whole session.
+#[test]
+fn an_inventory_that_failed_to_load_is_loaded_by_the_next_request() {
+    let mut h = Harness::new();
+    h.store.fail_next_load = true;
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    let reply = h.request(1, 1, InventoryOp::List);
+    assert!(reply.result.is_ok(), "{reply:?}");
 }

@@ -799,7 +799,14 @@ impl InventoryCore {
                 request,
                 position,
                 tag,
-            } => self.request(account, request, position, tag),
+            } => {
+                // An inventory that failed to load is tried again: a store
+                // that was briefly busy must not fail the whole session.
+                if self.online.contains(&account) && !self.inventories.contains_key(&account) {
+                    self.connect(account, store);
+                }
+                self.request(account, request, position, tag);
+            }
         }
     }
 
@@ -811,8 +818,8 @@ impl InventoryCore {
         let state = match store.load_account(account) {
             Ok(state) => state,
             Err(error) => {
-                // No inventory this session: its requests are answered
-                // `Storage` (see `request`).
+                // No inventory yet: each request tries again, and is
+                // answered `Storage` while loading fails (see `request`).
                 tracing::error!(account, %error, "cannot load inventory");
                 return;
             }
