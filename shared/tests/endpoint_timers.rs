@@ -210,3 +210,32 @@ fn a_client_whose_server_goes_silent_reports_the_timeout_once_and_then_rests() {
     assert_eq!(reasons, [DisconnectReason::Timeout]);
     assert!(!pair.client.is_connected());
 }
+
+#[test]
+fn a_server_that_must_stop_says_goodbye_without_waiting_for_acks() {
+    let mut pair = Pair::connected(TOKEN_TIMEOUT_S);
+    let slot = pair.slot.unwrap();
+    pair.server
+        .send(pair.now, slot, channels::CHAT, Bytes::from_static(&[2; 64]))
+        .unwrap();
+    pair.server
+        .disconnect_all(pair.now, DisconnectReason::ServerShutdown);
+    // The last message leaves and is lost: the disconnect waits for its ack.
+    assert!(pair.server_turn(false) >= 1);
+    assert_eq!(pair.server.connected_clients(), 1);
+    assert!(pair.server.poll_transmit(pair.now, &mut pair.buf).is_none());
+    // The server cannot wait: the goodbye leaves at once.
+    pair.server.stop_lingering(pair.now);
+    let mut reason = None;
+    while let Some(transmit) = pair.server.poll_transmit(pair.now, &mut pair.buf) {
+        let mut datagram = pair.buf[..transmit.len].to_vec();
+        pair.client
+            .handle_datagram(pair.now, pair.server_addr, &mut datagram);
+        while let Some(event) = pair.client.poll_event() {
+            if let ClientEndpointEvent::Disconnected { reason: r } = event {
+                reason = Some(r);
+            }
+        }
+    }
+    assert_eq!(reason, Some(DisconnectReason::ServerShutdown));
+}

@@ -472,6 +472,21 @@ impl ServerEndpoint {
         }
     }
 
+    /// Clients still finishing a [`disconnect`](Self::disconnect) (what was
+    /// sent to them is not all acknowledged yet) stop waiting: their
+    /// disconnect packets leave on the next `poll_transmit` calls. For a
+    /// server that must stop before the linger is over.
+    pub fn stop_lingering(&mut self, now: Instant) {
+        let now = self.clock.stamp(now);
+        for index in 0..self.peers.len() {
+            if let Some(peer) = self.peers[index].as_mut()
+                && peer.conn.stop_finishing(now)
+            {
+                self.touch(index);
+            }
+        }
+    }
+
     /// Feeds one datagram read from the socket; `buf` is decrypted in place.
     pub fn handle_datagram(
         &mut self,

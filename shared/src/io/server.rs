@@ -587,6 +587,9 @@ impl IoLoop {
             if let Some(deadline) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
+                // Clients whose last messages are still unacknowledged get
+                // their goodbye now, not a timeout.
+                self.endpoint.stop_lingering(now);
                 self.flush(now);
                 return;
             }

@@ -604,6 +604,17 @@ impl Connection {
         }
     }
 
+    /// A connection finishing a [`disconnect`](Self::disconnect) stops
+    /// waiting and starts closing with its reason (a server that must stop
+    /// now); `true` if it was finishing.
+    pub(crate) fn stop_finishing(&mut self, now: Stamp) -> bool {
+        let State::Finishing { reason } = self.state else {
+            return false;
+        };
+        self.close_gracefully(now, reason);
+        true
+    }
+
     /// A finishing connection whose queued messages are all acknowledged
     /// (or whose linger is over) starts closing; returns whether it did.
     fn settle_finish(&mut self, now: Stamp) -> bool {
