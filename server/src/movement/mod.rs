@@ -230,9 +230,13 @@ pub struct MovementViolations {
 }
 
 impl MovementViolations {
-    /// All violations.
+    /// All violations (saturating: a session-long flood counts up to
+    /// `u32::MAX`, not round to zero).
     pub fn total(&self) -> u32 {
-        self.non_finite + self.speed + self.flood + self.rate
+        self.non_finite
+            .saturating_add(self.speed)
+            .saturating_add(self.flood)
+            .saturating_add(self.rate)
     }
 }
 
@@ -452,11 +456,27 @@ fn record(
         Violation::Flood => (&mut violations.flood, &metrics.flood),
         Violation::Rate => (&mut violations.rate, &metrics.rate),
     };
-    *count += 1;
+    *count = count.saturating_add(1);
     counter.inc();
     let total = violations.total();
     if total == 1 || total.is_multiple_of(100) {
         let account = player.map(|p| p.client.account);
         tracing::warn!(?entity, ?account, ?violation, total, "movement violation");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violation_counts_saturate_instead_of_wrapping() {
+        let violations = MovementViolations {
+            non_finite: u32::MAX,
+            speed: 1,
+            flood: 2,
+            rate: 3,
+        };
+        assert_eq!(violations.total(), u32::MAX);
     }
 }
