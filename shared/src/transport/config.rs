@@ -113,7 +113,9 @@ pub struct TransportConfig {
     /// Incomplete unreliable fragmented messages are dropped after this long.
     pub unreliable_fragment_timeout: Duration,
     /// Concurrent incomplete unreliable fragmented messages per channel
-    /// (1..=[`MAX_UNRELIABLE_REASSEMBLIES`]); a newer one evicts the oldest.
+    /// (1..=[`MAX_UNRELIABLE_REASSEMBLIES`]); a newer one evicts the oldest
+    /// once that has waited an eighth of `unreliable_fragment_timeout`
+    /// (and is dropped before).
     pub max_unreliable_reassemblies: usize,
     /// Retransmission timeout before the first RTT sample.
     pub initial_rto: Duration,

@@ -442,6 +442,10 @@ impl Connection {
             fragment_size: config.fragment_size,
             max_fragments: config.max_message_size.div_ceil(config.fragment_size) as u16,
             max_unreliable_reassemblies: config.max_unreliable_reassemblies,
+            min_eviction_age_us: u32::try_from(
+                (config.unreliable_fragment_timeout / 8).as_micros(),
+            )
+            .unwrap_or(u32::MAX),
         };
         let memory = RecvMemory {
             used: 0,

@@ -42,6 +42,21 @@ pub(crate) struct RecvLimits {
     pub(crate) fragment_size: usize,
     pub(crate) max_fragments: u16,
     pub(crate) max_unreliable_reassemblies: usize,
+    /// An incomplete unreliable message younger than this (µs) is not
+    /// evicted for a newer one, which is dropped instead: each eviction
+    /// begins a buffer of up to `max_message_size`, and a peer sending
+    /// nothing but first fragments must not have one datagram cost that
+    /// much work.
+    pub(crate) min_eviction_age_us: u32,
+}
+
+impl RecvLimits {
+    fn may_evict(&self, started: Option<Stamp>, now: Stamp) -> bool {
+        started.is_none_or(|t| {
+            now.saturating_duration_since(t)
+                >= Duration::from_micros(u64::from(self.min_eviction_age_us))
+        })
+    }
 }
 
 impl RecvLimits {
@@ -315,6 +330,10 @@ impl UnreliableRecv {
                 let Some(evicted) = self.reassemblies.get_mut(i) else {
                     return;
                 };
+                if evicted.active && !limits.may_evict(evicted.started, now) {
+                    self.stale += 1;
+                    return;
+                }
                 let freed = if evicted.active { evicted.buf.len() } else { 0 };
                 let bytes = usize::from(fragment.count) * limits.fragment_size;
                 if memory.used - freed + bytes > memory.cap {
@@ -554,6 +573,7 @@ mod tests {
             fragment_size: 1024,
             max_fragments: 256,
             max_unreliable_reassemblies: 4,
+            min_eviction_age_us: 125_000,
         };
         let mut channel = RecvChannel::new(ChannelKind::ReliableOrdered, 64);
         let mut memory = RecvMemory {
@@ -607,6 +627,7 @@ mod tests {
         fragment_size: 1024,
         max_fragments: 256,
         max_unreliable_reassemblies: 4,
+        min_eviction_age_us: 125_000,
     };
 
     #[test]
@@ -691,13 +712,41 @@ mod tests {
             channel.receive(0, &first, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
         }
         assert_eq!(memory.used, 1 << 20);
+        let later = Stamp::ZERO + Duration::from_millis(200);
         for index in 0..256u16 {
             let view = message(4, Some((index, 256)), &part);
-            channel.receive(0, &view, Stamp::ZERO, &LIMITS, &mut memory, &mut sink);
+            channel.receive(0, &view, later, &LIMITS, &mut memory, &mut sink);
         }
         assert_eq!(sink.0.len(), 1, "the newest message was refused");
         assert_eq!(sink.0[0].len(), 256 * 1024);
         assert_eq!(memory.used, 3 << 18, "three old reassemblies left");
+    }
+
+    /// A peer sending nothing but first fragments of new messages: each
+    /// eviction would begin a buffer of up to the largest message for one
+    /// datagram, so the young ones are not evicted; the new ones are
+    /// dropped instead.
+    #[test]
+    fn first_fragments_of_ever_new_messages_do_not_evict_young_ones() {
+        let mut channel = RecvChannel::new(ChannelKind::Unreliable, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: usize::MAX,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [8u8; 1024];
+        for id in 0..1_000u16 {
+            let at = Stamp::ZERO + Duration::from_micros(u64::from(id));
+            let first = message(id, Some((0, 256)), &part);
+            channel.receive(0, &first, at, &LIMITS, &mut memory, &mut sink);
+        }
+        let ids: Vec<u16> = reassemblies(&channel)
+            .iter()
+            .filter(|r| r.active)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [0, 1, 2, 3], "the first four are kept");
+        assert_eq!(channel.discarded(), 996);
     }
 
     /// On a sequenced channel a reassembly older than the newest message
