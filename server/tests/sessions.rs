@@ -25,6 +25,7 @@ use shared::protocol::inventory::{
     TradeUpdate, WorldItems,
 };
 use shared::protocol::{self, channels};
+use shared::transport::ChannelId;
 
 fn client(slot: u32, account: u64, session: u64) -> ClientId {
     ClientId {
@@ -70,10 +71,20 @@ fn ask(net: &Loopback, client: ClientId, request: &InventoryRequest) {
 }
 
 /// Runs ticks until `found` picks something out of what the server sent
-/// (the inventory commits on a thread of its own).
+/// on the inventory channel (the inventory commits on a thread of its own).
 fn tick_until<T>(
     app: &mut App,
     net: &Loopback,
+    found: impl FnMut(ClientId, &[u8]) -> Option<T>,
+) -> T {
+    tick_until_on(app, net, channels::INVENTORY, found)
+}
+
+/// [`tick_until`] on `on`.
+fn tick_until_on<T>(
+    app: &mut App,
+    net: &Loopback,
+    on: ChannelId,
     mut found: impl FnMut(ClientId, &[u8]) -> Option<T>,
 ) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -85,7 +96,7 @@ fn tick_until<T>(
                 channel,
                 payload,
             } = command
-                && channel == channels::INVENTORY
+                && channel == on
                 && let Some(value) = found(client, &payload)
             {
                 return value;
@@ -320,27 +331,10 @@ fn the_welcome_carries_the_servers_movement_rules() {
     net.events
         .send(NetEvent::Connected { client: player })
         .unwrap();
-    let mut welcome = None;
-    for _ in 0..10 {
-        app.update();
-        for command in net.commands.try_iter().flatten() {
-            if let NetCommand::Send {
-                client,
-                channel,
-                payload,
-            } = command
-                && client == player
-                && channel == channels::CONTROL
-                && protocol::message_id(&payload) == Some(Welcome::ID)
-            {
-                welcome = Some(protocol::decode::<Welcome>(&payload).unwrap());
-            }
-        }
-        if welcome.is_some() {
-            break;
-        }
-    }
-    let welcome = welcome.expect("a welcome");
+    let welcome = tick_until_on(&mut app, &net, channels::CONTROL, |to, payload| {
+        (to == player && protocol::message_id(payload) == Some(Welcome::ID))
+            .then(|| protocol::decode::<Welcome>(payload).unwrap())
+    });
     assert_eq!(welcome.client_id, 7);
     assert_eq!(welcome.rules, config.rules());
     assert!(welcome.rules.is_valid());

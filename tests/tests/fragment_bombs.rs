@@ -182,6 +182,17 @@ fn a_message_sent_in_fragments_and_whole_is_a_violation() {
     assert_eq!(ended(&honest), vec![], "honest players were disconnected");
 }
 
+/// The game's server endpoint on `server_addr`, in memory, whose clients
+/// together may buffer `cap` bytes.
+fn endpoint_with_total_cap(server_addr: SocketAddr, cap: usize) -> ServerEndpoint {
+    let mut config = ServerEndpointConfig::new(
+        netcode::ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr]),
+        channels::transport_config(),
+    );
+    config.max_total_receive_buffer = cap;
+    ServerEndpoint::new(config, &mut shared::io::system_rng()).expect("an endpoint")
+}
+
 /// A netcode client connected to `server` in memory.
 fn connect_in_memory(
     server: &mut ServerEndpoint,
@@ -219,13 +230,7 @@ fn connect_in_memory(
 fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding() {
     let server_addr: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
     let cap: usize = 4 << 20;
-    let mut config = ServerEndpointConfig::new(
-        netcode::ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr]),
-        channels::transport_config(),
-    );
-    config.max_total_receive_buffer = cap;
-    let mut server =
-        ServerEndpoint::new(config, &mut shared::io::system_rng()).expect("an endpoint");
+    let mut server = endpoint_with_total_cap(server_addr, cap);
     let now = Instant::now();
     let attackers = 6u16;
     let mut clients: Vec<(SocketAddr, netcode::Client)> = (0..attackers)
@@ -326,14 +331,7 @@ fn the_total_receive_bound_holds_exactly_and_the_client_crossing_it_is_flooding(
 #[test]
 fn only_the_client_crossing_the_total_bound_is_flooding_not_those_after_it() {
     let server_addr: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
-    let cap: usize = 512 << 10;
-    let mut config = ServerEndpointConfig::new(
-        netcode::ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr]),
-        channels::transport_config(),
-    );
-    config.max_total_receive_buffer = cap;
-    let mut server =
-        ServerEndpoint::new(config, &mut shared::io::system_rng()).expect("an endpoint");
+    let mut server = endpoint_with_total_cap(server_addr, 512 << 10);
     let now = Instant::now();
     let bomber_addr: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
     let honest_addr: SocketAddr = "127.0.0.1:50001".parse().expect("addr");
