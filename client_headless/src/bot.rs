@@ -671,6 +671,10 @@ impl Bot {
                     if welcome.rules.is_valid() {
                         self.rules = welcome.rules;
                     }
+                    // The first inputs may have left before the welcome.
+                    if let Some(predictor) = self.predictor.as_mut() {
+                        predictor.set_rules(self.rules, 1.0 / f32::from(self.tick_hz));
+                    }
                 }
             }
             Some(InventoryReply::ID) => {

@@ -367,6 +367,10 @@ impl Player {
                             "the server's movement rules are unusable; predicting with the defaults"
                         );
                     }
+                    // The first inputs may have left before the welcome.
+                    if let Some(predictor) = self.predictor.as_mut() {
+                        predictor.set_rules(self.rules, 1.0 / f32::from(self.tick_hz.max(1)));
+                    }
                 }
             }
             Some(ServerNotice::ID) => {
@@ -787,5 +791,30 @@ mod tests {
         assert!(parse_command("/give bob 1").unwrap_err().contains("usage"));
         assert!(parse_command("/trade 42").unwrap_err().contains("usage"));
         assert!(parse_command("/drop 70000").is_err());
+    }
+
+    #[test]
+    fn a_welcome_after_the_first_inputs_still_sets_the_rules() {
+        let mut player = Player::new();
+        player.predictor = Some(Predictor::new(player.rules, 1.0 / 30.0, Vec2::ZERO));
+        let rules = MovementRules {
+            max_speed: 2.0,
+            ..MovementRules::default()
+        };
+        let welcome = protocol::encode(&Welcome {
+            client_id: 7,
+            tick_hz: 10,
+            rules,
+        })
+        .unwrap();
+        player.on_message(channels::CONTROL, &welcome);
+        let predictor = player.predictor.as_mut().unwrap();
+        predictor.input(Vec2::new(7.0, 0.0), 0);
+        // 2 m/s for a tenth of a second, not 7 m/s for a thirtieth.
+        assert!(
+            (predictor.position().x - 0.2).abs() < 1e-5,
+            "{}",
+            predictor.position()
+        );
     }
 }

@@ -76,6 +76,16 @@ impl Predictor {
         correction
     }
 
+    /// Predicts from now on with the server's `rules` and tick period
+    /// `dt`: they come in its welcome, which a client may get after its
+    /// first inputs (the server welcomes in its next tick). The inputs
+    /// waiting for the server are replayed with them at the next
+    /// [`reconcile`](Self::reconcile); the sequence goes on.
+    pub fn set_rules(&mut self, rules: MovementRules, dt: f32) {
+        self.rules = rules;
+        self.dt = dt;
+    }
+
     /// The predicted position.
     pub fn position(&self) -> Vec2 {
         self.position
