@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, Output};
+use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, LOAD_RETRY_TICKS, Output};
 use server::persistence::{
     AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
 };
@@ -21,7 +21,9 @@ use shared::protocol::inventory::{
 struct FlakyStore {
     inner: SqliteStore,
     fail_next: bool,
-    fail_next_load: bool,
+    /// Loads that fail before one succeeds.
+    failing_loads: usize,
+    loads: usize,
 }
 
 impl InventoryStore for FlakyStore {
@@ -29,7 +31,9 @@ impl InventoryStore for FlakyStore {
         self.inner.load_world()
     }
     fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
-        if std::mem::take(&mut self.fail_next_load) {
+        self.loads += 1;
+        if self.failing_loads > 0 {
+            self.failing_loads -= 1;
             return Err(StoreError::Injected);
         }
         self.inner.load_account(account)
@@ -68,7 +72,8 @@ impl Harness {
         let mut store = FlakyStore {
             inner: SqliteStore::open_in_memory().unwrap(),
             fail_next: false,
-            fail_next_load: false,
+            failing_loads: 0,
+            loads: 0,
         };
         let catalogue = Arc::new(Catalogue::embedded().unwrap());
         let core = InventoryCore::load(catalogue, config(), &mut store).unwrap();
@@ -1145,13 +1150,40 @@ proptest! {
 }
 
 /// A load that fails (a busy or briefly unreadable store) is tried again
-/// by the player's next request, not left failing for the whole session.
+/// by the player's requests, not left failing for the whole session; but
+/// at most once every `LOAD_RETRY_TICKS`, so that a store that stays
+/// broken for an account costs the tick one read a second, not one per
+/// request.
 #[test]
-fn an_inventory_that_failed_to_load_is_loaded_by_the_next_request() {
+fn an_inventory_that_failed_to_load_is_loaded_again_but_not_on_every_request() {
     let mut h = Harness::new();
-    h.store.fail_next_load = true;
+    h.store.failing_loads = 2;
     h.push(Input::Connected { account: 1 });
     h.flush(false);
-    let reply = h.request(1, 1, InventoryOp::List);
+    assert_eq!(h.store.loads, 1);
+    // Many requests at once: one more attempt at most, and none so soon.
+    for id in 1..=20 {
+        h.push(request_input(1, id, InventoryOp::List));
+    }
+    let out = h.flush(false);
+    assert_eq!(h.store.loads, 1, "retried before the backoff");
+    assert_eq!(
+        reply_of(&out, 1, 20).map(|r| r.result.err()),
+        Some(Some(InventoryError::Storage))
+    );
+    h.ticks(LOAD_RETRY_TICKS as usize);
+    for id in 21..=40 {
+        h.push(request_input(1, id, InventoryOp::List));
+    }
+    let out = h.flush(false);
+    assert_eq!(h.store.loads, 2, "one retry for twenty requests");
+    assert_eq!(
+        reply_of(&out, 1, 40).map(|r| r.result.err()),
+        Some(Some(InventoryError::Storage))
+    );
+    // The store works again: the next retry loads it.
+    h.ticks(LOAD_RETRY_TICKS as usize);
+    let reply = h.request(1, 41, InventoryOp::List);
     assert!(reply.result.is_ok(), "{reply:?}");
+    assert_eq!(h.store.loads, 3);
 }

@@ -431,6 +431,10 @@ pub struct InventoryCore {
     inventories: HashMap<u64, InventorySnapshot>,
     applied: HashMap<u64, Applied>,
     online: HashSet<u64>,
+    /// Online accounts whose inventory failed to load, with the tick of
+    /// the last attempt: their requests try again at most every
+    /// [`LOAD_RETRY_TICKS`].
+    load_failed: HashMap<u64, u64>,
     world: BTreeMap<u64, WorldItem>,
     ledger: BTreeMap<ItemId, LedgerRow>,
     counters: Counters,
@@ -444,6 +448,11 @@ pub struct InventoryCore {
     building: Option<Building>,
     in_flight: Option<Building>,
 }
+
+/// Ticks between two attempts to load an inventory that failed to load
+/// (one second at 30 Hz): a store that stays broken for an account costs
+/// the tick one read a second, not one per request.
+pub const LOAD_RETRY_TICKS: u64 = 30;
 
 fn encode_reply(reply: &InventoryReply) -> Vec<u8> {
     shared::protocol::encode(reply)
@@ -478,6 +487,7 @@ impl InventoryCore {
             inventories: HashMap::new(),
             applied: HashMap::new(),
             online: HashSet::new(),
+            load_failed: HashMap::new(),
             world: world.into_iter().map(|w| (w.id, w)).collect(),
             ledger,
             counters,
@@ -783,6 +793,7 @@ impl InventoryCore {
             Input::Connected { account } => self.connect(account, store),
             Input::Disconnected { account } => {
                 self.online.remove(&account);
+                self.load_failed.remove(&account);
                 self.cancel_trades_of(account);
                 // The session is over: nothing of this batch is sent to it
                 // (a later session of the account must not receive it),
@@ -800,9 +811,14 @@ impl InventoryCore {
                 position,
                 tag,
             } => {
-                // An inventory that failed to load is tried again: a store
-                // that was briefly busy must not fail the whole session.
-                if self.online.contains(&account) && !self.inventories.contains_key(&account) {
+                // An inventory that failed to load is tried again (at most
+                // every LOAD_RETRY_TICKS): a store that was briefly busy
+                // must not fail the whole session.
+                let retry = self
+                    .load_failed
+                    .get(&account)
+                    .is_some_and(|&at| self.ticks >= at + LOAD_RETRY_TICKS);
+                if retry && self.online.contains(&account) {
                     self.connect(account, store);
                 }
                 self.request(account, request, position, tag);
@@ -816,11 +832,18 @@ impl InventoryCore {
             return;
         }
         let state = match store.load_account(account) {
-            Ok(state) => state,
+            Ok(state) => {
+                if self.load_failed.remove(&account).is_some() {
+                    tracing::info!(account, "inventory loaded after failing");
+                }
+                state
+            }
             Err(error) => {
-                // No inventory yet: each request tries again, and is
-                // answered `Storage` while loading fails (see `request`).
-                tracing::error!(account, %error, "cannot load inventory");
+                // No inventory yet: its requests are answered `Storage`
+                // (see `request`) and try again now and then.
+                if self.load_failed.insert(account, self.ticks).is_none() {
+                    tracing::error!(account, %error, "cannot load inventory; will retry");
+                }
                 return;
             }
         };

@@ -13,7 +13,9 @@
 //! Replies leave only after their batch is durably committed; the tick
 //! never waits for the database: it submits a batch and picks the result
 //! up on a later tick. The only database access on the tick thread is the
-//! read of one account's rows (primary-key lookups) when a player connects.
+//! read of one account's rows (primary-key lookups) when a player connects
+//! (and, if that failed, again at most once every
+//! [`LOAD_RETRY_TICKS`] while its requests come).
 
 pub mod catalogue;
 pub mod core;
@@ -31,7 +33,9 @@ use shared::protocol::inventory::{
 };
 
 pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
-pub use self::core::{Batch, CoreConfig, CoreError, Input, InventoryCore, Output};
+pub use self::core::{
+    Batch, CoreConfig, CoreError, Input, InventoryCore, LOAD_RETRY_TICKS, Output,
+};
 use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
 use crate::movement::MovementSystems;
 use crate::net::{
