@@ -682,7 +682,7 @@ impl Bot {
                     decode_counted::<InventoryReply>(payload, stats),
                     self.inventory.as_mut(),
                 ) {
-                    inv.on_reply(&reply);
+                    reactions.extend(inv.on_reply(&reply, respond));
                 }
             }
             Some(InventoryUpdate::ID) => {

@@ -117,8 +117,10 @@ pub(crate) struct InventoryBehaviour {
     unusable: BTreeSet<ItemId>,
     /// The trade this bot answered as a partner.
     answered: Option<u64>,
-    /// The trade whose update showing this bot's counter-offer it accepts.
-    counter_offered: Option<u64>,
+    /// The trade whose update showing this bot's counter-offer it accepts:
+    /// its id, the newest revision seen and the initiator (to whom the
+    /// counter-offer went).
+    counter_offered: Option<CounterOffer>,
     /// The trade this bot accepted as an initiator.
     accepted: Option<u64>,
     stats: InventoryStats,
@@ -302,19 +304,27 @@ impl InventoryBehaviour {
     }
 
     /// A reply: counts it as ok or failed, or unexpected.
-    pub(crate) fn on_reply(&mut self, reply: &InventoryReply) {
+    /// A reply to one of the bot's requests: returns a request to send in
+    /// reaction (an acceptance of the trade whose counter-offer was
+    /// refused, which would otherwise stay open with both sides waiting).
+    /// `respond`: false while the bot is leaving (it only counts then).
+    pub(crate) fn on_reply(
+        &mut self,
+        reply: &InventoryReply,
+        respond: bool,
+    ) -> Option<InventoryRequest> {
         let op = match self.tracker.on_reply(reply) {
             Ok(op) => op,
             Err(shared::protocol::inventory::TrackerError::UnexpectedReply(_)) => {
                 self.stats.unexpected += 1;
-                return;
+                return None;
             }
             Err(_) => {
                 // Matched a pending request, but the state contradicts one
                 // seen before.
                 self.stats.inconsistent += 1;
                 self.stats.ok += 1;
-                return;
+                return None;
             }
         };
         match &reply.result {
@@ -334,8 +344,22 @@ impl InventoryBehaviour {
                 {
                     self.unusable.insert(stack.item);
                 }
+                // The counter-offer was refused (its item left meanwhile):
+                // accept the trade as it stands.
+                if let InventoryOp::Offer { with, .. } = op
+                    && respond
+                    && let Some(counter) = self.counter_offered
+                    && counter.initiator == with
+                {
+                    self.counter_offered = None;
+                    return Some(self.send(InventoryOp::Accept {
+                        trade: counter.trade,
+                        revision: counter.revision,
+                    }));
+                }
             }
         }
+        None
     }
 
     /// A change the bot did not ask for (a gift, a completed trade).
@@ -372,6 +396,11 @@ impl InventoryBehaviour {
                     trade: update.trade,
                     revision: update.revision,
                 };
+                if let Some(counter) = self.counter_offered.as_mut()
+                    && counter.trade == update.trade
+                {
+                    counter.revision = update.revision;
+                }
                 if update.partner == self.account && self.answered != Some(update.trade) {
                     self.answered = Some(update.trade);
                     // Counter-offer one item, if any, and accept once the
@@ -383,7 +412,11 @@ impl InventoryBehaviour {
                         .map(|(slot, _)| (slot, 1));
                     match item {
                         Some(item) => {
-                            self.counter_offered = Some(update.trade);
+                            self.counter_offered = Some(CounterOffer {
+                                trade: update.trade,
+                                revision: update.revision,
+                                initiator: update.initiator,
+                            });
                             out.push(self.send(InventoryOp::Offer {
                                 with: update.initiator,
                                 offer: TradeOffer { items: vec![item] },
@@ -392,7 +425,9 @@ impl InventoryBehaviour {
                         None => out.push(self.send(accept)),
                     }
                 } else if update.partner == self.account
-                    && self.counter_offered == Some(update.trade)
+                    && self
+                        .counter_offered
+                        .is_some_and(|c| c.trade == update.trade)
                     && !update.partner_offer.is_empty()
                     && !partner_accepted
                 {
@@ -410,6 +445,15 @@ impl InventoryBehaviour {
         }
         out
     }
+}
+
+/// A counter-offer sent as a trade's partner, waiting to show in the
+/// trade.
+#[derive(Debug, Clone, Copy)]
+struct CounterOffer {
+    trade: u64,
+    revision: u64,
+    initiator: u64,
 }
 
 fn slots(slots: &[Option<ItemStack>]) -> impl Iterator<Item = (u16, ItemStack)> + '_ {
@@ -481,7 +525,7 @@ mod tests {
                 items: vec![item(5, 20.0), item(6, 30.0)],
             },
         );
-        b.on_reply(&reply(100, vec![None], 1));
+        b.on_reply(&reply(100, vec![None], 1), true);
         // The nearest item becomes the target; nothing to send while walking.
         assert_eq!(
             b.next(now, OpKind::Pick, Some(Vec2::ZERO), 8, [0.0, 0.0]),
@@ -493,7 +537,7 @@ mod tests {
         let r = b.next(now, OpKind::Pick, near, 8, [0.0, 0.0]).unwrap();
         assert_eq!(r.op, InventoryOp::PickUp { world_item: 5 });
         assert_eq!(b.seek(), None);
-        b.on_reply(&reply(r.request_id, vec![stack(1, 1)], 2));
+        b.on_reply(&reply(r.request_id, vec![stack(1, 1)], 2), true);
         let s = b.stats().clone();
         assert_eq!((s.sent, s.ok, s.picked_up), (2, 2, 1));
         // Walking to the next one, the bot picks it up on arrival.
@@ -514,7 +558,7 @@ mod tests {
         let mut b = InventoryBehaviour::new(7, 1);
         let r = b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]).unwrap();
         assert_eq!(r.op, InventoryOp::List);
-        b.on_reply(&reply(1, vec![None, stack(3, 4), None], 1));
+        b.on_reply(&reply(1, vec![None, stack(3, 4), None], 1), true);
         let r = b.next(now, OpKind::Move, None, 8, [0.0, 0.0]).unwrap();
         assert_eq!(
             r.op,
@@ -535,11 +579,14 @@ mod tests {
         );
         let r = b.next(now, OpKind::Use, None, 8, [0.0, 0.0]).unwrap();
         assert_eq!(r.op, InventoryOp::Use { slot: 1 });
-        b.on_reply(&InventoryReply {
-            request_id: r.request_id,
-            result: Err(InventoryError::NotUsable),
-            trade: None,
-        });
+        b.on_reply(
+            &InventoryReply {
+                request_id: r.request_id,
+                result: Err(InventoryError::NotUsable),
+                trade: None,
+            },
+            true,
+        );
         // Item 3 is known not to be usable: the bot looks for items instead.
         let r = b.next(now, OpKind::Use, None, 8, [0.0, 0.0]).unwrap();
         assert_eq!(r.op, InventoryOp::ListWorld);
@@ -552,8 +599,8 @@ mod tests {
         let mut b = InventoryBehaviour::new(7, 1);
         b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]);
         b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]);
-        b.on_reply(&reply(1, vec![None], 1));
-        b.on_reply(&reply(1, vec![None], 1));
+        b.on_reply(&reply(1, vec![None], 1), true);
+        b.on_reply(&reply(1, vec![None], 1), true);
         let s = b.end_connection();
         assert_eq!((s.sent, s.ok, s.unexpected, s.lost), (2, 1, 1, 1));
         assert!(!s.exactly_one_reply());
@@ -566,7 +613,7 @@ mod tests {
         let first = b
             .next(Instant::now(), OpKind::Trade, None, 1, [0.0; 2])
             .unwrap();
-        b.on_reply(&reply(first.request_id, vec![stack(4, 9)], 1));
+        b.on_reply(&reply(first.request_id, vec![stack(4, 9)], 1), true);
         let open = |revision, countered: bool, ia, pa| TradeUpdate {
             trade: 3,
             revision,
@@ -622,6 +669,26 @@ mod tests {
         a.on_trade(&done, true);
         b.on_trade(&done, true);
         assert_eq!(a.stats().trades_completed + b.stats().trades_completed, 1);
+        // A counter-offer refused (its item left meanwhile): the partner
+        // accepts the trade as it stands rather than leave it open.
+        let mut d = InventoryBehaviour::new(2, 1);
+        let first = d
+            .next(Instant::now(), OpKind::Trade, None, 1, [0.0; 2])
+            .unwrap();
+        d.on_reply(&reply(first.request_id, vec![stack(4, 9)], 1), true);
+        let counter = d.on_trade(&open(1, false, false, false), true);
+        let refused = InventoryReply {
+            request_id: counter[0].request_id,
+            result: Err(InventoryError::EmptySlot),
+            trade: None,
+        };
+        assert_eq!(
+            d.on_reply(&refused, true).map(|r| r.op),
+            Some(InventoryOp::Accept {
+                trade: 3,
+                revision: 1
+            })
+        );
         // A leaving bot does not react.
         let mut c = InventoryBehaviour::new(2, 1);
         assert!(c.on_trade(&open(1, false, false, false), false).is_empty());
