@@ -315,27 +315,36 @@ impl UnreliableRecv {
         {
             Some(i) => i,
             None => {
-                // A free slot, a new one, or else the oldest's, whose
-                // memory the new message may then use.
-                let i = match self.reassemblies.iter().position(|r| !r.active) {
+                // The free slot begun longest ago, a new one, or else the
+                // oldest's, whose memory the new message may then use.
+                let oldest = |free: bool| {
+                    (0..self.reassemblies.len())
+                        .filter(|&i| free != self.reassemblies[i].active)
+                        .min_by_key(|&i| self.reassemblies[i].started)
+                };
+                let i = match oldest(true) {
                     Some(i) => i,
                     None if self.reassemblies.len() < limits.max_unreliable_reassemblies => {
                         self.reassemblies.push(Reassembly::default());
                         self.reassemblies.len() - 1
                     }
-                    None => (0..self.reassemblies.len())
-                        .min_by_key(|&i| self.reassemblies[i].started)
-                        .unwrap_or(0),
+                    None => oldest(false).unwrap_or(0),
                 };
                 let Some(evicted) = self.reassemblies.get_mut(i) else {
                     return;
                 };
-                if evicted.active && !limits.may_evict(evicted.started, now) {
+                // A slot begins a message that needs a buffer of its own
+                // (beyond the one kept) at most once per minimum age, and
+                // evicts a younger message never: each such begin
+                // allocates and zeroes up to `max_message_size`.
+                let bytes = usize::from(fragment.count) * limits.fragment_size;
+                if (evicted.active || bytes > KEEP_CAPACITY)
+                    && !limits.may_evict(evicted.started, now)
+                {
                     self.stale += 1;
                     return;
                 }
                 let freed = if evicted.active { evicted.buf.len() } else { 0 };
-                let bytes = usize::from(fragment.count) * limits.fragment_size;
                 if memory.used - freed + bytes > memory.cap {
                     self.stale += 1;
                     return;
@@ -720,6 +729,43 @@ mod tests {
         assert_eq!(sink.0.len(), 1, "the newest message was refused");
         assert_eq!(sink.0[0].len(), 256 * 1024);
         assert_eq!(memory.used, 3 << 18, "three old reassemblies left");
+    }
+
+    /// On a sequenced channel a newer whole message frees the slots of
+    /// older incomplete ones at once; a peer alternating first fragments
+    /// of large messages with newer small ones still begins a large buffer
+    /// at most once per slot and minimum age.
+    #[test]
+    fn large_messages_begin_at_most_once_per_slot_and_minimum_age() {
+        let mut channel = RecvChannel::new(ChannelKind::UnreliableSequenced, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: 1 << 20,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [9u8; 1024];
+        let mut begun = 0;
+        for k in 0..1_000u16 {
+            let at = Stamp::ZERO + Duration::from_micros(u64::from(k));
+            let before = memory.used;
+            let first = message(2 * k, Some((0, 256)), &part);
+            channel.receive(0, &first, at, &LIMITS, &mut memory, &mut sink);
+            begun += usize::from(memory.used > before);
+            let newer = message(2 * k + 1, None, b"m");
+            channel.receive(0, &newer, at, &LIMITS, &mut memory, &mut sink);
+        }
+        assert_eq!(sink.0.len(), 1_000, "the small messages all arrive");
+        assert!(begun <= 4, "{begun} buffers of 256 KiB begun within 1 ms");
+        // Small fragmented messages reuse the kept buffers: not limited.
+        let later = Stamp::ZERO + Duration::from_millis(1);
+        for k in 0..100u16 {
+            let id = 3_000 + 2 * k;
+            for index in 0..2 {
+                let part = message(id, Some((index, 2)), &[7u8; 1024]);
+                channel.receive(0, &part, later, &LIMITS, &mut memory, &mut sink);
+            }
+        }
+        assert_eq!(sink.0.len(), 1_100);
     }
 
     /// A peer sending nothing but first fragments of new messages: each
