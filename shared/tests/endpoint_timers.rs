@@ -239,3 +239,25 @@ fn a_server_that_must_stop_says_goodbye_without_waiting_for_acks() {
     }
     assert_eq!(reason, Some(DisconnectReason::ServerShutdown));
 }
+
+#[test]
+fn a_disconnect_gives_back_the_clients_share_of_the_total_receive_memory() {
+    let mut pair = Pair::connected(TOKEN_TIMEOUT_S);
+    let slot = pair.slot.unwrap();
+    pair.client
+        .send(channels::EVENTS, Bytes::from(vec![5u8; 3_000]))
+        .unwrap();
+    // Only the first fragment arrives: the server holds a reassembly.
+    let transmit = pair
+        .client
+        .poll_transmit(pair.now, &mut pair.buf)
+        .expect("a datagram");
+    let mut datagram = pair.buf[..transmit.len].to_vec();
+    while pair.client.poll_transmit(pair.now, &mut pair.buf).is_some() {}
+    pair.server
+        .handle_datagram(pair.now, pair.unix, pair.client_addr, &mut datagram);
+    assert!(pair.server.total_receive_buffered() > 0);
+    pair.server
+        .disconnect(pair.now, slot, DisconnectReason::Kicked);
+    assert_eq!(pair.server.total_receive_buffered(), 0);
+}

@@ -265,7 +265,8 @@ fn arm(timers: &mut BinaryHeap<Reverse<(Stamp, usize)>>, peer: &mut Peer, index:
 }
 
 /// Brings `peer`'s share of the endpoint's receive memory, and `total`, up
-/// to what its connection holds now.
+/// to what its connection holds now (after datagrams and timers, and after
+/// a close, which frees what it held).
 fn recount(total: &mut usize, peer: &mut Peer) {
     let buffered = peer.conn.receive_buffered_bytes();
     *total = *total + buffered - peer.buffered;
@@ -395,6 +396,7 @@ impl ServerEndpoint {
         if result == Err(SendError::QueueFull) {
             peer.conn
                 .close_gracefully(self.clock.stamp(now), DisconnectReason::SendQueueFull);
+            recount(&mut self.total_buffered, peer);
             self.stats.queue_full_disconnects += 1;
         }
         self.touch(client.get());
@@ -440,6 +442,7 @@ impl ServerEndpoint {
             if peer.conn.send_bytes(channel, payload.clone()) == Err(SendError::QueueFull) {
                 peer.conn
                     .close_gracefully(now, DisconnectReason::SendQueueFull);
+                recount(&mut self.total_buffered, peer);
                 self.stats.queue_full_disconnects += 1;
             }
             self.touch(index);
@@ -454,6 +457,7 @@ impl ServerEndpoint {
     pub fn disconnect(&mut self, now: Instant, client: ClientIndex, reason: DisconnectReason) {
         if let Some(peer) = Self::live_peer_mut(&mut self.peers, client) {
             peer.conn.finish(self.clock.stamp(now), reason);
+            recount(&mut self.total_buffered, peer);
             self.touch(client.get());
         }
     }
@@ -467,6 +471,7 @@ impl ServerEndpoint {
                 && peer.ended.is_none()
             {
                 peer.conn.finish(now, reason);
+                recount(&mut self.total_buffered, peer);
                 self.touch(index);
             }
         }
