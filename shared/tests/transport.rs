@@ -1000,3 +1000,30 @@ fn a_disconnect_waits_no_longer_than_the_linger() {
         "closed {waited:?} after the disconnect, linger {linger:?}"
     );
 }
+
+#[test]
+fn both_sides_disconnecting_at_once_settle_in_a_round_trip_not_the_linger() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(10)),
+        23,
+    );
+    pair.run_for(ms(100));
+    pair.a.send(ORDERED, &numbered(0, 300)).unwrap();
+    pair.b.send(ORDERED, &numbered(1, 300)).unwrap();
+    let began = pair.now;
+    pair.a.disconnect(pair.now, DisconnectReason::Kicked);
+    pair.b.disconnect(pair.now, DisconnectReason::Closed);
+    let ended = pair.run_until(Duration::from_secs(5), |p| {
+        p.at_a.disconnected.is_some() && p.at_b.disconnected.is_some()
+    });
+    assert!(ended);
+    let took = pair.now - began;
+    assert!(
+        took < ms(200),
+        "both closed {took:?} after disconnecting, the linger is 1 s"
+    );
+    // Each had disconnected before the other's message came: neither is
+    // delivered after its own disconnect.
+    assert!(pair.at_a.messages.is_empty() && pair.at_b.messages.is_empty());
+}

@@ -851,10 +851,17 @@ impl Connection {
             }
         }
         if self.state != State::Connected {
-            // Finishing: its acks are all that still matters; its messages
-            // are not delivered (and not checked: the receive state is
-            // gone).
+            // Finishing: its acks are what still matters; its messages are
+            // not delivered (and not checked: the receive state is gone),
+            // but its packets are acknowledged, so that a peer finishing
+            // a disconnect of its own at the same time settles too.
             self.last_received = now;
+            self.record_received(header.sequence, now);
+            self.traffic.packets_received += 1;
+            self.traffic.bytes_received += datagram.len() as u64;
+            if header.ack_eliciting {
+                self.ack_eliciting_unacked += 1;
+            }
             if let Some(ack) = header.ack
                 && self.on_ack(now, ack).is_err()
             {
