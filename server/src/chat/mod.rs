@@ -10,8 +10,9 @@
 //!
 //! Every send of a member in session is answered exactly once, and the
 //! answer carries the send's [`ChatSend::client_ref`]: the speaker's own
-//! copy (`ChatLine::reply_to`) or a `ChatRejected` (only a send that gets
-//! its sender kicked goes unanswered). Within a tick a client receives all
+//! copy (`ChatLine::reply_to`) or a `ChatRejected` (the send that gets its
+//! sender kicked too: `Kicked`, before the disconnect, which the transport
+//! delivers after it). Within a tick a client receives all
 //! its `ChatLine`s (in `seq` order) before its `ChatRejected`s: the lines
 //! are sent by the routing system itself (a [`NetSender`]: each message is
 //! serialized once, each recipient's copy only adds its `seq` and
