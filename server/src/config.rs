@@ -83,15 +83,23 @@ pub enum Command {
 /// Flags of `server audit`.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct AuditArgs {
-    /// The data directory to check: the server's `--data-dir` (the config
-    /// file is not read).
-    #[arg(
-        long,
-        env = "GAMESERVER_DATA_DIR",
-        value_name = "DIR",
-        default_value = "./data"
-    )]
-    pub data_dir: PathBuf,
+    /// Config file (TOML), read for `data_dir` as the server reads it [default: assets/server.toml if it exists, else built-in defaults]
+    #[arg(long, env = "GAMESERVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory to check [default: the config file's data_dir, else ./data]
+    #[arg(long, env = "GAMESERVER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AuditArgs {
+    /// The settings as `server run` would resolve them with these flags.
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            ..RunArgs::default()
+        }
+    }
 }
 
 /// Flags of `server token`.
@@ -115,9 +123,23 @@ pub struct TokenArgs {
         allow_negative_numbers = true
     )]
     pub timeout: i32,
-    /// The private key file: the server's `--key-file` (the config file is not read) [default: the public development key]
+    /// Config file (TOML), read for `key_file` as the server reads it [default: assets/server.toml if it exists, else built-in defaults]
+    #[arg(long, env = "GAMESERVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The private key file [default: the config file's key_file, else the public development key]
     #[arg(long, env = "GAMESERVER_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The settings as `server run` would resolve them with these flags.
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            config: self.config.clone(),
+            key_file: self.key_file.clone(),
+            ..RunArgs::default()
+        }
+    }
 }
 
 /// Flags of `server run`. Every field is optional so that an absent flag
@@ -554,7 +576,7 @@ mod tests {
     fn audit_takes_a_data_dir() {
         let cli = Cli::try_parse_from(["server", "audit", "--data-dir", "/srv/game"]).unwrap();
         match cli.into_command() {
-            Command::Audit(args) => assert_eq!(args.data_dir, PathBuf::from("/srv/game")),
+            Command::Audit(args) => assert_eq!(args.data_dir, Some(PathBuf::from("/srv/game"))),
             other => panic!("expected audit, got {other:?}"),
         }
     }

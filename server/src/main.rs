@@ -19,15 +19,23 @@ fn main() -> ExitCode {
 /// `server audit`: JSON on stdout; exit 0 when the store is intact and
 /// balanced, 1 when a check fails, 2 when the store cannot be read.
 fn audit(args: &AuditArgs) -> ExitCode {
-    if !args.data_dir.join(server::persistence::DB_FILE).is_file() {
+    let config = match ServerConfig::load(&args.run_args()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = &config.data_dir;
+    if !data_dir.join(server::persistence::DB_FILE).is_file() {
         eprintln!(
             "error: no {} in {}",
             server::persistence::DB_FILE,
-            args.data_dir.display()
+            data_dir.display()
         );
         return ExitCode::from(2);
     }
-    match server::persistence::audit(&args.data_dir) {
+    match server::persistence::audit(data_dir) {
         Ok(report) => {
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => println!("{json}"),
@@ -50,7 +58,14 @@ fn audit(args: &AuditArgs) -> ExitCode {
 }
 
 fn token(args: &TokenArgs) -> ExitCode {
-    let key = match &args.key_file {
+    let config = match ServerConfig::load(&args.run_args()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let key = match &config.key_file {
         Some(path) => match shared::keys::load_key_file(path) {
             Ok(key) => key,
             Err(error) => {

@@ -409,3 +409,32 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
     assert_eq!(status.code(), Some(0), "{logs}");
     assert!(logs.contains("shutdown complete"), "{logs}");
 }
+
+/// `server audit` and `server token` read the config file as `server run`
+/// does: its `data_dir` and `key_file` are theirs too.
+#[test]
+fn audit_and_token_read_the_config_file_like_the_server() {
+    let dir = scratch_dir("subcommand-config");
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(
+        dir.join("assets/server.toml"),
+        "data_dir = \"elsewhere\"\nkey_file = \"server.key\"\n",
+    )
+    .unwrap();
+    let key = shared::netcode::Key::from_bytes([7; 32]);
+    std::fs::write(dir.join("server.key"), shared::keys::key_to_base64(&key)).unwrap();
+    drop(server::persistence::SqliteStore::open(&dir.join("elsewhere")).unwrap());
+
+    let output = server(&dir).arg("audit").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["balanced"], true);
+
+    let output = server(&dir)
+        .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains("development key"), "{stderr}");
+}
