@@ -213,3 +213,31 @@ fn dropping_the_endpoint_stops_it() {
     drop(endpoint);
     assert!(TcpStream::connect(addr).is_err());
 }
+
+/// Idle connections (a slowloris, a stuck scraper) do not queue a health
+/// probe behind their deadlines: each connection is served on its own,
+/// and when too many are in flight the oldest is cut.
+#[test]
+fn idle_connections_do_not_keep_a_health_probe_waiting() {
+    let metrics = Metrics::default();
+    metrics.heartbeat().beat();
+    let endpoint = start(
+        &metrics,
+        EndpointOptions {
+            request_deadline: Duration::from_secs(5),
+            ..EndpointOptions::default()
+        },
+    );
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(endpoint.local_addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let began = std::time::Instant::now();
+    assert_eq!(get(endpoint.local_addr(), "/healthz").status, 200);
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "the probe waited {:?} behind {} idle connections",
+        began.elapsed(),
+        idle.len()
+    );
+}

@@ -1,15 +1,18 @@
 //! A deliberately small HTTP/1.1 endpoint for `/metrics` and `/healthz`.
 //!
-//! One thread (`metrics-http`) accepts and serves connections one at a time:
-//! no thread per connection, a bounded request size, and a deadline for the
-//! whole request, so a slow or hostile client can hold the endpoint for at
-//! most [`EndpointOptions::request_deadline`]. Every response closes the
-//! connection. Scrapers poll every few seconds; this is plenty.
+//! One thread (`metrics-http`) accepts connections and serves each on a
+//! short-lived thread of its own, with a bounded request size and a
+//! deadline for the whole request ([`EndpointOptions::request_deadline`]).
+//! At most 16 connections (`MAX_IN_FLIGHT`) are served at once; a newcomer
+//! beyond that cuts the oldest, so that slow or silent clients (a
+//! slowloris, a stuck scraper) never keep a health probe waiting behind
+//! their deadlines. Every response closes the connection. Scrapers poll
+//! every few seconds; this is plenty.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -99,17 +102,66 @@ impl Drop for MetricsEndpoint {
     }
 }
 
+/// Connections served at once; a newcomer beyond this cuts the oldest.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// A connection being served: a handle to cut it with.
+struct InFlight {
+    id: u64,
+    started: Instant,
+    stream: TcpStream,
+}
+
 fn serve(listener: &TcpListener, metrics: &Metrics, options: &EndpointOptions, stop: &AtomicBool) {
-    let mut request = Vec::with_capacity(options.max_request_bytes);
-    let mut body = String::new();
+    let in_flight: Arc<Mutex<Vec<InFlight>>> = Arc::default();
+    let mut next_id = 0u64;
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         match stream {
             Ok(stream) => {
-                if let Err(error) = handle(stream, metrics, options, &mut request, &mut body) {
-                    debug!(%error, "metrics request failed");
+                let Ok(handle_to_cut) = stream.try_clone() else {
+                    continue;
+                };
+                let id = next_id;
+                next_id += 1;
+                {
+                    let mut served = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+                    if served.len() >= MAX_IN_FLIGHT
+                        && let Some(oldest) = (0..served.len()).min_by_key(|&i| served[i].started)
+                    {
+                        // Its thread's read or write fails at once and ends.
+                        let _ = served.swap_remove(oldest).stream.shutdown(Shutdown::Both);
+                    }
+                    served.push(InFlight {
+                        id,
+                        started: Instant::now(),
+                        stream: handle_to_cut,
+                    });
+                }
+                let (metrics, options, registry) =
+                    (metrics.clone(), options.clone(), Arc::clone(&in_flight));
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        let (mut request, mut body) = (Vec::new(), String::new());
+                        if let Err(error) =
+                            handle(stream, &metrics, &options, &mut request, &mut body)
+                        {
+                            debug!(%error, "metrics request failed");
+                        }
+                        registry
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .retain(|c| c.id != id);
+                    });
+                if let Err(error) = spawned {
+                    warn!(%error, "cannot serve a metrics request");
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .retain(|c| c.id != id);
                 }
             }
             Err(error) => {
@@ -166,7 +218,7 @@ fn handle(
         // can destroy the response before the client reads it. Signal the
         // end of the response, then discard input until the client closes
         // (bounded by the request deadline and a byte budget).
-        stream.shutdown(std::net::Shutdown::Write)?;
+        stream.shutdown(Shutdown::Write)?;
         drain(
             &mut stream,
             request,
