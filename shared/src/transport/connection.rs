@@ -767,8 +767,8 @@ impl Connection {
         self.discard_received();
     }
 
-    /// Frees what a connection that receives nothing more still held for
     /// Frees what a connection that delivers nothing more still held for
+    /// later delivery (reassemblies, out-of-order messages): it would
     /// never be delivered, and an endpoint's total bound counts it.
     fn discard_received(&mut self) {
         if self.memory.used == 0 {
