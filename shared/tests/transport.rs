@@ -1027,3 +1027,40 @@ fn both_sides_disconnecting_at_once_settle_in_a_round_trip_not_the_linger() {
     // delivered after its own disconnect.
     assert!(pair.at_a.messages.is_empty() && pair.at_b.messages.is_empty());
 }
+
+#[test]
+fn a_disconnect_keeps_the_count_of_discarded_messages() {
+    let config = || TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::UnreliableSequenced),
+            ChannelConfig::new(ChannelKind::Unreliable),
+        ],
+        max_message_size: 4096,
+        ..TransportConfig::default()
+    };
+    let now = Instant::now();
+    let mut a = Connection::new(config(), now).unwrap();
+    let mut b = Connection::new(config(), now).unwrap();
+    let mut buf = vec![0u8; 1_500];
+    let mut packet = |a: &mut Connection| {
+        let len = a.poll_transmit(now, &mut buf).expect("a packet");
+        buf[..len].to_vec()
+    };
+    // The second sequenced message overtakes the first, which is stale.
+    a.send(ChannelId(0), &numbered(0, 16)).unwrap();
+    let first = packet(&mut a);
+    a.send(ChannelId(0), &numbered(1, 16)).unwrap();
+    let second = packet(&mut a);
+    b.handle_datagram(now, &second);
+    b.handle_datagram(now, &first);
+    assert_eq!(b.stats().discarded_messages, 1);
+    // Half a fragmented message waits at b when it disconnects.
+    a.send(ChannelId(1), &numbered(2, 3_000)).unwrap();
+    let fragment = packet(&mut a);
+    b.handle_datagram(now, &fragment);
+    assert!(b.receive_buffered_bytes() > 0);
+
+    b.disconnect(now, DisconnectReason::Closed);
+    assert_eq!(b.receive_buffered_bytes(), 0);
+    assert_eq!(b.stats().discarded_messages, 1, "the count survives");
+}

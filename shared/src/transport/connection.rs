@@ -689,7 +689,7 @@ impl Connection {
                 SendChannel::Reliable(c) => stats.resent += c.resent,
             }
         }
-        stats.discarded_messages = self.recv.iter().map(RecvChannel::discarded).sum();
+        stats.discarded_messages += self.recv.iter().map(RecvChannel::discarded).sum::<u64>();
         stats
     }
 
@@ -775,6 +775,7 @@ impl Connection {
             return;
         }
         let window = self.config.reliable_window;
+        self.stats.discarded_messages += self.recv.iter().map(RecvChannel::discarded).sum::<u64>();
         self.recv = self
             .config
             .channels
