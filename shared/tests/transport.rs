@@ -1064,3 +1064,31 @@ fn a_disconnect_keeps_the_count_of_discarded_messages() {
     assert_eq!(b.receive_buffered_bytes(), 0);
     assert_eq!(b.stats().discarded_messages, 1, "the count survives");
 }
+
+#[test]
+fn fragments_of_one_message_in_one_packet_need_its_memory_once() {
+    // 100-byte fragments: a 450-byte message takes five, all in one packet.
+    let config = || TransportConfig {
+        channels: vec![ChannelConfig::new(ChannelKind::ReliableOrdered)],
+        fragment_size: 100,
+        max_message_size: 1_000,
+        max_receive_buffer: 1_000,
+        ..TransportConfig::default()
+    };
+    let now = Instant::now();
+    let mut a = Connection::new(config(), now).unwrap();
+    let mut b = Connection::new(config(), now).unwrap();
+    let mut buf = vec![0u8; 1_500];
+    // The first message is lost, so the second waits in b's buffer.
+    a.send(ORDERED, &numbered(0, 16)).unwrap();
+    a.poll_transmit(now, &mut buf).expect("the first message");
+    a.send(ORDERED, &numbered(1, 450)).unwrap();
+    let len = a.poll_transmit(now, &mut buf).expect("the second message");
+    assert!(a.poll_transmit(now, &mut buf).is_none(), "one packet");
+
+    b.handle_datagram(now, &buf[..len]);
+    let stats = b.stats();
+    assert_eq!(stats.receive_buffer_drops, 0, "500 of 1,000 bytes needed");
+    assert_eq!(stats.packets_received, 1);
+    assert!(b.receive_buffered_bytes() > 0);
+}

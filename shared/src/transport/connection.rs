@@ -874,8 +874,11 @@ impl Connection {
             }
             return;
         }
-        // Pass 1: the whole packet must be legal and fit before any of it applies.
+        // Pass 1: the whole packet must be legal and fit before any of it
+        // applies. A message's fragments follow each other in a packet; its
+        // memory counts once.
         let mut needed = 0usize;
+        let mut counted = None;
         for message in MessageIter::new(body) {
             let Ok(view) = message else {
                 self.stats.malformed_packets += 1;
@@ -886,7 +889,17 @@ impl Connection {
                 return;
             };
             match channel.check(&view, &self.limits) {
-                Ok(bytes) => needed += bytes,
+                Ok(0) => {}
+                Ok(bytes) => {
+                    let message = view
+                        .header
+                        .fragment
+                        .map(|f| (view.header.channel, view.header.id, f.count));
+                    if message.is_none() || message != counted {
+                        needed += bytes;
+                        counted = message;
+                    }
+                }
                 Err(Violation::BadHeader | Violation::BeyondWindow | Violation::BadFragment) => {
                     self.fail(now, DisconnectReason::ProtocolViolation);
                     return;
