@@ -189,10 +189,11 @@ pub(crate) fn xopen_token(
 pub(crate) fn seal_challenge(
     cipher: &PacketCipher,
     sequence: u64,
+    ad: &[u8],
     buf: &mut [u8],
 ) -> Result<(), AeadFailure> {
     let (data, tag_out) = split_tag(buf)?;
-    *tag_out = cipher.seal(sequence, &[], data);
+    *tag_out = cipher.seal(sequence, ad, data);
     Ok(())
 }
 
@@ -200,11 +201,12 @@ pub(crate) fn seal_challenge(
 pub(crate) fn open_challenge(
     cipher: &PacketCipher,
     sequence: u64,
+    ad: &[u8],
     buf: &mut [u8],
 ) -> Result<(), AeadFailure> {
     let (data, tag) = split_tag(buf)?;
     let tag = *tag;
-    cipher.open(sequence, &[], data, &tag)
+    cipher.open(sequence, ad, data, &tag)
 }
 
 /// A pseudo-random function keyed by a secret, used to derive unpredictable

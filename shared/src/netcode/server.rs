@@ -752,11 +752,16 @@ impl Server {
         let (sequence, challenge) = body.split_at_mut_checked(8).ok_or(DropReason::Truncated)?;
         let sequence =
             u64::from_le_bytes((&*sequence).try_into().map_err(|_| DropReason::Truncated)?);
-        let (client_id, user_data) =
-            token::open_challenge(challenge, sequence, &self.challenge_cipher)
-                .map_err(|_| DropReason::ChallengeInvalid)?;
-        // A challenge minted for another token (its bearer kept it) must not
-        // lend its identity to this handshake.
+        // A challenge minted for another handshake (its bearer kept it) must
+        // not lend its proof or identity to this one: it is bound to the
+        // token it was sent for, whose keys are this address's.
+        let (client_id, user_data) = token::open_challenge(
+            challenge,
+            sequence,
+            &pending.token_mac,
+            &self.challenge_cipher,
+        )
+        .map_err(|_| DropReason::ChallengeInvalid)?;
         if client_id != pending.client_id || user_data != pending.user_data {
             return Err(DropReason::ChallengeInvalid);
         }
@@ -1145,6 +1150,7 @@ impl Server {
                     pending.client_id,
                     &pending.user_data,
                     challenge_sequence,
+                    &pending.token_mac,
                     &self.challenge_cipher,
                 )
                 .ok()?;

@@ -380,12 +380,16 @@ fn a_packet_from_an_earlier_connection_with_the_same_token_is_dropped() {
     assert!(ev.contains("Payload"), "{ev}");
 }
 
-#[test]
-fn a_challenge_minted_for_another_token_does_not_lend_its_identity() {
-    let mut w = World::new(4);
-    let (mine, theirs) = (w.token(1), w.token(2));
-    // The bearer of token 2 keeps a challenge sent for it.
-    w.deliver_to_server(client_addr(1), &request_bytes(&theirs));
+/// The bearer of `theirs` keeps the challenge sent for it, then starts a
+/// handshake with `mine` from `at` (an address it may not even receive at)
+/// and answers that handshake with the kept challenge.
+fn answer_with_a_kept_challenge(
+    w: &mut World,
+    theirs: &ConnectToken,
+    mine: &ConnectToken,
+    at: SocketAddr,
+) -> Option<String> {
+    w.deliver_to_server(client_addr(1), &request_bytes(theirs));
     let (to, mut challenge) = w.server_transmits().pop().unwrap();
     assert_eq!(to, client_addr(1));
     let header = packet::parse_header(&challenge, Side::Client).unwrap();
@@ -394,9 +398,7 @@ fn a_challenge_minted_for_another_token_does_not_lend_its_identity() {
     let body = packet::open_body(&mut challenge, &header, PROTOCOL, &keys)
         .unwrap()
         .to_vec();
-    // Then starts a handshake with token 1 and answers it with token 2's
-    // challenge.
-    w.deliver_to_server(client_addr(0), &request_bytes(&mine));
+    w.deliver_to_server(at, &request_bytes(mine));
     let mut response = [0u8; MAX_PACKET_BYTES];
     let len = packet::seal(
         &mut response,
@@ -407,8 +409,38 @@ fn a_challenge_minted_for_another_token_does_not_lend_its_identity() {
         &PacketCipher::new(&mine.client_to_server_key),
     )
     .unwrap();
-    assert_eq!(w.deliver_to_server(client_addr(0), &response[..len]), None);
+    w.deliver_to_server(at, &response[..len])
+}
+
+#[test]
+fn a_challenge_minted_for_another_token_does_not_lend_its_identity() {
+    let mut w = World::new(4);
+    let (mine, theirs) = (w.token(1), w.token(2));
+    assert_eq!(
+        answer_with_a_kept_challenge(&mut w, &theirs, &mine, client_addr(0)),
+        None
+    );
     assert_eq!(w.server.client_by_id(2), None);
+    assert_eq!(w.server.num_connected(), 0);
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::ChallengeInvalid),
+        1
+    );
+}
+
+#[test]
+fn a_challenge_kept_from_another_token_of_the_same_account_proves_no_address() {
+    // Two tokens of one account: the challenge sent to the address the
+    // attacker receives at must not connect a spoofed address that never
+    // saw its own challenge.
+    let mut w = World::new(4);
+    let (kept, spoofed) = (w.token(7), w.token(7));
+    let victim = client_addr(0);
+    assert_eq!(
+        answer_with_a_kept_challenge(&mut w, &kept, &spoofed, victim),
+        None
+    );
+    assert_eq!(w.server.client_at(victim), None);
     assert_eq!(w.server.num_connected(), 0);
     assert_eq!(
         w.server.stats().dropped.get(DropReason::ChallengeInvalid),
@@ -1176,11 +1208,21 @@ fn golden_challenge_token() {
     let cipher = PacketCipher::new(&Key::from_bytes(bytes_from(|i| (i * 2) as u8)));
     let mut out = [0u8; CHALLENGE_TOKEN_BYTES];
     let user: [u8; USER_DATA_BYTES] = std::array::from_fn(|i| i as u8);
-    token::write_challenge(&mut out, V_CLIENT_ID, &user, V_CHALLENGE_SEQUENCE, &cipher).unwrap();
+    // The standard binds the challenge to nothing; this server binds it to
+    // its token (below), the construction is the same.
+    token::write_challenge(
+        &mut out,
+        V_CLIENT_ID,
+        &user,
+        V_CHALLENGE_SEQUENCE,
+        &[],
+        &cipher,
+    )
+    .unwrap();
     let reference = vector("challenge_token_encrypted.bin");
     assert_eq!(&out[..], &reference[..]);
     let mut back = reference.clone();
-    let (id, data) = token::open_challenge(&mut back, V_CHALLENGE_SEQUENCE, &cipher).unwrap();
+    let (id, data) = token::open_challenge(&mut back, V_CHALLENGE_SEQUENCE, &[], &cipher).unwrap();
     assert_eq!((id, data), (V_CLIENT_ID, user));
 }
 

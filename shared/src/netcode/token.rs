@@ -383,12 +383,14 @@ pub(crate) fn decrypt_private(
     crypto::xopen_token(key, nonce, &ad, buf)
 }
 
-/// Writes and encrypts a challenge token into `out` (exactly 300 bytes).
+/// Writes and encrypts a challenge token into `out` (exactly 300 bytes),
+/// bound to `ad` (the netcode.io standard binds nothing: an empty `ad`).
 pub(crate) fn write_challenge(
     out: &mut [u8],
     client_id: u64,
     user_data: &[u8; USER_DATA_BYTES],
     sequence: u64,
+    ad: &[u8],
     cipher: &PacketCipher,
 ) -> Result<(), ShortOrInvalid> {
     if out.len() != CHALLENGE_TOKEN_BYTES {
@@ -398,19 +400,21 @@ pub(crate) fn write_challenge(
     w.u64(client_id)?;
     w.bytes(user_data)?;
     w.zero_pad();
-    crypto::seal_challenge(cipher, sequence, out).map_err(|_| ShortOrInvalid)
+    crypto::seal_challenge(cipher, sequence, ad, out).map_err(|_| ShortOrInvalid)
 }
 
-/// Decrypts a challenge token in place and returns (client id, user data).
+/// Decrypts a challenge token bound to `ad` in place and returns (client
+/// id, user data).
 pub(crate) fn open_challenge(
     buf: &mut [u8],
     sequence: u64,
+    ad: &[u8],
     cipher: &PacketCipher,
 ) -> Result<(u64, [u8; USER_DATA_BYTES]), crypto::AeadFailure> {
     if buf.len() != CHALLENGE_TOKEN_BYTES {
         return Err(crypto::AeadFailure);
     }
-    crypto::open_challenge(cipher, sequence, buf)?;
+    crypto::open_challenge(cipher, sequence, ad, buf)?;
     let mut r = Reader::new(buf);
     let client_id = r.u64().map_err(|_| crypto::AeadFailure)?;
     let user_data = r.array().map_err(|_| crypto::AeadFailure)?;
