@@ -293,6 +293,8 @@ enum Owed {
     },
     DeniedPending {
         to: SocketAddr,
+        cipher: PacketCipher,
+        sequence: u64,
     },
     Denied {
         to: SocketAddr,
@@ -358,6 +360,11 @@ pub struct Server {
     pending: HashMap<SocketAddr, Pending, KeyedHash>,
     token_uses: HashMap<[u8; MAC_BYTES], TokenUse, KeyedHash>,
     last_token_purge: Option<Instant>,
+    /// The wall clock (seconds) of the last purge of expired tokens. A
+    /// token that expired by then may have been forgotten: taken again
+    /// after the clock stepped back, it would start its sequence numbers
+    /// (nonces under its keys) from the beginning, so it stays expired.
+    purged_through: u64,
     limiter: RateLimiter,
     owed: VecDeque<Owed>,
     owed_capacity: usize,
@@ -422,6 +429,7 @@ impl Server {
             pending: HashMap::with_capacity_and_hasher(config.max_pending, hash.clone()),
             token_uses: HashMap::with_capacity_and_hasher(config.max_token_entries, hash),
             last_token_purge: None,
+            purged_through: 0,
             limiter: RateLimiter::new(config.rate_limit, limiter_key),
             owed: VecDeque::with_capacity(owed_capacity),
             owed_capacity,
@@ -610,7 +618,7 @@ impl Server {
         if request.protocol_id != self.config.protocol_id {
             return Err(DropReason::WrongProtocolId);
         }
-        if request.expire_timestamp <= unix_secs {
+        if request.expire_timestamp <= unix_secs.max(self.purged_through) {
             return Err(DropReason::TokenExpired);
         }
         // Cheap checks that the standard makes after decryption; doing them
@@ -718,6 +726,7 @@ impl Server {
                 .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
             if due {
                 self.last_token_purge = Some(now);
+                self.purged_through = self.purged_through.max(unix_secs);
                 self.token_uses
                     .retain(|_, used| used.expire_timestamp > unix_secs);
             }
@@ -779,8 +788,18 @@ impl Server {
             if self.held_ended > 0 {
                 return Err(DropReason::SlotReleasing);
             }
-            // Full: answer with a denial (smaller than the response).
-            self.queue(Owed::DeniedPending { to: from })?;
+            // Full: the handshake is over (a late copy of this response
+            // must not connect a client that gave up once a slot frees),
+            // answered with a denial (smaller than the response).
+            let pending = self
+                .pending
+                .remove(&from)
+                .ok_or(DropReason::UnknownAddress)?;
+            self.queue(Owed::DeniedPending {
+                to: from,
+                cipher: pending.send,
+                sequence: pending.next_sequence,
+            })?;
             return Ok(None);
         };
         let pending = self
@@ -1171,19 +1190,14 @@ impl Server {
                     len,
                 })
             }
-            Owed::DeniedPending { to } => {
-                let pending = self.pending.get_mut(&to)?;
-                let sequence = pending.next_sequence;
-                let len = packet::seal(
-                    buf,
-                    PacketKind::Denied,
-                    sequence,
-                    &[],
-                    protocol_id,
-                    &pending.send,
-                )
-                .ok()?;
-                pending.next_sequence = sequence.checked_add(1)?;
+            Owed::DeniedPending {
+                to,
+                cipher,
+                sequence,
+            } => {
+                let len =
+                    packet::seal(buf, PacketKind::Denied, sequence, &[], protocol_id, &cipher)
+                        .ok()?;
                 bump(&mut self.stats.denials_sent);
                 Some(Transmit {
                     destination: to,

@@ -449,6 +449,45 @@ fn a_challenge_kept_from_another_token_of_the_same_account_proves_no_address() {
 }
 
 #[test]
+fn a_wall_clock_that_steps_back_does_not_revive_a_purged_token() {
+    let mut w = World::new(4); // a token table of 32
+    let token = w.token(1);
+    let at = client_addr(0);
+    w.deliver_to_server(at, &request_bytes(&token));
+    let (_, first) = w.server_transmits().pop().unwrap();
+    for i in 0..31 {
+        let other = w.token(100 + u64::from(i));
+        w.deliver_to_server(client_addr(10 + i), &request_bytes(&other));
+    }
+    // A minute on, a new request finds the table full and purges the
+    // expired tokens, the first among them.
+    let later = TokenParams {
+        create_timestamp: UNIX + 60,
+        ..params(200)
+    };
+    let later = ConnectToken::generate(&later, &w.key, &mut w.rng).unwrap();
+    let mut buf = request_bytes(&later);
+    w.server
+        .handle_datagram(w.now, UNIX + 60, client_addr(50), &mut buf);
+    w.server_transmits();
+    // The clock steps back (an NTP step, a restored VM) and the first
+    // token's request comes again.
+    w.deliver_to_server(at, &request_bytes(&token));
+    let again: Vec<_> = w
+        .server_transmits()
+        .into_iter()
+        .filter(|(to, _)| *to == at)
+        .collect();
+    let sequence = |p: &[u8]| packet::parse_header(p, Side::Client).unwrap().sequence;
+    assert!(
+        again.iter().all(|(_, p)| sequence(p) != sequence(&first)),
+        "a sequence number sent again under the same key"
+    );
+    assert!(again.is_empty(), "the expired token was taken again");
+    assert_eq!(w.server.stats().dropped.get(DropReason::TokenExpired), 1);
+}
+
+#[test]
 fn switching_tokens_while_connected_still_says_goodbye_under_the_old_key() {
     let mut w = World::new(4);
     let (addr, mut client) = w.connected_pair();
@@ -583,6 +622,41 @@ fn server_full_is_denied_and_the_client_says_so() {
         0,
         "no half-open state for a denied client"
     );
+}
+
+#[test]
+fn a_late_copy_of_a_denied_response_connects_no_one() {
+    let mut w = World::new(1);
+    // B is challenged while the slot is free...
+    let token = w.token(2);
+    let mut b = Client::new(ClientConfig::new(PROTOCOL));
+    b.connect(&token, w.now, UNIX).unwrap();
+    let b_addr = client_addr(1);
+    for p in drain(&mut b, w.now) {
+        w.deliver_to_server(b_addr, &p);
+    }
+    for (to, mut p) in w.server_transmits() {
+        assert_eq!(to, b_addr);
+        b.handle_datagram(w.now, server_addr(), &mut p);
+    }
+    let response = drain(&mut b, w.now).pop().unwrap();
+    // ...but A takes it before B's response arrives: B is denied.
+    let (a_addr, _a) = w.connected_pair();
+    assert_eq!(w.deliver_to_server(b_addr, &response), None);
+    let denied = w.server_transmits();
+    assert_eq!((denied.len(), denied[0].0), (1, b_addr));
+    assert_eq!(w.server.stats().denials_sent, 1);
+    let mut denial = denied[0].1.clone();
+    b.handle_datagram(w.now, server_addr(), &mut denial);
+    assert_eq!(b.state(), ClientState::ConnectionDenied);
+    // A leaves, and a late copy of B's response arrives: B gave up, so it
+    // must not get a session it never learns of (holding the slot and its
+    // account until a timeout).
+    let a = w.server.client_at(a_addr).unwrap();
+    w.server.disconnect(a).unwrap();
+    assert_eq!(w.deliver_to_server(b_addr, &response), None);
+    assert_eq!(w.server.num_connected(), 0);
+    assert_eq!(w.server.num_pending(), 0);
 }
 
 #[test]
