@@ -180,6 +180,9 @@ pub(crate) struct WorkerStats {
     pub(crate) disconnects: BTreeMap<String, u64>,
     /// RTT samples in microseconds.
     pub(crate) rtt_us: Histogram<u64>,
+    /// How late bots were served after the time they were due, in
+    /// microseconds: the bot process's own delay, which the RTT includes.
+    pub(crate) lateness_us: Histogram<u64>,
     /// UDP payload bytes written to / read from the sockets while
     /// connected (the span `connected_time` adds up; a handshake's bytes,
     /// above all those of bots that never connect, are not in it).
@@ -222,7 +225,8 @@ impl WorkerStats {
             ever_connected: 0,
             connect_failures: BTreeMap::new(),
             disconnects: BTreeMap::new(),
-            rtt_us: new_rtt_histogram(),
+            rtt_us: new_micros_histogram(),
+            lateness_us: new_micros_histogram(),
             bytes_up: 0,
             bytes_down: 0,
             connected_time: Duration::ZERO,
@@ -241,8 +245,25 @@ impl WorkerStats {
     }
 }
 
-/// A histogram for RTTs from 1 µs to 10 minutes, 3 significant digits.
-pub(crate) fn new_rtt_histogram() -> Histogram<u64> {
+/// The beat after `at` of a cadence of `period`: one period on, or, for a
+/// caller late past that, the first beat after `now` in the same phase. No
+/// backlog is queued, and bots late in the same stall do not fall into
+/// step (each keeps the phase it started with).
+pub(crate) fn next_beat(at: Instant, period: Duration, now: Instant) -> Instant {
+    let next = at + period;
+    if next > now {
+        return next;
+    }
+    let beats = now.duration_since(at).as_nanos() / period.as_nanos().max(1) + 1;
+    u32::try_from(beats)
+        .ok()
+        .and_then(|beats| period.checked_mul(beats))
+        .and_then(|span| at.checked_add(span))
+        .unwrap_or(now + period)
+}
+
+/// A histogram of durations from 1 µs to 10 minutes, 3 significant digits.
+pub(crate) fn new_micros_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
         Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
     })
@@ -807,15 +828,12 @@ impl Bot {
                 stats.moves_sent += 1;
                 self.sent_input = true;
             }
-            // Keep the cadence without drifting, but never queue a backlog.
-            let period = Duration::from_secs_f64(1.0 / wander.hz);
-            let next = at + period;
-            self.next_move = Some(if next <= now { now + period } else { next });
+            self.next_move = Some(next_beat(at, Duration::from_secs_f64(1.0 / wander.hz), now));
         }
         if let (Some(at), Some(chat)) = (self.next_chat, self.ctx.scenario.chat.clone())
             && at <= now
         {
-            self.next_chat = Some(now + Duration::from_secs_f64(chat.every_s));
+            self.next_chat = Some(next_beat(at, Duration::from_secs_f64(chat.every_s), now));
             let scope = match chat.pick(self.rng.unit()) {
                 ChatScopeKind::Global => ChatScope::Global,
                 ChatScopeKind::Nearby => ChatScope::Nearby,
@@ -841,7 +859,11 @@ impl Bot {
             (self.next_inventory, self.ctx.scenario.inventory.clone())
             && at <= now
         {
-            self.next_inventory = Some(now + Duration::from_secs_f64(inventory.every_s));
+            self.next_inventory = Some(next_beat(
+                at,
+                Duration::from_secs_f64(inventory.every_s),
+                now,
+            ));
             let kind = inventory.pick_op(self.rng.unit());
             let partner = self.other_bot();
             let draws = [self.rng.unit(), self.rng.unit()];
@@ -1051,6 +1073,26 @@ mod tests {
 
     use super::*;
     use crate::token::TokenMinter;
+
+    #[test]
+    fn a_late_beat_keeps_its_phase_and_queues_no_backlog() {
+        let start = Instant::now();
+        let period = Duration::from_millis(33);
+        let ms = |v| start + Duration::from_millis(v);
+        assert_eq!(next_beat(ms(0), period, ms(10)), ms(33), "on time");
+        // Two bots 10 ms apart, both served only after a 100 ms stall:
+        // each resumes on its own beat, not both at the end of the stall.
+        let (a, b) = (
+            next_beat(ms(0), period, ms(110)),
+            next_beat(ms(10), period, ms(110)),
+        );
+        assert_eq!((a, b), (ms(132), ms(142)));
+        assert_eq!(
+            next_beat(ms(0), period, ms(33)),
+            ms(66),
+            "due now: the next beat"
+        );
+    }
 
     /// Datagrams a bot queued.
     #[derive(Default)]

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shared::protocol::channels;
 use shared::sim::LinkConfig;
 
-use crate::bot::{BotContext, WorkerStats, new_rtt_histogram};
+use crate::bot::{BotContext, WorkerStats, new_micros_histogram};
 use crate::chart::{self, Sample};
 use crate::prom::{self, ServerSample};
 use crate::report::{
@@ -28,6 +28,8 @@ use crate::verify::ReliableStats;
 
 /// Timeout of each metrics scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A p99 lateness of the bots above this (ms) gets a note in the report.
+const LATE_NOTE_MS: f64 = 5.0;
 
 /// Everything `load` needs, resolved from the command line.
 pub(crate) struct LoadPlan {
@@ -118,7 +120,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let mut last_scrape_t = 0.0;
     // The first scrape after the ramp, and how far into the run it came.
     let mut after_ramp: Option<(f64, ServerSample)> = None;
-    let mut window = new_rtt_histogram();
+    let mut window = new_micros_histogram();
     let end = start + plan.duration;
     let mut next_sample = start + Duration::from_secs(1);
     while Instant::now() < end {
@@ -193,12 +195,14 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
 
     // None when no bot connected: no rate to report.
     let connected_secs = Some(stats.connected_time.as_secs_f64()).filter(|s| *s > 0.0);
-    let rtt_ms = Percentiles {
-        p50: quantile_ms(&stats.rtt_us, 0.5),
-        p95: quantile_ms(&stats.rtt_us, 0.95),
-        p99: quantile_ms(&stats.rtt_us, 0.99),
-        max: (!stats.rtt_us.is_empty()).then(|| stats.rtt_us.max() as f64 / 1000.0),
-    };
+    let rtt_ms = percentiles_ms(&stats.rtt_us);
+    let bot_lateness_ms = percentiles_ms(&stats.lateness_us);
+    if let Some(late) = bot_lateness_ms.p99.filter(|&p99| p99 > LATE_NOTE_MS) {
+        notes.push(format!(
+            "the bots ran up to {late:.1} ms behind their schedule (p99): the bot process was \
+             short of CPU, so replies also waited to be read, and the RTT carries that delay"
+        ));
+    }
     let server = server_report(
         &plan.metrics_url,
         baseline.ok().as_ref(),
@@ -250,6 +254,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         disconnects: stats.disconnects.clone(),
         duration_s,
         rtt_ms,
+        bot_lateness_ms,
         reliable,
         chat_rejected: stats.chat_rejected.clone(),
         chat_skipped: stats.chat_skipped,
@@ -346,6 +351,16 @@ fn quantile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
+/// The percentiles of a histogram of microseconds, in milliseconds.
+fn percentiles_ms(h: &Histogram<u64>) -> Percentiles {
+    Percentiles {
+        p50: quantile_ms(h, 0.5),
+        p95: quantile_ms(h, 0.95),
+        p99: quantile_ms(h, 0.99),
+        max: (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
+    }
+}
+
 fn collect_live(workers: &[WorkerHandle], window: &mut Histogram<u64>) -> (u64, u64) {
     let mut connected = 0;
     let mut errors = 0;
@@ -371,6 +386,7 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     merge_map(&mut into.connect_failures, from.connect_failures);
     merge_map(&mut into.disconnects, from.disconnects);
     let _ = into.rtt_us.add(&from.rtt_us);
+    let _ = into.lateness_us.add(&from.lateness_us);
     into.bytes_up += from.bytes_up;
     into.bytes_down += from.bytes_down;
     into.connected_time += from.connected_time;

@@ -25,6 +25,8 @@ use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 use shared::transport::{ChannelId, DisconnectReason};
 
+use crate::bot::next_beat;
+
 /// Lines typed ahead of the network loop; more wait in stdin.
 const INPUT_QUEUE: usize = 64;
 /// Longest the loop sleeps between socket pumps.
@@ -655,9 +657,7 @@ impl Player {
             let _ = endpoint.send(channels::MOVEMENT, payload);
         }
         let period = Duration::from_secs_f64(1.0 / f64::from(self.tick_hz.max(1)));
-        // An absolute cadence; after a stall, resume from now.
-        let next = at + period;
-        self.next_move = Some(if next <= now { now + period } else { next });
+        self.next_move = Some(next_beat(at, period, now));
     }
 }
 

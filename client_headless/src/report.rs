@@ -28,6 +28,10 @@ pub(crate) struct Report {
     pub(crate) duration_s: f64,
     /// Smoothed transport RTT, sampled once per second per connected bot.
     pub(crate) rtt_ms: Percentiles,
+    /// How late the bots were served after their due time (one sample per
+    /// scheduled service): the bot process's own delay, which `rtt_ms`
+    /// includes.
+    pub(crate) bot_lateness_ms: Percentiles,
     /// Chat verification (see `verify`).
     pub(crate) reliable: ReliableStats,
     /// Chat refusals by reason.
@@ -281,6 +285,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "  bots late   p50 {}  p99 {}  max {} (after their due time; in the rtt)",
+            ms(self.bot_lateness_ms.p50),
+            ms(self.bot_lateness_ms.p99),
+            ms(self.bot_lateness_ms.max)
+        );
+        let _ = writeln!(
+            s,
             "  chat        sent {} delivered {} duplicates {} out-of-order {} lost {} rejected {} (lines received {})",
             r.sent, r.delivered, r.duplicates, r.out_of_order, r.lost, r.rejected, r.lines_received
         );
@@ -373,6 +384,7 @@ mod tests {
                 p99: Some(30.0),
                 max: Some(40.0),
             },
+            bot_lateness_ms: Percentiles::default(),
             reliable: ReliableStats::default(),
             chat_rejected: BTreeMap::new(),
             chat_skipped: 0,
@@ -419,6 +431,7 @@ mod tests {
             "connect_failures",
             "duration_s",
             "rtt_ms",
+            "bot_lateness_ms",
             "reliable",
             "bytes_per_bot_per_s",
             "inventory",
@@ -437,6 +450,7 @@ mod tests {
         for word in [
             "bots",
             "rtt",
+            "bots late",
             "chat",
             "movement",
             "inventory",

@@ -39,7 +39,9 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use shared::netcode::MAX_PACKET_BYTES;
 
-use crate::bot::{AfterReceive, Bot, BotContext, Outbox, Scratch, WorkerStats, new_rtt_histogram};
+use crate::bot::{
+    AfterReceive, Bot, BotContext, Outbox, Scratch, WorkerStats, new_micros_histogram,
+};
 use crate::verify::ReliableStats;
 
 /// Longest a worker sleeps before checking for a stop request.
@@ -125,7 +127,7 @@ pub(crate) fn spawn_worker(
         connected_now: 0,
         ever_connected: 0,
         errors: 0,
-        rtt_window_us: new_rtt_histogram(),
+        rtt_window_us: new_micros_histogram(),
     }));
     let poll = Poll::new()?;
     let shared_live = Arc::clone(&live);
@@ -212,6 +214,8 @@ struct Worker {
     sockets: Sockets,
     indices: Vec<u64>,
     scheduled: Vec<Option<Instant>>,
+    /// When a bot taken off the heap for this pass was due.
+    due: Vec<Option<Instant>>,
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
     touched: Vec<usize>,
     touched_mark: Vec<bool>,
@@ -264,6 +268,7 @@ impl Worker {
             sockets,
             indices,
             scheduled,
+            due: vec![None; count],
             heap,
             touched: Vec::with_capacity(count),
             touched_mark: vec![false; count],
@@ -272,7 +277,7 @@ impl Worker {
             stats: WorkerStats::new(),
             scratch: Scratch::new(),
             live,
-            published_rtt: new_rtt_histogram(),
+            published_rtt: new_micros_histogram(),
         }
     }
 
@@ -328,12 +333,21 @@ impl Worker {
                 self.heap.pop();
                 if self.scheduled[i] == Some(at) {
                     self.scheduled[i] = None;
+                    self.due[i] = Some(at);
                     mark(&mut self.touched, &mut self.touched_mark, i);
                 }
             }
             let touched = std::mem::take(&mut self.touched);
             for &i in &touched {
                 self.touched_mark[i] = false;
+                // Each bot's own time: what it sends is stamped when it is
+                // served, not when a long pass began.
+                let now = Instant::now();
+                if let Some(due) = self.due[i].take() {
+                    let late = now.saturating_duration_since(due).as_micros();
+                    let late = u64::try_from(late).unwrap_or(u64::MAX).max(1);
+                    let _ = self.stats.lateness_us.record(late);
+                }
                 self.service(i, now, &mut tx);
             }
             self.touched = touched;

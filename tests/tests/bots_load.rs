@@ -60,6 +60,17 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
         let rtt = json["rtt_ms"][q].as_f64().unwrap();
         assert!(rtt > 0.0 && rtt < 5000.0, "rtt {q} = {rtt}");
     }
+    // How late the bots were served: measured, and ordered.
+    let late = &json["bot_lateness_ms"];
+    let late: Vec<f64> = ["p50", "p95", "p99", "max"]
+        .iter()
+        .map(|q| {
+            late[q]
+                .as_f64()
+                .unwrap_or_else(|| panic!("lateness {q}: {late}"))
+        })
+        .collect();
+    assert!(late.is_sorted() && late[0] >= 0.0, "{late:?}");
     for key in ["sent", "delivered", "duplicates", "out_of_order", "lost"] {
         assert!(json["reliable"][key].is_u64(), "reliable.{key}");
     }
