@@ -167,17 +167,14 @@ impl ChatVerifier {
     }
 
     fn check_seq(&mut self, seq: u64) {
-        let expected = self.last_seq + 1;
-        if seq == expected {
-            self.last_seq = seq;
-        } else if seq > expected {
-            for missing in expected..seq {
-                if self.gaps.len() < MAX_TRACKED_GAPS {
-                    self.gaps.insert(missing);
-                } else {
-                    self.stats.lost += 1;
-                }
-            }
+        if seq > self.last_seq {
+            // A jump of any size costs at most the gaps there is room for.
+            let first_missing = self.last_seq + 1;
+            let missing = seq - first_missing;
+            let room = MAX_TRACKED_GAPS.saturating_sub(self.gaps.len()) as u64;
+            let tracked = missing.min(room);
+            self.gaps.extend(first_missing..first_missing + tracked);
+            self.stats.lost += missing - tracked;
             self.last_seq = seq;
         } else if self.gaps.remove(&seq) {
             self.stats.out_of_order += 1;
@@ -403,5 +400,15 @@ mod tests {
         assert!(v.gaps.len() <= MAX_TRACKED_GAPS);
         v.end_connection();
         assert_eq!(v.stats().lost, 999_999);
+    }
+
+    #[test]
+    fn a_sequence_number_near_the_end_of_the_range_costs_no_loop_over_it() {
+        let mut v = ChatVerifier::new(7);
+        v.on_line(&line(u64::MAX, None, None));
+        v.on_line(&line(u64::MAX, None, None));
+        v.end_connection();
+        let s = v.stats();
+        assert_eq!((s.lost, s.duplicates), (u64::MAX - 1, 1));
     }
 }
