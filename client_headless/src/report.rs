@@ -203,15 +203,22 @@ impl Slos {
             });
         }
         if let Some(min) = self.min_connected_ratio {
+            // A bot the server dropped does not count: it ends its run
+            // (one drop at most a bot), so a run whose every session was
+            // dropped fails however many bots connected first.
+            let dropped: u64 = report.disconnects.values().sum();
+            let stayed = report.connected.saturating_sub(dropped);
             let ratio = if report.requested == 0 {
                 1.0
             } else {
-                report.connected as f64 / report.requested as f64
+                stayed as f64 / report.requested as f64
             };
             out.push(SloResult {
                 name: "min_connected_ratio".into(),
                 passed: ratio >= min,
-                detail: format!("{ratio:.3} connected, minimum {min}"),
+                detail: format!(
+                    "{ratio:.3} connected and not dropped ({dropped} dropped), minimum {min}"
+                ),
             });
         }
         if self.require_exactly_once {
@@ -420,6 +427,20 @@ mod tests {
         r.inventory.lost = 2;
         let passed: Vec<bool> = slos.check(&r).iter().map(|s| s.passed).collect();
         assert_eq!(passed, [true, true, true, false]);
+    }
+
+    #[test]
+    fn bots_the_server_dropped_do_not_count_as_connected() {
+        let mut r = report();
+        let slos = Slos {
+            min_connected_ratio: Some(0.9),
+            ..Slos::default()
+        };
+        assert!(slos.check(&r)[0].passed, "9 of 10 connected");
+        r.disconnects = BTreeMap::from([("timeout".into(), 9)]);
+        let result = &slos.check(&r)[0];
+        assert!(!result.passed, "every session dropped: {}", result.detail);
+        assert!(result.detail.contains("9 dropped"), "{}", result.detail);
     }
 
     #[test]
