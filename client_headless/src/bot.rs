@@ -444,6 +444,24 @@ impl Bot {
         };
     }
 
+    /// Ends the bot at once, its worker gone: counted as
+    /// [`stop`](Self::stop) counts, without waiting for anything in flight
+    /// (chat lines still awaited are lost).
+    pub(crate) fn abandon(&mut self, now: Instant, stats: &mut WorkerStats) {
+        self.stop(now, stats);
+        if !self.is_done() {
+            self.finish(now, stats);
+        }
+    }
+
+    /// The bot could not start (no socket): counted once under `reason`,
+    /// and done.
+    pub(crate) fn fail_to_start(&mut self, reason: String, now: Instant, stats: &mut WorkerStats) {
+        bump(&mut stats.connect_failures, reason);
+        self.stopping = true;
+        self.finish(now, stats);
+    }
+
     fn finish(&mut self, now: Instant, stats: &mut WorkerStats) {
         self.end_session(now, stats);
         self.phase = Phase::Done;
@@ -1321,6 +1339,29 @@ mod tests {
             pair.stats.connect_failures.get("not_started_at_stop"),
             Some(&1)
         );
+        assert!(pair.bot.is_done());
+    }
+
+    #[test]
+    fn a_bot_abandoned_by_its_worker_ends_its_session_at_once() {
+        let mut pair = Pair::new();
+        pair.connect();
+        assert_eq!(pair.stats.connected_now, 1);
+        let now = pair.now;
+        pair.bot.abandon(now, &mut pair.stats);
+        assert!(pair.bot.is_done());
+        assert_eq!(pair.stats.connected_now, 0);
+        assert!(pair.stats.connected_time > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_bot_that_cannot_start_is_one_failure() {
+        let mut pair = Pair::new();
+        let now = pair.now;
+        pair.bot
+            .fail_to_start("socket: too_many_open_files".into(), now, &mut pair.stats);
+        pair.bot.stop(now, &mut pair.stats);
+        assert_eq!(pair.stats.connect_failures.values().sum::<u64>(), 1);
         assert!(pair.bot.is_done());
     }
 

@@ -183,6 +183,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     };
     let mut stats = WorkerStats::new();
     let mut reliable = ReliableStats::default();
+    let mut failures = Vec::new();
     for worker in workers {
         let result = worker
             .thread
@@ -190,6 +191,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             .map_err(|_| "a worker thread panicked".to_owned())?;
         merge(&mut stats, result.stats);
         reliable.add(&result.reliable);
+        if let Some(failure) = result.failure {
+            notes.push(format!(
+                "a bot worker stopped early ({failure}): its bots ended there"
+            ));
+            failures.push(failure);
+        }
     }
     progress.finish();
 
@@ -295,6 +302,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("chart written to {}", path.display());
     }
+    if !failures.is_empty() {
+        return Err(format!(
+            "the run is incomplete: a bot worker stopped early ({})",
+            failures.join("; ")
+        ));
+    }
     Ok(report.slo.iter().all(|s| s.passed))
 }
 
@@ -341,9 +354,12 @@ fn tick_window(first: &ServerSample, last: &ServerSample) -> TickWindow {
         };
         out.beyond_buckets = Some(run.beyond_finite());
     }
-    out.overruns = last
-        .overruns
-        .map(|o| (o - first.overruns.unwrap_or(0.0)).max(0.0));
+    // A counter that went down is a restarted server's: all of it is new,
+    // as the histogram's `since` reads it.
+    out.overruns = last.overruns.map(|o| match first.overruns {
+        Some(before) if before <= o => o - before,
+        _ => o,
+    });
     out
 }
 
@@ -570,6 +586,15 @@ mod tests {
         );
         let none = server_report("url", Some(&baseline), None, Some(&last));
         assert_eq!(none.steady, None);
+    }
+
+    #[test]
+    fn a_server_restarted_during_the_run_counts_its_new_overruns() {
+        let before = page(1000, 10, 10);
+        let restarted = page(500, 3, 3);
+        let report = server_report("url", Some(&before), None, Some(&restarted));
+        assert_eq!(report.run.overruns, Some(3.0));
+        assert!(report.run.tick_ms.max.is_some_and(|m| m > 32.0));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub(crate) struct WorkerResult {
     pub(crate) stats: WorkerStats,
     /// Chat verification summed over its bots.
     pub(crate) reliable: ReliableStats,
+    /// Why the worker stopped before its bots were done, if it did.
+    pub(crate) failure: Option<String>,
 }
 
 /// Where each bot's socket binds.
@@ -286,6 +288,7 @@ impl Worker {
         let mut rx = vec![0u8; MAX_PACKET_BYTES];
         let mut tx = vec![0u8; MAX_PACKET_BYTES];
         let mut stopping = false;
+        let mut failure = None;
         let mut next_publish = Instant::now();
         let mut last_pass = Instant::now();
         loop {
@@ -311,7 +314,13 @@ impl Worker {
             if let Err(error) = self.poll.poll(&mut events, Some(wait))
                 && error.kind() != io::ErrorKind::Interrupted
             {
-                tracing::error!(%error, "poll failed; stopping this worker");
+                // The worker cannot go on: its bots end here, and the run
+                // says so rather than report them as if they had played.
+                failure = Some(format!("poll failed: {error}"));
+                let now = Instant::now();
+                for bot in &mut self.bots {
+                    bot.abandon(now, &mut self.stats);
+                }
                 break;
             }
             let now = Instant::now();
@@ -373,6 +382,7 @@ impl Worker {
         WorkerResult {
             stats: std::mem::replace(&mut self.stats, WorkerStats::new()),
             reliable,
+            failure,
         }
     }
 
@@ -514,13 +524,8 @@ impl Worker {
                 return;
             }
             if let Err(error) = self.attach(i) {
-                tracing::warn!(%error, "cannot open a bot socket");
-                *self
-                    .stats
-                    .connect_failures
-                    .entry(format!("socket: {}", error.kind()))
-                    .or_default() += 1;
-                self.bots[i].stop(now, &mut self.stats);
+                let reason = format!("socket: {}", error.kind());
+                self.bots[i].fail_to_start(reason, now, &mut self.stats);
                 return;
             }
         }
