@@ -38,9 +38,11 @@
 # buffer and net-io's wakeups per second (over the whole window) come from
 # its /metrics. Tick p50/p99 and overruns (over the bots' whole run, and
 # after the ramp: from the bots' first scrape of the server's metrics after
-# it), RTT p99, bytes/bot/s and connected/requested come from the bots' JSON
-# report; bot cores = the bot process's CPU seconds (from the report) / the
-# same wall time, with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
+# it), RTT p99 (with, in brackets, how late the bots ran: `bot_lateness_ms`
+# p99, the bot process's own delay, part of the RTT when large), bytes/bot/s
+# and connected/requested come from the bots' JSON report; bot cores = the
+# bot process's CPU seconds / the wall time they were spent in (both from
+# the report), with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
 # Every process the script starts is stopped by PID, with a bounded wait.
 set -euo pipefail
@@ -229,10 +231,10 @@ run_point() {
             after_ramp_p50: $b.server.steady.tick_ms.p50,
             after_ramp_p99: $b.server.steady.tick_ms.p99,
             after_ramp_overruns: $b.server.steady.overruns,
-            rtt_p99: $b.rtt_ms.p99,
+            rtt_p99: $b.rtt_ms.p99, bot_late_p99: $b.bot_lateness_ms.p99,
             bytes_up: $b.bytes_per_bot_per_s.up, bytes_down: $b.bytes_per_bot_per_s.down,
-            bot_cores: (if $b.bot_cpu_s == null then null else $b.bot_cpu_s / $run.wall_s end),
-            bot_kernel: (if $b.bot_cpu_kernel_s == null then null else $b.bot_cpu_kernel_s / $run.wall_s end),
+            bot_cores: (if $b.bot_cpu_s == null then null else $b.bot_cpu_s / ($b.bot_cpu_wall_s // $run.wall_s) end),
+            bot_kernel: (if $b.bot_cpu_kernel_s == null then null else $b.bot_cpu_kernel_s / ($b.bot_cpu_wall_s // $run.wall_s) end),
             bot_rss_mib: $b.bot_peak_rss_mib
         }' "$([ -s "$r" ] && echo "$r" || echo /dev/null)" >"$OUT_DIR/run-$tag.json"
     render <"$OUT_DIR/run-$tag.json" >&2
@@ -267,7 +269,7 @@ render() {
           + " | \(fixed(m("steady_cores"); 2)) (user \(fixed($user; 2)), kernel \(fixed($kernel; 2)))"
           + " | \(f(m("tick_p50"))) / \(f(m("tick_p99"))) | \($overruns // "–")"
           + " | \(if m("after_ramp_p99") == null then "–" else "\(f(m("after_ramp_p50"))) / \(f(m("after_ramp_p99"))), \($after_overruns // "–")" end)"
-          + " | \(f(m("rtt_p99"))) | \(n(m("bytes_up"))) / \(n(m("bytes_down")))"
+          + " | \(f(m("rtt_p99")))\(if m("bot_late_p99") == null then "" else " (\(f(m("bot_late_p99"))))" end) | \(n(m("bytes_up"))) / \(n(m("bytes_down")))"
           + " | \(fixed(m("datagrams_in"); 1)) / \(fixed(m("datagrams_out"); 1)) | \(n(m("socket_drops")))"
           + " | \(if m("bot_cores") == null then "–" else fixed(m("bot_cores"); 2) + (if m("bot_kernel") == null then "" else " (kernel \(fixed(m("bot_kernel"); 2)))" end) end)"
           + " | \(n(m("server_rss_mib"))) / \(n(m("bot_rss_mib"))) |"'
@@ -292,6 +294,6 @@ done
 if [ "$RUNS" -gt 1 ]; then
     echo "Medians of $RUNS runs per point (connected: the fewest; overruns: the most)."
 fi
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
+echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
