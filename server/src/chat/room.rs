@@ -83,21 +83,65 @@ impl<F: Fn(u64) -> Option<Vec2>> Whereabouts for F {
     }
 }
 
-/// Strips control characters, trims, and checks emptiness and the length
-/// limit (in characters, after cleaning).
+/// Strips what would let a line pass for something else or for nothing
+/// (see [`is_stripped`]), trims, and checks emptiness and the length limit
+/// (in characters, after cleaning).
 ///
 /// # Errors
 /// [`ChatRejectReason::Empty`] or [`ChatRejectReason::TooLong`].
 pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReason> {
-    let cleaned: String = text.chars().filter(|c| !c.is_control()).collect();
+    let cleaned: String = text.chars().filter(|&c| !is_stripped(c)).collect();
     let trimmed = cleaned.trim();
-    if trimmed.is_empty() {
+    if trimmed.chars().all(|c| c.is_whitespace() || is_joiner(c)) {
         return Err(ChatRejectReason::Empty);
     }
     if trimmed.chars().count() > max_chars {
         return Err(ChatRejectReason::TooLong);
     }
     Ok(trimmed.to_owned())
+}
+
+/// Characters chat drops: controls; format characters (bidirectional
+/// overrides that reverse what follows, zero-width spaces, soft hyphens,
+/// tags...), but the zero-width joiner that composes emoji; line and
+/// paragraph separators, which a client may draw as a new line (a fake
+/// "server:" line under the speaker's); and the blank fillers that look
+/// like nothing.
+fn is_stripped(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{AD}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61C}'
+            | '\u{6DD}'
+            | '\u{70F}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200C}'
+            | '\u{200E}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}')
+}
+
+/// Kept, but nothing to see on its own: the zero-width joiner and the
+/// variation selectors.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Millionths of a token: the bucket counts in integers so that refills
@@ -334,6 +378,10 @@ impl ChatRoom {
             return false;
         };
         if member.kicked {
+            // Answered still, and the kick asked for again: if the first
+            // disconnect was lost, this one ends the member.
+            out.push(reject(from, client_ref, ChatRejectReason::Kicked, &config));
+            out.push(ChatOutput::Kick { account: from });
             return true;
         }
         if tick < member.muted_until {

@@ -89,6 +89,36 @@ fn text_is_stripped_of_control_characters_trimmed_and_length_checked() {
 }
 
 #[test]
+fn text_that_would_pass_for_another_line_or_for_nothing_is_cleaned() {
+    // A separator drawn as a new line (a fake server line), a
+    // right-to-left override, zero-width spaces and a byte-order mark.
+    assert_eq!(
+        clean_text("gg\u{2028}server: you are banned\u{202E}!", 256).as_deref(),
+        Ok("ggserver: you are banned!")
+    );
+    assert_eq!(
+        clean_text("a\u{200B}b\u{FEFF}c\u{2029}d\u{2066}e", 256).as_deref(),
+        Ok("abcde")
+    );
+    for nothing in [
+        "\u{200B}",
+        "\u{3164}\u{2800}",
+        " \u{200D}\u{FE0F} ",
+        "\u{E0041}",
+    ] {
+        assert_eq!(
+            clean_text(nothing, 256),
+            Err(ChatRejectReason::Empty),
+            "{nothing:?}"
+        );
+    }
+    // Emoji composed with the zero-width joiner and variation selectors
+    // stay whole.
+    let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467} \u{2764}\u{FE0F}";
+    assert_eq!(clean_text(family, 256).as_deref(), Ok(family));
+}
+
+#[test]
 fn a_whisper_reaches_only_its_target_and_the_senders_copy() {
     let mut room = room_with(&[1, 2, 3], ChatConfig::default());
     let mut out = Vec::new();
@@ -231,7 +261,11 @@ fn repeated_offenders_are_muted_then_kicked() {
     assert!(out.contains(&ChatOutput::Kick { account: 1 }));
     let mut out = Vec::new();
     room.say(1, 18, &ChatScope::Global, "after kick", nowhere, &mut out);
-    assert!(out.is_empty(), "a kicked member is silent until it leaves");
+    // Answered, never delivered, and the kick asked for again (the first
+    // disconnect may have been lost).
+    assert_eq!(the_answer(&out, 1, 18), Err(ChatRejectReason::Kicked));
+    assert!(lines_for(&out, 2).is_empty());
+    assert!(out.contains(&ChatOutput::Kick { account: 1 }));
 }
 
 #[test]

@@ -24,8 +24,8 @@ pub enum ChatScope {
 /// The server answers every send of a member in session with exactly one
 /// of: the speaker's own copy ([`ChatLine`] with `reply_to ==
 /// Some(client_ref)`) or a [`ChatRejected`] with the same `client_ref`.
-/// The one send without an answer is the one that gets its sender kicked
-/// for flooding.
+/// The send that gets its sender kicked for flooding, and any send after
+/// it, is answered [`ChatRejectReason::Kicked`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatSend {
     /// Chosen by the client and echoed in the answer, so the client can
