@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
 use glam::{IVec2, Vec2};
-use shared::movement::CLIENT_SNAPSHOT_HISTORY;
+use shared::movement::{CLIENT_SNAPSHOT_HISTORY, MAX_SNAPSHOT_ENTITIES};
 use shared::prefetch::prefetch;
 use shared::protocol::NetMessage;
 use shared::protocol::channels;
@@ -67,7 +67,8 @@ pub struct InterestConfig {
     /// 30 kB/s of snapshots. At least [`SnapshotLimits::min_budget`] of
     /// `max_entities`.
     pub snapshot_budget_bytes: usize,
-    /// Most entities in one view, nearest first. Default 128.
+    /// Most entities in one view, nearest first (1..=
+    /// [`MAX_SNAPSHOT_ENTITIES`], what a client holds). Default 128.
     pub max_entities: usize,
     /// Sent snapshots kept per client as delta baselines, in ticks
     /// (1..=[`CLIENT_SNAPSHOT_HISTORY`]). An acknowledgement older than this
@@ -114,8 +115,12 @@ impl InterestConfig {
         ) {
             self.hysteresis = 0.0;
         }
-        if fix("max_entities", self.max_entities == 0) {
-            self.max_entities = 1;
+        // Clients refuse a view larger than they hold.
+        if fix(
+            "max_entities",
+            !(1..=MAX_SNAPSHOT_ENTITIES).contains(&self.max_entities),
+        ) {
+            self.max_entities = self.max_entities.clamp(1, MAX_SNAPSHOT_ENTITIES);
         }
         let min = SnapshotLimits::min_budget(self.max_entities);
         if fix("snapshot_budget_bytes", self.snapshot_budget_bytes < min) {
@@ -499,6 +504,17 @@ fn replicate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_is_never_larger_than_a_client_holds() {
+        let config = InterestConfig {
+            max_entities: 5_000,
+            ..InterestConfig::default()
+        }
+        .validated();
+        assert_eq!(config.max_entities, MAX_SNAPSHOT_ENTITIES);
+        assert!(config.snapshot_budget_bytes >= SnapshotLimits::min_budget(MAX_SNAPSHOT_ENTITIES));
+    }
 
     #[test]
     fn net_ids_go_round_without_repeating_one_still_held() {

@@ -48,7 +48,7 @@ use bevy_time::{Fixed, Time};
 use glam::Vec2;
 use shared::movement::MovementRules;
 use shared::protocol::channels;
-use shared::protocol::movement::MoveInput;
+use shared::protocol::movement::{MAX_WORLD_COORDINATE, MoveInput};
 
 use crate::metrics::{Counter, Metrics};
 use crate::net::{ClientConnected, Clients, FromClient, NetAppExt, Player};
@@ -125,6 +125,14 @@ impl MovementConfig {
         {
             return Err(format!(
                 "world_min {} must be below world_max {} on both axes",
+                self.world_min, self.world_max
+            ));
+        }
+        let reach = self.world_min.abs().max(self.world_max.abs()).max_element();
+        if reach > MAX_WORLD_COORDINATE {
+            return Err(format!(
+                "world_min {} and world_max {} must lie within ±{MAX_WORLD_COORDINATE} m: \
+                 positions travel in 1/32 m steps in 32 bits",
                 self.world_min, self.world_max
             ));
         }
@@ -478,5 +486,26 @@ mod tests {
             rate: 3,
         };
         assert_eq!(violations.total(), u32::MAX);
+    }
+
+    #[test]
+    fn a_world_larger_than_positions_can_travel_is_refused() {
+        let big = MovementConfig {
+            world_max: Vec2::new(1.0e8, 10.0),
+            ..MovementConfig::default()
+        };
+        let error = big.check().unwrap_err();
+        assert!(error.contains("world_max"), "{error}");
+        let edge = MovementConfig {
+            world_min: Vec2::splat(-MAX_WORLD_COORDINATE),
+            world_max: Vec2::splat(MAX_WORLD_COORDINATE),
+            ..MovementConfig::default()
+        };
+        assert_eq!(edge.check(), Ok(()));
+        let far = shared::protocol::movement::quantize(edge.world_max);
+        assert!(
+            far.x < i32::MAX,
+            "the edge still quantizes without saturating"
+        );
     }
 }

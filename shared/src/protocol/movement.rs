@@ -47,6 +47,11 @@ use super::{DecodeError, EncodeAs, EncodeError, NetMessage};
 /// Quantization of positions on the wire: units per metre (1/32 m steps).
 pub const POSITION_UNITS_PER_METRE: f32 = 32.0;
 
+/// The largest coordinate (in absolute value, metres) a world may have:
+/// positions travel as whole 1/32 m in an `i32`, which saturates at about
+/// 67,108 km; this leaves a margin and is round.
+pub const MAX_WORLD_COORDINATE: f32 = 10_000_000.0;
+
 /// A world position in metres as it travels: rounded to 1/32 m. Non-finite
 /// coordinates become 0 and values beyond the `i32` range saturate.
 pub fn quantize(position: Vec2) -> IVec2 {
