@@ -323,6 +323,9 @@ fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
     let interest = InterestConfig {
         snapshot_budget_bytes: SnapshotLimits::min_budget(max_entities),
         baseline_history: 1,
+        // The view is then exactly the nearest `max_entities` (see
+        // at_the_entity_cap_an_entity_in_view_keeps_its_place).
+        hysteresis: 0.0,
         ..InterestConfig::default()
     };
     let mut limited = 0;
@@ -351,8 +354,12 @@ fn a_crowd_whose_snapshots_fit_gets_every_update() {
     // With the default budget a view of 128 entities fits, although at
     // their largest its entries (15 bytes each) would not: nothing is
     // held back, from the first, full, snapshot on.
+    let interest = InterestConfig {
+        hysteresis: 0.0,
+        ..InterestConfig::default()
+    };
     crowd(
-        InterestConfig::default(),
+        interest,
         Vec2::ZERO,
         0.0,
         |tick, s, first_stale, in_view| {
@@ -444,4 +451,38 @@ fn deltas_round_trip_through_lost_snapshots_and_lost_acks() {
         }
     }
     assert!(recovered.is_some_and(|t| t <= 4), "{recovered:?}");
+}
+
+#[test]
+fn at_the_entity_cap_an_entity_in_view_keeps_its_place() {
+    // Room for the viewer and one other; two others about as near take
+    // turns being the nearer by 10 cm. The one in view stays in view.
+    let interest = InterestConfig {
+        max_entities: 2,
+        hysteresis: 8.0,
+        ..InterestConfig::default()
+    };
+    let spawns = [Vec2::ZERO, Vec2::new(10.0, 0.0), Vec2::new(0.0, 10.1)];
+    let mut sim = Sim::new(interest, spawns, 3);
+    let (viewer, b, c) = (sim.bots[0].entity, sim.bots[1].entity, sim.bots[2].entity);
+    let mut views = Vec::new();
+    for tick in 0..20 {
+        let (to_b, to_c) = if tick % 2 == 0 {
+            (10.0, 10.1)
+        } else {
+            (10.1, 10.0)
+        };
+        sim.app.world_mut().get_mut::<Position>(b).unwrap().0 = Vec2::new(to_b, 0.0);
+        sim.app.world_mut().get_mut::<Position>(c).unwrap().0 = Vec2::new(0.0, to_c);
+        sim.app.update();
+        sim.app.world_mut().resource_mut::<Inbox>().0.clear();
+        let view = sim.app.world().get::<Viewer>(viewer).unwrap().view();
+        let ids: Vec<u32> = view.last_sent().iter().map(|e| e.0).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        views.push(ids);
+    }
+    assert!(
+        views.windows(2).all(|w| w[0] == w[1]),
+        "the view changed at the cap: {views:?}"
+    );
 }

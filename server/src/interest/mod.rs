@@ -473,6 +473,9 @@ fn replicate(
             band.truncate(edge);
         }
         candidates.extend(band.iter().filter(|c| viewer.view.was_visible(c.id)));
+        viewer
+            .view
+            .cut_to_cap(candidates, limits.max_entities, config.hysteresis);
         let last_input = mover.map_or(0, |m| m.last_seq);
         let stats = viewer
             .view

@@ -357,6 +357,40 @@ impl ClientView {
         self.visible.binary_search(&id).is_ok()
     }
 
+    /// Cuts `candidates` (own entity first, at distance −1) to the
+    /// `max` nearest when there are more, counting an entity in view
+    /// `hysteresis` metres nearer than it is: at the cap as at the radius,
+    /// an entity in view keeps its place against one about as near, or two
+    /// near the cut that take turns being nearer would each flicker in and
+    /// out. The kept candidates keep their true distances (the budget's
+    /// nearest-first order).
+    pub fn cut_to_cap(&self, candidates: &mut Vec<Candidate>, max: usize, hysteresis: f32) {
+        if candidates.len() <= max || hysteresis <= 0.0 || max == 0 {
+            return;
+        }
+        // Signed squares keep the order of the distances and undo exactly
+        // enough for an order (an entity in view may come out nearer than
+        // 0); own entity stays first whatever the bonus.
+        let own = candidates[0].id;
+        candidates[0].distance_sq = f32::NEG_INFINITY;
+        for c in candidates[1..].iter_mut() {
+            if self.was_visible(c.id) {
+                let nearer = c.distance_sq.sqrt() - hysteresis;
+                c.distance_sq = nearer * nearer.abs();
+            }
+        }
+        candidates.select_nth_unstable_by(max - 1, nearest);
+        candidates.truncate(max);
+        for c in candidates.iter_mut() {
+            if c.id == own {
+                c.distance_sq = -1.0;
+            } else if self.was_visible(c.id) {
+                let d = hysteresis + c.distance_sq.signum() * c.distance_sq.abs().sqrt();
+                c.distance_sq = d * d;
+            }
+        }
+    }
+
     /// What the client holds after the last snapshot sent, sorted by id.
     pub fn last_sent(&self) -> &[(u32, IVec2)] {
         self.history.back().map_or(&[], |f| &f.entities)
