@@ -15,14 +15,16 @@ use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
 use shared::movement::{ApplyScratch, MovementRules, Predictor, SnapshotReceiver};
 use shared::netcode::ConnectToken;
-use shared::protocol::chat::{ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend};
+use shared::protocol::chat::{
+    ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend, MAX_SEND_TEXT_BYTES,
+};
 use shared::protocol::inventory::{
     InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker, InventoryUpdate,
     OfferedStack, TradeOffer, TradeState, TradeUpdate, WorldItems,
 };
 use shared::protocol::messages::{Emote, EmoteRequest, ServerNotice, Welcome};
 use shared::protocol::movement::Snapshot;
-use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
+use shared::protocol::{self, NetMessage, PROTOCOL_ID, PROTOCOL_VERSION, channels};
 use shared::transport::{ChannelId, DisconnectReason};
 
 use crate::bot::next_beat;
@@ -79,6 +81,12 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, String> {
     let line = line.trim();
     if line.is_empty() {
         return Ok(None);
+    }
+    if line.len() > MAX_SEND_TEXT_BYTES {
+        return Err(format!(
+            "that line is {} bytes: too long to send (chat takes a few hundred characters)",
+            line.len()
+        ));
     }
     let Some(rest) = line.strip_prefix('/') else {
         return Ok(Some(Command::Say(ChatScope::Global, line.to_owned())));
@@ -226,6 +234,14 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         while let Some(event) = socket.endpoint.poll_event() {
             if let Some(reason) = player.on_event(event) {
                 println!("disconnected: {reason}");
+                if reason == DisconnectReason::ConnectTimeout {
+                    // The server drops requests it cannot accept without a
+                    // word (it must not answer what it cannot verify).
+                    println!(
+                        "  is the server up at {server}? A server of another protocol version \
+                         (this client: {PROTOCOL_VERSION}) or with another key also stays silent"
+                    );
+                }
                 return Ok(if reason == DisconnectReason::Closed {
                     0
                 } else {
@@ -719,6 +735,9 @@ mod tests {
             Some(Command::Move(Vec2::new(1.0, -2.5)))
         );
         assert_eq!(parse_command("/near").unwrap(), Some(Command::Near));
+        let pasted = "x".repeat(70_000);
+        let error = parse_command(&pasted).unwrap_err();
+        assert!(error.contains("70000 bytes"), "{error}");
         assert_eq!(
             parse_command("/near hi all").unwrap(),
             Some(Command::Say(ChatScope::Nearby, "hi all".into()))

@@ -485,7 +485,25 @@ impl ChatRoom {
     ) {
         member.offences += 1;
         if member.offences < config.mute_after_offences {
-            out.push(reject(account, client_ref, reason, config));
+            out.push(if reason == ChatRejectReason::Muted {
+                let left = member
+                    .muted_until
+                    .saturating_sub(tick)
+                    .div_ceil(u64::from(config.tick_hz.max(1)));
+                ChatOutput::Rejected {
+                    to: account,
+                    rejected: ChatRejected {
+                        client_ref,
+                        reason,
+                        message: format!(
+                            "you are muted for {left} more s; keep sending and you will be \
+                             muted again or kicked"
+                        ),
+                    },
+                }
+            } else {
+                reject(account, client_ref, reason, config)
+            });
             return;
         }
         member.offences = 0;

@@ -256,6 +256,14 @@ fn repeated_offenders_are_muted_then_kicked() {
     let mut out = Vec::new();
     room.say(1, 16, &ChatScope::Global, "muted", nowhere, &mut out);
     assert_eq!(rejections(&out), vec![ChatRejectReason::Muted]);
+    let ChatOutput::Rejected { rejected, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(
+        rejected.message.contains("muted for 1 more s"),
+        "how long, said: {}",
+        rejected.message
+    );
     assert!(lines_for(&out, 2).is_empty());
     room.say(1, 17, &ChatScope::Global, "again", nowhere, &mut out);
     assert!(out.contains(&ChatOutput::Kick { account: 1 }));

@@ -43,6 +43,13 @@ impl NetMessage for ChatSend {
     const ID: u16 = 200;
 }
 
+/// The longest text a client should put in a [`ChatSend`], in bytes. The
+/// server refuses anything longer than its own limit (`[chat] max_chars`,
+/// 256 characters by default) with [`ChatRejectReason::TooLong`], but a
+/// message past [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES) does not
+/// even decode: a protocol violation, not an answer.
+pub const MAX_SEND_TEXT_BYTES: usize = 16 * 1024;
+
 /// How a delivered line was addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChatKind {
