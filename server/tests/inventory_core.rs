@@ -1153,7 +1153,9 @@ proptest! {
 /// by the player's requests, not left failing for the whole session; but
 /// at most once every `LOAD_RETRY_TICKS`, so that a store that stays
 /// broken for an account costs the tick one read a second, not one per
-/// request.
+/// request. Meanwhile the requests wait, unanswered: their ids may have
+/// been applied in an earlier session, whose answers come with the
+/// inventory.
 #[test]
 fn an_inventory_that_failed_to_load_is_loaded_again_but_not_on_every_request() {
     let mut h = Harness::new();
@@ -1167,23 +1169,128 @@ fn an_inventory_that_failed_to_load_is_loaded_again_but_not_on_every_request() {
     }
     let out = h.flush(false);
     assert_eq!(h.store.loads, 1, "retried before the backoff");
-    assert_eq!(
-        reply_of(&out, 1, 20).map(|r| r.result.err()),
-        Some(Some(InventoryError::Storage))
-    );
+    assert!(out.is_empty(), "waiting, not answered: {out:?}");
+    assert_eq!(h.core.queued(), 20);
     h.ticks(LOAD_RETRY_TICKS as usize);
     for id in 21..=40 {
         h.push(request_input(1, id, InventoryOp::List));
     }
     let out = h.flush(false);
-    assert_eq!(h.store.loads, 2, "one retry for twenty requests");
-    assert_eq!(
-        reply_of(&out, 1, 40).map(|r| r.result.err()),
-        Some(Some(InventoryError::Storage))
-    );
-    // The store works again: the next retry loads it.
+    assert_eq!(h.store.loads, 2, "one retry for forty requests");
+    assert!(out.is_empty(), "waiting, not answered: {out:?}");
+    // The store works again: the next retry loads it and every waiting
+    // request is answered.
     h.ticks(LOAD_RETRY_TICKS as usize);
-    let reply = h.request(1, 41, InventoryOp::List);
-    assert!(reply.result.is_ok(), "{reply:?}");
+    let out = h.flush(false);
     assert_eq!(h.store.loads, 3);
+    for id in 1..=40 {
+        let reply = reply_of(&out, 1, id).expect("answered once loaded");
+        assert!(reply.result.is_ok(), "{reply:?}");
+    }
+    assert_eq!(h.core.queued(), 0);
+}
+
+/// The client may take `Storage` as "not applied" and ask again under a
+/// new id; a change committed in an earlier session must not get that
+/// answer just because the inventory (and with it the remembered ids)
+/// failed to load this time.
+#[test]
+fn an_id_applied_in_an_earlier_session_waits_for_its_answer_while_the_inventory_fails_to_load() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let drop_one = InventoryOp::Drop { slot, count: 1 };
+    let dropped = h.request(1, 9, drop_one.clone());
+    assert!(dropped.result.is_ok(), "{dropped:?}");
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+
+    h.store.failing_loads = 1;
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    h.push(request_input(1, 9, drop_one));
+    let out = h.flush(false);
+    assert_eq!(reply_of(&out, 1, 9), None, "no answer yet: {out:?}");
+
+    h.ticks(LOAD_RETRY_TICKS as usize);
+    let out = h.flush(false);
+    assert_eq!(
+        reply_of(&out, 1, 9),
+        Some(dropped.clone()),
+        "the original answer"
+    );
+    assert_eq!(
+        h.core.inventory(1),
+        dropped.result.as_ref().ok(),
+        "dropped once"
+    );
+}
+
+/// A session that ends while its requests wait for the inventory to load
+/// takes them along: none is answered to the next session.
+#[test]
+fn requests_waiting_for_a_load_end_with_their_session() {
+    let mut h = Harness::new();
+    h.store.failing_loads = 1;
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    h.push(request_input(1, 1, InventoryOp::List));
+    h.flush(false);
+    assert_eq!(h.core.queued(), 1);
+    h.push(Input::Disconnected { account: 1 });
+    h.push(Input::Connected { account: 1 });
+    let out = h.flush(false);
+    assert_eq!(reply_of(&out, 1, 1), None, "{out:?}");
+    assert_eq!(h.core.queued(), 0);
+}
+
+/// A resent id whose change is committed is answered with its stored
+/// reply even when the account's queue is full: `Busy` would say nothing
+/// was applied. An id whose batch is still in flight is not answered
+/// before its commit.
+#[test]
+fn a_full_queue_answers_a_committed_id_with_its_stored_reply() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    let count = inv.slots[usize::from(from)].unwrap().count;
+    let there = InventoryOp::Move { from, to, count };
+    let back = InventoryOp::Move {
+        from: to,
+        to: from,
+        count,
+    };
+    let committed = h.request(1, 1, there.clone());
+    assert!(committed.result.is_ok(), "{committed:?}");
+
+    // Id 2 in a batch in flight, then the account's queue filled.
+    h.push(request_input(1, 2, back.clone()));
+    let in_flight = h.core.prepare(&mut h.store).expect("a batch");
+    for request_id in 0..config().max_queued_per_account as u64 {
+        assert_eq!(
+            h.core
+                .push(request_input(1, 1_000 + request_id, InventoryOp::List)),
+            None
+        );
+    }
+    let answer =
+        |h: &mut Harness, request_id, op| match h.core.push(request_input(1, request_id, op)) {
+            Some(Output::Reply { reply, .. }) => reply.result,
+            other => panic!("answered at once, got {other:?}"),
+        };
+    assert_eq!(answer(&mut h, 1, there.clone()), committed.result);
+    assert_eq!(answer(&mut h, 2, back), Err(InventoryError::Busy));
+    assert_eq!(answer(&mut h, 3, there), Err(InventoryError::Busy));
+
+    let result = h.store.commit(&in_flight.writes);
+    h.core.complete(result);
+    h.flush(false);
+    assert_eq!(
+        h.core.inventory(1).map(stacks),
+        Some(stacks(&inv)),
+        "moved there and back once"
+    );
 }

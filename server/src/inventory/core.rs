@@ -18,13 +18,20 @@
 //! - Every reply, read-only (`List`, `ListWorld`) or not, is released only
 //!   by [`InventoryCore::complete`], i.e. after its whole batch committed
 //!   (a batch without writes has nothing to commit and is resolved with
-//!   `Ok` without the store). The only exception is
-//!   [`InventoryError::Busy`] from [`InventoryCore::push`], which applied
-//!   nothing and is not remembered.
+//!   `Ok` without the store). The exceptions come from
+//!   [`InventoryCore::push`] when the queue is full:
+//!   [`InventoryError::Busy`], which applied nothing and is not
+//!   remembered, or, for an id whose change is already committed, its
+//!   stored reply.
 //! - When the commit fails, every request applied in the batch, read-only
 //!   ones included, is answered `Storage` and nothing about it is
 //!   remembered, so the same id sent again is a new request. A repeated
 //!   id answered from memory in that batch keeps its original answer.
+//! - A request of a player whose inventory failed to load waits in the
+//!   queue (within its bounds) until a retry loads it: its id may have
+//!   been applied in an earlier session, and the answers of those come
+//!   with the inventory, so it is answered neither `Storage` ("not
+//!   applied") nor applied again.
 //! - A request id is answered once and then again with the same reply:
 //!   changes (successful non-read-only operations) are stored with their
 //!   reply in the same transaction and remembered across sessions and
@@ -80,8 +87,10 @@ pub struct CoreConfig {
     /// How far a player reaches to pick up, in metres (default 5); only
     /// checked when both the player and the item have a position.
     pub pickup_radius: f32,
-    /// Inputs waiting while a batch is in flight (default 4096); requests
-    /// beyond it are answered [`InventoryError::Busy`].
+    /// Inputs waiting for the next batch (default 4096): those that come
+    /// while a batch is in flight, and requests waiting for their
+    /// player's inventory to load; requests beyond it are answered
+    /// [`InventoryError::Busy`].
     pub max_queued: usize,
     /// Of those, requests of one account (default 64); its requests beyond
     /// are answered [`InventoryError::Busy`], so that a few flooding
@@ -394,6 +403,14 @@ impl Applied {
         self.replies.get(&request_id).map(|(reply, _)| reply)
     }
 
+    /// The answer of a change, stored with it.
+    fn get_stored(&self, request_id: u64) -> Option<&InventoryReply> {
+        match self.replies.get(&request_id) {
+            Some((reply, true)) => Some(reply),
+            _ => None,
+        }
+    }
+
     /// Forgets the answers that were not stored (read-only operations and
     /// refusals): they belong to the session that ends.
     fn forget_unstored(&mut self) {
@@ -509,9 +526,10 @@ impl InventoryCore {
 
     /// Queues an input. A request beyond [`CoreConfig::max_queued`], or
     /// beyond [`CoreConfig::max_queued_per_account`] of its account, is
-    /// answered at once with [`InventoryError::Busy`] (returned here);
-    /// other inputs are always queued (connections are bounded by the
-    /// server's client limit, ticks by the caller).
+    /// answered at once (returned here): with its stored reply when its id
+    /// is a committed change, else with [`InventoryError::Busy`]. Other
+    /// inputs are always queued (connections are bounded by the server's
+    /// client limit, ticks by the caller).
     pub fn push(&mut self, input: Input) -> Option<Output> {
         if let Input::Request {
             account,
@@ -521,21 +539,25 @@ impl InventoryCore {
         } = &input
         {
             let (account, request_id, tag) = (*account, request.request_id, *tag);
-            let queued = self.queued_by_account.entry(account).or_default();
+            let queued = self.queued_by_account.get(&account).copied();
             if self.queue.len() >= self.config.max_queued
-                || *queued >= self.config.max_queued_per_account
+                || queued.unwrap_or(0) >= self.config.max_queued_per_account
             {
-                return Some(Output::Reply {
-                    account,
-                    reply: InventoryReply {
+                let reply = self
+                    .committed_reply(account, request_id)
+                    .cloned()
+                    .unwrap_or(InventoryReply {
                         request_id,
                         result: Err(InventoryError::Busy),
                         trade: None,
-                    },
+                    });
+                return Some(Output::Reply {
+                    account,
+                    reply,
                     tag,
                 });
             }
-            *queued += 1;
+            *self.queued_by_account.entry(account).or_default() += 1;
         }
         if input == Input::Tick {
             // Ticks are counted, not queued: a stalled store cannot make
@@ -552,8 +574,22 @@ impl InventoryCore {
         self.in_flight.is_some()
     }
 
+    /// The stored reply of `account`'s `request_id` when that change is
+    /// committed: remembered with its change and not of the batch in
+    /// flight (whose commit may still fail).
+    fn committed_reply(&self, account: u64, request_id: u64) -> Option<&InventoryReply> {
+        let reply = self.applied.get(&account)?.get_stored(request_id)?;
+        let in_flight = self.in_flight.as_ref().is_some_and(|b| {
+            b.applied
+                .iter()
+                .any(|&(a, r, _)| (a, r) == (account, request_id))
+        });
+        (!in_flight).then_some(reply)
+    }
+
     /// Processes every queued input into one batch, unless a batch is in
     /// flight (then `Ok(None)`). Reads accounts that connect from `store`.
+    /// Requests of players whose inventory has not loaded stay queued.
     /// When the batch has no writes, resolve it with `complete(Ok(()))`
     /// right away, without the store.
     pub fn prepare(&mut self, store: &mut dyn InventoryStore) -> Option<Batch> {
@@ -562,9 +598,21 @@ impl InventoryCore {
         }
         self.building = Some(Building::default());
         self.queued_by_account.clear();
+        let mut waiting = VecDeque::new();
         while let Some(input) = self.queue.pop_front() {
-            self.apply(input, store);
+            if let Input::Disconnected { account } = input {
+                // The session's waiting requests end with it, unanswered.
+                waiting
+                    .retain(|w| !matches!(w, Input::Request { account: a, .. } if *a == account));
+            }
+            waiting.extend(self.apply(input, store));
         }
+        for input in &waiting {
+            if let Input::Request { account, .. } = input {
+                *self.queued_by_account.entry(*account).or_default() += 1;
+            }
+        }
+        self.queue = waiting;
         for _ in 0..std::mem::take(&mut self.pending_ticks) {
             self.tick();
         }
@@ -788,7 +836,9 @@ impl InventoryCore {
         self.b().outputs.push(output);
     }
 
-    fn apply(&mut self, input: Input, store: &mut dyn InventoryStore) {
+    /// Applies one input; gives back a request that must wait for its
+    /// player's inventory to load.
+    fn apply(&mut self, input: Input, store: &mut dyn InventoryStore) -> Option<Input> {
         match input {
             Input::Connected { account } => self.connect(account, store),
             Input::Disconnected { account } => {
@@ -821,9 +871,18 @@ impl InventoryCore {
                 if retry && self.online.contains(&account) {
                     self.connect(account, store);
                 }
+                if self.online.contains(&account) && !self.inventories.contains_key(&account) {
+                    return Some(Input::Request {
+                        account,
+                        request,
+                        position,
+                        tag,
+                    });
+                }
                 self.request(account, request, position, tag);
             }
         }
+        None
     }
 
     fn connect(&mut self, account: u64, store: &mut dyn InventoryStore) {
@@ -839,8 +898,8 @@ impl InventoryCore {
                 state
             }
             Err(error) => {
-                // No inventory yet: its requests are answered `Storage`
-                // (see `request`) and try again now and then.
+                // No inventory yet: its requests wait (see `apply`) and
+                // try again now and then.
                 if self.load_failed.insert(account, self.ticks).is_none() {
                     tracing::error!(account, %error, "cannot load inventory; will retry");
                 }
@@ -920,15 +979,13 @@ impl InventoryCore {
             return;
         }
         if !self.inventories.contains_key(&account) {
+            // Not online (the requests of an online player wait for its
+            // inventory in `apply`).
             self.emit(Output::Reply {
                 account,
                 reply: InventoryReply {
                     request_id,
-                    result: Err(if self.online.contains(&account) {
-                        InventoryError::Storage
-                    } else {
-                        InventoryError::UnknownPlayer
-                    }),
+                    result: Err(InventoryError::UnknownPlayer),
                     trade: None,
                 },
                 tag,

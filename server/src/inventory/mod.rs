@@ -15,7 +15,7 @@
 //! up on a later tick. The only database access on the tick thread is the
 //! read of one account's rows (primary-key lookups) when a player connects
 //! (and, if that failed, again at most once every
-//! [`LOAD_RETRY_TICKS`] while its requests come).
+//! [`LOAD_RETRY_TICKS`] while its requests wait).
 
 pub mod catalogue;
 pub mod core;
@@ -393,13 +393,13 @@ fn run(
             .get(&client.account)
             .and_then(|e| positions.get(*e).ok())
             .map(|p| p.0);
-        if let Some(busy) = service.core.push(Input::Request {
+        if let Some(answer) = service.core.push(Input::Request {
             account: client.account,
             request: message.clone(),
             position,
             tag,
         }) {
-            send(service, vec![busy], &mut out, &metrics);
+            send(service, vec![answer], &mut out, &metrics);
         }
     }
     service.core.push(Input::Tick);
