@@ -178,7 +178,8 @@ pub trait InventoryStore: Send {
     /// # Errors
     /// [`StoreError`]; then nothing of the batch is stored.
     fn commit(&mut self, batch: &BatchWrites) -> Result<(), StoreError>;
-    /// Checks storage integrity and the ledger identity.
+    /// Checks storage integrity and the ledger identity, reading one
+    /// consistent state even while a live server commits.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read at all.

@@ -312,13 +312,16 @@ impl InventoryStore for SqliteStore {
     }
 
     fn audit(&mut self) -> Result<AuditReport, StoreError> {
-        let integrity: String = self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        // One read transaction: with WAL, every read in it sees the
+        // database as of its first read, so a commit by a live server
+        // between two of the sums cannot make them disagree. It writes
+        // nothing and ends (rolled back) when dropped.
+        let tx = self.conn.transaction()?;
+        let integrity: String = tx.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         let mut items: BTreeMap<u32, ItemTotals> = BTreeMap::new();
         let mut totals =
             |sql: &str, set: fn(&mut ItemTotals, u64, u64)| -> Result<(), StoreError> {
-                let mut stmt = self.conn.prepare(sql)?;
+                let mut stmt = tx.prepare(sql)?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
                     let item: i64 = r.get(0)?;
@@ -342,9 +345,7 @@ impl InventoryStore for SqliteStore {
             t.minted = a;
             t.consumed = b;
         })?;
-        let accounts: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM inventories", [], |r| r.get(0))?;
+        let accounts: i64 = tx.query_row("SELECT COUNT(*) FROM inventories", [], |r| r.get(0))?;
         Ok(AuditReport {
             integrity_ok: integrity == "ok",
             balanced: items.values().all(ItemTotals::balanced),
@@ -500,5 +501,86 @@ mod tests {
         let applied = store.load_account(1).unwrap().applied;
         assert_eq!(applied.len(), REMEMBERED_REQUESTS);
         assert_eq!(applied[0].0, 10);
+    }
+
+    thread_local! {
+        /// A second connection to the store, standing in for the live
+        /// server while [`use_one_item_while_the_audit_reads`] runs.
+        static SERVER: std::cell::RefCell<Option<Connection>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Commits, from the second connection, the use of one item (one
+    /// fewer held, one more consumed: balanced on its own) as the audit
+    /// starts a statement on the world items, i.e. after it has read the
+    /// held totals and before it reads the ledger. Once.
+    fn use_one_item_while_the_audit_reads(event: rusqlite::trace::TraceEvent<'_>) {
+        if let rusqlite::trace::TraceEvent::Stmt(_, sql) = event
+            && sql.contains("FROM world_items")
+            && let Some(server) = SERVER.with_borrow_mut(Option::take)
+        {
+            server
+                .execute_batch(
+                    "BEGIN;
+                     UPDATE inventory_slots SET count = count - 1 WHERE account = 1 AND slot = 0;
+                     UPDATE ledger SET consumed = consumed + 1 WHERE item = 1;
+                     COMMIT;",
+                )
+                .expect("the server's commit");
+        }
+    }
+
+    /// `server audit` runs next to a live server: a commit landing between
+    /// two of its reads must not make a balanced store look unbalanced.
+    #[test]
+    fn the_audit_reads_one_snapshot_while_the_server_commits() {
+        let dir = std::env::temp_dir().join(format!("sqlite-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = SqliteStore::open(&dir).unwrap();
+        store
+            .commit(&BatchWrites {
+                inventories: vec![(1, snapshot(1, vec![Some((1, 4))]))],
+                ledger: vec![(
+                    ItemId(1),
+                    LedgerRow {
+                        minted: 4,
+                        consumed: 0,
+                    },
+                )],
+                ..BatchWrites::default()
+            })
+            .unwrap();
+        SERVER.set(Some(Connection::open(dir.join(DB_FILE)).unwrap()));
+        store.conn.trace_v2(
+            rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(use_one_item_while_the_audit_reads),
+        );
+
+        let during = store.audit().unwrap();
+        assert!(
+            SERVER.with_borrow(Option::is_none),
+            "the server committed during the audit"
+        );
+        assert!(during.balanced, "{during:?}");
+        let before = ItemTotals {
+            held: 4,
+            in_world: 0,
+            minted: 4,
+            consumed: 0,
+        };
+        assert_eq!(during.items["1"], before, "the state before the commit");
+        let after = store.audit().unwrap();
+        assert_eq!(
+            after.items["1"],
+            ItemTotals {
+                held: 3,
+                consumed: 1,
+                ..before
+            },
+            "the commit took effect"
+        );
+        assert!(after.balanced);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
