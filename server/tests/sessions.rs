@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bevy_app::App;
+use bevy_app::{App, AppExit};
 use server::console::AdminKick;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use server::persistence::{
     AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
 };
 use server::players::{self, PlayerRoster};
-use server::shutdown::ShutdownStarted;
+use server::shutdown::ShutdownPlugin;
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::netcode::ClientIndex;
@@ -52,7 +52,7 @@ fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
     })
     .insert_resource(server)
     .add_message::<AdminKick>()
-    .add_message::<ShutdownStarted>()
+    .add_plugins(ShutdownPlugin { grace_ticks: 2 })
     .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
     app.finish();
     app.cleanup();
@@ -280,6 +280,36 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
             .in_flight(),
         "nothing stays in flight"
     );
+}
+
+/// A writer thread that dies leaves every change refused `Storage` for
+/// good: the server shuts down with an error instead, so that a
+/// supervisor restarts it.
+#[test]
+fn a_writer_that_dies_shuts_the_server_down_with_an_error() {
+    let name = format!("writer-dies-exit-{}", std::process::id());
+    let service = InventoryService::start(
+        Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
+        Box::new(PanickingStore(
+            SqliteStore::open_shared_memory(&name).unwrap(),
+        )),
+        Arc::new(Catalogue::embedded().unwrap()),
+        CoreConfig {
+            spawn_every_ticks: 1,
+            ..CoreConfig::default()
+        },
+    )
+    .unwrap();
+    let (mut app, _net) = app_with(Some(service));
+    // The spawner's first batch goes to the writer, which dies on it;
+    // the server notices whenever that happens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.should_exit().is_none() {
+        assert!(Instant::now() < deadline, "still running 10 s on");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(app.should_exit(), Some(AppExit::error()));
 }
 
 #[test]

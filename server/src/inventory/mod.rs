@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bevy_app::{App, FixedUpdate, Plugin};
+use bevy_app::{App, FixedUpdate, Plugin, Update};
 use bevy_ecs::prelude::*;
 use shared::io::ClientId;
 use shared::protocol::channels;
@@ -43,6 +43,7 @@ use crate::net::{
     session_changes,
 };
 use crate::persistence::{InventoryStore, SqliteStore, StoreError, StoreWriter};
+use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownState};
 use crate::world::Position;
 
 /// The running inventory: the rules, a read connection for account loads
@@ -242,7 +243,30 @@ impl Plugin for InventoryPlugin {
                 FixedUpdate,
                 MovementSystems::Integrate.before(InventorySystems::Run),
             )
-            .add_systems(FixedUpdate, run.in_set(InventorySystems::Run));
+            .add_systems(FixedUpdate, run.in_set(InventorySystems::Run))
+            .add_systems(Update, watch_writer);
+    }
+}
+
+/// A `db-writer` thread that stops while the server runs (a store that
+/// panicked) leaves every change refused `Storage` for good. The server
+/// shuts down with an error instead, so that a supervisor restarts it.
+fn watch_writer(
+    service: Res<InventoryService>,
+    state: Option<Res<ShutdownState>>,
+    requests: Option<ResMut<Messages<ShutdownRequested>>>,
+    mut reported: Local<bool>,
+) {
+    let running = state.is_none_or(|s| *s == ShutdownState::Running);
+    if *reported || !running || !service.writer.is_stopped() {
+        return;
+    }
+    *reported = true;
+    tracing::error!("the database writer thread stopped; shutting down");
+    if let Some(mut requests) = requests {
+        requests.write(ShutdownRequested {
+            reason: ShutdownReason::Failure("the database writer thread stopped".to_owned()),
+        });
     }
 }
 

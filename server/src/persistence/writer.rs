@@ -105,6 +105,12 @@ impl StoreWriter {
         }
     }
 
+    /// Whether the thread has ended (a store that panicked): nothing
+    /// submitted is committed any more.
+    pub fn is_stopped(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Waits up to `timeout` for a finished commit (for shutdown and tests,
     /// never in the tick).
     pub fn wait_done(&self, timeout: Duration) -> Option<CommitDone> {
