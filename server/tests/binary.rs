@@ -410,6 +410,56 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
     assert!(logs.contains("shutdown complete"), "{logs}");
 }
 
+/// A second server on a data directory in use exits at once with an
+/// error naming the directory; `server audit` still reads it.
+#[test]
+fn a_second_server_on_a_data_dir_in_use_refuses_to_start_and_the_audit_still_runs() {
+    let dir = scratch_dir("data-dir-lock");
+    let start = || {
+        server(&dir)
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    let (_, first_logs) = read_log(&mut first);
+
+    let mut second = start();
+    let mut stderr = second.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let status = wait_with_timeout(second, Duration::from_secs(20));
+    let logs = logs.join().unwrap();
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(1)),
+        "the second server exits with an error: {logs}"
+    );
+    assert!(
+        logs.contains("is in use by another server process"),
+        "{logs}"
+    );
+
+    let audit = server(&dir)
+        .args(["audit", "--data-dir", "data"])
+        .output()
+        .unwrap();
+    assert!(audit.status.success(), "{audit:?}");
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(report["balanced"], true);
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(first_logs.join());
+}
+
 /// `server audit` and `server token` read the config file as `server run`
 /// does: its `data_dir` and `key_file` are theirs too.
 #[test]

@@ -81,8 +81,8 @@ pub enum InventoryStartError {
 
 impl InventoryService {
     /// Opens the SQLite store in `data_dir` (two connections: the writer
-    /// thread's and the tick's reader), loads the world and starts the
-    /// writer.
+    /// thread's, which holds the directory's lock, and the tick's
+    /// read-only one), loads the world and starts the writer.
     ///
     /// # Errors
     /// [`InventoryStartError`].
@@ -92,7 +92,7 @@ impl InventoryService {
         config: CoreConfig,
     ) -> Result<Self, InventoryStartError> {
         let writer = SqliteStore::open(data_dir)?;
-        let reader = SqliteStore::open(data_dir)?;
+        let reader = SqliteStore::open_read_only(data_dir)?;
         Self::start(Box::new(reader), Box::new(writer), catalogue, config)
     }
 

@@ -5,7 +5,7 @@
 //! | piece | what |
 //! |---|---|
 //! | [`InventoryStore`] | load state, commit one [`BatchWrites`] atomically, audit |
-//! | [`SqliteStore`] | the embedded default: one file `inventory.sqlite3` in the data dir, WAL, `synchronous=FULL` |
+//! | [`SqliteStore`] | the embedded default: one file `inventory.sqlite3` in the data dir, WAL, `synchronous=FULL`; the writer holds a lock on `server.lock` there |
 //! | [`StoreWriter`] | a `db-writer` thread owning a store; a bounded channel in, results out |
 //! | [`audit`] | what `server audit --data-dir DIR` prints |
 //!
@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use glam::Vec2;
 use shared::protocol::inventory::{InventorySnapshot, ItemId, ItemStack, WorldItem};
 
-pub use sqlite::{DB_FILE, SqliteStore};
+pub use sqlite::{DB_FILE, LOCK_FILE, SqliteStore};
 pub use writer::{CommitDone, StoreWriter, WRITER_QUEUE};
 
 /// A storage failure.
@@ -41,6 +41,20 @@ pub enum StoreError {
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory's lock.
+    #[error("data directory {path} is in use by another server process")]
+    InUse {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
+    /// The data directory's lock could not be taken.
+    #[error("cannot lock data directory {path}: {source}")]
+    Lock {
         /// The directory.
         path: std::path::PathBuf,
         /// Why.
@@ -186,12 +200,13 @@ pub trait InventoryStore: Send {
     fn audit(&mut self) -> Result<AuditReport, StoreError>;
 }
 
-/// Runs the audit over the store in `data_dir`.
+/// Runs the audit over the store in `data_dir`, read-only: it runs next
+/// to a live server too.
 ///
 /// # Errors
 /// [`StoreError`] when the database cannot be opened or read.
 pub fn audit(data_dir: &std::path::Path) -> Result<AuditReport, StoreError> {
-    SqliteStore::open(data_dir)?.audit()
+    SqliteStore::open_read_only(data_dir)?.audit()
 }
 
 /// Converts a stored `(item, count)` pair.

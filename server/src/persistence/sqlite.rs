@@ -13,9 +13,10 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fs::{File, TryLockError};
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use shared::protocol::inventory::{InventorySnapshot, ItemId, REMEMBERED_REQUESTS};
 
 use super::{
@@ -25,6 +26,12 @@ use super::{
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "inventory.sqlite3";
+
+/// The lock file inside the data directory: a store opened for writing
+/// holds an exclusive advisory lock on it (released when the store is
+/// dropped or its process ends, however it ends), so that two servers
+/// never write one directory.
+pub const LOCK_FILE: &str = "server.lock";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -61,6 +68,9 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 1);
 /// of [`crate::persistence`] for why), foreign keys not needed.
 pub struct SqliteStore {
     conn: Connection,
+    /// The data directory's [`LOCK_FILE`], locked while this store may
+    /// write there; closing it releases the lock.
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -84,16 +94,34 @@ fn count_from_sql(v: i64) -> Result<u64, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating) `DIR/inventory.sqlite3`, creating `DIR` too.
+    /// Opens (creating) `DIR/inventory.sqlite3` for writing, creating
+    /// `DIR` too, and holds the directory's [`LOCK_FILE`] lock while open.
     ///
     /// # Errors
-    /// [`StoreError`].
+    /// [`StoreError::InUse`] when another store (another server process)
+    /// holds the lock; other [`StoreError`]s.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,
         })?;
-        Self::setup(Connection::open(data_dir.join(DB_FILE))?)
+        let lock = lock(data_dir)?;
+        Self::setup(Connection::open(data_dir.join(DB_FILE))?, Some(lock))
+    }
+
+    /// Opens `DIR/inventory.sqlite3` read-only, without the lock: for
+    /// reads next to the store that writes (the tick's account loads, the
+    /// audit of a live server). Writes through it fail.
+    ///
+    /// # Errors
+    /// [`StoreError`], also when the database does not exist.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            data_dir.join(DB_FILE),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn, _lock: None })
     }
 
     /// A private in-memory database (for tests and for running without a
@@ -102,7 +130,7 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError`].
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory()?)
+        Self::setup(Connection::open_in_memory()?, None)
     }
 
     /// A named in-memory database shared by every connection of this
@@ -111,18 +139,17 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError`].
     pub fn open_shared_memory(name: &str) -> Result<Self, StoreError> {
-        use rusqlite::OpenFlags;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
-        Self::setup(Connection::open_with_flags(
-            format!("file:{name}?mode=memory&cache=shared"),
-            flags,
-        )?)
+        Self::setup(
+            Connection::open_with_flags(format!("file:{name}?mode=memory&cache=shared"), flags)?,
+            None,
+        )
     }
 
-    fn setup(conn: Connection) -> Result<Self, StoreError> {
+    fn setup(conn: Connection, lock: Option<File>) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // WAL: readers (the tick's account loads) never block the writer.
         // The pragma returns the resulting mode; in-memory databases say
@@ -130,7 +157,7 @@ impl SqliteStore {
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self { conn, _lock: lock })
     }
 
     fn meta(&self, key: &str) -> Result<u64, StoreError> {
@@ -141,6 +168,28 @@ impl SqliteStore {
             })
             .optional()?
             .map_or(0, from_sql))
+    }
+}
+
+/// Takes the exclusive lock on `data_dir`'s [`LOCK_FILE`], without
+/// waiting.
+fn lock(data_dir: &Path) -> Result<File, StoreError> {
+    let lock_error = |source| StoreError::Lock {
+        path: data_dir.to_owned(),
+        source,
+    };
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(data_dir.join(LOCK_FILE))
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: data_dir.to_owned(),
+        }),
+        Err(TryLockError::Error(source)) => Err(lock_error(source)),
     }
 }
 
@@ -581,6 +630,30 @@ mod tests {
         );
         assert!(after.balanced);
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two servers writing one data directory would overwrite each
+    /// other's acknowledged changes: the second is refused. The audit,
+    /// which only reads, still runs next to the one that writes.
+    #[test]
+    fn a_data_dir_is_written_by_one_store_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("sqlite-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = SqliteStore::open(&dir).unwrap();
+        let second = SqliteStore::open(&dir).map(drop).unwrap_err();
+        assert!(matches!(second, StoreError::InUse { .. }), "{second:?}");
+        assert_eq!(
+            second.to_string(),
+            format!(
+                "data directory {} is in use by another server process",
+                dir.display()
+            )
+        );
+        let report = crate::persistence::audit(&dir).unwrap();
+        assert!(report.integrity_ok && report.balanced, "{report:?}");
+        drop(first);
+        drop(SqliteStore::open(&dir).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
