@@ -24,6 +24,9 @@ struct FlakyStore {
     /// Loads that fail before one succeeds.
     failing_loads: usize,
     loads: usize,
+    /// Stored replies come back as bytes no server decodes (stored by a
+    /// server of another protocol version).
+    garble_replies: bool,
 }
 
 impl InventoryStore for FlakyStore {
@@ -36,7 +39,13 @@ impl InventoryStore for FlakyStore {
             self.failing_loads -= 1;
             return Err(StoreError::Injected);
         }
-        self.inner.load_account(account)
+        let mut state = self.inner.load_account(account)?;
+        if self.garble_replies {
+            for (_, reply) in &mut state.applied {
+                *reply = vec![0xff; 3];
+            }
+        }
+        Ok(state)
     }
     fn commit(&mut self, batch: &BatchWrites) -> Result<(), StoreError> {
         if std::mem::take(&mut self.fail_next) {
@@ -74,6 +83,7 @@ impl Harness {
             fail_next: false,
             failing_loads: 0,
             loads: 0,
+            garble_replies: false,
         };
         let catalogue = Arc::new(Catalogue::embedded().unwrap());
         let core = InventoryCore::load(catalogue, config(), &mut store).unwrap();
@@ -1225,6 +1235,32 @@ fn an_id_applied_in_an_earlier_session_waits_for_its_answer_while_the_inventory_
         dropped.result.as_ref().ok(),
         "dropped once"
     );
+}
+
+/// A reply stored by a server of another protocol version may not decode:
+/// its change was applied, so its id must still not apply again.
+#[test]
+fn an_applied_id_whose_stored_reply_no_longer_decodes_is_not_applied_again() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let drop_one = InventoryOp::Drop { slot, count: 1 };
+    let dropped = h.request(1, 9, drop_one.clone());
+    let after = dropped.result.clone().expect("dropped");
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+
+    h.store.garble_replies = true;
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    let again = h.request(1, 9, drop_one);
+    assert_eq!(
+        again.result,
+        Ok(after.clone()),
+        "answered with the inventory"
+    );
+    assert_eq!(h.core.inventory(1), Some(&after), "dropped once");
 }
 
 /// A session that ends while its requests wait for the inventory to load

@@ -906,18 +906,39 @@ impl InventoryCore {
                 return;
             }
         };
-        let mut applied = Applied::default();
-        for (_, bytes) in state.applied {
-            if let Ok(reply) = shared::protocol::decode::<InventoryReply>(&bytes) {
-                applied.insert(reply, true);
-            }
-        }
-        applied.trim();
-        self.applied.insert(account, applied);
         let mut inventory = state.inventory.unwrap_or_default();
         if inventory.slots.len() < self.config.slots {
             inventory.slots.resize(self.config.slots, None);
         }
+        let mut applied = Applied::default();
+        let mut unreadable = 0usize;
+        for (request_id, bytes) in state.applied {
+            // A reply stored by a server of another protocol version may
+            // no longer decode. Its change was applied all the same: the
+            // id must still not apply again, so it is answered with the
+            // inventory as it is now.
+            let reply = shared::protocol::decode::<InventoryReply>(&bytes)
+                .ok()
+                .filter(|reply| reply.request_id == request_id)
+                .unwrap_or_else(|| {
+                    unreadable += 1;
+                    InventoryReply {
+                        request_id,
+                        result: Ok(inventory.clone()),
+                        trade: None,
+                    }
+                });
+            applied.insert(reply, true);
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                account,
+                unreadable,
+                "stored replies that do not decode; answered with the current inventory"
+            );
+        }
+        applied.trim();
+        self.applied.insert(account, applied);
         self.inventories.insert(account, inventory);
     }
 

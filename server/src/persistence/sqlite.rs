@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS applied_requests(
 INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 1);
 ";
 
+/// The layout [`SCHEMA`] creates. A database of a newer layout (written by
+/// a newer server) is refused rather than misread.
+const SCHEMA_VERSION: u64 = 1;
+
 /// A SQLite database: WAL journal, `synchronous=FULL` (see the module docs
 /// of [`crate::persistence`] for why), foreign keys not needed.
 pub struct SqliteStore {
@@ -121,7 +125,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self { conn, _lock: None })
+        Self { conn, _lock: None }.checked()
     }
 
     /// A private in-memory database (for tests and for running without a
@@ -157,7 +161,19 @@ impl SqliteStore {
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn, _lock: lock })
+        Self { conn, _lock: lock }.checked()
+    }
+
+    /// This store, if this server knows its schema version.
+    fn checked(self) -> Result<Self, StoreError> {
+        let version = self.meta("schema_version")?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "the database has schema version {version}, newer than this server's \
+                 {SCHEMA_VERSION}: it was written by a newer server; run that one"
+            )));
+        }
+        Ok(self)
     }
 
     fn meta(&self, key: &str) -> Result<u64, StoreError> {
@@ -424,6 +440,23 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_not_misread() {
+        let dir = std::env::temp_dir().join(format!("sqlite-schema-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .conn
+            .execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'", [])
+            .unwrap();
+        drop(store);
+        for opened in [SqliteStore::open(&dir), SqliteStore::open_read_only(&dir)] {
+            let error = opened.unwrap_err().to_string();
+            assert!(error.contains("schema version 2"), "{error}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
