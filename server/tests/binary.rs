@@ -48,6 +48,19 @@ fn server(dir: &PathBuf) -> Command {
     command
 }
 
+/// The server serving in `dir` on loopback ports of the system's
+/// choosing, data in `dir/data`, its logs on a pipe (see `read_log`).
+fn serve(dir: &PathBuf) -> Child {
+    server(dir)
+        .args(["--metrics-bind", "127.0.0.1:0"])
+        .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn print_config(command: &mut Command) -> String {
     let output = command.arg("--print-config").output().unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -225,14 +238,7 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Option<std::process
 #[test]
 fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
     let dir = scratch_dir("sigterm");
-    let mut child = server(&dir)
-        .args(["--metrics-bind", "127.0.0.1:0"])
-        .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&dir);
     let (listening, logs) = read_log(&mut child);
     let metrics = listening.metrics;
 
@@ -415,20 +421,10 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
 #[test]
 fn a_second_server_on_a_data_dir_in_use_refuses_to_start_and_the_audit_still_runs() {
     let dir = scratch_dir("data-dir-lock");
-    let start = || {
-        server(&dir)
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = start();
+    let mut first = serve(&dir);
     let (_, first_logs) = read_log(&mut first);
 
-    let mut second = start();
+    let mut second = serve(&dir);
     let mut stderr = second.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         let mut text = String::new();

@@ -238,10 +238,10 @@ impl InventoryStore for PanickingStore {
     }
 }
 
-#[test]
-fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
-    let name = format!("writer-dies-{}", std::process::id());
-    let service = InventoryService::start(
+/// An inventory service whose writer dies on the spawner's first batch.
+fn service_whose_writer_dies(name: &str) -> InventoryService {
+    let name = format!("{name}-{}", std::process::id());
+    InventoryService::start(
         Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
         Box::new(PanickingStore(
             SqliteStore::open_shared_memory(&name).unwrap(),
@@ -252,7 +252,12 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
             ..CoreConfig::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
+    let service = service_whose_writer_dies("writer-dies");
     let (mut app, net) = app_with(Some(service));
     let player = client(0, 7, 1);
     net.events
@@ -287,19 +292,7 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
 /// supervisor restarts it.
 #[test]
 fn a_writer_that_dies_shuts_the_server_down_with_an_error() {
-    let name = format!("writer-dies-exit-{}", std::process::id());
-    let service = InventoryService::start(
-        Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
-        Box::new(PanickingStore(
-            SqliteStore::open_shared_memory(&name).unwrap(),
-        )),
-        Arc::new(Catalogue::embedded().unwrap()),
-        CoreConfig {
-            spawn_every_ticks: 1,
-            ..CoreConfig::default()
-        },
-    )
-    .unwrap();
+    let service = service_whose_writer_dies("writer-dies-exit");
     let (mut app, _net) = app_with(Some(service));
     // The spawner's first batch goes to the writer, which dies on it;
     // the server notices whenever that happens.
