@@ -372,19 +372,25 @@ impl OpenTrades {
 /// batch is built, the answers it adds come on top (at most the queued
 /// requests of the account), so that a failed commit, which removes them,
 /// leaves exactly the answers the store still holds.
+///
+/// An answer is kept as its message bytes ([`encode_reply`]; for a change,
+/// the bytes stored with it) and decoded only when its id comes again,
+/// which is rare: a reply carries the whole inventory, and 24 slots take
+/// 288 bytes as values where they encode in about 80.
 #[derive(Debug, Default)]
 struct Applied {
     /// Request ids in arrival order: the stored ones, the others.
     order: [VecDeque<u64>; 2],
-    /// request id → (original reply, stored with its change?)
-    replies: HashMap<u64, (InventoryReply, bool)>,
+    /// request id → (original reply's message bytes, stored with its
+    /// change?)
+    replies: HashMap<u64, (Box<[u8]>, bool)>,
 }
 
 impl Applied {
-    fn insert(&mut self, reply: InventoryReply, stored: bool) {
-        self.remove(reply.request_id);
-        self.order[usize::from(!stored)].push_back(reply.request_id);
-        self.replies.insert(reply.request_id, (reply, stored));
+    fn insert(&mut self, request_id: u64, reply: Box<[u8]>, stored: bool) {
+        self.remove(request_id);
+        self.order[usize::from(!stored)].push_back(request_id);
+        self.replies.insert(request_id, (reply, stored));
     }
 
     /// Forgets the oldest answers beyond [`REMEMBERED_REQUESTS`] of each
@@ -399,12 +405,12 @@ impl Applied {
         }
     }
 
-    fn get(&self, request_id: u64) -> Option<&InventoryReply> {
-        self.replies.get(&request_id).map(|(reply, _)| reply)
+    fn get(&self, request_id: u64) -> Option<&[u8]> {
+        self.replies.get(&request_id).map(|(reply, _)| &reply[..])
     }
 
     /// The answer of a change, stored with it.
-    fn get_stored(&self, request_id: u64) -> Option<&InventoryReply> {
+    fn get_stored(&self, request_id: u64) -> Option<&[u8]> {
         match self.replies.get(&request_id) {
             Some((reply, true)) => Some(reply),
             _ => None,
@@ -471,10 +477,31 @@ pub struct InventoryCore {
 /// the tick one read a second, not one per request.
 pub const LOAD_RETRY_TICKS: u64 = 30;
 
-fn encode_reply(reply: &InventoryReply) -> Vec<u8> {
+/// A reply's message bytes, as remembered and stored. Should encoding
+/// fail (it does not for a reply), the empty bytes left in its place are
+/// answered as [`unreadable_reply`], now and after a restart.
+fn encode_reply(reply: &InventoryReply) -> Box<[u8]> {
     shared::protocol::encode(reply)
-        .map(|b| b.to_vec())
+        .map(|b| Box::from(&b[..]))
         .unwrap_or_default()
+}
+
+/// The reply `bytes` hold, if they hold one for `request_id`.
+fn decode_reply(bytes: &[u8], request_id: u64) -> Option<InventoryReply> {
+    shared::protocol::decode::<InventoryReply>(bytes)
+        .ok()
+        .filter(|reply| reply.request_id == request_id)
+}
+
+/// The answer of an applied id whose reply does not decode: its change
+/// was applied all the same, so the id must still not apply again; it is
+/// answered with the inventory as it is.
+fn unreadable_reply(request_id: u64, inventory: &InventorySnapshot) -> InventoryReply {
+    InventoryReply {
+        request_id,
+        result: Ok(inventory.clone()),
+        trade: None,
+    }
 }
 
 impl InventoryCore {
@@ -545,7 +572,6 @@ impl InventoryCore {
             {
                 let reply = self
                     .committed_reply(account, request_id)
-                    .cloned()
                     .unwrap_or(InventoryReply {
                         request_id,
                         result: Err(InventoryError::Busy),
@@ -577,14 +603,34 @@ impl InventoryCore {
     /// The stored reply of `account`'s `request_id` when that change is
     /// committed: remembered with its change and not of the batch in
     /// flight (whose commit may still fail).
-    fn committed_reply(&self, account: u64, request_id: u64) -> Option<&InventoryReply> {
+    fn committed_reply(&self, account: u64, request_id: u64) -> Option<InventoryReply> {
         let reply = self.applied.get(&account)?.get_stored(request_id)?;
         let in_flight = self.in_flight.as_ref().is_some_and(|b| {
             b.applied
                 .iter()
                 .any(|&(a, r, _)| (a, r) == (account, request_id))
         });
-        (!in_flight).then_some(reply)
+        (!in_flight).then(|| self.decode_remembered(account, request_id, reply))
+    }
+
+    /// The remembered answer of `account`'s `request_id`, if any.
+    fn remembered_reply(&self, account: u64, request_id: u64) -> Option<InventoryReply> {
+        let reply = self.applied.get(&account)?.get(request_id)?;
+        Some(self.decode_remembered(account, request_id, reply))
+    }
+
+    /// A remembered answer from its bytes; bytes this server encoded that
+    /// do not decode are answered like an unreadable stored reply.
+    fn decode_remembered(&self, account: u64, request_id: u64, bytes: &[u8]) -> InventoryReply {
+        decode_reply(bytes, request_id).unwrap_or_else(|| {
+            tracing::error!(
+                account,
+                request_id,
+                "a remembered reply does not decode; answered with the current inventory"
+            );
+            let inventory = self.inventories.get(&account).cloned().unwrap_or_default();
+            unreadable_reply(request_id, &inventory)
+        })
     }
 
     /// Processes every queued input into one batch, unless a batch is in
@@ -779,9 +825,7 @@ impl InventoryCore {
                 continue;
             }
             if let Some(reply) = self.applied.get(&account).and_then(|a| a.get(request_id)) {
-                writes
-                    .applied
-                    .push((account, request_id, encode_reply(reply)));
+                writes.applied.push((account, request_id, reply.to_vec()));
             }
         }
         if b.counters.is_some() {
@@ -917,18 +961,13 @@ impl InventoryCore {
             // no longer decode. Its change was applied all the same: the
             // id must still not apply again, so it is answered with the
             // inventory as it is now.
-            let reply = shared::protocol::decode::<InventoryReply>(&bytes)
-                .ok()
-                .filter(|reply| reply.request_id == request_id)
-                .unwrap_or_else(|| {
-                    unreadable += 1;
-                    InventoryReply {
-                        request_id,
-                        result: Ok(inventory.clone()),
-                        trade: None,
-                    }
-                });
-            applied.insert(reply, true);
+            let reply = if decode_reply(&bytes, request_id).is_some() {
+                bytes.into_boxed_slice()
+            } else {
+                unreadable += 1;
+                encode_reply(&unreadable_reply(request_id, &inventory))
+            };
+            applied.insert(request_id, reply, true);
         }
         if unreadable > 0 {
             tracing::warn!(
@@ -986,12 +1025,7 @@ impl InventoryCore {
         tag: u64,
     ) {
         let request_id = request.request_id;
-        if let Some(reply) = self
-            .applied
-            .get(&account)
-            .and_then(|a| a.get(request_id))
-            .cloned()
-        {
+        if let Some(reply) = self.remembered_reply(account, request_id) {
             self.emit(Output::Reply {
                 account,
                 reply,
@@ -1027,10 +1061,11 @@ impl InventoryCore {
         // every answer in memory.
         let persisted = reply.result.is_ok()
             && !matches!(request.op, InventoryOp::List | InventoryOp::ListWorld);
-        self.applied
-            .entry(account)
-            .or_default()
-            .insert(reply.clone(), persisted);
+        self.applied.entry(account).or_default().insert(
+            request_id,
+            encode_reply(&reply),
+            persisted,
+        );
         self.b().applied.push((account, request_id, persisted));
         self.emit(Output::Reply {
             account,
@@ -1582,4 +1617,153 @@ fn move_stack(
         Some(_) => return Err(InventoryError::SlotTaken),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+    use crate::persistence::SqliteStore;
+
+    impl Applied {
+        /// Bytes these answers hold on the heap: the tables at their
+        /// capacity (an entry and a control byte a slot) and the answers'
+        /// bytes.
+        fn heap_bytes(&self) -> usize {
+            self.order
+                .iter()
+                .map(|o| o.capacity() * size_of::<u64>())
+                .sum::<usize>()
+                + self.replies.capacity() * (size_of::<(u64, (Box<[u8]>, bool))>() + 1)
+                + self
+                    .replies
+                    .values()
+                    .map(|(reply, _)| reply.len())
+                    .sum::<usize>()
+        }
+    }
+
+    /// A core whose account 1 is online with a 24-slot inventory, the
+    /// first `full` slots holding whole stacks.
+    fn online_with(full: usize) -> (InventoryCore, SqliteStore) {
+        let catalogue = Arc::new(Catalogue::embedded().unwrap());
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        let items: Vec<_> = catalogue.iter().collect();
+        let slots = (0..24)
+            .map(|i| {
+                (i < full).then(|| ItemStack {
+                    item: items[i % items.len()].id,
+                    count: items[i % items.len()].max_stack,
+                })
+            })
+            .collect();
+        store
+            .commit(&BatchWrites {
+                inventories: vec![(1, InventorySnapshot { version: 1, slots })],
+                ..BatchWrites::default()
+            })
+            .unwrap();
+        let mut core = InventoryCore::load(catalogue, CoreConfig::default(), &mut store).unwrap();
+        run(&mut core, &mut store, vec![Input::Connected { account: 1 }]);
+        (core, store)
+    }
+
+    /// Pushes `inputs` and runs one batch to its commit: the replies.
+    fn run(
+        core: &mut InventoryCore,
+        store: &mut SqliteStore,
+        inputs: Vec<Input>,
+    ) -> Vec<InventoryReply> {
+        let mut outputs: Vec<Output> = inputs.into_iter().filter_map(|i| core.push(i)).collect();
+        if let Some(batch) = core.prepare(store) {
+            let result = store.commit(&batch.writes);
+            outputs.extend(core.complete(result));
+        }
+        outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Reply { reply, .. } => Some(reply),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn request(request_id: u64, op: InventoryOp) -> Input {
+        Input::Request {
+            account: 1,
+            request: InventoryRequest { request_id, op },
+            position: None,
+            tag: request_id,
+        }
+    }
+
+    /// Whole-stack moves between slot 0 and slot 23, there and back.
+    fn move_op(i: u64, count: u32) -> InventoryOp {
+        let (from, to) = if i.is_multiple_of(2) {
+            (0, 23)
+        } else {
+            (23, 0)
+        };
+        InventoryOp::Move { from, to, count }
+    }
+
+    /// An account that has sent more than [`REMEMBERED_REQUESTS`] changes
+    /// and as many lists, 22 of its 24 slots full, holds its remembered
+    /// answers in at most 256 bytes each, tables included (a reply held as
+    /// a value takes more than that for its slots alone).
+    #[test]
+    fn the_answers_remembered_for_a_full_inventory_stay_small() {
+        let (mut core, mut store) = online_with(22);
+        let count = core.inventory(1).unwrap().slots[0].unwrap().count;
+        let answers = REMEMBERED_REQUESTS as u64 + 40;
+        for first in (0..answers).step_by(20) {
+            let inputs = (first..(first + 20).min(answers))
+                .flat_map(|i| {
+                    [
+                        request(2 * i, move_op(i, count)),
+                        request(2 * i + 1, InventoryOp::List),
+                    ]
+                })
+                .collect();
+            for reply in run(&mut core, &mut store, inputs) {
+                assert!(reply.result.is_ok(), "{reply:?}");
+            }
+        }
+
+        let applied = &core.applied[&1];
+        assert_eq!(applied.order[0].len(), REMEMBERED_REQUESTS);
+        assert_eq!(applied.order[1].len(), REMEMBERED_REQUESTS);
+        let bytes = applied.heap_bytes();
+        assert!(bytes <= 2 * REMEMBERED_REQUESTS * 256, "{bytes} bytes");
+    }
+
+    /// Remembered bytes that do not decode (this server encoded them, so
+    /// none should) are answered like a stored reply that does not: with
+    /// the inventory as it is, and the id is not applied again.
+    #[test]
+    fn a_remembered_answer_that_does_not_decode_is_answered_with_the_inventory() {
+        let (mut core, mut store) = online_with(1);
+        let count = core.inventory(1).unwrap().slots[0].unwrap().count;
+        run(&mut core, &mut store, vec![request(7, move_op(0, count))]);
+        let back = run(&mut core, &mut store, vec![request(8, move_op(1, count))]);
+        let now = back[0].result.clone().expect("moved back");
+        let (reply, _) = core
+            .applied
+            .get_mut(&1)
+            .and_then(|a| a.replies.get_mut(&7))
+            .expect("remembered");
+        *reply = Box::new([0xff; 3]);
+
+        let again = run(&mut core, &mut store, vec![request(7, move_op(0, count))]);
+        assert_eq!(
+            again,
+            vec![InventoryReply {
+                request_id: 7,
+                result: Ok(now.clone()),
+                trade: None,
+            }]
+        );
+        assert_eq!(core.inventory(1), Some(&now), "not moved again");
+    }
 }
