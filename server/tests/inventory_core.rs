@@ -1200,6 +1200,20 @@ fn an_inventory_that_failed_to_load_is_loaded_again_but_not_on_every_request() {
     assert_eq!(h.core.queued(), 0);
 }
 
+/// Account 1 drops one item with request 9 and leaves: the drop and its
+/// committed reply, for a later session to send again.
+fn drop_one_and_leave(h: &mut Harness) -> (InventoryOp, InventoryReply) {
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let drop_one = InventoryOp::Drop { slot, count: 1 };
+    let dropped = h.request(1, 9, drop_one.clone());
+    assert!(dropped.result.is_ok(), "{dropped:?}");
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+    (drop_one, dropped)
+}
+
 /// The client may take `Storage` as "not applied" and ask again under a
 /// new id; a change committed in an earlier session must not get that
 /// answer just because the inventory (and with it the remembered ids)
@@ -1207,14 +1221,7 @@ fn an_inventory_that_failed_to_load_is_loaded_again_but_not_on_every_request() {
 #[test]
 fn an_id_applied_in_an_earlier_session_waits_for_its_answer_while_the_inventory_fails_to_load() {
     let mut h = Harness::new();
-    h.push(Input::Connected { account: 1 });
-    let inv = gather(&mut h, 1, 100);
-    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let drop_one = InventoryOp::Drop { slot, count: 1 };
-    let dropped = h.request(1, 9, drop_one.clone());
-    assert!(dropped.result.is_ok(), "{dropped:?}");
-    h.push(Input::Disconnected { account: 1 });
-    h.flush(false);
+    let (drop_one, dropped) = drop_one_and_leave(&mut h);
 
     h.store.failing_loads = 1;
     h.push(Input::Connected { account: 1 });
@@ -1242,14 +1249,8 @@ fn an_id_applied_in_an_earlier_session_waits_for_its_answer_while_the_inventory_
 #[test]
 fn an_applied_id_whose_stored_reply_no_longer_decodes_is_not_applied_again() {
     let mut h = Harness::new();
-    h.push(Input::Connected { account: 1 });
-    let inv = gather(&mut h, 1, 100);
-    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let drop_one = InventoryOp::Drop { slot, count: 1 };
-    let dropped = h.request(1, 9, drop_one.clone());
-    let after = dropped.result.clone().expect("dropped");
-    h.push(Input::Disconnected { account: 1 });
-    h.flush(false);
+    let (drop_one, dropped) = drop_one_and_leave(&mut h);
+    let after = dropped.result.expect("dropped");
 
     h.store.garble_replies = true;
     h.push(Input::Connected { account: 1 });
