@@ -292,7 +292,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  bots late   p50 {}  p99 {}  max {} (after their due time; in the rtt)",
+            "  bots late   p50 {}  p99 {}  max {} (behind their schedule)",
             ms(self.bot_lateness_ms.p50),
             ms(self.bot_lateness_ms.p99),
             ms(self.bot_lateness_ms.max)
