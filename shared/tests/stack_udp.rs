@@ -671,3 +671,66 @@ fn datagrams_longer_than_a_packet_are_counted_as_oversized() {
     assert_eq!(oversized(), 3, "drops: {:?}", summary.drops);
     server.shutdown(DisconnectReason::ServerShutdown);
 }
+
+#[test]
+fn a_client_that_connects_while_the_server_shuts_down_is_told_so() {
+    let key = Key::generate(&mut system_rng());
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    // A first client that never acknowledges what it was sent keeps the
+    // server lingering (up to 10 s) after the shutdown begins.
+    let transport = TransportConfig {
+        close_linger: Duration::from_secs(10),
+        ..TransportConfig::default()
+    };
+    let endpoint = ServerEndpoint::new(
+        ServerEndpointConfig::new(ServerConfig::new(PROTOCOL, key, vec![addr]), transport),
+        &mut system_rng(),
+    )
+    .unwrap();
+    let config = ServerIoConfig {
+        shutdown_linger: Duration::from_secs(10),
+        ..ServerIoConfig::default()
+    };
+    let mut server = ServerIo::spawn_on(probe, endpoint, config).unwrap();
+    let mut silent = client(&key, addr, 1);
+    let mut silent_seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut joined = None;
+    while joined.is_none() && Instant::now() < deadline {
+        pump(&mut silent, &mut silent_seen);
+        joined = server.events().try_iter().find_map(|e| match e {
+            NetEvent::Connected { client } => Some(client),
+            _ => None,
+        });
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let silent_id = joined.expect("the first client connected");
+    server
+        .submit(vec![
+            NetCommand::Send {
+                client: silent_id,
+                channel: CHAT,
+                payload: Bytes::from_static(b"never acknowledged"),
+            },
+            NetCommand::Shutdown {
+                reason: DisconnectReason::ServerShutdown,
+            },
+        ])
+        .unwrap();
+    // A second client's handshake ends during the shutdown.
+    let mut late = client(&key, addr, 2);
+    let mut late_seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while late_seen.ended.is_none() && Instant::now() < deadline {
+        pump(&mut late, &mut late_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        late_seen.connected,
+        "the handshake completed: {:?}",
+        late_seen.ended
+    );
+    assert_eq!(late_seen.ended, Some(DisconnectReason::ServerShutdown));
+    server.shutdown(DisconnectReason::ServerShutdown);
+}

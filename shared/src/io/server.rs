@@ -530,7 +530,9 @@ struct IoLoop {
     config: ServerIoConfig,
     rates: Vec<Rate>,
     backlog: VecDeque<NetEvent>,
-    shutting_down: Option<Instant>,
+    /// Since a `Shutdown`: until when clients may linger, and what they
+    /// are told.
+    shutting_down: Option<(Instant, DisconnectReason)>,
     next_summary: Option<Instant>,
     /// Reused buffers for reading datagrams.
     inbox: RecvBatch,
@@ -584,7 +586,7 @@ impl IoLoop {
             }
             self.flush(now);
             self.publish_summary(now);
-            if let Some(deadline) = self.shutting_down
+            if let Some((deadline, _)) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
                 // Clients whose last messages are still unacknowledged get
@@ -738,7 +740,7 @@ impl IoLoop {
 
     fn begin_shutdown(&mut self, now: Instant, reason: DisconnectReason) {
         self.endpoint.disconnect_all(now, reason);
-        self.shutting_down = Some(now + self.config.shutdown_linger);
+        self.shutting_down = Some((now + self.config.shutdown_linger, reason));
     }
 
     /// Moves endpoint events into the game's channel, applying the overflow
@@ -753,6 +755,11 @@ impl IoLoop {
                     session,
                 } => {
                     bump(&self.stats.connected, 1);
+                    // A handshake that ends while the server shuts down
+                    // gets the same goodbye as those connected before.
+                    if let Some((_, reason)) = self.shutting_down {
+                        self.endpoint.disconnect(now, client, reason);
+                    }
                     NetEvent::Connected {
                         client: ClientId {
                             slot: client,
