@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bevy_app::{App, AppExit, Last, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
-use tracing::info;
+use tracing::{error, info};
 
 /// A thread-safe "please shut down" flag, shared with signal handlers and
 /// other threads (e.g. a network thread that hit a fatal error). The tick
@@ -98,8 +98,9 @@ impl std::fmt::Display for ShutdownReason {
     }
 }
 
-/// Write this to ask for a graceful shutdown. Requests after the first are
-/// ignored.
+/// Write this to ask for a graceful shutdown. Requests after the first do
+/// not start another, but a [`ShutdownReason::Failure`] during the drain
+/// still makes the exit an error.
 #[derive(Message, Clone, Debug, PartialEq, Eq)]
 pub struct ShutdownRequested {
     /// Why.
@@ -184,9 +185,19 @@ fn detect_shutdown(
     mut state: ResMut<ShutdownState>,
     mut started: MessageWriter<ShutdownStarted>,
 ) {
-    let requested = requests.read().next().map(|r| r.reason.clone());
+    let mut requested = None;
+    let mut failure = false;
+    for request in requests.read() {
+        failure |= matches!(request.reason, ShutdownReason::Failure(_));
+        requested.get_or_insert_with(|| request.reason.clone());
+    }
     requests.clear();
-    if *state != ShutdownState::Running {
+    if let ShutdownState::Draining { failed, .. } = &mut *state {
+        // A fault while draining (state left unsaved) is still a fault.
+        if failure && !*failed {
+            error!("a failure during the shutdown: the exit will be an error");
+            *failed = true;
+        }
         return;
     }
     let reason = match requested {
@@ -262,6 +273,22 @@ mod tests {
         assert_eq!(app.should_exit(), None);
         app.update();
         assert_eq!(app.should_exit(), Some(AppExit::Success));
+    }
+
+    #[test]
+    fn a_failure_during_the_drain_makes_the_exit_an_error() {
+        let mut app = app(3);
+        app.world_mut().write_message(ShutdownRequested {
+            reason: ShutdownReason::Console,
+        });
+        app.update();
+        app.world_mut().write_message(ShutdownRequested {
+            reason: ShutdownReason::Failure("the database writer thread stopped".into()),
+        });
+        app.update();
+        assert!(started(&app).is_empty(), "one shutdown");
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::error()));
     }
 
     #[test]

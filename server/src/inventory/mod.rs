@@ -43,7 +43,7 @@ use crate::net::{
     session_changes,
 };
 use crate::persistence::{InventoryStore, SqliteStore, StoreError, StoreWriter};
-use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownState};
+use crate::shutdown::{ShutdownReason, ShutdownRequested};
 use crate::world::Position;
 
 /// The running inventory: the rules, a read connection for account loads
@@ -250,15 +250,15 @@ impl Plugin for InventoryPlugin {
 
 /// A `db-writer` thread that stops while the server runs (a store that
 /// panicked) leaves every change refused `Storage` for good. The server
-/// shuts down with an error instead, so that a supervisor restarts it.
+/// shuts down with an error instead, so that a supervisor restarts it;
+/// during a shutdown already under way too (what it still had to save is
+/// lost: the exit is an error).
 fn watch_writer(
     service: Res<InventoryService>,
-    state: Option<Res<ShutdownState>>,
     requests: Option<ResMut<Messages<ShutdownRequested>>>,
     mut reported: Local<bool>,
 ) {
-    let running = state.is_none_or(|s| *s == ShutdownState::Running);
-    if *reported || !running || !service.writer.is_stopped() {
+    if *reported || !service.writer.is_stopped() {
         return;
     }
     *reported = true;
