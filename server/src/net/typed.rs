@@ -16,7 +16,7 @@ use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::protocol::{self, EncodeAs, EncodeBuffer, NetMessage};
 use shared::transport::ChannelId;
 
-use super::{Clients, NetSystems, Outbox};
+use super::{NetSystems, Outbox};
 
 /// A message from a client, decoded.
 #[derive(Message, Debug, Clone, PartialEq)]
@@ -109,7 +109,6 @@ fn decode_into<T: NetMessage>(world: &mut World, client: ClientId, payload: &[u8
 
 fn encode_outbound<T: NetMessage>(
     mut messages: MessageReader<ToClient<T>>,
-    clients: Res<Clients>,
     mut outbox: ResMut<Outbox>,
     mut channel: ResMut<OutboundChannel<T>>,
 ) {
@@ -135,12 +134,15 @@ fn encode_outbound<T: NetMessage>(
             Recipients::All => outbox.push(NetCommand::Broadcast {
                 channel,
                 payload: payload.clone(),
+                except: None,
             }),
-            Recipients::AllExcept(except) => clients
-                .iter()
-                .map(|(c, _)| c)
-                .filter(|c| c != except)
-                .for_each(send),
+            // One command, not one a player: a message every player sees
+            // costs the game's outbox the same at 5 players or 5,000.
+            Recipients::AllExcept(except) => outbox.push(NetCommand::Broadcast {
+                channel,
+                payload: payload.clone(),
+                except: Some(*except),
+            }),
         }
     }
 }
@@ -258,8 +260,9 @@ impl NetAppExt for App {
 #[cfg(test)]
 mod tests {
     use bevy_app::App;
+    use shared::netcode::ClientIndex;
     use shared::protocol::chat::{ChatKind, ChatLine, ChatRejectReason, ChatRejected};
-    use shared::protocol::messages::Welcome;
+    use shared::protocol::messages::{Emote, Welcome};
     use shared::protocol::{self, NetMessage, channels};
 
     use super::*;
@@ -276,10 +279,34 @@ mod tests {
     }
 
     #[test]
+    fn a_message_for_everyone_but_one_is_one_command() {
+        let mut app = App::new();
+        app.init_resource::<Outbox>()
+            .add_server_message::<Emote>(channels::EVENTS);
+        let sender = ClientId {
+            slot: ClientIndex::from_slot(3),
+            account: 7,
+            session: 1,
+        };
+        app.world_mut().write_message(ToClient {
+            to: Recipients::AllExcept(sender),
+            message: Emote { from: 7, emote: 1 },
+        });
+        app.world_mut().run_schedule(FixedPostUpdate);
+        let commands = &app.world().resource::<Outbox>().commands;
+        assert!(
+            matches!(
+                commands.as_slice(),
+                [NetCommand::Broadcast { except: Some(c), .. }] if *c == sender
+            ),
+            "{commands:?}"
+        );
+    }
+
+    #[test]
     fn types_are_encoded_in_registration_order_and_messages_in_write_order() {
         let mut app = App::new();
         app.init_resource::<Outbox>()
-            .init_resource::<Clients>()
             .add_server_message::<ChatLine>(channels::CHAT)
             .add_server_message::<ChatRejected>(channels::CHAT)
             .add_server_message::<Welcome>(channels::CONTROL);

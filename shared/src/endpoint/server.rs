@@ -430,9 +430,19 @@ impl ServerEndpoint {
 
     /// Queues one shared message for every connected client; a client whose
     /// reliable queue is full is disconnected as in [`send`](Self::send).
-    pub fn broadcast(&mut self, now: Instant, channel: ChannelId, payload: &Bytes) {
+    pub fn broadcast(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        payload: &Bytes,
+        except: Option<ClientIndex>,
+    ) {
         let now = self.clock.stamp(now);
+        let skip = except.map(ClientIndex::get);
         for index in 0..self.peers.len() {
+            if Some(index) == skip {
+                continue;
+            }
             let Some(peer) = self.peers[index].as_mut() else {
                 continue;
             };

@@ -104,12 +104,15 @@ pub enum NetCommand {
         /// The bytes (shared, not copied, when sent to many).
         payload: Bytes,
     },
-    /// One message to every connected client.
+    /// One message to every connected client, but `except` (the player
+    /// whose action it relays, say): one command however many receive it.
     Broadcast {
         /// The channel.
         channel: ChannelId,
         /// The bytes, serialized once for everyone.
         payload: Bytes,
+        /// A client left out; a stale one (it left) leaves nobody out.
+        except: Option<ClientId>,
     },
     /// End one client's session.
     Disconnect {
@@ -711,8 +714,15 @@ impl IoLoop {
                             let _ = self.endpoint.send(now, client.slot, channel, payload);
                         }
                     }
-                    NetCommand::Broadcast { channel, payload } => {
-                        self.endpoint.broadcast(now, channel, &payload);
+                    NetCommand::Broadcast {
+                        channel,
+                        payload,
+                        except,
+                    } => {
+                        let except = except
+                            .filter(|c| self.endpoint.session(c.slot) == Some(c.session))
+                            .map(|c| c.slot);
+                        self.endpoint.broadcast(now, channel, &payload, except);
                     }
                     NetCommand::Disconnect { client, reason } => {
                         if self.is_current(client) {
