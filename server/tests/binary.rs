@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use server::readiness::{Announcements, Listening};
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::KillOnDrop;
+
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
 /// A fresh empty directory for one test, removed when the test ends,
@@ -49,16 +54,19 @@ fn server(dir: &PathBuf) -> Command {
 }
 
 /// The server serving in `dir` on loopback ports of the system's
-/// choosing, data in `dir/data`, its logs on a pipe (see `read_log`).
-fn serve(dir: &PathBuf) -> Child {
-    server(dir)
-        .args(["--metrics-bind", "127.0.0.1:0"])
-        .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// choosing, data in `dir/data`, its logs on a pipe (see `read_log`);
+/// killed when the handle drops.
+fn serve(dir: &PathBuf) -> KillOnDrop {
+    KillOnDrop(
+        server(dir)
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn print_config(command: &mut Command) -> String {
@@ -216,22 +224,21 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Waits for the child in a helper thread so the test can bound the wait
-/// without polling.
-fn wait_with_timeout(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let (sender, receiver) = mpsc::channel();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait());
-    });
-    match receiver.recv_timeout(timeout) {
-        Ok(status) => Some(status.unwrap()),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            None
+/// The child's exit status once it exits, or `None` if it is still running
+/// after `timeout`: it is then killed and reaped, so that a thread reading
+/// its log sees the end.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
         }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -273,7 +280,7 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = wait_with_timeout(child, Duration::from_secs(10))
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
         .expect("server did not exit within 10 s of SIGTERM");
     let logs = logs.join().unwrap();
     assert_eq!(status.code(), Some(0), "{logs}");
@@ -289,14 +296,16 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = scratch_dir("json");
-    let mut child = server(&dir)
-        .args(["--metrics-bind", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--bind", "127.0.0.1:0", "--shutdown-grace-ms", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        server(&dir)
+            .args(["--metrics-bind", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--bind", "127.0.0.1:0", "--shutdown-grace-ms", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (listening, logs) = read_log(&mut child);
     let metrics = listening.metrics;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -307,7 +316,7 @@ fn json_logs_are_one_object_per_line() {
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
-    let status = wait_with_timeout(child, Duration::from_secs(10)).expect("exit");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10)).expect("exit");
     assert_eq!(status.code(), Some(0));
     let logs = logs.join().unwrap();
     assert!(!logs.is_empty());
@@ -391,14 +400,16 @@ fn pty() -> (std::fs::File, std::fs::File) {
 fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
     let dir = scratch_dir("console-stdout");
     let (mut keyboard, terminal) = pty();
-    let mut child = server(&dir)
-        .args(["--metrics-bind", "127.0.0.1:0"])
-        .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
-        .stdin(Stdio::from(terminal))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        server(&dir)
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+            .stdin(Stdio::from(terminal))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Whoever read the server's stdout is gone (`server | head -1`, say).
     drop(child.stdout.take());
     let (_, logs) = read_log(&mut child);
@@ -409,7 +420,7 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
         "the server stopped on a console answer"
     );
     keyboard.write_all(b"shutdown\n").unwrap();
-    let status = wait_with_timeout(child, Duration::from_secs(10))
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
         .expect("server did not exit within 10 s of the shutdown command");
     let logs = logs.join().unwrap();
     assert_eq!(status.code(), Some(0), "{logs}");
@@ -431,7 +442,7 @@ fn a_second_server_on_a_data_dir_in_use_refuses_to_start_and_the_audit_still_run
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let status = wait_with_timeout(second, Duration::from_secs(20));
+    let status = wait_with_timeout(&mut second, Duration::from_secs(20));
     let logs = logs.join().unwrap();
     assert_eq!(
         status.map(|s| s.code()),

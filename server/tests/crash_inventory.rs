@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use server::readiness::Listening;
@@ -26,7 +26,7 @@ use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 
 mod support;
 
-use support::start_listening;
+use support::{KillOnDrop, start_listening};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const KILLS: u32 = 24;
@@ -40,7 +40,9 @@ fn dev_token(server: SocketAddr, client_id: u64) -> ConnectToken {
 /// centre while items spawn up to 100 m away, so every item is in reach.
 const CONFIG: &str = "[inventory]\npickup_radius = 1000.0\n";
 
-fn start_server(dir: &Path) -> (Child, Listening) {
+/// The server on `dir`; the handle kills it when it drops, so a failing
+/// test leaves no server behind.
+fn start_server(dir: &Path) -> (KillOnDrop, Listening) {
     let config = dir.join("crash-test.toml");
     if !config.exists() {
         std::fs::create_dir_all(dir).unwrap();

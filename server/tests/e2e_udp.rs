@@ -15,7 +15,7 @@ use shared::transport::DisconnectReason;
 
 mod support;
 
-use support::start_listening;
+use support::{KillOnDrop, start_listening};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const CLIENTS: u64 = 50;
@@ -44,16 +44,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing"))
 }
 
-/// Kills the server if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[derive(Default)]
 struct Seen {
     welcome: Option<Welcome>,
@@ -71,8 +61,7 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
         .args(["--data-dir", "data", "--shutdown-grace-ms", "500"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    let (child, listening) = start_listening(command);
-    let mut child = KillOnDrop(child);
+    let (mut child, listening) = start_listening(command);
     let (game, metrics) = (listening.public, listening.metrics);
 
     let start = Instant::now();
@@ -138,7 +127,7 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
             assert!(metric(&text, "net_io_wakeups_total") > 0.0, "{text}");
             assert!(metric(&text, "net_rtt_seconds_count") >= 50.0, "{text}");
             let status = Command::new("kill")
-                .args(["-TERM", &child.0.id().to_string()])
+                .args(["-TERM", &child.id().to_string()])
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -167,7 +156,7 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
     }
     let exit_deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -190,8 +179,7 @@ fn a_client_sending_malformed_messages_is_disconnected_for_protocol_violation() 
         .args(["--shutdown-grace-ms", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    let (child, listening) = start_listening(command);
-    let _child = KillOnDrop(child);
+    let (_child, listening) = start_listening(command);
     let game = listening.public;
     let start = Instant::now();
     let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
@@ -238,15 +226,17 @@ fn a_server_that_cannot_start_is_reported_with_its_last_log_lines() {
     std::fs::create_dir_all(&dir).unwrap();
     // A data folder that is a file: the inventory storage cannot open.
     std::fs::write(dir.join("data"), b"not a folder").unwrap();
-    let mut child = Command::new(SERVER)
-        .current_dir(&dir)
-        .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
-        .args(["--data-dir", "data", "--log-format", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(SERVER)
+            .current_dir(&dir)
+            .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
+            .args(["--data-dir", "data", "--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     match wait_until_listening(&mut child, Duration::from_secs(20)) {
         Err(NotListening::Exited { log, .. }) => {
             assert!(log.contains("startup failed"), "{log}");
