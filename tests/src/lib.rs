@@ -34,6 +34,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -186,9 +187,42 @@ impl Default for ServerOptions {
     }
 }
 
+/// A child process, killed (SIGKILL) and reaped when this handle drops:
+/// when the test ends, and also when it panics before stopping the process
+/// itself. Reaches the [`Child`] through `Deref`.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Kills and reaps the process now; harmless if it exited already.
+    pub fn kill_and_reap(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
 /// The server binary running as a child process; killed on drop.
 pub struct ServerProcess {
-    child: Child,
+    child: KillOnDrop,
     /// The game's UDP address.
     pub game: SocketAddr,
     /// The metrics endpoint.
@@ -207,25 +241,27 @@ impl ServerProcess {
         std::fs::create_dir_all(&dir).expect("create the server's folder");
         let config = dir.join("server.toml");
         std::fs::write(&config, &options.config_toml).expect("write the config file");
-        let mut child = Command::new(binary)
-            .current_dir(&dir)
-            .arg("--config")
-            .arg(&config)
-            .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
-            .args(["--max-clients", &options.max_clients.to_string()])
-            .args(["--data-dir", "data", "--shutdown-grace-ms", "0"])
-            .args(["--log-filter", "warn,server=info", "--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the server binary");
+        let mut child = KillOnDrop(
+            Command::new(binary)
+                .current_dir(&dir)
+                .arg("--config")
+                .arg(&config)
+                .args(["--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"])
+                .args(["--max-clients", &options.max_clients.to_string()])
+                .args(["--data-dir", "data", "--shutdown-grace-ms", "0"])
+                .args(["--log-filter", "warn,server=info", "--log-format", "json"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the server binary"),
+        );
         // The OS picks both ports; the server announces them once serving.
         let listening = match wait_until_listening(&mut child, Duration::from_secs(20)) {
             Ok(listening) => listening,
             Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill_and_reap();
+                let _ = std::fs::remove_dir_all(&dir);
                 panic!("{error}");
             }
         };
@@ -338,8 +374,8 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Stopped before its folder goes.
+        self.child.kill_and_reap();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

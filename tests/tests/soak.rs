@@ -43,7 +43,7 @@ use std::fs::File;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ServerOptions, ServerProcess, client_binary, mib, scale};
+use e2e::{KillOnDrop, ServerOptions, ServerProcess, client_binary, mib, scale};
 
 /// A `u64`/`f64` setting from the environment, else the variant's default.
 fn setting<T: std::str::FromStr>(name: &str, fast: T, long: T) -> T {
@@ -122,28 +122,31 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
     let report_path = dir.join("report.json");
     let log_path = dir.join("load.log");
     let log = File::create(&log_path).expect("create the load log");
-    let mut load = Command::new(client)
-        .arg("load")
-        .args(["--server", &server.game.to_string()])
-        .args(["--bots", &bots.to_string()])
-        .args(["--duration", &secs.to_string()])
-        .args(["--ramp", &ramp.to_string()])
-        .args(["--loss", &loss.to_string()])
-        .args([
-            "--metrics-url",
-            &format!("http://{}/metrics", server.metrics),
-        ])
-        .arg("--report")
-        .arg(&report_path)
-        .arg("--chart")
-        .arg(dir.join("chart.svg"))
-        .arg("--require-exactly-once")
-        .args(["--first-client-id", "1", "--seed", &seed.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone the log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("start client_headless load");
+    // Killed if the test fails while it runs.
+    let mut load = KillOnDrop(
+        Command::new(client)
+            .arg("load")
+            .args(["--server", &server.game.to_string()])
+            .args(["--bots", &bots.to_string()])
+            .args(["--duration", &secs.to_string()])
+            .args(["--ramp", &ramp.to_string()])
+            .args(["--loss", &loss.to_string()])
+            .args([
+                "--metrics-url",
+                &format!("http://{}/metrics", server.metrics),
+            ])
+            .arg("--report")
+            .arg(&report_path)
+            .arg("--chart")
+            .arg(dir.join("chart.svg"))
+            .arg("--require-exactly-once")
+            .args(["--first-client-id", "1", "--seed", &seed.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start client_headless load"),
+    );
     let started = Instant::now();
     // Bounded: the run, its drain (10 s by default) and a minute of slack.
     let hard_limit = Duration::from_secs_f64(secs + 70.0);
@@ -153,11 +156,10 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
         if let Some(status) = load.try_wait().expect("poll the load tester") {
             break status;
         }
-        if started.elapsed() > hard_limit {
-            let _ = load.kill();
-            let _ = load.wait();
-            panic!("the load tester ran longer than {hard_limit:?}");
-        }
+        assert!(
+            started.elapsed() <= hard_limit,
+            "the load tester ran longer than {hard_limit:?}"
+        );
         let t = started.elapsed().as_secs_f64();
         if t < stop_at {
             samples.push(Sample {
