@@ -274,7 +274,6 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         assert_eq!(net_io, (main + 10).min(19));
     }
 
-    let signalled_at = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -284,7 +283,6 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         .expect("server did not exit within 10 s of SIGTERM");
     let logs = logs.join().unwrap();
     assert_eq!(status.code(), Some(0), "{logs}");
-    assert!(signalled_at.elapsed() < Duration::from_secs(10));
     assert!(logs.contains("shutdown started"), "{logs}");
     assert!(
         logs.contains("reason=signal") || logs.contains("reason: signal"),

@@ -219,25 +219,41 @@ fn dropping_the_endpoint_stops_it() {
 /// and when too many are in flight the oldest is cut.
 #[test]
 fn idle_connections_do_not_keep_a_health_probe_waiting() {
+    // Idle connections hold their threads this long: a probe queued behind
+    // even one of them would get no answer within its own read timeout.
+    // (The heartbeat stays fresh as long, so the answer is 200 however slow
+    // the machine.)
+    const IDLE_DEADLINE: Duration = Duration::from_secs(600);
+    const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(30);
     let metrics = Metrics::default();
     metrics.heartbeat().beat();
     let endpoint = start(
         &metrics,
         EndpointOptions {
-            request_deadline: Duration::from_secs(5),
+            request_deadline: IDLE_DEADLINE,
+            max_heartbeat_age: IDLE_DEADLINE,
             ..EndpointOptions::default()
         },
     );
     let idle: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(endpoint.local_addr()).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
-    let began = std::time::Instant::now();
-    assert_eq!(get(endpoint.local_addr(), "/healthz").status, 200);
+
+    let mut probe = TcpStream::connect(endpoint.local_addr()).unwrap();
+    probe.set_read_timeout(Some(PROBE_READ_TIMEOUT)).unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let read = probe.read_to_string(&mut response);
     assert!(
-        began.elapsed() < Duration::from_secs(2),
-        "the probe waited {:?} behind {} idle connections",
-        began.elapsed(),
+        read.is_ok(),
+        "the probe got no answer within {PROBE_READ_TIMEOUT:?} while {} idle connections \
+         were held ({read:?}; got {response:?})",
         idle.len()
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 200 "),
+        "the probe was not answered 200: {response:?}"
     );
 }

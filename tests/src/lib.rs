@@ -36,7 +36,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -218,6 +218,52 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.kill_and_reap();
     }
+}
+
+/// Runs `command` to its end and collects its output, as
+/// [`Command::output`] does (stdin is null), but for at most `limit`: a
+/// process still running then is killed and the test fails.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = KillOnDrop(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}")),
+    );
+    // Read on threads, so that a full pipe never stalls the process.
+    let stdout = read_to_end_on_a_thread(child.stdout.take());
+    let stderr = read_to_end_on_a_thread(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child process") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} still ran after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader"),
+        stderr: stderr.join().expect("the stderr reader"),
+    }
+}
+
+/// Everything `pipe` yields until it closes, read on a thread of its own.
+fn read_to_end_on_a_thread<R: Read + Send + 'static>(
+    pipe: Option<R>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 /// The server binary running as a child process; killed on drop.

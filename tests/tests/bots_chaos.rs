@@ -8,18 +8,20 @@
 //! and `e2e::client_binary` (built, or confirmed up to date, first).
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use e2e::{ServerOptions, ServerProcess, client_binary};
+use e2e::{ServerOptions, ServerProcess, client_binary, output_within};
+
+/// Every run here ends on its own after its `--duration` (2 s at most); one
+/// still running after this limit hangs, and fails the test.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 fn chaos(args: &[&str]) -> Output {
-    Command::new(client_binary())
-        .arg("chaos")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    output_within(
+        Command::new(client_binary()).arg("chaos").args(args),
+        RUN_LIMIT,
+    )
 }
 
 /// The `key: value` lines of a summary.
@@ -49,10 +51,7 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
         ..ServerOptions::default()
     });
     let game = server.game.to_string();
-    // The first call may build the binary; that is not the attack's time.
-    client_binary();
 
-    let began = Instant::now();
     let output = chaos(&[
         "--server",
         &game,
@@ -63,7 +62,6 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
         "--duration",
         "2",
     ]);
-    let took = began.elapsed();
     assert!(
         output.status.success(),
         "garbage failed: {:?}",
@@ -83,7 +81,6 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     // The server answers no garbage source.
     assert_eq!(number(&s, "garbage_answers_datagrams"), 0.0);
     assert_eq!(number(&s, "garbage_answers_bytes"), 0.0);
-    assert!(took < Duration::from_secs(10), "garbage ran {took:?}");
     assert!(server.is_running(), "the server died under garbage");
     // Its template session (sealed packets to mutate) holds one slot until
     // its 10 s token timeout, unless it could not connect.
