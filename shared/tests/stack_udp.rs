@@ -59,10 +59,10 @@ fn the_same_over_ipv6() {
 fn connect_echo_and_shut_down(loopback: &str) {
     let loopback: SocketAddr = loopback.parse().unwrap();
     let key = Key::generate(&mut system_rng());
-    // Bind first to learn the port, then put the real address in the config.
-    let probe = std::net::UdpSocket::bind(loopback).unwrap();
-    let server_addr = probe.local_addr().unwrap();
-    drop(probe);
+    // Bind first to learn the port, then put the real address in the config;
+    // the server keeps the socket, so no other test can take the port.
+    let socket = shared::io::socket::bind_game_socket(loopback).unwrap();
+    let server_addr = socket.local_addr().unwrap();
     let mut netcode = ServerConfig::new(PROTOCOL, key, vec![server_addr]);
     netcode.max_clients = 64;
     let endpoint = ServerEndpoint::new(
@@ -70,7 +70,7 @@ fn connect_echo_and_shut_down(loopback: &str) {
         &mut system_rng(),
     )
     .unwrap();
-    let mut server = ServerIo::spawn(server_addr, endpoint, ServerIoConfig::default()).unwrap();
+    let mut server = ServerIo::spawn_on(socket, endpoint, ServerIoConfig::default()).unwrap();
 
     let start = Instant::now();
     let mut clients: Vec<(ClientSocket, Seen)> = (0..20)
@@ -181,9 +181,9 @@ fn spawn_server_with_slots(
     io_config: ServerIoConfig,
     max_clients: usize,
 ) -> (ServerIo, SocketAddr) {
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let server_addr = probe.local_addr().unwrap();
-    drop(probe);
+    // The server keeps the socket it learns its port from.
+    let socket = shared::io::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_addr = socket.local_addr().unwrap();
     let endpoint = ServerEndpoint::new(
         ServerEndpointConfig::new(
             ServerConfig {
@@ -196,7 +196,7 @@ fn spawn_server_with_slots(
     )
     .unwrap();
     (
-        ServerIo::spawn(server_addr, endpoint, io_config).unwrap(),
+        ServerIo::spawn_on(socket, endpoint, io_config).unwrap(),
         server_addr,
     )
 }
