@@ -7,11 +7,17 @@
 //! The server and `client_headless` binaries come from `e2e::server_binary`
 //! and `e2e::client_binary` (built, or confirmed up to date, first).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use e2e::{ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr};
+use e2e::{
+    ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr, output_within,
+};
 
 const BOTS: u64 = 200;
+/// Longest a load run of these tests may take (they ask for at most 8 s
+/// and a drain): a run still going then is killed and the test fails.
+const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
@@ -22,26 +28,26 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
 
     let report = dir.join("report.json");
     let chart = dir.join("chart.svg");
-    let output = Command::new(client_binary())
-        .args(["load", "--server", &game.to_string()])
-        .args([
-            "--bots",
-            &BOTS.to_string(),
-            "--duration",
-            "8",
-            "--ramp",
-            "2",
-        ])
-        .args(["--loss", "0.1", "--drain-timeout", "5"])
-        .args(["--metrics-url", &format!("http://{metrics}/metrics")])
-        .arg("--report")
-        .arg(&report)
-        .arg("--chart")
-        .arg(&chart)
-        .args(["--min-connected-ratio", "1.0", "--require-exactly-once"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(client_binary())
+            .args(["load", "--server", &game.to_string()])
+            .args([
+                "--bots",
+                &BOTS.to_string(),
+                "--duration",
+                "8",
+                "--ramp",
+                "2",
+            ])
+            .args(["--loss", "0.1", "--drain-timeout", "5"])
+            .args(["--metrics-url", &format!("http://{metrics}/metrics")])
+            .arg("--report")
+            .arg(&report)
+            .arg("--chart")
+            .arg(&chart)
+            .args(["--min-connected-ratio", "1.0", "--require-exactly-once"]),
+        LOAD_LIMIT,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
@@ -132,29 +138,29 @@ fn fifty_trading_bots_get_exactly_one_reply_to_every_inventory_request() {
     let scenario =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/scenarios/trade.toml");
     let report = dir.join("report.json");
-    let output = Command::new(client_binary())
-        .args(["load", "--server", &game.to_string()])
-        .args([
-            "--bots",
-            &TRADERS.to_string(),
-            "--duration",
-            "6",
-            "--ramp",
-            "1",
-        ])
-        .arg("--scenario")
-        .arg(&scenario)
-        .args(["--drain-timeout", "5", "--threads", "1"])
-        // One socket per bot (the path for remote servers), where the
-        // 200-bot test covers the shared loopback sockets.
-        .args(["--source-ips", "1"])
-        .args(["--metrics-url", &format!("http://{metrics}/metrics")])
-        .arg("--report")
-        .arg(&report)
-        .args(["--min-connected-ratio", "1.0", "--require-exactly-once"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(client_binary())
+            .args(["load", "--server", &game.to_string()])
+            .args([
+                "--bots",
+                &TRADERS.to_string(),
+                "--duration",
+                "6",
+                "--ramp",
+                "1",
+            ])
+            .arg("--scenario")
+            .arg(&scenario)
+            .args(["--drain-timeout", "5", "--threads", "1"])
+            // One socket per bot (the path for remote servers), where the
+            // 200-bot test covers the shared loopback sockets.
+            .args(["--source-ips", "1"])
+            .args(["--metrics-url", &format!("http://{metrics}/metrics")])
+            .arg("--report")
+            .arg(&report)
+            .args(["--min-connected-ratio", "1.0", "--require-exactly-once"]),
+        LOAD_LIMIT,
+    );
     println!("{}", String::from_utf8_lossy(&output.stdout));
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "load failed: {:?}", output.status);
@@ -190,19 +196,19 @@ fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
     let dir = std::env::temp_dir().join(format!("bots-e2e-none-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
-    let output = Command::new(client_binary())
-        .args(["load", "--server", &nobody.to_string()])
-        .args(["--bots", "3", "--duration", "3", "--threads", "1"])
-        .args([
-            "--metrics-url",
-            &format!("http://{}/metrics", free_tcp_addr()),
-        ])
-        .arg("--report")
-        .arg(&report)
-        .args(["--min-connected-ratio", "0.5"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(client_binary())
+            .args(["load", "--server", &nobody.to_string()])
+            .args(["--bots", "3", "--duration", "3", "--threads", "1"])
+            .args([
+                "--metrics-url",
+                &format!("http://{}/metrics", free_tcp_addr()),
+            ])
+            .arg("--report")
+            .arg(&report)
+            .args(["--min-connected-ratio", "0.5"]),
+        LOAD_LIMIT,
+    );
     assert_eq!(output.status.code(), Some(2), "an SLO failure exits with 2");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("metrics unavailable"), "{stderr}");
@@ -264,15 +270,15 @@ fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
     let dir = std::env::temp_dir().join(format!("bots-e2e-scrape-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
-    let output = Command::new(client_binary())
-        .args(["load", "--server", &free_udp_addr().to_string()])
-        .args(["--bots", "1", "--duration", "3", "--threads", "1"])
-        .args(["--metrics-url", &format!("http://{metrics}/metrics")])
-        .arg("--report")
-        .arg(&report)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(client_binary())
+            .args(["load", "--server", &free_udp_addr().to_string()])
+            .args(["--bots", "1", "--duration", "3", "--threads", "1"])
+            .args(["--metrics-url", &format!("http://{metrics}/metrics")])
+            .arg("--report")
+            .arg(&report),
+        LOAD_LIMIT,
+    );
     assert_eq!(page.join().unwrap(), 2, "the bots scraped the page twice");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let json: serde_json::Value =
