@@ -38,6 +38,7 @@ pub mod tick;
 pub mod world;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bevy_app::{App, Plugin};
 
@@ -124,6 +125,9 @@ pub enum StartupError {
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The shutdown watchdog thread could not be started.
+    #[error("cannot start the shutdown watchdog thread: {0}")]
+    Watchdog(std::io::Error),
     /// The key file could not be used.
     #[error(transparent)]
     Key(#[from] shared::keys::KeyError),
@@ -212,6 +216,11 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
     Ok(net::NetServer::io(io))
 }
 
+/// How long after the tick runner's shutdown timeout the watchdog ends a
+/// shutdown that still hangs (the runner's own timeout, checked between
+/// ticks, and the joins after it come first).
+pub const SHUTDOWN_WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
+
 /// Builds the server as the binary runs it: starts the metrics endpoint,
 /// installs the SIGINT/SIGTERM handlers and adds [`ServerPlugin`] with the
 /// stdin console. Call `run()` on the result.
@@ -233,6 +242,12 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
 
     let switch = ShutdownSwitch::default();
     shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
+    let limit = config.tick_config().shutdown_timeout + SHUTDOWN_WATCHDOG_MARGIN;
+    shutdown::spawn_watchdog(switch.clone(), limit, move || {
+        tracing::error!(?limit, "the shutdown hangs; exiting with an error");
+        std::process::exit(1);
+    })
+    .map_err(StartupError::Watchdog)?;
     let inventory = inventory::InventoryService::open(
         &config.data_dir,
         std::sync::Arc::new(

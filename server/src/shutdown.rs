@@ -22,6 +22,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bevy_app::{App, AppExit, Last, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
@@ -50,6 +51,27 @@ impl ShutdownSwitch {
     fn was_signalled(&self) -> bool {
         self.signalled.load(Ordering::SeqCst)
     }
+}
+
+/// Bounds a shutdown that hangs where the tick runner's own timeout
+/// cannot see it (an update that never returns, a join after the runner
+/// returned): once `switch` is requested, a thread waits `limit` and then
+/// calls `expire`, which for the binary logs and exits the process with
+/// code 1. The thread polls the switch ten times a second until then.
+pub fn spawn_watchdog(
+    switch: ShutdownSwitch,
+    limit: Duration,
+    expire: impl FnOnce() + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            while !switch.is_requested() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(limit);
+            expire();
+        })
 }
 
 /// Makes SIGINT and SIGTERM flip `switch`; a second signal exits the process
@@ -289,6 +311,25 @@ mod tests {
         assert!(started(&app).is_empty(), "one shutdown");
         app.update();
         assert_eq!(app.should_exit(), Some(AppExit::error()));
+    }
+
+    #[test]
+    fn the_watchdog_fires_only_after_a_shutdown_is_requested_and_its_limit() {
+        let switch = ShutdownSwitch::default();
+        let (fired, expired) = std::sync::mpsc::channel();
+        spawn_watchdog(switch.clone(), Duration::from_millis(50), move || {
+            let _ = fired.send(());
+        })
+        .unwrap();
+        assert!(
+            expired.recv_timeout(Duration::from_millis(300)).is_err(),
+            "no shutdown was requested"
+        );
+        switch.request();
+        assert!(
+            expired.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the watchdog fired"
+        );
     }
 
     #[test]
