@@ -132,7 +132,7 @@ impl MovementConfig {
         if reach > MAX_WORLD_COORDINATE {
             return Err(format!(
                 "world_min {} and world_max {} must lie within ±{MAX_WORLD_COORDINATE} m: \
-                 positions travel in 1/32 m steps in 32 bits",
+                 farther out, 32-bit float positions cannot keep a tick's motion",
                 self.world_min, self.world_max
             ));
         }
@@ -506,6 +506,16 @@ mod tests {
         assert!(
             far.x < i32::MAX,
             "the edge still quantizes without saturating"
+        );
+        // At the edge a tick's motion keeps its length within 1 %.
+        let rules = edge.rules();
+        let dt = 1.0 / 30.0;
+        let from = Vec2::new(MAX_WORLD_COORDINATE - 100.0, 0.0);
+        let moved = rules.step(from, Vec2::new(rules.max_speed, 0.0), dt).x - from.x;
+        let expected = rules.max_speed * dt;
+        assert!(
+            (moved - expected).abs() <= 0.01 * expected,
+            "moved {moved} m, expected {expected} m"
         );
     }
 }

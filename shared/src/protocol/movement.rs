@@ -47,10 +47,13 @@ use super::{DecodeError, EncodeAs, EncodeError, NetMessage};
 /// Quantization of positions on the wire: units per metre (1/32 m steps).
 pub const POSITION_UNITS_PER_METRE: f32 = 32.0;
 
-/// The largest coordinate (in absolute value, metres) a world may have:
-/// positions travel as whole 1/32 m in an `i32`, which saturates at about
-/// 67,108 km; this leaves a margin and is round.
-pub const MAX_WORLD_COORDINATE: f32 = 10_000_000.0;
+/// The largest coordinate (in absolute value, metres) a world may have.
+/// Positions are `f32` on both sides: at 2^16 m their steps are 1/256 m, so
+/// a tick's motion (0.27 m at 8 m/s and 30 Hz) keeps its length within
+/// 1 %; much farther out motion rounds to whole steps (a player runs at
+/// twice the speed or not at all near 2^23 m). On the wire positions are
+/// whole 1/32 m in an `i32`, good to about 67,108 km.
+pub const MAX_WORLD_COORDINATE: f32 = 65_536.0;
 
 /// A world position in metres as it travels: rounded to 1/32 m. Non-finite
 /// coordinates become 0 and values beyond the `i32` range saturate.
