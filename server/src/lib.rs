@@ -11,7 +11,6 @@
 //! | [`shutdown`] | graceful shutdown on signals and commands |
 //! | [`players`] | the roster of connected players for admin tools |
 //! | [`readiness`] | the addresses a started server announces, for supervisors and tests |
-//!
 //! | [`net`] | the `net-io` thread bridged into the ECS, typed messages |
 //! | [`emote`] | the example gameplay plugin (see "Make it your game") |
 //! | [`chat`] | chat scopes, validation, rate limits, sequence numbers |
