@@ -84,8 +84,10 @@ impl<F: Fn(u64) -> Option<Vec2>> Whereabouts for F {
 }
 
 /// Strips what would let a line pass for something else or for nothing
-/// (see [`is_stripped`]), trims, and checks emptiness and the length limit
-/// (in characters, after cleaning).
+/// (controls, format characters such as bidirectional overrides and
+/// zero-width spaces, line and paragraph separators, blank fillers), trims,
+/// and checks emptiness and the length limit (in characters, after
+/// cleaning).
 ///
 /// # Errors
 /// [`ChatRejectReason::Empty`] or [`ChatRejectReason::TooLong`].
