@@ -6,7 +6,7 @@
 //! Every attack is bounded twice: it sends at most `rate` datagrams (or
 //! connections, for `slot-hold`) per second, paced against the start time
 //! so the schedule does not drift, and it stops after `duration` (plus at
-//! most [`GRACE`] to collect the answers). It refuses a non-loopback target
+//! most `GRACE` to collect the answers). It refuses a non-loopback target
 //! unless the operator states that they own it.
 //!
 //! The traffic itself comes from [`generators`], which the adversarial

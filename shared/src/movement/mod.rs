@@ -1,5 +1,5 @@
 //! Movement as both sides compute it: the integration step the server runs
-//! and clients predict with ([`step`]), snapshot decoding with delta
+//! and clients predict with ([`step`](MovementRules::step)), snapshot decoding with delta
 //! application ([`SnapshotReceiver`]), and client-side prediction with
 //! reconciliation ([`Predictor`]). No bevy, no clock: the caller passes the
 //! tick period.
