@@ -51,8 +51,16 @@ impl ClientSocket {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP port unreachable and the like: the server is not there
-                // (yet); the handshake timeout reports it.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                // (yet); the handshake timeout reports it. Linux reports it
+                // as refused, Windows as reset (WSAECONNRESET).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }
