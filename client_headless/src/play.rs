@@ -512,7 +512,13 @@ impl Player {
         match &reply.result {
             Ok(inventory) => {
                 if let Some(trade) = reply.trade {
-                    println!("trade {trade}: done ({op:?})");
+                    let what = match op {
+                        InventoryOp::Offer { .. } => "offer made",
+                        InventoryOp::Accept { .. } => "accepted",
+                        InventoryOp::Cancel { .. } => "cancelled",
+                        _ => "done",
+                    };
+                    println!("trade {trade}: {what}");
                 }
                 if !matches!(op, InventoryOp::ListWorld) {
                     print_inventory(inventory);
@@ -583,9 +589,15 @@ impl Player {
             }
             Command::Near => self.print_near(),
             Command::Move(velocity) => {
+                // What the server will apply: faster is clamped there (and
+                // counted as a violation every tick), so send it clamped.
+                let velocity = self.rules.clamp_velocity(velocity).unwrap_or(Vec2::ZERO);
                 self.velocity = velocity;
                 self.next_move.get_or_insert(now);
-                println!("moving at ({}, {}) m/s", velocity.x, velocity.y);
+                println!(
+                    "moving at ({}, {}) m/s (at most {} m/s)",
+                    velocity.x, velocity.y, self.rules.max_speed
+                );
             }
             Command::Emote(emote) => {
                 if let Ok(payload) = protocol::encode(&EmoteRequest { emote }) {
