@@ -121,8 +121,10 @@ pub(crate) struct InventoryBehaviour {
     /// its id, the newest revision seen and the initiator (to whom the
     /// counter-offer went).
     counter_offered: Option<CounterOffer>,
-    /// The trade this bot accepted as an initiator.
-    accepted: Option<u64>,
+    /// The trade and revision this bot last accepted (a player is in one
+    /// open trade at most, on either side). A newer revision resets both
+    /// acceptances, and the bot accepts again.
+    accepted: Option<(u64, u64)>,
     stats: InventoryStats,
 }
 
@@ -352,6 +354,7 @@ impl InventoryBehaviour {
                     && counter.initiator == with
                 {
                     self.counter_offered = None;
+                    self.accepted = Some((counter.trade, counter.revision));
                     return Some(self.send(InventoryOp::Accept {
                         trade: counter.trade,
                         revision: counter.revision,
@@ -401,6 +404,7 @@ impl InventoryBehaviour {
                 {
                     counter.revision = update.revision;
                 }
+                let at = (update.trade, update.revision);
                 if update.partner == self.account && self.answered != Some(update.trade) {
                     self.answered = Some(update.trade);
                     // Counter-offer one item, if any, and accept once the
@@ -422,7 +426,10 @@ impl InventoryBehaviour {
                                 offer: TradeOffer { items: vec![item] },
                             }));
                         }
-                        None => out.push(self.send(accept)),
+                        None => {
+                            self.accepted = Some(at);
+                            out.push(self.send(accept));
+                        }
                     }
                 } else if update.partner == self.account
                     && self
@@ -432,13 +439,26 @@ impl InventoryBehaviour {
                     && !partner_accepted
                 {
                     self.counter_offered = None;
+                    self.accepted = Some(at);
+                    out.push(self.send(accept));
+                } else if update.partner == self.account
+                    && self.answered == Some(update.trade)
+                    && self.counter_offered.is_none()
+                    && !partner_accepted
+                    && self
+                        .accepted
+                        .is_some_and(|(t, r)| t == update.trade && r != update.revision)
+                {
+                    // An offer changed the trade after this bot accepted it
+                    // (both acceptances reset): accept it as it stands now.
+                    self.accepted = Some(at);
                     out.push(self.send(accept));
                 } else if update.initiator == self.account
                     && partner_accepted
                     && !initiator_accepted
-                    && self.accepted != Some(update.trade)
+                    && self.accepted != Some(at)
                 {
-                    self.accepted = Some(update.trade);
+                    self.accepted = Some(at);
                     out.push(self.send(accept));
                 }
             }
@@ -666,6 +686,24 @@ mod tests {
         );
         let mut done = open(2, true, true, true);
         done.state = TradeState::Completed;
+        // Before the initiator's acceptance lands, an offer changes the
+        // trade (revision 3, both acceptances reset): the partner accepts
+        // again, and so does the initiator once it sees that.
+        assert_eq!(
+            ops(&mut b, &open(3, true, false, false)),
+            [InventoryOp::Accept {
+                trade: 3,
+                revision: 3
+            }]
+        );
+        assert!(b.on_trade(&open(3, true, false, true), true).is_empty());
+        assert_eq!(
+            ops(&mut a, &open(3, true, false, true)),
+            [InventoryOp::Accept {
+                trade: 3,
+                revision: 3
+            }]
+        );
         a.on_trade(&done, true);
         b.on_trade(&done, true);
         assert_eq!(a.stats().trades_completed + b.stats().trades_completed, 1);
