@@ -34,9 +34,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -187,38 +186,9 @@ impl Default for ServerOptions {
     }
 }
 
-/// A child process, killed (SIGKILL) and reaped when this handle drops:
-/// when the test ends, and also when it panics before stopping the process
-/// itself. Reaches the [`Child`] through `Deref`.
-pub struct KillOnDrop(pub Child);
-
-impl KillOnDrop {
-    /// Kills and reaps the process now; harmless if it exited already.
-    pub fn kill_and_reap(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Deref for KillOnDrop {
-    type Target = Child;
-
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.kill_and_reap();
-    }
-}
+#[path = "../../server/tests/support/process.rs"]
+mod process;
+pub use process::KillOnDrop;
 
 /// Runs `command` to its end and collects its output, as
 /// [`Command::output`] does (stdin is null), but for at most `limit`: a
