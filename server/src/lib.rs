@@ -71,6 +71,9 @@ impl Plugin for ServerPlugin {
                 },
                 ShutdownPlugin {
                     grace_ticks: self.config.shutdown_grace_ticks(),
+                    grace_time: Some(Duration::from_millis(u64::from(
+                        self.config.shutdown_grace_ms,
+                    ))),
                 },
                 ConsolePlugin {
                     stdin: self.stdin_console,

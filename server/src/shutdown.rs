@@ -10,7 +10,10 @@
 //!    goodbye, stop accepting connections. The [`shutting_down`] run
 //!    condition is true from then on.
 //! 3. The server keeps ticking for `grace_ticks` ticks (counting the first)
-//!    so that goodbyes are flushed, then [`ShutdownSystems::Exit`] (in `Last`)
+//!    so that goodbyes are flushed, or until `grace_time` has passed since the
+//!    shutdown started if that comes first (an overloaded server's ticks run
+//!    late: counted in ticks alone, its grace period could outlast the
+//!    runner's backstop), then [`ShutdownSystems::Exit`] (in `Last`)
 //!    writes `AppExit::Success` and the process exits with code 0; after a
 //!    [`ShutdownReason::Failure`], `AppExit::error()` (code 1), so that a
 //!    supervisor sees the fault.
@@ -22,7 +25,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bevy_app::{App, AppExit, Last, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
@@ -177,16 +180,28 @@ pub struct ShutdownPlugin {
     /// Ticks to keep running after [`ShutdownStarted`], that tick included;
     /// zero is treated as one.
     pub grace_ticks: u32,
+    /// Wall-clock bound on the grace period: the app exits at the end of the
+    /// first tick that ends this long after the shutdown started, even if
+    /// fewer than `grace_ticks` ticks ran. `None`: ticks only.
+    pub grace_time: Option<Duration>,
 }
 
 impl Default for ShutdownPlugin {
     fn default() -> Self {
-        Self { grace_ticks: 30 }
+        Self {
+            grace_ticks: 30,
+            grace_time: Some(Duration::from_secs(1)),
+        }
     }
 }
 
 #[derive(Resource, Clone, Copy, Debug)]
-struct GraceTicks(u32);
+struct Grace {
+    ticks: u32,
+    time: Option<Duration>,
+    /// When the grace time runs out, once the shutdown has started.
+    deadline: Option<Instant>,
+}
 
 impl Plugin for ShutdownPlugin {
     fn build(&self, app: &mut App) {
@@ -194,7 +209,11 @@ impl Plugin for ShutdownPlugin {
             .add_message::<ShutdownStarted>()
             .init_resource::<ShutdownSwitch>()
             .init_resource::<ShutdownState>()
-            .insert_resource(GraceTicks(self.grace_ticks.max(1)))
+            .insert_resource(Grace {
+                ticks: self.grace_ticks.max(1),
+                time: self.grace_time,
+                deadline: None,
+            })
             .add_systems(PreUpdate, detect_shutdown.in_set(ShutdownSystems::Detect))
             .add_systems(Last, count_down_and_exit.in_set(ShutdownSystems::Exit));
     }
@@ -203,7 +222,7 @@ impl Plugin for ShutdownPlugin {
 fn detect_shutdown(
     mut requests: MessageReader<ShutdownRequested>,
     switch: Res<ShutdownSwitch>,
-    grace: Res<GraceTicks>,
+    mut grace: ResMut<Grace>,
     mut state: ResMut<ShutdownState>,
     mut started: MessageWriter<ShutdownStarted>,
 ) {
@@ -229,20 +248,30 @@ fn detect_shutdown(
         None => return,
     };
     switch.request();
-    info!(%reason, grace_ticks = grace.0, "shutdown started");
+    info!(%reason, grace_ticks = grace.ticks, grace_time = ?grace.time, "shutdown started");
+    grace.deadline = grace.time.map(|time| Instant::now() + time);
     *state = ShutdownState::Draining {
-        ticks_left: grace.0,
+        ticks_left: grace.ticks,
         failed: matches!(reason, ShutdownReason::Failure(_)),
     };
     started.write(ShutdownStarted {
         reason,
-        grace_ticks: grace.0,
+        grace_ticks: grace.ticks,
     });
 }
 
-fn count_down_and_exit(mut state: ResMut<ShutdownState>, mut exit: MessageWriter<AppExit>) {
+fn count_down_and_exit(
+    mut state: ResMut<ShutdownState>,
+    grace: Res<Grace>,
+    mut exit: MessageWriter<AppExit>,
+) {
     if let ShutdownState::Draining { ticks_left, failed } = *state {
-        let ticks_left = ticks_left.saturating_sub(1);
+        let out_of_time = grace.deadline.is_some_and(|at| Instant::now() >= at);
+        let ticks_left = if out_of_time {
+            0
+        } else {
+            ticks_left.saturating_sub(1)
+        };
         *state = ShutdownState::Draining { ticks_left, failed };
         if ticks_left == 0 {
             info!("shutdown complete");
@@ -261,7 +290,10 @@ mod tests {
 
     fn app(grace_ticks: u32) -> App {
         let mut app = App::new();
-        app.add_plugins(ShutdownPlugin { grace_ticks });
+        app.add_plugins(ShutdownPlugin {
+            grace_ticks,
+            grace_time: None,
+        });
         app
     }
 
@@ -293,6 +325,22 @@ mod tests {
         app.update();
         assert!(started(&app).is_empty());
         assert_eq!(app.should_exit(), None);
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::Success));
+    }
+
+    #[test]
+    fn late_ticks_end_the_grace_period_at_its_time() {
+        let mut app = App::new();
+        app.add_plugins(ShutdownPlugin {
+            grace_ticks: 1_000,
+            grace_time: Some(Duration::from_millis(200)),
+        });
+        app.world().resource::<ShutdownSwitch>().request();
+        app.update();
+        assert_eq!(app.should_exit(), None, "the time has not run out yet");
+        // One overloaded tick: the time runs out long before 1,000 ticks.
+        std::thread::sleep(Duration::from_millis(250));
         app.update();
         assert_eq!(app.should_exit(), Some(AppExit::Success));
     }

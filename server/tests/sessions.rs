@@ -52,7 +52,10 @@ fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
     })
     .insert_resource(server)
     .add_message::<AdminKick>()
-    .add_plugins(ShutdownPlugin { grace_ticks: 2 })
+    .add_plugins(ShutdownPlugin {
+        grace_ticks: 2,
+        grace_time: None,
+    })
     .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
     app.finish();
     app.cleanup();

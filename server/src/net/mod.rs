@@ -558,9 +558,12 @@ mod tests {
         };
         let network = crate::start_network(&config).unwrap();
         let mut app = App::new();
-        app.add_plugins(crate::shutdown::ShutdownPlugin { grace_ticks: 2 })
-            .insert_resource(network)
-            .add_plugins(NetPlugin);
+        app.add_plugins(crate::shutdown::ShutdownPlugin {
+            grace_ticks: 2,
+            grace_time: None,
+        })
+        .insert_resource(network)
+        .add_plugins(NetPlugin);
         app.update();
         assert_eq!(app.should_exit(), None);
         // net-io stops without the game having asked (as on a fault).
