@@ -6,6 +6,11 @@
 //! batch: `prepare` and `complete(Ok)`; the commit itself runs on the
 //! writer thread in the server and is not part of it.
 //!
+//! A second case measures what a player's connect costs the tick: its
+//! account loaded from the store (24 slots, 22 filled, and the most
+//! recent 256 remembered changes, each with its stored reply) and then
+//! evicted again at its disconnect.
+//!
 //! Run: `cargo bench -p server --bench inventory`. Instruction counts of
 //! 30 batches only (no criterion):
 //!
@@ -19,8 +24,11 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, Output};
-use server::persistence::SqliteStore;
-use shared::protocol::inventory::{InventoryOp, InventoryRequest, TradeOffer};
+use server::persistence::{BatchWrites, InventoryStore, SqliteStore};
+use shared::protocol::inventory::{
+    InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId, ItemStack,
+    REMEMBERED_REQUESTS, TradeOffer,
+};
 
 const PLAYERS: u64 = 2000;
 /// One operation per player per 0.5 s at 30 Hz.
@@ -142,5 +150,66 @@ fn inventory(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, inventory);
+/// Accounts stored for the load case; each iteration loads the next.
+const STORED_ACCOUNTS: u64 = 500;
+
+/// A store of [`STORED_ACCOUNTS`] accounts at the bounds of what one
+/// account keeps.
+fn stored_accounts() -> SqliteStore {
+    let mut store = SqliteStore::open_in_memory().expect("in-memory store");
+    let mut slots = vec![None; 24];
+    for (i, slot) in slots.iter_mut().take(22).enumerate() {
+        *slot = Some(ItemStack {
+            item: ItemId(1 + i as u32 % 4),
+            count: 1 + i as u32,
+        });
+    }
+    for account in 1..=STORED_ACCOUNTS {
+        let snapshot = InventorySnapshot {
+            version: REMEMBERED_REQUESTS as u64,
+            slots: slots.clone(),
+        };
+        let applied = (1..=REMEMBERED_REQUESTS as u64)
+            .map(|request_id| {
+                let reply = InventoryReply {
+                    request_id,
+                    result: Ok(snapshot.clone()),
+                    trade: None,
+                };
+                let bytes = shared::protocol::encode(&reply).expect("reply encodes");
+                (account, request_id, bytes.to_vec())
+            })
+            .collect();
+        let batch = BatchWrites {
+            inventories: vec![(account, snapshot)],
+            applied,
+            ..BatchWrites::default()
+        };
+        store.commit(&batch).expect("stored");
+    }
+    store
+}
+
+fn account_load(c: &mut Criterion) {
+    let mut store = stored_accounts();
+    let catalogue = Arc::new(Catalogue::embedded().expect("embedded catalogue"));
+    let mut core =
+        InventoryCore::load(catalogue, CoreConfig::default(), &mut store).expect("inventory core");
+    let mut account = 0;
+    c.bench_function(
+        "inventory account load and evict, 256 remembered changes",
+        |b| {
+            b.iter(|| {
+                account = account % STORED_ACCOUNTS + 1;
+                core.push(Input::Connected { account });
+                black_box(resolve(&mut core, &mut store));
+                assert!(core.inventory(account).is_some(), "loaded");
+                core.push(Input::Disconnected { account });
+                black_box(resolve(&mut core, &mut store))
+            });
+        },
+    );
+}
+
+criterion_group!(benches, inventory, account_load);
 criterion_main!(benches);
