@@ -262,6 +262,14 @@ pub(crate) fn next_beat(at: Instant, period: Duration, now: Instant) -> Instant 
         .unwrap_or(now + period)
 }
 
+/// How often a wandering bot sends a `MoveInput`: at the scenario's `hz`,
+/// but no faster than the server ticks (its welcome says; each input
+/// moves a player for one tick, so a server ticking slower than `hz`
+/// would drop the surplus and count it as a `rate` violation).
+pub(crate) fn move_period(hz: f64, tick_hz: u16) -> Duration {
+    Duration::from_secs_f64(1.0 / hz.min(f64::from(tick_hz.max(1))))
+}
+
 /// A histogram of durations from 1 µs to 10 minutes, 3 significant digits.
 pub(crate) fn new_micros_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
@@ -846,7 +854,7 @@ impl Bot {
                 stats.moves_sent += 1;
                 self.sent_input = true;
             }
-            self.next_move = Some(next_beat(at, Duration::from_secs_f64(1.0 / wander.hz), now));
+            self.next_move = Some(next_beat(at, move_period(wander.hz, self.tick_hz), now));
         }
         if let (Some(at), Some(chat)) = (self.next_chat, self.ctx.scenario.chat.clone())
             && at <= now
@@ -1110,6 +1118,15 @@ mod tests {
             ms(66),
             "due now: the next beat"
         );
+    }
+
+    #[test]
+    fn inputs_go_no_faster_than_the_server_ticks() {
+        let hz = |period: Duration| (1.0 / period.as_secs_f64()).round();
+        assert_eq!(hz(move_period(30.0, 30)), 30.0);
+        assert_eq!(hz(move_period(30.0, 20)), 20.0, "a 20 Hz server");
+        assert_eq!(hz(move_period(10.0, 30)), 10.0, "a slower scenario");
+        assert_eq!(hz(move_period(30.0, 0)), 1.0, "no rate: one a second");
     }
 
     /// Datagrams a bot queued.

@@ -57,7 +57,8 @@ pub(crate) struct Scenario {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Wander {
-    /// Inputs per second (the server's tick rate is the natural value).
+    /// Inputs per second, at most the server's tick rate (from its
+    /// welcome): each input moves a player for one tick.
     pub(crate) hz: f64,
     /// Speed asked for, metres per second.
     pub(crate) speed: f32,

@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::{
-    ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr, output_within,
+    ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr, metric_family_sum,
+    output_within,
 };
 
 const BOTS: u64 = 200;
@@ -126,6 +127,35 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("connected bots"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bots_move_at_the_tick_rate_of_a_slower_server_without_violations() {
+    let server = ServerProcess::start(&ServerOptions {
+        config_toml: "tick_hz = 20\n".into(),
+        ..ServerOptions::default()
+    });
+    let output = output_within(
+        Command::new(client_binary())
+            .args(["load", "--server", &server.game.to_string()])
+            .args(["--bots", "20", "--duration", "4", "--ramp", "1"])
+            .args(["--min-connected-ratio", "1.0"]),
+        LOAD_LIMIT,
+    );
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "load failed: {:?}", output.status);
+    let metrics = server.scrape();
+    assert!(
+        metric_family_sum(&metrics, "movement_inputs_total") > 20.0 * 20.0,
+        "the bots moved"
+    );
+    // default.toml says 30 Hz; a bot sending that to a 20 Hz server
+    // would lose a third of its inputs as `rate`.
+    assert_eq!(
+        metric_family_sum(&metrics, "movement_violations_total"),
+        0.0,
+        "honest bots are never flagged"
+    );
 }
 
 #[test]
