@@ -315,6 +315,14 @@ pub enum ConfigError {
         /// What is wrong (see [`MovementConfig::check`]).
         message: String,
     },
+    /// An `[interest]` value is out of its range.
+    #[error("[interest] in {origin}: {message}")]
+    Interest {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong (see [`InterestConfig::check`]).
+        message: String,
+    },
     /// A `[chat]` value cannot run a chat.
     #[error("[chat] in {origin}: {message}")]
     Chat {
@@ -350,8 +358,12 @@ pub struct ServerConfig {
     /// Private key file for connect tokens, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
-    /// The address connect tokens name for this server.
-    pub public_addr: SocketAddr,
+    /// The address connect tokens name for this server, when set; else
+    /// derived from `bind` (see [`ServerConfig::public_addr`]). Kept as
+    /// given, so that `--print-config` does not pin a derived address
+    /// that a later `--bind` would no longer match.
+    #[serde(rename = "public_addr", skip_serializing_if = "Option::is_none")]
+    pub public_addr_set: Option<SocketAddr>,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax.
@@ -387,7 +399,7 @@ impl Default for ServerConfig {
             tick_rate: TickRate::default(),
             max_clients: 1024,
             key_file: None,
-            public_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 7777)),
+            public_addr_set: None,
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             shutdown_grace_ms: 1000,
@@ -476,23 +488,20 @@ impl ServerConfig {
                 origin: origin.to_owned(),
                 message,
             })?;
+        let interest = file.interest.clone().unwrap_or_default();
+        interest.check().map_err(|message| ConfigError::Interest {
+            origin: origin.to_owned(),
+            message,
+        })?;
         let chat = file.chat.clone().unwrap_or_default();
         chat.check().map_err(|message| ConfigError::Chat {
             origin: origin.to_owned(),
             message,
         })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
-        let public_addr = args.public_addr.or(file.public_addr).unwrap_or_else(|| {
-            let ip = if bind.ip().is_unspecified() {
-                std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)
-            } else {
-                bind.ip()
-            };
-            SocketAddr::new(ip, bind.port())
-        });
         Ok(Self {
             bind,
-            public_addr,
+            public_addr_set: args.public_addr.or(file.public_addr),
             metrics_bind: args
                 .metrics_bind
                 .or(file.metrics_bind)
@@ -505,11 +514,18 @@ impl ServerConfig {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(defaults.log_format),
-            log_filter: pick(&args.log_filter, &file.log_filter, defaults.log_filter),
+            // An empty filter (`RUST_LOG=` from a template with nothing
+            // set) would turn every log line off, startup errors included:
+            // it counts as not given.
+            log_filter: pick(
+                &non_blank(&args.log_filter),
+                &non_blank(&file.log_filter),
+                defaults.log_filter,
+            ),
             shutdown_grace_ms,
             net_io_nice,
             movement,
-            interest: file.interest.clone().unwrap_or_default(),
+            interest,
             chat,
             inventory,
         })
@@ -521,6 +537,19 @@ impl ServerConfig {
             rate: self.tick_rate,
             ..TickConfig::default()
         }
+    }
+
+    /// The address connect tokens name for this server: `public_addr` if
+    /// set, else the bind address (loopback for an unspecified one).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr_set.unwrap_or_else(|| {
+            let ip = if self.bind.ip().is_unspecified() {
+                std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                self.bind.ip()
+            };
+            SocketAddr::new(ip, self.bind.port())
+        })
     }
 
     /// The grace period in whole ticks, at least one.
@@ -545,6 +574,11 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
     arg.clone().or_else(|| file.clone()).unwrap_or(default)
+}
+
+/// `value` unless it is empty or only whitespace.
+fn non_blank(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.trim().is_empty())
 }
 
 /// `value`, or the error `too_big` makes of it when it exceeds `max`.
@@ -631,10 +665,62 @@ mod tests {
     fn public_address_defaults_to_loopback_for_an_unspecified_bind() {
         let config =
             ServerConfig::resolve(&RunArgs::default(), &FileConfig::default(), "test").unwrap();
-        assert_eq!(config.public_addr, "127.0.0.1:7777".parse().unwrap());
+        assert_eq!(config.public_addr(), "127.0.0.1:7777".parse().unwrap());
         let args = run_args(&["server", "--bind", "10.0.0.5:4000"]);
         let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
-        assert_eq!(config.public_addr, "10.0.0.5:4000".parse().unwrap());
+        assert_eq!(config.public_addr(), "10.0.0.5:4000".parse().unwrap());
+    }
+
+    #[test]
+    fn a_printed_config_does_not_pin_a_derived_public_address() {
+        let printed = ServerConfig::resolve(&RunArgs::default(), &FileConfig::default(), "test")
+            .unwrap()
+            .to_toml();
+        let file = FileConfig::parse(&printed, "printed.toml").unwrap();
+        let args = run_args(&["server", "--bind", "0.0.0.0:8000"]);
+        let config = ServerConfig::resolve(&args, &file, "printed.toml").unwrap();
+        assert_eq!(config.public_addr(), "127.0.0.1:8000".parse().unwrap());
+        // One that was set stays set.
+        let args = run_args(&["server", "--public-addr", "203.0.113.9:7777"]);
+        let printed = ServerConfig::resolve(&args, &FileConfig::default(), "test")
+            .unwrap()
+            .to_toml();
+        let file = FileConfig::parse(&printed, "printed.toml").unwrap();
+        let config = ServerConfig::resolve(&RunArgs::default(), &file, "printed.toml").unwrap();
+        assert_eq!(config.public_addr(), "203.0.113.9:7777".parse().unwrap());
+    }
+
+    #[test]
+    fn an_empty_log_filter_counts_as_not_given() {
+        for blank in ["", "  "] {
+            let args = RunArgs {
+                log_filter: Some(blank.to_owned()),
+                ..RunArgs::default()
+            };
+            let file = FileConfig::parse("log_filter = \"warn\"\n", "test.toml").unwrap();
+            let config = ServerConfig::resolve(&args, &file, "test.toml").unwrap();
+            assert_eq!(config.log_filter, "warn", "{blank:?}: the file's");
+            let file = FileConfig::parse("log_filter = \"\"\n", "test.toml").unwrap();
+            let config = ServerConfig::resolve(&args, &file, "test.toml").unwrap();
+            assert_eq!(config.log_filter, "info", "{blank:?}: the default");
+        }
+    }
+
+    #[test]
+    fn an_interest_value_out_of_range_stops_the_start() {
+        for interest in [
+            "radius = nan",
+            "snapshot_budget_bytes = 1",
+            "max_entities = 0",
+        ] {
+            let file = FileConfig::parse(&format!("[interest]\n{interest}\n"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            assert!(matches!(error, ConfigError::Interest { .. }), "{interest}");
+            assert!(
+                error.to_string().starts_with("[interest] in bad.toml: "),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -90,48 +90,93 @@ impl Default for InterestConfig {
 }
 
 impl InterestConfig {
+    /// Every setting out of its range: its name and what it must be.
+    fn invalid(&self) -> Vec<(&'static str, String)> {
+        let mut invalid = Vec::new();
+        let mut check = |field, bad: bool, rule: String| {
+            if bad {
+                invalid.push((field, rule));
+            }
+        };
+        check(
+            "cell_size",
+            !(self.cell_size.is_finite() && self.cell_size >= 1.0),
+            format!("must be at least 1 m, got {}", self.cell_size),
+        );
+        check(
+            "radius",
+            !(self.radius.is_finite() && self.radius > 0.0),
+            format!("must be a positive number of metres, got {}", self.radius),
+        );
+        check(
+            "hysteresis",
+            !(self.hysteresis.is_finite() && self.hysteresis >= 0.0),
+            format!("must be 0 m or more, got {}", self.hysteresis),
+        );
+        // Clients refuse a view larger than they hold.
+        check(
+            "max_entities",
+            !(1..=MAX_SNAPSHOT_ENTITIES).contains(&self.max_entities),
+            format!(
+                "must be 1 to {MAX_SNAPSHOT_ENTITIES}, got {}",
+                self.max_entities
+            ),
+        );
+        let min = SnapshotLimits::min_budget(self.max_entities.clamp(1, MAX_SNAPSHOT_ENTITIES));
+        check(
+            "snapshot_budget_bytes",
+            self.snapshot_budget_bytes < min,
+            format!(
+                "must be at least {min} for max_entities {}, got {}",
+                self.max_entities, self.snapshot_budget_bytes
+            ),
+        );
+        check(
+            "baseline_history",
+            !(1..=CLIENT_SNAPSHOT_HISTORY).contains(&self.baseline_history),
+            format!(
+                "must be 1 to {CLIENT_SNAPSHOT_HISTORY}, got {}",
+                self.baseline_history
+            ),
+        );
+        invalid
+    }
+
+    /// Whether every value is in its range (what the config file's
+    /// `[interest]` must pass); else the first one out, named.
+    ///
+    /// # Errors
+    /// The setting and what it must be.
+    pub fn check(&self) -> Result<(), String> {
+        match self.invalid().into_iter().next() {
+            Some((field, rule)) => Err(format!("{field} {rule}")),
+            None => Ok(()),
+        }
+    }
+
     /// This configuration with every value brought into its valid range;
     /// each correction is logged.
     pub fn validated(mut self) -> Self {
         let defaults = Self::default();
-        let fix = |name: &str, bad: bool| {
-            if bad {
-                tracing::warn!(field = name, "invalid interest setting; corrected");
+        for (field, rule) in self.invalid() {
+            tracing::warn!(field, rule, "invalid interest setting; corrected");
+            match field {
+                "cell_size" => self.cell_size = defaults.cell_size,
+                "radius" => self.radius = defaults.radius,
+                "hysteresis" => self.hysteresis = 0.0,
+                "max_entities" => {
+                    self.max_entities = self.max_entities.clamp(1, MAX_SNAPSHOT_ENTITIES);
+                }
+                "baseline_history" => {
+                    self.baseline_history = self.baseline_history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
+                }
+                _ => {}
             }
-            bad
-        };
-        if fix(
-            "cell_size",
-            !(self.cell_size.is_finite() && self.cell_size >= 1.0),
-        ) {
-            self.cell_size = defaults.cell_size;
         }
-        if fix("radius", !(self.radius.is_finite() && self.radius > 0.0)) {
-            self.radius = defaults.radius;
-        }
-        if fix(
-            "hysteresis",
-            !(self.hysteresis.is_finite() && self.hysteresis >= 0.0),
-        ) {
-            self.hysteresis = 0.0;
-        }
-        // Clients refuse a view larger than they hold.
-        if fix(
-            "max_entities",
-            !(1..=MAX_SNAPSHOT_ENTITIES).contains(&self.max_entities),
-        ) {
-            self.max_entities = self.max_entities.clamp(1, MAX_SNAPSHOT_ENTITIES);
-        }
-        let min = SnapshotLimits::min_budget(self.max_entities);
-        if fix("snapshot_budget_bytes", self.snapshot_budget_bytes < min) {
-            self.snapshot_budget_bytes = min;
-        }
-        if fix(
-            "baseline_history",
-            !(1..=CLIENT_SNAPSHOT_HISTORY).contains(&self.baseline_history),
-        ) {
-            self.baseline_history = self.baseline_history.clamp(1, CLIENT_SNAPSHOT_HISTORY);
-        }
+        // After max_entities is in range: the budget it needs.
+        self.snapshot_budget_bytes = self
+            .snapshot_budget_bytes
+            .max(SnapshotLimits::min_budget(self.max_entities));
         self
     }
 
@@ -517,6 +562,52 @@ mod tests {
         .validated();
         assert_eq!(config.max_entities, MAX_SNAPSHOT_ENTITIES);
         assert!(config.snapshot_budget_bytes >= SnapshotLimits::min_budget(MAX_SNAPSHOT_ENTITIES));
+    }
+
+    #[test]
+    fn check_names_the_setting_out_of_range_and_validated_corrects_it() {
+        assert_eq!(InterestConfig::default().check(), Ok(()));
+        for (config, field) in [
+            (
+                InterestConfig {
+                    radius: f32::NAN,
+                    ..InterestConfig::default()
+                },
+                "radius",
+            ),
+            (
+                InterestConfig {
+                    cell_size: 0.5,
+                    ..InterestConfig::default()
+                },
+                "cell_size",
+            ),
+            (
+                InterestConfig {
+                    hysteresis: -1.0,
+                    ..InterestConfig::default()
+                },
+                "hysteresis",
+            ),
+            (
+                InterestConfig {
+                    snapshot_budget_bytes: 1,
+                    ..InterestConfig::default()
+                },
+                "snapshot_budget_bytes",
+            ),
+            (
+                InterestConfig {
+                    baseline_history: 0,
+                    ..InterestConfig::default()
+                },
+                "baseline_history",
+            ),
+        ] {
+            let error = config.check().unwrap_err();
+            assert!(error.starts_with(field), "{error}");
+            assert_eq!(config.validated().check(), Ok(()), "{field} corrected");
+        }
     }
 
     #[test]
