@@ -1,7 +1,7 @@
 //! Sessions through the real network, movement and inventory plugins on
 //! the in-process loopback: an account that leaves and comes back within
 //! one tick (the old session ends before the new one begins), and a
-//! player's first tick; a writer thread that dies.
+//! player's first tick; a writer thread that dies; an admin kick's reason.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use bevy_app::{App, AppExit};
 use server::console::AdminKick;
 use std::sync::Arc;
 
+use server::chat::ChatPlugin;
 use server::inventory::{Catalogue, CoreConfig, InventoryPlugin, InventoryService};
 use server::movement::{MovementConfig, MovementPlugin};
 use server::net::{Loopback, NetPlugin, NetServer};
@@ -20,12 +21,13 @@ use server::shutdown::ShutdownPlugin;
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::netcode::ClientIndex;
+use shared::protocol::chat::{ChatKind, ChatLine};
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, TradeOffer, TradeState,
     TradeUpdate, WorldItems,
 };
 use shared::protocol::{self, channels};
-use shared::transport::ChannelId;
+use shared::transport::{ChannelId, DisconnectReason};
 
 fn client(slot: u32, account: u64, session: u64) -> ClientId {
     ClientId {
@@ -39,8 +41,17 @@ fn app() -> (App, Loopback) {
     app_with(None)
 }
 
+/// [`app`] with chat.
+fn app_with_chat() -> (App, Loopback) {
+    build(None, true)
+}
+
 /// The app, on `inventory` when given (else the plugin's in-memory one).
 fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
+    build(inventory, false)
+}
+
+fn build(inventory: Option<InventoryService>, chat: bool) -> (App, Loopback) {
     let (server, net) = NetServer::loopback();
     let mut app = App::new();
     if let Some(service) = inventory {
@@ -57,6 +68,9 @@ fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
         grace_time: None,
     })
     .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
+    if chat {
+        app.add_plugins(ChatPlugin { config: None });
+    }
     app.finish();
     app.cleanup();
     (app, net)
@@ -336,6 +350,39 @@ fn strikes_past_the_limit_disconnect_again() {
     // The tenth strike's disconnect is lost on its way (drained here).
     assert_eq!(disconnects(&mut app, &net, 1), 1);
     assert_eq!(disconnects(&mut app, &net, 1), 1, "the eleventh asks again");
+}
+
+/// The console's `kick 9 afk` shows the player its reason: a system chat
+/// line, sent before its disconnect in the same batch.
+#[test]
+fn a_kicked_player_reads_the_reason_before_its_disconnect() {
+    let (mut app, net) = app_with_chat();
+    let player = client(0, 9, 1);
+    net.events
+        .send(NetEvent::Connected { client: player })
+        .unwrap();
+    app.update();
+    net.commands.try_iter().for_each(drop);
+    app.world_mut().write_message(AdminKick {
+        client: players::ClientId(9),
+        reason: "afk".into(),
+    });
+    app.update();
+    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
+    let reason = commands.iter().position(|c| {
+        matches!(c, NetCommand::Send { client, channel, payload }
+            if *client == player && *channel == channels::CHAT
+            && protocol::decode::<ChatLine>(payload)
+                .is_ok_and(|line| line.kind == ChatKind::System && line.text == "kicked: afk"))
+    });
+    let disconnect = commands.iter().position(|c| {
+        matches!(c, NetCommand::Disconnect { client, reason: DisconnectReason::Kicked }
+            if *client == player)
+    });
+    assert!(
+        matches!((reason, disconnect), (Some(r), Some(d)) if r < d),
+        "{commands:?}"
+    );
 }
 
 /// Clients predict their own movement with the server's rules: an operator

@@ -5,8 +5,9 @@
 //! Everything is on [`channels::CHAT`] (reliable, ordered):
 //! [`ChatSend`] in, [`ChatLine`] and [`ChatRejected`] out. The rules live in
 //! [`ChatRoom`], plain Rust keyed by account id; [`ChatSystems::Route`]
-//! feeds it connections, messages and admin `say`s and sends what it
-//! returns.
+//! feeds it connections, messages, admin `say`s and the reasons of admin
+//! kicks (a system line to the kicked player, before its disconnect) and
+//! sends what it returns.
 //!
 //! Every send of a member in session is answered exactly once, and the
 //! answer carries the send's [`ChatSend::client_ref`]: the speaker's own
@@ -42,7 +43,7 @@ use shared::transport::DisconnectReason;
 pub use room::{ChatOutput, ChatRoom, SYSTEM_NAME, Whereabouts, clean_text};
 
 use crate::config::ServerConfig;
-use crate::console::AdminSay;
+use crate::console::{AdminKick, AdminSay};
 use crate::interest::SpatialGrid;
 use crate::metrics::{Counter, Metrics};
 use crate::net::{
@@ -203,6 +204,7 @@ impl Plugin for ChatPlugin {
         };
         app.init_resource::<Outbox>()
             .add_message::<AdminSay>()
+            .add_message::<AdminKick>()
             .add_message::<ClientConnected>()
             .add_message::<ClientDisconnected>()
             .add_client_message::<ChatSend>(channels::CHAT)
@@ -279,6 +281,7 @@ fn route(
     mut disconnected: MessageReader<ClientDisconnected>,
     mut sends: MessageReader<FromClient<ChatSend>>,
     mut says: MessageReader<AdminSay>,
+    mut kicks: MessageReader<AdminKick>,
     positions: Query<&Position>,
     mut lines: NetSender<ChatLine>,
     mut rejections: MessageWriter<ToClient<ChatRejected>>,
@@ -350,6 +353,11 @@ fn route(
     }
     for say in says.read() {
         room.system(&say.text, out);
+    }
+    // The reason reaches the player before its disconnect: the network
+    // plugin sends a tick's disconnects after everything else.
+    for kick in kicks.read() {
+        room.system_to(kick.client.0, &format!("kicked: {}", kick.reason), out);
     }
     // Consecutive lines of one message share its body: serialize it once.
     let mut encoded_body: Option<&Arc<ChatLineBody>> = None;

@@ -359,6 +359,21 @@ impl ChatRoom {
         }
     }
 
+    /// A system line to one member (an admin kick's reason, before its
+    /// disconnect); nothing when `to` is not a member.
+    pub fn system_to(&mut self, to: u64, text: &str, out: &mut Vec<ChatOutput>) {
+        if !self.members.contains_key(&to) {
+            return;
+        }
+        let line = Arc::new(ChatLineBody {
+            from: None,
+            from_name: SYSTEM_NAME.to_owned(),
+            kind: ChatKind::System,
+            text: text.to_owned(),
+        });
+        self.deliver(to, None, &line, out);
+    }
+
     /// A member says something. `client_ref` is the sender's
     /// [`ChatSend::client_ref`](shared::protocol::chat::ChatSend::client_ref):
     /// the answer echoes it, either the speaker's own copy (`reply_to`, in
