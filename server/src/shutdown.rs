@@ -6,9 +6,11 @@
 //! 2. At the start of the next tick ([`ShutdownSystems::Detect`] in
 //!    `PreUpdate`) the server enters [`ShutdownState::Draining`] and writes one
 //!    [`ShutdownStarted`] message. Plugins react to it in the same tick (in
-//!    `FixedUpdate` or anywhere after `PreUpdate`): save state, tell clients
-//!    goodbye, stop accepting connections. The [`shutting_down`] run
-//!    condition is true from then on.
+//!    `FixedUpdate`): save state, tell clients goodbye. The network plugin
+//!    puts the shutdown (every client disconnected, no new ones) at the end
+//!    of that tick's batch in `FixedPostUpdate`, so goodbyes written before
+//!    then reach the clients first. The [`shutting_down`] run condition is
+//!    true from then on.
 //! 3. The server keeps ticking for `grace_ticks` ticks (counting the first)
 //!    so that goodbyes are flushed, or until `grace_time` has passed since the
 //!    shutdown started if that comes first (an overloaded server's ticks run

@@ -336,11 +336,16 @@ impl Plugin for NetPlugin {
             .add_systems(FixedPreUpdate, session::receive.in_set(NetSystems::Receive))
             .add_systems(
                 FixedPostUpdate,
-                (kick_on_admin_request, submit_batch, export_metrics)
+                (
+                    kick_on_admin_request,
+                    say_goodbye_on_shutdown,
+                    submit_batch,
+                    export_metrics,
+                )
                     .chain()
                     .in_set(NetSystems::Send),
             )
-            .add_systems(Update, (say_goodbye_on_shutdown, watch_net_io));
+            .add_systems(Update, watch_net_io);
         let signal = app
             .world()
             .get_resource::<NetServer>()
@@ -409,11 +414,16 @@ fn submit_batch(mut net: ResMut<NetServer>, mut outbox: ResMut<Outbox>, metrics:
     }
 }
 
-/// Moves the tick's disconnects after everything else, keeping order
-/// within each group: whatever the game said to a client this tick reaches
-/// it before its disconnect (a kicked flooder still gets its refusals).
+/// Moves the tick's disconnects after everything else, and a shutdown
+/// after those, keeping order within each group: whatever the game said to
+/// a client this tick reaches it before its disconnect (a kicked flooder
+/// still gets its refusals, every player the tick's goodbyes).
 fn disconnects_last(batch: &mut [NetCommand]) {
-    batch.sort_by_key(|command| matches!(command, NetCommand::Disconnect { .. }));
+    batch.sort_by_key(|command| match command {
+        NetCommand::Disconnect { .. } => 1,
+        NetCommand::Shutdown { .. } => 2,
+        _ => 0,
+    });
 }
 
 fn export_metrics(
@@ -507,15 +517,17 @@ fn watch_net_io(
     }
 }
 
+/// The shutdown goes in the tick's batch, after the goodbyes the tick's
+/// plugins wrote (and is kept with them when net-io refuses the batch).
 fn say_goodbye_on_shutdown(
     mut started: MessageReader<ShutdownStarted>,
-    mut net: ResMut<NetServer>,
+    mut outbox: ResMut<Outbox>,
 ) {
     if started.read().next().is_some() {
         tracing::info!("telling every client the server is shutting down");
-        let _ = net.submit(vec![NetCommand::Shutdown {
+        outbox.push(NetCommand::Shutdown {
             reason: DisconnectReason::ServerShutdown,
-        }]);
+        });
     }
 }
 
@@ -607,6 +619,50 @@ mod tests {
         let mut batch = vec![send(1), kick.clone(), send(2), send(3)];
         disconnects_last(&mut batch);
         assert_eq!(batch, vec![send(1), send(2), send(3), kick]);
+    }
+
+    #[test]
+    fn a_refused_shutdown_is_kept_behind_the_ticks_goodbyes() {
+        let client = ClientId {
+            slot: ClientIndex::from_slot(0),
+            account: 1,
+            session: 1,
+        };
+        let goodbye = NetCommand::Send {
+            client,
+            channel: channels::CHAT,
+            payload: Bytes::from_static(b"bye"),
+        };
+        let (server, loopback) = NetServer::loopback();
+        // net-io refuses every batch (here: gone; in the server: behind).
+        drop(loopback);
+        let mut app = App::new();
+        app.add_plugins(crate::tick::TickPlugin {
+            config: crate::tick::TickConfig::default(),
+            clock: crate::tick::ManualClock::new(),
+        })
+        .add_message::<ShutdownStarted>()
+        .add_message::<AdminKick>()
+        .insert_resource(server)
+        .add_plugins(NetPlugin);
+        app.finish();
+        app.cleanup();
+        app.world_mut()
+            .resource_mut::<Outbox>()
+            .push(goodbye.clone());
+        app.world_mut().write_message(ShutdownStarted {
+            reason: ShutdownReason::Console,
+            grace_ticks: 1,
+        });
+        app.update();
+        let shutdown = NetCommand::Shutdown {
+            reason: DisconnectReason::ServerShutdown,
+        };
+        assert_eq!(
+            app.world().resource::<Outbox>().commands,
+            vec![goodbye, shutdown],
+            "kept for the next tick, in order"
+        );
     }
 
     #[test]
