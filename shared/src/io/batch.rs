@@ -301,6 +301,25 @@ impl SendBatch {
     }
 }
 
+/// Whether a receive error is about one datagram or one earlier send,
+/// not the socket, so that the next read works: an ICMP error from a
+/// peer's port (refused on Linux, reset on Windows: `WSAECONNRESET`) or,
+/// on Windows, a datagram longer than the buffer (`WSAEMSGSIZE`; Linux
+/// truncates it instead, and the packet layer drops it as oversized).
+pub fn is_about_one_datagram(error: &io::Error) -> bool {
+    /// `WSAEMSGSIZE`.
+    #[cfg(windows)]
+    const MESSAGE_TOO_LONG: i32 = 10040;
+    #[cfg(windows)]
+    if error.raw_os_error() == Some(MESSAGE_TOO_LONG) {
+        return true;
+    }
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// What one send call accepted.
 struct Sent {
     datagrams: u64,
@@ -316,7 +335,7 @@ use portable as os;
 /// `sendmmsg` (and, in tests, to check it behaves like the batched path).
 #[cfg(any(not(target_os = "linux"), test))]
 mod portable {
-    use super::{DatagramSocket, SendBatch, Sent};
+    use super::{DatagramSocket, SendBatch, Sent, is_about_one_datagram};
     use std::io;
     use std::net::SocketAddr;
 
@@ -326,9 +345,17 @@ mod portable {
         slot_len: usize,
         received: &mut Vec<(SocketAddr, usize)>,
     ) -> io::Result<()> {
-        for slot in buffers.chunks_exact_mut(slot_len) {
-            match socket.recv_from(slot) {
+        let slots = buffers.len() / slot_len;
+        // An error about one datagram is passed over (at most one a slot
+        // per call, so that a flood of them cannot hold the loop): reading
+        // on to `WouldBlock` is what re-arms a poller on Windows, and a
+        // short batch must mean the socket is drained.
+        let mut passed_over = 0;
+        while received.len() < slots {
+            let start = received.len() * slot_len;
+            match socket.recv_from(&mut buffers[start..start + slot_len]) {
                 Ok((len, from)) => received.push((from, len.min(slot_len))),
+                Err(e) if is_about_one_datagram(&e) && passed_over < slots => passed_over += 1,
                 Err(e) if received.is_empty() => return Err(e),
                 // Report what arrived; the error comes back on the next call.
                 Err(_) => break,
@@ -491,9 +518,12 @@ mod linux {
         let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
         for (header, name) in headers.iter().zip(&names).take(n) {
             // A source that is not IP cannot happen on a UDP/IP socket;
-            // such a datagram would have no one to answer, so skip it.
-            if let Some(from) = name.get(header.msg_hdr.msg_namelen) {
-                received.push((from, (header.msg_len as usize).min(slot_len)));
+            // such a datagram has no one to answer: it is kept as an empty
+            // one from nowhere (dropped as too short), so that entry `i`
+            // stays the datagram in slot `i`.
+            match name.get(header.msg_hdr.msg_namelen) {
+                Some(from) => received.push((from, (header.msg_len as usize).min(slot_len))),
+                None => received.push((SocketAddr::from(([0, 0, 0, 0], 0)), 0)),
             }
         }
         Ok(())
@@ -582,6 +612,87 @@ mod tests {
                 _ => (i as u8).wrapping_mul(31) ^ sender ^ (index as u8),
             })
             .collect()
+    }
+
+    /// A socket that answers reads from a script, then `WouldBlock`.
+    struct Scripted(std::cell::RefCell<std::collections::VecDeque<io::Result<Vec<u8>>>>);
+
+    impl Scripted {
+        fn new(script: Vec<io::Result<Vec<u8>>>) -> Self {
+            Self(std::cell::RefCell::new(script.into()))
+        }
+    }
+
+    impl DatagramSocket for Scripted {
+        fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+            let from = SocketAddr::from(([127, 0, 0, 1], 9));
+            match self.0.borrow_mut().pop_front() {
+                Some(Ok(datagram)) => {
+                    buf[..datagram.len()].copy_from_slice(&datagram);
+                    Ok((datagram.len(), from))
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+        fn send_to(&self, buf: &[u8], _: SocketAddr) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        #[cfg(target_os = "linux")]
+        fn raw_fd(&self) -> std::os::fd::RawFd {
+            -1
+        }
+    }
+
+    #[test]
+    fn the_portable_read_passes_over_errors_about_one_datagram() {
+        let reset = || Err(io::Error::from(io::ErrorKind::ConnectionReset));
+        let socket = Scripted::new(vec![
+            reset(),
+            Ok(b"one".to_vec()),
+            Err(io::ErrorKind::ConnectionRefused.into()),
+            Ok(b"two".to_vec()),
+            reset(),
+        ]);
+        let mut batch = RecvBatch::new(8, 16);
+        batch.received.clear();
+        portable::recv(
+            &socket,
+            &mut batch.buffers,
+            batch.slot_len,
+            &mut batch.received,
+        )
+        .unwrap();
+        let got: Vec<&[u8]> = batch.iter().map(|(_, d)| d).collect();
+        assert_eq!(got, [&b"one"[..], &b"two"[..]], "read on to WouldBlock");
+        // Any other error ends the read; alone, it is the read's error.
+        let socket = Scripted::new(vec![Err(io::ErrorKind::PermissionDenied.into())]);
+        batch.received.clear();
+        let error = portable::recv(
+            &socket,
+            &mut batch.buffers,
+            batch.slot_len,
+            &mut batch.received,
+        )
+        .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        // A flood of them cannot hold the read: one a slot at most.
+        let socket = Scripted::new((0..100).map(|_| reset()).collect());
+        batch.received.clear();
+        assert!(
+            portable::recv(
+                &socket,
+                &mut batch.buffers,
+                batch.slot_len,
+                &mut batch.received
+            )
+            .is_err()
+        );
+        assert!(
+            socket.0.borrow().len() >= 100 - 9,
+            "{} left",
+            socket.0.borrow().len()
+        );
     }
 
     /// Which implementation to read with.

@@ -4,6 +4,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
+use super::batch::is_about_one_datagram;
 use crate::endpoint::ClientEndpoint;
 use crate::netcode::MAX_PACKET_BYTES;
 
@@ -50,17 +51,10 @@ impl ClientSocket {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // ICMP port unreachable and the like: the server is not there
-                // (yet); the handshake timeout reports it. Linux reports it
-                // as refused, Windows as reset (WSAECONNRESET).
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    break;
-                }
+                // ICMP port unreachable and the like (the server is not
+                // there yet: the handshake timeout reports it) or, on
+                // Windows, an oversized datagram: read on.
+                Err(e) if is_about_one_datagram(&e) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -14,7 +14,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
-use super::batch::{RecvBatch, SendBatch};
+use super::batch::{RecvBatch, SendBatch, is_about_one_datagram};
 use super::pipe::{PipeReceiver, PipeSender, pipe};
 use super::priority::TickSignal;
 use crate::chunks::Chunks;
@@ -676,9 +676,10 @@ impl IoLoop {
                     self.give_way();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // ICMP errors surface here on some platforms; they say nothing
-                // trustworthy about any client.
+                // ICMP errors and (on Windows) an oversized datagram surface
+                // here; they say nothing trustworthy about any client, and
+                // the datagrams behind them must still be read.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || is_about_one_datagram(&e) => {}
                 Err(_) => return false,
             }
         }
