@@ -281,6 +281,44 @@ fn a_flooding_client_is_disconnected_and_others_are_unaffected() {
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
+/// The endpoint's bound on what all clients together may buffer: the
+/// client crossing it is disconnected as flooding, and counted as such.
+#[test]
+fn a_client_over_the_total_receive_bound_is_counted_as_flooding() {
+    let key = Key::generate(&mut system_rng());
+    let socket = shared::io::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_addr = socket.local_addr().unwrap();
+    let mut config = ServerEndpointConfig::new(
+        ServerConfig::new(PROTOCOL, key, vec![server_addr]),
+        TransportConfig::default(),
+    );
+    config.max_total_receive_buffer = 64 << 10;
+    let endpoint = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+    let mut server = ServerIo::spawn_on(socket, endpoint, ServerIoConfig::default()).unwrap();
+    let mut bomber = client(&key, server_addr, 1);
+    let mut seen = Seen::default();
+    let mut sent = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline
+        && (seen.ended.is_none() || server.stats().snapshot().flooding_disconnects == 0)
+    {
+        pump(&mut bomber, &mut seen);
+        if seen.connected && !sent {
+            sent = true;
+            bomber
+                .endpoint
+                .send(CHAT, Bytes::from(vec![7u8; 200 << 10]))
+                .unwrap();
+            bomber.flush(Instant::now());
+        }
+        for _ in server.events().try_iter() {}
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(seen.ended, Some(DisconnectReason::Flooding));
+    assert_eq!(server.stats().snapshot().flooding_disconnects, 1);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
 #[test]
 fn a_client_that_cannot_keep_up_is_disconnected_with_send_queue_full() {
     let key = Key::generate(&mut system_rng());

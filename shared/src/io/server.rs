@@ -237,7 +237,8 @@ pub struct IoStatsSnapshot {
     /// socket's receive buffer was full (the thread fell behind a burst);
     /// updated once a second, Linux only.
     pub socket_drops: u64,
-    /// Clients disconnected for flooding (rate or a full inbound channel).
+    /// Clients disconnected for flooding: rate, a full inbound channel,
+    /// or receive memory over the endpoint's total bound.
     pub flooding_disconnects: u64,
     /// Clients connected now.
     pub connected: u64,
@@ -387,6 +388,7 @@ impl ServerIo {
             wants_writable: false,
             inbound: Chunks::new(INBOUND_CHUNK),
             socket_drops_seen,
+            endpoint_floods_seen: 0,
         };
         let thread = std::thread::Builder::new()
             .name("net-io".into())
@@ -553,6 +555,9 @@ struct IoLoop {
     inbound: Chunks,
     /// The kernel's (wrapping) drop counter of the socket when last read.
     socket_drops_seen: Option<u32>,
+    /// The endpoint's own flooding disconnects already in
+    /// [`IoStats::flooding_disconnects`].
+    endpoint_floods_seen: u64,
 }
 
 impl IoLoop {
@@ -583,6 +588,7 @@ impl IoLoop {
             let now = Instant::now();
             self.flush_backlog();
             unread = self.read_socket(now);
+            self.count_endpoint_floods();
             self.drain_commands(now);
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
@@ -599,6 +605,17 @@ impl IoLoop {
                 return;
             }
         }
+    }
+
+    /// Adds the clients the endpoint disconnected for crossing the total
+    /// receive bound to the flooding disconnects.
+    fn count_endpoint_floods(&mut self) {
+        let floods = self.endpoint.stats().flooding_disconnects;
+        bump(
+            &self.stats.flooding_disconnects,
+            floods - self.endpoint_floods_seen,
+        );
+        self.endpoint_floods_seen = floods;
     }
 
     /// Once a second: totals, RTTs and drop reasons for the metrics.
