@@ -24,10 +24,10 @@ use shared::protocol::{PROTOCOL_ID, channels};
 use shared::transport::DisconnectReason;
 use shared::transport::wire::{FragmentInfo, MessageHeader};
 
-/// `transport_config()`: 1 KiB fragments, 256 KiB messages, 1 MiB receive
+/// `transport_config()`: 1 KiB fragments, 64 KiB messages, 1 MiB receive
 /// buffer per connection, three reliable channels.
 const FRAGMENT: usize = generators::FRAGMENT_BYTES;
-const MAX_MESSAGE: u64 = 256 * 1024;
+const MAX_MESSAGE: u64 = channels::MAX_GAME_MESSAGE as u64;
 const RECEIVE_BUFFER: u64 = 1 << 20;
 const RELIABLE_CHANNELS: u64 = 3;
 /// The documented hard bound of one connection's receive memory.
@@ -139,7 +139,7 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
 
 /// A message whose first fragment has arrived, sent again whole under the
 /// same id: the whole copy must not be taken while the fragments' buffer
-/// stays charged (each such pair held up to 256 KiB for a small datagram,
+/// stays charged (each such pair held up to 64 KiB for a small datagram,
 /// pushing the server's total past its cap); it is a protocol violation.
 #[test]
 fn a_message_sent_in_fragments_and_whole_is_a_violation() {
@@ -153,7 +153,7 @@ fn a_message_sent_in_fragments_and_whole_is_a_violation() {
         id: Some(0),
         fragment: Some(FragmentInfo {
             index: 0,
-            count: 256,
+            count: generators::MAX_FRAGMENTS,
         }),
     };
     let seq = offender.take_seq();

@@ -1,4 +1,4 @@
-//! Fragment bombs: one connected session sends fragments of 256-fragment
+//! Fragment bombs: one connected session sends fragments of 65-fragment
 //! messages that never complete, on all six channels (reliable ids across
 //! the window, random unreliable ids), then a fragment claiming 65,535
 //! fragments; it reports the disconnect reason the server gave.

@@ -23,7 +23,7 @@ pub const MAX_GARBAGE_BYTES: usize = 1_500;
 pub const FRAGMENT_BYTES: usize = 1_024;
 
 /// The most fragments a message may have under `channels::transport_config()`.
-pub const MAX_FRAGMENTS: u16 = 256;
+pub const MAX_FRAGMENTS: u16 = channels::MAX_GAME_MESSAGE.div_ceil(FRAGMENT_BYTES) as u16;
 
 /// A small deterministic generator (xorshift64*): every attack is
 /// replayable from its seed.

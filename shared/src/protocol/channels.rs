@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::MAX_MESSAGE_BYTES;
 use crate::transport::{ChannelConfig, ChannelId, ChannelKind, TransportConfig};
 
 /// Session control: welcome, errors, server notices (reliable, ordered).
@@ -26,9 +27,15 @@ pub const EVENTS: ChannelId = ChannelId(5);
 /// instead of 430.
 pub const RELIABLE_WINDOW: u16 = 256;
 
+/// Largest message of the game: a message id and the largest body the
+/// codec decodes. The transport refuses larger ones on arrival, before
+/// buffering them (they could only fail to decode).
+pub const MAX_GAME_MESSAGE: usize = 2 + MAX_MESSAGE_BYTES;
+
 /// The transport configuration of the game: the channels above, movement
 /// and snapshots first when the budget is short, then control and chat;
-/// acknowledgements held for up to 40 ms to ride on the next tick's packet.
+/// acknowledgements held for up to 40 ms to ride on the next tick's packet;
+/// messages up to [`MAX_GAME_MESSAGE`].
 pub fn transport_config() -> TransportConfig {
     let reliable = |priority| {
         ChannelConfig::new(ChannelKind::ReliableOrdered)
@@ -52,6 +59,7 @@ pub fn transport_config() -> TransportConfig {
         // next tick's packet instead of costing a datagram of its own.
         max_ack_delay: Duration::from_millis(40),
         reliable_window: RELIABLE_WINDOW,
+        max_message_size: MAX_GAME_MESSAGE,
         ..TransportConfig::default()
     }
 }
@@ -79,6 +87,19 @@ mod tests {
         assert_eq!(
             config.channels[SNAPSHOT.0 as usize].kind,
             ChannelKind::UnreliableSequenced
+        );
+    }
+
+    #[test]
+    fn the_largest_message_that_decodes_is_the_largest_sent() {
+        let body = MAX_MESSAGE_BYTES;
+        let mut connection =
+            crate::transport::Connection::new(transport_config(), std::time::Instant::now())
+                .unwrap();
+        assert!(connection.send(CHAT, &vec![0; 2 + body]).is_ok());
+        assert!(
+            connection.send(CHAT, &vec![0; 3 + body]).is_err(),
+            "a body the codec refuses is refused at once"
         );
     }
 }
