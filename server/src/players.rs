@@ -1,8 +1,10 @@
 //! Who is connected, as far as the admin tools are concerned.
 //!
 //! The network plugin owns connections; it keeps the
-//! [`PlayerRoster`] up to date so the console's `players` command and other
-//! admin tools can list players without knowing about the transport.
+//! [`PlayerRoster`] up to date (players as they join and leave, their
+//! addresses and round-trip times once a second) so the console's
+//! `players` command and other admin tools can list players without
+//! knowing about the transport.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,6 +62,11 @@ impl PlayerRoster {
     /// One player.
     pub fn get(&self, client: ClientId) -> Option<&PlayerSummary> {
         self.players.get(&client)
+    }
+
+    /// One player, to update what is known about them.
+    pub fn get_mut(&mut self, client: ClientId) -> Option<&mut PlayerSummary> {
+        self.players.get_mut(&client)
     }
 
     /// All players, by id.

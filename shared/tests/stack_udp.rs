@@ -281,6 +281,50 @@ fn a_flooding_client_is_disconnected_and_others_are_unaffected() {
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
+/// The once-a-second summary names every connected client with the
+/// address its packets come from and, once measured, its RTT.
+#[test]
+fn the_summary_lists_each_client_with_its_address_and_rtt() {
+    let key = Key::generate(&mut system_rng());
+    let (mut server, server_addr) = spawn_server(key, ServerIoConfig::default());
+    let mut player = client(&key, server_addr, 42);
+    let player_addr = player.socket().local_addr().unwrap();
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut listed = None;
+    while Instant::now() < deadline && listed.is_none() {
+        pump(&mut player, &mut seen);
+        if seen.connected {
+            // Traffic both ways, so that the RTT gets measured.
+            let _ = player.endpoint.send(CHAT, Bytes::from_static(b"ping"));
+            player.flush(Instant::now());
+        }
+        let mut echoes = Vec::new();
+        for event in server.events().try_iter() {
+            if let NetEvent::Message { client, .. } = event {
+                echoes.push(NetCommand::Send {
+                    client,
+                    channel: CHAT,
+                    payload: Bytes::from_static(b"pong"),
+                });
+            }
+        }
+        if !echoes.is_empty() {
+            let _ = server.submit(echoes);
+        }
+        let (_, summary) = server.stats().summary();
+        listed = summary
+            .clients
+            .into_iter()
+            .find(|c| c.client.account == 42 && c.rtt.is_some());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let listed = listed.expect("the client is listed with an RTT within 15 s");
+    assert_eq!(listed.addr, Some(player_addr));
+    assert!(listed.rtt.is_some_and(|rtt| rtt < Duration::from_secs(1)));
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
 /// The endpoint's bound on what all clients together may buffer: the
 /// client crossing it is disconnected as flooding, and counted as such.
 #[test]

@@ -15,6 +15,7 @@ mod session;
 mod typed;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bevy_app::{App, First, FixedPostUpdate, FixedPreUpdate, Last, Plugin, Update};
@@ -100,6 +101,14 @@ impl NetServer {
         match &self.0 {
             Backend::Io(io) => io.is_finished(),
             Backend::Loopback { .. } => false,
+        }
+    }
+
+    /// Where the game socket listens (in-process: nowhere).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.0 {
+            Backend::Io(io) => Some(io.local_addr()),
+            Backend::Loopback { .. } => None,
         }
     }
 
@@ -430,10 +439,13 @@ fn export_metrics(
     net: Res<NetServer>,
     mut metrics: ResMut<NetMetrics>,
     clients: Res<Clients>,
+    mut roster: ResMut<PlayerRoster>,
     registry: Res<Metrics>,
 ) {
-    let (version, summary) = net.stats().summary();
-    if version != metrics.last_summary.0 {
+    // The summary (a line per client) is copied only when a new one is
+    // out, once a second, not every tick.
+    if net.stats().summary_version() != metrics.last_summary.0 {
+        let (version, summary) = net.stats().summary();
         let last = &metrics.last_summary.1;
         metrics
             .resent
@@ -445,8 +457,19 @@ fn export_metrics(
             .queue_full
             .add(summary.queue_full_disconnects - last.queue_full_disconnects);
         if let Some(histogram) = &metrics.rtt {
-            for rtt in &summary.rtts {
-                histogram.observe_duration(*rtt);
+            for rtt in summary.clients.iter().filter_map(|c| c.rtt) {
+                histogram.observe_duration(rtt);
+            }
+        }
+        // What the console's `players` shows; a session that has ended
+        // (or not begun) in the game is left alone.
+        for client in &summary.clients {
+            if clients.entity(client.client).is_some()
+                && let Some(player) =
+                    roster.get_mut(crate::players::ClientId(client.client.account))
+            {
+                player.addr = client.addr;
+                player.rtt = client.rtt;
             }
         }
         for &(reason, total) in &summary.drops {
@@ -560,6 +583,64 @@ mod tests {
         app.update();
         assert!(during.load(std::sync::atomic::Ordering::Relaxed));
         assert!(!signal.is_running());
+    }
+
+    #[test]
+    fn the_roster_shows_each_players_address_and_rtt() {
+        use shared::endpoint::ClientEndpoint;
+        use shared::io::ClientSocket;
+        let config = crate::config::ServerConfig {
+            bind: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            ..Default::default()
+        };
+        let network = crate::start_network(&config).unwrap();
+        let server_addr = network.local_addr().unwrap();
+        let mut app = App::new();
+        app.add_plugins(crate::tick::TickPlugin {
+            config: crate::tick::TickConfig::default(),
+            clock: crate::tick::ManualClock::new(),
+        })
+        .add_message::<ShutdownStarted>()
+        .add_message::<AdminKick>()
+        .insert_resource(network)
+        .add_plugins(NetPlugin);
+        app.finish();
+        app.cleanup();
+        let mut endpoint = ClientEndpoint::new(
+            shared::protocol::PROTOCOL_ID,
+            shared::protocol::channels::transport_config(),
+        );
+        let token = shared::keys::dev_token(server_addr, 77).unwrap();
+        endpoint
+            .connect(&token, std::time::Instant::now(), shared::io::unix_secs())
+            .unwrap();
+        let mut player = ClientSocket::bind(
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            endpoint,
+        )
+        .unwrap();
+        let player_addr = player.socket().local_addr().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let listed = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no address and RTT within 15 s: {:?}",
+                app.world()
+                    .resource::<PlayerRoster>()
+                    .get(crate::players::ClientId(77))
+            );
+            app.update();
+            player.pump(std::time::Instant::now()).unwrap();
+            while player.endpoint.poll_event().is_some() {}
+            let roster = app.world().resource::<PlayerRoster>();
+            if let Some(player) = roster.get(crate::players::ClientId(77))
+                && player.rtt.is_some()
+            {
+                break player.clone();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(listed.addr, Some(player_addr));
     }
 
     #[test]

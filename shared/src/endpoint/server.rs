@@ -329,15 +329,20 @@ impl ServerEndpoint {
         self.peer(client).map(|p| p.conn.stats())
     }
 
-    /// Transport counters over all connections ever served, and the
-    /// smoothed RTT of every connected client appended to `rtts`. O(clients).
-    pub fn transport_totals(&self, rtts: &mut Vec<Duration>) -> TransportTotals {
+    /// Transport counters over all connections ever served; `connected`
+    /// is called with every connected client's slot, client id, session
+    /// and smoothed RTT (`None` before the first measurement). O(clients).
+    pub fn transport_totals(
+        &self,
+        mut connected: impl FnMut(ClientIndex, u64, u64, Option<Duration>),
+    ) -> TransportTotals {
         let mut totals = self.retired;
         for peer in self.peers.iter().flatten() {
             let stats = peer.conn.stats();
             totals.add(&stats);
-            if peer.ended.is_none() && stats.rtt > Duration::ZERO {
-                rtts.push(stats.rtt);
+            if peer.ended.is_none() {
+                let rtt = (stats.rtt > Duration::ZERO).then_some(stats.rtt);
+                connected(peer.client, peer.client_id, peer.session, rtt);
             }
         }
         totals

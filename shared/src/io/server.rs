@@ -199,13 +199,24 @@ pub struct IoStats {
     summary_version: AtomicU64,
 }
 
+/// One connected client in a [`NetSummary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSummary {
+    /// Who.
+    pub client: ClientId,
+    /// Where its packets come from.
+    pub addr: Option<SocketAddr>,
+    /// Smoothed round-trip time, once measured.
+    pub rtt: Option<Duration>,
+}
+
 /// What the `net-io` thread publishes once a second about all connections.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetSummary {
     /// Transport counters over every connection served.
     pub transport: TransportTotals,
-    /// Smoothed RTT of each connected client.
-    pub rtts: Vec<Duration>,
+    /// Every connected client, with its address and smoothed RTT.
+    pub clients: Vec<ClientSummary>,
     /// Datagrams the secure layer ignored, by reason (cumulative).
     pub drops: Vec<(DropReason, u64)>,
     /// Clients disconnected because their reliable send queue was full.
@@ -255,6 +266,12 @@ impl IoStats {
     pub fn summary(&self) -> (u64, NetSummary) {
         let summary = self.summary.lock().map(|s| s.clone()).unwrap_or_default();
         (self.summary_version.load(Ordering::Acquire), summary)
+    }
+
+    /// The version [`summary`](Self::summary) would return now: it changes
+    /// when a new summary is out.
+    pub fn summary_version(&self) -> u64 {
+        self.summary_version.load(Ordering::Acquire)
     }
 
     /// Reads every counter.
@@ -634,11 +651,24 @@ impl IoLoop {
             );
             self.socket_drops_seen = Some(drops);
         }
-        let mut rtts = Vec::new();
-        let transport = self.endpoint.transport_totals(&mut rtts);
+        let mut clients = Vec::new();
+        let netcode = self.endpoint.netcode();
+        let transport = self
+            .endpoint
+            .transport_totals(|slot, account, session, rtt| {
+                clients.push(ClientSummary {
+                    client: ClientId {
+                        slot,
+                        account,
+                        session,
+                    },
+                    addr: netcode.client_address(slot),
+                    rtt,
+                });
+            });
         let summary = NetSummary {
             transport,
-            rtts,
+            clients,
             drops: self.endpoint.netcode().stats().dropped.iter().collect(),
             queue_full_disconnects: self.endpoint.stats().queue_full_disconnects,
         };
