@@ -83,16 +83,30 @@ fn chaos_plan(args: &ChaosArgs) -> Result<chaos::ChaosPlan, String> {
     if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 3_600.0) {
         return Err("--duration must be above 0 and at most 3600 seconds".into());
     }
+    let first_account = args
+        .first_client_id
+        .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 50_001);
     Ok(chaos::ChaosPlan {
         server: args.server,
         attack: args.attack,
         rate: args.rate,
         duration: Duration::from_secs_f64(args.duration),
         seed: args.seed,
-        first_account: args
-            .first_client_id
-            .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 50_001),
+        first_account: consecutive_accounts(first_account, chaos::MAX_ACCOUNTS)?,
     })
+}
+
+/// `first`, when `count` consecutive account ids starting there fit in
+/// 64 bits (the accounts after it are `first + 1`, `first + 2`, ...).
+fn consecutive_accounts(first: u64, count: u64) -> Result<u64, String> {
+    match first.checked_add(count) {
+        Some(_) => Ok(first),
+        None => Err(format!(
+            "--first-client-id {first} leaves no room for {count} consecutive ids: \
+             at most {}",
+            u64::MAX - count
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -257,9 +271,11 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
-    let first_account = args
-        .first_client_id
-        .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 1);
+    let first_account = consecutive_accounts(
+        args.first_client_id
+            .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 1),
+        args.bots,
+    )?;
     Ok(load::LoadPlan {
         server: args.server,
         bots: args.bots,

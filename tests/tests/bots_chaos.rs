@@ -120,6 +120,62 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     assert!(server.is_running(), "the server died under slot-hold");
 }
 
+/// Slots held at once never exceed the server's: a silent session's slot
+/// is freed by the server's idle timeout (10 s) and may be taken again.
+#[test]
+fn slot_hold_reports_the_slots_held_at_once() {
+    let server = ServerProcess::start(&ServerOptions {
+        max_clients: 4,
+        ..ServerOptions::default()
+    });
+    let game = server.game.to_string();
+    let output = chaos(&[
+        "--server",
+        &game,
+        "--attack",
+        "slot-hold",
+        "--rate",
+        "2",
+        "--duration",
+        "12",
+    ]);
+    assert!(output.status.success(), "{:?}", output.status);
+    let s = summary(&output);
+    assert_eq!(number(&s, "slots_held"), 4.0, "{s:?}");
+    assert!(number(&s, "slots_held_at_end") <= 4.0, "{s:?}");
+    // The first four timed out and later attempts took their slots.
+    let connected = number(&s, "connect_attempts")
+        - number(&s, "server_full_denials")
+        - number(&s, "other_failures");
+    assert!(
+        connected > 4.0,
+        "slots taken again after the timeout: {s:?}"
+    );
+}
+
+/// A probe that never connects is reported as such, however short the
+/// flood: the run waits out the probe's own limit.
+#[test]
+fn a_probe_that_never_connects_is_reported_not_connected() {
+    // A "server" that reads everything and answers nothing.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = sink.local_addr().unwrap().to_string();
+    let output = chaos(&[
+        "--server",
+        &target,
+        "--attack",
+        "spoof-connect",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+    ]);
+    assert!(output.status.success(), "{:?}", output.status);
+    let s = summary(&output);
+    assert_eq!(s["probe_connected"], "no", "{s:?}");
+    assert!(s["probe_error"].contains("no connection within"), "{s:?}");
+}
+
 #[test]
 fn a_non_loopback_target_is_refused_without_the_ownership_flag() {
     let output = chaos(&[
@@ -144,19 +200,38 @@ fn a_non_loopback_target_is_refused_without_the_ownership_flag() {
 
 #[test]
 fn out_of_range_rates_and_durations_are_refused() {
+    let last_id = u64::MAX.to_string();
     for args in [
-        ["--rate", "0", "--duration", "1"],
-        ["--rate", "10", "--duration", "0"],
-        ["--rate", "10", "--duration", "7200"],
+        &["--rate", "0", "--duration", "1"][..],
+        &["--rate", "10", "--duration", "0"],
+        &["--rate", "10", "--duration", "7200"],
+        // No room for the attack's consecutive account ids.
+        &[
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--first-client-id",
+            &last_id,
+        ],
     ] {
         let output = chaos(
             &[
                 &["--server", "127.0.0.1:9", "--attack", "garbage"][..],
-                &args[..],
+                args,
             ]
             .concat(),
         );
-        assert!(!output.status.success(), "{args:?} was accepted");
+        // Refused with a message (exit 1, or clap's 2), not a panic (101).
+        assert!(
+            matches!(output.status.code(), Some(1 | 2)),
+            "{args:?}: {:?}",
+            output.status
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("error"),
+            "{args:?}: no message"
+        );
         assert!(output.stdout.is_empty(), "{args:?} sent something");
     }
 }

@@ -29,7 +29,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let payload = [0xAB; FRAGMENT_BYTES];
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let mut n: u64 = 0;
-    while !pacer.finished() && bomber.server_reason.is_none() {
+    while !pacer.finished() && bomber.end_reason().is_none() {
         for _ in 0..pacer.due() {
             let header = bomb_fragment(&mut rng, n);
             bomber.send_messages(&[(header, &payload)], &mut summary)?;
@@ -39,25 +39,26 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         pacer.pause();
     }
     summary.add("fragments_sent", n);
-    let bombing_reason = bomber.server_reason;
+    let bombing_reason = bomber.end_reason();
     // The over-claim: a fragment of a 64 MiB message.
     let claim = over_claim(channels::CHAT.0, 2_000);
     let began = Instant::now();
     if bombing_reason.is_none() {
         bomber.send_messages(&[(claim, &payload)], &mut summary)?;
-        while bomber.server_reason.is_none() && began.elapsed() < GRACE {
+        while bomber.end_reason().is_none() && began.elapsed() < GRACE {
             bomber.read(Instant::now(), &mut summary);
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    let bombed_out = bombing_reason.is_some();
     summary.add(
         "disconnected_while_bombing",
-        bombing_reason.map_or("no".to_owned(), |r| format!("{r:?}")),
+        bombing_reason.unwrap_or_else(|| "no".to_owned()),
     );
-    match bomber.server_reason {
+    match bomber.end_reason() {
         Some(reason) => {
-            summary.add("disconnect_reason", format!("{reason:?}"));
-            if bombing_reason.is_none() {
+            summary.add("disconnect_reason", reason);
+            if !bombed_out {
                 summary.add(
                     "over_claim_answered_ms",
                     format!("{:.1}", began.elapsed().as_secs_f64() * 1e3),

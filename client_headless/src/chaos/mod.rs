@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 
 use generators::Rng;
 
+/// Most account ids one attack uses, from its first (slot-hold's 4,096
+/// sessions; spoof-connect's probe at first + 100).
+pub const MAX_ACCOUNTS: u64 = 4_096;
+
 /// How long an attack keeps reading after its sending window, for answers
 /// still in flight (a disconnect, a denial).
 pub(crate) const GRACE: Duration = Duration::from_millis(1_500);

@@ -82,6 +82,18 @@ impl Session {
         self.netcode.state()
     }
 
+    /// Why a session that was connected is over: the transport's reason
+    /// when the server sent one, else the secure layer's state (its
+    /// disconnect packets may arrive alone, or first); `None` while it
+    /// is connected.
+    pub(crate) fn end_reason(&self) -> Option<String> {
+        match (self.server_reason, self.state()) {
+            (Some(reason), _) => Some(format!("{reason:?}")),
+            (None, ClientState::Connected) => None,
+            (None, state) => Some(format!("{state:?}")),
+        }
+    }
+
     /// Reads, runs the handshake's timers and sends what it has to.
     pub(crate) fn pump(&mut self, now: Instant, summary: &mut Summary) {
         self.read(now, summary);
@@ -126,12 +138,17 @@ impl Session {
         }
     }
 
-    /// Writes a data packet (no ack) with `messages` and sends it sealed.
+    /// Writes a data packet (no ack) with `messages` and sends it sealed;
+    /// a session that is not connected (any more) sends nothing (see
+    /// [`end_reason`](Self::end_reason)).
     pub(crate) fn send_messages(
         &mut self,
         messages: &[(MessageHeader, &[u8])],
         summary: &mut Summary,
     ) -> Result<(), String> {
+        if self.state() != ClientState::Connected {
+            return Ok(());
+        }
         let mut plain = [0u8; 1_200];
         let header = PacketHeader {
             kind: PacketKind::Data,
@@ -177,5 +194,25 @@ impl Session {
     pub(crate) fn first_request(&mut self, buf: &mut [u8]) -> Option<Vec<u8>> {
         let t = self.netcode.poll_transmit(Instant::now(), buf)?;
         Some(buf[..t.len].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_is_not_connected_sends_nothing_and_says_why() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut session = Session::start(socket, &token(server, 1, 10).unwrap()).unwrap();
+        let mut summary = Summary::default();
+        // As after the server's disconnect packets: not connected.
+        assert_ne!(session.state(), ClientState::Connected);
+        assert_eq!(session.send_messages(&[], &mut summary), Ok(()));
+        assert!(session.end_reason().is_some());
+        session.server_reason = Some(DisconnectReason::SendQueueFull);
+        assert_eq!(session.end_reason().as_deref(), Some("SendQueueFull"));
     }
 }

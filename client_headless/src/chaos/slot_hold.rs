@@ -1,7 +1,9 @@
 //! Slot holding: open up to `rate` sessions per second for `duration`, each
 //! completing the handshake and then going silent (no keep-alives), and
 //! report how many slots were held at once and how many attempts the
-//! server refused as full.
+//! server refused as full. A silent session keeps its slot until the
+//! server times it out (the transport's 10 s idle timeout); a later
+//! attempt may then take the slot again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,12 +14,13 @@ use super::session::{Session, token};
 use super::{ChaosPlan, GRACE, Pacer, Summary};
 
 /// At most this many sessions per run, whatever the rate.
-const MAX_SESSIONS: u64 = 4_096;
+const MAX_SESSIONS: u64 = super::MAX_ACCOUNTS;
 
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
     let mut pending: Vec<(Session, Instant)> = Vec::new();
     let mut held: Vec<Session> = Vec::new();
+    let mut peak_held = 0;
     let (mut denied, mut failed, mut attempts) = (0u64, 0u64, 0u64);
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let end = Instant::now() + plan.duration + GRACE;
@@ -34,7 +37,6 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
             let socket =
                 std::net::UdpSocket::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
             socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-            // Slots are held until the token's timeout frees them.
             let token = token(plan.server, plan.first_account + attempts, 30)?;
             pending.push((Session::start(socket, &token)?, Instant::now()));
             attempts += 1;
@@ -57,17 +59,21 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
                 i += 1;
             }
         }
-        // Held sessions stay silent: read (and count) only.
+        peak_held = peak_held.max(held.len());
+        // Held sessions stay silent: read (and count) only, until the
+        // server ends them.
         for session in &mut held {
             session.read(now, &mut summary);
         }
+        held.retain(|session| session.end_reason().is_none());
         if pacer.finished() && pending.is_empty() {
             break;
         }
         pacer.pause();
     }
     summary.add("connect_attempts", attempts);
-    summary.add("slots_held", held.len());
+    summary.add("slots_held", peak_held);
+    summary.add("slots_held_at_end", held.len());
     summary.add("server_full_denials", denied);
     summary.add("other_failures", failed + pending.len() as u64);
     Ok(summary)

@@ -31,9 +31,12 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let mut next_keepalive = Instant::now();
     let mut requests: u64 = 0;
-    while !pacer.finished() && reader.server_reason.is_none() {
+    while !pacer.finished() && reader.end_reason().is_none() {
         let now = Instant::now();
         reader.read(now, &mut summary);
+        if reader.end_reason().is_some() {
+            break;
+        }
         for _ in 0..pacer.due() {
             let request = InventoryRequest {
                 request_id: requests + 1,
@@ -55,9 +58,9 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         pacer.pause();
     }
     summary.add("inventory_requests", requests);
-    match reader.server_reason {
+    match reader.end_reason() {
         Some(reason) => {
-            summary.add("disconnect_reason", format!("{reason:?}"));
+            summary.add("disconnect_reason", reason);
             summary.add(
                 "disconnected_after_s",
                 format!("{:.2}", connected.elapsed().as_secs_f64()),

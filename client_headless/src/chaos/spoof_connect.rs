@@ -11,6 +11,9 @@ use super::generators::spoof_request;
 use super::session::{Session, token};
 use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, source_sockets};
 
+/// How long the probe may take to connect.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
     let mut rng = Rng::new(plan.seed);
@@ -38,7 +41,9 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
 
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let started = Instant::now();
-    let hard_end = started + plan.duration + GRACE + Duration::from_secs(3);
+    // The probe starts by half the duration and gets PROBE_LIMIT: the run
+    // ends after it has an answer, however short the duration.
+    let hard_end = started + plan.duration + GRACE + PROBE_LIMIT;
     while Instant::now() < hard_end {
         let sending = !pacer.finished();
         if sending {
@@ -68,8 +73,8 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
                 probe_result = Some(Ok(began.elapsed()));
             } else if session.state().is_error() {
                 probe_result = Some(Err(format!("{:?}", session.state())));
-            } else if began.elapsed() > Duration::from_secs(5) {
-                probe_result = Some(Err("no connection within 5 s".into()));
+            } else if began.elapsed() > PROBE_LIMIT {
+                probe_result = Some(Err(format!("no connection within {PROBE_LIMIT:?}")));
             }
             if probe_result.is_some() {
                 probe = None;

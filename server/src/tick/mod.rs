@@ -206,9 +206,7 @@ impl TickMetrics {
                 Gauge::default()
             })
         };
-        // 0.25 ms .. ~1 s in steps of √2 (…, 11.3, 16, 22.6, 32 ms, …), fine
-        // enough to tell a 16 ms p99 from a 30 ms one.
-        let bounds = exponential_buckets(0.000_25, std::f64::consts::SQRT_2, 24);
+        let bounds = tick_duration_buckets();
         let duration = registry
             .histogram(
                 "server_tick_duration_seconds",
@@ -241,6 +239,14 @@ impl TickMetrics {
 
 /// Drives the app with the fixed tick runner.
 ///
+/// Bounds of `server_tick_duration_seconds`: 0.25 ms to 1.45 s in steps
+/// of √2 (…, 11.3, 16, 22.6, 32 ms, …), fine enough to tell a 16 ms p99
+/// from a 30 ms one, and above the longest period (1 s at 1 Hz), so that
+/// every tick within its period has a bucket.
+fn tick_duration_buckets() -> Vec<f64> {
+    exponential_buckets(0.000_25, std::f64::consts::SQRT_2, 26)
+}
+
 /// Adds `bevy_time`'s `TimePlugin` if missing, configures `Time<Fixed>` (see
 /// the module docs), inserts [`TickStats`], registers the tick metrics in
 /// the [`Metrics`] resource (creating it if absent) and sets the app runner.
@@ -282,5 +288,26 @@ impl<C: Clock + Clone + Sync> Plugin for TickPlugin<C> {
         let config = self.config.clone();
         let clock = self.clock.clone();
         app.set_runner(move |app| runner::run(app, clock, &config));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tick_within_the_longest_period_has_a_finite_bucket() {
+        let longest = TickRate::new(MIN_TICK_HZ).unwrap().period().as_secs_f64();
+        let buckets = tick_duration_buckets();
+        assert!(
+            buckets.last().is_some_and(|&top| top >= longest),
+            "{buckets:?}"
+        );
+        for ms in [16.0, 32.0] {
+            assert!(
+                buckets.iter().any(|b| (b * 1e3 - ms).abs() < 1e-6),
+                "{ms} ms"
+            );
+        }
     }
 }
