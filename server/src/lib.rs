@@ -15,7 +15,7 @@
 //! | [`emote`] | the example gameplay plugin (see "Make it your game") |
 //! | [`chat`] | chat scopes, validation, rate limits, sequence numbers |
 //! | [`inventory`] | items, trades, the world spawner; atomic and persisted |
-//! | [`persistence`] | the storage trait, SQLite, the writer thread, the audit |
+//! | [`persistence`] | the storage trait, SQLite, the reader and writer threads, the audit |
 //! | [`movement`] | validated, server-authoritative movement input |
 //! | [`interest`] | area of interest: budgeted, delta-encoded snapshots |
 
@@ -139,7 +139,8 @@ pub enum StartupError {
     /// The game socket could not be opened.
     #[error(transparent)]
     Net(#[from] shared::io::SpawnError),
-    /// The inventory (catalogue, storage, writer thread) could not start.
+    /// The inventory (catalogue, storage, reader and writer threads) could
+    /// not start.
     #[error("inventory: {0}")]
     Inventory(#[from] inventory::InventoryStartError),
     /// The connection layer rejected its configuration.

@@ -108,8 +108,8 @@ pub enum ShutdownReason {
     External,
     /// A plugin's own reason.
     Other(String),
-    /// A fault the server cannot serve on (its network thread or its
-    /// database writer thread stopped): the process exits with code 1.
+    /// A fault the server cannot serve on (its network thread or a
+    /// database thread stopped): the process exits with code 1.
     Failure(String),
 }
 

@@ -6,9 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 
 use proptest::prelude::*;
-use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, LOAD_RETRY_TICKS, Output};
+use server::inventory::{
+    AccountLoader, Batch, Catalogue, CoreConfig, Input, InventoryCore, LOAD_RETRY_TICKS,
+    LoadedAccount, Output, prepare_account,
+};
 use server::persistence::{
     AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
 };
@@ -58,6 +62,62 @@ impl InventoryStore for FlakyStore {
     }
 }
 
+/// Loads as the `db-reader` thread does them: an account is read when it
+/// is first asked for, and what was read is handed out only after the
+/// next `delays[i]` asks (the delays taken in turn, one per read), while
+/// the core goes on and commits. A forgotten account's read is kept and
+/// handed to the account's next session, as the reader does with a read
+/// that is still running when the player comes back.
+#[derive(Default)]
+struct LateLoads {
+    delays: Vec<u8>,
+    next_delay: usize,
+    /// account → what was read, and the asks left before it is handed out.
+    reads: HashMap<u64, (Result<AccountState, StoreError>, u8)>,
+    /// Asks, by account.
+    asks: HashMap<u64, usize>,
+    forgotten: Vec<u64>,
+}
+
+impl LateLoads {
+    fn asks(&self, account: u64) -> usize {
+        self.asks.get(&account).copied().unwrap_or(0)
+    }
+}
+
+/// [`LateLoads`] reading from the harness's store.
+struct Late<'a> {
+    loads: &'a mut LateLoads,
+    store: &'a mut FlakyStore,
+}
+
+impl AccountLoader for Late<'_> {
+    fn load(&mut self, account: u64, slots: usize) -> Poll<Result<LoadedAccount, StoreError>> {
+        *self.loads.asks.entry(account).or_default() += 1;
+        if !self.loads.reads.contains_key(&account) {
+            let read = self.store.load_account(account);
+            let delays = &self.loads.delays;
+            let delay = delays.get(self.loads.next_delay % delays.len().max(1));
+            self.loads.next_delay += 1;
+            self.loads
+                .reads
+                .insert(account, (read, delay.copied().unwrap_or(0)));
+        }
+        if let Some((_, left)) = self.loads.reads.get_mut(&account)
+            && *left > 0
+        {
+            *left -= 1;
+            return Poll::Pending;
+        }
+        let (read, _) = self.loads.reads.remove(&account).expect("read above");
+        Poll::Ready(read.map(|state| prepare_account(state, slots)))
+    }
+
+    fn forget(&mut self, account: u64) {
+        self.loads.forgotten.push(account);
+    }
+}
+
 const SLOTS: usize = 6;
 
 fn config() -> CoreConfig {
@@ -74,6 +134,8 @@ struct Harness {
     core: InventoryCore,
     store: FlakyStore,
     outputs: Vec<Output>,
+    /// Loads that land later; `None`: loads read at once from `store`.
+    late: Option<LateLoads>,
 }
 
 impl Harness {
@@ -91,6 +153,32 @@ impl Harness {
             core,
             store,
             outputs: Vec::new(),
+            late: None,
+        }
+    }
+
+    /// A harness whose loads land later ([`LateLoads`] with `delays`).
+    fn with_late_loads(delays: Vec<u8>) -> Self {
+        Self {
+            late: Some(LateLoads {
+                delays,
+                ..LateLoads::default()
+            }),
+            ..Self::new()
+        }
+    }
+
+    fn late(&mut self) -> &mut LateLoads {
+        self.late.as_mut().expect("a harness with late loads")
+    }
+
+    fn prepare(&mut self) -> Option<Batch> {
+        match &mut self.late {
+            Some(loads) => self.core.prepare(&mut Late {
+                loads,
+                store: &mut self.store,
+            }),
+            None => self.core.prepare(&mut self.store),
         }
     }
 
@@ -102,7 +190,7 @@ impl Harness {
 
     /// Prepares, commits (failing when `fail`) and completes one batch.
     fn flush(&mut self, fail: bool) -> Vec<Output> {
-        let Some(batch) = self.core.prepare(&mut self.store) else {
+        let Some(batch) = self.prepare() else {
             return std::mem::take(&mut self.outputs);
         };
         self.store.fail_next = fail;
@@ -1065,14 +1153,93 @@ fn check_after_batch(h: &mut Harness, online: &[bool]) -> Result<(), TestCaseErr
             });
             prop_assert_eq!(&mem, &stored, "account {} diverged from storage", account);
         } else {
+            let loading = h
+                .late
+                .as_ref()
+                .is_some_and(|l| l.reads.contains_key(&account));
             prop_assert!(
-                !online[account as usize],
-                "online account {} not loaded",
+                !online[account as usize] || loading,
+                "online account {} not loaded nor loading",
                 account
             );
         }
     }
     Ok(())
+}
+
+/// Runs `steps` on `h`, checking after every batch.
+fn run_steps(mut h: Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut online = vec![false; PLAYERS as usize + 1];
+    // (account, request id) → the first successful reply this session.
+    let mut answered: HashMap<(u64, u64), InventoryReply> = HashMap::new();
+    // trade → the newest revision announced, for accepts.
+    let mut revisions: HashMap<u64, u64> = HashMap::new();
+    let note_revisions = |out: &[Output], revisions: &mut HashMap<u64, u64>| {
+        for o in out {
+            if let Output::Trade { update, .. } = o {
+                revisions.insert(update.trade, update.revision);
+            }
+        }
+    };
+    let check_replies = |out: &[Output],
+                         answered: &mut HashMap<(u64, u64), InventoryReply>|
+     -> Result<(), TestCaseError> {
+        for o in out {
+            if let Output::Reply { account, reply, .. } = o {
+                if let Some(first) = answered.get(&(*account, reply.request_id)) {
+                    prop_assert_eq!(first, reply, "repeated id answered differently");
+                } else if reply.result.is_ok() && reply.trade.is_none() {
+                    answered.insert((*account, reply.request_id), reply.clone());
+                }
+            }
+        }
+        Ok(())
+    };
+    for step in steps {
+        match step {
+            Step::Connect(p) => {
+                if !online[p as usize] {
+                    online[p as usize] = true;
+                    h.push(Input::Connected { account: p });
+                }
+            }
+            Step::Disconnect(p) => {
+                if online[p as usize] {
+                    online[p as usize] = false;
+                    h.push(Input::Disconnected { account: p });
+                    // Across sessions only changes' answers are
+                    // remembered (see the reconnect example above);
+                    // within a session every answer is.
+                    answered.retain(|(account, _), _| *account != p);
+                }
+            }
+            Step::Tick(n) => {
+                for _ in 0..n {
+                    h.push(Input::Tick);
+                }
+            }
+            Step::Request { player, id, op } => {
+                if online[player as usize] {
+                    let op = resolve(&op, &h.core, &revisions);
+                    h.push(Input::Request {
+                        account: player,
+                        request: InventoryRequest { request_id: id, op },
+                        position: None,
+                        tag: 0,
+                    });
+                }
+            }
+            Step::Flush { fail } => {
+                let out = h.flush(fail);
+                note_revisions(&out, &mut revisions);
+                check_replies(&out, &mut answered)?;
+                check_after_batch(&mut h, &online)?;
+            }
+        }
+    }
+    let out = h.flush(false);
+    check_replies(&out, &mut answered)?;
+    check_after_batch(&mut h, &online)
 }
 
 proptest! {
@@ -1086,76 +1253,19 @@ proptest! {
     fn random_operations_keep_items_conserved_and_stacks_valid(
         steps in prop::collection::vec(step(), 1..120)
     ) {
-        let mut h = Harness::new();
-        let mut online = vec![false; PLAYERS as usize + 1];
-        // (account, request id) → the first successful reply this session.
-        let mut answered: HashMap<(u64, u64), InventoryReply> = HashMap::new();
-        // trade → the newest revision announced, for accepts.
-        let mut revisions: HashMap<u64, u64> = HashMap::new();
-        let note_revisions = |out: &[Output], revisions: &mut HashMap<u64, u64>| {
-            for o in out {
-                if let Output::Trade { update, .. } = o {
-                    revisions.insert(update.trade, update.revision);
-                }
-            }
-        };
-        let check_replies = |out: &[Output], answered: &mut HashMap<(u64, u64), InventoryReply>| -> Result<(), TestCaseError> {
-            for o in out {
-                if let Output::Reply { account, reply, .. } = o {
-                    if let Some(first) = answered.get(&(*account, reply.request_id)) {
-                        prop_assert_eq!(first, reply, "repeated id answered differently");
-                    } else if reply.result.is_ok() && reply.trade.is_none() {
-                        answered.insert((*account, reply.request_id), reply.clone());
-                    }
-                }
-            }
-            Ok(())
-        };
-        for step in steps {
-            match step {
-                Step::Connect(p) => {
-                    if !online[p as usize] {
-                        online[p as usize] = true;
-                        h.push(Input::Connected { account: p });
-                    }
-                }
-                Step::Disconnect(p) => {
-                    if online[p as usize] {
-                        online[p as usize] = false;
-                        h.push(Input::Disconnected { account: p });
-                        // Across sessions only changes' answers are
-                        // remembered (see the reconnect example above);
-                        // within a session every answer is.
-                        answered.retain(|(account, _), _| *account != p);
-                    }
-                }
-                Step::Tick(n) => {
-                    for _ in 0..n {
-                        h.push(Input::Tick);
-                    }
-                }
-                Step::Request { player, id, op } => {
-                    if online[player as usize] {
-                        let op = resolve(&op, &h.core, &revisions);
-                        h.push(Input::Request {
-                            account: player,
-                            request: InventoryRequest { request_id: id, op },
-                            position: None,
-                            tag: 0,
-                        });
-                    }
-                }
-                Step::Flush { fail } => {
-                    let out = h.flush(fail);
-                    note_revisions(&out, &mut revisions);
-                    check_replies(&out, &mut answered)?;
-                    check_after_batch(&mut h, &online)?;
-                }
-            }
-        }
-        let out = h.flush(false);
-        check_replies(&out, &mut answered)?;
-        check_after_batch(&mut h, &online)?;
+        run_steps(Harness::new(), steps)?;
+    }
+
+    /// The same with loads that land batches later, as the `db-reader`
+    /// thread's do: reads race commits, sessions end and begin again
+    /// while their account is read, and memory still equals storage
+    /// after every batch (see "Account loads" in the core's docs).
+    #[test]
+    fn the_same_with_loads_that_land_batches_later(
+        steps in prop::collection::vec(step(), 1..120),
+        delays in prop::collection::vec(0u8..4, 1..6),
+    ) {
+        run_steps(Harness::with_late_loads(delays), steps)?;
     }
 }
 
@@ -1330,4 +1440,177 @@ fn a_full_queue_answers_a_committed_id_with_its_stored_reply() {
         Some(stacks(&inv)),
         "moved there and back once"
     );
+}
+
+/// Account 1 with items, stored and unloaded again: its inventory.
+fn stored_with_items(h: &mut Harness) -> InventorySnapshot {
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(h, 1, 100);
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+    assert!(h.core.inventory(1).is_none(), "unloaded");
+    inv
+}
+
+/// The replies to `account` in `out`, in order.
+fn replies_to(out: &[Output], account: u64) -> Vec<InventoryReply> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Reply {
+                account: a, reply, ..
+            } if *a == account => Some(reply.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One tick: a `Tick` and a batch.
+fn tick(h: &mut Harness) -> Vec<Output> {
+    h.push(Input::Tick);
+    h.flush(false)
+}
+
+/// While a player's account is being read, its requests wait and the
+/// others' are answered; once it lands they are answered in the order
+/// they came (here each move depends on the one before).
+#[test]
+fn requests_wait_for_a_load_under_way_and_are_answered_in_order_once_it_lands() {
+    let mut h = Harness::with_late_loads(vec![0]);
+    let inv = stored_with_items(&mut h);
+    h.push(Input::Connected { account: 2 });
+    tick(&mut h);
+    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    let count = inv.slots[usize::from(from)].unwrap().count;
+
+    h.late().delays = vec![3];
+    h.push(Input::Connected { account: 1 });
+    h.push(request_input(1, 1, InventoryOp::Move { from, to, count }));
+    h.push(request_input(
+        1,
+        2,
+        InventoryOp::Move {
+            from: to,
+            to: from,
+            count,
+        },
+    ));
+    h.push(request_input(1, 3, InventoryOp::List));
+    h.push(request_input(2, 10, InventoryOp::List));
+    let out = tick(&mut h);
+    assert!(reply_of(&out, 2, 10).is_some(), "the others go on: {out:?}");
+    for _ in 0..2 {
+        assert_eq!(replies_to(&out, 1), vec![], "waiting");
+        assert_eq!(h.core.queued(), 3);
+        assert!(h.core.inventory(1).is_none());
+        let out = tick(&mut h);
+        assert_eq!(replies_to(&out, 1), vec![], "waiting");
+    }
+    let out = tick(&mut h);
+    let replies = replies_to(&out, 1);
+    let ids: Vec<u64> = replies.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, [1, 2, 3], "in order: {replies:?}");
+    let moved = replies[0].result.clone().expect("moved there");
+    assert_eq!(moved.slots[usize::from(to)], inv.slots[usize::from(from)]);
+    let back = replies[1].result.clone().expect("moved back");
+    assert_eq!(stacks(&back), stacks(&inv));
+    assert_eq!(replies[2].result, Ok(back));
+    assert_eq!(h.core.queued(), 0);
+    assert_eq!(h.late().asks(1), 1 + 4, "one ask per batch while loading");
+}
+
+/// An account that sends nothing lands too: loads under way are polled at
+/// every batch, not only when a request of theirs comes.
+#[test]
+fn a_load_under_way_lands_without_requests() {
+    let mut h = Harness::with_late_loads(vec![2]);
+    h.push(Input::Connected { account: 1 });
+    tick(&mut h);
+    tick(&mut h);
+    assert!(h.core.inventory(1).is_none(), "still loading");
+    tick(&mut h);
+    assert_eq!(
+        h.core.inventory(1).map(|inv| inv.slots.len()),
+        Some(SLOTS),
+        "landed, at the configured size"
+    );
+}
+
+/// A session that ends while its account is read takes its waiting
+/// requests along, and the core stops asking for the account and tells
+/// the loader; a new session asks again.
+#[test]
+fn a_disconnect_while_the_load_is_under_way_forgets_it() {
+    let mut h = Harness::with_late_loads(vec![0]);
+    let inv = stored_with_items(&mut h);
+    h.late().forgotten.clear();
+    h.late().delays = vec![5];
+    h.push(Input::Connected { account: 1 });
+    h.push(request_input(1, 1, InventoryOp::List));
+    tick(&mut h);
+    assert_eq!(h.core.queued(), 1);
+
+    h.push(Input::Disconnected { account: 1 });
+    let out = tick(&mut h);
+    assert_eq!(replies_to(&out, 1), vec![]);
+    assert_eq!(h.late().forgotten, vec![1]);
+    assert_eq!(h.core.queued(), 0, "its requests ended with it");
+    let asks = h.late().asks(1);
+    for _ in 0..6 {
+        let out = tick(&mut h);
+        assert_eq!(replies_to(&out, 1), vec![]);
+    }
+    assert_eq!(h.late().asks(1), asks, "not asked for once gone");
+    assert!(h.core.inventory(1).is_none());
+
+    h.push(Input::Connected { account: 1 });
+    h.push(request_input(1, 2, InventoryOp::List));
+    let mut answer = None;
+    for _ in 0..10 {
+        let out = tick(&mut h);
+        assert_eq!(reply_of(&out, 1, 1), None, "the old session's request");
+        if let Some(reply) = reply_of(&out, 1, 2) {
+            answer = Some(reply);
+            break;
+        }
+    }
+    assert_eq!(
+        answer.expect("answered").result.map(|i| stacks(&i)),
+        Ok(stacks(&inv))
+    );
+}
+
+/// A load that fails after a while goes the way of any failed load: its
+/// requests wait, it is not asked for on every batch, and a request after
+/// `LOAD_RETRY_TICKS` starts it again; when that one lands they are all
+/// answered.
+#[test]
+fn a_load_that_fails_after_a_while_is_retried_and_its_requests_answered() {
+    let mut h = Harness::with_late_loads(vec![2]);
+    h.store.failing_loads = 1;
+    h.push(Input::Connected { account: 1 });
+    h.push(request_input(1, 1, InventoryOp::List));
+    for _ in 0..3 {
+        let out = tick(&mut h);
+        assert_eq!(replies_to(&out, 1), vec![]);
+    }
+    assert_eq!(h.store.loads, 1);
+    let asks = h.late().asks(1);
+    for _ in 0..3 {
+        let out = tick(&mut h);
+        assert_eq!(replies_to(&out, 1), vec![], "failed, waiting");
+    }
+    assert_eq!(h.late().asks(1), asks, "failed loads wait for a request");
+    assert_eq!(h.core.queued(), 1);
+
+    h.ticks(LOAD_RETRY_TICKS as usize);
+    h.push(request_input(1, 2, InventoryOp::List));
+    let mut out = Vec::new();
+    for _ in 0..4 {
+        out.extend(tick(&mut h));
+    }
+    assert_eq!(h.store.loads, 2, "read again once");
+    let ids: Vec<u64> = replies_to(&out, 1).iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, [1, 2]);
+    assert!(h.core.inventory(1).is_some());
 }

@@ -1,8 +1,10 @@
 //! Sessions through the real network, movement and inventory plugins on
 //! the in-process loopback: an account that leaves and comes back within
 //! one tick (the old session ends before the new one begins), and a
-//! player's first tick; a writer thread that dies; an admin kick's reason.
+//! player's first tick; account loads off the tick; a writer or reader
+//! thread that dies; an admin kick's reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy_app::{App, AppExit};
@@ -320,6 +322,169 @@ fn a_writer_that_dies_shuts_the_server_down_with_an_error() {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(app.should_exit(), Some(AppExit::error()));
+}
+
+/// A store that reports every account load (the account and the thread
+/// that runs it) and holds the loads of one account until the test opens
+/// its gate (or 10 s pass: then that load fails).
+struct GatedReads {
+    inner: SqliteStore,
+    gated: u64,
+    gate: crossbeam_channel::Receiver<()>,
+    loads: crossbeam_channel::Sender<(u64, Option<String>)>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl InventoryStore for GatedReads {
+    fn load_world(&mut self) -> Result<WorldState, StoreError> {
+        self.inner.load_world()
+    }
+    fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+        let thread = std::thread::current().name().map(str::to_owned);
+        let _ = self.loads.send((account, thread));
+        if account == self.gated {
+            self.waiting.store(true, Ordering::SeqCst);
+            let opened = self.gate.recv_timeout(Duration::from_secs(10));
+            self.waiting.store(false, Ordering::SeqCst);
+            opened.map_err(|_| StoreError::Injected)?;
+        }
+        self.inner.load_account(account)
+    }
+    fn commit(&mut self, _: &BatchWrites) -> Result<(), StoreError> {
+        Err(StoreError::Injected)
+    }
+    fn audit(&mut self) -> Result<AuditReport, StoreError> {
+        self.inner.audit()
+    }
+}
+
+/// A cold disk makes one player's account slow to read: the tick does
+/// not wait for it. Other players' requests are answered meanwhile, the
+/// slow player's wait, and once its account is read they are answered.
+#[test]
+fn an_account_slow_to_read_holds_up_nobody_else() {
+    let name = format!("gated-reads-{}", std::process::id());
+    let (open, gate) = crossbeam_channel::bounded(1);
+    let (loads_tx, loads) = crossbeam_channel::unbounded();
+    let waiting = Arc::new(AtomicBool::new(false));
+    let service = InventoryService::start(
+        Box::new(GatedReads {
+            inner: SqliteStore::open_shared_memory(&name).unwrap(),
+            gated: 7,
+            gate,
+            loads: loads_tx,
+            waiting: Arc::clone(&waiting),
+        }),
+        Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
+        Arc::new(Catalogue::embedded().unwrap()),
+        CoreConfig::default(),
+    )
+    .unwrap();
+    let (mut app, net) = app_with(Some(service));
+    let (slow, other) = (client(0, 7, 1), client(1, 8, 2));
+    let list = |request_id| InventoryRequest {
+        request_id,
+        op: InventoryOp::List,
+    };
+    let reply_to = |to: ClientId, request_id: u64| {
+        move |at: ClientId, payload: &[u8]| {
+            let reply = protocol::decode::<InventoryReply>(payload).ok()?;
+            assert!(at == to, "{at:?} answered {reply:?}");
+            (reply.request_id == request_id).then_some(reply)
+        }
+    };
+    net.events
+        .send(NetEvent::Connected { client: other })
+        .unwrap();
+    ask(&net, other, &list(1));
+    tick_until(&mut app, &net, reply_to(other, 1));
+
+    net.events
+        .send(NetEvent::Connected { client: slow })
+        .unwrap();
+    ask(&net, slow, &list(1));
+    // Every account is read on the reader thread; a read on the tick
+    // would hold this update until the gate gives up.
+    let read_on_the_reader = |loads: &crossbeam_channel::Receiver<(u64, Option<String>)>| {
+        loads.try_iter().any(|(account, thread)| {
+            assert_eq!(thread.as_deref(), Some("db-reader"), "account {account}");
+            account == slow.account
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_on_the_reader(&loads) {
+        assert!(Instant::now() < deadline, "the slow account is never read");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    ask(&net, other, &list(2));
+    let answered = tick_until(&mut app, &net, reply_to(other, 2));
+    assert!(answered.result.is_ok(), "{answered:?}");
+    assert!(
+        waiting.load(Ordering::SeqCst),
+        "the slow account is still being read"
+    );
+
+    open.send(()).unwrap();
+    let reply = tick_until(&mut app, &net, reply_to(slow, 1));
+    assert!(reply.result.is_ok(), "{reply:?}");
+    read_on_the_reader(&loads);
+}
+
+/// A store whose account reads panic: the reader thread dies at the
+/// first player's connect.
+struct PanickingReads(SqliteStore);
+
+impl InventoryStore for PanickingReads {
+    fn load_world(&mut self) -> Result<WorldState, StoreError> {
+        self.0.load_world()
+    }
+    fn load_account(&mut self, _: u64) -> Result<AccountState, StoreError> {
+        panic!("the store broke");
+    }
+    fn commit(&mut self, batch: &BatchWrites) -> Result<(), StoreError> {
+        self.0.commit(batch)
+    }
+    fn audit(&mut self) -> Result<AuditReport, StoreError> {
+        self.0.audit()
+    }
+}
+
+/// A reader thread that dies leaves every player who connects without an
+/// inventory: the server shuts down with an error, as when the writer
+/// dies.
+#[test]
+fn a_reader_that_dies_shuts_the_server_down_with_an_error() {
+    let name = format!("reader-dies-exit-{}", std::process::id());
+    let service = InventoryService::start(
+        Box::new(PanickingReads(
+            SqliteStore::open_shared_memory(&name).unwrap(),
+        )),
+        Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
+        Arc::new(Catalogue::embedded().unwrap()),
+        CoreConfig::default(),
+    )
+    .unwrap();
+    let (mut app, net) = app_with(Some(service));
+    let player = client(0, 7, 1);
+    net.events
+        .send(NetEvent::Connected { client: player })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.should_exit().is_none() {
+        assert!(Instant::now() < deadline, "still running 10 s on");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(app.should_exit(), Some(AppExit::error()));
+    assert!(
+        app.world()
+            .resource::<InventoryService>()
+            .core()
+            .inventory(player.account)
+            .is_none()
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! writes and, once a batch's commit result is known, into [`Output`]s:
 //!
 //! ```text
-//! push(Input)* ─► prepare(store) ─► Batch { writes } ─► store.commit ─► complete(result) ─► Output*
+//! push(Input)* ─► prepare(loader) ─► Batch { writes } ─► store.commit ─► complete(result) ─► Output*
 //! ```
 //!
 //! At most one batch is in flight. Inputs pushed meanwhile wait in a
@@ -53,9 +53,43 @@
 //! through use (consumed), and every other operation moves whole counts
 //! between inventories and the world, all or nothing. So per item id,
 //! held + in world = minted − consumed after every batch.
+//!
+//! # Account loads
+//!
+//! A connecting player's account is read through an [`AccountLoader`],
+//! which may answer [`Poll::Pending`] (the server's reads run on the
+//! `db-reader` thread, see [`crate::persistence::AccountReader`]). Until
+//! the account is in memory its requests wait in the queue, as those of
+//! an account whose load failed do; every [`InventoryCore::prepare`]
+//! without a batch in flight first polls the accounts still loading, so
+//! an account lands within a tick of its read finishing, requests or not.
+//!
+//! A load may thus run while a batch commits on the writer. Its result
+//! is the committed state all the same, even one requested in an earlier
+//! session of the account:
+//!
+//! - a batch writes only accounts whose inventory is in memory (an
+//!   operation, a give or a trade's swap needs every inventory it
+//!   touches loaded; world items, the ledger and the counters are not
+//!   per account and are loaded once, at start);
+//! - an account leaves memory only when the batch holding its
+//!   [`Input::Disconnected`] has resolved, i.e. after every batch that
+//!   wrote it has committed (a failed one stored nothing, and memory is
+//!   restored to match);
+//! - a load is requested only for an account not in memory, from
+//!   `prepare`, which runs only with no batch in flight;
+//! - the account then enters memory only through that load's result:
+//!   the loader has at most one read of an account under way (a second
+//!   read, requested while the first ran, could come back after the
+//!   first result had been loaded and changed by its session, and load
+//!   the older state again in a later session).
+//!
+//! So from a load's request until its result is in memory, nothing
+//! writes the account's rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::task::Poll;
 
 use glam::Vec2;
 use shared::protocol::inventory::{
@@ -66,7 +100,7 @@ use shared::protocol::inventory::{
 
 use super::catalogue::Catalogue;
 use crate::persistence::{
-    BatchWrites, Counters, InventoryStore, LedgerRow, StoreError, WorldState,
+    AccountState, BatchWrites, Counters, InventoryStore, LedgerRow, StoreError, WorldState,
 };
 
 /// Tunables of the inventory rules (`[inventory]` in the config file).
@@ -458,6 +492,10 @@ pub struct InventoryCore {
     /// the last attempt: their requests try again at most every
     /// [`LOAD_RETRY_TICKS`].
     load_failed: HashMap<u64, u64>,
+    /// Online accounts whose load the loader has not finished
+    /// ([`Poll::Pending`]): polled at every [`InventoryCore::prepare`]
+    /// without a batch in flight.
+    loading: HashSet<u64>,
     world: BTreeMap<u64, WorldItem>,
     ledger: BTreeMap<ItemId, LedgerRow>,
     counters: Counters,
@@ -474,8 +512,98 @@ pub struct InventoryCore {
 
 /// Ticks between two attempts to load an inventory that failed to load
 /// (one second at 30 Hz): a store that stays broken for an account costs
-/// the tick one read a second, not one per request.
+/// one read a second, not one per request.
 pub const LOAD_RETRY_TICKS: u64 = 30;
+
+/// One account's stored state made ready for memory by
+/// [`prepare_account`]: all the work of a load but the reads, so that it
+/// can run where the reads run (the `db-reader` thread) and the core only
+/// inserts it.
+#[derive(Debug)]
+pub struct LoadedAccount {
+    inventory: InventorySnapshot,
+    applied: Applied,
+    /// Stored replies that did not decode.
+    unreadable: usize,
+}
+
+impl LoadedAccount {
+    /// The inventory, with at least the slots asked for.
+    pub fn inventory(&self) -> &InventorySnapshot {
+        &self.inventory
+    }
+
+    /// How many stored replies did not decode: their ids are answered
+    /// with the inventory as it is (see [`prepare_account`]).
+    pub fn unreadable(&self) -> usize {
+        self.unreadable
+    }
+}
+
+/// Makes an account's stored state ready for memory: its inventory grown
+/// to `slots` slots (a new account's empty), its stored replies checked.
+/// Pure; runs on any thread.
+///
+/// A reply stored by a server of another protocol version may no longer
+/// decode. Its change was applied all the same: the id must still not
+/// apply again, so it is answered with the inventory as it is now
+/// ([`LoadedAccount::unreadable`] counts them).
+pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
+    let mut inventory = state.inventory.unwrap_or_default();
+    if inventory.slots.len() < slots {
+        inventory.slots.resize(slots, None);
+    }
+    let mut applied = Applied::default();
+    let mut unreadable = 0usize;
+    for (request_id, bytes) in state.applied {
+        let reply = if decode_reply(&bytes, request_id).is_some() {
+            bytes.into_boxed_slice()
+        } else {
+            unreadable += 1;
+            encode_reply(&unreadable_reply(request_id, &inventory))
+        };
+        applied.insert(request_id, reply, true);
+    }
+    applied.trim();
+    LoadedAccount {
+        inventory,
+        applied,
+        unreadable,
+    }
+}
+
+/// Where [`InventoryCore::prepare`] gets the accounts of players who
+/// connect. Every [`InventoryStore`] is one that reads at once; the
+/// server's is [`crate::persistence::AccountReader`], which reads on the
+/// `db-reader` thread.
+///
+/// A loader that reads later must have at most one read of an account
+/// under way, and hand out only what was read after it was first asked
+/// for (see "Account loads" in the module docs).
+pub trait AccountLoader {
+    /// `account`'s stored state, prepared for `slots` slots
+    /// ([`prepare_account`]), or [`Poll::Pending`] while it is being
+    /// read: the core asks again at each `prepare` until it is ready or
+    /// [`AccountLoader::forget`]s the account.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the account cannot be read; the core tries
+    /// again after [`LOAD_RETRY_TICKS`] when its player sends a request.
+    fn load(&mut self, account: u64, slots: usize) -> Poll<Result<LoadedAccount, StoreError>>;
+
+    /// The core no longer waits for `account` (its session ended): a
+    /// result for it may be dropped. Called at every disconnect.
+    fn forget(&mut self, _account: u64) {}
+}
+
+impl<S: InventoryStore + ?Sized> AccountLoader for S {
+    fn load(&mut self, account: u64, slots: usize) -> Poll<Result<LoadedAccount, StoreError>> {
+        Poll::Ready(
+            self.load_account(account)
+                .map(|state| prepare_account(state, slots)),
+        )
+    }
+}
 
 /// A reply's message bytes, as remembered and stored. Should encoding
 /// fail (it does not for a reply), the empty bytes left in its place are
@@ -532,6 +660,7 @@ impl InventoryCore {
             applied: HashMap::new(),
             online: HashSet::new(),
             load_failed: HashMap::new(),
+            loading: HashSet::new(),
             world: world.into_iter().map(|w| (w.id, w)).collect(),
             ledger,
             counters,
@@ -634,12 +763,22 @@ impl InventoryCore {
     }
 
     /// Processes every queued input into one batch, unless a batch is in
-    /// flight (then `Ok(None)`). Reads accounts that connect from `store`.
-    /// Requests of players whose inventory has not loaded stay queued.
-    /// When the batch has no writes, resolve it with `complete(Ok(()))`
-    /// right away, without the store.
-    pub fn prepare(&mut self, store: &mut dyn InventoryStore) -> Option<Batch> {
-        if self.in_flight.is_some() || (self.queue.is_empty() && self.pending_ticks == 0) {
+    /// flight (then `None`). Loads accounts that connect through
+    /// `loader`, first polling those whose load is under way. Requests of
+    /// players whose inventory has not loaded stay queued. When the batch
+    /// has no writes, resolve it with `complete(Ok(()))` right away,
+    /// without the store.
+    pub fn prepare<L: AccountLoader + ?Sized>(&mut self, loader: &mut L) -> Option<Batch> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        if !self.loading.is_empty() {
+            let loading: Vec<u64> = self.loading.iter().copied().collect();
+            for account in loading {
+                self.poll_load(account, loader);
+            }
+        }
+        if self.queue.is_empty() && self.pending_ticks == 0 {
             return None;
         }
         self.building = Some(Building::default());
@@ -651,7 +790,7 @@ impl InventoryCore {
                 waiting
                     .retain(|w| !matches!(w, Input::Request { account: a, .. } if *a == account));
             }
-            waiting.extend(self.apply(input, store));
+            waiting.extend(self.apply(input, loader));
         }
         for input in &waiting {
             if let Input::Request { account, .. } = input {
@@ -882,12 +1021,14 @@ impl InventoryCore {
 
     /// Applies one input; gives back a request that must wait for its
     /// player's inventory to load.
-    fn apply(&mut self, input: Input, store: &mut dyn InventoryStore) -> Option<Input> {
+    fn apply<L: AccountLoader + ?Sized>(&mut self, input: Input, loader: &mut L) -> Option<Input> {
         match input {
-            Input::Connected { account } => self.connect(account, store),
+            Input::Connected { account } => self.connect(account, loader),
             Input::Disconnected { account } => {
                 self.online.remove(&account);
                 self.load_failed.remove(&account);
+                self.loading.remove(&account);
+                loader.forget(account);
                 self.cancel_trades_of(account);
                 // The session is over: nothing of this batch is sent to it
                 // (a later session of the account must not receive it),
@@ -912,8 +1053,8 @@ impl InventoryCore {
                     .load_failed
                     .get(&account)
                     .is_some_and(|&at| self.ticks >= at + LOAD_RETRY_TICKS);
-                if retry && self.online.contains(&account) {
-                    self.connect(account, store);
+                if retry && self.online.contains(&account) && !self.loading.contains(&account) {
+                    self.connect(account, loader);
                 }
                 if self.online.contains(&account) && !self.inventories.contains_key(&account) {
                     return Some(Input::Request {
@@ -929,46 +1070,48 @@ impl InventoryCore {
         None
     }
 
-    fn connect(&mut self, account: u64, store: &mut dyn InventoryStore) {
+    fn connect<L: AccountLoader + ?Sized>(&mut self, account: u64, loader: &mut L) {
         self.online.insert(account);
         if self.inventories.contains_key(&account) {
             return;
         }
-        let state = match store.load_account(account) {
-            Ok(state) => {
+        self.poll_load(account, loader);
+    }
+
+    /// Asks `loader` for an online account that is not in memory and
+    /// inserts it when it is there. Until then its requests wait (see
+    /// `apply`): polled again at the next `prepare` while pending, tried
+    /// again now and then after a failure.
+    fn poll_load<L: AccountLoader + ?Sized>(&mut self, account: u64, loader: &mut L) {
+        let loaded = match loader.load(account, self.config.slots) {
+            Poll::Pending => {
+                self.loading.insert(account);
+                return;
+            }
+            Poll::Ready(result) => {
+                self.loading.remove(&account);
+                result
+            }
+        };
+        let loaded = match loaded {
+            Ok(loaded) => {
                 if self.load_failed.remove(&account).is_some() {
                     tracing::info!(account, "inventory loaded after failing");
                 }
-                state
+                loaded
             }
             Err(error) => {
-                // No inventory yet: its requests wait (see `apply`) and
-                // try again now and then.
                 if self.load_failed.insert(account, self.ticks).is_none() {
                     tracing::error!(account, %error, "cannot load inventory; will retry");
                 }
                 return;
             }
         };
-        let mut inventory = state.inventory.unwrap_or_default();
-        if inventory.slots.len() < self.config.slots {
-            inventory.slots.resize(self.config.slots, None);
-        }
-        let mut applied = Applied::default();
-        let mut unreadable = 0usize;
-        for (request_id, bytes) in state.applied {
-            // A reply stored by a server of another protocol version may
-            // no longer decode. Its change was applied all the same: the
-            // id must still not apply again, so it is answered with the
-            // inventory as it is now.
-            let reply = if decode_reply(&bytes, request_id).is_some() {
-                bytes.into_boxed_slice()
-            } else {
-                unreadable += 1;
-                encode_reply(&unreadable_reply(request_id, &inventory))
-            };
-            applied.insert(request_id, reply, true);
-        }
+        let LoadedAccount {
+            inventory,
+            applied,
+            unreadable,
+        } = loaded;
         if unreadable > 0 {
             tracing::warn!(
                 account,
@@ -976,7 +1119,6 @@ impl InventoryCore {
                 "stored replies that do not decode; answered with the current inventory"
             );
         }
-        applied.trim();
         self.applied.insert(account, applied);
         self.inventories.insert(account, inventory);
     }

@@ -1,7 +1,9 @@
 //! Inventory: server-authoritative, atomic, persisted item operations.
 //!
 //! ```text
-//! FromClient<InventoryRequest> ─┐
+//!                                  db-reader thread (SQLite, read-only)
+//!                                        │ LoadedAccount (polled each tick)
+//! FromClient<InventoryRequest> ─┐        ▼
 //! ClientConnected/Disconnected ─┼─► InventoryCore ─► Batch ─► db-writer thread (SQLite, one transaction)
 //! tick (spawner) ───────────────┘        ▲                          │
 //!                                        └── complete(result) ◄─────┘  (polled next tick)
@@ -12,16 +14,17 @@
 //! module feeds it from the network each tick and sends what it releases.
 //! Replies leave only after their batch is durably committed; the tick
 //! never waits for the database: it submits a batch and picks the result
-//! up on a later tick. The only database access on the tick thread is the
-//! read of one account's rows (primary-key lookups) when a player connects
-//! (and, if that failed, again at most once every
-//! [`LOAD_RETRY_TICKS`] while its requests wait).
+//! up on a later tick, and it asks the `db-reader` thread for the account
+//! of a player who connects and picks it up, read and decoded, on a later
+//! tick (the player's requests wait meanwhile). The tick thread reads the
+//! database only at start, for the world.
 
 pub mod catalogue;
 pub mod core;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bevy_app::{App, FixedUpdate, Plugin, Update};
@@ -34,7 +37,8 @@ use shared::protocol::inventory::{
 
 pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
 pub use self::core::{
-    Batch, CoreConfig, CoreError, Input, InventoryCore, LOAD_RETRY_TICKS, Output,
+    AccountLoader, Batch, CoreConfig, CoreError, Input, InventoryCore, LOAD_RETRY_TICKS,
+    LoadedAccount, Output, prepare_account,
 };
 use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
 use crate::movement::MovementSystems;
@@ -42,17 +46,17 @@ use crate::net::{
     ClientConnected, ClientDisconnected, FromClient, NetAppExt, SessionChange, ToClient,
     session_changes,
 };
-use crate::persistence::{InventoryStore, SqliteStore, StoreError, StoreWriter};
+use crate::persistence::{AccountReader, InventoryStore, SqliteStore, StoreError, StoreWriter};
 use crate::shutdown::{ShutdownReason, ShutdownRequested};
 use crate::world::Position;
 
-/// The running inventory: the rules, a read connection for account loads
+/// The running inventory: the rules, the reader thread for account loads
 /// and the writer thread. Build it with [`InventoryService::open`] (what
 /// `build_app` does) or let [`InventoryPlugin`] make an in-memory one.
 #[derive(Resource)]
 pub struct InventoryService {
     core: InventoryCore,
-    reader: Mutex<Box<dyn InventoryStore>>,
+    reader: AccountReader<LoadedAccount>,
     writer: StoreWriter,
     /// Request tag → when and from which client it arrived (for the
     /// latency metric). Entries of a client leave with it: its session's
@@ -77,12 +81,27 @@ pub enum InventoryStartError {
     /// The writer thread could not start.
     #[error("cannot start the database writer thread: {0}")]
     Thread(std::io::Error),
+    /// The reader thread could not start.
+    #[error("cannot start the database reader thread: {0}")]
+    ReaderThread(std::io::Error),
+}
+
+/// Loads through the `db-reader` thread: [`Poll::Pending`] until the
+/// account is read and prepared there.
+impl AccountLoader for AccountReader<LoadedAccount> {
+    fn load(&mut self, account: u64, slots: usize) -> Poll<Result<LoadedAccount, StoreError>> {
+        self.poll_load(account, slots)
+    }
+
+    fn forget(&mut self, account: u64) {
+        AccountReader::forget(self, account);
+    }
 }
 
 impl InventoryService {
     /// Opens the SQLite store in `data_dir` (two connections: the writer
-    /// thread's, which holds the directory's lock, and the tick's
-    /// read-only one), loads the world and starts the writer.
+    /// thread's, which holds the directory's lock, and the reader
+    /// thread's read-only one), loads the world and starts both threads.
     ///
     /// # Errors
     /// [`InventoryStartError`].
@@ -116,7 +135,10 @@ impl InventoryService {
         Self::start(Box::new(reader), Box::new(writer), catalogue, config)
     }
 
-    /// Starts on any pair of stores over the same data.
+    /// Starts on any pair of stores over the same data: loads the world
+    /// from `reader` (here, before the first tick), then hands it to the
+    /// `db-reader` thread for account loads and `writer` to the
+    /// `db-writer` thread.
     ///
     /// # Errors
     /// [`InventoryStartError`].
@@ -127,10 +149,12 @@ impl InventoryService {
         config: CoreConfig,
     ) -> Result<Self, InventoryStartError> {
         let core = InventoryCore::load(catalogue, config, reader.as_mut())?;
+        let reader = AccountReader::spawn(reader, prepare_account)
+            .map_err(InventoryStartError::ReaderThread)?;
         let writer = StoreWriter::spawn(writer).map_err(InventoryStartError::Thread)?;
         Ok(Self {
             core,
-            reader: Mutex::new(reader),
+            reader,
             writer,
             received: HashMap::new(),
             next_tag: 0,
@@ -244,28 +268,36 @@ impl Plugin for InventoryPlugin {
                 MovementSystems::Integrate.before(InventorySystems::Run),
             )
             .add_systems(FixedUpdate, run.in_set(InventorySystems::Run))
-            .add_systems(Update, watch_writer);
+            .add_systems(Update, watch_db_threads);
     }
 }
 
 /// A `db-writer` thread that stops while the server runs (a store that
-/// panicked) leaves every change refused `Storage` for good. The server
-/// shuts down with an error instead, so that a supervisor restarts it;
-/// during a shutdown already under way too (what it still had to save is
-/// lost: the exit is an error).
-fn watch_writer(
+/// panicked) leaves every change refused `Storage` for good, a
+/// `db-reader` thread that stops leaves every player who connects without
+/// an inventory. The server shuts down with an error instead, so that a
+/// supervisor restarts it; during a shutdown already under way too (what
+/// it still had to save is lost: the exit is an error).
+fn watch_db_threads(
     service: Res<InventoryService>,
     requests: Option<ResMut<Messages<ShutdownRequested>>>,
     mut reported: Local<bool>,
 ) {
-    if *reported || !service.writer.is_stopped() {
+    if *reported {
         return;
     }
+    let stopped = if service.writer.is_stopped() {
+        "the database writer thread stopped"
+    } else if service.reader.is_stopped() {
+        "the database reader thread stopped"
+    } else {
+        return;
+    };
     *reported = true;
-    tracing::error!("the database writer thread stopped; shutting down");
+    tracing::error!("{stopped}; shutting down");
     if let Some(mut requests) = requests {
         requests.write(ShutdownRequested {
-            reason: ShutdownReason::Failure("the database writer thread stopped".to_owned()),
+            reason: ShutdownReason::Failure(stopped.to_owned()),
         });
     }
 }
@@ -427,29 +459,22 @@ fn run(
         }
     }
     service.core.push(Input::Tick);
-    if !service.core.in_flight() {
-        let batch = {
-            let mut reader = service
-                .reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            service.core.prepare(reader.as_mut())
-        };
-        if let Some(batch) = batch {
-            let outputs = if batch.writes.is_empty() {
-                service.core.complete(Ok(()))
-            } else {
-                match service.writer.submit(0, batch.writes) {
-                    Ok(()) => Vec::new(),
-                    Err(_) => {
-                        tracing::error!("inventory writer gone or stuck; batch refused");
-                        metrics.commit_failures.inc();
-                        service.core.complete(Err(StoreError::WriterGone))
-                    }
+    // Nothing while a batch is in flight; else the accounts read since the
+    // last tick land first, then the inputs make the next batch.
+    if let Some(batch) = service.core.prepare(&mut service.reader) {
+        let outputs = if batch.writes.is_empty() {
+            service.core.complete(Ok(()))
+        } else {
+            match service.writer.submit(0, batch.writes) {
+                Ok(()) => Vec::new(),
+                Err(_) => {
+                    tracing::error!("inventory writer gone or stuck; batch refused");
+                    metrics.commit_failures.inc();
+                    service.core.complete(Err(StoreError::WriterGone))
                 }
-            };
-            send(service, outputs, &mut out, &metrics);
-        }
+            }
+        };
+        send(service, outputs, &mut out, &metrics);
     }
     metrics.system_time.observe_duration(started.elapsed());
 }

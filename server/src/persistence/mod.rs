@@ -1,11 +1,12 @@
 //! Persistence: the storage trait the inventory is written against, its
-//! SQLite implementation, the writer thread that keeps commits off the
-//! tick, and the offline audit.
+//! SQLite implementation, the reader and writer threads that keep account
+//! loads and commits off the tick, and the offline audit.
 //!
 //! | piece | what |
 //! |---|---|
 //! | [`InventoryStore`] | load state, commit one [`BatchWrites`] atomically, audit |
 //! | [`SqliteStore`] | the embedded default: one file `inventory.sqlite3` in the data dir, WAL, `synchronous=FULL`; the writer holds a lock on `server.lock` there |
+//! | [`AccountReader`] | a `db-reader` thread owning a read-only store; a bounded channel of accounts in, loaded accounts out |
 //! | [`StoreWriter`] | a `db-writer` thread owning a store; a bounded channel in, results out |
 //! | [`audit`] | what `server audit --data-dir DIR` prints |
 //!
@@ -21,6 +22,7 @@
 //! The cost is one fsync per batch, and a batch holds every operation of
 //! a tick (group commit), so it is paid once per tick at most.
 
+mod reader;
 mod sqlite;
 mod writer;
 
@@ -29,6 +31,7 @@ use std::collections::BTreeMap;
 use glam::Vec2;
 use shared::protocol::inventory::{InventorySnapshot, ItemId, ItemStack, WorldItem};
 
+pub use reader::{AccountReader, READER_QUEUE};
 pub use sqlite::{DB_FILE, LOCK_FILE, SqliteStore};
 pub use writer::{CommitDone, StoreWriter, WRITER_QUEUE};
 
@@ -66,6 +69,9 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("the database writer thread stopped")]
     WriterGone,
+    /// The reader thread is gone.
+    #[error("the database reader thread stopped")]
+    ReaderGone,
     /// Injected by a test store.
     #[error("injected failure")]
     Injected,
@@ -182,7 +188,8 @@ pub trait InventoryStore: Send {
     /// # Errors
     /// [`StoreError`].
     fn load_world(&mut self) -> Result<WorldState, StoreError>;
-    /// One account's inventory and recent applied requests.
+    /// One account's inventory and recent applied requests (in the
+    /// server, on the `db-reader` thread).
     ///
     /// # Errors
     /// [`StoreError`].

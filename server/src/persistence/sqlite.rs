@@ -114,8 +114,8 @@ impl SqliteStore {
     }
 
     /// Opens `DIR/inventory.sqlite3` read-only, without the lock: for
-    /// reads next to the store that writes (the tick's account loads, the
-    /// audit of a live server). Writes through it fail.
+    /// reads next to the store that writes (the `db-reader` thread's
+    /// account loads, the audit of a live server). Writes through it fail.
     ///
     /// # Errors
     /// [`StoreError`], also when the database does not exist.
@@ -138,7 +138,10 @@ impl SqliteStore {
     }
 
     /// A named in-memory database shared by every connection of this
-    /// process that opens the same name.
+    /// process that opens the same name. They share one cache, where a
+    /// read of a table waits for a commit writing it and back (SQLite's
+    /// unlock notification; a file database's WAL lets them run side by
+    /// side instead).
     ///
     /// # Errors
     /// [`StoreError`].
@@ -155,7 +158,8 @@ impl SqliteStore {
 
     fn setup(conn: Connection, lock: Option<File>) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // WAL: readers (the tick's account loads) never block the writer.
+        // WAL: readers (the `db-reader` thread's account loads) never
+        // block the writer.
         // The pragma returns the resulting mode; in-memory databases say
         // "memory", which is fine.
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
