@@ -6,10 +6,19 @@
 //! batch: `prepare` and `complete(Ok)`; the commit itself runs on the
 //! writer thread in the server and is not part of it.
 //!
-//! A second case measures what a player's connect costs the tick: its
-//! account loaded from the store (24 slots, 22 filled, and the most
-//! recent 256 remembered changes, each with its stored reply) and then
-//! evicted again at its disconnect.
+//! The account cases measure a player's connect: its account (24 slots,
+//! 22 filled, and the most recent 256 remembered changes, each with its
+//! stored reply) loaded and then evicted again at its disconnect.
+//!
+//! - "account load and evict": the whole load through a store that reads
+//!   at once (SQLite's reads, the replies checked, the insert), as tests
+//!   and tools run the core; until the `db-reader` thread, the server's
+//!   tick paid this for every connect.
+//! - "account load off the tick": what the server's tick pays now, the
+//!   insert of an account read and prepared on `db-reader` (and its
+//!   eviction).
+//! - "account load on db-reader, prepare": the reply checks moved to
+//!   `db-reader` with the reads ([`prepare_account`]).
 //!
 //! Run: `cargo bench -p server --bench inventory`. Instruction counts of
 //! 30 batches only (no criterion):
@@ -21,10 +30,14 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::task::Poll;
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use server::inventory::{Catalogue, CoreConfig, Input, InventoryCore, Output};
-use server::persistence::{BatchWrites, InventoryStore, SqliteStore};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use server::inventory::{
+    AccountLoader, Catalogue, CoreConfig, Input, InventoryCore, LoadedAccount, Output,
+    prepare_account,
+};
+use server::persistence::{BatchWrites, InventoryStore, SqliteStore, StoreError};
 use shared::protocol::inventory::{
     InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId, ItemStack,
     REMEMBERED_REQUESTS, TradeOffer,
@@ -117,8 +130,8 @@ impl Load {
 }
 
 /// One batch, prepared and resolved.
-fn resolve(core: &mut InventoryCore, store: &mut SqliteStore) -> Vec<Output> {
-    match core.prepare(store) {
+fn resolve<L: AccountLoader + ?Sized>(core: &mut InventoryCore, loader: &mut L) -> Vec<Output> {
+    match core.prepare(loader) {
         Some(_) => core.complete(Ok(())),
         None => Vec::new(),
     }
@@ -190,11 +203,24 @@ fn stored_accounts() -> SqliteStore {
     store
 }
 
+/// Hands over an account read and prepared beforehand, as the
+/// `db-reader` thread does.
+struct Prepared(Option<LoadedAccount>);
+
+impl AccountLoader for Prepared {
+    fn load(&mut self, _: u64, _: usize) -> Poll<Result<LoadedAccount, StoreError>> {
+        self.0
+            .take()
+            .map_or(Poll::Pending, |loaded| Poll::Ready(Ok(loaded)))
+    }
+}
+
 fn account_load(c: &mut Criterion) {
     let mut store = stored_accounts();
     let catalogue = Arc::new(Catalogue::embedded().expect("embedded catalogue"));
-    let mut core =
-        InventoryCore::load(catalogue, CoreConfig::default(), &mut store).expect("inventory core");
+    let config = CoreConfig::default();
+    let slots = config.slots;
+    let mut core = InventoryCore::load(catalogue, config, &mut store).expect("inventory core");
     let mut account = 0;
     c.bench_function(
         "inventory account load and evict, 256 remembered changes",
@@ -207,6 +233,39 @@ fn account_load(c: &mut Criterion) {
                 core.push(Input::Disconnected { account });
                 black_box(resolve(&mut core, &mut store))
             });
+        },
+    );
+    c.bench_function(
+        "inventory account load off the tick: insert and evict, 256 remembered changes",
+        |b| {
+            b.iter_batched(
+                || {
+                    account = account % STORED_ACCOUNTS + 1;
+                    let state = store.load_account(account).expect("stored account");
+                    (account, Prepared(Some(prepare_account(state, slots))))
+                },
+                |(account, mut prepared)| {
+                    core.push(Input::Connected { account });
+                    black_box(resolve(&mut core, &mut prepared));
+                    assert!(core.inventory(account).is_some(), "loaded");
+                    core.push(Input::Disconnected { account });
+                    black_box(resolve(&mut core, &mut prepared))
+                },
+                BatchSize::SmallInput,
+            );
+        },
+    );
+    c.bench_function(
+        "inventory account load on db-reader, prepare, 256 remembered changes",
+        |b| {
+            b.iter_batched(
+                || {
+                    account = account % STORED_ACCOUNTS + 1;
+                    store.load_account(account).expect("stored account")
+                },
+                |state| prepare_account(state, slots),
+                BatchSize::SmallInput,
+            );
         },
     );
 }
