@@ -872,6 +872,44 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
 
 /// A third player cannot end someone else's trade: its offer to either
 /// side is refused while they trade, and their trade completes.
+/// Trade ids are never used twice, restarts included: an accept sent
+/// before a restart (and sent again after it) cannot accept the new trade
+/// that would otherwise have taken the same id.
+#[test]
+fn a_restart_does_not_hand_out_an_old_trade_id_again() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    let offer = |with| InventoryOp::Offer {
+        with,
+        offer: TradeOffer { items: Vec::new() },
+    };
+    let (opened, out) = h.exchange(1, 1, offer(2));
+    let before = opened.trade.expect("a trade");
+    let revision = trade_seen(&out, 2, before).expect("seen").revision;
+
+    // The server restarts on the same store; both players come back.
+    let catalogue = Arc::new(Catalogue::embedded().unwrap());
+    h.core = InventoryCore::load(catalogue, config(), &mut h.store).unwrap();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    let after = h.request(1, 2, offer(2)).trade.expect("a trade");
+    assert!(
+        after > before,
+        "trade {after} after the restart, {before} before"
+    );
+    // Player 2's accept of the old trade, sent again after the restart.
+    let stale = h.request(
+        2,
+        1,
+        InventoryOp::Accept {
+            trade: before,
+            revision,
+        },
+    );
+    assert_eq!(stale.result.map(|_| ()), Err(InventoryError::NoSuchTrade));
+}
+
 #[test]
 fn an_offer_to_a_player_already_trading_is_refused_and_ends_nothing() {
     let mut h = Harness::new();

@@ -473,7 +473,6 @@ struct Building {
     ledger: HashMap<ItemId, LedgerRow>,
     counters: Option<Counters>,
     trades: HashMap<u64, Option<Trade>>,
-    next_trade: Option<u64>,
     /// Requests applied in this batch: (account, request id, persisted?).
     applied: Vec<(u64, u64, bool)>,
     outputs: Vec<Output>,
@@ -500,7 +499,6 @@ pub struct InventoryCore {
     ledger: BTreeMap<ItemId, LedgerRow>,
     counters: Counters,
     trades: OpenTrades,
-    next_trade: u64,
     ticks: u64,
     pending_ticks: u64,
     queue: VecDeque<Input>,
@@ -665,7 +663,6 @@ impl InventoryCore {
             ledger,
             counters,
             trades: OpenTrades::default(),
-            next_trade: 1,
             ticks: 0,
             pending_ticks: 0,
             queue: VecDeque::new(),
@@ -853,9 +850,6 @@ impl InventoryCore {
                     self.counters = counters;
                 }
                 self.trades.restore(building.trades);
-                if let Some(next) = building.next_trade {
-                    self.next_trade = next;
-                }
                 for &(account, request_id, _) in &building.applied {
                     if let Some(applied) = self.applied.get_mut(&account) {
                         applied.remove(request_id);
@@ -1007,11 +1001,12 @@ impl InventoryCore {
         }
     }
 
-    /// A new trade's id.
+    /// A new trade's id, never one used before, restarts included (the
+    /// counter is stored with the batch).
     fn next_trade_id(&mut self) -> u64 {
-        let id = self.next_trade;
-        self.b().next_trade.get_or_insert(id);
-        self.next_trade += 1;
+        self.touch_counters();
+        let id = self.counters.next_trade.max(1);
+        self.counters.next_trade = id + 1;
         id
     }
 

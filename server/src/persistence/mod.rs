@@ -94,6 +94,11 @@ pub struct Counters {
     /// How many spawns the world spawner has done (its deterministic
     /// sequence position).
     pub spawned: u64,
+    /// The next trade id (0 in a store from before trade ids were kept:
+    /// read as 1). Kept so that ids are never used again after a
+    /// restart: a client re-sending an accept of a trade from before it
+    /// must not accept a new trade that took the same id.
+    pub next_trade: u64,
 }
 
 /// The shared world state, loaded once at start.

@@ -256,6 +256,7 @@ impl InventoryStore for SqliteStore {
             counters: Counters {
                 next_world_item: self.meta("next_world_item")?,
                 spawned: self.meta("spawned")?,
+                next_trade: self.meta("next_trade")?,
             },
         })
     }
@@ -374,6 +375,7 @@ impl InventoryStore for SqliteStore {
                     tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?;
                 meta.execute(params!["next_world_item", to_sql(c.next_world_item)])?;
                 meta.execute(params!["spawned", to_sql(c.spawned)])?;
+                meta.execute(params!["next_trade", to_sql(c.next_trade)])?;
             }
         }
         tx.commit()?;
@@ -500,6 +502,7 @@ mod tests {
             counters: Some(Counters {
                 next_world_item: 10,
                 spawned: 4,
+                next_trade: 7,
             }),
         };
         store.commit(&batch).unwrap();
@@ -515,7 +518,8 @@ mod tests {
             world.counters,
             Counters {
                 next_world_item: 10,
-                spawned: 4
+                spawned: 4,
+                next_trade: 7,
             }
         );
         let report = store.audit().unwrap();
