@@ -870,8 +870,6 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
     assert_eq!(stacks(h.core.inventory(2).unwrap()), stacks(&b_after));
 }
 
-/// A third player cannot end someone else's trade: its offer to either
-/// side is refused while they trade, and their trade completes.
 /// Trade ids are never used twice, restarts included: an accept sent
 /// before a restart (and sent again after it) cannot accept the new trade
 /// that would otherwise have taken the same id.
@@ -910,6 +908,8 @@ fn a_restart_does_not_hand_out_an_old_trade_id_again() {
     assert_eq!(stale.result.map(|_| ()), Err(InventoryError::NoSuchTrade));
 }
 
+/// A third player cannot end someone else's trade: its offer to either
+/// side is refused while they trade, and their trade completes.
 #[test]
 fn an_offer_to_a_player_already_trading_is_refused_and_ends_nothing() {
     let mut h = Harness::new();
@@ -1506,6 +1506,41 @@ fn replies_to(out: &[Output], account: u64) -> Vec<InventoryReply> {
 fn tick(h: &mut Harness) -> Vec<Output> {
     h.push(Input::Tick);
     h.flush(false)
+}
+
+/// A give to a player who is online but whose account is still being
+/// read waits for it (it is no unknown player), and the giver's later
+/// requests wait behind it, in order.
+#[test]
+fn a_give_to_a_player_still_loading_waits_for_the_load() {
+    let mut h = Harness::with_late_loads(vec![0]);
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let stack = inv.slots[usize::from(slot)].unwrap();
+
+    h.late().delays = vec![3];
+    h.push(Input::Connected { account: 2 });
+    tick(&mut h);
+    h.push(request_input(
+        1,
+        50,
+        InventoryOp::Give {
+            to: 2,
+            slot,
+            count: stack.count,
+        },
+    ));
+    h.push(request_input(1, 51, InventoryOp::List));
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        replies.extend(replies_to(&tick(&mut h), 1));
+    }
+    let ids: Vec<u64> = replies.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, [50, 51], "in order: {replies:?}");
+    assert!(replies[0].result.is_ok(), "{replies:?}");
+    let got = h.core.inventory(2).expect("loaded");
+    assert!(got.slots.contains(&Some(stack)), "{got:?}");
 }
 
 /// While a player's account is being read, its requests wait and the

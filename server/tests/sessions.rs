@@ -341,9 +341,14 @@ impl InventoryStore for GatedReads {
     }
     fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
         let thread = std::thread::current().name().map(str::to_owned);
-        let _ = self.loads.send((account, thread));
-        if account == self.gated {
+        // Waiting is set before the load is reported: the test reads it
+        // as soon as the report comes.
+        let gated = account == self.gated;
+        if gated {
             self.waiting.store(true, Ordering::SeqCst);
+        }
+        let _ = self.loads.send((account, thread));
+        if gated {
             let opened = self.gate.recv_timeout(Duration::from_secs(10));
             self.waiting.store(false, Ordering::SeqCst);
             opened.map_err(|_| StoreError::Injected)?;

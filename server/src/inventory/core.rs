@@ -60,9 +60,12 @@
 //! which may answer [`Poll::Pending`] (the server's reads run on the
 //! `db-reader` thread, see [`crate::persistence::AccountReader`]). Until
 //! the account is in memory its requests wait in the queue, as those of
-//! an account whose load failed do; every [`InventoryCore::prepare`]
-//! without a batch in flight first polls the accounts still loading, so
-//! an account lands within a tick of its read finishing, requests or not.
+//! an account whose load failed do, and so do a give or an offer to it
+//! (with the sender's later requests, in order). Every
+//! [`InventoryCore::prepare`] without a batch in flight first polls the
+//! accounts still loading, so an account lands at the first `prepare`
+//! after its read finishes and the batch in flight, if any, resolves,
+//! requests or not.
 //!
 //! A load may thus run while a batch commits on the writer. Its result
 //! is the committed state all the same, even one requested in an earlier
@@ -781,13 +784,30 @@ impl InventoryCore {
         self.building = Some(Building::default());
         self.queued_by_account.clear();
         let mut waiting = VecDeque::new();
+        // Accounts with a request waiting: their later ones wait behind it,
+        // so that a player's requests are applied in the order sent.
+        let mut held = HashSet::new();
         while let Some(input) = self.queue.pop_front() {
-            if let Input::Disconnected { account } = input {
-                // The session's waiting requests end with it, unanswered.
-                waiting
-                    .retain(|w| !matches!(w, Input::Request { account: a, .. } if *a == account));
+            match &input {
+                Input::Disconnected { account } => {
+                    // The session's waiting requests end with it, unanswered.
+                    waiting.retain(
+                        |w| !matches!(w, Input::Request { account: a, .. } if a == account),
+                    );
+                    held.remove(account);
+                }
+                Input::Request { account, .. } if held.contains(account) => {
+                    waiting.push_back(input);
+                    continue;
+                }
+                _ => {}
             }
-            waiting.extend(self.apply(input, loader));
+            if let Some(wait) = self.apply(input, loader) {
+                if let Input::Request { account, .. } = &wait {
+                    held.insert(*account);
+                }
+                waiting.push_back(wait);
+            }
         }
         for input in &waiting {
             if let Input::Request { account, .. } = input {
@@ -1051,7 +1071,16 @@ impl InventoryCore {
                 if retry && self.online.contains(&account) && !self.loading.contains(&account) {
                     self.connect(account, loader);
                 }
-                if self.online.contains(&account) && !self.inventories.contains_key(&account) {
+                // A give or an offer to a player whose inventory is still
+                // being read waits for it too: that player is online.
+                let partner_loading = match request.op {
+                    InventoryOp::Give { to: partner, .. }
+                    | InventoryOp::Offer { with: partner, .. } => self.loading.contains(&partner),
+                    _ => false,
+                };
+                let self_loading =
+                    self.online.contains(&account) && !self.inventories.contains_key(&account);
+                if self_loading || partner_loading {
                     return Some(Input::Request {
                         account,
                         request,
