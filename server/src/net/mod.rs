@@ -414,10 +414,12 @@ fn submit_batch(mut net: ResMut<NetServer>, mut outbox: ResMut<Outbox>, metrics:
     disconnects_last(&mut batch);
     if let Err(mut refused) = net.submit(batch) {
         // net-io is several ticks behind: keep the batch for the next tick,
-        // within a bound.
+        // within a bound (a shutdown is never dropped: it is what tells
+        // every client goodbye).
         if refused.len() > MAX_CARRIED_COMMANDS {
-            metrics.outbox_dropped.add(refused.len() as u64);
-            refused.clear();
+            let before = refused.len();
+            refused.retain(|command| matches!(command, NetCommand::Shutdown { .. }));
+            metrics.outbox_dropped.add((before - refused.len()) as u64);
         }
         outbox.commands = refused;
     }
@@ -741,9 +743,19 @@ mod tests {
         };
         assert_eq!(
             app.world().resource::<Outbox>().commands,
-            vec![goodbye, shutdown],
+            vec![goodbye.clone(), shutdown.clone()],
             "kept for the next tick, in order"
         );
+        // Beyond the bound of what is carried over, the sends go; the
+        // shutdown stays.
+        let mut outbox = app.world_mut().resource_mut::<Outbox>();
+        outbox.commands.clear();
+        outbox
+            .commands
+            .resize(MAX_CARRIED_COMMANDS + 1, goodbye.clone());
+        outbox.commands.push(shutdown.clone());
+        app.update();
+        assert_eq!(app.world().resource::<Outbox>().commands, vec![shutdown]);
     }
 
     #[test]

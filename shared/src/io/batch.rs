@@ -89,6 +89,8 @@ pub struct RecvBatch {
     capacity: usize,
     /// Source and length of each datagram of the last read, by slot.
     received: Vec<(SocketAddr, usize)>,
+    /// The last read found the socket empty.
+    drained: bool,
 }
 
 impl RecvBatch {
@@ -103,6 +105,7 @@ impl RecvBatch {
             slot_len,
             capacity,
             received: Vec::with_capacity(capacity),
+            drained: false,
         }
     }
 
@@ -112,14 +115,22 @@ impl RecvBatch {
     }
 
     /// Replaces the held datagrams with up to `capacity` new ones from
-    /// `socket` and returns how many arrived. A count below the capacity
-    /// means the socket had no more queued (or that an error stopped the
-    /// read, which the next call then returns). Nothing waiting is
+    /// `socket` and returns how many arrived; [`drained`](Self::drained)
+    /// then says whether the socket had no more queued. Nothing waiting is
     /// [`io::ErrorKind::WouldBlock`].
     pub fn recv<S: DatagramSocket>(&mut self, socket: &S) -> io::Result<usize> {
         self.received.clear();
-        os::recv(socket, &mut self.buffers, self.slot_len, &mut self.received)?;
+        self.drained = false;
+        self.drained = os::recv(socket, &mut self.buffers, self.slot_len, &mut self.received)?;
         Ok(self.received.len())
+    }
+
+    /// Whether the last [`recv`](Self::recv) found the socket empty (or an
+    /// error stopped it, which the next call returns): a poller reports
+    /// new datagrams from then on. A full batch, or one cut short by errors
+    /// about single datagrams, is not drained: read again.
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     /// How many datagrams the last read returned.
@@ -344,24 +355,28 @@ mod portable {
         buffers: &mut [u8],
         slot_len: usize,
         received: &mut Vec<(SocketAddr, usize)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let slots = buffers.len() / slot_len;
         // An error about one datagram is passed over (at most one a slot
         // per call, so that a flood of them cannot hold the loop): reading
-        // on to `WouldBlock` is what re-arms a poller on Windows, and a
-        // short batch must mean the socket is drained.
+        // on to `WouldBlock` is what re-arms a poller on Windows.
         let mut passed_over = 0;
         while received.len() < slots {
             let start = received.len() * slot_len;
             match socket.recv_from(&mut buffers[start..start + slot_len]) {
                 Ok((len, from)) => received.push((from, len.min(slot_len))),
                 Err(e) if is_about_one_datagram(&e) && passed_over < slots => passed_over += 1,
+                // Stopped at the bound with more to read: not drained.
+                Err(e) if is_about_one_datagram(&e) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !received.is_empty() => {
+                    return Ok(true);
+                }
                 Err(e) if received.is_empty() => return Err(e),
                 // Report what arrived; the error comes back on the next call.
-                Err(_) => break,
+                Err(_) => return Ok(true),
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     pub(super) fn send_front<S: DatagramSocket>(socket: &S, batch: &SendBatch) -> io::Result<Sent> {
@@ -479,7 +494,7 @@ mod linux {
         buffers: &mut [u8],
         slot_len: usize,
         received: &mut Vec<(SocketAddr, usize)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let count = (buffers.len() / slot_len).min(MAX_DATAGRAMS_PER_CALL);
         let mut names = [RawAddr::EMPTY; MAX_DATAGRAMS_PER_CALL];
         let mut iovecs = [libc::iovec {
@@ -526,7 +541,8 @@ mod linux {
                 None => received.push((SocketAddr::from(([0, 0, 0, 0], 0)), 0)),
             }
         }
-        Ok(())
+        // A short batch: the socket had no more queued.
+        Ok(n < count)
     }
 
     pub(super) fn send_front<S: DatagramSocket>(socket: &S, batch: &SendBatch) -> io::Result<Sent> {
@@ -676,23 +692,49 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
-        // A flood of them cannot hold the read: one a slot at most.
+        // A flood of them cannot hold the read: one a slot at most, and
+        // then the read is not drained (read again).
         let socket = Scripted::new((0..100).map(|_| reset()).collect());
         batch.received.clear();
-        assert!(
-            portable::recv(
-                &socket,
-                &mut batch.buffers,
-                batch.slot_len,
-                &mut batch.received
-            )
-            .is_err()
+        let drained = portable::recv(
+            &socket,
+            &mut batch.buffers,
+            batch.slot_len,
+            &mut batch.received,
+        )
+        .unwrap();
+        assert_eq!((batch.len(), drained), (0, false));
+        assert_eq!(
+            socket.0.borrow().len(),
+            100 - 9,
+            "one a slot, then the bound"
         );
-        assert!(
-            socket.0.borrow().len() >= 100 - 9,
-            "{} left",
-            socket.0.borrow().len()
-        );
+        // Stopped at that bound with datagrams read: not drained, so the
+        // caller reads again (on Windows nothing else would wake it).
+        let mut script = vec![Ok(b"a".to_vec())];
+        script.extend((0..9).map(|_| reset()));
+        script.push(Ok(b"b".to_vec()));
+        let socket = Scripted::new(script);
+        batch.received.clear();
+        let drained = portable::recv(
+            &socket,
+            &mut batch.buffers,
+            batch.slot_len,
+            &mut batch.received,
+        )
+        .unwrap();
+        assert_eq!((batch.len(), drained), (1, false));
+        // Read to WouldBlock: drained.
+        let socket = Scripted::new(vec![Ok(b"a".to_vec())]);
+        batch.received.clear();
+        let drained = portable::recv(
+            &socket,
+            &mut batch.buffers,
+            batch.slot_len,
+            &mut batch.received,
+        )
+        .unwrap();
+        assert_eq!((batch.len(), drained), (1, true));
     }
 
     /// Which implementation to read with.

@@ -685,7 +685,7 @@ impl IoLoop {
         let unix = super::unix_secs();
         for _ in 0..self.config.recv_batches_per_turn.max(1) {
             match self.inbox.recv(&self.socket) {
-                Ok(count) => {
+                Ok(_) => {
                     // Every sender first, so that each one's state is on
                     // its way before its datagram's turn: their lines of
                     // the address table, then the lookups (by then the
@@ -717,7 +717,7 @@ impl IoLoop {
                     }
                     // A short batch: the socket is drained (a datagram
                     // arriving from now on wakes the poller again).
-                    if count < self.inbox.capacity() {
+                    if self.inbox.drained() {
                         return false;
                     }
                     self.give_way();
