@@ -864,6 +864,10 @@ mod tests {
                 "mute_after_offences = 0",
                 "mute_after_offences must be at least 1",
             ),
+            (
+                "max_fanout_bytes_per_tick = 1000",
+                "max_fanout_bytes_per_tick must be at least 65536",
+            ),
         ] {
             let file = FileConfig::parse(&format!("[chat]\n{chat}\n"), "bad.toml").unwrap();
             let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();

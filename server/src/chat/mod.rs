@@ -40,7 +40,9 @@ use shared::protocol::chat::{
 };
 use shared::transport::DisconnectReason;
 
-pub use room::{ChatOutput, ChatRoom, SYSTEM_NAME, Whereabouts, clean_text};
+pub use room::{
+    ChatOutput, ChatRoom, DELIVERY_OVERHEAD_BYTES, SYSTEM_NAME, Whereabouts, clean_text,
+};
 
 use crate::config::ServerConfig;
 use crate::console::{AdminKick, AdminSay};
@@ -85,6 +87,13 @@ pub struct ChatConfig {
     /// end-to-end test's, would see unexpected messages; turn it on for a
     /// game).
     pub announce_sessions: bool,
+    /// Most bytes of chat one tick may send, every copy of every line
+    /// counted (text, name and [`DELIVERY_OVERHEAD_BYTES`] a copy;
+    /// default 8 MiB). A line to everyone costs its size times the
+    /// players: beyond the budget, sends are refused `RateLimited` (not
+    /// counted as an offence) until the next tick. A tick's first line
+    /// always goes.
+    pub max_fanout_bytes_per_tick: usize,
 }
 
 impl Default for ChatConfig {
@@ -99,6 +108,7 @@ impl Default for ChatConfig {
             kick_after_mutes: 2,
             tick_hz: 30,
             announce_sessions: false,
+            max_fanout_bytes_per_tick: 8 << 20,
         }
     }
 }
@@ -111,6 +121,8 @@ impl ChatConfig {
     pub const MAX_BURST: u32 = 1_000_000;
     /// Highest `rate_per_sec` accepted (a load test's "unlimited").
     pub const MAX_RATE_PER_SEC: f64 = 1_000_000.0;
+    /// Smallest `max_fanout_bytes_per_tick` accepted.
+    pub const MIN_FANOUT_BYTES_PER_TICK: usize = 64 * 1024;
 
     /// Checks values the file may set; the message says what is wrong.
     ///
@@ -142,6 +154,13 @@ impl ChatConfig {
         }
         if self.mute_after_offences == 0 {
             return Err("mute_after_offences must be at least 1".to_owned());
+        }
+        if self.max_fanout_bytes_per_tick < Self::MIN_FANOUT_BYTES_PER_TICK {
+            return Err(format!(
+                "max_fanout_bytes_per_tick must be at least {}, got {}",
+                Self::MIN_FANOUT_BYTES_PER_TICK,
+                self.max_fanout_bytes_per_tick
+            ));
         }
         Ok(())
     }

@@ -224,7 +224,15 @@ pub struct ChatRoom {
     /// cost the tick O(members)). Names are unique (the game derives them
     /// from the account); should two members share one, the later holds it.
     by_name: HashMap<String, u64>,
+    /// What this tick's lines cost so far, in bytes (see
+    /// [`ChatConfig::max_fanout_bytes_per_tick`]).
+    fanout_bytes: usize,
 }
+
+/// What one delivered copy of a line costs besides its text and the
+/// speaker's name: its message header and sequence number, the command
+/// that carries it to `net-io` and the room's output.
+pub const DELIVERY_OVERHEAD_BYTES: usize = 128;
 
 impl ChatRoom {
     /// An empty room.
@@ -235,6 +243,7 @@ impl ChatRoom {
             members: HashMap::new(),
             standing: HashMap::new(),
             by_name: HashMap::new(),
+            fanout_bytes: 0,
         }
     }
 
@@ -251,6 +260,7 @@ impl ChatRoom {
     /// Advances time by one tick: refills every bucket.
     pub fn tick(&mut self) {
         self.tick += 1;
+        self.fanout_bytes = 0;
         let per_tick = self.refill_per_tick();
         let burst = self.config.burst;
         for member in self.members.values_mut() {
@@ -478,6 +488,25 @@ impl ChatRoom {
         };
         recipients.sort_unstable();
         recipients.dedup();
+        // Everyone in range gets a copy: many players saying long lines to
+        // everyone at once would otherwise make one tick's output (and
+        // memory) grow with players × lines × recipients. A tick's first
+        // line always goes.
+        let cost = recipients.len() * (text.len() + name.len() + DELIVERY_OVERHEAD_BYTES);
+        if self.fanout_bytes > 0 && self.fanout_bytes + cost > config.max_fanout_bytes_per_tick {
+            out.push(ChatOutput::Rejected {
+                to: from,
+                rejected: ChatRejected {
+                    client_ref,
+                    reason: ChatRejectReason::RateLimited,
+                    message: "the server has too much chat to send right now; try again in a \
+                              moment"
+                        .to_owned(),
+                },
+            });
+            return true;
+        }
+        self.fanout_bytes += cost;
         let line = Arc::new(ChatLineBody {
             from: Some(from),
             from_name: name,

@@ -698,3 +698,50 @@ fn a_huge_rate_fills_the_bucket_instead_of_wrapping_it() {
         assert!(rejections(&out).is_empty(), "round {round}");
     }
 }
+
+#[test]
+fn one_ticks_chat_is_bounded_and_the_refused_are_not_offenders() {
+    let config = ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        ..ChatConfig::default()
+    };
+    let accounts: Vec<u64> = (1..=50).collect();
+    let mut room = room_with(&accounts, config.clone());
+    let mut out = Vec::new();
+    let text = "x".repeat(200);
+    // Everyone spends a whole burst on lines to everyone, in one tick.
+    for &from in &accounts {
+        for client_ref in 0..config.burst {
+            room.say(
+                from,
+                client_ref,
+                &ChatScope::Global,
+                &text,
+                nowhere,
+                &mut out,
+            );
+        }
+    }
+    let copy = text.len() + "player-50".len() + DELIVERY_OVERHEAD_BYTES;
+    let delivered = out.iter().filter_map(ChatOutput::line).count();
+    assert!(delivered > 0);
+    assert!(
+        delivered * copy <= config.max_fanout_bytes_per_tick + accounts.len() * copy,
+        "{delivered} copies of {copy} bytes"
+    );
+    let refused = rejections(&out);
+    assert_eq!(
+        delivered / accounts.len() + refused.len(),
+        accounts.len() * config.burst as usize,
+        "every send answered once"
+    );
+    assert!(refused.iter().all(|r| *r == ChatRejectReason::RateLimited));
+    // The refused are not offenders: once a token is back they speak
+    // (refused ten times, counted as offences, they would be muted).
+    for _ in 0..=config.tick_hz {
+        room.tick();
+    }
+    out.clear();
+    room.say(50, 99, &ChatScope::WhisperId(1), "hi", nowhere, &mut out);
+    assert!(the_answer(&out, 50, 99).is_ok(), "{out:?}");
+}
