@@ -411,6 +411,18 @@ impl ReliableSend {
 
     pub(crate) fn push(&mut self, payload: Bytes, fragment_size: usize) {
         self.queued_bytes += payload.len();
+        // A message that waits for the window gets its own copy: the
+        // payload may be a slice of a chunk its encoder shares with many
+        // other messages, which a slow receiver's backlog would otherwise
+        // keep alive for as long as it lasts (16 KiB for a 50-byte line),
+        // far beyond the bytes this queue counts.
+        let waits = !self.pending.is_empty()
+            || seq_distance(self.next_id, self.oldest_unacked) >= self.window;
+        let payload = if waits {
+            Bytes::copy_from_slice(&payload)
+        } else {
+            payload
+        };
         self.pending.push_back(payload);
         self.fill_window(fragment_size);
     }
@@ -651,6 +663,21 @@ mod tests {
         let rc = unsafe { libc::mincore(start as *mut _, pages * page, vec.as_mut_ptr()) };
         assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
         (vec.iter().filter(|&&b| b & 1 == 1).count(), pages)
+    }
+
+    #[test]
+    fn a_message_waiting_for_the_window_holds_its_own_copy() {
+        let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+        let in_chunk = |b: &Bytes| chunk.as_ptr_range().contains(&b.as_ptr());
+        let mut send = ReliableSend::new(2, 1 << 20);
+        for _ in 0..3 {
+            send.push(chunk.slice(0..50), 1024);
+        }
+        assert_eq!(send.pending.len(), 1, "two in the window, one waits");
+        assert!(!in_chunk(&send.pending[0]), "its own copy");
+        assert_eq!(&send.pending[0][..], &chunk[..50]);
+        let in_window = send.slots.get_mut(0).payload.clone();
+        assert!(in_chunk(&in_window), "sent ones are not copied");
     }
 
     #[test]
