@@ -870,6 +870,32 @@ fn a_trade_swaps_atomically_when_both_accept_and_a_disconnect_cancels_it() {
     assert_eq!(stacks(h.core.inventory(2).unwrap()), stacks(&b_after));
 }
 
+/// An offer longer than any trade is refused when it arrives, not held
+/// in the queue (the codec bounds its bytes, not its entries).
+#[test]
+fn an_oversized_offer_is_refused_without_waiting_in_the_queue() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    h.flush(false);
+    let queued = h.core.queued();
+    let answer = h.core.push(request_input(
+        1,
+        7,
+        InventoryOp::Offer {
+            with: 2,
+            offer: TradeOffer {
+                items: vec![(0, 1); 10_000],
+            },
+        },
+    ));
+    let Some(Output::Reply { reply, .. }) = answer else {
+        panic!("answered at once: {answer:?}");
+    };
+    assert_eq!(reply.result, Err(InventoryError::BadOffer));
+    assert_eq!(h.core.queued(), queued, "nothing queued");
+}
+
 /// Trade ids are never used twice, restarts included: an accept sent
 /// before a restart (and sent again after it) cannot accept the new trade
 /// that would otherwise have taken the same id.

@@ -683,7 +683,9 @@ impl InventoryCore {
     /// Queues an input. A request beyond [`CoreConfig::max_queued`], or
     /// beyond [`CoreConfig::max_queued_per_account`] of its account, is
     /// answered at once (returned here): with its stored reply when its id
-    /// is a committed change, else with [`InventoryError::Busy`]. Other
+    /// is a committed change, else with [`InventoryError::Busy`]; so is an
+    /// offer of more than [`MAX_TRADE_SLOTS`] stacks, with
+    /// [`InventoryError::BadOffer`]. Other
     /// inputs are always queued (connections are bounded by the server's
     /// client limit, ticks by the caller).
     pub fn push(&mut self, input: Input) -> Option<Output> {
@@ -696,14 +698,26 @@ impl InventoryCore {
         {
             let (account, request_id, tag) = (*account, request.request_id, *tag);
             let queued = self.queued_by_account.get(&account).copied();
-            if self.queue.len() >= self.config.max_queued
-                || queued.unwrap_or(0) >= self.config.max_queued_per_account
-            {
+            // An offer longer than any trade decodes (the codec bounds only
+            // its bytes: ~10,000 entries, 87 KiB in memory): it is refused
+            // here rather than held in the queue.
+            let oversized = matches!(
+                &request.op,
+                InventoryOp::Offer { offer, .. } if offer.items.len() > MAX_TRADE_SLOTS
+            );
+            let full = self.queue.len() >= self.config.max_queued
+                || queued.unwrap_or(0) >= self.config.max_queued_per_account;
+            if oversized || full {
+                let refusal = if oversized {
+                    InventoryError::BadOffer
+                } else {
+                    InventoryError::Busy
+                };
                 let reply = self
                     .committed_reply(account, request_id)
                     .unwrap_or(InventoryReply {
                         request_id,
-                        result: Err(InventoryError::Busy),
+                        result: Err(refusal),
                         trade: None,
                     });
                 return Some(Output::Reply {
