@@ -309,19 +309,26 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
 /// A writer thread that dies leaves every change refused `Storage` for
 /// good: the server shuts down with an error instead, so that a
 /// supervisor restarts it.
+/// Runs ticks until the app exits (at most 10 s) and returns how.
+fn run_to_exit(app: &mut App) -> AppExit {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(exit) = app.should_exit() {
+            return exit;
+        }
+        assert!(Instant::now() < deadline, "still running 10 s on");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[test]
 fn a_writer_that_dies_shuts_the_server_down_with_an_error() {
     let service = service_whose_writer_dies("writer-dies-exit");
     let (mut app, _net) = app_with(Some(service));
     // The spawner's first batch goes to the writer, which dies on it;
     // the server notices whenever that happens.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.should_exit().is_none() {
-        assert!(Instant::now() < deadline, "still running 10 s on");
-        app.update();
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert_eq!(app.should_exit(), Some(AppExit::error()));
+    assert_eq!(run_to_exit(&mut app), AppExit::error());
 }
 
 /// A store that reports every account load (the account and the thread
@@ -476,13 +483,7 @@ fn a_reader_that_dies_shuts_the_server_down_with_an_error() {
     net.events
         .send(NetEvent::Connected { client: player })
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.should_exit().is_none() {
-        assert!(Instant::now() < deadline, "still running 10 s on");
-        app.update();
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert_eq!(app.should_exit(), Some(AppExit::error()));
+    assert_eq!(run_to_exit(&mut app), AppExit::error());
     assert!(
         app.world()
             .resource::<InventoryService>()

@@ -597,17 +597,7 @@ mod tests {
         };
         let network = crate::start_network(&config).unwrap();
         let server_addr = network.local_addr().unwrap();
-        let mut app = App::new();
-        app.add_plugins(crate::tick::TickPlugin {
-            config: crate::tick::TickConfig::default(),
-            clock: crate::tick::ManualClock::new(),
-        })
-        .add_message::<ShutdownStarted>()
-        .add_message::<AdminKick>()
-        .insert_resource(network)
-        .add_plugins(NetPlugin);
-        app.finish();
-        app.cleanup();
+        let mut app = ticking_app(network);
         let mut endpoint = ClientEndpoint::new(
             shared::protocol::PROTOCOL_ID,
             shared::protocol::channels::transport_config(),
@@ -704,6 +694,23 @@ mod tests {
         assert_eq!(batch, vec![send(1), send(2), send(3), kick]);
     }
 
+    /// The network plugin on `server`, one tick an update, with the
+    /// messages it reads from the plugins not installed here.
+    fn ticking_app(server: NetServer) -> App {
+        let mut app = App::new();
+        app.add_plugins(crate::tick::TickPlugin {
+            config: crate::tick::TickConfig::default(),
+            clock: crate::tick::ManualClock::new(),
+        })
+        .add_message::<ShutdownStarted>()
+        .add_message::<AdminKick>()
+        .insert_resource(server)
+        .add_plugins(NetPlugin);
+        app.finish();
+        app.cleanup();
+        app
+    }
+
     #[test]
     fn a_refused_shutdown_is_kept_behind_the_ticks_goodbyes() {
         let client = ClientId {
@@ -719,17 +726,7 @@ mod tests {
         let (server, loopback) = NetServer::loopback();
         // net-io refuses every batch (here: gone; in the server: behind).
         drop(loopback);
-        let mut app = App::new();
-        app.add_plugins(crate::tick::TickPlugin {
-            config: crate::tick::TickConfig::default(),
-            clock: crate::tick::ManualClock::new(),
-        })
-        .add_message::<ShutdownStarted>()
-        .add_message::<AdminKick>()
-        .insert_resource(server)
-        .add_plugins(NetPlugin);
-        app.finish();
-        app.cleanup();
+        let mut app = ticking_app(server);
         app.world_mut()
             .resource_mut::<Outbox>()
             .push(goodbye.clone());

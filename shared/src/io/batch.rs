@@ -660,6 +660,17 @@ mod tests {
         }
     }
 
+    /// One portable read of `socket` into `batch`; whether it drained.
+    fn read_scripted(socket: &Scripted, batch: &mut RecvBatch) -> io::Result<bool> {
+        batch.received.clear();
+        portable::recv(
+            socket,
+            &mut batch.buffers,
+            batch.slot_len,
+            &mut batch.received,
+        )
+    }
+
     #[test]
     fn the_portable_read_passes_over_errors_about_one_datagram() {
         let reset = || Err(io::Error::from(io::ErrorKind::ConnectionReset));
@@ -671,38 +682,17 @@ mod tests {
             reset(),
         ]);
         let mut batch = RecvBatch::new(8, 16);
-        batch.received.clear();
-        portable::recv(
-            &socket,
-            &mut batch.buffers,
-            batch.slot_len,
-            &mut batch.received,
-        )
-        .unwrap();
+        read_scripted(&socket, &mut batch).unwrap();
         let got: Vec<&[u8]> = batch.iter().map(|(_, d)| d).collect();
         assert_eq!(got, [&b"one"[..], &b"two"[..]], "read on to WouldBlock");
         // Any other error ends the read; alone, it is the read's error.
         let socket = Scripted::new(vec![Err(io::ErrorKind::PermissionDenied.into())]);
-        batch.received.clear();
-        let error = portable::recv(
-            &socket,
-            &mut batch.buffers,
-            batch.slot_len,
-            &mut batch.received,
-        )
-        .unwrap_err();
+        let error = read_scripted(&socket, &mut batch).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
         // A flood of them cannot hold the read: one a slot at most, and
         // then the read is not drained (read again).
         let socket = Scripted::new((0..100).map(|_| reset()).collect());
-        batch.received.clear();
-        let drained = portable::recv(
-            &socket,
-            &mut batch.buffers,
-            batch.slot_len,
-            &mut batch.received,
-        )
-        .unwrap();
+        let drained = read_scripted(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (0, false));
         assert_eq!(
             socket.0.borrow().len(),
@@ -715,25 +705,11 @@ mod tests {
         script.extend((0..9).map(|_| reset()));
         script.push(Ok(b"b".to_vec()));
         let socket = Scripted::new(script);
-        batch.received.clear();
-        let drained = portable::recv(
-            &socket,
-            &mut batch.buffers,
-            batch.slot_len,
-            &mut batch.received,
-        )
-        .unwrap();
+        let drained = read_scripted(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (1, false));
         // Read to WouldBlock: drained.
         let socket = Scripted::new(vec![Ok(b"a".to_vec())]);
-        batch.received.clear();
-        let drained = portable::recv(
-            &socket,
-            &mut batch.buffers,
-            batch.slot_len,
-            &mut batch.received,
-        )
-        .unwrap();
+        let drained = read_scripted(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (1, true));
     }
 
