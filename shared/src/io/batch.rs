@@ -661,7 +661,7 @@ mod tests {
     }
 
     /// One portable read of `socket` into `batch`; whether it drained.
-    fn read_scripted(socket: &Scripted, batch: &mut RecvBatch) -> io::Result<bool> {
+    fn read_portable<S: DatagramSocket>(socket: &S, batch: &mut RecvBatch) -> io::Result<bool> {
         batch.received.clear();
         portable::recv(
             socket,
@@ -682,17 +682,17 @@ mod tests {
             reset(),
         ]);
         let mut batch = RecvBatch::new(8, 16);
-        read_scripted(&socket, &mut batch).unwrap();
+        read_portable(&socket, &mut batch).unwrap();
         let got: Vec<&[u8]> = batch.iter().map(|(_, d)| d).collect();
         assert_eq!(got, [&b"one"[..], &b"two"[..]], "read on to WouldBlock");
         // Any other error ends the read; alone, it is the read's error.
         let socket = Scripted::new(vec![Err(io::ErrorKind::PermissionDenied.into())]);
-        let error = read_scripted(&socket, &mut batch).unwrap_err();
+        let error = read_portable(&socket, &mut batch).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
         // A flood of them cannot hold the read: one a slot at most, and
         // then the read is not drained (read again).
         let socket = Scripted::new((0..100).map(|_| reset()).collect());
-        let drained = read_scripted(&socket, &mut batch).unwrap();
+        let drained = read_portable(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (0, false));
         assert_eq!(
             socket.0.borrow().len(),
@@ -705,11 +705,11 @@ mod tests {
         script.extend((0..9).map(|_| reset()));
         script.push(Ok(b"b".to_vec()));
         let socket = Scripted::new(script);
-        let drained = read_scripted(&socket, &mut batch).unwrap();
+        let drained = read_portable(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (1, false));
         // Read to WouldBlock: drained.
         let socket = Scripted::new(vec![Ok(b"a".to_vec())]);
-        let drained = read_scripted(&socket, &mut batch).unwrap();
+        let drained = read_portable(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (1, true));
     }
 
@@ -724,13 +724,7 @@ mod tests {
         match path {
             Path::Native => batch.recv(socket),
             Path::Portable => {
-                batch.received.clear();
-                portable::recv(
-                    socket,
-                    &mut batch.buffers,
-                    batch.slot_len,
-                    &mut batch.received,
-                )?;
+                read_portable(socket, batch)?;
                 Ok(batch.received.len())
             }
         }
