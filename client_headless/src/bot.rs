@@ -13,7 +13,8 @@
 //! the next one.
 //!
 //! Behaviours, as a game client would play them:
-//! - **wander** sends a `MoveInput` at the scenario's rate from the first
+//! - **wander** sends a `MoveInput` at the scenario's rate (at most the
+//!   server's tick rate, from its welcome) from the first
 //!   moment of the session (the server starts a client's snapshot stream
 //!   with its first input), built by a [`Predictor`] and acknowledging the
 //!   newest snapshot the bot's [`SnapshotReceiver`] applied, so the server

@@ -6,7 +6,8 @@
 //!
 //! ```toml
 //! name = "default"
-//! [wander]            # MoveInput at `hz`, a new random heading every `turn_every_s`
+//! [wander]            # MoveInput at `hz` (at most the server's tick rate),
+//!                     # a new random heading every `turn_every_s`
 //! hz = 30.0
 //! speed = 3.0
 //! turn_every_s = 2.0

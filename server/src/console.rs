@@ -79,8 +79,8 @@ pub const DEFAULT_KICK_REASON: &str = "kicked by an administrator";
 pub const HELP: &str = "\
 commands:
   status               tick rate, tick time p50/p99, overruns, uptime
-  players              list connected players
-  kick <id> [reason]   disconnect a player
+  players              list connected players, address and RTT
+  kick <id> [reason]   show a player the reason, then disconnect it
   say <text>           broadcast a server message
   shutdown             save, say goodbye and exit
   help                 this list";

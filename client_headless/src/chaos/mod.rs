@@ -6,8 +6,10 @@
 //! Every attack is bounded twice: it sends at most `rate` datagrams (or
 //! connections, for `slot-hold`) per second, paced against the start time
 //! so the schedule does not drift, and it stops after `duration` (plus at
-//! most `GRACE` to collect the answers). It refuses a non-loopback target
-//! unless the operator states that they own it.
+//! most `GRACE` to collect the answers; an attack's own sessions connect
+//! first, up to 5 s, and spoof-connect's probe may wait up to 5 s more).
+//! It refuses a non-loopback target unless the operator states that they
+//! own it.
 //!
 //! The traffic itself comes from [`generators`], which the adversarial
 //! end-to-end tests (`tests/`, crate `e2e`) use as well: one implementation

@@ -1,6 +1,7 @@
 //! Chat: global, nearby and whisper scopes, system lines, validation, a
 //! per-player token-bucket rate limit with mutes and kicks for repeated
-//! offenders, and a per-recipient sequence number on every line.
+//! offenders, a bound on one tick's total fan-out (refused `RateLimited`,
+//! no offence), and a per-recipient sequence number on every line.
 //!
 //! Everything is on [`channels::CHAT`] (reliable, ordered):
 //! [`ChatSend`] in, [`ChatLine`] and [`ChatRejected`] out. The rules live in

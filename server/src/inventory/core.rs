@@ -19,10 +19,11 @@
 //!   by [`InventoryCore::complete`], i.e. after its whole batch committed
 //!   (a batch without writes has nothing to commit and is resolved with
 //!   `Ok` without the store). The exceptions come from
-//!   [`InventoryCore::push`] when the queue is full:
-//!   [`InventoryError::Busy`], which applied nothing and is not
-//!   remembered, or, for an id whose change is already committed, its
-//!   stored reply.
+//!   [`InventoryCore::push`] when the queue is full, or for an offer of
+//!   more than [`MAX_TRADE_SLOTS`] stacks (refused on arrival):
+//!   [`InventoryError::Busy`] or [`InventoryError::BadOffer`], which
+//!   applied nothing and are not remembered, or, for an id whose change is
+//!   already committed, its stored reply.
 //! - When the commit fails, every request applied in the batch, read-only
 //!   ones included, is answered `Storage` and nothing about it is
 //!   remembered, so the same id sent again is a new request. A repeated

@@ -3,7 +3,7 @@
 //! Schema (version 1):
 //!
 //! ```sql
-//! meta(key TEXT PRIMARY KEY, value INTEGER)            -- schema_version, next_world_item, spawned
+//! meta(key TEXT PRIMARY KEY, value INTEGER)            -- schema_version, next_world_item, spawned, next_trade
 //! inventories(account INTEGER PRIMARY KEY, version INTEGER, slots INTEGER)
 //! inventory_slots(account, slot, item, count CHECK(count > 0), PRIMARY KEY(account, slot))
 //! world_items(id INTEGER PRIMARY KEY, item, count CHECK(count > 0), x REAL, y REAL)

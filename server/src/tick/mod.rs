@@ -237,8 +237,6 @@ impl TickMetrics {
     }
 }
 
-/// Drives the app with the fixed tick runner.
-///
 /// Bounds of `server_tick_duration_seconds`: 0.25 ms to 1.45 s in steps
 /// of √2 (…, 11.3, 16, 22.6, 32 ms, …), fine enough to tell a 16 ms p99
 /// from a 30 ms one, and above the longest period (1 s at 1 Hz), so that
@@ -247,6 +245,8 @@ fn tick_duration_buckets() -> Vec<f64> {
     exponential_buckets(0.000_25, std::f64::consts::SQRT_2, 26)
 }
 
+/// Drives the app with the fixed tick runner.
+///
 /// Adds `bevy_time`'s `TimePlugin` if missing, configures `Time<Fixed>` (see
 /// the module docs), inserts [`TickStats`], registers the tick metrics in
 /// the [`Metrics`] resource (creating it if absent) and sets the app runner.

@@ -16,13 +16,14 @@
 //! # fn demo(socket: &std::net::UdpSocket) {
 //! let mut inbox = RecvBatch::new(64, 1500);
 //! let mut outbox = SendBatch::new(256, 1500);
-//! // Read until the socket is drained: a short batch means it was.
-//! while let Ok(n) = inbox.recv(socket) {
+//! // Read until the socket is drained (a short batch may not be: see
+//! // `RecvBatch::drained`).
+//! while inbox.recv(socket).is_ok() {
 //!     for (from, datagram) in inbox.iter() {
 //!         // Echo it back.
 //!         outbox.push(datagram, from);
 //!     }
-//!     if n < inbox.capacity() {
+//!     if inbox.drained() {
 //!         break;
 //!     }
 //! }

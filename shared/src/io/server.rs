@@ -715,7 +715,7 @@ impl IoLoop {
                         self.endpoint.handle_located(now, unix, located, datagram);
                         self.forward_events(now);
                     }
-                    // A short batch: the socket is drained (a datagram
+                    // Read to WouldBlock: the socket is drained (a datagram
                     // arriving from now on wakes the poller again).
                     if self.inbox.drained() {
                         return false;

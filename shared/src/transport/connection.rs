@@ -492,8 +492,10 @@ impl Connection {
         self.send_bytes(channel, Bytes::copy_from_slice(payload))
     }
 
-    /// Queues a shared message without copying it: the same `Bytes` can go
-    /// to many connections.
+    /// Queues a shared message: the same `Bytes` can go to many
+    /// connections. It is copied only when it has to wait for a reliable
+    /// channel's window (a slow receiver then never keeps a shared encoder
+    /// chunk alive).
     pub fn send_bytes(&mut self, channel: ChannelId, payload: Bytes) -> Result<(), SendError> {
         if self.state != State::Connected {
             return Err(SendError::Closed);
