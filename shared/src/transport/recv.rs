@@ -367,6 +367,10 @@ impl UnreliableRecv {
                 self.stale += 1;
             }
             memory.used -= r.finish(KEEP_CAPACITY);
+            // A message that arrived whole was paid for with all its
+            // fragments: its slot may begin the next one at once (the
+            // minimum age is for messages that never complete).
+            r.started = None;
             if !stale && self.sequenced {
                 self.advance(id, memory);
             }
