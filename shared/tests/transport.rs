@@ -366,6 +366,18 @@ fn large_unreliable_messages_at_30_hz_all_arrive_on_a_perfect_link() {
     assert_eq!(indices(&pair.at_b.messages, UNRELIABLE).len(), 60);
 }
 
+/// An unreliable message sent on a connection idle for longer than the
+/// unreliable TTL is sent, not dropped as if it had waited all that time.
+#[test]
+fn an_unreliable_message_after_a_quiet_spell_is_sent() {
+    let t0 = Instant::now();
+    let mut a = Connection::new(TransportConfig::default(), t0).unwrap();
+    a.send(UNRELIABLE, b"emote").unwrap();
+    let mut buf = [0u8; 1500];
+    assert!(a.poll_transmit(t0 + ms(150), &mut buf).is_some());
+    assert_eq!(a.stats().unreliable_dropped, 0);
+}
+
 #[test]
 fn a_lost_reliable_message_does_not_stall_other_channels() {
     let mut pair = Pair::new(

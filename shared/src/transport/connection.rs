@@ -334,8 +334,6 @@ pub struct Connection {
     config: Arc<TransportConfig>,
     /// Turns the callers' `Instant`s into the stamps kept inside.
     clock: Clock,
-    /// The latest `now` any call brought; stamps messages queued by `send`.
-    last_activity: Stamp,
     state: State,
     next_sequence: u16,
     /// No packet older than this sequence is in flight: the packets in
@@ -476,7 +474,6 @@ impl Connection {
             ack_eliciting_unacked: 0,
             last_received: now,
             last_sent: now,
-            last_activity: now,
             timers: TimerTable::default(),
             traffic: Traffic::default(),
             inbox: Inbox::default(),
@@ -513,7 +510,7 @@ impl Connection {
         let index = usize::from(channel.0);
         match self.send.get_mut(index) {
             None => return Err(SendError::NoSuchChannel(channel.0)),
-            Some(SendChannel::Unreliable(c)) => c.push(self.last_activity, payload, fragment_size),
+            Some(SendChannel::Unreliable(c)) => c.push(payload, fragment_size),
             Some(SendChannel::Reliable(c)) => {
                 if !c.has_room(payload.len()) {
                     return Err(SendError::QueueFull);
@@ -817,7 +814,6 @@ impl Connection {
     /// [`handle_datagram_into`](Self::handle_datagram_into) at a stamp of
     /// its clock.
     pub(crate) fn datagram_at(&mut self, now: Stamp, datagram: &[u8], out: &mut impl Deliver) {
-        self.last_activity = self.last_activity.max(now);
         if self.state == State::Closed {
             return;
         }
@@ -1180,7 +1176,6 @@ impl Connection {
 
     /// [`handle_timeout`](Self::handle_timeout) at a stamp of its clock.
     pub(crate) fn timeout_at(&mut self, now: Stamp) {
-        self.last_activity = self.last_activity.max(now);
         if !self.is_open() {
             if let State::Closing { .. } = self.state {
                 self.update_timers(now);
@@ -1315,7 +1310,6 @@ impl Connection {
 
     /// [`poll_transmit`](Self::poll_transmit) at a stamp of its clock.
     pub(crate) fn transmit_at(&mut self, now: Stamp, buf: &mut [u8]) -> Option<usize> {
-        self.last_activity = self.last_activity.max(now);
         let limit = buf.len().min(self.config.max_payload);
         let buf = &mut buf[..limit];
         match self.state {

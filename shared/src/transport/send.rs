@@ -227,7 +227,11 @@ impl SendChannel {
 }
 
 struct PendingUnreliable {
-    queued_at: Stamp,
+    /// When the message was first up for sending (the first
+    /// [`UnreliableSend::shed_stale`] after it was queued): `None` before.
+    /// Counted from then, not from its queueing, whose stamp is the
+    /// connection's last call (long ago on an idle connection).
+    up_since: Option<Stamp>,
     payload: Bytes,
     id: Option<u16>,
     fragment_count: u16,
@@ -257,7 +261,7 @@ impl UnreliableSend {
         }
     }
 
-    pub(crate) fn push(&mut self, now: Stamp, payload: Bytes, fragment_size: usize) {
+    pub(crate) fn push(&mut self, payload: Bytes, fragment_size: usize) {
         let fragment_count = payload.len().div_ceil(fragment_size).max(1) as u16;
         if self.sequenced {
             // Only the newest message of a sequenced channel matters: older
@@ -276,7 +280,7 @@ impl UnreliableSend {
         });
         self.queued_bytes += payload.len();
         self.queue.push_back(PendingUnreliable {
-            queued_at: now,
+            up_since: None,
             payload,
             id,
             fragment_count,
@@ -291,10 +295,21 @@ impl UnreliableSend {
         }
     }
 
-    /// Drops messages that waited longer than `ttl` for send budget.
+    /// Drops messages that waited longer than `ttl` for send budget, the
+    /// wait counted from the first call that saw them.
     pub(crate) fn shed_stale(&mut self, now: Stamp, ttl: Duration) {
+        // Messages queued since the last call: a suffix of the queue.
+        for waiting in self.queue.iter_mut().rev() {
+            if waiting.up_since.is_some() {
+                break;
+            }
+            waiting.up_since = Some(now);
+        }
         while let Some(front) = self.queue.front() {
-            if now.saturating_duration_since(front.queued_at) < ttl {
+            if front
+                .up_since
+                .is_some_and(|since| now.saturating_duration_since(since) < ttl)
+            {
                 return;
             }
             self.queued_bytes -= front.payload.len();
