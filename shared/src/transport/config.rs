@@ -14,6 +14,10 @@ use super::wire;
 /// Most channels a connection can have (channel ids are 6 bits on the wire).
 pub const MAX_CHANNELS: usize = 64;
 
+/// The shortest [`TransportConfig::keepalive_interval`]: keepalives at most
+/// 10 times a second.
+pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Most concurrent incomplete unreliable messages a channel may keep
 /// ([`TransportConfig::max_unreliable_reassemblies`]).
 pub const MAX_UNRELIABLE_REASSEMBLIES: usize = 64;
@@ -140,7 +144,8 @@ pub struct TransportConfig {
     /// Default 10 ms; at most 1 s.
     pub max_ack_delay: Duration,
     /// With nothing else to send, an ack-eliciting keepalive goes out after
-    /// this much silence (at most 10 Hz).
+    /// this much silence: at least [`MIN_KEEPALIVE_INTERVAL`] (at most
+    /// 10 Hz) and below `idle_timeout`.
     pub keepalive_interval: Duration,
     /// Nothing received for this long ends the connection with a timeout.
     pub idle_timeout: Duration,
@@ -234,6 +239,13 @@ pub enum ConfigError {
     /// `min_rto <= initial_rto <= max_rto` does not hold.
     #[error("retransmission timeouts must satisfy 0 < min <= initial <= max")]
     Rto,
+    /// A keepalive more often than 10 Hz, or timeouts of zero: a zero
+    /// keepalive interval makes every `poll_transmit` send one, for ever.
+    #[error(
+        "keepalive_interval must be at least 100 ms and below idle_timeout, and \
+         reliable_timeout above 0"
+    )]
+    Timers,
 }
 
 impl TransportConfig {
@@ -297,6 +309,12 @@ impl TransportConfig {
         if self.max_ack_delay > Duration::from_secs(1) {
             return Err(ConfigError::MaxAckDelay(self.max_ack_delay));
         }
+        if self.keepalive_interval < MIN_KEEPALIVE_INTERVAL
+            || self.keepalive_interval >= self.idle_timeout
+            || self.reliable_timeout.is_zero()
+        {
+            return Err(ConfigError::Timers);
+        }
         Ok(())
     }
 }
@@ -308,6 +326,31 @@ mod tests {
     #[test]
     fn default_is_valid() {
         assert_eq!(TransportConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_a_keepalive_that_would_never_stop_and_zero_timeouts() {
+        let defaults = TransportConfig::default();
+        for config in [
+            TransportConfig {
+                keepalive_interval: Duration::ZERO,
+                ..defaults.clone()
+            },
+            TransportConfig {
+                keepalive_interval: Duration::from_millis(1),
+                ..defaults.clone()
+            },
+            TransportConfig {
+                idle_timeout: Duration::ZERO,
+                ..defaults.clone()
+            },
+            TransportConfig {
+                reliable_timeout: Duration::ZERO,
+                ..defaults.clone()
+            },
+        ] {
+            assert_eq!(config.validate(), Err(ConfigError::Timers));
+        }
     }
 
     #[test]
