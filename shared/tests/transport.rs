@@ -378,6 +378,29 @@ fn an_unreliable_message_after_a_quiet_spell_is_sent() {
     assert_eq!(a.stats().unreliable_dropped, 0);
 }
 
+/// An idle connection (keepalives only) does not grow its send budget:
+/// a large message queued after a quiet spell leaves at the initial rate,
+/// not in one burst at the maximum.
+#[test]
+fn an_idle_connection_does_not_build_up_a_burst() {
+    let config = TransportConfig::default();
+    let initial = config.initial_send_rate;
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(25)), 7);
+    pair.run_for(Duration::from_secs(3));
+    assert!(
+        pair.a.stats().send_rate <= initial,
+        "rate {} after 3 s of keepalives",
+        pair.a.stats().send_rate
+    );
+    pair.a.send(ORDERED, &vec![1; 200 * 1024]).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut burst = 0;
+    while pair.a.poll_transmit(pair.now, &mut buf).is_some() {
+        burst += 1;
+    }
+    assert!(burst <= 20, "{burst} datagrams in one instant");
+}
+
 #[test]
 fn a_lost_reliable_message_does_not_stall_other_channels() {
     let mut pair = Pair::new(

@@ -2,7 +2,9 @@
 //!
 //! The rate starts at `initial_send_rate` and doubles every round trip
 //! (slow start) until the first congestion signal; after that it grows by
-//! `rate / 16` per round trip without loss and is cut to 3/4
+//! `rate / 16` per round trip without loss; either only in a round trip in
+//! which the sender used its whole budget (a sender below its rate gives
+//! no evidence that the path carries more) and is cut to 3/4
 //! on a loss event or when the smoothed RTT climbs past twice the minimum
 //! plus 50 ms (queues building). At most one cut per round trip. The rate
 //! stays within `[min_send_rate, max_send_rate]`.
@@ -45,6 +47,11 @@ pub(crate) struct SendBudget {
     slow_start: bool,
     epoch_start: Option<Stamp>,
     last_cut: Option<Stamp>,
+    /// The budget ran out since the rate last grew: the sender wanted
+    /// more than the rate. Only then does an acknowledgement grow it (a
+    /// sender that never uses its budget gives no evidence that the path
+    /// carries more; RFC 7661).
+    limited: bool,
 }
 
 impl SendBudget {
@@ -57,6 +64,7 @@ impl SendBudget {
             slow_start: true,
             epoch_start: None,
             last_cut: None,
+            limited: false,
         }
     }
 
@@ -75,12 +83,15 @@ impl SendBudget {
     /// Whether a datagram may be sent now.
     pub(crate) fn can_send(&mut self, now: Stamp, bounds: &RateBounds) -> bool {
         self.refill(now, bounds);
-        self.tokens > 0.0
+        let can = self.tokens > 0.0;
+        self.limited |= !can;
+        can
     }
 
     /// Charges a sent datagram (the bucket may go negative by one datagram).
     pub(crate) fn on_sent(&mut self, bytes: usize) {
         self.tokens -= bytes as f64;
+        self.limited |= self.tokens <= 0.0;
     }
 
     /// When enough budget will have accrued to send again.
@@ -112,6 +123,9 @@ impl SendBudget {
             return;
         }
         self.epoch_start = Some(now);
+        if !std::mem::take(&mut self.limited) {
+            return;
+        }
         self.rate = if self.slow_start {
             self.rate * 2.0
         } else {
@@ -180,7 +194,12 @@ mod tests {
         budget.on_loss(t0, rtt, &B);
         let after_cut = budget.rate();
         for i in 1..=100 {
-            budget.on_ack(t0 + rtt * i, rtt, Some(rtt), &B);
+            let now = t0 + rtt * i;
+            // A sender with more to send than its budget.
+            while budget.can_send(now, &B) {
+                budget.on_sent(1_000);
+            }
+            budget.on_ack(now, rtt, Some(rtt), &B);
         }
         assert!(
             budget.rate() > after_cut * 2,
@@ -188,6 +207,21 @@ mod tests {
             budget.rate()
         );
         assert!(budget.rate() <= 1_000_000);
+    }
+
+    #[test]
+    fn a_sender_below_its_budget_does_not_grow_it() {
+        let t0 = Stamp::ZERO;
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, &B);
+        for i in 1..=100 {
+            let now = t0 + rtt * i;
+            // A keepalive a round trip: far below 100 kB/s.
+            assert!(budget.can_send(now, &B));
+            budget.on_sent(40);
+            budget.on_ack(now, rtt, Some(rtt), &B);
+        }
+        assert_eq!(budget.rate(), 100_000, "no evidence for more");
     }
 
     #[test]
