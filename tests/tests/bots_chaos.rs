@@ -44,12 +44,17 @@ fn number(summary: &HashMap<String, String>, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number: {summary:?}"))
 }
 
-#[test]
-fn garbage_then_slot_hold_are_bounded_and_reported() {
-    let mut server = ServerProcess::start(&ServerOptions {
+/// A server with four slots, for slot-hold to fill.
+fn four_slot_server() -> ServerProcess {
+    ServerProcess::start(&ServerOptions {
         max_clients: 4,
         ..ServerOptions::default()
-    });
+    })
+}
+
+#[test]
+fn garbage_then_slot_hold_are_bounded_and_reported() {
+    let mut server = four_slot_server();
     let game = server.game.to_string();
 
     let output = chaos(&[
@@ -124,10 +129,7 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
 /// is freed by the server's idle timeout (10 s) and may be taken again.
 #[test]
 fn slot_hold_reports_the_slots_held_at_once() {
-    let server = ServerProcess::start(&ServerOptions {
-        max_clients: 4,
-        ..ServerOptions::default()
-    });
+    let server = four_slot_server();
     let game = server.game.to_string();
     let output = chaos(&[
         "--server",
