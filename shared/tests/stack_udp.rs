@@ -95,7 +95,7 @@ fn connect_echo_and_shut_down(loopback: &str) {
         let now = Instant::now();
         // The "game": echo every message back to its sender.
         let mut batch = Vec::new();
-        for event in server.events().try_iter() {
+        for event in server.events() {
             match event {
                 NetEvent::Connected { .. } => server_connected += 1,
                 NetEvent::Message {
@@ -252,7 +252,7 @@ fn a_flooding_client_is_disconnected_and_others_are_unaffected() {
             flooder.flush(Instant::now());
             honest.flush(Instant::now());
         }
-        for event in server.events().try_iter() {
+        for event in server.events() {
             match event {
                 NetEvent::Message { client, .. } if client.account == 2 => honest_received += 1,
                 NetEvent::Disconnected { client, reason } if client.account == 1 => {
@@ -300,7 +300,7 @@ fn the_summary_lists_each_client_with_its_address_and_rtt() {
             player.flush(Instant::now());
         }
         let mut echoes = Vec::new();
-        for event in server.events().try_iter() {
+        for event in server.events() {
             if let NetEvent::Message { client, .. } = event {
                 echoes.push(NetCommand::Send {
                     client,
@@ -355,7 +355,7 @@ fn a_client_over_the_total_receive_bound_is_counted_as_flooding() {
                 .unwrap();
             bomber.flush(Instant::now());
         }
-        for _ in server.events().try_iter() {}
+        for _ in server.events() {}
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(seen.ended, Some(DisconnectReason::Flooding));
@@ -378,7 +378,7 @@ fn a_client_that_cannot_keep_up_is_disconnected_with_send_queue_full() {
         std::thread::sleep(Duration::from_millis(1));
     }
     while Instant::now() < deadline && disconnected.is_none() {
-        for event in server.events().try_iter() {
+        for event in server.events() {
             match event {
                 NetEvent::Connected { client } => slow_client = Some(client),
                 NetEvent::Disconnected { reason, .. } => disconnected = Some(reason),
@@ -414,7 +414,7 @@ fn pump_until(
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && !done(seen) {
         pump(socket, seen);
-        server.events().try_iter().for_each(&mut on_event);
+        server.events().for_each(&mut on_event);
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(done(seen), "timed out");
@@ -700,7 +700,7 @@ fn a_game_behind_drops_unreliable_traffic_before_a_reliable_message() {
     while !said && Instant::now() < deadline {
         pump(&mut talker, &mut talker_seen);
         pump(&mut mover, &mut mover_seen);
-        for event in server.events().try_iter() {
+        for event in server.events() {
             if let NetEvent::Message {
                 client, payload, ..
             } = &event
@@ -724,6 +724,151 @@ fn a_game_behind_drops_unreliable_traffic_before_a_reliable_message() {
     );
     assert_eq!(disconnected, []);
     assert_eq!(server.stats().snapshot().flooding_disconnects, 0);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
+/// Pumps `socket` until it is connected.
+fn connect(socket: &mut ClientSocket, seen: &mut Seen, deadline: Instant) {
+    while !seen.connected {
+        assert!(Instant::now() < deadline, "the client did not connect");
+        pump(socket, seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A stalled game holds at most `max_inbound_bytes` of messages, however
+/// few they are: a client whose reliable messages would go past it is
+/// disconnected as flooding; what the game then takes is room again.
+#[test]
+fn a_stalled_game_holds_a_bounded_number_of_message_bytes() {
+    const MESSAGE: usize = 4 << 10;
+    let key = Key::generate(&mut system_rng());
+    let config = ServerIoConfig {
+        max_inbound_bytes: 8 * MESSAGE,
+        ..ServerIoConfig::default()
+    };
+    let (mut server, addr) = spawn_server(key, config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut talker = client(&key, addr, 1);
+    let mut talker_seen = Seen::default();
+    connect(&mut talker, &mut talker_seen, deadline);
+    // The game does not drain; the talker sends twice what may wait.
+    for i in 0..16u8 {
+        talker
+            .endpoint
+            .send(CHAT, Bytes::from(vec![i; MESSAGE]))
+            .unwrap();
+    }
+    talker.flush(Instant::now());
+    while talker_seen.ended.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the talker was never disconnected"
+        );
+        pump(&mut talker, &mut talker_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(talker_seen.ended, Some(DisconnectReason::Flooding));
+    let (mut delivered, mut ended) = (Vec::new(), None);
+    for event in server.events() {
+        match event {
+            NetEvent::Message { payload, .. } => delivered.push(payload[0]),
+            NetEvent::Disconnected { reason, .. } => ended = Some(reason),
+            NetEvent::Connected { .. } => {}
+        }
+    }
+    assert_eq!(delivered, (0..8).collect::<Vec<u8>>(), "what waited");
+    assert_eq!(ended, Some(DisconnectReason::Flooding));
+
+    let mut next = client(&key, addr, 2);
+    let mut next_seen = Seen::default();
+    connect(&mut next, &mut next_seen, deadline);
+    for i in 0..8u8 {
+        next.endpoint
+            .send(CHAT, Bytes::from(vec![i; MESSAGE]))
+            .unwrap();
+    }
+    next.flush(Instant::now());
+    let mut received = 0;
+    while received < 8 {
+        assert!(
+            Instant::now() < deadline && next_seen.ended.is_none(),
+            "the bytes the game took were not given back: {received} messages, {:?}",
+            next_seen.ended
+        );
+        pump(&mut next, &mut next_seen);
+        received += server
+            .events()
+            .filter(|event| matches!(event, NetEvent::Message { .. }))
+            .count();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
+/// Droppable messages fill at most half of `max_inbound_bytes`: reliable
+/// messages arriving behind a stalled game's movement still find room.
+#[test]
+fn droppable_messages_leave_room_for_reliable_ones() {
+    const UNRELIABLE: ChannelId = ChannelId(3);
+    const MESSAGE: usize = 1_000;
+    let key = Key::generate(&mut system_rng());
+    let config = ServerIoConfig {
+        max_inbound_bytes: 16 * MESSAGE,
+        droppable_channels: vec![UNRELIABLE],
+        ..ServerIoConfig::default()
+    };
+    let (mut server, addr) = spawn_server(key, config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut mover = client(&key, addr, 1);
+    let mut talker = client(&key, addr, 2);
+    let (mut mover_seen, mut talker_seen) = (Seen::default(), Seen::default());
+    connect(&mut mover, &mut mover_seen, deadline);
+    connect(&mut talker, &mut talker_seen, deadline);
+    // The game does not drain; the mover sends until its messages are dropped.
+    while server.stats().snapshot().inbound_dropped == 0 {
+        assert!(Instant::now() < deadline, "no movement was ever dropped");
+        mover
+            .endpoint
+            .send(UNRELIABLE, Bytes::from(vec![1; MESSAGE]))
+            .unwrap();
+        mover.flush(Instant::now());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let datagrams_before = server.stats().snapshot().datagrams_in;
+    for i in 0..8u8 {
+        talker
+            .endpoint
+            .send(CHAT, Bytes::from(vec![i; MESSAGE]))
+            .unwrap();
+    }
+    talker.flush(Instant::now());
+    // One message a datagram: all eight have been read once eight more
+    // datagrams have.
+    while server.stats().snapshot().datagrams_in < datagrams_before + 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the talker's messages never arrived"
+        );
+        pump(&mut talker, &mut talker_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pump(&mut talker, &mut talker_seen);
+    let (mut said, mut disconnected) = (Vec::new(), Vec::new());
+    for event in server.events() {
+        match event {
+            NetEvent::Message {
+                client, payload, ..
+            } if client.account == 2 => said.push(payload[0]),
+            NetEvent::Disconnected { client, reason } => {
+                disconnected.push((client.account, reason))
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(disconnected, []);
+    assert_eq!(said, (0..8).collect::<Vec<u8>>());
+    assert!(talker_seen.ended.is_none());
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
@@ -781,7 +926,7 @@ fn a_client_that_connects_while_the_server_shuts_down_is_told_so() {
     let mut joined = None;
     while joined.is_none() && Instant::now() < deadline {
         pump(&mut silent, &mut silent_seen);
-        joined = server.events().try_iter().find_map(|e| match e {
+        joined = server.events().find_map(|e| match e {
             NetEvent::Connected { client } => Some(client),
             _ => None,
         });

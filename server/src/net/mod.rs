@@ -74,7 +74,7 @@ impl NetServer {
     /// Moves every event that has arrived into `out`.
     fn drain_events(&mut self, out: &mut Vec<NetEvent>) {
         match &mut self.0 {
-            Backend::Io(io) => out.extend(io.events().try_iter()),
+            Backend::Io(io) => out.extend(io.events()),
             Backend::Loopback { events, .. } => out.extend(events.try_iter()),
         }
     }

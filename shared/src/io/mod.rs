@@ -18,8 +18,8 @@ pub mod socket;
 
 pub use client::ClientSocket;
 pub use server::{
-    ClientId, ClientSummary, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo,
-    ServerIoConfig, SpawnError,
+    ClientId, ClientSummary, InboundEvents, IoStats, IoStatsSnapshot, NetCommand, NetEvent,
+    NetSummary, ServerIo, ServerIoConfig, SpawnError,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

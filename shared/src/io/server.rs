@@ -139,6 +139,15 @@ pub struct ServerIoConfig {
     /// is its sender disconnected with [`DisconnectReason::Flooding`]: the
     /// game must never lose a reliable message silently.
     pub inbound_capacity: usize,
+    /// Message bytes the events waiting for the game (in its channel and
+    /// the backlog) may hold together. A game that stalls while clients
+    /// send long messages then holds at most this much, not
+    /// `inbound_capacity` times the longest message; a message that would
+    /// go over it is handled as one that finds the backlog full. Droppable
+    /// messages may fill half of it, so that a reliable message finds room
+    /// behind them. Default 64 MiB (a second of 5,000 players' movement is
+    /// under 4 MiB).
+    pub max_inbound_bytes: usize,
     /// Capacity of the command channel, in batches (one per tick).
     pub outbound_batches: usize,
     /// A client delivering more messages than this in one second is
@@ -169,6 +178,7 @@ impl Default for ServerIoConfig {
     fn default() -> Self {
         Self {
             inbound_capacity: 64 * 1024,
+            max_inbound_bytes: 64 << 20,
             outbound_batches: 8,
             max_messages_per_second: 2_000,
             droppable_channels: Vec::new(),
@@ -197,6 +207,9 @@ pub struct IoStats {
     tick_yields: AtomicU64,
     summary: Mutex<NetSummary>,
     summary_version: AtomicU64,
+    /// Message bytes the game has taken from its channel, ever (see
+    /// [`InboundEvents`]).
+    inbound_taken: AtomicU64,
 }
 
 /// One connected client in a [`NetSummary`].
@@ -404,6 +417,7 @@ impl ServerIo {
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
             wants_writable: false,
             inbound: Chunks::new(INBOUND_CHUNK),
+            inbound_handed: 0,
             socket_drops_seen,
             endpoint_floods_seen: 0,
         };
@@ -436,9 +450,13 @@ impl ServerIo {
         self.local_addr
     }
 
-    /// The inbound side: drain it with `try_iter()` once per tick.
-    pub fn events(&mut self) -> &mut PipeReceiver<NetEvent> {
-        &mut self.events
+    /// The inbound side: drain it once per tick.
+    pub fn events(&mut self) -> InboundEvents<'_> {
+        InboundEvents {
+            receiver: &mut self.events,
+            taken: &self.stats.inbound_taken,
+            bytes: 0,
+        }
     }
 
     /// Hands one tick's commands to the thread and wakes it. When the thread
@@ -529,6 +547,43 @@ fn wait_for(timer: Option<Duration>, waits: Waits) -> Option<Duration> {
     }
 }
 
+/// The events waiting for the game, taken as they are iterated. The
+/// message bytes taken are handed back to the thread's
+/// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes) when the
+/// iterator is dropped (one write a drain, not one a message).
+pub struct InboundEvents<'a> {
+    receiver: &'a mut PipeReceiver<NetEvent>,
+    taken: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Iterator for InboundEvents<'_> {
+    type Item = NetEvent;
+
+    fn next(&mut self) -> Option<NetEvent> {
+        let event = self.receiver.try_recv()?;
+        self.bytes += payload_bytes(&event);
+        Some(event)
+    }
+}
+
+impl Drop for InboundEvents<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.taken.fetch_add(self.bytes, Ordering::Release);
+        }
+    }
+}
+
+/// What an event counts against
+/// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes).
+fn payload_bytes(event: &NetEvent) -> u64 {
+    match event {
+        NetEvent::Message { payload, .. } => payload.len() as u64,
+        NetEvent::Connected { .. } | NetEvent::Disconnected { .. } => 0,
+    }
+}
+
 /// Per-slot inbound message counting for the flood limit.
 #[derive(Clone, Copy, Default)]
 struct Rate {
@@ -570,6 +625,10 @@ struct IoLoop {
     wants_writable: bool,
     /// The chunks inbound payloads are copied into.
     inbound: Chunks,
+    /// Message bytes handed to the game (into its channel or the backlog)
+    /// since the start, less those dropped from the backlog; the game's
+    /// part is [`IoStats::inbound_taken`].
+    inbound_handed: u64,
     /// The kernel's (wrapping) drop counter of the socket when last read.
     socket_drops_seen: Option<u32>,
     /// The endpoint's own flooding disconnects already in
@@ -899,15 +958,24 @@ impl IoLoop {
     }
 
     /// Hands one event to the game, keeping order. When the channel is full,
-    /// events wait in a bounded backlog; once that is full too, a droppable
-    /// message is dropped, and a reliable one takes the place of the oldest
-    /// droppable message waiting (or, if none waits, its sender is returned
-    /// to be disconnected). Connects and disconnects always wait.
+    /// events wait in a bounded backlog; once that is full too, or the
+    /// message bytes waiting would pass
+    /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes), a
+    /// droppable message is dropped, and a reliable one takes the place of
+    /// the oldest droppable messages waiting (or, if too few wait, its
+    /// sender is returned to be disconnected). Connects and disconnects
+    /// always wait.
     fn push_event(&mut self, event: NetEvent) -> Option<ClientIndex> {
         self.flush_backlog();
-        let event = if self.backlog.is_empty() {
+        let bytes = payload_bytes(&event);
+        let limit = self.byte_limit(&event);
+        let event = if self.backlog.is_empty() && self.bytes_fit(bytes, limit) {
             match self.events.try_send(event) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => return None,
+                Ok(()) => {
+                    self.inbound_handed += bytes;
+                    return None;
+                }
+                Err(TrySendError::Disconnected(_)) => return None,
                 Err(TrySendError::Full(event)) => event,
             }
         } else {
@@ -916,23 +984,55 @@ impl IoLoop {
         if let NetEvent::Message {
             client, channel, ..
         } = &event
-            && self.backlog.len() >= self.config.inbound_capacity / 4
         {
-            bump(&self.stats.inbound_dropped, 1);
-            let droppable = &self.config.droppable_channels;
-            if droppable.contains(channel) {
+            if self.config.droppable_channels.contains(channel) && !self.backlog_fits(bytes, limit)
+            {
+                bump(&self.stats.inbound_dropped, 1);
                 return None;
             }
-            let oldest_droppable = self.backlog.iter().position(
-                |waiting| matches!(waiting, NetEvent::Message { channel, .. } if droppable.contains(channel)),
-            );
-            let Some(oldest) = oldest_droppable else {
-                return Some(client.slot);
-            };
-            self.backlog.remove(oldest);
+            while !self.backlog_fits(bytes, limit) {
+                let droppable = &self.config.droppable_channels;
+                let oldest_droppable = self.backlog.iter().position(
+                    |waiting| matches!(waiting, NetEvent::Message { channel, .. } if droppable.contains(channel)),
+                );
+                bump(&self.stats.inbound_dropped, 1);
+                let Some(dropped) = oldest_droppable.and_then(|at| self.backlog.remove(at)) else {
+                    return Some(client.slot);
+                };
+                self.inbound_handed -= payload_bytes(&dropped);
+            }
         }
+        self.inbound_handed += bytes;
         self.backlog.push_back(event);
         None
+    }
+
+    /// The message bytes waiting for the game that `event` may add to:
+    /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes), half of it
+    /// for a droppable message, so that droppable traffic alone never
+    /// leaves a reliable message without room.
+    fn byte_limit(&self, event: &NetEvent) -> u64 {
+        let max = self.config.max_inbound_bytes as u64;
+        match event {
+            NetEvent::Message { channel, .. }
+                if self.config.droppable_channels.contains(channel) =>
+            {
+                max / 2
+            }
+            _ => max,
+        }
+    }
+
+    /// Whether `bytes` more keep what waits for the game within `limit`.
+    fn bytes_fit(&self, bytes: u64, limit: u64) -> bool {
+        let taken = self.stats.inbound_taken.load(Ordering::Acquire);
+        let waiting = self.inbound_handed.saturating_sub(taken);
+        waiting + bytes <= limit
+    }
+
+    /// Whether a message of `bytes` may wait in the backlog.
+    fn backlog_fits(&self, bytes: u64, limit: u64) -> bool {
+        self.backlog.len() < self.config.inbound_capacity / 4 && self.bytes_fit(bytes, limit)
     }
 
     fn flush_backlog(&mut self) {
