@@ -1,7 +1,8 @@
 //! The order of the server endpoint's events, in memory on virtual time:
 //! a client's `Connected` comes before its first message and its
 //! `Disconnected` after its last, even when the caller polls only after
-//! many datagrams (the connections deliver into one arena for all peers).
+//! many datagrams (the connections deliver into one arena for all peers);
+//! and the endpoint's bound on what all clients together hold.
 
 #![expect(
     clippy::disallowed_methods,
@@ -17,7 +18,7 @@ use shared::io::unix_secs;
 use shared::netcode::MAX_PACKET_BYTES;
 use shared::protocol::channels;
 use shared::transport::DisconnectReason;
-use support::endpoints::{game_client, game_server};
+use support::endpoints::{game_client, game_server, game_server_with};
 
 mod support;
 
@@ -28,6 +29,8 @@ enum Seen {
     Disconnected(u64),
 }
 
+const SERVER_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7_777);
+
 struct World {
     server: ServerEndpoint,
     clients: Vec<(ClientEndpoint, SocketAddr)>,
@@ -35,6 +38,8 @@ struct World {
     now: Instant,
     unix: u64,
     buf: Vec<u8>,
+    /// A client that never receives what the server sends it.
+    deaf: Option<usize>,
 }
 
 impl World {
@@ -44,8 +49,12 @@ impl World {
 
     /// A client for each of `timeouts`: its token's timeout in seconds.
     fn with_timeouts(timeouts: &[i32]) -> Self {
-        let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
-        let server = game_server(server_addr);
+        Self::with_server(game_server(SERVER_ADDR), timeouts)
+    }
+
+    /// [`with_timeouts`](Self::with_timeouts) for `server`, at [`SERVER_ADDR`].
+    fn with_server(server: ServerEndpoint, timeouts: &[i32]) -> Self {
+        let server_addr = SERVER_ADDR;
         let now = Instant::now();
         let unix = unix_secs();
         let clients = (1..)
@@ -65,6 +74,7 @@ impl World {
             now,
             unix,
             buf: vec![0; MAX_PACKET_BYTES],
+            deaf: None,
         }
     }
 
@@ -100,10 +110,13 @@ impl World {
         }
         while let Some(transmit) = self.server.poll_transmit(self.now, &mut self.buf) {
             let mut datagram = self.buf[..transmit.len].to_vec();
-            if let Some((client, _)) = self
-                .clients
-                .iter_mut()
-                .find(|(_, addr)| *addr == transmit.destination)
+            if let Some((_, (client, _))) =
+                self.clients
+                    .iter_mut()
+                    .enumerate()
+                    .find(|(index, (_, addr))| {
+                        *addr == transmit.destination && Some(*index) != self.deaf
+                    })
             {
                 client.handle_datagram(self.now, self.server_addr, &mut datagram);
                 while client.poll_event().is_some() {}
@@ -258,4 +271,83 @@ fn a_freed_slot_goes_to_the_next_client_only_after_its_client_left() {
     );
     assert_eq!(world.server.connected_clients(), 1);
     assert_eq!(world.server.total_receive_buffered(), 0);
+}
+
+/// The total send bound: a client that acknowledges nothing while the
+/// server keeps sending to it is cut off once the total is over the bound
+/// and it holds more than its share, long before its own 512 KiB queue
+/// fills; a client that acknowledges is served on, and what was counted
+/// for the one cut off is freed with it.
+#[test]
+fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
+    const LINE: usize = 1_000;
+    let server = game_server_with(SERVER_ADDR, |config| {
+        config.netcode.max_clients = 4;
+        config.max_total_send_buffer = 64 * LINE;
+    });
+    let mut world = World::with_server(server, &[60, 60]);
+    let mut slots = Vec::new();
+    for _ in 0..50 {
+        world.clients_send();
+        world.server_sends();
+        while let Some(event) = world.server.poll_event() {
+            if let EndpointEvent::Connected {
+                client, client_id, ..
+            } = event
+            {
+                slots.push((client_id, client));
+            }
+        }
+        if slots.len() == 2 {
+            break;
+        }
+        world.now += Duration::from_millis(5);
+    }
+    slots.sort_unstable();
+    let [(1, deaf), (2, listener)] = slots[..] else {
+        panic!("the clients did not connect: {slots:?}");
+    };
+    world.deaf = Some(0);
+
+    let mut cut_at = None;
+    let mut ended = Vec::new();
+    for round in 0..200u8 {
+        let line = Bytes::from(vec![round; LINE]);
+        if cut_at.is_none() {
+            let sent = world
+                .server
+                .send(world.now, deaf, channels::CHAT, line.clone());
+            if sent.is_err() {
+                cut_at = Some(round);
+            }
+        }
+        world
+            .server
+            .send(world.now, listener, channels::CHAT, line)
+            .unwrap_or_else(|error| panic!("line {round} to the listener: {error}"));
+        world.server_sends();
+        world.clients_send();
+        while let Some(event) = world.server.poll_event() {
+            if let EndpointEvent::Disconnected {
+                client_id, reason, ..
+            } = event
+            {
+                ended.push((client_id, reason));
+            }
+        }
+        world.now += Duration::from_millis(10);
+    }
+    // Over 64 lines in total, with more than 16 of its own (64 / 4 slots).
+    assert!(
+        cut_at.is_some_and(|round| (64..=66).contains(&round)),
+        "cut off at line {cut_at:?}"
+    );
+    assert_eq!(ended, [(1, DisconnectReason::SendQueueFull)]);
+    assert_eq!(world.server.stats().queue_full_disconnects, 1);
+    assert!(world.clients[1].0.is_connected());
+    assert!(
+        world.server.total_send_buffered() <= 4 * LINE,
+        "{} bytes still counted",
+        world.server.total_send_buffered()
+    );
 }

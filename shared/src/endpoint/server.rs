@@ -29,15 +29,24 @@ pub struct ServerEndpointConfig {
     /// together may hold. A datagram that pushes the total past it gets its
     /// sender disconnected with [`DisconnectReason::Flooding`].
     pub max_total_receive_buffer: usize,
+    /// Reliable send memory (messages queued or unacknowledged) all
+    /// clients together may hold before the heaviest are cut off: while the
+    /// total is over it, a send to a client holding more than its even
+    /// share (this divided by `max_clients`) disconnects that client with
+    /// [`DisconnectReason::SendQueueFull`]. Clients within their share are
+    /// served on, so the total stays under about twice this.
+    pub max_total_send_buffer: usize,
 }
 
 impl ServerEndpointConfig {
-    /// Both layers' defaults and a 512 MiB total receive bound.
+    /// Both layers' defaults, a 512 MiB total receive bound and a 256 MiB
+    /// total send bound.
     pub fn new(netcode: netcode::ServerConfig, transport: TransportConfig) -> Self {
         Self {
             netcode,
             transport,
             max_total_receive_buffer: 512 << 20,
+            max_total_send_buffer: 256 << 20,
         }
     }
 }
@@ -119,7 +128,8 @@ impl TransportTotals {
 pub struct ServerEndpointStats {
     /// Clients disconnected because the total receive bound was hit.
     pub flooding_disconnects: u64,
-    /// Clients disconnected because their reliable send queue was full.
+    /// Clients disconnected because their reliable send queue was full, or
+    /// held more than their share while the total send bound was hit.
     pub queue_full_disconnects: u64,
 }
 
@@ -243,6 +253,7 @@ pub struct ServerEndpoint {
     plain: Vec<u8>,
     total_buffered: usize,
     max_total_buffered: usize,
+    sends: SendMemory,
     stats: ServerEndpointStats,
     retired: TransportTotals,
     /// The number the next connection gets.
@@ -261,6 +272,41 @@ fn arm(timers: &mut BinaryHeap<Reverse<(Stamp, usize)>>, peer: &mut Peer, index:
     if peer.armed.is_none_or(|armed| next < armed) {
         peer.armed = Some(next);
         timers.push(Reverse((next, index)));
+    }
+}
+
+/// The reliable send memory all connections hold together, and its bound
+/// (see [`ServerEndpointConfig::max_total_send_buffer`]).
+struct SendMemory {
+    /// Every connection's [`Connection::send_buffered_bytes`] together.
+    total: usize,
+    max: usize,
+    /// What a client may hold while the total is over `max`.
+    share: usize,
+}
+
+impl SendMemory {
+    /// Queues `payload` on `conn`, counting what it adds. Refused with
+    /// [`SendError::QueueFull`] (the caller disconnects the client) when
+    /// the total is over its bound and `conn` holds more than its share.
+    fn send(
+        &mut self,
+        conn: &mut Connection,
+        channel: ChannelId,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        let held = conn.send_buffered_bytes();
+        if self.total > self.max && held > self.share && conn.is_connected() {
+            return Err(SendError::QueueFull);
+        }
+        let result = conn.send_bytes(channel, payload);
+        self.track(held, conn);
+        result
+    }
+
+    /// Brings the total up to date with `conn`, which held `held` before.
+    fn track(&mut self, held: usize, conn: &Connection) {
+        self.total = self.total + conn.send_buffered_bytes() - held;
     }
 }
 
@@ -299,6 +345,11 @@ impl ServerEndpoint {
             plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
             total_buffered: 0,
             max_total_buffered: config.max_total_receive_buffer,
+            sends: SendMemory {
+                total: 0,
+                max: config.max_total_send_buffer,
+                share: config.max_total_send_buffer / max_clients.max(1),
+            },
             stats: ServerEndpointStats::default(),
             retired: TransportTotals::default(),
             next_session: 1,
@@ -353,6 +404,11 @@ impl ServerEndpoint {
         self.total_buffered
     }
 
+    /// Reliable send memory held for all clients together.
+    pub fn total_send_buffered(&self) -> usize {
+        self.sends.total
+    }
+
     /// Bytes queued or unacknowledged for `client` on `channel`.
     pub fn queued_bytes(&self, client: ClientIndex, channel: ChannelId) -> usize {
         self.peer(client)
@@ -397,7 +453,7 @@ impl ServerEndpoint {
     ) -> Result<(), EndpointSendError> {
         let peer =
             Self::live_peer_mut(&mut self.peers, client).ok_or(EndpointSendError::UnknownClient)?;
-        let result = peer.conn.send_bytes(channel, payload);
+        let result = self.sends.send(&mut peer.conn, channel, payload);
         if result == Err(SendError::QueueFull) {
             peer.conn
                 .close_gracefully(self.clock.stamp(now), DisconnectReason::SendQueueFull);
@@ -454,7 +510,9 @@ impl ServerEndpoint {
             if peer.ended.is_some() || !peer.conn.is_connected() {
                 continue;
             }
-            if peer.conn.send_bytes(channel, payload.clone()) == Err(SendError::QueueFull) {
+            if self.sends.send(&mut peer.conn, channel, payload.clone())
+                == Err(SendError::QueueFull)
+            {
                 peer.conn
                     .close_gracefully(now, DisconnectReason::SendQueueFull);
                 recount(&mut self.total_buffered, peer);
@@ -581,7 +639,10 @@ impl ServerEndpoint {
                     session: peer.session,
                 };
                 let now = self.clock.stamp(now);
+                let held = peer.conn.send_buffered_bytes();
                 peer.conn.datagram_at(now, data, &mut arrivals);
+                // Acknowledgements free send memory.
+                self.sends.track(held, &peer.conn);
                 let before = peer.buffered;
                 recount(&mut self.total_buffered, peer);
                 // Only a datagram that grew its sender's share can have
@@ -789,6 +850,7 @@ impl ServerEndpoint {
     fn remove_peer(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
         let peer = self.peers.get_mut(index)?.take()?;
         self.total_buffered -= peer.buffered;
+        self.sends.total -= peer.conn.send_buffered_bytes();
         self.retired.add(&peer.conn.stats());
         // Idempotent if the secure layer already dropped the client.
         let _ = self.netcode.disconnect(peer.client);

@@ -347,6 +347,9 @@ pub struct Connection {
     /// every channel's state, which is cold in the cache between packets.
     pending_channels: u64,
     send: Box<[SendChannel]>,
+    /// Reliable bytes queued or unacknowledged, every channel together
+    /// (an endpoint's total send bound counts them).
+    send_memory: usize,
     recv: Box<[RecvChannel]>,
     sent: SentRing,
     received_bits: u64,
@@ -457,6 +460,7 @@ impl Connection {
             clock,
             state: State::Connected,
             send,
+            send_memory: 0,
             recv,
             pending_channels: 0,
             limits,
@@ -515,6 +519,7 @@ impl Connection {
                 if !c.has_room(payload.len()) {
                     return Err(SendError::QueueFull);
                 }
+                self.send_memory += payload.len();
                 c.push(payload, fragment_size);
             }
         }
@@ -705,6 +710,11 @@ impl Connection {
             Some(SendChannel::Reliable(c)) => c.unacked_messages(),
             _ => 0,
         }
+    }
+
+    /// Reliable bytes queued or unacknowledged on every channel.
+    pub fn send_buffered_bytes(&self) -> usize {
+        self.send_memory
     }
 
     /// Receive-side bytes buffered (out-of-order messages and reassembly).
@@ -1028,7 +1038,8 @@ impl Connection {
                 let index = usize::from(unit.channel);
                 if let Some(SendChannel::Reliable(c)) = self.send.get_mut(index) {
                     // A slot freed may let waiting messages into the window.
-                    c.on_acked(unit.id, unit.fragment, self.config.fragment_size);
+                    self.send_memory -=
+                        c.on_acked(unit.id, unit.fragment, self.config.fragment_size);
                     self.note_pending(index);
                 }
             }
@@ -1227,6 +1238,15 @@ impl Connection {
                 .enumerate()
                 .all(|(i, c)| c.has_pending() == (self.pending_channels >> i & 1 == 1)),
             "pending_channels out of step with the channels"
+        );
+        debug_assert_eq!(
+            self.send_memory,
+            self.send
+                .iter()
+                .filter(|c| matches!(c, SendChannel::Reliable(_)))
+                .map(SendChannel::queued_bytes)
+                .sum::<usize>(),
+            "send_memory out of step with the channels"
         );
         self.pending_channels != 0
     }
@@ -1474,7 +1494,7 @@ mod tests {
 
     #[test]
     fn the_hot_state_keeps_to_its_cache_lines() {
-        let send_end = offset_of!(Connection, send) + size_of::<Box<[SendChannel]>>();
+        let send_end = offset_of!(Connection, send_memory) + size_of::<usize>();
         assert!(send_end <= 64, "send_bytes' fields end at {send_end}");
         let hot_end = offset_of!(Connection, stats);
         assert!(hot_end <= 8 * 64, "the per-packet fields end at {hot_end}");

@@ -541,25 +541,27 @@ impl ReliableSend {
             .map_or(0, |s| s.attempts)
     }
 
-    /// A packet carrying this unit was acknowledged.
-    pub(crate) fn on_acked(&mut self, id: u16, fragment: u16, fragment_size: usize) {
+    /// A packet carrying this unit was acknowledged; returns the bytes
+    /// this frees (its message's, once every fragment is acknowledged).
+    pub(crate) fn on_acked(&mut self, id: u16, fragment: u16, fragment_size: usize) -> usize {
         let slot = self.slots.get_mut(id);
         if !slot.in_use || slot.id != id {
-            return;
+            return 0;
         }
         let Some(state) = slot.fragments.get_mut(usize::from(fragment)) else {
-            return;
+            return 0;
         };
         if state.acked {
-            return;
+            return 0;
         }
         state.acked = true;
         slot.unacked -= 1;
         if slot.unacked > 0 {
-            return;
+            return 0;
         }
         slot.in_use = false;
-        self.queued_bytes -= slot.payload.len();
+        let freed = slot.payload.len();
+        self.queued_bytes -= freed;
         slot.payload = Bytes::new();
         while self.oldest_unacked != self.next_id {
             let oldest = self.slots.get(self.oldest_unacked);
@@ -569,6 +571,7 @@ impl ReliableSend {
             self.oldest_unacked = self.oldest_unacked.wrapping_add(1);
         }
         self.fill_window(fragment_size);
+        freed
     }
 
     /// The packet last carrying this unit (`sequence`) was judged lost:

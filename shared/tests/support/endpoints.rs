@@ -10,8 +10,17 @@ use shared::protocol::{PROTOCOL_ID, channels};
 
 /// A server endpoint at `addr` with the dev key and the game's channels.
 pub fn game_server(addr: SocketAddr) -> ServerEndpoint {
+    game_server_with(addr, |_| {})
+}
+
+/// [`game_server`] with its configuration changed by `configure`.
+pub fn game_server_with(
+    addr: SocketAddr,
+    configure: impl FnOnce(&mut ServerEndpointConfig),
+) -> ServerEndpoint {
     let netcode = ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![addr]);
-    let config = ServerEndpointConfig::new(netcode, channels::transport_config());
+    let mut config = ServerEndpointConfig::new(netcode, channels::transport_config());
+    configure(&mut config);
     ServerEndpoint::new(config, &mut system_rng()).unwrap()
 }
 
