@@ -247,7 +247,8 @@ impl Client {
     }
 
     /// Parses `bytes` as a 2048-byte token and connects with it; a token that
-    /// does not parse moves the client to `InvalidConnectToken`.
+    /// does not parse moves the client to `InvalidConnectToken`. Either way
+    /// any current connection is dropped, as by [`connect`](Self::connect).
     pub fn connect_bytes(
         &mut self,
         bytes: &[u8],
@@ -257,6 +258,7 @@ impl Client {
         match ConnectToken::from_bytes(bytes) {
             Ok(token) => self.connect(&token, now, unix_secs),
             Err(e) => {
+                self.disconnect();
                 self.reset(ClientState::InvalidConnectToken);
                 Err(ConnectError::Token(e))
             }

@@ -655,6 +655,18 @@ impl Server {
             if self.held_ended > 0 {
                 return Err(DropReason::SlotReleasing);
             }
+            // Full: a handshake this address started is over too (a late
+            // response to its earlier challenge must not connect a client
+            // that gave up once a slot frees), denied in its own numbering.
+            if let Some(pending) = self.pending.remove(&from)
+                && pending.token_mac == token_mac
+            {
+                return self.queue(Owed::DeniedPending {
+                    to: from,
+                    cipher: pending.send,
+                    sequence: pending.next_sequence,
+                });
+            }
             return self.queue(Owed::Denied {
                 to: from,
                 cipher: PacketCipher::new(&view.server_to_client_key),

@@ -333,6 +333,21 @@ fn client_disconnect_sends_ten_packets_and_frees_the_slot() {
     }
 }
 
+/// Connecting with bytes that are no token ends the current connection as
+/// `connect` does: with disconnect packets, so that the server frees the
+/// slot and the account at once rather than after a timeout.
+#[test]
+fn a_token_that_does_not_parse_still_says_goodbye() {
+    let mut w = World::new(4);
+    let (addr, mut client) = w.connected_pair();
+    assert!(client.connect_bytes(&[0; 10], w.now, UNIX).is_err());
+    assert_eq!(client.state(), ClientState::InvalidConnectToken);
+    let packets = drain(&mut client, w.now);
+    assert_eq!(packets.len(), NUM_DISCONNECT_PACKETS);
+    let ev = w.deliver_to_server(addr, &packets[0]).unwrap();
+    assert!(ev.contains("ClientDisconnected"), "{ev}");
+}
+
 /// Everything `client` has queued for the server, in order.
 fn drain(client: &mut Client, now: Instant) -> Vec<Vec<u8>> {
     let mut buf = [0u8; MAX_PACKET_BYTES];
@@ -657,6 +672,40 @@ fn a_late_copy_of_a_denied_response_connects_no_one() {
     assert_eq!(w.deliver_to_server(b_addr, &response), None);
     assert_eq!(w.server.num_connected(), 0);
     assert_eq!(w.server.num_pending(), 0);
+}
+
+/// The same race with the denial at request time: a resent request of B's
+/// arrives once A holds the slot. The denial must end B's half-open
+/// handshake too, or B's response, answering the challenge it got before,
+/// connects it after A leaves although B gave up.
+#[test]
+fn a_request_denied_for_a_full_server_leaves_no_handshake_behind() {
+    let mut w = World::new(1);
+    let token = w.token(2);
+    let mut b = Client::new(ClientConfig::new(PROTOCOL));
+    b.connect(&token, w.now, UNIX).unwrap();
+    let b_addr = client_addr(1);
+    for p in drain(&mut b, w.now) {
+        w.deliver_to_server(b_addr, &p);
+    }
+    for (to, mut p) in w.server_transmits() {
+        assert_eq!(to, b_addr);
+        b.handle_datagram(w.now, server_addr(), &mut p);
+    }
+    let response = drain(&mut b, w.now).pop().unwrap();
+    let (a_addr, _a) = w.connected_pair();
+    // B's resent request arrives after A took the slot: denied.
+    assert_eq!(w.deliver_to_server(b_addr, &request_bytes(&token)), None);
+    let denied = w.server_transmits();
+    assert_eq!((denied.len(), denied[0].0), (1, b_addr));
+    let mut denial = denied[0].1.clone();
+    b.handle_datagram(w.now, server_addr(), &mut denial);
+    assert_eq!(b.state(), ClientState::ConnectionDenied);
+    assert_eq!(w.server.num_pending(), 0);
+    let a = w.server.client_at(a_addr).unwrap();
+    w.server.disconnect(a).unwrap();
+    assert_eq!(w.deliver_to_server(b_addr, &response), None);
+    assert_eq!(w.server.num_connected(), 0);
 }
 
 #[test]

@@ -52,7 +52,8 @@ pub struct TokenParams {
     /// Seconds after `create_timestamp` at which the token expires.
     pub expire_seconds: u64,
     /// Seconds without packets before either side times the connection out;
-    /// negative disables timeouts (development only).
+    /// zero or negative disables timeouts (development only: a vanished
+    /// client then holds its slot and its account until the server stops).
     pub timeout_seconds: i32,
     /// Server addresses the client tries in order (1 to 32). Each server checks
     /// that its own public address is in this list.
@@ -75,7 +76,8 @@ pub struct ConnectToken {
     pub nonce: [u8; CONNECT_TOKEN_NONCE_BYTES],
     /// The encrypted private part (1008 bytes of ciphertext + 16-byte tag).
     pub private_data: Box<[u8; CONNECT_TOKEN_PRIVATE_BYTES]>,
-    /// Seconds without packets before timing out; negative disables timeouts.
+    /// Seconds without packets before timing out; zero or negative disables
+    /// timeouts.
     pub timeout_seconds: i32,
     /// Server addresses the client tries in order.
     pub server_addresses: Vec<SocketAddr>,
