@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::crypto::PacketCipher;
+use super::history::{NO_BLOCK, TokenHistory, block_of};
 use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
 use super::replay::ReplayWindow;
 use super::stats::{ClientStats, DropReason, bump};
 use super::token::{ConnectToken, TokenError};
 use super::{
-    CHALLENGE_TOKEN_BYTES, CONNECT_TOKEN_NONCE_BYTES, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES,
-    MAX_SERVER_ADDRESSES, NUM_DISCONNECT_PACKETS, SendError, Transmit,
+    CHALLENGE_TOKEN_BYTES, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES, MAX_SERVER_ADDRESSES,
+    NUM_DISCONNECT_PACKETS, SendError, Transmit,
 };
 
 /// Client configuration.
@@ -188,9 +189,12 @@ pub struct Client {
     config: ClientConfig,
     state: ClientState,
     replay: ReplayWindow,
+    /// The server's block of the current session ([`NO_BLOCK`] before it
+    /// is connected).
+    session_block: u32,
     stats: ClientStats,
     farewell: Option<Farewell>,
-    last_token_nonce: Option<[u8; CONNECT_TOKEN_NONCE_BYTES]>,
+    tokens: TokenHistory,
     client_index: u32,
     max_clients: u32,
 }
@@ -212,8 +216,9 @@ impl Client {
             state: ClientState::Disconnected,
             session: None,
             next_sequence: 0,
-            last_token_nonce: None,
+            tokens: TokenHistory::default(),
             replay: ReplayWindow::default(),
+            session_block: NO_BLOCK,
             client_index: 0,
             max_clients: 0,
             farewell: None,
@@ -294,11 +299,8 @@ impl Client {
             self.state = ClientState::ConnectTokenExpired;
             return Err(ConnectError::Expired);
         }
-        // Same token again: keep counting so no (key, nonce) pair repeats.
-        if self.last_token_nonce != Some(token.nonce) {
-            self.next_sequence = 0;
-            self.last_token_nonce = Some(token.nonce);
-        }
+        // A token used before: keep counting so no (key, nonce) pair repeats.
+        self.next_sequence = self.tokens.switch_to(token.nonce, self.next_sequence);
         let Some(&server) = token.server_addresses.first() else {
             self.state = ClientState::InvalidConnectToken;
             return Err(ConnectError::InvalidToken);
@@ -350,6 +352,16 @@ impl Client {
         self.state = state;
         self.session = None;
         self.replay = ReplayWindow::default();
+        self.end_session();
+    }
+
+    /// A session that was connected is over: its block is never the
+    /// server's again.
+    fn end_session(&mut self) {
+        if self.session_block != NO_BLOCK {
+            self.tokens.session_ended(self.session_block);
+            self.session_block = NO_BLOCK;
+        }
     }
 
     /// Seals a payload packet into `out` (at least [`MAX_PACKET_BYTES`]);
@@ -464,7 +476,11 @@ impl Client {
         let protocol_id = self.config.protocol_id;
         let session = self.session.as_mut().ok_or(DropReason::WrongState)?;
         let protected = header.kind.replay_protected();
-        if protected && self.replay.already_received(header.sequence) {
+        if protected && self.replay.already_received(header.sequence)
+            || !self
+                .tokens
+                .admits(from, header.sequence, self.session_block)
+        {
             return Err(DropReason::Replayed);
         }
         let body = packet::open_body(buf, &header, protocol_id, &session.recv)?;
@@ -474,6 +490,7 @@ impl Client {
         session.last_received = now;
         match header.kind {
             PacketKind::Denied => {
+                self.tokens.denied(from, header.sequence);
                 self.fail_over(now, ConnectionDenied);
                 Ok(None)
             }
@@ -495,6 +512,7 @@ impl Client {
                     self.max_clients =
                         u32::from_le_bytes(max.try_into().map_err(|_| DropReason::Truncated)?);
                     self.state = Connected;
+                    self.session_block = block_of(header.sequence);
                     return Ok(Some(ClientEvent::Connected {
                         client_index: self.client_index,
                         max_clients: self.max_clients,

@@ -99,19 +99,26 @@
 //! also remembers, per token, the newest client sequence its ended
 //! connections accepted, and drops anything up to it in a new connection
 //! with that token (a late or replayed packet of an earlier one). The
-//! client's counter starts at zero for a token
-//! and keeps counting across server addresses and across repeated `connect`
-//! calls with the same token. Challenge tokens use their own server key and
+//! client's counter starts at zero for a token and keeps counting across
+//! server addresses and across `connect` calls with a token it used
+//! before, other tokens in between (it remembers its last eight tokens; a
+//! new `Client` with an old token starts at zero again, and the server
+//! refuses those sequences as replays). Challenge tokens use their own server key and
 //! counter. A counter that would pass `u64::MAX` stops sending
 //! ([`SendError::SequenceExhausted`]) instead of wrapping.
 //!
-//! Inherent in the protocol: a token handed to several servers (failover)
-//! makes each of them number server-to-client packets in blocks of their
-//! own choosing under the same key; and the client cannot tell a
-//! keep-alive of an earlier attempt with its token from one of this
-//! attempt (a reference server numbers keep-alives from zero, below its
-//! challenge), so a late one can end a handshake early. Mint one token
-//! per connection attempt where that matters.
+//! Packets of an earlier attempt, late or replayed, are not taken for this
+//! one's: the client remembers, per token, the blocks of its sessions that
+//! ended and of handshakes a denial ended (the server never numbers
+//! anything in them again), and per server the newest server-wide denial
+//! it took. Inherent in the protocol: a token handed to several servers
+//! (failover) makes each of them number server-to-client packets in
+//! blocks of their own choosing under the same key; a handshake the
+//! client abandoned may go on in the same block when it tries again, so
+//! its packets cannot be told apart; and a reference server numbers every
+//! session from zero (block 0, never taken for an earlier one), so there a
+//! late keep-alive can end a handshake early. Mint one token per
+//! connection attempt where that matters.
 //!
 //! # Where this follows the standard, not older text or other code
 //!
@@ -153,6 +160,7 @@
 mod addresses;
 mod client;
 mod crypto;
+mod history;
 mod packet;
 mod ratelimit;
 mod replay;

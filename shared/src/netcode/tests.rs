@@ -532,6 +532,149 @@ fn switching_tokens_while_connected_still_says_goodbye_under_the_old_key() {
     assert_eq!(seqs.len(), sent.len());
 }
 
+/// Shuttles datagrams between `client` at `addr` and the server for a few
+/// rounds, returning every packet the client sealed (requests are sealed
+/// by no key and left out).
+fn exchange_sealed(w: &mut World, addr: SocketAddr, client: &mut Client) -> Vec<Vec<u8>> {
+    let mut sealed = Vec::new();
+    for _ in 0..8 {
+        for p in drain(client, w.now) {
+            w.deliver_to_server(addr, &p);
+            if p[0] != 0 {
+                sealed.push(p);
+            }
+        }
+        for (to, mut p) in w.server_transmits() {
+            if to == addr {
+                client.handle_datagram(w.now, server_addr(), &mut p);
+            }
+        }
+        w.now += Duration::from_millis(100);
+        client.handle_timeout(w.now);
+    }
+    sealed
+}
+
+/// Back to a token after another: the client's numbering under the first
+/// token's key goes on where it stopped, so no nonce repeats under it and
+/// the server (which remembers the token's newest sequence) takes it.
+#[test]
+fn coming_back_to_a_token_reuses_no_nonce_and_connects() {
+    let mut w = World::new(4);
+    let first = w.token(1);
+    let addr = client_addr(0);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&first, w.now, UNIX).unwrap();
+    let mut sealed = exchange_sealed(&mut w, addr, &mut client);
+    assert_eq!(client.state(), ClientState::Connected);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    for _ in 0..300 {
+        let t = client.send_payload(w.now, b"x", &mut buf).unwrap();
+        sealed.push(buf[..t.len].to_vec());
+        w.deliver_to_server(addr, &buf[..t.len]).unwrap();
+    }
+    let second = w.token(2);
+    client.connect(&second, w.now, UNIX).unwrap();
+    for p in drain(&mut client, w.now) {
+        w.deliver_to_server(addr, &p);
+        if p[0] != 0 {
+            sealed.push(p);
+        }
+    }
+    assert_eq!(w.server.num_connected(), 0, "the goodbye was not heard");
+    // Another token in between, never used for a packet here.
+    client.connect(&first, w.now, UNIX).unwrap();
+    sealed.extend(exchange_sealed(&mut w, addr, &mut client));
+    assert_eq!(client.state(), ClientState::Connected);
+    assert_eq!(w.server.stats().dropped.get(DropReason::Replayed), 0);
+    let seqs: HashSet<u64> = sealed
+        .iter()
+        .map(|p| packet::parse_header(p, Side::Server).unwrap().sequence)
+        .collect();
+    assert_eq!(seqs.len(), sealed.len(), "a nonce used twice under one key");
+}
+
+/// A denial the client took in an earlier attempt, replayed (or late)
+/// while it tries again with the same token, is not taken for an answer
+/// to this attempt.
+#[test]
+fn an_earlier_attempts_denial_does_not_end_the_next_one() {
+    let mut w = World::new(1);
+    let (a_addr, _a) = w.connected_pair();
+    let token = w.token(2);
+    let b_addr = client_addr(1);
+    let mut b = Client::new(ClientConfig::new(PROTOCOL));
+    b.connect(&token, w.now, UNIX).unwrap();
+    for p in drain(&mut b, w.now) {
+        w.deliver_to_server(b_addr, &p);
+    }
+    let denied = w.server_transmits();
+    assert_eq!(denied.len(), 1);
+    let mut denial = denied[0].1.clone();
+    b.handle_datagram(w.now, server_addr(), &mut denial.clone());
+    assert_eq!(b.state(), ClientState::ConnectionDenied);
+
+    let a = w.server.client_at(a_addr).unwrap();
+    w.server.disconnect(a).unwrap();
+    w.server_transmits();
+    b.connect(&token, w.now, UNIX).unwrap();
+    b.handle_datagram(w.now, server_addr(), &mut denial);
+    assert_eq!(b.state(), ClientState::SendingConnectionRequest);
+    assert_eq!(b.stats().dropped.get(DropReason::Replayed), 1);
+    exchange_sealed(&mut w, b_addr, &mut b);
+    assert_eq!(b.state(), ClientState::Connected);
+}
+
+/// A keep-alive of an earlier session with the same token, replayed while
+/// the client answers the next challenge, does not connect it early (to a
+/// slot that is no longer its own): the server numbers each session in a
+/// block of its own, and the client knows the ended session's block.
+#[test]
+fn an_earlier_sessions_keepalive_does_not_end_the_next_handshake() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let addr = client_addr(0);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    exchange_sealed(&mut w, addr, &mut client);
+    assert_eq!(client.state(), ClientState::Connected);
+    let old_keepalive = w
+        .server_sent
+        .iter()
+        .rev()
+        .find(|(to, p)| {
+            *to == addr
+                && packet::parse_header(p, Side::Client)
+                    .is_ok_and(|h| h.kind == PacketKind::KeepAlive)
+        })
+        .map(|(_, p)| p.clone())
+        .unwrap();
+    client.disconnect();
+    for p in drain(&mut client, w.now) {
+        w.deliver_to_server(addr, &p);
+    }
+    assert_eq!(w.server.num_connected(), 0);
+
+    client.connect(&token, w.now, UNIX).unwrap();
+    for p in drain(&mut client, w.now) {
+        w.deliver_to_server(addr, &p);
+    }
+    for (_, mut p) in w.server_transmits() {
+        client.handle_datagram(w.now, server_addr(), &mut p);
+    }
+    assert_eq!(client.state(), ClientState::SendingConnectionResponse);
+    let mut replayed = old_keepalive;
+    assert!(
+        client
+            .handle_datagram(w.now, server_addr(), &mut replayed)
+            .is_none()
+    );
+    assert_eq!(client.state(), ClientState::SendingConnectionResponse);
+    exchange_sealed(&mut w, addr, &mut client);
+    assert_eq!(client.state(), ClientState::Connected);
+    assert_eq!(w.server.num_connected(), 1);
+}
+
 #[test]
 fn a_zero_timeout_means_no_timeout_on_both_sides() {
     let mut w = World::new(4);
