@@ -13,10 +13,12 @@
 //! - **What is sent**: a delta against the last snapshot the client
 //!   acknowledged (`MoveInput::ack_snapshot`), or a full snapshot when that
 //!   is unknown or older than [`InterestConfig::baseline_history`] ticks.
-//!   At most [`InterestConfig::snapshot_budget_bytes`] per snapshot;
+//!   At most [`InterestConfig::snapshot_budget_bytes`] per delta;
 //!   updates go nearest first and stop when the budget is spent (farther
 //!   entities keep their last sent position until a later tick). Entering
-//!   and leaving entities are announced (`added`, `removed`).
+//!   and leaving entities are announced (`added`, `removed`). A full
+//!   snapshot replaces the client's state, so it carries the whole view
+//!   whatever the budget.
 //!
 //! The wire format and quantization are documented in
 //! [`shared::protocol::movement`]; the client side is
@@ -62,10 +64,12 @@ pub struct InterestConfig {
     /// A visible entity leaves the view only beyond `radius + hysteresis`,
     /// so that one walking along the edge does not flicker. Default 8.
     pub hysteresis: f32,
-    /// Most bytes per snapshot (message id included; the transport adds
-    /// its own headers). At 30 Hz the default 1000 caps a client at
-    /// 30 kB/s of snapshots. At least [`SnapshotLimits::min_budget`] of
-    /// `max_entities`.
+    /// Most bytes per delta snapshot (message id included; the transport
+    /// adds its own headers). At 30 Hz the default 1000 caps a client at
+    /// 30 kB/s of snapshots, but for full snapshots (a client's first, or
+    /// one after its acknowledgements stopped), which carry the whole view
+    /// (up to about 11 bytes an entity). At least
+    /// [`SnapshotLimits::min_budget`] of `max_entities`.
     pub snapshot_budget_bytes: usize,
     /// Most entities in one view, nearest first (1..=
     /// [`MAX_SNAPSHOT_ENTITIES`], what a client holds). Default 128.

@@ -16,6 +16,13 @@ pub const SNAPSHOT_HEADER_MAX: usize = 2 + 5 * 5 + 3 * 3;
 /// Upper bound of one removal, one added entity or one moved entity.
 pub const ENTRY_MAX: usize = 15;
 
+// A full snapshot of the largest view, which no budget cuts, is one
+// message the game's codec decodes.
+const _: () = assert!(
+    SNAPSHOT_HEADER_MAX + shared::movement::MAX_SNAPSHOT_ENTITIES * ENTRY_MAX
+        <= 2 + shared::protocol::MAX_MESSAGE_BYTES
+);
+
 /// The newest frames [`ClientView::prefetch`] asks for: the client
 /// acknowledges a frame about a round trip old, a few frames from the
 /// newest.
@@ -528,6 +535,14 @@ impl ClientView {
         // The list lengths at their largest.
         let lengths = varint_len(base.len() as u64) + 2 * varint_len(max as u64);
 
+        // A full snapshot replaces what the client has: one that left out
+        // entities for the budget would make the client drop them. It
+        // carries the whole view (at most `max_entities` × `ENTRY_MAX`).
+        let budget = if baseline.is_some() {
+            limits.budget_bytes
+        } else {
+            usize::MAX
+        };
         let mut emit = Emit::start(encoder, &mut self.next, id_base);
         // Most snapshots fit with room to spare (a moved entity is usually
         // 3 bytes, not ENTRY_MAX): write every update in one pass, and cost
@@ -540,7 +555,7 @@ impl ClientView {
                 Step::Entity(c, change) => emit.entity(c, change, true),
             }
         }
-        let budget_limited = if header_len + emit.encoder.lists_len() <= limits.budget_bytes {
+        let budget_limited = if header_len + emit.encoder.lists_len() <= budget {
             false
         } else {
             emit.restart(id_base);
@@ -561,7 +576,7 @@ impl ClientView {
                 .zip(changes.iter())
                 .map(|(c, &change)| update_cost(c, change, id_base))
                 .sum();
-            let budget_limited = used + updates > limits.budget_bytes;
+            let budget_limited = used + updates > budget;
             sent.clear();
             sent.resize(view.len(), true);
             if budget_limited {
@@ -581,7 +596,7 @@ impl ClientView {
                         continue;
                     }
                     let cost = update_cost(&view[i], changes[i], id_base);
-                    if !stopped && used + cost <= limits.budget_bytes {
+                    if !stopped && used + cost <= budget {
                         used += cost;
                     } else {
                         stopped = true;
@@ -763,6 +778,51 @@ mod tests {
             view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), limits, &mut out);
         }
         assert_eq!(sent(&view), (24..40).collect::<Vec<_>>());
+    }
+
+    /// A full snapshot (the client's acknowledgements stopped for longer
+    /// than the history) replaces the client's state: it carries the whole
+    /// view whatever the budget, or the client would drop entities still in
+    /// view that did not fit.
+    #[test]
+    fn a_full_snapshot_carries_the_whole_view_past_the_budget() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        let limits = LIMITS;
+        // Sparse ids and far positions: about 10 bytes an entity added.
+        let crowd = |scratch: &mut EncodeScratch, tick: u32| {
+            scratch.candidates.clear();
+            scratch.candidates.extend((0..128).map(|k| Candidate {
+                id: 1 + k * 1000,
+                position: IVec2::new(40_000 + k as i32, 40_000 + tick as i32),
+                distance_sq: if k == 0 { -1.0 } else { k as f32 },
+            }));
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let (mut rx, mut apply) = (SnapshotReceiver::new(), ApplyScratch::default());
+        let mut out = Vec::new();
+        let mut tick = 0;
+        while rx.entities().len() < 128 {
+            tick += 1;
+            assert!(tick < 20, "the view never filled");
+            crowd(&mut scratch, tick);
+            view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+            rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
+                .unwrap();
+            view.acknowledge(tick);
+        }
+        let mut full = 0;
+        for _ in 0..2 * limits.history {
+            tick += 1;
+            crowd(&mut scratch, tick);
+            let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+            full += usize::from(stats.full);
+            rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
+                .unwrap();
+            assert_eq!(rx.changes().left(), [0u32; 0], "tick {tick}, {stats:?}");
+            assert_eq!(rx.entities().len(), 128);
+        }
+        assert!(full > 0, "no full snapshot was sent");
     }
 
     #[test]
