@@ -3,7 +3,9 @@
 //! rejected and counted; an honest wanderer is never flagged and the
 //! shared predictor agrees with the server.
 
-use bevy_app::App;
+use std::time::{Duration, Instant};
+
+use bevy_app::{App, AppExit, First, Last};
 use bevy_ecs::prelude::*;
 use bevy_time::{Fixed, Time};
 use glam::Vec2;
@@ -11,7 +13,7 @@ use server::interest::{InterestPlugin, Viewer};
 use server::metrics::Metrics;
 use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
 use server::net::{Clients, Outbox};
-use server::tick::{ManualClock, TickConfig, TickPlugin};
+use server::tick::{Clock, ManualClock, TickConfig, TickPlugin, TickRate, TickStats};
 use server::world::Position;
 use shared::movement::Predictor;
 use shared::protocol::movement::MoveInput;
@@ -249,6 +251,124 @@ fn a_stall_answered_by_a_burst_the_credit_and_buffer_can_take_is_no_flood() {
     }
     assert_eq!(violations(&app, player), MovementViolations::default());
     assert_eq!(app.world().get::<Mover>(player).unwrap().last_seq, seq);
+}
+
+/// A client sending one input per period of wall time, on the virtual
+/// clock the runner ticks by; its tick `stall_at` takes `stall`.
+#[derive(Resource)]
+struct HonestClient {
+    clock: ManualClock,
+    start: Instant,
+    player: Entity,
+    sent: u32,
+    stall_at: u64,
+    stall: Duration,
+    stop_after: u64,
+}
+
+/// Writes the inputs the client sent since the last tick: after a stall,
+/// all of those it sent meanwhile arrive together.
+fn honest_client_sends(mut client: ResMut<HonestClient>, mut out: MessageWriter<MoveCommand>) {
+    let period = TickRate::new(30).unwrap().period();
+    let elapsed = client.clock.now().duration_since(client.start);
+    let due = u32::try_from(elapsed.as_nanos() / period.as_nanos()).unwrap() + 1;
+    while client.sent < due {
+        client.sent += 1;
+        out.write(MoveCommand {
+            entity: client.player,
+            input: MoveInput {
+                seq: client.sent,
+                velocity: Vec2::new(8.0, 0.0),
+                ack_snapshot: 0,
+            },
+        });
+    }
+}
+
+fn stall_and_stop(
+    client: Res<HonestClient>,
+    stats: Res<TickStats>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if stats.tick() == client.stall_at {
+        client.clock.advance(client.stall);
+    }
+    if stats.tick() == client.stop_after {
+        exit.write(AppExit::Success);
+    }
+}
+
+/// Runs an honest client through the real runner with its `stall_at`
+/// tick taking `stall`; returns what its player ended with, the inputs it
+/// sent and the ticks the runner skipped.
+fn stall_run(stall: Duration) -> (Mover, MovementViolations, u32, u64) {
+    let clock = ManualClock::new();
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig {
+            rate: TickRate::new(30).unwrap(),
+            ..TickConfig::default()
+        },
+        clock: clock.clone(),
+    })
+    .init_resource::<Clients>()
+    .init_resource::<Outbox>()
+    .add_plugins(MovementPlugin);
+    let player = spawn(&mut app, Vec2::ZERO);
+    app.insert_resource(HonestClient {
+        start: clock.now(),
+        clock,
+        player,
+        sent: 0,
+        stall_at: 30,
+        stall,
+        stop_after: 90,
+    })
+    .add_systems(First, honest_client_sends)
+    .add_systems(Last, stall_and_stop);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    app.add_systems(
+        Last,
+        (move |exits: Res<Messages<AppExit>>,
+               stats: Res<TickStats>,
+               client: Res<HonestClient>,
+               players: Query<(&Mover, &MovementViolations)>| {
+            if !exits.is_empty() {
+                let (mover, violations) = players.get(client.player).unwrap();
+                let _ = sender.send((
+                    mover.clone(),
+                    *violations,
+                    client.sent,
+                    stats.skipped_ticks(),
+                ));
+            }
+        })
+        .after(stall_and_stop),
+    );
+    assert_eq!(app.run(), AppExit::Success);
+    receiver.recv().unwrap()
+}
+
+/// After a stall of the tick loop long enough that the runner gives up
+/// ticks, an honest client's inputs for them arrive in one tick: they
+/// move it on, none is flagged or lost, and none waits on afterwards.
+#[test]
+fn an_honest_client_is_not_flagged_after_the_tick_loop_skips_ticks() {
+    // 300 ms: beyond the three ticks the runner catches up.
+    let (mover, violations, sent, skipped) = stall_run(Duration::from_millis(300));
+    assert!(skipped >= 5, "the runner skipped {skipped} ticks");
+    assert_eq!(violations, MovementViolations::default());
+    assert_eq!((mover.last_seq, mover.waiting()), (sent, 0));
+}
+
+/// After a longer stall, the inputs beyond what the next tick takes are
+/// dropped, but still not flagged: the server stalled, not the client.
+#[test]
+fn inputs_bunched_by_a_long_stall_are_dropped_unflagged() {
+    let (mover, violations, sent, skipped) = stall_run(Duration::from_secs(2));
+    assert!(skipped >= 50, "the runner skipped {skipped} ticks");
+    assert_eq!(violations, MovementViolations::default());
+    assert!(mover.last_seq < sent && mover.waiting() <= 4);
 }
 
 #[test]

@@ -35,6 +35,16 @@
 //! unchanged (waiting does not move the player); only a client that keeps
 //! sending faster than the tick rate fills the buffer and loses inputs.
 //!
+//! **Stalls**: when the tick loop gave up ticks after a stall
+//! ([`TickStats::skipped_before_this_tick`]), what clients sent for them
+//! arrives in the next tick. Each player then earns credit for the skipped
+//! ticks too, and may have as many more inputs over the per-tick cap (both
+//! at most `burst_ticks + input_buffer`): an honest client's inputs move it
+//! as far as it would have moved, and the credit bound above holds with
+//! the skipped ticks counted in the window. Inputs beyond that, after a
+//! longer stall, are dropped without being flagged
+//! (`movement_inputs_late_total`).
+//!
 //! Violations are counted per player in [`MovementViolations`], in the
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
 //! then every hundredth). An honest client (one input per tick, speed at
@@ -52,6 +62,7 @@ use shared::protocol::movement::{MAX_WORLD_COORDINATE, MoveInput};
 
 use crate::metrics::{Counter, Metrics};
 use crate::net::{ClientConnected, Clients, FromClient, NetAppExt, Player};
+use crate::tick::TickStats;
 use crate::world::Position;
 
 /// Movement rules and anti-cheat limits. [`MovementPlugin`] inserts the
@@ -206,7 +217,8 @@ pub struct Mover {
 impl Mover {
     /// A mover with full credit and no input yet.
     pub fn new(config: &MovementConfig) -> Self {
-        let room = config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER);
+        // Twice: after a stall, credit for the skipped ticks comes on top.
+        let room = 2 * (config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER));
         Self {
             last_seq: 0,
             velocity: Vec2::ZERO,
@@ -278,6 +290,7 @@ struct MovementMetrics {
     speed: Counter,
     flood: Counter,
     rate: Counter,
+    late: Counter,
 }
 
 impl MovementMetrics {
@@ -296,6 +309,13 @@ impl MovementMetrics {
             speed: kind("speed"),
             flood: kind("flood"),
             rate: kind("rate"),
+            late: r
+                .counter(
+                    "movement_inputs_late_total",
+                    "Movement inputs dropped because a stall of the tick loop bunched more \
+                     of them than the next tick takes (not violations).",
+                )
+                .unwrap_or_default(),
         }
     }
 }
@@ -368,10 +388,23 @@ fn resolve_inputs(
     }
 }
 
-fn refill_credit(config: Res<MovementConfig>, mut movers: Query<&mut Mover>) {
-    let cap = config.burst_ticks.max(1);
+/// The ticks the loop skipped right before this one that players earn
+/// credit for (see "Stalls" in the module docs).
+fn skipped_ticks_to_make_up(config: &MovementConfig, stats: Option<&TickStats>) -> u32 {
+    let skipped = stats.map_or(0, TickStats::skipped_before_this_tick);
+    let most = config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER);
+    u32::try_from(skipped).unwrap_or(u32::MAX).min(most)
+}
+
+fn refill_credit(
+    config: Res<MovementConfig>,
+    stats: Option<Res<TickStats>>,
+    mut movers: Query<&mut Mover>,
+) {
+    let skipped = skipped_ticks_to_make_up(&config, stats.as_deref());
+    let cap = config.burst_ticks.max(1) + skipped;
     for mut mover in &mut movers {
-        mover.credit = (mover.credit + 1).min(cap);
+        mover.credit = (mover.credit + 1 + skipped).min(cap);
         mover.inputs_this_tick = 0;
     }
 }
@@ -388,6 +421,7 @@ enum Violation {
 fn apply_inputs(
     mut inputs: MessageReader<MoveCommand>,
     config: Res<MovementConfig>,
+    stats: Option<Res<TickStats>>,
     time: Res<Time<Fixed>>,
     metrics: Res<MovementMetrics>,
     mut players: Query<(
@@ -399,6 +433,11 @@ fn apply_inputs(
     )>,
 ) {
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
+    let stalled = stats
+        .as_deref()
+        .is_some_and(|s| s.skipped_before_this_tick() > 0);
+    let skipped = skipped_ticks_to_make_up(&config, stats.as_deref());
+    let max_inputs = config.max_inputs_per_tick.saturating_add(skipped);
     for MoveCommand { entity, input } in inputs.read() {
         let Ok((_, _, mut mover, mut violations, player)) = players.get_mut(*entity) else {
             continue;
@@ -407,10 +446,19 @@ fn apply_inputs(
             continue;
         }
         mover.inputs_this_tick = mover.inputs_this_tick.saturating_add(1);
-        if mover.inputs_this_tick > config.max_inputs_per_tick {
-            record(Violation::Flood, *entity, &mut violations, player, &metrics);
+        let violation = if mover.inputs_this_tick > max_inputs {
+            Some(Violation::Flood)
         } else if mover.waiting.len() >= mover.credit as usize + buffer {
-            record(Violation::Rate, *entity, &mut violations, player, &metrics);
+            Some(Violation::Rate)
+        } else {
+            None
+        };
+        if let Some(violation) = violation {
+            if stalled {
+                metrics.late.inc();
+            } else {
+                record(violation, *entity, &mut violations, player, &metrics);
+            }
         } else {
             mover.newest_seq = input.seq;
             mover.waiting.push_back(*input);

@@ -114,6 +114,7 @@ pub struct TickStats {
     histogram: HdrHistogram<u64>,
     overruns: u64,
     skipped: u64,
+    skipped_before: u64,
     uptime: Duration,
 }
 
@@ -132,6 +133,7 @@ impl TickStats {
                 .expect("constant histogram bounds are valid"),
             overruns: 0,
             skipped: 0,
+            skipped_before: 0,
             uptime: Duration::ZERO,
         }
     }
@@ -170,6 +172,14 @@ impl TickStats {
     /// Deadlines given up after stalls (see [`Pacer`]).
     pub fn skipped_ticks(&self) -> u64 {
         self.skipped
+    }
+
+    /// Deadlines given up right before the tick running now: 0 but for the
+    /// first tick after a stall longer than
+    /// [`TickConfig::max_catch_up_ticks`]. What clients sent for those ticks
+    /// arrives in this one.
+    pub fn skipped_before_this_tick(&self) -> u64 {
+        self.skipped_before
     }
 
     /// Time since the first tick started, as of the end of the last tick.

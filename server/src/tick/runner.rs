@@ -22,12 +22,14 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
     let mut pacer = Pacer::new(started, config.rate, config.max_catch_up_ticks);
     let mut shutdown_seen_at = None;
     let mut tick: u64 = 0;
+    let mut skipped = 0;
 
     loop {
         clock.sleep_until(pacer.next_deadline());
         let tick_start = clock.now();
         if let Some(mut stats) = app.world_mut().get_resource_mut::<TickStats>() {
             stats.tick = tick;
+            stats.skipped_before = skipped;
         }
 
         app.update();
@@ -35,7 +37,7 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
         let tick_end = clock.now();
         let duration = tick_end.saturating_duration_since(tick_start);
         let overran = duration > period;
-        let skipped = pacer.tick_finished(tick_end);
+        skipped = pacer.tick_finished(tick_end);
         if overran {
             debug!(tick, ?duration, "tick overran its period");
         }
