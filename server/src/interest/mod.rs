@@ -3,8 +3,8 @@
 //! bandwidth grows with its neighbours, not with the number of players.
 //!
 //! - **Who is replicated**: every entity with a [`Position`]; each gets a
-//!   [`NetId`] (never reused, so a client never mistakes a newcomer for
-//!   someone who left).
+//!   [`NetId`] (not reused in the first 4 billion spawns, so a client
+//!   does not mistake a newcomer for someone who left).
 //! - **Who sees what**: a [`SpatialGrid`] of [`InterestConfig::cell_size`]
 //!   cells, rebuilt each tick. An entity enters a viewer's view within
 //!   [`InterestConfig::radius`] and leaves beyond `radius + hysteresis`.
@@ -196,7 +196,10 @@ impl InterestConfig {
 
 /// The id an entity has on the wire. Ids count up from 1; after
 /// `u32::MAX` they go round again, skipping those still held, so an id is
-/// never reused while its entity lives, nor before 4 billion others.
+/// never reused while its entity lives, and not at all in the first 4
+/// billion spawns. After the wrap an id may come back soon after its
+/// entity went: a client that still holds the old one (its baseline
+/// unacknowledged) then takes the newcomer for it.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetId(pub u32);
 

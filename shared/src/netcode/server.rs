@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// Used tokens remembered (token MAC -> first address). At the limit,
     /// entries whose token has expired are purged (at most once a second);
     /// if none has, new tokens are dropped ([`DropReason::TokenTableFull`]).
+    /// A purge is what makes a wall clock stepped forward matter: tokens
+    /// that expire before the stepped time stay refused until the clock,
+    /// corrected, passes it (so that a purged token never comes back).
     pub max_token_entries: usize,
     /// A keep-alive is sent to a client after this long without sending it
     /// anything.
@@ -364,6 +367,9 @@ pub struct Server {
     /// token that expired by then may have been forgotten: taken again
     /// after the clock stepped back, it would start its sequence numbers
     /// (nonces under its keys) from the beginning, so it stays expired.
+    /// The price: a purge while the wall clock is stepped forward (a bad
+    /// time sync, a resumed VM) refuses as expired every token that
+    /// expires before that time, until the corrected clock catches up.
     purged_through: u64,
     limiter: RateLimiter,
     owed: VecDeque<Owed>,
