@@ -1099,6 +1099,7 @@ mod tests {
     use shared::protocol::movement::EntityAdded;
 
     use super::*;
+    use crate::report;
     use crate::token::TokenMinter;
 
     #[test]
@@ -1340,6 +1341,54 @@ mod tests {
         pair.now += Duration::from_millis(1_100);
         pair.service();
         assert!(pair.stats.rtt_us.is_empty(), "{}", pair.stats.rtt_us.len());
+    }
+
+    /// Services the bot and hands it the server's answers until it is done.
+    fn run_to_done(pair: &mut Pair) {
+        for _ in 0..1_000 {
+            if pair.bot.is_done() {
+                return;
+            }
+            pair.service();
+            pair.deliver();
+            pair.now += Duration::from_millis(10);
+        }
+        panic!("the bot did not finish: {:?}", pair.bot.phase);
+    }
+
+    #[test]
+    fn leaving_at_the_end_of_the_run_is_no_drop_and_a_server_drop_is() {
+        let mut pair = Pair::new();
+        pair.connect();
+        pair.now += Duration::from_millis(100);
+        pair.service();
+        pair.deliver();
+        let now = pair.now;
+        pair.bot.stop(now, &mut pair.stats);
+        run_to_done(&mut pair);
+        assert!(
+            pair.stats.disconnects.is_empty(),
+            "{:?}",
+            pair.stats.disconnects
+        );
+        assert_eq!(
+            report::connected_not_dropped(pair.stats.ever_connected, &pair.stats.disconnects),
+            1
+        );
+
+        let mut pair = Pair::new();
+        pair.connect();
+        let slot = pair.slot.expect("the server saw the bot connect");
+        pair.now += Duration::from_millis(100);
+        pair.server
+            .disconnect(pair.now, slot, DisconnectReason::Timeout);
+        pair.deliver();
+        run_to_done(&mut pair);
+        assert_eq!(pair.stats.disconnects.values().sum::<u64>(), 1);
+        assert_eq!(
+            report::connected_not_dropped(pair.stats.ever_connected, &pair.stats.disconnects),
+            0
+        );
     }
 
     #[test]

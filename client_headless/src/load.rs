@@ -19,7 +19,7 @@ use crate::chart::{self, Sample};
 use crate::prom::{self, ServerSample};
 use crate::report::{
     Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, SteadyWindow,
-    TickPercentiles, TickWindow,
+    TickPercentiles, TickWindow, connected_not_dropped,
 };
 use crate::scenario::Scenario;
 use crate::swarm::{self, SourceIps, WorkerHandle};
@@ -257,6 +257,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         server_address: plan.server.to_string(),
         requested: plan.bots,
         connected: stats.ever_connected,
+        connected_not_dropped: connected_not_dropped(stats.ever_connected, &stats.disconnects),
         connect_failures: stats.connect_failures.clone(),
         disconnects: stats.disconnects.clone(),
         duration_s,

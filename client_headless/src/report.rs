@@ -20,6 +20,9 @@ pub(crate) struct Report {
     pub(crate) requested: u64,
     /// Bots that completed a handshake at least once.
     pub(crate) connected: u64,
+    /// Bots that connected and were not dropped: see
+    /// [`connected_not_dropped`].
+    pub(crate) connected_not_dropped: u64,
     /// Handshakes that failed, by reason.
     pub(crate) connect_failures: BTreeMap<String, u64>,
     /// Established connections that ended without the bot asking, by reason.
@@ -176,6 +179,14 @@ pub(crate) struct SloResult {
     pub(crate) detail: String,
 }
 
+/// The bots of `connected` that stayed: minus the sessions the server (or
+/// a timeout) ended, `disconnects`. A dropped bot ends its run, so a bot is
+/// dropped once at most. Bots leaving when the run ends, or between churn
+/// sessions, leave by their own goodbye: that is no drop.
+pub(crate) fn connected_not_dropped(connected: u64, disconnects: &BTreeMap<String, u64>) -> u64 {
+    connected.saturating_sub(disconnects.values().sum())
+}
+
 /// The SLO flags.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Slos {
@@ -203,11 +214,11 @@ impl Slos {
             });
         }
         if let Some(min) = self.min_connected_ratio {
-            // A bot the server dropped does not count: it ends its run
-            // (one drop at most a bot), so a run whose every session was
-            // dropped fails however many bots connected first.
-            let dropped: u64 = report.disconnects.values().sum();
-            let stayed = report.connected.saturating_sub(dropped);
+            // A bot the server dropped does not count, so a run whose
+            // every session was dropped fails however many bots connected
+            // first.
+            let stayed = report.connected_not_dropped;
+            let dropped = report.connected.saturating_sub(stayed);
             let ratio = if report.requested == 0 {
                 1.0
             } else {
@@ -276,9 +287,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  bots        {} / {} connected; connect failures: {}; dropped: {}",
+            "  bots        {} / {} connected, {} not dropped; connect failures: {}; dropped: {}",
             self.connected,
             self.requested,
+            self.connected_not_dropped,
             map(&self.connect_failures),
             map(&self.disconnects)
         );
@@ -382,6 +394,7 @@ mod tests {
             server_address: "127.0.0.1:7777".into(),
             requested: 10,
             connected: 9,
+            connected_not_dropped: 9,
             connect_failures: BTreeMap::from([("connect_timeout".into(), 1)]),
             disconnects: BTreeMap::new(),
             duration_s: 10.0,
@@ -438,6 +451,8 @@ mod tests {
         };
         assert!(slos.check(&r)[0].passed, "9 of 10 connected");
         r.disconnects = BTreeMap::from([("timeout".into(), 9)]);
+        r.connected_not_dropped = connected_not_dropped(r.connected, &r.disconnects);
+        assert_eq!(r.connected_not_dropped, 0);
         let result = &slos.check(&r)[0];
         assert!(!result.passed, "every session dropped: {}", result.detail);
         assert!(result.detail.contains("9 dropped"), "{}", result.detail);
@@ -449,6 +464,7 @@ mod tests {
         for key in [
             "requested",
             "connected",
+            "connected_not_dropped",
             "connect_failures",
             "duration_s",
             "rtt_ms",
