@@ -233,6 +233,10 @@ impl Slos {
             });
         }
         if self.require_exactly_once {
+            // With no bot connected nothing was exchanged: the checks
+            // below would hold for want of anything to check.
+            let nobody = (report.connected == 0)
+                .then(|| "no bot connected: nothing exchanged to verify".to_owned());
             let r = &report.reliable;
             let detail = if r.lines_received == 0 && r.sent == 0 {
                 "no chat exchanged: nothing to verify (vacuously true)".to_owned()
@@ -244,17 +248,19 @@ impl Slos {
             };
             out.push(SloResult {
                 name: "exactly_once".into(),
-                passed: r.exactly_once(),
-                detail,
+                passed: nobody.is_none() && r.exactly_once(),
+                detail: nobody.clone().unwrap_or(detail),
             });
             let i = &report.inventory;
             out.push(SloResult {
                 name: "inventory_exactly_one_reply".into(),
-                passed: i.exactly_one_reply(),
-                detail: format!(
-                    "{} requests, {} lost, {} unexpected replies",
-                    i.sent, i.lost, i.unexpected
-                ),
+                passed: nobody.is_none() && i.exactly_one_reply(),
+                detail: nobody.unwrap_or_else(|| {
+                    format!(
+                        "{} requests, {} lost, {} unexpected replies",
+                        i.sent, i.lost, i.unexpected
+                    )
+                }),
             });
         }
         out
@@ -440,6 +446,26 @@ mod tests {
         r.inventory.lost = 2;
         let passed: Vec<bool> = slos.check(&r).iter().map(|s| s.passed).collect();
         assert_eq!(passed, [true, true, true, false]);
+    }
+
+    #[test]
+    fn exactly_once_fails_when_no_bot_connected() {
+        let mut r = report();
+        let slos = Slos {
+            require_exactly_once: true,
+            ..Slos::default()
+        };
+        assert!(slos.check(&r).iter().all(|s| s.passed), "nothing lost");
+        r.connected = 0;
+        r.connected_not_dropped = 0;
+        for result in slos.check(&r) {
+            assert!(!result.passed, "{}: {}", result.name, result.detail);
+            assert_eq!(
+                result.detail, "no bot connected: nothing exchanged to verify",
+                "{}",
+                result.name
+            );
+        }
     }
 
     #[test]
