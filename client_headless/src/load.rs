@@ -26,6 +26,8 @@ use crate::swarm::{self, SourceIps, WorkerHandle};
 use crate::token::TokenMinter;
 use crate::verify::ReliableStats;
 
+/// Most worker threads (`--threads`).
+pub(crate) const MAX_THREADS: u64 = 64;
 /// Timeout of each metrics scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
 /// A p99 lateness of the bots above this (ms) gets a note in the report.
@@ -49,7 +51,7 @@ pub(crate) struct LoadPlan {
     pub(crate) link: Option<LinkConfig>,
     /// The server's metrics page.
     pub(crate) metrics_url: String,
-    /// Worker threads.
+    /// Worker threads, 1 to [`MAX_THREADS`].
     pub(crate) threads: usize,
     /// Source addresses.
     pub(crate) sources: SourceIps,
@@ -88,7 +90,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let threads = plan.threads.clamp(1, 64);
+    let threads = plan.threads;
     let mut shares: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); threads];
     for i in 0..plan.bots {
         let offset = if plan.bots > 1 {

@@ -189,8 +189,13 @@ struct LoadArgs {
     /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line.
     #[arg(long)]
     require_exactly_once: bool,
-    /// Worker threads multiplexing the bots' sockets [default: min(cores, 4)].
-    #[arg(long, value_name = "N")]
+    /// Worker threads multiplexing the bots' sockets, 1 to 64 [default:
+    /// min(cores, 4)].
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=load::MAX_THREADS)
+    )]
     threads: Option<usize>,
     /// Distinct source addresses (127.1.x.y) for a loopback server, so its
     /// per-IP handshake rate limit is not the bottleneck; 1 binds 0.0.0.0
@@ -343,5 +348,54 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn load(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec![
+            "client_headless",
+            "load",
+            "--server",
+            "127.0.0.1:7777",
+            "--bots",
+            "1",
+            "--duration",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+    }
+
+    fn threads(cli: &Cli) -> Option<usize> {
+        match &cli.command {
+            Command::Load(args) => args.threads,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn threads_out_of_range_are_refused_not_clamped() {
+        for n in ["1", "64"] {
+            let cli = load(&["--threads", n]).expect(n);
+            assert_eq!(threads(&cli), n.parse().ok());
+        }
+        for n in ["0", "65", "1000"] {
+            let error = load(&["--threads", n]).err().expect(n).to_string();
+            assert!(error.contains("--threads"), "{error}");
+            assert!(error.contains("1..=64"), "{error}");
+        }
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("load")
+            .expect("a load command")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("1 to 64"), "{help}");
     }
 }
