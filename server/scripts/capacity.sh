@@ -40,7 +40,10 @@
 # after the ramp: from the bots' first scrape of the server's metrics after
 # it), RTT p99 (with, in brackets, how late the bots ran: `bot_lateness_ms`
 # p99, the bot process's own delay, part of the RTT when large), bytes/bot/s
-# and connected/requested come from the bots' JSON report; bot cores = the
+# and connected/requested come from the bots' JSON report; connected counts
+# the bots still connected through the run (`connected_not_dropped`: those
+# that connected, minus the sessions the server or a timeout ended; the
+# dropped ones in brackets), and every per-bot figure divides by it; bot cores = the
 # bot process's CPU seconds / the wall time they were spent in (both from
 # the report), with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
@@ -215,17 +218,22 @@ run_point() {
                 unread ? "null" : sprintf("%.3f", (sout1 - sout0) / steady / n)
             printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops0 == "null" || drops1 == "null" ? "null" : drops1 - drops0, rss
         }' "$OUT_DIR/threads0-$tag" "$OUT_DIR/threads1-$tag")
-    # The bots' figures from their report (null when there is none).
+    # The bots' figures from their report (null when there is none). Per
+    # bot figures are per bot that stayed: `connected_not_dropped` of the
+    # report (a report of bots older than that key: every bot that ever
+    # connected, marked in the table).
     jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" '
         (try input catch null) as $b
-        | def per_connected: if . == null or ($b.connected // 0) == 0 then .
-              else . * $run.requested / $b.connected end;
+        | ($b.connected_not_dropped // $b.connected) as $stayed
+        | def per_connected: if . == null or ($stayed // 0) == 0 then .
+              else . * $run.requested / $stayed end;
         $run + {
             datagrams_in: ($run.datagrams_in | per_connected),
             datagrams_out: ($run.datagrams_out | per_connected),
             report: (if $b == null then null else $report end),
             bots_log: $log,
             connected: $b.connected,
+            connected_not_dropped: $b.connected_not_dropped,
             tick_p50: $b.server.tick_ms.p50, tick_p99: $b.server.tick_ms.p99,
             overruns: $b.server.overruns,
             after_ramp_p50: $b.server.steady.tick_ms.p50,
@@ -242,7 +250,8 @@ run_point() {
 
 # One table row from run figures on stdin. Several runs (one JSON object
 # each): every figure is the median of the runs that have it, except
-# connected (the fewest) and the overruns (the most).
+# connected (the fewest bots that stayed connected) and the overruns (the
+# most).
 render() {
     jq -rs '
         def median: map(select(. != null)) | sort
@@ -259,12 +268,16 @@ render() {
         def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
         def n(x): if x == null then "–" else (x | round | tostring) end;
         . as $runs
-        | (map(.connected) | if any(. == null) then null else min end) as $connected
+        | (map(.connected) | if any(. == null) then null else min end) as $ever
+        | (map(.connected_not_dropped) | if any(. == null) then null else min end) as $connected
+        | (map(select(.connected_not_dropped != null) | .connected - .connected_not_dropped) | max) as $dropped
         | (map(.overruns) | map(select(. != null)) | if length == 0 then null else max end) as $overruns
         | (map(.after_ramp_overruns) | map(select(. != null)) | if length == 0 then null else max end) as $after_overruns
         | (m("steady_user")) as $user | (m("steady_kernel")) as $kernel
         | (m("wakeups_per_s")) as $wakeups
-        | "| \(.[0].requested) | \(if $connected == null then "no report (see \(map(select(.report == null) | .bots_log) | join(", ")))" else "\($connected) / \(.[0].requested)" end)"
+        | "| \(.[0].requested) | \(if $ever == null then "no report (see \(map(select(.report == null) | .bots_log) | join(", ")))"
+              elif $connected == null then "\($ever) ever connected (drops not reported) / \(.[0].requested)"
+              else "\($connected) / \(.[0].requested)\(if $dropped > 0 then " (\($dropped) dropped)" else "" end)" end)"
           + " | \(fixed(m("cores"); 2)) (\(fixed(m("cpu_s"); 1)) s / \(fixed(m("wall_s"); 1)) s; net-io \(fixed(m("net_io_cores"); 2))\(if $wakeups == null then "" else ", \(n($wakeups)) wakeups/s" end))"
           + " | \(fixed(m("steady_cores"); 2)) (user \(fixed($user; 2)), kernel \(fixed($kernel; 2)))"
           + " | \(f(m("tick_p50"))) / \(f(m("tick_p99"))) | \($overruns // "–")"
@@ -292,8 +305,8 @@ for n in "${POINTS[@]}"; do
 done
 
 if [ "$RUNS" -gt 1 ]; then
-    echo "Medians of $RUNS runs per point (connected: the fewest; overruns: the most)."
+    echo "Medians of $RUNS runs per point (connected: the fewest; dropped and overruns: the most)."
 fi
-echo "| bots | connected / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
+echo "| bots | connected, not dropped / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Checks capacity.sh's bookkeeping without a real server or real bots:
+# stubs stand in for both (SERVER_BIN: a metrics page whose counters grow
+# as 1,400 bots would make them grow; BOTS_BIN: sleeps for --duration,
+# then writes a fixed report), one point per case, told apart by N:
+#
+#   2000  2,000 bots connected, the server dropped 600 of them: the table
+#         shows 1400 / 2000 (600 dropped), and per-bot figures are per 1,400
+#
+#   server/scripts/test-capacity.sh            (about 10 s per case)
+#
+# Needs what capacity.sh needs, and python3. Exits non-zero, naming the
+# check, when one fails.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+STUBS=$(mktemp -d /tmp/capacity-test.XXXXXX)
+command -v python3 >/dev/null || { echo "test-capacity.sh: needs python3" >&2; exit 2; }
+
+# The server: serves /metrics on --metrics-bind until SIGINT.
+cat >"$STUBS/server" <<'EOF'
+#!/usr/bin/env bash
+while [ $# -gt 0 ]; do
+    case $1 in
+        --metrics-bind) mbind=$2; shift ;;
+        --max-clients) max=$2; shift ;;
+    esac
+    shift
+done
+exec python3 - "$mbind" "$max" <<'PY'
+import http.server, signal, sys, time
+# A background job of a script starts with SIGINT ignored: take it back.
+signal.signal(signal.SIGINT, lambda *args: sys.exit(0))
+host, port = sys.argv[1].rsplit(":", 1)
+start = time.monotonic()
+# 1,400 bots, each 30 datagrams and 1,000 bytes a second in, 31 and 2,000 out.
+RATES = {"net_packets_in_total": 1400 * 30, "net_packets_out_total": 1400 * 31,
+         "net_bytes_in_total": 1400 * 1000, "net_bytes_out_total": 1400 * 2000,
+         "net_socket_receive_drops_total": 0, "net_io_wakeups_total": 100}
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        t = time.monotonic() - start
+        body = "".join(f"{k} {v * t:.0f}\n" for k, v in RATES.items()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((host, int(port)), Metrics).serve_forever()
+PY
+EOF
+
+# The bots: sleep for --duration, then write the report of their case.
+cat >"$STUBS/bots" <<'EOF'
+#!/usr/bin/env bash
+while [ $# -gt 0 ]; do
+    case $1 in
+        --bots) n=$2; shift ;;
+        --duration) duration=$2; shift ;;
+        --report) report=$2; shift ;;
+    esac
+    shift
+done
+sleep "$duration"
+case $n in
+    2000) connected=2000 stayed=1400 disconnects='{"timeout": 600}' ;;
+esac
+cat >"$report" <<JSON
+{"requested": $n, "connected": $connected, "connected_not_dropped": $stayed,
+ "disconnects": $disconnects, "connect_failures": {},
+ "rtt_ms": {"p99": 20.0}, "bot_lateness_ms": {"p99": 1.0},
+ "bytes_per_bot_per_s": {"up": 900.0, "down": 1900.0},
+ "server": {"tick_ms": {"p50": 5.0, "p99": 9.0}, "overruns": 0,
+            "steady": {"tick_ms": {"p50": 5.0, "p99": 8.0}, "overruns": 0}},
+ "bot_cpu_s": 1.0, "bot_cpu_kernel_s": 0.5, "bot_cpu_wall_s": 10.0, "bot_peak_rss_mib": 50.0}
+JSON
+EOF
+chmod +x "$STUBS/server" "$STUBS/bots"
+
+failures=0
+check() {
+    local what=$1
+    shift
+    if "$@"; then
+        echo "ok: $what" >&2
+    else
+        echo "FAILED: $what" >&2
+        failures=$((failures + 1))
+    fi
+}
+
+status=0
+SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
+    BASE_PORT=$((20000 + RANDOM % 20000)) OUT_DIR="$STUBS/out" \
+    "$ROOT/server/scripts/capacity.sh" 2000 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
+cat "$STUBS/table.md" >&2
+
+# cell N COLUMN: a cell of the row of N (columns count from 1: bots).
+cell() {
+    awk -F' [|] ' -v n="$1" -v c="$2" '$1 == "| " n { print $c }' "$STUBS/table.md"
+}
+# between X LO HI: LO <= X <= HI.
+between() {
+    awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x != "" && x >= lo && x <= hi) }'
+}
+
+check "the bots that stayed connected, not those that ever did" \
+    test "$(cell 2000 2)" = "1400 / 2000 (600 dropped)"
+datagrams=$(cell 2000 10)
+check "datagrams per bot that stayed ($datagrams)" \
+    between "${datagrams%% / *}" 29.5 30.5
+
+if [ "$failures" -gt 0 ]; then
+    echo "test-capacity.sh: $failures check(s) failed; capacity.sh said (exit $status):" >&2
+    cat "$STUBS/stderr" >&2
+    echo "test-capacity.sh: files in $STUBS" >&2
+    exit 1
+fi
+rm -rf "$STUBS"
+echo "test-capacity.sh: all checks passed" >&2
