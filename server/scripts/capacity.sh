@@ -7,7 +7,7 @@
 # Environment (all optional):
 #   CARGO_TARGET_DIR   where the release binaries are built [target]
 #   SCENARIO           scenario file [assets/scenarios/default.toml]
-#   RUN_SECS           measured seconds after the ramp [20]
+#   RUN_SECS           measured seconds after the ramp [20; at least 2]
 #   RUNS               runs per point, each with a fresh server [1]; the
 #                      table gives each figure's median over them (the
 #                      fewest connected, the most overruns); every run's
@@ -48,6 +48,13 @@
 # the report), with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
 # Every process the script starts is stopped by PID, with a bounded wait.
+#
+# A run fails when the bots exit non-zero, write no report, or the server
+# is gone by the time they exit (its CPU and counters would then read as
+# garbage): the script says why on stderr, leaves the run out of the
+# table's figures (a point whose every run failed gets a row saying so),
+# and exits 1 after printing the table. Its figures still go to
+# run-N.json, with the reason under "failed".
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -65,6 +72,9 @@ POINTS=("$@")
 CLK_TCK=$(getconf CLK_TCK)
 
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "capacity.sh: RUNS must be a positive integer, not '$RUNS'" >&2; exit 2; }
+# The steady window ends a second before the bots stop: it needs two.
+[[ "$RUN_SECS" =~ ^[0-9]+$ ]] && [ "$RUN_SECS" -ge 2 ] \
+    || { echo "capacity.sh: RUN_SECS must be an integer of at least 2, not '$RUN_SECS'" >&2; exit 2; }
 for tool in jq taskset timeout awk curl; do
     command -v "$tool" >/dev/null || { echo "capacity.sh: needs $tool" >&2; exit 2; }
 done
@@ -123,14 +133,16 @@ echo "capacity: output in $OUT_DIR" >&2
 # run_point N TAG PORT: one run of N bots against a fresh server on PORT
 # (metrics on PORT+1000). Files are named by TAG. Writes the run's figures
 # to OUT_DIR/run-TAG.json (see the render filter below) and prints its row
-# to stderr.
+# to stderr; a failed run's reason (see the top) also goes to stderr, and
+# into the JSON's "failed" (null when the run is good), and it counts in
+# FAILED.
 run_point() {
     local n=$1 tag=$2 port=$3 mport=$(($3 + 1000))
     local ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
     local duration=$((ramp + RUN_SECS))
     local data="$OUT_DIR/data-$tag"
     local in0 drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1
-    local sin0 sout0 sin1 sout1 server_rss r
+    local sin0 sout0 sin1 sout1 server_rss r bots_status=0 server_status=0 failed=""
     rm -rf "$data"
     mkdir -p "$data"
 
@@ -162,18 +174,27 @@ run_point() {
     BOTS_PID=$!
     # The steady state: from the end of the ramp to a second before the
     # bots stop sending (the window C ENet's reference is measured over,
-    # see enet-reference.sh).
-    sleep "$ramp"
+    # see enet-reference.sh). Both ends are times after t0, not sleeps
+    # after the scrape before them (which may take its whole timeout).
+    sleep_until "$(awk -v t0="$t0" -v s="$ramp" 'BEGIN { printf "%.3f", t0 + s }')"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts0=$(now_s)
     read -r sin0 sout0 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
-    sleep $((RUN_SECS - 1))
+    sleep_until "$(awk -v t0="$t0" -v s="$((ramp + RUN_SECS - 1))" 'BEGIN { printf "%.3f", t0 + s }')"
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts1=$(now_s)
     read -r sin1 sout1 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
-    wait "$BOTS_PID" || true
+    wait "$BOTS_PID" || bots_status=$?
     BOTS_PID=""
     t1=$(now_s)
+    if ! is_running "$SERVER_PID"; then
+        wait "$SERVER_PID" || server_status=$?
+        failed="the server exited (status $server_status) during the run, see $OUT_DIR/server-$tag.log"
+    elif [ "$bots_status" -ne 0 ]; then
+        failed="the bots exited with status $bots_status, see $OUT_DIR/bots-$tag.log"
+    elif [ ! -s "$r" ]; then
+        failed="the bots wrote no report, see $OUT_DIR/bots-$tag.log"
+    fi
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
     read -r _ _ drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
@@ -222,7 +243,8 @@ run_point() {
     # bot figures are per bot that stayed: `connected_not_dropped` of the
     # report (a report of bots older than that key: every bot that ever
     # connected, marked in the table).
-    jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" '
+    jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" \
+        --arg failed "$failed" '
         (try input catch null) as $b
         | ($b.connected_not_dropped // $b.connected) as $stayed
         | def per_connected: if . == null or ($stayed // 0) == 0 then .
@@ -230,6 +252,7 @@ run_point() {
         $run + {
             datagrams_in: ($run.datagrams_in | per_connected),
             datagrams_out: ($run.datagrams_out | per_connected),
+            failed: (if $failed == "" then null else $failed end),
             report: (if $b == null then null else $report end),
             bots_log: $log,
             connected: $b.connected,
@@ -246,12 +269,17 @@ run_point() {
             bot_rss_mib: $b.bot_peak_rss_mib
         }' "$([ -s "$r" ] && echo "$r" || echo /dev/null)" >"$OUT_DIR/run-$tag.json"
     render <"$OUT_DIR/run-$tag.json" >&2
+    if [ -n "$failed" ]; then
+        echo "capacity: run $tag FAILED: $failed" >&2
+        FAILED=$((FAILED + 1))
+    fi
 }
 
 # One table row from run figures on stdin. Several runs (one JSON object
 # each): every figure is the median of the runs that have it, except
 # connected (the fewest bots that stayed connected) and the overruns (the
-# most).
+# most). Failed runs are left out (and counted); when every run failed,
+# the row says why.
 render() {
     jq -rs '
         def median: map(select(. != null)) | sort
@@ -267,6 +295,13 @@ render() {
                 | "\($i).\(("0" * (d - ($f | length))) + $f)" end end;
         def f(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
         def n(x): if x == null then "–" else (x | round | tostring) end;
+        (map(.failed | select(. != null))) as $failures
+        | (if $failures == [] then "" else "; \($failures | length) of \(length) runs failed" end) as $failed
+        | .[0].requested as $requested
+        | map(select(.failed == null))
+        | if . == [] then
+            "| \($requested) | FAILED: \($failures | unique | join("; ")) |" + (" – |" * 11)
+          else
         . as $runs
         | (map(.connected) | if any(. == null) then null else min end) as $ever
         | (map(.connected_not_dropped) | if any(. == null) then null else min end) as $connected
@@ -277,7 +312,7 @@ render() {
         | (m("wakeups_per_s")) as $wakeups
         | "| \(.[0].requested) | \(if $ever == null then "no report (see \(map(select(.report == null) | .bots_log) | join(", ")))"
               elif $connected == null then "\($ever) ever connected (drops not reported) / \(.[0].requested)"
-              else "\($connected) / \(.[0].requested)\(if $dropped > 0 then " (\($dropped) dropped)" else "" end)" end)"
+              else "\($connected) / \(.[0].requested)\(if $dropped > 0 then " (\($dropped) dropped)" else "" end)" end)\($failed)"
           + " | \(fixed(m("cores"); 2)) (\(fixed(m("cpu_s"); 1)) s / \(fixed(m("wall_s"); 1)) s; net-io \(fixed(m("net_io_cores"); 2))\(if $wakeups == null then "" else ", \(n($wakeups)) wakeups/s" end))"
           + " | \(fixed(m("steady_cores"); 2)) (user \(fixed($user; 2)), kernel \(fixed($kernel; 2)))"
           + " | \(f(m("tick_p50"))) / \(f(m("tick_p99"))) | \($overruns // "–")"
@@ -285,13 +320,15 @@ render() {
           + " | \(f(m("rtt_p99")))\(if m("bot_late_p99") == null then "" else " (\(f(m("bot_late_p99"))))" end) | \(n(m("bytes_up"))) / \(n(m("bytes_down")))"
           + " | \(fixed(m("datagrams_in"); 1)) / \(fixed(m("datagrams_out"); 1)) | \(n(m("socket_drops")))"
           + " | \(if m("bot_cores") == null then "–" else fixed(m("bot_cores"); 2) + (if m("bot_kernel") == null then "" else " (kernel \(fixed(m("bot_kernel"); 2)))" end) end)"
-          + " | \(n(m("server_rss_mib"))) / \(n(m("bot_rss_mib"))) |"'
+          + " | \(n(m("server_rss_mib"))) / \(n(m("bot_rss_mib"))) |"
+          end'
 }
 
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 echo "capacity: output in $OUT_DIR" >&2
 
 ROWS=()
+FAILED=0
 i=0
 for n in "${POINTS[@]}"; do
     runs=()
@@ -310,3 +347,7 @@ fi
 echo "| bots | connected, not dropped / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+if [ "$FAILED" -gt 0 ]; then
+    echo "capacity: $FAILED run(s) FAILED (reasons above, and under \"failed\" in their run-*.json); the table leaves them out" >&2
+    exit 1
+fi

@@ -15,6 +15,22 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
+# is_running PID: the process is there and has not exited (one that
+# exited but is not reaped yet, a zombie, counts as gone).
+is_running() {
+    local state
+    state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# sleep_until T: sleeps until T, in seconds since the epoch as `date
+# +%s.%N` prints them; returns at once when T has passed. Pacing to
+# absolute times keeps a slow step (a metrics scrape that takes its whole
+# timeout) from pushing the steps after it later.
+sleep_until() {
+    sleep "$(awk -v t="$1" -v now="$(date +%s.%N)" 'BEGIN { d = t - now; printf "%.3f", (d > 0 ? d : 0) }')"
+}
+
 # cpu_split STATFILE: "utime stime" in clock ticks of a /proc stat file
 # (/proc/PID/stat; the comm field may hold spaces); "0 0" once it is gone.
 cpu_split() {

@@ -6,6 +6,12 @@
 #
 #   2000  2,000 bots connected, the server dropped 600 of them: the table
 #         shows 1400 / 2000 (600 dropped), and per-bot figures are per 1,400
+#   2001  the bots exit 1: the run failed
+#   2002  the server exits 3 s into the run: the run failed
+#   2003  every metrics scrape takes 1.5 s: the steady window still ends
+#         before the bots stop
+#
+# and a failed run makes capacity.sh exit 1 after its table.
 #
 #   server/scripts/test-capacity.sh            (about 10 s per case)
 #
@@ -25,21 +31,30 @@ while [ $# -gt 0 ]; do
     case $1 in
         --metrics-bind) mbind=$2; shift ;;
         --max-clients) max=$2; shift ;;
+        --data-dir) data=$2; shift ;;
     esac
     shift
 done
-exec python3 - "$mbind" "$max" <<'PY'
-import http.server, signal, sys, time
+exec python3 - "$mbind" "$max" "$data" <<'PY'
+import http.server, os, signal, sys, threading, time
 # A background job of a script starts with SIGINT ignored: take it back.
 signal.signal(signal.SIGINT, lambda *args: sys.exit(0))
 host, port = sys.argv[1].rsplit(":", 1)
+bots = int(sys.argv[2]) - 100
+scrapes = os.path.join(sys.argv[3], "scrapes")
 start = time.monotonic()
+if bots == 2002:
+    threading.Timer(3.0, lambda: os._exit(3)).start()
 # 1,400 bots, each 30 datagrams and 1,000 bytes a second in, 31 and 2,000 out.
 RATES = {"net_packets_in_total": 1400 * 30, "net_packets_out_total": 1400 * 31,
          "net_bytes_in_total": 1400 * 1000, "net_bytes_out_total": 1400 * 2000,
          "net_socket_receive_drops_total": 0, "net_io_wakeups_total": 100}
 class Metrics(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        with open(scrapes, "a") as log:
+            log.write(f"{time.time():.3f}\n")
+        if bots == 2003:
+            time.sleep(1.5)
         t = time.monotonic() - start
         body = "".join(f"{k} {v * t:.0f}\n" for k, v in RATES.items()).encode()
         self.send_response(200)
@@ -64,8 +79,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 sleep "$duration"
+date +%s.%N >"$(dirname "$report")/bots-stopped-$n"
+connected=$n stayed=$n disconnects='{}' status=0
 case $n in
     2000) connected=2000 stayed=1400 disconnects='{"timeout": 600}' ;;
+    2001) status=1 ;;
 esac
 cat >"$report" <<JSON
 {"requested": $n, "connected": $connected, "connected_not_dropped": $stayed,
@@ -76,6 +94,7 @@ cat >"$report" <<JSON
             "steady": {"tick_ms": {"p50": 5.0, "p99": 8.0}, "overruns": 0}},
  "bot_cpu_s": 1.0, "bot_cpu_kernel_s": 0.5, "bot_cpu_wall_s": 10.0, "bot_peak_rss_mib": 50.0}
 JSON
+exit "$status"
 EOF
 chmod +x "$STUBS/server" "$STUBS/bots"
 
@@ -94,7 +113,7 @@ check() {
 status=0
 SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
     BASE_PORT=$((20000 + RANDOM % 20000)) OUT_DIR="$STUBS/out" \
-    "$ROOT/server/scripts/capacity.sh" 2000 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
+    "$ROOT/server/scripts/capacity.sh" 2000 2001 2002 2003 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
 cat "$STUBS/table.md" >&2
 
 # cell N COLUMN: a cell of the row of N (columns count from 1: bots).
@@ -111,6 +130,19 @@ check "the bots that stayed connected, not those that ever did" \
 datagrams=$(cell 2000 10)
 check "datagrams per bot that stayed ($datagrams)" \
     between "${datagrams%% / *}" 29.5 30.5
+check "bots that exit non-zero fail their run" \
+    grep -q "^| 2001 | FAILED: the bots exited with status 1, see " "$STUBS/table.md"
+check "a server gone by the end fails its run" \
+    grep -q "^| 2002 | FAILED: the server exited (status 3) during the run, see " "$STUBS/table.md"
+check "the failures are told on stderr" \
+    test "$(grep -c "^capacity: run 200[12] FAILED: " "$STUBS/stderr")" = 2
+check "a failed run makes the script fail (exit $status)" test "$status" = 1
+# Scrapes: the baseline, the window's start and end, the last. The
+# window's end must come before the bots stop, however slow the scrapes.
+window_end=$(sed -n 3p "$STUBS/out/data-2003/scrapes")
+stopped=$(cat "$STUBS/out/bots-stopped-2003")
+check "the steady window ends before the bots stop ($window_end < $stopped)" \
+    awk -v a="$window_end" -v b="$stopped" 'BEGIN { exit !(a != "" && a < b) }'
 
 if [ "$failures" -gt 0 ]; then
     echo "test-capacity.sh: $failures check(s) failed; capacity.sh said (exit $status):" >&2
