@@ -32,19 +32,22 @@
 # seconds of that window (ramp, run and drain); steady cores = the same over
 # the run alone (end of the ramp to a second before the end), split into
 # user and kernel time (utime, stime: the kernel's share is the UDP path,
-# which on loopback also delivers to the receiving socket). Datagrams per bot
-# per second in and out (as the server counted them, over the steady
-# window), the datagrams the kernel dropped at the server's full socket
-# buffer and net-io's wakeups per second (over the whole window) come from
-# its /metrics. Tick p50/p99 and overruns (over the bots' whole run, and
-# after the ramp: from the bots' first scrape of the server's metrics after
-# it), RTT p99 (with, in brackets, how late the bots ran: `bot_lateness_ms`
-# p99, the bot process's own delay, part of the RTT when large), bytes/bot/s
-# and connected/requested come from the bots' JSON report; connected counts
-# the bots still connected through the run (`connected_not_dropped`: those
-# that connected, minus the sessions the server or a timeout ended; the
-# dropped ones in brackets), and every per-bot figure divides by it; bot cores = the
-# bot process's CPU seconds / the wall time they were spent in (both from
+# which on loopback also delivers to the receiving socket). Datagrams and
+# UDP payload bytes per bot per second in (up) and out (down), as the
+# server counted them over the steady window, the datagrams the kernel
+# dropped at the server's full socket buffer and net-io's wakeups per
+# second (over the whole window) come from its /metrics. Tick p50/p99 and
+# overruns (over the bots' whole run, and after the ramp: from the bots'
+# first scrape of the server's metrics after it), RTT p99 (with, in
+# brackets, how late the bots ran: `bot_lateness_ms` p99, the bot
+# process's own delay, part of the RTT when large), bytes/bot/s in
+# brackets (as the bots counted them, over their whole connected time,
+# ramp and drain included) and connected/requested come from the bots'
+# JSON report; connected counts the bots still connected through the run
+# (`connected_not_dropped`: those that connected, minus the sessions the
+# server or a timeout ended; the dropped ones in brackets), and every
+# per-bot figure divides by it; bot cores = the bot process's CPU seconds
+# / the wall time they were spent in (both from
 # the report), with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
 # Every process the script starts is stopped by PID, with a bounded wait.
@@ -114,8 +117,9 @@ thread_ticks() {
 
 now_s() { date +%s.%N; }
 
-# "in out drops wakeups" from the server's metrics page ("-" for each it
-# did not give: all four when unreadable; drops and wakeups also for a
+# "in out drops wakeups bytes_in bytes_out" from the server's metrics page
+# (datagrams in and out, then UDP payload bytes in and out; "-" for each it
+# did not give: all of them when unreadable; drops and wakeups also for a
 # server too old to count them).
 net_counters() {
     curl -s --max-time 2 "$1" | awk '
@@ -124,7 +128,9 @@ net_counters() {
         $1 == "net_packets_out_total" { o = $2 }
         $1 == "net_socket_receive_drops_total" { d = $2 }
         $1 == "net_io_wakeups_total" { k = $2 }
-        END { printf "%s %s %s %s\n", or_dash(i), or_dash(o), or_dash(d), or_dash(k) }'
+        $1 == "net_bytes_in_total" { bi = $2 }
+        $1 == "net_bytes_out_total" { bo = $2 }
+        END { printf "%s %s %s %s %s %s\n", or_dash(i), or_dash(o), or_dash(d), or_dash(k), or_dash(bi), or_dash(bo) }'
 }
 
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
@@ -142,7 +148,7 @@ run_point() {
     local duration=$((ramp + RUN_SECS))
     local data="$OUT_DIR/data-$tag"
     local in0 drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1
-    local sin0 sout0 sin1 sout1 server_rss r bots_status=0 server_status=0 failed=""
+    local sin0 sout0 sin1 sout1 bin0 bout0 bin1 bout1 server_rss r bots_status=0 server_status=0 failed=""
     rm -rf "$data"
     mkdir -p "$data"
 
@@ -158,7 +164,7 @@ run_point() {
         sleep 0.1
     done
 
-    read -r in0 _ drops0 wake0 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r in0 _ drops0 wake0 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$tag"
     t0=$(now_s)
@@ -179,11 +185,11 @@ run_point() {
     sleep_until "$(awk -v t0="$t0" -v s="$ramp" 'BEGIN { printf "%.3f", t0 + s }')"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts0=$(now_s)
-    read -r sin0 sout0 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r sin0 sout0 _ _ bin0 bout0 < <(net_counters "http://127.0.0.1:$mport/metrics")
     sleep_until "$(awk -v t0="$t0" -v s="$((ramp + RUN_SECS - 1))" 'BEGIN { printf "%.3f", t0 + s }')"
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts1=$(now_s)
-    read -r sin1 sout1 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r sin1 sout1 _ _ bin1 bout1 < <(net_counters "http://127.0.0.1:$mport/metrics")
     wait "$BOTS_PID" || bots_status=$?
     BOTS_PID=""
     t1=$(now_s)
@@ -197,7 +203,7 @@ run_point() {
     fi
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
-    read -r _ _ drops1 wake1 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r _ _ drops1 wake1 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
     server_rss=$(awk '$1 == "VmHWM:" { printf "%d", $2 / 1024 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
@@ -221,6 +227,7 @@ run_point() {
     figures=$(awk -v n="$n" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v ts0="$ts0" -v ts1="$ts1" \
         -v cpu0="$cpu0" -v cpu1="$cpu1" -v su0="$su0" -v sk0="$sk0" -v su1="$su1" -v sk1="$sk1" \
         -v sin0="$sin0" -v sin1="$sin1" -v sout0="$sout0" -v sout1="$sout1" \
+        -v bin0="$bin0" -v bin1="$bin1" -v bout0="$bout0" -v bout1="$bout1" \
         -v drops0="$drops0" -v drops1="$drops1" -v wake0="$wake0" -v wake1="$wake1" \
         -v rss="${server_rss:-null}" '
         NR == FNR { before[$1] += $2; next }
@@ -237,6 +244,11 @@ run_point() {
             printf "\"datagrams_in\": %s, \"datagrams_out\": %s, ", \
                 unread ? "null" : sprintf("%.3f", (sin1 - sin0) / steady / n), \
                 unread ? "null" : sprintf("%.3f", (sout1 - sout0) / steady / n)
+            # Bytes up (into the server) and down, as the server counted them.
+            unread = bin0 == "-" || bin1 == "-" || bout0 == "-" || bout1 == "-"
+            printf "\"steady_bytes_up\": %s, \"steady_bytes_down\": %s, ", \
+                unread ? "null" : sprintf("%.3f", (bin1 - bin0) / steady / n), \
+                unread ? "null" : sprintf("%.3f", (bout1 - bout0) / steady / n)
             printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops0 == "null" || drops1 == "null" ? "null" : drops1 - drops0, rss
         }' "$OUT_DIR/threads0-$tag" "$OUT_DIR/threads1-$tag")
     # The bots' figures from their report (null when there is none). Per
@@ -252,6 +264,8 @@ run_point() {
         $run + {
             datagrams_in: ($run.datagrams_in | per_connected),
             datagrams_out: ($run.datagrams_out | per_connected),
+            steady_bytes_up: ($run.steady_bytes_up | per_connected),
+            steady_bytes_down: ($run.steady_bytes_down | per_connected),
             failed: (if $failed == "" then null else $failed end),
             report: (if $b == null then null else $report end),
             bots_log: $log,
@@ -317,7 +331,7 @@ render() {
           + " | \(fixed(m("steady_cores"); 2)) (user \(fixed($user; 2)), kernel \(fixed($kernel; 2)))"
           + " | \(f(m("tick_p50"))) / \(f(m("tick_p99"))) | \($overruns // "–")"
           + " | \(if m("after_ramp_p99") == null then "–" else "\(f(m("after_ramp_p50"))) / \(f(m("after_ramp_p99"))), \($after_overruns // "–")" end)"
-          + " | \(f(m("rtt_p99")))\(if m("bot_late_p99") == null then "" else " (\(f(m("bot_late_p99"))))" end) | \(n(m("bytes_up"))) / \(n(m("bytes_down")))"
+          + " | \(f(m("rtt_p99")))\(if m("bot_late_p99") == null then "" else " (\(f(m("bot_late_p99"))))" end) | \(n(m("steady_bytes_up"))) / \(n(m("steady_bytes_down"))) (\(n(m("bytes_up"))) / \(n(m("bytes_down"))))"
           + " | \(fixed(m("datagrams_in"); 1)) / \(fixed(m("datagrams_out"); 1)) | \(n(m("socket_drops")))"
           + " | \(if m("bot_cores") == null then "–" else fixed(m("bot_cores"); 2) + (if m("bot_kernel") == null then "" else " (kernel \(fixed(m("bot_kernel"); 2)))" end) end)"
           + " | \(n(m("server_rss_mib"))) / \(n(m("bot_rss_mib"))) |"
@@ -344,7 +358,7 @@ done
 if [ "$RUNS" -gt 1 ]; then
     echo "Medians of $RUNS runs per point (connected: the fewest; dropped and overruns: the most)."
 fi
-echo "| bots | connected, not dropped / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | bytes/bot/s up / down | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
+echo "| bots | connected, not dropped / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | steady bytes/bot/s up / down (bots' count, whole run) | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ "$FAILED" -gt 0 ]; then

@@ -6,6 +6,8 @@
 #
 #   2000  2,000 bots connected, the server dropped 600 of them: the table
 #         shows 1400 / 2000 (600 dropped), and per-bot figures are per 1,400
+#         (datagrams, and bytes over the steady window from the server's
+#         counters, the bots' own whole-run bytes in brackets)
 #   2001  the bots exit 1: the run failed
 #   2002  the server exits 3 s into the run: the run failed
 #   2003  every metrics scrape takes 1.5 s: the steady window still ends
@@ -130,6 +132,11 @@ check "the bots that stayed connected, not those that ever did" \
 datagrams=$(cell 2000 10)
 check "datagrams per bot that stayed ($datagrams)" \
     between "${datagrams%% / *}" 29.5 30.5
+read -r up _ down bots_bytes <<<"$(cell 2000 9)"
+steady_bytes() {
+    between "$up" 990 1010 && between "$down" 1980 2020 && [ "$bots_bytes" = "(900 / 1900)" ]
+}
+check "steady bytes per bot that stayed, from the server ($up / $down $bots_bytes)" steady_bytes
 check "bots that exit non-zero fail their run" \
     grep -q "^| 2001 | FAILED: the bots exited with status 1, see " "$STUBS/table.md"
 check "a server gone by the end fails its run" \
