@@ -6,8 +6,11 @@
 //! 1. wait on its `Poll` until the earliest bot wake-up (at most
 //!    [`MAX_WAIT`], to notice a stop request);
 //! 2. for every readable socket, read all waiting datagrams, each handed
-//!    to its bot at once: the bot handles the messages while its state is
-//!    warm, and joins this pass's services only when that left it
+//!    to its bot at once, stamped with the time the read that returned it
+//!    did (not the pass's start: reading a busy pass's datagrams takes
+//!    milliseconds, and an early stamp would shorten every RTT sample
+//!    from the datagrams read late in it): the bot handles the messages
+//!    while its state is warm, and joins this pass's services only when that left it
 //!    something to send now (otherwise its wake-up moves no later than its
 //!    transport's next timer): a bot's frame runs at its input rate, not
 //!    once per datagram;
@@ -325,13 +328,14 @@ impl Worker {
             }
             let now = Instant::now();
             last_pass = now;
-            self.read_unread(now);
+            let mut clock = Instant::now;
+            self.read_unread(&mut clock);
             for event in &events {
                 let token = event.token().0;
                 if token < self.bots.len() {
-                    self.read_socket(token, now, &mut rx);
+                    self.read_socket(token, &mut clock, &mut rx);
                 } else {
-                    self.read_shared(token - self.bots.len(), now);
+                    self.read_shared(token - self.bots.len(), &mut clock);
                 }
             }
             self.absorb_received();
@@ -386,7 +390,9 @@ impl Worker {
         }
     }
 
-    fn read_socket(&mut self, i: usize, now: Instant, rx: &mut [u8]) {
+    /// Reads bot `i`'s own socket until it is drained, each datagram
+    /// stamped by `clock` when its read returned.
+    fn read_socket(&mut self, i: usize, clock: &mut impl FnMut() -> Instant, rx: &mut [u8]) {
         let Sockets::PerBot(sockets) = &self.sockets else {
             return;
         };
@@ -397,7 +403,7 @@ impl Worker {
             match socket.recv_from(rx) {
                 Ok((len, from)) => {
                     let after = self.bots[i].receive(
-                        now,
+                        clock(),
                         from,
                         &mut rx[..len],
                         &mut self.scratch,
@@ -427,23 +433,24 @@ impl Worker {
     }
 
     /// Reads on from the shared sockets a bounded read left unfinished.
-    fn read_unread(&mut self, now: Instant) {
+    fn read_unread(&mut self, clock: &mut impl FnMut() -> Instant) {
         #[cfg(target_os = "linux")]
         if let Sockets::Shared { unread, .. } = &mut self.sockets {
             for s in std::mem::take(unread) {
-                self.read_shared(s, now);
+                self.read_shared(s, clock);
             }
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = now;
+        let _ = clock;
     }
 
     /// Reads a shared socket in batches, handing each datagram to the bot
-    /// it was addressed to, until it is drained (a short batch) or
+    /// it was addressed to, stamped by `clock` when its batch's read
+    /// returned, until it is drained (a short batch) or
     /// [`MAX_READS_PER_WAKE`] batches were read (then it is read again on
     /// the next pass: edge-triggered readiness will not tell again).
     #[cfg(target_os = "linux")]
-    fn read_shared(&mut self, s: usize, now: Instant) {
+    fn read_shared(&mut self, s: usize, clock: &mut impl FnMut() -> Instant) {
         let Sockets::Shared {
             sockets,
             inbox,
@@ -463,6 +470,7 @@ impl Worker {
                 // Interrupted, or a reported error: the data may still be there.
                 Err(_) => continue,
             };
+            let now = clock();
             for k in 0..inbox.len() {
                 let Some((from, to, data)) = inbox.get_mut(k) else {
                     continue;
@@ -487,7 +495,7 @@ impl Worker {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn read_shared(&mut self, _: usize, _: Instant) {}
+    fn read_shared(&mut self, _: usize, _: &mut impl FnMut() -> Instant) {}
 
     /// Services in this pass the bots whose datagrams left them something
     /// to send now; the others wake when their next input or transport
@@ -671,5 +679,158 @@ fn mark(touched: &mut Vec<usize>, marks: &mut [bool], i: usize) {
     if !marks[i] {
         marks[i] = true;
         touched.push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket as StdUdpSocket;
+
+    use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
+    use shared::io::{system_rng, unix_secs};
+    use shared::netcode::ServerConfig;
+    use shared::protocol::{PROTOCOL_ID, channels};
+
+    use super::*;
+    use crate::scenario::{self, Scenario};
+    use crate::token::TokenMinter;
+
+    /// A worker of one bot (its own socket) and an in-memory server
+    /// endpoint behind a loopback socket, on a clock the test moves.
+    struct Harness {
+        worker: Worker,
+        server: ServerEndpoint,
+        socket: StdUdpSocket,
+        /// The bot's address, as the server saw it.
+        bot: Option<SocketAddr>,
+        buf: Vec<u8>,
+        tx: Vec<u8>,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let socket = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let addr = socket.local_addr().unwrap();
+            let netcode = ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![addr]);
+            let config = ServerEndpointConfig::new(netcode, channels::transport_config());
+            let server = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+            let ctx = Arc::new(BotContext {
+                server: addr,
+                minter: TokenMinter::dev(addr),
+                scenario: Scenario::parse(scenario::DEFAULT_TOML, "default.toml").unwrap(),
+                link: None,
+                first_account: 1,
+                bots: 1,
+                drain_timeout: Duration::from_secs(2),
+                transport: Arc::new(channels::transport_config()),
+            });
+            let now = Instant::now();
+            let live = Arc::new(Mutex::new(Live {
+                connected_now: 0,
+                ever_connected: 0,
+                errors: 0,
+                rtt_window_us: new_micros_histogram(),
+            }));
+            let worker = Worker::new(
+                Poll::new().unwrap(),
+                ctx,
+                vec![(1, now)],
+                SourceIps::Any,
+                7,
+                live,
+            );
+            Self {
+                worker,
+                server,
+                socket,
+                bot: None,
+                buf: vec![0; MAX_PACKET_BYTES],
+                tx: vec![0; MAX_PACKET_BYTES],
+                now,
+            }
+        }
+
+        /// The server handles what the bot sent (at `now`) and puts its
+        /// answers on the wire, for the worker to read.
+        fn server_turn(&mut self) -> Option<shared::netcode::ClientIndex> {
+            let mut slot = None;
+            while let Ok((len, from)) = self.socket.recv_from(&mut self.buf) {
+                self.bot = Some(from);
+                let mut datagram = self.buf[..len].to_vec();
+                self.server
+                    .handle_datagram(self.now, unix_secs(), from, &mut datagram);
+            }
+            while let Some(event) = self.server.poll_event() {
+                if let EndpointEvent::Connected { client, .. } = event {
+                    slot = Some(client);
+                }
+            }
+            while let Some(transmit) = self.server.poll_transmit(self.now, &mut self.buf) {
+                self.socket
+                    .send_to(&self.buf[..transmit.len], transmit.destination)
+                    .unwrap();
+            }
+            slot
+        }
+
+        /// The worker reads its socket on a clock that stands still.
+        fn read(&mut self) {
+            let now = self.now;
+            let mut rx = vec![0; MAX_PACKET_BYTES];
+            self.worker.read_socket(0, &mut || now, &mut rx);
+            self.worker.absorb_received();
+        }
+
+        fn service(&mut self) {
+            let now = self.now;
+            self.worker.service(0, now, &mut self.tx);
+        }
+    }
+
+    #[test]
+    fn each_read_is_stamped_when_it_returned_not_when_the_pass_began() {
+        let mut h = Harness::new();
+        let mut slot = None;
+        for _ in 0..20 {
+            h.service();
+            slot = h.server_turn().or(slot);
+            h.read();
+            h.now += Duration::from_millis(5);
+            if h.worker.stats.ever_connected == 1 {
+                break;
+            }
+        }
+        let slot = slot.expect("the bot connected");
+        // An input is due: it leaves at `sent`; the server acknowledges
+        // it at once, behind a datagram of junk from the same address,
+        // which the bot reads first.
+        h.now += Duration::from_millis(50);
+        h.service();
+        let sent = h.now;
+        h.server
+            .send(sent, slot, channels::CHAT, bytes::Bytes::from_static(b"x"))
+            .unwrap();
+        let bot = h.bot.expect("the bot's address");
+        h.socket.send_to(b"junk", bot).unwrap();
+        h.server_turn();
+        // Each read of the socket takes 10 ms of the pass.
+        let reads = std::cell::Cell::new(0);
+        let mut clock = || {
+            reads.set(reads.get() + 1);
+            sent + Duration::from_millis(10 * reads.get())
+        };
+        let mut rx = vec![0; MAX_PACKET_BYTES];
+        h.worker.read_socket(0, &mut clock, &mut rx);
+        // The bot samples its RTT a second into the session.
+        h.now = sent + Duration::from_millis(1_100);
+        h.service();
+        let rtt = h.worker.stats.rtt_us.max();
+        assert!(
+            (19_900..=20_100).contains(&rtt),
+            "the acknowledgement was read 20 ms after the input left, not 10: {rtt} µs"
+        );
+        assert_eq!(reads.get(), 2, "the junk, then the acknowledgement");
     }
 }
