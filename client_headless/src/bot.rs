@@ -175,8 +175,11 @@ pub(crate) struct WorkerStats {
     pub(crate) connected_now: u64,
     /// Bots that completed at least one handshake.
     pub(crate) ever_connected: u64,
-    /// Handshakes that failed, by reason.
+    /// Handshakes that failed, by reason: bots that never connected.
     pub(crate) connect_failures: BTreeMap<String, u64>,
+    /// Reconnects (churn) that failed, by reason: bots that had connected
+    /// and are offline from then on.
+    pub(crate) reconnect_failures: BTreeMap<String, u64>,
     /// Established connections that ended without the bot asking, by reason.
     pub(crate) disconnects: BTreeMap<String, u64>,
     /// RTT samples in microseconds.
@@ -225,6 +228,7 @@ impl WorkerStats {
             connected_now: 0,
             ever_connected: 0,
             connect_failures: BTreeMap::new(),
+            reconnect_failures: BTreeMap::new(),
             disconnects: BTreeMap::new(),
             rtt_us: new_micros_histogram(),
             lateness_us: new_micros_histogram(),
@@ -603,18 +607,26 @@ impl Bot {
         let token = match self.ctx.minter.mint(self.account) {
             Ok(token) => token,
             Err(error) => {
-                bump(&mut stats.connect_failures, error);
-                self.phase = Phase::Done;
+                self.connect_failed(error, stats);
                 return;
             }
         };
         match self.endpoint.connect(&token, now, unix_secs()) {
             Ok(()) => self.phase = Phase::Connecting,
-            Err(error) => {
-                bump(&mut stats.connect_failures, format!("{error:?}"));
-                self.phase = Phase::Done;
-            }
+            Err(error) => self.connect_failed(format!("{error:?}"), stats),
         }
+    }
+
+    /// A handshake failed for `reason`: the bot is done, counted as a bot
+    /// that never connected or, if it had, as a failed reconnect.
+    fn connect_failed(&mut self, reason: String, stats: &mut WorkerStats) {
+        let failures = if self.ever_connected {
+            &mut stats.reconnect_failures
+        } else {
+            &mut stats.connect_failures
+        };
+        bump(failures, reason);
+        self.phase = Phase::Done;
     }
 
     fn handle_events(&mut self, now: Instant, scratch: &mut Scratch, stats: &mut WorkerStats) {
@@ -767,10 +779,7 @@ impl Bot {
 
     fn on_disconnected(&mut self, now: Instant, reason: DisconnectReason, stats: &mut WorkerStats) {
         match self.phase {
-            Phase::Connecting => {
-                bump(&mut stats.connect_failures, reason_key(reason));
-                self.phase = Phase::Done;
-            }
+            Phase::Connecting => self.connect_failed(reason_key(reason), stats),
             Phase::Connected | Phase::Draining { .. } => {
                 bump(&mut stats.disconnects, reason_key(reason));
                 self.finish(now, stats);
@@ -1157,17 +1166,20 @@ mod tests {
 
     impl Pair {
         fn new() -> Self {
+            Self::with_scenario(
+                include_str!("../../assets/scenarios/default.toml"),
+                "default.toml",
+            )
+        }
+
+        fn with_scenario(toml: &str, name: &str) -> Self {
             let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
             let key = shared::keys::dev_key();
             let netcode = ServerConfig::new(PROTOCOL_ID, key, vec![server_addr]);
             let config =
                 ServerEndpointConfig::new(netcode, shared::protocol::channels::transport_config());
             let server = ServerEndpoint::new(config, &mut system_rng()).unwrap();
-            let scenario = Scenario::parse(
-                include_str!("../../assets/scenarios/default.toml"),
-                "default.toml",
-            )
-            .unwrap();
+            let scenario = Scenario::parse(toml, name).unwrap();
             let ctx = Arc::new(BotContext {
                 server: server_addr,
                 minter: TokenMinter::dev(server_addr),
@@ -1372,7 +1384,11 @@ mod tests {
             pair.stats.disconnects
         );
         assert_eq!(
-            report::connected_not_dropped(pair.stats.ever_connected, &pair.stats.disconnects),
+            report::connected_not_dropped(
+                pair.stats.ever_connected,
+                &pair.stats.disconnects,
+                &pair.stats.reconnect_failures
+            ),
             1
         );
 
@@ -1386,7 +1402,55 @@ mod tests {
         run_to_done(&mut pair);
         assert_eq!(pair.stats.disconnects.values().sum::<u64>(), 1);
         assert_eq!(
-            report::connected_not_dropped(pair.stats.ever_connected, &pair.stats.disconnects),
+            report::connected_not_dropped(
+                pair.stats.ever_connected,
+                &pair.stats.disconnects,
+                &pair.stats.reconnect_failures
+            ),
+            0
+        );
+    }
+
+    /// A churning bot whose next session never gets an answer is offline
+    /// for the rest of the run: counted as a failed reconnect (not as a bot
+    /// that never connected) and not among the bots that stayed.
+    #[test]
+    fn a_churning_bot_whose_reconnect_fails_is_not_counted_as_staying() {
+        let mut pair = Pair::with_scenario(
+            include_str!("../../assets/scenarios/churn.toml"),
+            "churn.toml",
+        );
+        pair.connect();
+        for _ in 0..20_000 {
+            if matches!(pair.bot.phase, Phase::Paused { .. }) {
+                break;
+            }
+            pair.service();
+            pair.deliver();
+            pair.now += Duration::from_millis(10);
+        }
+        assert!(
+            matches!(pair.bot.phase, Phase::Paused { .. }),
+            "{:?}",
+            pair.bot.phase
+        );
+        // The server stops answering.
+        for _ in 0..3_000 {
+            if pair.bot.is_done() {
+                break;
+            }
+            pair.service();
+            pair.now += Duration::from_millis(10);
+        }
+        assert!(pair.bot.is_done(), "{:?}", pair.bot.phase);
+        assert!(pair.stats.connect_failures.is_empty());
+        assert_eq!(pair.stats.reconnect_failures.values().sum::<u64>(), 1);
+        assert_eq!(
+            report::connected_not_dropped(
+                pair.stats.ever_connected,
+                &pair.stats.disconnects,
+                &pair.stats.reconnect_failures
+            ),
             0
         );
     }

@@ -259,8 +259,13 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         server_address: plan.server.to_string(),
         requested: plan.bots,
         connected: stats.ever_connected,
-        connected_not_dropped: connected_not_dropped(stats.ever_connected, &stats.disconnects),
+        connected_not_dropped: connected_not_dropped(
+            stats.ever_connected,
+            &stats.disconnects,
+            &stats.reconnect_failures,
+        ),
         connect_failures: stats.connect_failures.clone(),
+        reconnect_failures: stats.reconnect_failures.clone(),
         disconnects: stats.disconnects.clone(),
         duration_s,
         rtt_ms,
@@ -403,6 +408,7 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     into.connected_now += from.connected_now;
     into.ever_connected += from.ever_connected;
     merge_map(&mut into.connect_failures, from.connect_failures);
+    merge_map(&mut into.reconnect_failures, from.reconnect_failures);
     merge_map(&mut into.disconnects, from.disconnects);
     let _ = into.rtt_us.add(&from.rtt_us);
     let _ = into.lateness_us.add(&from.lateness_us);

@@ -23,8 +23,11 @@ pub(crate) struct Report {
     /// Bots that connected and were not dropped: see
     /// [`connected_not_dropped`].
     pub(crate) connected_not_dropped: u64,
-    /// Handshakes that failed, by reason.
+    /// Handshakes that failed, by reason: bots that never connected.
     pub(crate) connect_failures: BTreeMap<String, u64>,
+    /// Reconnects (churn) that failed, by reason: bots that had connected
+    /// and stayed offline from then on.
+    pub(crate) reconnect_failures: BTreeMap<String, u64>,
     /// Established connections that ended without the bot asking, by reason.
     pub(crate) disconnects: BTreeMap<String, u64>,
     /// Seconds from the first bot's start to the stop signal.
@@ -180,11 +183,17 @@ pub(crate) struct SloResult {
 }
 
 /// The bots of `connected` that stayed: minus the sessions the server (or
-/// a timeout) ended, `disconnects`. A dropped bot ends its run, so a bot is
-/// dropped once at most. Bots leaving when the run ends, or between churn
+/// a timeout) ended, `disconnects`, and the churning bots whose reconnect
+/// failed, `reconnect_failures`. Either ends a bot's run, so a bot is
+/// counted once at most. Bots leaving when the run ends, or between churn
 /// sessions, leave by their own goodbye: that is no drop.
-pub(crate) fn connected_not_dropped(connected: u64, disconnects: &BTreeMap<String, u64>) -> u64 {
-    connected.saturating_sub(disconnects.values().sum())
+pub(crate) fn connected_not_dropped(
+    connected: u64,
+    disconnects: &BTreeMap<String, u64>,
+    reconnect_failures: &BTreeMap<String, u64>,
+) -> u64 {
+    let dropped = disconnects.values().sum::<u64>() + reconnect_failures.values().sum::<u64>();
+    connected.saturating_sub(dropped)
 }
 
 /// The SLO flags.
@@ -293,12 +302,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  bots        {} / {} connected, {} not dropped; connect failures: {}; dropped: {}",
+            "  bots        {} / {} connected, {} not dropped; connect failures: {}; \
+             dropped: {}; reconnects failed: {}",
             self.connected,
             self.requested,
             self.connected_not_dropped,
             map(&self.connect_failures),
-            map(&self.disconnects)
+            map(&self.disconnects),
+            map(&self.reconnect_failures)
         );
         let _ = writeln!(
             s,
@@ -402,6 +413,7 @@ mod tests {
             connected: 9,
             connected_not_dropped: 9,
             connect_failures: BTreeMap::from([("connect_timeout".into(), 1)]),
+            reconnect_failures: BTreeMap::new(),
             disconnects: BTreeMap::new(),
             duration_s: 10.0,
             rtt_ms: Percentiles {
@@ -477,11 +489,26 @@ mod tests {
         };
         assert!(slos.check(&r)[0].passed, "9 of 10 connected");
         r.disconnects = BTreeMap::from([("timeout".into(), 9)]);
-        r.connected_not_dropped = connected_not_dropped(r.connected, &r.disconnects);
+        r.connected_not_dropped =
+            connected_not_dropped(r.connected, &r.disconnects, &BTreeMap::new());
         assert_eq!(r.connected_not_dropped, 0);
         let result = &slos.check(&r)[0];
         assert!(!result.passed, "every session dropped: {}", result.detail);
         assert!(result.detail.contains("9 dropped"), "{}", result.detail);
+    }
+
+    #[test]
+    fn bots_whose_reconnect_failed_do_not_count_as_connected() {
+        let mut r = report();
+        let slos = Slos {
+            min_connected_ratio: Some(0.9),
+            ..Slos::default()
+        };
+        r.reconnect_failures = BTreeMap::from([("connection_request_timed_out".into(), 9)]);
+        r.connected_not_dropped =
+            connected_not_dropped(r.connected, &r.disconnects, &r.reconnect_failures);
+        assert_eq!(r.connected_not_dropped, 0);
+        assert!(!slos.check(&r)[0].passed, "every reconnect failed");
     }
 
     #[test]
@@ -492,6 +519,7 @@ mod tests {
             "connected",
             "connected_not_dropped",
             "connect_failures",
+            "reconnect_failures",
             "duration_s",
             "rtt_ms",
             "bot_lateness_ms",
