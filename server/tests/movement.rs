@@ -3,6 +3,8 @@
 //! rejected and counted; an honest wanderer is never flagged and the
 //! shared predictor agrees with the server.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy_app::{App, AppExit, First, Last};
@@ -253,6 +255,39 @@ fn a_stall_answered_by_a_burst_the_credit_and_buffer_can_take_is_no_flood() {
     assert_eq!(app.world().get::<Mover>(player).unwrap().last_seq, seq);
 }
 
+/// A virtual clock whose sleep number `pause_on_sleep` oversleeps by
+/// `pause`: the process paused between two ticks (a VM paused, the thread
+/// not scheduled), which the runner learns of only when the tick starts.
+#[derive(Clone)]
+struct PausingClock {
+    clock: ManualClock,
+    sleeps: Arc<AtomicU64>,
+    pause_on_sleep: u64,
+    pause: Duration,
+}
+
+impl Clock for PausingClock {
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn sleep_until(&mut self, deadline: Instant) {
+        self.clock.sleep_until(deadline);
+        if self.sleeps.fetch_add(1, Ordering::SeqCst) == self.pause_on_sleep {
+            self.clock.advance(self.pause);
+        }
+    }
+}
+
+/// Where a stall of the server happens.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// A tick takes this long (the runner then catches up or skips).
+    InTick(Duration),
+    /// The process pauses this long between two ticks.
+    BetweenTicks(Duration),
+}
+
 /// A client sending one input per period of wall time, on the virtual
 /// clock the runner ticks by; its tick `stall_at` takes `stall`.
 #[derive(Resource)]
@@ -301,15 +336,25 @@ fn stall_and_stop(
 /// Runs an honest client through the real runner with its `stall_at`
 /// tick taking `stall`; returns what its player ended with, the inputs it
 /// sent and the ticks the runner skipped.
-fn stall_run(stall: Duration) -> (Mover, MovementViolations, u32, u64) {
+fn stall_run(stall: Stall) -> (Mover, MovementViolations, u32, u64) {
     let clock = ManualClock::new();
+    let (in_tick, pause_on_sleep, pause) = match stall {
+        Stall::InTick(d) => (d, u64::MAX, Duration::ZERO),
+        // Sleep k comes before tick k.
+        Stall::BetweenTicks(d) => (Duration::ZERO, 30, d),
+    };
     let mut app = App::new();
     app.add_plugins(TickPlugin {
         config: TickConfig {
             rate: TickRate::new(30).unwrap(),
             ..TickConfig::default()
         },
-        clock: clock.clone(),
+        clock: PausingClock {
+            clock: clock.clone(),
+            sleeps: Arc::default(),
+            pause_on_sleep,
+            pause,
+        },
     })
     .init_resource::<Clients>()
     .init_resource::<Outbox>()
@@ -321,7 +366,7 @@ fn stall_run(stall: Duration) -> (Mover, MovementViolations, u32, u64) {
         player,
         sent: 0,
         stall_at: 30,
-        stall,
+        stall: in_tick,
         stop_after: 90,
     })
     .add_systems(First, honest_client_sends)
@@ -355,8 +400,28 @@ fn stall_run(stall: Duration) -> (Mover, MovementViolations, u32, u64) {
 #[test]
 fn an_honest_client_is_not_flagged_after_the_tick_loop_skips_ticks() {
     // 300 ms: beyond the three ticks the runner catches up.
-    let (mover, violations, sent, skipped) = stall_run(Duration::from_millis(300));
+    let (mover, violations, sent, skipped) = stall_run(Stall::InTick(Duration::from_millis(300)));
     assert!(skipped >= 5, "the runner skipped {skipped} ticks");
+    assert_eq!(violations, MovementViolations::default());
+    assert_eq!((mover.last_seq, mover.waiting()), (sent, 0));
+}
+
+/// The same when the process pauses between ticks: the late tick, not the
+/// one after it, receives the inputs and earns the credit.
+#[test]
+fn an_honest_client_is_not_flagged_after_the_process_paused_between_ticks() {
+    let (mover, violations, sent, _) = stall_run(Stall::BetweenTicks(Duration::from_millis(300)));
+    assert_eq!(violations, MovementViolations::default());
+    assert_eq!((mover.last_seq, mover.waiting()), (sent, 0));
+}
+
+/// A pause of two periods is caught up: the late tick earns the credit,
+/// the catch-up ticks run right after it earn none.
+#[test]
+fn a_short_pause_is_made_up_once() {
+    let (mover, violations, sent, skipped) =
+        stall_run(Stall::BetweenTicks(Duration::from_millis(70)));
+    assert_eq!(skipped, 0);
     assert_eq!(violations, MovementViolations::default());
     assert_eq!((mover.last_seq, mover.waiting()), (sent, 0));
 }
@@ -365,7 +430,7 @@ fn an_honest_client_is_not_flagged_after_the_tick_loop_skips_ticks() {
 /// dropped, but still not flagged: the server stalled, not the client.
 #[test]
 fn inputs_bunched_by_a_long_stall_are_dropped_unflagged() {
-    let (mover, violations, sent, skipped) = stall_run(Duration::from_secs(2));
+    let (mover, violations, sent, skipped) = stall_run(Stall::InTick(Duration::from_secs(2)));
     assert!(skipped >= 50, "the runner skipped {skipped} ticks");
     assert_eq!(violations, MovementViolations::default());
     assert!(mover.last_seq < sent && mover.waiting() <= 4);

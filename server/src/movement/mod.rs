@@ -35,15 +35,16 @@
 //! unchanged (waiting does not move the player); only a client that keeps
 //! sending faster than the tick rate fills the buffer and loses inputs.
 //!
-//! **Stalls**: when the tick loop gave up ticks after a stall
-//! ([`TickStats::skipped_before_this_tick`]), what clients sent for them
-//! arrives in the next tick. Each player then earns credit for the skipped
-//! ticks too, and may have as many more inputs over the per-tick cap (both
-//! at most `burst_ticks + input_buffer`): an honest client's inputs move it
-//! as far as it would have moved, and the credit bound above holds with
-//! the skipped ticks counted in the window. Inputs beyond that, after a
-//! longer stall, are dropped without being flagged
-//! (`movement_inputs_late_total`).
+//! **Stalls**: credit is earned per period of wall time, not per tick run
+//! ([`TickStats::periods_this_tick`]). After a stall (the process paused,
+//! a tick that overran by several periods) what clients sent meanwhile
+//! arrives in one tick, which stands for that many periods: each player
+//! earns credit for all of them, and may have as many more inputs over the
+//! per-tick cap (both at most `burst_ticks + input_buffer` extra); catch-up
+//! ticks run right after it earn none. An honest client's inputs move it
+//! as far as it would have moved, and the credit bound above holds for any
+//! window of wall time. Inputs beyond that, after a longer stall, are
+//! dropped without being flagged (`movement_inputs_late_total`).
 //!
 //! Violations are counted per player in [`MovementViolations`], in the
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
@@ -388,12 +389,13 @@ fn resolve_inputs(
     }
 }
 
-/// The ticks the loop skipped right before this one that players earn
-/// credit for (see "Stalls" in the module docs).
-fn skipped_ticks_to_make_up(config: &MovementConfig, stats: Option<&TickStats>) -> u32 {
-    let skipped = stats.map_or(0, TickStats::skipped_before_this_tick);
-    let most = config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER);
-    u32::try_from(skipped).unwrap_or(u32::MAX).min(most)
+/// The periods of wall time this tick earns credit for, and of them the
+/// ones beyond one (see "Stalls" in the module docs).
+fn periods_earned(config: &MovementConfig, stats: Option<&TickStats>) -> (u32, u32) {
+    let periods = stats.map_or(1, TickStats::periods_this_tick);
+    let most_extra = config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER);
+    let earned = periods.min(1 + most_extra);
+    (earned, earned.saturating_sub(1))
 }
 
 fn refill_credit(
@@ -401,10 +403,10 @@ fn refill_credit(
     stats: Option<Res<TickStats>>,
     mut movers: Query<&mut Mover>,
 ) {
-    let skipped = skipped_ticks_to_make_up(&config, stats.as_deref());
-    let cap = config.burst_ticks.max(1) + skipped;
+    let (earned, extra) = periods_earned(&config, stats.as_deref());
+    let cap = config.burst_ticks.max(1) + extra;
     for mut mover in &mut movers {
-        mover.credit = (mover.credit + 1 + skipped).min(cap);
+        mover.credit = (mover.credit + earned).min(cap);
         mover.inputs_this_tick = 0;
     }
 }
@@ -433,11 +435,9 @@ fn apply_inputs(
     )>,
 ) {
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
-    let stalled = stats
-        .as_deref()
-        .is_some_and(|s| s.skipped_before_this_tick() > 0);
-    let skipped = skipped_ticks_to_make_up(&config, stats.as_deref());
-    let max_inputs = config.max_inputs_per_tick.saturating_add(skipped);
+    let stalled = stats.as_deref().is_some_and(|s| s.periods_this_tick() > 1);
+    let (_, extra) = periods_earned(&config, stats.as_deref());
+    let max_inputs = config.max_inputs_per_tick.saturating_add(extra);
     for MoveCommand { entity, input } in inputs.read() {
         let Ok((_, _, mut mover, mut violations, player)) = players.get_mut(*entity) else {
             continue;

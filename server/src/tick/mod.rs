@@ -114,7 +114,7 @@ pub struct TickStats {
     histogram: HdrHistogram<u64>,
     overruns: u64,
     skipped: u64,
-    skipped_before: u64,
+    periods: u32,
     uptime: Duration,
 }
 
@@ -133,7 +133,7 @@ impl TickStats {
                 .expect("constant histogram bounds are valid"),
             overruns: 0,
             skipped: 0,
-            skipped_before: 0,
+            periods: 1,
             uptime: Duration::ZERO,
         }
     }
@@ -174,12 +174,14 @@ impl TickStats {
         self.skipped
     }
 
-    /// Deadlines given up right before the tick running now: 0 but for the
-    /// first tick after a stall longer than
-    /// [`TickConfig::max_catch_up_ticks`]. What clients sent for those ticks
-    /// arrives in this one.
-    pub fn skipped_before_this_tick(&self) -> u64 {
-        self.skipped_before
+    /// Periods of wall time from the start of the tick before to the start
+    /// of this one, rounded (the rounding carried on, so that they add up
+    /// to the time that passed): 1 on schedule; 0 for a catch-up tick run
+    /// right after a late one; more for the first tick after a stall, in
+    /// which what clients sent meanwhile arrives. 1 when no runner drives
+    /// the app (tests that call `update` themselves).
+    pub fn periods_this_tick(&self) -> u32 {
+        self.periods
     }
 
     /// Time since the first tick started, as of the end of the last tick.

@@ -1,5 +1,7 @@
 //! The loop behind [`super::TickPlugin`].
 
+use std::time::{Duration, Instant};
+
 use bevy_app::{App, AppExit};
 use tracing::{debug, error, warn};
 
@@ -22,14 +24,15 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
     let mut pacer = Pacer::new(started, config.rate, config.max_catch_up_ticks);
     let mut shutdown_seen_at = None;
     let mut tick: u64 = 0;
-    let mut skipped = 0;
+    let mut periods = Periods::default();
 
     loop {
         clock.sleep_until(pacer.next_deadline());
         let tick_start = clock.now();
+        let periods = periods.at(tick_start, period);
         if let Some(mut stats) = app.world_mut().get_resource_mut::<TickStats>() {
             stats.tick = tick;
-            stats.skipped_before = skipped;
+            stats.periods = periods;
         }
 
         app.update();
@@ -37,7 +40,7 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
         let tick_end = clock.now();
         let duration = tick_end.saturating_duration_since(tick_start);
         let overran = duration > period;
-        skipped = pacer.tick_finished(tick_end);
+        let skipped = pacer.tick_finished(tick_end);
         if overran {
             debug!(tick, ?duration, "tick overran its period");
         }
@@ -87,5 +90,55 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
             }
         }
         tick += 1;
+    }
+}
+
+/// Counts the periods of wall time between tick starts (see
+/// [`TickStats::periods_this_tick`]).
+#[derive(Default)]
+struct Periods {
+    last_start: Option<Instant>,
+    /// What rounding left over, in periods (-0.5 to 0.5).
+    carry: f64,
+}
+
+impl Periods {
+    /// The periods from the last tick's start to `start`, rounded, the
+    /// rounding carried to the next call; 1 for the first tick.
+    fn at(&mut self, start: Instant, period: Duration) -> u32 {
+        let Some(last) = self.last_start.replace(start) else {
+            return 1;
+        };
+        self.carry += start.saturating_duration_since(last).as_secs_f64() / period.as_secs_f64();
+        let periods = self.carry.round().min(f64::from(u32::MAX));
+        self.carry -= periods;
+        // Saturating: after a stall of more than 2^32 periods the carry
+        // stays large; the next ticks then count it down.
+        periods as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_add_up_to_the_time_that_passed() {
+        let period = Duration::from_millis(30);
+        let mut periods = Periods::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(periods.at(at(0), period), 1, "the first tick");
+        assert_eq!(periods.at(at(30), period), 1, "on schedule");
+        // A 300 ms stall, then two catch-up ticks right after.
+        assert_eq!(periods.at(at(330), period), 10);
+        assert_eq!(periods.at(at(331), period), 0);
+        assert_eq!(periods.at(at(332), period), 0);
+        // Jitter: late, then early; the rounding carries, nothing is lost.
+        let mut total = 0;
+        for ms in [380, 400, 430, 460, 490, 520] {
+            total += periods.at(at(ms), period);
+        }
+        assert_eq!(total, 6, "190 ms after 330: six periods");
     }
 }
