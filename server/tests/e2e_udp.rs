@@ -119,9 +119,17 @@ fn fifty_clients_play_and_see_a_graceful_shutdown() {
             .all(|(_, _, s)| s.emotes_from.len() as u64 == CLIENTS - 1);
         if emoted && all_emotes && !terminated {
             terminated = true;
-            // The summary the metrics export is published once a second.
-            std::thread::sleep(Duration::from_millis(1_200));
-            let text = scrape(metrics);
+            // The summary the metrics export is published once a second:
+            // scraped until it shows every client (within 5 s).
+            let published = Instant::now() + Duration::from_secs(5);
+            let mut text = scrape(metrics);
+            while !(text.contains("\nconnected_clients 50\n")
+                && metric(&text, "net_rtt_seconds_count") >= 50.0)
+                && Instant::now() < published
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                text = scrape(metrics);
+            }
             assert!(text.contains("\nconnected_clients 50\n"), "{text}");
             assert!(metric(&text, "net_packets_in_total") > 0.0);
             assert!(metric(&text, "net_io_wakeups_total") > 0.0, "{text}");

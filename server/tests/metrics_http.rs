@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use server::metrics::{EndpointOptions, Metrics, MetricsEndpoint};
 
@@ -200,9 +200,30 @@ fn a_silent_client_cannot_block_the_endpoint_for_long() {
         },
     );
     // Connects and never sends a byte.
-    let _silent = TcpStream::connect(endpoint.local_addr()).unwrap();
-    // The next client is still served once the silent one's deadline passes.
+    let connected_at = Instant::now();
+    let mut silent = TcpStream::connect(endpoint.local_addr()).unwrap();
     assert_eq!(get(endpoint.local_addr(), "/metrics").status, 200);
+    // Its connection is cut at its deadline, not held for good.
+    assert!(
+        is_closed_within(&mut silent, Duration::from_secs(10)),
+        "the silent connection is still open"
+    );
+    assert!(connected_at.elapsed() >= Duration::from_millis(200));
+}
+
+/// Whether the server closed `stream` (a read sees its end, or a reset)
+/// within `wait`.
+fn is_closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 #[test]
@@ -256,4 +277,21 @@ fn idle_connections_do_not_keep_a_health_probe_waiting() {
         response.starts_with("HTTP/1.1 200 "),
         "the probe was not answered 200: {response:?}"
     );
+    // Sixteen in flight at most: the probe, the 41st, cut the oldest 25
+    // (the first 25 idle ones) as it and they came in; the last 15 wait.
+    let (mut idle, mut kept) = (idle, Vec::new());
+    kept.extend(idle.drain(25..));
+    for (i, stream) in idle.iter_mut().enumerate() {
+        assert!(
+            is_closed_within(stream, Duration::from_secs(10)),
+            "idle connection {i} was not cut"
+        );
+    }
+    for (i, stream) in kept.iter_mut().enumerate() {
+        assert!(
+            !is_closed_within(stream, Duration::from_millis(100)),
+            "idle connection {} was cut",
+            25 + i
+        );
+    }
 }

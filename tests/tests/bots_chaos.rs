@@ -75,10 +75,11 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     let s = summary(&output);
     assert_eq!(s["attack"], "garbage");
     assert_eq!(s["target"], game);
-    // Bounded by rate × duration, and the pacing kept up with the rate.
+    // Rate × duration, what a stall kept back sent before the end (the
+    // socket may refuse a few).
     let garbage = number(&s, "garbage_sent_datagrams");
     assert!(
-        (3_600.0..=4_000.0).contains(&garbage),
+        (3_960.0..=4_000.0).contains(&garbage),
         "{garbage} garbage datagrams"
     );
     assert!(number(&s, "sent_datagrams") >= garbage);

@@ -168,9 +168,15 @@ impl Pacer {
         }
     }
 
-    /// Whether the sending window is over.
+    /// Whether the sending window is over and every send it allowed was
+    /// made (a sender a stall kept behind sends the rest first).
     pub(crate) fn finished(&self) -> bool {
-        self.start.elapsed() >= self.duration
+        self.start.elapsed() >= self.duration && self.done >= self.total()
+    }
+
+    /// The sends the whole window allows: rate × duration.
+    fn total(&self) -> u64 {
+        (self.duration.as_secs_f64() * f64::from(self.rate)) as u64
     }
 
     /// How many sends are due now (at most 1,000 per call); counts them as done.
@@ -245,15 +251,25 @@ mod tests {
     }
 
     #[test]
-    fn the_pacer_never_allows_more_than_rate_times_duration() {
+    fn the_pacer_allows_exactly_rate_times_duration() {
         let mut pacer = Pacer::new(1_000_000, Duration::from_millis(20));
         let mut total = 0;
-        for _ in 0..10_000 {
+        while !pacer.finished() {
             total += pacer.due();
-            if pacer.finished() && pacer.due() == 0 {
-                break;
-            }
         }
-        assert!(total <= 20_000, "{total}");
+        assert_eq!(total, 20_000);
+        assert_eq!(pacer.due(), 0);
+    }
+
+    #[test]
+    fn a_sender_a_stall_kept_behind_sends_the_rest_before_it_finishes() {
+        let mut pacer = Pacer::new(100_000, Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!pacer.finished(), "nothing was sent yet");
+        let mut total = 0;
+        while !pacer.finished() {
+            total += pacer.due();
+        }
+        assert_eq!(total, 2_000);
     }
 }
