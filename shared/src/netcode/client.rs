@@ -477,9 +477,12 @@ impl Client {
         let session = self.session.as_mut().ok_or(DropReason::WrongState)?;
         let protected = header.kind.replay_protected();
         if protected && self.replay.already_received(header.sequence)
-            || !self
-                .tokens
-                .admits(from, header.sequence, self.session_block)
+            || !self.tokens.admits(
+                from,
+                header.sequence,
+                header.kind == PacketKind::Denied,
+                self.session_block,
+            )
         {
             return Err(DropReason::Replayed);
         }

@@ -39,7 +39,10 @@ struct TokenUse {
     /// denial ended: the server never numbers anything in them again.
     ended_blocks: VecDeque<u32>,
     /// Per server, the newest server-wide denial taken: a server numbers
-    /// them with one counter that only goes up.
+    /// them with one counter that only goes up while it runs. A restarted
+    /// server starts it at a random point, so with this token its denials
+    /// may then fall below the floor and go unheard: the client then
+    /// times out instead of being told the server is full.
     denial_floors: Vec<(SocketAddr, u64)>,
 }
 
@@ -81,18 +84,28 @@ impl TokenHistory {
 
     /// Whether a packet numbered `sequence` from `server` may be of the
     /// current attempt (checked before it is decrypted): not in a block of
-    /// the token's ended sessions, and not a server-wide denial at or below
-    /// one taken before. `session_block` is the current session's.
-    pub(super) fn admits(&self, server: SocketAddr, sequence: u64, session_block: u32) -> bool {
+    /// the token's ended sessions, and, for a `denial`, not a server-wide
+    /// one at or below one taken before. `session_block` is the current
+    /// session's. (Other packets numbered server-wide are a reference
+    /// server's challenges, from a counter that starts over with the
+    /// server: no floor holds for them.)
+    pub(super) fn admits(
+        &self,
+        server: SocketAddr,
+        sequence: u64,
+        denial: bool,
+        session_block: u32,
+    ) -> bool {
         let Some(token) = self.uses.front() else {
             return false;
         };
         if sequence >= SERVER_WIDE {
-            return token
-                .denial_floors
-                .iter()
-                .find(|(from, _)| *from == server)
-                .is_none_or(|&(_, floor)| sequence > floor);
+            return !denial
+                || token
+                    .denial_floors
+                    .iter()
+                    .find(|(from, _)| *from == server)
+                    .is_none_or(|&(_, floor)| sequence > floor);
         }
         let block = block_of(sequence);
         block == session_block || block == 0 || !token.ended_blocks.contains(&block)

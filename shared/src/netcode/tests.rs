@@ -625,6 +625,43 @@ fn an_earlier_attempts_denial_does_not_end_the_next_one() {
     assert_eq!(b.state(), ClientState::Connected);
 }
 
+/// The floor of server-wide denials holds for denials only: a reference
+/// server numbers its challenges server-wide too, from a counter that
+/// starts over at 2^63 when it restarts, and its challenges must still be
+/// taken after a denial numbered higher.
+#[test]
+fn a_challenge_numbered_server_wide_is_not_held_to_the_denial_floor() {
+    let mut w = World::new(1);
+    let (_a_addr, _a) = w.connected_pair();
+    let token = w.token(2);
+    let b_addr = client_addr(1);
+    let mut b = Client::new(ClientConfig::new(PROTOCOL));
+    b.connect(&token, w.now, UNIX).unwrap();
+    for p in drain(&mut b, w.now) {
+        w.deliver_to_server(b_addr, &p);
+    }
+    let denied = w.server_transmits();
+    let mut denial = denied[0].1.clone();
+    let numbered = packet::parse_header(&denial, Side::Client).unwrap().sequence;
+    assert!(numbered > 1 << 63, "a server-wide denial");
+    b.handle_datagram(w.now, server_addr(), &mut denial);
+    assert_eq!(b.state(), ClientState::ConnectionDenied);
+
+    b.connect(&token, w.now, UNIX).unwrap();
+    let mut challenge = vec![0u8; MAX_PACKET_BYTES];
+    let len = packet::seal(
+        &mut challenge,
+        PacketKind::Challenge,
+        1 << 63,
+        &[7u8; packet::CHALLENGE_BODY_BYTES],
+        PROTOCOL,
+        &PacketCipher::new(&token.server_to_client_key),
+    )
+    .unwrap();
+    b.handle_datagram(w.now, server_addr(), &mut challenge[..len]);
+    assert_eq!(b.state(), ClientState::SendingConnectionResponse);
+}
+
 /// A keep-alive of an earlier session with the same token, replayed while
 /// the client answers the next challenge, does not connect it early (to a
 /// slot that is no longer its own): the server numbers each session in a
