@@ -31,10 +31,12 @@ pub struct ServerEndpointConfig {
     pub max_total_receive_buffer: usize,
     /// Reliable send memory (messages queued or unacknowledged) all
     /// clients together may hold before the heaviest are cut off: while the
-    /// total is over it, a send to a client holding more than its even
-    /// share (this divided by `max_clients`) disconnects that client with
-    /// [`DisconnectReason::SendQueueFull`]. Clients within their share are
-    /// served on, so the total stays under about twice this.
+    /// total is over it, a reliable send to a client holding more than its
+    /// even share (this divided by `max_clients`) disconnects that client
+    /// with [`DisconnectReason::SendQueueFull`], and what it held stops
+    /// counting at once (so that one cut can bring the total back under).
+    /// Clients within their share are served on, so the total stays under
+    /// twice this plus a message for each client.
     pub max_total_send_buffer: usize,
 }
 
@@ -151,6 +153,9 @@ struct Peer {
     /// its connection's next timeout (see `arm`).
     armed: Option<Stamp>,
     buffered: usize,
+    /// Its send memory is in [`SendMemory::total`] (until it is cut off
+    /// for holding too much).
+    send_counted: bool,
 }
 
 /// The messages every connection delivered that the caller has not
@@ -286,21 +291,39 @@ struct SendMemory {
 }
 
 impl SendMemory {
-    /// Queues `payload` on `conn`, counting what it adds. Refused with
-    /// [`SendError::QueueFull`] (the caller disconnects the client) when
-    /// the total is over its bound and `conn` holds more than its share.
+    /// Queues `payload` on `peer`'s connection, counting what it adds. A
+    /// full reliable queue, or a reliable send while the total is over its
+    /// bound to a peer holding more than its share, disconnects the peer
+    /// with [`DisconnectReason::SendQueueFull`] (what it held stops
+    /// counting) and returns [`SendError::QueueFull`].
     fn send(
         &mut self,
-        conn: &mut Connection,
+        now: Stamp,
+        peer: &mut Peer,
         channel: ChannelId,
+        reliable: bool,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        let held = conn.send_buffered_bytes();
-        if self.total > self.max && held > self.share && conn.is_connected() {
-            return Err(SendError::QueueFull);
+        let held = peer.conn.send_buffered_bytes();
+        let over_share =
+            reliable && peer.send_counted && self.total > self.max && held > self.share;
+        let result = if over_share {
+            Err(SendError::QueueFull)
+        } else {
+            peer.conn.send_bytes(channel, payload)
+        };
+        if !peer.send_counted {
+            return result;
         }
-        let result = conn.send_bytes(channel, payload);
-        self.track(held, conn);
+        self.track(held, &peer.conn);
+        if result == Err(SendError::QueueFull) {
+            peer.conn
+                .close_gracefully(now, DisconnectReason::SendQueueFull);
+            // Nothing more is sent to it, and nothing it acknowledges is
+            // read: what it holds stays until its slot is freed.
+            self.total -= peer.conn.send_buffered_bytes();
+            peer.send_counted = false;
+        }
         result
     }
 
@@ -453,10 +476,10 @@ impl ServerEndpoint {
     ) -> Result<(), EndpointSendError> {
         let peer =
             Self::live_peer_mut(&mut self.peers, client).ok_or(EndpointSendError::UnknownClient)?;
-        let result = self.sends.send(&mut peer.conn, channel, payload);
+        let reliable = self.transport.is_reliable(channel);
+        let now = self.clock.stamp(now);
+        let result = self.sends.send(now, peer, channel, reliable, payload);
         if result == Err(SendError::QueueFull) {
-            peer.conn
-                .close_gracefully(self.clock.stamp(now), DisconnectReason::SendQueueFull);
             recount(&mut self.total_buffered, peer);
             self.stats.queue_full_disconnects += 1;
         }
@@ -500,6 +523,7 @@ impl ServerEndpoint {
     ) {
         let now = self.clock.stamp(now);
         let skip = except.map(ClientIndex::get);
+        let reliable = self.transport.is_reliable(channel);
         for index in 0..self.peers.len() {
             if Some(index) == skip {
                 continue;
@@ -510,11 +534,11 @@ impl ServerEndpoint {
             if peer.ended.is_some() || !peer.conn.is_connected() {
                 continue;
             }
-            if self.sends.send(&mut peer.conn, channel, payload.clone())
+            if self
+                .sends
+                .send(now, peer, channel, reliable, payload.clone())
                 == Err(SendError::QueueFull)
             {
-                peer.conn
-                    .close_gracefully(now, DisconnectReason::SendQueueFull);
                 recount(&mut self.total_buffered, peer);
                 self.stats.queue_full_disconnects += 1;
             }
@@ -642,7 +666,9 @@ impl ServerEndpoint {
                 let held = peer.conn.send_buffered_bytes();
                 peer.conn.datagram_at(now, data, &mut arrivals);
                 // Acknowledgements free send memory.
-                self.sends.track(held, &peer.conn);
+                if peer.send_counted {
+                    self.sends.track(held, &peer.conn);
+                }
                 let before = peer.buffered;
                 recount(&mut self.total_buffered, peer);
                 // Only a datagram that grew its sender's share can have
@@ -687,6 +713,7 @@ impl ServerEndpoint {
                         queued_for_events: false,
                         armed: None,
                         buffered: 0,
+                        send_counted: true,
                     });
                     // The slot stays this peer's until `remove_peer`.
                     self.netcode.hold(client);
@@ -850,7 +877,9 @@ impl ServerEndpoint {
     fn remove_peer(&mut self, index: usize) -> Option<EndpointEvent<'_>> {
         let peer = self.peers.get_mut(index)?.take()?;
         self.total_buffered -= peer.buffered;
-        self.sends.total -= peer.conn.send_buffered_bytes();
+        if peer.send_counted {
+            self.sends.total -= peer.conn.send_buffered_bytes();
+        }
         self.retired.add(&peer.conn.stats());
         // Idempotent if the secure layer already dropped the client.
         let _ = self.netcode.disconnect(peer.client);
@@ -936,5 +965,15 @@ impl ServerEndpoint {
         if let Some(Some(peer)) = ahead(1) {
             peer.conn.prefetch_transmit_messages();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_keeps_to_one_cache_line() {
+        assert!(std::mem::size_of::<Option<Peer>>() <= 64);
     }
 }

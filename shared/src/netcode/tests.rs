@@ -642,7 +642,9 @@ fn a_challenge_numbered_server_wide_is_not_held_to_the_denial_floor() {
     }
     let denied = w.server_transmits();
     let mut denial = denied[0].1.clone();
-    let numbered = packet::parse_header(&denial, Side::Client).unwrap().sequence;
+    let numbered = packet::parse_header(&denial, Side::Client)
+        .unwrap()
+        .sequence;
     assert!(numbered > 1 << 63, "a server-wide denial");
     b.handle_datagram(w.now, server_addr(), &mut denial);
     assert_eq!(b.state(), ClientState::ConnectionDenied);

@@ -249,6 +249,14 @@ pub enum ConfigError {
 }
 
 impl TransportConfig {
+    /// Whether `channel` is of a reliable kind (false for one the layout
+    /// does not have).
+    pub fn is_reliable(&self, channel: super::ChannelId) -> bool {
+        self.channels
+            .get(usize::from(channel.0))
+            .is_some_and(|c| c.kind.is_reliable())
+    }
+
     pub(crate) fn rto_bounds(&self) -> RtoBounds {
         RtoBounds {
             initial: self.initial_rto,
