@@ -872,6 +872,66 @@ fn droppable_messages_leave_room_for_reliable_ones() {
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
+/// Long messages the stalled game's limit drops do not sit between the
+/// short ones it keeps, where they would keep memory the limit does not
+/// count alive for as long as their neighbours live: the talker's chat
+/// lines, sent between long droppable messages, lie side by side.
+#[test]
+fn dropped_long_messages_pin_no_memory_between_kept_ones() {
+    const UNRELIABLE: ChannelId = ChannelId(3);
+    const LONG: usize = 8 << 10;
+    let key = Key::generate(&mut system_rng());
+    let config = ServerIoConfig {
+        max_inbound_bytes: 8 * LONG,
+        droppable_channels: vec![UNRELIABLE],
+        ..ServerIoConfig::default()
+    };
+    let (mut server, addr) = spawn_server(key, config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sender = client(&key, addr, 1);
+    let mut seen = Seen::default();
+    connect(&mut sender, &mut seen, deadline);
+    // The game does not drain. Half the limit fills with long droppable
+    // messages; those after it are dropped, a chat line after each.
+    let mut lines = 0u8;
+    while lines < 20 {
+        assert!(Instant::now() < deadline, "only {lines} lines sent");
+        sender
+            .endpoint
+            .send(UNRELIABLE, Bytes::from(vec![1; LONG]))
+            .unwrap();
+        if server.stats().snapshot().inbound_dropped > 0 {
+            sender
+                .endpoint
+                .send(CHAT, Bytes::from(vec![lines]))
+                .unwrap();
+            lines += 1;
+        }
+        sender.flush(Instant::now());
+        pump(&mut sender, &mut seen);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let mut said: Vec<Bytes> = Vec::new();
+    while said.len() < 20 {
+        assert!(Instant::now() < deadline, "{} lines arrived", said.len());
+        pump(&mut sender, &mut seen);
+        said.extend(server.events().filter_map(|e| match e {
+            NetEvent::Message {
+                channel, payload, ..
+            } if channel == CHAT => Some(payload),
+            _ => None,
+        }));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let apart = said
+        .windows(2)
+        .filter(|w| (w[1].as_ptr() as usize).abs_diff(w[0].as_ptr() as usize) > 1024)
+        .count();
+    assert_eq!(apart, 0, "chat lines spread over {} places", apart + 1);
+    assert!(seen.ended.is_none(), "{:?}", seen.ended);
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
 /// A datagram longer than any packet is counted as oversized, not cut to
 /// size and counted as whatever the cut bytes fail as.
 #[test]

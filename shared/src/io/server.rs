@@ -32,6 +32,13 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 /// message. A chunk is freed once the game has dropped every message in it
 /// (within a tick or two: messages are decoded as they are drained).
 const INBOUND_CHUNK: usize = 64 * 1024;
+/// Longer inbound messages get an allocation of their own instead: one
+/// copied into a chunk keeps the whole chunk alive as long as it lives, and
+/// one dropped there (the game behind) leaves its space unusable while its
+/// neighbours live, so long messages in chunks would let a few counted
+/// bytes pin far more memory than
+/// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes) says.
+const INBOUND_SHARED_MAX: usize = 1024;
 /// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES`, reused).
 const RECV_BATCH: usize = 64;
 /// How soon the loop looks again while shutting down or while events wait
@@ -146,7 +153,9 @@ pub struct ServerIoConfig {
     /// go over it is handled as one that finds the backlog full. Droppable
     /// messages may fill half of it, so that a reliable message finds room
     /// behind them. Default 64 MiB (a second of 5,000 players' movement is
-    /// under 4 MiB).
+    /// under 4 MiB). The memory held is at most this plus 1 KiB for each
+    /// event waiting (short messages share chunks of memory, see
+    /// `INBOUND_SHARED_MAX`).
     pub max_inbound_bytes: usize,
     /// Capacity of the command channel, in batches (one per tick).
     pub outbound_batches: usize,
@@ -940,7 +949,11 @@ impl IoLoop {
                             session,
                         },
                         channel,
-                        payload: self.inbound.copy(payload),
+                        payload: if payload.len() > INBOUND_SHARED_MAX {
+                            Bytes::copy_from_slice(payload)
+                        } else {
+                            self.inbound.copy(payload)
+                        },
                     }
                 }
             };
