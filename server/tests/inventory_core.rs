@@ -621,6 +621,51 @@ fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
     );
 }
 
+/// The same when the side that left came back in the same batch: the
+/// trade its earlier session accepted stays cancelled, for the partner
+/// too, rather than come back with that acceptance for the new session,
+/// which never saw it.
+#[test]
+fn a_failed_commit_does_not_restore_a_trade_whose_side_left_and_came_back() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    h.flush(false);
+    let trade = h
+        .request(
+            1,
+            1,
+            InventoryOp::Offer {
+                with: 2,
+                offer: TradeOffer::default(),
+            },
+        )
+        .trade
+        .unwrap();
+    h.request(1, 2, InventoryOp::Accept { trade, revision: 1 })
+        .result
+        .unwrap();
+    h.push(Input::Disconnected { account: 1 });
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Tick); // a write, so the commit is attempted and fails
+    let out = h.flush(true);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Trade { account: 2, update }
+            if update.trade == trade && update.state == TradeState::Cancelled)),
+        "the partner hears the cancel: {out:?}"
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Trade { account: 1, .. })),
+        "the new session hears of a trade it never saw: {out:?}"
+    );
+    assert_eq!(
+        h.request(2, 1, InventoryOp::Accept { trade, revision: 1 })
+            .result,
+        Err(InventoryError::NoSuchTrade)
+    );
+}
+
 #[test]
 fn moves_split_merge_and_swap_within_the_stack_limits() {
     let mut h = Harness::new();

@@ -48,7 +48,9 @@
 //!   change among them is still committed, and its id sent again in a
 //!   later session gets the stored answer.
 //! - A disconnect is not rolled back by a failed commit: trades the
-//!   rollback would restore with a side that has left stay cancelled.
+//!   rollback would restore with a side that has left stay cancelled,
+//!   also when that side is back in a new session (it never saw them).
+//!   Its partner is told.
 //!
 //! Conservation: items enter only through the spawner (minted), leave only
 //! through use (consumed), and every other operation moves whole counts
@@ -925,7 +927,7 @@ impl InventoryCore {
                         }),
                         _ => None,
                     })
-                    .chain(self.cancel_trades_of_offline())
+                    .chain(self.cancel_trades_of_departed(&building.evict))
                     .collect()
             }
         };
@@ -1511,16 +1513,18 @@ impl InventoryCore {
         }
     }
 
-    /// Ends the trades a rollback restored although one side has left
-    /// since (a disconnect is not rolled back), telling the side online.
-    fn cancel_trades_of_offline(&mut self) -> Vec<Output> {
+    /// Ends the trades a rollback restored although one side's session
+    /// has ended since (a disconnect is not rolled back): a side offline,
+    /// or one of `left`, the accounts whose `Disconnected` was in the batch
+    /// (back since, in a session that never saw the trade). Tells the
+    /// sides still in the session that had it.
+    fn cancel_trades_of_departed(&mut self, left: &[u64]) -> Vec<Output> {
         let online = &self.online;
+        let departed = |account: &u64| !online.contains(account) || left.contains(account);
         let gone: Vec<u64> = self
             .trades
             .iter()
-            .filter(|(_, t)| {
-                !online.contains(&t.initiator.account) || !online.contains(&t.partner.account)
-            })
+            .filter(|(_, t)| departed(&t.initiator.account) || departed(&t.partner.account))
             .map(|(id, _)| id)
             .collect();
         let mut outputs = Vec::new();
@@ -1528,7 +1532,7 @@ impl InventoryCore {
             if let Some(trade) = self.trades.remove(id) {
                 let update = trade.update(id, TradeState::Cancelled);
                 for account in [trade.initiator.account, trade.partner.account] {
-                    if self.online.contains(&account) {
+                    if self.online.contains(&account) && !left.contains(&account) {
                         outputs.push(Output::Trade {
                             account,
                             update: update.clone(),
