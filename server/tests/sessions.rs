@@ -189,6 +189,34 @@ fn back_within_a_tick(new_first: bool) {
 /// A request in a player's very first tick is judged where the player
 /// stands: its position is in place before the inventory runs (a pickup
 /// checked with no position would reach an item anywhere in the world).
+/// A `ListWorld` is answered with the list, then the reply, as the
+/// protocol says: a client that acts on the reply has the list.
+#[test]
+fn a_world_list_comes_before_its_reply() {
+    let (mut app, net) = app();
+    let lister = client(0, 9, 1);
+    net.events
+        .send(NetEvent::Connected { client: lister })
+        .unwrap();
+    let list = InventoryRequest {
+        request_id: 1,
+        op: InventoryOp::ListWorld,
+    };
+    ask(&net, lister, &list);
+    let first = tick_until(&mut app, &net, |to, payload| {
+        if to != lister {
+            return None;
+        }
+        if protocol::decode::<WorldItems>(payload).is_ok() {
+            return Some("the list");
+        }
+        protocol::decode::<InventoryReply>(payload)
+            .ok()
+            .map(|_| "the reply")
+    });
+    assert_eq!(first, "the list");
+}
+
 #[test]
 fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
     let (mut app, net) = app();

@@ -256,10 +256,12 @@ impl Plugin for InventoryPlugin {
         app.add_message::<ClientConnected>()
             .add_message::<ClientDisconnected>()
             .add_client_message::<InventoryRequest>(channels::INVENTORY)
+            // Registered first: a `ListWorld`'s list goes out before its
+            // reply (see `typed` for the order of a tick's messages).
+            .add_server_message::<WorldItems>(channels::INVENTORY)
             .add_server_message::<InventoryReply>(channels::INVENTORY)
             .add_server_message::<InventoryUpdate>(channels::INVENTORY)
             .add_server_message::<TradeUpdate>(channels::INVENTORY)
-            .add_server_message::<WorldItems>(channels::INVENTORY)
             .insert_resource(metrics)
             // Requests are judged where players stand after this tick's
             // movement; a new player's position is in place by then.
