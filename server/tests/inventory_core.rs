@@ -656,7 +656,8 @@ fn a_failed_commit_does_not_restore_a_trade_whose_side_left_and_came_back() {
         "the partner hears the cancel: {out:?}"
     );
     assert!(
-        !out.iter().any(|o| matches!(o, Output::Trade { account: 1, .. })),
+        !out.iter()
+            .any(|o| matches!(o, Output::Trade { account: 1, .. })),
         "the new session hears of a trade it never saw: {out:?}"
     );
     assert_eq!(

@@ -23,7 +23,7 @@ use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 use shared::io::priority::TickSignal;
 use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
-use shared::transport::DisconnectReason;
+use shared::transport::{ChannelId, DisconnectReason};
 
 pub use session::{ClientConnected, ClientDisconnected, Player, SessionChange, session_changes};
 pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
@@ -403,7 +403,12 @@ fn kick_on_admin_request(
 /// Bound on commands carried over when `net-io` refused a batch.
 const MAX_CARRIED_COMMANDS: usize = 1 << 20;
 
-fn submit_batch(mut net: ResMut<NetServer>, mut outbox: ResMut<Outbox>, metrics: Res<NetMetrics>) {
+fn submit_batch(
+    mut net: ResMut<NetServer>,
+    mut outbox: ResMut<Outbox>,
+    clients: Res<Clients>,
+    metrics: Res<NetMetrics>,
+) {
     if outbox.commands.is_empty() {
         return;
     }
@@ -414,15 +419,67 @@ fn submit_batch(mut net: ResMut<NetServer>, mut outbox: ResMut<Outbox>, metrics:
     disconnects_last(&mut batch);
     if let Err(mut refused) = net.submit(batch) {
         // net-io is several ticks behind: keep the batch for the next tick,
-        // within a bound (a shutdown is never dropped: it is what tells
-        // every client goodbye).
+        // within a bound.
         if refused.len() > MAX_CARRIED_COMMANDS {
-            let before = refused.len();
-            refused.retain(|command| matches!(command, NetCommand::Shutdown { .. }));
-            metrics.outbox_dropped.add((before - refused.len()) as u64);
+            let layout = shared::protocol::channels::transport_config();
+            let dropped = shed(&mut refused, |c| layout.is_reliable(c), &clients);
+            metrics.outbox_dropped.add(dropped);
         }
         outbox.commands = refused;
     }
+}
+
+/// Sheds `commands` (carried over past [`MAX_CARRIED_COMMANDS`]) and
+/// returns how many messages it dropped: those on unreliable channels
+/// first (what a client misses of them, the next ones replace); if that
+/// is not enough, the reliable ones too, and then every client that misses
+/// one is disconnected (`SendQueueFull`): a reliable message is never
+/// lost silently; the client reconnects and asks again. Disconnects and a
+/// shutdown (what tells every client goodbye) always stay.
+fn shed(
+    commands: &mut Vec<NetCommand>,
+    reliable: impl Fn(ChannelId) -> bool,
+    clients: &Clients,
+) -> u64 {
+    let is_message =
+        |c: &NetCommand| matches!(c, NetCommand::Send { .. } | NetCommand::Broadcast { .. });
+    let messages = commands.iter().filter(|c| is_message(c)).count();
+    commands.retain(|command| match command {
+        NetCommand::Send { channel, .. } | NetCommand::Broadcast { channel, .. } => {
+            reliable(*channel)
+        }
+        NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. } => true,
+    });
+    if commands.len() > MAX_CARRIED_COMMANDS {
+        let mut missed: Vec<ClientId> = Vec::new();
+        for command in commands.iter() {
+            match command {
+                NetCommand::Send { client, .. } => missed.push(*client),
+                NetCommand::Broadcast { except, .. } => missed.extend(
+                    clients
+                        .iter()
+                        .map(|(client, _)| client)
+                        .filter(|client| Some(*client) != *except),
+                ),
+                NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. } => {}
+            }
+        }
+        commands.retain(|command| {
+            matches!(
+                command,
+                NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. }
+            )
+        });
+        missed.sort_unstable();
+        missed.dedup();
+        commands.extend(missed.into_iter().map(|client| NetCommand::Disconnect {
+            client,
+            reason: DisconnectReason::SendQueueFull,
+        }));
+        disconnects_last(commands);
+    }
+    let kept = commands.iter().filter(|c| is_message(c)).count();
+    (messages - kept) as u64
 }
 
 /// Moves the tick's disconnects after everything else, and a shutdown
@@ -743,8 +800,9 @@ mod tests {
             vec![goodbye.clone(), shutdown.clone()],
             "kept for the next tick, in order"
         );
-        // Beyond the bound of what is carried over, the sends go; the
-        // shutdown stays.
+        // Beyond the bound of what is carried over, the sends go, and
+        // their client with them (the goodbyes are reliable); the shutdown
+        // stays.
         let mut outbox = app.world_mut().resource_mut::<Outbox>();
         outbox.commands.clear();
         outbox
@@ -752,7 +810,54 @@ mod tests {
             .resize(MAX_CARRIED_COMMANDS + 1, goodbye.clone());
         outbox.commands.push(shutdown.clone());
         app.update();
-        assert_eq!(app.world().resource::<Outbox>().commands, vec![shutdown]);
+        let missed = NetCommand::Disconnect {
+            client,
+            reason: DisconnectReason::SendQueueFull,
+        };
+        assert_eq!(
+            app.world().resource::<Outbox>().commands,
+            vec![missed, shutdown]
+        );
+    }
+
+    /// Past the bound, unreliable messages go first; reliable ones only if
+    /// that is not enough, and then their clients are disconnected, never
+    /// left waiting for a reply that was dropped.
+    #[test]
+    fn a_carried_batch_sheds_unreliable_messages_first_and_never_reliable_ones_silently() {
+        let client = |slot: u32| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: u64::from(slot) + 1,
+            session: 1,
+        };
+        let send = |slot, channel| NetCommand::Send {
+            client: client(slot),
+            channel,
+            payload: Bytes::from_static(b"x"),
+        };
+        let reliable = |c: ChannelId| c != channels::SNAPSHOT;
+        let clients = Clients::default();
+
+        let mut commands = vec![send(0, channels::SNAPSHOT); MAX_CARRIED_COMMANDS];
+        commands.push(send(1, channels::INVENTORY));
+        assert_eq!(
+            shed(&mut commands, reliable, &clients),
+            MAX_CARRIED_COMMANDS as u64
+        );
+        assert_eq!(commands, vec![send(1, channels::INVENTORY)]);
+
+        let mut commands = vec![send(2, channels::INVENTORY); MAX_CARRIED_COMMANDS];
+        commands.push(send(3, channels::CHAT));
+        commands.push(send(0, channels::SNAPSHOT));
+        assert_eq!(
+            shed(&mut commands, reliable, &clients),
+            MAX_CARRIED_COMMANDS as u64 + 2
+        );
+        let missed = |slot| NetCommand::Disconnect {
+            client: client(slot),
+            reason: DisconnectReason::SendQueueFull,
+        };
+        assert_eq!(commands, vec![missed(2), missed(3)]);
     }
 
     #[test]
