@@ -2,8 +2,8 @@
 //! independent implementation of netcode.io 1.02: its client against our
 //! server (token minted by us) and our client against its server (token
 //! minted by it). Payloads flow both ways for longer than the token timeout,
-//! so keep-alives are exercised too. Each test stops by itself within a few
-//! seconds.
+//! then nothing but keep-alives for longer than it again. Each test stops
+//! by itself within a few seconds.
 
 #![expect(
     clippy::disallowed_methods,
@@ -25,6 +25,9 @@ const PROTOCOL: u64 = 0x4e45_5443_4f44_4531;
 const TIMEOUT_SECONDS: i32 = 2;
 /// How long each test keeps exchanging payloads after connecting.
 const EXCHANGE: Duration = Duration::from_secs(3);
+/// Then no payloads for longer than the timeout: only keep-alives hold the
+/// connection.
+const IDLE: Duration = Duration::from_millis(2_500);
 /// Hard limit per test.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -151,6 +154,30 @@ fn official_client_connects_to_our_server() {
         "payloads: {to_us} up, {to_them} down"
     );
 
+    // Silence but for keep-alives, past the timeout: both stay connected.
+    let idle_since = Instant::now();
+    while idle_since.elapsed() < IDLE {
+        let now = Instant::now();
+        official.update(start.elapsed().as_secs_f64());
+        drain(&socket, |from, buf| {
+            if let Some(ServerEvent::ClientDisconnected { reason, .. }) =
+                server.handle_datagram(now, unix_secs(), from, buf)
+            {
+                panic!("idle: disconnected: {reason:?}");
+            }
+        });
+        server.handle_timeout(now);
+        if let Some(e) = server.poll_event() {
+            panic!("idle: unexpected {e:?}");
+        }
+        while let Some(t) = server.poll_transmit(now, &mut out) {
+            socket.send_to(&out[..t.len], t.destination).unwrap();
+        }
+        assert_eq!(official.state(), netcode::ClientState::Connected, "idle");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.num_connected(), 1);
+
     // A clean disconnect reaches our server.
     official.disconnect();
     let wait = Instant::now();
@@ -259,6 +286,28 @@ fn our_client_connects_to_official_server() {
         to_us > 20 && to_them > 20,
         "payloads: {to_us} down, {to_them} up"
     );
+
+    // Silence but for keep-alives, past the timeout: both stay connected.
+    let idle_since = Instant::now();
+    while idle_since.elapsed() < IDLE {
+        let now = Instant::now();
+        official.update(start.elapsed().as_secs_f64());
+        if let Some(e) = official.next_event() {
+            panic!("idle: official server: {e:?}");
+        }
+        drain(&socket, |from, buf| {
+            if let Some(ClientEvent::Disconnected) = client.handle_datagram(now, from, buf) {
+                panic!("idle: the official server disconnected us");
+            }
+        });
+        client.handle_timeout(now);
+        while let Some(t) = client.poll_transmit(now, &mut out) {
+            socket.send_to(&out[..t.len], t.destination).unwrap();
+        }
+        assert_eq!(client.state(), ClientState::Connected, "idle");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(official.client_connected(official_index.unwrap()));
 
     // Our clean disconnect reaches the official server.
     let index = official_index.unwrap();
