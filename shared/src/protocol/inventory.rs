@@ -17,6 +17,14 @@
 //! Changes a player did not ask for (a gift, the other side of a trade)
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
 //! [`InventoryTracker`] keeps a client's view consistent.
+//!
+//! Trades live only as long as both sessions: a disconnect (or a server
+//! restart) ends every trade of the player, and updates meant for an
+//! ended session are not sent to the next one. So a trade request sent
+//! again after reconnecting may get its original reply (`Ok`, naming a
+//! trade) although that trade has ended since, cancelled or completed: a
+//! client that reconnects should take every trade of its earlier session
+//! as over, and read its inventory (`List`) to see which way it went.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
