@@ -125,7 +125,8 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Self { conn, _lock: None }.checked()
+        check_version(&conn)?;
+        Ok(Self { conn, _lock: None })
     }
 
     /// A private in-memory database (for tests and for running without a
@@ -158,6 +159,9 @@ impl SqliteStore {
 
     fn setup(conn: Connection, lock: Option<File>) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Before anything is written: a newer server's database is left
+        // as it is.
+        check_version(&conn)?;
         // WAL: readers (the `db-reader` thread's account loads) never
         // block the writer.
         // The pragma returns the resulting mode; in-memory databases say
@@ -165,19 +169,7 @@ impl SqliteStore {
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Self { conn, _lock: lock }.checked()
-    }
-
-    /// This store, if this server knows its schema version.
-    fn checked(self) -> Result<Self, StoreError> {
-        let version = self.meta("schema_version")?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "the database has schema version {version}, newer than this server's \
-                 {SCHEMA_VERSION}: it was written by a newer server; run that one"
-            )));
-        }
-        Ok(self)
+        Ok(Self { conn, _lock: lock })
     }
 
     fn meta(&self, key: &str) -> Result<u64, StoreError> {
@@ -189,6 +181,34 @@ impl SqliteStore {
             .optional()?
             .map_or(0, from_sql))
     }
+}
+
+/// Refuses a database whose schema version is newer than this server's
+/// (a new database, without tables yet, has none).
+fn check_version(conn: &Connection) -> Result<(), StoreError> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(());
+    }
+    let version = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map_or(0, from_sql);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version}, newer than this server's \
+             {SCHEMA_VERSION}: it was written by a newer server; run that one"
+        )));
+    }
+    Ok(())
 }
 
 /// Takes the exclusive lock on `data_dir`'s [`LOCK_FILE`], without
@@ -453,15 +473,30 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sqlite-schema-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqliteStore::open(&dir).unwrap();
+        // A newer server's database, one of whose tables this server
+        // would create.
         store
             .conn
-            .execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'", [])
+            .execute_batch(
+                "UPDATE meta SET value = 2 WHERE key = 'schema_version'; \
+                 DROP TABLE applied_requests;",
+            )
             .unwrap();
         drop(store);
         for opened in [SqliteStore::open(&dir), SqliteStore::open_read_only(&dir)] {
             let error = opened.unwrap_err().to_string();
             assert!(error.contains("schema version 2"), "{error}");
         }
+        // Refused before anything was written to it.
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'applied_requests'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "the refusing server created its table");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
