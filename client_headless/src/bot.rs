@@ -1247,6 +1247,15 @@ mod tests {
                 .after_receive(self.now, &mut self.scratch, &mut self.stats)
         }
 
+        /// The report's `connected_not_dropped` of this bot's counts.
+        fn stayed(&self) -> u64 {
+            report::connected_not_dropped(
+                self.stats.ever_connected,
+                &self.stats.disconnects,
+                &self.stats.reconnect_failures,
+            )
+        }
+
         fn connect(&mut self) {
             for _ in 0..20 {
                 self.service();
@@ -1383,14 +1392,7 @@ mod tests {
             "{:?}",
             pair.stats.disconnects
         );
-        assert_eq!(
-            report::connected_not_dropped(
-                pair.stats.ever_connected,
-                &pair.stats.disconnects,
-                &pair.stats.reconnect_failures
-            ),
-            1
-        );
+        assert_eq!(pair.stayed(), 1);
 
         let mut pair = Pair::new();
         pair.connect();
@@ -1401,14 +1403,7 @@ mod tests {
         pair.deliver();
         run_to_done(&mut pair);
         assert_eq!(pair.stats.disconnects.values().sum::<u64>(), 1);
-        assert_eq!(
-            report::connected_not_dropped(
-                pair.stats.ever_connected,
-                &pair.stats.disconnects,
-                &pair.stats.reconnect_failures
-            ),
-            0
-        );
+        assert_eq!(pair.stayed(), 0);
     }
 
     /// A churning bot whose next session never gets an answer is offline
@@ -1445,14 +1440,7 @@ mod tests {
         assert!(pair.bot.is_done(), "{:?}", pair.bot.phase);
         assert!(pair.stats.connect_failures.is_empty());
         assert_eq!(pair.stats.reconnect_failures.values().sum::<u64>(), 1);
-        assert_eq!(
-            report::connected_not_dropped(
-                pair.stats.ever_connected,
-                &pair.stats.disconnects,
-                &pair.stats.reconnect_failures
-            ),
-            0
-        );
+        assert_eq!(pair.stayed(), 0);
     }
 
     #[test]

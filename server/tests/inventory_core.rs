@@ -588,23 +588,27 @@ fn a_change_whose_session_ended_in_flight_is_committed_and_answered_on_retry() {
     assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
-#[test]
-fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
-    let mut h = Harness::new();
+/// Accounts 1 and 2 connect and 1 offers 2 an empty trade: its id.
+fn open_empty_trade(h: &mut Harness) -> u64 {
     h.push(Input::Connected { account: 1 });
     h.push(Input::Connected { account: 2 });
     h.flush(false);
-    let trade = h
-        .request(
-            1,
-            1,
-            InventoryOp::Offer {
-                with: 2,
-                offer: TradeOffer::default(),
-            },
-        )
-        .trade
-        .unwrap();
+    h.request(
+        1,
+        1,
+        InventoryOp::Offer {
+            with: 2,
+            offer: TradeOffer::default(),
+        },
+    )
+    .trade
+    .unwrap()
+}
+
+#[test]
+fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
+    let mut h = Harness::new();
+    let trade = open_empty_trade(&mut h);
     h.push(Input::Disconnected { account: 1 });
     h.push(Input::Tick); // a write, so the commit is attempted and fails
     let out = h.flush(true);
@@ -628,20 +632,7 @@ fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
 #[test]
 fn a_failed_commit_does_not_restore_a_trade_whose_side_left_and_came_back() {
     let mut h = Harness::new();
-    h.push(Input::Connected { account: 1 });
-    h.push(Input::Connected { account: 2 });
-    h.flush(false);
-    let trade = h
-        .request(
-            1,
-            1,
-            InventoryOp::Offer {
-                with: 2,
-                offer: TradeOffer::default(),
-            },
-        )
-        .trade
-        .unwrap();
+    let trade = open_empty_trade(&mut h);
     h.request(1, 2, InventoryOp::Accept { trade, revision: 1 })
         .result
         .unwrap();

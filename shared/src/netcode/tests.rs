@@ -597,10 +597,16 @@ fn coming_back_to_a_token_reuses_no_nonce_and_connects() {
 /// A denial the client took in an earlier attempt, replayed (or late)
 /// while it tries again with the same token, is not taken for an answer
 /// to this attempt.
-#[test]
-fn an_earlier_attempts_denial_does_not_end_the_next_one() {
-    let mut w = World::new(1);
-    let (a_addr, _a) = w.connected_pair();
+/// Client B (account 2, at `client_addr(1)`) asks a one-slot server that
+/// A holds: its token, B denied, B's address and the denial it took.
+struct DeniedAtRequest {
+    token: ConnectToken,
+    b: Client,
+    b_addr: SocketAddr,
+    denial: Vec<u8>,
+}
+
+fn denied_at_request(w: &mut World) -> DeniedAtRequest {
     let token = w.token(2);
     let b_addr = client_addr(1);
     let mut b = Client::new(ClientConfig::new(PROTOCOL));
@@ -610,10 +616,27 @@ fn an_earlier_attempts_denial_does_not_end_the_next_one() {
     }
     let denied = w.server_transmits();
     assert_eq!(denied.len(), 1);
-    let mut denial = denied[0].1.clone();
+    let denial = denied[0].1.clone();
     b.handle_datagram(w.now, server_addr(), &mut denial.clone());
     assert_eq!(b.state(), ClientState::ConnectionDenied);
+    DeniedAtRequest {
+        token,
+        b,
+        b_addr,
+        denial,
+    }
+}
 
+#[test]
+fn an_earlier_attempts_denial_does_not_end_the_next_one() {
+    let mut w = World::new(1);
+    let (a_addr, _a) = w.connected_pair();
+    let DeniedAtRequest {
+        token,
+        mut b,
+        b_addr,
+        mut denial,
+    } = denied_at_request(&mut w);
     let a = w.server.client_at(a_addr).unwrap();
     w.server.disconnect(a).unwrap();
     w.server_transmits();
@@ -633,21 +656,16 @@ fn an_earlier_attempts_denial_does_not_end_the_next_one() {
 fn a_challenge_numbered_server_wide_is_not_held_to_the_denial_floor() {
     let mut w = World::new(1);
     let (_a_addr, _a) = w.connected_pair();
-    let token = w.token(2);
-    let b_addr = client_addr(1);
-    let mut b = Client::new(ClientConfig::new(PROTOCOL));
-    b.connect(&token, w.now, UNIX).unwrap();
-    for p in drain(&mut b, w.now) {
-        w.deliver_to_server(b_addr, &p);
-    }
-    let denied = w.server_transmits();
-    let mut denial = denied[0].1.clone();
+    let DeniedAtRequest {
+        token,
+        mut b,
+        denial,
+        ..
+    } = denied_at_request(&mut w);
     let numbered = packet::parse_header(&denial, Side::Client)
         .unwrap()
         .sequence;
     assert!(numbered > 1 << 63, "a server-wide denial");
-    b.handle_datagram(w.now, server_addr(), &mut denial);
-    assert_eq!(b.state(), ClientState::ConnectionDenied);
 
     b.connect(&token, w.now, UNIX).unwrap();
     let mut challenge = vec![0u8; MAX_PACKET_BYTES];
@@ -821,10 +839,10 @@ fn server_full_is_denied_and_the_client_says_so() {
     );
 }
 
-#[test]
-fn a_late_copy_of_a_denied_response_connects_no_one() {
-    let mut w = World::new(1);
-    // B is challenged while the slot is free...
+/// Client B (account 2, at `client_addr(1)`) is challenged while a slot
+/// is free: its token, B, and the response it answers with (not yet
+/// delivered).
+fn challenged_b(w: &mut World) -> (ConnectToken, Client, Vec<u8>) {
     let token = w.token(2);
     let mut b = Client::new(ClientConfig::new(PROTOCOL));
     b.connect(&token, w.now, UNIX).unwrap();
@@ -837,6 +855,15 @@ fn a_late_copy_of_a_denied_response_connects_no_one() {
         b.handle_datagram(w.now, server_addr(), &mut p);
     }
     let response = drain(&mut b, w.now).pop().unwrap();
+    (token, b, response)
+}
+
+#[test]
+fn a_late_copy_of_a_denied_response_connects_no_one() {
+    let mut w = World::new(1);
+    // B is challenged while the slot is free...
+    let (_, mut b, response) = challenged_b(&mut w);
+    let b_addr = client_addr(1);
     // ...but A takes it before B's response arrives: B is denied.
     let (a_addr, _a) = w.connected_pair();
     assert_eq!(w.deliver_to_server(b_addr, &response), None);
@@ -863,18 +890,8 @@ fn a_late_copy_of_a_denied_response_connects_no_one() {
 #[test]
 fn a_request_denied_for_a_full_server_leaves_no_handshake_behind() {
     let mut w = World::new(1);
-    let token = w.token(2);
-    let mut b = Client::new(ClientConfig::new(PROTOCOL));
-    b.connect(&token, w.now, UNIX).unwrap();
+    let (token, mut b, response) = challenged_b(&mut w);
     let b_addr = client_addr(1);
-    for p in drain(&mut b, w.now) {
-        w.deliver_to_server(b_addr, &p);
-    }
-    for (to, mut p) in w.server_transmits() {
-        assert_eq!(to, b_addr);
-        b.handle_datagram(w.now, server_addr(), &mut p);
-    }
-    let response = drain(&mut b, w.now).pop().unwrap();
     let (a_addr, _a) = w.connected_pair();
     // B's resent request arrives after A took the slot: denied.
     assert_eq!(w.deliver_to_server(b_addr, &request_bytes(&token)), None);
