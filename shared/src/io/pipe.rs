@@ -65,6 +65,11 @@ impl<T> PipeSender<T> {
         Ok(())
     }
 
+    /// Whether the pipe holds its capacity (a `try_send` now would fail).
+    pub fn is_full(&self) -> bool {
+        self.inner.is_full()
+    }
+
     /// Sends `message`, waiting while the pipe is full; fails (returning
     /// it) only once the receiver is gone.
     ///

@@ -32,12 +32,13 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 /// message. A chunk is freed once the game has dropped every message in it
 /// (within a tick or two: messages are decoded as they are drained).
 const INBOUND_CHUNK: usize = 64 * 1024;
-/// Longer inbound messages get an allocation of their own instead: one
-/// copied into a chunk keeps the whole chunk alive as long as it lives, and
-/// one dropped there (the game behind) leaves its space unusable while its
-/// neighbours live, so long messages in chunks would let a few counted
-/// bytes pin far more memory than
-/// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes) says.
+/// Longer inbound messages get an allocation of their own instead: a
+/// message in a chunk keeps the whole chunk alive as long as it lives, and
+/// one evicted from the backlog (the game behind) leaves its space unusable
+/// while its neighbours live, so long messages in chunks would let a few
+/// counted bytes pin far more memory than
+/// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes) says. (A
+/// message dropped on arrival is never copied.)
 const INBOUND_SHARED_MAX: usize = 1024;
 /// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES`, reused).
 const RECV_BATCH: usize = 64;
@@ -402,18 +403,27 @@ impl ServerIo {
         let stats = Arc::new(IoStats::default());
         let tick = TickSignal::new();
         let nice_steps = config.nice_steps;
+        let to_game = ToGame {
+            events: event_tx,
+            backlog: VecDeque::new(),
+            backlog_room: config.inbound_capacity / 4,
+            max_bytes: config.max_inbound_bytes as u64,
+            droppable: config.droppable_channels.clone(),
+            handed: 0,
+            chunks: Chunks::new(INBOUND_CHUNK),
+            stats: Arc::clone(&stats),
+        };
         let mut io_loop = IoLoop {
             poll,
             socket,
             sender,
             endpoint,
-            events: event_tx,
+            to_game,
             commands: command_rx,
             stats: Arc::clone(&stats),
             tick: tick.clone(),
             config,
             rates: Vec::new(),
-            backlog: VecDeque::new(),
             shutting_down: None,
             next_summary: None,
             // One byte more than a packet may have: a longer datagram
@@ -425,8 +435,6 @@ impl ServerIo {
             located: Vec::with_capacity(RECV_BATCH),
             outbox: SendBatch::new(SEND_QUEUE, MAX_PACKET_BYTES),
             wants_writable: false,
-            inbound: Chunks::new(INBOUND_CHUNK),
-            inbound_handed: 0,
             socket_drops_seen,
             endpoint_floods_seen: 0,
         };
@@ -593,6 +601,147 @@ fn payload_bytes(event: &NetEvent) -> u64 {
     }
 }
 
+/// What `net-io` hands the game: the event channel, a bounded backlog for
+/// when the channel is full, and the accounting of
+/// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes).
+struct ToGame {
+    events: PipeSender<NetEvent>,
+    backlog: VecDeque<NetEvent>,
+    /// Most events the backlog holds: a quarter of the channel.
+    backlog_room: usize,
+    max_bytes: u64,
+    droppable: Vec<ChannelId>,
+    /// Message bytes handed over (into the channel or the backlog) since
+    /// the start, less those dropped from the backlog; the game's part is
+    /// [`IoStats::inbound_taken`].
+    handed: u64,
+    /// The chunks short payloads are copied into.
+    chunks: Chunks,
+    stats: Arc<IoStats>,
+}
+
+/// What [`ToGame::admit`] decided for a message.
+enum Admission {
+    /// Copy it and hand it over.
+    Keep,
+    /// Dropped (counted): droppable, and no room.
+    Drop,
+    /// Dropped (counted), and its sender is to be disconnected as flooding:
+    /// reliable, and no room even with every droppable message waiting
+    /// dropped.
+    Flood,
+}
+
+impl ToGame {
+    /// Decides, before anything is copied, whether a message of `len`
+    /// bytes on `channel` is handed over. When the channel is full,
+    /// messages wait in the backlog; once that is full too, or the message
+    /// bytes waiting would pass `max_bytes`, a droppable message is
+    /// dropped, and a reliable one takes the place of the oldest droppable
+    /// messages waiting (or, if too few wait, its sender floods).
+    fn admit(&mut self, channel: ChannelId, len: usize) -> Admission {
+        self.flush_backlog();
+        let bytes = len as u64;
+        // Droppable messages may fill half of `max_bytes`, so that
+        // droppable traffic alone never leaves a reliable one without room.
+        let droppable = self.droppable.contains(&channel);
+        let limit = if droppable {
+            self.max_bytes / 2
+        } else {
+            self.max_bytes
+        };
+        if self.backlog.is_empty() && !self.events.is_full() && self.bytes_fit(bytes, limit) {
+            return Admission::Keep;
+        }
+        if droppable && !self.backlog_fits(bytes, limit) {
+            bump(&self.stats.inbound_dropped, 1);
+            return Admission::Drop;
+        }
+        while !self.backlog_fits(bytes, limit) {
+            let droppable = &self.droppable;
+            let oldest_droppable = self.backlog.iter().position(
+                |waiting| matches!(waiting, NetEvent::Message { channel, .. } if droppable.contains(channel)),
+            );
+            bump(&self.stats.inbound_dropped, 1);
+            let Some(dropped) = oldest_droppable.and_then(|at| self.backlog.remove(at)) else {
+                return Admission::Flood;
+            };
+            self.handed -= payload_bytes(&dropped);
+        }
+        Admission::Keep
+    }
+
+    /// A kept message's bytes, as the game will hold them. Short ones are
+    /// copied back to back into shared chunks (one allocation for many);
+    /// longer ones get an allocation of their own, so that no message
+    /// keeps a chunk alive for more than [`INBOUND_SHARED_MAX`] bytes of
+    /// others (messages are copied only once [`admit`](Self::admit)
+    /// kept them: one dropped never sits in a chunk).
+    fn copy(&mut self, payload: &[u8]) -> Bytes {
+        if payload.len() > INBOUND_SHARED_MAX {
+            Bytes::copy_from_slice(payload)
+        } else {
+            self.chunks.copy(payload)
+        }
+    }
+
+    /// Hands over a message [`admit`](Self::admit) kept, or a connect or
+    /// disconnect (always kept), in order.
+    fn hand(&mut self, event: NetEvent) {
+        let bytes = payload_bytes(&event);
+        if self.backlog.is_empty() {
+            self.flush_backlog();
+        }
+        let event = if self.backlog.is_empty() {
+            match self.events.try_send(event) {
+                Ok(()) => {
+                    self.handed += bytes;
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(event)) => event,
+            }
+        } else {
+            event
+        };
+        self.handed += bytes;
+        self.backlog.push_back(event);
+    }
+
+    /// Whether `bytes` more keep what waits for the game within `limit`.
+    fn bytes_fit(&self, bytes: u64, limit: u64) -> bool {
+        let taken = self.stats.inbound_taken.load(Ordering::Acquire);
+        let waiting = self.handed.saturating_sub(taken);
+        waiting + bytes <= limit
+    }
+
+    /// Whether a message of `bytes` may wait in the backlog.
+    fn backlog_fits(&self, bytes: u64, limit: u64) -> bool {
+        self.backlog.len() < self.backlog_room && self.bytes_fit(bytes, limit)
+    }
+
+    /// Whether events wait in the backlog (the loop then looks again soon).
+    fn is_waiting(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(event) = self.backlog.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.backlog.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Per-slot inbound message counting for the flood limit.
 #[derive(Clone, Copy, Default)]
 struct Rate {
@@ -608,14 +757,13 @@ struct IoLoop {
     /// else `socket` sends too.
     sender: Option<UdpSocket>,
     endpoint: ServerEndpoint,
-    events: PipeSender<NetEvent>,
+    to_game: ToGame,
     commands: PipeReceiver<Vec<NetCommand>>,
     stats: Arc<IoStats>,
     /// Whether the game's tick is running, and where.
     tick: TickSignal,
     config: ServerIoConfig,
     rates: Vec<Rate>,
-    backlog: VecDeque<NetEvent>,
     /// Since a `Shutdown`: until when clients may linger, and what they
     /// are told.
     shutting_down: Option<(Instant, DisconnectReason)>,
@@ -632,12 +780,6 @@ struct IoLoop {
     /// Whether the socket is registered for writability (only while the
     /// outbox waits on it).
     wants_writable: bool,
-    /// The chunks inbound payloads are copied into.
-    inbound: Chunks,
-    /// Message bytes handed to the game (into its channel or the backlog)
-    /// since the start, less those dropped from the backlog; the game's
-    /// part is [`IoStats::inbound_taken`].
-    inbound_handed: u64,
     /// The kernel's (wrapping) drop counter of the socket when last read.
     socket_drops_seen: Option<u32>,
     /// The endpoint's own flooding disconnects already in
@@ -659,7 +801,7 @@ impl IoLoop {
                 timer,
                 Waits {
                     unread,
-                    busy: self.shutting_down.is_some() || !self.backlog.is_empty(),
+                    busy: self.shutting_down.is_some() || self.to_game.is_waiting(),
                     blocked: self.wants_writable,
                 },
             );
@@ -671,7 +813,7 @@ impl IoLoop {
             }
             bump(&self.stats.loop_wakeups, 1);
             let now = Instant::now();
-            self.flush_backlog();
+            self.to_game.flush_backlog();
             unread = self.read_socket(now);
             self.count_endpoint_floods();
             self.drain_commands(now);
@@ -942,6 +1084,16 @@ impl IoLoop {
                         }
                         continue;
                     }
+                    // Decided before the copy: a message dropped here never
+                    // takes memory (see `ToGame::copy`).
+                    match self.to_game.admit(channel, payload.len()) {
+                        Admission::Keep => {}
+                        Admission::Drop => continue,
+                        Admission::Flood => {
+                            flooders.push(client);
+                            continue;
+                        }
+                    }
                     NetEvent::Message {
                         client: ClientId {
                             slot: client,
@@ -949,118 +1101,16 @@ impl IoLoop {
                             session,
                         },
                         channel,
-                        payload: if payload.len() > INBOUND_SHARED_MAX {
-                            Bytes::copy_from_slice(payload)
-                        } else {
-                            self.inbound.copy(payload)
-                        },
+                        payload: self.to_game.copy(payload),
                     }
                 }
             };
-            if let Some(flooder) = self.push_event(event)
-                && !flooders.contains(&flooder)
-            {
-                flooders.push(flooder);
-            }
+            self.to_game.hand(event);
         }
         for client in flooders {
             bump(&self.stats.flooding_disconnects, 1);
             self.endpoint
                 .disconnect(now, client, DisconnectReason::Flooding);
-        }
-    }
-
-    /// Hands one event to the game, keeping order. When the channel is full,
-    /// events wait in a bounded backlog; once that is full too, or the
-    /// message bytes waiting would pass
-    /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes), a
-    /// droppable message is dropped, and a reliable one takes the place of
-    /// the oldest droppable messages waiting (or, if too few wait, its
-    /// sender is returned to be disconnected). Connects and disconnects
-    /// always wait.
-    fn push_event(&mut self, event: NetEvent) -> Option<ClientIndex> {
-        self.flush_backlog();
-        let bytes = payload_bytes(&event);
-        let limit = self.byte_limit(&event);
-        let event = if self.backlog.is_empty() && self.bytes_fit(bytes, limit) {
-            match self.events.try_send(event) {
-                Ok(()) => {
-                    self.inbound_handed += bytes;
-                    return None;
-                }
-                Err(TrySendError::Disconnected(_)) => return None,
-                Err(TrySendError::Full(event)) => event,
-            }
-        } else {
-            event
-        };
-        if let NetEvent::Message {
-            client, channel, ..
-        } = &event
-        {
-            if self.config.droppable_channels.contains(channel) && !self.backlog_fits(bytes, limit)
-            {
-                bump(&self.stats.inbound_dropped, 1);
-                return None;
-            }
-            while !self.backlog_fits(bytes, limit) {
-                let droppable = &self.config.droppable_channels;
-                let oldest_droppable = self.backlog.iter().position(
-                    |waiting| matches!(waiting, NetEvent::Message { channel, .. } if droppable.contains(channel)),
-                );
-                bump(&self.stats.inbound_dropped, 1);
-                let Some(dropped) = oldest_droppable.and_then(|at| self.backlog.remove(at)) else {
-                    return Some(client.slot);
-                };
-                self.inbound_handed -= payload_bytes(&dropped);
-            }
-        }
-        self.inbound_handed += bytes;
-        self.backlog.push_back(event);
-        None
-    }
-
-    /// The message bytes waiting for the game that `event` may add to:
-    /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes), half of it
-    /// for a droppable message, so that droppable traffic alone never
-    /// leaves a reliable message without room.
-    fn byte_limit(&self, event: &NetEvent) -> u64 {
-        let max = self.config.max_inbound_bytes as u64;
-        match event {
-            NetEvent::Message { channel, .. }
-                if self.config.droppable_channels.contains(channel) =>
-            {
-                max / 2
-            }
-            _ => max,
-        }
-    }
-
-    /// Whether `bytes` more keep what waits for the game within `limit`.
-    fn bytes_fit(&self, bytes: u64, limit: u64) -> bool {
-        let taken = self.stats.inbound_taken.load(Ordering::Acquire);
-        let waiting = self.inbound_handed.saturating_sub(taken);
-        waiting + bytes <= limit
-    }
-
-    /// Whether a message of `bytes` may wait in the backlog.
-    fn backlog_fits(&self, bytes: u64, limit: u64) -> bool {
-        self.backlog.len() < self.config.inbound_capacity / 4 && self.bytes_fit(bytes, limit)
-    }
-
-    fn flush_backlog(&mut self) {
-        while let Some(event) = self.backlog.pop_front() {
-            match self.events.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.backlog.push_front(event);
-                    return;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.backlog.clear();
-                    return;
-                }
-            }
         }
     }
 
