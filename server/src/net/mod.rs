@@ -435,7 +435,8 @@ fn submit_batch(
 /// is not enough, the reliable ones too, and then every client that misses
 /// one is disconnected (`SendQueueFull`): a reliable message is never
 /// lost silently; the client reconnects and asks again. Disconnects and a
-/// shutdown (what tells every client goodbye) always stay.
+/// shutdown (what tells every client goodbye) always stay; with a shutdown
+/// among them, its goodbye is what every client hears.
 fn shed(
     commands: &mut Vec<NetCommand>,
     reliable: impl Fn(ChannelId) -> bool,
@@ -470,6 +471,12 @@ fn shed(
                 NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. }
             )
         });
+        if commands
+            .iter()
+            .any(|c| matches!(c, NetCommand::Shutdown { .. }))
+        {
+            missed.clear();
+        }
         missed.sort_unstable();
         missed.dedup();
         commands.extend(missed.into_iter().map(|client| NetCommand::Disconnect {
@@ -800,9 +807,9 @@ mod tests {
             vec![goodbye.clone(), shutdown.clone()],
             "kept for the next tick, in order"
         );
-        // Beyond the bound of what is carried over, the sends go, and
-        // their client with them (the goodbyes are reliable); the shutdown
-        // stays.
+        // Beyond the bound of what is carried over, the sends go; the
+        // shutdown stays, and its reason is what the client hears (not
+        // that it missed a reliable message).
         let mut outbox = app.world_mut().resource_mut::<Outbox>();
         outbox.commands.clear();
         outbox
@@ -810,14 +817,7 @@ mod tests {
             .resize(MAX_CARRIED_COMMANDS + 1, goodbye.clone());
         outbox.commands.push(shutdown.clone());
         app.update();
-        let missed = NetCommand::Disconnect {
-            client,
-            reason: DisconnectReason::SendQueueFull,
-        };
-        assert_eq!(
-            app.world().resource::<Outbox>().commands,
-            vec![missed, shutdown]
-        );
+        assert_eq!(app.world().resource::<Outbox>().commands, vec![shutdown]);
     }
 
     /// Past the bound, unreliable messages go first; reliable ones only if
