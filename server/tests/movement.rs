@@ -436,6 +436,104 @@ fn inputs_bunched_by_a_long_stall_are_dropped_unflagged() {
     assert!(mover.last_seq < sent && mover.waiting() <= 4);
 }
 
+/// A client that sends as many inputs as a tick looks at, every tick.
+#[derive(Resource)]
+struct GreedyClient {
+    player: Entity,
+    sent: u32,
+    /// The player's x after each tick.
+    xs: Vec<f32>,
+    stop_after: u64,
+}
+
+fn greedy_client_sends(
+    mut client: ResMut<GreedyClient>,
+    config: Res<MovementConfig>,
+    mut out: MessageWriter<MoveCommand>,
+) {
+    for _ in 0..config.max_inputs_per_tick {
+        client.sent += 1;
+        out.write(MoveCommand {
+            entity: client.player,
+            input: MoveInput {
+                seq: client.sent,
+                velocity: Vec2::new(config.max_speed, 0.0),
+                ack_snapshot: 0,
+            },
+        });
+    }
+}
+
+fn greedy_client_records(
+    mut client: ResMut<GreedyClient>,
+    stats: Res<TickStats>,
+    positions: Query<&Position>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let x = positions.get(client.player).unwrap().0.x;
+    client.xs.push(x);
+    if stats.tick() == client.stop_after {
+        exit.write(AppExit::Success);
+    }
+}
+
+/// Catch-up ticks run right after a late one earn no credit: a client
+/// sending as much as it may every tick moves, over the pause and the
+/// ticks after it, one input per period of wall time (it banks nothing),
+/// not one a tick run.
+#[test]
+fn catch_up_ticks_earn_no_credit() {
+    let clock = ManualClock::new();
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig {
+            rate: TickRate::new(30).unwrap(),
+            ..TickConfig::default()
+        },
+        // Tick 30 starts 70 ms late; ticks 31 and 32 catch up at once.
+        clock: PausingClock {
+            clock: clock.clone(),
+            sleeps: Arc::default(),
+            pause_on_sleep: 30,
+            pause: Duration::from_millis(70),
+        },
+    })
+    .init_resource::<Clients>()
+    .init_resource::<Outbox>()
+    .add_plugins(MovementPlugin);
+    let player = spawn(&mut app, Vec2::ZERO);
+    app.insert_resource(GreedyClient {
+        player,
+        sent: 0,
+        xs: Vec::new(),
+        stop_after: 40,
+    })
+    .add_systems(First, greedy_client_sends)
+    .add_systems(Last, greedy_client_records);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    app.add_systems(
+        Last,
+        (move |exits: Res<Messages<AppExit>>, client: Res<GreedyClient>| {
+            if !exits.is_empty() {
+                let _ = sender.send(client.xs.clone());
+            }
+        })
+        .after(greedy_client_records),
+    );
+    let config = app.world().resource::<MovementConfig>().clone();
+    let step = config.max_speed / 30.0;
+    assert_eq!(app.run(), AppExit::Success);
+    let xs = receiver.recv().unwrap();
+    // From the end of tick 29 to the end of tick 34: ticks 30 to 34 start
+    // 5 periods apart (29 to 34 on the schedule); one more for rounding.
+    let applied = ((xs[34] - xs[29]) / step).round();
+    assert!(applied <= 6.0, "{applied} inputs in 5 periods");
+    assert!(
+        applied >= 4.0,
+        "{applied} inputs in 5 periods: the credit came short"
+    );
+}
+
 #[test]
 fn nan_and_infinite_velocities_do_not_move_and_are_counted() {
     let mut app = app();

@@ -186,9 +186,6 @@ fn back_within_a_tick(new_first: bool) {
     );
 }
 
-/// A request in a player's very first tick is judged where the player
-/// stands: its position is in place before the inventory runs (a pickup
-/// checked with no position would reach an item anywhere in the world).
 /// A `ListWorld` is answered with the list, then the reply, as the
 /// protocol says: a client that acts on the reply has the list.
 #[test]
@@ -217,6 +214,9 @@ fn a_world_list_comes_before_its_reply() {
     assert_eq!(first, "the list");
 }
 
+/// A request in a player's very first tick is judged where the player
+/// stands: its position is in place before the inventory runs (a pickup
+/// checked with no position would reach an item anywhere in the world).
 #[test]
 fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
     let (mut app, net) = app();

@@ -90,7 +90,8 @@ fn run_server(socket: UdpSocket, mut server: Server, stop: Arc<AtomicBool>) -> S
 
 /// Sends `FLOOD_REQUESTS` forged requests round-robin from `FLOOD_SOURCES`
 /// loopback addresses, paced evenly over `FLOOD_DURATION`; every tenth
-/// comes from one more address, a hot source far over its rate (the
+/// (so 450 of those addresses send) comes from one more address, a hot
+/// source far over its rate (the
 /// others, more than the rate-limit table tracks, keep evicting one
 /// another, so whether one of them is ever limited is down to the hash).
 fn run_flood(target: SocketAddr) -> usize {
@@ -208,7 +209,7 @@ fn legitimate_client_connects_during_a_spoofed_request_flood() {
     assert_eq!(report.connected, 1);
     // Nothing held for the flood: no half-open handshakes, no used-token
     // entries beyond the real client's, and a rate-limit table of the
-    // configured size although 501 sources crowded it.
+    // configured size although 451 sources crowded it.
     assert_eq!(report.pending, 0);
     assert_eq!(report.token_entries, 1);
     assert_eq!(report.rate_limit_capacity, 256);

@@ -43,8 +43,10 @@
 //! per-tick cap (both at most `burst_ticks + input_buffer` extra); catch-up
 //! ticks run right after it earn none. An honest client's inputs move it
 //! as far as it would have moved, and the credit bound above holds for any
-//! window of wall time. Inputs beyond that, after a longer stall, are
-//! dropped without being flagged (`movement_inputs_late_total`).
+//! window of wall time. Inputs beyond that, in a tick that stands for more
+//! periods than it earns (a longer stall), are dropped without being
+//! flagged (`movement_inputs_late_total`); in any other tick, flooding is
+//! flagged as always.
 //!
 //! Violations are counted per player in [`MovementViolations`], in the
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
@@ -389,13 +391,15 @@ fn resolve_inputs(
     }
 }
 
-/// The periods of wall time this tick earns credit for, and of them the
-/// ones beyond one (see "Stalls" in the module docs).
-fn periods_earned(config: &MovementConfig, stats: Option<&TickStats>) -> (u32, u32) {
+/// The periods of wall time this tick earns credit for, of them the ones
+/// beyond one, and whether the tick stands for more periods than that
+/// (an honest client's inputs for them may then not all fit: those left
+/// over are dropped unflagged). See "Stalls" in the module docs.
+fn periods_earned(config: &MovementConfig, stats: Option<&TickStats>) -> (u32, u32, bool) {
     let periods = stats.map_or(1, TickStats::periods_this_tick);
     let most_extra = config.burst_ticks.max(1) + config.input_buffer.min(MAX_INPUT_BUFFER);
     let earned = periods.min(1 + most_extra);
-    (earned, earned.saturating_sub(1))
+    (earned, earned.saturating_sub(1), periods > earned)
 }
 
 fn refill_credit(
@@ -403,7 +407,7 @@ fn refill_credit(
     stats: Option<Res<TickStats>>,
     mut movers: Query<&mut Mover>,
 ) {
-    let (earned, extra) = periods_earned(&config, stats.as_deref());
+    let (earned, extra, _) = periods_earned(&config, stats.as_deref());
     let cap = config.burst_ticks.max(1) + extra;
     for mut mover in &mut movers {
         mover.credit = (mover.credit + earned).min(cap);
@@ -435,8 +439,7 @@ fn apply_inputs(
     )>,
 ) {
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
-    let stalled = stats.as_deref().is_some_and(|s| s.periods_this_tick() > 1);
-    let (_, extra) = periods_earned(&config, stats.as_deref());
+    let (_, extra, stalled) = periods_earned(&config, stats.as_deref());
     let max_inputs = config.max_inputs_per_tick.saturating_add(extra);
     for MoveCommand { entity, input } in inputs.read() {
         let Ok((_, _, mut mover, mut violations, player)) = players.get_mut(*entity) else {

@@ -40,9 +40,11 @@ struct TokenUse {
     ended_blocks: VecDeque<u32>,
     /// Per server, the newest server-wide denial taken: a server numbers
     /// them with one counter that only goes up while it runs. A restarted
-    /// server starts it at a random point, so with this token its denials
-    /// may then fall below the floor and go unheard: the client then
-    /// times out instead of being told the server is full.
+    /// server starts it again (ours at a random point above 2^63, a
+    /// reference server at 2^63 itself), so with this token its denials
+    /// may then (a reference server's: will) fall below the floor and go
+    /// unheard: the client times out instead of being told the server is
+    /// full.
     denial_floors: Vec<(SocketAddr, u64)>,
 }
 
