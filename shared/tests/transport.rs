@@ -1055,6 +1055,32 @@ fn a_disconnect_waits_no_longer_than_the_linger() {
     );
 }
 
+/// A peer silent for most of its idle timeout, then disconnected: the
+/// idle timeout comes during the linger, and the connection still ends
+/// for the reason it was given, not as a timeout.
+#[test]
+fn a_disconnect_ends_for_its_reason_when_the_peer_also_times_out() {
+    let config = TransportConfig::default();
+    let idle = config.idle_timeout;
+    assert!(
+        config.close_linger > ms(500),
+        "the idle timeout must come first"
+    );
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(10)), 23);
+    pair.run_for(ms(100));
+    pair.a_to_b.set_down(true);
+    pair.b_to_a.set_down(true);
+    pair.run_for(idle - ms(500));
+    assert!(pair.at_a.disconnected.is_none());
+    pair.a.send(ORDERED, &numbered(0, 300)).unwrap();
+    pair.a.disconnect(pair.now, DisconnectReason::Kicked);
+    assert!(pair.run_until(Duration::from_secs(5), |p| p.at_a.disconnected.is_some()));
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Kicked, false))
+    );
+}
+
 #[test]
 fn both_sides_disconnecting_at_once_settle_in_a_round_trip_not_the_linger() {
     let mut pair = Pair::new(

@@ -1196,13 +1196,20 @@ impl Connection {
         if self.settle_finish(now) {
             return;
         }
+        // A connection finishing a disconnect ends for the reason it was
+        // given, whatever else ends the wait: the peer going silent too is
+        // not why this side left.
+        let timed_out = match self.state {
+            State::Finishing { reason } => reason,
+            _ => DisconnectReason::Timeout,
+        };
         if self.timers.expired(Timer::Idle, now) {
             // The peer is probably gone, but tell it in case only one direction failed.
-            self.fail(now, DisconnectReason::Timeout);
+            self.fail(now, timed_out);
             return;
         }
         if self.timers.expired(Timer::Loss, now) && self.detect_losses(now).is_err() {
-            self.fail(now, DisconnectReason::Timeout);
+            self.fail(now, timed_out);
             return;
         }
         if self.timers.expired(Timer::Fragments, now) {
