@@ -254,7 +254,8 @@ fn detect_shutdown(
     grace.deadline = grace.time.map(|time| Instant::now() + time);
     *state = ShutdownState::Draining {
         ticks_left: grace.ticks,
-        failed: matches!(reason, ShutdownReason::Failure(_)),
+        // A failure among this tick's requests, whichever came first.
+        failed: failure,
     };
     started.write(ShutdownStarted {
         reason,
@@ -263,11 +264,18 @@ fn detect_shutdown(
 }
 
 fn count_down_and_exit(
+    mut requests: MessageReader<ShutdownRequested>,
     mut state: ResMut<ShutdownState>,
     grace: Res<Grace>,
     mut exit: MessageWriter<AppExit>,
 ) {
+    // A failure written during this tick (after `detect_shutdown` ran) is
+    // seen here too: the last tick of the drain must not exit 0 past it.
+    let failure = requests
+        .read()
+        .any(|r| matches!(r.reason, ShutdownReason::Failure(_)));
     if let ShutdownState::Draining { ticks_left, failed } = *state {
+        let failed = failed || failure;
         let out_of_time = grace.deadline.is_some_and(|at| Instant::now() >= at);
         let ticks_left = if out_of_time {
             0
@@ -392,5 +400,40 @@ mod tests {
         assert_eq!(started(&app)[0].reason, ShutdownReason::Console);
         assert!(app.world().resource::<ShutdownSwitch>().is_requested());
         assert_eq!(app.should_exit(), Some(AppExit::Success));
+    }
+
+    /// A failure in the drain's last tick, written after the shutdown
+    /// systems read their requests (the database thread watcher runs in
+    /// `Update`), still makes the exit an error.
+    #[test]
+    fn a_failure_in_the_last_tick_of_the_drain_makes_the_exit_an_error() {
+        let mut app = app(1);
+        app.add_systems(
+            bevy_app::Update,
+            |mut requests: MessageWriter<ShutdownRequested>| {
+                requests.write(ShutdownRequested {
+                    reason: ShutdownReason::Failure("the database writer thread stopped".into()),
+                });
+            },
+        );
+        app.world_mut().write_message(ShutdownRequested {
+            reason: ShutdownReason::Console,
+        });
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::error()));
+    }
+
+    /// A failure read in the same tick as another request, after it.
+    #[test]
+    fn a_failure_behind_another_request_makes_the_exit_an_error() {
+        let mut app = app(1);
+        for reason in [
+            ShutdownReason::Console,
+            ShutdownReason::Failure("the database reader thread stopped".into()),
+        ] {
+            app.world_mut().write_message(ShutdownRequested { reason });
+        }
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::error()));
     }
 }
