@@ -120,6 +120,7 @@ fn is_stripped(c: char) -> bool {
             | '\u{890}'..='\u{891}'
             | '\u{8E2}'
             | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
             | '\u{180E}'
             | '\u{200B}'..='\u{200C}'
             | '\u{200E}'..='\u{200F}'
@@ -140,10 +141,19 @@ fn is_stripped(c: char) -> bool {
             | '\u{E0020}'..='\u{E007F}')
 }
 
-/// Kept, but nothing to see on its own: the zero-width joiner and the
-/// variation selectors.
+/// Kept, but nothing to see on its own: the joiners (zero-width, and the
+/// combining grapheme joiner) and the variation selectors (Mongolian
+/// ones too).
 fn is_joiner(c: char) -> bool {
-    matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+    matches!(
+        c,
+        '\u{34F}'
+            | '\u{180B}'..='\u{180D}'
+            | '\u{180F}'
+            | '\u{200D}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
 }
 
 /// Millionths of a token: the bucket counts in integers so that refills
@@ -177,6 +187,12 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Returns a token taken for a send the server refused for reasons of
+    /// its own.
+    fn give_back(&mut self) {
+        self.micro_tokens = self.micro_tokens.saturating_add(MICRO);
     }
 }
 
@@ -494,6 +510,11 @@ impl ChatRoom {
         // line always goes.
         let cost = recipients.len() * (text.len() + name.len() + DELIVERY_OVERHEAD_BYTES);
         if self.fanout_bytes > 0 && self.fanout_bytes + cost > config.max_fanout_bytes_per_tick {
+            // The server's limit, not the sender's: its token comes back,
+            // so that trying again next tick is no offence.
+            if let Some(member) = self.members.get_mut(&from) {
+                member.bucket.give_back();
+            }
             out.push(ChatOutput::Rejected {
                 to: from,
                 rejected: ChatRejected {

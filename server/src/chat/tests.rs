@@ -105,6 +105,10 @@ fn text_that_would_pass_for_another_line_or_for_nothing_is_cleaned() {
         "\u{3164}\u{2800}",
         " \u{200D}\u{FE0F} ",
         "\u{E0041}",
+        "\u{17B4}",
+        "\u{17B5} ",
+        "\u{34F}\u{180B}",
+        "\u{180C}\u{180D}\u{180F}",
     ] {
         assert_eq!(
             clean_text(nothing, 256),
@@ -744,4 +748,35 @@ fn one_ticks_chat_is_bounded_and_the_refused_are_not_offenders() {
     out.clear();
     room.say(50, 99, &ChatScope::WhisperId(1), "hi", nowhere, &mut out);
     assert!(the_answer(&out, 50, 99).is_ok(), "{out:?}");
+}
+
+/// A send refused for the tick's fan-out bound (the server's limit) does
+/// not spend the sender's token: trying again the next tick is no rate
+/// offence, however slow its bucket refills.
+#[test]
+fn a_send_refused_for_the_fan_out_bound_keeps_its_token() {
+    let config = ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        max_chars: 4_096,
+        burst: 2,
+        rate_per_sec: 0.1,
+        ..ChatConfig::default()
+    };
+    let accounts: Vec<u64> = (1..=50).collect();
+    let mut room = room_with(&accounts, config);
+    let mut out = Vec::new();
+    let text = "x".repeat(1_500);
+    // Member 1's line takes the tick's budget; member 2's two are refused.
+    room.say(1, 1, &ChatScope::Global, &text, nowhere, &mut out);
+    for client_ref in [1, 2] {
+        room.say(2, client_ref, &ChatScope::Global, &text, nowhere, &mut out);
+        assert_eq!(
+            the_answer(&out, 2, client_ref),
+            Err(ChatRejectReason::RateLimited)
+        );
+    }
+    room.tick();
+    out.clear();
+    room.say(2, 3, &ChatScope::WhisperId(1), "hi", nowhere, &mut out);
+    assert!(the_answer(&out, 2, 3).is_ok(), "{out:?}");
 }
