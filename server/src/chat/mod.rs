@@ -92,8 +92,9 @@ pub struct ChatConfig {
     /// counted (text, name and [`DELIVERY_OVERHEAD_BYTES`] a copy;
     /// default 8 MiB). A line to everyone costs its size times the
     /// players: beyond the budget, sends are refused `RateLimited` (not
-    /// counted as an offence) until the next tick. A tick's first line
-    /// always goes.
+    /// counted as an offence, the token kept) until the next tick, and
+    /// system lines (joins, leaves, console `say`) are left out. A tick's
+    /// first line always goes.
     pub max_fanout_bytes_per_tick: usize,
 }
 
@@ -372,7 +373,12 @@ fn route(
         }
     }
     for say in says.read() {
-        room.system(&say.text, out);
+        if !room.system(&say.text, out) {
+            tracing::warn!(
+                text = say.text,
+                "console say left out: the chat fan-out bound is spent"
+            );
+        }
     }
     // The reason reaches the player before its disconnect: the network
     // plugin sends a tick's disconnects after everything else.

@@ -370,8 +370,17 @@ impl ChatRoom {
         }
     }
 
-    /// A system line to every member.
-    pub fn system(&mut self, text: &str, out: &mut Vec<ChatOutput>) {
+    /// A system line to every member, within the tick's fan-out bound (see
+    /// [`ChatConfig::max_fanout_bytes_per_tick`]): beyond it the line is
+    /// left out (logged), as players' lines are refused, so that a tick in
+    /// which thousands of players come or go does not send each of them
+    /// to everyone. Returns whether it went out.
+    pub fn system(&mut self, text: &str, out: &mut Vec<ChatOutput>) -> bool {
+        let cost = self.members.len() * (text.len() + SYSTEM_NAME.len() + DELIVERY_OVERHEAD_BYTES);
+        if !self.spend_fanout(cost) {
+            tracing::debug!(text, "chat fan-out bound reached; system line left out");
+            return false;
+        }
         let mut recipients: Vec<u64> = self.members.keys().copied().collect();
         recipients.sort_unstable();
         let line = Arc::new(ChatLineBody {
@@ -383,6 +392,18 @@ impl ChatRoom {
         for to in recipients {
             self.deliver(to, None, &line, out);
         }
+        true
+    }
+
+    /// Whether this tick's fan-out bound has room for `cost` more bytes
+    /// (the tick's first line always has), counting them if so.
+    fn spend_fanout(&mut self, cost: usize) -> bool {
+        if self.fanout_bytes > 0 && self.fanout_bytes + cost > self.config.max_fanout_bytes_per_tick
+        {
+            return false;
+        }
+        self.fanout_bytes += cost;
+        true
     }
 
     /// A system line to one member (an admin kick's reason, before its
@@ -509,7 +530,7 @@ impl ChatRoom {
         // memory) grow with players × lines × recipients. A tick's first
         // line always goes.
         let cost = recipients.len() * (text.len() + name.len() + DELIVERY_OVERHEAD_BYTES);
-        if self.fanout_bytes > 0 && self.fanout_bytes + cost > config.max_fanout_bytes_per_tick {
+        if !self.spend_fanout(cost) {
             // The server's limit, not the sender's: its token comes back,
             // so that trying again next tick is no offence.
             if let Some(member) = self.members.get_mut(&from) {
@@ -527,7 +548,6 @@ impl ChatRoom {
             });
             return true;
         }
-        self.fanout_bytes += cost;
         let line = Arc::new(ChatLineBody {
             from: Some(from),
             from_name: name,

@@ -780,3 +780,32 @@ fn a_send_refused_for_the_fan_out_bound_keeps_its_token() {
     room.say(2, 3, &ChatScope::WhisperId(1), "hi", nowhere, &mut out);
     assert!(the_answer(&out, 2, 3).is_ok(), "{out:?}");
 }
+
+/// System lines count against the tick's fan-out bound too: a tick in
+/// which many players leave does not send each leave to everyone left.
+#[test]
+fn system_lines_count_against_the_fan_out_bound() {
+    let config = ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        announce_sessions: true,
+        ..ChatConfig::default()
+    };
+    let accounts: Vec<u64> = (1..=300).collect();
+    let mut room = room_with(&accounts, config.clone());
+    room.tick();
+    let mut out = Vec::new();
+    for account in 151..=300 {
+        room.leave(account, &mut out);
+    }
+    let copy = "player-300 left".len() + "server".len() + DELIVERY_OVERHEAD_BYTES;
+    let delivered = out.iter().filter_map(ChatOutput::line).count();
+    assert!(delivered > 0, "the tick's first line goes");
+    assert!(
+        delivered * copy <= config.max_fanout_bytes_per_tick + 300 * copy,
+        "{delivered} copies of {copy} bytes"
+    );
+    // And the players' lines that tick find the bound spent.
+    out.clear();
+    room.say(1, 7, &ChatScope::Global, "hello", nowhere, &mut out);
+    assert_eq!(the_answer(&out, 1, 7), Err(ChatRejectReason::RateLimited));
+}
