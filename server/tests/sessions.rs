@@ -11,7 +11,7 @@ use bevy_app::{App, AppExit};
 use server::console::AdminKick;
 use std::sync::Arc;
 
-use server::chat::ChatPlugin;
+use server::chat::{ChatConfig, ChatPlugin};
 use server::inventory::{Catalogue, CoreConfig, InventoryPlugin, InventoryService};
 use server::movement::{MovementConfig, MovementPlugin};
 use server::net::{Loopback, NetPlugin, NetServer};
@@ -23,7 +23,7 @@ use server::shutdown::ShutdownPlugin;
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::netcode::ClientIndex;
-use shared::protocol::chat::{ChatKind, ChatLine};
+use shared::protocol::chat::{ChatKind, ChatLine, ChatScope, ChatSend};
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, TradeOffer, TradeState,
     TradeUpdate, WorldItems,
@@ -45,15 +45,15 @@ fn app() -> (App, Loopback) {
 
 /// [`app`] with chat.
 fn app_with_chat() -> (App, Loopback) {
-    build(None, true)
+    build(None, Some(ChatConfig::default()))
 }
 
 /// The app, on `inventory` when given (else the plugin's in-memory one).
 fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
-    build(inventory, false)
+    build(inventory, None)
 }
 
-fn build(inventory: Option<InventoryService>, chat: bool) -> (App, Loopback) {
+fn build(inventory: Option<InventoryService>, chat: Option<ChatConfig>) -> (App, Loopback) {
     let (server, net) = NetServer::loopback();
     let mut app = App::new();
     if let Some(service) = inventory {
@@ -70,8 +70,10 @@ fn build(inventory: Option<InventoryService>, chat: bool) -> (App, Loopback) {
         grace_time: None,
     })
     .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin));
-    if chat {
-        app.add_plugins(ChatPlugin { config: None });
+    if let Some(config) = chat {
+        app.add_plugins(ChatPlugin {
+            config: Some(config),
+        });
     }
     app.finish();
     app.cleanup();
@@ -610,4 +612,100 @@ fn the_welcome_carries_the_servers_movement_rules() {
     assert_eq!(welcome.client_id, 7);
     assert_eq!(welcome.rules, config.rules());
     assert!(welcome.rules.is_valid());
+}
+
+/// The chat lines `commands` send to `to`.
+fn chat_lines_to(commands: &[NetCommand], to: ClientId) -> Vec<ChatLine> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            NetCommand::Send {
+                client,
+                channel,
+                payload,
+            } if *client == to && *channel == channels::CHAT => {
+                protocol::decode::<ChatLine>(payload).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A player's last line, sent right before it left (its message comes
+/// before its end, in the same tick), is still said.
+#[test]
+fn a_players_last_line_before_it_left_is_said() {
+    let (mut app, net) = app_with_chat();
+    let (leaver, stayer) = (client(0, 1, 1), client(1, 2, 2));
+    for c in [leaver, stayer] {
+        net.events.send(NetEvent::Connected { client: c }).unwrap();
+    }
+    app.update();
+    net.commands.try_iter().for_each(drop);
+    let bye = ChatSend {
+        client_ref: 1,
+        scope: ChatScope::Global,
+        text: "gg, bye".into(),
+    };
+    net.events
+        .send(NetEvent::Message {
+            client: leaver,
+            channel: channels::CHAT,
+            payload: protocol::encode(&bye).unwrap(),
+        })
+        .unwrap();
+    net.events
+        .send(NetEvent::Disconnected {
+            client: leaver,
+            reason: DisconnectReason::Closed,
+        })
+        .unwrap();
+    app.update();
+    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
+    let heard: Vec<String> = chat_lines_to(&commands, stayer)
+        .into_iter()
+        .map(|line| line.text)
+        .collect();
+    assert_eq!(heard, ["gg, bye"]);
+}
+
+/// A player back within a tick gets, on its new connection, only that
+/// connection's lines, numbered from 1: none of what was numbered for its
+/// old one in the same tick (another player's leave, announced to it
+/// before its own).
+#[test]
+fn a_player_back_within_a_tick_gets_only_its_new_sessions_lines() {
+    let (mut app, net) = build(
+        None,
+        Some(ChatConfig {
+            announce_sessions: true,
+            ..ChatConfig::default()
+        }),
+    );
+    let (other, old, new) = (client(0, 3, 1), client(1, 4, 2), client(2, 4, 3));
+    for c in [other, old] {
+        net.events.send(NetEvent::Connected { client: c }).unwrap();
+    }
+    app.update();
+    net.commands.try_iter().for_each(drop);
+    for event in [
+        NetEvent::Disconnected {
+            client: other,
+            reason: DisconnectReason::Closed,
+        },
+        NetEvent::Disconnected {
+            client: old,
+            reason: DisconnectReason::Closed,
+        },
+        NetEvent::Connected { client: new },
+    ] {
+        net.events.send(event).unwrap();
+    }
+    app.update();
+    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
+    let got: Vec<(u64, String)> = chat_lines_to(&commands, new)
+        .into_iter()
+        .map(|line| (line.seq, line.text))
+        .collect();
+    assert_eq!(got, [(1, "player-4 joined".to_owned())]);
 }

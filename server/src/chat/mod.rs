@@ -24,7 +24,10 @@
 //!
 //! Session rule: a player is a chat member from its [`ClientConnected`]
 //! (the handshake is done and its entity exists) to its
-//! [`ClientDisconnected`]; anything else is ignored and counted.
+//! [`ClientDisconnected`]; anything else is ignored and counted. A
+//! session's messages come before its end, so what it sent in the tick it
+//! left is still said; lines go to the session they were numbered for,
+//! never to the next session of the same account.
 
 mod room;
 
@@ -171,7 +174,9 @@ impl ChatConfig {
 /// The chat systems (`FixedUpdate`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChatSystems {
-    /// Joins, leaves, messages and admin lines, in that order.
+    /// Messages of the sessions in place, then joins and leaves in the
+    /// order they happened, then messages of the sessions that began this
+    /// tick, then admin lines.
     Route,
 }
 
@@ -317,6 +322,22 @@ fn route(
     let room = &mut room.0;
     room.tick();
     out.clear();
+    let mut sink = Sink {
+        lines: &mut lines,
+        rejections: &mut rejections,
+        metrics: &metrics,
+        encoded,
+    };
+    // What sessions in place before this tick's changes sent comes first:
+    // a client's messages come before its end, so a player's last line
+    // before it left is still said.
+    let (before, after): (Vec<&FromClient<ChatSend>>, Vec<_>) = sends
+        .read()
+        .partition(|send| members.is_current(send.client));
+    say_all(room, &members, &before, &positions, nearby, &metrics, out);
+    sink.emit(out, &members);
+    // Each change, then its lines at once: a line goes to the session it
+    // was numbered for, not to the next session of its account.
     for change in session_changes(&mut connected, &mut disconnected) {
         match change {
             SessionChange::Joined(joined) => {
@@ -327,15 +348,55 @@ fn route(
                 room.join(account, format!("player-{account}"), out);
             }
             SessionChange::Left(left) => {
-                let account = left.client.account;
-                if members.clients.get(&account).map(|(c, _)| *c) == Some(left.client) {
-                    members.clients.remove(&account);
-                    room.leave(account, out);
+                if members.is_current(left.client) {
+                    members.clients.remove(&left.client.account);
+                    room.leave(left.client.account, out);
                 }
             }
         }
+        sink.emit(out, &members);
     }
-    let sends: Vec<&FromClient<ChatSend>> = sends.read().collect();
+    // Then what sessions that began this tick sent.
+    let (after, stale): (Vec<_>, Vec<_>) = after
+        .into_iter()
+        .partition(|send| members.is_current(send.client));
+    for _ in stale {
+        metrics.outside_session.inc();
+    }
+    say_all(room, &members, &after, &positions, nearby, &metrics, out);
+    for say in says.read() {
+        if !room.system(&say.text, out) {
+            tracing::warn!(
+                text = say.text,
+                "console say left out: the chat fan-out bound is spent"
+            );
+        }
+    }
+    // The reason reaches the player before its disconnect: the network
+    // plugin sends a tick's disconnects after everything else.
+    for kick in kicks.read() {
+        room.system_to(kick.client.0, &format!("kicked: {}", kick.reason), out);
+    }
+    sink.emit(out, &members);
+}
+
+impl ChatMembers {
+    /// Whether `client` is its account's session in chat.
+    fn is_current(&self, client: ClientId) -> bool {
+        self.clients.get(&client.account).map(|(c, _)| *c) == Some(client)
+    }
+}
+
+/// Has the members of `sends` (in session) say their lines.
+fn say_all(
+    room: &mut ChatRoom,
+    members: &ChatMembers,
+    sends: &[&FromClient<ChatSend>],
+    positions: &Query<&Position>,
+    nearby: &mut NearbyIndex,
+    metrics: &ChatMetrics,
+    out: &mut Vec<ChatOutput>,
+) {
     let any_nearby = sends
         .iter()
         .any(|send| send.message.scope == ChatScope::Nearby);
@@ -349,11 +410,6 @@ fn route(
         nearby.rebuild(located, room.config().nearby_radius);
     }
     for FromClient { client, message } in sends {
-        let current = members.clients.get(&client.account).map(|(c, _)| *c);
-        if current != Some(*client) {
-            metrics.outside_session.inc();
-            continue;
-        }
         let located = Located {
             position: |account: u64| {
                 let (_, entity) = members.clients.get(&account)?;
@@ -372,59 +428,64 @@ fn route(
             metrics.outside_session.inc();
         }
     }
-    for say in says.read() {
-        if !room.system(&say.text, out) {
-            tracing::warn!(
-                text = say.text,
-                "console say left out: the chat fan-out bound is spent"
-            );
-        }
-    }
-    // The reason reaches the player before its disconnect: the network
-    // plugin sends a tick's disconnects after everything else.
-    for kick in kicks.read() {
-        room.system_to(kick.client.0, &format!("kicked: {}", kick.reason), out);
-    }
-    // Consecutive lines of one message share its body: serialize it once.
-    let mut encoded_body: Option<&Arc<ChatLineBody>> = None;
-    for output in out.iter() {
-        match output {
-            ChatOutput::Line {
-                to,
-                seq,
-                reply_to,
-                line,
-            } => {
-                let Some((client, _)) = members.clients.get(to) else {
-                    continue;
-                };
-                if !encoded_body.is_some_and(|body| Arc::ptr_eq(body, line)) {
-                    if let Err(error) = encoded.set(line) {
-                        tracing::error!(%error, "cannot encode a chat line");
+}
+
+/// Where the room's outputs go.
+struct Sink<'a, 'l, 'r> {
+    lines: &'a mut NetSender<'l, ChatLine>,
+    rejections: &'a mut MessageWriter<'r, ToClient<ChatRejected>>,
+    metrics: &'a ChatMetrics,
+    encoded: &'a mut EncodedChatLine,
+}
+
+impl Sink<'_, '_, '_> {
+    /// Sends `out` to the sessions its accounts have in `members` now, and
+    /// empties it.
+    fn emit(&mut self, out: &mut Vec<ChatOutput>, members: &ChatMembers) {
+        // Consecutive lines of one message share its body: serialize it once.
+        let mut encoded_body: Option<&Arc<ChatLineBody>> = None;
+        for output in out.iter() {
+            match output {
+                ChatOutput::Line {
+                    to,
+                    seq,
+                    reply_to,
+                    line,
+                } => {
+                    let Some((client, _)) = members.clients.get(to) else {
                         continue;
+                    };
+                    if !encoded_body.is_some_and(|body| Arc::ptr_eq(body, line)) {
+                        if let Err(error) = self.encoded.set(line) {
+                            tracing::error!(%error, "cannot encode a chat line");
+                            continue;
+                        }
+                        encoded_body = Some(line);
                     }
-                    encoded_body = Some(line);
+                    self.metrics.lines.inc();
+                    self.lines
+                        .send(*client, &self.encoded.copy_for(*seq, *reply_to));
                 }
-                metrics.lines.inc();
-                lines.send(*client, &encoded.copy_for(*seq, *reply_to));
-            }
-            ChatOutput::Rejected { to, rejected } => {
-                if let Some((client, _)) = members.clients.get(to) {
-                    metrics.rejected.inc();
-                    rejections.write(ToClient::one(*client, rejected.clone()));
+                ChatOutput::Rejected { to, rejected } => {
+                    if let Some((client, _)) = members.clients.get(to) {
+                        self.metrics.rejected.inc();
+                        self.rejections
+                            .write(ToClient::one(*client, rejected.clone()));
+                    }
                 }
-            }
-            ChatOutput::Kick { account } => {
-                if let Some((client, _)) = members.clients.get(account) {
-                    metrics.kicked.inc();
-                    tracing::info!(account, "kicking a chat flooder");
-                    lines.outbox().push(NetCommand::Disconnect {
-                        client: *client,
-                        reason: DisconnectReason::Kicked,
-                    });
+                ChatOutput::Kick { account } => {
+                    if let Some((client, _)) = members.clients.get(account) {
+                        self.metrics.kicked.inc();
+                        tracing::info!(account, "kicking a chat flooder");
+                        self.lines.outbox().push(NetCommand::Disconnect {
+                            client: *client,
+                            reason: DisconnectReason::Kicked,
+                        });
+                    }
                 }
             }
         }
+        out.clear();
     }
 }
 
