@@ -298,12 +298,20 @@ impl ChatRoom {
 
     /// A member joins (its session is established); with
     /// [`ChatConfig::announce_sessions`], everyone, the newcomer included,
-    /// gets a system line.
+    /// gets a system line. Joining again while in session renames the
+    /// member: its standing and its lines' numbering carry on.
     pub fn join(&mut self, account: u64, name: String, out: &mut Vec<ChatOutput>) {
         let text = format!("{name} joined");
-        if let Some(old) = self.members.get(&account) {
-            let old = old.name.clone();
+        if let Some(member) = self.members.get_mut(&account) {
+            // In session already: a rename. Its mute, offences, bucket and
+            // numbering go on; only the name changes.
+            let old = std::mem::replace(&mut member.name, name.clone());
             self.forget_name(&old, account);
+            self.by_name.insert(name, account);
+            if self.config.announce_sessions {
+                self.system(&text, out);
+            }
+            return;
         }
         self.by_name.insert(name.clone(), account);
         let mut member = Member {

@@ -809,3 +809,31 @@ fn system_lines_count_against_the_fan_out_bound() {
     room.say(1, 7, &ChatScope::Global, "hello", nowhere, &mut out);
     assert_eq!(the_answer(&out, 1, 7), Err(ChatRejectReason::RateLimited));
 }
+
+/// Joining again while in session is a rename: it does not wipe a mute
+/// (nor the offences, the bucket, or the lines' numbering).
+#[test]
+fn joining_again_while_in_session_keeps_a_mute() {
+    let config = ChatConfig {
+        burst: 1,
+        rate_per_sec: 0.0,
+        mute_after_offences: 2,
+        mute_secs: 30,
+        tick_hz: 10,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1, 2], config);
+    let mut out = Vec::new();
+    for client_ref in 0..3 {
+        room.say(1, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+    }
+    assert_eq!(
+        rejections(&out),
+        vec![ChatRejectReason::RateLimited, ChatRejectReason::Muted]
+    );
+    room.join(1, "someone-else".into(), &mut out);
+    let mut out = Vec::new();
+    room.say(1, 9, &ChatScope::Global, "clean slate?", nowhere, &mut out);
+    assert_eq!(rejections(&out), vec![ChatRejectReason::Muted]);
+    assert!(lines_for(&out, 2).is_empty());
+}
