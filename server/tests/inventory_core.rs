@@ -588,6 +588,22 @@ fn a_change_whose_session_ended_in_flight_is_committed_and_answered_on_retry() {
     assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
+/// After a failed commit: account 2 heard `trade` cancelled (in `out`),
+/// and it is gone.
+fn the_trade_stays_cancelled(h: &mut Harness, out: &[Output], trade: u64) {
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Trade { account: 2, update }
+            if update.trade == trade && update.state == TradeState::Cancelled)),
+        "the partner hears the cancel: {out:?}"
+    );
+    assert_eq!(
+        h.request(2, 1, InventoryOp::Accept { trade, revision: 1 })
+            .result,
+        Err(InventoryError::NoSuchTrade)
+    );
+}
+
 /// Accounts 1 and 2 connect and 1 offers 2 an empty trade: its id.
 fn open_empty_trade(h: &mut Harness) -> u64 {
     h.push(Input::Connected { account: 1 });
@@ -612,17 +628,7 @@ fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
     h.push(Input::Disconnected { account: 1 });
     h.push(Input::Tick); // a write, so the commit is attempted and fails
     let out = h.flush(true);
-    assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Trade { account: 2, update }
-            if update.trade == trade && update.state == TradeState::Cancelled)),
-        "the partner hears the cancel: {out:?}"
-    );
-    assert_eq!(
-        h.request(2, 1, InventoryOp::Accept { trade, revision: 1 })
-            .result,
-        Err(InventoryError::NoSuchTrade)
-    );
+    the_trade_stays_cancelled(&mut h, &out, trade);
 }
 
 /// The same when the side that left came back in the same batch: the
@@ -640,21 +646,11 @@ fn a_failed_commit_does_not_restore_a_trade_whose_side_left_and_came_back() {
     h.push(Input::Connected { account: 1 });
     h.push(Input::Tick); // a write, so the commit is attempted and fails
     let out = h.flush(true);
-    assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Trade { account: 2, update }
-            if update.trade == trade && update.state == TradeState::Cancelled)),
-        "the partner hears the cancel: {out:?}"
-    );
+    the_trade_stays_cancelled(&mut h, &out, trade);
     assert!(
         !out.iter()
             .any(|o| matches!(o, Output::Trade { account: 1, .. })),
         "the new session hears of a trade it never saw: {out:?}"
-    );
-    assert_eq!(
-        h.request(2, 1, InventoryOp::Accept { trade, revision: 1 })
-            .result,
-        Err(InventoryError::NoSuchTrade)
     );
 }
 

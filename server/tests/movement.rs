@@ -333,16 +333,9 @@ fn stall_and_stop(
     }
 }
 
-/// Runs an honest client through the real runner with its `stall_at`
-/// tick taking `stall`; returns what its player ended with, the inputs it
-/// sent and the ticks the runner skipped.
-fn stall_run(stall: Stall) -> (Mover, MovementViolations, u32, u64) {
-    let clock = ManualClock::new();
-    let (in_tick, pause_on_sleep, pause) = match stall {
-        Stall::InTick(d) => (d, u64::MAX, Duration::ZERO),
-        // Sleep k comes before tick k.
-        Stall::BetweenTicks(d) => (Duration::ZERO, 30, d),
-    };
+/// Movement on the real runner at 30 Hz, on `clock`, the process pausing
+/// `pause` before tick `pause_on_sleep` (see [`PausingClock`]).
+fn runner_app(clock: &ManualClock, pause_on_sleep: u64, pause: Duration) -> App {
     let mut app = App::new();
     app.add_plugins(TickPlugin {
         config: TickConfig {
@@ -359,6 +352,20 @@ fn stall_run(stall: Stall) -> (Mover, MovementViolations, u32, u64) {
     .init_resource::<Clients>()
     .init_resource::<Outbox>()
     .add_plugins(MovementPlugin);
+    app
+}
+
+/// Runs an honest client through the real runner with its `stall_at`
+/// tick taking `stall`; returns what its player ended with, the inputs it
+/// sent and the ticks the runner skipped.
+fn stall_run(stall: Stall) -> (Mover, MovementViolations, u32, u64) {
+    let clock = ManualClock::new();
+    let (in_tick, pause_on_sleep, pause) = match stall {
+        Stall::InTick(d) => (d, u64::MAX, Duration::ZERO),
+        // Sleep k comes before tick k.
+        Stall::BetweenTicks(d) => (Duration::ZERO, 30, d),
+    };
+    let mut app = runner_app(&clock, pause_on_sleep, pause);
     let player = spawn(&mut app, Vec2::ZERO);
     app.insert_resource(HonestClient {
         start: clock.now(),
@@ -483,24 +490,8 @@ fn greedy_client_records(
 /// not one a tick run.
 #[test]
 fn catch_up_ticks_earn_no_credit() {
-    let clock = ManualClock::new();
-    let mut app = App::new();
-    app.add_plugins(TickPlugin {
-        config: TickConfig {
-            rate: TickRate::new(30).unwrap(),
-            ..TickConfig::default()
-        },
-        // Tick 30 starts 70 ms late; ticks 31 and 32 catch up at once.
-        clock: PausingClock {
-            clock: clock.clone(),
-            sleeps: Arc::default(),
-            pause_on_sleep: 30,
-            pause: Duration::from_millis(70),
-        },
-    })
-    .init_resource::<Clients>()
-    .init_resource::<Outbox>()
-    .add_plugins(MovementPlugin);
+    // Tick 30 starts 70 ms late; ticks 31 and 32 catch up at once.
+    let mut app = runner_app(&ManualClock::new(), 30, Duration::from_millis(70));
     let player = spawn(&mut app, Vec2::ZERO);
     app.insert_resource(GreedyClient {
         player,
