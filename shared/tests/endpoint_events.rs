@@ -40,6 +40,10 @@ struct World {
     buf: Vec<u8>,
     /// Clients that never receive what the server sends them.
     deaf: Vec<usize>,
+    /// A client whose datagrams from the server are held in `held` instead
+    /// of delivered.
+    hold: Option<usize>,
+    held: Vec<Vec<u8>>,
 }
 
 impl World {
@@ -75,6 +79,8 @@ impl World {
             unix,
             buf: vec![0; MAX_PACKET_BYTES],
             deaf: Vec::new(),
+            hold: None,
+            held: Vec::new(),
         }
     }
 
@@ -134,6 +140,12 @@ impl World {
         }
         while let Some(transmit) = self.server.poll_transmit(self.now, &mut self.buf) {
             let mut datagram = self.buf[..transmit.len].to_vec();
+            if let Some(held) = self.hold
+                && self.clients[held].1 == transmit.destination
+            {
+                self.held.push(datagram);
+                continue;
+            }
             if let Some((_, (client, _))) =
                 self.clients
                     .iter_mut()
@@ -411,5 +423,67 @@ fn one_cut_brings_the_total_back_under_and_snapshots_cut_no_one() {
     assert!(
         rounds[0] < rounds[1] && rounds[1] < rounds[2],
         "cut in rounds {rounds:?}"
+    );
+}
+
+/// A connection whose handshake completes and whose end arrives in the
+/// same batch of datagrams, before anyone polls the client: its
+/// `Connected` still names the slot the server gave it.
+#[test]
+fn a_connection_that_ends_before_it_is_polled_reports_its_own_slot() {
+    let mut world = World::new(4);
+    world.hold = Some(3);
+    let mut slot = None;
+    for _ in 0..50 {
+        world.clients_send();
+        world.server_sends();
+        while let Some(event) = world.server.poll_event() {
+            if let EndpointEvent::Connected {
+                client, client_id, ..
+            } = event
+                && client_id == 4
+            {
+                slot = Some(client);
+            }
+        }
+        if slot.is_some() {
+            break;
+        }
+        // Client 4 gets what was held for it (its challenge), and goes on.
+        for mut datagram in std::mem::take(&mut world.held) {
+            world.clients[3]
+                .0
+                .handle_datagram(world.now, world.server_addr, &mut datagram);
+        }
+        world.now += Duration::from_millis(5);
+    }
+    let slot = slot.expect("client 4 connected on the server");
+    assert_ne!(
+        slot.get(),
+        0,
+        "a slot other than the one a default would name"
+    );
+    // The server ends it at once; the keep-alive that completes its
+    // handshake and the goodbyes reach it together.
+    world
+        .server
+        .disconnect(world.now, slot, DisconnectReason::Kicked);
+    for _ in 0..20 {
+        world.server_sends();
+        while world.server.poll_event().is_some() {}
+        world.now += Duration::from_millis(10);
+    }
+    let client = &mut world.clients[3].0;
+    for mut datagram in std::mem::take(&mut world.held) {
+        client.handle_datagram(world.now, world.server_addr, &mut datagram);
+    }
+    let mut events = Vec::new();
+    while let Some(event) = client.poll_event() {
+        events.push(format!("{event:?}"));
+    }
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some(format!("Connected {{ client_index: {} }}", slot.get()).as_str()),
+        "{events:?}"
     );
 }

@@ -3,12 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shared::movement::{MAX_SNAPSHOT_ENTITIES, SnapshotReceiver};
+use shared::movement::{ApplyScratch, MAX_SNAPSHOT_ENTITIES, SnapshotReceiver};
 use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage};
 
 fuzz_target!(|data: &[u8]| {
     let mut receiver = SnapshotReceiver::new();
+    let mut scratch = ApplyScratch::default();
     // A sequence of snapshot bodies, each prefixed by a 2-byte length.
     let mut rest = data;
     while let [hi, lo, tail @ ..] = rest {
@@ -17,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let mut payload = Snapshot::ID.to_le_bytes().to_vec();
         payload.extend_from_slice(body);
         if let Ok(snapshot) = protocol::decode::<Snapshot>(&payload) {
-            let _ = receiver.apply(&snapshot);
+            let _ = receiver.apply(&snapshot, &mut scratch);
             assert!(receiver.entities().len() <= MAX_SNAPSHOT_ENTITIES);
         }
         rest = next;

@@ -57,6 +57,8 @@ pub struct ClientEndpoint {
     /// One copy, shared by every connection.
     transport: Arc<TransportConfig>,
     conn: Option<Connection>,
+    /// The slot the server gave this connection (its `Connected` event's).
+    client_index: u32,
     announced: bool,
     ended: Option<DisconnectReason>,
     reported_end: bool,
@@ -70,6 +72,7 @@ impl ClientEndpoint {
             netcode: netcode::Client::new(netcode::ClientConfig::new(protocol_id)),
             transport: transport.into(),
             conn: None,
+            client_index: 0,
             announced: false,
             ended: None,
             reported_end: false,
@@ -181,7 +184,8 @@ impl ClientEndpoint {
         payload: impl FnOnce(&mut Connection, &[u8]),
     ) {
         match self.netcode.handle_datagram(now, from, buf) {
-            Some(ClientEvent::Connected { .. }) => {
+            Some(ClientEvent::Connected { client_index, .. }) => {
+                self.client_index = client_index;
                 let conn = super::check_transport(&self.transport)
                     .and_then(|()| Ok(Connection::new(Arc::clone(&self.transport), now)?));
                 match conn {
@@ -244,7 +248,7 @@ impl ClientEndpoint {
             if !self.announced {
                 self.announced = true;
                 return Some(ClientEndpointEvent::Connected {
-                    client_index: self.netcode.client_index().unwrap_or(0),
+                    client_index: self.client_index,
                 });
             }
             if conn.next_event_is_message() {

@@ -387,21 +387,16 @@ pub enum TrackerError {
     /// A reply to a request id that is not pending.
     #[error("reply to request {0}, which is not pending")]
     UnexpectedReply(u64),
-    /// A state older than one already seen.
-    #[error("inventory version went back from {seen} to {got}")]
-    VersionWentBack {
-        /// The newest version seen.
-        seen: u64,
-        /// The one that arrived.
-        got: u64,
-    },
     /// Two states with the same version but different contents.
     #[error("two different inventories with version {0}")]
     Diverged(u64),
 }
 
 /// Client side: pending requests and the newest inventory seen, checked
-/// for consistency (versions never go back; one version, one content).
+/// for consistency: one version, one content; an older state never
+/// replaces a newer one (it arrives legitimately: the stored reply to a
+/// request id sent again, an update overtaken by a later reply), and is
+/// not an error.
 #[derive(Debug, Clone, Default)]
 pub struct InventoryTracker {
     next_request: u64,

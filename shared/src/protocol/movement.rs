@@ -59,13 +59,12 @@ pub const MAX_WORLD_COORDINATE: f32 = 65_536.0;
 /// coordinates become 0 and values beyond the `i32` range saturate.
 pub fn quantize(position: Vec2) -> IVec2 {
     let q = |v: f32| {
-        let scaled = (v * POSITION_UNITS_PER_METRE).round();
-        if scaled.is_finite() {
-            // `as` saturates at the i32 range.
-            scaled as i32
-        } else {
-            0
+        if !v.is_finite() {
+            return 0;
         }
+        // `as` saturates at the i32 range, and so does a finite value
+        // whose scaling overflows to infinity.
+        (v * POSITION_UNITS_PER_METRE).round() as i32
     };
     IVec2::new(q(position.x), q(position.y))
 }
@@ -402,6 +401,8 @@ mod tests {
         }
         assert_eq!(quantize(Vec2::new(f32::NAN, f32::INFINITY)), IVec2::ZERO);
         assert_eq!(quantize(Vec2::splat(1e30)), IVec2::splat(i32::MAX));
+        assert_eq!(quantize(Vec2::splat(f32::MAX)), IVec2::splat(i32::MAX));
+        assert_eq!(quantize(Vec2::splat(f32::MIN)), IVec2::splat(i32::MIN));
     }
 
     fn snapshots() -> impl Strategy<Value = Snapshot> {
