@@ -689,9 +689,7 @@ impl ToGame {
     /// disconnect (always kept), in order.
     fn hand(&mut self, event: NetEvent) {
         let bytes = payload_bytes(&event);
-        if self.backlog.is_empty() {
-            self.flush_backlog();
-        }
+        self.flush_backlog();
         let event = if self.backlog.is_empty() {
             match self.events.try_send(event) {
                 Ok(()) => {
