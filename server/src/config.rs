@@ -239,6 +239,8 @@ pub struct FileConfig {
     pub chat: Option<ChatConfig>,
     /// The `[inventory]` table.
     pub inventory: Option<CoreConfig>,
+    /// The `[memory]` table.
+    pub memory: Option<MemoryConfig>,
 }
 
 impl FileConfig {
@@ -339,6 +341,90 @@ pub enum ConfigError {
         /// What is wrong (see [`CoreConfig::check`]).
         message: String,
     },
+    /// A `[memory]` bound is out of its range.
+    #[error("[memory] in {origin}: {message}")]
+    Memory {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong (see [`MemoryConfig::check`]).
+        message: String,
+    },
+}
+
+/// The memory network input can make the server hold, all clients
+/// together (`[memory]`, in MiB). Past a bound, input is dropped or its
+/// sender disconnected with a reason (see the server README's "Memory under
+/// load and attack"). The defaults suit the default 1,024 clients and hold
+/// for a few thousand; a server sized for many more raises them with
+/// `max_clients`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Out-of-order and reassembly memory of all connections together;
+    /// a datagram that pushes it past this disconnects its sender
+    /// (`Flooding`). Default 512.
+    pub max_receive_mib: u32,
+    /// Reliable send memory (queued or unacknowledged) of all connections
+    /// together; while over it, a reliable send to a client holding more
+    /// than its share (this / `max_clients`) disconnects that client
+    /// (`SendQueueFull`). Default 256.
+    pub max_send_mib: u32,
+    /// Message bytes waiting for the tick (a stalled tick holds at most
+    /// this); past it movement is dropped, then a reliable message's sender
+    /// is disconnected (`Flooding`). Default 64.
+    pub max_inbound_mib: u32,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_receive_mib: 512,
+            max_send_mib: 256,
+            max_inbound_mib: 64,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Largest value of a bound, MiB (1 TiB): a mistyped huge one is an
+    /// error, not a bound that never bites.
+    pub const MAX_MIB: u32 = 1 << 20;
+
+    /// Checks every bound is within 1 to [`Self::MAX_MIB`].
+    ///
+    /// # Errors
+    /// The first bound out of range, named as in the file.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_receive_mib", self.max_receive_mib),
+            ("max_send_mib", self.max_send_mib),
+            ("max_inbound_mib", self.max_inbound_mib),
+        ] {
+            if !(1..=Self::MAX_MIB).contains(&value) {
+                return Err(format!("{key} must be 1 to {}, got {value}", Self::MAX_MIB));
+            }
+        }
+        Ok(())
+    }
+
+    /// Receive memory of all connections, bytes.
+    pub fn max_receive_bytes(&self) -> usize {
+        mib(self.max_receive_mib)
+    }
+
+    /// Reliable send memory of all connections, bytes.
+    pub fn max_send_bytes(&self) -> usize {
+        mib(self.max_send_mib)
+    }
+
+    /// Message bytes waiting for the tick.
+    pub fn max_inbound_bytes(&self) -> usize {
+        mib(self.max_inbound_mib)
+    }
+}
+
+fn mib(value: u32) -> usize {
+    usize::try_from(u64::from(value) << 20).unwrap_or(usize::MAX)
 }
 
 /// The effective configuration, available to plugins as a resource.
@@ -384,6 +470,8 @@ pub struct ServerConfig {
     pub chat: ChatConfig,
     /// Inventory rules and the world spawner (`[inventory]`).
     pub inventory: CoreConfig,
+    /// Memory bounds under load and attack (`[memory]`).
+    pub memory: MemoryConfig,
 }
 
 fn serialize_tick_rate<S: serde::Serializer>(rate: &TickRate, s: S) -> Result<S::Ok, S::Error> {
@@ -408,6 +496,7 @@ impl Default for ServerConfig {
             interest: InterestConfig::default(),
             chat: ChatConfig::default(),
             inventory: CoreConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -498,6 +587,11 @@ impl ServerConfig {
             origin: origin.to_owned(),
             message,
         })?;
+        let memory = file.memory.clone().unwrap_or_default();
+        memory.check().map_err(|message| ConfigError::Memory {
+            origin: origin.to_owned(),
+            message,
+        })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         Ok(Self {
             bind,
@@ -528,6 +622,7 @@ impl ServerConfig {
             interest,
             chat,
             inventory,
+            memory,
         })
     }
 
@@ -707,6 +802,36 @@ mod tests {
     }
 
     #[test]
+    fn memory_bounds_are_read_in_mib_and_checked() {
+        let file = FileConfig::parse("[memory]\nmax_send_mib = 1024\n", "test.toml").unwrap();
+        let config = ServerConfig::resolve(&RunArgs::default(), &file, "test.toml").unwrap();
+        assert_eq!(config.memory.max_send_bytes(), 1 << 30);
+        assert_eq!(
+            config.memory.max_receive_mib, 512,
+            "other keys keep defaults"
+        );
+        for (key, value) in [
+            ("max_receive_mib", 0),
+            ("max_send_mib", 0),
+            ("max_inbound_mib", MemoryConfig::MAX_MIB + 1),
+        ] {
+            let file =
+                FileConfig::parse(&format!("[memory]\n{key} = {value}\n"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            assert!(matches!(error, ConfigError::Memory { .. }), "{key}");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "[memory] in bad.toml: {key} must be 1 to {}, got {value}",
+                    MemoryConfig::MAX_MIB
+                )
+            );
+        }
+        let error = FileConfig::parse("[memory]\nmax_send = 1\n", "test.toml").unwrap_err();
+        assert!(error.to_string().contains("max_send"), "{error}");
+    }
+
+    #[test]
     fn an_interest_value_out_of_range_stops_the_start() {
         for interest in [
             "radius = nan",
@@ -733,6 +858,7 @@ mod tests {
         assert!(file.tick_hz.is_some() && file.max_clients.is_some());
         assert!(file.log_format.is_some() && file.log_filter.is_some());
         assert!(file.shutdown_grace_ms.is_some());
+        assert!(file.memory.is_some());
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
 /// # Errors
 /// See [`StartupError`].
 pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupError> {
-    use shared::endpoint::{ServerEndpoint, ServerEndpointConfig};
+    use shared::endpoint::ServerEndpoint;
     let key = load_key(config)?;
     let socket = shared::io::socket::bind_game_socket(config.bind).map_err(|source| {
         shared::io::SpawnError::Bind {
@@ -198,18 +198,10 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         shared::netcode::ServerConfig::new(shared::protocol::PROTOCOL_ID, key, vec![public_addr]);
     netcode.max_clients = config.max_clients as usize;
     let endpoint = ServerEndpoint::new(
-        ServerEndpointConfig::new(netcode, shared::protocol::channels::transport_config()),
+        endpoint_config(config, netcode),
         &mut shared::io::system_rng(),
     )?;
-    let io_config = shared::io::ServerIoConfig {
-        droppable_channels: vec![
-            shared::protocol::channels::MOVEMENT,
-            shared::protocol::channels::EVENTS,
-        ],
-        nice_steps: config.net_io_nice,
-        ..shared::io::ServerIoConfig::default()
-    };
-    let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config)?;
+    let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config(config))?;
     tracing::info!(
         bind = %io.local_addr(),
         public = %public_addr,
@@ -217,6 +209,34 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         readiness::GAME_ANNOUNCEMENT
     );
     Ok(net::NetServer::io(io))
+}
+
+/// The endpoint's settings for `config`, around its secure layer's.
+fn endpoint_config(
+    config: &ServerConfig,
+    netcode: shared::netcode::ServerConfig,
+) -> shared::endpoint::ServerEndpointConfig {
+    shared::endpoint::ServerEndpointConfig {
+        max_total_receive_buffer: config.memory.max_receive_bytes(),
+        max_total_send_buffer: config.memory.max_send_bytes(),
+        ..shared::endpoint::ServerEndpointConfig::new(
+            netcode,
+            shared::protocol::channels::transport_config(),
+        )
+    }
+}
+
+/// The `net-io` thread's settings for `config`.
+fn io_config(config: &ServerConfig) -> shared::io::ServerIoConfig {
+    shared::io::ServerIoConfig {
+        droppable_channels: vec![
+            shared::protocol::channels::MOVEMENT,
+            shared::protocol::channels::EVENTS,
+        ],
+        nice_steps: config.net_io_nice,
+        max_inbound_bytes: config.memory.max_inbound_bytes(),
+        ..shared::io::ServerIoConfig::default()
+    }
 }
 
 /// How long after the tick runner's shutdown timeout the watchdog ends a
@@ -298,5 +318,46 @@ mod tests {
             app.world().resource::<interest::InterestConfig>().radius,
             radius
         );
+    }
+    /// The `[memory]` bounds reach the endpoint and `net-io`, and their
+    /// defaults are the library's (what the README's table gives).
+    #[test]
+    fn memory_bounds_reach_the_endpoint_and_the_io_thread() {
+        let netcode = || {
+            shared::netcode::ServerConfig::new(
+                shared::protocol::PROTOCOL_ID,
+                shared::keys::dev_key(),
+                vec!["127.0.0.1:7777".parse().unwrap()],
+            )
+        };
+        let defaults = ServerConfig::default();
+        let library = shared::endpoint::ServerEndpointConfig::new(
+            netcode(),
+            shared::protocol::channels::transport_config(),
+        );
+        let endpoint = endpoint_config(&defaults, netcode());
+        assert_eq!(
+            endpoint.max_total_receive_buffer,
+            library.max_total_receive_buffer
+        );
+        assert_eq!(
+            endpoint.max_total_send_buffer,
+            library.max_total_send_buffer
+        );
+        assert_eq!(
+            io_config(&defaults).max_inbound_bytes,
+            shared::io::ServerIoConfig::default().max_inbound_bytes
+        );
+
+        let mut config = ServerConfig::default();
+        config.memory = config::MemoryConfig {
+            max_receive_mib: 2048,
+            max_send_mib: 1024,
+            max_inbound_mib: 200,
+        };
+        let endpoint = endpoint_config(&config, netcode());
+        assert_eq!(endpoint.max_total_receive_buffer, 2048 << 20);
+        assert_eq!(endpoint.max_total_send_buffer, 1024 << 20);
+        assert_eq!(io_config(&config).max_inbound_bytes, 200 << 20);
     }
 }
