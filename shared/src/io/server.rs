@@ -49,6 +49,11 @@ const LOOK_AGAIN: Duration = Duration::from_millis(2);
 /// now (data ready to send) cannot send anything before it does, and
 /// waking for them would spin the loop; the socket's writability wakes it.
 const BLOCKED_WAIT: Duration = Duration::from_millis(1);
+/// Longest the thread waits, once a shutdown's linger is over, for a
+/// socket that would block to take the goodbyes still queued (a shutdown
+/// says goodbye to every client at once: thousands of datagrams at a time,
+/// more than a socket's send buffer holds on a real network).
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_millis(250);
 /// Outgoing datagrams queued per loop iteration before they are sent with
 /// `sendmmsg` (64 per call); also the bound of what waits while the socket
 /// is not writable. When it is full and the socket blocks, the endpoint
@@ -220,6 +225,10 @@ pub struct IoStats {
     /// Message bytes the game has taken from its channel, ever (see
     /// [`InboundEvents`]).
     inbound_taken: AtomicU64,
+    /// Tests: while set, the socket takes nothing, as a full send buffer
+    /// refuses datagrams (loopback never does).
+    #[cfg(test)]
+    choked: std::sync::atomic::AtomicBool,
 }
 
 /// One connected client in a [`NetSummary`].
@@ -508,7 +517,8 @@ impl ServerIo {
     }
 
     /// Says goodbye to every client with `reason`, waits for the thread to
-    /// flush and stop (at most `shutdown_linger` plus a little).
+    /// flush and stop (at most `shutdown_linger`, then up to 250 ms more
+    /// while the socket would not take the goodbyes).
     pub fn shutdown(mut self, reason: DisconnectReason) {
         self.stop(reason);
     }
@@ -823,12 +833,37 @@ impl IoLoop {
             if let Some((deadline, _)) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
-                // Clients whose last messages are still unacknowledged get
-                // their goodbye now, not a timeout.
-                self.endpoint.stop_lingering(now);
-                self.flush(now);
+                self.finish(now, &mut events);
                 return;
             }
+        }
+    }
+
+    /// Sends the last goodbyes: clients whose last messages are still
+    /// unacknowledged get theirs now, not a timeout. While the socket would
+    /// block, waits for it, up to [`FINAL_FLUSH_LIMIT`].
+    fn finish(&mut self, now: Instant, events: &mut Events) {
+        self.endpoint.stop_lingering(now);
+        let deadline = now + FINAL_FLUSH_LIMIT;
+        let mut now = now;
+        while !self.flush(now) {
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                tracing::warn!(
+                    queued = self.outbox.len(),
+                    "net-io stops with goodbyes unsent: the socket would not take them"
+                );
+                return;
+            }
+            // Woken when the socket is writable (see `send_queued`); the
+            // slices keep a missed wake-up from costing the whole limit.
+            if let Err(error) = self.poll.poll(events, Some(left.min(BLOCKED_WAIT)))
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(%error, "net-io poll failed; stopping");
+                return;
+            }
+            now = Instant::now();
         }
     }
 
@@ -1113,11 +1148,14 @@ impl IoLoop {
     }
 
     /// Pulls every datagram the endpoint has into the outbox and sends
-    /// them, `sendmmsg` by `sendmmsg`.
-    fn flush(&mut self, now: Instant) {
+    /// them, `sendmmsg` by `sendmmsg`; true when all left (the endpoint had
+    /// no more and the socket took the outbox).
+    fn flush(&mut self, now: Instant) -> bool {
+        let mut all_out = false;
         for _ in 0..4 {
             self.forward_events(now);
             let mut produced_any = false;
+            all_out = false;
             loop {
                 if self.outbox.is_full() && !self.send_queued() {
                     // The socket blocks: the endpoint keeps the rest.
@@ -1130,16 +1168,18 @@ impl IoLoop {
                         .map(|transmit| (transmit.len, transmit.destination))
                 });
                 if !queued {
+                    all_out = true;
                     break;
                 }
                 produced_any = true;
             }
-            self.send_queued();
+            all_out &= self.send_queued();
             if !produced_any {
                 break;
             }
         }
         self.forward_events(now);
+        all_out
     }
 
     /// Offers the core to the game's tick if it runs on this one (see
@@ -1155,6 +1195,8 @@ impl IoLoop {
     fn send_queued(&mut self) -> bool {
         self.give_way();
         let flushed = match &self.sender {
+            #[cfg(test)]
+            _ if self.stats.choked.load(Ordering::Relaxed) => super::batch::Flushed::default(),
             Some(sender) => self.outbox.flush(sender),
             None => self.outbox.flush(&self.socket),
         };
@@ -1187,6 +1229,102 @@ impl IoLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shutdown whose goodbyes meet a socket that would block (its send
+    /// buffer full, as on a real network when thousands of clients are
+    /// told at once) waits for the socket instead of dropping them: the
+    /// client hears the reason, not a timeout.
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "real sockets on loopback: real time"
+    )]
+    fn goodbyes_wait_for_a_socket_that_would_block() {
+        use crate::endpoint::{ClientEndpoint, ClientEndpointEvent, ServerEndpointConfig};
+        use crate::io::{ClientSocket, system_rng, unix_secs};
+        use crate::netcode::{ConnectToken, Key, ServerConfig, TokenParams};
+        use crate::transport::TransportConfig;
+
+        const PROTOCOL: u64 = 0x5EED;
+        let key = Key::generate(&mut system_rng());
+        let socket =
+            super::super::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let endpoint = ServerEndpoint::new(
+            ServerEndpointConfig::new(
+                ServerConfig::new(PROTOCOL, key, vec![addr]),
+                TransportConfig::default(),
+            ),
+            &mut system_rng(),
+        )
+        .unwrap();
+        // No linger: the goodbyes go at once, into the blocked socket.
+        let config = ServerIoConfig {
+            shutdown_linger: Duration::ZERO,
+            ..ServerIoConfig::default()
+        };
+        let mut server = ServerIo::spawn_on(socket, endpoint, config).unwrap();
+        let token = ConnectToken::generate(
+            &TokenParams {
+                protocol_id: PROTOCOL,
+                client_id: 1,
+                create_timestamp: unix_secs(),
+                expire_seconds: 30,
+                // Far beyond the test's wait: only a goodbye ends it.
+                timeout_seconds: 30,
+                server_addresses: vec![addr],
+                user_data: [0; 256],
+            },
+            &key,
+            &mut system_rng(),
+        )
+        .unwrap();
+        let mut client_endpoint = ClientEndpoint::new(PROTOCOL, TransportConfig::default());
+        client_endpoint
+            .connect(&token, Instant::now(), unix_secs())
+            .unwrap();
+        let mut client =
+            ClientSocket::bind("127.0.0.1:0".parse().unwrap(), client_endpoint).unwrap();
+        let mut ended = None;
+        let pump = |client: &mut ClientSocket,
+                    connected: &mut bool,
+                    ended: &mut Option<DisconnectReason>| {
+            client.pump(Instant::now()).unwrap();
+            while let Some(event) = client.endpoint.poll_event() {
+                match event {
+                    ClientEndpointEvent::Connected { .. } => *connected = true,
+                    ClientEndpointEvent::Message { .. } => {}
+                    ClientEndpointEvent::Disconnected { reason } => *ended = Some(reason),
+                }
+            }
+        };
+        let mut connected = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(connected
+            && server
+                .events()
+                .any(|e| matches!(e, NetEvent::Connected { .. })))
+        {
+            assert!(Instant::now() < deadline, "the client connects");
+            pump(&mut client, &mut connected, &mut ended);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        let stats = Arc::clone(server.stats());
+        stats.choked.store(true, Ordering::Relaxed);
+        let unchoke = std::thread::spawn(move || {
+            std::thread::sleep(FINAL_FLUSH_LIMIT / 2);
+            stats.choked.store(false, Ordering::Relaxed);
+        });
+        server.shutdown(DisconnectReason::ServerShutdown);
+        unchoke.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while ended.is_none() && Instant::now() < deadline {
+            pump(&mut client, &mut connected, &mut ended);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(ended, Some(DisconnectReason::ServerShutdown));
+    }
 
     #[test]
     fn the_wait_follows_the_timer_unless_something_else_is_due() {
