@@ -211,7 +211,10 @@ fn parse_inventory(verb: &str, args: &str) -> Result<InventoryOp, String> {
 /// Runs the interactive player until `/quit`, end of input or disconnect.
 /// Returns the process exit code.
 pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, String> {
-    let bind: SocketAddr = if server.is_ipv6() {
+    // The endpoint connects to the token's addresses, first to last: the
+    // socket is of the first one's family.
+    let first = token.server_addresses.first().copied().unwrap_or(server);
+    let bind: SocketAddr = if first.is_ipv6() {
         "[::]:0".parse().map_err(|_| "bad bind address")?
     } else {
         "0.0.0.0:0".parse().map_err(|_| "bad bind address")?
@@ -235,6 +238,9 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             if let Some(reason) = player.on_event(event) {
                 println!("disconnected: {reason}");
                 if reason == DisconnectReason::ConnectTimeout {
+                    if let Some((to, error)) = socket.last_send_error() {
+                        println!("  sending to {to} failed: {error}");
+                    }
                     // The server drops requests it cannot accept without a
                     // word (it must not answer what it cannot verify).
                     println!(

@@ -17,6 +17,8 @@ pub struct ClientSocket {
     /// The stack.
     pub endpoint: ClientEndpoint,
     buf: Vec<u8>,
+    /// The last datagram the socket refused, and why.
+    send_error: Option<(SocketAddr, io::Error)>,
 }
 
 impl ClientSocket {
@@ -30,6 +32,7 @@ impl ClientSocket {
             // One byte more than a packet: a longer datagram is counted
             // as `Oversized`.
             buf: vec![0; MAX_PACKET_BYTES + 1],
+            send_error: None,
         })
     }
 
@@ -65,13 +68,64 @@ impl ClientSocket {
         Ok(read)
     }
 
-    /// Sends everything the endpoint has to send.
+    /// Sends everything the endpoint has to send. A datagram the socket
+    /// refuses is dropped (UDP may drop; the transport resends what
+    /// matters) and kept as [`last_send_error`](Self::last_send_error).
     pub fn flush(&mut self, now: Instant) {
         while let Some(transmit) = self.endpoint.poll_transmit(now, &mut self.buf) {
-            // UDP may drop; the transport resends what matters.
-            let _ = self
+            if let Err(error) = self
                 .socket
-                .send_to(&self.buf[..transmit.len], transmit.destination);
+                .send_to(&self.buf[..transmit.len], transmit.destination)
+            {
+                self.send_error = Some((transmit.destination, error));
+            }
         }
+    }
+
+    /// The destination and error of the last datagram the socket refused,
+    /// if any: what to tell a player whose connection timed out because
+    /// nothing could be sent (a server address of a family this socket
+    /// cannot reach, no route).
+    pub fn last_send_error(&self) -> Option<(SocketAddr, &io::Error)> {
+        self.send_error.as_ref().map(|(to, error)| (*to, error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{system_rng, unix_secs};
+    use crate::netcode::{ConnectToken, Key, TokenParams};
+    use crate::transport::TransportConfig;
+
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "a real socket: real time")]
+    fn a_server_address_the_socket_cannot_reach_is_reported() {
+        let server: SocketAddr = "[::1]:7777".parse().unwrap();
+        let token = ConnectToken::generate(
+            &TokenParams {
+                protocol_id: 1,
+                client_id: 1,
+                create_timestamp: unix_secs(),
+                expire_seconds: 30,
+                timeout_seconds: 5,
+                server_addresses: vec![server],
+                user_data: [0; 256],
+            },
+            &Key::generate(&mut system_rng()),
+            &mut system_rng(),
+        )
+        .unwrap();
+        let mut endpoint = ClientEndpoint::new(1, TransportConfig::default());
+        let now = Instant::now();
+        endpoint.connect(&token, now, unix_secs()).unwrap();
+        let mut socket = ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap();
+        assert!(socket.last_send_error().is_none());
+        socket.pump(now).unwrap();
+        let (to, error) = socket
+            .last_send_error()
+            .expect("an IPv4 socket cannot send to ::1");
+        assert_eq!(to, server);
+        assert_ne!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
     }
 }
