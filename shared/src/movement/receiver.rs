@@ -13,8 +13,17 @@ use crate::protocol::movement::{Snapshot, dequantize};
 pub const CLIENT_SNAPSHOT_HISTORY: usize = 32;
 
 /// Longest list a snapshot may carry (each of `removed`, `added`, `moved`);
-/// longer ones are refused as malformed before any work.
-pub const MAX_SNAPSHOT_ENTITIES: usize = 4096;
+/// longer ones are refused as malformed before any work. Also the largest
+/// view: small enough that the largest delta, one removing a whole view and
+/// adding another, decodes within the codec's limit.
+pub const MAX_SNAPSHOT_ENTITIES: usize = 4000;
+
+// The codec's limit counts 4 bytes a 32-bit value and 8 a list length,
+// whatever their encoded size: a snapshot's 5 head values and 3 lengths,
+// one value a removal and three an added or moved entity (of which a view
+// holds at most MAX_SNAPSHOT_ENTITIES together).
+const _: () =
+    assert!(5 * 4 + 3 * 8 + (4 + 12) * MAX_SNAPSHOT_ENTITIES <= crate::protocol::MAX_MESSAGE_BYTES);
 
 /// Why a snapshot was not applied. In every case the receiver's state is
 /// unchanged and [`SnapshotReceiver::ack`] still names the last applied

@@ -524,6 +524,30 @@ mod tests {
         body
     }
 
+    /// A server may send a delta that removes a whole view of the largest
+    /// size and adds another (every entity left, as many came); the client
+    /// must decode it, however short its encoding.
+    #[test]
+    fn the_largest_delta_a_server_may_send_decodes() {
+        use crate::movement::MAX_SNAPSHOT_ENTITIES;
+        let snapshot = Snapshot {
+            tick: 2,
+            baseline_age: 1,
+            removed: vec![1; MAX_SNAPSHOT_ENTITIES],
+            added: vec![
+                EntityAdded {
+                    id_gap: 1,
+                    x: 0,
+                    y: 0
+                };
+                MAX_SNAPSHOT_ENTITIES
+            ],
+            ..Snapshot::default()
+        };
+        let bytes = encode(&snapshot).unwrap();
+        assert_eq!(decode::<Snapshot>(&bytes).unwrap(), snapshot);
+    }
+
     #[test]
     fn the_hand_written_decoder_stops_at_bincodes_limit() {
         use crate::protocol::MAX_MESSAGE_BYTES;
