@@ -119,6 +119,10 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(app) => app,
         Err(error) => {
             error!(%error, "startup failed");
+            if !tracing::enabled!(tracing::Level::ERROR) {
+                // The filter turned error lines off: the reason must still show.
+                eprintln!("error: startup failed: {error}");
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -165,6 +165,28 @@ fn invalid_settings_exit_with_a_clear_error() {
         server(&dir).args(["--log-format", "xml"]).output().unwrap(),
         "invalid value 'xml'",
     );
+    check(
+        server(&dir).env("RUST_LOG", "warning").output().unwrap(),
+        "\"warning\" is neither a level",
+    );
+}
+
+/// A start that fails with every log line filtered out still says why.
+#[test]
+fn a_failed_start_says_why_with_logging_off() {
+    let dir = scratch_dir("silent-failure");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = server(&dir)
+        .args(["--log-filter", "off", "--metrics-bind", "127.0.0.1:0"])
+        .args(["--bind", &addr, "--data-dir", "data"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("error: startup failed: "), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
 }
 
 /// Reads the server's stderr on a thread: the addresses it announces
