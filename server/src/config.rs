@@ -647,6 +647,24 @@ impl ServerConfig {
         })
     }
 
+    /// Why the address connect tokens must name looks like a mistake, if
+    /// it does: a production server (with a key file) listening on every
+    /// interface, with no `public_addr`, names loopback, so it refuses
+    /// every token a backend mints for its real address.
+    pub fn public_addr_warning(&self) -> Option<String> {
+        let derived = self.public_addr_set.is_none()
+            && self.key_file.is_some()
+            && self.bind.ip().is_unspecified();
+        derived.then(|| {
+            format!(
+                "no public_addr: connect tokens must name {}, derived from bind {}; remote \
+                 players' tokens name the address they reach, and are refused (set public_addr)",
+                self.public_addr(),
+                self.bind
+            )
+        })
+    }
+
     /// The grace period in whole ticks, at least one.
     pub fn shutdown_grace_ticks(&self) -> u32 {
         let ticks =
@@ -764,6 +782,30 @@ mod tests {
         let args = run_args(&["server", "--bind", "10.0.0.5:4000"]);
         let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
         assert_eq!(config.public_addr(), "10.0.0.5:4000".parse().unwrap());
+    }
+
+    #[test]
+    fn a_production_server_without_a_public_address_is_warned_about() {
+        let production = run_args(&["server", "--key-file", "server.key"]);
+        let config = ServerConfig::resolve(&production, &FileConfig::default(), "test").unwrap();
+        let warning = config.public_addr_warning().expect("a warning");
+        assert!(warning.contains("127.0.0.1:7777"), "{warning}");
+        for argv in [
+            // Dev mode: loopback is what it is for.
+            &["server"][..],
+            &[
+                "server",
+                "--key-file",
+                "k",
+                "--public-addr",
+                "203.0.113.7:7777",
+            ],
+            &["server", "--key-file", "k", "--bind", "10.0.0.5:7777"],
+        ] {
+            let config =
+                ServerConfig::resolve(&run_args(argv), &FileConfig::default(), "test").unwrap();
+            assert_eq!(config.public_addr_warning(), None, "{argv:?}");
+        }
     }
 
     #[test]

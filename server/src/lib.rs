@@ -190,6 +190,9 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         .local_addr()
         .map_err(shared::io::SpawnError::Thread)?;
     // With `--bind ...:0` the OS picks the port; tokens must name that one.
+    if let Some(warning) = config.public_addr_warning() {
+        tracing::warn!("{warning}");
+    }
     let mut public_addr = config.public_addr();
     if public_addr.port() == 0 {
         public_addr.set_port(local.port());
