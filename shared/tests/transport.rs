@@ -1172,3 +1172,57 @@ fn fragments_of_one_message_in_one_packet_need_its_memory_once() {
     assert_eq!(stats.packets_received, 1);
     assert!(b.receive_buffered_bytes() > 0);
 }
+
+/// A data packet with one unreliable message on channel `channel`.
+fn raw_packet(sequence: u16, ack_eliciting: bool, channel: Option<u8>) -> Vec<u8> {
+    use shared::transport::wire::{MessageHeader, PacketHeader, PacketKind, PacketWriter};
+    let mut buf = vec![0u8; 256];
+    let header = PacketHeader {
+        kind: PacketKind::Data,
+        ack_eliciting,
+        sequence,
+        ack: None,
+    };
+    let mut writer = PacketWriter::new(&mut buf, &header).unwrap();
+    if let Some(channel) = channel {
+        let message = MessageHeader {
+            channel,
+            id: None,
+            fragment: None,
+        };
+        assert!(writer.write_message(&message, b"once"));
+    }
+    let len = writer.len();
+    buf.truncate(len);
+    buf
+}
+
+/// The ack bitmap's last bit is the packet 64 behind the newest: a
+/// receiver whose newest jumps by exactly 64 keeps the old newest there,
+/// acknowledges it, and takes a copy of it for the duplicate it is.
+#[test]
+fn a_packet_exactly_64_behind_the_newest_stays_acknowledged() {
+    use shared::transport::wire::decode_header;
+    let now = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), now).unwrap();
+    let first = raw_packet(0, true, Some(UNRELIABLE.0));
+    conn.handle_datagram(now, &first);
+    conn.handle_datagram(now, &raw_packet(64, true, None));
+    let mut buf = [0u8; 1500];
+    let len = conn.poll_transmit(now + ms(100), &mut buf).expect("an ack");
+    let (header, _) = decode_header(&buf[..len]).unwrap();
+    let ack = header.ack.expect("the packet acknowledges");
+    assert_eq!(ack.latest, 64);
+    assert_eq!(ack.bits, 1 << 63, "packet 0 is bit 63");
+    conn.handle_datagram(now + ms(100), &first);
+    let mut delivered = 0;
+    while let Some(event) = conn.poll_event() {
+        if let shared::transport::Event::Message { channel, .. } = event {
+            delivered += usize::from(channel == UNRELIABLE);
+        }
+    }
+    assert_eq!(
+        delivered, 1,
+        "an unreliable message is duplicated by nothing"
+    );
+}

@@ -979,10 +979,11 @@ impl Connection {
             }
             Some(latest) if seq_newer(sequence, latest) => {
                 let shift = u32::from(seq_distance(sequence, latest));
-                self.received_bits = if shift >= 64 {
+                // The old latest becomes bit (shift - 1); bit 63 is the
+                // packet 64 behind.
+                self.received_bits = if shift > 64 {
                     0
                 } else {
-                    // The old latest becomes bit (shift - 1).
                     ((self.received_bits << 1) | 1) << (shift - 1)
                 };
                 self.received_latest = Some(sequence);
