@@ -52,7 +52,8 @@ impl ChannelKind {
 pub struct ChannelConfig {
     /// Delivery guarantee.
     pub kind: ChannelKind,
-    /// Lower values are packed first when the send budget is short.
+    /// Lower values are packed first when the send budget is short;
+    /// channels of equal priority take turns going first, a packet each.
     pub priority: u8,
     /// Reliable channels: bytes (queued plus unacknowledged) the channel may
     /// hold. At the limit [`Connection::send`](super::Connection::send)

@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::prefetch::{prefetch, prefetch_bytes};
 
 use super::clock::{Clock, Stamp};
-use super::config::{ChannelId, ConfigError, TransportConfig};
+use super::config::{ChannelConfig, ChannelId, ConfigError, TransportConfig};
 use super::congestion::SendBudget;
 use super::recv::{Deliver, RecvChannel, RecvLimits, RecvMemory, Violation};
 use super::rtt::RttEstimator;
@@ -358,9 +358,13 @@ pub struct Connection {
     ack_eliciting_unacked: u32,
     /// `loss_at` must be recomputed from the packets in flight.
     loss_at_stale: bool,
+    /// When the first of the `ack_eliciting_unacked` packets arrived: its
+    /// ack is due `max_ack_delay` after, whatever arrives meanwhile.
+    ack_owed_since: Stamp,
     last_received: Stamp,
     last_sent: Stamp,
-    received_latest_at: Option<Stamp>,
+    /// When `received_latest` arrived (meaningless while it is `None`).
+    received_latest_at: Stamp,
     /// The earliest loss deadline of the packets in flight, kept so
     /// that re-arming the timers after each transmit is O(1) rather than a
     /// scan of every packet in flight. Exact after
@@ -409,6 +413,20 @@ fn channel_bits(mut mask: u64) -> impl Iterator<Item = usize> {
             index
         })
     })
+}
+
+/// Of the `waiting` channels, the one a packet numbered `sequence` packs
+/// next: of those of the lowest priority value, the packets take turns
+/// (by sequence) at which goes first. A fixed order among equals would let
+/// the first starve the others (their resends included, until the reliable
+/// timeout) whenever it alone fills the send budget.
+fn next_channel(channels: &[ChannelConfig], waiting: u64, sequence: u16) -> Option<usize> {
+    let priority = channel_bits(waiting).map(|c| channels[c].priority).min()?;
+    let tied = channel_bits(waiting)
+        .filter(|&c| channels[c].priority == priority)
+        .fold(0u64, |mask, c| mask | 1 << c);
+    let turn = usize::from(sequence) % tied.count_ones() as usize;
+    channel_bits(tied).nth(turn)
 }
 
 impl Connection {
@@ -474,8 +492,9 @@ impl Connection {
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
-            received_latest_at: None,
+            received_latest_at: now,
             ack_eliciting_unacked: 0,
+            ack_owed_since: now,
             last_received: now,
             last_sent: now,
             timers: TimerTable::default(),
@@ -869,7 +888,7 @@ impl Connection {
             self.traffic.packets_received += 1;
             self.traffic.bytes_received += datagram.len() as u64;
             if header.ack_eliciting {
-                self.ack_eliciting_unacked += 1;
+                self.owe_ack(now);
             }
             if let Some(ack) = header.ack
                 && self.on_ack(now, ack).is_err()
@@ -956,16 +975,24 @@ impl Connection {
             }
         }
         if header.ack_eliciting && !over_budget {
-            self.ack_eliciting_unacked += 1;
+            self.owe_ack(now);
         }
         self.update_timers(now);
+    }
+
+    /// An ack-eliciting packet arrived: one more to acknowledge.
+    fn owe_ack(&mut self, now: Stamp) {
+        if self.ack_eliciting_unacked == 0 {
+            self.ack_owed_since = now;
+        }
+        self.ack_eliciting_unacked += 1;
     }
 
     fn on_duplicate(&mut self, ack_eliciting: bool, now: Stamp) {
         self.stats.duplicate_packets += 1;
         if ack_eliciting {
             // Our ack may have been lost: acknowledge again.
-            self.ack_eliciting_unacked += 1;
+            self.owe_ack(now);
             self.update_timers(now);
         }
     }
@@ -975,7 +1002,7 @@ impl Connection {
             None => {
                 self.received_latest = Some(sequence);
                 self.received_bits = 0;
-                self.received_latest_at = Some(now);
+                self.received_latest_at = now;
             }
             Some(latest) if seq_newer(sequence, latest) => {
                 let shift = u32::from(seq_distance(sequence, latest));
@@ -987,7 +1014,7 @@ impl Connection {
                     ((self.received_bits << 1) | 1) << (shift - 1)
                 };
                 self.received_latest = Some(sequence);
-                self.received_latest_at = Some(now);
+                self.received_latest_at = now;
             }
             Some(latest) => {
                 let back = seq_distance(latest, sequence);
@@ -1293,9 +1320,7 @@ impl Connection {
         self.timers.set(Timer::Loss, self.loss_at);
         let ack = match self.ack_eliciting_unacked {
             0 => None,
-            1 => self
-                .received_latest_at
-                .map(|t| t + self.config.max_ack_delay),
+            1 => Some(self.ack_owed_since + self.config.max_ack_delay),
             _ => Some(now),
         };
         self.timers.set(Timer::Ack, ack);
@@ -1318,9 +1343,7 @@ impl Connection {
 
     fn ack_info(&self, now: Stamp) -> Option<AckInfo> {
         let latest = self.received_latest?;
-        let held = self
-            .received_latest_at
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let held = now.saturating_duration_since(self.received_latest_at);
         let units = held.as_micros() / u128::from(ACK_DELAY_UNIT_MICROS);
         Some(AckInfo {
             latest,
@@ -1428,10 +1451,9 @@ impl Connection {
             };
             let channels = &self.config.channels;
             let mut waiting = self.pending_channels;
-            // Lower priority first, ties by index (as the channels are few
-            // and one or two have data, a scan beats keeping an order).
-            while let Some(index) = channel_bits(waiting).min_by_key(|&c| (channels[c].priority, c))
-            {
+            // Lower priority first (as the channels are few and one or two
+            // have data, a scan beats keeping an order).
+            while let Some(index) = next_channel(channels, waiting, sequence) {
                 waiting &= !(1 << index);
                 let channel = index as u8;
                 wrote_messages |= match &mut self.send[index] {
