@@ -1299,3 +1299,114 @@ fn a_bare_ack_arriving_meanwhile_does_not_delay_an_owed_ack() {
         "the ack leaves on time"
     );
 }
+
+/// A connection finishing a disconnect ends for the reason it was given,
+/// also when an ack shows its oldest reliable message past the reliable
+/// timeout: the wait ended, not the connection's health, and the peer is
+/// told why this side left.
+#[test]
+fn a_finishing_disconnect_keeps_its_reason_when_an_ack_times_a_message_out() {
+    use shared::transport::wire::{AckInfo, PacketHeader, PacketKind, PacketWriter, decode_header};
+    let config = TransportConfig {
+        // No loss by timer within the test: only the ack finds it.
+        initial_rto: Duration::from_secs(3),
+        max_rto: Duration::from_secs(3),
+        reliable_timeout: Duration::from_secs(1),
+        ..TransportConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut conn = Connection::new(config, t0).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut transmit = |conn: &mut Connection, at: Instant| {
+        let len = conn.poll_transmit(at, &mut buf).expect("a packet");
+        decode_header(&buf[..len]).unwrap().0.sequence
+    };
+    conn.send(ORDERED, b"never acknowledged").unwrap();
+    let lost = transmit(&mut conn, t0);
+    let mut later = Vec::new();
+    for k in 1..=3 {
+        let at = t0 + ms(100 * k);
+        conn.send(UNRELIABLE, b"tick").unwrap();
+        later.push(transmit(&mut conn, at));
+    }
+    conn.disconnect(t0 + ms(900), DisconnectReason::Kicked);
+    // The peer acknowledges the three later packets, not the first.
+    let newest = *later.last().unwrap();
+    let bits = later[..2]
+        .iter()
+        .map(|&s| 1u64 << (newest.wrapping_sub(s) - 1))
+        .sum();
+    assert_ne!(newest.wrapping_sub(lost), 0);
+    let mut ack = [0u8; 64];
+    let header = PacketHeader {
+        kind: PacketKind::Data,
+        ack_eliciting: false,
+        sequence: 0,
+        ack: Some(AckInfo {
+            latest: newest,
+            bits,
+            delay: 0,
+        }),
+    };
+    let len = PacketWriter::new(&mut ack, &header).unwrap().len();
+    conn.handle_datagram(t0 + ms(1050), &ack[..len]);
+    let mut ended = None;
+    while let Some(event) = conn.poll_event() {
+        if let shared::transport::Event::Disconnected { reason, .. } = event {
+            ended = Some(reason);
+        }
+    }
+    assert_eq!(ended, Some(DisconnectReason::Kicked));
+}
+
+/// A receiver takes no message longer than its `max_message_size`, even
+/// one whose fragment count fits (its last fragment takes it over).
+#[test]
+fn a_fragmented_message_past_the_receivers_maximum_is_a_violation() {
+    let max = 65_538;
+    let receiver_config = TransportConfig {
+        max_message_size: max,
+        ..TransportConfig::default()
+    };
+    let sender_config = TransportConfig {
+        max_message_size: 2 * max,
+        ..TransportConfig::default()
+    };
+    let fragments = max.div_ceil(receiver_config.fragment_size);
+    let over = fragments * receiver_config.fragment_size;
+    for (len, delivered) in [(max, true), (max + 1, false), (over, false)] {
+        let now = Instant::now();
+        let mut sender = Connection::new(sender_config.clone(), now).unwrap();
+        let mut receiver = Connection::new(receiver_config.clone(), now).unwrap();
+        sender.send(ORDERED, &vec![7; len]).unwrap();
+        let mut buf = [0u8; 1500];
+        let mut at = now;
+        for _ in 0..200 {
+            while let Some(n) = sender.poll_transmit(at, &mut buf) {
+                receiver.handle_datagram(at, &buf[..n]);
+            }
+            while let Some(n) = receiver.poll_transmit(at, &mut buf) {
+                sender.handle_datagram(at, &buf[..n]);
+            }
+            at += ms(10);
+            sender.handle_timeout(at);
+            receiver.handle_timeout(at);
+        }
+        let (mut got, mut ended) = (None, None);
+        while let Some(event) = receiver.poll_event() {
+            match event {
+                shared::transport::Event::Message { payload, .. } => got = Some(payload.len()),
+                shared::transport::Event::Disconnected { reason, .. } => ended = Some(reason),
+            }
+        }
+        if delivered {
+            assert_eq!((got, ended), (Some(len), None), "{len} bytes");
+        } else {
+            assert_eq!(
+                (got, ended),
+                (None, Some(DisconnectReason::ProtocolViolation)),
+                "{len} bytes"
+            );
+        }
+    }
+}

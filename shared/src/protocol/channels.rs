@@ -28,8 +28,9 @@ pub const EVENTS: ChannelId = ChannelId(5);
 pub const RELIABLE_WINDOW: u16 = 256;
 
 /// Largest message of the game: a message id and the largest body the
-/// codec decodes. The transport refuses larger ones on arrival, before
-/// buffering them (they could only fail to decode).
+/// codec decodes. The transport refuses larger ones on arrival (a
+/// fragment count past it before buffering anything, a last fragment past
+/// it before delivery): they could only fail to decode.
 pub const MAX_GAME_MESSAGE: usize = 2 + MAX_MESSAGE_BYTES;
 
 /// The transport configuration of the game: the channels above, movement

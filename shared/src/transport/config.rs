@@ -99,7 +99,8 @@ pub struct TransportConfig {
     /// Payload bytes carried by one fragment of a large message.
     pub fragment_size: usize,
     /// Largest message accepted by `send` and by the receiver (default 256 KiB).
-    /// A fragment claiming a larger message is a protocol violation.
+    /// A fragment claiming more fragments than such a message needs, or a
+    /// last fragment taking the message past it, is a protocol violation.
     pub max_message_size: usize,
     /// Reliable messages in flight per channel; the receiver buffers at most
     /// this many out-of-order messages per channel. At most 16,384.

@@ -457,9 +457,15 @@ impl Connection {
             .iter()
             .map(|c| RecvChannel::new(c.kind, config.reliable_window))
             .collect();
+        // In range: the config is checked (a fragment within a packet, a
+        // message within 65,535 fragments).
+        let max_fragments = config.max_message_size.div_ceil(config.fragment_size) as u16;
         let limits = RecvLimits {
             fragment_size: config.fragment_size,
-            max_fragments: config.max_message_size.div_ceil(config.fragment_size) as u16,
+            max_fragments,
+            max_last_fragment: (config.max_message_size
+                - (usize::from(max_fragments) - 1) * config.fragment_size)
+                as u16,
             max_unreliable_reassemblies: config.max_unreliable_reassemblies,
             min_eviction_age_us: u32::try_from(
                 (config.unreliable_fragment_timeout / 8).as_micros(),
@@ -814,7 +820,14 @@ impl Connection {
     }
 
     /// Fails the connection locally: tells the peer why (best effort) and ends.
+    /// Ends the connection for `reason`; one finishing a disconnect ends
+    /// for the reason it was given, whatever else ends the wait (a timeout,
+    /// the peer going silent too): that is why this side left.
     fn fail(&mut self, now: Stamp, reason: DisconnectReason) {
+        let reason = match self.state {
+            State::Finishing { reason } => reason,
+            _ => reason,
+        };
         self.close_gracefully(now, reason);
     }
 
@@ -1224,20 +1237,13 @@ impl Connection {
         if self.settle_finish(now) {
             return;
         }
-        // A connection finishing a disconnect ends for the reason it was
-        // given, whatever else ends the wait: the peer going silent too is
-        // not why this side left.
-        let timed_out = match self.state {
-            State::Finishing { reason } => reason,
-            _ => DisconnectReason::Timeout,
-        };
         if self.timers.expired(Timer::Idle, now) {
             // The peer is probably gone, but tell it in case only one direction failed.
-            self.fail(now, timed_out);
+            self.fail(now, DisconnectReason::Timeout);
             return;
         }
         if self.timers.expired(Timer::Loss, now) && self.detect_losses(now).is_err() {
-            self.fail(now, timed_out);
+            self.fail(now, DisconnectReason::Timeout);
             return;
         }
         if self.timers.expired(Timer::Fragments, now) {

@@ -41,6 +41,10 @@ pub(crate) enum Violation {
 pub(crate) struct RecvLimits {
     pub(crate) fragment_size: usize,
     pub(crate) max_fragments: u16,
+    /// The longest last fragment of a message of `max_fragments`
+    /// fragments (the others are full): longer, it would take the message
+    /// past `max_message_size`.
+    pub(crate) max_last_fragment: u16,
     pub(crate) max_unreliable_reassemblies: usize,
     /// An incomplete unreliable message younger than this (µs) is not
     /// evicted for a newer one, which is dropped instead: each eviction
@@ -64,6 +68,8 @@ impl RecvLimits {
         let last = fragment.index + 1 == fragment.count;
         let size_ok = if last {
             (1..=self.fragment_size).contains(&len)
+                && (fragment.count < self.max_fragments
+                    || len <= usize::from(self.max_last_fragment))
         } else {
             len == self.fragment_size
         };
@@ -585,6 +591,7 @@ mod tests {
         let limits = RecvLimits {
             fragment_size: 1024,
             max_fragments: 256,
+            max_last_fragment: 1024,
             max_unreliable_reassemblies: 4,
             min_eviction_age_us: 125_000,
         };
@@ -639,6 +646,7 @@ mod tests {
     const LIMITS: RecvLimits = RecvLimits {
         fragment_size: 1024,
         max_fragments: 256,
+        max_last_fragment: 1024,
         max_unreliable_reassemblies: 4,
         min_eviction_age_us: 125_000,
     };
