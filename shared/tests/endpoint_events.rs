@@ -487,3 +487,29 @@ fn a_connection_that_ends_before_it_is_polled_reports_its_own_slot() {
         "{events:?}"
     );
 }
+
+/// `disconnect` says whether it began the client's disconnect: a second
+/// one (a flood found twice, once by the endpoint's own bound) does not,
+/// so that it is counted once.
+#[test]
+fn a_disconnect_begins_once() {
+    let mut world = World::new(1);
+    let connected = world.connect_all();
+    let (_, slot) = connected[0];
+    let now = world.now;
+    assert!(
+        world
+            .server
+            .disconnect(now, slot, DisconnectReason::Flooding)
+    );
+    assert!(
+        !world
+            .server
+            .disconnect(now, slot, DisconnectReason::Flooding)
+    );
+    assert!(
+        !world
+            .server
+            .disconnect(now, ClientIndex::from_slot(9), DisconnectReason::Kicked)
+    );
+}

@@ -1041,3 +1041,62 @@ fn a_client_that_connects_while_the_server_shuts_down_is_told_so() {
     assert_eq!(late_seen.ended, Some(DisconnectReason::ServerShutdown));
     server.shutdown(DisconnectReason::ServerShutdown);
 }
+
+/// A second shutdown (the handle dropped after the game asked for one)
+/// keeps the first one's linger: a client that acknowledges nothing holds
+/// the server for one linger, not two.
+#[test]
+fn a_second_shutdown_does_not_prolong_the_linger() {
+    let key = Key::generate(&mut system_rng());
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    let transport = TransportConfig {
+        close_linger: Duration::from_secs(30),
+        ..TransportConfig::default()
+    };
+    let endpoint = ServerEndpoint::new(
+        ServerEndpointConfig::new(ServerConfig::new(PROTOCOL, key, vec![addr]), transport),
+        &mut system_rng(),
+    )
+    .unwrap();
+    let linger = Duration::from_secs(2);
+    let config = ServerIoConfig {
+        shutdown_linger: linger,
+        ..ServerIoConfig::default()
+    };
+    let mut server = ServerIo::spawn_on(probe, endpoint, config).unwrap();
+    let mut silent = client(&key, addr, 1);
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut joined = None;
+    while joined.is_none() && Instant::now() < deadline {
+        pump(&mut silent, &mut seen);
+        joined = server.events().find_map(|e| match e {
+            NetEvent::Connected { client } => Some(client),
+            _ => None,
+        });
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let id = joined.expect("the client connected");
+    // From here the client reads nothing: what it is sent stays unacknowledged.
+    let started = Instant::now();
+    server
+        .submit(vec![
+            NetCommand::Send {
+                client: id,
+                channel: CHAT,
+                payload: Bytes::from_static(b"never acknowledged"),
+            },
+            NetCommand::Shutdown {
+                reason: DisconnectReason::ServerShutdown,
+            },
+        ])
+        .unwrap();
+    std::thread::sleep(linger * 3 / 4);
+    server.shutdown(DisconnectReason::ServerShutdown);
+    let took = started.elapsed();
+    assert!(
+        took < linger + linger / 3,
+        "the shutdown took {took:?}, the linger is {linger:?}"
+    );
+}

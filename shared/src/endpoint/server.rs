@@ -550,13 +550,24 @@ impl ServerEndpoint {
     /// it (within the transport's
     /// [`close_linger`](TransportConfig::close_linger)), then the reason,
     /// then the secure layer's disconnect packets. Nothing more from the
-    /// client is delivered.
-    pub fn disconnect(&mut self, now: Instant, client: ClientIndex, reason: DisconnectReason) {
-        if let Some(peer) = Self::live_peer_mut(&mut self.peers, client) {
-            peer.conn.finish(self.clock.stamp(now), reason);
-            recount(&mut self.total_buffered, peer);
-            self.touch(client.get());
+    /// client is delivered. Returns whether this began its disconnect
+    /// (false when it had none, or was ending already).
+    pub fn disconnect(
+        &mut self,
+        now: Instant,
+        client: ClientIndex,
+        reason: DisconnectReason,
+    ) -> bool {
+        let Some(peer) = Self::live_peer_mut(&mut self.peers, client) else {
+            return false;
+        };
+        if !peer.conn.is_connected() {
+            return false;
         }
+        peer.conn.finish(self.clock.stamp(now), reason);
+        recount(&mut self.total_buffered, peer);
+        self.touch(client.get());
+        true
     }
 
     /// Disconnects every client with `reason` (server shutdown), as

@@ -296,8 +296,18 @@ impl IoStats {
     /// The latest once-a-second summary and its version (which increases
     /// with every publication).
     pub fn summary(&self) -> (u64, NetSummary) {
-        let summary = self.summary.lock().map(|s| s.clone()).unwrap_or_default();
-        (self.summary_version.load(Ordering::Acquire), summary)
+        // The version is read under the lock it is raised under: the pair
+        // is one publication.
+        match self.summary.lock() {
+            Ok(summary) => (
+                self.summary_version.load(Ordering::Acquire),
+                summary.clone(),
+            ),
+            Err(_) => (
+                self.summary_version.load(Ordering::Acquire),
+                NetSummary::default(),
+            ),
+        }
     }
 
     /// The version [`summary`](Self::summary) would return now: it changes
@@ -667,18 +677,36 @@ impl ToGame {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }
-        while !self.backlog_fits(bytes, limit) {
-            let droppable = &self.droppable;
-            let oldest_droppable = self.backlog.iter().position(
-                |waiting| matches!(waiting, NetEvent::Message { channel, .. } if droppable.contains(channel)),
-            );
+        // Droppable messages give way only if that makes room: otherwise
+        // the sender floods and the others' messages stay.
+        let (count, freed) = self
+            .backlog
+            .iter()
+            .filter(|waiting| self.is_droppable(waiting))
+            .fold((0, 0), |(count, freed), waiting| {
+                (count + 1, freed + payload_bytes(waiting))
+            });
+        if self.backlog.len() - count >= self.backlog_room || !self.bytes_fit(bytes, limit + freed)
+        {
             bump(&self.stats.inbound_dropped, 1);
+            return Admission::Flood;
+        }
+        while !self.backlog_fits(bytes, limit) {
+            let oldest_droppable = self.backlog.iter().position(|w| self.is_droppable(w));
             let Some(dropped) = oldest_droppable.and_then(|at| self.backlog.remove(at)) else {
+                // Not reached: enough were counted above.
+                bump(&self.stats.inbound_dropped, 1);
                 return Admission::Flood;
             };
+            bump(&self.stats.inbound_dropped, 1);
             self.handed -= payload_bytes(&dropped);
         }
         Admission::Keep
+    }
+
+    /// Whether `event` is a message that may be dropped.
+    fn is_droppable(&self, event: &NetEvent) -> bool {
+        matches!(event, NetEvent::Message { channel, .. } if self.droppable.contains(channel))
     }
 
     /// A kept message's bytes, as the game will hold them. Short ones are
@@ -917,8 +945,8 @@ impl IoLoop {
         };
         if let Ok(mut slot) = self.stats.summary.lock() {
             *slot = summary;
+            self.stats.summary_version.fetch_add(1, Ordering::Release);
         }
-        self.stats.summary_version.fetch_add(1, Ordering::Release);
     }
 
     /// Reads and handles up to `recv_batches_per_turn` batches; true if
@@ -1039,9 +1067,15 @@ impl IoLoop {
         current
     }
 
+    /// Says goodbye to everyone; a second shutdown (the handle dropped
+    /// after the game asked for one) keeps the first one's deadline and
+    /// reason.
     fn begin_shutdown(&mut self, now: Instant, reason: DisconnectReason) {
         self.endpoint.disconnect_all(now, reason);
-        self.shutting_down = Some((now + self.config.shutdown_linger, reason));
+        let (deadline, reason) = self
+            .shutting_down
+            .unwrap_or((now + self.config.shutdown_linger, reason));
+        self.shutting_down = Some((deadline, reason));
     }
 
     /// Moves endpoint events into the game's channel, applying the overflow
@@ -1141,9 +1175,14 @@ impl IoLoop {
             self.to_game.hand(event);
         }
         for client in flooders {
-            bump(&self.stats.flooding_disconnects, 1);
-            self.endpoint
-                .disconnect(now, client, DisconnectReason::Flooding);
+            // The endpoint may have ended it already (its own receive
+            // bound), and counted it then.
+            if self
+                .endpoint
+                .disconnect(now, client, DisconnectReason::Flooding)
+            {
+                bump(&self.stats.flooding_disconnects, 1);
+            }
         }
     }
 
@@ -1229,6 +1268,51 @@ impl IoLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reliable message that would not fit even with every droppable
+    /// message waiting dropped floods its sender and drops nothing else:
+    /// other players' inputs stay, and only the one message is counted.
+    #[test]
+    fn droppable_messages_give_way_only_when_that_makes_room() {
+        let movement = ChannelId(3);
+        let chat = ChannelId(1);
+        let stats = Arc::new(IoStats::default());
+        let (events, _game) = pipe(1);
+        let mut to_game = ToGame {
+            events,
+            backlog: VecDeque::new(),
+            backlog_room: 8,
+            max_bytes: 100,
+            droppable: vec![movement],
+            handed: 0,
+            chunks: Chunks::new(INBOUND_CHUNK),
+            stats: Arc::clone(&stats),
+        };
+        let message = |channel, len: usize| NetEvent::Message {
+            client: ClientId {
+                slot: ClientIndex::from_slot(0),
+                account: 1,
+                session: 1,
+            },
+            channel,
+            payload: Bytes::from(vec![0; len]),
+        };
+        for _ in 0..3 {
+            assert!(matches!(to_game.admit(movement, 5), Admission::Keep));
+            to_game.hand(message(movement, 5));
+        }
+        assert!(matches!(to_game.admit(chat, 80), Admission::Keep));
+        to_game.hand(message(chat, 80));
+        assert_eq!(to_game.backlog.len(), 3, "two inputs and the line wait");
+        // 95 bytes wait; freeing the 10 of the inputs leaves no room for 30.
+        assert!(matches!(to_game.admit(chat, 30), Admission::Flood));
+        assert_eq!(to_game.backlog.len(), 3, "the inputs stay");
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 1);
+        // 10 bytes fit once the oldest input gives way.
+        assert!(matches!(to_game.admit(chat, 10), Admission::Keep));
+        assert_eq!(to_game.backlog.len(), 2, "an input and the line stay");
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
+    }
 
     /// A shutdown whose goodbyes meet a socket that would block (its send
     /// buffer full, as on a real network when thousands of clients are
