@@ -844,6 +844,25 @@ mod tests {
     }
 
     #[test]
+    fn inventory_values_out_of_range_stop_the_start() {
+        for (value, message) in [
+            ("slots = 100", "slots must be 1 to 64, got 100"),
+            ("slots = 0", "slots must be 1 to 64, got 0"),
+            (
+                "spawn_every_ticks = 0",
+                "spawn_every_ticks must be at least 1",
+            ),
+        ] {
+            let file = FileConfig::parse(&format!("[inventory]\n{value}\n"), "bad.toml").unwrap();
+            let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("[inventory] in bad.toml: {message}")
+            );
+        }
+    }
+
+    #[test]
     fn memory_bounds_are_read_in_mib_and_checked() {
         let file = FileConfig::parse("[memory]\nmax_send_mib = 1024\n", "test.toml").unwrap();
         let config = ServerConfig::resolve(&RunArgs::default(), &file, "test.toml").unwrap();

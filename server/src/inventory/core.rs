@@ -162,6 +162,15 @@ impl CoreConfig {
     /// # Errors
     /// What is wrong, naming the key.
     pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_SLOTS).contains(&self.slots) {
+            return Err(format!(
+                "slots must be 1 to {MAX_SLOTS}, got {}",
+                self.slots
+            ));
+        }
+        if self.spawn_every_ticks == 0 {
+            return Err("spawn_every_ticks must be at least 1".to_owned());
+        }
         if !(self.world_extent.is_finite() && self.world_extent > 0.0) {
             return Err(format!(
                 "world_extent must be a positive number of metres, got {}",
