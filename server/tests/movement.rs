@@ -13,7 +13,10 @@ use bevy_time::{Fixed, Time};
 use glam::Vec2;
 use server::interest::{InterestPlugin, Viewer};
 use server::metrics::Metrics;
-use server::movement::{MoveCommand, MovementConfig, MovementPlugin, MovementViolations, Mover};
+use server::movement::{
+    MAX_VIOLATION_LINES_PER_SECOND, MoveCommand, MovementConfig, MovementPlugin,
+    MovementViolations, Mover, ViolationLog,
+};
 use server::net::{Clients, Outbox};
 use server::tick::{Clock, ManualClock, TickConfig, TickPlugin, TickRate, TickStats};
 use server::world::Position;
@@ -165,6 +168,39 @@ fn a_teleport_by_input_flood_is_capped_and_counted() {
     let window = max_window_displacement(&track, 30);
     assert!(window <= 1.1 * config.max_speed, "{window} m in one second");
     assert!(violations(&app, player).rate >= 90 * 2);
+}
+
+/// Many flooding players: every violation is counted, but the log lines
+/// about them keep to their budget a second.
+#[test]
+fn many_flooders_log_within_the_line_budget() {
+    let mut app = app();
+    let players: Vec<Entity> = (0..50)
+        .map(|i| spawn(&mut app, Vec2::new(i as f32, 0.0)))
+        .collect();
+    let mut seq = 0;
+    for _ in 0..3 {
+        for &player in &players {
+            for _ in 0..200 {
+                seq += 1;
+                send(&mut app, player, seq, Vec2::ZERO);
+            }
+        }
+        app.update();
+    }
+    // Each player's first and hundredth violations would be lines: 50
+    // players made 100 and more each.
+    let flagged: u64 = players
+        .iter()
+        .map(|&p| u64::from(violations(&app, p).total()))
+        .sum();
+    assert_eq!(metric(&app, "flood") + metric(&app, "rate"), flagged);
+    assert!(flagged >= 50 * 100, "{flagged}");
+    let log = app.world().resource::<ViolationLog>();
+    assert!(
+        log.suppressed() >= 100 - u64::from(MAX_VIOLATION_LINES_PER_SECOND),
+        "{log:?}"
+    );
 }
 
 #[test]

@@ -54,6 +54,7 @@
 //! most `max_speed`) is never flagged.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
@@ -332,6 +333,7 @@ impl Plugin for MovementPlugin {
         let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
         app.init_resource::<MovementConfig>()
             .init_resource::<SpawnCounter>()
+            .init_resource::<ViolationLog>()
             .insert_resource(MovementMetrics::register(&metrics))
             .add_client_message::<MoveInput>(channels::MOVEMENT)
             .add_message::<MoveCommand>()
@@ -430,6 +432,7 @@ fn apply_inputs(
     stats: Option<Res<TickStats>>,
     time: Res<Time<Fixed>>,
     metrics: Res<MovementMetrics>,
+    mut log: ResMut<ViolationLog>,
     mut players: Query<(
         Entity,
         &mut Position,
@@ -460,7 +463,15 @@ fn apply_inputs(
             if stalled {
                 metrics.late.inc();
             } else {
-                record(violation, *entity, &mut violations, player, &metrics);
+                record(
+                    violation,
+                    *entity,
+                    &mut violations,
+                    player,
+                    &metrics,
+                    &mut log,
+                    time.elapsed(),
+                );
             }
         } else {
             mover.newest_seq = input.seq;
@@ -494,20 +505,78 @@ fn apply_inputs(
                 None
             };
             if let Some(violation) = violation {
-                record(violation, entity, &mut violations, player, &metrics);
+                record(
+                    violation,
+                    entity,
+                    &mut violations,
+                    player,
+                    &metrics,
+                    &mut log,
+                    time.elapsed(),
+                );
             }
         }
     }
 }
 
+/// Most "movement violation" lines a second, all players together: many
+/// flooding clients must not turn the log (written from the tick) into
+/// their amplifier. The metrics count every violation.
+pub const MAX_VIOLATION_LINES_PER_SECOND: u32 = 10;
+
+/// The budget of violation log lines: [`MAX_VIOLATION_LINES_PER_SECOND`]
+/// per second of game time, and one line a second saying how many were
+/// left out.
+#[derive(Resource, Debug, Default)]
+pub struct ViolationLog {
+    second: u64,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl ViolationLog {
+    /// Whether a line may be written at game time `now`.
+    pub fn admit(&mut self, now: Duration) -> bool {
+        let second = now.as_secs();
+        if second != self.second {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "movement violation lines left out (at most {MAX_VIOLATION_LINES_PER_SECOND} \
+                     a second; movement_violations_total counts them all)"
+                );
+            }
+            *self = Self {
+                second,
+                ..Self::default()
+            };
+        }
+        if self.lines < MAX_VIOLATION_LINES_PER_SECOND {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Lines left out in the current second.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
 /// Counts a violation for its player and in the metrics, and logs a
-/// player's first and every hundredth.
+/// player's first and every hundredth, within the [`ViolationLog`]'s
+/// budget.
 fn record(
     violation: Violation,
     entity: Entity,
     violations: &mut MovementViolations,
     player: Option<&Player>,
     metrics: &MovementMetrics,
+    log: &mut ViolationLog,
+    now: Duration,
 ) {
     let (count, counter) = match violation {
         Violation::NonFinite => (&mut violations.non_finite, &metrics.non_finite),
@@ -518,7 +587,7 @@ fn record(
     *count = count.saturating_add(1);
     counter.inc();
     let total = violations.total();
-    if total == 1 || total.is_multiple_of(100) {
+    if (total == 1 || total.is_multiple_of(100)) && log.admit(now) {
         let account = player.map(|p| p.client.account);
         tracing::warn!(?entity, ?account, ?violation, total, "movement violation");
     }
@@ -527,6 +596,19 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn violation_lines_keep_to_their_budget_a_second() {
+        let mut log = ViolationLog::default();
+        let second = |s: u64, ms: u64| Duration::from_secs(s) + Duration::from_millis(ms);
+        let admitted = (0..1_000)
+            .filter(|&i| log.admit(second(5, i % 1000)))
+            .count();
+        assert_eq!(admitted, MAX_VIOLATION_LINES_PER_SECOND as usize);
+        assert_eq!(log.suppressed(), 990);
+        assert!(log.admit(second(6, 0)), "a new second, a new budget");
+        assert_eq!(log.suppressed(), 0);
+    }
 
     #[test]
     fn violation_counts_saturate_instead_of_wrapping() {
