@@ -183,7 +183,8 @@ struct LoadArgs {
     /// SLO: fail (exit 2) if the RTT p99 exceeds this.
     #[arg(long, value_name = "MS")]
     max_rtt_p99_ms: Option<f64>,
-    /// SLO: fail (exit 2) if fewer than this fraction of the bots connected.
+    /// SLO: fail (exit 2) if fewer than this fraction (0 to 1) of the bots
+    /// connected.
     #[arg(long, value_name = "RATIO")]
     min_connected_ratio: Option<f64>,
     /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line.
@@ -298,7 +299,10 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
         chart: args.chart,
         slos: Slos {
             max_rtt_p99_ms: args.max_rtt_p99_ms,
-            min_connected_ratio: args.min_connected_ratio,
+            min_connected_ratio: args
+                .min_connected_ratio
+                .map(|ratio| probability("min-connected-ratio", ratio))
+                .transpose()?,
             require_exactly_once: args.require_exactly_once,
         },
         seed: args.seed,
@@ -334,7 +338,10 @@ fn rand_id(bytes: &mut [u8; 4]) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_exit(&error),
+    };
     let result = match cli.command {
         Command::Play(args) => play(args),
         Command::Load(args) => load_plan(*args)
@@ -349,6 +356,18 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Prints what clap says and gives its exit code: 0 for `--help` and
+/// `--version`, 1 for a bad command line (clap's own 2 is the code of a
+/// failed SLO here, which a CI job must be able to tell from a typo).
+fn usage_exit(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    ExitCode::from(usage_code(error))
+}
+
+fn usage_code(error: &clap::Error) -> u8 {
+    if error.use_stderr() { 1 } else { 0 }
 }
 
 #[cfg(test)]
@@ -376,6 +395,26 @@ mod tests {
         match &cli.command {
             Command::Load(args) => args.threads,
             _ => None,
+        }
+    }
+
+    #[test]
+    fn a_bad_command_line_exits_1_not_the_slo_code() {
+        let error = load(&["--bots", "0"]).err().expect("--bots 0 is refused");
+        assert_eq!(usage_code(&error), 1);
+        let help = Cli::try_parse_from(["client_headless", "--help"])
+            .err()
+            .expect("help");
+        assert_eq!(usage_code(&help), 0);
+        for ratio in ["95", "1.01"] {
+            let Ok(Cli {
+                command: Command::Load(args),
+            }) = load(&["--min-connected-ratio", ratio])
+            else {
+                panic!("parses");
+            };
+            let error = load_plan(*args).err().expect(ratio);
+            assert!(error.contains("--min-connected-ratio"), "{error}");
         }
     }
 
