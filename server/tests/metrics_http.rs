@@ -170,6 +170,29 @@ fn healthz_follows_the_tick_heartbeat() {
     assert_eq!(get(strict.local_addr(), "/healthz").status, 503);
 }
 
+/// A HEAD gets the GET answer's head alone (health probes use it), and a
+/// head ended by bare line feeds is read as one.
+#[test]
+fn head_requests_and_bare_line_feeds_are_served() {
+    let metrics = Metrics::default();
+    let endpoint = start(&metrics, EndpointOptions::default());
+    let addr = endpoint.local_addr();
+    let head = request(addr, b"HEAD /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "{:?}", head.body);
+    let length: usize = head
+        .headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a length");
+    assert_eq!(length, get(addr, "/metrics").body.len());
+    let started = Instant::now();
+    let bare = request(addr, b"GET /metrics HTTP/1.1\nHost: test\n\n");
+    assert_eq!(bare.status, 200);
+    assert!(started.elapsed() < EndpointOptions::default().request_deadline);
+}
+
 #[test]
 fn other_requests_get_errors() {
     let metrics = Metrics::default();
@@ -183,7 +206,9 @@ fn other_requests_get_errors() {
     let addr = endpoint.local_addr();
     assert_eq!(get(addr, "/").status, 404);
     assert_eq!(get(addr, "/metricsz").status, 404);
-    assert_eq!(request(addr, b"POST /metrics HTTP/1.1\r\n\r\n").status, 405);
+    let post = request(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(post.status, 405);
+    assert!(post.headers.contains("\r\nAllow: GET, HEAD\r\n"), "{}", post.headers);
     assert_eq!(request(addr, b"nonsense\r\n\r\n").status, 400);
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1000));
     assert_eq!(request(addr, huge.as_bytes()).status, 431);

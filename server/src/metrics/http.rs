@@ -176,6 +176,21 @@ fn serve(listener: &TcpListener, metrics: &Metrics, options: &EndpointOptions, s
 struct Response {
     status: &'static str,
     content_type: &'static str,
+    /// The methods a 405 names.
+    allow: Option<&'static str>,
+    /// A HEAD request: the head of the GET answer, no body.
+    head_only: bool,
+}
+
+impl Response {
+    fn new(status: &'static str, content_type: &'static str) -> Self {
+        Self {
+            status,
+            content_type,
+            allow: None,
+            head_only: false,
+        }
+    }
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -192,26 +207,33 @@ fn handle(
     request.clear();
     body.clear();
     let head = read_head(&mut stream, request, options.max_request_bytes, deadline)?;
-    let unread_input = matches!(head, Head::TooLarge);
+    let mut unread_input = matches!(head, Head::TooLarge);
     let response = match head {
-        Head::Complete => route(request, metrics, options, body),
+        Head::Complete => {
+            let response = route(request, metrics, options, body);
+            // Another method may have sent a body, left unread.
+            unread_input |= response.allow.is_some();
+            response
+        }
         Head::TooLarge => {
             body.push_str("request too large\n");
-            Response {
-                status: "431 Request Header Fields Too Large",
-                content_type: TEXT,
-            }
+            Response::new("431 Request Header Fields Too Large", TEXT)
         }
     };
     set_write_deadline(&stream, deadline)?;
+    let allow = response
+        .allow
+        .map_or(String::new(), |methods| format!("Allow: {methods}\r\n"));
     let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         response.status,
         response.content_type,
         body.len()
     );
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
+    if !response.head_only {
+        stream.write_all(body.as_bytes())?;
+    }
     stream.flush()?;
     if unread_input {
         // Closing with unread input makes the kernel send a reset, which
@@ -269,10 +291,12 @@ fn read_head(
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        // Only the newly read bytes (plus three before) can complete the head.
+        // Only the newly read bytes (plus three before) can complete the
+        // head: a blank line, its ends CRLF or, leniently, LF alone.
         let scan_from = request.len().saturating_sub(3);
         request.extend_from_slice(&chunk[..n]);
-        if request[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") {
+        let tail = &request[scan_from..];
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
             return Ok(Head::Complete);
         }
         if request.len() > limit {
@@ -294,7 +318,7 @@ fn route(
 ) -> Response {
     let line_end = request
         .iter()
-        .position(|&b| b == b'\r')
+        .position(|&b| b == b'\r' || b == b'\n')
         .unwrap_or(request.len());
     let line = std::str::from_utf8(&request[..line_end]).unwrap_or("");
     let mut parts = line.split(' ');
@@ -302,56 +326,52 @@ fn route(
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         body.push_str("bad request\n");
-        return Response {
-            status: "400 Bad Request",
-            content_type: TEXT,
-        };
+        return Response::new("400 Bad Request", TEXT);
     };
     if !version.starts_with("HTTP/1.") {
         body.push_str("bad request\n");
-        return Response {
-            status: "400 Bad Request",
-            content_type: TEXT,
-        };
+        return Response::new("400 Bad Request", TEXT);
     }
     let path = target.split('?').next().unwrap_or(target);
-    if method != "GET" {
+    if method != "GET" && method != "HEAD" {
         body.push_str("method not allowed\n");
         return Response {
-            status: "405 Method Not Allowed",
-            content_type: TEXT,
+            allow: Some("GET, HEAD"),
+            ..Response::new("405 Method Not Allowed", TEXT)
         };
     }
+    let response = route_get(path, metrics, options, body);
+    Response {
+        head_only: method == "HEAD",
+        ..response
+    }
+}
+
+/// The answer to a GET of `path`.
+fn route_get(
+    path: &str,
+    metrics: &Metrics,
+    options: &EndpointOptions,
+    body: &mut String,
+) -> Response {
     match path {
         "/metrics" => {
             metrics.registry().render(body);
-            Response {
-                status: "200 OK",
-                content_type: PROMETHEUS,
-            }
+            Response::new("200 OK", PROMETHEUS)
         }
         "/healthz" => {
             let now = Instant::now();
             if metrics.heartbeat().is_fresh(now, options.max_heartbeat_age) {
                 body.push_str("ok\n");
-                Response {
-                    status: "200 OK",
-                    content_type: TEXT,
-                }
+                Response::new("200 OK", TEXT)
             } else {
                 body.push_str("tick loop stalled or not started\n");
-                Response {
-                    status: "503 Service Unavailable",
-                    content_type: TEXT,
-                }
+                Response::new("503 Service Unavailable", TEXT)
             }
         }
         _ => {
             body.push_str("not found\n");
-            Response {
-                status: "404 Not Found",
-                content_type: TEXT,
-            }
+            Response::new("404 Not Found", TEXT)
         }
     }
 }
