@@ -78,7 +78,7 @@ pub const DEFAULT_KICK_REASON: &str = "kicked by an administrator";
 /// The command list, printed by `help` and after an unknown command.
 pub const HELP: &str = "\
 commands:
-  status               tick rate, tick time p50/p99, overruns, uptime
+  status               tick rate, tick time p50/p99 (last minute, since start), overruns, uptime
   players              list connected players, address and RTT
   kick <id> [reason]   show a player the reason, then disconnect it
   say <text>           broadcast a server message
@@ -143,11 +143,14 @@ pub fn format_status(stats: &TickStats) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let uptime = stats.uptime().as_secs();
     format!(
-        "tick rate {} Hz | tick {} | tick time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | \
+        "tick rate {} Hz | tick {} | tick time, last minute: p50 {:.2} ms, p99 {:.2} ms, \
+         max {:.2} ms; since start: p99 {:.2} ms, max {:.2} ms | \
          overruns {} | skipped {} | uptime {}h{:02}m{:02}s",
         stats.rate().hz(),
         stats.tick(),
-        ms(stats.duration_quantile(0.5)),
+        ms(stats.recent_quantile(0.5)),
+        ms(stats.recent_quantile(0.99)),
+        ms(stats.recent_quantile(1.0)),
         ms(stats.duration_quantile(0.99)),
         ms(stats.duration_quantile(1.0)),
         stats.overruns(),
@@ -329,6 +332,32 @@ fn execute_commands(
 mod tests {
     use super::*;
     use crate::players::PlayerSummary;
+
+    /// An hour of slow ticks after days of fast ones shows in `status`:
+    /// its percentiles are the last minute's first.
+    #[test]
+    fn status_shows_the_last_minute_that_history_would_drown() {
+        use crate::tick::{TickRate, TickStats};
+        let mut stats = TickStats::new(TickRate::default());
+        for _ in 0..100_000 {
+            stats.record(Duration::from_millis(1));
+        }
+        for _ in 0..500 {
+            stats.record(Duration::from_millis(200));
+        }
+        let recent = stats.recent_quantile(0.99);
+        assert!(recent >= Duration::from_millis(100), "{recent:?}");
+        assert!(stats.duration_quantile(0.99) < Duration::from_millis(10));
+        let status = format_status(&stats);
+        let shown = format!("p99 {:.2} ms", recent.as_secs_f64() * 1000.0);
+        let since_start = status.find("since start").expect("both spans");
+        assert!(status[..since_start].contains(&shown), "{status}");
+        // A minute and more later, the slow spell has left the window.
+        for _ in 0..2 * 60 * 30 {
+            stats.record(Duration::from_millis(1));
+        }
+        assert!(stats.recent_quantile(1.0) < Duration::from_millis(10));
+    }
 
     #[test]
     fn a_line_that_is_not_utf8_is_skipped_not_the_end_of_the_console() {

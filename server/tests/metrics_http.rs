@@ -206,9 +206,16 @@ fn other_requests_get_errors() {
     let addr = endpoint.local_addr();
     assert_eq!(get(addr, "/").status, 404);
     assert_eq!(get(addr, "/metricsz").status, 404);
-    let post = request(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+    let post = request(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
     assert_eq!(post.status, 405);
-    assert!(post.headers.contains("\r\nAllow: GET, HEAD\r\n"), "{}", post.headers);
+    assert!(
+        post.headers.contains("\r\nAllow: GET, HEAD\r\n"),
+        "{}",
+        post.headers
+    );
     assert_eq!(request(addr, b"nonsense\r\n\r\n").status, 400);
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1000));
     assert_eq!(request(addr, huge.as_bytes()).status, 431);

@@ -112,6 +112,11 @@ pub struct TickStats {
     tick: u64,
     last_duration: Duration,
     histogram: HdrHistogram<u64>,
+    /// The ticks of the current minute and of the one before (see
+    /// [`recent_quantile`](Self::recent_quantile)).
+    recent: HdrHistogram<u64>,
+    previous: HdrHistogram<u64>,
+    recent_ticks: u64,
     overruns: u64,
     skipped: u64,
     periods: u32,
@@ -123,14 +128,20 @@ pub struct TickStats {
 const HISTOGRAM_MAX_MICROS: u64 = 60_000_000;
 
 impl TickStats {
-    fn new(rate: TickRate) -> Self {
+    pub(crate) fn new(rate: TickRate) -> Self {
+        // Two significant figures: 1% resolution from 1 µs to 60 s.
+        let histogram = || {
+            HdrHistogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 2)
+                .expect("constant histogram bounds are valid")
+        };
         Self {
             rate,
             tick: 0,
             last_duration: Duration::ZERO,
-            // Two significant figures: 1% resolution from 1 µs to 60 s.
-            histogram: HdrHistogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 2)
-                .expect("constant histogram bounds are valid"),
+            histogram: histogram(),
+            recent: histogram(),
+            previous: histogram(),
+            recent_ticks: 0,
             overruns: 0,
             skipped: 0,
             periods: 1,
@@ -162,6 +173,32 @@ impl TickStats {
     /// The tick duration at quantile `q` (0.0..=1.0) since start.
     pub fn duration_quantile(&self, q: f64) -> Duration {
         Duration::from_micros(self.histogram.value_at_quantile(q))
+    }
+
+    /// The tick duration at quantile `q` over the last one to two minutes
+    /// of ticks (this minute's and the last full one's): what an operator
+    /// looking at a server now wants, which days of history would drown.
+    pub fn recent_quantile(&self, q: f64) -> Duration {
+        let mut both = self.previous.clone();
+        // Same bounds: adding cannot fail.
+        let _ = both.add(&self.recent);
+        Duration::from_micros(both.value_at_quantile(q))
+    }
+
+    /// Records one completed tick's duration.
+    pub(crate) fn record(&mut self, duration: Duration) {
+        self.last_duration = duration;
+        let micros = u64::try_from(duration.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.histogram.saturating_record(micros);
+        self.recent.saturating_record(micros);
+        self.recent_ticks += 1;
+        if self.recent_ticks >= u64::from(self.rate.hz()) * 60 {
+            std::mem::swap(&mut self.previous, &mut self.recent);
+            self.recent.reset();
+            self.recent_ticks = 0;
+        }
     }
 
     /// Ticks that took longer than the period.

@@ -48,9 +48,7 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
             warn!(tick, skipped, "tick loop stalled; skipping missed ticks");
         }
         if let Some(mut stats) = app.world_mut().get_resource_mut::<TickStats>() {
-            stats.last_duration = duration;
-            let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-            stats.histogram.saturating_record(micros.max(1));
+            stats.record(duration);
             stats.overruns += u64::from(overran);
             stats.skipped += skipped;
             stats.uptime = tick_end.saturating_duration_since(started);
