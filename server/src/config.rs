@@ -665,6 +665,31 @@ impl ServerConfig {
         })
     }
 
+    /// `[movement] burst_ticks` beyond what keeps a player's displacement
+    /// over any second within 1.1 x `max_speed` at this tick rate (the
+    /// credit banks up to `burst_ticks` ticks: a second can move
+    /// `tick_hz + burst_ticks - 1` ticks' worth), if it is.
+    pub fn burst_warning(&self) -> Option<String> {
+        let hz = self.tick_rate.hz();
+        let keep = hz / 10 + 1;
+        let burst = self.movement.burst_ticks;
+        (burst > keep).then(|| {
+            let factor = f64::from(hz + burst - 1) / f64::from(hz);
+            format!(
+                "[movement] burst_ticks = {burst} at tick_hz {hz} lets a player cover up to \
+                 {factor:.2} x max_speed in a second; keep it at most {keep} for 1.1 x"
+            )
+        })
+    }
+
+    /// Settings that run but look like mistakes, each said once at start.
+    pub fn warnings(&self) -> Vec<String> {
+        [self.public_addr_warning(), self.burst_warning()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// The grace period in whole ticks, at least one.
     pub fn shutdown_grace_ticks(&self) -> u32 {
         let ticks =
@@ -806,6 +831,22 @@ mod tests {
                 ServerConfig::resolve(&run_args(argv), &FileConfig::default(), "test").unwrap();
             assert_eq!(config.public_addr_warning(), None, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn a_burst_that_lets_players_outrun_the_speed_limit_is_warned_about() {
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.warnings(), Vec::<String>::new());
+        let slow = ServerConfig::resolve(
+            &run_args(&["server", "--tick-hz", "10"]),
+            &FileConfig::default(),
+            "test",
+        )
+        .unwrap();
+        let warning = slow.burst_warning().expect("3 ticks of burst at 10 Hz");
+        assert!(warning.contains("1.20 x max_speed"), "{warning}");
+        assert!(warning.contains("at most 2"), "{warning}");
+        assert_eq!(slow.warnings(), vec![warning]);
     }
 
     #[test]

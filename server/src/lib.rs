@@ -190,9 +190,6 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         .local_addr()
         .map_err(shared::io::SpawnError::Thread)?;
     // With `--bind ...:0` the OS picks the port; tokens must name that one.
-    if let Some(warning) = config.public_addr_warning() {
-        tracing::warn!("{warning}");
-    }
     let mut public_addr = config.public_addr();
     if public_addr.port() == 0 {
         public_addr.set_port(local.port());
@@ -254,6 +251,9 @@ pub const SHUTDOWN_WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
 /// # Errors
 /// See [`StartupError`].
 pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let metrics = Metrics::default();
     let endpoint = MetricsEndpoint::start(
         config.metrics_bind,
