@@ -68,6 +68,43 @@ impl Cli {
     }
 }
 
+/// For a command-line error about a flag that was not on the command line
+/// (`argv`) but came from its environment variable (read with `env`):
+/// which variable, so that an operator configuring a container by
+/// environment alone is not sent looking for a flag they never passed.
+pub fn env_note(
+    error: &clap::Error,
+    argv: &[std::ffi::OsString],
+    env: impl Fn(&std::ffi::OsStr) -> Option<std::ffi::OsString>,
+) -> Option<String> {
+    use clap::CommandFactory as _;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split([' ', '=']).next()?;
+    let long = flag.strip_prefix("--")?;
+    let on_command_line = argv.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    let command = Cli::command();
+    let variable = std::iter::once(&command)
+        .chain(command.get_subcommands())
+        .flat_map(clap::Command::get_arguments)
+        .find(|a| a.get_long() == Some(long))
+        .and_then(clap::Arg::get_env)?;
+    let value = env(variable)?;
+    Some(format!(
+        "{flag} was not given: the value {:?} came from the environment variable {}",
+        value.to_string_lossy(),
+        variable.to_string_lossy()
+    ))
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -742,6 +779,22 @@ mod tests {
             Command::Token(_) => panic!("expected run, got token"),
             Command::Audit(_) => panic!("expected run, got audit"),
         }
+    }
+
+    #[test]
+    fn an_invalid_environment_value_is_named_by_its_variable() {
+        use std::ffi::{OsStr, OsString};
+        let env = |name: &OsStr| (name == "GAMESERVER_TICK_HZ").then(|| OsString::from("500"));
+        let argv: Vec<OsString> = vec!["server".into()];
+        let error = Cli::try_parse_from(["server", "--tick-hz", "500"]).unwrap_err();
+        let note = env_note(&error, &argv, env).expect("a note");
+        assert!(note.contains("GAMESERVER_TICK_HZ"), "{note}");
+        assert!(note.contains("\"500\""), "{note}");
+        // Given on the command line: the flag is the right name.
+        let argv: Vec<OsString> = vec!["server".into(), "--tick-hz".into(), "500".into()];
+        assert_eq!(env_note(&error, &argv, env), None);
+        let argv: Vec<OsString> = vec!["server".into(), "--tick-hz=500".into()];
+        assert_eq!(env_note(&error, &argv, env), None);
     }
 
     #[test]

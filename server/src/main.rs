@@ -4,12 +4,25 @@
 use std::process::ExitCode;
 
 use bevy_app::AppExit;
-use clap::Parser;
+use clap::Parser as _;
 use server::config::{AuditArgs, Cli, Command, RunArgs, ServerConfig, TokenArgs};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
-    match Cli::parse().into_command() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            let argv: Vec<_> = std::env::args_os().collect();
+            if let Some(note) =
+                server::config::env_note(&error, &argv, |name| std::env::var_os(name))
+            {
+                eprintln!("note: {note}");
+            }
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
+    match cli.into_command() {
         Command::Run(args) => run(&args),
         Command::Token(args) => token(&args),
         Command::Audit(args) => audit(&args),

@@ -146,6 +146,13 @@ fn invalid_settings_exit_with_a_clear_error() {
             .unwrap(),
         "0 is not in 1..=128",
     );
+    check(
+        server(&dir)
+            .env("GAMESERVER_TICK_HZ", "0")
+            .output()
+            .unwrap(),
+        "came from the environment variable GAMESERVER_TICK_HZ",
+    );
     std::fs::write(dir.join("bad.toml"), "tick_hz = 0\n").unwrap();
     check(
         server(&dir)
