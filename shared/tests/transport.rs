@@ -364,6 +364,57 @@ fn channels_of_equal_priority_take_turns_going_first() {
     assert_eq!(firsts, [0, 1, 0, 1, 0, 1]);
 }
 
+/// The turns count data packets: bare acknowledgements between them (sent
+/// exactly when the budget holds data back) do not give one channel every
+/// turn.
+#[test]
+fn bare_acks_between_data_packets_do_not_skip_a_channels_turn() {
+    use shared::transport::wire::decode_header;
+    let config = TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered),
+            ChannelConfig::new(ChannelKind::ReliableOrdered),
+        ],
+        ..TransportConfig::default()
+    };
+    let mut now = Instant::now();
+    let mut conn = Connection::new(config, now).unwrap();
+    for channel in [0, 1] {
+        for _ in 0..400 {
+            conn.send(ChannelId(channel), &[channel; 500]).unwrap();
+        }
+    }
+    let mut buf = vec![0; 1200];
+    // Spend the budget.
+    while conn.poll_transmit(now, &mut buf).is_some() {}
+    let mut peer_sequence = 0;
+    let mut firsts = Vec::new();
+    for _ in 0..6 {
+        // Two ack-eliciting packets: an ack is due at once, data is not.
+        for _ in 0..2 {
+            conn.handle_datagram(now, &raw_packet(peer_sequence, true, None));
+            peer_sequence += 1;
+        }
+        let len = conn.poll_transmit(now, &mut buf).expect("a bare ack");
+        let (header, body) = decode_header(&buf[..len]).unwrap();
+        assert!(!header.ack_eliciting && body.is_empty(), "{header:?}");
+        now = conn.poll_timeout().expect("the budget's timer").max(now);
+        conn.handle_timeout(now);
+        let len = conn.poll_transmit(now, &mut buf).expect("data");
+        let (_, body) = decode_header(&buf[..len]).unwrap();
+        let first = shared::transport::wire::MessageIter::new(body)
+            .next()
+            .unwrap()
+            .unwrap();
+        firsts.push(first.header.channel);
+        while conn.poll_transmit(now, &mut buf).is_some() {}
+    }
+    assert!(
+        firsts.contains(&0) && firsts.contains(&1),
+        "first channels: {firsts:?}"
+    );
+}
+
 #[test]
 fn large_unreliable_messages_are_all_or_nothing() {
     // Five fragments at 15% loss: about 44% arrive whole.
@@ -1357,6 +1408,48 @@ fn a_finishing_disconnect_keeps_its_reason_when_an_ack_times_a_message_out() {
         }
     }
     assert_eq!(ended, Some(DisconnectReason::Kicked));
+}
+
+/// A whole message longer than a receiver's `max_message_size` (one
+/// shorter than a packet) is a violation too.
+#[test]
+fn a_whole_message_past_the_receivers_maximum_is_a_violation() {
+    use shared::transport::wire::{MessageHeader, PacketHeader, PacketKind, PacketWriter};
+    let config = TransportConfig {
+        max_message_size: 512,
+        ..TransportConfig::default()
+    };
+    for (len, violation) in [(512, false), (513, true)] {
+        let now = Instant::now();
+        let mut conn = Connection::new(config.clone(), now).unwrap();
+        let mut buf = vec![0u8; 1500];
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting: true,
+            sequence: 0,
+            ack: None,
+        };
+        let mut writer = PacketWriter::new(&mut buf, &header).unwrap();
+        let message = MessageHeader {
+            channel: ORDERED.0,
+            id: Some(0),
+            fragment: None,
+        };
+        assert!(writer.write_message(&message, &vec![1; len]));
+        let n = writer.len();
+        conn.handle_datagram(now, &buf[..n]);
+        let mut ended = None;
+        while let Some(event) = conn.poll_event() {
+            if let shared::transport::Event::Disconnected { reason, .. } = event {
+                ended = Some(reason);
+            }
+        }
+        assert_eq!(
+            ended == Some(DisconnectReason::ProtocolViolation),
+            violation,
+            "{len} bytes: {ended:?}"
+        );
+    }
 }
 
 /// A receiver takes no message longer than its `max_message_size`, even

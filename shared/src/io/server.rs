@@ -148,9 +148,10 @@ pub struct ServerIoConfig {
     /// wait in a backlog of a quarter of this; when that is full too,
     /// messages on [`droppable_channels`](Self::droppable_channels) are
     /// dropped (counted in `inbound_dropped`), and a reliable message takes
-    /// the place of the oldest droppable one waiting; only when none waits
-    /// is its sender disconnected with [`DisconnectReason::Flooding`]: the
-    /// game must never lose a reliable message silently.
+    /// the place of the oldest droppable ones waiting; only when dropping
+    /// them all would not make room is its sender disconnected with
+    /// [`DisconnectReason::Flooding`] (and they stay): the game must never
+    /// lose a reliable message silently.
     pub inbound_capacity: usize,
     /// Message bytes the events waiting for the game (in its channel and
     /// the backlog) may hold together. A game that stalls while clients
@@ -673,7 +674,10 @@ impl ToGame {
         if self.backlog.is_empty() && !self.events.is_full() && self.bytes_fit(bytes, limit) {
             return Admission::Keep;
         }
-        if droppable && !self.backlog_fits(bytes, limit) {
+        if self.backlog_fits(bytes, limit) {
+            return Admission::Keep;
+        }
+        if droppable {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }

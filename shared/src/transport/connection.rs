@@ -358,6 +358,9 @@ pub struct Connection {
     ack_eliciting_unacked: u32,
     /// `loss_at` must be recomputed from the packets in flight.
     loss_at_stale: bool,
+    /// Data packets sent, wrapping: whose turn it is among channels of
+    /// equal priority (see [`next_channel`]).
+    data_turn: u8,
     /// When the first of the `ack_eliciting_unacked` packets arrived: its
     /// ack is due `max_ack_delay` after, whatever arrives meanwhile.
     ack_owed_since: Stamp,
@@ -415,18 +418,22 @@ fn channel_bits(mut mask: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Of the `waiting` channels, the one a packet numbered `sequence` packs
-/// next: of those of the lowest priority value, the packets take turns
-/// (by sequence) at which goes first. A fixed order among equals would let
-/// the first starve the others (their resends included, until the reliable
-/// timeout) whenever it alone fills the send budget.
-fn next_channel(channels: &[ChannelConfig], waiting: u64, sequence: u16) -> Option<usize> {
+/// Of the `waiting` channels, the one the data packet numbered `turn`
+/// (counting data packets only) packs next: of those of the lowest
+/// priority value, the packets take turns at which goes first. A fixed
+/// order among equals would let the first starve the others (their resends
+/// included, until the reliable timeout) whenever it alone fills the send
+/// budget.
+fn next_channel(channels: &[ChannelConfig], waiting: u64, turn: u8) -> Option<usize> {
     let priority = channel_bits(waiting).map(|c| channels[c].priority).min()?;
     let tied = channel_bits(waiting)
         .filter(|&c| channels[c].priority == priority)
         .fold(0u64, |mask, c| mask | 1 << c);
-    let turn = usize::from(sequence) % tied.count_ones() as usize;
-    channel_bits(tied).nth(turn)
+    if tied & (tied - 1) == 0 {
+        // One channel of that priority (always, with distinct priorities).
+        return Some(tied.trailing_zeros() as usize);
+    }
+    channel_bits(tied).nth(usize::from(turn) % tied.count_ones() as usize)
 }
 
 impl Connection {
@@ -495,6 +502,7 @@ impl Connection {
             oldest_in_flight: 0,
             loss_at: None,
             loss_at_stale: false,
+            data_turn: 0,
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
@@ -819,10 +827,10 @@ impl Connection {
         self.memory.used = 0;
     }
 
-    /// Fails the connection locally: tells the peer why (best effort) and ends.
-    /// Ends the connection for `reason`; one finishing a disconnect ends
-    /// for the reason it was given, whatever else ends the wait (a timeout,
-    /// the peer going silent too): that is why this side left.
+    /// Fails the connection locally: tells the peer why (best effort) and
+    /// ends. One finishing a disconnect ends for the reason it was given,
+    /// whatever else ends the wait (a timeout, the peer going silent too):
+    /// that is why this side left.
     fn fail(&mut self, now: Stamp, reason: DisconnectReason) {
         let reason = match self.state {
             State::Finishing { reason } => reason,
@@ -940,7 +948,12 @@ impl Connection {
                         counted = message;
                     }
                 }
-                Err(Violation::BadHeader | Violation::BeyondWindow | Violation::BadFragment) => {
+                Err(
+                    Violation::BadHeader
+                    | Violation::BeyondWindow
+                    | Violation::BadFragment
+                    | Violation::TooLong,
+                ) => {
                     self.fail(now, DisconnectReason::ProtocolViolation);
                     return;
                 }
@@ -1459,7 +1472,7 @@ impl Connection {
             let mut waiting = self.pending_channels;
             // Lower priority first (as the channels are few and one or two
             // have data, a scan beats keeping an order).
-            while let Some(index) = next_channel(channels, waiting, sequence) {
+            while let Some(index) = next_channel(channels, waiting, self.data_turn) {
                 waiting &= !(1 << index);
                 let channel = index as u8;
                 wrote_messages |= match &mut self.send[index] {
@@ -1509,6 +1522,7 @@ impl Connection {
         self.ack_eliciting_unacked = 0;
         if wrote_messages {
             self.budget.on_sent(len);
+            self.data_turn = self.data_turn.wrapping_add(1);
         }
         self.count_sent(now, len);
         self.update_timers(now);

@@ -34,6 +34,8 @@ pub(crate) enum Violation {
     /// A fragment count claiming more than `max_message_size`, or a
     /// fragment of the wrong size.
     BadFragment,
+    /// A whole (unfragmented) message longer than `max_message_size`.
+    TooLong,
 }
 
 /// Limits every receive channel applies.
@@ -77,6 +79,12 @@ impl RecvLimits {
             return Err(Violation::BadFragment);
         }
         Ok(())
+    }
+
+    /// `max_message_size`, from the limits kept.
+    fn max_message_size(&self) -> usize {
+        (usize::from(self.max_fragments) - 1) * self.fragment_size
+            + usize::from(self.max_last_fragment)
     }
 }
 
@@ -192,8 +200,12 @@ impl RecvChannel {
         view: &MessageView<'_>,
         limits: &RecvLimits,
     ) -> Result<usize, Violation> {
-        if let Some(fragment) = view.header.fragment {
-            limits.check_fragment(fragment, view.payload.len())?;
+        match view.header.fragment {
+            Some(fragment) => limits.check_fragment(fragment, view.payload.len())?,
+            None if view.payload.len() > limits.max_message_size() => {
+                return Err(Violation::TooLong);
+            }
+            None => {}
         }
         match self {
             Self::Unreliable(c) => {
