@@ -441,6 +441,7 @@ fn apply_inputs(
         Option<&Player>,
     )>,
 ) {
+    log.roll(time.elapsed());
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
     let (_, extra, stalled) = periods_earned(&config, stats.as_deref());
     let max_inputs = config.max_inputs_per_tick.saturating_add(extra);
@@ -535,22 +536,36 @@ pub struct ViolationLog {
 }
 
 impl ViolationLog {
-    /// Whether a line may be written at game time `now`.
-    pub fn admit(&mut self, now: Duration) -> bool {
+    /// Starts the second of game time `now` if it is a new one, saying
+    /// how many lines the last one left out (returned too). The movement
+    /// system calls it every tick, so the count is said within a second,
+    /// not at the next violation.
+    pub fn roll(&mut self, now: Duration) -> Option<u64> {
         let second = now.as_secs();
-        if second != self.second {
-            if self.suppressed > 0 {
-                tracing::warn!(
-                    suppressed = self.suppressed,
-                    "movement violation lines left out (at most {MAX_VIOLATION_LINES_PER_SECOND} \
-                     a second; movement_violations_total counts them all)"
-                );
-            }
-            *self = Self {
+        if second == self.second {
+            return None;
+        }
+        let suppressed = std::mem::replace(
+            self,
+            Self {
                 second,
                 ..Self::default()
-            };
-        }
+            },
+        )
+        .suppressed;
+        (suppressed > 0).then(|| {
+            tracing::warn!(
+                suppressed,
+                "movement violation lines left out (at most {MAX_VIOLATION_LINES_PER_SECOND} \
+                 a second; movement_violations_total counts them all)"
+            );
+            suppressed
+        })
+    }
+
+    /// Whether a line may be written at game time `now`.
+    pub fn admit(&mut self, now: Duration) -> bool {
+        self.roll(now);
         if self.lines < MAX_VIOLATION_LINES_PER_SECOND {
             self.lines += 1;
             true
@@ -606,7 +621,10 @@ mod tests {
             .count();
         assert_eq!(admitted, MAX_VIOLATION_LINES_PER_SECOND as usize);
         assert_eq!(log.suppressed(), 990);
-        assert!(log.admit(second(6, 0)), "a new second, a new budget");
+        assert_eq!(log.roll(second(5, 999)), None, "the same second");
+        assert_eq!(log.roll(second(6, 0)), Some(990), "said as the next begins");
+        assert_eq!(log.roll(second(7, 0)), None, "and once");
+        assert!(log.admit(second(7, 1)), "a new second, a new budget");
         assert_eq!(log.suppressed(), 0);
     }
 

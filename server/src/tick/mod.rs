@@ -112,11 +112,12 @@ pub struct TickStats {
     tick: u64,
     last_duration: Duration,
     histogram: HdrHistogram<u64>,
-    /// The ticks of the current minute and of the one before (see
-    /// [`recent_quantile`](Self::recent_quantile)).
+    /// The ticks of the current minute of uptime and of the one before
+    /// (see [`recent_quantile`](Self::recent_quantile)).
     recent: HdrHistogram<u64>,
     previous: HdrHistogram<u64>,
-    recent_ticks: u64,
+    /// The uptime at which the current minute began.
+    recent_since: Duration,
     overruns: u64,
     skipped: u64,
     periods: u32,
@@ -141,7 +142,7 @@ impl TickStats {
             histogram: histogram(),
             recent: histogram(),
             previous: histogram(),
-            recent_ticks: 0,
+            recent_since: Duration::ZERO,
             overruns: 0,
             skipped: 0,
             periods: 1,
@@ -175,9 +176,10 @@ impl TickStats {
         Duration::from_micros(self.histogram.value_at_quantile(q))
     }
 
-    /// The tick duration at quantile `q` over the last one to two minutes
-    /// of ticks (this minute's and the last full one's): what an operator
-    /// looking at a server now wants, which days of history would drown.
+    /// The tick duration at quantile `q` over the ticks of the last one to
+    /// two minutes of wall time (this minute's and the last one's; none
+    /// when a tick took longer): what an operator looking at a server now
+    /// wants, which days of history would drown.
     pub fn recent_quantile(&self, q: f64) -> Duration {
         let mut both = self.previous.clone();
         // Same bounds: adding cannot fail.
@@ -185,20 +187,27 @@ impl TickStats {
         Duration::from_micros(both.value_at_quantile(q))
     }
 
-    /// Records one completed tick's duration.
-    pub(crate) fn record(&mut self, duration: Duration) {
+    /// Records one completed tick's duration, the tick ending `uptime`
+    /// after the first began.
+    pub(crate) fn record(&mut self, duration: Duration, uptime: Duration) {
+        const MINUTE: Duration = Duration::from_secs(60);
         self.last_duration = duration;
+        self.uptime = uptime;
+        let elapsed = uptime.saturating_sub(self.recent_since);
+        if elapsed >= MINUTE {
+            std::mem::swap(&mut self.previous, &mut self.recent);
+            self.recent.reset();
+            if elapsed >= 2 * MINUTE {
+                // Not the minute before: nothing of it is recent.
+                self.previous.reset();
+            }
+            self.recent_since = uptime;
+        }
         let micros = u64::try_from(duration.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         self.histogram.saturating_record(micros);
         self.recent.saturating_record(micros);
-        self.recent_ticks += 1;
-        if self.recent_ticks >= u64::from(self.rate.hz()) * 60 {
-            std::mem::swap(&mut self.previous, &mut self.recent);
-            self.recent.reset();
-            self.recent_ticks = 0;
-        }
     }
 
     /// Ticks that took longer than the period.

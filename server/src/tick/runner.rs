@@ -48,10 +48,9 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
             warn!(tick, skipped, "tick loop stalled; skipping missed ticks");
         }
         if let Some(mut stats) = app.world_mut().get_resource_mut::<TickStats>() {
-            stats.record(duration);
+            stats.record(duration, tick_end.saturating_duration_since(started));
             stats.overruns += u64::from(overran);
             stats.skipped += skipped;
-            stats.uptime = tick_end.saturating_duration_since(started);
         }
         if let Some(metrics) = &tick_metrics {
             metrics.duration.observe_duration(duration);
