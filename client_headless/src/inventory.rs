@@ -329,6 +329,14 @@ impl InventoryBehaviour {
                 return None;
             }
         };
+        if matches!(
+            reply.result,
+            Err(InventoryError::Busy | InventoryError::Storage)
+        ) {
+            // The tracker keeps these for a retry with the same id; the
+            // bots do not retry (their next op is a new one): given up.
+            self.tracker.forget(reply.request_id);
+        }
         match &reply.result {
             Ok(_) => {
                 self.stats.ok += 1;
@@ -528,6 +536,33 @@ mod tests {
             },
             position: Vec2::new(x, 0.0),
         }
+    }
+
+    /// A bot does not retry: a request answered `Busy` is counted as
+    /// failed and leaves nothing pending (the drain would wait for it).
+    #[test]
+    fn a_busy_answer_leaves_nothing_pending() {
+        let mut b = InventoryBehaviour::new(7, 100);
+        let r = b
+            .next(
+                Instant::now(),
+                OpKind::Pick,
+                Some(Vec2::ZERO),
+                8,
+                [0.0, 0.0],
+            )
+            .unwrap();
+        assert_eq!(b.pending(), 1);
+        b.on_reply(
+            &InventoryReply {
+                request_id: r.request_id,
+                result: Err(InventoryError::Busy),
+                trade: None,
+            },
+            true,
+        );
+        assert_eq!(b.pending(), 0);
+        assert_eq!(b.stats().failed.values().sum::<u64>(), 1);
     }
 
     #[test]

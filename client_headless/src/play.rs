@@ -19,8 +19,8 @@ use shared::protocol::chat::{
     ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend, MAX_SEND_TEXT_BYTES,
 };
 use shared::protocol::inventory::{
-    InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker, InventoryUpdate,
-    OfferedStack, TradeOffer, TradeState, TradeUpdate, WorldItems,
+    InventoryError, InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker,
+    InventoryUpdate, OfferedStack, TradeOffer, TradeState, TradeUpdate, WorldItems,
 };
 use shared::protocol::messages::{Emote, EmoteRequest, ServerNotice, Welcome};
 use shared::protocol::movement::Snapshot;
@@ -315,6 +315,9 @@ struct Player {
     velocity: Vec2,
     next_move: Option<Instant>,
     inventory: InventoryTracker,
+    /// Requests answered `Busy` or `Storage`, resent with their ids when
+    /// the time comes (a new id could apply the op twice).
+    inventory_retry: Option<(Instant, Vec<u64>)>,
     /// The `client_ref` of the next chat send.
     next_chat_ref: u32,
     /// Chat sends not answered yet, by `client_ref`: the text, to say which
@@ -322,6 +325,10 @@ struct Player {
     /// is forgotten first (its refusal is then printed without the text).
     unanswered_chat: BTreeMap<u32, String>,
 }
+
+/// How long `play` waits before sending a request answered `Busy` or
+/// `Storage` again.
+const INVENTORY_RETRY: Duration = Duration::from_secs(1);
 
 /// See [`Player::unanswered_chat`].
 const MAX_UNANSWERED_CHAT: usize = 64;
@@ -350,6 +357,7 @@ impl Player {
             inventory: InventoryTracker::starting_at(first),
             next_chat_ref: 1,
             unanswered_chat: BTreeMap::new(),
+            inventory_retry: None,
         }
     }
 
@@ -530,7 +538,40 @@ impl Player {
                     print_inventory(inventory);
                 }
             }
+            Err(error @ (InventoryError::Busy | InventoryError::Storage)) => {
+                println!(
+                    "{op:?}: {error}; sent again in {} s with the same request id",
+                    INVENTORY_RETRY.as_secs()
+                );
+                let (_, ids) = self
+                    .inventory_retry
+                    .get_or_insert_with(|| (Instant::now() + INVENTORY_RETRY, Vec::new()));
+                ids.push(reply.request_id);
+            }
             Err(error) => println!("{op:?} failed: {error}"),
+        }
+    }
+
+    /// Sends again the requests answered `Busy` or `Storage`, once due.
+    fn retry_inventory(&mut self, now: Instant, endpoint: &mut ClientEndpoint) {
+        if self
+            .inventory_retry
+            .as_ref()
+            .is_none_or(|(at, _)| *at > now)
+        {
+            return;
+        }
+        let Some((_, ids)) = self.inventory_retry.take() else {
+            return;
+        };
+        for request in self
+            .inventory
+            .pending()
+            .filter(|r| ids.contains(&r.request_id))
+        {
+            if let Ok(payload) = protocol::encode(&request) {
+                let _ = endpoint.send(channels::INVENTORY, payload);
+            }
         }
     }
 
@@ -677,6 +718,7 @@ impl Player {
     /// server starts the snapshot stream with the first input, and each
     /// input acknowledges the newest applied snapshot (delta baseline).
     fn tick(&mut self, now: Instant, endpoint: &mut ClientEndpoint) {
+        self.retry_inventory(now, endpoint);
         let Some(at) = self.next_move else { return };
         if at > now || !endpoint.is_connected() {
             return;

@@ -946,6 +946,11 @@ mod tests {
                 "spawn_every_ticks = 0",
                 "spawn_every_ticks must be at least 1",
             ),
+            (
+                "max_queued_per_account = 129",
+                "max_queued_per_account must be at most 128 (half the request ids \
+                 remembered per player), got 129",
+            ),
         ] {
             let file = FileConfig::parse(&format!("[inventory]\n{value}\n"), "bad.toml").unwrap();
             let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();

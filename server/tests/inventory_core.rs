@@ -1451,6 +1451,44 @@ fn an_id_applied_in_an_earlier_session_waits_for_its_answer_while_the_inventory_
     );
 }
 
+/// A give to an online player whose inventory failed to load (and is read
+/// again) waits for it, as one to a player still loading does: that player
+/// is not unknown, and a remembered `UnknownPlayer` would stick.
+#[test]
+fn a_give_to_an_online_player_whose_load_failed_waits_for_it() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    let inv = gather(&mut h, 1, 1);
+    h.store.failing_loads = 1;
+    h.push(Input::Connected { account: 2 });
+    h.flush(false);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    h.push(request_input(
+        1,
+        100,
+        InventoryOp::Give {
+            to: 2,
+            slot,
+            count: 1,
+        },
+    ));
+    let out = h.flush(false);
+    assert_eq!(reply_of(&out, 1, 100), None, "no answer yet: {out:?}");
+    for _ in 0..LOAD_RETRY_TICKS {
+        h.push(Input::Tick);
+    }
+    let mut out = h.flush(false);
+    out.extend(h.flush(false));
+    let reply = reply_of(&out, 1, 100).unwrap_or_else(|| {
+        panic!(
+            "answered once 2 is loaded: {out:?} {:?}",
+            h.core.inventory(2)
+        )
+    });
+    assert!(reply.result.is_ok(), "{reply:?}");
+}
+
 /// A reply stored by a server of another protocol version may not decode:
 /// its change was applied, so its id must still not apply again.
 #[test]

@@ -124,8 +124,8 @@ pub struct CoreConfig {
     pub spawner_target: usize,
     /// Spawned items land in `[-extent, extent]²` metres (default 100).
     pub world_extent: f32,
-    /// How far a player reaches to pick up, in metres (default 5); only
-    /// checked when both the player and the item have a position.
+    /// How far a player reaches to pick up, in metres (default 5); not
+    /// checked for a player without a position (not spawned in the world).
     pub pickup_radius: f32,
     /// Inputs waiting for the next batch (default 4096): those that come
     /// while a batch is in flight, and requests waiting for their
@@ -190,6 +190,17 @@ impl CoreConfig {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        // One batch in flight and as many queued behind it can be applied
+        // but unanswered at once: all of them must stay remembered, or a
+        // retry after a reconnect would apply one again.
+        let most = REMEMBERED_REQUESTS / 2;
+        if self.max_queued_per_account > most {
+            return Err(format!(
+                "max_queued_per_account must be at most {most} (half the request ids \
+                 remembered per player), got {}",
+                self.max_queued_per_account
+            ));
         }
         Ok(())
     }
@@ -1087,25 +1098,32 @@ impl InventoryCore {
                 position,
                 tag,
             } => {
+                let partner = match request.op {
+                    InventoryOp::Give { to, .. } => Some(to),
+                    InventoryOp::Offer { with, .. } => Some(with),
+                    _ => None,
+                };
                 // An inventory that failed to load is tried again (at most
-                // every LOAD_RETRY_TICKS): a store that was briefly busy
-                // must not fail the whole session.
-                let retry = self
-                    .load_failed
-                    .get(&account)
-                    .is_some_and(|&at| self.ticks >= at + LOAD_RETRY_TICKS);
-                if retry && self.online.contains(&account) && !self.loading.contains(&account) {
-                    self.connect(account, loader);
+                // every LOAD_RETRY_TICKS) when its player, or a request
+                // naming it, needs it: a store that was briefly busy must
+                // not fail the whole session.
+                for needed in std::iter::once(account).chain(partner) {
+                    let retry = self
+                        .load_failed
+                        .get(&needed)
+                        .is_some_and(|&at| self.ticks >= at + LOAD_RETRY_TICKS);
+                    if retry && self.online.contains(&needed) && !self.loading.contains(&needed) {
+                        self.connect(needed, loader);
+                    }
                 }
                 // A give or an offer to a player whose inventory is still
-                // being read waits for it too: that player is online.
-                let partner_loading = match request.op {
-                    InventoryOp::Give { to: partner, .. }
-                    | InventoryOp::Offer { with: partner, .. } => self.loading.contains(&partner),
-                    _ => false,
+                // being read (or read again after a failed load) waits for
+                // it too: that player is online, not unknown.
+                let unloaded = |account: u64| {
+                    self.online.contains(&account) && !self.inventories.contains_key(&account)
                 };
-                let self_loading =
-                    self.online.contains(&account) && !self.inventories.contains_key(&account);
+                let partner_loading = partner.is_some_and(unloaded);
+                let self_loading = unloaded(account);
                 if self_loading || partner_loading {
                     return Some(Input::Request {
                         account,

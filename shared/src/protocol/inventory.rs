@@ -11,8 +11,11 @@
 //! session). Every reply, read-only ones
 //! included, is sent only once the server's batch holding it is durably
 //! stored; if that fails the reply is [`InventoryError::Storage`] and the id
-//! is not remembered (sending it again is a new request). A session that
-//! ends before its replies are sent receives none of them.
+//! is not remembered (sending it again is a new request). Three answers come
+//! at once instead, as they change nothing: [`InventoryError::Busy`],
+//! [`InventoryError::BadOffer`], and the remembered reply to an id applied
+//! before. A session that ends before its replies are sent receives none of
+//! them.
 //!
 //! Changes a player did not ask for (a gift, the other side of a trade)
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
@@ -140,7 +143,8 @@ pub enum InventoryOp {
     /// Send me my inventory.
     List,
     /// List the items lying in the world (answered with [`WorldItems`] and
-    /// then the reply).
+    /// then the reply; an id sent again in the session gets the remembered
+    /// reply alone).
     ListWorld,
     /// Pick up a world item (whole, or as much as fits is refused: all or
     /// nothing).
@@ -222,7 +226,8 @@ impl NetMessage for InventoryRequest {
     const ID: u16 = 300;
 }
 
-/// Why an operation failed. Nothing changed.
+/// Why an operation failed. Nothing changed, except that a
+/// [`TradeFailed`](Self::TradeFailed) trade is cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum InventoryError {
     /// No such slot.
@@ -440,17 +445,36 @@ impl InventoryTracker {
 
     /// Applies a reply; returns the op it answers.
     ///
+    /// A [`Busy`](InventoryError::Busy) or [`Storage`](InventoryError::Storage)
+    /// answer leaves the request pending: it was not applied yet, but may
+    /// still be (a copy sent before a reconnect may be queued behind a slow
+    /// commit), so it must be retried with the same id ([`pending`](Self::pending)
+    /// lists it) or given up with [`forget`](Self::forget): the same op
+    /// under a new id could be applied twice.
+    ///
     /// # Errors
     /// [`TrackerError`] when the reply is unexpected or inconsistent.
     pub fn on_reply(&mut self, reply: &InventoryReply) -> Result<InventoryOp, TrackerError> {
-        let op = self
-            .pending
-            .remove(&reply.request_id)
-            .ok_or(TrackerError::UnexpectedReply(reply.request_id))?;
+        let retry = matches!(
+            reply.result,
+            Err(InventoryError::Busy | InventoryError::Storage)
+        );
+        let op = if retry {
+            self.pending.get(&reply.request_id).cloned()
+        } else {
+            self.pending.remove(&reply.request_id)
+        }
+        .ok_or(TrackerError::UnexpectedReply(reply.request_id))?;
         if let Ok(snapshot) = &reply.result {
             self.observe(snapshot)?;
         }
         Ok(op)
+    }
+
+    /// Gives up a pending request (one answered `Busy` or `Storage` that
+    /// will not be retried); returns its op.
+    pub fn forget(&mut self, request_id: u64) -> Option<InventoryOp> {
+        self.pending.remove(&request_id)
     }
 
     /// Applies a pushed update.
@@ -521,6 +545,41 @@ mod tests {
             }),
             Err(TrackerError::Diverged(3))
         );
+    }
+
+    /// A request answered `Busy` or `Storage` stays pending, to be retried
+    /// with its id (a copy queued before a reconnect may still apply: the
+    /// same op under a new id could apply twice), until answered for good
+    /// or forgotten.
+    #[test]
+    fn busy_and_storage_answers_leave_the_request_pending() {
+        let mut tracker = InventoryTracker::starting_at(1);
+        for error in [InventoryError::Busy, InventoryError::Storage] {
+            let op = InventoryOp::PickUp { world_item: 7 };
+            let request = tracker.request(op.clone());
+            let answer = |result| InventoryReply {
+                request_id: request.request_id,
+                result,
+                trade: None,
+            };
+            assert_eq!(tracker.on_reply(&answer(Err(error))), Ok(op.clone()));
+            let pending: Vec<_> = tracker.pending().map(|p| p.request_id).collect();
+            assert_eq!(pending, [request.request_id], "{error:?}");
+            assert_eq!(
+                tracker.on_reply(&answer(Ok(snapshot(request.request_id, 1)))),
+                Ok(op)
+            );
+            assert_eq!(tracker.pending().count(), 0);
+        }
+        let request = tracker.request(InventoryOp::List);
+        let busy = InventoryReply {
+            request_id: request.request_id,
+            result: Err(InventoryError::Busy),
+            trade: None,
+        };
+        tracker.on_reply(&busy).unwrap();
+        assert_eq!(tracker.forget(request.request_id), Some(InventoryOp::List));
+        assert_eq!(tracker.pending().count(), 0);
     }
 
     #[test]
