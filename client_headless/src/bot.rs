@@ -283,6 +283,17 @@ pub(crate) fn new_micros_histogram() -> Histogram<u64> {
 }
 
 /// The report key of a disconnect reason: `ConnectTimeout` → `connect_timeout`.
+/// A token the client refused, as a report key.
+fn token_error_key(error: shared::netcode::ConnectError) -> &'static str {
+    use shared::netcode::ConnectError;
+    match error {
+        ConnectError::Token(_) => "token_unreadable",
+        ConnectError::InvalidToken => "token_invalid",
+        ConnectError::WrongProtocolId { .. } => "token_wrong_protocol",
+        ConnectError::Expired => "token_expired",
+    }
+}
+
 pub(crate) fn reason_key(reason: DisconnectReason) -> String {
     snake_case(&format!("{reason:?}"))
 }
@@ -438,11 +449,14 @@ impl Bot {
             Phase::Idle { .. } | Phase::Paused { .. } => self.finish(now, stats),
             Phase::Connecting => {
                 // Still no answer when the run ends: the server did not take
-                // this bot in time; say so rather than hide it.
-                bump(
-                    &mut stats.connect_failures,
-                    "still_connecting_at_stop".to_owned(),
-                );
+                // this bot in time; say so rather than hide it. (A churning
+                // bot that connected before is only between sessions.)
+                if !self.ever_connected {
+                    bump(
+                        &mut stats.connect_failures,
+                        "still_connecting_at_stop".to_owned(),
+                    );
+                }
                 self.endpoint.disconnect(now, DisconnectReason::Closed);
                 self.finish(now, stats);
             }
@@ -613,7 +627,7 @@ impl Bot {
         };
         match self.endpoint.connect(&token, now, unix_secs()) {
             Ok(()) => self.phase = Phase::Connecting,
-            Err(error) => self.connect_failed(format!("{error:?}"), stats),
+            Err(error) => self.connect_failed(token_error_key(error).to_owned(), stats),
         }
     }
 
@@ -949,7 +963,11 @@ impl Bot {
             Phase::Draining { deadline } => {
                 let waiting = self.verifier.awaited() > 0
                     || self.inventory.as_ref().is_some_and(|i| i.pending() > 0);
-                if !waiting || now >= deadline || !self.endpoint.is_connected() {
+                if !self.endpoint.is_connected() && now < deadline {
+                    // Ended by the transport (a timeout, a violation) while
+                    // draining: its Disconnected event comes and counts it
+                    // as a disconnect, not a goodbye.
+                } else if !waiting || now >= deadline {
                     self.endpoint.disconnect(now, DisconnectReason::Closed);
                     self.phase = Phase::Leaving {
                         deadline: now + LEAVE_TIMEOUT,
@@ -1441,6 +1459,77 @@ mod tests {
         assert!(pair.stats.connect_failures.is_empty());
         assert_eq!(pair.stats.reconnect_failures.values().sum::<u64>(), 1);
         assert_eq!(pair.stayed(), 0);
+    }
+
+    /// A connection its transport ends while the bot drains (a violation
+    /// here; a reliable timeout the same) is a disconnect, not a goodbye.
+    #[test]
+    fn a_connection_that_fails_while_draining_is_a_disconnect() {
+        let mut pair = Pair::new();
+        let mut transport = shared::protocol::channels::transport_config();
+        transport
+            .channels
+            .push(shared::transport::ChannelConfig::new(
+                shared::transport::ChannelKind::ReliableOrdered,
+            ));
+        let netcode =
+            ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![pair.server_addr]);
+        pair.server = ServerEndpoint::new(
+            ServerEndpointConfig::new(netcode, transport),
+            &mut system_rng(),
+        )
+        .unwrap();
+        pair.connect();
+        let slot = pair.slot.expect("the server saw the bot connect");
+        // A line awaited: the drain waits for it.
+        assert!(pair.bot.verifier.next_line("x").is_some());
+        let now = pair.now;
+        pair.bot.stop(now, &mut pair.stats);
+        pair.now += Duration::from_millis(1);
+        // A channel the bot does not have: a protocol violation.
+        pair.server
+            .send(pair.now, slot, ChannelId(6), Bytes::from_static(b"x"))
+            .unwrap();
+        pair.deliver();
+        run_to_done(&mut pair);
+        assert_eq!(
+            pair.stats.disconnects.values().sum::<u64>(),
+            1,
+            "{:?}",
+            pair.stats.disconnects
+        );
+        assert_eq!(pair.stayed(), 0);
+    }
+
+    /// A churning bot between two sessions when the run ends connected
+    /// before: not a bot that failed to connect.
+    #[test]
+    fn a_churning_bot_reconnecting_at_the_stop_is_no_connect_failure() {
+        let mut pair = Pair::with_scenario(
+            include_str!("../../assets/scenarios/churn.toml"),
+            "churn.toml",
+        );
+        pair.connect();
+        for _ in 0..20_000 {
+            if matches!(pair.bot.phase, Phase::Connecting) {
+                break;
+            }
+            pair.service();
+            pair.deliver();
+            pair.now += Duration::from_millis(10);
+        }
+        assert!(
+            matches!(pair.bot.phase, Phase::Connecting),
+            "{:?}",
+            pair.bot.phase
+        );
+        let now = pair.now;
+        pair.bot.stop(now, &mut pair.stats);
+        assert!(
+            pair.stats.connect_failures.is_empty(),
+            "{:?}",
+            pair.stats.connect_failures
+        );
     }
 
     #[test]

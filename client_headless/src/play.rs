@@ -222,7 +222,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
     endpoint
         .connect(token, Instant::now(), unix_secs())
-        .map_err(|e| format!("cannot connect: {e:?}"))?;
+        .map_err(|e| format!("cannot connect: {e}"))?;
     let mut socket =
         ClientSocket::bind(bind, endpoint).map_err(|e| format!("cannot open a socket: {e}"))?;
     println!("connecting to {server} ... (/help for commands)");
@@ -245,7 +245,8 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                     // word (it must not answer what it cannot verify).
                     println!(
                         "  is the server up at {server}? A server of another protocol version \
-                         (this client: {PROTOCOL_VERSION}) or with another key also stays silent"
+                         (this client: {PROTOCOL_VERSION}) or with another key also stays silent, \
+                         and so does one where this account is connected already"
                     );
                 }
                 return Ok(if reason == DisconnectReason::Closed {
@@ -326,6 +327,31 @@ struct Player {
     unanswered_chat: BTreeMap<u32, String>,
 }
 
+/// A message of type `T`, or `None` after saying it did not decode (a
+/// request would otherwise look as if never answered).
+fn decoded<T: NetMessage>(payload: &[u8]) -> Option<T> {
+    match protocol::decode::<T>(payload) {
+        Ok(message) => Some(message),
+        Err(error) => {
+            println!(
+                "(message {} from the server did not decode: {error})",
+                T::ID
+            );
+            None
+        }
+    }
+}
+
+/// Server text as it may reach the terminal: control characters (escape
+/// sequences that would clear the screen, retitle the window or fake
+/// lines) shown as U+FFFD. The server cleans players' chat, but not
+/// everything it sends, and a server you try out need not be trusted.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
 /// How long `play` waits before sending a request answered `Busy` or
 /// `Storage` again.
 const INVENTORY_RETRY: Duration = Duration::from_secs(1);
@@ -385,7 +411,7 @@ impl Player {
         }
         match protocol::message_id(payload) {
             Some(Welcome::ID) => {
-                if let Ok(w) = protocol::decode::<Welcome>(payload) {
+                if let Some(w) = decoded::<Welcome>(payload) {
                     println!(
                         "welcome! you are account {} (server ticks at {} Hz)",
                         w.client_id, w.tick_hz
@@ -406,17 +432,17 @@ impl Player {
                 }
             }
             Some(ServerNotice::ID) => {
-                if let Ok(n) = protocol::decode::<ServerNotice>(payload) {
-                    println!("[server] {}", n.text);
+                if let Some(n) = decoded::<ServerNotice>(payload) {
+                    println!("[server] {}", printable(&n.text));
                 }
             }
             Some(Emote::ID) => {
-                if let Ok(e) = protocol::decode::<Emote>(payload) {
+                if let Some(e) = decoded::<Emote>(payload) {
                     println!("* {} plays emote {}", e.from, e.emote);
                 }
             }
             Some(ChatLine::ID) => {
-                if let Ok(line) = protocol::decode::<ChatLine>(payload) {
+                if let Some(line) = decoded::<ChatLine>(payload) {
                     let kind = match line.kind {
                         ChatKind::Global => "",
                         ChatKind::Nearby => "(nearby) ",
@@ -426,24 +452,30 @@ impl Player {
                     if let Some(client_ref) = line.reply_to {
                         self.unanswered_chat.remove(&client_ref);
                     }
-                    println!("{kind}<{}> {}", line.from_name, line.text);
+                    println!(
+                        "{kind}<{}> {}",
+                        printable(&line.from_name),
+                        printable(&line.text)
+                    );
                 }
             }
             Some(ChatRejected::ID) => {
-                if let Ok(r) = protocol::decode::<ChatRejected>(payload) {
+                if let Some(r) = decoded::<ChatRejected>(payload) {
                     match self.unanswered_chat.remove(&r.client_ref) {
-                        Some(text) => println!("chat refused ({text:?}): {}", r.message),
-                        None => println!("chat refused: {}", r.message),
+                        Some(text) => {
+                            println!("chat refused ({text:?}): {}", printable(&r.message));
+                        }
+                        None => println!("chat refused: {}", printable(&r.message)),
                     }
                 }
             }
             Some(InventoryReply::ID) => {
-                if let Ok(reply) = protocol::decode::<InventoryReply>(payload) {
+                if let Some(reply) = decoded::<InventoryReply>(payload) {
                     self.on_inventory_reply(&reply);
                 }
             }
             Some(InventoryUpdate::ID) => {
-                if let Ok(update) = protocol::decode::<InventoryUpdate>(payload) {
+                if let Some(update) = decoded::<InventoryUpdate>(payload) {
                     if let Err(e) = self.inventory.on_update(&update) {
                         println!("(inventory: {e})");
                     }
@@ -452,12 +484,12 @@ impl Player {
                 }
             }
             Some(TradeUpdate::ID) => {
-                if let Ok(t) = protocol::decode::<TradeUpdate>(payload) {
+                if let Some(t) = decoded::<TradeUpdate>(payload) {
                     self.print_trade(&t);
                 }
             }
             Some(WorldItems::ID) => {
-                if let Ok(w) = protocol::decode::<WorldItems>(payload) {
+                if let Some(w) = decoded::<WorldItems>(payload) {
                     let me = self.receiver.own_position().unwrap_or(Vec2::ZERO);
                     let mut items = w.items;
                     items.sort_by(|a, b| {
@@ -772,6 +804,17 @@ fn print_inventory(inventory: &InventorySnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_text_reaches_the_terminal_without_control_characters() {
+        let shown = printable("hi\x1b[2J\x1b]0;owned\x07\u{9b}31m there\n");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.starts_with("hi") && shown.contains(" there"),
+            "{shown:?}"
+        );
+        assert_eq!(printable("ünïcode ok"), "ünïcode ok");
+    }
 
     #[test]
     fn commands_parse_like_the_help_says() {

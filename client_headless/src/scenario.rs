@@ -255,6 +255,15 @@ impl Scenario {
             if !(i.seek_speed.is_finite() && (0.0..=1000.0).contains(&i.seek_speed)) {
                 return Err("inventory.seek_speed must be in [0, 1000] m/s".into());
             }
+            if self.wander.is_none() {
+                // Without movement input no snapshot comes: a bot would not
+                // know where it is, walk to no item and pick up nothing.
+                return Err(
+                    "inventory needs a [wander] section: bots walk to the items they pick up, \
+                     and learn where they are from the snapshots their movement starts"
+                        .into(),
+                );
+            }
         }
         if let Some(c) = &self.churn {
             period("churn.session_s", c.session_s, 1.0)?;
@@ -381,6 +390,13 @@ mod tests {
             "t",
         );
         assert!(matches!(fast, Err(ScenarioError::Invalid { .. })));
+        let still = Scenario::parse("name = \"x\"\n[inventory]\nevery_s = 5.0\npick = 1", "t");
+        match still {
+            Err(ScenarioError::Invalid { message, .. }) => {
+                assert!(message.contains("[wander]"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
         let nan = Scenario::parse("name = \"x\"\n[churn]\nsession_s = nan\npause_s = 1.0", "t");
         assert!(matches!(nan, Err(ScenarioError::Invalid { .. })));
         // Sums that would wrap (to 1, in a release build) are refused.

@@ -18,8 +18,8 @@
 //!    radius *and always the speaker*, or only the speaker when it has no
 //!    position; a whisper to `[speaker, recipient]`). Refusals:
 //!    `RateLimited`, `Muted`, `TooLong`, `Empty`, `UnknownRecipient` (a
-//!    whisper to someone offline). The one send with no answer at all is a
-//!    kicked flooder's, which is disconnected anyway. So every line said is
+//!    whisper to someone offline), and `Kicked` for the send that gets its
+//!    sender kicked (it is then disconnected). So every line said is
 //!    `sent`; an answer to an awaited line is `delivered` (own copy) or
 //!    `rejected` (refusal), and an answer to a line already answered is a
 //!    `duplicate`. Lines still awaited when the connection ends are `lost`.
@@ -29,9 +29,9 @@
 //! but encodes all `ChatLine`s of a tick before all `ChatRejected`s of that
 //! tick (server message types go out in registration order). So own copies
 //! arrive in `client_ref` order, and so do refusals, but a refusal may
-//! arrive after the copy of a later line: an own copy older than one
-//! already received, or a refusal older than one already received, is
-//! `out_of_order`; a refusal behind a newer copy is not.
+//! arrive after the copy of a later line: an own copy older than a copy or
+//! refusal already received, or a refusal older than one already received,
+//! is `out_of_order`; a refusal behind a newer copy is not.
 //!
 //! Before a connection ends on purpose the bot stops talking and waits
 //! (bounded) until nothing is awaited, so `lost` means lost, not "still in
@@ -62,7 +62,8 @@ pub(crate) struct ReliableStats {
     /// Lines received again: a repeated sequence number or own copy.
     pub(crate) duplicates: u64,
     /// Lines that arrived after a later one: a filled sequence gap, an own
-    /// copy behind a newer own copy, or a refusal behind a newer refusal.
+    /// copy behind a newer own copy or refusal, or a refusal behind a newer
+    /// refusal.
     pub(crate) out_of_order: u64,
     /// Own lines never answered plus sequence numbers never received, by the
     /// end of their connection.
@@ -75,15 +76,16 @@ pub(crate) struct ReliableStats {
 }
 
 impl ReliableStats {
-    /// Adds `other` into `self`.
+    /// Adds `other` into `self`, saturating (a server's absurd sequence
+    /// number can make `lost` huge: it must stay huge, not wrap to 0).
     pub(crate) fn add(&mut self, other: &Self) {
-        self.sent += other.sent;
-        self.delivered += other.delivered;
-        self.duplicates += other.duplicates;
-        self.out_of_order += other.out_of_order;
-        self.lost += other.lost;
-        self.rejected += other.rejected;
-        self.lines_received += other.lines_received;
+        self.sent = self.sent.saturating_add(other.sent);
+        self.delivered = self.delivered.saturating_add(other.delivered);
+        self.duplicates = self.duplicates.saturating_add(other.duplicates);
+        self.out_of_order = self.out_of_order.saturating_add(other.out_of_order);
+        self.lost = self.lost.saturating_add(other.lost);
+        self.rejected = self.rejected.saturating_add(other.rejected);
+        self.lines_received = self.lines_received.saturating_add(other.lines_received);
     }
 
     /// Nothing duplicated, reordered or lost.
@@ -174,7 +176,7 @@ impl ChatVerifier {
             let room = MAX_TRACKED_GAPS.saturating_sub(self.gaps.len()) as u64;
             let tracked = missing.min(room);
             self.gaps.extend(first_missing..first_missing + tracked);
-            self.stats.lost += missing - tracked;
+            self.stats.lost = self.stats.lost.saturating_add(missing - tracked);
             self.last_seq = seq;
         } else if self.gaps.remove(&seq) {
             self.stats.out_of_order += 1;
@@ -185,6 +187,12 @@ impl ChatVerifier {
     }
 
     fn check_answer(&mut self, client_ref: u32, answer: Answer) {
+        // A copy comes before every later answer (copies of a tick go out
+        // before its refusals); a refusal only before later refusals.
+        let newer_seen = match answer {
+            Answer::Copy => self.newest_copy.max(self.newest_refusal),
+            Answer::Refusal => self.newest_refusal,
+        };
         let newest = match answer {
             Answer::Copy => &mut self.newest_copy,
             Answer::Refusal => &mut self.newest_refusal,
@@ -194,7 +202,7 @@ impl ChatVerifier {
                 Answer::Copy => self.stats.delivered += 1,
                 Answer::Refusal => self.stats.rejected += 1,
             }
-            if newest.is_some_and(|n| client_ref < n) {
+            if newer_seen.is_some_and(|n| client_ref < n) {
                 self.stats.out_of_order += 1;
             }
             *newest = Some(newest.map_or(client_ref, |n| n.max(client_ref)));
@@ -208,7 +216,10 @@ impl ChatVerifier {
     /// Ends the connection: open gaps and awaited lines become lost, and the
     /// sequence restarts at 1 for the next connection. Nonces keep growing.
     pub(crate) fn end_connection(&mut self) {
-        self.stats.lost += self.gaps.len() as u64 + self.awaited.len() as u64;
+        self.stats.lost = self
+            .stats
+            .lost
+            .saturating_add(self.gaps.len() as u64 + self.awaited.len() as u64);
         self.gaps.clear();
         self.awaited.clear();
         self.newest_copy = None;
@@ -400,6 +411,36 @@ mod tests {
         assert!(v.gaps.len() <= MAX_TRACKED_GAPS);
         v.end_connection();
         assert_eq!(v.stats().lost, 999_999);
+    }
+
+    #[test]
+    fn an_absurd_sequence_number_saturates_the_loss_instead_of_wrapping() {
+        let mut v = ChatVerifier::new(7);
+        say(&mut v);
+        say(&mut v);
+        v.on_line(&line(u64::MAX, None, None));
+        v.end_connection();
+        assert_eq!(v.stats().lost, u64::MAX);
+        assert!(!v.stats().exactly_once());
+        let mut total = v.stats();
+        total.add(&v.stats());
+        assert_eq!(total.lost, u64::MAX);
+    }
+
+    #[test]
+    fn an_own_copy_behind_a_newer_refusal_is_out_of_order() {
+        let mut v = ChatVerifier::new(7);
+        let a = say(&mut v);
+        let b = say(&mut v);
+        v.on_rejected(b);
+        v.on_line(&line(1, Some(7), Some(a)));
+        assert_eq!(v.stats().out_of_order, 1);
+        // A refusal behind a newer copy is the server's order.
+        let c = say(&mut v);
+        let d = say(&mut v);
+        v.on_line(&line(2, Some(7), Some(d)));
+        v.on_rejected(c);
+        assert_eq!(v.stats().out_of_order, 1);
     }
 
     #[test]
