@@ -467,11 +467,14 @@ impl ClientView {
     /// viewer's own entity nearer than any other (e.g. a negative
     /// `distance_sq`). The `max_entities` nearest form the view. The
     /// snapshot is a delta against the acknowledged snapshot when it is
-    /// still in the history, else full. Entities are updated nearest first
-    /// while the budget lasts; once an update does not fit, every farther
-    /// entity keeps the value the client already has (or, if the client
-    /// does not have it, is left out until a later tick). Leaving entities
-    /// are always announced (see [`SnapshotLimits::min_budget`]).
+    /// still in the history, else full. While the budget lasts, updates go
+    /// first for the viewer's own entity and for entities the client holds
+    /// in a state the baseline lacks (from snapshots it has not
+    /// acknowledged yet: the client rebuilds from the baseline, so left
+    /// out they would go back to it), then nearest first; once an update
+    /// does not fit, the rest keep their baseline value (or, absent from
+    /// the baseline, are left out until a later tick). Leaving entities are
+    /// always announced (see [`SnapshotLimits::min_budget`]).
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
     /// view is sorted by distance only when the budget does not fit every
@@ -589,18 +592,40 @@ impl ClientView {
                         .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
                 );
                 keys.sort_unstable();
+                // First the viewer's own entity and every entity the
+                // client holds in a state the baseline lacks (sent in a
+                // snapshot not acknowledged yet): left out, the client,
+                // which rebuilds from the baseline, would take it back
+                // (an entity gone, a position jumping back). Then the
+                // others, nearest first.
+                let held = self.history.back().map_or(&[][..], |f| &f.entities[..]);
+                let first = |i: usize| {
+                    let id = view[i].id;
+                    let find = |frame: &[(u32, IVec2)]| {
+                        frame
+                            .binary_search_by_key(&id, |e| e.0)
+                            .ok()
+                            .map(|at| frame[at].1)
+                    };
+                    view[i].distance_sq < 0.0 || find(held) != find(base)
+                };
                 let mut stopped = false;
-                for &key in keys.iter() {
-                    let i = key_index(key);
-                    if let Change::Same = changes[i] {
-                        continue;
-                    }
-                    let cost = update_cost(&view[i], changes[i], id_base);
-                    if !stopped && used + cost <= budget {
-                        used += cost;
-                    } else {
-                        stopped = true;
-                        sent[i] = false;
+                for pass_first in [true, false] {
+                    for &key in keys.iter() {
+                        let i = key_index(key);
+                        if let Change::Same = changes[i] {
+                            continue;
+                        }
+                        if first(i) != pass_first {
+                            continue;
+                        }
+                        let cost = update_cost(&view[i], changes[i], id_base);
+                        if !stopped && used + cost <= budget {
+                            used += cost;
+                        } else {
+                            stopped = true;
+                            sent[i] = false;
+                        }
                     }
                 }
             }
@@ -778,6 +803,65 @@ mod tests {
             view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), limits, &mut out);
         }
         assert_eq!(sent(&view), (24..40).collect::<Vec<_>>());
+    }
+
+    /// A delta cut by the budget does not take back what a snapshot the
+    /// client has not acknowledged yet gave it: deltas are against the
+    /// acknowledged one, which lacks it, and the client rebuilds from that.
+    #[test]
+    fn a_cut_delta_keeps_what_an_unacknowledged_snapshot_gave() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        let fill = |scratch: &mut EncodeScratch, shift: i32, far: Option<IVec2>| {
+            scratch.candidates.clear();
+            scratch.candidates.push(Candidate {
+                id: 1,
+                position: IVec2::ZERO,
+                distance_sq: -1.0,
+            });
+            scratch.candidates.extend((2..=101).map(|id| Candidate {
+                id,
+                position: IVec2::splat(id as i32 + shift),
+                distance_sq: id as f32,
+            }));
+            if let Some(position) = far {
+                scratch.candidates.push(Candidate {
+                    id: 500,
+                    position,
+                    distance_sq: 1e6,
+                });
+            }
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut rx = SnapshotReceiver::new();
+        let mut apply = ApplyScratch::default();
+        let mut out = Vec::new();
+        let mut send = |view: &mut ClientView, scratch: &mut EncodeScratch, tick: u32| {
+            let stats = view.encode(tick, 1, 0, scratch, LIMITS, &mut out);
+            let snapshot = Snapshot::decode_body(&out).unwrap();
+            rx.apply(&snapshot, &mut apply).unwrap();
+            (stats.budget_limited, rx.position(500))
+        };
+        // Tick 1 (no far entity) is acknowledged.
+        fill(&mut scratch, 0, None);
+        send(&mut view, &mut scratch, 1);
+        view.acknowledge(1);
+        // Tick 2 adds the far entity; its acknowledgement is in flight.
+        let far = IVec2::new(5, 5);
+        fill(&mut scratch, 0, Some(far));
+        let (cut, seen) = send(&mut view, &mut scratch, 2);
+        assert!(!cut);
+        assert!(seen.is_some(), "the far entity arrived");
+        // Tick 3: everyone moved, more than the budget takes.
+        fill(&mut scratch, 70_000, Some(far));
+        let (cut, seen) = send(&mut view, &mut scratch, 3);
+        assert!(cut, "the budget bit");
+        assert_eq!(
+            seen,
+            Some(shared::protocol::movement::dequantize(far)),
+            "still there"
+        );
+        assert!(view.was_visible(500), "and in view for the hysteresis");
     }
 
     /// A full snapshot (the client's acknowledgements stopped for longer
