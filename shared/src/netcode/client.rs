@@ -455,7 +455,10 @@ impl Client {
         if buf.len() > MAX_PACKET_BYTES {
             return Err(DropReason::Oversized);
         }
-        if self.server_address() != Some(from) {
+        // The same address however written: a dual-stack socket reports
+        // an IPv4 server as IPv4-mapped IPv6.
+        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
+        if self.server_address().map(canonical) != Some(canonical(from)) {
             return Err(DropReason::UnknownAddress);
         }
         if prefix == 0 {

@@ -17,7 +17,7 @@ const WAYS: usize = 4;
 /// Fixed-point scale: a bucket holds `tokens * SCALE`.
 const SCALE: u64 = 1000;
 
-/// Handshake rate limit per source IP.
+/// Handshake rate limit per source: an IPv4 address, or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeRateLimit {
     /// Sustained connection requests plus responses per second from one IP.
@@ -82,8 +82,10 @@ impl RateLimiter {
         self.buckets.iter().filter(|b| b.ip.is_some()).count()
     }
 
-    /// Takes one token for `ip`; `false` means over the limit.
+    /// Takes one token for `ip`'s source (see [`source`]); `false` means
+    /// over the limit.
     pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ip = source(ip);
         let mut h = DefaultHasher::new();
         self.hash_key.hash(&mut h);
         ip.hash(&mut h);
@@ -113,6 +115,21 @@ impl RateLimiter {
             last: Some(now),
         };
         full >= SCALE
+    }
+}
+
+/// The source a bucket is kept for: an IPv4 address (also written as an
+/// IPv4-mapped IPv6 one), or an IPv6 address's /64, the block one host or
+/// site is given: keyed by the whole address, one host could draw a fresh
+/// bucket from each of its 2^64 addresses, and flush real clients' buckets
+/// out of the table doing so.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
     }
 }
 

@@ -689,7 +689,12 @@ impl Server {
         let expires = now.checked_add(life).unwrap_or(now);
         match self.pending.get_mut(&from) {
             Some(existing) if existing.token_mac == token_mac => {
-                // A repeated request: answer again with the same keys.
+                // A repeated request: answer again with the same keys, and
+                // keep the handshake a timeout from now (the client times
+                // out from the last packet it got, not from its first
+                // request; a challenge lost until late must still find
+                // the handshake when the response comes).
+                existing.expires = expires;
             }
             existing => {
                 if existing.is_none() && self.pending.len() >= self.config.max_pending {

@@ -1090,6 +1090,86 @@ fn token_is_bound_to_the_first_address() {
     assert_eq!(w.server_transmits().len(), 1);
 }
 
+/// A half-open handshake lives as long as its requests keep coming, as
+/// the client's own timeout does: challenges lost for most of the timeout
+/// must not leave the response that follows the first one through to find
+/// the handshake gone.
+#[test]
+fn a_handshake_kept_alive_by_its_requests_outlives_its_first_timeout() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    let addr = client_addr(0);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let mut requests_in = |w: &mut World, client: &mut Client| {
+        while let Some(t) = client.poll_transmit(w.now, &mut buf) {
+            w.server
+                .handle_datagram(w.now, UNIX, addr, &mut buf[..t.len]);
+        }
+    };
+    // 4.9 s of requests whose challenges are all lost.
+    for _ in 0..49 {
+        requests_in(&mut w, &mut client);
+        assert!(!w.server_transmits().is_empty(), "a challenge, lost");
+        w.now += Duration::from_millis(100);
+        w.server.handle_timeout(w.now);
+        client.handle_timeout(w.now);
+    }
+    requests_in(&mut w, &mut client);
+    for (_, mut bytes) in w.server_transmits() {
+        client.handle_datagram(w.now, server_addr(), &mut bytes);
+    }
+    assert_eq!(client.state(), ClientState::SendingConnectionResponse);
+    // The response comes after the first request's timeout.
+    w.now += Duration::from_millis(200);
+    w.server.handle_timeout(w.now);
+    client.handle_timeout(w.now);
+    let mut clients = [(addr, client)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+}
+
+/// An IPv6 source is limited by its /64: one host cannot draw a fresh
+/// bucket from each of its addresses.
+#[test]
+fn ipv6_sources_are_limited_by_their_64_bit_prefix() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let req = request_bytes(&token);
+    let burst = w.server.config().rate_limit.burst;
+    for i in 0..burst + 10 {
+        let from = SocketAddr::new(format!("2001:db8::{:x}", i + 1).parse().unwrap(), 5000);
+        w.deliver_to_server(from, &req);
+    }
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 10);
+    // Another /64 has its own.
+    let other: SocketAddr = "[2001:db8:0:1::1]:5000".parse().unwrap();
+    w.deliver_to_server(other, &req);
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 10);
+}
+
+/// A client whose socket is dual-stack sees its IPv4 server's packets
+/// come from the IPv4-mapped address: the same server.
+#[test]
+fn a_server_seen_at_its_ipv4_mapped_address_is_the_same_server() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    let addr = client_addr(0);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    while let Some(t) = client.poll_transmit(w.now, &mut buf) {
+        w.server
+            .handle_datagram(w.now, UNIX, addr, &mut buf[..t.len]);
+    }
+    let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+    for (_, mut bytes) in w.server_transmits() {
+        client.handle_datagram(w.now, mapped, &mut bytes);
+    }
+    assert_eq!(client.state(), ClientState::SendingConnectionResponse);
+}
+
 #[test]
 fn per_ip_rate_limit_applies_to_requests() {
     let mut w = World::new(4);
