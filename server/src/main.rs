@@ -30,7 +30,8 @@ fn main() -> ExitCode {
 }
 
 /// `server audit`: JSON on stdout; exit 0 when the store is intact and
-/// balanced, 1 when a check fails, 2 when the store cannot be read.
+/// balanced and consistent, 1 when a check fails, 2 when the store cannot be
+/// read.
 fn audit(args: &AuditArgs) -> ExitCode {
     let config = match ServerConfig::load(&args.run_args()) {
         Ok(config) => config,
@@ -57,7 +58,7 @@ fn audit(args: &AuditArgs) -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            if report.integrity_ok && report.balanced {
+            if report.integrity_ok && report.balanced && report.consistent {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -72,6 +72,7 @@ fn audit(dir: &Path) -> serde_json::Value {
     assert!(out.status.success(), "audit failed: {report}");
     assert_eq!(report["integrity_ok"], true);
     assert_eq!(report["balanced"], true);
+    assert_eq!(report["consistent"], true, "{report}");
     report
 }
 

@@ -19,8 +19,11 @@
 //! crash (`kill -9`: the WAL is in the OS page cache) but may lose the
 //! last commits on power loss, i.e. after their replies were sent; since
 //! the promise is "nothing acknowledged is lost", the store uses `FULL`.
-//! The cost is one fsync per batch, and a batch holds every operation of
-//! a tick (group commit), so it is paid once per tick at most.
+//! On macOS a plain fsync leaves data in the drive's cache: the store
+//! asks SQLite for `F_FULLFSYNC` there (`fullfsync`, which other systems
+//! ignore). The cost is about one fsync per batch (the WAL's restarts and
+//! checkpoints add a few), and a batch holds every operation of a tick
+//! (group commit), so it is paid once per tick at most.
 
 mod reader;
 mod sqlite;
@@ -174,10 +177,18 @@ impl ItemTotals {
 /// What the audit found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditReport {
-    /// SQLite's `PRAGMA integrity_check` said "ok".
+    /// SQLite's `PRAGMA integrity_check` said "ok" (when it did not, the
+    /// other checks are not run: their scans would fail on the damage).
     pub integrity_ok: bool,
     /// The ledger identity holds for every item id.
     pub balanced: bool,
+    /// Every stored slot belongs to a stored inventory and lies within its
+    /// slot count (rows a server could not load, or would delete with the
+    /// account's next change).
+    pub consistent: bool,
+    /// What failed, in words: integrity check lines (the first few) and
+    /// slot rows out of place.
+    pub problems: Vec<String>,
     /// Per item id (as a decimal string key).
     pub items: BTreeMap<String, ItemTotals>,
     /// Accounts with a stored inventory.
