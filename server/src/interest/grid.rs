@@ -79,8 +79,9 @@ impl<T: Copy> SpatialGrid<T> {
         };
         let extent = max - min;
         let dims = |size: f32| {
-            let c = (extent.x / size) as usize + 1;
-            let r = (extent.y / size) as usize + 1;
+            // `as` saturates (an infinite extent is usize::MAX cells).
+            let c = ((extent.x / size) as usize).saturating_add(1);
+            let r = ((extent.y / size) as usize).saturating_add(1);
             (c, r)
         };
         while dims(size).0.saturating_mul(dims(size).1) > MAX_GRID_CELLS {
@@ -206,5 +207,20 @@ mod tests {
         let mut found = Vec::new();
         grid.query(Vec2::splat(1e7), 1.0, |_, &i| found.push(i));
         assert!(found.contains(&1));
+    }
+
+    /// Spreads past what `usize` counts in cells (or infinite ones) grow
+    /// the cells too, instead of overflowing the count.
+    #[test]
+    fn spreads_beyond_any_cell_count_grow_the_cells_too() {
+        for far in [1e30, f32::MAX] {
+            let items = [(Vec2::splat(-far), 0), (Vec2::splat(far), 1)];
+            let mut grid = SpatialGrid::new(32.0);
+            grid.rebuild(&items, 32.0);
+            assert!(grid.cols * grid.rows <= MAX_GRID_CELLS, "{far}");
+            let mut found = Vec::new();
+            grid.query(Vec2::splat(-far), 1.0, |_, &i| found.push(i));
+            assert!(found.contains(&0), "{far}: {found:?}");
+        }
     }
 }
