@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 use glam::IVec2;
 use shared::movement::CLIENT_SNAPSHOT_HISTORY;
 use shared::prefetch::{prefetch, prefetch_buffer};
-use shared::protocol::movement::{SnapshotEncoder, SnapshotHeader, signed_varint_len, varint_len};
+use shared::protocol::movement::{
+    SnapshotEncoder, SnapshotHeader, signed_varint_len, tick_after, varint_len,
+};
 
 /// Upper bound of a snapshot's fixed part: message id (2), five u32
 /// varints (5 each) and three list lengths (3 each).
@@ -348,7 +350,9 @@ impl ClientView {
     /// The client says it applied snapshot `tick`. Acks of snapshots never
     /// sent, or older than the current ack, are ignored.
     pub fn acknowledge(&mut self, tick: u32) {
-        if tick > self.acked && tick <= self.newest {
+        // Serial numbers: ticks go on from 1 after u32::MAX.
+        let after_acked = self.acked == 0 || tick_after(tick, self.acked);
+        if tick != 0 && after_acked && !tick_after(tick, self.newest) {
             self.acked = tick;
         }
     }
@@ -643,7 +647,7 @@ impl ClientView {
             let acked = self.acked;
             self.history
                 .iter()
-                .take_while(|f| f.tick == 0 || f.tick < acked)
+                .take_while(|f| f.tick == 0 || (acked != 0 && tick_after(acked, f.tick)))
                 .count()
         });
         let mut frame = self
@@ -803,6 +807,37 @@ mod tests {
             view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), limits, &mut out);
         }
         assert_eq!(sent(&view), (24..40).collect::<Vec<_>>());
+    }
+
+    /// The tick goes on from 1 after u32::MAX (4.5 years at 30 Hz): the
+    /// client keeps applying snapshots, and deltas keep their baselines.
+    #[test]
+    fn snapshots_go_on_across_the_tick_wrap() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut rx = SnapshotReceiver::new();
+        let mut apply = ApplyScratch::default();
+        let mut out = Vec::new();
+        let mut tick = u32::MAX - 20;
+        let mut fulls = 0;
+        for step in 0..40i32 {
+            view.acknowledge(rx.ack());
+            scratch.candidates.clear();
+            scratch.candidates.extend((1..=5).map(|id| Candidate {
+                id,
+                position: IVec2::new(id as i32 * 10 + step, 0),
+                distance_sq: if id == 1 { -1.0 } else { id as f32 },
+            }));
+            let stats = view.encode(tick, 1, 0, &mut scratch, LIMITS, &mut out);
+            fulls += u32::from(stats.full);
+            let snapshot = Snapshot::decode_body(&out).unwrap();
+            rx.apply(&snapshot, &mut apply)
+                .unwrap_or_else(|e| panic!("tick {tick}: {e:?}"));
+            assert_eq!(rx.ack(), tick);
+            tick = tick.wrapping_add(1).max(1);
+        }
+        assert_eq!(fulls, 1, "only the first snapshot is full");
     }
 
     /// A delta cut by the budget does not take back what a snapshot the

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use glam::{IVec2, Vec2};
 use thiserror::Error;
 
-use crate::protocol::movement::{Snapshot, dequantize};
+use crate::protocol::movement::{Snapshot, dequantize, tick_after};
 
 /// Decoded snapshots a receiver keeps as possible baselines. The server
 /// keeps at most this many too (its baseline history must not be longer,
@@ -148,7 +148,7 @@ impl SnapshotReceiver {
         if snapshot.tick == 0 {
             return Err(ApplyError::Malformed);
         }
-        if self.latest_tick != 0 && snapshot.tick <= self.latest_tick {
+        if self.latest_tick != 0 && !tick_after(snapshot.tick, self.latest_tick) {
             return Err(ApplyError::Stale(snapshot.tick));
         }
         if snapshot.removed.len() > MAX_SNAPSHOT_ENTITIES
@@ -160,11 +160,11 @@ impl SnapshotReceiver {
         let baseline = if snapshot.baseline_age == 0 {
             None
         } else {
-            let tick = snapshot
-                .tick
-                .checked_sub(snapshot.baseline_age)
-                .filter(|&t| t > 0)
-                .ok_or(ApplyError::Malformed)?;
+            // Wrapping, as the server counts the age across the wrap.
+            let tick = snapshot.tick.wrapping_sub(snapshot.baseline_age);
+            if tick == 0 || !tick_after(snapshot.tick, tick) {
+                return Err(ApplyError::Malformed);
+            }
             // From the newest back: the baseline is about a round trip
             // old, near the back of a full history, and every frame
             // visited is a cache line (a bot swarm's receivers are cold).
@@ -456,10 +456,16 @@ mod tests {
             },
             // Adds an id the baseline has.
             full(2, &[(3, 0, 0)]).clone_with_age(1),
-            // Baseline before tick 1.
+            // Baseline at tick 0, which no tick is.
             Snapshot {
                 tick: 2,
-                baseline_age: 5,
+                baseline_age: 2,
+                ..Snapshot::default()
+            },
+            // An age of 2^31 or more: no baseline comes after it.
+            Snapshot {
+                tick: 2,
+                baseline_age: 1 << 31,
                 ..Snapshot::default()
             },
             // Repeated id.

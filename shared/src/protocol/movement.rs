@@ -55,6 +55,14 @@ pub const POSITION_UNITS_PER_METRE: f32 = 32.0;
 /// whole 1/32 m in an `i32`, good to about 67,108 km.
 pub const MAX_WORLD_COORDINATE: f32 = 65_536.0;
 
+/// Whether snapshot tick `a` comes after `b`. Ticks count up from 1 and,
+/// after `u32::MAX`, go on from 1 again (0 is never a tick): compared as
+/// serial numbers, the newer is the one less than 2^31 ahead, so a server
+/// running past the wrap (4.5 years at 30 Hz) keeps its clients.
+pub fn tick_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
 /// A world position in metres as it travels: rounded to 1/32 m. Non-finite
 /// coordinates become 0 and values beyond the `i32` range saturate.
 pub fn quantize(position: Vec2) -> IVec2 {
@@ -122,7 +130,8 @@ pub struct EntityMoved {
 /// module docs for the exact format.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// The snapshot tick, from 1; echo it in [`MoveInput::ack_snapshot`].
+    /// The snapshot tick, from 1 (then from 1 again after `u32::MAX`, see
+    /// [`tick_after`]); echo it in [`MoveInput::ack_snapshot`].
     pub tick: u32,
     /// `tick - baseline tick`; 0 means a full snapshot.
     pub baseline_age: u32,
