@@ -283,12 +283,20 @@ struct TokenUse {
 /// starts its server-to-client counter in a block of its own,
 /// `(block_base + attempt) << 32`, so the same key never sees the same
 /// nonce twice; 2^32 packets is years of a connection at game rates.
-/// `block_base` is random per server (below 2^16), so that a restarted
+/// `block_base` is random per server (1 to 2^16 - 1: block 0 is where a
+/// reference server numbers a handshake, which clients never hold
+/// ended; see [`first_block`]), so that a restarted
 /// server seeing a token again does not start where the last one did: the
 /// chance that two runs' blocks meet is about 2^-16 a restart. The price
 /// is the sequence's width on the wire: six bytes instead of one to three.
 const SEQUENCE_BLOCK_BITS: u32 = 32;
 const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 16;
+
+/// The block a server's first handshake of a token is numbered in, from
+/// the random `starts`: never 0.
+fn first_block(starts: u64) -> u64 {
+    1 + starts % (MAX_ATTEMPTS_PER_TOKEN - 1)
+}
 
 enum Owed {
     Challenge {
@@ -418,7 +426,7 @@ impl Server {
             challenge_cipher: PacketCipher::new(&Key::generate(rng)),
             challenge_sequence: 0,
             global_sequence: GLOBAL_SEQUENCE_START | (starts >> 2),
-            block_base: starts % MAX_ATTEMPTS_PER_TOKEN,
+            block_base: first_block(starts),
             slots: (0..n)
                 .map(|_| Slot {
                     generation: 0,
@@ -1309,7 +1317,7 @@ mod keyed_hash_tests {
     use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
     use std::net::SocketAddr;
 
-    use super::KeyedHash;
+    use super::{KeyedHash, MAX_ATTEMPTS_PER_TOKEN, first_block};
 
     #[test]
     fn every_hash_starts_from_the_key() {
@@ -1325,5 +1333,24 @@ mod keyed_hash_tests {
         assert_eq!(keyed.hash_one(address), keyed.hash_one(address));
         let other = KeyedHash::new([key[0], key[1] ^ 1]);
         assert_ne!(keyed.hash_one(address), other.hash_one(address));
+    }
+
+    /// A server's first block is never 0 (a reference server's, which a
+    /// client never holds ended), and its blocks stay below 2^17.
+    #[test]
+    fn the_first_block_is_never_zero() {
+        for starts in [
+            0,
+            1,
+            MAX_ATTEMPTS_PER_TOKEN - 1,
+            MAX_ATTEMPTS_PER_TOKEN,
+            u64::MAX,
+        ] {
+            let block = first_block(starts);
+            assert!(
+                (1..MAX_ATTEMPTS_PER_TOKEN).contains(&block),
+                "{starts}: {block}"
+            );
+        }
     }
 }
