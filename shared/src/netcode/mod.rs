@@ -81,7 +81,9 @@
 //!   token's MAC, bounded by [`ServerConfig::max_token_entries`]).
 //! - Half-open handshakes are bounded ([`ServerConfig::max_pending`]) and
 //!   expire.
-//! - All tables are allocated at construction and never grow.
+//! - All tables are allocated at construction and never grow (the queue of
+//!   packets owed may pass its reserve by one keep-alive a client, and is
+//!   drained by every `poll_transmit`).
 //!
 //! # Nonces
 //!
@@ -91,9 +93,10 @@
 //! over from the handshake to the connection. Each handshake with a token
 //! gets a block of 2^32 of that counter, `(base + attempt) * 2^32`, because
 //! the key is the token's and would otherwise repeat on a reconnect; `base`
-//! is random per server process (below 2^16), so that a restarted server
+//! is random per server process (1 to 2^16 - 1), so that a restarted server
 //! seeing the token again most likely (1 - 2^-16) does not start where the
-//! last one did. The sequences then take six bytes on the wire. Denials sent
+//! last one did. The sequences then take five to seven bytes on the wire
+//! (six, mostly). Denials sent
 //! before any per-client state exists (server full at request time) use a
 //! server-wide counter starting at a random point above 2^63. The server
 //! also remembers, per token, the newest client sequence its ended

@@ -288,7 +288,8 @@ struct TokenUse {
 /// ended; see [`first_block`]), so that a restarted
 /// server seeing a token again does not start where the last one did: the
 /// chance that two runs' blocks meet is about 2^-16 a restart. The price
-/// is the sequence's width on the wire: six bytes instead of one to three.
+/// is the sequence's width on the wire: five to seven bytes (six, mostly)
+/// instead of one to three.
 const SEQUENCE_BLOCK_BITS: u32 = 32;
 const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 16;
 
