@@ -14,9 +14,9 @@
 //!   acknowledged (`MoveInput::ack_snapshot`), or a full snapshot when that
 //!   is unknown or older than [`InterestConfig::baseline_history`] ticks.
 //!   At most [`InterestConfig::snapshot_budget_bytes`] per delta;
-//!   updates go first for the viewer and for what the client holds from
+//!   updates go first for the viewer and for entities the client got in
 //!   snapshots it has not acknowledged yet (a delta left without them
-//!   would take them back), then nearest first, and stop when the budget
+//!   would make them vanish), then nearest first, and stop when the budget
 //!   is spent (the rest keep the acknowledged snapshot's state until a
 //!   later tick). Leaving entities are always announced (`removed`). A full
 //!   snapshot replaces the client's state, so it carries the whole view

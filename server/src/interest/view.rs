@@ -350,9 +350,12 @@ impl ClientView {
     /// The client says it applied snapshot `tick`. Acks of snapshots never
     /// sent, or older than the current ack, are ignored.
     pub fn acknowledge(&mut self, tick: u32) {
-        // Serial numbers: ticks go on from 1 after u32::MAX.
-        let after_acked = self.acked == 0 || tick_after(tick, self.acked);
-        if tick != 0 && after_acked && !tick_after(tick, self.newest) {
+        // Serial numbers: ticks go on from 1 after u32::MAX. Only the
+        // ticks of the frames a history can hold count as sent: a client
+        // cannot park the acknowledgement half the tick space away.
+        let behind = self.newest.wrapping_sub(tick);
+        let sent = self.newest != 0 && tick != 0 && behind < CLIENT_SNAPSHOT_HISTORY as u32;
+        if sent && (self.acked == 0 || tick_after(tick, self.acked)) {
             self.acked = tick;
         }
     }
@@ -473,12 +476,12 @@ impl ClientView {
     /// snapshot is a delta against the acknowledged snapshot when it is
     /// still in the history, else full. While the budget lasts, updates go
     /// first for the viewer's own entity and for entities the client holds
-    /// in a state the baseline lacks (from snapshots it has not
-    /// acknowledged yet: the client rebuilds from the baseline, so left
-    /// out they would go back to it), then nearest first; once an update
-    /// does not fit, the rest keep their baseline value (or, absent from
-    /// the baseline, are left out until a later tick). Leaving entities are
-    /// always announced (see [`SnapshotLimits::min_budget`]).
+    /// but the baseline lacks (added by snapshots it has not acknowledged
+    /// yet: the client rebuilds from the baseline, so left out they would
+    /// vanish), then nearest first; once an update does not fit, the rest
+    /// keep their baseline value (or, absent from the baseline, are left
+    /// out until a later tick). Leaving entities are always announced (see
+    /// [`SnapshotLimits::min_budget`]).
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
     /// view is sorted by distance only when the budget does not fit every
@@ -596,22 +599,19 @@ impl ClientView {
                         .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
                 );
                 keys.sort_unstable();
-                // First the viewer's own entity and every entity the
-                // client holds in a state the baseline lacks (sent in a
-                // snapshot not acknowledged yet): left out, the client,
-                // which rebuilds from the baseline, would take it back
-                // (an entity gone, a position jumping back). Then the
-                // others, nearest first.
+                // First the viewer's own entity and the entities the
+                // client holds but the baseline lacks (added by a snapshot
+                // not acknowledged yet): left out, the client, which
+                // rebuilds from the baseline, would drop them (and with
+                // them their place in the hysteresis). They are few, and
+                // only for a round trip. Then every other update, nearest
+                // first: a position left out goes back to the baseline's
+                // for the client, a far one first.
                 let held = self.history.back().map_or(&[][..], |f| &f.entities[..]);
                 let first = |i: usize| {
-                    let id = view[i].id;
-                    let find = |frame: &[(u32, IVec2)]| {
-                        frame
-                            .binary_search_by_key(&id, |e| e.0)
-                            .ok()
-                            .map(|at| frame[at].1)
-                    };
-                    view[i].distance_sq < 0.0 || find(held) != find(base)
+                    view[i].distance_sq < 0.0
+                        || (matches!(changes[i], Change::Added)
+                            && held.binary_search_by_key(&view[i].id, |e| e.0).is_ok())
                 };
                 let mut stopped = false;
                 for pass_first in [true, false] {
@@ -762,6 +762,8 @@ mod tests {
         let mut out = Vec::new();
         view.acknowledge(1);
         assert_eq!(view.acked(), 0, "nothing was sent yet");
+        view.acknowledge(0x8000_0001);
+        assert_eq!(view.acked(), 0, "nor half the tick space away");
         for tick in 1..=3 {
             view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), LIMITS, &mut out);
         }
@@ -774,6 +776,8 @@ mod tests {
         view.encode(4, 1, 0, crowd(&mut scratch, 3, 4), LIMITS, &mut out);
         view.acknowledge(4);
         assert_eq!(view.acked(), 4, "sent since");
+        view.acknowledge(u32::MAX - 1);
+        assert_eq!(view.acked(), 4, "a tick never sent, before the first");
     }
 
     #[test]
@@ -807,6 +811,59 @@ mod tests {
             view.encode(tick, 1, 0, crowd(&mut scratch, 3, tick), limits, &mut out);
         }
         assert_eq!(sent(&view), (24..40).collect::<Vec<_>>());
+    }
+
+    /// With acknowledgements a round trip behind and a crowd whose moves
+    /// alone fill the budget, an entity coming into view near the viewer
+    /// is still sent: updates go nearest first, not known entities first.
+    #[test]
+    fn a_near_newcomer_is_sent_while_a_moving_crowd_fills_the_budget() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        let limits = SnapshotLimits {
+            budget_bytes: SnapshotLimits::min_budget(128),
+            ..LIMITS
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut rx = SnapshotReceiver::new();
+        let mut apply = ApplyScratch::default();
+        let mut out = Vec::new();
+        let mut applied = Vec::new();
+        for tick in 1..=40u32 {
+            if tick >= 3 {
+                view.acknowledge(tick - 2);
+            }
+            scratch.candidates.clear();
+            scratch.candidates.push(Candidate {
+                id: 1,
+                position: IVec2::ZERO,
+                distance_sq: -1.0,
+            });
+            scratch.candidates.extend((2..=127).map(|id| Candidate {
+                id,
+                position: IVec2::new(
+                    id as i32 * 100 + (tick * 70_000) as i32,
+                    (tick * 70_000) as i32,
+                ),
+                distance_sq: 10.0 + id as f32,
+            }));
+            if tick >= 10 {
+                scratch.candidates.push(Candidate {
+                    id: 999,
+                    position: IVec2::new(1, 1),
+                    distance_sq: 0.25,
+                });
+            }
+            let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+            assert!(
+                tick < 3 || stats.budget_limited,
+                "tick {tick}: the budget bites"
+            );
+            let snapshot = Snapshot::decode_body(&out).unwrap();
+            rx.apply(&snapshot, &mut apply).unwrap();
+            applied.push(rx.position(999).is_some());
+        }
+        assert!(applied[11..].iter().all(|&seen| seen), "{applied:?}");
     }
 
     /// The tick goes on from 1 after u32::MAX (4.5 years at 30 Hz): the
