@@ -25,9 +25,9 @@ pub mod core;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bevy_app::{App, FixedUpdate, Plugin, Update};
+use bevy_app::{App, AppExit, FixedUpdate, Last, Plugin, Update};
 use bevy_ecs::prelude::*;
 use shared::io::ClientId;
 use shared::protocol::channels;
@@ -47,7 +47,7 @@ use crate::net::{
     session_changes,
 };
 use crate::persistence::{AccountReader, InventoryStore, SqliteStore, StoreError, StoreWriter};
-use crate::shutdown::{ShutdownReason, ShutdownRequested};
+use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownSystems};
 use crate::world::Position;
 
 /// The running inventory: the rules, the reader thread for account loads
@@ -166,6 +166,51 @@ impl InventoryService {
     pub fn core(&self) -> &InventoryCore {
         &self.core
     }
+
+    /// Waits, up to `timeout`, for the batch being committed: at exit, so
+    /// that one that fails (or does not finish) is an error, not a
+    /// success with the last ticks' changes lost.
+    ///
+    /// # Errors
+    /// What failed.
+    pub fn finish_saving(&mut self, timeout: Duration) -> Result<(), String> {
+        if !self.core.in_flight() {
+            return Ok(());
+        }
+        let Some(done) = self.writer.wait_done(timeout) else {
+            return Err(format!(
+                "the last inventory batch was not stored within {timeout:?}"
+            ));
+        };
+        let failure = done.result.as_ref().err().map(ToString::to_string);
+        // Its replies go nowhere now: their sessions are over.
+        let _ = self.core.complete(done.result);
+        match failure {
+            None => Ok(()),
+            Some(error) => Err(format!("the last inventory batch was not stored: {error}")),
+        }
+    }
+}
+
+/// Longest the exit waits for the batch being committed (the store's own
+/// busy timeout is 5 s).
+const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// `Last`, after the shutdown wrote its `AppExit`: the batch still being
+/// committed is waited for, and an exit that would be a success becomes an
+/// error if it fails.
+fn finish_saving_on_exit(
+    mut exits: ResMut<Messages<AppExit>>,
+    mut seen: Local<bevy_ecs::message::MessageCursor<AppExit>>,
+    mut service: ResMut<InventoryService>,
+) {
+    if seen.read(&exits).count() == 0 {
+        return;
+    }
+    if let Err(error) = service.finish_saving(FINAL_SAVE_TIMEOUT) {
+        tracing::error!(%error, "exiting with an error");
+        exits.write(AppExit::error());
+    }
 }
 
 /// The inventory systems (`FixedUpdate`).
@@ -270,7 +315,8 @@ impl Plugin for InventoryPlugin {
                 MovementSystems::Integrate.before(InventorySystems::Run),
             )
             .add_systems(FixedUpdate, run.in_set(InventorySystems::Run))
-            .add_systems(Update, watch_db_threads);
+            .add_systems(Update, watch_db_threads)
+            .add_systems(Last, finish_saving_on_exit.after(ShutdownSystems::Exit));
     }
 }
 
@@ -479,4 +525,61 @@ fn run(
         send(service, outputs, &mut out, &metrics);
     }
     metrics.system_time.observe_duration(started.elapsed());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::{AccountState, AuditReport, BatchWrites, WorldState};
+
+    /// A store whose commits all fail (a full disk).
+    struct FailingCommits(SqliteStore);
+
+    impl InventoryStore for FailingCommits {
+        fn load_world(&mut self) -> Result<WorldState, StoreError> {
+            self.0.load_world()
+        }
+        fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+            self.0.load_account(account)
+        }
+        fn commit(&mut self, _: &BatchWrites) -> Result<(), StoreError> {
+            Err(StoreError::Injected)
+        }
+        fn audit(&mut self) -> Result<AuditReport, StoreError> {
+            self.0.audit()
+        }
+    }
+
+    /// The batch still being stored when the server exits is waited for:
+    /// if it fails, the exit is an error, not a success with the last
+    /// ticks' changes lost.
+    #[test]
+    fn a_last_batch_that_fails_to_store_makes_the_exit_an_error() {
+        let name = format!("inventory-final-{}", std::process::id());
+        let reader = SqliteStore::open_shared_memory(&name).unwrap();
+        let writer = FailingCommits(SqliteStore::open_shared_memory(&name).unwrap());
+        let mut service = InventoryService::start(
+            Box::new(reader),
+            Box::new(writer),
+            Arc::new(Catalogue::embedded().unwrap()),
+            CoreConfig::default(),
+        )
+        .unwrap();
+        // The spawner's first item: a batch with writes, in flight.
+        for _ in 0..CoreConfig::default().spawn_every_ticks {
+            service.core.push(Input::Tick);
+        }
+        let batch = service.core.prepare(&mut service.reader).expect("a batch");
+        assert!(!batch.writes.is_empty());
+        service.writer.submit(0, batch.writes).unwrap();
+        assert!(service.core.in_flight());
+
+        let mut app = App::new();
+        app.insert_resource(service)
+            .add_systems(Last, finish_saving_on_exit);
+        app.world_mut().write_message(AppExit::Success);
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::error()));
+        assert!(!app.world().resource::<InventoryService>().core.in_flight());
+    }
 }
