@@ -632,19 +632,27 @@ fn chat_lines_to(commands: &[NetCommand], to: ClientId) -> Vec<ChatLine> {
 }
 
 /// A player's last line, sent right before it left (its message comes
-/// before its end, in the same tick), is still said.
+/// before its end, in the same tick), is still said: to everyone, and
+/// nearby where the player stood (its entity is gone by then).
 #[test]
 fn a_players_last_line_before_it_left_is_said() {
+    for scope in [ChatScope::Global, ChatScope::Nearby] {
+        last_line_before_leaving_is_said(scope);
+    }
+}
+
+fn last_line_before_leaving_is_said(scope: ChatScope) {
     let (mut app, net) = app_with_chat();
     let (leaver, stayer) = (client(0, 1, 1), client(1, 2, 2));
     for c in [leaver, stayer] {
         net.events.send(NetEvent::Connected { client: c }).unwrap();
     }
     app.update();
+    app.update();
     net.commands.try_iter().for_each(drop);
     let bye = ChatSend {
         client_ref: 1,
-        scope: ChatScope::Global,
+        scope: scope.clone(),
         text: "gg, bye".into(),
     };
     net.events
@@ -666,7 +674,7 @@ fn a_players_last_line_before_it_left_is_said() {
         .into_iter()
         .map(|line| line.text)
         .collect();
-    assert_eq!(heard, ["gg, bye"]);
+    assert_eq!(heard, ["gg, bye"], "{scope:?}");
 }
 
 /// A player back within a tick gets, on its new connection, only that

@@ -52,9 +52,10 @@ use crate::config::ServerConfig;
 use crate::console::{AdminKick, AdminSay};
 use crate::interest::SpatialGrid;
 use crate::metrics::{Counter, Metrics};
+use crate::movement::MovementSystems;
 use crate::net::{
-    ClientConnected, ClientDisconnected, FromClient, NetAppExt, NetSender, Outbox, SessionChange,
-    ToClient, session_changes,
+    ClientConnected, ClientDisconnected, DepartedPositions, FromClient, NetAppExt, NetSender,
+    Outbox, SessionChange, ToClient, session_changes,
 };
 use crate::world::Position;
 
@@ -240,7 +241,13 @@ impl Plugin for ChatPlugin {
             .insert_resource(config)
             .insert_resource(metrics)
             .init_resource::<ChatMembers>()
-            .add_systems(FixedUpdate, route.in_set(ChatSystems::Route));
+            .add_systems(
+                FixedUpdate,
+                route
+                    .in_set(ChatSystems::Route)
+                    // A newcomer's position is in place (nearby lines).
+                    .after(MovementSystems::Integrate),
+            );
     }
 }
 
@@ -308,7 +315,8 @@ fn route(
     mut sends: MessageReader<FromClient<ChatSend>>,
     mut says: MessageReader<AdminSay>,
     mut kicks: MessageReader<AdminKick>,
-    positions: Query<&Position>,
+    positions: Query<&'static Position>,
+    departed: Option<Res<DepartedPositions>>,
     mut lines: NetSender<ChatLine>,
     mut rejections: MessageWriter<ToClient<ChatRejected>>,
     metrics: Res<ChatMetrics>,
@@ -334,7 +342,13 @@ fn route(
     let (before, after): (Vec<&FromClient<ChatSend>>, Vec<_>) = sends
         .read()
         .partition(|send| members.is_current(send.client));
-    say_all(room, &members, &before, &positions, nearby, &metrics, out);
+    let empty = HashMap::new();
+    let departed = departed.as_deref().map_or(&empty, |d| &d.0);
+    let places = Places {
+        positions: &positions,
+        departed,
+    };
+    say_all(room, &members, &before, &places, nearby, &metrics, out);
     sink.emit(out, &members);
     // Each change, then its lines at once: a line goes to the session it
     // was numbered for, not to the next session of its account.
@@ -363,7 +377,7 @@ fn route(
     for _ in stale {
         metrics.outside_session.inc();
     }
-    say_all(room, &members, &after, &positions, nearby, &metrics, out);
+    say_all(room, &members, &after, &places, nearby, &metrics, out);
     for say in says.read() {
         if !room.system(&say.text, out) {
             tracing::warn!(
@@ -388,11 +402,18 @@ impl ChatMembers {
 }
 
 /// Has the members of `sends` (in session) say their lines.
+/// Where members stand: their entities' positions, or, for one who left
+/// this tick (its entity gone), where it last stood.
+struct Places<'a, 'w, 's> {
+    positions: &'a Query<'w, 's, &'static Position>,
+    departed: &'a HashMap<u64, Vec2>,
+}
+
 fn say_all(
     room: &mut ChatRoom,
     members: &ChatMembers,
     sends: &[&FromClient<ChatSend>],
-    positions: &Query<&Position>,
+    places: &Places<'_, '_, '_>,
     nearby: &mut NearbyIndex,
     metrics: &ChatMetrics,
     out: &mut Vec<ChatOutput>,
@@ -405,15 +426,19 @@ fn say_all(
             .clients
             .iter()
             .filter_map(|(&account, (_, entity))| {
-                positions.get(*entity).ok().map(|p| (account, p.0))
+                places.positions.get(*entity).ok().map(|p| (account, p.0))
             });
         nearby.rebuild(located, room.config().nearby_radius);
     }
     for FromClient { client, message } in sends {
         let located = Located {
             position: |account: u64| {
-                let (_, entity) = members.clients.get(&account)?;
-                positions.get(*entity).ok().map(|p| p.0)
+                let here = members
+                    .clients
+                    .get(&account)
+                    .and_then(|(_, entity)| places.positions.get(*entity).ok())
+                    .map(|p| p.0);
+                here.or_else(|| places.departed.get(&account).copied())
             },
             index: any_nearby.then_some(&*nearby),
         };

@@ -107,8 +107,9 @@ pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReas
 /// overrides that reverse what follows, zero-width spaces, soft hyphens,
 /// tags...), but the zero-width joiner that composes emoji; line and
 /// paragraph separators, which a client may draw as a new line (a fake
-/// "server:" line under the speaker's); and the blank fillers that look
-/// like nothing.
+/// "server:" line under the speaker's); the blank fillers that look like
+/// nothing; and the code points Unicode reserves as default ignorable but
+/// has not assigned yet, which renderers already draw as nothing.
 fn is_stripped(c: char) -> bool {
     c.is_control()
         || matches!(c,
@@ -125,20 +126,19 @@ fn is_stripped(c: char) -> bool {
             | '\u{200B}'..='\u{200C}'
             | '\u{200E}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
             | '\u{2800}'
             | '\u{3164}'
             | '\u{FEFF}'
             | '\u{FFA0}'
-            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{FFF0}'..='\u{FFFB}'
             | '\u{110BD}'
             | '\u{110CD}'
             | '\u{13430}'..='\u{1343F}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}')
+            | '\u{E0000}'..='\u{E00FF}'
+            | '\u{E01F0}'..='\u{E0FFF}')
 }
 
 /// Kept, but nothing to see on its own: the joiners (zero-width, and the

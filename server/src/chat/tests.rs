@@ -100,6 +100,7 @@ fn text_that_would_pass_for_another_line_or_for_nothing_is_cleaned() {
         clean_text("a\u{200B}b\u{FEFF}c\u{2029}d\u{2066}e", 256).as_deref(),
         Ok("abcde")
     );
+    assert_eq!(clean_text("a\u{2065}b", 256).as_deref(), Ok("ab"));
     for nothing in [
         "\u{200B}",
         "\u{3164}\u{2800}",
@@ -109,6 +110,12 @@ fn text_that_would_pass_for_another_line_or_for_nothing_is_cleaned() {
         "\u{17B5} ",
         "\u{34F}\u{180B}",
         "\u{180C}\u{180D}\u{180F}",
+        // Default ignorable, not assigned yet: drawn as nothing already.
+        "\u{2065}",
+        "\u{FFF0}\u{FFF8}",
+        "\u{E0000}\u{E0002}",
+        "\u{E0080}",
+        "\u{E01F0}\u{E0FFF}",
     ] {
         assert_eq!(
             clean_text(nothing, 256),
@@ -373,6 +380,61 @@ fn the_plugin_builds_and_routes_admin_lines_without_members() {
         .write_message(AdminSay { text: "hi".into() });
     app.world_mut().run_schedule(FixedUpdate);
     assert!(app.world().resource::<Outbox>().is_empty());
+}
+
+/// A nearby line a player says in the tick it leaves is heard around
+/// where it stood, though its entity is gone by then.
+#[test]
+fn a_nearby_line_said_as_its_speaker_leaves_is_heard_where_it_stood() {
+    use crate::net::{ClientConnected, ClientDisconnected, DepartedPositions, FromClient};
+    use shared::io::ClientId;
+    use shared::netcode::ClientIndex;
+    use shared::protocol::chat::ChatSend;
+    use shared::transport::DisconnectReason;
+
+    let mut app = App::new();
+    app.add_plugins(ChatPlugin::default())
+        .init_resource::<DepartedPositions>();
+    let id = |account, slot| ClientId {
+        slot: ClientIndex::from_slot(slot),
+        account,
+        session: account,
+    };
+    let (a, b) = (id(1, 0), id(2, 1));
+    let ea = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+    let eb = app.world_mut().spawn(Position(Vec2::new(5.0, 0.0))).id();
+    app.world_mut().write_message(ClientConnected {
+        client: a,
+        entity: ea,
+    });
+    app.world_mut().write_message(ClientConnected {
+        client: b,
+        entity: eb,
+    });
+    app.world_mut().run_schedule(FixedUpdate);
+    let before = app.world().resource::<Outbox>().len();
+    // As the session code does: the send, the leave, the despawn, and
+    // where the leaver stood.
+    app.world_mut().write_message(FromClient {
+        client: a,
+        message: ChatSend {
+            client_ref: 1,
+            scope: ChatScope::Nearby,
+            text: "bye".into(),
+        },
+    });
+    app.world_mut().write_message(ClientDisconnected {
+        client: a,
+        reason: DisconnectReason::Closed,
+    });
+    app.world_mut().despawn(ea);
+    app.world_mut()
+        .resource_mut::<DepartedPositions>()
+        .0
+        .insert(1, Vec2::ZERO);
+    app.world_mut().run_schedule(FixedUpdate);
+    let sent = app.world().resource::<Outbox>().len() - before;
+    assert_eq!(sent, 2, "the speaker's copy and its neighbour's");
 }
 
 #[test]

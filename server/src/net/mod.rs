@@ -25,7 +25,9 @@ use shared::io::priority::TickSignal;
 use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
 use shared::transport::{ChannelId, DisconnectReason};
 
-pub use session::{ClientConnected, ClientDisconnected, Player, SessionChange, session_changes};
+pub use session::{
+    ClientConnected, ClientDisconnected, DepartedPositions, Player, SessionChange, session_changes,
+};
 pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
 
 use crate::console::AdminKick;
@@ -336,6 +338,7 @@ impl Plugin for NetPlugin {
         let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
         app.init_resource::<Outbox>()
             .init_resource::<Clients>()
+            .init_resource::<DepartedPositions>()
             .init_resource::<PlayerRoster>()
             .init_resource::<typed::InboundRegistry>()
             .insert_resource(NetMetrics::register(&metrics))

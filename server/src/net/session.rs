@@ -1,7 +1,10 @@
 //! Sessions: player entities follow connections, and the inbox is drained
 //! into typed messages once per tick.
 
+use std::collections::HashMap;
+
 use bevy_ecs::prelude::*;
+use glam::Vec2;
 use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::movement::MovementRules;
 use shared::protocol::{self, channels, messages::Welcome};
@@ -12,6 +15,7 @@ use super::{Clients, MAX_STRIKES, NetMetrics, NetServer, Outbox};
 use crate::config::ServerConfig;
 use crate::movement::MovementConfig;
 use crate::players::{self, PlayerRoster, PlayerSummary};
+use crate::world::Position;
 
 /// The player entity of a connected client.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +34,12 @@ pub struct ClientConnected {
     /// Its player entity.
     pub entity: Entity,
 }
+
+/// Where the players who left this tick stood, by account: their entities
+/// are gone, but what they said before leaving is still said where they
+/// were (nearby chat). Cleared when the next tick's events are drained.
+#[derive(Resource, Default, Debug)]
+pub struct DepartedPositions(pub HashMap<u64, Vec2>);
 
 /// A client left; its player entity is despawned at the end of this tick's
 /// receive step, so plugins that need to save it read this message and the
@@ -84,6 +94,9 @@ pub(super) fn receive(world: &mut World) {
     // per message), and lends its buffer for the drained events.
     world.resource_scope(|world, mut registry: Mut<InboundRegistry>| {
         let mut events = std::mem::take(&mut registry.pending);
+        if let Some(mut departed) = world.get_resource_mut::<DepartedPositions>() {
+            departed.0.clear();
+        }
         world.resource_mut::<NetServer>().drain_events(&mut events);
         for event in events.drain(..) {
             match event {
@@ -170,6 +183,12 @@ fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason
     tracing::info!(account = client.account, %reason, "client disconnected");
     world.write_message(ClientDisconnected { client, reason });
     if let Some(entity) = entity {
+        let position = world.get::<Position>(entity).map(|p| p.0);
+        if let (Some(position), Some(mut departed)) =
+            (position, world.get_resource_mut::<DepartedPositions>())
+        {
+            departed.0.insert(client.account, position);
+        }
         world.despawn(entity);
     }
 }
