@@ -748,6 +748,17 @@ mod tests {
         scratch
     }
 
+    /// Empties the candidates but for the viewer (id 1) at the origin.
+    fn viewer_at_origin(scratch: &mut EncodeScratch) -> &mut Vec<Candidate> {
+        scratch.candidates.clear();
+        scratch.candidates.push(Candidate {
+            id: 1,
+            position: IVec2::ZERO,
+            distance_sq: -1.0,
+        });
+        &mut scratch.candidates
+    }
+
     /// The default interest settings' limits.
     const LIMITS: SnapshotLimits = SnapshotLimits {
         budget_bytes: 1000,
@@ -833,13 +844,7 @@ mod tests {
             if tick >= 3 {
                 view.acknowledge(tick - 2);
             }
-            scratch.candidates.clear();
-            scratch.candidates.push(Candidate {
-                id: 1,
-                position: IVec2::ZERO,
-                distance_sq: -1.0,
-            });
-            scratch.candidates.extend((2..=127).map(|id| Candidate {
+            viewer_at_origin(&mut scratch).extend((2..=127).map(|id| Candidate {
                 id,
                 position: IVec2::new(
                     id as i32 * 100 + (tick * 70_000) as i32,
@@ -904,13 +909,7 @@ mod tests {
     fn a_cut_delta_keeps_what_an_unacknowledged_snapshot_gave() {
         use shared::movement::{ApplyScratch, SnapshotReceiver};
         let fill = |scratch: &mut EncodeScratch, shift: i32, far: Option<IVec2>| {
-            scratch.candidates.clear();
-            scratch.candidates.push(Candidate {
-                id: 1,
-                position: IVec2::ZERO,
-                distance_sq: -1.0,
-            });
-            scratch.candidates.extend((2..=101).map(|id| Candidate {
+            viewer_at_origin(scratch).extend((2..=101).map(|id| Candidate {
                 id,
                 position: IVec2::splat(id as i32 + shift),
                 distance_sq: id as f32,

@@ -99,6 +99,15 @@ impl World {
             .map(|e| format!("{e:?}"))
     }
 
+    /// Hands everything `client` at `addr` has to send to the server.
+    fn send_from(&mut self, addr: SocketAddr, client: &mut Client) {
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        while let Some(t) = client.poll_transmit(self.now, &mut buf) {
+            self.server
+                .handle_datagram(self.now, UNIX, addr, &mut buf[..t.len]);
+        }
+    }
+
     fn server_transmits(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut out = Vec::new();
         let mut buf = [0u8; MAX_PACKET_BYTES];
@@ -1101,22 +1110,15 @@ fn a_handshake_kept_alive_by_its_requests_outlives_its_first_timeout() {
     let mut client = Client::new(ClientConfig::new(PROTOCOL));
     client.connect(&token, w.now, UNIX).unwrap();
     let addr = client_addr(0);
-    let mut buf = [0u8; MAX_PACKET_BYTES];
-    let mut requests_in = |w: &mut World, client: &mut Client| {
-        while let Some(t) = client.poll_transmit(w.now, &mut buf) {
-            w.server
-                .handle_datagram(w.now, UNIX, addr, &mut buf[..t.len]);
-        }
-    };
     // 4.9 s of requests whose challenges are all lost.
     for _ in 0..49 {
-        requests_in(&mut w, &mut client);
+        w.send_from(addr, &mut client);
         assert!(!w.server_transmits().is_empty(), "a challenge, lost");
         w.now += Duration::from_millis(100);
         w.server.handle_timeout(w.now);
         client.handle_timeout(w.now);
     }
-    requests_in(&mut w, &mut client);
+    w.send_from(addr, &mut client);
     for (_, mut bytes) in w.server_transmits() {
         client.handle_datagram(w.now, server_addr(), &mut bytes);
     }
@@ -1157,12 +1159,7 @@ fn a_server_seen_at_its_ipv4_mapped_address_is_the_same_server() {
     let token = w.token(1);
     let mut client = Client::new(ClientConfig::new(PROTOCOL));
     client.connect(&token, w.now, UNIX).unwrap();
-    let addr = client_addr(0);
-    let mut buf = [0u8; MAX_PACKET_BYTES];
-    while let Some(t) = client.poll_transmit(w.now, &mut buf) {
-        w.server
-            .handle_datagram(w.now, UNIX, addr, &mut buf[..t.len]);
-    }
+    w.send_from(client_addr(0), &mut client);
     let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
     for (_, mut bytes) in w.server_transmits() {
         client.handle_datagram(w.now, mapped, &mut bytes);
