@@ -282,7 +282,6 @@ pub(crate) fn new_micros_histogram() -> Histogram<u64> {
     })
 }
 
-/// The report key of a disconnect reason: `ConnectTimeout` → `connect_timeout`.
 /// A token the client refused, as a report key.
 fn token_error_key(error: shared::netcode::ConnectError) -> &'static str {
     use shared::netcode::ConnectError;
@@ -294,6 +293,7 @@ fn token_error_key(error: shared::netcode::ConnectError) -> &'static str {
     }
 }
 
+/// The report key of a disconnect reason: `ConnectTimeout` → `connect_timeout`.
 pub(crate) fn reason_key(reason: DisconnectReason) -> String {
     snake_case(&format!("{reason:?}"))
 }

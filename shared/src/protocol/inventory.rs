@@ -11,11 +11,11 @@
 //! session). Every reply, read-only ones
 //! included, is sent only once the server's batch holding it is durably
 //! stored; if that fails the reply is [`InventoryError::Storage`] and the id
-//! is not remembered (sending it again is a new request). Three answers come
-//! at once instead, as they change nothing: [`InventoryError::Busy`],
-//! [`InventoryError::BadOffer`], and the remembered reply to an id applied
-//! before. A session that ends before its replies are sent receives none of
-//! them.
+//! is not remembered (sending it again is a new request). Two answers come
+//! at once instead, as they change nothing: [`InventoryError::Busy`] and
+//! [`InventoryError::BadOffer`] (and a busy server answers a repeated id
+//! with its remembered reply at once too, rather than busy). A session that
+//! ends before its replies are sent receives none of them.
 //!
 //! Changes a player did not ask for (a gift, the other side of a trade)
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
