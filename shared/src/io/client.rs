@@ -95,28 +95,17 @@ impl ClientSocket {
 mod tests {
     use super::*;
     use crate::io::{system_rng, unix_secs};
-    use crate::netcode::{ConnectToken, Key, TokenParams};
+    use crate::netcode::Key;
+    use crate::protocol::PROTOCOL_ID;
     use crate::transport::TransportConfig;
 
     #[test]
     #[expect(clippy::disallowed_methods, reason = "a real socket: real time")]
     fn a_server_address_the_socket_cannot_reach_is_reported() {
         let server: SocketAddr = "[::1]:7777".parse().unwrap();
-        let token = ConnectToken::generate(
-            &TokenParams {
-                protocol_id: 1,
-                client_id: 1,
-                create_timestamp: unix_secs(),
-                expire_seconds: 30,
-                timeout_seconds: 5,
-                server_addresses: vec![server],
-                user_data: [0; 256],
-            },
-            &Key::generate(&mut system_rng()),
-            &mut system_rng(),
-        )
-        .unwrap();
-        let mut endpoint = ClientEndpoint::new(1, TransportConfig::default());
+        let key = Key::generate(&mut system_rng());
+        let token = crate::keys::mint_token(&key, vec![server], 1, 30, 5).unwrap();
+        let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, TransportConfig::default());
         let now = Instant::now();
         endpoint.connect(&token, now, unix_secs()).unwrap();
         let mut socket = ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap();

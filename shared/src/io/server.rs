@@ -1330,10 +1330,10 @@ mod tests {
     fn goodbyes_wait_for_a_socket_that_would_block() {
         use crate::endpoint::{ClientEndpoint, ClientEndpointEvent, ServerEndpointConfig};
         use crate::io::{ClientSocket, system_rng, unix_secs};
-        use crate::netcode::{ConnectToken, Key, ServerConfig, TokenParams};
+        use crate::netcode::{Key, ServerConfig};
+        use crate::protocol::PROTOCOL_ID as PROTOCOL;
         use crate::transport::TransportConfig;
 
-        const PROTOCOL: u64 = 0x5EED;
         let key = Key::generate(&mut system_rng());
         let socket =
             super::super::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -1352,21 +1352,8 @@ mod tests {
             ..ServerIoConfig::default()
         };
         let mut server = ServerIo::spawn_on(socket, endpoint, config).unwrap();
-        let token = ConnectToken::generate(
-            &TokenParams {
-                protocol_id: PROTOCOL,
-                client_id: 1,
-                create_timestamp: unix_secs(),
-                expire_seconds: 30,
-                // Far beyond the test's wait: only a goodbye ends it.
-                timeout_seconds: 30,
-                server_addresses: vec![addr],
-                user_data: [0; 256],
-            },
-            &key,
-            &mut system_rng(),
-        )
-        .unwrap();
+        // A timeout far beyond the test's wait: only a goodbye ends it.
+        let token = crate::keys::mint_token(&key, vec![addr], 1, 30, 30).unwrap();
         let mut client_endpoint = ClientEndpoint::new(PROTOCOL, TransportConfig::default());
         client_endpoint
             .connect(&token, Instant::now(), unix_secs())
