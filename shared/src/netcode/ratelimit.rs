@@ -18,9 +18,18 @@ const WAYS: usize = 4;
 const SCALE: u64 = 1000;
 
 /// Handshake rate limit per source: an IPv4 address, or an IPv6 /64.
+///
+/// It bounds the decryption work that yields nothing: a request carrying
+/// a token the server has not seen before and a response that connects
+/// give their token back, so players behind one address (a campus or
+/// carrier NAT) can all connect at once. Junk, repeated requests and
+/// failed responses spend it; past it, one such sender behind a shared
+/// address holds back the others' handshakes too (which packets are junk
+/// is only known by decrypting them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeRateLimit {
-    /// Sustained connection requests plus responses per second from one IP.
+    /// Sustained connection requests plus responses per second from one
+    /// source (those that give theirs back aside).
     pub per_second: u32,
     /// Bucket size: how many may arrive at once. At the limit, packets are
     /// dropped and counted as [`DropReason::RateLimited`](super::DropReason::RateLimited).
@@ -86,17 +95,13 @@ impl RateLimiter {
     /// over the limit.
     pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let ip = source(ip);
-        let mut h = DefaultHasher::new();
-        self.hash_key.hash(&mut h);
-        ip.hash(&mut h);
-        let set = usize::try_from(h.finish()).unwrap_or(0) & self.set_mask;
-        let start = set.saturating_mul(WAYS);
-        let full = u64::from(self.limit.burst).saturating_mul(SCALE);
-        let Some(ways) = self.buckets.get_mut(start..start.saturating_add(WAYS)) else {
+        let full = self.full();
+        let per_second = u64::from(self.limit.per_second);
+        let Some(ways) = self.set_of(ip) else {
             return true;
         };
         if let Some(bucket) = ways.iter_mut().find(|b| b.ip == Some(ip)) {
-            refill(bucket, now, u64::from(self.limit.per_second), full);
+            refill(bucket, now, per_second, full);
             return match bucket.milli_tokens.checked_sub(SCALE) {
                 Some(rest) => {
                     bucket.milli_tokens = rest;
@@ -115,6 +120,36 @@ impl RateLimiter {
             last: Some(now),
         };
         full >= SCALE
+    }
+}
+
+impl RateLimiter {
+    /// Gives back the token [`Self::allow`] took for `ip`'s source, for
+    /// work that proved worth doing (a bucket evicted meanwhile is left
+    /// alone: it comes back full anyway).
+    pub(crate) fn refund(&mut self, ip: IpAddr) {
+        let ip = source(ip);
+        let full = self.full();
+        if let Some(bucket) = self
+            .set_of(ip)
+            .and_then(|ways| ways.iter_mut().find(|b| b.ip == Some(ip)))
+        {
+            bucket.milli_tokens = bucket.milli_tokens.saturating_add(SCALE).min(full);
+        }
+    }
+
+    fn full(&self) -> u64 {
+        u64::from(self.limit.burst).saturating_mul(SCALE)
+    }
+
+    /// The ways of the set `ip` (a source) hashes to.
+    fn set_of(&mut self, ip: IpAddr) -> Option<&mut [Bucket]> {
+        let mut h = DefaultHasher::new();
+        self.hash_key.hash(&mut h);
+        ip.hash(&mut h);
+        let set = usize::try_from(h.finish()).unwrap_or(0) & self.set_mask;
+        let start = set.saturating_mul(WAYS);
+        self.buckets.get_mut(start..start.saturating_add(WAYS))
     }
 }
 
@@ -196,6 +231,28 @@ mod tests {
             .filter(|i| rl.allow(ip, t0 + Duration::from_micros(i * 500)))
             .count();
         assert!((999..=1001).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_refund_gives_back_one_token_and_never_more_than_the_burst() {
+        let limit = HandshakeRateLimit {
+            per_second: 1,
+            burst: 2,
+            table_entries: 16,
+        };
+        let mut rl = RateLimiter::new(limit, [1, 2]);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        rl.refund(ip);
+        assert!(rl.allow(ip, t0));
+        rl.refund(ip);
+        rl.refund(ip);
+        assert!(rl.allow(ip, t0));
+        assert!(rl.allow(ip, t0));
+        assert!(!rl.allow(ip, t0));
+        rl.refund(ip);
+        assert!(rl.allow(ip, t0));
+        assert!(!rl.allow(ip, t0));
     }
 
     #[test]

@@ -664,7 +664,11 @@ impl Server {
         if self.by_client_id.contains_key(&view.client_id) {
             return Err(DropReason::ClientIdInUse);
         }
-        self.record_token_use(now, unix_secs, from, token_mac, request.expire_timestamp)?;
+        if self.record_token_use(now, unix_secs, from, token_mac, request.expire_timestamp)? {
+            // A token never seen before is a player the backend let in: the
+            // limit is for work that yields nothing (junk, and repeats).
+            self.limiter.refund(from.ip());
+        }
 
         if self.free.is_empty() {
             if self.held_ended > 0 {
@@ -737,6 +741,8 @@ impl Server {
         self.queue(Owed::Challenge { to: from })
     }
 
+    /// Remembers the first address `mac`'s token came from; `true` if
+    /// this is its first use.
     fn record_token_use(
         &mut self,
         now: Instant,
@@ -744,10 +750,10 @@ impl Server {
         from: SocketAddr,
         mac: [u8; MAC_BYTES],
         expire_timestamp: u64,
-    ) -> Result<(), DropReason> {
+    ) -> Result<bool, DropReason> {
         if let Some(used) = self.token_uses.get(&mac) {
             return if used.address == from {
-                Ok(())
+                Ok(false)
             } else {
                 Err(DropReason::TokenUsedFromOtherAddress)
             };
@@ -775,7 +781,7 @@ impl Server {
                 client_floor: None,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     fn process_response<'b>(
@@ -878,6 +884,7 @@ impl Server {
             generation,
         });
         self.arm_service(now);
+        self.limiter.refund(from.ip());
         Ok(Some(ServerEvent::ClientConnected {
             client: ClientIndex(slot_index),
             client_id,

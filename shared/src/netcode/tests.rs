@@ -198,6 +198,16 @@ fn request_bytes(token: &ConnectToken) -> Vec<u8> {
     buf
 }
 
+/// `token`'s request with its private data's tag broken: it fails to
+/// decrypt.
+fn junk_request(token: &ConnectToken) -> Vec<u8> {
+    let mut buf = request_bytes(token);
+    if let Some(last) = buf.last_mut() {
+        *last ^= 1;
+    }
+    buf
+}
+
 #[test]
 fn handshake_connects_and_payloads_flow_both_ways() {
     let mut w = World::new(4);
@@ -1137,8 +1147,7 @@ fn a_handshake_kept_alive_by_its_requests_outlives_its_first_timeout() {
 #[test]
 fn ipv6_sources_are_limited_by_their_64_bit_prefix() {
     let mut w = World::new(4);
-    let token = w.token(1);
-    let req = request_bytes(&token);
+    let req = junk_request(&w.token(1));
     let burst = w.server.config().rate_limit.burst;
     for i in 0..burst + 10 {
         let from = SocketAddr::new(format!("2001:db8::{:x}", i + 1).parse().unwrap(), 5000);
@@ -1167,6 +1176,42 @@ fn a_server_seen_at_its_ipv4_mapped_address_is_the_same_server() {
     assert_eq!(client.state(), ClientState::SendingConnectionResponse);
 }
 
+/// Players behind one address (a campus or carrier NAT) connecting at
+/// once spend nothing of its budget: a request carrying a token not seen
+/// before, and a response that connects, give their token back. Work that
+/// yields nothing still spends it: junk from the same address after them
+/// finds the whole burst, and no more.
+#[test]
+fn players_behind_one_address_connect_at_once_and_junk_still_spends_the_budget() {
+    let players = 150u16;
+    let mut w = World::new(usize::from(players));
+    let burst = w.server.config().rate_limit.burst;
+    let ip: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    let mut clients: Vec<(SocketAddr, Client)> = (0..players)
+        .map(|i| {
+            let token = w.token(u64::from(i) + 1);
+            let mut client = Client::new(ClientConfig::new(PROTOCOL));
+            client.connect(&token, w.now, UNIX).unwrap();
+            (SocketAddr::new(ip, 20000 + i), client)
+        })
+        .collect();
+    assert!(
+        u32::from(players) * 2 > burst,
+        "more handshake packets than a burst"
+    );
+    w.pump(&mut clients);
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 0);
+    assert_eq!(w.server.num_connected(), usize::from(players));
+
+    let junk = junk_request(&w.token(9999));
+    for port in 0..burst + 10 {
+        w.deliver_to_server(SocketAddr::new(ip, 40000 + port as u16), &junk);
+    }
+    let dropped = &w.server.stats().dropped;
+    assert_eq!(dropped.get(DropReason::TokenInvalid), u64::from(burst));
+    assert_eq!(dropped.get(DropReason::RateLimited), 10);
+}
+
 #[test]
 fn per_ip_rate_limit_applies_to_requests() {
     let mut w = World::new(4);
@@ -1176,11 +1221,13 @@ fn per_ip_rate_limit_applies_to_requests() {
     for _ in 0..burst + 10 {
         w.deliver_to_server(client_addr(0), &req);
     }
-    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 10);
-    assert_eq!(w.server_transmits().len(), burst);
+    // The first, a token new to the server, gives its token back; the
+    // repeats spend the burst.
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 9);
+    assert_eq!(w.server_transmits().len(), burst + 1);
     w.now += Duration::from_secs(1);
     w.deliver_to_server(client_addr(0), &req);
-    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 10);
+    assert_eq!(w.server.stats().dropped.get(DropReason::RateLimited), 9);
 }
 
 #[test]
