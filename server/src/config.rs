@@ -278,6 +278,8 @@ pub struct FileConfig {
     pub inventory: Option<CoreConfig>,
     /// The `[memory]` table.
     pub memory: Option<MemoryConfig>,
+    /// The `[handshake]` table.
+    pub handshake: Option<HandshakeConfig>,
 }
 
 impl FileConfig {
@@ -386,6 +388,95 @@ pub enum ConfigError {
         /// What is wrong (see [`MemoryConfig::check`]).
         message: String,
     },
+    /// A `[handshake]` value is out of its range.
+    #[error("[handshake] in {origin}: {message}")]
+    Handshake {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong (see [`HandshakeConfig::check`]).
+        message: String,
+    },
+}
+
+/// Connection handshakes: how many the server holds at once, and how fast
+/// one source address may send the packets of those that yield nothing
+/// (`[handshake]`). All of it is allocated at start.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandshakeConfig {
+    /// Sustained handshake packets a second from one source (an IPv4
+    /// address or an IPv6 /64) that yield nothing: junk, repeated requests,
+    /// failed responses. A request with a token the server has not seen
+    /// and a response that connects do not count, so players behind one
+    /// address connect at once. Default 32.
+    pub per_second: u32,
+    /// How many of those may come at once. Default 64.
+    pub burst: u32,
+    /// Source addresses rate-limited at once (a fixed table; an address
+    /// pushed out comes back with a full burst). Default 4,096.
+    pub tracked_sources: u32,
+    /// Half-open handshakes (a valid token, no response yet) held at once;
+    /// past it new ones are dropped. Default 1,024.
+    pub max_pending: u32,
+    /// Used tokens remembered (a token is good from one address only);
+    /// past it, once expired ones are purged, new tokens are dropped.
+    /// Default 16,384.
+    pub max_token_entries: u32,
+}
+
+impl Default for HandshakeConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 32,
+            burst: 64,
+            tracked_sources: 4096,
+            max_pending: 1024,
+            max_token_entries: 16 * 1024,
+        }
+    }
+}
+
+impl HandshakeConfig {
+    /// Largest value of each setting, so that a mistyped huge one is an
+    /// error, not gigabytes allocated at start or a limit that never bites.
+    pub const LIMITS: [(&'static str, u32); 5] = [
+        ("per_second", 1_000_000),
+        ("burst", 1_000_000),
+        ("tracked_sources", 1 << 20),
+        ("max_pending", 1 << 16),
+        ("max_token_entries", 1 << 20),
+    ];
+
+    /// Checks every setting is from 1 to its limit in [`Self::LIMITS`].
+    ///
+    /// # Errors
+    /// The first setting out of range, named as in the file.
+    pub fn check(&self) -> Result<(), String> {
+        let values = [
+            self.per_second,
+            self.burst,
+            self.tracked_sources,
+            self.max_pending,
+            self.max_token_entries,
+        ];
+        for ((key, max), value) in Self::LIMITS.into_iter().zip(values) {
+            if !(1..=max).contains(&value) {
+                return Err(format!("{key} must be 1 to {max}, got {value}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `netcode`'s handshake tables and rate limit to these.
+    pub fn apply(&self, netcode: &mut shared::netcode::ServerConfig) {
+        netcode.max_pending = self.max_pending as usize;
+        netcode.max_token_entries = self.max_token_entries as usize;
+        netcode.rate_limit = shared::netcode::HandshakeRateLimit {
+            per_second: self.per_second,
+            burst: self.burst,
+            table_entries: self.tracked_sources as usize,
+        };
+    }
 }
 
 /// The memory network input can make the server hold, all clients
@@ -509,6 +600,8 @@ pub struct ServerConfig {
     pub inventory: CoreConfig,
     /// Memory bounds under load and attack (`[memory]`).
     pub memory: MemoryConfig,
+    /// Handshake tables and rate limit (`[handshake]`).
+    pub handshake: HandshakeConfig,
 }
 
 fn serialize_tick_rate<S: serde::Serializer>(rate: &TickRate, s: S) -> Result<S::Ok, S::Error> {
@@ -534,6 +627,7 @@ impl Default for ServerConfig {
             chat: ChatConfig::default(),
             inventory: CoreConfig::default(),
             memory: MemoryConfig::default(),
+            handshake: HandshakeConfig::default(),
         }
     }
 }
@@ -629,6 +723,13 @@ impl ServerConfig {
             origin: origin.to_owned(),
             message,
         })?;
+        let handshake = file.handshake.clone().unwrap_or_default();
+        handshake
+            .check()
+            .map_err(|message| ConfigError::Handshake {
+                origin: origin.to_owned(),
+                message,
+            })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
         Ok(Self {
             bind,
@@ -660,6 +761,7 @@ impl ServerConfig {
             chat,
             inventory,
             memory,
+            handshake,
         })
     }
 
@@ -1018,7 +1120,35 @@ mod tests {
         assert!(file.tick_hz.is_some() && file.max_clients.is_some());
         assert!(file.log_format.is_some() && file.log_filter.is_some());
         assert!(file.shutdown_grace_ms.is_some());
-        assert!(file.memory.is_some());
+        assert!(file.memory.is_some() && file.handshake.is_some());
+    }
+
+    #[test]
+    fn handshake_settings_are_read_and_checked() {
+        let file = FileConfig::parse(
+            "[handshake]\nper_second = 500\nmax_pending = 8192\n",
+            "test.toml",
+        )
+        .unwrap();
+        let config = ServerConfig::resolve(&RunArgs::default(), &file, "test.toml").unwrap();
+        assert_eq!(config.handshake.per_second, 500);
+        assert_eq!(config.handshake.max_pending, 8192);
+        assert_eq!(config.handshake.burst, HandshakeConfig::default().burst);
+        for (key, max) in HandshakeConfig::LIMITS {
+            for value in [0, u64::from(max) + 1] {
+                let file =
+                    FileConfig::parse(&format!("[handshake]\n{key} = {value}\n"), "bad.toml")
+                        .unwrap();
+                let error =
+                    ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
+                assert_eq!(
+                    error.to_string(),
+                    format!("[handshake] in bad.toml: {key} must be 1 to {max}, got {value}"),
+                );
+            }
+        }
+        let error = FileConfig::parse("[handshake]\nrate = 1\n", "test.toml").unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
     }
 
     #[test]

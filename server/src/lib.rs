@@ -194,11 +194,8 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
     if public_addr.port() == 0 {
         public_addr.set_port(local.port());
     }
-    let mut netcode =
-        shared::netcode::ServerConfig::new(shared::protocol::PROTOCOL_ID, key, vec![public_addr]);
-    netcode.max_clients = config.max_clients as usize;
     let endpoint = ServerEndpoint::new(
-        endpoint_config(config, netcode),
+        endpoint_config(config, netcode_config(config, key, public_addr)),
         &mut shared::io::system_rng(),
     )?;
     let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config(config))?;
@@ -209,6 +206,20 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         readiness::GAME_ANNOUNCEMENT
     );
     Ok(net::NetServer::io(io))
+}
+
+/// The secure layer's settings for `config`, signing with `key`, reached
+/// at `public_addr`.
+fn netcode_config(
+    config: &ServerConfig,
+    key: shared::netcode::Key,
+    public_addr: SocketAddr,
+) -> shared::netcode::ServerConfig {
+    let mut netcode =
+        shared::netcode::ServerConfig::new(shared::protocol::PROTOCOL_ID, key, vec![public_addr]);
+    netcode.max_clients = config.max_clients as usize;
+    config.handshake.apply(&mut netcode);
+    netcode
 }
 
 /// The endpoint's settings for `config`, around its secure layer's.
@@ -322,6 +333,45 @@ mod tests {
             radius
         );
     }
+    /// The `[handshake]` defaults are the secure layer's (what the README
+    /// and server.toml give), and a setting reaches it.
+    #[test]
+    fn handshake_defaults_are_the_libraries_and_settings_reach_it() {
+        let library = shared::netcode::ServerConfig::new(
+            shared::protocol::PROTOCOL_ID,
+            shared::keys::dev_key(),
+            vec!["127.0.0.1:7777".parse().unwrap()],
+        );
+        let public = library.public_addresses[0];
+        let mut config = ServerConfig::default();
+        let netcode = netcode_config(&config, shared::keys::dev_key(), public);
+        assert_eq!(netcode.rate_limit, library.rate_limit);
+        assert_eq!(netcode.max_pending, library.max_pending);
+        assert_eq!(netcode.max_token_entries, library.max_token_entries);
+
+        config.handshake = config::HandshakeConfig {
+            per_second: 1000,
+            burst: 2000,
+            tracked_sources: 65536,
+            max_pending: 4096,
+            max_token_entries: 100_000,
+        };
+        let netcode = netcode_config(&config, shared::keys::dev_key(), public);
+        assert_eq!(
+            netcode.rate_limit,
+            shared::netcode::HandshakeRateLimit {
+                per_second: 1000,
+                burst: 2000,
+                table_entries: 65536,
+            }
+        );
+        assert_eq!(
+            (netcode.max_pending, netcode.max_token_entries),
+            (4096, 100_000)
+        );
+        assert_eq!(netcode.max_clients, config.max_clients as usize);
+    }
+
     /// The `[memory]` bounds reach the endpoint and `net-io`, and their
     /// defaults are the library's (what the README's table gives).
     #[test]
