@@ -662,7 +662,7 @@ fn an_honest_wanderer_is_never_flagged_for_sixty_seconds() {
 #[test]
 fn spawn_points_are_distinct_and_inside_the_world() {
     let config = MovementConfig::default();
-    let points: Vec<Vec2> = (0..1000).map(|i| config.spawn_point(i)).collect();
+    let points: Vec<Vec2> = config.spawn_points().take(1000).collect();
     for (i, p) in points.iter().enumerate() {
         assert!(p.cmpge(config.world_min).all() && p.cmple(config.world_max).all());
         for q in &points[..i] {
@@ -670,4 +670,35 @@ fn spawn_points_are_distinct_and_inside_the_world() {
         }
     }
     assert_eq!(points[0], (config.world_min + config.world_max) / 2.0);
+}
+
+/// The spawn counter runs on for the server's life: past the spawns the
+/// world holds, the spiral starts again from the centre instead of piling
+/// players on the world's edge and corners.
+#[test]
+fn spawn_points_stay_off_the_edges_however_many_players_joined() {
+    let config = MovementConfig {
+        world_min: Vec2::new(-300.0, -100.0),
+        world_max: Vec2::new(300.0, 100.0),
+        ..MovementConfig::default()
+    };
+    let strictly_inside =
+        |p: Vec2| p.cmpgt(config.world_min).all() && p.cmplt(config.world_max).all();
+    for start in [0, 1_000, 10_000, 100_000, u32::MAX - 1_000] {
+        let mut from = start;
+        let points: Vec<Vec2> = (0..1_000)
+            .map(|_| {
+                let (at, next) = config.next_spawn(from);
+                from = next;
+                at
+            })
+            .collect();
+        assert!(points.iter().all(|p| strictly_inside(*p)), "from {start}");
+        let mut distinct = points.clone();
+        distinct.sort_by(|a, b| a.x.total_cmp(&b.x).then(a.y.total_cmp(&b.y)));
+        distinct.dedup();
+        // The world holds 600 x 200 / (pi x 12^2) = 265 spawns at the
+        // spiral's density: a thousand in a row visit each about 4 times.
+        assert!(distinct.len() >= 250, "from {start}: {}", distinct.len());
+    }
 }

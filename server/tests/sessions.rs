@@ -245,7 +245,12 @@ fn a_pickup_in_the_first_tick_is_checked_against_the_spawn_point() {
         assert!(request_id < 100, "no item ever spawned");
     };
     // The next player spawns at the second spawn point.
-    let spawn = app.world().resource::<MovementConfig>().spawn_point(1);
+    let spawn = app
+        .world()
+        .resource::<MovementConfig>()
+        .spawn_points()
+        .nth(1)
+        .unwrap();
     let far = items
         .iter()
         .find(|item| item.position.distance(spawn) > 20.0)

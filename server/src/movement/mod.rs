@@ -185,15 +185,49 @@ impl MovementConfig {
         }
     }
 
-    /// Spawn point number `index`: a golden-angle spiral around the world
-    /// centre, `spawn_spacing` apart, inside the world.
-    pub fn spawn_point(&self, index: u32) -> Vec2 {
-        const GOLDEN_ANGLE: f32 = 2.399_963;
+    /// The spawn point for the next player, searching from point `from` of
+    /// a golden-angle spiral around the world centre (`spawn_spacing`
+    /// apart), and where the search after it starts. Points on or past the
+    /// world's edge are passed over, and past the last point that can lie
+    /// inside the world the spiral starts again from the centre: however
+    /// many players joined since the start, spawns keep the spiral's
+    /// density (instead of piling up on the edges and corners).
+    pub fn next_spawn(&self, from: u32) -> (Vec2, u32) {
+        const GOLDEN_ANGLE: f64 = 2.399_963_229_728_653;
         let centre = (self.world_min + self.world_max) / 2.0;
-        let i = index as f32;
-        let r = self.spawn_spacing * i.sqrt();
-        let (sin, cos) = (i * GOLDEN_ANGLE).sin_cos();
-        (centre + Vec2::new(cos, sin) * r).clamp(self.world_min, self.world_max)
+        // Spiral point `i` is `spacing * sqrt(i)` from the centre: those
+        // past the half diagonal are outside whatever the angle.
+        let half_diagonal = f64::from((self.world_max - self.world_min).length() / 2.0);
+        let spacing = f64::from(self.spawn_spacing);
+        let reach = (half_diagonal / spacing).powi(2).floor();
+        let points = if reach.is_finite() && reach < f64::from(u32::MAX) {
+            reach as u32 + 1
+        } else {
+            u32::MAX
+        };
+        let mut i = from % points;
+        // Point 0, the centre, is inside: the search ends within `points`.
+        for _ in 0..points {
+            let angle = f64::from(i) * GOLDEN_ANGLE;
+            let r = spacing * f64::from(i).sqrt();
+            let at = centre + Vec2::new(angle.cos() as f32, angle.sin() as f32) * r as f32;
+            let next = i.wrapping_add(1) % points;
+            if i == 0 || (at.cmpgt(self.world_min).all() && at.cmplt(self.world_max).all()) {
+                return (at.clamp(self.world_min, self.world_max), next);
+            }
+            i = next;
+        }
+        (centre, 1 % points)
+    }
+
+    /// The spawn points players get in turn, from the server's start.
+    pub fn spawn_points(&self) -> impl Iterator<Item = Vec2> + '_ {
+        let mut from = 0;
+        std::iter::from_fn(move || {
+            let (at, next) = self.next_spawn(from);
+            from = next;
+            Some(at)
+        })
     }
 }
 
@@ -325,7 +359,7 @@ impl MovementMetrics {
 }
 
 /// Validates and applies movement input; spawns players at
-/// [`MovementConfig::spawn_point`]s when they connect.
+/// [`MovementConfig::next_spawn`] points when they connect.
 pub struct MovementPlugin;
 
 impl Plugin for MovementPlugin {
@@ -362,8 +396,8 @@ fn spawn_players(
     mut commands: Commands,
 ) {
     for ClientConnected { entity, .. } in connected.read() {
-        let at = config.spawn_point(counter.0);
-        counter.0 = counter.0.wrapping_add(1);
+        let (at, next) = config.next_spawn(counter.0);
+        counter.0 = next;
         if let Ok(mut e) = commands.get_entity(*entity) {
             e.insert((
                 Position(at),
