@@ -2,21 +2,32 @@
 //! bytes can fill, whatever lengths it claims.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use shared::protocol::inventory::{InventoryOp, InventoryRequest, TradeUpdate};
 use shared::protocol::{self, NetMessage};
 
-/// The system allocator, remembering the largest block asked for.
+/// The system allocator, remembering the largest block each thread asked
+/// for (per thread: the tests run side by side, and one resetting a shared
+/// record could hide the other's allocation).
 struct Largest;
 
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The largest block this thread asked for since the last call.
+fn take_largest() -> usize {
+    LARGEST.with(|largest| largest.replace(0))
+}
 
 #[expect(unsafe_code, reason = "a global allocator forwarding to System")]
 // SAFETY: every call is forwarded unchanged to the system allocator.
 unsafe impl GlobalAlloc for Largest {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // `try_with`: a thread's last allocations may come after its
+        // thread-locals are gone.
+        let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(layout.size())));
         // SAFETY: the caller's contract is passed on as is.
         unsafe { System.alloc(layout) }
     }
@@ -36,9 +47,9 @@ fn a_forged_list_length_reserves_nothing_for_it() {
     // holds none: id, request 0, Offer, with 0, then the length.
     let mut payload = InventoryRequest::ID.to_le_bytes().to_vec();
     payload.extend_from_slice(&[0x00, 0x07, 0x00, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF]);
-    LARGEST.store(0, Ordering::Relaxed);
+    take_largest();
     let decoded = protocol::decode::<InventoryRequest>(&payload);
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let largest = take_largest();
     assert!(decoded.is_err(), "{decoded:?}");
     assert!(
         largest < 64 * 1024,
@@ -66,9 +77,9 @@ fn a_forged_offer_length_in_a_trade_update_reserves_nothing_for_it() {
     // none.
     let mut payload = TradeUpdate::ID.to_le_bytes().to_vec();
     payload.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF]);
-    LARGEST.store(0, Ordering::Relaxed);
+    take_largest();
     let decoded = protocol::decode::<TradeUpdate>(&payload);
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let largest = take_largest();
     assert!(decoded.is_err(), "{decoded:?}");
     assert!(
         largest < 64 * 1024,
