@@ -3,6 +3,7 @@
 //! rejected and counted; an honest wanderer is never flagged and the
 //! shared predictor agrees with the server.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -335,14 +336,25 @@ struct HonestClient {
     stall_at: u64,
     stall: Duration,
     stop_after: u64,
+    /// Ticks its inputs take to reach the tick (0: they are there when the
+    /// next tick starts; 1: the tick after, as when `net-io` has not read
+    /// them yet).
+    lag_ticks: usize,
+    /// Inputs due at the start of the last ticks, newest last.
+    due_then: VecDeque<u32>,
 }
 
-/// Writes the inputs the client sent since the last tick: after a stall,
-/// all of those it sent meanwhile arrive together.
+/// Writes the inputs the client sent since the last tick (`lag_ticks`
+/// before): after a stall, all of those it sent meanwhile arrive together.
 fn honest_client_sends(mut client: ResMut<HonestClient>, mut out: MessageWriter<MoveCommand>) {
     let period = TickRate::new(30).unwrap().period();
     let elapsed = client.clock.now().duration_since(client.start);
-    let due = u32::try_from(elapsed.as_nanos() / period.as_nanos()).unwrap() + 1;
+    let due_now = u32::try_from(elapsed.as_nanos() / period.as_nanos()).unwrap() + 1;
+    client.due_then.push_back(due_now);
+    if client.due_then.len() <= client.lag_ticks {
+        return;
+    }
+    let due = client.due_then.pop_front().unwrap();
     while client.sent < due {
         client.sent += 1;
         out.write(MoveCommand {
@@ -395,6 +407,12 @@ fn runner_app(clock: &ManualClock, pause_on_sleep: u64, pause: Duration) -> App 
 /// tick taking `stall`; returns what its player ended with, the inputs it
 /// sent and the ticks the runner skipped.
 fn stall_run(stall: Stall) -> (Mover, MovementViolations, u32, u64) {
+    stall_run_lagging(stall, 0)
+}
+
+/// [`stall_run`] with the client's inputs reaching the tick `lag_ticks`
+/// late; "sent" counts those that reached it.
+fn stall_run_lagging(stall: Stall, lag_ticks: usize) -> (Mover, MovementViolations, u32, u64) {
     let clock = ManualClock::new();
     let (in_tick, pause_on_sleep, pause) = match stall {
         Stall::InTick(d) => (d, u64::MAX, Duration::ZERO),
@@ -411,6 +429,8 @@ fn stall_run(stall: Stall) -> (Mover, MovementViolations, u32, u64) {
         stall_at: 30,
         stall: in_tick,
         stop_after: 90,
+        lag_ticks,
+        due_then: VecDeque::new(),
     })
     .add_systems(First, honest_client_sends)
     .add_systems(Last, stall_and_stop);
@@ -456,6 +476,20 @@ fn an_honest_client_is_not_flagged_after_the_process_paused_between_ticks() {
     let (mover, violations, sent, _) = stall_run(Stall::BetweenTicks(Duration::from_millis(300)));
     assert_eq!(violations, MovementViolations::default());
     assert_eq!((mover.last_seq, mover.waiting()), (sent, 0));
+}
+
+/// The same when the inputs bunched by the pause reach a tick after the
+/// late one (`net-io` still reading and decrypting them when the late
+/// tick drained its queue): the allowance of the stall lasts until they
+/// come.
+#[test]
+fn an_honest_client_is_not_flagged_when_its_inputs_arrive_a_tick_after_a_pause() {
+    for lag in [1, 3] {
+        let (mover, violations, sent, _) =
+            stall_run_lagging(Stall::BetweenTicks(Duration::from_millis(300)), lag);
+        assert_eq!(violations, MovementViolations::default(), "lag {lag}");
+        assert_eq!((mover.last_seq, mover.waiting()), (sent, 0), "lag {lag}");
+    }
 }
 
 /// A pause of two periods is caught up: the late tick earns the credit,

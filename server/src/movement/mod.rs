@@ -41,17 +41,23 @@
 //! arrives in one tick, which stands for that many periods: each player
 //! earns credit for all of them, and may have as many more inputs over the
 //! per-tick cap (both at most `burst_ticks + input_buffer` extra); catch-up
-//! ticks run right after it earn none. An honest client's inputs move it
-//! as far as it would have moved, and the credit bound above holds for any
-//! window of wall time. Inputs beyond that, in a tick that stands for more
-//! periods than it earns (a longer stall), are dropped without being
-//! flagged (`movement_inputs_late_total`); in any other tick, flooding is
+//! ticks run right after it earn none. Those inputs reach the tick only
+//! once `net-io` has read them, which after a pause may be a few ticks
+//! later: the raised caps last as many ticks after the stall as it earned
+//! extra periods. An honest client's inputs move it as far as it would have
+//! moved, and the credit bound above holds for any window of wall time.
+//! Inputs beyond that, after a tick that stands for more periods than it
+//! earns (a longer stall), are dropped without being flagged
+//! (`movement_inputs_late_total`) for as long; otherwise flooding is
 //! flagged as always.
 //!
 //! Violations are counted per player in [`MovementViolations`], in the
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
 //! then every hundredth). An honest client (one input per tick, speed at
-//! most `max_speed`) is never flagged.
+//! most `max_speed`) is never flagged, unless the network holds its inputs
+//! back and hands over more than `burst_ticks + input_buffer` ticks' worth
+//! at once (with the defaults, a delay spike of over 230 ms): those beyond
+//! are flagged as rate or flood violations and dropped.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -367,6 +373,7 @@ impl Plugin for MovementPlugin {
         let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
         app.init_resource::<MovementConfig>()
             .init_resource::<SpawnCounter>()
+            .init_resource::<StallAllowance>()
             .init_resource::<ViolationLog>()
             .insert_resource(MovementMetrics::register(&metrics))
             .add_client_message::<MoveInput>(channels::MOVEMENT)
@@ -438,13 +445,53 @@ fn periods_earned(config: &MovementConfig, stats: Option<&TickStats>) -> (u32, u
     (earned, earned.saturating_sub(1), periods > earned)
 }
 
+/// What the last stall allows this tick: its inputs reach the tick it
+/// ends in only if `net-io` has read them by then, and may come over the
+/// next ticks instead, so its allowance lasts as many ticks after it as it
+/// earned extra periods. See "Stalls" in the module docs.
+#[derive(Resource, Debug, Default, Clone, Copy)]
+struct StallAllowance {
+    /// Extra periods the stall earned: on top of the credit cap and of the
+    /// inputs a tick takes.
+    extra: u32,
+    /// The stall stood for more periods than it earned: inputs beyond the
+    /// caps are dropped unflagged.
+    late: bool,
+    /// Ticks after this one it still holds for.
+    ticks_after: u32,
+}
+
+impl StallAllowance {
+    /// The allowance for a tick that earned `earned` periods, `extra` of
+    /// them beyond one (`late`: it stood for more), after `self`.
+    fn next(self, extra: u32, late: bool) -> Self {
+        if extra > 0 {
+            // Within an earlier stall's allowance: the larger, for longer.
+            return Self {
+                extra: extra.max(self.extra),
+                late: late || self.late,
+                ticks_after: extra.max(self.ticks_after.saturating_sub(1)),
+            };
+        }
+        match self.ticks_after.checked_sub(1) {
+            Some(ticks_after) => Self {
+                ticks_after,
+                ..self
+            },
+            None => Self::default(),
+        }
+    }
+}
+
 fn refill_credit(
     config: Res<MovementConfig>,
     stats: Option<Res<TickStats>>,
+    mut allowance: ResMut<StallAllowance>,
     mut movers: Query<&mut Mover>,
 ) {
-    let (earned, extra, _) = periods_earned(&config, stats.as_deref());
-    let cap = config.burst_ticks.max(1) + extra;
+    let (earned, extra, late) = periods_earned(&config, stats.as_deref());
+    *allowance = allowance.next(extra, late);
+    let cap = config.burst_ticks.max(1) + allowance.extra;
     for mut mover in &mut movers {
         mover.credit = (mover.credit + earned).min(cap);
         mover.inputs_this_tick = 0;
@@ -463,7 +510,7 @@ enum Violation {
 fn apply_inputs(
     mut inputs: MessageReader<MoveCommand>,
     config: Res<MovementConfig>,
-    stats: Option<Res<TickStats>>,
+    allowance: Res<StallAllowance>,
     time: Res<Time<Fixed>>,
     metrics: Res<MovementMetrics>,
     mut log: ResMut<ViolationLog>,
@@ -477,7 +524,11 @@ fn apply_inputs(
 ) {
     log.roll(time.elapsed());
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
-    let (_, extra, stalled) = periods_earned(&config, stats.as_deref());
+    let StallAllowance {
+        extra,
+        late: stalled,
+        ..
+    } = *allowance;
     let max_inputs = config.max_inputs_per_tick.saturating_add(extra);
     for MoveCommand { entity, input } in inputs.read() {
         let Ok((_, _, mut mover, mut violations, player)) = players.get_mut(*entity) else {
@@ -702,5 +753,23 @@ mod tests {
             (moved - expected).abs() <= 0.01 * expected,
             "moved {moved} m, expected {expected} m"
         );
+    }
+
+    #[test]
+    fn a_stalls_allowance_lasts_as_many_ticks_after_it_as_it_earned_extra_periods() {
+        let mut allowance = StallAllowance::default().next(5, true);
+        for _ in 0..5 {
+            assert_eq!((allowance.extra, allowance.late), (5, true));
+            allowance = allowance.next(0, false);
+        }
+        assert_eq!((allowance.extra, allowance.late), (5, true));
+        allowance = allowance.next(0, false);
+        assert_eq!(
+            (allowance.extra, allowance.late, allowance.ticks_after),
+            (0, false, 0)
+        );
+        // A second stall within the first's allowance keeps the larger.
+        let allowance = StallAllowance::default().next(5, false).next(2, false);
+        assert_eq!((allowance.extra, allowance.ticks_after), (5, 4));
     }
 }
