@@ -318,7 +318,7 @@ struct Player {
     inventory: InventoryTracker,
     /// Requests answered `Busy` or `Storage`, resent with their ids when
     /// the time comes (a new id could apply the op twice).
-    inventory_retry: Option<(Instant, Vec<u64>)>,
+    inventory_retry: InventoryRetries,
     /// The `client_ref` of the next chat send.
     next_chat_ref: u32,
     /// Chat sends not answered yet, by `client_ref`: the text, to say which
@@ -353,8 +353,56 @@ fn printable(text: &str) -> String {
 }
 
 /// How long `play` waits before sending a request answered `Busy` or
-/// `Storage` again.
+/// `Storage` again the first time; each next wait is twice as long.
 const INVENTORY_RETRY: Duration = Duration::from_secs(1);
+
+/// Refusals (`Busy` or `Storage`) after which `play` gives a request up:
+/// with [`INVENTORY_RETRY`] doubling, 1 + 2 + 4 + 8 s of retries.
+const INVENTORY_TRIES: u32 = 5;
+
+/// The inventory requests answered `Busy` or `Storage` and due to be sent
+/// again, each after twice the wait of the time before, up to
+/// [`INVENTORY_TRIES`] refusals (a server whose storage keeps failing is
+/// not asked every second for ever).
+#[derive(Debug, Default)]
+struct InventoryRetries {
+    /// Request id → refusals so far, and when it is due again (`None`
+    /// while the copy sent last is unanswered).
+    waiting: BTreeMap<u64, (u32, Option<Instant>)>,
+}
+
+impl InventoryRetries {
+    /// `id` was refused at `now`: the wait before it is sent again, or
+    /// `None` when that was its last try (it is forgotten here).
+    fn refused(&mut self, id: u64, now: Instant) -> Option<Duration> {
+        let (refusals, due) = self.waiting.entry(id).or_insert((0, None));
+        *refusals += 1;
+        if *refusals >= INVENTORY_TRIES {
+            self.waiting.remove(&id);
+            return None;
+        }
+        let wait = INVENTORY_RETRY.saturating_mul(1 << (*refusals - 1));
+        *due = Some(now + wait);
+        Some(wait)
+    }
+
+    /// `id` got an answer that is not a refusal.
+    fn answered(&mut self, id: u64) {
+        self.waiting.remove(&id);
+    }
+
+    /// The ids due at `now`, marked as sent.
+    fn due(&mut self, now: Instant) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for (id, (_, due)) in &mut self.waiting {
+            if due.is_some_and(|at| at <= now) {
+                *due = None;
+                ids.push(*id);
+            }
+        }
+        ids
+    }
+}
 
 /// See [`Player::unanswered_chat`].
 const MAX_UNANSWERED_CHAT: usize = 64;
@@ -383,7 +431,7 @@ impl Player {
             inventory: InventoryTracker::starting_at(first),
             next_chat_ref: 1,
             unanswered_chat: BTreeMap::new(),
-            inventory_retry: None,
+            inventory_retry: InventoryRetries::default(),
         }
     }
 
@@ -571,31 +619,35 @@ impl Player {
                 }
             }
             Err(error @ (InventoryError::Busy | InventoryError::Storage)) => {
-                println!(
-                    "{op:?}: {error}; sent again in {} s with the same request id",
-                    INVENTORY_RETRY.as_secs()
-                );
-                let (_, ids) = self
+                match self
                     .inventory_retry
-                    .get_or_insert_with(|| (Instant::now() + INVENTORY_RETRY, Vec::new()));
-                ids.push(reply.request_id);
+                    .refused(reply.request_id, Instant::now())
+                {
+                    Some(wait) => println!(
+                        "{op:?}: {error}; sent again in {} s with the same request id",
+                        wait.as_secs()
+                    ),
+                    None => {
+                        self.inventory.forget(reply.request_id);
+                        println!(
+                            "{op:?}: {error} {INVENTORY_TRIES} times; given up (a copy still \
+                             queued at the server may apply: /inv shows)"
+                        );
+                    }
+                }
+                return;
             }
             Err(error) => println!("{op:?} failed: {error}"),
         }
+        self.inventory_retry.answered(reply.request_id);
     }
 
     /// Sends again the requests answered `Busy` or `Storage`, once due.
     fn retry_inventory(&mut self, now: Instant, endpoint: &mut ClientEndpoint) {
-        if self
-            .inventory_retry
-            .as_ref()
-            .is_none_or(|(at, _)| *at > now)
-        {
+        let ids = self.inventory_retry.due(now);
+        if ids.is_empty() {
             return;
         }
-        let Some((_, ids)) = self.inventory_retry.take() else {
-            return;
-        };
         for request in self
             .inventory
             .pending()
@@ -913,6 +965,32 @@ mod tests {
         assert!(parse_command("/give bob 1").unwrap_err().contains("usage"));
         assert!(parse_command("/trade 42").unwrap_err().contains("usage"));
         assert!(parse_command("/drop 70000").is_err());
+    }
+
+    #[test]
+    fn a_refused_request_is_retried_after_doubling_waits_then_given_up() {
+        let mut retries = InventoryRetries::default();
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut waits = Vec::new();
+        while let Some(wait) = retries.refused(7, now) {
+            assert!(
+                retries
+                    .due(now + wait - Duration::from_millis(1))
+                    .is_empty()
+            );
+            now += wait;
+            assert_eq!(retries.due(now), vec![7]);
+            assert!(retries.due(now).is_empty(), "sent once per refusal");
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8]);
+        assert!(retries.waiting.is_empty(), "given up after five refusals");
+        // An answer that is not a refusal ends the retries, and the count.
+        retries.refused(8, t0);
+        retries.answered(8);
+        assert!(retries.due(now).is_empty());
+        assert_eq!(retries.refused(8, t0), Some(INVENTORY_RETRY));
     }
 
     #[test]
