@@ -34,7 +34,10 @@
 # user and kernel time (utime, stime: the kernel's share is the UDP path,
 # which on loopback also delivers to the receiving socket). Datagrams and
 # UDP payload bytes per bot per second in (up) and out (down), as the
-# server counted them over the steady window, the datagrams the kernel
+# server counted them over the steady window (from the answer of the
+# metrics scrape that opens it to that of the one that closes it; none if
+# that came after the bots stopped) per client it had connected (the mean
+# of its `connected_clients` at the two ends), the datagrams the kernel
 # dropped at the server's full socket buffer and net-io's wakeups per
 # second (over the whole window) come from its /metrics. Tick p50/p99 and
 # overruns (over the bots' whole run, and after the ramp: from the bots'
@@ -45,8 +48,9 @@
 # ramp and drain included) and connected/requested come from the bots'
 # JSON report; connected counts the bots still connected through the run
 # (`connected_not_dropped`: those that connected, minus the sessions the
-# server or a timeout ended; the dropped ones in brackets), and every
-# per-bot figure divides by it; bot cores = the bot process's CPU seconds
+# server or a timeout ended; the dropped ones in brackets), and the
+# per-bot figures of a server too old to give `connected_clients` divide
+# by it; bot cores = the bot process's CPU seconds
 # / the wall time they were spent in (both from
 # the report), with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
@@ -117,10 +121,11 @@ thread_ticks() {
 
 now_s() { date +%s.%N; }
 
-# "in out drops wakeups bytes_in bytes_out" from the server's metrics page
-# (datagrams in and out, then UDP payload bytes in and out; "-" for each it
-# did not give: all of them when unreadable; drops and wakeups also for a
-# server too old to count them).
+# "in out drops wakeups bytes_in bytes_out clients" from the server's
+# metrics page (datagrams in and out, then UDP payload bytes in and out,
+# then the clients connected; "-" for each it did not give: all of them
+# when unreadable; drops, wakeups and clients also for a server too old to
+# count them).
 net_counters() {
     curl -s --max-time 2 "$1" | awk '
         function or_dash(v) { return v == "" ? "-" : v }
@@ -130,7 +135,8 @@ net_counters() {
         $1 == "net_io_wakeups_total" { k = $2 }
         $1 == "net_bytes_in_total" { bi = $2 }
         $1 == "net_bytes_out_total" { bo = $2 }
-        END { printf "%s %s %s %s %s %s\n", or_dash(i), or_dash(o), or_dash(d), or_dash(k), or_dash(bi), or_dash(bo) }'
+        $1 == "connected_clients" { c = $2 }
+        END { printf "%s %s %s %s %s %s %s\n", or_dash(i), or_dash(o), or_dash(d), or_dash(k), or_dash(bi), or_dash(bo), or_dash(c) }'
 }
 
 echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
@@ -147,8 +153,8 @@ run_point() {
     local ramp=$(( n / 500 > 5 ? n / 500 : 5 ))
     local duration=$((ramp + RUN_SECS))
     local data="$OUT_DIR/data-$tag"
-    local in0 drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1
-    local sin0 sout0 sin1 sout1 bin0 bout0 bin1 bout1 server_rss r bots_status=0 server_status=0 failed=""
+    local in0 drops0 wake0 drops1 wake1 cpu0 cpu1 t0 t1 su0 sk0 su1 sk1 ts0 ts1 tn0 tn1
+    local sin0 sout0 sin1 sout1 bin0 bout0 bin1 bout1 c0 c1 server_rss r bots_status=0 server_status=0 failed=""
     rm -rf "$data"
     mkdir -p "$data"
 
@@ -164,7 +170,7 @@ run_point() {
         sleep 0.1
     done
 
-    read -r in0 _ drops0 wake0 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r in0 _ drops0 wake0 _ _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
     cpu0=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads0-$tag"
     t0=$(now_s)
@@ -182,14 +188,23 @@ run_point() {
     # bots stop sending (the window C ENet's reference is measured over,
     # see enet-reference.sh). Both ends are times after t0, not sleeps
     # after the scrape before them (which may take its whole timeout).
+    # The server's counters are read when its metrics page answers, at the
+    # end of a slow scrape: their window runs from answer to answer (tn0,
+    # tn1), and if the last answer came after the bots stopped, it is not
+    # the steady state's (the counters' figures are then null).
     sleep_until "$(awk -v t0="$t0" -v s="$ramp" 'BEGIN { printf "%.3f", t0 + s }')"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts0=$(now_s)
-    read -r sin0 sout0 _ _ bin0 bout0 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r sin0 sout0 _ _ bin0 bout0 c0 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    tn0=$(now_s)
     sleep_until "$(awk -v t0="$t0" -v s="$((ramp + RUN_SECS - 1))" 'BEGIN { printf "%.3f", t0 + s }')"
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     ts1=$(now_s)
-    read -r sin1 sout1 _ _ bin1 bout1 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r sin1 sout1 _ _ bin1 bout1 c1 < <(net_counters "http://127.0.0.1:$mport/metrics")
+    tn1=$(now_s)
+    if awk -v tn1="$tn1" -v end="$t0" -v d="$duration" 'BEGIN { exit !(tn1 >= end + d) }'; then
+        sin0=- bin0=-
+    fi
     wait "$BOTS_PID" || bots_status=$?
     BOTS_PID=""
     t1=$(now_s)
@@ -203,7 +218,7 @@ run_point() {
     fi
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
-    read -r _ _ drops1 wake1 _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
+    read -r _ _ drops1 wake1 _ _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
     server_rss=$(awk '$1 == "VmHWM:" { printf "%d", $2 / 1024 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
     stop_pid "$SERVER_PID" 10
     SERVER_PID=""
@@ -225,6 +240,7 @@ run_point() {
     # its wake-ups and the totals are over the whole bot run.
     local figures
     figures=$(awk -v n="$n" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v ts0="$ts0" -v ts1="$ts1" \
+        -v tn0="$tn0" -v tn1="$tn1" -v c0="$c0" -v c1="$c1" \
         -v cpu0="$cpu0" -v cpu1="$cpu1" -v su0="$su0" -v sk0="$sk0" -v su1="$su1" -v sk1="$sk1" \
         -v sin0="$sin0" -v sin1="$sin1" -v sout0="$sout0" -v sout1="$sout1" \
         -v bin0="$bin0" -v bin1="$bin1" -v bout0="$bout0" -v bout1="$bout1" \
@@ -239,33 +255,40 @@ run_point() {
             printf "\"wakeups_per_s\": %s, ", wake0 == "null" || wake1 == "null" ? "null" : sprintf("%.1f", (wake1 - wake0) / wall)
             u = (su1 - su0) / hz / steady; k = (sk1 - sk0) / hz / steady
             printf "\"steady_cores\": %.4f, \"steady_user\": %.4f, \"steady_kernel\": %.4f, ", u + k, u, k
-            # Per requested bot here; per connected bot once the bots report.
-            unread = sin0 == "-" || sin1 == "-" || sout0 == "-" || sout1 == "-"
-            printf "\"datagrams_in\": %s, \"datagrams_out\": %s, ", \
-                unread ? "null" : sprintf("%.3f", (sin1 - sin0) / steady / n), \
-                unread ? "null" : sprintf("%.3f", (sout1 - sout0) / steady / n)
+            # Per second of the window the counters were read over; per bot below.
+            counted = tn1 - tn0
+            unread = sin0 == "-" || sin1 == "-" || sout0 == "-" || sout1 == "-" || counted <= 0
+            printf "\"steady_datagrams_in_per_s\": %s, \"steady_datagrams_out_per_s\": %s, ", \
+                unread ? "null" : sprintf("%.1f", (sin1 - sin0) / counted), \
+                unread ? "null" : sprintf("%.1f", (sout1 - sout0) / counted)
             # Bytes up (into the server) and down, as the server counted them.
-            unread = bin0 == "-" || bin1 == "-" || bout0 == "-" || bout1 == "-"
-            printf "\"steady_bytes_up\": %s, \"steady_bytes_down\": %s, ", \
-                unread ? "null" : sprintf("%.3f", (bin1 - bin0) / steady / n), \
-                unread ? "null" : sprintf("%.3f", (bout1 - bout0) / steady / n)
+            unread = bin0 == "-" || bin1 == "-" || bout0 == "-" || bout1 == "-" || counted <= 0
+            printf "\"steady_bytes_up_per_s\": %s, \"steady_bytes_down_per_s\": %s, ", \
+                unread ? "null" : sprintf("%.1f", (bin1 - bin0) / counted), \
+                unread ? "null" : sprintf("%.1f", (bout1 - bout0) / counted)
+            # The clients the server had over that window: the mean of its
+            # two ends (bots dropped in it sent part of it).
+            printf "\"steady_clients\": %s, ", \
+                c0 == "-" || c1 == "-" || c0 + c1 == 0 ? "null" : sprintf("%.1f", (c0 + c1) / 2)
             printf "\"socket_drops\": %s, \"server_rss_mib\": %s}\n", drops0 == "null" || drops1 == "null" ? "null" : drops1 - drops0, rss
         }' "$OUT_DIR/threads0-$tag" "$OUT_DIR/threads1-$tag")
-    # The bots' figures from their report (null when there is none). Per
-    # bot figures are per bot that stayed: `connected_not_dropped` of the
-    # report (a report of bots older than that key: every bot that ever
-    # connected, marked in the table).
+    # The bots' figures from their report (null when there is none). The
+    # steady per-bot figures are per client the server had over their
+    # window (`steady_clients`); from a server too old to say, per bot that
+    # stayed: `connected_not_dropped` of the report (a report of bots older
+    # than that key: every bot that ever connected, marked in the table);
+    # with neither, null.
     jq -n --argjson run "$figures" --arg report "$r" --arg log "$OUT_DIR/bots-$tag.log" \
         --arg failed "$failed" '
         (try input catch null) as $b
-        | ($b.connected_not_dropped // $b.connected) as $stayed
-        | def per_connected: if . == null or ($stayed // 0) == 0 then .
-              else . * $run.requested / $stayed end;
+        | ($run.steady_clients // $b.connected_not_dropped // $b.connected) as $clients
+        | def per_client: if . == null or ($clients // 0) == 0 then null
+              else . / $clients end;
         $run + {
-            datagrams_in: ($run.datagrams_in | per_connected),
-            datagrams_out: ($run.datagrams_out | per_connected),
-            steady_bytes_up: ($run.steady_bytes_up | per_connected),
-            steady_bytes_down: ($run.steady_bytes_down | per_connected),
+            datagrams_in: ($run.steady_datagrams_in_per_s | per_client),
+            datagrams_out: ($run.steady_datagrams_out_per_s | per_client),
+            steady_bytes_up: ($run.steady_bytes_up_per_s | per_client),
+            steady_bytes_down: ($run.steady_bytes_down_per_s | per_client),
             failed: (if $failed == "" then null else $failed end),
             report: (if $b == null then null else $report end),
             bots_log: $log,

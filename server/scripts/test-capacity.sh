@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks capacity.sh's bookkeeping without a real server or real bots:
 # stubs stand in for both (SERVER_BIN: a metrics page whose counters grow
-# as 1,400 bots would make them grow; BOTS_BIN: sleeps for --duration,
-# then writes a fixed report), one point per case, told apart by N:
+# as 1,400 connected bots would make them grow; BOTS_BIN: sleeps for
+# --duration, then writes a fixed report), one point per case, told apart
+# by N:
 #
 #   2000  2,000 bots connected, the server dropped 600 of them: the table
 #         shows 1400 / 2000 (600 dropped), and per-bot figures are per 1,400
@@ -11,7 +12,12 @@
 #   2001  the bots exit 1: the run failed
 #   2002  the server exits 3 s into the run: the run failed
 #   2003  every metrics scrape takes 1.5 s: the steady window still ends
-#         before the bots stop
+#         before the bots stop, and its counters, read after they stopped,
+#         give no figures (rather than ones diluted by the silence)
+#   2004  the scrape that opens the steady window takes 1.5 s (the server
+#         reads its counters as it answers): per-bot rates are still right
+#   2005  the server's clients fall from 2,000 to 1,400 across the window
+#         (bots dropped while measured): per-bot rates are per client it had
 #
 # and a failed run makes capacity.sh exit 1 after its table.
 #
@@ -47,18 +53,35 @@ scrapes = os.path.join(sys.argv[3], "scrapes")
 start = time.monotonic()
 if bots == 2002:
     threading.Timer(3.0, lambda: os._exit(3)).start()
-# 1,400 bots, each 30 datagrams and 1,000 bytes a second in, 31 and 2,000 out.
-RATES = {"net_packets_in_total": 1400 * 30, "net_packets_out_total": 1400 * 31,
-         "net_bytes_in_total": 1400 * 1000, "net_bytes_out_total": 1400 * 2000,
-         "net_socket_receive_drops_total": 0, "net_io_wakeups_total": 100}
+# Each client sends 30 datagrams and 1,000 bytes a second, and is sent 31
+# and 2,000.
+PER_CLIENT = {"net_packets_in_total": 30, "net_packets_out_total": 31,
+              "net_bytes_in_total": 1000, "net_bytes_out_total": 2000}
+def clients(t):
+    """Clients connected t s after the start: 1,400; for 2005, 2,000
+    falling evenly to 1,400 from 4 s to 10 s."""
+    if bots != 2005:
+        return 1400
+    return 2000 - 100 * min(max(t - 4, 0), 6)
+def client_seconds(t):
+    """The integral of clients() from 0 to t."""
+    if bots != 2005:
+        return 1400 * t
+    falling = min(max(t - 4, 0), 6)
+    return 2000 * min(t, 4) + 2000 * falling - 50 * falling ** 2 + 1400 * max(t - 10, 0)
 class Metrics(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         with open(scrapes, "a") as log:
             log.write(f"{time.time():.3f}\n")
-        if bots == 2003:
+        with open(scrapes) as log:
+            number = sum(1 for _ in log)
+        if bots == 2003 or (bots == 2004 and number == 2):
             time.sleep(1.5)
         t = time.monotonic() - start
-        body = "".join(f"{k} {v * t:.0f}\n" for k, v in RATES.items()).encode()
+        values = {k: v * client_seconds(t) for k, v in PER_CLIENT.items()}
+        values.update({"net_socket_receive_drops_total": 0, "net_io_wakeups_total": 100 * t,
+                       "connected_clients": clients(t)})
+        body = "".join(f"{k} {v:.0f}\n" for k, v in values.items()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -84,7 +107,7 @@ sleep "$duration"
 date +%s.%N >"$(dirname "$report")/bots-stopped-$n"
 connected=$n stayed=$n disconnects='{}' status=0
 case $n in
-    2000) connected=2000 stayed=1400 disconnects='{"timeout": 600}' ;;
+    2000 | 2005) connected=2000 stayed=1400 disconnects='{"timeout": 600}' ;;
     2001) status=1 ;;
 esac
 cat >"$report" <<JSON
@@ -115,7 +138,7 @@ check() {
 status=0
 SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
     BASE_PORT=$((20000 + RANDOM % 20000)) OUT_DIR="$STUBS/out" \
-    "$ROOT/server/scripts/capacity.sh" 2000 2001 2002 2003 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
+    "$ROOT/server/scripts/capacity.sh" 2000 2001 2002 2003 2004 2005 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
 cat "$STUBS/table.md" >&2
 
 # cell N COLUMN: a cell of the row of N (columns count from 1: bots).
@@ -150,6 +173,14 @@ window_end=$(sed -n 3p "$STUBS/out/data-2003/scrapes")
 stopped=$(cat "$STUBS/out/bots-stopped-2003")
 check "the steady window ends before the bots stop ($window_end < $stopped)" \
     awk -v a="$window_end" -v b="$stopped" 'BEGIN { exit !(a != "" && a < b) }'
+check "counters read after the bots stopped give no steady rates ($(cell 2003 10))" \
+    test "$(cell 2003 10)" = "– / –"
+datagrams=$(cell 2004 10)
+check "a slow scrape opening the window: datagrams per bot ($datagrams)" \
+    between "${datagrams%% / *}" 29.5 30.5
+datagrams=$(cell 2005 10)
+check "bots dropped in the window: datagrams per client the server had ($datagrams)" \
+    between "${datagrams%% / *}" 29.5 30.5
 
 if [ "$failures" -gt 0 ]; then
     echo "test-capacity.sh: $failures check(s) failed; capacity.sh said (exit $status):" >&2
