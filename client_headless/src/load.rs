@@ -167,9 +167,13 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let duration_s = start.elapsed().as_secs_f64();
     progress.message("stopping: waiting for in-flight chat, then leaving");
     stop.store(true, Ordering::Relaxed);
+    let mut server_complete = false;
     let final_scrape = if baseline.is_ok() {
         match scrape(&plan.metrics_url) {
-            Ok(last) => Some(last),
+            Ok(last) => {
+                server_complete = true;
+                Some(last)
+            }
             Err(error) => {
                 let note = format!(
                     "the server's metrics did not answer at the end ({error}); its figures \
@@ -212,12 +216,15 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
              short of CPU, so replies also waited to be read, and the RTT carries that delay"
         ));
     }
-    let server = server_report(
-        &plan.metrics_url,
-        baseline.ok().as_ref(),
-        after_ramp.as_ref().map(|(t, sample)| (*t, sample)),
-        final_scrape.as_ref(),
-    );
+    let server = ServerReport {
+        complete: server_complete,
+        ..server_report(
+            &plan.metrics_url,
+            baseline.ok().as_ref(),
+            after_ramp.as_ref().map(|(t, sample)| (*t, sample)),
+            final_scrape.as_ref(),
+        )
+    };
     if plan.scenario.chat.is_some() && reliable.lines_received == 0 {
         notes.push(
             "the server sent no chat line: exactly-once delivery could not be verified".into(),
@@ -346,7 +353,9 @@ fn server_report(
     out
 }
 
-/// The tick between two scrapes of the server's metrics.
+/// The tick between two scrapes of the server's metrics: nothing when it
+/// counted no tick in between (the same scrape twice, or a server that
+/// stopped ticking), not zero overruns.
 fn tick_window(first: &ServerSample, last: &ServerSample) -> TickWindow {
     let mut out = TickWindow::default();
     if let Some(tick) = &last.tick {
@@ -354,6 +363,9 @@ fn tick_window(first: &ServerSample, last: &ServerSample) -> TickWindow {
             .tick
             .as_ref()
             .map_or_else(|| tick.clone(), |f| tick.since(f));
+        if run.count() <= 0.0 {
+            return out;
+        }
         let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
         out.tick_ms = TickPercentiles {
             p50: ms(run.quantile(0.5)),
@@ -595,6 +607,18 @@ mod tests {
         );
         let none = server_report("url", Some(&baseline), None, Some(&last));
         assert_eq!(none.steady, None);
+    }
+
+    /// The end-of-run scrape failed and none came after the baseline: the
+    /// window is empty, which is no measurement (capacity.sh printed "0"
+    /// overruns next to no tick figures).
+    #[test]
+    fn an_empty_window_measures_nothing() {
+        let baseline = page(100, 0, 0);
+        let report = server_report("url", Some(&baseline), None, Some(&baseline));
+        assert_eq!(report.run, TickWindow::default());
+        assert_eq!(report.run.overruns, None);
+        assert_eq!(report.run.beyond_buckets, None);
     }
 
     #[test]

@@ -248,6 +248,7 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
         Some(path) => TokenMinter::from_key_file(args.server, path)?,
         None => TokenMinter::dev(args.server),
     };
+    let (expects_chat, expects_inventory) = (scenario.chat.is_some(), scenario.inventory.is_some());
     if args.key_file.is_some() && minter.is_dev() {
         eprintln!("warning: --key-file holds the public dev key");
     }
@@ -298,12 +299,25 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
         report: args.report,
         chart: args.chart,
         slos: Slos {
-            max_rtt_p99_ms: args.max_rtt_p99_ms,
+            max_rtt_p99_ms: args
+                .max_rtt_p99_ms
+                .map(|ms| {
+                    if ms.is_finite() && ms > 0.0 {
+                        Ok(ms)
+                    } else {
+                        Err(format!(
+                            "--max-rtt-p99-ms must be a positive number, not {ms}"
+                        ))
+                    }
+                })
+                .transpose()?,
             min_connected_ratio: args
                 .min_connected_ratio
                 .map(|ratio| probability("min-connected-ratio", ratio))
                 .transpose()?,
             require_exactly_once: args.require_exactly_once,
+            expects_chat,
+            expects_inventory,
         },
         seed: args.seed,
     })
@@ -415,6 +429,18 @@ mod tests {
             };
             let error = load_plan(*args).err().expect(ratio);
             assert!(error.contains("--min-connected-ratio"), "{error}");
+        }
+        // A bound no run can meet is a mistake in the command, not a failed
+        // SLO.
+        for ms in ["nan", "-1", "0", "inf"] {
+            let Ok(Cli {
+                command: Command::Load(args),
+            }) = load(&[&format!("--max-rtt-p99-ms={ms}")])
+            else {
+                panic!("parses");
+            };
+            let error = load_plan(*args).err().expect(ms);
+            assert!(error.contains("--max-rtt-p99-ms"), "{error}");
         }
     }
 

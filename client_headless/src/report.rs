@@ -112,6 +112,10 @@ pub(crate) struct MovementReport {
 pub(crate) struct ServerReport {
     /// The URL scraped.
     pub(crate) metrics_url: String,
+    /// The figures run to the end of the run: its metrics answered then
+    /// (when they did not, they stop at the last scrape that did, which
+    /// a note says).
+    pub(crate) complete: bool,
     /// The tick over the whole run, ramp included.
     #[serde(flatten)]
     pub(crate) run: TickWindow,
@@ -126,7 +130,8 @@ pub(crate) struct ServerReport {
 pub(crate) struct TickWindow {
     /// Tick duration, from the histogram buckets (ms).
     pub(crate) tick_ms: TickPercentiles,
-    /// Ticks longer than the tick period.
+    /// Ticks longer than the tick period (`None` when no tick was counted
+    /// in the window: nothing was measured).
     pub(crate) overruns: Option<f64>,
     /// Ticks longer than the histogram's largest finite bucket: `p99` and
     /// `max` read that bound for them.
@@ -205,6 +210,10 @@ pub(crate) struct Slos {
     pub(crate) min_connected_ratio: Option<f64>,
     /// `--require-exactly-once`.
     pub(crate) require_exactly_once: bool,
+    /// The scenario chats: a run with nothing exchanged verified nothing.
+    pub(crate) expects_chat: bool,
+    /// The scenario sends inventory requests: idem.
+    pub(crate) expects_inventory: bool,
 }
 
 impl Slos {
@@ -247,7 +256,14 @@ impl Slos {
             let nobody = (report.connected == 0)
                 .then(|| "no bot connected: nothing exchanged to verify".to_owned());
             let r = &report.reliable;
-            let detail = if r.lines_received == 0 && r.sent == 0 {
+            let silent = r.lines_received == 0 && r.sent == 0;
+            // A scenario that chats and exchanged nothing verified nothing
+            // (bots dropped before their first line, say); one that does
+            // not chat has nothing to verify.
+            let unverified = (self.expects_chat && silent).then(|| {
+                "the scenario chats, but no line was exchanged: nothing verified".to_owned()
+            });
+            let detail = if silent {
                 "no chat exchanged: nothing to verify (vacuously true)".to_owned()
             } else {
                 format!(
@@ -255,16 +271,22 @@ impl Slos {
                     r.duplicates, r.out_of_order, r.lost
                 )
             };
+            let failed_first = nobody.clone().or(unverified);
             out.push(SloResult {
                 name: "exactly_once".into(),
-                passed: nobody.is_none() && r.exactly_once(),
-                detail: nobody.clone().unwrap_or(detail),
+                passed: failed_first.is_none() && r.exactly_once(),
+                detail: failed_first.unwrap_or(detail),
             });
             let i = &report.inventory;
+            let unverified = (self.expects_inventory && i.sent == 0).then(|| {
+                "the scenario sends inventory requests, but none was sent: nothing verified"
+                    .to_owned()
+            });
+            let failed_first = nobody.or(unverified);
             out.push(SloResult {
                 name: "inventory_exactly_one_reply".into(),
-                passed: nobody.is_none() && i.exactly_one_reply(),
-                detail: nobody.unwrap_or_else(|| {
+                passed: failed_first.is_none() && i.exactly_one_reply(),
+                detail: failed_first.unwrap_or_else(|| {
                     format!(
                         "{} requests, {} lost, {} unexpected replies",
                         i.sent, i.lost, i.unexpected
@@ -446,6 +468,7 @@ mod tests {
             max_rtt_p99_ms: Some(25.0),
             min_connected_ratio: Some(0.9),
             require_exactly_once: true,
+            ..Slos::default()
         };
         let results = slos.check(&r);
         let passed: Vec<bool> = results.iter().map(|s| s.passed).collect();
@@ -458,6 +481,38 @@ mod tests {
         r.inventory.lost = 2;
         let passed: Vec<bool> = slos.check(&r).iter().map(|s| s.passed).collect();
         assert_eq!(passed, [true, true, true, false]);
+    }
+
+    /// Bots connected, but every one was dropped before its first line
+    /// and request: a scenario that chats and trades verified nothing.
+    #[test]
+    fn exactly_once_fails_when_a_scenario_that_exchanges_exchanged_nothing() {
+        let mut r = report();
+        r.reliable = ReliableStats::default();
+        r.inventory.sent = 0;
+        let quiet = Slos {
+            require_exactly_once: true,
+            ..Slos::default()
+        };
+        assert!(
+            quiet.check(&r).iter().all(|s| s.passed),
+            "nothing to verify"
+        );
+        let slos = Slos {
+            expects_chat: true,
+            expects_inventory: true,
+            ..quiet
+        };
+        let results = slos.check(&r);
+        assert_eq!(results.len(), 2);
+        for result in &results {
+            assert!(!result.passed, "{}: {}", result.name, result.detail);
+            assert!(
+                result.detail.contains("nothing verified"),
+                "{}",
+                result.detail
+            );
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@
 #
 # A run fails when the bots exit non-zero, write no report, or the server
 # is gone by the time they exit (its CPU and counters would then read as
-# garbage): the script says why on stderr, leaves the run out of the
+# garbage) or its metrics did not answer the bots' last scrape: the script says why on stderr, leaves the run out of the
 # table's figures (a point whose every run failed gets a row saying so),
 # and exits 1 after printing the table. Its figures still go to
 # run-N.json, with the reason under "failed".
@@ -215,6 +215,8 @@ run_point() {
         failed="the bots exited with status $bots_status, see $OUT_DIR/bots-$tag.log"
     elif [ ! -s "$r" ]; then
         failed="the bots wrote no report, see $OUT_DIR/bots-$tag.log"
+    elif [ "$(jq '.server.complete' "$r" 2>/dev/null)" = false ]; then
+        failed="the server's metrics did not answer at the end (its tick figures stop early), see $r"
     fi
     cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
     thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
