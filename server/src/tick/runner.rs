@@ -107,7 +107,9 @@ impl Periods {
             return 1;
         };
         self.carry += start.saturating_duration_since(last).as_secs_f64() / period.as_secs_f64();
-        let periods = self.carry.round().min(f64::from(u32::MAX));
+        // Never negative: a carry of -0.5 (a tie rounded up last time)
+        // with no time passed stays -0.5 instead of paying out -1.
+        let periods = self.carry.round().clamp(0.0, f64::from(u32::MAX));
         self.carry -= periods;
         // Saturating: after a stall of more than 2^32 periods the carry
         // stays large; the next ticks then count it down.
@@ -137,5 +139,22 @@ mod tests {
             total += periods.at(at(ms), period);
         }
         assert_eq!(total, 6, "190 ms after 330: six periods");
+    }
+
+    /// Rounding a carry of exactly -0.5 for two ticks at one instant gave
+    /// -1 periods: read as 0, but the carry jumped to +0.5 and a period
+    /// that never passed was paid out later.
+    #[test]
+    fn ticks_at_one_instant_after_a_tie_pay_out_no_extra_period() {
+        let period = Duration::from_millis(100);
+        let mut periods = Periods::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        periods.at(at(0), period);
+        let total: u32 = [250, 250, 300, 400]
+            .into_iter()
+            .map(|ms| periods.at(at(ms), period))
+            .sum();
+        assert_eq!(total, 4, "400 ms: four periods");
     }
 }
