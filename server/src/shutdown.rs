@@ -227,6 +227,7 @@ fn detect_shutdown(
     mut grace: ResMut<Grace>,
     mut state: ResMut<ShutdownState>,
     mut started: MessageWriter<ShutdownStarted>,
+    metrics: Option<Res<crate::metrics::Metrics>>,
 ) {
     let mut requested = None;
     let mut failure = false;
@@ -250,6 +251,9 @@ fn detect_shutdown(
         None => return,
     };
     switch.request();
+    if let Some(metrics) = metrics {
+        metrics.mark_shutting_down();
+    }
     info!(%reason, grace_ticks = grace.ticks, grace_time = ?grace.time, "shutdown started");
     grace.deadline = grace.time.map(|time| Instant::now() + time);
     *state = ShutdownState::Draining {
@@ -310,6 +314,18 @@ mod tests {
     fn started(app: &App) -> Vec<ShutdownStarted> {
         let messages = app.world().resource::<Messages<ShutdownStarted>>();
         messages.iter_current_update_messages().cloned().collect()
+    }
+
+    #[test]
+    fn the_drain_marks_the_metrics_shutting_down() {
+        let mut app = app(3);
+        let metrics = crate::metrics::Metrics::default();
+        app.insert_resource(metrics.clone());
+        app.update();
+        assert!(!metrics.is_shutting_down());
+        app.world().resource::<ShutdownSwitch>().request();
+        app.update();
+        assert!(metrics.is_shutting_down());
     }
 
     #[test]

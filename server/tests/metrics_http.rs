@@ -170,6 +170,22 @@ fn healthz_follows_the_tick_heartbeat() {
     assert_eq!(get(strict.local_addr(), "/healthz").status, 503);
 }
 
+/// From the first tick of a shutdown's drain the server turns players
+/// away: a load balancer or matchmaker polling `/healthz` must stop
+/// sending them, although the tick loop still beats.
+#[test]
+fn healthz_is_unavailable_once_the_server_shuts_down() {
+    let metrics = Metrics::default();
+    let endpoint = start(&metrics, EndpointOptions::default());
+    metrics.heartbeat().beat();
+    assert_eq!(get(endpoint.local_addr(), "/healthz").status, 200);
+    metrics.mark_shutting_down();
+    metrics.heartbeat().beat();
+    let reply = get(endpoint.local_addr(), "/healthz");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body, "shutting down\n");
+}
+
 /// A HEAD gets the GET answer's head alone (health probes use it), and a
 /// head ended by bare line feeds is read as one.
 #[test]

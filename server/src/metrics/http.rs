@@ -361,7 +361,10 @@ fn route_get(
         }
         "/healthz" => {
             let now = Instant::now();
-            if metrics.heartbeat().is_fresh(now, options.max_heartbeat_age) {
+            if metrics.is_shutting_down() {
+                body.push_str("shutting down\n");
+                Response::new("503 Service Unavailable", TEXT)
+            } else if metrics.heartbeat().is_fresh(now, options.max_heartbeat_age) {
                 body.push_str("ok\n");
                 Response::new("200 OK", TEXT)
             } else {

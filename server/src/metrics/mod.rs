@@ -34,7 +34,7 @@ mod http;
 mod registry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy_ecs::resource::Resource;
@@ -53,6 +53,7 @@ pub use registry::{
 pub struct Metrics {
     registry: Arc<Registry>,
     heartbeat: Heartbeat,
+    shutting_down: Arc<AtomicBool>,
 }
 
 impl Metrics {
@@ -64,6 +65,17 @@ impl Metrics {
     /// The heartbeat the tick runner beats after every tick.
     pub fn heartbeat(&self) -> &Heartbeat {
         &self.heartbeat
+    }
+
+    /// Marks the server as shutting down (it turns players away from the
+    /// first tick of the drain): `/healthz` answers 503 from now on.
+    pub fn mark_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::mark_shutting_down`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 }
 
