@@ -8,7 +8,10 @@
 //!
 //! The console only turns commands into messages: [`AdminKick`] and
 //! [`AdminSay`] are for the network and chat plugins to act on. Replies are
-//! printed on stdout; logs go to stderr.
+//! printed on stdout by a thread of their own (`console-out`): a stdout
+//! nobody reads (a pipe into a pager left on its first page, a terminal
+//! paused with Ctrl-S) holds them, up to [`MAX_QUEUED_ANSWER_BYTES`], then
+//! drops them, but never stops the tick. Logs go to stderr.
 //!
 //! The console starts only when stdin is a terminal. A process put in the
 //! background of an interactive shell (`server &`) still has the terminal
@@ -16,7 +19,9 @@
 //! with `< /dev/null` instead, which disables the console.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bevy_app::{App, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
@@ -30,6 +35,10 @@ use crate::tick::TickStats;
 /// Most commands queued between two ticks; the reader thread waits when it
 /// is full (a human typing never gets there).
 pub const CONSOLE_QUEUE: usize = 16;
+
+/// Most bytes of answers waiting for stdout; an answer that would go
+/// beyond is dropped (and the next one written says how many were).
+pub const MAX_QUEUED_ANSWER_BYTES: usize = 4 << 20;
 
 /// An administrator's command.
 #[derive(Message, Clone, Debug, PartialEq, Eq)]
@@ -243,11 +252,84 @@ impl Plugin for ConsolePlugin {
     }
 }
 
-/// Prints a console answer on stdout. With stdout closed (its reader
-/// gone) the answer is lost, not the server: `println!` would panic the
-/// tick.
+/// Answers on their way to stdout (see the module docs).
+struct ConsoleOut {
+    answers: Sender<String>,
+    queued_bytes: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+/// The `console-out` thread's queue once started (`None` inside: it could
+/// not be).
+static OUT: OnceLock<Option<ConsoleOut>> = OnceLock::new();
+
+/// The `console-out` thread's queue, the thread started on first use;
+/// `None` if it could not be.
+fn console_out() -> Option<&'static ConsoleOut> {
+    OUT.get_or_init(|| {
+        let (answers, queue) = crossbeam_channel::unbounded::<String>();
+        std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                for text in queue {
+                    write_answer(&text);
+                }
+            })
+            .ok()?;
+        Some(ConsoleOut {
+            answers,
+            queued_bytes: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    })
+    .as_ref()
+}
+
+/// Writes one answer on stdout, first saying how many were dropped before
+/// it. With stdout closed (its reader gone) the answer is lost, not the
+/// thread: `println!` would panic.
+fn write_answer(text: &str) {
+    // Only the `console-out` thread writes: the queue exists.
+    let Some(out) = OUT.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let mut stdout = std::io::stdout().lock();
+    let dropped = out.dropped.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let _ = writeln!(
+            stdout,
+            "({dropped} answers dropped: stdout was not being read)"
+        );
+    }
+    let _ = writeln!(stdout, "{text}");
+    out.queued_bytes.fetch_sub(text.len(), Ordering::Relaxed);
+}
+
+/// Queues a console answer for stdout, never waiting for it.
 fn answer(text: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    let text = text.to_string();
+    let Some(out) = console_out() else {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+        return;
+    };
+    let len = text.len();
+    let queued = out.queued_bytes.fetch_add(len, Ordering::Relaxed);
+    if queued.saturating_add(len) > MAX_QUEUED_ANSWER_BYTES || out.answers.send(text).is_err() {
+        out.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        out.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits, up to `limit`, for the answers queued so far to be written: the
+/// last ones (`shutting down`) before the process exits.
+pub fn flush_answers(limit: Duration) {
+    let Some(out) = OUT.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let deadline = Instant::now() + limit;
+    while out.queued_bytes.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Reads commands, one a line, until the input ends (or fails) or the

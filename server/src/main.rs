@@ -140,7 +140,9 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run() {
+    let exit = app.run();
+    server::console::flush_answers(std::time::Duration::from_millis(200));
+    match exit {
         AppExit::Success => {
             info!("server stopped");
             ExitCode::SUCCESS

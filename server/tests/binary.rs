@@ -454,6 +454,44 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
     assert!(logs.contains("shutdown complete"), "{logs}");
 }
 
+/// Console answers into a stdout nobody reads (`server | less` left on
+/// its first page, a terminal paused with Ctrl-S) fill its pipe: the tick
+/// that answers must not wait for it.
+#[cfg(target_os = "linux")]
+#[test]
+fn console_answers_into_a_stdout_nobody_reads_do_not_stop_the_tick() {
+    let dir = scratch_dir("console-stalled-stdout");
+    let (mut keyboard, terminal) = pty();
+    let mut child = KillOnDrop(
+        server(&dir)
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+            .stdin(Stdio::from(terminal))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Kept open, never read.
+    let _stdout = child.stdout.take();
+    let (listening, logs) = read_log(&mut child);
+    // Far more than the pipe's 64 KiB of answers.
+    for _ in 0..300 {
+        keyboard.write_all(b"help\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        http_get(listening.metrics, "/healthz").map(|(code, _)| code),
+        Some(200),
+        "the tick loop stopped on a console answer"
+    );
+    keyboard.write_all(b"shutdown\n").unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
+        .expect("server did not exit within 10 s of the shutdown command");
+    let logs = logs.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+}
+
 /// A second server on a data directory in use exits at once with an
 /// error naming the directory; `server audit` still reads it.
 #[test]
