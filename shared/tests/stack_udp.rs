@@ -979,6 +979,42 @@ fn datagrams_longer_than_a_packet_are_counted_as_oversized() {
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
+/// A drop counted less than a second after the last summary still shows
+/// in the next one, although nothing wakes the idle thread afterwards.
+#[test]
+fn a_drop_just_after_a_summary_is_in_the_next_one_on_an_idle_server() {
+    let key = Key::generate(&mut system_rng());
+    let (server, addr) = spawn_server(key, ServerIoConfig::default());
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let oversized = || {
+        let (version, summary) = server.stats().summary();
+        let n = summary
+            .drops
+            .iter()
+            .find(|(reason, _)| *reason == shared::netcode::DropReason::Oversized)
+            .map_or(0, |(_, n)| *n);
+        (version, n)
+    };
+    sender.send_to(&[1u8; 1_300], addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while oversized().1 < 1 {
+        assert!(Instant::now() < deadline, "the first drop never showed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Within the second after that summary: not due yet when it is read.
+    sender.send_to(&[1u8; 1_300], addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while oversized().1 < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second drop never showed: {:?}",
+            oversized()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
 #[test]
 fn a_client_that_connects_while_the_server_shuts_down_is_told_so() {
     let key = Key::generate(&mut system_rng());

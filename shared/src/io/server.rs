@@ -446,6 +446,7 @@ impl ServerIo {
             rates: Vec::new(),
             shutting_down: None,
             next_summary: None,
+            summary_owed: false,
             // One byte more than a packet may have: a longer datagram
             // arrives cut to this, which the secure layer counts as
             // `Oversized` (cut to the limit, it would pass as a packet of
@@ -808,6 +809,8 @@ struct IoLoop {
     /// are told.
     shutting_down: Option<(Instant, DisconnectReason)>,
     next_summary: Option<Instant>,
+    /// A turn skipped the summary as not due: one is owed at `next_summary`.
+    summary_owed: bool,
     /// Reused buffers for reading datagrams.
     inbox: RecvBatch,
     /// The senders of the datagrams in `inbox`, hashed ahead.
@@ -833,9 +836,14 @@ impl IoLoop {
         let mut unread = false;
         loop {
             let now = Instant::now();
-            let timer = self
-                .endpoint
-                .poll_timeout()
+            // A summary skipped as not due yet is owed: the loop wakes for
+            // it even with nothing else to do (what changed since the last
+            // one would otherwise not show until traffic came).
+            let owed = self.summary_owed.then_some(self.next_summary).flatten();
+            let timer = [self.endpoint.poll_timeout(), owed]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|at| at.saturating_duration_since(now));
             let timeout = wait_for(
                 timer,
@@ -913,8 +921,10 @@ impl IoLoop {
     /// Once a second: totals, RTTs and drop reasons for the metrics.
     fn publish_summary(&mut self, now: Instant) {
         if self.next_summary.is_some_and(|t| now < t) {
+            self.summary_owed = true;
             return;
         }
+        self.summary_owed = false;
         self.next_summary = Some(now + SUMMARY_INTERVAL);
         if let (Some(seen), Some(drops)) = (
             self.socket_drops_seen,
