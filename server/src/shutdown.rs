@@ -33,25 +33,6 @@ use bevy_app::{App, AppExit, Last, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
 use tracing::{error, info};
 
-/// How long a shutdown may take, from the tick that starts it: the
-/// runner's backstop ([`crate::tick::TickConfig::shutdown_timeout`]), and
-/// what the final save may wait for at most ([`ShutdownDeadline`]), so
-/// that with the joins after it the process is gone within ten seconds
-/// (container runtimes kill a process still there then).
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(9);
-
-/// When the shutdown under way must be done ([`SHUTDOWN_TIMEOUT`] after
-/// the tick that started it); `None` while running.
-#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ShutdownDeadline(pub Option<Instant>);
-
-impl ShutdownDeadline {
-    /// The time left at `now` (zero once past), or `None` while running.
-    pub fn time_left(&self, now: Instant) -> Option<Duration> {
-        self.0.map(|at| at.saturating_duration_since(now))
-    }
-}
-
 /// A thread-safe "please shut down" flag, shared with signal handlers and
 /// other threads (e.g. a network thread that hit a fatal error). The tick
 /// runner reads it too, to bound how long a graceful shutdown may take.
@@ -230,7 +211,6 @@ impl Plugin for ShutdownPlugin {
             .add_message::<ShutdownStarted>()
             .init_resource::<ShutdownSwitch>()
             .init_resource::<ShutdownState>()
-            .init_resource::<ShutdownDeadline>()
             .insert_resource(Grace {
                 ticks: self.grace_ticks.max(1),
                 time: self.grace_time,
@@ -247,7 +227,6 @@ fn detect_shutdown(
     mut grace: ResMut<Grace>,
     mut state: ResMut<ShutdownState>,
     mut started: MessageWriter<ShutdownStarted>,
-    mut deadline: ResMut<ShutdownDeadline>,
     metrics: Option<Res<crate::metrics::Metrics>>,
 ) {
     let mut requested = None;
@@ -276,9 +255,7 @@ fn detect_shutdown(
         metrics.mark_shutting_down();
     }
     info!(%reason, grace_ticks = grace.ticks, grace_time = ?grace.time, "shutdown started");
-    let now = Instant::now();
-    grace.deadline = grace.time.map(|time| now + time);
-    deadline.0 = Some(now + SHUTDOWN_TIMEOUT);
+    grace.deadline = grace.time.map(|time| Instant::now() + time);
     *state = ShutdownState::Draining {
         ticks_left: grace.ticks,
         // A failure among this tick's requests, whichever came first.
@@ -349,15 +326,6 @@ mod tests {
         app.world().resource::<ShutdownSwitch>().request();
         app.update();
         assert!(metrics.is_shutting_down());
-        let left = app
-            .world()
-            .resource::<ShutdownDeadline>()
-            .time_left(Instant::now())
-            .expect("a deadline once shutting down");
-        assert!(
-            left <= SHUTDOWN_TIMEOUT && left > SHUTDOWN_TIMEOUT / 2,
-            "{left:?}"
-        );
     }
 
     #[test]

@@ -193,20 +193,8 @@ impl InventoryService {
 }
 
 /// Longest the exit waits for the batch being committed (the store's own
-/// busy timeout is 5 s), within what is left of the shutdown's time.
+/// busy timeout is 5 s).
 const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(6);
-
-/// Least it waits, even past the shutdown's time: a commit under way
-/// usually needs milliseconds.
-const FINAL_SAVE_FLOOR: Duration = Duration::from_millis(500);
-
-/// How long the exit waits for the batch being committed, with
-/// `time_left` of the shutdown (`None`: no shutdown under way).
-fn final_save_wait(time_left: Option<Duration>) -> Duration {
-    time_left.map_or(FINAL_SAVE_TIMEOUT, |left| {
-        left.clamp(FINAL_SAVE_FLOOR, FINAL_SAVE_TIMEOUT)
-    })
-}
 
 /// `Last`, after the shutdown wrote its `AppExit`: the batch still being
 /// committed is waited for, and an exit that would be a success becomes an
@@ -215,13 +203,11 @@ fn finish_saving_on_exit(
     mut exits: ResMut<Messages<AppExit>>,
     mut seen: Local<bevy_ecs::message::MessageCursor<AppExit>>,
     mut service: ResMut<InventoryService>,
-    deadline: Option<Res<crate::shutdown::ShutdownDeadline>>,
 ) {
     if seen.read(&exits).count() == 0 {
         return;
     }
-    let left = deadline.and_then(|d| d.time_left(std::time::Instant::now()));
-    if let Err(error) = service.finish_saving(final_save_wait(left)) {
+    if let Err(error) = service.finish_saving(FINAL_SAVE_TIMEOUT) {
         tracing::error!(%error, "exiting with an error");
         exits.write(AppExit::error());
     }
@@ -545,22 +531,6 @@ fn run(
 mod tests {
     use super::*;
     use crate::persistence::{AccountState, AuditReport, BatchWrites, WorldState};
-
-    /// With the longest grace (8 s of a 9 s shutdown) the final save waits
-    /// what is left, not 6 s more: the process must be gone within ten.
-    #[test]
-    fn the_final_save_waits_within_the_shutdowns_time() {
-        assert_eq!(final_save_wait(None), FINAL_SAVE_TIMEOUT);
-        assert_eq!(
-            final_save_wait(Some(Duration::from_secs(8))),
-            FINAL_SAVE_TIMEOUT
-        );
-        assert_eq!(
-            final_save_wait(Some(Duration::from_millis(900))),
-            Duration::from_millis(900)
-        );
-        assert_eq!(final_save_wait(Some(Duration::ZERO)), FINAL_SAVE_FLOOR);
-    }
 
     /// A store whose commits all fail (a full disk).
     struct FailingCommits(SqliteStore);

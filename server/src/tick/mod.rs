@@ -98,7 +98,7 @@ impl Default for TickConfig {
         Self {
             rate: TickRate::default(),
             max_catch_up_ticks: 3,
-            shutdown_timeout: crate::shutdown::SHUTDOWN_TIMEOUT,
+            shutdown_timeout: Duration::from_secs(9),
         }
     }
 }
