@@ -27,8 +27,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "assets/server.toml";
 /// `assets/server.toml` as compiled into the binary.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../assets/server.toml");
 
-/// Longest accepted graceful-shutdown grace period, in milliseconds; the
-/// whole shutdown must fit in ten seconds.
+/// Longest accepted graceful-shutdown grace period, in milliseconds, so
+/// that a shutdown fits in the ten seconds container runtimes give before
+/// SIGKILL; a commit still under way at the exit, waited for up to 6 s
+/// (the store's busy timeout is 5 s), can take it past them.
 pub const MAX_SHUTDOWN_GRACE_MS: u32 = 8_000;
 
 /// Most clients one server takes: its per-client tables are allocated up
