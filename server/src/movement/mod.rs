@@ -45,7 +45,10 @@
 //! once `net-io` has read them, which after a pause may be a few ticks
 //! later: the raised caps last as many ticks after the stall as it earned
 //! extra periods. An honest client's inputs move it as far as it would have
-//! moved, and the credit bound above holds for any window of wall time.
+//! moved. The credit bound above holds for any window of wall time that
+//! holds the stall or none of its allowance: credit a stall earned may be
+//! spent in the ticks after it (late inputs look the same), so a window of
+//! those ticks alone can see up to `burst_ticks + input_buffer` inputs more.
 //! Inputs beyond that, after a tick that stands for more periods than it
 //! earns (a longer stall), are dropped without being flagged
 //! (`movement_inputs_late_total`) for as long; otherwise flooding is
@@ -445,41 +448,41 @@ fn periods_earned(config: &MovementConfig, stats: Option<&TickStats>) -> (u32, u
     (earned, earned.saturating_sub(1), periods > earned)
 }
 
-/// What the last stall allows this tick: its inputs reach the tick it
+/// What recent stalls allow this tick: a stall's inputs reach the tick it
 /// ends in only if `net-io` has read them by then, and may come over the
-/// next ticks instead, so its allowance lasts as many ticks after it as it
-/// earned extra periods. See "Stalls" in the module docs.
-#[derive(Resource, Debug, Default, Clone, Copy)]
+/// next ticks instead, so each stall's allowance lasts as many ticks after
+/// it as it earned extra periods. See "Stalls" in the module docs.
+#[derive(Resource, Debug, Default, Clone)]
 struct StallAllowance {
-    /// Extra periods the stall earned: on top of the credit cap and of the
-    /// inputs a tick takes.
+    /// Extra periods earned, on top of the credit cap and of the inputs a
+    /// tick takes: the largest of the stalls in force.
     extra: u32,
-    /// The stall stood for more periods than it earned: inputs beyond the
-    /// caps are dropped unflagged.
+    /// A stall in force stood for more periods than it earned: inputs
+    /// beyond the caps are dropped unflagged.
     late: bool,
-    /// Ticks after this one it still holds for.
-    ticks_after: u32,
+    /// The stalls in force, each with its own expiry: extra periods, late,
+    /// ticks after this one it holds for. At most one a tick, each for at
+    /// most `burst_ticks + input_buffer` ticks.
+    stalls: VecDeque<(u32, bool, u32)>,
 }
 
 impl StallAllowance {
-    /// The allowance for a tick that earned `earned` periods, `extra` of
-    /// them beyond one (`late`: it stood for more), after `self`.
-    fn next(self, extra: u32, late: bool) -> Self {
+    /// Moves on to a tick that earned `extra` periods beyond one (`late`:
+    /// it stood for more than it earned).
+    fn next(&mut self, extra: u32, late: bool) {
+        self.stalls
+            .retain_mut(|(_, _, ticks_after)| match ticks_after.checked_sub(1) {
+                Some(left) => {
+                    *ticks_after = left;
+                    true
+                }
+                None => false,
+            });
         if extra > 0 {
-            // Within an earlier stall's allowance: the larger, for longer.
-            return Self {
-                extra: extra.max(self.extra),
-                late: late || self.late,
-                ticks_after: extra.max(self.ticks_after.saturating_sub(1)),
-            };
+            self.stalls.push_back((extra, late, extra));
         }
-        match self.ticks_after.checked_sub(1) {
-            Some(ticks_after) => Self {
-                ticks_after,
-                ..self
-            },
-            None => Self::default(),
-        }
+        self.extra = self.stalls.iter().map(|s| s.0).max().unwrap_or(0);
+        self.late = self.stalls.iter().any(|s| s.1);
     }
 }
 
@@ -490,7 +493,7 @@ fn refill_credit(
     mut movers: Query<&mut Mover>,
 ) {
     let (earned, extra, late) = periods_earned(&config, stats.as_deref());
-    *allowance = allowance.next(extra, late);
+    allowance.next(extra, late);
     let cap = config.burst_ticks.max(1) + allowance.extra;
     for mut mover in &mut movers {
         mover.credit = (mover.credit + earned).min(cap);
@@ -524,11 +527,7 @@ fn apply_inputs(
 ) {
     log.roll(time.elapsed());
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
-    let StallAllowance {
-        extra,
-        late: stalled,
-        ..
-    } = *allowance;
+    let (extra, stalled) = (allowance.extra, allowance.late);
     let max_inputs = config.max_inputs_per_tick.saturating_add(extra);
     for MoveCommand { entity, input } in inputs.read() {
         let Ok((_, _, mut mover, mut violations, player)) = players.get_mut(*entity) else {
@@ -757,19 +756,41 @@ mod tests {
 
     #[test]
     fn a_stalls_allowance_lasts_as_many_ticks_after_it_as_it_earned_extra_periods() {
-        let mut allowance = StallAllowance::default().next(5, true);
+        let mut allowance = StallAllowance::default();
+        allowance.next(5, true);
         for _ in 0..5 {
             assert_eq!((allowance.extra, allowance.late), (5, true));
-            allowance = allowance.next(0, false);
+            allowance.next(0, false);
         }
         assert_eq!((allowance.extra, allowance.late), (5, true));
-        allowance = allowance.next(0, false);
-        assert_eq!(
-            (allowance.extra, allowance.late, allowance.ticks_after),
-            (0, false, 0)
-        );
-        // A second stall within the first's allowance keeps the larger.
-        let allowance = StallAllowance::default().next(5, false).next(2, false);
-        assert_eq!((allowance.extra, allowance.ticks_after), (5, 4));
+        allowance.next(0, false);
+        assert_eq!((allowance.extra, allowance.late), (0, false));
+        assert!(allowance.stalls.is_empty());
+        // A second stall within the first's allowance: the larger while
+        // both hold, then the second's own for what is left of it.
+        allowance.next(3, false);
+        allowance.next(0, false);
+        allowance.next(2, true);
+        assert_eq!((allowance.extra, allowance.late), (3, true));
+        allowance.next(0, false);
+        assert_eq!((allowance.extra, allowance.late), (3, true));
+        allowance.next(0, false);
+        assert_eq!((allowance.extra, allowance.late), (2, true));
+        allowance.next(0, false);
+        assert_eq!((allowance.extra, allowance.late), (0, false));
+    }
+
+    /// A loaded tick loop earns two periods every other tick: each such
+    /// tick's small allowance must not keep a big stall's in force.
+    #[test]
+    fn small_stalls_in_a_row_do_not_prolong_a_big_ones_allowance() {
+        let mut allowance = StallAllowance::default();
+        allowance.next(7, true);
+        for tick in 0..300 {
+            allowance.next(u32::from(tick % 2 == 0), false);
+        }
+        assert!(!allowance.late);
+        assert!(allowance.extra <= 1, "{allowance:?}");
+        assert!(allowance.stalls.len() <= 2, "{allowance:?}");
     }
 }
