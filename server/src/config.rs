@@ -410,12 +410,14 @@ pub struct HandshakeConfig {
     /// address or an IPv6 /64) that yield nothing: junk, repeated requests,
     /// failed responses. A request with a token the server has not seen
     /// and a response that connects do not count, so players behind one
-    /// address connect at once. Default 32.
+    /// address connect at once (on the public development key, whose
+    /// tokens anyone can mint, nothing is then limited). Default 32.
     pub per_second: u32,
     /// How many of those may come at once. Default 64.
     pub burst: u32,
-    /// Source addresses rate-limited at once (a fixed table; an address
-    /// pushed out comes back with a full burst). Default 4,096.
+    /// Source addresses rate-limited at once (a fixed table, rounded up to
+    /// a power of two; an address pushed out comes back with a full
+    /// burst). Default 4,096.
     pub tracked_sources: u32,
     /// Half-open handshakes (a valid token, no response yet) held at once;
     /// past it new ones are dropped. Default 1,024.

@@ -9,9 +9,10 @@
 //! The console only turns commands into messages: [`AdminKick`] and
 //! [`AdminSay`] are for the network and chat plugins to act on. Replies are
 //! printed on stdout by a thread of their own (`console-out`): a stdout
-//! nobody reads (a pipe into a pager left on its first page, a terminal
-//! paused with Ctrl-S) holds them, up to [`MAX_QUEUED_ANSWER_BYTES`], then
-//! drops them, but never stops the tick. Logs go to stderr.
+//! nobody reads (a pipe into a pager left on its first page) holds them,
+//! up to [`MAX_QUEUED_ANSWER_BYTES`], then drops them, but never stops the
+//! tick. Logs go to stderr, written by the thread that logs: a stderr
+//! nobody reads (a terminal paused with Ctrl-S) does stop it.
 //!
 //! The console starts only when stdin is a terminal. A process put in the
 //! background of an interactive shell (`server &`) still has the terminal
