@@ -332,10 +332,25 @@ impl ServerProcess {
             .expect("read /proc/<pid>/stat");
         // Fields after the parenthesised command name; utime and stime are
         // fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        // A line that does not parse fails the test: read as 0 it would
+        // pass every CPU bound.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("no command name in /proc/<pid>/stat: {stat:?}"));
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        let field = |i: usize| -> u64 {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no CPU ticks at field {} of /proc/<pid>/stat: {stat:?}",
+                        i + 3
+                    )
+                })
+        };
+        let ticks = field(11) + field(12);
         // USER_HZ is 100 on every Linux the tests run on.
         Duration::from_millis(ticks * 10)
     }
@@ -421,7 +436,8 @@ pub struct HonestClient {
     input_seq: u32,
     last_snapshot_tick: u32,
     next_input: Instant,
-    next_chat: Instant,
+    /// When `play` sends the next chat line of its own; `None`: never.
+    next_chat: Option<Instant>,
     /// The `client_ref` of the last chat line sent.
     chat_refs: u32,
     chat_interval: Duration,
@@ -429,8 +445,20 @@ pub struct HonestClient {
 }
 
 impl HonestClient {
-    /// Starts connecting to `server` with a dev token (`timeout_seconds`).
+    /// Starts connecting to `server` with a dev token (`timeout_seconds`);
+    /// once welcomed, `play` sends a global chat line every 2 s.
     pub fn connect(server: SocketAddr, id: u64, timeout_seconds: i32) -> Self {
+        Self::start(server, id, timeout_seconds, true)
+    }
+
+    /// As [`HonestClient::connect`], but `play` never sends a chat line of
+    /// its own (the client still moves, and [`HonestClient::say`] still
+    /// sends): for tests that count chat lines exactly, whatever the timing.
+    pub fn connect_without_chat(server: SocketAddr, id: u64, timeout_seconds: i32) -> Self {
+        Self::start(server, id, timeout_seconds, false)
+    }
+
+    fn start(server: SocketAddr, id: u64, timeout_seconds: i32, chats: bool) -> Self {
         let now = Instant::now();
         let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, channels::transport_config());
         endpoint
@@ -446,21 +474,10 @@ impl HonestClient {
             last_snapshot_tick: 0,
             next_input: now,
             // Stay well inside the default chat rate limit (burst 10, 1/s).
-            next_chat: now + Duration::from_millis(500 + id % 1000),
+            next_chat: chats.then(|| now + Duration::from_millis(500 + id % 1000)),
             chat_refs: 0,
             chat_interval: Duration::from_secs(2),
             rng: Rng::new(id),
-        }
-    }
-
-    /// Chat every `interval` instead of every 2 s (`None`: never).
-    pub fn set_chat_interval(&mut self, interval: Option<Duration>) {
-        match interval {
-            Some(i) => {
-                self.chat_interval = i;
-                self.next_chat = Instant::now();
-            }
-            None => self.next_chat = Instant::now() + Duration::from_secs(1 << 20),
         }
     }
 
@@ -475,7 +492,8 @@ impl HonestClient {
     }
 
     /// Reads, handles timers, and plays: movement input at 30 Hz, a global
-    /// chat line every chat interval.
+    /// chat line every 2 s (unless made with
+    /// [`HonestClient::connect_without_chat`]).
     pub fn play(&mut self, now: Instant) {
         self.pump(now);
         if !self.is_connected() || !self.seen.welcomed {
@@ -494,8 +512,10 @@ impl HonestClient {
                 let _ = self.socket.endpoint.send(channels::MOVEMENT, bytes);
             }
         }
-        if now >= self.next_chat {
-            self.next_chat = now + self.chat_interval;
+        if let Some(next_chat) = self.next_chat
+            && now >= next_chat
+        {
+            self.next_chat = Some(now + self.chat_interval);
             self.say(&format!("hello from {} #{}", self.id, self.input_seq));
         }
         self.socket.flush(now);
@@ -555,9 +575,34 @@ pub fn connect_honest(
     count: u64,
     limit: Duration,
 ) -> Vec<HonestClient> {
-    let mut clients: Vec<HonestClient> = (first_id..first_id + count)
-        .map(|id| HonestClient::connect(server, id, 10))
-        .collect();
+    welcome_all(
+        (first_id..first_id + count)
+            .map(|id| HonestClient::connect(server, id, 10))
+            .collect(),
+        limit,
+    )
+}
+
+/// As [`connect_honest`], with clients that never chat on their own
+/// ([`HonestClient::connect_without_chat`]): not even while connecting, so
+/// a test can count chat lines exactly however loaded the machine is.
+pub fn connect_honest_without_chat(
+    server: SocketAddr,
+    first_id: u64,
+    count: u64,
+    limit: Duration,
+) -> Vec<HonestClient> {
+    welcome_all(
+        (first_id..first_id + count)
+            .map(|id| HonestClient::connect_without_chat(server, id, 10))
+            .collect(),
+        limit,
+    )
+}
+
+/// Plays `clients` until every one is welcomed. Panics after `limit`.
+fn welcome_all(mut clients: Vec<HonestClient>, limit: Duration) -> Vec<HonestClient> {
+    let count = clients.len();
     let deadline = Instant::now() + limit;
     loop {
         let now = Instant::now();
@@ -790,13 +835,18 @@ impl RawClient {
         self.flush(Instant::now());
     }
 
-    /// Seals `transport_packet` (1 to 1,200 bytes) and sends it.
-    pub fn send_raw(&mut self, transport_packet: &[u8]) {
-        if let Ok(t) = self
+    /// Seals `transport_packet` (1 to 1,200 bytes) and sends it; returns
+    /// the bytes of the datagram the socket took (0 when it took none).
+    pub fn send_raw(&mut self, transport_packet: &[u8]) -> usize {
+        match self
             .netcode
             .send_payload(Instant::now(), transport_packet, &mut self.buf)
         {
-            let _ = self.socket.send_to(&self.buf[..t.len], t.destination);
+            Ok(t) => self
+                .socket
+                .send_to(&self.buf[..t.len], t.destination)
+                .unwrap_or(0),
+            Err(_) => 0,
         }
     }
 

@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    RawClient, ServerOptions, ServerProcess, connect_honest, ended, mib, play_all, play_for,
+    RawClient, ServerOptions, ServerProcess, connect_honest_without_chat, ended, mib, play_all,
+    play_for,
 };
 use shared::transport::DisconnectReason;
 
@@ -19,10 +20,8 @@ fn a_client_that_never_acknowledges_is_disconnected_for_a_full_send_queue() {
         config_toml: "[chat]\nburst = 2000\nrate_per_sec = 2000.0\n".to_owned(),
         ..ServerOptions::default()
     });
-    let mut chatters = connect_honest(server.game, 1, 4, Duration::from_secs(10));
-    for client in &mut chatters {
-        client.set_chat_interval(None);
-    }
+    // They chat only the test's lines.
+    let mut chatters = connect_honest_without_chat(server.game, 1, 4, Duration::from_secs(10));
     let rss_before = server.rss_bytes();
     let mut reader = RawClient::connect(server.game, 99, 10, Duration::from_secs(5));
     let connected = Instant::now();
