@@ -44,6 +44,9 @@ fn number(summary: &HashMap<String, String>, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number: {summary:?}"))
 }
 
+/// How long `chaos spoof-connect`'s probe tries to connect.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
 /// A server with four slots, for slot-hold to fill.
 fn four_slot_server() -> ServerProcess {
     ServerProcess::start(&ServerOptions {
@@ -163,6 +166,9 @@ fn a_probe_that_never_connects_is_reported_not_connected() {
     // A "server" that reads everything and answers nothing.
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let target = sink.local_addr().unwrap().to_string();
+    // Built (or found up to date) before the clock starts.
+    client_binary();
+    let began = std::time::Instant::now();
     let output = chaos(&[
         "--server",
         &target,
@@ -173,10 +179,20 @@ fn a_probe_that_never_connects_is_reported_not_connected() {
         "--duration",
         "0.5",
     ]);
+    let ran = began.elapsed();
+    eprintln!("the spoof-connect run took {ran:?}");
     assert!(output.status.success(), "{:?}", output.status);
     let s = summary(&output);
     assert_eq!(s["probe_connected"], "no", "{s:?}");
-    assert!(s["probe_error"].contains("no connection within"), "{s:?}");
+    // The probe's own limit, waited out, ten times the flood's 0.5 s.
+    assert!(
+        s["probe_error"].contains("no connection within 5s"),
+        "{s:?}"
+    );
+    assert!(
+        ran >= PROBE_LIMIT,
+        "the run ended after {ran:?}, before the probe's {PROBE_LIMIT:?}"
+    );
 }
 
 #[test]

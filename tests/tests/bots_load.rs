@@ -16,6 +16,14 @@ use e2e::{
 };
 
 const BOTS: u64 = 200;
+/// The 200 bots' run: `--duration` and `--ramp` (seconds), `--loss`.
+const DURATION_S: f64 = 8.0;
+const RAMP_S: f64 = 2.0;
+const LOSS: f64 = 0.1;
+/// `default.toml`'s inputs a second, and the server's default tick rate
+/// (a snapshot a tick to every player).
+const INPUT_HZ: f64 = 30.0;
+const TICK_HZ: f64 = 30.0;
 /// Longest a load run of these tests may take (they ask for at most 8 s
 /// and a drain): a run still going then is killed and the test fails.
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
@@ -36,11 +44,11 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
                 "--bots",
                 &BOTS.to_string(),
                 "--duration",
-                "8",
+                &DURATION_S.to_string(),
                 "--ramp",
-                "2",
+                &RAMP_S.to_string(),
             ])
-            .args(["--loss", "0.1", "--drain-timeout", "5"])
+            .args(["--loss", &LOSS.to_string(), "--drain-timeout", "5"])
             .args(["--metrics-url", &format!("http://{metrics}/metrics")])
             .arg("--report")
             .arg(&report)
@@ -62,7 +70,7 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
         "every bot connects through 10 % loss"
     );
     assert!(json["connect_failures"].as_object().unwrap().is_empty());
-    assert!(json["duration_s"].as_f64().unwrap() >= 8.0);
+    assert!(json["duration_s"].as_f64().unwrap() >= DURATION_S);
     for q in ["p50", "p95", "p99", "max"] {
         let rtt = json["rtt_ms"][q].as_f64().unwrap();
         assert!(rtt > 0.0 && rtt < 5000.0, "rtt {q} = {rtt}");
@@ -86,15 +94,28 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
     assert!(json["inventory"]["ok"].is_u64());
     assert!(json["inventory"]["failed"].is_object());
     // The bots really move: inputs from the start, snapshots back, every
-    // one applied.
+    // one applied. Every bot plays at least `DURATION_S - RAMP_S` (it
+    // starts within the ramp): that many seconds of inputs at 30 Hz, and of
+    // snapshots at the server's 30 Hz less the 10 % lost on the way. The
+    // report has totals; they must reach half of that for every bot
+    // (measured: about twice it), and no session went without snapshots.
     let movement = &json["movement"];
-    assert!(
-        movement["inputs_sent"].as_u64().unwrap() > BOTS * 30,
-        "{movement}"
+    let playing_s = DURATION_S - RAMP_S;
+    let inputs_floor = 0.5 * INPUT_HZ * playing_s * BOTS as f64;
+    let snapshots_floor = 0.5 * TICK_HZ * (1.0 - LOSS) * playing_s * BOTS as f64;
+    let inputs = movement["inputs_sent"].as_u64().unwrap();
+    let snapshots = movement["snapshots_applied"].as_u64().unwrap();
+    eprintln!(
+        "{BOTS} bots: {inputs} inputs sent (floor {inputs_floor}), {snapshots} snapshots \
+         applied (floor {snapshots_floor})"
     );
     assert!(
-        movement["snapshots_applied"].as_u64().unwrap() > BOTS * 30,
-        "{movement}"
+        inputs as f64 >= inputs_floor,
+        "{inputs} inputs sent, fewer than {inputs_floor}: {movement}"
+    );
+    assert!(
+        snapshots as f64 >= snapshots_floor,
+        "{snapshots} snapshots applied, fewer than {snapshots_floor}: {movement}"
     );
     assert_eq!(movement["sessions_without_snapshots"], 0, "{movement}");
     assert!(
@@ -264,6 +285,8 @@ fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
 #[test]
 fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
     use std::io::{Read, Write};
+    // Built (or found up to date) first: the page below waits 20 s at most.
+    let client = client_binary();
     // A metrics page that answers twice (the baseline and the first
     // second), then is gone, as an overloaded or crashed server's is.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -302,7 +325,7 @@ fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
     let output = output_within(
-        Command::new(client_binary())
+        Command::new(client)
             .args(["load", "--server", &free_udp_addr().to_string()])
             .args(["--bots", "1", "--duration", "3", "--threads", "1"])
             .args(["--metrics-url", &format!("http://{metrics}/metrics")])
