@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use glam::Vec2;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
-use shared::io::{ClientSocket, unix_secs};
+use shared::io::{ClientSocket, MAX_READS_PER_PUMP, unix_secs};
 use shared::movement::{ApplyScratch, MovementRules, Predictor, SnapshotReceiver};
 use shared::netcode::ConnectToken;
 use shared::protocol::chat::{
@@ -231,9 +231,10 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     let mut stdin_open = true;
     loop {
         let now = Instant::now();
-        if let Err(error) = socket.pump(now) {
-            return Err(format!("socket error: {error}"));
-        }
+        let read = match socket.pump(now) {
+            Ok(read) => read,
+            Err(error) => return Err(format!("socket error: {error}")),
+        };
         while let Some(event) = socket.endpoint.poll_event() {
             if let Some(reason) = player.on_event(event) {
                 println!("disconnected: {reason}");
@@ -276,6 +277,10 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             }
         }
         socket.flush(now);
+        if read == MAX_READS_PER_PUMP {
+            // More may be waiting.
+            continue;
+        }
         let wake = socket
             .endpoint
             .poll_timeout()

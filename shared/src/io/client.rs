@@ -8,10 +8,18 @@ use super::batch::is_about_one_datagram;
 use crate::endpoint::ClientEndpoint;
 use crate::netcode::MAX_PACKET_BYTES;
 
+/// Most datagrams one [`ClientSocket::pump`] reads. A flood of datagrams
+/// (junk from anyone who can reach the port, or a server sending faster
+/// than the game handles) then slows the caller's loop, never stops it:
+/// timers still run, and the messages delivered wait in the endpoint for
+/// at most this many datagrams' worth before the caller drains them.
+pub const MAX_READS_PER_PUMP: usize = 256;
+
 /// One client endpoint and its own socket. Call [`pump`](Self::pump)
 /// whenever the socket is readable or [`ClientEndpoint::poll_timeout`] has
 /// passed, then drain `endpoint.poll_event()`; call `pump` again after
-/// sending so the datagrams leave.
+/// sending so the datagrams leave, and at once when it read
+/// [`MAX_READS_PER_PUMP`] (more may be waiting).
 pub struct ClientSocket {
     socket: UdpSocket,
     /// The stack.
@@ -41,11 +49,12 @@ impl ClientSocket {
         &self.socket
     }
 
-    /// Reads every waiting datagram, runs due timers, and sends everything
-    /// the endpoint has to send. Returns the datagrams read.
+    /// Reads the waiting datagrams, up to [`MAX_READS_PER_PUMP`], runs due
+    /// timers, and sends everything the endpoint has to send. Returns the
+    /// datagrams read.
     pub fn pump(&mut self, now: Instant) -> io::Result<usize> {
         let mut read = 0;
-        loop {
+        while read < MAX_READS_PER_PUMP {
             match self.socket.recv_from(&mut self.buf) {
                 Ok((len, from)) => {
                     read += 1;
@@ -116,5 +125,24 @@ mod tests {
             .expect("an IPv4 socket cannot send to ::1");
         assert_eq!(to, server);
         assert_ne!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
+    }
+
+    /// A flood of junk datagrams cannot hold a pump: it reads its budget,
+    /// runs the timers and returns; the next reads on.
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "a real socket: real time")]
+    fn a_pump_reads_at_most_its_budget() {
+        let endpoint = ClientEndpoint::new(PROTOCOL_ID, TransportConfig::default());
+        let mut socket = ClientSocket::bind("127.0.0.1:0".parse().unwrap(), endpoint).unwrap();
+        crate::io::socket::tune_udp_socket(socket.socket(), 4 << 20);
+        let to = socket.socket().local_addr().unwrap();
+        let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..2 * MAX_READS_PER_PUMP {
+            flooder.send_to(&[0x55], to).unwrap();
+        }
+        let first = socket.pump(Instant::now()).unwrap();
+        assert_eq!(first, MAX_READS_PER_PUMP);
+        let second = socket.pump(Instant::now()).unwrap();
+        assert!(second > 0, "the rest waits for the next pump");
     }
 }

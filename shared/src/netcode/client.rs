@@ -327,7 +327,8 @@ impl Client {
 
     /// Leaves the server: if connected, [`NUM_DISCONNECT_PACKETS`] disconnect
     /// packets are queued for `poll_transmit`. The state becomes
-    /// `Disconnected` at once.
+    /// `Disconnected` at once, unless it is an error state (a timeout, a
+    /// denial, an expired token), which stays to say why the session ended.
     pub fn disconnect(&mut self) {
         if self.state == ClientState::Connected
             && let (Some(s), Some(to)) = (self.session.as_ref(), self.server_address())
