@@ -422,13 +422,13 @@ fn pty() -> (std::fs::File, std::fs::File) {
     }
 }
 
+/// A server in `dir` whose stdin is a terminal (its console on), stdout
+/// and stderr piped; and the terminal's keyboard.
 #[cfg(target_os = "linux")]
-#[test]
-fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
-    let dir = scratch_dir("console-stdout");
-    let (mut keyboard, terminal) = pty();
-    let mut child = KillOnDrop(
-        server(&dir)
+fn console_server(dir: &PathBuf) -> (std::fs::File, KillOnDrop) {
+    let (keyboard, terminal) = pty();
+    let child = KillOnDrop(
+        server(dir)
             .args(["--metrics-bind", "127.0.0.1:0"])
             .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
             .stdin(Stdio::from(terminal))
@@ -437,6 +437,14 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
             .spawn()
             .unwrap(),
     );
+    (keyboard, child)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
+    let dir = scratch_dir("console-stdout");
+    let (mut keyboard, mut child) = console_server(&dir);
     // Whoever read the server's stdout is gone (`server | head -1`, say).
     drop(child.stdout.take());
     let (_, logs) = read_log(&mut child);
@@ -455,23 +463,13 @@ fn console_answers_into_a_closed_stdout_do_not_stop_the_server() {
 }
 
 /// Console answers into a stdout nobody reads (`server | less` left on
-/// its first page, a terminal paused with Ctrl-S) fill its pipe: the tick
-/// that answers must not wait for it.
+/// its first page) fill its pipe: the tick that answers must not wait for
+/// it.
 #[cfg(target_os = "linux")]
 #[test]
 fn console_answers_into_a_stdout_nobody_reads_do_not_stop_the_tick() {
     let dir = scratch_dir("console-stalled-stdout");
-    let (mut keyboard, terminal) = pty();
-    let mut child = KillOnDrop(
-        server(&dir)
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
-            .stdin(Stdio::from(terminal))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut keyboard, mut child) = console_server(&dir);
     // Kept open, never read.
     let _stdout = child.stdout.take();
     let (listening, logs) = read_log(&mut child);
