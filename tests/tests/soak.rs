@@ -99,7 +99,9 @@ fn a_lossy_swarm_soak_leaks_no_memory_or_descriptors_and_stays_exactly_once() {
     let bots: u64 = setting("E2E_SOAK_BOTS", 100, 1_000);
     let secs: f64 = setting("E2E_SOAK_SECS", 40.0, 1_800.0);
     let loss: f64 = setting("E2E_SOAK_LOSS", 0.05, 0.05);
-    let rss_limit_mib: f64 = setting("E2E_SOAK_RSS_MIB", 2.0, 2.0);
+    // The fast run grows ~0.01 MiB over its 26 s (2026-12-06): 1 MiB
+    // catches a leak of a few dozen bytes per message.
+    let rss_limit_mib: f64 = setting("E2E_SOAK_RSS_MIB", 1.0, 2.0);
     let seed = e2e::seed();
     assert!(secs >= 20.0, "E2E_SOAK_SECS must be at least 20");
     let ramp = (secs / 8.0).clamp(2.0, 30.0);
