@@ -184,10 +184,12 @@ struct LoadArgs {
     #[arg(long, value_name = "MS")]
     max_rtt_p99_ms: Option<f64>,
     /// SLO: fail (exit 2) if fewer than this fraction (0 to 1) of the bots
-    /// connected.
+    /// connected and were not dropped by the server.
     #[arg(long, value_name = "RATIO")]
     min_connected_ratio: Option<f64>,
-    /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line.
+    /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line, an
+    /// inventory request without exactly one reply, no bot connected, or
+    /// nothing exchanged that the scenario should have.
     #[arg(long)]
     require_exactly_once: bool,
     /// Worker threads multiplexing the bots' sockets, 1 to 64 [default:
@@ -206,7 +208,8 @@ struct LoadArgs {
     /// Account id of the first bot; bots use consecutive ids [default: from the clock].
     #[arg(long, value_name = "ID")]
     first_client_id: Option<u64>,
-    /// Longest wait at the end for chat lines still in flight.
+    /// Longest wait at the end for chat lines and inventory requests still
+    /// in flight.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     drain_timeout: f64,
     /// Seed of the conditioners and behaviours.

@@ -22,7 +22,7 @@ use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventorySnapshot, InventoryTracker,
     InventoryUpdate, OfferedStack, TradeOffer, TradeState, TradeUpdate, WorldItems,
 };
-use shared::protocol::messages::{Emote, EmoteRequest, ServerNotice, Welcome};
+use shared::protocol::messages::{EMOTE_COUNT, Emote, EmoteRequest, ServerNotice, Welcome};
 use shared::protocol::movement::Snapshot;
 use shared::protocol::{self, NetMessage, PROTOCOL_ID, PROTOCOL_VERSION, channels};
 use shared::transport::{ChannelId, DisconnectReason};
@@ -44,7 +44,7 @@ commands:
   /near TEXT       chat to players nearby; /near alone lists who is nearby
   /w NAME TEXT     whisper (NAME, or #ID for an account id)
   /move X Y        walk with velocity (X, Y) m/s; /stop to stand still
-  /emote N         play emote N (0-255)
+  /emote N         play emote N (0 to 15)
   /inv             your inventory
   /pick [ID]       list the nearest world items, or pick item ID up (within 5 m)
   /drop SLOT [N]   drop N (default 1) from a slot
@@ -127,7 +127,9 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, String> {
         "stop" => Command::Move(Vec2::ZERO),
         "emote" => Command::Emote(
             args.parse()
-                .map_err(|_| "usage: /emote N (0-255)".to_owned())?,
+                .ok()
+                .filter(|n| *n < EMOTE_COUNT)
+                .ok_or_else(|| format!("usage: /emote N (0-{})", EMOTE_COUNT - 1))?,
         ),
         "inv" | "pick" | "drop" | "use" | "give" | "trade" => {
             Command::Inventory(parse_inventory(verb, args)?)
@@ -961,6 +963,9 @@ mod tests {
         assert!(parse_command("/w bob").unwrap_err().contains("usage"));
         assert!(parse_command("/say").unwrap_err().contains("usage"));
         assert!(parse_command("/fly").unwrap_err().contains("unknown"));
+        assert!(parse_command("/emote 15").is_ok());
+        // The server ignores emotes it does not know: refused here, said.
+        assert!(parse_command("/emote 16").unwrap_err().contains("0-15"));
         assert!(parse_command("/emote 300").is_err());
         assert!(
             parse_command("/drop")

@@ -114,8 +114,9 @@ pub enum Command {
     Run(RunArgs),
     /// Mint a connect token (base64) for one player, as a login backend would.
     Token(TokenArgs),
-    /// Check the stored data: SQLite integrity and the item ledger. Prints
-    /// JSON; exits non-zero when either check fails.
+    /// Check the stored data: SQLite integrity, the item ledger and the
+    /// slots. Prints JSON; exits 1 when a check fails, 2 when the store
+    /// cannot be read.
     Audit(AuditArgs),
 }
 

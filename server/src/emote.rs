@@ -14,8 +14,7 @@ use shared::protocol::messages::{Emote, EmoteRequest};
 
 use crate::net::{FromClient, NetAppExt, Recipients, ToClient};
 
-/// Emotes known to the game; anything else is ignored.
-pub const EMOTE_COUNT: u8 = 16;
+pub use shared::protocol::messages::EMOTE_COUNT;
 
 /// Ticks a player waits between two emotes (about a quarter of a second at
 /// 30 Hz); emotes sent meanwhile are dropped.

@@ -34,10 +34,14 @@ impl NetMessage for ServerNotice {
     const ID: u16 = 101;
 }
 
+/// Emotes known to the game (0 to this, exclusive); the server ignores
+/// any other.
+pub const EMOTE_COUNT: u8 = 16;
+
 /// Client → server: an emote (the example plugin of the template).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmoteRequest {
-    /// Which emote.
+    /// Which emote, below [`EMOTE_COUNT`].
     pub emote: u8,
 }
 
