@@ -79,7 +79,7 @@ struct ChaosArgs {
 }
 
 fn chaos_plan(args: &ChaosArgs) -> Result<chaos::ChaosPlan, String> {
-    chaos::check_target(args.server, args.i_own_this_server)?;
+    chaos::check_target(args.server, args.i_own_this_server, "attack")?;
     if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 3_600.0) {
         return Err("--duration must be above 0 and at most 3600 seconds".into());
     }
@@ -135,6 +135,9 @@ struct LoadArgs {
     /// The server's UDP address.
     #[arg(long, value_name = "ADDR")]
     server: SocketAddr,
+    /// Allow a non-loopback target: you state that you own this server.
+    #[arg(long)]
+    i_own_this_server: bool,
     /// Bots to run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     bots: u64,
@@ -234,6 +237,7 @@ fn probability(name: &str, value: f64) -> Result<f64, String> {
 }
 
 fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
+    chaos::check_target(args.server, args.i_own_this_server, "load-test")?;
     let duration = secs("duration", args.duration)?;
     let ramp = secs("ramp", args.ramp)?;
     if duration.is_zero() {
@@ -445,6 +449,43 @@ mod tests {
             let error = load_plan(*args).err().expect(ms);
             assert!(error.contains("--max-rtt-p99-ms"), "{error}");
         }
+    }
+
+    /// A load test sends a handshake storm, then the game's traffic: off
+    /// this host only to a server its user says is theirs.
+    #[test]
+    fn a_load_test_off_this_host_needs_the_ownership_flag() {
+        let plan = |server: &str, owned: bool| {
+            let mut args = vec![
+                "client_headless".to_owned(),
+                "load".into(),
+                "--server".into(),
+                server.into(),
+                "--bots".into(),
+                "1".into(),
+                "--duration".into(),
+                "1".into(),
+            ];
+            if owned {
+                args.push("--i-own-this-server".into());
+            }
+            let Ok(Cli {
+                command: Command::Load(args),
+            }) = Cli::try_parse_from(args)
+            else {
+                panic!("parses");
+            };
+            load_plan(*args)
+        };
+        let refused = plan("192.0.2.1:7777", false).err().expect("refused");
+        assert!(refused.contains("--i-own-this-server"), "{refused}");
+        assert!(plan("192.0.2.1:7777", true).is_ok());
+        assert!(plan("[::1]:7777", false).is_ok());
+        let refused = plan("239.255.255.250:1900", true).err().expect("refused");
+        assert!(
+            refused.contains("not the address of one server"),
+            "{refused}"
+        );
     }
 
     #[test]

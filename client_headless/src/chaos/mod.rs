@@ -71,14 +71,24 @@ pub struct ChaosPlan {
     pub first_account: u64,
 }
 
-/// Why a target is refused.
-pub fn check_target(server: SocketAddr, i_own_this_server: bool) -> Result<(), String> {
-    if server.ip().is_loopback() || i_own_this_server {
+/// Why a target of `what` (a chaos attack, a load test) is refused: one
+/// that is no single host's address, whatever the flag; one off this host
+/// (not loopback, IPv4-mapped loopback included) without
+/// `--i-own-this-server`.
+pub fn check_target(server: SocketAddr, i_own_this_server: bool, what: &str) -> Result<(), String> {
+    let ip = server.ip().to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_multicast() || ip.is_unspecified() || broadcast || server.port() == 0 {
+        return Err(format!(
+            "refusing to {what} {server}: it is not the address of one server"
+        ));
+    }
+    if ip.is_loopback() || i_own_this_server {
         Ok(())
     } else {
         Err(format!(
-            "refusing to attack {server}: it is not a loopback address. \
-             Chaos traffic is for servers you own; pass --i-own-this-server if you do"
+            "refusing to {what} {server}: it is not a loopback address. \
+             This traffic is for servers you own; pass --i-own-this-server if you do"
         ))
     }
 }
@@ -242,12 +252,45 @@ mod tests {
 
     #[test]
     fn non_loopback_targets_need_the_ownership_flag() {
-        let remote: SocketAddr = "192.0.2.1:7777".parse().unwrap();
-        let err = check_target(remote, false).unwrap_err();
-        assert!(err.contains("--i-own-this-server"), "{err}");
-        assert!(check_target(remote, true).is_ok());
-        assert!(check_target("127.0.0.1:7777".parse().unwrap(), false).is_ok());
-        assert!(check_target("[::1]:7777".parse().unwrap(), false).is_ok());
+        for remote in [
+            "192.0.2.1:7777",
+            "[2001:db8::1]:7777",
+            "[::ffff:192.0.2.1]:7777",
+        ] {
+            let remote: SocketAddr = remote.parse().unwrap();
+            let err = check_target(remote, false, "attack").unwrap_err();
+            assert!(err.contains("--i-own-this-server"), "{err}");
+            assert!(check_target(remote, true, "attack").is_ok());
+        }
+        for local in [
+            "127.0.0.1:7777",
+            "127.3.2.1:7777",
+            "[::1]:7777",
+            "[::ffff:127.0.0.1]:7777",
+        ] {
+            assert!(
+                check_target(local.parse().unwrap(), false, "attack").is_ok(),
+                "{local}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_flag_makes_a_group_or_wildcard_address_a_target() {
+        for target in [
+            "239.255.255.250:1900",
+            "255.255.255.255:7777",
+            "0.0.0.0:7777",
+            "[::]:7777",
+            "[ff02::1]:7777",
+            "127.0.0.1:0",
+        ] {
+            let err = check_target(target.parse().unwrap(), true, "load-test").unwrap_err();
+            assert!(
+                err.contains("not the address of one server"),
+                "{target}: {err}"
+            );
+        }
     }
 
     #[test]
