@@ -7,8 +7,12 @@ use std::path::Path;
 use shared::netcode::{ConnectToken, Key};
 use shared::protocol::PROTOCOL_ID;
 
-/// Seconds a minted token stays valid (long enough for a slow ramp-up).
-const EXPIRE_SECONDS: u64 = 3600;
+/// Seconds a minted token stays valid. Bots mint one as they connect, and
+/// the server remembers every token it saw until it expires (16,384 by
+/// default, `[handshake] max_token_entries`): an hour's tokens filled that
+/// table within minutes of a churning swarm, and every later connect
+/// failed. A minute covers the handshake, and clocks a little apart.
+const EXPIRE_SECONDS: u64 = 60;
 /// Seconds of silence before either side times the connection out.
 const TIMEOUT_SECONDS: i32 = 10;
 
@@ -78,5 +82,21 @@ mod tests {
         let parsed = parse_token(&format!("  {}\n", token.to_base64())).unwrap();
         assert_eq!(parsed.server_addresses, vec![server]);
         assert!(parse_token("not a token").is_err());
+    }
+
+    /// A churning swarm of 1,000 bots mints ~45 tokens a second: the
+    /// server's default table of 16,384 used tokens must see them expire
+    /// long before it fills (the swarm then fails every reconnect).
+    #[test]
+    fn minted_tokens_leave_the_servers_table_long_before_a_churning_swarm_fills_it() {
+        let token = TokenMinter::dev("127.0.0.1:7777".parse().unwrap())
+            .mint(42)
+            .unwrap();
+        let life = token.expire_timestamp - token.create_timestamp;
+        let minted_meanwhile = life * 45;
+        assert!(
+            minted_meanwhile * 4 <= 16_384,
+            "{life} s of tokens: {minted_meanwhile}"
+        );
     }
 }
