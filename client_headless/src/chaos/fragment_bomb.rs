@@ -67,5 +67,6 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         }
         None => summary.add("disconnect_reason", "none"),
     }
+    summary.add("unsent", pacer.unsent());
     Ok(summary)
 }

@@ -47,6 +47,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.sent_bytes += garbage.sent_bytes;
     summary.received_datagrams += garbage.received_datagrams;
     summary.received_bytes += garbage.received_bytes;
+    summary.add("unsent", pacer.unsent());
     Ok(summary)
 }
 

@@ -6,8 +6,10 @@
 //! Every attack is bounded twice: it sends at most `rate` datagrams (or
 //! connections, for `slot-hold`) per second, paced against the start time
 //! so the schedule does not drift, and it stops after `duration` (plus at
-//! most `GRACE` to collect the answers; an attack's own sessions connect
-//! first, up to 5 s, and spoof-connect's probe may wait up to 5 s more).
+//! most `CATCH_UP` for a sender kept behind, what it could not send then
+//! counted as `unsent`, and `GRACE` to collect the answers; an attack's own
+//! sessions connect first, up to 5 s, and spoof-connect's probe may wait up
+//! to 5 s more).
 //! It refuses a non-loopback target unless the operator states that they
 //! own it.
 //!
@@ -37,6 +39,10 @@ pub const MAX_ACCOUNTS: u64 = 4_096;
 /// How long an attack keeps reading after its sending window, for answers
 /// still in flight (a disconnect, a denial).
 pub(crate) const GRACE: Duration = Duration::from_millis(1_500);
+
+/// How long after its window a sender kept behind (a stall, a rate faster
+/// than it can send) may still catch up; the sends left then are given up.
+pub(crate) const CATCH_UP: Duration = Duration::from_millis(500);
 
 /// The attacks, named as on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -179,9 +185,17 @@ impl Pacer {
     }
 
     /// Whether the sending window is over and every send it allowed was
-    /// made (a sender a stall kept behind sends the rest first).
+    /// made (a sender a stall kept behind sends the rest first), or
+    /// [`CATCH_UP`] more has passed (the rest is [`unsent`](Self::unsent)).
     pub(crate) fn finished(&self) -> bool {
-        self.start.elapsed() >= self.duration && self.done >= self.total()
+        let elapsed = self.start.elapsed();
+        elapsed >= self.duration
+            && (self.done >= self.total() || elapsed >= self.duration + CATCH_UP)
+    }
+
+    /// The sends the window allowed and the sender did not make.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.total().saturating_sub(self.done)
     }
 
     /// The sends the whole window allows: rate × duration.
@@ -302,6 +316,24 @@ mod tests {
         }
         assert_eq!(total, 20_000);
         assert_eq!(pacer.due(), 0);
+    }
+
+    /// A rate the sender cannot keep up with ends with the window and the
+    /// catch-up, not once every send is made (which could be hours late).
+    #[test]
+    fn a_sender_that_cannot_keep_up_stops_after_the_catch_up() {
+        let window = Duration::from_millis(200);
+        let mut pacer = Pacer::new(1_000_000, window);
+        let started = Instant::now();
+        while !pacer.finished() {
+            pacer.due();
+            // 1,000 sends per 10 ms at most: a fifth of the rate.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = started.elapsed();
+        assert!(took >= window + CATCH_UP, "{took:?}");
+        assert!(took < 2 * (window + CATCH_UP), "{took:?}");
+        assert!(pacer.unsent() > 100_000, "{}", pacer.unsent());
     }
 
     #[test]

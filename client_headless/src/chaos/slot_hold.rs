@@ -76,6 +76,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.add("slots_held_at_end", held.len());
     summary.add("server_full_denials", denied);
     summary.add("other_failures", failed + pending.len() as u64);
+    summary.add("unsent", pacer.unsent());
     Ok(summary)
 }
 

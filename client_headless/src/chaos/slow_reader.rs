@@ -68,5 +68,6 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         }
         None => summary.add("disconnect_reason", "none"),
     }
+    summary.add("unsent", pacer.unsent());
     Ok(summary)
 }

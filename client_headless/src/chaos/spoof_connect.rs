@@ -103,5 +103,6 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         }
         None => summary.add("probe_connected", "not started"),
     }
+    summary.add("unsent", pacer.unsent());
     Ok(summary)
 }
