@@ -205,7 +205,7 @@ struct LoadArgs {
     threads: Option<usize>,
     /// Distinct source addresses (127.1.x.y) for a loopback server, so its
     /// per-IP handshake rate limit is not the bottleneck; 1 binds 0.0.0.0
-    /// [default: min(bots, 1024) for loopback servers, else 1].
+    /// [default: min(bots, 1024) for loopback servers on Linux, else 1].
     #[arg(long, value_name = "N")]
     source_ips: Option<u32>,
     /// Account id of the first bot; bots use consecutive ids [default: from the clock].
@@ -277,7 +277,9 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
         Some(0 | 1) => SourceIps::Any,
         Some(count) if loopback => SourceIps::Loopback { count },
         Some(_) => return Err("--source-ips above 1 needs a loopback IPv4 server".into()),
-        None if loopback => SourceIps::Loopback {
+        // Only Linux answers on all of 127.0.0.0/8 out of the box: elsewhere
+        // (macOS, the BSDs) 127.1.x.y cannot be bound unless configured.
+        None if loopback && cfg!(target_os = "linux") => SourceIps::Loopback {
             count: u32::try_from(args.bots.min(1024)).unwrap_or(1024),
         },
         None => SourceIps::Any,

@@ -18,11 +18,22 @@ pub(crate) fn token(
     id: u64,
     timeout_seconds: i32,
 ) -> Result<ConnectToken, String> {
+    token_lasting(server, id, timeout_seconds, Duration::from_secs(60))
+}
+
+/// A dev-key token for `server` and account `id`, valid for `life` (whole
+/// seconds, at least one).
+pub(crate) fn token_lasting(
+    server: SocketAddr,
+    id: u64,
+    timeout_seconds: i32,
+    life: Duration,
+) -> Result<ConnectToken, String> {
     shared::keys::mint_token(
         &shared::keys::dev_key(),
         vec![server],
         id,
-        60,
+        life.as_secs().max(1),
         timeout_seconds,
     )
     .map_err(|e| format!("cannot mint a token: {e}"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shared::netcode::{ClientState, MAX_PACKET_BYTES};
 
 use super::generators::spoof_request;
-use super::session::{Session, token};
+use super::session::{Session, token, token_lasting};
 use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, source_sockets};
 
 /// How long the probe may take to connect.
@@ -23,7 +23,15 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         let socket = source_sockets(plan.server, 31, 1)?
             .pop()
             .ok_or("no socket")?;
-        let mut sniffed = Session::start(socket, &token(plan.server, plan.first_account + i, 10)?)?;
+        // Replays of a request whose token expired are dropped before
+        // anything is decrypted: these must outlive the flood.
+        let template_token = token_lasting(
+            plan.server,
+            plan.first_account + i,
+            10,
+            plan.duration + Duration::from_secs(60),
+        )?;
+        let mut sniffed = Session::start(socket, &template_token)?;
         templates.extend(sniffed.first_request(&mut buf));
     }
     if templates.is_empty() {
@@ -33,7 +41,6 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let probe_socket = source_sockets(plan.server, 32, 1)?
         .pop()
         .ok_or("no socket")?;
-    let probe_token = token(plan.server, plan.first_account + 100, 10)?;
     let mut probe: Option<(Session, Instant)> = None;
     let mut probe_result: Option<Result<Duration, String>> = None;
     let mut probe_summary = Summary::default();
@@ -65,6 +72,8 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
             && started.elapsed() >= plan.duration / 2
             && let Some(socket) = probe_socket.take()
         {
+            // Minted now: one minted before a long flood would have expired.
+            let probe_token = token(plan.server, plan.first_account + 100, 10)?;
             probe = Some((Session::start(socket, &probe_token)?, Instant::now()));
         }
         if let Some((session, began)) = probe.as_mut() {
