@@ -252,11 +252,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                          and so does one where this account is connected already"
                     );
                 }
-                return Ok(if reason == DisconnectReason::Closed {
-                    0
-                } else {
-                    1
-                });
+                return Ok(exit_code(reason, !stdin_open));
             }
         }
         player.tick(now, &mut socket.endpoint);
@@ -289,6 +285,18 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             .map_or(IDLE, |t| t.saturating_duration_since(Instant::now()))
             .min(IDLE);
         std::thread::sleep(wake);
+    }
+}
+
+/// The exit code of a session that ended for `reason`: 0 when the player
+/// left (`quit`: `/quit` or the end of its input), 1 otherwise. `Closed`
+/// alone does not say who closed: the server's secure layer says it too
+/// when its transport's goodbye was lost.
+fn exit_code(reason: DisconnectReason, quit: bool) -> i32 {
+    if quit && reason == DisconnectReason::Closed {
+        0
+    } else {
+        1
     }
 }
 
@@ -1001,6 +1009,14 @@ mod tests {
         retries.answered(8);
         assert!(retries.due(now).is_empty());
         assert_eq!(retries.refused(8, t0), Some(INVENTORY_RETRY));
+    }
+
+    #[test]
+    fn a_session_the_server_closed_exits_1_even_as_closed() {
+        assert_eq!(exit_code(DisconnectReason::Closed, true), 0);
+        assert_eq!(exit_code(DisconnectReason::Closed, false), 1);
+        assert_eq!(exit_code(DisconnectReason::Kicked, false), 1);
+        assert_eq!(exit_code(DisconnectReason::ServerShutdown, true), 1);
     }
 
     #[test]
