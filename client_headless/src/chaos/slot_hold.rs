@@ -24,9 +24,13 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let (mut denied, mut failed, mut attempts) = (0u64, 0u64, 0u64);
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let end = Instant::now() + plan.duration + GRACE;
+    // Attempts the pacer allowed past MAX_SESSIONS: not made.
+    let mut capped = 0u64;
     while Instant::now() < end {
-        for _ in 0..pacer.due() {
+        let due = pacer.due();
+        for i in 0..due {
             if attempts >= MAX_SESSIONS {
+                capped += due - i;
                 break;
             }
             // Spread the sources over 127.0.40-43.x so per-address handshake
@@ -76,7 +80,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.add("slots_held_at_end", held.len());
     summary.add("server_full_denials", denied);
     summary.add("other_failures", failed + pending.len() as u64);
-    summary.add("unsent", pacer.unsent());
+    summary.add("unsent", pacer.unsent() + capped);
     Ok(summary)
 }
 

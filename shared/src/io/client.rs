@@ -8,7 +8,7 @@ use super::batch::is_about_one_datagram;
 use crate::endpoint::ClientEndpoint;
 use crate::netcode::MAX_PACKET_BYTES;
 
-/// Most datagrams one [`ClientSocket::pump`] reads. A flood of datagrams
+/// Most receives one [`ClientSocket::pump`] makes. A flood of datagrams
 /// (junk from anyone who can reach the port, or a server sending faster
 /// than the game handles) then slows the caller's loop, never stops it:
 /// timers still run, and the messages delivered wait in the endpoint for
@@ -54,7 +54,9 @@ impl ClientSocket {
     /// datagrams read.
     pub fn pump(&mut self, now: Instant) -> io::Result<usize> {
         let mut read = 0;
-        while read < MAX_READS_PER_PUMP {
+        // Every receive counts, those that fail for one datagram too (a
+        // flood of oversized ones on Windows, of ICMP errors anywhere).
+        for _ in 0..MAX_READS_PER_PUMP {
             match self.socket.recv_from(&mut self.buf) {
                 Ok((len, from)) => {
                     read += 1;
