@@ -127,6 +127,10 @@ pub enum StartupError {
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A shutdown was asked for (SIGINT, SIGTERM) while the server was
+    /// starting: it stops before serving, which is no failure.
+    #[error("a shutdown was requested while the server was starting")]
+    Interrupted,
     /// The shutdown watchdog thread could not be started.
     #[error("cannot start the shutdown watchdog thread: {0}")]
     Watchdog(std::io::Error),
@@ -293,6 +297,11 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         config.inventory.clone(),
     )?;
     tracing::info!(data_dir = %config.data_dir.display(), "inventory storage open");
+    // A signal while the store opened (it waits up to seconds for a busy
+    // database): stop here, before the game socket is announced.
+    if switch.is_requested() {
+        return Err(StartupError::Interrupted);
+    }
     let network = start_network(config)?;
 
     let mut app = App::new();

@@ -131,6 +131,10 @@ fn run(args: &RunArgs) -> ExitCode {
     );
     let mut app = match server::build_app(&config) {
         Ok(app) => app,
+        Err(server::StartupError::Interrupted) => {
+            info!("shutdown requested while starting; stopped before serving");
+            return ExitCode::SUCCESS;
+        }
         Err(error) => {
             error!(%error, "startup failed");
             if !tracing::enabled!(tracing::Level::ERROR) {

@@ -490,6 +490,56 @@ fn console_answers_into_a_stdout_nobody_reads_do_not_stop_the_tick() {
     assert_eq!(status.code(), Some(0), "{logs}");
 }
 
+/// SIGTERM while the store opens (here held back by another connection's
+/// write transaction) stops the server before it serves: it never
+/// announces the game socket, and exits 0.
+#[test]
+fn a_signal_while_starting_stops_the_server_before_it_serves() {
+    let dir = scratch_dir("startup-signal");
+    // A first run creates the database.
+    let mut first = serve(&dir);
+    let (_, first_logs) = read_log(&mut first);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(first_logs.join());
+
+    let db = rusqlite::Connection::open(dir.join("data").join("inventory.sqlite3")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut child = serve(&dir);
+    let stderr = child.stderr.take().unwrap();
+    let (metrics_up, up) = mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(server::readiness::METRICS_ANNOUNCEMENT) {
+                let _ = metrics_up.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    up.recv_timeout(Duration::from_secs(20))
+        .expect("the metrics endpoint is announced");
+    // The handlers are installed right after; the store waits for the lock.
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    db.execute_batch("COMMIT").unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
+        .expect("server did not exit within 10 s of SIGTERM");
+    let logs = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        !logs.contains(server::readiness::GAME_ANNOUNCEMENT),
+        "the game socket was announced: {logs}"
+    );
+    assert!(logs.contains("stopped before serving"), "{logs}");
+}
+
 /// A second server on a data directory in use exits at once with an
 /// error naming the directory; `server audit` still reads it.
 #[test]
