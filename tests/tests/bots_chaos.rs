@@ -129,6 +129,30 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     assert!(server.is_running(), "the server died under slot-hold");
 }
 
+/// A host out of descriptors (slot-hold keeps a socket per session it
+/// holds) fails those attempts and says so; the attack goes on to its end
+/// and its summary.
+#[cfg(unix)]
+#[test]
+fn slot_hold_out_of_descriptors_goes_on_and_says_so() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let game = server.game.to_string();
+    let client = client_binary();
+    let output = output_within(
+        Command::new("sh")
+            .args(["-c", "ulimit -n 48 && exec \"$0\" \"$@\""])
+            .arg(client)
+            .args(["chaos", "--server", &game, "--attack", "slot-hold"])
+            .args(["--rate", "200", "--duration", "1"]),
+        RUN_LIMIT,
+    );
+    assert!(output.status.success(), "{:?}", output);
+    let s = summary(&output);
+    assert!(number(&s, "socket_failures") > 0.0, "{s:?}");
+    assert!(s.contains_key("socket_error"), "{s:?}");
+    assert!(number(&s, "slots_held") > 10.0, "{s:?}");
+}
+
 /// Slots held at once never exceed the server's: a silent session's slot
 /// is freed by the server's idle timeout (10 s) and may be taken again.
 #[test]

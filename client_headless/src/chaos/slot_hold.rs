@@ -26,6 +26,8 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let end = Instant::now() + plan.duration + GRACE;
     // Attempts the pacer allowed past MAX_SESSIONS: not made.
     let mut capped = 0u64;
+    let mut socket_failures = 0u64;
+    let mut socket_error: Option<String> = None;
     while Instant::now() < end {
         let due = pacer.due();
         for i in 0..due {
@@ -38,12 +40,21 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
             let a = 40 + (attempts / 250) as u8 % 4;
             let b = (attempts % 250) as u8 + 1;
             let bind = source_address(plan.server, a, b)?;
-            let socket =
-                std::net::UdpSocket::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
-            socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let token = token(plan.server, plan.first_account + attempts, 30)?;
-            pending.push((Session::start(socket, &token)?, Instant::now()));
             attempts += 1;
+            // Out of descriptors (held sessions keep theirs ~10 s): this
+            // attempt fails, the attack goes on and says so.
+            let socket = match std::net::UdpSocket::bind(bind)
+                .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+            {
+                Ok(socket) => socket,
+                Err(error) => {
+                    socket_failures += 1;
+                    socket_error.get_or_insert_with(|| format!("{bind}: {error}"));
+                    continue;
+                }
+            };
+            let token = token(plan.server, plan.first_account + attempts - 1, 30)?;
+            pending.push((Session::start(socket, &token)?, Instant::now()));
         }
         let now = Instant::now();
         let mut i = 0;
@@ -80,6 +91,10 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.add("slots_held_at_end", held.len());
     summary.add("server_full_denials", denied);
     summary.add("other_failures", failed + pending.len() as u64);
+    summary.add("socket_failures", socket_failures);
+    if let Some(error) = socket_error {
+        summary.add("socket_error", error);
+    }
     summary.add("unsent", pacer.unsent() + capped);
     Ok(summary)
 }
