@@ -575,12 +575,7 @@ pub fn connect_honest(
     count: u64,
     limit: Duration,
 ) -> Vec<HonestClient> {
-    welcome_all(
-        (first_id..first_id + count)
-            .map(|id| HonestClient::connect(server, id, 10))
-            .collect(),
-        limit,
-    )
+    welcome_all(server, first_id..first_id + count, true, limit)
 }
 
 /// As [`connect_honest`], with clients that never chat on their own
@@ -592,16 +587,21 @@ pub fn connect_honest_without_chat(
     count: u64,
     limit: Duration,
 ) -> Vec<HonestClient> {
-    welcome_all(
-        (first_id..first_id + count)
-            .map(|id| HonestClient::connect_without_chat(server, id, 10))
-            .collect(),
-        limit,
-    )
+    welcome_all(server, first_id..first_id + count, false, limit)
 }
 
-/// Plays `clients` until every one is welcomed. Panics after `limit`.
-fn welcome_all(mut clients: Vec<HonestClient>, limit: Duration) -> Vec<HonestClient> {
+/// Connects honest clients of accounts `ids` (chatting on their own if
+/// `chat`) and plays them until every one is welcomed. Panics after
+/// `limit`.
+fn welcome_all(
+    server: SocketAddr,
+    ids: std::ops::Range<u64>,
+    chat: bool,
+    limit: Duration,
+) -> Vec<HonestClient> {
+    let mut clients: Vec<HonestClient> = ids
+        .map(|id| HonestClient::start(server, id, 10, chat))
+        .collect();
     let count = clients.len();
     let deadline = Instant::now() + limit;
     loop {
