@@ -8,11 +8,10 @@
 //!
 //! The console only turns commands into messages: [`AdminKick`] and
 //! [`AdminSay`] are for the network and chat plugins to act on. Replies are
-//! printed on stdout by a thread of their own (`console-out`): a stdout
-//! nobody reads (a pipe into a pager left on its first page) holds them,
-//! up to [`MAX_QUEUED_ANSWER_BYTES`], then drops them, but never stops the
-//! tick. Logs go to stderr, written by the thread that logs: a stderr
-//! nobody reads (a terminal paused with Ctrl-S) does stop it.
+//! printed on stdout by a thread of their own (`console-out`, an outlet
+//! like the logs' on stderr): a stdout nobody reads (a pipe into a pager
+//! left on its first page) holds them, up to [`MAX_QUEUED_ANSWER_BYTES`],
+//! then drops them, but never stops the tick.
 //!
 //! The console starts only when stdin is a terminal. A process put in the
 //! background of an interactive shell (`server &`) still has the terminal
@@ -20,15 +19,16 @@
 //! with `< /dev/null` instead, which disables the console.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{LazyLock, OnceLock};
+use std::time::Duration;
 
 use bevy_app::{App, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, warn};
 
+use crate::metrics::Counter;
+use crate::outlet::Outlet;
 use crate::players::{ClientId, PlayerRoster};
 use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownSystems};
 use crate::tick::TickStats;
@@ -253,35 +253,23 @@ impl Plugin for ConsolePlugin {
     }
 }
 
-/// Answers on their way to stdout (see the module docs).
-struct ConsoleOut {
-    answers: Sender<String>,
-    queued_bytes: AtomicUsize,
-    dropped: AtomicU64,
-}
+/// Answers dropped because stdout was not being read, for `/metrics`.
+pub(crate) static ANSWERS_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
-/// The `console-out` thread's queue once started (`None` inside: it could
-/// not be).
-static OUT: OnceLock<Option<ConsoleOut>> = OnceLock::new();
+/// The `console-out` outlet once started (`None` inside: it could not be).
+static OUT: OnceLock<Option<Outlet>> = OnceLock::new();
 
-/// The `console-out` thread's queue, the thread started on first use;
-/// `None` if it could not be.
-fn console_out() -> Option<&'static ConsoleOut> {
+/// The `console-out` outlet, started on first use; `None` if it could not
+/// be (answers are then written by the thread that answers).
+fn console_out() -> Option<&'static Outlet> {
     OUT.get_or_init(|| {
-        let (answers, queue) = crossbeam_channel::unbounded::<String>();
-        std::thread::Builder::new()
-            .name("console-out".into())
-            .spawn(move || {
-                for text in queue {
-                    write_answer(&text);
-                }
-            })
-            .ok()?;
-        Some(ConsoleOut {
-            answers,
-            queued_bytes: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
-        })
+        Outlet::start(
+            "console-out",
+            MAX_QUEUED_ANSWER_BYTES,
+            ANSWERS_DROPPED.clone(),
+            write_answer,
+        )
+        .ok()
     })
     .as_ref()
 }
@@ -289,47 +277,35 @@ fn console_out() -> Option<&'static ConsoleOut> {
 /// Writes one answer on stdout, first saying how many were dropped before
 /// it. With stdout closed (its reader gone) the answer is lost, not the
 /// thread: `println!` would panic.
-fn write_answer(text: &str) {
-    // Only the `console-out` thread writes: the queue exists.
-    let Some(out) = OUT.get().and_then(Option::as_ref) else {
-        return;
-    };
+fn write_answer(text: &[u8], dropped: u64) {
     let mut stdout = std::io::stdout().lock();
-    let dropped = out.dropped.swap(0, Ordering::Relaxed);
     if dropped > 0 {
         let _ = writeln!(
             stdout,
             "({dropped} answers dropped: stdout was not being read)"
         );
     }
-    let _ = writeln!(stdout, "{text}");
-    out.queued_bytes.fetch_sub(text.len(), Ordering::Relaxed);
+    let _ = stdout.write_all(text);
+    let _ = stdout.write_all(b"\n");
+    let _ = stdout.flush();
 }
 
 /// Queues a console answer for stdout, never waiting for it.
 fn answer(text: std::fmt::Arguments<'_>) {
-    let text = text.to_string();
-    let Some(out) = console_out() else {
-        let _ = writeln!(std::io::stdout().lock(), "{text}");
-        return;
-    };
-    let len = text.len();
-    let queued = out.queued_bytes.fetch_add(len, Ordering::Relaxed);
-    if queued.saturating_add(len) > MAX_QUEUED_ANSWER_BYTES || out.answers.send(text).is_err() {
-        out.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        out.dropped.fetch_add(1, Ordering::Relaxed);
+    let text = text.to_string().into_bytes();
+    match console_out() {
+        Some(out) => {
+            out.send(text);
+        }
+        None => write_answer(&text, 0),
     }
 }
 
 /// Waits, up to `limit`, for the answers queued so far to be written: the
 /// last ones (`shutting down`) before the process exits.
 pub fn flush_answers(limit: Duration) {
-    let Some(out) = OUT.get().and_then(Option::as_ref) else {
-        return;
-    };
-    let deadline = Instant::now() + limit;
-    while out.queued_bytes.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    if let Some(out) = OUT.get().and_then(Option::as_ref) {
+        out.flush(limit);
     }
 }
 

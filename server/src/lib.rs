@@ -29,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod movement;
 pub mod net;
+mod outlet;
 pub mod persistence;
 pub mod players;
 pub mod readiness;
@@ -270,6 +271,22 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
         tracing::warn!("{warning}");
     }
     let metrics = Metrics::default();
+    for (name, help, counter) in [
+        (
+            "log_lines_dropped_total",
+            "Log lines dropped because stderr was not being read.",
+            &*logging::LINES_DROPPED,
+        ),
+        (
+            "console_answers_dropped_total",
+            "Console answers dropped because stdout was not being read.",
+            &*console::ANSWERS_DROPPED,
+        ),
+    ] {
+        if let Err(error) = metrics.registry().adopt_counter(name, help, counter) {
+            tracing::warn!(%error, "metric not exported");
+        }
+    }
     let endpoint = MetricsEndpoint::start(
         config.metrics_bind,
         metrics.clone(),
@@ -286,6 +303,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
     let limit = config.tick_config().shutdown_timeout + SHUTDOWN_WATCHDOG_MARGIN;
     shutdown::spawn_watchdog(switch.clone(), limit, move || {
         tracing::error!(?limit, "the shutdown hangs; exiting with an error");
+        logging::flush(logging::EXIT_FLUSH_LIMIT);
         std::process::exit(1);
     })
     .map_err(StartupError::Watchdog)?;

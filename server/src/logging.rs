@@ -1,9 +1,37 @@
 //! Structured logs with `tracing`, written to stderr as text or JSON lines.
+//!
+//! Lines are written by a thread of their own (`log-writer`): a stderr
+//! nobody reads (a terminal paused with Ctrl-S, a log collector that
+//! stalled) holds them, up to [`MAX_QUEUED_LOG_BYTES`], then drops them,
+//! but never stops the tick or the I/O thread. Dropped lines are counted
+//! in `log_lines_dropped_total`, and a warning written after the next
+//! line that gets through says how many there were. The guard [`init`]
+//! returns gives the last lines up to [`EXIT_FLUSH_LIMIT`] when dropped.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::{LazyLock, OnceLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::metrics::Counter;
+use crate::outlet::Outlet;
+
+/// Most bytes of log lines waiting for stderr; a line beyond is dropped.
+pub const MAX_QUEUED_LOG_BYTES: usize = 8 << 20;
+
+/// How long the last lines may take to reach stderr when the process
+/// exits (a stderr nobody reads would hold them for ever).
+pub const EXIT_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
+/// Log lines dropped because stderr was not being read, for `/metrics`.
+pub(crate) static LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The `log-writer` outlet once started (`None` inside: it could not be,
+/// and lines are written by the thread that logs).
+static OUT: OnceLock<Option<Outlet>> = OnceLock::new();
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -87,22 +115,92 @@ fn is_stray_word(directive: &str) -> bool {
 }
 
 /// Installs the global subscriber: `filter` in `RUST_LOG` syntax, lines in
-/// `format`, to stderr (stdout belongs to the admin console).
+/// `format`, to stderr (stdout belongs to the admin console) through the
+/// `log-writer` thread. Keep the guard until the process exits.
 ///
 /// # Errors
 /// See [`LoggingError`].
-pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
+pub fn init(format: LogFormat, filter: &str) -> Result<FlushOnDrop, LoggingError> {
     let filter = parse_filter(filter)?;
+    OUT.get_or_init(|| {
+        Outlet::start(
+            "log-writer",
+            MAX_QUEUED_LOG_BYTES,
+            LINES_DROPPED.clone(),
+            write_line,
+        )
+        .ok()
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(Stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_thread_names(true);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    result.map_err(|error| LoggingError::AlreadyInitialised(error.to_string()))
+    result.map_err(|error| LoggingError::AlreadyInitialised(error.to_string()))?;
+    Ok(FlushOnDrop(()))
+}
+
+/// Waits, up to `limit`, for the log lines queued so far to reach stderr;
+/// whether they did. Call before `std::process::exit`, which drops no
+/// guard.
+pub fn flush(limit: Duration) -> bool {
+    OUT.get()
+        .and_then(Option::as_ref)
+        .is_none_or(|out| out.flush(limit))
+}
+
+/// Returned by [`init`]: dropping it gives the log lines queued so far up
+/// to [`EXIT_FLUSH_LIMIT`] to reach stderr.
+#[derive(Debug)]
+#[must_use = "dropping the guard flushes the logs; keep it until the process exits"]
+pub struct FlushOnDrop(());
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        flush(EXIT_FLUSH_LIMIT);
+    }
+}
+
+/// Writes one queued line on stderr (on the `log-writer` thread), then
+/// says how many were dropped before it. A closed stderr loses the line.
+fn write_line(line: &[u8], dropped: u64) {
+    let _ = std::io::stderr().write_all(line);
+    if dropped > 0 {
+        // Queued behind the lines already waiting, like any other.
+        tracing::warn!(dropped, "log lines dropped: stderr was not being read");
+    }
+}
+
+/// The subscriber's writer: each event's formatted line goes to the
+/// `log-writer` queue whole.
+struct Stderr;
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Stderr
+    }
+}
+
+impl Write for Stderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        match OUT.get().and_then(Option::as_ref) {
+            Some(out) => {
+                out.send(line.to_vec());
+            }
+            None => std::io::stderr().write_all(line)?,
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

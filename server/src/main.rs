@@ -117,10 +117,13 @@ fn run(args: &RunArgs) -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = server::logging::init(config.log_format, &config.log_filter) {
-        eprintln!("error: {error}");
-        return ExitCode::from(2);
-    }
+    let _flush_logs = match server::logging::init(config.log_format, &config.log_filter) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     info!(
         version = env!("CARGO_PKG_VERSION"),
         bind = %config.bind,

@@ -540,6 +540,80 @@ fn a_signal_while_starting_stops_the_server_before_it_serves() {
     assert!(logs.contains("stopped before serving"), "{logs}");
 }
 
+/// Logs into a stderr nobody reads (a terminal paused with Ctrl-S, a
+/// collector that stalled) fill its pipe: the tick that logs must not wait
+/// for it, and a shutdown still ends the process in time.
+#[cfg(target_os = "linux")]
+#[test]
+fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
+    let dir = scratch_dir("stalled-stderr");
+    let (mut keyboard, terminal) = pty();
+    let mut echo = keyboard.try_clone().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut echo, &mut std::io::sink()));
+    let mut child = KillOnDrop(
+        server(&dir)
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+            .stdin(Stdio::from(terminal))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Read up to the announcements, then hold the pipe unread.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut announcements = Announcements::default();
+    let listening = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no announcements");
+        if let Some(listening) = announcements.read_line(line.trim_end()) {
+            break listening;
+        }
+    };
+    // Each `say` logs its text: ~200 KB of lines, three pipes' worth.
+    let text = "x".repeat(2000);
+    let typing = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if keyboard
+                .write_all(format!("say {text}\n").as_bytes())
+                .is_err()
+            {
+                return None;
+            }
+        }
+        Some(keyboard)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        http_get(listening.metrics, "/healthz").map(|(code, _)| code),
+        Some(200),
+        "the tick loop stopped on a log line"
+    );
+    // 200 KB wait well within the bound: none dropped yet.
+    let (_, metrics) = http_get(listening.metrics, "/metrics").unwrap();
+    assert!(
+        metrics.contains("\nlog_lines_dropped_total 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nconsole_answers_dropped_total 0\n"),
+        "{metrics}"
+    );
+    let mut keyboard = typing.join().unwrap().expect("the console took every line");
+    keyboard.write_all(b"shutdown\n").unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
+        .expect("server did not exit within 10 s of the shutdown command");
+    assert_eq!(status.code(), Some(0));
+    let mut held = String::new();
+    stderr.read_to_string(&mut held).unwrap();
+    // What the pipe held when the process ended: the stall was real.
+    let said = held.matches("admin say").count();
+    assert!(
+        (1..100).contains(&said),
+        "{said} of 100 lines reached the pipe"
+    );
+}
+
 /// A second server on a data directory in use exits at once with an
 /// error naming the directory; `server audit` still reads it.
 #[test]

@@ -34,6 +34,10 @@ pub enum MetricError {
     /// Histogram bucket bounds must be finite, non-empty and strictly increasing.
     #[error("invalid histogram buckets for {0:?}: need finite, strictly increasing bounds")]
     InvalidBuckets(String),
+    /// A value made elsewhere cannot be exported under a name that
+    /// exports another one already.
+    #[error("metric {0:?} already exports another value")]
+    AlreadyRegistered(String),
 }
 
 /// The kind of a metric family, as named in the Prometheus `# TYPE` line.
@@ -276,6 +280,27 @@ impl Registry {
         match value {
             SeriesValue::Counter(c) => Ok(c),
             _ => unreachable_kind(name, MetricKind::Counter),
+        }
+    }
+
+    /// Exports `counter`, made before the registry (a process-wide count
+    /// such as the log lines dropped), under `name` without labels.
+    ///
+    /// # Errors
+    /// See [`MetricError`]; [`MetricError::AlreadyRegistered`] when `name`
+    /// exports another value already.
+    pub fn adopt_counter(
+        &self,
+        name: &str,
+        help: &str,
+        counter: &Counter,
+    ) -> Result<(), MetricError> {
+        let value = self.register(name, help, MetricKind::Counter, &[], || {
+            Ok(SeriesValue::Counter(counter.clone()))
+        })?;
+        match value {
+            SeriesValue::Counter(c) if Arc::ptr_eq(&c.0, &counter.0) => Ok(()),
+            _ => Err(MetricError::AlreadyRegistered(name.to_owned())),
         }
     }
 
@@ -603,6 +628,28 @@ rtt_seconds_count 3
         let b = registry.counter("x_total", "x").unwrap();
         a.inc();
         assert_eq!(b.get(), 1);
+    }
+
+    #[test]
+    fn an_adopted_counter_is_exported_once() {
+        let registry = Registry::default();
+        let counter = Counter::default();
+        counter.add(2);
+        registry.adopt_counter("kept_total", "k", &counter).unwrap();
+        registry.adopt_counter("kept_total", "k", &counter).unwrap();
+        counter.inc();
+        let mut out = String::new();
+        registry.render(&mut out);
+        assert_eq!(out.matches("kept_total 3\n").count(), 1, "{out}");
+        assert_eq!(
+            registry.adopt_counter("kept_total", "k", &Counter::default()),
+            Err(MetricError::AlreadyRegistered("kept_total".into()))
+        );
+        registry.gauge("level", "l").unwrap();
+        assert!(matches!(
+            registry.adopt_counter("level", "l", &counter),
+            Err(MetricError::KindMismatch { .. })
+        ));
     }
 
     #[test]
