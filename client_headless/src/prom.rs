@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The tick duration histogram (seconds) of the server.
 pub(crate) const TICK_DURATION: &str = "server_tick_duration_seconds";
@@ -165,8 +165,9 @@ fn parse_number(text: &str) -> Option<f64> {
     }
 }
 
-/// Fetches `url` (plain `http://host:port/path`) with a timeout on every
-/// step; the body of a `200` answer, or a sentence saying what failed.
+/// Fetches `url` (plain `http://host:port/path`) within `timeout` from the
+/// connection on (a slow answer cannot hold it longer); the body of a `200`
+/// answer, or a sentence saying what failed.
 pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
@@ -180,11 +181,11 @@ pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
         .map_err(|e| format!("{url}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: no address for {host}"))?;
+    let deadline = Instant::now() + timeout;
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .set_write_timeout(Some(timeout))
         .map_err(|e| format!("{url}: {e}"))?;
     write!(
         stream,
@@ -192,7 +193,7 @@ pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
     )
     .map_err(|e| format!("{url}: {e}"))?;
     let mut body = Vec::new();
-    stream
+    ByDeadline { stream, deadline }
         .take(MAX_PAGE_BYTES)
         .read_to_end(&mut body)
         .map_err(|e| format!("{url}: {e}"))?;
@@ -205,6 +206,26 @@ pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
         return Err(format!("{url}: {status}"));
     }
     Ok(body.to_owned())
+}
+
+/// A stream whose reads end, timed out, at a deadline.
+struct ByDeadline {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for ByDeadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the answer took longer than the timeout",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +310,28 @@ server_ticks_total 100
     fn missing_series_are_none_and_similar_names_do_not_match() {
         let sample = parse_sample("server_tick_overruns_total_other 5\n");
         assert_eq!(sample, ServerSample::default());
+    }
+
+    /// A server that answers a byte at a time, each well within the
+    /// timeout, must not hold a scrape past it.
+    #[test]
+    fn the_timeout_bounds_the_whole_fetch_not_each_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for byte in b"HTTP/1.0 200 OK\r\n\r\n".iter().cycle() {
+                std::thread::sleep(Duration::from_millis(50));
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+            }
+        });
+        let start = std::time::Instant::now();
+        let outcome = fetch(&url, Duration::from_millis(300));
+        let took = start.elapsed();
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 
     #[test]
