@@ -54,6 +54,9 @@ pub struct ChannelConfig {
     pub kind: ChannelKind,
     /// Lower values are packed first when the send budget is short;
     /// channels of equal priority take turns going first, a packet each.
+    /// A reliable channel that four data packets in a row passed over
+    /// (the channels before it filled them) goes first in the next one:
+    /// priority delays reliable traffic, it never starves it.
     pub priority: u8,
     /// Reliable channels: bytes (queued plus unacknowledged) the channel may
     /// hold. At the limit [`Connection::send`](super::Connection::send)

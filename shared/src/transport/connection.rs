@@ -422,8 +422,8 @@ fn channel_bits(mut mask: u64) -> impl Iterator<Item = usize> {
 /// (counting data packets only) packs next: of those of the lowest
 /// priority value, the packets take turns at which goes first. A fixed
 /// order among equals would let the first starve the others (their resends
-/// included, until the reliable timeout) whenever it alone fills the send
-/// budget.
+/// included) whenever it alone fills the send budget. Across priorities,
+/// starved reliable channels are offered first (see `STARVED_AFTER`).
 fn next_channel(channels: &[ChannelConfig], waiting: u64, turn: u8) -> Option<usize> {
     let priority = channel_bits(waiting).map(|c| channels[c].priority).min()?;
     let tied = channel_bits(waiting)
@@ -1470,9 +1470,15 @@ impl Connection {
             };
             let channels = &self.config.channels;
             let mut waiting = self.pending_channels;
-            // Lower priority first (as the channels are few and one or two
-            // have data, a scan beats keeping an order).
-            while let Some(index) = next_channel(channels, waiting, self.data_turn) {
+            let starved = channel_bits(waiting)
+                .filter(|&c| matches!(&self.send[c], SendChannel::Reliable(r) if r.is_starved()))
+                .fold(0u64, |mask, c| mask | 1 << c);
+            // Starved reliable channels first, then lower priority first (as
+            // the channels are few and one or two have data, a scan beats
+            // keeping an order).
+            while let Some(index) = next_channel(channels, waiting & starved, self.data_turn)
+                .or_else(|| next_channel(channels, waiting, self.data_turn))
+            {
                 waiting &= !(1 << index);
                 let channel = index as u8;
                 wrote_messages |= match &mut self.send[index] {

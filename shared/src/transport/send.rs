@@ -402,7 +402,15 @@ pub(crate) struct ReliableSend {
     max_queued_bytes: usize,
     /// Units transmitted again after being judged lost.
     pub(crate) resent: u64,
+    /// Data packets in a row that had this channel waiting and carried
+    /// nothing of it (see [`STARVED_AFTER`]).
+    passed_over: u8,
 }
+
+/// A reliable channel passed over by this many data packets in a row (the
+/// channels before it filled them) goes first in the next one: priority
+/// delays it but never starves it.
+pub(crate) const STARVED_AFTER: u8 = 4;
 
 impl ReliableSend {
     fn new(window: u16, max_queued_bytes: usize) -> Self {
@@ -416,7 +424,14 @@ impl ReliableSend {
             queued_bytes: 0,
             max_queued_bytes,
             resent: 0,
+            passed_over: 0,
         }
+    }
+
+    /// Whether the last [`STARVED_AFTER`] data packets passed this channel
+    /// over.
+    pub(crate) fn is_starved(&self) -> bool {
+        self.passed_over >= STARVED_AFTER
     }
 
     /// Whether `bytes` more would stay within the queue bound.
@@ -530,6 +545,11 @@ impl ReliableSend {
             });
             self.ready.pop_front();
         }
+        self.passed_over = if wrote {
+            0
+        } else {
+            self.passed_over.saturating_add(1)
+        };
         wrote
     }
 
