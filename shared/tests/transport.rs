@@ -405,6 +405,30 @@ fn a_reliable_channel_behind_a_flood_of_higher_priority_still_gets_through() {
     assert_eq!(pair.at_a.disconnected, None);
 }
 
+/// An unreliable message larger than the budget sends within the
+/// unreliable TTL is finished once begun, not dropped half sent: on a slow
+/// link, large sequenced updates still arrive, if seldom.
+#[test]
+fn a_partly_sent_unreliable_message_is_finished_not_shed() {
+    let rate = 32 * 1024;
+    let config = TransportConfig {
+        initial_send_rate: rate,
+        min_send_rate: rate,
+        max_send_rate: rate,
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 1);
+    for i in 0..90 {
+        pair.a.send(SEQUENCED, &numbered(i, 16 * 1024)).unwrap();
+        pair.run_for(ms(33));
+    }
+    pair.run_for(Duration::from_secs(1));
+    let delivered = indices(&pair.at_b.messages, SEQUENCED);
+    // 16 KiB take half a second at this rate: about six in three seconds.
+    assert!(delivered.len() >= 4, "{delivered:?}");
+    assert!(delivered.is_sorted(), "{delivered:?}");
+}
+
 /// The turns count data packets: bare acknowledgements between them (sent
 /// exactly when the budget holds data back) do not give one channel every
 /// turn.

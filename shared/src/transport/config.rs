@@ -117,7 +117,8 @@ pub struct TransportConfig {
     pub max_receive_buffer: usize,
     /// Unreliable messages still waiting for send budget after this long
     /// are dropped (counted in `unreliable_dropped`): under overload,
-    /// unreliable traffic is shed first and reliable traffic waits.
+    /// unreliable traffic is shed first and reliable traffic waits. A
+    /// fragmented message partly sent is finished.
     pub unreliable_ttl: Duration,
     /// Incomplete unreliable fragmented messages are dropped after this long.
     pub unreliable_fragment_timeout: Duration,

@@ -296,7 +296,9 @@ impl UnreliableSend {
     }
 
     /// Drops messages that waited longer than `ttl` for send budget, the
-    /// wait counted from the first call that saw them.
+    /// wait counted from the first call that saw them. A message partly
+    /// sent is finished, however long that takes: the budget its first
+    /// fragments spent is wasted without the rest.
     pub(crate) fn shed_stale(&mut self, now: Stamp, ttl: Duration) {
         // Messages queued since the last call: a suffix of the queue.
         for waiting in self.queue.iter_mut().rev() {
@@ -305,16 +307,18 @@ impl UnreliableSend {
             }
             waiting.up_since = Some(now);
         }
-        while let Some(front) = self.queue.front() {
-            if front
+        let begun = usize::from(self.queue.front().is_some_and(|m| m.next_fragment > 0));
+        while let Some(next) = self.queue.get(begun) {
+            if next
                 .up_since
                 .is_some_and(|since| now.saturating_duration_since(since) < ttl)
             {
                 return;
             }
-            self.queued_bytes -= front.payload.len();
-            self.queue.pop_front();
-            self.dropped += 1;
+            if let Some(old) = self.queue.remove(begun) {
+                self.queued_bytes -= old.payload.len();
+                self.dropped += 1;
+            }
         }
     }
 
