@@ -333,7 +333,13 @@ impl UnreliableRecv {
         {
             Some(i) => i,
             None => {
-                // The free slot begun longest ago, a new one, or else the
+                // A slot begins a message that needs a buffer of its own
+                // (beyond the one kept) at most once per minimum age, and
+                // evicts a younger message never: each such begin
+                // allocates and zeroes up to `max_message_size`.
+                let bytes = usize::from(fragment.count) * limits.fragment_size;
+                // The free slot begun longest ago if it may take the
+                // message, else a new one, else that free slot or the
                 // oldest's, whose memory the new message may then use.
                 let oldest = |free: bool| {
                     (0..self.reassemblies.len())
@@ -341,21 +347,21 @@ impl UnreliableRecv {
                         .min_by_key(|&i| self.reassemblies[i].started)
                 };
                 let i = match oldest(true) {
-                    Some(i) => i,
-                    None if self.reassemblies.len() < limits.max_unreliable_reassemblies => {
+                    Some(i)
+                        if bytes <= KEEP_CAPACITY
+                            || limits.may_evict(self.reassemblies[i].started, now) =>
+                    {
+                        i
+                    }
+                    _ if self.reassemblies.len() < limits.max_unreliable_reassemblies => {
                         self.reassemblies.push(Reassembly::default());
                         self.reassemblies.len() - 1
                     }
-                    None => oldest(false).unwrap_or(0),
+                    free => free.or_else(|| oldest(false)).unwrap_or(0),
                 };
                 let Some(evicted) = self.reassemblies.get_mut(i) else {
                     return;
                 };
-                // A slot begins a message that needs a buffer of its own
-                // (beyond the one kept) at most once per minimum age, and
-                // evicts a younger message never: each such begin
-                // allocates and zeroes up to `max_message_size`.
-                let bytes = usize::from(fragment.count) * limits.fragment_size;
                 if (evicted.active || bytes > KEEP_CAPACITY)
                     && !limits.may_evict(evicted.started, now)
                 {
@@ -753,6 +759,45 @@ mod tests {
         assert_eq!(sink.0.len(), 1, "the newest message was refused");
         assert_eq!(sink.0[0].len(), 256 * 1024);
         assert_eq!(memory.used, 3 << 18, "three old reassemblies left");
+    }
+
+    /// A slot freed young (a newer message made its message obsolete)
+    /// may not begin a large buffer yet, but the slots never used may: the
+    /// next large message is not refused while they are there.
+    #[test]
+    fn a_young_free_slot_does_not_refuse_a_large_message_while_unused_slots_remain() {
+        let mut channel = RecvChannel::new(ChannelKind::UnreliableSequenced, 64);
+        let mut memory = RecvMemory {
+            used: 0,
+            cap: 1 << 20,
+        };
+        let mut sink = Sink(Vec::new());
+        let part = [3u8; 1024];
+        let start = Stamp::ZERO;
+        channel.receive(
+            0,
+            &message(1, Some((0, 8)), &part),
+            start,
+            &LIMITS,
+            &mut memory,
+            &mut sink,
+        );
+        channel.receive(
+            0,
+            &message(2, None, b"small"),
+            start,
+            &LIMITS,
+            &mut memory,
+            &mut sink,
+        );
+        let later = start + Duration::from_millis(1);
+        for index in 0..8 {
+            let view = message(3, Some((index, 8)), &part);
+            channel.receive(0, &view, later, &LIMITS, &mut memory, &mut sink);
+        }
+        assert_eq!(sink.0.len(), 2, "message 3 was refused");
+        assert_eq!(sink.0[1].len(), 8 * 1024);
+        assert_eq!(channel.discarded(), 1, "only message 1, made obsolete");
     }
 
     /// On a sequenced channel a newer whole message frees the slots of
