@@ -365,6 +365,17 @@ fn channels_of_equal_priority_take_turns_going_first() {
     assert_eq!(firsts, [0, 1, 0, 1, 2, 1]);
 }
 
+/// The default configuration sending at the default floor of the send
+/// rate, 32 KiB/s, whatever the link: a congested client.
+fn at_the_rate_floor() -> TransportConfig {
+    let floor = TransportConfig::default().min_send_rate;
+    TransportConfig {
+        initial_send_rate: floor,
+        max_send_rate: floor,
+        ..TransportConfig::default()
+    }
+}
+
 /// A higher-priority channel that fills every packet the budget allows
 /// (snapshots on a slow link) delays a reliable channel, but does not
 /// starve it: its message goes out, first in a packet, after a few packets
@@ -373,16 +384,12 @@ fn channels_of_equal_priority_take_turns_going_first() {
 fn a_reliable_channel_behind_a_flood_of_higher_priority_still_gets_through() {
     const FLOOD: ChannelId = ChannelId(0);
     const CHAT: ChannelId = ChannelId(1);
-    let rate = 32 * 1024;
     let config = TransportConfig {
         channels: vec![
             ChannelConfig::new(ChannelKind::Unreliable).with_priority(0),
             ChannelConfig::new(ChannelKind::ReliableOrdered).with_priority(1),
         ],
-        initial_send_rate: rate,
-        min_send_rate: rate,
-        max_send_rate: rate,
-        ..TransportConfig::default()
+        ..at_the_rate_floor()
     };
     let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 1);
     // Two messages of which one fills a packet, every 20 ms: more than the
@@ -410,14 +417,11 @@ fn a_reliable_channel_behind_a_flood_of_higher_priority_still_gets_through() {
 /// link, large sequenced updates still arrive, if seldom.
 #[test]
 fn a_partly_sent_unreliable_message_is_finished_not_shed() {
-    let rate = 32 * 1024;
-    let config = TransportConfig {
-        initial_send_rate: rate,
-        min_send_rate: rate,
-        max_send_rate: rate,
-        ..TransportConfig::default()
-    };
-    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 1);
+    let mut pair = Pair::new(
+        at_the_rate_floor(),
+        LinkConfig::default().with_latency(ms(5)),
+        1,
+    );
     for i in 0..90 {
         pair.a.send(SEQUENCED, &numbered(i, 16 * 1024)).unwrap();
         pair.run_for(ms(33));
