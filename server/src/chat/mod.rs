@@ -96,7 +96,8 @@ pub struct ChatConfig {
     /// counted (text, name and [`DELIVERY_OVERHEAD_BYTES`] a copy;
     /// default 8 MiB). A line to everyone costs its size times the
     /// players: beyond the budget, sends are refused `RateLimited` (not
-    /// counted as an offence, the token kept) until the next tick, and
+    /// counted as an offence; the token of a sender's first such refusal
+    /// in a tick kept, the others spent) until the next tick, and
     /// system lines (joins, leaves, console `say`) are left out. A tick's
     /// first line always goes.
     pub max_fanout_bytes_per_tick: usize,

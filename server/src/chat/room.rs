@@ -209,6 +209,9 @@ struct Member {
     /// The last sequence number sent to this member.
     last_seq: u64,
     kicked: bool,
+    /// The tick in which a send refused for the fan-out bound last gave
+    /// its token back (once a tick, see [`ChatRoom::say`]).
+    refunded_in: Option<u64>,
 }
 
 /// How long the room remembers a member who left with a mute, offences or
@@ -322,6 +325,7 @@ impl ChatRoom {
             mutes: 0,
             last_seq: 0,
             kicked: false,
+            refunded_in: None,
         };
         // Back soon after leaving: the mute, the offences and the bucket
         // (refilled for the time away) carry on.
@@ -540,8 +544,13 @@ impl ChatRoom {
         let cost = recipients.len() * (text.len() + name.len() + DELIVERY_OVERHEAD_BYTES);
         if !self.spend_fanout(cost) {
             // The server's limit, not the sender's: its token comes back,
-            // so that trying again next tick is no offence.
-            if let Some(member) = self.members.get_mut(&from) {
+            // so that trying again next tick is no offence. Once a tick:
+            // sending again into a spent tick (each send cleaning its text
+            // and listing its recipients) costs tokens like any send.
+            if let Some(member) = self.members.get_mut(&from)
+                && member.refunded_in != Some(tick)
+            {
+                member.refunded_in = Some(tick);
                 member.bucket.give_back();
             }
             out.push(ChatOutput::Rejected {

@@ -850,6 +850,44 @@ fn a_send_refused_for_the_fan_out_bound_keeps_its_token() {
     assert!(the_answer(&out, 2, 3).is_ok(), "{out:?}");
 }
 
+/// The token of a send refused for the fan-out bound comes back once a
+/// tick: sending again and again while the tick's budget is spent (each
+/// send cleaning its text and listing everyone) costs tokens like any
+/// send, and a flooder is muted as usual.
+#[test]
+fn sends_refused_for_the_fan_out_bound_are_free_only_once_a_tick() {
+    let config = ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        max_chars: 4_096,
+        ..ChatConfig::default()
+    };
+    let accounts: Vec<u64> = (1..=50).collect();
+    let mut room = room_with(&accounts, config.clone());
+    let mut out = Vec::new();
+    room.say(
+        1,
+        0,
+        &ChatScope::Global,
+        &"x".repeat(1_500),
+        nowhere,
+        &mut out,
+    );
+    out.clear();
+    for client_ref in 0..1_000 {
+        room.say(2, client_ref, &ChatScope::Global, "hi", nowhere, &mut out);
+    }
+    let refused = rejections(&out);
+    assert_eq!(refused.len(), 1_000);
+    let free = 1 + config.burst as usize;
+    assert!(
+        refused[..free]
+            .iter()
+            .all(|r| *r == ChatRejectReason::RateLimited),
+        "{refused:?}"
+    );
+    assert!(refused.contains(&ChatRejectReason::Muted), "never muted");
+}
+
 /// System lines count against the tick's fan-out bound too: a tick in
 /// which many players leave does not send each leave to everyone left.
 #[test]
