@@ -13,11 +13,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shared::endpoint::{ClientEndpoint, EndpointEvent, ServerEndpoint};
+use shared::endpoint::{ClientEndpoint, EndpointEvent, EndpointSendError, ServerEndpoint};
 use shared::io::unix_secs;
 use shared::netcode::{ClientIndex, MAX_PACKET_BYTES};
 use shared::protocol::channels;
-use shared::transport::DisconnectReason;
+use shared::transport::{DisconnectReason, SendError};
 use support::endpoints::{game_client, game_server, game_server_with};
 
 mod support;
@@ -369,6 +369,65 @@ fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
         "{} bytes still counted",
         world.server.total_send_buffered()
     );
+}
+
+/// A client being disconnected (kicked while the server is over its send
+/// bound, holding more than its share) is not cut off again by the game's
+/// next reliable send: that send is refused as to a closed connection and
+/// the client still hears why it was kicked.
+#[test]
+fn a_send_to_a_client_on_its_way_out_does_not_cut_it_off_as_send_queue_full() {
+    const LINE: usize = 1_000;
+    let server = game_server_with(SERVER_ADDR, |config| {
+        config.netcode.max_clients = 4;
+        config.max_total_send_buffer = 64 * LINE;
+    });
+    let mut world = World::with_server(server, &[60, 60]);
+    let slots = world.connect_all();
+    let [(1, deaf), _] = slots[..] else {
+        panic!("the clients did not connect: {slots:?}");
+    };
+    world.deaf = vec![0];
+    let mut round = 0u8;
+    while world.server.total_send_buffered() <= 64 * LINE {
+        let line = Bytes::from(vec![round; LINE]);
+        world
+            .server
+            .send(world.now, deaf, channels::CHAT, line)
+            .unwrap_or_else(|error| panic!("line {round}: {error}"));
+        round += 1;
+    }
+    assert!(
+        world
+            .server
+            .disconnect(world.now, deaf, DisconnectReason::Kicked)
+    );
+    let after = world
+        .server
+        .send(world.now, deaf, channels::CHAT, Bytes::from_static(b"late"));
+    assert!(
+        !matches!(
+            after,
+            Err(EndpointSendError::Transport(SendError::QueueFull))
+        ),
+        "{after:?}"
+    );
+    assert_eq!(world.server.stats().queue_full_disconnects, 0);
+    let mut ended = Vec::new();
+    for _ in 0..300 {
+        world.server_sends();
+        world.clients_send();
+        while let Some(event) = world.server.poll_event() {
+            if let EndpointEvent::Disconnected {
+                client_id, reason, ..
+            } = event
+            {
+                ended.push((client_id, reason));
+            }
+        }
+        world.now += Duration::from_millis(10);
+    }
+    assert_eq!(ended, [(1, DisconnectReason::Kicked)]);
 }
 
 /// Three clients that acknowledge nothing, one that does: each crossing

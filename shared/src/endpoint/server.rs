@@ -305,8 +305,13 @@ impl SendMemory {
         payload: Bytes,
     ) -> Result<(), SendError> {
         let held = peer.conn.send_buffered_bytes();
-        let over_share =
-            reliable && peer.send_counted && self.total > self.max && held > self.share;
+        // A peer on its way out refuses the send as closed: cutting it off
+        // would drop its goodbye and change the reason it hears.
+        let over_share = reliable
+            && peer.send_counted
+            && self.total > self.max
+            && held > self.share
+            && peer.conn.is_connected();
         let result = if over_share {
             Err(SendError::QueueFull)
         } else {
