@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent, ServerEndpoint, ServerEndpointConfig};
 use shared::io::{
-    ClientId, ClientSocket, NetCommand, NetEvent, ServerIo, ServerIoConfig, system_rng, unix_secs,
+    ClientId, ClientSocket, NetCommand, NetEvent, ServerIo, ServerIoConfig, SpawnError, system_rng,
+    unix_secs,
 };
 use shared::netcode::{ClientIndex, ConnectToken, Key, ServerConfig, TokenParams};
 use shared::transport::{ChannelId, DisconnectReason, TransportConfig};
@@ -199,6 +200,52 @@ fn spawn_server_with_slots(
         ServerIo::spawn_on(socket, endpoint, io_config).unwrap(),
         server_addr,
     )
+}
+
+/// Capacities the thread cannot work with are refused at spawn, saying
+/// which: a command channel of no batches made `shutdown` wait for ever,
+/// an event channel under 4 left no backlog for reliable messages.
+#[test]
+fn capacities_the_thread_cannot_work_with_are_refused_at_spawn() {
+    let key = Key::generate(&mut system_rng());
+    for (config, field) in [
+        (
+            ServerIoConfig {
+                outbound_batches: 0,
+                ..ServerIoConfig::default()
+            },
+            "outbound_batches",
+        ),
+        (
+            ServerIoConfig {
+                inbound_capacity: 3,
+                ..ServerIoConfig::default()
+            },
+            "inbound_capacity",
+        ),
+    ] {
+        let socket = shared::io::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server_addr = socket.local_addr().unwrap();
+        let endpoint = ServerEndpoint::new(
+            ServerEndpointConfig::new(
+                ServerConfig::new(PROTOCOL, key, vec![server_addr]),
+                TransportConfig::default(),
+            ),
+            &mut system_rng(),
+        )
+        .unwrap();
+        match ServerIo::spawn_on(socket, endpoint, config) {
+            Err(error @ SpawnError::Config(_)) => {
+                assert!(error.to_string().contains(field), "{error}");
+            }
+            Err(other) => panic!("{field}: {other}"),
+            Ok(server) => {
+                // Its shutdown is what hangs.
+                std::mem::forget(server);
+                panic!("{field}: spawned");
+            }
+        }
+    }
 }
 
 fn client(key: &Key, server: SocketAddr, id: u64) -> ClientSocket {

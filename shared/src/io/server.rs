@@ -355,6 +355,9 @@ pub enum SpawnError {
     /// Creating the poller or the thread failed.
     #[error("cannot start the net-io thread: {0}")]
     Thread(#[from] io::Error),
+    /// A [`ServerIoConfig`] value the thread cannot work with.
+    #[error("invalid net-io configuration: {0}")]
+    Config(&'static str),
 }
 
 /// The game's handle on the `net-io` thread.
@@ -390,6 +393,16 @@ impl ServerIo {
         endpoint: ServerEndpoint,
         config: ServerIoConfig,
     ) -> Result<Self, SpawnError> {
+        if config.outbound_batches == 0 {
+            return Err(SpawnError::Config(
+                "outbound_batches must be at least 1 (a batch a tick)",
+            ));
+        }
+        if config.inbound_capacity < 4 {
+            return Err(SpawnError::Config(
+                "inbound_capacity must be at least 4 (its backlog is a quarter of it)",
+            ));
+        }
         socket.set_nonblocking(true)?;
         let local_addr = socket.local_addr()?;
         let wanted = config.socket_buffer_bytes;
