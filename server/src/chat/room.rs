@@ -388,6 +388,7 @@ impl ChatRoom {
     /// which thousands of players come or go does not send each of them
     /// to everyone. Returns whether it went out.
     pub fn system(&mut self, text: &str, out: &mut Vec<ChatOutput>) -> bool {
+        let text = self.system_text(text);
         let cost = self.members.len() * (text.len() + SYSTEM_NAME.len() + DELIVERY_OVERHEAD_BYTES);
         if !self.spend_fanout(cost) {
             tracing::debug!(text, "chat fan-out bound reached; system line left out");
@@ -399,12 +400,23 @@ impl ChatRoom {
             from: None,
             from_name: SYSTEM_NAME.to_owned(),
             kind: ChatKind::System,
-            text: text.to_owned(),
+            text,
         });
         for to in recipients {
             self.deliver(to, None, &line, out);
         }
         true
+    }
+
+    /// A system line's text as players' lines are sent: stripped of what
+    /// chat strips, cut to [`ChatConfig::max_chars`] characters (a line
+    /// past the transport's largest message would reach no one, its
+    /// sequence number spent).
+    fn system_text(&self, text: &str) -> String {
+        text.chars()
+            .filter(|&c| !is_stripped(c))
+            .take(self.config.max_chars)
+            .collect()
     }
 
     /// Whether this tick's fan-out bound has room for `cost` more bytes
@@ -428,7 +440,7 @@ impl ChatRoom {
             from: None,
             from_name: SYSTEM_NAME.to_owned(),
             kind: ChatKind::System,
-            text: text.to_owned(),
+            text: self.system_text(text),
         });
         self.deliver(to, None, &line, out);
     }

@@ -888,6 +888,34 @@ fn sends_refused_for_the_fan_out_bound_are_free_only_once_a_tick() {
     assert!(refused.contains(&ChatRejectReason::Muted), "never muted");
 }
 
+/// A system line (a console `say`, a kick's reason) is cleaned and cut
+/// like a player's: a line past the transport's largest message would
+/// never reach anyone, its sequence number spent, and every client would
+/// see a gap.
+#[test]
+fn system_lines_are_cleaned_and_cut_to_the_longest_line() {
+    let config = ChatConfig::default();
+    let mut room = room_with(&[1], config.clone());
+    let mut out = Vec::new();
+    room.system(&format!("\u{202E}{}", "x".repeat(70_000)), &mut out);
+    room.system_to(
+        1,
+        &format!("kicked: \u{202E}{}", "y".repeat(70_000)),
+        &mut out,
+    );
+    let texts: Vec<String> = out
+        .iter()
+        .filter_map(ChatOutput::line)
+        .map(|(_, line)| line.text)
+        .collect();
+    assert_eq!(texts.len(), 2);
+    for text in &texts {
+        assert_eq!(text.chars().count(), config.max_chars, "{text:.40}");
+        assert!(!text.contains('\u{202E}'));
+    }
+    assert!(texts[1].starts_with("kicked: y"));
+}
+
 /// System lines count against the tick's fan-out bound too: a tick in
 /// which many players leave does not send each leave to everyone left.
 #[test]
