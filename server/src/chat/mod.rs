@@ -77,7 +77,8 @@ pub struct ChatConfig {
     #[serde(skip)]
     pub nearby_radius: f32,
     /// Offences (rate-limited sends, sends while muted) that earn a mute
-    /// (default 5).
+    /// (default 5), each within a minute of the one before: offences
+    /// further apart start the count again.
     pub mute_after_offences: u32,
     /// How long a mute lasts (default 30 s).
     pub mute_secs: u32,

@@ -200,8 +200,11 @@ impl TokenBucket {
 struct Member {
     name: String,
     bucket: TokenBucket,
-    /// Offences since the last mute (or since joining).
+    /// Offences since the last mute (or since joining), each within
+    /// [`OFFENCE_MEMORY_SECS`] of the one before.
     offences: u32,
+    /// The tick of the last offence.
+    last_offence: u64,
     /// Muted until this tick (exclusive).
     muted_until: u64,
     /// Mutes so far (kept across a quick reconnect, see [`Standing`]).
@@ -214,6 +217,11 @@ struct Member {
     refunded_in: Option<u64>,
 }
 
+/// Offences further apart than this do not add up to a mute: a player who
+/// sends one line too many now and then is refused each time, not muted
+/// over a long session.
+const OFFENCE_MEMORY_SECS: u64 = 60;
+
 /// How long the room remembers a member who left with a mute, offences or
 /// a spent bucket (or until the mute ends, if later): reconnecting must not
 /// wipe them.
@@ -224,6 +232,7 @@ const STANDING_SECS: u64 = 60;
 struct Standing {
     bucket: TokenBucket,
     offences: u32,
+    last_offence: u64,
     muted_until: u64,
     mutes: u32,
     left_at: u64,
@@ -321,6 +330,7 @@ impl ChatRoom {
             name,
             bucket: TokenBucket::full(self.config.burst),
             offences: 0,
+            last_offence: 0,
             muted_until: 0,
             mutes: 0,
             last_seq: 0,
@@ -337,6 +347,7 @@ impl ChatRoom {
                 self.config.burst,
             );
             member.offences = was.offences;
+            member.last_offence = was.last_offence;
             member.muted_until = was.muted_until;
             member.mutes = was.mutes;
         }
@@ -364,6 +375,7 @@ impl ChatRoom {
                 Standing {
                     bucket: member.bucket,
                     offences: member.offences,
+                    last_offence: member.last_offence,
                     muted_until: member.muted_until,
                     mutes: member.mutes,
                     left_at: self.tick,
@@ -599,7 +611,12 @@ impl ChatRoom {
         reason: ChatRejectReason,
         out: &mut Vec<ChatOutput>,
     ) {
+        let memory = OFFENCE_MEMORY_SECS * u64::from(config.tick_hz.max(1));
+        if tick.saturating_sub(member.last_offence) > memory {
+            member.offences = 0;
+        }
         member.offences += 1;
+        member.last_offence = tick;
         if member.offences < config.mute_after_offences {
             out.push(if reason == ChatRejectReason::Muted {
                 let left = member

@@ -888,6 +888,36 @@ fn sends_refused_for_the_fan_out_bound_are_free_only_once_a_tick() {
     assert!(refused.contains(&ChatRejectReason::Muted), "never muted");
 }
 
+/// Offences count toward a mute only within a minute of the last: a
+/// player who pastes one line too many now and then is refused each time,
+/// not muted at the fifth over a long session.
+#[test]
+fn offences_spread_over_a_long_session_earn_no_mute() {
+    let config = ChatConfig::default();
+    let mut room = room_with(&[1, 2], config.clone());
+    for episode in 0..6 {
+        let mut out = Vec::new();
+        for client_ref in 0..=config.burst {
+            room.say(1, client_ref, &ChatScope::Global, "hi", nowhere, &mut out);
+        }
+        assert_eq!(
+            rejections(&out),
+            [ChatRejectReason::RateLimited],
+            "episode {episode}"
+        );
+        // Ten quiet minutes.
+        for _ in 0..600 * config.tick_hz {
+            room.tick();
+        }
+    }
+    // Within a minute they still add up.
+    let mut out = Vec::new();
+    for client_ref in 0..config.burst + config.mute_after_offences {
+        room.say(1, client_ref, &ChatScope::Global, "hi", nowhere, &mut out);
+    }
+    assert_eq!(rejections(&out).last(), Some(&ChatRejectReason::Muted));
+}
+
 /// A system line (a console `say`, a kick's reason) is cleaned and cut
 /// like a player's: a line past the transport's largest message would
 /// never reach anyone, its sequence number spent, and every client would
