@@ -85,14 +85,32 @@ impl<F: Fn(u64) -> Option<Vec2>> Whereabouts for F {
 
 /// Strips what would let a line pass for something else or for nothing
 /// (controls, format characters such as bidirectional overrides and
-/// zero-width spaces, line and paragraph separators, blank fillers), trims,
-/// and checks emptiness and the length limit (in characters, after
-/// cleaning).
+/// zero-width spaces, line and paragraph separators, blank fillers), cuts
+/// stacks of combining marks to [`MAX_MARKS`] and drops those with nothing
+/// to stack on, trims, and checks emptiness and the length limit (in
+/// characters, after cleaning).
 ///
 /// # Errors
 /// [`ChatRejectReason::Empty`] or [`ChatRejectReason::TooLong`].
 pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReason> {
-    let cleaned: String = text.chars().filter(|&c| !is_stripped(c)).collect();
+    // Combining marks in a row after the last other character; none is
+    // kept before the first.
+    let mut marks = None;
+    let cleaned: String = text
+        .chars()
+        .filter(|&c| !is_stripped(c))
+        .filter(|&c| {
+            if !is_combining_mark(c) {
+                marks = Some(0);
+                return true;
+            }
+            let Some(count) = marks.as_mut().filter(|count| **count < MAX_MARKS) else {
+                return false;
+            };
+            *count += 1;
+            true
+        })
+        .collect();
     let trimmed = cleaned.trim();
     if trimmed.chars().all(|c| c.is_whitespace() || is_joiner(c)) {
         return Err(ChatRejectReason::Empty);
@@ -139,6 +157,24 @@ fn is_stripped(c: char) -> bool {
             | '\u{1D173}'..='\u{1D17A}'
             | '\u{E0000}'..='\u{E00FF}'
             | '\u{E01F0}'..='\u{E0FFF}')
+}
+
+/// Combining marks a character keeps: enough for the stacked diacritics
+/// of any language, too few for a "Zalgo" tower over the lines around.
+const MAX_MARKS: u8 = 4;
+
+/// The blocks of combining marks that stack on a base character (the
+/// diacritics, Cyrillic's, the supplements and those for symbols and half
+/// marks); the combining grapheme joiner is a joiner, not a mark.
+fn is_combining_mark(c: char) -> bool {
+    matches!(c,
+        '\u{300}'..='\u{34E}'
+        | '\u{350}'..='\u{36F}'
+        | '\u{483}'..='\u{489}'
+        | '\u{1AB0}'..='\u{1AFF}'
+        | '\u{1DC0}'..='\u{1DFF}'
+        | '\u{20D0}'..='\u{20FF}'
+        | '\u{FE20}'..='\u{FE2F}')
 }
 
 /// Kept, but nothing to see on its own: the joiners (zero-width, and the

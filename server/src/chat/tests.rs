@@ -71,6 +71,26 @@ fn assert_reply_to_only_on_own_copies(out: &[ChatOutput]) {
     }
 }
 
+/// Combining marks stack into one glyph that covers the lines around it
+/// ("Zalgo"): a base character keeps at most four, and marks with no base
+/// (which would attach to the name before the line) are dropped.
+#[test]
+fn stacks_of_combining_marks_are_cut() {
+    let zalgo = format!("a{}b", "\u{336}\u{489}".repeat(100));
+    assert_eq!(
+        clean_text(&zalgo, 256).as_deref(),
+        Ok("a\u{336}\u{489}\u{336}\u{489}b")
+    );
+    assert_eq!(
+        clean_text("\u{301}\u{301}\u{301}", 256),
+        Err(ChatRejectReason::Empty)
+    );
+    assert_eq!(clean_text("\u{301}hi", 256).as_deref(), Ok("hi"));
+    // Two stacked diacritics (Vietnamese, decomposed) stay.
+    let viet = "Vie\u{302}\u{323}t";
+    assert_eq!(clean_text(viet, 256).as_deref(), Ok(viet));
+}
+
 #[test]
 fn text_is_stripped_of_control_characters_trimmed_and_length_checked() {
     assert_eq!(
