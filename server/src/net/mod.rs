@@ -199,7 +199,7 @@ impl Clients {
     }
 
     /// Records `client`'s player entity in its slot, which must be free.
-    fn insert(&mut self, client: ClientId, entity: Entity) {
+    pub(crate) fn insert(&mut self, client: ClientId, entity: Entity) {
         let slot = client.slot.get();
         if self.by_slot.len() <= slot {
             self.by_slot.resize(slot + 1, None);
