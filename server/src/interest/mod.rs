@@ -12,7 +12,8 @@
 //!   [`InterestConfig::max_entities`], nearest first.
 //! - **What is sent**: a delta against the last snapshot the client
 //!   acknowledged (`MoveInput::ack_snapshot`), or a full snapshot when that
-//!   is unknown or older than [`InterestConfig::baseline_history`] ticks.
+//!   is unknown, older than [`InterestConfig::baseline_history`] ticks, or
+//!   0 (the client holds none: its first input, or it started again).
 //!   At most [`InterestConfig::snapshot_budget_bytes`] per delta;
 //!   updates go first for the viewer and for entities the client got in
 //!   snapshots it has not acknowledged yet (a delta left without them

@@ -348,13 +348,19 @@ impl ClientView {
     }
 
     /// The client says it applied snapshot `tick`. Acks of snapshots never
-    /// sent, or older than the current ack, are ignored.
+    /// sent, or older than the current ack, are ignored. An ack of 0 says
+    /// the client holds no snapshot (it started again): the next one is
+    /// full.
     pub fn acknowledge(&mut self, tick: u32) {
+        if tick == 0 {
+            self.acked = 0;
+            return;
+        }
         // Serial numbers: ticks go on from 1 after u32::MAX. Only the
         // ticks of the frames a history can hold count as sent: a client
         // cannot park the acknowledgement half the tick space away.
         let behind = self.newest.wrapping_sub(tick);
-        let sent = self.newest != 0 && tick != 0 && behind < CLIENT_SNAPSHOT_HISTORY as u32;
+        let sent = self.newest != 0 && behind < CLIENT_SNAPSHOT_HISTORY as u32;
         if sent && (self.acked == 0 || tick_after(tick, self.acked)) {
             self.acked = tick;
         }
@@ -869,6 +875,34 @@ mod tests {
             applied.push(rx.position(999).is_some());
         }
         assert!(applied[11..].iter().all(|&seen| seen), "{applied:?}");
+    }
+
+    /// A client that holds nothing any more (it started again) acknowledges
+    /// 0: it gets a full snapshot, not deltas against a baseline it lost.
+    #[test]
+    fn an_acknowledgement_of_0_asks_for_a_full_snapshot() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut out = Vec::new();
+        for tick in 1..=3 {
+            view.encode(tick, 1, 0, crowd(&mut scratch, 5, tick), LIMITS, &mut out);
+            view.acknowledge(tick);
+        }
+        let stats = view.encode(4, 1, 0, crowd(&mut scratch, 5, 4), LIMITS, &mut out);
+        assert!(!stats.full);
+        view.acknowledge(0);
+        assert_eq!(view.acked(), 0);
+        let stats = view.encode(5, 1, 0, crowd(&mut scratch, 5, 5), LIMITS, &mut out);
+        assert!(stats.full, "{stats:?}");
+        let mut rx = SnapshotReceiver::new();
+        rx.apply(
+            &Snapshot::decode_body(&out).unwrap(),
+            &mut ApplyScratch::default(),
+        )
+        .unwrap();
+        assert_eq!(rx.entities(), view.last_sent());
+        assert_eq!(rx.entities().len(), 5);
     }
 
     /// The tick goes on from 1 after u32::MAX (4.5 years at 30 Hz): the
