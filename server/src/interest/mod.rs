@@ -72,7 +72,10 @@ pub struct InterestConfig {
     /// 30 kB/s of snapshots, but for full snapshots (a client's first, or
     /// one after its acknowledgements stopped), which carry the whole view
     /// (up to about 11 bytes an entity). At least
-    /// [`SnapshotLimits::min_budget`] of `max_entities`.
+    /// [`SnapshotLimits::min_budget`] and at most
+    /// [`SnapshotLimits::max_budget`] of `max_entities` (the largest
+    /// message the transport carries, when a delta of that many entities
+    /// could be larger).
     pub snapshot_budget_bytes: usize,
     /// Most entities in one view, nearest first (1..=
     /// [`MAX_SNAPSHOT_ENTITIES`], what a client holds). Default 128.
@@ -129,13 +132,26 @@ impl InterestConfig {
                 self.max_entities
             ),
         );
-        let min = SnapshotLimits::min_budget(self.max_entities.clamp(1, MAX_SNAPSHOT_ENTITIES));
+        let max_entities = self.max_entities.clamp(1, MAX_SNAPSHOT_ENTITIES);
+        let min = SnapshotLimits::min_budget(max_entities);
         check(
             "snapshot_budget_bytes",
             self.snapshot_budget_bytes < min,
             format!(
                 "must be at least {min} for max_entities {}, got {}",
                 self.max_entities, self.snapshot_budget_bytes
+            ),
+        );
+        let max = SnapshotLimits::max_budget(max_entities);
+        check(
+            "snapshot_budget_bytes",
+            self.snapshot_budget_bytes > max,
+            format!(
+                "must be at most {max} (the largest message; a delta of \
+                 max_entities {} can be {} bytes), got {}",
+                self.max_entities,
+                SnapshotLimits::max_delta(max_entities),
+                self.snapshot_budget_bytes
             ),
         );
         check(
@@ -180,10 +196,12 @@ impl InterestConfig {
                 _ => {}
             }
         }
-        // After max_entities is in range: the budget it needs.
-        self.snapshot_budget_bytes = self
-            .snapshot_budget_bytes
-            .max(SnapshotLimits::min_budget(self.max_entities));
+        // After max_entities is in range: the budget it needs, and the
+        // most its deltas may use.
+        self.snapshot_budget_bytes = self.snapshot_budget_bytes.clamp(
+            SnapshotLimits::min_budget(self.max_entities),
+            SnapshotLimits::max_budget(self.max_entities),
+        );
         self
     }
 
@@ -618,6 +636,62 @@ mod tests {
             assert!(error.starts_with(field), "{error}");
             assert_eq!(config.validated().check(), Ok(()), "{field} corrected");
         }
+    }
+
+    /// A delta of a large view can outgrow the largest message the
+    /// transport carries (a view replaced by another, sparse ids, far
+    /// positions): a budget above that message is refused for such views,
+    /// and corrected down to it.
+    #[test]
+    fn a_budget_past_the_largest_message_is_refused_for_views_that_could_reach_it() {
+        use shared::protocol::channels::MAX_GAME_MESSAGE;
+        let harmless = InterestConfig {
+            snapshot_budget_bytes: 100_000,
+            ..InterestConfig::default()
+        };
+        assert_eq!(harmless.check(), Ok(()), "a delta of 128 is far smaller");
+        let config = InterestConfig {
+            max_entities: MAX_SNAPSHOT_ENTITIES,
+            snapshot_budget_bytes: 100_000,
+            ..InterestConfig::default()
+        };
+        let error = config.check().unwrap_err();
+        assert!(error.starts_with("snapshot_budget_bytes"), "{error}");
+        assert!(error.contains(&MAX_GAME_MESSAGE.to_string()), "{error}");
+        let corrected = config.clone().validated();
+        assert_eq!(corrected.check(), Ok(()));
+
+        // The whole view replaced by another: every removal and every
+        // added entity at its widest.
+        let delta = |limits: SnapshotLimits| {
+            let mut view = ClientView::new();
+            let mut scratch = EncodeScratch::default();
+            let mut out = Vec::new();
+            let crowd = |scratch: &mut EncodeScratch, first: u32, at: i32| {
+                scratch.candidates.clear();
+                scratch.candidates.push(Candidate {
+                    id: 1,
+                    position: IVec2::ZERO,
+                    distance_sq: -1.0,
+                });
+                scratch
+                    .candidates
+                    .extend((1..MAX_SNAPSHOT_ENTITIES as u32).map(|k| Candidate {
+                        id: first + k * 70_000,
+                        position: IVec2::splat(at),
+                        distance_sq: k as f32,
+                    }));
+            };
+            crowd(&mut scratch, 2, 1);
+            view.encode(1, 1, 0, &mut scratch, limits, &mut out);
+            view.acknowledge(1);
+            crowd(&mut scratch, 3, 40_000_000);
+            let stats = view.encode(2, 1, 0, &mut scratch, limits, &mut out);
+            assert!(!stats.full);
+            stats.bytes
+        };
+        assert!(delta(config.limits()) > MAX_GAME_MESSAGE);
+        assert!(delta(corrected.limits()) <= MAX_GAME_MESSAGE);
     }
 
     #[test]

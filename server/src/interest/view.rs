@@ -5,8 +5,9 @@
 use std::collections::VecDeque;
 
 use glam::IVec2;
-use shared::movement::CLIENT_SNAPSHOT_HISTORY;
+use shared::movement::{CLIENT_SNAPSHOT_HISTORY, MAX_SNAPSHOT_ENTITIES};
 use shared::prefetch::{prefetch, prefetch_buffer};
+use shared::protocol::channels::MAX_GAME_MESSAGE;
 use shared::protocol::movement::{
     SnapshotEncoder, SnapshotHeader, signed_varint_len, tick_after, varint_len,
 };
@@ -19,10 +20,13 @@ pub const SNAPSHOT_HEADER_MAX: usize = 2 + 5 * 5 + 3 * 3;
 pub const ENTRY_MAX: usize = 15;
 
 // A full snapshot of the largest view, which no budget cuts, is one
-// message the game's codec decodes.
+// message the transport carries (a delta is bounded by its budget, at most
+// `SnapshotLimits::max_budget`), and the smallest budget of the largest
+// view is not above the largest.
 const _: () = assert!(
-    SNAPSHOT_HEADER_MAX + shared::movement::MAX_SNAPSHOT_ENTITIES * ENTRY_MAX
-        <= 2 + shared::protocol::MAX_MESSAGE_BYTES
+    SNAPSHOT_HEADER_MAX + MAX_SNAPSHOT_ENTITIES * ENTRY_MAX <= MAX_GAME_MESSAGE
+        && SnapshotLimits::min_budget(MAX_SNAPSHOT_ENTITIES)
+            <= SnapshotLimits::max_budget(MAX_SNAPSHOT_ENTITIES)
 );
 
 /// The newest frames [`ClientView::prefetch`] asks for: the client
@@ -59,6 +63,25 @@ impl SnapshotLimits {
     /// announced whatever the budget pressure.
     pub const fn min_budget(max_entities: usize) -> usize {
         SNAPSHOT_HEADER_MAX + 5 * max_entities + ENTRY_MAX
+    }
+
+    /// The largest delta of a view of `max_entities` that no budget
+    /// bounds: the removal of a whole view and a whole view added, each
+    /// entry at its widest.
+    pub const fn max_delta(max_entities: usize) -> usize {
+        SNAPSHOT_HEADER_MAX + (5 + ENTRY_MAX) * max_entities
+    }
+
+    /// The largest budget for views of `max_entities`: any when their
+    /// largest delta fits in the largest message the transport carries
+    /// ([`MAX_GAME_MESSAGE`]), else that message (a larger delta would be
+    /// refused by the transport, never reaching the client).
+    pub const fn max_budget(max_entities: usize) -> usize {
+        if Self::max_delta(max_entities) <= MAX_GAME_MESSAGE {
+            usize::MAX
+        } else {
+            MAX_GAME_MESSAGE
+        }
     }
 }
 
