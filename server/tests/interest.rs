@@ -1,8 +1,9 @@
 //! Area of interest and snapshots through the real plugins, one
 //! `app.update()` per tick, each viewer decoding its snapshots with the
 //! client code in `shared`: AOI correctness with hysteresis, snapshot
-//! sizes with 2,000 players, the byte budget and nearest-first priority in
-//! a crowd, and delta round trips with lost snapshots and lost acks.
+//! sizes with 2,000 players, the byte budget's priorities in a crowd
+//! (nearest first, then the rest in turn), and delta round trips with lost
+//! snapshots and lost acks.
 
 use bevy_app::{App, Last};
 use bevy_ecs::prelude::*;
@@ -246,14 +247,15 @@ fn two_thousand_spread_players_are_sent_only_their_neighbours() {
 }
 
 /// 2,000 players within 20 m of `centre`; `check` sees, for every 37th
-/// player each tick that its snapshot arrived, that snapshot, the rank (in the nearest-first order of
-/// its `max_entities` nearest) of the first entity it does not hold as it
-/// is, and that order's length.
+/// player each tick that its snapshot arrived, that snapshot, the rank (in
+/// the nearest-first order of its `max_entities` nearest) of the first
+/// entity it does not hold as it is, that order's length, and how many
+/// entities past that rank the snapshot updated.
 fn crowd(
     interest: InterestConfig,
     centre: Vec2,
     snapshot_loss: f32,
-    mut check: impl FnMut(u32, &LocalSnapshot, usize, usize),
+    mut check: impl FnMut(u32, &LocalSnapshot, usize, usize, usize),
 ) {
     let budget = interest.snapshot_budget_bytes;
     let max_entities = interest.max_entities;
@@ -293,27 +295,21 @@ fn crowd(
                 seen.binary_search_by_key(&id, |e| e.0)
                     .is_ok_and(|i| seen[i].1 == quantize(p))
             };
-            // The fresh entities form a prefix of the nearest-first order
-            // (apart from entities that did not move, which cost nothing).
             let first_stale = order.iter().position(|e| !fresh(e)).unwrap_or(order.len());
             assert!(first_stale >= 1, "own entity always fresh");
             let updated: Vec<u32> = updated_ids(&s.snapshot);
-            for (rank, e) in order.iter().enumerate() {
-                if updated.contains(&e.1) {
-                    assert!(
-                        rank < first_stale,
-                        "tick {tick}: entity at rank {rank} updated while rank {first_stale} is stale"
-                    );
-                }
-            }
+            let beyond = order[first_stale..]
+                .iter()
+                .filter(|e| updated.contains(&e.1))
+                .count();
             assert!(seen.len() <= max_entities);
-            check(tick, s, first_stale, order.len());
+            check(tick, s, first_stale, order.len(), beyond);
         }
     }
 }
 
 #[test]
-fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
+fn in_a_crowd_the_budget_bites_the_nearest_come_first_and_the_rest_in_turn() {
     // Far from the origin absolute positions take 3 bytes a coordinate, so
     // the entities entering a view cost more than the smallest budget
     // holds; with one baseline kept, every lost snapshot makes the next
@@ -327,14 +323,15 @@ fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
         hysteresis: 0.0,
         ..InterestConfig::default()
     };
-    let (mut limited, mut full) = (0, 0);
+    let (mut limited, mut full, mut in_turn) = (0, 0, 0);
     crowd(
         interest,
         Vec2::new(3000.0, -3000.0),
         0.2,
-        |tick, s, first_stale, in_view| {
+        |tick, s, first_stale, in_view, beyond| {
             limited += usize::from(s.stats.budget_limited);
             full += usize::from(s.stats.full);
+            in_turn += beyond;
             if s.stats.full {
                 assert!(!s.stats.budget_limited);
                 assert_eq!(
@@ -342,12 +339,17 @@ fn in_a_crowd_the_budget_bites_and_nearest_entities_come_first() {
                     "tick {tick}: a full snapshot left some out"
                 );
             } else if tick >= 10 {
-                assert!(first_stale >= 40, "only {first_stale} fresh");
+                // The nearest fill half the room left (32 to 58 fresh
+                // here, seeds fixed).
+                assert!(first_stale >= 25, "only {first_stale} fresh");
             }
         },
     );
     assert!(full > 100, "{full} full snapshots");
     assert!(limited > 20, "the budget bit {limited} deltas");
+    // Past the nearest, the rest of the budget goes round the view:
+    // farther entities are updated while some nearer ones wait.
+    assert!(in_turn > 0, "no entity past the nearest was updated");
 }
 
 #[test]
@@ -363,7 +365,7 @@ fn a_crowd_whose_snapshots_fit_gets_every_update() {
         interest,
         Vec2::ZERO,
         0.0,
-        |tick, s, first_stale, in_view| {
+        |tick, s, first_stale, in_view, _| {
             assert!(!s.stats.budget_limited, "tick {tick}: the budget bit");
             assert_eq!(first_stale, in_view, "tick {tick}: stale entities");
         },

@@ -14,14 +14,17 @@
 //!   acknowledged (`MoveInput::ack_snapshot`), or a full snapshot when that
 //!   is unknown, older than [`InterestConfig::baseline_history`] ticks, or
 //!   0 (the client holds none: its first input, or it started again).
-//!   At most [`InterestConfig::snapshot_budget_bytes`] per delta;
-//!   updates go first for the viewer and for entities the client got in
-//!   snapshots it has not acknowledged yet (a delta left without them
-//!   would make them vanish), then nearest first, and stop when the budget
-//!   is spent (the rest keep the acknowledged snapshot's state until a
-//!   later tick). Leaving entities are always announced (`removed`). A full
-//!   snapshot replaces the client's state, so it carries the whole view
-//!   whatever the budget.
+//!   At most [`InterestConfig::snapshot_budget_bytes`] per delta; when
+//!   its updates do not all fit, they go first for the viewer and for
+//!   entities the client got in snapshots it has not acknowledged yet (a
+//!   delta left without them would make them vanish), then for the nearest,
+//!   in half the room left, then round the view in id order (each such
+//!   delta's round going on from the first update the last one left out)
+//!   until the budget is spent. The rest keep the acknowledged snapshot's
+//!   state until a later tick: the nearest are updated every tick, every
+//!   other entity in its turn. Leaving entities are always announced
+//!   (`removed`). A full snapshot replaces the client's state, so it
+//!   carries the whole view whatever the budget.
 //!
 //! The wire format and quantization are documented in
 //! [`shared::protocol::movement`]; the client side is
@@ -346,7 +349,7 @@ impl InterestMetrics {
             ),
             limited: c(
                 "snapshots_budget_limited_total",
-                "Snapshots where the byte budget left farther entities stale.",
+                "Snapshots where the byte budget left some entities stale.",
             ),
         }
     }

@@ -1,5 +1,5 @@
 //! One client's view: what it was sent, what it acknowledged, and the
-//! budgeted, nearest-first, delta-encoded snapshot of the next tick. Plain
+//! budgeted, delta-encoded snapshot of the next tick. Plain
 //! data, no bevy: tests and benchmarks drive it directly.
 
 use std::collections::VecDeque;
@@ -150,6 +150,10 @@ pub struct ClientView {
     /// hysteresis check searches them for many candidates of every view,
     /// and a third of the bytes is a third of the cold cache lines.
     visible: Vec<u32>,
+    /// Where the round of updates of a delta cut by the budget starts: the
+    /// id of the first update the last cut left out (see
+    /// [`encode`](Self::encode)).
+    round_from: u32,
 }
 
 /// The working buffers of [`ClientView::encode`]: one set serves every
@@ -503,18 +507,21 @@ impl ClientView {
     /// viewer's own entity nearer than any other (e.g. a negative
     /// `distance_sq`). The `max_entities` nearest form the view. The
     /// snapshot is a delta against the acknowledged snapshot when it is
-    /// still in the history, else full. While the budget lasts, updates go
-    /// first for the viewer's own entity and for entities the client holds
-    /// but the baseline lacks (added by snapshots it has not acknowledged
-    /// yet: the client rebuilds from the baseline, so left out they would
-    /// vanish), then nearest first; once an update does not fit, the rest
-    /// keep their baseline value (or, absent from the baseline, are left
-    /// out until a later tick). Leaving entities are always announced (see
-    /// [`SnapshotLimits::min_budget`]).
+    /// still in the history, else full. When a delta's updates do not all
+    /// fit the budget, they go first for the viewer's own entity and for
+    /// entities the client holds but the baseline lacks (added by
+    /// snapshots it has not acknowledged yet: the client rebuilds from the
+    /// baseline, so left out they would vanish), then for the nearest, in
+    /// half the room left, then round the view in id order, from the first
+    /// update the last such delta left out, until one does not fit. The
+    /// rest keep their baseline value (or, absent from the baseline, are
+    /// left out until a later tick): the nearest are updated every tick,
+    /// and every other entity in its turn. Leaving entities are always
+    /// announced (see [`SnapshotLimits::min_budget`]).
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
-    /// view is sorted by distance only when the budget does not fit every
-    /// update. The entries are written straight into `out`. The candidates
+    /// view is sorted by distance, and walked again in id order for the
+    /// round, only when the budget does not fit every update. The entries are written straight into `out`. The candidates
     /// are reordered when they are more than `max_entities`.
     ///
     /// Memory: the first call sizes every buffer of the view for
@@ -599,8 +606,8 @@ impl ClientView {
         } else {
             emit.restart(id_base);
             // Cost it: the removals exactly, the updates with their id gap
-            // from `id_base` (an upper bound), then send all of them or the
-            // nearest while the budget lasts.
+            // from `id_base` (an upper bound), then send all of them or
+            // those that fit.
             let mut removals = 0;
             changes.clear();
             for step in Merge::new(view, base) {
@@ -617,7 +624,7 @@ impl ClientView {
                 .sum();
             let budget_limited = used + updates > budget;
             sent.clear();
-            sent.resize(view.len(), true);
+            sent.resize(view.len(), !budget_limited);
             if budget_limited {
                 // The view is sorted by id, so index order breaks distance
                 // ties by id, as `nearest` does.
@@ -633,9 +640,7 @@ impl ClientView {
                 // not acknowledged yet): left out, the client, which
                 // rebuilds from the baseline, would drop them (and with
                 // them their place in the hysteresis). They are few, and
-                // only for a round trip. Then every other update, nearest
-                // first: a position left out goes back to the baseline's
-                // for the client, a far one first.
+                // only for a round trip.
                 let held = self.history.back().map_or(&[][..], |f| &f.entities[..]);
                 let first = |i: usize| {
                     view[i].distance_sq < 0.0
@@ -643,22 +648,53 @@ impl ClientView {
                             && held.binary_search_by_key(&view[i].id, |e| e.0).is_ok())
                 };
                 let mut stopped = false;
-                for pass_first in [true, false] {
+                for &key in keys.iter() {
+                    let i = key_index(key);
+                    if matches!(changes[i], Change::Same) || !first(i) {
+                        continue;
+                    }
+                    let cost = update_cost(&view[i], changes[i], id_base);
+                    if used + cost > budget {
+                        stopped = true;
+                        break;
+                    }
+                    used += cost;
+                    sent[i] = true;
+                }
+                if !stopped {
+                    // Then the nearest, in half the room left: a position
+                    // left out goes back to the baseline's for the client,
+                    // better a far one. The other half goes round the view
+                    // in id order, from where the last round stopped, so
+                    // that the farther entities are each updated in their
+                    // turn instead of never while the nearer fill the
+                    // budget (an update left out costs as much the next
+                    // tick: the baseline is older still).
+                    let nearest = used + (budget - used) / 2;
                     for &key in keys.iter() {
                         let i = key_index(key);
-                        if let Change::Same = changes[i] {
-                            continue;
-                        }
-                        if first(i) != pass_first {
+                        if sent[i] || matches!(changes[i], Change::Same) {
                             continue;
                         }
                         let cost = update_cost(&view[i], changes[i], id_base);
-                        if !stopped && used + cost <= budget {
-                            used += cost;
-                        } else {
-                            stopped = true;
-                            sent[i] = false;
+                        if used + cost > nearest {
+                            break;
                         }
+                        used += cost;
+                        sent[i] = true;
+                    }
+                    let start = view.partition_point(|c| c.id < self.round_from);
+                    for i in (start..view.len()).chain(0..start) {
+                        if sent[i] || matches!(changes[i], Change::Same) {
+                            continue;
+                        }
+                        let cost = update_cost(&view[i], changes[i], id_base);
+                        if used + cost > budget {
+                            self.round_from = view[i].id;
+                            break;
+                        }
+                        used += cost;
+                        sent[i] = true;
                     }
                 }
             }
@@ -898,6 +934,67 @@ mod tests {
             applied.push(rx.position(999).is_some());
         }
         assert!(applied[11..].iter().all(|&seen| seen), "{applied:?}");
+    }
+
+    /// With acknowledgements a round trip behind and a crowd whose moves
+    /// alone fill the budget many times over, the far entities are updated
+    /// too, each in its turn, while the nearest are updated every tick.
+    #[test]
+    fn under_steady_budget_pressure_every_entity_gets_its_turn() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        use shared::protocol::movement::dequantize;
+        let limits = SnapshotLimits {
+            budget_bytes: SnapshotLimits::min_budget(128),
+            ..LIMITS
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut rx = SnapshotReceiver::new();
+        let mut apply = ApplyScratch::default();
+        let mut out = Vec::new();
+        let position = |id: u32, tick: u32| {
+            IVec2::new(
+                id as i32 * 100 + (tick * 70_000) as i32,
+                (tick * 70_000) as i32,
+            )
+        };
+        // Ticks each entity's position at the client is its current one,
+        // from tick 10 on.
+        let mut fresh = [0u32; 128];
+        for tick in 1..60u32 {
+            if tick >= 3 {
+                view.acknowledge(tick - 2);
+            }
+            viewer_at_origin(&mut scratch).extend((2..=127).map(|id| Candidate {
+                id,
+                position: position(id, tick),
+                distance_sq: 10.0 + id as f32,
+            }));
+            let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+            assert!(
+                tick < 3 || stats.budget_limited,
+                "tick {tick}: the budget bites"
+            );
+            assert!(stats.bytes <= limits.budget_bytes || stats.full);
+            rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
+                .unwrap();
+            if tick >= 10 {
+                for id in 2..=127 {
+                    let current = dequantize(position(id, tick));
+                    fresh[id as usize] += u32::from(rx.position(id) == Some(current));
+                }
+            }
+        }
+        let fresh = &fresh[2..];
+        assert!(fresh.iter().all(|&n| n > 0), "never fresh: {fresh:?}");
+        assert!(
+            fresh[..10].iter().all(|&n| n == 50),
+            "the nearest, every tick: {fresh:?}"
+        );
+        assert!(
+            fresh[..10].iter().min() > fresh[fresh.len() - 60..].iter().max(),
+            "the nearest favoured over the farthest: {fresh:?}"
+        );
     }
 
     /// A client that holds nothing any more (it started again) acknowledges
