@@ -115,15 +115,16 @@ enum Change {
     Added,
 }
 
-/// At least the bytes that sending `change` of `c` takes (its id gap
-/// counted from `id_base`, the largest it can be).
-fn update_cost(c: &Candidate, change: Change, id_base: u32) -> usize {
+/// The bytes that sending `change` of `c` takes with its id gap counted
+/// from `base`: at most, from the snapshot's `id_base`; exactly, from the
+/// entry before it in its list.
+fn update_cost(c: &Candidate, change: Change, base: u32) -> usize {
     let values = match change {
         Change::Same => return 0,
         Change::Moved { old } => c.position.wrapping_sub(old),
         Change::Added => c.position,
     };
-    gap_len(c.id, id_base) + signed_varint_len(values.x) + signed_varint_len(values.y)
+    gap_len(c.id, base) + signed_varint_len(values.x) + signed_varint_len(values.y)
 }
 
 /// The server's record of one client's view.
@@ -209,6 +210,44 @@ impl EncodeScratch {
 
 fn gap_len(id: u32, base: u32) -> usize {
     varint_len(u64::from(id - base))
+}
+
+/// The last id of the `added` and of the `moved` list while a snapshot's
+/// updates are walked in id order: what the next entry's id gap is counted
+/// from.
+#[derive(Debug, Clone, Copy)]
+struct Gaps {
+    added: u32,
+    moved: u32,
+}
+
+impl Gaps {
+    /// Before any entry: gaps from `id_base`.
+    fn new(id_base: u32) -> Self {
+        Self {
+            added: id_base,
+            moved: id_base,
+        }
+    }
+
+    /// The bytes `change` of `c` takes as the next entry of its list.
+    fn cost(&self, c: &Candidate, change: Change) -> usize {
+        let base = match change {
+            Change::Same => return 0,
+            Change::Moved { .. } => self.moved,
+            Change::Added => self.added,
+        };
+        update_cost(c, change, base)
+    }
+
+    /// `change` of `c` is the last entry of its list.
+    fn record(&mut self, c: &Candidate, change: Change) {
+        match change {
+            Change::Same => {}
+            Change::Moved { .. } => self.moved = c.id,
+            Change::Added => self.added = c.id,
+        }
+    }
 }
 
 /// Nearest first; ties by id, so the choice is deterministic.
@@ -605,9 +644,9 @@ impl ClientView {
             false
         } else {
             emit.restart(id_base);
-            // Cost it: the removals exactly, the updates with their id gap
-            // from `id_base` (an upper bound), then send all of them or
-            // those that fit.
+            // Its exact size is over the budget: cost it, the removals
+            // exactly, the updates first with their id gap from `id_base`
+            // (an upper bound), and send those that fit.
             let mut removals = 0;
             changes.clear();
             for step in Merge::new(view, base) {
@@ -617,91 +656,109 @@ impl ClientView {
                 }
             }
             let mut used = header_len + lengths + removals;
-            let updates: usize = view
-                .iter()
-                .zip(changes.iter())
-                .map(|(c, &change)| update_cost(c, change, id_base))
-                .sum();
-            let budget_limited = used + updates > budget;
             sent.clear();
-            sent.resize(view.len(), !budget_limited);
-            if budget_limited {
-                // The view is sorted by id, so index order breaks distance
-                // ties by id, as `nearest` does.
-                keys.clear();
-                keys.extend(
-                    view.iter()
-                        .enumerate()
-                        .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
-                );
-                keys.sort_unstable();
-                // First the viewer's own entity and the entities the
-                // client holds but the baseline lacks (added by a snapshot
-                // not acknowledged yet): left out, the client, which
-                // rebuilds from the baseline, would drop them (and with
-                // them their place in the hysteresis). They are few, and
-                // only for a round trip.
-                let held = self.history.back().map_or(&[][..], |f| &f.entities[..]);
-                let first = |i: usize| {
-                    view[i].distance_sq < 0.0
-                        || (matches!(changes[i], Change::Added)
-                            && held.binary_search_by_key(&view[i].id, |e| e.0).is_ok())
-                };
-                let mut stopped = false;
+            sent.resize(view.len(), false);
+            // The view is sorted by id, so index order breaks distance
+            // ties by id, as `nearest` does.
+            keys.clear();
+            keys.extend(
+                view.iter()
+                    .enumerate()
+                    .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
+            );
+            keys.sort_unstable();
+            // First the viewer's own entity and the entities the
+            // client holds but the baseline lacks (added by a snapshot
+            // not acknowledged yet): left out, the client, which
+            // rebuilds from the baseline, would drop them (and with
+            // them their place in the hysteresis). They are few, and
+            // only for a round trip.
+            let held = self.history.back().map_or(&[][..], |f| &f.entities[..]);
+            let first = |i: usize| {
+                view[i].distance_sq < 0.0
+                    || (matches!(changes[i], Change::Added)
+                        && held.binary_search_by_key(&view[i].id, |e| e.0).is_ok())
+            };
+            let mut stopped = false;
+            for &key in keys.iter() {
+                let i = key_index(key);
+                if matches!(changes[i], Change::Same) || !first(i) {
+                    continue;
+                }
+                let cost = update_cost(&view[i], changes[i], id_base);
+                if used + cost > budget {
+                    stopped = true;
+                    break;
+                }
+                used += cost;
+                sent[i] = true;
+            }
+            if !stopped {
+                // Then the nearest, in half the room left: a position
+                // left out goes back to the baseline's for the client,
+                // better a far one. The other half goes round the view
+                // in id order, from where the last round stopped, so
+                // that the farther entities are each updated in their
+                // turn instead of never while the nearer fill the
+                // budget (an update left out costs as much the next
+                // tick: the baseline is older still).
+                let nearest = used + (budget - used) / 2;
                 for &key in keys.iter() {
                     let i = key_index(key);
-                    if matches!(changes[i], Change::Same) || !first(i) {
+                    if sent[i] || matches!(changes[i], Change::Same) {
                         continue;
                     }
                     let cost = update_cost(&view[i], changes[i], id_base);
-                    if used + cost > budget {
-                        stopped = true;
+                    if used + cost > nearest {
                         break;
                     }
                     used += cost;
                     sent[i] = true;
                 }
-                if !stopped {
-                    // Then the nearest, in half the room left: a position
-                    // left out goes back to the baseline's for the client,
-                    // better a far one. The other half goes round the view
-                    // in id order, from where the last round stopped, so
-                    // that the farther entities are each updated in their
-                    // turn instead of never while the nearer fill the
-                    // budget (an update left out costs as much the next
-                    // tick: the baseline is older still).
-                    let nearest = used + (budget - used) / 2;
-                    for &key in keys.iter() {
-                        let i = key_index(key);
-                        if sent[i] || matches!(changes[i], Change::Same) {
-                            continue;
-                        }
-                        let cost = update_cost(&view[i], changes[i], id_base);
-                        if used + cost > nearest {
+                // The updates chosen so far costed again, their id
+                // gaps counted from the entry before them, as they are
+                // written: the bound from `id_base` is up to 4 bytes
+                // an entry too many. The round's updates are costed
+                // the same way as it goes (one put between two others
+                // only shortens the gap of the next).
+                let start = view.partition_point(|c| c.id < self.round_from);
+                used = header_len + lengths + removals;
+                let mut gaps = Gaps::new(id_base);
+                let mut at_start = gaps;
+                for (i, c) in view.iter().enumerate() {
+                    if i == start {
+                        at_start = gaps;
+                    }
+                    if sent[i] {
+                        used += gaps.cost(c, changes[i]);
+                        gaps.record(c, changes[i]);
+                    }
+                }
+                gaps = at_start;
+                for i in (start..view.len()).chain(0..start) {
+                    if i == 0 {
+                        gaps = Gaps::new(id_base);
+                    }
+                    let (c, change) = (&view[i], changes[i]);
+                    if !sent[i] && !matches!(change, Change::Same) {
+                        let cost = gaps.cost(c, change);
+                        if used + cost > budget {
+                            self.round_from = c.id;
                             break;
                         }
                         used += cost;
                         sent[i] = true;
                     }
-                    let start = view.partition_point(|c| c.id < self.round_from);
-                    for i in (start..view.len()).chain(0..start) {
-                        if sent[i] || matches!(changes[i], Change::Same) {
-                            continue;
-                        }
-                        let cost = update_cost(&view[i], changes[i], id_base);
-                        if used + cost > budget {
-                            self.round_from = view[i].id;
-                            break;
-                        }
-                        used += cost;
-                        sent[i] = true;
+                    if sent[i] {
+                        gaps.record(c, change);
                     }
                 }
             }
             for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
                 emit.entity(c, change, sent);
             }
-            budget_limited
+            // Its exact size is over the budget: some updates were left out.
+            true
         };
         out.clear();
         let body = emit.encoder.write(&header, out);
@@ -994,6 +1051,39 @@ mod tests {
         assert!(
             fresh[..10].iter().min() > fresh[fresh.len() - 60..].iter().max(),
             "the nearest favoured over the farthest: {fresh:?}"
+        );
+    }
+
+    /// A viewer with a low id in a crowd of high ids: each update's id gap
+    /// is one byte in the snapshot (counted from the entry before it), and
+    /// the budget is filled as far as the updates' real sizes go.
+    #[test]
+    fn a_cut_delta_fills_its_budget_by_the_updates_real_sizes() {
+        let crowd = |scratch: &mut EncodeScratch, shift: i32| {
+            viewer_at_origin(scratch).extend((1..=127).map(|k| Candidate {
+                id: 100_000 + k,
+                position: IVec2::splat(k as i32 + shift),
+                distance_sq: 10.0 + k as f32,
+            }));
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut out = Vec::new();
+        crowd(&mut scratch, 0);
+        view.encode(1, 1, 0, &mut scratch, LIMITS, &mut out);
+        view.acknowledge(1);
+        // Every entity moved 40,000 units a coordinate: 5 bytes each.
+        crowd(&mut scratch, 40_000);
+        let stats = view.encode(2, 1, 0, &mut scratch, LIMITS, &mut out);
+        assert!(stats.budget_limited);
+        assert!(stats.bytes <= LIMITS.budget_bytes);
+        let snapshot = Snapshot::decode_body(&out).unwrap();
+        assert!(
+            stats.bytes + ENTRY_MAX > LIMITS.budget_bytes,
+            "{} bytes of {} used, {} of 127 updates sent",
+            stats.bytes,
+            LIMITS.budget_bytes,
+            snapshot.moved.len()
         );
     }
 
