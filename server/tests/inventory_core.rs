@@ -14,11 +14,12 @@ use server::inventory::{
     LoadedAccount, Output, prepare_account,
 };
 use server::persistence::{
-    AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
+    AccountState, AuditReport, BatchWrites, Counters, InventoryStore, ItemTotals, LedgerRow,
+    SqliteStore, StoreError, WorldState,
 };
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
-    ItemStack, OfferedStack, REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate,
+    ItemStack, OfferedStack, REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate, WorldItem,
 };
 
 /// A SQLite store whose next commit can be made to fail.
@@ -140,8 +141,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::on(SqliteStore::open_in_memory().unwrap())
+    }
+
+    /// A harness on what `inner` holds.
+    fn on(inner: SqliteStore) -> Self {
         let mut store = FlakyStore {
-            inner: SqliteStore::open_in_memory().unwrap(),
+            inner,
             fail_next: false,
             failing_loads: 0,
             loads: 0,
@@ -787,6 +793,184 @@ fn using_consumes_one_and_the_ledger_records_it() {
     let report = h.audit();
     assert_eq!(report.items[&stack.item.0.to_string()].consumed, 1);
     assert!(report.balanced);
+}
+
+/// An item id the embedded catalogue does not define: one retired since
+/// it was stored.
+const RETIRED: ItemId = ItemId(999);
+
+/// A store where account 1 holds 3 of [`RETIRED`] in slot 0 and 2 apples
+/// in slot 1, and, with `in_world`, 2 more of [`RETIRED`] lie in the world
+/// (world item 1); its ledger balanced.
+fn store_with_a_retired_item(in_world: bool) -> SqliteStore {
+    let mut store = SqliteStore::open_in_memory().unwrap();
+    let apple = ItemId(1);
+    let mut slots = vec![None; SLOTS];
+    slots[0] = Some(ItemStack {
+        item: RETIRED,
+        count: 3,
+    });
+    slots[1] = Some(ItemStack {
+        item: apple,
+        count: 2,
+    });
+    let minted = |minted| LedgerRow {
+        minted,
+        consumed: 0,
+    };
+    store
+        .commit(&BatchWrites {
+            inventories: vec![(1, InventorySnapshot { version: 4, slots })],
+            world_upserts: in_world
+                .then_some(WorldItem {
+                    id: 1,
+                    stack: ItemStack {
+                        item: RETIRED,
+                        count: 2,
+                    },
+                    position: glam::Vec2::ZERO,
+                })
+                .into_iter()
+                .collect(),
+            ledger: vec![
+                (apple, minted(2)),
+                (RETIRED, minted(if in_world { 5 } else { 3 })),
+            ],
+            counters: Some(Counters {
+                next_world_item: 2,
+                spawned: 0,
+                next_trade: 1,
+            }),
+            ..BatchWrites::default()
+        })
+        .unwrap();
+    assert!(store.audit().unwrap().balanced);
+    store
+}
+
+/// A retired item held by a player stays with that player: it moves
+/// between slots, but using, dropping, giving or offering it is refused,
+/// so it never reaches the world (where it would have stopped the next
+/// start) or another player. The player's other items drop as before,
+/// and the server starts again on the store.
+#[test]
+fn a_held_retired_item_stays_held() {
+    let mut h = Harness::on(store_with_a_retired_item(false));
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    let before = h.request(1, 1, InventoryOp::List).result.unwrap();
+    for (request_id, op) in [
+        (2, InventoryOp::Drop { slot: 0, count: 1 }),
+        (3, InventoryOp::Drop { slot: 0, count: 3 }),
+        (
+            4,
+            InventoryOp::Give {
+                to: 2,
+                slot: 0,
+                count: 1,
+            },
+        ),
+        (
+            5,
+            InventoryOp::Offer {
+                with: 2,
+                offer: TradeOffer {
+                    items: vec![(1, 1), (0, 1)],
+                },
+            },
+        ),
+        (6, InventoryOp::Use { slot: 0 }),
+    ] {
+        let reply = h.request(1, request_id, op.clone());
+        assert_eq!(reply.result, Err(InventoryError::NotUsable), "{op:?}");
+        assert_eq!(reply.trade, None);
+    }
+    assert_eq!(h.core.inventory(1), Some(&before), "nothing changed");
+    assert_eq!(stacks(h.core.inventory(2).unwrap()), []);
+    assert_eq!(h.core.world_items().count(), 0);
+
+    let moved = h
+        .request(
+            1,
+            7,
+            InventoryOp::Move {
+                from: 0,
+                to: 3,
+                count: 3,
+            },
+        )
+        .result
+        .unwrap();
+    assert_eq!(stacks(&moved), [(1, 2), (RETIRED.0, 3)]);
+    let dropped = h
+        .request(1, 8, InventoryOp::Drop { slot: 1, count: 2 })
+        .result
+        .unwrap();
+    assert_eq!(stacks(&dropped), [(RETIRED.0, 3)]);
+    h.core.check_stacks().unwrap();
+    let report = h.audit();
+    assert!(report.balanced && report.consistent, "{report:?}");
+    assert_eq!(report.items[&RETIRED.0.to_string()].held, 3);
+
+    let catalogue = Arc::new(Catalogue::embedded().unwrap());
+    let restarted = InventoryCore::load(catalogue, config(), &mut h.store).unwrap();
+    let world: Vec<_> = restarted.world_items().map(|w| w.stack).collect();
+    assert_eq!(
+        world,
+        [ItemStack {
+            item: ItemId(1),
+            count: 2
+        }]
+    );
+}
+
+/// World items of a retired item do not stop the start: they stay stored
+/// as they are (the store balanced, nothing lost should the item return)
+/// but out of the game: not listed, not picked up, not counted towards
+/// the world's capacity, and no later world item takes their id.
+#[test]
+fn a_retired_item_in_the_world_stays_stored_out_of_the_game() {
+    let mut h = Harness::on(store_with_a_retired_item(true));
+    assert_eq!(h.core.world_items().count(), 0);
+    h.core.check_stacks().unwrap();
+    h.push(Input::Connected { account: 1 });
+    h.push(request_input(1, 1, InventoryOp::ListWorld));
+    let out = h.flush(false);
+    assert!(reply_of(&out, 1, 1).unwrap().result.is_ok());
+    let listed: Vec<WorldItem> = out
+        .iter()
+        .flat_map(|o| match o {
+            Output::World { items, .. } => items.items.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(listed, []);
+    assert_eq!(
+        h.request(1, 2, InventoryOp::PickUp { world_item: 1 })
+            .result,
+        Err(InventoryError::NoSuchWorldItem)
+    );
+    // The spawner fills the world to its target as if it were empty; the
+    // player's apples drop beside its items.
+    h.ticks(config().spawner_target);
+    assert_eq!(h.core.world_items().count(), config().spawner_target);
+    h.request(1, 3, InventoryOp::Drop { slot: 1, count: 2 })
+        .result
+        .unwrap();
+    assert!(h.core.world_items().all(|w| w.id != 1));
+
+    let report = h.audit();
+    assert!(report.balanced && report.consistent, "{report:?}");
+    assert_eq!(
+        report.items[&RETIRED.0.to_string()],
+        ItemTotals {
+            held: 3,
+            in_world: 2,
+            minted: 5,
+            consumed: 0
+        },
+        "stored as it was"
+    );
 }
 
 #[test]

@@ -57,6 +57,23 @@
 //! between inventories and the world, all or nothing. So per item id,
 //! held + in world = minted − consumed after every batch.
 //!
+//! # Retired items
+//!
+//! An item taken out of the catalogue (its id never reused) may still be
+//! stored: held by players, or lying in the world. It stays where it is,
+//! so that nothing acknowledged is lost and the item comes back as it
+//! was should the catalogue define it again:
+//!
+//! - held ones load with their inventory and can be moved between slots
+//!   (split and swapped, not merged); using, dropping, giving or offering them is
+//!   refused [`InventoryError::NotUsable`], so they never spread to the
+//!   world or to other players;
+//! - world ones are left stored but out of the game:
+//!   [`InventoryCore::load`] leaves them out of memory with a warning, so
+//!   they are not listed, cannot be picked up and do not count towards
+//!   [`CoreConfig::max_world_items`]. No write touches them (world item
+//!   ids are never used again), so the store stays balanced.
+//!
 //! # Account loads
 //!
 //! A connecting player's account is read through an [`AccountLoader`],
@@ -299,9 +316,6 @@ pub enum CoreError {
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Stored state refers to an item the catalogue does not know.
-    #[error("stored data holds item id {0}, which the catalogue does not define")]
-    UnknownItem(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -659,6 +673,11 @@ fn unreadable_reply(request_id: u64, inventory: &InventorySnapshot) -> Inventory
 impl InventoryCore {
     /// Loads the shared state from `store`.
     ///
+    /// World items of a retired item (one the catalogue no longer
+    /// defines) are left out of memory, with a warning: they stay stored
+    /// as they are, out of the game (see "Retired items" in the module
+    /// docs).
+    ///
     /// # Errors
     /// [`CoreError`].
     pub fn load(
@@ -672,10 +691,18 @@ impl InventoryCore {
             ledger,
             counters,
         } = store.load_world()?;
-        for w in &world {
-            if catalogue.get(w.stack.item).is_none() {
-                return Err(CoreError::UnknownItem(w.stack.item.0));
-            }
+        let (world, retired): (Vec<WorldItem>, Vec<WorldItem>) = world
+            .into_iter()
+            .partition(|w| catalogue.get(w.stack.item).is_some());
+        if !retired.is_empty() {
+            let items: std::collections::BTreeSet<u32> =
+                retired.iter().map(|w| w.stack.item.0).collect();
+            tracing::warn!(
+                world_items = retired.len(),
+                ?items,
+                "world items of items the catalogue does not define are left stored, \
+                 out of the game"
+            );
         }
         Ok(Self {
             catalogue,
@@ -1284,8 +1311,18 @@ impl InventoryCore {
         });
     }
 
+    /// How many of `item` fit in one slot: one of a retired item.
     fn def_max(&self, item: ItemId) -> u32 {
         self.catalogue.get(item).map_or(1, |d| d.max_stack)
+    }
+
+    /// `stack`, unless it is of a retired item, which stays where it is
+    /// ([`InventoryError::NotUsable`]).
+    fn known(&self, stack: ItemStack) -> Result<ItemStack, InventoryError> {
+        match self.catalogue.get(stack.item) {
+            Some(_) => Ok(stack),
+            None => Err(InventoryError::NotUsable),
+        }
     }
 
     fn bump(&mut self, account: u64) {
@@ -1341,7 +1378,7 @@ impl InventoryCore {
                     return Err(InventoryError::WorldFull);
                 }
                 let mut inv = self.inventories[&account].clone();
-                let stack = take(&mut inv.slots, *slot, *count)?;
+                let stack = self.known(take(&mut inv.slots, *slot, *count)?)?;
                 self.commit_inventory(account, inv);
                 self.touch_counters();
                 let id = self.counters.next_world_item;
@@ -1381,7 +1418,7 @@ impl InventoryCore {
                 }
                 let mut mine = self.inventories[&account].clone();
                 let mut theirs = self.inventories[to].clone();
-                let stack = take(&mut mine.slots, *slot, *count)?;
+                let stack = self.known(take(&mut mine.slots, *slot, *count)?)?;
                 add_stack(&mut theirs.slots, stack, self.def_max(stack.item))?;
                 self.commit_inventory(account, mine);
                 self.commit_inventory(*to, theirs);
@@ -1432,7 +1469,7 @@ impl InventoryCore {
             if !seen.insert(slot) {
                 return Err(InventoryError::BadOffer);
             }
-            let stack = peek(&inv.slots, slot)?;
+            let stack = self.known(peek(&inv.slots, slot)?)?;
             if count == 0 || count > stack.count {
                 return Err(InventoryError::BadCount);
             }
@@ -1647,14 +1684,17 @@ impl InventoryCore {
         Ok((a, b))
     }
 
-    /// Checks the invariants of memory: every stack 1..=max of a known
-    /// item, inventories of the configured size. For tests and debugging.
+    /// Checks the invariants of memory: every stack in an inventory 1..=max
+    /// of a known item, or at least 1 of a retired one (held from before it
+    /// retired), inventories of the configured size, world items not empty
+    /// and of known items. For tests and debugging.
     ///
     /// # Errors
     /// A description of the first violation.
     pub fn check_stacks(&self) -> Result<(), String> {
         let check = |s: &ItemStack, whose: &str| match self.catalogue.get(s.item) {
             Some(d) if s.count >= 1 && s.count <= d.max_stack => Ok(()),
+            None if s.count >= 1 => Ok(()),
             _ => Err(format!("bad stack {s:?} in {whose}")),
         };
         for (account, inv) in &self.inventories {
@@ -1669,8 +1709,8 @@ impl InventoryCore {
             }
         }
         for w in self.world.values() {
-            if w.stack.count == 0 {
-                return Err(format!("empty world item {}", w.id));
+            if w.stack.count == 0 || self.catalogue.get(w.stack.item).is_none() {
+                return Err(format!("bad world item {w:?}"));
             }
         }
         Ok(())

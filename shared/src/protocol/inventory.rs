@@ -251,7 +251,9 @@ pub enum InventoryError {
     /// The world is full; nothing can be dropped now.
     #[error("the world is full")]
     WorldFull,
-    /// The item cannot be used.
+    /// The item cannot be used; or it is one the server's catalogue no
+    /// longer defines (retired), which stays where it is: it cannot be
+    /// used, dropped, given or offered either.
     #[error("this item cannot be used")]
     NotUsable,
     /// The other player is not online (or is yourself).
