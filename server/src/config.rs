@@ -115,8 +115,9 @@ pub enum Command {
     /// Mint a connect token (base64) for one player, as a login backend would.
     Token(TokenArgs),
     /// Check the stored data: SQLite integrity, the item ledger and the
-    /// slots. Prints JSON; exits 1 when a check fails, 2 when the store
-    /// cannot be read.
+    /// slots; list the items held that the catalogue does not define.
+    /// Prints JSON; exits 1 when a check fails, 2 when the store cannot be
+    /// read.
     Audit(AuditArgs),
 }
 

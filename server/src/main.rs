@@ -31,7 +31,8 @@ fn main() -> ExitCode {
 
 /// `server audit`: JSON on stdout; exit 0 when the store is intact and
 /// balanced and consistent, 1 when a check fails, 2 when the store cannot be
-/// read.
+/// read. Items not in the catalogue (`unknown_items`) are a finding, not a
+/// failed check.
 fn audit(args: &AuditArgs) -> ExitCode {
     let config = match ServerConfig::load(&args.run_args()) {
         Ok(config) => config,
@@ -49,7 +50,16 @@ fn audit(args: &AuditArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match server::persistence::audit(data_dir) {
+    // The catalogue this binary runs with: items the store holds that it
+    // does not define are listed.
+    let catalogue = match server::inventory::Catalogue::embedded() {
+        Ok(catalogue) => catalogue,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match server::persistence::audit(data_dir, &catalogue) {
         Ok(report) => {
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => println!("{json}"),

@@ -38,6 +38,8 @@ pub use reader::{AccountReader, READER_QUEUE};
 pub use sqlite::{DB_FILE, LOCK_FILE, SqliteStore};
 pub use writer::{CommitDone, StoreWriter, WRITER_QUEUE};
 
+use crate::inventory::Catalogue;
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -193,6 +195,29 @@ pub struct AuditReport {
     pub items: BTreeMap<String, ItemTotals>,
     /// Accounts with a stored inventory.
     pub accounts: u64,
+    /// Item ids held or lying in the world that the server's catalogue
+    /// does not define (retired items, see `assets/items.toml`), in
+    /// order. A finding, not a failed check: the server runs with them
+    /// (they stay where they are), but an id listed here by mistake means
+    /// an item missing from the catalogue. Filled by [`audit`]; empty from
+    /// [`InventoryStore::audit`], which does not know the catalogue.
+    pub unknown_items: Vec<u32>,
+}
+
+impl AuditReport {
+    /// Lists in [`AuditReport::unknown_items`] the ids of [`AuditReport::items`]
+    /// held or in the world that `catalogue` does not define.
+    pub fn find_unknown_items(&mut self, catalogue: &Catalogue) {
+        let mut unknown: Vec<u32> = self
+            .items
+            .iter()
+            .filter(|(_, totals)| totals.held + totals.in_world > 0)
+            .filter_map(|(item, _)| item.parse().ok())
+            .filter(|&item| catalogue.get(ItemId(item)).is_none())
+            .collect();
+        unknown.sort_unstable();
+        self.unknown_items = unknown;
+    }
 }
 
 /// Where inventories, the world and the ledger live. Implementations must
@@ -224,12 +249,15 @@ pub trait InventoryStore: Send {
 }
 
 /// Runs the audit over the store in `data_dir`, read-only: it runs next
-/// to a live server too.
+/// to a live server too. Items the store holds that `catalogue` does not
+/// define are listed in [`AuditReport::unknown_items`].
 ///
 /// # Errors
 /// [`StoreError`] when the database cannot be opened or read.
-pub fn audit(data_dir: &std::path::Path) -> Result<AuditReport, StoreError> {
-    SqliteStore::open_read_only(data_dir)?.audit()
+pub fn audit(data_dir: &std::path::Path, catalogue: &Catalogue) -> Result<AuditReport, StoreError> {
+    let mut report = SqliteStore::open_read_only(data_dir)?.audit()?;
+    report.find_unknown_items(catalogue);
+    Ok(report)
 }
 
 /// Converts a stored `(item, count)` pair.

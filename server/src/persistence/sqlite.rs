@@ -424,6 +424,7 @@ impl InventoryStore for SqliteStore {
                 problems,
                 items: BTreeMap::new(),
                 accounts: 0,
+                unknown_items: Vec::new(),
             });
         }
         problems.clear();
@@ -479,6 +480,7 @@ impl InventoryStore for SqliteStore {
             problems,
             items: items.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             accounts: count_from_sql(accounts)?,
+            unknown_items: Vec::new(),
         })
     }
 }
@@ -489,6 +491,7 @@ mod tests {
     use shared::protocol::inventory::{ItemStack, WorldItem};
 
     use super::*;
+    use crate::inventory::Catalogue;
 
     fn snapshot(version: u64, slots: Vec<Option<(u32, u32)>>) -> InventorySnapshot {
         InventorySnapshot {
@@ -598,6 +601,48 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Items held or in the world that the catalogue does not define
+    /// (retired since they were stored) are listed as a finding: the
+    /// store is still intact, balanced and consistent. An id only in the
+    /// ledger (all used up) is not listed.
+    #[test]
+    fn the_audit_lists_items_the_catalogue_does_not_define() {
+        let dir = std::env::temp_dir().join(format!("sqlite-unknown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = SqliteStore::open(&dir).unwrap();
+        let minted = |minted, consumed| LedgerRow { minted, consumed };
+        store
+            .commit(&BatchWrites {
+                inventories: vec![(1, snapshot(1, vec![Some((1, 4)), Some((999, 2))]))],
+                world_upserts: vec![WorldItem {
+                    id: 1,
+                    stack: ItemStack {
+                        item: ItemId(1_000),
+                        count: 3,
+                    },
+                    position: Vec2::ZERO,
+                }],
+                ledger: vec![
+                    (ItemId(1), minted(4, 0)),
+                    (ItemId(999), minted(2, 0)),
+                    (ItemId(1_000), minted(3, 0)),
+                    (ItemId(998), minted(1, 1)),
+                ],
+                ..BatchWrites::default()
+            })
+            .unwrap();
+        let report = crate::persistence::audit(&dir, &Catalogue::embedded().unwrap()).unwrap();
+        assert!(
+            report.integrity_ok && report.balanced && report.consistent,
+            "{report:?}"
+        );
+        assert_eq!(report.unknown_items, [999, 1_000]);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["unknown_items"], serde_json::json!([999, 1_000]));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Damage the integrity check finds is a failed check with its lines,
     /// not an error of the audit (whose scans would fail on it).
     #[test]
@@ -640,7 +685,7 @@ mod tests {
         let at = usize::try_from((leaf - 1) * page_size).unwrap();
         bytes[at + 8..at + 72].fill(0xA5);
         std::fs::write(&path, bytes).unwrap();
-        let report = crate::persistence::audit(&dir).unwrap();
+        let report = crate::persistence::audit(&dir, &Catalogue::embedded().unwrap()).unwrap();
         assert!(!report.integrity_ok, "{report:?}");
         assert!(!report.balanced);
         assert!(!report.problems.is_empty());
@@ -873,7 +918,7 @@ mod tests {
                 dir.display()
             )
         );
-        let report = crate::persistence::audit(&dir).unwrap();
+        let report = crate::persistence::audit(&dir, &Catalogue::embedded().unwrap()).unwrap();
         assert!(report.integrity_ok && report.balanced, "{report:?}");
         drop(first);
         drop(SqliteStore::open(&dir).unwrap());
