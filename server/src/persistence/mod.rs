@@ -184,12 +184,15 @@ pub struct AuditReport {
     pub integrity_ok: bool,
     /// The ledger identity holds for every item id.
     pub balanced: bool,
-    /// Every stored slot belongs to a stored inventory and lies within its
-    /// slot count (rows a server could not load, or would delete with the
-    /// account's next change).
+    /// Every stored account loads as the server loads it: its inventory
+    /// of 0 to [`MAX_SLOTS`](shared::protocol::inventory::MAX_SLOTS) slots
+    /// and a version of 0 or more, every slot row a stack within its
+    /// inventory's slots (a row of no stored inventory would be deleted
+    /// with the account's next change), every remembered request an id
+    /// and its reply's bytes.
     pub consistent: bool,
     /// What failed, in words: integrity check lines (the first few) and
-    /// slot rows out of place.
+    /// the rows that break `consistent` (the first few of each kind).
     pub problems: Vec<String>,
     /// Per item id (as a decimal string key).
     pub items: BTreeMap<String, ItemTotals>,

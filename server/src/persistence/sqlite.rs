@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::fs::{File, TryLockError};
 use std::path::Path;
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use shared::protocol::inventory::{InventorySnapshot, ItemId, REMEMBERED_REQUESTS};
+use shared::protocol::inventory::{InventorySnapshot, ItemId, MAX_SLOTS, REMEMBERED_REQUESTS};
 
 use super::{
     AccountState, AuditReport, BatchWrites, Counters, InventoryStore, ItemTotals, LedgerRow,
@@ -235,6 +236,138 @@ fn lock(data_dir: &Path) -> Result<File, StoreError> {
     }
 }
 
+/// A slot row that loads as a stack: an item id and a count of 1 or more,
+/// each a `u32` (what [`super::stack`] takes).
+const STACK: &str = "typeof(item) = 'integer' AND item BETWEEN 0 AND 4294967295 \
+                     AND typeof(count) = 'integer' AND count BETWEEN 1 AND 4294967295";
+
+/// A stored value as the audit shows it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Integer(v) => v.to_string(),
+        Value::Real(v) => v.to_string(),
+        Value::Text(v) => format!("{v:?}"),
+        Value::Blob(v) => format!("{} bytes", v.len()),
+    }
+}
+
+/// A stored account id as the audit shows it.
+fn account_shown(value: &Value) -> String {
+    match value {
+        Value::Integer(v) => from_sql(*v).to_string(),
+        other => shown(other),
+    }
+}
+
+/// Words for one row a check of [`unloadable`] found, from its columns.
+type Describe = fn(&[Value]) -> String;
+
+/// What [`InventoryStore::load_account`] refuses to load, or what it
+/// leaves behind, in words (the first few of each kind): an inventory's
+/// size or version, a slot row out of place (beyond its inventory, or
+/// of no inventory: deleted with the account's next change) or not a
+/// stack, a remembered request whose id or reply is not one.
+fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let checks: [(String, Describe); 5] = [
+        (
+            format!(
+                "SELECT account, slots FROM inventories WHERE typeof(slots) != 'integer' \
+                 OR slots < 0 OR slots > {MAX_SLOTS} LIMIT 10"
+            ),
+            |v| {
+                format!(
+                    "account {}: inventory of {} slots, not 0 to {MAX_SLOTS}",
+                    account_shown(&v[0]),
+                    shown(&v[1])
+                )
+            },
+        ),
+        (
+            "SELECT account, version FROM inventories WHERE typeof(version) != 'integer' \
+             OR version < 0 LIMIT 10"
+                .to_owned(),
+            |v| {
+                format!(
+                    "account {}: version {}, not 0 or more",
+                    account_shown(&v[0]),
+                    shown(&v[1])
+                )
+            },
+        ),
+        (
+            "SELECT s.account, s.slot, i.slots FROM inventory_slots s \
+             LEFT JOIN inventories i ON i.account = s.account \
+             WHERE i.account IS NULL OR typeof(s.slot) != 'integer' OR s.slot < 0 \
+             OR s.slot >= i.slots LIMIT 10"
+                .to_owned(),
+            |v| match &v[2] {
+                Value::Null => format!(
+                    "account {}: slot {} stored, no inventory",
+                    account_shown(&v[0]),
+                    shown(&v[1])
+                ),
+                slots => format!(
+                    "account {}: slot {} stored, inventory of {}",
+                    account_shown(&v[0]),
+                    shown(&v[1]),
+                    shown(slots)
+                ),
+            },
+        ),
+        (
+            format!(
+                "SELECT account, slot, item, count FROM inventory_slots WHERE NOT ({STACK}) \
+                 LIMIT 10"
+            ),
+            |v| {
+                format!(
+                    "account {}: slot {} holds item {}, count {}: not a stack",
+                    account_shown(&v[0]),
+                    shown(&v[1]),
+                    shown(&v[2]),
+                    shown(&v[3])
+                )
+            },
+        ),
+        (
+            "SELECT account, request_id, typeof(request_id) = 'integer', typeof(reply) \
+             FROM applied_requests \
+             WHERE typeof(request_id) != 'integer' OR typeof(reply) != 'blob' LIMIT 10"
+                .to_owned(),
+            |v| match &v[2] {
+                Value::Integer(0) => format!(
+                    "account {}: remembered request id {}, not a number",
+                    account_shown(&v[0]),
+                    shown(&v[1])
+                ),
+                _ => format!(
+                    "account {}: remembered reply to request {} is {}, not bytes",
+                    account_shown(&v[0]),
+                    account_shown(&v[1]),
+                    match &v[3] {
+                        Value::Text(type_name) => type_name.clone(),
+                        other => shown(other),
+                    }
+                ),
+            },
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (sql, describe) in checks {
+        let mut stmt = conn.prepare(&sql)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let values = (0..columns)
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            problems.push(describe(&values));
+        }
+    }
+    Ok(problems)
+}
+
 impl InventoryStore for SqliteStore {
     fn load_world(&mut self) -> Result<WorldState, StoreError> {
         let mut world = Vec::new();
@@ -297,7 +430,7 @@ impl InventoryStore for SqliteStore {
             Some((version, slots)) => {
                 let size = usize::try_from(slots)
                     .ok()
-                    .filter(|&s| s <= shared::protocol::inventory::MAX_SLOTS)
+                    .filter(|&s| s <= MAX_SLOTS)
                     .ok_or_else(|| StoreError::Corrupt(format!("{slots} slots")))?;
                 let mut snapshot = InventorySnapshot {
                     version: count_from_sql(version)?,
@@ -427,24 +560,7 @@ impl InventoryStore for SqliteStore {
                 unknown_items: Vec::new(),
             });
         }
-        problems.clear();
-        {
-            let mut stmt = tx.prepare(
-                "SELECT s.account, s.slot, i.slots FROM inventory_slots s \
-                 LEFT JOIN inventories i ON i.account = s.account \
-                 WHERE i.account IS NULL OR s.slot < 0 OR s.slot >= i.slots LIMIT 10",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let (account, slot) = (from_sql(r.get(0)?), r.get::<_, i64>(1)?);
-                problems.push(match r.get::<_, Option<i64>>(2)? {
-                    None => format!("account {account}: slot {slot} stored, no inventory"),
-                    Some(slots) => {
-                        format!("account {account}: slot {slot} stored, inventory of {slots}")
-                    }
-                });
-            }
-        }
+        problems = unloadable(&tx)?;
         let mut items: BTreeMap<u32, ItemTotals> = BTreeMap::new();
         let mut totals =
             |sql: &str, set: fn(&mut ItemTotals, u64, u64)| -> Result<(), StoreError> {
@@ -461,7 +577,7 @@ impl InventoryStore for SqliteStore {
                 Ok(())
             };
         totals(
-            "SELECT item, SUM(count), 0 FROM inventory_slots GROUP BY item",
+            &format!("SELECT item, SUM(count), 0 FROM inventory_slots WHERE {STACK} GROUP BY item"),
             |t, a, _| t.held = a,
         )?;
         totals(
@@ -639,6 +755,70 @@ mod tests {
         assert_eq!(report.unknown_items, [999, 1_000]);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["unknown_items"], serde_json::json!([999, 1_000]));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every row `load_account` refuses makes the audit fail, naming it:
+    /// an inventory too large or of a negative version, a slot row that is
+    /// no stack, a remembered reply that is no bytes. An account the
+    /// server loads is not named.
+    #[test]
+    fn rows_the_server_cannot_load_make_the_audit_fail() {
+        let dir = std::env::temp_dir().join(format!("sqlite-unloadable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = SqliteStore::open(&dir).unwrap();
+        store
+            .commit(&BatchWrites {
+                inventories: (1..=8)
+                    .map(|account| (account, snapshot(1, vec![Some((1, 1)), None, None])))
+                    .collect(),
+                ledger: vec![(
+                    ItemId(1),
+                    LedgerRow {
+                        minted: 7,
+                        consumed: 0,
+                    },
+                )],
+                applied: vec![(5, 1, vec![1]), (7, 1, vec![1]), (8, 1, vec![1])],
+                ..BatchWrites::default()
+            })
+            .unwrap();
+        store
+            .conn
+            .execute_batch(
+                "UPDATE inventories SET slots = 65 WHERE account = 1; \
+                 UPDATE inventories SET version = -1 WHERE account = 2; \
+                 UPDATE inventories SET version = 'one' WHERE account = 3; \
+                 UPDATE inventory_slots SET item = -1 WHERE account = 4; \
+                 INSERT INTO inventory_slots VALUES (4, 1, 1, 4294967296); \
+                 UPDATE applied_requests SET reply = 'text' WHERE account = 5; \
+                 UPDATE inventory_slots SET slot = 'first' WHERE account = 6; \
+                 UPDATE applied_requests SET request_id = 'x' WHERE account = 8;",
+            )
+            .unwrap();
+        for account in [1, 2, 3, 4, 5, 6, 8] {
+            let loaded = store.load_account(account);
+            assert!(loaded.is_err(), "account {account}: {loaded:?}");
+        }
+        store.load_account(7).unwrap();
+
+        let report = store.audit().unwrap();
+        assert!(report.integrity_ok, "{report:?}");
+        assert!(!report.consistent);
+        assert_eq!(
+            report.problems,
+            [
+                "account 1: inventory of 65 slots, not 0 to 64",
+                "account 2: version -1, not 0 or more",
+                "account 3: version \"one\", not 0 or more",
+                "account 6: slot \"first\" stored, inventory of 3",
+                "account 4: slot 0 holds item -1, count 1: not a stack",
+                "account 4: slot 1 holds item 1, count 4294967296: not a stack",
+                "account 5: remembered reply to request 1 is text, not bytes",
+                "account 8: remembered request id \"x\", not a number",
+            ]
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
