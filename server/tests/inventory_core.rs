@@ -450,6 +450,64 @@ fn a_flooding_player_is_busy_alone() {
     assert_eq!(h.core.push(list(1, 1_000_000)), None);
 }
 
+/// While a commit is stalled, a player reconnecting over and over does
+/// not grow the queue: a session that did nothing cancels out, so the
+/// others are still served. What matters is kept: the disconnect ending
+/// the session that holds a trade (its partner is told, the trade is
+/// gone), a later session with a request (applied, though its player
+/// left before the answer), and the last session (online at the end).
+#[test]
+fn a_player_reconnecting_while_a_commit_is_stalled_does_not_fill_the_queue() {
+    let mut h = Harness::new();
+    let trade = open_empty_trade(&mut h);
+    let inv = gather(&mut h, 1, 100);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    // A batch in flight, so that inputs wait in the queue.
+    h.push(Input::Tick);
+    let in_flight = h.core.prepare(&mut h.store).expect("a batch");
+    let in_world = h.core.world_items().count();
+    let reconnects = |h: &mut Harness| {
+        for _ in 0..config().max_queued {
+            h.push(Input::Connected { account: 1 });
+            h.push(Input::Disconnected { account: 1 });
+        }
+    };
+
+    h.push(Input::Disconnected { account: 1 });
+    reconnects(&mut h);
+    assert_eq!(h.core.queued(), 1, "the first disconnect alone");
+    h.push(Input::Connected { account: 1 });
+    h.push(request_input(
+        1,
+        1_000,
+        InventoryOp::Drop { slot, count: 1 },
+    ));
+    h.push(Input::Disconnected { account: 1 });
+    reconnects(&mut h);
+    assert_eq!(h.core.queued(), 4);
+    h.push(Input::Connected { account: 1 });
+    assert_eq!(h.core.queued(), 5);
+    assert_eq!(
+        h.core.push(request_input(2, 2, InventoryOp::List)),
+        None,
+        "queued, not busy"
+    );
+
+    let result = h.store.commit(&in_flight.writes);
+    let mut out = h.core.complete(result);
+    out.extend(h.flush(false));
+    assert!(reply_of(&out, 2, 2).is_some_and(|r| r.result.is_ok()));
+    assert_eq!(reply_of(&out, 1, 1_000), None, "its session had ended");
+    assert_eq!(h.core.world_items().count(), in_world + 1, "dropped");
+    assert_eq!(h.core.inventory(1).unwrap().version, inv.version + 1);
+    the_trade_stays_cancelled(&mut h, &out, trade);
+    h.core.check_trades().unwrap();
+    assert!(
+        h.request(1, 2_000, InventoryOp::List).result.is_ok(),
+        "online"
+    );
+}
+
 #[test]
 fn a_reconnecting_player_gets_its_inventory_back() {
     let mut h = Harness::new();

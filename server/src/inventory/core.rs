@@ -735,9 +735,16 @@ impl InventoryCore {
     /// answered at once (returned here): with its stored reply when its id
     /// is a committed change, else with [`InventoryError::Busy`]; so is an
     /// offer of more than [`MAX_TRADE_SLOTS`] stacks, with
-    /// [`InventoryError::BadOffer`]. Other
-    /// inputs are always queued (connections are bounded by the server's
-    /// client limit, ticks by the caller).
+    /// [`InventoryError::BadOffer`]. Ticks are counted, not queued.
+    ///
+    /// A `Disconnected` cancels its account's queued `Connected` when
+    /// nothing queued since names the account and the account was offline
+    /// before it: that session did nothing, so neither is queued. Other
+    /// connections and disconnections are always queued. So a player who
+    /// reconnects over and over while a commit is stalled does not grow
+    /// the queue (and leave everyone else [`InventoryError::Busy`]): each
+    /// session left in it holds a request naming the account, and requests
+    /// are bounded.
     pub fn push(&mut self, input: Input) -> Option<Output> {
         if let Input::Request {
             account,
@@ -784,8 +791,59 @@ impl InventoryCore {
             self.pending_ticks = (self.pending_ticks + 1).min(MAX_PENDING_TICKS);
             return None;
         }
+        if let Input::Disconnected { account } = input
+            && self.cancel_queued_connect(account)
+        {
+            return None;
+        }
         self.queue.push_back(input);
         None
+    }
+
+    /// Removes `account`'s queued `Connected` if a `Disconnected` pushed
+    /// now would undo it and nothing else: it is the last queued input
+    /// naming the account (as the player or as a give's or an offer's
+    /// partner), and the account was offline before it (a `Disconnected`
+    /// of it queued earlier, or none and it is offline now). Applying the
+    /// two would have loaded the account (or started its read) and
+    /// unloaded it again, with no request of the session, no trade and no
+    /// output for it in between; a `Disconnected` that ends a session
+    /// which was applied, or which has a request, is always queued.
+    fn cancel_queued_connect(&mut self, account: u64) -> bool {
+        let names = |input: &Input| match input {
+            Input::Connected { account: a } | Input::Disconnected { account: a } => *a == account,
+            Input::Request {
+                account: a,
+                request,
+                ..
+            } => {
+                *a == account
+                    || matches!(
+                        request.op,
+                        InventoryOp::Give { to, .. } | InventoryOp::Offer { with: to, .. }
+                            if to == account
+                    )
+            }
+            Input::Tick => false,
+        };
+        let mut naming = self
+            .queue
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, input)| names(input));
+        let Some((at, Input::Connected { .. })) = naming.next() else {
+            return false;
+        };
+        let offline_before = match naming.find(|(_, input)| !matches!(input, Input::Request { .. }))
+        {
+            Some((_, input)) => matches!(input, Input::Disconnected { .. }),
+            None => !self.online.contains(&account),
+        };
+        if offline_before {
+            self.queue.remove(at);
+        }
+        offline_before
     }
 
     /// Whether a batch is waiting for its commit result.
