@@ -13,9 +13,11 @@
 //! stored; if that fails the reply is [`InventoryError::Storage`] and the id
 //! is not remembered (sending it again is a new request). Two answers come
 //! at once instead, as they change nothing: [`InventoryError::Busy`] and
-//! [`InventoryError::BadOffer`] (and a busy server answers a repeated id
-//! with its remembered reply at once too, rather than busy). A session that
-//! ends before its replies are sent receives none of them.
+//! [`InventoryError::BadOffer`] (and a busy server answers the repeated id
+//! of a stored change with its remembered reply at once too, rather than
+//! busy; a repeated read-only request or refusal may be answered busy,
+//! which like every busy answer means "not applied, send it again"). A
+//! session that ends before its replies are sent receives none of them.
 //!
 //! Changes a player did not ask for (a gift, the other side of a trade)
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
