@@ -57,11 +57,9 @@ fn relay_emotes(
     last.retain(|_, at| now - *at < EMOTE_COOLDOWN_TICKS);
     let mut budget = (MAX_EMOTE_COPIES_PER_TICK / clients.len().max(1)).max(1);
     for FromClient { client, message } in requests.read() {
-        if message.emote >= EMOTE_COUNT || last.contains_key(&client.account) {
+        // Beyond the tick's copies, dropped (read, so not relayed later).
+        if message.emote >= EMOTE_COUNT || last.contains_key(&client.account) || budget == 0 {
             continue;
-        }
-        if budget == 0 {
-            break;
         }
         budget -= 1;
         last.insert(client.account, now);
@@ -205,6 +203,19 @@ mod tests {
         }
         app.world_mut().run_schedule(FixedUpdate);
         let sent = app.world().resource::<Messages<ToClient<Emote>>>();
-        assert_eq!(sent.len(), MAX_EMOTE_COPIES_PER_TICK / players);
+        assert_eq!(
+            sent.iter_current_update_messages().count(),
+            MAX_EMOTE_COPIES_PER_TICK / players
+        );
+        // The rest were dropped, not relayed a tick late.
+        app.world_mut()
+            .resource_mut::<Messages<ToClient<Emote>>>()
+            .update();
+        app.world_mut()
+            .resource_mut::<Messages<FromClient<EmoteRequest>>>()
+            .update();
+        app.world_mut().run_schedule(FixedUpdate);
+        let sent = app.world().resource::<Messages<ToClient<Emote>>>();
+        assert_eq!(sent.iter_current_update_messages().count(), 0);
     }
 }
