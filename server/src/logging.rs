@@ -4,10 +4,11 @@
 //! nobody reads (a terminal paused with Ctrl-S, a log collector that
 //! stalled) holds them, up to [`MAX_QUEUED_LOG_BYTES`], then drops them,
 //! but never stops the tick or the I/O thread. Dropped lines are counted
-//! in `log_lines_dropped_total`, and a warning written after the next
+//! in `log_lines_dropped_total`, and a warning written before the next
 //! line that gets through says how many there were. The guard [`init`]
 //! returns gives the last lines up to [`EXIT_FLUSH_LIMIT`] when dropped.
 
+use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
@@ -165,14 +166,22 @@ impl Drop for FlushOnDrop {
     }
 }
 
-/// Writes one queued line on stderr (on the `log-writer` thread), then
-/// says how many were dropped before it. A closed stderr loses the line.
+thread_local! {
+    /// Whether this thread is the `log-writer`, whose own lines go
+    /// straight to stderr: it is the thread that may wait for it.
+    static WRITER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Writes one queued line on stderr (on the `log-writer` thread), first
+/// saying how many were dropped before it (written at once: queued, the
+/// warning would wait behind the lines held, or be dropped while they
+/// keep the queue full). A closed stderr loses the line.
 fn write_line(line: &[u8], dropped: u64) {
-    let _ = std::io::stderr().write_all(line);
+    WRITER.set(true);
     if dropped > 0 {
-        // Queued behind the lines already waiting, like any other.
         tracing::warn!(dropped, "log lines dropped: stderr was not being read");
     }
+    let _ = std::io::stderr().write_all(line);
 }
 
 /// The subscriber's writer: each event's formatted line goes to the
@@ -190,10 +199,10 @@ impl<'a> MakeWriter<'a> for Stderr {
 impl Write for Stderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         match OUT.get().and_then(Option::as_ref) {
-            Some(out) => {
+            Some(out) if !WRITER.get() => {
                 out.send(line.to_vec());
             }
-            None => std::io::stderr().write_all(line)?,
+            _ => std::io::stderr().write_all(line)?,
         }
         Ok(line.len())
     }

@@ -614,6 +614,96 @@ fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
     );
 }
 
+/// Past the 8 MiB a stalled stderr may hold, log lines are dropped and
+/// counted; once stderr is read again, a warning says at once how many,
+/// the count /metrics gave: before the lines held, not queued behind them
+/// (where, while the queue stays full, it would be dropped itself).
+#[cfg(target_os = "linux")]
+#[test]
+fn log_lines_dropped_at_a_stalled_stderr_are_counted_and_told() {
+    let dir = scratch_dir("dropped-logs");
+    let (mut keyboard, terminal) = pty();
+    let mut echo = keyboard.try_clone().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut echo, &mut std::io::sink()));
+    let mut child = KillOnDrop(
+        server(&dir)
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
+            .stdin(Stdio::from(terminal))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut announcements = Announcements::default();
+    let listening = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no announcements");
+        if let Some(listening) = announcements.read_line(line.trim_end()) {
+            break listening;
+        }
+    };
+    let dropped = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("log_lines_dropped_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no log_lines_dropped_total: {metrics}"))
+    };
+    // 2,400 lines of 4 KB: 9.6 MB, past the 8 MiB held.
+    let text = "x".repeat(4_000);
+    let typing = std::thread::spawn(move || {
+        for _ in 0..2_400 {
+            keyboard
+                .write_all(format!("say {text}\n").as_bytes())
+                .unwrap();
+        }
+        keyboard
+    });
+    let mut keyboard = typing.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        let (_, metrics) = http_get(listening.metrics, "/metrics").unwrap();
+        let now = dropped(&metrics);
+        if now > 0 && now == seen {
+            break;
+        }
+        seen = now;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(seen > 0, "nothing dropped");
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        rest
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    keyboard.write_all(b"shutdown\n").unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
+        .expect("server did not exit within 10 s of the shutdown command");
+    assert_eq!(status.code(), Some(0));
+    let rest = drain.join().unwrap();
+    let at = rest
+        .find("log lines dropped: stderr was not being read")
+        .unwrap_or_else(|| panic!("no warning of {seen} dropped lines"));
+    let warning = rest[at..].lines().next().unwrap_or_default();
+    assert!(
+        warning.contains(&format!("dropped={seen}")),
+        "{warning:.200}"
+    );
+    let held_after = rest[at..].matches("admin say").count();
+    assert!(
+        held_after >= 1_000,
+        "the warning came after the lines held ({held_after} after it)"
+    );
+    assert!(
+        rest.contains("shutdown complete"),
+        "the last lines were lost"
+    );
+}
+
 /// A second server on a data directory in use exits at once with an
 /// error naming the directory; `server audit` still reads it.
 #[test]
