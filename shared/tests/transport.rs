@@ -433,6 +433,32 @@ fn a_partly_sent_unreliable_message_is_finished_not_shed() {
     assert!(delivered.is_sorted(), "{delivered:?}");
 }
 
+/// The game's snapshot channel holds 64 KiB: a snapshot over half of
+/// that, begun, is finished though the next one would take it over its
+/// bound (the newer one is dropped instead).
+#[test]
+fn a_begun_message_is_finished_on_a_channel_at_its_bound() {
+    use shared::protocol::channels;
+    let rate = 256 * 1024;
+    let config = TransportConfig {
+        initial_send_rate: rate,
+        min_send_rate: rate,
+        max_send_rate: rate,
+        ..channels::transport_config()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default().with_latency(ms(5)), 1);
+    for i in 0..90 {
+        pair.a
+            .send(channels::SNAPSHOT, &numbered(i, 40 * 1024))
+            .unwrap();
+        pair.run_for(ms(33));
+    }
+    pair.run_for(Duration::from_secs(1));
+    let delivered = indices(&pair.at_b.messages, channels::SNAPSHOT);
+    // 40 KiB take 160 ms at this rate: one in five or six.
+    assert!(delivered.len() >= 10, "{delivered:?}");
+}
+
 /// The turns count data packets: bare acknowledgements between them (sent
 /// exactly when the budget holds data back) do not give one channel every
 /// turn.

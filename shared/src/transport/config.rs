@@ -63,7 +63,7 @@ pub struct ChannelConfig {
     /// refuses the message with [`SendError::QueueFull`](super::SendError::QueueFull);
     /// nothing already queued is dropped. Unreliable channels: bytes waiting
     /// for the next transmit; at the limit the oldest waiting messages are
-    /// dropped and counted.
+    /// dropped and counted (one partly sent is kept and finished).
     pub max_queued_bytes: usize,
 }
 
@@ -118,7 +118,8 @@ pub struct TransportConfig {
     /// Unreliable messages still waiting for send budget after this long
     /// are dropped (counted in `unreliable_dropped`): under overload,
     /// unreliable traffic is shed first and reliable traffic waits. A
-    /// fragmented message partly sent is finished.
+    /// fragmented message partly sent is finished, unless it has been up
+    /// for `unreliable_fragment_timeout` (the receiver gave it up).
     pub unreliable_ttl: Duration,
     /// Incomplete unreliable fragmented messages are dropped after this long.
     pub unreliable_fragment_timeout: Duration,

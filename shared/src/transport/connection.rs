@@ -1419,9 +1419,10 @@ impl Connection {
 
     fn transmit_connected(&mut self, now: Stamp, buf: &mut [u8]) -> Option<usize> {
         let ttl = self.config.unreliable_ttl;
+        let fragment_timeout = self.config.unreliable_fragment_timeout;
         for index in channel_bits(self.pending_channels) {
             if let SendChannel::Unreliable(c) = &mut self.send[index] {
-                c.shed_stale(now, ttl);
+                c.shed_stale(now, ttl, fragment_timeout);
                 self.note_pending(index);
             }
         }

@@ -286,8 +286,12 @@ impl UnreliableSend {
             fragment_count,
             next_fragment: 0,
         });
+        // Over the bound, the oldest messages not begun go (this one too,
+        // if it is the only one): what a begun one sent is wasted without
+        // the rest.
+        let begun = self.begun();
         while self.queued_bytes > self.max_queued_bytes {
-            let Some(old) = self.queue.pop_front() else {
+            let Some(old) = self.queue.remove(begun) else {
                 break;
             };
             self.queued_bytes -= old.payload.len();
@@ -295,11 +299,18 @@ impl UnreliableSend {
         }
     }
 
+    /// 1 when the front message is partly sent, else 0: the index of the
+    /// first message not begun.
+    fn begun(&self) -> usize {
+        usize::from(self.queue.front().is_some_and(|m| m.next_fragment > 0))
+    }
+
     /// Drops messages that waited longer than `ttl` for send budget, the
     /// wait counted from the first call that saw them. A message partly
-    /// sent is finished, however long that takes: the budget its first
-    /// fragments spent is wasted without the rest.
-    pub(crate) fn shed_stale(&mut self, now: Stamp, ttl: Duration) {
+    /// sent is finished (the budget its first fragments spent is wasted
+    /// without the rest) unless it has been up for `fragment_timeout`, by
+    /// when the receiver has thrown its first fragments away.
+    pub(crate) fn shed_stale(&mut self, now: Stamp, ttl: Duration, fragment_timeout: Duration) {
         // Messages queued since the last call: a suffix of the queue.
         for waiting in self.queue.iter_mut().rev() {
             if waiting.up_since.is_some() {
@@ -307,12 +318,25 @@ impl UnreliableSend {
             }
             waiting.up_since = Some(now);
         }
-        let begun = usize::from(self.queue.front().is_some_and(|m| m.next_fragment > 0));
+        let up_for = |m: &PendingUnreliable, limit: Duration| {
+            m.up_since
+                .is_none_or(|since| now.saturating_duration_since(since) >= limit)
+        };
+        let mut begun = self.begun();
+        if begun == 1
+            && self
+                .queue
+                .front()
+                .is_some_and(|m| up_for(m, fragment_timeout))
+        {
+            if let Some(old) = self.queue.pop_front() {
+                self.queued_bytes -= old.payload.len();
+                self.dropped += 1;
+            }
+            begun = 0;
+        }
         while let Some(next) = self.queue.get(begun) {
-            if next
-                .up_since
-                .is_some_and(|since| now.saturating_duration_since(since) < ttl)
-            {
+            if !up_for(next, ttl) {
                 return;
             }
             if let Some(old) = self.queue.remove(begun) {
@@ -639,6 +663,67 @@ impl ReliableSend {
     /// Messages sent or queued but not yet fully acknowledged.
     pub(crate) fn unacked_messages(&self) -> usize {
         usize::from(seq_distance(self.next_id, self.oldest_unacked)) + self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod unreliable_tests {
+    use super::*;
+    use crate::transport::wire::{PACKET_HEADER_LEN, PacketHeader, PacketKind};
+
+    const TTL: Duration = Duration::from_millis(100);
+    const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// Packs into a packet with room for one fragment.
+    fn pack_one(send: &mut UnreliableSend) -> bool {
+        let mut buf = vec![0u8; PACKET_HEADER_LEN + 1024 + 16];
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting: true,
+            sequence: 0,
+            ack: None,
+        };
+        let Some(mut writer) = PacketWriter::new(&mut buf, &header) else {
+            panic!("no room for a header");
+        };
+        send.pack(0, &mut writer, 1024)
+    }
+
+    /// A begun message outlives the TTL, but not the receiver's fragment
+    /// timeout: past it, the fragments already sent were thrown away and
+    /// the rest would only begin a reassembly that never completes.
+    #[test]
+    fn a_begun_message_is_shed_once_the_receiver_gave_it_up() {
+        let mut send = UnreliableSend::new(false, 1 << 20);
+        send.push(Bytes::from(vec![1u8; 3 * 1024]), 1024);
+        let start = Stamp::ZERO;
+        send.shed_stale(start, TTL, FRAGMENT_TIMEOUT);
+        assert!(pack_one(&mut send));
+        send.shed_stale(start + Duration::from_millis(500), TTL, FRAGMENT_TIMEOUT);
+        assert_eq!(
+            (send.queue.len(), send.dropped),
+            (1, 0),
+            "kept past the TTL"
+        );
+        send.shed_stale(start + FRAGMENT_TIMEOUT, TTL, FRAGMENT_TIMEOUT);
+        assert_eq!((send.queue.len(), send.dropped), (0, 1));
+        assert_eq!(send.queued_bytes, 0);
+    }
+
+    /// At its bound, a channel drops the oldest messages not begun (the
+    /// newest included), not the one it is sending.
+    #[test]
+    fn a_full_channel_keeps_the_message_it_is_sending() {
+        let mut send = UnreliableSend::new(true, 4 * 1024);
+        send.push(Bytes::from(vec![1u8; 3 * 1024]), 1024);
+        send.shed_stale(Stamp::ZERO, TTL, FRAGMENT_TIMEOUT);
+        assert!(pack_one(&mut send));
+        send.push(Bytes::from(vec![2u8; 3 * 1024]), 1024);
+        assert_eq!(send.queue.len(), 1);
+        assert_eq!(send.queue[0].next_fragment, 1, "the begun one stays");
+        assert_eq!(send.dropped, 1);
+        assert!(pack_one(&mut send) && pack_one(&mut send));
+        assert!(send.queue.is_empty());
     }
 }
 
