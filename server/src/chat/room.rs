@@ -93,21 +93,25 @@ impl<F: Fn(u64) -> Option<Vec2>> Whereabouts for F {
 /// # Errors
 /// [`ChatRejectReason::Empty`] or [`ChatRejectReason::TooLong`].
 pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReason> {
-    // Combining marks in a row after the last other character; none is
-    // kept before the first.
+    // The combining marks stacked on the last base character, `None`
+    // without one: at the start, after white space (trimmed away, it
+    // would leave them to stack on the name before the line). Joiners
+    // are no base and start no new stack.
     let mut marks = None;
     let cleaned: String = text
         .chars()
         .filter(|&c| !is_stripped(c))
         .filter(|&c| {
-            if !is_combining_mark(c) {
+            if is_combining_mark(c) {
+                let Some(count) = marks.as_mut().filter(|count| **count < MAX_MARKS) else {
+                    return false;
+                };
+                *count += 1;
+            } else if c.is_whitespace() {
+                marks = None;
+            } else if !is_joiner(c) {
                 marks = Some(0);
-                return true;
             }
-            let Some(count) = marks.as_mut().filter(|count| **count < MAX_MARKS) else {
-                return false;
-            };
-            *count += 1;
             true
         })
         .collect();

@@ -86,6 +86,22 @@ fn stacks_of_combining_marks_are_cut() {
         Err(ChatRejectReason::Empty)
     );
     assert_eq!(clean_text("\u{301}hi", 256).as_deref(), Ok("hi"));
+    // Neither a space (trimmed away) nor a joiner is a base.
+    for marks_alone in [" \u{301}\u{301}", "\u{200D}\u{301}", "hi \u{301}"] {
+        assert_eq!(
+            clean_text(marks_alone, 256).map(|t| t.chars().filter(|&c| c == '\u{301}').count()),
+            if marks_alone.starts_with("hi") {
+                Ok(0)
+            } else {
+                Err(ChatRejectReason::Empty)
+            },
+            "{marks_alone:?}"
+        );
+    }
+    // Joiners between marks do not start a new stack.
+    let joined = format!("a{}", "\u{336}\u{336}\u{336}\u{336}\u{34F}".repeat(50));
+    let kept = clean_text(&joined, 256).unwrap();
+    assert_eq!(kept.chars().filter(|&c| c == '\u{336}').count(), 4);
     // Two stacked diacritics (Vietnamese, decomposed) stay.
     let viet = "Vie\u{302}\u{323}t";
     assert_eq!(clean_text(viet, 256).as_deref(), Ok(viet));
