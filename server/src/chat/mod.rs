@@ -83,7 +83,8 @@ pub struct ChatConfig {
     /// How long a mute lasts (default 30 s).
     pub mute_secs: u32,
     /// Mutes after which the next would-be mute is a kick instead (default
-    /// 2): the offender is disconnected with [`DisconnectReason::Kicked`].
+    /// 2), each within ten minutes of the end of the one before: the
+    /// offender is disconnected with [`DisconnectReason::Kicked`].
     pub kick_after_mutes: u32,
     /// The tick rate, to turn seconds into ticks (default: the server's).
     #[serde(skip)]

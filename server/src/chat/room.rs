@@ -247,7 +247,8 @@ struct Member {
     last_offence: u64,
     /// Muted until this tick (exclusive).
     muted_until: u64,
-    /// Mutes so far (kept across a quick reconnect, see [`Standing`]).
+    /// Mutes so far, each ending within [`MUTE_MEMORY_SECS`] of the next
+    /// (kept across a quick reconnect, see [`Standing`]).
     mutes: u32,
     /// The last sequence number sent to this member.
     last_seq: u64,
@@ -261,6 +262,10 @@ struct Member {
 /// sends one line too many now and then is refused each time, not muted
 /// over a long session.
 const OFFENCE_MEMORY_SECS: u64 = 60;
+
+/// Mutes further apart than this (from the end of one to the next) do not
+/// add up to a kick.
+const MUTE_MEMORY_SECS: u64 = 600;
 
 /// How long the room remembers a member who left with a mute, offences or
 /// a spent bucket (or until the mute ends, if later): reconnecting must not
@@ -680,6 +685,10 @@ impl ChatRoom {
             return;
         }
         member.offences = 0;
+        let memory = MUTE_MEMORY_SECS * u64::from(config.tick_hz.max(1));
+        if tick.saturating_sub(member.muted_until) > memory {
+            member.mutes = 0;
+        }
         if member.mutes >= config.kick_after_mutes {
             member.kicked = true;
             out.push(reject(

@@ -954,6 +954,44 @@ fn offences_spread_over_a_long_session_earn_no_mute() {
     assert_eq!(rejections(&out).last(), Some(&ChatRejectReason::Muted));
 }
 
+/// Mutes count toward a kick only within ten minutes of the last one's
+/// end: two brief floods in a long session do not get a player kicked at
+/// the third; floods close together still do.
+#[test]
+fn mutes_far_apart_earn_no_kick() {
+    let config = ChatConfig::default();
+    let mut room = room_with(&[1, 2], config.clone());
+    let flood = |room: &mut ChatRoom| {
+        let mut out = Vec::new();
+        for client_ref in 0..config.burst + config.mute_after_offences {
+            room.say(1, client_ref, &ChatScope::Global, "hi", nowhere, &mut out);
+        }
+        out
+    };
+    for episode in 0..4 {
+        let out = flood(&mut room);
+        assert_eq!(
+            rejections(&out).last(),
+            Some(&ChatRejectReason::Muted),
+            "episode {episode}"
+        );
+        assert!(!out.contains(&ChatOutput::Kick { account: 1 }));
+        // Fifteen quiet minutes.
+        for _ in 0..900 * config.tick_hz {
+            room.tick();
+        }
+    }
+    // Back to back, the third mute is a kick.
+    let mut kicked = false;
+    for _ in 0..3 {
+        for _ in 0..(config.mute_secs + 60) * config.tick_hz {
+            room.tick();
+        }
+        kicked |= flood(&mut room).contains(&ChatOutput::Kick { account: 1 });
+    }
+    assert!(kicked);
+}
+
 /// A system line (a console `say`, a kick's reason) is cleaned and cut
 /// like a player's: a line past the transport's largest message would
 /// never reach anyone, its sequence number spent, and every client would
