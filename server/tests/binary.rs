@@ -540,18 +540,18 @@ fn a_signal_while_starting_stops_the_server_before_it_serves() {
     assert!(logs.contains("stopped before serving"), "{logs}");
 }
 
-/// Logs into a stderr nobody reads (a terminal paused with Ctrl-S, a
-/// collector that stalled) fill its pipe: the tick that logs must not wait
-/// for it, and a shutdown still ends the process in time.
+/// The server serving in `dir` with a pseudo-terminal as its console (the
+/// side to type into returned, its echo read and thrown away) and its
+/// logs read up to its announcements, then held unread.
 #[cfg(target_os = "linux")]
-#[test]
-fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
-    let dir = scratch_dir("stalled-stderr");
-    let (mut keyboard, terminal) = pty();
+fn serve_with_stderr_held(
+    dir: &PathBuf,
+) -> (KillOnDrop, std::fs::File, BufReader<ChildStderr>, Listening) {
+    let (keyboard, terminal) = pty();
     let mut echo = keyboard.try_clone().unwrap();
     std::thread::spawn(move || std::io::copy(&mut echo, &mut std::io::sink()));
     let mut child = KillOnDrop(
-        server(&dir)
+        server(dir)
             .args(["--metrics-bind", "127.0.0.1:0"])
             .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
             .stdin(Stdio::from(terminal))
@@ -560,7 +560,6 @@ fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
             .spawn()
             .unwrap(),
     );
-    // Read up to the announcements, then hold the pipe unread.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut announcements = Announcements::default();
     let listening = loop {
@@ -570,6 +569,17 @@ fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
             break listening;
         }
     };
+    (child, keyboard, stderr, listening)
+}
+
+/// Logs into a stderr nobody reads (a terminal paused with Ctrl-S, a
+/// collector that stalled) fill its pipe: the tick that logs must not wait
+/// for it, and a shutdown still ends the process in time.
+#[cfg(target_os = "linux")]
+#[test]
+fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
+    let dir = scratch_dir("stalled-stderr");
+    let (mut child, mut keyboard, mut stderr, listening) = serve_with_stderr_held(&dir);
     // Each `say` logs its text: ~200 KB of lines, three pipes' worth.
     let text = "x".repeat(2000);
     let typing = std::thread::spawn(move || {
@@ -622,28 +632,7 @@ fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
 #[test]
 fn log_lines_dropped_at_a_stalled_stderr_are_counted_and_told() {
     let dir = scratch_dir("dropped-logs");
-    let (mut keyboard, terminal) = pty();
-    let mut echo = keyboard.try_clone().unwrap();
-    std::thread::spawn(move || std::io::copy(&mut echo, &mut std::io::sink()));
-    let mut child = KillOnDrop(
-        server(&dir)
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
-            .stdin(Stdio::from(terminal))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut announcements = Announcements::default();
-    let listening = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no announcements");
-        if let Some(listening) = announcements.read_line(line.trim_end()) {
-            break listening;
-        }
-    };
+    let (mut child, mut keyboard, mut stderr, listening) = serve_with_stderr_held(&dir);
     let dropped = |metrics: &str| -> u64 {
         metrics
             .lines()

@@ -133,6 +133,24 @@ impl World {
         datagrams
     }
 
+    /// Both sides' traffic, then the disconnects the server reports, as
+    /// (account, reason); then 10 ms pass.
+    fn exchange(&mut self) -> Vec<(u64, DisconnectReason)> {
+        self.server_sends();
+        self.clients_send();
+        let mut ended = Vec::new();
+        while let Some(event) = self.server.poll_event() {
+            if let EndpointEvent::Disconnected {
+                client_id, reason, ..
+            } = event
+            {
+                ended.push((client_id, reason));
+            }
+        }
+        self.now += Duration::from_millis(10);
+        ended
+    }
+
     /// The server's timers and datagrams to the clients (events unpolled).
     fn server_sends(&mut self) {
         if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -344,17 +362,7 @@ fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
             .server
             .send(world.now, listener, channels::CHAT, line)
             .unwrap_or_else(|error| panic!("line {round} to the listener: {error}"));
-        world.server_sends();
-        world.clients_send();
-        while let Some(event) = world.server.poll_event() {
-            if let EndpointEvent::Disconnected {
-                client_id, reason, ..
-            } = event
-            {
-                ended.push((client_id, reason));
-            }
-        }
-        world.now += Duration::from_millis(10);
+        ended.extend(world.exchange());
     }
     // Over 64 lines in total, with more than 16 of its own (64 / 4 slots).
     assert!(
@@ -413,20 +421,7 @@ fn a_send_to_a_client_on_its_way_out_does_not_cut_it_off_as_send_queue_full() {
         "{after:?}"
     );
     assert_eq!(world.server.stats().queue_full_disconnects, 0);
-    let mut ended = Vec::new();
-    for _ in 0..300 {
-        world.server_sends();
-        world.clients_send();
-        while let Some(event) = world.server.poll_event() {
-            if let EndpointEvent::Disconnected {
-                client_id, reason, ..
-            } = event
-            {
-                ended.push((client_id, reason));
-            }
-        }
-        world.now += Duration::from_millis(10);
-    }
+    let ended: Vec<_> = (0..300).flat_map(|_| world.exchange()).collect();
     assert_eq!(ended, [(1, DisconnectReason::Kicked)]);
 }
 

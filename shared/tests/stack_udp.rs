@@ -185,7 +185,16 @@ fn spawn_server_with_slots(
     // The server keeps the socket it learns its port from.
     let socket = shared::io::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = socket.local_addr().unwrap();
-    let endpoint = ServerEndpoint::new(
+    let endpoint = endpoint_at(key, server_addr, max_clients);
+    (
+        ServerIo::spawn_on(socket, endpoint, io_config).unwrap(),
+        server_addr,
+    )
+}
+
+/// A server endpoint of `max_clients` slots for tokens naming `server_addr`.
+fn endpoint_at(key: Key, server_addr: SocketAddr, max_clients: usize) -> ServerEndpoint {
+    ServerEndpoint::new(
         ServerEndpointConfig::new(
             ServerConfig {
                 max_clients,
@@ -195,11 +204,7 @@ fn spawn_server_with_slots(
         ),
         &mut system_rng(),
     )
-    .unwrap();
-    (
-        ServerIo::spawn_on(socket, endpoint, io_config).unwrap(),
-        server_addr,
-    )
+    .unwrap()
 }
 
 /// Capacities the thread cannot work with are refused at spawn, saying
@@ -226,14 +231,7 @@ fn capacities_the_thread_cannot_work_with_are_refused_at_spawn() {
     ] {
         let socket = shared::io::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         let server_addr = socket.local_addr().unwrap();
-        let endpoint = ServerEndpoint::new(
-            ServerEndpointConfig::new(
-                ServerConfig::new(PROTOCOL, key, vec![server_addr]),
-                TransportConfig::default(),
-            ),
-            &mut system_rng(),
-        )
-        .unwrap();
+        let endpoint = endpoint_at(key, server_addr, 4);
         match ServerIo::spawn_on(socket, endpoint, config) {
             Err(error @ SpawnError::Config(_)) => {
                 assert!(error.to_string().contains(field), "{error}");
@@ -577,14 +575,7 @@ fn datagrams_dropped_by_a_full_socket_buffer_are_counted() {
         "the default buffer kept {dropped} of 3,000?"
     );
     let key = Key::generate(&mut system_rng());
-    let endpoint = ServerEndpoint::new(
-        ServerEndpointConfig::new(
-            ServerConfig::new(PROTOCOL, key, vec![server_addr]),
-            TransportConfig::default(),
-        ),
-        &mut system_rng(),
-    )
-    .unwrap();
+    let endpoint = endpoint_at(key, server_addr, 4);
     let server = ServerIo::spawn_on(socket, endpoint, ServerIoConfig::default()).unwrap();
     // The counter is read once a second.
     let deadline = Instant::now() + Duration::from_secs(5);
