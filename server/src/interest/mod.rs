@@ -15,16 +15,23 @@
 //!   is unknown, older than [`InterestConfig::baseline_history`] ticks, or
 //!   0 (the client holds none: its first input, or it started again).
 //!   At most [`InterestConfig::snapshot_budget_bytes`] per delta; when
-//!   its updates do not all fit, they go first for the viewer and for
-//!   entities the client got in snapshots it has not acknowledged yet (a
-//!   delta left without them would make them vanish), then for the nearest,
-//!   in half the room left, then round the view in id order (each such
-//!   delta's round going on from the first update the last one left out)
-//!   until the budget is spent. The rest keep the acknowledged snapshot's
-//!   state until a later tick: the nearest are updated every tick, every
-//!   other entity in its turn. Leaving entities are always announced
-//!   (`removed`). A full snapshot replaces the client's state, so it
-//!   carries the whole view whatever the budget.
+//!   its updates do not all fit, they go first for the viewer and, at the
+//!   position the client holds, for entities updated or added by
+//!   snapshots it has not acknowledged yet (the client rebuilds each
+//!   delta from the acknowledged snapshot: a delta left without them would
+//!   take them back to an older position, or make them vanish), then for
+//!   the nearest, in half the room left, then round the view in id order
+//!   (each such delta's round going on from the first update the last one
+//!   left out) until the budget is spent. The rest keep the acknowledged
+//!   snapshot's state until a later tick. So an entity never goes back in
+//!   time at the client: the nearest are updated every tick, every other
+//!   entity in its turn, each update sent again until acknowledged (a
+//!   round trip: with acknowledgements two ticks behind, the turns come
+//!   half as often). Only the first deltas after full snapshots not
+//!   acknowledged yet, which no budget holds, take the farthest back.
+//!   Leaving entities are always announced (`removed`). A full snapshot
+//!   replaces the client's state, so it carries the whole view whatever
+//!   the budget.
 //!
 //! The wire format and quantization are documented in
 //! [`shared::protocol::movement`]; the client side is

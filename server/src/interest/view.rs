@@ -115,14 +115,14 @@ enum Change {
     Added,
 }
 
-/// The bytes that sending `change` of `c` takes with its id gap counted
-/// from `base`: at most, from the snapshot's `id_base`; exactly, from the
-/// entry before it in its list.
-fn update_cost(c: &Candidate, change: Change, base: u32) -> usize {
+/// The bytes that sending `change` of `c`, at position `at`, takes with
+/// its id gap counted from `base`: at most, from the snapshot's `id_base`;
+/// exactly, from the entry before it in its list.
+fn update_cost(c: &Candidate, change: Change, at: IVec2, base: u32) -> usize {
     let values = match change {
         Change::Same => return 0,
-        Change::Moved { old } => c.position.wrapping_sub(old),
-        Change::Added => c.position,
+        Change::Moved { old } => at.wrapping_sub(old),
+        Change::Added => at,
     };
     gap_len(c.id, base) + signed_varint_len(values.x) + signed_varint_len(values.y)
 }
@@ -170,8 +170,10 @@ pub struct EncodeScratch {
     /// `changes[i]` is how `view[i]` would be sent (snapshots that may
     /// not fit the budget only).
     changes: Vec<Change>,
-    /// Whether `view[i]` is sent this tick (idem).
-    sent: Vec<bool>,
+    /// The position `view[i]` is sent at this tick, if it is (idem): its
+    /// own, or the one the client holds from a snapshot it has not
+    /// acknowledged yet.
+    sent: Vec<Option<IVec2>>,
     /// The snapshot's lists.
     encoder: SnapshotEncoder,
     /// Sort keys: `id << 32 | index` to order the view by id, then
@@ -202,7 +204,7 @@ impl EncodeScratch {
         };
         reserve_written(&mut self.view, max, nobody);
         reserve_written(&mut self.changes, max, Change::Same);
-        reserve_written(&mut self.sent, max, true);
+        reserve_written(&mut self.sent, max, None);
         self.encoder.reserve(max);
         reserve_written(&mut self.keys, max, u64::MAX);
     }
@@ -230,14 +232,15 @@ impl Gaps {
         }
     }
 
-    /// The bytes `change` of `c` takes as the next entry of its list.
-    fn cost(&self, c: &Candidate, change: Change) -> usize {
+    /// The bytes `change` of `c`, at `at`, takes as the next entry of its
+    /// list.
+    fn cost(&self, c: &Candidate, change: Change, at: IVec2) -> usize {
         let base = match change {
             Change::Same => return 0,
             Change::Moved { .. } => self.moved,
             Change::Added => self.added,
         };
-        update_cost(c, change, base)
+        update_cost(c, change, at, base)
     }
 
     /// `change` of `c` is the last entry of its list.
@@ -547,20 +550,28 @@ impl ClientView {
     /// `distance_sq`). The `max_entities` nearest form the view. The
     /// snapshot is a delta against the acknowledged snapshot when it is
     /// still in the history, else full. When a delta's updates do not all
-    /// fit the budget, they go first for the viewer's own entity and for
-    /// entities the client holds but the baseline lacks (added by
-    /// snapshots it has not acknowledged yet: the client rebuilds from the
-    /// baseline, so left out they would vanish), then for the nearest, in
-    /// half the room left, then round the view in id order, from the first
-    /// update the last such delta left out, until one does not fit. The
-    /// rest keep their baseline value (or, absent from the baseline, are
-    /// left out until a later tick): the nearest are updated every tick,
-    /// and every other entity in its turn. Leaving entities are always
-    /// announced (see [`SnapshotLimits::min_budget`]).
+    /// fit the budget, they go first for the viewer's own entity, and, at
+    /// the position the client holds, for every entity the last snapshot
+    /// sent has elsewhere than the baseline (updated or added by snapshots
+    /// the client has not acknowledged yet: it rebuilds from the baseline,
+    /// so left out they would go back to an older position, or vanish);
+    /// then for the nearest, in half the room left besides those held,
+    /// then round the view in id order, from the first update the last
+    /// such delta left out, until one does not fit (an entity held costs
+    /// only the difference). The rest keep their baseline value (or,
+    /// absent from the baseline, are left out until a later tick). So an
+    /// entity's position at the client never goes back in time: the
+    /// nearest are updated every tick, and every other entity in its turn,
+    /// each update sent again until acknowledged. Only when those held do
+    /// not all fit (the first deltas after full snapshots not acknowledged
+    /// yet, which no budget holds) do the farthest of them go back to the
+    /// baseline's, and nothing else is updated. Leaving entities are
+    /// always announced (see [`SnapshotLimits::min_budget`]).
     ///
     /// Cost: one sort of the view by id and a merge with the baseline; the
-    /// view is sorted by distance, and walked again in id order for the
-    /// round, only when the budget does not fit every update. The entries are written straight into `out`. The candidates
+    /// view is sorted by distance, each update looked up in the last frame
+    /// sent, and the view walked again in id order for the round, only
+    /// when the budget does not fit every update. The entries are written straight into `out`. The candidates
     /// are reordered when they are more than `max_entities`.
     ///
     /// Memory: the first call sizes every buffer of the view for
@@ -657,7 +668,7 @@ impl ClientView {
             }
             let mut used = header_len + lengths + removals;
             sent.clear();
-            sent.resize(view.len(), false);
+            sent.resize(view.len(), None);
             // The view is sorted by id, so index order breaks distance
             // ties by id, as `nearest` does.
             keys.clear();
@@ -667,53 +678,79 @@ impl ClientView {
                     .map(|(i, c)| sort_key(distance_key(c.distance_sq), i)),
             );
             keys.sort_unstable();
-            // First the viewer's own entity and the entities the
-            // client holds but the baseline lacks (added by a snapshot
-            // not acknowledged yet): left out, the client, which
-            // rebuilds from the baseline, would drop them (and with
-            // them their place in the hysteresis). They are few, and
-            // only for a round trip.
-            let held = self.history.back().map_or(&[][..], |f| &f.entities[..]);
+            // First the viewer's own entity, then, at the position the
+            // client holds, every entity the newest snapshot sent has
+            // elsewhere than the baseline (updated or added by a snapshot
+            // not acknowledged yet): the client rebuilds from the
+            // baseline, so left out it would go back to an older position
+            // (or vanish, and with it its place in the hysteresis). An
+            // update is thus sent again until acknowledged, about a round
+            // trip; the nearest and the round below may send the entity's
+            // own position instead. When they do not all fit (the first
+            // deltas after full snapshots not acknowledged yet), the
+            // farthest go back and nothing else is updated: the view held
+            // still, the next frames match their baselines within a round
+            // trip, where moving the nearest on would hold them again.
+            let newest = self.history.back().map_or(&[][..], |f| &f.entities[..]);
             let first = |i: usize| {
-                view[i].distance_sq < 0.0
-                    || (matches!(changes[i], Change::Added)
-                        && held.binary_search_by_key(&view[i].id, |e| e.0).is_ok())
+                let c = &view[i];
+                if c.distance_sq < 0.0 {
+                    return Some(c.position);
+                }
+                let k = newest.binary_search_by_key(&c.id, |e| e.0).ok()?;
+                let held = newest[k].1;
+                match changes[i] {
+                    Change::Moved { old } if old == held => None,
+                    _ => Some(held),
+                }
             };
             let mut stopped = false;
+            // The nearest's half of the room is counted without what the
+            // client holds: the nearest, sent every tick, are each held
+            // the next, and would otherwise take more of it every tick.
+            let mut near = used;
             for &key in keys.iter() {
                 let i = key_index(key);
-                if matches!(changes[i], Change::Same) || !first(i) {
+                if matches!(changes[i], Change::Same) {
                     continue;
                 }
-                let cost = update_cost(&view[i], changes[i], id_base);
+                let Some(at) = first(i) else { continue };
+                let cost = update_cost(&view[i], changes[i], at, id_base);
                 if used + cost > budget {
                     stopped = true;
                     break;
                 }
                 used += cost;
-                sent[i] = true;
+                if view[i].distance_sq < 0.0 {
+                    near += cost;
+                }
+                sent[i] = Some(at);
             }
             if !stopped {
                 // Then the nearest, in half the room left: a position
-                // left out goes back to the baseline's for the client,
-                // better a far one. The other half goes round the view
-                // in id order, from where the last round stopped, so
-                // that the farther entities are each updated in their
-                // turn instead of never while the nearer fill the
-                // budget (an update left out costs as much the next
-                // tick: the baseline is older still).
-                let nearest = used + (budget - used) / 2;
+                // left out stays the baseline's for the client, better a
+                // far one. The other half goes round the view in id
+                // order, from where the last round stopped, so that the
+                // farther entities are each updated in their turn instead
+                // of never while the nearer fill the budget (an update
+                // left out costs as much the next tick: the baseline is
+                // older still). An entity held above costs only the
+                // difference.
+                let nearest = near + (budget - near) / 2;
                 for &key in keys.iter() {
                     let i = key_index(key);
-                    if sent[i] || matches!(changes[i], Change::Same) {
+                    let (c, change) = (&view[i], changes[i]);
+                    if sent[i] == Some(c.position) || matches!(change, Change::Same) {
                         continue;
                     }
-                    let cost = update_cost(&view[i], changes[i], id_base);
-                    if used + cost > nearest {
+                    let cost = update_cost(c, change, c.position, id_base);
+                    let held = sent[i].map_or(0, |at| update_cost(c, change, at, id_base));
+                    if near + cost > nearest || used - held + cost > budget {
                         break;
                     }
-                    used += cost;
-                    sent[i] = true;
+                    near += cost;
+                    used = used - held + cost;
+                    sent[i] = Some(c.position);
                 }
                 // The updates chosen so far costed again, their id
                 // gaps counted from the entry before them, as they are
@@ -729,8 +766,8 @@ impl ClientView {
                     if i == start {
                         at_start = gaps;
                     }
-                    if sent[i] {
-                        used += gaps.cost(c, changes[i]);
+                    if let Some(at) = sent[i] {
+                        used += gaps.cost(c, changes[i], at);
                         gaps.record(c, changes[i]);
                     }
                 }
@@ -740,22 +777,26 @@ impl ClientView {
                         gaps = Gaps::new(id_base);
                     }
                     let (c, change) = (&view[i], changes[i]);
-                    if !sent[i] && !matches!(change, Change::Same) {
-                        let cost = gaps.cost(c, change);
-                        if used + cost > budget {
+                    if sent[i] != Some(c.position) && !matches!(change, Change::Same) {
+                        let cost = gaps.cost(c, change, c.position);
+                        let held = sent[i].map_or(0, |at| gaps.cost(c, change, at));
+                        if used - held + cost > budget {
                             self.round_from = c.id;
                             break;
                         }
-                        used += cost;
-                        sent[i] = true;
+                        used = used - held + cost;
+                        sent[i] = Some(c.position);
                     }
-                    if sent[i] {
+                    if sent[i].is_some() {
                         gaps.record(c, change);
                     }
                 }
             }
             for ((c, &change), &sent) in view.iter().zip(changes.iter()).zip(sent.iter()) {
-                emit.entity(c, change, sent);
+                match sent {
+                    Some(at) => emit.entity(&Candidate { position: at, ..*c }, change, true),
+                    None => emit.entity(c, change, false),
+                }
             }
             // Its exact size is over the budget: some updates were left out.
             true
@@ -1052,6 +1093,77 @@ mod tests {
             fresh[..10].iter().min() > fresh[fresh.len() - 60..].iter().max(),
             "the nearest favoured over the farthest: {fresh:?}"
         );
+    }
+
+    /// With acknowledgements two to four ticks behind and a crowd whose
+    /// moves alone fill the budget many times over, no entity goes back in
+    /// time at the client: a cut delta is rebuilt from the acknowledged
+    /// snapshot, so an update sent since (in the round) is sent again until
+    /// acknowledged, not left out to the baseline's older position. The
+    /// nearest are still updated every tick, and every entity in its turn.
+    /// Checked from the 15th tick: the first deltas follow full snapshots
+    /// (sent until the first acknowledgement) that no budget holds.
+    #[test]
+    fn under_budget_pressure_an_entity_never_goes_back_in_time() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        const STEP: i32 = 70_000;
+        const START: u32 = 15;
+        let limits = SnapshotLimits {
+            budget_bytes: SnapshotLimits::min_budget(128),
+            ..LIMITS
+        };
+        // Each position tells its tick.
+        let position = |id: u32, tick: u32| {
+            IVec2::new(id as i32 * 100 + tick as i32 * STEP, tick as i32 * STEP)
+        };
+        for lag in 2..=4u32 {
+            let mut view = ClientView::new();
+            let mut scratch = EncodeScratch::default();
+            let mut rx = SnapshotReceiver::new();
+            let mut apply = ApplyScratch::default();
+            let mut out = Vec::new();
+            // The tick of the position the client shows, per entity.
+            let mut shown = [0u32; 128];
+            // Ticks each entity's position at the client is its current one.
+            let mut fresh = [0u32; 128];
+            for tick in 1..60u32 {
+                if tick > lag {
+                    view.acknowledge(tick - lag);
+                }
+                viewer_at_origin(&mut scratch).extend((2..=127).map(|id| Candidate {
+                    id,
+                    position: position(id, tick),
+                    distance_sq: 10.0 + id as f32,
+                }));
+                let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+                assert!(tick <= lag || stats.budget_limited, "tick {tick}: no cut");
+                assert!(stats.bytes <= limits.budget_bytes || stats.full);
+                rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
+                    .unwrap();
+                for &(id, at) in &rx.entities()[1..] {
+                    let when = (at.y / STEP) as u32;
+                    assert_eq!(at, position(id, when));
+                    let before = std::mem::replace(&mut shown[id as usize], when);
+                    if tick >= START {
+                        assert!(
+                            when >= before,
+                            "lag {lag}, tick {tick}: entity {id} went back from \
+                             tick {before} to tick {when}"
+                        );
+                        fresh[id as usize] += u32::from(when == tick);
+                    }
+                }
+            }
+            let fresh = &fresh[2..];
+            assert!(
+                fresh.iter().all(|&n| n > 0),
+                "lag {lag}, never fresh: {fresh:?}"
+            );
+            assert!(
+                fresh[..10].iter().all(|&n| n == 60 - START),
+                "lag {lag}, the nearest every tick: {fresh:?}"
+            );
+        }
     }
 
     /// A viewer with a low id in a crowd of high ids: each update's id gap
