@@ -262,6 +262,10 @@ struct Pending {
     send: PacketCipher,
     recv: PacketCipher,
     next_sequence: u64,
+    /// The first challenge sequence this handshake can have sent: a
+    /// response to an older one answers an earlier attempt with the same
+    /// token (denied, or given up), whose client has moved on.
+    challenges_from: u64,
     timeout: Option<Duration>,
     expires: Instant,
 }
@@ -731,6 +735,7 @@ impl Server {
                         send: PacketCipher::new(&view.server_to_client_key),
                         recv: PacketCipher::new(&view.client_to_server_key),
                         next_sequence: first_sequence,
+                        challenges_from: self.challenge_sequence,
                         timeout,
                         expires,
                     },
@@ -809,7 +814,10 @@ impl Server {
             &self.challenge_cipher,
         )
         .map_err(|_| DropReason::ChallengeInvalid)?;
-        if client_id != pending.client_id || user_data != pending.user_data {
+        if client_id != pending.client_id
+            || user_data != pending.user_data
+            || sequence < pending.challenges_from
+        {
             return Err(DropReason::ChallengeInvalid);
         }
         let floor = self

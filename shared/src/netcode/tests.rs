@@ -902,6 +902,48 @@ fn a_late_copy_of_a_denied_response_connects_no_one() {
     assert_eq!(w.server.num_pending(), 0);
 }
 
+/// A copy of B's response from a denied attempt, arriving after B tries
+/// again with the same token but before the new challenge is written,
+/// must not complete the new handshake: B, still sending requests, would
+/// drop the keep-alive, and the server would hold a session B never
+/// learns of (its requests then refused as already connected).
+#[test]
+fn a_response_from_an_earlier_attempt_does_not_complete_a_later_one() {
+    let mut w = World::new(1);
+    let (token, mut b, response) = challenged_b(&mut w);
+    let b_addr = client_addr(1);
+    let (a_addr, _a) = w.connected_pair();
+    assert_eq!(w.deliver_to_server(b_addr, &response), None);
+    let denied = w.server_transmits();
+    let mut denial = denied[0].1.clone();
+    b.handle_datagram(w.now, server_addr(), &mut denial);
+    assert_eq!(b.state(), ClientState::ConnectionDenied);
+    let a = w.server.client_at(a_addr).unwrap();
+    w.server.disconnect(a).unwrap();
+    w.server_transmits();
+    // B tries again; the old response arrives before the new challenge
+    // is written.
+    b.connect(&token, w.now, UNIX).unwrap();
+    for p in drain(&mut b, w.now) {
+        w.deliver_to_server(b_addr, &p);
+    }
+    assert_eq!(w.deliver_to_server(b_addr, &response), None);
+    assert_eq!(
+        w.server.num_connected(),
+        0,
+        "a session from the old attempt"
+    );
+    // The new attempt goes on.
+    let mut clients = [(b_addr, b)];
+    for (to, mut p) in w.server_transmits() {
+        assert_eq!(to, b_addr);
+        clients[0].1.handle_datagram(w.now, server_addr(), &mut p);
+    }
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.num_connected(), 1);
+}
+
 /// The same race with the denial at request time: a resent request of B's
 /// arrives once A holds the slot. The denial must end B's half-open
 /// handshake too, or B's response, answering the challenge it got before,
