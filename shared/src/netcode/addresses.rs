@@ -20,6 +20,14 @@ use crate::prefetch::prefetch;
 
 use super::server::KeyedHash;
 
+/// Whether `a` and `b` are the same address however written: an IPv4
+/// address and its IPv4-mapped IPv6 form are one (a dual-stack socket
+/// reports IPv4 peers mapped), and a token, which carries no IPv6 flow
+/// label or scope, names an address by IP and port.
+pub(super) fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
+}
+
 /// A sender's hash under a table's key, from [`AddressTable::hash`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AddressHash(u64);

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::addresses::same_address;
 use super::crypto::PacketCipher;
 use super::history::{NO_BLOCK, TokenHistory, block_of};
 use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
@@ -456,10 +457,10 @@ impl Client {
         if buf.len() > MAX_PACKET_BYTES {
             return Err(DropReason::Oversized);
         }
-        // The same address however written: a dual-stack socket reports
-        // an IPv4 server as IPv4-mapped IPv6.
-        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
-        if self.server_address().map(canonical) != Some(canonical(from)) {
+        if !self
+            .server_address()
+            .is_some_and(|server| same_address(server, from))
+        {
             return Err(DropReason::UnknownAddress);
         }
         if prefix == 0 {

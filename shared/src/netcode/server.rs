@@ -9,7 +9,7 @@ use rand_core::CryptoRng;
 
 use crate::prefetch::prefetch;
 
-use super::addresses::{AddressHash, AddressTable};
+use super::addresses::{AddressHash, AddressTable, same_address};
 use super::crypto::{PacketCipher, prf_u64};
 use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
 use super::ratelimit::{HandshakeRateLimit, RateLimiter};
@@ -662,7 +662,7 @@ impl Server {
             .ok_or(DropReason::TokenMalformed)?;
         let token_mac: [u8; MAC_BYTES] = mac.try_into().map_err(|_| DropReason::TokenMalformed)?;
         let publics = &self.config.public_addresses;
-        let view = token::read_private_view(plain, |a| publics.contains(&a))
+        let view = token::read_private_view(plain, |a| publics.iter().any(|&p| same_address(p, a)))
             .map_err(|_| DropReason::TokenMalformed)?
             .ok_or(DropReason::AddressNotInToken)?;
         if self.by_client_id.contains_key(&view.client_id) {

@@ -1040,6 +1040,27 @@ fn client_reports_distinct_token_errors() {
     assert_eq!(c.state(), ClientState::ConnectTokenExpired);
 }
 
+/// A token naming the server in the other notation of the same address
+/// (IPv4-mapped IPv6 for an IPv4 server) is the server's: the client
+/// treats the two as one, and so does the server.
+#[test]
+fn a_token_naming_the_server_as_ipv4_mapped_ipv6_connects() {
+    let mut w = World::new(1);
+    let mut p = params(1);
+    p.server_addresses = vec!["[::ffff:127.0.0.1]:40000".parse().unwrap()];
+    let mut rng = TestRng(6);
+    let mapped = ConnectToken::generate(&p, &w.key, &mut rng).unwrap();
+    let mut c = Client::new(ClientConfig::new(PROTOCOL));
+    c.connect(&mapped, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(0), c)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::AddressNotInToken),
+        0
+    );
+}
+
 /// Runs a client against the server with a token the server ignores and
 /// checks the client times out while the server counts `reason`.
 fn ignored_token_times_out(token: ConnectToken, reason: DropReason) {
