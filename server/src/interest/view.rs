@@ -922,6 +922,28 @@ mod tests {
         &mut scratch.candidates
     }
 
+    /// How far the crowd of [`moving_crowd`] moves a tick (70 m): each
+    /// position tells its tick.
+    const CROWD_STEP: i32 = 70_000;
+
+    /// Where entity `id` of the crowd is at `tick`.
+    fn crowd_position(id: u32, tick: u32) -> IVec2 {
+        IVec2::new(
+            id as i32 * 100 + tick as i32 * CROWD_STEP,
+            tick as i32 * CROWD_STEP,
+        )
+    }
+
+    /// The viewer at the origin and entities 2..=127 at
+    /// [`crowd_position`], the lower ids nearer.
+    fn moving_crowd(scratch: &mut EncodeScratch, tick: u32) {
+        viewer_at_origin(scratch).extend((2..=127).map(|id| Candidate {
+            id,
+            position: crowd_position(id, tick),
+            distance_sq: 10.0 + id as f32,
+        }));
+    }
+
     /// The default interest settings' limits.
     const LIMITS: SnapshotLimits = SnapshotLimits {
         budget_bytes: 1000,
@@ -1007,14 +1029,7 @@ mod tests {
             if tick >= 3 {
                 view.acknowledge(tick - 2);
             }
-            viewer_at_origin(&mut scratch).extend((2..=127).map(|id| Candidate {
-                id,
-                position: IVec2::new(
-                    id as i32 * 100 + (tick * 70_000) as i32,
-                    (tick * 70_000) as i32,
-                ),
-                distance_sq: 10.0 + id as f32,
-            }));
+            moving_crowd(&mut scratch, tick);
             if tick >= 10 {
                 scratch.candidates.push(Candidate {
                     id: 999,
@@ -1050,12 +1065,6 @@ mod tests {
         let mut rx = SnapshotReceiver::new();
         let mut apply = ApplyScratch::default();
         let mut out = Vec::new();
-        let position = |id: u32, tick: u32| {
-            IVec2::new(
-                id as i32 * 100 + (tick * 70_000) as i32,
-                (tick * 70_000) as i32,
-            )
-        };
         // Ticks each entity's position at the client is its current one,
         // from tick 10 on.
         let mut fresh = [0u32; 128];
@@ -1063,11 +1072,7 @@ mod tests {
             if tick >= 3 {
                 view.acknowledge(tick - 2);
             }
-            viewer_at_origin(&mut scratch).extend((2..=127).map(|id| Candidate {
-                id,
-                position: position(id, tick),
-                distance_sq: 10.0 + id as f32,
-            }));
+            moving_crowd(&mut scratch, tick);
             let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
             assert!(
                 tick < 3 || stats.budget_limited,
@@ -1078,7 +1083,7 @@ mod tests {
                 .unwrap();
             if tick >= 10 {
                 for id in 2..=127 {
-                    let current = dequantize(position(id, tick));
+                    let current = dequantize(crowd_position(id, tick));
                     fresh[id as usize] += u32::from(rx.position(id) == Some(current));
                 }
             }
@@ -1106,15 +1111,10 @@ mod tests {
     #[test]
     fn under_budget_pressure_an_entity_never_goes_back_in_time() {
         use shared::movement::{ApplyScratch, SnapshotReceiver};
-        const STEP: i32 = 70_000;
         const START: u32 = 15;
         let limits = SnapshotLimits {
             budget_bytes: SnapshotLimits::min_budget(128),
             ..LIMITS
-        };
-        // Each position tells its tick.
-        let position = |id: u32, tick: u32| {
-            IVec2::new(id as i32 * 100 + tick as i32 * STEP, tick as i32 * STEP)
         };
         for lag in 2..=4u32 {
             let mut view = ClientView::new();
@@ -1130,19 +1130,15 @@ mod tests {
                 if tick > lag {
                     view.acknowledge(tick - lag);
                 }
-                viewer_at_origin(&mut scratch).extend((2..=127).map(|id| Candidate {
-                    id,
-                    position: position(id, tick),
-                    distance_sq: 10.0 + id as f32,
-                }));
+                moving_crowd(&mut scratch, tick);
                 let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
                 assert!(tick <= lag || stats.budget_limited, "tick {tick}: no cut");
                 assert!(stats.bytes <= limits.budget_bytes || stats.full);
                 rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
                     .unwrap();
                 for &(id, at) in &rx.entities()[1..] {
-                    let when = (at.y / STEP) as u32;
-                    assert_eq!(at, position(id, when));
+                    let when = (at.y / CROWD_STEP) as u32;
+                    assert_eq!(at, crowd_position(id, when));
                     let before = std::mem::replace(&mut shown[id as usize], when);
                     if tick >= START {
                         assert!(
