@@ -193,7 +193,8 @@ pub enum SendError {
     /// The output buffer cannot hold the packet.
     #[error("output buffer too small (need {MAX_PACKET_BYTES} bytes)")]
     BufferTooSmall,
-    /// The 64-bit sequence space is used up; reconnect with a new token.
+    /// The connection's block of 2^32 sequence numbers is used up (years
+    /// at game rates); reconnect with a new token.
     #[error("packet sequence numbers exhausted")]
     SequenceExhausted,
 }
@@ -296,6 +297,16 @@ struct TokenUse {
 /// instead of one to three.
 const SEQUENCE_BLOCK_BITS: u32 = 32;
 const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 16;
+
+/// The sequence after `sequence` in its block, `None` at the block's end:
+/// the next block is the same token's next handshake, under the same key,
+/// and running into it would send two packets with one nonce. (The
+/// block's last number is never used: 2^32 - 1 packets are years of a
+/// connection at game rates, and tokens expire long before.)
+fn next_in_block(sequence: u64) -> Option<u64> {
+    let next = sequence.checked_add(1)?;
+    (next & ((1 << SEQUENCE_BLOCK_BITS) - 1) != 0).then_some(next)
+}
 
 /// The block a server's first handshake of a token is numbered in, from
 /// the random `starts`: never 0.
@@ -989,6 +1000,19 @@ impl Server {
         }
     }
 
+    /// Moves `client`'s next server-to-client sequence (for tests of the
+    /// sequence blocks' ends).
+    #[cfg(test)]
+    pub(super) fn set_next_sequence(&mut self, client: ClientIndex, sequence: u64) {
+        if let Some(conn) = self
+            .slots
+            .get_mut(client.get())
+            .and_then(|slot| slot.connection.as_mut())
+        {
+            conn.next_sequence = sequence;
+        }
+    }
+
     /// Seals a payload packet for `client` into `out` (at least
     /// [`MAX_PACKET_BYTES`]); send `out[..len]` to `destination` right away.
     pub fn send_payload(
@@ -1009,9 +1033,7 @@ impl Server {
         let generation = slot.generation;
         let conn = slot.connection.as_mut().ok_or(SendError::UnknownClient)?;
         let sequence = conn.next_sequence;
-        let next = sequence
-            .checked_add(1)
-            .ok_or(SendError::SequenceExhausted)?;
+        let next = next_in_block(sequence).ok_or(SendError::SequenceExhausted)?;
         let len = packet::seal(
             out,
             PacketKind::Payload,
@@ -1229,7 +1251,7 @@ impl Server {
                     &pending.send,
                 )
                 .ok()?;
-                pending.next_sequence = sequence.checked_add(1)?;
+                pending.next_sequence = next_in_block(sequence)?;
                 self.challenge_sequence = challenge_sequence.wrapping_add(1);
                 bump(&mut self.stats.challenges_sent);
                 Some(Transmit {
@@ -1284,7 +1306,7 @@ impl Server {
                     &conn.send,
                 )
                 .ok()?;
-                conn.next_sequence = sequence.checked_add(1)?;
+                conn.next_sequence = next_in_block(sequence)?;
                 conn.last_sent = now;
                 Some(Transmit {
                     destination: conn.address,
@@ -1307,7 +1329,7 @@ impl Server {
                 )
                 .ok()?;
                 if let (Some(rest), Some(next)) =
-                    (remaining.checked_sub(1), next_sequence.checked_add(1))
+                    (remaining.checked_sub(1), next_in_block(next_sequence))
                     && rest > 0
                 {
                     self.owed.push_front(Owed::Disconnect {

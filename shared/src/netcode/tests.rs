@@ -902,6 +902,28 @@ fn a_late_copy_of_a_denied_response_connects_no_one() {
     assert_eq!(w.server.num_pending(), 0);
 }
 
+/// A connection's packets are numbered within its handshake's block of
+/// 2^32: the next block is the same token's next handshake, under the
+/// same key, so running into it would reuse nonces. At the block's end
+/// the connection is out of sequence numbers.
+#[test]
+fn a_connection_never_numbers_a_packet_in_the_next_block() {
+    let mut w = World::new(1);
+    let (addr, _client) = w.connected_pair();
+    let slot = w.server.client_at(addr).unwrap();
+    let block_end = 7u64 << 32;
+    w.server.set_next_sequence(slot, block_end - 2);
+    let mut out = [0u8; MAX_PACKET_BYTES];
+    w.server.send_payload(w.now, slot, b"x", &mut out).unwrap();
+    // The block's last number would leave the next one in the next block.
+    assert_eq!(
+        w.server
+            .send_payload(w.now, slot, b"x", &mut out)
+            .map(|_| ()),
+        Err(SendError::SequenceExhausted)
+    );
+}
+
 /// A copy of B's response from a denied attempt, arriving after B tries
 /// again with the same token but before the new challenge is written,
 /// must not complete the new handshake: B, still sending requests, would
