@@ -327,14 +327,13 @@ fn a_freed_slot_goes_to_the_next_client_only_after_its_client_left() {
     assert_eq!(world.server.total_receive_buffered(), 0);
 }
 
-/// The total send bound: a client that acknowledges nothing while the
-/// server keeps sending to it is cut off once the total is over the bound
-/// and it holds more than its share, long before its own 512 KiB queue
-/// fills; a client that acknowledges is served on, and what was counted
-/// for the one cut off is freed with it.
-#[test]
-fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
-    const LINE: usize = 1_000;
+/// The lines the send-bound tests send.
+const LINE: usize = 1_000;
+
+/// A server of 4 slots whose send memory is bounded at 64 lines in all,
+/// with two clients connected: account 1, deaf (it acknowledges nothing),
+/// and account 2, who listens.
+fn over_a_send_bound() -> (World, ClientIndex, ClientIndex) {
     let server = game_server_with(SERVER_ADDR, |config| {
         config.netcode.max_clients = 4;
         config.max_total_send_buffer = 64 * LINE;
@@ -345,6 +344,17 @@ fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
         panic!("the clients did not connect: {slots:?}");
     };
     world.deaf = vec![0];
+    (world, deaf, listener)
+}
+
+/// The total send bound: a client that acknowledges nothing while the
+/// server keeps sending to it is cut off once the total is over the bound
+/// and it holds more than its share, long before its own 512 KiB queue
+/// fills; a client that acknowledges is served on, and what was counted
+/// for the one cut off is freed with it.
+#[test]
+fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
+    let (mut world, deaf, listener) = over_a_send_bound();
 
     let mut cut_at = None;
     let mut ended = Vec::new();
@@ -385,17 +395,7 @@ fn a_client_holding_more_than_its_share_of_send_memory_is_cut_off() {
 /// the client still hears why it was kicked.
 #[test]
 fn a_send_to_a_client_on_its_way_out_does_not_cut_it_off_as_send_queue_full() {
-    const LINE: usize = 1_000;
-    let server = game_server_with(SERVER_ADDR, |config| {
-        config.netcode.max_clients = 4;
-        config.max_total_send_buffer = 64 * LINE;
-    });
-    let mut world = World::with_server(server, &[60, 60]);
-    let slots = world.connect_all();
-    let [(1, deaf), _] = slots[..] else {
-        panic!("the clients did not connect: {slots:?}");
-    };
-    world.deaf = vec![0];
+    let (mut world, deaf, _) = over_a_send_bound();
     let mut round = 0u8;
     while world.server.total_send_buffered() <= 64 * LINE {
         let line = Bytes::from(vec![round; LINE]);
@@ -431,7 +431,6 @@ fn a_send_to_a_client_on_its_way_out_does_not_cut_it_off_as_send_queue_full() {
 /// never by a snapshot (unreliable: it adds no send memory).
 #[test]
 fn one_cut_brings_the_total_back_under_and_snapshots_cut_no_one() {
-    const LINE: usize = 1_000;
     let server = game_server_with(SERVER_ADDR, |config| {
         config.netcode.max_clients = 4;
         config.max_total_send_buffer = 64 * LINE;

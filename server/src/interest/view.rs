@@ -944,6 +944,51 @@ mod tests {
         }));
     }
 
+    /// A budget the moves of [`moving_crowd`] overrun many times over.
+    const CROWD_LIMITS: SnapshotLimits = SnapshotLimits {
+        budget_bytes: SnapshotLimits::min_budget(128),
+        ..LIMITS
+    };
+
+    /// The viewer of [`moving_crowd`]: its view on the server and its
+    /// receiver at the client.
+    struct CrowdViewer {
+        view: ClientView,
+        scratch: EncodeScratch,
+        rx: shared::movement::SnapshotReceiver,
+        apply: shared::movement::ApplyScratch,
+        out: Vec<u8>,
+    }
+
+    impl CrowdViewer {
+        fn new() -> Self {
+            Self {
+                view: ClientView::new(),
+                scratch: EncodeScratch::default(),
+                rx: shared::movement::SnapshotReceiver::new(),
+                apply: shared::movement::ApplyScratch::default(),
+                out: Vec::new(),
+            }
+        }
+
+        /// The crowd at `tick` (and `extra`) encoded under
+        /// [`CROWD_LIMITS`] after `acked` was acknowledged, and applied
+        /// at the client.
+        fn step(&mut self, tick: u32, acked: Option<u32>, extra: &[Candidate]) -> EncodeStats {
+            if let Some(acked) = acked {
+                self.view.acknowledge(acked);
+            }
+            moving_crowd(&mut self.scratch, tick);
+            self.scratch.candidates.extend_from_slice(extra);
+            let stats =
+                self.view
+                    .encode(tick, 1, 0, &mut self.scratch, CROWD_LIMITS, &mut self.out);
+            let snapshot = Snapshot::decode_body(&self.out).unwrap();
+            self.rx.apply(&snapshot, &mut self.apply).unwrap();
+            stats
+        }
+    }
+
     /// The default interest settings' limits.
     const LIMITS: SnapshotLimits = SnapshotLimits {
         budget_bytes: 1000,
@@ -1014,37 +1059,21 @@ mod tests {
     /// is still sent: updates go nearest first, not known entities first.
     #[test]
     fn a_near_newcomer_is_sent_while_a_moving_crowd_fills_the_budget() {
-        use shared::movement::{ApplyScratch, SnapshotReceiver};
-        let limits = SnapshotLimits {
-            budget_bytes: SnapshotLimits::min_budget(128),
-            ..LIMITS
+        let mut viewer = CrowdViewer::new();
+        let newcomer = Candidate {
+            id: 999,
+            position: IVec2::new(1, 1),
+            distance_sq: 0.25,
         };
-        let mut view = ClientView::new();
-        let mut scratch = EncodeScratch::default();
-        let mut rx = SnapshotReceiver::new();
-        let mut apply = ApplyScratch::default();
-        let mut out = Vec::new();
         let mut applied = Vec::new();
         for tick in 1..=40u32 {
-            if tick >= 3 {
-                view.acknowledge(tick - 2);
-            }
-            moving_crowd(&mut scratch, tick);
-            if tick >= 10 {
-                scratch.candidates.push(Candidate {
-                    id: 999,
-                    position: IVec2::new(1, 1),
-                    distance_sq: 0.25,
-                });
-            }
-            let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+            let extra = if tick >= 10 { &[newcomer][..] } else { &[] };
+            let stats = viewer.step(tick, (tick >= 3).then(|| tick - 2), extra);
             assert!(
                 tick < 3 || stats.budget_limited,
                 "tick {tick}: the budget bites"
             );
-            let snapshot = Snapshot::decode_body(&out).unwrap();
-            rx.apply(&snapshot, &mut apply).unwrap();
-            applied.push(rx.position(999).is_some());
+            applied.push(viewer.rx.position(999).is_some());
         }
         assert!(applied[11..].iter().all(|&seen| seen), "{applied:?}");
     }
@@ -1054,37 +1083,22 @@ mod tests {
     /// too, each in its turn, while the nearest are updated every tick.
     #[test]
     fn under_steady_budget_pressure_every_entity_gets_its_turn() {
-        use shared::movement::{ApplyScratch, SnapshotReceiver};
         use shared::protocol::movement::dequantize;
-        let limits = SnapshotLimits {
-            budget_bytes: SnapshotLimits::min_budget(128),
-            ..LIMITS
-        };
-        let mut view = ClientView::new();
-        let mut scratch = EncodeScratch::default();
-        let mut rx = SnapshotReceiver::new();
-        let mut apply = ApplyScratch::default();
-        let mut out = Vec::new();
+        let mut viewer = CrowdViewer::new();
         // Ticks each entity's position at the client is its current one,
         // from tick 10 on.
         let mut fresh = [0u32; 128];
         for tick in 1..60u32 {
-            if tick >= 3 {
-                view.acknowledge(tick - 2);
-            }
-            moving_crowd(&mut scratch, tick);
-            let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+            let stats = viewer.step(tick, (tick >= 3).then(|| tick - 2), &[]);
             assert!(
                 tick < 3 || stats.budget_limited,
                 "tick {tick}: the budget bites"
             );
-            assert!(stats.bytes <= limits.budget_bytes || stats.full);
-            rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
-                .unwrap();
+            assert!(stats.bytes <= CROWD_LIMITS.budget_bytes || stats.full);
             if tick >= 10 {
                 for id in 2..=127 {
                     let current = dequantize(crowd_position(id, tick));
-                    fresh[id as usize] += u32::from(rx.position(id) == Some(current));
+                    fresh[id as usize] += u32::from(viewer.rx.position(id) == Some(current));
                 }
             }
         }
@@ -1110,33 +1124,18 @@ mod tests {
     /// (sent until the first acknowledgement) that no budget holds.
     #[test]
     fn under_budget_pressure_an_entity_never_goes_back_in_time() {
-        use shared::movement::{ApplyScratch, SnapshotReceiver};
         const START: u32 = 15;
-        let limits = SnapshotLimits {
-            budget_bytes: SnapshotLimits::min_budget(128),
-            ..LIMITS
-        };
         for lag in 2..=4u32 {
-            let mut view = ClientView::new();
-            let mut scratch = EncodeScratch::default();
-            let mut rx = SnapshotReceiver::new();
-            let mut apply = ApplyScratch::default();
-            let mut out = Vec::new();
+            let mut viewer = CrowdViewer::new();
             // The tick of the position the client shows, per entity.
             let mut shown = [0u32; 128];
             // Ticks each entity's position at the client is its current one.
             let mut fresh = [0u32; 128];
             for tick in 1..60u32 {
-                if tick > lag {
-                    view.acknowledge(tick - lag);
-                }
-                moving_crowd(&mut scratch, tick);
-                let stats = view.encode(tick, 1, 0, &mut scratch, limits, &mut out);
+                let stats = viewer.step(tick, (tick > lag).then(|| tick - lag), &[]);
                 assert!(tick <= lag || stats.budget_limited, "tick {tick}: no cut");
-                assert!(stats.bytes <= limits.budget_bytes || stats.full);
-                rx.apply(&Snapshot::decode_body(&out).unwrap(), &mut apply)
-                    .unwrap();
-                for &(id, at) in &rx.entities()[1..] {
+                assert!(stats.bytes <= CROWD_LIMITS.budget_bytes || stats.full);
+                for &(id, at) in &viewer.rx.entities()[1..] {
                     let when = (at.y / CROWD_STEP) as u32;
                     assert_eq!(at, crowd_position(id, when));
                     let before = std::mem::replace(&mut shown[id as usize], when);
