@@ -400,6 +400,26 @@ pub enum ConfigError {
         /// What is wrong (see [`HandshakeConfig::check`]).
         message: String,
     },
+    /// `public_addr` names no address a client can send to.
+    #[error(
+        "public_addr = {value} in {origin} is not an address clients can reach: connect \
+         tokens must name this server's own address (0.0.0.0 and :: mean any interface, \
+         for bind only)"
+    )]
+    PublicAddr {
+        /// Where the value came from.
+        origin: String,
+        /// The value given.
+        value: SocketAddr,
+    },
+    /// `log_filter` (or `RUST_LOG`) is not a filter.
+    #[error("log_filter in {origin}: {source}")]
+    LogFilter {
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong with it.
+        source: crate::logging::LoggingError,
+    },
 }
 
 /// Connection handshakes: how many the server holds at once, and how fast
@@ -737,9 +757,34 @@ impl ServerConfig {
                 message,
             })?;
         let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
+        let public_addr_set = match (args.public_addr, file.public_addr) {
+            (Some(addr), _) => Some(("the command line or environment", addr)),
+            (None, Some(addr)) => Some((origin, addr)),
+            (None, None) => None,
+        };
+        if let Some((from, value)) = public_addr_set
+            && !is_reachable(value)
+        {
+            return Err(ConfigError::PublicAddr {
+                origin: from.to_owned(),
+                value,
+            });
+        }
+        // An empty filter (`RUST_LOG=` from a template with nothing set)
+        // would turn every log line off, startup errors included: it
+        // counts as not given.
+        let log_filter = match (non_blank(&args.log_filter), non_blank(&file.log_filter)) {
+            (Some(filter), _) => ("the command line or RUST_LOG", filter),
+            (None, Some(filter)) => (origin, filter),
+            (None, None) => ("defaults", defaults.log_filter),
+        };
+        crate::logging::parse_filter(&log_filter.1).map_err(|source| ConfigError::LogFilter {
+            origin: log_filter.0.to_owned(),
+            source,
+        })?;
         Ok(Self {
             bind,
-            public_addr_set: args.public_addr.or(file.public_addr),
+            public_addr_set: public_addr_set.map(|(_, addr)| addr),
             metrics_bind: args
                 .metrics_bind
                 .or(file.metrics_bind)
@@ -752,14 +797,7 @@ impl ServerConfig {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(defaults.log_format),
-            // An empty filter (`RUST_LOG=` from a template with nothing
-            // set) would turn every log line off, startup errors included:
-            // it counts as not given.
-            log_filter: pick(
-                &non_blank(&args.log_filter),
-                &non_blank(&file.log_filter),
-                defaults.log_filter,
-            ),
+            log_filter: log_filter.1,
             shutdown_grace_ms,
             net_io_nice,
             movement,
@@ -860,6 +898,14 @@ fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
 }
 
 /// `value` unless it is empty or only whitespace.
+/// Whether clients can send datagrams to `addr`: not "any interface", not
+/// a multicast or broadcast group, not port 0.
+fn is_reachable(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
+}
+
 fn non_blank(value: &Option<String>) -> Option<String> {
     value.clone().filter(|v| !v.trim().is_empty())
 }
@@ -992,6 +1038,61 @@ mod tests {
                 ServerConfig::resolve(&run_args(argv), &FileConfig::default(), "test").unwrap();
             assert_eq!(config.public_addr_warning(), None, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn a_public_address_clients_cannot_reach_stops_the_start() {
+        for bad in [
+            "0.0.0.0:7777",
+            "[::]:7777",
+            "239.1.2.3:7777",
+            "255.255.255.255:7777",
+            "203.0.113.7:0",
+        ] {
+            let args = run_args(&["server", "--public-addr", bad]);
+            let error = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains(bad) && message.contains("the command line or environment"),
+                "{message}"
+            );
+            let file = FileConfig::parse(&format!("public_addr = \"{bad}\"\n"), "game.toml");
+            let error = ServerConfig::resolve(&RunArgs::default(), &file.unwrap(), "game.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("in game.toml"), "{error}");
+        }
+        for good in ["203.0.113.7:7777", "[2001:db8::1]:7777", "127.0.0.1:7777"] {
+            let args = run_args(&["server", "--public-addr", good]);
+            let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
+            assert_eq!(config.public_addr(), good.parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_log_filter_that_is_not_one_stops_the_start_naming_its_origin() {
+        let file = FileConfig::parse("log_filter = \"warning\"\n", "game.toml").unwrap();
+        let error = ServerConfig::resolve(&RunArgs::default(), &file, "game.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("log_filter in game.toml"), "{error}");
+        let args = RunArgs {
+            log_filter: Some("info,server=loud".to_owned()),
+            ..RunArgs::default()
+        };
+        let error = ServerConfig::resolve(&args, &file, "game.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("log_filter in the command line or RUST_LOG"),
+            "{error}"
+        );
+        let args = RunArgs {
+            log_filter: Some("info,server::tick=debug".to_owned()),
+            ..RunArgs::default()
+        };
+        let config = ServerConfig::resolve(&args, &file, "game.toml").unwrap();
+        assert_eq!(config.log_filter, "info,server::tick=debug");
     }
 
     #[test]
