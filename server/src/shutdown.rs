@@ -79,15 +79,17 @@ pub fn spawn_watchdog(
         })
 }
 
-/// Makes SIGINT and SIGTERM flip `switch`; a second signal exits the process
-/// at once with code 128 + signal number.
+/// Makes SIGINT, SIGTERM and SIGHUP flip `switch`; a second signal exits
+/// the process at once with code 128 + signal number. SIGHUP (the terminal
+/// the server runs in closed: an SSH session dropped) would otherwise end
+/// it on the spot, without goodbyes or the last commit.
 ///
 /// # Errors
 /// The operating system refused to install a handler.
 pub fn install_signal_handlers(switch: &ShutdownSwitch) -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use signal_hook::flag;
-    for signal in [SIGINT, SIGTERM] {
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
         // Order matters: the exit check must see the flag from the previous
         // signal, before this signal sets it.
         flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&switch.signalled))?;
@@ -100,7 +102,7 @@ pub fn install_signal_handlers(switch: &ShutdownSwitch) -> io::Result<()> {
 /// Why the server is shutting down.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShutdownReason {
-    /// SIGINT or SIGTERM.
+    /// SIGINT, SIGTERM or SIGHUP.
     Signal,
     /// The admin console's `shutdown` command.
     Console,

@@ -303,13 +303,19 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         assert_eq!(net_io, (main + 10).min(19));
     }
 
+    stops_gracefully_on(&mut child, logs, "TERM");
+}
+
+/// Sends `signal` to a serving server and checks it shuts down as asked:
+/// exit code 0 after a graceful shutdown for a signal.
+fn stops_gracefully_on(child: &mut KillOnDrop, logs: JoinHandle<String>, signal: &str) {
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = wait_with_timeout(&mut child, Duration::from_secs(10))
-        .expect("server did not exit within 10 s of SIGTERM");
+    let status = wait_with_timeout(child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("server did not exit within 10 s of SIG{signal}"));
     let logs = logs.join().unwrap();
     assert_eq!(status.code(), Some(0), "{logs}");
     assert!(logs.contains("shutdown started"), "{logs}");
@@ -318,6 +324,17 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
         "{logs}"
     );
     assert!(logs.contains("shutdown complete"), "{logs}");
+}
+
+/// The terminal a server runs in closing (an SSH session dropped) hangs it
+/// up: players get their goodbye and the store its last commit, as for
+/// SIGTERM, not the default end by signal.
+#[test]
+fn a_hangup_shuts_the_server_down_gracefully() {
+    let dir = scratch_dir("sighup");
+    let mut child = serve(&dir);
+    let (_, logs) = read_log(&mut child);
+    stops_gracefully_on(&mut child, logs, "HUP");
 }
 
 #[test]
