@@ -46,8 +46,11 @@ pub const MAX_QUEUED_ANSWER_BYTES: usize = 4 << 20;
 pub enum AdminCommand {
     /// Print tick rate, tick duration percentiles, overruns and uptime.
     Status,
-    /// List connected players.
-    Players,
+    /// List connected players, a page of [`PLAYERS_PAGE`] at a time.
+    Players {
+        /// How many to pass over (`players 1000` lists the second page).
+        skip: usize,
+    },
     /// Disconnect a player.
     Kick {
         /// Who.
@@ -89,7 +92,7 @@ pub const DEFAULT_KICK_REASON: &str = "kicked by an administrator";
 pub const HELP: &str = "\
 commands:
   status               tick rate, tick time p50/p99 (last minute, since start), overruns, uptime
-  players              list connected players, address and RTT
+  players [skip]       list connected players, address and RTT, 1000 at a time
   kick <id> [reason]   show a player the reason, then disconnect it
   say <text>           broadcast a server message
   shutdown             save, say goodbye and exit
@@ -118,16 +121,20 @@ pub fn parse_command(line: &str) -> Result<Option<AdminCommand>, ParseCommandErr
     };
     let command = match word {
         "" => return Ok(None),
-        "status" | "players" | "shutdown" | "help" if !rest.is_empty() => {
+        "status" | "shutdown" | "help" if !rest.is_empty() => {
             return Err(ParseCommandError::Usage(match word {
                 "status" => "status",
-                "players" => "players",
                 "shutdown" => "shutdown",
                 _ => "help",
             }));
         }
         "status" => AdminCommand::Status,
-        "players" => AdminCommand::Players,
+        "players" if rest.is_empty() => AdminCommand::Players { skip: 0 },
+        "players" => AdminCommand::Players {
+            skip: rest
+                .parse()
+                .map_err(|_| ParseCommandError::Usage("players [skip]"))?,
+        },
         "shutdown" => AdminCommand::Shutdown,
         "help" | "?" => AdminCommand::Help,
         "kick" => {
@@ -171,13 +178,29 @@ pub fn format_status(stats: &TickStats) -> String {
     )
 }
 
-/// Formats the `players` reply.
-pub fn format_players(roster: &PlayerRoster) -> String {
+/// Players one `players` answer lists: a page of about 100 KB, well under
+/// [`MAX_QUEUED_ANSWER_BYTES`] (a listing of a full server, 65,536 players,
+/// in one answer would be dropped as one too many for stdout), and more than
+/// a terminal shows.
+pub const PLAYERS_PAGE: usize = 1000;
+
+/// Formats the `players` reply: the players after the first `skip`, at
+/// most [`PLAYERS_PAGE`] of them, and how to list the next ones.
+pub fn format_players(roster: &PlayerRoster, skip: usize) -> String {
     if roster.is_empty() {
         return "no players connected".to_owned();
     }
-    let mut out = format!("{} player(s):", roster.len());
-    for (id, player) in roster.iter() {
+    let total = roster.len();
+    if skip >= total {
+        return format!("{total} player(s); none after the first {skip}");
+    }
+    let shown = PLAYERS_PAGE.min(total - skip);
+    let mut out = if shown == total {
+        format!("{total} player(s):")
+    } else {
+        format!("{total} player(s), {} to {}:", skip + 1, skip + shown)
+    };
+    for (id, player) in roster.iter().skip(skip).take(shown) {
         out.push_str(&format!("\n  {id:>20}  {}", player.name));
         if let Some(addr) = player.addr {
             out.push_str(&format!("  {addr}"));
@@ -185,6 +208,13 @@ pub fn format_players(roster: &PlayerRoster) -> String {
         if let Some(rtt) = player.rtt {
             out.push_str(&format!("  rtt {:.1} ms", rtt.as_secs_f64() * 1000.0));
         }
+    }
+    let next = skip + shown;
+    if next < total {
+        out.push_str(&format!(
+            "\n  ... {} more: `players {next}` lists the next ones",
+            total - next
+        ));
     }
     out
 }
@@ -355,7 +385,9 @@ fn execute_commands(
                     "no tick statistics (the tick runner is not installed)"
                 )),
             },
-            AdminCommand::Players => answer(format_args!("{}", format_players(&roster))),
+            AdminCommand::Players { skip } => {
+                answer(format_args!("{}", format_players(&roster, *skip)));
+            }
             AdminCommand::Kick { client, .. } if roster.get(*client).is_none() => {
                 answer(format_args!("no such player {client} (see `players`)"));
             }
@@ -430,7 +462,10 @@ mod tests {
         let (sender, receiver) = crossbeam_channel::unbounded();
         read_commands(&b"\xe9t\xe9\nstatus\r\nplayers\n"[..], &sender);
         let commands: Vec<_> = receiver.try_iter().collect();
-        assert_eq!(commands, [AdminCommand::Status, AdminCommand::Players]);
+        assert_eq!(
+            commands,
+            [AdminCommand::Status, AdminCommand::Players { skip: 0 }]
+        );
     }
 
     #[test]
@@ -464,7 +499,18 @@ mod tests {
     #[test]
     fn parses_every_command() {
         assert_eq!(parse_command("  status "), Ok(Some(AdminCommand::Status)));
-        assert_eq!(parse_command("players"), Ok(Some(AdminCommand::Players)));
+        assert_eq!(
+            parse_command("players"),
+            Ok(Some(AdminCommand::Players { skip: 0 }))
+        );
+        assert_eq!(
+            parse_command("players 1000"),
+            Ok(Some(AdminCommand::Players { skip: 1000 }))
+        );
+        assert_eq!(
+            parse_command("players ten"),
+            Err(ParseCommandError::Usage("players [skip]"))
+        );
         assert_eq!(parse_command("shutdown"), Ok(Some(AdminCommand::Shutdown)));
         assert_eq!(parse_command("help"), Ok(Some(AdminCommand::Help)));
         assert_eq!(parse_command(""), Ok(None));
@@ -561,7 +607,7 @@ mod tests {
     #[test]
     fn players_lists_the_roster() {
         let mut roster = PlayerRoster::default();
-        assert_eq!(format_players(&roster), "no players connected");
+        assert_eq!(format_players(&roster, 0), "no players connected");
         roster.insert(
             ClientId(3),
             PlayerSummary {
@@ -570,9 +616,50 @@ mod tests {
                 rtt: Some(Duration::from_millis(42)),
             },
         );
-        let listing = format_players(&roster);
+        let listing = format_players(&roster, 0);
         assert!(listing.starts_with("1 player(s):"));
         assert!(listing.contains("ada"));
         assert!(listing.contains("rtt 42.0 ms"));
+    }
+
+    /// A full server's listing fits the answers' bound a page at a time:
+    /// in one answer (6 MB with long ids and IPv6 addresses) it was dropped
+    /// whole.
+    #[test]
+    fn a_full_servers_players_are_listed_a_page_at_a_time() {
+        let mut roster = PlayerRoster::default();
+        let players = crate::config::MAX_CLIENTS as usize;
+        for n in 0..players {
+            roster.insert(
+                ClientId(u64::MAX - n as u64),
+                PlayerSummary {
+                    name: format!("player-{n:05}-with-a-long-name"),
+                    addr: Some(
+                        "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                            .parse()
+                            .unwrap(),
+                    ),
+                    rtt: Some(Duration::from_millis(123)),
+                },
+            );
+        }
+        let mut skip = 0;
+        let mut listed = 0;
+        loop {
+            let page = format_players(&roster, skip);
+            assert!(page.len() <= MAX_QUEUED_ANSWER_BYTES / 16, "{}", page.len());
+            assert!(page.starts_with(&format!("{players} player(s), {} to ", skip + 1)));
+            listed += page.lines().filter(|l| l.contains("player-")).count();
+            let Some(next) = page.split("`players ").nth(1) else {
+                break;
+            };
+            skip = next.split('`').next().unwrap().parse().unwrap();
+            assert_eq!(skip, listed);
+        }
+        assert_eq!(listed, players);
+        assert_eq!(
+            format_players(&roster, players),
+            format!("{players} player(s); none after the first {players}")
+        );
     }
 }
