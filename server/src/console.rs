@@ -20,7 +20,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{LazyLock, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bevy_app::{App, Plugin, PreUpdate};
 use bevy_ecs::prelude::*;
@@ -339,12 +339,38 @@ pub fn flush_answers(limit: Duration) {
     }
 }
 
-/// Reads commands, one a line, until the input ends (or fails) or the
-/// game is gone. A line that is not UTF-8 (a Latin-1 terminal, a stray
-/// paste) is answered and skipped, not the end of the console.
-fn read_commands(input: impl BufRead, sender: &Sender<AdminCommand>) {
+/// Two ends of input closer together than this close the console: a
+/// terminal that is gone (hung up) ends every read at once, for ever.
+const REPEATED_END: Duration = Duration::from_secs(1);
+
+/// Reads commands, one a line, until the input fails, ends twice in a row
+/// within [`REPEATED_END`], or the game is gone. An end of input alone (a
+/// Ctrl-D typed at the console's terminal, which reads on after it) is
+/// answered and read past: it used to close the console without a word,
+/// and every command typed after it was ignored. A line that is not UTF-8
+/// (a Latin-1 terminal, a stray paste) is answered and skipped, not the end
+/// of the console.
+fn read_commands(mut input: impl BufRead, sender: &Sender<AdminCommand>) {
+    let mut last_end: Option<Instant> = None;
+    while read_until_end(&mut input, sender) {
+        if last_end.is_some_and(|end| end.elapsed() < REPEATED_END) {
+            answer(format_args!(
+                "admin console closed (end of input); SIGTERM stops the server"
+            ));
+            return;
+        }
+        answer(format_args!(
+            "end of input ignored; `shutdown` stops the server"
+        ));
+        last_end = Some(Instant::now());
+    }
+}
+
+/// Reads commands until the input ends (true) or fails or the game is gone
+/// (false).
+fn read_until_end(input: &mut impl BufRead, sender: &Sender<AdminCommand>) -> bool {
     for line in input.split(b'\n') {
-        let Ok(line) = line else { return };
+        let Ok(line) = line else { return false };
         let Ok(line) = std::str::from_utf8(&line) else {
             answer(format_args!("ignored a line that is not UTF-8 text"));
             continue;
@@ -353,7 +379,7 @@ fn read_commands(input: impl BufRead, sender: &Sender<AdminCommand>) {
         match parse_command(line) {
             Ok(Some(command)) => {
                 if sender.send(command).is_err() {
-                    return;
+                    return false;
                 }
             }
             Ok(None) => {}
@@ -363,6 +389,7 @@ fn read_commands(input: impl BufRead, sender: &Sender<AdminCommand>) {
             Err(error) => answer(format_args!("{error}")),
         }
     }
+    true
 }
 
 fn receive_commands(inbox: Res<ConsoleInbox>, mut commands: MessageWriter<AdminCommand>) {
@@ -461,6 +488,59 @@ mod tests {
     fn a_line_that_is_not_utf8_is_skipped_not_the_end_of_the_console() {
         let (sender, receiver) = crossbeam_channel::unbounded();
         read_commands(&b"\xe9t\xe9\nstatus\r\nplayers\n"[..], &sender);
+        let commands: Vec<_> = receiver.try_iter().collect();
+        assert_eq!(
+            commands,
+            [AdminCommand::Status, AdminCommand::Players { skip: 0 }]
+        );
+    }
+
+    /// A terminal's input: its parts, each read through to an end of
+    /// input (a Ctrl-D), then ends for ever (a terminal gone).
+    struct Terminal {
+        parts: std::collections::VecDeque<&'static [u8]>,
+        at: usize,
+    }
+
+    impl std::io::Read for Terminal {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = std::io::Read::read(&mut self.fill_buf()?, buf)?;
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Terminal {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            if self.parts.front().is_some_and(|part| self.at == part.len()) {
+                // This part ends here: one read returns nothing.
+                self.parts.pop_front();
+                self.at = 0;
+                return Ok(&[]);
+            }
+            Ok(self.parts.front().map_or(&[][..], |part| &part[self.at..]))
+        }
+
+        fn consume(&mut self, amount: usize) {
+            self.at += amount;
+        }
+    }
+
+    #[test]
+    fn a_ctrl_d_at_the_console_is_read_past_and_a_terminal_gone_closes_it() {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let terminal = Terminal {
+            parts: [&b"status\n"[..], b"players\n"].into(),
+            at: 0,
+        };
+        let (done, finished) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            read_commands(terminal, &sender);
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a terminal that ends every read closes the console");
         let commands: Vec<_> = receiver.try_iter().collect();
         assert_eq!(
             commands,
