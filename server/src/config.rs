@@ -51,22 +51,46 @@ pub const MAX_NET_IO_NICE: u8 = 19;
     long_about = "The dedicated game server.\n\n\
         Settings come from built-in defaults, then the config file, then \
         GAMESERVER_* environment variables, then flags, each overriding the \
-        one before. Without a subcommand, `run` is assumed.",
-    args_conflicts_with_subcommands = true
+        one before. Without a subcommand, `run` is assumed."
 )]
 pub struct Cli {
-    /// What to do; `run` when omitted.
+    /// What to do.
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Flags of `run`, accepted without the subcommand too.
-    #[command(flatten)]
-    pub run: RunArgs,
+    pub command: Command,
 }
 
 impl Cli {
-    /// The subcommand to execute, with `run` as the default.
+    /// Parses a command line (`argv[0]` the program), with `run` when the
+    /// first argument names no subcommand: `server --tick-hz 60` is
+    /// `server run --tick-hz 60`, and `server --help` lists `run`'s flags.
+    /// (The flags of `run` are not also declared at the top level: clap
+    /// checks a top-level flag's environment variable even when a
+    /// subcommand is given, so `GAMESERVER_TICK_HZ=500 server run
+    /// --tick-hz 60` failed on the variable the flag overrides, and a bad
+    /// `GAMESERVER_BIND` stopped `server audit`.)
+    ///
+    /// # Errors
+    /// What clap says of the arguments, `--help` and `--version` included.
+    pub fn parse_argv<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        let mut argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let first = argv.get(1).and_then(|a| a.to_str());
+        let names_subcommand = matches!(
+            first,
+            Some("run" | "token" | "audit" | "help" | "-V" | "--version")
+        );
+        if !names_subcommand {
+            argv.insert(argv.len().min(1), "run".into());
+        }
+        Self::try_parse_from(argv)
+    }
+
+    /// The subcommand to execute.
     pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(self.run))
+        self.command
     }
 }
 
@@ -111,6 +135,7 @@ pub fn env_note(
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
+    #[command(after_help = "Other commands: `server token --help`, `server audit --help`.")]
     Run(RunArgs),
     /// Mint a connect token (base64) for one player, as a login backend would.
     Token(TokenArgs),
@@ -928,7 +953,7 @@ mod tests {
     use super::*;
 
     fn run_args(argv: &[&str]) -> RunArgs {
-        match Cli::try_parse_from(argv).unwrap().into_command() {
+        match Cli::parse_argv(argv).unwrap().into_command() {
             Command::Run(args) => args,
             Command::Token(_) => panic!("expected run, got token"),
             Command::Audit(_) => panic!("expected run, got audit"),
@@ -940,7 +965,7 @@ mod tests {
         use std::ffi::{OsStr, OsString};
         let env = |name: &OsStr| (name == "GAMESERVER_TICK_HZ").then(|| OsString::from("500"));
         let argv: Vec<OsString> = vec!["server".into()];
-        let error = Cli::try_parse_from(["server", "--tick-hz", "500"]).unwrap_err();
+        let error = Cli::parse_argv(["server", "--tick-hz", "500"]).unwrap_err();
         let note = env_note(&error, &argv, env).expect("a note");
         assert!(note.contains("GAMESERVER_TICK_HZ"), "{note}");
         assert!(note.contains("\"500\""), "{note}");
@@ -953,7 +978,7 @@ mod tests {
 
     #[test]
     fn audit_takes_a_data_dir() {
-        let cli = Cli::try_parse_from(["server", "audit", "--data-dir", "/srv/game"]).unwrap();
+        let cli = Cli::parse_argv(["server", "audit", "--data-dir", "/srv/game"]).unwrap();
         match cli.into_command() {
             Command::Audit(args) => assert_eq!(args.data_dir, Some(PathBuf::from("/srv/game"))),
             other => panic!("expected audit, got {other:?}"),
@@ -981,7 +1006,7 @@ mod tests {
 
     #[test]
     fn token_takes_client_id_servers_and_expiry() {
-        let cli = Cli::try_parse_from([
+        let cli = Cli::parse_argv([
             "server",
             "token",
             "--client-id",
@@ -1001,7 +1026,7 @@ mod tests {
         assert_eq!(args.servers.len(), 2);
         assert_eq!(args.expires, 60);
         assert!(
-            Cli::try_parse_from(["server", "token", "--client-id", "7"]).is_err(),
+            Cli::parse_argv(["server", "token", "--client-id", "7"]).is_err(),
             "--server is required"
         );
     }
@@ -1289,7 +1314,7 @@ mod tests {
     #[test]
     fn out_of_range_values_are_clear_errors() {
         for bad in ["0", "129"] {
-            let error = Cli::try_parse_from(["server", "--tick-hz", bad]).unwrap_err();
+            let error = Cli::parse_argv(["server", "--tick-hz", bad]).unwrap_err();
             assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
             assert!(error.to_string().contains("1..=128"), "{error}");
         }
@@ -1306,7 +1331,7 @@ mod tests {
             assert!(matches!(error, ConfigError::MaxClients { .. }), "{bad}");
             assert!(error.to_string().contains("1..=65536"), "{error}");
         }
-        let error = Cli::try_parse_from(["server", "--max-clients", "65537"]).unwrap_err();
+        let error = Cli::parse_argv(["server", "--max-clients", "65537"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         for (inventory, message) in [
             (
@@ -1412,7 +1437,7 @@ mod tests {
         let args = run_args(&["server", "--net-io-nice", "12"]);
         let config = ServerConfig::resolve(&args, &file, "test.toml").unwrap();
         assert_eq!(config.net_io_nice, 12);
-        assert!(Cli::try_parse_from(["server", "--net-io-nice", "20"]).is_err());
+        assert!(Cli::parse_argv(["server", "--net-io-nice", "20"]).is_err());
     }
 
     #[test]
@@ -1462,8 +1487,10 @@ mod tests {
 
     #[test]
     fn help_documents_every_flag_default_and_variable() {
-        use clap::CommandFactory;
-        let help = Cli::command().render_long_help().to_string();
+        let help = Cli::parse_argv(["server", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("server token --help"), "{help}");
         for needle in [
             "--bind",
             "0.0.0.0:7777",

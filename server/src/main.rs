@@ -4,12 +4,11 @@
 use std::process::ExitCode;
 
 use bevy_app::AppExit;
-use clap::Parser as _;
 use server::config::{AuditArgs, Cli, Command, RunArgs, ServerConfig, TokenArgs};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_argv(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();

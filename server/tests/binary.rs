@@ -106,13 +106,14 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     assert!(env.contains("data_dir = \"/from/env\"\n"));
     assert!(env.contains("max_clients = 50\n"));
 
-    // Flags override the environment, with or without `run`.
+    // Flags override the environment, with or without `run`, even a
+    // value of it that would be refused.
     for run in [&[][..], &["run"][..]] {
         let cli = print_config(
             server(&dir)
                 .args(run)
                 .args(["--config", "custom.toml", "--tick-hz", "10"])
-                .env("GAMESERVER_TICK_HZ", "60")
+                .env("GAMESERVER_TICK_HZ", "500")
                 .env("GAMESERVER_DATA_DIR", "/from/env"),
         );
         assert!(cli.contains("tick_hz = 10\n"), "{cli}");
@@ -765,13 +766,20 @@ fn audit_and_token_read_the_config_file_like_the_server() {
     std::fs::write(dir.join("server.key"), shared::keys::key_to_base64(&key)).unwrap();
     drop(server::persistence::SqliteStore::open(&dir.join("elsewhere")).unwrap());
 
-    let output = server(&dir).arg("audit").output().unwrap();
+    // `run`'s environment is none of theirs: a bad GAMESERVER_BIND does
+    // not stop them.
+    let output = server(&dir)
+        .arg("audit")
+        .env("GAMESERVER_BIND", "not an address")
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{output:?}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["balanced"], true);
 
     let output = server(&dir)
         .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
+        .env("GAMESERVER_BIND", "not an address")
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
