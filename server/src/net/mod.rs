@@ -14,7 +14,7 @@
 mod session;
 mod typed;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 use shared::io::priority::TickSignal;
 use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
-use shared::transport::{ChannelId, DisconnectReason};
+use shared::transport::{ChannelId, ChannelKind, DisconnectReason};
 
 pub use session::{
     ClientConnected, ClientDisconnected, DepartedPositions, Player, SessionChange, session_changes,
@@ -415,21 +415,52 @@ fn submit_batch(
     if outbox.commands.is_empty() {
         return;
     }
-    // The batch leaves with net-io; the next one starts at this one's size,
-    // so that it does not grow by doubling every tick.
     let capacity = outbox.commands.len();
-    let mut batch = std::mem::replace(&mut outbox.commands, Vec::with_capacity(capacity));
+    let mut batch = std::mem::take(&mut outbox.commands);
     disconnects_last(&mut batch);
-    if let Err(mut refused) = net.submit(batch) {
-        // net-io is several ticks behind: keep the batch for the next tick,
-        // within a bound.
-        if refused.len() > MAX_CARRIED_COMMANDS {
+    match net.submit(batch) {
+        // The batch left with net-io; the next one starts at this one's
+        // size, so that it does not grow by doubling every tick.
+        Ok(()) => outbox.commands = Vec::with_capacity(capacity),
+        Err(mut refused) => {
+            // net-io is several ticks behind: keep the batch for the next
+            // tick, within a bound.
             let layout = shared::protocol::channels::transport_config();
-            let dropped = shed(&mut refused, |c| layout.is_reliable(c), &clients);
-            metrics.outbox_dropped.add(dropped);
+            drop_superseded(&mut refused, |channel| {
+                layout
+                    .channels
+                    .get(usize::from(channel.0))
+                    .is_some_and(|c| c.kind == ChannelKind::UnreliableSequenced)
+            });
+            if refused.len() > MAX_CARRIED_COMMANDS {
+                let dropped = shed(&mut refused, |c| layout.is_reliable(c), &clients);
+                metrics.outbox_dropped.add(dropped);
+            }
+            outbox.commands = refused;
         }
-        outbox.commands = refused;
     }
+}
+
+/// Drops the sends a later send in `commands` to the same client on the
+/// same `sequenced` channel supersedes: of those only the newest counts
+/// (a client drops a sequenced message older than one it has), so a batch
+/// carried over while net-io is behind keeps one snapshot a client, not one
+/// a client for every tick of the delay (at 5,000 players, megabytes a
+/// tick of snapshots already out of date).
+fn drop_superseded(commands: &mut Vec<NetCommand>, sequenced: impl Fn(ChannelId) -> bool) {
+    let mut newest: HashSet<(ClientId, ChannelId)> = HashSet::new();
+    let superseded: Vec<bool> = commands
+        .iter()
+        .rev()
+        .map(|command| match command {
+            NetCommand::Send {
+                client, channel, ..
+            } => sequenced(*channel) && !newest.insert((*client, *channel)),
+            _ => false,
+        })
+        .collect();
+    let mut from_the_end = superseded.into_iter().rev();
+    commands.retain(|_| !from_the_end.next().unwrap_or(false));
 }
 
 /// Sheds `commands` (carried over past [`MAX_CARRIED_COMMANDS`]) and
@@ -821,6 +852,51 @@ mod tests {
         outbox.commands.push(shutdown.clone());
         app.update();
         assert_eq!(app.world().resource::<Outbox>().commands, vec![shutdown]);
+    }
+
+    /// A batch carried over tick after tick keeps each client's newest
+    /// snapshot only, and every message on other channels.
+    #[test]
+    fn a_carried_batch_keeps_only_each_clients_newest_snapshot() {
+        let client = |slot: u32| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: u64::from(slot) + 1,
+            session: 1,
+        };
+        let send = |slot, channel, tick: u8| NetCommand::Send {
+            client: client(slot),
+            channel,
+            payload: Bytes::from(vec![tick]),
+        };
+        let (server, loopback) = NetServer::loopback();
+        drop(loopback);
+        let mut app = ticking_app(server);
+        for tick in 0..20 {
+            let mut outbox = app.world_mut().resource_mut::<Outbox>();
+            outbox.push(send(0, channels::SNAPSHOT, tick));
+            outbox.push(send(1, channels::SNAPSHOT, tick));
+            outbox.push(send(0, channels::EVENTS, tick));
+            outbox.push(send(0, channels::CHAT, tick));
+            app.update();
+        }
+        let carried = &app.world().resource::<Outbox>().commands;
+        let on = |channel| {
+            carried
+                .iter()
+                .filter(|c| matches!(c, NetCommand::Send { channel: c, .. } if *c == channel))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            on(channels::SNAPSHOT),
+            vec![
+                send(0, channels::SNAPSHOT, 19),
+                send(1, channels::SNAPSHOT, 19)
+            ]
+        );
+        let every_tick = |channel| (0..20).map(|t| send(0, channel, t)).collect::<Vec<_>>();
+        assert_eq!(on(channels::EVENTS), every_tick(channels::EVENTS));
+        assert_eq!(on(channels::CHAT), every_tick(channels::CHAT));
     }
 
     /// Past the bound, unreliable messages go first; reliable ones only if
