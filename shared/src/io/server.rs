@@ -695,30 +695,43 @@ impl ToGame {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }
-        // Droppable messages give way only if that makes room: otherwise
-        // the sender floods and the others' messages stay.
-        let (count, freed) = self
-            .backlog
-            .iter()
-            .filter(|waiting| self.is_droppable(waiting))
-            .fold((0, 0), |(count, freed), waiting| {
-                (count + 1, freed + payload_bytes(waiting))
-            });
-        if self.backlog.len() - count >= self.backlog_room || !self.bytes_fit(bytes, limit + freed)
-        {
+        // The oldest droppable messages give way, as few as make room, and
+        // only if they do: otherwise the sender floods and the others'
+        // messages stay. The walk stops at the last one needed: a reliable
+        // message does not cost a walk of the whole backlog (thousands of
+        // events while the game is behind, when this thread's time is
+        // scarcest).
+        let mut left = self.backlog.len();
+        let mut freed = 0;
+        let mut give_way = 0;
+        let mut end = 0;
+        for (at, waiting) in self.backlog.iter().enumerate() {
+            if left < self.backlog_room && self.bytes_fit(bytes, limit + freed) {
+                break;
+            }
+            if self.is_droppable(waiting) {
+                left -= 1;
+                freed += payload_bytes(waiting);
+                give_way += 1;
+                end = at + 1;
+            }
+        }
+        if left >= self.backlog_room || !self.bytes_fit(bytes, limit + freed) {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Flood;
         }
-        while !self.backlog_fits(bytes, limit) {
-            let oldest_droppable = self.backlog.iter().position(|w| self.is_droppable(w));
-            let Some(dropped) = oldest_droppable.and_then(|at| self.backlog.remove(at)) else {
-                // Not reached: enough were counted above.
-                bump(&self.stats.inbound_dropped, 1);
-                return Admission::Flood;
-            };
-            bump(&self.stats.inbound_dropped, 1);
-            self.handed -= payload_bytes(&dropped);
+        // Every droppable message before `end` gives way; the others there
+        // close up, in order.
+        let mut write = 0;
+        for read in 0..end {
+            if !self.is_droppable(&self.backlog[read]) {
+                self.backlog.swap(write, read);
+                write += 1;
+            }
         }
+        self.backlog.drain(write..end);
+        bump(&self.stats.inbound_dropped, give_way);
+        self.handed -= freed;
         Admission::Keep
     }
 
@@ -1339,6 +1352,64 @@ mod tests {
         assert!(matches!(to_game.admit(chat, 10), Admission::Keep));
         assert_eq!(to_game.backlog.len(), 2, "an input and the line stay");
         assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
+    }
+
+    /// Droppable messages give way oldest first, as few as make room; the
+    /// messages around them keep their order.
+    #[test]
+    fn the_oldest_droppable_messages_give_way_and_the_rest_keep_their_order() {
+        let movement = ChannelId(3);
+        let chat = ChannelId(1);
+        let stats = Arc::new(IoStats::default());
+        let (events, _game) = pipe(1);
+        let mut to_game = ToGame {
+            events,
+            backlog: VecDeque::new(),
+            backlog_room: 6,
+            max_bytes: 1000,
+            droppable: vec![movement],
+            handed: 0,
+            chunks: Chunks::new(INBOUND_CHUNK),
+            stats: Arc::clone(&stats),
+        };
+        let message = |channel, n: u8| NetEvent::Message {
+            client: ClientId {
+                slot: ClientIndex::from_slot(0),
+                account: 1,
+                session: 1,
+            },
+            channel,
+            payload: Bytes::from(vec![n]),
+        };
+        // One in the pipe, then six waiting: the backlog is full.
+        let arrivals = [
+            (chat, 0),
+            (chat, 1),
+            (movement, 2),
+            (chat, 3),
+            (movement, 4),
+            (movement, 5),
+            (chat, 6),
+        ];
+        for (channel, n) in arrivals {
+            assert!(matches!(to_game.admit(channel, 1), Admission::Keep));
+            to_game.hand(message(channel, n));
+        }
+        assert!(matches!(to_game.admit(chat, 1), Admission::Keep));
+        to_game.hand(message(chat, 7));
+        assert!(matches!(to_game.admit(chat, 1), Admission::Keep));
+        to_game.hand(message(chat, 8));
+        let waiting: Vec<_> = to_game.backlog.iter().map(|e| payload(e)[0]).collect();
+        assert_eq!(waiting, [1, 3, 5, 6, 7, 8]);
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(to_game.handed, 9 - 2);
+    }
+
+    fn payload(event: &NetEvent) -> &[u8] {
+        match event {
+            NetEvent::Message { payload, .. } => payload,
+            other => panic!("not a message: {other:?}"),
+        }
     }
 
     /// A shutdown whose goodbyes meet a socket that would block (its send
