@@ -40,6 +40,8 @@ struct World {
     buf: Vec<u8>,
     /// Clients that never receive what the server sends them.
     deaf: Vec<usize>,
+    /// Clients whose datagrams never reach the server.
+    mute: Vec<usize>,
     /// A client whose datagrams from the server are held in `held` instead
     /// of delivered.
     hold: Option<usize>,
@@ -79,6 +81,7 @@ impl World {
             unix,
             buf: vec![0; MAX_PACKET_BYTES],
             deaf: Vec::new(),
+            mute: Vec::new(),
             hold: None,
             held: Vec::new(),
         }
@@ -108,11 +111,15 @@ impl World {
         slots
     }
 
-    /// Every client's timers and datagrams to the server, whose events
-    /// nobody polls meanwhile.
+    /// Every client's timers and datagrams to the server (but a mute
+    /// client's), whose events nobody polls meanwhile.
     fn clients_send(&mut self) {
         for index in 0..self.clients.len() {
-            for mut datagram in self.client_datagrams(index) {
+            let datagrams = self.client_datagrams(index);
+            if self.mute.contains(&index) {
+                continue;
+            }
+            for mut datagram in datagrams {
                 let from = self.clients[index].1;
                 self.server
                     .handle_datagram(self.now, self.unix, from, &mut datagram);
@@ -327,6 +334,56 @@ fn a_freed_slot_goes_to_the_next_client_only_after_its_client_left() {
     assert_eq!(world.server.total_receive_buffered(), 0);
 }
 
+/// A client the server kicked while a line to it was still
+/// unacknowledged (its connection lingers up to a second to deliver it)
+/// is reported as kicked when the secure layer times it out inside that
+/// linger: the reason the server gave is why it left. A client that fell
+/// silent with no reason given still timed out, and one that said goodbye
+/// still closed.
+#[test]
+fn a_kick_lingering_when_the_secure_layer_times_the_client_out_is_reported_as_the_kick() {
+    // Clients 1 and 2 time out after 1 s of silence, and fall silent now.
+    let mut world = World::with_timeouts(&[1, 1, 60]);
+    let slots = world.connect_all();
+    let [(1, kicked), (2, _), (3, _)] = slots[..] else {
+        panic!("the clients did not connect: {slots:?}");
+    };
+    world.mute = vec![0, 1];
+    world
+        .server
+        .send(
+            world.now,
+            kicked,
+            channels::CHAT,
+            Bytes::from_static(b"bye"),
+        )
+        .unwrap();
+    let mut ended = world.exchange();
+    world.now += Duration::from_millis(500);
+    assert!(
+        world
+            .server
+            .disconnect(world.now, kicked, DisconnectReason::Kicked)
+    );
+    world.clients[2]
+        .0
+        .disconnect(world.now, DisconnectReason::Closed);
+    // The kick lingers until 1.5 s; the secure layer gives up on both
+    // silent clients at 1 s.
+    for _ in 0..150 {
+        ended.extend(world.exchange());
+    }
+    ended.sort_unstable_by_key(|&(account, _)| account);
+    assert_eq!(
+        ended,
+        [
+            (1, DisconnectReason::Kicked),
+            (2, DisconnectReason::Timeout),
+            (3, DisconnectReason::Closed)
+        ]
+    );
+}
+
 /// The lines the send-bound tests send.
 const LINE: usize = 1_000;
 
@@ -423,6 +480,45 @@ fn a_send_to_a_client_on_its_way_out_does_not_cut_it_off_as_send_queue_full() {
     assert_eq!(world.server.stats().queue_full_disconnects, 0);
     let ended: Vec<_> = (0..300).flat_map(|_| world.exchange()).collect();
     assert_eq!(ended, [(1, DisconnectReason::Kicked)]);
+}
+
+/// A client cut off for holding too much send memory, whose token's
+/// timeout then passes before anyone polls the server's events (the cut
+/// in one net-io turn's commands, the secure layer's timeout in the same
+/// turn's timers): the game still hears SendQueueFull, the reason the cut
+/// counted, whether or not the cut's goodbyes have left yet. The
+/// listener, silent as long, timed out.
+#[test]
+fn a_cut_whose_client_then_times_out_is_reported_as_the_cut() {
+    for goodbyes_sent in [false, true] {
+        let (mut world, deaf, _) = over_a_send_bound();
+        let mut round = 0u8;
+        let refused = loop {
+            let line = Bytes::from(vec![round; LINE]);
+            if let Err(error) = world.server.send(world.now, deaf, channels::CHAT, line) {
+                break error;
+            }
+            round += 1;
+        };
+        assert_eq!(refused, EndpointSendError::Transport(SendError::QueueFull));
+        if goodbyes_sent {
+            let mut buf = vec![0; MAX_PACKET_BYTES];
+            while world.server.poll_transmit(world.now, &mut buf).is_some() {}
+        }
+        world.now += Duration::from_secs(61);
+        world.server.handle_timeout(world.now);
+        let mut ended: Vec<_> = (0..10).flat_map(|_| world.exchange()).collect();
+        ended.sort_unstable_by_key(|&(account, _)| account);
+        assert_eq!(
+            ended,
+            [
+                (1, DisconnectReason::SendQueueFull),
+                (2, DisconnectReason::Timeout)
+            ],
+            "goodbyes sent before the timeout: {goodbyes_sent}"
+        );
+        assert_eq!(world.server.stats().queue_full_disconnects, 1);
+    }
 }
 
 /// Three clients that acknowledge nothing, one that does: each crossing

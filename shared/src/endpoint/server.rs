@@ -742,10 +742,16 @@ impl ServerEndpoint {
                     && peer.client == client
                     && peer.ended.is_none()
                 {
-                    peer.ended = Some(match reason {
+                    // A connection ending on this side's account (a kick
+                    // lingering to deliver what was sent, a cut whose
+                    // goodbye is under way) ends for the reason it was
+                    // given, as the transport's own timeouts do: the
+                    // secure layer's only says how the wait ended.
+                    let secure = match reason {
                         netcode::DisconnectReason::ClientDisconnected => DisconnectReason::Closed,
                         netcode::DisconnectReason::TimedOut => DisconnectReason::Timeout,
-                    });
+                    };
+                    peer.ended = Some(peer.conn.local_end().unwrap_or(secure));
                     self.touch(index);
                 }
             }

@@ -680,6 +680,24 @@ impl Connection {
         matches!(self.state, State::Connected | State::Finishing { .. })
     }
 
+    /// The reason this side gave for ending the connection (a
+    /// [`disconnect`](Self::disconnect), or an end it decided itself): from
+    /// the moment it is given until its `Disconnected` event is taken.
+    /// `None` while connected, and when the peer ended it.
+    pub(crate) fn local_end(&self) -> Option<DisconnectReason> {
+        match self.state {
+            State::Connected => None,
+            State::Finishing { reason } | State::Closing { reason, .. } => Some(reason),
+            State::Closed => match self.inbox.entries.back() {
+                Some(&InboxEntry::Disconnected {
+                    reason,
+                    by_peer: false,
+                }) => Some(reason),
+                _ => None,
+            },
+        }
+    }
+
     /// Starts closing at once: a few redundant disconnect packets carrying
     /// `reason` leave on the next `poll_transmit` calls, then the
     /// connection is closed. Queued data is discarded.
