@@ -316,14 +316,22 @@ impl SendBatch {
 /// Whether a receive error is about one datagram or one earlier send,
 /// not the socket, so that the next read works: an ICMP error from a
 /// peer's port (refused on Linux, reset on Windows: `WSAECONNRESET`) or,
-/// on Windows, a datagram longer than the buffer (`WSAEMSGSIZE`; Linux
-/// truncates it instead, and the packet layer drops it as oversized).
+/// on Windows, an ICMP time-exceeded for an earlier send (`WSAENETRESET`;
+/// Linux reports none) or a datagram longer than the buffer
+/// (`WSAEMSGSIZE`; Linux truncates it instead, and the packet layer drops
+/// it as oversized).
 pub fn is_about_one_datagram(error: &io::Error) -> bool {
     /// `WSAEMSGSIZE`.
     #[cfg(windows)]
     const MESSAGE_TOO_LONG: i32 = 10040;
+    /// `WSAENETRESET`, which std leaves uncategorized.
     #[cfg(windows)]
-    if error.raw_os_error() == Some(MESSAGE_TOO_LONG) {
+    const TIME_TO_LIVE_EXPIRED: i32 = 10052;
+    #[cfg(windows)]
+    if matches!(
+        error.raw_os_error(),
+        Some(MESSAGE_TOO_LONG | TIME_TO_LIVE_EXPIRED)
+    ) {
         return true;
     }
     matches!(
@@ -712,6 +720,28 @@ mod tests {
         let socket = Scripted::new(vec![Ok(b"a".to_vec())]);
         let drained = read_portable(&socket, &mut batch).unwrap();
         assert_eq!((batch.len(), drained), (1, true));
+    }
+
+    /// On Windows an ICMP time-exceeded for a datagram sent earlier fails
+    /// the next read with `WSAENETRESET`, and a datagram longer than the
+    /// buffer fails it with `WSAEMSGSIZE`: the read passes over both, on
+    /// to `WouldBlock`, as over a reset.
+    #[cfg(windows)]
+    #[test]
+    fn the_portable_read_passes_over_windows_errors_about_one_datagram() {
+        let os_error = |code| Err(io::Error::from_raw_os_error(code));
+        let socket = Scripted::new(vec![
+            os_error(10052),
+            Ok(b"one".to_vec()),
+            os_error(10040),
+            Ok(b"two".to_vec()),
+            os_error(10052),
+        ]);
+        let mut batch = RecvBatch::new(8, 16);
+        let drained = read_portable(&socket, &mut batch).unwrap();
+        let got: Vec<&[u8]> = batch.iter().map(|(_, d)| d).collect();
+        assert_eq!(got, [&b"one"[..], &b"two"[..]], "read on to WouldBlock");
+        assert!(drained);
     }
 
     /// Which implementation to read with.
