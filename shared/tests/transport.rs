@@ -1598,3 +1598,43 @@ fn a_fragmented_message_past_the_receivers_maximum_is_a_violation() {
         }
     }
 }
+
+/// A round trip that grows past the loss deadline (a queue building up on
+/// the path: bufferbloat, a Wi-Fi retry storm) on traffic with nothing
+/// reliable in it (a game's movement and snapshots) is measured from the
+/// acks that arrive late: every packet was judged lost before its ack came,
+/// and a late ack was thrown away, so the estimate froze at the old round
+/// trip, every packet kept being judged lost and the send rate was cut to
+/// its floor for as long as the path stayed slow.
+#[test]
+fn a_round_trip_that_grows_past_the_loss_deadline_is_measured_from_late_acks() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(10)),
+        21,
+    );
+    let tick = |pair: &mut Pair, i: u32| {
+        pair.a.send(UNRELIABLE, &numbered(i, 200)).unwrap();
+        pair.b.send(UNRELIABLE, &numbered(i, 200)).unwrap();
+        pair.run_for(ms(33));
+    };
+    for i in 0..150 {
+        tick(&mut pair, i);
+    }
+    let before = pair.a.stats().rtt;
+    assert!(before < ms(80), "rtt {before:?}");
+    let slow = LinkConfig::default().with_latency(ms(150));
+    pair.a_to_b.set_config(slow.clone());
+    pair.b_to_a.set_config(slow);
+    for i in 150..450 {
+        tick(&mut pair, i);
+    }
+    let after = pair.a.stats();
+    assert!(after.rtt >= ms(250), "rtt {:?}", after.rtt);
+    assert!(after.packet_loss < 0.2, "loss {}", after.packet_loss);
+    let slow_phase = indices(&pair.at_b.messages, UNRELIABLE)
+        .into_iter()
+        .filter(|&i| i >= 150)
+        .count();
+    assert!(slow_phase >= 290, "{slow_phase} of 300 delivered");
+}

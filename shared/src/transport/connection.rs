@@ -1116,6 +1116,17 @@ impl Connection {
                 }
             }
         }
+        // The newest packet the peer has was judged lost before this ack
+        // came: the round trip has grown past the loss deadline. Its ack,
+        // late, is the only measure of the new round trip (sequence numbers
+        // are not reused: it is no retransmission's); without it the
+        // estimate would stay as it was and every packet would be judged
+        // lost, while the path stays slow, and the send rate cut with each.
+        let latest = self.sent.get_mut(ack.latest);
+        if latest.lost && latest.sequence == ack.latest {
+            latest.lost = false;
+            newest_acked = Some((ack.latest, latest.sent_at));
+        }
         let Some((sequence, sent_at)) = newest_acked else {
             return Ok(());
         };
@@ -1231,6 +1242,7 @@ impl Connection {
         self.traffic.packet_loss += (1.0 - self.traffic.packet_loss) / 64.0;
         let packet = self.sent.get_mut(sequence);
         packet.in_flight = false;
+        packet.lost = true;
         let span = std::mem::take(&mut packet.units);
         let mut result = Ok(());
         for i in 0..span.len() {
@@ -1537,6 +1549,7 @@ impl Connection {
         packet.sent_at = now;
         packet.attempt = attempt;
         packet.in_flight = ack_eliciting;
+        packet.lost = false;
         if ack_eliciting {
             let deadline = self.loss_deadline(self.sent.get(sequence));
             self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));

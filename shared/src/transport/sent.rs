@@ -17,6 +17,10 @@ pub(crate) const SENT_HISTORY: usize = 1024;
 pub(crate) struct SentPacket {
     pub(crate) sequence: u16,
     pub(crate) in_flight: bool,
+    /// Judged lost (its deadline passed, or packets sent after it were
+    /// acked) and not acked since: an ack naming it after all is a late
+    /// one, still a sample of the round trip.
+    pub(crate) lost: bool,
     pub(crate) sent_at: Stamp,
     pub(crate) attempt: u8,
     pub(crate) units: UnitSpan,
