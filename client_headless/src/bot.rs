@@ -167,6 +167,9 @@ pub(crate) struct BotContext {
     pub(crate) drain_timeout: Duration,
     /// The game's channel layout, one copy for every bot's connection.
     pub(crate) transport: Arc<TransportConfig>,
+    /// The end of the ramp: RTT samples taken from then on are the steady
+    /// state's too ([`WorkerStats::rtt_steady_us`]).
+    pub(crate) steady_from: Instant,
 }
 
 /// What a worker's bots count together.
@@ -184,6 +187,9 @@ pub(crate) struct WorkerStats {
     pub(crate) disconnects: BTreeMap<String, u64>,
     /// RTT samples in microseconds.
     pub(crate) rtt_us: Histogram<u64>,
+    /// The RTT samples taken at or after [`BotContext::steady_from`]: the
+    /// steady state's, without the ramp's connect storm.
+    pub(crate) rtt_steady_us: Histogram<u64>,
     /// How late bots were served after the time they were due, in
     /// microseconds: the bot process's own delay, which the RTT includes.
     pub(crate) lateness_us: Histogram<u64>,
@@ -231,6 +237,7 @@ impl WorkerStats {
             reconnect_failures: BTreeMap::new(),
             disconnects: BTreeMap::new(),
             rtt_us: new_micros_histogram(),
+            rtt_steady_us: new_micros_histogram(),
             lateness_us: new_micros_histogram(),
             bytes_up: 0,
             bytes_down: 0,
@@ -936,8 +943,13 @@ impl Bot {
             if let Some(conn) = self.endpoint.connection_stats()
                 && conn.rtt > Duration::ZERO
             {
-                let us = u64::try_from(conn.rtt.as_micros()).unwrap_or(u64::MAX);
-                let _ = stats.rtt_us.record(us.max(1));
+                let us = u64::try_from(conn.rtt.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let _ = stats.rtt_us.record(us);
+                if now >= self.ctx.steady_from {
+                    let _ = stats.rtt_steady_us.record(us);
+                }
             }
         }
         if let Some(end) = self.session_end
@@ -1191,6 +1203,21 @@ mod tests {
         }
 
         fn with_scenario(toml: &str, name: &str) -> Self {
+            Self::build(toml, name, Duration::ZERO)
+        }
+
+        /// One bot of `default.toml` in a run whose ramp ends `ramp` after
+        /// the bot's start.
+        fn with_ramp(ramp: Duration) -> Self {
+            Self::build(
+                include_str!("../../assets/scenarios/default.toml"),
+                "default.toml",
+                ramp,
+            )
+        }
+
+        fn build(toml: &str, name: &str, ramp: Duration) -> Self {
+            let now = Instant::now();
             let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
             let key = shared::keys::dev_key();
             let netcode = ServerConfig::new(PROTOCOL_ID, key, vec![server_addr]);
@@ -1207,8 +1234,8 @@ mod tests {
                 bots: 1,
                 drain_timeout: Duration::from_secs(2),
                 transport: Arc::new(shared::protocol::channels::transport_config()),
+                steady_from: now + ramp,
             });
-            let now = Instant::now();
             Self {
                 bot: Bot::new(ctx, 1, now, 7),
                 server,
@@ -1380,6 +1407,32 @@ mod tests {
         pair.now += Duration::from_millis(1_100);
         pair.service();
         assert!(pair.stats.rtt_us.is_empty(), "{}", pair.stats.rtt_us.len());
+    }
+
+    /// The ramp ends 1.5 s after the bot's start: its sample a second
+    /// after connecting is the connect storm's, the next one the steady
+    /// state's too.
+    #[test]
+    fn only_rtt_samples_after_the_ramp_are_steady() {
+        let mut pair = Pair::with_ramp(Duration::from_millis(1_500));
+        pair.connect();
+        let connected = pair.now;
+        let run_until = |pair: &mut Pair, at: Instant| {
+            // A round trip of 5 ms, the server's held acknowledgements
+            // included.
+            while pair.now < at {
+                pair.service();
+                pair.now += Duration::from_millis(5);
+                pair.server.handle_timeout(pair.now);
+                pair.deliver();
+            }
+        };
+        run_until(&mut pair, connected + Duration::from_millis(1_050));
+        assert_eq!(pair.stats.rtt_us.len(), 1, "a round trip was measured");
+        assert!(pair.stats.rtt_steady_us.is_empty(), "sampled in the ramp");
+        run_until(&mut pair, connected + Duration::from_millis(2_050));
+        assert_eq!(pair.stats.rtt_us.len(), 2);
+        assert_eq!(pair.stats.rtt_steady_us.len(), 1, "sampled after the ramp");
     }
 
     /// Services the bot and hands it the server's answers until it is done.

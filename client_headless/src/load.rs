@@ -18,7 +18,7 @@ use crate::bot::{BotContext, WorkerStats, new_micros_histogram};
 use crate::chart::{self, Sample};
 use crate::prom::{self, ServerSample};
 use crate::report::{
-    Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, SteadyWindow,
+    Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, SteadyRtt, SteadyWindow,
     TickPercentiles, TickWindow, connected_not_dropped,
 };
 use crate::scenario::Scenario;
@@ -71,16 +71,6 @@ pub(crate) struct LoadPlan {
 
 /// Runs the test; `Ok(true)` when every SLO held.
 pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
-    let ctx = Arc::new(BotContext {
-        server: plan.server,
-        minter: plan.minter.clone(),
-        scenario: plan.scenario.clone(),
-        link: plan.link.clone(),
-        first_account: plan.first_account,
-        bots: plan.bots,
-        drain_timeout: plan.drain_timeout,
-        transport: Arc::new(channels::transport_config()),
-    });
     let baseline = scrape(&plan.metrics_url);
     let mut notes = Vec::new();
     if let Err(error) = &baseline {
@@ -90,6 +80,17 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let ctx = Arc::new(BotContext {
+        server: plan.server,
+        minter: plan.minter.clone(),
+        scenario: plan.scenario.clone(),
+        link: plan.link.clone(),
+        first_account: plan.first_account,
+        bots: plan.bots,
+        drain_timeout: plan.drain_timeout,
+        transport: Arc::new(channels::transport_config()),
+        steady_from: start + plan.ramp,
+    });
     let threads = plan.threads;
     let mut shares: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); threads];
     for i in 0..plan.bots {
@@ -209,6 +210,10 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     // None when no bot connected: no rate to report.
     let connected_secs = Some(stats.connected_time.as_secs_f64()).filter(|s| *s > 0.0);
     let rtt_ms = percentiles_ms(&stats.rtt_us);
+    let rtt_ms_steady = (!plan.ramp.is_zero()).then(|| SteadyRtt {
+        from_s: plan.ramp.as_secs_f64(),
+        rtt: percentiles_ms(&stats.rtt_steady_us),
+    });
     let bot_lateness_ms = percentiles_ms(&stats.lateness_us);
     if let Some(late) = bot_lateness_ms.p99.filter(|&p99| p99 > LATE_NOTE_MS) {
         notes.push(format!(
@@ -276,6 +281,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         disconnects: stats.disconnects.clone(),
         duration_s,
         rtt_ms,
+        rtt_ms_steady,
         bot_lateness_ms,
         reliable,
         chat_rejected: stats.chat_rejected.clone(),
@@ -423,6 +429,7 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     merge_map(&mut into.reconnect_failures, from.reconnect_failures);
     merge_map(&mut into.disconnects, from.disconnects);
     let _ = into.rtt_us.add(&from.rtt_us);
+    let _ = into.rtt_steady_us.add(&from.rtt_steady_us);
     let _ = into.lateness_us.add(&from.lateness_us);
     into.bytes_up += from.bytes_up;
     into.bytes_down += from.bytes_down;

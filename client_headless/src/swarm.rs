@@ -725,6 +725,7 @@ mod tests {
                 bots: 1,
                 drain_timeout: Duration::from_secs(2),
                 transport: Arc::new(channels::transport_config()),
+                steady_from: Instant::now(),
             });
             let now = Instant::now();
             let live = Arc::new(Mutex::new(Live {

@@ -41,7 +41,9 @@
 # dropped at the server's full socket buffer and net-io's wakeups per
 # second (over the whole window) come from its /metrics. Tick p50/p99 and
 # overruns (over the bots' whole run, and after the ramp: from the bots'
-# first scrape of the server's metrics after it), RTT p99 (with, in
+# first scrape of the server's metrics after it), RTT p99 after the ramp
+# (`rtt_ms_steady`; from bots too old to report it, the whole run's
+# `rtt_ms`, marked "whole run") (with, in
 # brackets, how late the bots ran: `bot_lateness_ms` p99, the bot
 # process's own delay, part of the RTT when large), bytes/bot/s in
 # brackets (as the bots counted them, over their whole connected time,
@@ -301,7 +303,9 @@ run_point() {
             after_ramp_p50: $b.server.steady.tick_ms.p50,
             after_ramp_p99: $b.server.steady.tick_ms.p99,
             after_ramp_overruns: $b.server.steady.overruns,
-            rtt_p99: $b.rtt_ms.p99, bot_late_p99: $b.bot_lateness_ms.p99,
+            rtt_p99: (if $b.rtt_ms_steady == null then $b.rtt_ms.p99 else $b.rtt_ms_steady.p99 end),
+            rtt_whole_run: ($b != null and $b.rtt_ms_steady == null),
+            bot_late_p99: $b.bot_lateness_ms.p99,
             bytes_up: $b.bytes_per_bot_per_s.up, bytes_down: $b.bytes_per_bot_per_s.down,
             bot_cores: (if $b.bot_cpu_s == null then null else $b.bot_cpu_s / ($b.bot_cpu_wall_s // $run.wall_s) end),
             bot_kernel: (if $b.bot_cpu_kernel_s == null then null else $b.bot_cpu_kernel_s / ($b.bot_cpu_wall_s // $run.wall_s) end),
@@ -356,7 +360,7 @@ render() {
           + " | \(fixed(m("steady_cores"); 2)) (user \(fixed($user; 2)), kernel \(fixed($kernel; 2)))"
           + " | \(f(m("tick_p50"))) / \(f(m("tick_p99"))) | \($overruns // "–")"
           + " | \(if m("after_ramp_p99") == null then "–" else "\(f(m("after_ramp_p50"))) / \(f(m("after_ramp_p99"))), \($after_overruns // "–")" end)"
-          + " | \(f(m("rtt_p99")))\(if m("bot_late_p99") == null then "" else " (\(f(m("bot_late_p99"))))" end) | \(n(m("steady_bytes_up"))) / \(n(m("steady_bytes_down"))) (\(n(m("bytes_up"))) / \(n(m("bytes_down"))))"
+          + " | \(f(m("rtt_p99")))\(if any(.[]; .rtt_whole_run == true) then " whole run" else "" end)\(if m("bot_late_p99") == null then "" else " (\(f(m("bot_late_p99"))))" end) | \(n(m("steady_bytes_up"))) / \(n(m("steady_bytes_down"))) (\(n(m("bytes_up"))) / \(n(m("bytes_down"))))"
           + " | \(fixed(m("datagrams_in"); 1)) / \(fixed(m("datagrams_out"); 1)) | \(n(m("socket_drops")))"
           + " | \(if m("bot_cores") == null then "–" else fixed(m("bot_cores"); 2) + (if m("bot_kernel") == null then "" else " (kernel \(fixed(m("bot_kernel"); 2)))" end) end)"
           + " | \(n(m("server_rss_mib"))) / \(n(m("bot_rss_mib"))) |"
@@ -383,7 +387,7 @@ done
 if [ "$RUNS" -gt 1 ]; then
     echo "Medians of $RUNS runs per point (connected: the fewest; dropped and overruns: the most)."
 fi
-echo "| bots | connected, not dropped / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms (bots late p99) | steady bytes/bot/s up / down (bots' count, whole run) | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
+echo "| bots | connected, not dropped / requested | server cores (cpu / wall) | steady cores (user, kernel) | tick p50 / p99 ms | overruns | after ramp: tick p50 / p99 ms, overruns | RTT p99 ms after ramp (bots late p99) | steady bytes/bot/s up / down (bots' count, whole run) | steady datagrams/bot/s in / out | socket drops | bot cores (kernel) | peak RSS MiB server / bots |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ "$FAILED" -gt 0 ]; then

@@ -17,7 +17,9 @@
 #   2004  the scrape that opens the steady window takes 1.5 s (the server
 #         reads its counters as it answers): per-bot rates are still right
 #   2005  the server's clients fall from 2,000 to 1,400 across the window
-#         (bots dropped while measured): per-bot rates are per client it had
+#         (bots dropped while measured): per-bot rates are per client it had;
+#         and its bots, older, report no RTT after the ramp: the whole
+#         run's, marked (the others' is after the ramp)
 #
 # and a failed run makes capacity.sh exit 1 after its table.
 #
@@ -106,6 +108,9 @@ done
 sleep "$duration"
 date +%s.%N >"$(dirname "$report")/bots-stopped-$n"
 connected=$n stayed=$n disconnects='{}' status=0
+# Bots of the time before `rtt_ms_steady` for 2005.
+steady_rtt='"rtt_ms_steady": {"from_s": 5.0, "p99": 12.0},'
+[ "$n" = 2005 ] && steady_rtt=
 case $n in
     2000 | 2005) connected=2000 stayed=1400 disconnects='{"timeout": 600}' ;;
     2001) status=1 ;;
@@ -113,7 +118,7 @@ esac
 cat >"$report" <<JSON
 {"requested": $n, "connected": $connected, "connected_not_dropped": $stayed,
  "disconnects": $disconnects, "connect_failures": {},
- "rtt_ms": {"p99": 20.0}, "bot_lateness_ms": {"p99": 1.0},
+ "rtt_ms": {"p99": 20.0}, $steady_rtt "bot_lateness_ms": {"p99": 1.0},
  "bytes_per_bot_per_s": {"up": 900.0, "down": 1900.0},
  "server": {"tick_ms": {"p50": 5.0, "p99": 9.0}, "overruns": 0,
             "steady": {"tick_ms": {"p50": 5.0, "p99": 8.0}, "overruns": 0}},
@@ -160,6 +165,9 @@ steady_bytes() {
     between "$up" 990 1010 && between "$down" 1980 2020 && [ "$bots_bytes" = "(900 / 1900)" ]
 }
 check "steady bytes per bot that stayed, from the server ($up / $down $bots_bytes)" steady_bytes
+check "the RTT p99 after the ramp ($(cell 2000 8))" test "$(cell 2000 8)" = "12 (1)"
+check "the whole run's RTT p99 from bots without the steady one ($(cell 2005 8))" \
+    test "$(cell 2005 8)" = "20 whole run (1)"
 check "bots that exit non-zero fail their run" \
     grep -q "^| 2001 | FAILED: the bots exited with status 1, see " "$STUBS/table.md"
 check "a server gone by the end fails its run" \

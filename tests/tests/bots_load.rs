@@ -75,6 +75,10 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
         let rtt = json["rtt_ms"][q].as_f64().unwrap();
         assert!(rtt > 0.0 && rtt < 5000.0, "rtt {q} = {rtt}");
     }
+    // The same after the ramp, the connect storm left out.
+    assert_eq!(json["rtt_ms_steady"]["from_s"], RAMP_S);
+    let steady_p99 = json["rtt_ms_steady"]["p99"].as_f64().unwrap();
+    assert!(steady_p99 > 0.0 && steady_p99 < 5000.0, "{steady_p99}");
     // How late the bots were served: measured, and ordered.
     let late = &json["bot_lateness_ms"];
     let late: Vec<f64> = ["p50", "p95", "p99", "max"]
