@@ -2,7 +2,7 @@
 //! the report needs, and percentiles from histogram buckets.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// The tick duration histogram (seconds) of the server.
@@ -166,8 +166,10 @@ fn parse_number(text: &str) -> Option<f64> {
 }
 
 /// Fetches `url` (plain `http://host:port/path`) within `timeout` from the
-/// connection on (a slow answer cannot hold it longer); the body of a `200`
-/// answer, or a sentence saying what failed.
+/// connection on (a slow answer cannot hold it longer), trying each address
+/// the host resolves to in turn (`localhost` may be `::1` first, and the
+/// server on 127.0.0.1 only); the body of a `200` answer, or a sentence
+/// saying what failed.
 pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
@@ -176,14 +178,12 @@ pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/metrics"),
     };
-    let addr = host
+    let addrs: Vec<SocketAddr> = host
         .to_socket_addrs()
         .map_err(|e| format!("{url}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{url}: no address for {host}"))?;
+        .collect();
     let deadline = Instant::now() + timeout;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    let mut stream = connect(&addrs, deadline).map_err(|e| format!("{url}: {e}"))?;
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| format!("{url}: {e}"))?;
@@ -206,6 +206,28 @@ pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
         return Err(format!("{url}: {status}"));
     }
     Ok(body.to_owned())
+}
+
+/// A connection to the first of `addrs` (a host name's, in the order
+/// they resolved) that takes one by `deadline`, each tried in turn with
+/// what is left of the time; the error names every address that failed.
+fn connect(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, String> {
+    let mut failed = Vec::new();
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failed.push(format!("{addr}: not tried, the timeout passed"));
+            break;
+        }
+        match TcpStream::connect_timeout(addr, left) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => failed.push(format!("{addr}: {error}")),
+        }
+    }
+    if failed.is_empty() {
+        return Err("no address".to_owned());
+    }
+    Err(failed.join("; "))
 }
 
 /// A stream whose reads end, timed out, at a deadline.
@@ -332,6 +354,23 @@ server_ticks_total 100
         let took = start.elapsed();
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    /// `localhost` may resolve to `::1` first, and a server listening on
+    /// 127.0.0.1 only: an address that refuses is not the end.
+    #[test]
+    fn every_resolved_address_is_tried_in_turn() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = connect(&[closed, live.local_addr().unwrap()], deadline).unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live.local_addr().unwrap());
+        let error = connect(&[closed], deadline).unwrap_err();
+        assert!(error.contains(&closed.to_string()), "{error}");
+        assert_eq!(connect(&[], deadline).unwrap_err(), "no address");
     }
 
     #[test]
