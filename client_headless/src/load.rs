@@ -73,10 +73,10 @@ pub(crate) struct LoadPlan {
 pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let baseline = scrape(&plan.metrics_url);
     let mut notes = Vec::new();
-    if let Err(error) = &baseline {
-        let note = format!("server metrics unavailable ({error}); server figures are null");
-        eprintln!("warning: {note}");
-        notes.push(note);
+    // Why the last scrape failed, while none has answered.
+    let mut unanswered = baseline.as_ref().err().cloned();
+    if let Some(error) = &unanswered {
+        eprintln!("warning: server metrics unavailable ({error}); trying again every second");
     }
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -117,9 +117,13 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
 
     let progress = Progress::new(plan.bots, plan.duration);
     let mut samples = Vec::new();
-    let mut previous_scrape = baseline.as_ref().ok().cloned();
+    // The first scrape that answered, and how far into the run it came
+    // (0: the baseline, before the first bot): the server's figures start
+    // there.
+    let mut first_scrape: Option<(f64, ServerSample)> = baseline.ok().map(|b| (0.0, b));
+    let mut previous_scrape = first_scrape.as_ref().map(|(_, b)| b.clone());
     let mut last_scrape = previous_scrape.clone();
-    // Seconds into the run of `last_scrape` (0: the baseline).
+    // Seconds into the run of `last_scrape`.
     let mut last_scrape_t = 0.0;
     // The first scrape after the ramp, and how far into the run it came.
     let mut after_ramp: Option<(f64, ServerSample)> = None;
@@ -145,22 +149,30 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             tick: [None, None],
         };
         window.reset();
-        if baseline.is_ok()
-            && let Ok(current) = scrape(&plan.metrics_url)
-        {
-            if let (Some(now_tick), Some(before)) = (
-                current.tick.as_ref(),
-                previous_scrape.as_ref().and_then(|p| p.tick.as_ref()),
-            ) {
-                let delta = now_tick.since(before);
-                sample.tick = [0.5, 0.99].map(|q| delta.quantile(q).map(|s| s * 1000.0));
+        match scrape(&plan.metrics_url) {
+            Ok(current) => {
+                if let (Some(now_tick), Some(before)) = (
+                    current.tick.as_ref(),
+                    previous_scrape.as_ref().and_then(|p| p.tick.as_ref()),
+                ) {
+                    let delta = now_tick.since(before);
+                    sample.tick = [0.5, 0.99].map(|q| delta.quantile(q).map(|s| s * 1000.0));
+                }
+                if first_scrape.is_none() {
+                    first_scrape = Some((sample.t, current.clone()));
+                }
+                if after_ramp.is_none() && now >= start + plan.ramp {
+                    after_ramp = Some((sample.t, current.clone()));
+                }
+                previous_scrape = Some(current.clone());
+                last_scrape = Some(current);
+                last_scrape_t = sample.t;
             }
-            if after_ramp.is_none() && now >= start + plan.ramp {
-                after_ramp = Some((sample.t, current.clone()));
+            Err(error) => {
+                if first_scrape.is_none() {
+                    unanswered = Some(error);
+                }
             }
-            previous_scrape = Some(current.clone());
-            last_scrape = Some(current);
-            last_scrape_t = sample.t;
         }
         progress.update(&sample, errors);
         samples.push(sample);
@@ -169,25 +181,42 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     progress.message("stopping: waiting for in-flight chat, then leaving");
     stop.store(true, Ordering::Relaxed);
     let mut server_complete = false;
-    let final_scrape = if baseline.is_ok() {
-        match scrape(&plan.metrics_url) {
-            Ok(last) => {
-                server_complete = true;
-                Some(last)
+    let final_scrape = match scrape(&plan.metrics_url) {
+        Ok(last) => {
+            server_complete = true;
+            if first_scrape.is_none() {
+                first_scrape = Some((duration_s, last.clone()));
             }
-            Err(error) => {
+            Some(last)
+        }
+        Err(error) => {
+            if let Some((from, _)) = &first_scrape {
                 let note = format!(
                     "the server's metrics did not answer at the end ({error}); its figures \
-                     cover the first {last_scrape_t:.0} s of {duration_s:.0} s"
+                     cover {from:.0} s to {last_scrape_t:.0} s of {duration_s:.0} s"
                 );
                 eprintln!("warning: {note}");
                 notes.push(note);
-                last_scrape
+            } else {
+                unanswered = Some(error);
             }
+            last_scrape
         }
-    } else {
-        None
     };
+    match (&first_scrape, &unanswered) {
+        (None, Some(error)) => {
+            notes.push(format!(
+                "server metrics unavailable ({error}); server figures are null"
+            ));
+        }
+        (Some((from, _)), Some(error)) => {
+            notes.push(format!(
+                "the server's metrics first answered {from:.0} s into the run (before: \
+                 {error}); its figures start there, not at the run's start"
+            ));
+        }
+        _ => {}
+    }
     let mut stats = WorkerStats::new();
     let mut reliable = ReliableStats::default();
     let mut failures = Vec::new();
@@ -225,7 +254,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         complete: server_complete,
         ..server_report(
             &plan.metrics_url,
-            baseline.ok().as_ref(),
+            first_scrape.as_ref().map(|(t, sample)| (*t, sample)),
             after_ramp.as_ref().map(|(t, sample)| (*t, sample)),
             final_scrape.as_ref(),
         )
@@ -336,11 +365,12 @@ fn scrape(url: &str) -> Result<ServerSample, String> {
     prom::fetch(url, SCRAPE_TIMEOUT).map(|page| prom::parse_sample(&page))
 }
 
-/// The server's figures over the run (`baseline` to `last`) and over its
-/// steady state (`after_ramp`, taken `from_s` seconds in, to `last`).
+/// The server's figures over the run (`first`, the first scrape that
+/// answered, taken `from_s` seconds in, to `last`) and over its steady
+/// state (`after_ramp`, idem).
 fn server_report(
     url: &str,
-    baseline: Option<&ServerSample>,
+    first: Option<(f64, &ServerSample)>,
     after_ramp: Option<(f64, &ServerSample)>,
     last: Option<&ServerSample>,
 ) -> ServerReport {
@@ -348,9 +378,10 @@ fn server_report(
         metrics_url: url.to_owned(),
         ..ServerReport::default()
     };
-    let (Some(first), Some(last)) = (baseline, last) else {
+    let (Some((from_s, first)), Some(last)) = (first, last) else {
         return out;
     };
+    out.from_s = Some(from_s);
     out.run = tick_window(first, last);
     out.steady = after_ramp.map(|(from_s, first)| SteadyWindow {
         from_s,
@@ -554,20 +585,103 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Write as _};
+
     use super::*;
 
-    /// A metrics page whose tick histogram holds `fast` ticks under 1 ms
-    /// and `slow` over 32 ms, `overruns` of them counted.
-    fn page(fast: u32, slow: u32, overruns: u32) -> ServerSample {
+    /// The text of a metrics page whose tick histogram holds `fast` ticks
+    /// under 1 ms and `slow` over 32 ms, `overruns` of them counted.
+    fn page_text(fast: u32, slow: u32, overruns: u32) -> String {
         let all = fast + slow;
-        prom::parse_sample(&format!(
+        format!(
             "server_tick_duration_seconds_bucket{{le=\"0.001\"}} {fast}\n\
              server_tick_duration_seconds_bucket{{le=\"0.032\"}} {fast}\n\
              server_tick_duration_seconds_bucket{{le=\"0.064\"}} {all}\n\
              server_tick_duration_seconds_bucket{{le=\"+Inf\"}} {all}\n\
              server_tick_duration_seconds_count {all}\n\
              server_tick_overruns_total {overruns}\n"
-        ))
+        )
+    }
+
+    /// [`page_text`], parsed.
+    fn page(fast: u32, slow: u32, overruns: u32) -> ServerSample {
+        prom::parse_sample(&page_text(fast, slow, overruns))
+    }
+
+    /// A metrics server that takes connections but answers none for
+    /// `silent`, then serves a page with 100 more fast ticks each time.
+    fn metrics_silent_for(silent: Duration) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        let opened = Instant::now();
+        std::thread::spawn(move || {
+            let mut unanswered = Vec::new();
+            for (scrape, stream) in (1..).zip(listener.incoming()) {
+                let Ok(mut stream) = stream else { return };
+                if opened.elapsed() < silent {
+                    unanswered.push(stream);
+                    continue;
+                }
+                // The whole request read first: a socket closed with
+                // unread bytes resets the connection, answer and all.
+                let mut request = Vec::new();
+                let mut buf = [0; 256];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let page = page_text(100 * scrape, 0, 0);
+                let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{page}");
+            }
+        });
+        url
+    }
+
+    /// The server's metrics answer nothing for 1.5 s, so the scrape
+    /// before the run times out: those that answer later still measure
+    /// the server, from the first of them.
+    #[test]
+    fn metrics_that_answer_late_still_give_the_servers_figures() {
+        let dir = std::env::temp_dir().join(format!("load-late-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.json");
+        // A game address nothing answers on: the bot never connects.
+        let server = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let plan = LoadPlan {
+            server,
+            bots: 1,
+            duration: Duration::from_secs(3),
+            ramp: Duration::ZERO,
+            scenario: Scenario::parse(crate::scenario::DEFAULT_TOML, "default.toml").unwrap(),
+            minter: TokenMinter::dev(server),
+            link: None,
+            metrics_url: metrics_silent_for(Duration::from_millis(1_500)),
+            threads: 1,
+            sources: SourceIps::Any,
+            first_account: 1,
+            drain_timeout: Duration::from_secs(1),
+            report: Some(report.clone()),
+            chart: None,
+            slos: Slos::default(),
+            seed: 1,
+        };
+        run(plan).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let server = &json["server"];
+        assert!(server["tick_ms"]["p50"].is_number(), "{server}");
+        assert_eq!(server["overruns"], 0.0, "{server}");
+        assert_eq!(server["complete"], true, "{server} {}", json["notes"]);
+        let from = server["from_s"].as_f64().unwrap();
+        assert!((0.5..3.0).contains(&from), "{server}");
+        let notes = json["notes"].to_string();
+        assert!(notes.contains("first answered"), "{notes}");
     }
 
     #[test]
@@ -599,7 +713,7 @@ mod tests {
         let last = page(1095, 5, 5);
         let report = server_report(
             "url",
-            Some(&baseline),
+            Some((0.0, &baseline)),
             Some((10.0, &after_ramp)),
             Some(&last),
         );
@@ -612,7 +726,7 @@ mod tests {
             steady.tick.tick_ms.max.is_some_and(|m| m <= 1.0),
             "{steady:?}"
         );
-        let none = server_report("url", Some(&baseline), None, Some(&last));
+        let none = server_report("url", Some((0.0, &baseline)), None, Some(&last));
         assert_eq!(none.steady, None);
     }
 
@@ -622,7 +736,7 @@ mod tests {
     #[test]
     fn an_empty_window_measures_nothing() {
         let baseline = page(100, 0, 0);
-        let report = server_report("url", Some(&baseline), None, Some(&baseline));
+        let report = server_report("url", Some((0.0, &baseline)), None, Some(&baseline));
         assert_eq!(report.run, TickWindow::default());
         assert_eq!(report.run.overruns, None);
         assert_eq!(report.run.beyond_buckets, None);
@@ -632,7 +746,7 @@ mod tests {
     fn a_server_restarted_during_the_run_counts_its_new_overruns() {
         let before = page(1000, 10, 10);
         let restarted = page(500, 3, 3);
-        let report = server_report("url", Some(&before), None, Some(&restarted));
+        let report = server_report("url", Some((0.0, &before)), None, Some(&restarted));
         assert_eq!(report.run.overruns, Some(3.0));
         assert!(report.run.tick_ms.max.is_some_and(|m| m > 32.0));
     }

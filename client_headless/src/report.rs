@@ -130,6 +130,10 @@ pub(crate) struct ServerReport {
     /// (when they did not, they stop at the last scrape that did, which
     /// a note says).
     pub(crate) complete: bool,
+    /// Seconds into the run of the scrape the figures start at: 0 for the
+    /// one before the first bot started; later when the server's metrics
+    /// first answered then (a note says so); `None` when they never did.
+    pub(crate) from_s: Option<f64>,
     /// The tick over the whole run, ramp included.
     #[serde(flatten)]
     pub(crate) run: TickWindow,
