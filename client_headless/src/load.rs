@@ -268,7 +268,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         "chat slots skipped: {} lines of the bot were still unanswered",
         crate::verify::MAX_IN_FLIGHT
     );
-    let counted: [(u64, &str); 5] = [
+    let counted: [(u64, &str); 6] = [
+        (
+            stats.inventory.inconsistent,
+            "inventory states contradicted one seen before (two inventories with one \
+             version): a server bug",
+        ),
         (
             stats.no_snapshots,
             "sessions sent movement input but never received a snapshot",

@@ -192,8 +192,9 @@ struct LoadArgs {
     #[arg(long, value_name = "RATIO")]
     min_connected_ratio: Option<f64>,
     /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line, an
-    /// inventory request without exactly one reply, no bot connected, or
-    /// nothing exchanged that the scenario should have.
+    /// inventory request without exactly one reply, two inventories with
+    /// one version, no bot connected, or nothing exchanged that the
+    /// scenario should have.
     #[arg(long)]
     require_exactly_once: bool,
     /// Worker threads multiplexing the bots' sockets, 1 to 64 [default:

@@ -318,13 +318,15 @@ impl Slos {
                     .to_owned()
             });
             let failed_first = nobody.or(unverified);
+            // Two inventories with one version: the server broke its
+            // atomicity, however many replies each request got.
             out.push(SloResult {
                 name: "inventory_exactly_one_reply".into(),
-                passed: failed_first.is_none() && i.exactly_one_reply(),
+                passed: failed_first.is_none() && i.exactly_one_reply() && i.inconsistent == 0,
                 detail: failed_first.unwrap_or_else(|| {
                     format!(
-                        "{} requests, {} lost, {} unexpected replies",
-                        i.sent, i.lost, i.unexpected
+                        "{} requests, {} lost, {} unexpected replies, {} inconsistent states",
+                        i.sent, i.lost, i.unexpected, i.inconsistent
                     )
                 }),
             });
@@ -412,11 +414,12 @@ impl Report {
         let i = &self.inventory;
         let _ = writeln!(
             s,
-            "  inventory   sent {} ok {} lost {} unexpected {}; failed: {}; trades completed {}, items picked up {}",
+            "  inventory   sent {} ok {} lost {} unexpected {} inconsistent {}; failed: {}; trades completed {}, items picked up {}",
             i.sent,
             i.ok,
             i.lost,
             i.unexpected,
+            i.inconsistent,
             map(&i.failed),
             i.trades_completed,
             i.picked_up
@@ -569,6 +572,34 @@ mod tests {
         assert!(
             !result.passed,
             "no sample after the ramp: {}",
+            result.detail
+        );
+    }
+
+    /// Two inventories with one version are a server bug, whatever the
+    /// replies' count: the summary shows it and exactly-once fails.
+    #[test]
+    fn an_inconsistent_inventory_is_shown_and_fails_exactly_once() {
+        let mut r = report();
+        r.inventory.sent = 5;
+        r.inventory.ok = 5;
+        let slos = Slos {
+            require_exactly_once: true,
+            ..Slos::default()
+        };
+        assert!(slos.check(&r).iter().all(|s| s.passed), "consistent");
+        r.inventory.inconsistent = 1;
+        let text = r.summary();
+        assert!(
+            text.contains("inventory   sent 5 ok 5 lost 0 unexpected 0 inconsistent 1;"),
+            "{text}"
+        );
+        let result = &slos.check(&r)[1];
+        assert_eq!(result.name, "inventory_exactly_one_reply");
+        assert!(!result.passed, "{}", result.detail);
+        assert!(
+            result.detail.contains("1 inconsistent"),
+            "{}",
             result.detail
         );
     }
