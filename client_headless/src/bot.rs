@@ -16,8 +16,10 @@
 //! - **wander** sends a `MoveInput` at the scenario's rate (at most the
 //!   server's tick rate, from its welcome) from the first
 //!   moment of the session (the server starts a client's snapshot stream
-//!   with its first input), built by a [`Predictor`] and acknowledging the
-//!   newest snapshot the bot's [`SnapshotReceiver`] applied, so the server
+//!   with its first input), at the scenario's speed clamped to the
+//!   server's `max_speed` (from its welcome too; standing still until it
+//!   arrives: the server flags a faster input), built by a [`Predictor`]
+//!   and acknowledging the newest snapshot the bot's [`SnapshotReceiver`] applied, so the server
 //!   can delta-encode. Every received snapshot is applied; failures are
 //!   counted by reason. While the inventory behaviour walks to a world
 //!   item, the heading points at it.
@@ -364,6 +366,8 @@ pub(crate) struct Bot {
     /// The server's movement rules, from its welcome (the defaults until
     /// then).
     rules: MovementRules,
+    /// This session's welcome arrived: `rules` are the server's.
+    welcomed: bool,
     receiver: SnapshotReceiver,
     predictor: Option<Predictor>,
     reconciled: bool,
@@ -402,6 +406,7 @@ impl Bot {
             sent_input: false,
             tick_hz: DEFAULT_TICK_HZ,
             rules: MovementRules::default(),
+            welcomed: false,
             receiver: SnapshotReceiver::new(),
             predictor: None,
             reconciled: false,
@@ -666,6 +671,7 @@ impl Bot {
                     self.receiver = SnapshotReceiver::new();
                     self.predictor = None;
                     self.reconciled = false;
+                    self.welcomed = false;
                     let scenario = &self.ctx.scenario;
                     self.inventory = scenario
                         .inventory
@@ -749,6 +755,7 @@ impl Bot {
             Some(Welcome::ID) => {
                 if let Some(welcome) = decode_counted::<Welcome>(payload, stats) {
                     self.tick_hz = welcome.tick_hz.max(1);
+                    self.welcomed = true;
                     if welcome.rules.is_valid() {
                         self.rules = welcome.rules;
                     }
@@ -874,6 +881,7 @@ impl Bot {
                 (Some(_), _) => Vec2::ZERO,
                 (None, _) => self.velocity,
             };
+            let velocity = allowed_velocity(self.welcomed.then_some(&self.rules), velocity);
             let input = predictor.input(velocity, self.receiver.ack());
             let me = self.receiver.own_position();
             if let Some(request) = self.inventory.as_mut().and_then(|i| i.poll_arrival(me)) {
@@ -1065,6 +1073,17 @@ impl Bot {
     }
 }
 
+/// `velocity` as a server with `rules` takes it without a violation:
+/// clamped to its `max_speed` (it flags any input faster than that, and
+/// scenarios may ask for more); standing still while the rules are not
+/// known yet (`None`: its welcome has not arrived), which still starts the
+/// session's snapshots.
+fn allowed_velocity(rules: Option<&MovementRules>, velocity: Vec2) -> Vec2 {
+    rules
+        .and_then(|rules| rules.clamp_velocity(velocity))
+        .unwrap_or(Vec2::ZERO)
+}
+
 /// Applies one snapshot to `receiver` and reconciles the prediction with
 /// it; failures are counted by reason.
 fn apply_snapshot(
@@ -1135,7 +1154,7 @@ mod tests {
     use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
     use shared::io::system_rng;
     use shared::netcode::{ClientIndex, ServerConfig};
-    use shared::protocol::movement::EntityAdded;
+    use shared::protocol::movement::{EntityAdded, MoveInput};
 
     use super::*;
     use crate::report;
@@ -1188,6 +1207,8 @@ mod tests {
         server_addr: SocketAddr,
         bot_addr: SocketAddr,
         slot: Option<ClientIndex>,
+        /// The movement inputs the server received.
+        inputs: Vec<MoveInput>,
         stats: WorkerStats,
         scratch: Scratch,
         now: Instant,
@@ -1242,6 +1263,7 @@ mod tests {
                 server_addr,
                 bot_addr: SocketAddr::from((Ipv4Addr::new(127, 1, 0, 1), 40_000)),
                 slot: None,
+                inputs: Vec::new(),
                 stats: WorkerStats::new(),
                 scratch: Scratch::new(),
                 now,
@@ -1263,8 +1285,15 @@ mod tests {
                 self.server
                     .handle_datagram(self.now, unix_secs(), self.bot_addr, &mut datagram);
                 while let Some(event) = self.server.poll_event() {
-                    if let EndpointEvent::Connected { client, .. } = event {
-                        self.slot = Some(client);
+                    match event {
+                        EndpointEvent::Connected { client, .. } => self.slot = Some(client),
+                        EndpointEvent::Message {
+                            channel, payload, ..
+                        } if channel == channels::MOVEMENT => {
+                            self.inputs
+                                .extend(protocol::decode::<MoveInput>(payload).ok());
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1433,6 +1462,52 @@ mod tests {
         run_until(&mut pair, connected + Duration::from_millis(2_050));
         assert_eq!(pair.stats.rtt_us.len(), 2);
         assert_eq!(pair.stats.rtt_steady_us.len(), 1, "sampled after the ramp");
+    }
+
+    /// A scenario faster than the server allows: every input the bot
+    /// sends stays within the server's `max_speed` (the server flags any
+    /// input above it as a speed violation), from the first one on,
+    /// before the welcome says what it is.
+    #[test]
+    fn inputs_stay_within_the_servers_max_speed() {
+        let mut pair = Pair::with_scenario(
+            "name = \"fast\"\n[wander]\nhz = 30.0\nspeed = 20.0\nturn_every_s = 0.2\n",
+            "fast.toml",
+        );
+        pair.connect();
+        let slot = pair.slot.expect("the server saw the bot connect");
+        let rules = MovementRules {
+            max_speed: 2.0,
+            ..MovementRules::default()
+        };
+        let welcome = Welcome {
+            client_id: 1,
+            tick_hz: 30,
+            rules,
+        };
+        pair.now += Duration::from_millis(20);
+        pair.service();
+        pair.server
+            .send(
+                pair.now,
+                slot,
+                channels::CONTROL,
+                protocol::encode(&welcome).unwrap(),
+            )
+            .unwrap();
+        pair.deliver();
+        for _ in 0..100 {
+            pair.now += Duration::from_millis(10);
+            pair.service();
+            pair.deliver();
+        }
+        let speeds: Vec<f32> = pair.inputs.iter().map(|i| i.velocity.length()).collect();
+        assert!(speeds.len() > 20, "{speeds:?}");
+        assert!(
+            speeds.iter().all(|&v| v <= rules.max_speed * 1.000_1),
+            "{speeds:?}"
+        );
+        assert!(speeds.iter().any(|&v| v > 1.9), "the bot moves: {speeds:?}");
     }
 
     /// Services the bot and hands it the server's answers until it is done.

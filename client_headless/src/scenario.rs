@@ -9,7 +9,7 @@
 //! [wander]            # MoveInput at `hz` (at most the server's tick rate),
 //!                     # a new random heading every `turn_every_s`
 //! hz = 30.0
-//! speed = 3.0
+//! speed = 3.0         # m/s, at most the server's max_speed (from its welcome)
 //! turn_every_s = 2.0
 //! [chat]              # one line every `every_s`, scope drawn from the weights
 //! every_s = 5.0
@@ -24,7 +24,7 @@
 //! use = 1             # use an item (bots learn which items are not usable)
 //! give = 1            # give one item to another bot
 //! trade = 2           # offer one item to another bot; it counter-offers and both accept
-//! seek_speed = 6.0    # m/s while walking to an item (default 6)
+//! seek_speed = 6.0    # m/s while walking to an item (default 6; idem)
 //! [churn]             # leave after `session_s`, come back after `pause_s`
 //! session_s = 30.0
 //! pause_s = 2.0

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use e2e::{
     ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr, metric_family_sum,
-    output_within,
+    metric_value, output_within,
 };
 
 const BOTS: u64 = 200;
@@ -156,8 +156,9 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
 
 #[test]
 fn bots_move_at_the_tick_rate_of_a_slower_server_without_violations() {
+    // default.toml walks at 3 m/s: faster than this server allows.
     let server = ServerProcess::start(&ServerOptions {
-        config_toml: "tick_hz = 20\n".into(),
+        config_toml: "tick_hz = 20\n[movement]\nmax_speed = 2.0\n".into(),
         ..ServerOptions::default()
     });
     let output = output_within(
@@ -182,6 +183,10 @@ fn bots_move_at_the_tick_rate_of_a_slower_server_without_violations() {
         violations <= 0.05 * inputs,
         "honest bots were flagged: {violations} violations for {inputs} inputs"
     );
+    // Every input within the server's max_speed, from its welcome on
+    // (before it, standing still), whatever the scenario's speed.
+    let speed = metric_value(&metrics, "movement_violations_total{kind=\"speed\"}");
+    assert_eq!(speed, 0.0, "bots faster than the server's max_speed");
 }
 
 #[test]
