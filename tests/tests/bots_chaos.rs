@@ -85,6 +85,10 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
         (3_960.0..=4_000.0).contains(&garbage),
         "{garbage} garbage datagrams"
     );
+    // Every one accounted for: sent, refused by the kernel or not sent.
+    let refused = number(&s, "garbage_send_refused");
+    assert_eq!(garbage + refused + number(&s, "unsent"), 4_000.0, "{s:?}");
+    assert!(number(&s, "send_refused") >= refused);
     assert!(number(&s, "sent_datagrams") >= garbage);
     assert!(number(&s, "sent_bytes") > 0.0);
     // The server answers no garbage source.
@@ -208,6 +212,9 @@ fn a_probe_that_never_connects_is_reported_not_connected() {
     assert!(output.status.success(), "{:?}", output.status);
     let s = summary(&output);
     assert_eq!(s["probe_connected"], "no", "{s:?}");
+    // The flood: sent, refused by the kernel or not sent, 100 × 0.5.
+    let flood = ["sent_datagrams", "send_refused", "unsent"].map(|k| number(&s, k));
+    assert_eq!(flood.iter().sum::<f64>(), 50.0, "{s:?}");
     // The probe's own limit, waited out, ten times the flood's 0.5 s.
     assert!(
         s["probe_error"].contains("no connection within 5s"),

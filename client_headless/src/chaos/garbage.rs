@@ -8,7 +8,7 @@ use shared::netcode::{ClientState, MAX_PACKET_BYTES};
 
 use super::generators::{MAX_GARBAGE_BYTES, garbage_datagram};
 use super::session::{Session, token};
-use super::{ChaosPlan, Pacer, Rng, Summary, drain, source_sockets};
+use super::{ChaosPlan, Pacer, Rng, Summary, drain, send_due, source_sockets};
 
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
@@ -20,13 +20,11 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let mut packet = [0u8; MAX_GARBAGE_BYTES];
     while !pacer.finished() {
-        for _ in 0..pacer.due() {
+        send_due(&mut pacer, &mut garbage, || {
             let len = garbage_datagram(&mut rng, &templates, &mut packet);
             let socket = &sockets[rng.below(sockets.len() as u64) as usize];
-            if socket.send_to(&packet[..len], plan.server).is_ok() {
-                garbage.sent(len);
-            }
-        }
+            socket.send_to(&packet[..len], plan.server).ok()
+        });
         for socket in &sockets {
             drain(socket, &mut garbage);
         }
@@ -43,10 +41,12 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.add("garbage_sent_bytes", garbage.sent_bytes);
     summary.add("garbage_answers_datagrams", garbage.received_datagrams);
     summary.add("garbage_answers_bytes", garbage.received_bytes);
+    summary.add("garbage_send_refused", garbage.send_refused);
     summary.sent_datagrams += garbage.sent_datagrams;
     summary.sent_bytes += garbage.sent_bytes;
     summary.received_datagrams += garbage.received_datagrams;
     summary.received_bytes += garbage.received_bytes;
+    summary.send_refused += garbage.send_refused;
     summary.add("unsent", pacer.unsent());
     Ok(summary)
 }

@@ -7,7 +7,8 @@
 //! connections, for `slot-hold`) per second, paced against the start time
 //! so the schedule does not drift, and it stops after `duration` (plus at
 //! most `CATCH_UP` for a sender kept behind, what it could not send then
-//! counted as `unsent`, and `GRACE` to collect the answers; an attack's own
+//! counted as `unsent`, what the kernel refused to send as
+//! `send_refused`, and `GRACE` to collect the answers; an attack's own
 //! sessions connect first, up to 5 s, and spoof-connect's probe may wait up
 //! to 5 s more).
 //! It refuses a non-loopback target unless the operator states that they
@@ -106,6 +107,10 @@ pub(crate) struct Summary {
     pub(crate) sent_bytes: u64,
     pub(crate) received_datagrams: u64,
     pub(crate) received_bytes: u64,
+    /// Datagrams the kernel refused to send (a full socket buffer, no
+    /// buffer space: a rate faster than this host sends), in neither
+    /// `sent_datagrams` nor `unsent`.
+    pub(crate) send_refused: u64,
     /// Attack-specific results, in order.
     pub(crate) extra: Vec<(&'static str, String)>,
 }
@@ -143,6 +148,7 @@ impl Summary {
         let _ = writeln!(out, "sent_bytes: {}", self.sent_bytes);
         let _ = writeln!(out, "received_datagrams: {}", self.received_datagrams);
         let _ = writeln!(out, "received_bytes: {}", self.received_bytes);
+        let _ = writeln!(out, "send_refused: {}", self.send_refused);
         for (key, value) in &self.extra {
             let _ = writeln!(out, "{key}: {value}");
         }
@@ -215,6 +221,22 @@ impl Pacer {
     /// Sleeps a little between batches.
     pub(crate) fn pause(&self) {
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Makes the sends `pacer` has due now: `send` sends one datagram and
+/// returns its length, or `None` when the kernel refused it (counted in
+/// `send_refused`: the pacer counts it done, so it is not `unsent`).
+pub(crate) fn send_due(
+    pacer: &mut Pacer,
+    summary: &mut Summary,
+    mut send: impl FnMut() -> Option<usize>,
+) {
+    for _ in 0..pacer.due() {
+        match send() {
+            Some(bytes) => summary.sent(bytes),
+            None => summary.send_refused += 1,
+        }
     }
 }
 
@@ -334,6 +356,52 @@ mod tests {
         assert!(took >= window + CATCH_UP, "{took:?}");
         assert!(took < 2 * (window + CATCH_UP), "{took:?}");
         assert!(pacer.unsent() > 100_000, "{}", pacer.unsent());
+    }
+
+    /// A socket that refuses every send (its buffer full): every send
+    /// the pacer allowed is in `send_refused` or `unsent`, and with one
+    /// that refuses every other, in those or `sent_datagrams`.
+    #[test]
+    fn sends_the_kernel_refuses_are_counted() {
+        let mut pacer = Pacer::new(100_000, Duration::from_millis(20));
+        let mut summary = Summary::default();
+        while !pacer.finished() {
+            send_due(&mut pacer, &mut summary, || None);
+        }
+        assert_eq!(summary.sent_datagrams, 0);
+        assert_eq!(summary.send_refused + pacer.unsent(), 2_000, "{summary:?}");
+
+        let mut pacer = Pacer::new(100_000, Duration::from_millis(20));
+        let mut summary = Summary::default();
+        let mut refuse = false;
+        while !pacer.finished() {
+            send_due(&mut pacer, &mut summary, || {
+                refuse = !refuse;
+                (!refuse).then_some(100)
+            });
+        }
+        assert!(summary.send_refused > 0, "{summary:?}");
+        assert_eq!(
+            summary.sent_datagrams + summary.send_refused + pacer.unsent(),
+            2_000,
+            "{summary:?}"
+        );
+        assert!(
+            summary
+                .render(&plan(), Duration::ZERO)
+                .contains(&format!("\nsend_refused: {}\n", summary.send_refused))
+        );
+    }
+
+    fn plan() -> ChaosPlan {
+        ChaosPlan {
+            server: "127.0.0.1:7777".parse().unwrap(),
+            attack: Attack::Garbage,
+            rate: 100_000,
+            duration: Duration::from_millis(20),
+            seed: 1,
+            first_account: 1,
+        }
     }
 
     #[test]

@@ -114,12 +114,9 @@ impl Session {
             let Some(t) = self.netcode.poll_transmit(now, &mut self.buf) else {
                 break;
             };
-            if self
-                .socket
-                .send_to(&self.buf[..t.len], t.destination)
-                .is_ok()
-            {
-                summary.sent(t.len);
+            match self.socket.send_to(&self.buf[..t.len], t.destination) {
+                Ok(_) => summary.sent(t.len),
+                Err(_) => summary.send_refused += 1,
             }
         }
     }
@@ -180,12 +177,9 @@ impl Session {
             .netcode
             .send_payload(Instant::now(), &plain[..len], &mut self.buf)
             .map_err(|e| format!("cannot seal a packet: {e:?}"))?;
-        if self
-            .socket
-            .send_to(&self.buf[..t.len], t.destination)
-            .is_ok()
-        {
-            summary.sent(t.len);
+        match self.socket.send_to(&self.buf[..t.len], t.destination) {
+            Ok(_) => summary.sent(t.len),
+            Err(_) => summary.send_refused += 1,
         }
         Ok(())
     }

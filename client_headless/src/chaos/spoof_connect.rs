@@ -9,7 +9,7 @@ use shared::netcode::{ClientState, MAX_PACKET_BYTES};
 
 use super::generators::spoof_request;
 use super::session::{Session, token, token_lasting};
-use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, source_sockets};
+use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, send_due, source_sockets};
 
 /// How long the probe may take to connect.
 const PROBE_LIMIT: Duration = Duration::from_secs(5);
@@ -54,14 +54,12 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     while Instant::now() < hard_end {
         let sending = !pacer.finished();
         if sending {
-            for _ in 0..pacer.due() {
+            send_due(&mut pacer, &mut summary, || {
                 let mut packet = templates[rng.below(templates.len() as u64) as usize].clone();
                 spoof_request(&mut rng, &mut packet);
                 let socket = &sockets[rng.below(sockets.len() as u64) as usize];
-                if socket.send_to(&packet, plan.server).is_ok() {
-                    summary.sent(packet.len());
-                }
-            }
+                socket.send_to(&packet, plan.server).ok()
+            });
         }
         for socket in &sockets {
             drain(socket, &mut summary);
