@@ -238,6 +238,11 @@ fn probability(name: &str, value: f64) -> Result<f64, String> {
     }
 }
 
+/// The least time between the ramp's end and the run's: a handshake takes a
+/// few round trips and the server's tick, well under a second on the
+/// networks a load test runs on.
+const RAMP_END_MARGIN: Duration = Duration::from_secs(1);
+
 fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
     chaos::check_target(args.server, args.i_own_this_server, "load-test")?;
     let duration = secs("duration", args.duration)?;
@@ -247,6 +252,14 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
     }
     if ramp > duration {
         return Err("--ramp must not be longer than --duration".into());
+    }
+    if !ramp.is_zero() && duration - ramp < RAMP_END_MARGIN {
+        return Err(format!(
+            "--ramp must end at least {} s before --duration: the bots started last \
+             need time to connect, and a bot still connecting at the end counts as \
+             not connected",
+            RAMP_END_MARGIN.as_secs()
+        ));
     }
     let scenario = match &args.scenario {
         Some(path) => Scenario::load(path),
@@ -452,6 +465,44 @@ mod tests {
             };
             let error = load_plan(*args).err().expect(ms);
             assert!(error.contains("--max-rtt-p99-ms"), "{error}");
+        }
+    }
+
+    /// A ramp that ends with the run leaves the bots started last no time
+    /// to connect: they would fail --min-connected-ratio for no fault of
+    /// the server's.
+    #[test]
+    fn a_ramp_must_end_a_second_before_the_run() {
+        let plan = |duration: &str, ramp: &str| {
+            let argv = [
+                "client_headless",
+                "load",
+                "--server",
+                "127.0.0.1:7777",
+                "--bots",
+                "10",
+                "--duration",
+                duration,
+                "--ramp",
+                ramp,
+            ];
+            let Ok(Cli {
+                command: Command::Load(args),
+            }) = Cli::try_parse_from(argv)
+            else {
+                panic!("parses");
+            };
+            load_plan(*args)
+        };
+        for (duration, ramp) in [("10", "10"), ("10", "9.5")] {
+            let error = plan(duration, ramp).err().expect(ramp);
+            assert!(
+                error.contains("--ramp must end at least 1 s before --duration"),
+                "{error}"
+            );
+        }
+        for (duration, ramp) in [("10", "9"), ("1", "0"), ("0.5", "0")] {
+            assert!(plan(duration, ramp).is_ok(), "{duration} {ramp}");
         }
     }
 
