@@ -262,6 +262,34 @@ fn bunched_inputs_of_an_honest_client_are_late_but_never_lost() {
     assert!(most_waiting <= 3, "{most_waiting} inputs waited at once");
 }
 
+/// A client whose clock runs fast sends an input more than the server's
+/// ticks now and then: one every 500 ticks here (2,000 ppm, forty times a
+/// quartz clock's usual error). The credit earns each back before the
+/// next: none waits on, none is flagged, however long it plays.
+#[test]
+fn a_client_with_a_fast_clock_is_never_flagged_nor_kept_waiting() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let player = spawn(&mut app, Vec2::ZERO);
+    let east = Vec2::new(config.max_speed, 0.0);
+    let mut seq = 0;
+    let mut most_waiting = 0;
+    for tick in 1..=5_000 {
+        let inputs = if tick % 500 == 0 { 2 } else { 1 };
+        for _ in 0..inputs {
+            seq += 1;
+            send(&mut app, player, seq, east);
+        }
+        app.update();
+        most_waiting = most_waiting.max(app.world().get::<Mover>(player).unwrap().waiting());
+    }
+    assert_eq!(violations(&app, player), MovementViolations::default());
+    assert_eq!(metric(&app, "rate"), 0);
+    assert!(most_waiting <= 1, "{most_waiting} inputs waited at once");
+    let mover = app.world().get::<Mover>(player).unwrap();
+    assert_eq!((mover.last_seq, mover.waiting()), (seq, 0));
+}
+
 #[test]
 fn a_stall_answered_by_a_burst_the_credit_and_buffer_can_take_is_no_flood() {
     let mut app = app();

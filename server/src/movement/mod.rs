@@ -19,21 +19,29 @@
 //! | position outside the world | clamped to the bounds, not flagged | — |
 //!
 //! **Movement credit**: each player earns one input's worth of credit per
-//! tick and holds at most [`MovementConfig::burst_ticks`], so that a
-//! jittery client whose inputs arrive bunched is not punished, while over
-//! any window of `W` ticks at most `W + burst_ticks - 1` inputs move the
-//! player. With the defaults (30 Hz, 3) displacement over any second is at
-//! most `32/30 ≈ 1.07 ×` the maximum speed; a teleport is impossible.
+//! tick, and [`CREDIT_DRIFT_PER_MILLE`] ‰ more, and holds at most
+//! [`MovementConfig::burst_ticks`], so that a jittery client whose inputs
+//! arrive bunched is not punished, while over any window of `W` ticks at
+//! most `W + burst_ticks - 1 + ⌊(W - 1) / 500⌋` inputs move the player.
+//! The 0.2 % is for clients whose clocks run fast: one that is 50 ppm
+//! fast sends an input more than the ticks every 11 minutes at 30 Hz, and
+//! without it each would stay waiting for good (a tick of latency), and
+//! those beyond the input buffer would be flagged. It takes 501 ticks to
+//! earn an input more, so within any second (at most 128 ticks) the bound
+//! is `W + burst_ticks - 1`: with the defaults (30 Hz, 3) displacement
+//! over any second is at most `32/30 ≈ 1.07 ×` the maximum speed, over
+//! longer windows 1.002 × plus the burst; a teleport is impossible.
 //!
 //! **Input buffer**: an input the credit does not cover yet waits, at most
 //! [`MovementConfig::input_buffer`] of them per player, and moves the
 //! player on a later tick, as credit comes. A client sending one input per
 //! tick spends its bank on the first burst after a stall and earns it back
-//! only by falling silent; without the buffer every later bunching of its
-//! inputs (two in one tick, none in the next) would cost it an input. With
-//! it, bunched inputs are late, never lost, and the credit bound above is
-//! unchanged (waiting does not move the player); only a client that keeps
-//! sending faster than the tick rate fills the buffer and loses inputs.
+//! only by falling silent or from the 0.2 % (an input every 500 ticks);
+//! without the buffer every later bunching of its inputs (two in one tick,
+//! none in the next) would cost it an input. With it, bunched inputs are
+//! late, never lost, and the credit bound above is unchanged (waiting does
+//! not move the player); only a client that keeps sending faster than the
+//! tick rate and the 0.2 % fills the buffer and loses inputs.
 //!
 //! **Stalls**: credit is earned per period of wall time, not per tick run
 //! ([`TickStats::periods_this_tick`]). After a stall (the process paused,
@@ -56,8 +64,9 @@
 //!
 //! Violations are counted per player in [`MovementViolations`], in the
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
-//! then every hundredth). An honest client (one input per tick, speed at
-//! most `max_speed`) is never flagged, unless the network holds its inputs
+//! then every hundredth). An honest client (one input per tick of its own
+//! clock, which may run up to 0.2 % fast; speed at most `max_speed`) is
+//! never flagged, unless the network holds its inputs
 //! back and hands over more than `burst_ticks + input_buffer` ticks' worth
 //! at once (with the defaults, a delay spike of over 230 ms): those beyond
 //! are flagged as rate or flood violations and dropped.
@@ -246,6 +255,18 @@ pub const MAX_INPUT_BUFFER: u32 = 64;
 /// The largest [`MovementConfig::burst_ticks`] accepted.
 pub const MAX_BURST_TICKS: u32 = 64;
 
+/// The movement credit a period of wall time earns beyond one input, in
+/// thousandths of an input: what a client's clock may run fast without its
+/// surplus inputs waiting for good (see "Movement credit" in the module
+/// docs).
+pub const CREDIT_DRIFT_PER_MILLE: u32 = 2;
+
+/// Movement credit is counted in thousandths of an input.
+const CREDIT_PER_INPUT: u32 = 1_000;
+
+/// The credit one period of wall time earns, in thousandths of an input.
+const CREDIT_PER_PERIOD: u32 = CREDIT_PER_INPUT + CREDIT_DRIFT_PER_MILLE;
+
 /// A player's movement state on the server.
 #[derive(Component, Debug, Clone, PartialEq)]
 pub struct Mover {
@@ -253,6 +274,7 @@ pub struct Mover {
     pub last_seq: u32,
     /// The velocity of the last applied input, after clamping.
     pub velocity: Vec2,
+    /// In thousandths of an input ([`CREDIT_PER_INPUT`]).
     credit: u32,
     inputs_this_tick: u32,
     /// The newest input sequence accepted (applied or waiting).
@@ -269,7 +291,7 @@ impl Mover {
         Self {
             last_seq: 0,
             velocity: Vec2::ZERO,
-            credit: config.burst_ticks.max(1),
+            credit: config.burst_ticks.max(1) * CREDIT_PER_INPUT,
             inputs_this_tick: 0,
             newest_seq: 0,
             waiting: VecDeque::with_capacity(room as usize),
@@ -494,9 +516,9 @@ fn refill_credit(
 ) {
     let (earned, extra, late) = periods_earned(&config, stats.as_deref());
     allowance.next(extra, late);
-    let cap = config.burst_ticks.max(1) + allowance.extra;
+    let cap = (config.burst_ticks.max(1) + allowance.extra) * CREDIT_PER_INPUT;
     for mut mover in &mut movers {
-        mover.credit = (mover.credit + earned).min(cap);
+        mover.credit = (mover.credit + earned * CREDIT_PER_PERIOD).min(cap);
         mover.inputs_this_tick = 0;
     }
 }
@@ -539,7 +561,7 @@ fn apply_inputs(
         mover.inputs_this_tick = mover.inputs_this_tick.saturating_add(1);
         let violation = if mover.inputs_this_tick > max_inputs {
             Some(Violation::Flood)
-        } else if mover.waiting.len() >= mover.credit as usize + buffer {
+        } else if mover.waiting.len() >= (mover.credit / CREDIT_PER_INPUT) as usize + buffer {
             Some(Violation::Rate)
         } else {
             None
@@ -570,13 +592,13 @@ fn apply_inputs(
     for (entity, mut position, mut mover, mut violations, player) in &mut players {
         // Read through `Deref` first: a player with nothing to apply is not
         // marked changed.
-        if mover.waiting.is_empty() || mover.credit == 0 {
+        if mover.waiting.is_empty() || mover.credit < CREDIT_PER_INPUT {
             continue;
         }
-        while mover.credit > 0
+        while mover.credit >= CREDIT_PER_INPUT
             && let Some(input) = mover.waiting.pop_front()
         {
-            mover.credit -= 1;
+            mover.credit -= CREDIT_PER_INPUT;
             mover.last_seq = input.seq;
             metrics.inputs.inc();
             let velocity = rules.clamp_velocity(input.velocity).unwrap_or(Vec2::ZERO);
