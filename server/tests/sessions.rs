@@ -2,7 +2,8 @@
 //! the in-process loopback: an account that leaves and comes back within
 //! one tick (the old session ends before the new one begins), and a
 //! player's first tick; account loads off the tick; a writer or reader
-//! thread that dies; an admin kick's reason.
+//! thread that dies; an admin kick's reason; a player who comes back
+//! where it left.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,16 +12,18 @@ use bevy_app::{App, AppExit};
 use server::console::AdminKick;
 use std::sync::Arc;
 
+use glam::Vec2;
 use server::chat::{ChatConfig, ChatPlugin};
 use server::inventory::{Catalogue, CoreConfig, InventoryPlugin, InventoryService};
-use server::movement::{MovementConfig, MovementPlugin};
-use server::net::{Loopback, NetPlugin, NetServer};
+use server::movement::{MovementConfig, MovementPlugin, RejoinPositions};
+use server::net::{Clients, Loopback, NetPlugin, NetServer};
 use server::persistence::{
     AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
 };
 use server::players::{self, PlayerRoster};
 use server::shutdown::ShutdownPlugin;
 use server::tick::{ManualClock, TickConfig, TickPlugin};
+use server::world::Position;
 use shared::io::{ClientId, NetCommand, NetEvent};
 use shared::netcode::ClientIndex;
 use shared::protocol::chat::{ChatKind, ChatLine, ChatScope, ChatSend};
@@ -28,6 +31,7 @@ use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, TradeOffer, TradeState,
     TradeUpdate, WorldItems,
 };
+use shared::protocol::movement::MoveInput;
 use shared::protocol::{self, channels};
 use shared::transport::{ChannelId, DisconnectReason};
 
@@ -721,4 +725,147 @@ fn a_player_back_within_a_tick_gets_only_its_new_sessions_lines() {
         .map(|line| (line.seq, line.text))
         .collect();
     assert_eq!(got, [(1, "player-4 joined".to_owned())]);
+}
+
+/// Where `client`'s player stands.
+fn position_of(app: &App, client: ClientId) -> Vec2 {
+    let entity = app
+        .world()
+        .resource::<Clients>()
+        .entity(client)
+        .expect("connected");
+    app.world().get::<Position>(entity).expect("spawned").0
+}
+
+/// `client`'s movement input, as `net-io` delivers it.
+fn walk(net: &Loopback, client: ClientId, seq: u32, velocity: Vec2) {
+    let input = MoveInput {
+        seq,
+        velocity,
+        ack_snapshot: 0,
+    };
+    net.events
+        .send(NetEvent::Message {
+            client,
+            channel: channels::MOVEMENT,
+            payload: protocol::encode(&input).unwrap(),
+        })
+        .unwrap();
+}
+
+/// Connects `client` and runs the tick it spawns in.
+fn join(app: &mut App, net: &Loopback, client: ClientId) {
+    net.events.send(NetEvent::Connected { client }).unwrap();
+    app.update();
+}
+
+/// Disconnects `client` and runs the tick it leaves in.
+fn leave(app: &mut App, net: &Loopback, client: ClientId) {
+    net.events
+        .send(NetEvent::Disconnected {
+            client,
+            reason: DisconnectReason::Timeout,
+        })
+        .unwrap();
+    app.update();
+}
+
+/// A player who leaves and comes back is where it left, not at the next
+/// spawn point: a reconnect is no free teleport (past the movement
+/// credit, to items out of reach), and a network blip does not lose an
+/// honest player its place, also when it is back within a tick. Newcomers
+/// still get the spawn spiral, on from where it was.
+#[test]
+fn a_player_who_comes_back_is_where_it_left() {
+    let (mut app, net) = app();
+    let spawns: Vec<Vec2> = app
+        .world()
+        .resource::<MovementConfig>()
+        .spawn_points()
+        .take(2)
+        .collect();
+    let walker = client(0, 7, 1);
+    join(&mut app, &net, walker);
+    assert_eq!(position_of(&app, walker), spawns[0]);
+    for seq in 1..=30 {
+        walk(&net, walker, seq, Vec2::new(8.0, 0.0));
+        app.update();
+    }
+    let left_at = position_of(&app, walker);
+    assert!(left_at.x > spawns[0].x + 7.0, "walked east to {left_at}");
+    leave(&mut app, &net, walker);
+
+    let back = client(0, 7, 2);
+    join(&mut app, &net, back);
+    let came_back_to = position_of(&app, back);
+    assert!(
+        came_back_to.distance(left_at) < 1e-3,
+        "left at {left_at}, came back to {came_back_to}"
+    );
+    let newcomer = client(1, 8, 3);
+    join(&mut app, &net, newcomer);
+    assert_eq!(position_of(&app, newcomer), spawns[1]);
+
+    // Back within one tick, the new connection reported first.
+    let again = client(2, 7, 4);
+    for event in [
+        NetEvent::Connected { client: again },
+        NetEvent::Disconnected {
+            client: back,
+            reason: DisconnectReason::Timeout,
+        },
+    ] {
+        net.events.send(event).unwrap();
+    }
+    app.update();
+    assert_eq!(position_of(&app, again), came_back_to);
+}
+
+/// The places kept for returning players are bounded in number (the
+/// longest gone are forgotten first) and in time, so that reconnects of
+/// many accounts cannot grow the server's memory.
+#[test]
+fn the_places_kept_for_returning_players_are_bounded() {
+    let (mut app, net) = app();
+    let config = MovementConfig {
+        rejoin_memory_players: 4,
+        rejoin_memory_secs: 2,
+        ..MovementConfig::default()
+    };
+    app.insert_resource(config.clone());
+    let spawns: Vec<Vec2> = config.spawn_points().take(12).collect();
+    let kept = |app: &App| app.world().resource::<RejoinPositions>().len();
+    // Ten accounts join (spawn points 0 to 9) and leave, in turn.
+    let first: Vec<ClientId> = (1..=10).map(|a| client(a as u32, a, a)).collect();
+    for &c in &first {
+        net.events.send(NetEvent::Connected { client: c }).unwrap();
+    }
+    app.update();
+    for &c in &first {
+        net.events
+            .send(NetEvent::Disconnected {
+                client: c,
+                reason: DisconnectReason::Timeout,
+            })
+            .unwrap();
+    }
+    app.update();
+    assert_eq!(kept(&app), 4);
+
+    // The first to leave was forgotten: it spawns anew. The last comes back.
+    let (forgotten, remembered) = (client(1, 1, 11), client(10, 10, 12));
+    join(&mut app, &net, forgotten);
+    join(&mut app, &net, remembered);
+    assert_eq!(position_of(&app, forgotten), spawns[10]);
+    assert_eq!(position_of(&app, remembered), spawns[9]);
+    assert_eq!(kept(&app), 3);
+
+    // Two seconds on, the others are forgotten too.
+    for _ in 0..2 * 30 {
+        app.update();
+    }
+    assert_eq!(kept(&app), 0);
+    let late = client(9, 9, 13);
+    join(&mut app, &net, late);
+    assert_eq!(position_of(&app, late), spawns[11]);
 }

@@ -66,12 +66,23 @@
 //! `movement_violations_total{kind}` metric, and logged (a player's first,
 //! then every hundredth). An honest client (one input per tick of its own
 //! clock, which may run up to 0.2 % fast; speed at most `max_speed`) is
-//! never flagged, unless the network holds its inputs
-//! back and hands over more than `burst_ticks + input_buffer` ticks' worth
-//! at once (with the defaults, a delay spike of over 230 ms): those beyond
-//! are flagged as rate or flood violations and dropped.
+//! never flagged, unless the network holds its inputs back and hands over
+//! more than `burst_ticks + input_buffer` ticks' worth at once (with the
+//! defaults, a delay spike of over 230 ms): those beyond are flagged as
+//! rate or flood violations and dropped.
+//!
+//! # Spawning
+//!
+//! A player who connects spawns at the next point of the spawn spiral
+//! ([`MovementConfig::next_spawn`]), unless its account left less than
+//! [`MovementConfig::rejoin_memory_secs`] ago: then it comes back where it
+//! left ([`RejoinPositions`]), so that a reconnect is no free teleport and
+//! a network blip does not lose a player its place. The memory is bounded
+//! by [`MovementConfig::rejoin_memory_players`] (the longest gone are
+//! forgotten first) and is not saved: after a restart of the server every
+//! player starts on the spiral.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bevy_app::{App, FixedUpdate, Plugin};
@@ -83,7 +94,10 @@ use shared::protocol::channels;
 use shared::protocol::movement::{MAX_WORLD_COORDINATE, MoveInput};
 
 use crate::metrics::{Counter, Metrics};
-use crate::net::{ClientConnected, Clients, FromClient, NetAppExt, Player};
+use crate::net::{
+    ClientConnected, ClientDisconnected, Clients, DepartedPositions, FromClient, NetAppExt, Player,
+    SessionChange, session_changes,
+};
 use crate::tick::TickStats;
 use crate::world::Position;
 
@@ -120,6 +134,14 @@ pub struct MovementConfig {
     /// density of one per `π·spacing²` m² (about 25 within a 60 m view at
     /// the default 12), so neighbours do not grow with the player count.
     pub spawn_spacing: f32,
+    /// How long the server keeps where a player left, seconds: an account
+    /// back within it spawns there, not at the next spawn point (see
+    /// "Spawning" in the module docs). Default 300; 0 forgets at once.
+    pub rejoin_memory_secs: u32,
+    /// Most departed players whose place is kept at once; past it the
+    /// longest gone is forgotten (and spawns at the next spawn point when
+    /// it comes back). Default 10,000, about a megabyte.
+    pub rejoin_memory_players: u32,
 }
 
 impl Default for MovementConfig {
@@ -134,6 +156,8 @@ impl Default for MovementConfig {
             input_buffer: 4,
             speed_tolerance: 0.01,
             spawn_spacing: 12.0,
+            rejoin_memory_secs: 300,
+            rejoin_memory_players: 10_000,
         }
     }
 }
@@ -352,6 +376,63 @@ pub enum MovementSystems {
 #[derive(Resource, Default)]
 struct SpawnCounter(u32);
 
+/// Where players who left stood, by account, for their return (see
+/// "Spawning" in the module docs): at most
+/// [`MovementConfig::rejoin_memory_players`], none gone longer than
+/// [`MovementConfig::rejoin_memory_secs`]. In memory only.
+#[derive(Resource, Debug, Default)]
+pub struct RejoinPositions {
+    /// Each account's departure number (its key in `by_age`).
+    by_account: HashMap<u64, u64>,
+    /// By departure number, oldest first: the account, where it left and
+    /// when (game time).
+    by_age: BTreeMap<u64, (u64, Vec2, Duration)>,
+    next: u64,
+}
+
+impl RejoinPositions {
+    /// Players whose place is kept.
+    pub fn len(&self) -> usize {
+        self.by_age.len()
+    }
+
+    /// Whether no player's place is kept.
+    pub fn is_empty(&self) -> bool {
+        self.by_age.is_empty()
+    }
+
+    /// Keeps where `account` left, at game time `now`, forgetting the
+    /// longest gone beyond `most` players.
+    fn remember(&mut self, account: u64, at: Vec2, now: Duration, most: usize) {
+        if let Some(earlier) = self.by_account.insert(account, self.next) {
+            self.by_age.remove(&earlier);
+        }
+        self.by_age.insert(self.next, (account, at, now));
+        self.next += 1;
+        while self.by_age.len() > most
+            && let Some((_, (gone, _, _))) = self.by_age.pop_first()
+        {
+            self.by_account.remove(&gone);
+        }
+    }
+
+    /// Forgets the players gone for `keep` or longer at game time `now`.
+    fn forget_older(&mut self, now: Duration, keep: Duration) {
+        while let Some(oldest) = self.by_age.first_entry()
+            && now.saturating_sub(oldest.get().2) >= keep
+        {
+            let (gone, _, _) = oldest.remove();
+            self.by_account.remove(&gone);
+        }
+    }
+
+    /// Where `account` left, if that is kept (and no longer after).
+    fn take(&mut self, account: u64) -> Option<Vec2> {
+        let key = self.by_account.remove(&account)?;
+        self.by_age.remove(&key).map(|(_, at, _)| at)
+    }
+}
+
 #[derive(Resource, Clone)]
 struct MovementMetrics {
     inputs: Counter,
@@ -390,7 +471,8 @@ impl MovementMetrics {
 }
 
 /// Validates and applies movement input; spawns players at
-/// [`MovementConfig::next_spawn`] points when they connect.
+/// [`MovementConfig::next_spawn`] points when they connect, or where they
+/// left when they come back (see "Spawning" in the module docs).
 pub struct MovementPlugin;
 
 impl Plugin for MovementPlugin {
@@ -398,12 +480,14 @@ impl Plugin for MovementPlugin {
         let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
         app.init_resource::<MovementConfig>()
             .init_resource::<SpawnCounter>()
+            .init_resource::<RejoinPositions>()
             .init_resource::<StallAllowance>()
             .init_resource::<ViolationLog>()
             .insert_resource(MovementMetrics::register(&metrics))
             .add_client_message::<MoveInput>(channels::MOVEMENT)
             .add_message::<MoveCommand>()
             .add_message::<ClientConnected>()
+            .add_message::<ClientDisconnected>()
             .configure_sets(
                 FixedUpdate,
                 MovementSystems::Receive.before(MovementSystems::Integrate),
@@ -421,21 +505,51 @@ impl Plugin for MovementPlugin {
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one system takes a tick's joins and leaves in their order"
+)]
 fn spawn_players(
     mut connected: MessageReader<ClientConnected>,
+    mut disconnected: MessageReader<ClientDisconnected>,
+    departed: Option<Res<DepartedPositions>>,
     config: Res<MovementConfig>,
+    time: Res<Time<Fixed>>,
     mut counter: ResMut<SpawnCounter>,
+    mut rejoins: ResMut<RejoinPositions>,
     mut commands: Commands,
 ) {
-    for ClientConnected { entity, .. } in connected.read() {
-        let (at, next) = config.next_spawn(counter.0);
-        counter.0 = next;
-        if let Ok(mut e) = commands.get_entity(*entity) {
-            e.insert((
-                Position(at),
-                Mover::new(&config),
-                MovementViolations::default(),
-            ));
+    let now = time.elapsed();
+    let keep = Duration::from_secs(config.rejoin_memory_secs.into());
+    rejoins.forget_older(now, keep);
+    // In order per account: one that left and came back within the tick
+    // comes back where it left.
+    for change in session_changes(&mut connected, &mut disconnected) {
+        match change {
+            SessionChange::Left(ClientDisconnected { client, .. }) => {
+                if let Some(at) = departed.as_ref().and_then(|d| d.0.get(&client.account)) {
+                    let most = config.rejoin_memory_players as usize;
+                    rejoins.remember(client.account, *at, now, most);
+                    rejoins.forget_older(now, keep);
+                }
+            }
+            SessionChange::Joined(ClientConnected { client, entity }) => {
+                let at = match rejoins.take(client.account) {
+                    Some(left_at) => left_at.clamp(config.world_min, config.world_max),
+                    None => {
+                        let (at, next) = config.next_spawn(counter.0);
+                        counter.0 = next;
+                        at
+                    }
+                };
+                if let Ok(mut e) = commands.get_entity(entity) {
+                    e.insert((
+                        Position(at),
+                        Mover::new(&config),
+                        MovementViolations::default(),
+                    ));
+                }
+            }
         }
     }
 }
