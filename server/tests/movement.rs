@@ -4,8 +4,8 @@
 //! shared predictor agrees with the server.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy_app::{App, AppExit, First, Last};
@@ -202,6 +202,67 @@ fn many_flooders_log_within_the_line_budget() {
         log.suppressed() >= 100 - u64::from(MAX_VIOLATION_LINES_PER_SECOND),
         "{log:?}"
     );
+}
+
+/// A writer into a shared buffer, for [`logged`].
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What `run` logs on this thread (the app runs its systems on it).
+fn logged(run: impl FnOnce()) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+}
+
+/// One connection flooding for seconds spends the line budget early in
+/// each second; another player's first violation is still written, late
+/// in a second whose budget the flood already spent.
+#[test]
+fn a_flood_does_not_hide_another_players_first_violation() {
+    let mut app = app();
+    let max = app.world().resource::<MovementConfig>().max_speed;
+    let flooder = spawn(&mut app, Vec2::ZERO);
+    let cheat = spawn(&mut app, Vec2::new(100.0, 0.0));
+    let log = logged(|| {
+        let mut seq = 0;
+        for tick in 0..3 * 30 {
+            for _ in 0..66 {
+                seq += 1;
+                send(&mut app, flooder, seq, Vec2::ZERO);
+            }
+            if tick == 85 {
+                let suppressed = app.world().resource::<ViolationLog>().suppressed();
+                assert!(suppressed > 0, "the flood spent this second's budget");
+                send(&mut app, cheat, 1, Vec2::new(2.0 * max, 0.0));
+            }
+            app.update();
+        }
+    });
+    assert_eq!(violations(&app, cheat).speed, 1);
+    let entity = format!("entity={cheat:?}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("movement violation") && l.contains(&entity))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("Speed"), "{}", lines[0]);
 }
 
 #[test]

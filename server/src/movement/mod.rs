@@ -63,13 +63,16 @@
 //! flagged as always.
 //!
 //! Violations are counted per player in [`MovementViolations`], in the
-//! `movement_violations_total{kind}` metric, and logged (a player's first,
-//! then every hundredth). An honest client (one input per tick of its own
-//! clock, which may run up to 0.2 % fast; speed at most `max_speed`) is
-//! never flagged, unless the network holds its inputs back and hands over
-//! more than `burst_ticks + input_buffer` ticks' worth at once (with the
-//! defaults, a delay spike of over 230 ms): those beyond are flagged as
-//! rate or flood violations and dropped.
+//! `movement_violations_total{kind}` metric, and logged: a player's first,
+//! then every hundredth, at most [`MAX_VIOLATION_LINES_PER_SECOND`] lines
+//! a second, of them at most [`MAX_REPEAT_VIOLATION_LINES_PER_SECOND`]
+//! repeats (so that a flood's repeats do not hide another player's first).
+//! An honest client (one input per tick of its own clock, which may run up
+//! to 0.2 % fast; speed at most `max_speed`) is never flagged, unless the
+//! network holds its inputs back and hands over more than `burst_ticks +
+//! input_buffer` ticks' worth at once (with the defaults, a delay spike of
+//! over 230 ms): those beyond are flagged as rate or flood violations and
+//! dropped.
 //!
 //! # Spawning
 //!
@@ -745,13 +748,21 @@ fn apply_inputs(
 /// their amplifier. The metrics count every violation.
 pub const MAX_VIOLATION_LINES_PER_SECOND: u32 = 10;
 
+/// Of [`MAX_VIOLATION_LINES_PER_SECOND`], the most that may be repeats (a
+/// player's hundredth violation, two hundredth, ...): the rest is kept for
+/// players' first violations, which a flood of one connection's repeats
+/// would otherwise leave out.
+pub const MAX_REPEAT_VIOLATION_LINES_PER_SECOND: u32 = 5;
+
 /// The budget of violation log lines: [`MAX_VIOLATION_LINES_PER_SECOND`]
-/// per second of game time, and one line a second saying how many were
-/// left out.
+/// per second of game time, of them at most
+/// [`MAX_REPEAT_VIOLATION_LINES_PER_SECOND`] repeats, and one line a
+/// second saying how many were left out.
 #[derive(Resource, Debug, Default)]
 pub struct ViolationLog {
     second: u64,
     lines: u32,
+    repeats: u32,
     suppressed: u64,
 }
 
@@ -783,16 +794,33 @@ impl ViolationLog {
         })
     }
 
-    /// Whether a line may be written at game time `now`.
-    pub fn admit(&mut self, now: Duration) -> bool {
+    /// Whether the line of a player's first violation may be written at
+    /// game time `now`.
+    pub fn admit_first(&mut self, now: Duration) -> bool {
         self.roll(now);
-        if self.lines < MAX_VIOLATION_LINES_PER_SECOND {
+        self.admit(self.lines < MAX_VIOLATION_LINES_PER_SECOND)
+    }
+
+    /// Whether the line of a repeat (a player's hundredth violation, ...)
+    /// may be written at game time `now`.
+    pub fn admit_repeat(&mut self, now: Duration) -> bool {
+        self.roll(now);
+        let admitted = self.admit(
+            self.lines < MAX_VIOLATION_LINES_PER_SECOND
+                && self.repeats < MAX_REPEAT_VIOLATION_LINES_PER_SECOND,
+        );
+        self.repeats += u32::from(admitted);
+        admitted
+    }
+
+    /// Counts a line written if `room`, else left out.
+    fn admit(&mut self, room: bool) -> bool {
+        if room {
             self.lines += 1;
-            true
         } else {
             self.suppressed += 1;
-            false
         }
+        room
     }
 
     /// Lines left out in the current second.
@@ -803,7 +831,7 @@ impl ViolationLog {
 
 /// Counts a violation for its player and in the metrics, and logs a
 /// player's first and every hundredth, within the [`ViolationLog`]'s
-/// budget.
+/// budget (the first within its part kept for them).
 fn record(
     violation: Violation,
     entity: Entity,
@@ -822,7 +850,12 @@ fn record(
     *count = count.saturating_add(1);
     counter.inc();
     let total = violations.total();
-    if (total == 1 || total.is_multiple_of(100)) && log.admit(now) {
+    let admitted = match total {
+        1 => log.admit_first(now),
+        _ if total.is_multiple_of(100) => log.admit_repeat(now),
+        _ => false,
+    };
+    if admitted {
         let account = player.map(|p| p.client.account);
         tracing::warn!(?entity, ?account, ?violation, total, "movement violation");
     }
@@ -836,16 +869,31 @@ mod tests {
     fn violation_lines_keep_to_their_budget_a_second() {
         let mut log = ViolationLog::default();
         let second = |s: u64, ms: u64| Duration::from_secs(s) + Duration::from_millis(ms);
-        let admitted = (0..1_000)
-            .filter(|&i| log.admit(second(5, i % 1000)))
+        // Repeats first: they take their part and leave the rest to firsts.
+        let repeats = (0..1_000)
+            .filter(|&i| log.admit_repeat(second(5, i % 1000)))
             .count();
-        assert_eq!(admitted, MAX_VIOLATION_LINES_PER_SECOND as usize);
-        assert_eq!(log.suppressed(), 990);
+        assert_eq!(repeats, MAX_REPEAT_VIOLATION_LINES_PER_SECOND as usize);
+        let firsts = (0..1_000)
+            .filter(|&i| log.admit_first(second(5, i % 1000)))
+            .count();
+        assert_eq!(repeats + firsts, MAX_VIOLATION_LINES_PER_SECOND as usize);
+        assert_eq!(log.suppressed(), 1_990);
         assert_eq!(log.roll(second(5, 999)), None, "the same second");
-        assert_eq!(log.roll(second(6, 0)), Some(990), "said as the next begins");
+        assert_eq!(
+            log.roll(second(6, 0)),
+            Some(1_990),
+            "said as the next begins"
+        );
         assert_eq!(log.roll(second(7, 0)), None, "and once");
-        assert!(log.admit(second(7, 1)), "a new second, a new budget");
+        assert!(log.admit_repeat(second(7, 1)), "a new second, a new budget");
         assert_eq!(log.suppressed(), 0);
+        // Firsts may take all of it, and then nothing more is written.
+        for ms in 2..=u64::from(MAX_VIOLATION_LINES_PER_SECOND) {
+            assert!(log.admit_first(second(7, ms)));
+        }
+        assert!(!log.admit_first(second(7, 500)));
+        assert!(!log.admit_repeat(second(7, 500)));
     }
 
     #[test]
