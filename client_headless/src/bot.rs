@@ -41,7 +41,9 @@ use glam::Vec2;
 use hdrhistogram::Histogram;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::unix_secs;
-use shared::movement::{ApplyError, ApplyScratch, MovementRules, Predictor, SnapshotReceiver};
+use shared::movement::{
+    ApplyError, ApplyScratch, MovementRules, Predictor, SnapshotReceiver, tick_dt,
+};
 use shared::netcode::MAX_PACKET_BYTES;
 use shared::protocol::chat::{ChatLine, ChatRejected, ChatScope, ChatSend};
 use shared::protocol::inventory::{
@@ -761,7 +763,7 @@ impl Bot {
                     }
                     // The first inputs may have left before the welcome.
                     if let Some(predictor) = self.predictor.as_mut() {
-                        predictor.set_rules(self.rules, 1.0 / f32::from(self.tick_hz));
+                        predictor.set_rules(self.rules, tick_dt(self.tick_hz));
                     }
                 }
             }
@@ -868,7 +870,7 @@ impl Bot {
                 self.velocity = Vec2::from_angle(angle) * wander.speed;
                 self.next_turn = now + Duration::from_secs_f64(wander.turn_every_s);
             }
-            let dt = 1.0 / f32::from(self.tick_hz);
+            let dt = tick_dt(self.tick_hz);
             let predictor = self
                 .predictor
                 .get_or_insert_with(|| Predictor::new(self.rules, dt, Vec2::ZERO));

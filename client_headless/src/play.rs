@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use glam::Vec2;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, MAX_READS_PER_PUMP, unix_secs};
-use shared::movement::{ApplyScratch, MovementRules, Predictor, SnapshotReceiver};
+use shared::movement::{ApplyScratch, MovementRules, Predictor, SnapshotReceiver, tick_dt};
 use shared::netcode::ConnectToken;
 use shared::protocol::chat::{
     ChatKind, ChatLine, ChatRejected, ChatScope, ChatSend, MAX_SEND_TEXT_BYTES,
@@ -490,7 +490,7 @@ impl Player {
                     }
                     // The first inputs may have left before the welcome.
                     if let Some(predictor) = self.predictor.as_mut() {
-                        predictor.set_rules(self.rules, 1.0 / f32::from(self.tick_hz.max(1)));
+                        predictor.set_rules(self.rules, tick_dt(self.tick_hz));
                     }
                 }
             }
@@ -822,7 +822,7 @@ impl Player {
         if at > now || !endpoint.is_connected() {
             return;
         }
-        let dt = 1.0 / f32::from(self.tick_hz.max(1));
+        let dt = tick_dt(self.tick_hz);
         let start = self.receiver.own_position().unwrap_or(Vec2::ZERO);
         let predictor = self
             .predictor
@@ -1022,7 +1022,7 @@ mod tests {
     #[test]
     fn a_welcome_after_the_first_inputs_still_sets_the_rules() {
         let mut player = Player::new();
-        player.predictor = Some(Predictor::new(player.rules, 1.0 / 30.0, Vec2::ZERO));
+        player.predictor = Some(Predictor::new(player.rules, tick_dt(30), Vec2::ZERO));
         let rules = MovementRules {
             max_speed: 2.0,
             ..MovementRules::default()

@@ -21,7 +21,7 @@ use server::movement::{
 use server::net::{Clients, Outbox};
 use server::tick::{Clock, ManualClock, TickConfig, TickPlugin, TickRate, TickStats};
 use server::world::Position;
-use shared::movement::Predictor;
+use shared::movement::{Predictor, tick_dt};
 use shared::protocol::movement::MoveInput;
 
 fn app() -> App {
@@ -739,11 +739,10 @@ fn the_world_bounds_hold() {
 fn an_honest_wanderer_is_never_flagged_for_sixty_seconds() {
     let mut app = app();
     let config = app.world().resource::<MovementConfig>().clone();
-    let dt = dt(&app);
     // Start near a corner so the walk also meets the world's edge.
     let start = config.world_min + Vec2::splat(3.0);
     let player = spawn(&mut app, start);
-    let mut client = Predictor::new(config.rules(), dt, start);
+    let mut client = Predictor::new(config.rules(), tick_dt(30), start);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut track = vec![start];
     let mut heading = Vec2::X;
@@ -780,6 +779,32 @@ fn an_honest_wanderer_is_never_flagged_for_sixty_seconds() {
     let window = max_window_displacement(&track, 30);
     assert!(window <= 1.1 * config.max_speed, "{window}");
     assert!(window > 0.5 * config.max_speed, "the wanderer did wander");
+}
+
+/// The server moves a player to the bit where a client predicts it: the
+/// same step, clamping once, with the tick period a client takes from the
+/// welcome's tick rate (`1 / tick_hz`), for a velocity within the limit
+/// and for one the step clamps.
+#[test]
+fn the_server_moves_a_player_to_the_bit_where_a_client_predicts() {
+    let mut app = app();
+    let rules = app.world().resource::<MovementConfig>().rules();
+    let velocities = [Vec2::new(8.0, 0.0), Vec2::new(77.099_39, -51.053_047)];
+    let mut players = Vec::new();
+    for velocity in velocities {
+        let player = spawn(&mut app, Vec2::ZERO);
+        let mut client = Predictor::new(rules, 1.0 / 30.0, Vec2::ZERO);
+        let input = client.input(velocity, 0);
+        app.world_mut().write_message(MoveCommand {
+            entity: player,
+            input,
+        });
+        players.push((player, client));
+    }
+    app.update();
+    for ((player, client), velocity) in players.iter().zip(velocities) {
+        assert_eq!(position(&app, *player), client.position(), "{velocity}");
+    }
 }
 
 #[test]

@@ -92,7 +92,7 @@ use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
 use bevy_time::{Fixed, Time};
 use glam::Vec2;
-use shared::movement::MovementRules;
+use shared::movement::{MovementRules, tick_dt};
 use shared::protocol::channels;
 use shared::protocol::movement::{MAX_WORLD_COORDINATE, MoveInput};
 
@@ -101,7 +101,7 @@ use crate::net::{
     ClientConnected, ClientDisconnected, Clients, DepartedPositions, FromClient, NetAppExt, Player,
     SessionChange, session_changes,
 };
-use crate::tick::TickStats;
+use crate::tick::{TickRate, TickStats};
 use crate::world::Position;
 
 /// Movement rules and anti-cheat limits. [`MovementPlugin`] inserts the
@@ -649,11 +649,16 @@ enum Violation {
     Rate,
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one system validates and applies a tick's inputs in order"
+)]
 fn apply_inputs(
     mut inputs: MessageReader<MoveCommand>,
     config: Res<MovementConfig>,
     allowance: Res<StallAllowance>,
     time: Res<Time<Fixed>>,
+    stats: Option<Res<TickStats>>,
     metrics: Res<MovementMetrics>,
     mut log: ResMut<ViolationLog>,
     mut players: Query<(
@@ -704,7 +709,10 @@ fn apply_inputs(
     }
 
     let rules = config.rules();
-    let dt = time.timestep().as_secs_f32();
+    // What clients predict with, from the welcome's tick rate (at most
+    // MAX_TICK_HZ, which a u16 holds).
+    let hz = stats.map_or_else(TickRate::default, |s| s.rate()).hz();
+    let dt = tick_dt(u16::try_from(hz).unwrap_or(u16::MAX));
     let flag_above = config.max_speed * (1.0 + config.speed_tolerance.max(0.0));
     for (entity, mut position, mut mover, mut violations, player) in &mut players {
         // Read through `Deref` first: a player with nothing to apply is not
@@ -718,9 +726,9 @@ fn apply_inputs(
             mover.credit -= CREDIT_PER_INPUT;
             mover.last_seq = input.seq;
             metrics.inputs.inc();
-            let velocity = rules.clamp_velocity(input.velocity).unwrap_or(Vec2::ZERO);
-            mover.velocity = velocity;
-            position.0 = rules.step(position.0, velocity, dt);
+            // The step clamps, as the client's: once.
+            mover.velocity = rules.clamp_velocity(input.velocity).unwrap_or(Vec2::ZERO);
+            position.0 = rules.step(position.0, input.velocity, dt);
             let violation = if !input.velocity.is_finite() {
                 Some(Violation::NonFinite)
             } else if input.velocity.length() > flag_above {

@@ -2,7 +2,7 @@
 //! and clients predict with ([`step`](MovementRules::step)), snapshot decoding with delta
 //! application ([`SnapshotReceiver`]), and client-side prediction with
 //! reconciliation ([`Predictor`]). No bevy, no clock: the caller passes the
-//! tick period.
+//! tick period, [`tick_dt`] of the tick rate on both sides.
 //!
 //! A game client's loop, once per tick:
 //!
@@ -47,6 +47,15 @@ impl Default for MovementRules {
             world_max: Vec2::splat(1000.0),
         }
     }
+}
+
+/// The `dt` of one tick at `tick_hz` ticks a second (taken as at least
+/// one) for [`MovementRules::step`]: `1 / tick_hz`, the one way the server
+/// and its clients compute it, so that a prediction agrees with the server
+/// to the bit. (The server's tick period, whole nanoseconds, is another
+/// `f32`: 0.033333331 s at 30 Hz, against 0.033333335 s.)
+pub fn tick_dt(tick_hz: u16) -> f32 {
+    1.0 / f32::from(tick_hz.max(1))
 }
 
 impl MovementRules {

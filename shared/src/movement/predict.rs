@@ -32,7 +32,7 @@ pub struct Predictor {
 
 impl Predictor {
     /// A predictor starting at `position`, ticking every `dt` seconds
-    /// (the server's tick period, `1 / Welcome::tick_hz`).
+    /// ([`tick_dt`](super::tick_dt) of `Welcome::tick_hz`, as the server).
     pub fn new(rules: MovementRules, dt: f32, position: Vec2) -> Self {
         Self {
             rules,
@@ -77,7 +77,7 @@ impl Predictor {
     }
 
     /// Predicts from now on with the server's `rules` and tick period
-    /// `dt`: they come in its welcome, which a client may get after its
+    /// `dt` ([`tick_dt`](super::tick_dt)): they come in its welcome, which a client may get after its
     /// first inputs (the server welcomes in its next tick). The inputs
     /// waiting for the server are replayed with them at the next
     /// [`reconcile`](Self::reconcile); the sequence goes on.
