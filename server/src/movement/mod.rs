@@ -11,6 +11,7 @@
 //! | check | action | violation |
 //! |---|---|---|
 //! | `seq` not newer than the last accepted | dropped silently (a replay gains nothing) | — |
+//! | `seq` one or two past the next expected (inputs lost on the way) | the missing ones move the player as this one, within the credit and the buffer | — |
 //! | more than [`MovementConfig::max_inputs_per_tick`] this tick | dropped | `flood` |
 //! | no movement credit left and the input buffer full (see below) | dropped | `rate` |
 //! | non-finite velocity | applied as standing still | `non_finite` |
@@ -279,6 +280,11 @@ impl MovementConfig {
 /// The largest [`MovementConfig::input_buffer`] honoured.
 pub const MAX_INPUT_BUFFER: u32 = 64;
 
+/// Most inputs missing before an accepted one that move the player as it
+/// does (see the module docs): a gap of one or two is a loss on the way;
+/// a longer one is an outage, after which the client reconciles.
+pub const MAX_FILLED_INPUTS: u32 = 2;
+
 /// The largest [`MovementConfig::burst_ticks`] accepted.
 pub const MAX_BURST_TICKS: u32 = 64;
 
@@ -439,6 +445,7 @@ impl RejoinPositions {
 #[derive(Resource, Clone)]
 struct MovementMetrics {
     inputs: Counter,
+    filled: Counter,
     non_finite: Counter,
     speed: Counter,
     flood: Counter,
@@ -457,6 +464,13 @@ impl MovementMetrics {
         Self {
             inputs: r
                 .counter("movement_inputs_total", "Movement inputs applied.")
+                .unwrap_or_default(),
+            filled: r
+                .counter(
+                    "movement_inputs_filled_total",
+                    "Movement inputs lost on the way whose tick moved the player as the \
+                     input after them (a gap of at most two).",
+                )
                 .unwrap_or_default(),
             non_finite: kind("non_finite"),
             speed: kind("speed"),
@@ -703,6 +717,22 @@ fn apply_inputs(
                 );
             }
         } else {
+            // Inputs missing just before this one were lost on the way (or
+            // overtaken by it: the channel drops them as stale). They move
+            // the player as this one does, so that it ends up where its
+            // client predicted (a player keeps a heading for many ticks),
+            // paid for with credit like any input, in the room the buffer
+            // has left (never at the cost of this one).
+            let missing = input.seq - mover.newest_seq - 1;
+            let room = ((mover.credit / CREDIT_PER_INPUT) as usize + buffer)
+                .saturating_sub(mover.waiting.len() + 1);
+            let filled = missing.min(MAX_FILLED_INPUTS).min(room as u32);
+            if missing <= MAX_FILLED_INPUTS {
+                for seq in input.seq - filled..input.seq {
+                    mover.waiting.push_back(MoveInput { seq, ..*input });
+                }
+                metrics.filled.add(u64::from(filled));
+            }
             mover.newest_seq = input.seq;
             mover.waiting.push_back(*input);
         }
