@@ -79,17 +79,23 @@ pub fn spawn_watchdog(
         })
 }
 
-/// Makes SIGINT, SIGTERM and SIGHUP flip `switch`; a second signal exits
-/// the process at once with code 128 + signal number. SIGHUP (the terminal
-/// the server runs in closed: an SSH session dropped) would otherwise end
-/// it on the spot, without goodbyes or the last commit.
+/// Makes SIGINT and SIGTERM (and on Unix SIGHUP) flip `switch`; a second
+/// signal exits the process at once with code 128 + signal number. SIGHUP
+/// (the terminal the server runs in closed: an SSH session dropped) would
+/// otherwise end it on the spot, without goodbyes or the last commit;
+/// inherited ignored (`nohup`), it stays ignored.
 ///
 /// # Errors
 /// The operating system refused to install a handler.
 pub fn install_signal_handlers(switch: &ShutdownSwitch) -> io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
+    let mut signals = vec![SIGINT, SIGTERM];
+    #[cfg(unix)]
+    if !hangups_ignored() {
+        signals.push(signal_hook::consts::SIGHUP);
+    }
+    for signal in signals {
         // Order matters: the exit check must see the flag from the previous
         // signal, before this signal sets it.
         flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&switch.signalled))?;
@@ -97,6 +103,22 @@ pub fn install_signal_handlers(switch: &ShutdownSwitch) -> io::Result<()> {
         flag::register(signal, Arc::clone(&switch.requested))?;
     }
     Ok(())
+}
+
+/// Whether this process was started with SIGHUP ignored, as `nohup` starts
+/// it: its operator asked for it to outlive the terminal.
+#[cfg(unix)]
+#[expect(
+    unsafe_code,
+    reason = "sigaction(2) reads the disposition; nothing safe does"
+)]
+fn hangups_ignored() -> bool {
+    // SAFETY: sigaction is plain data; all zeroes is a valid value of it.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `current`,
+    // a valid, writable sigaction.
+    let read = unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) };
+    read == 0 && current.sa_sigaction == libc::SIG_IGN
 }
 
 /// Why the server is shutting down.

@@ -45,7 +45,12 @@ fn scratch_dir(name: &str) -> ScratchDir {
 /// The server with a clean environment (no inherited GAMESERVER_* or
 /// RUST_LOG), run from `dir`.
 fn server(dir: &PathBuf) -> Command {
-    let mut command = Command::new(SERVER);
+    run_in(dir, SERVER)
+}
+
+/// `program` with a clean environment, run from `dir`.
+fn run_in(dir: &PathBuf, program: &str) -> Command {
+    let mut command = Command::new(program);
     command.current_dir(dir).env_clear();
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
@@ -57,8 +62,14 @@ fn server(dir: &PathBuf) -> Command {
 /// choosing, data in `dir/data`, its logs on a pipe (see `read_log`);
 /// killed when the handle drops.
 fn serve(dir: &PathBuf) -> KillOnDrop {
+    serve_as(server(dir))
+}
+
+/// `command` (the server, or something that runs it) serving as [`serve`]
+/// says.
+fn serve_as(mut command: Command) -> KillOnDrop {
     KillOnDrop(
-        server(dir)
+        command
             .args(["--metrics-bind", "127.0.0.1:0"])
             .args(["--bind", "127.0.0.1:0", "--data-dir", "data"])
             .stdin(Stdio::null())
@@ -336,6 +347,38 @@ fn a_hangup_shuts_the_server_down_gracefully() {
     let mut child = serve(&dir);
     let (_, logs) = read_log(&mut child);
     stops_gracefully_on(&mut child, logs, "HUP");
+}
+
+/// Started with `nohup` (SIGHUP ignored), the server was asked to outlive
+/// its terminal: a hangup leaves it serving.
+#[cfg(unix)]
+#[test]
+fn a_server_started_under_nohup_serves_on_through_a_hangup() {
+    let dir = scratch_dir("nohup");
+    let mut nohup = run_in(&dir, "nohup");
+    nohup.arg(SERVER);
+    let mut child = serve_as(nohup);
+    let (listening, logs) = read_log(&mut child);
+    let healthy = |expected: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = matches!(http_get(listening.metrics, "/healthz"), Some((200, _)));
+            if ok == expected || Instant::now() > deadline {
+                return ok;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(healthy(true), "server never became healthy");
+    let kill = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the hangup stopped it");
+    assert!(healthy(true), "the hangup started a shutdown");
+    stops_gracefully_on(&mut child, logs, "TERM");
 }
 
 #[test]
