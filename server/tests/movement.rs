@@ -915,3 +915,48 @@ fn skipping_sequence_numbers_gains_no_speed() {
             <= (config.burst_ticks + config.input_buffer) as usize
     );
 }
+
+/// A filled-in input gives way to a real one: a loss followed by a burst
+/// the credit and buffer take (a delay spike after a loss) is not flagged.
+#[test]
+fn a_filled_input_gives_way_to_a_real_one() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let player = spawn(&mut app, Vec2::ZERO);
+    let east = Vec2::new(config.max_speed, 0.0);
+    send(&mut app, player, 1, east);
+    app.update();
+    for _ in 0..7 {
+        app.update();
+    }
+    // Input 2 lost; 3 and the next ones held back, then all at once: as
+    // many real inputs as the credit and the buffer take.
+    let burst = config.burst_ticks + config.input_buffer;
+    for seq in 3..3 + burst {
+        send(&mut app, player, seq, east);
+    }
+    for _ in 0..10 {
+        app.update();
+    }
+    assert_eq!(violations(&app, player), MovementViolations::default());
+    assert_eq!(metric(&app, "rate"), 0);
+    assert_eq!(
+        app.world().get::<Mover>(player).unwrap().last_seq,
+        2 + burst
+    );
+}
+
+/// A filled-in input copies the next one's velocity, not its violation:
+/// a speed hack after a loss is flagged once.
+#[test]
+fn a_filled_input_is_not_flagged_for_the_input_it_copies() {
+    let mut app = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let player = spawn(&mut app, Vec2::ZERO);
+    send(&mut app, player, 1, Vec2::X);
+    app.update();
+    send(&mut app, player, 4, Vec2::new(config.max_speed * 10.0, 0.0));
+    app.update();
+    app.update();
+    assert_eq!(violations(&app, player).speed, 1);
+}

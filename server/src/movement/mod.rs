@@ -11,7 +11,7 @@
 //! | check | action | violation |
 //! |---|---|---|
 //! | `seq` not newer than the last accepted | dropped silently (a replay gains nothing) | — |
-//! | `seq` one or two past the next expected (inputs lost on the way) | the missing ones move the player as this one, within the credit and the buffer | — |
+//! | `seq` one or two past the next expected (inputs lost on the way) | the missing ones move the player as this one, within the credit and the buffer (a real input takes a filled one's place there) | — |
 //! | more than [`MovementConfig::max_inputs_per_tick`] this tick | dropped | `flood` |
 //! | no movement credit left and the input buffer full (see below) | dropped | `rate` |
 //! | non-finite velocity | applied as standing still | `non_finite` |
@@ -313,7 +313,7 @@ pub struct Mover {
     /// The newest input sequence accepted (applied or waiting).
     newest_seq: u32,
     /// Accepted inputs waiting for credit, oldest first.
-    waiting: VecDeque<MoveInput>,
+    waiting: VecDeque<Waiting>,
 }
 
 impl Mover {
@@ -360,6 +360,15 @@ impl MovementViolations {
             .saturating_add(self.flood)
             .saturating_add(self.rate)
     }
+}
+
+/// An input waiting for credit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Waiting {
+    input: MoveInput,
+    /// In place of one lost on the way (see [`MAX_FILLED_INPUTS`]): it gives
+    /// way to a real input, and is not flagged for the one it copies.
+    filled: bool,
 }
 
 /// An input for a player entity: what [`FromClient<MoveInput>`] becomes
@@ -695,9 +704,18 @@ fn apply_inputs(
             continue;
         }
         mover.inputs_this_tick = mover.inputs_this_tick.saturating_add(1);
+        let full = |mover: &Mover| {
+            mover.waiting.len() >= (mover.credit / CREDIT_PER_INPUT) as usize + buffer
+        };
+        if mover.inputs_this_tick <= max_inputs && full(&mover) {
+            // A real input takes the place of the newest filled one.
+            if let Some(at) = mover.waiting.iter().rposition(|w| w.filled) {
+                mover.waiting.remove(at);
+            }
+        }
         let violation = if mover.inputs_this_tick > max_inputs {
             Some(Violation::Flood)
-        } else if mover.waiting.len() >= (mover.credit / CREDIT_PER_INPUT) as usize + buffer {
+        } else if full(&mover) {
             Some(Violation::Rate)
         } else {
             None
@@ -729,12 +747,17 @@ fn apply_inputs(
             let filled = missing.min(MAX_FILLED_INPUTS).min(room as u32);
             if missing <= MAX_FILLED_INPUTS {
                 for seq in input.seq - filled..input.seq {
-                    mover.waiting.push_back(MoveInput { seq, ..*input });
+                    mover.waiting.push_back(Waiting {
+                        input: MoveInput { seq, ..*input },
+                        filled: true,
+                    });
                 }
-                metrics.filled.add(u64::from(filled));
             }
             mover.newest_seq = input.seq;
-            mover.waiting.push_back(*input);
+            mover.waiting.push_back(Waiting {
+                input: *input,
+                filled: false,
+            });
         }
     }
 
@@ -751,15 +774,23 @@ fn apply_inputs(
             continue;
         }
         while mover.credit >= CREDIT_PER_INPUT
-            && let Some(input) = mover.waiting.pop_front()
+            && let Some(Waiting { input, filled }) = mover.waiting.pop_front()
         {
             mover.credit -= CREDIT_PER_INPUT;
             mover.last_seq = input.seq;
-            metrics.inputs.inc();
+            if filled {
+                metrics.filled.inc();
+            } else {
+                metrics.inputs.inc();
+            }
             // The step clamps, as the client's: once.
             mover.velocity = rules.clamp_velocity(input.velocity).unwrap_or(Vec2::ZERO);
             position.0 = rules.step(position.0, input.velocity, dt);
-            let violation = if !input.velocity.is_finite() {
+            // A filled input copies the next one's velocity: that one is
+            // flagged for it.
+            let violation = if filled {
+                None
+            } else if !input.velocity.is_finite() {
                 Some(Violation::NonFinite)
             } else if input.velocity.length() > flag_above {
                 Some(Violation::Speed)
