@@ -819,6 +819,24 @@ fn a_player_who_comes_back_is_where_it_left() {
     }
     app.update();
     assert_eq!(position_of(&app, again), came_back_to);
+
+    // A connection that comes and goes within one tick (its client gave up
+    // at once) leaves the place kept for the next one.
+    leave(&mut app, &net, again);
+    let blink = client(3, 7, 5);
+    for event in [
+        NetEvent::Connected { client: blink },
+        NetEvent::Disconnected {
+            client: blink,
+            reason: DisconnectReason::Closed,
+        },
+    ] {
+        net.events.send(event).unwrap();
+    }
+    app.update();
+    let last = client(4, 7, 6);
+    join(&mut app, &net, last);
+    assert_eq!(position_of(&app, last), came_back_to);
 }
 
 /// The places kept for returning players are bounded in number (the

@@ -548,20 +548,30 @@ fn spawn_players(
     let now = time.elapsed();
     let keep = Duration::from_secs(config.rejoin_memory_secs.into());
     rejoins.forget_older(now, keep);
+    // Places taken this tick by sessions that may leave within it (their
+    // entity never placed): those leave the place as they found it.
+    let mut taken: Vec<(shared::io::ClientId, Vec2)> = Vec::new();
     // In order per account: one that left and came back within the tick
     // comes back where it left.
     for change in session_changes(&mut connected, &mut disconnected) {
         match change {
             SessionChange::Left(ClientDisconnected { client, .. }) => {
-                if let Some(at) = departed.as_ref().and_then(|d| d.0.get(&client.account)) {
+                let at = departed
+                    .as_ref()
+                    .and_then(|d| d.0.get(&client.account).copied())
+                    .or_else(|| taken.iter().find(|(c, _)| *c == client).map(|(_, at)| *at));
+                if let Some(at) = at {
                     let most = config.rejoin_memory_players as usize;
-                    rejoins.remember(client.account, *at, now, most);
+                    rejoins.remember(client.account, at, now, most);
                     rejoins.forget_older(now, keep);
                 }
             }
             SessionChange::Joined(ClientConnected { client, entity }) => {
                 let at = match rejoins.take(client.account) {
-                    Some(left_at) => left_at.clamp(config.world_min, config.world_max),
+                    Some(left_at) => {
+                        taken.push((client, left_at));
+                        left_at.clamp(config.world_min, config.world_max)
+                    }
                     None => {
                         let (at, next) = config.next_spawn(counter.0);
                         counter.0 = next;
