@@ -922,7 +922,6 @@ fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
     arg.clone().or_else(|| file.clone()).unwrap_or(default)
 }
 
-/// `value` unless it is empty or only whitespace.
 /// Whether clients can send datagrams to `addr`: not "any interface", not
 /// a multicast or broadcast group, not port 0.
 fn is_reachable(addr: SocketAddr) -> bool {
@@ -931,6 +930,7 @@ fn is_reachable(addr: SocketAddr) -> bool {
     addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
+/// `value` unless it is empty or only whitespace.
 fn non_blank(value: &Option<String>) -> Option<String> {
     value.clone().filter(|v| !v.trim().is_empty())
 }
