@@ -227,19 +227,29 @@ fn persistently_slow_ticks_do_not_build_a_backlog() {
 #[test]
 fn runner_gives_up_on_a_shutdown_that_never_finishes() {
     let clock = ManualClock::new();
+    let start = clock.now();
+    let config = TickConfig {
+        shutdown_timeout: Duration::from_secs(2),
+        ..TickConfig::default()
+    };
+    let (timeout, period) = (config.shutdown_timeout, config.rate.period());
     let mut app = App::new();
     app.add_plugins(TickPlugin {
-        config: TickConfig {
-            shutdown_timeout: Duration::from_secs(2),
-            ..TickConfig::default()
-        },
-        clock,
+        config,
+        clock: clock.clone(),
     });
     // A shutdown is requested but nothing (no ShutdownPlugin) ever exits.
     let switch = ShutdownSwitch::default();
     switch.request();
     app.insert_resource(switch);
     assert_eq!(app.run(), AppExit::error());
+    // It gave up at the first tick past the timeout, on the virtual clock
+    // it shares with the test.
+    let waited = clock.now().duration_since(start);
+    assert!(
+        waited > timeout && waited <= timeout + 2 * period,
+        "gave up after {waited:?} (timeout {timeout:?}, period {period:?})"
+    );
 }
 
 #[derive(Resource, Default)]
