@@ -409,13 +409,47 @@ fn sessions_are_not_announced_by_default() {
 }
 
 #[test]
-fn the_plugin_builds_and_routes_admin_lines_without_members() {
+fn the_plugin_routes_admin_lines_to_its_members() {
+    use crate::net::ClientConnected;
+    use shared::io::{ClientId, NetCommand};
+    use shared::netcode::ClientIndex;
+    use shared::protocol::{self, channels};
+
     let mut app = App::new();
     app.add_plugins(ChatPlugin::default());
+    let client = ClientId {
+        slot: ClientIndex::from_slot(0),
+        account: 1,
+        session: 1,
+    };
+    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+    app.world_mut()
+        .write_message(ClientConnected { client, entity });
+    app.world_mut().run_schedule(FixedUpdate);
     app.world_mut()
         .write_message(AdminSay { text: "hi".into() });
     app.world_mut().run_schedule(FixedUpdate);
-    assert!(app.world().resource::<Outbox>().is_empty());
+    let lines: Vec<(ClientId, ChatLine)> = app
+        .world()
+        .resource::<Outbox>()
+        .commands()
+        .iter()
+        .map(|command| match command {
+            NetCommand::Send {
+                client,
+                channel,
+                payload,
+            } if *channel == channels::CHAT => (
+                *client,
+                protocol::decode::<ChatLine>(payload).expect("a chat line"),
+            ),
+            other => panic!("not a chat line: {other:?}"),
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let (to, line) = &lines[0];
+    assert_eq!(*to, client);
+    assert_eq!((line.kind, line.text.as_str()), (ChatKind::System, "hi"));
 }
 
 /// A nearby line a player says in the tick it leaves is heard around

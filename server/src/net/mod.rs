@@ -152,6 +152,11 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
+
+    /// The commands queued this tick, in order.
+    pub fn commands(&self) -> &[NetCommand] {
+        &self.commands
+    }
 }
 
 /// Connected clients and their player entities.
