@@ -414,20 +414,23 @@ mod tests {
     #[test]
     fn the_watchdog_fires_only_after_a_shutdown_is_requested_and_its_limit() {
         let switch = ShutdownSwitch::default();
+        let limit = Duration::from_millis(50);
         let (fired, expired) = std::sync::mpsc::channel();
-        spawn_watchdog(switch.clone(), Duration::from_millis(50), move || {
-            let _ = fired.send(());
+        spawn_watchdog(switch.clone(), limit, move || {
+            let _ = fired.send(Instant::now());
         })
         .unwrap();
         assert!(
             expired.recv_timeout(Duration::from_millis(300)).is_err(),
             "no shutdown was requested"
         );
+        let requested = Instant::now();
         switch.request();
-        assert!(
-            expired.recv_timeout(Duration::from_secs(30)).is_ok(),
-            "the watchdog fired"
-        );
+        let fired_at = expired
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the watchdog fired");
+        let after = fired_at.duration_since(requested);
+        assert!(after >= limit, "fired {after:?} after the request");
     }
 
     #[test]
