@@ -566,7 +566,13 @@ fn an_unreliable_message_after_a_quiet_spell_is_sent() {
     let mut a = Connection::new(TransportConfig::default(), t0).unwrap();
     a.send(UNRELIABLE, b"emote").unwrap();
     let mut buf = [0u8; 1500];
-    assert!(a.poll_transmit(t0 + ms(150), &mut buf).is_some());
+    let len = a.poll_transmit(t0 + ms(150), &mut buf).expect("a packet");
+    let (_, body) = shared::transport::wire::decode_header(&buf[..len]).unwrap();
+    let messages: Vec<(u8, &[u8])> = shared::transport::wire::MessageIter::new(body)
+        .map(|m| m.map(|m| (m.header.channel, m.payload)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(messages, [(UNRELIABLE.0, &b"emote"[..])]);
     assert_eq!(a.stats().unreliable_dropped, 0);
 }
 
