@@ -639,6 +639,35 @@ fn totals(inventories: &[InventorySnapshot]) -> BTreeMap<ItemId, u64> {
     totals
 }
 
+/// Items held, per item, by one inventory.
+fn holding(inventory: &InventorySnapshot) -> BTreeMap<ItemId, u64> {
+    totals(std::slice::from_ref(inventory))
+}
+
+/// What `inventory` holds, per item, once it has given `lost` and been
+/// given `gained` (stacks as item and count).
+fn holding_after(
+    inventory: &InventorySnapshot,
+    lost: &[(ItemId, u32)],
+    gained: &[(ItemId, u32)],
+) -> BTreeMap<ItemId, u64> {
+    let mut held = holding(inventory);
+    for &(item, count) in gained {
+        *held.entry(item).or_insert(0) += u64::from(count);
+    }
+    for &(item, count) in lost {
+        *held.entry(item).or_insert(0) -= u64::from(count);
+    }
+    held.retain(|_, n| *n > 0);
+    held
+}
+
+/// The item and count of the stack in `slot`.
+fn stack_in(inventory: &InventorySnapshot, slot: u16) -> (ItemId, u32) {
+    let stack = inventory.slots[usize::from(slot)].expect("an occupied slot");
+    (stack.item, stack.count)
+}
+
 /// The occupied slots of an inventory, with their counts.
 fn stacks(inventory: &InventorySnapshot) -> Vec<(u16, u32)> {
     inventory
@@ -802,27 +831,29 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         };
         // B accepts (completing the swap) while one side cancels.
         let canceller = if round % 2 == 0 { a } else { b };
-        let moves = if round % 4 < 2 {
+        let cancel_first = round % 4 >= 2;
+        let moves = if cancel_first {
             [
-                (b, traders[b].send(accept_b)),
                 (
                     canceller,
                     traders[canceller].send(InventoryOp::Cancel { trade }),
                 ),
+                (b, traders[b].send(accept_b)),
             ]
         } else {
             [
+                (b, traders[b].send(accept_b)),
                 (
                     canceller,
                     traders[canceller].send(InventoryOp::Cancel { trade }),
                 ),
-                (b, traders[b].send(accept_b)),
             ]
         };
         let replies = race(&mut traders, &moves);
         rejected += replies.iter().filter(|r| is_err(r)).count();
+        let after = inventories(&mut traders);
         assert_eq!(
-            totals(&inventories(&mut traders)),
+            totals(&after),
             expected,
             "race 2 round {round}: {replies:?}"
         );
@@ -830,6 +861,34 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         assert!(
             matches!(state, Some(TradeState::Completed | TradeState::Cancelled)),
             "round {round}: the trade ended {state:?}"
+        );
+        // The cancel is refused exactly when the swap came first.
+        let cancel = &replies[if cancel_first { 0 } else { 1 }];
+        let completed = state == Some(TradeState::Completed);
+        assert_eq!(
+            is_err(cancel),
+            completed,
+            "race 2 round {round}: the cancel's reply after {state:?}: {replies:?}"
+        );
+        // Each side holds what the outcome gives it: both stacks swapped,
+        // or nothing moved; C, outside the trade, holds what it held.
+        let (a_stack, b_stack) = ([stack_in(&held[a], a_slot)], [stack_in(&held[b], b_slot)]);
+        let (a_gives, b_gives) = if completed {
+            (&a_stack[..], &b_stack[..])
+        } else {
+            (&[][..], &[][..])
+        };
+        for (i, lost, gained) in [(a, a_gives, b_gives), (b, b_gives, a_gives)] {
+            assert_eq!(
+                holding(&after[i]),
+                holding_after(&held[i], lost, gained),
+                "race 2 round {round}: trader {i} after {state:?}: {replies:?}"
+            );
+        }
+        assert_eq!(
+            holding(&after[c]),
+            holding(&held[c]),
+            "race 2 round {round}: C, outside the trade, after {state:?}"
         );
     }
 
@@ -861,11 +920,34 @@ fn trade_races_neither_duplicate_nor_lose_items() {
             1,
             "exactly one of gift and trade takes the stack: {replies:?}"
         );
+        let after = inventories(&mut traders);
         assert_eq!(
-            totals(&inventories(&mut traders)),
+            totals(&after),
             expected,
             "race 3 (gift first: {gift_first}): {replies:?}"
         );
+        // A lost the stack either way: to C if the gift was taken (the
+        // trade then cancelled), to B if the trade completed.
+        let give = &replies[if gift_first { 0 } else { 1 }];
+        let state = traders[a].trade_states().get(&trade).copied();
+        let stack = [stack_in(&held[a], slot)];
+        let (to_b, to_c, outcome) = if is_err(give) {
+            (&stack[..], &[][..], TradeState::Completed)
+        } else {
+            (&[][..], &stack[..], TradeState::Cancelled)
+        };
+        assert_eq!(
+            state,
+            Some(outcome),
+            "race 3 (gift first: {gift_first}): the trade after {replies:?}"
+        );
+        for (i, lost, gained) in [(a, &stack[..], &[][..]), (b, &[], to_b), (c, &[], to_c)] {
+            assert_eq!(
+                holding(&after[i]),
+                holding_after(&held[i], lost, gained),
+                "race 3 (gift first: {gift_first}): trader {i} after {state:?}: {replies:?}"
+            );
+        }
     }
 
     // 4. The partner leaves mid-trade, right after accepting, while the
@@ -875,9 +957,7 @@ fn trade_races_neither_duplicate_nor_lose_items() {
     let (held, expected) = prepare(&mut traders);
     let online = server.metric("connected_clients");
     let (slot, count) = stacks(&held[a])[0];
-    let item = held[a].slots[usize::from(slot)]
-        .expect("the offered stack")
-        .item;
+    let stack = [stack_in(&held[a], slot)];
     let trade = open_trade(&mut traders, a, accounts[c], (slot, count));
     let (accept_c, accept_a) = (
         accept(&mut traders, c, trade),
@@ -915,24 +995,18 @@ fn trade_races_neither_duplicate_nor_lose_items() {
     // Each side holds what the outcome gives it: the stack moved from A
     // to C if the trade completed, else nothing moved.
     let moved = if state == Some(TradeState::Completed) {
-        u64::from(count)
+        &stack[..]
     } else {
-        0
+        &[]
     };
-    let holding = |inventory: &InventorySnapshot| totals(std::slice::from_ref(inventory));
-    let mut a_expected = holding(&held[a]);
-    let mut c_expected = holding(&held[c]);
-    *a_expected.entry(item).or_insert(0) -= moved;
-    a_expected.retain(|_, n| *n > 0);
-    *c_expected.entry(item).or_insert(0) += moved;
     assert_eq!(
         holding(&after[a]),
-        a_expected,
+        holding_after(&held[a], moved, &[]),
         "race 4: the initiator after {state:?}"
     );
     assert_eq!(
         holding(&after[c]),
-        c_expected,
+        holding_after(&held[c], &[], moved),
         "race 4: the leaver came back to another inventory after {state:?}"
     );
 
