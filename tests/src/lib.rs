@@ -422,6 +422,8 @@ pub struct Seen {
     pub chat_lines: u64,
     /// A chat line arrived out of order or twice.
     pub chat_sequence_broken: bool,
+    /// The chat lines received that decoded, in arrival order.
+    pub chat: Vec<ChatLine>,
     /// How the session ended, if it did.
     pub ended: Option<DisconnectReason>,
 }
@@ -551,10 +553,11 @@ impl HonestClient {
                     }
                     Some(ChatLine::ID) => {
                         self.seen.chat_lines += 1;
-                        if let Ok(line) = protocol::decode::<ChatLine>(payload)
-                            && line.seq != self.seen.chat_lines
-                        {
-                            self.seen.chat_sequence_broken = true;
+                        if let Ok(line) = protocol::decode::<ChatLine>(payload) {
+                            if line.seq != self.seen.chat_lines {
+                                self.seen.chat_sequence_broken = true;
+                            }
+                            self.seen.chat.push(line);
                         }
                     }
                     _ => {}

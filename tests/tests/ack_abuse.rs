@@ -16,6 +16,9 @@ use shared::protocol::chat::{ChatLine, ChatScope, ChatSend};
 use shared::protocol::{self, NetMessage, channels};
 use shared::transport::wire::AckInfo;
 
+/// The abuser's account id.
+const ABUSER: u64 = 500;
+
 /// The most server CPU time, in microseconds, one abusive datagram may cost.
 const PER_DATAGRAM_CPU_US: f64 = 25.0;
 
@@ -69,7 +72,7 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
     // Players that never chat themselves: the lines they count are the
     // abuser's.
     let mut honest = connect_honest_without_chat(server.game, 1, 3, Duration::from_secs(10));
-    let mut abuser = RawClient::connect(server.game, 500, 10, Duration::from_secs(5));
+    let mut abuser = RawClient::connect(server.game, ABUSER, 10, Duration::from_secs(5));
     abuser.attach_connection(Instant::now());
 
     // Behaving: three chat lines, echoed back to everyone.
@@ -181,19 +184,29 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
     let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<u64>>());
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-    assert_eq!(
-        texts,
-        [
-            "before 0", "before 1", "before 2", "after 0", "after 1", "after 2"
-        ]
-    );
+    let said = [
+        "before 0", "before 1", "before 2", "after 0", "after 1", "after 2",
+    ];
+    assert_eq!(texts, said);
     assert_eq!(abuser.server_reason, None);
 
-    // The honest sessions saw all six lines and kept playing.
+    // The honest sessions saw the abuser's six lines, in order, exactly
+    // once, and kept playing.
     play_for(&mut honest, Duration::from_millis(500));
     assert_eq!(ended(&honest), vec![]);
+    let expected: Vec<(u64, Option<u64>, &str)> = (1..)
+        .zip(said)
+        .map(|(seq, text)| (seq, Some(ABUSER), text))
+        .collect();
     for client in &honest {
         assert_eq!(client.seen.chat_lines, 6, "client {}", client.id);
+        let seen: Vec<(u64, Option<u64>, &str)> = client
+            .seen
+            .chat
+            .iter()
+            .map(|l| (l.seq, l.from, l.text.as_str()))
+            .collect();
+        assert_eq!(seen, expected, "client {}", client.id);
         assert!(!client.seen.chat_sequence_broken);
         assert!(client.seen.snapshots > 0);
     }
