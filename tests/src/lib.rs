@@ -523,6 +523,11 @@ impl HonestClient {
         self.socket.flush(now);
     }
 
+    /// The chat lines sent so far, by `play` and [`HonestClient::say`].
+    pub fn lines_said(&self) -> u32 {
+        self.chat_refs
+    }
+
     /// Sends one global chat line (call `play` or `pump` to flush it).
     pub fn say(&mut self, text: &str) {
         self.chat_refs = self.chat_refs.wrapping_add(1);

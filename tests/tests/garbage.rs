@@ -8,8 +8,8 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    RawClient, Rng, ServerOptions, ServerProcess, bind_loopback, connect_honest, drain_count,
-    ended, generators, mib, play_all, play_for, scale,
+    HonestClient, RawClient, Rng, ServerOptions, ServerProcess, bind_loopback, connect_honest,
+    drain_count, ended, generators, mib, play_all, play_for, scale,
 };
 use shared::io::unix_secs;
 use shared::netcode::{self, MAX_PACKET_BYTES};
@@ -64,6 +64,9 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     let garbage_read =
         |server: &ServerProcess| server.metric_sum("net_dropped_datagrams_total") - dropped_before;
     let snapshots_before: Vec<u64> = honest.iter().map(|c| c.seen.snapshots).collect();
+    let chat_before: Vec<u64> = honest.iter().map(|c| c.seen.chat_lines).collect();
+    let said = |honest: &[HonestClient]| honest.iter().map(|c| u64::from(c.lines_said())).sum();
+    let said_before: u64 = said(&honest);
 
     let started = Instant::now();
     let mut buf = [0u8; generators::MAX_GARBAGE_BYTES];
@@ -115,6 +118,13 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
         read_target = received + (datagrams as f64 - garbage);
     }
     let flood_time = started.elapsed();
+    // Each player says a line as the flood ends: that line and those said
+    // during the flood reach every player (the speaker included) by the end
+    // of the second the players settle.
+    for client in &mut honest {
+        client.say("the flood is over");
+    }
+    let said_in_flood = said(&honest) - said_before;
     // The players settle.
     play_for(&mut honest, Duration::from_millis(1_000));
     for source in &sources {
@@ -123,6 +133,11 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
         replies.1 += b;
     }
     let rss_after = server.rss_bytes();
+    let heard: Vec<u64> = honest
+        .iter()
+        .zip(chat_before)
+        .map(|(c, before)| c.seen.chat_lines - before)
+        .collect();
     let received = server.metric("net_packets_in_total") - in_before;
     let garbage = garbage_read(&server);
     let reasons: Vec<String> = server
@@ -136,7 +151,8 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     eprintln!(
         "sent {sent} garbage datagrams in {rounds} rounds, {flood_time:?}; server read \
          {received} datagrams, dropped {garbage} (the garbage); RSS {:.1} -> {:.1} MiB; replies \
-         to garbage sources: {replies:?}",
+         to garbage sources: {replies:?}; honest players said {said_in_flood} chat lines until \
+         it ended, each heard {heard:?} since it began",
         mib(rss_before),
         mib(rss_after)
     );
@@ -158,10 +174,16 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
         mib(rss_after.saturating_sub(rss_before))
     );
     assert_eq!(ended(&honest), vec![], "honest clients were disconnected");
-    for (client, before) in honest.iter().zip(snapshots_before) {
+    for ((client, before), heard) in honest.iter().zip(snapshots_before).zip(heard) {
         assert!(
             client.seen.snapshots > before,
             "client {} received no snapshot during or after the flood",
+            client.id
+        );
+        assert!(
+            heard >= said_in_flood,
+            "client {} heard {heard} chat lines since the flood began, of the {said_in_flood} said \
+             until it ended",
             client.id
         );
         assert!(!client.seen.chat_sequence_broken, "client {}", client.id);
