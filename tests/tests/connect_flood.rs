@@ -13,7 +13,6 @@
 //!   the half-open entries expire (see that test for why not sooner).
 
 use std::net::UdpSocket;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -94,55 +93,71 @@ fn a_legitimate_client_connects_during_a_spoofed_connect_flood() {
         .collect();
     let in_before = server.metric("net_packets_in_total");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flooder = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut rng = Rng::new(seed);
-            let mut sent = 0u64;
-            let started = Instant::now();
-            // Floods until the legitimate client is in (and at least
-            // `requests`); bounded: stops at 4x the request count or 20 s
-            // whatever happens, and then says it ran out.
-            let ran_out = loop {
-                if sent >= requests && stop.load(Ordering::Relaxed) {
-                    break false;
-                }
-                if sent >= 4 * requests || started.elapsed() >= Duration::from_secs(20) {
-                    break true;
-                }
-                for _ in 0..50 {
-                    let i = rng.below(sources.len() as u64) as usize;
-                    let mut packet = templates[rng.below(templates.len() as u64) as usize].clone();
-                    // A replay, a forged private token or a corrupted request.
-                    generators::spoof_request(&mut rng, &mut packet);
-                    if sources[i].socket.send_to(&packet, game).is_ok() {
-                        sources[i].sent_bytes += packet.len() as u64;
-                        sent += 1;
+    let stop = AtomicBool::new(false);
+    let (sent, flood_time, ran_out, sources, mut client, connected_after) =
+        std::thread::scope(|scope| {
+            let flooder = scope.spawn(|| {
+                let mut rng = Rng::new(seed);
+                let mut sent = 0u64;
+                // Datagrams the server has read (`net_packets_in_total`,
+                // updated every tick), checked every 10,000 sent.
+                let (mut read, mut checked) = (0.0, 0u64);
+                let started = Instant::now();
+                // Floods until the legitimate client is in and the server
+                // has read at least `requests` datagrams (the kernel drops
+                // what its socket buffer cannot hold); bounded: stops at 4x
+                // the request count or 20 s whatever happens, and then says
+                // it ran out.
+                let ran_out = loop {
+                    if read >= requests as f64 && stop.load(Ordering::Relaxed) {
+                        break false;
                     }
-                }
+                    if sent >= 4 * requests || started.elapsed() >= Duration::from_secs(20) {
+                        break true;
+                    }
+                    for _ in 0..50 {
+                        let i = rng.below(sources.len() as u64) as usize;
+                        let mut packet =
+                            templates[rng.below(templates.len() as u64) as usize].clone();
+                        // A replay, a forged private token or a corrupted request.
+                        generators::spoof_request(&mut rng, &mut packet);
+                        if sources[i].socket.send_to(&packet, game).is_ok() {
+                            sources[i].sent_bytes += packet.len() as u64;
+                            sent += 1;
+                        }
+                    }
+                    for source in &mut sources {
+                        let (n, b) = drain_count(&source.socket);
+                        source.received_datagrams += n;
+                        source.received_bytes += b;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                    if sent >= checked + 10_000 {
+                        checked = sent;
+                        read = server.metric("net_packets_in_total") - in_before;
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(300));
                 for source in &mut sources {
                     let (n, b) = drain_count(&source.socket);
                     source.received_datagrams += n;
                     source.received_bytes += b;
                 }
-                std::thread::sleep(Duration::from_micros(500));
-            };
-            std::thread::sleep(Duration::from_millis(300));
-            for source in &mut sources {
-                let (n, b) = drain_count(&source.socket);
-                source.received_datagrams += n;
-                source.received_bytes += b;
-            }
-            (sent, started.elapsed(), ran_out, sources)
-        })
-    };
+                (sent, started.elapsed(), ran_out, sources)
+            });
 
-    // Let the flood build up, then connect for real.
-    std::thread::sleep(Duration::from_millis(500));
-    let (mut client, connected_after) = connect_timed(game, Duration::from_secs(15), || {});
-    stop.store(true, Ordering::Relaxed);
-    let (sent, flood_time, ran_out, sources) = flooder.join().expect("the flooder");
+            // Let the flood build up, then connect for real.
+            std::thread::sleep(Duration::from_millis(500));
+            let (mut client, connected_after) = connect_timed(game, Duration::from_secs(15), || {});
+            stop.store(true, Ordering::Relaxed);
+            // The session is kept up while the flood finishes.
+            while !flooder.is_finished() {
+                client.play(Instant::now());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let (sent, flood_time, ran_out, sources) = flooder.join().expect("the flooder");
+            (sent, flood_time, ran_out, sources, client, connected_after)
+        });
     let received = server.metric("net_packets_in_total") - in_before;
 
     let sent_bytes: u64 = sources.iter().map(|s| s.sent_bytes).sum();
@@ -155,10 +170,18 @@ fn a_legitimate_client_connects_during_a_spoofed_connect_flood() {
         sources.len()
     );
     assert!(sent >= requests, "only {sent} requests sent");
+    // The server read the flood (the few datagrams of the legitimate
+    // client included), not only the kernel.
+    assert!(
+        received >= requests as f64,
+        "the server read only {received} datagrams of the {sent} requests sent: the test did \
+         not test"
+    );
     assert!(
         !ran_out,
-        "the flood ended ({sent} requests in {flood_time:?}) before the legitimate client \
-         connected ({connected_after:?}): it did not connect during the flood"
+        "the flood ran out ({sent} requests in {flood_time:?}) before the legitimate client \
+         connected ({connected_after:?}) and the server had read {requests} datagrams: it did \
+         not connect during the flood"
     );
     assert!(
         got_bytes <= sent_bytes,
@@ -173,13 +196,15 @@ fn a_legitimate_client_connects_during_a_spoofed_connect_flood() {
             source.sent_bytes
         );
     }
-    // The legitimate session works: it is welcomed.
+    // The legitimate session works: it is welcomed, and it is the only
+    // one the flood left connected.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !client.seen.welcomed && Instant::now() < deadline {
         client.play(Instant::now());
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(client.seen.welcomed, "no welcome after the flood");
+    assert_eq!(server.metric("connected_clients"), 1.0);
 }
 
 /// `netcode::ServerConfig::new`'s `max_pending`, which the server binary
