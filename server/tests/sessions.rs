@@ -806,34 +806,29 @@ fn a_player_who_comes_back_is_where_it_left() {
     join(&mut app, &net, newcomer);
     assert_eq!(position_of(&app, newcomer), spawns[1]);
 
+    // `joined`'s connection and `left`'s end, in one tick.
+    let in_one_tick = |app: &mut App, joined: ClientId, left: ClientId| {
+        for event in [
+            NetEvent::Connected { client: joined },
+            NetEvent::Disconnected {
+                client: left,
+                reason: DisconnectReason::Closed,
+            },
+        ] {
+            net.events.send(event).unwrap();
+        }
+        app.update();
+    };
     // Back within one tick, the new connection reported first.
     let again = client(2, 7, 4);
-    for event in [
-        NetEvent::Connected { client: again },
-        NetEvent::Disconnected {
-            client: back,
-            reason: DisconnectReason::Timeout,
-        },
-    ] {
-        net.events.send(event).unwrap();
-    }
-    app.update();
+    in_one_tick(&mut app, again, back);
     assert_eq!(position_of(&app, again), came_back_to);
 
     // A connection that comes and goes within one tick (its client gave up
     // at once) leaves the place kept for the next one.
     leave(&mut app, &net, again);
     let blink = client(3, 7, 5);
-    for event in [
-        NetEvent::Connected { client: blink },
-        NetEvent::Disconnected {
-            client: blink,
-            reason: DisconnectReason::Closed,
-        },
-    ] {
-        net.events.send(event).unwrap();
-    }
-    app.update();
+    in_one_tick(&mut app, blink, blink);
     let last = client(4, 7, 6);
     join(&mut app, &net, last);
     assert_eq!(position_of(&app, last), came_back_to);

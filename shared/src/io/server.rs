@@ -1312,31 +1312,49 @@ mod tests {
     /// A reliable message that would not fit even with every droppable
     /// message waiting dropped floods its sender and drops nothing else:
     /// other players' inputs stay, and only the one message is counted.
-    #[test]
-    fn droppable_messages_give_way_only_when_that_makes_room() {
-        let movement = ChannelId(3);
-        let chat = ChannelId(1);
+    const MOVEMENT: ChannelId = ChannelId(3);
+    const CHAT: ChannelId = ChannelId(1);
+
+    /// A game's inbound side whose pipe holds one event, with a backlog of
+    /// `backlog_room` and `max_bytes`, movement droppable; its counters;
+    /// the game's end of the pipe (kept open).
+    fn to_game(
+        backlog_room: usize,
+        max_bytes: u64,
+    ) -> (ToGame, Arc<IoStats>, PipeReceiver<NetEvent>) {
         let stats = Arc::new(IoStats::default());
-        let (events, _game) = pipe(1);
-        let mut to_game = ToGame {
+        let (events, game) = pipe(1);
+        let to_game = ToGame {
             events,
             backlog: VecDeque::new(),
-            backlog_room: 8,
-            max_bytes: 100,
-            droppable: vec![movement],
+            backlog_room,
+            max_bytes,
+            droppable: vec![MOVEMENT],
             handed: 0,
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
-        let message = |channel, len: usize| NetEvent::Message {
+        (to_game, stats, game)
+    }
+
+    /// A message of client 1 on `channel`.
+    fn message(channel: ChannelId, payload: Vec<u8>) -> NetEvent {
+        NetEvent::Message {
             client: ClientId {
                 slot: ClientIndex::from_slot(0),
                 account: 1,
                 session: 1,
             },
             channel,
-            payload: Bytes::from(vec![0; len]),
-        };
+            payload: Bytes::from(payload),
+        }
+    }
+
+    #[test]
+    fn droppable_messages_give_way_only_when_that_makes_room() {
+        let (movement, chat) = (MOVEMENT, CHAT);
+        let (mut to_game, stats, _game) = to_game(8, 100);
+        let message = |channel, len: usize| message(channel, vec![0; len]);
         for _ in 0..3 {
             assert!(matches!(to_game.admit(movement, 5), Admission::Keep));
             to_game.hand(message(movement, 5));
@@ -1358,29 +1376,9 @@ mod tests {
     /// messages around them keep their order.
     #[test]
     fn the_oldest_droppable_messages_give_way_and_the_rest_keep_their_order() {
-        let movement = ChannelId(3);
-        let chat = ChannelId(1);
-        let stats = Arc::new(IoStats::default());
-        let (events, _game) = pipe(1);
-        let mut to_game = ToGame {
-            events,
-            backlog: VecDeque::new(),
-            backlog_room: 6,
-            max_bytes: 1000,
-            droppable: vec![movement],
-            handed: 0,
-            chunks: Chunks::new(INBOUND_CHUNK),
-            stats: Arc::clone(&stats),
-        };
-        let message = |channel, n: u8| NetEvent::Message {
-            client: ClientId {
-                slot: ClientIndex::from_slot(0),
-                account: 1,
-                session: 1,
-            },
-            channel,
-            payload: Bytes::from(vec![n]),
-        };
+        let (movement, chat) = (MOVEMENT, CHAT);
+        let (mut to_game, stats, _game) = to_game(6, 1000);
+        let message = |channel, n: u8| message(channel, vec![n]);
         // One in the pipe, then six waiting: the backlog is full.
         let arrivals = [
             (chat, 0),
