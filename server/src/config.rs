@@ -473,6 +473,13 @@ pub struct HandshakeConfig {
     /// past it, once expired ones are purged, new tokens are dropped.
     /// Default 16,384.
     pub max_token_entries: u32,
+    /// Handshake packets a second, all sources together, let through past
+    /// their source's limit, first come, first served (0: none). One
+    /// forging a player's address as its source spends that address's
+    /// limit; the player's own packets then still get their share of
+    /// these, so the forgery slows the handshake down instead of stopping
+    /// it. Default 512.
+    pub spare_per_second: u32,
 }
 
 impl Default for HandshakeConfig {
@@ -483,22 +490,25 @@ impl Default for HandshakeConfig {
             tracked_sources: 4096,
             max_pending: 1024,
             max_token_entries: 16 * 1024,
+            spare_per_second: 512,
         }
     }
 }
 
 impl HandshakeConfig {
-    /// Largest value of each setting, so that a mistyped huge one is an
-    /// error, not gigabytes allocated at start or a limit that never bites.
-    pub const LIMITS: [(&'static str, u32); 5] = [
-        ("per_second", 1_000_000),
-        ("burst", 1_000_000),
-        ("tracked_sources", 1 << 20),
-        ("max_pending", 1 << 16),
-        ("max_token_entries", 1 << 20),
+    /// Smallest and largest value of each setting, so that a mistyped
+    /// huge one is an error, not gigabytes allocated at start or a limit
+    /// that never bites.
+    pub const LIMITS: [(&'static str, u32, u32); 6] = [
+        ("per_second", 1, 1_000_000),
+        ("burst", 1, 1_000_000),
+        ("tracked_sources", 1, 1 << 20),
+        ("max_pending", 1, 1 << 16),
+        ("max_token_entries", 1, 1 << 20),
+        ("spare_per_second", 0, 1_000_000),
     ];
 
-    /// Checks every setting is from 1 to its limit in [`Self::LIMITS`].
+    /// Checks every setting is within its range in [`Self::LIMITS`].
     ///
     /// # Errors
     /// The first setting out of range, named as in the file.
@@ -509,10 +519,11 @@ impl HandshakeConfig {
             self.tracked_sources,
             self.max_pending,
             self.max_token_entries,
+            self.spare_per_second,
         ];
-        for ((key, max), value) in Self::LIMITS.into_iter().zip(values) {
-            if !(1..=max).contains(&value) {
-                return Err(format!("{key} must be 1 to {max}, got {value}"));
+        for ((key, min, max), value) in Self::LIMITS.into_iter().zip(values) {
+            if !(min..=max).contains(&value) {
+                return Err(format!("{key} must be {min} to {max}, got {value}"));
             }
         }
         Ok(())
@@ -526,6 +537,7 @@ impl HandshakeConfig {
             per_second: self.per_second,
             burst: self.burst,
             table_entries: self.tracked_sources as usize,
+            spare_per_second: self.spare_per_second,
         };
     }
 }
@@ -1266,8 +1278,11 @@ mod tests {
         assert_eq!(config.handshake.per_second, 500);
         assert_eq!(config.handshake.max_pending, 8192);
         assert_eq!(config.handshake.burst, HandshakeConfig::default().burst);
-        for (key, max) in HandshakeConfig::LIMITS {
-            for value in [0, u64::from(max) + 1] {
+        for (key, min, max) in HandshakeConfig::LIMITS {
+            for value in [u64::from(min).checked_sub(1), Some(u64::from(max) + 1)]
+                .into_iter()
+                .flatten()
+            {
                 let file =
                     FileConfig::parse(&format!("[handshake]\n{key} = {value}\n"), "bad.toml")
                         .unwrap();
@@ -1275,7 +1290,7 @@ mod tests {
                     ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();
                 assert_eq!(
                     error.to_string(),
-                    format!("[handshake] in bad.toml: {key} must be 1 to {max}, got {value}"),
+                    format!("[handshake] in bad.toml: {key} must be {min} to {max}, got {value}"),
                 );
             }
         }

@@ -382,6 +382,7 @@ mod tests {
             tracked_sources: 65536,
             max_pending: 4096,
             max_token_entries: 100_000,
+            spare_per_second: 2048,
         };
         let netcode = netcode_config(&config, shared::keys::dev_key(), public);
         assert_eq!(
@@ -390,6 +391,7 @@ mod tests {
                 per_second: 1000,
                 burst: 2000,
                 table_entries: 65536,
+                spare_per_second: 2048,
             }
         );
         assert_eq!(

@@ -153,6 +153,7 @@ fn legitimate_client_connects_during_a_spoofed_request_flood() {
         per_second: 5,
         burst: 10,
         table_entries: 256,
+        spare_per_second: 100,
     };
     let server = Server::new(config, &mut rng).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -74,6 +74,11 @@
 //!
 //! - Before a token decrypts, the server holds nothing per source except the
 //!   fixed-size rate-limit table ([`HandshakeRateLimit`]).
+//! - Handshake packets that yield nothing are limited per source, and past
+//!   that by one spare budget of all sources together: one forging a
+//!   player's address spends the address's limit, but the player's own
+//!   packets keep a share of the spare, so its handshake is slowed, not
+//!   stopped; the decryption work is bounded by the two rates.
 //! - Every reply is smaller than the packet that caused it: challenge ≤ 333
 //!   bytes for a 1078-byte request, denied ≤ 25 bytes, keep-alive ≤ 33 bytes.
 //!   One request or response causes at most one reply.

@@ -5,6 +5,11 @@
 //! number of source addresses: a flood from many (possibly spoofed) IPs only
 //! churns the table. An evicted IP comes back with a full bucket, so the limit
 //! is exact for the IPs that stay in the table and best-effort otherwise.
+//!
+//! Past its source's limit a packet may still go through on a spare budget
+//! shared by all sources: a sender that forges another's address spends
+//! that address's bucket, and without the spare the address's own player
+//! could not connect for as long as the forgery went on.
 
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
@@ -24,8 +29,9 @@ const SCALE: u64 = 1000;
 /// give their token back, so players behind one address (a campus or
 /// carrier NAT) can all connect at once. Junk, repeated requests and
 /// failed responses spend it; past it, one such sender behind a shared
-/// address holds back the others' handshakes too (which packets are junk
-/// is only known by decrypting them).
+/// address (or one forging the address as its source) holds back the
+/// others' handshakes too (which packets are junk is only known by
+/// decrypting them), down to what the spare budget lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeRateLimit {
     /// Sustained connection requests plus responses per second from one
@@ -37,6 +43,15 @@ pub struct HandshakeRateLimit {
     /// Number of IPs tracked at once (rounded up to a power of two, minimum 4).
     /// The memory is about 64 bytes per entry, allocated up front.
     pub table_entries: usize,
+    /// Packets a second, all sources together, let through past their
+    /// source's limit (as many may come at once; 0: none). A packet over
+    /// its source's limit draws on it first come, first served, so one
+    /// forging a player's address as its source, at `n` packets a second
+    /// over the limits, leaves each of the player's own packets about a
+    /// `spare_per_second / n` chance: the forgery slows the player's
+    /// handshake down instead of stopping it. This bounds the decryption
+    /// work a flood adds past the per-source limits.
+    pub spare_per_second: u32,
 }
 
 impl Default for HandshakeRateLimit {
@@ -45,6 +60,7 @@ impl Default for HandshakeRateLimit {
             per_second: 32,
             burst: 64,
             table_entries: 4096,
+            spare_per_second: 512,
         }
     }
 }
@@ -64,6 +80,8 @@ const EMPTY: Bucket = Bucket {
 
 pub(crate) struct RateLimiter {
     buckets: Box<[Bucket]>,
+    /// The spare budget of all sources together (its `ip` unused).
+    spare: Bucket,
     set_mask: usize,
     limit: HandshakeRateLimit,
     hash_key: [u64; 2],
@@ -75,6 +93,10 @@ impl RateLimiter {
         let sets = (entries / WAYS).max(1);
         Self {
             buckets: vec![EMPTY; sets.saturating_mul(WAYS)].into_boxed_slice(),
+            spare: Bucket {
+                milli_tokens: u64::from(limit.spare_per_second).saturating_mul(SCALE),
+                ..EMPTY
+            },
             set_mask: sets.saturating_sub(1),
             limit,
             hash_key,
@@ -91,9 +113,13 @@ impl RateLimiter {
         self.buckets.iter().filter(|b| b.ip.is_some()).count()
     }
 
-    /// Takes one token for `ip`'s source (see [`source`]); `false` means
-    /// over the limit.
+    /// Takes one token for `ip`'s source (see [`source`]), or, past its
+    /// limit, one of the spare budget; `false` means over both.
     pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.allow_source(ip, now) || self.allow_spare(now)
+    }
+
+    fn allow_source(&mut self, ip: IpAddr, now: Instant) -> bool {
         let ip = source(ip);
         let full = self.full();
         let per_second = u64::from(self.limit.per_second);
@@ -102,13 +128,7 @@ impl RateLimiter {
         };
         if let Some(bucket) = ways.iter_mut().find(|b| b.ip == Some(ip)) {
             refill(bucket, now, per_second, full);
-            return match bucket.milli_tokens.checked_sub(SCALE) {
-                Some(rest) => {
-                    bucket.milli_tokens = rest;
-                    true
-                }
-                None => false,
-            };
+            return take(bucket);
         }
         // Not tracked: take an empty way, else evict the least recently used.
         let Some(victim) = ways.iter_mut().min_by_key(|b| (b.ip.is_some(), b.last)) else {
@@ -120,6 +140,13 @@ impl RateLimiter {
             last: Some(now),
         };
         full >= SCALE
+    }
+
+    fn allow_spare(&mut self, now: Instant) -> bool {
+        let per_second = u64::from(self.limit.spare_per_second);
+        let full = per_second.saturating_mul(SCALE);
+        refill(&mut self.spare, now, per_second, full);
+        take(&mut self.spare)
     }
 }
 
@@ -168,6 +195,17 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Takes one token from `bucket`, if it holds one.
+fn take(bucket: &mut Bucket) -> bool {
+    match bucket.milli_tokens.checked_sub(SCALE) {
+        Some(rest) => {
+            bucket.milli_tokens = rest;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Credits `bucket` with the tokens earned since it was last topped up.
 /// Time not yet worth a milli-token carries over to the next packet, so
 /// packets closer together than that still earn their share.
@@ -207,6 +245,7 @@ mod tests {
             per_second: 10,
             burst: 5,
             table_entries: 16,
+            spare_per_second: 0,
         };
         let mut rl = RateLimiter::new(limit, [1, 2]);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -222,6 +261,7 @@ mod tests {
             per_second: 1000,
             burst: 1,
             table_entries: 16,
+            spare_per_second: 0,
         };
         let mut rl = RateLimiter::new(limit, [1, 2]);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -239,6 +279,7 @@ mod tests {
             per_second: 1,
             burst: 2,
             table_entries: 16,
+            spare_per_second: 0,
         };
         let mut rl = RateLimiter::new(limit, [1, 2]);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
@@ -253,6 +294,29 @@ mod tests {
         rl.refund(ip);
         assert!(rl.allow(ip, t0));
         assert!(!rl.allow(ip, t0));
+    }
+
+    /// Past their sources' limits, packets from any source draw on the
+    /// one spare budget: a burst of it at once, then its rate.
+    #[test]
+    fn the_spare_budget_is_shared_by_every_source_past_its_limit() {
+        let limit = HandshakeRateLimit {
+            per_second: 1,
+            burst: 2,
+            table_entries: 16,
+            spare_per_second: 10,
+        };
+        let mut rl = RateLimiter::new(limit, [1, 2]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        // Each source's own burst, then the spare's ten between them.
+        assert_eq!((0..20).filter(|_| rl.allow(a, t0)).count(), 2 + 10);
+        assert_eq!((0..20).filter(|_| rl.allow(b, t0)).count(), 2);
+        // A second later: each source's one token, and ten spare ones.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..20).filter(|_| rl.allow(b, t1)).count(), 1 + 10);
+        assert_eq!((0..20).filter(|_| rl.allow(a, t1)).count(), 1);
     }
 
     #[test]
