@@ -552,8 +552,9 @@ impl HandshakeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Out-of-order and reassembly memory of all connections together;
-    /// a datagram that pushes it past this disconnects its sender
-    /// (`Flooding`). Default 512.
+    /// a datagram that pushes it past this disconnects (`Flooding`) its
+    /// sender if that holds more than its even share (this divided by
+    /// `max_clients`), else the client holding the most. Default 512.
     pub max_receive_mib: u32,
     /// Reliable send memory (queued or unacknowledged) of all connections
     /// together; while over it, a reliable send to a client holding more

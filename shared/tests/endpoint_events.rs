@@ -662,3 +662,55 @@ fn a_disconnect_begins_once() {
             .disconnect(now, ClientIndex::from_slot(9), DisconnectReason::Kicked)
     );
 }
+
+/// A client that fills the receive memory of all clients together (a
+/// reliable channel's out-of-order messages behind one never delivered)
+/// is the one cut off when an honest client's datagram takes the total
+/// over the bound: the honest client holds less than its even share and
+/// is served on.
+#[test]
+fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bound() {
+    const BOUND: usize = 8 * LINE;
+    let server = game_server_with(SERVER_ADDR, |config| {
+        config.netcode.max_clients = 2;
+        config.max_total_receive_buffer = BOUND;
+    });
+    let mut world = World::with_server(server, &[60, 60]);
+    let slots = world.connect_all();
+    assert_eq!(slots.len(), 2, "the clients did not connect: {slots:?}");
+    // Sends a line on the chat channel from `client`, reaching the server
+    // unless `lost`. No time passes: nothing lost is resent meanwhile.
+    let say = |world: &mut World, client: usize, size: usize, lost: bool| {
+        world.clients[client]
+            .0
+            .send(channels::CHAT, Bytes::from(vec![7u8; size]))
+            .unwrap();
+        world.mute = if lost { vec![client] } else { Vec::new() };
+        world.clients_send();
+        world.mute.clear();
+    };
+    // The hog's first line is lost; the lines after it wait for it, until
+    // one more would take the total over.
+    say(&mut world, 0, 10, true);
+    while world.server.total_receive_buffered() + 2 * LINE < BOUND {
+        say(&mut world, 0, LINE, false);
+    }
+    let hog_holds = world.server.total_receive_buffered();
+    assert!(hog_holds > BOUND / 2, "the hog holds {hog_holds} bytes");
+    // The honest client's first line is lost too, and its second, within
+    // its share (half the bound), takes the total over.
+    say(&mut world, 1, 10, true);
+    say(&mut world, 1, 2 * LINE + LINE / 2, false);
+    let mut ended = Vec::new();
+    for _ in 0..5 {
+        ended.extend(world.exchange());
+    }
+    assert_eq!(ended, [(1, DisconnectReason::Flooding)]);
+    assert_eq!(world.server.stats().flooding_disconnects, 1);
+    assert!(world.clients[1].0.is_connected());
+    assert!(
+        world.server.total_receive_buffered() < BOUND / 2,
+        "{} bytes still counted",
+        world.server.total_receive_buffered()
+    );
+}

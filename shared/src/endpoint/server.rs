@@ -26,8 +26,11 @@ pub struct ServerEndpointConfig {
     /// Channel layout and reliability settings of every connection.
     pub transport: TransportConfig,
     /// Receive-side memory (reassembly and out-of-order data) all clients
-    /// together may hold. A datagram that pushes the total past it gets its
-    /// sender disconnected with [`DisconnectReason::Flooding`].
+    /// together may hold. A datagram that pushes the total past it
+    /// disconnects with [`DisconnectReason::Flooding`] its sender if that
+    /// holds more than its even share (this divided by `max_clients`), else
+    /// the client holding the most: one who filled the memory cannot have
+    /// the next honest client to cross the line cut off in its stead.
     pub max_total_receive_buffer: usize,
     /// Reliable send memory (messages queued or unacknowledged) all
     /// clients together may hold before the heaviest are cut off: while the
@@ -258,6 +261,9 @@ pub struct ServerEndpoint {
     plain: Vec<u8>,
     total_buffered: usize,
     max_total_buffered: usize,
+    /// What a client may hold and still not be the one cut off when its
+    /// datagram takes the total over `max_total_buffered`.
+    receive_share: usize,
     sends: SendMemory,
     stats: ServerEndpointStats,
     retired: TransportTotals,
@@ -373,6 +379,7 @@ impl ServerEndpoint {
             plain: vec![0; netcode::MAX_PAYLOAD_BYTES],
             total_buffered: 0,
             max_total_buffered: config.max_total_receive_buffer,
+            receive_share: config.max_total_receive_buffer / max_clients.max(1),
             sends: SendMemory {
                 total: 0,
                 max: config.max_total_send_buffer,
@@ -688,12 +695,21 @@ impl ServerEndpoint {
                 let before = peer.buffered;
                 recount(&mut self.total_buffered, peer);
                 // Only a datagram that grew its sender's share can have
-                // pushed the total over; closing frees that share at once,
-                // so the clients after it in this read turn are not blamed.
+                // pushed the total over. Closing frees what the one cut
+                // off held at once, so the clients after it in this read
+                // turn are not blamed.
                 if self.total_buffered > self.max_total_buffered && peer.buffered > before {
-                    self.stats.flooding_disconnects += 1;
-                    peer.conn.close_gracefully(now, DisconnectReason::Flooding);
-                    recount(&mut self.total_buffered, peer);
+                    let heaviest = if peer.buffered > self.receive_share {
+                        index
+                    } else {
+                        self.heaviest_receiver().unwrap_or(index)
+                    };
+                    if let Some(peer) = self.peers.get_mut(heaviest).and_then(Option::as_mut) {
+                        self.stats.flooding_disconnects += 1;
+                        peer.conn.close_gracefully(now, DisconnectReason::Flooding);
+                        recount(&mut self.total_buffered, peer);
+                    }
+                    self.touch(heaviest);
                 }
                 self.touch(index);
             }
@@ -760,6 +776,19 @@ impl ServerEndpoint {
     }
 
     /// Queues the peer for events and transmits and re-arms its timer.
+    /// The slot of the open connection holding the most receive memory.
+    /// O(clients), but only when a datagram takes the total over its bound
+    /// from within its sender's share, which each time frees the most held.
+    fn heaviest_receiver(&self) -> Option<usize> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, peer)| Some((index, peer.as_ref()?)))
+            .filter(|(_, peer)| peer.ended.is_none() && peer.conn.is_open())
+            .max_by_key(|(_, peer)| peer.buffered)
+            .map(|(index, _)| index)
+    }
+
     fn touch(&mut self, index: usize) {
         let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
             return;
