@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use shared::sim::LinkConfig;
 use shared::transport::{
-    ChannelConfig, ChannelId, ChannelKind, Connection, DisconnectReason, SendError, TransportConfig,
+    ChannelConfig, ChannelId, ChannelKind, Connection, ConnectionStats, DisconnectReason,
+    SendError, TransportConfig,
 };
 use support::{Pair, index_of, numbered};
 
@@ -1643,4 +1644,75 @@ fn a_round_trip_that_grows_past_the_loss_deadline_is_measured_from_late_acks() {
         .filter(|&i| i >= 150)
         .count();
     assert!(slow_phase >= 290, "{slow_phase} of 300 delivered");
+}
+
+/// Unreliable traffic both ways at 30 Hz on 10 ms each way, then a burst
+/// of delay: 150 ms each way for 100 ms (a route flap, a Wi-Fi retry
+/// storm), with the first packet `a` sends in it dropped if
+/// `drop_first`, then 10 ms again for 3 s. Returns `a`'s statistics before
+/// the burst and after it.
+fn delay_burst(drop_first: bool) -> (ConnectionStats, ConnectionStats) {
+    let fast = LinkConfig::default().with_latency(ms(10));
+    let slow = LinkConfig::default().with_latency(ms(150));
+    let mut pair = Pair::new(TransportConfig::default(), fast.clone(), 21);
+    let tick = |pair: &mut Pair, i: u32| {
+        pair.a.send(UNRELIABLE, &numbered(i, 200)).unwrap();
+        pair.b.send(UNRELIABLE, &numbered(i, 200)).unwrap();
+        pair.run_for(ms(33));
+    };
+    for i in 0..150 {
+        tick(&mut pair, i);
+    }
+    let before = pair.a.stats();
+    pair.a_to_b.set_config(if drop_first {
+        slow.clone().with_loss(1.0)
+    } else {
+        slow.clone()
+    });
+    pair.b_to_a.set_config(slow.clone());
+    pair.a.send(UNRELIABLE, &numbered(150, 200)).unwrap();
+    pair.b.send(UNRELIABLE, &numbered(150, 200)).unwrap();
+    pair.settle();
+    pair.a_to_b.set_config(slow);
+    pair.run_for(ms(33));
+    for i in 151..153 {
+        tick(&mut pair, i);
+    }
+    pair.a_to_b.set_config(fast.clone());
+    pair.b_to_a.set_config(fast);
+    for i in 153..243 {
+        tick(&mut pair, i);
+    }
+    (before, pair.a.stats())
+}
+
+/// Packets sent into a burst of delay are overtaken by the ones sent after
+/// it and judged lost, and each loss cut the send rate; they arrived, only
+/// late, and the peer's acks say so: the losses were spurious, and the cuts
+/// are undone (RFC 4015). Before, the rate stayed cut: a sender below its
+/// budget (a game's movement and snapshots) gives no evidence to grow it
+/// back.
+#[test]
+fn cuts_whose_losses_prove_spurious_are_undone() {
+    let (before, after) = delay_burst(false);
+    assert!(
+        after.packets_lost >= before.packets_lost + 2,
+        "the burst made packets be judged lost: {} then {}",
+        before.packets_lost,
+        after.packets_lost
+    );
+    assert_eq!(after.send_rate, before.send_rate, "rate restored");
+}
+
+/// The same burst of delay with one packet in it really lost: the cuts
+/// stand.
+#[test]
+fn cuts_with_a_genuine_loss_among_their_losses_stand() {
+    let (before, after) = delay_burst(true);
+    assert!(
+        after.send_rate <= before.send_rate / 2,
+        "rate {} of {}",
+        after.send_rate,
+        before.send_rate
+    );
 }

@@ -9,6 +9,22 @@
 //! plus 50 ms (queues building). At most one cut per round trip. The rate
 //! stays within `[min_send_rate, max_send_rate]`.
 //!
+//! A loss can prove spurious: the packet arrived, only late (the round
+//! trip jumped, or packets behind it overtook it), and the peer's ack names
+//! it after all. So a cut for loss keeps what it took (the rate before, and
+//! whether slow start was on) and the packets judged lost from then on;
+//! once acks have named every one of them, the cut is undone (RFC 4015's
+//! Eifel response; Linux undoes its spurious reductions alike): the rate
+//! goes back up to what it was (never down, never past the maximum). A cut
+//! for loss while an earlier one may yet prove spurious joins it: the undo
+//! restores the rate before the first, only once the losses of all of them
+//! prove spurious. It is forgotten when one of those packets is lost for
+//! good (the peer's acks move on past it without naming it), when they are
+//! too far apart to be kept (32 sequences), or when the round trip climbs
+//! (that cut is called for whatever the losses prove). Without it, a sender
+//! below its budget (a game's movement and snapshots) would never grow the
+//! rate back.
+//!
 //! The bucket holds at most 50 ms of budget (and never less than four
 //! full datagrams), so a connection idle for a while cannot burst far past
 //! its rate.
@@ -16,6 +32,7 @@
 use std::time::Duration;
 
 use super::clock::Stamp;
+use super::seq::{seq_distance, seq_newer};
 
 /// The budget's configuration (the transport's `min_send_rate`,
 /// `max_send_rate` and `max_payload`), shared by every connection rather
@@ -43,7 +60,9 @@ impl RateBounds {
 pub(crate) struct SendBudget {
     rate: f64,
     tokens: f64,
-    last_refill: Option<Stamp>,
+    /// [`Stamp::NEVER`] before the first refill, which accrues nothing
+    /// (an `Option` would take 8 more bytes of the connection's hot state).
+    last_refill: Stamp,
     slow_start: bool,
     epoch_start: Option<Stamp>,
     last_cut: Option<Stamp>,
@@ -52,6 +71,25 @@ pub(crate) struct SendBudget {
     /// sender that never uses its budget gives no evidence that the path
     /// carries more; RFC 7661).
     limited: bool,
+    /// The cuts for loss that may yet prove spurious; `None` when there
+    /// are none, or when one of their losses proved genuine.
+    undo: Option<Undo>,
+}
+
+/// What cuts for loss in a row took, and the packets judged lost since the
+/// first that no ack has named yet. Twelve bytes, that the budget keeps
+/// within the connection's hot state.
+#[derive(Debug, Clone, Copy)]
+struct Undo {
+    /// The rate before the first cut, in bytes per second.
+    rate: u32,
+    /// Whether slow start was on before the first cut.
+    slow_start: bool,
+    /// Bit `i`: packet `base + i` was judged lost and no ack has named it
+    /// since. Empty only between the cut and the report of its first loss.
+    /// Losses more than 32 sequences apart are not held: the cuts stand.
+    lost: u32,
+    base: u16,
 }
 
 impl SendBudget {
@@ -60,11 +98,12 @@ impl SendBudget {
         Self {
             rate,
             tokens: bounds.burst_floor.max(rate * 0.05),
-            last_refill: None,
+            last_refill: Stamp::NEVER,
             slow_start: true,
             epoch_start: None,
             last_cut: None,
             limited: false,
+            undo: None,
         }
     }
 
@@ -73,11 +112,11 @@ impl SendBudget {
     }
 
     fn refill(&mut self, now: Stamp, bounds: &RateBounds) {
-        if let Some(last) = self.last_refill {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.rate).min(self.capacity(bounds));
-        }
-        self.last_refill = Some(now);
+        let dt = now
+            .saturating_duration_since(self.last_refill)
+            .as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity(bounds));
+        self.last_refill = now;
     }
 
     /// Whether a datagram may be sent now.
@@ -115,6 +154,9 @@ impl SendBudget {
         if let Some(min_rtt) = min_rtt
             && srtt > min_rtt * 2 + Duration::from_millis(50)
         {
+            // Queues building: the cut is called for whatever the losses
+            // prove.
+            self.undo = None;
             self.cut(now, round, bounds);
             return;
         }
@@ -134,21 +176,91 @@ impl SendBudget {
         .min(bounds.max);
     }
 
-    /// Packets were declared lost.
+    /// Packets were declared lost: called before
+    /// [`on_packet_lost`](Self::on_packet_lost) reports each of them, so
+    /// that a cut keeps them with what it took.
     pub(crate) fn on_loss(&mut self, now: Stamp, srtt: Duration, bounds: &RateBounds) {
-        self.cut(now, srtt.max(Duration::from_millis(10)), bounds);
+        let (rate, slow_start) = (self.rate(), self.slow_start);
+        if self.cut(now, srtt.max(Duration::from_millis(10)), bounds) {
+            // A cut while an earlier one may yet prove spurious joins it.
+            self.undo.get_or_insert(Undo {
+                rate,
+                slow_start,
+                lost: 0,
+                base: 0,
+            });
+        }
     }
 
-    fn cut(&mut self, now: Stamp, round: Duration, bounds: &RateBounds) {
+    /// Packet `sequence` was judged lost: while cuts for loss may yet prove
+    /// spurious, it is one of the losses that must.
+    pub(crate) fn on_packet_lost(&mut self, sequence: u16) {
+        let Some(undo) = &mut self.undo else {
+            return;
+        };
+        if undo.lost == 0 {
+            undo.base = sequence;
+        }
+        let ahead = sequence.wrapping_sub(undo.base);
+        let behind = undo.base.wrapping_sub(sequence);
+        if ahead < 32 {
+            undo.lost |= 1 << ahead;
+        } else if u32::from(behind) <= undo.lost.leading_zeros() {
+            // Sent before the others (its deadline was backed off).
+            undo.lost = undo.lost << behind | 1;
+            undo.base = sequence;
+        } else {
+            // Too far apart to be held: the cuts stand.
+            self.undo = None;
+        }
+    }
+
+    /// An ack named `latest` and, for each bit `i` of `bits`,
+    /// `latest - 1 - i`. Those of the packets judged lost since cuts for
+    /// loss arrived after all; once every one has, the losses were
+    /// spurious and the cuts are undone. One that the ack is more than 64
+    /// past can no longer be named: lost for good, and the cuts stand.
+    /// Without cuts to undo this is one branch; with them, one step for
+    /// each packet not named yet (at most 32).
+    pub(crate) fn on_ack_names(&mut self, latest: u16, bits: u64, bounds: &RateBounds) {
+        let Some(mut undo) = self.undo.filter(|undo| undo.lost != 0) else {
+            return;
+        };
+        let mut rest = undo.lost;
+        while rest != 0 {
+            let i = rest.trailing_zeros();
+            rest &= rest - 1;
+            let back = latest.wrapping_sub(undo.base.wrapping_add(i as u16));
+            if back == 0 || (back <= 64 && bits & (1 << (back - 1)) != 0) {
+                undo.lost &= !(1 << i);
+            }
+        }
+        if undo.lost == 0 {
+            self.rate = self.rate.max(f64::from(undo.rate)).min(bounds.max);
+            self.slow_start = undo.slow_start;
+            // Undone, the last cut does not hold off the next one.
+            self.last_cut = None;
+            self.undo = None;
+            return;
+        }
+        // The peer's acks name the 64 packets before their latest at most.
+        let oldest = undo.base.wrapping_add(undo.lost.trailing_zeros() as u16);
+        let gone = seq_newer(latest, oldest) && seq_distance(latest, oldest) > 64;
+        self.undo = (!gone).then_some(undo);
+    }
+
+    /// Cuts the rate, unless it was cut less than `round` ago; whether it did.
+    fn cut(&mut self, now: Stamp, round: Duration, bounds: &RateBounds) -> bool {
         if let Some(last) = self.last_cut
             && now.saturating_duration_since(last) < round
         {
-            return;
+            return false;
         }
         self.last_cut = Some(now);
         self.slow_start = false;
         self.epoch_start = Some(now);
         self.rate = (self.rate * 0.75).max(bounds.min);
+        true
     }
 
     /// Current rate in bytes per second.
@@ -253,5 +365,99 @@ mod tests {
         );
         assert!(budget.ready_at(t0) > t0);
         assert!(budget.can_send(budget.ready_at(t0), &bounds));
+    }
+
+    /// A budget that doubles its rate a round trip (slow start) when the
+    /// sender uses all of it, or grows it by a sixteenth (after a cut).
+    fn busy_round(budget: &mut SendBudget, now: Stamp, rtt: Duration) {
+        while budget.can_send(now, &B) {
+            budget.on_sent(1_000);
+        }
+        budget.on_ack(now, rtt, Some(rtt), &B);
+    }
+
+    #[test]
+    fn a_cut_whose_lost_packets_are_acked_late_is_undone() {
+        let t0 = Stamp::ZERO;
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
+        budget.on_packet_lost(7);
+        budget.on_packet_lost(9);
+        assert_eq!(budget.rate(), 75_000);
+        // Latest 10, and 9 and 8 before it.
+        budget.on_ack_names(10, 0b11, &B);
+        assert_eq!(budget.rate(), 75_000, "7 may still be lost");
+        // Latest 12, and 7 (five back) before it.
+        budget.on_ack_names(12, 1 << 4, &B);
+        assert_eq!(budget.rate(), 100_000, "both arrived: the cut is undone");
+        // Slow start with it.
+        busy_round(&mut budget, t0 + rtt, rtt);
+        assert_eq!(budget.rate(), 200_000, "slow start is back");
+    }
+
+    #[test]
+    fn cuts_in_a_row_are_undone_together_when_all_their_losses_prove_spurious() {
+        let t0 = Stamp::ZERO;
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
+        budget.on_packet_lost(7);
+        budget.on_loss(t0 + rtt * 2, rtt, &B);
+        budget.on_packet_lost(8);
+        assert_eq!(budget.rate(), 56_250);
+        budget.on_ack_names(8, 0, &B);
+        assert_eq!(budget.rate(), 56_250, "7 may still be lost");
+        budget.on_ack_names(9, 0b10, &B);
+        assert_eq!(budget.rate(), 100_000, "the rate before the first cut");
+    }
+
+    #[test]
+    fn a_cut_with_a_genuine_loss_among_its_losses_stands() {
+        let t0 = Stamp::ZERO;
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
+        budget.on_packet_lost(7);
+        // Another loss in the same round trip: no second cut, but 9 is
+        // one of the losses that must prove spurious.
+        budget.on_loss(t0 + rtt / 2, rtt, &B);
+        budget.on_packet_lost(9);
+        // Latest 12: 11, 10 and 7 before it, not 9.
+        budget.on_ack_names(12, 0b10011, &B);
+        assert_eq!(budget.rate(), 75_000, "9 is still lost");
+        // The peer's acks move more than 64 past 9 without naming it:
+        // lost for good, and the undo forgotten.
+        budget.on_ack_names(9 + 65, u64::MAX, &B);
+        budget.on_loss(t0 + rtt * 2, rtt, &B);
+        budget.on_packet_lost(80);
+        budget.on_ack_names(80, 0, &B);
+        assert_eq!(budget.rate(), 75_000, "only the second cut is undone");
+    }
+
+    #[test]
+    fn a_rising_round_trip_forgets_the_undo() {
+        let t0 = Stamp::ZERO;
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
+        budget.on_packet_lost(7);
+        // Queues building: no second cut within the round trip, but the
+        // first one was called for.
+        budget.on_ack(t0, Duration::from_millis(400), Some(rtt), &B);
+        budget.on_ack_names(7, 0, &B);
+        assert_eq!(budget.rate(), 75_000);
+    }
+
+    #[test]
+    fn losses_too_far_apart_to_track_are_not_undone() {
+        let t0 = Stamp::ZERO;
+        let rtt = Duration::from_millis(50);
+        let mut budget = SendBudget::new(100_000, &B);
+        budget.on_loss(t0, rtt, &B);
+        budget.on_packet_lost(7);
+        budget.on_packet_lost(7 + 32);
+        budget.on_ack_names(7 + 32, 1 << 31, &B);
+        assert_eq!(budget.rate(), 75_000);
     }
 }

@@ -1068,6 +1068,10 @@ impl Connection {
     }
 
     fn on_ack(&mut self, now: Stamp, ack: AckInfo) -> Result<(), ReliableTimedOut> {
+        // Packets judged lost that the ack names: their losses were
+        // spurious, and may undo the cuts they caused.
+        self.budget
+            .on_ack_names(ack.latest, ack.bits, &self.config.rate_bounds());
         let mut newest_acked: Option<(u16, Stamp)> = None;
         // The ack covers `latest` and the 64 before it. With fewer packets
         // sent since the oldest one in flight, visit those (newest first,
@@ -1222,24 +1226,26 @@ impl Connection {
             });
             let deadline = self.loss_deadline(packet);
             if by_reorder || now >= deadline {
+                if !any_lost {
+                    // The cut first: it keeps the packets it answers.
+                    self.budget
+                        .on_loss(now, self.rtt.smoothed(), &self.config.rate_bounds());
+                    any_lost = true;
+                }
                 self.on_packet_lost(sequence, now)?;
-                any_lost = true;
                 continue;
             }
             earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
         }
         self.loss_at = earliest;
         self.loss_at_stale = false;
-        if any_lost {
-            self.budget
-                .on_loss(now, self.rtt.smoothed(), &self.config.rate_bounds());
-        }
         Ok(())
     }
 
     fn on_packet_lost(&mut self, sequence: u16, now: Stamp) -> Result<(), ReliableTimedOut> {
         self.stats.packets_lost += 1;
         self.traffic.packet_loss += (1.0 - self.traffic.packet_loss) / 64.0;
+        self.budget.on_packet_lost(sequence);
         let packet = self.sent.get_mut(sequence);
         packet.in_flight = false;
         packet.lost = true;
