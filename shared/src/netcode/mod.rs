@@ -85,7 +85,12 @@
 //! - A token is bound to the first address that used it (table keyed by the
 //!   token's MAC, bounded by [`ServerConfig::max_token_entries`]).
 //! - Half-open handshakes are bounded ([`ServerConfig::max_pending`]) and
-//!   expire.
+//!   expire, and a client id holds at most one: a newer request for it,
+//!   from any address, takes the older handshake's place (a response to
+//!   the older one is then dropped: [`DropReason::UnknownAddress`] from
+//!   another address, [`DropReason::DecryptFailed`] from the same one).
+//!   Filling the table takes as many accounts as it has entries, not many
+//!   tokens for one.
 //! - All tables are allocated at construction and never grow (the queue of
 //!   packets owed may pass its reserve by one keep-alive a client, and is
 //!   drained by every `poll_transmit`).

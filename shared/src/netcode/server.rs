@@ -47,7 +47,12 @@ pub struct ServerConfig {
     /// Half-open handshakes (valid token, no response yet) held at once. At the
     /// limit new requests are dropped ([`DropReason::PendingTableFull`]). Each
     /// entry expires after the token's timeout (at most one minute if the token
-    /// disables timeouts) or at the token's expiry, whichever is first.
+    /// disables timeouts) or at the token's expiry, whichever is first. A
+    /// client id holds at most one: a request for a client id whose
+    /// handshake is held, from any address, takes that handshake's place
+    /// (the player trying again, e.g. from the new port its NAT moved it
+    /// to), and a response to the old one is dropped
+    /// ([`DropReason::UnknownAddress`] from another address).
     pub max_pending: usize,
     /// Used tokens remembered (token MAC -> first address). At the limit,
     /// entries whose token has expired are purged (at most once a second);
@@ -271,6 +276,80 @@ struct Pending {
     expires: Instant,
 }
 
+/// Half-open handshakes by source address, at most one per client id:
+/// one account holds one entry however many tokens it has.
+struct PendingTable {
+    by_address: HashMap<SocketAddr, Pending, KeyedHash>,
+    /// The address of each client id's handshake: an entry for each entry
+    /// of `by_address`, added and removed with it.
+    by_client_id: HashMap<u64, SocketAddr, KeyedHash>,
+}
+
+impl PendingTable {
+    /// Room for `capacity` handshakes, allocated now.
+    fn new(capacity: usize, hash: KeyedHash) -> Self {
+        Self {
+            by_address: HashMap::with_capacity_and_hasher(capacity, hash.clone()),
+            by_client_id: HashMap::with_capacity_and_hasher(capacity, hash),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_address.is_empty()
+    }
+
+    fn contains_key(&self, from: &SocketAddr) -> bool {
+        self.by_address.contains_key(from)
+    }
+
+    fn get(&self, from: &SocketAddr) -> Option<&Pending> {
+        self.by_address.get(from)
+    }
+
+    /// `from`'s handshake, to change anything but its client id.
+    fn get_mut(&mut self, from: &SocketAddr) -> Option<&mut Pending> {
+        self.by_address.get_mut(from)
+    }
+
+    /// Whether [`insert`](Self::insert)ing a handshake of `client_id` at
+    /// `from` takes the place of one held (and so needs no room).
+    fn replaces(&self, from: &SocketAddr, client_id: u64) -> bool {
+        self.by_address.contains_key(from) || self.by_client_id.contains_key(&client_id)
+    }
+
+    /// Holds `pending` for `from`, in place of `from`'s handshake and of
+    /// its client id's from any address.
+    fn insert(&mut self, from: SocketAddr, pending: Pending) {
+        self.remove(&from);
+        if let Some(earlier) = self.by_client_id.insert(pending.client_id, from) {
+            self.by_address.remove(&earlier);
+        }
+        self.by_address.insert(from, pending);
+    }
+
+    fn remove(&mut self, from: &SocketAddr) -> Option<Pending> {
+        let pending = self.by_address.remove(from)?;
+        self.by_client_id.remove(&pending.client_id);
+        Some(pending)
+    }
+
+    /// Forgets the handshakes that expire by `now`.
+    fn remove_expired(&mut self, now: Instant) {
+        let by_client_id = &mut self.by_client_id;
+        self.by_address.retain(|_, pending| {
+            let live = pending.expires > now;
+            if !live {
+                by_client_id.remove(&pending.client_id);
+            }
+            live
+        });
+    }
+}
+
 struct TokenUse {
     address: SocketAddr,
     expire_timestamp: u64,
@@ -384,7 +463,7 @@ pub struct Server {
     /// can tell whether its lookup still stands.
     addresses_version: u64,
     by_client_id: HashMap<u64, u32, KeyedHash>,
-    pending: HashMap<SocketAddr, Pending, KeyedHash>,
+    pending: PendingTable,
     token_uses: HashMap<[u8; MAC_BYTES], TokenUse, KeyedHash>,
     last_token_purge: Option<Instant>,
     /// The wall clock (seconds) of the last purge of expired tokens. A
@@ -456,7 +535,7 @@ impl Server {
             by_address: AddressTable::new(n, hash.clone()),
             addresses_version: 0,
             by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
-            pending: HashMap::with_capacity_and_hasher(config.max_pending, hash.clone()),
+            pending: PendingTable::new(config.max_pending, hash.clone()),
             token_uses: HashMap::with_capacity_and_hasher(config.max_token_entries, hash),
             last_token_purge: None,
             purged_through: 0,
@@ -724,8 +803,13 @@ impl Server {
                 // the handshake when the response comes).
                 existing.expires = expires;
             }
-            existing => {
-                if existing.is_none() && self.pending.len() >= self.config.max_pending {
+            _ => {
+                // A new handshake, in place of this address's and of its
+                // client id's from any address: the newer attempt wins, so
+                // one account holds one entry however many tokens it has.
+                if !self.pending.replaces(&from, view.client_id)
+                    && self.pending.len() >= self.config.max_pending
+                {
                     return Err(DropReason::PendingTableFull);
                 }
                 let used = self
@@ -1196,7 +1280,7 @@ impl Server {
                 });
             }
         }
-        self.pending.retain(|_, p| p.expires > now);
+        self.pending.remove_expired(now);
         self.next_service = if self.free.len() < self.slots.len() || !self.pending.is_empty() {
             now.checked_add(self.config.service_interval)
         } else {
@@ -1349,6 +1433,65 @@ impl Server {
 }
 
 const _: () = assert!(CHALLENGE_TOKEN_BYTES == 300);
+
+#[cfg(test)]
+mod pending_table_tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::super::crypto::PacketCipher;
+    use super::super::{Key, MAC_BYTES, USER_DATA_BYTES};
+    use super::{KeyedHash, Pending, PendingTable};
+
+    fn pending(client_id: u64, expires: Instant) -> Pending {
+        let cipher = PacketCipher::new(&Key::from_bytes([1; 32]));
+        Pending {
+            client_id,
+            user_data: [0; USER_DATA_BYTES],
+            token_mac: [0; MAC_BYTES],
+            send: cipher.clone(),
+            recv: cipher,
+            next_sequence: 0,
+            challenges_from: 0,
+            timeout: None,
+            expires,
+        }
+    }
+
+    proptest! {
+        /// Whatever is added, replaced, removed and expired, the table
+        /// holds one handshake per client id, the newest, and its index
+        /// by client id names exactly the addresses of those handshakes.
+        #[test]
+        fn the_client_id_index_keeps_in_step(
+            ops in proptest::collection::vec((0u8..3, 0u16..6, 0u64..4, 0u64..4), 0..200)
+        ) {
+            let start = Instant::now();
+            let mut table = PendingTable::new(8, KeyedHash::new([7, 11]));
+            for (op, port, client_id, secs) in ops {
+                let from = SocketAddr::from(([127, 0, 0, 1], port));
+                let at = start + Duration::from_secs(secs);
+                match op {
+                    0 => {
+                        table.insert(from, pending(client_id, at));
+                        prop_assert_eq!(table.get(&from).map(|p| p.client_id), Some(client_id));
+                    }
+                    1 => {
+                        table.remove(&from);
+                        prop_assert!(!table.contains_key(&from));
+                    }
+                    _ => table.remove_expired(at),
+                }
+                prop_assert_eq!(table.by_client_id.len(), table.len());
+                for (id, address) in &table.by_client_id {
+                    prop_assert_eq!(table.get(address).map(|p| p.client_id), Some(*id));
+                }
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod keyed_hash_tests {

@@ -1194,6 +1194,75 @@ fn token_is_bound_to_the_first_address() {
     assert_eq!(w.server_transmits().len(), 1);
 }
 
+/// One account holds at most one half-open handshake: a host with many
+/// tokens for its one account, each from its own port, cannot fill the
+/// table and lock every other player out.
+#[test]
+fn one_account_cannot_fill_the_half_open_table() {
+    let mut w = World::new(4);
+    let mut config = w.server.config().clone();
+    config.max_pending = 4;
+    w.server = Server::new(config, &mut w.rng).unwrap();
+    for i in 0..4 {
+        let token = w.token(7);
+        w.deliver_to_server(client_addr(i), &request_bytes(&token));
+        assert_eq!(w.server_transmits().len(), 1, "every attempt is challenged");
+    }
+    let token = w.token(8);
+    w.deliver_to_server(client_addr(10), &request_bytes(&token));
+    let sent = w.server_transmits();
+    assert_eq!(sent.len(), 1, "another player is challenged");
+    assert_eq!(sent[0].0, client_addr(10));
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::PendingTableFull),
+        0
+    );
+    assert!(w.server.num_pending() <= 2, "{}", w.server.num_pending());
+}
+
+/// A player whose NAT moved it to a new port tries again with a new
+/// token: the new attempt takes the place of the first, and connects; the
+/// first attempt's response, arriving late from the old port, connects no
+/// one.
+#[test]
+fn a_player_trying_again_from_a_new_port_replaces_its_first_handshake() {
+    let mut w = World::new(4);
+    let old_addr = client_addr(0);
+    let new_addr = SocketAddr::new(old_addr.ip(), old_addr.port() + 1);
+    let first = w.token(7);
+    let mut old = Client::new(ClientConfig::new(PROTOCOL));
+    old.connect(&first, w.now, UNIX).unwrap();
+    for p in drain(&mut old, w.now) {
+        w.deliver_to_server(old_addr, &p);
+    }
+    for (_, mut p) in w.server_transmits() {
+        old.handle_datagram(w.now, server_addr(), &mut p);
+    }
+    let response = drain(&mut old, w.now).pop().unwrap();
+    let second = w.token(7);
+    let mut new = Client::new(ClientConfig::new(PROTOCOL));
+    new.connect(&second, w.now, UNIX).unwrap();
+    w.send_from(new_addr, &mut new);
+    let unknown = w.server.stats().dropped.get(DropReason::UnknownAddress);
+    assert_eq!(w.deliver_to_server(old_addr, &response), None);
+    assert_eq!(
+        w.server.num_connected(),
+        0,
+        "the replaced attempt connected"
+    );
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::UnknownAddress),
+        unknown + 1
+    );
+    assert_eq!(w.server.num_pending(), 1);
+    let mut clients = [(new_addr, new)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    let slot = w.server.client_at(new_addr).unwrap();
+    assert_eq!(w.server.client_by_id(7), Some(slot));
+    assert_eq!(w.server.client_at(old_addr), None);
+}
+
 /// A half-open handshake lives as long as its requests keep coming, as
 /// the client's own timeout does: challenges lost for most of the timeout
 /// must not leave the response that follows the first one through to find
