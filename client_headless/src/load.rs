@@ -16,7 +16,7 @@ use shared::sim::LinkConfig;
 
 use crate::bot::{BotContext, WorkerStats, new_micros_histogram};
 use crate::chart::{self, Sample};
-use crate::prom::{self, ServerSample};
+use crate::prom::{self, MetricsTarget, ServerSample};
 use crate::report::{
     Bandwidth, MovementReport, Percentiles, Report, ServerReport, Slos, SteadyRtt, SteadyWindow,
     TickPercentiles, TickWindow, connected_not_dropped,
@@ -71,7 +71,10 @@ pub(crate) struct LoadPlan {
 
 /// Runs the test; `Ok(true)` when every SLO held.
 pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
-    let baseline = scrape(&plan.metrics_url);
+    // A URL that is no `http://` one fails each scrape, like a server
+    // that does not answer.
+    let mut metrics = MetricsTarget::new(&plan.metrics_url);
+    let baseline = scrape(&mut metrics);
     let mut notes = Vec::new();
     // Why the last scrape failed, while none has answered.
     let mut unanswered = baseline.as_ref().err().cloned();
@@ -149,7 +152,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             tick: [None, None],
         };
         window.reset();
-        match scrape(&plan.metrics_url) {
+        match scrape(&mut metrics) {
             Ok(current) => {
                 if let (Some(now_tick), Some(before)) = (
                     current.tick.as_ref(),
@@ -181,7 +184,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     progress.message("stopping: waiting for in-flight chat, then leaving");
     stop.store(true, Ordering::Relaxed);
     let mut server_complete = false;
-    let final_scrape = match scrape(&plan.metrics_url) {
+    let final_scrape = match scrape(&mut metrics) {
         Ok(last) => {
             server_complete = true;
             if first_scrape.is_none() {
@@ -366,8 +369,11 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     Ok(report.slo.iter().all(|s| s.passed))
 }
 
-fn scrape(url: &str) -> Result<ServerSample, String> {
-    prom::fetch(url, SCRAPE_TIMEOUT).map(|page| prom::parse_sample(&page))
+fn scrape(metrics: &mut Result<MetricsTarget, String>) -> Result<ServerSample, String> {
+    let target = metrics.as_mut().map_err(|e| e.clone())?;
+    target
+        .fetch(SCRAPE_TIMEOUT)
+        .map(|page| prom::parse_sample(&page))
 }
 
 /// The server's figures over the run (`first`, the first scrape that

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// The tick duration histogram (seconds) of the server.
@@ -165,47 +166,128 @@ fn parse_number(text: &str) -> Option<f64> {
     }
 }
 
-/// Fetches `url` (plain `http://host:port/path`) within `timeout` from the
-/// connection on (a slow answer cannot hold it longer), trying each address
-/// the host resolves to in turn (`localhost` may be `::1` first, and the
-/// server on 127.0.0.1 only); the body of a `200` answer, or a sentence
-/// saying what failed.
-pub(crate) fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/metrics"),
-    };
-    let addrs: Vec<SocketAddr> = host
-        .to_socket_addrs()
-        .map_err(|e| format!("{url}: {e}"))?
-        .collect();
-    let deadline = Instant::now() + timeout;
-    let mut stream = connect(&addrs, deadline).map_err(|e| format!("{url}: {e}"))?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| format!("{url}: {e}"))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n"
-    )
-    .map_err(|e| format!("{url}: {e}"))?;
-    let mut body = Vec::new();
-    ByDeadline { stream, deadline }
-        .take(MAX_PAGE_BYTES)
-        .read_to_end(&mut body)
-        .map_err(|e| format!("{url}: {e}"))?;
-    let text = String::from_utf8_lossy(&body);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{url}: not an HTTP response"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("{url}: {status}"));
+/// The server's metrics page: its URL, split once, and the addresses its
+/// host resolved to, kept for every later fetch: a slow resolver delays at
+/// most the fetches made before its first answer, not every one of the run.
+pub(crate) struct MetricsTarget {
+    url: String,
+    /// `host:port`: what is resolved, and the `Host` header.
+    authority: String,
+    path: String,
+    /// The host's addresses, once a resolution succeeded.
+    addrs: Option<Vec<SocketAddr>>,
+    /// The answer of the resolution still running, if any (one at a time).
+    resolving: Option<Receiver<std::io::Result<Vec<SocketAddr>>>>,
+}
+
+impl MetricsTarget {
+    /// Splits `url` (plain `http://host:port/path`, `/metrics` when the
+    /// path is left out); an error sentence when it is not such a URL.
+    pub(crate) fn new(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/metrics"),
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+            addrs: None,
+            resolving: None,
+        })
     }
-    Ok(body.to_owned())
+
+    /// Fetches the page within `timeout`; see [`fetch_with`](Self::fetch_with).
+    pub(crate) fn fetch(&mut self, timeout: Duration) -> Result<String, String> {
+        self.fetch_with(timeout, |authority| {
+            Ok(authority.to_socket_addrs()?.collect())
+        })
+    }
+
+    /// Fetches the page within `timeout`, resolution included (a slow
+    /// resolver or a slow answer cannot hold it longer), trying each address
+    /// of the host in turn (`localhost` may be `::1` first, and the server
+    /// on 127.0.0.1 only); the body of a `200` answer, or a sentence saying
+    /// what failed. The host is resolved once, by `resolve` on a thread of
+    /// its own, at the first fetch (and again at the next only when that
+    /// resolution failed): a fetch whose timeout passes while it runs fails,
+    /// and the next one waits for the same resolution. The thread ends when
+    /// `resolve` returns.
+    fn fetch_with<R>(&mut self, timeout: Duration, resolve: R) -> Result<String, String>
+    where
+        R: FnOnce(&str) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+    {
+        let deadline = Instant::now() + timeout;
+        let addrs = match self.addrs.take() {
+            Some(addrs) => addrs,
+            None => self
+                .resolution(deadline, resolve)
+                .map_err(|e| format!("{}: {e}", self.url))?,
+        };
+        let url = &self.url;
+        let addrs = self.addrs.insert(addrs);
+        let mut stream = connect(addrs, deadline).map_err(|e| format!("{url}: {e}"))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| format!("{url}: {e}"))?;
+        write!(
+            stream,
+            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
+            self.path, self.authority
+        )
+        .map_err(|e| format!("{url}: {e}"))?;
+        let mut body = Vec::new();
+        ByDeadline { stream, deadline }
+            .take(MAX_PAGE_BYTES)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("{url}: {e}"))?;
+        let text = String::from_utf8_lossy(&body);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("{url}: not an HTTP response"))?;
+        let status = head.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("200") {
+            return Err(format!("{url}: {status}"));
+        }
+        Ok(body.to_owned())
+    }
+
+    /// The host's addresses by `deadline`: the answer of the resolution
+    /// already running, or else of one started now with `resolve`.
+    fn resolution<R>(&mut self, deadline: Instant, resolve: R) -> Result<Vec<SocketAddr>, String>
+    where
+        R: FnOnce(&str) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+    {
+        let answer = match self.resolving.take() {
+            Some(answer) => answer,
+            None => {
+                let (send, answer) = mpsc::sync_channel(1);
+                let authority = self.authority.clone();
+                std::thread::Builder::new()
+                    .name("metrics-resolver".to_owned())
+                    .spawn(move || {
+                        // A send fails only when the target is gone: nobody
+                        // is left to tell.
+                        let _ = send.send(resolve(&authority));
+                    })
+                    .map_err(|e| format!("cannot start a resolver thread: {e}"))?;
+                answer
+            }
+        };
+        match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(resolved) => resolved.map_err(|e| e.to_string()),
+            Err(RecvTimeoutError::Timeout) => {
+                self.resolving = Some(answer);
+                Err("the host name is still resolving".to_owned())
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err("the resolver stopped without an answer".to_owned())
+            }
+        }
+    }
 }
 
 /// A connection to the first of `addrs` (a host name's, in the order
@@ -252,6 +334,9 @@ impl Read for ByDeadline {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     const PAGE: &str = "\
@@ -350,7 +435,9 @@ server_ticks_total 100
             }
         });
         let start = std::time::Instant::now();
-        let outcome = fetch(&url, Duration::from_millis(300));
+        let outcome = MetricsTarget::new(&url)
+            .unwrap()
+            .fetch(Duration::from_millis(300));
         let took = start.elapsed();
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
@@ -373,6 +460,116 @@ server_ticks_total 100
         assert_eq!(connect(&[], deadline).unwrap_err(), "no address");
     }
 
+    /// A metrics server on 127.0.0.1 that answers [`PAGE`] to every
+    /// request.
+    fn serve_pages() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                // The whole request read first: a socket closed with
+                // unread bytes resets the connection, answer and all.
+                let mut request = Vec::new();
+                let mut buf = [0; 256];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{PAGE}");
+            }
+        });
+        addr
+    }
+
+    /// A resolver that counts its calls in `calls` and answers `answer`.
+    fn counting(
+        calls: &Arc<AtomicUsize>,
+        answer: std::io::Result<Vec<SocketAddr>>,
+    ) -> impl FnOnce(&str) -> std::io::Result<Vec<SocketAddr>> + Send + 'static {
+        let calls = Arc::clone(calls);
+        move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            answer
+        }
+    }
+
+    /// A resolver whose DNS server does not answer must not hold every
+    /// scrape of the run: the host resolves once, for all of them.
+    #[test]
+    fn the_host_is_resolved_once_for_every_scrape() {
+        let server = serve_pages();
+        let mut target = MetricsTarget::new("http://metrics.test:9100/metrics").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let page =
+                target.fetch_with(Duration::from_secs(5), counting(&calls, Ok(vec![server])));
+            assert_eq!(page.as_deref(), Ok(PAGE));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A resolution that failed is no answer to keep: the next scrape asks
+    /// again.
+    #[test]
+    fn a_failed_resolution_is_tried_again_by_the_next_scrape() {
+        let server = serve_pages();
+        let mut target = MetricsTarget::new("http://metrics.test:9100/metrics").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let refused = std::io::Error::other("no such host");
+        let error = target
+            .fetch_with(Duration::from_secs(5), counting(&calls, Err(refused)))
+            .unwrap_err();
+        assert!(error.contains("no such host"), "{error}");
+        let page = target.fetch_with(Duration::from_secs(5), counting(&calls, Ok(vec![server])));
+        assert_eq!(page.as_deref(), Ok(PAGE));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A resolver that does not answer holds no scrape past its timeout,
+    /// and the scrapes after it wait for the same resolution, not one each.
+    #[test]
+    fn a_resolver_that_does_not_answer_holds_no_scrape_past_its_timeout() {
+        let server = serve_pages();
+        let mut target = MetricsTarget::new("http://metrics.test:9100/metrics").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
+        let slow = {
+            let calls = Arc::clone(&calls);
+            move |_: &str| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Bounded, so that a resolution made inline fails the test
+                // rather than hanging it.
+                let _ = held.recv_timeout(Duration::from_secs(10));
+                Ok(vec![server])
+            }
+        };
+        let start = Instant::now();
+        let error = target
+            .fetch_with(Duration::from_millis(100), slow)
+            .unwrap_err();
+        assert!(error.contains("still resolving"), "{error}");
+        let again = target.fetch_with(
+            Duration::from_millis(100),
+            counting(&calls, Ok(vec![server])),
+        );
+        assert!(
+            again.as_ref().is_err_and(|e| e.contains("still resolving")),
+            "{again:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
+        release.send(()).unwrap();
+        let page = target.fetch_with(Duration::from_secs(5), counting(&calls, Ok(vec![server])));
+        assert_eq!(page.as_deref(), Ok(PAGE));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn an_unreachable_endpoint_is_an_error_not_a_hang() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -381,7 +578,8 @@ server_ticks_total 100
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}/metrics");
-        assert!(fetch(&url, Duration::from_millis(500)).is_err());
-        assert!(fetch("https://example.invalid/", Duration::from_millis(10)).is_err());
+        let mut target = MetricsTarget::new(&url).unwrap();
+        assert!(target.fetch(Duration::from_millis(500)).is_err());
+        assert!(MetricsTarget::new("https://example.invalid/").is_err());
     }
 }
