@@ -83,7 +83,11 @@
 //!   bytes for a 1078-byte request, denied ≤ 25 bytes, keep-alive ≤ 33 bytes.
 //!   One request or response causes at most one reply.
 //! - A token is bound to the first address that used it (table keyed by the
-//!   token's MAC, bounded by [`ServerConfig::max_token_entries`]).
+//!   token's MAC, bounded by [`ServerConfig::max_token_entries`]). A client
+//!   id holds at most 8 entries: a newer token takes the place of its token
+//!   that expires first, which is then refused as expired (taken as new,
+//!   it would number a handshake in blocks its keys already used). Filling
+//!   the table takes an account per 8 entries, not many tokens for one.
 //! - Half-open handshakes are bounded ([`ServerConfig::max_pending`]) and
 //!   expire, and a client id holds at most one: a newer request for it,
 //!   from any address, takes the older handshake's place (a response to

@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// Used tokens remembered (token MAC -> first address). At the limit,
     /// entries whose token has expired are purged (at most once a second);
     /// if none has, new tokens are dropped ([`DropReason::TokenTableFull`]).
+    /// A client id holds at most 8: its ninth token takes the place of the
+    /// one of its eight that expires first, which is then refused as
+    /// expired ([`DropReason::TokenExpired`]), so filling the table takes
+    /// an eighth as many accounts as it has entries.
     /// A purge is what makes a wall clock stepped forward matter: tokens
     /// that expire before the stepped time stay refused until the clock,
     /// corrected, passes it (so that a purged token never comes back).
@@ -351,6 +355,7 @@ impl PendingTable {
 }
 
 struct TokenUse {
+    client_id: u64,
     address: SocketAddr,
     expire_timestamp: u64,
     /// Handshakes started with this token so far; each gets its own block
@@ -361,6 +366,141 @@ struct TokenUse {
     /// the same token, so anything up to here is a replay of an earlier
     /// connection's packets.
     client_floor: Option<u64>,
+}
+
+/// Used tokens remembered for one client id at once. An honest player uses
+/// one or two tokens within an expiry; one account whose backend mints it
+/// many more would otherwise hold the whole table and have every other
+/// player's new token dropped. Past this, the account's token that expires
+/// first is forgotten to make room, and then refused like an expired one
+/// (see [`TokenTable::forgot`]): taken as new, it would number a handshake
+/// in blocks its keys already used. So only the account's own older tokens
+/// lose their binding to their first address (which protects a token
+/// sniffed on the path).
+const TOKENS_PER_CLIENT_ID: usize = 8;
+
+/// Used tokens by MAC, at most [`TOKENS_PER_CLIENT_ID`] per client id.
+struct TokenTable {
+    by_mac: HashMap<[u8; MAC_BYTES], TokenUse, KeyedHash>,
+    /// Each client id's tokens: an entry for each entry of `by_mac`, added
+    /// and removed with it.
+    by_client_id: HashMap<u64, ClientTokens, KeyedHash>,
+}
+
+/// One client id's used tokens, oldest first.
+struct ClientTokens {
+    macs: [[u8; MAC_BYTES]; TOKENS_PER_CLIENT_ID],
+    len: usize,
+    /// The latest expiry of a token forgotten to make room; every token
+    /// held expires no sooner (the one that expires first is forgotten).
+    forgotten_through: u64,
+}
+
+impl ClientTokens {
+    fn held(&self) -> &[[u8; MAC_BYTES]] {
+        self.macs.get(..self.len).unwrap_or_default()
+    }
+
+    fn remove(&mut self, mac: &[u8; MAC_BYTES]) {
+        if let Some(at) = self.held().iter().position(|m| m == mac) {
+            self.macs.copy_within(at + 1..self.len, at);
+            self.len -= 1;
+        }
+    }
+}
+
+impl TokenTable {
+    /// Room for `capacity` tokens, allocated now.
+    fn new(capacity: usize, hash: KeyedHash) -> Self {
+        Self {
+            by_mac: HashMap::with_capacity_and_hasher(capacity, hash.clone()),
+            by_client_id: HashMap::with_capacity_and_hasher(capacity, hash),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+
+    fn get(&self, mac: &[u8; MAC_BYTES]) -> Option<&TokenUse> {
+        self.by_mac.get(mac)
+    }
+
+    /// `mac`'s entry, to change anything but its client id.
+    fn get_mut(&mut self, mac: &[u8; MAC_BYTES]) -> Option<&mut TokenUse> {
+        self.by_mac.get_mut(mac)
+    }
+
+    /// Whether a token of `client_id` not held, expiring at
+    /// `expire_timestamp`, may be one forgotten to make room. Once the
+    /// client id holds no token, the purge of expired tokens that forgot
+    /// its last one has passed that expiry, and the server refuses such
+    /// tokens as expired itself.
+    fn forgot(&self, client_id: u64, expire_timestamp: u64) -> bool {
+        self.by_client_id
+            .get(&client_id)
+            .is_some_and(|tokens| expire_timestamp <= tokens.forgotten_through)
+    }
+
+    /// Whether [`insert`](Self::insert)ing a token of `client_id` takes
+    /// the place of one held (and so needs no room).
+    fn replaces(&self, client_id: u64) -> bool {
+        self.by_client_id
+            .get(&client_id)
+            .is_some_and(|tokens| tokens.len == TOKENS_PER_CLIENT_ID)
+    }
+
+    /// Holds `used` for `mac` (an entry already held stays as it is); a
+    /// client id holding [`TOKENS_PER_CLIENT_ID`] forgets its token that
+    /// expires first, the oldest of those.
+    fn insert(&mut self, mac: [u8; MAC_BYTES], used: TokenUse) {
+        if self.by_mac.contains_key(&mac) {
+            return;
+        }
+        let tokens = self
+            .by_client_id
+            .entry(used.client_id)
+            .or_insert(ClientTokens {
+                macs: [[0; MAC_BYTES]; TOKENS_PER_CLIENT_ID],
+                len: 0,
+                forgotten_through: 0,
+            });
+        if tokens.len == TOKENS_PER_CLIENT_ID {
+            let by_mac = &self.by_mac;
+            let first = tokens
+                .held()
+                .iter()
+                .copied()
+                .min_by_key(|m| by_mac.get(m).map_or(0, |u| u.expire_timestamp));
+            if let Some(first) = first {
+                tokens.remove(&first);
+                if let Some(forgotten) = self.by_mac.remove(&first) {
+                    tokens.forgotten_through =
+                        tokens.forgotten_through.max(forgotten.expire_timestamp);
+                }
+            }
+        }
+        if let Some(slot) = tokens.macs.get_mut(tokens.len) {
+            *slot = mac;
+            tokens.len += 1;
+            self.by_mac.insert(mac, used);
+        }
+    }
+
+    /// Forgets the tokens that expire by `unix_secs`.
+    fn remove_expired(&mut self, unix_secs: u64) {
+        let by_client_id = &mut self.by_client_id;
+        self.by_mac.retain(|mac, used| {
+            let live = used.expire_timestamp > unix_secs;
+            if !live && let Some(tokens) = by_client_id.get_mut(&used.client_id) {
+                tokens.remove(mac);
+                if tokens.len == 0 {
+                    by_client_id.remove(&used.client_id);
+                }
+            }
+            live
+        });
+    }
 }
 
 /// A token reused for a new handshake (e.g. reconnect after a disconnect)
@@ -464,7 +604,7 @@ pub struct Server {
     addresses_version: u64,
     by_client_id: HashMap<u64, u32, KeyedHash>,
     pending: PendingTable,
-    token_uses: HashMap<[u8; MAC_BYTES], TokenUse, KeyedHash>,
+    token_uses: TokenTable,
     last_token_purge: Option<Instant>,
     /// The wall clock (seconds) of the last purge of expired tokens. A
     /// token that expired by then may have been forgotten: taken again
@@ -536,7 +676,7 @@ impl Server {
             addresses_version: 0,
             by_client_id: HashMap::with_capacity_and_hasher(n, hash.clone()),
             pending: PendingTable::new(config.max_pending, hash.clone()),
-            token_uses: HashMap::with_capacity_and_hasher(config.max_token_entries, hash),
+            token_uses: TokenTable::new(config.max_token_entries, hash),
             last_token_purge: None,
             purged_through: 0,
             limiter: RateLimiter::new(config.rate_limit, limiter_key),
@@ -758,7 +898,14 @@ impl Server {
         if self.by_client_id.contains_key(&view.client_id) {
             return Err(DropReason::ClientIdInUse);
         }
-        if self.record_token_use(now, unix_secs, from, token_mac, request.expire_timestamp)? {
+        if self.record_token_use(
+            now,
+            unix_secs,
+            from,
+            token_mac,
+            view.client_id,
+            request.expire_timestamp,
+        )? {
             // A token never seen before is a player the backend let in: the
             // limit is for work that yields nothing (junk, and repeats).
             self.limiter.refund(from.ip());
@@ -849,6 +996,7 @@ impl Server {
         unix_secs: u64,
         from: SocketAddr,
         mac: [u8; MAC_BYTES],
+        client_id: u64,
         expire_timestamp: u64,
     ) -> Result<bool, DropReason> {
         if let Some(used) = self.token_uses.get(&mac) {
@@ -858,23 +1006,28 @@ impl Server {
                 Err(DropReason::TokenUsedFromOtherAddress)
             };
         }
-        if self.token_uses.len() >= self.config.max_token_entries {
+        if self.token_uses.forgot(client_id, expire_timestamp) {
+            return Err(DropReason::TokenExpired);
+        }
+        let full =
+            |table: &TokenTable, max: usize| !table.replaces(client_id) && table.len() >= max;
+        if full(&self.token_uses, self.config.max_token_entries) {
             let due = self
                 .last_token_purge
                 .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
             if due {
                 self.last_token_purge = Some(now);
                 self.purged_through = self.purged_through.max(unix_secs);
-                self.token_uses
-                    .retain(|_, used| used.expire_timestamp > unix_secs);
+                self.token_uses.remove_expired(unix_secs);
             }
-            if self.token_uses.len() >= self.config.max_token_entries {
+            if full(&self.token_uses, self.config.max_token_entries) {
                 return Err(DropReason::TokenTableFull);
             }
         }
         self.token_uses.insert(
             mac,
             TokenUse {
+                client_id,
                 address: from,
                 expire_timestamp,
                 attempts: 0,
@@ -1487,6 +1640,70 @@ mod pending_table_tests {
                 prop_assert_eq!(table.by_client_id.len(), table.len());
                 for (id, address) in &table.by_client_id {
                     prop_assert_eq!(table.get(address).map(|p| p.client_id), Some(*id));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod token_table_tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    use proptest::prelude::*;
+
+    use super::super::MAC_BYTES;
+    use super::{KeyedHash, TOKENS_PER_CLIENT_ID, TokenTable, TokenUse};
+
+    proptest! {
+        /// Whatever is recorded and purged, each client id holds at most
+        /// [`TOKENS_PER_CLIENT_ID`] tokens, the index by client id names
+        /// exactly the tokens held, and a token once recorded and no
+        /// longer held is refused: forgotten, or past a purge.
+        #[test]
+        fn the_client_id_index_keeps_in_step(
+            expiries in proptest::collection::vec(1u64..20, 30),
+            ops in proptest::collection::vec((0u8..8, 0usize..30, 0u64..3), 0..300)
+        ) {
+            let mut table = TokenTable::new(16, KeyedHash::new([7, 11]));
+            let mut purged_through = 0;
+            let mut recorded = HashMap::new();
+            for (op, id, step) in ops {
+                let mac = [u8::try_from(id).unwrap(); MAC_BYTES];
+                let client_id = id as u64 % 3;
+                let expire_timestamp = expiries[id];
+                if op == 0 {
+                    purged_through += step;
+                    table.remove_expired(purged_through);
+                } else if table.get(&mac).is_none()
+                    && !table.forgot(client_id, expire_timestamp)
+                    && expire_timestamp > purged_through
+                {
+                    table.insert(mac, TokenUse {
+                        client_id,
+                        address: SocketAddr::from(([127, 0, 0, 1], 1)),
+                        expire_timestamp,
+                        attempts: 0,
+                        client_floor: None,
+                    });
+                    prop_assert!(table.get(&mac).is_some());
+                    recorded.insert(mac, (client_id, expire_timestamp));
+                }
+                let held: usize = table.by_client_id.values().map(|t| t.len).sum();
+                prop_assert_eq!(held, table.len());
+                for (id, tokens) in &table.by_client_id {
+                    prop_assert!((1..=TOKENS_PER_CLIENT_ID).contains(&tokens.len));
+                    for mac in tokens.held() {
+                        prop_assert_eq!(table.get(mac).map(|u| u.client_id), Some(*id));
+                    }
+                }
+                for (mac, (client_id, expire)) in &recorded {
+                    prop_assert!(
+                        table.get(mac).is_some()
+                            || table.forgot(*client_id, *expire)
+                            || *expire <= purged_through
+                    );
                 }
             }
         }

@@ -17,7 +17,10 @@ pub enum DropReason {
     WrongVersion,
     /// Protocol id differs from this server's.
     WrongProtocolId,
-    /// The connect token's expire timestamp is not in the future.
+    /// The connect token's expire timestamp is not in the future, or is no
+    /// later than that of a token its client id had forgotten to make room
+    /// for newer ones (see
+    /// [`ServerConfig::max_token_entries`](super::ServerConfig::max_token_entries)).
     TokenExpired,
     /// The source IP exceeded its handshake rate limit.
     RateLimited,

@@ -1220,6 +1220,50 @@ fn one_account_cannot_fill_the_half_open_table() {
     assert!(w.server.num_pending() <= 2, "{}", w.server.num_pending());
 }
 
+/// One account holds at most a few used-token entries: a host whose
+/// backend mints its one account many tokens, each sent from its own
+/// port, cannot fill the table and have every other player's new token
+/// dropped. A token forgotten to make room is refused, not taken as new
+/// (a new start would repeat its sequence numbers under its keys).
+#[test]
+fn one_account_cannot_fill_the_used_token_table() {
+    let mut w = World::new(4);
+    let mut config = w.server.config().clone();
+    config.max_token_entries = 32;
+    w.server = Server::new(config, &mut w.rng).unwrap();
+    let ip = client_addr(0).ip();
+    let mut first = None;
+    for port in 0..40 {
+        let token = w.token(7);
+        let request = request_bytes(&token);
+        w.deliver_to_server(SocketAddr::new(ip, 50_000 + port), &request);
+        assert!(w.server_transmits().len() <= 1, "one reply at most");
+        first.get_or_insert(request);
+    }
+    assert!(
+        w.server.num_token_entries() <= 8,
+        "{}",
+        w.server.num_token_entries()
+    );
+    let token = w.token(8);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(10), client)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.stats().dropped.get(DropReason::TokenTableFull), 0);
+    let expired = w.server.stats().dropped.get(DropReason::TokenExpired);
+    w.deliver_to_server(SocketAddr::new(ip, 60_000), &first.unwrap());
+    assert!(
+        w.server_transmits().is_empty(),
+        "a forgotten token answered"
+    );
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::TokenExpired),
+        expired + 1
+    );
+}
+
 /// A player whose NAT moved it to a new port tries again with a new
 /// token: the new attempt takes the place of the first, and connects; the
 /// first attempt's response, arriving late from the old port, connects no
