@@ -22,6 +22,13 @@
 //! gameplay; so clients must match answers by `client_ref`, not by arrival
 //! order.
 //!
+//! Rates and durations are in seconds of wall time, counted in the periods
+//! each tick stands for ([`TickStats::periods_this_tick`]), not in ticks
+//! run: a server that falls behind its tick rate refills buckets, ends
+//! mutes and forgets offences as fast as one on schedule, so that players
+//! sending at the advertised rate are not refused, muted and kicked
+//! exactly when the server struggles.
+//!
 //! Session rule: a player is a chat member from its [`ClientConnected`]
 //! (the handshake is done and its entity exists) to its
 //! [`ClientDisconnected`]; anything else is ignored and counted. A
@@ -57,6 +64,7 @@ use crate::net::{
     ClientConnected, ClientDisconnected, DepartedPositions, FromClient, NetAppExt, NetSender,
     Outbox, SessionChange, ToClient, session_changes,
 };
+use crate::tick::TickStats;
 use crate::world::Position;
 
 /// Chat rules; a resource, set through [`ChatPlugin::config`].
@@ -68,7 +76,8 @@ pub struct ChatConfig {
     pub max_chars: usize,
     /// Messages a player may send in a burst (default 10).
     pub burst: u32,
-    /// Sustained messages per second once the burst is spent (default 1).
+    /// Sustained messages per second of wall time once the burst is spent
+    /// (default 1), however many ticks the server manages in it.
     pub rate_per_sec: f64,
     /// The area-of-interest radius: how far the nearby scope reaches, in
     /// metres (default 50; the server sets it to the interest radius).
@@ -80,13 +89,14 @@ pub struct ChatConfig {
     /// (default 5), each within a minute of the one before: offences
     /// further apart start the count again.
     pub mute_after_offences: u32,
-    /// How long a mute lasts (default 30 s).
+    /// How long a mute lasts, in seconds of wall time (default 30).
     pub mute_secs: u32,
     /// Mutes after which the next would-be mute is a kick instead (default
     /// 2), each within ten minutes of the end of the one before: the
     /// offender is disconnected with [`DisconnectReason::Kicked`].
     pub kick_after_mutes: u32,
-    /// The tick rate, to turn seconds into ticks (default: the server's).
+    /// The tick rate, to turn seconds into periods of wall time (default:
+    /// the server's).
     #[serde(skip)]
     pub tick_hz: u32,
     /// Send "X joined" / "X left" system lines to everyone (default
@@ -318,6 +328,7 @@ fn route(
     mut sends: MessageReader<FromClient<ChatSend>>,
     mut says: MessageReader<AdminSay>,
     mut kicks: MessageReader<AdminKick>,
+    stats: Option<Res<TickStats>>,
     positions: Query<&'static Position>,
     departed: Option<Res<DepartedPositions>>,
     mut lines: NetSender<ChatLine>,
@@ -331,7 +342,8 @@ fn route(
         encoded,
     } = &mut *scratch;
     let room = &mut room.0;
-    room.tick();
+    // 1 when no runner measures the ticks (tests that update by hand).
+    room.tick(stats.map_or(1, |stats| stats.periods_this_tick()));
     out.clear();
     let mut sink = Sink {
         lines: &mut lines,

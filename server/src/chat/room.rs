@@ -200,7 +200,8 @@ fn is_joiner(c: char) -> bool {
 /// add up exactly (ten refills of 0.1 make one token).
 const MICRO: u64 = 1_000_000;
 
-/// A token bucket: `burst` tokens, refilled a fixed amount each tick.
+/// A token bucket: `burst` tokens, refilled a fixed amount each period of
+/// wall time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TokenBucket {
     micro_tokens: u64,
@@ -213,10 +214,10 @@ impl TokenBucket {
         }
     }
 
-    fn refill(&mut self, micro_per_tick: u64, burst: u32) {
+    fn refill(&mut self, micro: u64, burst: u32) {
         self.micro_tokens = self
             .micro_tokens
-            .saturating_add(micro_per_tick)
+            .saturating_add(micro)
             .min(u64::from(burst) * MICRO);
     }
 
@@ -243,9 +244,9 @@ struct Member {
     /// Offences since the last mute (or since joining), each within
     /// [`OFFENCE_MEMORY_SECS`] of the one before.
     offences: u32,
-    /// The tick of the last offence.
+    /// When the last offence was, in periods (see [`ChatRoom::tick`]).
     last_offence: u64,
-    /// Muted until this tick (exclusive).
+    /// Muted until this period (exclusive).
     muted_until: u64,
     /// Mutes so far, each ending within [`MUTE_MEMORY_SECS`] of the next
     /// (kept across a quick reconnect, see [`Standing`]).
@@ -272,7 +273,8 @@ const MUTE_MEMORY_SECS: u64 = 600;
 /// wipe them.
 const STANDING_SECS: u64 = 60;
 
-/// A member's standing after it left, until [`Standing::until`].
+/// A member's standing after it left, until [`Standing::until`]; times in
+/// periods, as the member's.
 #[derive(Debug, Clone)]
 struct Standing {
     bucket: TokenBucket,
@@ -288,7 +290,11 @@ struct Standing {
 #[derive(Debug, Clone)]
 pub struct ChatRoom {
     config: ChatConfig,
+    /// Ticks run, for what is once a tick (the fan-out bound's refund).
     tick: u64,
+    /// Periods of wall time passed, for everything counted in seconds
+    /// (refills, mutes, the memories of offences, mutes and standings).
+    now: u64,
     members: HashMap<u64, Member>,
     /// Accounts that left with something to answer for (see [`Standing`]).
     standing: HashMap<u64, Standing>,
@@ -313,6 +319,7 @@ impl ChatRoom {
         Self {
             config,
             tick: 0,
+            now: 0,
             members: HashMap::new(),
             standing: HashMap::new(),
             by_name: HashMap::new(),
@@ -330,25 +337,36 @@ impl ChatRoom {
         self.members.contains_key(&account)
     }
 
-    /// Advances time by one tick: refills every bucket.
-    pub fn tick(&mut self) {
+    /// Moves on to the next tick, which stands for `periods` periods of
+    /// wall time ([`TickStats::periods_this_tick`]: 1 on schedule, 0 for a
+    /// catch-up tick, more after a stall): refills every bucket for them
+    /// and counts them toward mutes' ends and what the room remembers.
+    /// Rates and durations are promised in seconds, and a server that
+    /// falls behind its tick rate runs fewer ticks than periods: counted
+    /// in ticks, its buckets would refill slower than `rate_per_sec` and
+    /// honest players be refused, muted and kicked. However many periods a
+    /// stall stands for, a bucket fills to `burst` at most.
+    ///
+    /// [`TickStats::periods_this_tick`]: crate::tick::TickStats::periods_this_tick
+    pub fn tick(&mut self, periods: u32) {
         self.tick += 1;
+        self.now = self.now.saturating_add(u64::from(periods));
         self.fanout_bytes = 0;
-        let per_tick = self.refill_per_tick();
+        let refill = self.refill_per_period().saturating_mul(u64::from(periods));
         let burst = self.config.burst;
         for member in self.members.values_mut() {
-            member.bucket.refill(per_tick, burst);
+            member.bucket.refill(refill, burst);
         }
-        let tick = self.tick;
+        let now = self.now;
         if !self.standing.is_empty() {
-            self.standing.retain(|_, s| s.until > tick);
+            self.standing.retain(|_, s| s.until > now);
         }
     }
 
     /// Rounded up: rounded to nearest, 1 msg/s at 30 Hz refilled 0.99999
     /// of a token a second, and a client sending at exactly the advertised
     /// rate was refused every other line.
-    fn refill_per_tick(&self) -> u64 {
+    fn refill_per_period(&self) -> u64 {
         (self.config.rate_per_sec.max(0.0) * MICRO as f64 / f64::from(self.config.tick_hz.max(1)))
             .ceil() as u64
     }
@@ -385,10 +403,10 @@ impl ChatRoom {
         // Back soon after leaving: the mute, the offences and the bucket
         // (refilled for the time away) carry on.
         if let Some(was) = self.standing.remove(&account) {
-            let away = self.tick.saturating_sub(was.left_at);
+            let away = self.now.saturating_sub(was.left_at);
             member.bucket = was.bucket;
             member.bucket.refill(
-                self.refill_per_tick().saturating_mul(away),
+                self.refill_per_period().saturating_mul(away),
                 self.config.burst,
             );
             member.offences = was.offences;
@@ -411,7 +429,7 @@ impl ChatRoom {
         self.forget_name(&member.name, account);
         let clean = member.offences == 0
             && member.mutes == 0
-            && member.muted_until <= self.tick
+            && member.muted_until <= self.now
             && member.bucket == TokenBucket::full(self.config.burst);
         if !clean {
             let memory = STANDING_SECS * u64::from(self.config.tick_hz.max(1));
@@ -423,8 +441,8 @@ impl ChatRoom {
                     last_offence: member.last_offence,
                     muted_until: member.muted_until,
                     mutes: member.mutes,
-                    left_at: self.tick,
-                    until: member.muted_until.max(self.tick + memory),
+                    left_at: self.now,
+                    until: member.muted_until.max(self.now + memory),
                 },
             );
         }
@@ -517,7 +535,7 @@ impl ChatRoom {
         whereabouts: impl Whereabouts,
         out: &mut Vec<ChatOutput>,
     ) -> bool {
-        let tick = self.tick;
+        let (tick, now) = (self.tick, self.now);
         let config = self.config.clone();
         let Some(member) = self.members.get_mut(&from) else {
             return false;
@@ -529,12 +547,12 @@ impl ChatRoom {
             out.push(ChatOutput::Kick { account: from });
             return true;
         }
-        if tick < member.muted_until {
+        if now < member.muted_until {
             Self::offence(
                 member,
                 from,
                 client_ref,
-                tick,
+                now,
                 &config,
                 ChatRejectReason::Muted,
                 out,
@@ -548,7 +566,7 @@ impl ChatRoom {
                 member,
                 from,
                 client_ref,
-                tick,
+                now,
                 &config,
                 ChatRejectReason::RateLimited,
                 out,
@@ -647,26 +665,27 @@ impl ChatRoom {
         true
     }
 
+    /// An offence at `now` (in periods).
     fn offence(
         member: &mut Member,
         account: u64,
         client_ref: u32,
-        tick: u64,
+        now: u64,
         config: &ChatConfig,
         reason: ChatRejectReason,
         out: &mut Vec<ChatOutput>,
     ) {
         let memory = OFFENCE_MEMORY_SECS * u64::from(config.tick_hz.max(1));
-        if tick.saturating_sub(member.last_offence) > memory {
+        if now.saturating_sub(member.last_offence) > memory {
             member.offences = 0;
         }
         member.offences += 1;
-        member.last_offence = tick;
+        member.last_offence = now;
         if member.offences < config.mute_after_offences {
             out.push(if reason == ChatRejectReason::Muted {
                 let left = member
                     .muted_until
-                    .saturating_sub(tick)
+                    .saturating_sub(now)
                     .div_ceil(u64::from(config.tick_hz.max(1)));
                 ChatOutput::Rejected {
                     to: account,
@@ -686,7 +705,7 @@ impl ChatRoom {
         }
         member.offences = 0;
         let memory = MUTE_MEMORY_SECS * u64::from(config.tick_hz.max(1));
-        if tick.saturating_sub(member.muted_until) > memory {
+        if now.saturating_sub(member.muted_until) > memory {
             member.mutes = 0;
         }
         if member.mutes >= config.kick_after_mutes {
@@ -701,7 +720,7 @@ impl ChatRoom {
             return;
         }
         member.mutes += 1;
-        member.muted_until = tick + u64::from(config.mute_secs) * u64::from(config.tick_hz);
+        member.muted_until = now + u64::from(config.mute_secs) * u64::from(config.tick_hz);
         out.push(ChatOutput::Rejected {
             to: account,
             rejected: ChatRejected {

@@ -263,7 +263,7 @@ fn a_burst_passes_then_the_rate_limit_refuses_then_tokens_come_back() {
     room.say(1, 10, &ChatScope::Global, "spam", nowhere, &mut out);
     assert_eq!(rejections(&out), vec![ChatRejectReason::RateLimited]);
     for _ in 0..9 {
-        room.tick();
+        room.tick(1);
     }
     let mut out = Vec::new();
     room.say(1, 11, &ChatScope::Global, "spam", nowhere, &mut out);
@@ -272,7 +272,7 @@ fn a_burst_passes_then_the_rate_limit_refuses_then_tokens_come_back() {
         vec![ChatRejectReason::RateLimited],
         "0.9 s is not 1 s"
     );
-    room.tick();
+    room.tick(1);
     let mut out = Vec::new();
     room.say(1, 12, &ChatScope::Global, "ok now", nowhere, &mut out);
     assert!(rejections(&out).is_empty());
@@ -724,7 +724,7 @@ fn a_mute_and_a_spent_bucket_survive_a_reconnect() {
     // Leave and come straight back: still muted.
     let mut out = Vec::new();
     room.leave(1, &mut out);
-    room.tick();
+    room.tick(1);
     room.join(1, "player-1".into(), &mut out);
     let mut out = Vec::new();
     room.say(1, 9, &ChatScope::Global, "clean slate?", nowhere, &mut out);
@@ -757,7 +757,7 @@ fn a_mute_and_a_spent_bucket_survive_a_reconnect() {
     // A minute later the room has forgotten.
     room.leave(3, &mut out);
     for _ in 0..=60 * 10 {
-        room.tick();
+        room.tick(1);
     }
     room.join(3, "player-3".into(), &mut out);
     let mut out = Vec::new();
@@ -807,10 +807,174 @@ fn a_client_at_exactly_the_advertised_rate_is_never_refused() {
             &mut out,
         );
         for _ in 0..30 {
-            room.tick();
+            room.tick(1);
         }
     }
     assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
+}
+
+/// A server that cannot keep up (every tick takes 1.5 periods: 20 ticks
+/// a second at 30 Hz) still refills buckets at `rate_per_sec` of wall
+/// time: a client saying one line a second for two minutes is never
+/// refused, muted or kicked.
+#[test]
+fn a_client_at_the_advertised_rate_is_never_refused_when_ticks_run_late() {
+    let mut room = room_with(&[1], ChatConfig::default());
+    let mut out = Vec::new();
+    for second in 0..120 {
+        room.say(
+            1,
+            second,
+            &ChatScope::Global,
+            "once a second",
+            nowhere,
+            &mut out,
+        );
+        for n in 0..20 {
+            // 1.5 periods a tick, as the runner rounds them: 2, 1, 2, 1...
+            room.tick(2 - n % 2);
+        }
+    }
+    assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
+    assert!(!out.contains(&ChatOutput::Kick { account: 1 }));
+}
+
+/// A mute lasts `mute_secs` of wall time however few ticks run in it:
+/// ticks of two periods end a 30 s mute in 150 ticks, not 300.
+#[test]
+fn a_mute_lasts_its_seconds_when_ticks_run_late() {
+    let config = ChatConfig {
+        burst: 1,
+        mute_after_offences: 2,
+        mute_secs: 30,
+        tick_hz: 10,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1], config);
+    let mut out = Vec::new();
+    for client_ref in 0..3 {
+        room.say(1, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+    }
+    assert_eq!(
+        rejections(&out),
+        vec![ChatRejectReason::RateLimited, ChatRejectReason::Muted]
+    );
+    for _ in 0..149 {
+        room.tick(2);
+    }
+    let mut out = Vec::new();
+    room.say(1, 3, &ChatScope::Global, "29.8 s", nowhere, &mut out);
+    assert_eq!(the_answer(&out, 1, 3), Err(ChatRejectReason::Muted));
+    room.tick(2);
+    let mut out = Vec::new();
+    room.say(1, 4, &ChatScope::Global, "30 s", nowhere, &mut out);
+    assert!(the_answer(&out, 1, 4).is_ok(), "{out:?}");
+}
+
+/// A client saying one line a second of wall time, on the real runner.
+#[derive(Resource)]
+struct OncePerSecond {
+    clock: crate::tick::ManualClock,
+    client: shared::io::ClientId,
+    entity: Entity,
+    said: u32,
+    refused: Vec<ChatRejectReason>,
+}
+
+/// Connects the client in the first tick, says its line when a second has
+/// passed since the last, then works for 1.5 periods: the server cannot
+/// keep up.
+fn say_once_a_second_in_slow_ticks(
+    mut speaker: ResMut<OncePerSecond>,
+    stats: Res<TickStats>,
+    mut connected: MessageWriter<ClientConnected>,
+    mut sends: MessageWriter<FromClient<ChatSend>>,
+) {
+    use crate::tick::Clock;
+    if stats.tick() == 0 {
+        connected.write(ClientConnected {
+            client: speaker.client,
+            entity: speaker.entity,
+        });
+    }
+    let elapsed = speaker.clock.now() - speaker.clock.start();
+    if elapsed >= std::time::Duration::from_secs(speaker.said.into()) {
+        sends.write(FromClient {
+            client: speaker.client,
+            message: ChatSend {
+                client_ref: speaker.said,
+                scope: ChatScope::Global,
+                text: "once a second".into(),
+            },
+        });
+        speaker.said += 1;
+    }
+    let period = stats.rate().period();
+    speaker.clock.advance(period * 3 / 2);
+}
+
+/// The plugin refills by the periods of wall time each tick stands for:
+/// at 30 Hz with every tick taking 1.5 periods (20 ticks a second), a
+/// client saying one line a second for two minutes is never refused nor
+/// kicked.
+#[test]
+fn the_plugin_refills_by_wall_time_when_the_runner_falls_behind() {
+    use crate::tick::{ManualClock, TickConfig, TickPlugin, TickRate};
+    use bevy_app::{AppExit, Last};
+    use shared::io::{ClientId, NetCommand};
+    use shared::netcode::ClientIndex;
+
+    let clock = ManualClock::new();
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig {
+            rate: TickRate::new(30).unwrap(),
+            ..TickConfig::default()
+        },
+        clock: clock.clone(),
+    })
+    .add_plugins(ChatPlugin {
+        config: Some(ChatConfig::default()),
+    });
+    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+    let client = ClientId {
+        slot: ClientIndex::from_slot(0),
+        account: 1,
+        session: 1,
+    };
+    app.insert_resource(OncePerSecond {
+        clock,
+        client,
+        entity,
+        said: 0,
+        refused: Vec::new(),
+    })
+    .add_systems(
+        FixedUpdate,
+        say_once_a_second_in_slow_ticks.before(ChatSystems::Route),
+    );
+    let (sender, receiver) = std::sync::mpsc::channel();
+    app.add_systems(
+        Last,
+        move |mut speaker: ResMut<OncePerSecond>,
+              mut refusals: MessageReader<ToClient<ChatRejected>>,
+              outbox: Res<Outbox>,
+              mut exit: MessageWriter<AppExit>| {
+            let refused = refusals.read().map(|r| r.message.reason);
+            speaker.refused.extend(refused);
+            let kicked = outbox
+                .commands()
+                .iter()
+                .any(|c| matches!(c, NetCommand::Disconnect { .. }));
+            if speaker.said == 120 || kicked {
+                let _ = sender.send((speaker.said, speaker.refused.clone(), kicked));
+                exit.write(AppExit::Success);
+            }
+        },
+    );
+    assert_eq!(app.run(), AppExit::Success);
+    let (said, refused, kicked) = receiver.recv().unwrap();
+    assert_eq!((said, refused, kicked), (120, Vec::new(), false));
 }
 
 /// A rate beyond what the bucket counts (the file refuses it; a room built
@@ -826,7 +990,7 @@ fn a_huge_rate_fills_the_bucket_instead_of_wrapping_it() {
         },
     );
     for round in 0..5 {
-        room.tick();
+        room.tick(1);
         let mut out = Vec::new();
         for n in 0..2 {
             room.say(
@@ -882,7 +1046,7 @@ fn one_ticks_chat_is_bounded_and_the_refused_are_not_offenders() {
     // The refused are not offenders: once a token is back they speak
     // (refused ten times, counted as offences, they would be muted).
     for _ in 0..=config.tick_hz {
-        room.tick();
+        room.tick(1);
     }
     out.clear();
     room.say(50, 99, &ChatScope::WhisperId(1), "hi", nowhere, &mut out);
@@ -914,7 +1078,7 @@ fn a_send_refused_for_the_fan_out_bound_keeps_its_token() {
             Err(ChatRejectReason::RateLimited)
         );
     }
-    room.tick();
+    room.tick(1);
     out.clear();
     room.say(2, 3, &ChatScope::WhisperId(1), "hi", nowhere, &mut out);
     assert!(the_answer(&out, 2, 3).is_ok(), "{out:?}");
@@ -977,7 +1141,7 @@ fn offences_spread_over_a_long_session_earn_no_mute() {
         );
         // Ten quiet minutes.
         for _ in 0..600 * config.tick_hz {
-            room.tick();
+            room.tick(1);
         }
     }
     // Within a minute they still add up.
@@ -1012,14 +1176,14 @@ fn mutes_far_apart_earn_no_kick() {
         assert!(!out.contains(&ChatOutput::Kick { account: 1 }));
         // Fifteen quiet minutes.
         for _ in 0..900 * config.tick_hz {
-            room.tick();
+            room.tick(1);
         }
     }
     // Back to back, the third mute is a kick.
     let mut kicked = false;
     for _ in 0..3 {
         for _ in 0..(config.mute_secs + 60) * config.tick_hz {
-            room.tick();
+            room.tick(1);
         }
         kicked |= flood(&mut room).contains(&ChatOutput::Kick { account: 1 });
     }
@@ -1065,7 +1229,7 @@ fn system_lines_count_against_the_fan_out_bound() {
     };
     let accounts: Vec<u64> = (1..=300).collect();
     let mut room = room_with(&accounts, config.clone());
-    room.tick();
+    room.tick(1);
     let mut out = Vec::new();
     for account in 151..=300 {
         room.leave(account, &mut out);
