@@ -93,8 +93,16 @@ pub struct ChatConfig {
     pub mute_secs: u32,
     /// Mutes after which the next would-be mute is a kick instead (default
     /// 2), each within ten minutes of the end of the one before: the
-    /// offender is disconnected with [`DisconnectReason::Kicked`].
+    /// offender is disconnected with [`DisconnectReason::Kicked`]. Leaving
+    /// and coming back does not start the count again.
     pub kick_after_mutes: u32,
+    /// Most players who left with something to answer for whose chat
+    /// standing is kept at once, for their return: a mute, offences and
+    /// spent tokens for a minute (or to the mute's end), mutes for as long
+    /// as they count toward a kick. Past it the standing that runs out
+    /// soonest is forgotten, and its player comes back with a clean slate.
+    /// Default 10,000, about a megabyte; 0 forgets at once.
+    pub rejoin_memory_players: u32,
     /// The tick rate, to turn seconds into periods of wall time (default:
     /// the server's).
     #[serde(skip)]
@@ -125,6 +133,7 @@ impl Default for ChatConfig {
             mute_after_offences: 5,
             mute_secs: 30,
             kick_after_mutes: 2,
+            rejoin_memory_players: 10_000,
             tick_hz: 30,
             announce_sessions: false,
             max_fanout_bytes_per_tick: 8 << 20,

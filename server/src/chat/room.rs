@@ -2,7 +2,7 @@
 //! Rust keyed by account id. The ECS systems in the parent module only
 //! translate between it and the network.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use glam::Vec2;
@@ -249,7 +249,7 @@ struct Member {
     /// Muted until this period (exclusive).
     muted_until: u64,
     /// Mutes so far, each ending within [`MUTE_MEMORY_SECS`] of the next
-    /// (kept across a quick reconnect, see [`Standing`]).
+    /// (kept across a reconnect while they count, see [`Standing`]).
     mutes: u32,
     /// The last sequence number sent to this member.
     last_seq: u64,
@@ -268,9 +268,16 @@ const OFFENCE_MEMORY_SECS: u64 = 60;
 /// add up to a kick.
 const MUTE_MEMORY_SECS: u64 = 600;
 
+/// The first period in which mutes, the last of them ending at
+/// `muted_until`, no longer count toward a kick.
+fn mutes_forgotten_at(muted_until: u64, config: &ChatConfig) -> u64 {
+    muted_until + MUTE_MEMORY_SECS * u64::from(config.tick_hz.max(1)) + 1
+}
+
 /// How long the room remembers a member who left with a mute, offences or
-/// a spent bucket (or until the mute ends, if later): reconnecting must not
-/// wipe them.
+/// a spent bucket (or until the mute ends, if later; and mutes for as long
+/// as they count toward a kick, [`MUTE_MEMORY_SECS`] after the last one
+/// ends): reconnecting must not wipe them.
 const STANDING_SECS: u64 = 60;
 
 /// A member's standing after it left, until [`Standing::until`]; times in
@@ -283,7 +290,55 @@ struct Standing {
     muted_until: u64,
     mutes: u32,
     left_at: u64,
+    /// Forgotten in this period.
     until: u64,
+}
+
+/// The standings of members who left: at most
+/// [`ChatConfig::rejoin_memory_players`], each until its
+/// [`Standing::until`].
+#[derive(Debug, Clone, Default)]
+struct Standings {
+    by_account: HashMap<u64, Standing>,
+    /// Every standing's `(until, account)`, the first to run out first.
+    by_expiry: BTreeSet<(u64, u64)>,
+}
+
+impl Standings {
+    /// Keeps `standing` for `account`; past `most` standings, forgets the
+    /// ones that run out soonest (this one, if it does).
+    fn keep(&mut self, account: u64, standing: Standing, most: usize) {
+        self.take(account);
+        self.by_expiry.insert((standing.until, account));
+        self.by_account.insert(account, standing);
+        while self.by_account.len() > most {
+            self.forget_first();
+        }
+    }
+
+    /// The standing of `account`, forgotten.
+    fn take(&mut self, account: u64) -> Option<Standing> {
+        let standing = self.by_account.remove(&account)?;
+        self.by_expiry.remove(&(standing.until, account));
+        Some(standing)
+    }
+
+    /// Forgets the standings run out by `now`.
+    fn forget_expired(&mut self, now: u64) {
+        while self
+            .by_expiry
+            .first()
+            .is_some_and(|&(until, _)| until <= now)
+        {
+            self.forget_first();
+        }
+    }
+
+    fn forget_first(&mut self) {
+        if let Some((_, account)) = self.by_expiry.pop_first() {
+            self.by_account.remove(&account);
+        }
+    }
 }
 
 /// The chat state of every member in session.
@@ -297,7 +352,7 @@ pub struct ChatRoom {
     now: u64,
     members: HashMap<u64, Member>,
     /// Accounts that left with something to answer for (see [`Standing`]).
-    standing: HashMap<u64, Standing>,
+    standing: Standings,
     /// Each member's account by display name, for whispers by name (a
     /// scan of the members per whisper would let each player's whispers
     /// cost the tick O(members)). Names are unique (the game derives them
@@ -321,7 +376,7 @@ impl ChatRoom {
             tick: 0,
             now: 0,
             members: HashMap::new(),
-            standing: HashMap::new(),
+            standing: Standings::default(),
             by_name: HashMap::new(),
             fanout_bytes: 0,
         }
@@ -357,10 +412,7 @@ impl ChatRoom {
         for member in self.members.values_mut() {
             member.bucket.refill(refill, burst);
         }
-        let now = self.now;
-        if !self.standing.is_empty() {
-            self.standing.retain(|_, s| s.until > now);
-        }
+        self.standing.forget_expired(self.now);
     }
 
     /// Rounded up: rounded to nearest, 1 msg/s at 30 Hz refilled 0.99999
@@ -402,7 +454,7 @@ impl ChatRoom {
         };
         // Back soon after leaving: the mute, the offences and the bucket
         // (refilled for the time away) carry on.
-        if let Some(was) = self.standing.remove(&account) {
+        if let Some(was) = self.standing.take(account) {
             let away = self.now.saturating_sub(was.left_at);
             member.bucket = was.bucket;
             member.bucket.refill(
@@ -433,7 +485,13 @@ impl ChatRoom {
             && member.bucket == TokenBucket::full(self.config.burst);
         if !clean {
             let memory = STANDING_SECS * u64::from(self.config.tick_hz.max(1));
-            self.standing.insert(
+            let mut until = member.muted_until.max(self.now + memory);
+            if member.mutes > 0 {
+                // Its mutes count toward a kick as long as if it had
+                // stayed: leaving a minute must not start them again.
+                until = until.max(mutes_forgotten_at(member.muted_until, &self.config));
+            }
+            self.standing.keep(
                 account,
                 Standing {
                     bucket: member.bucket,
@@ -442,8 +500,9 @@ impl ChatRoom {
                     muted_until: member.muted_until,
                     mutes: member.mutes,
                     left_at: self.now,
-                    until: member.muted_until.max(self.now + memory),
+                    until,
                 },
+                self.config.rejoin_memory_players as usize,
             );
         }
         if self.config.announce_sessions {
@@ -704,8 +763,7 @@ impl ChatRoom {
             return;
         }
         member.offences = 0;
-        let memory = MUTE_MEMORY_SECS * u64::from(config.tick_hz.max(1));
-        if now.saturating_sub(member.muted_until) > memory {
+        if now >= mutes_forgotten_at(member.muted_until, config) {
             member.mutes = 0;
         }
         if member.mutes >= config.kick_after_mutes {
@@ -777,5 +835,44 @@ fn reject(to: u64, client_ref: u32, reason: ChatRejectReason, config: &ChatConfi
             reason,
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nowhere(_: u64) -> Option<Vec2> {
+        None
+    }
+
+    /// A muted leaver's standing is kept while its mutes count toward a
+    /// kick and forgotten in the first period they no longer do: the room
+    /// remembers only what still counts.
+    #[test]
+    fn a_muted_leavers_standing_is_forgotten_when_its_mutes_stop_counting() {
+        let config = ChatConfig {
+            burst: 1,
+            mute_after_offences: 1,
+            mute_secs: 5,
+            tick_hz: 10,
+            ..ChatConfig::default()
+        };
+        let mut room = ChatRoom::new(config.clone());
+        let mut out = Vec::new();
+        room.join(1, "player-1".into(), &mut out);
+        for client_ref in 0..2 {
+            room.say(1, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+        }
+        assert_eq!(room.members[&1].muted_until, 50);
+        room.leave(1, &mut out);
+        let forgotten_at = mutes_forgotten_at(50, &config);
+        while room.now + 1 < forgotten_at {
+            room.tick(1);
+        }
+        assert!(room.standing.by_account.contains_key(&1));
+        room.tick(1);
+        assert!(room.standing.by_account.is_empty());
+        assert!(room.standing.by_expiry.is_empty());
     }
 }

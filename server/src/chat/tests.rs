@@ -1190,6 +1190,95 @@ fn mutes_far_apart_earn_no_kick() {
     assert!(kicked);
 }
 
+/// Burst 1 (a line a second), a 5 s mute at the second offence within a
+/// minute, a kick at the second mute within ten minutes, at 10 Hz.
+fn kick_at_the_second_mute() -> ChatConfig {
+    ChatConfig {
+        burst: 1,
+        mute_after_offences: 2,
+        mute_secs: 5,
+        kick_after_mutes: 1,
+        tick_hz: 10,
+        ..ChatConfig::default()
+    }
+}
+
+/// Three lines at once from `account`: said, refused, muted (or kicked).
+fn flood(room: &mut ChatRoom, account: u64) -> Vec<ChatOutput> {
+    let mut out = Vec::new();
+    for client_ref in 0..3 {
+        room.say(
+            account,
+            client_ref,
+            &ChatScope::Global,
+            "spam",
+            nowhere,
+            &mut out,
+        );
+    }
+    out
+}
+
+/// Mutes count toward a kick for ten minutes after the last one ends,
+/// whether or not the player stays: leaving for a minute and coming back
+/// does not start the count again.
+#[test]
+fn leaving_for_a_minute_does_not_forget_a_mute() {
+    let mut room = room_with(&[1, 2], kick_at_the_second_mute());
+    assert_eq!(
+        rejections(&flood(&mut room, 1)),
+        [ChatRejectReason::RateLimited, ChatRejectReason::Muted]
+    );
+    let mut out = Vec::new();
+    room.leave(1, &mut out);
+    for _ in 0..610 {
+        room.tick(1);
+    }
+    room.join(1, "player-1".into(), &mut out);
+    // The mute ended 56 s ago: its memory lasts 9 minutes more.
+    for _ in 0..600 {
+        room.tick(1);
+    }
+    let out = flood(&mut room, 1);
+    assert_eq!(
+        rejections(&out),
+        [ChatRejectReason::RateLimited, ChatRejectReason::Kicked]
+    );
+    assert!(out.contains(&ChatOutput::Kick { account: 1 }));
+}
+
+/// The room remembers at most `rejoin_memory_players` players who left;
+/// past it the standing that runs out soonest (here the earliest mute's)
+/// is forgotten, and its player comes back with a clean slate.
+#[test]
+fn the_standings_kept_are_bounded() {
+    let config = ChatConfig {
+        rejoin_memory_players: 2,
+        ..kick_at_the_second_mute()
+    };
+    let mut room = room_with(&[1, 2, 3], config);
+    let mut out = Vec::new();
+    for account in 1..=3 {
+        assert_eq!(
+            rejections(&flood(&mut room, account)).last(),
+            Some(&ChatRejectReason::Muted)
+        );
+        room.leave(account, &mut out);
+        room.tick(1);
+    }
+    for account in 1..=3 {
+        room.join(account, format!("player-{account}"), &mut out);
+    }
+    // After the mutes: account 1 starts again, 2 and 3 are kicked.
+    for _ in 0..60 {
+        room.tick(1);
+    }
+    let last = |room: &mut ChatRoom, account| rejections(&flood(room, account)).pop();
+    assert_eq!(last(&mut room, 1), Some(ChatRejectReason::Muted));
+    assert_eq!(last(&mut room, 2), Some(ChatRejectReason::Kicked));
+    assert_eq!(last(&mut room, 3), Some(ChatRejectReason::Kicked));
+}
+
 /// A system line (a console `say`, a kick's reason) is cleaned and cut
 /// like a player's: a line past the transport's largest message would
 /// never reach anyone, its sequence number spent, and every client would
