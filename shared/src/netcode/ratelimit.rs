@@ -78,6 +78,15 @@ const EMPTY: Bucket = Bucket {
     last: None,
 };
 
+/// Which budget paid for a packet [`RateLimiter::allow`] let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Paid {
+    /// Its source's bucket.
+    Source,
+    /// The spare budget of all sources.
+    Spare,
+}
+
 pub(crate) struct RateLimiter {
     buckets: Box<[Bucket]>,
     /// The spare budget of all sources together (its `ip` unused).
@@ -114,9 +123,15 @@ impl RateLimiter {
     }
 
     /// Takes one token for `ip`'s source (see [`source`]), or, past its
-    /// limit, one of the spare budget; `false` means over both.
-    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        self.allow_source(ip, now) || self.allow_spare(now)
+    /// limit, one of the spare budget: which paid, `None` when over both.
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> Option<Paid> {
+        if self.allow_source(ip, now) {
+            Some(Paid::Source)
+        } else if self.allow_spare(now) {
+            Some(Paid::Spare)
+        } else {
+            None
+        }
     }
 
     fn allow_source(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -151,10 +166,17 @@ impl RateLimiter {
 }
 
 impl RateLimiter {
-    /// Gives back the token [`Self::allow`] took for `ip`'s source, for
-    /// work that proved worth doing (a bucket evicted meanwhile is left
-    /// alone: it comes back full anyway).
-    pub(crate) fn refund(&mut self, ip: IpAddr) {
+    /// Gives back the token [`Self::allow`] took for `ip`'s packet, to the
+    /// budget that `paid`, for work that proved worth doing (a bucket
+    /// evicted meanwhile is left alone: it comes back full anyway). Given
+    /// to the source when the spare paid, it would credit a bucket that one
+    /// forging the address keeps spending, and the spare would lose it.
+    pub(crate) fn refund(&mut self, ip: IpAddr, paid: Paid) {
+        if paid == Paid::Spare {
+            let full = u64::from(self.limit.spare_per_second).saturating_mul(SCALE);
+            self.spare.milli_tokens = self.spare.milli_tokens.saturating_add(SCALE).min(full);
+            return;
+        }
         let ip = source(ip);
         let full = self.full();
         if let Some(bucket) = self
@@ -250,9 +272,9 @@ mod tests {
         let mut rl = RateLimiter::new(limit, [1, 2]);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        assert_eq!((0..8).filter(|_| rl.allow(ip, t0)).count(), 5);
-        assert!(!rl.allow(ip, t0 + Duration::from_millis(50)));
-        assert!(rl.allow(ip, t0 + Duration::from_millis(150)));
+        assert_eq!((0..8).filter(|_| rl.allow(ip, t0).is_some()).count(), 5);
+        assert!(rl.allow(ip, t0 + Duration::from_millis(50)).is_none());
+        assert!(rl.allow(ip, t0 + Duration::from_millis(150)).is_some());
     }
 
     #[test]
@@ -268,7 +290,7 @@ mod tests {
         let t0 = Instant::now();
         // One second of packets every 500 µs: a thousand tokens earned.
         let allowed = (0..2000u64)
-            .filter(|i| rl.allow(ip, t0 + Duration::from_micros(i * 500)))
+            .filter(|i| rl.allow(ip, t0 + Duration::from_micros(i * 500)).is_some())
             .count();
         assert!((999..=1001).contains(&allowed), "{allowed}");
     }
@@ -284,16 +306,16 @@ mod tests {
         let mut rl = RateLimiter::new(limit, [1, 2]);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        rl.refund(ip);
-        assert!(rl.allow(ip, t0));
-        rl.refund(ip);
-        rl.refund(ip);
-        assert!(rl.allow(ip, t0));
-        assert!(rl.allow(ip, t0));
-        assert!(!rl.allow(ip, t0));
-        rl.refund(ip);
-        assert!(rl.allow(ip, t0));
-        assert!(!rl.allow(ip, t0));
+        rl.refund(ip, Paid::Source);
+        assert!(rl.allow(ip, t0).is_some());
+        rl.refund(ip, Paid::Source);
+        rl.refund(ip, Paid::Source);
+        assert!(rl.allow(ip, t0).is_some());
+        assert!(rl.allow(ip, t0).is_some());
+        assert!(rl.allow(ip, t0).is_none());
+        rl.refund(ip, Paid::Source);
+        assert!(rl.allow(ip, t0).is_some());
+        assert!(rl.allow(ip, t0).is_none());
     }
 
     /// Past their sources' limits, packets from any source draw on the
@@ -311,12 +333,44 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
         // Each source's own burst, then the spare's ten between them.
-        assert_eq!((0..20).filter(|_| rl.allow(a, t0)).count(), 2 + 10);
-        assert_eq!((0..20).filter(|_| rl.allow(b, t0)).count(), 2);
+        assert_eq!(
+            (0..20).filter(|_| rl.allow(a, t0).is_some()).count(),
+            2 + 10
+        );
+        assert_eq!((0..20).filter(|_| rl.allow(b, t0).is_some()).count(), 2);
         // A second later: each source's one token, and ten spare ones.
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!((0..20).filter(|_| rl.allow(b, t1)).count(), 1 + 10);
-        assert_eq!((0..20).filter(|_| rl.allow(a, t1)).count(), 1);
+        assert_eq!(
+            (0..20).filter(|_| rl.allow(b, t1).is_some()).count(),
+            1 + 10
+        );
+        assert_eq!((0..20).filter(|_| rl.allow(a, t1).is_some()).count(), 1);
+    }
+
+    /// A packet the spare paid for gives its token back to the spare, not
+    /// to its source, whose bucket one forging the address keeps empty.
+    #[test]
+    fn a_refund_goes_back_to_the_budget_that_paid() {
+        let limit = HandshakeRateLimit {
+            per_second: 1,
+            burst: 1,
+            table_entries: 16,
+            spare_per_second: 1,
+        };
+        let mut rl = RateLimiter::new(limit, [1, 2]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(rl.allow(a, t0), Some(Paid::Source));
+        assert_eq!(rl.allow(a, t0), Some(Paid::Spare));
+        rl.refund(a, Paid::Spare);
+        assert_eq!(rl.allow(b, t0), Some(Paid::Source));
+        assert_eq!(
+            rl.allow(b, t0),
+            Some(Paid::Spare),
+            "the spare got its token back"
+        );
+        assert_eq!(rl.allow(a, t0), None, "and the source none");
     }
 
     #[test]

@@ -875,9 +875,10 @@ impl Server {
         if self.by_address.contains(&from) {
             return Err(DropReason::AlreadyConnected);
         }
-        if !self.limiter.allow(from.ip(), now) {
-            return Err(DropReason::RateLimited);
-        }
+        let paid = self
+            .limiter
+            .allow(from.ip(), now)
+            .ok_or(DropReason::RateLimited)?;
         let private = request.private_data;
         token::decrypt_private(
             private,
@@ -908,7 +909,7 @@ impl Server {
         )? {
             // A token never seen before is a player the backend let in: the
             // limit is for work that yields nothing (junk, and repeats).
-            self.limiter.refund(from.ip());
+            self.limiter.refund(from.ip(), paid);
         }
 
         if self.free.is_empty() {
@@ -1044,9 +1045,10 @@ impl Server {
         header: &packet::Header,
         buf: &'b mut [u8],
     ) -> Result<Option<ServerEvent<'b>>, DropReason> {
-        if !self.limiter.allow(from.ip(), now) {
-            return Err(DropReason::RateLimited);
-        }
+        let paid = self
+            .limiter
+            .allow(from.ip(), now)
+            .ok_or(DropReason::RateLimited)?;
         let pending = self.pending.get(&from).ok_or(DropReason::UnknownAddress)?;
         let body = packet::open_body(buf, header, self.config.protocol_id, &pending.recv)?;
         let (sequence, challenge) = body.split_at_mut_checked(8).ok_or(DropReason::Truncated)?;
@@ -1140,7 +1142,7 @@ impl Server {
             generation,
         });
         self.arm_service(now);
-        self.limiter.refund(from.ip());
+        self.limiter.refund(from.ip(), paid);
         Ok(Some(ServerEvent::ClientConnected {
             client: ClientIndex(slot_index),
             client_id,
