@@ -30,6 +30,9 @@ use crate::verify::ReliableStats;
 pub(crate) const MAX_THREADS: u64 = 64;
 /// Timeout of each metrics scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the metrics host's name may take to resolve before the run
+/// (a scrape waits for it only within its own timeout).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A p99 lateness of the bots above this (ms) gets a note in the report.
 const LATE_NOTE_MS: f64 = 5.0;
 
@@ -74,6 +77,9 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     // A URL that is no `http://` one fails each scrape, like a server
     // that does not answer.
     let mut metrics = MetricsTarget::new(&plan.metrics_url);
+    if let Ok(target) = &mut metrics {
+        target.resolve_within(RESOLVE_TIMEOUT);
+    }
     let baseline = scrape(&mut metrics);
     let mut notes = Vec::new();
     // Why the last scrape failed, while none has answered.

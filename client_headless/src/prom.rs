@@ -202,9 +202,28 @@ impl MetricsTarget {
 
     /// Fetches the page within `timeout`; see [`fetch_with`](Self::fetch_with).
     pub(crate) fn fetch(&mut self, timeout: Duration) -> Result<String, String> {
-        self.fetch_with(timeout, |authority| {
-            Ok(authority.to_socket_addrs()?.collect())
-        })
+        self.fetch_with(timeout, resolve_host)
+    }
+
+    /// Resolves the host before the first fetch, waiting for it up to
+    /// `within` where a fetch waits only within its own timeout: called
+    /// before a run, so that a slow but working resolver does not cost the
+    /// run its first scrape. A resolution that fails, or is still running
+    /// by then, is left to the fetches.
+    pub(crate) fn resolve_within(&mut self, within: Duration) {
+        self.resolve_ahead(within, resolve_host);
+    }
+
+    /// [`resolve_within`](Self::resolve_within) with `resolve`.
+    fn resolve_ahead<R>(&mut self, within: Duration, resolve: R)
+    where
+        R: FnOnce(&str) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+    {
+        if self.addrs.is_none()
+            && let Ok(addrs) = self.resolution(Instant::now() + within, resolve)
+        {
+            self.addrs = Some(addrs);
+        }
     }
 
     /// Fetches the page within `timeout`, resolution included (a slow
@@ -288,6 +307,12 @@ impl MetricsTarget {
             }
         }
     }
+}
+
+/// The addresses `authority` (`host:port`) resolves to, by the system's
+/// resolver.
+fn resolve_host(authority: &str) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(authority.to_socket_addrs()?.collect())
 }
 
 /// A connection to the first of `addrs` (a host name's, in the order
@@ -494,6 +519,31 @@ server_ticks_total 100
             calls.fetch_add(1, Ordering::SeqCst);
             answer
         }
+    }
+
+    /// A resolver slower than a scrape's timeout but answering: resolved
+    /// ahead of the run, within its longer wait, the first scrape finds
+    /// the addresses and does not resolve again.
+    #[test]
+    fn a_slow_resolver_answered_ahead_of_the_run_costs_no_scrape() {
+        let server = serve_pages();
+        let mut target = MetricsTarget::new("http://metrics.test:9100/metrics").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let slow = {
+            let calls = Arc::clone(&calls);
+            move |_: &str| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(vec![server])
+            }
+        };
+        target.resolve_ahead(Duration::from_secs(5), slow);
+        let page = target.fetch_with(
+            Duration::from_millis(100),
+            counting(&calls, Ok(vec![server])),
+        );
+        assert_eq!(page.as_deref(), Ok(PAGE));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     /// A resolver whose DNS server does not answer must not hold every
