@@ -471,7 +471,10 @@ pub struct HandshakeConfig {
     pub max_pending: u32,
     /// Used tokens remembered (a token is good from one address only);
     /// past it, once expired ones are purged, new tokens are dropped.
-    /// Default 16,384.
+    /// One account holds 8 at most: its ninth takes the place of the one
+    /// expiring first, and its tokens expiring no later than one so lost
+    /// are refused as expired (mint an account's tokens with one lifetime).
+    /// About 500 bytes each, allocated at start. Default 16,384.
     pub max_token_entries: u32,
     /// Handshake packets a second, all sources together, let through past
     /// their source's limit, first come, first served (0: none). One

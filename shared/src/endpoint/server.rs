@@ -775,7 +775,6 @@ impl ServerEndpoint {
         }
     }
 
-    /// Queues the peer for events and transmits and re-arms its timer.
     /// The slot of the open connection holding the most receive memory.
     /// O(clients), but only when a datagram takes the total over its bound
     /// from within its sender's share, which each time frees the most held.
@@ -789,6 +788,7 @@ impl ServerEndpoint {
             .map(|(index, _)| index)
     }
 
+    /// Queues the peer for events and transmits and re-arms its timer.
     fn touch(&mut self, index: usize) {
         let Some(peer) = self.peers.get_mut(index).and_then(Option::as_mut) else {
             return;

@@ -60,7 +60,13 @@ pub struct ServerConfig {
     /// A client id holds at most 8: its ninth token takes the place of the
     /// one of its eight that expires first, which is then refused as
     /// expired ([`DropReason::TokenExpired`]), so filling the table takes
-    /// an eighth as many accounts as it has entries.
+    /// an eighth as many accounts as it has entries. So are the account's
+    /// other new tokens that expire no later than one it lost: a backend
+    /// that mints an account's tokens with one lifetime (each expiring
+    /// after the one before) never meets this; one that mixes lifetimes
+    /// (hour-long tokens, then a minute-long one) may, past 8 tokens.
+    /// Memory, allocated at start: about 500 bytes an entry (the tokens
+    /// and the index of each client id's), ≈ 8 MB at 16,384.
     /// A purge is what makes a wall clock stepped forward matter: tokens
     /// that expire before the stepped time stay refused until the clock,
     /// corrected, passes it (so that a purged token never comes back).
