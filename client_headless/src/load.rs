@@ -602,7 +602,7 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
 
     use super::*;
 
@@ -639,16 +639,7 @@ mod tests {
                     unanswered.push(stream);
                     continue;
                 }
-                // The whole request read first: a socket closed with
-                // unread bytes resets the connection, answer and all.
-                let mut request = Vec::new();
-                let mut buf = [0; 256];
-                while !request.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
-                        _ => break,
-                    }
-                }
+                prom::tests::read_request(&mut stream);
                 let page = page_text(100 * scrape, 0, 0);
                 let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{page}");
             }

@@ -358,7 +358,7 @@ impl Read for ByDeadline {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -487,22 +487,26 @@ server_ticks_total 100
 
     /// A metrics server on 127.0.0.1 that answers [`PAGE`] to every
     /// request.
+    /// Reads a request's head off `stream` before it is answered: a socket
+    /// closed with unread bytes resets the connection, answer and all.
+    pub(crate) fn read_request(stream: &mut TcpStream) {
+        let mut request = Vec::new();
+        let mut buf = [0; 256];
+        while !request.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    }
+
     fn serve_pages() -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
-                // The whole request read first: a socket closed with
-                // unread bytes resets the connection, answer and all.
-                let mut request = Vec::new();
-                let mut buf = [0; 256];
-                while !request.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
-                        _ => break,
-                    }
-                }
+                read_request(&mut stream);
                 let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{PAGE}");
             }
         });

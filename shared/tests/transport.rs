@@ -1606,6 +1606,14 @@ fn a_fragmented_message_past_the_receivers_maximum_is_a_violation() {
     }
 }
 
+/// One tick of a game's unreliable traffic both ways at 30 Hz: message
+/// `i` of 200 bytes from each side, then 33 ms.
+fn game_tick(pair: &mut Pair, i: u32) {
+    pair.a.send(UNRELIABLE, &numbered(i, 200)).unwrap();
+    pair.b.send(UNRELIABLE, &numbered(i, 200)).unwrap();
+    pair.run_for(ms(33));
+}
+
 /// A round trip that grows past the loss deadline (a queue building up on
 /// the path: bufferbloat, a Wi-Fi retry storm) on traffic with nothing
 /// reliable in it (a game's movement and snapshots) is measured from the
@@ -1620,13 +1628,8 @@ fn a_round_trip_that_grows_past_the_loss_deadline_is_measured_from_late_acks() {
         LinkConfig::default().with_latency(ms(10)),
         21,
     );
-    let tick = |pair: &mut Pair, i: u32| {
-        pair.a.send(UNRELIABLE, &numbered(i, 200)).unwrap();
-        pair.b.send(UNRELIABLE, &numbered(i, 200)).unwrap();
-        pair.run_for(ms(33));
-    };
     for i in 0..150 {
-        tick(&mut pair, i);
+        game_tick(&mut pair, i);
     }
     let before = pair.a.stats().rtt;
     assert!(before < ms(80), "rtt {before:?}");
@@ -1634,7 +1637,7 @@ fn a_round_trip_that_grows_past_the_loss_deadline_is_measured_from_late_acks() {
     pair.a_to_b.set_config(slow.clone());
     pair.b_to_a.set_config(slow);
     for i in 150..450 {
-        tick(&mut pair, i);
+        game_tick(&mut pair, i);
     }
     let after = pair.a.stats();
     assert!(after.rtt >= ms(250), "rtt {:?}", after.rtt);
@@ -1655,13 +1658,8 @@ fn delay_burst(drop_first: bool) -> (ConnectionStats, ConnectionStats) {
     let fast = LinkConfig::default().with_latency(ms(10));
     let slow = LinkConfig::default().with_latency(ms(150));
     let mut pair = Pair::new(TransportConfig::default(), fast.clone(), 21);
-    let tick = |pair: &mut Pair, i: u32| {
-        pair.a.send(UNRELIABLE, &numbered(i, 200)).unwrap();
-        pair.b.send(UNRELIABLE, &numbered(i, 200)).unwrap();
-        pair.run_for(ms(33));
-    };
     for i in 0..150 {
-        tick(&mut pair, i);
+        game_tick(&mut pair, i);
     }
     let before = pair.a.stats();
     pair.a_to_b.set_config(if drop_first {
@@ -1676,12 +1674,12 @@ fn delay_burst(drop_first: bool) -> (ConnectionStats, ConnectionStats) {
     pair.a_to_b.set_config(slow);
     pair.run_for(ms(33));
     for i in 151..153 {
-        tick(&mut pair, i);
+        game_tick(&mut pair, i);
     }
     pair.a_to_b.set_config(fast.clone());
     pair.b_to_a.set_config(fast);
     for i in 153..243 {
-        tick(&mut pair, i);
+        game_tick(&mut pair, i);
     }
     (before, pair.a.stats())
 }
