@@ -21,8 +21,9 @@
 //!    supervisor sees the fault.
 //!
 //! A second SIGINT or SIGTERM while shutting down exits at once with code
-//! 128 + signal number. If the graceful path hangs, the tick runner gives up
-//! after [`crate::tick::TickConfig::shutdown_timeout`].
+//! 128 + signal number; a SIGHUP never does (a closed terminal hangs its
+//! jobs up more than once). If the graceful path hangs, the tick runner
+//! gives up after [`crate::tick::TickConfig::shutdown_timeout`].
 
 use std::io;
 use std::sync::Arc;
@@ -39,7 +40,14 @@ use tracing::{error, info};
 #[derive(Resource, Clone, Debug, Default)]
 pub struct ShutdownSwitch {
     requested: Arc<AtomicBool>,
+    /// SIGINT or SIGTERM came: the next one exits at once.
     signalled: Arc<AtomicBool>,
+    /// SIGHUP came: a shutdown by signal too, but one that more hangups do
+    /// not cut short. A terminal that closes hangs its jobs up more than
+    /// once (the shell passes the hangup on, then the kernel sends its
+    /// own), and a second signal ending the process at once would cost
+    /// the players their goodbye and the store its last commit.
+    hung_up: Arc<AtomicBool>,
 }
 
 impl ShutdownSwitch {
@@ -54,7 +62,7 @@ impl ShutdownSwitch {
     }
 
     fn was_signalled(&self) -> bool {
-        self.signalled.load(Ordering::SeqCst)
+        self.signalled.load(Ordering::SeqCst) || self.hung_up.load(Ordering::SeqCst)
     }
 }
 
@@ -80,27 +88,30 @@ pub fn spawn_watchdog(
 }
 
 /// Makes SIGINT and SIGTERM (and on Unix SIGHUP) flip `switch`; a second
-/// signal exits the process at once with code 128 + signal number. SIGHUP
-/// (the terminal the server runs in closed: an SSH session dropped) would
-/// otherwise end it on the spot, without goodbyes or the last commit;
-/// inherited ignored (`nohup`), it stays ignored.
+/// SIGINT or SIGTERM exits the process at once with code 128 + signal
+/// number. SIGHUP (the terminal the server runs in closed: an SSH session
+/// dropped) would otherwise end it on the spot, without goodbyes or the
+/// last commit; it never exits at once, however often it comes (see
+/// `ShutdownSwitch::hung_up`); inherited ignored (`nohup`), it stays
+/// ignored.
 ///
 /// # Errors
 /// The operating system refused to install a handler.
 pub fn install_signal_handlers(switch: &ShutdownSwitch) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
-    let mut signals = vec![SIGINT, SIGTERM];
-    #[cfg(unix)]
-    if !hangups_ignored() {
-        signals.push(signal_hook::consts::SIGHUP);
-    }
-    for signal in signals {
+    for signal in [SIGINT, SIGTERM] {
         // Order matters: the exit check must see the flag from the previous
         // signal, before this signal sets it.
         flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&switch.signalled))?;
         flag::register(signal, Arc::clone(&switch.signalled))?;
         flag::register(signal, Arc::clone(&switch.requested))?;
+    }
+    #[cfg(unix)]
+    if !hangups_ignored() {
+        let hangup = signal_hook::consts::SIGHUP;
+        flag::register(hangup, Arc::clone(&switch.hung_up))?;
+        flag::register(hangup, Arc::clone(&switch.requested))?;
     }
     Ok(())
 }
