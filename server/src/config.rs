@@ -566,7 +566,9 @@ pub struct MemoryConfig {
     pub max_send_mib: u32,
     /// Message bytes waiting for the tick (a stalled tick holds at most
     /// this); past it movement is dropped, then a reliable message's sender
-    /// is disconnected (`Flooding`). Default 64.
+    /// is disconnected (`Flooding`) if it holds more than its even share of
+    /// the backlog (this divided by the clients connected) or as much as
+    /// anyone, else the client holding the most. Default 64.
     pub max_inbound_mib: u32,
 }
 

@@ -765,6 +765,108 @@ fn a_game_behind_drops_unreliable_traffic_before_a_reliable_message() {
     server.shutdown(DisconnectReason::ServerShutdown);
 }
 
+/// A backlog filled by one client's reliable messages does not cut off
+/// the next client whose reliable message finds it full, holding nothing
+/// there: the filler is disconnected as flooding, its messages waiting
+/// give way, and the other client's message is handed over. The game sees
+/// a prefix of the filler's messages, in order, then its end.
+#[test]
+fn a_full_backlog_cuts_off_the_client_filling_it_not_the_next_sender() {
+    // Eight events in the channel, two in the backlog.
+    const MESSAGE: usize = 1_000;
+    let key = Key::generate(&mut system_rng());
+    let config = ServerIoConfig {
+        inbound_capacity: 8,
+        ..ServerIoConfig::default()
+    };
+    let (mut server, addr) = spawn_server(key, config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut filler = client(&key, addr, 1);
+    let mut talker = client(&key, addr, 2);
+    let (mut filler_seen, mut talker_seen) = (Seen::default(), Seen::default());
+    connect(&mut filler, &mut filler_seen, deadline);
+    connect(&mut talker, &mut talker_seen, deadline);
+    while server.stats().snapshot().connected < 2 {
+        assert!(Instant::now() < deadline, "the server never saw both");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The game does not drain: two connects and six messages fill the
+    // channel, two more the backlog. One message a datagram: all eight
+    // have been read once eight messages' bytes have (what else comes
+    // meanwhile, keepalives and acks, is far shorter).
+    let bytes_before = server.stats().snapshot().bytes_in;
+    for i in 0..8u8 {
+        filler
+            .endpoint
+            .send(CHAT, Bytes::from(vec![i; MESSAGE]))
+            .unwrap();
+        filler.flush(Instant::now());
+    }
+    while server.stats().snapshot().bytes_in < bytes_before + 8 * MESSAGE as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the filler's messages never arrived"
+        );
+        pump(&mut filler, &mut filler_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    talker
+        .endpoint
+        .send(CHAT, Bytes::from_static(b"hello"))
+        .unwrap();
+    talker.flush(Instant::now());
+    // The game drains only once someone has been cut off: before that,
+    // what it took would make room for the line.
+    while server.stats().snapshot().flooding_disconnects == 0 {
+        assert!(Instant::now() < deadline, "no one was cut off");
+        pump(&mut filler, &mut filler_seen);
+        pump(&mut talker, &mut talker_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (mut filler_said, mut said, mut ends) = (Vec::new(), false, Vec::new());
+    while !(said && filler_seen.ended.is_some()) {
+        assert!(
+            Instant::now() < deadline && talker_seen.ended.is_none(),
+            "said {said}, ends {ends:?}, talker {:?}",
+            talker_seen.ended
+        );
+        for event in server.events() {
+            match event {
+                NetEvent::Message {
+                    client, payload, ..
+                } if client.account == 1 => {
+                    assert!(ends.is_empty(), "a message of the filler after its end");
+                    filler_said.push(payload[0]);
+                }
+                NetEvent::Message { payload, .. } => said |= payload.as_ref() == b"hello",
+                NetEvent::Disconnected { client, reason } => ends.push((client.account, reason)),
+                NetEvent::Connected { .. } => {}
+            }
+        }
+        pump(&mut filler, &mut filler_seen);
+        pump(&mut talker, &mut talker_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(filler_seen.ended, Some(DisconnectReason::Flooding));
+    let prefix: Vec<u8> = (0..).take(filler_said.len()).collect();
+    assert_eq!(filler_said, prefix, "the filler's messages, in order");
+    assert!(filler_said.len() < 8, "its messages waiting gave way");
+    // Its end may still be on its way (the transport's goodbye first).
+    while ends.is_empty() {
+        assert!(Instant::now() < deadline, "the filler's end never came");
+        ends.extend(server.events().filter_map(|e| match e {
+            NetEvent::Disconnected { client, reason } => Some((client.account, reason)),
+            _ => None,
+        }));
+        pump(&mut filler, &mut filler_seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(ends, [(1, DisconnectReason::Flooding)]);
+    assert_eq!(server.stats().snapshot().flooding_disconnects, 1);
+    assert!(talker_seen.ended.is_none());
+    server.shutdown(DisconnectReason::ServerShutdown);
+}
+
 /// Pumps `socket` until it is connected.
 fn connect(socket: &mut ClientSocket, seen: &mut Seen, deadline: Instant) {
     while !seen.connected {

@@ -148,16 +148,24 @@ pub struct ServerIoConfig {
     /// wait in a backlog of a quarter of this; when that is full too,
     /// messages on [`droppable_channels`](Self::droppable_channels) are
     /// dropped (counted in `inbound_dropped`), and a reliable message takes
-    /// the place of the oldest droppable ones waiting; only when dropping
-    /// them all would not make room is its sender disconnected with
-    /// [`DisconnectReason::Flooding`] (and they stay): the game must never
-    /// lose a reliable message silently.
+    /// the place of the oldest droppable ones waiting. When dropping them
+    /// all would not make room, a client is disconnected with
+    /// [`DisconnectReason::Flooding`]: the sender if it holds more than its
+    /// even share of the backlog (a quarter of this divided by the clients
+    /// connected) or as many of its reliable messages as anyone, else the
+    /// client holding the most, whose messages waiting are dropped with it
+    /// (the game sees them up to a point, then its end), and the sender's
+    /// message is kept. The game never loses a reliable message of a
+    /// client that stays.
     pub inbound_capacity: usize,
     /// Message bytes the events waiting for the game (in its channel and
     /// the backlog) may hold together. A game that stalls while clients
     /// send long messages then holds at most this much, not
     /// `inbound_capacity` times the longest message; a message that would
-    /// go over it is handled as one that finds the backlog full. Droppable
+    /// go over it is handled as one that finds the backlog full (the share
+    /// and the most held then count bytes in the backlog: what waits in
+    /// the channel is the game's already, and when only that fills this
+    /// the sender is the one disconnected). Droppable
     /// messages may fill half of it, so that a reliable message finds room
     /// behind them. Default 64 MiB (a second of 5,000 players' movement is
     /// under 4 MiB). The memory held is at most this plus 1 KiB for each
@@ -443,6 +451,7 @@ impl ServerIo {
             max_bytes: config.max_inbound_bytes as u64,
             droppable: config.droppable_channels.clone(),
             handed: 0,
+            held: Vec::new(),
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
@@ -627,6 +636,11 @@ impl Drop for InboundEvents<'_> {
     }
 }
 
+/// Whether `event` is a message of `client`.
+fn is_from(event: &NetEvent, client: ClientId) -> bool {
+    matches!(event, NetEvent::Message { client: from, .. } if *from == client)
+}
+
 /// What an event counts against
 /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes).
 fn payload_bytes(event: &NetEvent) -> u64 {
@@ -650,9 +664,30 @@ struct ToGame {
     /// the start, less those dropped from the backlog; the game's part is
     /// [`IoStats::inbound_taken`].
     handed: u64,
+    /// The reliable messages waiting in the backlog, by slot: counted only
+    /// while the backlog is in use.
+    held: Vec<Held>,
     /// The chunks short payloads are copied into.
     chunks: Chunks,
     stats: Arc<IoStats>,
+}
+
+/// A client's reliable messages waiting in the backlog: what decides who
+/// is disconnected when a reliable message finds no room.
+#[derive(Clone, Copy, Default)]
+struct Held {
+    /// Whose; `None` once the client's end waits behind them (they are
+    /// then the game's to see) or nothing was counted.
+    client: Option<ClientId>,
+    messages: u64,
+    bytes: u64,
+}
+
+/// What a full backlog is short of for a reliable message.
+#[derive(Clone, Copy)]
+enum Short {
+    Events,
+    Bytes,
 }
 
 /// What [`ToGame::admit`] decided for a message.
@@ -663,18 +698,25 @@ enum Admission {
     Drop,
     /// Dropped (counted), and its sender is to be disconnected as flooding:
     /// reliable, and no room even with every droppable message waiting
-    /// dropped.
+    /// dropped, and the sender holds more than its share or the most.
     Flood,
+    /// Copy it and hand it over; the client named, holding the most of the
+    /// backlog, is to be disconnected as flooding: its messages waiting
+    /// were dropped (counted) to make room.
+    Cut(ClientId),
 }
 
 impl ToGame {
     /// Decides, before anything is copied, whether a message of `len`
-    /// bytes on `channel` is handed over. When the channel is full,
-    /// messages wait in the backlog; once that is full too, or the message
-    /// bytes waiting would pass `max_bytes`, a droppable message is
-    /// dropped, and a reliable one takes the place of the oldest droppable
-    /// messages waiting (or, if too few wait, its sender floods).
-    fn admit(&mut self, channel: ChannelId, len: usize) -> Admission {
+    /// bytes from `client` on `channel` is handed over. When the channel
+    /// is full, messages wait in the backlog; once that is full too, or
+    /// the message bytes waiting would pass `max_bytes`, a droppable
+    /// message is dropped, and a reliable one takes the place of the
+    /// oldest droppable messages waiting. If too few wait, the sender
+    /// floods if it holds more than its even share of what binds (events
+    /// or bytes in the backlog) or as much as anyone; else the client
+    /// holding the most is cut off, its messages waiting going too.
+    fn admit(&mut self, client: ClientId, channel: ChannelId, len: usize) -> Admission {
         self.flush_backlog();
         let bytes = len as u64;
         // Droppable messages may fill half of `max_bytes`, so that
@@ -695,44 +737,147 @@ impl ToGame {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }
-        // The oldest droppable messages give way, as few as make room, and
-        // only if they do: otherwise the sender floods and the others'
-        // messages stay. The walk stops at the last one needed: a reliable
-        // message does not cost a walk of the whole backlog (thousands of
-        // events while the game is behind, when this thread's time is
-        // scarcest).
-        let mut left = self.backlog.len();
-        let mut freed = 0;
-        let mut give_way = 0;
+        let short = match self.make_room(bytes, limit, None) {
+            Ok(()) => return Admission::Keep,
+            Err(short) => short,
+        };
+        // Who is cut off: a scan of the slots, made only when a reliable
+        // message finds no room; each cut frees the most held.
+        let measure = |held: &Held| match short {
+            Short::Events => held.messages,
+            Short::Bytes => held.bytes,
+        };
+        let connected = self.stats.connected.load(Ordering::Relaxed).max(1);
+        let share = match short {
+            Short::Events => self.backlog_room as u64,
+            Short::Bytes => self.max_bytes,
+        } / connected;
+        let own = self.held_by(client).map_or(0, |held| measure(&held));
+        let heaviest = self
+            .held
+            .iter()
+            .filter_map(|held| Some((held.client?, measure(held))))
+            .max_by_key(|&(_, most)| most);
+        match heaviest {
+            Some((holder, most))
+                if own <= share
+                    && most > own
+                    && self.make_room(bytes, limit, Some(holder)).is_ok() =>
+            {
+                Admission::Cut(holder)
+            }
+            _ => {
+                bump(&self.stats.inbound_dropped, 1);
+                Admission::Flood
+            }
+        }
+    }
+
+    /// Makes room for a message of `bytes` within `limit`: the oldest
+    /// droppable messages waiting give way, as few as make room, and every
+    /// message of `cut` (a client being cut off) goes. Changes nothing and
+    /// says what is short when that does not make room. The walk stops at
+    /// the last droppable message needed: a reliable message does not cost
+    /// a walk of the whole backlog (thousands of events while the game is
+    /// behind, when this thread's time is scarcest), unless it cuts a
+    /// client off.
+    fn make_room(&mut self, bytes: u64, limit: u64, cut: Option<ClientId>) -> Result<(), Short> {
+        let held = cut.and_then(|client| self.held_by(client));
+        let held = held.unwrap_or_default();
+        let mut left = (self.backlog.len() as u64).saturating_sub(held.messages);
+        let mut freed = held.bytes;
         let mut end = 0;
         for (at, waiting) in self.backlog.iter().enumerate() {
-            if left < self.backlog_room && self.bytes_fit(bytes, limit + freed) {
+            if left < self.backlog_room as u64 && self.bytes_fit(bytes, limit + freed) {
                 break;
             }
             if self.is_droppable(waiting) {
                 left -= 1;
                 freed += payload_bytes(waiting);
-                give_way += 1;
                 end = at + 1;
             }
         }
-        if left >= self.backlog_room || !self.bytes_fit(bytes, limit + freed) {
-            bump(&self.stats.inbound_dropped, 1);
-            return Admission::Flood;
+        if left >= self.backlog_room as u64 {
+            return Err(Short::Events);
         }
-        // Every droppable message before `end` gives way; the others there
-        // close up, in order.
-        let mut write = 0;
-        for read in 0..end {
-            if !self.is_droppable(&self.backlog[read]) {
+        if !self.bytes_fit(bytes, limit + freed) {
+            return Err(Short::Bytes);
+        }
+        // Every droppable message before `end` gives way, and every one of
+        // `cut`; the others there close up, in order.
+        let last = if cut.is_some() {
+            self.backlog.len()
+        } else {
+            end
+        };
+        let (mut write, mut dropped, mut freed) = (0, 0, 0);
+        for read in 0..last {
+            let event = &self.backlog[read];
+            if (read < end && self.is_droppable(event)) || cut.is_some_and(|c| is_from(event, c)) {
+                dropped += 1;
+                freed += payload_bytes(event);
+            } else {
                 self.backlog.swap(write, read);
                 write += 1;
             }
         }
-        self.backlog.drain(write..end);
-        bump(&self.stats.inbound_dropped, give_way);
+        self.backlog.drain(write..last);
+        if let Some(client) = cut
+            && let Some(held) = self.held.get_mut(client.slot.get())
+        {
+            *held = Held::default();
+        }
+        bump(&self.stats.inbound_dropped, dropped);
         self.handed -= freed;
-        Admission::Keep
+        Ok(())
+    }
+
+    /// What `client` holds in the backlog, if anything is counted.
+    fn held_by(&self, client: ClientId) -> Option<Held> {
+        self.held
+            .get(client.slot.get())
+            .filter(|held| held.client == Some(client))
+            .copied()
+    }
+
+    /// A reliable message's sender and bytes, for [`Held`].
+    fn counted(&self, event: &NetEvent) -> Option<(ClientId, u64)> {
+        match event {
+            NetEvent::Message {
+                client,
+                channel,
+                payload,
+            } if !self.droppable.contains(channel) => Some((*client, payload.len() as u64)),
+            _ => None,
+        }
+    }
+
+    /// Puts `event` at the end of the backlog and counts it: a reliable
+    /// message against its sender's hold; a client's end ends the count
+    /// of its messages before it (never dropped for a cut: the game is to
+    /// see them before the end).
+    fn wait(&mut self, event: NetEvent) {
+        if let Some((client, bytes)) = self.counted(&event) {
+            let index = client.slot.get();
+            if self.held.len() <= index {
+                self.held.resize(index + 1, Held::default());
+            }
+            let held = &mut self.held[index];
+            if held.client != Some(client) {
+                *held = Held {
+                    client: Some(client),
+                    ..Held::default()
+                };
+            }
+            held.messages += 1;
+            held.bytes += bytes;
+        } else if let NetEvent::Disconnected { client, .. } = &event
+            && let Some(held) = self.held.get_mut(client.slot.get())
+            && held.client == Some(*client)
+        {
+            *held = Held::default();
+        }
+        self.backlog.push_back(event);
     }
 
     /// Whether `event` is a message that may be dropped.
@@ -772,7 +917,7 @@ impl ToGame {
             event
         };
         self.handed += bytes;
-        self.backlog.push_back(event);
+        self.wait(event);
     }
 
     /// Whether `bytes` more keep what waits for the game within `limit`.
@@ -794,14 +939,24 @@ impl ToGame {
 
     fn flush_backlog(&mut self) {
         while let Some(event) = self.backlog.pop_front() {
+            let counted = self.counted(&event);
             match self.events.try_send(event) {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some((client, bytes)) = counted
+                        && let Some(held) = self.held.get_mut(client.slot.get())
+                        && held.client == Some(client)
+                    {
+                        held.messages = held.messages.saturating_sub(1);
+                        held.bytes = held.bytes.saturating_sub(bytes);
+                    }
+                }
                 Err(TrySendError::Full(event)) => {
                     self.backlog.push_front(event);
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     self.backlog.clear();
+                    self.held.clear();
                     return;
                 }
             }
@@ -1191,22 +1346,30 @@ impl IoLoop {
                         }
                         continue;
                     }
+                    let sender = ClientId {
+                        slot: client,
+                        account: client_id,
+                        session,
+                    };
                     // Decided before the copy: a message dropped here never
                     // takes memory (see `ToGame::copy`).
-                    match self.to_game.admit(channel, payload.len()) {
+                    match self.to_game.admit(sender, channel, payload.len()) {
                         Admission::Keep => {}
                         Admission::Drop => continue,
                         Admission::Flood => {
                             flooders.push(client);
                             continue;
                         }
+                        // Its end comes after what it had handed over; what
+                        // it sends from now on is not delivered.
+                        Admission::Cut(holder) => {
+                            if !flooders.contains(&holder.slot) {
+                                flooders.push(holder.slot);
+                            }
+                        }
                     }
                     NetEvent::Message {
-                        client: ClientId {
-                            slot: client,
-                            account: client_id,
-                            session,
-                        },
+                        client: sender,
                         channel,
                         payload: self.to_game.copy(payload),
                     }
@@ -1331,20 +1494,30 @@ mod tests {
             max_bytes,
             droppable: vec![MOVEMENT],
             handed: 0,
+            held: Vec::new(),
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
         (to_game, stats, game)
     }
 
-    /// A message of client 1 on `channel`.
+    /// The client in `slot`.
+    fn player(slot: u32) -> ClientId {
+        ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: u64::from(slot) + 1,
+            session: u64::from(slot) + 1,
+        }
+    }
+
+    /// A message of the client in slot 0 on `channel`.
     fn message(channel: ChannelId, payload: Vec<u8>) -> NetEvent {
+        message_of(player(0), channel, payload)
+    }
+
+    fn message_of(client: ClientId, channel: ChannelId, payload: Vec<u8>) -> NetEvent {
         NetEvent::Message {
-            client: ClientId {
-                slot: ClientIndex::from_slot(0),
-                account: 1,
-                session: 1,
-            },
+            client,
             channel,
             payload: Bytes::from(payload),
         }
@@ -1356,18 +1529,30 @@ mod tests {
         let (mut to_game, stats, _game) = to_game(8, 100);
         let message = |channel, len: usize| message(channel, vec![0; len]);
         for _ in 0..3 {
-            assert!(matches!(to_game.admit(movement, 5), Admission::Keep));
+            assert!(matches!(
+                to_game.admit(player(0), movement, 5),
+                Admission::Keep
+            ));
             to_game.hand(message(movement, 5));
         }
-        assert!(matches!(to_game.admit(chat, 80), Admission::Keep));
+        assert!(matches!(
+            to_game.admit(player(0), chat, 80),
+            Admission::Keep
+        ));
         to_game.hand(message(chat, 80));
         assert_eq!(to_game.backlog.len(), 3, "two inputs and the line wait");
         // 95 bytes wait; freeing the 10 of the inputs leaves no room for 30.
-        assert!(matches!(to_game.admit(chat, 30), Admission::Flood));
+        assert!(matches!(
+            to_game.admit(player(0), chat, 30),
+            Admission::Flood
+        ));
         assert_eq!(to_game.backlog.len(), 3, "the inputs stay");
         assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 1);
         // 10 bytes fit once the oldest input gives way.
-        assert!(matches!(to_game.admit(chat, 10), Admission::Keep));
+        assert!(matches!(
+            to_game.admit(player(0), chat, 10),
+            Admission::Keep
+        ));
         assert_eq!(to_game.backlog.len(), 2, "an input and the line stay");
         assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
     }
@@ -1390,17 +1575,112 @@ mod tests {
             (chat, 6),
         ];
         for (channel, n) in arrivals {
-            assert!(matches!(to_game.admit(channel, 1), Admission::Keep));
+            assert!(matches!(
+                to_game.admit(player(0), channel, 1),
+                Admission::Keep
+            ));
             to_game.hand(message(channel, n));
         }
-        assert!(matches!(to_game.admit(chat, 1), Admission::Keep));
+        assert!(matches!(to_game.admit(player(0), chat, 1), Admission::Keep));
         to_game.hand(message(chat, 7));
-        assert!(matches!(to_game.admit(chat, 1), Admission::Keep));
+        assert!(matches!(to_game.admit(player(0), chat, 1), Admission::Keep));
         to_game.hand(message(chat, 8));
         let waiting: Vec<_> = to_game.backlog.iter().map(|e| payload(e)[0]).collect();
         assert_eq!(waiting, [1, 3, 5, 6, 7, 8]);
         assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
         assert_eq!(to_game.handed, 9 - 2);
+    }
+
+    /// A backlog filled by one client's reliable messages: the next
+    /// client whose reliable message finds it full, holding nothing there,
+    /// is not the one cut off. The filler is, its messages waiting go (the
+    /// room they held is free again), and the other's line is handed over;
+    /// the filler's end follows what it had handed over.
+    #[test]
+    fn a_full_backlog_cuts_off_the_client_holding_the_most_not_the_sender() {
+        let (filler, talker) = (player(0), player(1));
+        let (mut to_game, stats, mut game) = to_game(4, 1000);
+        stats.connected.store(2, Ordering::Relaxed);
+        // One in the pipe, four waiting.
+        for n in 0..5 {
+            assert!(matches!(to_game.admit(filler, CHAT, 10), Admission::Keep));
+            to_game.hand(message_of(filler, CHAT, vec![n; 10]));
+        }
+        let Admission::Cut(cut) = to_game.admit(talker, CHAT, 5) else {
+            panic!("the talker is not the one to cut off");
+        };
+        assert_eq!(cut, filler);
+        to_game.hand(message_of(talker, CHAT, vec![9; 5]));
+        to_game.hand(NetEvent::Disconnected {
+            client: filler,
+            reason: DisconnectReason::Flooding,
+        });
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(to_game.handed, 10 + 5, "the filler's 40 bytes are free");
+        let mut seen = Vec::new();
+        while let Some(event) = game.try_recv() {
+            seen.push(event);
+            to_game.flush_backlog();
+        }
+        let seen: Vec<_> = seen
+            .iter()
+            .map(|event| match event {
+                NetEvent::Message {
+                    client, payload, ..
+                } => (client.account, Some(payload[0])),
+                NetEvent::Disconnected { client, .. } => (client.account, None),
+                NetEvent::Connected { client } => panic!("{client:?}"),
+            })
+            .collect();
+        assert_eq!(seen, [(1, Some(0)), (2, Some(9)), (1, None)]);
+        assert!(to_game.held.iter().all(|held| held.messages == 0));
+    }
+
+    /// A sender holding more than its even share of the backlog is the one
+    /// cut off, though another holds as much: its messages waiting stay
+    /// (the game sees them, then its end). A sender within its share cuts
+    /// off one holding the most.
+    #[test]
+    fn a_sender_over_its_share_is_cut_off_else_one_holding_the_most() {
+        let (hog, greedy, other) = (player(0), player(1), player(2));
+        let (mut to_game, stats, _game) = to_game(6, 1000);
+        stats.connected.store(3, Ordering::Relaxed);
+        // One in the pipe; the hog holds three waiting, the greedy one
+        // three: the backlog is full, each over its share of two.
+        let arrivals = [hog, hog, hog, hog, greedy, greedy, greedy];
+        for client in arrivals {
+            assert!(matches!(to_game.admit(client, CHAT, 1), Admission::Keep));
+            to_game.hand(message_of(client, CHAT, vec![0]));
+        }
+        assert!(matches!(to_game.admit(greedy, CHAT, 1), Admission::Flood));
+        assert!(matches!(to_game.admit(hog, CHAT, 1), Admission::Flood));
+        assert_eq!(to_game.backlog.len(), 6, "their messages stay");
+        // Within its share, the other client cuts off one holding the most.
+        assert!(matches!(
+            to_game.admit(other, CHAT, 1),
+            Admission::Cut(cut) if cut == hog || cut == greedy
+        ));
+        assert_eq!(to_game.backlog.len(), 3);
+    }
+
+    /// The messages of a client whose end waits behind them are the game's
+    /// to see: no cut drops them, and a sender that finds nothing else to
+    /// cut off is cut off itself.
+    #[test]
+    fn messages_before_their_clients_end_are_not_dropped_for_a_cut() {
+        let (gone, talker) = (player(0), player(1));
+        let (mut to_game, stats, _game) = to_game(4, 1000);
+        stats.connected.store(1, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert!(matches!(to_game.admit(gone, CHAT, 1), Admission::Keep));
+            to_game.hand(message_of(gone, CHAT, vec![0]));
+        }
+        to_game.hand(NetEvent::Disconnected {
+            client: gone,
+            reason: DisconnectReason::Timeout,
+        });
+        assert!(matches!(to_game.admit(talker, CHAT, 1), Admission::Flood));
+        assert_eq!(to_game.backlog.len(), 4, "three messages and the end");
     }
 
     fn payload(event: &NetEvent) -> &[u8] {
