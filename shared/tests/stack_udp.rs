@@ -774,18 +774,12 @@ fn a_game_behind_drops_unreliable_traffic_before_a_reliable_message() {
 fn a_full_backlog_cuts_off_the_client_filling_it_not_the_next_sender() {
     // Eight events in the channel, two in the backlog.
     const MESSAGE: usize = 1_000;
-    let key = Key::generate(&mut system_rng());
     let config = ServerIoConfig {
         inbound_capacity: 8,
         ..ServerIoConfig::default()
     };
-    let (mut server, addr) = spawn_server(key, config);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut filler = client(&key, addr, 1);
-    let mut talker = client(&key, addr, 2);
-    let (mut filler_seen, mut talker_seen) = (Seen::default(), Seen::default());
-    connect(&mut filler, &mut filler_seen, deadline);
-    connect(&mut talker, &mut talker_seen, deadline);
+    let (mut server, (mut filler, mut filler_seen), (mut talker, mut talker_seen), deadline) =
+        two_connected(config);
     while server.stats().snapshot().connected < 2 {
         assert!(Instant::now() < deadline, "the server never saw both");
         std::thread::sleep(Duration::from_millis(1));
@@ -868,6 +862,26 @@ fn a_full_backlog_cuts_off_the_client_filling_it_not_the_next_sender() {
 }
 
 /// Pumps `socket` until it is connected.
+/// A server of `config` and two clients of it (accounts 1 and 2), both
+/// connected, with what each has seen; and a deadline 15 s on.
+fn two_connected(
+    config: ServerIoConfig,
+) -> (
+    ServerIo,
+    (ClientSocket, Seen),
+    (ClientSocket, Seen),
+    Instant,
+) {
+    let key = Key::generate(&mut system_rng());
+    let (server, addr) = spawn_server(key, config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut first = (client(&key, addr, 1), Seen::default());
+    let mut second = (client(&key, addr, 2), Seen::default());
+    connect(&mut first.0, &mut first.1, deadline);
+    connect(&mut second.0, &mut second.1, deadline);
+    (server, first, second, deadline)
+}
+
 fn connect(socket: &mut ClientSocket, seen: &mut Seen, deadline: Instant) {
     while !seen.connected {
         assert!(Instant::now() < deadline, "the client did not connect");
@@ -952,19 +966,13 @@ fn a_stalled_game_holds_a_bounded_number_of_message_bytes() {
 fn droppable_messages_leave_room_for_reliable_ones() {
     const UNRELIABLE: ChannelId = ChannelId(3);
     const MESSAGE: usize = 1_000;
-    let key = Key::generate(&mut system_rng());
     let config = ServerIoConfig {
         max_inbound_bytes: 16 * MESSAGE,
         droppable_channels: vec![UNRELIABLE],
         ..ServerIoConfig::default()
     };
-    let (mut server, addr) = spawn_server(key, config);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut mover = client(&key, addr, 1);
-    let mut talker = client(&key, addr, 2);
-    let (mut mover_seen, mut talker_seen) = (Seen::default(), Seen::default());
-    connect(&mut mover, &mut mover_seen, deadline);
-    connect(&mut talker, &mut talker_seen, deadline);
+    let (mut server, (mut mover, _), (mut talker, mut talker_seen), deadline) =
+        two_connected(config);
     // The game does not drain; the mover sends until its messages are dropped.
     while server.stats().snapshot().inbound_dropped == 0 {
         assert!(Instant::now() < deadline, "no movement was ever dropped");
