@@ -5,8 +5,17 @@
 //! and a tick relays only so many copies: otherwise each one a client sends
 //! costs the server a send per player, and everyone emoting at once costs
 //! it players squared.
+//!
+//! Both limits are in wall time, not ticks, so that they mean the same at
+//! any `--tick-hz`: the cooldown is counted in the periods each tick stands
+//! for ([`TickStats::periods_this_tick`], 1 when no runner drives the app),
+//! so a server that falls behind its tick rate does not hold players back
+//! longer; the copies budget is a rate, shared out evenly between the ticks
+//! of a second, and stays a bound on each tick's work: a tick standing for
+//! several periods gets one tick's share.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bevy_app::{App, FixedUpdate, Plugin};
 use bevy_ecs::prelude::*;
@@ -14,23 +23,27 @@ use shared::protocol::channels;
 use shared::protocol::messages::{Emote, EmoteRequest};
 
 use crate::net::{Clients, FromClient, NetAppExt, Recipients, ToClient};
+use crate::tick::{TickRate, TickStats};
 
 pub use shared::protocol::messages::EMOTE_COUNT;
 
-/// Ticks a player waits between two emotes (about a quarter of a second at
-/// 30 Hz); emotes sent meanwhile are dropped.
-pub const EMOTE_COOLDOWN_TICKS: u64 = 8;
+/// How long a player waits between two emotes, rounded up to whole tick
+/// periods (8 at 30 Hz: 267 ms; 32 at 128 Hz); emotes sent meanwhile are
+/// dropped.
+pub const EMOTE_COOLDOWN: Duration = Duration::from_millis(250);
 
-/// Most copies of emotes one tick relays (an emote is a copy to every
-/// other player): with 1,000 players online, 65 emotes a tick; with
-/// 5,000, 13. Those beyond are dropped; a tick relays at least one.
-pub const MAX_EMOTE_COPIES_PER_TICK: usize = 65_536;
+/// Most copies of emotes relayed a second (an emote is a copy to every
+/// other player), shared out evenly between the ticks of a second: 65,536
+/// a tick at 30 Hz, so with 1,000 players online 65 emotes a tick, with
+/// 5,000 13. Those beyond a tick's share are dropped; a tick relays at
+/// least one.
+pub const MAX_EMOTE_COPIES_PER_SEC: usize = 65_536 * 30;
 
 /// When each player (by account: reconnecting buys no emote) last emoted,
-/// for those still cooling down.
+/// for those still cooling down; times in periods of wall time.
 #[derive(Default)]
 struct Cooldowns {
-    tick: u64,
+    now: u64,
     last: HashMap<u64, u64>,
 }
 
@@ -50,12 +63,22 @@ fn relay_emotes(
     mut out: MessageWriter<ToClient<Emote>>,
     mut cooldowns: Local<Cooldowns>,
     clients: Res<Clients>,
+    stats: Option<Res<TickStats>>,
 ) {
-    let Cooldowns { tick, last } = &mut *cooldowns;
-    *tick += 1;
-    let now = *tick;
-    last.retain(|_, at| now - *at < EMOTE_COOLDOWN_TICKS);
-    let mut budget = (MAX_EMOTE_COPIES_PER_TICK / clients.len().max(1)).max(1);
+    // The default rate and 1 period a tick when no runner measures the
+    // ticks (tests that update by hand).
+    let (rate, periods) = stats.map_or((TickRate::default(), 1), |stats| {
+        (stats.rate(), stats.periods_this_tick())
+    });
+    let hz = rate.hz();
+    let cooldown = u64::try_from((EMOTE_COOLDOWN.as_millis() * u128::from(hz)).div_ceil(1_000))
+        .unwrap_or(u64::MAX);
+    let Cooldowns { now, last } = &mut *cooldowns;
+    *now += u64::from(periods);
+    let now = *now;
+    last.retain(|_, at| now - *at < cooldown);
+    let per_tick = MAX_EMOTE_COPIES_PER_SEC / hz as usize;
+    let mut budget = (per_tick / clients.len().max(1)).max(1);
     for FromClient { client, message } in requests.read() {
         // Beyond the tick's copies, dropped (read, so not relayed later).
         if message.emote >= EMOTE_COUNT || last.contains_key(&client.account) || budget == 0 {
@@ -125,7 +148,9 @@ mod tests {
     fn a_player_emotes_at_most_once_per_cooldown() {
         let mut app = app();
         let mut relayed = Vec::new();
-        for tick in 0..=EMOTE_COOLDOWN_TICKS {
+        // 250 ms at 30 Hz: 8 ticks, as rounded up.
+        let cooldown = 8;
+        for tick in 0..=cooldown {
             // Client 7 floods: three emotes every tick. Client 8 emotes
             // once, in the first tick.
             for emote in 0..3 {
@@ -152,9 +177,30 @@ mod tests {
         }
         assert_eq!(
             relayed,
-            [(0, 7, 0), (0, 8, 5), (EMOTE_COOLDOWN_TICKS, 7, 0)],
+            [(0, 7, 0), (0, 8, 5), (cooldown, 7, 0)],
             "the first of each cooldown, the rest dropped"
         );
+    }
+
+    /// The cooldown is wall time, not ticks: at 128 Hz a player flooding
+    /// every tick for a second is relayed once every 250 ms, four times,
+    /// as at 30 Hz.
+    #[test]
+    fn the_cooldown_is_the_same_in_seconds_at_any_tick_rate() {
+        let mut app = app();
+        app.insert_resource(TickStats::new(TickRate::new(128).unwrap()));
+        let mut relayed = 0;
+        for _ in 0..128 {
+            app.world_mut().write_message(FromClient {
+                client: client(7),
+                message: EmoteRequest { emote: 1 },
+            });
+            app.world_mut().run_schedule(FixedUpdate);
+            let mut sent = app.world_mut().resource_mut::<Messages<ToClient<Emote>>>();
+            relayed += sent.iter_current_update_messages().count();
+            sent.update();
+        }
+        assert_eq!(relayed, 4, "at 0, 250, 500 and 750 ms");
     }
 
     /// The cooldown is the player's, not the connection's: reconnecting
@@ -177,14 +223,10 @@ mod tests {
         assert_eq!(sent.len(), 1);
     }
 
-    /// Each emote is a send to every other player: with many online, a
-    /// tick relays only as many as [`MAX_EMOTE_COPIES_PER_TICK`] copies
-    /// allow (at least one), the rest dropped.
-    #[test]
-    fn a_tick_relays_emotes_within_its_copies_budget() {
-        let mut app = app();
-        let players = 1_000;
-        for slot in 0..players as u32 {
+    /// Connects `players` and has the first `emoters` of them emote in one
+    /// tick; returns how many emotes it relayed.
+    fn relayed_in_one_tick(app: &mut App, players: u32, emoters: u64) -> usize {
+        for slot in 0..players {
             let entity = app.world_mut().spawn_empty().id();
             let client = ClientId {
                 slot: ClientIndex::from_slot(slot),
@@ -195,7 +237,7 @@ mod tests {
                 .resource_mut::<Clients>()
                 .insert(client, entity);
         }
-        for account in 0..200 {
+        for account in 0..emoters {
             app.world_mut().write_message(FromClient {
                 client: client(account),
                 message: EmoteRequest { emote: 1 },
@@ -203,10 +245,18 @@ mod tests {
         }
         app.world_mut().run_schedule(FixedUpdate);
         let sent = app.world().resource::<Messages<ToClient<Emote>>>();
-        assert_eq!(
-            sent.iter_current_update_messages().count(),
-            MAX_EMOTE_COPIES_PER_TICK / players
-        );
+        sent.iter_current_update_messages().count()
+    }
+
+    /// Each emote is a send to every other player: with many online, a
+    /// tick relays only as many as its share of
+    /// [`MAX_EMOTE_COPIES_PER_SEC`] allows (at least one), the rest dropped.
+    #[test]
+    fn a_tick_relays_emotes_within_its_copies_budget() {
+        let mut app = app();
+        let players = 1_000;
+        // 65,536 copies a tick at 30 Hz.
+        assert_eq!(relayed_in_one_tick(&mut app, players, 200), 65);
         // The rest were dropped, not relayed a tick late.
         app.world_mut()
             .resource_mut::<Messages<ToClient<Emote>>>()
@@ -217,5 +267,14 @@ mod tests {
         app.world_mut().run_schedule(FixedUpdate);
         let sent = app.world().resource::<Messages<ToClient<Emote>>>();
         assert_eq!(sent.iter_current_update_messages().count(), 0);
+    }
+
+    /// The budget is copies a second: at 128 Hz a tick relays 15,360
+    /// copies, not the 65,536 of a tick at 30 Hz.
+    #[test]
+    fn the_copies_budget_is_the_same_in_seconds_at_any_tick_rate() {
+        let mut app = app();
+        app.insert_resource(TickStats::new(TickRate::new(128).unwrap()));
+        assert_eq!(relayed_in_one_tick(&mut app, 1_000, 200), 15);
     }
 }
