@@ -6,8 +6,7 @@
 //! thread writing to it waits. Through an [`Outlet`] only the outlet's own
 //! thread waits: the tick and the I/O thread queue their lines and go on.
 //! Up to a bound of bytes wait; a line beyond it is dropped and counted,
-//! and the next line queued is told, when written, how many were dropped
-//! before it: the note lands where the gap is.
+//! and the next line written is told how many were dropped before it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +19,7 @@ use crate::metrics::Counter;
 /// A queue of lines and the thread that writes them (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Outlet {
-    /// Each line queued, with the lines dropped just before it.
-    lines: Sender<(Vec<u8>, u64)>,
+    lines: Sender<Vec<u8>>,
     state: Arc<State>,
     limit: usize,
     dropped: Counter,
@@ -32,7 +30,7 @@ pub(crate) struct Outlet {
 struct State {
     /// Bytes queued and not yet written (each line counts at least one).
     queued: AtomicUsize,
-    /// Lines dropped since the last line queued.
+    /// Lines dropped since the last line written.
     dropped_since: AtomicU64,
 }
 
@@ -55,14 +53,14 @@ impl Outlet {
         dropped: Counter,
         mut write: impl FnMut(&[u8], u64) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (lines, queue) = crossbeam_channel::unbounded::<(Vec<u8>, u64)>();
+        let (lines, queue) = crossbeam_channel::unbounded::<Vec<u8>>();
         let state = Arc::new(State::default());
         let shared = Arc::clone(&state);
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                for (line, dropped_before) in queue {
-                    write(&line, dropped_before);
+                for line in queue {
+                    write(&line, shared.dropped_since.swap(0, Ordering::Relaxed));
                     shared.queued.fetch_sub(cost(&line), Ordering::Relaxed);
                 }
             })?;
@@ -79,21 +77,13 @@ impl Outlet {
     pub(crate) fn send(&self, line: Vec<u8>) -> bool {
         let cost = cost(&line);
         let queued = self.state.queued.fetch_add(cost, Ordering::Relaxed);
-        if queued.saturating_add(cost) <= self.limit {
-            let dropped_before = self.state.dropped_since.swap(0, Ordering::Relaxed);
-            match self.lines.send((line, dropped_before)) {
-                Ok(()) => return true,
-                // The writer is gone: those drops and this line are lost.
-                Err(_) => self
-                    .state
-                    .dropped_since
-                    .fetch_add(dropped_before, Ordering::Relaxed),
-            };
+        if queued.saturating_add(cost) > self.limit || self.lines.send(line).is_err() {
+            self.state.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.state.dropped_since.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
+            return false;
         }
-        self.state.queued.fetch_sub(cost, Ordering::Relaxed);
-        self.state.dropped_since.fetch_add(1, Ordering::Relaxed);
-        self.dropped.inc();
-        false
+        true
     }
 
     /// Waits, up to `limit`, for the lines queued so far to be written;
@@ -158,18 +148,15 @@ mod tests {
             "nothing written yet"
         );
 
-        // Each line is told about the drops between it and the line
-        // queued before it, where the gap is: none before "bbbb", "ccc"
-        // before "dd", the empty line before the next line queued.
+        // The next line written is told about both drops, then the count
+        // starts again.
         go.send(()).unwrap();
-        assert_eq!(next(), (b"bbbb".to_vec(), 0));
+        assert_eq!(next(), (b"bbbb".to_vec(), 2));
         go.send(()).unwrap();
-        assert_eq!(next(), (b"dd".to_vec(), 1));
+        assert_eq!(next(), (b"dd".to_vec(), 0));
         go.send(()).unwrap();
         assert!(outlet.flush(Duration::from_secs(5)));
         assert!(outlet.send(b"0123456789".to_vec()), "room again");
-        assert_eq!(next(), (b"0123456789".to_vec(), 1));
-        go.send(()).unwrap();
         assert_eq!(dropped.get(), 2);
     }
 }
