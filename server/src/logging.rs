@@ -173,13 +173,21 @@ thread_local! {
 }
 
 /// Writes one queued line on stderr (on the `log-writer` thread), first
-/// saying how many were dropped before it (written at once: queued, the
-/// warning would wait behind the lines held, or be dropped while they
-/// keep the queue full). A closed stderr loses the line.
+/// saying how many were dropped since the line written before it (written
+/// at once: queued, the warning would wait behind the lines held, or be
+/// dropped while they keep the queue full). The lines held were mostly
+/// queued before the drops, so the warning says the gap falls among or
+/// after them: an operator reading the log must not take the lines after
+/// it as whole.
+/// A closed stderr loses the line.
 fn write_line(line: &[u8], dropped: u64) {
     WRITER.set(true);
     if dropped > 0 {
-        tracing::warn!(dropped, "log lines dropped: stderr was not being read");
+        tracing::warn!(
+            dropped,
+            "log lines dropped: stderr was not being read (the gap falls among \
+             or after the lines held, written next)"
+        );
     }
     let _ = std::io::stderr().write_all(line);
 }

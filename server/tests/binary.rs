@@ -757,6 +757,11 @@ fn log_lines_dropped_at_a_stalled_stderr_are_counted_and_told() {
         warning.contains(&format!("dropped={seen}")),
         "{warning:.200}"
     );
+    // Written before the lines held, it says the gap is not there.
+    assert!(
+        warning.contains("the gap falls among or after the lines held"),
+        "{warning:.200}"
+    );
     let held_after = rest[at..].matches("admin say").count();
     assert!(
         held_after >= 1_000,
