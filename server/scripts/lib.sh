@@ -71,7 +71,9 @@ stop_started() {
 # server. Sets STEADY_SECS (the window), SERVER_CORES ("total (user U,
 # kernel K)"), SERVER_CPU_SECS and CLIENT_CORES. SERVER_PID and CLIENTS_PID
 # name the processes while they run, for the caller's cleanup trap. Fails
-# (naming NAME) when the clients do.
+# (naming NAME) when the clients do, or when the server is gone at either
+# end of the window (it could not start, e.g. its port was taken, or it
+# died): its CPU would read as 0.
 measure_steady() {
     local name=$1 n=$2 ramp=$3 su0 sk0 su1 sk1 c0 c1 w0 w1 hz
     hz=$(getconf CLK_TCK)
@@ -84,9 +86,11 @@ measure_steady() {
     sleep "$ramp"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)
+    steady_server_runs "$name" "$n" || return 1
     sleep "$RUN_SECS"
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
+    steady_server_runs "$name" "$n" || return 1
     wait "$CLIENTS_PID" || { echo "$name: clients failed at $n (see $OUT_DIR)" >&2; return 1; }
     CLIENTS_PID=""
     stop_pid "$SERVER_PID" 5
@@ -97,4 +101,16 @@ measure_steady() {
         'BEGIN { print (u1 - u0 + k1 - k0) / hz }')
     CLIENT_CORES=$(awk -v a="$c0" -v b="$c1" -v s="$STEADY_SECS" -v hz="$hz" \
         'BEGIN { printf "%.2f", (b - a) / hz / s }')
+}
+
+# steady_server_runs NAME N: whether measure_steady's server still runs.
+# If not, says so on stderr (naming NAME and the server's log), reaps it
+# and clears SERVER_PID.
+steady_server_runs() {
+    local status=0
+    is_running "$SERVER_PID" && return 0
+    wait "$SERVER_PID" || status=$?
+    SERVER_PID=""
+    echo "$1: the server exited (status $status) at $2, see $OUT_DIR/server-$2.log" >&2
+    return 1
 }

@@ -21,7 +21,10 @@
 #         and its bots, older, report no RTT after the ramp: the whole
 #         run's, marked (the others' is after the ramp)
 #
-# and a failed run makes capacity.sh exit 1 after its table.
+# and a failed run makes capacity.sh exit 1 after its table. Before that,
+# lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points):
+#
+#   - a server that exits at once fails its point
 #
 #   server/scripts/test-capacity.sh            (about 10 s per case)
 #
@@ -139,6 +142,28 @@ check() {
         failures=$((failures + 1))
     fi
 }
+
+# lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points),
+# each case in a subshell of its own (lib.sh's globals and traps stay
+# there), with RUN_SECS=1 and no ramp.
+LIB_OUT=$STUBS/lib
+mkdir -p "$LIB_OUT"
+steady_point() {
+    (
+        . "$ROOT/server/scripts/lib.sh"
+        trap stop_started EXIT
+        OUT_DIR=$LIB_OUT SERVER_CORE=0 BOT_CORE=1 RUN_SECS=1
+        measure_steady test-capacity.sh "$@"
+    )
+}
+# A server that cannot start (its port taken): the point fails, naming the
+# server's log, rather than giving 0.00 cores.
+server_gone() {
+    SERVER_CMD=(sh -c 'echo "cannot bind" >&2; exit 1')
+    CLIENTS_CMD=(sleep 3)
+    ! steady_point 1 0 2>"$LIB_OUT/gone.err" && grep -q "server-1.log" "$LIB_OUT/gone.err"
+}
+check "measure_steady fails a point whose server exited" server_gone
 
 status=0
 SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
