@@ -10,7 +10,8 @@
  * second; the server echoes each chat message to its sender (reliable) and
  * sends every client a 128-byte unreliable state each tick.
  *
- * The server runs for SECONDS and exits. The clients connect over RAMP_SECS,
+ * The server runs for SECONDS (or until SIGINT or SIGTERM), writes the chat
+ * messages it echoed to stderr and exits. The clients connect over RAMP_SECS,
  * run RUN_SECS more, and print one line of JSON: connected clients, chat
  * echoes sent and received, the chat round trip (p50, p99, max, in ms, with
  * the echo seen at the client's next 30 Hz turn, as a game client would),
@@ -20,6 +21,8 @@
  * libenet-dev is ENet 1.3.17). Driven by server/scripts/enet-reference.sh.
  */
 #include <enet/enet.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +43,23 @@ static uint64_t now_us(void) {
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* Set by SIGINT or SIGTERM: the server stops early, summary and all
+ * (enet_host_service keeps waiting through a signal, to the end of its
+ * timeout: at most a tick). */
+static volatile sig_atomic_t stop_requested;
+
+static void request_stop(int signal) {
+    (void)signal;
+    stop_requested = 1;
+}
+
+static int stop_on_signals(void) {
+    struct sigaction action = {.sa_handler = request_stop};
+    sigemptyset(&action.sa_mask);
+    return sigaction(SIGINT, &action, NULL) == 0 && sigaction(SIGTERM, &action, NULL) == 0 ? 0
+                                                                                           : -1;
+}
+
 static void sleep_until(uint64_t deadline_us) {
     uint64_t now = now_us();
     if (deadline_us > now) {
@@ -58,6 +78,10 @@ static int server(enet_uint16 port, size_t max_peers, unsigned seconds) {
         fprintf(stderr, "enet_reference: cannot bind 127.0.0.1:%u\n", port);
         return 1;
     }
+    if (stop_on_signals() < 0) {
+        fprintf(stderr, "enet_reference: cannot handle signals: %s\n", strerror(errno));
+        return 1;
+    }
     /* The same 4 MiB socket buffers our server asks for (ENet's default is
      * 256 KiB, which overflows while a tick's states are being sent). */
     enet_socket_set_option(host->socket, ENET_SOCKOPT_RCVBUF, SOCKET_BUFFER_BYTES);
@@ -68,7 +92,7 @@ static int server(enet_uint16 port, size_t max_peers, unsigned seconds) {
     const uint64_t end = now_us() + (uint64_t)seconds * 1000000u;
     uint64_t next_tick = now_us() + tick_us;
     uint64_t echoed = 0;
-    while (now_us() < end) {
+    while (now_us() < end && !stop_requested) {
         uint64_t now = now_us();
         enet_uint32 wait_ms = next_tick > now ? (enet_uint32)((next_tick - now) / 1000u) : 0;
         ENetEvent event;

@@ -1,12 +1,17 @@
 # Sourced by the benchmark scripts beside it.
 #
 # stop_pid PID GRACE: stops one process the script started, by its PID:
-# SIGINT, then SIGKILL after GRACE seconds; reaps it either way.
+# SIGTERM, then SIGKILL after GRACE seconds; reaps it either way. Not
+# SIGINT: a script's background job starts with SIGINT ignored, and a
+# program that does not take it back (udp_floor's and enet_reference's
+# clients, the bots under timeout) would sit out the grace and be killed.
+# The server shuts down gracefully on either (see server/src/shutdown.rs),
+# and the C reference servers write their summary on either.
 stop_pid() {
     local pid=$1 grace=$2
     [ -n "$pid" ] || return 0
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -INT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 $((grace * 10))); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1

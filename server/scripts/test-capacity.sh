@@ -25,6 +25,7 @@
 # lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points):
 #
 #   - a server that exits at once fails its point
+#   - udp_floor's server, stopped after the point, writes its summary
 #
 #   server/scripts/test-capacity.sh            (about 10 s per case)
 #
@@ -164,6 +165,17 @@ server_gone() {
     ! steady_point 1 0 2>"$LIB_OUT/gone.err" && grep -q "server-1.log" "$LIB_OUT/gone.err"
 }
 check "measure_steady fails a point whose server exited" server_gone
+# udp_floor's server stopped after a point: it writes its summary (the
+# datagrams it moved and the ones the kernel refused) before it exits.
+udp_floor_summary() {
+    local port=$((20000 + RANDOM % 20000))
+    cc -O2 -o "$LIB_OUT/udp_floor" "$ROOT/server/scripts/udp_floor.c" || return 1
+    SERVER_CMD=("$LIB_OUT/udp_floor" server "$port" 4 30 172)
+    CLIENTS_CMD=("$LIB_OUT/udp_floor" clients "$port" 4 1 2 66 shared)
+    steady_point 2 1 2>"$LIB_OUT/udp-floor.err" \
+        && grep -q "^udp_floor server: 4 clients, " "$LIB_OUT/server-2.log"
+}
+check "udp_floor's server, stopped, writes its summary" udp_floor_summary
 
 status=0
 SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \

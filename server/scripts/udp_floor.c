@@ -11,7 +11,8 @@
  *   udp_floor server PORT MAX_CLIENTS SECONDS DOWN_BYTES
  *   udp_floor clients PORT N RAMP_SECS RUN_SECS UP_BYTES shared|own
  *
- * The server learns a client from its first datagram and runs for SECONDS.
+ * The server learns a client from its first datagram and runs for SECONDS
+ * (or until SIGINT or SIGTERM), then writes a summary line to stderr.
  * The clients start over RAMP_SECS, each at its own phase of the tick, run
  * RUN_SECS more and print one line of JSON: datagrams sent and received per
  * client per second over the run. `own`: one socket per client, as ENet's
@@ -28,6 +29,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,22 @@ static uint64_t now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Set by SIGINT or SIGTERM: the server stops early, summary and all. */
+static volatile sig_atomic_t stop_requested;
+
+static void request_stop(int signal) {
+    (void)signal;
+    stop_requested = 1;
+}
+
+/* Without SA_RESTART: a signal ends epoll_wait (EINTR) at once. */
+static int stop_on_signals(void) {
+    struct sigaction action = {.sa_handler = request_stop};
+    sigemptyset(&action.sa_mask);
+    return sigaction(SIGINT, &action, NULL) == 0 && sigaction(SIGTERM, &action, NULL) == 0 ? 0
+                                                                                           : -1;
 }
 
 static int wait_ms(uint64_t deadline_us) {
@@ -79,6 +97,10 @@ static int server(uint16_t port, size_t max_clients, unsigned seconds, size_t do
         fprintf(stderr, "udp_floor: cannot bind 127.0.0.1:%u\n", port);
         return 1;
     }
+    if (stop_on_signals() < 0) {
+        fprintf(stderr, "udp_floor: cannot handle signals: %s\n", strerror(errno));
+        return 1;
+    }
     /* Clients are told apart by address and port: an open-addressing table
      * of (ip << 16 | port) + 1, 0 for free. */
     size_t table_len = 1;
@@ -100,7 +122,7 @@ static int server(uint16_t port, size_t max_clients, unsigned seconds, size_t do
     size_t count = 0;
     uint64_t received = 0, sent = 0, send_failures = 0;
     uint64_t end = now_us() + (uint64_t)seconds * 1000000u, next_tick = now_us() + TICK_US;
-    for (uint64_t now = now_us(); now < end; now = now_us()) {
+    for (uint64_t now = now_us(); now < end && !stop_requested; now = now_us()) {
         struct epoll_event ready;
         epoll_wait(ep, &ready, 1, wait_ms(next_tick < end ? next_tick : end));
         for (;;) {
