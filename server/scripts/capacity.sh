@@ -63,7 +63,8 @@
 # garbage) or its metrics did not answer the bots' last scrape: the script says why on stderr, leaves the run out of the
 # table's figures (a point whose every run failed gets a row saying so),
 # and exits 1 after printing the table. Its figures still go to
-# run-N.json, with the reason under "failed".
+# run-N.json, with the reason under "failed" (a server that exited leaves
+# its CPU figures null).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -212,6 +213,8 @@ run_point() {
     t1=$(now_s)
     if ! is_running "$SERVER_PID"; then
         wait "$SERVER_PID" || server_status=$?
+        # Reaped: its PID may be another process's from now on.
+        SERVER_PID=""
         failed="the server exited (status $server_status) during the run, see $OUT_DIR/server-$tag.log"
     elif [ "$bots_status" -ne 0 ]; then
         failed="the bots exited with status $bots_status, see $OUT_DIR/bots-$tag.log"
@@ -220,12 +223,20 @@ run_point() {
     elif [ "$(jq '.server.complete' "$r" 2>/dev/null)" = false ]; then
         failed="the server's metrics did not answer at the end (its tick figures stop early), see $r"
     fi
-    cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
-    thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
+    # A server that exited has no CPU figures: its /proc entry is gone
+    # (and the CPU samples taken after it died read as 0).
+    cpu1=null
+    : >"$OUT_DIR/threads1-$tag"
+    if [ -n "$SERVER_PID" ]; then
+        cpu1=$(cpu_ticks "/proc/$SERVER_PID/stat")
+        thread_ticks "$SERVER_PID" >"$OUT_DIR/threads1-$tag"
+    fi
     read -r _ _ drops1 wake1 _ _ _ < <(net_counters "http://127.0.0.1:$mport/metrics")
-    server_rss=$(awk '$1 == "VmHWM:" { printf "%d", $2 / 1024 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
-    stop_pid "$SERVER_PID" 10
-    SERVER_PID=""
+    if [ -n "$SERVER_PID" ]; then
+        server_rss=$(awk '$1 == "VmHWM:" { printf "%d", $2 / 1024 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
+        stop_pid "$SERVER_PID" 10
+        SERVER_PID=""
+    fi
 
     # A counter missing from a first read that did answer was not
     # registered yet (the metrics page answers while the game is still
@@ -254,11 +265,19 @@ run_point() {
         { after[$1] += $2 }
         END {
             wall = t1 - t0; steady = ts1 - ts0
-            printf "{\"requested\": %d, \"wall_s\": %.1f, \"cpu_s\": %.1f, \"cores\": %.4f, ", n, wall, (cpu1 - cpu0) / hz, (cpu1 - cpu0) / hz / wall
-            printf "\"net_io_cores\": %.4f, ", (after["net-io"] - before["net-io"]) / hz / wall
+            printf "{\"requested\": %d, \"wall_s\": %.1f, ", n, wall
+            if (cpu1 == "null")
+                printf "\"cpu_s\": null, \"cores\": null, \"net_io_cores\": null, "
+            else {
+                printf "\"cpu_s\": %.1f, \"cores\": %.4f, ", (cpu1 - cpu0) / hz, (cpu1 - cpu0) / hz / wall
+                printf "\"net_io_cores\": %.4f, ", (after["net-io"] - before["net-io"]) / hz / wall
+            }
             printf "\"wakeups_per_s\": %s, ", wake0 == "null" || wake1 == "null" ? "null" : sprintf("%.1f", (wake1 - wake0) / wall)
             u = (su1 - su0) / hz / steady; k = (sk1 - sk0) / hz / steady
-            printf "\"steady_cores\": %.4f, \"steady_user\": %.4f, \"steady_kernel\": %.4f, ", u + k, u, k
+            if (cpu1 == "null")
+                printf "\"steady_cores\": null, \"steady_user\": null, \"steady_kernel\": null, "
+            else
+                printf "\"steady_cores\": %.4f, \"steady_user\": %.4f, \"steady_kernel\": %.4f, ", u + k, u, k
             # Per second of the window the counters were read over; per bot below.
             counted = tn1 - tn0
             unread = sin0 == "-" || sin1 == "-" || sout0 == "-" || sout1 == "-" || counted <= 0

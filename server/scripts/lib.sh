@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts beside it.
 #
 # stop_pid PID GRACE: stops one process the script started, by its PID:
-# SIGTERM, then SIGKILL after GRACE seconds; reaps it either way. Not
+# SIGTERM, then SIGKILL if it is still there after GRACE seconds; reaps it
+# either way (the caller then forgets PID: it may be reused). Not
 # SIGINT: a script's background job starts with SIGINT ignored, and a
 # program that does not take it back (udp_floor's and enet_reference's
 # clients, the bots under timeout) would sit out the grace and be killed.
@@ -13,7 +14,11 @@ stop_pid() {
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 $((grace * 10))); do
-        kill -0 "$pid" 2>/dev/null || break
+        # Gone (bash has reaped it): its PID may be another's from now on.
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            return 0
+        fi
         sleep 0.1
     done
     kill -KILL "$pid" 2>/dev/null || true
@@ -80,7 +85,7 @@ stop_started() {
 # end of the window (it could not start, e.g. its port was taken, or it
 # died): its CPU would read as 0.
 measure_steady() {
-    local name=$1 n=$2 ramp=$3 su0 sk0 su1 sk1 c0 c1 w0 w1 hz
+    local name=$1 n=$2 ramp=$3 su0 sk0 su1 sk1 c0 c1 w0 w1 hz clients_status=0
     hz=$(getconf CLK_TCK)
     taskset -c "$SERVER_CORE" "${SERVER_CMD[@]}" 2>"$OUT_DIR/server-$n.log" &
     SERVER_PID=$!
@@ -96,8 +101,12 @@ measure_steady() {
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
     steady_server_runs "$name" "$n" || return 1
-    wait "$CLIENTS_PID" || { echo "$name: clients failed at $n (see $OUT_DIR)" >&2; return 1; }
+    wait "$CLIENTS_PID" || clients_status=$?
     CLIENTS_PID=""
+    if [ "$clients_status" -ne 0 ]; then
+        echo "$name: clients failed (status $clients_status) at $n (see $OUT_DIR)" >&2
+        return 1
+    fi
     stop_pid "$SERVER_PID" 5
     SERVER_PID=""
     STEADY_SECS=$(awk -v s="$w0" -v e="$w1" 'BEGIN { print e - s }')

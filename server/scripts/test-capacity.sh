@@ -21,11 +21,15 @@
 #         and its bots, older, report no RTT after the ramp: the whole
 #         run's, marked (the others' is after the ramp)
 #
-# and a failed run makes capacity.sh exit 1 after its table. Before that,
+# and a failed run makes capacity.sh exit 1 after its table; no process is
+# signalled after capacity.sh waited for it (its PID may be another's by
+# then), and the run whose server died has no negative CPU figures. Before that,
 # lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points):
 #
 #   - a server that exits at once fails its point
 #   - udp_floor's server, stopped after the point, writes its summary
+#   - clients that fail fail the point, and are not signalled once reaped
+#   - stop_pid sends no SIGKILL to a process that exited in its grace
 #
 #   server/scripts/test-capacity.sh            (about 10 s per case)
 #
@@ -144,6 +148,24 @@ check() {
     fi
 }
 
+# kill and wait traced: each call appends "kill ARGS" (before it) or
+# "wait ARGS" (once it returned) to $TRACE. Sourced in the lib.sh cases,
+# and by capacity.sh through BASH_ENV (not by the stubs it starts).
+cat >"$STUBS/trace.sh" <<'EOF'
+kill() { echo "kill $*" >>"$TRACE"; builtin kill "$@"; }
+wait() { local s=0; builtin wait "$@" || s=$?; echo "wait $*" >>"$TRACE"; return "$s"; }
+EOF
+cat >"$STUBS/trace-capacity.sh" <<EOF
+case \$0 in */capacity.sh) . "$STUBS/trace.sh" ;; esac
+EOF
+# no_kill_after_wait TRACE: no process was signalled (or probed) after it
+# was waited for: by then its PID may be another process's.
+no_kill_after_wait() {
+    awk '$1 == "wait" { for (i = 2; i <= NF; i++) waited[$i] = 1; next }
+         $1 == "kill" && ($NF in waited) { print "signalled after its wait: " $0 >"/dev/stderr"; bad = 1 }
+         END { exit bad }' "$1"
+}
+
 # lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points),
 # each case in a subshell of its own (lib.sh's globals and traps stay
 # there), with RUN_SECS=1 and no ramp.
@@ -176,9 +198,34 @@ udp_floor_summary() {
         && grep -q "^udp_floor server: 4 clients, " "$LIB_OUT/server-2.log"
 }
 check "udp_floor's server, stopped, writes its summary" udp_floor_summary
+# Clients that fail: the point fails, and the cleanup does not signal the
+# clients' PID that measure_steady waited for.
+clients_failed() {
+    (
+        TRACE=$LIB_OUT/trace-3
+        . "$STUBS/trace.sh"
+        SERVER_CMD=(sleep 5)
+        CLIENTS_CMD=(false)
+        ! steady_point 3 0 2>/dev/null
+    ) && no_kill_after_wait "$LIB_OUT/trace-3"
+}
+check "failed clients fail the point, and are not signalled once reaped" clients_failed
+# stop_pid on a process that exits on its own during the grace: no SIGKILL
+# after it is gone.
+stop_gone() {
+    (
+        TRACE=$LIB_OUT/trace-4
+        . "$ROOT/server/scripts/lib.sh"
+        . "$STUBS/trace.sh"
+        bash -c 'trap "" TERM; sleep 0.3' &
+        stop_pid $! 2
+    ) && ! grep -q -- "^kill -KILL" "$LIB_OUT/trace-4"
+}
+check "stop_pid sends no SIGKILL to a process gone in its grace" stop_gone
 
 status=0
-SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
+TRACE=$STUBS/trace-capacity BASH_ENV=$STUBS/trace-capacity.sh \
+    SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
     BASE_PORT=$((20000 + RANDOM % 20000)) OUT_DIR="$STUBS/out" \
     "$ROOT/server/scripts/capacity.sh" 2000 2001 2002 2003 2004 2005 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
 cat "$STUBS/table.md" >&2
@@ -209,6 +256,10 @@ check "bots that exit non-zero fail their run" \
     grep -q "^| 2001 | FAILED: the bots exited with status 1, see " "$STUBS/table.md"
 check "a server gone by the end fails its run" \
     grep -q "^| 2002 | FAILED: the server exited (status 3) during the run, see " "$STUBS/table.md"
+check "no process is signalled after capacity.sh waited for it" \
+    no_kill_after_wait "$STUBS/trace-capacity"
+check "a server gone by the end leaves no negative CPU figures ($(jq -c '[.cores, .net_io_cores, .steady_cores]' "$STUBS/out/run-2002.json"))" \
+    jq -e '[.cpu_s, .cores, .net_io_cores, .steady_cores, .steady_user, .steady_kernel] | all(. == null or . >= 0)' "$STUBS/out/run-2002.json" >/dev/null
 check "the failures are told on stderr" \
     test "$(grep -c "^capacity: run 200[12] FAILED: " "$STUBS/stderr")" = 2
 check "a failed run makes the script fail (exit $status)" test "$status" = 1
