@@ -56,7 +56,11 @@
 # / the wall time they were spent in (both from
 # the report), with its kernel part. Peak RSS: the server's VmHWM when the bots are done, and
 # the bot process's (`bot_peak_rss_mib` of the report).
-# Every process the script starts is stopped by PID, with a bounded wait.
+# Every process the script starts is stopped by PID, with a bounded wait,
+# also when the script is interrupted (SIGINT, SIGTERM: within a second or
+# so, its waits end at once); should it die without its cleanup (SIGKILL),
+# the server and the bots get a SIGTERM from the kernel (setpriv
+# --pdeathsig) rather than run on.
 #
 # A run fails when the bots exit non-zero, write no report, or the server
 # is gone by the time they exit (its CPU and counters would then read as
@@ -85,7 +89,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # The steady window ends a second before the bots stop: it needs two.
 [[ "$RUN_SECS" =~ ^[0-9]+$ ]] && [ "$RUN_SECS" -ge 2 ] \
     || { echo "capacity.sh: RUN_SECS must be an integer of at least 2, not '$RUN_SECS'" >&2; exit 2; }
-for tool in jq taskset timeout awk curl; do
+for tool in jq taskset timeout setpriv awk curl; do
     command -v "$tool" >/dev/null || { echo "capacity.sh: needs $tool" >&2; exit 2; }
 done
 
@@ -107,8 +111,10 @@ BOTS_PID=""
 cleanup() {
     stop_pid "$BOTS_PID" 5
     stop_pid "$SERVER_PID" 10
+    stop_pid "$PAUSE_PID" 1
     BOTS_PID=""
     SERVER_PID=""
+    PAUSE_PID=""
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -161,7 +167,7 @@ run_point() {
     rm -rf "$data"
     mkdir -p "$data"
 
-    taskset -c "$SERVER_CORE" "$SERVER_BIN" --bind "127.0.0.1:$port" \
+    setpriv --pdeathsig TERM taskset -c "$SERVER_CORE" "$SERVER_BIN" --bind "127.0.0.1:$port" \
         --metrics-bind "127.0.0.1:$mport" --data-dir "$data" \
         --max-clients $((n + 100)) --log-filter warn \
         </dev/null >"$OUT_DIR/server-$tag.log" 2>&1 &
@@ -180,7 +186,7 @@ run_point() {
     r="$OUT_DIR/report-$tag.json"
     # A report left by an earlier run in this OUT_DIR is not this run's.
     rm -f "$r"
-    timeout -s INT --kill-after=10 $((duration + 40)) \
+    setpriv --pdeathsig TERM timeout -s INT --kill-after=10 $((duration + 40)) \
         taskset -c "$BOT_CORE" "$BOTS_BIN" load --server "127.0.0.1:$port" \
         --bots "$n" --duration "$duration" --ramp "$ramp" \
         --scenario "$SCENARIO" --metrics-url "http://127.0.0.1:$mport/metrics" \

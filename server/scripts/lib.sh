@@ -33,12 +33,25 @@ is_running() {
     [ -n "$state" ] && [ "$state" != Z ]
 }
 
-# sleep_until T: sleeps until T, in seconds since the epoch as `date
+# pause SECONDS: sleeps in a child and waits for it, so that a signal the
+# script traps ends the pause at once (bash runs a trap only once the
+# foreground command it waits for has ended: a plain sleep would hold the
+# cleanup back, the processes it stops running, for up to its whole
+# length). PAUSE_PID names the sleep meanwhile, for the cleanup trap.
+PAUSE_PID=""
+pause() {
+    sleep "$1" &
+    PAUSE_PID=$!
+    wait "$PAUSE_PID"
+    PAUSE_PID=""
+}
+
+# sleep_until T: pauses until T, in seconds since the epoch as `date
 # +%s.%N` prints them; returns at once when T has passed. Pacing to
 # absolute times keeps a slow step (a metrics scrape that takes its whole
 # timeout) from pushing the steps after it later.
 sleep_until() {
-    sleep "$(awk -v t="$1" -v now="$(date +%s.%N)" 'BEGIN { d = t - now; printf "%.3f", (d > 0 ? d : 0) }')"
+    pause "$(awk -v t="$1" -v now="$(date +%s.%N)" 'BEGIN { d = t - now; printf "%.3f", (d > 0 ? d : 0) }')"
 }
 
 # cpu_split STATFILE: "utime stime" in clock ticks of a /proc stat file
@@ -70,6 +83,7 @@ CLIENTS_PID=""
 stop_started() {
     stop_pid "$CLIENTS_PID" 5
     stop_pid "$SERVER_PID" 5
+    stop_pid "$PAUSE_PID" 1
 }
 
 # measure_steady NAME N RAMP: one point of a reference benchmark. Runs
@@ -89,15 +103,15 @@ measure_steady() {
     hz=$(getconf CLK_TCK)
     taskset -c "$SERVER_CORE" "${SERVER_CMD[@]}" 2>"$OUT_DIR/server-$n.log" &
     SERVER_PID=$!
-    sleep 0.5
+    pause 0.5
     taskset -c "$BOT_CORE" "${CLIENTS_CMD[@]}" \
         >"$OUT_DIR/clients-$n.json" 2>"$OUT_DIR/clients-$n.log" &
     CLIENTS_PID=$!
-    sleep "$ramp"
+    pause "$ramp"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)
     steady_server_runs "$name" "$n" || return 1
-    sleep "$RUN_SECS"
+    pause "$RUN_SECS"
     read -r su1 sk1 < <(cpu_split "/proc/$SERVER_PID/stat")
     c1=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w1=$(date +%s.%N)
     steady_server_runs "$name" "$n" || return 1

@@ -23,7 +23,11 @@
 #
 # and a failed run makes capacity.sh exit 1 after its table; no process is
 # signalled after capacity.sh waited for it (its PID may be another's by
-# then), and the run whose server died has no negative CPU figures. Before that,
+# then), and the run whose server died has no negative CPU figures. After
+# it, capacity.sh on one point with RUN_SECS=30, stopped in the ramp:
+#
+#   - by SIGTERM: its server and bots are gone within 3 s
+#   - by SIGKILL (no cleanup): likewise Before that,
 # lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points):
 #
 #   - a server that exits at once fails its point
@@ -53,6 +57,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# Its PID (the same after exec), for the interrupted cases.
+echo $$ >"$data/pid"
 exec python3 - "$mbind" "$max" "$data" <<'PY'
 import http.server, os, signal, sys, threading, time
 # A background job of a script starts with SIGINT ignored: take it back.
@@ -113,7 +119,12 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-sleep "$duration"
+# Its PID, for the interrupted cases; stopped, it stops its sleep too.
+echo $$ >"$(dirname "$report")/bots-pid-$n"
+sleep "$duration" &
+sleeper=$!
+trap 'kill "$sleeper"; exit 143' TERM
+wait "$sleeper"
 date +%s.%N >"$(dirname "$report")/bots-stopped-$n"
 connected=$n stayed=$n disconnects='{}' status=0
 # Bots of the time before `rtt_ms_steady` for 2005.
@@ -277,6 +288,42 @@ check "a slow scrape opening the window: datagrams per bot ($datagrams)" \
 datagrams=$(cell 2005 10)
 check "bots dropped in the window: datagrams per client the server had ($datagrams)" \
     between "${datagrams%% / *}" 29.5 30.5
+
+# interrupted SIGNAL: capacity.sh on one point (RUN_SECS=30), sent SIGNAL
+# half a second after its bots start, in the wait for the end of the ramp:
+# its server and bots are gone within 3 s. What is left after that (a
+# failure) is stopped here, by the PIDs the stubs wrote.
+interrupted() {
+    local signal=$1 out=$STUBS/$1 script server="" bots="" _ gone=""
+    SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=30 \
+        BASE_PORT=$((20000 + RANDOM % 20000)) OUT_DIR="$out" \
+        "$ROOT/server/scripts/capacity.sh" 2000 >/dev/null 2>"$out.err" &
+    script=$!
+    for _ in $(seq 1 100); do
+        [ -s "$out/bots-pid-2000" ] && break
+        sleep 0.1
+    done
+    server=$(cat "$out/data-2000/pid" 2>/dev/null || true)
+    bots=$(cat "$out/bots-pid-2000" 2>/dev/null || true)
+    sleep 0.5
+    kill "-$signal" "$script"
+    for _ in $(seq 1 30); do
+        if ! is_running "$server" && ! is_running "$bots"; then
+            gone=1
+            break
+        fi
+        sleep 0.1
+    done
+    wait "$script" || true
+    for pid in $server $bots; do
+        is_running "$pid" && kill -TERM "$pid"
+    done
+    [ -n "$server" ] && [ -n "$bots" ] && [ -n "$gone" ]
+}
+# is_running for the interrupted cases.
+. "$ROOT/server/scripts/lib.sh"
+check "capacity.sh sent SIGTERM stops its server and bots at once" interrupted TERM
+check "capacity.sh killed (SIGKILL) takes its server and bots with it" interrupted KILL
 
 if [ "$failures" -gt 0 ]; then
     echo "test-capacity.sh: $failures check(s) failed; capacity.sh said (exit $status):" >&2
