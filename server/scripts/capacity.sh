@@ -62,8 +62,9 @@
 # the server and the bots get a SIGTERM from the kernel (setpriv
 # --pdeathsig) rather than run on.
 #
-# A run fails when the bots exit non-zero, write no report, or the server
-# is gone by the time they exit (its CPU and counters would then read as
+# A run fails when the server exits before its metrics answer, when the
+# bots exit non-zero or write no report, or when the server is gone by the
+# time they exit (its CPU and counters would then read as
 # garbage) or its metrics did not answer the bots' last scrape: the script says why on stderr, leaves the run out of the
 # table's figures (a point whose every run failed gets a row saying so),
 # and exits 1 after printing the table. Its figures still go to
@@ -175,7 +176,14 @@ run_point() {
     # Wait (bounded) for the metrics page: the server is up.
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null; then break; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited, see $OUT_DIR/server-$tag.log" >&2; exit 1; }
+        if ! is_running "$SERVER_PID"; then
+            wait "$SERVER_PID" || server_status=$?
+            SERVER_PID=""
+            failed="the server exited (status $server_status) before its metrics answered, see $OUT_DIR/server-$tag.log"
+            jq -n --argjson n "$n" --arg failed "$failed" '{requested: $n, failed: $failed}' >"$OUT_DIR/run-$tag.json"
+            report_run "$tag" "$failed"
+            return 0
+        fi
         sleep 0.1
     done
 
@@ -336,9 +344,16 @@ run_point() {
             bot_kernel: (if $b.bot_cpu_kernel_s == null then null else $b.bot_cpu_kernel_s / ($b.bot_cpu_wall_s // $run.wall_s) end),
             bot_rss_mib: $b.bot_peak_rss_mib
         }' "$([ -s "$r" ] && echo "$r" || echo /dev/null)" >"$OUT_DIR/run-$tag.json"
-    render <"$OUT_DIR/run-$tag.json" >&2
-    if [ -n "$failed" ]; then
-        echo "capacity: run $tag FAILED: $failed" >&2
+    report_run "$tag" "$failed"
+}
+
+# report_run TAG REASON: the row of run TAG (from its run-TAG.json) to
+# stderr, and REASON, when there is one, as the run's failure: on stderr
+# too, and counted in FAILED.
+report_run() {
+    render <"$OUT_DIR/run-$1.json" >&2
+    if [ -n "$2" ]; then
+        echo "capacity: run $1 FAILED: $2" >&2
         FAILED=$((FAILED + 1))
     fi
 }

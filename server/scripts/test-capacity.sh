@@ -20,6 +20,8 @@
 #         (bots dropped while measured): per-bot rates are per client it had;
 #         and its bots, older, report no RTT after the ramp: the whole
 #         run's, marked (the others' is after the ramp)
+#   2006  the server exits at once (its port taken): the run failed, with
+#         its row in the table like the others
 #
 # and a failed run makes capacity.sh exit 1 after its table; no process is
 # signalled after capacity.sh waited for it (its PID may be another's by
@@ -59,6 +61,10 @@ while [ $# -gt 0 ]; do
 done
 # Its PID (the same after exec), for the interrupted cases.
 echo $$ >"$data/pid"
+if [ "$max" = 2106 ]; then
+    echo "cannot bind" >&2
+    exit 4
+fi
 exec python3 - "$mbind" "$max" "$data" <<'PY'
 import http.server, os, signal, sys, threading, time
 # A background job of a script starts with SIGINT ignored: take it back.
@@ -238,7 +244,7 @@ status=0
 TRACE=$STUBS/trace-capacity BASH_ENV=$STUBS/trace-capacity.sh \
     SKIP_BUILD=1 SERVER_BIN="$STUBS/server" BOTS_BIN="$STUBS/bots" RUN_SECS=4 \
     BASE_PORT=$((20000 + RANDOM % 20000)) OUT_DIR="$STUBS/out" \
-    "$ROOT/server/scripts/capacity.sh" 2000 2001 2002 2003 2004 2005 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
+    "$ROOT/server/scripts/capacity.sh" 2000 2001 2002 2003 2004 2005 2006 >"$STUBS/table.md" 2>"$STUBS/stderr" || status=$?
 cat "$STUBS/table.md" >&2
 
 # cell N COLUMN: a cell of the row of N (columns count from 1: bots).
@@ -267,6 +273,8 @@ check "bots that exit non-zero fail their run" \
     grep -q "^| 2001 | FAILED: the bots exited with status 1, see " "$STUBS/table.md"
 check "a server gone by the end fails its run" \
     grep -q "^| 2002 | FAILED: the server exited (status 3) during the run, see " "$STUBS/table.md"
+check "a server that exits before its metrics answer fails its run, in the table" \
+    grep -q "^| 2006 | FAILED: the server exited (status 4) before its metrics answered, see " "$STUBS/table.md"
 check "no process is signalled after capacity.sh waited for it" \
     no_kill_after_wait "$STUBS/trace-capacity"
 check "a server gone by the end leaves no negative CPU figures ($(jq -c '[.cores, .net_io_cores, .steady_cores]' "$STUBS/out/run-2002.json"))" \
