@@ -25,22 +25,26 @@
 #
 # and a failed run makes capacity.sh exit 1 after its table; no process is
 # signalled after capacity.sh waited for it (its PID may be another's by
-# then), and the run whose server died has no negative CPU figures. After
-# it, capacity.sh on one point with RUN_SECS=30, stopped in the ramp:
+# then), and the run whose server died has no negative CPU figures.
 #
-#   - by SIGTERM: its server and bots are gone within 3 s
-#   - by SIGKILL (no cleanup): likewise Before that,
-# lib.sh's measure_steady (udp-floor.sh's and enet-reference.sh's points):
+# Before those, lib.sh's measure_steady (udp-floor.sh's and
+# enet-reference.sh's points):
 #
 #   - a server that exits at once fails its point
 #   - udp_floor's server, stopped after the point, writes its summary
 #   - clients that fail fail the point, and are not signalled once reaped
 #   - stop_pid sends no SIGKILL to a process that exited in its grace
 #
+# After them, capacity.sh on one point with RUN_SECS=30, stopped in the
+# ramp:
+#
+#   - by SIGTERM: its server and bots are gone within 3 s
+#   - by SIGKILL (no cleanup): likewise
+#
 #   server/scripts/test-capacity.sh            (about 10 s per case)
 #
-# Needs what capacity.sh needs, and python3. Exits non-zero, naming the
-# check, when one fails.
+# Needs what capacity.sh needs, python3 and cc (for udp_floor). Exits
+# non-zero, naming the check, when one fails.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
