@@ -1453,6 +1453,56 @@ fn a_bare_ack_arriving_meanwhile_does_not_delay_an_owed_ack() {
     );
 }
 
+/// When the round trip grows past the loss deadline, the acks of the
+/// packets judged lost are its only samples; an ack that a newer one
+/// overtook is not one more. Its packet was acked already (the newer ack
+/// named it), and its round trip, taken after the newer one's, reads
+/// high by however long the ack was held up: the estimate went up after
+/// it had come down, and could cut the send rate as queues building.
+#[test]
+fn an_old_ack_overtaken_by_a_newer_one_is_not_a_second_sample() {
+    use shared::transport::wire::{AckInfo, PacketHeader, PacketKind, PacketWriter, decode_header};
+    let t0 = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), t0).unwrap();
+    let at = |millis| t0 + ms(millis);
+    let transmit = |conn: &mut Connection, millis| {
+        let mut buf = [0u8; 1500];
+        conn.send(UNRELIABLE, b"tick").unwrap();
+        let len = conn.poll_transmit(at(millis), &mut buf).expect("a packet");
+        decode_header(&buf[..len]).unwrap().0.sequence
+    };
+    // The peer's packets carry their own sequence numbers: a repeated one
+    // would be a duplicate, not read.
+    let ack = |conn: &mut Connection, millis, sequence, latest: u16, bits: u64| {
+        let mut datagram = [0u8; 64];
+        let header = PacketHeader {
+            kind: PacketKind::Data,
+            ack_eliciting: false,
+            sequence,
+            ack: Some(AckInfo {
+                latest,
+                bits,
+                delay: 0,
+            }),
+        };
+        let len = PacketWriter::new(&mut datagram, &header).unwrap().len();
+        conn.handle_datagram(at(millis), &datagram[..len]);
+    };
+    // A 10 ms path, then 300 ms: P and R are judged lost before any ack.
+    let first = transmit(&mut conn, 0);
+    ack(&mut conn, 10, 0, first, 0);
+    let p = transmit(&mut conn, 20);
+    let r = transmit(&mut conn, 60);
+    conn.handle_timeout(at(300));
+    assert_eq!(conn.stats().packets_lost, 2);
+    // The peer acks P, then R (naming P too); the ack of R comes first.
+    ack(&mut conn, 360, 2, r, 1 << (r.wrapping_sub(p) - 1));
+    let rtt = conn.stats().rtt;
+    assert!(rtt > ms(40), "the ack of R is a sample: {rtt:?}");
+    ack(&mut conn, 410, 1, p, 0);
+    assert_eq!(conn.stats().rtt, rtt, "the ack of P came after R's");
+}
+
 /// A connection finishing a disconnect ends for the reason it was given,
 /// also when an ack shows its oldest reliable message past the reliable
 /// timeout: the wait ended, not the connection's health, and the peer is

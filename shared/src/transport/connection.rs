@@ -361,6 +361,13 @@ pub struct Connection {
     /// Data packets sent, wrapping: whose turn it is among channels of
     /// equal priority (see [`next_channel`]).
     data_turn: u8,
+    /// The newest `latest` an ack has named: an ack naming an older one
+    /// was overtaken on the way by one sent after it. Not reset when
+    /// nothing is in flight, unlike `largest_acked`; compared by distance
+    /// back from `next_sequence`, and only against packets still in `sent`,
+    /// so one older than the history is older than them all. (It fits the
+    /// padding before `ack_owed_since`: the hot state grows by nothing.)
+    newest_ack_latest: u16,
     /// When the first of the `ack_eliciting_unacked` packets arrived: its
     /// ack is due `max_ack_delay` after, whatever arrives meanwhile.
     ack_owed_since: Stamp,
@@ -503,6 +510,8 @@ impl Connection {
             loss_at: None,
             loss_at_stale: false,
             data_turn: 0,
+            // The one before the first packet: older than any packet sent.
+            newest_ack_latest: u16::MAX,
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
@@ -1072,6 +1081,12 @@ impl Connection {
         // spurious, and may undo the cuts they caused.
         self.budget
             .on_ack_names(ack.latest, ack.bits, &self.config.rate_bounds());
+        let back = self.next_sequence.wrapping_sub(ack.latest);
+        let newest_ack =
+            back != 0 && back < self.next_sequence.wrapping_sub(self.newest_ack_latest);
+        if newest_ack {
+            self.newest_ack_latest = ack.latest;
+        }
         let mut newest_acked: Option<(u16, Stamp)> = None;
         // The ack covers `latest` and the 64 before it. With fewer packets
         // sent since the oldest one in flight, visit those (newest first,
@@ -1126,10 +1141,16 @@ impl Connection {
         // are not reused: it is no retransmission's); without it the
         // estimate would stay as it was and every packet would be judged
         // lost, while the path stays slow, and the send rate cut with each.
+        // Unless a newer ack overtook this one: the peer had newer packets
+        // then, this one's round trip counts the hold-up of the ack, and
+        // the newer ack's sample came first (`largest_acked`, forgotten
+        // once nothing older is in flight, cannot tell).
         let latest = self.sent.get_mut(ack.latest);
         if latest.lost && latest.sequence == ack.latest {
             latest.lost = false;
-            newest_acked = Some((ack.latest, latest.sent_at));
+            if newest_ack {
+                newest_acked = Some((ack.latest, latest.sent_at));
+            }
         }
         let Some((sequence, sent_at)) = newest_acked else {
             return Ok(());
