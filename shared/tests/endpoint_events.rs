@@ -714,3 +714,73 @@ fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bou
         world.server.total_receive_buffered()
     );
 }
+
+/// A connection that a transmit ends frees its receive memory from the
+/// endpoint's total at once, not when its slot is freed: until then every
+/// datagram was checked against a total that still counted it, and an
+/// honest client could be cut off as Flooding for memory nobody held.
+/// The transmit that ends it: with 1,024 packets in flight, the oldest
+/// is counted lost to make room in the history, and its reliable line is
+/// past the reliable timeout.
+#[test]
+fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
+    let server = game_server_with(SERVER_ADDR, |config| {
+        // Nothing is judged lost by the loss timer within the test.
+        config.transport.min_rto = Duration::from_secs(3);
+        config.transport.initial_rto = Duration::from_secs(3);
+        config.transport.max_rto = Duration::from_secs(3);
+        config.transport.reliable_timeout = Duration::from_secs(1);
+    });
+    let mut world = World::with_server(server, &[60]);
+    let slots = world.connect_all();
+    let [(1, client)] = slots[..] else {
+        panic!("the client did not connect: {slots:?}");
+    };
+    // Half a message on the chat channel, held by the server.
+    world.clients[0]
+        .0
+        .send(channels::CHAT, Bytes::from(vec![1; 3_000]))
+        .unwrap();
+    let mut datagrams = world.client_datagrams(0);
+    assert!(datagrams.len() > 1, "the message goes in fragments");
+    let from = world.clients[0].1;
+    world
+        .server
+        .handle_datagram(world.now, world.unix, from, &mut datagrams[1]);
+    assert!(world.server.total_receive_buffered() > 0);
+    // The client falls silent; the server sends a line, then a packet
+    // every 2 ms, its timers and transmits run as net-io runs them.
+    world.mute = vec![0];
+    world.deaf = vec![0];
+    let line = Bytes::from_static(b"never acknowledged");
+    world
+        .server
+        .send(world.now, client, channels::CHAT, line)
+        .unwrap();
+    // Until the connection ends, and refuses the next one.
+    let movement = Bytes::from_static(b"move");
+    let mut packets = 0;
+    while (world.server)
+        .send(world.now, client, channels::MOVEMENT, movement.clone())
+        .is_ok()
+    {
+        world.server_sends();
+        world.now += Duration::from_millis(2);
+        packets += 1;
+        assert!(packets < 1_100, "the connection did not end");
+    }
+    assert!(packets >= 1_024, "ended after {packets} packets");
+    assert_eq!(world.server.total_receive_buffered(), 0);
+    let mut ended = Vec::new();
+    // The refused send queued it for transmits again: they come first.
+    world.server_sends();
+    while let Some(event) = world.server.poll_event() {
+        if let EndpointEvent::Disconnected {
+            client_id, reason, ..
+        } = event
+        {
+            ended.push((client_id, reason));
+        }
+    }
+    assert_eq!(ended, [(1, DisconnectReason::Timeout)]);
+}

@@ -958,7 +958,19 @@ impl ServerEndpoint {
             // Ended by the secure layer (the client left or timed out):
             // nothing can be sealed for it any more.
             let network_gone = peer.ended.is_some() && peer.conn.is_open();
-            if !network_gone && let Some(len) = peer.conn.transmit_at(stamp, &mut self.plain) {
+            let sent = if network_gone {
+                None
+            } else {
+                peer.conn.transmit_at(stamp, &mut self.plain)
+            };
+            // A transmit can end the connection (a packet counted lost to
+            // make room in the sent history takes a reliable message past
+            // its timeout), which frees what it held. Only then does its
+            // share change: one compare on the peer's line otherwise.
+            if peer.buffered != 0 && !peer.conn.is_open() {
+                recount(&mut self.total_buffered, peer);
+            }
+            if let Some(len) = sent {
                 match self
                     .netcode
                     .send_payload(now, peer.client, &self.plain[..len], buf)
