@@ -37,14 +37,18 @@
 //! (bounded) until nothing is awaited, so `lost` means lost, not "still in
 //! flight".
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use shared::protocol::chat::ChatLine;
 
-/// Most sequence gaps tracked at once; gaps beyond it are counted lost at
-/// once (a connection that far behind has failed anyway).
-const MAX_TRACKED_GAPS: usize = 4096;
+/// Most sequence gaps (runs of missing numbers, each one entry whatever
+/// its length) tracked at once. Past it the oldest gap is counted lost at
+/// once, and a line of it that comes after all is a duplicate: lines come
+/// in order on the reliable channel, so a gap that old will not be filled
+/// (a connection that far behind has failed anyway). Whatever numbers the
+/// server sends, a bot keeps at most this many.
+const MAX_TRACKED_GAPS: usize = 64;
 
 /// Most own lines awaiting an answer at once, per bot. At the limit
 /// [`ChatVerifier::next_line`] refuses and the bot skips that chat slot
@@ -99,7 +103,8 @@ impl ReliableStats {
 pub(crate) struct ChatVerifier {
     account: u64,
     last_seq: u64,
-    gaps: BTreeSet<u64>,
+    /// The open gaps below `last_seq`: first missing number to last.
+    gaps: BTreeMap<u64, u64>,
     /// `client_ref`s said on this connection and not answered yet.
     awaited: BTreeSet<u32>,
     next_ref: u32,
@@ -116,7 +121,7 @@ impl ChatVerifier {
         Self {
             account,
             last_seq: 0,
-            gaps: BTreeSet::new(),
+            gaps: BTreeMap::new(),
             awaited: BTreeSet::new(),
             next_ref: 1,
             newest_copy: None,
@@ -170,20 +175,40 @@ impl ChatVerifier {
 
     fn check_seq(&mut self, seq: u64) {
         if seq > self.last_seq {
-            // A jump of any size costs at most the gaps there is room for.
-            let first_missing = self.last_seq + 1;
-            let missing = seq - first_missing;
-            let room = MAX_TRACKED_GAPS.saturating_sub(self.gaps.len()) as u64;
-            let tracked = missing.min(room);
-            self.gaps.extend(first_missing..first_missing + tracked);
-            self.stats.lost = self.stats.lost.saturating_add(missing - tracked);
+            // A jump of any size is one gap.
+            if seq > self.last_seq + 1 {
+                self.gaps.insert(self.last_seq + 1, seq - 1);
+            }
             self.last_seq = seq;
-        } else if self.gaps.remove(&seq) {
+        } else if let Some((&first, &last)) = self.gaps.range(..=seq).next_back()
+            && seq <= last
+        {
+            // The gap is filled at `seq`: what is left of it either side.
+            self.gaps.remove(&first);
+            if first < seq {
+                self.gaps.insert(first, seq - 1);
+            }
+            if seq < last {
+                self.gaps.insert(seq + 1, last);
+            }
             self.stats.out_of_order += 1;
         } else {
             // Seen before (or 0, which is never valid).
             self.stats.duplicates += 1;
         }
+        while self.gaps.len() > MAX_TRACKED_GAPS {
+            if let Some((first, last)) = self.gaps.pop_first() {
+                self.stats.lost = self.stats.lost.saturating_add(last - first + 1);
+            }
+        }
+    }
+
+    /// Numbers missing in the open gaps (saturating: a server's absurd
+    /// number can make a gap of nearly the whole range).
+    fn missing(&self) -> u64 {
+        self.gaps.iter().fold(0u64, |sum, (first, last)| {
+            sum.saturating_add(last - first + 1)
+        })
     }
 
     fn check_answer(&mut self, client_ref: u32, answer: Answer) {
@@ -219,7 +244,8 @@ impl ChatVerifier {
         self.stats.lost = self
             .stats
             .lost
-            .saturating_add(self.gaps.len() as u64 + self.awaited.len() as u64);
+            .saturating_add(self.missing())
+            .saturating_add(self.awaited.len() as u64);
         self.gaps.clear();
         self.awaited.clear();
         self.newest_copy = None;
@@ -411,6 +437,39 @@ mod tests {
         assert!(v.gaps.len() <= MAX_TRACKED_GAPS);
         v.end_connection();
         assert_eq!(v.stats().lost, 999_999);
+    }
+
+    #[test]
+    fn a_jump_in_the_sequence_is_one_gap_whose_lines_may_still_come() {
+        let mut v = ChatVerifier::new(7);
+        v.on_line(&line(1_000_000, None, None));
+        assert_eq!(v.gaps.len(), 1);
+        v.on_line(&line(500_000, None, None));
+        v.on_line(&line(1, None, None));
+        v.on_line(&line(999_999, None, None));
+        v.on_line(&line(500_000, None, None));
+        v.end_connection();
+        let s = v.stats();
+        assert_eq!((s.out_of_order, s.duplicates, s.lost), (3, 1, 999_996));
+    }
+
+    #[test]
+    fn the_oldest_gaps_past_the_bound_are_counted_lost_at_once() {
+        let mut v = ChatVerifier::new(7);
+        let gaps = MAX_TRACKED_GAPS as u64 + 10;
+        for k in 1..=gaps {
+            v.on_line(&line(2 * k, None, None));
+        }
+        assert_eq!(v.gaps.len(), MAX_TRACKED_GAPS);
+        assert_eq!(v.stats().lost, 10);
+        // A line of a gap still tracked is late; one of a gap counted
+        // lost already is a duplicate.
+        v.on_line(&line(2 * gaps - 1, None, None));
+        assert_eq!((v.stats().out_of_order, v.stats().duplicates), (1, 0));
+        v.on_line(&line(1, None, None));
+        assert_eq!((v.stats().out_of_order, v.stats().duplicates), (1, 1));
+        v.end_connection();
+        assert_eq!(v.stats().lost, gaps - 1);
     }
 
     #[test]
