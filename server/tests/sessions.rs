@@ -882,3 +882,93 @@ fn the_places_kept_for_returning_players_are_bounded() {
     join(&mut app, &net, late);
     assert_eq!(position_of(&app, late), spawns[11]);
 }
+
+/// The place kept for a returning player lasts `rejoin_memory_secs` of
+/// wall time, not of ticks run: a tick that stalls the loop for 10 s
+/// (the pacer gives up the deadlines it missed) forgets a place kept for
+/// 2 s, and the player comes back on the spawn spiral. (Counted in ticks
+/// run, the 10 s were one tick, and the place was kept.)
+#[test]
+fn a_place_is_kept_for_wall_time_not_for_ticks_run() {
+    use bevy_app::Update;
+    use bevy_ecs::prelude::{MessageWriter, Res, Resource};
+    use crossbeam_channel::Sender;
+    use server::tick::TickStats;
+
+    /// Who joins, leaves and joins again, and when (by tick).
+    #[derive(Resource)]
+    struct Script {
+        events: Sender<NetEvent>,
+        clock: ManualClock,
+        /// Where the player came back, and the deadlines the pacer gave up.
+        seen: std::sync::mpsc::Sender<(Option<Vec2>, u64)>,
+    }
+    let first = client(1, 7, 1);
+    let again = client(2, 7, 2);
+    let script = move |script: Res<Script>,
+                       stats: Res<TickStats>,
+                       clients: Res<Clients>,
+                       positions: bevy_ecs::prelude::Query<&Position>,
+                       mut exit: MessageWriter<AppExit>| {
+        let event = match stats.tick() {
+            1 => Some(NetEvent::Connected { client: first }),
+            3 => Some(NetEvent::Disconnected {
+                client: first,
+                reason: DisconnectReason::Timeout,
+            }),
+            6 => Some(NetEvent::Connected { client: again }),
+            _ => None,
+        };
+        if let Some(event) = event {
+            script.events.send(event).unwrap();
+        }
+        if stats.tick() == 4 {
+            script.clock.advance(Duration::from_secs(10));
+        }
+        if stats.tick() == 9 {
+            let at = clients
+                .entity(again)
+                .and_then(|entity| positions.get(entity).ok())
+                .map(|p| p.0);
+            script.seen.send((at, stats.skipped_ticks())).unwrap();
+            exit.write(AppExit::Success);
+        }
+    };
+
+    let (server, net) = NetServer::loopback();
+    let clock = ManualClock::new();
+    let config = MovementConfig {
+        rejoin_memory_secs: 2,
+        ..MovementConfig::default()
+    };
+    let spawns: Vec<Vec2> = config.spawn_points().take(2).collect();
+    let (seen, results) = std::sync::mpsc::channel();
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig::default(),
+        clock: clock.clone(),
+    })
+    .insert_resource(server)
+    .insert_resource(config)
+    .add_message::<AdminKick>()
+    .add_plugins(ShutdownPlugin {
+        grace_ticks: 2,
+        grace_time: None,
+    })
+    .add_plugins((NetPlugin, MovementPlugin, InventoryPlugin))
+    .insert_resource(Script {
+        events: net.events.clone(),
+        clock,
+        seen,
+    })
+    .add_systems(Update, script);
+    assert_eq!(app.run(), AppExit::Success);
+    let (at, skipped) = results.recv().unwrap();
+    assert!(skipped > 0, "the stall gave up no deadline");
+    assert_eq!(
+        at,
+        Some(spawns[1]),
+        "came back to its old place ({}) 10 s after leaving, kept for 2 s",
+        spawns[0]
+    );
+}

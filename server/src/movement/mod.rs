@@ -403,7 +403,7 @@ pub struct RejoinPositions {
     /// Each account's departure number (its key in `by_age`).
     by_account: HashMap<u64, u64>,
     /// By departure number, oldest first: the account, where it left and
-    /// when (game time).
+    /// when (wall time, see `wall_time`).
     by_age: BTreeMap<u64, (u64, Vec2, Duration)>,
     next: u64,
 }
@@ -419,7 +419,7 @@ impl RejoinPositions {
         self.by_age.is_empty()
     }
 
-    /// Keeps where `account` left, at game time `now`, forgetting the
+    /// Keeps where `account` left, at `now` (wall time), forgetting the
     /// longest gone beyond `most` players.
     fn remember(&mut self, account: u64, at: Vec2, now: Duration, most: usize) {
         if let Some(earlier) = self.by_account.insert(account, self.next) {
@@ -434,7 +434,7 @@ impl RejoinPositions {
         }
     }
 
-    /// Forgets the players gone for `keep` or longer at game time `now`.
+    /// Forgets the players gone for `keep` or longer at `now` (wall time).
     fn forget_older(&mut self, now: Duration, keep: Duration) {
         while let Some(oldest) = self.by_age.first_entry()
             && now.saturating_sub(oldest.get().2) >= keep
@@ -541,11 +541,12 @@ fn spawn_players(
     departed: Option<Res<DepartedPositions>>,
     config: Res<MovementConfig>,
     time: Res<Time<Fixed>>,
+    stats: Option<Res<TickStats>>,
     mut counter: ResMut<SpawnCounter>,
     mut rejoins: ResMut<RejoinPositions>,
     mut commands: Commands,
 ) {
-    let now = time.elapsed();
+    let now = wall_time(&time, stats.as_deref());
     let keep = Duration::from_secs(config.rejoin_memory_secs.into());
     rejoins.forget_older(now, keep);
     // Places taken this tick by sessions that may leave within it (their
@@ -607,6 +608,17 @@ fn resolve_inputs(
             });
         }
     }
+}
+
+/// Time since the first tick, in wall time: the runner's uptime, which
+/// goes on through a stall, where the ticks run times the period fall
+/// behind it (by every deadline the pacer gives up, whole pauses of the
+/// process included); the ticks run when no runner drives the app (tests
+/// that call `update` themselves). What the rejoin memory and the
+/// violation log's budget count their seconds in.
+fn wall_time(time: &Time<Fixed>, stats: Option<&TickStats>) -> Duration {
+    let ticks = time.elapsed();
+    stats.map_or(ticks, |stats| stats.uptime().max(ticks))
 }
 
 /// The periods of wall time this tick earns credit for, of them the ones
@@ -702,7 +714,8 @@ fn apply_inputs(
         Option<&Player>,
     )>,
 ) {
-    log.roll(time.elapsed());
+    let now = wall_time(&time, stats.as_deref());
+    log.roll(now);
     let buffer = config.input_buffer.min(MAX_INPUT_BUFFER) as usize;
     let (extra, stalled) = (allowance.extra, allowance.late);
     let max_inputs = config.max_inputs_per_tick.saturating_add(extra);
@@ -741,7 +754,7 @@ fn apply_inputs(
                     player,
                     &metrics,
                     &mut log,
-                    time.elapsed(),
+                    now,
                 );
             }
         } else {
@@ -815,7 +828,7 @@ fn apply_inputs(
                     player,
                     &metrics,
                     &mut log,
-                    time.elapsed(),
+                    now,
                 );
             }
         }
@@ -834,7 +847,7 @@ pub const MAX_VIOLATION_LINES_PER_SECOND: u32 = 10;
 pub const MAX_REPEAT_VIOLATION_LINES_PER_SECOND: u32 = 5;
 
 /// The budget of violation log lines: [`MAX_VIOLATION_LINES_PER_SECOND`]
-/// per second of game time, of them at most
+/// per second of wall time, of them at most
 /// [`MAX_REPEAT_VIOLATION_LINES_PER_SECOND`] repeats, and one line a
 /// second saying how many were left out.
 #[derive(Resource, Debug, Default)]
@@ -846,7 +859,7 @@ pub struct ViolationLog {
 }
 
 impl ViolationLog {
-    /// Starts the second of game time `now` if it is a new one, saying
+    /// Starts the second of wall time `now` if it is a new one, saying
     /// how many lines the last one left out (returned too). The movement
     /// system calls it every tick, so the count is said within a second,
     /// not at the next violation.
@@ -874,14 +887,14 @@ impl ViolationLog {
     }
 
     /// Whether the line of a player's first violation may be written at
-    /// game time `now`.
+    /// wall time `now`.
     pub fn admit_first(&mut self, now: Duration) -> bool {
         self.roll(now);
         self.admit(self.lines < MAX_VIOLATION_LINES_PER_SECOND)
     }
 
     /// Whether the line of a repeat (a player's hundredth violation, ...)
-    /// may be written at game time `now`.
+    /// may be written at wall time `now`.
     pub fn admit_repeat(&mut self, now: Duration) -> bool {
         self.roll(now);
         let admitted = self.admit(
