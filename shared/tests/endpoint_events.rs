@@ -140,6 +140,22 @@ impl World {
         datagrams
     }
 
+    /// Client 0 sends a 3,000-byte line on the ordered chat channel, of
+    /// which only the second fragment reaches the server: it holds that
+    /// half, waiting for the first.
+    fn hold_half_a_message(&mut self) {
+        self.clients[0]
+            .0
+            .send(channels::CHAT, Bytes::from(vec![1; 3_000]))
+            .unwrap();
+        let mut datagrams = self.client_datagrams(0);
+        assert!(datagrams.len() > 1, "the message goes in fragments");
+        let from = self.clients[0].1;
+        self.server
+            .handle_datagram(self.now, self.unix, from, &mut datagrams[1]);
+        assert!(self.server.total_receive_buffered() > 0);
+    }
+
     /// Both sides' traffic, then the disconnects the server reports, as
     /// (account, reason); then 10 ms pass.
     fn exchange(&mut self) -> Vec<(u64, DisconnectReason)> {
@@ -285,19 +301,8 @@ fn a_freed_slot_goes_to_the_next_client_only_after_its_client_left() {
         world.now += Duration::from_millis(5);
     }
     assert!(world.clients[0].0.is_connected());
-    // Half a message on the ordered chat channel, held by the server.
-    world.clients[0]
-        .0
-        .send(channels::CHAT, Bytes::from(vec![1; 3_000]))
-        .unwrap();
-    let mut datagrams = world.client_datagrams(0);
-    assert!(datagrams.len() > 1, "the message goes in fragments");
-    let from = world.clients[0].1;
-    world
-        .server
-        .handle_datagram(world.now, world.unix, from, &mut datagrams[1]);
+    world.hold_half_a_message();
     world.poll(&mut seen);
-    assert!(world.server.total_receive_buffered() > 0);
 
     // Client 2's request reaches the server, the challenge comes back, and
     // its response waits.
@@ -736,18 +741,7 @@ fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
     let [(1, client)] = slots[..] else {
         panic!("the client did not connect: {slots:?}");
     };
-    // Half a message on the chat channel, held by the server.
-    world.clients[0]
-        .0
-        .send(channels::CHAT, Bytes::from(vec![1; 3_000]))
-        .unwrap();
-    let mut datagrams = world.client_datagrams(0);
-    assert!(datagrams.len() > 1, "the message goes in fragments");
-    let from = world.clients[0].1;
-    world
-        .server
-        .handle_datagram(world.now, world.unix, from, &mut datagrams[1]);
-    assert!(world.server.total_receive_buffered() > 0);
+    world.hold_half_a_message();
     // The client falls silent; the server sends a line, then a packet
     // every 2 ms, its timers and transmits run as net-io runs them.
     world.mute = vec![0];
