@@ -161,6 +161,14 @@ impl World {
     fn exchange(&mut self) -> Vec<(u64, DisconnectReason)> {
         self.server_sends();
         self.clients_send();
+        let ended = self.disconnects();
+        self.now += Duration::from_millis(10);
+        ended
+    }
+
+    /// The server's events polled, its disconnects kept as (account,
+    /// reason).
+    fn disconnects(&mut self) -> Vec<(u64, DisconnectReason)> {
         let mut ended = Vec::new();
         while let Some(event) = self.server.poll_event() {
             if let EndpointEvent::Disconnected {
@@ -170,7 +178,6 @@ impl World {
                 ended.push((client_id, reason));
             }
         }
-        self.now += Duration::from_millis(10);
         ended
     }
 
@@ -765,16 +772,7 @@ fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
     }
     assert!(packets >= 1_024, "ended after {packets} packets");
     assert_eq!(world.server.total_receive_buffered(), 0);
-    let mut ended = Vec::new();
     // The refused send queued it for transmits again: they come first.
     world.server_sends();
-    while let Some(event) = world.server.poll_event() {
-        if let EndpointEvent::Disconnected {
-            client_id, reason, ..
-        } = event
-        {
-            ended.push((client_id, reason));
-        }
-    }
-    assert_eq!(ended, [(1, DisconnectReason::Timeout)]);
+    assert_eq!(world.disconnects(), [(1, DisconnectReason::Timeout)]);
 }
