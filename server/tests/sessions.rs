@@ -132,19 +132,38 @@ fn tick_until_on<T>(
     panic!("nothing expected came within 10 s");
 }
 
+/// In what order `net-io` reports an account's old connection's end and
+/// its new connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Reported {
+    /// The old one's end first, in one tick.
+    OldFirst,
+    /// The new one first, in one tick.
+    NewFirst,
+    /// The new one a tick before the old one's end.
+    NewATickEarlier,
+}
+
 #[test]
 fn an_account_back_within_a_tick_ends_its_old_session_first() {
-    back_within_a_tick(false);
+    back_within_a_tick(Reported::OldFirst);
 }
 
 /// `net-io` may report the new connection first (the old one's end waits
 /// for its last datagrams while the account's token is free again).
 #[test]
 fn the_same_when_the_new_connection_is_reported_first() {
-    back_within_a_tick(true);
+    back_within_a_tick(Reported::NewFirst);
 }
 
-fn back_within_a_tick(new_first: bool) {
+/// The same when the old connection's end comes ticks later (its last
+/// datagrams wait behind a busy socket).
+#[test]
+fn the_same_when_the_old_connections_end_comes_a_tick_later() {
+    back_within_a_tick(Reported::NewATickEarlier);
+}
+
+fn back_within_a_tick(order: Reported) {
     let (mut app, net) = app();
     let (first, partner) = (client(0, 7, 1), client(1, 8, 2));
     for c in [first, partner] {
@@ -165,20 +184,25 @@ fn back_within_a_tick(new_first: bool) {
         reply.trade
     });
 
-    // The account's connection ends and a new one begins, in one tick.
+    // The account's connection ends and a new one begins.
     let back = client(2, first.account, 3);
-    let mut events = [
-        NetEvent::Disconnected {
-            client: first,
-            reason: shared::transport::DisconnectReason::Timeout,
-        },
-        NetEvent::Connected { client: back },
-    ];
-    if new_first {
-        events.reverse();
-    }
-    for event in events {
-        net.events.send(event).unwrap();
+    let ended = NetEvent::Disconnected {
+        client: first,
+        reason: DisconnectReason::Timeout,
+    };
+    let began = NetEvent::Connected { client: back };
+    let ticks: Vec<Vec<NetEvent>> = match order {
+        Reported::OldFirst => vec![vec![ended, began]],
+        Reported::NewFirst => vec![vec![began, ended]],
+        Reported::NewATickEarlier => vec![vec![began], vec![ended]],
+    };
+    for (at, events) in ticks.into_iter().enumerate() {
+        if at > 0 {
+            app.update();
+        }
+        for event in events {
+            net.events.send(event).unwrap();
+        }
     }
     let state = tick_until(&mut app, &net, |to, payload| {
         let update = protocol::decode::<TradeUpdate>(payload).ok()?;
@@ -727,6 +751,56 @@ fn a_player_back_within_a_tick_gets_only_its_new_sessions_lines() {
     assert_eq!(got, [(1, "player-4 joined".to_owned())]);
 }
 
+/// `client`'s chat line to everyone, as `net-io` delivers it.
+fn say(net: &Loopback, client: ClientId, text: &str) {
+    let line = ChatSend {
+        client_ref: 1,
+        scope: ChatScope::Global,
+        text: text.into(),
+    };
+    net.events
+        .send(NetEvent::Message {
+            client,
+            channel: channels::CHAT,
+            payload: protocol::encode(&line).unwrap(),
+        })
+        .unwrap();
+}
+
+/// A player whose new connection is reported a tick before its old one's
+/// end gets that connection's lines numbered from 1, and the old one's
+/// end, when it comes, does not end the new one.
+#[test]
+fn a_connection_reported_before_the_old_ones_end_numbers_its_lines_from_1() {
+    let (mut app, net) = app_with_chat();
+    let (other, old, new) = (client(0, 3, 1), client(1, 4, 2), client(2, 4, 3));
+    for c in [other, old] {
+        join(&mut app, &net, c);
+    }
+    say(&net, other, "one");
+    app.update();
+    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
+    let seqs: Vec<u64> = chat_lines_to(&commands, old)
+        .iter()
+        .map(|line| line.seq)
+        .collect();
+    assert_eq!(seqs, [1]);
+
+    join(&mut app, &net, new);
+    leave(&mut app, &net, old);
+    say(&net, other, "two");
+    app.update();
+    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
+    let got: Vec<(u64, String)> = chat_lines_to(&commands, new)
+        .into_iter()
+        .map(|line| (line.seq, line.text))
+        .collect();
+    assert_eq!(got, [(1, "two".to_owned())]);
+    assert_eq!(app.world().resource::<Clients>().by_account(4), Some(new));
+    let roster = app.world().resource::<PlayerRoster>();
+    assert!(roster.get(players::ClientId(4)).is_some(), "still listed");
+}
+
 /// Where `client`'s player stands.
 fn position_of(app: &App, client: ClientId) -> Vec2 {
     let entity = app
@@ -832,6 +906,14 @@ fn a_player_who_comes_back_is_where_it_left() {
     let last = client(4, 7, 6);
     join(&mut app, &net, last);
     assert_eq!(position_of(&app, last), came_back_to);
+
+    // Back a tick before the old connection's end is reported: the end,
+    // when it comes, leaves the new session where it is.
+    let early = client(5, 7, 7);
+    join(&mut app, &net, early);
+    assert_eq!(position_of(&app, early), came_back_to);
+    leave(&mut app, &net, last);
+    assert_eq!(position_of(&app, early), came_back_to);
 }
 
 /// The places kept for returning players are bounded in number (the

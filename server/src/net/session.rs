@@ -123,6 +123,20 @@ pub(super) fn receive(world: &mut World) {
 }
 
 fn on_connected(world: &mut World, client: ClientId) {
+    // An account holds one session. Its new connection can be reported
+    // before the old one's end, a tick or more apart: the connection layer
+    // frees the account as soon as the old connection ends, and `net-io`
+    // reports that end only once its last datagrams have left. The old
+    // session ends here, so every plugin sees it leave before the new one
+    // joins (its trades cancelled, its chat numbering over); its own
+    // `Disconnected`, when it comes, finds nothing left to end.
+    if let Some(old) = world.resource::<Clients>().by_account(client.account) {
+        tracing::debug!(
+            account = old.account,
+            "the account's new connection came before its old one's end"
+        );
+        on_disconnected(world, old, DisconnectReason::Closed);
+    }
     // `net-io` reports a slot's `Disconnected` before the next `Connected`
     // in it; should that ever break, the old player ends properly here.
     if let Some(old) = world.resource::<Clients>().occupant(client) {
@@ -169,28 +183,25 @@ fn on_connected(world: &mut World, client: ClientId) {
 }
 
 fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason) {
-    let entity = world.resource_mut::<Clients>().remove(client);
-    // Unless the account is back already, on a newer connection.
-    if world
-        .resource::<Clients>()
-        .by_account(client.account)
-        .is_none()
-    {
-        world
-            .resource_mut::<PlayerRoster>()
-            .remove(players::ClientId(client.account));
-    }
+    // A session already ended here (its account came back first) has
+    // nothing left to end.
+    let Some(entity) = world.resource_mut::<Clients>().remove(client) else {
+        tracing::debug!(account = client.account, %reason, "an ended session's disconnect");
+        return;
+    };
+    // The account's new session, if any, is listed again when it joins.
+    world
+        .resource_mut::<PlayerRoster>()
+        .remove(players::ClientId(client.account));
     tracing::info!(account = client.account, %reason, "client disconnected");
     world.write_message(ClientDisconnected { client, reason });
-    if let Some(entity) = entity {
-        let position = world.get::<Position>(entity).map(|p| p.0);
-        if let (Some(position), Some(mut departed)) =
-            (position, world.get_resource_mut::<DepartedPositions>())
-        {
-            departed.0.insert(client.account, position);
-        }
-        world.despawn(entity);
+    let position = world.get::<Position>(entity).map(|p| p.0);
+    if let (Some(position), Some(mut departed)) =
+        (position, world.get_resource_mut::<DepartedPositions>())
+    {
+        departed.0.insert(client.account, position);
     }
+    world.despawn(entity);
 }
 
 fn strike(world: &mut World, client: ClientId, entity: Entity) {
