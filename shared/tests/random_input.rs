@@ -149,3 +149,56 @@ fn crafted_fragment_headers_are_bounded() {
         }
     }
 }
+
+/// A datagram whose unreliable fragments come before its reliable ones:
+/// the unreliable reassemblies cannot take the memory that the check of
+/// the whole packet counted for the reliable ones, so the bound holds
+/// within one packet too.
+#[test]
+fn unreliable_fragments_ahead_in_a_packet_leave_the_reliable_ones_their_room() {
+    let config = TransportConfig::default();
+    let now = Instant::now();
+    let mut conn = Connection::new(config.clone(), now).unwrap();
+    let mut buf = vec![0u8; 1100];
+    let header = PacketHeader {
+        kind: PacketKind::Data,
+        ack_eliciting: true,
+        sequence: 0,
+        ack: None,
+    };
+    let mut writer = PacketWriter::new(&mut buf, &header).unwrap();
+    // Each a last fragment of 1 byte, of a message of 256 fragments: a
+    // reassembly of 256 KiB. Channel 3 is unreliable, 0 and 1 reliable
+    // (none of the reliable ids is the one its channel waits for).
+    let count = u16::try_from(config.max_message_size / config.fragment_size).unwrap();
+    for (channel, id) in [
+        (3, 0),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (1, 1),
+    ] {
+        let message = MessageHeader {
+            channel,
+            id: Some(id),
+            fragment: Some(FragmentInfo {
+                index: count - 1,
+                count,
+            }),
+        };
+        assert!(writer.write_message(&message, &[0]));
+    }
+    let len = writer.len();
+    conn.handle_datagram(now, &buf[..len]);
+    drain(&mut conn);
+    assert!(!conn.is_closed());
+    assert!(
+        conn.receive_buffered_bytes() <= memory_bound(&config),
+        "{} buffered, bound {}",
+        conn.receive_buffered_bytes(),
+        memory_bound(&config)
+    );
+}

@@ -1009,13 +1009,24 @@ impl Connection {
             self.fail(now, DisconnectReason::Timeout);
             return;
         }
-        // Pass 2: apply.
+        // Pass 2: apply. What pass 1 counted for a reliable message stays
+        // its own until it applies: the cap that the unreliable messages
+        // ahead of it begin their reassemblies within (one by one, as they
+        // apply) leaves it out.
+        let cap = self.memory.cap;
+        let mut reserved = if over_budget { 0 } else { needed };
+        self.memory.cap -= reserved;
         for view in MessageIter::new(body).flatten() {
             let channel = usize::from(view.header.channel);
             if let Some(recv) = self.recv.get_mut(channel) {
                 if over_budget && (!recv.is_reliable() || recv.check(&view, &self.limits) != Ok(0))
                 {
                     continue;
+                }
+                if reserved > 0 && recv.is_reliable() {
+                    let counted = recv.check(&view, &self.limits).unwrap_or(0).min(reserved);
+                    reserved -= counted;
+                    self.memory.cap += counted;
                 }
                 recv.receive(
                     view.header.channel,
@@ -1027,6 +1038,7 @@ impl Connection {
                 );
             }
         }
+        self.memory.cap = cap;
         if header.ack_eliciting && !over_budget {
             self.owe_ack(now);
         }
