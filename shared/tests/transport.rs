@@ -1503,6 +1503,49 @@ fn an_old_ack_overtaken_by_a_newer_one_is_not_a_second_sample() {
     assert_eq!(conn.stats().rtt, rtt, "the ack of P came after R's");
 }
 
+/// The peer's newest packet may be a bare ack of ours, sent after a data
+/// packet: its ack names the data packet in its bits only, and its delay
+/// runs from the bare ack. It is a sample of the round trip all the same,
+/// timed from the bare ack: before, a connection whose peer always had a
+/// bare ack of ours newest measured none, and judged its packets lost by
+/// the initial timeout whatever the path.
+#[test]
+fn an_ack_whose_newest_is_our_bare_ack_is_a_sample() {
+    use shared::transport::wire::{AckInfo, PacketHeader, PacketKind, PacketWriter, decode_header};
+    let t0 = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), t0).unwrap();
+    let at = |millis| t0 + ms(millis);
+    let mut buf = [0u8; 1500];
+    conn.send(UNRELIABLE, b"tick").unwrap();
+    let len = conn
+        .poll_transmit(at(0), &mut buf)
+        .expect("the data packet");
+    let data = decode_header(&buf[..len]).unwrap().0.sequence;
+    // The peer's packets ask for an ack, and nothing else is to send.
+    conn.handle_datagram(at(2), &raw_packet(0, true, None));
+    conn.handle_timeout(at(20));
+    let len = conn.poll_transmit(at(20), &mut buf).expect("the ack");
+    let (header, _) = decode_header(&buf[..len]).unwrap();
+    assert!(!header.ack_eliciting, "a bare ack");
+    let bare = header.sequence;
+    // The peer's ack: the bare ack newest, the data packet in its bits.
+    let mut datagram = [0u8; 64];
+    let header = PacketHeader {
+        kind: PacketKind::Data,
+        ack_eliciting: false,
+        sequence: 1,
+        ack: Some(AckInfo {
+            latest: bare,
+            bits: 1 << (bare.wrapping_sub(data) - 1),
+            delay: 0,
+        }),
+    };
+    let len = PacketWriter::new(&mut datagram, &header).unwrap().len();
+    conn.handle_datagram(at(60), &datagram[..len]);
+    let rtt = conn.stats().rtt;
+    assert!(ms(39) <= rtt && rtt <= ms(41), "rtt {rtt:?}");
+}
+
 /// A connection finishing a disconnect ends for the reason it was given,
 /// also when an ack shows its oldest reliable message past the reliable
 /// timeout: the wait ended, not the connection's health, and the peer is

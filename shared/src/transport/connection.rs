@@ -1169,7 +1169,16 @@ impl Connection {
         };
         if self.largest_acked.is_none_or(|l| seq_newer(sequence, l)) {
             self.largest_acked = Some(sequence);
-            if sequence == ack.latest {
+            // The peer's delay runs from its newest packet: the newest
+            // acked here, or a bare ack of ours sent after it (never in
+            // flight), which this ack is the first to name.
+            let timed = if sequence == ack.latest {
+                Some(sent_at)
+            } else {
+                let latest = self.sent.get(ack.latest);
+                (newest_ack && latest.sequence == ack.latest).then_some(latest.sent_at)
+            };
+            if let Some(sent_at) = timed {
                 let delay = Duration::from_micros(u64::from(ack.delay) * ACK_DELAY_UNIT_MICROS);
                 let raw = now.saturating_duration_since(sent_at);
                 let min = self.rtt.min().unwrap_or(raw);
