@@ -19,7 +19,9 @@
 //!   position the client holds, for entities updated or added by
 //!   snapshots it has not acknowledged yet (the client rebuilds each
 //!   delta from the acknowledged snapshot: a delta left without them would
-//!   take them back to an older position, or make them vanish), then for
+//!   take them back to an older position, or make them vanish), and at
+//!   their own position for entities moved since the acknowledged
+//!   snapshot that left the view after it and came back, then for
 //!   the nearest, in half the room left, then round the view in id order
 //!   (each such delta's round going on from the first update the last one
 //!   left out) until the budget is spent. The rest keep the acknowledged

@@ -686,18 +686,24 @@ impl ClientView {
             // (or vanish, and with it its place in the hysteresis). An
             // update is thus sent again until acknowledged, about a round
             // trip; the nearest and the round below may send the entity's
-            // own position instead. When they do not all fit (the first
-            // deltas after full snapshots not acknowledged yet), the
-            // farthest go back and nothing else is updated: the view held
-            // still, the next frames match their baselines within a round
-            // trip, where moving the nearest on would hold them again.
+            // own position instead. So, at its own position, is every
+            // entity moved since the baseline that the newest snapshot
+            // removed (it left the view and is back): a snapshot in
+            // between may have shown it past the baseline's position.
+            // When they do not all fit (the first deltas after full
+            // snapshots not acknowledged yet), the farthest go back and
+            // nothing else is updated: the view held still, the next
+            // frames match their baselines within a round trip, where
+            // moving the nearest on would hold them again.
             let newest = self.history.back().map_or(&[][..], |f| &f.entities[..]);
             let first = |i: usize| {
                 let c = &view[i];
                 if c.distance_sq < 0.0 {
                     return Some(c.position);
                 }
-                let k = newest.binary_search_by_key(&c.id, |e| e.0).ok()?;
+                let Ok(k) = newest.binary_search_by_key(&c.id, |e| e.0) else {
+                    return matches!(changes[i], Change::Moved { .. }).then_some(c.position);
+                };
                 let held = newest[k].1;
                 match changes[i] {
                     Change::Moved { old } if old == held => None,
@@ -1304,6 +1310,60 @@ mod tests {
             "still there"
         );
         assert!(view.was_visible(500), "and in view for the hysteresis");
+    }
+
+    /// An entity the acknowledged snapshot has, that a later one moved and
+    /// the newest removed (it left the view), comes back within the round
+    /// trip: a cut delta does not put it where the acknowledged snapshot
+    /// had it, back before the position the client showed since.
+    #[test]
+    fn an_entity_back_in_view_before_the_ack_does_not_go_back_in_time() {
+        use shared::movement::{ApplyScratch, SnapshotReceiver};
+        use shared::protocol::movement::dequantize;
+        let fill = |scratch: &mut EncodeScratch, shift: i32, far: Option<IVec2>| {
+            viewer_at_origin(scratch).extend((2..=101).map(|id| Candidate {
+                id,
+                position: IVec2::splat(id as i32 + shift),
+                distance_sq: id as f32,
+            }));
+            if let Some(position) = far {
+                scratch.candidates.push(Candidate {
+                    id: 500,
+                    position,
+                    distance_sq: 1e6,
+                });
+            }
+        };
+        let mut view = ClientView::new();
+        let mut scratch = EncodeScratch::default();
+        let mut rx = SnapshotReceiver::new();
+        let mut apply = ApplyScratch::default();
+        let mut out = Vec::new();
+        let mut send = |view: &mut ClientView, scratch: &mut EncodeScratch, tick: u32| {
+            let stats = view.encode(tick, 1, 0, scratch, LIMITS, &mut out);
+            let snapshot = Snapshot::decode_body(&out).unwrap();
+            rx.apply(&snapshot, &mut apply).unwrap();
+            (stats.budget_limited, rx.position(500))
+        };
+        let (a, b) = (IVec2::new(5, 5), IVec2::new(9, 9));
+        // Tick 1, with the far entity at A, is acknowledged.
+        fill(&mut scratch, 0, Some(a));
+        send(&mut view, &mut scratch, 1);
+        view.acknowledge(1);
+        // Tick 2 moves it to B, tick 3 takes it out of view.
+        fill(&mut scratch, 0, Some(b));
+        assert_eq!(
+            send(&mut view, &mut scratch, 2),
+            (false, Some(dequantize(b)))
+        );
+        fill(&mut scratch, 0, None);
+        assert_eq!(send(&mut view, &mut scratch, 3), (false, None));
+        // Tick 4: it is back at B, and everyone moved, more than the
+        // budget takes.
+        fill(&mut scratch, 70_000, Some(b));
+        let (cut, seen) = send(&mut view, &mut scratch, 4);
+        assert!(cut, "the budget bit");
+        assert_eq!(seen, Some(dequantize(b)), "not back at A");
     }
 
     /// A full snapshot (the client's acknowledgements stopped for longer
