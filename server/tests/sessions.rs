@@ -3,7 +3,8 @@
 //! one tick (the old session ends before the new one begins), and a
 //! player's first tick; account loads off the tick; a writer or reader
 //! thread that dies; an admin kick's reason; a player who comes back
-//! where it left.
+//! where it left; the last tick's batch, handed over at the exit when
+//! `net-io` had no room for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use server::persistence::{
     AccountState, AuditReport, BatchWrites, InventoryStore, SqliteStore, StoreError, WorldState,
 };
 use server::players::{self, PlayerRoster};
-use server::shutdown::ShutdownPlugin;
+use server::shutdown::{ShutdownPlugin, ShutdownSwitch};
 use server::tick::{ManualClock, TickConfig, TickPlugin};
 use server::world::Position;
 use shared::io::{ClientId, NetCommand, NetEvent};
@@ -366,6 +367,54 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
             .core()
             .in_flight(),
         "nothing stays in flight"
+    );
+}
+
+/// A batch `net-io` refuses on the last tick of a shutdown (it is ticks
+/// behind) is not dropped at the exit: no next tick carries it, so it is
+/// handed over then, waiting for room, and its goodbye reaches the clients.
+#[test]
+fn the_last_ticks_batch_is_handed_over_at_exit_when_net_io_is_behind() {
+    let (server, net) = NetServer::loopback_behind_by(1);
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig::default(),
+        clock: ManualClock::new(),
+    })
+    .insert_resource(server)
+    .add_message::<AdminKick>()
+    .add_plugins(ShutdownPlugin {
+        grace_ticks: 1,
+        grace_time: None,
+    })
+    .add_plugins(NetPlugin);
+    app.finish();
+    app.cleanup();
+    // A player's welcome takes the one batch net-io is ahead by.
+    net.events
+        .send(NetEvent::Connected {
+            client: client(0, 7, 1),
+        })
+        .unwrap();
+    app.update();
+    // The shutdown's only tick: its batch finds net-io behind.
+    app.world().resource::<ShutdownSwitch>().request();
+    let taken = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut taken = Vec::new();
+        while let Ok(batch) = net.commands.recv_timeout(Duration::from_secs(5)) {
+            taken.extend(batch);
+        }
+        taken
+    });
+    assert_eq!(run_to_exit(&mut app), AppExit::Success);
+    drop(app);
+    let taken = taken.join().unwrap();
+    assert!(
+        taken
+            .iter()
+            .any(|c| matches!(c, NetCommand::Shutdown { .. })),
+        "the shutdown never reached net-io: {taken:?}"
     );
 }
 

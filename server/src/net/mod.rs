@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bevy_app::{App, First, FixedPostUpdate, FixedPreUpdate, Last, Plugin, Update};
+use bevy_app::{App, AppExit, First, FixedPostUpdate, FixedPreUpdate, Last, Plugin, Update};
 use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 use shared::io::priority::TickSignal;
@@ -33,7 +33,9 @@ pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
 use crate::console::AdminKick;
 use crate::metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
 use crate::players::PlayerRoster;
-use crate::shutdown::{ShutdownReason, ShutdownRequested, ShutdownStarted, ShutdownState};
+use crate::shutdown::{
+    ShutdownReason, ShutdownRequested, ShutdownStarted, ShutdownState, ShutdownSystems,
+};
 
 /// The game's side of the network, inserted before [`NetPlugin`] is added:
 /// the running `net-io` thread, or an in-process [`Loopback`] that tests and
@@ -59,8 +61,20 @@ impl NetServer {
     /// An in-process network: the returned [`Loopback`] plays the `net-io`
     /// thread (it injects events and takes the batches of commands).
     pub fn loopback() -> (Self, Loopback) {
+        Self::loopback_with(crossbeam_channel::unbounded())
+    }
+
+    /// [`loopback`](Self::loopback) whose [`Loopback`] takes at most
+    /// `batches` batches ahead, as `net-io` does (`outbound_batches`): a
+    /// batch past them is refused until it takes one.
+    pub fn loopback_behind_by(batches: usize) -> (Self, Loopback) {
+        Self::loopback_with(crossbeam_channel::bounded(batches))
+    }
+
+    fn loopback_with(
+        (commands, command_rx): (Sender<Vec<NetCommand>>, Receiver<Vec<NetCommand>>),
+    ) -> (Self, Loopback) {
         let (event_tx, events) = crossbeam_channel::unbounded();
-        let (commands, command_rx) = crossbeam_channel::unbounded();
         let server = Self(Backend::Loopback {
             events,
             commands,
@@ -84,6 +98,17 @@ impl NetServer {
     fn submit(&mut self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
         match &mut self.0 {
             Backend::Io(io) => io.submit(batch),
+            Backend::Loopback { commands, .. } => commands
+                .try_send(batch)
+                .map_err(|refused| refused.into_inner()),
+        }
+    }
+
+    /// [`submit`](Self::submit), waiting for room (see
+    /// [`ServerIo::submit_waiting`]).
+    fn submit_waiting(&mut self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
+        match &mut self.0 {
+            Backend::Io(io) => io.submit_waiting(batch),
             Backend::Loopback { commands, .. } => {
                 commands.send(batch).map_err(|refused| refused.into_inner())
             }
@@ -362,7 +387,8 @@ impl Plugin for NetPlugin {
                     .chain()
                     .in_set(NetSystems::Send),
             )
-            .add_systems(Update, watch_net_io);
+            .add_systems(Update, watch_net_io)
+            .add_systems(Last, hand_over_at_exit.after(ShutdownSystems::Exit));
         let signal = app
             .world()
             .get_resource::<NetServer>()
@@ -645,8 +671,31 @@ fn watch_net_io(
     }
 }
 
+/// `Last`, once the app exits: a batch `net-io` refused on the last tick
+/// (it was `outbound_batches` ticks behind), which no next tick carries, is
+/// handed over now, waiting for room: the goodbyes in it reach the
+/// clients, ahead of the shutdown the thread is sent when the server stops.
+fn hand_over_at_exit(
+    mut exit: MessageReader<AppExit>,
+    mut net: ResMut<NetServer>,
+    mut outbox: ResMut<Outbox>,
+) {
+    if exit.read().next().is_none() || outbox.commands.is_empty() {
+        return;
+    }
+    let mut batch = std::mem::take(&mut outbox.commands);
+    disconnects_last(&mut batch);
+    if let Err(lost) = net.submit_waiting(batch) {
+        tracing::warn!(
+            commands = lost.len(),
+            "net-io stopped before the last tick's commands reached it"
+        );
+    }
+}
+
 /// The shutdown goes in the tick's batch, after the goodbyes the tick's
-/// plugins wrote (and is kept with them when net-io refuses the batch).
+/// plugins wrote (and is kept with them when net-io refuses the batch,
+/// handed over at the exit if that was the last tick).
 fn say_goodbye_on_shutdown(
     mut started: MessageReader<ShutdownStarted>,
     mut outbox: ResMut<Outbox>,

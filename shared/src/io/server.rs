@@ -534,6 +534,20 @@ impl ServerIo {
         }
     }
 
+    /// Hands over a batch like [`submit`](Self::submit), waiting while the
+    /// thread is `outbound_batches` ticks behind: for the last batch before
+    /// the server stops, which no later tick would carry. Fails (returning
+    /// the batch) only once the thread has stopped.
+    pub fn submit_waiting(&mut self, batch: Vec<NetCommand>) -> Result<(), Vec<NetCommand>> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _ = self.waker.wake();
+        let sent = self.commands.send(batch).map_err(|refused| refused.0);
+        let _ = self.waker.wake();
+        sent
+    }
+
     /// The thread's counters.
     pub fn stats(&self) -> &Arc<IoStats> {
         &self.stats
