@@ -259,6 +259,64 @@ fn a_silent_client_cannot_block_the_endpoint_for_long() {
     assert!(connected_at.elapsed() >= Duration::from_millis(200));
 }
 
+/// A client that reads the response a little at a time is cut at the
+/// request's deadline too: each write got the whole deadline again, and
+/// one that sent anything at all counted as done, so the connection was
+/// held for as long as the client kept reading a little.
+#[test]
+fn a_slow_reader_is_cut_at_the_deadline() {
+    let metrics = Metrics::default();
+    // A long page: 20,000 series of 1 kB, more than the sockets buffer.
+    let padding = "p".repeat(1000);
+    for k in 0..20_000 {
+        metrics
+            .registry()
+            .counter_with_labels(
+                "padding_total",
+                "Series to make the page long.",
+                &[("k", &k.to_string()), ("pad", &padding)],
+            )
+            .unwrap();
+    }
+    let endpoint = start(
+        &metrics,
+        EndpointOptions {
+            request_deadline: Duration::from_millis(500),
+            ..EndpointOptions::default()
+        },
+    );
+    let mut stream = TcpStream::connect(endpoint.local_addr()).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // 16 KiB every 100 ms, past the deadline.
+    let mut response = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let n = stream.read(&mut chunk).unwrap();
+        response.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then all there is, at once.
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a length");
+    assert!(length > 20_000_000, "the page is {length} bytes");
+    assert!(
+        body.len() < length,
+        "the whole page of {length} bytes was sent to a reader this slow"
+    );
+}
+
 /// Whether the server closed `stream` (a read sees its end, or a reset)
 /// within `wait`.
 fn is_closed_within(stream: &mut TcpStream, wait: Duration) -> bool {

@@ -220,7 +220,6 @@ fn handle(
             Response::new("431 Request Header Fields Too Large", TEXT)
         }
     };
-    set_write_deadline(&stream, deadline)?;
     let allow = response
         .allow
         .map_or(String::new(), |methods| format!("Allow: {methods}\r\n"));
@@ -230,11 +229,10 @@ fn handle(
         response.content_type,
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
+    write_before(&mut stream, head.as_bytes(), deadline)?;
     if !response.head_only {
-        stream.write_all(body.as_bytes())?;
+        write_before(&mut stream, body.as_bytes(), deadline)?;
     }
-    stream.flush()?;
     if unread_input {
         // Closing with unread input makes the kernel send a reset, which
         // can destroy the response before the client reads it. Signal the
@@ -305,9 +303,25 @@ fn read_head(
     }
 }
 
-fn set_write_deadline(stream: &TcpStream, deadline: Instant) -> io::Result<()> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    stream.set_write_timeout(Some(remaining.max(Duration::from_millis(1))))
+/// Writes all of `bytes` before `deadline`. The socket's send timeout
+/// holds for each call, and a call that sends part of the bytes succeeds:
+/// each call gets only what is left of the deadline, or a client reading a
+/// little at a time would hold the connection for as long as it liked.
+fn write_before(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(remaining))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 fn route(
