@@ -9,6 +9,7 @@ use glam::Vec2;
 use shared::protocol::chat::{
     ChatKind, ChatLine, ChatLineBody, ChatRejectReason, ChatRejected, ChatScope,
 };
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use super::ChatConfig;
 
@@ -102,6 +103,9 @@ pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReas
         .chars()
         .filter(|&c| !is_stripped(c))
         .filter(|&c| {
+            if is_joiner(c) {
+                return true;
+            }
             if is_combining_mark(c) {
                 let Some(count) = marks.as_mut().filter(|count| **count < MAX_MARKS) else {
                     return false;
@@ -109,7 +113,7 @@ pub fn clean_text(text: &str, max_chars: usize) -> Result<String, ChatRejectReas
                 *count += 1;
             } else if c.is_whitespace() {
                 marks = None;
-            } else if !is_joiner(c) {
+            } else {
                 marks = Some(0);
             }
             true
@@ -167,18 +171,12 @@ fn is_stripped(c: char) -> bool {
 /// of any language, too few for a "Zalgo" tower over the lines around.
 const MAX_MARKS: u8 = 4;
 
-/// The blocks of combining marks that stack on a base character (the
-/// diacritics, Cyrillic's, the supplements and those for symbols and half
-/// marks); the combining grapheme joiner is a joiner, not a mark.
+/// A mark that stacks on the character before it: Unicode's general
+/// category Mark, of every script (Thai tone marks and Hebrew points stack
+/// as high as the Latin diacritics). The joiners and variation selectors
+/// among them are [`is_joiner`]'s, which goes first.
 fn is_combining_mark(c: char) -> bool {
-    matches!(c,
-        '\u{300}'..='\u{34E}'
-        | '\u{350}'..='\u{36F}'
-        | '\u{483}'..='\u{489}'
-        | '\u{1AB0}'..='\u{1AFF}'
-        | '\u{1DC0}'..='\u{1DFF}'
-        | '\u{20D0}'..='\u{20FF}'
-        | '\u{FE20}'..='\u{FE2F}')
+    c.general_category_group() == GeneralCategoryGroup::Mark
 }
 
 /// Kept, but nothing to see on its own: the joiners (zero-width, and the

@@ -105,6 +105,35 @@ fn stacks_of_combining_marks_are_cut() {
     // Two stacked diacritics (Vietnamese, decomposed) stay.
     let viet = "Vie\u{302}\u{323}t";
     assert_eq!(clean_text(viet, 256).as_deref(), Ok(viet));
+    // Every script's marks count: a Thai tower is cut too, a mark of
+    // another script does not start a new stack, and marks of any script
+    // with no base go.
+    let thai_tower = format!("\u{E01}{}", "\u{E49}".repeat(255));
+    assert_eq!(
+        clean_text(&thai_tower, 256).map(|t| t.chars().count()),
+        Ok(5)
+    );
+    let mixed = format!("a{}", "\u{301}\u{301}\u{301}\u{301}\u{E49}".repeat(50));
+    assert_eq!(
+        clean_text(&mixed, 256).map(|t| t.chars().count()),
+        Ok(5),
+        "one stack of four on the a"
+    );
+    for marks_alone in ["\u{E49}\u{E49}", "\u{5B4}\u{5B8}", "\u{94D}"] {
+        assert_eq!(
+            clean_text(marks_alone, 256),
+            Err(ChatRejectReason::Empty),
+            "{marks_alone:?}"
+        );
+    }
+    // Words of scripts with marks stay as they are.
+    for word in [
+        "\u{E17}\u{E35}\u{E48}\u{E19}\u{E35}\u{E48}",
+        "\u{928}\u{92E}\u{938}\u{94D}\u{924}\u{947}",
+        "\u{5E9}\u{5C1}\u{5B8}\u{5DC}\u{5D5}\u{5B9}\u{5DD}",
+    ] {
+        assert_eq!(clean_text(word, 256).as_deref(), Ok(word), "{word:?}");
+    }
 }
 
 #[test]
