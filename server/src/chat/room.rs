@@ -273,9 +273,10 @@ fn mutes_forgotten_at(muted_until: u64, config: &ChatConfig) -> u64 {
 }
 
 /// How long the room remembers a member who left with a mute, offences or
-/// a spent bucket (or until the mute ends, if later; and mutes for as long
-/// as they count toward a kick, [`MUTE_MEMORY_SECS`] after the last one
-/// ends): reconnecting must not wipe them.
+/// a spent bucket (or until the mute ends, or the bucket would be full
+/// again, if later; and mutes for as long as they count toward a kick,
+/// [`MUTE_MEMORY_SECS`] after the last one ends): reconnecting must not
+/// wipe them.
 const STANDING_SECS: u64 = 60;
 
 /// A member's standing after it left, until [`Standing::until`]; times in
@@ -483,7 +484,15 @@ impl ChatRoom {
             && member.bucket == TokenBucket::full(self.config.burst);
         if !clean {
             let memory = STANDING_SECS * u64::from(self.config.tick_hz.max(1));
-            let mut until = member.muted_until.max(self.now + memory);
+            // Until its bucket would be full again had it stayed, too:
+            // leaving must not refill it sooner.
+            let missing = (u64::from(self.config.burst) * MICRO)
+                .saturating_sub(member.bucket.micro_tokens)
+                .div_ceil(self.refill_per_period().max(1));
+            let mut until = member
+                .muted_until
+                .max(self.now + memory)
+                .max(self.now + missing);
             if member.mutes > 0 {
                 // Its mutes count toward a kick as long as if it had
                 // stayed: leaving a minute must not start them again.

@@ -765,6 +765,7 @@ fn a_mute_and_a_spent_bucket_survive_a_reconnect() {
         &[3],
         ChatConfig {
             mute_secs: 1,
+            rate_per_sec: 0.1,
             ..room.config().clone()
         },
     );
@@ -792,6 +793,37 @@ fn a_mute_and_a_spent_bucket_survive_a_reconnect() {
     let mut out = Vec::new();
     room.say(3, 3, &ChatScope::Global, "hello again", nowhere, &mut out);
     assert!(rejections(&out).is_empty(), "{out:?}");
+}
+
+/// A bucket that takes longer than a minute to refill is remembered until
+/// it would be full again: reconnecting once a minute gives no more lines
+/// than staying.
+#[test]
+fn a_slow_bucket_is_not_refilled_by_a_reconnect_after_a_minute() {
+    let config = ChatConfig {
+        burst: 10,
+        rate_per_sec: 0.05,
+        tick_hz: 10,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1, 2], config);
+    let mut out = Vec::new();
+    for client_ref in 0..10 {
+        room.say(1, client_ref, &ChatScope::Global, "hi", nowhere, &mut out);
+    }
+    assert!(rejections(&out).is_empty(), "the burst is ten lines");
+    room.leave(1, &mut out);
+    for _ in 0..60 * 10 {
+        room.tick(1);
+    }
+    room.join(1, "player-1".into(), &mut out);
+    // A minute at 0.05 a second refilled three lines.
+    let mut out = Vec::new();
+    for client_ref in 10..14 {
+        room.say(1, client_ref, &ChatScope::Global, "back", nowhere, &mut out);
+    }
+    assert_eq!(rejections(&out), vec![ChatRejectReason::RateLimited]);
+    assert_eq!(lines_for(&out, 2).len(), 3);
 }
 
 #[test]
