@@ -16,7 +16,9 @@
 //! [`InventoryError::BadOffer`] (and a busy server answers the repeated id
 //! of a stored change with its remembered reply at once too, rather than
 //! busy; a repeated read-only request or refusal may be answered busy,
-//! which like every busy answer means "not applied, send it again"). A
+//! which like every busy answer means "not answered, send it again with
+//! the same id": the id of a change repeated while it is being stored is
+//! answered busy, and the change applies all the same). A
 //! session that ends before its replies are sent receives none of them.
 //!
 //! Changes a player did not ask for (a gift, the other side of a trade)
