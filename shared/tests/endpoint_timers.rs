@@ -261,3 +261,64 @@ fn a_disconnect_gives_back_the_clients_share_of_the_total_receive_memory() {
         .disconnect(pair.now, slot, DisconnectReason::Kicked);
     assert_eq!(pair.server.total_receive_buffered(), 0);
 }
+
+/// A client that leaves gets its last message and its reason to the
+/// server, also when asked twice (a quit button, then the window closing).
+/// The second call used to end the secure layer at once, and with it the
+/// transport's goodbye and resends; and the server reported `Closed`
+/// whenever the secure layer's goodbye came in the same burst as the
+/// transport's.
+#[test]
+fn a_clients_goodbye_reaches_the_server_with_its_reason() {
+    for calls in [1, 2] {
+        client_leaves(calls);
+    }
+}
+
+fn client_leaves(calls: usize) {
+    let mut pair = Pair::connected(TOKEN_TIMEOUT_S);
+    pair.client
+        .send(channels::CHAT, Bytes::from_static(b"last words"))
+        .unwrap();
+    for _ in 0..calls {
+        pair.client
+            .disconnect(pair.now, DisconnectReason::Custom(70));
+    }
+    let mut heard = Vec::new();
+    for _ in 0..200 {
+        if pair.client.poll_timeout().is_some_and(|t| t <= pair.now) {
+            pair.client.handle_timeout(pair.now);
+        }
+        while let Some(transmit) = pair.client.poll_transmit(pair.now, &mut pair.buf) {
+            let mut datagram = pair.buf[..transmit.len].to_vec();
+            pair.server
+                .handle_datagram(pair.now, pair.unix, pair.client_addr, &mut datagram);
+        }
+        if pair.server.poll_timeout().is_some_and(|t| t <= pair.now) {
+            pair.server.handle_timeout(pair.now);
+        }
+        while let Some(event) = pair.server.poll_event() {
+            match event {
+                EndpointEvent::Message { payload, .. } => heard.push(payload.to_vec()),
+                EndpointEvent::Disconnected { reason, .. } => pair.ended = Some(reason),
+                EndpointEvent::Connected { .. } => {}
+            }
+        }
+        while let Some(transmit) = pair.server.poll_transmit(pair.now, &mut pair.buf) {
+            let mut datagram = pair.buf[..transmit.len].to_vec();
+            pair.client
+                .handle_datagram(pair.now, pair.server_addr, &mut datagram);
+            while pair.client.poll_event().is_some() {}
+        }
+        if pair.ended.is_some() {
+            break;
+        }
+        pair.now += Duration::from_millis(5);
+    }
+    assert_eq!(
+        pair.ended,
+        Some(DisconnectReason::Custom(70)),
+        "{calls} calls"
+    );
+    assert_eq!(heard, [b"last words".to_vec()], "{calls} calls");
+}

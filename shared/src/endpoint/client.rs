@@ -126,9 +126,13 @@ impl ClientEndpoint {
     }
 
     /// Leaves: the reason reaches the server, then disconnect packets follow.
+    /// Once leaving, a call again changes nothing.
     pub fn disconnect(&mut self, now: Instant, reason: DisconnectReason) {
         match self.conn.as_mut() {
             Some(conn) if conn.is_connected() => conn.disconnect(now, reason),
+            // Its goodbye is under way (the transport finishing or closing
+            // over the secure layer): ending that now would cut it short.
+            Some(conn) if !conn.is_closed() && self.netcode.state() == ClientState::Connected => {}
             _ => {
                 self.netcode.disconnect();
                 self.ended.get_or_insert(reason);

@@ -762,12 +762,14 @@ impl ServerEndpoint {
                     // lingering to deliver what was sent, a cut whose
                     // goodbye is under way) ends for the reason it was
                     // given, as the transport's own timeouts do: the
-                    // secure layer's only says how the wait ended.
+                    // secure layer's only says how the wait ended. So
+                    // does one the client ended, whose transport goodbye
+                    // came in the same burst as its secure layer's.
                     let secure = match reason {
                         netcode::DisconnectReason::ClientDisconnected => DisconnectReason::Closed,
                         netcode::DisconnectReason::TimedOut => DisconnectReason::Timeout,
                     };
-                    peer.ended = Some(peer.conn.local_end().unwrap_or(secure));
+                    peer.ended = Some(peer.conn.end_reason().unwrap_or(secure));
                     self.touch(index);
                 }
             }

@@ -689,19 +689,17 @@ impl Connection {
         matches!(self.state, State::Connected | State::Finishing { .. })
     }
 
-    /// The reason this side gave for ending the connection (a
-    /// [`disconnect`](Self::disconnect), or an end it decided itself): from
-    /// the moment it is given until its `Disconnected` event is taken.
-    /// `None` while connected, and when the peer ended it.
-    pub(crate) fn local_end(&self) -> Option<DisconnectReason> {
+    /// Why the connection ends: the reason this side gave (a
+    /// [`disconnect`](Self::disconnect), or an end it decided itself) from
+    /// the moment it is given, or the one the peer's disconnect carried once
+    /// it arrived, until its `Disconnected` event is taken. `None` while
+    /// connected.
+    pub(crate) fn end_reason(&self) -> Option<DisconnectReason> {
         match self.state {
             State::Connected => None,
             State::Finishing { reason } | State::Closing { reason, .. } => Some(reason),
             State::Closed => match self.inbox.entries.back() {
-                Some(&InboxEntry::Disconnected {
-                    reason,
-                    by_peer: false,
-                }) => Some(reason),
+                Some(&InboxEntry::Disconnected { reason, .. }) => Some(reason),
                 _ => None,
             },
         }
