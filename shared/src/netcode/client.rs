@@ -326,13 +326,18 @@ impl Client {
         Ok(())
     }
 
-    /// Leaves the server: if connected, [`NUM_DISCONNECT_PACKETS`] disconnect
-    /// packets are queued for `poll_transmit`. The state becomes
-    /// `Disconnected` at once, unless it is an error state (a timeout, a
-    /// denial, an expired token), which stays to say why the session ended.
+    /// Leaves the server: if connected, or sending responses (which the
+    /// server may have taken already: it connects a client on its response,
+    /// and the keep-alive saying so may be on its way or lost),
+    /// [`NUM_DISCONNECT_PACKETS`] disconnect packets are queued for
+    /// `poll_transmit`. The state becomes `Disconnected` at once, unless it
+    /// is an error state (a timeout, a denial, an expired token), which
+    /// stays to say why the session ended.
     pub fn disconnect(&mut self) {
-        if self.state == ClientState::Connected
-            && let (Some(s), Some(to)) = (self.session.as_ref(), self.server_address())
+        if matches!(
+            self.state,
+            ClientState::Connected | ClientState::SendingConnectionResponse
+        ) && let (Some(s), Some(to)) = (self.session.as_ref(), self.server_address())
         {
             self.farewell = Some(Farewell {
                 to,

@@ -2055,3 +2055,31 @@ proptest::proptest! {
         proptest::prop_assert_eq!(client.state(), ClientState::Connected);
     }
 }
+
+/// A client that gives up after sending its response, before the
+/// keep-alive that says it is connected arrives (a cancel, the keep-alive
+/// lost), still says goodbye: the server connected it on the response, and
+/// would otherwise hold the slot and the account until the token's
+/// timeout, refusing the player's next attempt meanwhile.
+#[test]
+fn a_client_that_gives_up_after_its_response_frees_its_slot() {
+    let mut world = World::new(4);
+    let token = world.token(1);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, world.now, UNIX).unwrap();
+    let addr = client_addr(0);
+    // The request, then the challenge back.
+    world.send_from(addr, &mut client);
+    for (_, bytes) in world.server_transmits() {
+        let mut bytes = bytes;
+        client.handle_datagram(world.now, server_addr(), &mut bytes);
+    }
+    assert_eq!(client.state(), ClientState::SendingConnectionResponse);
+    // The response connects it on the server; the keep-alive is lost.
+    world.send_from(addr, &mut client);
+    assert_eq!(world.server.num_connected(), 1);
+    world.server_transmits();
+    client.disconnect();
+    world.send_from(addr, &mut client);
+    assert_eq!(world.server.num_connected(), 0);
+}
