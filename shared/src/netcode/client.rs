@@ -656,9 +656,11 @@ impl Client {
         } else {
             self.config.handshake_interval
         };
+        // At most one a call's `now`, whatever the interval (a zero one
+        // would otherwise never let a "poll until None" loop end).
         if session
             .last_sent
-            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+            .is_some_and(|t| t >= now || now.saturating_duration_since(t) < interval)
         {
             return None;
         }

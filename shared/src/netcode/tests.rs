@@ -2083,3 +2083,29 @@ fn a_client_that_gives_up_after_its_response_frees_its_slot() {
     world.send_from(addr, &mut client);
     assert_eq!(world.server.num_connected(), 0);
 }
+
+/// `poll_transmit` until `None` ends also with zero intervals: one request
+/// (or keep-alive) per instant, not one per call.
+#[test]
+fn zero_intervals_send_once_an_instant() {
+    let mut world = World::new(4);
+    let token = world.token(1);
+    let config = ClientConfig {
+        handshake_interval: Duration::ZERO,
+        keepalive_interval: Duration::ZERO,
+        ..ClientConfig::new(PROTOCOL)
+    };
+    let mut client = Client::new(config);
+    client.connect(&token, world.now, UNIX).unwrap();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let now = world.now;
+    let sent = std::iter::from_fn(|| client.poll_transmit(now, &mut buf))
+        .take(100)
+        .count();
+    assert_eq!(sent, 1);
+    let later = now + Duration::from_millis(1);
+    let sent = std::iter::from_fn(|| client.poll_transmit(later, &mut buf))
+        .take(100)
+        .count();
+    assert_eq!(sent, 1);
+}
