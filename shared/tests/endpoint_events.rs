@@ -731,9 +731,10 @@ fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bou
 /// endpoint's total at once, not when its slot is freed: until then every
 /// datagram was checked against a total that still counted it, and an
 /// honest client could be cut off as Flooding for memory nobody held.
-/// The transmit that ends it: with 1,024 packets in flight, the oldest
-/// is counted lost to make room in the history, and its reliable line is
-/// past the reliable timeout.
+/// The transmit that ends it: with the sent history full (1,024 packets
+/// in flight, and data waiting for a slot), an ack owed still leaves,
+/// counting the oldest packet lost to make room, and that packet's
+/// reliable line is past the reliable timeout.
 #[test]
 fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
     let server = game_server_with(SERVER_ADDR, |config| {
@@ -750,7 +751,8 @@ fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
     };
     world.hold_half_a_message();
     // The client falls silent; the server sends a line, then a packet
-    // every 2 ms, its timers and transmits run as net-io runs them.
+    // every 2 ms, its timers and transmits run as net-io runs them, until
+    // its history is full: then nothing more leaves.
     world.mute = vec![0];
     world.deaf = vec![0];
     let line = Bytes::from_static(b"never acknowledged");
@@ -758,21 +760,35 @@ fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
         .server
         .send(world.now, client, channels::CHAT, line)
         .unwrap();
-    // Until the connection ends, and refuses the next one.
     let movement = Bytes::from_static(b"move");
-    let mut packets = 0;
-    while (world.server)
-        .send(world.now, client, channels::MOVEMENT, movement.clone())
-        .is_ok()
-    {
+    let sent = |world: &World| world.server.connection_stats(client).unwrap().packets_sent;
+    let mut last = sent(&world);
+    loop {
+        (world.server)
+            .send(world.now, client, channels::MOVEMENT, movement.clone())
+            .unwrap();
         world.server_sends();
         world.now += Duration::from_millis(2);
-        packets += 1;
-        assert!(packets < 1_100, "the connection did not end");
+        let now_sent = sent(&world);
+        if now_sent == last {
+            break;
+        }
+        last = now_sent;
+        assert!(last < 1_100, "the history never filled");
     }
-    assert!(packets >= 1_024, "ended after {packets} packets");
-    assert_eq!(world.server.total_receive_buffered(), 0);
-    // The refused send queued it for transmits again: they come first.
+    assert!(last >= 1_024, "full after {last} packets");
+    assert!(world.server.total_receive_buffered() > 0);
+    // The client asks for an ack: it leaves, and ends the connection.
+    world.clients[0]
+        .0
+        .send(channels::CHAT, Bytes::from_static(b"hello?"))
+        .unwrap();
+    let from = world.clients[0].1;
+    for mut datagram in world.client_datagrams(0) {
+        (world.server).handle_datagram(world.now, world.unix, from, &mut datagram);
+    }
+    world.now += Duration::from_millis(20);
     world.server_sends();
+    assert_eq!(world.server.total_receive_buffered(), 0);
     assert_eq!(world.disconnects(), [(1, DisconnectReason::Timeout)]);
 }

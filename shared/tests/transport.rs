@@ -1807,3 +1807,34 @@ fn cuts_with_a_genuine_loss_among_their_losses_stand() {
         before.send_rate
     );
 }
+
+/// A bulk transfer on a long, fast path: more packets per round trip than
+/// the sent history holds. Data waits for a slot of the history instead of
+/// counting the oldest packet in flight lost before its ack can come: that
+/// made every packet "lost" and resent, nothing was ever acknowledged, and
+/// the connection timed out on a link that loses nothing.
+#[test]
+fn more_packets_in_flight_than_the_history_holds_wait_for_acks() {
+    let mut pair = Pair::new(
+        large_message_config(1 << 20),
+        LinkConfig::perfect().with_latency(ms(100)),
+        1,
+    );
+    let mut n = 0;
+    for _ in 0..1500 {
+        while pair.a.send(ORDERED, &numbered(n, 64 * 1024)).is_ok() {
+            n += 1;
+        }
+        pair.run_for(ms(10));
+    }
+    let stats = pair.a.stats();
+    assert_eq!(stats.packets_lost, 0);
+    assert!(
+        pair.at_a.disconnected.is_none(),
+        "{:?}",
+        pair.at_a.disconnected
+    );
+    // About a history's worth of packets a round trip: 1,024 in 200 ms.
+    let delivered = indices(&pair.at_b.messages, ORDERED).len();
+    assert!(delivered > 1_000, "{delivered} messages of 64 KiB in 15 s");
+}

@@ -1349,7 +1349,7 @@ impl Connection {
     /// exhausted (those wait for acks or losses to release units; a packet
     /// sent meanwhile would carry nothing, and pacing would not wait).
     fn has_sendable_data(&mut self) -> bool {
-        if !self.has_pending_data() {
+        if !self.has_pending_data() || self.history_full() {
             return false;
         }
         if !self.units.is_exhausted() {
@@ -1359,6 +1359,19 @@ impl Connection {
         !self.units.is_exhausted()
             || channel_bits(self.pending_channels)
                 .any(|index| matches!(self.send[index], SendChannel::Unreliable(_)))
+    }
+
+    /// The next packet's slot of the sent history holds a packet still in
+    /// flight, and the history is as long as it grows: sent now, the next
+    /// packet would count that one lost before its ack could come. On a
+    /// long, fast path that was every packet, for ever (each resent and
+    /// "lost" again, nothing ever acknowledged): data waits instead, until
+    /// an ack or the loss timer frees the slot. Asked in this order, the
+    /// common case reads only the hot fields.
+    fn history_full(&self) -> bool {
+        usize::from(self.in_flight_span()) >= SENT_HISTORY
+            && self.sent.len() >= SENT_HISTORY
+            && self.sent.get(self.next_sequence).in_flight
     }
 
     fn has_pending_data(&self) -> bool {
@@ -1400,10 +1413,11 @@ impl Connection {
             _ => idle,
         };
         self.timers.set(Timer::Idle, Some(idle));
-        self.timers.set(
-            Timer::Keepalive,
-            Some(self.last_sent + self.config.keepalive_interval),
-        );
+        // None while the history is full (see `transmit_at`): an ack or
+        // the loss timer comes first, and this is set again then.
+        let keepalive =
+            (!self.history_full()).then(|| self.last_sent + self.config.keepalive_interval);
+        self.timers.set(Timer::Keepalive, keepalive);
         if self.loss_at_stale {
             self.loss_at = (0..self.in_flight_span())
                 .map(|k| self.oldest_in_flight.wrapping_add(k))
@@ -1505,7 +1519,10 @@ impl Connection {
         let has_data = self.has_sendable_data();
         let may_send_data = has_data && self.budget.can_send(now, &self.config.rate_bounds());
         let ack_due = self.timers.expired(Timer::Ack, now);
-        let keepalive_due = now >= self.last_sent + self.config.keepalive_interval;
+        // With the history full, packets are in flight: no keepalive is
+        // needed, and one would count the oldest lost.
+        let keepalive_due =
+            now >= self.last_sent + self.config.keepalive_interval && !self.history_full();
         if !may_send_data && !ack_due && !keepalive_due {
             self.update_timers(now);
             return None;
