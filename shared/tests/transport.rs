@@ -1838,3 +1838,27 @@ fn more_packets_in_flight_than_the_history_holds_wait_for_acks() {
     let delivered = indices(&pair.at_b.messages, ORDERED).len();
     assert!(delivered > 1_000, "{delivered} messages of 64 KiB in 15 s");
 }
+
+/// A reliable message longer than its channel's queue bound never fits,
+/// however long the sender waits: it is refused as too large, not as a
+/// full queue to try again later (which an endpoint takes for a client
+/// too slow to receive, and cuts off).
+#[test]
+fn a_message_longer_than_the_queue_bound_is_too_large_not_a_full_queue() {
+    let config = TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered).with_max_queued_bytes(1024),
+        ],
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::default(), 3);
+    assert_eq!(
+        pair.a.send(ORDERED, &[0; 2048]),
+        Err(SendError::TooLarge {
+            size: 2048,
+            max: 1024
+        })
+    );
+    assert_eq!(pair.a.send(ORDERED, &[0; 1024]), Ok(()));
+    assert_eq!(pair.a.send(ORDERED, &[0; 1]), Err(SendError::QueueFull));
+}

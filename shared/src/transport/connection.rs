@@ -142,7 +142,8 @@ pub enum SendError {
     /// No such channel.
     #[error("channel {0} does not exist")]
     NoSuchChannel(u8),
-    /// Larger than `max_message_size`.
+    /// Larger than `max_message_size`, or than a reliable channel's
+    /// `max_queued_bytes` (which it would never fit in).
     #[error("message of {size} bytes exceeds the maximum of {max}")]
     TooLarge {
         /// the message
@@ -559,6 +560,13 @@ impl Connection {
             Some(SendChannel::Unreliable(c)) => c.push(payload, fragment_size),
             Some(SendChannel::Reliable(c)) => {
                 if !c.has_room(payload.len()) {
+                    // Longer than the queue holds: no wait makes room.
+                    if payload.len() > c.max_queued_bytes() {
+                        return Err(SendError::TooLarge {
+                            size: payload.len(),
+                            max: c.max_queued_bytes(),
+                        });
+                    }
                     return Err(SendError::QueueFull);
                 }
                 self.send_memory += payload.len();

@@ -467,6 +467,12 @@ impl ReliableSend {
         self.queued_bytes + bytes <= self.max_queued_bytes
     }
 
+    /// The queue bound: a message longer never fits, however empty the
+    /// queue.
+    pub(crate) fn max_queued_bytes(&self) -> usize {
+        self.max_queued_bytes
+    }
+
     pub(crate) fn push(&mut self, payload: Bytes, fragment_size: usize) {
         self.queued_bytes += payload.len();
         // A message that waits for the window gets its own copy: the
