@@ -59,7 +59,15 @@ fn app_with(inventory: Option<InventoryService>) -> (App, Loopback) {
 }
 
 fn build(inventory: Option<InventoryService>, chat: Option<ChatConfig>) -> (App, Loopback) {
-    let (server, net) = NetServer::loopback();
+    build_on(NetServer::loopback(), inventory, chat)
+}
+
+/// [`build`] on the given in-process network.
+fn build_on(
+    (server, net): (NetServer, Loopback),
+    inventory: Option<InventoryService>,
+    chat: Option<ChatConfig>,
+) -> (App, Loopback) {
     let mut app = App::new();
     if let Some(service) = inventory {
         app.insert_resource(service);
@@ -375,21 +383,7 @@ fn a_writer_that_dies_leaves_requests_answered_not_waiting() {
 /// handed over then, waiting for room, and its goodbye reaches the clients.
 #[test]
 fn the_last_ticks_batch_is_handed_over_at_exit_when_net_io_is_behind() {
-    let (server, net) = NetServer::loopback_behind_by(1);
-    let mut app = App::new();
-    app.add_plugins(TickPlugin {
-        config: TickConfig::default(),
-        clock: ManualClock::new(),
-    })
-    .insert_resource(server)
-    .add_message::<AdminKick>()
-    .add_plugins(ShutdownPlugin {
-        grace_ticks: 1,
-        grace_time: None,
-    })
-    .add_plugins(NetPlugin);
-    app.finish();
-    app.cleanup();
+    let (mut app, net) = build_on(NetServer::loopback_behind_by(1), None, None);
     // A player's welcome takes the one batch net-io is ahead by.
     net.events
         .send(NetEvent::Connected {
@@ -397,7 +391,7 @@ fn the_last_ticks_batch_is_handed_over_at_exit_when_net_io_is_behind() {
         })
         .unwrap();
     app.update();
-    // The shutdown's only tick: its batch finds net-io behind.
+    // The shutdown's ticks: their batches find net-io behind.
     app.world().resource::<ShutdownSwitch>().request();
     let taken = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));

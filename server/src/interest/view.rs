@@ -1259,57 +1259,84 @@ mod tests {
         assert_eq!(fulls, 1, "only the first snapshot is full");
     }
 
-    /// A delta cut by the budget does not take back what a snapshot the
-    /// client has not acknowledged yet gave it: deltas are against the
-    /// acknowledged one, which lacks it, and the client rebuilds from that.
-    #[test]
-    fn a_cut_delta_keeps_what_an_unacknowledged_snapshot_gave() {
-        use shared::movement::{ApplyScratch, SnapshotReceiver};
-        let fill = |scratch: &mut EncodeScratch, shift: i32, far: Option<IVec2>| {
-            viewer_at_origin(scratch).extend((2..=101).map(|id| Candidate {
+    /// A viewer at the origin with 100 entities near it and, when given,
+    /// a far one (id 500), encoded for a client that applies every
+    /// snapshot and acknowledges when told: what the two tests below watch.
+    struct FarEntity {
+        view: ClientView,
+        scratch: EncodeScratch,
+        rx: shared::movement::SnapshotReceiver,
+        apply: shared::movement::ApplyScratch,
+        out: Vec<u8>,
+    }
+
+    impl FarEntity {
+        fn new() -> Self {
+            Self {
+                view: ClientView::new(),
+                scratch: EncodeScratch::default(),
+                rx: shared::movement::SnapshotReceiver::new(),
+                apply: shared::movement::ApplyScratch::default(),
+                out: Vec::new(),
+            }
+        }
+
+        /// Tick `tick`, the near ones `shift` from their first places and
+        /// the far one at `far`: whether the budget cut the delta, and
+        /// where the client has the far one.
+        fn send(
+            &mut self,
+            tick: u32,
+            shift: i32,
+            far: Option<IVec2>,
+        ) -> (bool, Option<glam::Vec2>) {
+            viewer_at_origin(&mut self.scratch).extend((2..=101).map(|id| Candidate {
                 id,
                 position: IVec2::splat(id as i32 + shift),
                 distance_sq: id as f32,
             }));
             if let Some(position) = far {
-                scratch.candidates.push(Candidate {
+                self.scratch.candidates.push(Candidate {
                     id: 500,
                     position,
                     distance_sq: 1e6,
                 });
             }
-        };
-        let mut view = ClientView::new();
-        let mut scratch = EncodeScratch::default();
-        let mut rx = SnapshotReceiver::new();
-        let mut apply = ApplyScratch::default();
-        let mut out = Vec::new();
-        let mut send = |view: &mut ClientView, scratch: &mut EncodeScratch, tick: u32| {
-            let stats = view.encode(tick, 1, 0, scratch, LIMITS, &mut out);
-            let snapshot = Snapshot::decode_body(&out).unwrap();
-            rx.apply(&snapshot, &mut apply).unwrap();
-            (stats.budget_limited, rx.position(500))
-        };
+            let stats = self
+                .view
+                .encode(tick, 1, 0, &mut self.scratch, LIMITS, &mut self.out);
+            let snapshot = Snapshot::decode_body(&self.out).unwrap();
+            self.rx.apply(&snapshot, &mut self.apply).unwrap();
+            (stats.budget_limited, self.rx.position(500))
+        }
+    }
+
+    /// A delta cut by the budget does not take back what a snapshot the
+    /// client has not acknowledged yet gave it: deltas are against the
+    /// acknowledged one, which lacks it, and the client rebuilds from that.
+    #[test]
+    fn a_cut_delta_keeps_what_an_unacknowledged_snapshot_gave() {
+        let mut watch = FarEntity::new();
         // Tick 1 (no far entity) is acknowledged.
-        fill(&mut scratch, 0, None);
-        send(&mut view, &mut scratch, 1);
-        view.acknowledge(1);
+        watch.send(1, 0, None);
+        watch.view.acknowledge(1);
         // Tick 2 adds the far entity; its acknowledgement is in flight.
         let far = IVec2::new(5, 5);
-        fill(&mut scratch, 0, Some(far));
-        let (cut, seen) = send(&mut view, &mut scratch, 2);
+        let (cut, seen) = watch.send(2, 0, Some(far));
         assert!(!cut);
         assert!(seen.is_some(), "the far entity arrived");
         // Tick 3: everyone moved, more than the budget takes.
-        fill(&mut scratch, 70_000, Some(far));
-        let (cut, seen) = send(&mut view, &mut scratch, 3);
+        let (cut, seen) = watch.send(3, 70_000, Some(far));
         assert!(cut, "the budget bit");
         assert_eq!(
             seen,
             Some(shared::protocol::movement::dequantize(far)),
             "still there"
         );
-        assert!(view.was_visible(500), "and in view for the hysteresis");
+        assert!(
+            watch.view.was_visible(500),
+            "and in view for the hysteresis"
+        );
     }
 
     /// An entity the acknowledged snapshot has, that a later one moved and
@@ -1318,50 +1345,18 @@ mod tests {
     /// had it, back before the position the client showed since.
     #[test]
     fn an_entity_back_in_view_before_the_ack_does_not_go_back_in_time() {
-        use shared::movement::{ApplyScratch, SnapshotReceiver};
         use shared::protocol::movement::dequantize;
-        let fill = |scratch: &mut EncodeScratch, shift: i32, far: Option<IVec2>| {
-            viewer_at_origin(scratch).extend((2..=101).map(|id| Candidate {
-                id,
-                position: IVec2::splat(id as i32 + shift),
-                distance_sq: id as f32,
-            }));
-            if let Some(position) = far {
-                scratch.candidates.push(Candidate {
-                    id: 500,
-                    position,
-                    distance_sq: 1e6,
-                });
-            }
-        };
-        let mut view = ClientView::new();
-        let mut scratch = EncodeScratch::default();
-        let mut rx = SnapshotReceiver::new();
-        let mut apply = ApplyScratch::default();
-        let mut out = Vec::new();
-        let mut send = |view: &mut ClientView, scratch: &mut EncodeScratch, tick: u32| {
-            let stats = view.encode(tick, 1, 0, scratch, LIMITS, &mut out);
-            let snapshot = Snapshot::decode_body(&out).unwrap();
-            rx.apply(&snapshot, &mut apply).unwrap();
-            (stats.budget_limited, rx.position(500))
-        };
+        let mut watch = FarEntity::new();
         let (a, b) = (IVec2::new(5, 5), IVec2::new(9, 9));
         // Tick 1, with the far entity at A, is acknowledged.
-        fill(&mut scratch, 0, Some(a));
-        send(&mut view, &mut scratch, 1);
-        view.acknowledge(1);
+        watch.send(1, 0, Some(a));
+        watch.view.acknowledge(1);
         // Tick 2 moves it to B, tick 3 takes it out of view.
-        fill(&mut scratch, 0, Some(b));
-        assert_eq!(
-            send(&mut view, &mut scratch, 2),
-            (false, Some(dequantize(b)))
-        );
-        fill(&mut scratch, 0, None);
-        assert_eq!(send(&mut view, &mut scratch, 3), (false, None));
+        assert_eq!(watch.send(2, 0, Some(b)), (false, Some(dequantize(b))));
+        assert_eq!(watch.send(3, 0, None), (false, None));
         // Tick 4: it is back at B, and everyone moved, more than the
         // budget takes.
-        fill(&mut scratch, 70_000, Some(b));
-        let (cut, seen) = send(&mut view, &mut scratch, 4);
+        let (cut, seen) = watch.send(4, 70_000, Some(b));
         assert!(cut, "the budget bit");
         assert_eq!(seen, Some(dequantize(b)), "not back at A");
     }
