@@ -95,11 +95,21 @@ fn build_on(
 
 /// `client`'s inventory request, as `net-io` delivers it.
 fn ask(net: &Loopback, client: ClientId, request: &InventoryRequest) {
+    deliver(
+        net,
+        client,
+        channels::INVENTORY,
+        protocol::encode(request).unwrap(),
+    );
+}
+
+/// `client`'s message on `channel`, as `net-io` delivers it.
+fn deliver(net: &Loopback, client: ClientId, channel: ChannelId, payload: bytes::Bytes) {
     net.events
         .send(NetEvent::Message {
             client,
-            channel: channels::INVENTORY,
-            payload: protocol::encode(request).unwrap(),
+            channel,
+            payload,
         })
         .unwrap();
 }
@@ -608,13 +618,7 @@ fn strikes_past_the_limit_disconnect_again() {
         .unwrap();
     let disconnects = |app: &mut App, net: &Loopback, bad: usize| {
         for _ in 0..bad {
-            net.events
-                .send(NetEvent::Message {
-                    client: player,
-                    channel: channels::CHAT,
-                    payload: vec![0xFF, 0xFF].into(),
-                })
-                .unwrap();
+            deliver(net, player, channels::CHAT, vec![0xFF, 0xFF].into());
         }
         app.update();
         net.commands
@@ -731,13 +735,12 @@ fn last_line_before_leaving_is_said(scope: ChatScope) {
         scope: scope.clone(),
         text: "gg, bye".into(),
     };
-    net.events
-        .send(NetEvent::Message {
-            client: leaver,
-            channel: channels::CHAT,
-            payload: protocol::encode(&bye).unwrap(),
-        })
-        .unwrap();
+    deliver(
+        &net,
+        leaver,
+        channels::CHAT,
+        protocol::encode(&bye).unwrap(),
+    );
     net.events
         .send(NetEvent::Disconnected {
             client: leaver,
@@ -801,13 +804,12 @@ fn say(net: &Loopback, client: ClientId, text: &str) {
         scope: ChatScope::Global,
         text: text.into(),
     };
-    net.events
-        .send(NetEvent::Message {
-            client,
-            channel: channels::CHAT,
-            payload: protocol::encode(&line).unwrap(),
-        })
-        .unwrap();
+    deliver(
+        net,
+        client,
+        channels::CHAT,
+        protocol::encode(&line).unwrap(),
+    );
 }
 
 /// A player whose new connection is reported a tick before its old one's
@@ -861,13 +863,12 @@ fn walk(net: &Loopback, client: ClientId, seq: u32, velocity: Vec2) {
         velocity,
         ack_snapshot: 0,
     };
-    net.events
-        .send(NetEvent::Message {
-            client,
-            channel: channels::MOVEMENT,
-            payload: protocol::encode(&input).unwrap(),
-        })
-        .unwrap();
+    deliver(
+        net,
+        client,
+        channels::MOVEMENT,
+        protocol::encode(&input).unwrap(),
+    );
 }
 
 /// Connects `client` and runs the tick it spawns in.

@@ -986,9 +986,15 @@ mod tests {
             }
             moving_crowd(&mut self.scratch, tick);
             self.scratch.candidates.extend_from_slice(extra);
-            let stats =
-                self.view
-                    .encode(tick, 1, 0, &mut self.scratch, CROWD_LIMITS, &mut self.out);
+            self.send(tick, CROWD_LIMITS)
+        }
+
+        /// The candidates in `scratch` encoded under `limits` at `tick`,
+        /// and applied at the client.
+        fn send(&mut self, tick: u32, limits: SnapshotLimits) -> EncodeStats {
+            let stats = self
+                .view
+                .encode(tick, 1, 0, &mut self.scratch, limits, &mut self.out);
             let snapshot = Snapshot::decode_body(&self.out).unwrap();
             self.rx.apply(&snapshot, &mut self.apply).unwrap();
             stats
@@ -1259,56 +1265,29 @@ mod tests {
         assert_eq!(fulls, 1, "only the first snapshot is full");
     }
 
-    /// A viewer at the origin with 100 entities near it and, when given,
-    /// a far one (id 500), encoded for a client that applies every
-    /// snapshot and acknowledges when told: what the two tests below watch.
-    struct FarEntity {
-        view: ClientView,
-        scratch: EncodeScratch,
-        rx: shared::movement::SnapshotReceiver,
-        apply: shared::movement::ApplyScratch,
-        out: Vec<u8>,
-    }
-
-    impl FarEntity {
-        fn new() -> Self {
-            Self {
-                view: ClientView::new(),
-                scratch: EncodeScratch::default(),
-                rx: shared::movement::SnapshotReceiver::new(),
-                apply: shared::movement::ApplyScratch::default(),
-                out: Vec::new(),
-            }
+    /// Tick `tick` for `viewer`: 100 entities near it, `shift` from their
+    /// first places, and, when given, a far one (id 500) at `far`; whether
+    /// the budget cut the delta, and where the client has the far one.
+    fn with_far_entity(
+        viewer: &mut CrowdViewer,
+        tick: u32,
+        shift: i32,
+        far: Option<IVec2>,
+    ) -> (bool, Option<glam::Vec2>) {
+        viewer_at_origin(&mut viewer.scratch).extend((2..=101).map(|id| Candidate {
+            id,
+            position: IVec2::splat(id as i32 + shift),
+            distance_sq: id as f32,
+        }));
+        if let Some(position) = far {
+            viewer.scratch.candidates.push(Candidate {
+                id: 500,
+                position,
+                distance_sq: 1e6,
+            });
         }
-
-        /// Tick `tick`, the near ones `shift` from their first places and
-        /// the far one at `far`: whether the budget cut the delta, and
-        /// where the client has the far one.
-        fn send(
-            &mut self,
-            tick: u32,
-            shift: i32,
-            far: Option<IVec2>,
-        ) -> (bool, Option<glam::Vec2>) {
-            viewer_at_origin(&mut self.scratch).extend((2..=101).map(|id| Candidate {
-                id,
-                position: IVec2::splat(id as i32 + shift),
-                distance_sq: id as f32,
-            }));
-            if let Some(position) = far {
-                self.scratch.candidates.push(Candidate {
-                    id: 500,
-                    position,
-                    distance_sq: 1e6,
-                });
-            }
-            let stats = self
-                .view
-                .encode(tick, 1, 0, &mut self.scratch, LIMITS, &mut self.out);
-            let snapshot = Snapshot::decode_body(&self.out).unwrap();
-            self.rx.apply(&snapshot, &mut self.apply).unwrap();
-            (stats.budget_limited, self.rx.position(500))
-        }
+        let stats = viewer.send(tick, LIMITS);
+        (stats.budget_limited, viewer.rx.position(500))
     }
 
     /// A delta cut by the budget does not take back what a snapshot the
@@ -1316,17 +1295,17 @@ mod tests {
     /// acknowledged one, which lacks it, and the client rebuilds from that.
     #[test]
     fn a_cut_delta_keeps_what_an_unacknowledged_snapshot_gave() {
-        let mut watch = FarEntity::new();
+        let mut watch = CrowdViewer::new();
         // Tick 1 (no far entity) is acknowledged.
-        watch.send(1, 0, None);
+        with_far_entity(&mut watch, 1, 0, None);
         watch.view.acknowledge(1);
         // Tick 2 adds the far entity; its acknowledgement is in flight.
         let far = IVec2::new(5, 5);
-        let (cut, seen) = watch.send(2, 0, Some(far));
+        let (cut, seen) = with_far_entity(&mut watch, 2, 0, Some(far));
         assert!(!cut);
         assert!(seen.is_some(), "the far entity arrived");
         // Tick 3: everyone moved, more than the budget takes.
-        let (cut, seen) = watch.send(3, 70_000, Some(far));
+        let (cut, seen) = with_far_entity(&mut watch, 3, 70_000, Some(far));
         assert!(cut, "the budget bit");
         assert_eq!(
             seen,
@@ -1346,17 +1325,20 @@ mod tests {
     #[test]
     fn an_entity_back_in_view_before_the_ack_does_not_go_back_in_time() {
         use shared::protocol::movement::dequantize;
-        let mut watch = FarEntity::new();
+        let mut watch = CrowdViewer::new();
         let (a, b) = (IVec2::new(5, 5), IVec2::new(9, 9));
         // Tick 1, with the far entity at A, is acknowledged.
-        watch.send(1, 0, Some(a));
+        with_far_entity(&mut watch, 1, 0, Some(a));
         watch.view.acknowledge(1);
         // Tick 2 moves it to B, tick 3 takes it out of view.
-        assert_eq!(watch.send(2, 0, Some(b)), (false, Some(dequantize(b))));
-        assert_eq!(watch.send(3, 0, None), (false, None));
+        assert_eq!(
+            with_far_entity(&mut watch, 2, 0, Some(b)),
+            (false, Some(dequantize(b)))
+        );
+        assert_eq!(with_far_entity(&mut watch, 3, 0, None), (false, None));
         // Tick 4: it is back at B, and everyone moved, more than the
         // budget takes.
-        let (cut, seen) = watch.send(4, 70_000, Some(b));
+        let (cut, seen) = with_far_entity(&mut watch, 4, 70_000, Some(b));
         assert!(cut, "the budget bit");
         assert_eq!(seen, Some(dequantize(b)), "not back at A");
     }
