@@ -694,6 +694,16 @@ fn the_welcome_carries_the_servers_movement_rules() {
     assert!(welcome.rules.is_valid());
 }
 
+/// The chat lines the server sent `to` since the last look, as (number,
+/// text).
+fn lines_heard(net: &Loopback, to: ClientId) -> Vec<(u64, String)> {
+    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
+    chat_lines_to(&commands, to)
+        .into_iter()
+        .map(|line| (line.seq, line.text))
+        .collect()
+}
+
 /// The chat lines `commands` send to `to`.
 fn chat_lines_to(commands: &[NetCommand], to: ClientId) -> Vec<ChatLine> {
     commands
@@ -789,11 +799,7 @@ fn a_player_back_within_a_tick_gets_only_its_new_sessions_lines() {
         net.events.send(event).unwrap();
     }
     app.update();
-    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
-    let got: Vec<(u64, String)> = chat_lines_to(&commands, new)
-        .into_iter()
-        .map(|line| (line.seq, line.text))
-        .collect();
+    let got = lines_heard(&net, new);
     assert_eq!(got, [(1, "player-4 joined".to_owned())]);
 }
 
@@ -824,22 +830,13 @@ fn a_connection_reported_before_the_old_ones_end_numbers_its_lines_from_1() {
     }
     say(&net, other, "one");
     app.update();
-    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
-    let seqs: Vec<u64> = chat_lines_to(&commands, old)
-        .iter()
-        .map(|line| line.seq)
-        .collect();
-    assert_eq!(seqs, [1]);
+    assert_eq!(lines_heard(&net, old), [(1, "one".to_owned())]);
 
     join(&mut app, &net, new);
     leave(&mut app, &net, old);
     say(&net, other, "two");
     app.update();
-    let commands: Vec<NetCommand> = net.commands.try_iter().flatten().collect();
-    let got: Vec<(u64, String)> = chat_lines_to(&commands, new)
-        .into_iter()
-        .map(|line| (line.seq, line.text))
-        .collect();
+    let got = lines_heard(&net, new);
     assert_eq!(got, [(1, "two".to_owned())]);
     assert_eq!(app.world().resource::<Clients>().by_account(4), Some(new));
     let roster = app.world().resource::<PlayerRoster>();
