@@ -199,6 +199,12 @@ impl Harness {
         let Some(batch) = self.prepare() else {
             return std::mem::take(&mut self.outputs);
         };
+        self.commit(batch, fail)
+    }
+
+    /// Commits `batch` (failing when `fail`) and completes it: with the
+    /// outputs since the last look.
+    fn commit(&mut self, batch: Batch, fail: bool) -> Vec<Output> {
         self.store.fail_next = fail;
         let result = if batch.writes.is_empty() {
             Ok(())
@@ -1397,8 +1403,18 @@ enum Step {
     Connect(u64),
     Disconnect(u64),
     Tick(u8),
-    Request { player: u64, id: u64, op: OpSpec },
-    Flush { fail: bool },
+    Request {
+        player: u64,
+        id: u64,
+        op: OpSpec,
+    },
+    /// A batch prepared and held in flight: the steps up to the next
+    /// flush (which commits it) arrive while it is being stored, as they
+    /// do while the `db-writer` thread commits.
+    Begin,
+    Flush {
+        fail: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -1441,6 +1457,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (1..=PLAYERS).prop_map(Step::Disconnect),
         1 => (1u8..4).prop_map(Step::Tick),
         8 => (1..=PLAYERS, 0u64..12, op_spec()).prop_map(|(player, id, op)| Step::Request { player, id, op }),
+        1 => Just(Step::Begin),
         3 => (0u8..6).prop_map(|n| Step::Flush { fail: n == 0 }),
     ]
 }
@@ -1525,6 +1542,10 @@ fn run_steps(mut h: Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
      -> Result<(), TestCaseError> {
         for o in out {
             if let Output::Reply { account, reply, .. } = o {
+                // Busy is no answer: send it again (see the protocol).
+                if reply.result == Err(InventoryError::Busy) {
+                    continue;
+                }
                 if let Some(first) = answered.get(&(*account, reply.request_id)) {
                     prop_assert_eq!(first, reply, "repeated id answered differently");
                 } else if reply.result.is_ok() && reply.trade.is_none() {
@@ -1534,8 +1555,14 @@ fn run_steps(mut h: Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
         }
         Ok(())
     };
+    let mut in_flight = None;
     for step in steps {
         match step {
+            Step::Begin => {
+                if in_flight.is_none() {
+                    in_flight = h.prepare();
+                }
+            }
             Step::Connect(p) => {
                 if !online[p as usize] {
                     online[p as usize] = true;
@@ -1569,12 +1596,24 @@ fn run_steps(mut h: Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::Flush { fail } => {
+                // A batch held in flight completes first; what arrived
+                // meanwhile (accounts to read among it: none is read
+                // while a batch is in flight) goes in the next.
+                if let Some(batch) = in_flight.take() {
+                    let out = h.commit(batch, fail);
+                    note_revisions(&out, &mut revisions);
+                    check_replies(&out, &mut answered)?;
+                }
                 let out = h.flush(fail);
                 note_revisions(&out, &mut revisions);
                 check_replies(&out, &mut answered)?;
                 check_after_batch(&mut h, &online)?;
             }
         }
+    }
+    if let Some(batch) = in_flight.take() {
+        let out = h.commit(batch, false);
+        check_replies(&out, &mut answered)?;
     }
     let out = h.flush(false);
     check_replies(&out, &mut answered)?;
