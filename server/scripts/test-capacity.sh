@@ -255,7 +255,11 @@ cat "$STUBS/table.md" >&2
 cell() {
     awk -F' [|] ' -v n="$1" -v c="$2" '$1 == "| " n { print $c }' "$STUBS/table.md"
 }
-# between X LO HI: LO <= X <= HI.
+# between X LO HI: LO <= X <= HI. The rates' bounds are ±5 %: the stub
+# counts as the scrape asks, capacity.sh stamps the time after it answers
+# (a busy host's process spawns skew that by tens of milliseconds over the
+# 3 s window); the errors they catch are 10 % (a slow first scrape) to
+# 30 % (the wrong divisor) off.
 between() {
     awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x != "" && x >= lo && x <= hi) }'
 }
@@ -264,10 +268,10 @@ check "the bots that stayed connected, not those that ever did" \
     test "$(cell 2000 2)" = "1400 / 2000 (600 dropped)"
 datagrams=$(cell 2000 10)
 check "datagrams per bot that stayed ($datagrams)" \
-    between "${datagrams%% / *}" 29.5 30.5
+    between "${datagrams%% / *}" 28.5 31.5
 read -r up _ down bots_bytes <<<"$(cell 2000 9)"
 steady_bytes() {
-    between "$up" 990 1010 && between "$down" 1980 2020 && [ "$bots_bytes" = "(900 / 1900)" ]
+    between "$up" 950 1050 && between "$down" 1900 2100 && [ "$bots_bytes" = "(900 / 1900)" ]
 }
 check "steady bytes per bot that stayed, from the server ($up / $down $bots_bytes)" steady_bytes
 check "the RTT p99 after the ramp ($(cell 2000 8))" test "$(cell 2000 8)" = "12 (1)"
@@ -296,10 +300,10 @@ check "counters read after the bots stopped give no steady rates ($(cell 2003 10
     test "$(cell 2003 10)" = "– / –"
 datagrams=$(cell 2004 10)
 check "a slow scrape opening the window: datagrams per bot ($datagrams)" \
-    between "${datagrams%% / *}" 29.5 30.5
+    between "${datagrams%% / *}" 28.5 31.5
 datagrams=$(cell 2005 10)
 check "bots dropped in the window: datagrams per client the server had ($datagrams)" \
-    between "${datagrams%% / *}" 29.5 30.5
+    between "${datagrams%% / *}" 28.5 31.5
 
 # interrupted SIGNAL: capacity.sh on one point (RUN_SECS=30), sent SIGNAL
 # half a second after its bots start, in the wait for the end of the ramp:
