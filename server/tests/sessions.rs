@@ -957,6 +957,103 @@ fn a_player_who_comes_back_is_where_it_left() {
     assert_eq!(position_of(&app, early), came_back_to);
 }
 
+/// A player back where it left brings no fresh movement credit: a client
+/// that reconnects every other tick and sends a burst of inputs with each
+/// new session moves no faster than one that stays (it moved twice the
+/// maximum speed when every session began with a full bank).
+#[test]
+fn reconnecting_every_other_tick_does_not_move_a_player_faster() {
+    let (mut app, net) = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let period = app
+        .world()
+        .resource::<bevy_time::Time<bevy_time::Fixed>>()
+        .timestep();
+    let step = config.max_speed * period.as_secs_f32();
+    let east = Vec2::new(config.max_speed, 0.0);
+    let mut session = client(0, 7, 1);
+    join(&mut app, &net, session);
+    for seq in 1..=30 {
+        walk(&net, session, seq, east);
+        app.update();
+    }
+    let start = position_of(&app, session);
+    let ticks: u32 = 60;
+    let mut seq = 0;
+    for tick in 0..ticks {
+        if tick % 2 == 0 {
+            // A new session of the same account, the old one's end in the
+            // same tick, and three inputs at once: a full bank's worth.
+            let next = client(1 + tick, 7, 2 + u64::from(tick));
+            for event in [
+                NetEvent::Connected { client: next },
+                NetEvent::Disconnected {
+                    client: session,
+                    reason: DisconnectReason::Closed,
+                },
+            ] {
+                net.events.send(event).unwrap();
+            }
+            session = next;
+            seq = 0;
+            for _ in 0..config.burst_ticks {
+                seq += 1;
+                walk(&net, session, seq, east);
+            }
+        } else {
+            seq += 1;
+            walk(&net, session, seq, east);
+        }
+        app.update();
+    }
+    let moved = position_of(&app, session).x - start.x;
+    // At most one input a tick and a bank's worth more (the bound of
+    // "Movement credit" in the movement module's docs).
+    let most = (ticks + config.burst_ticks) as f32 * step;
+    assert!(
+        moved <= most * 1.001,
+        "moved {moved} m in {ticks} ticks, at most {most} m allowed"
+    );
+    // And the player did move: reconnects do not freeze it either.
+    assert!(moved >= (ticks / 2) as f32 * step, "moved only {moved} m");
+}
+
+/// A player back after a while has the bank the time away earned: a burst
+/// of inputs right after its return moves it at once, as it would have
+/// had it stayed.
+#[test]
+fn a_player_back_after_a_while_has_its_bank() {
+    let (mut app, net) = app();
+    let config = app.world().resource::<MovementConfig>().clone();
+    let east = Vec2::new(config.max_speed, 0.0);
+    let first = client(0, 7, 1);
+    join(&mut app, &net, first);
+    walk(&net, first, 1, east);
+    app.update();
+    leave(&mut app, &net, first);
+    for _ in 0..config.burst_ticks {
+        app.update();
+    }
+    let back = client(1, 7, 2);
+    join(&mut app, &net, back);
+    let before = position_of(&app, back);
+    for seq in 1..=config.burst_ticks {
+        walk(&net, back, seq, east);
+    }
+    app.update();
+    let mover = |app: &App| {
+        let entity = app.world().resource::<Clients>().entity(back).unwrap();
+        app.world()
+            .get::<server::movement::Mover>(entity)
+            .unwrap()
+            .clone()
+    };
+    // A full bank: every input moved the player at once, none waits.
+    let moved = position_of(&app, back) - before;
+    assert_eq!(mover(&app).waiting(), 0, "moved {moved}");
+    assert_eq!(mover(&app).last_seq, config.burst_ticks);
+}
+
 /// The places kept for returning players are bounded in number (the
 /// longest gone are forgotten first) and in time, so that reconnects of
 /// many accounts cannot grow the server's memory.

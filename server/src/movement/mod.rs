@@ -81,7 +81,9 @@
 //! ([`MovementConfig::next_spawn`]), unless its account left less than
 //! [`MovementConfig::rejoin_memory_secs`] ago: then it comes back where it
 //! left ([`RejoinPositions`]), so that a reconnect is no free teleport and
-//! a network blip does not lose a player its place. The memory is bounded
+//! a network blip does not lose a player its place. Its movement credit
+//! is what the time it was away earned, not a full bank: reconnecting
+//! every few ticks does not move a player faster. The memory is bounded
 //! by [`MovementConfig::rejoin_memory_players`] (the longest gone are
 //! forgotten first) and is not saved: after a restart of the server every
 //! player starts on the spiral.
@@ -331,6 +333,21 @@ impl Mover {
         }
     }
 
+    /// The mover of a player back where it left (see "Spawning" in the
+    /// module docs), `periods_away` periods of wall time after its last
+    /// session ended: the credit those periods earn, up to the cap. Its
+    /// last session may have spent its bank just before leaving, and would
+    /// have at least this much now had it stayed; a full bank on every
+    /// return would let a client that reconnects every other tick move
+    /// twice the maximum speed.
+    fn returning(config: &MovementConfig, periods_away: u32) -> Self {
+        let cap = config.burst_ticks.max(1) * CREDIT_PER_INPUT;
+        Self {
+            credit: periods_away.saturating_mul(CREDIT_PER_PERIOD).min(cap),
+            ..Self::new(config)
+        }
+    }
+
     /// Inputs accepted and not applied yet.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -444,10 +461,11 @@ impl RejoinPositions {
         }
     }
 
-    /// Where `account` left, if that is kept (and no longer after).
-    fn take(&mut self, account: u64) -> Option<Vec2> {
+    /// Where `account` left and when (wall time), if that is kept (and no
+    /// longer after).
+    fn take(&mut self, account: u64) -> Option<(Vec2, Duration)> {
         let key = self.by_account.remove(&account)?;
-        self.by_age.remove(&key).map(|(_, at, _)| at)
+        self.by_age.remove(&key).map(|(_, at, when)| (at, when))
     }
 }
 
@@ -547,6 +565,7 @@ fn spawn_players(
     mut commands: Commands,
 ) {
     let now = wall_time(&time, stats.as_deref());
+    let period = time.timestep().max(Duration::from_nanos(1));
     let keep = Duration::from_secs(config.rejoin_memory_secs.into());
     rejoins.forget_older(now, keep);
     // Places taken this tick by sessions that may leave within it (their
@@ -568,23 +587,23 @@ fn spawn_players(
                 }
             }
             SessionChange::Joined(ClientConnected { client, entity }) => {
-                let at = match rejoins.take(client.account) {
-                    Some(left_at) => {
+                let (at, mover) = match rejoins.take(client.account) {
+                    Some((left_at, left_when)) => {
                         taken.push((client, left_at));
-                        left_at.clamp(config.world_min, config.world_max)
+                        let away = now.saturating_sub(left_when).as_nanos() / period.as_nanos();
+                        (
+                            left_at.clamp(config.world_min, config.world_max),
+                            Mover::returning(&config, u32::try_from(away).unwrap_or(u32::MAX)),
+                        )
                     }
                     None => {
                         let (at, next) = config.next_spawn(counter.0);
                         counter.0 = next;
-                        at
+                        (at, Mover::new(&config))
                     }
                 };
                 if let Ok(mut e) = commands.get_entity(entity) {
-                    e.insert((
-                        Position(at),
-                        Mover::new(&config),
-                        MovementViolations::default(),
-                    ));
+                    e.insert((Position(at), mover, MovementViolations::default()));
                 }
             }
         }
