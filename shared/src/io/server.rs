@@ -836,6 +836,20 @@ impl ToGame {
             }
         }
         self.backlog.drain(write..last);
+        if cut.is_some() {
+            // The cut client's messages shared chunks with those left, each
+            // of which would keep its dropped neighbours' memory alive (up
+            // to a chunk apiece) past what `handed` counts: those left are
+            // copied afresh. Cuts are rare, and this copies at most the
+            // backlog's short messages.
+            for event in &mut self.backlog {
+                if let NetEvent::Message { payload, .. } = event
+                    && payload.len() <= INBOUND_SHARED_MAX
+                {
+                    *payload = self.chunks.copy(payload);
+                }
+            }
+        }
         if let Some(client) = cut
             && let Some(held) = self.held.get_mut(client.slot.get())
         {
@@ -1648,6 +1662,55 @@ mod tests {
             .collect();
         assert_eq!(seen, [(1, Some(0)), (2, Some(9)), (1, None)]);
         assert!(to_game.held.iter().all(|held| held.messages == 0));
+    }
+
+    /// Cutting a client off frees the memory its messages held also where
+    /// they shared chunks with messages left waiting: those are copied
+    /// afresh (left in place, each talker's byte kept seven of the filler's
+    /// 1,000-byte messages alive, uncounted).
+    #[test]
+    fn a_cut_clients_messages_pin_no_memory_between_those_left() {
+        let (filler, talker) = (player(0), player(1));
+        let (mut to_game, stats, mut game) = to_game(64, 1 << 20);
+        stats.connected.store(2, Ordering::Relaxed);
+        // One in the pipe, 64 waiting: every eighth the talker's.
+        for n in 0..65u8 {
+            let (client, len) = if n % 8 == 0 {
+                (talker, 1)
+            } else {
+                (filler, 1000)
+            };
+            assert!(matches!(to_game.admit(client, CHAT, len), Admission::Keep));
+            let payload = to_game.copy(&vec![n; len]);
+            to_game.hand(NetEvent::Message {
+                client,
+                channel: CHAT,
+                payload,
+            });
+        }
+        let Admission::Cut(cut) = to_game.admit(talker, CHAT, 1) else {
+            panic!("nobody cut off");
+        };
+        assert_eq!(cut, filler);
+        let mut kept = Vec::new();
+        while let Some(event) = game.try_recv() {
+            if let NetEvent::Message { payload, .. } = event {
+                kept.push(payload);
+            }
+            to_game.flush_backlog();
+        }
+        let firsts: Vec<u8> = kept.iter().map(|p| p[0]).collect();
+        assert_eq!(firsts, (0..65).step_by(8).collect::<Vec<u8>>());
+        // Those that waited are back to back: no dropped message between.
+        for pair in kept[1..].windows(2) {
+            assert_eq!(
+                pair[1].as_ptr() as usize - pair[0].as_ptr() as usize,
+                1,
+                "{} and {} are apart",
+                pair[0][0],
+                pair[1][0]
+            );
+        }
     }
 
     /// A sender holding more than its even share of the backlog is the one
