@@ -4,7 +4,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use shared::protocol::chat::{
+    ChatKind, ChatLine, ChatRejectReason, ChatRejected, ChatScope, ChatSend,
+};
 use shared::protocol::inventory::{InventoryOp, InventoryRequest, TradeUpdate};
+use shared::protocol::messages::ServerNotice;
 use shared::protocol::{self, NetMessage};
 
 /// The system allocator, remembering the largest block each thread asked
@@ -85,4 +89,96 @@ fn a_forged_offer_length_in_a_trade_update_reserves_nothing_for_it() {
         largest < 64 * 1024,
         "{largest} bytes reserved for a forged length"
     );
+}
+
+/// A text the wire says is this long (a 3-byte length: 0xFB, then the
+/// length in two bytes, little-endian).
+const CLAIMED: usize = 60_000;
+
+/// `message` encoded with a text of [`CLAIMED`] bytes, cut right after
+/// that text's length: it claims the bytes, none follow.
+fn text_claimed_not_sent<M: NetMessage>(message: &M) -> Vec<u8> {
+    let payload = protocol::encode(message).unwrap();
+    let claim = [0xFB, CLAIMED as u8, (CLAIMED >> 8) as u8];
+    let at = payload
+        .windows(3)
+        .position(|w| w == claim)
+        .expect("the text's length");
+    payload[..at + claim.len()].to_vec()
+}
+
+/// The largest block decoding `payload` as `M` asked for; it must fail.
+fn reserved_decoding<M: NetMessage + std::fmt::Debug>(payload: &[u8]) -> usize {
+    take_largest();
+    let decoded = protocol::decode::<M>(payload);
+    let largest = take_largest();
+    assert!(decoded.is_err(), "{decoded:?}");
+    largest
+}
+
+#[test]
+fn a_forged_text_length_reserves_nothing_for_it() {
+    let long = "a".repeat(CLAIMED);
+    let send = |scope, text: &str| ChatSend {
+        client_ref: 0,
+        scope,
+        text: text.to_owned(),
+    };
+    let line = |from_name: &str, text: &str| ChatLine {
+        seq: 1,
+        reply_to: None,
+        from: Some(2),
+        from_name: from_name.to_owned(),
+        kind: ChatKind::Global,
+        text: text.to_owned(),
+    };
+    // What the server decodes, then what a client does.
+    let reserved = [
+        (
+            "ChatSend.text",
+            reserved_decoding::<ChatSend>(&text_claimed_not_sent(&send(ChatScope::Global, &long))),
+        ),
+        (
+            "ChatScope::WhisperName",
+            reserved_decoding::<ChatSend>(&text_claimed_not_sent(&send(
+                ChatScope::WhisperName(long.clone()),
+                "hi",
+            ))),
+        ),
+        (
+            "ChatLine.from_name",
+            reserved_decoding::<ChatLine>(&text_claimed_not_sent(&line(&long, "hi"))),
+        ),
+        (
+            "ChatLine.text",
+            reserved_decoding::<ChatLine>(&text_claimed_not_sent(&line("ann", &long))),
+        ),
+        (
+            "ChatRejected.message",
+            reserved_decoding::<ChatRejected>(&text_claimed_not_sent(&ChatRejected {
+                client_ref: 0,
+                reason: ChatRejectReason::TooLong,
+                message: long.clone(),
+            })),
+        ),
+        (
+            "ServerNotice.text",
+            reserved_decoding::<ServerNotice>(&text_claimed_not_sent(&ServerNotice {
+                text: long.clone(),
+            })),
+        ),
+    ];
+    for (field, largest) in reserved {
+        assert!(
+            largest < 1024,
+            "{field}: {largest} bytes reserved for a text of {CLAIMED} bytes claimed, none sent"
+        );
+    }
+    // Texts that are there still decode.
+    let whole = line("ann", &long);
+    let bytes = protocol::encode(&whole).unwrap();
+    assert_eq!(protocol::decode::<ChatLine>(&bytes).unwrap(), whole);
+    let whisper = send(ChatScope::WhisperName("bo".into()), "hi");
+    let bytes = protocol::encode(&whisper).unwrap();
+    assert_eq!(protocol::decode::<ChatSend>(&bytes).unwrap(), whisper);
 }

@@ -16,7 +16,7 @@ pub enum ChatScope {
     /// One player, by account id.
     WhisperId(u64),
     /// One player, by name.
-    WhisperName(String),
+    WhisperName(#[serde(deserialize_with = "super::codec::text")] String),
 }
 
 /// Client → server: say something.
@@ -36,6 +36,7 @@ pub struct ChatSend {
     pub scope: ChatScope,
     /// What (UTF-8 by construction; the server strips control characters,
     /// trims, and enforces the length limit).
+    #[serde(deserialize_with = "super::codec::text")]
     pub text: String,
 }
 
@@ -78,10 +79,12 @@ pub struct ChatLine {
     /// The speaker's account id (`None` for system lines).
     pub from: Option<u64>,
     /// The speaker's display name ("server" for system lines).
+    #[serde(deserialize_with = "super::codec::text")]
     pub from_name: String,
     /// How it was addressed.
     pub kind: ChatKind,
     /// The text.
+    #[serde(deserialize_with = "super::codec::text")]
     pub text: String,
 }
 
@@ -197,6 +200,7 @@ pub struct ChatRejected {
     /// Why.
     pub reason: ChatRejectReason,
     /// A sentence a player can read.
+    #[serde(deserialize_with = "super::codec::text")]
     pub message: String,
 }
 

@@ -330,6 +330,26 @@ pub fn decode_body<M: NetMessage>(body: &[u8]) -> Result<M, DecodeError> {
     M::decode_body(body)
 }
 
+/// Reads a text field (`#[serde(deserialize_with = ...)]`) as a borrowed
+/// string, copied once its bytes are known to be there: serde's `String`
+/// has bincode allocate (and zero) whatever length the wire claims, up to
+/// the 64 KiB limit, before finding the bytes missing.
+pub(super) fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+            Ok(text.to_owned())
+        }
+    }
+    deserializer.deserialize_str(Text)
+}
+
 /// Decodes a body with bincode (what [`NetMessage::decode_body`] does
 /// unless a type reads its bytes by hand).
 pub(super) fn bincode_decode_body<M: NetMessage>(body: &[u8]) -> Result<M, DecodeError> {

@@ -27,6 +27,7 @@ impl NetMessage for Welcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerNotice {
     /// What happened.
+    #[serde(deserialize_with = "super::codec::text")]
     pub text: String,
 }
 
