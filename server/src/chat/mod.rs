@@ -522,10 +522,12 @@ impl Sink<'_, '_, '_> {
                             .write(ToClient::one(*client, rejected.clone()));
                     }
                 }
-                ChatOutput::Kick { account } => {
+                ChatOutput::Kick { account } | ChatOutput::KickAgain { account } => {
                     if let Some((client, _)) = members.clients.get(account) {
-                        self.metrics.kicked.inc();
-                        tracing::info!(account, "kicking a chat flooder");
+                        if matches!(output, ChatOutput::Kick { .. }) {
+                            self.metrics.kicked.inc();
+                            tracing::info!(account, "kicking a chat flooder");
+                        }
                         self.lines.outbox().push(NetCommand::Disconnect {
                             client: *client,
                             reason: DisconnectReason::Kicked,

@@ -44,6 +44,14 @@ pub enum ChatOutput {
         /// The offender's account.
         account: u64,
     },
+    /// Disconnect a kicked member again: it sent more before the first
+    /// disconnect took effect, which may have been lost on the way. At most
+    /// once a period per member, and not a new kick (neither counted nor
+    /// logged: a flooder's sends after its kick must not each make one).
+    KickAgain {
+        /// The offender's account.
+        account: u64,
+    },
 }
 
 impl ChatOutput {
@@ -252,6 +260,9 @@ struct Member {
     /// The last sequence number sent to this member.
     last_seq: u64,
     kicked: bool,
+    /// When the disconnect of a kicked member was last asked for, in
+    /// periods (see [`ChatOutput::KickAgain`]).
+    kick_asked_at: u64,
     /// The tick in which a send refused for the fan-out bound last gave
     /// its token back (once a tick, see [`ChatRoom::say`]).
     refunded_in: Option<u64>,
@@ -449,6 +460,7 @@ impl ChatRoom {
             mutes: 0,
             last_seq: 0,
             kicked: false,
+            kick_asked_at: 0,
             refunded_in: None,
         };
         // Back soon after leaving: the mute, the offences and the bucket
@@ -607,10 +619,13 @@ impl ChatRoom {
             return false;
         };
         if member.kicked {
-            // Answered still, and the kick asked for again: if the first
-            // disconnect was lost, this one ends the member.
+            // Answered still, and the disconnect asked for again once a
+            // period: if the first was lost, this one ends the member.
             out.push(reject(from, client_ref, ChatRejectReason::Kicked, &config));
-            out.push(ChatOutput::Kick { account: from });
+            if member.kick_asked_at != now {
+                member.kick_asked_at = now;
+                out.push(ChatOutput::KickAgain { account: from });
+            }
             return true;
         }
         if now < member.muted_until {
@@ -775,6 +790,7 @@ impl ChatRoom {
         }
         if member.mutes >= config.kick_after_mutes {
             member.kicked = true;
+            member.kick_asked_at = now;
             out.push(reject(
                 account,
                 client_ref,

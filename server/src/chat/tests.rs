@@ -345,11 +345,23 @@ fn repeated_offenders_are_muted_then_kicked() {
     assert!(out.contains(&ChatOutput::Kick { account: 1 }));
     let mut out = Vec::new();
     room.say(1, 18, &ChatScope::Global, "after kick", nowhere, &mut out);
-    // Answered, never delivered, and the kick asked for again (the first
-    // disconnect may have been lost).
+    // Answered and never delivered; within the kick's period, nothing more.
     assert_eq!(the_answer(&out, 1, 18), Err(ChatRejectReason::Kicked));
     assert!(lines_for(&out, 2).is_empty());
-    assert!(out.contains(&ChatOutput::Kick { account: 1 }));
+    assert_eq!(out.len(), 1, "{out:?}");
+    // A period later the disconnect is asked for again (the first may
+    // have been lost), once, and not as a new kick.
+    room.tick(1);
+    let mut out = Vec::new();
+    for client_ref in 19..29 {
+        room.say(1, client_ref, &ChatScope::Global, "more", nowhere, &mut out);
+    }
+    assert_eq!(rejections(&out), [ChatRejectReason::Kicked; 10]);
+    let kicks: Vec<&ChatOutput> = out
+        .iter()
+        .filter(|o| matches!(o, ChatOutput::Kick { .. } | ChatOutput::KickAgain { .. }))
+        .collect();
+    assert_eq!(kicks, [&ChatOutput::KickAgain { account: 1 }]);
 }
 
 #[test]
@@ -534,6 +546,79 @@ fn a_nearby_line_said_as_its_speaker_leaves_is_heard_where_it_stood() {
     app.world_mut().run_schedule(FixedUpdate);
     let sent = app.world().resource::<Outbox>().len() - before;
     assert_eq!(sent, 2, "the speaker's copy and its neighbour's");
+}
+
+/// A flooder that goes on sending after its kick is kicked once: one
+/// counted kick, one log line, and one disconnect a tick (each send
+/// after the kick made all three, up to 2,000 a second).
+#[test]
+fn sends_after_a_kick_are_not_kicks_each() {
+    use crate::net::{ClientConnected, DepartedPositions, FromClient};
+    use shared::io::{ClientId, NetCommand};
+    use shared::netcode::ClientIndex;
+    use shared::protocol::chat::ChatSend;
+    use shared::transport::DisconnectReason;
+
+    let mut app = App::new();
+    app.add_plugins(ChatPlugin {
+        config: Some(ChatConfig {
+            burst: 1,
+            rate_per_sec: 0.0,
+            mute_after_offences: 1,
+            kick_after_mutes: 0,
+            ..ChatConfig::default()
+        }),
+    })
+    .init_resource::<DepartedPositions>();
+    let flooder = ClientId {
+        slot: ClientIndex::from_slot(0),
+        account: 1,
+        session: 1,
+    };
+    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+    app.world_mut().write_message(ClientConnected {
+        client: flooder,
+        entity,
+    });
+    app.world_mut().run_schedule(FixedUpdate);
+    let kicks = |app: &App| {
+        let mut text = String::new();
+        app.world()
+            .resource::<Metrics>()
+            .registry()
+            .render(&mut text);
+        text.lines()
+            .find_map(|line| line.strip_prefix("chat_kicks_total "))
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    let disconnects = |app: &App| {
+        app.world()
+            .resource::<Outbox>()
+            .commands()
+            .iter()
+            .filter(|c| {
+                matches!(c, NetCommand::Disconnect { client, reason: DisconnectReason::Kicked }
+                    if *client == flooder)
+            })
+            .count()
+    };
+    // A line, the offence that kicks, and 50 more, in one tick; then 50
+    // more in each of two ticks (the disconnect not in effect yet).
+    for (tick, sends) in [52, 50, 50].into_iter().enumerate() {
+        for client_ref in 0..sends {
+            app.world_mut().write_message(FromClient {
+                client: flooder,
+                message: ChatSend {
+                    client_ref,
+                    scope: ChatScope::Global,
+                    text: "spam".into(),
+                },
+            });
+        }
+        app.world_mut().run_schedule(FixedUpdate);
+        assert_eq!(kicks(&app), Some(1.0), "tick {tick}");
+        assert_eq!(disconnects(&app), 1 + tick, "tick {tick}");
+    }
 }
 
 #[test]
