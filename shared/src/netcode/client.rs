@@ -15,6 +15,15 @@ use super::{
     NUM_DISCONNECT_PACKETS, SendError, Transmit,
 };
 
+/// Sequence numbers a client may use per second of a token's age: one
+/// that starts using a token it does not remember starts at its age in
+/// seconds times this (see [`Client::connect`]), above every number an
+/// earlier user of the token could have reached unless that one sent more
+/// than about a million packets a second, or began within the same
+/// second. A token a second old starts at 2^20 (three bytes on the wire),
+/// an hour old at about 2^32 (five).
+pub const SEQUENCES_PER_SECOND: u64 = 1 << 20;
+
 /// Client configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -301,7 +310,18 @@ impl Client {
             return Err(ConnectError::Expired);
         }
         // A token used before: keep counting so no (key, nonce) pair repeats.
-        self.next_sequence = self.tokens.switch_to(token.nonce, self.next_sequence);
+        // One this client does not remember may have been used by another
+        // (this program run before): start past anything that one could
+        // have sent since the token was made, so that its packets are
+        // neither sealed again under the same nonces nor, recorded and
+        // replayed, taken as this connection's by a server that has not
+        // seen the token (restarted, or the next of its addresses).
+        let fresh = unix_secs
+            .saturating_sub(token.create_timestamp)
+            .saturating_mul(SEQUENCES_PER_SECOND);
+        self.next_sequence = self
+            .tokens
+            .switch_to(token.nonce, self.next_sequence, fresh);
         let Some(&server) = token.server_addresses.first() else {
             self.state = ClientState::InvalidConnectToken;
             return Err(ConnectError::InvalidToken);

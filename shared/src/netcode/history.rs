@@ -56,12 +56,14 @@ pub(super) struct TokenHistory {
 
 impl TokenHistory {
     /// Makes the token with `nonce` the current one and returns where its
-    /// numbering goes on (zero for a token not remembered); `next_sequence`
-    /// is where the current token's stopped.
+    /// numbering goes on: where it stopped if remembered, and at least
+    /// `fresh` (see `Client::connect`); `next_sequence` is where the
+    /// current token's stopped.
     pub(super) fn switch_to(
         &mut self,
         nonce: [u8; CONNECT_TOKEN_NONCE_BYTES],
         next_sequence: u64,
+        fresh: u64,
     ) -> u64 {
         if let Some(current) = self.uses.front_mut() {
             current.next_sequence = next_sequence;
@@ -79,7 +81,7 @@ impl TokenHistory {
                 }
             }
         };
-        let next = token.next_sequence;
+        let next = token.next_sequence.max(fresh);
         self.uses.push_front(token);
         next
     }

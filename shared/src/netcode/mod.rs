@@ -116,11 +116,16 @@
 //! also remembers, per token, the newest client sequence its ended
 //! connections accepted, and drops anything up to it in a new connection
 //! with that token (a late or replayed packet of an earlier one). The
-//! client's counter starts at zero for a token and keeps counting across
-//! server addresses and across `connect` calls with a token it used
-//! before, other tokens in between (it remembers its last eight tokens; a
-//! new `Client` with an old token starts at zero again, and the server
-//! refuses those sequences as replays). Challenge tokens use their own server key and
+//! client's counter starts, for a token it does not remember, at the
+//! token's age in seconds times [`SEQUENCES_PER_SECOND`] (2^20),
+//! and keeps counting across server addresses and across `connect` calls
+//! with a token it used before, other tokens in between (it remembers its
+//! last eight tokens). A new `Client` with a token an earlier one used (the
+//! program run again with a saved token) so starts past the earlier one's
+//! numbers: its packets repeat no nonce of the earlier session's, and
+//! those, recorded and replayed, are refused as old also by a server that
+//! never saw the token before (restarted, or the next address in it),
+//! unless both began within the same second. Challenge tokens use their own server key and
 //! counter. A counter that would pass `u64::MAX` stops sending
 //! ([`SendError::SequenceExhausted`]) instead of wrapping.
 //!
@@ -189,7 +194,9 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Client, ClientConfig, ClientEvent, ClientState, ConnectError};
+pub use client::{
+    Client, ClientConfig, ClientEvent, ClientState, ConnectError, SEQUENCES_PER_SECOND,
+};
 pub use ratelimit::HandshakeRateLimit;
 pub use server::{
     AddressLookup, ClientIndex, ConfigError, DisconnectError, DisconnectReason, Located, SendError,

@@ -1660,6 +1660,75 @@ fn no_reply_is_larger_than_the_packet_that_caused_it() {
     );
 }
 
+/// A token saved and used again by a new `Client` (the program run again)
+/// after its first user's session, on a server that has not seen it (this
+/// one restarted): the new client's numbers start past the first's, so
+/// that none of its packets is sealed under a nonce the first used, and
+/// the first's packets, recorded and replayed from the new address, are
+/// refused as old (a new client started at zero, and they were taken as
+/// the new session's payloads).
+#[test]
+fn a_token_used_again_by_a_new_client_repeats_no_nonce_and_takes_no_replay() {
+    let mut w = World::new(4);
+    let token = w.token(1);
+    let mut first = [(client_addr(0), Client::new(ClientConfig::new(PROTOCOL)))];
+    first[0].1.connect(&token, w.now, UNIX).unwrap();
+    w.pump(&mut first);
+    assert_eq!(first[0].1.state(), ClientState::Connected);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let mut recorded = Vec::new();
+    for _ in 0..50 {
+        let t = first[0].1.send_payload(w.now, b"trade", &mut buf).unwrap();
+        recorded.push(buf[..t.len].to_vec());
+        assert!(w.deliver_to_server(client_addr(0), &buf[..t.len]).is_some());
+    }
+    let key = w.key;
+    w.server = Server::new(
+        ServerConfig::new(PROTOCOL, key, vec![server_addr()]),
+        &mut TestRng(99),
+    )
+    .unwrap();
+
+    // Five seconds later, from another port.
+    let mut second = [(client_addr(1), Client::new(ClientConfig::new(PROTOCOL)))];
+    second[0].1.connect(&token, w.now, UNIX + 5).unwrap();
+    let mut sealed = Vec::new();
+    for _ in 0..16 {
+        while let Some(t) = second[0].1.poll_transmit(w.now, &mut buf) {
+            if buf[0] != 0 {
+                sealed.push(buf[..t.len].to_vec());
+            }
+            w.server
+                .handle_datagram(w.now, UNIX + 5, client_addr(1), &mut buf[..t.len]);
+        }
+        for (_, mut bytes) in w.server_transmits() {
+            second[0]
+                .1
+                .handle_datagram(w.now, server_addr(), &mut bytes);
+        }
+    }
+    assert_eq!(second[0].1.state(), ClientState::Connected);
+    let t = second[0].1.send_payload(w.now, b"new", &mut buf).unwrap();
+    sealed.push(buf[..t.len].to_vec());
+    assert!(w.deliver_to_server(client_addr(1), &buf[..t.len]).is_some());
+
+    let sequence = |p: &Vec<u8>| packet::parse_header(p, Side::Server).unwrap().sequence;
+    let before: HashSet<u64> = recorded.iter().map(sequence).collect();
+    let again: Vec<u64> = sealed
+        .iter()
+        .map(sequence)
+        .filter(|s| before.contains(s))
+        .collect();
+    assert_eq!(again, [], "sequences sealed again under the token's key");
+    for old in &recorded {
+        assert_eq!(
+            w.deliver_to_server(client_addr(1), old),
+            None,
+            "a replayed packet of the first session was taken"
+        );
+    }
+}
+
 #[test]
 fn no_nonce_is_used_twice_under_one_key() {
     let mut w = World::new(2);
