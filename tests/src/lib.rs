@@ -652,6 +652,57 @@ pub fn play_for(clients: &mut [HonestClient], duration: Duration) {
     }
 }
 
+/// At most how many times what a flood test needs the server to read it
+/// sends: the kernel drops what the server's socket buffer cannot hold
+/// (212,992 bytes by default), and `net-io` runs at nice 10, so on a busy
+/// host the server may read a small share of a flood; the tests send
+/// more, up to this bound, whatever the share.
+pub const FLOOD_BOUND: u64 = 8;
+
+/// Honest clients played on a thread of their own (every 3 ms, as
+/// [`play_for`]) while a test does something long in between: left
+/// unplayed for their timeout (10 s), their sessions would end, and a
+/// test's "honest players were not affected" would see it on a slow host.
+pub struct PlayingAside {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<HonestClient>>>,
+}
+
+impl PlayingAside {
+    /// Starts playing `clients`.
+    pub fn start(mut clients: Vec<HonestClient>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    play_all(&mut clients);
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                clients
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops playing and hands the clients back.
+    pub fn stop(mut self) -> Vec<HonestClient> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread.take().expect("still playing");
+        thread.join().expect("the playing thread panicked")
+    }
+}
+
+impl Drop for PlayingAside {
+    /// A test that fails in between stops the thread too.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Honest clients whose session ended, with the reasons.
 pub fn ended(clients: &[HonestClient]) -> Vec<(u64, DisconnectReason)> {
     clients

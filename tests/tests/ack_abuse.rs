@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    RawClient, Rng, ServerOptions, ServerProcess, connect_honest_without_chat, ended, play_all,
-    play_for, raw_send, scale,
+    FLOOD_BOUND, RawClient, Rng, ServerOptions, ServerProcess, connect_honest_without_chat, ended,
+    play_all, play_for, raw_send, scale,
 };
 use shared::protocol::chat::{ChatLine, ChatScope, ChatSend};
 use shared::protocol::{self, NetMessage, channels};
@@ -94,7 +94,7 @@ fn abusive_acks_cost_bounded_work_and_corrupt_nothing() {
     let mut buf = [0u8; 64];
     let mut sent = 0u64;
     let mut received = 0.0;
-    while (sent < packets || received < packets as f64) && sent < 3 * packets {
+    while (sent < packets || received < packets as f64) && sent < FLOOD_BOUND * packets {
         for _ in 0..100 {
             let (sequence, ack) = match rng.below(5) {
                 // Acks for anything, all 65 bits set, the longest delay.

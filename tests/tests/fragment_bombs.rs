@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, generators, mib, play_all,
-    play_for, scale,
+    FLOOD_BOUND, RawClient, Rng, ServerOptions, ServerProcess, connect_honest, ended, generators,
+    mib, play_all, play_for, scale,
 };
 use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
 use shared::io::unix_secs;
@@ -74,7 +74,8 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
     // bound means something only for bombs that arrived: the server must
     // read at least their fragments' bytes (`net_bytes_in_total`, where
     // the honest players' few hundred small datagrams are under 0.2 %),
-    // so what the kernel dropped is sent again, up to twice as many.
+    // so what the kernel dropped is sent again, up to eight times as many
+    // in all (`net-io` runs at nice 10: a busy host's may read a small share).
     let bytes_before = server.metric("net_bytes_in_total");
     let must_read = attackers * BOMB_FRAGMENTS * FRAGMENT as u64;
     let (mut sent_bytes, mut fragments) = (0, 0..BOMB_FRAGMENTS);
@@ -94,7 +95,7 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
         };
         let short = (must_read as f64 - read).max(0.0) as u64;
         let more = short.div_ceil(attackers * FRAGMENT as u64);
-        if more == 0 || fragments.end + more > 2 * BOMB_FRAGMENTS {
+        if more == 0 || fragments.end + more > FLOOD_BOUND * BOMB_FRAGMENTS {
             break read;
         }
         fragments = fragments.end..fragments.end + more;

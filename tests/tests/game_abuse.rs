@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    RawClient, ServerOptions, ServerProcess, connect_honest, connect_honest_without_chat, ended,
-    mib, play_all, play_for, raw_send,
+    PlayingAside, RawClient, ServerOptions, ServerProcess, connect_honest,
+    connect_honest_without_chat, ended, mib, play_all, play_for, raw_send,
 };
 use glam::Vec2;
 use shared::movement::{ApplyScratch, SnapshotReceiver};
@@ -747,7 +747,8 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         config_toml: "[inventory]\npickup_radius = 1000000.0\nspawn_every_ticks = 1\n".into(),
         ..ServerOptions::default()
     });
-    let mut honest = connect_honest(server.game, 1, 1, Duration::from_secs(5));
+    // Played aside: the races take seconds of request-reply turns.
+    let honest = PlayingAside::start(connect_honest(server.game, 1, 1, Duration::from_secs(5)));
     let (a, b, c) = (0usize, 1usize, 2usize);
     let accounts = [500u64, 501, 502];
     let mut traders: Vec<Trader> = accounts
@@ -1047,6 +1048,12 @@ fn trade_races_neither_duplicate_nor_lose_items() {
         "inventory_refused_total counted {refused} for the {seen_refusals} refusals the traders \
          received"
     );
+    let mut honest = honest.stop();
+    let snapshots = honest[0].seen.snapshots;
     play_for(&mut honest, Duration::from_millis(200));
     assert!(ended(&honest).is_empty(), "{:?}", ended(&honest));
+    assert!(
+        honest[0].seen.snapshots > snapshots,
+        "the honest player gets no snapshots"
+    );
 }
