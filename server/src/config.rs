@@ -216,7 +216,7 @@ pub struct RunArgs {
     #[arg(long, env = "GAMESERVER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// UDP address for game traffic [default: 0.0.0.0:7777]
+    /// UDP address for game traffic [default: 127.0.0.1:7777 in dev mode (no key file), 0.0.0.0:7777 with a key file]
     #[arg(long, env = "GAMESERVER_BIND", value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
 
@@ -677,10 +677,22 @@ fn serialize_tick_rate<S: serde::Serializer>(rate: &TickRate, s: S) -> Result<S:
     s.serialize_u32(rate.hz())
 }
 
+/// Where the game listens unless told: every interface with a key file;
+/// in dev mode, whose key is public (anyone who reaches the server can
+/// mint a token for any account), this machine only.
+pub fn default_bind(has_key_file: bool) -> SocketAddr {
+    let ip = if has_key_file {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        Ipv4Addr::LOCALHOST
+    };
+    SocketAddr::from((ip, 7777))
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7777)),
+            bind: default_bind(false),
             metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)),
             data_dir: PathBuf::from("./data"),
             tick_rate: TickRate::default(),
@@ -799,7 +811,11 @@ impl ServerConfig {
                 origin: origin.to_owned(),
                 message,
             })?;
-        let bind = args.bind.or(file.bind).unwrap_or(defaults.bind);
+        let key_file = args.key_file.clone().or_else(|| file.key_file.clone());
+        let bind = args
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| default_bind(key_file.is_some()));
         let public_addr_set = match (args.public_addr, file.public_addr) {
             (Some(addr), _) => Some(("the command line or environment", addr)),
             (None, Some(addr)) => Some((origin, addr)),
@@ -835,7 +851,7 @@ impl ServerConfig {
             data_dir: pick(&args.data_dir, &file.data_dir, defaults.data_dir),
             tick_rate,
             max_clients,
-            key_file: args.key_file.clone().or_else(|| file.key_file.clone()),
+            key_file,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -1265,8 +1281,10 @@ mod tests {
         let file = FileConfig::parse(EMBEDDED_CONFIG, "embedded").unwrap();
         let config = ServerConfig::resolve(&RunArgs::default(), &file, "embedded").unwrap();
         assert_eq!(config, ServerConfig::default());
-        // And every key is spelled out in it, so the file documents them all.
-        assert!(file.bind.is_some() && file.metrics_bind.is_some() && file.data_dir.is_some());
+        // And every key is spelled out in it, so the file documents them all
+        // (those whose default depends on others, commented out).
+        assert!(file.metrics_bind.is_some() && file.data_dir.is_some());
+        assert!(file.bind.is_none() && EMBEDDED_CONFIG.contains("\n# bind = "));
         assert!(file.tick_hz.is_some() && file.max_clients.is_some());
         assert!(file.log_format.is_some() && file.log_filter.is_some());
         assert!(file.shutdown_grace_ms.is_some());
@@ -1302,6 +1320,37 @@ mod tests {
         }
         let error = FileConfig::parse("[handshake]\nrate = 1\n", "test.toml").unwrap_err();
         assert!(error.to_string().contains("unknown field"), "{error}");
+    }
+
+    /// A dev-mode server (its key public: anyone who reaches it can mint a
+    /// token for any account) listens on this machine only unless told
+    /// otherwise; one with a key file on every interface.
+    #[test]
+    fn dev_mode_listens_on_loopback_unless_bind_says_otherwise() {
+        let resolve = |argv: &[&str], file: &str| {
+            let file = FileConfig::parse(file, "test.toml").unwrap();
+            ServerConfig::resolve(&run_args(argv), &file, "test.toml")
+                .unwrap()
+                .bind
+        };
+        let loopback: SocketAddr = "127.0.0.1:7777".parse().unwrap();
+        let everywhere: SocketAddr = "0.0.0.0:7777".parse().unwrap();
+        assert_eq!(resolve(&["server"], ""), loopback);
+        assert_eq!(ServerConfig::default().bind, loopback);
+        assert_eq!(resolve(&["server", "--key-file", "k"], ""), everywhere);
+        assert_eq!(resolve(&["server"], "key_file = \"k\"\n"), everywhere);
+        assert_eq!(
+            resolve(&["server", "--bind", "0.0.0.0:7777"], ""),
+            everywhere
+        );
+        assert_eq!(
+            resolve(&["server"], "bind = \"0.0.0.0:7777\"\n"),
+            everywhere
+        );
+        assert_eq!(
+            resolve(&["server", "--key-file", "k", "--bind", "127.0.0.1:9"], ""),
+            "127.0.0.1:9".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -1514,7 +1563,7 @@ mod tests {
         assert!(help.contains("server token --help"), "{help}");
         for needle in [
             "--bind",
-            "0.0.0.0:7777",
+            "127.0.0.1:7777 in dev mode",
             "GAMESERVER_BIND",
             "--metrics-bind",
             "127.0.0.1:9100",

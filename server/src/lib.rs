@@ -167,11 +167,21 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
             }
             Ok(key)
         }
-        None => {
+        None if config.bind.ip().is_loopback() => {
             tracing::warn!(
                 "DEV MODE: no --key-file given, using the public development key from \
                  assets/dev.key. Anyone can mint connect tokens for this server. \
                  Never run a dev-mode server where untrusted players can reach it."
+            );
+            Ok(shared::keys::dev_key())
+        }
+        None => {
+            tracing::error!(
+                bind = %config.bind,
+                "DEV MODE ON THE NETWORK: no --key-file given, using the public development \
+                 key from assets/dev.key, and listening beyond this machine. Anyone who \
+                 reaches this address can mint connect tokens and play as any account. Give \
+                 --key-file for anything but a trusted network."
             );
             Ok(shared::keys::dev_key())
         }
