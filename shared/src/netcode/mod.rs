@@ -78,7 +78,11 @@
 //!   that by one spare budget of all sources together: one forging a
 //!   player's address spends the address's limit, but the player's own
 //!   packets keep a share of the spare, so its handshake is slowed, not
-//!   stopped; the decryption work is bounded by the two rates.
+//!   stopped. The decryption work is bounded by the two rates for the
+//!   sources the table tracks; a flood from more distinct sources than it
+//!   holds (spoofed, each new or evicted one let in) costs one decryption
+//!   of a 1078-byte request per packet, about what the kernel spends
+//!   receiving it: bounded by the flood's bandwidth, not by the rates.
 //! - Every reply is smaller than the packet that caused it: challenge ≤ 333
 //!   bytes for a 1078-byte request, denied ≤ 25 bytes, keep-alive ≤ 33 bytes.
 //!   One request or response causes at most one reply.

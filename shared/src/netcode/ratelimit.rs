@@ -50,7 +50,9 @@ pub struct HandshakeRateLimit {
     /// over the limits, leaves each of the player's own packets about a
     /// `spare_per_second / n` chance: the forgery slows the player's
     /// handshake down instead of stopping it. This bounds the decryption
-    /// work a flood adds past the per-source limits.
+    /// work a flood adds past the limits of the sources the table tracks
+    /// (one from more sources than it holds gets each new one in on its
+    /// fresh bucket).
     pub spare_per_second: u32,
 }
 
