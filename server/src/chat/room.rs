@@ -435,17 +435,20 @@ impl ChatRoom {
 
     /// A member joins (its session is established); with
     /// [`ChatConfig::announce_sessions`], everyone, the newcomer included,
-    /// gets a system line. Joining again while in session renames the
-    /// member: its standing and its lines' numbering carry on.
+    /// gets a system line, for a token of the member's bucket (none left:
+    /// no line; see [`ChatConfig::announce_sessions`]). Joining again while
+    /// in session renames the member: its standing and its lines'
+    /// numbering carry on.
     pub fn join(&mut self, account: u64, name: String, out: &mut Vec<ChatOutput>) {
         let text = format!("{name} joined");
         if let Some(member) = self.members.get_mut(&account) {
             // In session already: a rename. Its mute, offences, bucket and
             // numbering go on; only the name changes.
             let old = std::mem::replace(&mut member.name, name.clone());
+            let announced = self.config.announce_sessions && member.bucket.try_take();
             self.forget_name(&old, account);
             self.by_name.insert(name, account);
-            if self.config.announce_sessions {
+            if announced {
                 self.system(&text, out);
             }
             return;
@@ -477,18 +480,20 @@ impl ChatRoom {
             member.muted_until = was.muted_until;
             member.mutes = was.mutes;
         }
+        let announced = self.config.announce_sessions && member.bucket.try_take();
         self.members.insert(account, member);
-        if self.config.announce_sessions {
+        if announced {
             self.system(&text, out);
         }
     }
 
     /// A member leaves; with [`ChatConfig::announce_sessions`], the others
-    /// get a system line.
+    /// get a system line, for a token of its bucket (kept for its return).
     pub fn leave(&mut self, account: u64, out: &mut Vec<ChatOutput>) {
-        let Some(member) = self.members.remove(&account) else {
+        let Some(mut member) = self.members.remove(&account) else {
             return;
         };
+        let announced = self.config.announce_sessions && member.bucket.try_take();
         self.forget_name(&member.name, account);
         let clean = member.offences == 0
             && member.mutes == 0
@@ -524,7 +529,7 @@ impl ChatRoom {
                 self.config.rejoin_memory_players as usize,
             );
         }
-        if self.config.announce_sessions {
+        if announced {
             self.system(&format!("{} left", member.name), out);
         }
     }

@@ -258,6 +258,38 @@ fn announcing() -> ChatConfig {
     }
 }
 
+/// Announcements cost the player's chat tokens: a player reconnecting
+/// every tick sends everyone no more lines than chatting would (each
+/// session's join and leave was a line to everyone, at 30 a second).
+#[test]
+fn reconnecting_announces_no_more_lines_than_chatting_would() {
+    let config = announcing();
+    let (burst, tick_hz) = (config.burst, config.tick_hz);
+    let mut room = room_with(&[1], config);
+    let mut out = Vec::new();
+    for _ in 0..tick_hz / 2 {
+        room.join(7, "player-7".into(), &mut out);
+        room.tick(1);
+        room.leave(7, &mut out);
+        room.tick(1);
+    }
+    let heard = lines_for(&out, 1)
+        .iter()
+        .filter(|l| l.text.starts_with("player-7"))
+        .count();
+    // A full bucket, and a second's refill at 1 a second.
+    assert!(
+        heard <= burst as usize + 1,
+        "{heard} announcements in a second (burst {burst})"
+    );
+    assert!(heard >= 2, "its first join and leave are announced");
+    // And the bucket spent is the one its lines then draw on.
+    room.join(7, "player-7".into(), &mut out);
+    let mut out = Vec::new();
+    room.say(7, 1, &ChatScope::Global, "hi", nowhere, &mut out);
+    assert_eq!(rejections(&out), vec![ChatRejectReason::RateLimited]);
+}
+
 #[test]
 fn sequence_numbers_count_every_line_per_recipient_without_gaps() {
     let mut room = room_with(&[1], announcing());
