@@ -180,6 +180,11 @@ enum Sockets {
 #[cfg(target_os = "linux")]
 const MAX_READS_PER_WAKE: usize = 16;
 
+/// Datagrams a bot's own socket reads before letting the bots run: a
+/// flood to one bot's port (anyone can send to it) must not hold the
+/// worker in its read loop, past the run's end, its memory growing.
+const MAX_OWN_READS_PER_WAKE: usize = 1024;
+
 /// A bot's own socket as its outbox.
 struct SocketOutbox<'a> {
     socket: &'a UdpSocket,
@@ -227,6 +232,8 @@ struct Worker {
     /// Bots handed datagrams in this pass, and what each asked for then
     /// (repeats allowed).
     received: Vec<(usize, AfterReceive)>,
+    /// Bots whose own socket a bounded read left unfinished.
+    unread_bots: Vec<usize>,
     /// Lent to each bot while it runs.
     scratch: Scratch,
     sources: SourceIps,
@@ -278,6 +285,7 @@ impl Worker {
             touched: Vec::with_capacity(count),
             touched_mark: vec![false; count],
             received: Vec::with_capacity(count),
+            unread_bots: Vec::new(),
             sources,
             stats: WorkerStats::new(),
             scratch: Scratch::new(),
@@ -329,7 +337,7 @@ impl Worker {
             let now = Instant::now();
             last_pass = now;
             let mut clock = Instant::now;
-            self.read_unread(&mut clock);
+            self.read_unread(&mut clock, &mut rx);
             for event in &events {
                 let token = event.token().0;
                 if token < self.bots.len() {
@@ -390,8 +398,10 @@ impl Worker {
         }
     }
 
-    /// Reads bot `i`'s own socket until it is drained, each datagram
-    /// stamped by `clock` when its read returned.
+    /// Reads bot `i`'s own socket until it is drained or
+    /// [`MAX_OWN_READS_PER_WAKE`] datagrams were read (then it is read
+    /// again on the next pass: edge-triggered readiness will not tell
+    /// again), each datagram stamped by `clock` when its read returned.
     fn read_socket(&mut self, i: usize, clock: &mut impl FnMut() -> Instant, rx: &mut [u8]) {
         let Sockets::PerBot(sockets) = &self.sockets else {
             return;
@@ -399,7 +409,7 @@ impl Worker {
         let Some(socket) = sockets[i].as_ref() else {
             return;
         };
-        loop {
+        for _ in 0..MAX_OWN_READS_PER_WAKE {
             match socket.recv_from(rx) {
                 Ok((len, from)) => {
                     let after = self.bots[i].receive(
@@ -414,9 +424,10 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // WouldBlock: drained. ConnectionRefused and the like: the
                 // server is not there; the handshake timeout reports it.
-                Err(_) => break,
+                Err(_) => return,
             }
         }
+        self.unread_bots.push(i);
     }
 
     /// Nothing to do before the next readiness event or timer.
@@ -425,6 +436,9 @@ impl Worker {
     }
 
     fn has_unread(&self) -> bool {
+        if !self.unread_bots.is_empty() {
+            return true;
+        }
         match &self.sockets {
             #[cfg(target_os = "linux")]
             Sockets::Shared { unread, .. } => !unread.is_empty(),
@@ -432,8 +446,11 @@ impl Worker {
         }
     }
 
-    /// Reads on from the shared sockets a bounded read left unfinished.
-    fn read_unread(&mut self, clock: &mut impl FnMut() -> Instant) {
+    /// Reads on from the sockets a bounded read left unfinished.
+    fn read_unread(&mut self, clock: &mut impl FnMut() -> Instant, rx: &mut [u8]) {
+        for i in std::mem::take(&mut self.unread_bots) {
+            self.read_socket(i, clock, rx);
+        }
         #[cfg(target_os = "linux")]
         if let Sockets::Shared { unread, .. } = &mut self.sockets {
             for s in std::mem::take(unread) {
@@ -788,6 +805,47 @@ mod tests {
             let now = self.now;
             self.worker.service(0, now, &mut self.tx);
         }
+    }
+
+    /// A flood to a bot's own port, faster than the worker reads it,
+    /// holds the worker for a bounded read, not until the flood stops (it
+    /// held it past the run's end, one entry a datagram piling up).
+    #[test]
+    fn a_flood_to_a_bots_socket_holds_the_worker_for_a_bounded_read() {
+        let mut h = Harness::new();
+        h.service();
+        h.server_turn();
+        let bot = h.bot.expect("the bot's address");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooder = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let socket = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+                let began = Instant::now();
+                while !stop.load(Ordering::Relaxed) && began.elapsed() < Duration::from_secs(5) {
+                    let _ = socket.send_to(b"junk", bot);
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // Each read costs 20 µs: slower than the flood comes.
+        let mut clock = || {
+            std::thread::sleep(Duration::from_micros(20));
+            Instant::now()
+        };
+        let mut rx = vec![0; MAX_PACKET_BYTES];
+        let began = Instant::now();
+        h.worker.read_socket(0, &mut clock, &mut rx);
+        let took = began.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        flooder.join().unwrap();
+        assert!(took < Duration::from_secs(2), "the read took {took:?}");
+        assert_eq!(h.worker.received.len(), MAX_OWN_READS_PER_WAKE);
+        // Read on in the next pass.
+        assert!(h.worker.has_unread());
+        h.worker.received.clear();
+        h.worker.read_unread(&mut clock, &mut rx);
+        assert!(!h.worker.received.is_empty());
     }
 
     #[test]
