@@ -381,6 +381,8 @@ pub(crate) struct Bot {
     next_inventory: Option<Instant>,
     session_end: Option<Instant>,
     next_rtt_sample: Option<Instant>,
+    /// The connection's packets received at the last RTT sample.
+    packets_at_rtt_sample: u64,
     verifier: ChatVerifier,
     stopping: bool,
     /// Messages were queued since the last [`flush`](Self::flush).
@@ -420,6 +422,7 @@ impl Bot {
             next_inventory: None,
             session_end: None,
             next_rtt_sample: None,
+            packets_at_rtt_sample: 0,
             verifier: ChatVerifier::new(account),
             stopping: false,
             unsent: false,
@@ -949,10 +952,14 @@ impl Bot {
             self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
             // Zero: the transport has no measurement yet (a stalled server,
             // a round trip over a second); recording it would pull the
-            // percentiles down.
+            // percentiles down. Nothing received since the last sample: the
+            // estimate is that sample's (a server gone silent leaves it as
+            // it was), and recording it again would hide the silence.
             if let Some(conn) = self.endpoint.connection_stats()
                 && conn.rtt > Duration::ZERO
+                && conn.packets_received > self.packets_at_rtt_sample
             {
+                self.packets_at_rtt_sample = conn.packets_received;
                 let us = u64::try_from(conn.rtt.as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);
@@ -1464,6 +1471,35 @@ mod tests {
         run_until(&mut pair, connected + Duration::from_millis(2_050));
         assert_eq!(pair.stats.rtt_us.len(), 2);
         assert_eq!(pair.stats.rtt_steady_us.len(), 1, "sampled after the ramp");
+    }
+
+    /// A server gone silent adds no RTT samples: the transport's estimate
+    /// stays as it was while nothing is acknowledged, and each second's
+    /// sample of it until the timeout was a healthy-looking round trip.
+    #[test]
+    fn a_silent_server_adds_no_rtt_samples() {
+        let mut pair = Pair::with_ramp(Duration::ZERO);
+        pair.connect();
+        let connected = pair.now;
+        while pair.now < connected + Duration::from_millis(1_050) {
+            pair.service();
+            pair.now += Duration::from_millis(5);
+            pair.server.handle_timeout(pair.now);
+            pair.deliver();
+        }
+        assert_eq!(pair.stats.rtt_us.len(), 1, "a round trip was measured");
+        // The server stops answering; the bot goes on for five seconds.
+        for _ in 0..500 {
+            pair.service();
+            pair.now += Duration::from_millis(10);
+        }
+        // One more at most: what arrived between that sample and the
+        // silence is a second's measurement.
+        assert!(
+            pair.stats.rtt_us.len() <= 2,
+            "{} samples of a server silent for five seconds",
+            pair.stats.rtt_us.len()
+        );
     }
 
     /// A scenario faster than the server allows: every input the bot
