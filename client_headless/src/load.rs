@@ -377,9 +377,16 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
 
 fn scrape(metrics: &mut Result<MetricsTarget, String>) -> Result<ServerSample, String> {
     let target = metrics.as_mut().map_err(|e| e.clone())?;
-    target
-        .fetch(SCRAPE_TIMEOUT)
-        .map(|page| prom::parse_sample(&page))
+    let sample = prom::parse_sample(&target.fetch(SCRAPE_TIMEOUT)?);
+    // A page without the server's tick is no measurement of it (another
+    // exporter on the port, node_exporter's default 9100 among them).
+    match sample.tick {
+        Some(_) => Ok(sample),
+        None => Err(format!(
+            "the page has no {}: not the game server's metrics?",
+            prom::TICK_DURATION
+        )),
+    }
 }
 
 /// The server's figures over the run (`first`, the first scrape that
@@ -647,6 +654,73 @@ mod tests {
         url
     }
 
+    /// A metrics server that always serves `page`.
+    fn metrics_serving(page: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                prom::tests::read_request(&mut stream);
+                let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{page}");
+            }
+        });
+        url
+    }
+
+    /// A plan of one bot for `duration` against a game address nothing
+    /// answers on (the bot never connects), its report in `report`.
+    fn plan_without_server(
+        metrics_url: String,
+        duration: Duration,
+        report: &std::path::Path,
+    ) -> LoadPlan {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        LoadPlan {
+            server,
+            bots: 1,
+            duration,
+            ramp: Duration::ZERO,
+            scenario: Scenario::parse(crate::scenario::DEFAULT_TOML, "default.toml").unwrap(),
+            minter: TokenMinter::dev(server),
+            link: None,
+            metrics_url,
+            threads: 1,
+            sources: SourceIps::Any,
+            first_account: 1,
+            drain_timeout: Duration::from_secs(1),
+            report: Some(report.to_owned()),
+            chart: None,
+            slos: Slos::default(),
+            seed: 1,
+        }
+    }
+
+    /// A page that answers without the server's series (another exporter
+    /// on the port) is no measurement of the server: the report says so
+    /// and is incomplete (it read as a full measurement with null figures).
+    #[test]
+    fn a_metrics_page_without_the_servers_series_is_no_measurement() {
+        let dir = std::env::temp_dir().join(format!("load-other-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.json");
+        let url = metrics_serving("node_load1 0.5\n");
+        run(plan_without_server(url, Duration::from_secs(2), &report)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let server = &json["server"];
+        assert_eq!(server["complete"], false, "{server}");
+        let notes = json["notes"].to_string();
+        assert!(
+            notes.contains(prom::TICK_DURATION),
+            "the notes do not say why: {notes}"
+        );
+    }
+
     /// The server's metrics answer nothing for 1.5 s, so the scrape
     /// before the run times out: those that answer later still measure
     /// the server, from the first of them.
@@ -655,29 +729,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("load-late-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let report = dir.join("report.json");
-        // A game address nothing answers on: the bot never connects.
-        let server = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let plan = LoadPlan {
-            server,
-            bots: 1,
-            duration: Duration::from_secs(3),
-            ramp: Duration::ZERO,
-            scenario: Scenario::parse(crate::scenario::DEFAULT_TOML, "default.toml").unwrap(),
-            minter: TokenMinter::dev(server),
-            link: None,
-            metrics_url: metrics_silent_for(Duration::from_millis(1_500)),
-            threads: 1,
-            sources: SourceIps::Any,
-            first_account: 1,
-            drain_timeout: Duration::from_secs(1),
-            report: Some(report.clone()),
-            chart: None,
-            slos: Slos::default(),
-            seed: 1,
-        };
+        let url = metrics_silent_for(Duration::from_millis(1_500));
+        let plan = plan_without_server(url, Duration::from_secs(3), &report);
         run(plan).unwrap();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
