@@ -158,8 +158,14 @@ struct Session {
     server: SocketAddr,
     /// The token's timeout; `None` when it disables timeouts.
     timeout: Option<Duration>,
-    connect_started: Instant,
+    /// When the token expires: its lifetime from `connect`, or what was
+    /// left of it by the caller's clock if that is less (a token pasted in
+    /// late), so that it ends as expired, not as a timeout.
+    expires_at: Option<Instant>,
     server_index: usize,
+    /// An address of the token refused the connection (server full): if
+    /// none connects and the last is silent, that is the reason given.
+    denied: bool,
     token: Box<ConnectToken>,
     challenge: Option<Box<(u64, [u8; CHALLENGE_TOKEN_BYTES])>>,
 }
@@ -336,8 +342,13 @@ impl Client {
                 .ok()
                 .filter(|t| *t > 0)
                 .map(Duration::from_secs),
-            connect_started: now,
+            expires_at: now.checked_add(Duration::from_secs(
+                token
+                    .lifetime_seconds()
+                    .min(token.expire_timestamp.saturating_sub(unix_secs)),
+            )),
             server_index: 0,
+            denied: false,
             token: Box::new(token.clone()),
             challenge: None,
         });
@@ -570,6 +581,7 @@ impl Client {
         let Some(session) = self.session.as_mut() else {
             return;
         };
+        session.denied |= error == ClientState::ConnectionDenied;
         let next = session.server_index.saturating_add(1);
         if let Some(&server) = session.token.server_addresses.get(next) {
             session.server_index = next;
@@ -579,6 +591,9 @@ impl Client {
             session.last_sent = None;
             self.replay = ReplayWindow::default();
             self.state = ClientState::SendingConnectionRequest;
+        } else if session.denied && error == ClientState::ConnectionRequestTimedOut {
+            // An earlier address said it was full; this one never answered.
+            self.reset(ClientState::ConnectionDenied);
         } else {
             self.reset(error);
         }
@@ -588,8 +603,7 @@ impl Client {
         let s = self.session.as_ref()?;
         let timeout = s.timeout.and_then(|t| s.last_received.checked_add(t));
         let expiry = if self.state.is_connecting() {
-            s.connect_started
-                .checked_add(Duration::from_secs(s.token.lifetime_seconds()))
+            s.expires_at
         } else {
             None
         };

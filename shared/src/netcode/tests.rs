@@ -1660,6 +1660,49 @@ fn no_reply_is_larger_than_the_packet_that_caused_it() {
     );
 }
 
+/// A token pasted in with little of its life left ends as expired when
+/// that runs out, not as a timeout of a server that was there (it counted
+/// the token's whole lifetime from the connect, and the server dropped
+/// its requests as expired meanwhile).
+#[test]
+fn a_token_used_late_expires_when_its_life_runs_out() {
+    let w = World::new(1);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    let mut params = params(1);
+    params.timeout_seconds = 5;
+    let mut rng = TestRng(3);
+    let token = ConnectToken::generate(&params, &w.key, &mut rng).unwrap();
+    // 30 s of life, 28 of them gone.
+    client.connect(&token, w.now, UNIX + 28).unwrap();
+    client.handle_timeout(w.now + Duration::from_millis(1_900));
+    assert_eq!(client.state(), ClientState::SendingConnectionRequest);
+    client.handle_timeout(w.now + Duration::from_secs(2));
+    assert_eq!(client.state(), ClientState::ConnectTokenExpired);
+}
+
+/// A client whose first server said it was full, and whose next one never
+/// answered, says the server was full, not that nobody answered.
+#[test]
+fn a_denial_is_the_reason_when_the_next_address_is_silent() {
+    let mut w = World::new(1);
+    let _player = w.connected_pair();
+    let silent: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let mut params = params(2);
+    params.server_addresses = vec![server_addr(), silent];
+    let token = ConnectToken::generate(&params, &w.key, &mut w.rng).unwrap();
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(1), client)];
+    w.pump(&mut clients);
+    assert_eq!(
+        clients[0].1.state(),
+        ClientState::SendingConnectionRequest,
+        "denied by the full server, on to the next address"
+    );
+    w.advance(Duration::from_secs(6), &mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::ConnectionDenied);
+}
+
 /// A token saved and used again by a new `Client` (the program run again)
 /// after its first user's session, on a server that has not seen it (this
 /// one restarted): the new client's numbers start past the first's, so
