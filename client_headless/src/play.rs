@@ -4,7 +4,7 @@
 //! pumps the socket, prints what the server says and sends what the player
 //! asks. Commands are listed by `/help`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -231,6 +231,10 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     let input = spawn_stdin();
     let mut player = Player::new();
     let mut stdin_open = true;
+    // Commands that need the connection, typed before it was up; and the
+    // end of input (or `/quit`) behind them, to follow once they ran.
+    let mut pending: VecDeque<Command> = VecDeque::new();
+    let mut quit_after_pending = false;
     loop {
         let now = Instant::now();
         let read = match socket.pump(now) {
@@ -256,21 +260,45 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             }
         }
         player.tick(now, &mut socket.endpoint);
+        if socket.endpoint.is_connected() {
+            for command in pending.drain(..) {
+                player.run(now, command, &mut socket.endpoint);
+            }
+            if std::mem::take(&mut quit_after_pending) {
+                socket.endpoint.disconnect(now, DisconnectReason::Closed);
+            }
+        }
         while stdin_open {
-            match input.try_recv() {
+            let quit = match input.try_recv() {
                 Ok(line) => match parse_command(&line) {
-                    Ok(Some(Command::Quit)) => {
-                        socket.endpoint.disconnect(now, DisconnectReason::Closed);
-                        stdin_open = false;
+                    Ok(Some(Command::Quit)) => true,
+                    Ok(Some(command)) if waits_for_connection(&command, &socket.endpoint) => {
+                        if pending.len() < MAX_PENDING_COMMANDS {
+                            pending.push_back(command);
+                        } else {
+                            println!("not connected yet: command dropped");
+                        }
+                        false
                     }
-                    Ok(Some(command)) => player.run(now, command, &mut socket.endpoint),
-                    Ok(None) => {}
-                    Err(message) => println!("{message}"),
+                    Ok(Some(command)) => {
+                        player.run(now, command, &mut socket.endpoint);
+                        false
+                    }
+                    Ok(None) => false,
+                    Err(message) => {
+                        println!("{message}");
+                        false
+                    }
                 },
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
+                Err(TryRecvError::Disconnected) => true,
+            };
+            if quit {
+                stdin_open = false;
+                if pending.is_empty() {
                     socket.endpoint.disconnect(now, DisconnectReason::Closed);
-                    stdin_open = false;
+                } else {
+                    quit_after_pending = true;
                 }
             }
         }
@@ -286,6 +314,13 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             .min(IDLE);
         std::thread::sleep(wake);
     }
+}
+
+/// Whether `command` must wait for the connection (typed while it is
+/// still being made): all but `/help`, so that a script's commands run in
+/// its order (`/stats` after a `/say` shows what the line cost).
+fn waits_for_connection(command: &Command, endpoint: &ClientEndpoint) -> bool {
+    !endpoint.is_connected() && !matches!(command, Command::Help)
 }
 
 /// The exit code of a session that ended for `reason`: 0 when the player
@@ -421,6 +456,10 @@ impl InventoryRetries {
 
 /// See [`Player::unanswered_chat`].
 const MAX_UNANSWERED_CHAT: usize = 64;
+
+/// Commands typed (or piped) before the connection is up, kept to run once
+/// it is: a script piped in arrives whole before the handshake ends.
+const MAX_PENDING_COMMANDS: usize = 256;
 
 impl Player {
     fn new() -> Self {

@@ -194,9 +194,14 @@ pub use process::KillOnDrop;
 /// [`Command::output`] does (stdin is null), but for at most `limit`: a
 /// process still running then is killed and the test fails.
 pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    output_within_input(command, Stdio::null(), limit)
+}
+
+/// [`output_within`], with `stdin` as the command's input.
+pub fn output_within_input(command: &mut Command, stdin: Stdio, limit: Duration) -> Output {
     let mut child = KillOnDrop(
         command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
