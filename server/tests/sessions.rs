@@ -868,6 +868,20 @@ fn walk(net: &Loopback, client: ClientId, seq: u32, velocity: Vec2) {
     );
 }
 
+/// `joined`'s connection and `left`'s end (`Closed`), as `net-io` reports
+/// an account back within a tick.
+fn reconnect(net: &Loopback, joined: ClientId, left: ClientId) {
+    for event in [
+        NetEvent::Connected { client: joined },
+        NetEvent::Disconnected {
+            client: left,
+            reason: DisconnectReason::Closed,
+        },
+    ] {
+        net.events.send(event).unwrap();
+    }
+}
+
 /// Connects `client` and runs the tick it spawns in.
 fn join(app: &mut App, net: &Loopback, client: ClientId) {
     net.events.send(NetEvent::Connected { client }).unwrap();
@@ -923,15 +937,7 @@ fn a_player_who_comes_back_is_where_it_left() {
 
     // `joined`'s connection and `left`'s end, in one tick.
     let in_one_tick = |app: &mut App, joined: ClientId, left: ClientId| {
-        for event in [
-            NetEvent::Connected { client: joined },
-            NetEvent::Disconnected {
-                client: left,
-                reason: DisconnectReason::Closed,
-            },
-        ] {
-            net.events.send(event).unwrap();
-        }
+        reconnect(&net, joined, left);
         app.update();
     };
     // Back within one tick, the new connection reported first.
@@ -985,15 +991,7 @@ fn reconnecting_every_other_tick_does_not_move_a_player_faster() {
             // A new session of the same account, the old one's end in the
             // same tick, and three inputs at once: a full bank's worth.
             let next = client(1 + tick, 7, 2 + u64::from(tick));
-            for event in [
-                NetEvent::Connected { client: next },
-                NetEvent::Disconnected {
-                    client: session,
-                    reason: DisconnectReason::Closed,
-                },
-            ] {
-                net.events.send(event).unwrap();
-            }
+            reconnect(&net, next, session);
             session = next;
             seq = 0;
             for _ in 0..config.burst_ticks {
