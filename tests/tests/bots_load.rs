@@ -320,7 +320,12 @@ fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
                     Ok(n) => request.extend_from_slice(&chunk[..n]),
                 }
             }
-            let body = "server_tick_overruns_total 0\n";
+            // The game server's series (a page without its tick is
+            // taken for another exporter's, as not answering).
+            let body = "server_tick_duration_seconds_bucket{le=\"0.001\"} 0\n\
+                        server_tick_duration_seconds_bucket{le=\"+Inf\"} 0\n\
+                        server_tick_duration_seconds_count 0\n\
+                        server_tick_overruns_total 0\n";
             let answer = format!(
                 "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
