@@ -1197,18 +1197,22 @@ mod tests {
         }
     }
 
+    /// The viewer at the origin and 127 entities of ids 100,001 up, the
+    /// k-th at (k + shift, k + shift) and the k-th nearest.
+    fn sparse_crowd(scratch: &mut EncodeScratch, shift: i32) {
+        viewer_at_origin(scratch).extend((1..=127).map(|k| Candidate {
+            id: 100_000 + k,
+            position: IVec2::splat(k as i32 + shift),
+            distance_sq: 10.0 + k as f32,
+        }));
+    }
+
     /// A viewer with a low id in a crowd of high ids: each update's id gap
     /// is one byte in the snapshot (counted from the entry before it), and
     /// the budget is filled as far as the updates' real sizes go.
     #[test]
     fn a_cut_delta_fills_its_budget_by_the_updates_real_sizes() {
-        let crowd = |scratch: &mut EncodeScratch, shift: i32| {
-            viewer_at_origin(scratch).extend((1..=127).map(|k| Candidate {
-                id: 100_000 + k,
-                position: IVec2::splat(k as i32 + shift),
-                distance_sq: 10.0 + k as f32,
-            }));
-        };
+        let crowd = sparse_crowd;
         let mut view = ClientView::new();
         let mut scratch = EncodeScratch::default();
         let mut out = Vec::new();
@@ -1237,13 +1241,7 @@ mod tests {
     /// no other update went out, and those went back 40,000 units.
     #[test]
     fn held_updates_that_fitted_fit_again_by_their_real_sizes() {
-        let crowd = |scratch: &mut EncodeScratch, shift: i32| {
-            viewer_at_origin(scratch).extend((1..=127).map(|k| Candidate {
-                id: 100_000 + k,
-                position: IVec2::splat(k as i32 + shift),
-                distance_sq: 10.0 + k as f32,
-            }));
-        };
+        let crowd = sparse_crowd;
         let mut w = CrowdViewer::new();
         crowd(&mut w.scratch, 0);
         w.send(1, LIMITS);
