@@ -621,7 +621,12 @@ impl Bot {
                 }
                 self.connect(now, stats);
             }
-            Phase::Done => return None,
+            Phase::Done => {
+                // What ending left queued (a goodbye sent mid-handshake)
+                // goes out before the bot lets go of its socket.
+                self.flush(now, out, tx, &mut scratch.datagram, stats);
+                return None;
+            }
             _ => {}
         }
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
@@ -1351,6 +1356,32 @@ mod tests {
             }
             panic!("the bot did not connect: {:?}", self.bot.phase);
         }
+    }
+
+    /// A bot stopped while its connection response is out (the server has
+    /// taken it in, the bot not heard so yet) says goodbye: its last
+    /// service sends the disconnect packets (they stayed queued, the bot
+    /// done, and the server held the slot until its timeout).
+    #[test]
+    fn a_bot_stopped_mid_handshake_says_goodbye() {
+        let mut pair = Pair::new();
+        pair.service();
+        pair.deliver();
+        pair.now += Duration::from_millis(5);
+        pair.service();
+        assert!(pair.slot.is_some(), "the server took the response");
+        assert_eq!(pair.server.connected_clients(), 1);
+        // The server's keep-alive is lost: the bot is still connecting.
+        while pair.server.poll_transmit(pair.now, &mut pair.buf).is_some() {}
+        assert_eq!(pair.bot.phase, Phase::Connecting);
+        pair.bot.stop(pair.now, &mut pair.stats);
+        pair.service();
+        pair.server.handle_timeout(pair.now);
+        assert_eq!(
+            pair.server.connected_clients(),
+            0,
+            "the server never heard the goodbye"
+        );
     }
 
     #[test]
