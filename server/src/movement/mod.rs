@@ -341,10 +341,12 @@ impl Mover {
     /// return would let a client that reconnects every other tick move
     /// twice the maximum speed.
     fn returning(config: &MovementConfig, periods_away: u32) -> Self {
-        let cap = config.burst_ticks.max(1) * CREDIT_PER_INPUT;
+        let full = Self::new(config);
         Self {
-            credit: periods_away.saturating_mul(CREDIT_PER_PERIOD).min(cap),
-            ..Self::new(config)
+            credit: periods_away
+                .saturating_mul(CREDIT_PER_PERIOD)
+                .min(full.credit),
+            ..full
         }
     }
 
