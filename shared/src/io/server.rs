@@ -1,6 +1,6 @@
 //! The server's `net-io` thread.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -452,6 +452,7 @@ impl ServerIo {
             droppable: config.droppable_channels.clone(),
             handed: 0,
             held: Vec::new(),
+            departed: HashSet::new(),
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
@@ -681,6 +682,10 @@ struct ToGame {
     /// The reliable messages waiting in the backlog, by slot: counted only
     /// while the backlog is in use.
     held: Vec<Held>,
+    /// The sessions whose end waits in the backlog behind reliable
+    /// messages of theirs: those messages give way before anyone still
+    /// here is cut off (see [`admit`](Self::admit)).
+    departed: HashSet<ClientId>,
     /// The chunks short payloads are copied into.
     chunks: Chunks,
     stats: Arc<IoStats>,
@@ -691,7 +696,7 @@ struct ToGame {
 #[derive(Clone, Copy, Default)]
 struct Held {
     /// Whose; `None` once the client's end waits behind them (they are
-    /// then the game's to see) or nothing was counted.
+    /// then its session's in [`ToGame::departed`]) or nothing was counted.
     client: Option<ClientId>,
     messages: u64,
     bytes: u64,
@@ -712,7 +717,8 @@ enum Admission {
     Drop,
     /// Dropped (counted), and its sender is to be disconnected as flooding:
     /// reliable, and no room even with every droppable message waiting
-    /// dropped, and the sender holds more than its share or the most.
+    /// and every departed session's dropped, and the sender holds more
+    /// than its share or the most.
     Flood,
     /// Copy it and hand it over; the client named, holding the most of the
     /// backlog, is to be disconnected as flooding: its messages waiting
@@ -726,10 +732,14 @@ impl ToGame {
     /// is full, messages wait in the backlog; once that is full too, or
     /// the message bytes waiting would pass `max_bytes`, a droppable
     /// message is dropped, and a reliable one takes the place of the
-    /// oldest droppable messages waiting. If too few wait, the sender
-    /// floods if it holds more than its even share of what binds (events
-    /// or bytes in the backlog) or as much as anyone; else the client
-    /// holding the most is cut off, its messages waiting going too.
+    /// oldest droppable messages waiting or, when those are too few, of
+    /// the oldest reliable ones of sessions that have ended (a player
+    /// reconnecting again and again must not add up to less than each of
+    /// its sessions, and nobody is left to miss them). If that is not
+    /// enough, the sender floods if it holds more than its even share of
+    /// what binds (events or bytes in the backlog) or as much as anyone;
+    /// else the client holding the most is cut off, its messages waiting
+    /// going too.
     fn admit(&mut self, client: ClientId, channel: ChannelId, len: usize) -> Admission {
         self.flush_backlog();
         let bytes = len as u64;
@@ -751,8 +761,12 @@ impl ToGame {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }
-        let short = match self.make_room(bytes, limit, None) {
+        let short = match self.make_room(bytes, limit, None, false) {
             Ok(()) => return Admission::Keep,
+            Err(_) if !self.departed.is_empty() => match self.make_room(bytes, limit, None, true) {
+                Ok(()) => return Admission::Keep,
+                Err(short) => short,
+            },
             Err(short) => short,
         };
         // Who is cut off: a scan of the slots, made only when a reliable
@@ -776,7 +790,7 @@ impl ToGame {
             Some((holder, most))
                 if own <= share
                     && most > own
-                    && self.make_room(bytes, limit, Some(holder)).is_ok() =>
+                    && self.make_room(bytes, limit, Some(holder), true).is_ok() =>
             {
                 Admission::Cut(holder)
             }
@@ -788,14 +802,21 @@ impl ToGame {
     }
 
     /// Makes room for a message of `bytes` within `limit`: the oldest
-    /// droppable messages waiting give way, as few as make room, and every
-    /// message of `cut` (a client being cut off) goes. Changes nothing and
+    /// droppable messages waiting give way (and, if `departed_too`, the
+    /// reliable ones of [`departed`](Self::departed) sessions), as few as
+    /// make room, and every message of `cut` (a client being cut off) goes. Changes nothing and
     /// says what is short when that does not make room. The walk stops at
     /// the last droppable message needed: a reliable message does not cost
     /// a walk of the whole backlog (thousands of events while the game is
     /// behind, when this thread's time is scarcest), unless it cuts a
     /// client off.
-    fn make_room(&mut self, bytes: u64, limit: u64, cut: Option<ClientId>) -> Result<(), Short> {
+    fn make_room(
+        &mut self,
+        bytes: u64,
+        limit: u64,
+        cut: Option<ClientId>,
+        departed_too: bool,
+    ) -> Result<(), Short> {
         let held = cut.and_then(|client| self.held_by(client));
         let held = held.unwrap_or_default();
         let mut left = (self.backlog.len() as u64).saturating_sub(held.messages);
@@ -805,7 +826,7 @@ impl ToGame {
             if left < self.backlog_room as u64 && self.bytes_fit(bytes, limit + freed) {
                 break;
             }
-            if self.is_droppable(waiting) {
+            if self.gives_way(waiting, departed_too) {
                 left -= 1;
                 freed += payload_bytes(waiting);
                 end = at + 1;
@@ -817,7 +838,7 @@ impl ToGame {
         if !self.bytes_fit(bytes, limit + freed) {
             return Err(Short::Bytes);
         }
-        // Every droppable message before `end` gives way, and every one of
+        // Every message giving way before `end` goes, and every one of
         // `cut`; the others there close up, in order.
         let last = if cut.is_some() {
             self.backlog.len()
@@ -827,7 +848,9 @@ impl ToGame {
         let (mut write, mut dropped, mut freed) = (0, 0, 0);
         for read in 0..last {
             let event = &self.backlog[read];
-            if (read < end && self.is_droppable(event)) || cut.is_some_and(|c| is_from(event, c)) {
+            if (read < end && self.gives_way(event, departed_too))
+                || cut.is_some_and(|c| is_from(event, c))
+            {
                 dropped += 1;
                 freed += payload_bytes(event);
             } else {
@@ -882,8 +905,7 @@ impl ToGame {
 
     /// Puts `event` at the end of the backlog and counts it: a reliable
     /// message against its sender's hold; a client's end ends the count
-    /// of its messages before it (never dropped for a cut: the game is to
-    /// see them before the end).
+    /// of its messages before it, which are then its departed session's.
     fn wait(&mut self, event: NetEvent) {
         if let Some((client, bytes)) = self.counted(&event) {
             let index = client.slot.get();
@@ -903,14 +925,25 @@ impl ToGame {
             && let Some(held) = self.held.get_mut(client.slot.get())
             && held.client == Some(*client)
         {
+            if held.messages > 0 {
+                self.departed.insert(*client);
+            }
             *held = Held::default();
         }
         self.backlog.push_back(event);
     }
 
-    /// Whether `event` is a message that may be dropped.
-    fn is_droppable(&self, event: &NetEvent) -> bool {
-        matches!(event, NetEvent::Message { channel, .. } if self.droppable.contains(channel))
+    /// Whether `event` gives way to a reliable message finding no room:
+    /// droppable, or, if `departed_too`, a departed session's.
+    fn gives_way(&self, event: &NetEvent, departed_too: bool) -> bool {
+        match event {
+            NetEvent::Message {
+                client, channel, ..
+            } => {
+                self.droppable.contains(channel) || (departed_too && self.departed.contains(client))
+            }
+            NetEvent::Connected { .. } | NetEvent::Disconnected { .. } => false,
+        }
     }
 
     /// A kept message's bytes, as the game will hold them. Short ones are
@@ -968,6 +1001,10 @@ impl ToGame {
     fn flush_backlog(&mut self) {
         while let Some(event) = self.backlog.pop_front() {
             let counted = self.counted(&event);
+            let ended = match &event {
+                NetEvent::Disconnected { client, .. } => Some(*client),
+                NetEvent::Connected { .. } | NetEvent::Message { .. } => None,
+            };
             match self.events.try_send(event) {
                 Ok(()) => {
                     if let Some((client, bytes)) = counted
@@ -976,6 +1013,10 @@ impl ToGame {
                     {
                         held.messages = held.messages.saturating_sub(1);
                         held.bytes = held.bytes.saturating_sub(bytes);
+                    } else if let Some(client) = ended
+                        && !self.departed.is_empty()
+                    {
+                        self.departed.remove(&client);
                     }
                 }
                 Err(TrySendError::Full(event)) => {
@@ -985,6 +1026,7 @@ impl ToGame {
                 Err(TrySendError::Disconnected(_)) => {
                     self.backlog.clear();
                     self.held.clear();
+                    self.departed.clear();
                     return;
                 }
             }
@@ -1523,6 +1565,7 @@ mod tests {
             droppable: vec![MOVEMENT],
             handed: 0,
             held: Vec::new(),
+            departed: HashSet::new(),
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
@@ -1740,24 +1783,109 @@ mod tests {
         assert_eq!(to_game.backlog.len(), 3);
     }
 
-    /// The messages of a client whose end waits behind them are the game's
-    /// to see: no cut drops them, and a sender that finds nothing else to
-    /// cut off is cut off itself.
+    /// A client that has left holds nothing anyone could be cut off for:
+    /// once the droppable messages waiting are not enough, the messages of
+    /// sessions whose end waits behind them give way (oldest first, their
+    /// ends stay) before a client still here is cut off or a sender
+    /// within its share is told it floods.
     #[test]
-    fn messages_before_their_clients_end_are_not_dropped_for_a_cut() {
+    fn a_departed_sessions_messages_give_way_before_anyone_is_cut() {
         let (gone, talker) = (player(0), player(1));
-        let (mut to_game, stats, _game) = to_game(4, 1000);
+        let (mut to_game, stats, _game) = to_game(5, 1000);
         stats.connected.store(1, Ordering::Relaxed);
-        for _ in 0..4 {
+        // One in the pipe, then three of the gone client's, its end, and
+        // an input of the talker: the backlog is full.
+        for n in 0..4 {
             assert!(matches!(to_game.admit(gone, CHAT, 1), Admission::Keep));
-            to_game.hand(message_of(gone, CHAT, vec![0]));
+            to_game.hand(message_of(gone, CHAT, vec![n]));
         }
         to_game.hand(NetEvent::Disconnected {
             client: gone,
             reason: DisconnectReason::Timeout,
         });
-        assert!(matches!(to_game.admit(talker, CHAT, 1), Admission::Flood));
-        assert_eq!(to_game.backlog.len(), 4, "three messages and the end");
+        assert!(matches!(
+            to_game.admit(talker, MOVEMENT, 1),
+            Admission::Keep
+        ));
+        to_game.hand(message_of(talker, MOVEMENT, vec![10]));
+        // The input goes first, then the oldest of the gone client's.
+        for n in [11, 12] {
+            assert!(matches!(to_game.admit(talker, CHAT, 1), Admission::Keep));
+            to_game.hand(message_of(talker, CHAT, vec![n]));
+        }
+        let waiting: Vec<_> = to_game
+            .backlog
+            .iter()
+            .map(|event| match event {
+                NetEvent::Message { payload, .. } => Some(payload[0]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waiting, [Some(2), Some(3), None, Some(11), Some(12)]);
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(to_game.handed, 5 + 2 - 2);
+    }
+
+    /// Sessions that leave with messages waiting do not add up to one
+    /// client that could be cut off: a player who reconnects again and
+    /// again while the game is behind, each session holding less than an
+    /// honest client, does not get that client cut off.
+    #[test]
+    fn reconnecting_while_the_game_is_behind_gets_nobody_else_cut_off() {
+        let honest = player(1);
+        let session = |n: u64| ClientId {
+            session: n,
+            ..player(0)
+        };
+        let (mut to_game, stats, _game) = to_game(6, 1000);
+        stats.connected.store(2, Ordering::Relaxed);
+        // One in the pipe; the honest client holds two waiting.
+        for _ in 0..3 {
+            assert!(matches!(to_game.admit(honest, CHAT, 1), Admission::Keep));
+            to_game.hand(message_of(honest, CHAT, vec![0]));
+        }
+        // A session sends two and leaves; the next one sends on.
+        for _ in 0..2 {
+            assert!(matches!(
+                to_game.admit(session(1), CHAT, 1),
+                Admission::Keep
+            ));
+            to_game.hand(message_of(session(1), CHAT, vec![1]));
+        }
+        to_game.hand(NetEvent::Disconnected {
+            client: session(1),
+            reason: DisconnectReason::Closed,
+        });
+        assert!(matches!(
+            to_game.admit(session(2), CHAT, 1),
+            Admission::Keep
+        ));
+        to_game.hand(message_of(session(2), CHAT, vec![2]));
+        assert_eq!(to_game.backlog.len(), 6, "full");
+        for _ in 0..2 {
+            let admission = to_game.admit(session(2), CHAT, 1);
+            assert!(
+                matches!(admission, Admission::Keep),
+                "{}",
+                match admission {
+                    Admission::Cut(cut) if cut == honest => "the honest client is cut off",
+                    _ => "the session is refused",
+                }
+            );
+            to_game.hand(message_of(session(2), CHAT, vec![2]));
+        }
+        let honest_waiting = to_game
+            .backlog
+            .iter()
+            .filter(|event| is_from(event, honest))
+            .count();
+        assert_eq!(honest_waiting, 2);
+        // With nothing of a departed session left, the session holds the
+        // most: it floods, and nobody is cut off.
+        assert!(matches!(
+            to_game.admit(session(2), CHAT, 1),
+            Admission::Flood
+        ));
     }
 
     fn payload(event: &NetEvent) -> &[u8] {
