@@ -214,7 +214,8 @@ fn parse_inventory(verb: &str, args: &str) -> Result<InventoryOp, String> {
 /// Returns the process exit code.
 pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, String> {
     // The endpoint connects to the token's addresses, first to last: the
-    // socket is of the first one's family.
+    // socket is of the first one's family, bound to any address, so that
+    // it opens one of the other family for an address of that one.
     let first = token.server_addresses.first().copied().unwrap_or(server);
     let bind: SocketAddr = if first.is_ipv6() {
         "[::]:0".parse().map_err(|_| "bad bind address")?

@@ -1290,3 +1290,61 @@ fn a_second_shutdown_does_not_prolong_the_linger() {
         "the shutdown took {took:?}, the linger is {linger:?}"
     );
 }
+
+/// A token's addresses may be of both families (a server's IPv4 and IPv6
+/// addresses): a client on a socket of the first one's family, bound to
+/// any address, still reaches the next one when the first stays silent.
+#[test]
+fn a_client_fails_over_to_an_address_of_the_other_family() {
+    fails_over_across_families("0.0.0.0:0", "127.0.0.1:0", "[::1]:0");
+    fails_over_across_families("[::]:0", "[::1]:0", "127.0.0.1:0");
+}
+
+/// A client bound to `bind`, with a token naming a silent socket on
+/// `silent` first and a server on `live` second, connects to the server.
+fn fails_over_across_families(bind: &str, silent: &str, live: &str) {
+    let key = Key::generate(&mut system_rng());
+    let silent = std::net::UdpSocket::bind(silent).unwrap();
+    let socket = shared::io::socket::bind_game_socket(live.parse().unwrap()).unwrap();
+    let server_addr = socket.local_addr().unwrap();
+    let mut server = ServerIo::spawn_on(
+        socket,
+        endpoint_at(key, server_addr, 4),
+        ServerIoConfig::default(),
+    )
+    .unwrap();
+    let token = ConnectToken::generate(
+        &TokenParams {
+            protocol_id: PROTOCOL,
+            client_id: 1,
+            create_timestamp: unix_secs(),
+            expire_seconds: 30,
+            timeout_seconds: 1,
+            server_addresses: vec![silent.local_addr().unwrap(), server_addr],
+            user_data: [0; 256],
+        },
+        &key,
+        &mut system_rng(),
+    )
+    .unwrap();
+    let mut endpoint = ClientEndpoint::new(PROTOCOL, TransportConfig::default());
+    endpoint
+        .connect(&token, Instant::now(), unix_secs())
+        .unwrap();
+    let mut client = ClientSocket::bind(bind.parse().unwrap(), endpoint).unwrap();
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.connected {
+        assert!(
+            Instant::now() < deadline,
+            "{bind} did not reach {server_addr}: {:?}, last send error {:?}",
+            seen.ended,
+            client.last_send_error()
+        );
+        assert!(seen.ended.is_none(), "{bind}: {:?}", seen.ended);
+        pump(&mut client, &mut seen);
+        for _ in server.events() {}
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.shutdown(DisconnectReason::ServerShutdown);
+}

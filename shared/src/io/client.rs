@@ -1,7 +1,7 @@
 //! A client endpoint on a real, non-blocking UDP socket.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Instant;
 
 use super::batch::is_about_one_datagram;
@@ -22,6 +22,15 @@ pub const MAX_READS_PER_PUMP: usize = 256;
 /// [`MAX_READS_PER_PUMP`] (more may be waiting).
 pub struct ClientSocket {
     socket: UdpSocket,
+    /// The address `socket` is bound on, port aside: its family, and
+    /// whether it is any address of it (a socket of the other family may
+    /// then be opened too).
+    bound: SocketAddr,
+    /// A socket of the other family, bound to any address, opened for the
+    /// first datagram to such an address when `socket` is bound to any
+    /// address: a token may name a server's IPv4 and IPv6 addresses, and
+    /// the endpoint tries them in order.
+    other: Option<UdpSocket>,
     /// The stack.
     pub endpoint: ClientEndpoint,
     buf: Vec<u8>,
@@ -30,12 +39,17 @@ pub struct ClientSocket {
 }
 
 impl ClientSocket {
-    /// Binds a non-blocking socket on `bind` (port 0 for any).
+    /// Binds a non-blocking socket on `bind` (port 0 for any). Bound to
+    /// any address (`0.0.0.0` or `[::]`), it reaches servers of either
+    /// family: a second socket is opened for the first datagram to an
+    /// address of the other one.
     pub fn bind(bind: SocketAddr, endpoint: ClientEndpoint) -> io::Result<Self> {
         let socket = UdpSocket::bind(bind)?;
         socket.set_nonblocking(true)?;
         Ok(Self {
             socket,
+            bound: bind,
+            other: None,
             endpoint,
             // One byte more than a packet: a longer datagram is counted
             // as `Oversized`.
@@ -44,33 +58,27 @@ impl ClientSocket {
         })
     }
 
-    /// The socket, e.g. to register it with a poller.
+    /// The socket bound on the address given, e.g. to register it with a
+    /// poller (a socket of the other family, when one is open, is read by
+    /// [`pump`](Self::pump) too).
     pub fn socket(&self) -> &UdpSocket {
         &self.socket
     }
 
-    /// Reads the waiting datagrams, up to [`MAX_READS_PER_PUMP`], runs due
-    /// timers, and sends everything the endpoint has to send. Returns the
-    /// datagrams read.
+    /// Reads the waiting datagrams, up to [`MAX_READS_PER_PUMP`] in all,
+    /// runs due timers, and sends everything the endpoint has to send.
+    /// Returns the datagrams read.
     pub fn pump(&mut self, now: Instant) -> io::Result<usize> {
-        let mut read = 0;
-        // Every receive counts, those that fail for one datagram too (a
-        // flood of oversized ones on Windows, of ICMP errors anywhere).
-        for _ in 0..MAX_READS_PER_PUMP {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    read += 1;
-                    self.endpoint
-                        .handle_datagram(now, from, &mut self.buf[..len]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // ICMP port unreachable and the like (the server is not
-                // there yet: the handshake timeout reports it) or, on
-                // Windows, an oversized datagram: read on.
-                Err(e) if is_about_one_datagram(&e) => {}
-                Err(e) => return Err(e),
-            }
+        let mut budget = MAX_READS_PER_PUMP;
+        let mut read = read_into(
+            &self.socket,
+            &mut self.buf,
+            &mut self.endpoint,
+            now,
+            &mut budget,
+        )?;
+        if let Some(other) = &self.other {
+            read += read_into(other, &mut self.buf, &mut self.endpoint, now, &mut budget)?;
         }
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
@@ -84,11 +92,11 @@ impl ClientSocket {
     /// matters) and kept as [`last_send_error`](Self::last_send_error).
     pub fn flush(&mut self, now: Instant) {
         while let Some(transmit) = self.endpoint.poll_transmit(now, &mut self.buf) {
-            if let Err(error) = self
-                .socket
-                .send_to(&self.buf[..transmit.len], transmit.destination)
-            {
-                self.send_error = Some((transmit.destination, error));
+            let to = transmit.destination;
+            let sent = socket_for(&self.socket, self.bound, &mut self.other, to)
+                .and_then(|socket| socket.send_to(&self.buf[..transmit.len], to));
+            if let Err(error) = sent {
+                self.send_error = Some((to, error));
             }
         }
     }
@@ -100,6 +108,65 @@ impl ClientSocket {
     pub fn last_send_error(&self) -> Option<(SocketAddr, &io::Error)> {
         self.send_error.as_ref().map(|(to, error)| (*to, error))
     }
+}
+
+/// The socket that sends to `to`: `socket`, bound on `bound`, unless `to`
+/// is of the other family and `bound` is any address; then `other`, that
+/// family's, bound to any address now if it is not yet.
+fn socket_for<'a>(
+    socket: &'a UdpSocket,
+    bound: SocketAddr,
+    other: &'a mut Option<UdpSocket>,
+    to: SocketAddr,
+) -> io::Result<&'a UdpSocket> {
+    if bound.is_ipv6() == to.is_ipv6() || !bound.ip().is_unspecified() {
+        return Ok(socket);
+    }
+    let socket = match other.take() {
+        Some(socket) => socket,
+        None => {
+            let any = if to.is_ipv6() {
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+            };
+            let socket = UdpSocket::bind(any)?;
+            socket.set_nonblocking(true)?;
+            socket
+        }
+    };
+    Ok(other.insert(socket))
+}
+
+/// Reads `socket`'s waiting datagrams into `endpoint`, one receive of the
+/// `budget` each; returns the datagrams read.
+fn read_into(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    endpoint: &mut ClientEndpoint,
+    now: Instant,
+    budget: &mut usize,
+) -> io::Result<usize> {
+    let mut read = 0;
+    // Every receive counts, those that fail for one datagram too (a flood
+    // of oversized ones on Windows, of ICMP errors anywhere).
+    while *budget > 0 {
+        *budget -= 1;
+        match socket.recv_from(buf) {
+            Ok((len, from)) => {
+                read += 1;
+                endpoint.handle_datagram(now, from, &mut buf[..len]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // ICMP port unreachable and the like (the server is not there
+            // yet: the handshake timeout reports it) or, on Windows, an
+            // oversized datagram: read on.
+            Err(e) if is_about_one_datagram(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
