@@ -149,9 +149,6 @@ net_counters() {
         END { printf "%s %s %s %s %s %s %s\n", or_dash(i), or_dash(o), or_dash(d), or_dash(k), or_dash(bi), or_dash(bo), or_dash(c) }'
 }
 
-echo "capacity: $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
-echo "capacity: output in $OUT_DIR" >&2
-
 # run_point N TAG PORT: one run of N bots against a fresh server on PORT
 # (metrics on PORT+1000). Files are named by TAG. Writes the run's figures
 # to OUT_DIR/run-TAG.json (see the render filter below) and prints its row
