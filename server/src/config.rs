@@ -627,8 +627,12 @@ fn mib(value: u32) -> usize {
 /// The effective configuration, available to plugins as a resource.
 #[derive(Resource, Serialize, Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// UDP address for game traffic.
-    pub bind: SocketAddr,
+    /// The UDP address for game traffic, when set; else the default for
+    /// the key (see [`ServerConfig::bind`]). Kept as given, so that
+    /// `--print-config` does not pin a default that a key file added or
+    /// taken away later would change.
+    #[serde(rename = "bind", skip_serializing_if = "Option::is_none")]
+    pub bind_set: Option<SocketAddr>,
     /// TCP address of the metrics and health endpoint.
     pub metrics_bind: SocketAddr,
     /// Folder for persistent data.
@@ -692,7 +696,7 @@ pub fn default_bind(has_key_file: bool) -> SocketAddr {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            bind: default_bind(false),
+            bind_set: None,
             metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)),
             data_dir: PathBuf::from("./data"),
             tick_rate: TickRate::default(),
@@ -812,10 +816,6 @@ impl ServerConfig {
                 message,
             })?;
         let key_file = args.key_file.clone().or_else(|| file.key_file.clone());
-        let bind = args
-            .bind
-            .or(file.bind)
-            .unwrap_or_else(|| default_bind(key_file.is_some()));
         let public_addr_set = match (args.public_addr, file.public_addr) {
             (Some(addr), _) => Some(("the command line or environment", addr)),
             (None, Some(addr)) => Some((origin, addr)),
@@ -842,7 +842,7 @@ impl ServerConfig {
             source,
         })?;
         Ok(Self {
-            bind,
+            bind_set: args.bind.or(file.bind),
             public_addr_set: public_addr_set.map(|(_, addr)| addr),
             metrics_bind: args
                 .metrics_bind
@@ -876,16 +876,24 @@ impl ServerConfig {
         }
     }
 
+    /// The UDP address for game traffic: `bind` if set, else
+    /// [`default_bind`] for whether there is a key file.
+    pub fn bind(&self) -> SocketAddr {
+        self.bind_set
+            .unwrap_or_else(|| default_bind(self.key_file.is_some()))
+    }
+
     /// The address connect tokens name for this server: `public_addr` if
     /// set, else the bind address (loopback for an unspecified one).
     pub fn public_addr(&self) -> SocketAddr {
         self.public_addr_set.unwrap_or_else(|| {
-            let ip = if self.bind.ip().is_unspecified() {
+            let bind = self.bind();
+            let ip = if bind.ip().is_unspecified() {
                 std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)
             } else {
-                self.bind.ip()
+                bind.ip()
             };
-            SocketAddr::new(ip, self.bind.port())
+            SocketAddr::new(ip, bind.port())
         })
     }
 
@@ -896,13 +904,13 @@ impl ServerConfig {
     pub fn public_addr_warning(&self) -> Option<String> {
         let derived = self.public_addr_set.is_none()
             && self.key_file.is_some()
-            && self.bind.ip().is_unspecified();
+            && self.bind().ip().is_unspecified();
         derived.then(|| {
             format!(
                 "no public_addr: connect tokens must name {}, derived from bind {}; remote \
                  players' tokens name the address they reach, and are refused (set public_addr)",
                 self.public_addr(),
-                self.bind
+                self.bind()
             )
         })
     }
@@ -939,9 +947,32 @@ impl ServerConfig {
         u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
     }
 
-    /// The configuration as TOML, in the config file's format.
+    /// The configuration as TOML, in the config file's format. `bind`
+    /// and `public_addr` not set are left to their defaults where the
+    /// file is used; comments on top say what they are now.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|error| format!("# cannot serialise: {error}\n"))
+        let mut out = String::new();
+        if self.bind_set.is_none() {
+            let key = if self.key_file.is_some() {
+                "with a key file"
+            } else {
+                "without a key file"
+            };
+            out += &format!(
+                "# bind = \"{}\" (not set: the default {key})\n",
+                self.bind()
+            );
+        }
+        if self.public_addr_set.is_none() {
+            out += &format!(
+                "# public_addr = \"{}\" (not set: derived from bind)\n",
+                self.public_addr()
+            );
+        }
+        match toml::to_string(self) {
+            Ok(toml) => out + &toml,
+            Err(error) => format!("# cannot serialise: {error}\n"),
+        }
     }
 }
 
@@ -1189,6 +1220,39 @@ mod tests {
         assert_eq!(config.public_addr(), "203.0.113.9:7777".parse().unwrap());
     }
 
+    /// A printed configuration whose `bind` was the default leaves it to
+    /// the default where it is used: one printed in dev mode and given a
+    /// key file listens on every interface, one printed with a key file
+    /// and run without one on this machine only.
+    #[test]
+    fn a_printed_config_does_not_pin_a_derived_bind() {
+        let print = |argv: &[&str]| {
+            let printed = ServerConfig::resolve(&run_args(argv), &FileConfig::default(), "test")
+                .unwrap()
+                .to_toml();
+            FileConfig::parse(&printed, "printed.toml").unwrap()
+        };
+        let dev = print(&["server"]);
+        let production = ServerConfig::resolve(
+            &run_args(&["server", "--key-file", "k"]),
+            &dev,
+            "printed.toml",
+        )
+        .unwrap();
+        assert_eq!(production.bind(), default_bind(true));
+        let keyed = print(&["server", "--key-file", "k"]);
+        let keyed = FileConfig {
+            key_file: None,
+            ..keyed
+        };
+        let dev = ServerConfig::resolve(&RunArgs::default(), &keyed, "printed.toml").unwrap();
+        assert_eq!(dev.bind(), default_bind(false));
+        // One that was set stays set.
+        let set = print(&["server", "--bind", "0.0.0.0:8000"]);
+        let config = ServerConfig::resolve(&RunArgs::default(), &set, "printed.toml").unwrap();
+        assert_eq!(config.bind(), "0.0.0.0:8000".parse().unwrap());
+    }
+
     #[test]
     fn an_empty_log_filter_counts_as_not_given() {
         for blank in ["", "  "] {
@@ -1331,12 +1395,12 @@ mod tests {
             let file = FileConfig::parse(file, "test.toml").unwrap();
             ServerConfig::resolve(&run_args(argv), &file, "test.toml")
                 .unwrap()
-                .bind
+                .bind()
         };
         let loopback: SocketAddr = "127.0.0.1:7777".parse().unwrap();
         let everywhere: SocketAddr = "0.0.0.0:7777".parse().unwrap();
         assert_eq!(resolve(&["server"], ""), loopback);
-        assert_eq!(ServerConfig::default().bind, loopback);
+        assert_eq!(ServerConfig::default().bind(), loopback);
         assert_eq!(resolve(&["server", "--key-file", "k"], ""), everywhere);
         assert_eq!(resolve(&["server"], "key_file = \"k\"\n"), everywhere);
         assert_eq!(
@@ -1364,12 +1428,12 @@ mod tests {
         assert_eq!(from_file.tick_rate.hz(), 60);
         assert_eq!(from_file.max_clients, 10);
         assert_eq!(from_file.data_dir, PathBuf::from("/srv/game"));
-        assert_eq!(from_file.bind, ServerConfig::default().bind);
+        assert_eq!(from_file.bind(), ServerConfig::default().bind());
 
         let args = run_args(&["server", "--tick-hz", "20", "--bind", "127.0.0.1:4000"]);
         let config = ServerConfig::resolve(&args, &file, "test.toml").unwrap();
         assert_eq!(config.tick_rate.hz(), 20);
-        assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.bind(), "127.0.0.1:4000".parse().unwrap());
         assert_eq!(config.max_clients, 10);
     }
 

@@ -167,7 +167,7 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
             }
             Ok(key)
         }
-        None if config.bind.ip().is_loopback() => {
+        None if config.bind().ip().is_loopback() => {
             tracing::warn!(
                 "DEV MODE: no --key-file given, using the public development key from \
                  assets/dev.key. Anyone can mint connect tokens for this server. \
@@ -177,7 +177,7 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
         }
         None => {
             tracing::error!(
-                bind = %config.bind,
+                bind = %config.bind(),
                 "DEV MODE ON THE NETWORK: no --key-file given, using the public development \
                  key from assets/dev.key, and listening beyond this machine. Anyone who \
                  reaches this address can mint connect tokens and play as any account. Give \
@@ -195,9 +195,9 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
 pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupError> {
     use shared::endpoint::ServerEndpoint;
     let key = load_key(config)?;
-    let socket = shared::io::socket::bind_game_socket(config.bind).map_err(|source| {
+    let socket = shared::io::socket::bind_game_socket(config.bind()).map_err(|source| {
         shared::io::SpawnError::Bind {
-            addr: config.bind,
+            addr: config.bind(),
             source,
         }
     })?;

@@ -135,7 +135,7 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        bind = %config.bind,
+        bind = %config.bind(),
         tick_hz = config.tick_rate.hz(),
         max_clients = config.max_clients,
         data_dir = %config.data_dir.display(),

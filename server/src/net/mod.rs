@@ -719,7 +719,10 @@ mod tests {
     #[test]
     fn net_io_is_told_while_each_update_runs() {
         let config = crate::config::ServerConfig {
-            bind: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            bind_set: Some(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                0,
+            ))),
             ..Default::default()
         };
         let network = crate::start_network(&config).unwrap();
@@ -744,7 +747,7 @@ mod tests {
         use shared::endpoint::ClientEndpoint;
         use shared::io::ClientSocket;
         let config = crate::config::ServerConfig {
-            bind: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            bind_set: Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))),
             ..Default::default()
         };
         let network = crate::start_network(&config).unwrap();
@@ -790,7 +793,10 @@ mod tests {
     #[test]
     fn a_network_thread_that_stops_shuts_the_server_down_with_an_error() {
         let config = crate::config::ServerConfig {
-            bind: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            bind_set: Some(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                0,
+            ))),
             ..Default::default()
         };
         let network = crate::start_network(&config).unwrap();
