@@ -265,10 +265,20 @@ fn io_config(config: &ServerConfig) -> shared::io::ServerIoConfig {
     }
 }
 
-/// How long after the tick runner's shutdown timeout the watchdog ends a
-/// shutdown that still hangs (the runner's own timeout, checked between
-/// ticks, and the joins after it come first).
+/// How long after the tick runner's shutdown timeout and the exit's wait
+/// for the last inventory batch the watchdog ends a shutdown that still
+/// hangs (the runner's own timeout, checked between ticks, and the joins
+/// after it come first).
 pub const SHUTDOWN_WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long after a shutdown is requested the watchdog ends the process
+/// (exit code 1): the runner's timeout (which covers the grace period),
+/// then the exit tick's wait for the last inventory batch
+/// ([`inventory::FINAL_SAVE_TIMEOUT`], which the runner cannot see), then
+/// [`SHUTDOWN_WATCHDOG_MARGIN`].
+pub fn shutdown_watchdog_limit(tick: &tick::TickConfig) -> Duration {
+    tick.shutdown_timeout + inventory::FINAL_SAVE_TIMEOUT + SHUTDOWN_WATCHDOG_MARGIN
+}
 
 /// Builds the server as the binary runs it: starts the metrics endpoint,
 /// installs the SIGINT/SIGTERM handlers and adds [`ServerPlugin`] with the
@@ -310,7 +320,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
 
     let switch = ShutdownSwitch::default();
     shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
-    let limit = config.tick_config().shutdown_timeout + SHUTDOWN_WATCHDOG_MARGIN;
+    let limit = shutdown_watchdog_limit(&config.tick_config());
     shutdown::spawn_watchdog(switch.clone(), limit, move || {
         tracing::error!(?limit, "the shutdown hangs; exiting with an error");
         logging::flush(logging::EXIT_FLUSH_LIMIT);
@@ -349,6 +359,27 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The longest graceful shutdown (the longest grace period, the exit
+    /// tick's wait for a slow last commit, `net-io`'s goodbyes) ends well
+    /// before the watchdog calls it hung: a slow disk that stores the
+    /// last batch in time does not turn a clean exit into exit code 1.
+    #[test]
+    fn the_longest_graceful_shutdown_ends_before_the_watchdog() {
+        let tick = ServerConfig::default().tick_config();
+        let grace = Duration::from_millis(config::MAX_SHUTDOWN_GRACE_MS.into());
+        let goodbyes = shared::io::ServerIoConfig::default().shutdown_linger;
+        let longest = grace + tick.rate.period() + inventory::FINAL_SAVE_TIMEOUT + goodbyes;
+        let limit = shutdown_watchdog_limit(&tick);
+        assert!(
+            longest + Duration::from_secs(2) <= limit,
+            "{longest:?} of {limit:?}"
+        );
+        assert!(
+            grace < tick.shutdown_timeout,
+            "the runner outwaits the grace"
+        );
+    }
 
     /// A view radius the interest plugin corrects is corrected for chat's
     /// nearby scope too, which uses it.

@@ -193,8 +193,10 @@ impl InventoryService {
 }
 
 /// Longest the exit waits for the batch being committed (the store's own
-/// busy timeout is 5 s).
-const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(6);
+/// busy timeout is 5 s). The exit tick waits, so the tick runner's
+/// shutdown timeout does not see it; the watchdog's limit counts it (see
+/// [`crate::shutdown_watchdog_limit`]).
+pub const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// `Last`, after the shutdown wrote its `AppExit`: the batch still being
 /// committed is waited for, and an exit that would be a success becomes an
