@@ -32,7 +32,8 @@ use glam::Vec2;
 use serde::Serialize;
 use shared::protocol::inventory::{
     InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventoryTracker,
-    InventoryUpdate, ItemId, ItemStack, TradeOffer, TradeState, TradeUpdate, WorldItem, WorldItems,
+    InventoryUpdate, ItemId, ItemStack, MAX_PENDING_REQUESTS, TradeOffer, TradeState, TradeUpdate,
+    WorldItem, WorldItems,
 };
 
 use crate::scenario::InventoryOp as OpKind;
@@ -44,8 +45,10 @@ pub(crate) const WORLD_LIST_MAX_AGE: Duration = Duration::from_secs(3);
 pub(crate) const PICKUP_REACH: f32 = 4.0;
 /// A target not reached in this long is given up.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most requests awaiting a reply; no new operation is started beyond it.
+/// Most requests awaiting a reply; no new operation is started beyond it
+/// (a trade's answer may add two more: within the tracker's bound).
 pub(crate) const MAX_PENDING: usize = 64;
+const _: () = assert!(MAX_PENDING + 2 <= MAX_PENDING_REQUESTS);
 /// Targets are drawn from this many nearest items, so that bots spawned
 /// together do not all walk to the same one.
 const NEAREST_CHOICES: usize = 4;
@@ -171,9 +174,12 @@ impl InventoryBehaviour {
         self.stats
     }
 
-    fn send(&mut self, op: InventoryOp) -> InventoryRequest {
+    /// The request for `op`, unless the tracker has too many pending
+    /// (never below [`MAX_PENDING`]).
+    fn send(&mut self, op: InventoryOp) -> Option<InventoryRequest> {
+        let request = self.tracker.request(op).ok()?;
         self.stats.sent += 1;
-        self.tracker.request(op)
+        Some(request)
     }
 
     /// The request for one scheduled operation of kind `kind`, or `None`
@@ -192,10 +198,10 @@ impl InventoryBehaviour {
             return None;
         }
         if kind == OpKind::Pick {
-            return self.pick(now, me, draws[0]).map(|op| self.send(op));
+            return self.pick(now, me, draws[0]).and_then(|op| self.send(op));
         }
         let Some(inventory) = self.tracker.inventory() else {
-            return Some(self.send(InventoryOp::List));
+            return self.send(InventoryOp::List);
         };
         let occupied: Vec<(u16, ItemStack)> = slots(&inventory.slots)
             .filter(|(_, s)| kind != OpKind::Use || !self.unusable.contains(&s.item))
@@ -205,7 +211,7 @@ impl InventoryBehaviour {
         let op = match (kind, chosen) {
             // Nothing to drop, move, use, give or offer: go and find something.
             (OpKind::Drop | OpKind::Move | OpKind::Use | OpKind::Give, None) => {
-                return self.pick(now, me, draws[1]).map(|op| self.send(op));
+                return self.pick(now, me, draws[1]).and_then(|op| self.send(op));
             }
             (OpKind::Drop, Some((slot, _))) => InventoryOp::Drop { slot, count: 1 },
             (OpKind::Move, Some((from, stack))) => match empty {
@@ -233,7 +239,7 @@ impl InventoryBehaviour {
                 },
             },
         };
-        Some(self.send(op))
+        self.send(op)
     }
 
     /// A `PickUp` as soon as the walk to the target item has brought the
@@ -245,7 +251,7 @@ impl InventoryBehaviour {
         }
         self.target = None;
         self.world.retain(|w| w.id != t.id);
-        Some(self.send(InventoryOp::PickUp { world_item: t.id }))
+        self.send(InventoryOp::PickUp { world_item: t.id })
     }
 
     fn pick(&mut self, now: Instant, me: Option<Vec2>, draw: f64) -> Option<InventoryOp> {
@@ -363,10 +369,10 @@ impl InventoryBehaviour {
                 {
                     self.counter_offered = None;
                     self.accepted = Some((counter.trade, counter.revision));
-                    return Some(self.send(InventoryOp::Accept {
+                    return self.send(InventoryOp::Accept {
                         trade: counter.trade,
                         revision: counter.revision,
-                    }));
+                    });
                 }
             }
         }
@@ -429,14 +435,14 @@ impl InventoryBehaviour {
                                 revision: update.revision,
                                 initiator: update.initiator,
                             });
-                            out.push(self.send(InventoryOp::Offer {
+                            out.extend(self.send(InventoryOp::Offer {
                                 with: update.initiator,
                                 offer: TradeOffer { items: vec![item] },
                             }));
                         }
                         None => {
                             self.accepted = Some(at);
-                            out.push(self.send(accept));
+                            out.extend(self.send(accept));
                         }
                     }
                 } else if update.partner == self.account
@@ -448,7 +454,7 @@ impl InventoryBehaviour {
                 {
                     self.counter_offered = None;
                     self.accepted = Some(at);
-                    out.push(self.send(accept));
+                    out.extend(self.send(accept));
                 } else if update.partner == self.account
                     && self.answered == Some(update.trade)
                     && self.counter_offered.is_none()
@@ -460,14 +466,14 @@ impl InventoryBehaviour {
                     // An offer changed the trade after this bot accepted it
                     // (both acceptances reset): accept it as it stands now.
                     self.accepted = Some(at);
-                    out.push(self.send(accept));
+                    out.extend(self.send(accept));
                 } else if update.initiator == self.account
                     && partner_accepted
                     && !initiator_accepted
                     && self.accepted != Some(at)
                 {
                     self.accepted = Some(at);
-                    out.push(self.send(accept));
+                    out.extend(self.send(accept));
                 }
             }
         }

@@ -790,14 +790,16 @@ impl Player {
                     let _ = endpoint.send(channels::EVENTS, payload);
                 }
             }
-            Command::Inventory(op) => {
-                let request = self.inventory.request(op);
-                if let Ok(payload) = protocol::encode(&request)
-                    && let Err(e) = endpoint.send(channels::INVENTORY, payload)
-                {
-                    println!("inventory request not sent: {e}");
+            Command::Inventory(op) => match self.inventory.request(op) {
+                Ok(request) => {
+                    if let Ok(payload) = protocol::encode(&request)
+                        && let Err(e) = endpoint.send(channels::INVENTORY, payload)
+                    {
+                        println!("inventory request not sent: {e}");
+                    }
                 }
-            }
+                Err(e) => println!("inventory request not sent: {e}"),
+            },
             Command::Stats => match endpoint.connection_stats() {
                 Some(s) => println!(
                     "rtt {:.1} ms, loss {:.1}%, sent {} packets / {} B, received {} packets / {} B, resent {}",

@@ -326,7 +326,10 @@ impl Player {
 
     /// Sends `op` under a new id; returns the id.
     fn send(&mut self, op: InventoryOp, now: Instant) -> u64 {
-        let request = self.tracker.request(op);
+        let request = self
+            .tracker
+            .request(op)
+            .expect("a player waits for its replies long before the tracker's bound");
         self.next_id = request.request_id + 1;
         self.send_request(&request, now);
         request.request_id

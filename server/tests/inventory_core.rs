@@ -4,7 +4,7 @@
 //! failing commits) that checks the ledger and the stacks after every
 //! batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -18,8 +18,9 @@ use server::persistence::{
     SqliteStore, StoreError, WorldState,
 };
 use shared::protocol::inventory::{
-    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot, ItemId,
-    ItemStack, OfferedStack, REMEMBERED_REQUESTS, TradeOffer, TradeState, TradeUpdate, WorldItem,
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot,
+    InventoryTracker, ItemId, ItemStack, OfferedStack, REMEMBERED_REQUESTS, TradeOffer, TradeState,
+    TradeUpdate, WorldItem,
 };
 
 /// A SQLite store whose next commit can be made to fail.
@@ -422,6 +423,66 @@ fn a_failed_commit_does_not_forget_older_request_ids() {
 
     assert_eq!(h.request(1, 1, move_op(0)), first, "the original answer");
     assert_eq!(h.core.inventory(1), Some(&before), "not moved again");
+}
+
+/// A client keeps no more requests unanswered than the server remembers
+/// the ids of: when a dropped connection lost every reply, the requests
+/// it sends again after reconnecting are answered with their first
+/// replies, none applied twice.
+#[test]
+fn requests_sent_again_after_lost_replies_are_not_applied_twice() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 10_000);
+    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    let count = inv.slots[usize::from(from)].unwrap().count;
+    // Whole-stack moves, there and back: each one a stored change.
+    let move_op = |i: u64| {
+        let (from, to) = if i.is_multiple_of(2) {
+            (from, to)
+        } else {
+            (to, from)
+        };
+        InventoryOp::Move { from, to, count }
+    };
+    let mut tracker = InventoryTracker::starting_at(1);
+    let mut first_replies = BTreeMap::new();
+    let mut keep = |out: Vec<Output>| {
+        for output in out {
+            if let Output::Reply { reply, .. } = output {
+                first_replies.insert(reply.request_id, reply);
+            }
+        }
+    };
+    // As many as the tracker lets out (bounded, should it never refuse),
+    // 32 a batch; the client sees none of the replies.
+    let mut sent = 0;
+    while sent <= 2 * REMEMBERED_REQUESTS as u64 {
+        let Ok(request) = tracker.request(move_op(sent)) else {
+            break;
+        };
+        h.push(request_input(1, request.request_id, request.op));
+        sent += 1;
+        if sent.is_multiple_of(32) {
+            keep(h.flush(false));
+        }
+    }
+    keep(h.flush(false));
+    assert_eq!(first_replies.len() as u64, sent, "every one answered");
+    h.push(Input::Disconnected { account: 1 });
+    h.flush(false);
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    let before = h.core.inventory(1).unwrap().clone();
+    let pending: Vec<_> = tracker.pending().collect();
+    assert_eq!(pending.len() as u64, sent);
+    for request in pending {
+        let id = request.request_id;
+        let reply = h.request(1, id, request.op);
+        assert_eq!(reply, first_replies[&id], "request {id} applied again");
+    }
+    assert_eq!(h.core.inventory(1), Some(&before));
 }
 
 /// While a commit is in flight, one player's flood of requests fills

@@ -8,7 +8,10 @@
 //! changes are remembered per account, the most recent
 //! [`REMEMBERED_REQUESTS`], across restarts; ids of read-only requests and
 //! refusals, apart from those, the most recent as many, for the rest of the
-//! session). Every reply, read-only ones
+//! session). A client keeps at most [`MAX_PENDING_REQUESTS`] requests
+//! unanswered (half of those remembered): the ids it sends again after a
+//! reconnect are then all still remembered if they were applied, however
+//! many replies the dropped connection lost. Every reply, read-only ones
 //! included, is sent only once the server's batch holding it is durably
 //! stored; if that fails the reply is [`InventoryError::Storage`] and the id
 //! is not remembered (sending it again is a new request). Two answers come
@@ -96,6 +99,11 @@ pub const MAX_TRADE_SLOTS: usize = 16;
 pub const MAX_LISTED_WORLD_ITEMS: usize = 256;
 /// How many applied request ids the server remembers per account.
 pub const REMEMBERED_REQUESTS: usize = 256;
+/// Most requests a client keeps unanswered ([`InventoryTracker`] refuses
+/// more): applied ones whose replies a dropped connection lost are then
+/// among the newest the server remembers, and sent again after a
+/// reconnect, are answered, not applied again.
+pub const MAX_PENDING_REQUESTS: usize = REMEMBERED_REQUESTS / 2;
 
 /// An item type, from the catalogue (`assets/items.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -401,6 +409,9 @@ pub enum TrackerError {
     /// Two states with the same version but different contents.
     #[error("two different inventories with version {0}")]
     Diverged(u64),
+    /// [`MAX_PENDING_REQUESTS`] requests are unanswered: wait for replies.
+    #[error("{MAX_PENDING_REQUESTS} inventory requests are waiting for replies")]
+    TooManyPending,
 }
 
 /// Client side: pending requests and the newest inventory seen, checked
@@ -426,11 +437,19 @@ impl InventoryTracker {
     }
 
     /// Builds a request with the next id and records it as pending.
-    pub fn request(&mut self, op: InventoryOp) -> InventoryRequest {
+    ///
+    /// # Errors
+    /// [`TrackerError::TooManyPending`] with [`MAX_PENDING_REQUESTS`]
+    /// pending: more could not all be told apart from new ones after a
+    /// reconnect, and would be applied again.
+    pub fn request(&mut self, op: InventoryOp) -> Result<InventoryRequest, TrackerError> {
+        if self.pending.len() >= MAX_PENDING_REQUESTS {
+            return Err(TrackerError::TooManyPending);
+        }
         let request_id = self.next_request;
         self.next_request += 1;
         self.pending.insert(request_id, op.clone());
-        InventoryRequest { request_id, op }
+        Ok(InventoryRequest { request_id, op })
     }
 
     /// Requests sent and not answered yet, oldest first (to resend with
@@ -526,7 +545,7 @@ mod tests {
     #[test]
     fn the_tracker_matches_replies_and_keeps_the_newest_state() {
         let mut tracker = InventoryTracker::starting_at(10);
-        let request = tracker.request(InventoryOp::List);
+        let request = tracker.request(InventoryOp::List).unwrap();
         assert_eq!(request.request_id, 10);
         assert_eq!(tracker.pending().count(), 1);
         let reply = InventoryReply {
@@ -562,7 +581,7 @@ mod tests {
         let mut tracker = InventoryTracker::starting_at(1);
         for error in [InventoryError::Busy, InventoryError::Storage] {
             let op = InventoryOp::PickUp { world_item: 7 };
-            let request = tracker.request(op.clone());
+            let request = tracker.request(op.clone()).unwrap();
             let answer = |result| InventoryReply {
                 request_id: request.request_id,
                 result,
@@ -577,7 +596,7 @@ mod tests {
             );
             assert_eq!(tracker.pending().count(), 0);
         }
-        let request = tracker.request(InventoryOp::List);
+        let request = tracker.request(InventoryOp::List).unwrap();
         let busy = InventoryReply {
             request_id: request.request_id,
             result: Err(InventoryError::Busy),
@@ -586,6 +605,29 @@ mod tests {
         tracker.on_reply(&busy).unwrap();
         assert_eq!(tracker.forget(request.request_id), Some(InventoryOp::List));
         assert_eq!(tracker.pending().count(), 0);
+    }
+
+    /// The tracker keeps at most [`MAX_PENDING_REQUESTS`] unanswered, and
+    /// takes another once one is answered.
+    #[test]
+    fn the_tracker_refuses_more_pending_requests_than_it_may_send_again() {
+        let mut tracker = InventoryTracker::starting_at(1);
+        for _ in 0..MAX_PENDING_REQUESTS {
+            tracker.request(InventoryOp::List).unwrap();
+        }
+        assert_eq!(
+            tracker.request(InventoryOp::List),
+            Err(TrackerError::TooManyPending)
+        );
+        assert_eq!(tracker.pending().count(), MAX_PENDING_REQUESTS);
+        let answer = InventoryReply {
+            request_id: 1,
+            result: Ok(snapshot(1, 1)),
+            trade: None,
+        };
+        tracker.on_reply(&answer).unwrap();
+        let next = tracker.request(InventoryOp::List).unwrap();
+        assert_eq!(next.request_id, MAX_PENDING_REQUESTS as u64 + 1);
     }
 
     #[test]
