@@ -33,6 +33,8 @@ struct FlakyStore {
     /// Stored replies come back as bytes no server decodes (stored by a
     /// server of another protocol version).
     garble_replies: bool,
+    /// An account whose every load fails (a damaged row).
+    unloadable: Option<u64>,
 }
 
 impl InventoryStore for FlakyStore {
@@ -41,6 +43,9 @@ impl InventoryStore for FlakyStore {
     }
     fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
         self.loads += 1;
+        if self.unloadable == Some(account) {
+            return Err(StoreError::Injected);
+        }
         if self.failing_loads > 0 {
             self.failing_loads -= 1;
             return Err(StoreError::Injected);
@@ -153,6 +158,7 @@ impl Harness {
             failing_loads: 0,
             loads: 0,
             garble_replies: false,
+            unloadable: None,
         };
         let catalogue = Arc::new(Catalogue::embedded().unwrap());
         let core = InventoryCore::load(catalogue, config(), &mut store).unwrap();
@@ -1829,6 +1835,49 @@ fn a_give_to_an_online_player_whose_load_failed_waits_for_it() {
         )
     });
     assert!(reply.result.is_ok(), "{reply:?}");
+}
+
+/// A give to an online player whose inventory never loads (a damaged row)
+/// waits a few attempts, then is answered `Storage` (not applied: to be
+/// sent again with its id), so that its sender's later requests, held
+/// behind it in order, are answered too; sent again once the other
+/// inventory loads, it applies.
+#[test]
+fn a_give_to_a_player_whose_inventory_never_loads_is_answered_in_the_end() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.flush(false);
+    let inv = gather(&mut h, 1, 1);
+    h.store.unloadable = Some(2);
+    h.push(Input::Connected { account: 2 });
+    h.flush(false);
+    let slot = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let give = InventoryOp::Give {
+        to: 2,
+        slot,
+        count: 1,
+    };
+    h.push(request_input(1, 100, give.clone()));
+    h.push(request_input(1, 101, InventoryOp::List));
+    let mut out = Vec::new();
+    for _ in 0..10 * LOAD_RETRY_TICKS {
+        h.push(Input::Tick);
+        out.extend(h.flush(false));
+    }
+    let refused = reply_of(&out, 1, 100).expect("the give answered");
+    assert_eq!(refused.result, Err(InventoryError::Storage));
+    let listed = reply_of(&out, 1, 101).expect("the list behind it answered");
+    assert_eq!(listed.result, Ok(inv.clone()), "nothing given");
+    assert!(h.store.loads <= 1 + 10 + 1, "{} loads", h.store.loads);
+
+    h.store.unloadable = None;
+    h.ticks(LOAD_RETRY_TICKS as usize);
+    h.push(request_input(1, 100, give));
+    let mut out = h.flush(false);
+    out.extend(h.flush(false));
+    let given = reply_of(&out, 1, 100).expect("the give sent again answered");
+    assert!(given.result.is_ok(), "{given:?}");
+    assert!(h.core.inventory(2).is_some());
 }
 
 /// A reply stored by a server of another protocol version may not decode:

@@ -81,7 +81,10 @@
 //! `db-reader` thread, see [`crate::persistence::AccountReader`]). Until
 //! the account is in memory its requests wait in the queue, as those of
 //! an account whose load failed do, and so do a give or an offer to it
-//! (with the sender's later requests, in order). Every
+//! (with the sender's later requests, in order), until its load has
+//! failed [`PARTNER_LOAD_ATTEMPTS`] times in a row: the give or offer is
+//! then answered [`InventoryError::Storage`] (not applied; sent again
+//! with its id, it applies once that account loads). Every
 //! [`InventoryCore::prepare`] without a batch in flight first polls the
 //! accounts still loading, so an account lands at the first `prepare`
 //! after its read finishes and the batch in flight, if any, resolves,
@@ -527,10 +530,10 @@ pub struct InventoryCore {
     inventories: HashMap<u64, InventorySnapshot>,
     applied: HashMap<u64, Applied>,
     online: HashSet<u64>,
-    /// Online accounts whose inventory failed to load, with the tick of
-    /// the last attempt: their requests try again at most every
-    /// [`LOAD_RETRY_TICKS`].
-    load_failed: HashMap<u64, u64>,
+    /// Online accounts whose inventory failed to load: the tick of the
+    /// last attempt (their requests try again at most every
+    /// [`LOAD_RETRY_TICKS`]) and the failures in a row.
+    load_failed: HashMap<u64, (u64, u32)>,
     /// Online accounts whose load the loader has not finished
     /// ([`Poll::Pending`]): polled at every [`InventoryCore::prepare`]
     /// without a batch in flight.
@@ -552,6 +555,13 @@ pub struct InventoryCore {
 /// (one second at 30 Hz): a store that stays broken for an account costs
 /// one read a second, not one per request.
 pub const LOAD_RETRY_TICKS: u64 = 30;
+
+/// Failed loads in a row of a give's or an offer's other player after
+/// which the request stops waiting for it and is answered
+/// [`InventoryError::Storage`] (about two seconds at [`LOAD_RETRY_TICKS`]):
+/// an inventory that never loads (a damaged row) must not hold its
+/// sender's requests for as long as that player stays online.
+pub const PARTNER_LOAD_ATTEMPTS: u32 = 3;
 
 /// One account's stored state made ready for memory by
 /// [`prepare_account`]: all the work of a load but the reads, so that it
@@ -1196,7 +1206,7 @@ impl InventoryCore {
                     let retry = self
                         .load_failed
                         .get(&needed)
-                        .is_some_and(|&at| self.ticks >= at + LOAD_RETRY_TICKS);
+                        .is_some_and(|&(at, _)| self.ticks >= at + LOAD_RETRY_TICKS);
                     if retry && self.online.contains(&needed) && !self.loading.contains(&needed) {
                         self.connect(needed, loader);
                     }
@@ -1209,6 +1219,32 @@ impl InventoryCore {
                 };
                 let partner_loading = partner.is_some_and(unloaded);
                 let self_loading = unloaded(account);
+                let partner_broken = partner.is_some_and(|partner| {
+                    !self.loading.contains(&partner)
+                        && self
+                            .load_failed
+                            .get(&partner)
+                            .is_some_and(|&(_, failures)| failures >= PARTNER_LOAD_ATTEMPTS)
+                });
+                if partner_loading && partner_broken && !self_loading {
+                    // Not applied, so not remembered: sent again with its
+                    // id, it applies once that inventory loads (an id
+                    // applied before gets its answer).
+                    let request_id = request.request_id;
+                    let reply =
+                        self.remembered_reply(account, request_id)
+                            .unwrap_or(InventoryReply {
+                                request_id,
+                                result: Err(InventoryError::Storage),
+                                trade: None,
+                            });
+                    self.emit(Output::Reply {
+                        account,
+                        reply,
+                        tag,
+                    });
+                    return None;
+                }
                 if self_loading || partner_loading {
                     return Some(Input::Request {
                         account,
@@ -1254,7 +1290,9 @@ impl InventoryCore {
                 loaded
             }
             Err(error) => {
-                if self.load_failed.insert(account, self.ticks).is_none() {
+                let failed = self.load_failed.entry(account).or_insert((self.ticks, 0));
+                *failed = (self.ticks, failed.1.saturating_add(1));
+                if failed.1 == 1 {
                     tracing::error!(account, %error, "cannot load inventory; will retry");
                 }
                 return;

@@ -38,7 +38,7 @@ use shared::protocol::inventory::{
 pub use self::catalogue::{Catalogue, CatalogueError, EMBEDDED_CATALOGUE, ItemDef};
 pub use self::core::{
     AccountLoader, Batch, CoreConfig, CoreError, Input, InventoryCore, LOAD_RETRY_TICKS,
-    LoadedAccount, Output, prepare_account,
+    LoadedAccount, Output, PARTNER_LOAD_ATTEMPTS, prepare_account,
 };
 use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
 use crate::movement::MovementSystems;
