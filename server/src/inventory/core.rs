@@ -589,17 +589,23 @@ impl LoadedAccount {
 }
 
 /// Makes an account's stored state ready for memory: its inventory grown
-/// to `slots` slots (a new account's empty), its stored replies checked.
-/// Pure; runs on any thread.
+/// to `slots` slots (a new account's empty; a stored one grown is a new
+/// version, as a client that saw it before must not see two contents
+/// under one version), its stored replies checked. Pure; runs on any
+/// thread.
 ///
 /// A reply stored by a server of another protocol version may no longer
 /// decode. Its change was applied all the same: the id must still not
 /// apply again, so it is answered with the inventory as it is now
 /// ([`LoadedAccount::unreadable`] counts them).
 pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
+    let stored = state.inventory.is_some();
     let mut inventory = state.inventory.unwrap_or_default();
     if inventory.slots.len() < slots {
         inventory.slots.resize(slots, None);
+        if stored {
+            inventory.version += 1;
+        }
     }
     let mut applied = Applied::default();
     let mut unreadable = 0usize;
@@ -1973,6 +1979,36 @@ mod tests {
 
     use super::*;
     use crate::persistence::SqliteStore;
+
+    /// A stored inventory grown to more slots (the server's `slots` raised
+    /// between two runs) is a new version: a client that kept the old one
+    /// sees a newer state, not two contents under one version.
+    #[test]
+    fn an_inventory_grown_to_more_slots_is_a_new_version() {
+        let stored = InventorySnapshot {
+            version: 7,
+            slots: vec![None; 4],
+        };
+        let load = |slots| {
+            let state = AccountState {
+                inventory: Some(stored.clone()),
+                applied: Vec::new(),
+            };
+            prepare_account(state, slots).inventory
+        };
+        assert_eq!(load(4), stored);
+        let grown = load(6);
+        assert_eq!(grown.slots.len(), 6);
+        assert_eq!(grown.version, 8);
+        let mut tracker = shared::protocol::inventory::InventoryTracker::default();
+        tracker
+            .on_update(&InventoryUpdate { inventory: stored })
+            .unwrap();
+        assert_eq!(
+            tracker.on_update(&InventoryUpdate { inventory: grown }),
+            Ok(())
+        );
+    }
 
     impl Applied {
         /// Bytes these answers hold on the heap: the tables at their
