@@ -395,12 +395,15 @@ impl ServerIo {
     /// Like [`spawn`](Self::spawn) on a socket bound already (e.g. to learn
     /// the port the OS picked before configuring the endpoint). Bound with
     /// [`bind_game_socket`](super::socket::bind_game_socket), it sends from
-    /// a second socket on its address where the platform allows.
+    /// a second socket on its address where the platform allows (see
+    /// [`GameSocket`](super::socket::GameSocket)); a `UdpSocket` bound
+    /// elsewhere sends for itself.
     pub fn spawn_on(
-        socket: std::net::UdpSocket,
+        socket: impl Into<super::socket::GameSocket>,
         endpoint: ServerEndpoint,
         config: ServerIoConfig,
     ) -> Result<Self, SpawnError> {
+        let (socket, twin) = socket.into().into_parts();
         if config.outbound_batches == 0 {
             return Err(SpawnError::Config(
                 "outbound_batches must be at least 1 (a batch a tick)",
@@ -429,8 +432,8 @@ impl ServerIo {
         // Count from the socket's opening: whatever it dropped before the
         // thread started (a burst during startup) was game traffic too.
         let socket_drops_seen = super::socket::receive_drops(&socket).map(|_| 0);
-        let sender = super::socket::send_twin(&socket).map(|twin| {
-            super::socket::tune_udp_socket(&twin, wanted);
+        let sender = twin.map(|twin| {
+            super::socket::tune_send_only_socket(&twin, wanted);
             UdpSocket::from_std(twin)
         });
         tracing::debug!(send_only_socket = sender.is_some(), "game socket");
@@ -1045,7 +1048,7 @@ struct IoLoop {
     poll: Poll,
     socket: UdpSocket,
     /// Where datagrams go out when the platform allows a second socket on
-    /// the address (see [`socket::send_twin`](super::socket::send_twin));
+    /// the address (see [`GameSocket`](super::socket::GameSocket));
     /// else `socket` sends too.
     sender: Option<UdpSocket>,
     endpoint: ServerEndpoint,
@@ -1893,6 +1896,77 @@ mod tests {
             NetEvent::Message { payload, .. } => payload,
             other => panic!("not a message: {other:?}"),
         }
+    }
+
+    /// A socket bound elsewhere, in a `SO_REUSEPORT` group of its owner's
+    /// (a server sharded over processes), is served as it is: the group is
+    /// not steered to its first member, which took every datagram meant
+    /// for this one, and no second socket joins it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "real sockets on loopback: real time"
+    )]
+    fn a_reuseport_group_the_server_did_not_make_is_left_alone() {
+        use std::os::fd::AsRawFd;
+
+        use crate::endpoint::ServerEndpointConfig;
+        use crate::io::system_rng;
+        use crate::netcode::{Key, ServerConfig};
+        use crate::protocol::PROTOCOL_ID as PROTOCOL;
+        use crate::transport::TransportConfig;
+
+        let member = |addr: SocketAddr| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .unwrap();
+            super::super::socket::linux::set_int_option(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEPORT,
+                1,
+            )
+            .unwrap();
+            socket.bind(&addr.into()).unwrap();
+            std::net::UdpSocket::from(socket)
+        };
+        let first = member("127.0.0.1:0".parse().unwrap());
+        let addr = first.local_addr().unwrap();
+        let ours = member(addr);
+        let endpoint = ServerEndpoint::new(
+            ServerEndpointConfig::new(
+                ServerConfig::new(PROTOCOL, Key::generate(&mut system_rng()), vec![addr]),
+                TransportConfig::default(),
+            ),
+            &mut system_rng(),
+        )
+        .unwrap();
+        let server = ServerIo::spawn_on(ours, endpoint, ServerIoConfig::default()).unwrap();
+        // 64 senders: the kernel hashes about half of them to `ours`
+        // (all 64 to `first` once in 2^64 runs).
+        let senders: Vec<std::net::UdpSocket> = (0..64)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for sender in &senders {
+            sender.send_to(&[0x55], addr).unwrap();
+        }
+        first
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        let mut at_first = 0;
+        while first.recv_from(&mut buf).is_ok() {
+            at_first += 1;
+        }
+        assert!(
+            at_first < 64,
+            "every datagram went to the group's first member"
+        );
+        server.shutdown(DisconnectReason::ServerShutdown);
     }
 
     /// A shutdown whose goodbyes meet a socket that would block (its send

@@ -43,9 +43,22 @@ impl SocketBuffers {
 ///
 /// Returns the buffer sizes obtained, for the caller to log or check.
 pub fn tune_udp_socket(socket: &UdpSocket, buffer_bytes: usize) -> SocketBuffers {
+    tune(socket, buffer_bytes, buffer_bytes)
+}
+
+/// [`tune_udp_socket`] for a socket that only sends (a [`GameSocket`]'s
+/// twin): the smallest receive buffer, as nothing reads it (it still gets
+/// the broadcasts to its port).
+pub fn tune_send_only_socket(socket: &UdpSocket, buffer_bytes: usize) -> SocketBuffers {
+    tune(socket, 0, buffer_bytes)
+}
+
+/// Asks for buffers of `receive` and `send` bytes (the kernel's least for
+/// 0) and the don't-fragment setting of [`tune_udp_socket`].
+fn tune(socket: &UdpSocket, receive: usize, send: usize) -> SocketBuffers {
     let sock = SockRef::from(socket);
-    let _ = sock.set_recv_buffer_size(buffer_bytes);
-    let _ = sock.set_send_buffer_size(buffer_bytes);
+    let _ = sock.set_recv_buffer_size(receive);
+    let _ = sock.set_send_buffer_size(send);
     #[cfg(target_os = "linux")]
     if socket.local_addr().is_ok_and(|a| a.is_ipv4()) {
         use std::os::fd::AsRawFd;
@@ -62,61 +75,86 @@ pub fn tune_udp_socket(socket: &UdpSocket, buffer_bytes: usize) -> SocketBuffers
     }
 }
 
-/// Binds a server's game socket at `addr`, so that [`send_twin`] can give
-/// it a second socket that only sends.
+/// A server's game socket: the socket that receives and, from
+/// [`bind_game_socket`] on Linux, a second one on its address that only
+/// sends (its twin).
+///
+/// Why a twin: every datagram a socket sends, once the kernel frees it,
+/// wakes the socket's waiters to say it may send again, and a game socket
+/// always has one: its poller registration for reading. At thousands of
+/// datagrams a second that wake-up, which finds nobody interested in
+/// writing, was 1.8–2.7 % of a saturated server's samples. A socket nobody
+/// polls has no waiters. The two share the address through
+/// `SO_REUSEPORT`, and a one-instruction classic BPF program on the group
+/// (`ret #0`) hands every arriving datagram to the first socket, the
+/// group's first member: without it the kernel would spread the clients
+/// over both by hash, and the twin is never read.
+///
+/// A socket bound elsewhere ([`From<UdpSocket>`]) gets no twin: a
+/// `SO_REUSEPORT` group it is in is its owner's (a server sharded over
+/// processes), not to be steered.
+#[derive(Debug)]
+pub struct GameSocket {
+    socket: UdpSocket,
+    twin: Option<UdpSocket>,
+}
+
+impl GameSocket {
+    /// The address both sockets are bound on.
+    ///
+    /// # Errors
+    /// The operating system's.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The socket that receives, and the twin that sends, if any.
+    pub fn into_parts(self) -> (UdpSocket, Option<UdpSocket>) {
+        (self.socket, self.twin)
+    }
+}
+
+impl From<UdpSocket> for GameSocket {
+    fn from(socket: UdpSocket) -> Self {
+        Self { socket, twin: None }
+    }
+}
+
+/// Binds a server's game socket at `addr`, with its twin where the
+/// platform allows (see [`GameSocket`]).
 ///
 /// Fails as a plain bind would: with `AddrInUse` when anything holds the
 /// address already. On Linux the socket is then bound again with
 /// `SO_REUSEPORT` (the twin needs it to share the address): first a plain
 /// bind, which also picks the port for port 0, then, once that socket is
-/// closed, the same address with the option. Elsewhere, or if the second
-/// bind fails (another process took the port in between), it is a plain
-/// bind.
+/// closed, the same address with the option, and the twin. Elsewhere, or
+/// if the second bind fails (another process took the port in between),
+/// it is a plain bind without a twin; so it is, with the option, when the
+/// kernel refuses the twin.
 ///
 /// # Errors
 /// The plain bind's.
-pub fn bind_game_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub fn bind_game_socket(addr: SocketAddr) -> io::Result<GameSocket> {
     let probe = UdpSocket::bind(addr)?;
     #[cfg(target_os = "linux")]
     {
         let local = probe.local_addr()?;
         drop(probe);
-        linux::bind_shared(local).or_else(|error| {
-            tracing::debug!(%error, %local, "game socket bound without SO_REUSEPORT");
-            UdpSocket::bind(addr)
-        })
+        match linux::bind_shared(local) {
+            Ok(socket) => {
+                let twin = linux::send_twin(&socket)
+                    .inspect_err(|error| tracing::debug!(%error, "no send-only game socket"))
+                    .ok();
+                Ok(GameSocket { socket, twin })
+            }
+            Err(error) => {
+                tracing::debug!(%error, %local, "game socket bound without SO_REUSEPORT");
+                UdpSocket::bind(addr).map(GameSocket::from)
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
-    Ok(probe)
-}
-
-/// A second socket on `socket`'s address, to send from while `socket`
-/// receives: `None` unless `socket` came from [`bind_game_socket`] on
-/// Linux, or when the kernel refuses.
-///
-/// Why: every datagram a socket sends, once the kernel frees it, wakes the
-/// socket's waiters to say it may send again, and a game socket always has
-/// one: its poller registration for reading. At thousands of datagrams a
-/// second that wake-up, which finds nobody interested in writing, was
-/// 1.8–2.7 % of a saturated server's samples. A socket nobody polls has no
-/// waiters. The two share the address through `SO_REUSEPORT`, and a
-/// one-instruction classic BPF program on the group (`ret #0`) hands every
-/// arriving datagram to `socket`, the group's first member: without it
-/// the kernel would spread the clients over both by hash, and the twin is
-/// never read.
-pub fn send_twin(socket: &UdpSocket) -> Option<UdpSocket> {
-    #[cfg(target_os = "linux")]
-    {
-        linux::send_twin(socket)
-            .inspect_err(|error| tracing::debug!(%error, "no send-only game socket"))
-            .ok()
-            .flatten()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = socket;
-        None
-    }
+    Ok(GameSocket::from(probe))
 }
 
 /// Datagrams the kernel dropped on arrival at `socket` because its receive
@@ -198,19 +236,15 @@ pub mod linux {
         Ok(socket.into())
     }
 
-    /// See [`super::send_twin`]: `Ok(None)` when `socket` does not have
-    /// `SO_REUSEPORT`.
-    pub(super) fn send_twin(socket: &UdpSocket) -> io::Result<Option<UdpSocket>> {
-        let fd = socket.as_raw_fd();
-        if get_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)? == 0 {
-            return Ok(None);
-        }
+    /// The twin of `socket`, the one member of the `SO_REUSEPORT` group
+    /// [`bind_shared`] just made (see [`super::GameSocket`]).
+    pub(super) fn send_twin(socket: &UdpSocket) -> io::Result<UdpSocket> {
         // Steer before the twin joins: from its bind on, the group has two
         // members.
-        steer_to_first(fd)?;
+        steer_to_first(socket.as_raw_fd())?;
         let twin = bind_shared(socket.local_addr()?)?;
         twin.set_nonblocking(true)?;
-        Ok(Some(twin))
+        Ok(twin)
     }
 
     /// Attaches `ret #0` as the reuseport program of `fd`'s group: every
@@ -229,19 +263,6 @@ pub mod linux {
         };
         // The program outlives the call, which copies it.
         set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
-    }
-
-    /// Reads an `int` socket option of `fd`.
-    fn get_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        #[expect(
-            unsafe_code,
-            reason = "getsockopt of an int option into an int, its size passed along"
-        )]
-        let rc =
-            unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
-        checked(rc).map(|()| value)
     }
 
     /// `SK_MEMINFO_DROPS` of `SO_MEMINFO` (Linux 4.7 and later).
@@ -308,8 +329,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn every_datagram_reaches_the_game_socket(local: &str) {
         use std::time::Duration;
-        let game = bind_game_socket(local.parse().unwrap()).unwrap();
-        let twin = send_twin(&game).expect("a twin on Linux");
+        let (game, twin) = bind_game_socket(local.parse().unwrap())
+            .unwrap()
+            .into_parts();
+        let twin = twin.expect("a twin on Linux");
         let address = game.local_addr().unwrap();
         assert_eq!(twin.local_addr().unwrap(), address);
         // Many senders: without the steering program the kernel would hash
@@ -346,7 +369,6 @@ mod tests {
     #[test]
     fn a_game_address_in_use_is_refused_as_by_a_plain_bind() {
         let game = bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let _twin = send_twin(&game);
         let address = game.local_addr().unwrap();
         let again = bind_game_socket(address).map_err(|e| e.kind());
         assert_eq!(again.err(), Some(io::ErrorKind::AddrInUse));
@@ -357,7 +379,7 @@ mod tests {
     #[test]
     fn a_socket_bound_elsewhere_gets_no_twin() {
         let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(send_twin(&plain).is_none());
+        assert!(GameSocket::from(plain).into_parts().1.is_none());
     }
 
     #[cfg(target_os = "linux")]
