@@ -1,6 +1,6 @@
 //! The server's `net-io` thread.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -455,7 +455,7 @@ impl ServerIo {
             droppable: config.droppable_channels.clone(),
             handed: 0,
             held: Vec::new(),
-            departed: HashSet::new(),
+            departed: HashMap::new(),
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
@@ -686,9 +686,9 @@ struct ToGame {
     /// while the backlog is in use.
     held: Vec<Held>,
     /// The sessions whose end waits in the backlog behind reliable
-    /// messages of theirs: those messages give way before anyone still
-    /// here is cut off (see [`admit`](Self::admit)).
-    departed: HashSet<ClientId>,
+    /// messages of theirs, with what those hold: they give way before
+    /// anyone still here is cut off (see [`admit`](Self::admit)).
+    departed: HashMap<ClientId, Held>,
     /// The chunks short payloads are copied into.
     chunks: Chunks,
     stats: Arc<IoStats>,
@@ -699,7 +699,7 @@ struct ToGame {
 #[derive(Clone, Copy, Default)]
 struct Held {
     /// Whose; `None` once the client's end waits behind them (they are
-    /// then its session's in [`ToGame::departed`]) or nothing was counted.
+    /// then counted in [`ToGame::departed`]) or nothing was counted.
     client: Option<ClientId>,
     messages: u64,
     bytes: u64,
@@ -736,13 +736,13 @@ impl ToGame {
     /// the message bytes waiting would pass `max_bytes`, a droppable
     /// message is dropped, and a reliable one takes the place of the
     /// oldest droppable messages waiting or, when those are too few, of
-    /// the oldest reliable ones of sessions that have ended (a player
-    /// reconnecting again and again must not add up to less than each of
-    /// its sessions, and nobody is left to miss them). If that is not
-    /// enough, the sender floods if it holds more than its even share of
-    /// what binds (events or bytes in the backlog) or as much as anyone;
-    /// else the client holding the most is cut off, its messages waiting
-    /// going too.
+    /// every message waiting of the session that has ended holding the
+    /// most (a player reconnecting again and again must not add up to
+    /// less than each of its sessions; all of them, so that the game sees
+    /// a prefix of the session's stream). If that is not enough, the
+    /// sender floods if it holds more than its even share of what binds
+    /// (events or bytes in the backlog) or as much as anyone; else the
+    /// client holding the most is cut off, its messages waiting going too.
     fn admit(&mut self, client: ClientId, channel: ChannelId, len: usize) -> Admission {
         self.flush_backlog();
         let bytes = len as u64;
@@ -764,20 +764,26 @@ impl ToGame {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }
-        let short = match self.make_room(bytes, limit, None, false) {
+        let short = match self.make_room(bytes, limit, None) {
             Ok(()) => return Admission::Keep,
-            Err(_) if !self.departed.is_empty() => match self.make_room(bytes, limit, None, true) {
-                Ok(()) => return Admission::Keep,
-                Err(short) => short,
-            },
             Err(short) => short,
         };
-        // Who is cut off: a scan of the slots, made only when a reliable
-        // message finds no room; each cut frees the most held.
         let measure = |held: &Held| match short {
             Short::Events => held.messages,
             Short::Bytes => held.bytes,
         };
+        let gone = self
+            .departed
+            .iter()
+            .max_by_key(|(_, held)| measure(held))
+            .map(|(&gone, _)| gone);
+        if let Some(gone) = gone
+            && self.make_room(bytes, limit, Some(gone)).is_ok()
+        {
+            return Admission::Keep;
+        }
+        // Who is cut off: a scan of the slots, made only when a reliable
+        // message finds no room; each cut frees the most held.
         let connected = self.stats.connected.load(Ordering::Relaxed).max(1);
         let share = match short {
             Short::Events => self.backlog_room as u64,
@@ -793,7 +799,7 @@ impl ToGame {
             Some((holder, most))
                 if own <= share
                     && most > own
-                    && self.make_room(bytes, limit, Some(holder), true).is_ok() =>
+                    && self.make_room(bytes, limit, Some(holder)).is_ok() =>
             {
                 Admission::Cut(holder)
             }
@@ -805,22 +811,19 @@ impl ToGame {
     }
 
     /// Makes room for a message of `bytes` within `limit`: the oldest
-    /// droppable messages waiting give way (and, if `departed_too`, the
-    /// reliable ones of [`departed`](Self::departed) sessions), as few as
-    /// make room, and every message of `cut` (a client being cut off) goes. Changes nothing and
+    /// droppable messages waiting give way, as few as make room, and every
+    /// message of `cut` (a client being cut off, or a
+    /// [`departed`](Self::departed) session) goes. Changes nothing and
     /// says what is short when that does not make room. The walk stops at
     /// the last droppable message needed: a reliable message does not cost
     /// a walk of the whole backlog (thousands of events while the game is
     /// behind, when this thread's time is scarcest), unless it cuts a
     /// client off.
-    fn make_room(
-        &mut self,
-        bytes: u64,
-        limit: u64,
-        cut: Option<ClientId>,
-        departed_too: bool,
-    ) -> Result<(), Short> {
-        let held = cut.and_then(|client| self.held_by(client));
+    fn make_room(&mut self, bytes: u64, limit: u64, cut: Option<ClientId>) -> Result<(), Short> {
+        let held = cut.and_then(|client| {
+            self.held_by(client)
+                .or_else(|| self.departed.get(&client).copied())
+        });
         let held = held.unwrap_or_default();
         let mut left = (self.backlog.len() as u64).saturating_sub(held.messages);
         let mut freed = held.bytes;
@@ -829,7 +832,7 @@ impl ToGame {
             if left < self.backlog_room as u64 && self.bytes_fit(bytes, limit + freed) {
                 break;
             }
-            if self.gives_way(waiting, departed_too) {
+            if self.is_droppable(waiting) {
                 left -= 1;
                 freed += payload_bytes(waiting);
                 end = at + 1;
@@ -851,9 +854,7 @@ impl ToGame {
         let (mut write, mut dropped, mut freed) = (0, 0, 0);
         for read in 0..last {
             let event = &self.backlog[read];
-            if (read < end && self.gives_way(event, departed_too))
-                || cut.is_some_and(|c| is_from(event, c))
-            {
+            if (read < end && self.is_droppable(event)) || cut.is_some_and(|c| is_from(event, c)) {
                 dropped += 1;
                 freed += payload_bytes(event);
             } else {
@@ -876,10 +877,13 @@ impl ToGame {
                 }
             }
         }
-        if let Some(client) = cut
-            && let Some(held) = self.held.get_mut(client.slot.get())
-        {
-            *held = Held::default();
+        if let Some(client) = cut {
+            if let Some(held) = self.held.get_mut(client.slot.get())
+                && held.client == Some(client)
+            {
+                *held = Held::default();
+            }
+            self.departed.remove(&client);
         }
         bump(&self.stats.inbound_dropped, dropped);
         self.handed -= freed;
@@ -929,24 +933,16 @@ impl ToGame {
             && held.client == Some(*client)
         {
             if held.messages > 0 {
-                self.departed.insert(*client);
+                self.departed.insert(*client, *held);
             }
             *held = Held::default();
         }
         self.backlog.push_back(event);
     }
 
-    /// Whether `event` gives way to a reliable message finding no room:
-    /// droppable, or, if `departed_too`, a departed session's.
-    fn gives_way(&self, event: &NetEvent, departed_too: bool) -> bool {
-        match event {
-            NetEvent::Message {
-                client, channel, ..
-            } => {
-                self.droppable.contains(channel) || (departed_too && self.departed.contains(client))
-            }
-            NetEvent::Connected { .. } | NetEvent::Disconnected { .. } => false,
-        }
+    /// Whether `event` is a message that may be dropped.
+    fn is_droppable(&self, event: &NetEvent) -> bool {
+        matches!(event, NetEvent::Message { channel, .. } if self.droppable.contains(channel))
     }
 
     /// A kept message's bytes, as the game will hold them. Short ones are
@@ -1010,12 +1006,15 @@ impl ToGame {
             };
             match self.events.try_send(event) {
                 Ok(()) => {
-                    if let Some((client, bytes)) = counted
-                        && let Some(held) = self.held.get_mut(client.slot.get())
-                        && held.client == Some(client)
-                    {
-                        held.messages = held.messages.saturating_sub(1);
-                        held.bytes = held.bytes.saturating_sub(bytes);
+                    if let Some((client, bytes)) = counted {
+                        let held = match self.held.get_mut(client.slot.get()) {
+                            Some(held) if held.client == Some(client) => Some(held),
+                            _ => self.departed.get_mut(&client),
+                        };
+                        if let Some(held) = held {
+                            held.messages = held.messages.saturating_sub(1);
+                            held.bytes = held.bytes.saturating_sub(bytes);
+                        }
                     } else if let Some(client) = ended
                         && !self.departed.is_empty()
                     {
@@ -1568,7 +1567,7 @@ mod tests {
             droppable: vec![MOVEMENT],
             handed: 0,
             held: Vec::new(),
-            departed: HashSet::new(),
+            departed: HashMap::new(),
             chunks: Chunks::new(INBOUND_CHUNK),
             stats: Arc::clone(&stats),
         };
@@ -1788,13 +1787,15 @@ mod tests {
 
     /// A client that has left holds nothing anyone could be cut off for:
     /// once the droppable messages waiting are not enough, the messages of
-    /// sessions whose end waits behind them give way (oldest first, their
-    /// ends stay) before a client still here is cut off or a sender
+    /// a session whose end waits behind them give way, all of them (the
+    /// game, which applies them until it reads the end, sees what it had
+    /// of the stream and no more: never a later message past a gap), its
+    /// end staying, before a client still here is cut off or a sender
     /// within its share is told it floods.
     #[test]
     fn a_departed_sessions_messages_give_way_before_anyone_is_cut() {
         let (gone, talker) = (player(0), player(1));
-        let (mut to_game, stats, _game) = to_game(5, 1000);
+        let (mut to_game, stats, mut game) = to_game(5, 1000);
         stats.connected.store(1, Ordering::Relaxed);
         // One in the pipe, then three of the gone client's, its end, and
         // an input of the talker: the backlog is full.
@@ -1824,9 +1825,21 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(waiting, [Some(2), Some(3), None, Some(11), Some(12)]);
-        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 2);
-        assert_eq!(to_game.handed, 5 + 2 - 2);
+        assert_eq!(waiting, [None, Some(11), Some(12)]);
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(to_game.handed, 7 - 4);
+        let mut seen = Vec::new();
+        while let Some(event) = game.try_recv() {
+            if let NetEvent::Message {
+                client, payload, ..
+            } = &event
+                && *client == gone
+            {
+                seen.push(payload[0]);
+            }
+            to_game.flush_backlog();
+        }
+        assert_eq!(seen, [0], "a prefix of what it sent");
     }
 
     /// Sessions that leave with messages waiting do not add up to one
