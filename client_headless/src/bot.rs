@@ -700,6 +700,8 @@ impl Bot {
                         now + Duration::from_secs_f64(c.session_s * (0.5 + self.rng.unit()))
                     });
                     self.next_rtt_sample = Some(now + RTT_SAMPLE_EVERY);
+                    // The new connection counts its packets from 0.
+                    self.packets_at_rtt_sample = 0;
                 }
                 ClientEndpointEvent::Message { channel, payload } => {
                     scratch.messages.deliver(channel, payload);
@@ -1529,6 +1531,43 @@ mod tests {
         assert!(
             pair.stats.rtt_us.len() <= 2,
             "{} samples of a server silent for five seconds",
+            pair.stats.rtt_us.len()
+        );
+    }
+
+    /// A churning bot's next session measures round trips from its first
+    /// second on: its new connection's packet count starts again from 0
+    /// (a bar left at the last session's count took no sample until the
+    /// new one had received more).
+    #[test]
+    fn a_churning_bots_next_session_is_sampled_from_its_start() {
+        let mut pair = Pair::with_scenario(
+            include_str!("../../assets/scenarios/churn.toml"),
+            "churn.toml",
+        );
+        pair.connect();
+        let step = |pair: &mut Pair| {
+            pair.service();
+            pair.now += Duration::from_millis(10);
+            pair.server.handle_timeout(pair.now);
+            pair.deliver();
+        };
+        while !matches!(pair.bot.phase, Phase::Paused { .. }) {
+            assert!(pair.stats.ever_connected == 1, "{:?}", pair.bot.phase);
+            step(&mut pair);
+        }
+        let first = pair.stats.rtt_us.len();
+        assert!(first >= 9, "{first} samples of the first session");
+        while pair.bot.phase != Phase::Connected {
+            step(&mut pair);
+        }
+        let back = pair.now;
+        while pair.now < back + Duration::from_millis(2_050) {
+            step(&mut pair);
+        }
+        assert!(
+            pair.stats.rtt_us.len() >= first + 2,
+            "{} samples after the next session's first two seconds, {first} before it",
             pair.stats.rtt_us.len()
         );
     }
