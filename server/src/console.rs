@@ -91,7 +91,7 @@ pub const DEFAULT_KICK_REASON: &str = "kicked by an administrator";
 /// The command list, printed by `help` and after an unknown command.
 pub const HELP: &str = "\
 commands:
-  status               tick rate, tick time p50/p99 (last minute, since start), overruns, uptime
+  status               tick rate, tick time p50/p99 (last 1-2 min, since start), overruns, uptime
   players [skip]       list connected players, address and RTT, 1000 at a time
   kick <id> [reason]   show a player the reason, then disconnect it
   say <text>           broadcast a server message
@@ -160,7 +160,7 @@ pub fn format_status(stats: &TickStats) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let uptime = stats.uptime().as_secs();
     format!(
-        "tick rate {} Hz | tick {} | tick time, last minute: p50 {:.2} ms, p99 {:.2} ms, \
+        "tick rate {} Hz | tick {} | tick time, last 1-2 min: p50 {:.2} ms, p99 {:.2} ms, \
          max {:.2} ms; since start: p99 {:.2} ms, max {:.2} ms | \
          overruns {} | skipped {} | uptime {}h{:02}m{:02}s",
         stats.rate().hz(),
@@ -452,7 +452,7 @@ mod tests {
     use crate::players::PlayerSummary;
 
     /// An hour of slow ticks after days of fast ones shows in `status`:
-    /// its percentiles are the last minute's first.
+    /// its percentiles are the last one to two minutes' first.
     #[test]
     fn status_shows_the_last_minute_that_history_would_drown() {
         use crate::tick::{TickRate, TickStats};
