@@ -187,8 +187,8 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         samples.push(sample);
     }
     let duration_s = start.elapsed().as_secs_f64();
-    progress.message("stopping: waiting for in-flight chat, then leaving");
-    stop.store(true, Ordering::Relaxed);
+    // The last scrape before the stop: the server's figures end while
+    // every bot still plays, not in the tick that takes their goodbyes.
     let mut server_complete = false;
     let final_scrape = match scrape(&mut metrics) {
         Ok(last) => {
@@ -212,6 +212,8 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             last_scrape
         }
     };
+    progress.message("stopping: waiting for in-flight chat, then leaving");
+    stop.store(true, Ordering::Relaxed);
     match (&first_scrape, &unanswered) {
         (None, Some(error)) => {
             notes.push(format!(
@@ -743,6 +745,91 @@ mod tests {
         assert!((0.5..3.0).contains(&from), "{server}");
         let notes = json["notes"].to_string();
         assert!(notes.contains("first answered"), "{notes}");
+    }
+
+    /// The run's last scrape of the server's metrics is answered before
+    /// any bot leaves: the run's figures, the steady window's too, end
+    /// before the tick that takes the goodbyes (it went out after the
+    /// bots were told to stop, and a slow answer counted them in). The
+    /// stand-in page counts every goodbye the server has seen as an
+    /// overrun, and answers 200 ms after each request.
+    #[test]
+    fn the_last_scrape_is_answered_before_the_bots_leave() {
+        use std::sync::atomic::AtomicU32;
+
+        use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
+        use shared::io::{system_rng, unix_secs};
+        use shared::netcode::{MAX_PACKET_BYTES, ServerConfig};
+        use shared::protocol::{PROTOCOL_ID, channels};
+
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let server = socket.local_addr().unwrap();
+        let goodbyes = Arc::new(AtomicU32::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let game = std::thread::spawn({
+            let (goodbyes, done) = (Arc::clone(&goodbyes), Arc::clone(&done));
+            move || {
+                let netcode = ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server]);
+                let config = ServerEndpointConfig::new(netcode, channels::transport_config());
+                let mut endpoint = ServerEndpoint::new(config, &mut system_rng()).unwrap();
+                let mut buf = vec![0; MAX_PACKET_BYTES + 1];
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                        endpoint.handle_datagram(Instant::now(), unix_secs(), from, &mut buf[..len]);
+                    }
+                    let now = Instant::now();
+                    if endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                        endpoint.handle_timeout(now);
+                    }
+                    while let Some(event) = endpoint.poll_event() {
+                        if let EndpointEvent::Disconnected { .. } = event {
+                            goodbyes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    while let Some(transmit) = endpoint.poll_transmit(now, &mut buf) {
+                        let _ = socket.send_to(&buf[..transmit.len], transmit.destination);
+                    }
+                }
+            }
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        std::thread::spawn({
+            let goodbyes = Arc::clone(&goodbyes);
+            move || {
+                for (scrape, stream) in (1..).zip(listener.incoming()) {
+                    let Ok(mut stream) = stream else { return };
+                    prom::tests::read_request(&mut stream);
+                    std::thread::sleep(Duration::from_millis(200));
+                    let page = page_text(100 * scrape, 0, goodbyes.load(Ordering::Relaxed));
+                    let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{page}");
+                }
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("load-last-scrape-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.json");
+        let walk = "name = \"walk\"\n[wander]\nhz = 10.0\nspeed = 1.0\nturn_every_s = 1.0\n";
+        let plan = LoadPlan {
+            server,
+            minter: TokenMinter::dev(server),
+            scenario: Scenario::parse(walk, "walk.toml").unwrap(),
+            ..plan_without_server(metrics_url, Duration::from_secs(2), &report)
+        };
+        run(plan).unwrap();
+        done.store(true, Ordering::Relaxed);
+        game.join().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(goodbyes.load(Ordering::Relaxed), 1, "the bot left");
+        assert_eq!(json["connected"], 1, "{json}");
+        let server = &json["server"];
+        assert_eq!(server["complete"], true, "{server}");
+        assert_eq!(server["overruns"], 0.0, "{server}");
     }
 
     #[test]
