@@ -22,6 +22,7 @@ use bevy_ecs::prelude::*;
 use shared::protocol::channels;
 use shared::protocol::messages::{Emote, EmoteRequest};
 
+use crate::metrics::{Counter, Metrics};
 use crate::net::{Clients, FromClient, NetAppExt, Recipients, ToClient};
 use crate::tick::{TickRate, TickStats};
 
@@ -47,13 +48,49 @@ struct Cooldowns {
     last: HashMap<u64, u64>,
 }
 
+/// Emote counters: `emotes_relayed_total`, and
+/// `emotes_dropped_total{reason}` by why (an operator tells "nobody
+/// emotes" from "every emote dropped").
+#[derive(Resource, Clone)]
+struct EmoteMetrics {
+    relayed: Counter,
+    /// An emote id past [`EMOTE_COUNT`].
+    unknown: Counter,
+    /// Within the sender's [`EMOTE_COOLDOWN`].
+    cooldown: Counter,
+    /// Beyond the tick's share of [`MAX_EMOTE_COPIES_PER_SEC`].
+    budget: Counter,
+}
+
 /// Relays emotes.
 pub struct EmotePlugin;
 
 impl Plugin for EmotePlugin {
     fn build(&self, app: &mut App) {
+        let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
+        let r = metrics.registry();
+        let dropped = |reason: &str| {
+            r.counter_with_labels(
+                "emotes_dropped_total",
+                "Emotes not relayed, by reason.",
+                &[("reason", reason)],
+            )
+            .unwrap_or_default()
+        };
+        let metrics = EmoteMetrics {
+            relayed: r
+                .counter(
+                    "emotes_relayed_total",
+                    "Emotes relayed (each one a copy to every other player).",
+                )
+                .unwrap_or_default(),
+            unknown: dropped("unknown"),
+            cooldown: dropped("cooldown"),
+            budget: dropped("budget"),
+        };
         app.add_client_message::<EmoteRequest>(channels::EVENTS)
             .add_server_message::<Emote>(channels::EVENTS)
+            .insert_resource(metrics)
             .add_systems(FixedUpdate, relay_emotes);
     }
 }
@@ -64,6 +101,7 @@ fn relay_emotes(
     mut cooldowns: Local<Cooldowns>,
     clients: Res<Clients>,
     stats: Option<Res<TickStats>>,
+    metrics: Res<EmoteMetrics>,
 ) {
     // The default rate and 1 period a tick when no runner measures the
     // ticks (tests that update by hand).
@@ -81,13 +119,27 @@ fn relay_emotes(
     let mut budget = (per_tick / clients.len().max(1)).max(1);
     for FromClient { client, message } in requests.read() {
         // Beyond the tick's copies, dropped (read, so not relayed later).
-        if message.emote >= EMOTE_COUNT || last.contains_key(&client.account) || budget == 0 {
+        let dropped = if message.emote >= EMOTE_COUNT {
+            Some(&metrics.unknown)
+        } else if last.contains_key(&client.account) {
+            Some(&metrics.cooldown)
+        } else if budget == 0 {
+            Some(&metrics.budget)
+        } else {
+            None
+        };
+        if let Some(dropped) = dropped {
+            dropped.inc();
             continue;
         }
+        metrics.relayed.inc();
         budget -= 1;
         last.insert(client.account, now);
+        // The player's current session (a request read in the tick its
+        // next session joined is the ended one's) is left out.
+        let sender = clients.by_account(client.account).unwrap_or(*client);
         out.write(ToClient {
-            to: Recipients::AllExcept(*client),
+            to: Recipients::AllExcept(sender),
             message: Emote {
                 from: client.account,
                 emote: message.emote,
@@ -182,6 +234,34 @@ mod tests {
         );
     }
 
+    /// Every emote is counted: relayed, or dropped by reason.
+    #[test]
+    fn emotes_are_counted_relayed_or_dropped_by_reason() {
+        let mut app = app();
+        for (account, emote) in [(7, 1), (7, 2), (8, EMOTE_COUNT), (9, 0)] {
+            app.world_mut().write_message(FromClient {
+                client: client(account),
+                message: EmoteRequest { emote },
+            });
+        }
+        app.world_mut().run_schedule(FixedUpdate);
+        let metrics = app.world().resource::<EmoteMetrics>();
+        let counts = [
+            &metrics.relayed,
+            &metrics.unknown,
+            &metrics.cooldown,
+            &metrics.budget,
+        ]
+        .map(Counter::get);
+        assert_eq!(counts, [2, 1, 1, 0]);
+        let mut page = String::new();
+        app.world().resource::<Metrics>().registry().render(&mut page);
+        assert!(
+            page.contains("emotes_dropped_total{reason=\"cooldown\"} 1"),
+            "{page}"
+        );
+    }
+
     /// The cooldown is wall time, not ticks: at 128 Hz a player flooding
     /// every tick for a second is relayed once every 250 ms, four times,
     /// as at 30 Hz.
@@ -221,6 +301,36 @@ mod tests {
         }
         let sent = app.world().resource::<Messages<ToClient<Emote>>>();
         assert_eq!(sent.len(), 1);
+    }
+
+    /// An emote of a session that has ended, read in the tick its
+    /// player's next session joined, is not sent back to that player: the
+    /// copy left out is the account's current session's (the ended one's
+    /// excluded nobody, as `net-io` sends to current sessions only).
+    #[test]
+    fn an_ended_sessions_emote_is_not_sent_to_its_players_next_session() {
+        let mut app = app();
+        let next = ClientId {
+            slot: ClientIndex::from_slot(1),
+            account: 7,
+            session: 2,
+        };
+        let entity = app.world_mut().spawn_empty().id();
+        app.world_mut().resource_mut::<Clients>().insert(next, entity);
+        app.world_mut().write_message(FromClient {
+            client: client(7),
+            message: EmoteRequest { emote: 2 },
+        });
+        app.world_mut().run_schedule(FixedUpdate);
+        let sent = app.world().resource::<Messages<ToClient<Emote>>>();
+        let sent: Vec<_> = sent.iter_current_update_messages().cloned().collect();
+        assert_eq!(
+            sent,
+            vec![ToClient {
+                to: Recipients::AllExcept(next),
+                message: Emote { from: 7, emote: 2 },
+            }]
+        );
     }
 
     /// Connects `players` and has the first `emoters` of them emote in one
