@@ -778,7 +778,12 @@ mod tests {
                 let mut buf = vec![0; MAX_PACKET_BYTES + 1];
                 while !done.load(Ordering::Relaxed) {
                     if let Ok((len, from)) = socket.recv_from(&mut buf) {
-                        endpoint.handle_datagram(Instant::now(), unix_secs(), from, &mut buf[..len]);
+                        endpoint.handle_datagram(
+                            Instant::now(),
+                            unix_secs(),
+                            from,
+                            &mut buf[..len],
+                        );
                     }
                     let now = Instant::now();
                     if endpoint.poll_timeout().is_some_and(|t| t <= now) {

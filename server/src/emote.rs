@@ -255,7 +255,10 @@ mod tests {
         .map(Counter::get);
         assert_eq!(counts, [2, 1, 1, 0]);
         let mut page = String::new();
-        app.world().resource::<Metrics>().registry().render(&mut page);
+        app.world()
+            .resource::<Metrics>()
+            .registry()
+            .render(&mut page);
         assert!(
             page.contains("emotes_dropped_total{reason=\"cooldown\"} 1"),
             "{page}"
@@ -316,7 +319,9 @@ mod tests {
             session: 2,
         };
         let entity = app.world_mut().spawn_empty().id();
-        app.world_mut().resource_mut::<Clients>().insert(next, entity);
+        app.world_mut()
+            .resource_mut::<Clients>()
+            .insert(next, entity);
         app.world_mut().write_message(FromClient {
             client: client(7),
             message: EmoteRequest { emote: 2 },

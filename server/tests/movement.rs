@@ -4,8 +4,8 @@
 //! shared predictor agrees with the server.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy_app::{App, AppExit, First, Last};
@@ -23,6 +23,11 @@ use server::tick::{Clock, ManualClock, TickConfig, TickPlugin, TickRate, TickSta
 use server::world::Position;
 use shared::movement::{Predictor, tick_dt};
 use shared::protocol::movement::MoveInput;
+
+#[path = "support/logs.rs"]
+mod logs;
+
+use logs::logged;
 
 fn app() -> App {
     let mut app = App::new();
@@ -202,33 +207,6 @@ fn many_flooders_log_within_the_line_budget() {
         log.suppressed() >= 100 - u64::from(MAX_VIOLATION_LINES_PER_SECOND),
         "{log:?}"
     );
-}
-
-/// A writer into a shared buffer, for [`logged`].
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// What `run` logs on this thread (the app runs its systems on it).
-fn logged(run: impl FnOnce()) -> String {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, run);
-    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
 }
 
 /// One connection flooding for seconds spends the line budget early in

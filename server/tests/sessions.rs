@@ -36,6 +36,9 @@ use shared::protocol::movement::MoveInput;
 use shared::protocol::{self, channels};
 use shared::transport::{ChannelId, DisconnectReason};
 
+#[path = "support/logs.rs"]
+mod logs;
+
 fn client(slot: u32, account: u64, session: u64) -> ClientId {
     ClientId {
         slot: ClientIndex::from_slot(slot),
@@ -232,6 +235,42 @@ fn back_within_a_tick(order: Reported) {
     assert!(
         roster.get(players::ClientId(first.account)).is_some(),
         "the account is listed again"
+    );
+}
+
+/// An old session ended early by its account's new connection says so,
+/// and the reason it really ended (reported after the new connection)
+/// is logged at info when it comes: operators see a player's crash and
+/// reconnect as a timeout, not as a connection closed.
+#[test]
+fn the_real_reason_of_a_session_its_account_replaced_is_logged() {
+    let (mut app, net) = app();
+    let old = client(0, 7, 1);
+    net.events
+        .send(NetEvent::Connected { client: old })
+        .unwrap();
+    app.update();
+    let log = logs::logged(|| {
+        net.events
+            .send(NetEvent::Connected {
+                client: client(2, 7, 3),
+            })
+            .unwrap();
+        net.events
+            .send(NetEvent::Disconnected {
+                client: old,
+                reason: DisconnectReason::Timeout,
+            })
+            .unwrap();
+        app.update();
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" INFO ")).collect();
+    assert!(lines.iter().any(|l| l.contains("connected again")), "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&DisconnectReason::Timeout.to_string())),
+        "the real reason at info: {log}"
     );
 }
 

@@ -129,13 +129,17 @@ fn on_connected(world: &mut World, client: ClientId) {
     // reports that end only once its last datagrams have left. The old
     // session ends here, so every plugin sees it leave before the new one
     // joins (its trades cancelled, its chat numbering over); its own
-    // `Disconnected`, when it comes, finds nothing left to end.
-    if let Some(old) = world.resource::<Clients>().by_account(client.account) {
-        tracing::debug!(
+    // `Disconnected`, when it comes, finds nothing left to end but says
+    // why it ended (plugins are told `Closed`: the reason is not known
+    // yet).
+    if let Some(old) = world.resource::<Clients>().by_account(client.account)
+        && end_session(world, old, DisconnectReason::Closed)
+    {
+        tracing::info!(
             account = old.account,
-            "the account's new connection came before its old one's end"
+            "client disconnected: its account connected again (why the old connection \
+             ended follows)"
         );
-        on_disconnected(world, old, DisconnectReason::Closed);
     }
     // `net-io` reports a slot's `Disconnected` before the next `Connected`
     // in it; should that ever break, the old player ends properly here.
@@ -183,17 +187,29 @@ fn on_connected(world: &mut World, client: ClientId) {
 }
 
 fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason) {
-    // A session already ended here (its account came back first) has
-    // nothing left to end.
+    if end_session(world, client, reason) {
+        tracing::info!(account = client.account, %reason, "client disconnected");
+    } else {
+        // A session already ended here (its account came back first): its
+        // end says why, which the early end could not.
+        tracing::info!(
+            account = client.account,
+            %reason,
+            "the connection its account replaced has ended"
+        );
+    }
+}
+
+/// Ends `client`'s session for `reason`: its entity despawned, plugins
+/// told ([`ClientDisconnected`]). False when it had ended already.
+fn end_session(world: &mut World, client: ClientId, reason: DisconnectReason) -> bool {
     let Some(entity) = world.resource_mut::<Clients>().remove(client) else {
-        tracing::debug!(account = client.account, %reason, "an ended session's disconnect");
-        return;
+        return false;
     };
     // The account's new session, if any, is listed again when it joins.
     world
         .resource_mut::<PlayerRoster>()
         .remove(players::ClientId(client.account));
-    tracing::info!(account = client.account, %reason, "client disconnected");
     world.write_message(ClientDisconnected { client, reason });
     let position = world.get::<Position>(entity).map(|p| p.0);
     if let (Some(position), Some(mut departed)) =
@@ -202,6 +218,7 @@ fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason
         departed.0.insert(client.account, position);
     }
     world.despawn(entity);
+    true
 }
 
 fn strike(world: &mut World, client: ClientId, entity: Entity) {
