@@ -1,6 +1,7 @@
 //! Area of interest and replication: every tick each viewer (a connected
-//! player) receives a [`Snapshot`] of the entities near it, so a client's
-//! bandwidth grows with its neighbours, not with the number of players.
+//! player, from its first movement input on: see [`Viewer`]) receives a
+//! [`Snapshot`] of the entities near it, so a client's bandwidth grows
+//! with its neighbours, not with the number of players.
 //!
 //! - **Who is replicated**: every entity with a [`Position`]; each gets a
 //!   [`NetId`] (not reused in the first 4 billion spawns, so a client

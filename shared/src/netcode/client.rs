@@ -21,7 +21,7 @@ use super::{
 /// earlier user of the token could have reached unless that one sent more
 /// than about a million packets a second, or began within the same
 /// second. A token a second old starts at 2^20 (three bytes on the wire),
-/// an hour old at about 2^32 (five).
+/// an hour old at about 2^31.8 (four), a day old at about 2^36.4 (five).
 pub const SEQUENCES_PER_SECOND: u64 = 1 << 20;
 
 /// Client configuration.

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use super::CONNECT_TOKEN_NONCE_BYTES;
 
 /// Tokens a client remembers; connecting with one it has forgotten starts
-/// its numbering again (the server then refuses the repeated sequences as
-/// replays, so a token is best used by one client, a few times at most).
+/// its numbering at the token's age (see
+/// [`SEQUENCES_PER_SECOND`](super::SEQUENCES_PER_SECOND)), past what an
+/// earlier use could have reached.
 const REMEMBERED_TOKENS: usize = 8;
 /// Blocks of ended sessions remembered per token.
 const REMEMBERED_BLOCKS: usize = 32;

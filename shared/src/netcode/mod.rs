@@ -171,11 +171,12 @@
 //!     sent before a client has state;
 //!   - it caps servers at 256 clients; ours makes it configuration (10,000
 //!     is tested).
-//! - The standard says sequence numbers start at zero. The client's do for
-//!   the first handshake with a token and continue on reconnects with it;
-//!   the server's start each handshake in a block of their own, as described
-//!   under Nonces. Peers accept this: replay protection only rejects old
-//!   sequence numbers.
+//! - The standard says sequence numbers start at zero. The client's start
+//!   at the token's age in seconds times [`SEQUENCES_PER_SECOND`] for a
+//!   token it does not remember and continue on reconnects with it; the
+//!   server's start each handshake in a block of their own; both as
+//!   described under Nonces. Peers accept this: replay protection only
+//!   rejects old sequence numbers.
 //!
 //! # Additions to the standard
 //!

@@ -22,9 +22,9 @@ pub const EVENTS: ChannelId = ChannelId(5);
 /// Reliable messages in flight per channel. Chat, inventory and control
 /// carry a few messages a second per client; 256 unacked (thousands a
 /// second at game RTTs) never limits them, and what waits beyond the window
-/// stays queued. Each slot is allocated when the client connects, so the
-/// window is most of a connection's memory: 256 keeps it near 150 KiB
-/// instead of 430.
+/// stays queued. Both ends must agree on it (it is part of the protocol
+/// version). Its memory follows use: a channel's window starts at a few
+/// slots and doubles while more messages are in flight, up to this.
 pub const RELIABLE_WINDOW: u16 = 256;
 
 /// Largest message of the game: a message id and the largest body the
@@ -34,7 +34,8 @@ pub const RELIABLE_WINDOW: u16 = 256;
 pub const MAX_GAME_MESSAGE: usize = 2 + MAX_MESSAGE_BYTES;
 
 /// The transport configuration of the game: the channels above, movement
-/// and snapshots first when the budget is short, then control and chat;
+/// and snapshots first when the budget is short, then control, inventory,
+/// chat and events;
 /// acknowledgements held for up to 40 ms to ride on the next tick's packet;
 /// messages up to [`MAX_GAME_MESSAGE`].
 pub fn transport_config() -> TransportConfig {
