@@ -1,8 +1,10 @@
 //! `client_headless chaos` against the real server binary over loopback
 //! UDP: garbage at 2,000 datagrams/s for 2 s gets no answer to any garbage
-//! source and leaves the server serving; slot-hold against a 4-slot server
-//! holds every slot and is then refused as full; a non-loopback target is
-//! refused without `--i-own-this-server`.
+//! source, has its flipped sealed packets opened (and refused), and leaves
+//! the server serving; slot-hold against a 4-slot server holds every slot
+//! and is then refused as full; a 12 s fragment bomb reaches its
+//! over-claim; a non-loopback target is refused without
+//! `--i-own-this-server`.
 //!
 //! The server and `client_headless` binaries come from `e2e::server_binary`
 //! and `e2e::client_binary` (built, or confirmed up to date, first).
@@ -95,13 +97,17 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     assert_eq!(number(&s, "garbage_answers_datagrams"), 0.0);
     assert_eq!(number(&s, "garbage_answers_bytes"), 0.0);
     assert!(server.is_running(), "the server died under garbage");
-    // Its template session (sealed packets to mutate) holds one slot until
-    // its 10 s token timeout, unless it could not connect.
-    let template_slots = if s.contains_key("template_session") {
-        0.0
-    } else {
-        1.0
-    };
+    // The flipped sealed packets came from their session's address, so the
+    // server tried to open them (from anywhere else it drops them unread);
+    // the session lasted the run and said goodbye.
+    assert_eq!(s["template_session"], "connected to the end", "{s:?}");
+    assert!(number(&s, "garbage_sealed_flipped") > 0.0, "{s:?}");
+    let decrypt_failed = "net_dropped_datagrams_total{reason=\"DecryptFailed\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.metric(decrypt_failed) == 0.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.metric(decrypt_failed) > 0.0, "{}", server.scrape());
 
     // Slot-hold takes every free slot of the 4 and is refused after.
     let output = chaos(&[
@@ -122,15 +128,37 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     let s = summary(&output);
     assert_eq!(s["attack"], "slot-hold");
     assert_eq!(number(&s, "connect_attempts"), 20.0);
-    assert_eq!(number(&s, "slots_held"), 4.0 - template_slots, "{s:?}");
-    assert_eq!(
-        number(&s, "server_full_denials"),
-        16.0 + template_slots,
-        "{s:?}"
-    );
+    assert_eq!(number(&s, "slots_held"), 4.0, "{s:?}");
+    assert_eq!(number(&s, "server_full_denials"), 16.0, "{s:?}");
     assert_eq!(number(&s, "other_failures"), 0.0);
     assert!(number(&s, "received_datagrams") > 0.0);
     assert!(server.is_running(), "the server died under slot-hold");
+}
+
+/// A fragment bomb longer than the server's 10 s reliable timeout bombs to
+/// its end (its session acknowledges the server's packets: unacknowledged,
+/// the welcome ended it at 10 s) and its over-claim is what the server
+/// disconnects it for.
+#[test]
+fn a_long_fragment_bomb_reaches_its_over_claim() {
+    let mut server = ServerProcess::start(&ServerOptions::default());
+    let game = server.game.to_string();
+    let output = chaos(&[
+        "--server",
+        &game,
+        "--attack",
+        "fragment-bomb",
+        "--rate",
+        "20",
+        "--duration",
+        "12",
+    ]);
+    assert!(output.status.success(), "{:?}", output.status);
+    let s = summary(&output);
+    assert_eq!(s["disconnected_while_bombing"], "no", "{s:?}");
+    assert_eq!(s["disconnect_reason"], "ProtocolViolation", "{s:?}");
+    assert!(number(&s, "fragments_sent") >= 200.0, "{s:?}");
+    assert!(server.is_running(), "the server died under the bomb");
 }
 
 /// A host out of descriptors (slot-hold keeps a socket per session it

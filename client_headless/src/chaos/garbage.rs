@@ -1,44 +1,78 @@
-//! Garbage: random bytes of 0–1,500 bytes, the parsers' edge sizes, and
-//! valid packets (a connection request, sealed payload packets) with 1–8
-//! bits flipped, from 8 source sockets. A healthy server answers none.
+//! Garbage: random bytes of 0–1,500 bytes, the parsers' edge sizes and
+//! connection requests with 1–8 bits flipped, from 8 source sockets; and
+//! sealed payload packets with 1–8 bits flipped, from the address of the
+//! connected session that sealed them (from anywhere else the server
+//! drops them unread, as from no client). A healthy server answers none.
 
 use std::time::{Duration, Instant};
 
 use shared::netcode::{ClientState, MAX_PACKET_BYTES};
 
 use super::generators::{MAX_GARBAGE_BYTES, garbage_datagram};
-use super::session::{Session, token};
-use super::{ChaosPlan, Pacer, Rng, Summary, drain, send_due, source_sockets};
+use super::session::{Session, token, token_lasting};
+use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, send_due, source_sockets};
+
+/// One garbage datagram in this many is a flipped sealed packet, when the
+/// template session connected.
+const SEALED_ONE_IN: u64 = 5;
 
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
     let mut rng = Rng::new(plan.seed);
-    let templates = capture_valid_packets(plan, &mut summary)?;
+    let Templates {
+        requests,
+        mut session,
+        sealed,
+    } = capture_valid_packets(plan, &mut summary)?;
     let sockets = source_sockets(plan.server, 20, 8)?;
     // What the garbage sockets get back is what counts.
     let mut garbage = Summary::default();
+    let mut sealed_sent = 0u64;
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let mut packet = [0u8; MAX_GARBAGE_BYTES];
     while !pacer.finished() {
         send_due(&mut pacer, &mut garbage, || {
-            let len = garbage_datagram(&mut rng, &templates, &mut packet);
+            if let Some(session) = &session
+                && !sealed.is_empty()
+                && rng.below(SEALED_ONE_IN) == 0
+            {
+                let template = &sealed[rng.below(sealed.len() as u64) as usize];
+                let flipped = &mut packet[..template.len()];
+                flipped.copy_from_slice(template);
+                rng.flip_bits(flipped);
+                sealed_sent += 1;
+                return session.send_raw(flipped).then_some(flipped.len());
+            }
+            let len = garbage_datagram(&mut rng, &requests, &mut packet);
             let socket = &sockets[rng.below(sockets.len() as u64) as usize];
             socket.send_to(&packet[..len], plan.server).ok()
         });
         for socket in &sockets {
             drain(socket, &mut garbage);
         }
+        if let Some(live) = &mut session {
+            live.keep_up(Instant::now(), &mut summary)?;
+        }
         pacer.pause();
     }
-    let end = Instant::now() + Duration::from_millis(300);
+    let end = Instant::now() + GRACE;
     while Instant::now() < end {
         for socket in &sockets {
             drain(socket, &mut garbage);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    if let Some(session) = &mut session {
+        let end = session.end_reason().map_or_else(
+            || "connected to the end".to_owned(),
+            |r| format!("ended: {r}"),
+        );
+        summary.add("template_session", end);
+        session.close(&mut summary);
+    }
     summary.add("garbage_sent_datagrams", garbage.sent_datagrams);
     summary.add("garbage_sent_bytes", garbage.sent_bytes);
+    summary.add("garbage_sealed_flipped", sealed_sent);
     summary.add("garbage_answers_datagrams", garbage.received_datagrams);
     summary.add("garbage_answers_bytes", garbage.received_bytes);
     summary.add("garbage_send_refused", garbage.send_refused);
@@ -51,36 +85,61 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     Ok(summary)
 }
 
-/// A connection request (for a token that never connects) and, if the
-/// server lets a session in, sealed payload packets of that session.
-fn capture_valid_packets(plan: &ChaosPlan, summary: &mut Summary) -> Result<Vec<Vec<u8>>, String> {
-    let mut packets = Vec::new();
+/// Valid packets to flip bits of.
+struct Templates {
+    /// A connection request, for a token that never connects.
+    requests: Vec<Vec<u8>>,
+    /// The session that sealed `sealed`, if the server let it in.
+    session: Option<Session>,
+    /// Sealed payload packets of `session`, never sent whole.
+    sealed: Vec<Vec<u8>>,
+}
+
+/// A connection request (for a token that never connects and outlives the
+/// run: an expired one is dropped before anything is decrypted) and, if
+/// the server lets a session in, sealed payload packets of that session.
+fn capture_valid_packets(plan: &ChaosPlan, summary: &mut Summary) -> Result<Templates, String> {
+    let mut requests = Vec::new();
     let bind = super::source_sockets(plan.server, 21, 1)?
         .pop()
         .ok_or("no socket")?;
-    let mut requester = Session::start(bind, &token(plan.server, plan.first_account, 10)?)?;
+    let life = plan.duration + Duration::from_secs(60);
+    let mut requester = Session::start(
+        bind,
+        &token_lasting(plan.server, plan.first_account, 10, life)?,
+    )?;
     let mut buf = vec![0u8; MAX_PACKET_BYTES];
     if let Some(request) = requester.first_request(&mut buf) {
-        packets.push(request);
+        requests.push(request);
     }
     let local = super::source_sockets(plan.server, 21, 2)?
         .pop()
         .and_then(|s| s.local_addr().ok())
         .ok_or("no socket")?;
     let bind = std::net::SocketAddr::new(local.ip(), 0);
-    match Session::connect(
+    let mut sealed = Vec::new();
+    let session = match Session::connect(
         bind,
         &token(plan.server, plan.first_account + 1, 10)?,
         Duration::from_secs(3),
         summary,
     ) {
-        Ok(mut session) if session.state() == ClientState::Connected => {
+        Ok(session) if session.state() == ClientState::Connected => {
+            let mut session = session.acknowledging();
             for len in [1usize, 15, 100, 1_100, 1_200] {
-                packets.extend(session.seal_copy(&vec![0x5A; len]));
+                sealed.extend(session.seal_copy(&vec![0x5A; len]));
             }
+            Some(session)
         }
-        Ok(_) => {}
-        Err(e) => summary.add("template_session", format!("not connected ({e})")),
-    }
-    Ok(packets)
+        Ok(_) => None,
+        Err(e) => {
+            summary.add("template_session", format!("not connected ({e})"));
+            None
+        }
+    };
+    Ok(Templates {
+        requests,
+        session,
+        sealed,
+    })
 }

@@ -8,7 +8,7 @@ use shared::io::unix_secs;
 use shared::netcode::{self, ClientEvent, ClientState, ConnectToken, MAX_PACKET_BYTES};
 use shared::protocol::PROTOCOL_ID;
 use shared::transport::DisconnectReason;
-use shared::transport::wire::{self, MessageHeader, PacketHeader, PacketKind};
+use shared::transport::wire::{self, AckInfo, MessageHeader, PacketHeader, PacketKind};
 
 use super::Summary;
 
@@ -39,6 +39,10 @@ pub(crate) fn token_lasting(
     .map_err(|e| format!("cannot mint a token: {e}"))
 }
 
+/// Least time between two packets [`Session::keep_up`] sends to carry
+/// acknowledgements alone.
+const ACK_EVERY: Duration = Duration::from_millis(50);
+
 /// One netcode.io client on its own socket.
 pub(crate) struct Session {
     socket: UdpSocket,
@@ -47,6 +51,13 @@ pub(crate) struct Session {
     next_seq: u16,
     /// The transport disconnect reason the server sent, if any.
     pub(crate) server_reason: Option<DisconnectReason>,
+    /// Whether its packets acknowledge the server's (see
+    /// [`acknowledging`](Self::acknowledging)).
+    acknowledges: bool,
+    /// The newest transport packet received and the 64 before it (bit
+    /// `i`: `latest - 1 - i`).
+    received: Option<(u16, u64)>,
+    last_ack_sent: Option<Instant>,
 }
 
 impl Session {
@@ -62,7 +73,20 @@ impl Session {
             buf: vec![0; MAX_PACKET_BYTES],
             next_seq: 0,
             server_reason: None,
+            acknowledges: false,
+            received: None,
+            last_ack_sent: None,
         })
+    }
+
+    /// Acknowledges the server's packets from now on, as a client does:
+    /// an attack that must outlast the server's `reliable_timeout` (10 s:
+    /// its reliable welcome, unacknowledged, ends the session) and is not
+    /// about acknowledgements. A session that never acknowledges is the
+    /// slow reader's.
+    pub(crate) fn acknowledging(mut self) -> Self {
+        self.acknowledges = true;
+        self
     }
 
     /// Binds `bind`, starts a handshake and waits up to `limit` for it.
@@ -136,34 +160,103 @@ impl Session {
             else {
                 continue;
             };
-            if let Ok((header, body)) = wire::decode_header(payload)
-                && header.kind == PacketKind::Disconnect
-                && let Some(&code) = body.first()
-            {
-                self.server_reason
-                    .get_or_insert(DisconnectReason::from_code(code));
+            let Ok((header, body)) = wire::decode_header(payload) else {
+                continue;
+            };
+            match header.kind {
+                PacketKind::Disconnect => {
+                    if let Some(&code) = body.first() {
+                        self.server_reason
+                            .get_or_insert(DisconnectReason::from_code(code));
+                    }
+                }
+                PacketKind::Data => self.note_received(header.sequence),
             }
         }
     }
 
-    /// Writes a data packet (no ack) with `messages` and sends it sealed;
-    /// a session that is not connected (any more) sends nothing (see
-    /// [`end_reason`](Self::end_reason)).
+    /// Counts transport packet `sequence` as received, for the acks.
+    fn note_received(&mut self, sequence: u16) {
+        let Some((latest, bits)) = self.received else {
+            self.received = Some((sequence, 0));
+            return;
+        };
+        // Half the sequence space either way: newer, or older.
+        let ahead = sequence.wrapping_sub(latest) as i16;
+        self.received = Some(if ahead > 0 {
+            let shift = u32::from(ahead.unsigned_abs());
+            let bits =
+                bits.checked_shl(shift).unwrap_or(0) | 1u64.checked_shl(shift - 1).unwrap_or(0);
+            (sequence, bits)
+        } else if ahead < 0 {
+            let back = u32::from(ahead.unsigned_abs()) - 1;
+            (latest, bits | 1u64.checked_shl(back).unwrap_or(0))
+        } else {
+            (latest, bits)
+        });
+    }
+
+    /// The acknowledgement its next packet carries, if it acknowledges.
+    fn ack(&self) -> Option<AckInfo> {
+        let (latest, bits) = self.received.filter(|_| self.acknowledges)?;
+        Some(AckInfo {
+            latest,
+            bits,
+            delay: 0,
+        })
+    }
+
+    /// Reads, runs the secure layer's timers (its keep-alives) and, when
+    /// it acknowledges, sends an acknowledgement now and then: what keeps
+    /// an attack's session alive while it sends nothing of its own.
+    pub(crate) fn keep_up(&mut self, now: Instant, summary: &mut Summary) -> Result<(), String> {
+        self.pump(now, summary);
+        let due = self
+            .last_ack_sent
+            .is_none_or(|at| now.saturating_duration_since(at) >= ACK_EVERY);
+        if self.ack().is_some() && due {
+            self.send_messages(&[], summary)?;
+        }
+        Ok(())
+    }
+
+    /// Says goodbye (the secure layer's disconnect packets): the server
+    /// frees its slot at once instead of at its timeout.
+    pub(crate) fn close(&mut self, summary: &mut Summary) {
+        self.netcode.disconnect();
+        self.pump(Instant::now(), summary);
+    }
+
+    /// Sends `datagram` as it is from this session's socket: what the
+    /// server then reads comes from a connected client's address.
+    pub(crate) fn send_raw(&self, datagram: &[u8]) -> bool {
+        self.netcode
+            .server_address()
+            .is_some_and(|to| self.socket.send_to(datagram, to).is_ok())
+    }
+
+    /// Writes a data packet with `messages` (and an acknowledgement, if it
+    /// [acknowledges](Self::acknowledging)) and sends it sealed; true
+    /// when the socket took it. A session that is not connected (any
+    /// more) sends nothing (see [`end_reason`](Self::end_reason)).
     pub(crate) fn send_messages(
         &mut self,
         messages: &[(MessageHeader, &[u8])],
         summary: &mut Summary,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         if self.state() != ClientState::Connected {
-            return Ok(());
+            return Ok(false);
         }
         let mut plain = [0u8; 1_200];
         let header = PacketHeader {
             kind: PacketKind::Data,
             ack_eliciting: !messages.is_empty(),
             sequence: self.next_seq,
-            ack: None,
+            ack: self.ack(),
         };
+        if header.ack.is_some() {
+            self.last_ack_sent = Some(Instant::now());
+        }
         self.next_seq = self.next_seq.wrapping_add(1);
         let mut writer = wire::PacketWriter::new(&mut plain, &header)
             .ok_or_else(|| "no room for a packet header".to_owned())?;
@@ -178,10 +271,15 @@ impl Session {
             .send_payload(Instant::now(), &plain[..len], &mut self.buf)
             .map_err(|e| format!("cannot seal a packet: {e:?}"))?;
         match self.socket.send_to(&self.buf[..t.len], t.destination) {
-            Ok(_) => summary.sent(t.len),
-            Err(_) => summary.send_refused += 1,
+            Ok(_) => {
+                summary.sent(t.len);
+                Ok(true)
+            }
+            Err(_) => {
+                summary.send_refused += 1;
+                Ok(false)
+            }
         }
-        Ok(())
     }
 
     /// Seals `payload` and returns the datagram without sending it.
@@ -206,6 +304,30 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// Its acknowledgement names the newest packet received and, bit `i`,
+    /// `newest - 1 - i`: out of order, across the wrap, and only once it
+    /// acknowledges.
+    #[test]
+    fn the_acknowledgement_names_what_was_received() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut session = Session::start(socket, &token(server, 1, 10).unwrap()).unwrap();
+        session.note_received(65_534);
+        assert_eq!(session.ack(), None, "not acknowledging");
+        let mut session = session.acknowledging();
+        for sequence in [1, 0, 65_535] {
+            session.note_received(sequence);
+        }
+        let ack = session.ack().unwrap();
+        assert_eq!((ack.latest, ack.bits), (1, 0b111));
+        session.note_received(70);
+        let ack = session.ack().unwrap();
+        // 1 is 69 behind 70: past the 64 the bits hold.
+        assert_eq!((ack.latest, ack.bits), (70, 0));
+        session.note_received(68);
+        assert_eq!(session.ack().unwrap().bits, 0b10);
+    }
+
     #[test]
     fn a_session_that_is_not_connected_sends_nothing_and_says_why() {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -215,7 +337,7 @@ mod tests {
         let mut summary = Summary::default();
         // As after the server's disconnect packets: not connected.
         assert_ne!(session.state(), ClientState::Connected);
-        assert_eq!(session.send_messages(&[], &mut summary), Ok(()));
+        assert_eq!(session.send_messages(&[], &mut summary), Ok(false));
         assert!(session.end_reason().is_some());
         session.server_reason = Some(DisconnectReason::SendQueueFull);
         assert_eq!(session.end_reason().as_deref(), Some("SendQueueFull"));

@@ -48,8 +48,12 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
                 id: Some(requests as u16),
                 fragment: None,
             };
-            reader.send_messages(&[(header, &bytes)], &mut summary)?;
-            requests += 1;
+            // A request the socket refused is asked again under its id: a
+            // reliable id skipped would stall the ordered channel, and the
+            // server would end the session for the tool's own gap.
+            if reader.send_messages(&[(header, &bytes)], &mut summary)? {
+                requests += 1;
+            }
         }
         if now >= next_keepalive {
             next_keepalive = now + Duration::from_millis(100);
