@@ -914,6 +914,12 @@ impl RawClient {
         }
     }
 
+    /// Sends `datagram` as it is from this client's socket (a sealed
+    /// packet altered, say): the server reads it as this client's.
+    pub fn send_datagram(&self, datagram: &[u8]) -> bool {
+        self.socket.send_to(datagram, self.server).is_ok()
+    }
+
     /// Seals `transport_packet` and returns the datagram without sending it.
     pub fn seal_copy(&mut self, transport_packet: &[u8]) -> Vec<u8> {
         let t = self

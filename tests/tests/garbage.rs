@@ -1,6 +1,7 @@
 //! Garbage datagrams: random bytes of every size, edge sizes around the
-//! protocol's thresholds and bit-flipped copies of valid packets, from
-//! several source sockets, while honest clients play. The server keeps
+//! protocol's thresholds and bit-flipped connection requests, from several
+//! source sockets, and bit-flipped sealed packets from the connected
+//! client that sealed them, while honest clients play. The server keeps
 //! serving, its memory stays flat, it never answers a garbage source, and
 //! no honest client is disconnected.
 
@@ -17,9 +18,14 @@ use shared::protocol::PROTOCOL_ID;
 
 const RSS_GROWTH_LIMIT: u64 = 32 << 20;
 
+/// One flooded datagram in this many is a flipped sealed packet.
+const SEALED_ONE_IN: u64 = 5;
+
 /// Valid packets to mutate: connection requests (for a token that never
-/// connects) and sealed payload packets of a connected client.
-fn capture_valid_packets(server: std::net::SocketAddr) -> Vec<Vec<u8>> {
+/// connects, sent from anywhere), and sealed payload packets of a
+/// connected client with that client, to send them from (from another
+/// address the server drops them unread).
+fn capture_valid_packets(server: std::net::SocketAddr) -> (Vec<Vec<u8>>, RawClient, Vec<Vec<u8>>) {
     let mut packets = Vec::new();
     let mut buf = vec![0u8; MAX_PACKET_BYTES];
     let now = Instant::now();
@@ -33,10 +39,10 @@ fn capture_valid_packets(server: std::net::SocketAddr) -> Vec<Vec<u8>> {
     // Payload packets of a real session: the flips land in the sequence,
     // the ciphertext and the tag.
     let mut raw = RawClient::connect(server, 9_000_002, 10, Duration::from_secs(5));
-    for len in [1usize, 15, 100, 1_100, 1_200] {
-        packets.push(raw.seal_copy(&vec![0x5A; len]));
-    }
-    packets
+    let sealed = [1usize, 15, 100, 1_100, 1_200]
+        .map(|len| raw.seal_copy(&vec![0x5A; len]))
+        .to_vec();
+    (packets, raw, sealed)
 }
 
 #[test]
@@ -50,8 +56,8 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     let mut server = ServerProcess::start(&ServerOptions::default());
     let mut honest = connect_honest(server.game, 1, honest_count, Duration::from_secs(20));
     play_for(&mut honest, Duration::from_millis(500));
-    let valid = capture_valid_packets(server.game);
-    assert!(valid.len() >= 4, "captured {} valid packets", valid.len());
+    let (valid, sealer, sealed) = capture_valid_packets(server.game);
+    assert_eq!(valid.len(), 1, "a connection request");
 
     let sources: Vec<UdpSocket> = (0..8u8)
         .map(|i| bind_loopback(2 + i / 4, 1 + i % 4))
@@ -87,9 +93,17 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
         let mut received = server.metric("net_packets_in_total") - in_before;
         while received < read_target && sent < FLOOD_BOUND * datagrams {
             for _ in 0..100 {
-                let source = &sources[rng.below(sources.len() as u64) as usize];
-                let len = generators::garbage_datagram(&mut rng, &valid, &mut buf);
-                let _ = source.send_to(&buf[..len], server.game);
+                if rng.below(SEALED_ONE_IN) == 0 {
+                    let template = &sealed[rng.below(sealed.len() as u64) as usize];
+                    let flipped = &mut buf[..template.len()];
+                    flipped.copy_from_slice(template);
+                    rng.flip_bits(flipped);
+                    sealer.send_datagram(flipped);
+                } else {
+                    let source = &sources[rng.below(sources.len() as u64) as usize];
+                    let len = generators::garbage_datagram(&mut rng, &valid, &mut buf);
+                    let _ = source.send_to(&buf[..len], server.game);
+                }
                 sent += 1;
             }
             // Pace: give the server and the players their turn.
@@ -169,6 +183,11 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
         "{garbage} datagrams dropped for {sent} garbage datagrams sent"
     );
     assert_eq!(replies, (0, 0), "the server answered garbage sources");
+    // The flipped sealed packets were opened, and refused.
+    assert!(
+        reasons.iter().any(|r| r.starts_with("\"DecryptFailed\"")),
+        "no sealed packet reached decryption: {reasons:?}"
+    );
     assert!(
         rss_after <= rss_before + RSS_GROWTH_LIMIT,
         "server RSS grew by {:.1} MiB",
