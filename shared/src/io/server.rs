@@ -148,8 +148,11 @@ pub struct ServerIoConfig {
     /// wait in a backlog of a quarter of this; when that is full too,
     /// messages on [`droppable_channels`](Self::droppable_channels) are
     /// dropped (counted in `inbound_dropped`), and a reliable message takes
-    /// the place of the oldest droppable ones waiting. When dropping them
-    /// all would not make room, a client is disconnected with
+    /// the place of the oldest droppable ones waiting, or, when those are
+    /// too few, of every message waiting of the sessions that have ended
+    /// (their ends wait behind them; the game sees a prefix of each one's
+    /// stream). When dropping them all would not make room, a client is
+    /// disconnected with
     /// [`DisconnectReason::Flooding`]: the sender if it holds more than its
     /// even share of the backlog (a quarter of this divided by the clients
     /// connected) or as many of its reliable messages as anyone, else the
@@ -654,11 +657,6 @@ impl Drop for InboundEvents<'_> {
     }
 }
 
-/// Whether `event` is a message of `client`.
-fn is_from(event: &NetEvent, client: ClientId) -> bool {
-    matches!(event, NetEvent::Message { client: from, .. } if *from == client)
-}
-
 /// What an event counts against
 /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes).
 fn payload_bytes(event: &NetEvent) -> u64 {
@@ -705,6 +703,16 @@ struct Held {
     bytes: u64,
 }
 
+/// Whose messages waiting [`ToGame::make_room`] drops, all of them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Nobody,
+    /// A client being cut off.
+    Client(ClientId),
+    /// Every [`ToGame::departed`] session.
+    Departed,
+}
+
 /// What a full backlog is short of for a reliable message.
 #[derive(Clone, Copy)]
 enum Short {
@@ -736,10 +744,11 @@ impl ToGame {
     /// the message bytes waiting would pass `max_bytes`, a droppable
     /// message is dropped, and a reliable one takes the place of the
     /// oldest droppable messages waiting or, when those are too few, of
-    /// every message waiting of the session that has ended holding the
-    /// most (a player reconnecting again and again must not add up to
-    /// less than each of its sessions; all of them, so that the game sees
-    /// a prefix of the session's stream). If that is not enough, the
+    /// every message waiting of every session that has ended (a player
+    /// reconnecting again and again must not add up to less than each of
+    /// its sessions; all of a session's, so that the game sees a prefix of
+    /// its stream; all sessions at once, so that a flood of them costs one
+    /// walk of the backlog, not one each). If that is not enough, the
     /// sender floods if it holds more than its even share of what binds
     /// (events or bytes in the backlog) or as much as anyone; else the
     /// client holding the most is cut off, its messages waiting going too.
@@ -764,7 +773,7 @@ impl ToGame {
             bump(&self.stats.inbound_dropped, 1);
             return Admission::Drop;
         }
-        let short = match self.make_room(bytes, limit, None) {
+        let short = match self.make_room(bytes, limit, Cut::Nobody) {
             Ok(()) => return Admission::Keep,
             Err(short) => short,
         };
@@ -772,14 +781,7 @@ impl ToGame {
             Short::Events => held.messages,
             Short::Bytes => held.bytes,
         };
-        let gone = self
-            .departed
-            .iter()
-            .max_by_key(|(_, held)| measure(held))
-            .map(|(&gone, _)| gone);
-        if let Some(gone) = gone
-            && self.make_room(bytes, limit, Some(gone)).is_ok()
-        {
+        if !self.departed.is_empty() && self.make_room(bytes, limit, Cut::Departed).is_ok() {
             return Admission::Keep;
         }
         // Who is cut off: a scan of the slots, made only when a reliable
@@ -799,7 +801,7 @@ impl ToGame {
             Some((holder, most))
                 if own <= share
                     && most > own
-                    && self.make_room(bytes, limit, Some(holder)).is_ok() =>
+                    && self.make_room(bytes, limit, Cut::Client(holder)).is_ok() =>
             {
                 Admission::Cut(holder)
             }
@@ -812,19 +814,26 @@ impl ToGame {
 
     /// Makes room for a message of `bytes` within `limit`: the oldest
     /// droppable messages waiting give way, as few as make room, and every
-    /// message of `cut` (a client being cut off, or a
-    /// [`departed`](Self::departed) session) goes. Changes nothing and
+    /// message of `cut` goes. Changes nothing and
     /// says what is short when that does not make room. The walk stops at
     /// the last droppable message needed: a reliable message does not cost
     /// a walk of the whole backlog (thousands of events while the game is
-    /// behind, when this thread's time is scarcest), unless it cuts a
-    /// client off.
-    fn make_room(&mut self, bytes: u64, limit: u64, cut: Option<ClientId>) -> Result<(), Short> {
-        let held = cut.and_then(|client| {
-            self.held_by(client)
-                .or_else(|| self.departed.get(&client).copied())
-        });
-        let held = held.unwrap_or_default();
+    /// behind, when this thread's time is scarcest), unless it cuts
+    /// messages of `cut` (a client cut off, or every departed session at
+    /// once: each such walk empties [`departed`](Self::departed)).
+    fn make_room(&mut self, bytes: u64, limit: u64, cut: Cut) -> Result<(), Short> {
+        let held = match cut {
+            Cut::Nobody => Held::default(),
+            Cut::Client(client) => self.held_by(client).unwrap_or_default(),
+            Cut::Departed => self
+                .departed
+                .values()
+                .fold(Held::default(), |sum, held| Held {
+                    client: None,
+                    messages: sum.messages + held.messages,
+                    bytes: sum.bytes + held.bytes,
+                }),
+        };
         let mut left = (self.backlog.len() as u64).saturating_sub(held.messages);
         let mut freed = held.bytes;
         let mut end = 0;
@@ -846,15 +855,15 @@ impl ToGame {
         }
         // Every message giving way before `end` goes, and every one of
         // `cut`; the others there close up, in order.
-        let last = if cut.is_some() {
-            self.backlog.len()
-        } else {
+        let last = if cut == Cut::Nobody {
             end
+        } else {
+            self.backlog.len()
         };
         let (mut write, mut dropped, mut freed) = (0, 0, 0);
         for read in 0..last {
             let event = &self.backlog[read];
-            if (read < end && self.is_droppable(event)) || cut.is_some_and(|c| is_from(event, c)) {
+            if (read < end && self.is_droppable(event)) || self.is_cut(event, cut) {
                 dropped += 1;
                 freed += payload_bytes(event);
             } else {
@@ -863,11 +872,12 @@ impl ToGame {
             }
         }
         self.backlog.drain(write..last);
-        if cut.is_some() {
-            // The cut client's messages shared chunks with those left, each
-            // of which would keep its dropped neighbours' memory alive (up
-            // to a chunk apiece) past what `handed` counts: those left are
-            // copied afresh. Cuts are rare, and this copies at most the
+        if cut != Cut::Nobody {
+            // The cut messages shared chunks with those left, each of which
+            // would keep its dropped neighbours' memory alive (up to a
+            // chunk apiece) past what `handed` counts: those left are
+            // copied afresh. Cuts are rare (a client disconnected, or
+            // every departed session at once), and this copies at most the
             // backlog's short messages.
             for event in &mut self.backlog {
                 if let NetEvent::Message { payload, .. } = event
@@ -877,17 +887,31 @@ impl ToGame {
                 }
             }
         }
-        if let Some(client) = cut {
-            if let Some(held) = self.held.get_mut(client.slot.get())
-                && held.client == Some(client)
-            {
-                *held = Held::default();
+        match cut {
+            Cut::Nobody => {}
+            Cut::Client(client) => {
+                if let Some(held) = self.held.get_mut(client.slot.get())
+                    && held.client == Some(client)
+                {
+                    *held = Held::default();
+                }
             }
-            self.departed.remove(&client);
+            Cut::Departed => self.departed.clear(),
         }
         bump(&self.stats.inbound_dropped, dropped);
         self.handed -= freed;
         Ok(())
+    }
+
+    /// Whether `event` is a message of `cut`.
+    fn is_cut(&self, event: &NetEvent, cut: Cut) -> bool {
+        match (cut, event) {
+            (Cut::Nobody, _) | (_, NetEvent::Connected { .. } | NetEvent::Disconnected { .. }) => {
+                false
+            }
+            (Cut::Client(cut), NetEvent::Message { client, .. }) => *client == cut,
+            (Cut::Departed, NetEvent::Message { client, .. }) => self.departed.contains_key(client),
+        }
     }
 
     /// What `client` holds in the backlog, if anything is counted.
@@ -1842,6 +1866,47 @@ mod tests {
         assert_eq!(seen, [0], "a prefix of what it sent");
     }
 
+    /// Sessions that have ended give way together: several small ones left
+    /// behind by a player reconnecting make room for a message larger than
+    /// any of them before anyone still here is cut off (one alone, the
+    /// largest, was tried before, and the honest client cut off).
+    #[test]
+    fn ended_sessions_give_way_together_before_anyone_is_cut() {
+        let honest = player(1);
+        let session = |n: u64| ClientId {
+            session: n,
+            ..player(0)
+        };
+        let (mut to_game, stats, _game) = to_game(10, 12);
+        stats.connected.store(2, Ordering::Relaxed);
+        let mut send = |to_game: &mut ToGame, client, len: usize| {
+            assert!(matches!(to_game.admit(client, CHAT, len), Admission::Keep));
+            to_game.hand(message_of(client, CHAT, vec![0; len]));
+        };
+        // One byte in the pipe; 3 of each ended session and 4 of the
+        // honest client wait: 11 of the 12.
+        send(&mut to_game, honest, 1);
+        for n in [1, 2] {
+            send(&mut to_game, session(n), 3);
+            to_game.hand(NetEvent::Disconnected {
+                client: session(n),
+                reason: DisconnectReason::Closed,
+            });
+        }
+        send(&mut to_game, honest, 4);
+        let admission = to_game.admit(session(3), CHAT, 5);
+        assert!(
+            matches!(admission, Admission::Keep),
+            "{}",
+            match admission {
+                Admission::Cut(cut) if cut == honest => "the honest client is cut off",
+                _ => "refused",
+            }
+        );
+        assert_eq!(to_game.handed, 11 - 6);
+        assert!(to_game.departed.is_empty());
+    }
+
     /// Sessions that leave with messages waiting do not add up to one
     /// client that could be cut off: a player who reconnects again and
     /// again while the game is behind, each session holding less than an
@@ -1893,7 +1958,7 @@ mod tests {
         let honest_waiting = to_game
             .backlog
             .iter()
-            .filter(|event| is_from(event, honest))
+            .filter(|event| to_game.is_cut(event, Cut::Client(honest)))
             .count();
         assert_eq!(honest_waiting, 2);
         // With nothing of a departed session left, the session holds the
