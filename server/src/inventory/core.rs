@@ -589,10 +589,12 @@ impl LoadedAccount {
 }
 
 /// Makes an account's stored state ready for memory: its inventory grown
-/// to `slots` slots (a new account's empty; a stored one grown is a new
-/// version, as a client that saw it before must not see two contents
-/// under one version), its stored replies checked. Pure; runs on any
-/// thread.
+/// to `slots` slots (a new account's empty; a stored one grown is newer
+/// by the slots it gained, as a client that saw it before must not see
+/// two contents under one version: the grown inventory is not stored
+/// until it changes, so a second growth starts from the stored version
+/// again, and must still land past the first), its stored replies
+/// checked. Pure; runs on any thread.
 ///
 /// A reply stored by a server of another protocol version may no longer
 /// decode. Its change was applied all the same: the id must still not
@@ -602,9 +604,10 @@ pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
     let stored = state.inventory.is_some();
     let mut inventory = state.inventory.unwrap_or_default();
     if inventory.slots.len() < slots {
+        let gained = slots - inventory.slots.len();
         inventory.slots.resize(slots, None);
         if stored {
-            inventory.version += 1;
+            inventory.version += gained as u64;
         }
     }
     let mut applied = Applied::default();
@@ -1999,15 +2002,14 @@ mod tests {
         assert_eq!(load(4), stored);
         let grown = load(6);
         assert_eq!(grown.slots.len(), 6);
-        assert_eq!(grown.version, 8);
+        assert!(grown.version > stored.version);
         let mut tracker = shared::protocol::inventory::InventoryTracker::default();
-        tracker
-            .on_update(&InventoryUpdate { inventory: stored })
-            .unwrap();
-        assert_eq!(
-            tracker.on_update(&InventoryUpdate { inventory: grown }),
-            Ok(())
-        );
+        for inventory in [stored.clone(), grown, load(8)] {
+            // Each load grows the same stored row (nothing changed since):
+            // the second growth is newer than the first.
+            assert_eq!(tracker.on_update(&InventoryUpdate { inventory }), Ok(()));
+        }
+        assert_eq!(tracker.inventory().unwrap().slots.len(), 8, "the newest");
     }
 
     impl Applied {
