@@ -139,7 +139,7 @@ fn socket_for<'a>(
 }
 
 /// Reads `socket`'s waiting datagrams into `endpoint`, one receive of the
-/// `budget` each; returns the datagrams read.
+/// `budget` each but the one that finds none; returns the datagrams read.
 fn read_into(
     socket: &UdpSocket,
     buf: &mut [u8],
@@ -151,7 +151,6 @@ fn read_into(
     // Every receive counts, those that fail for one datagram too (a flood
     // of oversized ones on Windows, of ICMP errors anywhere).
     while *budget > 0 {
-        *budget -= 1;
         match socket.recv_from(buf) {
             Ok((len, from)) => {
                 read += 1;
@@ -165,6 +164,7 @@ fn read_into(
             Err(e) if is_about_one_datagram(&e) => {}
             Err(e) => return Err(e),
         }
+        *budget -= 1;
     }
     Ok(read)
 }
@@ -194,6 +194,27 @@ mod tests {
             .expect("an IPv4 socket cannot send to ::1");
         assert_eq!(to, server);
         assert_ne!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
+    }
+
+    /// A pump reading the socket of the other family (the server reached
+    /// through it) reads a whole budget when that many wait: the empty
+    /// socket bound first costs none of it, so `read ==
+    /// MAX_READS_PER_PUMP` still says more may be waiting.
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "a real socket: real time")]
+    fn a_pump_reads_its_whole_budget_from_the_other_familys_socket() {
+        let endpoint = ClientEndpoint::new(PROTOCOL_ID, TransportConfig::default());
+        let mut socket = ClientSocket::bind("0.0.0.0:0".parse().unwrap(), endpoint).unwrap();
+        let other = UdpSocket::bind("[::1]:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        crate::io::socket::tune_udp_socket(&other, 4 << 20);
+        let to = other.local_addr().unwrap();
+        socket.other = Some(other);
+        let flooder = UdpSocket::bind("[::1]:0").unwrap();
+        for _ in 0..2 * MAX_READS_PER_PUMP {
+            flooder.send_to(&[0x55], to).unwrap();
+        }
+        assert_eq!(socket.pump(Instant::now()).unwrap(), MAX_READS_PER_PUMP);
     }
 
     /// A flood of junk datagrams cannot hold a pump: it reads its budget,
