@@ -1879,7 +1879,7 @@ mod tests {
         };
         let (mut to_game, stats, _game) = to_game(10, 12);
         stats.connected.store(2, Ordering::Relaxed);
-        let mut send = |to_game: &mut ToGame, client, len: usize| {
+        let send = |to_game: &mut ToGame, client, len: usize| {
             assert!(matches!(to_game.admit(client, CHAT, len), Admission::Keep));
             to_game.hand(message_of(client, CHAT, vec![0; len]));
         };
