@@ -190,12 +190,13 @@ fn on_disconnected(world: &mut World, client: ClientId, reason: DisconnectReason
     if end_session(world, client, reason) {
         tracing::info!(account = client.account, %reason, "client disconnected");
     } else {
-        // A session already ended here (its account came back first): its
-        // end says why, which the early end could not.
+        // A session already ended here (a new connection took its account
+        // or its slot first): its end says why, which the early end could
+        // not.
         tracing::info!(
             account = client.account,
             %reason,
-            "the connection its account replaced has ended"
+            "a connection ended early for a new one has ended"
         );
     }
 }
