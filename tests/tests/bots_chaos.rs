@@ -135,6 +135,39 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     assert!(server.is_running(), "the server died under slot-hold");
 }
 
+/// A garbage run longer than its template session's first 256 packets (13
+/// s of acknowledgements) keeps its flipped sealed packets reaching
+/// decryption: sealed once, they fell behind the replay window and were
+/// dropped as replays, unread.
+#[test]
+fn a_long_garbage_run_keeps_its_sealed_packets_fresh() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let game = server.game.to_string();
+    let output = chaos(&[
+        "--server",
+        &game,
+        "--attack",
+        "garbage",
+        "--rate",
+        "500",
+        "--duration",
+        "20",
+    ]);
+    assert!(output.status.success(), "{:?}", output.status);
+    let s = summary(&output);
+    assert_eq!(s["template_session"], "connected to the end", "{s:?}");
+    let reason = |r: &str| format!("net_dropped_datagrams_total{{reason=\"{r}\"}}");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (decrypt_failed, replayed) = (
+        server.metric(&reason("DecryptFailed")),
+        server.metric(&reason("Replayed")),
+    );
+    assert!(
+        replayed * 10.0 < decrypt_failed,
+        "{replayed} replays against {decrypt_failed} decryptions failed"
+    );
+}
+
 /// A fragment bomb longer than the server's 10 s reliable timeout bombs to
 /// its end (its session acknowledges the server's packets: unacknowledged,
 /// the welcome ended it at 10 s) and its over-claim is what the server

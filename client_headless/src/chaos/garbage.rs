@@ -16,14 +16,20 @@ use super::{ChaosPlan, GRACE, Pacer, Rng, Summary, drain, send_due, source_socke
 /// template session connected.
 const SEALED_ONE_IN: u64 = 5;
 
+/// How often the sealed templates are sealed again: the session's own
+/// packets (its acknowledgements) move its sequence on, and a template
+/// 256 packets behind is dropped as a replay, before decryption.
+const RESEAL_EVERY: Duration = Duration::from_secs(1);
+
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
     let mut rng = Rng::new(plan.seed);
     let Templates {
         requests,
         mut session,
-        sealed,
+        mut sealed,
     } = capture_valid_packets(plan, &mut summary)?;
+    let mut sealed_at = Instant::now();
     let sockets = source_sockets(plan.server, 20, 8)?;
     // What the garbage sockets get back is what counts.
     let mut garbage = Summary::default();
@@ -52,6 +58,10 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         }
         if let Some(live) = &mut session {
             live.keep_up(Instant::now(), &mut summary)?;
+            if sealed_at.elapsed() >= RESEAL_EVERY {
+                sealed = seal_templates(live);
+                sealed_at = Instant::now();
+            }
         }
         pacer.pause();
     }
@@ -126,9 +136,7 @@ fn capture_valid_packets(plan: &ChaosPlan, summary: &mut Summary) -> Result<Temp
     ) {
         Ok(session) if session.state() == ClientState::Connected => {
             let mut session = session.acknowledging();
-            for len in [1usize, 15, 100, 1_100, 1_200] {
-                sealed.extend(session.seal_copy(&vec![0x5A; len]));
-            }
+            sealed = seal_templates(&mut session);
             Some(session)
         }
         Ok(_) => None,
@@ -142,4 +150,12 @@ fn capture_valid_packets(plan: &ChaosPlan, summary: &mut Summary) -> Result<Temp
         session,
         sealed,
     })
+}
+
+/// Sealed payload packets of `session` of several sizes, never sent whole.
+fn seal_templates(session: &mut Session) -> Vec<Vec<u8>> {
+    [1usize, 15, 100, 1_100, 1_200]
+        .iter()
+        .filter_map(|&len| session.seal_copy(&vec![0x5A; len]))
+        .collect()
 }
