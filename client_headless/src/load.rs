@@ -752,7 +752,7 @@ mod tests {
     /// before the tick that takes the goodbyes (it went out after the
     /// bots were told to stop, and a slow answer counted them in). The
     /// stand-in page counts every goodbye the server has seen as an
-    /// overrun, and answers 200 ms after each request.
+    /// overrun, and answers 100 ms after each request.
     #[test]
     fn the_last_scrape_is_answered_before_the_bots_leave() {
         use std::sync::atomic::AtomicU32;
@@ -808,7 +808,7 @@ mod tests {
                 for (scrape, stream) in (1..).zip(listener.incoming()) {
                     let Ok(mut stream) = stream else { return };
                     prom::tests::read_request(&mut stream);
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(100));
                     let page = page_text(100 * scrape, 0, goodbyes.load(Ordering::Relaxed));
                     let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{page}");
                 }
@@ -825,6 +825,11 @@ mod tests {
             ..plan_without_server(metrics_url, Duration::from_secs(2), &report)
         };
         run(plan).unwrap();
+        // The goodbye may still be on its way to the game thread.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while goodbyes.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         done.store(true, Ordering::Relaxed);
         game.join().unwrap();
         let json: serde_json::Value =

@@ -156,15 +156,21 @@ fn a_long_garbage_run_keeps_its_sealed_packets_fresh() {
     assert!(output.status.success(), "{:?}", output.status);
     let s = summary(&output);
     assert_eq!(s["template_session"], "connected to the end", "{s:?}");
+    // Only a flip in a template's prefix or sequence bytes can make it
+    // read as a replay while the template is fresh.
+    let header_flipped = number(&s, "garbage_sealed_header_flipped");
     let reason = |r: &str| format!("net_dropped_datagrams_total{{reason=\"{r}\"}}");
+    // The drops reach the metrics page with the once-a-second summary.
     std::thread::sleep(Duration::from_millis(1_500));
     let (decrypt_failed, replayed) = (
         server.metric(&reason("DecryptFailed")),
         server.metric(&reason("Replayed")),
     );
+    assert!(decrypt_failed > 0.0, "{}", server.scrape());
     assert!(
-        replayed * 10.0 < decrypt_failed,
-        "{replayed} replays against {decrypt_failed} decryptions failed"
+        replayed <= header_flipped,
+        "{replayed} replays for {header_flipped} flips in the header ({decrypt_failed} \
+         decryptions failed)"
     );
 }
 

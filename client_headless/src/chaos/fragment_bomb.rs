@@ -10,7 +10,13 @@ use shared::protocol::channels;
 
 use super::generators::{FRAGMENT_BYTES, bomb_fragment, over_claim};
 use super::session::{Session, token};
-use super::{ChaosPlan, GRACE, Pacer, Rng, Summary};
+use super::{ChaosPlan, Pacer, Rng, Summary};
+
+/// How often the over-claim is sent again while unanswered.
+const CLAIM_AGAIN: Duration = Duration::from_millis(150);
+/// Longest wait for the server's answer to the over-claim: a server the
+/// bomb kept busy answers late.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
 
 pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     let mut summary = Summary::default();
@@ -45,12 +51,18 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     }
     summary.add("fragments_sent", n);
     let bombing_reason = bomber.end_reason();
-    // The over-claim: a fragment of a 64 MiB message.
+    // The over-claim: a fragment of a 64 MiB message, sent again every
+    // `CLAIM_AGAIN` until the server answers (a datagram may be lost),
+    // for at most `CLAIM_WAIT`.
     let claim = over_claim(channels::CHAT.0, 2_000);
     let began = Instant::now();
     if bombing_reason.is_none() {
-        bomber.send_messages(&[(claim, &payload)], &mut summary)?;
-        while bomber.end_reason().is_none() && began.elapsed() < GRACE {
+        let mut claimed: Option<Instant> = None;
+        while bomber.end_reason().is_none() && began.elapsed() < CLAIM_WAIT {
+            if claimed.is_none_or(|at| at.elapsed() >= CLAIM_AGAIN) {
+                bomber.send_messages(&[(claim, &payload)], &mut summary)?;
+                claimed = Some(Instant::now());
+            }
             bomber.read(Instant::now(), &mut summary);
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -34,6 +34,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     // What the garbage sockets get back is what counts.
     let mut garbage = Summary::default();
     let mut sealed_sent = 0u64;
+    let mut header_flipped = 0u64;
     let mut pacer = Pacer::new(plan.rate, plan.duration);
     let mut packet = [0u8; MAX_GARBAGE_BYTES];
     while !pacer.finished() {
@@ -47,6 +48,13 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
                 flipped.copy_from_slice(template);
                 rng.flip_bits(flipped);
                 sealed_sent += 1;
+                // The prefix byte and the sequence bytes it announces: a
+                // flip there can make the packet read as a replay, one
+                // past them cannot (a template is fresh, never sent whole).
+                let header = (1 + usize::from(template[0] >> 4)).min(template.len());
+                if flipped[..header] != template[..header] {
+                    header_flipped += 1;
+                }
                 return session.send_raw(flipped).then_some(flipped.len());
             }
             let len = garbage_datagram(&mut rng, &requests, &mut packet);
@@ -83,6 +91,7 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
     summary.add("garbage_sent_datagrams", garbage.sent_datagrams);
     summary.add("garbage_sent_bytes", garbage.sent_bytes);
     summary.add("garbage_sealed_flipped", sealed_sent);
+    summary.add("garbage_sealed_header_flipped", header_flipped);
     summary.add("garbage_answers_datagrams", garbage.received_datagrams);
     summary.add("garbage_answers_bytes", garbage.received_bytes);
     summary.add("garbage_send_refused", garbage.send_refused);
@@ -131,7 +140,7 @@ fn capture_valid_packets(plan: &ChaosPlan, summary: &mut Summary) -> Result<Temp
     let session = match Session::connect(
         bind,
         &token(plan.server, plan.first_account + 1, 10)?,
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         summary,
     ) {
         Ok(session) if session.state() == ClientState::Connected => {

@@ -8,7 +8,8 @@
 //! so the schedule does not drift, and it stops after `duration` (plus at
 //! most `CATCH_UP` for a sender kept behind, what it could not send then
 //! counted as `unsent`, what the kernel refused to send as
-//! `send_refused`, and `GRACE` to collect the answers; an attack's own
+//! `send_refused`, and `GRACE` to collect the answers, or up to 5 s for
+//! the fragment bomb's over-claim; an attack's own
 //! sessions connect first, up to 5 s, and spoof-connect's probe may wait up
 //! to 5 s more).
 //! It refuses a non-loopback target unless the operator states that they
