@@ -165,6 +165,12 @@ mod tests {
         }
     }
 
+    /// The emotes the last update sent.
+    fn sent_this_update(app: &App) -> Vec<ToClient<Emote>> {
+        let sent = app.world().resource::<Messages<ToClient<Emote>>>();
+        sent.iter_current_update_messages().cloned().collect()
+    }
+
     fn app() -> App {
         let mut app = App::new();
         app.init_resource::<Clients>()
@@ -185,10 +191,8 @@ mod tests {
             message: EmoteRequest { emote: EMOTE_COUNT },
         });
         app.world_mut().run_schedule(FixedUpdate);
-        let sent = app.world().resource::<Messages<ToClient<Emote>>>();
-        let sent: Vec<_> = sent.iter_current_update_messages().cloned().collect();
         assert_eq!(
-            sent,
+            sent_this_update(&app),
             vec![ToClient {
                 to: Recipients::AllExcept(client(7)),
                 message: Emote { from: 7, emote: 3 },
@@ -327,10 +331,8 @@ mod tests {
             message: EmoteRequest { emote: 2 },
         });
         app.world_mut().run_schedule(FixedUpdate);
-        let sent = app.world().resource::<Messages<ToClient<Emote>>>();
-        let sent: Vec<_> = sent.iter_current_update_messages().cloned().collect();
         assert_eq!(
-            sent,
+            sent_this_update(&app),
             vec![ToClient {
                 to: Recipients::AllExcept(next),
                 message: Emote { from: 7, emote: 2 },

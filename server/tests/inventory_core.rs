@@ -389,6 +389,25 @@ fn many_read_only_requests_do_not_push_a_change_out() {
     assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
+/// Connects account 1 with items gathered; its `i`-th whole-stack move
+/// between a full slot and an empty one, there and back: each one a stored
+/// change.
+fn shuttle(h: &mut Harness) -> impl Fn(u64) -> InventoryOp + use<> {
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(h, 1, 10_000);
+    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    let count = inv.slots[usize::from(from)].unwrap().count;
+    move |i: u64| {
+        let (from, to) = if i.is_multiple_of(2) {
+            (from, to)
+        } else {
+            (to, from)
+        };
+        InventoryOp::Move { from, to, count }
+    }
+}
+
 /// A failed commit forgets only the answers its own batch added. With
 /// [`REMEMBERED_REQUESTS`] changes remembered, a batch of one more pushes
 /// the oldest past the bound; the store keeps it when that commit fails,
@@ -397,20 +416,7 @@ fn many_read_only_requests_do_not_push_a_change_out() {
 #[test]
 fn a_failed_commit_does_not_forget_older_request_ids() {
     let mut h = Harness::new();
-    h.push(Input::Connected { account: 1 });
-    let inv = gather(&mut h, 1, 10_000);
-    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
-    let count = inv.slots[usize::from(from)].unwrap().count;
-    // Whole-stack moves, there and back: each one a stored change.
-    let move_op = |i: u64| {
-        let (from, to) = if i.is_multiple_of(2) {
-            (from, to)
-        } else {
-            (to, from)
-        };
-        InventoryOp::Move { from, to, count }
-    };
+    let move_op = shuttle(&mut h);
     let first = h.request(1, 1, move_op(0));
     assert!(first.result.is_ok(), "{first:?}");
     for i in 1..REMEMBERED_REQUESTS as u64 {
@@ -438,20 +444,7 @@ fn a_failed_commit_does_not_forget_older_request_ids() {
 #[test]
 fn requests_sent_again_after_lost_replies_are_not_applied_twice() {
     let mut h = Harness::new();
-    h.push(Input::Connected { account: 1 });
-    let inv = gather(&mut h, 1, 10_000);
-    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
-    let count = inv.slots[usize::from(from)].unwrap().count;
-    // Whole-stack moves, there and back: each one a stored change.
-    let move_op = |i: u64| {
-        let (from, to) = if i.is_multiple_of(2) {
-            (from, to)
-        } else {
-            (to, from)
-        };
-        InventoryOp::Move { from, to, count }
-    };
+    let move_op = shuttle(&mut h);
     let mut tracker = InventoryTracker::starting_at(1);
     let mut first_replies = BTreeMap::new();
     let mut keep = |out: Vec<Output>| {

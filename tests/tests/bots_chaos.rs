@@ -38,6 +38,27 @@ fn summary(output: &Output) -> HashMap<String, String> {
         .collect()
 }
 
+/// `chaos --attack attack --rate rate --duration duration` against
+/// `game`, which must succeed; its summary.
+fn attack(game: &str, attack: &str, rate: &str, duration: &str) -> HashMap<String, String> {
+    let output = chaos(&[
+        "--server",
+        game,
+        "--attack",
+        attack,
+        "--rate",
+        rate,
+        "--duration",
+        duration,
+    ]);
+    assert!(
+        output.status.success(),
+        "{attack} failed: {:?}",
+        output.status
+    );
+    summary(&output)
+}
+
 fn number(summary: &HashMap<String, String>, key: &str) -> f64 {
     summary
         .get(key)
@@ -62,22 +83,7 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     let mut server = four_slot_server();
     let game = server.game.to_string();
 
-    let output = chaos(&[
-        "--server",
-        &game,
-        "--attack",
-        "garbage",
-        "--rate",
-        "2000",
-        "--duration",
-        "2",
-    ]);
-    assert!(
-        output.status.success(),
-        "garbage failed: {:?}",
-        output.status
-    );
-    let s = summary(&output);
+    let s = attack(&game, "garbage", "2000", "2");
     assert_eq!(s["attack"], "garbage");
     assert_eq!(s["target"], game);
     // Rate × duration, what a stall kept back sent before the end (the
@@ -110,22 +116,7 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     assert!(server.metric(decrypt_failed) > 0.0, "{}", server.scrape());
 
     // Slot-hold takes every free slot of the 4 and is refused after.
-    let output = chaos(&[
-        "--server",
-        &game,
-        "--attack",
-        "slot-hold",
-        "--rate",
-        "20",
-        "--duration",
-        "1",
-    ]);
-    assert!(
-        output.status.success(),
-        "slot-hold failed: {:?}",
-        output.status
-    );
-    let s = summary(&output);
+    let s = attack(&game, "slot-hold", "20", "1");
     assert_eq!(s["attack"], "slot-hold");
     assert_eq!(number(&s, "connect_attempts"), 20.0);
     assert_eq!(number(&s, "slots_held"), 4.0, "{s:?}");
@@ -143,18 +134,7 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
 fn a_long_garbage_run_keeps_its_sealed_packets_fresh() {
     let server = ServerProcess::start(&ServerOptions::default());
     let game = server.game.to_string();
-    let output = chaos(&[
-        "--server",
-        &game,
-        "--attack",
-        "garbage",
-        "--rate",
-        "500",
-        "--duration",
-        "20",
-    ]);
-    assert!(output.status.success(), "{:?}", output.status);
-    let s = summary(&output);
+    let s = attack(&game, "garbage", "500", "20");
     assert_eq!(s["template_session"], "connected to the end", "{s:?}");
     // Only a flip in a template's prefix or sequence bytes can make it
     // read as a replay while the template is fresh.
@@ -182,18 +162,7 @@ fn a_long_garbage_run_keeps_its_sealed_packets_fresh() {
 fn a_long_fragment_bomb_reaches_its_over_claim() {
     let mut server = ServerProcess::start(&ServerOptions::default());
     let game = server.game.to_string();
-    let output = chaos(&[
-        "--server",
-        &game,
-        "--attack",
-        "fragment-bomb",
-        "--rate",
-        "20",
-        "--duration",
-        "12",
-    ]);
-    assert!(output.status.success(), "{:?}", output.status);
-    let s = summary(&output);
+    let s = attack(&game, "fragment-bomb", "20", "12");
     assert_eq!(s["disconnected_while_bombing"], "no", "{s:?}");
     assert_eq!(s["disconnect_reason"], "ProtocolViolation", "{s:?}");
     assert!(number(&s, "fragments_sent") >= 200.0, "{s:?}");
@@ -230,18 +199,7 @@ fn slot_hold_out_of_descriptors_goes_on_and_says_so() {
 fn slot_hold_reports_the_slots_held_at_once() {
     let server = four_slot_server();
     let game = server.game.to_string();
-    let output = chaos(&[
-        "--server",
-        &game,
-        "--attack",
-        "slot-hold",
-        "--rate",
-        "2",
-        "--duration",
-        "12",
-    ]);
-    assert!(output.status.success(), "{:?}", output.status);
-    let s = summary(&output);
+    let s = attack(&game, "slot-hold", "2", "12");
     assert_eq!(number(&s, "slots_held"), 4.0, "{s:?}");
     assert!(number(&s, "slots_held_at_end") <= 4.0, "{s:?}");
     // The first four timed out and later attempts took their slots.
@@ -264,20 +222,9 @@ fn a_probe_that_never_connects_is_reported_not_connected() {
     // Built (or found up to date) before the clock starts.
     client_binary();
     let began = std::time::Instant::now();
-    let output = chaos(&[
-        "--server",
-        &target,
-        "--attack",
-        "spoof-connect",
-        "--rate",
-        "100",
-        "--duration",
-        "0.5",
-    ]);
+    let s = attack(&target, "spoof-connect", "100", "0.5");
     let ran = began.elapsed();
     eprintln!("the spoof-connect run took {ran:?}");
-    assert!(output.status.success(), "{:?}", output.status);
-    let s = summary(&output);
     assert_eq!(s["probe_connected"], "no", "{s:?}");
     // The flood: sent, refused by the kernel or not sent, 100 × 0.5.
     let flood = ["sent_datagrams", "send_refused", "unsent"].map(|k| number(&s, k));
