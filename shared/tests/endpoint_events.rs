@@ -396,6 +396,41 @@ fn a_kick_lingering_when_the_secure_layer_times_the_client_out_is_reported_as_th
     );
 }
 
+/// A kicked client whose own goodbye crosses the kick (its connection
+/// lingering to deliver a line) is reported as kicked, as every other end
+/// of that linger is: the reason the server gave stands (it was reported
+/// with the client's own reason, though `net-io` had counted the kick).
+#[test]
+fn a_kick_crossed_by_the_clients_goodbye_is_reported_as_the_kick() {
+    let mut world = World::with_timeouts(&[60, 60]);
+    let slots = world.connect_all();
+    let [(1, kicked), (2, _)] = slots[..] else {
+        panic!("the clients did not connect: {slots:?}");
+    };
+    world
+        .server
+        .send(
+            world.now,
+            kicked,
+            channels::CHAT,
+            Bytes::from_static(b"bye"),
+        )
+        .unwrap();
+    assert!(
+        world
+            .server
+            .disconnect(world.now, kicked, DisconnectReason::Kicked)
+    );
+    world.clients[0]
+        .0
+        .disconnect(world.now, DisconnectReason::Custom(70));
+    let mut ended = Vec::new();
+    for _ in 0..50 {
+        ended.extend(world.exchange());
+    }
+    assert_eq!(ended, [(1, DisconnectReason::Kicked)]);
+}
+
 /// The lines the send-bound tests send.
 const LINE: usize = 1_000;
 

@@ -908,7 +908,14 @@ impl Connection {
             if let Some(&code) = body.first()
                 && self.is_open()
             {
-                self.close(DisconnectReason::from_code(code), true);
+                // A connection finishing for a reason this side gave ends
+                // for it, whatever else ends the wait (the peer's goodbye
+                // crossing it, too).
+                let reason = match self.state {
+                    State::Finishing { reason } => reason,
+                    _ => DisconnectReason::from_code(code),
+                };
+                self.close(reason, true);
             }
             return;
         }
