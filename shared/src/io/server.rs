@@ -853,7 +853,7 @@ impl ToGame {
         if !self.bytes_fit(bytes, limit + freed) {
             return Err(Short::Bytes);
         }
-        // Every message giving way before `end` goes, and every one of
+        // Every droppable message before `end` gives way, and every one of
         // `cut`; the others there close up, in order.
         let last = if cut == Cut::Nobody {
             end
