@@ -67,19 +67,31 @@ impl ClientSocket {
 
     /// Reads the waiting datagrams, up to [`MAX_READS_PER_PUMP`] in all,
     /// runs due timers, and sends everything the endpoint has to send.
-    /// Returns the datagrams read.
+    /// Returns the datagrams read. With a socket of the other family open,
+    /// the first one reads at most half the budget before it: a flood to
+    /// either port leaves the other read.
     pub fn pump(&mut self, now: Instant) -> io::Result<usize> {
         let mut budget = MAX_READS_PER_PUMP;
-        let mut read = read_into(
+        let mut read = 0;
+        if let Some(other) = &self.other {
+            let mut half = MAX_READS_PER_PUMP / 2;
+            read += read_into(
+                &self.socket,
+                &mut self.buf,
+                &mut self.endpoint,
+                now,
+                &mut half,
+            )?;
+            budget -= MAX_READS_PER_PUMP / 2 - half;
+            read += read_into(other, &mut self.buf, &mut self.endpoint, now, &mut budget)?;
+        }
+        read += read_into(
             &self.socket,
             &mut self.buf,
             &mut self.endpoint,
             now,
             &mut budget,
         )?;
-        if let Some(other) = &self.other {
-            read += read_into(other, &mut self.buf, &mut self.endpoint, now, &mut budget)?;
-        }
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
         }
@@ -215,6 +227,38 @@ mod tests {
             flooder.send_to(&[0x55], to).unwrap();
         }
         assert_eq!(socket.pump(Instant::now()).unwrap(), MAX_READS_PER_PUMP);
+    }
+
+    /// A flood to the first socket's port does not starve the other
+    /// family's socket (the server's, after a fail-over): each pump reads
+    /// it too.
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "a real socket: real time")]
+    fn a_flood_to_the_first_socket_leaves_the_other_one_read() {
+        let endpoint = ClientEndpoint::new(PROTOCOL_ID, TransportConfig::default());
+        let mut socket = ClientSocket::bind("0.0.0.0:0".parse().unwrap(), endpoint).unwrap();
+        crate::io::socket::tune_udp_socket(socket.socket(), 4 << 20);
+        let first =
+            SocketAddr::from(([127, 0, 0, 1], socket.socket().local_addr().unwrap().port()));
+        let other = UdpSocket::bind("[::1]:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        let to_other = other.local_addr().unwrap();
+        socket.other = Some(other);
+        let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..2 * MAX_READS_PER_PUMP {
+            flooder.send_to(&[0x55], first).unwrap();
+        }
+        UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .send_to(b"server", to_other)
+            .unwrap();
+        assert_eq!(socket.pump(Instant::now()).unwrap(), MAX_READS_PER_PUMP);
+        let unread = socket.other.as_ref().unwrap().recv_from(&mut [0u8; 16]);
+        assert_eq!(
+            unread.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "the other socket's datagram was left unread"
+        );
     }
 
     /// A flood of junk datagrams cannot hold a pump: it reads its budget,
