@@ -653,6 +653,27 @@ fn a_five_second_blackout_is_survived() {
     assert!(pair.at_a.disconnected.is_none() && pair.at_b.disconnected.is_none());
 }
 
+/// A close this side began (a kick lingering to deliver a message) that
+/// the peer's own goodbye crosses ends for this side's reason, decided
+/// here: not the peer's reason, nor said by the peer.
+#[test]
+fn a_lingering_close_crossed_by_the_peers_goodbye_keeps_its_own_reason() {
+    let mut pair = Pair::new(
+        TransportConfig::default(),
+        LinkConfig::default().with_latency(ms(20)),
+        5,
+    );
+    pair.run_for(Duration::from_secs(1));
+    pair.a.send(ORDERED, &numbered(1, 16)).unwrap();
+    pair.a.disconnect(pair.now, DisconnectReason::Kicked);
+    pair.b.disconnect(pair.now, DisconnectReason::Custom(70));
+    pair.run_for(Duration::from_secs(2));
+    assert_eq!(
+        pair.at_a.disconnected,
+        Some((DisconnectReason::Kicked, false))
+    );
+}
+
 #[test]
 fn a_blackout_longer_than_the_timeout_ends_both_sides_with_timeout() {
     let mut pair = Pair::new(

@@ -909,13 +909,12 @@ impl Connection {
                 && self.is_open()
             {
                 // A connection finishing for a reason this side gave ends
-                // for it, whatever else ends the wait (the peer's goodbye
-                // crossing it, too).
-                let reason = match self.state {
-                    State::Finishing { reason } => reason,
-                    _ => DisconnectReason::from_code(code),
-                };
-                self.close(reason, true);
+                // for it, decided here, whatever else ends the wait (the
+                // peer's goodbye crossing it, too).
+                match self.state {
+                    State::Finishing { reason } => self.close(reason, false),
+                    _ => self.close(DisconnectReason::from_code(code), true),
+                }
             }
             return;
         }
