@@ -111,8 +111,9 @@ pub struct ChatConfig {
     /// false: clients that do not expect chat traffic, such as the
     /// end-to-end test's, would see unexpected messages; turn it on for a
     /// game). Each line costs its player a token of its chat bucket, and
-    /// with none left is not sent: reconnecting again and again sends
-    /// everyone no more lines than chatting would.
+    /// with none left, or while the player is muted, is not sent:
+    /// reconnecting again and again sends everyone no more lines than
+    /// chatting would.
     pub announce_sessions: bool,
     /// Most bytes of chat one tick may send, every copy of every line
     /// counted (text, name and [`DELIVERY_OVERHEAD_BYTES`] a copy;

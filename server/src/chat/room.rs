@@ -435,8 +435,8 @@ impl ChatRoom {
 
     /// A member joins (its session is established); with
     /// [`ChatConfig::announce_sessions`], everyone, the newcomer included,
-    /// gets a system line, for a token of the member's bucket (none left:
-    /// no line; see [`ChatConfig::announce_sessions`]). Joining again while
+    /// gets a system line, for a token of the member's bucket (none left,
+    /// or muted: no line; see [`ChatConfig::announce_sessions`]). Joining again while
     /// in session renames the member: its standing and its lines'
     /// numbering carry on.
     pub fn join(&mut self, account: u64, name: String, out: &mut Vec<ChatOutput>) {
@@ -445,7 +445,7 @@ impl ChatRoom {
             // In session already: a rename. Its mute, offences, bucket and
             // numbering go on; only the name changes.
             let old = std::mem::replace(&mut member.name, name.clone());
-            let announced = self.config.announce_sessions && member.bucket.try_take();
+            let announced = Self::announces(&self.config, self.now, member);
             self.forget_name(&old, account);
             self.by_name.insert(name, account);
             if announced {
@@ -480,20 +480,27 @@ impl ChatRoom {
             member.muted_until = was.muted_until;
             member.mutes = was.mutes;
         }
-        let announced = self.config.announce_sessions && member.bucket.try_take();
+        let announced = Self::announces(&self.config, self.now, &mut member);
         self.members.insert(account, member);
         if announced {
             self.system(&text, out);
         }
     }
 
+    /// Whether `member`'s join or leave is announced, taking the token it
+    /// costs: a muted member's is not (chatting, it would say nothing).
+    fn announces(config: &ChatConfig, now: u64, member: &mut Member) -> bool {
+        config.announce_sessions && now >= member.muted_until && member.bucket.try_take()
+    }
+
     /// A member leaves; with [`ChatConfig::announce_sessions`], the others
-    /// get a system line, for a token of its bucket (kept for its return).
+    /// get a system line, for a token of its bucket (kept for its return;
+    /// muted: no line).
     pub fn leave(&mut self, account: u64, out: &mut Vec<ChatOutput>) {
         let Some(mut member) = self.members.remove(&account) else {
             return;
         };
-        let announced = self.config.announce_sessions && member.bucket.try_take();
+        let announced = Self::announces(&self.config, self.now, &mut member);
         self.forget_name(&member.name, account);
         let clean = member.offences == 0
             && member.mutes == 0
@@ -807,13 +814,18 @@ impl ChatRoom {
         }
         member.mutes += 1;
         member.muted_until = now + u64::from(config.mute_secs) * u64::from(config.tick_hz);
+        let next = match config.kick_after_mutes - member.mutes {
+            0 => "flood it again and you will be disconnected".to_owned(),
+            1 => "one more mute, and the flood after it disconnects you".to_owned(),
+            more => format!("{more} more mutes, and the flood after them disconnects you"),
+        };
         out.push(ChatOutput::Rejected {
             to: account,
             rejected: ChatRejected {
                 client_ref,
                 reason: ChatRejectReason::Muted,
                 message: format!(
-                    "you are muted for {} s for flooding the chat; keep going and you will be kicked",
+                    "you are muted for {} s for flooding the chat; {next}",
                     config.mute_secs
                 ),
             },
@@ -852,6 +864,9 @@ fn reject(to: u64, client_ref: u32, reason: ChatRejectReason, config: &ChatConfi
         ChatRejectReason::Empty => "message is empty".to_owned(),
         ChatRejectReason::Muted => "you are muted".to_owned(),
         ChatRejectReason::UnknownRecipient => "no such player is online".to_owned(),
+        ChatRejectReason::Kicked if config.kick_after_mutes == 0 => {
+            "you are disconnected for flooding the chat".to_owned()
+        }
         ChatRejectReason::Kicked => {
             "you are disconnected for flooding the chat after being muted".to_owned()
         }

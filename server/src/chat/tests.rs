@@ -290,6 +290,50 @@ fn reconnecting_announces_no_more_lines_than_chatting_would() {
     assert_eq!(rejections(&out), vec![ChatRejectReason::RateLimited]);
 }
 
+/// A muted player's joins and leaves are not announced: chatting, it
+/// would say nothing, and its bucket refills while it waits (each
+/// reconnect was a line to everyone for the whole mute).
+#[test]
+fn a_muted_player_reconnecting_announces_nothing() {
+    let config = ChatConfig {
+        burst: 1,
+        mute_after_offences: 2,
+        mute_secs: 30,
+        tick_hz: 10,
+        ..announcing()
+    };
+    let mut room = room_with(&[1, 7], config);
+    let mut out = Vec::new();
+    for client_ref in 0..3 {
+        room.say(7, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+    }
+    assert!(
+        rejections(&out).contains(&ChatRejectReason::Muted),
+        "{out:?}"
+    );
+    let announced = |out: &[ChatOutput]| {
+        lines_for(out, 1)
+            .iter()
+            .filter(|l| l.text.starts_with("player-7"))
+            .count()
+    };
+    // 20 s of the 30 s mute, reconnecting every tick.
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        room.leave(7, &mut out);
+        room.tick(1);
+        room.join(7, "player-7".into(), &mut out);
+        room.tick(1);
+    }
+    assert_eq!(announced(&out), 0);
+    // Once the mute is over, its next reconnect is announced again.
+    room.tick(100);
+    let mut out = Vec::new();
+    room.leave(7, &mut out);
+    room.join(7, "player-7".into(), &mut out);
+    assert!(announced(&out) >= 1, "{out:?}");
+}
+
 #[test]
 fn sequence_numbers_count_every_line_per_recipient_without_gaps() {
     let mut room = room_with(&[1], announcing());
@@ -394,6 +438,62 @@ fn repeated_offenders_are_muted_then_kicked() {
         .filter(|o| matches!(o, ChatOutput::Kick { .. } | ChatOutput::KickAgain { .. }))
         .collect();
     assert_eq!(kicks, [&ChatOutput::KickAgain { account: 1 }]);
+}
+
+/// The mute's message says what the next flood brings, as the config
+/// has it: another mute, or the disconnect; and a kick with no mute before
+/// it does not claim one.
+#[test]
+fn mute_and_kick_messages_say_what_the_config_does() {
+    let message = |out: &[ChatOutput], reason| {
+        out.iter()
+            .find_map(|o| match o {
+                ChatOutput::Rejected { rejected, .. } if rejected.reason == reason => {
+                    Some(rejected.message.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {reason:?} in {out:?}"))
+    };
+    let flood = |kick_after_mutes, mute_secs| {
+        let config = ChatConfig {
+            burst: 1,
+            rate_per_sec: 0.0,
+            mute_after_offences: 2,
+            mute_secs,
+            kick_after_mutes,
+            tick_hz: 10,
+            ..ChatConfig::default()
+        };
+        let mut room = room_with(&[1], config);
+        let mut out = Vec::new();
+        for client_ref in 0..3 {
+            room.say(1, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+        }
+        (room, out)
+    };
+    // The default: two mutes, then the kick.
+    let (mut room, out) = flood(2, 1);
+    let first = message(&out, ChatRejectReason::Muted);
+    assert!(first.contains("one more mute"), "{first}");
+    assert!(!first.contains("will be disconnected"), "{first}");
+    room.tick(10);
+    let mut out = Vec::new();
+    for client_ref in 3..5 {
+        room.say(1, client_ref, &ChatScope::Global, "spam", nowhere, &mut out);
+    }
+    let second = message(&out, ChatRejectReason::Muted);
+    assert!(
+        second.contains("again and you will be disconnected"),
+        "{second}"
+    );
+    let (_, out) = flood(3, 1);
+    let first = message(&out, ChatRejectReason::Muted);
+    assert!(first.contains("2 more mutes"), "{first}");
+    // No mutes: the first would-be mute is the kick.
+    let (_, out) = flood(0, 1);
+    let kicked = message(&out, ChatRejectReason::Kicked);
+    assert!(!kicked.contains("muted"), "{kicked}");
 }
 
 #[test]
