@@ -99,9 +99,12 @@
 //!   another address, [`DropReason::DecryptFailed`] from the same one).
 //!   Filling the table takes as many accounts as it has entries, not many
 //!   tokens for one.
-//! - All tables are allocated at construction and never grow (the queue of
-//!   packets owed may pass its reserve by one keep-alive a client, and is
-//!   drained by every `poll_transmit`).
+//! - All tables are allocated at construction for their bounds. The
+//!   handshake and token maps may each reallocate once, to twice their
+//!   size, when removed entries pile up while they are over half full;
+//!   nothing grows past that. The queue of packets owed may pass its
+//!   reserve by one keep-alive a client, and is drained by every
+//!   `poll_transmit`.
 //!
 //! # Nonces
 //!

@@ -312,12 +312,13 @@ impl PendingTable {
         self.by_address.is_empty()
     }
 
-    fn contains_key(&self, from: &SocketAddr) -> bool {
-        self.by_address.contains_key(from)
-    }
-
-    fn get(&self, from: &SocketAddr) -> Option<&Pending> {
-        self.by_address.get(from)
+    /// `from`'s handshake, unless it has ended by `now` (its timeout or
+    /// its token's expiry): the service tick forgets it later, and a
+    /// datagram handled before that must find it over.
+    fn live(&self, from: &SocketAddr, now: Instant) -> Option<&Pending> {
+        self.by_address
+            .get(from)
+            .filter(|pending| pending.expires > now)
     }
 
     /// `from`'s handshake, to change anything but its client id.
@@ -850,7 +851,7 @@ impl Server {
         if let Some(slot) = located.slot {
             return self.process_connected(now, slot, &header, buf);
         }
-        if !self.pending.contains_key(&from) {
+        if self.pending.live(&from, now).is_none() {
             return Err(DropReason::UnknownAddress);
         }
         if header.kind != PacketKind::Response {
@@ -949,7 +950,7 @@ impl Server {
         let life = timeout.unwrap_or(MAX_PENDING_LIFETIME).min(token_left);
         let expires = now.checked_add(life).unwrap_or(now);
         match self.pending.get_mut(&from) {
-            Some(existing) if existing.token_mac == token_mac => {
+            Some(existing) if existing.token_mac == token_mac && existing.expires > now => {
                 // A repeated request: answer again with the same keys, and
                 // keep the handshake a timeout from now (the client times
                 // out from the last packet it got, not from its first
@@ -1055,7 +1056,7 @@ impl Server {
             .limiter
             .allow(from.ip(), now)
             .ok_or(DropReason::RateLimited)?;
-        let pending = self.pending.get(&from).ok_or(DropReason::UnknownAddress)?;
+        let pending = (self.pending.live(&from, now)).ok_or(DropReason::UnknownAddress)?;
         let body = packet::open_body(buf, header, self.config.protocol_id, &pending.recv)?;
         let (sequence, challenge) = body.split_at_mut_checked(8).ok_or(DropReason::Truncated)?;
         let sequence =
@@ -1637,17 +1638,23 @@ mod pending_table_tests {
                 match op {
                     0 => {
                         table.insert(from, pending(client_id, at));
-                        prop_assert_eq!(table.get(&from).map(|p| p.client_id), Some(client_id));
+                        prop_assert_eq!(
+                            table.by_address.get(&from).map(|p| p.client_id),
+                            Some(client_id)
+                        );
                     }
                     1 => {
                         table.remove(&from);
-                        prop_assert!(!table.contains_key(&from));
+                        prop_assert!(!table.by_address.contains_key(&from));
                     }
                     _ => table.remove_expired(at),
                 }
                 prop_assert_eq!(table.by_client_id.len(), table.len());
                 for (id, address) in &table.by_client_id {
-                    prop_assert_eq!(table.get(address).map(|p| p.client_id), Some(*id));
+                    prop_assert_eq!(
+                        table.by_address.get(address).map(|p| p.client_id),
+                        Some(*id)
+                    );
                 }
             }
         }

@@ -924,6 +924,39 @@ fn a_connection_never_numbers_a_packet_in_the_next_block() {
     );
 }
 
+/// A handshake ends at its timeout or its token's expiry when the
+/// response comes, not only once the service tick has forgotten it: a
+/// response or a repeated request arriving in between (the datagrams of a
+/// batch are handled before the timers) found it still there, and
+/// connected or refreshed it.
+#[test]
+fn a_handshake_past_its_end_is_over_before_the_service_tick_forgets_it() {
+    // Past the token's timeout (5 s).
+    let mut w = World::new(1);
+    let (_, _b, response) = challenged_b(&mut w);
+    w.now += Duration::from_secs(6);
+    assert_eq!(w.deliver_to_server(client_addr(1), &response), None);
+    assert_eq!(w.server.num_connected(), 0);
+    // Past the token's expiry (30 s after its creation): requested a second
+    // before it, answered two seconds later.
+    let mut w = World::new(1);
+    let token = w.token(2);
+    let mut b = Client::new(ClientConfig::new(PROTOCOL));
+    b.connect(&token, w.now, UNIX + 29).unwrap();
+    let b_addr = client_addr(1);
+    for mut p in drain(&mut b, w.now) {
+        w.server.handle_datagram(w.now, UNIX + 29, b_addr, &mut p);
+    }
+    for (_, mut p) in w.server_transmits() {
+        b.handle_datagram(w.now, server_addr(), &mut p);
+    }
+    let mut response = drain(&mut b, w.now).pop().unwrap();
+    w.now += Duration::from_secs(2);
+    let event = (w.server).handle_datagram(w.now, UNIX + 31, b_addr, &mut response);
+    assert!(event.is_none(), "{event:?}");
+    assert_eq!(w.server.num_connected(), 0);
+}
+
 /// A copy of B's response from a denied attempt, arriving after B tries
 /// again with the same token but before the new challenge is written,
 /// must not complete the new handshake: B, still sending requests, would
