@@ -972,6 +972,44 @@ fn store_with_a_retired_item(in_world: bool) -> SqliteStore {
     store
 }
 
+/// Stacks past the catalogue's limit (a file written by something else)
+/// whose sum passes `u32::MAX`: merging them is refused for the room, not
+/// wrapped below the limit (billions of items gone) or a panic.
+#[test]
+fn merging_stored_stacks_past_any_count_is_refused() {
+    let mut store = SqliteStore::open_in_memory().unwrap();
+    let apple = ItemId(1);
+    let mut slots = vec![None; SLOTS];
+    slots[0] = Some(ItemStack {
+        item: apple,
+        count: 4_000_000_000,
+    });
+    slots[1] = Some(ItemStack {
+        item: apple,
+        count: 300_000_000,
+    });
+    store
+        .commit(&BatchWrites {
+            inventories: vec![(1, InventorySnapshot { version: 1, slots })],
+            ..BatchWrites::default()
+        })
+        .unwrap();
+    let mut h = Harness::on(store);
+    h.push(Input::Connected { account: 1 });
+    let reply = h.request(
+        1,
+        1,
+        InventoryOp::Move {
+            from: 0,
+            to: 1,
+            count: 4_000_000_000,
+        },
+    );
+    assert_eq!(reply.result, Err(InventoryError::NoRoom));
+    let after = h.request(1, 2, InventoryOp::List).result.unwrap();
+    assert_eq!(stacks(&after)[..2], [(1, 4_000_000_000), (1, 300_000_000)]);
+}
+
 /// A retired item held by a player stays with that player: it moves
 /// between slots, but using, dropping, giving or offering it is refused,
 /// so it never reaches the world (where it would have stopped the next

@@ -1961,13 +1961,15 @@ fn move_stack(
             });
         }
         Some(dst) if dst.item == src.item => {
-            if dst.count + count > max_of(src.item) {
+            // Stored stacks past the limit may sum past any count.
+            let merged = dst.count.checked_add(count);
+            let Some(merged) = merged.filter(|&m| m <= max_of(src.item)) else {
                 return Err(InventoryError::NoRoom);
-            }
+            };
             take(slots, from, count)?;
             slots[t] = Some(ItemStack {
                 item: dst.item,
-                count: dst.count + count,
+                count: merged,
             });
         }
         Some(_) if count == src.count => slots.swap(f, t),

@@ -68,6 +68,17 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// The database stayed in another journal mode than write-ahead
+    /// logging (a file system without shared memory, such as some network
+    /// mounts): its readers would block the writer's commits.
+    #[error(
+        "the database cannot use write-ahead logging (journal mode stays {mode}); \
+         put the data directory on a local file system"
+    )]
+    NoWal {
+        /// The mode it stayed in.
+        mode: String,
+    },
     /// Stored data that cannot be right (a negative count, a bad reply).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use shared::protocol::MAX_MESSAGE_BYTES;
 use shared::protocol::inventory::{InventorySnapshot, ItemId, MAX_SLOTS, REMEMBERED_REQUESTS};
 
 use super::{
@@ -163,11 +164,16 @@ impl SqliteStore {
         // Before anything is written: a newer server's database is left
         // as it is.
         check_version(&conn)?;
-        // WAL: readers (the `db-reader` thread's account loads) never
-        // block the writer.
-        // The pragma returns the resulting mode; in-memory databases say
+        // WAL: readers (the `db-reader` thread's account loads, an audit
+        // of the live server) never block the writer. The pragma returns
+        // the resulting mode: one that stayed another (a file system or
+        // VFS without shared memory) is refused, as the writer's commits
+        // would then wait on readers and fail; in-memory databases say
         // "memory", which is fine.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !["wal", "memory"].contains(&mode.to_ascii_lowercase().as_str()) {
+            return Err(StoreError::NoWal { mode });
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         // macOS: an fsync that reaches the disk, not only its cache.
         conn.pragma_update(None, "fullfsync", "ON")?;
@@ -175,14 +181,19 @@ impl SqliteStore {
         Ok(Self { conn, _lock: lock })
     }
 
+    /// A counter of the `meta` table (0 when unset). A negative one is
+    /// corrupt: read as a `u64` it would be near its end, and the next id
+    /// counted from it would wrap onto ids in use.
     fn meta(&self, key: &str) -> Result<u64, StoreError> {
-        Ok(self
+        let value = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
                 r.get::<_, i64>(0)
             })
-            .optional()?
-            .map_or(0, from_sql))
+            .optional()?;
+        value.map_or(Ok(0), |v| {
+            u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("meta {key}: {v}")))
+        })
     }
 }
 
@@ -451,14 +462,23 @@ impl InventoryStore for SqliteStore {
                 Some(snapshot)
             }
         };
+        // The newest REMEMBERED_REQUESTS, as commits keep them, whatever
+        // the file holds; a reply longer than any message is read as
+        // empty (unreadable: answered with the inventory as it is).
         let mut applied = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT request_id, reply FROM applied_requests WHERE account = ?1 ORDER BY seq",
+            "SELECT request_id, CASE WHEN length(reply) <= ?3 THEN reply ELSE x'' END \
+             FROM applied_requests WHERE account = ?1 ORDER BY seq DESC LIMIT ?2",
         )?;
-        let mut rows = stmt.query([to_sql(account)])?;
+        let mut rows = stmt.query(params![
+            to_sql(account),
+            REMEMBERED_REQUESTS as i64,
+            MAX_MESSAGE_BYTES as i64
+        ])?;
         while let Some(r) = rows.next()? {
             applied.push((from_sql(r.get(0)?), r.get(1)?));
         }
+        applied.reverse();
         Ok(AccountState { inventory, applied })
     }
 
@@ -658,6 +678,25 @@ mod tests {
 
     /// Commits are durable past a power loss: fsynced at each one, to the
     /// disk itself where the system tells the two apart.
+    #[test]
+    fn a_database_that_cannot_use_wal_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sqlite-nowal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A VFS without shared memory: WAL cannot be used.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI;
+        let uri = format!("file:{}?vfs=unix-none", dir.join(DB_FILE).display());
+        let conn = Connection::open_with_flags(uri, flags).unwrap();
+        let refused = SqliteStore::setup(conn, None).map(|_| ());
+        assert!(
+            matches!(&refused, Err(StoreError::NoWal { mode }) if mode == "delete"),
+            "{refused:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_writer_syncs_every_commit_to_the_disk() {
         let dir = std::env::temp_dir().join(format!("sqlite-sync-{}", std::process::id()));
@@ -998,6 +1037,41 @@ mod tests {
         let applied = store.load_account(1).unwrap().applied;
         assert_eq!(applied.len(), REMEMBERED_REQUESTS);
         assert_eq!(applied[0].0, 10);
+    }
+
+    /// A data folder written by something else (a tool, an older build, an
+    /// attacker with the file) is read within the bounds commits keep: the
+    /// newest remembered requests only, each reply at most a message long,
+    /// and no counter that would wrap its next id onto one in use.
+    #[test]
+    fn a_file_past_the_stores_bounds_is_read_within_them() {
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        store
+            .conn
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9999)
+                 INSERT INTO applied_requests(account, seq, request_id, reply)
+                 SELECT 7, i, i, x'00' FROM n;
+                 UPDATE applied_requests SET reply = zeroblob(1000000) WHERE seq = 9999;",
+            )
+            .unwrap();
+        let applied = store.load_account(7).unwrap().applied;
+        assert_eq!(applied.len(), REMEMBERED_REQUESTS);
+        let ids: Vec<u64> = applied.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids[0], 10_000 - REMEMBERED_REQUESTS as u64);
+        assert!(ids.is_sorted());
+        assert_eq!(applied.last().unwrap(), &(9_999, Vec::new()));
+        store
+            .conn
+            .execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_world_item', -1)",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            store.load_world(),
+            Err(StoreError::Corrupt(message)) if message.contains("next_world_item")
+        ));
     }
 
     thread_local! {
