@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::BufRead as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,14 @@ use shared::transport::{ChannelId, DisconnectReason};
 
 use crate::bot::next_beat;
 
+/// `println!` that does not panic when stdout is closed (see
+/// [`write_line`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
 /// Lines typed ahead of the network loop; more wait in stdin.
 const INPUT_QUEUE: usize = 64;
 /// Longest the loop sleeps between socket pumps.
@@ -37,12 +46,16 @@ const IDLE: Duration = Duration::from_millis(5);
 const NEAR_LIST: usize = 20;
 /// World items `/pick` lists.
 const PICK_LIST: usize = 10;
+/// Longest `/quit` (or the end of the input) waits for the server's
+/// answers to what was sent before leaving: a piped script's replies are
+/// printed, not cut off by its goodbye.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 const HELP: &str = "\
 commands:
   /say TEXT        chat to everyone (plain text without a slash does the same)
   /near TEXT       chat to players nearby; /near alone lists who is nearby
-  /w NAME TEXT     whisper (NAME, or #ID for an account id)
+  /w NAME TEXT     whisper (NAME, or #ID for an account id); also /whisper
   /move X Y        walk with velocity (X, Y) m/s; /stop to stand still
   /emote N         play emote N (0 to 15)
   /inv             your inventory
@@ -53,7 +66,8 @@ commands:
   /trade ACCOUNT SLOT [N]   offer N of a slot in a trade (again to change it)
   /trade accept ID REV | /trade cancel ID   (REV: the revision printed)
   /stats           connection statistics
-  /quit            leave";
+  /help            this list (also /?)
+  /quit            leave once what you sent is answered, 5 s at most (also /exit)";
 
 /// What a typed line asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,7 +242,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         .map_err(|e| format!("cannot connect: {e}"))?;
     let mut socket =
         ClientSocket::bind(bind, endpoint).map_err(|e| format!("cannot open a socket: {e}"))?;
-    println!("connecting to {server} ... (/help for commands)");
+    say!("connecting to {server} ... (/help for commands)");
     let input = spawn_stdin();
     let mut player = Player::new();
     let mut stdin_open = true;
@@ -236,6 +250,9 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     // end of input (or `/quit`) behind them, to follow once they ran.
     let mut pending: VecDeque<Command> = VecDeque::new();
     let mut quit_after_pending = false;
+    // Asked to leave: the goodbye goes once everything sent is answered,
+    // or at this deadline.
+    let mut leaving: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let read = match socket.pump(now) {
@@ -244,18 +261,14 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         };
         while let Some(event) = socket.endpoint.poll_event() {
             if let Some(reason) = player.on_event(event) {
-                println!("disconnected: {reason}");
+                say!("disconnected: {reason}");
                 if reason == DisconnectReason::ConnectTimeout {
                     if let Some((to, error)) = socket.last_send_error() {
-                        println!("  sending to {to} failed: {error}");
+                        say!("  sending to {to} failed: {error}");
                     }
                     // The server drops requests it cannot accept without a
                     // word (it must not answer what it cannot verify).
-                    println!(
-                        "  is the server up at {server}? A server of another protocol version \
-                         (this client: {PROTOCOL_VERSION}) or with another key also stays silent, \
-                         and so does one where this account is connected already"
-                    );
+                    say!("{}", connect_timeout_hint(server));
                 }
                 return Ok(exit_code(reason, !stdin_open));
             }
@@ -266,8 +279,23 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                 player.run(now, command, &mut socket.endpoint);
             }
             if std::mem::take(&mut quit_after_pending) {
-                socket.endpoint.disconnect(now, DisconnectReason::Closed);
+                leaving = Some(now + ANSWER_WAIT);
             }
+        }
+        if let Some(deadline) = leaving {
+            let waiting = player.unanswered();
+            if waiting == 0 || now >= deadline || !socket.endpoint.is_connected() {
+                if waiting > 0 {
+                    say!("leaving with {waiting} requests unanswered");
+                }
+                socket.endpoint.disconnect(now, DisconnectReason::Closed);
+                leaving = None;
+            }
+        }
+        if stdout_gone() && stdin_open {
+            // Nobody reads what this prints: leave at once.
+            stdin_open = false;
+            socket.endpoint.disconnect(now, DisconnectReason::Closed);
         }
         while stdin_open {
             let quit = match input.try_recv() {
@@ -277,7 +305,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                         if pending.len() < MAX_PENDING_COMMANDS {
                             pending.push_back(command);
                         } else {
-                            println!("not connected yet: command dropped");
+                            say!("not connected yet: command dropped");
                         }
                         false
                     }
@@ -287,7 +315,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                     }
                     Ok(None) => false,
                     Err(message) => {
-                        println!("{message}");
+                        say!("{message}");
                         false
                     }
                 },
@@ -296,10 +324,12 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             };
             if quit {
                 stdin_open = false;
-                if pending.is_empty() {
-                    socket.endpoint.disconnect(now, DisconnectReason::Closed);
-                } else {
+                if !pending.is_empty() {
                     quit_after_pending = true;
+                } else if socket.endpoint.is_connected() {
+                    leaving = Some(now + ANSWER_WAIT);
+                } else {
+                    socket.endpoint.disconnect(now, DisconnectReason::Closed);
                 }
             }
         }
@@ -317,9 +347,21 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     }
 }
 
+/// What to check when a connect timed out: the server drops what it
+/// cannot accept without a word.
+fn connect_timeout_hint(server: SocketAddr) -> String {
+    format!(
+        "  is the server up at {server}? A server of another protocol version (this client: \
+         {PROTOCOL_VERSION}) or with another key also stays silent, and so do one whose public \
+         address (public_addr) is not {server} (a token names the addresses it is for: a \
+         server bound to every interface names loopback unless public_addr is set) and one \
+         where this account is connected already"
+    )
+}
+
 /// Whether `command` must wait for the connection (typed while it is
 /// still being made): all but `/help`, so that a script's commands run in
-/// its order (`/stats` after a `/say` shows what the line cost).
+/// its order.
 fn waits_for_connection(command: &Command, endpoint: &ClientEndpoint) -> bool {
     !endpoint.is_connected() && !matches!(command, Command::Help)
 }
@@ -341,14 +383,59 @@ fn spawn_stdin() -> Receiver<String> {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
+            let mut stdin = std::io::stdin().lock();
+            let mut bytes = Vec::new();
+            loop {
+                bytes.clear();
+                match stdin.read_until(b'\n', &mut bytes) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = match std::str::from_utf8(&bytes) {
+                    Ok(line) => line.trim_end_matches(['\n', '\r']).to_owned(),
+                    Err(_) => {
+                        // Another encoding (a Latin-1 terminal): the line
+                        // alone is refused; the input goes on.
+                        say!("that line is not UTF-8 text: ignored");
+                        continue;
+                    }
+                };
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
     rx
+}
+
+/// Set once stdout is gone (its reader closed the pipe): `play` leaves,
+/// saying goodbye, instead of panicking on its next line.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to stdout; a failed write marks stdout gone.
+#[cfg(not(test))]
+fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{args}").and_then(|()| out.flush()).is_err() {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What this thread's tests had printed.
+    static PRINTED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tests read what was printed instead.
+#[cfg(test)]
+fn write_line(args: std::fmt::Arguments<'_>) {
+    PRINTED.with(|printed| printed.borrow_mut().push(args.to_string()));
+}
+
+fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::Relaxed)
 }
 
 /// The player's state: movement (a [`Predictor`] and a
@@ -384,7 +471,7 @@ fn decoded<T: NetMessage>(payload: &[u8]) -> Option<T> {
     match protocol::decode::<T>(payload) {
         Ok(message) => Some(message),
         Err(error) => {
-            println!(
+            say!(
                 "(message {} from the server did not decode: {error})",
                 T::ID
             );
@@ -490,11 +577,19 @@ impl Player {
         }
     }
 
+    /// Answers still to come: chat sends and inventory requests not
+    /// answered yet, and the welcome until it came.
+    fn unanswered(&self) -> usize {
+        self.unanswered_chat.len()
+            + self.inventory.pending().count()
+            + usize::from(self.account.is_none())
+    }
+
     /// Prints an event; `Some(reason)` when the session ended.
     fn on_event(&mut self, event: ClientEndpointEvent<'_>) -> Option<DisconnectReason> {
         match event {
             ClientEndpointEvent::Connected { client_index } => {
-                println!("connected (slot {client_index})");
+                say!("connected (slot {client_index})");
                 // Input every tick from now on (standing still until /move):
                 // the server starts the snapshot stream with the first one.
                 self.next_move = Some(Instant::now());
@@ -515,16 +610,17 @@ impl Player {
         match protocol::message_id(payload) {
             Some(Welcome::ID) => {
                 if let Some(w) = decoded::<Welcome>(payload) {
-                    println!(
+                    say!(
                         "welcome! you are account {} (server ticks at {} Hz)",
-                        w.client_id, w.tick_hz
+                        w.client_id,
+                        w.tick_hz
                     );
                     self.account = Some(w.client_id);
                     self.tick_hz = w.tick_hz;
                     if w.rules.is_valid() {
                         self.rules = w.rules;
                     } else {
-                        println!(
+                        say!(
                             "the server's movement rules are unusable; predicting with the defaults"
                         );
                     }
@@ -532,16 +628,30 @@ impl Player {
                     if let Some(predictor) = self.predictor.as_mut() {
                         predictor.set_rules(self.rules, tick_dt(self.tick_hz));
                     }
+                    // A `/move` before it was held to the default limit.
+                    let velocity = self
+                        .rules
+                        .clamp_velocity(self.velocity)
+                        .unwrap_or(Vec2::ZERO);
+                    if velocity != self.velocity {
+                        self.velocity = velocity;
+                        say!(
+                            "moving at ({}, {}) m/s: the server's limit is {} m/s",
+                            velocity.x,
+                            velocity.y,
+                            self.rules.max_speed
+                        );
+                    }
                 }
             }
             Some(ServerNotice::ID) => {
                 if let Some(n) = decoded::<ServerNotice>(payload) {
-                    println!("[server] {}", printable(&n.text));
+                    say!("[server] {}", printable(&n.text));
                 }
             }
             Some(Emote::ID) => {
                 if let Some(e) = decoded::<Emote>(payload) {
-                    println!("* {} plays emote {}", e.from, e.emote);
+                    say!("* {} plays emote {}", e.from, e.emote);
                 }
             }
             Some(ChatLine::ID) => {
@@ -555,7 +665,7 @@ impl Player {
                     if let Some(client_ref) = line.reply_to {
                         self.unanswered_chat.remove(&client_ref);
                     }
-                    println!(
+                    say!(
                         "{kind}<{}> {}",
                         printable(&line.from_name),
                         printable(&line.text)
@@ -566,9 +676,9 @@ impl Player {
                 if let Some(r) = decoded::<ChatRejected>(payload) {
                     match self.unanswered_chat.remove(&r.client_ref) {
                         Some(text) => {
-                            println!("chat refused ({text:?}): {}", printable(&r.message));
+                            say!("chat refused ({text:?}): {}", printable(&r.message));
                         }
-                        None => println!("chat refused: {}", printable(&r.message)),
+                        None => say!("chat refused: {}", printable(&r.message)),
                     }
                 }
             }
@@ -579,11 +689,17 @@ impl Player {
             }
             Some(InventoryUpdate::ID) => {
                 if let Some(update) = decoded::<InventoryUpdate>(payload) {
-                    if let Err(e) = self.inventory.on_update(&update) {
-                        println!("(inventory: {e})");
+                    let result = self.inventory.on_update(&update);
+                    if let Err(e) = &result {
+                        say!("(inventory: {e})");
                     }
-                    println!("your inventory changed:");
-                    print_inventory(&update.inventory);
+                    // An update older than a reply printed before it (the
+                    // server sends a tick's replies first) is not news.
+                    let seen = self.inventory.inventory().map_or(0, |i| i.version);
+                    if result.is_err() || update.inventory.version >= seen {
+                        say!("your inventory changed:");
+                        print_inventory(&update.inventory);
+                    }
                 }
             }
             Some(TradeUpdate::ID) => {
@@ -600,9 +716,9 @@ impl Player {
                             .distance_squared(me)
                             .total_cmp(&b.position.distance_squared(me))
                     });
-                    println!("{} items in the world; nearest:", items.len());
+                    say!("{} items in the world; nearest:", items.len());
                     for i in items.iter().take(PICK_LIST) {
-                        println!(
+                        say!(
                             "  #{}: {} x item {} at ({:.1}, {:.1}), {:.1} m away",
                             i.id,
                             i.stack.count,
@@ -614,7 +730,7 @@ impl Player {
                     }
                 }
             }
-            other => println!(
+            other => say!(
                 "(message {other:?} on channel {} not understood by this client)",
                 channel.0
             ),
@@ -641,7 +757,7 @@ impl Player {
             Err(error) => {
                 self.snapshot_errors += 1;
                 if self.snapshot_errors.is_power_of_two() {
-                    println!(
+                    say!(
                         "(snapshot not applied: {error}; {} so far)",
                         self.snapshot_errors
                     );
@@ -654,7 +770,7 @@ impl Player {
         let op = match self.inventory.on_reply(reply) {
             Ok(op) => op,
             Err(e) => {
-                println!("(inventory: {e})");
+                say!("(inventory: {e})");
                 return;
             }
         };
@@ -667,7 +783,7 @@ impl Player {
                         InventoryOp::Cancel { .. } => "cancelled",
                         _ => "done",
                     };
-                    println!("trade {trade}: {what}");
+                    say!("trade {trade}: {what}");
                 }
                 if !matches!(op, InventoryOp::ListWorld) {
                     print_inventory(inventory);
@@ -678,13 +794,13 @@ impl Player {
                     .inventory_retry
                     .refused(reply.request_id, Instant::now())
                 {
-                    Some(wait) => println!(
+                    Some(wait) => say!(
                         "{op:?}: {error}; sent again in {} s with the same request id",
                         wait.as_secs()
                     ),
                     None => {
                         self.inventory.forget(reply.request_id);
-                        println!(
+                        say!(
                             "{op:?}: {error} {INVENTORY_TRIES} times; given up (a copy still \
                              queued at the server may apply: /inv shows)"
                         );
@@ -692,7 +808,7 @@ impl Player {
                 }
                 return;
             }
-            Err(error) => println!("{op:?} failed: {error}"),
+            Err(error) => say!("{op:?} failed: {error}"),
         }
         self.inventory_retry.answered(reply.request_id);
     }
@@ -737,7 +853,7 @@ impl Player {
             TradeState::Completed => "completed".to_owned(),
             TradeState::Cancelled => "cancelled".to_owned(),
         };
-        println!(
+        say!(
             "trade {} (revision {}) with account {other}: you give {}; you get {}; {state}",
             t.trade,
             t.revision,
@@ -748,7 +864,7 @@ impl Player {
 
     fn run(&mut self, now: Instant, command: Command, endpoint: &mut ClientEndpoint) {
         if !endpoint.is_connected() && !matches!(command, Command::Help | Command::Stats) {
-            println!("not connected yet");
+            say!("not connected yet");
             return;
         }
         match command {
@@ -770,7 +886,7 @@ impl Player {
                         }
                         self.unanswered_chat.insert(client_ref, send.text);
                     }
-                    Err(e) => println!("chat not sent: {e}"),
+                    Err(e) => say!("chat not sent: {e}"),
                 }
             }
             Command::Near => self.print_near(),
@@ -780,9 +896,11 @@ impl Player {
                 let velocity = self.rules.clamp_velocity(velocity).unwrap_or(Vec2::ZERO);
                 self.velocity = velocity;
                 self.next_move.get_or_insert(now);
-                println!(
+                say!(
                     "moving at ({}, {}) m/s (at most {} m/s)",
-                    velocity.x, velocity.y, self.rules.max_speed
+                    velocity.x,
+                    velocity.y,
+                    self.rules.max_speed
                 );
             }
             Command::Emote(emote) => {
@@ -795,13 +913,13 @@ impl Player {
                     if let Ok(payload) = protocol::encode(&request)
                         && let Err(e) = endpoint.send(channels::INVENTORY, payload)
                     {
-                        println!("inventory request not sent: {e}");
+                        say!("inventory request not sent: {e}");
                     }
                 }
-                Err(e) => println!("inventory request not sent: {e}"),
+                Err(e) => say!("inventory request not sent: {e}"),
             },
             Command::Stats => match endpoint.connection_stats() {
-                Some(s) => println!(
+                Some(s) => say!(
                     "rtt {:.1} ms, loss {:.1}%, sent {} packets / {} B, received {} packets / {} B, resent {}",
                     s.rtt.as_secs_f64() * 1000.0,
                     s.packet_loss * 100.0,
@@ -811,9 +929,9 @@ impl Player {
                     s.bytes_received,
                     s.resent
                 ),
-                None => println!("not connected"),
+                None => say!("not connected"),
             },
-            Command::Help => println!("{HELP}"),
+            Command::Help => say!("{HELP}"),
             Command::Quit => {}
         }
     }
@@ -821,7 +939,7 @@ impl Player {
     /// Lists the players in the last applied snapshot, nearest first.
     fn print_near(&self) {
         let Some(me) = self.receiver.own_position() else {
-            println!("no snapshot yet");
+            say!("no snapshot yet");
             return;
         };
         let you = self.receiver.you();
@@ -837,7 +955,7 @@ impl Player {
                 .total_cmp(&b.1.distance_squared(me))
         });
         let predicted = self.predictor.as_ref().map_or(me, Predictor::position);
-        println!(
+        say!(
             "you are at ({:.1}, {:.1}) (server), ({:.1}, {:.1}) (predicted); {} others in view",
             me.x,
             me.y,
@@ -846,7 +964,7 @@ impl Player {
             others.len()
         );
         for (id, p) in others.iter().take(NEAR_LIST) {
-            println!(
+            say!(
                 "  entity {id} at ({:.1}, {:.1}), {:.1} m",
                 p.x,
                 p.y,
@@ -898,21 +1016,105 @@ fn describe_offer(offer: &[OfferedStack]) -> String {
 
 fn print_inventory(inventory: &InventorySnapshot) {
     let used = inventory.slots.iter().flatten().count();
-    println!(
+    say!(
         "inventory v{}: {used} of {} slots used",
         inventory.version,
         inventory.slots.len()
     );
     for (slot, stack) in inventory.slots.iter().enumerate() {
         if let Some(stack) = stack {
-            println!("  slot {slot}: {} x item {}", stack.count, stack.item.0);
+            say!("  slot {slot}: {} x item {}", stack.count, stack.item.0);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use shared::protocol::inventory::{ItemId, ItemStack};
+
     use super::*;
+
+    fn printed() -> Vec<String> {
+        PRINTED.with(|printed| std::mem::take(&mut *printed.borrow_mut()))
+    }
+
+    fn receive<T: NetMessage>(player: &mut Player, message: &T) {
+        let payload = protocol::encode(message).unwrap();
+        player.on_message(channels::INVENTORY, &payload);
+    }
+
+    fn inventory(version: u64, apples: u32) -> InventorySnapshot {
+        let mut slots = vec![None; 4];
+        slots[0] = (apples > 0).then_some(ItemStack {
+            item: ItemId(1),
+            count: apples,
+        });
+        InventorySnapshot { version, slots }
+    }
+
+    /// A tick's replies leave before its updates: an update older than
+    /// the reply printed before it is not shown as the inventory now.
+    #[test]
+    fn an_update_older_than_the_reply_before_it_is_not_shown_as_current() {
+        let mut player = Player::new();
+        let request = player.inventory.request(InventoryOp::List).unwrap();
+        receive(
+            &mut player,
+            &InventoryReply {
+                request_id: request.request_id,
+                result: Ok(inventory(7, 0)),
+                trade: None,
+            },
+        );
+        assert!(printed().iter().any(|l| l.starts_with("inventory v7")));
+        receive(
+            &mut player,
+            &InventoryUpdate {
+                inventory: inventory(6, 3),
+            },
+        );
+        let shown = printed();
+        assert!(!shown.iter().any(|l| l.contains("v6")), "{shown:?}");
+        // A newer one is.
+        receive(
+            &mut player,
+            &InventoryUpdate {
+                inventory: inventory(8, 2),
+            },
+        );
+        assert!(printed().iter().any(|l| l.starts_with("inventory v8")));
+    }
+
+    /// A `/move` before the welcome was held to the default limit: the
+    /// welcome's lower one applies to it, or every input is a violation.
+    #[test]
+    fn a_move_before_the_welcome_keeps_to_the_servers_limit() {
+        let mut player = Player::new();
+        player.velocity = Vec2::new(8.0, 0.0);
+        let rules = MovementRules {
+            max_speed: 3.0,
+            ..MovementRules::default()
+        };
+        let welcome = Welcome {
+            client_id: 5,
+            tick_hz: 30,
+            rules,
+        };
+        receive(&mut player, &welcome);
+        assert!(
+            player.velocity.length() <= 3.0 + 1e-4,
+            "{}",
+            player.velocity
+        );
+        assert!(player.velocity.x > 2.9, "{}", player.velocity);
+        assert!(printed().iter().any(|l| l.contains("limit is 3 m/s")));
+    }
+
+    #[test]
+    fn a_connect_timeout_names_the_address_the_token_is_for() {
+        let hint = connect_timeout_hint("192.0.2.5:7777".parse().unwrap());
+        assert!(hint.contains("public_addr"), "{hint}");
+    }
 
     #[test]
     fn server_text_reaches_the_terminal_without_control_characters() {

@@ -898,13 +898,12 @@ impl ServerConfig {
     }
 
     /// Why the address connect tokens must name looks like a mistake, if
-    /// it does: a production server (with a key file) listening on every
-    /// interface, with no `public_addr`, names loopback, so it refuses
-    /// every token a backend mints for its real address.
+    /// it does: a server listening on every interface, with no
+    /// `public_addr`, names loopback, so it refuses every token minted for
+    /// its real address (a backend's, or `play --dev --server` from
+    /// another machine).
     pub fn public_addr_warning(&self) -> Option<String> {
-        let derived = self.public_addr_set.is_none()
-            && self.key_file.is_some()
-            && self.bind().ip().is_unspecified();
+        let derived = self.public_addr_set.is_none() && self.bind().ip().is_unspecified();
         derived.then(|| {
             format!(
                 "no public_addr: connect tokens must name {}, derived from bind {}; remote \
@@ -1107,11 +1106,14 @@ mod tests {
     }
 
     #[test]
-    fn a_production_server_without_a_public_address_is_warned_about() {
+    fn a_server_on_every_interface_without_a_public_address_is_warned_about() {
         let production = run_args(&["server", "--key-file", "server.key"]);
-        let config = ServerConfig::resolve(&production, &FileConfig::default(), "test").unwrap();
-        let warning = config.public_addr_warning().expect("a warning");
-        assert!(warning.contains("127.0.0.1:7777"), "{warning}");
+        let dev = run_args(&["server", "--bind", "0.0.0.0:7777"]);
+        for args in [production, dev] {
+            let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
+            let warning = config.public_addr_warning().expect("a warning");
+            assert!(warning.contains("127.0.0.1:7777"), "{warning}");
+        }
         for argv in [
             // Dev mode: loopback is what it is for.
             &["server"][..],

@@ -2,12 +2,28 @@
 //! on its input: what is piped in arrives whole before the handshake
 //! ends, and must still run once the connection is up (it was refused
 //! line by line, "not connected yet", and the run exited 0 having done
-//! nothing).
+//! nothing); and its answers are printed before it leaves (the end of
+//! the input said goodbye at once, and nothing the server answered was
+//! shown).
 
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use e2e::{ServerOptions, ServerProcess, client_binary, output_within_input};
+use e2e::{KillOnDrop, ServerOptions, ServerProcess, client_binary, output_within_input};
+
+fn play(server: &ServerProcess, client_id: &str) -> Command {
+    let mut command = Command::new(client_binary());
+    command.args([
+        "play",
+        "--dev",
+        "--client-id",
+        client_id,
+        "--server",
+        &server.game.to_string(),
+    ]);
+    command
+}
 
 #[test]
 fn a_script_piped_to_play_runs_once_connected() {
@@ -15,17 +31,13 @@ fn a_script_piped_to_play_runs_once_connected() {
     let dir = std::env::temp_dir().join(format!("e2e-play-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("script.txt");
-    std::fs::write(&script, "/say hello from a script\n/stats\n").unwrap();
+    // A line in another encoding first: refused alone, the rest runs.
+    let mut lines = b"caf\xe9\n".to_vec();
+    lines.extend_from_slice(b"/say hello from a script\n/inv\n/w nobody hi\n/stats\n");
+    std::fs::write(&script, lines).unwrap();
     let lines_before = server.metric("chat_lines_total");
     let output = output_within_input(
-        Command::new(client_binary()).args([
-            "play",
-            "--dev",
-            "--client-id",
-            "77",
-            "--server",
-            &server.game.to_string(),
-        ]),
+        &mut play(&server, "77"),
         Stdio::from(std::fs::File::open(&script).unwrap()),
         Duration::from_secs(30),
     );
@@ -38,9 +50,60 @@ fn a_script_piped_to_play_runs_once_connected() {
         output.status
     );
     assert!(!stdout.contains("not connected yet"), "{stdout}");
+    assert!(stdout.contains("not UTF-8"), "{stdout}");
     // The line reached the server: its speaker's own copy went out.
     assert!(
         server.metric("chat_lines_total") > lines_before,
         "the server delivered no chat line\n{stdout}"
     );
+    // And every answer was printed before the goodbye.
+    for answer in ["hello from a script", "inventory v", "chat refused"] {
+        assert!(stdout.contains(answer), "no {answer:?} in\n{stdout}");
+    }
+}
+
+/// Output piped to a reader that quits (`play ... | grep -m1 welcome`):
+/// the next line printed panicked the client (exit 101, no goodbye, the
+/// server holding its slot until a timeout). It leaves, saying goodbye.
+#[test]
+fn a_reader_that_goes_away_ends_the_session_with_a_goodbye() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let mut child = KillOnDrop(
+        play(&server, "78")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("welcome!") {
+        line.clear();
+        assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "no welcome");
+    }
+    assert_eq!(server.metric("connected_clients"), 1.0);
+    drop(stdout);
+    // Something to print, to a reader that is gone.
+    stdin.write_all(b"/stats\n").unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "play still runs");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Its goodbye ended the session at once, not the server's timeout.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.metric("connected_clients") > 0.0 {
+        assert!(Instant::now() < deadline, "the session outlived its client");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
