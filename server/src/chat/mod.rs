@@ -201,8 +201,9 @@ impl ChatConfig {
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChatSystems {
     /// Messages of the sessions in place, then joins and leaves in the
-    /// order they happened, then messages of the sessions that began this
-    /// tick, then admin lines.
+    /// order they happened (a session that began this tick says its
+    /// messages as it leaves), then messages of the sessions that began
+    /// this tick, then admin lines.
     Route,
 }
 
@@ -366,7 +367,7 @@ fn route(
     // What sessions in place before this tick's changes sent comes first:
     // a client's messages come before its end, so a player's last line
     // before it left is still said.
-    let (before, after): (Vec<&FromClient<ChatSend>>, Vec<_>) = sends
+    let (before, mut after): (Vec<&FromClient<ChatSend>>, Vec<_>) = sends
         .read()
         .partition(|send| members.is_current(send.client));
     let empty = HashMap::new();
@@ -390,6 +391,18 @@ fn route(
             }
             SessionChange::Left(left) => {
                 if members.is_current(left.client) {
+                    // A session that began this tick says what it sent
+                    // before it ends, to the members of that moment.
+                    let last: Vec<_> = after
+                        .iter()
+                        .copied()
+                        .filter(|send| send.client == left.client)
+                        .collect();
+                    if !last.is_empty() {
+                        after.retain(|send| send.client != left.client);
+                        say_all(room, &members, &last, &places, nearby, &metrics, out);
+                        sink.emit(out, &members);
+                    }
                     members.clients.remove(&left.client.account);
                     room.leave(left.client.account, out);
                 }

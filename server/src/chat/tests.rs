@@ -680,6 +680,61 @@ fn a_nearby_line_said_as_its_speaker_leaves_is_heard_where_it_stood() {
     assert_eq!(sent, 2, "the speaker's copy and its neighbour's");
 }
 
+/// A session that begins and ends in one tick still says what it sent
+/// (its messages come before its end): they were counted as sent outside
+/// any session and said to no one.
+#[test]
+fn a_session_that_joins_and_leaves_in_one_tick_says_its_line() {
+    use crate::net::{ClientConnected, ClientDisconnected, DepartedPositions, FromClient};
+    use shared::io::ClientId;
+    use shared::netcode::ClientIndex;
+    use shared::protocol::chat::ChatSend;
+    use shared::transport::DisconnectReason;
+
+    let mut app = App::new();
+    app.add_plugins(ChatPlugin::default())
+        .init_resource::<DepartedPositions>();
+    let id = |account, slot| ClientId {
+        slot: ClientIndex::from_slot(slot),
+        account,
+        session: account,
+    };
+    let (a, b) = (id(1, 0), id(2, 1));
+    for client in [a, b] {
+        let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+        app.world_mut()
+            .write_message(ClientConnected { client, entity });
+    }
+    app.world_mut().run_schedule(FixedUpdate);
+    let before = app.world().resource::<Outbox>().len();
+    let brief = id(3, 2);
+    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+    app.world_mut().write_message(ClientConnected {
+        client: brief,
+        entity,
+    });
+    app.world_mut().write_message(FromClient {
+        client: brief,
+        message: ChatSend {
+            client_ref: 1,
+            scope: ChatScope::Global,
+            text: "hello and goodbye".into(),
+        },
+    });
+    app.world_mut().write_message(ClientDisconnected {
+        client: brief,
+        reason: DisconnectReason::Closed,
+    });
+    app.world_mut().despawn(entity);
+    app.world_mut().run_schedule(FixedUpdate);
+    let sent = app.world().resource::<Outbox>().len() - before;
+    assert_eq!(sent, 3, "the two players' copies and the speaker's own");
+    let metrics = app.world().resource::<crate::metrics::Metrics>().clone();
+    let mut text = String::new();
+    metrics.registry().render(&mut text);
+    assert!(text.contains("chat_outside_session_total 0"), "{text}");
+}
+
 /// A flooder that goes on sending after its kick is kicked once: one
 /// counted kick, one log line, and one disconnect a tick (each send
 /// after the kick made all three, up to 2,000 a second).
