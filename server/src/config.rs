@@ -454,7 +454,8 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct HandshakeConfig {
     /// Sustained handshake packets a second from one source (an IPv4
-    /// address or an IPv6 /64) that yield nothing: junk, repeated requests,
+    /// address or an IPv6 /64, whose /48 has 16 times the limit for all
+    /// its /64s together) that yield nothing: junk, repeated requests,
     /// failed responses. A request with a token the server has not seen
     /// and a response that connects do not count, so players behind one
     /// address connect at once (on the public development key, whose

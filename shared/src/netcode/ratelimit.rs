@@ -21,8 +21,14 @@ use std::time::{Duration, Instant};
 const WAYS: usize = 4;
 /// Fixed-point scale: a bucket holds `tokens * SCALE`.
 const SCALE: u64 = 1000;
+/// Sources' limits an IPv6 /48 (a site's whole allocation, up to 65,536
+/// /64s) may draw on together: one host given a /56 or a /48 has a /64
+/// for each fresh bucket it wants otherwise.
+const SOURCES_PER_BLOCK: u64 = 16;
 
-/// Handshake rate limit per source: an IPv4 address, or an IPv6 /64.
+/// Handshake rate limit per source: an IPv4 address, or an IPv6 /64
+/// (whose /48 has [`SOURCES_PER_BLOCK`] times the limit, for all its /64s
+/// together).
 ///
 /// It bounds the decryption work that yields nothing: a request carrying
 /// a token the server has not seen before and a response that connects
@@ -136,14 +142,31 @@ impl RateLimiter {
         }
     }
 
+    /// One token of `ip`'s source, and of its block if it has one: both
+    /// or neither.
     fn allow_source(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let ip = source(ip);
-        let full = self.full();
-        let per_second = u64::from(self.limit.per_second);
-        let Some(ways) = self.set_of(ip) else {
+        let source = source(ip);
+        if !self.take_for(source, 1, now) {
+            return false;
+        }
+        if let Some(block) = block(ip)
+            && !self.take_for(block, SOURCES_PER_BLOCK, now)
+        {
+            self.give_back(source, 1);
+            return false;
+        }
+        true
+    }
+
+    /// One token of `key`'s bucket, whose limits are `sources` times a
+    /// source's.
+    fn take_for(&mut self, key: IpAddr, sources: u64, now: Instant) -> bool {
+        let full = self.full().saturating_mul(sources);
+        let per_second = u64::from(self.limit.per_second).saturating_mul(sources);
+        let Some(ways) = self.set_of(key) else {
             return true;
         };
-        if let Some(bucket) = ways.iter_mut().find(|b| b.ip == Some(ip)) {
+        if let Some(bucket) = ways.iter_mut().find(|b| b.ip == Some(key)) {
             refill(bucket, now, per_second, full);
             return take(bucket);
         }
@@ -152,11 +175,23 @@ impl RateLimiter {
             return true;
         };
         *victim = Bucket {
-            ip: Some(ip),
+            ip: Some(key),
             milli_tokens: full.saturating_sub(SCALE),
             last: Some(now),
         };
         full >= SCALE
+    }
+
+    /// A token back to `key`'s bucket (limits `sources` times a source's),
+    /// if it is still tracked.
+    fn give_back(&mut self, key: IpAddr, sources: u64) {
+        let full = self.full().saturating_mul(sources);
+        if let Some(bucket) = self
+            .set_of(key)
+            .and_then(|ways| ways.iter_mut().find(|b| b.ip == Some(key)))
+        {
+            bucket.milli_tokens = bucket.milli_tokens.saturating_add(SCALE).min(full);
+        }
     }
 
     fn allow_spare(&mut self, now: Instant) -> bool {
@@ -179,13 +214,9 @@ impl RateLimiter {
             self.spare.milli_tokens = self.spare.milli_tokens.saturating_add(SCALE).min(full);
             return;
         }
-        let ip = source(ip);
-        let full = self.full();
-        if let Some(bucket) = self
-            .set_of(ip)
-            .and_then(|ways| ways.iter_mut().find(|b| b.ip == Some(ip)))
-        {
-            bucket.milli_tokens = bucket.milli_tokens.saturating_add(SCALE).min(full);
+        self.give_back(source(ip), 1);
+        if let Some(block) = block(ip) {
+            self.give_back(block, SOURCES_PER_BLOCK);
         }
     }
 
@@ -216,6 +247,20 @@ fn source(ip: IpAddr) -> IpAddr {
             IpAddr::V6(std::net::Ipv6Addr::from(prefix))
         }
         v4 => v4,
+    }
+}
+
+/// The block whose sources share [`SOURCES_PER_BLOCK`] times a source's
+/// limits: an IPv6 address's /48, keyed with its lowest bit set (a /64's
+/// key never has it, so the two never share a bucket). IPv4 addresses
+/// have none: one is a source already.
+fn block(ip: IpAddr) -> Option<IpAddr> {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 80) - 1);
+            Some(IpAddr::V6(std::net::Ipv6Addr::from(prefix | 1)))
+        }
+        IpAddr::V4(_) => None,
     }
 }
 
@@ -373,6 +418,35 @@ mod tests {
             "the spare got its token back"
         );
         assert_eq!(rl.allow(a, t0), None, "and the source none");
+    }
+
+    /// A host given a /56 (256 /64s) or a /48 draws a fresh bucket from
+    /// each of its /64s only up to its /48's limit: 16 sources' worth,
+    /// not one for each /64. Another /48 has its own.
+    #[test]
+    fn the_64s_of_one_48_share_its_limit() {
+        let limit = HandshakeRateLimit {
+            spare_per_second: 0,
+            ..HandshakeRateLimit::default()
+        };
+        let burst = u64::from(limit.burst);
+        let mut rl = RateLimiter::new(limit, [5, 6]);
+        let t0 = Instant::now();
+        let mut allowed = 0u64;
+        for net in 0..256u32 {
+            for _ in 0..limit.burst {
+                let ip: IpAddr = format!("2001:db8:0:{:x}00::1", net).parse().unwrap();
+                allowed += u64::from(rl.allow(ip, t0).is_some());
+            }
+        }
+        assert_eq!(allowed, SOURCES_PER_BLOCK * burst);
+        let elsewhere: IpAddr = "2001:db8:1::1".parse().unwrap();
+        assert!(rl.allow(elsewhere, t0).is_some());
+        // A refund gives back to both: the /64 and its /48.
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        rl.refund(ip, Paid::Source);
+        assert!(rl.allow(ip, t0).is_some());
+        assert!(rl.allow(ip, t0).is_none());
     }
 
     #[test]
