@@ -200,10 +200,10 @@ impl ChatConfig {
 /// The chat systems (`FixedUpdate`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChatSystems {
-    /// Messages of the sessions in place, then joins and leaves in the
-    /// order they happened (a session that began this tick says its
-    /// messages as it leaves), then messages of the sessions that began
-    /// this tick, then admin lines.
+    /// Messages of the sessions in place that end this tick, then joins
+    /// and leaves in the order they happened (a session that began this
+    /// tick says its messages as it leaves), then messages of the other
+    /// sessions, then admin lines.
     Route,
 }
 
@@ -364,23 +364,34 @@ fn route(
         metrics: &metrics,
         encoded,
     };
-    // What sessions in place before this tick's changes sent comes first:
-    // a client's messages come before its end, so a player's last line
-    // before it left is still said.
-    let (before, mut after): (Vec<&FromClient<ChatSend>>, Vec<_>) = sends
+    let changes = session_changes(&mut connected, &mut disconnected);
+    let ending: Vec<ClientId> = changes
+        .iter()
+        .filter_map(|change| match change {
+            SessionChange::Left(left) => Some(left.client),
+            SessionChange::Joined(_) => None,
+        })
+        .collect();
+    // What sessions in place that end this tick sent comes first, said to
+    // the members of that moment: a client's messages come before its
+    // end, so a player's last line before it left is still said.
+    let (in_place, mut after): (Vec<&FromClient<ChatSend>>, Vec<_>) = sends
         .read()
         .partition(|send| members.is_current(send.client));
+    let (last_words, staying): (Vec<_>, Vec<_>) = in_place
+        .into_iter()
+        .partition(|send| ending.contains(&send.client));
     let empty = HashMap::new();
     let departed = departed.as_deref().map_or(&empty, |d| &d.0);
     let places = Places {
         positions: &positions,
         departed,
     };
-    say_all(room, &members, &before, &places, nearby, &metrics, out);
+    say_all(room, &members, &last_words, &places, nearby, &metrics, out);
     sink.emit(out, &members);
     // Each change, then its lines at once: a line goes to the session it
     // was numbered for, not to the next session of its account.
-    for change in session_changes(&mut connected, &mut disconnected) {
+    for change in changes {
         match change {
             SessionChange::Joined(joined) => {
                 let account = joined.client.account;
@@ -410,9 +421,13 @@ fn route(
         }
         sink.emit(out, &members);
     }
-    // Then what sessions that began this tick sent.
-    let (after, stale): (Vec<_>, Vec<_>) = after
+    // Then what the sessions in place that stay sent, and what those that
+    // began this tick sent: to the sessions of this moment, so that a
+    // whisper to a player who left this tick is refused, and one who
+    // came back gets it.
+    let (after, stale): (Vec<_>, Vec<_>) = staying
         .into_iter()
+        .chain(after)
         .partition(|send| members.is_current(send.client));
     for _ in stale {
         metrics.outside_session.inc();

@@ -735,6 +735,83 @@ fn a_session_that_joins_and_leaves_in_one_tick_says_its_line() {
     assert!(text.contains("chat_outside_session_total 0"), "{text}");
 }
 
+/// A whisper to a player whose session ends in the tick it arrives goes
+/// to the player's next session if it came back in that tick, and is
+/// refused as to no one online if not: it was numbered for the ended
+/// session and confirmed to its sender (its own copy), and reached no one.
+#[test]
+fn a_whisper_to_a_player_leaving_this_tick_reaches_its_next_session_or_is_refused() {
+    use crate::net::{
+        ClientConnected, ClientDisconnected, DepartedPositions, FromClient, ToClient,
+    };
+    use bevy_ecs::message::Messages;
+    use shared::io::{ClientId, NetCommand};
+    use shared::netcode::ClientIndex;
+    use shared::protocol::chat::{ChatRejected, ChatSend};
+    use shared::transport::DisconnectReason;
+
+    let id = |account, session, slot| ClientId {
+        slot: ClientIndex::from_slot(slot),
+        account,
+        session,
+    };
+    let (a, b) = (id(1, 1, 0), id(2, 2, 1));
+    let back = id(2, 3, 1);
+    for comes_back in [false, true] {
+        let mut app = App::new();
+        app.add_plugins(ChatPlugin::default())
+            .init_resource::<DepartedPositions>();
+        for client in [a, b] {
+            let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+            app.world_mut()
+                .write_message(ClientConnected { client, entity });
+        }
+        app.world_mut().run_schedule(FixedUpdate);
+        let before = app.world().resource::<Outbox>().len();
+        app.world_mut().write_message(FromClient {
+            client: a,
+            message: ChatSend {
+                client_ref: 9,
+                scope: ChatScope::WhisperId(2),
+                text: "psst".into(),
+            },
+        });
+        app.world_mut().write_message(ClientDisconnected {
+            client: b,
+            reason: DisconnectReason::Closed,
+        });
+        if comes_back {
+            let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
+            app.world_mut().write_message(ClientConnected {
+                client: back,
+                entity,
+            });
+        }
+        app.world_mut().run_schedule(FixedUpdate);
+        let refused: Vec<_> = app
+            .world()
+            .resource::<Messages<ToClient<ChatRejected>>>()
+            .iter_current_update_messages()
+            .map(|m| m.message.reason)
+            .collect();
+        let to: Vec<ClientId> = app.world().resource::<Outbox>().commands()[before..]
+            .iter()
+            .filter_map(|c| match c {
+                NetCommand::Send { client, .. } => Some(*client),
+                _ => None,
+            })
+            .collect();
+        if comes_back {
+            assert_eq!((to, refused), (vec![a, back], vec![]));
+        } else {
+            assert_eq!(
+                (to, refused),
+                (vec![], vec![ChatRejectReason::UnknownRecipient])
+            );
+        }
+    }
+}
+
 /// A flooder that goes on sending after its kick is kicked once: one
 /// counted kick, one log line, and one disconnect a tick (each send
 /// after the kick made all three, up to 2,000 a second).
