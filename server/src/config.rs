@@ -940,11 +940,14 @@ impl ServerConfig {
             .collect()
     }
 
-    /// The grace period in whole ticks, at least one.
+    /// The ticks a shutdown runs: the one it starts in, then the grace
+    /// period's worth after it (rounded up to whole ticks), so that ticks
+    /// go on for the whole grace period (its wall-clock bound ends it no
+    /// later).
     pub fn shutdown_grace_ticks(&self) -> u32 {
-        let ticks =
+        let after =
             (u64::from(self.shutdown_grace_ms) * u64::from(self.tick_rate.hz())).div_ceil(1000);
-        u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+        u32::try_from(after.saturating_add(1)).unwrap_or(u32::MAX)
     }
 
     /// The configuration as TOML, in the config file's format. `bind`
@@ -1600,12 +1603,18 @@ mod tests {
     }
 
     #[test]
-    fn grace_period_is_rounded_up_to_whole_ticks() {
+    fn grace_period_is_rounded_up_to_whole_ticks_after_the_first() {
+        // The tick the shutdown starts in, then a second of ticks.
         let mut config = ServerConfig::default();
-        assert_eq!(config.shutdown_grace_ticks(), 30);
+        assert_eq!(config.shutdown_grace_ticks(), 31);
         config.shutdown_grace_ms = 0;
         assert_eq!(config.shutdown_grace_ticks(), 1);
         config.shutdown_grace_ms = 40;
+        assert_eq!(config.shutdown_grace_ticks(), 3);
+        // At 1 Hz, a second of grace is one tick after the first (it was
+        // none: the app exited in the tick the shutdown started in).
+        config.shutdown_grace_ms = 1000;
+        config.tick_rate = crate::tick::TickRate::new(1).unwrap();
         assert_eq!(config.shutdown_grace_ticks(), 2);
     }
 

@@ -276,3 +276,77 @@ fn every_update_runs_the_fixed_schedules_exactly_once_at_any_rate() {
         }
     }
 }
+
+/// A [`ManualClock`] whose `stall_on`-th sleep lasts `stall` longer: the
+/// host paused the process while the runner slept.
+#[derive(Clone)]
+struct StallingClock {
+    inner: ManualClock,
+    sleeps: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    stall_on: u32,
+    stall: Duration,
+}
+
+impl Clock for StallingClock {
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
+    fn sleep_until(&mut self, deadline: Instant) {
+        self.inner.sleep_until(deadline);
+        let sleeps = self
+            .sleeps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if sleeps == self.stall_on {
+            self.inner.advance(self.stall);
+        }
+    }
+}
+
+/// What each tick's systems read of the wall time: the periods it stands
+/// for and the uptime.
+#[derive(Resource, Default)]
+struct WallTime(Vec<(u32, Duration)>);
+
+/// The uptime a tick's systems read goes on through a stall while the
+/// runner slept, as the periods the tick stands for do: it lagged a tick
+/// behind (the end of the tick before), so a player rejoining in the tick
+/// after a stall was measured as away for the time before it.
+#[test]
+fn a_stall_in_the_sleep_is_in_the_next_ticks_uptime_and_periods() {
+    let clock = StallingClock {
+        inner: ManualClock::new(),
+        sleeps: Default::default(),
+        stall_on: 5,
+        stall: Duration::from_secs(10),
+    };
+    let mut app = App::new();
+    app.add_plugins(TickPlugin {
+        config: TickConfig {
+            rate: TickRate::new(HZ).unwrap(),
+            ..TickConfig::default()
+        },
+        clock,
+    })
+    .init_resource::<WallTime>()
+    .add_systems(
+        FixedUpdate,
+        |stats: Res<TickStats>, mut seen: ResMut<WallTime>, mut exit: MessageWriter<AppExit>| {
+            seen.0.push((stats.periods_this_tick(), stats.uptime()));
+            if seen.0.len() == 8 {
+                exit.write(AppExit::Success);
+            }
+        },
+    );
+    let (sender, receiver) = std::sync::mpsc::channel();
+    app.add_systems(Last, move |seen: Res<WallTime>| {
+        let _ = sender.send(seen.0.clone());
+    });
+    assert_eq!(app.run(), AppExit::Success);
+    let seen = receiver.try_iter().last().expect("ticks ran");
+    // The fifth sleep precedes the fifth tick (index 4).
+    let (periods, uptime) = seen[4];
+    assert!(periods >= 300, "{seen:?}");
+    assert!(uptime >= Duration::from_secs(10), "{seen:?}");
+}

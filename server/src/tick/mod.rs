@@ -230,7 +230,8 @@ impl TickStats {
         self.periods
     }
 
-    /// Time since the first tick started, as of the end of the last tick.
+    /// Time since the first tick started, as of this tick's start (read
+    /// between ticks: as of the last tick's end).
     pub fn uptime(&self) -> Duration {
         self.uptime
     }

@@ -33,6 +33,9 @@ pub(super) fn run<C: Clock>(mut app: App, mut clock: C, config: &TickConfig) -> 
         if let Some(mut stats) = app.world_mut().get_resource_mut::<TickStats>() {
             stats.tick = tick;
             stats.periods = periods;
+            // Wall time as this tick's periods count it: a stall while
+            // the runner slept is in both.
+            stats.uptime = tick_start.saturating_duration_since(started);
         }
 
         app.update();
