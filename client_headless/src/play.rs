@@ -689,14 +689,14 @@ impl Player {
             }
             Some(InventoryUpdate::ID) => {
                 if let Some(update) = decoded::<InventoryUpdate>(payload) {
+                    // An update no newer than a reply printed before it
+                    // (the server sends a tick's replies first) is not news.
+                    let seen = self.inventory.inventory().map(|i| i.version);
                     let result = self.inventory.on_update(&update);
                     if let Err(e) = &result {
                         say!("(inventory: {e})");
                     }
-                    // An update older than a reply printed before it (the
-                    // server sends a tick's replies first) is not news.
-                    let seen = self.inventory.inventory().map_or(0, |i| i.version);
-                    if result.is_err() || update.inventory.version >= seen {
+                    if result.is_err() || seen.is_none_or(|seen| update.inventory.version > seen) {
                         say!("your inventory changed:");
                         print_inventory(&update.inventory);
                     }
@@ -910,9 +910,14 @@ impl Player {
             }
             Command::Inventory(op) => match self.inventory.request(op) {
                 Ok(request) => {
-                    if let Ok(payload) = protocol::encode(&request)
-                        && let Err(e) = endpoint.send(channels::INVENTORY, payload)
-                    {
+                    let sent = protocol::encode(&request)
+                        .map_err(|e| e.to_string())
+                        .and_then(|payload| {
+                            (endpoint.send(channels::INVENTORY, payload)).map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = sent {
+                        // Never sent: nothing to wait for.
+                        self.inventory.forget(request.request_id);
                         say!("inventory request not sent: {e}");
                     }
                 }
@@ -1075,6 +1080,14 @@ mod tests {
         );
         let shown = printed();
         assert!(!shown.iter().any(|l| l.contains("v6")), "{shown:?}");
+        // Nor one of the version just printed.
+        receive(
+            &mut player,
+            &InventoryUpdate {
+                inventory: inventory(7, 0),
+            },
+        );
+        assert_eq!(printed(), Vec::<String>::new());
         // A newer one is.
         receive(
             &mut player,

@@ -676,8 +676,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Commits are durable past a power loss: fsynced at each one, to the
-    /// disk itself where the system tells the two apart.
+    /// A file database left in another journal mode than WAL is refused:
+    /// its readers would block the writer.
     #[test]
     fn a_database_that_cannot_use_wal_is_refused() {
         let dir = std::env::temp_dir().join(format!("sqlite-nowal-{}", std::process::id()));
@@ -697,6 +697,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Commits are durable past a power loss: fsynced at each one, to the
+    /// disk itself where the system tells the two apart.
     #[test]
     fn the_writer_syncs_every_commit_to_the_disk() {
         let dir = std::env::temp_dir().join(format!("sqlite-sync-{}", std::process::id()));

@@ -46,7 +46,9 @@ pub struct HandshakeRateLimit {
     /// Bucket size: how many may arrive at once. At the limit, packets are
     /// dropped and counted as [`DropReason::RateLimited`](super::DropReason::RateLimited).
     pub burst: u32,
-    /// Number of IPs tracked at once (rounded up to a power of two, minimum 4).
+    /// Number of buckets held at once (rounded up to a power of two,
+    /// minimum 4): one per IPv4 source, two per IPv6 one (its /64 and its
+    /// /48).
     /// The memory is about 64 bytes per entry, allocated up front.
     pub table_entries: usize,
     /// Packets a second, all sources together, let through past their

@@ -723,7 +723,8 @@ impl Server {
         self.token_uses.len()
     }
 
-    /// Source IPs the rate limiter tracks (bounded by its fixed table).
+    /// Buckets the rate limiter holds (bounded by its fixed table): one
+    /// per IPv4 source, two per IPv6 one (its /64 and its /48).
     pub fn num_rate_limited_sources(&self) -> usize {
         self.limiter.tracked()
     }
