@@ -581,30 +581,103 @@ fn sessions_are_not_announced_by_default() {
     assert!(out.is_empty());
 }
 
+/// The chat plugin in an app of its own, each tick run by hand, with
+/// sessions, sends and leaves written as the network plugin writes them.
+struct PluginApp(App);
+
+/// Session `session` of `account`, in slot `slot`.
+fn client_id(account: u64, session: u64, slot: u32) -> shared::io::ClientId {
+    shared::io::ClientId {
+        slot: shared::netcode::ClientIndex::from_slot(slot),
+        account,
+        session,
+    }
+}
+
+impl PluginApp {
+    fn new(config: Option<ChatConfig>) -> Self {
+        let mut app = App::new();
+        app.add_plugins(ChatPlugin { config })
+            .init_resource::<crate::net::DepartedPositions>();
+        Self(app)
+    }
+
+    /// `client`'s session begins, its player entity standing at `at`.
+    fn join(&mut self, client: shared::io::ClientId, at: Vec2) -> Entity {
+        let entity = self.0.world_mut().spawn(Position(at)).id();
+        (self.0.world_mut()).write_message(crate::net::ClientConnected { client, entity });
+        entity
+    }
+
+    fn send(
+        &mut self,
+        client: shared::io::ClientId,
+        client_ref: u32,
+        scope: ChatScope,
+        text: &str,
+    ) {
+        self.0.world_mut().write_message(crate::net::FromClient {
+            client,
+            message: shared::protocol::chat::ChatSend {
+                client_ref,
+                scope,
+                text: text.into(),
+            },
+        });
+    }
+
+    /// `client`'s session ends, and its entity is gone; where it stood is
+    /// kept for the tick, as the session code does.
+    fn leave(&mut self, client: shared::io::ClientId, entity: Entity) {
+        let world = self.0.world_mut();
+        if let Some(position) = world.get::<Position>(entity).copied() {
+            (world.resource_mut::<crate::net::DepartedPositions>().0)
+                .insert(client.account, position.0);
+        }
+        world.write_message(crate::net::ClientDisconnected {
+            client,
+            reason: shared::transport::DisconnectReason::Closed,
+        });
+        world.despawn(entity);
+    }
+
+    fn tick(&mut self) {
+        self.0.world_mut().run_schedule(FixedUpdate);
+    }
+
+    /// The net commands chat has sent so far.
+    fn commands(&self) -> &[shared::io::NetCommand] {
+        self.0.world().resource::<Outbox>().commands()
+    }
+
+    /// A counter's value on the metrics page.
+    fn counter(&self, name: &str) -> Option<f64> {
+        let mut text = String::new();
+        self.0
+            .world()
+            .resource::<Metrics>()
+            .registry()
+            .render(&mut text);
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+}
+
 #[test]
 fn the_plugin_routes_admin_lines_to_its_members() {
-    use crate::net::ClientConnected;
     use shared::io::{ClientId, NetCommand};
-    use shared::netcode::ClientIndex;
     use shared::protocol::{self, channels};
 
-    let mut app = App::new();
-    app.add_plugins(ChatPlugin::default());
-    let client = ClientId {
-        slot: ClientIndex::from_slot(0),
-        account: 1,
-        session: 1,
-    };
-    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-    app.world_mut()
-        .write_message(ClientConnected { client, entity });
-    app.world_mut().run_schedule(FixedUpdate);
-    app.world_mut()
+    let mut app = PluginApp::new(None);
+    let client = client_id(1, 1, 0);
+    app.join(client, Vec2::ZERO);
+    app.tick();
+    app.0
+        .world_mut()
         .write_message(AdminSay { text: "hi".into() });
-    app.world_mut().run_schedule(FixedUpdate);
+    app.tick();
     let lines: Vec<(ClientId, ChatLine)> = app
-        .world()
-        .resource::<Outbox>()
         .commands()
         .iter()
         .map(|command| match command {
@@ -629,54 +702,16 @@ fn the_plugin_routes_admin_lines_to_its_members() {
 /// where it stood, though its entity is gone by then.
 #[test]
 fn a_nearby_line_said_as_its_speaker_leaves_is_heard_where_it_stood() {
-    use crate::net::{ClientConnected, ClientDisconnected, DepartedPositions, FromClient};
-    use shared::io::ClientId;
-    use shared::netcode::ClientIndex;
-    use shared::protocol::chat::ChatSend;
-    use shared::transport::DisconnectReason;
-
-    let mut app = App::new();
-    app.add_plugins(ChatPlugin::default())
-        .init_resource::<DepartedPositions>();
-    let id = |account, slot| ClientId {
-        slot: ClientIndex::from_slot(slot),
-        account,
-        session: account,
-    };
-    let (a, b) = (id(1, 0), id(2, 1));
-    let ea = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-    let eb = app.world_mut().spawn(Position(Vec2::new(5.0, 0.0))).id();
-    app.world_mut().write_message(ClientConnected {
-        client: a,
-        entity: ea,
-    });
-    app.world_mut().write_message(ClientConnected {
-        client: b,
-        entity: eb,
-    });
-    app.world_mut().run_schedule(FixedUpdate);
-    let before = app.world().resource::<Outbox>().len();
-    // As the session code does: the send, the leave, the despawn, and
-    // where the leaver stood.
-    app.world_mut().write_message(FromClient {
-        client: a,
-        message: ChatSend {
-            client_ref: 1,
-            scope: ChatScope::Nearby,
-            text: "bye".into(),
-        },
-    });
-    app.world_mut().write_message(ClientDisconnected {
-        client: a,
-        reason: DisconnectReason::Closed,
-    });
-    app.world_mut().despawn(ea);
-    app.world_mut()
-        .resource_mut::<DepartedPositions>()
-        .0
-        .insert(1, Vec2::ZERO);
-    app.world_mut().run_schedule(FixedUpdate);
-    let sent = app.world().resource::<Outbox>().len() - before;
+    let mut app = PluginApp::new(None);
+    let (a, b) = (client_id(1, 1, 0), client_id(2, 2, 1));
+    let ea = app.join(a, Vec2::ZERO);
+    app.join(b, Vec2::new(5.0, 0.0));
+    app.tick();
+    let before = app.commands().len();
+    app.send(a, 1, ChatScope::Nearby, "bye");
+    app.leave(a, ea);
+    app.tick();
+    let sent = app.commands().len() - before;
     assert_eq!(sent, 2, "the speaker's copy and its neighbour's");
 }
 
@@ -685,54 +720,19 @@ fn a_nearby_line_said_as_its_speaker_leaves_is_heard_where_it_stood() {
 /// any session and said to no one.
 #[test]
 fn a_session_that_joins_and_leaves_in_one_tick_says_its_line() {
-    use crate::net::{ClientConnected, ClientDisconnected, DepartedPositions, FromClient};
-    use shared::io::ClientId;
-    use shared::netcode::ClientIndex;
-    use shared::protocol::chat::ChatSend;
-    use shared::transport::DisconnectReason;
-
-    let mut app = App::new();
-    app.add_plugins(ChatPlugin::default())
-        .init_resource::<DepartedPositions>();
-    let id = |account, slot| ClientId {
-        slot: ClientIndex::from_slot(slot),
-        account,
-        session: account,
-    };
-    let (a, b) = (id(1, 0), id(2, 1));
-    for client in [a, b] {
-        let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-        app.world_mut()
-            .write_message(ClientConnected { client, entity });
-    }
-    app.world_mut().run_schedule(FixedUpdate);
-    let before = app.world().resource::<Outbox>().len();
-    let brief = id(3, 2);
-    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-    app.world_mut().write_message(ClientConnected {
-        client: brief,
-        entity,
-    });
-    app.world_mut().write_message(FromClient {
-        client: brief,
-        message: ChatSend {
-            client_ref: 1,
-            scope: ChatScope::Global,
-            text: "hello and goodbye".into(),
-        },
-    });
-    app.world_mut().write_message(ClientDisconnected {
-        client: brief,
-        reason: DisconnectReason::Closed,
-    });
-    app.world_mut().despawn(entity);
-    app.world_mut().run_schedule(FixedUpdate);
-    let sent = app.world().resource::<Outbox>().len() - before;
+    let mut app = PluginApp::new(None);
+    app.join(client_id(1, 1, 0), Vec2::ZERO);
+    app.join(client_id(2, 2, 1), Vec2::ZERO);
+    app.tick();
+    let before = app.commands().len();
+    let brief = client_id(3, 3, 2);
+    let entity = app.join(brief, Vec2::ZERO);
+    app.send(brief, 1, ChatScope::Global, "hello and goodbye");
+    app.leave(brief, entity);
+    app.tick();
+    let sent = app.commands().len() - before;
     assert_eq!(sent, 3, "the two players' copies and the speaker's own");
-    let metrics = app.world().resource::<crate::metrics::Metrics>().clone();
-    let mut text = String::new();
-    metrics.registry().render(&mut text);
-    assert!(text.contains("chat_outside_session_total 0"), "{text}");
+    assert_eq!(app.counter("chat_outside_session_total"), Some(0.0));
 }
 
 /// A whisper to a player whose session ends in the tick it arrives goes
@@ -741,60 +741,29 @@ fn a_session_that_joins_and_leaves_in_one_tick_says_its_line() {
 /// session and confirmed to its sender (its own copy), and reached no one.
 #[test]
 fn a_whisper_to_a_player_leaving_this_tick_reaches_its_next_session_or_is_refused() {
-    use crate::net::{
-        ClientConnected, ClientDisconnected, DepartedPositions, FromClient, ToClient,
-    };
     use bevy_ecs::message::Messages;
-    use shared::io::{ClientId, NetCommand};
-    use shared::netcode::ClientIndex;
-    use shared::protocol::chat::{ChatRejected, ChatSend};
-    use shared::transport::DisconnectReason;
+    use shared::io::NetCommand;
+    use shared::protocol::chat::ChatRejected;
 
-    let id = |account, session, slot| ClientId {
-        slot: ClientIndex::from_slot(slot),
-        account,
-        session,
-    };
-    let (a, b) = (id(1, 1, 0), id(2, 2, 1));
-    let back = id(2, 3, 1);
+    let (a, b, back) = (client_id(1, 1, 0), client_id(2, 2, 1), client_id(2, 3, 1));
     for comes_back in [false, true] {
-        let mut app = App::new();
-        app.add_plugins(ChatPlugin::default())
-            .init_resource::<DepartedPositions>();
-        for client in [a, b] {
-            let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-            app.world_mut()
-                .write_message(ClientConnected { client, entity });
-        }
-        app.world_mut().run_schedule(FixedUpdate);
-        let before = app.world().resource::<Outbox>().len();
-        app.world_mut().write_message(FromClient {
-            client: a,
-            message: ChatSend {
-                client_ref: 9,
-                scope: ChatScope::WhisperId(2),
-                text: "psst".into(),
-            },
-        });
-        app.world_mut().write_message(ClientDisconnected {
-            client: b,
-            reason: DisconnectReason::Closed,
-        });
+        let mut app = PluginApp::new(None);
+        app.join(a, Vec2::ZERO);
+        let eb = app.join(b, Vec2::ZERO);
+        app.tick();
+        let before = app.commands().len();
+        app.send(a, 9, ChatScope::WhisperId(2), "psst");
+        app.leave(b, eb);
         if comes_back {
-            let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-            app.world_mut().write_message(ClientConnected {
-                client: back,
-                entity,
-            });
+            app.join(back, Vec2::ZERO);
         }
-        app.world_mut().run_schedule(FixedUpdate);
-        let refused: Vec<_> = app
-            .world()
-            .resource::<Messages<ToClient<ChatRejected>>>()
+        app.tick();
+        let refused: Vec<_> = (app.0.world())
+            .resource::<Messages<crate::net::ToClient<ChatRejected>>>()
             .iter_current_update_messages()
             .map(|m| m.message.reason)
             .collect();
-        let to: Vec<ClientId> = app.world().resource::<Outbox>().commands()[before..]
+        let to: Vec<_> = app.commands()[before..]
             .iter()
             .filter_map(|c| match c {
                 NetCommand::Send { client, .. } => Some(*client),
@@ -817,48 +786,21 @@ fn a_whisper_to_a_player_leaving_this_tick_reaches_its_next_session_or_is_refuse
 /// after the kick made all three, up to 2,000 a second).
 #[test]
 fn sends_after_a_kick_are_not_kicks_each() {
-    use crate::net::{ClientConnected, DepartedPositions, FromClient};
-    use shared::io::{ClientId, NetCommand};
-    use shared::netcode::ClientIndex;
-    use shared::protocol::chat::ChatSend;
+    use shared::io::NetCommand;
     use shared::transport::DisconnectReason;
 
-    let mut app = App::new();
-    app.add_plugins(ChatPlugin {
-        config: Some(ChatConfig {
-            burst: 1,
-            rate_per_sec: 0.0,
-            mute_after_offences: 1,
-            kick_after_mutes: 0,
-            ..ChatConfig::default()
-        }),
-    })
-    .init_resource::<DepartedPositions>();
-    let flooder = ClientId {
-        slot: ClientIndex::from_slot(0),
-        account: 1,
-        session: 1,
-    };
-    let entity = app.world_mut().spawn(Position(Vec2::ZERO)).id();
-    app.world_mut().write_message(ClientConnected {
-        client: flooder,
-        entity,
-    });
-    app.world_mut().run_schedule(FixedUpdate);
-    let kicks = |app: &App| {
-        let mut text = String::new();
-        app.world()
-            .resource::<Metrics>()
-            .registry()
-            .render(&mut text);
-        text.lines()
-            .find_map(|line| line.strip_prefix("chat_kicks_total "))
-            .and_then(|value| value.parse::<f64>().ok())
-    };
-    let disconnects = |app: &App| {
-        app.world()
-            .resource::<Outbox>()
-            .commands()
+    let mut app = PluginApp::new(Some(ChatConfig {
+        burst: 1,
+        rate_per_sec: 0.0,
+        mute_after_offences: 1,
+        kick_after_mutes: 0,
+        ..ChatConfig::default()
+    }));
+    let flooder = client_id(1, 1, 0);
+    app.join(flooder, Vec2::ZERO);
+    app.tick();
+    let disconnects = |app: &PluginApp| {
+        app.commands()
             .iter()
             .filter(|c| {
                 matches!(c, NetCommand::Disconnect { client, reason: DisconnectReason::Kicked }
@@ -870,17 +812,10 @@ fn sends_after_a_kick_are_not_kicks_each() {
     // more in each of two ticks (the disconnect not in effect yet).
     for (tick, sends) in [52, 50, 50].into_iter().enumerate() {
         for client_ref in 0..sends {
-            app.world_mut().write_message(FromClient {
-                client: flooder,
-                message: ChatSend {
-                    client_ref,
-                    scope: ChatScope::Global,
-                    text: "spam".into(),
-                },
-            });
+            app.send(flooder, client_ref, ChatScope::Global, "spam");
         }
-        app.world_mut().run_schedule(FixedUpdate);
-        assert_eq!(kicks(&app), Some(1.0), "tick {tick}");
+        app.tick();
+        assert_eq!(app.counter("chat_kicks_total"), Some(1.0), "tick {tick}");
         assert_eq!(disconnects(&app), 1 + tick, "tick {tick}");
     }
 }
