@@ -374,6 +374,18 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             failures.join("; ")
         ));
     }
+    if report.connected == 0 {
+        // Nothing was measured: no SLO can hold, asked for or not (a smoke
+        // test against a server that is down must not pass).
+        let why: Vec<String> = (report.connect_failures.iter())
+            .map(|(reason, bots)| format!("{bots} {reason}"))
+            .collect();
+        return Err(format!(
+            "no bot connected to {} ({}): the run measured nothing",
+            plan.server,
+            why.join(", ")
+        ));
+    }
     Ok(report.slo.iter().all(|s| s.passed))
 }
 
@@ -710,7 +722,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let report = dir.join("report.json");
         let url = metrics_serving("node_load1 0.5\n");
-        run(plan_without_server(url, Duration::from_secs(2), &report)).unwrap();
+        // No server answers: the run fails, and its report still says why.
+        let error = run(plan_without_server(url, Duration::from_secs(2), &report)).unwrap_err();
+        assert!(error.contains("no bot connected"), "{error}");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -733,7 +747,8 @@ mod tests {
         let report = dir.join("report.json");
         let url = metrics_silent_for(Duration::from_millis(1_500));
         let plan = plan_without_server(url, Duration::from_secs(3), &report);
-        run(plan).unwrap();
+        let error = run(plan).unwrap_err();
+        assert!(error.contains("no bot connected"), "{error}");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         let _ = std::fs::remove_dir_all(&dir);

@@ -243,6 +243,26 @@ fn probability(name: &str, value: f64) -> Result<f64, String> {
 /// networks a load test runs on.
 const RAMP_END_MARGIN: Duration = Duration::from_secs(1);
 
+/// The least run after the ramp that `--max-rtt-p99-ms` can judge: a bot
+/// samples its RTT a second after it connects, and connecting takes a
+/// moment (a run shorter than this has no sample, and fails the SLO).
+const RTT_SLO_LEAST_RUN: Duration = Duration::from_secs(2);
+
+/// Whether `path` can be written, leaving it as it was: a file there
+/// opened for writing; else one created there and removed again.
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if !existed {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
 fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
     chaos::check_target(args.server, args.i_own_this_server, "load-test")?;
     let duration = secs("duration", args.duration)?;
@@ -307,6 +327,31 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
             .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 1),
         args.bots,
     )?;
+    let max_rtt_p99_ms = args
+        .max_rtt_p99_ms
+        .map(|ms| {
+            if ms.is_finite() && ms > 0.0 {
+                Ok(ms)
+            } else {
+                Err(format!(
+                    "--max-rtt-p99-ms must be a positive number, not {ms}"
+                ))
+            }
+        })
+        .transpose()?;
+    if max_rtt_p99_ms.is_some() && duration - ramp < RTT_SLO_LEAST_RUN {
+        return Err(format!(
+            "--max-rtt-p99-ms needs --duration at least {} s past --ramp: a bot's first \
+             RTT sample is taken a second after it connects",
+            RTT_SLO_LEAST_RUN.as_secs()
+        ));
+    }
+    // A path that cannot be written fails now, not after the run.
+    for (flag, path) in [("--report", &args.report), ("--chart", &args.chart)] {
+        if let Some(path) = path {
+            check_writable(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        }
+    }
     Ok(load::LoadPlan {
         server: args.server,
         bots: args.bots,
@@ -323,18 +368,7 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
         report: args.report,
         chart: args.chart,
         slos: Slos {
-            max_rtt_p99_ms: args
-                .max_rtt_p99_ms
-                .map(|ms| {
-                    if ms.is_finite() && ms > 0.0 {
-                        Ok(ms)
-                    } else {
-                        Err(format!(
-                            "--max-rtt-p99-ms must be a positive number, not {ms}"
-                        ))
-                    }
-                })
-                .transpose()?,
+            max_rtt_p99_ms,
             min_connected_ratio: args
                 .min_connected_ratio
                 .map(|ratio| probability("min-connected-ratio", ratio))
@@ -504,6 +538,49 @@ mod tests {
         for (duration, ramp) in [("10", "9"), ("1", "0"), ("0.5", "0")] {
             assert!(plan(duration, ramp).is_ok(), "{duration} {ramp}");
         }
+    }
+
+    /// An RTT bound on a run too short to sample the RTT, or a report
+    /// path that cannot be written, is refused before the run: the first
+    /// failed the SLO for no fault of the server's, the second failed
+    /// after the whole run.
+    #[test]
+    fn a_plan_the_run_could_not_honour_is_refused_up_front() {
+        let plan = |extra: &[&str]| {
+            let mut argv = vec!["client_headless", "load", "--server", "127.0.0.1:7777"];
+            argv.extend_from_slice(&["--bots", "1"]);
+            argv.extend_from_slice(extra);
+            let Ok(Cli {
+                command: Command::Load(args),
+            }) = Cli::try_parse_from(argv)
+            else {
+                panic!("parses");
+            };
+            load_plan(*args)
+        };
+        let error = (plan(&["--max-rtt-p99-ms", "100", "--duration", "1"]))
+            .err()
+            .expect("1 s run");
+        assert!(
+            error.contains("--max-rtt-p99-ms") && error.contains("--duration"),
+            "{error}"
+        );
+        assert!(plan(&["--max-rtt-p99-ms", "100", "--duration", "2"]).is_ok());
+        let error = (plan(&["--max-rtt-p99-ms", "100", "--duration", "5", "--ramp", "4"]))
+            .err()
+            .expect("1 s past the ramp");
+        assert!(error.contains("--max-rtt-p99-ms"), "{error}");
+        let missing = "/nonexistent-dir-for-a-test/run.json";
+        for flag in ["--report", "--chart"] {
+            let error = plan(&["--duration", "1", flag, missing]).err().expect(flag);
+            assert!(error.contains(flag) && error.contains(missing), "{error}");
+        }
+        let dir = std::env::temp_dir().join(format!("load-plan-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fresh = dir.join("run.json");
+        assert!(plan(&["--duration", "1", "--report", fresh.to_str().unwrap()]).is_ok());
+        assert!(!fresh.exists(), "the check left a file behind");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A load test sends a handshake storm, then the game's traffic: off
