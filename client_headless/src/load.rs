@@ -73,6 +73,29 @@ pub(crate) struct LoadPlan {
 }
 
 /// Runs the test; `Ok(true)` when every SLO held.
+/// Longest the run waits before it notices an interrupt.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
+
+/// Set by the first SIGINT or SIGTERM: the run stops early, draining and
+/// saying goodbye as at its end, and writes its report; a second one ends
+/// the process at once (exit 128 + the signal). Without handlers (they
+/// could not be installed) the signals keep their default action.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // The exit check first: it must see the flag the previous signal set.
+        let installed =
+            flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&interrupted))
+                .and_then(|_| flag::register(signal, Arc::clone(&interrupted)));
+        if let Err(error) = installed {
+            eprintln!("warning: cannot handle signal {signal} ({error}): it ends the run at once");
+        }
+    }
+    interrupted
+}
+
 pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     // A URL that is no `http://` one fails each scrape, like a server
     // that does not answer.
@@ -88,6 +111,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         eprintln!("warning: server metrics unavailable ({error}); trying again every second");
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = interrupt_flag();
     let start = Instant::now();
     let ctx = Arc::new(BotContext {
         server: plan.server,
@@ -139,11 +163,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let mut window = new_micros_histogram();
     let end = start + plan.duration;
     let mut next_sample = start + Duration::from_secs(1);
-    while Instant::now() < end {
+    while Instant::now() < end && !interrupted.load(Ordering::Relaxed) {
         std::thread::sleep(
             next_sample
                 .saturating_duration_since(Instant::now())
-                .min(end.saturating_duration_since(Instant::now())),
+                .min(end.saturating_duration_since(Instant::now()))
+                .min(INTERRUPT_CHECK),
         );
         let now = Instant::now();
         if now < next_sample {
@@ -187,6 +212,15 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         samples.push(sample);
     }
     let duration_s = start.elapsed().as_secs_f64();
+    let interrupted = interrupted.load(Ordering::Relaxed);
+    if interrupted {
+        let note = format!(
+            "interrupted {duration_s:.1} s into a run of {} s: the figures cover that much",
+            plan.duration.as_secs_f64()
+        );
+        progress.message(&note);
+        notes.push(note);
+    }
     // The last scrape before the stop: the server's figures end while
     // every bot still plays, not in the tick that takes their goodbyes.
     let mut server_complete = false;
@@ -372,6 +406,11 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         return Err(format!(
             "the run is incomplete: a bot worker stopped early ({})",
             failures.join("; ")
+        ));
+    }
+    if interrupted {
+        return Err(format!(
+            "interrupted after {duration_s:.1} s: the run did not complete"
         ));
     }
     if report.connected == 0 {

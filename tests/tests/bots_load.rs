@@ -251,8 +251,11 @@ fn fifty_trading_bots_get_exactly_one_reply_to_every_inventory_request() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A run where no bot connected measured nothing: it fails as a run that
+/// could not happen (exit 1; it exited 0 unless an SLO was asked for),
+/// and its report still names the connect failures and the failed SLO.
 #[test]
-fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
+fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_run() {
     let nobody = free_udp_addr();
     let dir = std::env::temp_dir().join(format!("bots-e2e-none-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -270,12 +273,14 @@ fn an_unreachable_server_is_reported_as_connect_failures_and_fails_the_slo() {
             .args(["--min-connected-ratio", "0.5"]),
         LOAD_LIMIT,
     );
-    assert_eq!(output.status.code(), Some(2), "an SLO failure exits with 2");
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("metrics unavailable"), "{stderr}");
+    assert!(stderr.contains("no bot connected"), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["connected"], 0);
+    assert_eq!(json["slo"][0]["passed"], false, "{}", json["slo"]);
     let failures: u64 = json["connect_failures"]
         .as_object()
         .unwrap()
@@ -357,4 +362,70 @@ fn a_metrics_page_that_stops_answering_is_noted_not_hidden() {
         "{notes}\n{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C during a load test ends it early as its end would: the bots
+/// drain and say goodbye, and the report is written with a note (the
+/// process died at once, with no report, and the server held every bot's
+/// slot until its timeout). The run did not complete: exit 1.
+#[test]
+fn an_interrupted_run_says_goodbye_and_writes_its_report() {
+    use std::time::Instant;
+
+    let server = ServerProcess::start(&ServerOptions::default());
+    let dir = std::env::temp_dir().join(format!("bots-e2e-interrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let mut load = e2e::KillOnDrop(
+        Command::new(client_binary())
+            .args(["load", "--server", &server.game.to_string()])
+            .args(["--bots", "5", "--duration", "60", "--threads", "1"])
+            .args([
+                "--metrics-url",
+                &format!("http://{}/metrics", server.metrics),
+            ])
+            .arg("--report")
+            .arg(&report)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metric("connected_clients") < 5.0 {
+        assert!(Instant::now() < deadline, "the bots did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let interrupted_at = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &load.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = load.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            interrupted_at.elapsed() < Duration::from_secs(15),
+            "the run went on after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut load.stderr.take().unwrap(), &mut stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    // Every bot said goodbye: the server let them go at once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.metric("connected_clients") > 0.0 {
+        assert!(Instant::now() < deadline, "sessions outlived their bots");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(json["connected"], 5, "{json}");
+    assert!(json["duration_s"].as_f64().unwrap() < 30.0, "{json}");
+    assert!(json["notes"].to_string().contains("interrupted"), "{json}");
 }
