@@ -97,6 +97,16 @@ pub(crate) enum SourceIps {
     },
 }
 
+/// A bot's socket failure as its report names it: out of file
+/// descriptors by name (std calls it "uncategorized").
+fn socket_failure(error: &io::Error) -> String {
+    #[cfg(target_os = "linux")]
+    if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        return "socket: too many open files".to_owned();
+    }
+    format!("socket: {}", error.kind())
+}
+
 impl SourceIps {
     fn bind_addr(self, server: SocketAddr, index: u64) -> SocketAddr {
         match self {
@@ -549,7 +559,7 @@ impl Worker {
                 return;
             }
             if let Err(error) = self.attach(i) {
-                let reason = format!("socket: {}", error.kind());
+                let reason = socket_failure(&error);
                 self.bots[i].fail_to_start(reason, now, &mut self.stats);
                 return;
             }

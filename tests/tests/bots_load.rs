@@ -429,3 +429,50 @@ fn an_interrupted_run_says_goodbye_and_writes_its_report() {
     assert!(json["duration_s"].as_f64().unwrap() < 30.0, "{json}");
     assert!(json["notes"].to_string().contains("interrupted"), "{json}");
 }
+
+/// A soft open-file limit below what the bots' sockets need (1,024 on
+/// many systems) is raised within the hard one; a hard limit below it is
+/// a clear error before the run. Past the limit, bots failed one by one
+/// as "socket: uncategorized error", and the run went on.
+#[test]
+fn the_open_file_limit_is_raised_for_the_bots_or_the_run_refused() {
+    let nobody = free_udp_addr();
+    let dir = std::env::temp_dir().join(format!("bots-e2e-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let load_under = |ulimit: &str| {
+        let script = format!(
+            "ulimit {ulimit} 200 && exec \"$0\" load --server {nobody} --bots 500 --duration 1 \
+             --source-ips 0 --threads 1 --drain-timeout 1 --metrics-url http://{}/metrics --report {}",
+            free_tcp_addr(),
+            report.display()
+        );
+        output_within(
+            Command::new("sh").args(["-c", &script, &client_binary().display().to_string()]),
+            LOAD_LIMIT,
+        )
+    };
+    let refused = load_under("-n");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("open files"), "{stderr}");
+    assert!(!report.exists(), "the refused run wrote a report");
+    let hard = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
+    if hard.parse::<u64>().is_ok_and(|h| h < 1_000) {
+        eprintln!("the hard open-file limit is {hard}: the raise is not checked");
+        return;
+    }
+    let raised = load_under("-S -n");
+    let stderr = String::from_utf8_lossy(&raised.stderr);
+    assert!(!stderr.contains("open files"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let failures = json["connect_failures"].to_string();
+    assert!(!failures.contains("socket"), "{failures}");
+    assert_eq!(json["requested"], 500, "{json}");
+}
