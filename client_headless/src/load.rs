@@ -266,10 +266,14 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
     let mut reliable = ReliableStats::default();
     let mut failures = Vec::new();
     for worker in workers {
-        let result = worker
-            .thread
-            .join()
-            .map_err(|_| "a worker thread panicked".to_owned())?;
+        // Every worker is joined (each drains and says goodbye), and the
+        // report written, whichever of them panicked.
+        let Ok(result) = worker.thread.join() else {
+            let failure = "a worker thread panicked".to_owned();
+            notes.push(format!("{failure}: its bots' figures are missing"));
+            failures.push(failure);
+            continue;
+        };
         merge(&mut stats, result.stats);
         reliable.add(&result.reliable);
         if let Some(failure) = result.failure {
