@@ -209,7 +209,8 @@ fn endpoint_at(key: Key, server_addr: SocketAddr, max_clients: usize) -> ServerE
 
 /// Capacities the thread cannot work with are refused at spawn, saying
 /// which: a command channel of no batches made `shutdown` wait for ever,
-/// an event channel under 4 left no backlog for reliable messages.
+/// an event channel under 4 left no backlog for reliable messages, and a
+/// linger past an hour could overflow the shutdown's deadline.
 #[test]
 fn capacities_the_thread_cannot_work_with_are_refused_at_spawn() {
     let key = Key::generate(&mut system_rng());
@@ -227,6 +228,15 @@ fn capacities_the_thread_cannot_work_with_are_refused_at_spawn() {
                 ..ServerIoConfig::default()
             },
             "inbound_capacity",
+        ),
+        // "Wait forever": its deadline overflowed and the thread panicked
+        // at the shutdown, sending no goodbye.
+        (
+            ServerIoConfig {
+                shutdown_linger: Duration::MAX,
+                ..ServerIoConfig::default()
+            },
+            "shutdown_linger",
         ),
     ] {
         let socket = shared::io::socket::bind_game_socket("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -18,8 +18,8 @@ pub mod socket;
 
 pub use client::{ClientSocket, MAX_READS_PER_PUMP};
 pub use server::{
-    ClientId, ClientSummary, InboundEvents, IoStats, IoStatsSnapshot, NetCommand, NetEvent,
-    NetSummary, ServerIo, ServerIoConfig, SpawnError,
+    ClientId, ClientSummary, InboundEvents, IoStats, IoStatsSnapshot, MAX_SHUTDOWN_LINGER,
+    NetCommand, NetEvent, NetSummary, ServerIo, ServerIoConfig, SpawnError,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -113,7 +113,10 @@ impl<T> PipeReceiver<T> {
         self.take()
     }
 
-    fn ready(&self) -> u64 {
+    /// How many messages had finished sending and are not taken yet: what
+    /// [`try_recv`](Self::try_recv) takes, at most, before it waits on
+    /// the sender's next ones.
+    pub fn ready(&self) -> u64 {
         self.published.load(Ordering::Acquire) - self.taken
     }
 

@@ -54,6 +54,8 @@ const BLOCKED_WAIT: Duration = Duration::from_millis(1);
 /// says goodbye to every client at once: thousands of datagrams at a time,
 /// more than a socket's send buffer holds on a real network).
 const FINAL_FLUSH_LIMIT: Duration = Duration::from_millis(250);
+/// Longest [`ServerIoConfig::shutdown_linger`] accepted.
+pub const MAX_SHUTDOWN_LINGER: Duration = Duration::from_secs(3600);
 /// Outgoing datagrams queued per loop iteration before they are sent with
 /// `sendmmsg` (64 per call); also the bound of what waits while the socket
 /// is not writable. When it is full and the socket blocks, the endpoint
@@ -182,7 +184,8 @@ pub struct ServerIoConfig {
     pub max_messages_per_second: u32,
     /// Channels whose messages may be dropped when the game falls behind.
     pub droppable_channels: Vec<ChannelId>,
-    /// Longest the thread waits for a shutdown's goodbyes to leave.
+    /// Longest the thread waits for a shutdown's goodbyes to leave; at
+    /// most [`MAX_SHUTDOWN_LINGER`].
     pub shutdown_linger: Duration,
     /// Receive and send buffer size asked of the socket (see
     /// [`tune_udp_socket`](super::socket::tune_udp_socket)); the thread logs
@@ -415,6 +418,12 @@ impl ServerIo {
         if config.inbound_capacity < 4 {
             return Err(SpawnError::Config(
                 "inbound_capacity must be at least 4 (its backlog is a quarter of it)",
+            ));
+        }
+        if config.shutdown_linger > MAX_SHUTDOWN_LINGER {
+            return Err(SpawnError::Config(
+                "shutdown_linger must be at most an hour (a shutdown's deadline is counted \
+                 from its start)",
             ));
         }
         socket.set_nonblocking(true)?;
@@ -1141,6 +1150,9 @@ impl IoLoop {
             self.to_game.flush_backlog();
             unread = self.read_socket(now);
             self.count_endpoint_floods();
+            // A read turn may take milliseconds: what follows (timers, the
+            // packets sent and their send times) is of the time after it.
+            let now = Instant::now();
             self.drain_commands(now);
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
@@ -1295,11 +1307,18 @@ impl IoLoop {
         true
     }
 
-    /// Applies the commands the game has finished queueing.
+    /// Applies the commands the game had finished queueing when this
+    /// began: batches it queues meanwhile wait for the next turn, after a
+    /// read turn and the timers (taken as they came, a game that queues
+    /// faster than they apply would keep the thread from reading, and
+    /// every client would time out).
     fn drain_commands(&mut self, now: Instant) {
         // The game's handle sends a shutdown before it goes, so a pipe
         // with no sender left needs no case of its own.
-        while let Some(batch) = self.commands.try_recv() {
+        for _ in 0..self.commands.ready() {
+            let Some(batch) = self.commands.try_recv() else {
+                break;
+            };
             let mut commands = batch.into_iter();
             let mut applied = 0;
             while let Some(command) = commands.next() {
