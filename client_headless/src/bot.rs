@@ -756,8 +756,11 @@ impl Bot {
                 }
             }
             Some(ChatRejected::ID) => {
-                if let Some(rejected) = decode_counted::<ChatRejected>(payload, stats) {
-                    self.verifier.on_rejected(rejected.client_ref);
+                // Refusals by reason: each line's first answer, once (a
+                // duplicate is the verifier's to count).
+                if let Some(rejected) = decode_counted::<ChatRejected>(payload, stats)
+                    && self.verifier.on_rejected(rejected.client_ref)
+                {
                     bump(
                         &mut stats.chat_rejected,
                         snake_case(&format!("{:?}", rejected.reason)),
@@ -845,8 +848,10 @@ impl Bot {
     /// Sends an inventory request. One the transport refuses stays pending:
     /// it is counted lost when the connection ends (and in `send_errors`).
     fn send_inventory(&mut self, request: &InventoryRequest, stats: &mut WorkerStats) {
-        if let Ok(payload) = protocol::encode(request) {
-            self.send(channels::INVENTORY, payload, stats);
+        let sent = protocol::encode(request)
+            .is_ok_and(|payload| self.send(channels::INVENTORY, payload, stats));
+        if !sent && let Some(inventory) = self.inventory.as_mut() {
+            inventory.unsend(request.request_id);
         }
     }
 

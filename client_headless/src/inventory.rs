@@ -174,6 +174,15 @@ impl InventoryBehaviour {
         self.stats
     }
 
+    /// `request` could not be sent after all: it is not pending (its reply
+    /// cannot come, and the drain would wait for it to its deadline) nor
+    /// counted sent.
+    pub(crate) fn unsend(&mut self, request_id: u64) {
+        if self.tracker.forget(request_id).is_some() {
+            self.stats.sent -= 1;
+        }
+    }
+
     /// The request for `op`, unless the tracker has too many pending
     /// (never below [`MAX_PENDING`]).
     fn send(&mut self, op: InventoryOp) -> Option<InventoryRequest> {
@@ -569,6 +578,19 @@ mod tests {
         );
         assert_eq!(b.pending(), 0);
         assert_eq!(b.stats().failed.values().sum::<u64>(), 1);
+    }
+
+    /// A request the transport refused is neither pending nor sent: its
+    /// reply cannot come, and waiting for it held the drain to its
+    /// deadline (each churning session's too) and counted it lost.
+    #[test]
+    fn a_request_that_could_not_be_sent_is_not_awaited() {
+        let mut b = InventoryBehaviour::new(7, 100);
+        let r = (b.next(Instant::now(), OpKind::Pick, Some(Vec2::ZERO), 8, [0.0; 2])).unwrap();
+        assert_eq!((b.pending(), b.stats().sent), (1, 1));
+        b.unsend(r.request_id);
+        assert_eq!((b.pending(), b.stats().sent), (0, 0));
+        assert_eq!(b.end_connection().lost, 0);
     }
 
     #[test]

@@ -159,18 +159,24 @@ impl ChatVerifier {
         }
     }
 
-    /// Checks one received line.
+    /// Checks one received line. Only this bot's own lines answer its
+    /// sends: every bot numbers its sends from 1, so a `reply_to` on
+    /// another player's line (a server's mistake) must not pass for one
+    /// of this bot's answers, hiding a lost copy.
     pub(crate) fn on_line(&mut self, line: &ChatLine) {
         self.stats.lines_received += 1;
         self.check_seq(line.seq);
-        if let Some(client_ref) = line.reply_to {
+        if let Some(client_ref) = line.reply_to
+            && line.from == Some(self.account)
+        {
             self.check_answer(client_ref, Answer::Copy);
         }
     }
 
-    /// The server refused the line with this `client_ref`.
-    pub(crate) fn on_rejected(&mut self, client_ref: u32) {
-        self.check_answer(client_ref, Answer::Refusal);
+    /// The server refused the line with this `client_ref`: whether that is
+    /// the line's first answer (not a duplicate, nor a number never sent).
+    pub(crate) fn on_rejected(&mut self, client_ref: u32) -> bool {
+        self.check_answer(client_ref, Answer::Refusal)
     }
 
     fn check_seq(&mut self, seq: u64) {
@@ -211,7 +217,8 @@ impl ChatVerifier {
         })
     }
 
-    fn check_answer(&mut self, client_ref: u32, answer: Answer) {
+    /// Whether `client_ref` was awaited (this is its first answer).
+    fn check_answer(&mut self, client_ref: u32, answer: Answer) -> bool {
         // A copy comes before every later answer (copies of a tick go out
         // before its refusals); a refusal only before later refusals.
         let newer_seen = match answer {
@@ -231,11 +238,14 @@ impl ChatVerifier {
                 self.stats.out_of_order += 1;
             }
             *newest = Some(newest.map_or(client_ref, |n| n.max(client_ref)));
-        } else if client_ref < self.next_ref {
+            return true;
+        }
+        if client_ref < self.next_ref {
             // Answered already (by a copy or a refusal).
             self.stats.duplicates += 1;
         }
         // Otherwise a reference never said: not an answer to this bot.
+        false
     }
 
     /// Ends the connection: open gaps and awaited lines become lost, and the
@@ -287,6 +297,24 @@ mod tests {
 
     fn say(v: &mut ChatVerifier) -> u32 {
         v.next_line("hello").expect("room in flight").0
+    }
+
+    /// Another player's line carrying a `reply_to` (a server's mistake)
+    /// is not this bot's answer: every bot numbers its sends from 1, and
+    /// counted, it hid the loss of the bot's own copy.
+    #[test]
+    fn only_the_bots_own_lines_answer_its_sends() {
+        let mut v = ChatVerifier::new(7);
+        let a = say(&mut v);
+        v.on_line(&line(1, Some(9), Some(a)));
+        assert_eq!((v.stats().delivered, v.awaited()), (0, 1));
+        v.on_line(&line(2, Some(7), Some(a)));
+        assert_eq!((v.stats().delivered, v.awaited()), (1, 0));
+        // A refusal is a first answer once.
+        let b = say(&mut v);
+        assert!(v.on_rejected(b));
+        assert!(!v.on_rejected(b));
+        assert_eq!((v.stats().rejected, v.stats().duplicates), (1, 1));
     }
 
     #[test]
