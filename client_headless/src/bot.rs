@@ -443,6 +443,12 @@ impl Bot {
         self.phase == Phase::Done
     }
 
+    /// Done, with nothing left in a conditioned link to send: its worker
+    /// may let go of it.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.is_done() && self.link.as_ref().is_none_or(|l| l.up.in_flight() == 0)
+    }
+
     /// The chat verifier (read at the end of the run).
     pub(crate) fn verifier(&self) -> &ChatVerifier {
         &self.verifier
@@ -617,15 +623,21 @@ impl Bot {
         match self.phase {
             Phase::Idle { start_at } | Phase::Paused { until: start_at } => {
                 if now < start_at {
-                    return Some(start_at);
+                    // What the last session left in a conditioned link
+                    // (its goodbye) leaves at its time, not at the next
+                    // session's start.
+                    self.flush(now, out, tx, &mut scratch.datagram, stats);
+                    let held = self.link.as_ref().and_then(|l| l.up.next_delivery());
+                    return Some(held.map_or(start_at, |at| at.min(start_at)));
                 }
                 self.connect(now, stats);
             }
             Phase::Done => {
-                // What ending left queued (a goodbye sent mid-handshake)
-                // goes out before the bot lets go of its socket.
+                // What ending left queued (a goodbye sent mid-handshake),
+                // and what a conditioned link still holds, goes out before
+                // the bot lets go of its socket.
                 self.flush(now, out, tx, &mut scratch.datagram, stats);
-                return None;
+                return self.link.as_ref().and_then(|l| l.up.next_delivery());
             }
             _ => {}
         }
@@ -1063,7 +1075,8 @@ impl Bot {
 
     fn next_wake(&self) -> Option<Instant> {
         let phase = match self.phase {
-            Phase::Done => return None,
+            // Done, once a conditioned link has let out what it holds.
+            Phase::Done => return self.link.as_ref().and_then(|l| l.up.next_delivery()),
             Phase::Idle { start_at } => Some(start_at),
             Phase::Paused { until } => Some(until),
             Phase::Draining { deadline } | Phase::Leaving { deadline } => Some(deadline),
@@ -1245,7 +1258,17 @@ mod tests {
         }
 
         fn with_scenario(toml: &str, name: &str) -> Self {
-            Self::build(toml, name, Duration::ZERO)
+            Self::build(toml, name, Duration::ZERO, None)
+        }
+
+        /// One bot of `default.toml` behind a link conditioner.
+        fn with_link(link: LinkConfig) -> Self {
+            Self::build(
+                include_str!("../../assets/scenarios/default.toml"),
+                "default.toml",
+                Duration::ZERO,
+                Some(link),
+            )
         }
 
         /// One bot of `default.toml` in a run whose ramp ends `ramp` after
@@ -1255,10 +1278,11 @@ mod tests {
                 include_str!("../../assets/scenarios/default.toml"),
                 "default.toml",
                 ramp,
+                None,
             )
         }
 
-        fn build(toml: &str, name: &str, ramp: Duration) -> Self {
+        fn build(toml: &str, name: &str, ramp: Duration, link: Option<LinkConfig>) -> Self {
             let now = Instant::now();
             let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 7_777));
             let key = shared::keys::dev_key();
@@ -1271,7 +1295,7 @@ mod tests {
                 server: server_addr,
                 minter: TokenMinter::dev(server_addr),
                 scenario,
-                link: None,
+                link,
                 first_account: 1,
                 bots: 1,
                 drain_timeout: Duration::from_secs(2),
@@ -1352,7 +1376,7 @@ mod tests {
         }
 
         fn connect(&mut self) {
-            for _ in 0..20 {
+            for _ in 0..100 {
                 self.service();
                 self.deliver();
                 self.now += Duration::from_millis(5);
@@ -1389,6 +1413,33 @@ mod tests {
             0,
             "the server never heard the goodbye"
         );
+    }
+
+    /// Behind a link conditioner, the goodbye packets a bot sends as it
+    /// ends wait in the link: they still leave, each at its time, before
+    /// the bot lets go of its socket (it let go at once, and the server
+    /// held the slot until its timeout).
+    #[test]
+    fn a_conditioned_bots_goodbye_leaves_before_it_lets_go() {
+        let link = LinkConfig::lossy(0.0, Duration::from_millis(20), Duration::from_millis(10));
+        let mut pair = Pair::with_link(link);
+        pair.connect();
+        assert_eq!(pair.server.connected_clients(), 1);
+        pair.bot.stop(pair.now, &mut pair.stats);
+        let mut done = false;
+        for _ in 0..1_000 {
+            pair.receive();
+            if pair.service().is_none() {
+                done = true;
+                break;
+            }
+            pair.now += Duration::from_millis(5);
+        }
+        assert!(done, "the bot never ended");
+        let link = pair.bot.link.as_ref().expect("a conditioned bot");
+        assert_eq!(link.up.in_flight(), 0, "goodbyes left in the link");
+        pair.server.handle_timeout(pair.now);
+        assert_eq!(pair.server.connected_clients(), 0, "no goodbye arrived");
     }
 
     #[test]

@@ -388,7 +388,7 @@ impl Worker {
                 next_publish = now + PUBLISH_EVERY;
                 self.publish();
             }
-            if stopping && self.bots.iter().all(Bot::is_done) {
+            if stopping && self.bots.iter().all(Bot::is_finished) {
                 break;
             }
         }
