@@ -214,6 +214,8 @@ pub(crate) struct WorkerStats {
     pub(crate) chat_skipped: u64,
     /// Movement inputs sent.
     pub(crate) moves_sent: u64,
+    /// Inputs skipped: beats a bot was served too late for.
+    pub(crate) moves_skipped: u64,
     /// Snapshots received and applied.
     pub(crate) snapshots_applied: u64,
     /// Snapshots that could not be decoded or applied, by reason.
@@ -250,6 +252,7 @@ impl WorkerStats {
             chat_rejected: BTreeMap::new(),
             chat_skipped: 0,
             moves_sent: 0,
+            moves_skipped: 0,
             snapshots_applied: 0,
             snapshot_errors: BTreeMap::new(),
             max_correction_m: 0.0,
@@ -276,6 +279,13 @@ pub(crate) fn next_beat(at: Instant, period: Duration, now: Instant) -> Instant 
         .and_then(|beats| period.checked_mul(beats))
         .and_then(|span| at.checked_add(span))
         .unwrap_or(now + period)
+}
+
+/// The beats between `at` and `next` (a [`next_beat`] of `period`) that
+/// no service took: 0 on time, one less than the periods passed if late.
+fn beats_skipped(at: Instant, next: Instant, period: Duration) -> u64 {
+    let beats = next.saturating_duration_since(at).as_nanos() / period.as_nanos().max(1);
+    u64::try_from(beats.saturating_sub(1)).unwrap_or(u64::MAX)
 }
 
 /// How often a wandering bot sends a `MoveInput`: at the scenario's `hz`,
@@ -922,7 +932,10 @@ impl Bot {
                 stats.moves_sent += 1;
                 self.sent_input = true;
             }
-            self.next_move = Some(next_beat(at, move_period(wander.hz, self.tick_hz), now));
+            let period = move_period(wander.hz, self.tick_hz);
+            let next = next_beat(at, period, now);
+            stats.moves_skipped += beats_skipped(at, next, period);
+            self.next_move = Some(next);
         }
         if let (Some(at), Some(chat)) = (self.next_chat, self.ctx.scenario.chat.clone())
             && at <= now
@@ -1211,6 +1224,36 @@ mod tests {
             next_beat(ms(0), period, ms(33)),
             ms(66),
             "due now: the next beat"
+        );
+    }
+
+    /// Beats a bot was served too late for are skipped, and counted: the
+    /// inputs sent fell short of the scenario's rate with nothing saying so.
+    #[test]
+    fn inputs_skipped_by_a_late_service_are_counted() {
+        let start = Instant::now();
+        let period = Duration::from_millis(33);
+        let ms = |v| start + Duration::from_millis(v);
+        // The beat of 33 ms served at 110 ms: those of 66 and 99 are gone.
+        let next = next_beat(ms(33), period, ms(110));
+        assert_eq!((next, beats_skipped(ms(33), next, period)), (ms(132), 2));
+        let on_time = next_beat(ms(33), period, ms(40));
+        assert_eq!(beats_skipped(ms(33), on_time, period), 0);
+        // A bot served on time skips none; one stalled for 200 ms, about 6.
+        let mut pair = Pair::new();
+        pair.connect();
+        for _ in 0..30 {
+            pair.now += Duration::from_millis(11);
+            pair.service();
+            pair.deliver();
+        }
+        assert_eq!(pair.stats.moves_skipped, 0);
+        pair.now += Duration::from_millis(200);
+        pair.service();
+        assert!(
+            (5..=6).contains(&pair.stats.moves_skipped),
+            "{}",
+            pair.stats.moves_skipped
         );
     }
 

@@ -371,6 +371,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         chat_skipped: stats.chat_skipped,
         movement: MovementReport {
             inputs_sent: stats.moves_sent,
+            inputs_skipped: stats.moves_skipped,
             snapshots_applied: stats.snapshots_applied,
             snapshot_errors: stats.snapshot_errors.clone(),
             sessions_without_snapshots: stats.no_snapshots,
@@ -550,6 +551,7 @@ fn merge(into: &mut WorkerStats, from: WorkerStats) {
     merge_map(&mut into.chat_rejected, from.chat_rejected);
     into.chat_skipped += from.chat_skipped;
     into.moves_sent += from.moves_sent;
+    into.moves_skipped += from.moves_skipped;
     into.snapshots_applied += from.snapshots_applied;
     merge_map(&mut into.snapshot_errors, from.snapshot_errors);
     into.max_correction_m = into.max_correction_m.max(from.max_correction_m);

@@ -110,6 +110,10 @@ pub(crate) struct Bandwidth {
 pub(crate) struct MovementReport {
     /// `MoveInput`s sent.
     pub(crate) inputs_sent: u64,
+    /// Inputs the bots' schedules skipped: the beats a bot was served too
+    /// late for (its process short of CPU), by which `inputs_sent` fell
+    /// short of the scenario's rate.
+    pub(crate) inputs_skipped: u64,
     /// Snapshots received and applied.
     pub(crate) snapshots_applied: u64,
     /// Snapshots that could not be decoded or applied, by reason
@@ -404,8 +408,9 @@ impl Report {
         let m = &self.movement;
         let _ = writeln!(
             s,
-            "  movement    {} inputs sent, {} snapshots applied, snapshot errors: {}; max correction {:.2} m; {} sessions without snapshots",
+            "  movement    {} inputs sent ({} skipped, served late), {} snapshots applied, snapshot errors: {}; max correction {:.2} m; {} sessions without snapshots",
             m.inputs_sent,
+            m.inputs_skipped,
             m.snapshots_applied,
             map(&m.snapshot_errors),
             m.max_correction_m,

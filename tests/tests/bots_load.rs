@@ -122,6 +122,7 @@ fn two_hundred_bots_through_ten_percent_loss_all_connect_and_report() {
         "{snapshots} snapshots applied, fewer than {snapshots_floor}: {movement}"
     );
     assert_eq!(movement["sessions_without_snapshots"], 0, "{movement}");
+    assert!(movement["inputs_skipped"].is_u64(), "{movement}");
     assert!(
         movement["snapshot_errors"].as_object().unwrap().is_empty(),
         "{movement}"
