@@ -397,6 +397,8 @@ pub(crate) struct Bot {
     stopping: bool,
     /// Messages were queued since the last [`flush`](Self::flush).
     unsent: bool,
+    /// Done: until when it waits for what its conditioned link holds.
+    link_release: Option<Instant>,
 }
 
 impl Bot {
@@ -415,6 +417,7 @@ impl Bot {
             phase: Phase::Idle { start_at },
             rng: Rng::new(seed ^ account),
             ever_connected: false,
+            link_release: None,
             connected_since: None,
             saw_snapshot: false,
             sent_input: false,
@@ -647,7 +650,7 @@ impl Bot {
                 // and what a conditioned link still holds, goes out before
                 // the bot lets go of its socket.
                 self.flush(now, out, tx, &mut scratch.datagram, stats);
-                return self.link.as_ref().and_then(|l| l.up.next_delivery());
+                return self.hold_link(now);
             }
             _ => {}
         }
@@ -658,7 +661,27 @@ impl Bot {
         self.run_behaviours(now, &mut scratch.inputs, stats);
         self.advance_phase(now, stats);
         self.flush(now, out, tx, &mut scratch.datagram, stats);
+        if self.phase == Phase::Done {
+            return self.hold_link(now);
+        }
         self.next_wake()
+    }
+
+    /// A done bot's wait for what its conditioned link still holds (its
+    /// goodbye): when to come back for the next of it, for at most
+    /// [`LEAVE_TIMEOUT`] from the first call. Past that (a link of long
+    /// latency), what is left is dropped with the link, as a network
+    /// would lose it: the end of the run waits no longer.
+    fn hold_link(&mut self, now: Instant) -> Option<Instant> {
+        let link = self.link.as_ref()?;
+        let until = *self.link_release.get_or_insert(now + LEAVE_TIMEOUT);
+        match link.up.next_delivery() {
+            Some(at) if at <= until => Some(at),
+            _ => {
+                self.link = None;
+                None
+            }
+        }
     }
 
     fn connect(&mut self, now: Instant, stats: &mut WorkerStats) {
@@ -867,8 +890,8 @@ impl Bot {
         }
     }
 
-    /// Sends an inventory request. One the transport refuses stays pending:
-    /// it is counted lost when the connection ends (and in `send_errors`).
+    /// Sends an inventory request. One the transport refuses (counted in
+    /// `send_errors`) is forgotten: neither sent nor awaited.
     fn send_inventory(&mut self, request: &InventoryRequest, stats: &mut WorkerStats) {
         let sent = protocol::encode(request)
             .is_ok_and(|payload| self.send(channels::INVENTORY, payload, stats));
@@ -1088,8 +1111,7 @@ impl Bot {
 
     fn next_wake(&self) -> Option<Instant> {
         let phase = match self.phase {
-            // Done, once a conditioned link has let out what it holds.
-            Phase::Done => return self.link.as_ref().and_then(|l| l.up.next_delivery()),
+            Phase::Done => return None,
             Phase::Idle { start_at } => Some(start_at),
             Phase::Paused { until } => Some(until),
             Phase::Draining { deadline } | Phase::Leaving { deadline } => Some(deadline),
@@ -1479,10 +1501,31 @@ mod tests {
             pair.now += Duration::from_millis(5);
         }
         assert!(done, "the bot never ended");
-        let link = pair.bot.link.as_ref().expect("a conditioned bot");
-        assert_eq!(link.up.in_flight(), 0, "goodbyes left in the link");
+        let held = pair.bot.link.as_ref().map_or(0, |l| l.up.in_flight());
+        assert_eq!(held, 0, "goodbyes left in the link");
         pair.server.handle_timeout(pair.now);
         assert_eq!(pair.server.connected_clients(), 0, "no goodbye arrived");
+    }
+
+    /// A link whose latency is longer than the leave timeout is not waited
+    /// for: what it still holds when the bot is done is dropped, and the
+    /// end of the run waits no longer than the timeout for it.
+    #[test]
+    fn a_done_bot_waits_for_its_link_no_longer_than_the_leave_timeout() {
+        let link = LinkConfig::lossy(0.0, Duration::from_secs(600), Duration::ZERO);
+        let mut pair = Pair::with_link(link);
+        pair.service();
+        pair.now += Duration::from_millis(5);
+        pair.bot.stop(pair.now, &mut pair.stats);
+        let stopped = pair.now;
+        while pair.service().is_some() {
+            pair.now += Duration::from_millis(100);
+            assert!(
+                pair.now - stopped <= LEAVE_TIMEOUT * 2,
+                "still waiting on the link"
+            );
+        }
+        assert!(pair.bot.is_finished());
     }
 
     #[test]

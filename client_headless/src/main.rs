@@ -193,8 +193,8 @@ struct LoadArgs {
     min_connected_ratio: Option<f64>,
     /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line, an
     /// inventory request without exactly one reply, two inventories with
-    /// one version, no bot connected, or nothing exchanged that the
-    /// scenario should have.
+    /// one version, or nothing exchanged that the scenario should have (a
+    /// run where no bot connected fails with exit 1, SLOs or not).
     #[arg(long)]
     require_exactly_once: bool,
     /// Worker threads multiplexing the bots' sockets, 1 to 64 [default:
@@ -243,11 +243,26 @@ fn probability(name: &str, value: f64) -> Result<f64, String> {
 /// networks a load test runs on.
 const RAMP_END_MARGIN: Duration = Duration::from_secs(1);
 
+/// The sockets `bots` bots open at once: one each, or, with shared
+/// sockets, one per group of bots sharing the source addresses in each
+/// worker the group's bots are dealt to (every `threads`-th bot goes to
+/// the same worker, so a group spans up to `threads` of them).
+fn sockets_needed(bots: u64, sources: SourceIps, threads: usize) -> u64 {
+    match sources {
+        SourceIps::Any => bots,
+        SourceIps::Loopback { count } => {
+            let groups = bots.div_ceil(u64::from(count.max(1)));
+            let workers_per_group = u64::from(count).min(threads as u64).max(1);
+            groups.saturating_mul(workers_per_group).min(bots)
+        }
+    }
+}
+
 /// Room for the run's sockets under the process's open-file limit.
 #[cfg(target_os = "linux")]
 mod open_files {
-    /// Files a run opens besides its bots' sockets: stdio, each worker's
-    /// poll and waker, the metrics connection, the report.
+    /// Files a run opens besides its bots' sockets and its workers' polls:
+    /// stdio, the metrics connection, the report, the libraries'.
     pub(super) const SPARE: u64 = 64;
 
     /// What to do about a soft limit `soft` (hard limit `hard`) for
@@ -322,19 +337,23 @@ mod open_files {
 /// moment (a run shorter than this has no sample, and fails the SLO).
 const RTT_SLO_LEAST_RUN: Duration = Duration::from_secs(2);
 
-/// Whether `path` can be written, leaving it as it was: a file there
-/// opened for writing; else one created there and removed again.
+/// Whether `path` can be written, leaving what is there as it was: a new
+/// file is created and removed again (only one this check created); a
+/// file or link already there is opened for writing, not truncated (a
+/// link to a file not made yet gets an empty one, which the report fills).
 fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
-    let existed = path.exists();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    if !existed {
-        std::fs::remove_file(path)?;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true);
+    if std::fs::symlink_metadata(path).is_ok() {
+        open.create(true).truncate(false).open(path)?;
+        return Ok(());
     }
-    Ok(())
+    match open.create_new(true).open(path) {
+        Ok(_) => std::fs::remove_file(path),
+        // Made meanwhile by someone else: theirs, left alone.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
@@ -396,15 +415,13 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
-    // A socket per bot, or per group of bots sharing the source addresses.
-    let sockets = match sources {
-        SourceIps::Any => args.bots,
-        SourceIps::Loopback { count } => {
-            args.bots.div_ceil(u64::from(count.max(1))) + threads as u64
-        }
-    };
     #[cfg(target_os = "linux")]
-    open_files::make_room(sockets.saturating_add(open_files::SPARE), args.bots)?;
+    open_files::make_room(
+        sockets_needed(args.bots, sources, threads)
+            .saturating_add(2 * threads as u64)
+            .saturating_add(open_files::SPARE),
+        args.bots,
+    )?;
     let first_account = consecutive_accounts(
         args.first_client_id
             .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 1),
@@ -663,6 +680,45 @@ mod tests {
         let fresh = dir.join("run.json");
         assert!(plan(&["--duration", "1", "--report", fresh.to_str().unwrap()]).is_ok());
         assert!(!fresh.exists(), "the check left a file behind");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_sockets_of_a_run_are_counted_per_worker_and_group() {
+        assert_eq!(sockets_needed(3_000, SourceIps::Any, 4), 3_000);
+        // Two addresses: a group of two bots spans two workers, a socket
+        // in each (the count was 1,504 for 3,000).
+        let two = SourceIps::Loopback { count: 2 };
+        assert_eq!(sockets_needed(3_000, two, 4), 3_000);
+        let many = SourceIps::Loopback { count: 1_024 };
+        assert_eq!(sockets_needed(3_000, many, 4), 12);
+        assert_eq!(sockets_needed(3_000, many, 1), 3);
+    }
+
+    /// The writability check leaves a user's link a link, and a file there
+    /// as it was.
+    #[cfg(unix)]
+    #[test]
+    fn checking_a_report_path_leaves_what_is_there_alone() {
+        let dir = std::env::temp_dir().join(format!("load-writable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("latest.json");
+        std::os::unix::fs::symlink(dir.join("today.json"), &link).unwrap();
+        check_writable(&link).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let kept = dir.join("kept.json");
+        std::fs::write(&kept, "{}").unwrap();
+        check_writable(&kept).unwrap();
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "{}");
+        let fresh = dir.join("fresh.json");
+        check_writable(&fresh).unwrap();
+        assert!(!fresh.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
