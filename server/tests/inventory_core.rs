@@ -152,6 +152,11 @@ impl Harness {
 
     /// A harness on what `inner` holds.
     fn on(inner: SqliteStore) -> Self {
+        Self::on_with(inner, config())
+    }
+
+    /// A harness on what `inner` holds, with `config`.
+    fn on_with(inner: SqliteStore, config: CoreConfig) -> Self {
         let mut store = FlakyStore {
             inner,
             fail_next: false,
@@ -161,7 +166,7 @@ impl Harness {
             unloadable: None,
         };
         let catalogue = Arc::new(Catalogue::embedded().unwrap());
-        let core = InventoryCore::load(catalogue, config(), &mut store).unwrap();
+        let core = InventoryCore::load(catalogue, config, &mut store).unwrap();
         Self {
             core,
             store,
@@ -1008,6 +1013,36 @@ fn merging_stored_stacks_past_any_count_is_refused() {
     assert_eq!(reply.result, Err(InventoryError::NoRoom));
     let after = h.request(1, 2, InventoryOp::List).result.unwrap();
     assert_eq!(stacks(&after)[..2], [(1, 4_000_000_000), (1, 300_000_000)]);
+}
+
+/// An inventory grown to more slots is stored with the next batch: a
+/// later start with fewer slots keeps it, and its version. Growing the
+/// old row again, to fewer slots, gave an older version than the one its
+/// player had seen, and a few changes later that version again with other
+/// contents.
+#[test]
+fn a_grown_inventory_is_stored_and_a_start_with_fewer_slots_keeps_it() {
+    let mut store = SqliteStore::open_in_memory().unwrap();
+    let inventory = InventorySnapshot {
+        version: 30,
+        slots: vec![None; 4],
+    };
+    store
+        .commit(&BatchWrites {
+            inventories: vec![(1, inventory)],
+            ..BatchWrites::default()
+        })
+        .unwrap();
+    let slots = |slots| CoreConfig { slots, ..config() };
+    let mut h = Harness::on_with(store, slots(8));
+    h.push(Input::Connected { account: 1 });
+    let grown = h.request(1, 1, InventoryOp::List).result.unwrap();
+    assert_eq!((grown.version, grown.slots.len()), (34, 8));
+    h.ticks(1);
+    let mut h = Harness::on_with(h.store.inner, slots(6));
+    h.push(Input::Connected { account: 1 });
+    let again = h.request(1, 2, InventoryOp::List).result.unwrap();
+    assert_eq!((again.version, again.slots.len()), (34, 8));
 }
 
 /// A retired item held by a player stays with that player: it moves

@@ -538,6 +538,10 @@ pub struct InventoryCore {
     /// ([`Poll::Pending`]): polled at every [`InventoryCore::prepare`]
     /// without a batch in flight.
     loading: HashSet<u64>,
+    /// Loaded accounts whose inventory grew to more slots than its row
+    /// holds: written with the next batch (their version must not go back
+    /// when a later start has fewer slots).
+    unsaved_growth: HashSet<u64>,
     world: BTreeMap<u64, WorldItem>,
     ledger: BTreeMap<ItemId, LedgerRow>,
     counters: Counters,
@@ -573,6 +577,9 @@ pub struct LoadedAccount {
     applied: Applied,
     /// Stored replies that did not decode.
     unreadable: usize,
+    /// A stored inventory grown to more slots: newer than the row, which
+    /// the next batch brings up to date.
+    grown: bool,
 }
 
 impl LoadedAccount {
@@ -591,10 +598,10 @@ impl LoadedAccount {
 /// Makes an account's stored state ready for memory: its inventory grown
 /// to `slots` slots (a new account's empty; a stored one grown is newer
 /// by the slots it gained, as a client that saw it before must not see
-/// two contents under one version: the grown inventory is not stored
-/// until it changes, so a second growth starts from the stored version
-/// again, and must still land past the first), its stored replies
-/// checked. Pure; runs on any thread.
+/// two contents under one version; the core stores the grown inventory
+/// with its next batch, so that a later start with fewer slots keeps it,
+/// and its version, instead of growing the old row to less), its stored
+/// replies checked. Pure; runs on any thread.
 ///
 /// A reply stored by a server of another protocol version may no longer
 /// decode. Its change was applied all the same: the id must still not
@@ -603,6 +610,7 @@ impl LoadedAccount {
 pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
     let stored = state.inventory.is_some();
     let mut inventory = state.inventory.unwrap_or_default();
+    let grown = stored && inventory.slots.len() < slots;
     if inventory.slots.len() < slots {
         let gained = slots - inventory.slots.len();
         inventory.slots.resize(slots, None);
@@ -626,6 +634,7 @@ pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
         inventory,
         applied,
         unreadable,
+        grown,
     }
 }
 
@@ -731,6 +740,7 @@ impl InventoryCore {
             online: HashSet::new(),
             load_failed: HashMap::new(),
             loading: HashSet::new(),
+            unsaved_growth: HashSet::new(),
             world: world.into_iter().map(|w| (w.id, w)).collect(),
             ledger,
             counters,
@@ -959,7 +969,18 @@ impl InventoryCore {
         for _ in 0..std::mem::take(&mut self.pending_ticks) {
             self.tick();
         }
-        let building = self.building.take()?;
+        let mut building = self.building.take()?;
+        // Grown inventories still in memory go with this batch (as they
+        // are: their state before it is the same).
+        self.unsaved_growth
+            .retain(|account| self.inventories.contains_key(account));
+        for &account in &self.unsaved_growth {
+            if let Some(inventory) = self.inventories.get(&account) {
+                (building.inventories)
+                    .entry(account)
+                    .or_insert_with(|| Some(inventory.clone()));
+            }
+        }
         let writes = self.writes(&building);
         self.in_flight = Some(building);
         Some(Batch { writes })
@@ -974,6 +995,8 @@ impl InventoryCore {
         };
         let mut outputs = match result {
             Ok(()) => {
+                self.unsaved_growth
+                    .retain(|account| !building.inventories.contains_key(account));
                 // The store pruned its answers in this commit; memory
                 // follows (see `Applied`).
                 for &(account, _, _) in &building.applied {
@@ -1311,7 +1334,11 @@ impl InventoryCore {
             inventory,
             applied,
             unreadable,
+            grown,
         } = loaded;
+        if grown {
+            self.unsaved_growth.insert(account);
+        }
         if unreadable > 0 {
             tracing::warn!(
                 account,
