@@ -278,9 +278,11 @@ type Describe = fn(&[Value]) -> String;
 /// leaves behind, in words (the first few of each kind): an inventory's
 /// size or version, a slot row out of place (beyond its inventory, or
 /// of no inventory: deleted with the account's next change) or not a
-/// stack, a remembered request whose id or reply is not one.
+/// stack, a remembered request whose id or reply is not one; and what
+/// [`InventoryStore::load_world`] refuses, which stops the server's
+/// start: a world item that is not one, a counter below 0.
 fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let checks: [(String, Describe); 5] = [
+    let checks: [(String, Describe); 7] = [
         (
             format!(
                 "SELECT account, slots FROM inventories WHERE typeof(slots) != 'integer' \
@@ -362,6 +364,30 @@ fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
                     }
                 ),
             },
+        ),
+        (
+            format!(
+                "SELECT id, item, count, x, y FROM world_items WHERE id < 0 OR NOT ({STACK}) \
+                 OR typeof(x) NOT IN ('real', 'integer') OR typeof(y) NOT IN ('real', 'integer') \
+                 LIMIT 10"
+            ),
+            |v| {
+                format!(
+                    "world item {}: item {}, count {} at ({}, {}): not one",
+                    shown(&v[0]),
+                    shown(&v[1]),
+                    shown(&v[2]),
+                    shown(&v[3]),
+                    shown(&v[4])
+                )
+            },
+        ),
+        (
+            "SELECT key, value FROM meta \
+             WHERE key IN ('next_world_item', 'spawned', 'next_trade') \
+             AND (typeof(value) != 'integer' OR value < 0) LIMIT 10"
+                .to_owned(),
+            |v| format!("counter {}: {}, not 0 or more", shown(&v[0]), shown(&v[1])),
         ),
     ];
     let mut problems = Vec::new();
@@ -843,6 +869,30 @@ mod tests {
             assert!(loaded.is_err(), "account {account}: {loaded:?}");
         }
         store.load_account(7).unwrap();
+        // The world's rows and counters: each alone stops the start.
+        for damage in [
+            "INSERT INTO world_items VALUES (-5, 1, 1, 0.0, 0.0)",
+            "INSERT INTO world_items VALUES (9, 1, 4294967296, 0.0, 0.0)",
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_trade', -1)",
+        ] {
+            let world = store.load_world().map(|_| ());
+            assert!(world.is_ok(), "before {damage}: {world:?}");
+            store.conn.execute_batch(damage).unwrap();
+            assert!(store.load_world().is_err(), "{damage}");
+            // Undone for the next, and all three again below.
+            store
+                .conn
+                .execute_batch("DELETE FROM world_items; DELETE FROM meta WHERE key = 'next_trade'")
+                .unwrap();
+        }
+        store
+            .conn
+            .execute_batch(
+                "INSERT INTO world_items VALUES (-5, 1, 1, 0.0, 0.0); \
+                 INSERT INTO world_items VALUES (9, 1, 4294967296, 0.0, 0.0); \
+                 INSERT OR REPLACE INTO meta(key, value) VALUES ('next_trade', -1);",
+            )
+            .unwrap();
 
         let report = store.audit().unwrap();
         assert!(report.integrity_ok, "{report:?}");
@@ -858,6 +908,9 @@ mod tests {
                 "account 4: slot 1 holds item 1, count 4294967296: not a stack",
                 "account 5: remembered reply to request 1 is text, not bytes",
                 "account 8: remembered request id \"x\", not a number",
+                "world item -5: item 1, count 1 at (0, 0): not one",
+                "world item 9: item 1, count 4294967296 at (0, 0): not one",
+                "counter \"next_trade\": -1, not 0 or more",
             ]
         );
         drop(store);
