@@ -1036,8 +1036,15 @@ fn a_grown_inventory_is_stored_and_a_start_with_fewer_slots_keeps_it() {
     let slots = |slots| CoreConfig { slots, ..config() };
     let mut h = Harness::on_with(store, slots(8));
     h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
     let grown = h.request(1, 1, InventoryOp::List).result.unwrap();
     assert_eq!((grown.version, grown.slots.len()), (34, 8));
+    // Read-only requests alone do not go to the store for it: with the
+    // store failing, they are still answered.
+    h.push(request_input(2, 1, InventoryOp::List));
+    let out = h.flush(true);
+    assert!(reply_of(&out, 2, 1).unwrap().result.is_ok(), "{out:?}");
+    // The next batch that writes takes it along (the spawner's, here).
     h.ticks(1);
     let mut h = Harness::on_with(h.store.inner, slots(6));
     h.push(Input::Connected { account: 1 });

@@ -539,8 +539,8 @@ pub struct InventoryCore {
     /// without a batch in flight.
     loading: HashSet<u64>,
     /// Loaded accounts whose inventory grew to more slots than its row
-    /// holds: written with the next batch (their version must not go back
-    /// when a later start has fewer slots).
+    /// holds: written with the next batch that writes (their version must
+    /// not go back when a later start has fewer slots).
     unsaved_growth: HashSet<u64>,
     world: BTreeMap<u64, WorldItem>,
     ledger: BTreeMap<ItemId, LedgerRow>,
@@ -578,7 +578,7 @@ pub struct LoadedAccount {
     /// Stored replies that did not decode.
     unreadable: usize,
     /// A stored inventory grown to more slots: newer than the row, which
-    /// the next batch brings up to date.
+    /// the next batch that writes brings up to date.
     grown: bool,
 }
 
@@ -599,7 +599,8 @@ impl LoadedAccount {
 /// to `slots` slots (a new account's empty; a stored one grown is newer
 /// by the slots it gained, as a client that saw it before must not see
 /// two contents under one version; the core stores the grown inventory
-/// with its next batch, so that a later start with fewer slots keeps it,
+/// with its next batch that writes, so that a later start with fewer
+/// slots keeps it,
 /// and its version, instead of growing the old row to less), its stored
 /// replies checked. Pure; runs on any thread.
 ///
@@ -970,18 +971,23 @@ impl InventoryCore {
             self.tick();
         }
         let mut building = self.building.take()?;
-        // Grown inventories still in memory go with this batch (as they
-        // are: their state before it is the same).
+        let mut writes = self.writes(&building);
+        // Grown inventories still in memory go with a batch that writes
+        // anyway (as they are: their state before it is the same). Alone
+        // they would send every batch to the store: read-only requests,
+        // answered without it, would fail with a failing store.
         self.unsaved_growth
             .retain(|account| self.inventories.contains_key(account));
-        for &account in &self.unsaved_growth {
-            if let Some(inventory) = self.inventories.get(&account) {
-                (building.inventories)
-                    .entry(account)
-                    .or_insert_with(|| Some(inventory.clone()));
+        if !writes.is_empty() && !self.unsaved_growth.is_empty() {
+            for &account in &self.unsaved_growth {
+                if let Some(inventory) = self.inventories.get(&account) {
+                    (building.inventories)
+                        .entry(account)
+                        .or_insert_with(|| Some(inventory.clone()));
+                }
             }
+            writes = self.writes(&building);
         }
-        let writes = self.writes(&building);
         self.in_flight = Some(building);
         Some(Batch { writes })
     }

@@ -252,6 +252,12 @@ fn lock(data_dir: &Path) -> Result<File, StoreError> {
 const STACK: &str = "typeof(item) = 'integer' AND item BETWEEN 0 AND 4294967295 \
                      AND typeof(count) = 'integer' AND count BETWEEN 1 AND 4294967295";
 
+/// A ledger row [`InventoryStore::load_world`] loads (the table's checks
+/// let text through).
+const LEDGER_ROW: &str = "item BETWEEN 0 AND 4294967295 \
+                          AND typeof(minted) = 'integer' AND minted >= 0 \
+                          AND typeof(consumed) = 'integer' AND consumed >= 0";
+
 /// A stored value as the audit shows it.
 fn shown(value: &Value) -> String {
     match value {
@@ -280,9 +286,10 @@ type Describe = fn(&[Value]) -> String;
 /// of no inventory: deleted with the account's next change) or not a
 /// stack, a remembered request whose id or reply is not one; and what
 /// [`InventoryStore::load_world`] refuses, which stops the server's
-/// start: a world item that is not one, a counter below 0.
+/// start: a world item that is not one, a counter below 0, a ledger row
+/// whose counts are not counts.
 fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let checks: [(String, Describe); 7] = [
+    let checks: [(String, Describe); 8] = [
         (
             format!(
                 "SELECT account, slots FROM inventories WHERE typeof(slots) != 'integer' \
@@ -388,6 +395,17 @@ fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
              AND (typeof(value) != 'integer' OR value < 0) LIMIT 10"
                 .to_owned(),
             |v| format!("counter {}: {}, not 0 or more", shown(&v[0]), shown(&v[1])),
+        ),
+        (
+            format!("SELECT item, minted, consumed FROM ledger WHERE NOT ({LEDGER_ROW}) LIMIT 10"),
+            |v| {
+                format!(
+                    "ledger item {}: minted {}, consumed {}: not counts",
+                    shown(&v[0]),
+                    shown(&v[1]),
+                    shown(&v[2])
+                )
+            },
         ),
     ];
     let mut problems = Vec::new();
@@ -626,14 +644,19 @@ impl InventoryStore for SqliteStore {
             &format!("SELECT item, SUM(count), 0 FROM inventory_slots WHERE {STACK} GROUP BY item"),
             |t, a, _| t.held = a,
         )?;
+        // Totals of the rows that load: the others are listed in
+        // `problems` (the audit reports them, it does not fail on them).
         totals(
-            "SELECT item, SUM(count), 0 FROM world_items GROUP BY item",
+            &format!("SELECT item, SUM(count), 0 FROM world_items WHERE {STACK} GROUP BY item"),
             |t, a, _| t.in_world = a,
         )?;
-        totals("SELECT item, minted, consumed FROM ledger", |t, a, b| {
-            t.minted = a;
-            t.consumed = b;
-        })?;
+        totals(
+            &format!("SELECT item, minted, consumed FROM ledger WHERE {LEDGER_ROW}"),
+            |t, a, b| {
+                t.minted = a;
+                t.consumed = b;
+            },
+        )?;
         let accounts: i64 = tx.query_row("SELECT COUNT(*) FROM inventories", [], |r| r.get(0))?;
         Ok(AuditReport {
             integrity_ok: true,
@@ -874,15 +897,19 @@ mod tests {
             "INSERT INTO world_items VALUES (-5, 1, 1, 0.0, 0.0)",
             "INSERT INTO world_items VALUES (9, 1, 4294967296, 0.0, 0.0)",
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_trade', -1)",
+            "INSERT INTO ledger VALUES (2, 'many', 0)",
         ] {
             let world = store.load_world().map(|_| ());
             assert!(world.is_ok(), "before {damage}: {world:?}");
             store.conn.execute_batch(damage).unwrap();
             assert!(store.load_world().is_err(), "{damage}");
-            // Undone for the next, and all three again below.
+            // Undone for the next, and all of them again below.
             store
                 .conn
-                .execute_batch("DELETE FROM world_items; DELETE FROM meta WHERE key = 'next_trade'")
+                .execute_batch(
+                    "DELETE FROM world_items; DELETE FROM meta WHERE key = 'next_trade'; \
+                     DELETE FROM ledger WHERE item = 2",
+                )
                 .unwrap();
         }
         store
@@ -890,7 +917,9 @@ mod tests {
             .execute_batch(
                 "INSERT INTO world_items VALUES (-5, 1, 1, 0.0, 0.0); \
                  INSERT INTO world_items VALUES (9, 1, 4294967296, 0.0, 0.0); \
-                 INSERT OR REPLACE INTO meta(key, value) VALUES ('next_trade', -1);",
+                 INSERT INTO world_items VALUES (10, -1, 1, 0.0, 0.0); \
+                 INSERT OR REPLACE INTO meta(key, value) VALUES ('next_trade', -1); \
+                 INSERT INTO ledger VALUES (2, 'many', 0);",
             )
             .unwrap();
 
@@ -910,7 +939,9 @@ mod tests {
                 "account 8: remembered request id \"x\", not a number",
                 "world item -5: item 1, count 1 at (0, 0): not one",
                 "world item 9: item 1, count 4294967296 at (0, 0): not one",
+                "world item 10: item -1, count 1 at (0, 0): not one",
                 "counter \"next_trade\": -1, not 0 or more",
+                "ledger item 2: minted \"many\", consumed 0: not counts",
             ]
         );
         drop(store);
