@@ -873,6 +873,12 @@ impl Bot {
                 self.finish(now, stats);
             }
             Phase::Leaving { .. } => {
+                // Its own goodbye ends it `Closed`; another reason is the
+                // end the transport met before the goodbye went (a timeout
+                // at the drain's deadline, a kick): a drop.
+                if reason != DisconnectReason::Closed {
+                    bump(&mut stats.disconnects, reason_key(reason));
+                }
                 self.end_session(now, stats);
                 self.phase = match &self.ctx.scenario.churn {
                     Some(churn) if !self.stopping => {
@@ -1505,6 +1511,32 @@ mod tests {
         assert_eq!(held, 0, "goodbyes left in the link");
         pair.server.handle_timeout(pair.now);
         assert_eq!(pair.server.connected_clients(), 0, "no goodbye arrived");
+    }
+
+    /// A session the transport ended (a timeout) as the drain's deadline
+    /// passed, so that the bot said its goodbye to an ended connection,
+    /// is a drop: it was counted as a bot leaving on its own.
+    #[test]
+    fn a_drop_met_while_leaving_is_counted() {
+        let mut pair = Pair::new();
+        pair.connect();
+        let deadline = pair.now + LEAVE_TIMEOUT;
+        pair.bot.phase = Phase::Leaving { deadline };
+        (pair.bot).on_disconnected(pair.now, DisconnectReason::Timeout, &mut pair.stats);
+        assert_eq!(
+            pair.stats.disconnects.get("timeout"),
+            Some(&1),
+            "{:?}",
+            pair.stats.disconnects
+        );
+        let mut pair = Pair::new();
+        pair.connect();
+        pair.bot.phase = Phase::Leaving { deadline };
+        (pair.bot).on_disconnected(pair.now, DisconnectReason::Closed, &mut pair.stats);
+        assert!(
+            pair.stats.disconnects.is_empty(),
+            "its own goodbye is no drop"
+        );
     }
 
     /// A link whose latency is longer than the leave timeout is not waited
