@@ -548,6 +548,19 @@ mod tests {
 
     use super::*;
 
+    /// The plan of `load --server 127.0.0.1:7777 EXTRA...`.
+    fn plan_of(extra: &[&str]) -> Result<load::LoadPlan, String> {
+        let mut argv = vec!["client_headless", "load", "--server", "127.0.0.1:7777"];
+        argv.extend_from_slice(extra);
+        let Ok(Cli {
+            command: Command::Load(args),
+        }) = Cli::try_parse_from(argv)
+        else {
+            panic!("parses: {extra:?}");
+        };
+        load_plan(*args)
+    }
+
     fn load(extra: &[&str]) -> Result<Cli, clap::Error> {
         let mut args = vec![
             "client_headless",
@@ -608,25 +621,7 @@ mod tests {
     #[test]
     fn a_ramp_must_end_a_second_before_the_run() {
         let plan = |duration: &str, ramp: &str| {
-            let argv = [
-                "client_headless",
-                "load",
-                "--server",
-                "127.0.0.1:7777",
-                "--bots",
-                "10",
-                "--duration",
-                duration,
-                "--ramp",
-                ramp,
-            ];
-            let Ok(Cli {
-                command: Command::Load(args),
-            }) = Cli::try_parse_from(argv)
-            else {
-                panic!("parses");
-            };
-            load_plan(*args)
+            plan_of(&["--bots", "10", "--duration", duration, "--ramp", ramp])
         };
         for (duration, ramp) in [("10", "10"), ("10", "9.5")] {
             let error = plan(duration, ramp).err().expect(ramp);
@@ -646,18 +641,7 @@ mod tests {
     /// after the whole run.
     #[test]
     fn a_plan_the_run_could_not_honour_is_refused_up_front() {
-        let plan = |extra: &[&str]| {
-            let mut argv = vec!["client_headless", "load", "--server", "127.0.0.1:7777"];
-            argv.extend_from_slice(&["--bots", "1"]);
-            argv.extend_from_slice(extra);
-            let Ok(Cli {
-                command: Command::Load(args),
-            }) = Cli::try_parse_from(argv)
-            else {
-                panic!("parses");
-            };
-            load_plan(*args)
-        };
+        let plan = |extra: &[&str]| plan_of(&[&["--bots", "1"], extra].concat());
         let error = (plan(&["--max-rtt-p99-ms", "100", "--duration", "1"]))
             .err()
             .expect("1 s run");
