@@ -95,7 +95,7 @@ impl<F: Fn(u64) -> Option<Vec2>> Whereabouts for F {
 /// Strips what would let a line pass for something else or for nothing
 /// (controls, format characters such as bidirectional overrides and
 /// zero-width spaces, line and paragraph separators, blank fillers), cuts
-/// stacks of combining marks to [`MAX_MARKS`] and drops those with nothing
+/// stacks of combining marks to four and drops those with nothing
 /// to stack on, trims, and checks emptiness and the length limit (in
 /// characters, after cleaning).
 ///

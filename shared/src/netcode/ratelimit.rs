@@ -27,7 +27,7 @@ const SCALE: u64 = 1000;
 const SOURCES_PER_BLOCK: u64 = 16;
 
 /// Handshake rate limit per source: an IPv4 address, or an IPv6 /64
-/// (whose /48 has [`SOURCES_PER_BLOCK`] times the limit, for all its /64s
+/// (whose /48 has 16 times the limit, for all its /64s
 /// together).
 ///
 /// It bounds the decryption work that yields nothing: a request carrying
