@@ -872,13 +872,16 @@ impl Bot {
                 bump(&mut stats.disconnects, reason_key(reason));
                 self.finish(now, stats);
             }
-            Phase::Leaving { .. } => {
+            Phase::Leaving { .. } if reason != DisconnectReason::Closed => {
                 // Its own goodbye ends it `Closed`; another reason is the
                 // end the transport met before the goodbye went (a timeout
-                // at the drain's deadline, a kick): a drop.
-                if reason != DisconnectReason::Closed {
-                    bump(&mut stats.disconnects, reason_key(reason));
-                }
+                // at the drain's deadline, a kick): a drop, which ends the
+                // bot's run as one while connected does (a bot is counted
+                // dropped once at most).
+                bump(&mut stats.disconnects, reason_key(reason));
+                self.finish(now, stats);
+            }
+            Phase::Leaving { .. } => {
                 self.end_session(now, stats);
                 self.phase = match &self.ctx.scenario.churn {
                     Some(churn) if !self.stopping => {
@@ -1518,7 +1521,11 @@ mod tests {
     /// is a drop: it was counted as a bot leaving on its own.
     #[test]
     fn a_drop_met_while_leaving_is_counted() {
-        let mut pair = Pair::new();
+        // A churning bot, which would otherwise come back.
+        let mut pair = Pair::with_scenario(
+            include_str!("../../assets/scenarios/churn.toml"),
+            "churn.toml",
+        );
         pair.connect();
         let deadline = pair.now + LEAVE_TIMEOUT;
         pair.bot.phase = Phase::Leaving { deadline };
@@ -1529,6 +1536,8 @@ mod tests {
             "{:?}",
             pair.stats.disconnects
         );
+        // Its run ends there: dropped once at most.
+        assert!(pair.bot.is_done(), "{:?}", pair.bot.phase);
         let mut pair = Pair::new();
         pair.connect();
         pair.bot.phase = Phase::Leaving { deadline };

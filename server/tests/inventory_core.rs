@@ -1033,22 +1033,32 @@ fn a_grown_inventory_is_stored_and_a_start_with_fewer_slots_keeps_it() {
             ..BatchWrites::default()
         })
         .unwrap();
-    let slots = |slots| CoreConfig { slots, ..config() };
+    // No spawner: nothing else writes (a quiet server's world is full).
+    let slots = |slots| CoreConfig {
+        slots,
+        spawner_target: 0,
+        ..config()
+    };
     let mut h = Harness::on_with(store, slots(8));
     h.push(Input::Connected { account: 1 });
     h.push(Input::Connected { account: 2 });
-    let grown = h.request(1, 1, InventoryOp::List).result.unwrap();
-    assert_eq!((grown.version, grown.slots.len()), (34, 8));
-    // Read-only requests alone do not go to the store for it: with the
-    // store failing, they are still answered.
+    // Another player's read-only request does not go to the store for
+    // it: with the store failing, it is still answered.
     h.push(request_input(2, 1, InventoryOp::List));
     let out = h.flush(true);
     assert!(reply_of(&out, 2, 1).unwrap().result.is_ok(), "{out:?}");
-    // The next batch that writes takes it along (the spawner's, here).
-    h.ticks(1);
+    // Its own player is shown it only once it is stored.
+    h.push(request_input(1, 1, InventoryOp::List));
+    let out = h.flush(true);
+    let refused = reply_of(&out, 1, 1).unwrap().result;
+    assert_eq!(refused, Err(InventoryError::Storage));
+    let grown = h.request(1, 2, InventoryOp::List).result.unwrap();
+    assert_eq!((grown.version, grown.slots.len()), (34, 8));
+    h.push(Input::Disconnected { account: 1 });
+    h.ticks(10);
     let mut h = Harness::on_with(h.store.inner, slots(6));
     h.push(Input::Connected { account: 1 });
-    let again = h.request(1, 2, InventoryOp::List).result.unwrap();
+    let again = h.request(1, 3, InventoryOp::List).result.unwrap();
     assert_eq!((again.version, again.slots.len()), (34, 8));
 }
 

@@ -972,14 +972,20 @@ impl InventoryCore {
         }
         let mut building = self.building.take()?;
         let mut writes = self.writes(&building);
-        // Grown inventories still in memory go with a batch that writes
-        // anyway (as they are: their state before it is the same). Alone
-        // they would send every batch to the store: read-only requests,
-        // answered without it, would fail with a failing store.
+        // A grown inventory still in memory is stored before its player is
+        // shown it (a batch that answers the player), or with any batch
+        // that writes anyway; as it is: its state before the batch is the
+        // same. Not with every batch: read-only requests, answered without
+        // the store, would fail with a failing store.
         self.unsaved_growth
             .retain(|account| self.inventories.contains_key(account));
-        if !writes.is_empty() && !self.unsaved_growth.is_empty() {
-            for &account in &self.unsaved_growth {
+        let due: Vec<u64> = (self.unsaved_growth.iter().copied())
+            .filter(|&account| {
+                !writes.is_empty() || building.outputs.iter().any(|o| o.account() == account)
+            })
+            .collect();
+        if !due.is_empty() {
+            for account in due {
                 if let Some(inventory) = self.inventories.get(&account) {
                     (building.inventories)
                         .entry(account)

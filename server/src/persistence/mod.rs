@@ -200,7 +200,9 @@ pub struct AuditReport {
     /// and a version of 0 or more, every slot row a stack within its
     /// inventory's slots (a row of no stored inventory would be deleted
     /// with the account's next change), every remembered request an id
-    /// and its reply's bytes.
+    /// and its reply's bytes; and the world loads: every world item a
+    /// stack with an id of 0 or more, the counters and every ledger row's
+    /// counts 0 or more.
     pub consistent: bool,
     /// What failed, in words: integrity check lines (the first few) and
     /// the rows that break `consistent` (the first few of each kind).

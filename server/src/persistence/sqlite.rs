@@ -645,7 +645,7 @@ impl InventoryStore for SqliteStore {
             |t, a, _| t.held = a,
         )?;
         // Totals of the rows that load: the others are listed in
-        // `problems` (the audit reports them, it does not fail on them).
+        // `problems` (so `consistent` is false), not a failed read.
         totals(
             &format!("SELECT item, SUM(count), 0 FROM world_items WHERE {STACK} GROUP BY item"),
             |t, a, _| t.in_world = a,
