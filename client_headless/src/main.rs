@@ -184,7 +184,8 @@ struct LoadArgs {
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// SLO: fail (exit 2) if the RTT p99 exceeds this (after the ramp,
-    /// when there is one: the connect storm is not the steady state).
+    /// when there is one: the connect storm is not the steady state);
+    /// needs a run of at least 2 s past the ramp.
     #[arg(long, value_name = "MS")]
     max_rtt_p99_ms: Option<f64>,
     /// SLO: fail (exit 2) if fewer than this fraction (0 to 1) of the bots

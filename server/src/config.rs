@@ -463,8 +463,9 @@ pub struct HandshakeConfig {
     pub per_second: u32,
     /// How many of those may come at once. Default 64.
     pub burst: u32,
-    /// Source addresses rate-limited at once (a fixed table, rounded up to
-    /// a power of two; an address pushed out comes back with a full
+    /// Buckets of the rate limit held at once (a fixed table, rounded up
+    /// to a power of two; an IPv4 source takes one, an IPv6 source two,
+    /// its /64 and its /48; a source pushed out comes back with a full
     /// burst). Default 4,096.
     pub tracked_sources: u32,
     /// Half-open handshakes (a valid token, no response yet) held at once;
