@@ -149,7 +149,10 @@ pub(crate) struct SnapshotScratch {
 /// on a socket it shares with other bots.
 pub(crate) trait Outbox {
     /// Sends (or queues) one datagram to the server; whether it was taken.
-    fn send(&mut self, data: &[u8]) -> bool;
+    /// `counted`: the bot counts the datagram's bytes in its `bytes_up`
+    /// when it is taken, so an outbox that queues it and later has it
+    /// refused takes them back out.
+    fn send(&mut self, data: &[u8], counted: bool) -> bool;
 }
 
 /// What all bots of a run share.
@@ -1096,7 +1099,7 @@ impl Bot {
             match self.link.as_mut() {
                 Some(link) => link.up.send(now, data),
                 None => {
-                    if out.send(data) {
+                    if out.send(data, counted) {
                         sent += data.len() as u64;
                     } else {
                         stats.send_drops += 1;
@@ -1106,7 +1109,7 @@ impl Bot {
         }
         if let Some(link) = self.link.as_mut() {
             while link.up.poll_deliver(now, scratch) {
-                if out.send(scratch) {
+                if out.send(scratch, counted) {
                     sent += scratch.len() as u64;
                 } else {
                     stats.send_drops += 1;
@@ -1302,7 +1305,7 @@ mod tests {
     struct Sent(Vec<Vec<u8>>);
 
     impl Outbox for Sent {
-        fn send(&mut self, data: &[u8]) -> bool {
+        fn send(&mut self, data: &[u8], _: bool) -> bool {
             self.0.push(data.to_vec());
             true
         }
@@ -1996,7 +1999,7 @@ mod tests {
     struct Refused;
 
     impl Outbox for Refused {
-        fn send(&mut self, _: &[u8]) -> bool {
+        fn send(&mut self, _: &[u8], _: bool) -> bool {
             false
         }
     }

@@ -164,6 +164,18 @@ struct SharedSocket {
     outbox: pktinfo::SendBatch,
     /// Datagrams of the outbox the kernel refused (a full send buffer).
     send_drops: u64,
+    /// Bytes of those the bots had counted sent (their `bytes_up`).
+    dropped_bytes: u64,
+}
+
+#[cfg(target_os = "linux")]
+impl SharedSocket {
+    /// Sends the outbox, counting what the kernel refused.
+    fn flush(&mut self) {
+        let flushed = self.outbox.flush(&self.socket);
+        self.send_drops += flushed.dropped as u64;
+        self.dropped_bytes += flushed.dropped_counted_bytes;
+    }
 }
 
 /// How a worker's bots reach the network.
@@ -202,7 +214,7 @@ struct SocketOutbox<'a> {
 }
 
 impl Outbox for SocketOutbox<'_> {
-    fn send(&mut self, data: &[u8]) -> bool {
+    fn send(&mut self, data: &[u8], _: bool) -> bool {
         self.socket.send_to(data, self.server).is_ok()
     }
 }
@@ -218,12 +230,13 @@ struct BatchOutbox<'a> {
 
 #[cfg(target_os = "linux")]
 impl Outbox for BatchOutbox<'_> {
-    fn send(&mut self, data: &[u8]) -> bool {
+    fn send(&mut self, data: &[u8], counted: bool) -> bool {
         if self.shared.outbox.is_full() {
-            let (_, dropped) = self.shared.outbox.flush(&self.shared.socket);
-            self.shared.send_drops += dropped as u64;
+            self.shared.flush();
         }
-        self.shared.outbox.push(self.source, self.server, data)
+        self.shared
+            .outbox
+            .push(self.source, self.server, data, counted)
     }
 }
 
@@ -400,6 +413,8 @@ impl Worker {
         #[cfg(target_os = "linux")]
         if let Sockets::Shared { sockets, .. } = &self.sockets {
             self.stats.send_drops += sockets.iter().map(|s| s.send_drops).sum::<u64>();
+            let refused = sockets.iter().map(|s| s.dropped_bytes).sum::<u64>();
+            self.stats.bytes_up = self.stats.bytes_up.saturating_sub(refused);
         }
         WorkerResult {
             stats: std::mem::replace(&mut self.stats, WorkerStats::new()),
@@ -546,8 +561,7 @@ impl Worker {
         #[cfg(target_os = "linux")]
         if let Sockets::Shared { sockets, .. } = &mut self.sockets {
             for shared in sockets {
-                let (_, dropped) = shared.outbox.flush(&shared.socket);
-                shared.send_drops += dropped as u64;
+                shared.flush();
             }
         }
     }
@@ -644,6 +658,7 @@ impl Worker {
                             bots: HashMap::new(),
                             outbox: pktinfo::SendBatch::new(),
                             send_drops: 0,
+                            dropped_bytes: 0,
                         });
                         by_group.insert(group, sockets.len() - 1);
                         sockets.len() - 1

@@ -211,6 +211,8 @@ impl RecvBatch {
 pub(super) struct SendBatch {
     buffers: Vec<u8>,
     lengths: [usize; BATCH],
+    /// Whether the sender counted each datagram's bytes sent.
+    counted: [bool; BATCH],
     names: Vec<libc::sockaddr_in>,
     controls: Vec<PktinfoCmsg>,
     iovecs: Vec<libc::iovec>,
@@ -218,11 +220,23 @@ pub(super) struct SendBatch {
     count: usize,
 }
 
+/// What one [`SendBatch::flush`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Flushed {
+    /// Datagrams the kernel took.
+    pub(super) sent: usize,
+    /// Datagrams it refused.
+    pub(super) dropped: usize,
+    /// Bytes of the refused ones queued as counted.
+    pub(super) dropped_counted_bytes: u64,
+}
+
 impl SendBatch {
     pub(super) fn new() -> Self {
         Self {
             buffers: vec![0; BATCH * SLOT_BYTES],
             lengths: [0; BATCH],
+            counted: [false; BATCH],
             names: vec![sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
             controls: vec![zeroed_cmsg(); BATCH],
             iovecs: vec![
@@ -243,8 +257,15 @@ impl SendBatch {
     }
 
     /// Queues `data` from `source` to `to`; `false` (nothing queued) when
-    /// the batch is full or `data` is larger than a packet.
-    pub(super) fn push(&mut self, source: Ipv4Addr, to: SocketAddrV4, data: &[u8]) -> bool {
+    /// the batch is full or `data` is larger than a packet. `counted`: the
+    /// sender counts its bytes sent (see [`Flushed::dropped_counted_bytes`]).
+    pub(super) fn push(
+        &mut self,
+        source: Ipv4Addr,
+        to: SocketAddrV4,
+        data: &[u8],
+        counted: bool,
+    ) -> bool {
         if self.count == BATCH || data.len() > SLOT_BYTES {
             return false;
         }
@@ -252,6 +273,7 @@ impl SendBatch {
         let start = i * SLOT_BYTES;
         self.buffers[start..start + data.len()].copy_from_slice(data);
         self.lengths[i] = data.len();
+        self.counted[i] = counted;
         self.names[i] = sockaddr_in(to);
         let control = &mut self.controls[i];
         *control = zeroed_cmsg();
@@ -265,9 +287,8 @@ impl SendBatch {
     }
 
     /// Sends everything queued. A datagram the kernel refuses (full socket
-    /// buffer, unreachable) is dropped, as UDP may; returns how many were
-    /// sent and how many dropped.
-    pub(super) fn flush(&mut self, socket: &mio::net::UdpSocket) -> (usize, usize) {
+    /// buffer, unreachable) is dropped, as UDP may.
+    pub(super) fn flush(&mut self, socket: &mio::net::UdpSocket) -> Flushed {
         let count = std::mem::take(&mut self.count);
         let base = self.buffers.as_mut_ptr();
         for (i, ((iov, header), (name, control))) in self
@@ -290,7 +311,12 @@ impl SendBatch {
             msg.msg_flags = 0;
             header.msg_len = 0;
         }
-        let (mut sent, mut dropped, mut next) = (0, 0, 0);
+        let mut flushed = Flushed {
+            sent: 0,
+            dropped: 0,
+            dropped_counted_bytes: 0,
+        };
+        let mut next = 0;
         while next < count {
             let rest = &mut self.headers[next..count];
             #[expect(
@@ -307,7 +333,7 @@ impl SendBatch {
             };
             match usize::try_from(n) {
                 Ok(n) if n > 0 => {
-                    sent += n;
+                    flushed.sent += n;
                     next += n;
                 }
                 // The first remaining datagram failed: drop it, go on.
@@ -315,12 +341,15 @@ impl SendBatch {
                     if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                         continue;
                     }
-                    dropped += 1;
+                    flushed.dropped += 1;
+                    if self.counted[next] {
+                        flushed.dropped_counted_bytes += self.lengths[next] as u64;
+                    }
                     next += 1;
                 }
             }
         }
-        (sent, dropped)
+        flushed
     }
 }
 
@@ -339,9 +368,16 @@ mod tests {
         let sources = [Ipv4Addr::new(127, 1, 0, 7), Ipv4Addr::new(127, 1, 3, 200)];
         let mut out = SendBatch::new();
         for (i, &source) in sources.iter().enumerate() {
-            assert!(out.push(source, server_addr, &[i as u8; 10]));
+            assert!(out.push(source, server_addr, &[i as u8; 10], true));
         }
-        assert_eq!(out.flush(&bots), (2, 0));
+        assert_eq!(
+            out.flush(&bots),
+            Flushed {
+                sent: 2,
+                dropped: 0,
+                dropped_counted_bytes: 0
+            }
+        );
         server
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
@@ -389,14 +425,39 @@ mod tests {
     }
 
     #[test]
+    fn refused_datagrams_report_the_bytes_counted_sent() {
+        let bots = open().unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(to) = server.local_addr().unwrap() else {
+            panic!("IPv4 expected");
+        };
+        // No interface has a TEST-NET-3 address, so the kernel refuses to
+        // send from it.
+        let foreign = Ipv4Addr::new(203, 0, 113, 9);
+        let mut out = SendBatch::new();
+        assert!(out.push(Ipv4Addr::LOCALHOST, to, &[1; 10], true));
+        assert!(out.push(foreign, to, &[2; 20], true));
+        assert!(out.push(foreign, to, &[3; 40], false));
+        assert!(out.push(Ipv4Addr::LOCALHOST, to, &[4; 80], true));
+        assert_eq!(
+            out.flush(&bots),
+            Flushed {
+                sent: 2,
+                dropped: 2,
+                dropped_counted_bytes: 20
+            }
+        );
+    }
+
+    #[test]
     fn a_full_batch_refuses_more() {
         let mut out = SendBatch::new();
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
         for _ in 0..BATCH {
-            assert!(out.push(Ipv4Addr::LOCALHOST, to, b"x"));
+            assert!(out.push(Ipv4Addr::LOCALHOST, to, b"x", true));
         }
         assert!(out.is_full());
-        assert!(!out.push(Ipv4Addr::LOCALHOST, to, b"x"));
-        assert!(!SendBatch::new().push(Ipv4Addr::LOCALHOST, to, &[0; SLOT_BYTES + 1]));
+        assert!(!out.push(Ipv4Addr::LOCALHOST, to, b"x", true));
+        assert!(!SendBatch::new().push(Ipv4Addr::LOCALHOST, to, &[0; SLOT_BYTES + 1], true));
     }
 }
