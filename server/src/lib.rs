@@ -287,6 +287,11 @@ pub fn shutdown_watchdog_limit(tick: &tick::TickConfig) -> Duration {
 /// # Errors
 /// See [`StartupError`].
 pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
+    // First, so that a signal from here on is a graceful stop (below: before
+    // the game socket opens, `StartupError::Interrupted`), never the
+    // default action's sudden end.
+    let switch = ShutdownSwitch::default();
+    shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -318,8 +323,6 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
     })?;
     tracing::info!(addr = %endpoint.local_addr(), "{}", readiness::METRICS_ANNOUNCEMENT);
 
-    let switch = ShutdownSwitch::default();
-    shutdown::install_signal_handlers(&switch).map_err(StartupError::Signals)?;
     let limit = shutdown_watchdog_limit(&config.tick_config());
     shutdown::spawn_watchdog(switch.clone(), limit, move || {
         tracing::error!(?limit, "the shutdown hangs; exiting with an error");
