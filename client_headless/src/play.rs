@@ -299,7 +299,13 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         }
         while stdin_open {
             let quit = match input.try_recv() {
-                Ok(line) => match parse_command(&line) {
+                // Another encoding (a Latin-1 terminal): the line alone is
+                // refused; the input goes on.
+                Ok(Err(_)) => {
+                    say!("that line is not UTF-8 text: ignored");
+                    false
+                }
+                Ok(Ok(line)) => match parse_command(&line) {
                     Ok(Some(Command::Quit)) => true,
                     Ok(Some(command)) if waits_for_connection(&command, &socket.endpoint) => {
                         if pending.len() < MAX_PENDING_COMMANDS {
@@ -378,7 +384,11 @@ fn exit_code(reason: DisconnectReason, quit: bool) -> i32 {
     }
 }
 
-fn spawn_stdin() -> Receiver<String> {
+/// A line of input, or `Err` for one that is not UTF-8 text (refused in
+/// its turn, after the lines before it).
+type InputLine = Result<String, std::str::Utf8Error>;
+
+fn spawn_stdin() -> Receiver<InputLine> {
     let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
     let _ = std::thread::Builder::new()
         .name("stdin".into())
@@ -391,15 +401,8 @@ fn spawn_stdin() -> Receiver<String> {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                let line = match std::str::from_utf8(&bytes) {
-                    Ok(line) => line.trim_end_matches(['\n', '\r']).to_owned(),
-                    Err(_) => {
-                        // Another encoding (a Latin-1 terminal): the line
-                        // alone is refused; the input goes on.
-                        say!("that line is not UTF-8 text: ignored");
-                        continue;
-                    }
-                };
+                let line = std::str::from_utf8(&bytes)
+                    .map(|line| line.trim_end_matches(['\n', '\r']).to_owned());
                 if tx.send(line).is_err() {
                     break;
                 }
