@@ -20,9 +20,33 @@ use super::{
 /// seconds times this (see [`Client::connect`]), above every number an
 /// earlier user of the token could have reached unless that one sent more
 /// than about a million packets a second, or began within the same
-/// second. A token a second old starts at 2^20 (three bytes on the wire),
+/// second (on a clock behind the token's maker's, see
+/// [`CLOCK_BEHIND_SPAN_SECS`]). A token a second old starts at 2^20 (three bytes on the wire),
 /// an hour old at about 2^31.8 (four), a day old at about 2^36.4 (five).
 pub const SEQUENCES_PER_SECOND: u64 = 1 << 20;
+
+/// How far behind the token's maker a client's clock may be and still
+/// number one run with a token past an earlier run's. A clock that reads
+/// before the token's creation time cannot count the token's age; the
+/// last [`CLOCK_BEHIND_SPAN_SECS`] seconds before it are spread over the
+/// numbers of the token's first second instead, 2^20 / 1,024 = 1,024 a
+/// second, so that runs on one such clock still start past each other
+/// (unless the earlier one averaged more than 1,024 packets a second).
+/// Further behind, every run starts at zero.
+pub const CLOCK_BEHIND_SPAN_SECS: u64 = 1024;
+
+/// Where a client that does not remember `token` starts numbering its
+/// packets, its wall clock reading `unix_secs` (see [`Client::connect`]).
+fn first_sequence(token: &ConnectToken, unix_secs: u64) -> u64 {
+    match unix_secs.checked_sub(token.create_timestamp) {
+        Some(age) => age.saturating_mul(SEQUENCES_PER_SECOND),
+        None => {
+            let behind = token.create_timestamp - unix_secs;
+            CLOCK_BEHIND_SPAN_SECS.saturating_sub(behind)
+                * (SEQUENCES_PER_SECOND / CLOCK_BEHIND_SPAN_SECS)
+        }
+    }
+}
 
 /// Client configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,9 +346,7 @@ impl Client {
         // neither sealed again under the same nonces nor, recorded and
         // replayed, taken as this connection's by a server that has not
         // seen the token (restarted, or the next of its addresses).
-        let fresh = unix_secs
-            .saturating_sub(token.create_timestamp)
-            .saturating_mul(SEQUENCES_PER_SECOND);
+        let fresh = first_sequence(token, unix_secs);
         self.next_sequence = self
             .tokens
             .switch_to(token.nonce, self.next_sequence, fresh);

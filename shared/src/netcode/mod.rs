@@ -132,7 +132,12 @@
 //! numbers: its packets repeat no nonce of the earlier session's, and
 //! those, recorded and replayed, are refused as old also by a server that
 //! never saw the token before (restarted, or the next address in it),
-//! unless both began within the same second. Challenge tokens use their own server key and
+//! unless both began within the same second. A clock that reads before
+//! the token's creation (behind the token maker's) numbers runs by how far
+//! behind it is, within the token's first second's numbers (see
+//! [`CLOCK_BEHIND_SPAN_SECS`]): runs on it keep their order, but one made
+//! in the token's first second after it, or on a clock more than that
+//! span behind, may repeat an earlier run's numbers. Challenge tokens use their own server key and
 //! counter. A counter that would pass `u64::MAX` stops sending
 //! ([`SendError::SequenceExhausted`]) instead of wrapping.
 //!
@@ -203,7 +208,8 @@ mod wire;
 mod tests;
 
 pub use client::{
-    Client, ClientConfig, ClientEvent, ClientState, ConnectError, SEQUENCES_PER_SECOND,
+    CLOCK_BEHIND_SPAN_SECS, Client, ClientConfig, ClientEvent, ClientState, ConnectError,
+    SEQUENCES_PER_SECOND,
 };
 pub use ratelimit::HandshakeRateLimit;
 pub use server::{

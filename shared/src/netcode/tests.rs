@@ -1745,10 +1745,28 @@ fn a_denial_is_the_reason_when_the_next_address_is_silent() {
 /// the new session's payloads).
 #[test]
 fn a_token_used_again_by_a_new_client_repeats_no_nonce_and_takes_no_replay() {
+    // Five seconds later, from another port.
+    a_new_client_repeats_no_nonce_of_an_earlier_ones(UNIX, UNIX + 5);
+}
+
+/// A client clock behind the token's maker's (the token is made at
+/// `UNIX`): both runs started at zero, sealing new packets under the first
+/// run's nonces, and a server that had not seen the token took the first
+/// run's packets, replayed, as the second's.
+#[test]
+fn runs_on_a_clock_behind_the_tokens_maker_repeat_no_nonce_and_take_no_replay() {
+    a_new_client_repeats_no_nonce_of_an_earlier_ones(UNIX - 120, UNIX - 90);
+}
+
+/// Two runs (two `Client`s, from two ports) with one token, their wall
+/// clocks reading `first_unix` and then `second_unix`, the server
+/// restarted in between: the second seals no packet under a sequence the
+/// first used, and the restarted server refuses the first's packets.
+fn a_new_client_repeats_no_nonce_of_an_earlier_ones(first_unix: u64, second_unix: u64) {
     let mut w = World::new(4);
     let token = w.token(1);
     let mut first = [(client_addr(0), Client::new(ClientConfig::new(PROTOCOL)))];
-    first[0].1.connect(&token, w.now, UNIX).unwrap();
+    first[0].1.connect(&token, w.now, first_unix).unwrap();
     w.pump(&mut first);
     assert_eq!(first[0].1.state(), ClientState::Connected);
     let mut buf = [0u8; MAX_PACKET_BYTES];
@@ -1765,9 +1783,8 @@ fn a_token_used_again_by_a_new_client_repeats_no_nonce_and_takes_no_replay() {
     )
     .unwrap();
 
-    // Five seconds later, from another port.
     let mut second = [(client_addr(1), Client::new(ClientConfig::new(PROTOCOL)))];
-    second[0].1.connect(&token, w.now, UNIX + 5).unwrap();
+    second[0].1.connect(&token, w.now, second_unix).unwrap();
     let mut sealed = Vec::new();
     for _ in 0..16 {
         while let Some(t) = second[0].1.poll_transmit(w.now, &mut buf) {
