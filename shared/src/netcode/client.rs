@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::addresses::same_address;
 use super::crypto::PacketCipher;
-use super::history::{NO_BLOCK, TokenHistory, block_of};
+use super::history::{NO_BLOCK, TokenHistory, block_of, handshake_block};
 use super::packet::{self, CHALLENGE_BODY_BYTES, PacketKind, Side};
 use super::replay::ReplayWindow;
 use super::stats::{ClientStats, DropReason, bump};
@@ -190,6 +190,11 @@ struct Session {
     /// An address of the token refused the connection (server full): if
     /// none connects and the last is silent, that is the reason given.
     denied: bool,
+    /// The server's block of the handshake whose challenge was taken
+    /// ([`NO_BLOCK`] before): the server numbers everything of that
+    /// handshake and the session it leads to in it, so a packet numbered in
+    /// another is an earlier session's, replayed (see `TokenHistory::admits`).
+    handshake_block: u32,
     token: Box<ConnectToken>,
     challenge: Option<Box<(u64, [u8; CHALLENGE_TOKEN_BYTES])>>,
 }
@@ -372,6 +377,7 @@ impl Client {
             server_index: 0,
             denied: false,
             token: Box::new(token.clone()),
+            handshake_block: NO_BLOCK,
             challenge: None,
         });
         self.replay = ReplayWindow::default();
@@ -544,7 +550,7 @@ impl Client {
                 from,
                 header.sequence,
                 header.kind == PacketKind::Denied,
-                self.session_block,
+                session.handshake_block,
             )
         {
             return Err(DropReason::Replayed);
@@ -566,6 +572,7 @@ impl Client {
                 let token: [u8; CHALLENGE_TOKEN_BYTES] =
                     token.try_into().map_err(|_| DropReason::Truncated)?;
                 session.challenge = Some(Box::new((seq, token)));
+                session.handshake_block = handshake_block(header.sequence);
                 session.last_sent = None;
                 self.state = SendingConnectionResponse;
                 Ok(None)
@@ -609,6 +616,7 @@ impl Client {
             session.server_index = next;
             session.server = server;
             session.challenge = None;
+            session.handshake_block = NO_BLOCK;
             session.last_received = now;
             session.last_sent = None;
             self.replay = ReplayWindow::default();

@@ -31,6 +31,18 @@ pub(super) fn block_of(sequence: u64) -> u32 {
     u32::try_from(sequence >> 32).unwrap_or(NO_BLOCK)
 }
 
+/// The block the rest of a handshake, and its session, is numbered in,
+/// from its challenge's `sequence`: the challenge's own (ours numbers
+/// all of a handshake in one block), or block 0 for a challenge numbered
+/// server-wide (a reference server's, whose sessions count from zero).
+pub(super) fn handshake_block(sequence: u64) -> u32 {
+    if sequence >= SERVER_WIDE {
+        0
+    } else {
+        block_of(sequence)
+    }
+}
+
 struct TokenUse {
     nonce: [u8; CONNECT_TOKEN_NONCE_BYTES],
     /// The client's next sequence under the token's key (saved when the
@@ -88,18 +100,21 @@ impl TokenHistory {
     }
 
     /// Whether a packet numbered `sequence` from `server` may be of the
-    /// current attempt (checked before it is decrypted): not in a block of
-    /// the token's ended sessions, and, for a `denial`, not a server-wide
-    /// one at or below one taken before. `session_block` is the current
-    /// session's. (Other packets numbered server-wide are a reference
-    /// server's challenges, from a counter that starts over with the
-    /// server: no floor holds for them.)
+    /// current attempt (checked before it is decrypted): in the block of
+    /// the handshake whose challenge was taken (`handshake_block`, see
+    /// [`handshake_block`]); before a challenge, in none of the token's
+    /// ended sessions' blocks (of this process: a program run again
+    /// remembers none, and only the challenge's block tells its attempt's
+    /// packets from an earlier run's); and, for a `denial`, not a
+    /// server-wide one at or below one taken before. (Other packets
+    /// numbered server-wide are a reference server's challenges, from a
+    /// counter that starts over with the server: no floor holds for them.)
     pub(super) fn admits(
         &self,
         server: SocketAddr,
         sequence: u64,
         denial: bool,
-        session_block: u32,
+        handshake_block: u32,
     ) -> bool {
         let Some(token) = self.uses.front() else {
             return false;
@@ -113,7 +128,10 @@ impl TokenHistory {
                     .is_none_or(|&(_, floor)| sequence > floor);
         }
         let block = block_of(sequence);
-        block == session_block || block == 0 || !token.ended_blocks.contains(&block)
+        if handshake_block != NO_BLOCK {
+            return block == handshake_block;
+        }
+        block == 0 || !token.ended_blocks.contains(&block)
     }
 
     /// An authentic denial numbered `sequence` from `server` was taken: the

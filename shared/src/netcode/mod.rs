@@ -142,10 +142,14 @@
 //! ([`SendError::SequenceExhausted`]) instead of wrapping.
 //!
 //! Packets of an earlier attempt, late or replayed, are not taken for this
-//! one's: the client remembers, per token, the blocks of its sessions that
-//! ended and of handshakes a denial ended (the server never numbers
-//! anything in them again), and per server the newest server-wide denial
-//! it took. Inherent in the protocol: a token handed to several servers
+//! one's: once the client takes a challenge, it takes the server's
+//! per-client packets only in the challenge's block (ours numbers a whole
+//! handshake and its session in one; a reference server's challenge is
+//! numbered server-wide and its session in block 0), which also holds
+//! against a program run again, which remembers nothing; before that, it
+//! remembers, per token, the blocks of its sessions that ended and of
+//! handshakes a denial ended (the server never numbers anything in them
+//! again), and per server the newest server-wide denial it took. Inherent in the protocol: a token handed to several servers
 //! (failover) makes each of them number server-to-client packets in
 //! blocks of their own choosing under the same key; a handshake the
 //! client abandoned may go on in the same block when it tries again, so

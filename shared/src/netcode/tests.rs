@@ -751,6 +751,99 @@ fn an_earlier_sessions_keepalive_does_not_end_the_next_handshake() {
     assert_eq!(w.server.num_connected(), 1);
 }
 
+/// The program run again with a saved token remembers no earlier session:
+/// a keep-alive of the earlier run's session, replayed to it (the server's
+/// address is easy to forge), moved its handshake to `Connected` in the
+/// wrong session, and that session's payloads came through as this one's.
+#[test]
+fn a_new_client_takes_nothing_of_an_earlier_runs_session() {
+    for restarted_with in [99, 7, 12_345] {
+        let mut w = World::new(4);
+        let token = w.token(1);
+        let first_addr = client_addr(0);
+        let mut first = Client::new(ClientConfig::new(PROTOCOL));
+        first.connect(&token, w.now, UNIX).unwrap();
+        exchange_sealed(&mut w, first_addr, &mut first);
+        assert_eq!(first.state(), ClientState::Connected);
+        let old_keepalive = w
+            .server_sent
+            .iter()
+            .rev()
+            .find(|(to, p)| {
+                *to == first_addr
+                    && packet::parse_header(p, Side::Client)
+                        .is_ok_and(|h| h.kind == PacketKind::KeepAlive)
+            })
+            .map(|(_, p)| p.clone())
+            .unwrap();
+        let slot = w.server.client_at(first_addr).unwrap();
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        let mut old_payloads = Vec::new();
+        for _ in 0..4 {
+            let t = w
+                .server
+                .send_payload(w.now, slot, b"old", &mut buf)
+                .unwrap();
+            old_payloads.push(buf[..t.len].to_vec());
+        }
+
+        let key = w.key;
+        w.server = Server::new(
+            ServerConfig::new(PROTOCOL, key, vec![server_addr()]),
+            &mut TestRng(restarted_with),
+        )
+        .unwrap();
+        let addr = client_addr(1);
+        let mut second = Client::new(ClientConfig::new(PROTOCOL));
+        second.connect(&token, w.now, UNIX + 5).unwrap();
+        for p in drain(&mut second, w.now) {
+            w.server
+                .handle_datagram(w.now, UNIX + 5, addr, &mut p.clone());
+        }
+        for (_, mut p) in w.server_transmits() {
+            second.handle_datagram(w.now, server_addr(), &mut p);
+        }
+        assert_eq!(second.state(), ClientState::SendingConnectionResponse);
+        assert!(
+            second
+                .handle_datagram(w.now, server_addr(), &mut old_keepalive.clone())
+                .is_none()
+        );
+        assert_eq!(
+            second.state(),
+            ClientState::SendingConnectionResponse,
+            "restarted with {restarted_with}: an earlier run's keep-alive connected"
+        );
+        for _ in 0..4 {
+            for p in drain(&mut second, w.now) {
+                w.server
+                    .handle_datagram(w.now, UNIX + 5, addr, &mut p.clone());
+            }
+            for (_, mut p) in w.server_transmits() {
+                second.handle_datagram(w.now, server_addr(), &mut p);
+            }
+        }
+        assert_eq!(second.state(), ClientState::Connected);
+        for old in &old_payloads {
+            assert!(
+                second
+                    .handle_datagram(w.now, server_addr(), &mut old.clone())
+                    .is_none(),
+                "restarted with {restarted_with}: an earlier run's payload came through"
+            );
+        }
+        let slot = w.server.client_at(addr).unwrap();
+        let t = w
+            .server
+            .send_payload(w.now, slot, b"new", &mut buf)
+            .unwrap();
+        assert!(matches!(
+            second.handle_datagram(w.now, server_addr(), &mut buf[..t.len]),
+            Some(ClientEvent::Payload(p)) if p == b"new"
+        ));
+    }
+}
+
 #[test]
 fn a_zero_timeout_means_no_timeout_on_both_sides() {
     let mut w = World::new(4);
