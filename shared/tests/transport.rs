@@ -1085,6 +1085,65 @@ fn a_long_spell_of_only_receiving_does_not_make_later_sends_look_lost() {
     assert_eq!((stats.packets_lost, stats.resent), (0, 0));
 }
 
+/// A driver hands a connection every datagram it read before it
+/// transmits (`io::ClientSocket` reads up to 256). An ack names its latest
+/// packet and the 64 before it, so a burst of more than 65 left the oldest
+/// unacknowledged for good: the sender counted them lost, sent their
+/// messages again and cut its rate.
+#[test]
+fn a_burst_read_before_one_transmit_is_acknowledged_whole() {
+    for burst in [60u32, 100, 200, 256] {
+        let config = || TransportConfig {
+            initial_send_rate: 16 << 20,
+            max_send_rate: 16 << 20,
+            ..TransportConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut a = Connection::new(config(), t0).unwrap();
+        let mut b = Connection::new(config(), t0).unwrap();
+        for i in 0..burst {
+            a.send(ORDERED, &numbered(i, 1_000)).unwrap();
+        }
+        let mut buf = vec![0u8; 2_048];
+        let mut datagrams = Vec::new();
+        while let Some(len) = a.poll_transmit(t0, &mut buf) {
+            datagrams.push(buf[..len].to_vec());
+        }
+        assert!(datagrams.len() >= burst as usize, "{}", datagrams.len());
+        let at_b = t0 + ms(20);
+        for datagram in &datagrams {
+            b.handle_datagram(at_b, datagram);
+        }
+        let mut delivered = Vec::new();
+        while let Some(event) = b.poll_event() {
+            if let shared::transport::Event::Message { payload, .. } = event {
+                delivered.push(index_of(payload));
+            }
+        }
+        assert_eq!(delivered, (0..burst).collect::<Vec<_>>());
+        let mut acks = Vec::new();
+        while let Some(len) = b.poll_transmit(at_b, &mut buf) {
+            acks.push(buf[..len].to_vec());
+        }
+        let at_a = t0 + ms(40);
+        for ack in &acks {
+            a.handle_datagram(at_a, ack);
+        }
+        while a.poll_transmit(at_a, &mut buf).is_some() {}
+        let stats = a.stats();
+        assert_eq!(
+            (
+                stats.packets_lost,
+                stats.resent,
+                a.unacked_messages(ORDERED)
+            ),
+            (0, 0, 0),
+            "a burst of {burst}: {} acks",
+            acks.len()
+        );
+    }
+}
+
 #[test]
 fn a_buffer_too_small_for_the_next_unit_gets_no_endless_bare_acks() {
     // A payload size the caller's buffers do not have (a config a fork

@@ -145,8 +145,9 @@ pub struct TransportConfig {
     /// How long a receiver may hold an acknowledgement, hoping to carry it
     /// in its next data packet instead of a datagram of its own; the sender
     /// allows for it before declaring a packet lost, so both peers must use
-    /// the same value. A second unacknowledged packet is acknowledged at
-    /// once. For peers that both send at a steady rate (a game tick), a
+    /// the same value. A second unacknowledged packet makes the ack due at
+    /// once: it leaves at the next `poll_transmit` (a burst handed over
+    /// before that is acknowledged whole, see `Connection`). For peers that both send at a steady rate (a game tick), a
     /// little more than the send interval makes bare acknowledgements rare.
     /// Default 10 ms; at most 1 s.
     pub max_ack_delay: Duration,

@@ -356,7 +356,15 @@ pub struct Connection {
     received_bits: u64,
     received_latest: Option<u16>,
     largest_acked: Option<u16>,
-    ack_eliciting_unacked: u32,
+    /// Ack-eliciting packets received since the last ack was sent
+    /// (duplicates too), counted up to 255: none, one or more is what
+    /// matters.
+    ack_eliciting_unacked: u8,
+    /// Acknowledgements kept back in `older_acks`, owed a datagram each.
+    older_acks_len: u8,
+    /// The oldest of the `ack_eliciting_unacked` packets (meaningless
+    /// while there are none).
+    oldest_unreported: u16,
     /// `loss_at` must be recomputed from the packets in flight.
     loss_at_stale: bool,
     /// Data packets sent, wrapping: whose turn it is among channels of
@@ -396,6 +404,26 @@ pub struct Connection {
     /// While finishing a disconnect: when it closes whatever is still
     /// unacknowledged.
     finish_by: Stamp,
+    /// The first `older_acks_len`, oldest first: acknowledgements of
+    /// packets that later ones pushed out of reach of the next ack's
+    /// bitmap before any ack named them (see `record_received`).
+    older_acks: [OlderAck; OLDER_ACKS],
+}
+
+/// Acknowledgements a connection keeps back for datagrams of their own:
+/// with the 64 packets an ack names behind its latest, four cover the
+/// 256 datagrams a driver may hand over before it transmits again
+/// (`MAX_READS_PER_PUMP` of `io::ClientSocket`).
+const OLDER_ACKS: usize = 4;
+
+/// An acknowledgement kept back: `AckInfo` less the delay, which is
+/// counted when it is sent.
+#[derive(Clone, Copy)]
+struct OlderAck {
+    latest: u16,
+    bits: u64,
+    /// When `latest` arrived.
+    at: Stamp,
 }
 
 /// The counters every packet changes, kept with the rest of the hot state
@@ -414,6 +442,13 @@ struct Traffic {
 /// datagram in: the game's six channels fit; a layout with many channels
 /// gets its first ones.
 const RECEIVE_PREFETCH_BYTES: usize = 8 * 64;
+
+/// How long a packet that arrived at `at` waited until `now`, in the
+/// acks' units.
+fn ack_delay(now: Stamp, at: Stamp) -> u16 {
+    let units = now.saturating_duration_since(at).as_micros() / u128::from(ACK_DELAY_UNIT_MICROS);
+    u16::try_from(units).unwrap_or(u16::MAX)
+}
 
 /// The indices of the bits set in `mask`, lowest first.
 fn channel_bits(mut mask: u64) -> impl Iterator<Item = usize> {
@@ -516,6 +551,13 @@ impl Connection {
             largest_acked: None,
             received_latest: None,
             received_bits: 0,
+            oldest_unreported: 0,
+            older_acks_len: 0,
+            older_acks: [OlderAck {
+                latest: 0,
+                bits: 0,
+                at: now,
+            }; OLDER_ACKS],
             received_latest_at: now,
             ack_eliciting_unacked: 0,
             ack_owed_since: now,
@@ -923,7 +965,7 @@ impl Connection {
         }
         if let Some(latest) = self.received_latest {
             if header.sequence == latest {
-                self.on_duplicate(header.ack_eliciting, now);
+                self.on_duplicate(header.sequence, header.ack_eliciting, now);
                 return;
             }
             if !seq_newer(header.sequence, latest) {
@@ -933,7 +975,7 @@ impl Connection {
                     return;
                 }
                 if self.received_bits & (1 << (back - 1)) != 0 {
-                    self.on_duplicate(header.ack_eliciting, now);
+                    self.on_duplicate(header.sequence, header.ack_eliciting, now);
                     return;
                 }
             }
@@ -948,7 +990,7 @@ impl Connection {
             self.traffic.packets_received += 1;
             self.traffic.bytes_received += datagram.len() as u64;
             if header.ack_eliciting {
-                self.owe_ack(now);
+                self.owe_ack(now, header.sequence);
             }
             if let Some(ack) = header.ack
                 && self.on_ack(now, ack).is_err()
@@ -1052,28 +1094,39 @@ impl Connection {
         }
         self.memory.cap = cap;
         if header.ack_eliciting && !over_budget {
-            self.owe_ack(now);
+            self.owe_ack(now, header.sequence);
         }
         self.update_timers(now);
     }
 
-    /// An ack-eliciting packet arrived: one more to acknowledge.
-    fn owe_ack(&mut self, now: Stamp) {
+    /// An ack-eliciting packet, `sequence`, arrived: one more to
+    /// acknowledge.
+    fn owe_ack(&mut self, now: Stamp, sequence: u16) {
         if self.ack_eliciting_unacked == 0 {
             self.ack_owed_since = now;
+            self.oldest_unreported = sequence;
+        } else if seq_newer(self.oldest_unreported, sequence) {
+            self.oldest_unreported = sequence;
         }
-        self.ack_eliciting_unacked += 1;
+        self.ack_eliciting_unacked = self.ack_eliciting_unacked.saturating_add(1);
     }
 
-    fn on_duplicate(&mut self, ack_eliciting: bool, now: Stamp) {
+    fn on_duplicate(&mut self, sequence: u16, ack_eliciting: bool, now: Stamp) {
         self.stats.duplicate_packets += 1;
         if ack_eliciting {
             // Our ack may have been lost: acknowledge again.
-            self.owe_ack(now);
+            self.owe_ack(now, sequence);
             self.update_timers(now);
         }
     }
 
+    /// Records `sequence` for the acks. An ack names its latest packet and
+    /// the 64 before it, so a packet newer by more than 64 than one no ack
+    /// has named yet (a driver that hands over a long burst before it
+    /// transmits) would leave that one unacknowledged for good: the peer
+    /// would count it lost, send its messages again and cut its rate. The
+    /// ack that names it is kept back then, for a datagram of its own at
+    /// the next transmit (up to [`OLDER_ACKS`] of them).
     fn record_received(&mut self, sequence: u16, now: Stamp) {
         match self.received_latest {
             None => {
@@ -1082,6 +1135,18 @@ impl Connection {
                 self.received_latest_at = now;
             }
             Some(latest) if seq_newer(sequence, latest) => {
+                let out_of_reach = self.ack_eliciting_unacked != 0
+                    && seq_distance(sequence, self.oldest_unreported) > 64;
+                if out_of_reach && usize::from(self.older_acks_len) < OLDER_ACKS {
+                    self.older_acks[usize::from(self.older_acks_len)] = OlderAck {
+                        latest,
+                        bits: self.received_bits,
+                        at: self.received_latest_at,
+                    };
+                    self.older_acks_len += 1;
+                    // The ack kept back names them all.
+                    self.ack_eliciting_unacked = 0;
+                }
                 let shift = u32::from(seq_distance(sequence, latest));
                 // The old latest becomes bit (shift - 1); bit 63 is the
                 // packet 64 behind.
@@ -1098,6 +1163,22 @@ impl Connection {
                 self.received_bits |= 1 << (back - 1);
             }
         }
+    }
+
+    /// Takes the oldest acknowledgement kept back, if any.
+    fn take_older_ack(&mut self, now: Stamp) -> Option<AckInfo> {
+        if self.older_acks_len == 0 {
+            return None;
+        }
+        let older = self.older_acks[0];
+        let len = usize::from(self.older_acks_len);
+        self.older_acks.copy_within(1..len, 0);
+        self.older_acks_len -= 1;
+        Some(AckInfo {
+            latest: older.latest,
+            bits: older.bits,
+            delay: ack_delay(now, older.at),
+        })
     }
 
     fn on_ack(&mut self, now: Stamp, ack: AckInfo) -> Result<(), ReliableTimedOut> {
@@ -1442,6 +1523,7 @@ impl Connection {
         }
         self.timers.set(Timer::Loss, self.loss_at);
         let ack = match self.ack_eliciting_unacked {
+            _ if self.older_acks_len != 0 => Some(now),
             0 => None,
             1 => Some(self.ack_owed_since + self.config.max_ack_delay),
             _ => Some(now),
@@ -1466,12 +1548,10 @@ impl Connection {
 
     fn ack_info(&self, now: Stamp) -> Option<AckInfo> {
         let latest = self.received_latest?;
-        let held = now.saturating_duration_since(self.received_latest_at);
-        let units = held.as_micros() / u128::from(ACK_DELAY_UNIT_MICROS);
         Some(AckInfo {
             latest,
             bits: self.received_bits,
-            delay: u16::try_from(units).unwrap_or(u16::MAX),
+            delay: ack_delay(now, self.received_latest_at),
         })
     }
 
@@ -1530,13 +1610,17 @@ impl Connection {
                 self.note_pending(index);
             }
         }
-        let has_data = self.has_sendable_data();
+        // An acknowledgement kept back goes first, alone in a bare ack.
+        let older_ack = self.take_older_ack(now);
+        let current = older_ack.is_none();
+        let has_data = current && self.has_sendable_data();
         let may_send_data = has_data && self.budget.can_send(now, &self.config.rate_bounds());
-        let ack_due = self.timers.expired(Timer::Ack, now);
+        let ack_due = !current || self.timers.expired(Timer::Ack, now);
         // With the history full, packets are in flight: no keepalive is
         // needed, and one would count the oldest lost.
-        let keepalive_due =
-            now >= self.last_sent + self.config.keepalive_interval && !self.history_full();
+        let keepalive_due = current
+            && now >= self.last_sent + self.config.keepalive_interval
+            && !self.history_full();
         if !may_send_data && !ack_due && !keepalive_due {
             self.update_timers(now);
             return None;
@@ -1562,7 +1646,7 @@ impl Connection {
             kind: PacketKind::Data,
             ack_eliciting: true,
             sequence,
-            ack: self.ack_info(now),
+            ack: older_ack.or_else(|| self.ack_info(now)),
         };
         self.release_units();
         let units_start = self.units.tail();
@@ -1634,7 +1718,9 @@ impl Connection {
         self.next_sequence = sequence.wrapping_add(1);
         // `release_units` above moved past the packet this slot held.
         debug_assert!(usize::from(self.in_flight_span()) <= self.sent.len());
-        self.ack_eliciting_unacked = 0;
+        if current {
+            self.ack_eliciting_unacked = 0;
+        }
         if wrote_messages {
             self.budget.on_sent(len);
             self.data_turn = self.data_turn.wrapping_add(1);
