@@ -248,10 +248,13 @@ pub enum ConfigError {
     #[error("retransmission timeouts must satisfy 0 < min <= initial <= max")]
     Rto,
     /// A keepalive more often than 10 Hz, or timeouts of zero: a zero
-    /// keepalive interval makes every `poll_transmit` send one, for ever.
+    /// keepalive interval makes every `poll_transmit` send one, for ever;
+    /// a zero `unreliable_ttl` drops every unreliable message before it is
+    /// sent, and a zero `unreliable_fragment_timeout` every fragmented one
+    /// after its first part.
     #[error(
         "keepalive_interval must be at least 100 ms and below idle_timeout, and \
-         reliable_timeout above 0"
+         reliable_timeout, unreliable_ttl and unreliable_fragment_timeout above 0"
     )]
     Timers,
 }
@@ -328,6 +331,8 @@ impl TransportConfig {
         if self.keepalive_interval < MIN_KEEPALIVE_INTERVAL
             || self.keepalive_interval >= self.idle_timeout
             || self.reliable_timeout.is_zero()
+            || self.unreliable_ttl.is_zero()
+            || self.unreliable_fragment_timeout.is_zero()
         {
             return Err(ConfigError::Timers);
         }
@@ -362,6 +367,14 @@ mod tests {
             },
             TransportConfig {
                 reliable_timeout: Duration::ZERO,
+                ..defaults.clone()
+            },
+            TransportConfig {
+                unreliable_ttl: Duration::ZERO,
+                ..defaults.clone()
+            },
+            TransportConfig {
+                unreliable_fragment_timeout: Duration::ZERO,
                 ..defaults.clone()
             },
         ] {
