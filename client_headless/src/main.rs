@@ -114,14 +114,20 @@ struct PlayArgs {
     /// The server's UDP address.
     #[arg(long, value_name = "ADDR")]
     server: SocketAddr,
-    /// A base64 connect token, as printed by `server token`.
+    /// A base64 connect token, as printed by `server token`. A token is a
+    /// credential (its session keys in it) until it expires, and a command
+    /// line is seen by every user of the host (`ps`) and kept in shell
+    /// history: on a shared host use --token-file.
     #[arg(
         long,
         value_name = "TOKEN",
-        conflicts_with = "dev",
-        required_unless_present = "dev"
+        conflicts_with_all = ["dev", "token_file"],
+        required_unless_present_any = ["dev", "token_file"]
     )]
     token: Option<String>,
+    /// Read the connect token from FILE (`server token ... > FILE`).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    token_file: Option<PathBuf>,
     /// Mint a token with the public dev key (servers in dev mode only).
     #[arg(long)]
     dev: bool,
@@ -483,9 +489,10 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
 }
 
 fn play(args: PlayArgs) -> Result<i32, String> {
-    let token = match (&args.token, args.dev) {
+    let token = match (&args.token, &args.token_file) {
         (Some(text), _) => token::parse_token(text)?,
-        (None, _) => {
+        (None, Some(path)) => token::read_token_file(path)?,
+        (None, None) => {
             let id = args.client_id.unwrap_or_else(|| {
                 let mut bytes = [0u8; 4];
                 rand_id(&mut bytes);
@@ -581,6 +588,33 @@ mod tests {
         match &cli.command {
             Command::Load(args) => args.threads,
             _ => None,
+        }
+    }
+
+    #[test]
+    fn play_takes_its_token_from_one_place() {
+        let play = |extra: &[&str]| {
+            let mut argv = vec!["client_headless", "play", "--server", "127.0.0.1:7777"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let Ok(Cli {
+            command: Command::Play(args),
+        }) = play(&["--token-file", "/run/user/1000/token"])
+        else {
+            panic!("--token-file alone parses");
+        };
+        assert_eq!(
+            args.token_file.as_deref(),
+            Some(std::path::Path::new("/run/user/1000/token"))
+        );
+        assert!(play(&["--dev"]).is_ok());
+        for refused in [
+            &[][..],
+            &["--token", "x", "--token-file", "f"],
+            &["--dev", "--token-file", "f"],
+        ] {
+            assert!(play(refused).is_err(), "{refused:?}");
         }
     }
 

@@ -69,6 +69,27 @@ pub(crate) fn parse_token(text: &str) -> Result<ConnectToken, String> {
     Ok(token)
 }
 
+/// Longest token file read: a token's base64 text is 2,732 bytes; room
+/// for line ends and spaces around it, not for a file picked by mistake.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// Reads a token file: its base64 text, as `server token` prints it.
+pub(crate) fn read_token_file(path: &Path) -> Result<ConnectToken, String> {
+    use std::io::Read as _;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "{shown} is larger than a token ({MAX_TOKEN_FILE_BYTES} bytes at most)"
+        ));
+    }
+    parse_token(&text).map_err(|e| format!("{shown}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +103,31 @@ mod tests {
         let parsed = parse_token(&format!("  {}\n", token.to_base64())).unwrap();
         assert_eq!(parsed.server_addresses, vec![server]);
         assert!(parse_token("not a token").is_err());
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_its_mistakes_named() {
+        let dir = std::env::temp_dir().join(format!("token-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server: SocketAddr = "127.0.0.1:7777".parse().unwrap();
+        let token = TokenMinter::dev(server).mint(42).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, format!("{}\n", token.to_base64())).unwrap();
+        let read = read_token_file(&good).unwrap();
+        assert_eq!(read.server_addresses, vec![server]);
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'A'; 1 << 20]).unwrap();
+        let missing = dir.join("missing");
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "not a token").unwrap();
+        let errors = [&big, &missing, &bad].map(|p| read_token_file(p).err().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(errors[0].contains("larger than a token"), "{}", errors[0]);
+        assert!(errors[1].starts_with("cannot read"), "{}", errors[1]);
+        assert!(errors[2].contains("invalid connect token"), "{}", errors[2]);
+        for (error, path) in errors.iter().zip([&big, &missing, &bad]) {
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
     }
 
     /// A churning swarm of 1,000 bots mints ~45 tokens a second: the
