@@ -175,7 +175,9 @@ struct LoadArgs {
     /// Link conditioner: one-way latency added in each direction.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     latency_ms: u64,
-    /// Link conditioner: uniform jitter (±) around the latency.
+    /// Link conditioner: uniform jitter (±) around the latency, at most the
+    /// latency. Datagrams delayed by different amounts may arrive out of
+    /// order, as on a real path.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     jitter_ms: u64,
     /// The server's Prometheus metrics page.
@@ -399,6 +401,16 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
     let reorder = probability("reorder", args.reorder)?;
     let latency = Duration::from_millis(args.latency_ms);
     let jitter = Duration::from_millis(args.jitter_ms);
+    if jitter > latency {
+        // Delays below zero would be cut to zero: a third of the datagrams
+        // at 10 ± 30 ms, the mean above the latency asked for.
+        return Err(format!(
+            "--jitter-ms {} is more than --latency-ms {}: the delay (latency ± jitter) \
+             cannot go below zero",
+            args.jitter_ms, args.latency_ms
+        ));
+    }
+    prom::MetricsTarget::new(&args.metrics_url).map_err(|e| format!("--metrics-url {e}"))?;
     let conditioned =
         loss > 0.0 || duplicate > 0.0 || reorder > 0.0 || !latency.is_zero() || !jitter.is_zero();
     let link = conditioned.then(|| {
@@ -588,6 +600,29 @@ mod tests {
         match &cli.command {
             Command::Load(args) => args.threads,
             _ => None,
+        }
+    }
+
+    #[test]
+    fn a_link_or_metrics_url_the_run_cannot_honour_is_refused() {
+        let plan_of =
+            |extra: &[&str]| plan_of(&[&["--bots", "1", "--duration", "5"], extra].concat());
+        assert!(plan_of(&["--latency-ms", "30", "--jitter-ms", "30"]).is_ok());
+        let refused = [
+            (
+                &["--latency-ms", "10", "--jitter-ms", "30"][..],
+                "--jitter-ms 30",
+            ),
+            (&["--jitter-ms", "5"], "--jitter-ms 5"),
+            (
+                &["--metrics-url", "https://127.0.0.1/metrics"],
+                "--metrics-url",
+            ),
+            (&["--metrics-url", "127.0.0.1:9100"], "--metrics-url"),
+        ];
+        for (extra, named) in refused {
+            let error = plan_of(extra).err().unwrap_or_else(|| panic!("{extra:?}"));
+            assert!(error.contains(named), "{extra:?}: {error}");
         }
     }
 

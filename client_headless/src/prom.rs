@@ -181,8 +181,9 @@ pub(crate) struct MetricsTarget {
 }
 
 impl MetricsTarget {
-    /// Splits `url` (plain `http://host:port/path`, `/metrics` when the
-    /// path is left out); an error sentence when it is not such a URL.
+    /// Splits `url` (plain `http://host:port/path`; port 80 when it is
+    /// left out, `/metrics` when the path is); an error sentence when it is
+    /// not such a URL.
     pub(crate) fn new(url: &str) -> Result<Self, String> {
         let rest = url
             .strip_prefix("http://")
@@ -191,9 +192,20 @@ impl MetricsTarget {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/metrics"),
         };
+        // A port follows the last colon, past an IPv6 literal's brackets.
+        let has_port = authority
+            .rfind(':')
+            .is_some_and(|i| !authority[i..].contains(']'));
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(format!("{url}: no host"));
+        }
         Ok(Self {
             url: url.to_owned(),
-            authority: authority.to_owned(),
+            authority: if has_port {
+                authority.to_owned()
+            } else {
+                format!("{authority}:80")
+            },
             path: path.to_owned(),
             addrs: None,
             resolving: None,
@@ -466,6 +478,27 @@ server_ticks_total 100
         let took = start.elapsed();
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[test]
+    fn a_url_without_a_port_is_port_80() {
+        for (url, authority, path) in [
+            ("http://127.0.0.1/metrics", "127.0.0.1:80", "/metrics"),
+            ("http://[::1]/m", "[::1]:80", "/m"),
+            ("http://[::1]:9100", "[::1]:9100", "/metrics"),
+            ("http://metrics.test:9100/x", "metrics.test:9100", "/x"),
+            ("http://metrics.test", "metrics.test:80", "/metrics"),
+        ] {
+            let target = MetricsTarget::new(url).unwrap();
+            assert_eq!((&*target.authority, &*target.path), (authority, path));
+        }
+        for bad in [
+            "https://127.0.0.1/metrics",
+            "127.0.0.1:9100",
+            "http:///metrics",
+        ] {
+            assert!(MetricsTarget::new(bad).is_err(), "{bad}");
+        }
     }
 
     /// `localhost` may resolve to `::1` first, and a server listening on
