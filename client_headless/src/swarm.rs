@@ -166,6 +166,8 @@ struct SharedSocket {
     send_drops: u64,
     /// Bytes of those the bots had counted sent (their `bytes_up`).
     dropped_bytes: u64,
+    /// When the outbox's first datagram was queued (`None`: it is empty).
+    queued_since: Option<Instant>,
 }
 
 #[cfg(target_os = "linux")]
@@ -175,8 +177,17 @@ impl SharedSocket {
         let flushed = self.outbox.flush(&self.socket);
         self.send_drops += flushed.dropped as u64;
         self.dropped_bytes += flushed.dropped_counted_bytes;
+        self.queued_since = None;
     }
 }
+
+/// How long a datagram may wait in a shared socket's batch. The RTT counts
+/// the wait (the datagram is stamped when its bot is served) and the bots'
+/// lateness does not, so a batch is sent when full, at the end of a pass,
+/// and once its first datagram has waited this long (a long pass, on a
+/// loaded core).
+#[cfg(target_os = "linux")]
+const MAX_SEND_WAIT: Duration = Duration::from_millis(1);
 
 /// How a worker's bots reach the network.
 enum Sockets {
@@ -226,6 +237,8 @@ struct BatchOutbox<'a> {
     shared: &'a mut SharedSocket,
     source: Ipv4Addr,
     server: SocketAddrV4,
+    /// The bot's time.
+    now: Instant,
 }
 
 #[cfg(target_os = "linux")]
@@ -234,6 +247,7 @@ impl Outbox for BatchOutbox<'_> {
         if self.shared.outbox.is_full() {
             self.shared.flush();
         }
+        self.shared.queued_since.get_or_insert(self.now);
         self.shared
             .outbox
             .push(self.source, self.server, data, counted)
@@ -393,6 +407,7 @@ impl Worker {
                     let _ = self.stats.lateness_us.record(late);
                 }
                 self.service(i, now, &mut tx);
+                self.flush_waiting(now);
             }
             self.touched = touched;
             self.touched.clear();
@@ -556,6 +571,24 @@ impl Worker {
         self.received = received;
     }
 
+    /// Sends the shared sockets' batches whose first datagram has waited
+    /// [`MAX_SEND_WAIT`] by `now`.
+    fn flush_waiting(&mut self, now: Instant) {
+        #[cfg(target_os = "linux")]
+        if let Sockets::Shared { sockets, .. } = &mut self.sockets {
+            for shared in sockets {
+                if shared
+                    .queued_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= MAX_SEND_WAIT)
+                {
+                    shared.flush();
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = now;
+    }
+
     /// Sends what the bots queued on shared sockets this pass.
     fn flush_shared(&mut self) {
         #[cfg(target_os = "linux")]
@@ -598,6 +631,7 @@ impl Worker {
                     shared: &mut sockets[s],
                     source,
                     server,
+                    now,
                 };
                 self.bots[i].service(now, &mut out, tx, &mut self.scratch, &mut self.stats)
             }
@@ -659,6 +693,7 @@ impl Worker {
                             outbox: pktinfo::SendBatch::new(),
                             send_drops: 0,
                             dropped_bytes: 0,
+                            queued_since: None,
                         });
                         by_group.insert(group, sockets.len() - 1);
                         sockets.len() - 1
@@ -752,6 +787,10 @@ mod tests {
 
     impl Harness {
         fn new() -> Self {
+            Self::with_sources(SourceIps::Any)
+        }
+
+        fn with_sources(sources: SourceIps) -> Self {
             let socket = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
             socket.set_nonblocking(true).unwrap();
             let addr = socket.local_addr().unwrap();
@@ -776,14 +815,7 @@ mod tests {
                 errors: 0,
                 rtt_window_us: new_micros_histogram(),
             }));
-            let worker = Worker::new(
-                Poll::new().unwrap(),
-                ctx,
-                vec![(1, now)],
-                SourceIps::Any,
-                7,
-                live,
-            );
+            let worker = Worker::new(Poll::new().unwrap(), ctx, vec![(1, now)], sources, 7, live);
             Self {
                 worker,
                 server,
@@ -871,6 +903,27 @@ mod tests {
         h.worker.received.clear();
         h.worker.read_unread(&mut clock, &mut rx);
         assert!(!h.worker.received.is_empty());
+    }
+
+    /// A datagram queued on a shared socket waited for the batch to fill
+    /// or the pass to end: on a loaded core, a long pass, counted in the
+    /// RTT and not in the bots' lateness.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_shared_sockets_batch_waits_at_most_the_send_wait() {
+        let mut h = Harness::with_sources(SourceIps::Loopback { count: 1 });
+        h.service();
+        let queued = h.now;
+        let mut buf = [0u8; 2048];
+        let arrived = |h: &Harness, buf: &mut [u8]| {
+            std::thread::sleep(Duration::from_millis(20));
+            h.socket.recv_from(buf).is_ok()
+        };
+        h.worker
+            .flush_waiting(queued + MAX_SEND_WAIT - Duration::from_micros(1));
+        assert!(!arrived(&h, &mut buf), "sent before the batch waited");
+        h.worker.flush_waiting(queued + MAX_SEND_WAIT);
+        assert!(arrived(&h, &mut buf), "the batch still waits");
     }
 
     #[test]
