@@ -18,6 +18,11 @@ pub const MAX_CHANNELS: usize = 64;
 /// 10 times a second.
 pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The shortest [`TransportConfig::unreliable_ttl`] and
+/// [`TransportConfig::unreliable_fragment_timeout`]: a message queued by
+/// one thread and sent by another waits about that long.
+pub const MIN_UNRELIABLE_TIMER: Duration = Duration::from_millis(1);
+
 /// Most concurrent incomplete unreliable messages a channel may keep
 /// ([`TransportConfig::max_unreliable_reassemblies`]).
 pub const MAX_UNRELIABLE_REASSEMBLIES: usize = 64;
@@ -146,8 +151,11 @@ pub struct TransportConfig {
     /// in its next data packet instead of a datagram of its own; the sender
     /// allows for it before declaring a packet lost, so both peers must use
     /// the same value. A second unacknowledged packet makes the ack due at
-    /// once: it leaves at the next `poll_transmit` (a burst handed over
-    /// before that is acknowledged whole, see `Connection`). For peers that both send at a steady rate (a game tick), a
+    /// once: it leaves at the next `poll_transmit`. A burst handed over
+    /// before that is acknowledged whole up to 325 packets (an ack names
+    /// 65, and four are kept back for datagrams of their own); the packets
+    /// of a longer one that no ack can name count as lost at the sender.
+    /// For peers that both send at a steady rate (a game tick), a
     /// little more than the send interval makes bare acknowledgements rare.
     /// Default 10 ms; at most 1 s.
     pub max_ack_delay: Duration,
@@ -249,12 +257,14 @@ pub enum ConfigError {
     Rto,
     /// A keepalive more often than 10 Hz, or timeouts of zero: a zero
     /// keepalive interval makes every `poll_transmit` send one, for ever;
-    /// a zero `unreliable_ttl` drops every unreliable message before it is
-    /// sent, and a zero `unreliable_fragment_timeout` every fragmented one
-    /// after its first part.
+    /// an `unreliable_ttl` below [`MIN_UNRELIABLE_TIMER`] drops every
+    /// unreliable message that waits at all before it is sent, and such an
+    /// `unreliable_fragment_timeout` every fragmented one after its first
+    /// part.
     #[error(
-        "keepalive_interval must be at least 100 ms and below idle_timeout, and \
-         reliable_timeout, unreliable_ttl and unreliable_fragment_timeout above 0"
+        "keepalive_interval must be at least 100 ms and below idle_timeout, \
+         reliable_timeout above 0, and unreliable_ttl and unreliable_fragment_timeout \
+         at least 1 ms"
     )]
     Timers,
 }
@@ -331,8 +341,8 @@ impl TransportConfig {
         if self.keepalive_interval < MIN_KEEPALIVE_INTERVAL
             || self.keepalive_interval >= self.idle_timeout
             || self.reliable_timeout.is_zero()
-            || self.unreliable_ttl.is_zero()
-            || self.unreliable_fragment_timeout.is_zero()
+            || self.unreliable_ttl < MIN_UNRELIABLE_TIMER
+            || self.unreliable_fragment_timeout < MIN_UNRELIABLE_TIMER
         {
             return Err(ConfigError::Timers);
         }
@@ -374,7 +384,15 @@ mod tests {
                 ..defaults.clone()
             },
             TransportConfig {
+                unreliable_ttl: Duration::from_nanos(1),
+                ..defaults.clone()
+            },
+            TransportConfig {
                 unreliable_fragment_timeout: Duration::ZERO,
+                ..defaults.clone()
+            },
+            TransportConfig {
+                unreliable_fragment_timeout: MIN_UNRELIABLE_TIMER - Duration::from_nanos(1),
                 ..defaults.clone()
             },
         ] {

@@ -965,7 +965,7 @@ impl Connection {
         }
         if let Some(latest) = self.received_latest {
             if header.sequence == latest {
-                self.on_duplicate(header.sequence, header.ack_eliciting, now);
+                self.on_duplicate(header.ack_eliciting, now);
                 return;
             }
             if !seq_newer(header.sequence, latest) {
@@ -975,7 +975,7 @@ impl Connection {
                     return;
                 }
                 if self.received_bits & (1 << (back - 1)) != 0 {
-                    self.on_duplicate(header.sequence, header.ack_eliciting, now);
+                    self.on_duplicate(header.ack_eliciting, now);
                     return;
                 }
             }
@@ -1111,11 +1111,19 @@ impl Connection {
         self.ack_eliciting_unacked = self.ack_eliciting_unacked.saturating_add(1);
     }
 
-    fn on_duplicate(&mut self, sequence: u16, ack_eliciting: bool, now: Stamp) {
+    fn on_duplicate(&mut self, ack_eliciting: bool, now: Stamp) {
         self.stats.duplicate_packets += 1;
         if ack_eliciting {
-            // Our ack may have been lost: acknowledge again.
-            self.owe_ack(now, sequence);
+            // Our ack may have been lost: acknowledge again. The copy's
+            // packet was named by an ack sent or kept back already, or is
+            // among those owed: it is no older unreported packet (counting
+            // it as one would keep acks back for nothing and use up their
+            // room).
+            let oldest = match self.ack_eliciting_unacked {
+                0 => self.received_latest.unwrap_or_default(),
+                _ => self.oldest_unreported,
+            };
+            self.owe_ack(now, oldest);
             self.update_timers(now);
         }
     }

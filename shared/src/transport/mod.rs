@@ -18,7 +18,7 @@ pub mod wire;
 
 pub use config::{
     ChannelConfig, ChannelId, ChannelKind, ConfigError, MAX_CHANNELS, MAX_UNRELIABLE_REASSEMBLIES,
-    MIN_KEEPALIVE_INTERVAL, TransportConfig,
+    MIN_KEEPALIVE_INTERVAL, MIN_UNRELIABLE_TIMER, TransportConfig,
 };
 pub use connection::{Connection, ConnectionStats, DisconnectReason, Event, SendError};
 pub use recv::Deliver;
