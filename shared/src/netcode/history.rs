@@ -105,7 +105,8 @@ impl TokenHistory {
     /// [`handshake_block`]); before a challenge, in none of the token's
     /// ended sessions' blocks (of this process: a program run again
     /// remembers none, and only the challenge's block tells its attempt's
-    /// packets from an earlier run's); and, for a `denial`, not a
+    /// packets from an earlier run's, when the challenge taken is this
+    /// attempt's); and, for a `denial`, not a
     /// server-wide one at or below one taken before. (Other packets
     /// numbered server-wide are a reference server's challenges, from a
     /// counter that starts over with the server: no floor holds for them.)

@@ -146,7 +146,11 @@
 //! per-client packets only in the challenge's block (ours numbers a whole
 //! handshake and its session in one; a reference server's challenge is
 //! numbered server-wide and its session in block 0), which also holds
-//! against a program run again, which remembers nothing; before that, it
+//! against a program run again, which remembers nothing, once the server's
+//! own challenge came first (a challenge echoes nothing of the request, so
+//! an earlier run's, replayed before it, still leads a fresh client into
+//! that run's session; persist a token's ended blocks with it where that
+//! matters, or mint one token per attempt); before that, it
 //! remembers, per token, the blocks of its sessions that ended and of
 //! handshakes a denial ended (the server never numbers anything in them
 //! again), and per server the newest server-wide denial it took. Inherent in the protocol: a token handed to several servers
