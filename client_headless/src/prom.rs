@@ -193,12 +193,19 @@ impl MetricsTarget {
             None => (rest, "/metrics"),
         };
         // A port follows the last colon, past an IPv6 literal's brackets.
-        let has_port = authority
+        let port = authority
             .rfind(':')
-            .is_some_and(|i| !authority[i..].contains(']'));
+            .filter(|&i| !authority[i..].contains(']'))
+            .map(|i| &authority[i + 1..]);
         if authority.is_empty() || authority.starts_with(':') {
             return Err(format!("{url}: no host"));
         }
+        if let Some(port) = port
+            && port.parse::<u16>().map_or(true, |p| p == 0)
+        {
+            return Err(format!("{url}: the port must be 1 to 65535, not {port:?}"));
+        }
+        let has_port = port.is_some();
         Ok(Self {
             url: url.to_owned(),
             authority: if has_port {
@@ -496,6 +503,10 @@ server_ticks_total 100
             "https://127.0.0.1/metrics",
             "127.0.0.1:9100",
             "http:///metrics",
+            "http://127.0.0.1:/metrics",
+            "http://h:abc/",
+            "http://h:99999/",
+            "http://[::1]:0/",
         ] {
             assert!(MetricsTarget::new(bad).is_err(), "{bad}");
         }

@@ -206,6 +206,10 @@ enum Sockets {
         inbox: Box<pktinfo::RecvBatch>,
         /// Sockets with datagrams left after a bounded read.
         unread: Vec<usize>,
+        /// At or before the earliest `queued_since` of the sockets (`None`:
+        /// no batch waits), so that the sockets are looked over only when
+        /// one may have waited long enough.
+        first_queued: Option<Instant>,
     },
 }
 
@@ -235,6 +239,8 @@ impl Outbox for SocketOutbox<'_> {
 #[cfg(target_os = "linux")]
 struct BatchOutbox<'a> {
     shared: &'a mut SharedSocket,
+    /// The worker's `first_queued`.
+    first_queued: &'a mut Option<Instant>,
     source: Ipv4Addr,
     server: SocketAddrV4,
     /// The bot's time.
@@ -248,6 +254,7 @@ impl Outbox for BatchOutbox<'_> {
             self.shared.flush();
         }
         self.shared.queued_since.get_or_insert(self.now);
+        self.first_queued.get_or_insert(self.now);
         self.shared
             .outbox
             .push(self.source, self.server, data, counted)
@@ -307,6 +314,7 @@ impl Worker {
                 attached: vec![None; count],
                 inbox: Box::new(pktinfo::RecvBatch::new()),
                 unread: Vec::new(),
+                first_queued: None,
             },
             _ => Sockets::PerBot((0..count).map(|_| None).collect()),
         };
@@ -425,12 +433,7 @@ impl Worker {
         for bot in &self.bots {
             reliable.add(&bot.verifier().stats());
         }
-        #[cfg(target_os = "linux")]
-        if let Sockets::Shared { sockets, .. } = &self.sockets {
-            self.stats.send_drops += sockets.iter().map(|s| s.send_drops).sum::<u64>();
-            let refused = sockets.iter().map(|s| s.dropped_bytes).sum::<u64>();
-            self.stats.bytes_up = self.stats.bytes_up.saturating_sub(refused);
-        }
+        self.count_shared_drops();
         WorkerResult {
             stats: std::mem::replace(&mut self.stats, WorkerStats::new()),
             reliable,
@@ -571,17 +574,42 @@ impl Worker {
         self.received = received;
     }
 
+    /// Adds what the kernel refused of the shared sockets' batches to the
+    /// stats (once, at the end): the drops, and their bytes out of
+    /// `bytes_up`, where the bots counted them when they queued them.
+    fn count_shared_drops(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Sockets::Shared { sockets, .. } = &mut self.sockets {
+            for shared in sockets {
+                self.stats.send_drops += std::mem::take(&mut shared.send_drops);
+                let refused = std::mem::take(&mut shared.dropped_bytes);
+                self.stats.bytes_up = self.stats.bytes_up.saturating_sub(refused);
+            }
+        }
+    }
+
     /// Sends the shared sockets' batches whose first datagram has waited
     /// [`MAX_SEND_WAIT`] by `now`.
     fn flush_waiting(&mut self, now: Instant) {
         #[cfg(target_os = "linux")]
-        if let Sockets::Shared { sockets, .. } = &mut self.sockets {
+        if let Sockets::Shared {
+            sockets,
+            first_queued,
+            ..
+        } = &mut self.sockets
+        {
+            let waited = |since: Instant| now.saturating_duration_since(since) >= MAX_SEND_WAIT;
+            if !first_queued.is_some_and(waited) {
+                return;
+            }
+            *first_queued = None;
             for shared in sockets {
-                if shared
-                    .queued_since
-                    .is_some_and(|since| now.saturating_duration_since(since) >= MAX_SEND_WAIT)
-                {
-                    shared.flush();
+                match shared.queued_since {
+                    Some(since) if waited(since) => shared.flush(),
+                    Some(since) => {
+                        *first_queued = Some(first_queued.map_or(since, |f| f.min(since)))
+                    }
+                    None => {}
                 }
             }
         }
@@ -592,10 +620,16 @@ impl Worker {
     /// Sends what the bots queued on shared sockets this pass.
     fn flush_shared(&mut self) {
         #[cfg(target_os = "linux")]
-        if let Sockets::Shared { sockets, .. } = &mut self.sockets {
+        if let Sockets::Shared {
+            sockets,
+            first_queued,
+            ..
+        } = &mut self.sockets
+        {
             for shared in sockets {
                 shared.flush();
             }
+            *first_queued = None;
         }
     }
 
@@ -622,13 +656,17 @@ impl Worker {
             }
             #[cfg(target_os = "linux")]
             Sockets::Shared {
-                sockets, attached, ..
+                sockets,
+                attached,
+                first_queued,
+                ..
             } => {
                 let (Some((s, source)), SocketAddr::V4(server)) = (attached[i], server) else {
                     return;
                 };
                 let mut out = BatchOutbox {
                     shared: &mut sockets[s],
+                    first_queued,
                     source,
                     server,
                     now,
@@ -924,6 +962,31 @@ mod tests {
         assert!(!arrived(&h, &mut buf), "sent before the batch waited");
         h.worker.flush_waiting(queued + MAX_SEND_WAIT);
         assert!(arrived(&h, &mut buf), "the batch still waits");
+    }
+
+    /// What the kernel refuses of a shared socket's batch was counted in
+    /// `bytes_up` when the bot queued it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bytes_a_shared_socket_could_not_send_are_not_counted_up() {
+        let mut h = Harness::with_sources(SourceIps::Loopback { count: 1 });
+        h.service();
+        h.worker.flush_shared();
+        let (sent, drops) = (h.worker.stats.bytes_up, h.worker.stats.send_drops);
+        let SocketAddr::V4(server) = h.socket.local_addr().unwrap() else {
+            panic!("IPv4 expected");
+        };
+        let Sockets::Shared { sockets, .. } = &mut h.worker.sockets else {
+            panic!("shared sockets expected");
+        };
+        // From an address no interface has: the kernel refuses it.
+        let foreign = Ipv4Addr::new(203, 0, 113, 9);
+        assert!(sockets[0].outbox.push(foreign, server, &[7; 100], true));
+        h.worker.stats.bytes_up += 100;
+        h.worker.flush_shared();
+        h.worker.count_shared_drops();
+        assert_eq!(h.worker.stats.bytes_up, sent);
+        assert_eq!(h.worker.stats.send_drops, drops + 1);
     }
 
     #[test]
