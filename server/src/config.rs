@@ -409,6 +409,28 @@ pub enum ConfigError {
         /// What is wrong (see [`CoreConfig::check`]).
         message: String,
     },
+    /// `[inventory] world_extent` lets the spawner place items outside the
+    /// `[movement]` world, where no player can go to pick them up.
+    #[error(
+        "inventory.world_extent = {world_extent} in {origin} spawns items anywhere in \
+         [-{world_extent}, {world_extent}] m on both axes, which reaches outside the world \
+         players move in (movement.world_min = {world_min}, movement.world_max = \
+         {world_max}): an item there could never be picked up, and once spawner_target such \
+         items lay in the world the spawner would stop for good. The spawn square must lie \
+         inside the world, edges included (pickup_radius is not counted as reach beyond \
+         it): lower world_extent, widen the world, or set spawner_target = 0 to spawn \
+         nothing"
+    )]
+    SpawnOutsideWorld {
+        /// Where the values came from.
+        origin: String,
+        /// `[inventory] world_extent`.
+        world_extent: f32,
+        /// `[movement] world_min`.
+        world_min: glam::Vec2,
+        /// `[movement] world_max`.
+        world_max: glam::Vec2,
+    },
     /// A `[memory]` bound is out of its range.
     #[error("[memory] in {origin}: {message}")]
     Memory {
@@ -795,6 +817,14 @@ impl ServerConfig {
                 origin: origin.to_owned(),
                 message,
             })?;
+        if !spawns_inside_world(&inventory, &movement) {
+            return Err(ConfigError::SpawnOutsideWorld {
+                origin: origin.to_owned(),
+                world_extent: inventory.world_extent,
+                world_min: movement.world_min,
+                world_max: movement.world_max,
+            });
+        }
         let interest = file.interest.clone().unwrap_or_default();
         interest.check().map_err(|message| ConfigError::Interest {
             origin: origin.to_owned(),
@@ -989,6 +1019,17 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
     arg.clone().or_else(|| file.clone()).unwrap_or(default)
+}
+
+/// Whether every item the spawner can place, anywhere in
+/// `[-world_extent, world_extent]` on both axes, lies where a player can
+/// stand: inside the movement world, edges included (positions are clamped
+/// to them). A spawner that places nothing (`spawner_target` or
+/// `max_world_items` 0) passes whatever its extent.
+fn spawns_inside_world(inventory: &CoreConfig, movement: &MovementConfig) -> bool {
+    let extent = glam::Vec2::splat(inventory.world_extent);
+    let spawns = inventory.spawner_target.min(inventory.max_world_items) > 0;
+    !spawns || (movement.world_min.cmple(-extent).all() && movement.world_max.cmpge(extent).all())
 }
 
 /// Whether clients can send datagrams to `addr`: not "any interface", not
@@ -1297,6 +1338,50 @@ mod tests {
                 error.to_string(),
                 format!("[inventory] in bad.toml: {message}")
             );
+        }
+    }
+
+    #[test]
+    fn items_spawned_where_no_player_can_go_stop_the_start() {
+        let resolve = |text: &str| {
+            let file = FileConfig::parse(text, "test.toml").unwrap();
+            ServerConfig::resolve(&RunArgs::default(), &file, "test.toml")
+        };
+        let error = resolve("[movement]\nworld_min = [-50.0, -50.0]\nworld_max = [50.0, 50.0]\n")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "inventory.world_extent = 100 in test.toml spawns items anywhere in [-100, 100] m \
+             on both axes, which reaches outside the world players move in \
+             (movement.world_min = [-50, -50], movement.world_max = [50, 50]): an item there \
+             could never be picked up, and once spawner_target such items lay in the world the \
+             spawner would stop for good. The spawn square must lie inside the world, edges \
+             included (pickup_radius is not counted as reach beyond it): lower world_extent, \
+             widen the world, or set spawner_target = 0 to spawn nothing"
+        );
+        for text in [
+            "[inventory]\nworld_extent = 1000000.0\n",
+            "[movement]\nworld_max = [1000.0, 99.0]\n",
+            "[movement]\nworld_min = [-99.0, -1000.0]\n",
+            "[movement]\nworld_min = [10.0, 10.0]\n",
+        ] {
+            let error = resolve(text).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::SpawnOutsideWorld { .. }),
+                "{text}: {error}"
+            );
+        }
+        // A square reaching the world's edge, and a spawner that spawns
+        // nothing, are fine; so are the defaults.
+        for text in [
+            "[inventory]\nworld_extent = 1000.0\n",
+            "[movement]\nworld_min = [-100.0, -100.0]\nworld_max = [100.0, 100.0]\n",
+            "[movement]\nworld_min = [10.0, 10.0]\n[inventory]\nspawner_target = 0\n",
+            "[movement]\nworld_min = [10.0, 10.0]\n[inventory]\nmax_world_items = 0\n",
+            "",
+            EMBEDDED_CONFIG,
+        ] {
+            resolve(text).unwrap();
         }
     }
 

@@ -142,7 +142,9 @@ pub struct CoreConfig {
     pub spawn_every_ticks: u64,
     /// The spawner fills the world up to this many items (default 64).
     pub spawner_target: usize,
-    /// Spawned items land in `[-extent, extent]²` metres (default 100).
+    /// Spawned items land in `[-extent, extent]²` metres (default 100),
+    /// which must lie inside the `[movement]` world (checked at start, as
+    /// players cannot reach an item outside it) unless nothing spawns.
     pub world_extent: f32,
     /// How far a player reaches to pick up, in metres (default 5); not
     /// checked for a player without a position (not spawned in the world).
