@@ -31,6 +31,32 @@ pub enum MetricError {
         /// The kind asked for now.
         requested: MetricKind,
     },
+    /// A label name is given twice in one series: Prometheus refuses the
+    /// whole scrape over such a sample.
+    #[error("label {label:?} is given more than once on metric {metric:?}")]
+    DuplicateLabel {
+        /// The metric being registered.
+        metric: String,
+        /// The label name given twice.
+        label: String,
+    },
+    /// A histogram's sample name (its name and `_bucket`, `_sum` or
+    /// `_count`) would also be another family's name, in either order of
+    /// registration: a counter or gauge would export a duplicate sample,
+    /// and a text-format parser would take a histogram so named for a
+    /// sample of the other.
+    #[error(
+        "metric {name:?} clashes with metric {other:?}: {sample:?} would be both a histogram's \
+         sample (its _bucket, _sum or _count) and a metric's name"
+    )]
+    NameClash {
+        /// The metric being registered.
+        name: String,
+        /// The family registered already.
+        other: String,
+        /// The name both would claim.
+        sample: String,
+    },
     /// Histogram bucket bounds must be finite, non-empty and strictly increasing.
     #[error("invalid histogram buckets for {0:?}: need finite, strictly increasing bounds")]
     InvalidBuckets(String),
@@ -248,7 +274,9 @@ struct Family {
 /// Registering is for startup (it takes a lock); updating a handle is a
 /// relaxed atomic operation and never blocks. Registering the same name and
 /// labels twice returns the same underlying value, so plugins may register
-/// idempotently; a name re-registered as another kind is an error.
+/// idempotently; a name re-registered as another kind is an error, as is a
+/// label name given twice in one series or a name that is one of a
+/// histogram's sample names (see [`MetricError::NameClash`]).
 #[derive(Debug, Default)]
 pub struct Registry {
     families: Mutex<Vec<Family>>,
@@ -392,11 +420,23 @@ impl Registry {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         labels.sort();
+        if let Some(pair) = labels.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(MetricError::DuplicateLabel {
+                metric: name.to_owned(),
+                label: pair[0].0.clone(),
+            });
+        }
 
         let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         let index = match families.iter().position(|f| f.name == name) {
             Some(index) => index,
             None => {
+                if let Some(other) = families
+                    .iter()
+                    .find_map(|f| name_clash(name, kind, &f.name, f.kind))
+                {
+                    return Err(other);
+                }
                 families.push(Family {
                     name: name.to_owned(),
                     help: help.to_owned(),
@@ -474,6 +514,40 @@ impl SeriesValue {
             Self::Histogram(h) => Self::Histogram(h.clone()),
         }
     }
+}
+
+/// The suffixes of the samples a histogram family exports.
+const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+/// The error for a new family `name` of `kind` one of whose names (its
+/// own, and for a histogram those of its samples) is a name of the family
+/// `other` of `other_kind`, if one is: a histogram exports
+/// `{name}_bucket`, `{name}_sum` and `{name}_count`, a counter or gauge
+/// `{name}` only (and no two families share a name).
+fn name_clash(
+    name: &str,
+    kind: MetricKind,
+    other: &str,
+    other_kind: MetricKind,
+) -> Option<MetricError> {
+    let is_sample_of = |histogram: &str, sample: &str| {
+        sample
+            .strip_prefix(histogram)
+            .is_some_and(|suffix| HISTOGRAM_SUFFIXES.contains(&suffix))
+    };
+    let histogram = MetricKind::Histogram;
+    let sample = if kind == histogram && is_sample_of(name, other) {
+        other
+    } else if other_kind == histogram && is_sample_of(other, name) {
+        name
+    } else {
+        return None;
+    };
+    Some(MetricError::NameClash {
+        name: name.to_owned(),
+        other: other.to_owned(),
+        sample: sample.to_owned(),
+    })
 }
 
 fn unreachable_kind<T>(name: &str, requested: MetricKind) -> Result<T, MetricError> {
@@ -676,10 +750,63 @@ rtt_seconds_count 3
             registry.histogram("h", "h", &[2.0, 1.0]).unwrap_err(),
             MetricError::InvalidBuckets("h".into())
         );
+        // A label twice in one series would render `x{a="1",a="2"}`.
+        assert_eq!(
+            registry
+                .counter_with_labels("x_total", "x", &[("a", "1"), ("a", "2")])
+                .unwrap_err(),
+            MetricError::DuplicateLabel {
+                metric: "x_total".into(),
+                label: "a".into(),
+            }
+        );
+        assert_eq!(
+            registry
+                .histogram_with_labels("dup", "d", &[("b", "1"), ("a", "1"), ("b", "1")], &[1.0])
+                .unwrap_err()
+                .to_string(),
+            "label \"b\" is given more than once on metric \"dup\""
+        );
+        // A histogram's sample names and another family's name, whichever
+        // comes first.
+        registry.histogram("rtt", "r", &[1.0]).unwrap();
+        for sample in ["rtt_count", "rtt_sum", "rtt_bucket"] {
+            assert_eq!(
+                registry.counter(sample, "c").unwrap_err(),
+                MetricError::NameClash {
+                    name: sample.into(),
+                    other: "rtt".into(),
+                    sample: sample.into(),
+                }
+            );
+        }
+        assert!(matches!(
+            registry.histogram("rtt_sum", "r", &[1.0]),
+            Err(MetricError::NameClash { .. })
+        ));
+        registry.gauge("lag_sum", "l").unwrap();
+        assert_eq!(
+            registry
+                .histogram("lag", "l", &[1.0])
+                .unwrap_err()
+                .to_string(),
+            "metric \"lag\" clashes with metric \"lag_sum\": \"lag_sum\" would be both a \
+             histogram's sample (its _bucket, _sum or _count) and a metric's name"
+        );
+        // Names that only begin like a histogram's samples are fine.
+        registry.counter("rtt_counts", "c").unwrap();
+        registry.counter("rtt_total", "c").unwrap();
+        registry.histogram("rtt_sum_seconds", "r", &[1.0]).unwrap();
         // A failed registration leaves no empty family behind.
         let mut out = String::new();
         registry.render(&mut out);
-        assert!(!out.contains("# TYPE h "));
+        for refused in ["h", "dup", "rtt_count", "rtt_sum", "rtt_bucket", "lag"] {
+            assert!(
+                !out.contains(&format!("# TYPE {refused} ")),
+                "{refused}: {out}"
+            );
+        }
+        assert!(!out.contains("a=\""), "{out}");
     }
 
     #[test]
