@@ -23,6 +23,7 @@ use bevy_ecs::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 use shared::io::priority::TickSignal;
 use shared::io::{ClientId, IoStats, IoStatsSnapshot, NetCommand, NetEvent, NetSummary, ServerIo};
+use shared::netcode::DropReason;
 use shared::transport::{ChannelId, ChannelKind, DisconnectReason};
 
 pub use session::{
@@ -289,6 +290,11 @@ struct NetMetrics {
     packets_lost: Counter,
     queue_full: Counter,
     rtt: Option<Histogram>,
+    /// `net_dropped_datagrams_total`, one series per reason, registered
+    /// the first time its reason shows up in a summary: registering takes
+    /// the registry's lock (held by `/metrics` for a whole render) and
+    /// allocates, so the tick does it once per reason, not every second.
+    dropped: Vec<(DropReason, Counter)>,
     last: IoStatsSnapshot,
     last_summary: (u64, NetSummary),
 }
@@ -353,6 +359,7 @@ impl NetMetrics {
                     &exponential_buckets(0.001, 2.0, 12),
                 )
                 .ok(),
+            dropped: Vec::new(),
             last: IoStatsSnapshot::default(),
             last_summary: (0, NetSummary::default()),
         }
@@ -573,6 +580,7 @@ fn export_metrics(
     mut roster: ResMut<PlayerRoster>,
     registry: Res<Metrics>,
 ) {
+    let metrics = &mut *metrics;
     // The summary (a line per client) is copied only when a new one is
     // out, once a second, not every tick.
     if net.stats().summary_version() != metrics.last_summary.0 {
@@ -609,14 +617,22 @@ fn export_metrics(
                 .iter()
                 .find(|(r, _)| *r == reason)
                 .map_or(0, |(_, n)| *n);
-            let label = format!("{reason:?}");
-            if let Ok(counter) = registry.registry().counter_with_labels(
-                "net_dropped_datagrams_total",
-                "Datagrams the connection layer ignored, by reason.",
-                &[("reason", &label)],
-            ) {
-                counter.add(total - before);
-            }
+            let counter = match metrics.dropped.iter().find(|(r, _)| *r == reason) {
+                Some((_, counter)) => counter,
+                None => {
+                    let counter = registry
+                        .registry()
+                        .counter_with_labels(
+                            "net_dropped_datagrams_total",
+                            "Datagrams the connection layer ignored, by reason.",
+                            &[("reason", &format!("{reason:?}"))],
+                        )
+                        .unwrap_or_default();
+                    metrics.dropped.push((reason, counter));
+                    &metrics.dropped[metrics.dropped.len() - 1].1
+                }
+            };
+            counter.add(total - before);
         }
         metrics.last_summary = (version, summary);
     }
@@ -788,6 +804,66 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
         assert_eq!(listed.addr, Some(player_addr));
+    }
+
+    /// `net_dropped_datagrams_total` is registered once per reason: the
+    /// exports after the first for a reason add to the counter then
+    /// registered, without going back to the registry (whose lock
+    /// `/metrics` holds for a whole render) from the tick.
+    #[test]
+    fn a_drop_reason_seen_before_is_counted_without_registering_again() {
+        let config = crate::config::ServerConfig {
+            bind_set: Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))),
+            ..Default::default()
+        };
+        let network = crate::start_network(&config).unwrap();
+        let server_addr = network.local_addr().unwrap();
+        let mut app = ticking_app(network);
+        let junk = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+        // Ticks until the summary exported counts `total` drops.
+        let exported = |app: &mut App, total: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                app.update();
+                let drops = &app.world().resource::<NetMetrics>().last_summary.1.drops;
+                if drops.iter().map(|(_, n)| n).sum::<u64>() >= total {
+                    return drops.clone();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not exported within 15 s: {drops:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let sample = |metrics: &Metrics| {
+            let mut out = String::new();
+            metrics.registry().render(&mut out);
+            out.lines()
+                .filter(|line| line.starts_with("net_dropped_datagrams_total{"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+
+        junk.send_to(&[0xff; 40], server_addr).unwrap();
+        let drops = exported(&mut app, 1);
+        let [(reason, 1)] = drops[..] else {
+            panic!("one datagram dropped once: {drops:?}");
+        };
+        let first = app.world().resource::<Metrics>().clone();
+        let line = format!("net_dropped_datagrams_total{{reason=\"{reason:?}\"}}");
+        assert_eq!(sample(&first), [format!("{line} 1")]);
+
+        // What registers from now on lands in a registry of its own.
+        app.insert_resource(Metrics::default());
+        junk.send_to(&[0xff; 40], server_addr).unwrap();
+        assert_eq!(exported(&mut app, 2), [(reason, 2)]);
+        assert_eq!(
+            sample(app.world().resource::<Metrics>()),
+            Vec::<String>::new(),
+            "registered again"
+        );
+        assert_eq!(sample(&first), [format!("{line} 2")]);
     }
 
     #[test]
