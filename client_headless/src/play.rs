@@ -246,9 +246,10 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     let input = spawn_stdin();
     let mut player = Player::new();
     let mut stdin_open = true;
-    // Commands that need the connection, typed before it was up; and the
-    // end of input (or `/quit`) behind them, to follow once they ran.
-    let mut pending: VecDeque<Command> = VecDeque::new();
+    // Commands that need the connection, typed before it was up, with the
+    // answers to the lines after them kept in turn; and the end of input
+    // (or `/quit`) behind them, to follow once they ran.
+    let mut pending: VecDeque<Queued> = VecDeque::new();
     let mut quit_after_pending = false;
     // Asked to leave: the goodbye goes once everything sent is answered,
     // or at this deadline.
@@ -275,8 +276,11 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         }
         player.tick(now, &mut socket.endpoint);
         if socket.endpoint.is_connected() {
-            for command in pending.drain(..) {
-                player.run(now, command, &mut socket.endpoint);
+            for queued in pending.drain(..) {
+                match queued {
+                    Queued::Run(command) => player.run(now, command, &mut socket.endpoint),
+                    Queued::Say(line) => say!("{line}"),
+                }
             }
             if std::mem::take(&mut quit_after_pending) {
                 leaving = Some(now + ANSWER_WAIT);
@@ -298,21 +302,34 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             socket.endpoint.disconnect(now, DisconnectReason::Closed);
         }
         while stdin_open {
+            // Behind commands waiting for the connection, a line's answer
+            // waits its turn.
+            let queue = |pending: &mut VecDeque<Queued>, queued: Queued| {
+                if pending.len() < MAX_PENDING_COMMANDS {
+                    pending.push_back(queued);
+                } else {
+                    say!("not connected yet: command dropped");
+                }
+            };
             let quit = match input.try_recv() {
                 // Another encoding (a Latin-1 terminal): the line alone is
                 // refused; the input goes on.
                 Ok(Err(_)) => {
-                    say!("that line is not UTF-8 text: ignored");
+                    let notice = "that line is not UTF-8 text: ignored";
+                    if pending.is_empty() {
+                        say!("{notice}");
+                    } else {
+                        queue(&mut pending, Queued::Say(notice.to_owned()));
+                    }
                     false
                 }
                 Ok(Ok(line)) => match parse_command(&line) {
                     Ok(Some(Command::Quit)) => true,
-                    Ok(Some(command)) if waits_for_connection(&command, &socket.endpoint) => {
-                        if pending.len() < MAX_PENDING_COMMANDS {
-                            pending.push_back(command);
-                        } else {
-                            say!("not connected yet: command dropped");
-                        }
+                    Ok(Some(command))
+                        if !pending.is_empty()
+                            || waits_for_connection(&command, &socket.endpoint) =>
+                    {
+                        queue(&mut pending, Queued::Run(command));
                         false
                     }
                     Ok(Some(command)) => {
@@ -320,8 +337,12 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                         false
                     }
                     Ok(None) => false,
-                    Err(message) => {
+                    Err(message) if pending.is_empty() => {
                         say!("{message}");
+                        false
+                    }
+                    Err(message) => {
+                        queue(&mut pending, Queued::Say(message));
                         false
                     }
                 },
@@ -551,6 +572,13 @@ const MAX_UNANSWERED_CHAT: usize = 64;
 /// Commands typed (or piped) before the connection is up, kept to run once
 /// it is: a script piped in arrives whole before the handshake ends.
 const MAX_PENDING_COMMANDS: usize = 256;
+
+/// A line of input waiting for the connection: a command to run, or the
+/// answer to a line that needed none, printed in its turn.
+enum Queued {
+    Run(Command),
+    Say(String),
+}
 
 impl Player {
     fn new() -> Self {

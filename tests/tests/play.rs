@@ -33,7 +33,7 @@ fn a_script_piped_to_play_runs_once_connected() {
     let script = dir.join("script.txt");
     // A line in another encoding: refused alone, in its turn (after the
     // line before it), and the rest runs.
-    let mut lines = b"/frobnicate\ncaf\xe9\n".to_vec();
+    let mut lines = b"/stats\n/frobnicate\ncaf\xe9\n".to_vec();
     lines.extend_from_slice(b"/say hello from a script\n/inv\n/w nobody hi\n/stats\n");
     std::fs::write(&script, lines).unwrap();
     let lines_before = server.metric("chat_lines_total");
@@ -51,10 +51,12 @@ fn a_script_piped_to_play_runs_once_connected() {
         output.status
     );
     assert!(!stdout.contains("not connected yet"), "{stdout}");
+    // Each line answered in its turn, those before the connection too.
+    let stats = stdout.find("rtt ");
     let unknown = stdout.find("unknown command /frobnicate");
     let not_text = stdout.find("not UTF-8");
     assert!(
-        unknown.is_some() && not_text.is_some() && unknown < not_text,
+        stats.is_some() && stats < unknown && unknown < not_text,
         "{stdout}"
     );
     // The line reached the server: its speaker's own copy went out.
