@@ -231,7 +231,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     // socket is of the first one's family, bound to any address, so that
     // it opens one of the other family for an address of that one.
     let first = token.server_addresses.first().copied().unwrap_or(server);
-    let bind: SocketAddr = if first.is_ipv6() {
+    let bind: SocketAddr = if shared::io::unmapped(first).is_ipv6() {
         "[::]:0".parse().map_err(|_| "bad bind address")?
     } else {
         "0.0.0.0:0".parse().map_err(|_| "bad bind address")?

@@ -129,7 +129,9 @@ impl RecvBatch {
     /// Whether the last [`recv`](Self::recv) found the socket empty (or an
     /// error stopped it, which the next call returns): a poller reports
     /// new datagrams from then on. A full batch, or one cut short by errors
-    /// about single datagrams, is not drained: read again.
+    /// about single datagrams, is not drained: read again. After a `recv`
+    /// that returned an error (`WouldBlock` included) it is `false`: the
+    /// error says what happened.
     pub fn drained(&self) -> bool {
         self.drained
     }
@@ -424,6 +426,7 @@ mod linux {
     /// label of a `sockaddr_in6` (checked below), so both families are read
     /// and written through plain fields, without casts.
     #[derive(Clone, Copy)]
+    #[repr(transparent)]
     struct RawAddr(libc::sockaddr_in6);
 
     const _: () = {

@@ -104,11 +104,11 @@ impl ClientSocket {
     /// matters) and kept as [`last_send_error`](Self::last_send_error).
     pub fn flush(&mut self, now: Instant) {
         while let Some(transmit) = self.endpoint.poll_transmit(now, &mut self.buf) {
-            let to = transmit.destination;
+            let to = unmapped(transmit.destination);
             let sent = socket_for(&self.socket, self.bound, &mut self.other, to)
                 .and_then(|socket| socket.send_to(&self.buf[..transmit.len], to));
             if let Err(error) = sent {
-                self.send_error = Some((to, error));
+                self.send_error = Some((transmit.destination, error));
             }
         }
     }
@@ -119,6 +119,21 @@ impl ClientSocket {
     /// cannot reach, no route).
     pub fn last_send_error(&self) -> Option<(SocketAddr, &io::Error)> {
         self.send_error.as_ref().map(|(to, error)| (*to, error))
+    }
+}
+
+/// `addr` as a socket sends to it: an IPv4-mapped IPv6 address (a token
+/// may name a server so) as the IPv4 address it is, which an IPv4 socket
+/// reaches, where an IPv6 one does only if it is dual-stack (not on Windows
+/// by default, nor with Linux's `bindv6only`). The answers are the same
+/// server's: the secure layer takes both forms as one.
+pub fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(addr, |ip| SocketAddr::from((ip, v6.port()))),
+        SocketAddr::V4(_) => addr,
     }
 }
 
@@ -206,6 +221,37 @@ mod tests {
             .expect("an IPv4 socket cannot send to ::1");
         assert_eq!(to, server);
         assert_ne!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
+    }
+
+    /// A token may name its server by the IPv4-mapped IPv6 form of its
+    /// address: an IPv4 socket could not send to it (every handshake packet
+    /// refused, a connect timeout with the server up).
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "a real socket: real time")]
+    fn a_server_named_by_an_ipv4_mapped_address_is_reached_over_ipv4() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+        let key = Key::generate(&mut system_rng());
+        let token = crate::keys::mint_token(&key, vec![mapped], 1, 30, 5).unwrap();
+        for bind in ["127.0.0.1:0", "0.0.0.0:0"] {
+            let mut endpoint = ClientEndpoint::new(PROTOCOL_ID, TransportConfig::default());
+            let now = Instant::now();
+            endpoint.connect(&token, now, unix_secs()).unwrap();
+            let mut socket = ClientSocket::bind(bind.parse().unwrap(), endpoint).unwrap();
+            socket.pump(now).unwrap();
+            assert!(
+                socket.last_send_error().is_none(),
+                "{bind}: {:?}",
+                socket.last_send_error()
+            );
+            assert!(socket.other.is_none(), "{bind}: an IPv6 socket was opened");
+            server
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let (len, _) = server.recv_from(&mut [0u8; 2048]).unwrap();
+            assert_eq!(len, crate::netcode::CONNECTION_REQUEST_BYTES, "{bind}");
+        }
     }
 
     /// A pump reading the socket of the other family (the server reached

@@ -16,7 +16,7 @@ pub mod priority;
 mod server;
 pub mod socket;
 
-pub use client::{ClientSocket, MAX_READS_PER_PUMP};
+pub use client::{ClientSocket, MAX_READS_PER_PUMP, unmapped};
 pub use server::{
     ClientId, ClientSummary, InboundEvents, IoStats, IoStatsSnapshot, MAX_SHUTDOWN_LINGER,
     NetCommand, NetEvent, NetSummary, ServerIo, ServerIoConfig, SpawnError,

@@ -40,7 +40,8 @@ const INBOUND_CHUNK: usize = 64 * 1024;
 /// [`max_inbound_bytes`](ServerIoConfig::max_inbound_bytes) says. (A
 /// message dropped on arrival is never copied.)
 const INBOUND_SHARED_MAX: usize = 1024;
-/// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES`, reused).
+/// Datagrams read per `recvmmsg` (buffers of `MAX_PACKET_BYTES` + 1, so
+/// that a longer datagram shows cut, reused).
 const RECV_BATCH: usize = 64;
 /// How soon the loop looks again while shutting down or while events wait
 /// for room in the game's pipe.

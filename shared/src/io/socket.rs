@@ -37,7 +37,10 @@ impl SocketBuffers {
 ///
 /// - receive and send buffers of `buffer_bytes`;
 /// - on Linux (IPv4), the don't-fragment bit without path-MTU discovery
-///   (`IP_PMTUDISC_PROBE`). Game datagrams are far below any real MTU; with
+///   (`IP_PMTUDISC_PROBE`). The largest game datagram is 1,253 bytes with
+///   its IPv4 and UDP headers, below the MTU of any path worth playing on
+///   (on one below it, such datagrams fail to send and are counted as send
+///   errors, not fragmented); with
 ///   the bit set the kernel also skips its global IP-id table, a measurable
 ///   share of the send path at tens of thousands of datagrams a second.
 ///
@@ -157,8 +160,10 @@ pub fn bind_game_socket(addr: SocketAddr) -> io::Result<GameSocket> {
     Ok(GameSocket::from(probe))
 }
 
-/// Datagrams the kernel dropped on arrival at `socket` because its receive
-/// buffer was full, since the socket was opened (`None` when unreadable).
+/// Datagrams the kernel dropped on arrival at `socket`, since the socket
+/// was opened (`None` when unreadable): above all because its receive
+/// buffer was full (the kernel's `SK_MEMINFO_DROPS` counts a datagram with
+/// a bad checksum too).
 /// The kernel's counter is 32 bits wide and wraps.
 #[cfg(target_os = "linux")]
 pub fn receive_drops(socket: &impl std::os::fd::AsFd) -> Option<u32> {
