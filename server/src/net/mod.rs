@@ -758,17 +758,22 @@ mod tests {
         assert!(!signal.is_running());
     }
 
-    #[test]
-    fn the_roster_shows_each_players_address_and_rtt() {
-        use shared::endpoint::ClientEndpoint;
-        use shared::io::ClientSocket;
+    /// A ticking app with the network on loopback, and its game address.
+    fn loopback_app() -> (App, SocketAddr) {
         let config = crate::config::ServerConfig {
             bind_set: Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))),
             ..Default::default()
         };
         let network = crate::start_network(&config).unwrap();
         let server_addr = network.local_addr().unwrap();
-        let mut app = ticking_app(network);
+        (ticking_app(network), server_addr)
+    }
+
+    #[test]
+    fn the_roster_shows_each_players_address_and_rtt() {
+        use shared::endpoint::ClientEndpoint;
+        use shared::io::ClientSocket;
+        let (mut app, server_addr) = loopback_app();
         let mut endpoint = ClientEndpoint::new(
             shared::protocol::PROTOCOL_ID,
             shared::protocol::channels::transport_config(),
@@ -812,13 +817,7 @@ mod tests {
     /// `/metrics` holds for a whole render) from the tick.
     #[test]
     fn a_drop_reason_seen_before_is_counted_without_registering_again() {
-        let config = crate::config::ServerConfig {
-            bind_set: Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))),
-            ..Default::default()
-        };
-        let network = crate::start_network(&config).unwrap();
-        let server_addr = network.local_addr().unwrap();
-        let mut app = ticking_app(network);
+        let (mut app, server_addr) = loopback_app();
         let junk = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
         // Ticks until the summary exported counts `total` drops.
         let exported = |app: &mut App, total: u64| {

@@ -701,6 +701,20 @@ fn a_challenge_numbered_server_wide_is_not_held_to_the_denial_floor() {
     assert_eq!(b.state(), ClientState::SendingConnectionResponse);
 }
 
+/// The last keep-alive the server sent to `addr`.
+fn last_keepalive_to(w: &World, addr: SocketAddr) -> Vec<u8> {
+    w.server_sent
+        .iter()
+        .rev()
+        .find(|(to, p)| {
+            *to == addr
+                && packet::parse_header(p, Side::Client)
+                    .is_ok_and(|h| h.kind == PacketKind::KeepAlive)
+        })
+        .map(|(_, p)| p.clone())
+        .expect("a keep-alive to the address")
+}
+
 /// A keep-alive of an earlier session with the same token, replayed while
 /// the client answers the next challenge, does not connect it early (to a
 /// slot that is no longer its own): the server numbers each session in a
@@ -714,17 +728,7 @@ fn an_earlier_sessions_keepalive_does_not_end_the_next_handshake() {
     client.connect(&token, w.now, UNIX).unwrap();
     exchange_sealed(&mut w, addr, &mut client);
     assert_eq!(client.state(), ClientState::Connected);
-    let old_keepalive = w
-        .server_sent
-        .iter()
-        .rev()
-        .find(|(to, p)| {
-            *to == addr
-                && packet::parse_header(p, Side::Client)
-                    .is_ok_and(|h| h.kind == PacketKind::KeepAlive)
-        })
-        .map(|(_, p)| p.clone())
-        .unwrap();
+    let old_keepalive = last_keepalive_to(&w, addr);
     client.disconnect();
     for p in drain(&mut client, w.now) {
         w.deliver_to_server(addr, &p);
@@ -765,17 +769,7 @@ fn a_new_client_takes_nothing_of_an_earlier_runs_session() {
         first.connect(&token, w.now, UNIX).unwrap();
         exchange_sealed(&mut w, first_addr, &mut first);
         assert_eq!(first.state(), ClientState::Connected);
-        let old_keepalive = w
-            .server_sent
-            .iter()
-            .rev()
-            .find(|(to, p)| {
-                *to == first_addr
-                    && packet::parse_header(p, Side::Client)
-                        .is_ok_and(|h| h.kind == PacketKind::KeepAlive)
-            })
-            .map(|(_, p)| p.clone())
-            .unwrap();
+        let old_keepalive = last_keepalive_to(&w, first_addr);
         let slot = w.server.client_at(first_addr).unwrap();
         let mut buf = [0u8; MAX_PACKET_BYTES];
         let mut old_payloads = Vec::new();
