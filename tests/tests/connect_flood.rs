@@ -198,6 +198,16 @@ fn a_legitimate_client_connects_during_a_spoofed_connect_flood() {
             source.sent_bytes
         );
     }
+    // What keeps the replays from being answered: a token is answered only
+    // from the first address that used it, so at most one source a sniffed
+    // token heard from the server, and the rest were dropped for it.
+    let answered = sources.iter().filter(|s| s.received_datagrams > 0).count();
+    assert!(
+        answered <= templates.len(),
+        "{answered} flood sources were answered: replays of {} tokens from other addresses \
+         got challenges",
+        templates.len()
+    );
     // The legitimate session works: it is welcomed, and it is the only
     // one the flood left connected.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -207,6 +217,17 @@ fn a_legitimate_client_connects_during_a_spoofed_connect_flood() {
     }
     assert!(client.seen.welcomed, "no welcome after the flood");
     assert_eq!(server.metric("connected_clients"), 1.0);
+    // The drops by reason are exported once a second.
+    let other_address = "net_dropped_datagrams_total{reason=\"TokenUsedFromOtherAddress\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric(other_address) == 0.0 && Instant::now() < deadline {
+        client.play(Instant::now());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        server.metric(other_address) > 0.0,
+        "no replay was dropped as a token used from another address"
+    );
 }
 
 /// `netcode::ServerConfig::new`'s `max_pending`, which the server binary
@@ -276,6 +297,11 @@ fn a_valid_token_flood_fills_only_the_bounded_half_open_table() {
         }
     }
     let flood_time = began.elapsed();
+    assert!(
+        flood_time < Duration::from_secs(ATTACK_TIMEOUT_S as u64),
+        "the flood took {flood_time:?}, past the half-open entries' {ATTACK_TIMEOUT_S} s: the \
+         first could expire before the last came, and the table was not tested full"
+    );
     // A newcomer right after the flood.
     let drain = |received: &mut [(u64, u64)]| {
         for (source, got) in sources.iter().zip(received.iter_mut()) {

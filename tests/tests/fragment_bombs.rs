@@ -48,7 +48,8 @@ fn send_bomb(client: &mut RawClient, rng: &mut Rng, fragments: std::ops::Range<u
         bytes += client.send_raw(&buf[..len]) as u64;
         if n % 50 == 49 {
             std::thread::sleep(Duration::from_millis(1));
-            client.read(Instant::now());
+            // Acknowledges the server's packets (its welcome among them).
+            client.pump(Instant::now());
         }
     }
     bytes
@@ -62,8 +63,17 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
     let attackers = scale(8u64, 32);
     let mut server = ServerProcess::start(&ServerOptions::default());
     let mut honest = connect_honest(server.game, 1, 5, Duration::from_secs(10));
+    // Each with a real connection under the crafted packets, which
+    // acknowledges what the server sends: a bomber that never did would
+    // have its session ended by the welcome's reliable timeout (10 s) on a
+    // slow host, and the bombs after that would be read and dropped, not
+    // held.
     let mut bombers: Vec<RawClient> = (0..attackers)
-        .map(|i| RawClient::connect(server.game, 1_000 + i, 10, Duration::from_secs(5)))
+        .map(|i| {
+            let mut bomber = RawClient::connect(server.game, 1_000 + i, 10, Duration::from_secs(5));
+            bomber.attach_connection(Instant::now());
+            bomber
+        })
         .collect();
     play_for(&mut honest, Duration::from_millis(300));
     let rss_before = server.rss_bytes();
@@ -116,6 +126,14 @@ fn fragment_bombs_stay_within_the_receive_bound_and_over_claims_are_violations()
         mib(bound)
     );
     assert!(server.is_running(), "the server died");
+    for bomber in &mut bombers {
+        bomber.pump(Instant::now());
+        assert_eq!(
+            (bomber.state(), bomber.server_reason),
+            (netcode::ClientState::Connected, None),
+            "a bomber's session ended: the memory bound was not tested against live sessions"
+        );
+    }
     assert!(
         read >= must_read as f64,
         "the server read {read} bytes, less than the {must_read} of the bombs' fragments: \

@@ -47,14 +47,22 @@ fn silent_clients_lose_their_slots(token_timeout: i32, expected: Duration) {
     let mut silent: Vec<HonestClient> = (1..=u64::from(MAX_CLIENTS))
         .map(|id| HonestClient::connect(server.game, id, token_timeout))
         .collect();
+    // Connected and welcomed, and then a while longer, so that the
+    // welcome's acknowledgement leaves (it may wait `max_ack_delay`): with
+    // no reliable message unacknowledged, its timeout (also 10 s) cannot be
+    // what frees the slots, only the timeout under test.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !silent.iter().all(HonestClient::is_connected) {
+    let mut welcomed_at = None;
+    while welcomed_at.is_none_or(|at: Instant| at.elapsed() < Duration::from_millis(300)) {
         assert!(
             Instant::now() < deadline,
-            "the slot holders did not connect"
+            "the slot holders were not all connected and welcomed"
         );
         for client in &mut silent {
             client.pump(Instant::now());
+        }
+        if welcomed_at.is_none() && silent.iter().all(|c| c.is_connected() && c.seen.welcomed) {
+            welcomed_at = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
