@@ -3,6 +3,7 @@
 //! `connect_token`, `netcode_server_datagram`, `protocol_decode` and
 //! `snapshot_apply` in `shared/fuzz/` (see its README). Random,
 //! truncated and bit-flipped inputs never panic, and every loop is bounded.
+//! Keys, nonces and clocks are seeded and fixed: a failure replays.
 
 #![expect(
     clippy::disallowed_methods,
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use shared::movement::{ApplyScratch, MAX_SNAPSHOT_ENTITIES, SnapshotReceiver};
 use shared::netcode::{
     self, CONNECT_TOKEN_BYTES, ConnectToken, MAX_PACKET_BYTES, ServerConfig, ServerEvent,
+    TokenParams, USER_DATA_BYTES,
 };
 use shared::protocol::chat::{ChatLine, ChatRejected, ChatSend};
 use shared::protocol::inventory::{
@@ -27,15 +29,71 @@ use shared::protocol::{self, NetMessage, PROTOCOL_ID};
 
 mod support;
 
-use support::Rng;
+use support::{Rng, SeededRng};
+
+/// The wall clock of every token and server here.
+const UNIX: u64 = 1_700_000_000;
 
 fn server_addr() -> SocketAddr {
     "127.0.0.1:40000".parse().expect("an address")
 }
 
+/// A token minted at [`UNIX`] with the dev key, its keys and nonce from
+/// `id`.
 fn dev_token(id: u64) -> ConnectToken {
-    shared::keys::mint_token(&shared::keys::dev_key(), vec![server_addr()], id, 60, 10)
+    let params = TokenParams {
+        protocol_id: PROTOCOL_ID,
+        client_id: id,
+        create_timestamp: UNIX,
+        expire_seconds: 60,
+        timeout_seconds: 10,
+        server_addresses: vec![server_addr()],
+        user_data: [0; USER_DATA_BYTES],
+    };
+    ConnectToken::generate(&params, &shared::keys::dev_key(), &mut SeededRng(id))
         .expect("mint a token")
+}
+
+/// A netcode server whose keys come from `seed`.
+fn server(seed: u64) -> netcode::Server {
+    netcode::Server::new(
+        ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr()]),
+        &mut SeededRng(seed),
+    )
+    .expect("a server")
+}
+
+/// Connects a client from `from` to `server` and returns it with a
+/// payload of its session the server was not given, for a flood to replay
+/// and mutate.
+fn live_session(
+    server: &mut netcode::Server,
+    id: u64,
+    from: SocketAddr,
+    now: Instant,
+) -> (netcode::Client, Vec<u8>) {
+    let mut client = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
+    client.connect(&dev_token(id), now, UNIX).expect("connect");
+    let (mut buf, mut out) = (vec![0u8; MAX_PACKET_BYTES], vec![0u8; MAX_PACKET_BYTES]);
+    for _ in 0..8 {
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            server.handle_datagram(now, UNIX, from, &mut buf[..t.len]);
+        }
+        while let Some(t) = server.poll_transmit(now, &mut out) {
+            client.handle_datagram(now, server_addr(), &mut out[..t.len]);
+        }
+    }
+    while server.poll_event().is_some() {}
+    assert_eq!(client.state(), netcode::ClientState::Connected);
+    assert!(
+        server.client_at(from).is_some(),
+        "the server has the session"
+    );
+    let t = client
+        .send_payload(now, b"input", &mut buf)
+        .expect("a payload");
+    let payload = buf[..t.len].to_vec();
+    (client, payload)
 }
 
 #[test]
@@ -69,23 +127,34 @@ fn random_and_mutated_connect_tokens_never_panic() {
 #[test]
 fn random_request_shaped_datagrams_never_panic_the_netcode_server() {
     let mut rng = Rng(0x5E4E);
-    let mut server = netcode::Server::new(
-        ServerConfig::new(PROTOCOL_ID, shared::keys::dev_key(), vec![server_addr()]),
-        &mut shared::io::system_rng(),
-    )
-    .expect("a server");
-    // Templates: real connection requests, and a whole handshake's packets.
+    const SEED: u64 = 0x5E4E;
+    let mut server = server(SEED);
+    // Templates: real connection requests, and a live session's sealed
+    // payload and disconnect packets, which open under its key: from any
+    // other address than its own, untouched or mutated, they must neither
+    // connect anything nor end the session.
     let start = Instant::now();
     let mut templates: Vec<Vec<u8>> = Vec::new();
     let mut buf = vec![0u8; MAX_PACKET_BYTES];
     for id in 0..4 {
         let mut client = netcode::Client::new(netcode::ClientConfig::new(PROTOCOL_ID));
         client
-            .connect(&dev_token(100 + id), start, shared::io::unix_secs())
+            .connect(&dev_token(100 + id), start, UNIX)
             .expect("connect");
         if let Some(t) = client.poll_transmit(start, &mut buf) {
             templates.push(buf[..t.len].to_vec());
         }
+    }
+    // Their addresses are none of the flood's (127.0.x.y port 5000).
+    let player = SocketAddr::from(([127, 9, 9, 9], 6_000));
+    let (mut client, payload) = live_session(&mut server, 200, player, start);
+    templates.push(payload);
+    // A second session's disconnect packets, which its server never got.
+    let leaver = SocketAddr::from(([127, 9, 9, 10], 6_000));
+    let (mut leaving, _) = live_session(&mut server, 201, leaver, start);
+    leaving.disconnect();
+    while let Some(t) = leaving.poll_transmit(start, &mut buf) {
+        templates.push(buf[..t.len].to_vec());
     }
     let mut now = start;
     let mut out = vec![0u8; MAX_PACKET_BYTES];
@@ -101,7 +170,7 @@ fn random_request_shaped_datagrams_never_panic_the_netcode_server() {
         }
         let from = SocketAddr::from(([127, 0, (i % 7) as u8, 1 + (i % 200) as u8], 5_000));
         if let Some(ServerEvent::ClientConnected { .. }) =
-            server.handle_datagram(now, shared::io::unix_secs(), from, &mut datagram)
+            server.handle_datagram(now, UNIX, from, &mut datagram)
         {
             connected += 1;
         }
@@ -122,8 +191,26 @@ fn random_request_shaped_datagrams_never_panic_the_netcode_server() {
             server.handle_timeout(now);
         }
     }
-    // No client completes a handshake from requests alone.
+    // No client completes a handshake from requests, mutations or packets
+    // from an address they are not from; the live session's own packets,
+    // replayed from elsewhere, did not end it: its next payload opens.
     assert_eq!(connected, 0);
+    assert!(
+        server.client_at(player).is_some(),
+        "the flood ended the session"
+    );
+    assert!(
+        server.client_at(leaver).is_some(),
+        "the flood's replayed disconnect packets ended a session"
+    );
+    let t = client
+        .send_payload(now, b"still here", &mut buf)
+        .expect("a payload");
+    let opened = matches!(
+        server.handle_datagram(now, UNIX, player, &mut buf[..t.len]),
+        Some(ServerEvent::Payload { data, .. }) if data == b"still here"
+    );
+    assert!(opened, "the session's next payload did not open");
 }
 
 /// Decodes random and mutated payloads as `M`; whatever decodes re-encodes.

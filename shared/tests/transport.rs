@@ -556,7 +556,10 @@ fn large_unreliable_messages_at_30_hz_all_arrive_on_a_perfect_link() {
         pair.run_for(Duration::from_secs(1) / 30);
     }
     pair.run_for(ms(200));
-    assert_eq!(indices(&pair.at_b.messages, UNRELIABLE).len(), 60);
+    assert_eq!(
+        indices(&pair.at_b.messages, UNRELIABLE),
+        (0..60).collect::<Vec<_>>()
+    );
 }
 
 /// An unreliable message sent on a connection idle for longer than the
@@ -894,7 +897,12 @@ fn overload_sheds_unreliable_and_backs_off_the_budget() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    // A fixed seed: a failure replays, as every scenario here does.
+    #![proptest_config(ProptestConfig {
+        cases: 12,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5EED_7A25),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn reliable_channels_deliver_exactly_once_for_any_seed(
@@ -1080,7 +1088,10 @@ fn a_long_spell_of_only_receiving_does_not_make_later_sends_look_lost() {
         pair.run_for(ms(5));
     }
     pair.run_for(Duration::from_secs(1));
-    assert_eq!(indices(&pair.at_a.messages, ORDERED).len(), 201);
+    assert_eq!(
+        indices(&pair.at_a.messages, ORDERED),
+        [1000].into_iter().chain(0..200).collect::<Vec<_>>()
+    );
     let stats = pair.b.stats();
     assert_eq!((stats.packets_lost, stats.resent), (0, 0));
 }
@@ -1841,11 +1852,17 @@ fn a_round_trip_that_grows_past_the_loss_deadline_is_measured_from_late_acks() {
     let after = pair.a.stats();
     assert!(after.rtt >= ms(250), "rtt {:?}", after.rtt);
     assert!(after.packet_loss < 0.2, "loss {}", after.packet_loss);
-    let slow_phase = indices(&pair.at_b.messages, UNRELIABLE)
+    let slow_phase: Vec<u32> = indices(&pair.at_b.messages, UNRELIABLE)
         .into_iter()
         .filter(|&i| i >= 150)
-        .count();
-    assert!(slow_phase >= 290, "{slow_phase} of 300 delivered");
+        .collect();
+    let unique: HashSet<u32> = slow_phase.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        slow_phase.len(),
+        "an unreliable message came twice"
+    );
+    assert!(unique.len() >= 290, "{} of 300 delivered", unique.len());
 }
 
 /// Unreliable traffic both ways at 30 Hz on 10 ms each way, then a burst

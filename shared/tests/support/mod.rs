@@ -31,7 +31,16 @@ pub struct Pair {
     pub at_b: Observed,
     buf: Vec<u8>,
     datagram: Vec<u8>,
+    /// Steps of virtual time taken: a timer that keeps re-arming at once
+    /// would make a run of seconds take for ever, not fail.
+    steps: u64,
 }
+
+/// Steps a pair may take: far more than the longest scenario needs.
+const MAX_STEPS: u64 = 10_000_000;
+/// Datagrams one connection may send in one instant: a `poll_transmit`
+/// that never returns `None` fails the test instead of spinning.
+const MAX_BURST: u64 = 100_000;
 
 impl Pair {
     pub fn new(config: TransportConfig, link: LinkConfig, seed: u64) -> Self {
@@ -47,6 +56,7 @@ impl Pair {
             at_b: Observed::default(),
             buf: vec![0; 2048],
             datagram: Vec::new(),
+            steps: 0,
         }
     }
 
@@ -54,13 +64,24 @@ impl Pair {
         self.now - self.start
     }
 
+    /// Takes `conn`'s events; no event may follow `Disconnected`.
     fn drain(conn: &mut Connection, observed: &mut Observed) {
         while let Some(event) = conn.poll_event() {
             match event {
                 Event::Message { channel, payload } => {
+                    assert!(
+                        observed.disconnected.is_none(),
+                        "a message on {channel:?} after {:?}",
+                        observed.disconnected
+                    );
                     observed.messages.push((channel, payload.to_vec()))
                 }
                 Event::Disconnected { reason, by_peer } => {
+                    assert!(
+                        observed.disconnected.is_none(),
+                        "a second Disconnected ({reason:?}, {by_peer}) after {:?}",
+                        observed.disconnected
+                    );
                     observed.disconnected = Some((reason, by_peer))
                 }
             }
@@ -78,9 +99,16 @@ impl Pair {
                 if conn.poll_timeout().is_some_and(|t| t <= self.now) {
                     conn.handle_timeout(self.now);
                 }
+                let mut burst = 0;
                 while let Some(len) = conn.poll_transmit(self.now, &mut self.buf) {
                     link.send(self.now, &self.buf[..len]);
                     progressed = true;
+                    burst += 1;
+                    assert!(
+                        burst <= MAX_BURST,
+                        "poll_transmit never stops at {:?}",
+                        self.now - self.start
+                    );
                 }
             }
             while self.a_to_b.poll_deliver(self.now, &mut self.datagram) {
@@ -118,6 +146,12 @@ impl Pair {
 
     /// Settles, then advances virtual time to the next wakeup, never past `limit`.
     pub fn step_until(&mut self, limit: Instant) {
+        self.steps += 1;
+        assert!(
+            self.steps <= MAX_STEPS,
+            "{MAX_STEPS} steps and only {:?} of virtual time: a timer re-arms at once",
+            self.elapsed()
+        );
         self.settle();
         let next = self.next_wakeup().map_or(limit, |t| t.min(limit));
         self.now = next.max(self.now);
@@ -147,6 +181,33 @@ impl Pair {
         }
     }
 }
+
+/// Deterministic randomness where the code wants a `CryptoRng` (keys,
+/// nonces): a seed replays a test. Splitmix64; never outside tests.
+pub struct SeededRng(pub u64);
+
+impl rand_core::TryRng for SeededRng {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Ok(z ^ (z >> 31))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let v = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for SeededRng {}
 
 /// A message body carrying its index, padded to `len` bytes.
 pub fn numbered(index: u32, len: usize) -> Vec<u8> {
