@@ -7,6 +7,10 @@
 //! in `log_lines_dropped_total`, and a warning written before the next
 //! line that gets through says how many there were. The guard [`init`]
 //! returns gives the last lines up to [`EXIT_FLUSH_LIMIT`] when dropped.
+//! A panic's message takes the same way (see [`init`]): written by the
+//! thread that panics, it would hold that thread on such a stderr for
+//! ever, and the server's watchers of its threads, which stop it when one
+//! has ended, would never see it end.
 
 use std::cell::Cell;
 use std::io::{IsTerminal, Write};
@@ -142,7 +146,34 @@ pub fn init(format: LogFormat, filter: &str) -> Result<FlushOnDrop, LoggingError
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|error| LoggingError::AlreadyInitialised(error.to_string()))?;
+    std::panic::set_hook(Box::new(report_panic));
     Ok(FlushOnDrop(()))
+}
+
+/// The panic hook: the message the default hook writes (thread, place,
+/// payload, and a backtrace when `RUST_BACKTRACE` asks for one), queued for
+/// the `log-writer` like a log line, whatever the log filter, so that the
+/// thread never waits for stderr.
+fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let thread = std::thread::current();
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
+    let place = info.location().map(ToString::to_string).unwrap_or_default();
+    let backtrace = match std::backtrace::Backtrace::capture() {
+        trace if trace.status() == std::backtrace::BacktraceStatus::Captured => {
+            format!("stack backtrace:\n{trace}\n")
+        }
+        _ => String::new(),
+    };
+    let message = format!(
+        "thread '{}' panicked at {place}:\n{payload}\n{backtrace}",
+        thread.name().unwrap_or("<unnamed>")
+    );
+    let _ = Stderr.write_all(message.as_bytes());
 }
 
 /// Waits, up to `limit`, for the log lines queued so far to reach stderr;
