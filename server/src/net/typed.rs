@@ -229,6 +229,14 @@ impl NetAppExt for App {
     }
 
     fn add_server_message<T: NetMessage>(&mut self, channel: ChannelId) -> &mut Self {
+        // A second encoder would read every message too: each sent twice.
+        if self.world().contains_resource::<OutboundChannel<T>>() {
+            tracing::error!(
+                id = T::ID,
+                "message type registered twice; keeping the first"
+            );
+            return self;
+        }
         let slot = {
             let mut types = self
                 .world_mut()
@@ -298,6 +306,29 @@ mod tests {
             matches!(
                 commands.as_slice(),
                 [NetCommand::Broadcast { except: Some(c), .. }] if *c == sender
+            ),
+            "{commands:?}"
+        );
+    }
+
+    /// Two plugins registering one type (a fork, a shared message) sent
+    /// every message of it twice.
+    #[test]
+    fn a_server_message_registered_twice_is_sent_once() {
+        let mut app = App::new();
+        app.init_resource::<Outbox>()
+            .add_server_message::<Emote>(channels::EVENTS)
+            .add_server_message::<Emote>(channels::CHAT);
+        app.world_mut().write_message(ToClient {
+            to: Recipients::All,
+            message: Emote { from: 7, emote: 1 },
+        });
+        app.world_mut().run_schedule(FixedPostUpdate);
+        let commands = &app.world().resource::<Outbox>().commands;
+        assert!(
+            matches!(
+                commands.as_slice(),
+                [NetCommand::Broadcast { channel, .. }] if *channel == channels::EVENTS
             ),
             "{commands:?}"
         );
