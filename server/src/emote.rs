@@ -135,8 +135,8 @@ fn relay_emotes(
         metrics.relayed.inc();
         budget -= 1;
         last.insert(client.account, now);
-        // The player's current session (a request read in the tick its
-        // next session joined is the ended one's) is left out.
+        // The player is left out, in whichever session: net-io leaves out
+        // the account (a session that joined after this tick too).
         let sender = clients.by_account(client.account).unwrap_or(*client);
         out.write(ToClient {
             to: Recipients::AllExcept(sender),

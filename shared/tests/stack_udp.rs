@@ -487,7 +487,9 @@ fn commands_for_a_previous_connection_never_reach_the_same_player_reconnected() 
 
 /// Account `first` connects to a one-slot server and leaves; account
 /// `second` takes the slot. A send and a kick written for the first
-/// connection reach nobody; the second connection gets only its own.
+/// connection reach nobody; the second connection gets its own, and a
+/// broadcast to everyone but the first connection's player unless it is
+/// that player (who was sent its own emote back).
 fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
     let key = Key::generate(&mut system_rng());
     // One slot: the second client takes the first one's.
@@ -541,6 +543,11 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
             client: gone,
             reason: DisconnectReason::Kicked,
         },
+        NetCommand::Broadcast {
+            channel: CHAT,
+            payload: Bytes::from_static(b"to all but the first client's player"),
+            except: Some(gone),
+        },
         NetCommand::Send {
             client: current,
             channel: CHAT,
@@ -561,7 +568,11 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
         pump(&mut second, &mut second_seen);
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(second_seen.echoes, vec![b"for the second client".to_vec()]);
+    let mut expected = vec![b"for the second client".to_vec()];
+    if second_account != first_account {
+        expected.insert(0, b"to all but the first client's player".to_vec());
+    }
+    assert_eq!(second_seen.echoes, expected);
     assert_eq!(second_seen.ended, None, "the kick was not for this client");
     assert_eq!(server.stats().snapshot().stale_commands, 2);
     server.shutdown(DisconnectReason::ServerShutdown);

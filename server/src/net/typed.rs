@@ -36,7 +36,8 @@ pub enum Recipients {
     Many(Vec<ClientId>),
     /// Every connected client.
     All,
-    /// Every connected client but one.
+    /// Every connected client but one player: that client's account, in
+    /// whichever session (one that joined since, too).
     AllExcept(ClientId),
 }
 

@@ -524,26 +524,27 @@ impl ServerEndpoint {
         }
     }
 
-    /// Queues one shared message for every connected client; a client whose
-    /// reliable queue is full is disconnected as in [`send`](Self::send).
+    /// Queues one shared message for every connected client but those of
+    /// the account `except_account` (whichever session it is in: one that
+    /// connected since the caller last looked too); a client whose reliable
+    /// queue is full is disconnected as in [`send`](Self::send).
     pub fn broadcast(
         &mut self,
         now: Instant,
         channel: ChannelId,
         payload: &Bytes,
-        except: Option<ClientIndex>,
+        except_account: Option<u64>,
     ) {
         let now = self.clock.stamp(now);
-        let skip = except.map(ClientIndex::get);
         let reliable = self.transport.is_reliable(channel);
         for index in 0..self.peers.len() {
-            if Some(index) == skip {
-                continue;
-            }
             let Some(peer) = self.peers[index].as_mut() else {
                 continue;
             };
-            if peer.ended.is_some() || !peer.conn.is_connected() {
+            if peer.ended.is_some()
+                || !peer.conn.is_connected()
+                || Some(peer.client_id) == except_account
+            {
                 continue;
             }
             if self

@@ -127,7 +127,9 @@ pub enum NetCommand {
         channel: ChannelId,
         /// The bytes, serialized once for everyone.
         payload: Bytes,
-        /// A client left out; a stale one (it left) leaves nobody out.
+        /// A client left out: its account's, in whichever session (a
+        /// player who reconnected since the game wrote this, before the
+        /// game saw the new session, is still the player left out).
         except: Option<ClientId>,
     },
     /// End one client's session.
@@ -1349,9 +1351,7 @@ impl IoLoop {
                         payload,
                         except,
                     } => {
-                        let except = except
-                            .filter(|c| self.endpoint.session(c.slot) == Some(c.session))
-                            .map(|c| c.slot);
+                        let except = except.map(|c| c.account);
                         self.endpoint.broadcast(now, channel, &payload, except);
                     }
                     NetCommand::Disconnect { client, reason } => {
