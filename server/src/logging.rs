@@ -121,7 +121,9 @@ fn is_stray_word(directive: &str) -> bool {
 
 /// Installs the global subscriber: `filter` in `RUST_LOG` syntax, lines in
 /// `format`, to stderr (stdout belongs to the admin console) through the
-/// `log-writer` thread. Keep the guard until the process exits.
+/// `log-writer` thread, and a panic hook (in place of any installed before)
+/// that sends a panic's message the same way (see the module docs). Keep
+/// the guard until the process exits.
 ///
 /// # Errors
 /// See [`LoggingError`].
@@ -150,10 +152,16 @@ pub fn init(format: LogFormat, filter: &str) -> Result<FlushOnDrop, LoggingError
     Ok(FlushOnDrop(()))
 }
 
+/// How long a panicking thread waits for its message to reach stderr: the
+/// process may end right after the hook (a panic while unwinding aborts),
+/// and a stderr nobody reads must not hold the thread for longer.
+const PANIC_FLUSH_LIMIT: Duration = Duration::from_millis(200);
+
 /// The panic hook: the message the default hook writes (thread, place,
 /// payload, and a backtrace when `RUST_BACKTRACE` asks for one), queued for
-/// the `log-writer` like a log line, whatever the log filter, so that the
-/// thread never waits for stderr.
+/// the `log-writer` whatever the log filter and past the queue's limit,
+/// then given [`PANIC_FLUSH_LIMIT`] to be written: the thread never waits
+/// on stderr for longer.
 fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
     let thread = std::thread::current();
     let payload = info
@@ -173,7 +181,14 @@ fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
         "thread '{}' panicked at {place}:\n{payload}\n{backtrace}",
         thread.name().unwrap_or("<unnamed>")
     );
-    let _ = Stderr.write_all(message.as_bytes());
+    match OUT.get().and_then(Option::as_ref) {
+        Some(out) if !WRITER.get() && out.send_past_limit(message.clone().into_bytes()) => {
+            out.flush(PANIC_FLUSH_LIMIT);
+        }
+        _ => {
+            let _ = std::io::stderr().write_all(message.as_bytes());
+        }
+    }
 }
 
 /// Waits, up to `limit`, for the log lines queued so far to reach stderr;

@@ -86,6 +86,18 @@ impl Outlet {
         true
     }
 
+    /// Queues `line` past the limit (a panic's message: rare, and what an
+    /// operator most needs); `false` only when the writer is gone.
+    pub(crate) fn send_past_limit(&self, line: Vec<u8>) -> bool {
+        let cost = cost(&line);
+        self.state.queued.fetch_add(cost, Ordering::Relaxed);
+        if self.lines.send(line).is_err() {
+            self.state.queued.fetch_sub(cost, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Waits, up to `limit`, for the lines queued so far to be written;
     /// whether they were.
     pub(crate) fn flush(&self, limit: Duration) -> bool {

@@ -2,14 +2,19 @@
 //! stalled) still ends: the default panic hook wrote the message from the
 //! panicking thread itself and held it on the full pipe for ever, so the
 //! watchers that stop the server when one of its threads has ended
-//! (`JoinHandle::is_finished`) never saw it end.
+//! (`JoinHandle::is_finished`) never saw it end. And the message is not
+//! lost: it is written once stderr is read again.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Set in the child this test runs as.
 const CHILD: &str = "SERVER_PANIC_STDERR_CHILD";
 const TEST: &str = "a_thread_that_panics_while_stderr_is_not_read_still_ends";
+/// The panic's message, longer than a log line (see `child`).
+const FAULT: &str = "a thread's fault; ";
 
 #[test]
 fn a_thread_that_panics_while_stderr_is_not_read_still_ends() {
@@ -19,32 +24,58 @@ fn a_thread_that_panics_while_stderr_is_not_read_still_ends() {
     let mut child = Command::new(std::env::current_exe().expect("this test's binary"))
         .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
-        .stdout(Stdio::null())
-        // Never read while the child runs.
+        // No backtrace to symbolize while the clock runs.
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdout(Stdio::piped())
+        // Not read until the child said how its thread fared.
         .stderr(Stdio::piped())
         .spawn()
         .expect("run the child");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            break Some(status);
+    let stdout = child.stdout.take().expect("the child's stdout");
+    let (said, verdict) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The harness's own `test NAME ... ` may begin the line.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for verdict in ["thread ended", "thread stuck"] {
+                if line.ends_with(verdict) {
+                    let _ = said.send(verdict);
+                }
+            }
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
+    });
+    let verdict = verdict.recv_timeout(Duration::from_secs(60));
+    // Now read stderr: the log lines held, then the panic's message.
+    let mut stderr = child.stderr.take().expect("the child's stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("poll the child").is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = reader.join().expect("the stderr reader");
     assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the panicking thread did not end while stderr was full ({status:?})"
+        verdict,
+        Ok("thread ended"),
+        "the panicking thread did not end while stderr was full"
+    );
+    assert!(
+        stderr.contains("panicked at") && stderr.contains(FAULT),
+        "the panic's message was not written: {} bytes of stderr, ending {:?}",
+        stderr.len(),
+        &stderr[stderr.len().saturating_sub(300)..]
     );
 }
 
 /// Fills stderr's pipe with log lines until the `log-writer` waits on it,
-/// then panics on a thread: exit code 0 when that thread ends within 5 s.
+/// then panics on a thread; says on stdout whether that thread ended
+/// within 5 s, then waits for the logs to be written (the parent reads
+/// stderr from then on).
 fn child() -> ! {
     let _guard =
         server::logging::init(server::logging::LogFormat::Text, "info").expect("logging set up");
@@ -55,11 +86,20 @@ fn child() -> ! {
         tracing::info!("x");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let panicking = std::thread::spawn(|| panic!("{}", "a thread's fault; ".repeat(20)));
+    let panicking = std::thread::spawn(|| panic!("{}", FAULT.repeat(20)));
     let began = Instant::now();
     while !panicking.is_finished() && began.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Not through the guard: its flush would wait on the full pipe.
-    std::process::exit(if panicking.is_finished() { 0 } else { 1 });
+    let ended = panicking.is_finished();
+    println!(
+        "{}",
+        if ended {
+            "thread ended"
+        } else {
+            "thread stuck"
+        }
+    );
+    let flushed = server::logging::flush(Duration::from_secs(30));
+    std::process::exit(if ended && flushed { 0 } else { 1 });
 }
