@@ -262,6 +262,13 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
         };
         while let Some(event) = socket.endpoint.poll_event() {
             if let Some(reason) = player.on_event(event) {
+                // The answers to lines read before the end, kept behind
+                // commands that now never run.
+                for queued in pending.drain(..) {
+                    if let Queued::Say(line) = queued {
+                        say!("{line}");
+                    }
+                }
                 say!("disconnected: {reason}");
                 if reason == DisconnectReason::ConnectTimeout {
                     if let Some((to, error)) = socket.last_send_error() {
@@ -307,6 +314,8 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             let queue = |pending: &mut VecDeque<Queued>, queued: Queued| {
                 if pending.len() < MAX_PENDING_COMMANDS {
                     pending.push_back(queued);
+                } else if let Queued::Say(line) = queued {
+                    say!("{line}");
                 } else {
                     say!("not connected yet: command dropped");
                 }

@@ -70,6 +70,44 @@ fn a_script_piped_to_play_runs_once_connected() {
     }
 }
 
+/// A script whose connection never comes up still has its lines that
+/// needed none answered: kept behind the commands waiting for the
+/// connection, they were dropped with them when it failed.
+#[test]
+fn answers_kept_behind_waiting_commands_are_printed_when_the_connection_fails() {
+    // A port nothing listens on: the handshake times out.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut command = Command::new(client_binary());
+    command.args([
+        "play",
+        "--dev",
+        "--client-id",
+        "79",
+        "--server",
+        &addr.to_string(),
+    ]);
+    let dir = std::env::temp_dir().join(format!("e2e-play-closed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script.txt");
+    std::fs::write(&script, b"/inv\n/frobnicate\n").unwrap();
+    let output = output_within_input(
+        &mut command,
+        Stdio::from(std::fs::File::open(&script).unwrap()),
+        Duration::from_secs(60),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let unknown = stdout.find("unknown command /frobnicate");
+    let ended = stdout.find("disconnected:");
+    assert!(
+        unknown.is_some() && unknown < ended,
+        "{:?}\n{stdout}",
+        output.status
+    );
+}
+
 /// Output piped to a reader that quits (`play ... | grep -m1 welcome`):
 /// the next line printed panicked the client (exit 101, no goodbye, the
 /// server holding its slot until a timeout). It leaves, saying goodbye.
