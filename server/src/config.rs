@@ -412,14 +412,14 @@ pub enum ConfigError {
     /// `[inventory] world_extent` lets the spawner place items outside the
     /// `[movement]` world, where no player can go to pick them up.
     #[error(
-        "inventory.world_extent = {world_extent} in {origin} spawns items anywhere in \
-         [-{world_extent}, {world_extent}] m on both axes, which reaches outside the world \
+        "inventory.world_extent = {world_extent} in {origin} spawns items anywhere within \
+         {world_extent} m of the world's centre on both axes, which reaches outside the world \
          players move in (movement.world_min = {world_min}, movement.world_max = \
          {world_max}): an item there could never be picked up, and once spawner_target such \
          items lay in the world the spawner would stop for good. The spawn square must lie \
          inside the world, edges included (pickup_radius is not counted as reach beyond \
-         it): lower world_extent, widen the world, or set spawner_target = 0 to spawn \
-         nothing"
+         it): lower world_extent to at most half the world's narrower side, widen the world, \
+         or set spawner_target = 0 to spawn nothing"
     )]
     SpawnOutsideWorld {
         /// Where the values came from.
@@ -810,7 +810,8 @@ impl ServerConfig {
             origin: origin.to_owned(),
             message,
         })?;
-        let inventory = file.inventory.clone().unwrap_or_default();
+        let mut inventory = file.inventory.clone().unwrap_or_default();
+        inventory.world_center = (movement.world_min + movement.world_max) * 0.5;
         inventory
             .check()
             .map_err(|message| ConfigError::Inventory {
@@ -1021,15 +1022,18 @@ fn pick<T: Clone>(arg: &Option<T>, file: &Option<T>, default: T) -> T {
     arg.clone().or_else(|| file.clone()).unwrap_or(default)
 }
 
-/// Whether every item the spawner can place, anywhere in
-/// `[-world_extent, world_extent]` on both axes, lies where a player can
-/// stand: inside the movement world, edges included (positions are clamped
-/// to them). A spawner that places nothing (`spawner_target` or
+/// Whether every item the spawner can place, anywhere within
+/// `world_extent` of the world's centre on both axes, lies where a player
+/// can stand: inside the movement world, edges included (positions are
+/// clamped to them). A spawner that places nothing (`spawner_target` or
 /// `max_world_items` 0) passes whatever its extent.
 fn spawns_inside_world(inventory: &CoreConfig, movement: &MovementConfig) -> bool {
     let extent = glam::Vec2::splat(inventory.world_extent);
     let spawns = inventory.spawner_target.min(inventory.max_world_items) > 0;
-    !spawns || (movement.world_min.cmple(-extent).all() && movement.world_max.cmpge(extent).all())
+    let center = inventory.world_center;
+    !spawns
+        || (movement.world_min.cmple(center - extent).all()
+            && movement.world_max.cmpge(center + extent).all())
 }
 
 /// Whether clients can send datagrams to `addr`: not "any interface", not
@@ -1351,19 +1355,20 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             error.to_string(),
-            "inventory.world_extent = 100 in test.toml spawns items anywhere in [-100, 100] m \
-             on both axes, which reaches outside the world players move in \
+            "inventory.world_extent = 100 in test.toml spawns items anywhere within 100 m of \
+             the world's centre on both axes, which reaches outside the world players move in \
              (movement.world_min = [-50, -50], movement.world_max = [50, 50]): an item there \
              could never be picked up, and once spawner_target such items lay in the world the \
              spawner would stop for good. The spawn square must lie inside the world, edges \
-             included (pickup_radius is not counted as reach beyond it): lower world_extent, \
-             widen the world, or set spawner_target = 0 to spawn nothing"
+             included (pickup_radius is not counted as reach beyond it): lower world_extent to \
+             at most half the world's narrower side, widen the world, or set spawner_target = 0 \
+             to spawn nothing"
         );
         for text in [
             "[inventory]\nworld_extent = 1000000.0\n",
-            "[movement]\nworld_max = [1000.0, 99.0]\n",
-            "[movement]\nworld_min = [-99.0, -1000.0]\n",
-            "[movement]\nworld_min = [10.0, 10.0]\n",
+            "[movement]\nworld_min = [-1000.0, -99.0]\nworld_max = [1000.0, 99.0]\n",
+            "[movement]\nworld_min = [-99.0, -1000.0]\nworld_max = [99.0, 1000.0]\n",
+            "[movement]\nworld_min = [10.0, 10.0]\nworld_max = [100.0, 1000.0]\n",
         ] {
             let error = resolve(text).unwrap_err();
             assert!(
@@ -1371,18 +1376,28 @@ mod tests {
                 "{text}: {error}"
             );
         }
-        // A square reaching the world's edge, and a spawner that spawns
-        // nothing, are fine; so are the defaults.
+        // A square reaching the world's edge, one around the centre of a
+        // world off the origin, and a spawner that spawns nothing, are
+        // fine; so are the defaults.
         for text in [
             "[inventory]\nworld_extent = 1000.0\n",
             "[movement]\nworld_min = [-100.0, -100.0]\nworld_max = [100.0, 100.0]\n",
-            "[movement]\nworld_min = [10.0, 10.0]\n[inventory]\nspawner_target = 0\n",
-            "[movement]\nworld_min = [10.0, 10.0]\n[inventory]\nmax_world_items = 0\n",
+            "[movement]\nworld_min = [0.0, 0.0]\nworld_max = [2000.0, 2000.0]\n",
+            "[movement]\nworld_min = [10.0, 10.0]\nworld_max = [100.0, 100.0]\n\
+             [inventory]\nspawner_target = 0\n",
+            "[movement]\nworld_min = [10.0, 10.0]\nworld_max = [100.0, 100.0]\n\
+             [inventory]\nmax_world_items = 0\n",
             "",
             EMBEDDED_CONFIG,
         ] {
             resolve(text).unwrap();
         }
+        let off_origin =
+            resolve("[movement]\nworld_min = [0.0, 0.0]\nworld_max = [2000.0, 2000.0]\n").unwrap();
+        assert_eq!(
+            off_origin.inventory.world_center,
+            glam::Vec2::new(1_000.0, 1_000.0)
+        );
     }
 
     #[test]

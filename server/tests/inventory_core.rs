@@ -296,6 +296,31 @@ fn stacks(inv: &InventorySnapshot) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// A world not around the origin (`[movement]` from 0 to 2,000 m): the
+/// spawner places its items around the world's centre, where players can
+/// reach them; around the origin, three quarters of them were out of it.
+#[test]
+fn items_spawn_around_the_worlds_centre() {
+    let center = glam::Vec2::new(1_000.0, 1_000.0);
+    let mut h = Harness::on_with(
+        SqliteStore::open_in_memory().unwrap(),
+        CoreConfig {
+            world_center: center,
+            ..config()
+        },
+    );
+    h.ticks(8);
+    let extent = config().world_extent;
+    let positions: Vec<glam::Vec2> = h.core.world_items().map(|w| w.position).collect();
+    assert_eq!(positions.len(), 8);
+    for position in positions {
+        assert!(
+            (position - center).abs().max_element() <= extent,
+            "{position} is not within {extent} m of {center}"
+        );
+    }
+}
+
 /// Spawns world items and has `account` pick up everything.
 fn gather(h: &mut Harness, account: u64, first_request: u64) -> InventorySnapshot {
     h.ticks(8);

@@ -142,10 +142,15 @@ pub struct CoreConfig {
     pub spawn_every_ticks: u64,
     /// The spawner fills the world up to this many items (default 64).
     pub spawner_target: usize,
-    /// Spawned items land in `[-extent, extent]²` metres (default 100),
-    /// which must lie inside the `[movement]` world (checked at start, as
-    /// players cannot reach an item outside it) unless nothing spawns.
+    /// Spawned items land within this many metres of `world_center` on
+    /// both axes (default 100), a square that must lie inside the
+    /// `[movement]` world (checked at start, as players cannot reach an item
+    /// outside it) unless nothing spawns.
     pub world_extent: f32,
+    /// The centre of the `[movement]` world, which the spawn square is
+    /// around: set from it at start, not a setting of its own.
+    #[serde(skip)]
+    pub world_center: Vec2,
     /// How far a player reaches to pick up, in metres (default 5); not
     /// checked for a player without a position (not spawned in the world).
     pub pickup_radius: f32,
@@ -168,6 +173,7 @@ impl Default for CoreConfig {
             spawn_every_ticks: 10,
             spawner_target: 64,
             world_extent: 100.0,
+            world_center: Vec2::ZERO,
             pickup_radius: 5.0,
             max_queued: 4096,
             max_queued_per_account: 64,
@@ -1384,7 +1390,8 @@ impl InventoryCore {
         let extent = self.config.world_extent;
         let unit = |v: u64| (v % 10_000) as f32 / 10_000.0 * 2.0 - 1.0;
         let h = splitmix(n ^ 0x5eed);
-        let position = Vec2::new(unit(h) * extent, unit(h >> 32) * extent);
+        let position =
+            self.config.world_center + Vec2::new(unit(h) * extent, unit(h >> 32) * extent);
         let id = self.counters.next_world_item;
         self.counters.next_world_item += 1;
         self.counters.spawned += 1;
