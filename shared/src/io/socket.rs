@@ -39,8 +39,9 @@ impl SocketBuffers {
 /// - on Linux (IPv4), the don't-fragment bit without path-MTU discovery
 ///   (`IP_PMTUDISC_PROBE`). The largest game datagram is 1,253 bytes with
 ///   its IPv4 and UDP headers, below the MTU of any path worth playing on
-///   (on one below it, such datagrams fail to send and are counted as send
-///   errors, not fragmented); with
+///   (never fragmented: above the local interface's MTU such datagrams fail
+///   to send, counted as send errors; above a router's further on they are
+///   lost, seen as the transport's loss); with
 ///   the bit set the kernel also skips its global IP-id table, a measurable
 ///   share of the send path at tens of thousands of datagrams a second.
 ///
