@@ -152,7 +152,7 @@ pub struct TransportConfig {
     /// allows for it before declaring a packet lost, so both peers must use
     /// the same value. A second unacknowledged packet makes the ack due at
     /// once: it leaves at the next `poll_transmit`. A burst handed over
-    /// before that is acknowledged whole up to 325 packets (an ack names
+    /// before that is acknowledged whole up to about 320 packets (an ack names
     /// 65, and four are kept back for datagrams of their own); the packets
     /// of a longer one that no ack can name count as lost at the sender.
     /// For peers that both send at a steady rate (a game tick), a
