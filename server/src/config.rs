@@ -586,7 +586,10 @@ pub struct MemoryConfig {
     /// Reliable send memory (queued or unacknowledged) of all connections
     /// together; while over it, a reliable send to a client holding more
     /// than its share (this / `max_clients`) disconnects that client
-    /// (`SendQueueFull`). Default 256.
+    /// (`SendQueueFull`). Also bounds the payloads of the tick's messages
+    /// carried over while `net-io` is behind: past it they are shed,
+    /// unreliable ones first, and a client missing a reliable one is
+    /// disconnected (`SendQueueFull`). Default 256.
     pub max_send_mib: u32,
     /// Message bytes waiting for the tick (a stalled tick holds at most
     /// this); past it movement is dropped, then a reliable message's sender

@@ -31,6 +31,7 @@ pub use session::{
 };
 pub use typed::{FromClient, NetAppExt, NetSender, Recipients, ToClient};
 
+use crate::config::{MemoryConfig, ServerConfig};
 use crate::console::AdminKick;
 use crate::metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
 use crate::players::PlayerRoster;
@@ -158,9 +159,20 @@ pub struct Loopback {
 }
 
 /// Commands gathered during a tick, handed to `net-io` in one batch.
-#[derive(Resource, Default)]
+#[derive(Resource)]
 pub struct Outbox {
     commands: Vec<NetCommand>,
+    /// What a batch `net-io` refused may carry over.
+    carry: CarryBound,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            commands: Vec::new(),
+            carry: CarryBound::for_memory(&MemoryConfig::default()),
+        }
+    }
 }
 
 impl Outbox {
@@ -373,29 +385,37 @@ pub struct NetPlugin;
 impl Plugin for NetPlugin {
     fn build(&self, app: &mut App) {
         let metrics = app.world_mut().get_resource_or_init::<Metrics>().clone();
-        app.init_resource::<Outbox>()
-            .init_resource::<Clients>()
-            .init_resource::<DepartedPositions>()
-            .init_resource::<PlayerRoster>()
-            .init_resource::<typed::InboundRegistry>()
-            .insert_resource(NetMetrics::register(&metrics))
-            .add_message::<ClientConnected>()
-            .add_message::<ClientDisconnected>()
-            .configure_sets(FixedPostUpdate, NetSystems::Encode.before(NetSystems::Send))
-            .add_systems(FixedPreUpdate, session::receive.in_set(NetSystems::Receive))
-            .add_systems(
-                FixedPostUpdate,
-                (
-                    kick_on_admin_request,
-                    say_goodbye_on_shutdown,
-                    submit_batch,
-                    export_metrics,
-                )
-                    .chain()
-                    .in_set(NetSystems::Send),
+        let memory = app
+            .world()
+            .get_resource::<ServerConfig>()
+            .map(|config| config.memory.clone())
+            .unwrap_or_default();
+        app.insert_resource(Outbox {
+            commands: Vec::new(),
+            carry: CarryBound::for_memory(&memory),
+        })
+        .init_resource::<Clients>()
+        .init_resource::<DepartedPositions>()
+        .init_resource::<PlayerRoster>()
+        .init_resource::<typed::InboundRegistry>()
+        .insert_resource(NetMetrics::register(&metrics))
+        .add_message::<ClientConnected>()
+        .add_message::<ClientDisconnected>()
+        .configure_sets(FixedPostUpdate, NetSystems::Encode.before(NetSystems::Send))
+        .add_systems(FixedPreUpdate, session::receive.in_set(NetSystems::Receive))
+        .add_systems(
+            FixedPostUpdate,
+            (
+                kick_on_admin_request,
+                say_goodbye_on_shutdown,
+                submit_batch,
+                export_metrics,
             )
-            .add_systems(Update, watch_net_io)
-            .add_systems(Last, hand_over_at_exit.after(ShutdownSystems::Exit));
+                .chain()
+                .in_set(NetSystems::Send),
+        )
+        .add_systems(Update, watch_net_io)
+        .add_systems(Last, hand_over_at_exit.after(ShutdownSystems::Exit));
         let signal = app
             .world()
             .get_resource::<NetServer>()
@@ -444,6 +464,46 @@ fn kick_on_admin_request(
 /// Bound on commands carried over when `net-io` refused a batch.
 const MAX_CARRIED_COMMANDS: usize = 1 << 20;
 
+/// How much of the batches `net-io` refused is carried over to the next
+/// tick: past either bound, [`shed`] drops messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CarryBound {
+    /// Commands ([`MAX_CARRIED_COMMANDS`]).
+    commands: usize,
+    /// Their payloads' bytes, a payload counted once for each command
+    /// that holds it (reliable sends, chat's fan-out among them, are
+    /// mostly a payload each): the reliable send memory's bound
+    /// (`[memory] max_send_mib`), which is what these would take once
+    /// `net-io` had them.
+    bytes: usize,
+}
+
+impl CarryBound {
+    fn for_memory(memory: &MemoryConfig) -> Self {
+        Self {
+            commands: MAX_CARRIED_COMMANDS,
+            bytes: memory.max_send_bytes(),
+        }
+    }
+
+    fn exceeded_by(&self, commands: &[NetCommand]) -> bool {
+        commands.len() > self.commands || payload_bytes(commands) > self.bytes
+    }
+}
+
+/// The bytes of `commands`' payloads, each command's counted.
+fn payload_bytes(commands: &[NetCommand]) -> usize {
+    commands
+        .iter()
+        .map(|command| match command {
+            NetCommand::Send { payload, .. } | NetCommand::Broadcast { payload, .. } => {
+                payload.len()
+            }
+            NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. } => 0,
+        })
+        .sum()
+}
+
 fn submit_batch(
     mut net: ResMut<NetServer>,
     mut outbox: ResMut<Outbox>,
@@ -470,8 +530,9 @@ fn submit_batch(
                     .get(usize::from(channel.0))
                     .is_some_and(|c| c.kind == ChannelKind::UnreliableSequenced)
             });
-            if refused.len() > MAX_CARRIED_COMMANDS {
-                let dropped = shed(&mut refused, |c| layout.is_reliable(c), &clients);
+            if outbox.carry.exceeded_by(&refused) {
+                let carry = outbox.carry;
+                let dropped = shed(&mut refused, |c| layout.is_reliable(c), &clients, carry);
                 metrics.outbox_dropped.add(dropped);
             }
             outbox.commands = refused;
@@ -501,10 +562,10 @@ fn drop_superseded(commands: &mut Vec<NetCommand>, sequenced: impl Fn(ChannelId)
     commands.retain(|_| !from_the_end.next().unwrap_or(false));
 }
 
-/// Sheds `commands` (carried over past [`MAX_CARRIED_COMMANDS`]) and
-/// returns how many messages it dropped: those on unreliable channels
-/// first (what a client misses of them, the next ones replace); if that
-/// is not enough, the reliable ones too, and then every client that misses
+/// Sheds `commands` (carried over past `bound`) and returns how many
+/// messages it dropped: those on unreliable channels first (what a client
+/// misses of them, the next ones replace); if that leaves them past
+/// `bound`, the reliable ones too, and then every client that misses
 /// one is disconnected (`SendQueueFull`): a reliable message is never
 /// lost silently; the client reconnects and asks again. Disconnects and a
 /// shutdown (what tells every client goodbye) always stay; with a shutdown
@@ -513,6 +574,7 @@ fn shed(
     commands: &mut Vec<NetCommand>,
     reliable: impl Fn(ChannelId) -> bool,
     clients: &Clients,
+    bound: CarryBound,
 ) -> u64 {
     let is_message =
         |c: &NetCommand| matches!(c, NetCommand::Send { .. } | NetCommand::Broadcast { .. });
@@ -523,7 +585,7 @@ fn shed(
         }
         NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. } => true,
     });
-    if commands.len() > MAX_CARRIED_COMMANDS {
+    if bound.exceeded_by(commands) {
         let mut missed: Vec<ClientId> = Vec::new();
         for command in commands.iter() {
             match command {
@@ -930,7 +992,11 @@ mod tests {
     /// The network plugin on `server`, one tick an update, with the
     /// messages it reads from the plugins not installed here.
     fn ticking_app(server: NetServer) -> App {
-        let mut app = App::new();
+        ticking_app_with(server, App::new())
+    }
+
+    /// [`ticking_app`] on `app` (holding, say, a configuration).
+    fn ticking_app_with(server: NetServer, mut app: App) -> App {
         app.add_plugins(crate::tick::TickPlugin {
             config: crate::tick::TickConfig::default(),
             clock: crate::tick::ManualClock::new(),
@@ -1051,11 +1117,12 @@ mod tests {
         };
         let reliable = |c: ChannelId| c != channels::SNAPSHOT;
         let clients = Clients::default();
+        let bound = CarryBound::for_memory(&MemoryConfig::default());
 
         let mut commands = vec![send(0, channels::SNAPSHOT); MAX_CARRIED_COMMANDS];
         commands.push(send(1, channels::INVENTORY));
         assert_eq!(
-            shed(&mut commands, reliable, &clients),
+            shed(&mut commands, reliable, &clients, bound),
             MAX_CARRIED_COMMANDS as u64
         );
         assert_eq!(commands, vec![send(1, channels::INVENTORY)]);
@@ -1064,7 +1131,7 @@ mod tests {
         commands.push(send(3, channels::CHAT));
         commands.push(send(0, channels::SNAPSHOT));
         assert_eq!(
-            shed(&mut commands, reliable, &clients),
+            shed(&mut commands, reliable, &clients, bound),
             MAX_CARRIED_COMMANDS as u64 + 2
         );
         let missed = |slot| NetCommand::Disconnect {
@@ -1072,6 +1139,91 @@ mod tests {
             reason: DisconnectReason::SendQueueFull,
         };
         assert_eq!(commands, vec![missed(2), missed(3)]);
+    }
+
+    /// The payloads carried over are bounded in bytes too: chat's fan-out
+    /// of long lines reaches the memory bound long before a million
+    /// commands.
+    #[test]
+    fn a_carried_batch_holds_at_most_the_send_memory_bound_of_payloads() {
+        let mut config = ServerConfig::default();
+        config.memory.max_send_mib = 1;
+        let mut app = App::new();
+        app.insert_resource(config);
+        let (server, loopback) = NetServer::loopback();
+        drop(loopback);
+        let mut app = ticking_app_with(server, app);
+        let client = |slot: u32| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: u64::from(slot) + 1,
+            session: 1,
+        };
+        let line = Bytes::from(vec![b'x'; 1_100]);
+        let mut disconnected = HashSet::new();
+        for _ in 0..8 {
+            let mut outbox = app.world_mut().resource_mut::<Outbox>();
+            for slot in 0..300 {
+                outbox.push(NetCommand::Send {
+                    client: client(slot),
+                    channel: channels::CHAT,
+                    payload: line.clone(),
+                });
+            }
+            app.update();
+            let carried = app.world().resource::<Outbox>().commands();
+            assert!(
+                payload_bytes(carried) <= 1 << 20,
+                "{}",
+                payload_bytes(carried)
+            );
+            disconnected.extend(carried.iter().filter_map(|command| match command {
+                NetCommand::Disconnect {
+                    client,
+                    reason: DisconnectReason::SendQueueFull,
+                } => Some(*client),
+                _ => None,
+            }));
+        }
+        assert_eq!(
+            disconnected,
+            (0..300).map(client).collect::<HashSet<_>>(),
+            "every client that missed a line is told why"
+        );
+    }
+
+    #[test]
+    fn shedding_by_bytes_drops_unreliable_payloads_first() {
+        let client = |slot: u32| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: u64::from(slot) + 1,
+            session: 1,
+        };
+        let send = |slot, channel, len| NetCommand::Send {
+            client: client(slot),
+            channel,
+            payload: Bytes::from(vec![0; len]),
+        };
+        let reliable = |c: ChannelId| c != channels::SNAPSHOT;
+        let bound = CarryBound {
+            commands: MAX_CARRIED_COMMANDS,
+            bytes: 1_000,
+        };
+        let clients = Clients::default();
+        let mut commands = vec![
+            send(0, channels::SNAPSHOT, 900),
+            send(1, channels::CHAT, 900),
+        ];
+        assert!(bound.exceeded_by(&commands));
+        assert_eq!(shed(&mut commands, reliable, &clients, bound), 1);
+        assert_eq!(commands, vec![send(1, channels::CHAT, 900)]);
+
+        commands.push(send(2, channels::INVENTORY, 200));
+        assert_eq!(shed(&mut commands, reliable, &clients, bound), 2);
+        let missed = |slot| NetCommand::Disconnect {
+            client: client(slot),
+            reason: DisconnectReason::SendQueueFull,
+        };
+        assert_eq!(commands, vec![missed(1), missed(2)]);
     }
 
     #[test]
