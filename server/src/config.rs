@@ -7,7 +7,7 @@
 //! the working directory is used if present. Keys missing from a file keep
 //! their built-in default; unknown keys are an error.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use bevy_ecs::resource::Resource;
@@ -920,14 +920,16 @@ impl ServerConfig {
     }
 
     /// The address connect tokens name for this server: `public_addr` if
-    /// set, else the bind address (loopback for an unspecified one).
+    /// set, else the bind address (loopback of its family for an
+    /// unspecified one: an IPv6 socket receives IPv4 only where the host
+    /// maps it, which Windows, the BSDs and `bindv6only` hosts do not).
     pub fn public_addr(&self) -> SocketAddr {
         self.public_addr_set.unwrap_or_else(|| {
             let bind = self.bind();
-            let ip = if bind.ip().is_unspecified() {
-                std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)
-            } else {
-                bind.ip()
+            let ip = match bind.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
             };
             SocketAddr::new(ip, bind.port())
         })
@@ -937,17 +939,28 @@ impl ServerConfig {
     /// it does: a server listening on every interface, with no
     /// `public_addr`, names loopback, so it refuses every token minted for
     /// its real address (a backend's, or `play --dev --server` from
-    /// another machine).
+    /// another machine); one listening on loopback (dev mode's default)
+    /// with a `public_addr` elsewhere hands out tokens for an address
+    /// whose datagrams never reach it.
     pub fn public_addr_warning(&self) -> Option<String> {
-        let derived = self.public_addr_set.is_none() && self.bind().ip().is_unspecified();
-        derived.then(|| {
-            format!(
-                "no public_addr: connect tokens must name {}, derived from bind {}; remote \
+        let bind = self.bind();
+        match self.public_addr_set {
+            None if bind.ip().is_unspecified() => Some(format!(
+                "no public_addr: connect tokens must name {}, derived from bind {bind}; remote \
                  players' tokens name the address they reach, and are refused (set public_addr)",
                 self.public_addr(),
-                self.bind()
-            )
-        })
+            )),
+            Some(public) if bind.ip().is_loopback() && !public.ip().is_loopback() => Some(format!(
+                "public_addr {public} is not reachable: the game socket is bound to \
+                     {bind}, which takes datagrams from this machine only (set bind{})",
+                if self.key_file.is_none() {
+                    "; without a key file it defaults to loopback"
+                } else {
+                    ""
+                }
+            )),
+            _ => None,
+        }
     }
 
     /// `[movement] burst_ticks` beyond what keeps a player's displacement
@@ -1156,6 +1169,9 @@ mod tests {
         let args = run_args(&["server", "--bind", "10.0.0.5:4000"]);
         let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
         assert_eq!(config.public_addr(), "10.0.0.5:4000".parse().unwrap());
+        let args = run_args(&["server", "--bind", "[::]:4000"]);
+        let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
+        assert_eq!(config.public_addr(), "[::1]:4000".parse().unwrap());
     }
 
     #[test]
@@ -1166,6 +1182,27 @@ mod tests {
             let config = ServerConfig::resolve(&args, &FileConfig::default(), "test").unwrap();
             let warning = config.public_addr_warning().expect("a warning");
             assert!(warning.contains("127.0.0.1:7777"), "{warning}");
+        }
+        // A public address a loopback socket never hears from.
+        for argv in [
+            &["server", "--public-addr", "203.0.113.7:7777"][..],
+            &[
+                "server",
+                "--key-file",
+                "k",
+                "--bind",
+                "127.0.0.1:7777",
+                "--public-addr",
+                "203.0.113.7:7777",
+            ],
+        ] {
+            let config =
+                ServerConfig::resolve(&run_args(argv), &FileConfig::default(), "test").unwrap();
+            let warning = config.public_addr_warning().expect("a warning");
+            assert!(
+                warning.contains("203.0.113.7:7777") && warning.contains("127.0.0.1:7777"),
+                "{warning}"
+            );
         }
         for argv in [
             // Dev mode: loopback is what it is for.
