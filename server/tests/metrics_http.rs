@@ -186,6 +186,27 @@ fn healthz_is_unavailable_once_the_server_shuts_down() {
     assert_eq!(reply.body, "shutting down\n");
 }
 
+/// A server whose tick runs but whose store refuses every change is not
+/// healthy: a supervisor or load balancer must see it until it recovers.
+#[test]
+fn healthz_is_unavailable_while_a_fault_stands() {
+    let metrics = Metrics::default();
+    let endpoint = start(&metrics, EndpointOptions::default());
+    metrics.heartbeat().beat();
+    metrics.faults().set(
+        "inventory store",
+        Some("the last commit failed: disk full".into()),
+    );
+    let reply = get(endpoint.local_addr(), "/healthz");
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.body,
+        "inventory store: the last commit failed: disk full\n"
+    );
+    metrics.faults().set("inventory store", None);
+    assert_eq!(get(endpoint.local_addr(), "/healthz").status, 200);
+}
+
 /// A HEAD gets the GET answer's head alone (health probes use it), and a
 /// head ended by bare line feeds is read as one.
 #[test]

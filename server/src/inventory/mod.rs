@@ -40,7 +40,7 @@ pub use self::core::{
     AccountLoader, Batch, CoreConfig, CoreError, Input, InventoryCore, LOAD_RETRY_TICKS,
     LoadedAccount, Output, PARTNER_LOAD_ATTEMPTS, prepare_account,
 };
-use crate::metrics::{Counter, Histogram, Metrics, exponential_buckets};
+use crate::metrics::{Counter, Faults, Histogram, Metrics, exponential_buckets};
 use crate::movement::MovementSystems;
 use crate::net::{
     ClientConnected, ClientDisconnected, FromClient, NetAppExt, SessionChange, ToClient,
@@ -234,6 +234,8 @@ struct InventoryMetrics {
     /// `inventory_refused_total{reason}`, one series per [`InventoryError`].
     refused: Vec<(InventoryError, Counter)>,
     commit_failures: Counter,
+    /// The store's fault, set while its last commit failed.
+    faults: Faults,
     op_latency: Histogram,
     commit_time: Histogram,
     system_time: Histogram,
@@ -287,6 +289,7 @@ impl Plugin for InventoryPlugin {
                     "Inventory batches whose commit failed (rolled back).",
                 )
                 .unwrap_or_default(),
+            faults: metrics.faults().clone(),
             op_latency: histogram(
                 "inventory_op_seconds",
                 "Inventory request received to reply sent (includes the durable commit).",
@@ -349,6 +352,29 @@ fn watch_db_threads(
         requests.write(ShutdownRequested {
             reason: ShutdownReason::Failure(stopped.to_owned()),
         });
+    }
+}
+
+/// The part of the server [`InventoryMetrics::faults`] names.
+const STORE: &str = "inventory store";
+
+impl InventoryMetrics {
+    /// Counts a commit that failed with `error` (or clears the store's
+    /// fault for a commit that worked): the server is unhealthy until one
+    /// commits again, refusing every change `Storage` meanwhile.
+    fn committed(&self, result: Result<(), &StoreError>) {
+        match result {
+            Ok(()) => {
+                if self.faults.set(STORE, None) {
+                    tracing::info!("inventory store: commits work again");
+                }
+            }
+            Err(error) => {
+                self.commit_failures.inc();
+                self.faults
+                    .set(STORE, Some(format!("the last commit failed: {error}")));
+            }
+        }
     }
 }
 
@@ -451,16 +477,14 @@ fn run(
     match service.writer.try_done() {
         Ok(Some(done)) => {
             metrics.commit_time.observe_duration(done.commit_time);
-            if done.result.is_err() {
-                metrics.commit_failures.inc();
-            }
+            metrics.committed(done.result.as_ref().map(|_| ()));
             let outputs = service.core.complete(done.result);
             send(service, outputs, &mut out, &metrics);
         }
         Ok(None) => {}
         Err(error) if service.core.in_flight() => {
             tracing::error!(%error, "inventory batch in flight lost with the writer; refused");
-            metrics.commit_failures.inc();
+            metrics.committed(Err(&error));
             let outputs = service.core.complete(Err(error));
             send(service, outputs, &mut out, &metrics);
         }
@@ -519,7 +543,7 @@ fn run(
                 Ok(()) => Vec::new(),
                 Err(_) => {
                     tracing::error!("inventory writer gone or stuck; batch refused");
-                    metrics.commit_failures.inc();
+                    metrics.committed(Err(&StoreError::WriterGone));
                     service.core.complete(Err(StoreError::WriterGone))
                 }
             }
@@ -550,6 +574,84 @@ mod tests {
         fn audit(&mut self) -> Result<AuditReport, StoreError> {
             self.0.audit()
         }
+    }
+
+    /// A store that fails its commits while `failing` is set.
+    struct FailWhile(SqliteStore, Arc<std::sync::atomic::AtomicBool>);
+
+    impl InventoryStore for FailWhile {
+        fn load_world(&mut self) -> Result<WorldState, StoreError> {
+            self.0.load_world()
+        }
+        fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
+            self.0.load_account(account)
+        }
+        fn commit(&mut self, writes: &BatchWrites) -> Result<(), StoreError> {
+            if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+                Err(StoreError::Injected)
+            } else {
+                self.0.commit(writes)
+            }
+        }
+        fn audit(&mut self) -> Result<AuditReport, StoreError> {
+            self.0.audit()
+        }
+    }
+
+    /// A store refusing every commit (a full disk) leaves the tick running
+    /// and every change refused: the server says it is unhealthy until a
+    /// commit works again.
+    #[test]
+    fn a_store_failing_its_commits_is_a_fault_until_one_works() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let name = format!("inventory-fault-{}", std::process::id());
+        let failing = Arc::new(AtomicBool::new(true));
+        let service = InventoryService::start(
+            Box::new(SqliteStore::open_shared_memory(&name).unwrap()),
+            Box::new(FailWhile(
+                SqliteStore::open_shared_memory(&name).unwrap(),
+                failing.clone(),
+            )),
+            Arc::new(Catalogue::embedded().unwrap()),
+            CoreConfig {
+                spawn_every_ticks: 1,
+                ..CoreConfig::default()
+            },
+        )
+        .unwrap();
+        let (server, _net) = crate::net::NetServer::loopback();
+        let mut app = App::new();
+        app.add_plugins(crate::tick::TickPlugin {
+            config: crate::tick::TickConfig::default(),
+            clock: crate::tick::ManualClock::new(),
+        })
+        .insert_resource(server)
+        .insert_resource(service)
+        .add_message::<crate::console::AdminKick>()
+        .add_plugins(crate::shutdown::ShutdownPlugin {
+            grace_ticks: 1,
+            grace_time: None,
+        })
+        .add_plugins((crate::net::NetPlugin, InventoryPlugin));
+        app.finish();
+        app.cleanup();
+        let faults = app.world().resource::<Metrics>().faults().clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let tick_until = |app: &mut App, done: &dyn Fn() -> bool| {
+            while !done() {
+                assert!(Instant::now() < deadline, "{:?}", faults.describe());
+                app.update();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        tick_until(&mut app, &|| faults.describe().is_some());
+        let fault = faults.describe().unwrap();
+        assert!(
+            fault.starts_with("inventory store: the last commit failed"),
+            "{fault}"
+        );
+        failing.store(false, Ordering::Relaxed);
+        tick_until(&mut app, &|| faults.describe().is_none());
     }
 
     /// The batch still being stored when the server exits is waited for:

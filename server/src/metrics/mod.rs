@@ -33,8 +33,9 @@
 mod http;
 mod registry;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bevy_ecs::resource::Resource;
@@ -54,6 +55,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     heartbeat: Heartbeat,
     shutting_down: Arc<AtomicBool>,
+    faults: Faults,
 }
 
 impl Metrics {
@@ -76,6 +78,43 @@ impl Metrics {
     /// Whether [`Self::mark_shutting_down`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The faults the server runs on with: `/healthz` answers 503 while
+    /// one stands.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+}
+
+/// What is failing in a server whose tick still runs (a store whose
+/// commits fail, say, refusing every change), by the part that failed,
+/// readable from any thread. A part sets its fault when it fails and
+/// clears it when it works again.
+#[derive(Clone, Debug, Default)]
+pub struct Faults(Arc<Mutex<BTreeMap<&'static str, String>>>);
+
+impl Faults {
+    /// Sets `part`'s fault to `fault`, or clears it for `None`; returns
+    /// whether `part` had a fault before.
+    pub fn set(&self, part: &'static str, fault: Option<String>) -> bool {
+        let mut faults = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match fault {
+            Some(fault) => faults.insert(part, fault).is_some(),
+            None => faults.remove(part).is_some(),
+        }
+    }
+
+    /// Every standing fault, a `part: fault` line each in the parts'
+    /// order, or `None` if there is none.
+    pub fn describe(&self) -> Option<String> {
+        let faults = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (!faults.is_empty()).then(|| {
+            faults
+                .iter()
+                .map(|(part, fault)| format!("{part}: {fault}\n"))
+                .collect()
+        })
     }
 }
 
