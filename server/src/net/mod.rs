@@ -17,6 +17,7 @@ mod typed;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bevy_app::{App, AppExit, First, FixedPostUpdate, FixedPreUpdate, Last, Plugin, Update};
 use bevy_ecs::prelude::*;
@@ -51,6 +52,8 @@ enum Backend {
         events: Receiver<NetEvent>,
         commands: Sender<Vec<NetCommand>>,
         stats: Arc<IoStats>,
+        /// Set by [`Loopback::fail`].
+        failed: Arc<AtomicBool>,
     },
 }
 
@@ -77,14 +80,17 @@ impl NetServer {
         (commands, command_rx): (Sender<Vec<NetCommand>>, Receiver<Vec<NetCommand>>),
     ) -> (Self, Loopback) {
         let (event_tx, events) = crossbeam_channel::unbounded();
+        let failed = Arc::new(AtomicBool::new(false));
         let server = Self(Backend::Loopback {
             events,
             commands,
             stats: Arc::new(IoStats::default()),
+            failed: Arc::clone(&failed),
         });
         let loopback = Loopback {
             events: event_tx,
             commands: command_rx,
+            failed,
         };
         (server, loopback)
     }
@@ -125,11 +131,22 @@ impl NetServer {
         }
     }
 
-    /// Whether the `net-io` thread has stopped (in-process: never).
+    /// Whether the `net-io` thread has stopped (in-process: once
+    /// [`Loopback::fail`] was called).
     fn io_stopped(&self) -> bool {
         match &self.0 {
             Backend::Io(io) => io.is_finished(),
-            Backend::Loopback { .. } => false,
+            Backend::Loopback { failed, .. } => failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the `net-io` thread has stopped on a fault, not after the
+    /// shutdown the game sent it (in-process: once [`Loopback::fail`] was
+    /// called).
+    fn io_failed(&self) -> bool {
+        match &self.0 {
+            Backend::Io(io) => io.has_failed(),
+            Backend::Loopback { failed, .. } => failed.load(Ordering::Relaxed),
         }
     }
 
@@ -156,6 +173,15 @@ pub struct Loopback {
     pub events: Sender<NetEvent>,
     /// One batch of commands per tick that produced any.
     pub commands: Receiver<Vec<NetCommand>>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Loopback {
+    /// Plays a `net-io` thread that stopped on a fault (a poll error, a
+    /// panic): the game sees it stopped and failed.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Commands gathered during a tick, handed to `net-io` in one batch.
@@ -729,7 +755,9 @@ fn export_metrics(
 /// A `net-io` thread that stops while the server runs (a poll error, a
 /// panic) leaves a game nobody can reach: no events, no sends, players
 /// never leave. The server shuts down with an error instead, so that a
-/// supervisor restarts it.
+/// supervisor restarts it. During a shutdown the thread stops by itself
+/// once its clients are gone; one that stops on a fault instead makes the
+/// exit an error too (its clients may not have heard their goodbyes).
 fn watch_net_io(
     net: Res<NetServer>,
     state: Option<Res<ShutdownState>>,
@@ -737,14 +765,19 @@ fn watch_net_io(
     mut reported: Local<bool>,
 ) {
     let running = state.is_none_or(|s| *s == ShutdownState::Running);
-    if *reported || !running || !net.io_stopped() {
+    if *reported || !(net.io_failed() || running && net.io_stopped()) {
         return;
     }
     *reported = true;
-    tracing::error!("the network thread stopped; shutting down");
+    let fault = if running {
+        "the network thread stopped"
+    } else {
+        "the network thread stopped on a fault during the shutdown"
+    };
+    tracing::error!("{fault}; shutting down");
     if let Some(mut requests) = requests {
         requests.write(ShutdownRequested {
-            reason: ShutdownReason::Failure("the network thread stopped".to_owned()),
+            reason: ShutdownReason::Failure(fault.to_owned()),
         });
     }
 }
@@ -959,7 +992,40 @@ mod tests {
             assert!(began.elapsed() < std::time::Duration::from_secs(5));
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        assert!(
+            !app.world().resource::<NetServer>().io_failed(),
+            "it stopped as asked, not on a fault"
+        );
         for _ in 0..5 {
+            app.update();
+            if app.should_exit().is_some() {
+                break;
+            }
+        }
+        assert_eq!(app.should_exit(), Some(bevy_app::AppExit::error()));
+    }
+
+    /// During a shutdown net-io stops by itself once its clients are gone;
+    /// stopping on a fault instead still makes the exit an error.
+    #[test]
+    fn a_network_thread_that_fails_during_the_shutdown_makes_the_exit_an_error() {
+        let (server, loopback) = NetServer::loopback();
+        let mut app = App::new();
+        app.add_plugins(crate::shutdown::ShutdownPlugin {
+            grace_ticks: 100,
+            grace_time: None,
+        });
+        let mut app = ticking_app_with(server, app);
+        app.world_mut().write_message(ShutdownRequested {
+            reason: ShutdownReason::Console,
+        });
+        app.update();
+        assert!(matches!(
+            app.world().resource::<ShutdownState>(),
+            ShutdownState::Draining { failed: false, .. }
+        ));
+        loopback.fail();
+        for _ in 0..100 {
             app.update();
             if app.should_exit().is_some() {
                 break;

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -386,6 +386,9 @@ pub struct ServerIo {
     tick: TickSignal,
     local_addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
+    /// Set by the thread when it stops after the shutdown it was sent
+    /// (not on a poll error, nor a panic).
+    stopped_as_asked: Arc<AtomicBool>,
 }
 
 impl ServerIo {
@@ -500,6 +503,8 @@ impl ServerIo {
             socket_drops_seen,
             endpoint_floods_seen: 0,
         };
+        let stopped_as_asked = Arc::new(AtomicBool::new(false));
+        let as_asked = Arc::clone(&stopped_as_asked);
         let thread = std::thread::Builder::new()
             .name("net-io".into())
             .spawn(move || {
@@ -511,7 +516,9 @@ impl ServerIo {
                         }
                     }
                 }
-                io_loop.run();
+                if io_loop.run() {
+                    as_asked.store(true, Ordering::Release);
+                }
             })?;
         Ok(Self {
             events,
@@ -521,6 +528,7 @@ impl ServerIo {
             tick,
             local_addr,
             thread: Some(thread),
+            stopped_as_asked,
         })
     }
 
@@ -581,6 +589,13 @@ impl ServerIo {
     /// Whether the thread has stopped.
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Whether the thread has stopped on a fault (its poll failed, or it
+    /// panicked), not after a shutdown it was sent: during a shutdown too,
+    /// its clients may not have heard their goodbyes.
+    pub fn has_failed(&self) -> bool {
+        self.is_finished() && !self.stopped_as_asked.load(Ordering::Acquire)
     }
 
     /// Says goodbye to every client with `reason`, waits for the thread to
@@ -1120,7 +1135,9 @@ struct IoLoop {
 }
 
 impl IoLoop {
-    fn run(&mut self) {
+    /// Serves until a shutdown the game sent is done (`true`), or the
+    /// poll fails (`false`).
+    fn run(&mut self) -> bool {
         let mut events = Events::with_capacity(64);
         let mut unread = false;
         loop {
@@ -1146,7 +1163,7 @@ impl IoLoop {
                 && error.kind() != io::ErrorKind::Interrupted
             {
                 tracing::error!(%error, "net-io poll failed; stopping");
-                return;
+                return false;
             }
             bump(&self.stats.loop_wakeups, 1);
             let now = Instant::now();
@@ -1165,16 +1182,16 @@ impl IoLoop {
             if let Some((deadline, _)) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
-                self.finish(now, &mut events);
-                return;
+                return self.finish(now, &mut events);
             }
         }
     }
 
     /// Sends the last goodbyes: clients whose last messages are still
     /// unacknowledged get theirs now, not a timeout. While the socket would
-    /// block, waits for it, up to [`FINAL_FLUSH_LIMIT`].
-    fn finish(&mut self, now: Instant, events: &mut Events) {
+    /// block, waits for it, up to [`FINAL_FLUSH_LIMIT`]. `false` if the
+    /// poll failed.
+    fn finish(&mut self, now: Instant, events: &mut Events) -> bool {
         self.endpoint.stop_lingering(now);
         let deadline = now + FINAL_FLUSH_LIMIT;
         let mut now = now;
@@ -1185,7 +1202,7 @@ impl IoLoop {
                     queued = self.outbox.len(),
                     "net-io stops with goodbyes unsent: the socket would not take them"
                 );
-                return;
+                return true;
             }
             // Woken when the socket is writable (see `send_queued`); the
             // slices keep a missed wake-up from costing the whole limit.
@@ -1193,10 +1210,11 @@ impl IoLoop {
                 && error.kind() != io::ErrorKind::Interrupted
             {
                 tracing::error!(%error, "net-io poll failed; stopping");
-                return;
+                return false;
             }
             now = Instant::now();
         }
+        true
     }
 
     /// Adds the clients the endpoint disconnected for crossing the total
