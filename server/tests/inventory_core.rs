@@ -2028,8 +2028,8 @@ fn requests_waiting_for_a_load_end_with_their_session() {
 
 /// A resent id whose change is committed is answered with its stored
 /// reply even when the account's queue is full: `Busy` would say nothing
-/// was applied. An id whose batch is still in flight is not answered
-/// before its commit.
+/// was applied. An id whose batch is still in flight is queued all the
+/// same, once, and answered with its reply after the commit.
 #[test]
 fn a_full_queue_answers_a_committed_id_with_its_stored_reply() {
     let mut h = Harness::new();
@@ -2063,17 +2063,86 @@ fn a_full_queue_answers_a_committed_id_with_its_stored_reply() {
             other => panic!("answered at once, got {other:?}"),
         };
     assert_eq!(answer(&mut h, 1, there.clone()), committed.result);
-    assert_eq!(answer(&mut h, 2, back), Err(InventoryError::Busy));
+    assert_eq!(
+        h.core.push(request_input(1, 2, back.clone())),
+        None,
+        "waits for its commit"
+    );
+    assert_eq!(answer(&mut h, 2, back), Err(InventoryError::Busy), "once");
     assert_eq!(answer(&mut h, 3, there), Err(InventoryError::Busy));
 
     let result = h.store.commit(&in_flight.writes);
-    h.core.complete(result);
-    h.flush(false);
+    let mut out = h.core.complete(result);
+    let original = reply_of(&out, 1, 2).expect("the original's reply");
+    assert!(original.result.is_ok(), "{original:?}");
+    out.extend(h.flush(false));
+    assert_eq!(
+        replies_to(&out, 1)
+            .into_iter()
+            .filter(|r| r.request_id == 2)
+            .collect::<Vec<_>>(),
+        vec![original.clone(), original],
+        "the repeat answered with the original's reply"
+    );
     assert_eq!(
         h.core.inventory(1).map(stacks),
         Some(stacks(&inv)),
         "moved there and back once"
     );
+}
+
+/// A player whose connection dropped sends its unanswered requests again.
+/// One whose original still waits in a full queue (the commit before it is
+/// slow) is queued behind it, not answered busy: busy would say it was not
+/// applied, and sent again once the server has forgotten the id it would be
+/// applied twice.
+#[test]
+fn a_repeat_of_a_queued_request_waits_for_it_in_a_full_queue() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    let inv = gather(&mut h, 1, 100);
+    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
+    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
+    let count = inv.slots[usize::from(from)].unwrap().count;
+    let there = InventoryOp::Move { from, to, count };
+
+    // A batch in flight holds up the queue, where the move then waits
+    // with the account's other requests up to its bound.
+    h.push(request_input(1, 1, InventoryOp::List));
+    let in_flight = h.core.prepare(&mut h.store).expect("a batch");
+    assert_eq!(h.core.push(request_input(1, 2, there.clone())), None);
+    for request_id in 1..config().max_queued_per_account as u64 {
+        assert_eq!(
+            h.core
+                .push(request_input(1, 1_000 + request_id, InventoryOp::List)),
+            None
+        );
+    }
+    assert_eq!(h.core.push(request_input(1, 2, there.clone())), None);
+    assert!(
+        matches!(
+            h.core.push(request_input(1, 2, there.clone())),
+            Some(Output::Reply { reply, .. }) if reply.result == Err(InventoryError::Busy)
+        ),
+        "one copy waits at most"
+    );
+
+    let result = h.store.commit(&in_flight.writes);
+    let mut out = h.core.complete(result);
+    out.extend(h.flush(false));
+    let answers: Vec<_> = replies_to(&out, 1)
+        .into_iter()
+        .filter(|r| r.request_id == 2)
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers[0].result.is_ok(), "{answers:?}");
+    assert_eq!(
+        answers[0], answers[1],
+        "the repeat gets the original's reply"
+    );
+    let moved = h.core.inventory(1).unwrap();
+    assert_eq!(moved.slots[usize::from(to)], inv.slots[usize::from(from)]);
+    assert_eq!(moved.slots[usize::from(from)], None, "moved once");
 }
 
 /// Account 1 with items, stored and unloaded again: its inventory.

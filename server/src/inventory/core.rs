@@ -559,6 +559,8 @@ pub struct InventoryCore {
     queue: VecDeque<Input>,
     /// Requests in `queue`, by account.
     queued_by_account: HashMap<u64, usize>,
+    /// Copies of each `(account, request id)` in `queue`.
+    queued_ids: HashMap<(u64, u64), u8>,
     building: Option<Building>,
     in_flight: Option<Building>,
 }
@@ -758,6 +760,7 @@ impl InventoryCore {
             pending_ticks: 0,
             queue: VecDeque::new(),
             queued_by_account: HashMap::new(),
+            queued_ids: HashMap::new(),
             building: None,
             in_flight: None,
         })
@@ -774,6 +777,15 @@ impl InventoryCore {
     /// is a committed change, else with [`InventoryError::Busy`]; so is an
     /// offer of more than [`MAX_TRADE_SLOTS`] stacks, with
     /// [`InventoryError::BadOffer`]. Ticks are counted, not queued.
+    ///
+    /// Past those bounds, the repeat of an id that is queued or in the
+    /// batch being stored is queued all the same, once (a further copy is
+    /// busy while one waits): it is answered with that change's reply once
+    /// stored. Busy would say the change was not applied, and a client
+    /// that sent it again only after the server had forgotten the id (a
+    /// reconnecting player whose first session's replies were lost) would
+    /// have it applied twice. So the queue holds at most three times its
+    /// bounds.
     ///
     /// A `Disconnected` cancels its account's queued `Connected` when
     /// nothing queued since names the account and the account was offline
@@ -802,7 +814,7 @@ impl InventoryCore {
             );
             let full = self.queue.len() >= self.config.max_queued
                 || queued.unwrap_or(0) >= self.config.max_queued_per_account;
-            if oversized || full {
+            if oversized || full && !self.repeat_may_wait(account, request_id) {
                 let refusal = if oversized {
                     InventoryError::BadOffer
                 } else {
@@ -822,6 +834,7 @@ impl InventoryCore {
                 });
             }
             *self.queued_by_account.entry(account).or_default() += 1;
+            *self.queued_ids.entry((account, request_id)).or_default() += 1;
         }
         if input == Input::Tick {
             // Ticks are counted, not queued: a stalled store cannot make
@@ -894,12 +907,29 @@ impl InventoryCore {
     /// flight (whose commit may still fail).
     fn committed_reply(&self, account: u64, request_id: u64) -> Option<InventoryReply> {
         let reply = self.applied.get(&account)?.get_stored(request_id)?;
-        let in_flight = self.in_flight.as_ref().is_some_and(|b| {
+        (!self.storing(account, request_id))
+            .then(|| self.decode_remembered(account, request_id, reply))
+    }
+
+    /// Whether a repeat of `account`'s `request_id` may wait past the
+    /// queue's bounds: the original is queued or in flight, and no other
+    /// repeat waits.
+    fn repeat_may_wait(&self, account: u64, request_id: u64) -> bool {
+        let copies = self.queued_ids.get(&(account, request_id)).copied();
+        match copies.unwrap_or(0) {
+            0 => self.storing(account, request_id),
+            1 => !self.storing(account, request_id),
+            _ => false,
+        }
+    }
+
+    /// Whether `account`'s `request_id` was applied in the batch in flight.
+    fn storing(&self, account: u64, request_id: u64) -> bool {
+        self.in_flight.as_ref().is_some_and(|b| {
             b.applied
                 .iter()
                 .any(|&(a, r, _)| (a, r) == (account, request_id))
-        });
-        (!in_flight).then(|| self.decode_remembered(account, request_id, reply))
+        })
     }
 
     /// The remembered answer of `account`'s `request_id`, if any.
@@ -943,6 +973,7 @@ impl InventoryCore {
         }
         self.building = Some(Building::default());
         self.queued_by_account.clear();
+        self.queued_ids.clear();
         let mut waiting = VecDeque::new();
         // Accounts with a request waiting: their later ones wait behind it,
         // so that a player's requests are applied in the order sent.
@@ -970,8 +1001,15 @@ impl InventoryCore {
             }
         }
         for input in &waiting {
-            if let Input::Request { account, .. } = input {
+            if let Input::Request {
+                account, request, ..
+            } = input
+            {
                 *self.queued_by_account.entry(*account).or_default() += 1;
+                *self
+                    .queued_ids
+                    .entry((*account, request.request_id))
+                    .or_default() += 1;
             }
         }
         self.queue = waiting;

@@ -18,11 +18,12 @@
 //! at once instead, as they change nothing: [`InventoryError::Busy`] and
 //! [`InventoryError::BadOffer`] (and a busy server answers the repeated id
 //! of a stored change with its remembered reply at once too, rather than
-//! busy; a repeated read-only request or refusal may be answered busy,
-//! which like every busy answer means "not answered, send it again with
-//! the same id": the id of a change repeated while it is being stored is
-//! answered busy, and the change applies all the same). A
-//! session that ends before its replies are sent receives none of them.
+//! busy, and queues the repeated id of a request it still holds, waiting
+//! or being stored, past its bounds to answer it with that request's
+//! reply: one such repeat at a time, a further copy being answered busy
+//! meanwhile; busy, like every busy answer, means "not answered, send it
+//! again with the same id"). A session that ends before its replies are
+//! sent receives none of them.
 //!
 //! Changes a player did not ask for (a gift, the other side of a trade)
 //! arrive as [`InventoryUpdate`]s; trade progress as [`TradeUpdate`]s.
