@@ -448,8 +448,8 @@ impl ChatRoom {
             let announced = Self::announces(&self.config, self.now, member);
             self.forget_name(&old, account);
             self.by_name.insert(name, account);
-            if announced {
-                self.system(&text, out);
+            if announced && !self.system(&text, out) {
+                self.give_back(account);
             }
             return;
         }
@@ -482,13 +482,23 @@ impl ChatRoom {
         }
         let announced = Self::announces(&self.config, self.now, &mut member);
         self.members.insert(account, member);
-        if announced {
-            self.system(&text, out);
+        if announced && !self.system(&text, out) {
+            self.give_back(account);
+        }
+    }
+
+    /// Gives `account`'s token back for an announcement the tick's
+    /// fan-out bound left out: the line cost nothing, as a player's line
+    /// refused for it does not.
+    fn give_back(&mut self, account: u64) {
+        if let Some(member) = self.members.get_mut(&account) {
+            member.bucket.give_back();
         }
     }
 
     /// Whether `member`'s join or leave is announced, taking the token it
-    /// costs: a muted member's is not (chatting, it would say nothing).
+    /// costs (given back if the line is left out): a muted member's is not
+    /// (chatting, it would say nothing).
     fn announces(config: &ChatConfig, now: u64, member: &mut Member) -> bool {
         config.announce_sessions && now >= member.muted_until && member.bucket.try_take()
     }
@@ -500,7 +510,11 @@ impl ChatRoom {
         let Some(mut member) = self.members.remove(&account) else {
             return;
         };
-        let announced = Self::announces(&self.config, self.now, &mut member);
+        if Self::announces(&self.config, self.now, &mut member)
+            && !self.system(&format!("{} left", member.name), out)
+        {
+            member.bucket.give_back();
+        }
         self.forget_name(&member.name, account);
         let clean = member.offences == 0
             && member.mutes == 0
@@ -535,9 +549,6 @@ impl ChatRoom {
                 },
                 self.config.rejoin_memory_players as usize,
             );
-        }
-        if announced {
-            self.system(&format!("{} left", member.name), out);
         }
     }
 

@@ -1681,6 +1681,48 @@ fn system_lines_count_against_the_fan_out_bound() {
     assert_eq!(the_answer(&out, 1, 7), Err(ChatRejectReason::RateLimited));
 }
 
+/// An announcement the tick's fan-out bound leaves out costs its player
+/// nothing: the token comes back, as for a player's line refused for it.
+#[test]
+fn an_announcement_left_out_costs_no_token() {
+    let config = ChatConfig {
+        burst: 2,
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        ..announcing()
+    };
+    let accounts: Vec<u64> = (1..=1_000).collect();
+    let mut room = room_with(&accounts, config);
+    room.tick(1);
+    let mut out = Vec::new();
+    room.join(9_001, "player-9001".into(), &mut out);
+    room.join(9_002, "player-9002".into(), &mut out);
+    let announced = |out: &[ChatOutput], name: &str| {
+        lines_for(out, 1)
+            .iter()
+            .any(|l| l.text == format!("{name} joined"))
+    };
+    assert!(announced(&out, "player-9001"), "the tick's first line goes");
+    assert!(!announced(&out, "player-9002"), "the bound is spent");
+    // Its two tokens are both left: two lines, a tick apart (each the
+    // first of its tick, within the fan-out bound).
+    for client_ref in 1..=2 {
+        room.tick(1);
+        let mut out = Vec::new();
+        room.say(
+            9_002,
+            client_ref,
+            &ChatScope::Global,
+            "hi",
+            nowhere,
+            &mut out,
+        );
+        assert!(
+            the_answer(&out, 9_002, client_ref).is_ok(),
+            "line {client_ref}"
+        );
+    }
+}
+
 /// Joining again while in session is a rename: it does not wipe a mute
 /// (nor the offences, the bucket, or the lines' numbering).
 #[test]
