@@ -391,12 +391,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         notes,
     };
     report.slo = plan.slos.check(&report);
-    print!("{}", report.summary());
+    say(format_args!("{}", report.summary()));
     if let Some(path) = &plan.report {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, json + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("report written to {}", path.display());
+        say(format_args!("report written to {}\n", path.display()));
     }
     if let Some(path) = &plan.chart {
         let title = format!(
@@ -405,7 +405,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         );
         std::fs::write(path, chart::render(&title, &samples))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("chart written to {}", path.display());
+        say(format_args!("chart written to {}\n", path.display()));
     }
     if !failures.is_empty() {
         return Err(format!(
@@ -627,6 +627,15 @@ fn progress_line(sample: &Sample, errors: u64) -> String {
     )
 }
 
+/// Writes `text` to stdout. A reader that went away (`load ... | head`)
+/// is not the run's end: the bots run on, say goodbye and the report is
+/// written; only the printing stops (`print!` would panic, leaving the
+/// server holding every bot's slot and no report).
+fn say(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_fmt(text);
+}
+
 impl Progress {
     fn new(bots: u64, duration: Duration) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
@@ -648,14 +657,14 @@ impl Progress {
                 bar.set_position(sample.t as u64);
                 bar.set_message(line);
             }
-            None => println!("[{:>5.0} s] {line}", sample.t),
+            None => say(format_args!("[{:>5.0} s] {line}\n", sample.t)),
         }
     }
 
     fn message(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(text.to_owned()),
-            None => println!("{text}"),
+            None => say(format_args!("{text}\n")),
         }
     }
 

@@ -477,3 +477,52 @@ fn the_open_file_limit_is_raised_for_the_bots_or_the_run_refused() {
     assert!(!failures.contains("socket"), "{failures}");
     assert_eq!(json["requested"], 500, "{json}");
 }
+
+/// Output piped to a reader that quits (`load ... | head -n 3`): the next
+/// progress line panicked the run (exit 101, no report, the server holding
+/// every bot's slot until its timeout). The run goes on to its end, its
+/// bots say goodbye and its report is written.
+#[test]
+fn a_reader_that_goes_away_leaves_the_run_and_its_report_whole() {
+    use std::time::Instant;
+
+    let server = ServerProcess::start(&ServerOptions::default());
+    let dir = std::env::temp_dir().join(format!("bots-e2e-closed-stdout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let mut load = e2e::KillOnDrop(
+        Command::new(client_binary())
+            .args(["load", "--server", &server.game.to_string()])
+            .args(["--bots", "3", "--duration", "3", "--ramp", "1"])
+            .arg("--report")
+            .arg(&report)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    drop(load.stdout.take());
+    let deadline = Instant::now() + LOAD_LIMIT;
+    let status = loop {
+        if let Some(status) = load.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the run did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut load.stderr.take().unwrap(), &mut stderr);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["connected"], 3, "{json}");
+    // Every bot said goodbye: the server let them go at once, not after
+    // its 10 s timeout.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.metric("connected_clients") > 0.0 {
+        assert!(Instant::now() < deadline, "the sessions outlived the run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
