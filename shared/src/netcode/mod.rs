@@ -97,6 +97,16 @@
 //!   from any address, takes the older handshake's place (a response to
 //!   the older one is then dropped: [`DropReason::UnknownAddress`] from
 //!   another address, [`DropReason::DecryptFailed`] from the same one).
+//!   An address holds one client id's handshake at a time: another's
+//!   request from it is dropped ([`DropReason::AddressInHandshake`]) until
+//!   that one connects or times out, so a request forged from a player's
+//!   address with a token of the forger's own does not end the player's
+//!   handshake. The price: a client that gives up a handshake and starts
+//!   another account's from the same socket waits for the first to time
+//!   out, and one who can forge a player's exact address and port holds
+//!   it for as long as it repeats its request (a client that takes a new
+//!   port for each connection is not held: the forger learns the port
+//!   only from a request whose handshake is then protected).
 //!   Filling the table takes as many accounts as it has entries, not many
 //!   tokens for one.
 //! - All tables are allocated at construction for their bounds. The

@@ -907,6 +907,13 @@ impl Server {
         if self.by_client_id.contains_key(&view.client_id) {
             return Err(DropReason::ClientIdInUse);
         }
+        if self
+            .pending
+            .live(&from, now)
+            .is_some_and(|pending| pending.client_id != view.client_id)
+        {
+            return Err(DropReason::AddressInHandshake);
+        }
         if self.record_token_use(
             now,
             unix_secs,

@@ -41,6 +41,12 @@ pub enum DropReason {
     TokenTableFull,
     /// The half-open (pending) handshake table is full.
     PendingTableFull,
+    /// A connection request of one client id from an address where
+    /// another's handshake is under way: it does not take that handshake's
+    /// place (a request forged with a token of the sender's own would end
+    /// a player's handshake). The address's next one may start once that
+    /// one has connected or timed out.
+    AddressInHandshake,
     /// Shorter than the smallest packet of its type.
     Truncated,
     /// Packet type 7 or higher.
@@ -74,7 +80,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         Self::Empty,
         Self::Oversized,
         Self::RequestWrongSize,
@@ -90,6 +96,7 @@ impl DropReason {
         Self::TokenUsedFromOtherAddress,
         Self::TokenTableFull,
         Self::PendingTableFull,
+        Self::AddressInHandshake,
         Self::Truncated,
         Self::UnknownPacketType,
         Self::UnexpectedPacketType,

@@ -601,7 +601,19 @@ fn coming_back_to_a_token_reuses_no_nonce_and_connects() {
         }
     }
     assert_eq!(w.server.num_connected(), 0, "the goodbye was not heard");
-    // Another token in between, never used for a packet here.
+    // Another token in between, never used for a packet here. Its
+    // handshake holds the address until it times out: another account's
+    // request from it meanwhile is dropped.
+    client.connect(&first, w.now, UNIX).unwrap();
+    for p in drain(&mut client, w.now) {
+        assert_eq!(w.deliver_to_server(addr, &p), None);
+    }
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::AddressInHandshake),
+        1
+    );
+    w.now += Duration::from_secs(params(2).timeout_seconds as u64);
+    w.server.handle_timeout(w.now);
     client.connect(&first, w.now, UNIX).unwrap();
     sealed.extend(exchange_sealed(&mut w, addr, &mut client));
     assert_eq!(client.state(), ClientState::Connected);
@@ -2357,4 +2369,66 @@ fn zero_intervals_send_once_an_instant() {
         .take(100)
         .count();
     assert_eq!(sent, 1);
+}
+
+/// A player at `client_addr(0)` who has taken its challenge, and a
+/// request of another account forged from its address.
+fn handshake_and_forged_request(w: &mut World) -> (Client, Vec<u8>) {
+    let token = w.token(1);
+    let mut client = Client::new(ClientConfig::new(PROTOCOL));
+    client.connect(&token, w.now, UNIX).unwrap();
+    w.send_from(client_addr(0), &mut client);
+    for (_, mut challenge) in w.server_transmits() {
+        client.handle_datagram(w.now, server_addr(), &mut challenge);
+    }
+    let forged = request_bytes(&w.token(666));
+    (client, forged)
+}
+
+/// A request forged from a player's address with a token of the forger's
+/// own account took the place of the player's handshake: every response
+/// of the player then failed to decrypt, and it never connected.
+#[test]
+fn a_forged_request_of_another_account_leaves_a_players_handshake_alone() {
+    let mut w = World::new(4);
+    let (client, forged) = handshake_and_forged_request(&mut w);
+    assert_eq!(w.deliver_to_server(client_addr(0), &forged), None);
+    assert!(
+        w.server_transmits().is_empty(),
+        "the forged request is not answered"
+    );
+    assert_eq!(
+        w.server.stats().dropped.get(DropReason::AddressInHandshake),
+        1
+    );
+    let mut clients = [(client_addr(0), client)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(
+        w.server
+            .client_id(w.server.client_at(client_addr(0)).unwrap()),
+        Some(1)
+    );
+}
+
+/// On a full server, the denial of a forged request does not end the
+/// handshake another token started at its address either: the player
+/// connects once a slot frees.
+#[test]
+fn a_forged_request_to_a_full_server_leaves_a_players_handshake_alone() {
+    let mut w = World::new(2);
+    let mut others: Vec<_> = (0..1).map(|i| w.join(100 + i, 10 + i as u32)).collect();
+    let (client, forged) = handshake_and_forged_request(&mut w);
+    // The last slot taken after the player's challenge.
+    others.push(w.join(200, 20));
+    assert_eq!(w.server.num_connected(), 2);
+    assert_eq!(w.deliver_to_server(client_addr(0), &forged), None);
+    w.server_transmits();
+    assert_eq!(w.server.num_pending(), 1, "the player's handshake stays");
+    let slot = w.server.client_at(client_addr(20)).unwrap();
+    w.server.disconnect(slot).unwrap();
+    w.server_transmits();
+    let mut clients = [(client_addr(0), client)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
 }
