@@ -251,6 +251,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
     // (or `/quit`) behind them, to follow once they ran.
     let mut pending: VecDeque<Queued> = VecDeque::new();
     let mut quit_after_pending = false;
+    let mut input_ended = false;
     // Asked to leave: the goodbye goes once everything sent is answered,
     // or at this deadline.
     let mut leaving: Option<Instant> = None;
@@ -356,11 +357,18 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                     }
                 },
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => true,
+                Err(TryRecvError::Disconnected) => {
+                    input_ended = true;
+                    true
+                }
             };
             if quit {
                 stdin_open = false;
-                if !pending.is_empty() {
+                // The end of input while connecting waits for the
+                // connection, as commands do: `play ... </dev/null`
+                // connects and leaves, 1 if it could not connect. `/quit`
+                // gives up at once.
+                if !pending.is_empty() || input_ended {
                     quit_after_pending = true;
                 } else if socket.endpoint.is_connected() {
                     leaving = Some(now + ANSWER_WAIT);

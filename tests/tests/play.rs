@@ -153,3 +153,39 @@ fn a_reader_that_goes_away_ends_the_session_with_a_goodbye() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `play ... </dev/null` as a smoke test: the end of input before the
+/// connection is up waits for it (it disconnected at once and exited 0,
+/// server up or not), so it exits 0 having connected and left, and 1 when
+/// nothing answered.
+#[test]
+fn an_empty_input_connects_and_leaves_or_fails() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let output = output_within_input(
+        &mut play(&server, "80"),
+        Stdio::null(),
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("connected (slot"), "{stdout}");
+
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let output = output_within_input(
+        Command::new(client_binary()).args([
+            "play",
+            "--dev",
+            "--client-id",
+            "81",
+            "--server",
+            &addr.to_string(),
+        ]),
+        Stdio::null(),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("disconnected: "), "{stdout}");
+}
