@@ -55,7 +55,7 @@ use shared::protocol::{self, EncodeBuffer, NetMessage, PROTOCOL_ID, channels};
 use shared::sim::{LinkConfig, LinkSimulator};
 use shared::transport::{ChannelId, Deliver, DisconnectReason, TransportConfig};
 
-use crate::inventory::{InventoryBehaviour, InventoryStats};
+use crate::inventory::{InventoryBehaviour, InventoryHistory, InventoryStats};
 use crate::scenario::{ChatScopeKind, Scenario};
 use crate::token::TokenMinter;
 use crate::verify::ChatVerifier;
@@ -388,6 +388,10 @@ pub(crate) struct Bot {
     reconciled: bool,
     velocity: Vec2,
     inventory: Option<InventoryBehaviour>,
+    /// What the inventory behaviour of the bot's next connection starts
+    /// from: the newest state the last one was sent, checked against the
+    /// next one's, and its request ids.
+    inventory_history: InventoryHistory,
     next_move: Option<Instant>,
     next_turn: Instant,
     next_chat: Option<Instant>,
@@ -432,6 +436,7 @@ impl Bot {
             reconciled: false,
             velocity: Vec2::ZERO,
             inventory: None,
+            inventory_history: InventoryHistory::default(),
             next_move: None,
             next_turn: start_at,
             next_chat: None,
@@ -543,7 +548,9 @@ impl Bot {
             }
             self.verifier.end_connection();
             if let Some(inventory) = self.inventory.take() {
-                stats.inventory.add(&inventory.end_connection());
+                let (counts, history) = inventory.end_connection();
+                stats.inventory.add(&counts);
+                self.inventory_history = history;
             }
         }
     }
@@ -731,10 +738,10 @@ impl Bot {
                     self.reconciled = false;
                     self.welcomed = false;
                     let scenario = &self.ctx.scenario;
-                    self.inventory = scenario
-                        .inventory
-                        .as_ref()
-                        .map(|_| InventoryBehaviour::new(self.account, first_request_id()));
+                    self.inventory = scenario.inventory.as_ref().map(|_| {
+                        let history = std::mem::take(&mut self.inventory_history);
+                        InventoryBehaviour::new(self.account, first_request_id(), history)
+                    });
                     self.next_move = scenario.wander.as_ref().map(|_| now);
                     self.next_chat = scenario
                         .chat
@@ -1208,7 +1215,9 @@ fn apply_snapshot(
 /// session's (of this run or an earlier one) unless that session sent more
 /// than 65,536 requests per millisecond between the two starts. The server
 /// remembers applied ids per account across restarts, and answers a
-/// repeated id with the old reply instead of applying it.
+/// repeated id with the old reply instead of applying it. Within a run,
+/// [`InventoryBehaviour::new`] also starts past the bot's earlier
+/// sessions' ids, should the clock step back.
 fn first_request_id() -> u64 {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1235,6 +1244,7 @@ mod tests {
     use shared::endpoint::{EndpointEvent, ServerEndpoint, ServerEndpointConfig};
     use shared::io::system_rng;
     use shared::netcode::{ClientIndex, ServerConfig};
+    use shared::protocol::inventory::{InventorySnapshot, ItemId, ItemStack};
     use shared::protocol::movement::{EntityAdded, MoveInput};
 
     use super::*;
@@ -1320,6 +1330,8 @@ mod tests {
         slot: Option<ClientIndex>,
         /// The movement inputs the server received.
         inputs: Vec<MoveInput>,
+        /// The inventory requests the server received and has not answered.
+        requests: Vec<InventoryRequest>,
         stats: WorkerStats,
         scratch: Scratch,
         now: Instant,
@@ -1386,6 +1398,7 @@ mod tests {
                 bot_addr: SocketAddr::from((Ipv4Addr::new(127, 1, 0, 1), 40_000)),
                 slot: None,
                 inputs: Vec::new(),
+                requests: Vec::new(),
                 stats: WorkerStats::new(),
                 scratch: Scratch::new(),
                 now,
@@ -1415,6 +1428,12 @@ mod tests {
                             self.inputs
                                 .extend(protocol::decode::<MoveInput>(payload).ok());
                         }
+                        EndpointEvent::Message {
+                            channel, payload, ..
+                        } if channel == channels::INVENTORY => {
+                            self.requests
+                                .extend(protocol::decode::<InventoryRequest>(payload).ok());
+                        }
                         _ => {}
                     }
                 }
@@ -1441,6 +1460,25 @@ mod tests {
             self.receive();
             self.bot
                 .after_receive(self.now, &mut self.scratch, &mut self.stats)
+        }
+
+        /// Answers every inventory request received so far with `state`;
+        /// returns how many.
+        fn answer_inventory(&mut self, state: &InventorySnapshot) -> usize {
+            let slot = self.slot.expect("the bot connected");
+            let requests = std::mem::take(&mut self.requests);
+            for request in &requests {
+                let reply = InventoryReply {
+                    request_id: request.request_id,
+                    result: Ok(state.clone()),
+                    trade: None,
+                };
+                let payload = protocol::encode(&reply).unwrap();
+                self.server
+                    .send(self.now, slot, channels::INVENTORY, payload)
+                    .unwrap();
+            }
+            requests.len()
         }
 
         /// The report's `connected_not_dropped` of this bot's counts.
@@ -1756,6 +1794,59 @@ mod tests {
             "{} samples after the next session's first two seconds, {first} before it",
             pair.stats.rtt_us.len()
         );
+    }
+
+    /// The server keeps an inventory's version and contents across a
+    /// player's sessions: a churning bot whose next session is sent an
+    /// older state than its last one was (here the next session's first
+    /// `List`) has found a server that lost an acknowledged change, not a
+    /// fresh start.
+    #[test]
+    fn a_churning_bot_notices_an_inventory_older_than_its_last_session_was_sent() {
+        let mut pair = Pair::with_scenario(
+            "name = \"churn-inventory\"\n\
+             [wander]\nhz = 30.0\nspeed = 1.0\nturn_every_s = 1.0\n\
+             [inventory]\nevery_s = 0.1\ndrop = 1\n\
+             [churn]\nsession_s = 1.0\npause_s = 0.1\n",
+            "churn-inventory.toml",
+        );
+        let state = |version| InventorySnapshot {
+            version,
+            slots: vec![
+                Some(ItemStack {
+                    item: ItemId(3),
+                    count: 4,
+                }),
+                None,
+            ],
+        };
+        pair.connect();
+        // Answered in the first session at version 5, in the second at 4.
+        let mut answered = [0; 2];
+        let mut session = 0;
+        for _ in 0..2_000 {
+            if session == 1 && answered[1] > 0 {
+                break;
+            }
+            pair.service();
+            if matches!(pair.bot.phase, Phase::Connected | Phase::Draining { .. }) {
+                answered[session] += pair.answer_inventory(&state(5 - session as u64));
+            }
+            pair.now += Duration::from_millis(10);
+            pair.server.handle_timeout(pair.now);
+            pair.deliver();
+            if matches!(pair.bot.phase, Phase::Paused { .. }) {
+                session = 1;
+                pair.requests.clear();
+            }
+        }
+        assert!(answered[0] > 0 && answered[1] > 0, "{answered:?}");
+        let now = pair.now;
+        pair.bot.stop(now, &mut pair.stats);
+        run_to_done(&mut pair);
+        let inventory = &pair.stats.inventory;
+        assert!(inventory.regressed >= 1, "{inventory:?}");
+        assert_eq!(inventory.inconsistent, 0, "{inventory:?}");
     }
 
     /// A scenario faster than the server allows: every input the bot

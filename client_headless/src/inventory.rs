@@ -23,7 +23,9 @@
 //! per-session range, see [`InventoryBehaviour::new`]): each reply must
 //! answer a pending request, once. Replies to nothing pending are
 //! `unexpected`; requests still pending when the connection ends (after the
-//! bot's bounded drain) are `lost`.
+//! bot's bounded drain) are `lost`. Every state the server sends is also
+//! checked against the newest one the bot's earlier sessions were sent
+//! ([`InventoryHistory`]): an older one is `regressed`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -31,9 +33,9 @@ use std::time::{Duration, Instant};
 use glam::Vec2;
 use serde::Serialize;
 use shared::protocol::inventory::{
-    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventoryTracker,
-    InventoryUpdate, ItemId, ItemStack, MAX_PENDING_REQUESTS, TradeOffer, TradeState, TradeUpdate,
-    WorldItem, WorldItems,
+    InventoryError, InventoryOp, InventoryReply, InventoryRequest, InventorySnapshot,
+    InventoryTracker, InventoryUpdate, ItemId, ItemStack, MAX_PENDING_REQUESTS, TradeOffer,
+    TradeState, TradeUpdate, WorldItem, WorldItems,
 };
 
 use crate::scenario::InventoryOp as OpKind;
@@ -70,6 +72,10 @@ pub(crate) struct InventoryStats {
     pub(crate) unexpected: u64,
     /// States that contradict one seen before (same version, other content).
     pub(crate) inconsistent: u64,
+    /// States older than the newest one an earlier session of the bot was
+    /// sent (a lower version, or the same version with other contents): an
+    /// acknowledged change lost between sessions.
+    pub(crate) regressed: u64,
     /// Trades that completed, counted by their initiator.
     pub(crate) trades_completed: u64,
     /// Items picked up from the world.
@@ -87,6 +93,7 @@ impl InventoryStats {
         self.lost += other.lost;
         self.unexpected += other.unexpected;
         self.inconsistent += other.inconsistent;
+        self.regressed += other.regressed;
         self.trades_completed += other.trades_completed;
         self.picked_up += other.picked_up;
     }
@@ -109,11 +116,40 @@ struct Target {
     since: Instant,
 }
 
+/// What a bot carries from one connection's inventory behaviour to the
+/// next ([`InventoryBehaviour::end_connection`], then
+/// [`InventoryBehaviour::new`]).
+///
+/// The server keeps each account's inventory, version and contents, across
+/// sessions and restarts (`server/src/inventory/core.rs`): a change is
+/// committed before its reply or update goes out, every change raises the
+/// version (so does growing to more slots, so that a client that kept the
+/// old state sees a newer one), and a session starts from the committed
+/// state. So nothing a later session is sent may be older than the newest
+/// state an earlier one was sent. A change in flight when a connection
+/// ended may have been applied with its reply lost: the next session then
+/// sees a higher version, which is no fault; only going back is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InventoryHistory {
+    /// The newest inventory the bot's last session was sent (or an earlier
+    /// one's, when the last was sent none).
+    newest: Option<InventorySnapshot>,
+    /// The lowest request id a later session may use: past every id an
+    /// earlier one used, also should the clock step back, so that no
+    /// request is answered with an earlier session's stored reply and its
+    /// older state.
+    next_request: u64,
+}
+
 /// The inventory behaviour of one bot for one connection.
 #[derive(Debug)]
 pub(crate) struct InventoryBehaviour {
     account: u64,
     tracker: InventoryTracker,
+    /// The newest state earlier sessions were sent: nothing older may come.
+    earlier: Option<InventorySnapshot>,
+    /// One past the highest request id this session used.
+    next_request: u64,
     world: Vec<WorldItem>,
     world_at: Option<Instant>,
     target: Option<Target>,
@@ -132,14 +168,19 @@ pub(crate) struct InventoryBehaviour {
 }
 
 impl InventoryBehaviour {
-    /// A behaviour whose request ids start at `first_request`: use a range
-    /// no earlier session of this account used (the server remembers
-    /// applied ids per account, across restarts, and would answer a
-    /// repeated id with the old reply instead of applying it).
-    pub(crate) fn new(account: u64, first_request: u64) -> Self {
+    /// A behaviour whose request ids start at `first_request`, or past the
+    /// ids of the bot's earlier sessions in `history` if those reach
+    /// further: use a range no earlier session of this account used (the
+    /// server remembers applied ids per account, across restarts, and
+    /// would answer a repeated id with the old reply instead of applying
+    /// it). The states it is sent are checked against `history`'s newest.
+    pub(crate) fn new(account: u64, first_request: u64, history: InventoryHistory) -> Self {
+        let first_request = first_request.max(history.next_request);
         Self {
             account,
             tracker: InventoryTracker::starting_at(first_request),
+            earlier: history.newest,
+            next_request: first_request,
             world: Vec::new(),
             world_at: None,
             target: None,
@@ -168,10 +209,18 @@ impl InventoryBehaviour {
     }
 
     /// The connection ended: what is still pending is lost. Returns the
-    /// counters of the connection.
-    pub(crate) fn end_connection(mut self) -> InventoryStats {
+    /// counters of the connection, and what the bot's next connection
+    /// starts from.
+    pub(crate) fn end_connection(mut self) -> (InventoryStats, InventoryHistory) {
         self.stats.lost += self.pending() as u64;
-        self.stats
+        // The newest state of this session, even one older than an
+        // earlier session's (counted already): the server's state now, so
+        // that one loss is not counted again in every later session.
+        let history = InventoryHistory {
+            newest: self.tracker.inventory().cloned().or(self.earlier),
+            next_request: self.next_request,
+        };
+        (self.stats, history)
     }
 
     /// `request` could not be sent after all: it is not pending (its reply
@@ -187,6 +236,7 @@ impl InventoryBehaviour {
     /// (never below [`MAX_PENDING`]).
     fn send(&mut self, op: InventoryOp) -> Option<InventoryRequest> {
         let request = self.tracker.request(op).ok()?;
+        self.next_request = self.next_request.max(request.request_id + 1);
         self.stats.sent += 1;
         Some(request)
     }
@@ -330,12 +380,16 @@ impl InventoryBehaviour {
         reply: &InventoryReply,
         respond: bool,
     ) -> Option<InventoryRequest> {
-        let op = match self.tracker.on_reply(reply) {
+        let matched = self.tracker.on_reply(reply);
+        if let Err(shared::protocol::inventory::TrackerError::UnexpectedReply(_)) = matched {
+            self.stats.unexpected += 1;
+            return None;
+        }
+        if let Ok(snapshot) = &reply.result {
+            self.check_against_earlier(snapshot);
+        }
+        let op = match matched {
             Ok(op) => op,
-            Err(shared::protocol::inventory::TrackerError::UnexpectedReply(_)) => {
-                self.stats.unexpected += 1;
-                return None;
-            }
             Err(_) => {
                 // Matched a pending request, but the state contradicts one
                 // seen before.
@@ -390,8 +444,23 @@ impl InventoryBehaviour {
 
     /// A change the bot did not ask for (a gift, a completed trade).
     pub(crate) fn on_update(&mut self, update: &InventoryUpdate) {
+        self.check_against_earlier(&update.inventory);
         if self.tracker.on_update(update).is_err() {
             self.stats.inconsistent += 1;
+        }
+    }
+
+    /// Counts `snapshot` as regressed when it is older than the newest
+    /// state an earlier session was sent. Within a session an older state
+    /// may come legitimately (see [`InventoryTracker`]), but every request
+    /// of this session has a new id, so none of its answers is an earlier
+    /// session's stored one.
+    fn check_against_earlier(&mut self, snapshot: &InventorySnapshot) {
+        if let Some(earlier) = &self.earlier
+            && (snapshot.version < earlier.version
+                || (snapshot.version == earlier.version && snapshot != earlier))
+        {
+            self.stats.regressed += 1;
         }
     }
 
@@ -513,9 +582,14 @@ fn index(draw: f64, len: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use shared::protocol::inventory::{InventorySnapshot, OfferedStack};
+    use shared::protocol::inventory::OfferedStack;
 
     use super::*;
+
+    /// A bot's first session.
+    fn fresh(account: u64, first_request: u64) -> InventoryBehaviour {
+        InventoryBehaviour::new(account, first_request, InventoryHistory::default())
+    }
 
     fn stack(item: u32, count: u32) -> Option<ItemStack> {
         Some(ItemStack {
@@ -557,7 +631,7 @@ mod tests {
     /// failed and leaves nothing pending (the drain would wait for it).
     #[test]
     fn a_busy_answer_leaves_nothing_pending() {
-        let mut b = InventoryBehaviour::new(7, 100);
+        let mut b = fresh(7, 100);
         let r = b
             .next(
                 Instant::now(),
@@ -585,18 +659,18 @@ mod tests {
     /// deadline (each churning session's too) and counted it lost.
     #[test]
     fn a_request_that_could_not_be_sent_is_not_awaited() {
-        let mut b = InventoryBehaviour::new(7, 100);
+        let mut b = fresh(7, 100);
         let r = (b.next(Instant::now(), OpKind::Pick, Some(Vec2::ZERO), 8, [0.0; 2])).unwrap();
         assert_eq!((b.pending(), b.stats().sent), (1, 1));
         b.unsend(r.request_id);
         assert_eq!((b.pending(), b.stats().sent), (0, 0));
-        assert_eq!(b.end_connection().lost, 0);
+        assert_eq!(b.end_connection().0.lost, 0);
     }
 
     #[test]
     fn picking_lists_the_world_walks_to_an_item_and_picks_it_up() {
         let now = Instant::now();
-        let mut b = InventoryBehaviour::new(7, 100);
+        let mut b = fresh(7, 100);
         let r = b.next(now, OpKind::Pick, Some(Vec2::ZERO), 8, [0.0, 0.0]);
         assert_eq!(
             r.map(|r| (r.request_id, r.op)),
@@ -638,7 +712,7 @@ mod tests {
     #[test]
     fn slot_operations_need_the_inventory_first_and_use_occupied_slots() {
         let now = Instant::now();
-        let mut b = InventoryBehaviour::new(7, 1);
+        let mut b = fresh(7, 1);
         let r = b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]).unwrap();
         assert_eq!(r.op, InventoryOp::List);
         b.on_reply(&reply(1, vec![None, stack(3, 4), None], 1), true);
@@ -679,20 +753,20 @@ mod tests {
     #[test]
     fn every_request_is_answered_once_or_counted() {
         let now = Instant::now();
-        let mut b = InventoryBehaviour::new(7, 1);
+        let mut b = fresh(7, 1);
         b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]);
         b.next(now, OpKind::Drop, None, 8, [0.0, 0.0]);
         b.on_reply(&reply(1, vec![None], 1), true);
         b.on_reply(&reply(1, vec![None], 1), true);
-        let s = b.end_connection();
+        let (s, _) = b.end_connection();
         assert_eq!((s.sent, s.ok, s.unexpected, s.lost), (2, 1, 1, 1));
         assert!(!s.exactly_one_reply());
     }
 
     #[test]
     fn a_trade_is_counter_offered_and_accepted_by_both_sides() {
-        let mut a = InventoryBehaviour::new(1, 1);
-        let mut b = InventoryBehaviour::new(2, 1);
+        let mut a = fresh(1, 1);
+        let mut b = fresh(2, 1);
         let first = b
             .next(Instant::now(), OpKind::Trade, None, 1, [0.0; 2])
             .unwrap();
@@ -772,7 +846,7 @@ mod tests {
         assert_eq!(a.stats().trades_completed + b.stats().trades_completed, 1);
         // A counter-offer refused (its item left meanwhile): the partner
         // accepts the trade as it stands rather than leave it open.
-        let mut d = InventoryBehaviour::new(2, 1);
+        let mut d = fresh(2, 1);
         let first = d
             .next(Instant::now(), OpKind::Trade, None, 1, [0.0; 2])
             .unwrap();
@@ -791,10 +865,10 @@ mod tests {
             })
         );
         // A leaving bot does not react.
-        let mut c = InventoryBehaviour::new(2, 1);
+        let mut c = fresh(2, 1);
         assert!(c.on_trade(&open(1, false, false, false), false).is_empty());
         // With nothing to counter-offer, the partner accepts what it sees.
-        let mut empty = InventoryBehaviour::new(2, 1);
+        let mut empty = fresh(2, 1);
         assert_eq!(
             ops(&mut empty, &open(4, false, false, false)),
             [InventoryOp::Accept {
@@ -802,5 +876,107 @@ mod tests {
                 revision: 4
             }]
         );
+    }
+
+    /// The bot's next session, after `b`'s, which was sent `state` (at
+    /// `version`) for its one request.
+    fn next_session(
+        mut b: InventoryBehaviour,
+        state: Vec<Option<ItemStack>>,
+        version: u64,
+    ) -> InventoryBehaviour {
+        let now = Instant::now();
+        let r = b.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        b.on_reply(&reply(r.request_id, state, version), true);
+        let (stats, history) = b.end_connection();
+        assert_eq!(stats.regressed, 0, "{stats:?}");
+        InventoryBehaviour::new(7, 1, history)
+    }
+
+    /// The server keeps an inventory's version and contents across
+    /// sessions: a later session sent an older state (a lower version, or
+    /// the same version with other contents) has lost an acknowledged
+    /// change, and `inventory_exactly_one_reply` must fail for it.
+    #[test]
+    fn a_state_older_than_an_earlier_sessions_is_regressed() {
+        let now = Instant::now();
+        let earlier = || next_session(fresh(7, 1), vec![stack(3, 4), None], 5);
+        // Session 2's first List: version 4, one item short.
+        let mut b = earlier();
+        let r = b.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        b.on_reply(&reply(r.request_id, vec![stack(3, 3), None], 4), true);
+        assert_eq!(b.stats().regressed, 1);
+        // The same version with other contents.
+        let mut b = earlier();
+        let r = b.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        b.on_reply(&reply(r.request_id, vec![None, None], 5), true);
+        assert_eq!(b.stats().regressed, 1);
+        // A pushed update counts the same.
+        let mut b = earlier();
+        b.on_update(&InventoryUpdate {
+            inventory: InventorySnapshot {
+                version: 2,
+                slots: vec![None, None],
+            },
+        });
+        let (stats, _) = b.end_connection();
+        assert_eq!(stats.regressed, 1);
+        assert!(stats.exactly_one_reply(), "every request was answered once");
+    }
+
+    /// What is no regression: the same state again, or a newer one (a
+    /// request in flight when the connection ended may have been applied,
+    /// its reply lost; a gift or a trade may have changed the inventory
+    /// meanwhile).
+    #[test]
+    fn the_same_or_a_newer_state_in_a_later_session_is_no_regression() {
+        let now = Instant::now();
+        let mut first = fresh(7, 1);
+        let r = first.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        first.on_reply(&reply(r.request_id, vec![stack(3, 4), None], 5), true);
+        // Sent, and lost with the connection: it may have been applied.
+        first.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        let (stats, history) = first.end_connection();
+        assert_eq!(stats.lost, 1);
+        let mut b = InventoryBehaviour::new(7, 1, history);
+        let r = b.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        b.on_reply(&reply(r.request_id, vec![stack(3, 4), None], 5), true);
+        let r = b.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        b.on_reply(&reply(r.request_id, vec![stack(3, 3), None], 6), true);
+        b.on_update(&InventoryUpdate {
+            inventory: InventorySnapshot {
+                version: 9,
+                slots: vec![stack(3, 3), stack(5, 1)],
+            },
+        });
+        let (stats, history) = b.end_connection();
+        assert_eq!(stats.regressed, 0, "{stats:?}");
+        // The third session compares with the second's newest state.
+        let mut c = InventoryBehaviour::new(7, 1, history);
+        let r = c.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        c.on_reply(&reply(r.request_id, vec![stack(3, 3), None], 6), true);
+        assert_eq!(c.stats().regressed, 1);
+    }
+
+    /// A later session's request ids start past every id an earlier one
+    /// used, also when its own start (from the clock) is lower: a repeated
+    /// id would be answered with the stored reply, an older state.
+    #[test]
+    fn a_later_sessions_request_ids_never_repeat_an_earlier_ones() {
+        let mut b = fresh(7, 1_000);
+        let now = Instant::now();
+        for _ in 0..3 {
+            b.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        }
+        let (_, history) = b.end_connection();
+        let mut later = InventoryBehaviour::new(7, 10, history);
+        let r = later.next(now, OpKind::Drop, None, 8, [0.0; 2]).unwrap();
+        assert_eq!(r.request_id, 1_003);
+        let (_, history) = later.end_connection();
+        let mut clock_ahead = InventoryBehaviour::new(7, 5_000, history);
+        let r = clock_ahead
+            .next(now, OpKind::Drop, None, 8, [0.0; 2])
+            .unwrap();
+        assert_eq!(r.request_id, 5_000);
     }
 }

@@ -317,11 +317,16 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         "chat slots skipped: {} lines of the bot were still unanswered",
         crate::verify::MAX_IN_FLIGHT
     );
-    let counted: [(u64, &str); 6] = [
+    let counted: [(u64, &str); 7] = [
         (
             stats.inventory.inconsistent,
             "inventory states contradicted one seen before (two inventories with one \
              version): a server bug",
+        ),
+        (
+            stats.inventory.regressed,
+            "inventory states were older than one an earlier session of the bot was sent \
+             (an acknowledged change lost between sessions): a server bug",
         ),
         (
             stats.no_snapshots,

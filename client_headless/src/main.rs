@@ -202,7 +202,8 @@ struct LoadArgs {
     min_connected_ratio: Option<f64>,
     /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line, an
     /// inventory request without exactly one reply, two inventories with
-    /// one version, or nothing exchanged that the scenario should have (a
+    /// one version, an inventory older than one an earlier session of the
+    /// bot was sent, or nothing exchanged that the scenario should have (a
     /// run where no bot connected fails with exit 1, SLOs or not).
     #[arg(long)]
     require_exactly_once: bool,

@@ -323,14 +323,20 @@ impl Slos {
             });
             let failed_first = nobody.or(unverified);
             // Two inventories with one version: the server broke its
-            // atomicity, however many replies each request got.
+            // atomicity, however many replies each request got. A state
+            // older than an earlier session's: it lost an acknowledged
+            // change.
             out.push(SloResult {
                 name: "inventory_exactly_one_reply".into(),
-                passed: failed_first.is_none() && i.exactly_one_reply() && i.inconsistent == 0,
+                passed: failed_first.is_none()
+                    && i.exactly_one_reply()
+                    && i.inconsistent == 0
+                    && i.regressed == 0,
                 detail: failed_first.unwrap_or_else(|| {
                     format!(
-                        "{} requests, {} lost, {} unexpected replies, {} inconsistent states",
-                        i.sent, i.lost, i.unexpected, i.inconsistent
+                        "{} requests, {} lost, {} unexpected replies, {} inconsistent states, \
+                         {} regressed states",
+                        i.sent, i.lost, i.unexpected, i.inconsistent, i.regressed
                     )
                 }),
             });
@@ -419,12 +425,13 @@ impl Report {
         let i = &self.inventory;
         let _ = writeln!(
             s,
-            "  inventory   sent {} ok {} lost {} unexpected {} inconsistent {}; failed: {}; trades completed {}, items picked up {}",
+            "  inventory   sent {} ok {} lost {} unexpected {} inconsistent {} regressed {}; failed: {}; trades completed {}, items picked up {}",
             i.sent,
             i.ok,
             i.lost,
             i.unexpected,
             i.inconsistent,
+            i.regressed,
             map(&i.failed),
             i.trades_completed,
             i.picked_up
@@ -596,7 +603,9 @@ mod tests {
         r.inventory.inconsistent = 1;
         let text = r.summary();
         assert!(
-            text.contains("inventory   sent 5 ok 5 lost 0 unexpected 0 inconsistent 1;"),
+            text.contains(
+                "inventory   sent 5 ok 5 lost 0 unexpected 0 inconsistent 1 regressed 0;"
+            ),
             "{text}"
         );
         let result = &slos.check(&r)[1];
@@ -607,6 +616,26 @@ mod tests {
             "{}",
             result.detail
         );
+    }
+
+    /// A state older than one an earlier session of the bot was sent: the
+    /// server lost an acknowledged change between sessions, which fails
+    /// the inventory check however the requests were answered.
+    #[test]
+    fn a_regressed_inventory_is_shown_and_fails_exactly_once() {
+        let mut r = report();
+        r.inventory.sent = 5;
+        r.inventory.ok = 5;
+        r.inventory.regressed = 2;
+        let slos = Slos {
+            require_exactly_once: true,
+            ..Slos::default()
+        };
+        let result = &slos.check(&r)[1];
+        assert_eq!(result.name, "inventory_exactly_one_reply");
+        assert!(!result.passed, "{}", result.detail);
+        assert!(result.detail.contains("2 regressed"), "{}", result.detail);
+        assert!(r.summary().contains("regressed 2;"), "{}", r.summary());
     }
 
     /// Bots connected, but every one was dropped before its first line
