@@ -201,10 +201,11 @@ struct LoadArgs {
     #[arg(long, value_name = "RATIO")]
     min_connected_ratio: Option<f64>,
     /// SLO: fail (exit 2) on any duplicated, reordered or lost chat line, an
-    /// inventory request without exactly one reply, two inventories with
-    /// one version, an inventory older than one an earlier session of the
-    /// bot was sent, or nothing exchanged that the scenario should have (a
-    /// run where no bot connected fails with exit 1, SLOs or not).
+    /// own line answered with another line's text, an inventory request
+    /// without exactly one reply, two inventories with one version, an
+    /// inventory older than one an earlier session of the bot was sent, or
+    /// nothing exchanged that the scenario should have (a run where no bot
+    /// connected fails with exit 1, SLOs or not).
     #[arg(long)]
     require_exactly_once: bool,
     /// Worker threads multiplexing the bots' sockets, 1 to 64 [default:

@@ -306,8 +306,8 @@ impl Slos {
                 "no chat exchanged: nothing to verify (vacuously true)".to_owned()
             } else {
                 format!(
-                    "{} duplicates, {} out of order, {} lost",
-                    r.duplicates, r.out_of_order, r.lost
+                    "{} duplicates, {} out of order, {} lost, {} mismatched",
+                    r.duplicates, r.out_of_order, r.lost, r.mismatched
                 )
             };
             let failed_first = nobody.clone().or(unverified);
@@ -408,8 +408,15 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  chat        sent {} delivered {} duplicates {} out-of-order {} lost {} rejected {} (lines received {})",
-            r.sent, r.delivered, r.duplicates, r.out_of_order, r.lost, r.rejected, r.lines_received
+            "  chat        sent {} delivered {} duplicates {} out-of-order {} lost {} mismatched {} rejected {} (lines received {})",
+            r.sent,
+            r.delivered,
+            r.duplicates,
+            r.out_of_order,
+            r.lost,
+            r.mismatched,
+            r.rejected,
+            r.lines_received
         );
         let m = &self.movement;
         let _ = writeln!(
@@ -636,6 +643,31 @@ mod tests {
         assert!(!result.passed, "{}", result.detail);
         assert!(result.detail.contains("2 regressed"), "{}", result.detail);
         assert!(r.summary().contains("regressed 2;"), "{}", r.summary());
+    }
+
+    /// An own copy with another line's text fails exactly-once, and the
+    /// summary and the SLO say so.
+    #[test]
+    fn a_mismatched_chat_copy_is_shown_and_fails_exactly_once() {
+        let mut r = report();
+        r.reliable.sent = 4;
+        r.reliable.delivered = 4;
+        r.reliable.lines_received = 4;
+        r.reliable.mismatched = 1;
+        let slos = Slos {
+            require_exactly_once: true,
+            expects_chat: true,
+            ..Slos::default()
+        };
+        let result = &slos.check(&r)[0];
+        assert_eq!(result.name, "exactly_once");
+        assert!(!result.passed, "{}", result.detail);
+        assert!(result.detail.contains("1 mismatched"), "{}", result.detail);
+        assert!(
+            r.summary().contains("lost 0 mismatched 1 rejected 0"),
+            "{}",
+            r.summary()
+        );
     }
 
     /// Bots connected, but every one was dropped before its first line

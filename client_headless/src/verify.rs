@@ -1,6 +1,6 @@
 //! Exactly-once, in-order verification of reliable chat traffic.
 //!
-//! Two independent checks run on every connection of a bot:
+//! Three checks run on every connection of a bot:
 //!
 //! 1. **Sequence check** on every [`ChatLine`] received, whoever said it: the
 //!    server numbers the lines it sends to one connection 1, 2, 3, ... A
@@ -23,6 +23,21 @@
 //!    `sent`; an answer to an awaited line is `delivered` (own copy) or
 //!    `rejected` (refusal), and an answer to a line already answered is a
 //!    `duplicate`. Lines still awaited when the connection ends are `lost`.
+//!
+//! 3. **Text check**: a bot's line reads `b<account>#<client_ref> ...`
+//!    ([`ChatVerifier::next_line`]). Sequence numbers are given per
+//!    recipient at delivery, so a line delivered twice, two lines of one
+//!    speaker swapped, or another line's text under the right `reply_to`
+//!    would pass the two checks above. So an own copy must carry the tag of
+//!    the line said with its `reply_to` (else it is `mismatched`), and the
+//!    tag numbers of each other speaker's lines must increase along one
+//!    connection: a bot numbers its lines 1, 2, 3, ... across its
+//!    connections and the server handles one client's sends in order, so a
+//!    number seen again is a *duplicate* and a lower one *out of order*.
+//!    Numbers may be skipped (lines refused, or said out of nearby range);
+//!    a line whose tag does not name its speaker (a system line, a player
+//!    who is no bot) is not compared, and a new connection of the listener
+//!    starts again from nothing.
 //!
 //! Several lines may be in flight (at most [`MAX_IN_FLIGHT`]). The server
 //! handles one client's sends in order and writes their answers in order,
@@ -56,6 +71,13 @@ const MAX_TRACKED_GAPS: usize = 64;
 /// not answered for about a minute at the scenarios' rates.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
+/// Most other speakers whose last tag number a bot keeps on one
+/// connection (about 20 bytes each). Past it the lowest account is
+/// forgotten: its next line is compared with nothing (a check missed, never
+/// a fault counted wrongly). Global chat with a few hundred bots stays
+/// within it.
+const MAX_TRACKED_SPEAKERS: usize = 512;
+
 /// Counters of reliable delivery, summed over bots and connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct ReliableStats {
@@ -63,11 +85,13 @@ pub(crate) struct ReliableStats {
     pub(crate) sent: u64,
     /// Own lines whose copy came back (counted once each).
     pub(crate) delivered: u64,
-    /// Lines received again: a repeated sequence number or own copy.
+    /// Lines received again: a repeated sequence number, own copy, or
+    /// tag number of another speaker.
     pub(crate) duplicates: u64,
     /// Lines that arrived after a later one: a filled sequence gap, an own
-    /// copy behind a newer own copy or refusal, or a refusal behind a newer
-    /// refusal.
+    /// copy behind a newer own copy or refusal, a refusal behind a newer
+    /// refusal, or another speaker's line behind a newer one of the same
+    /// speaker (by tag number).
     pub(crate) out_of_order: u64,
     /// Own lines never answered plus sequence numbers never received, by the
     /// end of their connection.
@@ -77,6 +101,9 @@ pub(crate) struct ReliableStats {
     pub(crate) rejected: u64,
     /// Every `ChatLine` received (own copies, other players', system).
     pub(crate) lines_received: u64,
+    /// Own copies whose text does not carry the tag of the line said with
+    /// their `reply_to`: the server answered a send with another text.
+    pub(crate) mismatched: u64,
 }
 
 impl ReliableStats {
@@ -90,11 +117,12 @@ impl ReliableStats {
         self.lost = self.lost.saturating_add(other.lost);
         self.rejected = self.rejected.saturating_add(other.rejected);
         self.lines_received = self.lines_received.saturating_add(other.lines_received);
+        self.mismatched = self.mismatched.saturating_add(other.mismatched);
     }
 
-    /// Nothing duplicated, reordered or lost.
+    /// Nothing duplicated, reordered, lost or answered with another text.
     pub(crate) fn exactly_once(&self) -> bool {
-        self.duplicates == 0 && self.out_of_order == 0 && self.lost == 0
+        self.duplicates == 0 && self.out_of_order == 0 && self.lost == 0 && self.mismatched == 0
     }
 }
 
@@ -112,6 +140,9 @@ pub(crate) struct ChatVerifier {
     newest_copy: Option<u32>,
     /// The newest `client_ref` answered by a refusal on this connection.
     newest_refusal: Option<u32>,
+    /// Other speakers on this connection: account → the highest tag number
+    /// of theirs received (at most [`MAX_TRACKED_SPEAKERS`]).
+    speakers: BTreeMap<u64, u32>,
     stats: ReliableStats,
 }
 
@@ -126,6 +157,7 @@ impl ChatVerifier {
             next_ref: 1,
             newest_copy: None,
             newest_refusal: None,
+            speakers: BTreeMap::new(),
             stats: ReliableStats::default(),
         }
     }
@@ -166,10 +198,40 @@ impl ChatVerifier {
     pub(crate) fn on_line(&mut self, line: &ChatLine) {
         self.stats.lines_received += 1;
         self.check_seq(line.seq);
-        if let Some(client_ref) = line.reply_to
-            && line.from == Some(self.account)
+        let Some(from) = line.from else {
+            // A system line: no tag to check.
+            return;
+        };
+        if from == self.account {
+            if let Some(client_ref) = line.reply_to {
+                // A reference this bot said (on this connection or an
+                // earlier one) names the text it said with it.
+                let said = client_ref < self.next_ref;
+                self.check_answer(client_ref, Answer::Copy);
+                if said && tag(&line.text) != Some((self.account, client_ref)) {
+                    self.stats.mismatched += 1;
+                }
+            }
+        } else if let Some((account, number)) = tag(&line.text)
+            && account == from
         {
-            self.check_answer(client_ref, Answer::Copy);
+            self.check_speaker(from, number);
+        }
+    }
+
+    /// Another speaker's line tagged `number`: each speaker's numbers must
+    /// increase along the connection.
+    fn check_speaker(&mut self, speaker: u64, number: u32) {
+        match self.speakers.get_mut(&speaker) {
+            Some(last) if number > *last => *last = number,
+            Some(last) if number == *last => self.stats.duplicates += 1,
+            Some(_) => self.stats.out_of_order += 1,
+            None => {
+                if self.speakers.len() >= MAX_TRACKED_SPEAKERS {
+                    self.speakers.pop_first();
+                }
+                self.speakers.insert(speaker, number);
+            }
         }
     }
 
@@ -260,6 +322,7 @@ impl ChatVerifier {
         self.awaited.clear();
         self.newest_copy = None;
         self.newest_refusal = None;
+        self.speakers.clear();
         self.last_seq = 0;
     }
 
@@ -267,6 +330,19 @@ impl ChatVerifier {
     pub(crate) fn stats(&self) -> ReliableStats {
         self.stats
     }
+}
+
+/// The `(account, client_ref)` of the `b<account>#<client_ref>` tag a
+/// bot's line starts with ([`ChatVerifier::next_line`]), if `text` starts
+/// with one (digits only, then a space or the end).
+fn tag(text: &str) -> Option<(u64, u32)> {
+    let (account, rest) = text.strip_prefix('b')?.split_once('#')?;
+    let client_ref = rest.split(' ').next().unwrap_or(rest);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(account) || !digits(client_ref) {
+        return None;
+    }
+    Some((account.parse().ok()?, client_ref.parse().ok()?))
 }
 
 /// The two answers to a send.
@@ -284,14 +360,20 @@ mod tests {
 
     use super::*;
 
+    /// A line as the server sends it: an own copy (`from` and `reply_to`)
+    /// carries the tag of the line said with that reference.
     fn line(seq: u64, from: Option<u64>, reply_to: Option<u32>) -> ChatLine {
+        let text = match (from, reply_to) {
+            (Some(from), Some(client_ref)) => format!("b{from}#{client_ref} hello"),
+            _ => "some text".into(),
+        };
         ChatLine {
             seq,
             reply_to,
             from,
             from_name: "x".into(),
             kind: ChatKind::Global,
-            text: "some text".into(),
+            text,
         }
     }
 
@@ -538,5 +620,111 @@ mod tests {
         v.end_connection();
         let s = v.stats();
         assert_eq!((s.lost, s.duplicates), (u64::MAX - 1, 1));
+    }
+
+    fn said_by(seq: u64, from: u64, reply_to: Option<u32>, text: &str) -> ChatLine {
+        ChatLine {
+            text: text.into(),
+            ..line(seq, Some(from), reply_to)
+        }
+    }
+
+    /// The server numbers each recipient's lines as it delivers them, so
+    /// a wrong text under the right `reply_to` passes the sequence and
+    /// answer checks: the own copy must carry the tag of the line said
+    /// with that `client_ref`.
+    #[test]
+    fn an_own_copy_with_another_lines_text_is_not_exactly_once() {
+        let mut v = ChatVerifier::new(7);
+        let (a, text_a) = v.next_line("hello").unwrap();
+        let (b, _) = v.next_line("hello").unwrap();
+        v.on_line(&said_by(1, 7, Some(a), &text_a));
+        assert!(v.stats().exactly_once(), "{:?}", v.stats());
+        // Line a's text again, under b's reference.
+        v.on_line(&said_by(2, 7, Some(b), &text_a));
+        assert_eq!((v.stats().delivered, v.stats().mismatched), (2, 1));
+        assert!(!v.stats().exactly_once(), "{:?}", v.stats());
+        // Another bot's tag, or none, under an own reference.
+        for text in ["b8#3 hello", "hello"] {
+            let mut v = ChatVerifier::new(7);
+            let (c, _) = v.next_line("hello").unwrap();
+            v.on_line(&said_by(1, 7, Some(c), text));
+            assert!(!v.stats().exactly_once(), "{text}: {:?}", v.stats());
+        }
+    }
+
+    /// Another speaker's lines reach a listener in the order said, each
+    /// once, whatever sequence numbers the server gave them: a tag number
+    /// seen again is a duplicate, a lower one out of order.
+    #[test]
+    fn another_speakers_lines_repeated_or_reordered_are_caught_by_their_tags() {
+        let mut v = ChatVerifier::new(7);
+        v.on_line(&said_by(1, 9, None, "b9#4 hello"));
+        v.on_line(&said_by(2, 9, None, "b9#4 hello"));
+        let s = v.stats();
+        assert_eq!((s.duplicates, s.out_of_order), (1, 0), "{s:?}");
+        v.on_line(&said_by(3, 9, None, "b9#6 hello"));
+        v.on_line(&said_by(4, 9, None, "b9#5 hello"));
+        let s = v.stats();
+        assert_eq!((s.duplicates, s.out_of_order), (1, 1), "{s:?}");
+        assert!(!s.exactly_once());
+    }
+
+    /// What is no fault: a speaker's lines the listener never got (refused
+    /// by the server, out of nearby range), a new connection of the
+    /// listener, lines of several speakers interleaved, system lines and
+    /// players who are not bots (no tag, or another account's tag).
+    #[test]
+    fn gaps_reconnects_system_lines_and_untagged_speakers_are_no_fault() {
+        let mut v = ChatVerifier::new(7);
+        v.on_line(&said_by(1, 9, None, "b9#2 hello"));
+        v.on_line(&said_by(2, 8, None, "b8#40 hello"));
+        v.on_line(&said_by(3, 9, None, "b9#5 hello"));
+        v.on_line(&line(4, None, None));
+        v.on_line(&said_by(5, 3, None, "gg"));
+        v.on_line(&said_by(6, 3, None, "gg"));
+        v.on_line(&said_by(7, 3, None, "b9#1 copied a bot"));
+        v.on_line(&said_by(8, 8, None, "b8#41 hello"));
+        v.end_connection();
+        // The listener's next connection compares nothing with the last.
+        v.on_line(&said_by(1, 9, None, "b9#5 hello"));
+        v.on_line(&said_by(2, 9, None, "b9#9 hello"));
+        v.end_connection();
+        let s = v.stats();
+        assert!(s.exactly_once(), "{s:?}");
+        assert_eq!(s.lines_received, 10);
+    }
+
+    /// A listener keeps the last tag number of at most
+    /// [`MAX_TRACKED_SPEAKERS`] speakers; past it the lowest account is
+    /// forgotten, and its next line is compared with nothing.
+    #[test]
+    fn the_speakers_remembered_are_bounded() {
+        let mut v = ChatVerifier::new(7);
+        let speakers = MAX_TRACKED_SPEAKERS as u64 + 1;
+        for (seq, speaker) in (1..).zip(100..100 + speakers) {
+            v.on_line(&said_by(seq, speaker, None, &format!("b{speaker}#5 hello")));
+        }
+        assert_eq!(v.speakers.len(), MAX_TRACKED_SPEAKERS);
+        // Speaker 100 was forgotten: its line again is compared with
+        // nothing. Speaker 200 is remembered: its line again is a duplicate.
+        let seq = speakers + 1;
+        v.on_line(&said_by(seq, 100, None, "b100#5 hello"));
+        assert_eq!(v.stats().duplicates, 0);
+        v.on_line(&said_by(seq + 1, 200, None, "b200#5 hello"));
+        let s = v.stats();
+        assert_eq!((s.duplicates, s.out_of_order), (1, 0), "{s:?}");
+        assert_eq!(v.speakers.len(), MAX_TRACKED_SPEAKERS);
+    }
+
+    #[test]
+    fn tags_are_read_only_where_a_bot_writes_them() {
+        assert_eq!(tag("b7#3 hello"), Some((7, 3)));
+        assert_eq!(tag("b7#3"), Some((7, 3)));
+        for text in [
+            "b7#3x hi", "b#3 hi", "b7# hi", "b+7#3 hi", "7#3 hi", "hi b7#3", "",
+        ] {
+            assert_eq!(tag(text), None, "{text}");
+        }
     }
 }
