@@ -308,10 +308,12 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
             final_scrape.as_ref(),
         )
     };
-    if plan.scenario.chat.is_some() && reliable.lines_received == 0 {
-        notes.push(
-            "the server sent no chat line: exactly-once delivery could not be verified".into(),
-        );
+    if plan.scenario.chat.is_some() && reliable.delivered == 0 {
+        notes.push(format!(
+            "no chat line came back to its speaker ({} said, {} refused, {} other lines \
+             received): exactly-once delivery could not be verified",
+            reliable.sent, reliable.rejected, reliable.lines_received
+        ));
     }
     let chat_skipped = format!(
         "chat slots skipped: {} lines of the bot were still unanswered",

@@ -204,8 +204,9 @@ struct LoadArgs {
     /// own line answered with another line's text, an inventory request
     /// without exactly one reply, two inventories with one version, an
     /// inventory older than one an earlier session of the bot was sent, or
-    /// nothing exchanged that the scenario should have (a run where no bot
-    /// connected fails with exit 1, SLOs or not).
+    /// nothing verified that the scenario should have exchanged (no chat
+    /// line came back to its speaker, no inventory request was sent; a run
+    /// where no bot connected fails with exit 1, SLOs or not).
     #[arg(long)]
     require_exactly_once: bool,
     /// Worker threads multiplexing the bots' sockets, 1 to 64 [default:

@@ -296,11 +296,21 @@ impl Slos {
                 .then(|| "no bot connected: nothing exchanged to verify".to_owned());
             let r = &report.reliable;
             let silent = r.lines_received == 0 && r.sent == 0;
-            // A scenario that chats and exchanged nothing verified nothing
-            // (bots dropped before their first line, say); one that does
-            // not chat has nothing to verify.
-            let unverified = (self.expects_chat && silent).then(|| {
-                "the scenario chats, but no line was exchanged: nothing verified".to_owned()
+            // Delivery is verified by own copies coming back: a scenario
+            // that chats and had none delivered verified nothing (bots
+            // dropped before their first line, every line refused), however
+            // many other lines came; one that does not chat has nothing to
+            // verify.
+            let unverified = (self.expects_chat && r.delivered == 0).then(|| {
+                if silent {
+                    "the scenario chats, but no line was exchanged: nothing verified".to_owned()
+                } else {
+                    format!(
+                        "the scenario chats, but no line came back to its speaker ({} said, {} \
+                         refused, {} lost): nothing verified",
+                        r.sent, r.rejected, r.lost
+                    )
+                }
             });
             let detail = if silent {
                 "no chat exchanged: nothing to verify (vacuously true)".to_owned()
@@ -700,6 +710,45 @@ mod tests {
                 result.detail
             );
         }
+    }
+
+    /// Every line said was refused (or lost), none came back to its
+    /// speaker: exactly-once delivery was not verified, so a scenario that
+    /// chats fails, as one that said nothing does.
+    #[test]
+    fn exactly_once_fails_when_a_scenario_that_chats_had_no_line_delivered() {
+        let mut r = report();
+        r.reliable.sent = 40;
+        r.reliable.rejected = 40;
+        let slos = Slos {
+            require_exactly_once: true,
+            expects_chat: true,
+            ..Slos::default()
+        };
+        for lines_received in [0, 12] {
+            // Received: other players' lines, system lines.
+            r.reliable.lines_received = lines_received;
+            let result = &slos.check(&r)[0];
+            assert_eq!(result.name, "exactly_once");
+            assert!(!result.passed, "{lines_received}: {}", result.detail);
+            assert!(
+                result.detail.contains("40 said, 40 refused"),
+                "{}",
+                result.detail
+            );
+        }
+        // One line came back: its delivery was verified.
+        r.reliable.rejected = 39;
+        r.reliable.delivered = 1;
+        assert!(slos.check(&r)[0].passed, "{}", slos.check(&r)[0].detail);
+        // A scenario that does not chat has nothing to verify.
+        let quiet = Slos {
+            expects_chat: false,
+            ..slos
+        };
+        r.reliable.delivered = 0;
+        r.reliable.rejected = 40;
+        assert!(quiet.check(&r)[0].passed, "{}", quiet.check(&r)[0].detail);
     }
 
     #[test]
