@@ -24,7 +24,7 @@
 //! use = 1             # use an item (bots learn which items are not usable)
 //! give = 1            # give one item to another bot
 //! trade = 2           # offer one item to another bot; it counter-offers and both accept
-//! seek_speed = 6.0    # m/s while walking to an item (default 6; idem)
+//! seek_speed = 6.0    # m/s while walking to an item, above 0 (default 6; idem)
 //! [churn]             # leave after `session_s`, come back after `pause_s`
 //! session_s = 30.0
 //! pause_s = 2.0
@@ -61,7 +61,9 @@ pub(crate) struct Wander {
     /// Inputs per second, at most the server's tick rate (from its
     /// welcome): each input moves a player for one tick.
     pub(crate) hz: f64,
-    /// Speed asked for, metres per second.
+    /// Speed asked for, metres per second. 0 is allowed: the bots stand
+    /// still and still send input, so snapshots keep coming (walking to an
+    /// item uses [`Inventory::seek_speed`], which must be above 0).
     pub(crate) speed: f32,
     /// Seconds between heading changes.
     pub(crate) turn_every_s: f64,
@@ -109,8 +111,9 @@ pub(crate) struct Inventory {
     /// Weight of a trade with another bot.
     #[serde(default)]
     pub(crate) trade: u32,
-    /// Speed while walking to a world item to pick it up, m/s (needs a
-    /// `[wander]` section to move at all).
+    /// Speed while walking to a world item to pick it up, m/s, above 0 (a
+    /// bot at 0 would never reach its target); needs a `[wander]` section
+    /// to move at all.
     #[serde(default = "default_seek_speed")]
     pub(crate) seek_speed: f32,
 }
@@ -252,8 +255,12 @@ impl Scenario {
                         .into(),
                 );
             }
-            if !(i.seek_speed.is_finite() && (0.0..=1000.0).contains(&i.seek_speed)) {
-                return Err("inventory.seek_speed must be in [0, 1000] m/s".into());
+            if !(i.seek_speed.is_finite() && i.seek_speed > 0.0 && i.seek_speed <= 1000.0) {
+                return Err(
+                    "inventory.seek_speed must be in (0, 1000] m/s: at 0 a bot walking to an \
+                     item never reaches it"
+                        .into(),
+                );
             }
             if self.wander.is_none() {
                 // Without movement input no snapshot comes: a bot would not
@@ -410,6 +417,34 @@ mod tests {
                 "{huge:?}"
             );
         }
+    }
+
+    /// A bot walking to an item at 0 m/s never reaches it: the scenario
+    /// is refused, naming the key. Standing still while wandering is a
+    /// load of its own (input and snapshots, no movement) and stays.
+    #[test]
+    fn a_seek_speed_of_zero_is_refused() {
+        let scenario = |wander_speed: &str, seek_speed: &str| {
+            Scenario::parse(
+                &format!(
+                    "name = \"x\"\n[wander]\nhz = 30.0\nspeed = {wander_speed}\n\
+                     turn_every_s = 1.0\n[inventory]\nevery_s = 1.0\npick = 1\n\
+                     seek_speed = {seek_speed}\n"
+                ),
+                "t",
+            )
+        };
+        for seek_speed in ["0.0", "0", "-1.0", "1001.0", "nan"] {
+            match scenario("3.0", seek_speed) {
+                Err(ScenarioError::Invalid { message, .. }) => {
+                    assert!(message.contains("inventory.seek_speed"), "{message}");
+                }
+                other => panic!("seek_speed = {seek_speed}: {other:?}"),
+            }
+        }
+        let still = scenario("0.0", "0.5").unwrap();
+        assert_eq!(still.wander.map(|w| w.speed), Some(0.0));
+        assert_eq!(still.inventory.map(|i| i.seek_speed), Some(0.5));
     }
 
     #[test]
