@@ -349,6 +349,13 @@ mod open_files {
 /// moment (a run shorter than this has no sample, and fails the SLO).
 const RTT_SLO_LEAST_RUN: Duration = Duration::from_secs(2);
 
+/// Longest one-way delay (`--latency-ms` plus `--jitter-ms`) the link
+/// conditioner takes: a round trip of twice it is half the bots' connection
+/// timeout ([`token::TIMEOUT_SECONDS`]). Past that every handshake timed
+/// out, and the run blamed the server ("no bot connected").
+const MAX_ONE_WAY_DELAY: Duration =
+    Duration::from_millis(token::TIMEOUT_SECONDS as u64 * 1_000 / 4);
+
 /// Whether `path` can be written, leaving what is there as it was: a new
 /// file is created and removed again (only one this check created); a
 /// file or link already there is opened for writing, not truncated (a
@@ -411,6 +418,17 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
             "--jitter-ms {} is more than --latency-ms {}: the delay (latency ± jitter) \
              cannot go below zero",
             args.jitter_ms, args.latency_ms
+        ));
+    }
+    if latency + jitter > MAX_ONE_WAY_DELAY {
+        return Err(format!(
+            "--latency-ms {} plus --jitter-ms {} is more than {} ms one way: round trips of \
+             twice that leave the bots' {} s connection timeout no room (handshakes and \
+             keep-alives would time out)",
+            args.latency_ms,
+            args.jitter_ms,
+            MAX_ONE_WAY_DELAY.as_millis(),
+            token::TIMEOUT_SECONDS
         ));
     }
     prom::MetricsTarget::new(&args.metrics_url).map_err(|e| format!("--metrics-url {e}"))?;
@@ -611,12 +629,19 @@ mod tests {
         let plan_of =
             |extra: &[&str]| plan_of(&[&["--bots", "1", "--duration", "5"], extra].concat());
         assert!(plan_of(&["--latency-ms", "30", "--jitter-ms", "30"]).is_ok());
+        assert!(plan_of(&["--latency-ms", "2000", "--jitter-ms", "500"]).is_ok());
         let refused = [
             (
                 &["--latency-ms", "10", "--jitter-ms", "30"][..],
                 "--jitter-ms 30",
             ),
             (&["--jitter-ms", "5"], "--jitter-ms 5"),
+            (&["--latency-ms", "2501"], "--latency-ms 2501"),
+            (
+                &["--latency-ms", "2000", "--jitter-ms", "600"],
+                "--latency-ms 2000 plus --jitter-ms 600",
+            ),
+            (&["--latency-ms", "4000000"], "--latency-ms 4000000"),
             (
                 &["--metrics-url", "https://127.0.0.1/metrics"],
                 "--metrics-url",

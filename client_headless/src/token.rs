@@ -14,7 +14,7 @@ use shared::protocol::PROTOCOL_ID;
 /// failed. A minute covers the handshake, and clocks a little apart.
 const EXPIRE_SECONDS: u64 = 60;
 /// Seconds of silence before either side times the connection out.
-const TIMEOUT_SECONDS: i32 = 10;
+pub(crate) const TIMEOUT_SECONDS: i32 = 10;
 
 /// Mints tokens for one server with one private key.
 #[derive(Clone)]
