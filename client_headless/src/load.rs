@@ -195,7 +195,9 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
                 if first_scrape.is_none() {
                     first_scrape = Some((sample.t, current.clone()));
                 }
-                if after_ramp.is_none() && now >= start + plan.ramp {
+                // Without a ramp the whole run is its steady state: no
+                // window of its own (as `rtt_ms_steady`).
+                if after_ramp.is_none() && !plan.ramp.is_zero() && now >= start + plan.ramp {
                     after_ramp = Some((sample.t, current.clone()));
                 }
                 previous_scrape = Some(current.clone());
@@ -821,6 +823,8 @@ mod tests {
         assert!((0.5..3.0).contains(&from), "{server}");
         let notes = json["notes"].to_string();
         assert!(notes.contains("first answered"), "{notes}");
+        // No ramp: no window after it.
+        assert!(server["steady"].is_null(), "{server}");
     }
 
     /// The run's last scrape of the server's metrics is answered before
