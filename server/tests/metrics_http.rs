@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use server::metrics::{EndpointOptions, Metrics, MetricsEndpoint};
+use server::metrics::{EndpointOptions, FAULT_HOLD, Metrics, MetricsEndpoint};
 
 struct Reply {
     status: u16,
@@ -193,9 +193,10 @@ fn healthz_is_unavailable_while_a_fault_stands() {
     let metrics = Metrics::default();
     let endpoint = start(&metrics, EndpointOptions::default());
     metrics.heartbeat().beat();
-    metrics.faults().set(
+    metrics.faults().raise(
         "inventory store",
-        Some("the last commit failed: disk full".into()),
+        "the last commit failed: disk full".into(),
+        Instant::now(),
     );
     let reply = get(endpoint.local_addr(), "/healthz");
     assert_eq!(reply.status, 503);
@@ -203,7 +204,14 @@ fn healthz_is_unavailable_while_a_fault_stands() {
         reply.body,
         "inventory store: the last commit failed: disk full\n"
     );
-    metrics.faults().set("inventory store", None);
+    metrics.faults().clear("inventory store");
+    assert_eq!(get(endpoint.local_addr(), "/healthz").status, 200);
+    // A fault raised long enough ago is no longer news.
+    metrics.faults().raise(
+        "inventory store",
+        "the last commit failed: disk full".into(),
+        Instant::now() - FAULT_HOLD,
+    );
     assert_eq!(get(endpoint.local_addr(), "/healthz").status, 200);
 }
 

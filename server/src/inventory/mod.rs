@@ -361,18 +361,19 @@ const STORE: &str = "inventory store";
 impl InventoryMetrics {
     /// Counts a commit that failed with `error` (or clears the store's
     /// fault for a commit that worked): the server is unhealthy until one
-    /// commits again, refusing every change `Storage` meanwhile.
+    /// commits again, or for [`FAULT_HOLD`](crate::metrics::FAULT_HOLD) if
+    /// none is tried meanwhile.
     fn committed(&self, result: Result<(), &StoreError>) {
         match result {
             Ok(()) => {
-                if self.faults.set(STORE, None) {
+                if self.faults.clear(STORE) {
                     tracing::info!("inventory store: commits work again");
                 }
             }
             Err(error) => {
                 self.commit_failures.inc();
-                self.faults
-                    .set(STORE, Some(format!("the last commit failed: {error}")));
+                let fault = format!("the last commit failed: {error}");
+                self.faults.raise(STORE, fault, Instant::now());
             }
         }
     }
@@ -639,19 +640,23 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         let tick_until = |app: &mut App, done: &dyn Fn() -> bool| {
             while !done() {
-                assert!(Instant::now() < deadline, "{:?}", faults.describe());
+                assert!(
+                    Instant::now() < deadline,
+                    "{:?}",
+                    faults.describe(Instant::now())
+                );
                 app.update();
                 std::thread::sleep(Duration::from_millis(1));
             }
         };
-        tick_until(&mut app, &|| faults.describe().is_some());
-        let fault = faults.describe().unwrap();
+        tick_until(&mut app, &|| faults.describe(Instant::now()).is_some());
+        let fault = faults.describe(Instant::now()).unwrap();
         assert!(
             fault.starts_with("inventory store: the last commit failed"),
             "{fault}"
         );
         failing.store(false, Ordering::Relaxed);
-        tick_until(&mut app, &|| faults.describe().is_none());
+        tick_until(&mut app, &|| faults.describe(Instant::now()).is_none());
     }
 
     /// The batch still being stored when the server exits is waited for:

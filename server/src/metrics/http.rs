@@ -378,7 +378,7 @@ fn route_get(
             if metrics.is_shutting_down() {
                 body.push_str("shutting down\n");
                 Response::new("503 Service Unavailable", TEXT)
-            } else if let Some(faults) = metrics.faults().describe() {
+            } else if let Some(faults) = metrics.faults().describe(now) {
                 body.push_str(&faults);
                 Response::new("503 Service Unavailable", TEXT)
             } else if metrics.heartbeat().is_fresh(now, options.max_heartbeat_age) {

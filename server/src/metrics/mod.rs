@@ -89,32 +89,43 @@ impl Metrics {
 
 /// What is failing in a server whose tick still runs (a store whose
 /// commits fail, say, refusing every change), by the part that failed,
-/// readable from any thread. A part sets its fault when it fails and
-/// clears it when it works again.
+/// readable from any thread. A part raises its fault when it fails, for as
+/// long as the failure is news ([`FAULT_HOLD`]: a part that fails again
+/// raises it again), and clears it when it works again.
 #[derive(Clone, Debug, Default)]
-pub struct Faults(Arc<Mutex<BTreeMap<&'static str, String>>>);
+pub struct Faults(Arc<Mutex<BTreeMap<&'static str, (String, Instant)>>>);
+
+/// How long a fault stands after it was last raised, unless cleared
+/// sooner: a part that failed once and has had nothing to do since (an
+/// idle server's store, its world full, commits nothing) is not held
+/// unhealthy for good, and a load balancer that takes it out of rotation
+/// for it lets it back.
+pub const FAULT_HOLD: Duration = Duration::from_secs(30);
 
 impl Faults {
-    /// Sets `part`'s fault to `fault`, or clears it for `None`; returns
-    /// whether `part` had a fault before.
-    pub fn set(&self, part: &'static str, fault: Option<String>) -> bool {
+    /// Raises `part`'s fault, `fault`, at `now`.
+    pub fn raise(&self, part: &'static str, fault: String, now: Instant) {
         let mut faults = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match fault {
-            Some(fault) => faults.insert(part, fault).is_some(),
-            None => faults.remove(part).is_some(),
-        }
+        faults.insert(part, (fault, now));
     }
 
-    /// Every standing fault, a `part: fault` line each in the parts'
-    /// order, or `None` if there is none.
-    pub fn describe(&self) -> Option<String> {
+    /// Clears `part`'s fault; returns whether one was raised.
+    pub fn clear(&self, part: &'static str) -> bool {
+        let mut faults = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        faults.remove(part).is_some()
+    }
+
+    /// Every fault standing at `now` (raised less than [`FAULT_HOLD`]
+    /// before), a `part: fault` line each in the parts' order, or `None`
+    /// if there is none.
+    pub fn describe(&self, now: Instant) -> Option<String> {
         let faults = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        (!faults.is_empty()).then(|| {
-            faults
-                .iter()
-                .map(|(part, fault)| format!("{part}: {fault}\n"))
-                .collect()
-        })
+        let standing: String = faults
+            .iter()
+            .filter(|(_, (_, raised))| now.saturating_duration_since(*raised) < FAULT_HOLD)
+            .map(|(part, (fault, _))| format!("{part}: {fault}\n"))
+            .collect();
+        (!standing.is_empty()).then_some(standing)
     }
 }
 
@@ -169,6 +180,32 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_stands_until_cleared_or_for_its_hold() {
+        let faults = Faults::default();
+        let t0 = Instant::now();
+        assert_eq!(faults.describe(t0), None);
+        faults.raise("store", "the last commit failed".into(), t0);
+        faults.raise("other", "down".into(), t0);
+        assert_eq!(
+            faults.describe(t0 + FAULT_HOLD - Duration::from_millis(1)),
+            Some("other: down\nstore: the last commit failed\n".into())
+        );
+        assert!(faults.clear("other"));
+        assert!(!faults.clear("other"));
+        assert_eq!(
+            faults.describe(t0),
+            Some("store: the last commit failed\n".into())
+        );
+        assert_eq!(faults.describe(t0 + FAULT_HOLD), None, "held no longer");
+        // Raised again: news again.
+        faults.raise("store", "again".into(), t0 + FAULT_HOLD);
+        assert_eq!(
+            faults.describe(t0 + FAULT_HOLD),
+            Some("store: again\n".into())
+        );
+    }
 
     #[test]
     fn heartbeat_is_stale_until_the_first_beat_and_after_max_age() {
