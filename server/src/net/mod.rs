@@ -140,6 +140,16 @@ impl NetServer {
         }
     }
 
+    /// Stops the `net-io` thread (after the shutdown the game sent it, if
+    /// it did) and waits for it; `false` if it stopped on a fault
+    /// (in-process: once [`Loopback::fail`] was called).
+    fn stop_and_wait(&mut self) -> bool {
+        match &mut self.0 {
+            Backend::Io(io) => io.stop_and_wait(DisconnectReason::ServerShutdown),
+            Backend::Loopback { failed, .. } => !failed.load(Ordering::Relaxed),
+        }
+    }
+
     /// Whether the `net-io` thread has stopped on a fault, not after the
     /// shutdown the game sent it (in-process: once [`Loopback::fail`] was
     /// called).
@@ -785,22 +795,31 @@ fn watch_net_io(
 /// `Last`, once the app exits: a batch `net-io` refused on the last tick
 /// (it was `outbound_batches` ticks behind), which no next tick carries, is
 /// handed over now, waiting for room: the goodbyes in it reach the
-/// clients, ahead of the shutdown the thread is sent when the server stops.
+/// clients. Then the thread is stopped and waited for: one that stopped on
+/// a fault, during the goodbyes too (after the last tick `watch_net_io`
+/// sees), makes the exit an error.
 fn hand_over_at_exit(
-    mut exit: MessageReader<AppExit>,
+    mut exits: ResMut<Messages<AppExit>>,
+    mut seen: Local<bevy_ecs::message::MessageCursor<AppExit>>,
     mut net: ResMut<NetServer>,
     mut outbox: ResMut<Outbox>,
 ) {
-    if exit.read().next().is_none() || outbox.commands.is_empty() {
+    if seen.read(&exits).count() == 0 {
         return;
     }
-    let mut batch = std::mem::take(&mut outbox.commands);
-    disconnects_last(&mut batch);
-    if let Err(lost) = net.submit_waiting(batch) {
-        tracing::warn!(
-            commands = lost.len(),
-            "net-io stopped before the last tick's commands reached it"
-        );
+    if !outbox.commands.is_empty() {
+        let mut batch = std::mem::take(&mut outbox.commands);
+        disconnects_last(&mut batch);
+        if let Err(lost) = net.submit_waiting(batch) {
+            tracing::warn!(
+                commands = lost.len(),
+                "net-io stopped before the last tick's commands reached it"
+            );
+        }
+    }
+    if !net.stop_and_wait() {
+        tracing::error!("the network thread stopped on a fault; exiting with an error");
+        exits.write(AppExit::error());
     }
 }
 
@@ -1031,6 +1050,38 @@ mod tests {
                 break;
             }
         }
+        assert_eq!(app.should_exit(), Some(bevy_app::AppExit::error()));
+    }
+
+    /// A net-io that says its goodbyes and stops as asked leaves the exit
+    /// a success.
+    #[test]
+    fn a_network_thread_stopped_at_the_exit_leaves_it_a_success() {
+        let config = crate::config::ServerConfig {
+            bind_set: Some(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                0,
+            ))),
+            ..Default::default()
+        };
+        let network = crate::start_network(&config).unwrap();
+        let mut app = ticking_app(network);
+        app.update();
+        app.world_mut().write_message(AppExit::Success);
+        app.update();
+        assert_eq!(app.should_exit(), Some(AppExit::Success));
+        assert!(app.world().resource::<NetServer>().io_stopped());
+    }
+
+    /// After the last tick `watch_net_io` sees nothing: a net-io that
+    /// failed while saying its goodbyes is found at the exit.
+    #[test]
+    fn a_network_thread_that_fails_after_the_last_tick_makes_the_exit_an_error() {
+        let (server, loopback) = NetServer::loopback();
+        let mut app = ticking_app(server);
+        loopback.fail();
+        app.world_mut().write_message(AppExit::Success);
+        app.update();
         assert_eq!(app.should_exit(), Some(bevy_app::AppExit::error()));
     }
 

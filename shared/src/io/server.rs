@@ -605,6 +605,15 @@ impl ServerIo {
         self.stop(reason);
     }
 
+    /// [`shutdown`](Self::shutdown) on a handle kept, returning whether the
+    /// thread stopped as asked: `false` if it stopped on a fault (before or
+    /// during its goodbyes; see [`has_failed`](Self::has_failed)). A
+    /// shutdown already sent is not sent again.
+    pub fn stop_and_wait(&mut self, reason: DisconnectReason) -> bool {
+        self.stop(reason);
+        !self.has_failed()
+    }
+
     /// Queues the shutdown behind whatever the thread has still to apply
     /// (waiting for room when the game is `outbound_batches` ahead: a
     /// shutdown that did not fit would leave the thread running and this
