@@ -919,6 +919,23 @@ impl ServerConfig {
             .unwrap_or_else(|| default_bind(self.key_file.is_some()))
     }
 
+    /// Every address a connect token may name for this server, the first
+    /// [`public_addr`](Self::public_addr) (its port `port` if that is 0:
+    /// the one the OS picked): with no `public_addr` and a bind to the
+    /// IPv6 wildcard, IPv4 loopback too (a dual-stack socket, Linux's
+    /// default, hears it; elsewhere no datagram to it arrives).
+    pub fn public_addrs(&self, port: u16) -> Vec<SocketAddr> {
+        let mut public = self.public_addr();
+        if public.port() == 0 {
+            public.set_port(port);
+        }
+        let mut addrs = vec![public];
+        if self.public_addr_set.is_none() && self.bind().ip() == Ipv6Addr::UNSPECIFIED {
+            addrs.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), public.port()));
+        }
+        addrs
+    }
+
     /// The address connect tokens name for this server: `public_addr` if
     /// set, else the bind address (loopback of its family for an
     /// unspecified one: an IPv6 socket receives IPv4 only where the host
@@ -948,17 +965,27 @@ impl ServerConfig {
             None if bind.ip().is_unspecified() => Some(format!(
                 "no public_addr: connect tokens must name {}, derived from bind {bind}; remote \
                  players' tokens name the address they reach, and are refused (set public_addr)",
-                self.public_addr(),
+                self.public_addrs(bind.port())
+                    .iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             )),
-            Some(public) if bind.ip().is_loopback() && !public.ip().is_loopback() => Some(format!(
-                "public_addr {public} is not reachable: the game socket is bound to \
-                     {bind}, which takes datagrams from this machine only (set bind{})",
-                if self.key_file.is_none() {
-                    "; without a key file it defaults to loopback"
-                } else {
-                    ""
-                }
-            )),
+            Some(public)
+                if bind.ip().is_loopback()
+                    && (!public.ip().is_loopback() || public.is_ipv4() != bind.is_ipv4()) =>
+            {
+                Some(format!(
+                    "public_addr {public} is not reachable: the game socket is bound to {bind}, \
+                 which takes datagrams from this machine, of its own IP family, only (set \
+                 bind{})",
+                    if self.key_file.is_none() {
+                        "; without a key file it defaults to loopback"
+                    } else {
+                        ""
+                    }
+                ))
+            }
             _ => None,
         }
     }
@@ -1174,6 +1201,41 @@ mod tests {
         assert_eq!(config.public_addr(), "[::1]:4000".parse().unwrap());
     }
 
+    /// Tokens naming either loopback address reach a server on the IPv6
+    /// wildcard (dual-stack where the host allows); a port of 0 is the
+    /// one the OS picked.
+    #[test]
+    fn a_server_on_the_ipv6_wildcard_takes_tokens_for_either_loopback() {
+        let addrs = |argv: &[&str]| {
+            ServerConfig::resolve(&run_args(argv), &FileConfig::default(), "test")
+                .unwrap()
+                .public_addrs(4321)
+        };
+        let parsed = |list: &[&str]| {
+            list.iter()
+                .map(|a| a.parse().unwrap())
+                .collect::<Vec<SocketAddr>>()
+        };
+        assert_eq!(
+            addrs(&["server", "--bind", "[::]:0"]),
+            parsed(&["[::1]:4321", "127.0.0.1:4321"])
+        );
+        assert_eq!(
+            addrs(&["server", "--bind", "0.0.0.0:7777"]),
+            parsed(&["127.0.0.1:7777"])
+        );
+        assert_eq!(
+            addrs(&[
+                "server",
+                "--bind",
+                "[::]:7777",
+                "--public-addr",
+                "[2001:db8::7]:7777"
+            ]),
+            parsed(&["[2001:db8::7]:7777"])
+        );
+    }
+
     #[test]
     fn a_server_on_every_interface_without_a_public_address_is_warned_about() {
         let production = run_args(&["server", "--key-file", "server.key"]);
@@ -1204,6 +1266,17 @@ mod tests {
                 "{warning}"
             );
         }
+        // Loopback of the other family: no datagram to it reaches the
+        // socket either.
+        let other_family = run_args(&[
+            "server",
+            "--bind",
+            "127.0.0.1:7777",
+            "--public-addr",
+            "[::1]:7777",
+        ]);
+        let config = ServerConfig::resolve(&other_family, &FileConfig::default(), "test").unwrap();
+        assert!(config.public_addr_warning().is_some());
         for argv in [
             // Dev mode: loopback is what it is for.
             &["server"][..],

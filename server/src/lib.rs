@@ -205,12 +205,10 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         .local_addr()
         .map_err(shared::io::SpawnError::Thread)?;
     // With `--bind ...:0` the OS picks the port; tokens must name that one.
-    let mut public_addr = config.public_addr();
-    if public_addr.port() == 0 {
-        public_addr.set_port(local.port());
-    }
+    let public_addrs = config.public_addrs(local.port());
+    let public_addr = public_addrs[0];
     let endpoint = ServerEndpoint::new(
-        endpoint_config(config, netcode_config(config, key, public_addr)),
+        endpoint_config(config, netcode_config(config, key, public_addrs)),
         &mut shared::io::system_rng(),
     )?;
     let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config(config))?;
@@ -224,14 +222,14 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
 }
 
 /// The secure layer's settings for `config`, signing with `key`, reached
-/// at `public_addr`.
+/// at `public_addrs`.
 fn netcode_config(
     config: &ServerConfig,
     key: shared::netcode::Key,
-    public_addr: SocketAddr,
+    public_addrs: Vec<SocketAddr>,
 ) -> shared::netcode::ServerConfig {
     let mut netcode =
-        shared::netcode::ServerConfig::new(shared::protocol::PROTOCOL_ID, key, vec![public_addr]);
+        shared::netcode::ServerConfig::new(shared::protocol::PROTOCOL_ID, key, public_addrs);
     netcode.max_clients = config.max_clients as usize;
     config.handshake.apply(&mut netcode);
     netcode
@@ -415,7 +413,7 @@ mod tests {
         );
         let public = library.public_addresses[0];
         let mut config = ServerConfig::default();
-        let netcode = netcode_config(&config, shared::keys::dev_key(), public);
+        let netcode = netcode_config(&config, shared::keys::dev_key(), vec![public]);
         assert_eq!(netcode.rate_limit, library.rate_limit);
         assert_eq!(netcode.max_pending, library.max_pending);
         assert_eq!(netcode.max_token_entries, library.max_token_entries);
@@ -428,7 +426,7 @@ mod tests {
             max_token_entries: 100_000,
             spare_per_second: 2048,
         };
-        let netcode = netcode_config(&config, shared::keys::dev_key(), public);
+        let netcode = netcode_config(&config, shared::keys::dev_key(), vec![public]);
         assert_eq!(
             netcode.rate_limit,
             shared::netcode::HandshakeRateLimit {
