@@ -236,9 +236,9 @@ const MAX_PENDING: u64 = 1_024;
 
 #[test]
 fn a_valid_token_flood_fills_only_the_bounded_half_open_table() {
-    // Half-open entries are keyed by source address and port (a second
-    // token from the same address and port replaces the first), so the
-    // flood comes from one and a half tables' worth of sockets, 8 per
+    // Half-open entries are keyed by source address and port (one at a
+    // time: another account's token from the same address and port is
+    // dropped while the first lives), so the flood comes from one and a half tables' worth of sockets, 8 per
     // address (well within the per-address handshake burst of 64), each
     // sending one request with its own valid token.
     let sockets = scale(MAX_PENDING * 3 / 2, MAX_PENDING * 3);
