@@ -419,15 +419,22 @@ fn many_read_only_requests_do_not_push_a_change_out() {
     assert_eq!(h.core.inventory(1), Some(&dropped), "dropped once");
 }
 
+/// A whole-stack move of `inv`: from its first full slot to its first
+/// empty one, `(from, to, count)`.
+fn first_move(inv: &InventorySnapshot) -> (u16, u16, u32) {
+    let from = inv.slots.iter().position(Option::is_some).unwrap();
+    let to = inv.slots.iter().position(Option::is_none).unwrap();
+    let count = inv.slots[from].unwrap().count;
+    (from as u16, to as u16, count)
+}
+
 /// Connects account 1 with items gathered; its `i`-th whole-stack move
 /// between a full slot and an empty one, there and back: each one a stored
 /// change.
 fn shuttle(h: &mut Harness) -> impl Fn(u64) -> InventoryOp + use<> {
     h.push(Input::Connected { account: 1 });
     let inv = gather(h, 1, 10_000);
-    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
-    let count = inv.slots[usize::from(from)].unwrap().count;
+    let (from, to, count) = first_move(&inv);
     move |i: u64| {
         let (from, to) = if i.is_multiple_of(2) {
             (from, to)
@@ -2035,9 +2042,7 @@ fn a_full_queue_answers_a_committed_id_with_its_stored_reply() {
     let mut h = Harness::new();
     h.push(Input::Connected { account: 1 });
     let inv = gather(&mut h, 1, 100);
-    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
-    let count = inv.slots[usize::from(from)].unwrap().count;
+    let (from, to, count) = first_move(&inv);
     let there = InventoryOp::Move { from, to, count };
     let back = InventoryOp::Move {
         from: to,
@@ -2101,9 +2106,7 @@ fn a_repeat_of_a_queued_request_waits_for_it_in_a_full_queue() {
     let mut h = Harness::new();
     h.push(Input::Connected { account: 1 });
     let inv = gather(&mut h, 1, 100);
-    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
-    let count = inv.slots[usize::from(from)].unwrap().count;
+    let (from, to, count) = first_move(&inv);
     let there = InventoryOp::Move { from, to, count };
 
     // A batch in flight holds up the queue, where the move then waits
@@ -2217,9 +2220,7 @@ fn requests_wait_for_a_load_under_way_and_are_answered_in_order_once_it_lands() 
     let inv = stored_with_items(&mut h);
     h.push(Input::Connected { account: 2 });
     tick(&mut h);
-    let from = inv.slots.iter().position(Option::is_some).unwrap() as u16;
-    let to = inv.slots.iter().position(Option::is_none).unwrap() as u16;
-    let count = inv.slots[usize::from(from)].unwrap().count;
+    let (from, to, count) = first_move(&inv);
 
     h.late().delays = vec![3];
     h.push(Input::Connected { account: 1 });

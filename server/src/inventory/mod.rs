@@ -559,25 +559,8 @@ mod tests {
     use super::*;
     use crate::persistence::{AccountState, AuditReport, BatchWrites, WorldState};
 
-    /// A store whose commits all fail (a full disk).
-    struct FailingCommits(SqliteStore);
-
-    impl InventoryStore for FailingCommits {
-        fn load_world(&mut self) -> Result<WorldState, StoreError> {
-            self.0.load_world()
-        }
-        fn load_account(&mut self, account: u64) -> Result<AccountState, StoreError> {
-            self.0.load_account(account)
-        }
-        fn commit(&mut self, _: &BatchWrites) -> Result<(), StoreError> {
-            Err(StoreError::Injected)
-        }
-        fn audit(&mut self) -> Result<AuditReport, StoreError> {
-            self.0.audit()
-        }
-    }
-
-    /// A store that fails its commits while `failing` is set.
+    /// A store that fails its commits while `failing` is set (a full
+    /// disk).
     struct FailWhile(SqliteStore, Arc<std::sync::atomic::AtomicBool>);
 
     impl InventoryStore for FailWhile {
@@ -666,7 +649,10 @@ mod tests {
     fn a_last_batch_that_fails_to_store_makes_the_exit_an_error() {
         let name = format!("inventory-final-{}", std::process::id());
         let reader = SqliteStore::open_shared_memory(&name).unwrap();
-        let writer = FailingCommits(SqliteStore::open_shared_memory(&name).unwrap());
+        let writer = FailWhile(
+            SqliteStore::open_shared_memory(&name).unwrap(),
+            Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        );
         let mut service = InventoryService::start(
             Box::new(reader),
             Box::new(writer),
