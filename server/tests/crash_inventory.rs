@@ -6,9 +6,11 @@
 //! their ids, and a few the server had already answered with a change are
 //! sent again too (echoes). Checked:
 //!
-//! - after every kill, `server audit` reports an intact, balanced store,
-//!   whose consumed items are at least the uses acknowledged and at most
-//!   those plus the uses still unanswered;
+//! - after every kill, before the restart, the store holds every state a
+//!   player was shown, or a newer one, and remembers the ids of its newest
+//!   acknowledged changes; `server audit` reports an intact, balanced
+//!   store, whose consumed items are at least the uses acknowledged and at
+//!   most those plus the uses still unanswered;
 //! - an echo is answered with its original reply, unchanged (it is not
 //!   applied again);
 //! - after every restart, once both clients have every request answered,
@@ -33,6 +35,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use server::persistence::{InventoryStore, SqliteStore};
 use server::readiness::Listening;
 use shared::endpoint::{ClientEndpoint, ClientEndpointEvent};
 use shared::io::{ClientSocket, unix_secs};
@@ -94,6 +97,42 @@ fn start_server(dir: &Path) -> (KillOnDrop, Listening) {
 
 /// `server audit` of `dir` (read-only: also next to a live server), which
 /// must find the store intact and balanced.
+/// What the store holds right after a kill, before a restart lets the
+/// requests sent again apply anything: every state a player was shown
+/// (a reply or an update goes out once its batch is durable) is stored, or
+/// a newer one, and the ids of its newest acknowledged changes are
+/// remembered. A reply sent before its batch was stored, the batch then
+/// lost with the process, shows here; after the restart its request, sent
+/// again as an echo, would be applied anew and answered alike.
+fn check_stored(players: &[Player], dir: &Path, kills: u32) {
+    let mut store = SqliteStore::open_read_only(dir).unwrap();
+    for p in players {
+        let state = store.load_account(p.account).unwrap();
+        if let Some(seen) = p.tracker.inventory() {
+            // An account never stored is shown empty, at version 0.
+            let stored = state.inventory.as_ref();
+            let kept = match stored {
+                Some(stored) => stored.version > seen.version || stored == seen,
+                None => seen.version == 0 && seen.slots.iter().all(Option::is_none),
+            };
+            assert!(
+                kept,
+                "after kill {kills}: account {} stored {stored:?}, acknowledged {seen:?}",
+                p.account
+            );
+        }
+        let remembered: BTreeSet<u64> = state.applied.iter().map(|(id, _)| *id).collect();
+        for (request, _) in &p.changes {
+            assert!(
+                remembered.contains(&request.request_id),
+                "after kill {kills}: account {}'s acknowledged change {} is not remembered",
+                p.account,
+                request.request_id
+            );
+        }
+    }
+}
+
 fn audit(dir: &Path) -> serde_json::Value {
     let out = Command::new(SERVER)
         .arg("audit")
@@ -729,6 +768,7 @@ fn killing_the_server_never_loses_acknowledged_items_or_unbalances_the_ledger() 
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
+        check_stored(&players, &dir, kills);
         // What the crash left: every acknowledged use is stored, and at
         // most the unanswered ones besides.
         let report = audit(&dir);
