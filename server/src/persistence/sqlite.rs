@@ -289,7 +289,7 @@ type Describe = fn(&[Value]) -> String;
 /// start: a world item that is not one, a counter below 0, a ledger row
 /// whose counts are not counts.
 fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let checks: [(String, Describe); 8] = [
+    let checks: [(String, Describe); 9] = [
         (
             format!(
                 "SELECT account, slots FROM inventories WHERE typeof(slots) != 'integer' \
@@ -397,6 +397,21 @@ fn unloadable(conn: &Connection) -> Result<Vec<String>, StoreError> {
             |v| format!("counter {}: {}, not 0 or more", shown(&v[0]), shown(&v[1])),
         ),
         (
+            // The next id counted onto one in use would overwrite that item
+            // (a retired one's too, which no write may touch).
+            "SELECT counter, top FROM (SELECT COALESCE((SELECT value FROM meta \
+             WHERE key = 'next_world_item'), 0) AS counter, (SELECT MAX(id) FROM world_items) \
+             AS top) WHERE top IS NOT NULL AND typeof(counter) = 'integer' AND counter <= top"
+                .to_owned(),
+            |v| {
+                format!(
+                    "counter \"next_world_item\": {}, not above world item {}",
+                    shown(&v[0]),
+                    shown(&v[1])
+                )
+            },
+        ),
+        (
             format!("SELECT item, minted, consumed FROM ledger WHERE NOT ({LEDGER_ROW}) LIMIT 10"),
             |v| {
                 format!(
@@ -460,11 +475,22 @@ impl InventoryStore for SqliteStore {
         }
         drop(rows);
         drop(stmt);
+        // Never an id in use: the counter behind the stored items (a store
+        // edited by hand, say; `audit` reports it) counts on past them.
+        let stored = self.meta("next_world_item")?;
+        let past_items = world.last().map_or(0, |w| w.id.saturating_add(1));
+        if stored < past_items {
+            tracing::warn!(
+                stored,
+                past_items,
+                "the world item counter is behind the stored items; counting on past them"
+            );
+        }
         Ok(WorldState {
             world,
             ledger,
             counters: Counters {
-                next_world_item: self.meta("next_world_item")?,
+                next_world_item: stored.max(past_items),
                 spawned: self.meta("spawned")?,
                 next_trade: self.meta("next_trade")?,
             },
@@ -834,6 +860,11 @@ mod tests {
                     (ItemId(1_000), minted(3, 0)),
                     (ItemId(998), minted(1, 1)),
                 ],
+                counters: Some(Counters {
+                    next_world_item: 2,
+                    spawned: 1,
+                    next_trade: 0,
+                }),
                 ..BatchWrites::default()
             })
             .unwrap();
@@ -941,6 +972,7 @@ mod tests {
                 "world item 9: item 1, count 4294967296 at (0, 0): not one",
                 "world item 10: item -1, count 1 at (0, 0): not one",
                 "counter \"next_trade\": -1, not 0 or more",
+                "counter \"next_world_item\": 0, not above world item 10",
                 "ledger item 2: minted \"many\", consumed 0: not counts",
             ]
         );
@@ -994,6 +1026,50 @@ mod tests {
         assert!(!report.integrity_ok, "{report:?}");
         assert!(!report.balanced);
         assert!(!report.problems.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A world item counter at or behind a stored item's id would count
+    /// onto it, overwriting the item: the audit reports it, and a load
+    /// counts on past the items.
+    #[test]
+    fn a_world_item_counter_behind_the_items_is_reported_and_passed_over() {
+        let dir = std::env::temp_dir().join(format!("sqlite-counter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = SqliteStore::open(&dir).unwrap();
+        let item = |id| WorldItem {
+            id,
+            stack: ItemStack {
+                item: ItemId(1),
+                count: 1,
+            },
+            position: Vec2::ZERO,
+        };
+        store
+            .commit(&BatchWrites {
+                world_upserts: vec![item(2), item(5)],
+                ledger: vec![(
+                    ItemId(1),
+                    LedgerRow {
+                        minted: 2,
+                        consumed: 0,
+                    },
+                )],
+                counters: Some(Counters {
+                    next_world_item: 3,
+                    spawned: 2,
+                    next_trade: 0,
+                }),
+                ..BatchWrites::default()
+            })
+            .unwrap();
+        let report = store.audit().unwrap();
+        assert_eq!(
+            report.problems,
+            ["counter \"next_world_item\": 3, not above world item 5"]
+        );
+        assert_eq!(store.load_world().unwrap().counters.next_world_item, 6);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
