@@ -170,6 +170,7 @@ run_point() {
         --max-clients $((n + 100)) --log-filter warn \
         </dev/null >"$OUT_DIR/server-$tag.log" 2>&1 &
     SERVER_PID=$!
+    remember "$SERVER_PID"
     # Wait (bounded) for the metrics page: the server is up.
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null; then break; fi
@@ -198,6 +199,7 @@ run_point() {
         --report "$r" \
         >"$OUT_DIR/bots-$tag.txt" 2>"$OUT_DIR/bots-$tag.log" &
     BOTS_PID=$!
+    remember "$BOTS_PID"
     # The steady state: from the end of the ramp to a second before the
     # bots stop sending (the window C ENet's reference is measured over,
     # see enet-reference.sh). Both ends are times after t0, not sleeps

@@ -11,24 +11,49 @@
 stop_pid() {
     local pid=$1 grace=$2
     [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    if ! is_ours "$pid" || ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        return 0
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 $((grace * 10))); do
         # Gone (bash has reaped it): its PID may be another's from now on.
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! is_ours "$pid" || ! kill -0 "$pid" 2>/dev/null; then
             wait "$pid" 2>/dev/null || true
             return 0
         fi
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    is_ours "$pid" && kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null || true
 }
 
+# remember PID: notes when the process the script just started as PID
+# began (field 22 of /proc/PID/stat, clock ticks since boot). Bash reaps a
+# background child that exited as soon as the script waits for any other
+# (every `$(...)` does), and its PID may then be another process's:
+# is_running and stop_pid touch a remembered PID only while it is still
+# the process that began then.
+declare -gA STARTED=()
+start_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null
+}
+remember() {
+    STARTED[$1]=$(start_ticks "$1")
+}
+
+# is_ours PID: PID is not remembered, or is still the process remembered.
+is_ours() {
+    [ -z "${STARTED[$1]+set}" ] && return 0
+    [ -n "${STARTED[$1]}" ] && [ "$(start_ticks "$1")" = "${STARTED[$1]}" ]
+}
+
 # is_running PID: the process is there and has not exited (one that
-# exited but is not reaped yet, a zombie, counts as gone).
+# exited but is not reaped yet, a zombie, counts as gone), and is the one
+# remembered (see remember).
 is_running() {
     local state
+    is_ours "$1" || return 1
     state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
     [ -n "$state" ] && [ "$state" != Z ]
 }
@@ -103,10 +128,12 @@ measure_steady() {
     hz=$(getconf CLK_TCK)
     taskset -c "$SERVER_CORE" "${SERVER_CMD[@]}" 2>"$OUT_DIR/server-$n.log" &
     SERVER_PID=$!
+    remember "$SERVER_PID"
     pause 0.5
     taskset -c "$BOT_CORE" "${CLIENTS_CMD[@]}" \
         >"$OUT_DIR/clients-$n.json" 2>"$OUT_DIR/clients-$n.log" &
     CLIENTS_PID=$!
+    remember "$CLIENTS_PID"
     pause "$ramp"
     read -r su0 sk0 < <(cpu_split "/proc/$SERVER_PID/stat")
     c0=$(cpu_ticks "/proc/$CLIENTS_PID/stat"); w0=$(date +%s.%N)

@@ -34,6 +34,8 @@
 #   - udp_floor's server, stopped after the point, writes its summary
 #   - clients that fail fail the point, and are not signalled once reaped
 #   - stop_pid sends no SIGKILL to a process that exited in its grace
+#   - a remembered PID that names another process now is neither running
+#     nor signalled
 #
 # After them, capacity.sh on one point with RUN_SECS=30, stopped in the
 # ramp:
@@ -243,6 +245,27 @@ stop_gone() {
     ) && ! grep -q -- "^kill -KILL" "$LIB_OUT/trace-4"
 }
 check "stop_pid sends no SIGKILL to a process gone in its grace" stop_gone
+# A remembered PID that names another process now (the one started there
+# exited, bash reaped it, and the PID was reused): not running, and
+# never signalled. Played by remembering another start time.
+reused_pid() {
+    (
+        TRACE=$LIB_OUT/trace-5
+        . "$ROOT/server/scripts/lib.sh"
+        . "$STUBS/trace.sh"
+        local pid
+        # Not this shell's child, as a stranger's process is not.
+        pid=$(sh -c 'sleep 5 >/dev/null 2>&1 & echo $!')
+        remember "$pid"
+        is_running "$pid" || exit 1
+        STARTED[$pid]=1
+        ! is_running "$pid" || exit 1
+        stop_pid "$pid" 1
+        builtin kill -0 "$pid" || exit 1
+        builtin kill "$pid"
+    ) && ! grep -q -- "^kill -TERM\|^kill -KILL" "$LIB_OUT/trace-5"
+}
+check "a remembered PID another process holds now is neither running nor signalled" reused_pid
 
 status=0
 TRACE=$STUBS/trace-capacity BASH_ENV=$STUBS/trace-capacity.sh \
