@@ -671,6 +671,13 @@ impl Bot {
         self.run_behaviours(now, &mut scratch.inputs, stats);
         self.advance_phase(now, stats);
         self.flush(now, out, tx, &mut scratch.datagram, stats);
+        if matches!(self.phase, Phase::Leaving { .. }) {
+            // Sending the goodbye ended the session (the server answers
+            // nothing to it): its end is taken now, not at the leave's
+            // deadline, which made a churn pause 2 s longer and held the
+            // run's end as long.
+            self.handle_events(now, scratch, stats);
+        }
         if self.phase == Phase::Done {
             return self.hold_link(now);
         }
@@ -1896,6 +1903,35 @@ mod tests {
     }
 
     /// Services the bot and hands it the server's answers until it is done.
+    /// A churning bot's goodbye ends its session as it goes out (the
+    /// server answers nothing to it): the pause starts then. It waited for
+    /// the leave's deadline (2 s) first, each pause that much longer than
+    /// the scenario's.
+    #[test]
+    fn a_churning_bots_pause_starts_when_its_goodbye_goes_out() {
+        let mut pair = Pair::with_scenario(
+            include_str!("../../assets/scenarios/churn.toml"),
+            "churn.toml",
+        );
+        pair.connect();
+        let left = pair.now;
+        pair.bot.session_end = Some(left);
+        let mut wake = pair.service();
+        for _ in 0..100 {
+            if matches!(pair.bot.phase, Phase::Paused { .. }) {
+                break;
+            }
+            pair.now = wake.expect("a wake-up while leaving");
+            wake = pair.service();
+        }
+        let Phase::Paused { until } = pair.bot.phase else {
+            panic!("not paused: {:?}", pair.bot.phase);
+        };
+        // churn.toml's pause_s = 2.
+        let away = until - left;
+        assert!(away <= Duration::from_millis(2_100), "{away:?}");
+    }
+
     fn run_to_done(pair: &mut Pair) {
         for _ in 0..1_000 {
             if pair.bot.is_done() {
