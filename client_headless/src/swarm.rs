@@ -403,22 +403,7 @@ impl Worker {
                     mark(&mut self.touched, &mut self.touched_mark, i);
                 }
             }
-            let touched = std::mem::take(&mut self.touched);
-            for &i in &touched {
-                self.touched_mark[i] = false;
-                // Each bot's own time: what it sends is stamped when it is
-                // served, not when a long pass began.
-                let now = Instant::now();
-                if let Some(due) = self.due[i].take() {
-                    let late = now.saturating_duration_since(due).as_micros();
-                    let late = u64::try_from(late).unwrap_or(u64::MAX).max(1);
-                    let _ = self.stats.lateness_us.record(late);
-                }
-                self.service(i, now, &mut tx);
-                self.flush_waiting(now);
-            }
-            self.touched = touched;
-            self.touched.clear();
+            self.serve_touched(&mut tx);
             self.flush_shared();
             if now >= next_publish {
                 next_publish = now + PUBLISH_EVERY;
@@ -562,6 +547,31 @@ impl Worker {
     /// timer is due. (Each bot said which when it took its datagram, while
     /// its state was warm: up to a thousand other bots' datagrams may have
     /// been read since.)
+    /// Serves the bots marked this pass, each at its own time: what it
+    /// sends is stamped when it is served, not when a long pass began. A
+    /// bot's wake-up that fell due by then (one served for a datagram,
+    /// late in the pass) is served with it: its lateness is counted now,
+    /// and its heap entry, stale from here, counts nothing later.
+    fn serve_touched(&mut self, tx: &mut [u8]) {
+        let touched = std::mem::take(&mut self.touched);
+        for &i in &touched {
+            self.touched_mark[i] = false;
+            let now = Instant::now();
+            if self.due[i].is_none() && self.scheduled[i].is_some_and(|at| at <= now) {
+                self.due[i] = self.scheduled[i].take();
+            }
+            if let Some(due) = self.due[i].take() {
+                let late = now.saturating_duration_since(due).as_micros();
+                let late = u64::try_from(late).unwrap_or(u64::MAX).max(1);
+                let _ = self.stats.lateness_us.record(late);
+            }
+            self.service(i, now, tx);
+            self.flush_waiting(now);
+        }
+        self.touched = touched;
+        self.touched.clear();
+    }
+
     fn absorb_received(&mut self) {
         let mut received = std::mem::take(&mut self.received);
         for &(i, after) in &received {
@@ -900,6 +910,24 @@ mod tests {
             let now = self.now;
             self.worker.service(0, now, &mut self.tx);
         }
+    }
+
+    /// A bot served for a datagram after its wake-up fell due (late in a
+    /// pass) is late by then: counted once, then, not again, later, when
+    /// the stale heap entry comes up for a service that sends nothing.
+    #[test]
+    fn a_wake_up_due_when_a_datagram_serves_the_bot_counts_its_lateness_then() {
+        let mut h = Harness::new();
+        h.service();
+        let due = Instant::now() - Duration::from_millis(3);
+        h.worker.scheduled[0] = None;
+        h.worker.schedule(0, Some(due));
+        h.worker.received.push((0, AfterReceive::Service));
+        h.worker.absorb_received();
+        h.worker.serve_touched(&mut h.tx);
+        assert_eq!(h.worker.stats.lateness_us.len(), 1);
+        assert!(h.worker.stats.lateness_us.max() >= 3_000);
+        assert_ne!(h.worker.scheduled[0], Some(due), "the wake-up was served");
     }
 
     /// A flood to a bot's own port, faster than the worker reads it,
