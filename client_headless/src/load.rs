@@ -344,7 +344,7 @@ pub(crate) fn run(plan: LoadPlan) -> Result<bool, String> {
         (
             stats.send_drops,
             "datagrams refused by the bots' sockets (send buffer full): the server never \
-             saw them; on shared sockets their bytes are in bytes up",
+             saw them, and their bytes are not in bytes up",
         ),
         (
             stats.send_errors,
