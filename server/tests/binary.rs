@@ -621,6 +621,27 @@ fn a_signal_while_starting_stops_the_server_before_it_serves() {
     assert!(logs.contains("stopped before serving"), "{logs}");
 }
 
+/// Longest the console tests' typing may take (a few seconds on a slow
+/// host).
+#[cfg(target_os = "linux")]
+const TYPING_LIMIT: Duration = Duration::from_secs(60);
+
+/// `handle`'s result, waited for at most `limit`: a thread typing into a
+/// terminal whose server has stopped reading it (gone, say) blocks in its
+/// write for ever, and the test would hang instead of failing.
+#[cfg(target_os = "linux")]
+fn join_within<T>(handle: std::thread::JoinHandle<T>, limit: Duration, what: &str) -> T {
+    let deadline = Instant::now() + limit;
+    while !handle.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not end within {limit:?}: the server stopped reading its console"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle.join().unwrap()
+}
+
 /// The server serving in `dir` with a pseudo-terminal as its console (the
 /// side to type into returned, its echo read and thrown away) and its
 /// logs read up to its announcements, then held unread.
@@ -690,7 +711,8 @@ fn logs_into_a_stderr_nobody_reads_do_not_stop_the_tick() {
         metrics.contains("\nconsole_answers_dropped_total 0\n"),
         "{metrics}"
     );
-    let mut keyboard = typing.join().unwrap().expect("the console took every line");
+    let mut keyboard =
+        join_within(typing, TYPING_LIMIT, "typing").expect("the console took every line");
     keyboard.write_all(b"shutdown\n").unwrap();
     let status = wait_with_timeout(&mut child, Duration::from_secs(10))
         .expect("server did not exit within 10 s of the shutdown command");
@@ -731,7 +753,7 @@ fn log_lines_dropped_at_a_stalled_stderr_are_counted_and_told() {
         }
         keyboard
     });
-    let mut keyboard = typing.join().unwrap();
+    let mut keyboard = join_within(typing, TYPING_LIMIT, "typing");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = 0;
     while Instant::now() < deadline {
