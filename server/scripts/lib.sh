@@ -24,7 +24,7 @@ stop_pid() {
         fi
         sleep 0.1
     done
-    is_ours "$pid" && kill -KILL "$pid" 2>/dev/null
+    { is_ours "$pid" && kill -KILL "$pid"; } 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 
@@ -39,7 +39,8 @@ start_ticks() {
     awk '{ sub(/^.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null
 }
 remember() {
-    STARTED[$1]=$(start_ticks "$1")
+    # Gone already (empty): is_ours says so; not an error to `set -e`.
+    STARTED[$1]=$(start_ticks "$1") || true
 }
 
 # is_ours PID: PID is not remembered, or is still the process remembered.

@@ -36,6 +36,7 @@
 #   - stop_pid sends no SIGKILL to a process that exited in its grace
 #   - a remembered PID that names another process now is neither running
 #     nor signalled
+#   - a process gone before it is remembered is no error, and not running
 #
 # After them, capacity.sh on one point with RUN_SECS=30, stopped in the
 # ramp:
@@ -266,6 +267,20 @@ reused_pid() {
     ) && ! grep -q -- "^kill -TERM\|^kill -KILL" "$LIB_OUT/trace-5"
 }
 check "a remembered PID another process holds now is neither running nor signalled" reused_pid
+# A process gone before it is remembered (a server that failed at once):
+# no error under `set -e`, and not running.
+# (In a bash of its own: `set -e` does not act in a function `check` runs
+# as a condition.)
+remember_gone() {
+    bash -c 'set -euo pipefail
+        . "$1"
+        true &
+        pid=$!
+        wait "$pid"
+        remember "$pid"
+        ! is_running "$pid"' _ "$ROOT/server/scripts/lib.sh"
+}
+check "a process gone before it is remembered is no error, and not running" remember_gone
 
 status=0
 TRACE=$STUBS/trace-capacity BASH_ENV=$STUBS/trace-capacity.sh \
