@@ -1902,7 +1902,6 @@ mod tests {
         assert!(speeds.iter().any(|&v| v > 1.9), "the bot moves: {speeds:?}");
     }
 
-    /// Services the bot and hands it the server's answers until it is done.
     /// A churning bot's goodbye ends its session as it goes out (the
     /// server answers nothing to it): the pause starts then. It waited for
     /// the leave's deadline (2 s) first, each pause that much longer than
@@ -1932,6 +1931,7 @@ mod tests {
         assert!(away <= Duration::from_millis(2_100), "{away:?}");
     }
 
+    /// Services the bot and hands it the server's answers until it is done.
     fn run_to_done(pair: &mut Pair) {
         for _ in 0..1_000 {
             if pair.bot.is_done() {

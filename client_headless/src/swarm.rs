@@ -542,11 +542,6 @@ impl Worker {
     #[cfg(not(target_os = "linux"))]
     fn read_shared(&mut self, _: usize, _: &mut impl FnMut() -> Instant) {}
 
-    /// Services in this pass the bots whose datagrams left them something
-    /// to send now; the others wake when their next input or transport
-    /// timer is due. (Each bot said which when it took its datagram, while
-    /// its state was warm: up to a thousand other bots' datagrams may have
-    /// been read since.)
     /// Serves the bots marked this pass, each at its own time: what it
     /// sends is stamped when it is served, not when a long pass began. A
     /// bot's wake-up that fell due by then (one served for a datagram,
@@ -572,6 +567,11 @@ impl Worker {
         self.touched.clear();
     }
 
+    /// Services in this pass the bots whose datagrams left them something
+    /// to send now; the others wake when their next input or transport
+    /// timer is due. (Each bot said which when it took its datagram, while
+    /// its state was warm: up to a thousand other bots' datagrams may have
+    /// been read since.)
     fn absorb_received(&mut self) {
         let mut received = std::mem::take(&mut self.received);
         for &(i, after) in &received {

@@ -95,8 +95,6 @@ fn start_server(dir: &Path) -> (KillOnDrop, Listening) {
     start_listening(command)
 }
 
-/// `server audit` of `dir` (read-only: also next to a live server), which
-/// must find the store intact and balanced.
 /// What the store holds right after a kill, before a restart lets the
 /// requests sent again apply anything: every state a player was shown
 /// (a reply or an update goes out once its batch is durable) is stored, or
@@ -133,6 +131,8 @@ fn check_stored(players: &[Player], dir: &Path, kills: u32) {
     }
 }
 
+/// `server audit` of `dir` (read-only: also next to a live server), which
+/// must find the store intact and balanced.
 fn audit(dir: &Path) -> serde_json::Value {
     let out = Command::new(SERVER)
         .arg("audit")
