@@ -767,24 +767,36 @@ fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bou
 /// datagram was checked against a total that still counted it, and an
 /// honest client could be cut off as Flooding for memory nobody held.
 /// The transmit that ends it: with the sent history full (1,024 packets
-/// in flight, and data waiting for a slot), an ack owed still leaves,
-/// counting the oldest packet lost to make room, and that packet's
-/// reliable line is past the reliable timeout.
+/// in flight, and data waiting for a slot), acks owed still leave, bare;
+/// past twice the history in flight, one counts the oldest packet lost,
+/// and that packet's reliable line is past the reliable timeout.
 #[test]
 fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
     let server = game_server_with(SERVER_ADDR, |config| {
-        // Nothing is judged lost by the loss timer within the test.
-        config.transport.min_rto = Duration::from_secs(3);
-        config.transport.initial_rto = Duration::from_secs(3);
-        config.transport.max_rto = Duration::from_secs(3);
+        // Nothing is judged lost by the loss timer within the test, and
+        // half a message is held as long.
+        config.transport.min_rto = Duration::from_secs(10);
+        config.transport.initial_rto = Duration::from_secs(10);
+        config.transport.max_rto = Duration::from_secs(10);
         config.transport.reliable_timeout = Duration::from_secs(1);
+        config.transport.unreliable_fragment_timeout = Duration::from_secs(10);
     });
     let mut world = World::with_server(server, &[60]);
     let slots = world.connect_all();
     let [(1, client)] = slots[..] else {
         panic!("the client did not connect: {slots:?}");
     };
-    world.hold_half_a_message();
+    // Half of a long unreliable message reaches the server, which holds
+    // it for the other half (never resent).
+    let from = world.clients[0].1;
+    world.clients[0]
+        .0
+        .send(channels::EVENTS, Bytes::from(vec![1; 3_000]))
+        .unwrap();
+    let mut datagrams = world.client_datagrams(0);
+    assert!(datagrams.len() > 1, "the message goes in fragments");
+    (world.server).handle_datagram(world.now, world.unix, from, &mut datagrams[1]);
+    assert!(world.server.total_receive_buffered() > 0);
     // The client falls silent; the server sends a line, then a packet
     // every 2 ms, its timers and transmits run as net-io runs them, until
     // its history is full: then nothing more leaves.
@@ -812,18 +824,33 @@ fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
         assert!(last < 1_100, "the history never filled");
     }
     assert!(last >= 1_024, "full after {last} packets");
-    assert!(world.server.total_receive_buffered() > 0);
-    // The client asks for an ack: it leaves, and ends the connection.
-    world.clients[0]
-        .0
-        .send(channels::CHAT, Bytes::from_static(b"hello?"))
-        .unwrap();
-    let from = world.clients[0].1;
-    for mut datagram in world.client_datagrams(0) {
-        (world.server).handle_datagram(world.now, world.unix, from, &mut datagram);
+    // The client, hearing the server again, asks for acks, two packets at
+    // a time: each ack leaves at once, bare, until one ends the
+    // connection.
+    world.deaf.clear();
+    let full = last;
+    let mut rounds = 0;
+    while world.server.total_receive_buffered() > 0 {
+        for _ in 0..2 {
+            (world.clients[0].0)
+                .send(channels::MOVEMENT, movement.clone())
+                .unwrap();
+            for mut datagram in world.client_datagrams(0) {
+                (world.server).handle_datagram(world.now, world.unix, from, &mut datagram);
+            }
+        }
+        world.server_sends();
+        world.now += Duration::from_millis(2);
+        if let Some(stats) = world.server.connection_stats(client) {
+            last = stats.packets_sent;
+        }
+        rounds += 1;
+        assert!(
+            rounds <= 1_500,
+            "still connected after {} acks",
+            last - full
+        );
     }
-    world.now += Duration::from_millis(20);
-    world.server_sends();
-    assert_eq!(world.server.total_receive_buffered(), 0);
+    assert!(last - full >= 1_024, "ended after {} acks", last - full);
     assert_eq!(world.disconnects(), [(1, DisconnectReason::Timeout)]);
 }

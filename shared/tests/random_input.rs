@@ -71,7 +71,14 @@ fn random_garbage_never_panics_and_memory_stays_capped() {
 
 #[test]
 fn bit_flipped_valid_traffic_never_panics() {
-    let config = TransportConfig::default();
+    // A flipped sequence number can carry the receiver's newest far ahead,
+    // after which it takes every packet for stale: the pair stalls until
+    // a timeout ends it and a fresh one takes over, soon here.
+    let config = TransportConfig {
+        idle_timeout: Duration::from_secs(1),
+        reliable_timeout: Duration::from_secs(1),
+        ..TransportConfig::default()
+    };
     let start = Instant::now();
     let mut sender = Connection::new(config.clone(), start).unwrap();
     let mut receiver = Connection::new(config.clone(), start).unwrap();
@@ -85,6 +92,12 @@ fn bit_flipped_valid_traffic_never_panics() {
     let mut now = start;
     for i in 0..20_000u32 {
         now += Duration::from_millis(1);
+        // Timers run as an endpoint runs them.
+        for conn in [&mut sender, &mut receiver] {
+            if conn.poll_timeout().is_some_and(|t| t <= now) {
+                conn.handle_timeout(now);
+            }
+        }
         let channel = shared::transport::ChannelId((i % 4) as u8);
         let len = if i % 97 == 0 {
             5_000

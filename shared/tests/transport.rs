@@ -1962,6 +1962,120 @@ fn more_packets_in_flight_than_the_history_holds_wait_for_acks() {
     assert!(delivered > 1_000, "{delivered} messages of 64 KiB in 15 s");
 }
 
+/// A connection with `SENT_HISTORY` (1,024) small packets in flight and
+/// nothing acked: its history is full. Returns the time of the last.
+fn fill_the_sent_history(conn: &mut Connection, t0: Instant) -> Instant {
+    let mut buf = [0u8; 1500];
+    let mut now = t0;
+    let mut sent = 0;
+    while sent < 1_024 {
+        conn.send(UNRELIABLE, b"tick").unwrap();
+        match conn.poll_transmit(now, &mut buf) {
+            Some(_) => sent += 1,
+            None => now += Duration::from_micros(50),
+        }
+    }
+    assert!(now < t0 + ms(200), "sent before any loss deadline: {now:?}");
+    conn.send(UNRELIABLE, b"waits").unwrap();
+    assert!(
+        conn.poll_transmit(now, &mut buf).is_none(),
+        "the full history holds data back"
+    );
+    now
+}
+
+/// The peer's packet `sequence`, acknowledging the 65 of ours from
+/// `latest` back.
+fn ack_of_65(sequence: u16, latest: u16) -> Vec<u8> {
+    use shared::transport::wire::{AckInfo, PacketHeader, PacketKind, PacketWriter};
+    let mut datagram = vec![0u8; 64];
+    let header = PacketHeader {
+        kind: PacketKind::Data,
+        ack_eliciting: false,
+        sequence,
+        ack: Some(AckInfo {
+            latest,
+            bits: u64::MAX,
+            delay: 0,
+        }),
+    };
+    let len = PacketWriter::new(&mut datagram, &header).unwrap().len();
+    datagram.truncate(len);
+    datagram
+}
+
+/// While the sent history is full, the peer's packets still need acks,
+/// and those go out bare. A bare ack is not tracked and needs no slot of
+/// the history: before, it took the next one and counted the packet there
+/// (the oldest in flight) lost, so every ack sent while the history was
+/// full cost a spurious loss and a resend. The packet stays in flight,
+/// and its ack, when it comes, is taken.
+#[test]
+fn a_bare_ack_sent_while_the_history_is_full_loses_no_packet() {
+    use shared::transport::wire::decode_header;
+    let t0 = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), t0).unwrap();
+    let now = fill_the_sent_history(&mut conn, t0);
+    // Two ack-eliciting packets of the peer: an ack is due at once.
+    conn.handle_datagram(now, &raw_packet(0, true, None));
+    conn.handle_datagram(now, &raw_packet(1, true, None));
+    let mut buf = [0u8; 1500];
+    let len = conn.poll_transmit(now, &mut buf).expect("the ack");
+    let (header, _) = decode_header(&buf[..len]).unwrap();
+    assert!(!header.ack_eliciting, "a bare ack");
+    assert_eq!(header.sequence, 1_024);
+    assert_eq!(conn.stats().packets_lost, 0, "nothing was lost");
+    // The peer acks every packet, and the message that waited goes out.
+    let later = now + ms(20);
+    for (i, latest) in (64..1_024).step_by(65).chain([1_023]).enumerate() {
+        conn.handle_datagram(later, &ack_of_65(2 + i as u16, latest));
+    }
+    let len = conn
+        .poll_transmit(later, &mut buf)
+        .expect("the waiting data");
+    let (header, _) = decode_header(&buf[..len]).unwrap();
+    assert!(header.ack_eliciting);
+    conn.handle_datagram(later + ms(20), &ack_of_65(100, header.sequence));
+    // Every ack was taken, the oldest's too: no loss deadline is left.
+    conn.handle_timeout(later + ms(3_000));
+    assert_eq!(conn.stats().packets_lost, 0);
+}
+
+/// Bare acks past the history's length, without end: a peer sending
+/// ack-eliciting packets fast while acking nothing. Sequences in flight
+/// stay within twice the history of the newest (beyond that the oldest
+/// counts as lost), so comparing them holds across the wrap of the
+/// sequence numbers, and the connection works on once acks come.
+#[test]
+fn bare_acks_past_the_history_keep_the_span_in_flight_bounded() {
+    use shared::transport::wire::decode_header;
+    let t0 = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), t0).unwrap();
+    let now = fill_the_sent_history(&mut conn, t0);
+    let mut buf = [0u8; 1500];
+    let mut acks = 0u32;
+    let mut newest = 0;
+    for peer in (0..140_000u32).step_by(2) {
+        conn.handle_datagram(now, &raw_packet(peer as u16, true, None));
+        conn.handle_datagram(now, &raw_packet(peer as u16 + 1, true, None));
+        let len = conn.poll_transmit(now, &mut buf).expect("an ack");
+        newest = decode_header(&buf[..len]).unwrap().0.sequence;
+        acks += 1;
+        // The history's 1,024 packets and the first 1,024 bare acks fit
+        // the bound; each bare ack after them costs the oldest packet,
+        // till none is left.
+        let lost = u64::from(acks.saturating_sub(1_024).min(1_024));
+        assert_eq!(conn.stats().packets_lost, lost, "after {acks} acks");
+    }
+    assert_eq!(newest, (1_024 + acks - 1) as u16, "the numbers wrapped");
+    let later = now + ms(20);
+    conn.handle_datagram(later, &ack_of_65(0, newest));
+    let len = conn
+        .poll_transmit(later, &mut buf)
+        .expect("the waiting data");
+    assert!(decode_header(&buf[..len]).unwrap().0.ack_eliciting);
+}
+
 /// A reliable message longer than its channel's queue bound never fits,
 /// however long the sender waits: it is refused as too large, not as a
 /// full queue to try again later (which an endpoint takes for a client

@@ -26,6 +26,14 @@ const PACKET_REORDER_THRESHOLD: u16 = 3;
 /// Delivered-message arena capacity kept between drains.
 const INBOX_KEEP_CAPACITY: usize = 64 * 1024;
 
+/// Sequences from the oldest packet in flight to the newest sent, at most.
+/// Past the history's length only by bare acks, which take no slot; the
+/// bound keeps every sequence in flight within half the sequence space of
+/// the newest, where comparing them holds (a peer sending ack-eliciting
+/// packets faster than the loss timer runs could otherwise carry the
+/// numbers round): past it, the oldest packet counts as lost.
+const MAX_IN_FLIGHT_SPAN: usize = 2 * SENT_HISTORY;
+
 /// Why a connection ended. The code travels in disconnect packets, so both
 /// sides can read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1638,11 +1646,18 @@ impl Connection {
         // flight only when that many are outstanding; asked in that order,
         // the common case does not wait on the slot's cache line.
         let span = self.in_flight_span();
+        let mut keeps_slot = false;
         if usize::from(span) >= self.sent.len() && self.sent.get(sequence).in_flight {
             if self.sent.len() >= SENT_HISTORY {
-                // Sent too long ago to stay in the history: count it lost.
-                let old = self.sent.get(sequence).sequence;
-                if self.on_packet_lost(old, now).is_err() {
+                // The history is full, so this is a bare ack (data and
+                // keepalives wait, `history_full`). Not tracked, it needs
+                // no slot: the packet there stays in flight, its ack still
+                // to come. Taking the slot counted it lost, and every ack
+                // sent while the history was full cost a resend.
+                keeps_slot = true;
+                if usize::from(span) >= MAX_IN_FLIGHT_SPAN
+                    && self.on_packet_lost(self.oldest_in_flight, now).is_err()
+                {
                     self.fail(now, DisconnectReason::Timeout);
                     return self.transmit_at(now, buf);
                 }
@@ -1712,20 +1727,30 @@ impl Connection {
             })
             .max()
             .unwrap_or(0);
-        let packet = self.sent.get_mut(sequence);
-        packet.units = units;
-        packet.sequence = sequence;
-        packet.sent_at = now;
-        packet.attempt = attempt;
-        packet.in_flight = ack_eliciting;
-        packet.lost = false;
+        if !keeps_slot {
+            let packet = self.sent.get_mut(sequence);
+            packet.units = units;
+            packet.sequence = sequence;
+            packet.sent_at = now;
+            packet.attempt = attempt;
+            packet.in_flight = ack_eliciting;
+            packet.lost = false;
+        }
         if ack_eliciting {
             let deadline = self.loss_deadline(self.sent.get(sequence));
             self.loss_at = Some(self.loss_at.map_or(deadline, |e| e.min(deadline)));
         }
         self.next_sequence = sequence.wrapping_add(1);
-        // `release_units` above moved past the packet this slot held.
-        debug_assert!(usize::from(self.in_flight_span()) <= self.sent.len());
+        // `release_units` above moved past the packet this slot held, and
+        // only bare acks of a full history pass its length.
+        debug_assert!(
+            usize::from(self.in_flight_span())
+                <= if self.sent.len() < SENT_HISTORY {
+                    self.sent.len()
+                } else {
+                    MAX_IN_FLIGHT_SPAN
+                }
+        );
         if current {
             self.ack_eliciting_unacked = 0;
         }
