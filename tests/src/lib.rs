@@ -35,7 +35,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -228,6 +228,24 @@ pub fn output_within_input(command: &mut Command, stdin: Stdio, limit: Duration)
     }
 }
 
+/// Waits at most `limit` for `child` to exit (the test fails saying
+/// `what` otherwise); returns its status and what it wrote to stderr.
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> (ExitStatus, String) {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child process") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}
+
 /// Everything `pipe` yields until it closes, read on a thread of its own.
 fn read_to_end_on_a_thread<R: Read + Send + 'static>(
     pipe: Option<R>,
@@ -383,6 +401,17 @@ impl ServerProcess {
     /// The sum over every series of a labelled metric family (0 when absent).
     pub fn metric_sum(&self, name: &str) -> f64 {
         metric_family_sum(&self.scrape(), name)
+    }
+
+    /// Waits at most 3 s for every session to end (`connected_clients`
+    /// 0): a client's goodbye ends its session at once, not after the
+    /// server's 10 s timeout. The test fails saying `what` otherwise.
+    pub fn sessions_end_soon(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.metric("connected_clients") > 0.0 {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

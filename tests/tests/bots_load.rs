@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::{
-    ServerOptions, ServerProcess, client_binary, free_tcp_addr, free_udp_addr, metric_family_sum,
-    metric_value, output_within,
+    ServerOptions, ServerProcess, client_binary, exit_within, free_tcp_addr, free_udp_addr,
+    metric_family_sum, metric_value, output_within,
 };
 
 const BOTS: u64 = 200;
@@ -403,26 +403,15 @@ fn an_interrupted_run_says_goodbye_and_writes_its_report() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = loop {
-        if let Some(status) = load.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            interrupted_at.elapsed() < Duration::from_secs(15),
-            "the run went on after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    let _ = std::io::Read::read_to_string(&mut load.stderr.take().unwrap(), &mut stderr);
+    let (status, stderr) = exit_within(
+        &mut load,
+        Duration::from_secs(15).saturating_sub(interrupted_at.elapsed()),
+        "the run went on after Ctrl-C",
+    );
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     // Every bot said goodbye: the server let them go at once.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while server.metric("connected_clients") > 0.0 {
-        assert!(Instant::now() < deadline, "sessions outlived their bots");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.sessions_end_soon("sessions outlived their bots");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -484,8 +473,6 @@ fn the_open_file_limit_is_raised_for_the_bots_or_the_run_refused() {
 /// bots say goodbye and its report is written.
 #[test]
 fn a_reader_that_goes_away_leaves_the_run_and_its_report_whole() {
-    use std::time::Instant;
-
     let server = ServerProcess::start(&ServerOptions::default());
     let dir = std::env::temp_dir().join(format!("bots-e2e-closed-stdout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -502,27 +489,13 @@ fn a_reader_that_goes_away_leaves_the_run_and_its_report_whole() {
             .unwrap(),
     );
     drop(load.stdout.take());
-    let deadline = Instant::now() + LOAD_LIMIT;
-    let status = loop {
-        if let Some(status) = load.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the run did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    let _ = std::io::Read::read_to_string(&mut load.stderr.take().unwrap(), &mut stderr);
+    let (status, stderr) = exit_within(&mut load, LOAD_LIMIT, "the run did not end");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["connected"], 3, "{json}");
-    // Every bot said goodbye: the server let them go at once, not after
-    // its 10 s timeout.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while server.metric("connected_clients") > 0.0 {
-        assert!(Instant::now() < deadline, "the sessions outlived the run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Every bot said goodbye: the server let them go at once.
+    server.sessions_end_soon("the sessions outlived the run");
     let _ = std::fs::remove_dir_all(&dir);
 }

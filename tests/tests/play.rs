@@ -8,9 +8,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::{KillOnDrop, ServerOptions, ServerProcess, client_binary, output_within_input};
+use e2e::{
+    KillOnDrop, ServerOptions, ServerProcess, client_binary, exit_within, output_within_input,
+};
 
 fn play(server: &ServerProcess, client_id: &str) -> Command {
     let mut command = Command::new(client_binary());
@@ -134,24 +136,11 @@ fn a_reader_that_goes_away_ends_the_session_with_a_goodbye() {
     // Something to print, to a reader that is gone.
     stdin.write_all(b"/stats\n").unwrap();
     stdin.flush().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "play still runs");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+    let (status, stderr) = exit_within(&mut child, Duration::from_secs(10), "play still runs");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     // Its goodbye ended the session at once, not the server's timeout.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while server.metric("connected_clients") > 0.0 {
-        assert!(Instant::now() < deadline, "the session outlived its client");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.sessions_end_soon("the session outlived its client");
 }
 
 /// `play ... </dev/null` as a smoke test: the end of input before the
