@@ -32,7 +32,10 @@ pub const DB_FILE: &str = "inventory.sqlite3";
 /// The lock file inside the data directory: a store opened for writing
 /// holds an exclusive advisory lock on it (released when the store is
 /// dropped or its process ends, however it ends), so that two servers
-/// never write one directory.
+/// never write one directory. Where the system lets a directory be locked
+/// (Linux, on local file systems), the directory itself is locked too: a
+/// lock file deleted by hand while the server runs (taken for a stale one)
+/// would otherwise let a second server in.
 pub const LOCK_FILE: &str = "server.lock";
 
 const SCHEMA: &str = "
@@ -74,9 +77,16 @@ const SCHEMA_VERSION: u64 = 1;
 /// of [`crate::persistence`] for why), foreign keys not needed.
 pub struct SqliteStore {
     conn: Connection,
-    /// The data directory's [`LOCK_FILE`], locked while this store may
-    /// write there; closing it releases the lock.
-    _lock: Option<File>,
+    /// The data directory's [`LOCK_FILE`] and the directory itself,
+    /// locked while this store may write there; closing them releases the
+    /// locks.
+    _lock: Option<DirLock>,
+}
+
+/// The locks [`lock`] holds; dropped, they are released.
+struct DirLock {
+    _file: File,
+    _dir: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -159,7 +169,7 @@ impl SqliteStore {
         )
     }
 
-    fn setup(conn: Connection, lock: Option<File>) -> Result<Self, StoreError> {
+    fn setup(conn: Connection, lock: Option<DirLock>) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Before anything is written: a newer server's database is left
         // as it is.
@@ -225,12 +235,26 @@ fn check_version(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Takes the exclusive lock on `data_dir`'s [`LOCK_FILE`], without
+/// Takes the exclusive locks on `data_dir` and its [`LOCK_FILE`], without
 /// waiting.
-fn lock(data_dir: &Path) -> Result<File, StoreError> {
+fn lock(data_dir: &Path) -> Result<DirLock, StoreError> {
     let lock_error = |source| StoreError::Lock {
         path: data_dir.to_owned(),
         source,
+    };
+    let in_use = || StoreError::InUse {
+        path: data_dir.to_owned(),
+    };
+    // The directory first: a server holding it refuses the next however
+    // its lock file fares. A directory that cannot be opened or locked
+    // (another system, a network file system) leaves the file's lock.
+    let dir = match File::open(data_dir) {
+        Ok(dir) => match dir.try_lock() {
+            Ok(()) => Some(dir),
+            Err(TryLockError::WouldBlock) => return Err(in_use()),
+            Err(TryLockError::Error(_)) => None,
+        },
+        Err(_) => None,
     };
     let file = File::options()
         .write(true)
@@ -239,10 +263,11 @@ fn lock(data_dir: &Path) -> Result<File, StoreError> {
         .open(data_dir.join(LOCK_FILE))
         .map_err(lock_error)?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
-            path: data_dir.to_owned(),
+        Ok(()) => Ok(DirLock {
+            _file: file,
+            _dir: dir,
         }),
+        Err(TryLockError::WouldBlock) => Err(in_use()),
         Err(TryLockError::Error(source)) => Err(lock_error(source)),
     }
 }
@@ -1338,6 +1363,25 @@ mod tests {
         assert!(report.integrity_ok && report.balanced, "{report:?}");
         drop(first);
         drop(SqliteStore::open(&dir).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The lock file deleted by hand while a server runs (taken for a
+    /// stale one, as a pid file would be): the next server is refused all
+    /// the same, by the lock on the directory. Before, it made a new lock
+    /// file, locked it, and wrote the database beside the first.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_deleted_lock_file_lets_no_second_store_in() {
+        let dir = std::env::temp_dir().join(format!("sqlite-unlock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = SqliteStore::open(&dir).unwrap();
+        std::fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+        let second = SqliteStore::open(&dir).map(drop).unwrap_err();
+        assert!(matches!(second, StoreError::InUse { .. }), "{second:?}");
+        drop(first);
+        drop(SqliteStore::open(&dir).unwrap());
+        assert!(dir.join(LOCK_FILE).exists(), "made again");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
