@@ -180,8 +180,9 @@ pub struct TokenArgs {
     /// Seconds until the token expires.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub expires: u64,
-    /// Seconds of silence after which the connection times out (0 or
-    /// less: never, for debugging).
+    /// Seconds of silence after which the secure connection times out (0
+    /// or less: never, for debugging; the transport's 10 s idle timeout
+    /// still ends a session silent that long).
     #[arg(
         long,
         value_name = "SECS",
@@ -1735,6 +1736,7 @@ mod tests {
             ),
             ("burst_ticks = 0", "burst_ticks must be 1 to 64, got 0"),
             ("burst_ticks = 4294967295", "burst_ticks must be 1 to 64"),
+            ("input_buffer = 65", "input_buffer must be 0 to 64, got 65"),
             ("spawn_spacing = -1.0", "spawn_spacing must be zero or more"),
         ] {
             let file = FileConfig::parse(&format!("[movement]\n{movement}\n"), "bad.toml").unwrap();

@@ -128,8 +128,9 @@ pub struct MovementConfig {
     /// for the 1.1 × max-speed bound over one second.
     pub burst_ticks: u32,
     /// Inputs a player may have waiting for credit (arrived bunched);
-    /// more are dropped and counted as `rate`. Default 4; at most
-    /// [`MAX_INPUT_BUFFER`]. Each waiting input adds a tick of latency to
+    /// more are dropped and counted as `rate`. Default 4; 0 to
+    /// [`MAX_INPUT_BUFFER`] (an unchecked larger value counts as that).
+    /// Each waiting input adds a tick of latency to
     /// that player's movement until the client's inputs thin out.
     pub input_buffer: u32,
     /// Relative speed excess tolerated without a `speed` flag (clients'
@@ -205,7 +206,13 @@ impl MovementConfig {
                 self.burst_ticks
             ));
         }
-        let can_take = self.burst_ticks + self.input_buffer.min(MAX_INPUT_BUFFER);
+        if self.input_buffer > MAX_INPUT_BUFFER {
+            return Err(format!(
+                "input_buffer must be 0 to {MAX_INPUT_BUFFER}, got {}",
+                self.input_buffer
+            ));
+        }
+        let can_take = self.burst_ticks + self.input_buffer;
         if self.max_inputs_per_tick < can_take {
             return Err(format!(
                 "max_inputs_per_tick must be at least burst_ticks + input_buffer ({can_take}), \
