@@ -1,8 +1,9 @@
 //! Load-test scenarios: which behaviours every bot runs, and how often.
 //!
-//! A scenario is a TOML file (see `assets/scenarios/`). Every section is
-//! optional; a missing section turns the behaviour off. Unknown keys are an
-//! error, so a typo never silently changes a test.
+//! A scenario is a TOML file (see `assets/scenarios/`): a `name`, then
+//! sections, each optional; a missing section turns the behaviour off.
+//! Within a section its rates are required, its weights default to 0.
+//! Unknown keys are an error, so a typo never silently changes a test.
 //!
 //! ```toml
 //! name = "default"

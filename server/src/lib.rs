@@ -128,7 +128,7 @@ pub enum StartupError {
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    /// A shutdown was asked for (SIGINT, SIGTERM) while the server was
+    /// A shutdown was asked for (SIGINT, SIGTERM, SIGHUP) while the server was
     /// starting: it stops before serving, which is no failure.
     #[error("a shutdown was requested while the server was starting")]
     Interrupted,

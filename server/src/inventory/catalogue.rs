@@ -166,20 +166,6 @@ impl Catalogue {
         Self::parse(EMBEDDED_CATALOGUE, "assets/items.toml (built in)")
     }
 
-    /// Loads a catalogue file.
-    ///
-    /// # Errors
-    /// [`CatalogueError`]; an unreadable file is reported at line 0.
-    pub fn load(path: &std::path::Path) -> Result<Self, CatalogueError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| CatalogueError {
-            file: file.clone(),
-            line: 0,
-            message: e.to_string(),
-        })?;
-        Self::parse(&text, &file)
-    }
-
     /// An item's definition.
     pub fn get(&self, id: ItemId) -> Option<&ItemDef> {
         self.items.get(&id)
