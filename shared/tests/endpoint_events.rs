@@ -762,6 +762,53 @@ fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bou
     );
 }
 
+/// A client that held most of the receive memory of all clients together
+/// and then left through the secure layer (its token's timeout, here)
+/// stops counting at once. Before, its memory counted until its slot was
+/// freed after the next transmits, and an honest client whose datagram
+/// took the total over the bound meanwhile was cut off as Flooding: the
+/// one holding the memory, ended, could no longer be the one cut.
+#[test]
+fn a_client_the_secure_layer_ends_stops_counting_what_it_held() {
+    const BOUND: usize = 8 * LINE;
+    let server = game_server_with(SERVER_ADDR, |config| {
+        config.netcode.max_clients = 2;
+        config.max_total_receive_buffer = BOUND;
+    });
+    let mut world = World::with_server(server, &[2, 60]);
+    let slots = world.connect_all();
+    assert_eq!(slots.len(), 2, "the clients did not connect: {slots:?}");
+    let say = |world: &mut World, client: usize, size: usize, lost: bool| {
+        world.clients[client]
+            .0
+            .send(channels::CHAT, Bytes::from(vec![7u8; size]))
+            .unwrap();
+        world.mute = if lost { vec![client] } else { Vec::new() };
+        world.clients_send();
+        world.mute.clear();
+    };
+    say(&mut world, 0, 10, true);
+    while world.server.total_receive_buffered() + 2 * LINE < BOUND {
+        say(&mut world, 0, LINE, false);
+    }
+    assert!(world.server.total_receive_buffered() > BOUND / 2);
+    // The hog falls silent past its token's 2 s timeout; the secure layer
+    // ends it at the server's next timer, before any transmit.
+    world.now += Duration::from_millis(2_500);
+    world.server.handle_timeout(world.now);
+    assert_eq!(world.server.total_receive_buffered(), 0);
+    // The honest client's line that would have crossed the bound.
+    say(&mut world, 1, 10, true);
+    say(&mut world, 1, 2 * LINE + LINE / 2, false);
+    let mut ended = Vec::new();
+    for _ in 0..5 {
+        ended.extend(world.exchange());
+    }
+    assert_eq!(ended, [(1, DisconnectReason::Timeout)]);
+    assert_eq!(world.server.stats().flooding_disconnects, 0);
+    assert!(world.clients[1].0.is_connected());
+}
+
 /// A connection that a transmit ends frees its receive memory from the
 /// endpoint's total at once, not when its slot is freed: until then every
 /// datagram was checked against a total that still counted it, and an

@@ -771,6 +771,19 @@ impl ServerEndpoint {
                         netcode::DisconnectReason::TimedOut => DisconnectReason::Timeout,
                     };
                     peer.ended = Some(peer.conn.end_reason().unwrap_or(secure));
+                    // No datagram comes in or goes out any more: what it
+                    // held for later delivery never will be, and what it
+                    // queued never leaves. Both stop counting now, not
+                    // when its slot is freed after the next transmits:
+                    // until then the bounds would count memory nobody
+                    // holds, and cut an honest client for it (this one,
+                    // ended, is never the one cut).
+                    peer.conn.discard_received();
+                    recount(&mut self.total_buffered, peer);
+                    if peer.send_counted {
+                        self.sends.total -= peer.conn.send_buffered_bytes();
+                        peer.send_counted = false;
+                    }
                     self.touch(index);
                 }
             }
@@ -967,8 +980,8 @@ impl ServerEndpoint {
                 peer.conn.transmit_at(stamp, &mut self.plain)
             };
             // A transmit can end the connection (a packet counted lost to
-            // make room in the sent history takes a reliable message past
-            // its timeout), which frees what it held. Only then does its
+            // bound the span in flight takes a reliable message past its
+            // timeout), which frees what it held. Only then does its
             // share change: one compare on the peer's line otherwise.
             if peer.buffered != 0 && !peer.conn.is_open() {
                 recount(&mut self.total_buffered, peer);

@@ -894,8 +894,10 @@ impl Connection {
 
     /// Frees what a connection that delivers nothing more still held for
     /// later delivery (reassemblies, out-of-order messages): it would
-    /// never be delivered, and an endpoint's total bound counts it.
-    fn discard_received(&mut self) {
+    /// never be delivered, and an endpoint's total bound counts it. An
+    /// endpoint calls it when the layer below ends the connection's path
+    /// (no datagram comes in any more) while the transport is still open.
+    pub(crate) fn discard_received(&mut self) {
         if self.memory.used == 0 {
             return;
         }
