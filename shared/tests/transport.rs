@@ -2041,6 +2041,28 @@ fn a_bare_ack_sent_while_the_history_is_full_loses_no_packet() {
     assert_eq!(conn.stats().packets_lost, 0);
 }
 
+/// An ack whose newest is a bare ack of ours sent while the history was
+/// full, which took no slot of it, is a sample of the round trip all the
+/// same, timed from that bare ack: on a fast, long path the history stays
+/// full while the peer streams to us, and without these samples the
+/// estimate (and every timeout from it) stayed where it was.
+#[test]
+fn an_ack_naming_a_bare_ack_of_a_full_history_is_a_sample() {
+    let t0 = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), t0).unwrap();
+    let now = fill_the_sent_history(&mut conn, t0);
+    assert_eq!(conn.stats().rtt, Duration::ZERO, "no sample yet");
+    conn.handle_datagram(now, &raw_packet(0, true, None));
+    conn.handle_datagram(now, &raw_packet(1, true, None));
+    let mut buf = [0u8; 1500];
+    conn.poll_transmit(now, &mut buf)
+        .expect("the bare ack, 1,024");
+    // The peer's ack names the bare ack, and the 64 packets before it.
+    conn.handle_datagram(now + ms(40), &ack_of_65(2, 1_024));
+    let rtt = conn.stats().rtt;
+    assert!(rtt >= ms(39) && rtt <= ms(41), "rtt {rtt:?}");
+}
+
 /// Bare acks past the history's length, without end: a peer sending
 /// ack-eliciting packets fast while acking nothing. Sequences in flight
 /// stay within twice the history of the newest (beyond that the oldest

@@ -412,6 +412,10 @@ pub struct Connection {
     /// While finishing a disconnect: when it closes whatever is still
     /// unacknowledged.
     finish_by: Stamp,
+    /// The newest bare ack sent while the history was full, which took
+    /// no slot (see `transmit_connected`): its sequence and send time, for
+    /// the round trip of an ack naming it as the peer's newest.
+    unslotted_ack: Option<(u16, Stamp)>,
     /// The first `older_acks_len`, oldest first: acknowledgements of
     /// packets that later ones pushed out of reach of the next ack's
     /// bitmap before any ack named them (see `record_received`).
@@ -576,6 +580,7 @@ impl Connection {
             inbox: Inbox::default(),
             stats: ConnectionStats::default(),
             finish_by: now,
+            unslotted_ack: None,
         };
         connection.update_timers(now);
         Ok(connection)
@@ -1285,9 +1290,16 @@ impl Connection {
             // flight), which this ack is the first to name.
             let timed = if sequence == ack.latest {
                 Some(sent_at)
+            } else if !newest_ack {
+                None
             } else {
                 let latest = self.sent.get(ack.latest);
-                (newest_ack && latest.sequence == ack.latest).then_some(latest.sent_at)
+                if latest.sequence == ack.latest {
+                    Some(latest.sent_at)
+                } else {
+                    self.unslotted_ack
+                        .and_then(|(s, sent_at)| (s == ack.latest).then_some(sent_at))
+                }
             };
             if let Some(sent_at) = timed {
                 let delay = Duration::from_micros(u64::from(ack.delay) * ACK_DELAY_UNIT_MICROS);
@@ -1729,7 +1741,9 @@ impl Connection {
             })
             .max()
             .unwrap_or(0);
-        if !keeps_slot {
+        if keeps_slot {
+            self.unslotted_ack = Some((sequence, now));
+        } else {
             let packet = self.sent.get_mut(sequence);
             packet.units = units;
             packet.sequence = sequence;
