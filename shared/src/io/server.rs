@@ -150,7 +150,9 @@ pub enum NetCommand {
 #[derive(Debug, Clone)]
 pub struct ServerIoConfig {
     /// Capacity of the event channel to the game. When it is full, events
-    /// wait in a backlog of a quarter of this; when that is full too,
+    /// wait in a backlog with room for a quarter of this in messages
+    /// (connects and disconnects wait beyond it: none is ever dropped);
+    /// when that is full too,
     /// messages on [`droppable_channels`](Self::droppable_channels) are
     /// dropped (counted in `inbound_dropped`), and a reliable message takes
     /// the place of the oldest droppable ones waiting, or, when those are
@@ -469,6 +471,7 @@ impl ServerIo {
             events: event_tx,
             backlog: VecDeque::new(),
             backlog_room: config.inbound_capacity / 4,
+            lifecycle_waiting: 0,
             max_bytes: config.max_inbound_bytes as u64,
             droppable: config.droppable_channels.clone(),
             handed: 0,
@@ -708,8 +711,15 @@ fn payload_bytes(event: &NetEvent) -> u64 {
 struct ToGame {
     events: PipeSender<NetEvent>,
     backlog: VecDeque<NetEvent>,
-    /// Most events the backlog holds: a quarter of the channel.
+    /// Most messages the backlog holds: a quarter of the channel.
+    /// Connects and disconnects wait beyond it: the game must hear every
+    /// one, none is dropped to make room, and each costs a handshake with
+    /// a token of the server's key. Counted in it, they could fill it, and
+    /// every reliable message after them would flood its sender, who held
+    /// nothing.
     backlog_room: usize,
+    /// The connects and disconnects in `backlog`.
+    lifecycle_waiting: usize,
     max_bytes: u64,
     droppable: Vec<ChannelId>,
     /// Message bytes handed over (into the channel or the backlog) since
@@ -870,7 +880,7 @@ impl ToGame {
                     bytes: sum.bytes + held.bytes,
                 }),
         };
-        let mut left = (self.backlog.len() as u64).saturating_sub(held.messages);
+        let mut left = (self.messages_waiting() as u64).saturating_sub(held.messages);
         let mut freed = held.bytes;
         let mut end = 0;
         for (at, waiting) in self.backlog.iter().enumerate() {
@@ -997,6 +1007,9 @@ impl ToGame {
             }
             *held = Held::default();
         }
+        if !matches!(event, NetEvent::Message { .. }) {
+            self.lifecycle_waiting += 1;
+        }
         self.backlog.push_back(event);
     }
 
@@ -1049,7 +1062,12 @@ impl ToGame {
 
     /// Whether a message of `bytes` may wait in the backlog.
     fn backlog_fits(&self, bytes: u64, limit: u64) -> bool {
-        self.backlog.len() < self.backlog_room && self.bytes_fit(bytes, limit)
+        self.messages_waiting() < self.backlog_room && self.bytes_fit(bytes, limit)
+    }
+
+    /// The messages in the backlog, what `backlog_room` bounds.
+    fn messages_waiting(&self) -> usize {
+        self.backlog.len() - self.lifecycle_waiting
     }
 
     /// Whether events wait in the backlog (the loop then looks again soon).
@@ -1064,8 +1082,12 @@ impl ToGame {
                 NetEvent::Disconnected { client, .. } => Some(*client),
                 NetEvent::Connected { .. } | NetEvent::Message { .. } => None,
             };
+            let lifecycle = !matches!(event, NetEvent::Message { .. });
             match self.events.try_send(event) {
                 Ok(()) => {
+                    if lifecycle {
+                        self.lifecycle_waiting -= 1;
+                    }
                     if let Some((client, bytes)) = counted {
                         let held = match self.held.get_mut(client.slot.get()) {
                             Some(held) if held.client == Some(client) => Some(held),
@@ -1087,6 +1109,7 @@ impl ToGame {
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     self.backlog.clear();
+                    self.lifecycle_waiting = 0;
                     self.held.clear();
                     self.departed.clear();
                     return;
@@ -1615,9 +1638,6 @@ impl IoLoop {
 mod tests {
     use super::*;
 
-    /// A reliable message that would not fit even with every droppable
-    /// message waiting dropped floods its sender and drops nothing else:
-    /// other players' inputs stay, and only the one message is counted.
     const MOVEMENT: ChannelId = ChannelId(3);
     const CHAT: ChannelId = ChannelId(1);
 
@@ -1634,6 +1654,7 @@ mod tests {
             events,
             backlog: VecDeque::new(),
             backlog_room,
+            lifecycle_waiting: 0,
             max_bytes,
             droppable: vec![MOVEMENT],
             handed: 0,
@@ -1667,6 +1688,9 @@ mod tests {
         }
     }
 
+    /// A reliable message that would not fit even with every droppable
+    /// message waiting dropped floods its sender and drops nothing else:
+    /// other players' inputs stay, and only the one message is counted.
     #[test]
     fn droppable_messages_give_way_only_when_that_makes_room() {
         let (movement, chat) = (MOVEMENT, CHAT);
@@ -1866,10 +1890,11 @@ mod tests {
     #[test]
     fn a_departed_sessions_messages_give_way_before_anyone_is_cut() {
         let (gone, talker) = (player(0), player(1));
-        let (mut to_game, stats, mut game) = to_game(5, 1000);
+        let (mut to_game, stats, mut game) = to_game(4, 1000);
         stats.connected.store(1, Ordering::Relaxed);
         // One in the pipe, then three of the gone client's, its end, and
-        // an input of the talker: the backlog is full.
+        // an input of the talker: the backlog's room for four messages is
+        // full.
         for n in 0..4 {
             assert!(matches!(to_game.admit(gone, CHAT, 1), Admission::Keep));
             to_game.hand(message_of(gone, CHAT, vec![n]));
@@ -1958,6 +1983,38 @@ mod tests {
     /// client that could be cut off: a player who reconnects again and
     /// again while the game is behind, each session holding less than an
     /// honest client, does not get that client cut off.
+    /// Connects and disconnects wait beyond the backlog's room: the game
+    /// must hear each, none can give way, and counted in the room they
+    /// filled it while the game was behind and clients came and went, and
+    /// every reliable message after them flooded its sender, who held
+    /// nothing (each flood one more disconnect waiting).
+    #[test]
+    fn sessions_coming_and_going_leave_the_backlog_room_to_messages() {
+        let (mut to_game, stats, _game) = to_game(2, 1000);
+        stats.connected.store(2, Ordering::Relaxed);
+        assert!(matches!(to_game.admit(player(0), CHAT, 1), Admission::Keep));
+        to_game.hand(message(CHAT, vec![0]));
+        for slot in 1..4 {
+            let client = player(slot);
+            to_game.hand(NetEvent::Connected { client });
+            to_game.hand(NetEvent::Disconnected {
+                client,
+                reason: DisconnectReason::Closed,
+            });
+        }
+        assert_eq!(to_game.backlog.len(), 6, "the pipe is full");
+        for _ in 0..2 {
+            assert!(matches!(to_game.admit(player(5), CHAT, 1), Admission::Keep));
+            to_game.hand(message_of(player(5), CHAT, vec![5]));
+        }
+        // The room is the messages': two wait, and the third finds it full.
+        assert!(matches!(
+            to_game.admit(player(5), CHAT, 1),
+            Admission::Flood
+        ));
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn reconnecting_while_the_game_is_behind_gets_nobody_else_cut_off() {
         let honest = player(1);
@@ -1965,7 +2022,7 @@ mod tests {
             session: n,
             ..player(0)
         };
-        let (mut to_game, stats, _game) = to_game(6, 1000);
+        let (mut to_game, stats, _game) = to_game(5, 1000);
         stats.connected.store(2, Ordering::Relaxed);
         // One in the pipe; the honest client holds two waiting.
         for _ in 0..3 {
@@ -1989,7 +2046,7 @@ mod tests {
             Admission::Keep
         ));
         to_game.hand(message_of(session(2), CHAT, vec![2]));
-        assert_eq!(to_game.backlog.len(), 6, "full");
+        assert_eq!(to_game.messages_waiting(), 5, "full");
         for _ in 0..2 {
             let admission = to_game.admit(session(2), CHAT, 1);
             assert!(
