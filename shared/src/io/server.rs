@@ -289,8 +289,13 @@ pub struct IoStatsSnapshot {
     /// Datagrams the socket refused to send (and that were dropped; a
     /// socket that would block is waited for, not counted).
     pub send_errors: u64,
-    /// Messages dropped because the game fell behind: droppable ones, and
-    /// reliable ones whose sender was then disconnected as flooding.
+    /// Messages dropped because the game fell behind: droppable ones, a
+    /// reliable one that found no room (its sender then disconnected as
+    /// flooding), the messages waiting of a client cut off to make room,
+    /// and those still waiting for room when the thread stopped. Not
+    /// counted: what a client sends after it floods (rate or room) until
+    /// its disconnect, and messages over the rate limit; the clients are
+    /// in `flooding_disconnects`.
     pub inbound_dropped: u64,
     /// Sends and disconnects dropped because their client had left and,
     /// perhaps, a new client had taken its slot (the game had not yet seen
@@ -1070,6 +1075,24 @@ impl ToGame {
         self.backlog.len() - self.lifecycle_waiting
     }
 
+    /// At the thread's end: what the game's channel takes of the backlog
+    /// goes in, and the rest is dropped, counted, and said in the log.
+    fn abandon_backlog(&mut self) {
+        self.flush_backlog();
+        if self.backlog.is_empty() {
+            return;
+        }
+        let messages = self.messages_waiting();
+        bump(&self.stats.inbound_dropped, messages as u64);
+        tracing::warn!(
+            messages,
+            connects_and_disconnects = self.lifecycle_waiting,
+            "net-io stops with events the game never took"
+        );
+        self.backlog.clear();
+        self.lifecycle_waiting = 0;
+    }
+
     /// Whether events wait in the backlog (the loop then looks again soon).
     fn is_waiting(&self) -> bool {
         !self.backlog.is_empty()
@@ -1214,7 +1237,9 @@ impl IoLoop {
             if let Some((deadline, _)) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
-                return self.finish(now, &mut events);
+                let finished = self.finish(now, &mut events);
+                self.to_game.abandon_backlog();
+                return finished;
             }
         }
     }
@@ -1983,6 +2008,28 @@ mod tests {
     /// client that could be cut off: a player who reconnects again and
     /// again while the game is behind, each session holding less than an
     /// honest client, does not get that client cut off.
+    /// What waits in the backlog when the thread stops is dropped and
+    /// counted, after the game's channel took what it could: it was
+    /// dropped with the thread, uncounted.
+    #[test]
+    fn a_backlog_left_at_the_end_is_counted() {
+        let (mut to_game, stats, mut game) = to_game(4, 1000);
+        for n in 0..3 {
+            assert!(matches!(to_game.admit(player(0), CHAT, 1), Admission::Keep));
+            to_game.hand(message(CHAT, vec![n]));
+        }
+        to_game.hand(NetEvent::Disconnected {
+            client: player(0),
+            reason: DisconnectReason::Closed,
+        });
+        assert!(game.try_recv().is_some(), "the game took one");
+        to_game.abandon_backlog();
+        assert!(game.try_recv().is_some(), "and one more went in");
+        assert!(game.try_recv().is_none());
+        assert!(to_game.backlog.is_empty());
+        assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 1);
+    }
+
     /// Connects and disconnects wait beyond the backlog's room: the game
     /// must hear each, none can give way, and counted in the room they
     /// filled it while the game was behind and clients came and went, and
