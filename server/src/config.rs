@@ -20,6 +20,7 @@ use crate::inventory::CoreConfig;
 use crate::logging::LogFormat;
 use crate::movement::MovementConfig;
 use crate::tick::{MAX_TICK_HZ, MIN_TICK_HZ, TickConfig, TickRate, TickRateError};
+use shared::movement::CLIENT_SNAPSHOT_HISTORY;
 
 /// The config file used when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "assets/server.toml";
@@ -1008,12 +1009,46 @@ impl ServerConfig {
         })
     }
 
+    /// Milliseconds of snapshot baselines below which a client's ack
+    /// comes too late for a delta on ordinary paths (its round trip plus
+    /// a tick or two).
+    const MIN_BASELINE_MS: u32 = 300;
+
+    /// `[interest] baseline_history` keeping less than
+    /// [`MIN_BASELINE_MS`](Self::MIN_BASELINE_MS) of baselines at this
+    /// tick rate, if it does: a snapshot's ack older than the history
+    /// gets a full snapshot, so a client whose acks take longer gets only
+    /// full ones (about twice the bytes, outside the byte budget).
+    pub fn baseline_warning(&self) -> Option<String> {
+        let hz = self.tick_rate.hz();
+        let kept = self.interest.baseline_history;
+        let window_ms = |ticks: usize| u32::try_from(ticks).unwrap_or(u32::MAX) * 1000 / hz;
+        (window_ms(kept) < Self::MIN_BASELINE_MS).then(|| {
+            let most = CLIENT_SNAPSHOT_HISTORY;
+            let advice = if kept < most {
+                format!("raise it (at most {most}: {} ms)", window_ms(most))
+            } else {
+                "a lower tick_hz keeps more".to_owned()
+            };
+            format!(
+                "[interest] baseline_history = {kept} at tick_hz {hz} keeps {} ms of snapshot \
+                 baselines: a client whose acks take longer (round trip plus a tick) gets only \
+                 full snapshots; {advice}",
+                window_ms(kept)
+            )
+        })
+    }
+
     /// Settings that run but look like mistakes, each said once at start.
     pub fn warnings(&self) -> Vec<String> {
-        [self.public_addr_warning(), self.burst_warning()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.public_addr_warning(),
+            self.burst_warning(),
+            self.baseline_warning(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The ticks a shutdown runs: the one it starts in, then the grace
@@ -1349,6 +1384,28 @@ mod tests {
         };
         let config = ServerConfig::resolve(&args, &file, "game.toml").unwrap();
         assert_eq!(config.log_filter, "info,server::tick=debug");
+    }
+
+    #[test]
+    fn baselines_too_short_for_a_delta_at_the_tick_rate_are_warned_about() {
+        let at = |hz: &str, history: &str| {
+            let file = FileConfig::parse(
+                &format!("[interest]\nbaseline_history = {history}\n"),
+                "test.toml",
+            )
+            .unwrap();
+            ServerConfig::resolve(&run_args(&["server", "--tick-hz", hz]), &file, "test")
+                .unwrap()
+                .baseline_warning()
+        };
+        assert_eq!(at("30", "16"), None, "533 ms");
+        assert_eq!(at("64", "32"), None, "500 ms");
+        let warning = at("128", "16").expect("125 ms at 128 Hz");
+        assert!(warning.contains("keeps 125 ms"), "{warning}");
+        assert!(warning.contains("at most 32: 250 ms"), "{warning}");
+        let warning = at("128", "32").expect("250 ms at 128 Hz");
+        assert!(warning.contains("a lower tick_hz"), "{warning}");
+        assert_eq!(ServerConfig::default().baseline_warning(), None);
     }
 
     #[test]

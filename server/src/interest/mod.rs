@@ -95,7 +95,9 @@ pub struct InterestConfig {
     pub max_entities: usize,
     /// Sent snapshots kept per client as delta baselines, in ticks
     /// (1..=[`CLIENT_SNAPSHOT_HISTORY`]). An acknowledgement older than this
-    /// gets a full snapshot. Default 16 (533 ms at 30 Hz).
+    /// gets a full snapshot, so a client whose acks take longer (its round
+    /// trip plus a tick) gets only full ones. Default 16 (533 ms at 30 Hz;
+    /// 125 ms at 128 Hz, where the server warns at start).
     pub baseline_history: usize,
 }
 
