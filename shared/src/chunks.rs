@@ -9,7 +9,9 @@ use bytes::{Bytes, BytesMut};
 /// chunk. A filled chunk is kept, and used again once every message in it
 /// has been dropped, so that a steady stream of short-lived messages (a
 /// snapshot per client per tick, the datagrams `net-io` reads) allocates
-/// and frees nothing once warm.
+/// and frees nothing once warm, while the messages alive at once fit in
+/// [`Chunks::MAX_SPENT`] chunks; past that, each chunk more is allocated
+/// and freed.
 ///
 /// Memory: the current chunk plus at most [`Chunks::MAX_SPENT`] filled
 /// ones, all of the chunk size; a filled chunk beyond that is let go, and
