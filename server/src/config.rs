@@ -1014,9 +1014,8 @@ impl ServerConfig {
     /// a tick or two).
     const MIN_BASELINE_MS: u32 = 300;
 
-    /// `[interest] baseline_history` keeping less than
-    /// [`MIN_BASELINE_MS`](Self::MIN_BASELINE_MS) of baselines at this
-    /// tick rate, if it does: a snapshot's ack older than the history
+    /// `[interest] baseline_history` keeping less than 300 ms of
+    /// baselines at this tick rate, if it does: a snapshot's ack older than the history
     /// gets a full snapshot, so a client whose acks take longer gets only
     /// full ones (about twice the bytes, outside the byte budget).
     pub fn baseline_warning(&self) -> Option<String> {
