@@ -14,9 +14,14 @@ use server::readiness::{Announcements, Listening};
 #[path = "support/process.rs"]
 mod process;
 
-use process::KillOnDrop;
+use process::{KillOnDrop, output_within};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+/// The longest a run of the binary expected to exit by itself (a refused
+/// start, `token`, `audit`, `--print-config`) may take: one that serves
+/// instead fails its test rather than hanging it.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// A fresh empty directory for one test, removed when the test ends,
 /// whether it passed or failed.
@@ -81,7 +86,7 @@ fn serve_as(mut command: Command) -> KillOnDrop {
 }
 
 fn print_config(command: &mut Command) -> String {
-    let output = command.arg("--print-config").output().unwrap();
+    let output = output_within(command.arg("--print-config"), RUN_LIMIT);
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout).unwrap()
 }
@@ -154,44 +159,32 @@ fn invalid_settings_exit_with_a_clear_error() {
         assert!(stderr.contains(needle), "{stderr}");
     };
     check(
-        server(&dir).args(["--tick-hz", "500"]).output().unwrap(),
+        output_within(server(&dir).args(["--tick-hz", "500"]), RUN_LIMIT),
         "500 is not in 1..=128",
     );
     check(
-        server(&dir)
-            .env("GAMESERVER_TICK_HZ", "0")
-            .output()
-            .unwrap(),
+        output_within(server(&dir).env("GAMESERVER_TICK_HZ", "0"), RUN_LIMIT),
         "0 is not in 1..=128",
     );
     check(
-        server(&dir)
-            .env("GAMESERVER_TICK_HZ", "0")
-            .output()
-            .unwrap(),
+        output_within(server(&dir).env("GAMESERVER_TICK_HZ", "0"), RUN_LIMIT),
         "came from the environment variable GAMESERVER_TICK_HZ",
     );
     std::fs::write(dir.join("bad.toml"), "tick_hz = 0\n").unwrap();
     check(
-        server(&dir)
-            .args(["--config", "bad.toml"])
-            .output()
-            .unwrap(),
+        output_within(server(&dir).args(["--config", "bad.toml"]), RUN_LIMIT),
         "tick_hz in bad.toml: tick rate 0 Hz is out of range",
     );
     check(
-        server(&dir)
-            .args(["--config", "missing.toml"])
-            .output()
-            .unwrap(),
+        output_within(server(&dir).args(["--config", "missing.toml"]), RUN_LIMIT),
         "cannot read config file missing.toml",
     );
     check(
-        server(&dir).args(["--log-format", "xml"]).output().unwrap(),
+        output_within(server(&dir).args(["--log-format", "xml"]), RUN_LIMIT),
         "invalid value 'xml'",
     );
     check(
-        server(&dir).env("RUST_LOG", "warning").output().unwrap(),
+        output_within(server(&dir).env("RUST_LOG", "warning"), RUN_LIMIT),
         "\"warning\" is neither a level",
     );
 }
@@ -202,12 +195,12 @@ fn a_failed_start_says_why_with_logging_off() {
     let dir = scratch_dir("silent-failure");
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = server(&dir)
-        .args(["--log-filter", "off", "--metrics-bind", "127.0.0.1:0"])
-        .args(["--bind", &addr, "--data-dir", "data"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        server(&dir)
+            .args(["--log-filter", "off", "--metrics-bind", "127.0.0.1:0"])
+            .args(["--bind", &addr, "--data-dir", "data"]),
+        RUN_LIMIT,
+    );
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("error: startup failed: "), "{stderr}");
@@ -439,11 +432,12 @@ fn json_logs_are_one_object_per_line() {
 #[test]
 fn token_prints_a_base64_connect_token_for_the_given_server() {
     let dir = scratch_dir("token");
-    let output = server(&dir)
-        .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
-        .args(["--server", "[::1]:7778", "--expires", "120"])
-        .output()
-        .unwrap();
+    let output = output_within(
+        server(&dir)
+            .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
+            .args(["--server", "[::1]:7778", "--expires", "120"]),
+        RUN_LIMIT,
+    );
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     let token = shared::netcode::ConnectToken::from_base64(text.trim()).unwrap();
@@ -464,12 +458,12 @@ fn token_prints_a_base64_connect_token_for_the_given_server() {
 fn a_production_key_file_holding_the_dev_key_is_refused() {
     let dir = scratch_dir("devkey");
     std::fs::write(dir.join("server.key"), include_str!("../../assets/dev.key")).unwrap();
-    let output = server(&dir)
-        .args(["--key-file", "server.key", "--bind", "127.0.0.1:0"])
-        .args(["--metrics-bind", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        server(&dir)
+            .args(["--key-file", "server.key", "--bind", "127.0.0.1:0"])
+            .args(["--metrics-bind", "127.0.0.1:0"]),
+        RUN_LIMIT,
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("public development key"), "{stderr}");
@@ -828,10 +822,10 @@ fn a_second_server_on_a_data_dir_in_use_refuses_to_start_and_the_audit_still_run
         "{logs}"
     );
 
-    let audit = server(&dir)
-        .args(["audit", "--data-dir", "data"])
-        .output()
-        .unwrap();
+    let audit = output_within(
+        server(&dir).args(["audit", "--data-dir", "data"]),
+        RUN_LIMIT,
+    );
     assert!(audit.status.success(), "{audit:?}");
     let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
     assert_eq!(report["balanced"], true);
@@ -858,20 +852,22 @@ fn audit_and_token_read_the_config_file_like_the_server() {
 
     // `run`'s environment is none of theirs: a bad GAMESERVER_BIND does
     // not stop them.
-    let output = server(&dir)
-        .arg("audit")
-        .env("GAMESERVER_BIND", "not an address")
-        .output()
-        .unwrap();
+    let output = output_within(
+        server(&dir)
+            .arg("audit")
+            .env("GAMESERVER_BIND", "not an address"),
+        RUN_LIMIT,
+    );
     assert!(output.status.success(), "{output:?}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["balanced"], true);
 
-    let output = server(&dir)
-        .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
-        .env("GAMESERVER_BIND", "not an address")
-        .output()
-        .unwrap();
+    let output = output_within(
+        server(&dir)
+            .args(["token", "--client-id", "42", "--server", "127.0.0.1:7777"])
+            .env("GAMESERVER_BIND", "not an address"),
+        RUN_LIMIT,
+    );
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(!stderr.contains("development key"), "{stderr}");

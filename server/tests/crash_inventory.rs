@@ -50,6 +50,7 @@ use shared::protocol::{self, NetMessage, PROTOCOL_ID, channels};
 
 mod support;
 
+use support::process::output_within;
 use support::{KillOnDrop, start_listening};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
@@ -134,12 +135,11 @@ fn check_stored(players: &[Player], dir: &Path, kills: u32) {
 /// `server audit` of `dir` (read-only: also next to a live server), which
 /// must find the store intact and balanced.
 fn audit(dir: &Path) -> serde_json::Value {
-    let out = Command::new(SERVER)
-        .arg("audit")
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
+    const RUN_LIMIT: Duration = Duration::from_secs(60);
+    let out = output_within(
+        Command::new(SERVER).arg("audit").arg("--data-dir").arg(dir),
+        RUN_LIMIT,
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("audit printed no JSON ({e}): {out:?}"));
     assert!(out.status.success(), "audit failed: {report}");

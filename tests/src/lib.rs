@@ -35,7 +35,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -188,45 +188,7 @@ impl Default for ServerOptions {
 
 #[path = "../../server/tests/support/process.rs"]
 mod process;
-pub use process::KillOnDrop;
-
-/// Runs `command` to its end and collects its output, as
-/// [`Command::output`] does (stdin is null), but for at most `limit`: a
-/// process still running then is killed and the test fails.
-pub fn output_within(command: &mut Command, limit: Duration) -> Output {
-    output_within_input(command, Stdio::null(), limit)
-}
-
-/// [`output_within`], with `stdin` as the command's input.
-pub fn output_within_input(command: &mut Command, stdin: Stdio, limit: Duration) -> Output {
-    let mut child = KillOnDrop(
-        command
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {command:?}: {e}")),
-    );
-    // Read on threads, so that a full pipe never stalls the process.
-    let stdout = read_to_end_on_a_thread(child.stdout.take());
-    let stderr = read_to_end_on_a_thread(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the child process") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{command:?} still ran after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("the stdout reader"),
-        stderr: stderr.join().expect("the stderr reader"),
-    }
-}
+pub use process::{KillOnDrop, output_within, output_within_input};
 
 /// Waits at most `limit` for `child` to exit (the test fails saying
 /// `what` otherwise); returns its status and what it wrote to stderr.
@@ -244,19 +206,6 @@ pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> (ExitStatu
         let _ = pipe.read_to_string(&mut stderr);
     }
     (status, stderr)
-}
-
-/// Everything `pipe` yields until it closes, read on a thread of its own.
-fn read_to_end_on_a_thread<R: Read + Send + 'static>(
-    pipe: Option<R>,
-) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        bytes
-    })
 }
 
 /// The server binary running as a child process; killed on drop.

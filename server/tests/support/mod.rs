@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use server::readiness::{Listening, wait_until_listening};
 
-mod process;
+pub(crate) mod process;
 
 pub(crate) use process::KillOnDrop;
 
