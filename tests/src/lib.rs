@@ -342,14 +342,28 @@ impl ServerProcess {
         text
     }
 
-    /// One unlabelled metric's value (0 when absent).
+    /// One series' value (the test fails when it is absent).
     pub fn metric(&self, name: &str) -> f64 {
         metric_value(&self.scrape(), name)
     }
 
-    /// The sum over every series of a labelled metric family (0 when absent).
+    /// The sum over every series of a metric family (the test fails when
+    /// there is none).
     pub fn metric_sum(&self, name: &str) -> f64 {
         metric_family_sum(&self.scrape(), name)
+    }
+
+    /// [`metric`](Self::metric), 0 while the series is absent: for one
+    /// registered at its first event (each reason of
+    /// `net_dropped_datagrams_total`), read before it or waited for.
+    pub fn metric_or_zero(&self, name: &str) -> f64 {
+        series_value(&self.scrape(), name).unwrap_or(0.0)
+    }
+
+    /// [`metric_sum`](Self::metric_sum), 0 while no series is exported
+    /// (see [`metric_or_zero`](Self::metric_or_zero)).
+    pub fn metric_sum_or_zero(&self, name: &str) -> f64 {
+        family_values(&self.scrape(), name).into_iter().sum()
     }
 
     /// Waits at most 3 s for every session to end (`connected_clients`
@@ -365,8 +379,22 @@ impl ServerProcess {
 }
 
 /// The sum of every series of a metric family (`name{...} value` and
-/// `name value`) in a `/metrics` text (0 when absent).
+/// `name value`) in a `/metrics` text. The test fails when there is none:
+/// a renamed or unregistered metric read as 0 would pass every upper
+/// bound and every "none happened".
 pub fn metric_family_sum(text: &str, name: &str) -> f64 {
+    let values = family_values(text, name);
+    assert!(!values.is_empty(), "the server exports no {name}");
+    values.into_iter().sum()
+}
+
+/// One series' value in a `/metrics` text (`name` with its labels, if
+/// any). The test fails when it is absent, as for [`metric_family_sum`].
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    series_value(text, name).unwrap_or_else(|| panic!("the server exports no {name}"))
+}
+
+fn family_values(text: &str, name: &str) -> Vec<f64> {
     text.lines()
         .filter_map(|line| {
             let rest = line.strip_prefix(name)?;
@@ -376,14 +404,12 @@ pub fn metric_family_sum(text: &str, name: &str) -> f64 {
             };
             value.parse::<f64>().ok()
         })
-        .sum()
+        .collect()
 }
 
-/// One unlabelled metric's value in a `/metrics` text (0 when absent).
-pub fn metric_value(text: &str, name: &str) -> f64 {
+fn series_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 impl Drop for ServerProcess {

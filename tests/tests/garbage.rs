@@ -67,7 +67,7 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     let mut sealed_at = Instant::now();
     let mut sealed_sent = 0u64;
     let decrypt_failed = "net_dropped_datagrams_total{reason=\"DecryptFailed\"}";
-    let decrypt_failed_before = server.metric(decrypt_failed);
+    let decrypt_failed_before = server.metric_or_zero(decrypt_failed);
 
     let sources: Vec<UdpSocket> = (0..8u8)
         .map(|i| bind_loopback(2 + i / 4, 1 + i % 4))
@@ -76,9 +76,10 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     let in_before = server.metric("net_packets_in_total");
     // Every garbage datagram the server reads, it drops (counted by reason,
     // from its once-a-second network summary); honest traffic drops none.
-    let dropped_before = server.metric_sum("net_dropped_datagrams_total");
-    let garbage_read =
-        |server: &ServerProcess| server.metric_sum("net_dropped_datagrams_total") - dropped_before;
+    let dropped_before = server.metric_sum_or_zero("net_dropped_datagrams_total");
+    let garbage_read = |server: &ServerProcess| {
+        server.metric_sum_or_zero("net_dropped_datagrams_total") - dropped_before
+    };
     let snapshots_before: Vec<u64> = honest.iter().map(|c| c.seen.snapshots).collect();
     let chat_before: Vec<u64> = honest.iter().map(|c| c.seen.chat_lines).collect();
     let said = |honest: &[HonestClient]| honest.iter().map(|c| u64::from(c.lines_said())).sum();
@@ -208,7 +209,7 @@ fn garbage_from_many_sources_changes_nothing_for_honest_players() {
     // The flipped sealed packets were opened, and refused: most of those
     // the server read (a flip in the prefix or the number may be dropped
     // before decryption), for as long as the flood lasted.
-    let opened = server.metric(decrypt_failed) - decrypt_failed_before;
+    let opened = server.metric_or_zero(decrypt_failed) - decrypt_failed_before;
     let read_share = garbage / sent as f64;
     assert!(
         opened >= sealed_sent as f64 * read_share / 2.0,
