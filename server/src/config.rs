@@ -1024,10 +1024,12 @@ impl ServerConfig {
         let window_ms = |ticks: usize| u32::try_from(ticks).unwrap_or(u32::MAX) * 1000 / hz;
         (window_ms(kept) < Self::MIN_BASELINE_MS).then(|| {
             let most = CLIENT_SNAPSHOT_HISTORY;
-            let advice = if kept < most {
-                format!("raise it (at most {most}: {} ms)", window_ms(most))
-            } else {
-                "a lower tick_hz keeps more".to_owned()
+            let advice = match window_ms(most) {
+                _ if kept >= most => "a lower tick_hz keeps more".to_owned(),
+                enough if enough >= Self::MIN_BASELINE_MS => {
+                    format!("raise it (at most {most}: {enough} ms)")
+                }
+                short => format!("raise it to {most} ({short} ms) or lower tick_hz"),
             };
             format!(
                 "[interest] baseline_history = {kept} at tick_hz {hz} keeps {} ms of snapshot \
@@ -1399,9 +1401,15 @@ mod tests {
         };
         assert_eq!(at("30", "16"), None, "533 ms");
         assert_eq!(at("64", "32"), None, "500 ms");
+        let warning = at("64", "16").expect("250 ms at 64 Hz");
+        assert!(warning.contains("keeps 250 ms"), "{warning}");
+        assert!(warning.contains("at most 32: 500 ms"), "{warning}");
         let warning = at("128", "16").expect("125 ms at 128 Hz");
         assert!(warning.contains("keeps 125 ms"), "{warning}");
-        assert!(warning.contains("at most 32: 250 ms"), "{warning}");
+        assert!(
+            warning.contains("raise it to 32 (250 ms) or lower tick_hz"),
+            "{warning}"
+        );
         let warning = at("128", "32").expect("250 ms at 128 Hz");
         assert!(warning.contains("a lower tick_hz"), "{warning}");
         assert_eq!(ServerConfig::default().baseline_warning(), None);

@@ -5,7 +5,7 @@
 //! | piece | what |
 //! |---|---|
 //! | [`InventoryStore`] | load state, commit one [`BatchWrites`] atomically, audit |
-//! | [`SqliteStore`] | the embedded default: one file `inventory.sqlite3` in the data dir, WAL, `synchronous=FULL`; the writer holds a lock on `server.lock` there (and on the directory, on Linux) |
+//! | [`SqliteStore`] | the embedded default: one file `inventory.sqlite3` in the data dir, WAL, `synchronous=FULL`; the writer holds a lock on `server.lock` there (and on the directory, on Unix systems) |
 //! | [`AccountReader`] | a `db-reader` thread owning a read-only store; a bounded channel of accounts in, loaded accounts out |
 //! | [`StoreWriter`] | a `db-writer` thread owning a store; a bounded channel in, results out |
 //! | [`audit`] | what `server audit --data-dir DIR` prints |

@@ -33,7 +33,7 @@ pub const DB_FILE: &str = "inventory.sqlite3";
 /// holds an exclusive advisory lock on it (released when the store is
 /// dropped or its process ends, however it ends), so that two servers
 /// never write one directory. Where the system lets a directory be locked
-/// (Linux, on local file systems), the directory itself is locked too: a
+/// (Unix systems, tested on Linux; not Windows), the directory itself is locked too: a
 /// lock file deleted by hand while the server runs (taken for a stale one)
 /// would otherwise let a second server in.
 pub const LOCK_FILE: &str = "server.lock";

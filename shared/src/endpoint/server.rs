@@ -157,7 +157,7 @@ struct Peer {
     armed: Option<Stamp>,
     buffered: usize,
     /// Its send memory is in [`SendMemory::total`] (until it is cut off
-    /// for holding too much).
+    /// for holding too much, or the secure layer ends it).
     send_counted: bool,
 }
 

@@ -151,7 +151,8 @@ pub enum NetCommand {
 pub struct ServerIoConfig {
     /// Capacity of the event channel to the game. When it is full, events
     /// wait in a backlog with room for a quarter of this in messages
-    /// (connects and disconnects wait beyond it: none is ever dropped);
+    /// (connects and disconnects wait beyond it: none is dropped while
+    /// the thread runs; what waits when it stops is counted and logged);
     /// when that is full too,
     /// messages on [`droppable_channels`](Self::droppable_channels) are
     /// dropped (counted in `inbound_dropped`), and a reliable message takes
@@ -524,7 +525,10 @@ impl ServerIo {
                         }
                     }
                 }
-                if io_loop.run() {
+                let stopped_as_asked = io_loop.run();
+                // However the loop ended: what the game never took is counted.
+                io_loop.to_game.abandon_backlog();
+                if stopped_as_asked {
                     as_asked.store(true, Ordering::Release);
                 }
             })?;
@@ -1237,9 +1241,7 @@ impl IoLoop {
             if let Some((deadline, _)) = self.shutting_down
                 && (self.endpoint.connected_clients() == 0 || now >= deadline)
             {
-                let finished = self.finish(now, &mut events);
-                self.to_game.abandon_backlog();
-                return finished;
+                return self.finish(now, &mut events);
             }
         }
     }
@@ -2004,10 +2006,6 @@ mod tests {
         assert!(to_game.departed.is_empty());
     }
 
-    /// Sessions that leave with messages waiting do not add up to one
-    /// client that could be cut off: a player who reconnects again and
-    /// again while the game is behind, each session holding less than an
-    /// honest client, does not get that client cut off.
     /// What waits in the backlog when the thread stops is dropped and
     /// counted, after the game's channel took what it could: it was
     /// dropped with the thread, uncounted.
@@ -2062,6 +2060,10 @@ mod tests {
         assert_eq!(stats.inbound_dropped.load(Ordering::Relaxed), 1);
     }
 
+    /// Sessions that leave with messages waiting do not add up to one
+    /// client that could be cut off: a player who reconnects again and
+    /// again while the game is behind, each session holding less than an
+    /// honest client, does not get that client cut off.
     #[test]
     fn reconnecting_while_the_game_is_behind_gets_nobody_else_cut_off() {
         let honest = player(1);

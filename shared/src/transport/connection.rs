@@ -1487,8 +1487,9 @@ impl Connection {
     }
 
     /// The next packet's slot of the sent history holds a packet still in
-    /// flight, and the history is as long as it grows: sent now, the next
-    /// packet would count that one lost before its ack could come. On a
+    /// flight, and the history is as long as it grows: sent now, a data
+    /// packet or keepalive would count that one lost before its ack could
+    /// come (a bare ack, untracked, leaves the slot alone). On a
     /// long, fast path that was every packet, for ever (each resent and
     /// "lost" again, nothing ever acknowledged): data waits instead, until
     /// an ack or the loss timer frees the slot. Asked in this order, the
