@@ -455,7 +455,12 @@ impl Worker {
                 Err(_) => return,
             }
         }
-        self.unread_bots.push(i);
+        // Once: a socket read on from the list and then for its readiness
+        // event in the same pass would otherwise be listed twice, and each
+        // pass under a flood would read it once more than the last.
+        if !self.unread_bots.contains(&i) {
+            self.unread_bots.push(i);
+        }
     }
 
     /// Nothing to do before the next readiness event or timer.
@@ -536,7 +541,10 @@ impl Worker {
                 return;
             }
         }
-        unread.push(s);
+        // Once, as for a bot's own socket (see `read_socket`).
+        if !unread.contains(&s) {
+            unread.push(s);
+        }
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -960,10 +968,15 @@ mod tests {
         let began = Instant::now();
         h.worker.read_socket(0, &mut clock, &mut rx);
         let took = began.elapsed();
-        stop.store(true, Ordering::Relaxed);
-        flooder.join().unwrap();
         assert!(took < Duration::from_secs(2), "the read took {took:?}");
         assert_eq!(h.worker.received.len(), MAX_OWN_READS_PER_WAKE);
+        // Read again in the pass (its readiness event): still listed once
+        // to read on, or each pass would read it once more than the last.
+        h.worker.read_socket(0, &mut clock, &mut rx);
+        stop.store(true, Ordering::Relaxed);
+        flooder.join().unwrap();
+        assert_eq!(h.worker.unread_bots, [0]);
+        h.worker.received.clear();
         // Read on in the next pass.
         assert!(h.worker.has_unread());
         h.worker.received.clear();
