@@ -638,9 +638,14 @@ impl Bot {
     ) -> Option<Instant> {
         let server = self.ctx.server;
         if let Some(link) = self.link.as_mut() {
+            // Each arrives when the link delivers it (with no latency, when
+            // it was read), not at this service, later in the pass: its
+            // wait would count in the round trip, and in no lateness.
             let datagram = &mut scratch.datagram;
-            while link.down.poll_deliver(now, datagram) {
-                self.endpoint.handle_datagram(now, server, datagram);
+            while let Some(due) = link.down.next_delivery().filter(|&due| due <= now)
+                && link.down.poll_deliver(now, datagram)
+            {
+                self.endpoint.handle_datagram(due, server, datagram);
             }
         }
         match self.phase {
