@@ -234,7 +234,9 @@ pub enum SequenceError {
 /// checker for every connection: the server numbers lines per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatSequenceChecker {
-    next: u64,
+    /// Wider than the numbers: after `u64::MAX` the next is past them
+    /// all, and a second `u64::MAX` is a duplicate.
+    next: u128,
 }
 
 impl Default for ChatSequenceChecker {
@@ -256,9 +258,10 @@ impl ChatSequenceChecker {
     /// # Errors
     /// [`SequenceError`] when `seq` is not exactly the next number.
     pub fn observe(&mut self, seq: u64) -> Result<(), SequenceError> {
-        let expected = self.next;
-        self.next = self.next.max(seq.saturating_add(1));
-        match seq.cmp(&expected) {
+        let next = self.next;
+        self.next = next.max(u128::from(seq) + 1);
+        let expected = u64::try_from(next).unwrap_or(u64::MAX);
+        match u128::from(seq).cmp(&next) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Less => Err(SequenceError::Duplicate { expected, got: seq }),
             std::cmp::Ordering::Greater => Err(SequenceError::Gap { expected, got: seq }),
@@ -267,7 +270,7 @@ impl ChatSequenceChecker {
 
     /// How many lines have been accounted for (the last good number).
     pub fn received(&self) -> u64 {
-        self.next - 1
+        u64::try_from(self.next - 1).unwrap_or(u64::MAX)
     }
 }
 
@@ -327,6 +330,22 @@ mod tests {
         );
         assert_eq!(checker.observe(6), Ok(()));
         assert_eq!(checker.received(), 6);
+    }
+
+    /// The last number there is, then again: a duplicate (it passed,
+    /// the next expected number saturating at it).
+    #[test]
+    fn the_largest_number_twice_is_a_duplicate() {
+        let mut checker = ChatSequenceChecker::new();
+        assert!(checker.observe(u64::MAX).is_err(), "a gap");
+        assert_eq!(checker.received(), u64::MAX);
+        assert_eq!(
+            checker.observe(u64::MAX),
+            Err(SequenceError::Duplicate {
+                expected: u64::MAX,
+                got: u64::MAX
+            })
+        );
     }
 
     #[test]

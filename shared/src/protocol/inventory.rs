@@ -413,6 +413,11 @@ pub enum TrackerError {
     /// [`MAX_PENDING_REQUESTS`] requests are unanswered: wait for replies.
     #[error("{MAX_PENDING_REQUESTS} inventory requests are waiting for replies")]
     TooManyPending,
+    /// The request ids ran out (the next would be past `u64::MAX - 1`):
+    /// wrapping round would repeat ids the server has answered, and it
+    /// would answer again instead of applying.
+    #[error("no inventory request ids are left")]
+    IdsExhausted,
 }
 
 /// Client side: pending requests and the newest inventory seen, checked
@@ -443,12 +448,15 @@ impl InventoryTracker {
     /// [`TrackerError::TooManyPending`] with [`MAX_PENDING_REQUESTS`]
     /// pending: more could not all be told apart from new ones after a
     /// reconnect, and would be applied again.
+    /// [`TrackerError::IdsExhausted`] once the ids reach `u64::MAX`.
     pub fn request(&mut self, op: InventoryOp) -> Result<InventoryRequest, TrackerError> {
         if self.pending.len() >= MAX_PENDING_REQUESTS {
             return Err(TrackerError::TooManyPending);
         }
         let request_id = self.next_request;
-        self.next_request += 1;
+        self.next_request = request_id
+            .checked_add(1)
+            .ok_or(TrackerError::IdsExhausted)?;
         self.pending.insert(request_id, op.clone());
         Ok(InventoryRequest { request_id, op })
     }
@@ -606,6 +614,21 @@ mod tests {
         tracker.on_reply(&busy).unwrap();
         assert_eq!(tracker.forget(request.request_id), Some(InventoryOp::List));
         assert_eq!(tracker.pending().count(), 0);
+    }
+
+    /// Request ids end before they would wrap round to ones the server
+    /// answered already (it panicked in a debug build, and wrapped to 0 in
+    /// a release one).
+    #[test]
+    fn request_ids_end_before_they_wrap() {
+        let mut tracker = InventoryTracker::starting_at(u64::MAX - 1);
+        let last = tracker.request(InventoryOp::List).unwrap();
+        assert_eq!(last.request_id, u64::MAX - 1);
+        assert_eq!(
+            tracker.request(InventoryOp::List),
+            Err(TrackerError::IdsExhausted)
+        );
+        assert_eq!(tracker.pending().count(), 1);
     }
 
     /// The tracker keeps at most [`MAX_PENDING_REQUESTS`] unanswered, and
