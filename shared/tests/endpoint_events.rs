@@ -156,6 +156,19 @@ impl World {
         assert!(self.server.total_receive_buffered() > 0);
     }
 
+    /// Client `client` sends a chat line of `size` bytes, reaching the
+    /// server unless `lost`. No time passes: nothing lost is resent
+    /// meanwhile.
+    fn say(&mut self, client: usize, size: usize, lost: bool) {
+        self.clients[client]
+            .0
+            .send(channels::CHAT, Bytes::from(vec![7u8; size]))
+            .unwrap();
+        self.mute = if lost { vec![client] } else { Vec::new() };
+        self.clients_send();
+        self.mute.clear();
+    }
+
     /// Both sides' traffic, then the disconnects the server reports, as
     /// (account, reason); then 10 ms pass.
     fn exchange(&mut self) -> Vec<(u64, DisconnectReason)> {
@@ -710,6 +723,31 @@ fn a_disconnect_begins_once() {
     );
 }
 
+/// The receive bound of the hog tests: eight lines.
+const HOG_BOUND: usize = 8 * LINE;
+
+/// Two clients (tokens timing out after `timeouts` seconds) of a server
+/// whose receive memory all clients together may hold is
+/// [`HOG_BOUND`]; client 0, the hog, holds more than half of it: its
+/// first chat line is lost, and the lines after it wait for it, until one
+/// more would take the total over.
+fn world_with_a_hog(timeouts: &[i32; 2]) -> World {
+    let server = game_server_with(SERVER_ADDR, |config| {
+        config.netcode.max_clients = 2;
+        config.max_total_receive_buffer = HOG_BOUND;
+    });
+    let mut world = World::with_server(server, timeouts);
+    let slots = world.connect_all();
+    assert_eq!(slots.len(), 2, "the clients did not connect: {slots:?}");
+    world.say(0, 10, true);
+    while world.server.total_receive_buffered() + 2 * LINE < HOG_BOUND {
+        world.say(0, LINE, false);
+    }
+    let hog_holds = world.server.total_receive_buffered();
+    assert!(hog_holds > HOG_BOUND / 2, "the hog holds {hog_holds} bytes");
+    world
+}
+
 /// A client that fills the receive memory of all clients together (a
 /// reliable channel's out-of-order messages behind one never delivered)
 /// is the one cut off when an honest client's datagram takes the total
@@ -717,37 +755,11 @@ fn a_disconnect_begins_once() {
 /// is served on.
 #[test]
 fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bound() {
-    const BOUND: usize = 8 * LINE;
-    let server = game_server_with(SERVER_ADDR, |config| {
-        config.netcode.max_clients = 2;
-        config.max_total_receive_buffer = BOUND;
-    });
-    let mut world = World::with_server(server, &[60, 60]);
-    let slots = world.connect_all();
-    assert_eq!(slots.len(), 2, "the clients did not connect: {slots:?}");
-    // Sends a line on the chat channel from `client`, reaching the server
-    // unless `lost`. No time passes: nothing lost is resent meanwhile.
-    let say = |world: &mut World, client: usize, size: usize, lost: bool| {
-        world.clients[client]
-            .0
-            .send(channels::CHAT, Bytes::from(vec![7u8; size]))
-            .unwrap();
-        world.mute = if lost { vec![client] } else { Vec::new() };
-        world.clients_send();
-        world.mute.clear();
-    };
-    // The hog's first line is lost; the lines after it wait for it, until
-    // one more would take the total over.
-    say(&mut world, 0, 10, true);
-    while world.server.total_receive_buffered() + 2 * LINE < BOUND {
-        say(&mut world, 0, LINE, false);
-    }
-    let hog_holds = world.server.total_receive_buffered();
-    assert!(hog_holds > BOUND / 2, "the hog holds {hog_holds} bytes");
+    let mut world = world_with_a_hog(&[60, 60]);
     // The honest client's first line is lost too, and its second, within
     // its share (half the bound), takes the total over.
-    say(&mut world, 1, 10, true);
-    say(&mut world, 1, 2 * LINE + LINE / 2, false);
+    world.say(1, 10, true);
+    world.say(1, 2 * LINE + LINE / 2, false);
     let mut ended = Vec::new();
     for _ in 0..5 {
         ended.extend(world.exchange());
@@ -756,7 +768,7 @@ fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bou
     assert_eq!(world.server.stats().flooding_disconnects, 1);
     assert!(world.clients[1].0.is_connected());
     assert!(
-        world.server.total_receive_buffered() < BOUND / 2,
+        world.server.total_receive_buffered() < HOG_BOUND / 2,
         "{} bytes still counted",
         world.server.total_receive_buffered()
     );
@@ -770,36 +782,15 @@ fn the_client_holding_the_receive_memory_is_cut_off_not_the_one_crossing_the_bou
 /// one holding the memory, ended, could no longer be the one cut.
 #[test]
 fn a_client_the_secure_layer_ends_stops_counting_what_it_held() {
-    const BOUND: usize = 8 * LINE;
-    let server = game_server_with(SERVER_ADDR, |config| {
-        config.netcode.max_clients = 2;
-        config.max_total_receive_buffer = BOUND;
-    });
-    let mut world = World::with_server(server, &[2, 60]);
-    let slots = world.connect_all();
-    assert_eq!(slots.len(), 2, "the clients did not connect: {slots:?}");
-    let say = |world: &mut World, client: usize, size: usize, lost: bool| {
-        world.clients[client]
-            .0
-            .send(channels::CHAT, Bytes::from(vec![7u8; size]))
-            .unwrap();
-        world.mute = if lost { vec![client] } else { Vec::new() };
-        world.clients_send();
-        world.mute.clear();
-    };
-    say(&mut world, 0, 10, true);
-    while world.server.total_receive_buffered() + 2 * LINE < BOUND {
-        say(&mut world, 0, LINE, false);
-    }
-    assert!(world.server.total_receive_buffered() > BOUND / 2);
+    let mut world = world_with_a_hog(&[2, 60]);
     // The hog falls silent past its token's 2 s timeout; the secure layer
     // ends it at the server's next timer, before any transmit.
     world.now += Duration::from_millis(2_500);
     world.server.handle_timeout(world.now);
     assert_eq!(world.server.total_receive_buffered(), 0);
     // The honest client's line that would have crossed the bound.
-    say(&mut world, 1, 10, true);
-    say(&mut world, 1, 2 * LINE + LINE / 2, false);
+    world.say(1, 10, true);
+    world.say(1, 2 * LINE + LINE / 2, false);
     let mut ended = Vec::new();
     for _ in 0..5 {
         ended.extend(world.exchange());

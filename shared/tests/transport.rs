@@ -1491,13 +1491,24 @@ fn fragments_of_one_message_in_one_packet_need_its_memory_once() {
 
 /// A data packet with one unreliable message on channel `channel`.
 fn raw_packet(sequence: u16, ack_eliciting: bool, channel: Option<u8>) -> Vec<u8> {
+    data_packet(sequence, ack_eliciting, None, channel)
+}
+
+/// A data packet of the peer's, acknowledging `ack`, with one unreliable
+/// message on channel `channel`.
+fn data_packet(
+    sequence: u16,
+    ack_eliciting: bool,
+    ack: Option<shared::transport::wire::AckInfo>,
+    channel: Option<u8>,
+) -> Vec<u8> {
     use shared::transport::wire::{MessageHeader, PacketHeader, PacketKind, PacketWriter};
     let mut buf = vec![0u8; 256];
     let header = PacketHeader {
         kind: PacketKind::Data,
         ack_eliciting,
         sequence,
-        ack: None,
+        ack,
     };
     let mut writer = PacketWriter::new(&mut buf, &header).unwrap();
     if let Some(channel) = channel {
@@ -1987,21 +1998,12 @@ fn fill_the_sent_history(conn: &mut Connection, t0: Instant) -> Instant {
 /// The peer's packet `sequence`, acknowledging the 65 of ours from
 /// `latest` back.
 fn ack_of_65(sequence: u16, latest: u16) -> Vec<u8> {
-    use shared::transport::wire::{AckInfo, PacketHeader, PacketKind, PacketWriter};
-    let mut datagram = vec![0u8; 64];
-    let header = PacketHeader {
-        kind: PacketKind::Data,
-        ack_eliciting: false,
-        sequence,
-        ack: Some(AckInfo {
-            latest,
-            bits: u64::MAX,
-            delay: 0,
-        }),
+    let ack = shared::transport::wire::AckInfo {
+        latest,
+        bits: u64::MAX,
+        delay: 0,
     };
-    let len = PacketWriter::new(&mut datagram, &header).unwrap().len();
-    datagram.truncate(len);
-    datagram
+    data_packet(sequence, false, Some(ack), None)
 }
 
 /// While the sent history is full, the peer's packets still need acks,
