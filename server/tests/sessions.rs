@@ -670,6 +670,11 @@ fn strikes_past_the_limit_disconnect_again() {
     // The tenth strike's disconnect is lost on its way (drained here).
     assert_eq!(disconnects(&mut app, &net, 1), 1);
     assert_eq!(disconnects(&mut app, &net, 1), 1, "the eleventh asks again");
+    assert_eq!(
+        disconnects(&mut app, &net, 20),
+        1,
+        "once a batch, however many strikes it holds"
+    );
 }
 
 /// The console's `kick 9 afk` shows the player its reason: a system chat

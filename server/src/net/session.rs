@@ -98,6 +98,8 @@ pub(super) fn receive(world: &mut World) {
             departed.0.clear();
         }
         world.resource_mut::<NetServer>().drain_events(&mut events);
+        // The clients told to go for their strikes in this batch: once each.
+        let mut struck_out = Vec::new();
         for event in events.drain(..) {
             match event {
                 NetEvent::Connected { client } => on_connected(world, client),
@@ -113,7 +115,7 @@ pub(super) fn receive(world: &mut World) {
                         continue;
                     };
                     if !registry.dispatch(world, client, channel, &payload) {
-                        strike(world, client, entity);
+                        strike(world, client, entity, &mut struck_out);
                     }
                 }
             }
@@ -222,15 +224,21 @@ fn end_session(world: &mut World, client: ClientId, reason: DisconnectReason) ->
     true
 }
 
-fn strike(world: &mut World, client: ClientId, entity: Entity) {
+/// Counts a protocol strike against `client`; at [`MAX_STRIKES`] and past
+/// it, asks `net-io` to disconnect it, once a batch (`struck_out` lists the
+/// clients asked in this one).
+fn strike(world: &mut World, client: ClientId, entity: Entity, struck_out: &mut Vec<ClientId>) {
     world.resource::<NetMetrics>().malformed.inc();
     let Some(mut player) = world.get_mut::<Player>(entity) else {
         return;
     };
     player.strikes = player.strikes.saturating_add(1);
-    // Again at every strike past the limit: a disconnect dropped on the
-    // way to net-io (its queue full) must not leave the client in.
-    if player.strikes >= MAX_STRIKES {
+    // Again in every batch with a strike past the limit: a disconnect
+    // dropped on the way to net-io (its queue full) must not leave the
+    // client in. Once a batch: each one past the first would only be
+    // dropped as stale.
+    if player.strikes >= MAX_STRIKES && !struck_out.contains(&client) {
+        struck_out.push(client);
         if player.strikes == MAX_STRIKES {
             tracing::warn!(
                 account = client.account,
