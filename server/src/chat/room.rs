@@ -596,14 +596,46 @@ impl ChatRoom {
     }
 
     /// Whether this tick's fan-out bound has room for `cost` more bytes
-    /// (the tick's first line always has), counting them if so.
+    /// (the tick's first line always has).
+    fn fanout_has_room(&self, cost: usize) -> bool {
+        self.fanout_bytes == 0 || self.fanout_bytes + cost <= self.config.max_fanout_bytes_per_tick
+    }
+
+    /// [`fanout_has_room`](Self::fanout_has_room), counting `cost` if so.
     fn spend_fanout(&mut self, cost: usize) -> bool {
-        if self.fanout_bytes > 0 && self.fanout_bytes + cost > self.config.max_fanout_bytes_per_tick
-        {
+        if !self.fanout_has_room(cost) {
             return false;
         }
         self.fanout_bytes += cost;
         true
+    }
+
+    /// Refuses `from`'s line `client_ref` for the tick's fan-out bound:
+    /// the server's limit, not the sender's, so its token comes back and
+    /// trying again next tick is no offence. Once a tick: sending again
+    /// and again into a spent tick costs tokens like any send.
+    fn refuse_for_fanout(
+        &mut self,
+        from: u64,
+        client_ref: u32,
+        tick: u64,
+        out: &mut Vec<ChatOutput>,
+    ) {
+        if let Some(member) = self.members.get_mut(&from)
+            && member.refunded_in != Some(tick)
+        {
+            member.refunded_in = Some(tick);
+            member.bucket.give_back();
+        }
+        out.push(ChatOutput::Rejected {
+            to: from,
+            rejected: ChatRejected {
+                client_ref,
+                reason: ChatRejectReason::RateLimited,
+                message: "the server has too much chat to send right now; try again in a moment"
+                    .to_owned(),
+            },
+        });
     }
 
     /// A system line to one member (an admin kick's reason, before its
@@ -638,6 +670,7 @@ impl ChatRoom {
     ) -> bool {
         let (tick, now) = (self.tick, self.now);
         let config = self.config.clone();
+        let members = self.members.len();
         let Some(member) = self.members.get_mut(&from) else {
             return false;
         };
@@ -677,6 +710,24 @@ impl ChatRoom {
             );
             return true;
         }
+        // The fewest copies the line can cost, each of one character: when
+        // the tick's fan-out bound leaves no room even for that, it is
+        // refused before its text is cleaned and its recipients listed.
+        // That work grows with the text and the members, and the once-a-
+        // tick refund would make such a send free of tokens.
+        let fewest_copies = match scope {
+            ChatScope::Global => members,
+            ChatScope::Nearby => 1,
+            ChatScope::WhisperId(_) | ChatScope::WhisperName(_) => 2,
+        };
+        let least = fewest_copies * (1 + member.name.len() + DELIVERY_OVERHEAD_BYTES);
+        if !self.fanout_has_room(least) {
+            self.refuse_for_fanout(from, client_ref, tick, out);
+            return true;
+        }
+        let Some(member) = self.members.get_mut(&from) else {
+            return false;
+        };
         let text = match clean_text(text, config.max_chars) {
             Ok(text) => text,
             Err(reason) => {
@@ -734,26 +785,7 @@ impl ChatRoom {
         // line always goes.
         let cost = recipients.len() * (text.len() + name.len() + DELIVERY_OVERHEAD_BYTES);
         if !self.spend_fanout(cost) {
-            // The server's limit, not the sender's: its token comes back,
-            // so that trying again next tick is no offence. Once a tick:
-            // sending again into a spent tick (each send cleaning its text
-            // and listing its recipients) costs tokens like any send.
-            if let Some(member) = self.members.get_mut(&from)
-                && member.refunded_in != Some(tick)
-            {
-                member.refunded_in = Some(tick);
-                member.bucket.give_back();
-            }
-            out.push(ChatOutput::Rejected {
-                to: from,
-                rejected: ChatRejected {
-                    client_ref,
-                    reason: ChatRejectReason::RateLimited,
-                    message: "the server has too much chat to send right now; try again in a \
-                              moment"
-                        .to_owned(),
-                },
-            });
+            self.refuse_for_fanout(from, client_ref, tick, out);
             return true;
         }
         let line = Arc::new(ChatLineBody {

@@ -1429,6 +1429,33 @@ fn a_send_refused_for_the_fan_out_bound_keeps_its_token() {
     assert!(the_answer(&out, 2, 3).is_ok(), "{out:?}");
 }
 
+/// A send into a tick whose fan-out bound has no room left even for one
+/// short copy is refused before its text is cleaned and its recipients
+/// are listed: that work grows with the text and the members, and the
+/// once-a-tick refund let one such send a tick cost no token, so many
+/// accounts could keep every tick busy for ever.
+#[test]
+fn a_send_into_a_spent_tick_is_refused_before_its_recipients_are_listed() {
+    let config = ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        max_chars: 4_096,
+        ..ChatConfig::default()
+    };
+    let accounts: Vec<u64> = (1..=50).collect();
+    let mut room = room_with(&accounts, config);
+    let mut out = Vec::new();
+    let long = "x".repeat(1_500);
+    room.say(1, 1, &ChatScope::Global, &long, nowhere, &mut out);
+    let looked_up = std::cell::Cell::new(0);
+    let counting = |_: u64| {
+        looked_up.set(looked_up.get() + 1);
+        Some(Vec2::ZERO)
+    };
+    room.say(2, 1, &ChatScope::Nearby, "hi", counting, &mut out);
+    assert_eq!(the_answer(&out, 2, 1), Err(ChatRejectReason::RateLimited));
+    assert_eq!(looked_up.get(), 0, "positions looked up");
+}
+
 /// The token of a send refused for the fan-out bound comes back once a
 /// tick: sending again and again while the tick's budget is spent (each
 /// send cleaning its text and listing everyone) costs tokens like any
