@@ -121,8 +121,8 @@ pub struct ChatConfig {
     /// players: beyond the budget, sends are refused `RateLimited` (not
     /// counted as an offence; the token of a sender's first such refusal
     /// in a tick kept, the others spent) until the next tick, and
-    /// system lines (joins, leaves, console `say`) are left out. A tick's
-    /// first line always goes.
+    /// announcements of joins and leaves are left out. A tick's first line
+    /// always goes, and so does the console's `say` (counted too).
     pub max_fanout_bytes_per_tick: usize,
 }
 
@@ -434,12 +434,7 @@ fn route(
     }
     say_all(room, &members, &after, &places, nearby, &metrics, out);
     for say in says.read() {
-        if !room.system(&say.text, out) {
-            tracing::warn!(
-                text = say.text,
-                "console say left out: the chat fan-out bound is spent"
-            );
-        }
+        room.announce(&say.text, out);
     }
     // The reason reaches the player before its disconnect: the network
     // plugin sends a tick's disconnects after everything else.

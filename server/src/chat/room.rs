@@ -570,6 +570,24 @@ impl ChatRoom {
             tracing::debug!(text, "chat fan-out bound reached; system line left out");
             return false;
         }
+        self.system_to_all(text, out);
+        true
+    }
+
+    /// An operator's line (the console's `say`) to every member, whatever
+    /// the tick's fan-out bound: one a command, typed by a person, and a
+    /// restart notice must not go missing in a busy tick. Its bytes count
+    /// in the tick's fan-out, for the lines after it.
+    pub fn announce(&mut self, text: &str, out: &mut Vec<ChatOutput>) {
+        let text = self.system_text(text);
+        self.fanout_bytes +=
+            self.members.len() * (text.len() + SYSTEM_NAME.len() + DELIVERY_OVERHEAD_BYTES);
+        self.system_to_all(text, out);
+    }
+
+    /// A system line of `text` (made by [`system_text`](Self::system_text))
+    /// to every member.
+    fn system_to_all(&mut self, text: String, out: &mut Vec<ChatOutput>) {
         let mut recipients: Vec<u64> = self.members.keys().copied().collect();
         recipients.sort_unstable();
         let line = Arc::new(ChatLineBody {
@@ -581,7 +599,6 @@ impl ChatRoom {
         for to in recipients {
             self.deliver(to, None, &line, out);
         }
-        true
     }
 
     /// A system line's text as players' lines are sent: stripped of what
