@@ -551,6 +551,9 @@ fn submit_batch(
     }
     let capacity = outbox.commands.len();
     let mut batch = std::mem::take(&mut outbox.commands);
+    metrics
+        .outbox_dropped
+        .add(drop_sends_to_the_cut(&mut batch));
     disconnects_last(&mut batch);
     match net.submit(batch) {
         // The batch left with net-io; the next one starts at this one's
@@ -657,6 +660,32 @@ fn shed(
     }
     let kept = commands.iter().filter(|c| is_message(c)).count();
     (messages - kept) as u64
+}
+
+/// Drops every send to a client that [`shed`] cut off (its disconnect,
+/// `SendQueueFull`, waits in the batch): a reliable message to it was
+/// lost, and a later one reaching it before its disconnect (which
+/// [`disconnects_last`] would move behind it) would show the client a gap
+/// in its stream, not the reason. Returns how many it dropped.
+fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>) -> u64 {
+    let cut: HashSet<ClientId> = batch
+        .iter()
+        .filter_map(|command| match command {
+            NetCommand::Disconnect {
+                client,
+                reason: DisconnectReason::SendQueueFull,
+            } => Some(*client),
+            _ => None,
+        })
+        .collect();
+    if cut.is_empty() {
+        return 0;
+    }
+    let before = batch.len();
+    batch.retain(
+        |command| !matches!(command, NetCommand::Send { client, .. } if cut.contains(client)),
+    );
+    (before - batch.len()) as u64
 }
 
 /// Moves the tick's disconnects after everything else, and a shutdown
@@ -1293,13 +1322,25 @@ mod tests {
                 "{}",
                 payload_bytes(carried)
             );
-            disconnected.extend(carried.iter().filter_map(|command| match command {
-                NetCommand::Disconnect {
-                    client,
-                    reason: DisconnectReason::SendQueueFull,
-                } => Some(*client),
-                _ => None,
-            }));
+            let cut: HashSet<ClientId> = carried
+                .iter()
+                .filter_map(|command| match command {
+                    NetCommand::Disconnect {
+                        client,
+                        reason: DisconnectReason::SendQueueFull,
+                    } => Some(*client),
+                    _ => None,
+                })
+                .collect();
+            // Nothing more goes to a client cut off: a line after the one
+            // it missed would show it a gap before its disconnect.
+            assert!(
+                !carried.iter().any(
+                    |command| matches!(command, NetCommand::Send { client, .. } if cut.contains(client))
+                ),
+                "a line to a client cut off"
+            );
+            disconnected.extend(cut);
         }
         assert_eq!(
             disconnected,
