@@ -478,8 +478,8 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct HandshakeConfig {
     /// Sustained handshake packets a second from one source (an IPv4
-    /// address or an IPv6 /64, whose /48 has 16 times the limit for all
-    /// its /64s together) that yield nothing: junk, repeated requests,
+    /// address or an IPv6 /64, whose /56 has 16 times the limit and whose
+    /// /48 256 times, for all their /64s together) that yield nothing: junk, repeated requests,
     /// failed responses. A request with a token the server has not seen
     /// and a response that connects do not count, so players behind one
     /// address connect at once (on the public development key, whose
@@ -488,8 +488,8 @@ pub struct HandshakeConfig {
     /// How many of those may come at once. Default 64.
     pub burst: u32,
     /// Buckets of the rate limit held at once (a fixed table, rounded up
-    /// to a power of two; an IPv4 source takes one, an IPv6 source two,
-    /// its /64 and its /48; a source pushed out comes back with a full
+    /// to a power of two; an IPv4 source takes one, an IPv6 source three,
+    /// its /64, its /56 and its /48; a source pushed out comes back with a full
     /// burst). Default 4,096.
     pub tracked_sources: u32,
     /// Half-open handshakes (a valid token, no response yet) held at once;

@@ -21,14 +21,19 @@ use std::time::{Duration, Instant};
 const WAYS: usize = 4;
 /// Fixed-point scale: a bucket holds `tokens * SCALE`.
 const SCALE: u64 = 1000;
-/// Sources' limits an IPv6 /48 (a site's whole allocation, up to 65,536
-/// /64s) may draw on together: one host given a /56 or a /48 has a /64
-/// for each fresh bucket it wants otherwise.
-const SOURCES_PER_BLOCK: u64 = 16;
+/// The IPv6 blocks above a source (a /64) and the sources' limits each
+/// may draw on together: one host given many /64s has a fresh bucket for
+/// each otherwise. A /56 (a home's or a small site's allocation, 256
+/// /64s) draws on 16; a /48 (a site's, or the pool an ISP hands /56s and
+/// /60s out of) on 256, so that a customer draining its own /56, whatever
+/// the /64s it uses, leaves the rest of the /48 its limits: with the /48
+/// at 16 sources' worth, 16 /64s of one /60 held back every other
+/// customer of the pool, without forging an address.
+const BLOCKS: [(u32, u64); 2] = [(56, 16), (48, 256)];
 
 /// Handshake rate limit per source: an IPv4 address, or an IPv6 /64
-/// (whose /48 has 16 times the limit, for all its /64s
-/// together).
+/// (whose /56 has 16 times the limit and whose /48 256 times, for all
+/// their /64s together).
 ///
 /// It bounds the decryption work that yields nothing: a request carrying
 /// a token the server has not seen before and a response that connects
@@ -47,8 +52,8 @@ pub struct HandshakeRateLimit {
     /// dropped and counted as [`DropReason::RateLimited`](super::DropReason::RateLimited).
     pub burst: u32,
     /// Number of buckets held at once (rounded up to a power of two,
-    /// minimum 4): one per IPv4 source, two per IPv6 one (its /64 and its
-    /// /48).
+    /// minimum 4): one per IPv4 source, three per IPv6 one (its /64, its
+    /// /56 and its /48).
     /// The memory is about 64 bytes per entry, allocated up front.
     pub table_entries: usize,
     /// Packets a second, all sources together, let through past their
@@ -144,18 +149,26 @@ impl RateLimiter {
         }
     }
 
-    /// One token of `ip`'s source, and of its block if it has one: both
-    /// or neither.
+    /// One token of `ip`'s source, and of each of its blocks if it has
+    /// them: all or none.
     fn allow_source(&mut self, ip: IpAddr, now: Instant) -> bool {
         let source = source(ip);
         if !self.take_for(source, 1, now) {
             return false;
         }
-        if let Some(block) = block(ip)
-            && !self.take_for(block, SOURCES_PER_BLOCK, now)
-        {
-            self.give_back(source, 1);
-            return false;
+        for (taken, &(bits, sources)) in BLOCKS.iter().enumerate() {
+            let Some(key) = block(ip, bits) else {
+                break;
+            };
+            if !self.take_for(key, sources, now) {
+                self.give_back(source, 1);
+                for &(bits, sources) in BLOCKS.iter().take(taken) {
+                    if let Some(key) = block(ip, bits) {
+                        self.give_back(key, sources);
+                    }
+                }
+                return false;
+            }
         }
         true
     }
@@ -217,8 +230,10 @@ impl RateLimiter {
             return;
         }
         self.give_back(source(ip), 1);
-        if let Some(block) = block(ip) {
-            self.give_back(block, SOURCES_PER_BLOCK);
+        for &(bits, sources) in &BLOCKS {
+            if let Some(block) = block(ip, bits) {
+                self.give_back(block, sources);
+            }
         }
     }
 
@@ -252,15 +267,18 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The block whose sources share [`SOURCES_PER_BLOCK`] times a source's
-/// limits: an IPv6 address's /48, keyed with its lowest bit set (a /64's
-/// key never has it, so the two never share a bucket). IPv4 addresses
-/// have none: one is a source already.
-fn block(ip: IpAddr) -> Option<IpAddr> {
+/// The block of [`BLOCKS`] an IPv6 address's first `bits` bits name,
+/// keyed with its length in the lowest bits (a /64's key has none set, so
+/// no two levels share a bucket). IPv4 addresses have none: one is a
+/// source already.
+fn block(ip: IpAddr, bits: u32) -> Option<IpAddr> {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 80) - 1);
-            Some(IpAddr::V6(std::net::Ipv6Addr::from(prefix | 1)))
+            let host_bits = 128u32.checked_sub(bits)?;
+            let prefix = u128::from(v6) & !(1u128.checked_shl(host_bits)?.checked_sub(1)?);
+            Some(IpAddr::V6(std::net::Ipv6Addr::from(
+                prefix | u128::from(bits),
+            )))
         }
         IpAddr::V4(_) => None,
     }
@@ -422,11 +440,11 @@ mod tests {
         assert_eq!(rl.allow(a, t0), None, "and the source none");
     }
 
-    /// A host given a /56 (256 /64s) or a /48 draws a fresh bucket from
-    /// each of its /64s only up to its /48's limit: 16 sources' worth,
-    /// not one for each /64. Another /48 has its own.
+    /// A host given a /56 (256 /64s) draws a fresh bucket from each of its
+    /// /64s only up to its /56's limit: 16 sources' worth, not one for
+    /// each /64. Another /56 has its own.
     #[test]
-    fn the_64s_of_one_48_share_its_limit() {
+    fn the_64s_of_one_56_share_its_limit() {
         let limit = HandshakeRateLimit {
             spare_per_second: 0,
             ..HandshakeRateLimit::default()
@@ -437,18 +455,77 @@ mod tests {
         let mut allowed = 0u64;
         for net in 0..256u32 {
             for _ in 0..limit.burst {
-                let ip: IpAddr = format!("2001:db8:0:{:x}00::1", net).parse().unwrap();
+                let ip: IpAddr = format!("2001:db8:0:{:x}::1", net).parse().unwrap();
                 allowed += u64::from(rl.allow(ip, t0).is_some());
             }
         }
-        assert_eq!(allowed, SOURCES_PER_BLOCK * burst);
-        let elsewhere: IpAddr = "2001:db8:1::1".parse().unwrap();
-        assert!(rl.allow(elsewhere, t0).is_some());
-        // A refund gives back to both: the /64 and its /48.
+        assert_eq!(allowed, 16 * burst);
+        let elsewhere: IpAddr = "2001:db8:0:100::1".parse().unwrap();
+        assert!(rl.allow(elsewhere, t0).is_some(), "another /56");
+        // A refund gives back to all three: the /64, its /56 and its /48.
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         rl.refund(ip, Paid::Source);
         assert!(rl.allow(ip, t0).is_some());
         assert!(rl.allow(ip, t0).is_none());
+    }
+
+    /// The /56s of one /48 share 256 sources' worth: a host given a whole
+    /// /48 draws no more than that, whatever /56s it spreads over.
+    #[test]
+    fn the_56s_of_one_48_share_its_limit() {
+        let limit = HandshakeRateLimit {
+            spare_per_second: 0,
+            table_entries: 1 << 16,
+            ..HandshakeRateLimit::default()
+        };
+        let burst = u64::from(limit.burst);
+        let mut rl = RateLimiter::new(limit, [5, 6]);
+        let t0 = Instant::now();
+        let mut allowed = 0u64;
+        for net in 0..256u32 {
+            for host in 0..16u32 {
+                let ip: IpAddr = format!("2001:db8:0:{:x}::1", net << 8 | host)
+                    .parse()
+                    .unwrap();
+                for _ in 0..limit.burst {
+                    allowed += u64::from(rl.allow(ip, t0).is_some());
+                }
+            }
+        }
+        assert_eq!(allowed, 256 * burst);
+        assert!(rl.allow("2001:db8:1::1".parse().unwrap(), t0).is_some());
+    }
+
+    /// A customer of an ISP that hands /56s out of one /48, sending as
+    /// fast as it likes from 64 /64s of its /56 (no forged address),
+    /// leaves another customer of that /48 its own limit: with the /48
+    /// at 16 sources' worth, it held back every other customer of the
+    /// pool, down to the spare budget.
+    #[test]
+    fn one_customer_of_a_48_holds_back_none_of_the_others() {
+        let limit = HandshakeRateLimit {
+            spare_per_second: 0,
+            ..HandshakeRateLimit::default()
+        };
+        let mut rl = RateLimiter::new(limit, [5, 6]);
+        let t0 = Instant::now();
+        let mut honest_allowed = 0;
+        for ms in 0..3_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            // 40 a second from each of 64 /64s of 2001:db8:0:a00::/56.
+            if ms % 25 == 0 {
+                for net in 0..64u32 {
+                    let ip: IpAddr = format!("2001:db8:0:a{net:02x}::1").parse().unwrap();
+                    let _ = rl.allow(ip, now);
+                }
+            }
+            // 10 a second from another customer's /64.
+            if ms % 100 == 0 {
+                let honest: IpAddr = "2001:db8:0:ff00::1".parse().unwrap();
+                honest_allowed += u32::from(rl.allow(honest, now).is_some());
+            }
+        }
+        assert_eq!(honest_allowed, 30);
     }
 
     #[test]

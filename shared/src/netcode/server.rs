@@ -724,7 +724,7 @@ impl Server {
     }
 
     /// Buckets the rate limiter holds (bounded by its fixed table): one
-    /// per IPv4 source, two per IPv6 one (its /64 and its /48).
+    /// per IPv4 source, three per IPv6 one (its /64, its /56 and its /48).
     pub fn num_rate_limited_sources(&self) -> usize {
         self.limiter.tracked()
     }
