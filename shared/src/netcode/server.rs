@@ -518,9 +518,17 @@ impl TokenTable {
 /// reference server numbers a handshake, which clients never hold
 /// ended; see [`first_block`]), so that a restarted
 /// server seeing a token again does not start where the last one did: the
-/// chance that two runs' blocks meet is about 2^-16 a restart. The price
-/// is the sequence's width on the wire: five to seven bytes (six, mostly)
-/// instead of one to three.
+/// chance that two runs' blocks meet is about 2^-16 a restart. When they
+/// do, they meet for every token reconnecting across the two runs at
+/// once (the base is the server's), and the chances add up over the
+/// restarts within a token's lifetime (about R²/2^17 for R restarts: a
+/// crash loop of 100 restarts, about 7 %). Such a token's challenge
+/// repeats a nonce of the last run under its key; its client drops it as
+/// a replay, and the token does not connect to this server before it
+/// expires (the repeated requests keep the handshake's block). The price
+/// of this scheme is the sequence's
+/// width on the wire: five to seven bytes (six, mostly) instead of one to
+/// three; a wider random base would cost a byte more on every packet.
 const SEQUENCE_BLOCK_BITS: u32 = 32;
 const MAX_ATTEMPTS_PER_TOKEN: u64 = 1 << 16;
 
