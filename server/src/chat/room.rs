@@ -731,13 +731,30 @@ impl ChatRoom {
         // the tick's fan-out bound leaves no room even for that, it is
         // refused before its text is cleaned and its recipients listed.
         // That work grows with the text and the members, and the once-a-
-        // tick refund would make such a send free of tokens.
-        let fewest_copies = match scope {
-            ChatScope::Global => members,
-            ChatScope::Nearby => 1,
-            ChatScope::WhisperId(_) | ChatScope::WhisperName(_) => 2,
+        // tick refund would make such a send free of tokens. (An empty or
+        // overlong line is then told to wait, like a valid one: which it
+        // is, only cleaning tells.)
+        let name_len = member.name.len();
+        let whispered = match scope {
+            ChatScope::WhisperId(to) => Some(self.members.contains_key(to).then_some(*to)),
+            ChatScope::WhisperName(to) => Some(self.by_name.get(to).copied()),
+            ChatScope::Global | ChatScope::Nearby => None,
         };
-        let least = fewest_copies * (1 + member.name.len() + DELIVERY_OVERHEAD_BYTES);
+        let fewest_copies = match (scope, whispered) {
+            (ChatScope::Global, _) => members,
+            (_, Some(None)) => {
+                out.push(reject(
+                    from,
+                    client_ref,
+                    ChatRejectReason::UnknownRecipient,
+                    &config,
+                ));
+                return true;
+            }
+            (_, Some(Some(to))) if to != from => 2,
+            _ => 1,
+        };
+        let least = fewest_copies * (1 + name_len + DELIVERY_OVERHEAD_BYTES);
         if !self.fanout_has_room(least) {
             self.refuse_for_fanout(from, client_ref, tick, out);
             return true;

@@ -1497,6 +1497,50 @@ fn a_send_into_a_spent_tick_is_refused_before_its_recipients_are_listed() {
     assert_eq!(looked_up.get(), 0, "positions looked up");
 }
 
+/// The early refusal counts a whisper to oneself as the one copy it is,
+/// and a whisper to nobody is told so, spent tick or not: charged two
+/// copies, a short whisper to oneself that fitted was refused, and one to
+/// an unknown name was told to try again later.
+#[test]
+fn whispers_in_a_nearly_spent_tick_are_judged_as_before() {
+    let config = ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        max_chars: 4_096,
+        ..ChatConfig::default()
+    };
+    let accounts: Vec<u64> = (1..=50).collect();
+    let mut room = room_with(&accounts, config.clone());
+    room.tick(1);
+    let name_len = "player-1".len();
+    let copy = |text: usize| text + name_len + DELIVERY_OVERHEAD_BYTES;
+    let mut out = Vec::new();
+    // Member 1's line leaves room for one short copy, not two.
+    let budget = config.max_fanout_bytes_per_tick;
+    let one = copy(1);
+    let long = (budget - one) / accounts.len() - name_len - DELIVERY_OVERHEAD_BYTES;
+    room.say(
+        1,
+        1,
+        &ChatScope::Global,
+        &"x".repeat(long),
+        nowhere,
+        &mut out,
+    );
+    assert!(the_answer(&out, 1, 1).is_ok());
+    assert!(
+        accounts.len() * copy(long) + one <= budget
+            && accounts.len() * copy(long) + 2 * one > budget,
+        "the setup leaves room for one copy"
+    );
+    room.say(2, 1, &ChatScope::WhisperId(999), "hi", nowhere, &mut out);
+    assert_eq!(
+        the_answer(&out, 2, 1),
+        Err(ChatRejectReason::UnknownRecipient)
+    );
+    room.say(2, 2, &ChatScope::WhisperId(2), "x", nowhere, &mut out);
+    assert!(the_answer(&out, 2, 2).is_ok(), "{out:?}");
+}
+
 /// The token of a send refused for the fan-out bound comes back once a
 /// tick: sending again and again while the tick's budget is spent (each
 /// send cleaning its text and listing everyone) costs tokens like any
