@@ -553,7 +553,7 @@ fn submit_batch(
     let mut batch = std::mem::take(&mut outbox.commands);
     metrics
         .outbox_dropped
-        .add(drop_sends_to_the_cut(&mut batch));
+        .add(drop_sends_to_the_cut(&mut batch, &clients));
     disconnects_last(&mut batch);
     match net.submit(batch) {
         // The batch left with net-io; the next one starts at this one's
@@ -666,8 +666,10 @@ fn shed(
 /// `SendQueueFull`, waits in the batch): a reliable message to it was
 /// lost, and a later one reaching it before its disconnect (which
 /// [`disconnects_last`] would move behind it) would show the client a gap
-/// in its stream, not the reason. Returns how many it dropped.
-fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>) -> u64 {
+/// in its stream, not the reason. A broadcast is then sent to each of
+/// `clients` but those (and its own exception) instead. Returns how many
+/// messages it dropped.
+fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>, clients: &Clients) -> u64 {
     let cut: HashSet<ClientId> = batch
         .iter()
         .filter_map(|command| match command {
@@ -681,11 +683,30 @@ fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>) -> u64 {
     if cut.is_empty() {
         return 0;
     }
-    let before = batch.len();
-    batch.retain(
-        |command| !matches!(command, NetCommand::Send { client, .. } if cut.contains(client)),
-    );
-    (before - batch.len()) as u64
+    let mut dropped = 0;
+    let commands = std::mem::take(batch);
+    for command in commands {
+        match command {
+            NetCommand::Send { client, .. } if cut.contains(&client) => dropped += 1,
+            NetCommand::Broadcast {
+                channel,
+                payload,
+                except,
+            } => batch.extend(
+                clients
+                    .iter()
+                    .map(|(client, _)| client)
+                    .filter(|client| Some(*client) != except && !cut.contains(client))
+                    .map(|client| NetCommand::Send {
+                        client,
+                        channel,
+                        payload: payload.clone(),
+                    }),
+            ),
+            command => batch.push(command),
+        }
+    }
+    dropped
 }
 
 /// Moves the tick's disconnects after everything else, and a shutdown
@@ -1347,6 +1368,49 @@ mod tests {
             (0..300).map(client).collect::<HashSet<_>>(),
             "every client that missed a line is told why"
         );
+    }
+
+    /// After a shed cuts a client off, nothing more goes to it, a
+    /// broadcast neither: it is sent to every other client instead (it
+    /// reached the client before its disconnect, a gap on a reliable
+    /// channel).
+    #[test]
+    fn a_broadcast_after_a_shed_reaches_everyone_but_the_cut() {
+        let client = |slot: u32| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account: u64::from(slot) + 1,
+            session: 1,
+        };
+        let mut world = World::new();
+        let mut clients = Clients::default();
+        for slot in 0..4 {
+            clients.insert(client(slot), world.spawn_empty().id());
+        }
+        let cut = NetCommand::Disconnect {
+            client: client(0),
+            reason: DisconnectReason::SendQueueFull,
+        };
+        let line = Bytes::from_static(b"line");
+        let mut batch = vec![
+            cut.clone(),
+            NetCommand::Send {
+                client: client(0),
+                channel: channels::CHAT,
+                payload: line.clone(),
+            },
+            NetCommand::Broadcast {
+                channel: channels::CHAT,
+                payload: line.clone(),
+                except: Some(client(3)),
+            },
+        ];
+        assert_eq!(drop_sends_to_the_cut(&mut batch, &clients), 1);
+        let send = |slot| NetCommand::Send {
+            client: client(slot),
+            channel: channels::CHAT,
+            payload: line.clone(),
+        };
+        assert_eq!(batch, vec![cut, send(1), send(2)]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Sessions: player entities follow connections, and the inbox is drained
 //! into typed messages once per tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bevy_ecs::prelude::*;
 use glam::Vec2;
@@ -99,7 +99,7 @@ pub(super) fn receive(world: &mut World) {
         }
         world.resource_mut::<NetServer>().drain_events(&mut events);
         // The clients told to go for their strikes in this batch: once each.
-        let mut struck_out = Vec::new();
+        let mut struck_out = HashSet::new();
         for event in events.drain(..) {
             match event {
                 NetEvent::Connected { client } => on_connected(world, client),
@@ -227,7 +227,7 @@ fn end_session(world: &mut World, client: ClientId, reason: DisconnectReason) ->
 /// Counts a protocol strike against `client`; at [`MAX_STRIKES`] and past
 /// it, asks `net-io` to disconnect it, once a batch (`struck_out` lists the
 /// clients asked in this one).
-fn strike(world: &mut World, client: ClientId, entity: Entity, struck_out: &mut Vec<ClientId>) {
+fn strike(world: &mut World, client: ClientId, entity: Entity, struck_out: &mut HashSet<ClientId>) {
     world.resource::<NetMetrics>().malformed.inc();
     let Some(mut player) = world.get_mut::<Player>(entity) else {
         return;
@@ -237,8 +237,7 @@ fn strike(world: &mut World, client: ClientId, entity: Entity, struck_out: &mut 
     // dropped on the way to net-io (its queue full) must not leave the
     // client in. Once a batch: each one past the first would only be
     // dropped as stale.
-    if player.strikes >= MAX_STRIKES && !struck_out.contains(&client) {
-        struck_out.push(client);
+    if player.strikes >= MAX_STRIKES && struck_out.insert(client) {
         if player.strikes == MAX_STRIKES {
             tracing::warn!(
                 account = client.account,
