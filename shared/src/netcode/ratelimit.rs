@@ -496,6 +496,42 @@ mod tests {
         assert!(rl.allow("2001:db8:1::1".parse().unwrap(), t0).is_some());
     }
 
+    /// A packet its /48 refuses costs its /64 and its /56 nothing: both
+    /// tokens taken before are given back.
+    #[test]
+    fn a_packet_its_48_refuses_costs_its_56_nothing() {
+        let limit = HandshakeRateLimit {
+            spare_per_second: 0,
+            table_entries: 1 << 16,
+            ..HandshakeRateLimit::default()
+        };
+        let burst = u64::from(limit.burst);
+        let mut rl = RateLimiter::new(limit, [5, 6]);
+        let t0 = Instant::now();
+        // 16 /56s, 16 /64s each, a burst each: the /48's 256 bursts.
+        for net in 0..16u32 {
+            for host in 0..16u32 {
+                let ip: IpAddr = format!("2001:db8:0:{:x}::1", net << 8 | host)
+                    .parse()
+                    .unwrap();
+                for _ in 0..burst {
+                    assert!(rl.allow(ip, t0).is_some());
+                }
+            }
+        }
+        let fresh: IpAddr = "2001:db8:0:ff00::1".parse().unwrap();
+        assert!(rl.allow(fresh, t0).is_none(), "the /48 is spent");
+        let tokens = |rl: &RateLimiter, key: IpAddr| {
+            rl.buckets
+                .iter()
+                .find(|b| b.ip == Some(key))
+                .map(|b| b.milli_tokens)
+        };
+        assert_eq!(tokens(&rl, source(fresh)), Some(burst * SCALE));
+        let block56 = block(fresh, 56).unwrap();
+        assert_eq!(tokens(&rl, block56), Some(16 * burst * SCALE));
+    }
+
     /// A customer of an ISP that hands /56s out of one /48, sending as
     /// fast as it likes from 64 /64s of its /56 (no forged address),
     /// leaves another customer of that /48 its own limit: with the /48
