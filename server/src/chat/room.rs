@@ -740,9 +740,8 @@ impl ChatRoom {
             ChatScope::WhisperName(to) => Some(self.by_name.get(to).copied()),
             ChatScope::Global | ChatScope::Nearby => None,
         };
-        let fewest_copies = match (scope, whispered) {
-            (ChatScope::Global, _) => members,
-            (_, Some(None)) => {
+        let whisper_to = match whispered {
+            Some(None) => {
                 out.push(reject(
                     from,
                     client_ref,
@@ -751,7 +750,12 @@ impl ChatRoom {
                 ));
                 return true;
             }
-            (_, Some(Some(to))) if to != from => 2,
+            Some(Some(to)) => Some(to),
+            None => None,
+        };
+        let fewest_copies = match (scope, whisper_to) {
+            (ChatScope::Global, _) => members,
+            (_, Some(to)) if to != from => 2,
             _ => 1,
         };
         let least = fewest_copies * (1 + name_len + DELIVERY_OVERHEAD_BYTES);
@@ -770,9 +774,11 @@ impl ChatRoom {
             }
         };
         let name = member.name.clone();
-        let (kind, mut recipients) = match scope {
-            ChatScope::Global => (ChatKind::Global, self.members.keys().copied().collect()),
-            ChatScope::Nearby => {
+        let (kind, mut recipients) = match (scope, whisper_to) {
+            (_, Some(to)) => (ChatKind::Whisper, vec![from, to]),
+            (ChatScope::Global, None) => (ChatKind::Global, self.members.keys().copied().collect()),
+            // Nearby: a whisper has its recipient by now.
+            (_, None) => {
                 let radius = config.nearby_radius;
                 let mut recipients = vec![from];
                 if let Some(origin) = whereabouts.position(from)
@@ -786,30 +792,6 @@ impl ChatRoom {
                 }
                 (ChatKind::Nearby, recipients)
             }
-            ChatScope::WhisperId(to) => match self.members.contains_key(to) {
-                true => (ChatKind::Whisper, vec![from, *to]),
-                false => {
-                    out.push(reject(
-                        from,
-                        client_ref,
-                        ChatRejectReason::UnknownRecipient,
-                        &config,
-                    ));
-                    return true;
-                }
-            },
-            ChatScope::WhisperName(to) => match self.by_name.get(to) {
-                Some(&to) => (ChatKind::Whisper, vec![from, to]),
-                None => {
-                    out.push(reject(
-                        from,
-                        client_ref,
-                        ChatRejectReason::UnknownRecipient,
-                        &config,
-                    ));
-                    return true;
-                }
-            },
         };
         recipients.sort_unstable();
         recipients.dedup();

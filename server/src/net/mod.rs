@@ -670,16 +670,7 @@ fn shed(
 /// `clients` but those (and its own exception) instead. Returns how many
 /// messages it dropped.
 fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>, clients: &Clients) -> u64 {
-    let cut: HashSet<ClientId> = batch
-        .iter()
-        .filter_map(|command| match command {
-            NetCommand::Disconnect {
-                client,
-                reason: DisconnectReason::SendQueueFull,
-            } => Some(*client),
-            _ => None,
-        })
-        .collect();
+    let cut = cut_off(batch);
     if cut.is_empty() {
         return 0;
     }
@@ -707,6 +698,20 @@ fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>, clients: &Clients) -> u64 
         }
     }
     dropped
+}
+
+/// The clients [`shed`] cut off whose disconnects wait in `commands`.
+fn cut_off(commands: &[NetCommand]) -> HashSet<ClientId> {
+    commands
+        .iter()
+        .filter_map(|command| match command {
+            NetCommand::Disconnect {
+                client,
+                reason: DisconnectReason::SendQueueFull,
+            } => Some(*client),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Moves the tick's disconnects after everything else, and a shutdown
@@ -1343,16 +1348,7 @@ mod tests {
                 "{}",
                 payload_bytes(carried)
             );
-            let cut: HashSet<ClientId> = carried
-                .iter()
-                .filter_map(|command| match command {
-                    NetCommand::Disconnect {
-                        client,
-                        reason: DisconnectReason::SendQueueFull,
-                    } => Some(*client),
-                    _ => None,
-                })
-                .collect();
+            let cut = cut_off(carried);
             // Nothing more goes to a client cut off: a line after the one
             // it missed would show it a gap before its disconnect.
             assert!(
