@@ -616,19 +616,14 @@ impl LoadedAccount {
 ///
 /// A reply stored by a server of another protocol version may no longer
 /// decode. Its change was applied all the same: the id must still not
-/// apply again, so it is answered with the inventory as it is now
-/// ([`LoadedAccount::unreadable`] counts them).
+/// apply again, so it is answered with the inventory as it is stored
+/// ([`LoadedAccount::unreadable`] counts them): not as grown to more slots
+/// here, which its player may be shown only once that is stored (such an
+/// answer can go out at once, outside any batch, and a restart with fewer
+/// slots would then make that version again, with other contents).
 pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
     let stored = state.inventory.is_some();
     let mut inventory = state.inventory.unwrap_or_default();
-    let grown = stored && inventory.slots.len() < slots;
-    if inventory.slots.len() < slots {
-        let gained = slots - inventory.slots.len();
-        inventory.slots.resize(slots, None);
-        if stored {
-            inventory.version += gained as u64;
-        }
-    }
     let mut applied = Applied::default();
     let mut unreadable = 0usize;
     for (request_id, bytes) in state.applied {
@@ -641,6 +636,14 @@ pub fn prepare_account(state: AccountState, slots: usize) -> LoadedAccount {
         applied.insert(request_id, reply, true);
     }
     applied.trim();
+    let grown = stored && inventory.slots.len() < slots;
+    if inventory.slots.len() < slots {
+        let gained = slots - inventory.slots.len();
+        inventory.slots.resize(slots, None);
+        if stored {
+            inventory.version += gained as u64;
+        }
+    }
     LoadedAccount {
         inventory,
         applied,
@@ -700,7 +703,7 @@ fn decode_reply(bytes: &[u8], request_id: u64) -> Option<InventoryReply> {
 
 /// The answer of an applied id whose reply does not decode: its change
 /// was applied all the same, so the id must still not apply again; it is
-/// answered with the inventory as it is.
+/// answered with `inventory` (as stored, see [`prepare_account`]).
 fn unreadable_reply(request_id: u64, inventory: &InventorySnapshot) -> InventoryReply {
     InventoryReply {
         request_id,
@@ -2074,6 +2077,27 @@ mod tests {
     /// A stored inventory grown to more slots (the server's `slots` raised
     /// between two runs) is a new version: a client that kept the old one
     /// sees a newer state, not two contents under one version.
+    /// A stored reply that no longer decodes is answered with the
+    /// inventory as stored, not as grown to more slots at load: that
+    /// growth is not stored yet, and the answer can go out at once (the
+    /// stored reply of a repeated id, outside any batch).
+    #[test]
+    fn an_unreadable_reply_shows_the_inventory_as_stored() {
+        let stored = InventorySnapshot {
+            version: 7,
+            slots: vec![None; 4],
+        };
+        let state = AccountState {
+            inventory: Some(stored.clone()),
+            applied: vec![(5, vec![0xff])],
+        };
+        let loaded = prepare_account(state, 6);
+        assert_eq!(loaded.unreadable, 1);
+        assert_eq!(loaded.inventory.slots.len(), 6, "grown at load");
+        let reply = decode_reply(loaded.applied.get(5).expect("remembered"), 5).unwrap();
+        assert_eq!(reply.result, Ok(stored));
+    }
+
     #[test]
     fn an_inventory_grown_to_more_slots_is_a_new_version() {
         let stored = InventorySnapshot {
