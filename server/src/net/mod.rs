@@ -200,6 +200,10 @@ pub struct Outbox {
     commands: Vec<NetCommand>,
     /// What a batch `net-io` refused may carry over.
     carry: CarryBound,
+    /// A shed's disconnects are carried in `commands`, not yet taken by
+    /// `net-io`: only then are the batches looked through for them (see
+    /// [`drop_sends_to_the_cut`]), not every tick.
+    cut_carried: bool,
 }
 
 impl Default for Outbox {
@@ -207,6 +211,7 @@ impl Default for Outbox {
         Self {
             commands: Vec::new(),
             carry: CarryBound::for_memory(&MemoryConfig::default()),
+            cut_carried: false,
         }
     }
 }
@@ -427,8 +432,8 @@ impl Plugin for NetPlugin {
             .map(|config| config.memory.clone())
             .unwrap_or_default();
         app.insert_resource(Outbox {
-            commands: Vec::new(),
             carry: CarryBound::for_memory(&memory),
+            ..Outbox::default()
         })
         .init_resource::<Clients>()
         .init_resource::<DepartedPositions>()
@@ -551,14 +556,19 @@ fn submit_batch(
     }
     let capacity = outbox.commands.len();
     let mut batch = std::mem::take(&mut outbox.commands);
-    metrics
-        .outbox_dropped
-        .add(drop_sends_to_the_cut(&mut batch, &clients));
+    if outbox.cut_carried {
+        metrics
+            .outbox_dropped
+            .add(drop_sends_to_the_cut(&mut batch, &clients));
+    }
     disconnects_last(&mut batch);
     match net.submit(batch) {
         // The batch left with net-io; the next one starts at this one's
         // size, so that it does not grow by doubling every tick.
-        Ok(()) => outbox.commands = Vec::with_capacity(capacity),
+        Ok(()) => {
+            outbox.commands = Vec::with_capacity(capacity);
+            outbox.cut_carried = false;
+        }
         Err(mut refused) => {
             // net-io is several ticks behind: keep the batch for the next
             // tick, within a bound.
@@ -573,6 +583,7 @@ fn submit_batch(
                 let carry = outbox.carry;
                 let dropped = shed(&mut refused, |c| layout.is_reliable(c), &clients, carry);
                 metrics.outbox_dropped.add(dropped);
+                outbox.cut_carried = true;
             }
             outbox.commands = refused;
         }
