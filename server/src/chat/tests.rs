@@ -5,6 +5,16 @@ use shared::protocol::chat::{ChatKind, ChatLine, ChatRejectReason, ChatScope};
 
 use super::*;
 
+/// Chat whose tick's fan-out bound is the smallest allowed and whose
+/// lines may be long: one long line to 50 members spends a tick.
+fn spent_soon() -> ChatConfig {
+    ChatConfig {
+        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
+        max_chars: 4_096,
+        ..ChatConfig::default()
+    }
+}
+
 fn room_with(accounts: &[u64], config: ChatConfig) -> ChatRoom {
     let mut room = ChatRoom::new(config);
     let mut out = Vec::new();
@@ -673,11 +683,7 @@ fn an_admin_line_goes_out_in_a_spent_tick() {
     use shared::io::NetCommand;
     use shared::protocol::{self, channels};
 
-    let mut app = PluginApp::new(Some(ChatConfig {
-        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
-        max_chars: 4_096,
-        ..ChatConfig::default()
-    }));
+    let mut app = PluginApp::new(Some(spent_soon()));
     let members: Vec<_> = (1..=50).map(|a| client_id(a, 1, a as u32)).collect();
     for &member in &members {
         app.join(member, Vec2::ZERO);
@@ -1477,11 +1483,7 @@ fn a_send_refused_for_the_fan_out_bound_keeps_its_token() {
 /// accounts could keep every tick busy for ever.
 #[test]
 fn a_send_into_a_spent_tick_is_refused_before_its_recipients_are_listed() {
-    let config = ChatConfig {
-        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
-        max_chars: 4_096,
-        ..ChatConfig::default()
-    };
+    let config = spent_soon();
     let accounts: Vec<u64> = (1..=50).collect();
     let mut room = room_with(&accounts, config);
     let mut out = Vec::new();
@@ -1503,11 +1505,7 @@ fn a_send_into_a_spent_tick_is_refused_before_its_recipients_are_listed() {
 /// an unknown name was told to try again later.
 #[test]
 fn whispers_in_a_nearly_spent_tick_are_judged_as_before() {
-    let config = ChatConfig {
-        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
-        max_chars: 4_096,
-        ..ChatConfig::default()
-    };
+    let config = spent_soon();
     let accounts: Vec<u64> = (1..=50).collect();
     let mut room = room_with(&accounts, config.clone());
     room.tick(1);
@@ -1547,11 +1545,7 @@ fn whispers_in_a_nearly_spent_tick_are_judged_as_before() {
 /// send, and a flooder is muted as usual.
 #[test]
 fn sends_refused_for_the_fan_out_bound_are_free_only_once_a_tick() {
-    let config = ChatConfig {
-        max_fanout_bytes_per_tick: ChatConfig::MIN_FANOUT_BYTES_PER_TICK,
-        max_chars: 4_096,
-        ..ChatConfig::default()
-    };
+    let config = spent_soon();
     let accounts: Vec<u64> = (1..=50).collect();
     let mut room = room_with(&accounts, config.clone());
     let mut out = Vec::new();
