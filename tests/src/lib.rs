@@ -253,12 +253,24 @@ impl ServerProcess {
                 panic!("{error}");
             }
         };
-        Self {
+        let server = Self {
             child,
             game: listening.public,
             metrics: listening.metrics,
             dir,
+        };
+        // The page answers as soon as it is bound; the plugins register
+        // their metrics as the app is built, which can come a moment
+        // after: a read of one would fail as absent.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !server.scrape().contains("\nconnected_clients ") {
+            assert!(
+                Instant::now() < deadline,
+                "the server's metrics were not registered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        server
     }
 
     /// The process id.
