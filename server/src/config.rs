@@ -1836,6 +1836,18 @@ mod tests {
                 "max_fanout_bytes_per_tick = 1000",
                 "max_fanout_bytes_per_tick must be at least 65536",
             ),
+            (
+                "recipient_burst_bytes = 1000",
+                "recipient_burst_bytes must be 65536 to 524288",
+            ),
+            (
+                "recipient_burst_bytes = 524289",
+                "recipient_burst_bytes must be 65536 to 524288",
+            ),
+            (
+                "recipient_bytes_per_sec = 0",
+                "recipient_bytes_per_sec must be 1024 to 1073741824",
+            ),
         ] {
             let file = FileConfig::parse(&format!("[chat]\n{chat}\n"), "bad.toml").unwrap();
             let error = ServerConfig::resolve(&RunArgs::default(), &file, "bad.toml").unwrap_err();

@@ -124,6 +124,23 @@ pub struct ChatConfig {
     /// announcements of joins and leaves are left out. A tick's first line
     /// always goes, and so does the console's `say` (counted too).
     pub max_fanout_bytes_per_tick: usize,
+    /// Most bytes of other players' lines one player may be sent in a
+    /// burst (default 256 KiB), counted as the fan-out bound counts a copy;
+    /// refilled at [`recipient_bytes_per_sec`](Self::recipient_bytes_per_sec).
+    /// A player's chat channel holds at most
+    /// [`RELIABLE_QUEUE_BYTES`](shared::protocol::channels::RELIABLE_QUEUE_BYTES)
+    /// queued and unacknowledged, past which it is disconnected
+    /// (`SendQueueFull`): without
+    /// this bound, a few dozen accounts whispering one player at once
+    /// could cut them off. Past it a whisper to them is refused
+    /// `RateLimited` (no offence, as for the fan-out bound) and their copy
+    /// of a nearby or global line is withheld (`chat_withheld_total`);
+    /// their own lines' copies always go.
+    pub recipient_burst_bytes: usize,
+    /// The sustained rate of [`recipient_burst_bytes`](Self::recipient_burst_bytes),
+    /// in bytes a second of wall time (default 64 KiB: hundreds of lines a
+    /// second, more than anyone reads).
+    pub recipient_bytes_per_sec: usize,
 }
 
 impl Default for ChatConfig {
@@ -140,6 +157,8 @@ impl Default for ChatConfig {
             tick_hz: 30,
             announce_sessions: false,
             max_fanout_bytes_per_tick: 8 << 20,
+            recipient_burst_bytes: 256 << 10,
+            recipient_bytes_per_sec: 64 << 10,
         }
     }
 }
@@ -154,6 +173,13 @@ impl ChatConfig {
     pub const MAX_RATE_PER_SEC: f64 = 1_000_000.0;
     /// Smallest `max_fanout_bytes_per_tick` accepted.
     pub const MIN_FANOUT_BYTES_PER_TICK: usize = 64 * 1024;
+    /// Smallest `recipient_burst_bytes` accepted: room for a copy of the
+    /// longest line.
+    pub const MIN_RECIPIENT_BURST_BYTES: usize = 64 * 1024;
+    /// Smallest `recipient_bytes_per_sec` accepted.
+    pub const MIN_RECIPIENT_BYTES_PER_SEC: usize = 1024;
+    /// Highest `recipient_bytes_per_sec` accepted.
+    pub const MAX_RECIPIENT_BYTES_PER_SEC: usize = 1 << 30;
 
     /// Checks values the file may set; the message says what is wrong.
     ///
@@ -193,6 +219,25 @@ impl ChatConfig {
                 self.max_fanout_bytes_per_tick
             ));
         }
+        let queue = shared::protocol::channels::RELIABLE_QUEUE_BYTES;
+        if !(Self::MIN_RECIPIENT_BURST_BYTES..=queue).contains(&self.recipient_burst_bytes) {
+            return Err(format!(
+                "recipient_burst_bytes must be {} to {queue} (a chat channel's send queue, past \
+                 which its player is cut off), got {}",
+                Self::MIN_RECIPIENT_BURST_BYTES,
+                self.recipient_burst_bytes
+            ));
+        }
+        if !(Self::MIN_RECIPIENT_BYTES_PER_SEC..=Self::MAX_RECIPIENT_BYTES_PER_SEC)
+            .contains(&self.recipient_bytes_per_sec)
+        {
+            return Err(format!(
+                "recipient_bytes_per_sec must be {} to {}, got {}",
+                Self::MIN_RECIPIENT_BYTES_PER_SEC,
+                Self::MAX_RECIPIENT_BYTES_PER_SEC,
+                self.recipient_bytes_per_sec
+            ));
+        }
         Ok(())
     }
 }
@@ -222,6 +267,7 @@ struct ChatMetrics {
     rejected: Counter,
     kicked: Counter,
     outside_session: Counter,
+    withheld: Counter,
 }
 
 /// Connected members: account → connection, for delivery.
@@ -253,6 +299,10 @@ impl Plugin for ChatPlugin {
             outside_session: counter(
                 "chat_outside_session_total",
                 "Chat messages from clients without an established session.",
+            ),
+            withheld: counter(
+                "chat_withheld_total",
+                "Copies of chat lines not sent: their recipient's chat bound was spent.",
             ),
         };
         app.init_resource::<Outbox>()
@@ -548,6 +598,7 @@ impl Sink<'_, '_, '_> {
                             .write(ToClient::one(*client, rejected.clone()));
                     }
                 }
+                ChatOutput::Withheld { .. } => self.metrics.withheld.inc(),
                 ChatOutput::Kick { account } | ChatOutput::KickAgain { account } => {
                     if let Some((client, _)) = members.clients.get(account) {
                         if matches!(output, ChatOutput::Kick { .. }) {

@@ -39,6 +39,12 @@ pub enum ChatOutput {
         /// Why.
         rejected: ChatRejected,
     },
+    /// A copy of a line not sent to `to`: its inflow bound
+    /// ([`ChatConfig::recipient_burst_bytes`]) was spent.
+    Withheld {
+        /// The recipient left out.
+        to: u64,
+    },
     /// Disconnect a member for repeated offences.
     Kick {
         /// The offender's account.
@@ -266,6 +272,9 @@ struct Member {
     /// The tick in which a send refused for the fan-out bound last gave
     /// its token back (once a tick, see [`ChatRoom::say`]).
     refunded_in: Option<u64>,
+    /// Bytes of other players' lines it may still be sent (see
+    /// [`ChatConfig::recipient_burst_bytes`]).
+    inbox: u64,
 }
 
 /// Offences further apart than this do not add up to a mute: a player who
@@ -373,6 +382,9 @@ pub struct ChatRoom {
     fanout_bytes: usize,
 }
 
+/// Why a line refused for the tick's fan-out bound is refused.
+const SPENT_TICK: &str = "the server has too much chat to send right now; try again in a moment";
+
 /// What one delivered copy of a line costs besides its text and the
 /// speaker's name: its message header and sequence number, the command
 /// that carries it to `net-io` and the room's output.
@@ -419,8 +431,13 @@ impl ChatRoom {
         self.fanout_bytes = 0;
         let refill = self.refill_per_period().saturating_mul(u64::from(periods));
         let burst = self.config.burst;
+        let inflow = self
+            .inbox_refill_per_period()
+            .saturating_mul(u64::from(periods));
+        let inbox_burst = self.config.recipient_burst_bytes as u64;
         for member in self.members.values_mut() {
             member.bucket.refill(refill, burst);
+            member.inbox = member.inbox.saturating_add(inflow).min(inbox_burst);
         }
         self.standing.forget_expired(self.now);
     }
@@ -431,6 +448,11 @@ impl ChatRoom {
     fn refill_per_period(&self) -> u64 {
         (self.config.rate_per_sec.max(0.0) * MICRO as f64 / f64::from(self.config.tick_hz.max(1)))
             .ceil() as u64
+    }
+
+    /// Bytes a member's inbox refills a period, rounded up.
+    fn inbox_refill_per_period(&self) -> u64 {
+        (self.config.recipient_bytes_per_sec as u64).div_ceil(u64::from(self.config.tick_hz.max(1)))
     }
 
     /// A member joins (its session is established); with
@@ -465,6 +487,7 @@ impl ChatRoom {
             kicked: false,
             kick_asked_at: 0,
             refunded_in: None,
+            inbox: self.config.recipient_burst_bytes as u64,
         };
         // Back soon after leaving: the mute, the offences and the bucket
         // (refilled for the time away) carry on.
@@ -627,8 +650,9 @@ impl ChatRoom {
         true
     }
 
-    /// Refuses `from`'s line `client_ref` for the tick's fan-out bound:
-    /// the server's limit, not the sender's, so its token comes back and
+    /// Refuses `from`'s line `client_ref` for the tick's fan-out bound or
+    /// its recipient's inflow bound, saying `message`: the server's limit,
+    /// not the sender's, so its token comes back and
     /// trying again next tick is no offence. Once a tick: sending again
     /// and again into a spent tick costs tokens like any send.
     fn refuse_for_fanout(
@@ -636,6 +660,7 @@ impl ChatRoom {
         from: u64,
         client_ref: u32,
         tick: u64,
+        message: String,
         out: &mut Vec<ChatOutput>,
     ) {
         if let Some(member) = self.members.get_mut(&from)
@@ -649,8 +674,7 @@ impl ChatRoom {
             rejected: ChatRejected {
                 client_ref,
                 reason: ChatRejectReason::RateLimited,
-                message: "the server has too much chat to send right now; try again in a moment"
-                    .to_owned(),
+                message,
             },
         });
     }
@@ -760,7 +784,7 @@ impl ChatRoom {
         };
         let least = fewest_copies * (1 + name_len + DELIVERY_OVERHEAD_BYTES);
         if !self.fanout_has_room(least) {
-            self.refuse_for_fanout(from, client_ref, tick, out);
+            self.refuse_for_fanout(from, client_ref, tick, SPENT_TICK.to_owned(), out);
             return true;
         }
         let Some(member) = self.members.get_mut(&from) else {
@@ -799,9 +823,23 @@ impl ChatRoom {
         // everyone at once would otherwise make one tick's output (and
         // memory) grow with players × lines × recipients. A tick's first
         // line always goes.
-        let cost = recipients.len() * (text.len() + name.len() + DELIVERY_OVERHEAD_BYTES);
-        if !self.spend_fanout(cost) {
-            self.refuse_for_fanout(from, client_ref, tick, out);
+        let copy = text.len() + name.len() + DELIVERY_OVERHEAD_BYTES;
+        // A whisper its recipient cannot be sent is refused whole: its
+        // sender can try again, where a nearby or global line goes on to
+        // the others.
+        if let Some(to) = whisper_to
+            && to != from
+            && self.members.get(&to).is_some_and(|m| m.inbox < copy as u64)
+        {
+            let message = format!(
+                "{} is being sent more chat than they can take right now; try again in a moment",
+                self.members[&to].name
+            );
+            self.refuse_for_fanout(from, client_ref, tick, message, out);
+            return true;
+        }
+        if !self.spend_fanout(recipients.len() * copy) {
+            self.refuse_for_fanout(from, client_ref, tick, SPENT_TICK.to_owned(), out);
             return true;
         }
         let line = Arc::new(ChatLineBody {
@@ -811,6 +849,16 @@ impl ChatRoom {
             text,
         });
         for to in recipients {
+            let Some(member) = self.members.get_mut(&to) else {
+                continue;
+            };
+            // The speaker's own copy always goes: it answers the send.
+            if to != from && member.inbox < copy as u64 {
+                self.fanout_bytes -= copy;
+                out.push(ChatOutput::Withheld { to });
+                continue;
+            }
+            member.inbox = member.inbox.saturating_sub(copy as u64);
             let reply_to = (to == from).then_some(client_ref);
             self.deliver(to, reply_to, &line, out);
         }

@@ -1840,3 +1840,155 @@ fn joining_again_while_in_session_keeps_a_mute() {
     assert_eq!(rejections(&out), vec![ChatRejectReason::Muted]);
     assert!(lines_for(&out, 2).is_empty());
 }
+
+/// What the lines of `out` to `account` take of its chat channel's send
+/// queue: each copy as the transport holds it.
+fn queued_for(out: &[ChatOutput], account: u64) -> usize {
+    lines_for(out, account)
+        .iter()
+        .map(|line| shared::protocol::encode(line).unwrap().len())
+        .sum()
+}
+
+/// Two hundred accounts each whispering one player a burst of long lines
+/// in one tick sent it 790 KB: more than its chat channel holds
+/// ([`RELIABLE_QUEUE_BYTES`](shared::protocol::channels::RELIABLE_QUEUE_BYTES)),
+/// so the honest player was cut off (`SendQueueFull`) by accounts that
+/// each stayed within the rate limit. Whispers past its inflow bound are
+/// refused instead, with no offence, and it takes more as the bound
+/// refills.
+#[test]
+fn whisperers_together_cannot_send_a_player_more_than_its_channel_holds() {
+    let config = ChatConfig::default();
+    let attackers: Vec<u64> = (2..=201).collect();
+    let mut accounts = vec![1];
+    accounts.extend(&attackers);
+    let mut room = room_with(&accounts, config.clone());
+    let line = "w".repeat(config.max_chars);
+    let mut out = Vec::new();
+    let mut refused = 0;
+    for &a in &attackers {
+        for client_ref in 0..config.burst {
+            room.say(
+                a,
+                client_ref,
+                &ChatScope::WhisperId(1),
+                &line,
+                nowhere,
+                &mut out,
+            );
+            if let Err(reason) = the_answer(&out, a, client_ref) {
+                assert_eq!(reason, ChatRejectReason::RateLimited);
+                refused += 1;
+            }
+        }
+    }
+    let taken = queued_for(&out, 1);
+    assert!(
+        taken <= config.recipient_burst_bytes,
+        "{taken} bytes queued for one player in a tick"
+    );
+    assert!(taken < shared::protocol::channels::RELIABLE_QUEUE_BYTES);
+    assert!(refused > 0);
+    let told = out.iter().find_map(|o| match o {
+        ChatOutput::Rejected { rejected, .. } => Some(rejected.message.clone()),
+        _ => None,
+    });
+    assert!(told.is_some_and(|m| m.contains("player-1")), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, ChatOutput::Kick { .. })),
+        "refusals for the recipient's bound are no offence"
+    );
+
+    // A second later the bound has room for a second's worth more.
+    for _ in 0..config.tick_hz {
+        room.tick(1);
+    }
+    let mut out = Vec::new();
+    for (i, &a) in attackers.iter().enumerate() {
+        room.say(
+            a,
+            100 + i as u32,
+            &ChatScope::WhisperId(1),
+            &line,
+            nowhere,
+            &mut out,
+        );
+    }
+    let cost = |line: &ChatLine| line.text.len() + line.from_name.len() + DELIVERY_OVERHEAD_BYTES;
+    let taken: usize = lines_for(&out, 1).iter().map(cost).sum();
+    let largest = line.len() + "player-201".len() + DELIVERY_OVERHEAD_BYTES;
+    let second = config.recipient_bytes_per_sec;
+    assert!(
+        (second - largest..second + largest).contains(&taken),
+        "{taken} bytes a second later"
+    );
+}
+
+/// A nearby or global line goes on to everyone else when one recipient's
+/// inflow bound is spent: that copy alone is withheld, and a speaker
+/// always gets its own.
+#[test]
+fn a_spent_recipient_misses_a_global_line_that_everyone_else_gets() {
+    let config = ChatConfig {
+        burst: 10_000,
+        ..ChatConfig::default()
+    };
+    let mut room = room_with(&[1, 2, 3, 4], config.clone());
+    let long = "w".repeat(config.max_chars);
+    let mut out = Vec::new();
+    let spent = (1..10_000).find(|&client_ref| {
+        room.say(
+            4,
+            client_ref,
+            &ChatScope::WhisperId(1),
+            &long,
+            nowhere,
+            &mut out,
+        );
+        the_answer(&out, 4, client_ref).is_err()
+    });
+    assert!(spent.is_some(), "4 whispered 1 until its bound was spent");
+
+    let mut out = Vec::new();
+    assert!(room.say(3, 1, &ChatScope::Global, &long, nowhere, &mut out));
+    assert_eq!(lines_for(&out, 2).len(), 1);
+    assert_eq!(lines_for(&out, 3).len(), 1, "the speaker's own copy");
+    assert!(lines_for(&out, 1).is_empty());
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, ChatOutput::Withheld { to: 1 }))
+            .count(),
+        1
+    );
+    // 1's own line still answers it.
+    let mut out = Vec::new();
+    assert!(room.say(1, 7, &ChatScope::Global, &long, nowhere, &mut out));
+    assert!(the_answer(&out, 1, 7).is_ok());
+}
+
+/// Copies withheld for a spent recipient are counted on the metrics page.
+#[test]
+fn withheld_copies_are_counted() {
+    let config = ChatConfig {
+        burst: 1_000,
+        ..ChatConfig::default()
+    };
+    let long = "w".repeat(config.max_chars);
+    let mut app = PluginApp::new(Some(config));
+    let members: Vec<_> = (1..=13).map(|a| client_id(a, 1, a as u32)).collect();
+    for &member in &members {
+        app.join(member, Vec2::ZERO);
+    }
+    app.tick();
+    // Ten accounts whisper 1 past its bound, each far within its own,
+    // then 3 says a line to everyone in the same tick.
+    for &whisperer in &members[3..] {
+        for client_ref in 0..70 {
+            app.send(whisperer, client_ref, ChatScope::WhisperId(1), &long);
+        }
+    }
+    app.send(members[2], 1, ChatScope::Global, &long);
+    app.tick();
+    assert_eq!(app.counter("chat_withheld_total"), Some(1.0));
+}

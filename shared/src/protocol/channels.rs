@@ -27,6 +27,11 @@ pub const EVENTS: ChannelId = ChannelId(5);
 /// slots and doubles while more messages are in flight, up to this.
 pub const RELIABLE_WINDOW: u16 = 256;
 
+/// Most bytes a reliable channel of a connection holds, queued and
+/// unacknowledged; a send past it is refused (the server then ends the
+/// connection, `SendQueueFull`).
+pub const RELIABLE_QUEUE_BYTES: usize = 512 * 1024;
+
 /// Largest message of the game: a message id and the largest body the
 /// codec decodes. The transport refuses larger ones on arrival (a
 /// fragment count past it before buffering anything, a last fragment past
@@ -42,7 +47,7 @@ pub fn transport_config() -> TransportConfig {
     let reliable = |priority| {
         ChannelConfig::new(ChannelKind::ReliableOrdered)
             .with_priority(priority)
-            .with_max_queued_bytes(512 * 1024)
+            .with_max_queued_bytes(RELIABLE_QUEUE_BYTES)
     };
     TransportConfig {
         channels: vec![
