@@ -240,10 +240,16 @@ impl Histogram {
     }
 }
 
-/// `count` buckets starting at `start`, each `factor` times the previous.
+/// `count` buckets starting at `start`, each `factor` times the previous,
+/// rounded to 12 significant digits: the `le` labels read as written
+/// (`0.016`, not the `0.016000000000000014` that repeated multiplication
+/// by √2 gives), so a query can name a bound.
 pub fn exponential_buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
-    std::iter::successors(Some(start), |b| Some(b * factor))
-        .take(count)
+    (0..count)
+        .map(|i| {
+            let exact = start * factor.powi(i32::try_from(i).unwrap_or(i32::MAX));
+            format!("{exact:.11e}").parse().unwrap_or(exact)
+        })
         .collect()
 }
 
@@ -667,6 +673,33 @@ rtt_seconds_sum 5.055
 rtt_seconds_count 3
 ";
         assert_eq!(out, expected);
+    }
+
+    /// The tick histogram's bounds in steps of √2 were labelled
+    /// `le="0.016000000000000014"`: a query for the 16 ms bucket found
+    /// no series.
+    #[test]
+    fn bucket_labels_read_as_the_bounds_they_stand_for() {
+        let registry = Registry::default();
+        let bounds = exponential_buckets(0.000_25, std::f64::consts::SQRT_2, 26);
+        registry
+            .histogram("tick_seconds", "Ticks.", &bounds)
+            .unwrap();
+        let mut out = String::new();
+        registry.render(&mut out);
+        for le in ["0.0005", "0.001", "0.008", "0.016", "0.032", "1.024"] {
+            assert!(out.contains(&format!("le=\"{le}\"")), "{le} in {out}");
+        }
+        for line in out.lines().filter(|l| l.contains("le=")) {
+            let le = line.split('"').nth(1).unwrap();
+            let digits = le.chars().filter(char::is_ascii_digit).count();
+            assert!(digits <= 16, "{line}");
+        }
+        assert_eq!(
+            exponential_buckets(0.001, 2.0, 3),
+            [0.001, 0.002, 0.004],
+            "a factor of 2 as before"
+        );
     }
 
     #[test]
