@@ -175,8 +175,9 @@ pub struct TokenArgs {
     /// The player's account id, carried in the token.
     #[arg(long, value_name = "N")]
     pub client_id: u64,
-    /// A server address the token is valid for (repeat for fallbacks, at most 32).
-    #[arg(long = "server", value_name = "ADDR", required = true)]
+    /// A server address the token is valid for (repeat for fallbacks, at
+    /// most 32): one players can send to, as `public_addr` must be.
+    #[arg(long = "server", value_name = "ADDR", required = true, value_parser = reachable_addr)]
     pub servers: Vec<SocketAddr>,
     /// Seconds until the token expires.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
@@ -1122,6 +1123,21 @@ fn is_reachable(addr: SocketAddr) -> bool {
     let ip = addr.ip();
     let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
     addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
+}
+
+/// `text` as an address players can send to: a token for any other
+/// could never connect (every handshake dropped as `AddressNotInToken`).
+fn reachable_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|e| format!("{e}"))?;
+    if is_reachable(addr) {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{addr} is no address players can send to (0.0.0.0 and :: mean any interface, \
+             for bind only; port 0, multicast and broadcast reach no server): give the \
+             server's public address"
+        ))
+    }
 }
 
 /// `value` unless it is empty or only whitespace.

@@ -38,6 +38,7 @@ pub mod tick;
 pub mod world;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use bevy_app::{App, Plugin};
@@ -153,6 +154,18 @@ pub enum StartupError {
     NetConfig(#[from] shared::endpoint::EndpointConfigError),
 }
 
+/// The key in the key file at `path`.
+///
+/// # Errors
+/// An unreadable key file, or one holding the development key.
+pub fn load_production_key(path: &Path) -> Result<shared::netcode::Key, StartupError> {
+    let key = shared::keys::load_key_file(path)?;
+    if shared::keys::is_dev_key(&key) {
+        return Err(StartupError::DevKeyInProduction(path.to_path_buf()));
+    }
+    Ok(key)
+}
+
 /// The connect-token key the server uses: its key file in production, the
 /// public development key otherwise (with a loud warning).
 ///
@@ -160,13 +173,7 @@ pub enum StartupError {
 /// An unreadable key file, or one holding the development key.
 pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupError> {
     match &config.key_file {
-        Some(path) => {
-            let key = shared::keys::load_key_file(path)?;
-            if shared::keys::is_dev_key(&key) {
-                return Err(StartupError::DevKeyInProduction(path.clone()));
-            }
-            Ok(key)
-        }
+        Some(path) => load_production_key(path),
         None if config.bind().ip().is_loopback() => {
             tracing::warn!(
                 "DEV MODE: no --key-file given, using the public development key from \

@@ -89,7 +89,7 @@ fn token(args: &TokenArgs) -> ExitCode {
         }
     };
     let key = match &config.key_file {
-        Some(path) => match shared::keys::load_key_file(path) {
+        Some(path) => match server::load_production_key(path) {
             Ok(key) => key,
             Err(error) => {
                 eprintln!("error: {error}");

@@ -454,6 +454,45 @@ fn token_prints_a_base64_connect_token_for_the_given_server() {
     assert!(stderr.contains("development key"), "{stderr}");
 }
 
+/// A token for an address no server can have (the bind address
+/// copied, port 0) was printed, exit 0: every handshake with it was then
+/// dropped as `AddressNotInToken`, and the player just timed out.
+#[test]
+fn token_refuses_addresses_players_cannot_send_to() {
+    let dir = scratch_dir("token-unreachable");
+    for addr in ["0.0.0.0:7777", "[::]:7777", "127.0.0.1:0", "239.1.2.3:7777"] {
+        let output = output_within(
+            server(&dir).args(["token", "--client-id", "1", "--server", addr]),
+            RUN_LIMIT,
+        );
+        assert_eq!(output.status.code(), Some(2), "{addr}: {output:?}");
+        assert!(output.stdout.is_empty(), "{addr}: a token printed");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains("no address players can send to"),
+            "{stderr}"
+        );
+    }
+}
+
+/// `token` refuses a key file holding the development key, as `run` does:
+/// it minted tokens for a server that would never start with that key.
+#[test]
+fn token_refuses_a_key_file_holding_the_dev_key() {
+    let dir = scratch_dir("token-devkey");
+    std::fs::write(dir.join("server.key"), include_str!("../../assets/dev.key")).unwrap();
+    let output = output_within(
+        server(&dir)
+            .args(["token", "--client-id", "1", "--server", "127.0.0.1:7777"])
+            .args(["--key-file", "server.key"]),
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("public development key"), "{stderr}");
+}
+
 #[test]
 fn a_production_key_file_holding_the_dev_key_is_refused() {
     let dir = scratch_dir("devkey");
