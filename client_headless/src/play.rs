@@ -309,18 +309,15 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
             stdin_open = false;
             socket.endpoint.disconnect(now, DisconnectReason::Closed);
         }
-        while stdin_open {
+        // A pass reads at most a queue's worth of lines, and none while
+        // the commands waiting for the connection are at their bound: the
+        // rest wait in stdin, and a producer faster than the loop does not
+        // keep it from the socket.
+        let mut lines_left = INPUT_QUEUE;
+        while stdin_open && lines_left > 0 && pending.len() < MAX_PENDING_COMMANDS {
+            lines_left -= 1;
             // Behind commands waiting for the connection, a line's answer
             // waits its turn.
-            let queue = |pending: &mut VecDeque<Queued>, queued: Queued| {
-                if pending.len() < MAX_PENDING_COMMANDS {
-                    pending.push_back(queued);
-                } else if let Queued::Say(line) = queued {
-                    say!("{line}");
-                } else {
-                    say!("not connected yet: command dropped");
-                }
-            };
             let quit = match input.try_recv() {
                 // Another encoding (a Latin-1 terminal): the line alone is
                 // refused; the input goes on.
@@ -329,7 +326,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                     if pending.is_empty() {
                         say!("{notice}");
                     } else {
-                        queue(&mut pending, Queued::Say(notice.to_owned()));
+                        pending.push_back(Queued::Say(notice.to_owned()));
                     }
                     false
                 }
@@ -339,7 +336,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                         if !pending.is_empty()
                             || waits_for_connection(&command, &socket.endpoint) =>
                     {
-                        queue(&mut pending, Queued::Run(command));
+                        pending.push_back(Queued::Run(command));
                         false
                     }
                     Ok(Some(command)) => {
@@ -352,7 +349,7 @@ pub(crate) fn run(server: SocketAddr, token: &ConnectToken) -> Result<i32, Strin
                         false
                     }
                     Err(message) => {
-                        queue(&mut pending, Queued::Say(message));
+                        pending.push_back(Queued::Say(message));
                         false
                     }
                 },
@@ -587,7 +584,8 @@ impl InventoryRetries {
 const MAX_UNANSWERED_CHAT: usize = 64;
 
 /// Commands typed (or piped) before the connection is up, kept to run once
-/// it is: a script piped in arrives whole before the handshake ends.
+/// it is: a script piped in arrives whole before the handshake ends. Past
+/// this many, the rest wait in stdin.
 const MAX_PENDING_COMMANDS: usize = 256;
 
 /// A line of input waiting for the connection: a command to run, or the

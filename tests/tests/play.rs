@@ -72,6 +72,41 @@ fn a_script_piped_to_play_runs_once_connected() {
     }
 }
 
+/// A script longer than the commands kept for the connection runs whole:
+/// lines past the first 256 were dropped ("not connected yet: command
+/// dropped") while the handshake went on, as stdin was read to its end.
+#[test]
+fn a_script_longer_than_the_connect_queue_runs_whole() {
+    let server = ServerProcess::start(&ServerOptions::default());
+    let dir = std::env::temp_dir().join(format!("e2e-play-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script.txt");
+    std::fs::write(&script, "/stats\n".repeat(300)).unwrap();
+    // The server paused for a second: the whole script is read while the
+    // handshake waits.
+    let pid = server.pid().to_string();
+    let signal = move |name: &str| {
+        let status = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-STOP");
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        signal("-CONT");
+    });
+    let output = output_within_input(
+        &mut play(&server, "78"),
+        Stdio::from(std::fs::File::open(&script).unwrap()),
+        Duration::from_secs(30),
+    );
+    resume.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{:?}\n{stdout}", output.status);
+    assert!(!stdout.contains("not connected yet"), "{stdout}");
+    assert_eq!(stdout.matches("rtt ").count(), 300, "{stdout}");
+}
+
 /// A script whose connection never comes up still has its lines that
 /// needed none answered: kept behind the commands waiting for the
 /// connection, they were dropped with them when it failed.
