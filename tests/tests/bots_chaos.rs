@@ -130,6 +130,34 @@ fn garbage_then_slot_hold_are_bounded_and_reported() {
     assert!(server.is_running(), "the server died under slot-hold");
 }
 
+/// Every attack's sessions say goodbye as it ends: spoof-connect's probe,
+/// a slow reader the server did not end, and slot-hold's held slots were
+/// dropped silently and held their slots until the server's 10 s timeout,
+/// so a run right after found fewer free.
+#[test]
+fn attacks_free_the_slots_they_hold_as_they_end() {
+    let server = four_slot_server();
+    let game = server.game.to_string();
+
+    let s = attack(&game, "spoof-connect", "100", "0.5");
+    assert_eq!(s["probe_connected"], "yes", "{s:?}");
+    server.sessions_end_soon("spoof-connect's probe held its slot");
+
+    let s = attack(&game, "slow-reader", "5", "1");
+    assert_eq!(s["disconnect_reason"], "none", "{s:?}");
+    server.sessions_end_soon("the slow reader held its slot");
+
+    let s = attack(&game, "slot-hold", "20", "1");
+    assert_eq!(number(&s, "slots_held"), 4.0, "{s:?}");
+    server.sessions_end_soon("slot-hold's sessions held their slots");
+    let s = attack(&game, "slot-hold", "20", "1");
+    assert_eq!(
+        number(&s, "slots_held"),
+        4.0,
+        "a second run finds every slot: {s:?}"
+    );
+}
+
 /// A garbage run longer than its template session's first 256 packets (13
 /// s of acknowledgements) keeps its flipped sealed packets reaching
 /// decryption: sealed once, they fell behind the replay window and were

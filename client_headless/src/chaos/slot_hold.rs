@@ -96,6 +96,11 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         summary.add("socket_error", error);
     }
     summary.add("unsent", pacer.unsent() + capped);
+    // The slots held are freed as the attack ends, not at the server's
+    // timeout: the next run, or a player, finds them free.
+    for session in held.iter_mut().chain(pending.iter_mut().map(|(s, _)| s)) {
+        session.close(&mut summary);
+    }
     Ok(summary)
 }
 

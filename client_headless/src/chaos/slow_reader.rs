@@ -72,6 +72,8 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
         }
         None => summary.add("disconnect_reason", "none"),
     }
+    // Its slot freed at once, not at the server's timeout.
+    reader.close(&mut summary);
     summary.add("unsent", pacer.unsent());
     Ok(summary)
 }

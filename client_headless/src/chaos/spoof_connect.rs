@@ -84,6 +84,8 @@ pub(super) fn run(plan: &ChaosPlan) -> Result<Summary, String> {
                 probe_result = Some(Err(format!("no connection within {PROBE_LIMIT:?}")));
             }
             if probe_result.is_some() {
+                // Its slot freed at once, not at the server's timeout.
+                session.close(&mut probe_summary);
                 probe = None;
             }
         }
