@@ -270,79 +270,10 @@ fn sockets_needed(bots: u64, sources: SourceIps, threads: usize) -> u64 {
     }
 }
 
-/// Room for the run's sockets under the process's open-file limit.
+/// Files a run opens besides its bots' sockets and its workers' polls:
+/// stdio, the metrics connection, the report, the libraries'.
 #[cfg(target_os = "linux")]
-mod open_files {
-    /// Files a run opens besides its bots' sockets and its workers' polls:
-    /// stdio, the metrics connection, the report, the libraries'.
-    pub(super) const SPARE: u64 = 64;
-
-    /// What to do about a soft limit `soft` (hard limit `hard`) for
-    /// `needed` files.
-    #[derive(Debug, PartialEq, Eq)]
-    pub(super) enum Room {
-        /// The soft limit is high enough.
-        Enough,
-        /// Raise the soft limit to this (within the hard one).
-        Raise(u64),
-        /// Not even the hard limit is.
-        TooFew,
-    }
-
-    pub(super) fn room(needed: u64, soft: u64, hard: u64) -> Room {
-        if soft >= needed {
-            Room::Enough
-        } else if hard >= needed {
-            Room::Raise(needed)
-        } else {
-            Room::TooFew
-        }
-    }
-
-    /// Raises the soft open-file limit as far as `needed` (many systems
-    /// start processes at 1,024, far below their hard limit), or says what
-    /// to do: past the limit, bots failed one by one with "socket:
-    /// uncategorized error".
-    #[expect(
-        unsafe_code,
-        reason = "getrlimit(2) and setrlimit(2) on a plain C struct; nothing safe does"
-    )]
-    pub(super) fn make_room(needed: u64, bots: u64) -> Result<(), String> {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid, writable rlimit.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            // Unknown: the run reports any failure itself.
-            return Ok(());
-        }
-        let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
-        match room(needed, soft, hard) {
-            Room::Enough => Ok(()),
-            Room::Raise(to) => {
-                let raised = libc::rlimit {
-                    rlim_cur: to,
-                    rlim_max: limit.rlim_max,
-                };
-                // SAFETY: `raised` is a valid rlimit, read only.
-                if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                    Ok(())
-                } else {
-                    Err(too_few(needed, bots, soft))
-                }
-            }
-            Room::TooFew => Err(too_few(needed, bots, hard)),
-        }
-    }
-
-    fn too_few(needed: u64, bots: u64, limit: u64) -> String {
-        format!(
-            "{bots} bots need about {needed} open files, and this process may open {limit}: \
-             raise the limit (ulimit -n {needed}) or run fewer bots"
-        )
-    }
-}
+const SPARE_FILES: u64 = 64;
 
 /// The least run after the ramp that `--max-rtt-p99-ms` can judge: a bot
 /// samples its RTT a second after it connects, and connecting takes a
@@ -456,12 +387,18 @@ fn load_plan(args: LoadArgs) -> Result<load::LoadPlan, String> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
     #[cfg(target_os = "linux")]
-    open_files::make_room(
-        sockets_needed(args.bots, sources, threads)
+    {
+        let needed = sockets_needed(args.bots, sources, threads)
             .saturating_add(2 * threads as u64)
-            .saturating_add(open_files::SPARE),
-        args.bots,
-    )?;
+            .saturating_add(SPARE_FILES);
+        client_headless::open_files::make_room(needed).map_err(|limit| {
+            format!(
+                "{} bots need about {needed} open files, and this process may open {limit}: \
+                 raise the limit (ulimit -n {needed}) or run fewer bots",
+                args.bots
+            )
+        })?;
+    }
     let first_account = consecutive_accounts(
         args.first_client_id
             .unwrap_or_else(|| (shared::io::unix_secs() % 1_000_000) * 100_000 + 1),
@@ -802,15 +739,6 @@ mod tests {
         check_writable(&fresh).unwrap();
         assert!(!fresh.exists());
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_open_file_limit_is_raised_as_far_as_needed_within_the_hard_one() {
-        use open_files::{Room, room};
-        assert_eq!(room(5_064, 20_000, 20_000), Room::Enough);
-        assert_eq!(room(5_064, 1_024, 524_288), Room::Raise(5_064));
-        assert_eq!(room(5_064, 1_024, 4_096), Room::TooFew);
     }
 
     /// A load test sends a handshake storm, then the game's traffic: off

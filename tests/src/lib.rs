@@ -61,6 +61,25 @@ pub fn scale<T>(fast: T, long: T) -> T {
     if long_variant() { long } else { fast }
 }
 
+/// Raises this process's open-file limit to `sockets` and room for the
+/// tests running beside it (1,024 more), as the bots raise theirs: many
+/// hosts start processes at 1,024, and a test past it failed with "Too
+/// many open files". Fails the test, saying what to do, when the hard
+/// limit is lower.
+#[cfg_attr(not(target_os = "linux"), expect(unused_variables))]
+pub fn room_for_sockets(sockets: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let needed = sockets + 1_024;
+        if let Err(limit) = client_headless::open_files::make_room(needed) {
+            panic!(
+                "this test needs about {needed} open files and may open {limit}: raise the \
+                 limit (ulimit -n {needed})"
+            );
+        }
+    }
+}
+
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_addr() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")

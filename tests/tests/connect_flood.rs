@@ -78,6 +78,7 @@ fn a_legitimate_client_connects_during_a_spoofed_connect_flood() {
     let seed = e2e::seed();
     eprintln!("seed {seed}");
     let requests = scale(50_000u64, 500_000);
+    e2e::room_for_sockets(250);
     let server = ServerProcess::start(&ServerOptions::default());
     let game = server.game;
 
@@ -246,6 +247,7 @@ fn a_valid_token_flood_fills_only_the_bounded_half_open_table() {
     // the flood takes (about 0.1 s), so no entry expires while it runs and
     // the table is tested full.
     const ATTACK_TIMEOUT_S: i32 = 6;
+    e2e::room_for_sockets(sockets);
     let mut server = ServerProcess::start(&ServerOptions::default());
     let game = server.game;
     let sources: Vec<UdpSocket> = (0..sockets).map(|i| bind_loopback_3(i / 8)).collect();
