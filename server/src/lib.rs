@@ -200,6 +200,17 @@ pub fn load_key(config: &ServerConfig) -> Result<shared::netcode::Key, StartupEr
 /// # Errors
 /// See [`StartupError`].
 pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupError> {
+    start_network_unless(config, || false)
+}
+
+/// [`start_network`], unless `stop` says so once the socket is bound and
+/// the connection tables are made (which takes a while for many clients):
+/// then [`StartupError::Interrupted`], before anything serves or the game
+/// socket is announced.
+fn start_network_unless(
+    config: &ServerConfig,
+    stop: impl Fn() -> bool,
+) -> Result<net::NetServer, StartupError> {
     use shared::endpoint::ServerEndpoint;
     let key = load_key(config)?;
     let socket = shared::io::socket::bind_game_socket(config.bind()).map_err(|source| {
@@ -218,6 +229,9 @@ pub fn start_network(config: &ServerConfig) -> Result<net::NetServer, StartupErr
         endpoint_config(config, netcode_config(config, key, public_addrs)),
         &mut shared::io::system_rng(),
     )?;
+    if stop() {
+        return Err(StartupError::Interrupted);
+    }
     let io = shared::io::ServerIo::spawn_on(socket, endpoint, io_config(config))?;
     tracing::info!(
         bind = %io.local_addr(),
@@ -348,7 +362,7 @@ pub fn build_app(config: &ServerConfig) -> Result<App, StartupError> {
     if switch.is_requested() {
         return Err(StartupError::Interrupted);
     }
-    let network = start_network(config)?;
+    let network = start_network_unless(config, || switch.is_requested())?;
 
     let mut app = App::new();
     app.insert_resource(metrics)
@@ -387,6 +401,23 @@ mod tests {
             grace < tick.shutdown_timeout,
             "the runner outwaits the grace"
         );
+    }
+
+    /// A signal while the socket is bound and the connection tables are
+    /// made stops the server there: it was announced and served, then
+    /// drained for its grace period, where the README promises a server
+    /// signalled while it starts never serves.
+    #[test]
+    fn a_signal_while_the_network_starts_stops_it_before_it_serves() {
+        let config = ServerConfig {
+            bind_set: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServerConfig::default()
+        };
+        assert!(matches!(
+            start_network_unless(&config, || true),
+            Err(StartupError::Interrupted)
+        ));
+        assert!(start_network_unless(&config, || false).is_ok());
     }
 
     /// A view radius the interest plugin corrects is corrected for chat's

@@ -635,7 +635,7 @@ fn a_signal_while_starting_stops_the_server_before_it_serves() {
     });
     up.recv_timeout(Duration::from_secs(20))
         .expect("the metrics endpoint is announced");
-    // The handlers are installed right after; the store waits for the lock.
+    // The handlers are installed before it; the store waits for the lock.
     std::thread::sleep(Duration::from_millis(500));
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
