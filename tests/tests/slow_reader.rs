@@ -15,9 +15,13 @@ use shared::transport::DisconnectReason;
 
 #[test]
 fn a_client_that_never_acknowledges_is_disconnected_for_a_full_send_queue() {
-    // Chat rate limits raised so a handful of players can fill a queue fast.
+    // Chat rate limits raised so a handful of players can fill a queue
+    // fast, and the bound on what one player is sent to its highest (the
+    // queue's size, and a rate no one drains).
     let server = ServerProcess::start(&ServerOptions {
-        config_toml: "[chat]\nburst = 2000\nrate_per_sec = 2000.0\n".to_owned(),
+        config_toml: "[chat]\nburst = 2000\nrate_per_sec = 2000.0\n\
+                      recipient_burst_bytes = 524288\nrecipient_bytes_per_sec = 1073741824\n"
+            .to_owned(),
         ..ServerOptions::default()
     });
     // They chat only the test's lines.

@@ -132,7 +132,9 @@ pub struct ChatConfig {
     /// queued and unacknowledged, past which it is disconnected
     /// (`SendQueueFull`): without
     /// this bound, a few dozen accounts whispering one player at once
-    /// could cut them off. Past it a whisper to them is refused
+    /// could cut them off with a burst (the rate does not follow the
+    /// player's link: one that drains less than it, for long, is still cut
+    /// off). Past it a whisper to them is refused
     /// `RateLimited` (no offence, as for the fan-out bound) and their copy
     /// of a nearby or global line is withheld (`chat_withheld_total`);
     /// their own lines' copies always go.

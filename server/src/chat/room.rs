@@ -858,7 +858,10 @@ impl ChatRoom {
                 out.push(ChatOutput::Withheld { to });
                 continue;
             }
-            member.inbox = member.inbox.saturating_sub(copy as u64);
+            // Its own copies are bounded by its own rate limit.
+            if to != from {
+                member.inbox = member.inbox.saturating_sub(copy as u64);
+            }
             let reply_to = (to == from).then_some(client_ref);
             self.deliver(to, reply_to, &line, out);
         }
