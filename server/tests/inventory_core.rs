@@ -788,6 +788,77 @@ fn open_empty_trade(h: &mut Harness) -> u64 {
     .unwrap()
 }
 
+/// An account re-offering again and again sent its partner a trade update
+/// for each (64 a tick): more than a reliable channel drains, so it could
+/// cut a player off for a full send queue alone, without an item. A batch
+/// now tells each side a trade's last state once; every request is still
+/// answered.
+#[test]
+fn re_offers_in_one_batch_tell_the_partner_once() {
+    let mut h = Harness::new();
+    let trade = open_empty_trade(&mut h);
+    for request_id in 2..66 {
+        h.push(request_input(
+            1,
+            request_id,
+            InventoryOp::Offer {
+                with: 2,
+                offer: TradeOffer::default(),
+            },
+        ));
+    }
+    let out = h.flush(false);
+    let told = |account| {
+        out.iter()
+            .filter(|o| matches!(o, Output::Trade { account: a, .. } if *a == account))
+            .count()
+    };
+    assert_eq!(told(2), 1, "{out:?}");
+    assert_eq!(told(1), 1);
+    assert_eq!(trade_seen(&out, 2, trade).unwrap().revision, 65);
+    assert!((2..66).all(|request_id| reply_of(&out, 1, request_id).is_some()));
+}
+
+/// Gifts in one batch send the recipient its inventory once, as it stands
+/// after the last of them, not once per gift.
+#[test]
+fn gifts_in_one_batch_send_the_recipient_one_update() {
+    let mut h = Harness::new();
+    h.push(Input::Connected { account: 1 });
+    h.push(Input::Connected { account: 2 });
+    h.flush(false);
+    let held = gather(&mut h, 1, 1);
+    let gifts: Vec<(u16, u32)> = held
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, stack)| Some((u16::try_from(slot).ok()?, stack.as_ref()?.count)))
+        .flat_map(|(slot, count)| std::iter::repeat_n(slot, count as usize))
+        .take(12)
+        .map(|slot| (slot, 1))
+        .collect();
+    assert!(gifts.len() > 1, "{held:?}");
+    for (i, &(slot, count)) in gifts.iter().enumerate() {
+        h.push(request_input(
+            1,
+            1_000 + i as u64,
+            InventoryOp::Give { to: 2, slot, count },
+        ));
+    }
+    let out = h.flush(false);
+    let updates: Vec<&shared::protocol::inventory::InventoryUpdate> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Update { account: 2, update } => Some(update),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates.len(), 1, "{out:?}");
+    let units: u32 = stacks(&updates[0].inventory).iter().map(|s| s.1).sum();
+    assert_eq!(units as usize, gifts.len());
+    assert_eq!(Some(&updates[0].inventory), h.core.inventory(2));
+}
+
 #[test]
 fn a_failed_commit_does_not_restore_a_trade_whose_side_has_left() {
     let mut h = Harness::new();

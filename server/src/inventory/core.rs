@@ -312,6 +312,38 @@ impl Output {
             | Self::World { account, .. } => *account,
         }
     }
+
+    /// What a later output of the same key makes stale: an account's
+    /// inventory, or its view of one trade. Answers are never stale.
+    fn state_of(&self) -> Option<(u64, Option<u64>)> {
+        match self {
+            Self::Update { account, .. } => Some((*account, None)),
+            Self::Trade { account, update } => Some((*account, Some(update.trade))),
+            Self::Reply { .. } | Self::World { .. } => None,
+        }
+    }
+}
+
+/// `outputs` with only the last of the updates of each account's
+/// inventory and of each trade it sees, where that one stands. Each
+/// update carries the whole state, so the last says all the others would;
+/// without this, other players' requests could send one player an update
+/// each (64 re-offers a tick from one account, or gifts from many), more
+/// than its reliable channel drains, until it was cut off for a full send
+/// queue.
+fn latest_states(outputs: Vec<Output>) -> Vec<Output> {
+    let mut last = HashMap::new();
+    for (i, output) in outputs.iter().enumerate() {
+        if let Some(key) = output.state_of() {
+            last.insert(key, i);
+        }
+    }
+    outputs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, output)| output.state_of().is_none_or(|key| last[&key] == *i))
+        .map(|(_, output)| output)
+        .collect()
 }
 
 /// A batch to commit.
@@ -1065,7 +1097,7 @@ impl InventoryCore {
                         applied.trim();
                     }
                 }
-                building.outputs
+                latest_states(building.outputs)
             }
             Err(_) => {
                 for (account, before) in building.inventories {
