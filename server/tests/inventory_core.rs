@@ -819,6 +819,57 @@ fn re_offers_in_one_batch_tell_the_partner_once() {
     assert!((2..66).all(|request_id| reply_of(&out, 1, request_id).is_some()));
 }
 
+/// Accounts drawing one player into a trade and leaving it in turn, all
+/// in one batch (each of its own next offer ending its trade with the
+/// player), sent it an update for each: as many a tick as there were of
+/// them. A player is drawn into one new trade a batch.
+#[test]
+fn a_player_passed_between_traders_is_drawn_into_one_trade_a_batch() {
+    let mut h = Harness::new();
+    let traders: Vec<u64> = (10..18).collect();
+    for &account in traders.iter().chain([&1]) {
+        h.push(Input::Connected { account });
+    }
+    h.flush(false);
+    let mut request_id = 0;
+    let mut offer = |h: &mut Harness, from: u64, with: u64| {
+        request_id += 1;
+        h.push(request_input(
+            from,
+            request_id,
+            InventoryOp::Offer {
+                with,
+                offer: TradeOffer::default(),
+            },
+        ));
+        (from, request_id)
+    };
+    let mut opens = Vec::new();
+    for (i, &trader) in traders.iter().enumerate() {
+        opens.push(offer(&mut h, trader, 1));
+        // Into a trade with the next trader, which ends this one's with 1.
+        offer(&mut h, trader, traders[(i + 1) % traders.len()]);
+    }
+    let out = h.flush(false);
+    let to_player = out
+        .iter()
+        .filter(|o| matches!(o, Output::Trade { account: 1, .. }))
+        .count();
+    assert!(to_player <= 1, "{to_player} trade updates: {out:?}");
+    let opened = opens
+        .iter()
+        .filter(|&&(from, id)| reply_of(&out, from, id).is_some_and(|r| r.result.is_ok()))
+        .count();
+    assert_eq!(opened, 1);
+    let busy = opens
+        .iter()
+        .filter(|&&(from, id)| {
+            reply_of(&out, from, id).is_some_and(|r| r.result == Err(InventoryError::PartnerBusy))
+        })
+        .count();
+    assert_eq!(busy, traders.len() - 1);
+}
+
 /// Gifts in one batch send the recipient its inventory once, as it stands
 /// after the last of them, not once per gift.
 #[test]

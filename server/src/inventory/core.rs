@@ -560,6 +560,9 @@ struct Building {
     applied: Vec<(u64, u64, bool)>,
     outputs: Vec<Output>,
     evict: Vec<u64>,
+    /// Accounts another's offer drew into a new trade in this batch: one
+    /// each (see [`InventoryCore::offer`]).
+    drawn_in: HashSet<u64>,
 }
 
 /// The inventory rules and state (see the module docs).
@@ -1725,10 +1728,15 @@ impl InventoryCore {
                 // One open trade per player. The partner's is not the
                 // sender's to end: an offer to a player in a trade with
                 // someone else is refused. The sender's own other trade
-                // ends.
-                if self.trades.of(with).is_some() {
+                // ends. And one new trade a batch per partner: accounts
+                // opening a trade with one player and ending it in turn
+                // would each send it updates, as many as there are of
+                // them (an honest second offer finds the first trade
+                // open, and is refused anyway).
+                if self.trades.of(with).is_some() || self.b().drawn_in.contains(&with) {
                     return Err(InventoryError::PartnerBusy);
                 }
+                self.b().drawn_in.insert(with);
                 self.cancel_trades_of(account);
                 let id = self.next_trade_id();
                 self.touch_trade(id);
