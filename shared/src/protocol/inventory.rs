@@ -201,8 +201,9 @@ pub enum InventoryOp {
     },
     /// Open a trade with another online player, or replace my side of our
     /// open trade; resets both acceptances. Opening one cancels my other
-    /// open trade, if any; a player already trading with someone else is
-    /// refused ([`InventoryError::PartnerBusy`]), their trade untouched.
+    /// open trade, if any; a player already trading with someone else, or
+    /// drawn into another new trade in the same server tick, is refused
+    /// ([`InventoryError::PartnerBusy`]), their trade untouched.
     Offer {
         /// The other player's account id.
         with: u64,
@@ -293,8 +294,9 @@ pub enum InventoryError {
     /// since the player looked. Nothing is accepted.
     #[error("the trade changed; look again and accept again")]
     TradeChanged,
-    /// An `Offer` to a player who is trading with someone else.
-    #[error("that player is already trading")]
+    /// An `Offer` to a player who is trading with someone else, or whom
+    /// another offer drew into a new trade in the same server tick.
+    #[error("that player is busy trading; try again in a moment")]
     PartnerBusy,
     /// A `Move` onto the slot it starts from.
     #[error("that is the same slot")]
