@@ -2065,6 +2065,30 @@ fn an_ack_naming_a_bare_ack_of_a_full_history_is_a_sample() {
     assert!(rtt >= ms(39) && rtt <= ms(41), "rtt {rtt:?}");
 }
 
+/// An ack naming a bare ack of a full history is a sample also when
+/// newer bare acks were sent since: a streaming peer is acked more often
+/// than once a round trip, and the one send time kept was always of a
+/// newer one, so while the history was full there was no sample at all.
+#[test]
+fn an_ack_naming_an_older_bare_ack_of_a_full_history_is_a_sample() {
+    let t0 = Instant::now();
+    let mut conn = Connection::new(TransportConfig::default(), t0).unwrap();
+    let now = fill_the_sent_history(&mut conn, t0);
+    let mut buf = [0u8; 1500];
+    conn.handle_datagram(now, &raw_packet(0, true, None));
+    conn.handle_datagram(now, &raw_packet(1, true, None));
+    conn.poll_transmit(now, &mut buf)
+        .expect("the bare ack, 1,024");
+    conn.handle_datagram(now + ms(5), &raw_packet(2, true, None));
+    conn.handle_datagram(now + ms(5), &raw_packet(3, true, None));
+    conn.poll_transmit(now + ms(5), &mut buf)
+        .expect("the bare ack, 1,025");
+    // The peer's ack was sent before 1,025 reached it.
+    conn.handle_datagram(now + ms(40), &ack_of_65(4, 1_024));
+    let rtt = conn.stats().rtt;
+    assert!(rtt >= ms(39) && rtt <= ms(41), "rtt {rtt:?}");
+}
+
 /// Bare acks past the history's length, without end: a peer sending
 /// ack-eliciting packets fast while acking nothing. Sequences in flight
 /// stay within twice the history of the newest (beyond that the oldest

@@ -34,6 +34,47 @@ const INBOX_KEEP_CAPACITY: usize = 64 * 1024;
 /// numbers round): past it, the oldest packet counts as lost.
 const MAX_IN_FLIGHT_SPAN: usize = 2 * SENT_HISTORY;
 
+/// Bare acks sent while the history was full whose send times are kept:
+/// more than a round trip's worth (the peer's ack names one sent about a
+/// round trip before it arrives, and a streaming peer is acked more often
+/// than that).
+const UNSLOTTED_ACKS: usize = 16;
+
+/// The send times of the newest [`UNSLOTTED_ACKS`] bare acks that took no
+/// slot of the sent history.
+#[derive(Debug)]
+struct UnslottedAcks {
+    /// Sequence and send time; [`Stamp::NEVER`] for none yet.
+    entries: [(u16, Stamp); UNSLOTTED_ACKS],
+    /// Where the next goes.
+    next: usize,
+}
+
+impl Default for UnslottedAcks {
+    fn default() -> Self {
+        Self {
+            entries: [(0, Stamp::NEVER); UNSLOTTED_ACKS],
+            next: 0,
+        }
+    }
+}
+
+impl UnslottedAcks {
+    fn push(&mut self, sequence: u16, sent_at: Stamp) {
+        self.entries[self.next] = (sequence, sent_at);
+        self.next = (self.next + 1) % UNSLOTTED_ACKS;
+    }
+
+    /// When bare ack `sequence` was sent, the newest first (a sequence
+    /// number comes round again).
+    fn sent_at(&self, sequence: u16) -> Option<Stamp> {
+        (1..=UNSLOTTED_ACKS)
+            .map(|back| self.entries[(self.next + UNSLOTTED_ACKS - back) % UNSLOTTED_ACKS])
+            .find(|&(s, at)| s == sequence && at != Stamp::NEVER)
+            .map(|(_, at)| at)
+    }
+}
+
 /// Why a connection ended. The code travels in disconnect packets, so both
 /// sides can read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -412,10 +453,10 @@ pub struct Connection {
     /// While finishing a disconnect: when it closes whatever is still
     /// unacknowledged.
     finish_by: Stamp,
-    /// The newest bare ack sent while the history was full, which took
-    /// no slot (see `transmit_connected`): its sequence and send time, for
-    /// the round trip of an ack naming it as the peer's newest.
-    unslotted_ack: Option<(u16, Stamp)>,
+    /// The newest bare acks sent while the history was full, which took
+    /// no slot (see `transmit_connected`), for the round trip of an ack
+    /// naming one as the peer's newest; made the first time.
+    unslotted_acks: Option<Box<UnslottedAcks>>,
     /// The first `older_acks_len`, oldest first: acknowledgements of
     /// packets that later ones pushed out of reach of the next ack's
     /// bitmap before any ack named them (see `record_received`).
@@ -580,7 +621,7 @@ impl Connection {
             inbox: Inbox::default(),
             stats: ConnectionStats::default(),
             finish_by: now,
-            unslotted_ack: None,
+            unslotted_acks: None,
         };
         connection.update_timers(now);
         Ok(connection)
@@ -1297,8 +1338,9 @@ impl Connection {
                 if latest.sequence == ack.latest {
                     Some(latest.sent_at)
                 } else {
-                    self.unslotted_ack
-                        .and_then(|(s, sent_at)| (s == ack.latest).then_some(sent_at))
+                    self.unslotted_acks
+                        .as_ref()
+                        .and_then(|acks| acks.sent_at(ack.latest))
                 }
             };
             if let Some(sent_at) = timed {
@@ -1743,7 +1785,9 @@ impl Connection {
             .max()
             .unwrap_or(0);
         if keeps_slot {
-            self.unslotted_ack = Some((sequence, now));
+            self.unslotted_acks
+                .get_or_insert_with(Box::default)
+                .push(sequence, now);
         } else {
             let packet = self.sent.get_mut(sequence);
             packet.units = units;
