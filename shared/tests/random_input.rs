@@ -27,7 +27,7 @@ fn memory_bound(config: &TransportConfig) -> usize {
         .iter()
         .filter(|c| c.kind.is_reliable())
         .count();
-    config.max_receive_buffer + reliable * config.max_message_size
+    config.max_receive_buffer + reliable * config.largest_reassembly()
 }
 
 fn drain(conn: &mut Connection) {

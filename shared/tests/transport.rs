@@ -233,6 +233,29 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// The largest message, sent on an unreliable channel to a receiver whose
+/// buffer is exactly its reassembly in whole fragments, arrives: the
+/// smallest buffer a valid configuration allows holds it.
+#[test]
+fn the_largest_unreliable_message_fits_the_smallest_valid_buffer() {
+    let config = TransportConfig {
+        channels: vec![
+            ChannelConfig::new(ChannelKind::ReliableOrdered),
+            ChannelConfig::new(ChannelKind::Unreliable),
+        ],
+        fragment_size: 1_000,
+        max_message_size: 10_500,
+        max_receive_buffer: 11_000,
+        ..TransportConfig::default()
+    };
+    let mut pair = Pair::new(config, LinkConfig::perfect(), 1);
+    let body = pattern(10_500, 3);
+    pair.a.send(ChannelId(1), &body).unwrap();
+    let arrived = pair.run_until(Duration::from_secs(2), |p| !p.at_b.messages.is_empty());
+    assert!(arrived, "{:?}", pair.b.stats());
+    assert_eq!(pair.at_b.messages[0].1, body);
+}
+
 #[test]
 fn one_mebibyte_message_survives_ten_percent_loss() {
     let mut pair = Pair::new(

@@ -118,7 +118,8 @@ pub struct TransportConfig {
     /// dropped unacknowledged, so the sender resends it later. So that a
     /// full buffer cannot deadlock a channel, the one message each reliable
     /// channel is waiting for is always accepted: the hard bound is this
-    /// plus `max_message_size` per reliable channel.
+    /// plus [`largest_reassembly`](Self::largest_reassembly) per reliable
+    /// channel. At least that much.
     pub max_receive_buffer: usize,
     /// Unreliable messages still waiting for send budget after this long
     /// are dropped (counted in `unreliable_dropped`): under overload,
@@ -239,7 +240,10 @@ pub enum ConfigError {
     #[error("reliable_window must be within 1..=16384, got {0}")]
     ReliableWindow(u16),
     /// The receive buffer cannot hold even one maximal message.
-    #[error("max_receive_buffer {0} is smaller than max_message_size")]
+    #[error(
+        "max_receive_buffer {0} is smaller than max_message_size in whole fragments \
+         (what its reassembly holds)"
+    )]
     ReceiveBuffer(usize),
     /// `min_send_rate <= initial_send_rate <= max_send_rate` does not hold.
     #[error("send rates must satisfy 0 < min <= initial <= max")]
@@ -290,6 +294,15 @@ impl TransportConfig {
         RateBounds::new(self.min_send_rate, self.max_send_rate, self.max_payload)
     }
 
+    /// What the reassembly of the largest message holds of the receive
+    /// buffer: `max_message_size` in whole fragments (every fragment is
+    /// charged `fragment_size`, the last too).
+    pub fn largest_reassembly(&self) -> usize {
+        self.max_message_size
+            .div_ceil(self.fragment_size.max(1))
+            .saturating_mul(self.fragment_size)
+    }
+
     /// Checks the configuration; [`Connection::new`](super::Connection::new) calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.channels.is_empty() || self.channels.len() > MAX_CHANNELS {
@@ -315,7 +328,7 @@ impl TransportConfig {
         if self.reliable_window == 0 || self.reliable_window > 16_384 {
             return Err(ConfigError::ReliableWindow(self.reliable_window));
         }
-        if self.max_receive_buffer < self.max_message_size {
+        if self.max_receive_buffer < self.largest_reassembly() {
             return Err(ConfigError::ReceiveBuffer(self.max_receive_buffer));
         }
         if self.min_send_rate == 0
@@ -442,6 +455,27 @@ mod tests {
                 Err(ConfigError::UnreliableReassemblies(n))
             );
         }
+    }
+
+    /// A buffer of `max_message_size` bytes passed, but the reassembly of
+    /// such a message is charged whole fragments: with 1,000-byte
+    /// fragments a 10,500-byte message holds 11,000, past the buffer even
+    /// when empty, so every one `send` took was dropped on arrival.
+    #[test]
+    fn the_receive_buffer_holds_the_largest_message_in_whole_fragments() {
+        let config = TransportConfig {
+            fragment_size: 1_000,
+            max_message_size: 10_500,
+            max_receive_buffer: 10_500,
+            ..TransportConfig::default()
+        };
+        assert_eq!(config.largest_reassembly(), 11_000);
+        assert_eq!(config.validate(), Err(ConfigError::ReceiveBuffer(10_500)));
+        let config = TransportConfig {
+            max_receive_buffer: 11_000,
+            ..config
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]
