@@ -175,7 +175,9 @@ pub struct ShutdownRequested {
 pub struct ShutdownStarted {
     /// Why.
     pub reason: ShutdownReason,
-    /// Ticks that will run, this one included, before the app exits.
+    /// Ticks that will run, this one included, before the app exits, at
+    /// most: fewer when the grace period's wall-clock bound
+    /// ([`ShutdownPlugin::grace_time`]) ends it first.
     pub grace_ticks: u32,
 }
 
