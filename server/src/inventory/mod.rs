@@ -177,10 +177,14 @@ impl InventoryService {
         if !self.core.in_flight() {
             return Ok(());
         }
-        let Some(done) = self.writer.wait_done(timeout) else {
-            return Err(format!(
-                "the last inventory batch was not stored within {timeout:?}"
-            ));
+        let done = match self.writer.wait_done(timeout) {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                return Err(format!(
+                    "the last inventory batch was not stored within {timeout:?}"
+                ));
+            }
+            Err(error) => return Err(format!("the last inventory batch was not stored: {error}")),
         };
         let failure = done.result.as_ref().err().map(ToString::to_string);
         // Its replies go nowhere now: their sessions are over.

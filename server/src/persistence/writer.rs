@@ -3,7 +3,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
 use super::{BatchWrites, InventoryStore, StoreError};
 
@@ -112,9 +112,17 @@ impl StoreWriter {
     }
 
     /// Waits up to `timeout` for a finished commit (for shutdown and tests,
-    /// never in the tick).
-    pub fn wait_done(&self, timeout: Duration) -> Option<CommitDone> {
-        self.done.recv_timeout(timeout).ok()
+    /// never in the tick); `None` when none finished in time.
+    ///
+    /// # Errors
+    /// [`StoreError::WriterGone`] once the thread has ended with nothing
+    /// left to report.
+    pub fn wait_done(&self, timeout: Duration) -> Result<Option<CommitDone>, StoreError> {
+        match self.done.recv_timeout(timeout) {
+            Ok(done) => Ok(Some(done)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(StoreError::WriterGone),
+        }
     }
 }
 
@@ -127,5 +135,41 @@ impl Drop for StoreWriter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::{AccountState, AuditReport, WorldState};
+
+    /// A store whose commit panics, ending the thread.
+    struct Broken;
+
+    impl InventoryStore for Broken {
+        fn load_world(&mut self) -> Result<WorldState, StoreError> {
+            Err(StoreError::WriterGone)
+        }
+        fn load_account(&mut self, _: u64) -> Result<AccountState, StoreError> {
+            Err(StoreError::WriterGone)
+        }
+        fn commit(&mut self, _: &BatchWrites) -> Result<(), StoreError> {
+            panic!("the store broke")
+        }
+        fn audit(&mut self) -> Result<AuditReport, StoreError> {
+            Err(StoreError::WriterGone)
+        }
+    }
+
+    /// A writer thread that stopped is said to have: the exit said the
+    /// last batch was not stored "within 6s", as if the disk were slow.
+    #[test]
+    fn waiting_on_a_stopped_writer_says_it_stopped() {
+        let writer = StoreWriter::spawn(Box::new(Broken)).unwrap();
+        writer.submit(1, BatchWrites::default()).unwrap();
+        assert!(matches!(
+            writer.wait_done(Duration::from_secs(30)),
+            Err(StoreError::WriterGone)
+        ));
     }
 }
