@@ -87,7 +87,7 @@ pub struct InterestConfig {
     /// (up to about 11 bytes an entity). At least
     /// [`SnapshotLimits::min_budget`] and at most
     /// [`SnapshotLimits::max_budget`] of `max_entities` (the largest
-    /// message the transport carries, when a delta of that many entities
+    /// snapshot the transport queues, when a delta of that many entities
     /// could be larger).
     pub snapshot_budget_bytes: usize,
     /// Most entities in one view, nearest first (1..=
@@ -162,8 +162,8 @@ impl InterestConfig {
             "snapshot_budget_bytes",
             self.snapshot_budget_bytes > max,
             format!(
-                "must be at most {max} (the largest message; a delta of \
-                 max_entities {} can be {} bytes), got {}",
+                "must be at most {max} (the largest snapshot the transport queues; a \
+                 delta of max_entities {} can be {} bytes), got {}",
                 self.max_entities,
                 SnapshotLimits::max_delta(max_entities),
                 self.snapshot_budget_bytes
@@ -653,13 +653,15 @@ mod tests {
         }
     }
 
-    /// A delta of a large view can outgrow the largest message the
-    /// transport carries (a view replaced by another, sparse ids, far
-    /// positions): a budget above that message is refused for such views,
-    /// and corrected down to it.
+    /// A delta of a large view can outgrow the largest snapshot the
+    /// transport queues (a view replaced by another, sparse ids, far
+    /// positions): a budget above it is refused for such views, and
+    /// corrected down to it. (The bound was the largest message, 2 bytes
+    /// above what the snapshot channel queues: such a delta was dropped as
+    /// it was queued, and never reached the client.)
     #[test]
-    fn a_budget_past_the_largest_message_is_refused_for_views_that_could_reach_it() {
-        use shared::protocol::channels::MAX_GAME_MESSAGE;
+    fn a_budget_past_the_largest_snapshot_is_refused_for_views_that_could_reach_it() {
+        use shared::protocol::channels::{self, SNAPSHOT_QUEUE_BYTES};
         let harmless = InterestConfig {
             snapshot_budget_bytes: 100_000,
             ..InterestConfig::default()
@@ -672,9 +674,22 @@ mod tests {
         };
         let error = config.check().unwrap_err();
         assert!(error.starts_with("snapshot_budget_bytes"), "{error}");
-        assert!(error.contains(&MAX_GAME_MESSAGE.to_string()), "{error}");
+        assert!(error.contains(&SNAPSHOT_QUEUE_BYTES.to_string()), "{error}");
         let corrected = config.clone().validated();
         assert_eq!(corrected.check(), Ok(()));
+        // A snapshot of the corrected budget stays queued.
+        let mut connection = shared::transport::Connection::new(
+            channels::transport_config(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        let snapshot = vec![0u8; corrected.snapshot_budget_bytes];
+        connection.send(channels::SNAPSHOT, &snapshot).unwrap();
+        assert_eq!(
+            connection.queued_bytes(channels::SNAPSHOT),
+            snapshot.len(),
+            "the largest snapshot was dropped as it was queued"
+        );
 
         // The whole view replaced by another: every removal and every
         // added entity at its widest.
@@ -705,8 +720,8 @@ mod tests {
             assert!(!stats.full);
             stats.bytes
         };
-        assert!(delta(config.limits()) > MAX_GAME_MESSAGE);
-        assert!(delta(corrected.limits()) <= MAX_GAME_MESSAGE);
+        assert!(delta(config.limits()) > SNAPSHOT_QUEUE_BYTES);
+        assert!(delta(corrected.limits()) <= SNAPSHOT_QUEUE_BYTES);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use glam::IVec2;
 use shared::movement::{CLIENT_SNAPSHOT_HISTORY, MAX_SNAPSHOT_ENTITIES};
 use shared::prefetch::{prefetch, prefetch_buffer};
-use shared::protocol::channels::MAX_GAME_MESSAGE;
+use shared::protocol::channels::{MAX_GAME_MESSAGE, SNAPSHOT_QUEUE_BYTES};
 use shared::protocol::movement::{
     SnapshotEncoder, SnapshotHeader, signed_varint_len, tick_after, varint_len,
 };
@@ -19,12 +19,20 @@ pub const SNAPSHOT_HEADER_MAX: usize = 2 + 5 * 5 + 3 * 3;
 /// Upper bound of one removal, one added entity or one moved entity.
 pub const ENTRY_MAX: usize = 15;
 
+/// The largest snapshot that reaches a client: the largest message the
+/// transport carries, or what the snapshot channel queues if less.
+const LARGEST_SNAPSHOT: usize = if SNAPSHOT_QUEUE_BYTES < MAX_GAME_MESSAGE {
+    SNAPSHOT_QUEUE_BYTES
+} else {
+    MAX_GAME_MESSAGE
+};
+
 // A full snapshot of the largest view, which no budget cuts, is one
-// message the transport carries (a delta is bounded by its budget, at most
-// `SnapshotLimits::max_budget`), and the smallest budget of the largest
-// view is not above the largest.
+// snapshot that reaches the client (a delta is bounded by its budget, at
+// most `SnapshotLimits::max_budget`), and the smallest budget of the
+// largest view is not above the largest.
 const _: () = assert!(
-    SNAPSHOT_HEADER_MAX + MAX_SNAPSHOT_ENTITIES * ENTRY_MAX <= MAX_GAME_MESSAGE
+    SNAPSHOT_HEADER_MAX + MAX_SNAPSHOT_ENTITIES * ENTRY_MAX <= LARGEST_SNAPSHOT
         && SnapshotLimits::min_budget(MAX_SNAPSHOT_ENTITIES)
             <= SnapshotLimits::max_budget(MAX_SNAPSHOT_ENTITIES)
 );
@@ -73,14 +81,16 @@ impl SnapshotLimits {
     }
 
     /// The largest budget for views of `max_entities`: any when their
-    /// largest delta fits in the largest message the transport carries
-    /// ([`MAX_GAME_MESSAGE`]), else that message (a larger delta would be
-    /// refused by the transport, never reaching the client).
+    /// largest delta fits in the largest snapshot that reaches a client
+    /// (the snapshot channel's queue, [`SNAPSHOT_QUEUE_BYTES`], below the
+    /// largest message the transport carries), else that size (a larger
+    /// delta would be refused or dropped by the transport, never reaching
+    /// the client).
     pub const fn max_budget(max_entities: usize) -> usize {
-        if Self::max_delta(max_entities) <= MAX_GAME_MESSAGE {
+        if Self::max_delta(max_entities) <= LARGEST_SNAPSHOT {
             usize::MAX
         } else {
-            MAX_GAME_MESSAGE
+            LARGEST_SNAPSHOT
         }
     }
 }

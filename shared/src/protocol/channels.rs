@@ -32,6 +32,11 @@ pub const RELIABLE_WINDOW: u16 = 256;
 /// connection, `SendQueueFull`).
 pub const RELIABLE_QUEUE_BYTES: usize = 512 * 1024;
 
+/// Most bytes of snapshots a connection queues: past it the oldest not yet
+/// begun are dropped, the newest too when it is alone, so no snapshot may
+/// be larger (the server's snapshot budget is bounded by it).
+pub const SNAPSHOT_QUEUE_BYTES: usize = 64 * 1024;
+
 /// Largest message of the game: a message id and the largest body the
 /// codec decodes. The transport refuses larger ones on arrival (a
 /// fragment count past it before buffering anything, a last fragment past
@@ -57,7 +62,7 @@ pub fn transport_config() -> TransportConfig {
             ChannelConfig::new(ChannelKind::UnreliableSequenced).with_priority(0),
             ChannelConfig::new(ChannelKind::UnreliableSequenced)
                 .with_priority(5)
-                .with_max_queued_bytes(64 * 1024),
+                .with_max_queued_bytes(SNAPSHOT_QUEUE_BYTES),
             ChannelConfig::new(ChannelKind::Unreliable).with_priority(60),
         ],
         idle_timeout: Duration::from_secs(10),
