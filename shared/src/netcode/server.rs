@@ -284,6 +284,9 @@ struct Pending {
     challenges_from: u64,
     timeout: Option<Duration>,
     expires: Instant,
+    /// Its token's expire timestamp: a token expiring earlier does not
+    /// take this handshake's place (see [`Server`]'s request handling).
+    token_expires: u64,
 }
 
 /// Half-open handshakes by source address, at most one per client id:
@@ -319,6 +322,13 @@ impl PendingTable {
         self.by_address
             .get(from)
             .filter(|pending| pending.expires > now)
+    }
+
+    /// `client_id`'s handshake, from any address, unless it has ended by
+    /// `now`.
+    fn live_of_client(&self, client_id: u64, now: Instant) -> Option<&Pending> {
+        let from = self.by_client_id.get(&client_id)?;
+        self.live(from, now)
     }
 
     /// `from`'s handshake, to change anything but its client id.
@@ -978,6 +988,20 @@ impl Server {
                 // A new handshake, in place of this address's and of its
                 // client id's from any address: the newer attempt wins, so
                 // one account holds one entry however many tokens it has.
+                // Newer by its token: a token expiring earlier than the one
+                // of the handshake under way is an older one (a backend
+                // mints an account's tokens with one lifetime), and a
+                // recorded request of it, replayed from the player's
+                // address, would end the player's handshake each time.
+                if self
+                    .pending
+                    .live_of_client(view.client_id, now)
+                    .is_some_and(|held| {
+                        held.token_mac != token_mac && held.token_expires > request.expire_timestamp
+                    })
+                {
+                    return Err(DropReason::TokenSuperseded);
+                }
                 if !self.pending.replaces(&from, view.client_id)
                     && self.pending.len() >= self.config.max_pending
                 {
@@ -1004,6 +1028,7 @@ impl Server {
                         challenges_from: self.challenge_sequence,
                         timeout,
                         expires,
+                        token_expires: request.expire_timestamp,
                     },
                 );
             }
@@ -1635,6 +1660,7 @@ mod pending_table_tests {
             challenges_from: 0,
             timeout: None,
             expires,
+            token_expires: 0,
         }
     }
 

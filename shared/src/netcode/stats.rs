@@ -47,6 +47,11 @@ pub enum DropReason {
     /// a player's handshake). The address's next one may start once that
     /// one has connected or timed out.
     AddressInHandshake,
+    /// A connection request whose token expires before the token of its
+    /// client id's handshake under way: an older token, which does not take
+    /// a newer one's place (a recorded request of it, replayed, would end
+    /// the player's handshake).
+    TokenSuperseded,
     /// Shorter than the smallest packet of its type.
     Truncated,
     /// Packet type 7 or higher.
@@ -80,7 +85,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 29] = [
         Self::Empty,
         Self::Oversized,
         Self::RequestWrongSize,
@@ -97,6 +102,7 @@ impl DropReason {
         Self::TokenTableFull,
         Self::PendingTableFull,
         Self::AddressInHandshake,
+        Self::TokenSuperseded,
         Self::Truncated,
         Self::UnknownPacketType,
         Self::UnexpectedPacketType,

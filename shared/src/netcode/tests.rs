@@ -2411,6 +2411,48 @@ fn a_forged_request_of_another_account_leaves_a_players_handshake_alone() {
     );
 }
 
+/// A recorded request of the player's older token, replayed from its
+/// address while its newer token's handshake is under way, leaves that
+/// handshake alone: it took its place (the same account, so no
+/// `AddressInHandshake`), and the player's responses, sealed with the
+/// newer token's keys, failed to decrypt, every attempt, until the newer
+/// token expired.
+#[test]
+fn a_replayed_request_of_an_older_token_leaves_the_newer_handshake_alone() {
+    let mut w = World::new(4);
+    let a = client_addr(0);
+    let older = w.token(7);
+    let sniffed = request_bytes(&older);
+    w.deliver_to_server(a, &sniffed);
+    w.server_transmits();
+    let newer = ConnectToken::generate(
+        &TokenParams {
+            create_timestamp: UNIX + 10,
+            ..params(7)
+        },
+        &w.key,
+        &mut w.rng,
+    )
+    .unwrap();
+    assert!(newer.expire_timestamp > older.expire_timestamp);
+    let mut player = Client::new(ClientConfig::new(PROTOCOL));
+    player.connect(&newer, w.now, UNIX).unwrap();
+    w.send_from(a, &mut player);
+    for (_, mut challenge) in w.server_transmits() {
+        player.handle_datagram(w.now, server_addr(), &mut challenge);
+    }
+    w.deliver_to_server(a, &sniffed);
+    assert!(
+        w.server_transmits().is_empty(),
+        "the replay is not answered"
+    );
+    assert_eq!(w.server.stats().dropped.get(DropReason::TokenSuperseded), 1);
+    let mut clients = [(a, player)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.stats().dropped.get(DropReason::DecryptFailed), 0);
+}
+
 /// On a full server, the denial of a forged request does not end the
 /// handshake another token started at its address either: the player
 /// connects once a slot frees.
