@@ -644,7 +644,7 @@ fn shed(
                     clients
                         .iter()
                         .map(|(client, _)| client)
-                        .filter(|client| Some(*client) != *except),
+                        .filter(|client| !is_excepted(client, *except)),
                 ),
                 NetCommand::Disconnect { .. } | NetCommand::Shutdown { .. } => {}
             }
@@ -698,7 +698,7 @@ fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>, clients: &Clients) -> u64 
                 clients
                     .iter()
                     .map(|(client, _)| client)
-                    .filter(|client| Some(*client) != except && !cut.contains(client))
+                    .filter(|client| !is_excepted(client, except) && !cut.contains(client))
                     .map(|client| NetCommand::Send {
                         client,
                         channel,
@@ -709,6 +709,13 @@ fn drop_sends_to_the_cut(batch: &mut Vec<NetCommand>, clients: &Clients) -> u64 
         }
     }
     dropped
+}
+
+/// Whether a broadcast excepting `except` leaves `client` out: the
+/// exception is an account, in whichever session (net-io's reading, see
+/// `Recipients::AllExcept`).
+fn is_excepted(client: &ClientId, except: Option<ClientId>) -> bool {
+    except.is_some_and(|except| except.account == client.account)
 }
 
 /// The clients [`shed`] cut off whose disconnects wait in `commands`.
@@ -1418,6 +1425,48 @@ mod tests {
             payload: line.clone(),
         };
         assert_eq!(batch, vec![cut, send(1), send(2)]);
+    }
+
+    /// A broadcast's exception is an account, as net-io reads it: expanded
+    /// for a shed's cut, it reached the excepted account's newer session.
+    #[test]
+    fn a_broadcast_after_a_shed_leaves_out_every_session_of_its_exception() {
+        let session = |slot: u32, account: u64, session: u64| ClientId {
+            slot: ClientIndex::from_slot(slot),
+            account,
+            session,
+        };
+        let mut world = World::new();
+        let mut clients = Clients::default();
+        for client in [session(0, 1, 1), session(1, 2, 1), session(2, 7, 2)] {
+            clients.insert(client, world.spawn_empty().id());
+        }
+        let cut = NetCommand::Disconnect {
+            client: session(0, 1, 1),
+            reason: DisconnectReason::SendQueueFull,
+        };
+        let line = Bytes::from_static(b"line");
+        let mut batch = vec![
+            cut.clone(),
+            NetCommand::Broadcast {
+                channel: channels::CHAT,
+                payload: line.clone(),
+                // Account 7's session that sent it, ended since.
+                except: Some(session(5, 7, 1)),
+            },
+        ];
+        drop_sends_to_the_cut(&mut batch, &clients);
+        assert_eq!(
+            batch,
+            vec![
+                cut,
+                NetCommand::Send {
+                    client: session(1, 2, 1),
+                    channel: channels::CHAT,
+                    payload: line,
+                }
+            ]
+        );
     }
 
     #[test]
