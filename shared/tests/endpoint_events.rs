@@ -892,3 +892,50 @@ fn a_connection_ended_by_a_transmit_stops_counting_what_it_held() {
     assert!(last - full >= 1_024, "ended after {} acks", last - full);
     assert_eq!(world.disconnects(), [(1, DisconnectReason::Timeout)]);
 }
+
+/// A broadcast reaches only the clients the caller has sent a message
+/// to: one whose `Connected` the game had not handled yet got another
+/// player's broadcast ahead of the game's welcome to it.
+#[test]
+fn a_broadcast_reaches_a_client_only_after_the_callers_first_message_to_it() {
+    use shared::endpoint::ClientEndpointEvent;
+    let mut world = World::new(2);
+    let slots = world.connect_all();
+    let welcomed = slots[1].1;
+    let now = world.now;
+    world
+        .server
+        .broadcast(now, channels::EVENTS, &Bytes::from_static(b"before"), None);
+    world
+        .server
+        .send(
+            now,
+            welcomed,
+            channels::CONTROL,
+            Bytes::from_static(b"welcome"),
+        )
+        .unwrap();
+    world
+        .server
+        .broadcast(now, channels::EVENTS, &Bytes::from_static(b"after"), None);
+    let mut received: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 2];
+    while let Some(transmit) = world.server.poll_transmit(now, &mut world.buf) {
+        let mut datagram = world.buf[..transmit.len].to_vec();
+        let index = world
+            .clients
+            .iter()
+            .position(|(_, addr)| *addr == transmit.destination)
+            .unwrap();
+        let client = &mut world.clients[index].0;
+        client.handle_datagram(now, SERVER_ADDR, &mut datagram);
+        while let Some(event) = client.poll_event() {
+            if let ClientEndpointEvent::Message { payload, .. } = event {
+                received[index].push(payload.to_vec());
+            }
+        }
+    }
+    assert_eq!(received[0], Vec::<Vec<u8>>::new(), "never sent a message");
+    let mut got = received[1].clone();
+    got.sort();
+    assert_eq!(got, [b"after".to_vec(), b"welcome".to_vec()]);
+}

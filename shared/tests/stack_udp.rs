@@ -543,15 +543,15 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
             client: gone,
             reason: DisconnectReason::Kicked,
         },
-        NetCommand::Broadcast {
-            channel: CHAT,
-            payload: Bytes::from_static(b"to all but the first client's player"),
-            except: Some(gone),
-        },
         NetCommand::Send {
             client: current,
             channel: CHAT,
             payload: Bytes::from_static(b"for the second client"),
+        },
+        NetCommand::Broadcast {
+            channel: CHAT,
+            payload: Bytes::from_static(b"to all but the first client's player"),
+            except: Some(gone),
         },
     ];
     server.submit(stale).unwrap();
@@ -570,7 +570,7 @@ fn stale_commands_are_dropped(first_account: u64, second_account: u64) {
     }
     let mut expected = vec![b"for the second client".to_vec()];
     if second_account != first_account {
-        expected.insert(0, b"to all but the first client's player".to_vec());
+        expected.push(b"to all but the first client's player".to_vec());
     }
     assert_eq!(second_seen.echoes, expected);
     assert_eq!(second_seen.ended, None, "the kick was not for this client");

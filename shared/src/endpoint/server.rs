@@ -159,6 +159,8 @@ struct Peer {
     /// Its send memory is in [`SendMemory::total`] (until it is cut off
     /// for holding too much, or the secure layer ends it).
     send_counted: bool,
+    /// The caller has sent it a message: broadcasts reach it from then on.
+    addressed: bool,
 }
 
 /// The messages every connection delivered that the caller has not
@@ -488,6 +490,7 @@ impl ServerEndpoint {
     ) -> Result<(), EndpointSendError> {
         let peer =
             Self::live_peer_mut(&mut self.peers, client).ok_or(EndpointSendError::UnknownClient)?;
+        peer.addressed = true;
         let reliable = self.transport.is_reliable(channel);
         let now = self.clock.stamp(now);
         let result = self.sends.send(now, peer, channel, reliable, payload);
@@ -527,7 +530,10 @@ impl ServerEndpoint {
     /// Queues one shared message for every connected client but those of
     /// the account `except_account` (whichever session it is in: one that
     /// connected since the caller last looked too); a client whose reliable
-    /// queue is full is disconnected as in [`send`](Self::send).
+    /// queue is full is disconnected as in [`send`](Self::send). Only
+    /// clients the caller has [`send`](Self::send) a message to: a client
+    /// whose `Connected` event the caller has not handled yet gets nothing
+    /// before the caller's own first message to it (a game's welcome).
     pub fn broadcast(
         &mut self,
         now: Instant,
@@ -542,6 +548,7 @@ impl ServerEndpoint {
                 continue;
             };
             if peer.ended.is_some()
+                || !peer.addressed
                 || !peer.conn.is_connected()
                 || Some(peer.client_id) == except_account
             {
@@ -747,6 +754,7 @@ impl ServerEndpoint {
                         armed: None,
                         buffered: 0,
                         send_counted: true,
+                        addressed: false,
                     });
                     // The slot stays this peer's until `remove_peer`.
                     self.netcode.hold(client);

@@ -122,6 +122,9 @@ pub enum NetCommand {
     },
     /// One message to every connected client, but `except` (the player
     /// whose action it relays, say): one command however many receive it.
+    /// Only clients sent a message before it: one whose `Connected` the
+    /// game has not handled gets nothing ahead of the game's own first
+    /// message to it (its welcome).
     Broadcast {
         /// The channel.
         channel: ChannelId,
