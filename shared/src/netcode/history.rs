@@ -107,13 +107,9 @@ impl TokenHistory {
     /// remembers none, and only the challenge's block tells its attempt's
     /// packets from an earlier run's, when the challenge taken is this
     /// attempt's); and, for a `denial`, not a
-    /// server-wide one at or below one taken before, nor one at all once a
-    /// challenge of ours (numbered in a block) was taken: our server denies
-    /// that handshake in its block, and server-wide denials a replayed
-    /// request drew while the client was away could be kept and handed to
-    /// it, one an attempt. (Other packets numbered server-wide are a
-    /// reference server's challenges, from a counter that starts over with
-    /// the server: no floor holds for them.)
+    /// server-wide one at or below one taken before. (Other packets
+    /// numbered server-wide are a reference server's challenges, from a
+    /// counter that starts over with the server: no floor holds for them.)
     pub(super) fn admits(
         &self,
         server: SocketAddr,
@@ -125,14 +121,12 @@ impl TokenHistory {
             return false;
         };
         if sequence >= SERVER_WIDE {
-            let in_our_handshake = handshake_block != NO_BLOCK && handshake_block != 0;
             return !denial
-                || !in_our_handshake
-                    && token
-                        .denial_floors
-                        .iter()
-                        .find(|(from, _)| *from == server)
-                        .is_none_or(|&(_, floor)| sequence > floor);
+                || token
+                    .denial_floors
+                    .iter()
+                    .find(|(from, _)| *from == server)
+                    .is_none_or(|&(_, floor)| sequence > floor);
         }
         let block = block_of(sequence);
         if handshake_block != NO_BLOCK {

@@ -2453,40 +2453,6 @@ fn a_replayed_request_of_an_older_token_leaves_the_newer_handshake_alone() {
     assert_eq!(w.server.stats().dropped.get(DropReason::DecryptFailed), 0);
 }
 
-/// Server-wide denials drawn by a replayed request while the server was
-/// full and the player away, kept and handed to the player once it has
-/// taken our challenge, are not taken: our server denies a handshake it
-/// challenged in that handshake's block. Each such denial ended one
-/// attempt of the player's, as each was above the floor of the last.
-#[test]
-fn a_kept_server_wide_denial_does_not_end_a_challenged_handshake() {
-    let mut w = World::new(1);
-    let (taken, _holder) = w.connected_pair();
-    let player_addr = client_addr(1);
-    let token = w.token(2);
-    w.deliver_to_server(player_addr, &request_bytes(&token));
-    let (_, kept) = w
-        .server_transmits()
-        .pop()
-        .expect("a denial: the server is full");
-    let slot = w.server.client_at(taken).unwrap();
-    w.server.disconnect(slot).unwrap();
-    w.server_transmits();
-    let mut player = Client::new(ClientConfig::new(PROTOCOL));
-    player.connect(&token, w.now, UNIX).unwrap();
-    w.send_from(player_addr, &mut player);
-    for (_, mut challenge) in w.server_transmits() {
-        player.handle_datagram(w.now, server_addr(), &mut challenge);
-    }
-    assert_eq!(player.state(), ClientState::SendingConnectionResponse);
-    let mut denial = kept.clone();
-    player.handle_datagram(w.now, server_addr(), &mut denial);
-    assert_eq!(player.state(), ClientState::SendingConnectionResponse);
-    let mut clients = [(player_addr, player)];
-    w.pump(&mut clients);
-    assert_eq!(clients[0].1.state(), ClientState::Connected);
-}
-
 /// On a full server, the denial of a forged request does not end the
 /// handshake another token started at its address either: the player
 /// connects once a slot frees.
