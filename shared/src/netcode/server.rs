@@ -284,9 +284,6 @@ struct Pending {
     challenges_from: u64,
     timeout: Option<Duration>,
     expires: Instant,
-    /// Its token's expire timestamp: a token expiring earlier does not
-    /// take this handshake's place (see [`Server`]'s request handling).
-    token_expires: u64,
 }
 
 /// Half-open handshakes by source address, at most one per client id:
@@ -383,6 +380,10 @@ struct TokenUse {
     /// the same token, so anything up to here is a replay of an earlier
     /// connection's packets.
     client_floor: Option<u64>,
+    /// When it was first used, in the order of first uses (see
+    /// `Server::token_order`): of two tokens of one client id, the one
+    /// first used later is the newer.
+    first_use: u64,
 }
 
 /// Used tokens remembered for one client id at once. An honest player uses
@@ -608,6 +609,8 @@ pub struct Server {
     config: ServerConfig,
     challenge_cipher: PacketCipher,
     challenge_sequence: u64,
+    /// First uses of tokens so far (see [`TokenUse::first_use`]).
+    token_order: u64,
     global_sequence: u64,
     /// Where every token's blocks of sequence numbers start (see
     /// [`SEQUENCE_BLOCK_BITS`]).
@@ -685,6 +688,7 @@ impl Server {
         Ok(Self {
             challenge_cipher: PacketCipher::new(&Key::generate(rng)),
             challenge_sequence: 0,
+            token_order: 0,
             global_sequence: GLOBAL_SEQUENCE_START | (starts >> 2),
             block_base: first_block(starts),
             slots: (0..n)
@@ -988,16 +992,17 @@ impl Server {
                 // A new handshake, in place of this address's and of its
                 // client id's from any address: the newer attempt wins, so
                 // one account holds one entry however many tokens it has.
-                // Newer by its token: a token expiring earlier than the one
-                // of the handshake under way is an older one (a backend
-                // mints an account's tokens with one lifetime), and a
-                // recorded request of it, replayed from the player's
-                // address, would end the player's handshake each time.
+                // Newer by its token: one first used before the token of
+                // the handshake under way is an older one, and a recorded
+                // request of it, replayed from the player's address, would
+                // end the player's handshake each time.
+                let first_use = |mac| self.token_uses.get(mac).map(|used| used.first_use);
                 if self
                     .pending
                     .live_of_client(view.client_id, now)
                     .is_some_and(|held| {
-                        held.token_mac != token_mac && held.token_expires > request.expire_timestamp
+                        held.token_mac != token_mac
+                            && first_use(&held.token_mac) > first_use(&token_mac)
                     })
                 {
                     return Err(DropReason::TokenSuperseded);
@@ -1028,7 +1033,6 @@ impl Server {
                         challenges_from: self.challenge_sequence,
                         timeout,
                         expires,
-                        token_expires: request.expire_timestamp,
                     },
                 );
             }
@@ -1081,8 +1085,10 @@ impl Server {
                 expire_timestamp,
                 attempts: 0,
                 client_floor: None,
+                first_use: self.token_order,
             },
         );
+        self.token_order += 1;
         Ok(true)
     }
 
@@ -1660,7 +1666,6 @@ mod pending_table_tests {
             challenges_from: 0,
             timeout: None,
             expires,
-            token_expires: 0,
         }
     }
 
@@ -1743,6 +1748,7 @@ mod token_table_tests {
                         expire_timestamp,
                         attempts: 0,
                         client_floor: None,
+                        first_use: 0,
                     });
                     prop_assert!(table.get(&mac).is_some());
                     recorded.insert(mac, (client_id, expire_timestamp));

@@ -47,10 +47,10 @@ pub enum DropReason {
     /// a player's handshake). The address's next one may start once that
     /// one has connected or timed out.
     AddressInHandshake,
-    /// A connection request whose token expires before the token of its
-    /// client id's handshake under way: an older token, which does not take
-    /// a newer one's place (a recorded request of it, replayed, would end
-    /// the player's handshake).
+    /// A connection request whose token was first used before the token
+    /// of its client id's handshake under way: an older token, which does
+    /// not take a newer one's place (a recorded request of it, replayed,
+    /// would end the player's handshake).
     TokenSuperseded,
     /// Shorter than the smallest packet of its type.
     Truncated,

@@ -2453,6 +2453,62 @@ fn a_replayed_request_of_an_older_token_leaves_the_newer_handshake_alone() {
     assert_eq!(w.server.stats().dropped.get(DropReason::DecryptFailed), 0);
 }
 
+/// A token of `client_id` made `age` seconds after the others, valid for
+/// `life` seconds.
+fn token_made(w: &mut World, client_id: u64, age: u64, life: u64) -> ConnectToken {
+    let params = TokenParams {
+        create_timestamp: UNIX + age,
+        expire_seconds: life,
+        ..params(client_id)
+    };
+    ConnectToken::generate(&params, &w.key, &mut w.rng).unwrap()
+}
+
+/// The older token's request replayed again and again does not hold off
+/// a newer token that expires first (tokens of one account may have
+/// different lifetimes: `server token` mints 300 s, the bots 60 s): the
+/// check compared expiries, so the older, longer-lived token held the
+/// handshake and the newer one was refused.
+#[test]
+fn a_replayed_longer_lived_older_token_holds_off_no_newer_one() {
+    let mut w = World::new(4);
+    let a = client_addr(0);
+    let older = token_made(&mut w, 7, 0, 300);
+    let sniffed = request_bytes(&older);
+    w.deliver_to_server(a, &sniffed);
+    w.server_transmits();
+    let newer = token_made(&mut w, 7, 10, 60);
+    assert!(newer.expire_timestamp < older.expire_timestamp);
+    let mut player = Client::new(ClientConfig::new(PROTOCOL));
+    player.connect(&newer, w.now, UNIX).unwrap();
+    let mut clients = [(a, player)];
+    for _ in 0..5 {
+        w.deliver_to_server(a, &sniffed);
+        w.server_transmits();
+        w.pump(&mut clients);
+        w.advance(Duration::from_millis(100), &mut clients);
+    }
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+}
+
+/// A player who gave up a handshake (no goodbye) and tries again at once
+/// with a new token from another port connects at once, whatever the
+/// tokens' lifetimes.
+#[test]
+fn a_new_token_after_an_abandoned_handshake_connects_at_once() {
+    let mut w = World::new(4);
+    let abandoned = token_made(&mut w, 7, 0, 300);
+    w.deliver_to_server(client_addr(0), &request_bytes(&abandoned));
+    w.server_transmits();
+    let fresh = token_made(&mut w, 7, 5, 60);
+    let mut player = Client::new(ClientConfig::new(PROTOCOL));
+    player.connect(&fresh, w.now, UNIX).unwrap();
+    let mut clients = [(client_addr(1), player)];
+    w.pump(&mut clients);
+    assert_eq!(clients[0].1.state(), ClientState::Connected);
+    assert_eq!(w.server.stats().dropped.get(DropReason::TokenSuperseded), 0);
+}
+
 /// On a full server, the denial of a forged request does not end the
 /// handshake another token started at its address either: the player
 /// connects once a slot frees.
