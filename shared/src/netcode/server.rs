@@ -995,7 +995,10 @@ impl Server {
                 // Newer by its token: one first used before the token of
                 // the handshake under way is an older one, and a recorded
                 // request of it, replayed from the player's address, would
-                // end the player's handshake each time.
+                // end the player's handshake each time. A request carries
+                // no mint time, so a token this server has not seen (used
+                // before a restart, or only with another server) counts
+                // as the newest: its replay still takes the handshake.
                 let first_use = |mac| self.token_uses.get(mac).map(|used| used.first_use);
                 if self
                     .pending

@@ -50,7 +50,8 @@ pub enum DropReason {
     /// A connection request whose token was first used before the token
     /// of its client id's handshake under way: an older token, which does
     /// not take a newer one's place (a recorded request of it, replayed,
-    /// would end the player's handshake).
+    /// would end the player's handshake). Only tokens this server has seen
+    /// are ordered: one it has not counts as the newest.
     TokenSuperseded,
     /// Shorter than the smallest packet of its type.
     Truncated,
