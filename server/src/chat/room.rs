@@ -852,18 +852,18 @@ impl ChatRoom {
             let Some(member) = self.members.get_mut(&to) else {
                 continue;
             };
-            // The speaker's own copy always goes: it answers the send.
-            if to != from && member.inbox < copy as u64 {
-                self.fanout_bytes -= copy;
-                out.push(ChatOutput::Withheld { to });
-                continue;
-            }
-            // Its own copies are bounded by its own rate limit.
+            // The speaker's own copy always goes (it answers the send),
+            // and is not charged: its own rate limit bounds it.
             if to != from {
-                member.inbox = member.inbox.saturating_sub(copy as u64);
+                if member.inbox < copy as u64 {
+                    self.fanout_bytes -= copy;
+                    out.push(ChatOutput::Withheld { to });
+                    continue;
+                }
+                member.inbox -= copy as u64;
             }
             let reply_to = (to == from).then_some(client_ref);
-            self.deliver(to, reply_to, &line, out);
+            out.push(member.next_line(to, reply_to, &line));
         }
         true
     }
@@ -949,16 +949,27 @@ impl ChatRoom {
         line: &Arc<ChatLineBody>,
         out: &mut Vec<ChatOutput>,
     ) {
-        let Some(member) = self.members.get_mut(&to) else {
-            return;
-        };
-        member.last_seq += 1;
-        out.push(ChatOutput::Line {
+        if let Some(member) = self.members.get_mut(&to) {
+            out.push(member.next_line(to, reply_to, line));
+        }
+    }
+}
+
+impl Member {
+    /// `line` numbered for this member, `to`.
+    fn next_line(
+        &mut self,
+        to: u64,
+        reply_to: Option<u32>,
+        line: &Arc<ChatLineBody>,
+    ) -> ChatOutput {
+        self.last_seq += 1;
+        ChatOutput::Line {
             to,
-            seq: member.last_seq,
+            seq: self.last_seq,
             reply_to,
             line: Arc::clone(line),
-        });
+        }
     }
 }
 
