@@ -24,8 +24,8 @@ fn room(needed: u64, soft: u64, hard: u64) -> Room {
     }
 }
 
-/// Raises the soft open-file limit as far as `needed`, within the hard
-/// one.
+/// Raises the soft open-file limit to `needed` when the hard limit
+/// allows it; leaves it as it is otherwise.
 ///
 /// # Errors
 /// The limit this process cannot go past, when it is below `needed`. A

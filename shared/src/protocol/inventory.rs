@@ -202,7 +202,8 @@ pub enum InventoryOp {
     /// Open a trade with another online player, or replace my side of our
     /// open trade; resets both acceptances. Opening one cancels my other
     /// open trade, if any; a player already trading with someone else, or
-    /// drawn into another new trade in the same server tick, is refused
+    /// drawn into another new trade in the same batch of the server's (a
+    /// tick, or several while the last batch is being stored), is refused
     /// ([`InventoryError::PartnerBusy`]), their trade untouched.
     Offer {
         /// The other player's account id.
@@ -295,7 +296,8 @@ pub enum InventoryError {
     #[error("the trade changed; look again and accept again")]
     TradeChanged,
     /// An `Offer` to a player who is trading with someone else, or whom
-    /// another offer drew into a new trade in the same server tick.
+    /// another offer drew into a new trade in the same batch of the
+    /// server's.
     #[error("that player is busy trading; try again in a moment")]
     PartnerBusy,
     /// A `Move` onto the slot it starts from.
